@@ -1,0 +1,254 @@
+"""The FUSE filesystems under test: how to mount, unmount and wipe each one's cache.
+
+Every daemon runs in the foreground as our own child (own process group), so we
+always know its pid (for RSS) and can kill it if unmounting goes wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from tests.support.procs import kill_group, tail, wait_until
+
+FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+
+
+class MountError(RuntimeError):
+    """The filesystem could not be mounted."""
+
+
+@dataclass(frozen=True)
+class S3Target:
+    """The bucket every filesystem mounts."""
+
+    endpoint_url: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+
+class FileSystem(ABC):
+    """One FUSE implementation, mounted at ``<root>/mnt`` with its cache in ``<root>/cache``."""
+
+    name: ClassVar[str]
+    mount_timeout: ClassVar[float] = 30.0
+
+    def __init__(self, target: S3Target, root: Path) -> None:
+        self.target = target
+        self.root = root
+        self.mountpoint = root / "mnt"
+        self.cache_dir = root / "cache"
+        self.log_path = root / "daemon.log"
+        self.proc: subprocess.Popen | None = None
+        self.peak_rss_kib = 0
+        self.ever_mounted = False
+        for path in (self.root, self.mountpoint, self.cache_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    # -- what subclasses provide -----------------------------------------
+
+    @abstractmethod
+    def executable(self) -> str | None:
+        """Path of the daemon binary, or None when it is not installed."""
+
+    @abstractmethod
+    def command(self) -> list[str]:
+        """argv of the foreground mount daemon (no secrets: those go in files or env)."""
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.target.env}
+
+    # -- common behaviour ---------------------------------------------------
+
+    def version(self) -> str:
+        exe = self.executable()
+        if exe is None:
+            return "not installed"
+        try:
+            out = subprocess.run(
+                [exe, "--version"], capture_output=True, text=True, timeout=20, env=self.env()
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"unknown ({exc})"
+        lines = (out.stdout or out.stderr).strip().splitlines()
+        return lines[0] if lines else "unknown"
+
+    @property
+    def mounted(self) -> bool:
+        return os.path.ismount(self.mountpoint)
+
+    def mount(self) -> None:
+        """Start the daemon and wait until the mountpoint is live."""
+        if self.executable() is None:
+            raise MountError(f"{self.name}: executable not found")
+        self.unmount()
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== mount {time.strftime('%F %T')}: {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=self.env(),
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = self.proc
+        wait_until(lambda: self.mounted or proc.poll() is not None, self.mount_timeout)
+        if not self.mounted:
+            code = proc.poll()
+            self.unmount()
+            why = f"exited with code {code}" if code is not None else "timed out"
+            raise MountError(
+                f"{self.name} mount {why}; tail of {self.log_path}:\n{tail(self.log_path, 15)}"
+            )
+        self.ever_mounted = True
+
+    def unmount(self) -> None:
+        """Unmount (lazily as a last resort) and make sure the daemon is gone."""
+        self.sample_rss()
+        if self.mounted:
+            for _ in range(10):
+                if _run_quiet([FUSERMOUNT, "-u", str(self.mountpoint)]) == 0:
+                    break
+                time.sleep(0.5)
+            else:
+                _run_quiet([FUSERMOUNT, "-uz", str(self.mountpoint)])
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+            kill_group(self.proc, grace=2)
+            self.proc = None
+
+    def wipe_cache(self) -> None:
+        """Delete the on-disk cache (call while unmounted)."""
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+        self.cache_dir.mkdir(parents=True)
+
+    def sample_rss(self) -> int:
+        """Fold the live daemon's VmHWM (peak RSS, KiB) into ``peak_rss_kib``."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            except OSError:
+                status = ""
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
+        return self.peak_rss_kib
+
+
+class S3Fuse(FileSystem):
+    """This project: ``s3fuse mount MP --source s3://BUCKET ... --foreground``."""
+
+    name = "s3fuse"
+
+    def executable(self) -> str | None:
+        beside = Path(sys.executable).parent / "s3fuse"
+        return str(beside) if beside.exists() else shutil.which("s3fuse")
+
+    def command(self) -> list[str]:
+        return [
+            self.executable() or "s3fuse",
+            "mount",
+            str(self.mountpoint),
+            "--source",
+            f"s3://{self.target.bucket}",
+            "--endpoint-url",
+            self.target.endpoint_url,
+            "--cache-dir",
+            str(self.cache_dir),
+            "--foreground",
+        ]
+
+
+class S3fs(FileSystem):
+    """s3fs-fuse with its disk cache on and a 60 s stat cache."""
+
+    name = "s3fs"
+
+    def executable(self) -> str | None:
+        return shutil.which("s3fs")
+
+    def command(self) -> list[str]:
+        passwd = self.root / "passwd-s3fs"
+        passwd.write_text(f"{self.target.access_key}:{self.target.secret_key}\n")
+        passwd.chmod(0o600)
+        options = [
+            f"url={self.target.endpoint_url}",
+            "use_path_request_style",
+            f"endpoint={self.target.region}",
+            f"passwd_file={passwd}",
+            f"use_cache={self.cache_dir}",
+            "stat_cache_expire=60",
+        ]
+        return [shutil.which("s3fs") or "s3fs", self.target.bucket, str(self.mountpoint),
+                "-f", "-o", ",".join(options)]
+
+
+class Rclone(FileSystem):
+    """rclone mount with the full VFS cache (the mode needed for local re-reads)."""
+
+    name = "rclone"
+    remote = "bench"
+
+    def executable(self) -> str | None:
+        return shutil.which("rclone")
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env.pop("AWS_CA_BUNDLE", None)  # rclone refuses to start when it is set
+        return env
+
+    def command(self) -> list[str]:
+        conf = self.root / "rclone.conf"
+        conf.write_text(
+            f"[{self.remote}]\n"
+            "type = s3\n"
+            "provider = SeaweedFS\n"
+            f"access_key_id = {self.target.access_key}\n"
+            f"secret_access_key = {self.target.secret_key}\n"
+            f"endpoint = {self.target.endpoint_url}\n"
+            f"region = {self.target.region}\n"
+            "force_path_style = true\n"
+        )
+        conf.chmod(0o600)
+        return [
+            shutil.which("rclone") or "rclone",
+            "mount",
+            f"{self.remote}:{self.target.bucket}",
+            str(self.mountpoint),
+            "--config",
+            str(conf),
+            "--vfs-cache-mode",
+            "full",
+            "--cache-dir",
+            str(self.cache_dir),
+        ]
+
+
+FILESYSTEMS: dict[str, type[FileSystem]] = {cls.name: cls for cls in (S3Fuse, S3fs, Rclone)}
+
+
+def _run_quiet(args: list[str]) -> int:
+    return subprocess.run(args, capture_output=True, timeout=30).returncode

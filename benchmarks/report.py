@@ -1,0 +1,181 @@
+"""Render results.json into docs/benchmarks.md and docs/benchmarks.png."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+SUBJECT = "s3fuse"
+COMPETITORS = ("s3fs", "rclone")
+BASELINE = "local_hot_read"
+HOT_READ = "read_hot"
+
+Medians = dict[str, dict[str, float]]
+
+
+def medians(results: dict[str, Any]) -> Medians:
+    """Median of every (filesystem, metric) that has at least one sample."""
+    return {
+        fs: {key: statistics.median(values) for key, values in metrics.items() if values}
+        for fs, metrics in results["samples"].items()
+    }
+
+
+def reference(meds: Medians, key: str) -> tuple[str, float] | None:
+    """Best (lowest) competitor median for ``key``; all filesystems if no competitor ran."""
+    pool = [fs for fs in COMPETITORS if key in meds.get(fs, {})] or [
+        fs for fs in meds if key in meds[fs]
+    ]
+    if not pool:
+        return None
+    best = min(pool, key=lambda fs: meds[fs][key])
+    return best, meds[best][key]
+
+
+def ratio_to_best(meds: Medians, key: str) -> tuple[float, str] | None:
+    """s3fuse median / best competitor median (and the competitor's name)."""
+    ref = reference(meds, key)
+    if ref is None or key not in meds.get(SUBJECT, {}) or SUBJECT in (ref[0],):
+        return None
+    return meds[SUBJECT][key] / ref[1], ref[0]
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "s":
+        return f"{value:.3f} s" if value >= 0.1 else f"{value * 1000:.1f} ms"
+    return f"{value:.1f} {unit}"
+
+
+def all_metrics(results: dict[str, Any]) -> list[dict[str, str]]:
+    return [m for w in results["workloads"] for m in w["metrics"]]
+
+
+# -- markdown --------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any], image_name: str) -> str:
+    meta, fss = results["meta"], list(results["filesystems"])
+    meds = medians(results)
+    machine, spec = meta["machine"], meta["spec"]
+    out = [
+        "# Benchmarks",
+        "",
+        f"s3fuse compared with s3fs-fuse and rclone mount, all three mounting the same bucket "
+        f"of a local SeaweedFS S3 server ({meta['seaweedfs']}) over loopback, so the numbers "
+        "show the cost of each FUSE layer and its caching rather than of a network.",
+        "",
+        f"- Machine: {machine['nproc']} cores ({machine['cpu']}), {machine['mem_gib']} GiB RAM, "
+        f"Linux {machine['kernel']}; run {meta['date']}.",
+        f"- {meta['rounds']} rounds; the order of the filesystems rotates every round "
+        "(A,B,C then B,C,A, ...); tables show the **median** per filesystem.",
+        f"- Data: one {spec['big_mib']} MiB object; {spec['small_files']} files of "
+        f"{spec['small_size']} bytes in one directory; a tree of {spec['tree_keys']:,} keys "
+        f"({spec['tree_dirs']} dirs x {spec['tree_subdirs']} subdirs x {spec['tree_files']} "
+        "files)." + (" **Quick (reduced) data sets.**" if meta["quick"] else ""),
+        "- Every timing is the wall time of a plain tool (`cat`, `ls -l`, `find`). "
+        "*Cold* = the filesystem's own cache wiped, fresh mount, and "
+        "`sync; echo 3 > /proc/sys/vm/drop_caches`.",
+        f"- **Ratio** = {SUBJECT} time / best of {' and '.join(COMPETITORS)}; "
+        f"below 1 means {SUBJECT} is faster (or smaller, for memory).",
+        "- Regenerate with `make bench` (`.venv/bin/python benchmarks/run.py`); raw data in "
+        "`benchmarks/results.json`.",
+        "",
+        f"![relative times]({image_name})",
+        "",
+        "## Filesystems",
+        "",
+        "| filesystem | version | status | mount command |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, info in results["filesystems"].items():
+        status = info["status"] + (f": {info['reason']}" if info.get("reason") else "")
+        command = " ".join(info["command"])
+        out.append(f"| {name} | {info['version']} | {_cell(status)} | `{command}` |")
+    for w in results["workloads"]:
+        out += ["", f"## {w['title']}", "", _table_header(fss)]
+        for m in w["metrics"]:
+            out.append(_metric_row(m, fss, meds))
+    out += _hot_vs_local(results, meds, fss)
+    if results["errors"]:
+        out += ["", "## Errors", ""]
+        out += [f"- round {e['round'] + 1}, {e['fs']}, {e['workload']}: {_cell(e['error'])}"
+                for e in results["errors"]]
+    return "\n".join(out) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table_header(fss: list[str]) -> str:
+    cols = ["measurement", *fss, f"{SUBJECT} / best other"]
+    return "| " + " | ".join(cols) + " |\n|" + " --- |" * len(cols)
+
+
+def _metric_row(metric: dict[str, str], fss: list[str], meds: Medians) -> str:
+    key, unit = metric["key"], metric["unit"]
+    cells = [metric["title"]] + [fmt(meds.get(fs, {}).get(key), unit) for fs in fss]
+    ratio = ratio_to_best(meds, key)
+    cells.append(f"**{ratio[0]:.2f}** (vs {ratio[1]})" if ratio else "n/a")
+    return "| " + " | ".join(cells) + " |"
+
+
+def _hot_vs_local(results: dict[str, Any], meds: Medians, fss: list[str]) -> list[str]:
+    local = results["baseline"].get(BASELINE) or []
+    if not local:
+        return []
+    base = statistics.median(local)
+    out = ["", "## Hot re-read vs local cat", "",
+           f"`cat` of the same data from a local file with the page cache warm: "
+           f"{fmt(base, 's')} (median).", "",
+           "| filesystem | hot re-read | x local cat |", "| --- | --- | --- |"]
+    for fs in fss:
+        hot = meds.get(fs, {}).get(HOT_READ)
+        out.append(f"| {fs} | {fmt(hot, 's')} | {f'{hot / base:.2f}' if hot else '—'} |")
+    return out
+
+
+# -- plot --------------------------------------------------------------------------
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars: each filesystem's median divided by the best competitor's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meds = medians(results)
+    fss = [fs for fs in results["filesystems"] if meds.get(fs)]
+    metrics = [m for m in all_metrics(results) if reference(meds, m["key"])]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(metrics) + 2), 4.8), dpi=110)
+    width = 0.8 / max(1, len(fss))
+    for i, fs in enumerate(fss):
+        xs, ys = [], []
+        for j, m in enumerate(metrics):
+            value = meds[fs].get(m["key"])
+            if value is not None:
+                xs.append(j + (i - (len(fss) - 1) / 2) * width)
+                ys.append(value / reference(meds, m["key"])[1])
+        bars = ax.bar(xs, ys, width, label=fs)
+        ax.bar_label(bars, labels=[f"{y:.2g}" for y in ys], fontsize=7, padding=1)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels([m["key"].replace("_", "\n", 1) for m in metrics], fontsize=8)
+    ax.set_ylabel("median / best of s3fs, rclone (log)")
+    ax.set_title("Relative time (and peak RSS) — lower is better", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def render(results: dict[str, Any], docs_dir: Path) -> None:
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    image = docs_dir / "benchmarks.png"
+    plot(results, image)
+    (docs_dir / "benchmarks.md").write_text(markdown(results, image.name))

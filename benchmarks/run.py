@@ -1,0 +1,227 @@
+"""Benchmark s3fuse against s3fs-fuse and rclone mount on a local SeaweedFS.
+
+    python benchmarks/run.py [--rounds N] [--quick] [--fs s3fuse,s3fs,rclone]
+
+Needs root (drops the page cache) and /dev/fuse. Writes benchmarks/results.json,
+docs/benchmarks.md and docs/benchmarks.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and `tests` importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import datasets, report  # noqa: E402
+from benchmarks.filesystems import FILESYSTEMS, FileSystem, MountError, S3Target  # noqa: E402
+from benchmarks.workloads import (  # noqa: E402
+    WORKLOADS,
+    Context,
+    NotApplicable,
+    Workload,
+    local_hot_read,
+)
+from tests.support.seaweedfs import SeaweedFS, weed_binary  # noqa: E402
+
+BUCKET = "bench"
+DEFAULT_RESULTS = ROOT / "benchmarks" / "results.json"
+DEFAULT_DOCS = ROOT / "docs"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    parser.add_argument("--quick", action="store_true", help="small data sets (smoke run)")
+    parser.add_argument("--fs", default=",".join(FILESYSTEMS),
+                        help=f"comma-separated subset of {','.join(FILESYSTEMS)}")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS,
+                        help="where benchmarks.md/.png go")
+    parser.add_argument("--workdir", type=Path, help="scratch dir (default: a new temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch dir")
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-render the report from --results without measuring")
+    args = parser.parse_args(argv)
+    args.fs = _pick(args.fs, FILESYSTEMS, parser, "--fs")
+    args.workloads = _pick(args.workloads, WORKLOADS, parser, "--workloads")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    return args
+
+
+def _pick(value: str, known: dict, parser: argparse.ArgumentParser, flag: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        parser.error(f"{flag}: unknown {unknown}; choose from {','.join(known)}")
+    return names
+
+
+def machine_info() -> dict[str, Any]:
+    meminfo = Path("/proc/meminfo").read_text().split()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                .splitlines() if line.startswith("model name")), platform.processor())
+    return {
+        "nproc": os.cpu_count(),
+        "mem_gib": round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def new_results(args: argparse.Namespace, spec: datasets.DataSpec,
+                fss: list[FileSystem], workloads: list[Workload]) -> dict[str, Any]:
+    weed = subprocess.run([str(weed_binary()), "version"], capture_output=True, text=True)
+    return {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": machine_info(),
+            "rounds": args.rounds,
+            "quick": args.quick,
+            "spec": {**spec.__dict__, "tree_keys": spec.tree_keys},
+            "seaweedfs": weed.stdout.strip().splitlines()[0] if weed.stdout else "unknown",
+        },
+        "filesystems": {
+            fs.name: {"version": fs.version(), "command": fs.command(), "status": "ok"}
+            for fs in fss
+        },
+        "workloads": [
+            {"name": w.name, "title": w.title,
+             "metrics": [m.__dict__ for m in w.metrics]} for w in workloads
+        ],
+        "samples": {fs.name: {} for fs in fss},
+        "baseline": {"local_hot_read": []},
+        "errors": [],
+    }
+
+
+def run_fs_round(ctx: Context, workloads: list[Workload], results: dict[str, Any],
+                 round_no: int) -> None:
+    """All workloads for one filesystem in one round; unmounts at the end."""
+    fs = ctx.fs
+    fs.peak_rss_kib = 0
+    samples = results["samples"][fs.name]
+    try:
+        for w in workloads:
+            started = time.monotonic()
+            try:
+                values = w.func(ctx)
+            except NotApplicable:
+                continue
+            except MountError as exc:
+                if not fs.ever_mounted:  # never worked: skip this filesystem for good
+                    raise
+                _record_error(results, round_no, fs.name, w.name, exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - record and go on with the next one
+                _record_error(results, round_no, fs.name, w.name, exc)
+                continue
+            for key, value in values.items():
+                samples.setdefault(key, []).append(value)
+            shown = ", ".join(f"{k}={v:.3f}" for k, v in values.items())
+            print(f"  [{fs.name}] {w.name}: {shown} ({time.monotonic() - started:.1f}s)",
+                  flush=True)
+    finally:
+        fs.unmount()
+
+
+def _record_error(results: dict[str, Any], round_no: int, fs: str, workload: str,
+                  exc: BaseException) -> None:
+    message = f"{type(exc).__name__}: {exc}"
+    results["errors"].append({"round": round_no, "fs": fs, "workload": workload,
+                              "error": message})
+    print(f"  [{fs}] {workload}: ERROR {message}", flush=True)
+
+
+def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    spec = datasets.QUICK if args.quick else datasets.FULL
+    workloads = [WORKLOADS[name] for name in args.workloads]
+    data_dir = workdir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fss: list[FileSystem] = []
+    with SeaweedFS(workdir / "seaweedfs") as sw:
+        print(f"SeaweedFS at {sw.endpoint_url}", flush=True)
+        client = sw.client(max_pool_connections=datasets.UPLOAD_THREADS)
+        client.create_bucket(Bucket=BUCKET)
+        env = datasets.SetupEnv(client, BUCKET, spec, data_dir)
+        for setup in dict.fromkeys(s for w in workloads for s in w.setups):
+            started = time.monotonic()
+            setup(env)
+            print(f"data set {setup.__name__}: {time.monotonic() - started:.1f}s", flush=True)
+
+        target = S3Target(sw.endpoint_url, BUCKET, sw.access_key, sw.secret_key)
+        fss = [FILESYSTEMS[name](target, workdir / name) for name in args.fs]
+        results = new_results(args, spec, fss, workloads)
+        active = list(fss)
+        try:
+            for round_no in range(args.rounds):
+                if any(w.name == "seq_read" for w in workloads):
+                    results["baseline"]["local_hot_read"].append(local_hot_read(data_dir))
+                shift = round_no % len(active) if active else 0
+                order = active[shift:] + active[:shift]
+                print(f"round {round_no + 1}/{args.rounds}: {', '.join(f.name for f in order)}",
+                      flush=True)
+                for fs in order:
+                    try:
+                        run_fs_round(Context(fs, spec, data_dir), workloads, results, round_no)
+                    except MountError as exc:
+                        print(f"  [{fs.name}] SKIPPED: {exc}", flush=True)
+                        results["filesystems"][fs.name].update(
+                            status="skipped", reason=str(exc).splitlines()[0])
+                        active.remove(fs)
+        finally:
+            for fs in fss:
+                fs.unmount()
+    return results
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mountpoints below ``path`` (never rmtree through a live mount)."""
+    prefix = str(path.resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    return [m for m in mounts if m.startswith(prefix)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.report_only:
+        results = json.loads(args.results.read_text())
+        report.render(results, args.docs)
+        print(f"wrote {args.docs / 'benchmarks.md'} and {args.docs / 'benchmarks.png'}")
+        return 0
+    if os.geteuid() != 0:
+        print("benchmarks need root (they drop the page cache)", file=sys.stderr)
+        return 2
+    # Turn SIGTERM into an exception so the finally blocks unmount everything.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="s3fuse-bench-"))
+    try:
+        results = benchmark(args, workdir)
+    finally:
+        if not args.keep and not _mounts_under(workdir):
+            shutil.rmtree(workdir, ignore_errors=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    report.render(results, args.docs)
+    print(f"wrote {args.results}, {args.docs / 'benchmarks.md'}, {args.docs / 'benchmarks.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Data cache on diskcache: (bucket, key, etag, block) -> verified bytes, LRU, size cap.
+
+Every stored block carries a header with a digest of its identity and a CRC of its
+bytes, so a truncated, zeroed or swapped block file is detected on read and treated
+as a miss (and dropped) instead of being served. All methods block: call them from
+worker threads.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import zlib
+from pathlib import Path
+
+import diskcache
+
+from ..errors import CorruptData
+from .safedisk import SafeDisk
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"S3FB"
+_HEADER = struct.Struct(">4sBI16sQ")  # magic, version, crc32, identity digest, length
+_VERSION = 1
+
+
+def block_id(bucket: str, key: str, etag: str, index: int) -> str:
+    """The cache key of one block; never used as a path."""
+    return f"b\x00{bucket}\x00{key}\x00{etag}\x00{index}"
+
+
+def _identity(name: str) -> bytes:
+    return hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def seal(name: str, data: bytes) -> bytes:
+    return _HEADER.pack(_MAGIC, _VERSION, zlib.crc32(data), _identity(name), len(data)) + data
+
+
+def unseal(name: str, blob: bytes) -> bytes:
+    """The payload of `blob` if it is the intact block `name`; CorruptData otherwise."""
+    if len(blob) < _HEADER.size:
+        raise CorruptData(f"cache block too short ({len(blob)} bytes)")
+    magic, version, crc, ident, length = _HEADER.unpack_from(blob)
+    data = memoryview(blob)[_HEADER.size:]
+    if magic != _MAGIC or version != _VERSION:
+        raise CorruptData("cache block has a bad header")
+    if ident != _identity(name):
+        raise CorruptData("cache block belongs to another object or block")
+    if length != len(data) or zlib.crc32(data) != crc:
+        raise CorruptData("cache block fails its checksum")
+    return bytes(data)
+
+
+class BlockCache:
+    """Size-capped LRU store of object blocks in `<cache>/blocks`."""
+
+    def __init__(self, directory: Path, size_limit: int):
+        self.directory = directory
+        self._cache = diskcache.Cache(
+            str(directory),
+            disk=SafeDisk,
+            size_limit=size_limit,
+            eviction_policy="least-recently-used",
+            cull_limit=16,
+            statistics=False,
+        )
+
+    def get(self, bucket: str, key: str, etag: str, index: int) -> bytes | None:
+        name = block_id(bucket, key, etag, index)
+        try:
+            blob = self._cache.get(name)
+        except (CorruptData, OSError) as exc:
+            log.warning("cache block for s3://%s/%s #%d unreadable (%s): dropped", bucket, key, index, exc)
+            self._cache.delete(name)
+            return None
+        if blob is None:
+            return None
+        try:
+            return unseal(name, blob)
+        except CorruptData as exc:
+            log.warning("cache block for s3://%s/%s #%d corrupt (%s): dropped", bucket, key, index, exc)
+            self._cache.delete(name)
+            return None
+
+    def put(self, bucket: str, key: str, etag: str, index: int, data: bytes) -> None:
+        name = block_id(bucket, key, etag, index)
+        self._cache.set(name, seal(name, data))
+
+    def contains(self, bucket: str, key: str, etag: str, index: int) -> bool:
+        return block_id(bucket, key, etag, index) in self._cache
+
+    def volume(self) -> int:
+        return int(self._cache.volume())
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def close(self) -> None:
+        self._cache.close()

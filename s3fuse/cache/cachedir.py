@@ -1,0 +1,76 @@
+"""The cache directory: created private, refused when unsafe, locked per daemon."""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import stat
+from pathlib import Path
+
+from ..errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def secure_dir(path: Path) -> Path:
+    """Create `path` (0700) or check an existing one; refuse what others could tamper with."""
+    old = os.umask(0o077)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create cache dir {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"cache dir {path} is not a plain directory")
+    if st.st_uid != os.geteuid():
+        raise UsageError(f"cache dir {path} is owned by uid {st.st_uid}, not by us: refusing it")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UsageError(f"cache dir {path} is writable by group/others: refusing it (chmod 700)")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+class CacheLock:
+    """An exclusive flock on `<cache>/lock`: one daemon per cache directory."""
+
+    def __init__(self, cache_dir: Path):
+        self.path = cache_dir / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UsageError(f"cache dir {self.path.parent} is in use by pid {holder}: "
+                             "give each mount its own --cache-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @staticmethod
+    def holder(cache_dir: Path) -> int | None:
+        """The pid holding the lock on `cache_dir`, or None when it is free."""
+        path = cache_dir / "lock"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)
+        return None

@@ -1,0 +1,113 @@
+"""Persistent listings and stats in `<cache>/meta.sqlite`.
+
+Listings survive restarts so a mount can serve them offline; lookups are indexed
+queries instead of an in-memory dict per directory, so a huge bucket does not
+become millions of Python objects. One connection, guarded by a lock, used from
+the trio thread for point queries and from worker threads for bulk writes.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS dirs (
+    ns TEXT NOT NULL, path TEXT NOT NULL, listed_at REAL NOT NULL,
+    PRIMARY KEY (ns, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entries (
+    ns TEXT NOT NULL, dir TEXT NOT NULL, name TEXT NOT NULL,
+    is_dir INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    etag TEXT NOT NULL, checked_at REAL NOT NULL,
+    PRIMARY KEY (ns, dir, name)) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One name in a directory, as last seen in S3."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime_ns: int = 0
+    etag: str = ""
+    checked_at: float = 0.0
+
+
+class MetaStore:
+    """Listings keyed by (namespace id, directory path)."""
+
+    def __init__(self, path: Path):
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def listed_at(self, ns: str, path: str) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT listed_at FROM dirs WHERE ns=? AND path=?",
+                                   (ns, path)).fetchone()
+        return row[0] if row else None
+
+    def replace_listing(self, ns: str, path: str, entries: Iterable[Entry],
+                        now: float | None = None) -> None:
+        """Atomically make `entries` the listing of `path` (blocking: use a thread)."""
+        now = time.time() if now is None else now
+        rows = [(ns, path, e.name, int(e.is_dir), e.size, e.mtime_ns, e.etag, now) for e in entries]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM entries WHERE ns=? AND dir=?", (ns, path))
+                self._db.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+                self._db.execute("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", (ns, path, now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def entry(self, ns: str, path: str, name: str) -> Entry | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT name, is_dir, size, mtime_ns, etag, checked_at FROM entries "
+                "WHERE ns=? AND dir=? AND name=?", (ns, path, name)).fetchone()
+        return _entry(row) if row else None
+
+    def entries(self, ns: str, path: str) -> list[Entry]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, is_dir, size, mtime_ns, etag, checked_at FROM entries "
+                "WHERE ns=? AND dir=? ORDER BY name", (ns, path)).fetchall()
+        return [_entry(r) for r in rows]
+
+    def iter_files(self, ns: str) -> Iterator[tuple[str, Entry]]:
+        """Every known file of a namespace as (dir, entry); for pinning and stats."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT dir, name, is_dir, size, mtime_ns, etag, checked_at FROM entries "
+                "WHERE ns=? AND is_dir=0", (ns,)).fetchall()
+        for row in rows:
+            yield row[0], _entry(row[1:])
+
+    def update_entry(self, ns: str, path: str, entry: Entry) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)",
+                             (ns, path, entry.name, int(entry.is_dir), entry.size, entry.mtime_ns,
+                              entry.etag, entry.checked_at))
+
+    def remove_entry(self, ns: str, path: str, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM entries WHERE ns=? AND dir=? AND name=?", (ns, path, name))
+
+
+def _entry(row: tuple) -> Entry:
+    return Entry(row[0], bool(row[1]), row[2], row[3], row[4], row[5])

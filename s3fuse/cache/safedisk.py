@@ -1,0 +1,54 @@
+"""A diskcache Disk that never unpickles and never follows a path it did not make.
+
+diskcache pickles any value that is not bytes/str/int/float and trusts the mode
+and file name read back from its SQLite file (CVE-2025-69872). Anyone who can
+write the cache database could then run code in the daemon or make it delete
+files. We store only plain values and refuse anything else on the way back.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import diskcache
+from diskcache.core import MODE_PICKLE
+
+from ..errors import CorruptData
+
+_VALUE_FILE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val$")
+_PLAIN = (bytes, str, int, float)
+
+
+def _checked_filename(filename: str | None) -> None:
+    if filename is not None and not _VALUE_FILE.match(filename.replace(os.sep, "/")):
+        raise CorruptData(f"cache entry points outside the cache: {filename!r}")
+
+
+class SafeDisk(diskcache.Disk):
+    """diskcache.Disk restricted to plain values and its own value files."""
+
+    def put(self, key):  # type: ignore[no-untyped-def]
+        if type(key) not in _PLAIN:
+            raise TypeError(f"cache keys must be bytes/str/int/float, not {type(key).__name__}")
+        return super().put(key)
+
+    def get(self, key, raw):  # type: ignore[no-untyped-def]
+        if not raw:
+            raise CorruptData("refusing a pickled cache key")
+        return super().get(key, raw)
+
+    def store(self, value, read, key=diskcache.core.UNKNOWN):  # type: ignore[no-untyped-def]
+        if not read and type(value) not in _PLAIN:
+            raise TypeError(f"cache values must be bytes/str/int/float, not {type(value).__name__}")
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode, filename, value, read):  # type: ignore[no-untyped-def]
+        if mode == MODE_PICKLE:
+            raise CorruptData("refusing a pickled cache value")
+        _checked_filename(filename)
+        return super().fetch(mode, filename, value, read)
+
+    def remove(self, file_path):  # type: ignore[no-untyped-def]
+        relative = os.path.relpath(file_path, self._directory)
+        _checked_filename(relative)
+        return super().remove(file_path)

@@ -1,0 +1,392 @@
+"""Configuration: frozen dataclasses, merged and validated here only.
+
+Precedence, lowest first: built-in defaults, environment (endpoint only),
+secrets.env, the TOML file, `-o key=value` options, explicit CLI flags.
+Every problem raises UsageError with one line that names the culprit.
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import UsageError
+
+ENDPOINT_ENV_VARS = ("AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "S3_ENDPOINT")
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B)?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A bucket or prefix shown as top-level directory `name`."""
+
+    name: str
+    bucket: str
+    prefix: str  # "" or ends with "/"
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class ManifestSpec:
+    """An s3exchange manifest shown as top-level directory `name`."""
+
+    name: str
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    access_key: str
+    secret_key: str
+
+    def __repr__(self) -> str:  # never leak secrets through a repr in a log line
+        return "KeyPair(<redacted>)"
+
+
+@dataclass(frozen=True)
+class Config:
+    mountpoint: Path | None = None
+    sources: tuple[SourceSpec, ...] = ()
+    manifests: tuple[ManifestSpec, ...] = ()
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+    addressing_style: str = "auto"
+    secrets_env: Path | None = None
+    read_keys: KeyPair | None = field(default=None, repr=False)
+    write_keys: KeyPair | None = field(default=None, repr=False)
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+    cache_size: int = 10 << 30
+    metadata_ttl: float = 60.0
+    read_only: bool = False
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    allow_other: bool = False
+    foreground: bool = False
+    log_level: str = "INFO"
+    config_file: Path | None = None
+
+    def with_overrides(self, **changes: Any) -> "Config":
+        return replace(self, **changes)
+
+
+def default_cache_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/cache/s3fuse")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "s3fuse"
+
+
+# ---------------------------------------------------------------- parsers
+
+def parse_size(text: str | int) -> int:
+    """'20G' -> bytes (binary units; 'K', 'KB', 'KiB' all mean 1024)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise UsageError(f"size must not be negative: {text}")
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise UsageError(f"invalid size {text!r} (expected e.g. 512M, 20G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def parse_duration(text: str | int | float) -> float:
+    """'7d', '90m', '60' -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        m = _DURATION_RE.match(str(text))
+        if not m:
+            raise UsageError(f"invalid duration {text!r} (expected e.g. 60, 90s, 15m, 7d)")
+        value = float(m.group(1)) * _SECONDS[m.group(2).lower()]
+    if value < 0:
+        raise UsageError(f"duration must not be negative: {text}")
+    return value
+
+
+def parse_mode(text: str | int) -> int:
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        try:
+            value = int(str(text), 8)
+        except ValueError:
+            raise UsageError(f"invalid mode {text!r} (expected octal, e.g. 0644)") from None
+    if not 0 <= value <= 0o7777:
+        raise UsageError(f"invalid mode {text!r}")
+    return value
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on", ""):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"invalid boolean {text!r}")
+
+
+def parse_int(text: str | int, what: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"invalid {what} {text!r} (expected an integer)") from None
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """'s3://bucket/some/key' -> ('bucket', 'some/key'); validates the bucket name."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise UsageError(f"malformed S3 URI {uri!r} (expected s3://BUCKET[/PREFIX])")
+    bucket, _, rest = uri[5:].partition("/")
+    if not _BUCKET_RE.match(bucket):
+        raise UsageError(f"malformed S3 URI {uri!r}: invalid bucket name {bucket!r}")
+    if "\0" in rest:
+        raise UsageError(f"malformed S3 URI {uri!r}: NUL in key")
+    return bucket, rest
+
+
+def _check_name(name: str, uri: str) -> str:
+    if (not name or name in (".", "..") or "/" in name or "\0" in name
+            or len(name.encode()) > 255):
+        raise UsageError(f"invalid directory name {name!r} for {uri}")
+    return name
+
+
+def _split_named(spec: str) -> tuple[str | None, str]:
+    """'NAME=s3://...' -> ('NAME', 's3://...'); 's3://...' -> (None, 's3://...')."""
+    if not spec.startswith("s3://") and "=" in spec:
+        name, _, uri = spec.partition("=")
+        return name, uri
+    return None, spec
+
+
+def parse_source(uri: str, name: str | None = None) -> SourceSpec:
+    bucket, prefix = split_s3_uri(uri)
+    prefix = prefix.strip("/")
+    if prefix:
+        if any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise UsageError(f"malformed S3 URI {uri!r}: bad prefix segment")
+        prefix += "/"
+    return SourceSpec(name=_check_name(name or bucket, uri), bucket=bucket, prefix=prefix)
+
+
+def parse_manifest(uri: str, name: str | None = None) -> ManifestSpec:
+    bucket, key = split_s3_uri(uri)
+    if not key or key.endswith("/"):
+        raise UsageError(f"malformed manifest URI {uri!r} (expected s3://BUCKET/KEY.jsonl)")
+    if name is None:
+        parent = key.rsplit("/", 1)[0] if "/" in key else ""
+        name = parent.rsplit("/", 1)[-1] if parent else key.rsplit(".", 1)[0]
+    return ManifestSpec(name=_check_name(name, uri), bucket=bucket, key=key)
+
+
+def parse_secrets_env(path: Path) -> dict[str, str]:
+    """yt_framework's secrets.env: strip, skip '#' lines, split on the first '=', strip.
+
+    No unquoting and no `export` handling, exactly as yt_framework reads it.
+    A file readable by group or others is refused, like s3fs refuses its passwd file.
+    """
+    try:
+        st = path.stat()
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read secrets file {path}: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(f"secrets file {path} is accessible by group/others: chmod 600 it")
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def _keypair(values: Mapping[str, str], kind: str) -> KeyPair | None:
+    access = values.get(f"S3_{kind}_ACCESS_KEY")
+    secret = values.get(f"S3_{kind}_SECRET_KEY")
+    if access and secret:
+        return KeyPair(access, secret)
+    if access or secret:
+        raise UsageError(f"secrets file has only one of S3_{kind}_ACCESS_KEY / S3_{kind}_SECRET_KEY")
+    return None
+
+
+# ---------------------------------------------------------------- merging
+
+#: option name -> converter; the single schema for TOML keys, -o keys and CLI flags.
+SCALAR_OPTIONS: dict[str, Any] = {
+    "mountpoint": Path,
+    "endpoint_url": str,
+    "profile": str,
+    "region": str,
+    "addressing_style": str,
+    "secrets_env": Path,
+    "cache_dir": Path,
+    "cache_size": parse_size,
+    "metadata_ttl": parse_duration,
+    "read_only": parse_bool,
+    "sse": str,
+    "sse_kms_key_id": str,
+    "uid": lambda v: parse_int(v, "uid"),
+    "gid": lambda v: parse_int(v, "gid"),
+    "file_mode": parse_mode,
+    "dir_mode": parse_mode,
+    "allow_other": parse_bool,
+    "log_level": lambda v: str(v).upper(),
+}
+LIST_OPTIONS = ("source", "manifest")
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"invalid config {path}: {exc}") from None
+    unknown = set(data) - set(SCALAR_OPTIONS) - set(LIST_OPTIONS)
+    if unknown:
+        raise UsageError(f"unknown key(s) in config {path}: {', '.join(sorted(unknown))}")
+    for key in LIST_OPTIONS:
+        items = data.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) and "uri" in i for i in items):
+            raise UsageError(f"invalid config {path}: [[{key}]] tables need a 'uri'")
+    return data
+
+
+def parse_o_options(options: list[str]) -> dict[str, Any]:
+    """`-o key=value,flag` (fstab style) -> raw option dict with TOML names."""
+    raw: dict[str, Any] = {}
+    for group in options:
+        for item in filter(None, (part.strip() for part in group.split(","))):
+            key, sep, value = item.partition("=")
+            key = key.replace("-", "_")
+            if key == "ro":
+                key, value, sep = "read_only", "true", "="
+            if key in LIST_OPTIONS:
+                name, uri = _split_named(value)
+                raw.setdefault(key, []).append({"uri": uri, "name": name})
+                continue
+            if key not in SCALAR_OPTIONS:
+                raise UsageError(f"unknown mount option {key!r}")
+            raw[key] = value if sep else "true"
+    return raw
+
+
+def build_config(cli: Mapping[str, Any], o_options: list[str] | None = None,
+                 environ: Mapping[str, str] | None = None) -> Config:
+    """Merge every configuration layer into one validated Config.
+
+    `cli` holds only what the user gave explicitly (None/absent = not given), with
+    `source`/`manifest` as lists of 'NAME=URI' strings and `config` as a path.
+    """
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    for var in reversed(ENDPOINT_ENV_VARS):
+        if env.get(var):
+            merged["endpoint_url"] = env[var]
+    if env.get("S3_REGION") and not env.get("AWS_REGION") and not env.get("AWS_DEFAULT_REGION"):
+        merged["region"] = env["S3_REGION"]
+
+    config_file = cli.get("config")
+    layers: list[dict[str, Any]] = []
+    if config_file:
+        layers.append(load_toml(Path(config_file)))
+    layers.append(parse_o_options(o_options or []))
+    explicit = {k: v for k, v in cli.items() if v is not None and k in SCALAR_OPTIONS}
+    for key in LIST_OPTIONS:
+        if cli.get(key):
+            explicit[key] = [dict(zip(("name", "uri"), _split_named(s))) for s in cli[key]]
+    layers.append(explicit)
+    for layer in layers:
+        merged.update(layer)
+
+    values: dict[str, Any] = {}
+    for key, convert in SCALAR_OPTIONS.items():
+        if merged.get(key) is not None:
+            values[key] = convert(merged[key])
+    if config_file:
+        values["config_file"] = Path(config_file)
+    values["foreground"] = bool(cli.get("foreground"))
+
+    if "secrets_env" in values:
+        secrets = parse_secrets_env(values["secrets_env"])
+        values["read_keys"] = _keypair(secrets, "DOWNLOAD")
+        values["write_keys"] = _keypair(secrets, "UPLOAD")
+        if "endpoint_url" not in layers_keys(layers) and secrets.get("S3_ENDPOINT"):
+            values["endpoint_url"] = secrets["S3_ENDPOINT"]
+
+    values["sources"] = tuple(parse_source(i["uri"], i.get("name")) for i in merged.get("source", []))
+    values["manifests"] = tuple(parse_manifest(i["uri"], i.get("name"))
+                                for i in merged.get("manifest", []))
+    return validate(Config(**values))
+
+
+def layers_keys(layers: list[dict[str, Any]]) -> set[str]:
+    return {key for layer in layers for key in layer}
+
+
+def validate(cfg: Config) -> Config:
+    names = [s.name for s in cfg.sources] + [m.name for m in cfg.manifests]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise UsageError(f"two sources share the directory name {name!r}: name one with NAME=s3://...")
+        seen.add(name)
+    if cfg.addressing_style not in ADDRESSING_STYLES:
+        raise UsageError(f"invalid addressing style {cfg.addressing_style!r} (path or virtual)")
+    if cfg.sse is not None and cfg.sse not in SSE_MODES:
+        raise UsageError(f"invalid --sse {cfg.sse!r} (one of {', '.join(SSE_MODES)})")
+    if cfg.sse_kms_key_id and cfg.sse not in ("aws:kms", "aws:kms:dsse"):
+        raise UsageError("--sse-kms-key-id needs --sse aws:kms or aws:kms:dsse")
+    if cfg.endpoint_url and not re.match(r"^https?://[^\s/]+", cfg.endpoint_url):
+        raise UsageError(f"invalid endpoint URL {cfg.endpoint_url!r} (expected http(s)://host[:port])")
+    if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise UsageError(f"invalid log level {cfg.log_level!r}")
+    if cfg.cache_size < (64 << 20):
+        raise UsageError("cache size must be at least 64M")
+    return cfg
+
+
+def check_mountpoint(path: Path) -> Path:
+    """The mountpoint must exist, be a directory and not be mounted already."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"mountpoint {path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"mountpoint {path} is not usable: {exc.strerror} "
+                         "(a stale mount? run: fusermount3 -uz " f"{path})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise UsageError(f"{path} is already a mount point")
+    return path.resolve()

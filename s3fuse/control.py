@@ -1,0 +1,61 @@
+"""The control plane: status and commands through xattrs on the mount root.
+
+`s3fuse status` and `s3fuse umount` talk to a running daemon by reading
+`user.s3fuse.*` xattrs of the mountpoint, so there is no socket to secure and no
+hidden file in the tree. Values are JSON or plain text; never credentials.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import trio
+
+from . import __version__
+from .config import Config
+from .errors import ReadOnly
+
+log = logging.getLogger(__name__)
+
+STATUS = "user.s3fuse.status"
+PID = "user.s3fuse.pid"
+
+
+class Control:
+    """Root xattrs: read-only status and pid for now."""
+
+    def __init__(self, cfg: Config, *, cache_usage: Callable[[], dict[str, Any]],
+                 started: float | None = None):
+        self.cfg = cfg
+        self._cache_usage = cache_usage
+        self.started = time.time() if started is None else started
+
+    def names(self) -> list[str]:
+        return [STATUS, PID]
+
+    async def get(self, name: str) -> bytes:
+        if name == PID:
+            return str(os.getpid()).encode()
+        status = await trio.to_thread.run_sync(self.status)
+        return json.dumps(status, sort_keys=True).encode()
+
+    async def set(self, name: str, value: bytes) -> None:
+        raise ReadOnly(name)
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "mountpoint": str(cfg.mountpoint),
+            "started": self.started,
+            "link": {"state": "online", "since": self.started},
+            "read_only": cfg.read_only,
+            "endpoint_url": cfg.endpoint_url,
+            "sources": [s.uri for s in cfg.sources],
+            "manifests": [m.uri for m in cfg.manifests],
+            "cache": {"dir": str(cfg.cache_dir), "limit": cfg.cache_size, **self._cache_usage()},
+        }

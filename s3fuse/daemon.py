@@ -1,0 +1,147 @@
+"""Daemon lifecycle: build the components, mount, serve, and unmount cleanly.
+
+`run()` blocks until the filesystem is unmounted (fusermount3 -u, `s3fuse umount`)
+or the process gets SIGINT/SIGTERM. Readiness is announced only once the kernel
+answers a stat of the mountpoint through us.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pyfuse3
+import trio
+
+from .cache.blocks import BlockCache
+from .cache.cachedir import CacheLock, secure_dir
+from .cache.meta import MetaStore
+from .config import Config, SourceSpec
+from .control import Control
+from .data.reader import BlockReader
+from .fs.ops import S3Operations
+from .store.s3 import S3Store
+from .tree.bucket import BucketTree
+from .tree.root import RootTree
+
+log = logging.getLogger(__name__)
+
+
+class ReadySignal:
+    """Tells whoever started us that the mount is live (or why it is not)."""
+
+    def __init__(self, fd: int | None = None, on_ready: Callable[[], None] | None = None):
+        self._fd = fd
+        self._on_ready = on_ready
+
+    def _send(self, text: str) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.write(self._fd, text.encode() + b"\n")
+            os.close(self._fd)
+        except OSError:
+            pass
+        self._fd = None
+
+    def ready(self) -> None:
+        self._send("READY")
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def failed(self, reason: str) -> None:
+        self._send("ERROR " + reason.replace("\n", " "))
+
+
+@dataclass
+class Components:
+    store: S3Store
+    meta: MetaStore
+    blocks: BlockCache
+    reader: BlockReader
+    root: RootTree
+    ops: S3Operations
+
+
+def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Components:
+    """Everything below FUSE, wired together; closed by `stack`."""
+    cache_dir = secure_dir(cfg.cache_dir)
+    lock = CacheLock(cache_dir)
+    lock.acquire()
+    stack.callback(lock.release)
+    store = store or S3Store.from_config(cfg)
+    meta = MetaStore(cache_dir / "meta.sqlite")
+    stack.callback(meta.close)
+    blocks = BlockCache(secure_dir(cache_dir / "blocks"), cfg.cache_size)
+    stack.callback(blocks.close)
+    reader = BlockReader(store, blocks)
+    list_limiter = trio.CapacityLimiter(8)
+
+    def bucket(spec: SourceSpec) -> BucketTree:
+        return BucketTree(spec, store, meta, reader, ttl=cfg.metadata_ttl, writable=False,
+                          list_limiter=list_limiter)
+
+    auto = not cfg.sources and not cfg.manifests
+    root = RootTree([bucket(s) for s in cfg.sources], store=store, meta=meta, ttl=cfg.metadata_ttl,
+                    bucket_factory=bucket if auto else None)
+
+    def usage() -> dict[str, Any]:
+        return {"used": blocks.volume(), "blocks": len(blocks), "disk_full": reader.disk_full}
+
+    control = Control(cfg, cache_usage=usage)
+    ops = S3Operations(root, cfg, control)
+    return Components(store, meta, blocks, reader, root, ops)
+
+
+def fuse_options(cfg: Config) -> set[str]:
+    options = set(pyfuse3.default_options)  # keeps default_permissions
+    options |= {"fsname=s3fuse", "subtype=s3fuse"}
+    if cfg.allow_other:
+        options.add("allow_other")
+    return options
+
+
+async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
+    async with trio.open_nursery() as nursery:
+        parts.reader.bind(nursery)
+        nursery.start_soon(_watch_signals)
+        nursery.start_soon(_announce_ready, cfg, ready)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s received: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _announce_ready(cfg: Config, ready: ReadySignal) -> None:
+    await trio.to_thread.run_sync(os.stat, str(cfg.mountpoint))
+    log.info("mounted %s", cfg.mountpoint)
+    ready.ready()
+
+
+def run(cfg: Config, ready: ReadySignal | None = None, store: S3Store | None = None) -> int:
+    """Mount `cfg.mountpoint` and serve it until unmounted or signalled."""
+    ready = ready or ReadySignal()
+    assert cfg.mountpoint is not None
+    with ExitStack() as stack:
+        parts = build(cfg, stack, store)
+        try:
+            pyfuse3.init(parts.ops, str(cfg.mountpoint), fuse_options(cfg))
+        except RuntimeError as exc:
+            ready.failed(f"cannot mount {cfg.mountpoint}: {exc}")
+            log.error("cannot mount %s: %s", cfg.mountpoint, exc)
+            return 1
+        try:
+            trio.run(_serve, cfg, parts, ready)
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", cfg.mountpoint)
+    return 0

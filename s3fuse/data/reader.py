@@ -1,0 +1,152 @@
+"""The read path: object bytes from memory, the disk block cache, or ranged GETs.
+
+Objects are cut into fixed blocks keyed by (bucket, key, etag, index), so bytes
+of two versions can never mix. Small objects are one block fetched whole. A
+handle reading sequentially gets several blocks fetched ahead in parallel;
+random reads fetch only the blocks they touch. Blocking work (boto3, disk)
+runs in worker threads behind limiters; the trio loop only coordinates.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from ..cache.blocks import BlockCache
+from ..errors import CorruptData, S3FuseError
+from ..store.s3 import S3Store
+from ..util.flight import SingleFlight
+from ..util.lru import ByteLRU
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 8 << 20
+READAHEAD_BLOCKS = 4
+MEMORY_BYTES = 128 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """One version of one object."""
+
+    bucket: str
+    key: str
+    etag: str
+    size: int
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(slots=True)
+class ReadState:
+    """Per-handle access pattern, for read-ahead decisions."""
+
+    next_offset: int = 0
+    prefetched_to: int = field(default=-1)
+
+
+class BlockReader:
+    """Serves byte ranges of S3 objects through the block cache."""
+
+    def __init__(self, store: S3Store, blocks: BlockCache, *, block_size: int = BLOCK_SIZE,
+                 readahead: int = READAHEAD_BLOCKS, memory_bytes: int = MEMORY_BYTES,
+                 s3_concurrency: int = 16, disk_concurrency: int = 4):
+        self.store = store
+        self.blocks = blocks
+        self.block_size = block_size
+        self.readahead = readahead
+        self._memory = ByteLRU(memory_bytes)
+        self._flight: SingleFlight[bytes] = SingleFlight()
+        self._s3_limiter = trio.CapacityLimiter(s3_concurrency)
+        self._disk_limiter = trio.CapacityLimiter(disk_concurrency)
+        self._nursery: trio.Nursery | None = None
+        self._disk_error_logged = False
+        self.disk_full = False
+
+    def bind(self, nursery: trio.Nursery) -> None:
+        """Background tasks (read-ahead, cache writes) run in `nursery`."""
+        self._nursery = nursery
+
+    def block_range(self, ref: ObjectRef) -> range:
+        return range((ref.size + self.block_size - 1) // self.block_size)
+
+    async def read(self, ref: ObjectRef, offset: int, size: int, state: ReadState | None = None) -> bytes:
+        """Bytes [offset, offset+size) of `ref`, short only at end of object."""
+        end = min(offset + size, ref.size)
+        if size <= 0 or offset >= end:
+            return b""
+        first, last = offset // self.block_size, (end - 1) // self.block_size
+        if state is not None:
+            if state.next_offset == offset:
+                self._read_ahead(ref, last, state)
+            state.next_offset = end
+        parts = []
+        for index in range(first, last + 1):
+            block = await self.block(ref, index)
+            base = index * self.block_size
+            parts.append(block[max(offset - base, 0):end - base])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_ahead(self, ref: ObjectRef, last: int, state: ReadState) -> None:
+        if self._nursery is None:
+            return
+        stop = min(last + self.readahead, len(self.block_range(ref)) - 1)
+        for index in range(max(last + 1, state.prefetched_to + 1), stop + 1):
+            self._nursery.start_soon(self._prefetch, ref, index)
+        state.prefetched_to = max(state.prefetched_to, stop)
+
+    async def _prefetch(self, ref: ObjectRef, index: int) -> None:
+        try:
+            await self.block(ref, index)
+        except S3FuseError as exc:  # the real read will retry and report
+            log.debug("read-ahead of %s block %d failed: %s", ref.uri, index, exc)
+
+    async def block(self, ref: ObjectRef, index: int) -> bytes:
+        bid = (ref.bucket, ref.key, ref.etag, index)
+        data = self._memory.get(bid)
+        if data is not None:
+            return data
+        return await self._flight.run(bid, self._load, ref, index)
+
+    async def _load(self, ref: ObjectRef, index: int) -> bytes:
+        bid = (ref.bucket, ref.key, ref.etag, index)
+        data = await trio.to_thread.run_sync(self.blocks.get, *bid, limiter=self._disk_limiter)
+        if data is None:
+            data = await self._fetch(ref, index)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._persist, bid, data)
+        self._memory.put(bid, data)
+        return data
+
+    async def _fetch(self, ref: ObjectRef, index: int) -> bytes:
+        start = index * self.block_size
+        stop = min(start + self.block_size, ref.size)
+        whole = index == 0 and ref.size <= self.block_size
+        data = await trio.to_thread.run_sync(
+            self.store.get, ref.bucket, ref.key, ref.etag, start, None if whole else stop,
+            limiter=self._s3_limiter)
+        if len(data) != stop - start:
+            raise CorruptData(f"{ref.uri}: got {len(data)} bytes for block {index}, "
+                              f"expected {stop - start} (object changed size?)")
+        return data
+
+    async def _persist(self, bid: tuple[str, str, str, int], data: bytes) -> None:
+        try:
+            await trio.to_thread.run_sync(self.blocks.put, *bid, data, limiter=self._disk_limiter)
+            self.disk_full = False
+        except OSError as exc:
+            self.disk_full = True
+            if not self._disk_error_logged:
+                self._disk_error_logged = True
+                log.warning("cannot write to the block cache (%s): serving reads uncached", exc.strerror)
+
+    async def is_cached(self, ref: ObjectRef) -> bool:
+        """True when every block of `ref` is in memory or on disk."""
+        def check() -> bool:
+            return all((ref.bucket, ref.key, ref.etag, i) in self._memory
+                       or self.blocks.contains(ref.bucket, ref.key, ref.etag, i)
+                       for i in self.block_range(ref))
+        return await trio.to_thread.run_sync(check, limiter=self._disk_limiter)

@@ -1,0 +1,78 @@
+"""The one exception -> errno table.
+
+Every layer raises these instead of library exceptions, so the FUSE boundary in
+fs/ops.py needs to know only this module. This module imports nothing of ours.
+"""
+from __future__ import annotations
+
+import errno
+
+
+class S3FuseError(Exception):
+    """Base of every error we raise on purpose; carries the errno to answer."""
+
+    errno: int = errno.EIO
+
+
+class NotFound(S3FuseError):
+    errno = errno.ENOENT
+
+
+class AccessDenied(S3FuseError):
+    errno = errno.EACCES
+
+
+class StaleObject(S3FuseError):
+    """The object changed in S3 under an open handle (ETag no longer matches)."""
+
+    errno = errno.ESTALE
+
+
+class ReadOnly(S3FuseError):
+    errno = errno.EROFS
+
+
+class NotADirectory(S3FuseError):
+    errno = errno.ENOTDIR
+
+
+class IsADirectory(S3FuseError):
+    errno = errno.EISDIR
+
+
+class Offline(S3FuseError):
+    """S3 is unreachable and the cache cannot answer."""
+
+    errno = errno.EHOSTUNREACH
+
+
+class RemoteError(S3FuseError):
+    """Any other failure talking to S3 (5xx, throttling after retries, bad data)."""
+
+    errno = errno.EIO
+
+
+class CorruptData(S3FuseError):
+    """Bytes failed verification (cache block checksum, archive structure)."""
+
+    errno = errno.EIO
+
+
+class UsageError(Exception):
+    """Bad user input (CLI, config, credentials): one line on stderr and exit 2."""
+
+
+ERRNO_TABLE: dict[type[S3FuseError], int] = {
+    cls: cls.errno
+    for cls in (NotFound, AccessDenied, StaleObject, ReadOnly, NotADirectory,
+                IsADirectory, Offline, RemoteError, CorruptData)
+}
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a FUSE reply should carry for `exc` (EIO for anything unknown)."""
+    if isinstance(exc, S3FuseError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO

@@ -1,0 +1,349 @@
+"""pyfuse3.Operations: a protocol adapter from FUSE requests to namespaces.
+
+No S3 or cache logic lives here: it resolves inodes, asks the namespace, and
+turns entries into attributes. Every handler sits behind the error boundary.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import pyfuse3
+
+from ..cache.meta import Entry
+from ..config import Config
+from ..errors import NotADirectory, NotFound, ReadOnly
+from ..tree.base import FileSource, Namespace, join, split
+from ..tree.root import RootTree
+from .boundary import fuse_handler
+from .inodes import ROOT_INODE, ROOT_NS, InodeTable, Node
+
+log = logging.getLogger(__name__)
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+@dataclass(slots=True)
+class DirHandle:
+    node: Node
+    entries: list[Entry]
+
+
+@dataclass(slots=True)
+class FileHandle:
+    node: Node
+    source: FileSource
+
+
+HANDLE_OPS = frozenset({"readdir", "releasedir", "read", "release", "flush", "write", "fsync"})
+
+
+class ControlPlane:
+    """What the root's xattrs expose (status, pid, ...); implemented in control.py."""
+
+    def names(self) -> list[str]: ...
+
+    async def get(self, name: str) -> bytes: ...
+
+    async def set(self, name: str, value: bytes) -> None: ...
+
+
+class S3Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, root: RootTree, cfg: Config, control: ControlPlane | None = None):
+        super().__init__()
+        self.root = root
+        self.cfg = cfg
+        self.control = control
+        self.inodes = InodeTable()
+        self._files: dict[int, FileHandle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._fh = itertools.count(1)
+        self._versions: dict[int, str] = {}  # ino -> content version last opened
+        self._started_ns = time.time_ns()  # mtime of directories S3 has no date for
+
+    # ------------------------------------------------------------ helpers
+
+    def describe(self, op: str, *args: Any) -> str:
+        """A human path for log lines, from a handler's first argument (inode or handle)."""
+        if not args or not isinstance(args[0], int):
+            return "?"
+        if op in HANDLE_OPS:
+            handle = self._files.get(args[0]) or self._dirs.get(args[0])
+            node = handle.node if handle else None
+        else:
+            node = self.inodes.get(args[0])
+        if node is None:
+            return f"#{args[0]}"
+        if node.is_root:
+            return "/"
+        where = "/" + join(self.root.get(node.ns).name, node.path)
+        if len(args) > 1 and isinstance(args[1], bytes):
+            where = join(where, os.fsdecode(args[1]))
+        return where
+
+    def _node(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return node
+
+    def _ns(self, node: Node) -> Namespace:
+        return self.root.get(node.ns)
+
+    def _attrs(self, node: Node, entry: Entry, writable: bool) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        a.entry_timeout = self.cfg.metadata_ttl
+        a.attr_timeout = self.cfg.metadata_ttl
+        strip = 0 if writable else 0o222
+        if node.is_dir:
+            a.st_mode = stat.S_IFDIR | (self.cfg.dir_mode & ~strip)
+            a.st_nlink = 2
+            a.st_size = 0
+        else:
+            a.st_mode = stat.S_IFREG | (self.cfg.file_mode & ~strip)
+            a.st_nlink = 1
+            a.st_size = entry.size
+        a.st_uid = self.cfg.uid
+        a.st_gid = self.cfg.gid
+        a.st_blksize = 1 << 17
+        a.st_blocks = (a.st_size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = entry.mtime_ns or self._started_ns
+        return a
+
+    def _writable(self, node: Node) -> bool:
+        return not node.is_root and self._ns(node).writable and not self.cfg.read_only
+
+    async def _entry(self, node: Node) -> Entry:
+        if node.is_root:
+            return Entry("", True)
+        entry = await self._ns(node).stat(node.path)
+        if entry.is_dir != node.is_dir:
+            raise NotFound(f"{node.path} changed kind")
+        return entry
+
+    async def _child(self, parent: Node, name: str) -> tuple[Node, Entry] | None:
+        if parent.is_root:
+            index = await self.root.find(name)
+            if index is None:
+                return None
+            node = self.inodes.ensure(index, "", True)
+            return node, Entry(name, True)
+        if not parent.is_dir:
+            raise NotADirectory(parent.path)
+        entry = await self._ns(parent).lookup(parent.path, name)
+        if entry is None:
+            return None
+        return self.inodes.ensure(parent.ns, join(parent.path, name), entry.is_dir), entry
+
+    def _parent(self, node: Node) -> Node:
+        if node.is_root or not node.path:
+            return self._node(ROOT_INODE)
+        return self.inodes.ensure(node.ns, split(node.path)[0], True)
+
+    # ------------------------------------------------------------ lookups
+
+    @fuse_handler("lookup")
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        text = os.fsdecode(name)
+        if text in (".", ".."):
+            node = parent if text == "." else self._parent(parent)
+            found: tuple[Node, Entry] | None = (node, await self._entry(node))
+        else:
+            found = await self._child(parent, text)
+        if found is None:
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = self.cfg.metadata_ttl
+            return negative
+        node, entry = found
+        self.inodes.remember(node)
+        return self._attrs(node, entry, self._writable(node))
+
+    @fuse_handler("forget")
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    @fuse_handler("getattr")
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        return self._attrs(node, await self._entry(node), self._writable(node))
+
+    # ------------------------------------------------------------ directories
+
+    @fuse_handler("opendir")
+    async def opendir(self, inode: int, ctx: Any = None) -> int:
+        node = self._node(inode)
+        if not node.is_dir:
+            raise NotADirectory(node.path)
+        if node.is_root:
+            entries = await self.root.entries()
+        else:
+            entries = await self._ns(node).listdir(node.path)
+        fh = next(self._fh)
+        self._dirs[fh] = DirHandle(node, entries)
+        return fh
+
+    @fuse_handler("readdir")
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        handle = self._dirs.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        parent = handle.node
+        for index in range(start_id, len(handle.entries)):
+            entry = handle.entries[index]
+            if parent.is_root:
+                ns_index = await self.root.find(entry.name)
+                if ns_index is None:
+                    continue
+                node = self.inodes.ensure(ns_index, "", True)
+            else:
+                node = self.inodes.ensure(parent.ns, join(parent.path, entry.name), entry.is_dir)
+            attrs = self._attrs(node, entry, self._writable(node))
+            if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs, index + 1):
+                self.inodes.discard_if_unreferenced(node)
+                return
+            self.inodes.remember(node)
+
+    @fuse_handler("releasedir")
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # ------------------------------------------------------------ files
+
+    @fuse_handler("open")
+    async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & WRITE_FLAGS:
+            raise ReadOnly(node.path)
+        source = await self._ns(node).open(node.path)
+        fh = next(self._fh)
+        self._files[fh] = FileHandle(node, source)
+        keep = self._versions.get(inode) == source.version
+        self._versions[inode] = source.version
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    @fuse_handler("read")
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._files.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await handle.source.read(off, size)
+
+    @fuse_handler("release")
+    async def release(self, fh: int) -> None:
+        self._files.pop(fh, None)
+
+    @fuse_handler("flush")
+    async def flush(self, fh: int) -> None:
+        return None
+
+    # ------------------------------------------------------------ xattrs
+
+    async def _xattrs(self, node: Node) -> dict[str, bytes]:
+        if node.is_root:
+            return {}
+        return self._ns(node).xattrs(node.path, await self._entry(node))
+
+    @fuse_handler("getxattr")
+    async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+        node = self._node(inode)
+        key = os.fsdecode(name)
+        if node.is_root and self.control is not None and key in self.control.names():
+            return await self.control.get(key)
+        value = (await self._xattrs(node)).get(key)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @fuse_handler("listxattr")
+    async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
+        node = self._node(inode)
+        names = list(await self._xattrs(node))
+        if node.is_root and self.control is not None:
+            names += self.control.names()
+        return [n.encode() for n in names]
+
+    @fuse_handler("setxattr")
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
+        node = self._node(inode)
+        key = os.fsdecode(name)
+        if node.is_root and self.control is not None and key in self.control.names():
+            await self.control.set(key, value)
+            return
+        raise ReadOnly(node.path)
+
+    @fuse_handler("removexattr")
+    async def removexattr(self, inode: int, name: bytes, ctx: Any = None) -> None:
+        raise ReadOnly(self._node(inode).path)
+
+    # ------------------------------------------------------------ filesystem
+
+    @fuse_handler("statfs")
+    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_blocks = data.f_bfree = data.f_bavail = 1 << 40  # 4 PiB: S3 has no quota to show
+        data.f_files = data.f_ffree = data.f_favail = 1 << 32
+        data.f_namemax = 255
+        return data
+
+    # ------------------------------------------------------------ writes (not yet)
+
+    async def _refuse(self, inode: int) -> None:
+        raise ReadOnly(self.describe("refuse", inode))
+
+    @fuse_handler("setattr")
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
+        await self._refuse(inode)
+
+    @fuse_handler("create")
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
+        await self._refuse(parent_inode)
+
+    @fuse_handler("mkdir")
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        await self._refuse(parent_inode)
+
+    @fuse_handler("mknod")
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        await self._refuse(parent_inode)
+
+    @fuse_handler("symlink")
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        await self._refuse(parent_inode)
+
+    @fuse_handler("link")
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        await self._refuse(inode)
+
+    @fuse_handler("unlink")
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self._refuse(parent_inode)
+
+    @fuse_handler("rmdir")
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self._refuse(parent_inode)
+
+    @fuse_handler("rename")
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        await self._refuse(parent_inode_old)
+
+    @fuse_handler("write")
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raise ReadOnly("write")

@@ -1,0 +1,119 @@
+"""Finding and talking to running s3fuse mounts (for status/umount), and spawning one."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .control import PID, STATUS
+from .errors import UsageError
+
+FSTYPE = "fuse.s3fuse"
+
+
+def s3fuse_mounts() -> list[Path]:
+    """Mountpoints of every s3fuse filesystem on this machine."""
+    found = []
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == FSTYPE:
+            found.append(Path(fields[1].replace("\\040", " ").replace("\\011", "\t")
+                              .replace("\\012", "\n").replace("\\134", "\\")))
+    return found
+
+
+def is_s3fuse_mount(path: Path) -> bool:
+    resolved = path.resolve() if path.exists() else path.absolute()
+    return any(m == resolved or m == path.absolute() for m in s3fuse_mounts())
+
+
+def read_status(mountpoint: Path) -> dict[str, Any]:
+    raw = os.getxattr(str(mountpoint), STATUS)
+    return json.loads(raw)
+
+
+def daemon_pid(mountpoint: Path) -> int:
+    return int(os.getxattr(str(mountpoint), PID))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def fusermount_unmount(mountpoint: Path, lazy: bool = False) -> subprocess.CompletedProcess[str]:
+    args = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(mountpoint)]
+    return subprocess.run(args, capture_output=True, text=True)
+
+
+def spawn_background(argv: list[str], log_path: Path, timeout: float = 120.0) -> tuple[int, str]:
+    """Start `s3fuse <argv> --foreground` detached; wait until it says READY or fails.
+
+    Returns (exit code, message). The daemon's output goes to `log_path`.
+    """
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "s3fuse", *argv, "--foreground", "--ready-fd", str(write_fd)]
+    old = os.umask(0o077)
+    try:
+        log = open(log_path, "ab")
+    finally:
+        os.umask(old)
+    with log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                pass_fds=(write_fd,), start_new_session=True)
+    os.close(write_fd)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    try:
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.terminate()
+                return 1, f"the daemon did not become ready within {timeout:.0f}s (log: {log_path})"
+            ready, _, _ = select.select([read_fd], [], [], min(left, 1.0))
+            if ready:
+                chunk = os.read(read_fd, 4096)
+                if not chunk:
+                    break
+                buf += chunk
+    finally:
+        os.close(read_fd)
+    line = buf.decode(errors="replace").strip()
+    if line == "READY":
+        return 0, ""
+    code = proc.wait(timeout=30) if proc.poll() is None else proc.returncode
+    reason = line[6:] if line.startswith("ERROR ") else f"the daemon exited with {code} (log: {log_path})"
+    return (code or 1), reason
+
+
+def wait_gone(pid: int, mountpoint: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid) and not is_s3fuse_mount(mountpoint):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def require_mount(path: Path) -> Path:
+    if not is_s3fuse_mount(path):
+        raise UsageError(f"{path} is not an s3fuse mount")
+    return path

@@ -1,0 +1,200 @@
+"""The only module that imports boto3: clients, retries, credentials, error mapping.
+
+All methods are blocking; callers run them in worker threads (see `Store` users).
+boto3 clients are thread-safe, sessions are not, so clients are built once here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterator, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from botocore.exceptions import ClientError
+
+from ..config import Config, KeyPair
+from ..errors import AccessDenied, NotFound, Offline, RemoteError, StaleObject, UsageError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Errors that mean "could not talk to S3 at all" (as opposed to S3 saying no).
+NETWORK_ERRORS = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ProxyConnectionError,
+    botocore.exceptions.HTTPClientError,
+)
+#: Body read failures botocore does not retry by itself.
+TRUNCATION_ERRORS = (
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+)
+BODY_RETRIES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime_ns: int
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    prefixes: list[str]
+    objects: list[ObjectInfo]
+
+
+def clean_etag(etag: str | None) -> str:
+    return (etag or "").strip('"')
+
+
+def _mtime_ns(value: datetime | None) -> int:
+    return int(value.timestamp() * 1e9) if value else 0
+
+
+def translate(exc: BaseException, what: str) -> Exception:
+    """Map a botocore exception to one of errors.py, never leaking credentials."""
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in ("NoSuchKey", "NoSuchBucket", "NotFound", "404") or status == 404:
+            return NotFound(f"{what}: not found ({code or status})")
+        if code in ("AccessDenied", "Forbidden", "403", "InvalidAccessKeyId",
+                    "SignatureDoesNotMatch") or status == 403:
+            return AccessDenied(f"{what}: access denied ({code or status})")
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return StaleObject(f"{what}: object changed in S3")
+        return RemoteError(f"{what}: S3 error {code or status}")
+    if isinstance(exc, NETWORK_ERRORS):
+        return Offline(f"{what}: S3 unreachable ({type(exc).__name__})")
+    if isinstance(exc, TRUNCATION_ERRORS):
+        return RemoteError(f"{what}: truncated response body")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return AccessDenied(f"{what}: no credentials")
+    return RemoteError(f"{what}: {type(exc).__name__}")
+
+
+class S3Store:
+    """Blocking S3 access for one mount: a read client and a write client."""
+
+    def __init__(self, cfg: Config, connect_timeout: float = 3.0, read_timeout: float = 30.0):
+        self.cfg = cfg
+        session = boto3.session.Session(profile_name=cfg.profile or None, region_name=cfg.region)
+        self._session = session
+        bcfg = botocore.config.Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=64,
+            s3={"addressing_style": cfg.addressing_style},
+            tcp_keepalive=True,
+        )
+        self.read_client = self._client(session, bcfg, cfg.read_keys)
+        self.write_client = self._client(session, bcfg, cfg.write_keys) if cfg.write_keys else self.read_client
+
+    def _client(self, session: Any, bcfg: botocore.config.Config, keys: KeyPair | None) -> Any:
+        kwargs: dict[str, Any] = {"config": bcfg}
+        if self.cfg.endpoint_url:
+            kwargs["endpoint_url"] = self.cfg.endpoint_url
+        if keys:
+            kwargs["aws_access_key_id"] = keys.access_key
+            kwargs["aws_secret_access_key"] = keys.secret_key
+        if not session.region_name and not self.cfg.region:
+            kwargs["region_name"] = "us-east-1"
+        return session.client("s3", **kwargs)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "S3Store":
+        """Build the store, turning profile/credential problems into UsageError."""
+        try:
+            store = cls(cfg)
+        except botocore.exceptions.ProfileNotFound:
+            raise UsageError(f"AWS profile {cfg.profile!r} not found") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise UsageError(f"cannot configure S3 client: {exc}") from None
+        if cfg.read_keys is None and store._session.get_credentials() is None:
+            raise UsageError("no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                             "--profile, or --secrets-env)")
+        return store
+
+    # ------------------------------------------------------------ helpers
+
+    def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        try:
+            return fn(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - translated, never leaked
+            raise translate(exc, what) from None
+
+    # ------------------------------------------------------------ reads
+
+    def list_buckets(self) -> list[str]:
+        resp = self._call("ListBuckets", self.read_client.list_buckets)
+        return [b["Name"] for b in resp.get("Buckets", [])]
+
+    def list_pages(self, bucket: str, prefix: str) -> Iterator[ListPage]:
+        """ListObjectsV2 with delimiter '/', one ListPage per response."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/",
+                                      "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            resp = self._call(f"ListObjectsV2 s3://{bucket}/{prefix}",
+                              self.read_client.list_objects_v2, **kwargs)
+            yield ListPage(
+                prefixes=[p["Prefix"] for p in resp.get("CommonPrefixes", [])],
+                objects=[ObjectInfo(o["Key"], int(o.get("Size", 0)), _mtime_ns(o.get("LastModified")),
+                                    clean_etag(o.get("ETag"))) for o in resp.get("Contents", [])],
+            )
+            if not resp.get("IsTruncated"):
+                return
+            token = resp.get("NextContinuationToken")
+            if not token:
+                return
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        resp = self._call(f"HeadObject s3://{bucket}/{key}", self.read_client.head_object,
+                          Bucket=bucket, Key=key)
+        return ObjectInfo(key, int(resp.get("ContentLength", 0)), _mtime_ns(resp.get("LastModified")),
+                          clean_etag(resp.get("ETag")))
+
+    def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of one version of an object (If-Match etag).
+
+        A truncated body is retried here (botocore does not), and a short body is
+        never returned: it is an error after the retries.
+        """
+        what = f"GetObject s3://{bucket}/{key}"
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
+        if end is not None:
+            kwargs["Range"] = f"bytes={start}-{end - 1}"
+        elif start:
+            kwargs["Range"] = f"bytes={start}-"
+        for attempt in range(BODY_RETRIES):
+            resp = self._call(what, self.read_client.get_object, **kwargs)
+            if etag and clean_etag(resp.get("ETag")) not in ("", etag):
+                resp["Body"].close()  # a server that ignores If-Match: never mix versions
+                raise StaleObject(f"{what}: object changed in S3")
+            expected = int(resp.get("ContentLength", -1))
+            try:
+                data = resp["Body"].read()
+            except TRUNCATION_ERRORS + NETWORK_ERRORS as exc:
+                error: Exception = translate(exc, what)
+            else:
+                if expected < 0 or len(data) == expected:
+                    return data
+                error = RemoteError(f"{what}: short body {len(data)} of {expected} bytes")
+            log.debug("%s: attempt %d failed (%s), retrying", what, attempt + 1, error)
+            time.sleep(min(0.1 * 2 ** attempt, 1.0))
+        raise error

@@ -1,0 +1,161 @@
+"""A bucket (or prefix) as a directory tree: ListObjectsV2 with delimiter, TTL, persisted.
+
+Each directory is listed once per TTL, whole and paginated, into the metadata
+store; lookups, stats and readdir are then answered from there (negative lookups
+included), so `find` costs one listing per directory. Listings and stats that
+cannot be refreshed because S3 is unreachable are served as last seen.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from ..cache.meta import Entry, MetaStore
+from ..config import SourceSpec
+from ..data.reader import BlockReader, ObjectRef
+from ..errors import IsADirectory, NotFound, Offline
+from ..store.s3 import ListPage, S3Store
+from ..util.flight import SingleFlight
+from .base import FileSource, ObjectSource, OnceLogger, is_posix_name, join, split
+
+log = logging.getLogger(__name__)
+
+
+def entries_from_pages(pages: list[ListPage], prefix: str, hidden: OnceLogger,
+                       now: float) -> list[Entry]:
+    """Turn ListObjectsV2 pages of one directory into its entries.
+
+    Prefixes become directories, keys become files; the directory's own marker
+    (`prefix` itself) is not an entry. A key that is also a prefix is hidden (the
+    directory wins), and so is any name that cannot be a POSIX path component.
+    """
+    dirs: dict[str, Entry] = {}
+    files: dict[str, Entry] = {}
+    for page in pages:
+        for common in page.prefixes:
+            name = common[len(prefix):-1]
+            if is_posix_name(name):
+                dirs[name] = Entry(name, True, 0, 0, "", now)
+            else:
+                hidden.info(common, "hiding s3 prefix %r: not a valid POSIX name", common)
+        for obj in page.objects:
+            name = obj.key[len(prefix):]
+            if not name:
+                continue  # the directory marker itself
+            if is_posix_name(name):
+                files[name] = Entry(name, False, obj.size, obj.mtime_ns, obj.etag, now)
+            else:
+                hidden.info(obj.key, "hiding s3 key %r: not a valid POSIX name", obj.key)
+    for name in files.keys() & dirs.keys():
+        hidden.info(prefix + name, "hiding s3 key %r: a directory of the same name wins", prefix + name)
+        del files[name]
+    return sorted([*dirs.values(), *files.values()], key=lambda e: e.name)
+
+
+class BucketTree:
+    """Namespace over s3://bucket/prefix/ ."""
+
+    def __init__(self, spec: SourceSpec, store: S3Store, meta: MetaStore, reader: BlockReader,
+                 *, ttl: float, writable: bool = False, list_limiter: trio.CapacityLimiter):
+        self.name = spec.name
+        self.spec = spec
+        self.store = store
+        self.meta = meta
+        self.reader = reader
+        self.ttl = ttl
+        self.writable = writable
+        self.ns_id = f"bucket\x00{spec.bucket}\x00{spec.prefix}"
+        self._limiter = list_limiter
+        self._flight: SingleFlight[None] = SingleFlight()
+        self._hidden = OnceLogger(log)
+        self._started = int(time.time() * 1e9)
+
+    # ----------------------------------------------------------- listing
+
+    def key_of(self, path: str) -> str:
+        return self.spec.prefix + path
+
+    def _dir_prefix(self, path: str) -> str:
+        return self.spec.prefix + (path + "/" if path else "")
+
+    def _fresh(self, listed_at: float | None) -> bool:
+        return listed_at is not None and time.time() - listed_at < self.ttl
+
+    async def _ensure_listing(self, path: str) -> None:
+        listed_at = self.meta.listed_at(self.ns_id, path)
+        if self._fresh(listed_at):
+            return
+        try:
+            await self._flight.run(path, self._refresh, path)
+        except Offline:
+            if listed_at is None:
+                raise
+            log.debug("offline: serving the cached listing of %s", self._dir_prefix(path))
+
+    async def _refresh(self, path: str) -> None:
+        prefix = self._dir_prefix(path)
+
+        def fetch() -> None:
+            pages = list(self.store.list_pages(self.spec.bucket, prefix))
+            entries = entries_from_pages(pages, prefix, self._hidden, time.time())
+            self.meta.replace_listing(self.ns_id, path, entries)
+
+        await trio.to_thread.run_sync(fetch, limiter=self._limiter)
+
+    async def listdir(self, path: str) -> list[Entry]:
+        await self._ensure_listing(path)
+        return self.meta.entries(self.ns_id, path)
+
+    async def lookup(self, path: str, name: str) -> Entry | None:
+        await self._ensure_listing(path)
+        return self.meta.entry(self.ns_id, path, name)
+
+    # ----------------------------------------------------------- stat / open
+
+    def _root_entry(self) -> Entry:
+        return Entry("", True, 0, self._started, "", time.time())
+
+    async def stat(self, path: str) -> Entry:
+        """The entry of `path`, revalidated with HEAD when older than the TTL."""
+        if not path:
+            return self._root_entry()
+        parent, name = split(path)
+        entry = self.meta.entry(self.ns_id, parent, name)
+        if entry is None:
+            entry = await self.lookup(parent, name)
+            if entry is None:
+                raise NotFound(path)
+        if entry.is_dir or time.time() - entry.checked_at < self.ttl:
+            return entry
+        return await self._revalidate(parent, entry)
+
+    async def _revalidate(self, parent: str, entry: Entry) -> Entry:
+        key = self.key_of(join(parent, entry.name))
+        try:
+            info = await trio.to_thread.run_sync(self.store.head, self.spec.bucket, key,
+                                                 limiter=self._limiter)
+        except Offline:
+            return entry
+        except NotFound:
+            self.meta.remove_entry(self.ns_id, parent, entry.name)
+            raise
+        fresh = Entry(entry.name, False, info.size, info.mtime_ns, info.etag, time.time())
+        self.meta.update_entry(self.ns_id, parent, fresh)
+        return fresh
+
+    def ref(self, path: str, entry: Entry) -> ObjectRef:
+        return ObjectRef(self.spec.bucket, self.key_of(path), entry.etag, entry.size)
+
+    async def open(self, path: str) -> FileSource:
+        entry = await self.stat(path)
+        if entry.is_dir:
+            raise IsADirectory(path)
+        return ObjectSource(self.reader, self.ref(path, entry))
+
+    def xattrs(self, path: str, entry: Entry) -> dict[str, bytes]:
+        if entry.is_dir:
+            return {"user.s3.uri": f"s3://{self.spec.bucket}/{self._dir_prefix(path)}".encode()}
+        return {"user.s3.uri": f"s3://{self.spec.bucket}/{self.key_of(path)}".encode(),
+                "user.s3.etag": entry.etag.encode()}
