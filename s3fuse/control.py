@@ -28,9 +28,10 @@ class Control:
     """Root xattrs: read-only status and pid for now."""
 
     def __init__(self, cfg: Config, *, cache_usage: Callable[[], dict[str, Any]],
-                 started: float | None = None):
+                 requests: Callable[[], dict[str, int]], started: float | None = None):
         self.cfg = cfg
         self._cache_usage = cache_usage
+        self._requests = requests
         self.started = time.time() if started is None else started
 
     def names(self) -> list[str]:
@@ -58,4 +59,5 @@ class Control:
             "sources": [s.uri for s in cfg.sources],
             "manifests": [m.uri for m in cfg.manifests],
             "cache": {"dir": str(cfg.cache_dir), "limit": cfg.cache_size, **self._cache_usage()},
+            "requests": self._requests(),
         }

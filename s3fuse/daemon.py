@@ -91,7 +91,7 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     def usage() -> dict[str, Any]:
         return {"used": blocks.volume(), "blocks": len(blocks), "disk_full": reader.disk_full}
 
-    control = Control(cfg, cache_usage=usage)
+    control = Control(cfg, cache_usage=usage, requests=store.request_counts)
     ops = S3Operations(root, cfg, control)
     return Components(store, meta, blocks, reader, root, ops)
 

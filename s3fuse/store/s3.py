@@ -6,7 +6,9 @@ boto3 clients are thread-safe, sessions are not, so clients are built once here.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterator, TypeVar
@@ -98,6 +100,8 @@ class S3Store:
             s3={"addressing_style": cfg.addressing_style},
             tcp_keepalive=True,
         )
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
         self.read_client = self._client(session, bcfg, cfg.read_keys)
         self.write_client = self._client(session, bcfg, cfg.write_keys) if cfg.write_keys else self.read_client
 
@@ -128,7 +132,14 @@ class S3Store:
 
     # ------------------------------------------------------------ helpers
 
+    def request_counts(self) -> dict[str, int]:
+        """Requests sent per S3 operation since start (shown by `s3fuse status`)."""
+        with self._counts_lock:
+            return dict(self._counts)
+
     def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        with self._counts_lock:
+            self._counts[what.split(" ", 1)[0]] += 1
         try:
             return fn(**kwargs)
         except Exception as exc:  # noqa: BLE001 - translated, never leaked
