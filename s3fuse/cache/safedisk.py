@@ -49,6 +49,5 @@ class SafeDisk(diskcache.Disk):
         return super().fetch(mode, filename, value, read)
 
     def remove(self, file_path):  # type: ignore[no-untyped-def]
-        relative = os.path.relpath(file_path, self._directory)
-        _checked_filename(relative)
+        _checked_filename(file_path)  # relative to the cache directory, as stored
         return super().remove(file_path)

@@ -76,10 +76,10 @@ def translate(exc: BaseException, what: str) -> Exception:
         if code in ("PreconditionFailed", "412") or status == 412:
             return StaleObject(f"{what}: object changed in S3")
         return RemoteError(f"{what}: S3 error {code or status}")
+    if isinstance(exc, TRUNCATION_ERRORS):  # before NETWORK_ERRORS: it subclasses HTTPClientError
+        return RemoteError(f"{what}: truncated response body")
     if isinstance(exc, NETWORK_ERRORS):
         return Offline(f"{what}: S3 unreachable ({type(exc).__name__})")
-    if isinstance(exc, TRUNCATION_ERRORS):
-        return RemoteError(f"{what}: truncated response body")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return AccessDenied(f"{what}: no credentials")
     return RemoteError(f"{what}: {type(exc).__name__}")

@@ -1,0 +1,118 @@
+"""Block cache: verified blocks, LRU cap, no pickles, no paths from keys; cache dir safety."""
+from __future__ import annotations
+
+import os
+import pickle
+import sqlite3
+import stat
+from pathlib import Path
+
+import diskcache
+import pytest
+
+from s3fuse.cache.blocks import BlockCache, block_id, seal, unseal
+from s3fuse.cache.cachedir import CacheLock, secure_dir
+from s3fuse.cache.meta import Entry, MetaStore
+from s3fuse.cache.safedisk import SafeDisk
+from s3fuse.errors import CorruptData, UsageError
+
+
+def test_seal_roundtrip_and_detection():
+    name = block_id("b", "k", "e1", 0)
+    blob = seal(name, b"hello")
+    assert unseal(name, blob) == b"hello"
+    with pytest.raises(CorruptData):
+        unseal(block_id("b", "k", "e2", 0), blob)       # another version's block
+    with pytest.raises(CorruptData):
+        unseal(name, blob[:-1])                          # truncated
+    with pytest.raises(CorruptData):
+        unseal(name, blob[:-5] + b"\0" * 5)              # zeroed
+    with pytest.raises(CorruptData):
+        unseal(name, b"")
+
+
+def test_block_cache_put_get_and_corrupt_file_is_a_miss(tmp_path: Path):
+    cache = BlockCache(tmp_path / "blocks", 64 << 20)
+    data = os.urandom(100_000)  # big enough to live in its own file
+    cache.put("b", "k", "e", 3, data)
+    assert cache.get("b", "k", "e", 3) == data
+    assert cache.get("b", "k", "other-etag", 3) is None
+    files = [p for p in (tmp_path / "blocks").rglob("*.val")]
+    assert len(files) == 1
+    files[0].write_bytes(files[0].read_bytes()[:-10])  # truncate the block file
+    assert cache.get("b", "k", "e", 3) is None          # detected, dropped
+    assert not cache.contains("b", "k", "e", 3)
+    cache.close()
+
+
+def test_lru_size_cap(tmp_path: Path):
+    cache = BlockCache(tmp_path / "blocks", 1 << 20)
+    for i in range(40):
+        cache.put("b", "k", "e", i, os.urandom(100_000))
+    assert cache.volume() <= 1.5 * (1 << 20)
+    assert cache.get("b", "k", "e", 39) is not None
+    assert cache.get("b", "k", "e", 0) is None
+    cache.close()
+
+
+def test_safedisk_refuses_pickles_and_foreign_paths(tmp_path: Path):
+    cache = diskcache.Cache(str(tmp_path / "c"), disk=SafeDisk)
+    with pytest.raises(TypeError):
+        cache.set("k", {"not": "plain"})
+    cache.set("k", b"v" * 100_000)
+    cache.close()
+    db = sqlite3.connect(tmp_path / "c" / "cache.db")
+    db.execute("UPDATE Cache SET mode=4, value=?, filename=NULL", (pickle.dumps({"evil": 1}),))
+    db.commit()
+    cache = diskcache.Cache(str(tmp_path / "c"), disk=SafeDisk)
+    with pytest.raises(CorruptData):
+        cache.get("k")
+    db.execute("UPDATE Cache SET mode=2, value=NULL, filename='../../../etc/passwd'")
+    db.commit()
+    with pytest.raises(CorruptData):
+        cache.get("k")
+    cache.close()
+
+
+def test_secure_dir(tmp_path: Path):
+    d = secure_dir(tmp_path / "new" / "cache")
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    with pytest.raises(UsageError, match="writable by group/others"):
+        secure_dir(loose)
+    readable = tmp_path / "readable"
+    readable.mkdir()
+    readable.chmod(0o755)
+    assert stat.S_IMODE(secure_dir(readable).stat().st_mode) == 0o700
+    os.symlink(d, tmp_path / "link")
+    with pytest.raises(UsageError, match="not a plain directory"):
+        secure_dir(tmp_path / "link")
+
+
+def test_cache_lock(tmp_path: Path):
+    first = CacheLock(tmp_path)
+    first.acquire()
+    assert CacheLock.holder(tmp_path) == os.getpid()
+    second = CacheLock(tmp_path)
+    with pytest.raises(UsageError, match="in use"):
+        second.acquire()
+    first.release()
+    assert CacheLock.holder(tmp_path) is None
+    second.acquire()
+    second.release()
+
+
+def test_meta_store_persists_listings(tmp_path: Path):
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    meta.replace_listing("ns", "dir", [Entry("a", False, 3, 10, "e", 1.0), Entry("s", True)], now=5.0)
+    meta.close()
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    assert meta.listed_at("ns", "dir") == 5.0
+    assert [e.name for e in meta.entries("ns", "dir")] == ["a", "s"]
+    assert meta.entry("ns", "dir", "a").size == 3
+    assert meta.entry("ns", "dir", "zz") is None
+    meta.replace_listing("ns", "dir", [Entry("b", False)], now=6.0)
+    assert [e.name for e in meta.entries("ns", "dir")] == ["b"]
+    meta.close()

@@ -1,0 +1,58 @@
+"""Bad input of any kind: one clear line on stderr, exit 2, nothing mounted."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.mount import s3_env
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "s3fuse", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.fixture
+def env(moto_endpoint: str) -> dict[str, str]:
+    return s3_env(moto_endpoint)
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, env: dict[str, str]):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (tmp_path / "file").write_text("x")
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("cache_size = [")
+    no_creds = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    no_creds.update(AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+                    AWS_EC2_METADATA_DISABLED="true")
+    cases = [
+        (["mount", str(mnt), "--frobnicate"], env, "unrecognized arguments"),
+        (["mount", str(mnt), "--source", "bucket-without-scheme"], env, "malformed S3 URI"),
+        (["mount", str(mnt), "--config", str(bad_toml)], env, "invalid config"),
+        (["mount", str(mnt), "--config", str(tmp_path / "none.toml")], env, "cannot read config"),
+        (["mount", str(mnt), "--source", "s3://abc"], no_creds, "no AWS credentials"),
+        (["mount", str(tmp_path / "missing"), "--source", "s3://abc"], env, "does not exist"),
+        (["mount", str(tmp_path / "file"), "--source", "s3://abc"], env, "not a directory"),
+        (["mount", str(mnt), "--source", "s3://abc", "--source", "abc=s3://other"], env, "share"),
+        (["mount", "--source", "s3://abc"], env, "no mountpoint"),
+        (["mount", str(mnt), "--profile", "no-such-profile"], env, "profile"),
+        (["status", str(mnt)], env, "not an s3fuse mount"),
+        (["umount", str(mnt)], env, "not an s3fuse mount"),
+        (["bogus-command"], env, "invalid choice"),
+    ]
+    for args, case_env, message in cases:
+        res = run(args, case_env)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert not any(p.is_mount() for p in tmp_path.iterdir())
+
+
+def test_version_and_module_entry(env: dict[str, str]):
+    res = run(["--version"], env)
+    assert res.returncode == 0 and res.stdout.startswith("s3fuse ")

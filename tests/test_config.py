@@ -1,0 +1,113 @@
+"""Config merging and validation: every bad input is one UsageError line."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from s3fuse.config import (build_config, check_mountpoint, parse_duration, parse_manifest,
+                           parse_secrets_env, parse_size, parse_source)
+from s3fuse.errors import UsageError
+
+
+def test_sizes_and_durations():
+    assert parse_size("20G") == 20 << 30
+    assert parse_size("512MiB") == 512 << 20
+    assert parse_size("1.5K") == 1536
+    assert parse_size(100) == 100
+    assert parse_duration("7d") == 7 * 86400
+    assert parse_duration("90") == 90
+    for bad in ("lots", "-1G", "1X"):
+        with pytest.raises(UsageError):
+            parse_size(bad)
+
+
+def test_source_specs():
+    s = parse_source("s3://raw-data/2024/")
+    assert (s.name, s.bucket, s.prefix) == ("raw-data", "raw-data", "2024/")
+    s = parse_source("s3://raw-data", "raw")
+    assert (s.name, s.prefix) == ("raw", "")
+    for bad in ("raw-data", "s3://", "s3://a", "s3://b/../x", "http://bucket/x", "s3://bad bucket"):
+        with pytest.raises(UsageError):
+            parse_source(bad)
+
+
+def test_manifest_default_name_is_parent_prefix_segment():
+    m = parse_manifest("s3://ml/training/123/samples/manifest.jsonl")
+    assert (m.name, m.bucket, m.key) == ("samples", "ml", "training/123/samples/manifest.jsonl")
+    assert parse_manifest("s3://ml/top.jsonl").name == "top"
+    with pytest.raises(UsageError):
+        parse_manifest("s3://ml/dir/")
+
+
+def test_precedence_cli_over_o_over_toml_over_env(tmp_path: Path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('endpoint_url = "http://toml:1"\ncache_size = "1G"\nmetadata_ttl = 5\n'
+                        'read_only = true\nmountpoint = "/mnt/data"\n'
+                        '[[source]]\nuri = "s3://raw-data/2024"\nname = "raw"\n'
+                        '[[manifest]]\nuri = "s3://ml/t/1/samples/manifest.jsonl"\n')
+    env = {"AWS_ENDPOINT_URL": "http://env:1"}
+    cfg = build_config({"config": str(cfg_file)}, [], env)
+    assert cfg.endpoint_url == "http://toml:1"
+    assert cfg.cache_size == 1 << 30 and cfg.metadata_ttl == 5 and cfg.read_only
+    assert cfg.mountpoint == Path("/mnt/data")
+    assert [s.name for s in cfg.sources] == ["raw"] and [m.name for m in cfg.manifests] == ["samples"]
+    cfg = build_config({"config": str(cfg_file), "metadata_ttl": "9"}, ["cache_size=2G,ro"], env)
+    assert cfg.cache_size == 2 << 30 and cfg.metadata_ttl == 9
+    assert build_config({}, [], env).endpoint_url == "http://env:1"
+    assert build_config({}, [], {"S3_ENDPOINT": "http://yt:1"}).endpoint_url == "http://yt:1"
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("bogus = 1\n", "unknown key"),
+    ("cache_size = [\n", "invalid config"),
+    ("[[source]]\nname = 'x'\n", "need a 'uri'"),
+    ('metadata_ttl = "soon"\n', "invalid duration"),
+])
+def test_bad_toml(tmp_path: Path, toml: str, message: str):
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(UsageError, match=message):
+        build_config({"config": str(f)}, [], {})
+
+
+def test_bad_inputs():
+    with pytest.raises(UsageError, match="share the directory name"):
+        build_config({"source": ["s3://same", "same=s3://other"]}, [], {})
+    with pytest.raises(UsageError, match="cannot read config"):
+        build_config({"config": "/nonexistent.toml"}, [], {})
+    with pytest.raises(UsageError, match="unknown mount option"):
+        build_config({}, ["frobnicate=1"], {})
+    with pytest.raises(UsageError, match="sse"):
+        build_config({"sse": "rot13"}, [], {})
+    with pytest.raises(UsageError, match="endpoint"):
+        build_config({"endpoint_url": "not a url"}, [], {})
+
+
+def test_secrets_env_parsing_like_yt_framework(tmp_path: Path):
+    f = tmp_path / "secrets.env"
+    f.write_text("# comment\n S3_ENDPOINT = http://yt:9000 \nS3_DOWNLOAD_ACCESS_KEY=rk\n"
+                 "S3_DOWNLOAD_SECRET_KEY=rs=with=equals\nS3_UPLOAD_ACCESS_KEY='uk'\n"
+                 "S3_UPLOAD_SECRET_KEY=us\nexport IGNORED\n")
+    f.chmod(0o600)
+    values = parse_secrets_env(f)
+    assert values["S3_DOWNLOAD_SECRET_KEY"] == "rs=with=equals"
+    assert values["S3_UPLOAD_ACCESS_KEY"] == "'uk'"  # no unquoting, exactly as yt_framework
+    cfg = build_config({"secrets_env": str(f)}, [], {})
+    assert cfg.endpoint_url == "http://yt:9000"
+    assert cfg.read_keys.access_key == "rk" and cfg.write_keys.secret_key == "us"
+    assert "rs=with" not in repr(cfg)
+    f.chmod(0o644)
+    with pytest.raises(UsageError, match="group/others"):
+        parse_secrets_env(f)
+
+
+def test_mountpoint_checks(tmp_path: Path):
+    with pytest.raises(UsageError, match="does not exist"):
+        check_mountpoint(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="not a directory"):
+        check_mountpoint(tmp_path / "file")
+    assert check_mountpoint(tmp_path) == tmp_path.resolve()
+    assert os.path.isdir(tmp_path)

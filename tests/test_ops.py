@@ -1,0 +1,152 @@
+"""Operations called directly under pytest-trio, over in-process moto."""
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterator
+
+import boto3
+import pyfuse3
+import pytest
+from moto import mock_aws
+
+from s3fuse.config import Config, parse_source
+from s3fuse.daemon import Components, build
+from s3fuse.fs.inodes import ROOT_INODE
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    for var in ("AWS_ENDPOINT_URL", "S3_ENDPOINT", "S3_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="bkt")
+        for key, body in {"a.txt": b"alpha", "d/b.txt": b"bravo", "d/e/f": b"deep",
+                          "clash": b"x", "clash/in": b"y"}.items():
+            client.put_object(Bucket="bkt", Key=key, Body=body)
+        yield client
+
+
+@pytest.fixture
+def parts(aws: object, tmp_path: Path) -> Iterator[Components]:
+    cfg = Config(mountpoint=tmp_path / "mnt", sources=(parse_source("s3://bkt"),),
+                 cache_dir=tmp_path / "cache", region="us-east-1", metadata_ttl=60)
+    with ExitStack() as stack:
+        yield build(cfg, stack)
+
+
+class Collector:
+    def __init__(self, capacity: int = 1000):
+        self.capacity = capacity
+        self.names: list[str] = []
+
+
+@pytest.fixture
+def readdir_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    def reply(token: Collector, name: bytes, attrs: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        if len(token.names) >= token.capacity:
+            return False
+        token.names.append(os.fsdecode(name))
+        return True
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+
+
+async def lookup_path(ops, *names: str) -> pyfuse3.EntryAttributes:  # type: ignore[no-untyped-def]
+    ino = ROOT_INODE
+    attrs = None
+    for name in names:
+        attrs = await ops.lookup(ino, name.encode())
+        ino = attrs.st_ino
+    return attrs
+
+
+async def test_lookup_getattr_read(parts: Components):
+    ops = parts.ops
+    attrs = await lookup_path(ops, "bkt", "d", "b.txt")
+    assert attrs.st_size == 5 and attrs.st_mode & 0o222 == 0   # read-only presentation
+    again = await lookup_path(ops, "bkt", "d", "b.txt")
+    assert again.st_ino == attrs.st_ino                           # stable while remembered
+    assert ops.inodes.get(attrs.st_ino).lookups == 2
+    info = await ops.open(attrs.st_ino, os.O_RDONLY)
+    assert await ops.read(info.fh, 0, 100) == b"bravo"
+    assert info.keep_cache is False
+    await ops.release(info.fh)
+    info = await ops.open(attrs.st_ino, os.O_RDONLY)
+    assert info.keep_cache is True                                # same ETag: keep page cache
+    await ops.forget([(attrs.st_ino, 2)])
+    assert ops.inodes.get(attrs.st_ino) is None
+
+
+async def test_negative_lookup_is_cached_not_an_error(parts: Components):
+    attrs = await lookup_path(parts.ops, "bkt", "missing")
+    assert attrs.st_ino == 0 and attrs.entry_timeout == 60
+    root_miss = await parts.ops.lookup(ROOT_INODE, b"nope")
+    assert root_miss.st_ino == 0
+
+
+async def test_readdir_counts_only_accepted_entries(parts: Components, readdir_collector: None):
+    ops = parts.ops
+    d = await lookup_path(ops, "bkt")
+    fh = await ops.opendir(d.st_ino)
+    token = Collector(capacity=2)
+    await ops.readdir(fh, 0, token)
+    assert token.names == ["a.txt", "clash"]
+    before = len(ops.inodes)
+    token2 = Collector(capacity=10)
+    await ops.readdir(fh, 2, token2)
+    assert token2.names == ["d"]
+    assert len(ops.inodes) == before + 1
+    await ops.releasedir(fh)
+    clash = await lookup_path(ops, "bkt", "clash")
+    assert clash.st_mode & 0o040000                                # the directory wins
+
+
+async def test_writes_are_erofs_and_nothing_but_fuseerror_escapes(parts: Components,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    ops = parts.ops
+    d = await lookup_path(ops, "bkt")
+    for call in (ops.mkdir(d.st_ino, b"x", 0o755, None), ops.unlink(d.st_ino, b"a.txt", None),
+                 ops.create(d.st_ino, b"n", 0o644, os.O_WRONLY, None)):
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await call
+        assert info.value.errno == errno.EROFS
+    f = await lookup_path(ops, "bkt", "a.txt")
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await ops.open(f.st_ino, os.O_WRONLY)
+    assert info.value.errno == errno.EROFS
+
+    async def explode(*args: object) -> None:
+        raise ZeroDivisionError("bug")
+    monkeypatch.setattr(parts.root.get(0), "stat", explode)
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await ops.getattr(f.st_ino)
+    assert info.value.errno == errno.EIO
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await ops.getattr(987654)
+    assert info.value.errno == errno.ESTALE
+
+
+async def test_xattrs_and_control(parts: Components):
+    ops = parts.ops
+    f = await lookup_path(ops, "bkt", "d", "e", "f")
+    names = await ops.listxattr(f.st_ino)
+    assert set(names) == {b"user.s3.uri", b"user.s3.etag"}
+    assert await ops.getxattr(f.st_ino, b"user.s3.uri") == b"s3://bkt/d/e/f"
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await ops.getxattr(f.st_ino, b"user.nope")
+    assert info.value.errno == pyfuse3.ENOATTR
+    status = await ops.getxattr(ROOT_INODE, b"user.s3fuse.status")
+    assert b'"link"' in status and b"testing" not in status     # never credentials
+
+
+async def test_dot_and_dotdot_lookups(parts: Components):
+    ops = parts.ops
+    d = await lookup_path(ops, "bkt", "d")
+    e = await ops.lookup(d.st_ino, b"e")
+    assert (await ops.lookup(e.st_ino, b"..")).st_ino == d.st_ino
+    assert (await ops.lookup(e.st_ino, b".")).st_ino == e.st_ino

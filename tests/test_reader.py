@@ -1,0 +1,129 @@
+"""The read path: whole small objects, blocks, read-ahead, truncation retries, versions."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+import pytest
+import trio
+from moto import mock_aws
+
+from s3fuse.cache.blocks import BlockCache
+from s3fuse.config import Config
+from s3fuse.data.reader import BlockReader, ObjectRef, ReadState
+from s3fuse.errors import RemoteError, StaleObject
+from s3fuse.store.s3 import S3Store
+
+MiB = 1 << 20
+
+
+class FakeStore:
+    """Serves one object from memory and records every GET range."""
+
+    def __init__(self, data: bytes, etag: str = "e1"):
+        self.data = data
+        self.etag = etag
+        self.calls: list[tuple[int, int | None]] = []
+
+    def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None) -> bytes:
+        if etag != self.etag:
+            raise StaleObject(key)
+        self.calls.append((start, end))
+        return self.data[start:end if end is not None else len(self.data)]
+
+
+def make_reader(tmp_path: Path, store: object, **kw: int) -> BlockReader:
+    return BlockReader(store, BlockCache(tmp_path / "blocks", 256 * MiB), block_size=MiB, **kw)  # type: ignore[arg-type]
+
+
+async def test_small_object_is_one_whole_get(tmp_path: Path):
+    store = FakeStore(b"x" * 1000)
+    reader = make_reader(tmp_path, store)
+    ref = ObjectRef("b", "k", "e1", 1000)
+    assert await reader.read(ref, 0, 4096) == b"x" * 1000
+    assert await reader.read(ref, 500, 10) == b"x" * 10
+    assert store.calls == [(0, None)]
+
+
+async def test_random_reads_fetch_only_their_blocks(tmp_path: Path):
+    data = os.urandom(10 * MiB)
+    store = FakeStore(data)
+    reader = make_reader(tmp_path, store)
+    ref = ObjectRef("b", "k", "e1", len(data))
+    state = ReadState(next_offset=-1)
+    assert await reader.read(ref, 7 * MiB + 5, 100, state) == data[7 * MiB + 5:7 * MiB + 105]
+    assert await reader.read(ref, 2 * MiB - 10, 20, state) == data[2 * MiB - 10:2 * MiB + 10]
+    assert sorted(store.calls) == [(MiB, 2 * MiB), (2 * MiB, 3 * MiB), (7 * MiB, 8 * MiB)]
+
+
+async def test_sequential_reads_prefetch_ahead_and_survive_restart(tmp_path: Path):
+    data = os.urandom(6 * MiB)
+    store = FakeStore(data)
+    ref = ObjectRef("b", "k", "e1", len(data))
+    async with trio.open_nursery() as nursery:
+        reader = make_reader(tmp_path, store, readahead=3)
+        reader.bind(nursery)
+        state = ReadState()
+        assert await reader.read(ref, 0, 128 * 1024, state) == data[:128 * 1024]
+        await trio.sleep(0.5)
+        assert len(store.calls) == 4            # block 0 plus three ahead, in parallel
+        out = b"".join([await reader.read(ref, off, 128 * 1024, state)
+                        for off in range(128 * 1024, len(data), 128 * 1024)])
+        assert data[:128 * 1024] + out == data
+    fetched = len(store.calls)
+    reader.blocks.close()
+    again = make_reader(tmp_path, store)        # a new daemon: served from the disk cache
+    assert await again.read(ref, 0, len(data)) == data
+    assert len(store.calls) == fetched
+
+
+async def test_changed_etag_is_estale_never_mixed(tmp_path: Path):
+    data = os.urandom(3 * MiB)
+    store = FakeStore(data)
+    reader = make_reader(tmp_path, store)
+    ref = ObjectRef("b", "k", "e1", len(data))
+    assert await reader.read(ref, 0, 10) == data[:10]
+    store.etag = "e2"
+    with pytest.raises(StaleObject):
+        await reader.read(ref, 2 * MiB, 10)
+
+
+class _BrokenBody:
+    def __init__(self, real):  # type: ignore[no-untyped-def]
+        self.real = real
+
+    def read(self) -> bytes:
+        raise botocore.exceptions.ResponseStreamingError(error="connection reset mid-body")
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_truncated_bodies_are_retried_then_reported(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bkt")
+        boto3.client("s3", region_name="us-east-1").put_object(Bucket="bkt", Key="k", Body=b"0123456789")
+        store = S3Store(Config(endpoint_url=None, region="us-east-1"))
+        etag = store.head("bkt", "k").etag
+        real = store.read_client.get_object
+        failures = {"left": 2}
+
+        def flaky(**kwargs):  # type: ignore[no-untyped-def]
+            resp = real(**kwargs)
+            if failures["left"]:
+                failures["left"] -= 1
+                resp["Body"] = _BrokenBody(resp["Body"])
+            return resp
+
+        monkeypatch.setattr(store.read_client, "get_object", flaky)
+        assert store.get("bkt", "k", etag, 2, 6) == b"2345"
+        failures["left"] = 99
+        with pytest.raises(RemoteError, match="truncated"):
+            store.get("bkt", "k", etag)
+        with pytest.raises(StaleObject):
+            monkeypatch.setattr(store.read_client, "get_object", real)
+            store.get("bkt", "k", "0" * 32)
