@@ -6,8 +6,9 @@ import logging
 import os
 import shutil
 import socket
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import boto3
 import pytest
@@ -37,14 +38,55 @@ def moto_endpoint() -> Iterator[str]:
         server.stop()
 
 
+@dataclass
+class Backend:
+    """An S3 server the tests talk to: moto (fast) or SeaweedFS (a real server)."""
+
+    name: str
+    endpoint: str
+    access_key: str
+    secret_key: str
+    client: Any
+
+    def env(self) -> dict[str, str]:
+        return s3_env(self.endpoint, self.access_key, self.secret_key)
+
+
+def _client(endpoint: str, access_key: str, secret_key: str) -> Any:
+    from botocore.config import Config
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                        config=Config(s3={"addressing_style": "path"}))
+
+
 @pytest.fixture(scope="session")
-def s3(moto_endpoint: str):  # type: ignore[no-untyped-def]
-    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+def moto_backend(moto_endpoint: str) -> Backend:
+    return Backend("moto", moto_endpoint, "testing", "testing",
+                   _client(moto_endpoint, "testing", "testing"))
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    from tests.support.seaweedfs import SeaweedFS
+
+    with SeaweedFS(tmp_path_factory.mktemp("seaweedfs")) as weed:
+        yield Backend("seaweedfs", weed.endpoint_url, weed.access_key, weed.secret_key,
+                      _client(weed.endpoint_url, weed.access_key, weed.secret_key))
+
+
+@pytest.fixture(params=["moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each mount test runs against moto's HTTP server and against SeaweedFS."""
+    return request.getfixturevalue(f"{request.param}_backend")
 
 
 @pytest.fixture
-def bucket(s3) -> str:  # type: ignore[no-untyped-def]
+def s3(backend: Backend) -> Any:
+    return backend.client
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
     """A fresh, empty bucket per test."""
     name = f"test-{os.getpid()}-{next(_bucket_ids)}"
     s3.create_bucket(Bucket=name)
@@ -58,7 +100,7 @@ def fuse_available() -> None:
 
 
 @pytest.fixture
-def mount_factory(tmp_path: Path, moto_endpoint: str, fuse_available: None
+def mount_factory(tmp_path: Path, backend: Backend, fuse_available: None
                   ) -> Iterator[Callable[..., Mount]]:
     """mount_factory(*args, endpoint=..., name=...) -> a started Mount; all stopped at teardown."""
     mounts: list[Mount] = []
@@ -68,7 +110,8 @@ def mount_factory(tmp_path: Path, moto_endpoint: str, fuse_available: None
         base = tmp_path / name
         base.mkdir(exist_ok=True)
         m = Mount(base / "mnt", cache_dir or base / "cache", base / "daemon.log",
-                  env or s3_env(endpoint or moto_endpoint), list(args))
+                  env or (s3_env(endpoint, backend.access_key, backend.secret_key) if endpoint
+                          else backend.env()), list(args))
         mounts.append(m)
         return m.start() if start else m
 
