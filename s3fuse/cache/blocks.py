@@ -34,12 +34,33 @@ def _identity(name: str) -> bytes:
     return hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+def header(name: str, data: bytes) -> bytes:
+    return _HEADER.pack(_MAGIC, _VERSION, zlib.crc32(data), _identity(name), len(data))
+
+
 def seal(name: str, data: bytes) -> bytes:
-    return _HEADER.pack(_MAGIC, _VERSION, zlib.crc32(data), _identity(name), len(data)) + data
+    return header(name, data) + data
 
 
-def unseal(name: str, blob: bytes) -> bytes:
-    """The payload of `blob` if it is the intact block `name`; CorruptData otherwise."""
+class _SealedReader:
+    """File-like header+data for diskcache's streaming store: no 8 MiB concatenation."""
+
+    def __init__(self, name: str, data: bytes):
+        self._parts = [memoryview(header(name, data)), memoryview(data)]
+
+    def read(self, size: int = -1) -> memoryview | bytes:
+        while self._parts and not len(self._parts[0]):
+            self._parts.pop(0)
+        if not self._parts:
+            return b""
+        part = self._parts[0]
+        size = len(part) if size < 0 else size
+        self._parts[0] = part[size:]
+        return part[:size]
+
+
+def unseal(name: str, blob: bytes) -> memoryview:
+    """The payload of `blob` (zero-copy) if it is the intact block `name`; CorruptData otherwise."""
     if len(blob) < _HEADER.size:
         raise CorruptData(f"cache block too short ({len(blob)} bytes)")
     magic, version, crc, ident, length = _HEADER.unpack_from(blob)
@@ -50,7 +71,7 @@ def unseal(name: str, blob: bytes) -> bytes:
         raise CorruptData("cache block belongs to another object or block")
     if length != len(data) or zlib.crc32(data) != crc:
         raise CorruptData("cache block fails its checksum")
-    return bytes(data)
+    return data
 
 
 class BlockCache:
@@ -67,7 +88,7 @@ class BlockCache:
             statistics=False,
         )
 
-    def get(self, bucket: str, key: str, etag: str, index: int) -> bytes | None:
+    def get(self, bucket: str, key: str, etag: str, index: int) -> memoryview | None:
         name = block_id(bucket, key, etag, index)
         try:
             blob = self._cache.get(name)
@@ -86,7 +107,7 @@ class BlockCache:
 
     def put(self, bucket: str, key: str, etag: str, index: int, data: bytes) -> None:
         name = block_id(bucket, key, etag, index)
-        self._cache.set(name, seal(name, data))
+        self._cache.set(name, _SealedReader(name, data), read=True)
 
     def contains(self, bucket: str, key: str, etag: str, index: int) -> bool:
         return block_id(bucket, key, etag, index) in self._cache

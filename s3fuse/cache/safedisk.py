@@ -11,7 +11,7 @@ import os
 import re
 
 import diskcache
-from diskcache.core import MODE_PICKLE
+from diskcache.core import MODE_BINARY, MODE_PICKLE
 
 from ..errors import CorruptData
 
@@ -40,6 +40,11 @@ class SafeDisk(diskcache.Disk):
     def store(self, value, read, key=diskcache.core.UNKNOWN):  # type: ignore[no-untyped-def]
         if not read and type(value) not in _PLAIN:
             raise TypeError(f"cache values must be bytes/str/int/float, not {type(value).__name__}")
+        if type(value) is bytes and len(value) >= self.min_file_size:
+            # diskcache iterates a BytesIO here, i.e. writes line by line: one write instead.
+            filename, full_path = self.filename(key, value)
+            self._write(full_path, iter((value,)), "xb")
+            return len(value), MODE_BINARY, filename, None
         return super().store(value, read, key=key)
 
     def fetch(self, mode, filename, value, read):  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Union
 
 import trio
 
@@ -21,9 +22,15 @@ from ..util.lru import ByteLRU
 
 log = logging.getLogger(__name__)
 
+#: A block's bytes: fetched (bytes) or read back from the disk cache (zero-copy view).
+Buffer = Union[bytes, memoryview]
+
 BLOCK_SIZE = 8 << 20
 READAHEAD_BLOCKS = 4
 MEMORY_BYTES = 128 << 20
+#: The kernel sends read-ahead requests concurrently, so they can arrive out of
+#: order: a read this close to where the last one ended still counts as sequential.
+SEQUENTIAL_SLACK = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +66,7 @@ class BlockReader:
         self.block_size = block_size
         self.readahead = readahead
         self._memory = ByteLRU(memory_bytes)
-        self._flight: SingleFlight[bytes] = SingleFlight()
+        self._flight: SingleFlight[Buffer] = SingleFlight()
         self._s3_limiter = trio.CapacityLimiter(s3_concurrency)
         self._disk_limiter = trio.CapacityLimiter(disk_concurrency)
         self._nursery: trio.Nursery | None = None
@@ -80,15 +87,15 @@ class BlockReader:
             return b""
         first, last = offset // self.block_size, (end - 1) // self.block_size
         if state is not None:
-            if state.next_offset == offset:
+            if abs(offset - state.next_offset) <= SEQUENTIAL_SLACK:
                 self._read_ahead(ref, last, state)
-            state.next_offset = end
+            state.next_offset = max(end, state.next_offset) if offset <= state.next_offset else end
         parts = []
         for index in range(first, last + 1):
             block = await self.block(ref, index)
             base = index * self.block_size
             parts.append(block[max(offset - base, 0):end - base])
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     def _read_ahead(self, ref: ObjectRef, last: int, state: ReadState) -> None:
         if self._nursery is None:
@@ -104,14 +111,14 @@ class BlockReader:
         except S3FuseError as exc:  # the real read will retry and report
             log.debug("read-ahead of %s block %d failed: %s", ref.uri, index, exc)
 
-    async def block(self, ref: ObjectRef, index: int) -> bytes:
+    async def block(self, ref: ObjectRef, index: int) -> Buffer:
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = self._memory.get(bid)
         if data is not None:
             return data
         return await self._flight.run(bid, self._load, ref, index)
 
-    async def _load(self, ref: ObjectRef, index: int) -> bytes:
+    async def _load(self, ref: ObjectRef, index: int) -> Buffer:
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = await trio.to_thread.run_sync(self.blocks.get, *bid, limiter=self._disk_limiter)
         if data is None:

@@ -2,22 +2,24 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable
+from typing import Hashable, Union
+
+Buffer = Union[bytes, memoryview]
 
 
 class ByteLRU:
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._items: OrderedDict[Hashable, Buffer] = OrderedDict()
         self._size = 0
 
-    def get(self, key: Hashable) -> bytes | None:
+    def get(self, key: Hashable) -> Buffer | None:
         value = self._items.get(key)
         if value is not None:
             self._items.move_to_end(key)
         return value
 
-    def put(self, key: Hashable, value: bytes) -> None:
+    def put(self, key: Hashable, value: Buffer) -> None:
         old = self._items.pop(key, None)
         if old is not None:
             self._size -= len(old)
