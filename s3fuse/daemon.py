@@ -21,6 +21,7 @@ from .cache.cachedir import CacheLock, secure_dir
 from .cache.meta import MetaStore
 from .config import Config, SourceSpec
 from .control import Control
+from .data.prefetch import SiblingPrefetcher
 from .data.reader import BlockReader
 from .fs.ops import S3Operations
 from .store.s3 import S3Store
@@ -78,11 +79,12 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     blocks = BlockCache(secure_dir(cache_dir / "blocks"), cfg.cache_size)
     stack.callback(blocks.close)
     reader = BlockReader(store, blocks)
+    siblings = SiblingPrefetcher(reader)
     list_limiter = trio.CapacityLimiter(8)
 
     def bucket(spec: SourceSpec) -> BucketTree:
         return BucketTree(spec, store, meta, reader, ttl=cfg.metadata_ttl, writable=False,
-                          list_limiter=list_limiter)
+                          list_limiter=list_limiter, siblings=siblings)
 
     auto = not cfg.sources and not cfg.manifests
     root = RootTree([bucket(s) for s in cfg.sources], store=store, meta=meta, ttl=cfg.metadata_ttl,

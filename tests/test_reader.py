@@ -120,10 +120,10 @@ def test_truncated_bodies_are_retried_then_reported(monkeypatch: pytest.MonkeyPa
             return resp
 
         monkeypatch.setattr(store.read_client, "get_object", flaky)
-        assert store.get("bkt", "k", etag, 2, 6) == b"2345"
+        assert store.get_via_client("bkt", "k", etag, 2, 6) == b"2345"
         failures["left"] = 99
         with pytest.raises(RemoteError, match="truncated"):
-            store.get("bkt", "k", etag)
+            store.get_via_client("bkt", "k", etag)
         with pytest.raises(StaleObject):
             monkeypatch.setattr(store.read_client, "get_object", real)
-            store.get("bkt", "k", "0" * 32)
+            store.get_via_client("bkt", "k", "0" * 32)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -75,10 +76,15 @@ def unseal(name: str, blob: bytes) -> memoryview:
 
 
 class BlockCache:
-    """Size-capped LRU store of object blocks in `<cache>/blocks`."""
+    """Size-capped LRU store of object blocks in `<cache>/blocks`.
+
+    Calls are serialized by a lock: concurrent diskcache transactions would
+    otherwise meet in SQLite's busy handler, which sleeps milliseconds per retry.
+    """
 
     def __init__(self, directory: Path, size_limit: int):
         self.directory = directory
+        self._lock = threading.Lock()
         self._cache = diskcache.Cache(
             str(directory),
             disk=SafeDisk,
@@ -91,10 +97,11 @@ class BlockCache:
     def get(self, bucket: str, key: str, etag: str, index: int) -> memoryview | None:
         name = block_id(bucket, key, etag, index)
         try:
-            blob = self._cache.get(name)
+            with self._lock:
+                blob = self._cache.get(name)
         except (CorruptData, OSError) as exc:
             log.warning("cache block for s3://%s/%s #%d unreadable (%s): dropped", bucket, key, index, exc)
-            self._cache.delete(name)
+            self._drop(name)
             return None
         if blob is None:
             return None
@@ -102,24 +109,34 @@ class BlockCache:
             return unseal(name, blob)
         except CorruptData as exc:
             log.warning("cache block for s3://%s/%s #%d corrupt (%s): dropped", bucket, key, index, exc)
-            self._cache.delete(name)
+            self._drop(name)
             return None
+
+    def _drop(self, name: str) -> None:
+        with self._lock:
+            self._cache.delete(name)
 
     def put(self, bucket: str, key: str, etag: str, index: int, data: bytes) -> None:
         name = block_id(bucket, key, etag, index)
-        self._cache.set(name, _SealedReader(name, data), read=True)
+        with self._lock:
+            self._cache.set(name, _SealedReader(name, data), read=True)
 
     def contains(self, bucket: str, key: str, etag: str, index: int) -> bool:
-        return block_id(bucket, key, etag, index) in self._cache
+        with self._lock:
+            return block_id(bucket, key, etag, index) in self._cache
 
     def volume(self) -> int:
-        return int(self._cache.volume())
+        with self._lock:
+            return int(self._cache.volume())
 
     def __len__(self) -> int:
-        return len(self._cache)
+        with self._lock:
+            return len(self._cache)
 
     def clear(self) -> None:
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
 
     def close(self) -> None:
-        self._cache.close()
+        with self._lock:
+            self._cache.close()

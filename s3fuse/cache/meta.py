@@ -89,6 +89,15 @@ class MetaStore:
                 "WHERE ns=? AND dir=? ORDER BY name", (ns, path)).fetchall()
         return [_entry(r) for r in rows]
 
+    def files_after(self, ns: str, path: str, after: str, limit: int) -> list[Entry]:
+        """The next `limit` files of a directory in name order, after `after`."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, is_dir, size, mtime_ns, etag, checked_at FROM entries "
+                "WHERE ns=? AND dir=? AND name>? AND is_dir=0 ORDER BY name LIMIT ?",
+                (ns, path, after, limit)).fetchall()
+        return [_entry(r) for r in rows]
+
     def iter_files(self, ns: str) -> Iterator[tuple[str, Entry]]:
         """Every known file of a namespace as (dir, entry); for pinning and stats."""
         with self._lock:

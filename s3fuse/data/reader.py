@@ -102,8 +102,14 @@ class BlockReader:
             return
         stop = min(last + self.readahead, len(self.block_range(ref)) - 1)
         for index in range(max(last + 1, state.prefetched_to + 1), stop + 1):
-            self._nursery.start_soon(self._prefetch, ref, index)
+            self.prefetch(ref, index)
         state.prefetched_to = max(state.prefetched_to, stop)
+
+    def prefetch(self, ref: ObjectRef, index: int) -> None:
+        """Fetch block `index` of `ref` in the background unless it is already here or coming."""
+        bid = (ref.bucket, ref.key, ref.etag, index)
+        if self._nursery is not None and bid not in self._memory and not self._flight.busy(bid):
+            self._nursery.start_soon(self._prefetch, ref, index)
 
     async def _prefetch(self, ref: ObjectRef, index: int) -> None:
         try:

@@ -6,6 +6,7 @@ boto3 clients are thread-safe, sessions are not, so clients are built once here.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -17,9 +18,11 @@ import boto3
 import botocore.config
 import botocore.exceptions
 from botocore.exceptions import ClientError
+from botocore.httpsession import get_cert_path
 
 from ..config import Config, KeyPair
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, StaleObject, UsageError
+from .presigned import PresignedReader
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,6 +42,8 @@ TRUNCATION_ERRORS = (
     botocore.exceptions.IncompleteReadError,
 )
 BODY_RETRIES = 4
+PRESIGN_SECONDS = 3600
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,7 @@ class S3Store:
         session = boto3.session.Session(profile_name=cfg.profile or None, region_name=cfg.region)
         self._session = session
         bcfg = botocore.config.Config(
+            signature_version="s3v4",
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retries={"mode": "standard", "max_attempts": 3},
@@ -104,6 +110,15 @@ class S3Store:
         self._counts_lock = threading.Lock()
         self.read_client = self._client(session, bcfg, cfg.read_keys)
         self.write_client = self._client(session, bcfg, cfg.write_keys) if cfg.write_keys else self.read_client
+        self._fast: PresignedReader | None = None
+        if not any(os.environ.get(v) for v in PROXY_VARS):  # urllib3 alone does not honour proxies
+            self._fast = PresignedReader(
+                self._presign_get, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                ca_certs=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True))
+
+    def _presign_get(self, bucket: str, key: str) -> str:
+        return self.read_client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS)
 
     def _client(self, session: Any, bcfg: botocore.config.Config, keys: KeyPair | None) -> Any:
         kwargs: dict[str, Any] = {"config": bcfg}
@@ -137,9 +152,12 @@ class S3Store:
         with self._counts_lock:
             return dict(self._counts)
 
-    def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+    def _count(self, operation: str) -> None:
         with self._counts_lock:
-            self._counts[what.split(" ", 1)[0]] += 1
+            self._counts[operation] += 1
+
+    def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        self._count(what.split(" ", 1)[0])
         try:
             return fn(**kwargs)
         except Exception as exc:  # noqa: BLE001 - translated, never leaked
@@ -181,9 +199,17 @@ class S3Store:
     def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of one version of an object (If-Match etag).
 
-        A truncated body is retried here (botocore does not), and a short body is
+        A truncated body is retried (botocore does not), and a short body is
         never returned: it is an error after the retries.
         """
+        if self._fast is None:
+            return self.get_via_client(bucket, key, etag, start, end)
+        self._count("GetObject")
+        return self._fast.get(bucket, key, etag, start, end)
+
+    def get_via_client(self, bucket: str, key: str, etag: str, start: int = 0,
+                       end: int | None = None) -> bytes:
+        """`get` through the boto3 client (used behind HTTP proxies)."""
         what = f"GetObject s3://{bucket}/{key}"
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if etag:

@@ -14,6 +14,7 @@ import trio
 
 from ..cache.meta import Entry, MetaStore
 from ..config import SourceSpec
+from ..data.prefetch import SiblingPrefetcher
 from ..data.reader import BlockReader, ObjectRef
 from ..errors import IsADirectory, NotFound, Offline
 from ..store.s3 import ListPage, S3Store
@@ -58,7 +59,8 @@ class BucketTree:
     """Namespace over s3://bucket/prefix/ ."""
 
     def __init__(self, spec: SourceSpec, store: S3Store, meta: MetaStore, reader: BlockReader,
-                 *, ttl: float, writable: bool = False, list_limiter: trio.CapacityLimiter):
+                 *, ttl: float, writable: bool = False, list_limiter: trio.CapacityLimiter,
+                 siblings: SiblingPrefetcher | None = None):
         self.name = spec.name
         self.spec = spec
         self.store = store
@@ -68,6 +70,7 @@ class BucketTree:
         self.writable = writable
         self.ns_id = f"bucket\x00{spec.bucket}\x00{spec.prefix}"
         self._limiter = list_limiter
+        self._siblings = siblings
         self._flight: SingleFlight[None] = SingleFlight()
         self._hidden = OnceLogger(log)
         self._started = int(time.time() * 1e9)
@@ -152,6 +155,11 @@ class BucketTree:
         entry = await self.stat(path)
         if entry.is_dir:
             raise IsADirectory(path)
+        if self._siblings is not None:
+            parent, name = split(path)
+            self._siblings.opened((self.ns_id, parent), name, lambda after, n: [
+                (e.name, self.ref(join(parent, e.name), e))
+                for e in self.meta.files_after(self.ns_id, parent, after, n)])
         return ObjectSource(self.reader, self.ref(path, entry))
 
     def xattrs(self, path: str, entry: Entry) -> dict[str, bytes]:

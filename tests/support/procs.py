@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -57,23 +58,33 @@ def kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
     SIGKILL it after ``grace`` seconds, and reap ``proc``."""
     if proc.poll() is None:
         _signal_group(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
     # Kill stragglers of the group even when the leader already exited.
     _signal_group(proc.pid, signal.SIGKILL)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):  # unkillable (D state): give up
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)
-        pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+
+
+def mountpoints() -> set[str]:
+    """Every mountpoint in this mount namespace, from /proc/self/mounts.
+
+    Unlike os.path.ismount this also sees a dead FUSE mount (ENOTCONN).
+    """
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        return {
+            line.split()[1].encode().decode("unicode_escape")  # undo \040-style escapes
+            for line in mounts
+        }
+
+
+def is_mounted(path: Path | str) -> bool:
+    return os.path.abspath(path) in mountpoints()
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:

