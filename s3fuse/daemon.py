@@ -27,6 +27,7 @@ from .fs.ops import S3Operations
 from .store.s3 import S3Store
 from .tree.bucket import BucketTree
 from .tree.root import RootTree
+from .util.background import Background
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class ReadySignal:
 
 @dataclass
 class Components:
+    background: Background
     store: S3Store
     meta: MetaStore
     blocks: BlockCache
@@ -78,13 +80,14 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     stack.callback(meta.close)
     blocks = BlockCache(secure_dir(cache_dir / "blocks"), cfg.cache_size)
     stack.callback(blocks.close)
-    reader = BlockReader(store, blocks)
+    background = Background()
+    reader = BlockReader(store, blocks, background=background)
     siblings = SiblingPrefetcher(reader)
     list_limiter = trio.CapacityLimiter(8)
 
     def bucket(spec: SourceSpec) -> BucketTree:
         return BucketTree(spec, store, meta, reader, ttl=cfg.metadata_ttl, writable=False,
-                          list_limiter=list_limiter, siblings=siblings)
+                          list_limiter=list_limiter, siblings=siblings, background=background)
 
     auto = not cfg.sources and not cfg.manifests
     root = RootTree([bucket(s) for s in cfg.sources], store=store, meta=meta, ttl=cfg.metadata_ttl,
@@ -95,7 +98,7 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
 
     control = Control(cfg, cache_usage=usage, requests=store.request_counts)
     ops = S3Operations(root, cfg, control)
-    return Components(store, meta, blocks, reader, root, ops)
+    return Components(background, store, meta, blocks, reader, root, ops)
 
 
 def fuse_options(cfg: Config) -> set[str]:
@@ -108,7 +111,7 @@ def fuse_options(cfg: Config) -> set[str]:
 
 async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
     async with trio.open_nursery() as nursery:
-        parts.reader.bind(nursery)
+        parts.background.bind(nursery)
         nursery.start_soon(_watch_signals)
         nursery.start_soon(_announce_ready, cfg, ready)
         await pyfuse3.main()

@@ -111,3 +111,12 @@ def test_mountpoint_checks(tmp_path: Path):
         check_mountpoint(tmp_path / "file")
     assert check_mountpoint(tmp_path) == tmp_path.resolve()
     assert os.path.isdir(tmp_path)
+
+
+def test_every_option_is_documented():
+    from s3fuse.config import LIST_OPTIONS, SCALAR_OPTIONS
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    for key in SCALAR_OPTIONS:
+        assert f"`{key}`" in doc, key
+    for key in LIST_OPTIONS:
+        assert f"`[[{key}]]`" in doc, key

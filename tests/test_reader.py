@@ -15,6 +15,7 @@ from s3fuse.config import Config
 from s3fuse.data.reader import BlockReader, ObjectRef, ReadState
 from s3fuse.errors import RemoteError, StaleObject
 from s3fuse.store.s3 import S3Store
+from s3fuse.util.background import Background
 
 MiB = 1 << 20
 
@@ -34,8 +35,10 @@ class FakeStore:
         return self.data[start:end if end is not None else len(self.data)]
 
 
-def make_reader(tmp_path: Path, store: object, **kw: int) -> BlockReader:
-    return BlockReader(store, BlockCache(tmp_path / "blocks", 256 * MiB), block_size=MiB, **kw)  # type: ignore[arg-type]
+def make_reader(tmp_path: Path, store: object, background: Background | None = None,
+                **kw: int) -> BlockReader:
+    return BlockReader(store, BlockCache(tmp_path / "blocks", 256 * MiB), block_size=MiB,  # type: ignore[arg-type]
+                       background=background, **kw)
 
 
 async def test_small_object_is_one_whole_get(tmp_path: Path):
@@ -63,8 +66,9 @@ async def test_sequential_reads_prefetch_ahead_and_survive_restart(tmp_path: Pat
     store = FakeStore(data)
     ref = ObjectRef("b", "k", "e1", len(data))
     async with trio.open_nursery() as nursery:
-        reader = make_reader(tmp_path, store, readahead=3)
-        reader.bind(nursery)
+        background = Background()
+        background.bind(nursery)
+        reader = make_reader(tmp_path, store, background, readahead=3)
         state = ReadState()
         assert await reader.read(ref, 0, 128 * 1024, state) == data[:128 * 1024]
         await trio.sleep(0.5)

@@ -17,6 +17,7 @@ import trio
 from ..cache.blocks import BlockCache
 from ..errors import CorruptData, S3FuseError
 from ..store.s3 import S3Store
+from ..util.background import Background
 from ..util.flight import SingleFlight
 from ..util.lru import ByteLRU
 
@@ -27,7 +28,7 @@ Buffer = Union[bytes, memoryview]
 
 BLOCK_SIZE = 8 << 20
 READAHEAD_BLOCKS = 4
-MEMORY_BYTES = 128 << 20
+MEMORY_BYTES = 64 << 20
 #: The kernel sends read-ahead requests concurrently, so they can arrive out of
 #: order: a read this close to where the last one ended still counts as sequential.
 SEQUENTIAL_SLACK = 4 << 20
@@ -60,7 +61,8 @@ class BlockReader:
 
     def __init__(self, store: S3Store, blocks: BlockCache, *, block_size: int = BLOCK_SIZE,
                  readahead: int = READAHEAD_BLOCKS, memory_bytes: int = MEMORY_BYTES,
-                 s3_concurrency: int = 16, disk_concurrency: int = 4):
+                 s3_concurrency: int = 16, disk_concurrency: int = 4,
+                 background: Background | None = None):
         self.store = store
         self.blocks = blocks
         self.block_size = block_size
@@ -69,19 +71,18 @@ class BlockReader:
         self._flight: SingleFlight[Buffer] = SingleFlight()
         self._s3_limiter = trio.CapacityLimiter(s3_concurrency)
         self._disk_limiter = trio.CapacityLimiter(disk_concurrency)
-        self._nursery: trio.Nursery | None = None
+        self._background = background or Background()
         self._disk_error_logged = False
         self.disk_full = False
-
-    def bind(self, nursery: trio.Nursery) -> None:
-        """Background tasks (read-ahead, cache writes) run in `nursery`."""
-        self._nursery = nursery
 
     def block_range(self, ref: ObjectRef) -> range:
         return range((ref.size + self.block_size - 1) // self.block_size)
 
-    async def read(self, ref: ObjectRef, offset: int, size: int, state: ReadState | None = None) -> bytes:
-        """Bytes [offset, offset+size) of `ref`, short only at end of object."""
+    async def read(self, ref: ObjectRef, offset: int, size: int, state: ReadState | None = None) -> Buffer:
+        """Bytes [offset, offset+size) of `ref`, short only at end of object.
+
+        Within one block the result is a zero-copy view: pyfuse3 takes any buffer.
+        """
         end = min(offset + size, ref.size)
         if size <= 0 or offset >= end:
             return b""
@@ -95,10 +96,10 @@ class BlockReader:
             block = await self.block(ref, index)
             base = index * self.block_size
             parts.append(block[max(offset - base, 0):end - base])
-        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _read_ahead(self, ref: ObjectRef, last: int, state: ReadState) -> None:
-        if self._nursery is None:
+        if not self._background.active:
             return
         stop = min(last + self.readahead, len(self.block_range(ref)) - 1)
         for index in range(max(last + 1, state.prefetched_to + 1), stop + 1):
@@ -108,8 +109,8 @@ class BlockReader:
     def prefetch(self, ref: ObjectRef, index: int) -> None:
         """Fetch block `index` of `ref` in the background unless it is already here or coming."""
         bid = (ref.bucket, ref.key, ref.etag, index)
-        if self._nursery is not None and bid not in self._memory and not self._flight.busy(bid):
-            self._nursery.start_soon(self._prefetch, ref, index)
+        if bid not in self._memory and not self._flight.busy(bid):
+            self._background.spawn(self._prefetch, ref, index)
 
     async def _prefetch(self, ref: ObjectRef, index: int) -> None:
         try:
@@ -128,9 +129,9 @@ class BlockReader:
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = await trio.to_thread.run_sync(self.blocks.get, *bid, limiter=self._disk_limiter)
         if data is None:
-            data = await self._fetch(ref, index)
-            if self._nursery is not None:
-                self._nursery.start_soon(self._persist, bid, data)
+            fetched = await self._fetch(ref, index)
+            self._background.spawn(self._persist, bid, fetched)
+            data = memoryview(fetched)
         self._memory.put(bid, data)
         return data
 
@@ -138,9 +139,12 @@ class BlockReader:
         start = index * self.block_size
         stop = min(start + self.block_size, ref.size)
         whole = index == 0 and ref.size <= self.block_size
+        began = trio.current_time()
         data = await trio.to_thread.run_sync(
             self.store.get, ref.bucket, ref.key, ref.etag, start, None if whole else stop,
             limiter=self._s3_limiter)
+        log.debug("fetched %s block %d (%d bytes) in %.1f ms", ref.uri, index, len(data),
+                  (trio.current_time() - began) * 1000)
         if len(data) != stop - start:
             raise CorruptData(f"{ref.uri}: got {len(data)} bytes for block {index}, "
                               f"expected {stop - start} (object changed size?)")

@@ -238,7 +238,7 @@ class S3Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @fuse_handler("read")
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -265,6 +265,8 @@ class S3Operations(pyfuse3.Operations):
         key = os.fsdecode(name)
         if node.is_root and self.control is not None and key in self.control.names():
             return await self.control.get(key)
+        if not key.startswith("user."):  # security.*, system.posix_acl_*: asked per file by ls
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         value = (await self._xattrs(node)).get(key)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

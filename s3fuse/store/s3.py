@@ -5,18 +5,21 @@ boto3 clients are thread-safe, sessions are not, so clients are built once here.
 """
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.session
+import botocore.utils
 from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 
@@ -64,6 +67,18 @@ def clean_etag(etag: str | None) -> str:
     return (etag or "").strip('"')
 
 
+def parse_timestamp(value: str) -> datetime:
+    """ISO 8601 (listings) or HTTP dates (HEAD), with C parsers; botocore's as fallback."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return botocore.utils.parse_timestamp(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
 def _mtime_ns(value: datetime | None) -> int:
     return int(value.timestamp() * 1e9) if value else 0
 
@@ -95,7 +110,12 @@ class S3Store:
 
     def __init__(self, cfg: Config, connect_timeout: float = 3.0, read_timeout: float = 30.0):
         self.cfg = cfg
-        session = boto3.session.Session(profile_name=cfg.profile or None, region_name=cfg.region)
+        core = botocore.session.get_session()
+        # dateutil parses every LastModified in a listing; this is the hot part of `find`.
+        core.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=parse_timestamp)
+        session = boto3.session.Session(botocore_session=core, profile_name=cfg.profile or None,
+                                        region_name=cfg.region)
         self._session = session
         bcfg = botocore.config.Config(
             signature_version="s3v4",

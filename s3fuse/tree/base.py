@@ -23,7 +23,7 @@ class FileSource(Protocol):
     size: int
     version: str  # changes whenever the content may have changed (keep_cache decision)
 
-    async def read(self, offset: int, size: int) -> bytes: ...
+    async def read(self, offset: int, size: int) -> bytes | memoryview: ...
 
 
 class Namespace(Protocol):
@@ -83,5 +83,5 @@ class ObjectSource:
         self.version = ref.etag
         self._state = ReadState()
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         return await self.reader.read(self.ref, offset, size, self._state)

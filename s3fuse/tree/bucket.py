@@ -16,12 +16,16 @@ from ..cache.meta import Entry, MetaStore
 from ..config import SourceSpec
 from ..data.prefetch import SiblingPrefetcher
 from ..data.reader import BlockReader, ObjectRef
-from ..errors import IsADirectory, NotFound, Offline
+from ..errors import IsADirectory, NotFound, Offline, S3FuseError
 from ..store.s3 import ListPage, S3Store
+from ..util.background import Background
 from ..util.flight import SingleFlight
 from .base import FileSource, ObjectSource, OnceLogger, is_posix_name, join, split
 
 log = logging.getLogger(__name__)
+
+#: Subdirectories of a listed directory whose listings are fetched ahead.
+LIST_AHEAD = 16
 
 
 def entries_from_pages(pages: list[ListPage], prefix: str, hidden: OnceLogger,
@@ -60,7 +64,7 @@ class BucketTree:
 
     def __init__(self, spec: SourceSpec, store: S3Store, meta: MetaStore, reader: BlockReader,
                  *, ttl: float, writable: bool = False, list_limiter: trio.CapacityLimiter,
-                 siblings: SiblingPrefetcher | None = None):
+                 siblings: SiblingPrefetcher | None = None, background: Background | None = None):
         self.name = spec.name
         self.spec = spec
         self.store = store
@@ -71,6 +75,7 @@ class BucketTree:
         self.ns_id = f"bucket\x00{spec.bucket}\x00{spec.prefix}"
         self._limiter = list_limiter
         self._siblings = siblings
+        self._background = background or Background()
         self._flight: SingleFlight[None] = SingleFlight()
         self._hidden = OnceLogger(log)
         self._started = int(time.time() * 1e9)
@@ -108,8 +113,27 @@ class BucketTree:
         await trio.to_thread.run_sync(fetch, limiter=self._limiter)
 
     async def listdir(self, path: str) -> list[Entry]:
+        """The entries of `path`; also lists its first subdirectories ahead, in parallel.
+
+        Tree walks (`find`, `ls -R`, `du`) list a directory and then descend into each
+        subdirectory; fetching those listings ahead turns a walk's sequential round
+        trips into parallel ones, still one listing per directory.
+        """
         await self._ensure_listing(path)
-        return self.meta.entries(self.ns_id, path)
+        entries = self.meta.entries(self.ns_id, path)
+        if self._background.active:
+            subdirs = [e.name for e in entries if e.is_dir][:LIST_AHEAD]
+            for name in subdirs:
+                child = join(path, name)
+                if not self._fresh(self.meta.listed_at(self.ns_id, child)) and not self._flight.busy(child):
+                    self._background.spawn(self._list_ahead, child)
+        return entries
+
+    async def _list_ahead(self, path: str) -> None:
+        try:
+            await self._ensure_listing(path)
+        except S3FuseError as exc:  # the real listing will retry and report
+            log.debug("listing ahead of %s failed: %s", self._dir_prefix(path), exc)
 
     async def lookup(self, path: str, name: str) -> Entry | None:
         await self._ensure_listing(path)
