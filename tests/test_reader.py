@@ -1,20 +1,16 @@
-"""The read path: whole small objects, blocks, read-ahead, truncation retries, versions."""
+"""The read path: whole small objects, blocks, read-ahead, versions, proxies."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import boto3
-import botocore.exceptions
 import pytest
 import trio
-from moto import mock_aws
 
 from s3fuse.cache.blocks import BlockCache
-from s3fuse.config import Config
 from s3fuse.data.reader import BlockReader, ObjectRef, ReadState
-from s3fuse.errors import RemoteError, StaleObject
-from s3fuse.store.s3 import S3Store
+from s3fuse.errors import StaleObject
+from s3fuse.store.s3 import proxy_for
 from s3fuse.util.background import Background
 
 MiB = 1 << 20
@@ -94,40 +90,9 @@ async def test_changed_etag_is_estale_never_mixed(tmp_path: Path):
         await reader.read(ref, 2 * MiB, 10)
 
 
-class _BrokenBody:
-    def __init__(self, real):  # type: ignore[no-untyped-def]
-        self.real = real
-
-    def read(self) -> bytes:
-        raise botocore.exceptions.ResponseStreamingError(error="connection reset mid-body")
-
-    def close(self) -> None:
-        self.real.close()
-
-
-def test_truncated_bodies_are_retried_then_reported(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bkt")
-        boto3.client("s3", region_name="us-east-1").put_object(Bucket="bkt", Key="k", Body=b"0123456789")
-        store = S3Store(Config(endpoint_url=None, region="us-east-1"))
-        etag = store.head("bkt", "k").etag
-        real = store.read_client.get_object
-        failures = {"left": 2}
-
-        def flaky(**kwargs):  # type: ignore[no-untyped-def]
-            resp = real(**kwargs)
-            if failures["left"]:
-                failures["left"] -= 1
-                resp["Body"] = _BrokenBody(resp["Body"])
-            return resp
-
-        monkeypatch.setattr(store.read_client, "get_object", flaky)
-        assert store.get_via_client("bkt", "k", etag, 2, 6) == b"2345"
-        failures["left"] = 99
-        with pytest.raises(RemoteError, match="truncated"):
-            store.get_via_client("bkt", "k", etag)
-        with pytest.raises(StaleObject):
-            monkeypatch.setattr(store.read_client, "get_object", real)
-            store.get_via_client("bkt", "k", "0" * 32)
+def test_proxy_selection_follows_the_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    assert proxy_for("https://s3.amazonaws.com") == "http://proxy:3128"
+    assert proxy_for("https://internal.example:9000") is None
+    assert proxy_for("http://plain:9000") is None

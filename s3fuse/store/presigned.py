@@ -28,12 +28,14 @@ CONNECT_ERRORS = (NewConnectionError, ConnectTimeoutError)
 
 class PresignedReader:
     def __init__(self, presign: Callable[[str, str], str], *, connect_timeout: float,
-                 read_timeout: float, ca_certs: str | None, pool_size: int = 64):
+                 read_timeout: float, ca_certs: str | None, proxy_url: str | None = None,
+                 pool_size: int = 64):
         self._presign = presign
-        self._pool = urllib3.PoolManager(
-            num_pools=16, maxsize=pool_size, block=False, retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            ca_certs=ca_certs)
+        options = dict(num_pools=16, maxsize=pool_size, block=False, retries=False,
+                       timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+                       ca_certs=ca_certs)
+        self._pool = (urllib3.ProxyManager(proxy_url, **options) if proxy_url
+                      else urllib3.PoolManager(**options))
 
     def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of the version `etag`; never short, never another version."""

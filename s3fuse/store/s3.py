@@ -9,7 +9,8 @@ import email.utils
 import logging
 import os
 import threading
-import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,9 +45,7 @@ TRUNCATION_ERRORS = (
     botocore.exceptions.ResponseStreamingError,
     botocore.exceptions.IncompleteReadError,
 )
-BODY_RETRIES = 4
 PRESIGN_SECONDS = 3600
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +76,14 @@ def parse_timestamp(value: str) -> datetime:
         except (TypeError, ValueError):
             return botocore.utils.parse_timestamp(value)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def proxy_for(url: str) -> str | None:
+    """The HTTP(S)_PROXY botocore would use for `url` (NO_PROXY respected), or None."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass_environment(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
 
 
 def _mtime_ns(value: datetime | None) -> int:
@@ -130,11 +137,10 @@ class S3Store:
         self._counts_lock = threading.Lock()
         self.read_client = self._client(session, bcfg, cfg.read_keys)
         self.write_client = self._client(session, bcfg, cfg.write_keys) if cfg.write_keys else self.read_client
-        self._fast: PresignedReader | None = None
-        if not any(os.environ.get(v) for v in PROXY_VARS):  # urllib3 alone does not honour proxies
-            self._fast = PresignedReader(
-                self._presign_get, connect_timeout=connect_timeout, read_timeout=read_timeout,
-                ca_certs=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True))
+        self._fast = PresignedReader(
+            self._presign_get, connect_timeout=connect_timeout, read_timeout=read_timeout,
+            ca_certs=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True),
+            proxy_url=proxy_for(self.read_client.meta.endpoint_url))
 
     def _presign_get(self, bucket: str, key: str) -> str:
         return self.read_client.generate_presigned_url(
@@ -222,36 +228,5 @@ class S3Store:
         A truncated body is retried (botocore does not), and a short body is
         never returned: it is an error after the retries.
         """
-        if self._fast is None:
-            return self.get_via_client(bucket, key, etag, start, end)
         self._count("GetObject")
         return self._fast.get(bucket, key, etag, start, end)
-
-    def get_via_client(self, bucket: str, key: str, etag: str, start: int = 0,
-                       end: int | None = None) -> bytes:
-        """`get` through the boto3 client (used behind HTTP proxies)."""
-        what = f"GetObject s3://{bucket}/{key}"
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        if etag:
-            kwargs["IfMatch"] = f'"{etag}"'
-        if end is not None:
-            kwargs["Range"] = f"bytes={start}-{end - 1}"
-        elif start:
-            kwargs["Range"] = f"bytes={start}-"
-        for attempt in range(BODY_RETRIES):
-            resp = self._call(what, self.read_client.get_object, **kwargs)
-            if etag and clean_etag(resp.get("ETag")) not in ("", etag):
-                resp["Body"].close()  # a server that ignores If-Match: never mix versions
-                raise StaleObject(f"{what}: object changed in S3")
-            expected = int(resp.get("ContentLength", -1))
-            try:
-                data = resp["Body"].read()
-            except TRUNCATION_ERRORS + NETWORK_ERRORS as exc:
-                error: Exception = translate(exc, what)
-            else:
-                if expected < 0 or len(data) == expected:
-                    return data
-                error = RemoteError(f"{what}: short body {len(data)} of {expected} bytes")
-            log.debug("%s: attempt %d failed (%s), retrying", what, attempt + 1, error)
-            time.sleep(min(0.1 * 2 ** attempt, 1.0))
-        raise error
