@@ -1,22 +1,35 @@
-"""Inode table: ino <-> (namespace index, path, kind), with kernel lookup counts.
+"""Inode table: ino <-> (namespace index, ref, kind), with kernel lookup counts.
 
-An inode lives while the kernel holds a reference (lookup count > 0); `forget`
-releases it. The same (namespace, path, kind) maps to the same ino for as long as
-the kernel remembers it, and a path that changed kind (file -> dir) gets a new one.
+Dynamic namespaces (buckets) get inodes allocated here: one lives while the kernel
+holds a reference (lookup count > 0) and `forget` releases it. The same
+(namespace, ref, kind) maps to the same ino for as long as the kernel remembers
+it; a path that changed kind (file -> dir) gets a new one.
+
+Indexed namespaces (manifests) number their nodes themselves: their inodes are
+computed (STATIC_START and above) and never stored, so a million-entry manifest
+costs no memory here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Hashable
 
 ROOT_INODE = 1
 ROOT_NS = -1
+STATIC_SHIFT = 41
+STATIC_START = 1 << STATIC_SHIFT
+
+
+def static_base(ns_index: int) -> int:
+    """The inode base of an indexed namespace: its refs must stay below 2**39."""
+    return (ns_index + 1) << STATIC_SHIFT
 
 
 @dataclass(slots=True)
 class Node:
     ino: int
     ns: int  # index into RootTree, or ROOT_NS for the mount root
-    path: str
+    ref: Hashable
     is_dir: bool
     lookups: int = 0
 
@@ -25,29 +38,36 @@ class Node:
         return self.ns == ROOT_NS
 
     @property
-    def key(self) -> tuple[int, str, bool]:
-        return (self.ns, self.path, self.is_dir)
+    def key(self) -> tuple[int, Hashable, bool]:
+        return (self.ns, self.ref, self.is_dir)
 
 
 class InodeTable:
     def __init__(self) -> None:
         root = Node(ROOT_INODE, ROOT_NS, "", True, lookups=1)
         self._by_ino: dict[int, Node] = {ROOT_INODE: root}
-        self._by_key: dict[tuple[int, str, bool], Node] = {root.key: root}
+        self._by_key: dict[tuple[int, Hashable, bool], Node] = {root.key: root}
         self._next = ROOT_INODE + 1
 
     def __len__(self) -> int:
         return len(self._by_ino)
 
     def get(self, ino: int) -> Node | None:
+        if ino >= STATIC_START:
+            ns = (ino >> STATIC_SHIFT) - 1
+            offset = ino - static_base(ns)
+            return Node(ino, ns, offset >> 1, bool(offset & 1))
         return self._by_ino.get(ino)
 
-    def ensure(self, ns: int, path: str, is_dir: bool) -> Node:
-        """The node for (ns, path, kind), created with lookup count 0 if new."""
-        key = (ns, path, is_dir)
+    def ensure(self, ns: int, ref: Hashable, is_dir: bool, base: int | None = None) -> Node:
+        """The node for (ns, ref, kind); new dynamic nodes start with lookup count 0."""
+        if base is not None:
+            assert isinstance(ref, int) and 0 <= ref < STATIC_START >> 2
+            return Node(base + (ref << 1) + int(is_dir), ns, ref, is_dir)
+        key = (ns, ref, is_dir)
         node = self._by_key.get(key)
         if node is None:
-            node = Node(self._next, ns, path, is_dir)
+            node = Node(self._next, ns, ref, is_dir)
             self._next += 1
             self._by_ino[node.ino] = node
             self._by_key[key] = node
@@ -59,7 +79,7 @@ class InodeTable:
         return node
 
     def discard_if_unreferenced(self, node: Node) -> None:
-        if node.lookups <= 0 and node.ino != ROOT_INODE:
+        if node.lookups <= 0 and node.ino != ROOT_INODE and node.ino < STATIC_START:
             self._by_ino.pop(node.ino, None)
             if self._by_key.get(node.key) is node:
                 del self._by_key[node.key]

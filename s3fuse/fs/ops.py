@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -19,20 +20,22 @@ import pyfuse3
 from ..cache.meta import Entry
 from ..config import Config
 from ..errors import NotADirectory, NotFound, ReadOnly
-from ..tree.base import FileSource, Namespace, join, split
+from ..tree.base import DirStream, FileSource, Namespace, Ref, SnapshotDir, join
 from ..tree.root import RootTree
 from .boundary import fuse_handler
-from .inodes import ROOT_INODE, ROOT_NS, InodeTable, Node
+from .inodes import ROOT_INODE, InodeTable, Node
 
 log = logging.getLogger(__name__)
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+READDIR_PAGE = 256
+KEEP_CACHE_MEMORY = 100_000  # inodes whose last-opened version we remember
 
 
 @dataclass(slots=True)
 class DirHandle:
     node: Node
-    entries: list[Entry]
+    stream: DirStream
 
 
 @dataclass(slots=True)
@@ -67,7 +70,7 @@ class S3Operations(pyfuse3.Operations):
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
-        self._versions: dict[int, str] = {}  # ino -> content version last opened
+        self._versions: OrderedDict[int, str] = OrderedDict()  # ino -> version last opened
         self._started_ns = time.time_ns()  # mtime of directories S3 has no date for
 
     # ------------------------------------------------------------ helpers
@@ -85,7 +88,7 @@ class S3Operations(pyfuse3.Operations):
             return f"#{args[0]}"
         if node.is_root:
             return "/"
-        where = "/" + join(self.root.get(node.ns).name, node.path)
+        where = "/" + join(self.root.get(node.ns).name, self._ns(node).describe(node.ref))
         if len(args) > 1 and isinstance(args[1], bytes):
             where = join(where, os.fsdecode(args[1]))
         return where
@@ -124,12 +127,18 @@ class S3Operations(pyfuse3.Operations):
     def _writable(self, node: Node) -> bool:
         return not node.is_root and self._ns(node).writable and not self.cfg.read_only
 
+    def _ensure(self, ns_index: int, ref: Ref, is_dir: bool) -> Node:
+        return self.inodes.ensure(ns_index, ref, is_dir, self.root.get(ns_index).inode_base)
+
+    def _top(self, ns_index: int) -> Node:
+        return self._ensure(ns_index, self.root.get(ns_index).root, True)
+
     async def _entry(self, node: Node) -> Entry:
         if node.is_root:
             return Entry("", True)
-        entry = await self._ns(node).stat(node.path)
+        entry = await self._ns(node).stat(node.ref)
         if entry.is_dir != node.is_dir:
-            raise NotFound(f"{node.path} changed kind")
+            raise NotFound(f"{self.describe('stat', node.ino)} changed kind")
         return entry
 
     async def _child(self, parent: Node, name: str) -> tuple[Node, Entry] | None:
@@ -137,19 +146,22 @@ class S3Operations(pyfuse3.Operations):
             index = await self.root.find(name)
             if index is None:
                 return None
-            node = self.inodes.ensure(index, "", True)
-            return node, Entry(name, True)
+            return self._top(index), Entry(name, True)
         if not parent.is_dir:
-            raise NotADirectory(parent.path)
-        entry = await self._ns(parent).lookup(parent.path, name)
-        if entry is None:
+            raise NotADirectory(self.describe("lookup", parent.ino))
+        found = await self._ns(parent).lookup(parent.ref, name)
+        if found is None:
             return None
-        return self.inodes.ensure(parent.ns, join(parent.path, name), entry.is_dir), entry
+        ref, entry = found
+        return self._ensure(parent.ns, ref, entry.is_dir), entry
 
     def _parent(self, node: Node) -> Node:
-        if node.is_root or not node.path:
+        if node.is_root:
+            return node
+        ns = self._ns(node)
+        if node.ref == ns.root:
             return self._node(ROOT_INODE)
-        return self.inodes.ensure(node.ns, split(node.path)[0], True)
+        return self._ensure(node.ns, ns.parent(node.ref), True)
 
     # ------------------------------------------------------------ lookups
 
@@ -187,35 +199,40 @@ class S3Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: Any = None) -> int:
         node = self._node(inode)
         if not node.is_dir:
-            raise NotADirectory(node.path)
+            raise NotADirectory(self.describe("opendir", inode))
         if node.is_root:
-            entries = await self.root.entries()
+            stream: DirStream = SnapshotDir([(e.name, e) for e in await self.root.entries()])
         else:
-            entries = await self._ns(node).listdir(node.path)
+            stream = await self._ns(node).opendir(node.ref)
         fh = next(self._fh)
-        self._dirs[fh] = DirHandle(node, entries)
+        self._dirs[fh] = DirHandle(node, stream)
         return fh
+
+    async def _dir_node(self, parent: Node, ref: Ref, entry: Entry) -> Node | None:
+        if not parent.is_root:
+            return self._ensure(parent.ns, ref, entry.is_dir)
+        index = await self.root.find(entry.name)
+        return None if index is None else self._top(index)
 
     @fuse_handler("readdir")
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         handle = self._dirs.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        parent = handle.node
-        for index in range(start_id, len(handle.entries)):
-            entry = handle.entries[index]
-            if parent.is_root:
-                ns_index = await self.root.find(entry.name)
-                if ns_index is None:
-                    continue
-                node = self.inodes.ensure(ns_index, "", True)
-            else:
-                node = self.inodes.ensure(parent.ns, join(parent.path, entry.name), entry.is_dir)
-            attrs = self._attrs(node, entry, self._writable(node))
-            if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs, index + 1):
-                self.inodes.discard_if_unreferenced(node)
+        while True:
+            page = await handle.stream.page(start_id, READDIR_PAGE)
+            if not page:
                 return
-            self.inodes.remember(node)
+            for next_id, ref, entry in page:
+                start_id = next_id
+                node = await self._dir_node(handle.node, ref, entry)
+                if node is None:
+                    continue
+                attrs = self._attrs(node, entry, self._writable(node))
+                if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs, next_id):
+                    self.inodes.discard_if_unreferenced(node)
+                    return
+                self.inodes.remember(node)
 
     @fuse_handler("releasedir")
     async def releasedir(self, fh: int) -> None:
@@ -229,12 +246,15 @@ class S3Operations(pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & WRITE_FLAGS:
-            raise ReadOnly(node.path)
-        source = await self._ns(node).open(node.path)
+            raise ReadOnly(self.describe("open", inode))
+        source = await self._ns(node).open(node.ref)
         fh = next(self._fh)
         self._files[fh] = FileHandle(node, source)
         keep = self._versions.get(inode) == source.version
         self._versions[inode] = source.version
+        self._versions.move_to_end(inode)
+        if len(self._versions) > KEEP_CACHE_MEMORY:
+            self._versions.popitem(last=False)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @fuse_handler("read")
@@ -257,7 +277,7 @@ class S3Operations(pyfuse3.Operations):
     async def _xattrs(self, node: Node) -> dict[str, bytes]:
         if node.is_root:
             return {}
-        return self._ns(node).xattrs(node.path, await self._entry(node))
+        return await self._ns(node).xattrs(node.ref, await self._entry(node))
 
     @fuse_handler("getxattr")
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
@@ -287,11 +307,11 @@ class S3Operations(pyfuse3.Operations):
         if node.is_root and self.control is not None and key in self.control.names():
             await self.control.set(key, value)
             return
-        raise ReadOnly(node.path)
+        raise ReadOnly(self.describe("setxattr", inode))
 
     @fuse_handler("removexattr")
     async def removexattr(self, inode: int, name: bytes, ctx: Any = None) -> None:
-        raise ReadOnly(self._node(inode).path)
+        raise ReadOnly(self.describe("removexattr", inode))
 
     # ------------------------------------------------------------ filesystem
 

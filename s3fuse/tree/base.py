@@ -1,13 +1,15 @@
 """The protocol every namespace (bucket, manifest, ...) implements.
 
-Paths inside a namespace are '/'-joined relative strings; "" is its top-level
-directory. The FUSE layer maps inodes to (namespace, path) and never needs to
-know what kind of namespace answers.
+A namespace names its nodes with opaque, hashable refs: a bucket uses relative
+paths ("" is its top directory), a manifest uses the rowids of its SQLite index.
+The FUSE layer maps inodes to (namespace, ref) and never needs to know what kind
+of namespace answers. A namespace with `inode_base` set numbers its own inodes
+(ino = base + ref*2 + is_dir), so a million-entry manifest needs no inode table.
 """
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Hashable, Protocol, Sequence
 
 from ..cache.meta import Entry
 from ..data.reader import BlockReader, ObjectRef, ReadState
@@ -26,19 +28,46 @@ class FileSource(Protocol):
     async def read(self, offset: int, size: int) -> bytes | memoryview: ...
 
 
+Ref = Hashable
+
+
+class DirStream(Protocol):
+    """An open directory: pages of (offset of the next entry, ref, entry), stable offsets."""
+
+    async def page(self, start: int, limit: int) -> Sequence[tuple[int, Ref, Entry]]: ...
+
+
 class Namespace(Protocol):
     name: str
     writable: bool
+    root: Ref
+    inode_base: int | None
 
-    async def listdir(self, path: str) -> list[Entry]: ...
+    async def lookup(self, ref: Ref, name: str) -> tuple[Ref, Entry] | None: ...
 
-    async def lookup(self, path: str, name: str) -> Entry | None: ...
+    async def opendir(self, ref: Ref) -> DirStream: ...
 
-    async def stat(self, path: str) -> Entry: ...
+    async def stat(self, ref: Ref) -> Entry: ...
 
-    async def open(self, path: str) -> FileSource: ...
+    async def open(self, ref: Ref) -> FileSource: ...
 
-    def xattrs(self, path: str, entry: Entry) -> dict[str, bytes]: ...
+    async def xattrs(self, ref: Ref, entry: Entry) -> dict[str, bytes]: ...
+
+    def parent(self, ref: Ref) -> Ref: ...
+
+    def describe(self, ref: Ref) -> str: ...
+
+
+class SnapshotDir:
+    """A directory listing taken at opendir: offsets index the snapshot, so they stay
+    stable however the remote side changes while the directory is being read."""
+
+    def __init__(self, items: Sequence[tuple[Ref, Entry]]):
+        self._items = items
+
+    async def page(self, start: int, limit: int) -> list[tuple[int, Ref, Entry]]:
+        end = min(start + limit, len(self._items))
+        return [(i + 1, *self._items[i]) for i in range(start, end)]
 
 
 def is_posix_name(name: str) -> bool:

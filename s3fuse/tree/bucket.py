@@ -20,7 +20,7 @@ from ..errors import IsADirectory, NotFound, Offline, S3FuseError
 from ..store.s3 import ListPage, S3Store
 from ..util.background import Background
 from ..util.flight import SingleFlight
-from .base import FileSource, ObjectSource, OnceLogger, is_posix_name, join, split
+from .base import FileSource, ObjectSource, OnceLogger, SnapshotDir, is_posix_name, join, split
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,18 @@ class BucketTree:
 
         await trio.to_thread.run_sync(fetch, limiter=self._limiter)
 
+    root = ""
+    inode_base = None
+
+    def parent(self, ref: str) -> str:
+        return split(ref)[0]
+
+    def describe(self, ref: str) -> str:
+        return ref
+
+    async def opendir(self, path: str) -> SnapshotDir:
+        return SnapshotDir([(join(path, e.name), e) for e in await self.listdir(path)])
+
     async def listdir(self, path: str) -> list[Entry]:
         """The entries of `path`; also lists its first subdirectories ahead, in parallel.
 
@@ -135,9 +147,10 @@ class BucketTree:
         except S3FuseError as exc:  # the real listing will retry and report
             log.debug("listing ahead of %s failed: %s", self._dir_prefix(path), exc)
 
-    async def lookup(self, path: str, name: str) -> Entry | None:
+    async def lookup(self, path: str, name: str) -> tuple[str, Entry] | None:
         await self._ensure_listing(path)
-        return self.meta.entry(self.ns_id, path, name)
+        entry = self.meta.entry(self.ns_id, path, name)
+        return None if entry is None else (join(path, name), entry)
 
     # ----------------------------------------------------------- stat / open
 
@@ -151,9 +164,10 @@ class BucketTree:
         parent, name = split(path)
         entry = self.meta.entry(self.ns_id, parent, name)
         if entry is None:
-            entry = await self.lookup(parent, name)
-            if entry is None:
+            found = await self.lookup(parent, name)
+            if found is None:
                 raise NotFound(path)
+            entry = found[1]
         if entry.is_dir or time.time() - entry.checked_at < self.ttl:
             return entry
         return await self._revalidate(parent, entry)
@@ -186,7 +200,7 @@ class BucketTree:
                 for e in self.meta.files_after(self.ns_id, parent, after, n)])
         return ObjectSource(self.reader, self.ref(path, entry))
 
-    def xattrs(self, path: str, entry: Entry) -> dict[str, bytes]:
+    async def xattrs(self, path: str, entry: Entry) -> dict[str, bytes]:
         if entry.is_dir:
             return {"user.s3.uri": f"s3://{self.spec.bucket}/{self._dir_prefix(path)}".encode()}
         return {"user.s3.uri": f"s3://{self.spec.bucket}/{self.key_of(path)}".encode(),
