@@ -31,6 +31,8 @@ from .util.background import Background
 
 log = logging.getLogger(__name__)
 
+READAHEAD_KIB = 1024
+
 
 class ReadySignal:
     """Tells whoever started us that the mount is live (or why it is not)."""
@@ -127,9 +129,24 @@ async def _watch_signals() -> None:
 
 
 async def _announce_ready(cfg: Config, ready: ReadySignal) -> None:
-    await trio.to_thread.run_sync(os.stat, str(cfg.mountpoint))
+    st = await trio.to_thread.run_sync(os.stat, str(cfg.mountpoint))
+    tune_readahead(st.st_dev)
     log.info("mounted %s", cfg.mountpoint)
     ready.ready()
+
+
+def tune_readahead(dev: int, kib: int = READAHEAD_KIB) -> None:
+    """Let the kernel read ahead 1 MiB instead of 128 KiB on our mount (root only).
+
+    Fewer, larger FUSE reads cut the per-request cost of sequential reads; the
+    setting belongs to this mount's own backing device and goes away with it.
+    """
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as fh:
+            fh.write(str(kib))
+    except OSError as exc:
+        log.debug("cannot set %s: %s", path, exc.strerror)
 
 
 def run(cfg: Config, ready: ReadySignal | None = None, store: S3Store | None = None) -> int:

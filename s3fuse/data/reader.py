@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Callable, Union
 
 import trio
 
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: A block's bytes: fetched (bytes) or read back from the disk cache (zero-copy view).
 Buffer = Union[bytes, memoryview]
+#: Blocking producer of bytes [start, stop) of a virtual object (runs in a worker thread).
+Loader = Callable[[int, int], bytes]
 
 BLOCK_SIZE = 8 << 20
 READAHEAD_BLOCKS = 4
@@ -78,10 +80,13 @@ class BlockReader:
     def block_range(self, ref: ObjectRef) -> range:
         return range((ref.size + self.block_size - 1) // self.block_size)
 
-    async def read(self, ref: ObjectRef, offset: int, size: int, state: ReadState | None = None) -> Buffer:
+    async def read(self, ref: ObjectRef, offset: int, size: int, state: ReadState | None = None,
+                   loader: Loader | None = None) -> Buffer:
         """Bytes [offset, offset+size) of `ref`, short only at end of object.
 
         Within one block the result is a zero-copy view: pyfuse3 takes any buffer.
+        `loader(start, stop)` replaces the ranged GET for virtual objects (archive
+        members): their bytes are cached under `ref` like any object's.
         """
         end = min(offset + size, ref.size)
         if size <= 0 or offset >= end:
@@ -89,60 +94,63 @@ class BlockReader:
         first, last = offset // self.block_size, (end - 1) // self.block_size
         if state is not None:
             if abs(offset - state.next_offset) <= SEQUENTIAL_SLACK:
-                self._read_ahead(ref, last, state)
+                self._read_ahead(ref, last, state, loader)
             state.next_offset = max(end, state.next_offset) if offset <= state.next_offset else end
         parts = []
         for index in range(first, last + 1):
-            block = await self.block(ref, index)
+            block = await self.block(ref, index, loader)
             base = index * self.block_size
             parts.append(block[max(offset - base, 0):end - base])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _read_ahead(self, ref: ObjectRef, last: int, state: ReadState) -> None:
+    def _read_ahead(self, ref: ObjectRef, last: int, state: ReadState, loader: Loader | None) -> None:
         if not self._background.active:
             return
         stop = min(last + self.readahead, len(self.block_range(ref)) - 1)
         for index in range(max(last + 1, state.prefetched_to + 1), stop + 1):
-            self.prefetch(ref, index)
+            self.prefetch(ref, index, loader)
         state.prefetched_to = max(state.prefetched_to, stop)
 
-    def prefetch(self, ref: ObjectRef, index: int) -> None:
+    def prefetch(self, ref: ObjectRef, index: int, loader: Loader | None = None) -> None:
         """Fetch block `index` of `ref` in the background unless it is already here or coming."""
         bid = (ref.bucket, ref.key, ref.etag, index)
         if bid not in self._memory and not self._flight.busy(bid):
-            self._background.spawn(self._prefetch, ref, index)
+            self._background.spawn(self._prefetch, ref, index, loader)
 
-    async def _prefetch(self, ref: ObjectRef, index: int) -> None:
+    async def _prefetch(self, ref: ObjectRef, index: int, loader: Loader | None) -> None:
         try:
-            await self.block(ref, index)
+            await self.block(ref, index, loader)
         except S3FuseError as exc:  # the real read will retry and report
             log.debug("read-ahead of %s block %d failed: %s", ref.uri, index, exc)
 
-    async def block(self, ref: ObjectRef, index: int) -> Buffer:
+    async def block(self, ref: ObjectRef, index: int, loader: Loader | None = None) -> Buffer:
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = self._memory.get(bid)
         if data is not None:
             return data
-        return await self._flight.run(bid, self._load, ref, index)
+        return await self._flight.run(bid, self._load, ref, index, loader)
 
-    async def _load(self, ref: ObjectRef, index: int) -> Buffer:
+    async def _load(self, ref: ObjectRef, index: int, loader: Loader | None) -> Buffer:
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = await trio.to_thread.run_sync(self.blocks.get, *bid, limiter=self._disk_limiter)
         if data is None:
-            fetched = await self._fetch(ref, index)
+            fetched = await self._fetch(ref, index, loader)
             self._background.spawn(self._persist, bid, fetched)
             data = memoryview(fetched)
         self._memory.put(bid, data)
         return data
 
-    async def _fetch(self, ref: ObjectRef, index: int) -> bytes:
+    async def _fetch(self, ref: ObjectRef, index: int, loader: Loader | None) -> bytes:
         start = index * self.block_size
         stop = min(start + self.block_size, ref.size)
-        whole = index == 0 and ref.size <= self.block_size
         began = trio.current_time()
-        data = await trio.to_thread.run_sync(
-            self.store.get, ref.bucket, ref.key, ref.etag, start, None if whole else stop,
-            limiter=self._s3_limiter)
+        if loader is not None:
+            data = await trio.to_thread.run_sync(loader, start, stop, limiter=self._s3_limiter)
+        else:
+            whole = index == 0 and ref.size <= self.block_size
+            data = await trio.to_thread.run_sync(
+                self.store.get, ref.bucket, ref.key, ref.etag, start, None if whole else stop,
+                limiter=self._s3_limiter)
         log.debug("fetched %s block %d (%d bytes) in %.1f ms", ref.uri, index, len(data),
                   (trio.current_time() - began) * 1000)
         if len(data) != stop - start:

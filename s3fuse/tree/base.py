@@ -12,7 +12,7 @@ import logging
 from typing import Hashable, Protocol, Sequence
 
 from ..cache.meta import Entry
-from ..data.reader import BlockReader, ObjectRef, ReadState
+from ..data.reader import BlockReader, Loader, ObjectRef, ReadState
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,15 @@ class OnceLogger:
 
 
 class ObjectSource:
-    """A plain S3 object served through the block reader."""
+    """An S3 object (or a virtual one, with a loader) served through the block reader."""
 
-    def __init__(self, reader: BlockReader, ref: ObjectRef):
+    def __init__(self, reader: BlockReader, ref: ObjectRef, loader: Loader | None = None):
         self.reader = reader
         self.ref = ref
         self.size = ref.size
         self.version = ref.etag
+        self._loader = loader
         self._state = ReadState()
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
-        return await self.reader.read(self.ref, offset, size, self._state)
+        return await self.reader.read(self.ref, offset, size, self._state, self._loader)
