@@ -26,7 +26,9 @@ from .data.reader import BlockReader
 from .fs.ops import S3Operations
 from .store.s3 import S3Store
 from .tree.bucket import BucketTree
+from .tree.manifest import ManifestTree
 from .tree.root import RootTree
+from .tree.shards import ShardService
 from .util.background import Background
 
 log = logging.getLogger(__name__)
@@ -91,9 +93,15 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
         return BucketTree(spec, store, meta, reader, ttl=cfg.metadata_ttl, writable=False,
                           list_limiter=list_limiter, siblings=siblings, background=background)
 
+    shards = ShardService(store, reader, ttl=cfg.metadata_ttl)
+    manifest_dir = secure_dir(cache_dir / "manifests")
+    manifests = [ManifestTree(spec, store, reader, manifest_dir, ttl=cfg.metadata_ttl,
+                              limiter=list_limiter, shards=shards) for spec in cfg.manifests]
+    for tree in manifests:
+        stack.callback(tree.close)
     auto = not cfg.sources and not cfg.manifests
-    root = RootTree([bucket(s) for s in cfg.sources], store=store, meta=meta, ttl=cfg.metadata_ttl,
-                    bucket_factory=bucket if auto else None)
+    root = RootTree([*(bucket(s) for s in cfg.sources), *manifests], store=store, meta=meta,
+                    ttl=cfg.metadata_ttl, bucket_factory=bucket if auto else None)
 
     def usage() -> dict[str, Any]:
         return {"used": blocks.volume(), "blocks": len(blocks), "disk_full": reader.disk_full}

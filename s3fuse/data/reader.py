@@ -73,6 +73,7 @@ class BlockReader:
         self._flight: SingleFlight[Buffer] = SingleFlight()
         self._s3_limiter = trio.CapacityLimiter(s3_concurrency)
         self._disk_limiter = trio.CapacityLimiter(disk_concurrency)
+        self._loader_limiter = trio.CapacityLimiter(4)
         self._background = background or Background()
         self._disk_error_logged = False
         self.disk_full = False
@@ -144,8 +145,8 @@ class BlockReader:
         start = index * self.block_size
         stop = min(start + self.block_size, ref.size)
         began = trio.current_time()
-        if loader is not None:
-            data = await trio.to_thread.run_sync(loader, start, stop, limiter=self._s3_limiter)
+        if loader is not None:  # its own limiter: a loader may wait on S3 reads of its archive
+            data = await trio.to_thread.run_sync(loader, start, stop, limiter=self._loader_limiter)
         else:
             whole = index == 0 and ref.size <= self.block_size
             data = await trio.to_thread.run_sync(

@@ -14,15 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable
 
+from ..tree.base import STATIC_SHIFT, STATIC_START, static_base
+
 ROOT_INODE = 1
 ROOT_NS = -1
-STATIC_SHIFT = 41
-STATIC_START = 1 << STATIC_SHIFT
-
-
-def static_base(ns_index: int) -> int:
-    """The inode base of an indexed namespace: its refs must stay below 2**39."""
-    return (ns_index + 1) << STATIC_SHIFT
 
 
 @dataclass(slots=True)

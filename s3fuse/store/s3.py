@@ -222,6 +222,11 @@ class S3Store:
         return ObjectInfo(key, int(resp.get("ContentLength", 0)), _mtime_ns(resp.get("LastModified")),
                           clean_etag(resp.get("ETag")))
 
+    def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int) -> Iterator[bytes]:
+        """One version of an object in ranged chunks: streams big objects in bounded memory."""
+        for start in range(0, size, chunk):
+            yield self.get(bucket, key, etag, start, min(start + chunk, size))
+
     def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of one version of an object (If-Match etag).
 

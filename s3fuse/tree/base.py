@@ -17,6 +17,13 @@ from ..data.reader import BlockReader, Loader, ObjectRef, ReadState
 log = logging.getLogger(__name__)
 
 MAX_NAME_BYTES = 255
+STATIC_SHIFT = 41
+STATIC_START = 1 << STATIC_SHIFT
+
+
+def static_base(ns_index: int) -> int:
+    """The inode base of an indexed namespace (refs below 2**39; ino = base + 2*ref + is_dir)."""
+    return (ns_index + 1) << STATIC_SHIFT
 
 
 class FileSource(Protocol):
@@ -95,11 +102,17 @@ class OnceLogger:
         self._limit = limit
 
     def info(self, subject: str, msg: str, *args: object) -> None:
+        self._emit(logging.INFO, subject, msg, *args)
+
+    def warning(self, subject: str, msg: str, *args: object) -> None:
+        self._emit(logging.WARNING, subject, msg, *args)
+
+    def _emit(self, level: int, subject: str, msg: str, *args: object) -> None:
         if subject in self._seen:
             return
         if len(self._seen) < self._limit:
             self._seen.add(subject)
-        self._log.info(msg, *args)
+        self._log.log(level, msg, *args)
 
 
 class ObjectSource:

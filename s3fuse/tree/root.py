@@ -16,7 +16,7 @@ from ..config import SourceSpec
 from ..errors import Offline
 from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
-from .base import Namespace
+from .base import Namespace, static_base
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,10 @@ class RootTree:
 
     def __init__(self, namespaces: list[Namespace], *, store: S3Store, meta: MetaStore, ttl: float,
                  bucket_factory: Callable[[SourceSpec], Namespace] | None = None):
-        self._namespaces: list[Namespace] = list(namespaces)
-        self._index = {ns.name: i for i, ns in enumerate(self._namespaces)}
+        self._namespaces: list[Namespace] = []
+        self._index: dict[str, int] = {}
+        for ns in namespaces:
+            self._add(ns)
         self._store = store
         self._meta = meta
         self._ttl = ttl
@@ -81,5 +83,8 @@ class RootTree:
         await trio.to_thread.run_sync(fetch)
 
     def _add(self, ns: Namespace) -> None:
-        self._index[ns.name] = len(self._namespaces)
+        index = len(self._namespaces)
+        if getattr(ns, "indexed", False):  # it numbers its own inodes from this base
+            ns.inode_base = static_base(index)
+        self._index[ns.name] = index
         self._namespaces.append(ns)

@@ -1,0 +1,287 @@
+"""Index shard archives and read single members, fetching only the bytes needed.
+
+Blocking on purpose: the daemon calls this from worker threads, and every byte
+comes through its RangeSource (so through its block cache), never from boto3.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+import indexed_gzip
+
+from s3fuse.archive.compression import decompress, resolve_format
+from s3fuse.archive.limits import ArchiveError, Limits
+from s3fuse.archive.tar import BLOCK, Member, TarScanner
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+DEFAULT_SPACING = 4 * MiB  # uncompressed bytes between gzip seek points
+HOP_WINDOW = 1 * MiB  # plain tar: bytes read at each header we jump to
+READ_SIZE = 1 * MiB  # compressed bytes per sequential source read
+GZIP_READBUF = 256 << 10  # compressed bytes zran asks for at a time
+# zran inflates from the nearest seek point on every call, so member reads
+# fetch this much at once and serve sequential reads from it.
+GZIP_READ_AHEAD = 4 * MiB
+
+
+class RangeSource(Protocol):
+    """Random access to one archive object; provided by the daemon."""
+
+    size: int
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Exactly `size` bytes at `offset`, short only at the end of the object."""
+        ...
+
+
+@dataclass
+class ArchiveIndex:
+    """What build_index learned. Every field is a plain value the daemon can store.
+
+    `members` are (path, offset, size, mtime) tuples, offsets into the
+    uncompressed tar. `gzip_index` (gzip only) is indexed_gzip's exported seek
+    points, zlib-compressed. `uncompressed_size` is the tar stream's length.
+    """
+
+    format: str
+    members: list[Member]
+    skipped: list[tuple[str, str]]
+    gzip_index: bytes | None = None
+    uncompressed_size: int | None = None
+    _gzip_reader: _GzipReader | None = field(default=None, init=False, repr=False, compare=False)
+
+
+def build_index(
+    source: RangeSource, declared_compression: str | None, key: str, limits: Limits, spacing: int = DEFAULT_SPACING
+) -> ArchiveIndex:
+    """Index the archive behind `source`; its format is decided by magic bytes.
+
+    Plain tar hops from header to header, reading HOP_WINDOW at each. gzip
+    takes one metered pass that also records a seek point every `spacing`
+    uncompressed bytes; xz and bz2 take one metered pass. Raises ArchiveError;
+    when members were found before the failure, its `partial` holds them.
+    """
+    fmt, note = resolve_format(declared_compression, key, source.read(0, min(source.size, BLOCK)))
+    if note:
+        log.info("%s; reading it as %s (the bytes win)", note, fmt)
+    scanner = TarScanner(limits)
+    gzip_indexer = _GzipIndexer(source, spacing) if fmt == "gzip" else None
+    size = source.size if fmt == "tar" else 0
+
+    def index() -> ArchiveIndex:
+        return ArchiveIndex(
+            fmt, scanner.members, scanner.skipped, gzip_indexer.export() if gzip_indexer else None, size
+        )
+
+    try:
+        if fmt == "tar":
+            _hop(source, scanner)
+        else:
+            for offset, chunk in iter_decompressed(source, fmt, limits):
+                scanner.feed(chunk)
+                size = offset + len(chunk)
+                if gzip_indexer:
+                    gzip_indexer.advance(size)
+            if gzip_indexer:
+                gzip_indexer.advance(size, final=True)
+        scanner.finish()
+    except ArchiveError as err:
+        if scanner.members:
+            err.partial = index()
+        raise
+    log.debug("indexed %s as %s: %d members, %d skipped", key, fmt, len(scanner.members), len(scanner.skipped))
+    return index()
+
+
+def read_member(source: RangeSource, index: ArchiveIndex, member: Member, offset: int, size: int) -> bytes:
+    """Return bytes [offset, offset + size) of `member`, clamped to its size.
+
+    tar: one source read. gzip: inflate from the seek point before the bytes
+    (the restored reader is cached on `index`). xz/bz2: the slow path,
+    decompressing from the start of the stream up to the bytes; the daemon
+    should rather cache iter_decompressed's output. Raises ArchiveError
+    rather than return short or garbage bytes.
+    """
+    if offset < 0 or size < 0:
+        raise ValueError(f"negative offset {offset} or size {size}")
+    n = max(0, min(size, member.size - offset))
+    if n == 0:
+        return b""
+    start = member.offset + offset
+    if index.format == "tar":
+        data = source.read(start, n)
+    elif index.format == "gzip":
+        data = _gzip_reader(index, source).read(source, start, n)
+    else:
+        data = _read_decompressed(source, index.format, start, n)
+    if len(data) != n:
+        raise ArchiveError(f"archive ends inside member {member.path!r}")
+    return data
+
+
+def iter_decompressed(source: RangeSource, fmt: str, limits: Limits | None) -> Iterator[tuple[int, bytes]]:
+    """Yield (uncompressed offset, chunk) over a gzip, xz or bz2 stream, caps enforced.
+
+    Lets the daemon store an xz/bz2 stream in its cache in one pass.
+    limits=None drops the caps: only for a stream already indexed under them.
+    """
+    offset = 0
+    for chunk in decompress(_chunks(source), fmt, limits):
+        yield offset, chunk
+        offset += len(chunk)
+
+
+def _read(source: RangeSource, offset: int, size: int) -> bytes:
+    data = source.read(offset, size)
+    if len(data) != size:
+        raise ArchiveError(f"archive object is shorter than its size: {len(data)} of {size} bytes at {offset}")
+    return data
+
+
+def _chunks(source: RangeSource) -> Iterator[bytes]:
+    for offset in range(0, source.size, READ_SIZE):
+        yield _read(source, offset, min(READ_SIZE, source.size - offset))
+
+
+def _hop(source: RangeSource, scanner: TarScanner) -> None:
+    """Feed a plain tar to the scanner, reading only the windows that hold headers."""
+    while not scanner.done and scanner.position < source.size:
+        at = scanner.position
+        scanner.feed(_read(source, at, min(HOP_WINDOW, source.size - at)), at=at)
+
+
+def _read_decompressed(source: RangeSource, fmt: str, start: int, size: int) -> bytes:
+    out = bytearray()
+    end = start + size
+    for offset, chunk in iter_decompressed(source, fmt, None):
+        if offset + len(chunk) > start:
+            out += chunk[max(0, start - offset) : end - offset]
+            if offset + len(chunk) >= end:
+                break
+    return bytes(out)
+
+
+class _SourceFile:
+    """The binary-file face of a RangeSource, for indexed_gzip to read through.
+
+    zran turns exceptions raised by read() into its own errors; the last one is
+    kept in `error` so that the source's own failure is what propagates.
+    """
+
+    def __init__(self, source: RangeSource) -> None:
+        self.source = source
+        self.pos = 0
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        left = max(0, self.source.size - self.pos)
+        try:
+            data = self.source.read(self.pos, left if size < 0 else min(size, left))
+        except BaseException as err:
+            self.error = err
+            raise
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.source.size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+@contextmanager
+def _zran_errors(file: _SourceFile) -> Iterator[None]:
+    """Re-raise the source's own exception, else turn zran's (or a bad stored index's) into ArchiveError."""
+    file.error = None
+    try:
+        yield
+    except (OSError, indexed_gzip.NotCoveredError, zlib.error) as err:
+        if file.error is not None:
+            raise file.error from None
+        raise ArchiveError(f"corrupt gzip data: {err}") from err
+
+
+def _open_gzip(file: _SourceFile, spacing: int) -> indexed_gzip.IndexedGzipFile:
+    return indexed_gzip.IndexedGzipFile(
+        fileobj=file, spacing=spacing, readbuf_size=GZIP_READBUF, buffer_size=GZIP_READ_AHEAD
+    )
+
+
+class _GzipIndexer:
+    """Grows indexed_gzip's seek points in step with the metered decompression.
+
+    zran is only asked to index bytes the metered pass has already produced,
+    so a bomb is refused before zran inflates it, and the compressed bytes zran
+    reads were just read by that pass (block-cache hits for the daemon).
+    """
+
+    def __init__(self, source: RangeSource, spacing: int) -> None:
+        self.file = _SourceFile(source)
+        with _zran_errors(self.file):
+            self.gzip = _open_gzip(self.file, spacing)
+        self.step = 4 * spacing  # zran re-inflates up to `spacing` per call
+        self.indexed = 0
+
+    def advance(self, offset: int, final: bool = False) -> None:
+        """Let zran index up to `offset` of the uncompressed stream."""
+        if final or offset - self.indexed >= self.step:
+            with _zran_errors(self.file):
+                self.gzip.seek(offset)
+            self.indexed = offset
+
+    def export(self) -> bytes:
+        raw = io.BytesIO()
+        with _zran_errors(self.file):
+            self.gzip.export_index(fileobj=raw)
+        return zlib.compress(raw.getvalue())
+
+
+class _GzipReader:
+    """indexed_gzip restored from an ArchiveIndex's seek points, one per index.
+
+    Restoring decompresses gzip_index and holds every point's 32 KiB window,
+    so it is done once; reads are serialized by `lock`.
+    """
+
+    def __init__(self, source: RangeSource, gzip_index: bytes) -> None:
+        self.lock = threading.Lock()
+        self.file = _SourceFile(source)
+        with _zran_errors(self.file):
+            self.gzip = _open_gzip(self.file, DEFAULT_SPACING)
+            self.gzip.import_index(fileobj=io.BytesIO(zlib.decompress(gzip_index)))
+
+    def read(self, source: RangeSource, offset: int, size: int) -> bytes:
+        with self.lock:
+            self.file.source = source
+            with _zran_errors(self.file):
+                self.gzip.seek(offset)
+                data: bytes = self.gzip.read(size)
+                return data
+
+
+_readers_lock = threading.Lock()
+
+
+def _gzip_reader(index: ArchiveIndex, source: RangeSource) -> _GzipReader:
+    if index.gzip_index is None:
+        raise ArchiveError("gzip archive index has no seek points")
+    with _readers_lock:
+        if index._gzip_reader is None:
+            index._gzip_reader = _GzipReader(source, index.gzip_index)
+        return index._gzip_reader

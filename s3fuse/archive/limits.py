@@ -1,0 +1,37 @@
+"""Caps on what one archive may cost, and the one error this package raises.
+
+Archives are untrusted input: sizes in headers lie, and a few KiB of gzip can
+expand to terabytes. Every cap is counted as bytes stream by, never taken from
+a header.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from s3fuse.archive.index import ArchiveIndex
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps per archive; going over one raises ArchiveError naming the cap."""
+
+    max_members: int = 1_000_000        # entries of any type, counted as parsed
+    max_total_bytes: int = 64 * GiB     # member data, and decompressed bytes
+    max_ratio: float = 200.0            # decompressed / compressed, after 1 MiB
+    max_member_bytes: int = 16 * GiB    # one member's size
+
+
+class ArchiveError(Exception):
+    """The archive is corrupt, truncated or over a cap (the daemon answers EIO).
+
+    `partial` holds what was indexed before the failure when at least one
+    member was found, so the daemon may choose to serve those members.
+    """
+
+    def __init__(self, message: str, partial: ArchiveIndex | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial

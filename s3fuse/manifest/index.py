@@ -1,0 +1,336 @@
+"""A manifest's SQLite index: every entry and shard member as a row, rowid = inode ref.
+
+Built once per root-manifest ETag in a worker thread and reused across remounts
+and offline. Re-ingestion (after `append_parts` changed the root) upserts by
+(parent, name), so unchanged paths keep their rowids and thus their inodes.
+Readers use their own connection (WAL): they see the old index until the new
+one commits.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..tree.base import is_posix_name
+
+ROOT_ID = 1
+DIR, FILE, SHARD, MEMBER = 0, 1, 2, 3
+SCHEMA_VERSION = "1"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS info (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+    id INTEGER PRIMARY KEY,
+    parent INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    size INTEGER,
+    key TEXT,
+    etag TEXT,
+    entry_id TEXT,
+    meta TEXT,
+    shard INTEGER,
+    offset INTEGER,
+    gen INTEGER NOT NULL,
+    UNIQUE (parent, name));
+CREATE TABLE IF NOT EXISTS shards (
+    node INTEGER PRIMARY KEY,
+    archive_key TEXT NOT NULL,
+    format TEXT, compression TEXT, internal TEXT, count INTEGER,
+    state TEXT NOT NULL DEFAULT 'pending', etag TEXT, actual TEXT, asize INTEGER, usize INTEGER,
+    checked_at REAL NOT NULL DEFAULT 0, gzip_index BLOB, error TEXT);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: int
+    parent: int
+    name: str
+    kind: int
+    size: int | None
+    key: str | None
+    etag: str | None
+    entry_id: str | None
+    meta: str | None
+    shard: int | None
+    offset: int | None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind in (DIR, SHARD)
+
+
+_COLUMNS = "id, parent, name, kind, size, key, etag, entry_id, meta, shard, offset"
+
+
+def compact_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def relative_path(key: str, base: str) -> str:
+    """An entry's path: its key relative to the manifest's parent prefix, else the full key."""
+    return key[len(base):] if base and key.startswith(base) else key
+
+
+def path_parts(path: str) -> list[str] | None:
+    parts = path.split("/")
+    return parts if all(is_posix_name(p) for p in parts) else None
+
+
+HIDDEN_PATTERNS = ("manifests/part-*.jsonl", "*/manifests/part-*.jsonl")
+
+
+def hidden(path: str, internal: str = "__manifest__.jsonl") -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return name == internal or any(fnmatch.fnmatchcase(path, p) for p in HIDDEN_PATTERNS)
+
+
+class ManifestIndex:
+    """One manifest's index file; point queries from the trio thread, writes in workers."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = self._connect()
+        with self._lock:
+            self._db.executescript(SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO nodes (id, parent, name, kind, gen) "
+                             "VALUES (?, 0, '', ?, 0)", (ROOT_ID, DIR))
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------ info
+
+    def info(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT v FROM info WHERE k=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_info(self, **values: str) -> None:
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", list(values.items()))
+
+    # ------------------------------------------------------------ queries
+
+    def node(self, node_id: int) -> Node | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE id=?", (node_id,)).fetchone()
+        return Node(*row) if row else None
+
+    def child(self, parent: int, name: str) -> Node | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name=?",
+                                   (parent, name)).fetchone()
+        return Node(*row) if row else None
+
+    def children(self, parent: int, after_id: int, limit: int) -> list[Node]:
+        """Children in rowid order after `after_id`: stable readdir offsets, paged."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND id>? ORDER BY id LIMIT ?",
+                (parent, after_id, limit)).fetchall()
+        return [Node(*r) for r in rows]
+
+    def path_of(self, node_id: int, top: int = ROOT_ID) -> str:
+        """The '/'-joined path of a node below `top` (the manifest root by default)."""
+        parts = []
+        with self._lock:
+            while node_id not in (top, ROOT_ID):
+                row = self._db.execute("SELECT parent, name FROM nodes WHERE id=?", (node_id,)).fetchone()
+                if row is None:
+                    break
+                node_id, name = row
+                parts.append(name)
+        return "/".join(reversed(parts))
+
+    def update_file(self, node_id: int, size: int, etag: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE nodes SET size=?, etag=? WHERE id=?", (size, etag, node_id))
+
+    def shard(self, node_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM shards WHERE node=?", (node_id,))
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description]
+        return dict(zip(names, row)) if row else None
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM nodes").fetchone()[0])
+
+    # ------------------------------------------------------------ writes (worker threads)
+
+    def writer(self) -> "IndexWriter":
+        return IndexWriter(self)
+
+    def store_members(self, shard_id: int, members: Iterable[tuple[str, int, int, str | None, str | None]],
+                      etag: str, actual: str, asize: int, usize: int | None, gzip_index: bytes | None,
+                      checked_at: float) -> int:
+        """Replace a shard's members: (path, offset, size, entry_id, meta json)."""
+        gen = int(self.info("gen") or 0)
+        db = self._connect()
+        try:
+            with _Txn(db):
+                db.execute("DELETE FROM nodes WHERE shard=?", (shard_id,))
+                dirs: dict[str, int] = {"": shard_id}
+                count = 0
+                for path, offset, size, entry_id, meta in members:
+                    parts = path.split("/")
+                    parent = _member_dirs(db, dirs, parts[:-1], shard_id, gen)
+                    db.execute(
+                        "INSERT OR IGNORE INTO nodes (parent, name, kind, size, etag, entry_id, meta, "
+                        "shard, offset, gen) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (parent, parts[-1], MEMBER, size, etag, entry_id, meta, shard_id, offset, gen))
+                    count += 1
+                db.execute("UPDATE shards SET state='indexed', etag=?, actual=?, asize=?, usize=?, "
+                           "gzip_index=?, checked_at=?, error=NULL WHERE node=?",
+                           (etag, actual, asize, usize, gzip_index, checked_at, shard_id))
+        finally:
+            db.close()
+        return count
+
+    def fail_shard(self, shard_id: int, error: str, checked_at: float) -> None:
+        with self._lock:
+            self._db.execute("UPDATE shards SET state='failed', error=?, checked_at=? WHERE node=?",
+                             (error, checked_at, shard_id))
+
+
+def _member_dirs(db: sqlite3.Connection, dirs: dict[str, int], parts: list[str], shard_id: int,
+                 gen: int) -> int:
+    path = ""
+    parent = shard_id
+    for part in parts:
+        path = f"{path}/{part}" if path else part
+        known = dirs.get(path)
+        if known is None:
+            cur = db.execute(
+                "INSERT INTO nodes (parent, name, kind, shard, gen) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(parent, name) DO UPDATE SET kind=excluded.kind RETURNING id",
+                (parent, part, DIR, shard_id, gen))
+            known = dirs[path] = cur.fetchone()[0]
+        parent = known
+    return parent
+
+
+class _Txn:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+class IndexWriter:
+    """One ingestion pass: upserts entries in order, then drops what was not seen again."""
+
+    BATCH = 10_000
+
+    def __init__(self, index: ManifestIndex):
+        self.index = index
+        self.gen = int(index.info("gen") or 0) + 1
+        self._dirs: dict[str, int] = {"": ROOT_ID}
+        self._pending = 0
+        self.entries = 0
+        self.conflicts: list[str] = []
+        self.db = db = index._connect()  # its own connection: readers are never blocked
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("UPDATE nodes SET gen=? WHERE id=?", (self.gen, ROOT_ID))
+
+    def _dir(self, parts: list[str]) -> int | None:
+        path = ""
+        parent = ROOT_ID
+        db = self.db
+        for part in parts:
+            path = f"{path}/{part}" if path else part
+            known = self._dirs.get(path)
+            if known is None:
+                row = db.execute("SELECT id, kind, gen FROM nodes WHERE parent=? AND name=?",
+                                 (parent, part)).fetchone()
+                if row is not None and row[1] == FILE and row[2] == self.gen:
+                    self.conflicts.append(path)  # a file of this pass: the directory wins
+                if row is not None and row[1] in (DIR, SHARD) and row[2] == self.gen:
+                    known = row[0]
+                else:
+                    known = db.execute(
+                        "INSERT INTO nodes (parent, name, kind, gen, size, key, etag, entry_id, meta) "
+                        "VALUES (?,?,?,?,NULL,NULL,NULL,NULL,NULL) ON CONFLICT(parent, name) DO UPDATE "
+                        "SET kind=?, gen=excluded.gen, size=NULL, key=NULL, etag=NULL RETURNING id",
+                        (parent, part, DIR, self.gen, DIR)).fetchone()[0]
+                self._dirs[path] = known
+            parent = known
+        return parent
+
+    def add_file(self, parts: list[str], key: str, size: int | None, etag: str | None,
+                 entry_id: str | None, meta: str | None) -> bool:
+        path = "/".join(parts)
+        if path in self._dirs:
+            self.conflicts.append(path)
+            return False
+        parent = self._dir(parts[:-1])
+        self.db.execute(
+            "INSERT INTO nodes (parent, name, kind, size, key, etag, entry_id, meta, gen) "
+            "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(parent, name) DO UPDATE SET kind=excluded.kind, "
+            "size=excluded.size, key=excluded.key, etag=excluded.etag, entry_id=excluded.entry_id, "
+            "meta=excluded.meta, gen=excluded.gen",
+            (parent, parts[-1], FILE, size, key, etag, entry_id, meta, self.gen))
+        self._tick()
+        return True
+
+    def add_shard(self, parts: list[str], archive_key: str, fmt: str, compression: str | None,
+                  internal: str, count: int | None, size: int | None, meta: str | None) -> None:
+        node = self._dir(parts)
+        db = self.db
+        db.execute("UPDATE nodes SET kind=?, key=?, size=?, meta=? WHERE id=?",
+                   (SHARD, archive_key, size, meta, node))
+        old = db.execute("SELECT archive_key, compression, internal FROM shards WHERE node=?",
+                         (node,)).fetchone()
+        if old != (archive_key, compression, internal):
+            db.execute("INSERT OR REPLACE INTO shards (node, archive_key, format, compression, internal, "
+                       "count) VALUES (?,?,?,?,?,?)", (node, archive_key, fmt, compression, internal, count))
+            db.execute("DELETE FROM nodes WHERE shard=?", (node,))
+        self._tick()
+
+    def _tick(self) -> None:
+        self.entries += 1
+        self._pending += 1
+        if self._pending >= self.BATCH:  # keep the WAL small on huge manifests
+            db = self.db
+            db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            self._pending = 0
+
+    def commit(self, **info: str) -> None:
+        db = self.db
+        try:
+            db.execute("DELETE FROM nodes WHERE gen<? AND shard IS NULL AND id<>?", (self.gen, ROOT_ID))
+            db.execute("DELETE FROM shards WHERE node NOT IN (SELECT id FROM nodes WHERE kind=?)", (SHARD,))
+            db.execute("DELETE FROM nodes WHERE shard IS NOT NULL AND shard NOT IN "
+                       "(SELECT node FROM shards)")
+            db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)",
+                           [("gen", str(self.gen)), ("schema", SCHEMA_VERSION), *info.items()])
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    def abort(self) -> None:
+        try:
+            self.db.execute("ROLLBACK")
+        finally:
+            self.db.close()

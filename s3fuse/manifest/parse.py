@@ -1,0 +1,149 @@
+"""s3exchange manifest lines -> typed entries, exactly as s3exchange 0.1.1 reads them.
+
+`kind` is required: `file` needs `key`, `shard` needs `archive_key`, `manifest_ref`
+needs `key`. Unknown extra fields are kept; optional fields may be null. Shard
+defaults: missing `format` -> tar, missing `internal_manifest_path` ->
+`__manifest__.jsonl`, missing `compression` -> gzip, explicit null -> none.
+A bad line is reported with its number and skipped; the rest is served.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Union
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERNAL_MANIFEST = "__manifest__.jsonl"
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class FileItem:
+    key: str
+    id: str | None
+    meta: Any
+    content_type: str | None
+    size: int | None
+    etag: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShardItem:
+    archive_key: str
+    format: str
+    compression: str | None
+    internal_manifest_path: str
+    count: int | None
+    size: int | None
+    meta: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RefItem:
+    key: str
+
+
+Item = Union[FileItem, ShardItem, RefItem]
+
+
+class BadLine(ValueError):
+    pass
+
+
+def _str(obj: dict[str, Any], field: str, required: bool = False) -> str | None:
+    value = obj.get(field)
+    if value is None:
+        if required:
+            raise BadLine(f"missing {field!r}")
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise BadLine(f"{field!r} is not a string")
+    return value
+
+
+def _int(obj: dict[str, Any], field: str) -> int | None:
+    value = obj.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadLine(f"{field!r} is not a non-negative integer")
+    return value
+
+
+def parse_item(obj: Any) -> Item:
+    if not isinstance(obj, dict):
+        raise BadLine("not a JSON object")
+    kind = obj.get("kind")
+    if kind == "file":
+        etag = _str(obj, "etag")
+        return FileItem(_str(obj, "key", True), _id(obj), obj.get("meta"), _str(obj, "content_type"),
+                        _int(obj, "size_bytes"), etag.strip('"') if etag else None)
+    if kind == "shard":
+        compression = obj.get("compression", _MISSING)
+        if compression is _MISSING:
+            compression = "gzip"
+        elif compression is not None and not isinstance(compression, str):
+            raise BadLine("'compression' is not a string")
+        return ShardItem(_str(obj, "archive_key", True), _str(obj, "format") or "tar", compression,
+                         _str(obj, "internal_manifest_path") or DEFAULT_INTERNAL_MANIFEST,
+                         _int(obj, "count"), _int(obj, "size_bytes"), obj.get("meta"))
+    if kind == "manifest_ref":
+        return RefItem(_str(obj, "key", True))
+    raise BadLine(f"unknown kind {kind!r}" if kind is not None else "missing 'kind'")
+
+
+def _id(obj: dict[str, Any]) -> str | None:
+    value = obj.get("id")
+    return None if value is None else str(value)
+
+
+def parse_lines(lines: Iterable[bytes], source: str) -> Iterator[Item]:
+    """Items of a manifest, skipping (and logging) malformed lines by number."""
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            yield parse_item(json.loads(line))
+        except (BadLine, ValueError, UnicodeDecodeError, RecursionError) as exc:
+            log.warning("%s line %d skipped: %s", source, number, _reason(exc))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, BadLine):
+        return str(exc)
+    return "not valid JSON"
+
+
+def split_lines(chunks: Iterable[bytes], max_line: int, source: str) -> Iterator[bytes]:
+    """Lines of a streamed object; a line longer than `max_line` is dropped (logged)."""
+    pending = bytearray()
+    skipping = False
+    number = 0
+    for chunk in chunks:
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                if not skipping:
+                    pending += chunk[start:]
+                    if len(pending) > max_line:
+                        skipping = True
+                        pending.clear()
+                break
+            number += 1
+            if skipping or len(pending) + end - start > max_line:
+                log.warning("%s line %d skipped: longer than %d bytes", source, number, max_line)
+                skipping = False
+                yield b""  # keeps the line numbers of what follows right
+            else:
+                pending += chunk[start:end]
+                yield bytes(pending)
+            pending.clear()
+            start = end + 1
+    if skipping:
+        log.warning("%s line %d skipped: longer than %d bytes", source, number + 1, max_line)
+    elif pending:
+        yield bytes(pending)

@@ -1,0 +1,199 @@
+"""An s3exchange manifest as a read-only directory tree, backed by its SQLite index.
+
+Entries appear at their key relative to the manifest's parent prefix (else at the
+full key); a shard is a directory named as its archive whose members are indexed
+on first use. Node refs are index rowids, so inodes are computed, stable across
+remounts and cost no memory. The root manifest is revalidated by ETag after the
+metadata TTL and re-ingested when it changed (append_parts).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import trio
+
+from ..cache.meta import Entry
+from ..config import ManifestSpec
+from ..data.reader import BlockReader, ObjectRef
+from ..errors import IsADirectory, NotADirectory, NotFound, Offline
+from ..manifest.index import FILE, MEMBER, ROOT_ID, SHARD, ManifestIndex, Node
+from ..manifest.ingest import IngestLimits, Ingestion
+from ..store.s3 import S3Store
+from ..util.flight import SingleFlight
+from .base import FileSource, ObjectSource
+from .shards import ShardService
+
+log = logging.getLogger(__name__)
+
+
+class IndexDir:
+    """readdir over the index: offsets are rowids, so they are stable and pages are cheap."""
+
+    def __init__(self, tree: "ManifestTree", node_id: int):
+        self.tree = tree
+        self.node_id = node_id
+
+    async def page(self, start: int, limit: int) -> list[tuple[int, int, Entry]]:
+        nodes = await self.tree.resolved(self.tree.index.children(self.node_id, start, limit))
+        return [(n.id, n.id, self.tree.entry(n)) for n in nodes]
+
+
+class ManifestTree:
+    """Namespace over one manifest (and everything it references)."""
+
+    writable = False
+    indexed = True
+    root = ROOT_ID
+
+    def __init__(self, spec: ManifestSpec, store: S3Store, reader: BlockReader, index_dir: Path,
+                 *, ttl: float, limiter: trio.CapacityLimiter, shards: ShardService,
+                 limits: IngestLimits = IngestLimits()):
+        self.name = spec.name
+        self.spec = spec
+        self.store = store
+        self.reader = reader
+        self.ttl = ttl
+        self.inode_base: int | None = None  # assigned by RootTree
+        self.base = spec.key.rsplit("/", 1)[0] + "/" if "/" in spec.key else ""
+        digest = hashlib.sha256(f"{spec.bucket}\0{spec.key}".encode()).hexdigest()[:32]
+        self.index = ManifestIndex(index_dir / f"{digest}.sqlite")
+        self._limiter = limiter
+        self._limits = limits
+        self._shards = shards
+        self._flight: SingleFlight[None] = SingleFlight()
+        self._checked = 0.0
+        self._mtime_ns = int(self.index.info("root_mtime_ns") or 0)
+
+    def close(self) -> None:
+        self.index.close()
+
+    # ------------------------------------------------------------ freshness
+
+    async def _ready(self) -> None:
+        if time.monotonic() - self._checked < self.ttl:
+            return
+        try:
+            await self._flight.run("root", self._revalidate)
+        except (Offline, NotFound) as exc:
+            if self.index.info("root_etag") is None:
+                if isinstance(exc, NotFound):
+                    log.error("manifest %s not found: %s shows as an empty directory",
+                              self.spec.uri, self.name)
+                    self._checked = time.monotonic()
+                    return
+                raise
+            log.debug("serving the cached index of %s: %s", self.spec.uri, exc)
+
+    async def _revalidate(self) -> None:
+        info = await trio.to_thread.run_sync(self.store.head, self.spec.bucket, self.spec.key,
+                                             limiter=self._limiter)
+        if info.etag != self.index.info("root_etag"):
+            began = time.monotonic()
+            ingestion = Ingestion(self.store, self.spec.bucket, self.base, self._limits)
+            count = await trio.to_thread.run_sync(ingestion.run, self.index, self.spec.key, info.etag,
+                                                  info.mtime_ns, limiter=self._limiter)
+            self._mtime_ns = info.mtime_ns
+            log.info("indexed manifest %s: %d entries in %.1fs", self.spec.uri, count,
+                     time.monotonic() - began)
+        self._checked = time.monotonic()
+
+    # ------------------------------------------------------------ nodes
+
+    def entry(self, node: Node) -> Entry:
+        return Entry(node.name, node.is_dir, 0 if node.is_dir else (node.size or 0), self._mtime_ns,
+                     node.etag or "")
+
+    def _node(self, ref: int) -> Node:
+        node = self.index.node(ref)
+        if node is None:
+            raise NotFound(f"manifest node {ref}")
+        return node
+
+    async def _dir(self, ref: int) -> Node:
+        await self._ready()
+        node = self._node(ref)
+        if not node.is_dir:
+            raise NotADirectory(self.describe(ref))
+        if node.kind == SHARD:
+            await self._shards.ensure_indexed(self, node)
+        return node
+
+    async def lookup(self, ref: int, name: str) -> tuple[int, Entry] | None:
+        await self._dir(ref)
+        child = self.index.child(ref, name)
+        if child is None:
+            return None
+        child = (await self.resolved([child]))[0]
+        return child.id, self.entry(child)
+
+    async def opendir(self, ref: int) -> IndexDir:
+        await self._dir(ref)
+        return IndexDir(self, ref)
+
+    async def stat(self, ref: int) -> Entry:
+        if ref == ROOT_ID:
+            await self._ready()
+        node = (await self.resolved([self._node(ref)]))[0]
+        return self.entry(node)
+
+    async def resolved(self, nodes: list[Node]) -> list[Node]:
+        """`nodes` with the size and ETag of files whose manifest line had none (HEAD, once,
+        in parallel): the kernel must never cache a made-up size."""
+        missing = [i for i, n in enumerate(nodes) if n.kind == FILE and (n.size is None or not n.etag)]
+        if missing:
+            out = list(nodes)
+
+            async def fill(i: int) -> None:
+                out[i] = await self._head(nodes[i])
+            async with trio.open_nursery() as nursery:
+                for i in missing:
+                    nursery.start_soon(fill, i)
+            return out
+        return nodes
+
+    async def _head(self, node: Node) -> Node:
+        """Size and ETag from S3 for entries whose manifest line had none (done once)."""
+        try:
+            info = await trio.to_thread.run_sync(self.store.head, self.spec.bucket, node.key,
+                                                 limiter=self._limiter)
+        except Offline:
+            return node
+        self.index.update_file(node.id, info.size, info.etag)
+        return self._node(node.id)
+
+    async def open(self, ref: int) -> FileSource:
+        node = self._node(ref)
+        if node.is_dir:
+            raise IsADirectory(self.describe(ref))
+        if node.kind == MEMBER:
+            return await self._shards.open_member(self, node)
+        node = (await self.resolved([node]))[0]
+        assert node.key is not None
+        return ObjectSource(self.reader, ObjectRef(self.spec.bucket, node.key, node.etag or "",
+                                                   node.size or 0))
+
+    async def xattrs(self, ref: int, entry: Entry) -> dict[str, bytes]:
+        node = self._node(ref)
+        values: dict[str, bytes] = {}
+        if node.kind == MEMBER:
+            shard = self._node(node.shard or 0)
+            member = self.index.path_of(ref, top=shard.id)
+            values["user.s3.uri"] = f"s3://{self.spec.bucket}/{shard.key}#{member}".encode()
+        elif node.key is not None:
+            values["user.s3.uri"] = f"s3://{self.spec.bucket}/{node.key}".encode()
+        if node.etag:
+            values["user.s3.etag"] = node.etag.encode()
+        if node.entry_id is not None:
+            values["user.s3exchange.id"] = node.entry_id.encode()
+        if node.meta is not None:
+            values["user.s3exchange.meta"] = node.meta.encode()
+        return values
+
+    def parent(self, ref: int) -> int:
+        return self._node(ref).parent
+
+    def describe(self, ref: int) -> str:
+        return self.index.path_of(ref)

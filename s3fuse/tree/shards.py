@@ -1,0 +1,222 @@
+"""Shard archives inside manifest views: indexed on first use, members served by range.
+
+Indexing runs once per archive ETag in a worker thread, reading the archive
+through the block cache: plain tar hops from header to header; tar.gz is
+decompressed once to build seek points; xz/bz2 are streamed once. Members then
+become rows of the manifest index. Reading a member is a ranged GET of just its
+bytes (tar), a decompression from the nearest seek point (gzip) or a read of the
+decompressed stream that the first access put into the block cache (xz/bz2).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..archive.index import ArchiveIndex, build_index, iter_decompressed, read_member
+from ..archive.limits import ArchiveError, Limits
+from ..archive.tar import Member
+from ..data.reader import BlockReader, ObjectRef, ReadState
+from ..errors import CorruptData, NotFound
+from ..manifest.index import Node, compact_json
+from ..store.s3 import S3Store
+from ..util.flight import SingleFlight
+from .base import FileSource, ObjectSource, OnceLogger
+
+if TYPE_CHECKING:
+    from .manifest import ManifestTree
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MANIFEST_CAP = 64 << 20
+
+
+class ReaderSource:
+    """Archive bytes for the (blocking) archive library, through the block cache."""
+
+    def __init__(self, reader: BlockReader, ref: ObjectRef):
+        self.size = ref.size
+        self._reader = reader
+        self._ref = ref
+        self._state = ReadState()
+
+    def read(self, offset: int, size: int) -> bytes:
+        return bytes(trio.from_thread.run(self._reader.read, self._ref, offset, size, self._state))
+
+
+def internal_entries(data: bytes) -> dict[str, tuple[str | None, str | None]]:
+    """member_path -> (id, compact meta) from a shard's `__manifest__.jsonl`."""
+    found: dict[str, tuple[str | None, str | None]] = {}
+    for line in data.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        path = obj.get("member_path")
+        if not isinstance(path, str):
+            key = obj.get("key")
+            path = key.split("#", 1)[1] if isinstance(key, str) and "#" in key else None
+        if path:
+            entry_id = obj.get("id")
+            found[path] = (None if entry_id is None else str(entry_id), compact_json(obj.get("meta")))
+    return found
+
+
+class ShardService:
+    def __init__(self, store: S3Store, reader: BlockReader, *, ttl: float,
+                 limits: Limits = Limits(), concurrency: int = 2):
+        self.store = store
+        self.reader = reader
+        self.ttl = ttl
+        self.limits = limits
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._flight: SingleFlight[None] = SingleFlight()
+        self._once = OnceLogger(log)
+        self._gzip: dict[tuple[str, str], ArchiveIndex] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    # ------------------------------------------------------------ indexing
+
+    async def ensure_indexed(self, tree: "ManifestTree", node: Node) -> None:
+        shard = tree.index.shard(node.id)
+        if shard is None or shard["state"] == "indexed":
+            return
+        if shard["state"] == "failed" and time.time() - shard["checked_at"] < self.ttl:
+            return
+        await self._flight.run((tree.index.path, node.id), self._index, tree, node, shard)
+
+    async def _index(self, tree: "ManifestTree", node: Node, shard: dict[str, Any]) -> None:
+        bucket, key = tree.spec.bucket, shard["archive_key"]
+        uri = f"s3://{bucket}/{key}"
+        try:
+            info = await trio.to_thread.run_sync(self.store.head, bucket, key, limiter=self._limiter)
+        except NotFound:
+            log.warning("shard archive %s is missing: its directory is empty", uri)
+            tree.index.fail_shard(node.id, "missing", time.time())
+            return
+        source = ReaderSource(self.reader, ObjectRef(bucket, key, info.etag, info.size))
+        began = time.monotonic()
+        try:
+            index = await trio.to_thread.run_sync(self._build, source, shard, key, limiter=self._limiter)
+        except (ArchiveError, CorruptData) as exc:
+            log.warning("shard archive %s is unusable (%s): its directory is empty", uri, exc)
+            tree.index.fail_shard(node.id, str(exc), time.time())
+            return
+        for name, reason in index.skipped:
+            self._once.warning(f"{uri}#{name}", "shard %s: member %r not shown (%s)", uri, name, reason)
+        internal = shard["internal"]
+        described = await self._internal_manifest(source, index, internal, uri)
+        rows = [(m.path, m.offset, m.size, *described.get(m.path, (None, None)))
+                for m in index.members if m.path != internal]
+        count = await trio.to_thread.run_sync(
+            tree.index.store_members, node.id, rows, info.etag, index.format, info.size,
+            index.uncompressed_size, index.gzip_index, time.time(), limiter=self._limiter)
+        self._gzip.pop((tree.index.path.name, key), None)
+        log.info("indexed shard %s (%s): %d members in %.1fs", uri, index.format, count,
+                 time.monotonic() - began)
+
+    def _build(self, source: ReaderSource, shard: dict[str, Any], key: str) -> ArchiveIndex:
+        return build_index(source, shard["compression"], key, self.limits)
+
+    async def _internal_manifest(self, source: ReaderSource, index: ArchiveIndex, internal: str,
+                                 uri: str) -> dict[str, tuple[str | None, str | None]]:
+        member = next((m for m in index.members if m.path == internal), None)
+        if member is None:
+            return {}
+        if member.size > INTERNAL_MANIFEST_CAP:
+            log.warning("shard %s: internal manifest over %d bytes ignored", uri, INTERNAL_MANIFEST_CAP)
+            return {}
+        try:
+            data = await trio.to_thread.run_sync(read_member, source, index, member, 0, member.size,
+                                                 limiter=self._limiter)
+        except ArchiveError as exc:
+            log.warning("shard %s: internal manifest unreadable (%s)", uri, exc)
+            return {}
+        return internal_entries(data)
+
+    # ------------------------------------------------------------ reading
+
+    async def open_member(self, tree: "ManifestTree", node: Node) -> FileSource:
+        shard = tree.index.shard(node.shard or 0)
+        if shard is None or shard["state"] != "indexed":
+            raise NotFound(tree.describe(node.id))
+        bucket, key, etag = tree.spec.bucket, shard["archive_key"], shard["etag"]
+        path = tree.index.path_of(node.id, top=node.shard or 0)
+        member = Member(path, node.offset or 0, node.size or 0, 0)
+        virtual = ObjectRef(bucket, f"{key}#{path}", etag, member.size)
+        archive = ObjectRef(bucket, key, etag, shard["asize"])
+        fmt = shard["actual"]
+        if fmt == "tar":
+            def loader(start: int, stop: int) -> bytes:
+                return self.store.get(bucket, key, etag, member.offset + start, member.offset + stop)
+        elif fmt == "gzip":
+            index = self._gzip_index(tree, shard)
+
+            def loader(start: int, stop: int) -> bytes:
+                return self._checked(read_member, ReaderSource(self.reader, archive), index, member,
+                                     start, stop - start)
+        else:
+            stream = ObjectRef(bucket, f"{key}#", etag, shard["usize"] or 0)
+
+            def loader(start: int, stop: int) -> bytes:
+                return self._from_stream(archive, stream, fmt, member.offset + start,
+                                         member.offset + stop)
+        return ObjectSource(self.reader, virtual, loader)
+
+    def _gzip_index(self, tree: "ManifestTree", shard: dict[str, Any]) -> ArchiveIndex:
+        cache_key = (tree.index.path.name, shard["archive_key"])
+        index = self._gzip.get(cache_key)
+        if index is None:
+            index = self._gzip[cache_key] = ArchiveIndex(
+                format="gzip", members=[], skipped=[], gzip_index=shard["gzip_index"],
+                uncompressed_size=shard["usize"])
+        return index
+
+    @staticmethod
+    def _checked(fn: Any, *args: Any) -> bytes:
+        try:
+            return fn(*args)
+        except ArchiveError as exc:
+            raise CorruptData(str(exc)) from None
+
+    def _from_stream(self, archive: ObjectRef, stream: ObjectRef, fmt: str, start: int,
+                     stop: int) -> bytes:
+        """Bytes of an xz/bz2 archive's decompressed stream; the first miss decompresses it
+        all once into the block cache (those formats cannot seek)."""
+        block = self.reader.block_size
+        lock = self._locks.setdefault((stream.bucket, stream.key + stream.etag), threading.Lock())
+        with lock:
+            parts = [self.reader.blocks.get(stream.bucket, stream.key, stream.etag, i)
+                     for i in range(start // block, (stop - 1) // block + 1)]
+            if any(p is None for p in parts):
+                self._decompress_into_cache(archive, stream, fmt)
+                parts = [self.reader.blocks.get(stream.bucket, stream.key, stream.etag, i)
+                         for i in range(start // block, (stop - 1) // block + 1)]
+                if any(p is None for p in parts):
+                    raise CorruptData(f"{archive.uri}: decompressed stream not cacheable")
+        base = (start // block) * block
+        return b"".join(parts)[start - base:stop - base]  # type: ignore[arg-type]
+
+    def _decompress_into_cache(self, archive: ObjectRef, stream: ObjectRef, fmt: str) -> None:
+        block = self.reader.block_size
+        pending = bytearray()
+        index = 0
+        source = ReaderSource(self.reader, archive)
+        try:
+            for _offset, chunk in iter_decompressed(source, fmt, self.limits):
+                pending += chunk
+                while len(pending) >= block:
+                    self.reader.blocks.put(stream.bucket, stream.key, stream.etag, index,
+                                           bytes(pending[:block]))
+                    del pending[:block]
+                    index += 1
+        except ArchiveError as exc:
+            raise CorruptData(f"{archive.uri}: {exc}") from None
+        if pending:
+            self.reader.blocks.put(stream.bucket, stream.key, stream.etag, index, bytes(pending))

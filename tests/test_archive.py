@@ -1,0 +1,239 @@
+"""s3fuse.archive on well-formed archives: exact member tables and bytes in every
+format, and how few source bytes indexing and member reads cost."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import logging
+import lzma
+import os
+import random
+import sqlite3
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import pytest
+
+from s3fuse.archive import ArchiveError, ArchiveIndex, Limits, Member, build_index, iter_decompressed, read_member
+from s3fuse.archive.compression import resolve_format, sniff
+
+MiB = 1 << 20
+MTIME = 1_700_000_000
+BIG = "big/twenty.bin"
+
+COMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "tar": lambda raw: raw,
+    "gzip": lambda raw: gzip.compress(raw, 1, mtime=0),
+    "xz": lambda raw: lzma.compress(raw, preset=0),
+    "bz2": lambda raw: bz2.compress(raw, 1),
+}
+
+
+class MemSource:
+    """In-memory RangeSource that counts reads and bytes read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.size = len(data)
+        self.reads = 0
+        self.bytes_read = 0
+
+    def read(self, offset: int, size: int) -> bytes:
+        chunk = self.data[offset : offset + size]
+        self.reads += 1
+        self.bytes_read += len(chunk)
+        return chunk
+
+    def reset(self) -> None:
+        self.reads = self.bytes_read = 0
+
+
+def make_tar(files: dict[str, bytes], fmt: int = tarfile.PAX_FORMAT, dirs: tuple[str, ...] = ()) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name in dirs:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for i, (name, data) in enumerate(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = MTIME + i
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def tarfile_members(raw: bytes) -> list[Member]:
+    """The oracle: where Python's tarfile says each regular file's data lies."""
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return [Member(i.name, i.offset_data, i.size, int(i.mtime)) for i in tar if i.isreg()]
+
+
+def small_files(count: int, seed: int = 7) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    return {
+        f"small/{i // 100:02d}/item-{i:04d}.json": rng.randbytes(24).hex().encode() * rng.randint(0, 60)
+        for i in range(count)
+    }
+
+
+def mixed_files() -> dict[str, bytes]:
+    big = bytearray(20 * MiB)  # mostly zeros so xz and bz2 stay fast
+    for at in range(0, len(big), 256 << 10):
+        big[at : at + 4096] = os.urandom(4096)
+    return {
+        BIG: bytes(big),
+        "empty.txt": b"",
+        "deep/" + "sub/" * 5 + "n" * 150 + ".txt": b"long name",
+        "unicode/" + "\u00e9" * 60 + ".txt": b"non-ascii name",
+        **small_files(2000),
+    }
+
+
+@pytest.fixture(scope="module")
+def files() -> dict[str, bytes]:
+    return mixed_files()
+
+
+@pytest.fixture(scope="module", params=[tarfile.PAX_FORMAT, tarfile.GNU_FORMAT], ids=["pax", "gnu"])
+def raw_tar(request: pytest.FixtureRequest, files: dict[str, bytes]) -> bytes:
+    return make_tar(files, request.param, dirs=("small/", "deep/"))
+
+
+@pytest.mark.parametrize("fmt", ["tar", "gzip", "xz", "bz2"])
+def test_member_table_and_bytes_are_exact(fmt: str, raw_tar: bytes, files: dict[str, bytes]) -> None:
+    source = MemSource(COMPRESS[fmt](raw_tar))
+    index = build_index(source, None, "shard", Limits())
+
+    assert index.format == fmt
+    assert index.members == tarfile_members(raw_tar)
+    assert {m.path for m in index.members} == set(files)
+    assert index.skipped == []
+    assert index.uncompressed_size == len(raw_tar)
+    assert (index.gzip_index is not None) == (fmt == "gzip")
+
+    big = next(m for m in index.members if m.path == BIG)
+    assert read_member(source, index, big, 7_000_000, 1000) == files[BIG][7_000_000:7_001_000]
+    assert read_member(source, index, big, big.size + 5, 100) == b""
+    if fmt in ("tar", "gzip"):
+        for member in index.members:
+            assert read_member(source, index, member, 0, member.size) == files[member.path]
+        assert read_member(source, index, big, big.size - 10, 100) == files[BIG][-10:]
+    else:  # each read decompresses from the start: check the whole stream, then one read
+        assert b"".join(chunk for _, chunk in iter_decompressed(source, fmt, Limits())) == raw_tar
+        last = index.members[-1]
+        assert read_member(source, index, last, 0, last.size) == files[last.path]
+
+
+def test_plain_tar_hops_over_big_members() -> None:
+    raw = make_tar({f"part{i}.bin": bytes(20 * MiB) for i in range(4)})
+    source = MemSource(raw)
+    index = build_index(source, None, "shard.tar", Limits())
+    assert [m.size for m in index.members] == [20 * MiB] * 4
+    assert source.reads <= 6
+    assert source.bytes_read < len(raw) / 10
+
+
+def test_plain_tar_of_small_members_costs_few_large_reads() -> None:
+    raw = make_tar(small_files(2000))
+    source = MemSource(raw)
+    index = build_index(source, None, "shard.tar", Limits())
+    assert len(index.members) == 2000
+    assert source.reads <= len(raw) // MiB + 3
+
+
+def test_gzip_member_read_inflates_from_a_nearby_seek_point() -> None:
+    payload = os.urandom(4 * MiB)
+    raw = make_tar({f"m{i:02d}.bin": payload[i:] + payload[:i] for i in range(16)})  # 64 MiB
+    blob = gzip.compress(raw, 0, mtime=0)  # stored blocks: fast, and compressed size = uncompressed
+    source = MemSource(blob)
+    index = build_index(source, None, "shard.tar.gz", Limits())
+    assert index.gzip_index is not None and len(index.gzip_index) < len(blob) / 50
+
+    for member in (index.members[-1], index.members[7]):
+        source.reset()
+        got = read_member(source, index, member, member.size - 100_000, 100_000)
+        assert got == raw[member.offset + member.size - 100_000 : member.offset + member.size]
+        assert source.bytes_read < len(blob) / 6
+
+
+def test_index_fields_round_trip_through_sqlite(raw_tar: bytes, files: dict[str, bytes]) -> None:
+    source = MemSource(gzip.compress(raw_tar, 1, mtime=0))
+    built = build_index(source, "gzip", "shard.tar.gz", Limits())
+
+    db = sqlite3.connect(":memory:")
+    db.execute("create table member (path text, offset integer, size integer, mtime integer)")
+    db.execute("create table archive (format text, gzip_index blob, size integer)")
+    db.executemany("insert into member values (?, ?, ?, ?)", built.members)
+    db.execute("insert into archive values (?, ?, ?)", (built.format, built.gzip_index, built.uncompressed_size))
+    fmt, blob, size = db.execute("select * from archive").fetchone()
+    members = [Member(*row) for row in db.execute("select * from member order by rowid")]
+    restored = ArchiveIndex(fmt, members, [], blob, size)
+
+    assert restored == built
+    for member in restored.members[::50]:
+        assert read_member(source, restored, member, 0, member.size) == files[member.path]
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "xz", "bz2"])
+def test_concatenated_streams(fmt: str) -> None:
+    files = small_files(300)
+    raw = make_tar(files)
+    cut = len(raw) // 2 + 123  # inside some member
+    source = MemSource(COMPRESS[fmt](raw[:cut]) + COMPRESS[fmt](raw[cut:]))
+    index = build_index(source, None, "shard", Limits())
+    assert index.members == tarfile_members(raw)
+    assert b"".join(c for _, c in iter_decompressed(source, fmt, Limits())) == raw
+    for member in index.members[140:160]:
+        assert read_member(source, index, member, 0, member.size) == files[member.path]
+
+
+def test_magic_bytes_override_the_declaration(caplog: pytest.LogCaptureFixture) -> None:
+    files = small_files(5)
+    raw = make_tar(files)
+    with caplog.at_level(logging.INFO, logger="s3fuse.archive"):
+        plain = build_index(MemSource(raw), "gzip", "shard.tar.gz", Limits())
+        gzipped = build_index(MemSource(COMPRESS["gzip"](raw)), None, "shard.tar", Limits())
+    assert (plain.format, gzipped.format) == ("tar", "gzip")
+    assert "declared gzip but the bytes are tar" in caplog.text
+    assert "declared tar but the bytes are gzip" in caplog.text
+    assert plain.members == gzipped.members == tarfile_members(raw)
+
+    assert resolve_format("bzip2", "x", COMPRESS["bz2"](raw)) == ("bz2", None)
+    assert resolve_format(None, "x.tar.xz", COMPRESS["xz"](raw)) == ("xz", None)
+    assert resolve_format(None, "no-suffix", raw) == ("tar", None)
+    assert resolve_format("xz", "x", raw)[1] == "x: declared xz but the bytes are tar"
+    with pytest.raises(ArchiveError, match="not a tar"):
+        resolve_format("zstd", "x.tar.zst", b"\x28\xb5\x2f\xfd" + bytes(600))
+
+
+def test_sniff() -> None:
+    raw = make_tar({"a": b"x"})
+    assert sniff(raw[:512]) == "tar"
+    assert sniff(bytes(1024)) == "tar"  # an empty archive
+    assert sniff(b"\x1f\x8b\x08" + bytes(9)) == "gzip"
+    assert sniff(b"\xfd7zXZ\x00" + bytes(9)) == "xz"
+    assert sniff(b"BZh9" + bytes(9)) == "bz2"
+    assert sniff(b"BZh0" + bytes(9)) == "unknown"
+    assert sniff(b"hello") == "unknown"
+    bz2_named = make_tar({"BZh91AY": b"x"})  # a tar whose first name looks like bz2 magic
+    assert sniff(bz2_named[:512]) == "tar"
+
+
+@pytest.mark.parametrize("fmt", ["tar", "gzip", "xz", "bz2"])
+def test_empty_archive_has_no_members(fmt: str) -> None:
+    index = build_index(MemSource(COMPRESS[fmt](make_tar({}))), None, "empty", Limits())
+    assert (index.format, index.members, index.skipped) == (fmt, [], [])
+
+
+def test_concurrent_gzip_member_reads() -> None:
+    files = small_files(400)
+    source = MemSource(gzip.compress(make_tar(files), 1, mtime=0))
+    index = build_index(source, None, "shard.tar.gz", Limits(), spacing=256 << 10)
+    members = index.members * 3
+    random.Random(1).shuffle(members)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda m: read_member(source, index, m, 0, m.size), members))
+    assert got == [files[m.path] for m in members]

@@ -1,0 +1,155 @@
+"""Manifest parsing and ingestion into the SQLite index (no FUSE, a fake store)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from s3fuse.errors import NotFound
+from s3fuse.manifest.index import DIR, FILE, ROOT_ID, SHARD, ManifestIndex
+from s3fuse.manifest.ingest import IngestLimits, Ingestion
+from s3fuse.manifest.parse import FileItem, RefItem, ShardItem, parse_item, parse_lines, split_lines
+from s3fuse.store.s3 import ObjectInfo
+
+
+def test_shard_defaults_follow_s3exchange():
+    assert parse_item({"kind": "shard", "archive_key": "a.tar.gz"}).compression == "gzip"
+    explicit_null = parse_item({"kind": "shard", "archive_key": "a.tar", "compression": None})
+    assert explicit_null.compression is None
+    shard = parse_item({"kind": "shard", "archive_key": "a", "format": None, "internal_manifest_path": None})
+    assert (shard.format, shard.internal_manifest_path) == ("tar", "__manifest__.jsonl")
+    item = parse_item({"kind": "file", "key": "k", "id": 7, "meta": None, "extra": [1]})
+    assert isinstance(item, FileItem) and item.id == "7" and item.meta is None
+    assert isinstance(parse_item({"kind": "manifest_ref", "key": "m.jsonl"}), RefItem)
+
+
+def test_bad_lines_are_skipped_with_their_number(caplog):
+    lines = [b'{"kind":"file","key":"a"}', b"not json", b"", b'{"kind":"bogus"}',
+             b'{"kind":"file"}', b'{"kind":"shard"}', b"[1,2]", b'{"kind":"file","key":"b"}']
+    with caplog.at_level(logging.WARNING):
+        items = list(parse_lines(lines, "m.jsonl"))
+    assert [i.key for i in items] == ["a", "b"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("line 2" in m and "JSON" in m for m in messages)
+    assert any("line 4" in m and "unknown kind" in m for m in messages)
+    assert any("line 5" in m for m in messages) and any("line 6" in m for m in messages)
+
+
+def test_split_lines_across_chunks_and_overlong_lines(caplog):
+    chunks = [b"ab", b"c\nde", b"f\n" + b"x" * 50, b"y" * 50 + b"\nlast"]
+    with caplog.at_level(logging.WARNING):
+        assert list(split_lines(chunks, 64, "m")) == [b"abc", b"def", b"", b"last"]
+    assert "line 3" in caplog.text
+
+
+class FakeStore:
+    """Serves manifests from a dict; records nothing else."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        self.objects = objects
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        if key not in self.objects:
+            raise NotFound(key)
+        return ObjectInfo(key, len(self.objects[key]), 1_000_000_000, f"etag-{hash(self.objects[key])}")
+
+    def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int):  # type: ignore[no-untyped-def]
+        data = self.objects[key]
+        for start in range(0, len(data), 7):  # tiny chunks: lines cross chunk boundaries
+            yield data[start:start + 7]
+
+
+def jsonl(*items: dict) -> bytes:
+    return b"\n".join(json.dumps(i).encode() for i in items) + b"\n"
+
+
+def ingest(tmp_path: Path, objects: dict[str, bytes], root: str = "ml/run/samples/manifest.jsonl") -> ManifestIndex:
+    index = ManifestIndex(tmp_path / "m.sqlite")
+    store = FakeStore(objects)
+    Ingestion(store, "bkt", root.rsplit("/", 1)[0] + "/", IngestLimits()).run(  # type: ignore[arg-type]
+        index, root, store.head("bkt", root).etag, 0)
+    return index
+
+
+def tree(index: ManifestIndex, node: int = ROOT_ID, prefix: str = "") -> dict[str, int]:
+    out = {}
+    for child in index.children(node, 0, 10_000):
+        path = prefix + child.name
+        out[path] = child.kind
+        if child.kind in (DIR, SHARD):
+            out.update(tree(index, child.id, path + "/"))
+    return out
+
+
+def test_layout_refs_cycles_and_hidden(tmp_path: Path, caplog):
+    base = "ml/run/samples/"
+    objects = {
+        base + "manifest.jsonl": jsonl(
+            {"kind": "file", "key": base + "a/0001.wav", "id": "0001", "meta": {"x": 1}, "size_bytes": 4},
+            {"kind": "file", "key": "elsewhere/outside.txt"},
+            {"kind": "manifest_ref", "key": base + "manifests/part-20240101-000000-abcdef12.jsonl"},
+            {"kind": "manifest_ref", "key": base + "missing.jsonl"},
+            {"kind": "shard", "archive_key": base + "shards/shard-00000.tar.gz", "count": 2},
+            {"kind": "file", "key": base + "manifests/part-20240101-000000-abcdef12.jsonl"},
+            {"kind": "file", "key": base + "x/../escape"},
+            {"kind": "file", "key": base + "clash"},
+            {"kind": "file", "key": base + "clash/inner"},
+        ),
+        base + "manifests/part-20240101-000000-abcdef12.jsonl": jsonl(
+            {"kind": "file", "key": base + "b/0002.wav"},
+            {"kind": "manifest_ref", "key": base + "manifest.jsonl"},  # a cycle
+        ),
+    }
+    with caplog.at_level(logging.INFO):
+        index = ingest(tmp_path, objects)
+    assert tree(index) == {
+        "a": DIR, "a/0001.wav": FILE, "elsewhere": DIR, "elsewhere/outside.txt": FILE,
+        "b": DIR, "b/0002.wav": FILE, "shards": DIR, "shards/shard-00000.tar.gz": SHARD,
+        "clash": DIR, "clash/inner": FILE,
+    }
+    assert "cycle" in caplog.text and "missing" in caplog.text and "escape" in caplog.text
+    wav = index.child(index.child(ROOT_ID, "a").id, "0001.wav")
+    assert (wav.entry_id, wav.meta, wav.size) == ("0001", '{"x":1}', 4)
+    shard = index.shard(index.child(index.child(ROOT_ID, "shards").id, "shard-00000.tar.gz").id)
+    assert shard["compression"] == "gzip" and shard["state"] == "pending"
+
+
+def test_reingest_keeps_rowids_and_drops_removed(tmp_path: Path):
+    base = "ml/run/samples/"
+    root = base + "manifest.jsonl"
+    objects = {root: jsonl({"kind": "file", "key": base + "keep"}, {"kind": "file", "key": base + "gone"})}
+    index = ingest(tmp_path, objects)
+    keep = index.child(ROOT_ID, "keep").id
+    objects[root] = jsonl({"kind": "file", "key": base + "new"}, {"kind": "file", "key": base + "keep"})
+    store = FakeStore(objects)
+    Ingestion(store, "bkt", base, IngestLimits()).run(index, root, "etag-2", 0)  # type: ignore[arg-type]
+    assert index.child(ROOT_ID, "keep").id == keep
+    assert index.child(ROOT_ID, "gone") is None and index.child(ROOT_ID, "new") is not None
+    assert index.info("root_etag") == "etag-2"
+
+
+def test_oversized_manifest_is_refused(tmp_path: Path, caplog):
+    root = "m/manifest.jsonl"
+    objects = {root: jsonl({"kind": "manifest_ref", "key": "m/big.jsonl"}, {"kind": "file", "key": "m/ok"}),
+               "m/big.jsonl": b"x" * 5000}
+    index = ManifestIndex(tmp_path / "m.sqlite")
+    store = FakeStore(objects)
+    with caplog.at_level(logging.ERROR):
+        Ingestion(store, "bkt", "m/", IngestLimits(max_manifest_bytes=1000)).run(  # type: ignore[arg-type]
+            index, root, "e", 0)
+    assert "over the 1000 byte cap" in caplog.text
+    assert index.child(ROOT_ID, "ok") is not None
+
+
+def test_a_million_entries_is_not_a_million_objects(tmp_path: Path):
+    pytest.importorskip("resource")
+    import resource
+    lines = b"".join(b'{"kind":"file","key":"m/d%d/f%07d.bin","size_bytes":1}\n' % (i % 100, i)
+                     for i in range(200_000))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    index = ingest(tmp_path, {"m/manifest.jsonl": lines}, root="m/manifest.jsonl")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert index.count() == 200_000 + 100 + 1
+    assert grown_mib < 150

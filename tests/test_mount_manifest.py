@@ -1,0 +1,95 @@
+"""s3exchange manifests through the real mount: fixtures written by the real library,
+checked with os.walk, shell tools and xattrs."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import s3exchange_fixtures as fx
+
+pytestmark = pytest.mark.mount
+
+WELL_FORMED = ["overwrite_manifest", "append_parts_manifest", "writer_manifest", "targz_shards",
+               "mixed_compressions"]
+
+
+def walk(top: Path) -> list[str]:
+    found = []
+    for dirpath, _dirs, files in os.walk(top):
+        rel = os.path.relpath(dirpath, top)
+        found += [name if rel == "." else f"{rel}/{name}" for name in files]
+    return found
+
+
+def check_view(top: Path, fixture: fx.ManifestFixture) -> None:
+    assert fixture.listing_problems(walk(top)) == []
+    for path, data in fixture.files.items():
+        assert (top / path).read_bytes() == data, path
+    for path, attrs in fixture.xattrs.items():
+        for name, value in attrs.items():
+            assert os.getxattr(top / path, name) == value, (path, name)
+
+
+def write(backend, name: str, bucket: str) -> fx.ManifestFixture:  # type: ignore[no-untyped-def]
+    return getattr(fx, name)(backend.endpoint, bucket, "data", access_key=backend.access_key,
+                             secret_key=backend.secret_key)
+
+
+def test_well_formed_manifests(backend, bucket, mount_factory):
+    fixtures = {name: write(backend, name, bucket) for name in WELL_FORMED}
+    args = []
+    for name, fixture in fixtures.items():
+        args += ["--manifest", f"{name}={fixture.uri}"]
+    m = mount_factory(*args)
+    assert sorted(os.listdir(m.mountpoint)) == sorted(fixtures)
+    for name, fixture in fixtures.items():
+        check_view(m.path(name), fixture)
+    some = next(p for p, s in fixtures["targz_shards"].sources.items() if s.member)
+    out = subprocess.run(["sha256sum", str(m.path("targz_shards", some))], capture_output=True,
+                         text=True, check=True).stdout.split()[0]
+    assert out == hashlib.sha256(fixtures["targz_shards"].files[some]).hexdigest()
+    dump = subprocess.run(["getfattr", "-d", str(m.path("targz_shards", some))], capture_output=True,
+                          text=True, check=True).stdout
+    assert "user.s3.uri=" in dump and "#" in dump
+    with pytest.raises(OSError) as info:
+        (m.path("overwrite_manifest") / "new.txt").write_bytes(b"x")
+    assert info.value.errno == errno.EROFS
+
+
+def test_append_parts_appear_after_ttl(backend, bucket, mount_factory):
+    fixture = write(backend, "append_parts_manifest", bucket)
+    m = mount_factory("--manifest", f"parts={fixture.uri}", "--metadata-ttl", "1")
+    check_view(m.path("parts"), fixture)
+    before = os.stat(m.path("parts", next(iter(fixture.files)))).st_ino
+    grown = fx.append_more(backend.endpoint, bucket, "data", access_key=backend.access_key,
+                           secret_key=backend.secret_key)
+    time.sleep(1.5)
+    check_view(m.path("parts"), grown)
+    assert os.stat(m.path("parts", next(iter(fixture.files)))).st_ino == before  # stable inode
+
+
+def test_hostile_manifest_is_served_around_its_problems(backend, bucket, mount_factory):
+    fixture = write(backend, "hostile_manifest", bucket)
+    m = mount_factory("--manifest", f"hostile={fixture.uri}")
+    for pattern in (r"skipped", r"cycle", r"missing", r"unusable", r"not shown", r"POSIX",
+                    r"too many|over|cap|ratio"):
+        m.expect_log(pattern)
+    check_view(m.path("hostile"), fixture)
+    assert m.proc.poll() is None   # the daemon survived everything
+
+
+def test_index_is_reused_across_remounts(backend, bucket, mount_factory):
+    fixture = write(backend, "targz_shards", bucket)
+    first = mount_factory("--manifest", f"t={fixture.uri}", name="first")
+    check_view(first.path("t"), fixture)
+    first.stop()
+    second = mount_factory("--manifest", f"t={fixture.uri}", name="second", cache_dir=first.cache_dir)
+    check_view(second.path("t"), fixture)
+    requests = second.status()["requests"]
+    assert requests.get("GetObject", 0) == 0     # index and member bytes all from the cache
