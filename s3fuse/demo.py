@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import socket
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -20,6 +21,8 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 DEMO_BUCKET = "demo-data"
+ML_BUCKET = "demo-ml"
+MANIFEST_KEY = "training/run-1/samples/manifest.jsonl"
 DEMO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo-secret",
                     "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -51,23 +54,75 @@ def sample_objects() -> dict[str, bytes]:
     }
 
 
+def _clip(rng: random.Random, seconds: float = 0.2) -> bytes:
+    """A tiny valid 8 kHz mono 8-bit WAV file."""
+    frames = rng.randbytes(int(8000 * seconds))
+    header = (b"RIFF" + (36 + len(frames)).to_bytes(4, "little") + b"WAVEfmt "
+              + (16).to_bytes(4, "little") + (1).to_bytes(2, "little") + (1).to_bytes(2, "little")
+              + (8000).to_bytes(4, "little") + (8000).to_bytes(4, "little")
+              + (1).to_bytes(2, "little") + (8).to_bytes(2, "little") + b"data"
+              + len(frames).to_bytes(4, "little"))
+    return header + frames
+
+
+def shard_archive(archive_key: str, members: dict[str, bytes], gzip: bool) -> bytes:
+    """A shard as s3exchange writes it: PAX tar, `__manifest__.jsonl` first."""
+    lines = [json.dumps({"kind": "file", "key": f"{archive_key}#{path}", "member_path": path,
+                         "id": path.rsplit("/", 1)[-1].split(".")[0], "meta": {"label": i % 3},
+                         "size_bytes": len(data)}, separators=(",", ":"))
+             for i, (path, data) in enumerate(members.items())]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz" if gzip else "w", format=tarfile.PAX_FORMAT) as tar:
+        for path, data in {"__manifest__.jsonl": "\n".join(lines).encode() + b"\n", **members}.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def sample_manifest() -> dict[str, bytes]:
+    """An s3exchange manifest with loose files, a .tar and a .tar.gz shard (deterministic)."""
+    rng = random.Random(7)
+    base = MANIFEST_KEY.rsplit("/", 1)[0] + "/"
+    objects: dict[str, bytes] = {}
+    lines = []
+    for i in range(1, 4):
+        key = f"{base}audio/{i:04d}.wav"
+        objects[key] = _clip(rng)
+        lines.append({"kind": "file", "key": key, "id": f"{i:04d}", "meta": {"speaker": f"s{i}"},
+                      "content_type": "audio/wav", "size_bytes": len(objects[key]), "etag": None})
+    for number, gzip in ((0, False), (1, True)):
+        key = f"{base}shards/shard-{number:05d}.tar" + (".gz" if gzip else "")
+        members = {f"clips/{number}{j:03d}.wav": _clip(rng) for j in range(4)}
+        objects[key] = shard_archive(key, members, gzip)
+        lines.append({"kind": "shard", "archive_key": key, "format": "tar",
+                      "compression": "gzip" if gzip else None, "count": len(members),
+                      "size_bytes": len(objects[key]), "meta": {"split": "train"}})
+    objects[MANIFEST_KEY] = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    return objects
+
+
 def populate(endpoint_url: str) -> None:
     import boto3
     s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1")
-    s3.create_bucket(Bucket=DEMO_BUCKET)
-    for key, body in sample_objects().items():
-        s3.put_object(Bucket=DEMO_BUCKET, Key=key, Body=body)
+    for bucket, objects in ((DEMO_BUCKET, sample_objects()), (ML_BUCKET, sample_manifest())):
+        s3.create_bucket(Bucket=bucket)
+        for key, body in objects.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
 
 
 def instructions(mountpoint: Path) -> str:
     m = str(mountpoint)
     return "\n".join([
-        f"s3fuse demo: s3://{DEMO_BUCKET} is mounted at {m}. Try, in another terminal:",
+        f"s3fuse demo: s3://{DEMO_BUCKET} and the manifest s3://{ML_BUCKET}/{MANIFEST_KEY} (as 'train')",
+        f"are mounted at {m}. Try, in another terminal:",
         f"  ls -l {m}/{DEMO_BUCKET}/data",
         f"  cat {m}/{DEMO_BUCKET}/README.txt",
         f"  sha256sum {m}/{DEMO_BUCKET}/media/noise-24MiB.bin   # fetched in blocks, then cached",
         f"  getfattr -d {m}/{DEMO_BUCKET}/data/iris.csv",
-        f"  find {m} | head",
+        f"  find {m}/train",
+        f"  sha256sum {m}/train/shards/shard-00001.tar.gz/clips/*.wav   # members of a .tar.gz",
+        f"  getfattr -d {m}/train/audio/0001.wav            # user.s3exchange.id / .meta",
         f"  s3fuse status {m}",
         "Press Ctrl-C here to unmount and stop.",
     ])
@@ -92,6 +147,7 @@ def run_demo(mountpoint: Path, say: Callable[[str], None]) -> int:
         populate(endpoint)
         mountpoint.mkdir(parents=True, exist_ok=True)
         cfg = build_config({"mountpoint": str(mountpoint), "source": [f"s3://{DEMO_BUCKET}"],
+                            "manifest": [f"train=s3://{ML_BUCKET}/{MANIFEST_KEY}"],
                             "endpoint_url": endpoint, "cache_dir": str(cache_dir / "cache")})
         cfg = cfg.with_overrides(mountpoint=check_mountpoint(mountpoint), foreground=True)
         return run(cfg, ReadySignal(on_ready=lambda: say(instructions(mountpoint))))
