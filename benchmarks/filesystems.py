@@ -12,36 +12,17 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from tests.support.procs import kill_group, tail, wait_until
+from benchmarks.s3 import S3Target
+from tests.support.procs import is_mounted, kill_group, tail, wait_until
 
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
 
 
 class MountError(RuntimeError):
     """The filesystem could not be mounted."""
-
-
-@dataclass(frozen=True)
-class S3Target:
-    """The bucket every filesystem mounts."""
-
-    endpoint_url: str
-    bucket: str
-    access_key: str
-    secret_key: str
-    region: str = "us-east-1"
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": self.region,
-        }
 
 
 class FileSystem(ABC):
@@ -73,7 +54,17 @@ class FileSystem(ABC):
         """argv of the foreground mount daemon (no secrets: those go in files or env)."""
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, **self.target.env}
+        """Our environment without the caller's AWS_*/S3_* settings, plus the bucket's keys.
+
+        (Dropping AWS_CA_BUNDLE also matters: rclone refuses to start when it is set.)
+        """
+        own = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+        return {**own, **self.target.env}
+
+    @property
+    def data_root(self) -> Path:
+        """Where the bucket's keys appear (the mountpoint unless overridden)."""
+        return self.mountpoint
 
     # -- common behaviour ---------------------------------------------------
 
@@ -92,7 +83,7 @@ class FileSystem(ABC):
 
     @property
     def mounted(self) -> bool:
-        return os.path.ismount(self.mountpoint)
+        return is_mounted(self.mountpoint)
 
     def mount(self) -> None:
         """Start the daemon and wait until the mountpoint is live."""
@@ -100,7 +91,8 @@ class FileSystem(ABC):
             raise MountError(f"{self.name}: executable not found")
         self.unmount()
         with open(self.log_path, "ab") as log:
-            log.write(f"\n=== mount {time.strftime('%F %T')}: {' '.join(self.command())}\n".encode())
+            header = f"\n=== mount {time.strftime('%F %T')}: {' '.join(self.command())}\n"
+            log.write(header.encode())
             log.flush()
             self.proc = subprocess.Popen(
                 self.command(),
@@ -117,28 +109,38 @@ class FileSystem(ABC):
             code = proc.poll()
             self.unmount()
             why = f"exited with code {code}" if code is not None else "timed out"
-            raise MountError(
-                f"{self.name} mount {why}; tail of {self.log_path}:\n{tail(self.log_path, 15)}"
-            )
+            lines = tail(self.log_path, 15)
+            last = next((ln for ln in reversed(lines.splitlines()) if ln.strip()), "")
+            raise MountError(f"{self.name} mount {why}: {last}\n{self.log_path}:\n{lines}")
         self.ever_mounted = True
 
     def unmount(self) -> None:
         """Unmount (lazily as a last resort) and make sure the daemon is gone."""
         self.sample_rss()
-        if self.mounted:
-            for _ in range(10):
-                if _run_quiet([FUSERMOUNT, "-u", str(self.mountpoint)]) == 0:
-                    break
-                time.sleep(0.5)
-            else:
-                _run_quiet([FUSERMOUNT, "-uz", str(self.mountpoint)])
+        was_mounted = self.mounted
+        if was_mounted:
+            self._fusermount()
         if self.proc is not None:
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
+            if was_mounted:  # a daemon exits by itself once unmounted
+                try:
+                    self.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self._warn("daemon still running 15 s after unmount: killing it")
             kill_group(self.proc, grace=2)
             self.proc = None
+        if self.mounted:  # the daemon mounted while being killed: drop the dead mount
+            _run_quiet([FUSERMOUNT, "-uz", str(self.mountpoint)])
+
+    def _fusermount(self) -> None:
+        for _ in range(10):
+            if _run_quiet([FUSERMOUNT, "-u", str(self.mountpoint)]) == 0:
+                return
+            time.sleep(0.5)
+        self._warn("still busy after 5 s: lazy unmount")
+        _run_quiet([FUSERMOUNT, "-uz", str(self.mountpoint)])
+
+    def _warn(self, message: str) -> None:
+        print(f"  [{self.name}] {message}", file=sys.stderr, flush=True)
 
     def wipe_cache(self) -> None:
         """Delete the on-disk cache (call while unmounted)."""
@@ -159,9 +161,16 @@ class FileSystem(ABC):
 
 
 class S3Fuse(FileSystem):
-    """This project: ``s3fuse mount MP --source s3://BUCKET ... --foreground``."""
+    """This project: ``s3fuse mount MP --source NAME=s3://BUCKET ... --foreground``.
+
+    s3fuse shows every source as a top-level directory NAME (here: the bucket name).
+    """
 
     name = "s3fuse"
+
+    @property
+    def data_root(self) -> Path:
+        return self.mountpoint / self.target.bucket
 
     def executable(self) -> str | None:
         beside = Path(sys.executable).parent / "s3fuse"
@@ -173,9 +182,11 @@ class S3Fuse(FileSystem):
             "mount",
             str(self.mountpoint),
             "--source",
-            f"s3://{self.target.bucket}",
+            f"{self.target.bucket}=s3://{self.target.bucket}",
             "--endpoint-url",
             self.target.endpoint_url,
+            "--addressing-style",
+            "path",
             "--cache-dir",
             str(self.cache_dir),
             "--foreground",
@@ -214,11 +225,6 @@ class Rclone(FileSystem):
 
     def executable(self) -> str | None:
         return shutil.which("rclone")
-
-    def env(self) -> dict[str, str]:
-        env = super().env()
-        env.pop("AWS_CA_BUNDLE", None)  # rclone refuses to start when it is set
-        return env
 
     def command(self) -> list[str]:
         conf = self.root / "rclone.conf"

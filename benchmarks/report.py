@@ -36,7 +36,7 @@ def reference(meds: Medians, key: str) -> tuple[str, float] | None:
 def ratio_to_best(meds: Medians, key: str) -> tuple[float, str] | None:
     """s3fuse median / best competitor median (and the competitor's name)."""
     ref = reference(meds, key)
-    if ref is None or key not in meds.get(SUBJECT, {}) or SUBJECT in (ref[0],):
+    if ref is None or ref[0] == SUBJECT or key not in meds.get(SUBJECT, {}):
         return None
     return meds[SUBJECT][key] / ref[1], ref[0]
 
@@ -101,7 +101,8 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
     out += _hot_vs_local(results, meds, fss)
     if results["errors"]:
         out += ["", "## Errors", ""]
-        out += [f"- round {e['round'] + 1}, {e['fs']}, {e['workload']}: {_cell(e['error'])}"
+        out += [f"- round {e['round'] + 1}, {e['fs']}, {e['workload']}: "
+                f"{_cell(e['error'])[:300]}"
                 for e in results["errors"]]
     return "\n".join(out) + "\n"
 
@@ -147,10 +148,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     meds = medians(results)
     fss = [fs for fs in results["filesystems"] if meds.get(fs)]
-    metrics = [m for m in all_metrics(results) if reference(meds, m["key"])]
+    refs = {m["key"]: ref[1] for m in all_metrics(results) if (ref := reference(meds, m["key"]))}
+    metrics = [m for m in all_metrics(results) if m["key"] in refs]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(metrics) + 2), 4.8), dpi=110)
     width = 0.8 / max(1, len(fss))
     for i, fs in enumerate(fss):
@@ -159,11 +162,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
             value = meds[fs].get(m["key"])
             if value is not None:
                 xs.append(j + (i - (len(fss) - 1) / 2) * width)
-                ys.append(value / reference(meds, m["key"])[1])
-        bars = ax.bar(xs, ys, width, label=fs)
+                ys.append(value / refs[m["key"]])
+        bars = ax.bar(xs, ys, width, label=fs, color=_color(fs))
         ax.bar_label(bars, labels=[f"{y:.2g}" for y in ys], fontsize=7, padding=1)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(range(len(metrics)))
     ax.set_xticklabels([m["key"].replace("_", "\n", 1) for m in metrics], fontsize=8)
     ax.set_ylabel("median / best of s3fs, rclone (log)")
@@ -172,6 +178,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _color(fs: str) -> str:
+    """The same colour for a filesystem in every plot."""
+    known = (SUBJECT, *COMPETITORS)
+    return f"C{known.index(fs)}" if fs in known else "C7"
 
 
 def render(results: dict[str, Any], docs_dir: Path) -> None:

@@ -26,7 +26,8 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and `tests` 
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import datasets, report  # noqa: E402
-from benchmarks.filesystems import FILESYSTEMS, FileSystem, MountError, S3Target  # noqa: E402
+from benchmarks.filesystems import FILESYSTEMS, FileSystem, MountError  # noqa: E402
+from benchmarks.s3 import S3Target  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     WORKLOADS,
     Context,
@@ -85,7 +86,7 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def new_results(args: argparse.Namespace, spec: datasets.DataSpec,
+def new_results(args: argparse.Namespace, spec: datasets.DataSpec, workdir: Path,
                 fss: list[FileSystem], workloads: list[Workload]) -> dict[str, Any]:
     weed = subprocess.run([str(weed_binary()), "version"], capture_output=True, text=True)
     return {
@@ -98,7 +99,8 @@ def new_results(args: argparse.Namespace, spec: datasets.DataSpec,
             "seaweedfs": weed.stdout.strip().splitlines()[0] if weed.stdout else "unknown",
         },
         "filesystems": {
-            fs.name: {"version": fs.version(), "command": fs.command(), "status": "ok"}
+            fs.name: {"version": fs.version(), "status": "ok",
+                      "command": [a.replace(str(workdir), "$WORK") for a in fs.command()]}
             for fs in fss
         },
         "workloads": [
@@ -157,17 +159,16 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     fss: list[FileSystem] = []
     with SeaweedFS(workdir / "seaweedfs") as sw:
         print(f"SeaweedFS at {sw.endpoint_url}", flush=True)
-        client = sw.client(max_pool_connections=datasets.UPLOAD_THREADS)
-        client.create_bucket(Bucket=BUCKET)
-        env = datasets.SetupEnv(client, BUCKET, spec, data_dir)
+        target = S3Target(sw.endpoint_url, BUCKET, sw.access_key, sw.secret_key)
+        target.client().create_bucket(Bucket=BUCKET)
+        env = datasets.SetupEnv(target, spec, data_dir)
         for setup in dict.fromkeys(s for w in workloads for s in w.setups):
             started = time.monotonic()
             setup(env)
             print(f"data set {setup.__name__}: {time.monotonic() - started:.1f}s", flush=True)
 
-        target = S3Target(sw.endpoint_url, BUCKET, sw.access_key, sw.secret_key)
         fss = [FILESYSTEMS[name](target, workdir / name) for name in args.fs]
-        results = new_results(args, spec, fss, workloads)
+        results = new_results(args, spec, workdir, fss, workloads)
         active = list(fss)
         try:
             for round_no in range(args.rounds):
@@ -198,6 +199,13 @@ def _mounts_under(path: Path) -> list[str]:
     return [m for m in mounts if m.startswith(prefix)]
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Turn SIGTERM into an exception so the finally blocks unmount everything."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough
+    print("terminated: unmounting and stopping SeaweedFS", file=sys.stderr, flush=True)
+    sys.exit(143)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
@@ -208,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("benchmarks need root (they drop the page cache)", file=sys.stderr)
         return 2
-    # Turn SIGTERM into an exception so the finally blocks unmount everything.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _on_sigterm)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="s3fuse-bench-"))
     try:
         results = benchmark(args, workdir)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +45,7 @@ class Context:
     data_dir: Path
 
     def at(self, relative: str) -> Path:
-        return self.fs.mountpoint / relative
+        return self.fs.data_root / relative
 
     def fresh_mount(self) -> None:
         """Cold start: unmount, wipe the FS cache, mount, drop the page cache."""
@@ -90,7 +90,7 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def timed(args: list[str | Path], capture: bool = False) -> tuple[float, str]:
+def timed(args: Sequence[str | Path], capture: bool = False) -> tuple[float, str]:
     """Run a plain shell tool; return (wall seconds, stdout if captured)."""
     start = time.perf_counter()
     proc = subprocess.run(

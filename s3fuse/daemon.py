@@ -161,6 +161,7 @@ def run(cfg: Config, ready: ReadySignal | None = None, store: S3Store | None = N
     """Mount `cfg.mountpoint` and serve it until unmounted or signalled."""
     ready = ready or ReadySignal()
     assert cfg.mountpoint is not None
+    os.umask(0o077)  # every cache, index and staging file private (0600), whoever creates it
     with ExitStack() as stack:
         parts = build(cfg, stack, store)
         try:

@@ -5,6 +5,7 @@ import errno
 import hashlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -77,6 +78,19 @@ def test_tree_layout_and_reads(s3, bucket, mount_factory):
             assert fh.read(100) == big[offset:offset + 100]
     assert not os.path.exists(root / "nope")
     assert "s3fuse" in Path("/proc/mounts").read_text()
+
+
+def test_cache_dir_is_private(s3, bucket, mount_factory):
+    put(s3, bucket, {"f.bin": os.urandom(100_000)})
+    m = mount_factory("--source", f"s3://{bucket}")
+    assert m.path(bucket, "f.bin").read_bytes()
+    time.sleep(0.5)  # the block is written to the cache in the background
+    assert stat.S_IMODE(os.stat(m.cache_dir).st_mode) == 0o700
+    paths = list(m.cache_dir.rglob("*"))
+    assert any(p.suffix == ".val" for p in paths)
+    for path in paths:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode & 0o077 == 0, (path, oct(mode))
 
 
 def test_xattrs(s3, bucket, mount_factory):
