@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
@@ -145,13 +146,17 @@ def _human_bytes(n: float) -> str:
 def format_status(status: dict[str, Any]) -> str:
     cache = status.get("cache", {})
     link = status.get("link", {})
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(link.get("since", 0)))
     lines = [
-        f"{status.get('mountpoint')}: {link.get('state', '?')} (pid {status.get('pid')}, "
+        f"{status.get('mountpoint')}: {link.get('state', '?')} since {since} (pid {status.get('pid')}, "
         f"s3fuse {status.get('version')})",
         f"  sources:   {', '.join(status.get('sources', []) + status.get('manifests', [])) or 'all buckets'}",
         f"  cache:     {_human_bytes(cache.get('used', 0))} of {_human_bytes(cache.get('limit', 0))} "
         f"in {cache.get('dir')}" + ("  [DISK FULL]" if cache.get("disk_full") else ""),
     ]
+    for error in link.get("recent_errors", [])[-5:]:
+        when = time.strftime("%H:%M:%S", time.localtime(error["time"]))
+        lines.append(f"  error {when}: {error['error']}")
     return "\n".join(lines)
 
 

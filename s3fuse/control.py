@@ -28,10 +28,12 @@ class Control:
     """Root xattrs: read-only status and pid for now."""
 
     def __init__(self, cfg: Config, *, cache_usage: Callable[[], dict[str, Any]],
-                 requests: Callable[[], dict[str, int]], started: float | None = None):
+                 requests: Callable[[], dict[str, int]], link: Callable[[], dict[str, Any]],
+                 started: float | None = None):
         self.cfg = cfg
         self._cache_usage = cache_usage
         self._requests = requests
+        self._link = link
         self.started = time.time() if started is None else started
 
     def names(self) -> list[str]:
@@ -53,7 +55,7 @@ class Control:
             "pid": os.getpid(),
             "mountpoint": str(cfg.mountpoint),
             "started": self.started,
-            "link": {"state": "online", "since": self.started},
+            "link": self._link(),
             "read_only": cfg.read_only,
             "endpoint_url": cfg.endpoint_url,
             "sources": [s.uri for s in cfg.sources],

@@ -34,6 +34,8 @@ from .util.background import Background
 log = logging.getLogger(__name__)
 
 READAHEAD_KIB = 1024
+PROBE_INTERVAL = 2.0
+FLUSH_TIMEOUT = 30.0
 
 
 class ReadySignal:
@@ -106,7 +108,7 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     def usage() -> dict[str, Any]:
         return {"used": blocks.volume(), "blocks": len(blocks), "disk_full": reader.disk_full}
 
-    control = Control(cfg, cache_usage=usage, requests=store.request_counts)
+    control = Control(cfg, cache_usage=usage, requests=store.request_counts, link=store.link.status)
     ops = S3Operations(root, cfg, control)
     return Components(background, store, meta, blocks, reader, root, ops)
 
@@ -123,9 +125,20 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
     async with trio.open_nursery() as nursery:
         parts.background.bind(nursery)
         nursery.start_soon(_watch_signals)
+        nursery.start_soon(_probe_while_offline, parts.store)
         nursery.start_soon(_announce_ready, cfg, ready)
         await pyfuse3.main()
+        with trio.move_on_after(FLUSH_TIMEOUT):
+            await parts.reader.flush()
         nursery.cancel_scope.cancel()
+
+
+async def _probe_while_offline(store: S3Store) -> None:
+    """Bring the link back online: one cheap request every PROBE_INTERVAL while offline."""
+    while True:
+        await trio.sleep(PROBE_INTERVAL)
+        if not store.link.online:
+            await trio.to_thread.run_sync(store.probe)
 
 
 async def _watch_signals() -> None:

@@ -77,6 +77,8 @@ class BlockReader:
         self._background = background or Background()
         self._disk_error_logged = False
         self.disk_full = False
+        self._persisting = 0
+        self._persisted = trio.Event()
 
     def block_range(self, ref: ObjectRef) -> range:
         return range((ref.size + self.block_size - 1) // self.block_size)
@@ -160,6 +162,7 @@ class BlockReader:
         return data
 
     async def _persist(self, bid: tuple[str, str, str, int], data: bytes) -> None:
+        self._persisting += 1
         try:
             await trio.to_thread.run_sync(self.blocks.put, *bid, data, limiter=self._disk_limiter)
             self.disk_full = False
@@ -168,6 +171,17 @@ class BlockReader:
             if not self._disk_error_logged:
                 self._disk_error_logged = True
                 log.warning("cannot write to the block cache (%s): serving reads uncached", exc.strerror)
+        finally:
+            self._persisting -= 1
+            if not self._persisting:
+                self._persisted.set()
+                self._persisted = trio.Event()
+
+    async def flush(self) -> None:
+        """Wait until every fetched block is in the disk cache (before unmounting: what
+        was read must stay readable offline)."""
+        while self._persisting:
+            await self._persisted.wait()
 
     async def is_cached(self, ref: ObjectRef) -> bool:
         """True when every block of `ref` is in memory or on disk."""

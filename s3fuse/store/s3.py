@@ -26,6 +26,7 @@ from botocore.httpsession import get_cert_path
 
 from ..config import Config, KeyPair
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, StaleObject, UsageError
+from .link import Link
 from .presigned import PresignedReader
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ TRUNCATION_ERRORS = (
     botocore.exceptions.IncompleteReadError,
 )
 PRESIGN_SECONDS = 3600
+CONNECT_TIMEOUT = 2.0  # an unreachable endpoint is noticed this fast (then: offline)
+READ_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +118,10 @@ def translate(exc: BaseException, what: str) -> Exception:
 class S3Store:
     """Blocking S3 access for one mount: a read client and a write client."""
 
-    def __init__(self, cfg: Config, connect_timeout: float = 3.0, read_timeout: float = 30.0):
+    def __init__(self, cfg: Config, connect_timeout: float = CONNECT_TIMEOUT,
+                 read_timeout: float = READ_TIMEOUT, link: Link | None = None):
         self.cfg = cfg
+        self.link = link or Link()
         core = botocore.session.get_session()
         # dateutil parses every LastModified in a listing; this is the hot part of `find`.
         core.get_component("response_parser_factory").set_parser_defaults(
@@ -128,7 +133,7 @@ class S3Store:
             signature_version="s3v4",
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": 2},
             max_pool_connections=64,
             s3={"addressing_style": cfg.addressing_style},
             tcp_keepalive=True,
@@ -183,11 +188,29 @@ class S3Store:
             self._counts[operation] += 1
 
     def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        self.link.check(what)
         self._count(what.split(" ", 1)[0])
         try:
-            return fn(**kwargs)
+            result = fn(**kwargs)
         except Exception as exc:  # noqa: BLE001 - translated, never leaked
-            raise translate(exc, what) from None
+            raise self._failed(translate(exc, what)) from None
+        self.link.succeeded()
+        return result
+
+    def _failed(self, error: Exception) -> Exception:
+        if isinstance(error, Offline):
+            self.link.failed(str(error))
+        return error
+
+    def probe(self) -> bool:
+        """One cheap request that ignores the link state: can we reach S3 at all?"""
+        try:
+            self.read_client.list_buckets()
+        except Exception as exc:  # noqa: BLE001 - any answer from S3 (even 403) means reachable
+            if isinstance(translate(exc, "probe"), Offline):
+                return False
+        self.link.succeeded()
+        return True
 
     # ------------------------------------------------------------ reads
 
@@ -233,5 +256,11 @@ class S3Store:
         A truncated body is retried (botocore does not), and a short body is
         never returned: it is an error after the retries.
         """
+        self.link.check(f"GetObject s3://{bucket}/{key}")
         self._count("GetObject")
-        return self._fast.get(bucket, key, etag, start, end)
+        try:
+            data = self._fast.get(bucket, key, etag, start, end)
+        except Offline as exc:
+            raise self._failed(exc) from None
+        self.link.succeeded()
+        return data
