@@ -76,6 +76,25 @@ def make_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("demo", help="mount an embedded sample S3 (no account needed)")
     p.add_argument("mountpoint", nargs="?", default="demo-mnt")
+    for action, text in (("pin", "download everything under PATH and keep it offline"),
+                         ("unpin", "let pinned data be evicted again")):
+        p = sub.add_parser(action, help=text)
+        p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories inside a mount")
+        p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    cache = sub.add_parser("cache", help="inspect and trim the on-disk cache")
+    csub = cache.add_subparsers(dest="cache_command", required=True, parser_class=Parser)
+    for name, text in (("stats", "size, entries, pinned bytes, hit rate"),
+                       ("prune", "drop cached blocks by age and/or down to a size"),
+                       ("clear", "drop every cached block and pin (never pending uploads)")):
+        p = csub.add_parser(name, help=text)
+        p.add_argument("--cache-dir", help="cache directory (default: from --config, else the default)")
+        p.add_argument("--config", help="TOML config whose cache_dir/cache_size to use")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "prune":
+            p.add_argument("--older-than", help="drop blocks not read for this long, e.g. 7d")
+            p.add_argument("--max-size", help="then drop least recently used blocks down to this size")
+        if name == "clear":
+            p.add_argument("--force", action="store_true", help="even while a daemon uses the cache")
     return parser
 
 
@@ -181,6 +200,84 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if any("error" in s for s in results) else 0
 
 
+def _mount_of(path: Path) -> Path:
+    from .mounts import is_s3fuse_mount
+    for candidate in (path, *path.parents):
+        if is_s3fuse_mount(candidate):
+            return candidate
+    raise UsageError(f"{path} is not inside an s3fuse mount")
+
+
+def _bar(job: dict[str, Any], began: float) -> str:
+    total, done = job["bytes_total"], job["bytes_done"]
+    fraction = done / total if total else (1.0 if job["state"] != "running" else 0.0)
+    rate = done / max(time.monotonic() - began, 1e-3)
+    eta = (total - done) / rate if rate > 0 and total > done else 0
+    filled = int(fraction * 30)
+    return (f"[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {_human_bytes(done)}/"
+            f"{_human_bytes(total)}  {job['files_done']}/{job['files_total']} files  "
+            f"{_human_bytes(rate)}/s  ETA {eta:.0f}s")
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from .control import JOBS, PIN, UNPIN
+
+    code = 0
+    for raw in args.paths:
+        target = Path(os.path.abspath(raw))
+        mount = _mount_of(target)
+        rel = "" if target == mount else str(target.relative_to(mount))
+        os.setxattr(str(mount), PIN if args.command == "pin" else UNPIN, os.fsencode(rel))
+        if args.no_wait:
+            continue
+        began = time.monotonic()
+        while True:
+            jobs = json.loads(os.getxattr(str(mount), JOBS))
+            job = next((j for j in jobs if j["path"] == rel.strip("/")), None)
+            if job is None:
+                raise UsageError(f"the daemon did not start a job for {target}")
+            if sys.stderr.isatty():
+                sys.stderr.write("\r" + _bar(job, began))
+                sys.stderr.flush()
+            if job["state"] != "running":
+                break
+            time.sleep(0.2)
+        sys.stderr.write(("\n" if sys.stderr.isatty() else "") + f"{args.command} {target}: "
+                         f"{job['files_done']} files, {_human_bytes(job['bytes_done'])}"
+                         f"{', %d failed' % len(job['failures']) if job['failures'] else ''}\n")
+        for failure in job["failures"]:
+            sys.stderr.write(f"  could not {args.command}: {failure}\n")
+        code |= 1 if job["failures"] else 0
+    return code
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from . import cachetool
+    from .config import default_cache_dir, load_toml, parse_duration, parse_size
+
+    file_cfg = load_toml(Path(args.config)) if args.config else {}
+    cache_dir = Path(args.cache_dir or file_cfg.get("cache_dir") or default_cache_dir())
+    size_limit = parse_size(file_cfg.get("cache_size", "10G"))
+    if args.cache_command == "stats":
+        result = cachetool.stats(cache_dir, size_limit)
+    elif args.cache_command == "prune":
+        result = cachetool.prune(cache_dir, size_limit,
+                                 parse_duration(args.older_than) if args.older_than else None,
+                                 parse_size(args.max_size) if args.max_size else None)
+    else:
+        result = cachetool.clear(cache_dir, size_limit, args.force)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        for key, value in result.items():
+            shown = _human_bytes(value) if isinstance(value, int) and ("bytes" in key or key in (
+                "used", "pinned", "limit")) else value
+            print(f"{key:18} {shown}")
+    if args.cache_command == "stats" and result.get("pinned_over_limit"):
+        sys.stderr.write("s3fuse: pinned data alone exceeds the cache size limit; it is kept\n")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     return run_demo(Path(args.mountpoint), print)
@@ -198,9 +295,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command in ("pin", "unpin"):
+            return cmd_pin(args)
+        if args.command == "cache":
+            return cmd_cache(args)
     except UsageError as exc:
         sys.stderr.write(f"s3fuse: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        sys.stderr.write(f"s3fuse: error: {exc.strerror or exc}"
+                         f"{': ' + str(exc.filename) if exc.filename else ''}\n")
+        return 1
     return EXIT_USAGE

@@ -16,37 +16,54 @@ import trio
 
 from . import __version__
 from .config import Config
-from .errors import ReadOnly
+from .errors import InvalidArgument, ReadOnly
+from .pinning import Pinner
 
 log = logging.getLogger(__name__)
 
 STATUS = "user.s3fuse.status"
 PID = "user.s3fuse.pid"
+JOBS = "user.s3fuse.jobs"    # get: pin/unpin jobs with progress (JSON)
+PIN = "user.s3fuse.pin"      # set: start pinning a mount-relative path; get: the pins (JSON)
+UNPIN = "user.s3fuse.unpin"  # set: start unpinning a mount-relative path
 
 
 class Control:
-    """Root xattrs: read-only status and pid for now."""
+    """Root xattrs: status, pid, and pin jobs."""
 
     def __init__(self, cfg: Config, *, cache_usage: Callable[[], dict[str, Any]],
                  requests: Callable[[], dict[str, int]], link: Callable[[], dict[str, Any]],
-                 started: float | None = None):
+                 pinner: Pinner, started: float | None = None):
         self.cfg = cfg
+        self.pinner = pinner
         self._cache_usage = cache_usage
         self._requests = requests
         self._link = link
         self.started = time.time() if started is None else started
 
     def names(self) -> list[str]:
-        return [STATUS, PID]
+        return [STATUS, PID, JOBS, PIN, UNPIN]
+
+    def pinned(self, path: str) -> bool:
+        return self.pinner.covers(path)
 
     async def get(self, name: str) -> bytes:
         if name == PID:
             return str(os.getpid()).encode()
+        if name == JOBS:
+            return json.dumps(self.pinner.jobs()).encode()
+        if name in (PIN, UNPIN):
+            return json.dumps(self.pinner.pins()).encode()
         status = await trio.to_thread.run_sync(self.status)
         return json.dumps(status, sort_keys=True).encode()
 
     async def set(self, name: str, value: bytes) -> None:
-        raise ReadOnly(name)
+        if name not in (PIN, UNPIN):
+            raise ReadOnly(name)
+        path = os.fsdecode(value).strip("/")
+        if "\0" in path or any(part in (".", "..") for part in path.split("/")):
+            raise InvalidArgument(f"bad path {path!r}")
+        self.pinner.start(path, "pin" if name == PIN else "unpin")
 
     def status(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -61,5 +78,6 @@ class Control:
             "sources": [s.uri for s in cfg.sources],
             "manifests": [m.uri for m in cfg.manifests],
             "cache": {"dir": str(cfg.cache_dir), "limit": cfg.cache_size, **self._cache_usage()},
+            "pins": self.pinner.pins(),
             "requests": self._requests(),
         }

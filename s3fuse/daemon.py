@@ -24,6 +24,7 @@ from .control import Control
 from .data.prefetch import SiblingPrefetcher
 from .data.reader import BlockReader
 from .fs.ops import S3Operations
+from .pinning import Pinner
 from .store.s3 import S3Store
 from .tree.bucket import BucketTree
 from .tree.manifest import ManifestTree
@@ -73,6 +74,7 @@ class Components:
     reader: BlockReader
     root: RootTree
     ops: S3Operations
+    pinner: Pinner
 
 
 def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Components:
@@ -84,10 +86,12 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     store = store or S3Store.from_config(cfg)
     meta = MetaStore(cache_dir / "meta.sqlite")
     stack.callback(meta.close)
-    blocks = BlockCache(secure_dir(cache_dir / "blocks"), cfg.cache_size)
+    blocks = BlockCache(secure_dir(cache_dir / "blocks"), cfg.cache_size,
+                        secure_dir(cache_dir / "pinned"))
     stack.callback(blocks.close)
     background = Background()
     reader = BlockReader(store, blocks, background=background)
+    stack.callback(lambda: meta.add_counters(hits=reader.hits, misses=reader.misses))
     siblings = SiblingPrefetcher(reader)
     list_limiter = trio.CapacityLimiter(8)
 
@@ -106,11 +110,15 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
                     ttl=cfg.metadata_ttl, bucket_factory=bucket if auto else None)
 
     def usage() -> dict[str, Any]:
-        return {"used": blocks.volume(), "blocks": len(blocks), "disk_full": reader.disk_full}
+        use = blocks.usage()
+        return {**use, "hits": reader.hits, "misses": reader.misses, "disk_full": reader.disk_full,
+                "pinned_over_limit": use["pinned"] > cfg.cache_size}
 
-    control = Control(cfg, cache_usage=usage, requests=store.request_counts, link=store.link.status)
+    pinner = Pinner(root, meta, background)
+    control = Control(cfg, cache_usage=usage, requests=store.request_counts, link=store.link.status,
+                      pinner=pinner)
     ops = S3Operations(root, cfg, control)
-    return Components(background, store, meta, blocks, reader, root, ops)
+    return Components(background, store, meta, blocks, reader, root, ops, pinner)
 
 
 def fuse_options(cfg: Config) -> set[str]:
@@ -124,6 +132,7 @@ def fuse_options(cfg: Config) -> set[str]:
 async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
     async with trio.open_nursery() as nursery:
         parts.background.bind(nursery)
+        parts.pinner.resume()
         nursery.start_soon(_watch_signals)
         nursery.start_soon(_probe_while_offline, parts.store)
         nursery.start_soon(_announce_ready, cfg, ready)

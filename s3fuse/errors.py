@@ -40,6 +40,10 @@ class IsADirectory(S3FuseError):
     errno = errno.EISDIR
 
 
+class InvalidArgument(S3FuseError):
+    errno = errno.EINVAL
+
+
 class Offline(S3FuseError):
     """S3 is unreachable and the cache cannot answer."""
 
@@ -65,7 +69,7 @@ class UsageError(Exception):
 ERRNO_TABLE: dict[type[S3FuseError], int] = {
     cls: cls.errno
     for cls in (NotFound, AccessDenied, StaleObject, ReadOnly, NotADirectory,
-                IsADirectory, Offline, RemoteError, CorruptData)
+                IsADirectory, InvalidArgument, Offline, RemoteError, CorruptData)
 }
 
 

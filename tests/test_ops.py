@@ -134,7 +134,8 @@ async def test_xattrs_and_control(parts: Components):
     ops = parts.ops
     f = await lookup_path(ops, "bkt", "d", "e", "f")
     names = await ops.listxattr(f.st_ino)
-    assert set(names) == {b"user.s3.uri", b"user.s3.etag"}
+    assert set(names) == {b"user.s3.uri", b"user.s3.etag", b"user.s3fuse.cached", b"user.s3fuse.pinned"}
+    assert await ops.getxattr(f.st_ino, b"user.s3fuse.pinned") == b"0"
     assert (await ops.getxattr(f.st_ino, b"user.s3.uri")).endswith(b"/d/e/f")
     with pytest.raises(pyfuse3.FUSEError) as info:
         await ops.getxattr(f.st_ino, b"user.nope")

@@ -76,67 +76,113 @@ def unseal(name: str, blob: bytes) -> memoryview:
 
 
 class BlockCache:
-    """Size-capped LRU store of object blocks in `<cache>/blocks`.
+    """Object blocks in two diskcache stores: `blocks/` (LRU, size-capped) and `pinned/`
+    (never evicted; filled by `s3fuse pin`, emptied by `unpin`).
 
     Calls are serialized by a lock: concurrent diskcache transactions would
     otherwise meet in SQLite's busy handler, which sleeps milliseconds per retry.
     """
 
-    def __init__(self, directory: Path, size_limit: int):
+    def __init__(self, directory: Path, size_limit: int, pinned_directory: Path | None = None):
         self.directory = directory
+        self.size_limit = size_limit
         self._lock = threading.Lock()
-        self._cache = diskcache.Cache(
-            str(directory),
-            disk=SafeDisk,
-            size_limit=size_limit,
-            eviction_policy="least-recently-used",
-            cull_limit=16,
-            statistics=False,
-        )
+        self._lru = _store(directory, size_limit, "least-recently-used")
+        self._pinned = _store(pinned_directory or directory.parent / "pinned", 1 << 62, "none")
 
     def get(self, bucket: str, key: str, etag: str, index: int) -> memoryview | None:
         name = block_id(bucket, key, etag, index)
+        for store in (self._pinned, self._lru):
+            data = self._read(store, name)
+            if data is not None:
+                return data
+        return None
+
+    def _read(self, store: diskcache.Cache, name: str) -> memoryview | None:
         try:
             with self._lock:
-                blob = self._cache.get(name)
+                blob = store.get(name)
+            return None if blob is None else unseal(name, blob)
         except (CorruptData, OSError) as exc:
-            log.warning("cache block for s3://%s/%s #%d unreadable (%s): dropped", bucket, key, index, exc)
-            self._drop(name)
+            log.warning("cache block %r is corrupt or unreadable (%s): dropped", name.split("\x00")[1:3], exc)
+            with self._lock:
+                store.delete(name)
             return None
-        if blob is None:
-            return None
-        try:
-            return unseal(name, blob)
-        except CorruptData as exc:
-            log.warning("cache block for s3://%s/%s #%d corrupt (%s): dropped", bucket, key, index, exc)
-            self._drop(name)
-            return None
-
-    def _drop(self, name: str) -> None:
-        with self._lock:
-            self._cache.delete(name)
 
     def put(self, bucket: str, key: str, etag: str, index: int, data: bytes) -> None:
         name = block_id(bucket, key, etag, index)
         with self._lock:
-            self._cache.set(name, _SealedReader(name, data), read=True)
+            if name not in self._pinned:
+                self._lru.set(name, _SealedReader(name, data), read=True)
+
+    def pin(self, bucket: str, key: str, etag: str, index: int, data: bytes) -> None:
+        """Keep this block until unpinned (moved out of the LRU store)."""
+        name = block_id(bucket, key, etag, index)
+        with self._lock:
+            if name not in self._pinned:
+                self._pinned.set(name, _SealedReader(name, data), read=True)
+            self._lru.delete(name)
+
+    def unpin(self, bucket: str, key: str, etag: str, index: int) -> None:
+        """Back to the LRU store: still cached, evictable again."""
+        name = block_id(bucket, key, etag, index)
+        data = self._read(self._pinned, name)
+        with self._lock:
+            if data is not None:
+                self._lru.set(name, _SealedReader(name, bytes(data)), read=True)
+            self._pinned.delete(name)
 
     def contains(self, bucket: str, key: str, etag: str, index: int) -> bool:
+        name = block_id(bucket, key, etag, index)
         with self._lock:
-            return block_id(bucket, key, etag, index) in self._cache
+            return name in self._pinned or name in self._lru
+
+    def pinned(self, bucket: str, key: str, etag: str, index: int) -> bool:
+        with self._lock:
+            return block_id(bucket, key, etag, index) in self._pinned
+
+    def usage(self) -> dict[str, int]:
+        with self._lock:
+            return {"used": int(self._lru.volume()), "blocks": len(self._lru),
+                    "pinned": int(self._pinned.volume()), "pinned_blocks": len(self._pinned)}
 
     def volume(self) -> int:
         with self._lock:
-            return int(self._cache.volume())
+            return int(self._lru.volume())
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._cache)
+            return len(self._lru)
 
-    def clear(self) -> None:
+    def prune(self, older_than: float | None, max_size: int | None) -> tuple[int, int]:
+        """Drop LRU blocks last used before `older_than` (epoch seconds), then least
+        recently used ones until the store is at most `max_size`. Pinned blocks stay.
+        Returns (blocks removed, bytes removed)."""
         with self._lock:
-            self._cache.clear()
+            before_n, before_bytes = len(self._lru), int(self._lru.volume())
+            if older_than is not None:
+                rows = self._lru._sql("SELECT key FROM Cache WHERE access_time < ?",
+                                      (older_than,)).fetchall()
+                for (name,) in rows:
+                    self._lru.delete(name)
+            if max_size is not None:
+                self._lru.reset("size_limit", max_size)
+                self._lru.cull()
+                self._lru.reset("size_limit", self.size_limit)
+            return before_n - len(self._lru), before_bytes - int(self._lru.volume())
+
+    def clear(self, pinned: bool = True) -> None:
+        with self._lock:
+            self._lru.clear()
+            if pinned:
+                self._pinned.clear()
 
     def close(self) -> None:
         with self._lock:
-            self._cache.close()
+            self._lru.close()
+            self._pinned.close()
+
+
+def _store(directory: Path, size_limit: int, policy: str) -> diskcache.Cache:
+    return diskcache.Cache(str(directory), disk=SafeDisk, size_limit=size_limit,
+                           eviction_policy=policy, cull_limit=16, statistics=False)

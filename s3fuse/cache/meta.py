@@ -18,6 +18,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirs (
     ns TEXT NOT NULL, path TEXT NOT NULL, listed_at REAL NOT NULL,
     PRIMARY KEY (ns, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pins (
+    path TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS entries (
     ns TEXT NOT NULL, dir TEXT NOT NULL, name TEXT NOT NULL,
     is_dir INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
@@ -112,6 +115,33 @@ class MetaStore:
             self._db.execute("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)",
                              (ns, path, entry.name, int(entry.is_dir), entry.size, entry.mtime_ns,
                               entry.etag, entry.checked_at))
+
+    # ---------------------------------------------------------- pins and counters
+
+    def pins(self) -> list[tuple[str, str]]:
+        """(mount-relative path, state) of every pin."""
+        with self._lock:
+            return self._db.execute("SELECT path, state FROM pins ORDER BY path").fetchall()
+
+    def set_pin(self, path: str, state: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO pins VALUES (?,?,?)", (path, state, time.time()))
+
+    def remove_pin(self, path: str) -> None:
+        """Forget `path` and every pin below it."""
+        with self._lock:
+            self._db.execute("DELETE FROM pins WHERE path=? OR substr(path, 1, ?)=?",
+                             (path, len(path) + 1, path + "/"))
+
+    def add_counters(self, **deltas: int) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+                list(deltas.items()))
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
 
     def remove_entry(self, ns: str, path: str, name: str) -> None:
         with self._lock:

@@ -78,6 +78,8 @@ class BlockReader:
         self._disk_error_logged = False
         self.disk_full = False
         self._persisting = 0
+        self.hits = 0  # blocks served from memory or disk
+        self.misses = 0  # blocks fetched from S3
         self._persisted = trio.Event()
 
     def block_range(self, ref: ObjectRef) -> range:
@@ -130,6 +132,7 @@ class BlockReader:
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = self._memory.get(bid)
         if data is not None:
+            self.hits += 1
             return data
         return await self._flight.run(bid, self._load, ref, index, loader)
 
@@ -137,9 +140,12 @@ class BlockReader:
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = await trio.to_thread.run_sync(self.blocks.get, *bid, limiter=self._disk_limiter)
         if data is None:
+            self.misses += 1
             fetched = await self._fetch(ref, index, loader)
             self._background.spawn(self._persist, bid, fetched)
             data = memoryview(fetched)
+        else:
+            self.hits += 1
         self._memory.put(bid, data)
         return data
 
@@ -184,9 +190,22 @@ class BlockReader:
             await self._persisted.wait()
 
     async def is_cached(self, ref: ObjectRef) -> bool:
-        """True when every block of `ref` is in memory or on disk."""
+        """True when every block of `ref` is in the disk cache (readable offline)."""
         def check() -> bool:
-            return all((ref.bucket, ref.key, ref.etag, i) in self._memory
-                       or self.blocks.contains(ref.bucket, ref.key, ref.etag, i)
-                       for i in self.block_range(ref))
+            return all(self.blocks.contains(ref.bucket, ref.key, ref.etag, i) for i in self.block_range(ref))
         return await trio.to_thread.run_sync(check, limiter=self._disk_limiter)
+
+    async def pin(self, ref: ObjectRef, loader: Loader | None, keep: bool,
+                  progress: Callable[[int], None]) -> None:
+        """Move every block of `ref` into (keep) or out of the pinned store, fetching what
+        is missing; `progress(n)` after each block. Blocks already pinned are skipped, so
+        an interrupted pin resumes where it stopped."""
+        for index in self.block_range(ref):
+            bid = (ref.bucket, ref.key, ref.etag, index)
+            length = min(self.block_size, ref.size - index * self.block_size)
+            if not keep:
+                await trio.to_thread.run_sync(self.blocks.unpin, *bid, limiter=self._disk_limiter)
+            elif not await trio.to_thread.run_sync(self.blocks.pinned, *bid, limiter=self._disk_limiter):
+                data = await self.block(ref, index, loader)
+                await trio.to_thread.run_sync(self.blocks.pin, *bid, bytes(data), limiter=self._disk_limiter)
+            progress(length)

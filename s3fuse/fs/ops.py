@@ -56,6 +56,8 @@ class ControlPlane:
 
     async def set(self, name: str, value: bytes) -> None: ...
 
+    def pinned(self, path: str) -> bool: ...
+
 
 class S3Operations(pyfuse3.Operations):
     supports_dot_lookup = True
@@ -277,7 +279,15 @@ class S3Operations(pyfuse3.Operations):
     async def _xattrs(self, node: Node) -> dict[str, bytes]:
         if node.is_root:
             return {}
-        return await self._ns(node).xattrs(node.ref, await self._entry(node))
+        ns = self._ns(node)
+        values = await ns.xattrs(node.ref, await self._entry(node))
+        if not node.is_dir:
+            source = await ns.open(node.ref)
+            values["user.s3fuse.cached"] = b"1" if await source.cached() else b"0"
+            if self.control is not None:
+                path = join(ns.name, ns.describe(node.ref))
+                values["user.s3fuse.pinned"] = b"1" if self.control.pinned(path) else b"0"
+        return values
 
     @fuse_handler("getxattr")
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:

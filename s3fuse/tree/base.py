@@ -9,7 +9,7 @@ of namespace answers. A namespace with `inode_base` set numbers its own inodes
 from __future__ import annotations
 
 import logging
-from typing import Hashable, Protocol, Sequence
+from typing import Callable, Hashable, Protocol, Sequence
 
 from ..cache.meta import Entry
 from ..data.reader import BlockReader, Loader, ObjectRef, ReadState
@@ -33,6 +33,10 @@ class FileSource(Protocol):
     version: str  # changes whenever the content may have changed (keep_cache decision)
 
     async def read(self, offset: int, size: int) -> bytes | memoryview: ...
+
+    async def cached(self) -> bool: ...
+
+    async def pin(self, keep: bool, progress: Callable[[int], None]) -> None: ...
 
 
 Ref = Hashable
@@ -128,3 +132,9 @@ class ObjectSource:
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         return await self.reader.read(self.ref, offset, size, self._state, self._loader)
+
+    async def cached(self) -> bool:
+        return await self.reader.is_cached(self.ref)
+
+    async def pin(self, keep: bool, progress: Callable[[int], None]) -> None:
+        await self.reader.pin(self.ref, self._loader, keep, progress)

@@ -1,0 +1,75 @@
+"""`s3fuse cache stats|prune|clear`: the cache directory, with or without a daemon on it.
+
+diskcache and SQLite are safe across processes, so stats and prune work while a
+daemon runs; clear refuses then (unless forced), because the daemon holds open
+indexes. Nothing here ever touches pending uploads (the staging area).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .cache.blocks import BlockCache
+from .cache.cachedir import CacheLock, secure_dir
+from .cache.meta import MetaStore
+from .errors import UsageError
+
+
+def _open(cache_dir: Path, size_limit: int) -> tuple[BlockCache, MetaStore]:
+    if not cache_dir.is_dir():
+        raise UsageError(f"no cache at {cache_dir}")
+    secure_dir(cache_dir)
+    blocks = BlockCache(secure_dir(cache_dir / "blocks"), size_limit, secure_dir(cache_dir / "pinned"))
+    return blocks, MetaStore(cache_dir / "meta.sqlite")
+
+
+def stats(cache_dir: Path, size_limit: int) -> dict[str, Any]:
+    blocks, meta = _open(cache_dir, size_limit)
+    try:
+        usage = blocks.usage()
+        counts = meta.counters()
+        hits, misses = counts.get("hits", 0), counts.get("misses", 0)
+        return {
+            "cache_dir": str(cache_dir), "limit": size_limit, **usage,
+            "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+            "hits": hits, "misses": misses,
+            "pins": [{"path": p, "state": s} for p, s in meta.pins()],
+            "manifests": len(list((cache_dir / "manifests").glob("*.sqlite"))),
+            "in_use_by": CacheLock.holder(cache_dir),
+            "pinned_over_limit": usage["pinned"] > size_limit,
+        }
+    finally:
+        blocks.close()
+        meta.close()
+
+
+def prune(cache_dir: Path, size_limit: int, older_than: float | None, max_size: int | None
+          ) -> dict[str, int]:
+    if older_than is None and max_size is None:
+        raise UsageError("prune needs --older-than and/or --max-size")
+    blocks, meta = _open(cache_dir, size_limit)
+    try:
+        cutoff = None if older_than is None else time.time() - older_than
+        removed, freed = blocks.prune(cutoff, max_size)
+        return {"removed_blocks": removed, "freed_bytes": freed, **blocks.usage()}
+    finally:
+        blocks.close()
+        meta.close()
+
+
+def clear(cache_dir: Path, size_limit: int, force: bool) -> dict[str, int]:
+    holder = CacheLock.holder(cache_dir)
+    if holder is not None and not force:
+        raise UsageError(f"cache dir {cache_dir} is in use by pid {holder}: unmount first or use --force")
+    blocks, meta = _open(cache_dir, size_limit)
+    try:
+        before = blocks.usage()
+        blocks.clear(pinned=True)
+        for pin, _state in meta.pins():
+            meta.remove_pin(pin)
+        return {"freed_bytes": before["used"] + before["pinned"],
+                "removed_blocks": before["blocks"] + before["pinned_blocks"]}
+    finally:
+        blocks.close()
+        meta.close()

@@ -1,0 +1,159 @@
+"""`s3fuse pin` / `unpin`: jobs the daemon runs, the command only watches.
+
+A job resolves a mount-relative path, walks everything below it (bucket
+directories, manifest views, shard members) and moves every block of every file
+into (or out of) the pinned store, fetching what is missing. Progress is exposed
+through the root's `user.s3fuse.jobs` xattr. Pins are recorded in meta.sqlite;
+an interrupted pin resumes at the next start, skipping blocks already pinned.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, AsyncIterator
+
+import trio
+
+from .cache.meta import Entry, MetaStore
+from .errors import NotADirectory, NotFound, S3FuseError
+from .tree.base import FileSource, Namespace, Ref, join
+from .tree.root import RootTree
+from .util.background import Background
+
+log = logging.getLogger(__name__)
+
+PARALLEL_FILES = 4
+FAILURES_SHOWN = 100
+
+
+@dataclass
+class Job:
+    path: str
+    action: str  # "pin" or "unpin"
+    state: str = "running"  # running, done, failed
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    failures: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+
+class Pinner:
+    def __init__(self, root: RootTree, meta: MetaStore, background: Background):
+        self.root = root
+        self.meta = meta
+        self.background = background
+        self._jobs: dict[str, Job] = {}
+        self._pinned = {path for path, _ in meta.pins()}
+
+    def covers(self, path: str) -> bool:
+        """Is the mount-relative `path` at or below a pinned path?"""
+        return any(not p or path == p or path.startswith(p + "/") for p in self._pinned)
+
+    def pins(self) -> list[dict[str, str]]:
+        return [{"path": p, "state": s} for p, s in self.meta.pins()]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [asdict(job) for job in self._jobs.values()]
+
+    def start(self, path: str, action: str) -> None:
+        path = path.strip("/")
+        running = self._jobs.get(path)
+        if running is not None and running.state == "running":
+            return
+        job = self._jobs[path] = Job(path, action)
+        if action == "pin":
+            self.meta.set_pin(path, "incomplete")
+            self._pinned.add(path)
+        self.background.spawn(self._run, job)
+
+    def resume(self) -> None:
+        """Finish pins an earlier daemon did not complete."""
+        for path, state in self.meta.pins():
+            if state != "complete":
+                log.info("resuming the pin of %s", path or "/")
+                self.start(path, "pin")
+
+    async def _run(self, job: Job) -> None:
+        keep = job.action == "pin"
+        try:
+            files = [item async for item in self._files(job.path)]
+        except S3FuseError as exc:
+            job.failures.append(f"{job.path or '/'}: {errno.errorcode.get(exc.errno, exc.errno)} ({exc})")
+            self._finish(job, keep)
+            return
+        job.files_total = len(files)
+        job.bytes_total = sum(source.size for _, source in files)
+        limiter = trio.CapacityLimiter(PARALLEL_FILES)
+
+        async def one(path: str, source: FileSource) -> None:
+            async with limiter:
+                def progress(n: int) -> None:
+                    job.bytes_done += n
+                try:
+                    await source.pin(keep, progress)
+                except S3FuseError as exc:
+                    if len(job.failures) < FAILURES_SHOWN:
+                        job.failures.append(f"{path}: {errno.errorcode.get(exc.errno, exc.errno)}")
+                    log.warning("%s of %s failed: %s", job.action, path, exc)
+                job.files_done += 1
+
+        async with trio.open_nursery() as nursery:
+            for path, source in files:
+                nursery.start_soon(one, path, source)
+        self._finish(job, keep)
+
+    def _finish(self, job: Job, keep: bool) -> None:
+        job.finished = time.time()
+        job.state = "failed" if job.failures else "done"
+        if keep:
+            self.meta.set_pin(job.path, "complete" if not job.failures else "incomplete")
+        else:
+            self.meta.remove_pin(job.path)
+            self._pinned = {p for p, _ in self.meta.pins()}
+        log.info("%s of %s: %d files, %d bytes, %d failures", job.action, job.path or "/",
+                 job.files_done, job.bytes_done, len(job.failures))
+
+    async def _files(self, path: str) -> AsyncIterator[tuple[str, FileSource]]:
+        """Every file at or below the mount-relative `path`."""
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            for entry in await self.root.entries():
+                async for item in self._files(entry.name):
+                    yield item
+            return
+        index = await self.root.find(parts[0])
+        if index is None:
+            raise NotFound(path)
+        ns = self.root.get(index)
+        ref: Ref = ns.root
+        entry = Entry(parts[0], True)
+        for name in parts[1:]:
+            found = await ns.lookup(ref, name)
+            if found is None:
+                raise NotFound(path)
+            ref, entry = found
+        async for item in _walk(ns, ref, entry, path):
+            yield item
+
+
+async def _walk(ns: Namespace, ref: Ref, entry: Entry, path: str) -> AsyncIterator[tuple[str, FileSource]]:
+    if not entry.is_dir:
+        yield path, await ns.open(ref)
+        return
+    stream = await ns.opendir(ref)
+    start = 0
+    while True:
+        page = await stream.page(start, 256)
+        if not page:
+            return
+        for start, child, child_entry in page:
+            try:
+                async for item in _walk(ns, child, child_entry, join(path, child_entry.name)):
+                    yield item
+            except NotADirectory:
+                continue

@@ -1,0 +1,102 @@
+"""Pinning through the mount, eviction under a small cache, and the cache commands."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support.proxy import CuttableProxy
+
+pytestmark = pytest.mark.mount
+MiB = 1 << 20
+
+
+@pytest.fixture
+def backend(moto_backend):  # type: ignore[no-untyped-def]
+    return moto_backend
+
+
+@pytest.fixture
+def proxy(moto_backend) -> Iterator[CuttableProxy]:  # type: ignore[no-untyped-def]
+    target = urlsplit(moto_backend.endpoint)
+    p = CuttableProxy(target.hostname or "127.0.0.1", target.port or 80)
+    yield p
+    p.close()
+
+
+def s3fuse(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "s3fuse", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_pin_makes_a_tree_available_offline_and_unpin_releases_it(s3, bucket, mount_factory, proxy):
+    files = {f"keep/{d}/f{i}.bin": os.urandom(300_000 + i) for d in ("a", "b") for i in range(5)}
+    files["keep/big.bin"] = os.urandom(20 * MiB)
+    for key, body in files.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    s3.put_object(Bucket=bucket, Key="other/x.bin", Body=b"x")
+    m = mount_factory("--source", f"s3://{bucket}", endpoint=proxy.endpoint)
+    m.expect_log(r"S3 unreachable|offline|EHOSTUNREACH")
+    keep = m.path(bucket, "keep")
+    res = s3fuse("pin", str(keep), env=m.env)
+    assert res.returncode == 0, res.stderr
+    assert f"{len(files)} files" in res.stderr
+    assert os.getxattr(keep / "a" / "f0.bin", "user.s3fuse.pinned") == b"1"
+    assert os.getxattr(keep / "big.bin", "user.s3fuse.cached") == b"1"
+    assert os.getxattr(m.path(bucket, "other", "x.bin"), "user.s3fuse.pinned") == b"0"
+    assert m.status()["pins"] == [{"path": f"{bucket}/keep", "state": "complete"}]
+    proxy.cut()
+    for key, body in files.items():   # never read before, all there offline
+        assert m.path(bucket, key).read_bytes() == body
+    proxy.restore()
+    res = s3fuse("unpin", str(keep), env=m.env)
+    assert res.returncode == 0, res.stderr
+    assert os.getxattr(keep / "a" / "f0.bin", "user.s3fuse.pinned") == b"0"
+    assert os.getxattr(keep / "a" / "f0.bin", "user.s3fuse.cached") == b"1"  # still cached
+    assert s3fuse("pin", "/tmp", env=m.env).returncode == 2
+
+
+def test_cache_cap_holds_and_pinned_data_survives_eviction(s3, bucket, mount_factory, proxy):
+    for i in range(8):
+        s3.put_object(Bucket=bucket, Key=f"stream/{i}.bin", Body=os.urandom(16 * MiB))
+    pinned = os.urandom(24 * MiB)
+    s3.put_object(Bucket=bucket, Key="pinned/p.bin", Body=pinned)
+    m = mount_factory("--source", f"s3://{bucket}", "--cache-size", "64M", endpoint=proxy.endpoint)
+    m.expect_log(r"S3 unreachable|offline|EHOSTUNREACH")
+    assert s3fuse("pin", str(m.path(bucket, "pinned")), env=m.env).returncode == 0
+    for i in range(8):   # 128 MiB through a 64 MiB cache
+        m.path(bucket, "stream", f"{i}.bin").read_bytes()
+    cache = m.status()["cache"]
+    assert cache["used"] <= 64 * MiB + 8 * MiB and cache["pinned"] >= 24 * MiB
+    proxy.cut()
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    assert m.path(bucket, "pinned", "p.bin").read_bytes() == pinned
+
+
+def test_cache_stats_prune_clear(s3, bucket, mount_factory):
+    for i in range(4):
+        s3.put_object(Bucket=bucket, Key=f"f{i}.bin", Body=os.urandom(3 * MiB))
+    m = mount_factory("--source", f"s3://{bucket}")
+    for i in range(4):
+        m.path(bucket, f"f{i}.bin").read_bytes()
+    cache = str(m.cache_dir)
+    res = s3fuse("cache", "clear", "--cache-dir", cache, env=m.env)
+    assert res.returncode == 2 and "in use by pid" in res.stderr     # refused while mounted
+    m.stop()
+    stats = json.loads(s3fuse("cache", "stats", "--cache-dir", cache, "--json", env=m.env).stdout)
+    assert stats["used"] >= 12 * MiB and stats["blocks"] == 4 and stats["misses"] >= 4
+    assert stats["hit_rate"] is not None
+    pruned = json.loads(s3fuse("cache", "prune", "--cache-dir", cache, "--max-size", "7M", "--json",
+                               env=m.env).stdout)
+    assert pruned["removed_blocks"] >= 2 and pruned["used"] <= 7 * MiB
+    pruned = json.loads(s3fuse("cache", "prune", "--cache-dir", cache, "--older-than", "0s", "--json",
+                               env=m.env).stdout)
+    assert pruned["blocks"] == 0
+    cleared = s3fuse("cache", "clear", "--cache-dir", cache, env=m.env)
+    assert cleared.returncode == 0, cleared.stderr
+    assert s3fuse("cache", "prune", "--cache-dir", cache, env=m.env).returncode == 2
