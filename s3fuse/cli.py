@@ -171,7 +171,10 @@ def format_status(status: dict[str, Any]) -> str:
         f"s3fuse {status.get('version')})",
         f"  sources:   {', '.join(status.get('sources', []) + status.get('manifests', [])) or 'all buckets'}",
         f"  cache:     {_human_bytes(cache.get('used', 0))} of {_human_bytes(cache.get('limit', 0))} "
-        f"in {cache.get('dir')}" + ("  [DISK FULL]" if cache.get("disk_full") else ""),
+        f"in {cache.get('dir')}" + ("  [DISK FULL: reads are not being cached]" if cache.get("disk_full") else ""),
+        f"  pinned:    {_human_bytes(cache.get('pinned', 0))} in {len(status.get('pins', []))} pins"
+        + ("  [pinned data alone exceeds the cache limit: kept, not evicted]"
+           if cache.get("pinned_over_limit") else ""),
     ]
     for error in link.get("recent_errors", [])[-5:]:
         when = time.strftime("%H:%M:%S", time.localtime(error["time"]))

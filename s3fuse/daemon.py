@@ -25,6 +25,7 @@ from .data.prefetch import SiblingPrefetcher
 from .data.reader import BlockReader
 from .fs.ops import S3Operations
 from .pinning import Pinner
+from .errors import S3FuseError
 from .store.s3 import S3Store
 from .tree.bucket import BucketTree
 from .tree.manifest import ManifestTree
@@ -91,7 +92,7 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     stack.callback(blocks.close)
     background = Background()
     reader = BlockReader(store, blocks, background=background)
-    stack.callback(lambda: meta.add_counters(hits=reader.hits, misses=reader.misses))
+    stack.callback(_save_counters, meta, reader)
     siblings = SiblingPrefetcher(reader)
     list_limiter = trio.CapacityLimiter(8)
 
@@ -119,6 +120,13 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
                       pinner=pinner)
     ops = S3Operations(root, cfg, control)
     return Components(background, store, meta, blocks, reader, root, ops, pinner)
+
+
+def _save_counters(meta: MetaStore, reader: BlockReader) -> None:
+    try:
+        meta.add_counters(hits=reader.hits, misses=reader.misses)
+    except S3FuseError as exc:
+        log.warning("cache hit counters not saved: %s", exc)
 
 
 def fuse_options(cfg: Config) -> set[str]:

@@ -62,6 +62,12 @@ class CorruptData(S3FuseError):
     errno = errno.EIO
 
 
+class CacheFull(S3FuseError):
+    """The cache directory's disk is full (metadata could not be written)."""
+
+    errno = errno.ENOSPC
+
+
 class UsageError(Exception):
     """Bad user input (CLI, config, credentials): one line on stderr and exit 2."""
 
@@ -69,7 +75,7 @@ class UsageError(Exception):
 ERRNO_TABLE: dict[type[S3FuseError], int] = {
     cls: cls.errno
     for cls in (NotFound, AccessDenied, StaleObject, ReadOnly, NotADirectory,
-                IsADirectory, InvalidArgument, Offline, RemoteError, CorruptData)
+                IsADirectory, InvalidArgument, Offline, RemoteError, CorruptData, CacheFull)
 }
 
 

@@ -100,3 +100,25 @@ def test_cache_stats_prune_clear(s3, bucket, mount_factory):
     cleared = s3fuse("cache", "clear", "--cache-dir", cache, env=m.env)
     assert cleared.returncode == 0, cleared.stderr
     assert s3fuse("cache", "prune", "--cache-dir", cache, env=m.env).returncode == 2
+
+
+def test_disk_full_cache_keeps_reads_working(s3, bucket, mount_factory, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(small)]).returncode:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        bodies = {f"f{i}.bin": os.urandom(9 * MiB) for i in range(5)}
+        for key, body in bodies.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
+        m = mount_factory("--source", f"s3://{bucket}", cache_dir=small / "cache")
+        m.expect_log(r"cannot write to the block cache|No space left|disk is full|counters not saved")
+        for key, body in bodies.items():     # 45 MiB through a 24 MiB disk
+            assert m.path(bucket, key).read_bytes() == body
+        deadline = __import__("time").monotonic() + 10
+        while not m.status()["cache"]["disk_full"]:
+            assert __import__("time").monotonic() < deadline
+        assert "DISK FULL" in s3fuse("status", str(m.mountpoint), env=m.env).stdout
+        m.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(small)])

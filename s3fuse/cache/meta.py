@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..errors import CacheFull
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirs (
     ns TEXT NOT NULL, path TEXT NOT NULL, listed_at REAL NOT NULL,
@@ -41,12 +43,27 @@ class Entry:
     checked_at: float = 0.0
 
 
+class _GuardedLock:
+    """The store's lock, turning SQLite's 'disk is full' into CacheFull (ENOSPC)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._lock.release()
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+            raise CacheFull(f"cache metadata: {exc}") from None
+
+
 class MetaStore:
     """Listings keyed by (namespace id, directory path)."""
 
     def __init__(self, path: Path):
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
+        self._lock = _GuardedLock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
