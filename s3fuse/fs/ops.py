@@ -127,7 +127,9 @@ class S3Operations(pyfuse3.Operations):
         return a
 
     def _writable(self, node: Node) -> bool:
-        return not node.is_root and self._ns(node).writable and not self.cfg.read_only
+        if node.is_root:  # the owner must be able to set the control xattrs (pin, unpin)
+            return True
+        return self._ns(node).writable and not self.cfg.read_only
 
     def _ensure(self, ns_index: int, ref: Ref, is_dir: bool) -> Node:
         return self.inodes.ensure(ns_index, ref, is_dir, self.root.get(ns_index).inode_base)
