@@ -9,11 +9,13 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
 
 from tests.support.mount import Mount, s3_env
+from tests.support.proxy import CuttableProxy
 
 _bucket_ids = itertools.count()
 
@@ -91,6 +93,15 @@ def bucket(s3: Any) -> str:
     name = f"test-{os.getpid()}-{next(_bucket_ids)}"
     s3.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def proxy(moto_backend: Backend) -> Iterator[CuttableProxy]:
+    """A cuttable TCP proxy in front of moto: `endpoint=proxy.endpoint` for offline tests."""
+    target = urlsplit(moto_backend.endpoint)
+    p = CuttableProxy(target.hostname or "127.0.0.1", target.port or 80)
+    yield p
+    p.close()
 
 
 @pytest.fixture

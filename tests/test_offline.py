@@ -5,23 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import time
-from typing import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.support import s3exchange_fixtures as fx
-from tests.support.proxy import CuttableProxy
 
 pytestmark = pytest.mark.mount
-
-
-@pytest.fixture
-def proxy(moto_backend) -> Iterator[CuttableProxy]:  # type: ignore[no-untyped-def]
-    target = urlsplit(moto_backend.endpoint)
-    p = CuttableProxy(target.hostname or "127.0.0.1", target.port or 80)
-    yield p
-    p.close()
 
 
 @pytest.fixture

@@ -5,12 +5,9 @@ import json
 import os
 import subprocess
 import sys
-from typing import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.proxy import CuttableProxy
 
 pytestmark = pytest.mark.mount
 MiB = 1 << 20
@@ -19,14 +16,6 @@ MiB = 1 << 20
 @pytest.fixture
 def backend(moto_backend):  # type: ignore[no-untyped-def]
     return moto_backend
-
-
-@pytest.fixture
-def proxy(moto_backend) -> Iterator[CuttableProxy]:  # type: ignore[no-untyped-def]
-    target = urlsplit(moto_backend.endpoint)
-    p = CuttableProxy(target.hostname or "127.0.0.1", target.port or 80)
-    yield p
-    p.close()
 
 
 def s3fuse(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
