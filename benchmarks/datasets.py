@@ -1,16 +1,24 @@
-"""Data sets uploaded once to the benchmark bucket (and mirrored locally when useful)."""
+"""Data sets uploaded once to the benchmark bucket (and mirrored locally when useful).
+
+The s3exchange data sets are written with the real s3exchange library (shards) or in its
+exact line format (the flat manifests, whose objects need not exist for listing).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
+from s3exchange import FileEntry, Manifest, S3ExchangeStore, ShardItem, infer_id_from_key
 
 from benchmarks.s3 import S3Target
+from tests.support.s3exchange_fixtures import exchange_store
 
 # boto3 burns ~3 ms of CPU per PUT under the GIL: two processes of 16 threads
 # each roughly double the rate of one (~500 PUT/s here).
@@ -19,6 +27,11 @@ UPLOAD_THREADS = 16
 BIG_KEY = "big/big.bin"
 SMALL_DIR = "small"
 TREE_DIR = "tree"
+SHARD_SEED = 20240611
+# where shard members go ("" twice: about 2 in 7 at the top of the shard)
+SHARD_MEMBER_DIRS = ("", "", "sub", "sub/a", "sub/b/c", "img/train", "img/val")
+SHARD_MEMBER_SIZES = (4 << 10, 64 << 10)
+MANIFEST_FILES_PER_DIR = 100
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,9 @@ class DataSpec:
     tree_dirs: int = 20
     tree_subdirs: int = 10
     tree_files: int = 100
+    shard_members: int = 2000
+    manifest_entries: int = 100_000
+    huge_manifest_entries: int = 1_000_000
 
     @property
     def tree_keys(self) -> int:
@@ -38,7 +54,31 @@ class DataSpec:
 
 
 FULL = DataSpec()
-QUICK = DataSpec(big_mib=32, small_files=200, tree_dirs=10, tree_subdirs=5, tree_files=40)
+QUICK = DataSpec(big_mib=32, small_files=200, tree_dirs=10, tree_subdirs=5, tree_files=40,
+                 shard_members=200, manifest_entries=10_000, huge_manifest_entries=100_000)
+
+
+@dataclass(frozen=True)
+class ManifestRef:
+    """An s3exchange manifest in the bucket, shown by s3fuse as the top-level dir ``name``."""
+
+    name: str
+    key: str
+
+    @property
+    def prefix(self) -> str:
+        """The manifest's parent prefix: entries below it appear relative to it."""
+        return self.key.rpartition("/")[0]
+
+    def mount_path(self, key: str) -> str:
+        """Where ``key`` (below the parent prefix) appears under the manifest's directory."""
+        return key.removeprefix(self.prefix + "/")
+
+
+SHARD_MANIFEST = ManifestRef("shard", "bench-manifests/shard/manifest.jsonl")
+SHARD_ARCHIVE = f"{SHARD_MANIFEST.prefix}/shards/shard-00000.tar.gz"
+BIG_MANIFEST = ManifestRef("big", "bench-manifests/big/manifest.jsonl")
+HUGE_MANIFEST = ManifestRef("huge", "bench-manifests/huge/manifest.jsonl")
 
 
 @dataclass(frozen=True)
@@ -73,14 +113,19 @@ def local_big_path(data_dir: Path) -> Path:
     return data_dir / "big.bin"
 
 
+def upload_file(target: S3Target, path: Path, key: str) -> None:
+    """Multipart upload of a local file."""
+    config = TransferConfig(multipart_chunksize=16 << 20, max_concurrency=8)
+    target.client().upload_file(str(path), target.bucket, key, Config=config)
+
+
 def big_object(env: SetupEnv) -> None:
     """One incompressible object of ``big_mib`` MiB at BIG_KEY (plus a local copy)."""
     path = local_big_path(env.data_dir)
     with open(path, "wb") as out:
         for _ in range(env.spec.big_mib):
             out.write(os.urandom(1 << 20))
-    config = TransferConfig(multipart_chunksize=16 << 20, max_concurrency=8)
-    env.target.client().upload_file(str(path), env.target.bucket, BIG_KEY, Config=config)
+    upload_file(env.target, path, BIG_KEY)
 
 
 def small_file_keys(spec: DataSpec) -> list[str]:
@@ -103,3 +148,69 @@ def tree_keys(spec: DataSpec) -> Iterator[str]:
 def tree(env: SetupEnv) -> None:
     """A dirs x subdirs x files tree of tiny objects (the key itself as content)."""
     put_many(env.target, ((k, k.encode()) for k in tree_keys(env.spec)))
+
+
+# -- s3exchange data sets --------------------------------------------------------------
+
+
+def store_for(target: S3Target) -> S3ExchangeStore:
+    """An s3exchange store on the benchmark bucket, built as its users build one."""
+    return exchange_store(target.endpoint_url, target.bucket,
+                          access_key=target.access_key, secret_key=target.secret_key)
+
+
+def shard_members(spec: DataSpec) -> list[tuple[str, bytes]]:
+    """(member path, random bytes) of the shard: always the same for the same spec."""
+    rng = random.Random(SHARD_SEED)
+    members = []
+    for i in range(spec.shard_members):
+        directory = rng.choice(SHARD_MEMBER_DIRS)
+        path = f"{directory}/m{i:05d}.bin".lstrip("/")
+        members.append((path, rng.randbytes(rng.randint(*SHARD_MEMBER_SIZES))))
+    return members
+
+
+def shard_archive(env: SetupEnv) -> None:
+    """One .tar.gz shard of ``shard_members`` random members, and a manifest listing it."""
+    store = store_for(env.target)
+    items = [ShardItem(source=data, member_path=path, size_bytes=len(data))
+             for path, data in shard_members(env.spec)]
+    shard = store.put_shard_archive(SHARD_ARCHIVE, items, compression="gzip")
+    store.write_manifest(SHARD_MANIFEST.key, [shard.entry], mode="overwrite")
+
+
+def flat_manifest_keys(manifest: ManifestRef, entries: int) -> Iterator[str]:
+    """``<prefix>/data/dNNN/fNNNNNN.bin``: MANIFEST_FILES_PER_DIR files per directory."""
+    dirs = -(-entries // MANIFEST_FILES_PER_DIR)
+    dir_digits, file_digits = len(str(dirs - 1)), len(str(entries))
+    for i in range(entries):
+        d = i // MANIFEST_FILES_PER_DIR
+        yield f"{manifest.prefix}/data/d{d:0{dir_digits}d}/f{i:0{file_digits}d}.bin"
+
+
+def flat_manifest_entry(key: str) -> FileEntry:
+    """A ``file`` line with every field s3exchange fills in (the object itself need not exist)."""
+    digest = hashlib.md5(key.encode()).digest()
+    size = 1024 + int.from_bytes(digest[:2], "big")
+    return FileEntry(kind="file", key=key, id=infer_id_from_key(key), meta=None,
+                     content_type=None, size_bytes=size, etag=digest.hex())
+
+
+def write_flat_manifest(env: SetupEnv, manifest: ManifestRef, entries: int) -> None:
+    """Write the JSONL locally, as s3exchange serializes lines, and upload it as one object."""
+    path = env.data_dir / f"{manifest.name}-manifest.jsonl"
+    with open(path, "w") as out:
+        for key in flat_manifest_keys(manifest, entries):
+            out.write(Manifest.serialize_entry(flat_manifest_entry(key)) + "\n")
+    upload_file(env.target, path, manifest.key)
+    path.unlink()
+
+
+def big_manifest(env: SetupEnv) -> None:
+    """A manifest of ``manifest_entries`` file entries (no objects uploaded)."""
+    write_flat_manifest(env, BIG_MANIFEST, env.spec.manifest_entries)
+
+
+def huge_manifest(env: SetupEnv) -> None:
+    """A manifest of ``huge_manifest_entries`` file entries (no objects uploaded)."""
+    write_flat_manifest(env, HUGE_MANIFEST, env.spec.huge_manifest_entries)

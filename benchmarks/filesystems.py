@@ -12,9 +12,11 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from benchmarks.datasets import ManifestRef
 from benchmarks.s3 import S3Target
 from tests.support.procs import is_mounted, kill_group, tail, wait_until
 
@@ -26,13 +28,20 @@ class MountError(RuntimeError):
 
 
 class FileSystem(ABC):
-    """One FUSE implementation, mounted at ``<root>/mnt`` with its cache in ``<root>/cache``."""
+    """One FUSE implementation, mounted at ``<root>/mnt`` with its cache in ``<root>/cache``.
+
+    ``manifests``: s3exchange manifests to show too, by filesystems that can
+    (``reads_manifests``); the others ignore them.
+    """
 
     name: ClassVar[str]
     mount_timeout: ClassVar[float] = 30.0
+    reads_manifests: ClassVar[bool] = False
 
-    def __init__(self, target: S3Target, root: Path) -> None:
+    def __init__(self, target: S3Target, root: Path,
+                 manifests: Sequence[ManifestRef] = ()) -> None:
         self.target = target
+        self.manifests = tuple(manifests)
         self.root = root
         self.mountpoint = root / "mnt"
         self.cache_dir = root / "cache"
@@ -65,6 +74,10 @@ class FileSystem(ABC):
     def data_root(self) -> Path:
         """Where the bucket's keys appear (the mountpoint unless overridden)."""
         return self.mountpoint
+
+    def manifest_root(self, manifest: ManifestRef) -> Path:
+        """Where a manifest's entries appear (only when ``reads_manifests``)."""
+        raise NotImplementedError(f"{self.name} does not read s3exchange manifests")
 
     # -- common behaviour ---------------------------------------------------
 
@@ -147,30 +160,39 @@ class FileSystem(ABC):
         shutil.rmtree(self.cache_dir, ignore_errors=True)
         self.cache_dir.mkdir(parents=True)
 
+    def daemon_peak_rss_kib(self) -> int:
+        """VmHWM (peak RSS, KiB) of the live daemon since it started; 0 when none runs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return 0
+        return next((int(line.split()[1]) for line in status.splitlines()
+                     if line.startswith("VmHWM:")), 0)
+
     def sample_rss(self) -> int:
-        """Fold the live daemon's VmHWM (peak RSS, KiB) into ``peak_rss_kib``."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                status = Path(f"/proc/{self.proc.pid}/status").read_text()
-            except OSError:
-                status = ""
-            for line in status.splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
+        """Fold the live daemon's VmHWM into ``peak_rss_kib`` (the peak over a round)."""
+        self.peak_rss_kib = max(self.peak_rss_kib, self.daemon_peak_rss_kib())
         return self.peak_rss_kib
 
 
 class S3Fuse(FileSystem):
     """This project: ``s3fuse mount MP --source NAME=s3://BUCKET ... --foreground``.
 
-    s3fuse shows every source as a top-level directory NAME (here: the bucket name).
+    s3fuse shows every source (and every ``--manifest``) as a top-level directory NAME
+    (the bucket's: the bucket name).
     """
 
     name = "s3fuse"
+    reads_manifests = True
 
     @property
     def data_root(self) -> Path:
         return self.mountpoint / self.target.bucket
+
+    def manifest_root(self, manifest: ManifestRef) -> Path:
+        return self.mountpoint / manifest.name
 
     def executable(self) -> str | None:
         beside = Path(sys.executable).parent / "s3fuse"
@@ -183,6 +205,8 @@ class S3Fuse(FileSystem):
             str(self.mountpoint),
             "--source",
             f"{self.target.bucket}=s3://{self.target.bucket}",
+            *(arg for m in self.manifests
+              for arg in ("--manifest", f"{m.name}=s3://{self.target.bucket}/{m.key}")),
             "--endpoint-url",
             self.target.endpoint_url,
             "--addressing-style",

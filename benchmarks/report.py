@@ -49,8 +49,22 @@ def fmt(value: float | None, unit: str) -> str:
     return f"{value:.1f} {unit}"
 
 
-def all_metrics(results: dict[str, Any]) -> list[dict[str, str]]:
-    return [m for w in results["workloads"] for m in w["metrics"]]
+def compared(workload: dict[str, Any]) -> bool:
+    """False for workloads only the subject runs (shown alone, not in the plot)."""
+    return workload.get("compare_filesystems", True)
+
+
+def all_metrics(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Metrics of the workloads that compare filesystems."""
+    return [m for w in results["workloads"] if compared(w) for m in w["metrics"]]
+
+
+def spec_text(text: str, spec: dict[str, Any]) -> str:
+    """A title or note with the data-set spec's fields filled in (``{shard_members:,}``)."""
+    try:
+        return text.format_map(spec)
+    except (KeyError, ValueError, IndexError):
+        return text
 
 
 # -- markdown --------------------------------------------------------------------
@@ -82,6 +96,7 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         f"below 1 means {SUBJECT} is faster (or smaller, for memory).",
         "- Regenerate with `make bench` (`.venv/bin/python benchmarks/run.py`); raw data in "
         "`benchmarks/results.json`.",
+        *_subject_only_bullet(results),
         "",
         f"![relative times]({image_name})",
         "",
@@ -95,9 +110,11 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         command = " ".join(info["command"])
         out.append(f"| {name} | {info['version']} | {_cell(status)} | `{command}` |")
     for w in results["workloads"]:
-        out += ["", f"## {w['title']}", "", _table_header(fss)]
-        for m in w["metrics"]:
-            out.append(_metric_row(m, fss, meds))
+        out += ["", f"## {spec_text(w['title'], spec)}", ""]
+        if w.get("notes"):
+            out += [spec_text(w["notes"], spec), ""]
+        out += _run_note(w, meta)
+        out += _comparison(w, fss, meds) if compared(w) else _subject_table(w, meds)
     out += _hot_vs_local(results, meds, fss)
     if results["errors"]:
         out += ["", "## Errors", ""]
@@ -105,6 +122,65 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
                 f"{_cell(e['error'])[:300]}"
                 for e in results["errors"]]
     return "\n".join(out) + "\n"
+
+
+def _run_note(workload: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """When and over how many rounds, for a section measured apart (``run.py --merge``)."""
+    run = workload.get("run") or meta
+    if (run["date"], run["rounds"]) == (meta["date"], meta["rounds"]):
+        return []
+    return [f"_Measured {run['date']}, {run['rounds']} round{'s' * (run['rounds'] != 1)}._", ""]
+
+
+def _subject_only_bullet(results: dict[str, Any]) -> list[str]:
+    if all(compared(w) for w in results["workloads"]):
+        return []
+    version = results["meta"].get("s3exchange", "")
+    return [f"- The s3exchange sections run on {SUBJECT} alone (s3fs and rclone cannot read "
+            f"manifests); reads are compared with s3exchange {version} itself, in this "
+            "process."]
+
+
+def _comparison(workload: dict[str, Any], fss: list[str], meds: Medians) -> list[str]:
+    return [_table_header(fss)] + [_metric_row(m, fss, meds) for m in workload["metrics"]]
+
+
+def _subject_table(workload: dict[str, Any], meds: Medians) -> list[str]:
+    """The subject's medians; a ``vs`` metric's baseline in the same row with the speed-up."""
+    mine = meds.get(SUBJECT, {})
+    metrics = workload["metrics"]
+    baselines = {m["vs"] for m in metrics if m.get("vs")}
+    rows = [m for m in metrics if m["key"] not in baselines]
+    name = workload.get("baseline") or "baseline"
+    cols = ["measurement", SUBJECT]
+    if baselines:
+        cols += [name, f"{name} / {SUBJECT}"]
+    with_targets = any(m.get("min_speedup") or m.get("max_value") for m in rows)
+    if with_targets:
+        cols.append("target")
+    out = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for m in rows:
+        value, base = mine.get(m["key"]), mine.get(m.get("vs") or "")
+        speedup = base / value if value and base else None
+        cells = [_cell(m["title"]), fmt(value, m["unit"])]
+        if baselines:
+            cells += [fmt(base, m["unit"]), f"**{speedup:.0f}x** faster" if speedup else "—"]
+        if with_targets:
+            cells.append(_target(m, value, speedup))
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _target(metric: dict[str, Any], value: float | None, speedup: float | None) -> str:
+    """``≥ 50x: met`` / ``< 300 MiB: **missed**`` (or — when the metric has no target)."""
+    if metric.get("min_speedup"):
+        goal, ok = f"≥ {metric['min_speedup']:g}x", speedup and speedup >= metric["min_speedup"]
+    elif metric.get("max_value"):
+        goal = f"< {metric['max_value']:g} {metric['unit']}"
+        ok = value is not None and value < metric["max_value"]
+    else:
+        return "—"
+    return f"{goal}: {'met' if ok else '**missed**'}"
 
 
 def _cell(text: str) -> str:
@@ -118,7 +194,7 @@ def _table_header(fss: list[str]) -> str:
 
 def _metric_row(metric: dict[str, str], fss: list[str], meds: Medians) -> str:
     key, unit = metric["key"], metric["unit"]
-    cells = [metric["title"]] + [fmt(meds.get(fs, {}).get(key), unit) for fs in fss]
+    cells = [_cell(metric["title"])] + [fmt(meds.get(fs, {}).get(key), unit) for fs in fss]
     ratio = ratio_to_best(meds, key)
     cells.append(f"**{ratio[0]:.2f}** (vs {ratio[1]})" if ratio else "n/a")
     return "| " + " | ".join(cells) + " |"

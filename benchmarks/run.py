@@ -1,6 +1,10 @@
 """Benchmark s3fuse against s3fs-fuse and rclone mount on a local SeaweedFS.
 
-    python benchmarks/run.py [--rounds N] [--quick] [--fs s3fuse,s3fs,rclone]
+    python benchmarks/run.py [--rounds N] [--quick] [--huge] [--fs s3fuse,s3fs,rclone]
+                             [--workloads NAME,...] [--merge]
+
+``--huge`` adds the 1,000,000-entry manifest; ``--merge`` keeps the results of the
+workloads not run this time (e.g. to add it to a full run's report).
 
 Needs root (drops the page cache) and /dev/fuse. Writes benchmarks/results.json,
 docs/benchmarks.md and docs/benchmarks.png.
@@ -9,6 +13,7 @@ docs/benchmarks.md and docs/benchmarks.png.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -33,6 +38,7 @@ from benchmarks.workloads import (  # noqa: E402
     Context,
     NotApplicable,
     Workload,
+    WrongBytes,
     local_hot_read,
 )
 from tests.support.seaweedfs import SeaweedFS, weed_binary  # noqa: E402
@@ -48,9 +54,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small data sets (smoke run)")
     parser.add_argument("--fs", default=",".join(FILESYSTEMS),
                         help=f"comma-separated subset of {','.join(FILESYSTEMS)}")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS),
-                        help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--workloads", default=",".join(n for n, w in WORKLOADS.items()
+                                                        if not w.huge),
+                        help=f"comma-separated subset of {','.join(WORKLOADS)} "
+                             "(default: all but the --huge ones)")
+    parser.add_argument("--huge", action="store_true",
+                        help="add the huge workloads: "
+                             + ",".join(n for n, w in WORKLOADS.items() if w.huge))
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other workloads' results from --results (the ones run "
+                             "now replace theirs)")
     parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS,
                         help="where benchmarks.md/.png go")
     parser.add_argument("--workdir", type=Path, help="scratch dir (default: a new temp dir)")
@@ -60,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.fs = _pick(args.fs, FILESYSTEMS, parser, "--fs")
     args.workloads = _pick(args.workloads, WORKLOADS, parser, "--workloads")
+    if args.huge:
+        args.workloads += [n for n, w in WORKLOADS.items() if w.huge and n not in args.workloads]
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     return args
@@ -89,27 +105,49 @@ def machine_info() -> dict[str, Any]:
 def new_results(args: argparse.Namespace, spec: datasets.DataSpec, workdir: Path,
                 fss: list[FileSystem], workloads: list[Workload]) -> dict[str, Any]:
     weed = subprocess.run([str(weed_binary()), "version"], capture_output=True, text=True)
+    date = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     return {
         "meta": {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "date": date,
             "machine": machine_info(),
             "rounds": args.rounds,
             "quick": args.quick,
             "spec": {**spec.__dict__, "tree_keys": spec.tree_keys},
             "seaweedfs": weed.stdout.strip().splitlines()[0] if weed.stdout else "unknown",
+            "s3exchange": importlib.metadata.version("s3exchange"),
         },
         "filesystems": {
             fs.name: {"version": fs.version(), "status": "ok",
                       "command": [a.replace(str(workdir), "$WORK") for a in fs.command()]}
             for fs in fss
         },
-        "workloads": [
-            {"name": w.name, "title": w.title,
-             "metrics": [m.__dict__ for m in w.metrics]} for w in workloads
-        ],
+        "workloads": [{**w.describe(), "run": {"date": date, "rounds": args.rounds}}
+                      for w in workloads],
         "samples": {fs.name: {} for fs in fss},
         "baseline": {"local_hot_read": []},
         "errors": [],
+    }
+
+
+def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` on top of ``previous``: the workloads in ``new`` replace their old results."""
+    ran = {w["name"] for w in new["workloads"]}
+    keys = {m["key"] for w in new["workloads"] for m in w["metrics"]}
+    kept = {w["name"]: w for w in previous["workloads"] if w["name"] not in ran}
+    by_name = {**kept, **{w["name"]: w for w in new["workloads"]}}
+    order = [*WORKLOADS, *(name for name in by_name if name not in WORKLOADS)]
+    samples = {fs: {k: v for k, v in metrics.items() if k not in keys}
+               for fs, metrics in previous["samples"].items()}
+    for fs, metrics in new["samples"].items():
+        samples.setdefault(fs, {}).update(metrics)
+    return {
+        "meta": {**previous["meta"], "spec": new["meta"]["spec"],
+                 "s3exchange": new["meta"]["s3exchange"]},
+        "filesystems": {**previous["filesystems"], **new["filesystems"]},
+        "workloads": [by_name[name] for name in order if name in by_name],
+        "samples": samples,
+        "baseline": {k: v or previous["baseline"].get(k, []) for k, v in new["baseline"].items()},
+        "errors": [e for e in previous["errors"] if e["workload"] not in ran] + new["errors"],
     }
 
 
@@ -126,6 +164,8 @@ def run_fs_round(ctx: Context, workloads: list[Workload], results: dict[str, Any
                 values = w.func(ctx)
             except NotApplicable:
                 continue
+            except WrongBytes:  # a filesystem returning wrong data: no number means anything
+                raise
             except MountError as exc:
                 if not fs.ever_mounted:  # never worked: skip this filesystem for good
                     raise
@@ -167,7 +207,8 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             setup(env)
             print(f"data set {setup.__name__}: {time.monotonic() - started:.1f}s", flush=True)
 
-        fss = [FILESYSTEMS[name](target, workdir / name) for name in args.fs]
+        manifests = list(dict.fromkeys(m for w in workloads for m in w.manifests))
+        fss = [FILESYSTEMS[name](target, workdir / name, manifests) for name in args.fs]
         results = new_results(args, spec, workdir, fss, workloads)
         active = list(fss)
         try:
@@ -216,13 +257,25 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("benchmarks need root (they drop the page cache)", file=sys.stderr)
         return 2
+    previous = json.loads(args.results.read_text()) if args.merge and args.results.exists() \
+        else None
+    if previous is not None and previous["meta"]["quick"] != args.quick:
+        print("--merge: cannot mix --quick and full data sets", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _on_sigterm)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="s3fuse-bench-"))
+    keep = args.keep
     try:
         results = benchmark(args, workdir)
+    except WrongBytes as exc:
+        keep = True
+        print(f"ABORTED: {exc}\ndaemon logs kept in {workdir}", file=sys.stderr)
+        return 1
     finally:
-        if not args.keep and not _mounts_under(workdir):
+        if not keep and not _mounts_under(workdir):
             shutil.rmtree(workdir, ignore_errors=True)
+    if previous is not None:
+        results = merge_results(previous, results)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n")
     report.render(results, args.docs)

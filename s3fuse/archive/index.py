@@ -22,13 +22,13 @@ from s3fuse.archive.tar import BLOCK, Member, TarScanner
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-DEFAULT_SPACING = 4 * MiB  # uncompressed bytes between gzip seek points
+DEFAULT_SPACING = 2 * MiB  # uncompressed bytes between gzip seek points (~1 MiB inflated per random read)
 HOP_WINDOW = 1 * MiB  # plain tar: bytes read at each header we jump to
 READ_SIZE = 1 * MiB  # compressed bytes per sequential source read
 GZIP_READBUF = 256 << 10  # compressed bytes zran asks for at a time
-# zran inflates from the nearest seek point on every call, so member reads
-# fetch this much at once and serve sequential reads from it.
-GZIP_READ_AHEAD = 4 * MiB
+# zran's own read-ahead after a seek. Small: the daemon caches member bytes in
+# blocks itself, so anything past the requested range is usually wasted inflation.
+GZIP_READ_AHEAD = 512 << 10
 
 
 class RangeSource(Protocol):

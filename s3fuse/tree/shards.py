@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INTERNAL_MANIFEST_CAP = 64 << 20
+OPEN_GZIP_INDEXES = 16
 
 
 class ReaderSource:
@@ -78,7 +80,7 @@ class ShardService:
         self._limiter = trio.CapacityLimiter(concurrency)
         self._flight: SingleFlight[None] = SingleFlight()
         self._once = OnceLogger(log)
-        self._gzip: dict[tuple[str, str], ArchiveIndex] = {}
+        self._gzip: OrderedDict[tuple[str, str], ArchiveIndex] = OrderedDict()  # restored seek points
         self._locks: dict[tuple[str, str], threading.Lock] = {}
 
     # ------------------------------------------------------------ indexing
@@ -176,6 +178,9 @@ class ShardService:
             index = self._gzip[cache_key] = ArchiveIndex(
                 format="gzip", members=[], skipped=[], gzip_index=shard["gzip_index"],
                 uncompressed_size=shard["usize"])
+            while len(self._gzip) > OPEN_GZIP_INDEXES:  # each holds its points' 32 KiB windows
+                self._gzip.popitem(last=False)
+        self._gzip.move_to_end(cache_key)
         return index
 
     @staticmethod
