@@ -28,7 +28,7 @@ READ_SIZE = 1 * MiB  # compressed bytes per sequential source read
 GZIP_READBUF = 256 << 10  # compressed bytes zran asks for at a time
 # zran's own read-ahead after a seek. Small: the daemon caches member bytes in
 # blocks itself, so anything past the requested range is usually wasted inflation.
-GZIP_READ_AHEAD = 512 << 10
+GZIP_READ_AHEAD = 64 << 10
 
 
 class RangeSource(Protocol):
