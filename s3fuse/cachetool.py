@@ -1,5 +1,7 @@
 """`s3fuse cache stats|prune|clear`: the cache directory, with or without a daemon on it.
 
+`size_limit` None means the limit the last daemon used (kept in the cache itself).
+
 diskcache and SQLite are safe across processes, so stats and prune work while a
 daemon runs; clear refuses then (unless forced), because the daemon holds open
 indexes. Nothing here ever touches pending uploads (the staging area).
@@ -16,7 +18,7 @@ from .cache.meta import MetaStore
 from .errors import UsageError
 
 
-def _open(cache_dir: Path, size_limit: int) -> tuple[BlockCache, MetaStore]:
+def _open(cache_dir: Path, size_limit: int | None) -> tuple[BlockCache, MetaStore]:
     if not cache_dir.is_dir():
         raise UsageError(f"no cache at {cache_dir}")
     secure_dir(cache_dir)
@@ -24,27 +26,27 @@ def _open(cache_dir: Path, size_limit: int) -> tuple[BlockCache, MetaStore]:
     return blocks, MetaStore(cache_dir / "meta.sqlite")
 
 
-def stats(cache_dir: Path, size_limit: int) -> dict[str, Any]:
+def stats(cache_dir: Path, size_limit: int | None) -> dict[str, Any]:
     blocks, meta = _open(cache_dir, size_limit)
     try:
         usage = blocks.usage()
         counts = meta.counters()
         hits, misses = counts.get("hits", 0), counts.get("misses", 0)
         return {
-            "cache_dir": str(cache_dir), "limit": size_limit, **usage,
+            "cache_dir": str(cache_dir), "limit": blocks.size_limit, **usage,
             "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
             "hits": hits, "misses": misses,
             "pins": [{"path": p, "state": s} for p, s in meta.pins()],
             "manifests": len(list((cache_dir / "manifests").glob("*.sqlite"))),
             "in_use_by": CacheLock.holder(cache_dir),
-            "pinned_over_limit": usage["pinned"] > size_limit,
+            "pinned_over_limit": usage["pinned"] > blocks.size_limit,
         }
     finally:
         blocks.close()
         meta.close()
 
 
-def prune(cache_dir: Path, size_limit: int, older_than: float | None, max_size: int | None
+def prune(cache_dir: Path, size_limit: int | None, older_than: float | None, max_size: int | None
           ) -> dict[str, int]:
     if older_than is None and max_size is None:
         raise UsageError("prune needs --older-than and/or --max-size")
@@ -58,7 +60,7 @@ def prune(cache_dir: Path, size_limit: int, older_than: float | None, max_size: 
         meta.close()
 
 
-def clear(cache_dir: Path, size_limit: int, force: bool) -> dict[str, int]:
+def clear(cache_dir: Path, size_limit: int | None, force: bool) -> dict[str, int]:
     holder = CacheLock.holder(cache_dir)
     if holder is not None and not force:
         raise UsageError(f"cache dir {cache_dir} is in use by pid {holder}: unmount first or use --force")

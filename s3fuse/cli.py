@@ -260,7 +260,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     file_cfg = load_toml(Path(args.config)) if args.config else {}
     cache_dir = Path(args.cache_dir or file_cfg.get("cache_dir") or default_cache_dir())
-    size_limit = parse_size(file_cfg.get("cache_size", "10G"))
+    size_limit = parse_size(file_cfg["cache_size"]) if "cache_size" in file_cfg else None
     if args.cache_command == "stats":
         result = cachetool.stats(cache_dir, size_limit)
     elif args.cache_command == "prune":

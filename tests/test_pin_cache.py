@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -104,10 +105,52 @@ def test_disk_full_cache_keeps_reads_working(s3, bucket, mount_factory, tmp_path
         m.expect_log(r"cannot write to the block cache|No space left|disk is full|counters not saved")
         for key, body in bodies.items():     # 45 MiB through a 24 MiB disk
             assert m.path(bucket, key).read_bytes() == body
-        deadline = __import__("time").monotonic() + 10
+        deadline = time.monotonic() + 10
         while not m.status()["cache"]["disk_full"]:
-            assert __import__("time").monotonic() < deadline
+            assert time.monotonic() < deadline
         assert "DISK FULL" in s3fuse("status", str(m.mountpoint), env=m.env).stdout
         m.stop()
     finally:
         subprocess.run(["umount", "-l", str(small)])
+
+
+def test_failed_pin_is_reported_and_resumed_by_the_next_daemon(s3, bucket, mount_factory, proxy):
+    files = {f"data/f{i}.bin": os.urandom(200_000) for i in range(4)}
+    for key, body in files.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    first = mount_factory("--source", f"s3://{bucket}", "--cache-size", "64M", endpoint=proxy.endpoint,
+                          name="first")
+    first.expect_log(r"S3 unreachable|offline|EHOSTUNREACH|pin of|failed")
+    os.listdir(first.path(bucket, "data"))      # listing cached, bytes not
+    proxy.cut()
+    res = s3fuse("pin", str(first.path(bucket, "data")), env=first.env)
+    assert res.returncode == 1
+    assert "4 failed" in res.stderr and "could not pin" in res.stderr and "EHOSTUNREACH" in res.stderr
+    assert first.status()["pins"] == [{"path": f"{bucket}/data", "state": "incomplete"}]
+    first.stop()
+    proxy.restore()
+    second = mount_factory("--source", f"s3://{bucket}", endpoint=proxy.endpoint, name="second",
+                           cache_dir=first.cache_dir)
+    deadline = time.monotonic() + 30
+    while second.status()["pins"] != [{"path": f"{bucket}/data", "state": "complete"}]:
+        assert time.monotonic() < deadline, second.status()["pins"]
+        time.sleep(0.2)
+    proxy.cut()
+    for key, body in files.items():
+        assert second.path(bucket, key).read_bytes() == body
+    second.expect_log(r"S3 unreachable|offline|EHOSTUNREACH")
+
+
+def test_pinned_data_over_the_limit_is_kept_and_reported(s3, bucket, mount_factory):
+    body = os.urandom(72 * MiB)
+    s3.put_object(Bucket=bucket, Key="huge/h.bin", Body=body)
+    m = mount_factory("--source", f"s3://{bucket}", "--cache-size", "64M")
+    assert s3fuse("pin", str(m.path(bucket, "huge")), env=m.env).returncode == 0
+    status = m.status()["cache"]
+    assert status["pinned"] >= 72 * MiB and status["pinned_over_limit"] is True
+    assert "exceeds the cache limit" in s3fuse("status", str(m.mountpoint), env=m.env).stdout
+    m.stop()
+    res = s3fuse("cache", "stats", "--cache-dir", str(m.cache_dir), env=m.env)
+    assert "exceeds the cache size limit" in res.stderr
+    stats = json.loads(s3fuse("cache", "stats", "--cache-dir", str(m.cache_dir), "--json", env=m.env).stdout)
+    assert stats["pinned"] >= 72 * MiB

@@ -83,11 +83,12 @@ class BlockCache:
     otherwise meet in SQLite's busy handler, which sleeps milliseconds per retry.
     """
 
-    def __init__(self, directory: Path, size_limit: int, pinned_directory: Path | None = None):
+    def __init__(self, directory: Path, size_limit: int | None, pinned_directory: Path | None = None):
+        """`size_limit` None: the limit the last daemon set (diskcache keeps it in its settings)."""
         self.directory = directory
-        self.size_limit = size_limit
         self._lock = threading.Lock()
         self._lru = _store(directory, size_limit, "least-recently-used")
+        self.size_limit = int(self._lru.size_limit)
         self._pinned = _store(pinned_directory or directory.parent / "pinned", 1 << 62, "none")
 
     def get(self, bucket: str, key: str, etag: str, index: int) -> memoryview | None:
@@ -183,6 +184,7 @@ class BlockCache:
             self._pinned.close()
 
 
-def _store(directory: Path, size_limit: int, policy: str) -> diskcache.Cache:
-    return diskcache.Cache(str(directory), disk=SafeDisk, size_limit=size_limit,
-                           eviction_policy=policy, cull_limit=16, statistics=False)
+def _store(directory: Path, size_limit: int | None, policy: str) -> diskcache.Cache:
+    settings = {} if size_limit is None else {"size_limit": size_limit}
+    return diskcache.Cache(str(directory), disk=SafeDisk, eviction_policy=policy, cull_limit=16,
+                           statistics=False, **settings)
