@@ -14,7 +14,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 import boto3
 import botocore.config
@@ -264,3 +264,125 @@ class S3Store:
             raise self._failed(exc) from None
         self.link.succeeded()
         return data
+
+    # ------------------------------------------------------------ writes (s3fuse.upload)
+
+    #: Codes worth retrying although S3 answers them with a 4xx status.
+    TRANSIENT_CODES = frozenset({
+        "RequestTimeout", "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
+        "RequestLimitExceeded", "ExpiredToken", "RequestTimeTooSkewed", "OperationAborted",
+        "ConditionalRequestConflict", "NoSuchUpload", "BadDigest", "IncompleteBody",
+    })
+
+    @staticmethod
+    def error_code(error: BaseException) -> tuple[str, int]:
+        """(S3 error code, HTTP status) behind an error this store raised; ("", 0) if none.
+
+        `_call` raises the translated error `from None`, so the botocore error is still
+        its `__context__` (not shown in tracebacks, never logged with credentials).
+        """
+        cause = error.__context__
+        if isinstance(cause, ClientError):
+            return (str(cause.response.get("Error", {}).get("Code", "")),
+                    int(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0))
+        return "", 0
+
+    @classmethod
+    def is_permanent(cls, error: BaseException) -> bool:
+        """True when retrying cannot help: access denied, bucket gone, KMS refused, bad request.
+
+        Network errors, throttling and 5xx are transient; 412 (StaleObject) is a conflict,
+        which callers handle before asking.
+        """
+        if isinstance(error, (Offline, StaleObject)):
+            return False
+        code, status = cls.error_code(error)
+        if code.startswith("KMS.") or isinstance(error, AccessDenied):
+            return True
+        if code in cls.TRANSIENT_CODES:
+            return False
+        return (400 <= status < 500 and status not in (408, 409, 429)) or status == 501
+
+    def _sse_args(self) -> dict[str, str]:
+        """ServerSideEncryption/SSEKMSKeyId as configured, omitted when empty (as ezbatch does)."""
+        args: dict[str, str] = {}
+        if self.cfg.sse:
+            args["ServerSideEncryption"] = self.cfg.sse
+            if self.cfg.sse_kms_key_id:
+                args["SSEKMSKeyId"] = self.cfg.sse_kms_key_id
+        return args
+
+    @staticmethod
+    def _condition_args(if_match: str | None, if_none_match: str | None) -> dict[str, str]:
+        args: dict[str, str] = {}
+        if if_match is not None:
+            args["IfMatch"] = f'"{clean_etag(if_match)}"'
+        if if_none_match is not None:
+            args["IfNoneMatch"] = if_none_match
+        return args
+
+    def put_object(self, bucket: str, key: str, body: bytes | BinaryIO, *,
+                   content_type: str | None = None, if_match: str | None = None,
+                   if_none_match: str | None = None) -> str:
+        """One PutObject with the configured SSE; returns the new ETag.
+
+        `if_match` (an ETag) / `if_none_match` ("*") make it conditional: StaleObject on 412.
+        """
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body, **self._sse_args(),
+                                  **self._condition_args(if_match, if_none_match)}
+        if content_type:
+            kwargs["ContentType"] = content_type
+        resp = self._call(f"PutObject s3://{bucket}/{key}", self.write_client.put_object, **kwargs)
+        return clean_etag(resp.get("ETag"))
+
+    def create_multipart_upload(self, bucket: str, key: str, *,
+                                content_type: str | None = None) -> str:
+        """Start a multipart upload with the configured SSE; returns its UploadId."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **self._sse_args()}
+        if content_type:
+            kwargs["ContentType"] = content_type
+        resp = self._call(f"CreateMultipartUpload s3://{bucket}/{key}",
+                          self.write_client.create_multipart_upload, **kwargs)
+        return str(resp["UploadId"])
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
+                    body: bytes) -> str:
+        """Upload one part (numbered from 1); returns its ETag."""
+        resp = self._call(f"UploadPart s3://{bucket}/{key} #{part_number}",
+                          self.write_client.upload_part, Bucket=bucket, Key=key,
+                          UploadId=upload_id, PartNumber=part_number, Body=body)
+        return clean_etag(resp.get("ETag"))
+
+    def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
+                                  part_etags: list[str], *, if_match: str | None = None,
+                                  if_none_match: str | None = None) -> str:
+        """Assemble parts 1..n (ETags in order); conditional like put_object. Returns the ETag."""
+        parts = [{"PartNumber": n, "ETag": f'"{etag}"'} for n, etag in enumerate(part_etags, 1)]
+        resp = self._call(f"CompleteMultipartUpload s3://{bucket}/{key}",
+                          self.write_client.complete_multipart_upload, Bucket=bucket, Key=key,
+                          UploadId=upload_id, MultipartUpload={"Parts": parts},
+                          **self._condition_args(if_match, if_none_match))
+        return clean_etag(resp.get("ETag"))
+
+    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort a multipart upload; one that is already gone (or its bucket) is fine."""
+        try:
+            self._call(f"AbortMultipartUpload s3://{bucket}/{key}",
+                       self.write_client.abort_multipart_upload, Bucket=bucket, Key=key,
+                       UploadId=upload_id)
+        except NotFound:
+            pass
+
+    def list_multipart_uploads(self, bucket: str, prefix: str = "") -> list[tuple[str, str]]:
+        """(key, UploadId) of every unfinished multipart upload under `prefix`."""
+        uploads: list[tuple[str, str]] = []
+        markers: dict[str, str] = {}
+        while True:
+            resp = self._call(f"ListMultipartUploads s3://{bucket}/{prefix}",
+                              self.write_client.list_multipart_uploads, Bucket=bucket,
+                              Prefix=prefix, **markers)
+            uploads += [(u["Key"], u["UploadId"]) for u in resp.get("Uploads", [])]
+            if not resp.get("IsTruncated"):
+                return uploads
+            markers = {"KeyMarker": resp.get("NextKeyMarker", ""),
+                       "UploadIdMarker": resp.get("NextUploadIdMarker", "")}

@@ -1,0 +1,337 @@
+"""The upload journal: which staged files still have to reach S3, durable across crashes.
+
+SQLite in `<cache>/journal.sqlite` (WAL, synchronous=FULL: a committed change survives
+SIGKILL and power loss), one transaction per state change. A job row is
+
+    queued -> uploading -> (row deleted: done) | queued again (transient) | failed (permanent)
+
+and carries the condition the upload must meet: the ETag the writer saw when it
+opened the file (`If-Match`), `None` for "did not exist" (`If-None-Match: *`), or
+UNKNOWN (unconditional).
+
+Versions of one key: only the last closed version is uploaded, and never an older one
+after a newer one. Enqueueing a key supersedes its older queued or failed rows (they
+are deleted, their staging files go to the trash, `state()` of their ids follows the
+newer row); an older row being uploaded finishes first (`claim` skips a key while one
+of its rows is uploading). A newer version is based on the older pending one (the
+reader saw the pending local bytes), so it inherits the older row's condition; when
+the older one is uploaded, the newer rows of the key are rewritten to `If-Match` the
+ETag it produced.
+
+Staging files of finished or superseded rows are listed in a trash table in the same
+transaction, and deleted by the caller afterwards (`trash`, `forget_trash`), so a
+staging file that no row nor trash entry names was never submitted.
+
+Multipart uploads are recorded before they are created (`multipart_begin`), with their
+UploadId once known, and forgotten once completed or aborted: whatever is left after a
+crash is aborted at the next start.
+
+Thread-safe (one connection behind a lock); every method blocks on disk I/O.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import EllipsisType
+from typing import Any, Iterator
+
+from ..errors import UsageError
+
+log = logging.getLogger(__name__)
+
+#: `expected` value for "upload unconditionally" (the writer did not know what S3 held).
+UNKNOWN: EllipsisType = ...
+Expected = str | None | EllipsisType
+
+KEEP_CONFLICTS = 100
+REPORT_LIMIT = 20
+#: A queued job whose key has no upload running (one upload per key at a time, in order).
+_STARTABLE = ("j.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs u WHERE u.bucket = j.bucket "
+              "AND u.key = j.key AND u.state = 'uploading')")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: ids stay valid for state()
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    staging_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    cond TEXT NOT NULL CHECK (cond IN ('any', 'match', 'absent')),
+    etag TEXT,
+    state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'uploading', 'failed')),
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (bucket, key, id);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
+CREATE TABLE IF NOT EXISTS replaced (old_id INTEGER PRIMARY KEY, new_id INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS replaced_by_new ON replaced (new_id);
+CREATE TABLE IF NOT EXISTS trash (staging_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS multipart (
+    id INTEGER PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL, upload_id TEXT);
+CREATE TABLE IF NOT EXISTS conflicts (
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL,
+    conflict_key TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    bucket: str
+    key: str
+    staging_id: str
+    size: int
+    expected: Expected
+    attempts: int
+    created: float
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def _encode(expected: Expected) -> tuple[str, str | None]:
+    if expected is UNKNOWN:
+        return "any", None
+    if expected is None:
+        return "absent", None
+    return "match", expected
+
+
+def _decode(cond: str, etag: str | None) -> Expected:
+    return {"any": UNKNOWN, "absent": None}.get(cond, etag)
+
+
+class Journal:
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        if not path.exists():  # private from the start (SQLite gives -wal/-shm the same mode)
+            path.touch(mode=0o600)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"upload journal {path} is unreadable ({exc}): it may hold queued "
+                             "uploads; move it aside to start without them") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # ------------------------------------------------------------ jobs
+
+    def enqueue(self, bucket: str, key: str, staging_id: str, size: int,
+                expected: Expected) -> int:
+        """Journal a closed file (its staging file must already be fsynced); returns the job id."""
+        with self._tx() as db:
+            older = db.execute("SELECT id, state, cond, etag FROM jobs WHERE bucket = ? AND key = ? "
+                               "ORDER BY id", (bucket, key)).fetchall()
+            cond, etag = (older[-1]["cond"], older[-1]["etag"]) if older else _encode(expected)
+            job_id = int(db.execute(
+                "INSERT INTO jobs (bucket, key, staging_id, size, cond, etag, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (bucket, key, staging_id, size, cond, etag, time.time())).lastrowid or 0)
+            for row in older:
+                if row["state"] != "uploading":
+                    self._supersede(db, row["id"], job_id)
+        return job_id
+
+    def _supersede(self, db: sqlite3.Connection, old_id: int, new_id: int) -> None:
+        """Drop an older version in favour of `new_id` (which keeps the older creation time)."""
+        row = db.execute("SELECT staging_id, created FROM jobs WHERE id = ?", (old_id,)).fetchone()
+        db.execute("DELETE FROM jobs WHERE id = ?", (old_id,))
+        db.execute("INSERT OR IGNORE INTO trash (staging_id) VALUES (?)", (row["staging_id"],))
+        db.execute("UPDATE jobs SET created = MIN(created, ?) WHERE id = ?", (row["created"], new_id))
+        db.execute("UPDATE replaced SET new_id = ? WHERE new_id = ?", (new_id, old_id))
+        db.execute("INSERT OR REPLACE INTO replaced (old_id, new_id) VALUES (?, ?)", (old_id, new_id))
+
+    def recover(self) -> int:
+        """After a restart: uploads that were running are queued again (older versions dropped)."""
+        with self._tx() as db:
+            requeued = db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'uploading'").rowcount
+            stale = db.execute(
+                "SELECT j.id, (SELECT MAX(n.id) FROM jobs n WHERE n.bucket = j.bucket "
+                "AND n.key = j.key) AS newest FROM jobs j").fetchall()
+            for row in stale:
+                if row["id"] != row["newest"]:
+                    self._supersede(db, row["id"], row["newest"])
+        return requeued
+
+    def claim(self, now: float) -> Job | None:
+        """The oldest due queued job whose key is not being uploaded, now marked uploading."""
+        with self._tx() as db:
+            row = db.execute(f"SELECT * FROM jobs j WHERE {_STARTABLE} AND next_attempt <= ? "
+                             "ORDER BY id LIMIT 1", (now,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state = 'uploading' WHERE id = ?", (row["id"],))
+        return Job(row["id"], row["bucket"], row["key"], row["staging_id"], row["size"],
+                   _decode(row["cond"], row["etag"]), row["attempts"], row["created"])
+
+    def next_due(self) -> float | None:
+        """When the next startable job becomes due (None: none; a key's running upload wakes us)."""
+        rows = self._read(f"SELECT MIN(next_attempt) AS due FROM jobs j WHERE {_STARTABLE}")
+        due = rows[0]["due"]
+        return None if due is None else float(due)
+
+    def done(self, job_id: int, etag: str, conflict_key: str | None = None) -> None:
+        """The job's bytes are in S3 (at `conflict_key` when the key had changed)."""
+        with self._tx() as db:
+            row = db.execute("SELECT bucket, key, staging_id FROM jobs WHERE id = ?",
+                             (job_id,)).fetchone()
+            if row is None:
+                return
+            bucket, key = row["bucket"], row["key"]
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("INSERT OR IGNORE INTO trash (staging_id) VALUES (?)", (row["staging_id"],))
+            db.execute("DELETE FROM replaced WHERE new_id = ?", (job_id,))
+            if conflict_key is None:  # newer versions were based on this one
+                db.execute("UPDATE jobs SET cond = 'match', etag = ? WHERE bucket = ? AND key = ? "
+                           "AND id > ?", (etag, bucket, key, job_id))
+            else:
+                db.execute("INSERT INTO conflicts (time, bucket, key, conflict_key) "
+                           "VALUES (?, ?, ?, ?)", (time.time(), bucket, key, conflict_key))
+                db.execute("DELETE FROM conflicts WHERE id <= (SELECT MAX(id) FROM conflicts) - ?",
+                           (KEEP_CONFLICTS,))
+
+    def requeue(self, job_id: int, error: str | None, delay: float, *,
+                counted: bool = True) -> None:
+        """Try again after `delay` seconds (`counted`: this was an attempt, not an outage)."""
+        self._unsuccessful(job_id, "queued", error, time.time() + delay, int(counted))
+
+    def fail(self, job_id: int, error: str) -> None:
+        """A permanent failure: kept with its staged bytes until `retry_failed`."""
+        self._unsuccessful(job_id, "failed", error, 0.0, 1)
+
+    def _unsuccessful(self, job_id: int, state: str, error: str | None, next_attempt: float,
+                      attempts: int) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT bucket, key FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return
+            newer = db.execute("SELECT MAX(id) AS id FROM jobs WHERE bucket = ? AND key = ? "
+                               "AND id > ?", (row["bucket"], row["key"], job_id)).fetchone()["id"]
+            if newer is not None:  # a newer version waits: it replaces this one
+                self._supersede(db, job_id, newer)
+                return
+            db.execute("UPDATE jobs SET state = ?, error = ?, next_attempt = ?, "
+                       "attempts = attempts + ? WHERE id = ?",
+                       (state, error, next_attempt, attempts, job_id))
+
+    def retry_failed(self) -> int:
+        """Queue every permanently failed job again; returns how many."""
+        with self._tx() as db:
+            return db.execute("UPDATE jobs SET state = 'queued', attempts = 0, next_attempt = 0, "
+                              "error = NULL WHERE state = 'failed'").rowcount
+
+    def state(self, job_id: int) -> tuple[str, str | None]:
+        """('queued'|'uploading'|'failed'|'done', error) of a job or of the version replacing it."""
+        with self._lock:
+            alias = self._db.execute("SELECT new_id FROM replaced WHERE old_id = ?",
+                                     (job_id,)).fetchone()
+            row = self._db.execute("SELECT state, error FROM jobs WHERE id = ?",
+                                   (alias["new_id"] if alias else job_id,)).fetchone()
+        return (row["state"], row["error"]) if row else ("done", None)
+
+    def latest(self) -> dict[tuple[str, str], tuple[int, str]]:
+        """(bucket, key) -> (job id, staging id) of the newest version of every journalled key."""
+        rows = self._read("SELECT bucket, key, MAX(id) AS id, staging_id FROM jobs "
+                          "GROUP BY bucket, key")
+        return {(r["bucket"], r["key"]): (r["id"], r["staging_id"]) for r in rows}
+
+    def summary(self) -> dict[str, Any]:
+        """Pending files and bytes, the oldest one's age, failures, transient errors, conflicts."""
+        now = time.time()
+        with self._lock:
+            db = self._db
+            pending = db.execute("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes, "
+                                 "MIN(created) AS oldest, SUM(state = 'uploading') AS active "
+                                 "FROM jobs WHERE state != 'failed'").fetchone()
+            failed = db.execute("SELECT id, bucket, key, size, error, created FROM jobs "
+                                "WHERE state = 'failed' ORDER BY id").fetchall()
+            retrying = db.execute("SELECT bucket, key, attempts, error FROM jobs WHERE "
+                                  "state = 'queued' AND error IS NOT NULL ORDER BY id LIMIT ?",
+                                  (REPORT_LIMIT,)).fetchall()
+            conflicts = db.execute("SELECT time, bucket, key, conflict_key FROM conflicts "
+                                   "ORDER BY id DESC LIMIT ?", (REPORT_LIMIT,)).fetchall()
+        return {
+            "files": pending["n"], "bytes": pending["bytes"], "uploading": pending["active"] or 0,
+            "oldest_age": now - pending["oldest"] if pending["oldest"] is not None else None,
+            "failures": [{"job": r["id"], "uri": f"s3://{r['bucket']}/{r['key']}", "size": r["size"],
+                          "error": r["error"], "since": r["created"]} for r in failed],
+            "retrying": [{"uri": f"s3://{r['bucket']}/{r['key']}", "attempts": r["attempts"],
+                          "error": r["error"]} for r in retrying],
+            "conflicts": [{"time": r["time"], "uri": f"s3://{r['bucket']}/{r['key']}",
+                           "conflict_uri": f"s3://{r['bucket']}/{r['conflict_key']}"}
+                          for r in conflicts],
+        }
+
+    # ------------------------------------------------------------ staging files
+
+    def staging_ids(self) -> set[str]:
+        """Staging files the journal knows about (jobs and trash)."""
+        rows = self._read("SELECT staging_id FROM jobs UNION SELECT staging_id FROM trash")
+        return {r["staging_id"] for r in rows}
+
+    def trash(self) -> list[str]:
+        return [r["staging_id"] for r in self._read("SELECT staging_id FROM trash")]
+
+    def forget_trash(self, staging_ids: list[str]) -> None:
+        if staging_ids:
+            with self._tx() as db:
+                db.executemany("DELETE FROM trash WHERE staging_id = ?", [(s,) for s in staging_ids])
+
+    # ------------------------------------------------------------ multipart uploads
+
+    def multipart_begin(self, bucket: str, key: str) -> int:
+        """Record a multipart upload about to be created (before CreateMultipartUpload)."""
+        with self._tx() as db:
+            return int(db.execute("INSERT INTO multipart (bucket, key) VALUES (?, ?)",
+                                  (bucket, key)).lastrowid or 0)
+
+    def multipart_created(self, record: int, upload_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE multipart SET upload_id = ? WHERE id = ?", (upload_id, record))
+
+    def multipart_end(self, record: int) -> None:
+        """The upload was completed or aborted."""
+        with self._tx() as db:
+            db.execute("DELETE FROM multipart WHERE id = ?", (record,))
+
+    def multiparts(self, bucket: str, key: str) -> list[tuple[int, str | None]]:
+        """(record, UploadId or None when its creation's answer was lost) left for a key."""
+        rows = self._read("SELECT id, upload_id FROM multipart WHERE bucket = ? AND key = ?",
+                          bucket, key)
+        return [(r["id"], r["upload_id"]) for r in rows]
+
+    def multipart_keys(self) -> list[tuple[str, str]]:
+        return [(r["bucket"], r["key"])
+                for r in self._read("SELECT DISTINCT bucket, key FROM multipart")]

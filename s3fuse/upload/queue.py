@@ -1,0 +1,281 @@
+"""The write-back queue: journal + trio workers + sync/drain, for the FUSE layer.
+
+Lifecycle: `await start()` before anything else (replays the journal: uploads that were
+running are queued again, the trash is emptied, staging files never submitted are
+removed, then in the background multipart uploads left by a crash are aborted and the
+workers start). `await drain(timeout)` at unmount.
+
+Writing a file: `Staging.create()` (in a thread), write the staging file, and on close
+`await submit(bucket, key, staging_id, expected)` where `expected` is the ETag seen when
+the file was opened for writing, None when it did not exist, UNKNOWN for "upload
+unconditionally". `submit` returns once the bytes and the journal row are durable (the
+staging file is fsynced before the row commits); from then on the staging file belongs
+to the queue and must not change. Until the upload is done, `pending_version` gives the
+local file to read from (open it at once: it is deleted when the upload finishes; on
+FileNotFoundError read S3, which has the bytes by then). A version submitted while an
+older one of the same key is pending is based on that one (its `expected` is not used,
+see journal.py); `on_uploaded(bucket, key, UploadResult)` tells the tree the new ETag.
+
+Workers (`workers`, default 4) upload one job each at a time, one version per key at a
+time and in order. Transient errors (network, 5xx, throttling) retry with exponential
+backoff (up to RETRY_MAX, without limit; listed under `retrying` in the status); while the link is offline workers only wait (no requests, no attempts counted)
+and resume once the daemon's probe brings the link back. Permanent errors (403, bucket
+gone, KMS refused) keep the job and its bytes as failed until `retry_failed()`.
+
+Every method is for the trio thread, except `status()`, which blocks (SQLite) and is
+safe from any thread (Control.status runs in one).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import trio
+
+from ..errors import Offline, RemoteError, S3FuseError
+from ..store.s3 import S3Store
+from ..util.background import Background
+from .journal import UNKNOWN, Expected, Job, Journal
+from .staging import Staging
+from .uploader import Interrupted, Uploader, UploadResult
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OFFLINE_POLL = 0.5      # how often waiting workers look at the link while it is offline
+RETRY_BASE = 1.0        # first backoff after a transient error (doubles, with jitter)
+RETRY_MAX = 300.0
+
+
+class UploadFailed(RemoteError):
+    """The upload failed permanently; the bytes are kept (see `s3fuse status`)."""
+
+
+class UploadQueue:
+    def __init__(self, store: S3Store, journal: Journal, staging: Staging, *,
+                 background: Background, workers: int = 4, uploader: Uploader | None = None,
+                 retry_base: float = RETRY_BASE, retry_max: float = RETRY_MAX,
+                 on_uploaded: Callable[[str, str, UploadResult], None] | None = None):
+        self.store = store
+        self.journal = journal
+        self.staging = staging
+        self.uploader = uploader or Uploader(store, journal, staging)
+        self.background = background
+        self.workers = workers
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.on_uploaded = on_uploaded
+        self._uploads = trio.CapacityLimiter(workers)
+        self._disk = trio.CapacityLimiter(2)  # journal and staging I/O, apart from uploads
+        self._latest: dict[tuple[str, str], tuple[int, str]] = {}
+        self._changed = trio.Event()  # replaced on every change: a broadcast
+        self._cleaned = trio.Event()
+        self._stopped = trio.Event()
+        self._stopping = False
+        self._running = False
+
+    # ------------------------------------------------------------ API
+
+    async def start(self) -> None:
+        """Replay the journal, then abort leftovers and run the workers in the background."""
+        await self._io(self._replay)
+        self._latest = await self._io(self.journal.latest)
+        if not self.background.spawn(self._run):
+            raise RuntimeError("UploadQueue.start() needs a Background bound to a nursery")
+        self._running = True
+
+    async def submit(self, bucket: str, key: str, staging_id: str,
+                     expected: Expected = UNKNOWN) -> int:
+        """Journal a closed staging file for upload; returns the job id once durable."""
+        job_id = await self._io(self._enqueue, bucket, key, staging_id, expected)
+        self._latest[(bucket, key)] = (job_id, staging_id)
+        self._notify()
+        return job_id
+
+    async def wait(self, job_id: int) -> bool:
+        """For fsync: True once the job (or a newer version of its key) is uploaded; False at
+        once while S3 is offline (the bytes stay journalled); UploadFailed if it failed."""
+        while True:
+            changed = self._changed
+            state, error = await self._io(self.journal.state, job_id)
+            if state == "done":
+                return True
+            if state == "failed":
+                raise UploadFailed(error or "upload failed")
+            if not self.store.link.online:
+                return False
+            with trio.move_on_after(OFFLINE_POLL):
+                await changed.wait()
+
+    async def sync(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until every pending upload is done or failed permanently (at most `timeout`
+        seconds); returns the status (`files` > 0 when time ran out)."""
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                changed = self._changed
+                if self._cleaned.is_set() and (await self._io(self.journal.summary))["files"] == 0:
+                    break
+                await changed.wait()
+        return await self._io(self.status)
+
+    async def drain(self, timeout: float) -> dict[str, Any]:
+        """For unmount: `sync(timeout)`, then stop the workers (a multipart upload stops at
+        its next part); whatever is left stays journalled for the next start."""
+        await self.sync(timeout)
+        await self.stop()
+        return await self._io(self.status)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.uploader.stopping.set()
+        self._notify()
+        if self._running:
+            await self._stopped.wait()
+
+    async def retry_failed(self) -> int:
+        """Queue the permanently failed uploads again; returns how many."""
+        count = await self._io(self.journal.retry_failed)
+        self._notify()
+        return count
+
+    def status(self) -> dict[str, Any]:
+        """Pending files/bytes, oldest age, failures, retrying, conflicts. Blocking."""
+        return self.journal.summary()
+
+    def pending_version(self, bucket: str, key: str) -> Path | None:
+        """The staging file with the newest local bytes of a key not yet in S3, or None."""
+        latest = self._latest.get((bucket, key))
+        return self.staging.path(latest[1]) if latest else None
+
+    # ------------------------------------------------------------ blocking helpers
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._disk)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _replay(self) -> None:
+        requeued = self.journal.recover()
+        if requeued:
+            log.info("%d interrupted upload(s) queued again", requeued)
+        self._empty_trash()
+        orphans = self.staging.ids() - self.journal.staging_ids()
+        if orphans:
+            log.warning("removing %d staging file(s) of writes that were never closed "
+                        "(the writer crashed)", len(orphans))
+            for staging_id in orphans:
+                self.staging.discard(staging_id)
+
+    def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected) -> int:
+        size = self.staging.commit(staging_id)  # durable before the journal row exists
+        job_id = self.journal.enqueue(bucket, key, staging_id, size, expected)
+        self._empty_trash()
+        return job_id
+
+    def _empty_trash(self) -> None:
+        trash = self.journal.trash()
+        for staging_id in trash:
+            self.staging.discard(staging_id)
+        self.journal.forget_trash(trash)
+
+    def _settle(self, settle: Callable[[], None]) -> None:
+        settle()
+        self._empty_trash()
+
+    # ------------------------------------------------------------ workers
+
+    async def _run(self) -> None:
+        try:
+            await self._abort_leftovers()
+            self._cleaned.set()
+            self._notify()
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.workers):
+                    nursery.start_soon(self._worker)
+        finally:
+            self._stopped.set()
+
+    async def _abort_leftovers(self) -> None:
+        """Abort the multipart uploads a crash left behind, before any new upload starts."""
+        for bucket, key in await self._io(self.journal.multipart_keys):
+            while not self._stopping:
+                await self._until_online()
+                try:
+                    await trio.to_thread.run_sync(
+                        functools.partial(self.uploader.abort_leftovers, bucket, key, thorough=True),
+                        limiter=self._uploads)
+                except Offline:
+                    continue
+                except S3FuseError as exc:
+                    log.warning("multipart uploads left at s3://%s/%s not aborted: %s",
+                                bucket, key, exc)
+                break
+
+    async def _until_online(self) -> None:
+        while not self.store.link.online and not self._stopping:
+            await trio.sleep(OFFLINE_POLL)
+
+    async def _worker(self) -> None:
+        while (job := await self._next_job()) is not None:
+            await self._process(job)
+
+    async def _next_job(self) -> Job | None:
+        while True:
+            await self._until_online()
+            if self._stopping:
+                return None
+            changed = self._changed
+            job = await self._io(self.journal.claim, time.time())
+            if job is not None:
+                return job
+            due = await self._io(self.journal.next_due)
+            delay = math.inf if due is None else max(due - time.time(), 0.0)
+            with trio.move_on_after(delay):
+                await changed.wait()
+
+    async def _process(self, job: Job) -> None:
+        outcome: Callable[[], None]
+        result: UploadResult | None = None
+        try:
+            result = await trio.to_thread.run_sync(self.uploader.upload, job, limiter=self._uploads)
+        except Offline as exc:  # not an attempt: wait for the link
+            outcome = functools.partial(self.journal.requeue, job.id, str(exc), 0.0, counted=False)
+        except Interrupted:  # stopping: the next start goes on
+            outcome = functools.partial(self.journal.requeue, job.id, None, 0.0, counted=False)
+        except S3FuseError as exc:
+            outcome = self._failure(job, exc, permanent=S3Store.is_permanent(exc))
+        except OSError as exc:  # the staging file cannot be read: retrying will not help
+            outcome = self._failure(job, exc, permanent=True)
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the queue
+            log.exception("upload of %s crashed", job.uri)
+            outcome = self._failure(job, exc, permanent=False)
+        else:
+            outcome = functools.partial(self.journal.done, job.id, result.etag, result.conflict_key)
+        with trio.CancelScope(shield=True):  # the bytes are in S3: record it even when cancelled
+            await self._io(self._settle, outcome)
+        if result is not None:
+            if self._latest.get((job.bucket, job.key), (None,))[0] == job.id:
+                del self._latest[(job.bucket, job.key)]
+            if self.on_uploaded is not None:
+                try:
+                    self.on_uploaded(job.bucket, job.key, result)
+                except Exception:  # noqa: BLE001 - a listener must not stop the queue
+                    log.exception("on_uploaded listener failed for %s", job.uri)
+        self._notify()
+
+    def _failure(self, job: Job, exc: BaseException, *, permanent: bool) -> Callable[[], None]:
+        error = str(exc) or type(exc).__name__
+        if permanent:
+            log.error("upload of %s failed and is kept until retried: %s", job.uri, error)
+            return functools.partial(self.journal.fail, job.id, error)
+        delay = min(self.retry_max, self.retry_base * 2 ** job.attempts) * random.uniform(0.5, 1.0)
+        log.info("upload of %s failed (attempt %d), retrying in %.1fs: %s",
+                 job.uri, job.attempts + 1, delay, error)
+        return functools.partial(self.journal.requeue, job.id, error, delay)

@@ -1,0 +1,58 @@
+"""Staging files: the local bytes of written files, until S3 has them.
+
+`<cache>/staging/<32 hex>`: the directory is 0700, files 0600, and names are random
+ids, never derived from a key. A staging file is written by the FUSE layer while
+the file is open; once submitted to the upload queue it is immutable (a later open
+for writing copies it into a new staging file). All methods block: call them from
+a worker thread.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+from ..cache.cachedir import secure_dir
+
+_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class Staging:
+    def __init__(self, directory: Path):
+        self.directory = secure_dir(directory)
+
+    def create(self) -> tuple[str, Path]:
+        """A new, empty staging file (0600): its id and path."""
+        staging_id = secrets.token_hex(16)
+        path = self.directory / staging_id
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        return staging_id, path
+
+    def path(self, staging_id: str) -> Path:
+        if not _ID_RE.match(staging_id):
+            raise ValueError(f"not a staging id: {staging_id!r}")
+        return self.directory / staging_id
+
+    def commit(self, staging_id: str) -> int:
+        """Make the file and its directory entry durable (fsync both); returns its size."""
+        fd = os.open(self.path(staging_id), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return size
+
+    def discard(self, staging_id: str) -> None:
+        self.path(staging_id).unlink(missing_ok=True)
+
+    def ids(self) -> set[str]:
+        """Every staging file present (for finding the ones no journal row refers to)."""
+        return {entry.name for entry in os.scandir(self.directory) if _ID_RE.match(entry.name)}

@@ -1,0 +1,432 @@
+"""The write-back engine over moto's HTTP server: uploads, SSE, crash replay, offline,
+permanent failures, conflicts, superseded versions, failed multipart uploads."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+import trio
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from s3fuse.config import Config, KeyPair
+from s3fuse.errors import RemoteError
+from s3fuse.store.s3 import S3Store
+from s3fuse.upload import UNKNOWN, Journal, Staging, Uploader, UploadFailed, UploadQueue
+from s3fuse.upload.journal import Expected
+from s3fuse.util.background import Background
+from tests.conftest import Backend
+from tests.support.proxy import CuttableProxy
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def backend(moto_backend: Backend) -> Backend:
+    """Upload tests inspect moto's records (SSE) and put the cuttable proxy in front of it."""
+    return moto_backend
+
+
+def make_store(tmp_path: Path, endpoint: str, **settings: Any) -> S3Store:
+    keys = KeyPair("testing", "testing")
+    return S3Store(Config(endpoint_url=endpoint, region="us-east-1", addressing_style="path",
+                          read_keys=keys, write_keys=keys, cache_dir=tmp_path, **settings))
+
+
+@pytest.fixture
+def store(tmp_path: Path, moto_backend: Backend) -> S3Store:
+    return make_store(tmp_path, moto_backend.endpoint)
+
+
+def small_parts(store: S3Store, journal: Journal, staging: Staging) -> Uploader:
+    """Multipart from 1 MiB with 5 MiB parts (S3's minimum): 6 MiB makes two parts."""
+    return Uploader(store, journal, staging, threshold=MiB, part_size=5 * MiB)
+
+
+async def probe_while_offline(store: S3Store) -> None:
+    """What the daemon does: bring the link back once S3 answers."""
+    while True:
+        await trio.sleep(0.1)
+        if not store.link.online:
+            await trio.to_thread.run_sync(store.probe)
+
+
+@asynccontextmanager
+async def upload_queue(cache: Path, store: S3Store, *, start: bool = True,
+                       uploader: Callable[..., Uploader] | None = None,
+                       **options: Any) -> AsyncIterator[UploadQueue]:
+    journal = Journal(cache / "journal.sqlite")
+    staging = Staging(cache / "staging")
+    try:
+        async with trio.open_nursery() as nursery:
+            background = Background()
+            background.bind(nursery)
+            nursery.start_soon(probe_while_offline, store)
+            queue = UploadQueue(store, journal, staging, background=background, retry_base=0.05,
+                                uploader=uploader(store, journal, staging) if uploader else None,
+                                **options)
+            if start:
+                await queue.start()
+            yield queue
+            await queue.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        journal.close()
+
+
+async def write(queue: UploadQueue, bucket: str, key: str, data: bytes,
+                expected: Expected = UNKNOWN) -> int:
+    staging_id, path = await trio.to_thread.run_sync(queue.staging.create)
+    await trio.to_thread.run_sync(path.write_bytes, data)
+    return await queue.submit(bucket, key, staging_id, expected)
+
+
+def body(s3: Any, bucket: str, key: str) -> bytes:
+    return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def keys(s3: Any, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def open_uploads(s3: Any, bucket: str) -> list[str]:
+    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+async def test_small_and_multipart_uploads_are_byte_exact(tmp_path: Path, store: S3Store,
+                                                          s3: Any, bucket: str):
+    small, big = b"id,value\n1,2\n", os.urandom(17 * MiB + 5)
+    async with upload_queue(tmp_path, store) as queue:
+        small_job = await write(queue, bucket, "out/results.csv", small)
+        big_job = await write(queue, bucket, "out/big.bin", big)
+        assert queue.pending_version(bucket, "out/big.bin") is not None
+        assert await queue.wait(small_job) and await queue.wait(big_job)
+        status = await queue.sync()
+    assert status["files"] == 0 and status["failures"] == [] and status["conflicts"] == []
+    assert body(s3, bucket, "out/results.csv") == small and body(s3, bucket, "out/big.bin") == big
+    head = s3.head_object(Bucket=bucket, Key="out/big.bin")
+    assert head["ETag"].endswith('-3"')  # 8 MiB parts
+    assert s3.head_object(Bucket=bucket, Key="out/results.csv")["ContentType"] == "text/csv"
+    assert head["ContentType"] == "application/octet-stream"
+    assert queue.pending_version(bucket, "out/big.bin") is None
+    assert os.listdir(tmp_path / "staging") == [] and open_uploads(s3, bucket) == []
+    assert store.request_counts()["UploadPart"] == 3
+
+
+@pytest.mark.parametrize("sse, kms_key", [("AES256", None), ("aws:kms", "alias/s3fuse"),
+                                          ("aws:kms:dsse", "dsse-key")])
+async def test_sse_settings_reach_the_server(tmp_path: Path, moto_backend: Backend, s3: Any,
+                                             bucket: str, sse: str, kms_key: str | None):
+    store = make_store(tmp_path, moto_backend.endpoint, sse=sse, sse_kms_key_id=kms_key)
+    async with upload_queue(tmp_path, store, uploader=small_parts) as queue:
+        await write(queue, bucket, "small.json", b"{}")
+        await write(queue, bucket, "multi.tar.gz", os.urandom(6 * MiB))
+        await queue.sync()
+    for key, ctype in (("small.json", "application/json"), ("multi.tar.gz", "application/gzip")):
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == sse and head["ContentType"] == ctype
+        if sse == "aws:kms":  # moto reports the key id for aws:kms only
+            assert head["SSEKMSKeyId"] == kms_key
+
+
+def recorded(fn: Callable[..., Any], step: str, order: list[str]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        order.append(step)
+        return fn(*args)
+    return call
+
+
+async def test_journal_survives_a_crash(tmp_path: Path, store: S3Store, s3: Any, bucket: str,
+                                        caplog: pytest.LogCaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch):
+    order: list[str] = []
+    async with upload_queue(tmp_path, store, start=False) as queue:  # workers never run
+        for obj, name, step in ((queue.staging, "commit", "fsync staging"),
+                                (queue.journal, "enqueue", "journal row")):
+            monkeypatch.setattr(obj, name, recorded(getattr(obj, name), step, order))
+        await write(queue, bucket, "a.txt", b"alpha")
+        await write(queue, bucket, "b.txt", b"bravo")
+        assert queue.journal.claim(0) is not None  # as if its upload was running at the crash
+        await trio.to_thread.run_sync(queue.staging.create)  # a write never closed
+    assert order == ["fsync staging", "journal row"] * 2
+    assert keys(s3, bucket) == []
+
+    async with upload_queue(tmp_path, store) as queue:  # the next mount
+        assert (await queue.sync(timeout=10))["files"] == 0
+    assert body(s3, bucket, "a.txt") == b"alpha" and body(s3, bucket, "b.txt") == b"bravo"
+    assert os.listdir(tmp_path / "staging") == []
+    assert "never closed" in caplog.text
+
+
+async def test_orphaned_multipart_uploads_are_aborted_at_start(tmp_path: Path, store: S3Store,
+                                                               s3: Any, bucket: str):
+    journal = Journal(tmp_path / "journal.sqlite")
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="big.bin")["UploadId"]
+    journal.multipart_created(journal.multipart_begin(bucket, "big.bin"), upload_id)
+    s3.create_multipart_upload(Bucket=bucket, Key="lost.bin")  # the answer never arrived
+    journal.multipart_begin(bucket, "lost.bin")
+    journal.close()
+    assert sorted(open_uploads(s3, bucket)) == ["big.bin", "lost.bin"]
+
+    async with upload_queue(tmp_path, store) as queue:
+        await queue.sync(timeout=10)
+        assert queue.journal.multipart_keys() == []
+    assert open_uploads(s3, bucket) == []
+
+
+async def test_offline_uploads_wait_without_retry_storm(tmp_path: Path, proxy: CuttableProxy,
+                                                        s3: Any, bucket: str):
+    store = make_store(tmp_path, proxy.endpoint)
+    async with upload_queue(tmp_path, store) as queue:
+        proxy.cut()
+        jobs = [await write(queue, bucket, f"f{n}.txt", b"x" * n) for n in range(3)]
+        with trio.fail_after(5):
+            assert await queue.wait(jobs[0]) is False  # fsync offline: journalled is enough
+        tried = store.request_counts().get("PutObject", 0)
+        assert tried <= 3
+        await trio.sleep(1.5)
+        assert store.request_counts().get("PutObject", 0) == tried  # nothing while offline
+        status = queue.status()
+        assert status["files"] == 3 and status["failures"] == []
+        assert all(r["attempts"] == 0 for r in status["retrying"])
+
+        proxy.restore()
+        assert (await queue.sync(timeout=20))["files"] == 0
+    assert keys(s3, bucket) == ["f0.txt", "f1.txt", "f2.txt"]
+
+
+async def test_permanent_failure_is_kept_reported_and_retried_on_request(
+        tmp_path: Path, store: S3Store, s3: Any, bucket: str):
+    gone = f"{bucket}-gone"
+    async with upload_queue(tmp_path, store) as queue:
+        job = await write(queue, gone, "keep.txt", b"precious")
+        status = await queue.sync(timeout=10)
+        assert status["files"] == 0 and len(status["failures"]) == 1
+        assert status["failures"][0]["uri"] == f"s3://{gone}/keep.txt"
+        assert "not found" in status["failures"][0]["error"]
+        with pytest.raises(UploadFailed):
+            await queue.wait(job)
+        await trio.sleep(0.5)
+        assert store.request_counts()["PutObject"] == 1  # not retried by itself
+        staged = queue.pending_version(gone, "keep.txt")
+        assert staged is not None and staged.read_bytes() == b"precious"
+
+        s3.create_bucket(Bucket=gone)
+        assert await queue.retry_failed() == 1
+        status = await queue.sync(timeout=10)
+    assert status["failures"] == [] and body(s3, gone, "keep.txt") == b"precious"
+
+
+@pytest.mark.parametrize("code, status, permanent", [
+    ("KMS.DisabledException", 400, True), ("AccessDenied", 403, True),
+    ("InvalidAccessKeyId", 403, True), ("NoSuchBucket", 404, True),
+    ("InvalidArgument", 400, True), ("NotImplemented", 501, True),
+    ("SlowDown", 503, False), ("InternalError", 500, False), ("RequestTimeout", 400, False),
+    ("ExpiredToken", 400, False), ("PreconditionFailed", 412, False),
+])
+def test_error_classification(store: S3Store, code: str, status: int, permanent: bool):
+    def fail() -> None:
+        raise ClientError({"Error": {"Code": code, "Message": "m"},
+                           "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    with pytest.raises(Exception) as info:
+        store._call("PutObject s3://b/k", fail)
+    assert S3Store.error_code(info.value) == (code, status)
+    assert S3Store.is_permanent(info.value) is permanent
+
+
+def test_network_errors_are_transient(store: S3Store):
+    def fail() -> None:
+        raise EndpointConnectionError(endpoint_url="http://nowhere")
+    with pytest.raises(Exception) as info:
+        store._call("PutObject s3://b/k", fail)
+    assert not S3Store.is_permanent(info.value) and not store.link.online
+
+
+CONFLICT = re.compile(r"^doc\.txt\.s3fuse-conflict-\d{8}T\d{6}Z$")
+
+
+@pytest.mark.parametrize("size", [100, 6 * MiB], ids=["put", "multipart"])
+async def test_conflict_keeps_both_versions(tmp_path: Path, store: S3Store, s3: Any,
+                                            bucket: str, size: int):
+    seen = s3.put_object(Bucket=bucket, Key="doc.txt", Body=b"v0")["ETag"].strip('"')
+    s3.put_object(Bucket=bucket, Key="doc.txt", Body=b"theirs")  # changed after our open
+    s3.put_object(Bucket=bucket, Key="new.txt", Body=b"created meanwhile")
+    mine = os.urandom(size)
+    async with upload_queue(tmp_path, store, uploader=small_parts) as queue:
+        await write(queue, bucket, "doc.txt", mine, expected=seen)
+        await write(queue, bucket, "new.txt", b"mine too", expected=None)
+        status = await queue.sync(timeout=20)
+    assert body(s3, bucket, "doc.txt") == b"theirs"
+    assert body(s3, bucket, "new.txt") == b"created meanwhile"
+    conflicts = [k for k in keys(s3, bucket) if "conflict" in k]
+    assert len(conflicts) == 2 and any(CONFLICT.match(k) for k in conflicts)
+    assert body(s3, bucket, next(k for k in conflicts if k.startswith("doc"))) == mine
+    assert body(s3, bucket, next(k for k in conflicts if k.startswith("new"))) == b"mine too"
+    assert {c["uri"] for c in status["conflicts"]} == {f"s3://{bucket}/doc.txt",
+                                                       f"s3://{bucket}/new.txt"}
+    assert open_uploads(s3, bucket) == []
+    # a large file's conflict is found by HEAD before its parts are sent: one multipart upload
+    assert store.request_counts().get("CreateMultipartUpload", 0) == (size > MiB)
+
+
+async def test_no_conflict_when_unchanged_deleted_or_already_uploaded(
+        tmp_path: Path, store: S3Store, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="s3fuse.upload")
+    same = s3.put_object(Bucket=bucket, Key="same.txt", Body=b"v0")["ETag"].strip('"')
+    gone = s3.put_object(Bucket=bucket, Key="gone.txt", Body=b"v0")["ETag"].strip('"')
+    s3.delete_object(Bucket=bucket, Key="gone.txt")
+    s3.put_object(Bucket=bucket, Key="replayed.txt", Body=b"v1")  # finished before a crash
+    async with upload_queue(tmp_path, store) as queue:
+        await write(queue, bucket, "same.txt", b"v1", expected=same)
+        await write(queue, bucket, "gone.txt", b"v1", expected=gone)
+        await write(queue, bucket, "replayed.txt", b"v1", expected="etag-before-the-crash")
+        status = await queue.sync(timeout=10)
+    assert status["conflicts"] == [] and keys(s3, bucket) == ["gone.txt", "replayed.txt",
+                                                              "same.txt"]
+    assert all(body(s3, bucket, k) == b"v1" for k in keys(s3, bucket))
+    assert "gone.txt was deleted in S3 since it was opened" in caplog.text
+    assert "replayed.txt already holds these bytes" in caplog.text
+
+
+async def test_servers_without_conditional_writes_get_a_head_check(
+        tmp_path: Path, store: S3Store, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch):
+    put = store.write_client.put_object
+
+    def no_conditions(**kwargs: Any) -> Any:
+        if "IfMatch" in kwargs or "IfNoneMatch" in kwargs:
+            raise ClientError({"Error": {"Code": "NotImplemented"},
+                               "ResponseMetadata": {"HTTPStatusCode": 501}}, "PutObject")
+        return put(**kwargs)
+    monkeypatch.setattr(store.write_client, "put_object", no_conditions)
+    seen = s3.put_object(Bucket=bucket, Key="doc.txt", Body=b"v0")["ETag"].strip('"')
+    s3.put_object(Bucket=bucket, Key="doc.txt", Body=b"theirs")
+    async with upload_queue(tmp_path, store) as queue:
+        await write(queue, bucket, "fresh.txt", b"new", expected=None)
+        await queue.sync(timeout=10)
+        await write(queue, bucket, "doc.txt", b"mine", expected=seen)
+        status = await queue.sync(timeout=10)
+        assert not queue.uploader.conditional
+    assert body(s3, bucket, "fresh.txt") == b"new" and body(s3, bucket, "doc.txt") == b"theirs"
+    assert len(status["conflicts"]) == 1 and status["failures"] == []
+
+
+async def test_only_the_last_version_is_uploaded(tmp_path: Path, store: S3Store, s3: Any,
+                                                 bucket: str):
+    async with upload_queue(tmp_path, store, start=False) as queue:
+        first = await write(queue, bucket, "v.txt", b"one", expected=None)
+        await write(queue, bucket, "v.txt", b"two", expected=None)
+        await write(queue, bucket, "v.txt", b"three", expected=None)
+        assert queue.pending_version(bucket, "v.txt").read_bytes() == b"three"  # type: ignore
+        assert len(os.listdir(tmp_path / "staging")) == 1
+        await queue.start()
+        assert await queue.wait(first)  # fsync of an old version: its successor is in S3
+        await queue.sync(timeout=10)
+    assert body(s3, bucket, "v.txt") == b"three" and store.request_counts()["PutObject"] == 1
+
+
+async def test_version_written_during_an_upload_follows_it(
+        tmp_path: Path, store: S3Store, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch):
+    """v2 is queued while v1 uploads: v1 lands first, then v2 (If-Match v1's ETag: no conflict)."""
+    started, release = threading.Event(), threading.Event()
+    put = store.put_object
+
+    def slow_put(*args: Any, **kwargs: Any) -> str:
+        started.set()
+        release.wait(10)
+        return put(*args, **kwargs)
+    monkeypatch.setattr(store, "put_object", slow_put)
+    async with upload_queue(tmp_path, store) as queue:
+        await write(queue, bucket, "v.txt", b"one", expected=None)
+        await trio.to_thread.run_sync(started.wait, 10)
+        await write(queue, bucket, "v.txt", b"two", expected=None)
+        release.set()
+        status = await queue.sync(timeout=10)
+    assert body(s3, bucket, "v.txt") == b"two" and status["conflicts"] == []
+    assert keys(s3, bucket) == ["v.txt"]
+
+
+async def test_failed_part_aborts_the_upload(tmp_path: Path, store: S3Store, s3: Any,
+                                             bucket: str, monkeypatch: pytest.MonkeyPatch):
+    data = os.urandom(12 * MiB)  # three 5 MiB parts
+    broken, aborted = [True], []
+    upload_part, abort = store.upload_part, store.abort_multipart_upload
+
+    def flaky_part(bucket: str, key: str, upload_id: str, number: int, body: bytes) -> str:
+        if number == 2 and broken[0]:
+            raise RemoteError("UploadPart: S3 error InternalError")
+        return upload_part(bucket, key, upload_id, number, body)
+
+    def spy_abort(*args: Any) -> None:
+        aborted.append(args)
+        abort(*args)
+    monkeypatch.setattr(store, "upload_part", flaky_part)
+    monkeypatch.setattr(store, "abort_multipart_upload", spy_abort)
+    async with upload_queue(tmp_path, store, uploader=small_parts) as queue:
+        await write(queue, bucket, "big.bin", data)
+        with trio.fail_after(10):
+            while not queue.status()["retrying"]:
+                await trio.sleep(0.02)
+        broken[0] = False
+        assert aborted and keys(s3, bucket) == []
+        await queue.sync(timeout=10)
+    assert body(s3, bucket, "big.bin") == data and open_uploads(s3, bucket) == []
+
+
+async def test_upload_killed_mid_multipart_is_cleaned_and_finished_next_start(
+        tmp_path: Path, store: S3Store, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch):
+    """Part 2 fails and the abort is lost too (as when the process dies): the next start aborts
+    the leftover and uploads the file."""
+    data = os.urandom(6 * MiB)
+    upload_part = store.upload_part
+
+    def dying_part(bucket: str, key: str, upload_id: str, number: int, body: bytes) -> str:
+        if number == 2:
+            raise RemoteError("killed")
+        return upload_part(bucket, key, upload_id, number, body)
+
+    def lost_abort(*args: Any) -> None:
+        raise RemoteError("killed")
+    patched = make_store(tmp_path, store.cfg.endpoint_url or "")
+    monkeypatch.setattr(patched, "upload_part", dying_part)
+    monkeypatch.setattr(patched, "abort_multipart_upload", lost_abort)
+    async with upload_queue(tmp_path, patched, uploader=small_parts) as queue:
+        await write(queue, bucket, "big.bin", data)
+        with trio.fail_after(10):
+            while not queue.status()["retrying"]:
+                await trio.sleep(0.02)
+    assert open_uploads(s3, bucket) and keys(s3, bucket) == []
+
+    async with upload_queue(tmp_path, store, uploader=small_parts) as queue:
+        assert (await queue.sync(timeout=10))["files"] == 0
+    assert open_uploads(s3, bucket) == [] and body(s3, bucket, "big.bin") == data
+
+
+async def test_drain_stops_a_long_upload_between_parts(tmp_path: Path, store: S3Store, s3: Any,
+                                                       bucket: str, monkeypatch: pytest.MonkeyPatch):
+    data = os.urandom(16 * MiB)  # four 5 MiB parts, one at a time, slowly
+    upload_part = store.upload_part
+
+    def slow_part(*args: Any) -> str:
+        time.sleep(0.3)
+        return upload_part(*args)
+    monkeypatch.setattr(store, "upload_part", slow_part)
+
+    def one_part_at_a_time(*args: Any) -> Uploader:
+        return Uploader(*args, threshold=MiB, part_size=5 * MiB, parallel_parts=1)
+    async with upload_queue(tmp_path, store, uploader=one_part_at_a_time) as queue:
+        await write(queue, bucket, "big.bin", data)
+        with trio.fail_after(5):
+            left = await queue.drain(timeout=0.2)
+    assert left["files"] == 1 and left["failures"] == [] and left["retrying"] == []
+    assert open_uploads(s3, bucket) == [] and keys(s3, bucket) == []
+
+    monkeypatch.setattr(store, "upload_part", upload_part)
+    async with upload_queue(tmp_path, store, uploader=small_parts) as queue:
+        assert (await queue.sync(timeout=10))["files"] == 0
+    assert body(s3, bucket, "big.bin") == data

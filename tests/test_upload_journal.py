@@ -1,0 +1,89 @@
+"""The upload journal alone: versions of a key, inherited conditions, crash recovery."""
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from s3fuse.upload.journal import UNKNOWN, Journal
+from s3fuse.upload.staging import Staging
+
+
+def test_newer_version_supersedes_queued_and_failed_ones(tmp_path: Path):
+    j = Journal(tmp_path / "journal.sqlite")
+    first = j.enqueue("b", "k", "s1", 1, "e0")
+    j.fail(j.claim(1e18).id, "AccessDenied")  # type: ignore[union-attr]
+    second = j.enqueue("b", "k", "s2", 2, None)   # inherits first's condition, not None
+    third = j.enqueue("b", "k", "s3", 3, UNKNOWN)
+    assert sorted(j.trash()) == ["s1", "s2"]
+    assert j.state(first) == j.state(second) == j.state(third) == ("queued", None)
+    job = j.claim(1e18)
+    assert job is not None and job.id == third and job.expected == "e0"
+    j.done(third, "e3")
+    assert j.state(first) == ("done", None) and j.latest() == {}
+    assert j.summary()["files"] == 0
+
+
+def test_version_behind_a_running_upload_waits_then_matches_its_etag(tmp_path: Path):
+    j = Journal(tmp_path / "journal.sqlite")
+    j.enqueue("b", "k", "s1", 1, None)
+    running = j.claim(1e18)
+    assert running is not None and running.expected is None
+    newer = j.enqueue("b", "k", "s2", 1, "ignored")
+    other = j.enqueue("b", "other", "s3", 1, UNKNOWN)
+    claimed = j.claim(1e18)
+    assert claimed is not None and claimed.id == other  # k is busy
+    assert j.claim(1e18) is None and j.next_due() is None
+    j.done(running.id, "etag-1")
+    job = j.claim(1e18)
+    assert job is not None and job.id == newer and job.expected == "etag-1"
+
+
+def test_failed_running_upload_gives_way_to_the_newer_version(tmp_path: Path):
+    j = Journal(tmp_path / "journal.sqlite")
+    j.enqueue("b", "k", "s1", 1, "e0")
+    running = j.claim(1e18)
+    assert running is not None
+    newer = j.enqueue("b", "k", "s2", 1, "e0")
+    j.fail(running.id, "NoSuchBucket")
+    assert j.state(running.id) == ("queued", None) and j.summary()["failures"] == []
+    assert j.latest() == {("b", "k"): (newer, "s2")}
+
+
+def test_recover_requeues_and_keeps_only_the_newest(tmp_path: Path):
+    path = tmp_path / "journal.sqlite"
+    j = Journal(path)
+    j.enqueue("b", "k", "s1", 1, "e0")
+    j.claim(1e18)
+    newer = j.enqueue("b", "k", "s2", 5, "e0")
+    j.enqueue("b", "x", "s3", 7, UNKNOWN)
+    j.claim(1e18)
+    record = j.multipart_begin("b", "x")
+    j.close()  # as after SIGKILL: nothing else happens
+
+    j = Journal(path)
+    assert j.recover() == 2
+    assert j.summary()["files"] == 2 and j.summary()["bytes"] == 12
+    assert j.latest()[("b", "k")] == (newer, "s2")
+    assert j.multiparts("b", "x") == [(record, None)] and j.multipart_keys() == [("b", "x")]
+    assert j.staging_ids() == {"s1", "s2", "s3"}  # s1 is in the trash
+
+
+def test_requeue_backoff_and_retry_failed(tmp_path: Path):
+    j = Journal(tmp_path / "journal.sqlite")
+    job_id = j.enqueue("b", "k", "s1", 1, UNKNOWN)
+    j.requeue(j.claim(1e18).id, "InternalError", 100.0)  # type: ignore[union-attr]
+    assert j.claim(0) is None and j.next_due() is not None
+    summary = j.summary()
+    assert summary["retrying"][0]["attempts"] == 1 and summary["files"] == 1
+    j.fail(j.claim(1e18).id, "AccessDenied")  # type: ignore[union-attr]
+    assert j.state(job_id) == ("failed", "AccessDenied") and j.summary()["files"] == 0
+    assert j.retry_failed() == 1 and j.state(job_id) == ("queued", None)
+
+
+def test_files_are_private(tmp_path: Path):
+    staging = Staging(tmp_path / "staging")
+    _, path = staging.create()
+    Journal(tmp_path / "journal.sqlite").enqueue("b", "k", "s", 1, UNKNOWN)
+    assert stat.S_IMODE(staging.directory.stat().st_mode) == 0o700
+    for file in (path, tmp_path / "journal.sqlite", tmp_path / "journal.sqlite-wal"):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
