@@ -6,6 +6,7 @@ answers a stat of the mountpoint through us.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 READAHEAD_KIB = 1024
 PROBE_INTERVAL = 2.0
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 FLUSH_TIMEOUT = 30.0
 
 
@@ -122,6 +124,16 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     return Components(background, store, meta, blocks, reader, root, ops, pinner)
 
 
+def release_big_buffers() -> None:
+    """Serve allocations of 1 MiB and more (blocks) with mmap, so freed blocks go back to the
+    OS: glibc otherwise raises its mmap threshold after the first freed block and keeps
+    every later 8 MiB buffer in the heap, where RSS only grows."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        log.debug("mallopt not available: RSS may stay at its peak")
+
+
 def _save_counters(meta: MetaStore, reader: BlockReader) -> None:
     try:
         meta.add_counters(hits=reader.hits, misses=reader.misses)
@@ -192,6 +204,7 @@ def run(cfg: Config, ready: ReadySignal | None = None, store: S3Store | None = N
     ready = ready or ReadySignal()
     assert cfg.mountpoint is not None
     os.umask(0o077)  # every cache, index and staging file private (0600), whoever creates it
+    release_big_buffers()
     with ExitStack() as stack:
         parts = build(cfg, stack, store)
         try:
