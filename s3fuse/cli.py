@@ -69,7 +69,8 @@ def make_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _mount_options(sub.add_parser("mount", help="mount S3 sources on a directory"))
     p = sub.add_parser("umount", help="unmount (after pending uploads are done)")
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", nargs="?", help="the mount (or 'mountpoint' in --config)")
+    p.add_argument("--config", help="TOML config naming the mountpoint (for systemd's ExecStop)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the daemon")
     p = sub.add_parser("status", help="state of a mount (every s3fuse mount when none given)")
     p.add_argument("mountpoint", nargs="?")
@@ -137,7 +138,13 @@ def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def cmd_umount(args: argparse.Namespace) -> int:
     from .mounts import daemon_pid, fusermount_unmount, require_mount, wait_gone
 
-    mountpoint = require_mount(Path(args.mountpoint))
+    target = args.mountpoint
+    if target is None and args.config:
+        from .config import load_toml
+        target = load_toml(Path(args.config)).get("mountpoint")
+    if target is None:
+        raise UsageError("no mountpoint given (argument or 'mountpoint' in --config)")
+    mountpoint = require_mount(Path(target))
     try:
         pid = daemon_pid(mountpoint)
     except OSError as exc:  # the daemon is gone: a stale mount

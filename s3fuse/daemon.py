@@ -25,6 +25,7 @@ from .control import Control
 from .data.prefetch import SiblingPrefetcher
 from .data.reader import BlockReader
 from .fs.ops import S3Operations
+from .notify import Notifier
 from .pinning import Pinner
 from .errors import S3FuseError
 from .store.s3 import S3Store
@@ -38,16 +39,20 @@ log = logging.getLogger(__name__)
 
 READAHEAD_KIB = 1024
 PROBE_INTERVAL = 2.0
+STATUS_INTERVAL = 5.0
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 FLUSH_TIMEOUT = 30.0
 
 
 class ReadySignal:
-    """Tells whoever started us that the mount is live (or why it is not)."""
+    """Tells whoever started us that the mount is live (or why it is not): the parent
+    `s3fuse mount` through a pipe, systemd through sd_notify, the demo through a callback."""
 
-    def __init__(self, fd: int | None = None, on_ready: Callable[[], None] | None = None):
+    def __init__(self, fd: int | None = None, on_ready: Callable[[], None] | None = None,
+                 notifier: Notifier | None = None):
         self._fd = fd
         self._on_ready = on_ready
+        self.notifier = notifier or Notifier()
 
     def _send(self, text: str) -> None:
         if self._fd is None:
@@ -61,11 +66,13 @@ class ReadySignal:
 
     def ready(self) -> None:
         self._send("READY")
+        self.notifier.send(READY="1", STATUS="mounted")
         if self._on_ready is not None:
             self._on_ready()
 
     def failed(self, reason: str) -> None:
         self._send("ERROR " + reason.replace("\n", " "))
+        self.notifier.send(STATUS=f"failed: {reason}")
 
 
 @dataclass
@@ -155,8 +162,10 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
         parts.pinner.resume()
         nursery.start_soon(_watch_signals)
         nursery.start_soon(_probe_while_offline, parts.store)
+        nursery.start_soon(_report_status, parts, ready.notifier)
         nursery.start_soon(_announce_ready, cfg, ready)
         await pyfuse3.main()
+        ready.notifier.send(STOPPING="1", STATUS="unmounting: writing cached blocks")
         with trio.move_on_after(FLUSH_TIMEOUT):
             await parts.reader.flush()
         nursery.cancel_scope.cancel()
@@ -168,6 +177,22 @@ async def _probe_while_offline(store: S3Store) -> None:
         await trio.sleep(PROBE_INTERVAL)
         if not store.link.online:
             await trio.to_thread.run_sync(store.probe)
+
+
+async def _report_status(parts: Components, notifier: Notifier) -> None:
+    """systemd's STATUS= line (systemctl status): link state and cache use, when they change."""
+    if not notifier.enabled:
+        return
+    last = ""
+    while True:
+        link = parts.store.link.status()
+        usage = await trio.to_thread.run_sync(parts.blocks.usage)
+        line = (f"{link['state']}; cache {usage['used'] >> 20} MiB, pinned {usage['pinned'] >> 20} MiB;"
+                f" {len(parts.pinner.jobs())} pin jobs")
+        if line != last:
+            notifier.send(STATUS=line)
+            last = line
+        await trio.sleep(STATUS_INTERVAL)
 
 
 async def _watch_signals() -> None:
