@@ -43,6 +43,8 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region", help="AWS region")
     p.add_argument("--addressing-style", choices=("auto", "path", "virtual"))
     p.add_argument("--secrets-env", help="yt_framework secrets.env (S3_DOWNLOAD_*/S3_UPLOAD_* keys)")
+    p.add_argument("--role-arn", help="assume this IAM role (credentials refreshed before expiry)")
+    p.add_argument("--role-session-duration", help="seconds per assumed-role session (default 900)")
     p.add_argument("--cache-dir", help="on-disk cache directory")
     p.add_argument("--cache-size", help="cache size cap, e.g. 20G (default 10G)")
     p.add_argument("--metadata-ttl", help="seconds listings and stats are trusted (default 60)")

@@ -71,6 +71,8 @@ class Config:
     region: str | None = None
     addressing_style: str = "auto"
     secrets_env: Path | None = None
+    role_arn: str | None = None
+    role_session_duration: int = 900
     read_keys: KeyPair | None = field(default=None, repr=False)
     write_keys: KeyPair | None = field(default=None, repr=False)
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
@@ -248,6 +250,8 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "region": str,
     "addressing_style": str,
     "secrets_env": Path,
+    "role_arn": str,
+    "role_session_duration": lambda v: parse_int(v, "role session duration"),
     "cache_dir": Path,
     "cache_size": parse_size,
     "metadata_ttl": parse_duration,
@@ -337,6 +341,10 @@ def build_config(cli: Mapping[str, Any], o_options: list[str] | None = None,
         values["config_file"] = Path(config_file)
     values["foreground"] = bool(cli.get("foreground"))
 
+    if env.get("S3_AWS_ACCESS_KEY_ID") and env.get("S3_AWS_SECRET_ACCESS_KEY") \
+            and not env.get("AWS_ACCESS_KEY_ID"):  # s3exchange's settings
+        values["read_keys"] = values["write_keys"] = KeyPair(env["S3_AWS_ACCESS_KEY_ID"],
+                                                             env["S3_AWS_SECRET_ACCESS_KEY"])
     if "secrets_env" in values:
         secrets = parse_secrets_env(values["secrets_env"])
         values["read_keys"] = _keypair(secrets, "DOWNLOAD")
@@ -371,6 +379,10 @@ def validate(cfg: Config) -> Config:
         raise UsageError(f"invalid endpoint URL {cfg.endpoint_url!r} (expected http(s)://host[:port])")
     if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError(f"invalid log level {cfg.log_level!r}")
+    if not 900 <= cfg.role_session_duration <= 43200:
+        raise UsageError("role session duration must be between 900 and 43200 seconds")
+    if cfg.role_arn is not None and not cfg.role_arn.startswith("arn:"):
+        raise UsageError(f"invalid role ARN {cfg.role_arn!r}")
     if cfg.cache_size < (64 << 20):
         raise UsageError("cache size must be at least 64M")
     return cfg

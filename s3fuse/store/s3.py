@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 import boto3
 import botocore.config
+import botocore.credentials
 import botocore.exceptions
 import botocore.session
 import botocore.utils
@@ -25,7 +26,7 @@ from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 
 from ..config import Config, KeyPair
-from ..errors import AccessDenied, NotFound, Offline, RemoteError, StaleObject, UsageError
+from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
 from .link import Link
 from .presigned import PresignedReader
 
@@ -81,6 +82,34 @@ def parse_timestamp(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def assumed_role_credentials(session: Any, cfg: Config) -> botocore.credentials.RefreshableCredentials:
+    """STS AssumeRole credentials that refresh themselves well before they expire.
+
+    (magnus assumes a role once and never refreshes; a mount lives longer than a session.)
+    The refresh margins scale with the session: a third of it before expiry, refresh in
+    the background; a sixth before, refresh before the next request.
+    """
+    kwargs: dict[str, Any] = {"endpoint_url": cfg.endpoint_url} if cfg.endpoint_url else {}
+    sts = session.client("sts", region_name=cfg.region or session.region_name or "us-east-1", **kwargs)
+
+    def refresh() -> dict[str, str]:
+        try:
+            resp = sts.assume_role(RoleArn=cfg.role_arn, RoleSessionName=f"s3fuse-{os.getpid()}",
+                                   DurationSeconds=cfg.role_session_duration)
+        except Exception as exc:  # noqa: BLE001 - translated; never echo credentials
+            raise translate(exc, f"AssumeRole {cfg.role_arn}") from None
+        c = resp["Credentials"]
+        log.info("assumed role %s until %s", cfg.role_arn, c["Expiration"].isoformat())
+        return {"access_key": c["AccessKeyId"], "secret_key": c["SecretAccessKey"],
+                "token": c["SessionToken"], "expiry_time": c["Expiration"].isoformat()}
+
+    creds = botocore.credentials.RefreshableCredentials.create_from_metadata(
+        metadata=refresh(), refresh_using=refresh, method="sts-assume-role")
+    creds._advisory_refresh_timeout = cfg.role_session_duration // 3
+    creds._mandatory_refresh_timeout = cfg.role_session_duration // 6
+    return creds
+
+
 def proxy_for(url: str) -> str | None:
     """The HTTP(S)_PROXY botocore would use for `url` (NO_PROXY respected), or None."""
     parts = urllib.parse.urlsplit(url)
@@ -129,6 +158,8 @@ class S3Store:
         session = boto3.session.Session(botocore_session=core, profile_name=cfg.profile or None,
                                         region_name=cfg.region)
         self._session = session
+        if cfg.role_arn:
+            core._credentials = assumed_role_credentials(session, cfg)  # every client refreshes
         bcfg = botocore.config.Config(
             signature_version="s3v4",
             connect_timeout=connect_timeout,
@@ -171,6 +202,8 @@ class S3Store:
             raise UsageError(f"AWS profile {cfg.profile!r} not found") from None
         except botocore.exceptions.BotoCoreError as exc:
             raise UsageError(f"cannot configure S3 client: {exc}") from None
+        except S3FuseError as exc:  # AssumeRole refused or unreachable
+            raise UsageError(f"cannot assume role {cfg.role_arn}: {exc}") from None
         if cfg.read_keys is None and store._session.get_credentials() is None:
             raise UsageError("no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                              "--profile, or --secrets-env)")
