@@ -132,9 +132,13 @@ def small_file_keys(spec: DataSpec) -> list[str]:
     return [f"{SMALL_DIR}/file{i:05d}.dat" for i in range(spec.small_files)]
 
 
+def small_file_body(spec: DataSpec) -> bytes:
+    return b"x" * spec.small_size
+
+
 def small_files(env: SetupEnv) -> None:
     """``small_files`` objects of ``small_size`` bytes in one directory."""
-    body = b"x" * env.spec.small_size
+    body = small_file_body(env.spec)
     put_many(env.target, ((k, body) for k in small_file_keys(env.spec)))
 
 

@@ -6,19 +6,23 @@ always know its pid (for RSS) and can kill it if unmounting goes wrong.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from benchmarks.datasets import ManifestRef
 from benchmarks.s3 import S3Target
 from tests.support.procs import is_mounted, kill_group, tail, wait_until
+from tests.support.proxy import CuttableProxy
 
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
 
@@ -31,12 +35,14 @@ class FileSystem(ABC):
     """One FUSE implementation, mounted at ``<root>/mnt`` with its cache in ``<root>/cache``.
 
     ``manifests``: s3exchange manifests to show too, by filesystems that can
-    (``reads_manifests``); the others ignore them.
+    (``reads_manifests``); the others ignore them. Mounts go straight to the S3
+    endpoint, except inside ``through_proxy()``.
     """
 
     name: ClassVar[str]
     mount_timeout: ClassVar[float] = 30.0
     reads_manifests: ClassVar[bool] = False
+    reports_link_state: ClassVar[bool] = False  # ``s3fuse status --json``: link.state
 
     def __init__(self, target: S3Target, root: Path,
                  manifests: Sequence[ManifestRef] = ()) -> None:
@@ -47,6 +53,7 @@ class FileSystem(ABC):
         self.cache_dir = root / "cache"
         self.log_path = root / "daemon.log"
         self.proc: subprocess.Popen | None = None
+        self.proxy: CuttableProxy | None = None
         self.peak_rss_kib = 0
         self.ever_mounted = False
         for path in (self.root, self.mountpoint, self.cache_dir):
@@ -69,6 +76,11 @@ class FileSystem(ABC):
         """
         own = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
         return {**own, **self.target.env}
+
+    @property
+    def endpoint_url(self) -> str:
+        """The S3 endpoint the daemon is given: the proxy's inside ``through_proxy()``."""
+        return self.proxy.endpoint if self.proxy is not None else self.target.endpoint_url
 
     @property
     def data_root(self) -> Path:
@@ -144,6 +156,28 @@ class FileSystem(ABC):
         if self.mounted:  # the daemon mounted while being killed: drop the dead mount
             _run_quiet([FUSERMOUNT, "-uz", str(self.mountpoint)])
 
+    @contextmanager
+    def through_proxy(self) -> Iterator[CuttableProxy]:
+        """Mounts made in the block reach S3 through a new cuttable TCP proxy (yielded).
+
+        Unmounts first (a live mount would still be direct). At the end the proxy is restored
+        (so the daemon can flush and exit cleanly), the filesystem unmounted and the proxy
+        closed: later mounts go straight to S3 again.
+        """
+        self.unmount()
+        url = urlsplit(self.target.endpoint_url)
+        proxy = CuttableProxy(url.hostname or "127.0.0.1", url.port or 80)
+        self.proxy = proxy
+        try:
+            yield proxy
+        finally:
+            proxy.restore()
+            try:
+                self.unmount()
+            finally:
+                self.proxy = None
+                proxy.close()
+
     def _fusermount(self) -> None:
         for _ in range(10):
             if _run_quiet([FUSERMOUNT, "-u", str(self.mountpoint)]) == 0:
@@ -171,6 +205,34 @@ class FileSystem(ABC):
         return next((int(line.split()[1]) for line in status.splitlines()
                      if line.startswith("VmHWM:")), 0)
 
+    def wait_idle(self, quiet: float = 1.0, timeout: float = 60.0) -> float:
+        """Wait until the daemon has been idle for ``quiet`` s: at most 2% CPU and under
+        1 MiB written (e.g. background cache writes finished). Returns the seconds waited;
+        gives up silently after ``timeout``."""
+        start = time.monotonic()
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        pid, ticks = self.proc.pid, os.sysconf("SC_CLK_TCK")
+
+        def sample() -> tuple[int, int]:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            io = dict(line.split(": ") for line in
+                      Path(f"/proc/{pid}/io").read_text().splitlines())
+            return int(fields[11]) + int(fields[12]), int(io["write_bytes"])
+
+        try:
+            before = sample()
+            while time.monotonic() - start < timeout:
+                time.sleep(quiet)
+                after = sample()
+                cpu, written = after[0] - before[0], after[1] - before[1]
+                if cpu <= 0.02 * quiet * ticks and written < 1 << 20:
+                    break
+                before = after
+        except OSError:  # the daemon exited
+            pass
+        return time.monotonic() - start
+
     def sample_rss(self) -> int:
         """Fold the live daemon's VmHWM into ``peak_rss_kib`` (the peak over a round)."""
         self.peak_rss_kib = max(self.peak_rss_kib, self.daemon_peak_rss_kib())
@@ -186,6 +248,7 @@ class S3Fuse(FileSystem):
 
     name = "s3fuse"
     reads_manifests = True
+    reports_link_state = True
 
     @property
     def data_root(self) -> Path:
@@ -208,13 +271,24 @@ class S3Fuse(FileSystem):
             *(arg for m in self.manifests
               for arg in ("--manifest", f"{m.name}=s3://{self.target.bucket}/{m.key}")),
             "--endpoint-url",
-            self.target.endpoint_url,
+            self.endpoint_url,
             "--addressing-style",
             "path",
             "--cache-dir",
             str(self.cache_dir),
             "--foreground",
         ]
+
+    def status(self) -> dict:
+        """``s3fuse status --json MOUNTPOINT`` (the CLI a user would run), parsed."""
+        proc = subprocess.run(
+            [self.executable() or "s3fuse", "status", "--json", str(self.mountpoint)],
+            capture_output=True, text=True, timeout=30, env=self.env(),
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"s3fuse status failed ({proc.returncode}): "
+                               f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+        return json.loads(proc.stdout)
 
 
 class S3fs(FileSystem):
@@ -230,7 +304,7 @@ class S3fs(FileSystem):
         passwd.write_text(f"{self.target.access_key}:{self.target.secret_key}\n")
         passwd.chmod(0o600)
         options = [
-            f"url={self.target.endpoint_url}",
+            f"url={self.endpoint_url}",
             "use_path_request_style",
             f"endpoint={self.target.region}",
             f"passwd_file={passwd}",
@@ -258,7 +332,7 @@ class Rclone(FileSystem):
             "provider = SeaweedFS\n"
             f"access_key_id = {self.target.access_key}\n"
             f"secret_access_key = {self.target.secret_key}\n"
-            f"endpoint = {self.target.endpoint_url}\n"
+            f"endpoint = {self.endpoint_url}\n"
             f"region = {self.target.region}\n"
             "force_path_style = true\n"
         )

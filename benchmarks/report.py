@@ -12,6 +12,7 @@ BASELINE = "local_hot_read"
 HOT_READ = "read_hot"
 
 Medians = dict[str, dict[str, float]]
+Failures = dict[tuple[str, str], int]  # (filesystem, metric key) -> rounds it failed
 
 
 def medians(results: dict[str, Any]) -> Medians:
@@ -33,6 +34,17 @@ def reference(meds: Medians, key: str) -> tuple[str, float] | None:
     return best, meds[best][key]
 
 
+def failures(results: dict[str, Any]) -> Failures:
+    """How many rounds each (filesystem, metric) failed: the keys an error names, or every
+    key of its workload (a workload that raised)."""
+    keys = {w["name"]: [m["key"] for m in w["metrics"]] for w in results["workloads"]}
+    counts: Failures = {}
+    for e in results["errors"]:
+        for key in e.get("metrics") or keys.get(e["workload"], []):
+            counts[(e["fs"], key)] = counts.get((e["fs"], key), 0) + 1
+    return counts
+
+
 def ratio_to_best(meds: Medians, key: str) -> tuple[float, str] | None:
     """s3fuse median / best competitor median (and the competitor's name)."""
     ref = reference(meds, key)
@@ -46,7 +58,18 @@ def fmt(value: float | None, unit: str) -> str:
         return "—"
     if unit == "s":
         return f"{value:.3f} s" if value >= 0.1 else f"{value * 1000:.1f} ms"
+    if unit == "x":
+        return f"{value:.2f}x"
     return f"{value:.1f} {unit}"
+
+
+def cell(meds: Medians, fails: Failures, fs: str, metric: dict[str, Any]) -> str:
+    """A median, ``failed`` when it never worked, or both when it failed in some rounds."""
+    value, failed = meds.get(fs, {}).get(metric["key"]), fails.get((fs, metric["key"]), 0)
+    if value is None:
+        return "**failed**" if failed else "—"
+    shown = fmt(value, metric["unit"])
+    return f"{shown} (failed {failed}x)" if failed else shown
 
 
 def compared(workload: dict[str, Any]) -> bool:
@@ -55,8 +78,9 @@ def compared(workload: dict[str, Any]) -> bool:
 
 
 def all_metrics(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Metrics of the workloads that compare filesystems."""
-    return [m for w in results["workloads"] if compared(w) for m in w["metrics"]]
+    """Metrics compared between filesystems (the plot's)."""
+    return [m for w in results["workloads"] if compared(w) for m in w["metrics"]
+            if m.get("compare", True)]
 
 
 def spec_text(text: str, spec: dict[str, Any]) -> str:
@@ -72,7 +96,7 @@ def spec_text(text: str, spec: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any], image_name: str) -> str:
     meta, fss = results["meta"], list(results["filesystems"])
-    meds = medians(results)
+    meds, fails = medians(results), failures(results)
     machine, spec = meta["machine"], meta["spec"]
     out = [
         "# Benchmarks",
@@ -83,8 +107,9 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         "",
         f"- Machine: {machine['nproc']} cores ({machine['cpu']}), {machine['mem_gib']} GiB RAM, "
         f"Linux {machine['kernel']}; run {meta['date']}.",
-        f"- {meta['rounds']} rounds; the order of the filesystems rotates every round "
-        "(A,B,C then B,C,A, ...); tables show the **median** per filesystem.",
+        f"- {meta['rounds']} round{'s' * (meta['rounds'] != 1)}; the order of the filesystems "
+        "rotates every round (A,B,C then B,C,A, ...); tables show the **median** per "
+        "filesystem.",
         f"- Data: one {spec['big_mib']} MiB object; {spec['small_files']} files of "
         f"{spec['small_size']} bytes in one directory; a tree of {spec['tree_keys']:,} keys "
         f"({spec['tree_dirs']} dirs x {spec['tree_subdirs']} subdirs x {spec['tree_files']} "
@@ -92,6 +117,7 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         "- Every timing is the wall time of a plain tool (`cat`, `ls -l`, `find`). "
         "*Cold* = the filesystem's own cache wiped, fresh mount, and "
         "`sync; echo 3 > /proc/sys/vm/drop_caches`.",
+        *_offline_bullet(results),
         f"- **Ratio** = {SUBJECT} time / best of {' and '.join(COMPETITORS)}; "
         f"below 1 means {SUBJECT} is faster (or smaller, for memory).",
         "- Regenerate with `make bench` (`.venv/bin/python benchmarks/run.py`); raw data in "
@@ -101,6 +127,9 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         f"![relative times]({image_name})",
         "",
         "## Filesystems",
+        "",
+        "Versions and mount commands (every daemon runs in the foreground; `$WORK` is the "
+        "scratch directory).",
         "",
         "| filesystem | version | status | mount command |",
         "| --- | --- | --- | --- |",
@@ -114,14 +143,38 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         if w.get("notes"):
             out += [spec_text(w["notes"], spec), ""]
         out += _run_note(w, meta)
-        out += _comparison(w, fss, meds) if compared(w) else _subject_table(w, meds)
+        out += _comparison(w, fss, meds, fails) if compared(w) else _subject_table(w, meds, fails)
+        out += _failure_notes(w, results)
     out += _hot_vs_local(results, meds, fss)
-    if results["errors"]:
-        out += ["", "## Errors", ""]
+    errors = [e for e in results["errors"] if not e.get("metrics")]
+    if errors:
+        out += ["", "## Errors", "", "Harness or filesystem errors; the affected measurements "
+                "have fewer samples (or none).", ""]
         out += [f"- round {e['round'] + 1}, {e['fs']}, {e['workload']}: "
                 f"{_cell(e['error'])[:300]}"
-                for e in results["errors"]]
+                for e in errors]
     return "\n".join(out) + "\n"
+
+
+def _offline_bullet(results: dict[str, Any]) -> list[str]:
+    if not any(w["name"].startswith("offline") for w in results["workloads"]):
+        return []
+    return ["- *Offline* sections mount through a TCP proxy in front of SeaweedFS that is "
+            "then cut: open connections reset, new ones refused (as when the network drops)."]
+
+
+def _failure_notes(workload: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """What failed (the failures that are results), one line per filesystem."""
+    by_fs: dict[str, list[dict[str, Any]]] = {}
+    for e in results["errors"]:
+        if e["workload"] == workload["name"] and e.get("metrics"):
+            by_fs.setdefault(e["fs"], []).append(e)
+    out = []
+    for fs, errors in by_fs.items():
+        rounds = ", ".join(str(e["round"] + 1) for e in errors)
+        out.append(f"- {fs} failed in round{'s' * (len(errors) > 1)} {rounds}: "
+                   f"{_cell(errors[0]['error'])[:400]}")
+    return ["", *out] if out else []
 
 
 def _run_note(workload: dict[str, Any], meta: dict[str, Any]) -> list[str]:
@@ -133,19 +186,27 @@ def _run_note(workload: dict[str, Any], meta: dict[str, Any]) -> list[str]:
 
 
 def _subject_only_bullet(results: dict[str, Any]) -> list[str]:
-    if all(compared(w) for w in results["workloads"]):
+    alone = [w for w in results["workloads"] if not compared(w)]
+    if not alone:
         return []
+    exchange = [w for w in alone if w.get("baseline") == "s3exchange"
+                or "manifest" in w["name"]]
     version = results["meta"].get("s3exchange", "")
-    return [f"- The s3exchange sections run on {SUBJECT} alone (s3fs and rclone cannot read "
-            f"manifests); reads are compared with s3exchange {version} itself, in this "
-            "process."]
+    what = []
+    if exchange:
+        what.append("the s3exchange ones (s3fs and rclone cannot read manifests; reads are "
+                    f"compared with s3exchange {version} itself, in this process)")
+    if len(exchange) < len(alone):
+        what.append("offline detection and recovery (the others report no link state)")
+    return [f"- Some sections run on {SUBJECT} alone: {' and '.join(what)}."]
 
 
-def _comparison(workload: dict[str, Any], fss: list[str], meds: Medians) -> list[str]:
-    return [_table_header(fss)] + [_metric_row(m, fss, meds) for m in workload["metrics"]]
+def _comparison(workload: dict[str, Any], fss: list[str], meds: Medians,
+                fails: Failures) -> list[str]:
+    return [_table_header(fss)] + [_metric_row(m, fss, meds, fails) for m in workload["metrics"]]
 
 
-def _subject_table(workload: dict[str, Any], meds: Medians) -> list[str]:
+def _subject_table(workload: dict[str, Any], meds: Medians, fails: Failures) -> list[str]:
     """The subject's medians; a ``vs`` metric's baseline in the same row with the speed-up."""
     mine = meds.get(SUBJECT, {})
     metrics = workload["metrics"]
@@ -162,7 +223,7 @@ def _subject_table(workload: dict[str, Any], meds: Medians) -> list[str]:
     for m in rows:
         value, base = mine.get(m["key"]), mine.get(m.get("vs") or "")
         speedup = base / value if value and base else None
-        cells = [_cell(m["title"]), fmt(value, m["unit"])]
+        cells = [_cell(m["title"]), cell(meds, fails, SUBJECT, m)]
         if baselines:
             cells += [fmt(base, m["unit"]), f"**{speedup:.0f}x** faster" if speedup else "—"]
         if with_targets:
@@ -192,11 +253,18 @@ def _table_header(fss: list[str]) -> str:
     return "| " + " | ".join(cols) + " |\n|" + " --- |" * len(cols)
 
 
-def _metric_row(metric: dict[str, str], fss: list[str], meds: Medians) -> str:
-    key, unit = metric["key"], metric["unit"]
-    cells = [_cell(metric["title"])] + [fmt(meds.get(fs, {}).get(key), unit) for fs in fss]
-    ratio = ratio_to_best(meds, key)
-    cells.append(f"**{ratio[0]:.2f}** (vs {ratio[1]})" if ratio else "n/a")
+def _metric_row(metric: dict[str, Any], fss: list[str], meds: Medians, fails: Failures) -> str:
+    key = metric["key"]
+    cells = [_cell(metric["title"])] + [cell(meds, fails, fs, metric) for fs in fss]
+    ratio = ratio_to_best(meds, key) if metric.get("compare", True) else None
+    if ratio:
+        cells.append(f"**{ratio[0]:.2f}** (vs {ratio[1]})")
+    elif not metric.get("compare", True):
+        cells.append("—")
+    elif key in meds.get(SUBJECT, {}) and any(fails.get((fs, key)) for fs in COMPETITORS):
+        cells.append("n/a (the others failed)")
+    else:
+        cells.append("n/a")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -226,19 +294,25 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    meds = medians(results)
+    meds, fails = medians(results), failures(results)
     fss = [fs for fs in results["filesystems"] if meds.get(fs)]
-    refs = {m["key"]: ref[1] for m in all_metrics(results) if (ref := reference(meds, m["key"]))}
+    others_ran = any(fs in COMPETITORS for fs in fss)
+    refs = {m["key"]: ref[1] for m in all_metrics(results)
+            if (ref := reference(meds, m["key"])) and (ref[0] in COMPETITORS or not others_ran)}
     metrics = [m for m in all_metrics(results) if m["key"] in refs]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(metrics) + 2), 4.8), dpi=110)
     width = 0.8 / max(1, len(fss))
     for i, fs in enumerate(fss):
         xs, ys = [], []
         for j, m in enumerate(metrics):
-            value = meds[fs].get(m["key"])
+            value, x = meds[fs].get(m["key"]), j + (i - (len(fss) - 1) / 2) * width
             if value is not None:
-                xs.append(j + (i - (len(fss) - 1) / 2) * width)
+                xs.append(x)
                 ys.append(value / refs[m["key"]])
+            elif fails.get((fs, m["key"])):
+                ax.text(x, 0.02, "failed", transform=ax.get_xaxis_transform(), rotation=90,
+                        ha="center", va="bottom", fontsize=8, color=_color(fs),
+                        fontweight="bold")
         bars = ax.bar(xs, ys, width, label=fs, color=_color(fs))
         ax.bar_label(bars, labels=[f"{y:.2g}" for y in ys], fontsize=7, padding=1)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")

@@ -36,6 +36,7 @@ from benchmarks.s3 import S3Target  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     WORKLOADS,
     Context,
+    MetricsFailed,
     NotApplicable,
     Workload,
     WrongBytes,
@@ -164,6 +165,9 @@ def run_fs_round(ctx: Context, workloads: list[Workload], results: dict[str, Any
                 values = w.func(ctx)
             except NotApplicable:
                 continue
+            except MetricsFailed as exc:  # failing is the result: keep what was measured
+                _record_error(results, round_no, fs.name, w.name, exc, metrics=exc.failed)
+                values = exc.values
             except WrongBytes:  # a filesystem returning wrong data: no number means anything
                 raise
             except MountError as exc:
@@ -184,11 +188,16 @@ def run_fs_round(ctx: Context, workloads: list[Workload], results: dict[str, Any
 
 
 def _record_error(results: dict[str, Any], round_no: int, fs: str, workload: str,
-                  exc: BaseException) -> None:
-    message = f"{type(exc).__name__}: {exc}"
-    results["errors"].append({"round": round_no, "fs": fs, "workload": workload,
-                              "error": message})
-    print(f"  [{fs}] {workload}: ERROR {message}", flush=True)
+                  exc: BaseException, metrics: tuple[str, ...] = ()) -> None:
+    """An error of one workload in one round; ``metrics``: the keys it failed (a result,
+    shown in the workload's section), else a harness error (all its keys, Errors section)."""
+    message = str(exc) if metrics else f"{type(exc).__name__}: {exc}"
+    error: dict[str, Any] = {"round": round_no, "fs": fs, "workload": workload,
+                             "error": message}
+    if metrics:
+        error["metrics"] = list(metrics)
+    results["errors"].append(error)
+    print(f"  [{fs}] {workload}: {'FAILED' if metrics else 'ERROR'} {message}", flush=True)
 
 
 def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

@@ -4,13 +4,18 @@ Register new ones with ``@workload(...)``; declare the data sets they need as
 ``setups`` (each runs once per benchmark, shared between workloads) and the
 s3exchange ``manifests`` they read. Raise ``NotApplicable`` from a workload that
 makes no sense for ``ctx.fs``; raise ``WrongBytes`` when a filesystem returns
-wrong data (that aborts the whole benchmark).
+wrong data (that aborts the whole benchmark); raise ``MetricsFailed`` when failing is
+itself the result (e.g. a filesystem that cannot serve its cache offline): the values
+measured so far count and the report shows the rest as failed.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import itertools
+import json
 import os
 import random
 import subprocess
@@ -25,6 +30,10 @@ from benchmarks.filesystems import FileSystem
 from benchmarks.s3 import S3Target
 
 COMMAND_TIMEOUT = 900.0
+OFFLINE_TIMEOUT = 60.0  # a re-read with S3 cut that takes longer than this has failed
+RECOVER_TIMEOUT = 60.0
+STATUS_POLL = 0.05
+REREAD_PASSES = 3  # offline_reread: best of this many re-reads each online and offline
 SHARD_READS = 100
 SHARD_PICK_SEED = 100
 
@@ -41,6 +50,19 @@ class WrongBytes(WorkloadError):
     """A read returned other bytes than were written: the benchmark must stop."""
 
 
+class MetricsFailed(WorkloadError):
+    """The filesystem failed at something the workload measures: a result, not a bug.
+
+    ``values``: the metrics measured before the failure (recorded as usual); ``failed``:
+    the keys that could not be measured (shown as failed in the report).
+    """
+
+    def __init__(self, message: str, values: dict[str, float], failed: Sequence[str]) -> None:
+        super().__init__(message)
+        self.values = dict(values)
+        self.failed = tuple(failed)
+
+
 @dataclass(frozen=True)
 class Metric:
     """One measured value. Keys are unique over all workloads (they key the samples).
@@ -48,6 +70,9 @@ class Metric:
     ``vs``: key of a baseline metric of the same workload, shown in the same row with
     the speed-up (baseline / this). Targets, when set, are checked in the report:
     ``min_speedup`` for that speed-up, ``max_value`` for the value itself.
+    ``compare=False``: a value not to hold against the other filesystems' (e.g. a
+    filesystem's own offline/online ratio): no s3fuse / best-other ratio, not plotted.
+    Units: ``s``, ``MiB``, ``x`` (a ratio).
     """
 
     key: str
@@ -56,6 +81,7 @@ class Metric:
     vs: str | None = None
     min_speedup: float | None = None
     max_value: float | None = None
+    compare: bool = True
 
 
 @dataclass
@@ -150,27 +176,46 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def timed_bytes(args: Sequence[str | Path], capture: bool = True) -> tuple[float, bytes]:
-    """Run a plain shell tool; return (wall seconds, stdout if captured)."""
+def run_timed(args: Sequence[str | Path], capture: bool = True, timeout: float = COMMAND_TIMEOUT,
+              label: str = "") -> tuple[float, subprocess.CompletedProcess]:
+    """Run a plain shell tool; return (wall seconds, the finished process), failed or not.
+
+    WorkloadError when it runs longer than ``timeout`` (it is killed); ``label`` names the
+    command in messages (default: its argv, shortened).
+    """
     start = time.perf_counter()
-    proc = subprocess.run(
-        [str(a) for a in args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        timeout=COMMAND_TIMEOUT,
-    )
-    elapsed = time.perf_counter() - start
+    try:
+        proc = subprocess.run(
+            [str(a) for a in args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise WorkloadError(f"{label or _shown(args)} timed out after {timeout:.0f} s") from None
+    return time.perf_counter() - start, proc
+
+
+def _shown(args: Sequence[str | Path], limit: int = 120) -> str:
+    shown = " ".join(map(str, args))
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(args)} args)"
+
+
+def timed_bytes(args: Sequence[str | Path], capture: bool = True,
+                timeout: float = COMMAND_TIMEOUT, label: str = "") -> tuple[float, bytes]:
+    """Run a plain shell tool; return (wall seconds, stdout if captured); fail unless exit 0."""
+    elapsed, proc = run_timed(args, capture, timeout, label)
     if proc.returncode != 0:
-        shown = " ".join(map(str, args))
-        raise WorkloadError(f"{shown[:300]} failed ({proc.returncode}): "
+        raise WorkloadError(f"{label or _shown(args)} failed ({proc.returncode}): "
                             f"{proc.stderr.decode(errors='replace').strip()[-500:]}")
     return elapsed, proc.stdout or b""
 
 
-def timed(args: Sequence[str | Path], capture: bool = False) -> tuple[float, str]:
+def timed(args: Sequence[str | Path], capture: bool = False,
+          timeout: float = COMMAND_TIMEOUT, label: str = "") -> tuple[float, str]:
     """``timed_bytes`` with stdout as text."""
-    elapsed, out = timed_bytes(args, capture)
+    elapsed, out = timed_bytes(args, capture, timeout, label)
     return elapsed, out.decode(errors="replace")
 
 
@@ -222,6 +267,28 @@ def verify_members(reader: str, expected: Sequence[tuple[str, bytes]],
                          + "; ".join(wrong[:3]))
 
 
+@functools.cache
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_files(reader: str, expected: dict[Path, str], timeout: float = COMMAND_TIMEOUT) -> None:
+    """``sha256sum`` of every file (read through the filesystem) against the expected hex
+    digests; WrongBytes names the first culprits, WorkloadError when a read fails."""
+    _, out = timed(["sha256sum", "--", *expected], capture=True, timeout=timeout,
+                   label=f"sha256sum of the {len(expected)} files")
+    got = dict(reversed(line.split(maxsplit=1)) for line in out.splitlines())
+    wrong = [f"{path} (sha256 {got.get(str(path), 'missing')[:16]}, expected {want[:16]})"
+             for path, want in expected.items() if got.get(str(path)) != want]
+    if wrong:
+        raise WrongBytes(f"{reader}: wrong bytes in {len(wrong)} of {len(expected)} files: "
+                         + "; ".join(wrong[:3]))
+
+
 def local_hot_read(data_dir: Path) -> float:
     """Baseline: ``cat`` of the local copy of the big object with the page cache warm."""
     path = datasets.local_big_path(data_dir)
@@ -241,6 +308,7 @@ def local_hot_read(data_dir: Path) -> float:
         Metric("read_hot", "again hot (page cache warm)"),
     ],
     setups=(datasets.big_object,),
+    notes="One {big_mib} MiB object of random bytes, read three times in a row.",
 )
 def seq_read(ctx: Context) -> dict[str, float]:
     path = ctx.at(datasets.BIG_KEY)
@@ -259,6 +327,8 @@ def seq_read(ctx: Context) -> dict[str, float]:
     "`ls -l` of a directory of small files (fresh mount)",
     [Metric("ls_cold", "cold `ls -l`")],
     setups=(datasets.small_files,),
+    notes="One listing plus a stat per entry of the directory of {small_files:,} files of "
+          "{small_size} bytes, with nothing cached.",
 )
 def ls_dir(ctx: Context) -> dict[str, float]:
     ctx.fresh_mount()
@@ -273,6 +343,8 @@ def ls_dir(ctx: Context) -> dict[str, float]:
     "`cat` of every small file in one directory",
     [Metric("small_cold", "cold (fresh mount)"), Metric("small_warm", "again (warm)")],
     setups=(datasets.small_files,),
+    notes="`cat dir/* > /dev/null` of the same {small_files:,} files: one object per file, so "
+          "mostly per-request latency; then again with listing, stats and bytes cached.",
 )
 def small_files(ctx: Context) -> dict[str, float]:
     ctx.fresh_mount()
@@ -287,6 +359,8 @@ def small_files(ctx: Context) -> dict[str, float]:
     "`find -type f` over a tree of keys (fresh mount)",
     [Metric("find_cold", "cold `find`")],
     setups=(datasets.tree,),
+    notes="{tree_keys:,} tiny keys in {tree_dirs} x {tree_subdirs} directories of "
+          "{tree_files} files: one listing per directory, nothing cached.",
 )
 def find_tree(ctx: Context) -> dict[str, float]:
     ctx.fresh_mount()
@@ -296,12 +370,145 @@ def find_tree(ctx: Context) -> dict[str, float]:
     return {"find_cold": elapsed}
 
 
-@workload("rss", "Daemon peak RSS (VmHWM) over the round", [Metric("rss_peak", "peak RSS", "MiB")])
+@workload("rss", "Daemon peak RSS (VmHWM) over the round", [Metric("rss_peak", "peak RSS", "MiB")],
+          notes="Largest resident memory of the daemon over the sections above (one mount at "
+                "a time, each fresh); lower is better.")
 def rss(ctx: Context) -> dict[str, float]:
     peak = ctx.fs.sample_rss()
     if peak == 0:
         raise NotApplicable("the daemon never ran in this round")
     return {"rss_peak": peak / 1024}
+
+
+# -- offline: S3 cut behind a proxy (registered after rss: not part of that peak) -------
+
+
+def reread_set(ctx: Context) -> dict[Path, str]:
+    """The cached tree re-read offline: the small files and the big object (expected sha256)."""
+    small = hashlib.sha256(datasets.small_file_body(ctx.spec)).hexdigest()
+    files = {ctx.at(key): small for key in datasets.small_file_keys(ctx.spec)}
+    files[ctx.at(datasets.BIG_KEY)] = sha256_of_file(datasets.local_big_path(ctx.data_dir))
+    return files
+
+
+@workload(
+    "offline_reread",
+    "Re-reading a cached tree with S3 cut vs online",
+    [
+        Metric("reread_online", "re-read online (FS cache warm, page cache dropped; "
+               f"best of {REREAD_PASSES})"),
+        Metric("reread_offline", "the same re-read with S3 cut"),
+        Metric("reread_ratio", "offline / online (1 = no slower offline)", "x", compare=False),
+    ],
+    setups=(datasets.small_files, datasets.big_object),
+    notes="Every filesystem mounted through a TCP proxy in front of SeaweedFS (all other "
+          "sections connect directly). The {small_files:,} small files and the {big_mib} MiB "
+          "object are read once with `cat` (fresh mount, empty caches: fills the "
+          "filesystem's cache), then re-read with `cat`: online, and after the proxy is cut "
+          "(connections reset, new ones refused). Each time: the fastest of "
+          f"{REREAD_PASSES} passes, each started with the daemon idle (its cache written) "
+          "and the page cache dropped; then `sha256sum` checks every file. Offline, an "
+          f"error, a wrong byte or more than {OFFLINE_TIMEOUT:.0f} s counts as failed.",
+)
+def offline_reread(ctx: Context) -> dict[str, float]:
+    expected = reread_set(ctx)
+    argv = ["cat", "--", *expected]
+    label = f"`cat` of the {len(expected)} files"
+    fs = ctx.fs
+    with fs.through_proxy() as proxy:
+        ctx.fresh_mount()
+        timed(argv, label=label)  # fills the FS cache
+        online = best_reread(fs, argv, label)
+        verify_files(f"{fs.name} online", expected)  # wrong bytes online: abort
+        values = {"reread_online": online}
+        proxy.cut()
+        try:
+            offline = best_reread(fs, argv, label, timeout=OFFLINE_TIMEOUT)
+            verify_files(f"{fs.name} offline", expected, timeout=OFFLINE_TIMEOUT)
+        except WorkloadError as exc:  # WrongBytes included: offline, it is a result
+            raise MetricsFailed(f"offline re-read: {exc}", values,
+                                ["reread_offline", "reread_ratio"]) from None
+    return {**values, "reread_offline": offline, "reread_ratio": offline / online}
+
+
+def best_reread(fs: FileSystem, argv: list[str | Path], label: str,
+                timeout: float = COMMAND_TIMEOUT) -> float:
+    """Fastest of REREAD_PASSES timed re-reads, each once the daemon is idle (its background
+    cache writes done) and the page cache dropped."""
+    times = []
+    for _ in range(REREAD_PASSES):
+        fs.wait_idle()
+        drop_page_cache()
+        times.append(timed(argv, timeout=timeout, label=label)[0])
+    return min(times)
+
+
+def link_state(fs: FileSystem) -> str:
+    """``link.state`` as ``s3fuse status --json`` reports it."""
+    return fs.status()["link"]["state"]
+
+
+def wait_link_online(fs: FileSystem, timeout: float) -> float:
+    """Seconds until the status attribute (what ``s3fuse status`` reads) says online, polled
+    every STATUS_POLL s; confirmed with ``s3fuse status --json`` itself."""
+    from s3fuse.control import STATUS
+
+    start = time.perf_counter()
+    while True:
+        state = json.loads(os.getxattr(fs.mountpoint, STATUS))["link"]["state"]
+        elapsed = time.perf_counter() - start
+        if state == "online":
+            break
+        if elapsed > timeout:
+            raise WorkloadError(f"link still {state} {timeout:.0f} s after the proxy was restored")
+        time.sleep(STATUS_POLL)
+    expect(link_state(fs) == "online", "the status attribute says online, `s3fuse status` not")
+    return elapsed
+
+
+@workload(
+    "offline_detect_recover",
+    "Detecting that S3 is unreachable, and recovering",
+    [
+        Metric("detect_offline", "S3 cut: `cat` of an uncached file until it fails "
+               "(EHOSTUNREACH)", max_value=5),
+        Metric("recover", "S3 back: until `s3fuse status --json` shows `link.state` online"),
+        Metric("read_after_recover", "then `cat` of another uncached file"),
+    ],
+    setups=(datasets.tree,),
+    compare_filesystems=False,
+    notes="s3fuse only (s3fs and rclone report no link state). Mounted through the proxy, "
+          "one directory of the tree listed (the files' bytes never read), the proxy cut: "
+          "the first read of an uncached file must fail, within seconds and with "
+          "`EHOSTUNREACH`, and the link be reported offline. Then the proxy restored: the "
+          "daemon probes S3 every 2 s while offline; the status (the attribute "
+          f"`s3fuse status` reads) is polled every {STATUS_POLL * 1000:.0f} ms, and another "
+          "uncached file read and checked.",
+)
+def offline_detect_recover(ctx: Context) -> dict[str, float]:
+    fs = ctx.fs
+    if not fs.reports_link_state:
+        raise NotApplicable(f"{fs.name} reports no link state")
+    keys = list(itertools.islice(datasets.tree_keys(ctx.spec), 2))
+    directory = ctx.at(keys[0]).parent
+    with fs.through_proxy() as proxy:
+        ctx.fresh_mount()
+        listed = os.listdir(directory)
+        expect(len(listed) == ctx.spec.tree_files, f"{directory} lists {len(listed)} entries")
+        expect(link_state(fs) == "online", "link not online before the cut")
+        proxy.cut()
+        detect, proc = run_timed(["cat", "--", ctx.at(keys[0])], timeout=OFFLINE_TIMEOUT)
+        stderr = proc.stderr.decode(errors="replace").strip()
+        expect(proc.returncode != 0, f"reading uncached {keys[0]} with S3 cut succeeded")
+        expect(os.strerror(errno.EHOSTUNREACH) in stderr,
+               f"reading uncached {keys[0]} with S3 cut failed otherwise: {stderr[-300:]}")
+        expect(link_state(fs) == "offline", "link not reported offline after a failed read")
+        proxy.restore()
+        recover = wait_link_online(fs, RECOVER_TIMEOUT)
+        again, out = timed_bytes(["cat", "--", ctx.at(keys[1])])
+        if out != keys[1].encode():
+            raise WrongBytes(f"{fs.name}: {keys[1]} after recovery: {out[:80]!r}")
+    return {"detect_offline": detect, "recover": recover, "read_after_recover": again}
 
 
 # -- s3fuse only: s3exchange manifests (registered after rss: not part of that peak) -----
