@@ -144,7 +144,9 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
     return {
         "meta": {**previous["meta"], "spec": new["meta"]["spec"],
                  "s3exchange": new["meta"]["s3exchange"]},
-        "filesystems": {**previous["filesystems"], **new["filesystems"]},
+        # the full run's mount commands (and versions) stay: the merged sections' notes say
+        # how they mounted; a filesystem new to the results comes in as measured now
+        "filesystems": {**new["filesystems"], **previous["filesystems"]},
         "workloads": [by_name[name] for name in order if name in by_name],
         "samples": samples,
         "baseline": {k: v or previous["baseline"].get(k, []) for k, v in new["baseline"].items()},
