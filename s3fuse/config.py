@@ -349,17 +349,13 @@ def build_config(cli: Mapping[str, Any], o_options: list[str] | None = None,
         secrets = parse_secrets_env(values["secrets_env"])
         values["read_keys"] = _keypair(secrets, "DOWNLOAD")
         values["write_keys"] = _keypair(secrets, "UPLOAD")
-        if "endpoint_url" not in layers_keys(layers) and secrets.get("S3_ENDPOINT"):
+        if not any("endpoint_url" in layer for layer in layers) and secrets.get("S3_ENDPOINT"):
             values["endpoint_url"] = secrets["S3_ENDPOINT"]
 
     values["sources"] = tuple(parse_source(i["uri"], i.get("name")) for i in merged.get("source", []))
     values["manifests"] = tuple(parse_manifest(i["uri"], i.get("name"))
                                 for i in merged.get("manifest", []))
     return validate(Config(**values))
-
-
-def layers_keys(layers: list[dict[str, Any]]) -> set[str]:
-    return {key for layer in layers for key in layer}
 
 
 def validate(cfg: Config) -> Config:

@@ -72,11 +72,6 @@ class UsageError(Exception):
     """Bad user input (CLI, config, credentials): one line on stderr and exit 2."""
 
 
-ERRNO_TABLE: dict[type[S3FuseError], int] = {
-    cls: cls.errno
-    for cls in (NotFound, AccessDenied, StaleObject, ReadOnly, NotADirectory,
-                IsADirectory, InvalidArgument, Offline, RemoteError, CorruptData, CacheFull)
-}
 
 
 def errno_of(exc: BaseException) -> int:

@@ -49,7 +49,7 @@ def test_lru_size_cap(tmp_path: Path):
     cache = BlockCache(tmp_path / "blocks", 1 << 20)
     for i in range(40):
         cache.put("b", "k", "e", i, os.urandom(100_000))
-    assert cache.volume() <= 1.5 * (1 << 20)
+    assert cache.usage()["used"] <= 1.5 * (1 << 20)
     assert cache.get("b", "k", "e", 39) is not None
     assert cache.get("b", "k", "e", 0) is None
     cache.close()

@@ -147,14 +147,6 @@ class BlockCache:
             return {"used": int(self._lru.volume()), "blocks": len(self._lru),
                     "pinned": int(self._pinned.volume()), "pinned_blocks": len(self._pinned)}
 
-    def volume(self) -> int:
-        with self._lock:
-            return int(self._lru.volume())
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._lru)
-
     def prune(self, older_than: float | None, max_size: int | None) -> tuple[int, int]:
         """Drop LRU blocks last used before `older_than` (epoch seconds), then least
         recently used ones until the store is at most `max_size`. Pinned blocks stay.

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from ..errors import CacheFull
 
@@ -117,15 +117,6 @@ class MetaStore:
                 "WHERE ns=? AND dir=? AND name>? AND is_dir=0 ORDER BY name LIMIT ?",
                 (ns, path, after, limit)).fetchall()
         return [_entry(r) for r in rows]
-
-    def iter_files(self, ns: str) -> Iterator[tuple[str, Entry]]:
-        """Every known file of a namespace as (dir, entry); for pinning and stats."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT dir, name, is_dir, size, mtime_ns, etag, checked_at FROM entries "
-                "WHERE ns=? AND is_dir=0", (ns,)).fetchall()
-        for row in rows:
-            yield row[0], _entry(row[1:])
 
     def update_entry(self, ns: str, path: str, entry: Entry) -> None:
         with self._lock:

@@ -120,10 +120,6 @@ class ManifestIndex:
             row = self._db.execute("SELECT v FROM info WHERE k=?", (key,)).fetchone()
         return row[0] if row else None
 
-    def set_info(self, **values: str) -> None:
-        with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", list(values.items()))
-
     # ------------------------------------------------------------ queries
 
     def node(self, node_id: int) -> Node | None:

@@ -45,9 +45,6 @@ class RootTree:
     def get(self, index: int) -> Namespace:
         return self._namespaces[index]
 
-    def all(self) -> list[Namespace]:
-        return list(self._namespaces)
-
     async def entries(self) -> list[Entry]:
         if self.auto:
             return await self._refresh_buckets()
