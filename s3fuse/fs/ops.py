@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 READDIR_PAGE = 256
+STATE_XATTRS = frozenset({"user.s3fuse.cached", "user.s3fuse.pinned"})
 KEEP_CACHE_MEMORY = 100_000  # inodes whose last-opened version we remember
 
 
@@ -278,12 +279,14 @@ class S3Operations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ xattrs
 
-    async def _xattrs(self, node: Node) -> dict[str, bytes]:
+    async def _xattrs(self, node: Node, state: bool = True) -> dict[str, bytes]:
+        """The node's xattrs; `state` adds cached/pinned, which costs an open and a cache
+        lookup per block, so only when those are asked for (or listed)."""
         if node.is_root:
             return {}
         ns = self._ns(node)
         values = await ns.xattrs(node.ref, await self._entry(node))
-        if not node.is_dir:
+        if state and not node.is_dir:
             source = await ns.open(node.ref)
             values["user.s3fuse.cached"] = b"1" if await source.cached() else b"0"
             if self.control is not None:
@@ -299,7 +302,7 @@ class S3Operations(pyfuse3.Operations):
             return await self.control.get(key)
         if not key.startswith("user."):  # security.*, system.posix_acl_*: asked per file by ls
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        value = (await self._xattrs(node)).get(key)
+        value = (await self._xattrs(node, state=key in STATE_XATTRS)).get(key)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -307,7 +310,9 @@ class S3Operations(pyfuse3.Operations):
     @fuse_handler("listxattr")
     async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
         node = self._node(inode)
-        names = list(await self._xattrs(node))
+        names = list(await self._xattrs(node, state=False))
+        if not node.is_root and not node.is_dir:
+            names += sorted(STATE_XATTRS)
         if node.is_root and self.control is not None:
             names += self.control.names()
         return [n.encode() for n in names]
