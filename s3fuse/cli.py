@@ -21,6 +21,7 @@ from .errors import UsageError
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
+SYNC_POLL = 0.5
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,6 +49,8 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="on-disk cache directory")
     p.add_argument("--cache-size", help="cache size cap, e.g. 20G (default 10G)")
     p.add_argument("--metadata-ttl", help="seconds listings and stats are trusted (default 60)")
+    p.add_argument("--drain-timeout", help="at unmount, seconds to wait for pending uploads "
+                   "(default 120; the rest resume at the next mount)")
     p.add_argument("--read-only", action="store_const", const=True, help="every write fails with EROFS")
     p.add_argument("--sse", help="server-side encryption for uploads: AES256, aws:kms, aws:kms:dsse")
     p.add_argument("--sse-kms-key-id", help="KMS key for --sse aws:kms")
@@ -74,6 +77,11 @@ def make_parser() -> Parser:
     p.add_argument("mountpoint", nargs="?", help="the mount (or 'mountpoint' in --config)")
     p.add_argument("--config", help="TOML config naming the mountpoint (for systemd's ExecStop)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the daemon")
+    p = sub.add_parser("sync", help="wait until every pending upload of a mount is in S3")
+    p.add_argument("mountpoint")
+    p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
+    p.add_argument("--retry", action="store_true", help="first queue failed uploads again")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
     p = sub.add_parser("status", help="state of a mount (every s3fuse mount when none given)")
     p.add_argument("mountpoint", nargs="?")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -156,11 +164,68 @@ def cmd_umount(args: argparse.Namespace) -> int:
             return 1
         sys.stderr.write(f"s3fuse: removed stale mount {mountpoint} ({exc.strerror})\n")
         return 0
+    try:
+        left = _uploads(mountpoint)
+    except OSError:
+        left = {"files": 0}
+    if left["files"]:
+        sys.stderr.write(f"s3fuse: waiting for uploads before unmounting: {_queue_line(left)}\n")
     os.kill(pid, signal.SIGTERM)
     if not wait_gone(pid, mountpoint, args.timeout):
         sys.stderr.write(f"s3fuse: daemon {pid} still running after {args.timeout:.0f}s\n")
         return 1
     return 0
+
+
+def _uploads(mountpoint: Path) -> dict[str, Any]:
+    from .control import UPLOADS
+    return json.loads(os.getxattr(str(mountpoint), UPLOADS))
+
+
+def _queue_line(q: dict[str, Any]) -> str:
+    text = f"{q['files']} pending ({_human_bytes(q['bytes'])}), {q['uploading']} uploading"
+    if q.get("oldest_age") is not None:
+        text += f", oldest {q['oldest_age']:.0f}s"
+    if q.get("online") is False:
+        text += "; S3 unreachable: waiting for the link"
+    return text
+
+
+def _report_failures(q: dict[str, Any]) -> None:
+    for failure in q["failures"]:
+        sys.stderr.write(f"s3fuse: FAILED {failure['uri']}: {failure['error']}\n")
+    if q["failures"]:
+        sys.stderr.write(f"s3fuse: {len(q['failures'])} upload(s) failed and are kept; fix the "
+                         "cause, then `s3fuse sync --retry`\n")
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from .mounts import require_mount
+
+    mountpoint = require_mount(Path(args.mountpoint))
+    if args.retry:
+        from .control import RETRY
+        os.setxattr(str(mountpoint), RETRY, b"1")
+    began = time.monotonic()
+    shown = False
+    while True:
+        q = _uploads(mountpoint)
+        if q["files"] == 0:
+            break
+        if args.timeout is not None and time.monotonic() - began > args.timeout:
+            if shown:
+                sys.stderr.write("\n")
+            sys.stderr.write(f"s3fuse: timed out: {_queue_line(q)}\n")
+            _report_failures(q)
+            return 1
+        if not args.quiet and sys.stderr.isatty():
+            sys.stderr.write(f"\r{_queue_line(q)}\033[K")
+            shown = True
+        time.sleep(SYNC_POLL)
+    if shown:
+        sys.stderr.write("\r\033[K")
+    _report_failures(q)
+    return 1 if q["failures"] else 0
 
 
 def _human_bytes(n: float) -> str:
@@ -185,6 +250,18 @@ def format_status(status: dict[str, Any]) -> str:
         + ("  [pinned data alone exceeds the cache limit: kept, not evicted]"
            if cache.get("pinned_over_limit") else ""),
     ]
+    q = status.get("uploads")
+    if q is not None:
+        lines.append(f"  uploads:   {_queue_line(q)}" + (f", {len(q['failures'])} FAILED"
+                                                          if q["failures"] else ""))
+        for failure in q["failures"][:10]:
+            lines.append(f"  failed:    {failure['uri']}: {failure['error']}")
+        for item in q.get("retrying", [])[:5]:
+            lines.append(f"  retrying:  {item['uri']} (attempt {item['attempts']}): {item['error']}")
+        for conflict in q.get("conflicts", [])[:5]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(conflict["time"]))
+            lines.append(f"  conflict:  {conflict['uri']} changed in S3; local version saved as "
+                         f"{conflict['conflict_uri']} ({when})")
     for error in link.get("recent_errors", [])[-5:]:
         when = time.strftime("%H:%M:%S", time.localtime(error["time"]))
         lines.append(f"  error {when}: {error['error']}")
@@ -305,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_umount(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "sync":
+            return cmd_sync(args)
         if args.command == "demo":
             return cmd_demo(args)
         if args.command in ("pin", "unpin"):

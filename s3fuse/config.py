@@ -78,6 +78,7 @@ class Config:
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     cache_size: int = 10 << 30
     metadata_ttl: float = 60.0
+    drain_timeout: float = 120.0
     read_only: bool = False
     sse: str | None = None
     sse_kms_key_id: str | None = None
@@ -255,6 +256,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "cache_dir": Path,
     "cache_size": parse_size,
     "metadata_ttl": parse_duration,
+    "drain_timeout": parse_duration,
     "read_only": parse_bool,
     "sse": str,
     "sse_kms_key_id": str,

@@ -18,6 +18,7 @@ from . import __version__
 from .config import Config
 from .errors import InvalidArgument, ReadOnly
 from .pinning import Pinner
+from .upload.queue import UploadQueue
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ PID = "user.s3fuse.pid"
 JOBS = "user.s3fuse.jobs"    # get: pin/unpin jobs with progress (JSON)
 PIN = "user.s3fuse.pin"      # set: start pinning a mount-relative path; get: the pins (JSON)
 UNPIN = "user.s3fuse.unpin"  # set: start unpinning a mount-relative path
+UPLOADS = "user.s3fuse.uploads"  # get: the upload queue (JSON), polled by `s3fuse sync`
+RETRY = "user.s3fuse.retry"      # set: queue the permanently failed uploads again
 
 
 class Control:
@@ -33,16 +36,17 @@ class Control:
 
     def __init__(self, cfg: Config, *, cache_usage: Callable[[], dict[str, Any]],
                  requests: Callable[[], dict[str, int]], link: Callable[[], dict[str, Any]],
-                 pinner: Pinner, started: float | None = None):
+                 pinner: Pinner, uploads: UploadQueue | None = None, started: float | None = None):
         self.cfg = cfg
         self.pinner = pinner
+        self.uploads = uploads
         self._cache_usage = cache_usage
         self._requests = requests
         self._link = link
         self.started = time.time() if started is None else started
 
     def names(self) -> list[str]:
-        return [STATUS, PID, JOBS, PIN, UNPIN]
+        return [STATUS, PID, JOBS, PIN, UNPIN, UPLOADS, RETRY]
 
     def pinned(self, path: str) -> bool:
         return self.pinner.covers(path)
@@ -54,10 +58,16 @@ class Control:
             return json.dumps(self.pinner.jobs()).encode()
         if name in (PIN, UNPIN):
             return json.dumps(self.pinner.pins()).encode()
+        if name in (UPLOADS, RETRY):
+            return json.dumps(await trio.to_thread.run_sync(self._uploads)).encode()
         status = await trio.to_thread.run_sync(self.status)
         return json.dumps(status, sort_keys=True).encode()
 
     async def set(self, name: str, value: bytes) -> None:
+        if name == RETRY and self.uploads is not None:
+            count = await self.uploads.retry_failed()
+            log.info("%d failed upload(s) queued again on request", count)
+            return
         if name not in (PIN, UNPIN):
             raise ReadOnly(name)
         path = os.fsdecode(value).strip("/")
@@ -80,4 +90,12 @@ class Control:
             "cache": {"dir": str(cfg.cache_dir), "limit": cfg.cache_size, **self._cache_usage()},
             "pins": self.pinner.pins(),
             "requests": self._requests(),
+            "uploads": self._uploads(),
         }
+
+    def _uploads(self) -> dict[str, Any]:
+        """The upload queue: pending files and bytes, oldest age, failures, conflicts."""
+        if self.uploads is None:
+            return {"files": 0, "bytes": 0, "uploading": 0, "oldest_age": None, "failures": [],
+                    "retrying": [], "conflicts": []}
+        return {**self.uploads.status(), "online": self._link()["state"] == "online"}

@@ -20,6 +20,7 @@ import trio
 from .cache.blocks import BlockCache
 from .cache.cachedir import CacheLock, secure_dir
 from .cache.meta import MetaStore
+from .cache.overlay import Overlay
 from .config import Config, SourceSpec
 from .control import Control
 from .data.prefetch import SiblingPrefetcher
@@ -33,6 +34,10 @@ from .tree.bucket import BucketTree
 from .tree.manifest import ManifestTree
 from .tree.root import RootTree
 from .tree.shards import ShardService
+from .upload.journal import Journal
+from .upload.queue import UploadQueue
+from .upload.staging import Staging
+from .upload.writeback import WriteBack
 from .util.background import Background
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,7 @@ class Components:
     root: RootTree
     ops: S3Operations
     pinner: Pinner
+    writes: WriteBack
 
 
 def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Components:
@@ -105,9 +111,16 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     siblings = SiblingPrefetcher(reader)
     list_limiter = trio.CapacityLimiter(8)
 
+    journal = Journal(cache_dir / "journal.sqlite")
+    stack.callback(journal.close)
+    staging = Staging(cache_dir / "staging")
+    queue = UploadQueue(store, journal, staging, background=background)
+    writes = WriteBack(queue, staging, Overlay())
+
     def bucket(spec: SourceSpec) -> BucketTree:
-        return BucketTree(spec, store, meta, reader, ttl=cfg.metadata_ttl, writable=False,
-                          list_limiter=list_limiter, siblings=siblings, background=background)
+        return BucketTree(spec, store, meta, reader, ttl=cfg.metadata_ttl,
+                          writable=not cfg.read_only, list_limiter=list_limiter, siblings=siblings,
+                          background=background, writes=writes)
 
     shards = ShardService(store, reader, ttl=cfg.metadata_ttl)
     manifest_dir = secure_dir(cache_dir / "manifests")
@@ -126,9 +139,9 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
 
     pinner = Pinner(root, meta, background)
     control = Control(cfg, cache_usage=usage, requests=store.request_counts, link=store.link.status,
-                      pinner=pinner)
+                      pinner=pinner, uploads=queue)
     ops = S3Operations(root, cfg, control)
-    return Components(background, store, meta, blocks, reader, root, ops, pinner)
+    return Components(background, store, meta, blocks, reader, root, ops, pinner, writes)
 
 
 def release_big_buffers() -> None:
@@ -159,15 +172,18 @@ def fuse_options(cfg: Config) -> set[str]:
 async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
     async with trio.open_nursery() as nursery:
         parts.background.bind(nursery)
+        await parts.writes.start()  # journal replay: pending changes show before any request
         parts.pinner.resume()
-        nursery.start_soon(_watch_signals)
+        nursery.start_soon(_watch_signals, cfg, parts, ready.notifier)
         nursery.start_soon(_probe_while_offline, parts.store)
         nursery.start_soon(_report_status, parts, ready.notifier)
         nursery.start_soon(_announce_ready, cfg, ready)
         await pyfuse3.main()
         ready.notifier.send(STOPPING="1", STATUS="unmounting: writing cached blocks")
         with trio.move_on_after(FLUSH_TIMEOUT):
+            await parts.writes.queue.stop()
             await parts.reader.flush()
+        await trio.to_thread.run_sync(_report_left, parts.writes.queue.status())
         nursery.cancel_scope.cancel()
 
 
@@ -195,12 +211,44 @@ async def _report_status(parts: Components, notifier: Notifier) -> None:
         await trio.sleep(STATUS_INTERVAL)
 
 
-async def _watch_signals() -> None:
+async def _watch_signals(cfg: Config, parts: Components, notifier: Notifier) -> None:
+    """SIGINT/SIGTERM: wait (at most drain_timeout) for pending uploads, then unmount; a
+    second signal unmounts at once. The mount keeps serving while it drains."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("%s received: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            return
+            break
+        with trio.CancelScope() as drain:
+            async def second_signal() -> None:
+                async for _ in signals:
+                    log.warning("second signal: unmounting without waiting for uploads")
+                    drain.cancel()
+                    return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(second_signal)
+                await _drain(cfg, parts, notifier)
+                nursery.cancel_scope.cancel()
+        pyfuse3.terminate()
+
+
+async def _drain(cfg: Config, parts: Components, notifier: Notifier) -> None:
+    queue = parts.writes.queue
+    pending = await trio.to_thread.run_sync(queue.status)
+    if not pending["files"]:
+        return
+    log.info("waiting up to %.0fs for %d pending upload(s) (%d bytes)",
+             cfg.drain_timeout, pending["files"], pending["bytes"])
+    notifier.send(STATUS=f"unmounting: {pending['files']} upload(s) to finish")
+    await queue.sync(cfg.drain_timeout)
+
+
+def _report_left(status: dict[str, Any]) -> None:
+    if status["files"]:
+        log.warning("%d upload(s) (%d bytes) not done at unmount: they stay journalled and the "
+                    "next mount with this cache dir uploads them", status["files"], status["bytes"])
+    for failure in status["failures"]:
+        log.error("upload of %s failed and is kept: %s (retry with s3fuse sync --retry)",
+                  failure["uri"], failure["error"])
 
 
 async def _announce_ready(cfg: Config, ready: ReadySignal) -> None:

@@ -44,6 +44,26 @@ class InvalidArgument(S3FuseError):
     errno = errno.EINVAL
 
 
+class FileExists(S3FuseError):
+    errno = errno.EEXIST
+
+
+class NotEmpty(S3FuseError):
+    errno = errno.ENOTEMPTY
+
+
+class NotPermitted(S3FuseError):
+    """A change S3 cannot store (ownership, permission bits): refused, never faked."""
+
+    errno = errno.EPERM
+
+
+class TooBigToRename(S3FuseError):
+    """A directory too large to rename key by key; `mv` then copies and deletes itself."""
+
+    errno = errno.EXDEV
+
+
 class Offline(S3FuseError):
     """S3 is unreachable and the cache cannot answer."""
 

@@ -102,9 +102,9 @@ def test_xattrs(s3, bucket, mount_factory):
     assert f'user.s3.etag="{etag}"' in out
 
 
-def test_writes_fail_with_erofs(s3, bucket, mount_factory):
+def test_writes_fail_with_erofs_when_read_only(s3, bucket, mount_factory):
     put(s3, bucket, {"f.txt": b"data"})
-    m = mount_factory("--source", f"s3://{bucket}")
+    m = mount_factory("--source", f"s3://{bucket}", "--read-only")
     root = m.path(bucket)
     for action in (lambda: (root / "new.txt").write_bytes(b"x"),
                    lambda: open(root / "f.txt", "ab"),

@@ -1,6 +1,7 @@
 """Operations called directly under pytest-trio, over in-process moto."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from contextlib import ExitStack
@@ -67,7 +68,7 @@ async def lookup_path(ops, *names: str) -> pyfuse3.EntryAttributes:  # type: ign
 async def test_lookup_getattr_read(parts: Components):
     ops = parts.ops
     attrs = await lookup_path(ops, "bkt", "d", "b.txt")
-    assert attrs.st_size == 5 and attrs.st_mode & 0o222 == 0   # read-only presentation
+    assert attrs.st_size == 5 and attrs.st_mode & 0o777 == 0o644  # writable bucket source
     again = await lookup_path(ops, "bkt", "d", "b.txt")
     assert again.st_ino == attrs.st_ino                           # stable while remembered
     assert ops.inodes.get(attrs.st_ino).lookups == 2
@@ -105,10 +106,12 @@ async def test_readdir_counts_only_accepted_entries(parts: Components, readdir_c
     assert clash.st_mode & 0o040000                                # the directory wins
 
 
-async def test_writes_are_erofs_and_nothing_but_fuseerror_escapes(parts: Components,
-                                                                  monkeypatch: pytest.MonkeyPatch):
+async def test_writes_are_erofs_when_read_only_and_nothing_but_fuseerror_escapes(
+        parts: Components, monkeypatch: pytest.MonkeyPatch):
     ops = parts.ops
+    monkeypatch.setattr(ops, "cfg", dataclasses.replace(ops.cfg, read_only=True))
     d = await lookup_path(ops, "bkt")
+    assert (await lookup_path(ops, "bkt", "a.txt")).st_mode & 0o222 == 0  # shown read-only
     for call in (ops.mkdir(d.st_ino, b"x", 0o755, None), ops.unlink(d.st_ino, b"a.txt", None),
                  ops.create(d.st_ino, b"n", 0o644, os.O_WRONLY, None)):
         with pytest.raises(pyfuse3.FUSEError) as info:

@@ -151,6 +151,11 @@ class MetaStore:
         with self._lock:
             return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
 
+    def expire_listing(self, ns: str, path: str) -> None:
+        """List `path` again at its next use (it changed in S3 behind our back)."""
+        with self._lock:
+            self._db.execute("UPDATE dirs SET listed_at = 0 WHERE ns=? AND path=?", (ns, path))
+
     def remove_entry(self, ns: str, path: str, name: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM entries WHERE ns=? AND dir=? AND name=?", (ns, path, name))

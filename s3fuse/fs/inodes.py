@@ -85,3 +85,23 @@ class InodeTable:
             return
         node.lookups -= count
         self.discard_if_unreferenced(node)
+
+    def detach(self, ns: int, ref: Hashable, is_dir: bool) -> None:
+        """The name is gone: a new file there gets a new inode; the old one lives on
+        (for open handles) until the kernel forgets it."""
+        node = self._by_key.pop((ns, ref, is_dir), None)
+        if node is not None and node.lookups <= 0:
+            self._by_ino.pop(node.ino, None)
+
+    def rename(self, ns: int, old: str, new: str) -> None:
+        """Move the nodes of `old` and everything below it to `new` (same inodes)."""
+        for is_dir in (False, True):
+            self.detach(ns, new, is_dir)  # an overwritten target
+        below = old + "/"
+        moving = [node for key, node in self._by_key.items()
+                  if key[0] == ns and isinstance(key[1], str)
+                  and (key[1] == old or key[1].startswith(below))]
+        for node in moving:
+            del self._by_key[node.key]
+            node.ref = new + node.ref[len(old):]
+            self._by_key[node.key] = node

@@ -19,7 +19,8 @@ import pyfuse3
 
 from ..cache.meta import Entry
 from ..config import Config
-from ..errors import NotADirectory, NotFound, ReadOnly
+from ..errors import (InvalidArgument, IsADirectory, NotADirectory, NotFound, NotPermitted,
+                      ReadOnly, TooBigToRename)
 from ..tree.base import DirStream, FileSource, Namespace, Ref, SnapshotDir, join
 from ..tree.root import RootTree
 from .boundary import fuse_handler
@@ -27,7 +28,8 @@ from .inodes import ROOT_INODE, InodeTable, Node
 
 log = logging.getLogger(__name__)
 
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
 READDIR_PAGE = 256
 STATE_XATTRS = frozenset({"user.s3fuse.cached", "user.s3fuse.pinned"})
 KEEP_CACHE_MEMORY = 100_000  # inodes whose last-opened version we remember
@@ -250,11 +252,13 @@ class S3Operations(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if flags & WRITE_FLAGS:
-            raise ReadOnly(self.describe("open", inode))
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            source: FileSource = await self._writable_ns(node).open_write(
+                node.ref, truncate=bool(flags & os.O_TRUNC))
+            self._versions.pop(inode, None)
+            return pyfuse3.FileInfo(fh=self._new_handle(node, source))
         source = await self._ns(node).open(node.ref)
-        fh = next(self._fh)
-        self._files[fh] = FileHandle(node, source)
+        fh = self._new_handle(node, source)
         keep = self._versions.get(inode) == source.version
         self._versions[inode] = source.version
         self._versions.move_to_end(inode)
@@ -271,11 +275,16 @@ class S3Operations(pyfuse3.Operations):
 
     @fuse_handler("release")
     async def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+        handle = self._files.pop(fh, None)
+        if handle is not None and hasattr(handle.source, "close"):
+            await handle.source.close()
 
     @fuse_handler("flush")
     async def flush(self, fh: int) -> None:
-        return None
+        """close(2): a file written through this handle is journalled and queued."""
+        handle = self._files.get(fh)
+        if handle is not None and hasattr(handle.source, "flush"):
+            await handle.source.flush()
 
     # ------------------------------------------------------------ xattrs
 
@@ -324,11 +333,13 @@ class S3Operations(pyfuse3.Operations):
         if node.is_root and self.control is not None and key in self.control.names():
             await self.control.set(key, value)
             return
-        raise ReadOnly(self.describe("setxattr", inode))
+        self._writable_ns(node)
+        raise pyfuse3.FUSEError(errno.ENOTSUP)  # S3 user metadata is not writable through us
 
     @fuse_handler("removexattr")
     async def removexattr(self, inode: int, name: bytes, ctx: Any = None) -> None:
-        raise ReadOnly(self.describe("removexattr", inode))
+        self._writable_ns(self._node(inode))
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     # ------------------------------------------------------------ filesystem
 
@@ -341,48 +352,124 @@ class S3Operations(pyfuse3.Operations):
         data.f_namemax = 255
         return data
 
-    # ------------------------------------------------------------ writes (not yet)
+    # ------------------------------------------------------------ writes
 
-    async def _refuse(self, inode: int) -> None:
-        raise ReadOnly(self.describe("refuse", inode))
+    def _writable_ns(self, node: Node) -> Namespace:
+        """The namespace of `node` if it takes writes (EROFS otherwise)."""
+        if node.is_root:
+            raise NotPermitted("the mount root shows the sources: write inside one of them")
+        ns = self._ns(node)
+        if not ns.writable or self.cfg.read_only:
+            raise ReadOnly(self.describe("write", node.ino))
+        return ns
 
-    @fuse_handler("setattr")
-    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
-        await self._refuse(inode)
+    def _child_path(self, parent: Node, name: bytes) -> tuple[Namespace, str]:
+        ns = self._writable_ns(parent)
+        if not parent.is_dir:
+            raise NotADirectory(self.describe("lookup", parent.ino))
+        return ns, join(parent.ref, os.fsdecode(name))
+
+    def _new_handle(self, node: Node, source: FileSource) -> int:
+        fh = next(self._fh)
+        self._files[fh] = FileHandle(node, source)
+        return fh
+
+    def _writer(self, fh: int) -> FileSource:
+        handle = self._files.get(fh)
+        if handle is None or not getattr(handle.source, "writable", False):
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return handle.source
 
     @fuse_handler("create")
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
-        await self._refuse(parent_inode)
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._node(parent_inode)
+        ns, path = self._child_path(parent, name)
+        entry, source = await ns.create(path)
+        node = self.inodes.remember(self._ensure(parent.ns, path, False))
+        self._versions.pop(node.ino, None)
+        return pyfuse3.FileInfo(fh=self._new_handle(node, source)), self._attrs(node, entry, True)
+
+    @fuse_handler("write")
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self._writer(fh).write(off, buf)
+
+    @fuse_handler("fsync")
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._files.get(fh)
+        if handle is not None and hasattr(handle.source, "fsync"):
+            await handle.source.fsync()
+
+    @fuse_handler("setattr")
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None,
+                      ctx: Any) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        current = self._attrs(node, await self._entry(node), self._writable(node))
+        if ((fields.update_mode and stat.S_IMODE(attr.st_mode) != stat.S_IMODE(current.st_mode))
+                or (fields.update_uid and attr.st_uid != current.st_uid)
+                or (fields.update_gid and attr.st_gid != current.st_gid)):
+            raise NotPermitted(f"{self.describe('setattr', inode)}: S3 keeps no owner or mode "
+                               "(set --uid/--gid/--file-mode/--dir-mode at mount)")
+        if fields.update_size or fields.update_mtime:
+            ns = self._writable_ns(node)
+            if fields.update_size:
+                if node.is_dir:
+                    raise IsADirectory(self.describe("truncate", inode))
+                if fh is not None and fh in self._files:
+                    await self._writer(fh).truncate(attr.st_size)
+                else:
+                    await ns.truncate(node.ref, attr.st_size)
+            if fields.update_mtime:
+                await ns.set_mtime(node.ref, attr.st_mtime_ns)
+        return self._attrs(node, await self._entry(node), self._writable(node))
 
     @fuse_handler("mkdir")
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
-        await self._refuse(parent_inode)
-
-    @fuse_handler("mknod")
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
-        await self._refuse(parent_inode)
-
-    @fuse_handler("symlink")
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
-        await self._refuse(parent_inode)
-
-    @fuse_handler("link")
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
-        await self._refuse(inode)
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        ns, path = self._child_path(parent, name)
+        entry = await ns.mkdir(path)
+        node = self.inodes.remember(self._ensure(parent.ns, path, True))
+        return self._attrs(node, entry, True)
 
     @fuse_handler("unlink")
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        await self._refuse(parent_inode)
+        parent = self._node(parent_inode)
+        ns, path = self._child_path(parent, name)
+        await ns.unlink(path)
+        self.inodes.detach(parent.ns, path, False)
 
     @fuse_handler("rmdir")
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        await self._refuse(parent_inode)
+        parent = self._node(parent_inode)
+        ns, path = self._child_path(parent, name)
+        await ns.rmdir(path)
+        self.inodes.detach(parent.ns, path, True)
 
     @fuse_handler("rename")
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any) -> None:
-        await self._refuse(parent_inode_old)
+        old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
+        ns, old = self._child_path(old_parent, name_old)
+        if new_parent.ns != old_parent.ns:
+            raise TooBigToRename("rename between sources: copy and delete instead")
+        _, new = self._child_path(new_parent, name_new)
+        if flags & RENAME_EXCHANGE:
+            raise InvalidArgument("RENAME_EXCHANGE is not supported on S3")
+        await ns.rename(old, new, noreplace=bool(flags & RENAME_NOREPLACE))
+        self.inodes.rename(old_parent.ns, old, new)
 
-    @fuse_handler("write")
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        raise ReadOnly("write")
+    async def _not_on_s3(self, inode: int, what: str) -> None:
+        self._writable_ns(self._node(inode))
+        raise NotPermitted(f"{self.describe(what, inode)}: S3 has no {what}s")
+
+    @fuse_handler("mknod")
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        await self._not_on_s3(parent_inode, "special file")
+
+    @fuse_handler("symlink")
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        await self._not_on_s3(parent_inode, "symlink")
+
+    @fuse_handler("link")
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        await self._not_on_s3(inode, "hard link")

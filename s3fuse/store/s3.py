@@ -251,12 +251,13 @@ class S3Store:
         resp = self._call("ListBuckets", self.read_client.list_buckets)
         return [b["Name"] for b in resp.get("Buckets", [])]
 
-    def list_pages(self, bucket: str, prefix: str) -> Iterator[ListPage]:
-        """ListObjectsV2 with delimiter '/', one ListPage per response."""
+    def list_pages(self, bucket: str, prefix: str, delimiter: str = "/") -> Iterator[ListPage]:
+        """ListObjectsV2 with `delimiter` ('' for every key below), one ListPage per response."""
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/",
-                                      "MaxKeys": 1000}
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if delimiter:
+                kwargs["Delimiter"] = delimiter
             if token:
                 kwargs["ContinuationToken"] = token
             resp = self._call(f"ListObjectsV2 s3://{bucket}/{prefix}",
@@ -405,6 +406,21 @@ class S3Store:
                        UploadId=upload_id)
         except NotFound:
             pass
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        """DeleteObject; a key that is already gone is fine (S3 answers 204 anyway)."""
+        try:
+            self._call(f"DeleteObject s3://{bucket}/{key}", self.write_client.delete_object,
+                       Bucket=bucket, Key=key)
+        except NotFound:
+            pass
+
+    def copy_object(self, bucket: str, source_key: str, key: str, etag: str) -> None:
+        """Server-side copy (multipart beyond 5 GiB, by boto3's transfer manager) of the
+        version `etag` of `source_key`, with the configured SSE; StaleObject if it changed."""
+        self._call(f"CopyObject s3://{bucket}/{source_key} -> {key}", self.write_client.copy,
+                   CopySource={"Bucket": bucket, "Key": source_key}, Bucket=bucket, Key=key,
+                   ExtraArgs={**self._sse_args(), "CopySourceIfMatch": f'"{clean_etag(etag)}"'})
 
     def list_multipart_uploads(self, bucket: str, prefix: str = "") -> list[tuple[str, str]]:
         """(key, UploadId) of every unfinished multipart upload under `prefix`."""

@@ -13,17 +13,28 @@ import time
 import trio
 
 from ..cache.meta import Entry, MetaStore
+from ..cache.overlay import Overlay
 from ..config import SourceSpec
 from ..data.prefetch import SiblingPrefetcher
 from ..data.reader import BlockReader, ObjectRef
-from ..errors import IsADirectory, NotFound, Offline, S3FuseError
-from ..store.s3 import ListPage, S3Store
+from ..errors import (FileExists, InvalidArgument, IsADirectory, NotADirectory, NotEmpty,
+                      NotFound, Offline, ReadOnly, S3FuseError, TooBigToRename)
+from ..store.s3 import ListPage, ObjectInfo, S3Store
+from ..upload.journal import UNKNOWN
+from ..upload.localfile import LocalFile
+from ..upload.uploader import UploadResult
 from ..util.background import Background
+from ..upload.writeback import WriteBack
 from ..util.flight import SingleFlight
 from .base import FileSource, ObjectSource, OnceLogger, SnapshotDir, is_posix_name, join, split
+from .localsource import LocalSource
 
 log = logging.getLogger(__name__)
 
+GONE = object()  # a name removed locally that S3 still lists
+
+#: A directory with more objects is not renamed key by key (EXDEV: `mv` copies it).
+RENAME_DIR_LIMIT = 1000
 #: Subdirectories of a listed directory whose listings are fetched ahead.
 LIST_AHEAD = 16
 
@@ -64,7 +75,8 @@ class BucketTree:
 
     def __init__(self, spec: SourceSpec, store: S3Store, meta: MetaStore, reader: BlockReader,
                  *, ttl: float, writable: bool = False, list_limiter: trio.CapacityLimiter,
-                 siblings: SiblingPrefetcher | None = None, background: Background | None = None):
+                 siblings: SiblingPrefetcher | None = None, background: Background | None = None,
+                 writes: WriteBack | None = None):
         self.name = spec.name
         self.spec = spec
         self.store = store
@@ -79,6 +91,10 @@ class BucketTree:
         self._flight: SingleFlight[None] = SingleFlight()
         self._hidden = OnceLogger(log)
         self._started = int(time.time() * 1e9)
+        self.writes = writes
+        self.overlay = writes.overlay if writes is not None else Overlay()
+        if writes is not None:
+            writes.watch(spec.bucket, self._uploaded)
 
     # ----------------------------------------------------------- listing
 
@@ -131,8 +147,8 @@ class BucketTree:
         subdirectory; fetching those listings ahead turns a walk's sequential round
         trips into parallel ones, still one listing per directory.
         """
-        await self._ensure_listing(path)
-        entries = self.meta.entries(self.ns_id, path)
+        await self._listing_or_local(path)
+        entries = self._merge(path, self.meta.entries(self.ns_id, path))
         if self._background.active:
             subdirs = [e.name for e in entries if e.is_dir][:LIST_AHEAD]
             for name in subdirs:
@@ -148,9 +164,68 @@ class BucketTree:
             log.debug("listing ahead of %s failed: %s", self._dir_prefix(path), exc)
 
     async def lookup(self, path: str, name: str) -> tuple[str, Entry] | None:
-        await self._ensure_listing(path)
+        local = self._local(path, name)
+        if local is not None:
+            return None if local is GONE else (join(path, name), local)
+        await self._listing_or_local(path)
         entry = self.meta.entry(self.ns_id, path, name)
         return None if entry is None else (join(path, name), entry)
+
+    # ----------------------------------------------------------- local changes
+
+    async def _listing_or_local(self, path: str) -> None:
+        """The listing of `path`; a directory made while offline lists its local entries."""
+        try:
+            await self._ensure_listing(path)
+        except Offline:
+            change = self.overlay.get(self.spec.bucket, self._dir_prefix(path))
+            if change is None or change.deleted:
+                raise
+
+    def _local(self, path: str, name: str) -> Entry | object | None:
+        """The entry local changes give `path/name` (GONE when removed), or None."""
+        key = self.key_of(join(path, name))
+        for change_key, is_dir in ((key, False), (key + "/", True)):
+            change = self.overlay.get(self.spec.bucket, change_key)
+            if change is not None and not change.deleted:
+                return Entry(name, is_dir, change.size, change.mtime_ns, "", time.time())
+        file_change = self.overlay.get(self.spec.bucket, key)
+        dir_change = self.overlay.get(self.spec.bucket, key + "/")
+        if file_change is not None or dir_change is not None:
+            entry = self.meta.entry(self.ns_id, path, name)
+            if entry is None or (entry.is_dir and dir_change) or (not entry.is_dir and file_change):
+                return GONE
+        return None
+
+    def _merge(self, path: str, entries: list[Entry]) -> list[Entry]:
+        """The listing of `path` with local changes applied."""
+        changes = self.overlay.children(self.spec.bucket, self._dir_prefix(path))
+        if not changes:
+            return entries
+        merged = {e.name: e for e in entries}
+        for name in {name for name in changes}:
+            local = self._local(path, name)
+            if local is GONE:
+                merged.pop(name, None)
+            elif isinstance(local, Entry):
+                merged[name] = local
+        return sorted(merged.values(), key=lambda e: e.name)
+
+    def _uploaded(self, key: str, result: UploadResult | None) -> None:
+        """A change reached S3: the listing store learns it (`result` None: a removal)."""
+        if not key.startswith(self.spec.prefix) or key == self.spec.prefix:
+            return
+        parent, name = split(key[len(self.spec.prefix):].rstrip("/"))
+        if result is None:
+            self.meta.remove_entry(self.ns_id, parent, name)
+        elif result.conflict_key is not None:  # the key kept its S3 version: look again
+            self.meta.expire_listing(self.ns_id, parent)
+            self.meta.remove_entry(self.ns_id, parent, name)
+        else:
+            change = self.overlay.get(self.spec.bucket, key)
+            size = change.size if change is not None else 0
+            self.meta.update_entry(self.ns_id, parent, Entry(
+                name, key.endswith("/"), size, time.time_ns(), result.etag, 0.0))
 
     # ----------------------------------------------------------- stat / open
 
@@ -162,6 +237,11 @@ class BucketTree:
         if not path:
             return self._root_entry()
         parent, name = split(path)
+        local = self._local(parent, name)
+        if isinstance(local, Entry):
+            return local
+        if local is GONE:
+            raise NotFound(path)
         entry = self.meta.entry(self.ns_id, parent, name)
         if entry is None:
             found = await self.lookup(parent, name)
@@ -193,6 +273,10 @@ class BucketTree:
         entry = await self.stat(path)
         if entry.is_dir:
             raise IsADirectory(path)
+        if self.writes is not None:
+            local = self.writes.reader(self.spec.bucket, self.key_of(path))
+            if local is not None:
+                return LocalSource(local, self.writes)
         if self._siblings is not None:
             parent, name = split(path)
             self._siblings.opened((self.ns_id, parent), name, lambda after, n: [
@@ -205,3 +289,174 @@ class BucketTree:
             return {"user.s3.uri": f"s3://{self.spec.bucket}/{self._dir_prefix(path)}".encode()}
         return {"user.s3.uri": f"s3://{self.spec.bucket}/{self.key_of(path)}".encode(),
                 "user.s3.etag": entry.etag.encode()}
+
+    # ----------------------------------------------------------- writes
+
+    def _writer(self) -> WriteBack:
+        if self.writes is None or not self.writable:
+            raise ReadOnly(f"{self.spec.uri} is mounted read-only")
+        return self.writes
+
+    def _check_name(self, path: str) -> None:
+        if not is_posix_name(split(path)[1]):
+            raise InvalidArgument(f"{path!r} cannot be an S3 key here")
+
+    async def create(self, path: str) -> tuple[Entry, LocalSource]:
+        """A new empty file (uploaded on close even if nothing is written)."""
+        writes = self._writer()
+        self._check_name(path)
+        local = await writes.open(self.spec.bucket, self.key_of(path), truncate=True, expected=None)
+        return self._local_entry(path, local), LocalSource(local, writes, writable=True)
+
+    def _local_entry(self, path: str, local: LocalFile) -> Entry:
+        return Entry(split(path)[1], False, local.size, local.change.mtime_ns, "", time.time())
+
+    async def open_write(self, path: str, truncate: bool) -> LocalSource:
+        """A handle for writing: the current bytes (unless truncated) in a staging file."""
+        writes = self._writer()
+        entry = await self.stat(path)
+        if entry.is_dir:
+            raise IsADirectory(path)
+        key = self.key_of(path)
+        if writes.has_local(self.spec.bucket, key):
+            local = await writes.open(self.spec.bucket, key, truncate=truncate, expected=UNKNOWN)
+        else:
+            source = ObjectSource(self.reader, self.ref(path, entry))
+            local = await writes.open(self.spec.bucket, key, truncate=truncate,
+                                      expected=entry.etag or UNKNOWN, size=entry.size,
+                                      read=source.read)
+        return LocalSource(local, writes, writable=True)
+
+    async def truncate(self, path: str, size: int) -> Entry:
+        """truncate(2) without an open handle: a new version of the given size."""
+        handle = await self.open_write(path, truncate=size == 0)
+        try:
+            await handle.truncate(size)
+        finally:
+            await handle.close()
+        return await self.stat(path)
+
+    async def unlink(self, path: str) -> None:
+        writes = self._writer()
+        if (await self.stat(path)).is_dir:
+            raise IsADirectory(path)
+        await writes.remove(self.spec.bucket, self.key_of(path))
+
+    async def mkdir(self, path: str) -> Entry:
+        writes = self._writer()
+        self._check_name(path)
+        parent, name = split(path)
+        if await self.lookup(parent, name) is not None:
+            raise FileExists(path)
+        await writes.make_dir(self.spec.bucket, self._dir_prefix(path))
+        return Entry(name, True, 0, time.time_ns(), "", time.time())
+
+    async def rmdir(self, path: str) -> None:
+        writes = self._writer()
+        if not (await self.stat(path)).is_dir:
+            raise NotADirectory(path)
+        if await self.listdir(path):
+            raise NotEmpty(path)
+        await writes.remove(self.spec.bucket, self._dir_prefix(path))
+
+    async def rename(self, old: str, new: str, noreplace: bool = False) -> None:
+        """rename(2) within this tree: files by server-side copy (or their local bytes) and
+        delete; directories key by key up to RENAME_DIR_LIMIT objects (beyond: EXDEV, and
+        `mv` copies). Not atomic: a failure part-way leaves the source in place."""
+        self._writer()
+        self._check_name(new)
+        source = await self.stat(old)
+        target = await self._stat_or_none(new)
+        if target is not None:
+            if noreplace:
+                raise FileExists(new)
+            if source.is_dir and not target.is_dir:
+                raise NotADirectory(new)
+            if not source.is_dir and target.is_dir:
+                raise IsADirectory(new)
+            if target.is_dir and await self.listdir(new):
+                raise NotEmpty(new)
+        if source.is_dir:
+            if new == old or new.startswith(old + "/"):
+                raise InvalidArgument(f"cannot move {old!r} into itself")
+            await self._rename_dir(old, new)
+        else:
+            await self._rename_file(self.key_of(old), self.key_of(new), source)
+        for path in (split(old)[0], split(new)[0]):
+            self.meta.expire_listing(self.ns_id, path)
+
+    async def _stat_or_none(self, path: str) -> Entry | None:
+        try:
+            return await self.stat(path)
+        except NotFound:
+            return None
+
+    async def _rename_file(self, old_key: str, new_key: str, entry: Entry) -> None:
+        writes = self._writer()
+        bucket = self.spec.bucket
+        if writes.has_local(bucket, old_key):
+            await writes.move_local(bucket, old_key, new_key)
+            return
+        await writes.forget(bucket, new_key)  # an overwritten local version must not land later
+        await trio.to_thread.run_sync(self.store.copy_object, bucket, old_key, new_key, entry.etag,
+                                      limiter=self._limiter)
+        parent, name = split(new_key[len(self.spec.prefix):])
+        self.meta.update_entry(self.ns_id, parent, Entry(name, False, entry.size, time.time_ns(),
+                                                         entry.etag, 0.0))  # HEAD at next stat
+        await writes.remove(bucket, old_key)
+
+    async def _rename_dir(self, old: str, new: str) -> None:
+        writes = self._writer()
+        bucket = self.spec.bucket
+        old_prefix, new_prefix = self._dir_prefix(old), self._dir_prefix(new)
+
+        def list_below() -> list[ObjectInfo]:
+            found: list[ObjectInfo] = []
+            for page in self.store.list_pages(bucket, old_prefix, delimiter=""):
+                found += page.objects
+                if len(found) > RENAME_DIR_LIMIT:
+                    break
+            return found
+
+        remote = await trio.to_thread.run_sync(list_below, limiter=self._limiter)
+        local_keys = [k for k in self.overlay.keys_under(bucket, old_prefix)
+                      if not (c := self.overlay.get(bucket, k)) or not c.deleted]
+        if len(remote) + len(local_keys) > RENAME_DIR_LIMIT:
+            raise TooBigToRename(f"{old}: more than {RENAME_DIR_LIMIT} objects to rename one by one")
+        await writes.make_dir(bucket, new_prefix)
+        markers = {old_prefix}  # removed last, once everything below was moved
+        moved: set[str] = set()
+        for key in local_keys:
+            target = new_prefix + key[len(old_prefix):]
+            if key.endswith("/"):
+                await writes.make_dir(bucket, target)
+                markers.add(key)
+            elif writes.has_local(bucket, key):
+                await writes.move_local(bucket, key, target)
+            moved.add(key)
+        for obj in remote:
+            if obj.key in moved or obj.key == old_prefix or self._locally_removed(obj.key):
+                continue
+            target = new_prefix + obj.key[len(old_prefix):]
+            if obj.key.endswith("/"):
+                await writes.make_dir(bucket, target)
+                markers.add(obj.key)
+            else:
+                await self._rename_file(obj.key, target, Entry("", False, obj.size, obj.mtime_ns,
+                                                               obj.etag))
+        for key in sorted(markers, reverse=True):
+            await writes.remove(bucket, key)
+
+    def _locally_removed(self, key: str) -> bool:
+        change = self.overlay.get(self.spec.bucket, key)
+        return change is not None and change.deleted
+
+    async def set_mtime(self, path: str, mtime_ns: int) -> None:
+        """utimens: a file with local changes shows `mtime_ns` until uploaded; S3 then
+        shows its LastModified (S3 cannot store another time; see docs/writing.md)."""
+        self._writer()
+        key = self.key_of(path)
+        for change_key in (key, key + "/"):
+            change = self.overlay.get(self.spec.bucket, change_key)
+            if change is not None and not change.deleted:
+                change.mtime_ns = mtime_ns

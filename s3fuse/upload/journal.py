@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: ids stay valid for state()
     bucket TEXT NOT NULL,
     key TEXT NOT NULL,
-    staging_id TEXT NOT NULL,
+    op TEXT NOT NULL DEFAULT 'put' CHECK (op IN ('put', 'delete')),
+    staging_id TEXT NOT NULL,               -- '' for a delete
     size INTEGER NOT NULL,
     cond TEXT NOT NULL CHECK (cond IN ('any', 'match', 'absent')),
     etag TEXT,
@@ -92,6 +93,7 @@ class Job:
     expected: Expected
     attempts: int
     created: float
+    op: str = "put"  # or "delete" (no staging file)
 
     @property
     def uri(self) -> str:
@@ -123,9 +125,16 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"upload journal {path} is unreadable ({exc}): it may hold queued "
                              "uploads; move it aside to start without them") from None
+
+    def _migrate(self) -> None:
+        """Journals written before deletes were journalled have no `op` column."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "op" not in columns:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN op TEXT NOT NULL DEFAULT 'put'")
 
     def close(self) -> None:
         with self._lock:
@@ -149,16 +158,19 @@ class Journal:
     # ------------------------------------------------------------ jobs
 
     def enqueue(self, bucket: str, key: str, staging_id: str, size: int,
-                expected: Expected) -> int:
-        """Journal a closed file (its staging file must already be fsynced); returns the job id."""
+                expected: Expected, op: str = "put") -> int:
+        """Journal a closed file (its staging file must already be fsynced), or with
+        op="delete" (staging_id "", size 0) the removal of a key; returns the job id."""
         with self._tx() as db:
             older = db.execute("SELECT id, state, cond, etag FROM jobs WHERE bucket = ? AND key = ? "
                                "ORDER BY id", (bucket, key)).fetchall()
             cond, etag = (older[-1]["cond"], older[-1]["etag"]) if older else _encode(expected)
+            if op == "delete":
+                cond, etag = "any", None
             job_id = int(db.execute(
-                "INSERT INTO jobs (bucket, key, staging_id, size, cond, etag, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (bucket, key, staging_id, size, cond, etag, time.time())).lastrowid or 0)
+                "INSERT INTO jobs (bucket, key, op, staging_id, size, cond, etag, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (bucket, key, op, staging_id, size, cond, etag, time.time())).lastrowid or 0)
             for row in older:
                 if row["state"] != "uploading":
                     self._supersede(db, row["id"], job_id)
@@ -168,10 +180,26 @@ class Journal:
         """Drop an older version in favour of `new_id` (which keeps the older creation time)."""
         row = db.execute("SELECT staging_id, created FROM jobs WHERE id = ?", (old_id,)).fetchone()
         db.execute("DELETE FROM jobs WHERE id = ?", (old_id,))
-        db.execute("INSERT OR IGNORE INTO trash (staging_id) VALUES (?)", (row["staging_id"],))
+        self._to_trash(db, row["staging_id"])
         db.execute("UPDATE jobs SET created = MIN(created, ?) WHERE id = ?", (row["created"], new_id))
         db.execute("UPDATE replaced SET new_id = ? WHERE new_id = ?", (new_id, old_id))
         db.execute("INSERT OR REPLACE INTO replaced (old_id, new_id) VALUES (?, ?)", (old_id, new_id))
+
+    @staticmethod
+    def _to_trash(db: sqlite3.Connection, staging_id: str) -> None:
+        if staging_id:  # deletes have no staging file
+            db.execute("INSERT OR IGNORE INTO trash (staging_id) VALUES (?)", (staging_id,))
+
+    def cancel(self, bucket: str, key: str) -> list[int]:
+        """Drop the versions of a key not being uploaded; returns the ids still uploading."""
+        with self._tx() as db:
+            rows = db.execute("SELECT id, state, staging_id FROM jobs WHERE bucket = ? AND key = ?",
+                              (bucket, key)).fetchall()
+            for row in rows:
+                if row["state"] != "uploading":
+                    db.execute("DELETE FROM jobs WHERE id = ?", (row["id"],))
+                    self._to_trash(db, row["staging_id"])
+        return [row["id"] for row in rows if row["state"] == "uploading"]
 
     def recover(self) -> int:
         """After a restart: uploads that were running are queued again (older versions dropped)."""
@@ -194,7 +222,7 @@ class Journal:
                 return None
             db.execute("UPDATE jobs SET state = 'uploading' WHERE id = ?", (row["id"],))
         return Job(row["id"], row["bucket"], row["key"], row["staging_id"], row["size"],
-                   _decode(row["cond"], row["etag"]), row["attempts"], row["created"])
+                   _decode(row["cond"], row["etag"]), row["attempts"], row["created"], row["op"])
 
     def next_due(self) -> float | None:
         """When the next startable job becomes due (None: none; a key's running upload wakes us)."""
@@ -205,15 +233,18 @@ class Journal:
     def done(self, job_id: int, etag: str, conflict_key: str | None = None) -> None:
         """The job's bytes are in S3 (at `conflict_key` when the key had changed)."""
         with self._tx() as db:
-            row = db.execute("SELECT bucket, key, staging_id FROM jobs WHERE id = ?",
+            row = db.execute("SELECT bucket, key, op, staging_id FROM jobs WHERE id = ?",
                              (job_id,)).fetchone()
             if row is None:
                 return
             bucket, key = row["bucket"], row["key"]
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            db.execute("INSERT OR IGNORE INTO trash (staging_id) VALUES (?)", (row["staging_id"],))
+            self._to_trash(db, row["staging_id"])
             db.execute("DELETE FROM replaced WHERE new_id = ?", (job_id,))
-            if conflict_key is None:  # newer versions were based on this one
+            if row["op"] == "delete":  # newer versions were written after the removal
+                db.execute("UPDATE jobs SET cond = 'absent', etag = NULL WHERE bucket = ? "
+                           "AND key = ? AND id > ?", (bucket, key, job_id))
+            elif conflict_key is None:  # newer versions were based on this one
                 db.execute("UPDATE jobs SET cond = 'match', etag = ? WHERE bucket = ? AND key = ? "
                            "AND id > ?", (etag, bucket, key, job_id))
             else:
@@ -262,10 +293,17 @@ class Journal:
         return (row["state"], row["error"]) if row else ("done", None)
 
     def latest(self) -> dict[tuple[str, str], tuple[int, str]]:
-        """(bucket, key) -> (job id, staging id) of the newest version of every journalled key."""
-        rows = self._read("SELECT bucket, key, MAX(id) AS id, staging_id FROM jobs "
-                          "GROUP BY bucket, key")
-        return {(r["bucket"], r["key"]): (r["id"], r["staging_id"]) for r in rows}
+        """(bucket, key) -> (job id, staging id; "" for a delete) of the newest version of
+        every journalled key."""
+        return {(p.bucket, p.key): (p.id, p.staging_id) for p in self.pending()}
+
+    def pending(self) -> list[Job]:
+        """The newest job of every journalled key (what the local view shows until done)."""
+        rows = self._read("SELECT * FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs "
+                          "GROUP BY bucket, key) ORDER BY id")
+        return [Job(r["id"], r["bucket"], r["key"], r["staging_id"], r["size"],
+                    _decode(r["cond"], r["etag"]), r["attempts"], r["created"], r["op"])
+                for r in rows]
 
     def summary(self) -> dict[str, Any]:
         """Pending files and bytes, the oldest one's age, failures, transient errors, conflicts."""

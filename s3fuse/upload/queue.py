@@ -97,6 +97,29 @@ class UploadQueue:
         self._notify()
         return job_id
 
+    async def delete(self, bucket: str, key: str) -> int:
+        """Journal the removal of a key (it replaces pending uploads of the key that have not
+        started; one that has runs first); returns the job id once durable."""
+        job_id = await self._io(self._enqueue_delete, bucket, key)
+        self._latest[(bucket, key)] = (job_id, "")
+        self._notify()
+        return job_id
+
+    async def cancel(self, bucket: str, key: str) -> None:
+        """Forget the pending changes of a key (for a rename onto it): queued ones are
+        dropped, a running upload is waited for (however it ends)."""
+        while await self._io(self._cancel, bucket, key):  # one is uploading: wait for it
+            changed = self._changed
+            with trio.move_on_after(OFFLINE_POLL):
+                await changed.wait()
+        self._latest.pop((bucket, key), None)
+        self._notify()
+
+    def _cancel(self, bucket: str, key: str) -> list[int]:
+        running = self.journal.cancel(bucket, key)
+        self._empty_trash()
+        return running
+
     async def wait(self, job_id: int) -> bool:
         """For fsync: True once the job (or a newer version of its key) is uploaded; False at
         once while S3 is offline (the bytes stay journalled); UploadFailed if it failed."""
@@ -147,10 +170,14 @@ class UploadQueue:
         """Pending files/bytes, oldest age, failures, retrying, conflicts. Blocking."""
         return self.journal.summary()
 
+    def pending(self, bucket: str, key: str) -> bool:
+        """Is a change of the key (an upload or a removal) still journalled?"""
+        return (bucket, key) in self._latest
+
     def pending_version(self, bucket: str, key: str) -> Path | None:
         """The staging file with the newest local bytes of a key not yet in S3, or None."""
         latest = self._latest.get((bucket, key))
-        return self.staging.path(latest[1]) if latest else None
+        return self.staging.path(latest[1]) if latest and latest[1] else None
 
     # ------------------------------------------------------------ blocking helpers
 
@@ -176,6 +203,11 @@ class UploadQueue:
     def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected) -> int:
         size = self.staging.commit(staging_id)  # durable before the journal row exists
         job_id = self.journal.enqueue(bucket, key, staging_id, size, expected)
+        self._empty_trash()
+        return job_id
+
+    def _enqueue_delete(self, bucket: str, key: str) -> int:
+        job_id = self.journal.enqueue(bucket, key, "", 0, UNKNOWN, op="delete")
         self._empty_trash()
         return job_id
 

@@ -30,6 +30,26 @@ class Staging:
         os.close(fd)
         return staging_id, path
 
+    def clone(self, staging_id: str) -> tuple[str, Path]:
+        """A new name for the same immutable bytes (a hard link: no copy), e.g. for a rename."""
+        clone_id = secrets.token_hex(16)
+        path = self.directory / clone_id
+        os.link(self.path(staging_id), path)
+        return clone_id, path
+
+    def copy(self, staging_id: str) -> tuple[str, Path]:
+        """A new staging file with the bytes of `staging_id`, to be written (copy-on-write)."""
+        copy_id, path = self.create()
+        with open(self.path(staging_id), "rb") as src, open(path, "r+b") as dst:
+            size = os.fstat(src.fileno()).st_size
+            copied = 0
+            while copied < size:
+                step = os.copy_file_range(src.fileno(), dst.fileno(), size - copied)
+                if step == 0:  # immutable files do not shrink; never loop if one did
+                    raise OSError(f"staging file {staging_id} shrank while being copied")
+                copied += step
+        return copy_id, path
+
     def path(self, staging_id: str) -> Path:
         if not _ID_RE.match(staging_id):
             raise ValueError(f"not a staging id: {staging_id!r}")

@@ -91,6 +91,9 @@ class Uploader:
         self.conditional = True  # False once the server answered a conditional write with 501
 
     def upload(self, job: Job) -> UploadResult:
+        if job.op == "delete":
+            self.store.delete_object(job.bucket, job.key)
+            return UploadResult("")
         path = self.staging.path(job.staging_id)
         try:
             self.abort_leftovers(job.bucket, job.key)

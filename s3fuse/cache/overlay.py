@@ -1,0 +1,89 @@
+"""Local changes S3 does not show yet, laid over its listings.
+
+Between a write and the end of its upload (seconds, or hours offline) S3 still lists
+the old state. The overlay holds, per key, what the mount must show instead: a file
+with its local size, a new directory (a pending `dir/` marker), or a removal. Bucket
+trees consult it on every lookup, stat and listing; the write-back layer fills it and
+clears a key once S3 has caught up. In memory only: at start it is rebuilt from the
+upload journal, which holds every change not yet in S3.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Change:
+    """What the mount shows for one key until S3 has it."""
+
+    is_dir: bool = False
+    deleted: bool = False
+    size: int = 0
+    mtime_ns: int = field(default_factory=time.time_ns)
+    generation: int = 0  # bumped by every change: a stale clear() must not undo a newer one
+
+
+class Overlay:
+    """(bucket, key) -> Change, indexed by parent prefix for listings."""
+
+    def __init__(self) -> None:
+        self._changes: dict[tuple[str, str], Change] = {}
+        self._children: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self._generation = 0
+
+    @staticmethod
+    def _split(key: str) -> tuple[str, str]:
+        """'a/b/c' -> ('a/b/', 'c'); a marker 'a/b/' -> ('a/', 'b')."""
+        head, _, name = key.rstrip("/").rpartition("/")
+        return (head + "/" if head else ""), name
+
+    def _set(self, bucket: str, key: str, change: Change) -> Change:
+        self._generation += 1
+        change.generation = self._generation
+        self._changes[(bucket, key)] = change
+        parent, _ = self._split(key)
+        self._children[(bucket, parent)].add(key)
+        return change
+
+    def file(self, bucket: str, key: str, size: int, mtime_ns: int | None = None) -> Change:
+        """A file written locally (its size follows later writes through the Change)."""
+        return self._set(bucket, key, Change(size=size, mtime_ns=mtime_ns or time.time_ns()))
+
+    def directory(self, bucket: str, key: str) -> Change:
+        """A directory made locally; `key` ends with '/'."""
+        return self._set(bucket, key, Change(is_dir=True))
+
+    def delete(self, bucket: str, key: str) -> Change:
+        """A file or a directory marker removed locally."""
+        return self._set(bucket, key, Change(deleted=True))
+
+    def get(self, bucket: str, key: str) -> Change | None:
+        return self._changes.get((bucket, key))
+
+    def clear(self, bucket: str, key: str, generation: int | None = None) -> None:
+        """S3 shows the change now; with `generation`, only if nothing newer happened since."""
+        change = self._changes.get((bucket, key))
+        if change is None or (generation is not None and change.generation != generation):
+            return
+        del self._changes[(bucket, key)]
+        parent, _ = self._split(key)
+        siblings = self._children.get((bucket, parent))
+        if siblings is not None:
+            siblings.discard(key)
+            if not siblings:
+                del self._children[(bucket, parent)]
+
+    def children(self, bucket: str, prefix: str) -> dict[str, Change]:
+        """Name -> change of the keys directly under `prefix` ('' or ending with '/')."""
+        keys = self._children.get((bucket, prefix), ())
+        return {self._split(key)[1]: self._changes[(bucket, key)] for key in keys}
+
+    def has_live_under(self, bucket: str, prefix: str) -> bool:
+        """Does any local file or directory (not a removal) live below `prefix`?"""
+        return any(b == bucket and k.startswith(prefix) and k != prefix and not c.deleted
+                   for (b, k), c in self._changes.items())
+
+    def keys_under(self, bucket: str, prefix: str) -> list[str]:
+        return [k for (b, k) in self._changes if b == bucket and k.startswith(prefix)]

@@ -1,0 +1,239 @@
+"""Write-back: files written through the mount, from open to the upload queue.
+
+The FUSE layer (through a bucket tree) opens a LocalFile per key, writes into its
+staging file, and on the first flush after writes the file is submitted: journalled
+(durable) and queued for upload. Until S3 has every change, the overlay shows the
+local state (sizes, new files and directories, removals) and reads of a key are
+served from its local bytes. Removals are journalled too, in order with the uploads
+of the same key, so an unlink made offline happens when the link returns.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from typing import Awaitable, Callable
+
+import trio
+
+from ..cache.overlay import Overlay
+from ..errors import NotFound
+from .journal import UNKNOWN, Expected
+from .localfile import LocalFile
+from .queue import UploadQueue
+from .staging import Staging
+from .uploader import UploadResult
+
+log = logging.getLogger(__name__)
+
+FSYNC_WAIT = 300.0  # fsync gives up waiting for the upload (the bytes stay journalled)
+Listener = Callable[[str, UploadResult | None], None]  # (key, result; None for a removal)
+Reader = Callable[[int, int], Awaitable[bytes | memoryview]]
+
+
+class StagedFile:
+    """A read-only view of a key's pending local bytes (a staging file the queue holds)."""
+
+    def __init__(self, fd: int, version: str, limiter: trio.CapacityLimiter):
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+        self.version = version
+        self._limiter = limiter
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return await trio.to_thread.run_sync(os.pread, self.fd, size, offset, limiter=self._limiter)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class WriteBack:
+    def __init__(self, queue: UploadQueue, staging: Staging, overlay: Overlay):
+        self.queue = queue
+        self.staging = staging
+        self.overlay = overlay
+        self.limiter = trio.CapacityLimiter(4)
+        self._open: dict[tuple[str, str], LocalFile] = {}
+        self._listeners: dict[str, list[Listener]] = defaultdict(list)
+        queue.on_uploaded = self._uploaded
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Replay the journal and show its pending changes (before the mount serves)."""
+        await self.queue.start()
+        jobs = await trio.to_thread.run_sync(self.queue.journal.pending)
+        for job in jobs:
+            if job.op == "delete":
+                self.overlay.delete(job.bucket, job.key)
+            elif job.key.endswith("/"):
+                self.overlay.directory(job.bucket, job.key)
+            else:
+                try:
+                    st = self.staging.path(job.staging_id).stat()
+                except OSError:
+                    continue
+                self.overlay.file(job.bucket, job.key, st.st_size, st.st_mtime_ns)
+        if jobs:
+            log.info("%d change(s) from before the restart still to send to S3", len(jobs))
+
+    def watch(self, bucket: str, listener: Listener) -> None:
+        """Tell `listener` (a bucket tree) when a key of `bucket` reached S3."""
+        self._listeners[bucket].append(listener)
+
+    def _uploaded(self, bucket: str, key: str, result: UploadResult) -> None:
+        for listener in self._listeners.get(bucket, ()):
+            listener(key, result if result.etag else None)  # no ETag: a removal
+        if (bucket, key) not in self._open and not self.queue.pending(bucket, key):
+            self.overlay.clear(bucket, key)
+
+    # ------------------------------------------------------------ files
+
+    def local(self, bucket: str, key: str) -> LocalFile | None:
+        return self._open.get((bucket, key))
+
+    def has_local(self, bucket: str, key: str) -> bool:
+        return (bucket, key) in self._open or self.queue.pending_version(bucket, key) is not None
+
+    async def open(self, bucket: str, key: str, *, truncate: bool, expected: Expected,
+                   size: int = 0, read: Reader | None = None) -> LocalFile:
+        """The LocalFile of a key (shared with its other handles), one more user.
+
+        Its starting bytes: nothing with `truncate`, else the pending local version, else
+        `size` bytes from `read` (the object in S3, through the block cache)."""
+        local = self._open.get((bucket, key))
+        if local is None:
+            local = await self._new_local(bucket, key, truncate, expected, size, read)
+        elif truncate and local.size:
+            await local.truncate(0)
+        local.users += 1
+        return local
+
+    async def _new_local(self, bucket: str, key: str, truncate: bool, expected: Expected,
+                         size: int, read: Reader | None) -> LocalFile:
+        pending = None if truncate else self.queue.pending_version(bucket, key)
+        if pending is not None:
+            try:
+                staging_id, path = await trio.to_thread.run_sync(self.staging.copy, pending.name)
+                expected = UNKNOWN  # based on the pending version: the journal chains them
+            except FileNotFoundError:  # uploaded meanwhile: S3 has these bytes
+                pending = None
+        if pending is None:
+            staging_id, path = await trio.to_thread.run_sync(self.staging.create)
+        change = self.overlay.get(bucket, key)
+        if change is None or change.deleted or change.is_dir:
+            change = self.overlay.file(bucket, key, 0)
+        local = LocalFile(self.staging, staging_id, path, bucket=bucket, key=key,
+                          expected=expected, change=change, limiter=self.limiter)
+        try:
+            if pending is None and not truncate and read is not None and size:
+                await local.fill_from(read, size)
+        except BaseException:
+            local.close()
+            await trio.to_thread.run_sync(self.staging.discard, staging_id)
+            raise
+        if truncate or (pending is None and read is None):
+            local.dirty = True  # a new or emptied file is a change even with no write
+        self._open[(bucket, key)] = local
+        return local
+
+    async def flush(self, local: LocalFile) -> None:
+        """Close semantics: journal and queue the file if it changed since its last submit."""
+        async with local.lock:
+            if not local.dirty or local.unlinked:
+                return
+            local.frozen = True  # writes from now on go to a copy
+            job = await self.queue.submit(local.bucket, local.key, local.staging_id, local.expected)
+            local.submitted(job)
+        log.debug("queued s3://%s/%s (%d bytes)", local.bucket, local.key, local.size)
+
+    async def release(self, local: LocalFile) -> None:
+        local.users -= 1
+        await self.flush(local)
+        if local.users > 0:
+            return
+        local.close()
+        if self._open.get((local.bucket, local.key)) is local:
+            del self._open[(local.bucket, local.key)]
+        if not local.frozen:  # never submitted (or removed before): the queue does not own it
+            await trio.to_thread.run_sync(self.staging.discard, local.staging_id)
+
+    async def fsync(self, local: LocalFile) -> None:
+        """Durable: uploaded while online; offline (or after FSYNC_WAIT), journalled on disk."""
+        await self.flush(local)
+        if local.job is None:
+            return
+        with trio.move_on_after(FSYNC_WAIT) as waited:
+            await self.queue.wait(local.job)  # UploadFailed (EIO) when it failed for good
+        if waited.cancelled_caught:
+            log.warning("fsync of s3://%s/%s: upload not done after %.0fs; the bytes are "
+                        "journalled and will be uploaded", local.bucket, local.key, FSYNC_WAIT)
+
+    def reader(self, bucket: str, key: str) -> LocalFile | StagedFile | None:
+        """What a read-only open of `key` must read, when its newest bytes are local."""
+        local = self._open.get((bucket, key))
+        if local is not None:
+            local.users += 1  # released by the handle's close
+            return local
+        path = self.queue.pending_version(bucket, key)
+        if path is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # uploaded meanwhile
+            return None
+        return StagedFile(fd, f"local:{path.name}", self.limiter)
+
+    # ------------------------------------------------------------ names
+
+    async def remove(self, bucket: str, key: str) -> None:
+        """Unlink a file or remove a directory marker (`key` ending with '/')."""
+        local = self._open.pop((bucket, key), None)
+        if local is not None:
+            local.unlinked = True
+        await self.queue.delete(bucket, key)
+        self.overlay.delete(bucket, key)
+
+    async def make_dir(self, bucket: str, marker: str) -> None:
+        """A directory: an empty `dir/` marker object, queued like any upload."""
+        staging_id, _ = await trio.to_thread.run_sync(self.staging.create)
+        self.overlay.directory(bucket, marker)
+        await self.queue.submit(bucket, marker, staging_id, UNKNOWN)
+
+    async def move_local(self, bucket: str, old: str, new: str) -> None:
+        """Rename a key whose newest bytes are local: the new key gets them (a hard link
+        of the staging file, or the open file itself), the old key is removed."""
+        local = self._open.pop((bucket, old), None)
+        replaced = self._open.pop((bucket, new), None)
+        if replaced is not None:
+            replaced.unlinked = True
+        if local is not None:
+            if local.frozen:  # the queued version keeps its name; the new key gets a link
+                local.staging_id, _ = await trio.to_thread.run_sync(self.staging.clone,
+                                                                    local.staging_id)
+            local.key = new
+            local.expected = UNKNOWN
+            local.change = self.overlay.file(bucket, new, local.size)
+            local.dirty = True
+            self._open[(bucket, new)] = local
+            if local.users == 0:
+                await self.flush(local)
+        else:
+            pending = self.queue.pending_version(bucket, old)
+            if pending is None:
+                raise NotFound(f"s3://{bucket}/{old}: no local version")
+            clone_id, path = await trio.to_thread.run_sync(self.staging.clone, pending.name)
+            size = (await trio.to_thread.run_sync(path.stat)).st_size
+            self.overlay.file(bucket, new, size)
+            await self.queue.submit(bucket, new, clone_id, UNKNOWN)
+        await self.queue.delete(bucket, old)
+        self.overlay.delete(bucket, old)
+
+    async def forget(self, bucket: str, key: str) -> None:
+        """Drop the local changes of a key about to be overwritten in S3 directly (a rename
+        onto it): its queued versions must not land after the new object."""
+        local = self._open.pop((bucket, key), None)
+        if local is not None:
+            local.unlinked = True
+        await self.queue.cancel(bucket, key)
+        self.overlay.clear(bucket, key)

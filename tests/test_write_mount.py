@@ -1,0 +1,162 @@
+"""Writing through the real mount (moto and SeaweedFS), checked byte for byte in S3."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.mount
+
+
+def body(s3, bucket: str, key: str) -> bytes:  # type: ignore[no-untyped-def]
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def keys(s3, bucket: str) -> set[str]:  # type: ignore[no-untyped-def]
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def sync(mountpoint: Path, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "s3fuse", "sync", str(mountpoint), "--timeout",
+                           str(timeout), *extra], capture_output=True, text=True, timeout=timeout + 30)
+
+
+def test_write_overwrite_append_truncate_random(s3, bucket, mount_factory):
+    s3.put_object(Bucket=bucket, Key="old.txt", Body=b"0123456789")
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    (root / "new.txt").write_bytes(b"hello")                  # create + write + close
+    with open(root / "old.txt", "ab") as fh:                  # append to an S3 object
+        fh.write(b"abc")
+    with open(root / "rand.bin", "wb") as fh:                 # random writes, holes
+        fh.write(b"x" * 100)
+        fh.seek(1000)
+        fh.write(b"tail")
+        fh.seek(10)
+        fh.write(b"middle")
+    (root / "empty").touch()                                  # create with nothing written
+    big = os.urandom(20 << 20) + b"end"                       # multipart
+    (root / "big.bin").write_bytes(big)
+    assert (root / "new.txt").read_bytes() == b"hello"        # read back before the upload
+    assert os.stat(root / "big.bin").st_size == len(big)
+    assert sync(m.mountpoint).returncode == 0
+    assert body(s3, bucket, "new.txt") == b"hello"
+    assert body(s3, bucket, "old.txt") == b"0123456789abc"
+    expected = bytearray(b"x" * 100 + b"\0" * 900 + b"tail")
+    expected[10:16] = b"middle"
+    assert body(s3, bucket, "rand.bin") == bytes(expected)
+    assert body(s3, bucket, "empty") == b""
+    assert body(s3, bucket, "big.bin") == big
+    # overwrite, truncate (path and handle), r+ in place
+    (root / "new.txt").write_bytes(b"HELLO WORLD")
+    os.truncate(root / "old.txt", 4)
+    with open(root / "rand.bin", "r+b") as fh:
+        fh.truncate(3)
+        fh.seek(0)
+        fh.write(b"y")
+    assert (root / "old.txt").read_bytes() == b"0123"
+    assert sync(m.mountpoint).returncode == 0
+    assert body(s3, bucket, "new.txt") == b"HELLO WORLD"
+    assert body(s3, bucket, "old.txt") == b"0123"
+    assert body(s3, bucket, "rand.bin") == b"yxx"
+    assert os.stat(root / "rand.bin").st_size == 3
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_unlink_mkdir_rmdir_rename(s3, bucket, mount_factory):
+    for key, data in {"a.txt": b"A", "dir/x": b"X", "dir/sub/y": b"Y", "gone.txt": b"G"}.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    os.unlink(root / "gone.txt")
+    assert not (root / "gone.txt").exists() and "gone.txt" not in os.listdir(root)
+    os.mkdir(root / "newdir")
+    assert (root / "newdir").is_dir() and os.listdir(root / "newdir") == []
+    with pytest.raises(FileExistsError):
+        os.mkdir(root / "newdir")
+    (root / "newdir" / "inside.txt").write_bytes(b"in")
+    with pytest.raises(OSError) as info:
+        os.rmdir(root / "newdir")
+    assert info.value.errno == errno.ENOTEMPTY
+    os.mkdir(root / "tmpdir")
+    os.rmdir(root / "tmpdir")
+    assert not (root / "tmpdir").exists()
+    os.rename(root / "a.txt", root / "b.txt")                 # S3-only file: server-side copy
+    assert (root / "b.txt").read_bytes() == b"A" and not (root / "a.txt").exists()
+    (root / "local.txt").write_bytes(b"L")
+    os.rename(root / "local.txt", root / "moved.txt")         # pending local file
+    (root / "over.txt").write_bytes(b"old")
+    os.rename(root / "moved.txt", root / "over.txt")          # overwriting rename
+    os.rename(root / "dir", root / "renamed")                 # a directory, key by key
+    assert sorted(os.listdir(root / "renamed")) == ["sub", "x"]
+    assert (root / "renamed" / "sub" / "y").read_bytes() == b"Y"
+    assert sync(m.mountpoint).returncode == 0
+    assert keys(s3, bucket) == {"b.txt", "newdir/", "newdir/inside.txt", "over.txt",
+                                "renamed/", "renamed/x", "renamed/sub/y"}
+    assert body(s3, bucket, "over.txt") == b"L"
+    assert body(s3, bucket, "b.txt") == b"A"
+    m.stop()
+    m2 = mount_factory("--source", f"s3://{bucket}", name="again")
+    assert os.listdir(m2.path(bucket, "newdir")) == ["inside.txt"]   # the marker survives
+
+
+def test_shell_tools_and_status(s3, bucket, mount_factory, tmp_path):
+    src = tmp_path / "src"
+    (src / "deep" / "er").mkdir(parents=True)
+    for i in range(20):
+        (src / "deep" / f"f{i}.txt").write_text(f"file {i}\n" * i)
+    (src / "deep" / "er" / "last.bin").write_bytes(os.urandom(300_000))
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    subprocess.run(["cp", "-r", str(src / "deep"), str(root / "copied")], check=True)
+    subprocess.run(["tar", "-C", str(src), "-cf", str(tmp_path / "t.tar"), "deep"], check=True)
+    os.mkdir(root / "untar")
+    subprocess.run(["tar", "-C", str(root / "untar"), "-xf", str(tmp_path / "t.tar")], check=True)
+    status = json.loads(os.getxattr(str(m.mountpoint), "user.s3fuse.uploads"))
+    assert {"files", "bytes", "failures", "conflicts"} <= set(status)
+    assert sync(m.mountpoint).returncode == 0
+    for base in ("copied", "untar/deep"):
+        diff = subprocess.run(["diff", "-r", str(src / "deep"), str(root / base)],
+                              capture_output=True, text=True)
+        assert diff.returncode == 0, diff.stdout
+    assert body(s3, bucket, "copied/er/last.bin") == (src / "deep" / "er" / "last.bin").read_bytes()
+    text = subprocess.run([sys.executable, "-m", "s3fuse", "status", str(m.mountpoint)],
+                          capture_output=True, text=True).stdout
+    assert "uploads:   0 pending" in text
+
+
+def test_chmod_chown_refused_utimens_kept(s3, bucket, mount_factory):
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    f = root / "f.txt"
+    f.write_bytes(b"x")
+    os.chmod(f, 0o644)                                        # what is shown: fine
+    with pytest.raises(PermissionError):
+        os.chmod(f, 0o600)
+    with pytest.raises(PermissionError):
+        os.chown(f, 1234, 1234)
+    os.utime(f, (1_000_000_000, 1_000_000_000))               # shown until uploaded
+    assert os.stat(f).st_mtime == 1_000_000_000
+    for action in (lambda: os.symlink("f.txt", root / "link"),
+                   lambda: os.link(f, root / "hard")):
+        with pytest.raises(PermissionError):
+            action()
+    with pytest.raises(OSError) as info:
+        (m.mountpoint / "toplevel.txt").write_bytes(b"x")
+    assert info.value.errno == errno.EPERM
+
+
+def test_fsync_waits_for_the_upload(s3, bucket, mount_factory):
+    m = mount_factory("--source", f"s3://{bucket}")
+    with open(m.path(bucket, "durable.txt"), "wb") as fh:
+        fh.write(b"now in S3")
+        fh.flush()
+        os.fsync(fh.fileno())
+        assert body(s3, bucket, "durable.txt") == b"now in S3"   # before close
