@@ -12,7 +12,9 @@ import logging
 import struct
 import threading
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import diskcache
 
@@ -75,21 +77,38 @@ def unseal(name: str, blob: bytes) -> memoryview:
     return data
 
 
+class _LockedCache(diskcache.Cache):
+    """A diskcache.Cache whose SQLite write transactions take `lock` (one writer at a
+    time: concurrent ones would meet in SQLite's busy handler, which sleeps milliseconds
+    per retry). Value files are written and read outside it, so reading a block never
+    waits for another block's 8 MiB being written."""
+
+    def __init__(self, *args: Any, lock: threading.RLock, **kwargs: Any):
+        self._s3fuse_lock = lock
+        super().__init__(*args, **kwargs)
+
+    @contextmanager
+    def _transact(self, retry: bool = False, filename: str | None = None) -> Iterator[Any]:
+        with self._s3fuse_lock, super()._transact(retry, filename) as pair:
+            yield pair
+
+
 class BlockCache:
     """Object blocks in two diskcache stores: `blocks/` (LRU, size-capped) and `pinned/`
     (never evicted; filled by `s3fuse pin`, emptied by `unpin`).
 
-    Calls are serialized by a lock: concurrent diskcache transactions would
-    otherwise meet in SQLite's busy handler, which sleeps milliseconds per retry.
+    SQLite transactions are serialized by one lock (see `_LockedCache`); multi-step
+    changes (pin, unpin, prune) hold it throughout (it is reentrant).
     """
 
     def __init__(self, directory: Path, size_limit: int | None, pinned_directory: Path | None = None):
         """`size_limit` None: the limit the last daemon set (diskcache keeps it in its settings)."""
         self.directory = directory
-        self._lock = threading.Lock()
-        self._lru = _store(directory, size_limit, "least-recently-used")
+        self._lock = threading.RLock()
+        self._lru = _store(directory, size_limit, "least-recently-used", self._lock)
         self.size_limit = int(self._lru.size_limit)
-        self._pinned = _store(pinned_directory or directory.parent / "pinned", 1 << 62, "none")
+        self._pinned = _store(pinned_directory or directory.parent / "pinned", 1 << 62, "none",
+                              self._lock)
 
     def get(self, bucket: str, key: str, etag: str, index: int) -> memoryview | None:
         name = block_id(bucket, key, etag, index)
@@ -101,9 +120,17 @@ class BlockCache:
 
     def _read(self, store: diskcache.Cache, name: str) -> memoryview | None:
         try:
-            with self._lock:
-                blob = store.get(name)
-            return None if blob is None else unseal(name, blob)
+            # read=True: a value file comes back open, and is read after the transaction
+            # (value files are never rewritten in place; an open one survives eviction)
+            found = store.get(name, read=True)
+            if found is None:
+                return None
+            if isinstance(found, bytes):  # small values live in SQLite itself
+                blob = found
+            else:
+                with found:
+                    blob = found.read()
+            return unseal(name, blob)
         except (CorruptData, OSError) as exc:
             log.warning("cache block %r is corrupt or unreadable (%s): dropped", name.split("\x00")[1:3], exc)
             with self._lock:
@@ -112,9 +139,9 @@ class BlockCache:
 
     def put(self, bucket: str, key: str, etag: str, index: int, data: bytes) -> None:
         name = block_id(bucket, key, etag, index)
-        with self._lock:
-            if name not in self._pinned:
-                self._lru.set(name, _SealedReader(name, data), read=True)
+        if name not in self._pinned:  # (a block pinned meanwhile may also stay in the LRU
+            # store until evicted: harmless, `get` looks in the pinned store first)
+            self._lru.set(name, _SealedReader(name, data), read=True)
 
     def pin(self, bucket: str, key: str, etag: str, index: int, data: bytes) -> None:
         """Keep this block until unpinned (moved out of the LRU store)."""
@@ -176,7 +203,8 @@ class BlockCache:
             self._pinned.close()
 
 
-def _store(directory: Path, size_limit: int | None, policy: str) -> diskcache.Cache:
+def _store(directory: Path, size_limit: int | None, policy: str,
+           lock: threading.RLock) -> diskcache.Cache:
     settings = {} if size_limit is None else {"size_limit": size_limit}
-    return diskcache.Cache(str(directory), disk=SafeDisk, eviction_policy=policy, cull_limit=16,
-                           statistics=False, **settings)
+    return _LockedCache(str(directory), disk=SafeDisk, eviction_policy=policy, cull_limit=16,
+                        statistics=False, lock=lock, **settings)

@@ -73,6 +73,9 @@ class BlockReader:
         self._flight: SingleFlight[Buffer] = SingleFlight()
         self._s3_limiter = trio.CapacityLimiter(s3_concurrency)
         self._disk_limiter = trio.CapacityLimiter(disk_concurrency)
+        # writes to the disk cache queue on their own: a read checking the disk cache
+        # never waits behind them, and they take at most one core from the fetches
+        self._persist_limiter = trio.CapacityLimiter(1)
         self._loader_limiter = trio.CapacityLimiter(4)
         self._background = background or Background()
         self._disk_error_logged = False
@@ -170,7 +173,7 @@ class BlockReader:
     async def _persist(self, bid: tuple[str, str, str, int], data: bytes) -> None:
         self._persisting += 1
         try:
-            await trio.to_thread.run_sync(self.blocks.put, *bid, data, limiter=self._disk_limiter)
+            await trio.to_thread.run_sync(self.blocks.put, *bid, data, limiter=self._persist_limiter)
             self.disk_full = False
         except OSError as exc:
             self.disk_full = True

@@ -1,0 +1,147 @@
+"""Interleaved A/B timing of s3fuse source trees (and s3fs/rclone) on one SeaweedFS.
+
+For tuning: the full suite rebuilds its data sets on every run; this keeps one SeaweedFS
+with the data sets running (``serve``) and times workloads against it (``run``), the
+variants alternating round by round, so noise on a busy machine hits all of them alike.
+
+    python benchmarks/ab.py serve --workdir W [--quick] &     # until killed
+    python benchmarks/ab.py run --workdir W --variants base=/tmp/base,new=.,s3fs \\
+        --workloads seq_read,ls_dir --rounds 5
+
+A variant ``NAME=DIR`` runs ``python -m s3fuse`` with ``DIR`` first on PYTHONPATH (a
+checkout or an exported tree); ``s3fs`` and ``rclone`` are the other filesystems.
+Needs root (drops the page cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import datasets  # noqa: E402
+from benchmarks.filesystems import FILESYSTEMS, S3Fuse  # noqa: E402
+from benchmarks.s3 import S3Target  # noqa: E402
+from benchmarks.workloads import WORKLOADS, Context  # noqa: E402
+from tests.support.seaweedfs import SeaweedFS  # noqa: E402
+
+BUCKET = "bench"
+
+
+class S3FuseTree(S3Fuse):
+    """s3fuse run from a given source tree."""
+
+    def __init__(self, name: str, src: Path, *args, **kwargs) -> None:
+        self.name = name
+        self.src = src
+        super().__init__(*args, **kwargs)
+
+    def executable(self) -> str | None:
+        return sys.executable
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "s3fuse", *super().command()[1:]]
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "PYTHONPATH": str(self.src)}
+
+
+def serve(args: argparse.Namespace) -> int:
+    spec = datasets.QUICK if args.quick else datasets.FULL
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (args.workdir / "data").mkdir(exist_ok=True)
+    with SeaweedFS(args.workdir / "seaweedfs") as sw:
+        target = S3Target(sw.endpoint_url, BUCKET, sw.access_key, sw.secret_key)
+        target.client().create_bucket(Bucket=BUCKET)
+        env = datasets.SetupEnv(target, spec, args.workdir / "data")
+        for setup in (datasets.big_object, datasets.small_files, datasets.tree,
+                      datasets.shard_archive):
+            started = time.monotonic()
+            setup(env)
+            print(f"data set {setup.__name__}: {time.monotonic() - started:.1f}s", flush=True)
+        (args.workdir / "target.json").write_text(json.dumps(
+            {**target.__dict__, "quick": args.quick}))
+        print(f"serving {sw.endpoint_url}", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            (args.workdir / "target.json").unlink(missing_ok=True)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    info = json.loads((args.workdir / "target.json").read_text())
+    quick = info.pop("quick")
+    spec = datasets.QUICK if quick else datasets.FULL
+    target = S3Target(**info)
+    manifests = [datasets.SHARD_MANIFEST]
+    fss = []
+    for item in args.variants.split(","):
+        name, _, src = item.partition("=")
+        root = args.workdir / "fs" / name
+        if src:
+            fss.append(S3FuseTree(name, Path(src).resolve(), target, root, manifests))
+        else:
+            fss.append(FILESYSTEMS[name](target, root, manifests))
+    workloads = [WORKLOADS[n] for n in args.workloads.split(",")]
+    samples: dict[str, dict[str, list[float]]] = {fs.name: {} for fs in fss}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        for round_no in range(args.rounds):
+            shift = round_no % len(fss)
+            for fs in fss[shift:] + fss[:shift]:
+                ctx = Context(fs, spec, args.workdir / "data")
+                try:
+                    for w in workloads:
+                        values = w.func(ctx)
+                        for key, value in values.items():
+                            samples[fs.name].setdefault(key, []).append(value)
+                        print(f"  r{round_no + 1} [{fs.name}] {w.name}: "
+                              + ", ".join(f"{k}={v:.3f}" for k, v in values.items()), flush=True)
+                finally:
+                    fs.unmount()
+    finally:
+        for fs in fss:
+            fs.unmount()
+    keys = list(dict.fromkeys(k for per in samples.values() for k in per))
+    first = fss[0].name
+    print(f"\nmedians over {args.rounds} rounds (ratio to {first}):")
+    for key in keys:
+        base = statistics.median(samples[first].get(key) or [float("nan")])
+        cells = []
+        for fs in fss:
+            values = samples[fs.name].get(key)
+            if values:
+                med = statistics.median(values)
+                cells.append(f"{fs.name} {med:.3f} ({med / base:.2f})")
+        print(f"  {key:24s} " + "  ".join(cells))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--quick", action="store_true")
+    p = sub.add_parser("run")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--variants", required=True)
+    p.add_argument("--workloads", default="seq_read,ls_dir,small_files,find_tree")
+    p.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    return serve(args) if args.cmd == "serve" else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
