@@ -96,3 +96,35 @@ def test_unreachable_is_offline_fast():
         port = s.getsockname()[1]
     with pytest.raises(Offline):
         reader(f"http://127.0.0.1:{port}").get("b", "k", "e1")
+
+
+LIST_XML = b"""<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name>
+<Prefix>d%2F</Prefix><KeyCount>3</KeyCount><MaxKeys>2</MaxKeys><Delimiter>%2F</Delimiter>
+<IsTruncated>true</IsTruncated><EncodingType>url</EncodingType>
+<NextContinuationToken>tok+/=</NextContinuationToken>
+<Contents><Key>d%2Fa+b%2Bc%25.txt</Key><LastModified>2024-01-02T03:04:05.000Z</LastModified>
+<ETag>&quot;abc&quot;</ETag><Size>12</Size><StorageClass>STANDARD</StorageClass></Contents>
+<CommonPrefixes><Prefix>d%2F%C3%A9%20x%2F</Prefix></CommonPrefixes>
+</ListBucketResult>"""
+
+
+def test_list_page_parsed_like_boto3() -> None:
+    from s3fuse.store.presigned import parse_list_v2
+
+    page = parse_list_v2(LIST_XML)
+    assert page["IsTruncated"] is True
+    assert page["NextContinuationToken"] == "tok+/="  # tokens are never url-decoded
+    assert page["Contents"] == [{"Key": "d/a b+c%.txt", "Size": 12,
+                                 "LastModified": "2024-01-02T03:04:05.000Z", "ETag": '"abc"'}]
+    assert page["CommonPrefixes"] == [{"Prefix": "d/é x/"}]
+    # a server that ignores encoding-type: keys are taken as they are
+    plain = parse_list_v2(LIST_XML.replace(b"<EncodingType>url</EncodingType>", b""))
+    assert plain["Contents"][0]["Key"] == "d%2Fa+b%2Bc%25.txt"
+
+
+def test_list_page_refusals(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.replies = [500]
+    reader = PresignedReader(lambda b, k: url, connect_timeout=1, read_timeout=5, ca_certs=None)
+    assert reader.list_v2(url) is None  # boto3 then retries and maps the error

@@ -260,8 +260,8 @@ class S3Store:
                 kwargs["Delimiter"] = delimiter
             if token:
                 kwargs["ContinuationToken"] = token
-            resp = self._call(f"ListObjectsV2 s3://{bucket}/{prefix}",
-                              self.read_client.list_objects_v2, **kwargs)
+            resp = self._call(f"ListObjectsV2 s3://{bucket}/{prefix}", self._list_objects_v2,
+                              **kwargs)
             yield ListPage(
                 prefixes=[p["Prefix"] for p in resp.get("CommonPrefixes", [])],
                 objects=[ObjectInfo(o["Key"], int(o.get("Size", 0)), _mtime_ns(o.get("LastModified")),
@@ -272,6 +272,23 @@ class S3Store:
             token = resp.get("NextContinuationToken")
             if not token:
                 return
+
+    def _list_objects_v2(self, **kwargs: Any) -> dict[str, Any]:
+        """ListObjectsV2 through a presigned URL and ElementTree (see store/presigned.py);
+        an answer other than a readable 200 is asked again through boto3, for its retries
+        and error mapping."""
+        url = self.read_client.generate_presigned_url(
+            "list_objects_v2", Params={**kwargs, "EncodingType": "url"}, ExpiresIn=PRESIGN_SECONDS)
+        try:
+            resp = self._fast.list_v2(url)
+        except Offline:
+            raise botocore.exceptions.EndpointConnectionError(
+                endpoint_url=self.read_client.meta.endpoint_url) from None
+        if resp is None:
+            return self.read_client.list_objects_v2(**kwargs)
+        for obj in resp["Contents"]:
+            obj["LastModified"] = parse_timestamp(obj["LastModified"]) if obj["LastModified"] else None
+        return resp
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
         resp = self._call(f"HeadObject s3://{bucket}/{key}", self.read_client.head_object,
