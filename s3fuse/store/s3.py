@@ -28,7 +28,7 @@ from botocore.httpsession import get_cert_path
 from ..config import Config, KeyPair
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
 from .link import Link
-from .presigned import PresignedReader
+from .presigned import PresignedReader, Presigner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -173,14 +173,14 @@ class S3Store:
         self._counts_lock = threading.Lock()
         self.read_client = self._client(session, bcfg, cfg.read_keys)
         self.write_client = self._client(session, bcfg, cfg.write_keys) if cfg.write_keys else self.read_client
+        self._presigner = Presigner(self.read_client, PRESIGN_SECONDS)
         self._fast = PresignedReader(
             self._presign_get, connect_timeout=connect_timeout, read_timeout=read_timeout,
             ca_certs=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True),
             proxy_url=proxy_for(self.read_client.meta.endpoint_url))
 
     def _presign_get(self, bucket: str, key: str) -> str:
-        return self.read_client.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS)
+        return self._presigner.get_url(bucket, key)
 
     def _client(self, session: Any, bcfg: botocore.config.Config, keys: KeyPair | None) -> Any:
         kwargs: dict[str, Any] = {"config": bcfg}
@@ -277,8 +277,8 @@ class S3Store:
         """ListObjectsV2 through a presigned URL and ElementTree (see store/presigned.py);
         an answer other than a readable 200 is asked again through boto3, for its retries
         and error mapping."""
-        url = self.read_client.generate_presigned_url(
-            "list_objects_v2", Params={**kwargs, "EncodingType": "url"}, ExpiresIn=PRESIGN_SECONDS)
+        params = {k: v for k, v in kwargs.items() if k != "Bucket"}
+        url = self._presigner.list_url(kwargs["Bucket"], {**params, "EncodingType": "url"})
         try:
             resp = self._fast.list_v2(url)
         except Offline:
