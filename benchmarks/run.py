@@ -42,6 +42,7 @@ from benchmarks.workloads import (  # noqa: E402
     WrongBytes,
     local_hot_read,
 )
+import benchmarks.write_workloads  # noqa: E402,F401 - registers write_large, write_small_files
 from tests.support.seaweedfs import SeaweedFS, weed_binary  # noqa: E402
 
 BUCKET = "bench"
