@@ -22,7 +22,7 @@ from ..archive.index import ArchiveIndex, build_index, iter_decompressed, read_m
 from ..archive.limits import ArchiveError, Limits
 from ..archive.tar import Member
 from ..data.reader import BlockReader, ObjectRef, ReadState
-from ..errors import CorruptData, NotFound
+from ..errors import CorruptData, NotFound, StaleObject
 from ..manifest.index import Node, compact_json
 from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 INTERNAL_MANIFEST_CAP = 64 << 20
 OPEN_GZIP_INDEXES = 16
+#: Indexed shards whose row (without its seek points) is kept for the metadata TTL: every
+#: member lookup and open asks for it, and reading the row with its seek-point blob (MiBs)
+#: on the trio thread cost milliseconds each time.
+SHARD_ROWS = 1024
 
 
 class ReaderSource:
@@ -81,12 +85,35 @@ class ShardService:
         self._flight: SingleFlight[None] = SingleFlight()
         self._once = OnceLogger(log)
         self._gzip: OrderedDict[tuple[str, str], ArchiveIndex] = OrderedDict()  # restored seek points
+        self._rows: OrderedDict[tuple[Any, int], tuple[dict[str, Any], float]] = OrderedDict()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
 
     # ------------------------------------------------------------ indexing
 
+    def _shard(self, tree: "ManifestTree", node_id: int) -> dict[str, Any] | None:
+        """The shard row of `node_id` without `gzip_index`; an indexed one cached for the TTL."""
+        key = (tree.index.path, node_id)
+        hit = self._rows.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < self.ttl:
+            self._rows.move_to_end(key)
+            return hit[0]
+        row = tree.index.shard(node_id)
+        if row is None:
+            self._rows.pop(key, None)
+            return None
+        row = {k: v for k, v in row.items() if k != "gzip_index"}
+        if row["state"] == "indexed":
+            self._rows[key] = (row, now)
+            self._rows.move_to_end(key)
+            while len(self._rows) > SHARD_ROWS:
+                self._rows.popitem(last=False)
+        else:
+            self._rows.pop(key, None)
+        return row
+
     async def ensure_indexed(self, tree: "ManifestTree", node: Node) -> None:
-        shard = tree.index.shard(node.id)
+        shard = self._shard(tree, node.id)
         if shard is None or shard["state"] == "indexed":
             return
         if shard["state"] == "failed" and time.time() - shard["checked_at"] < self.ttl:
@@ -120,6 +147,7 @@ class ShardService:
             tree.index.store_members, node.id, rows, info.etag, index.format, info.size,
             index.uncompressed_size, index.gzip_index, time.time(), limiter=self._limiter)
         self._gzip.pop((tree.index.path.name, key), None)
+        self._rows.pop((tree.index.path, node.id), None)
         log.info("indexed shard %s (%s): %d members in %.1fs", uri, index.format, count,
                  time.monotonic() - began)
 
@@ -145,7 +173,7 @@ class ShardService:
     # ------------------------------------------------------------ reading
 
     async def open_member(self, tree: "ManifestTree", node: Node) -> FileSource:
-        shard = tree.index.shard(node.shard or 0)
+        shard = self._shard(tree, node.shard or 0)
         if shard is None or shard["state"] != "indexed":
             raise NotFound(tree.describe(node.id))
         bucket, key, etag = tree.spec.bucket, shard["archive_key"], shard["etag"]
@@ -158,7 +186,7 @@ class ShardService:
             def loader(start: int, stop: int) -> bytes:
                 return self.store.get(bucket, key, etag, member.offset + start, member.offset + stop)
         elif fmt == "gzip":
-            index = self._gzip_index(tree, shard)
+            index = self._gzip_index(tree, node.shard or 0, shard)
 
             def loader(start: int, stop: int) -> bytes:
                 return self._checked(read_member, ReaderSource(self.reader, archive), index, member,
@@ -171,13 +199,17 @@ class ShardService:
                                          member.offset + stop)
         return ObjectSource(self.reader, virtual, loader)
 
-    def _gzip_index(self, tree: "ManifestTree", shard: dict[str, Any]) -> ArchiveIndex:
+    def _gzip_index(self, tree: "ManifestTree", node_id: int, shard: dict[str, Any]) -> ArchiveIndex:
         cache_key = (tree.index.path.name, shard["archive_key"])
         index = self._gzip.get(cache_key)
         if index is None:
+            full = tree.index.shard(node_id)  # with its seek points, this once
+            if full is None or full["etag"] != shard["etag"]:
+                self._rows.pop((tree.index.path, node_id), None)
+                raise StaleObject(f"{tree.describe(node_id)}: shard changed")
             index = self._gzip[cache_key] = ArchiveIndex(
-                format="gzip", members=[], skipped=[], gzip_index=shard["gzip_index"],
-                uncompressed_size=shard["usize"])
+                format="gzip", members=[], skipped=[], gzip_index=full["gzip_index"],
+                uncompressed_size=full["usize"])
             while len(self._gzip) > OPEN_GZIP_INDEXES:  # each holds its points' 32 KiB windows
                 self._gzip.popitem(last=False)
         self._gzip.move_to_end(cache_key)
