@@ -73,9 +73,10 @@ class BlockReader:
         self._flight: SingleFlight[Buffer] = SingleFlight()
         self._s3_limiter = trio.CapacityLimiter(s3_concurrency)
         self._disk_limiter = trio.CapacityLimiter(disk_concurrency)
-        # writes to the disk cache queue on their own: a read checking the disk cache
-        # never waits behind them, and they take at most one core from the fetches
-        self._persist_limiter = trio.CapacityLimiter(1)
+        # writes to the disk cache queue on their own: a read checking the disk cache never
+        # waits behind them. Two, not one: a single writer falls behind a cold sequential
+        # read, and every block waiting to be written is 8 MiB of RSS.
+        self._persist_limiter = trio.CapacityLimiter(2)
         self._loader_limiter = trio.CapacityLimiter(4)
         self._background = background or Background()
         self._disk_error_logged = False
