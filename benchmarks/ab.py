@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import datasets  # noqa: E402
 from benchmarks.filesystems import FILESYSTEMS, S3Fuse  # noqa: E402
 from benchmarks.s3 import S3Target  # noqa: E402
-from benchmarks.workloads import WORKLOADS, Context  # noqa: E402
+from benchmarks.workloads import WORKLOADS, Context, NotApplicable  # noqa: E402
 from tests.support.seaweedfs import SeaweedFS  # noqa: E402
 
 BUCKET = "bench"
@@ -103,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
                 ctx = Context(fs, spec, args.workdir / "data")
                 try:
                     for w in workloads:
-                        values = w.func(ctx)
+                        try:
+                            values = w.func(ctx)
+                        except NotApplicable:
+                            continue
                         for key, value in values.items():
                             samples[fs.name].setdefault(key, []).append(value)
                         print(f"  r{round_no + 1} [{fs.name}] {w.name}: "
