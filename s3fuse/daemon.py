@@ -37,7 +37,7 @@ from .tree.shards import ShardService
 from .upload.journal import Journal
 from .upload.queue import UploadQueue
 from .upload.staging import Staging
-from .upload.writeback import WriteBack
+from .upload.writeback import UploadedBytes, WriteBack
 from .util.background import Background
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ PROBE_INTERVAL = 2.0
 STATUS_INTERVAL = 5.0
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 FLUSH_TIMEOUT = 30.0
+STOP_UPLOADS_TIMEOUT = 5.0
 
 
 class ReadySignal:
@@ -115,6 +116,7 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     stack.callback(journal.close)
     staging = Staging(cache_dir / "staging")
     queue = UploadQueue(store, journal, staging, background=background)
+    queue.keep_uploaded = UploadedBytes(blocks.put, reader.block_size, cfg.cache_size // 8)
     writes = WriteBack(queue, staging, Overlay())
 
     def bucket(spec: SourceSpec) -> BucketTree:
@@ -180,8 +182,9 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
         nursery.start_soon(_announce_ready, cfg, ready)
         await pyfuse3.main()
         ready.notifier.send(STOPPING="1", STATUS="unmounting: writing cached blocks")
-        with trio.move_on_after(FLUSH_TIMEOUT):
+        with trio.move_on_after(STOP_UPLOADS_TIMEOUT):  # a hung upload is resumed next start
             await parts.writes.queue.stop()
+        with trio.move_on_after(FLUSH_TIMEOUT):
             await parts.reader.flush()
         await trio.to_thread.run_sync(_report_left, parts.writes.queue.status())
         nursery.cancel_scope.cancel()

@@ -156,6 +156,15 @@ class MetaStore:
         with self._lock:
             self._db.execute("UPDATE dirs SET listed_at = 0 WHERE ns=? AND path=?", (ns, path))
 
+    def know_dir(self, ns: str, path: str) -> None:
+        """Record that `path` exists without a listing of it (listed_at 0: list it when online).
+
+        A directory made through the mount was never listed from S3; once its entries are
+        uploaded, this lets an offline mount serve what we know it holds.
+        """
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO dirs VALUES (?,?,0)", (ns, path))
+
     def remove_entry(self, ns: str, path: str, name: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM entries WHERE ns=? AND dir=? AND name=?", (ns, path, name))

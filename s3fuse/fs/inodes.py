@@ -27,6 +27,7 @@ class Node:
     ref: Hashable
     is_dir: bool
     lookups: int = 0
+    detached: bool = False  # its name was removed or replaced: only open handles reach it
 
     @property
     def is_root(self) -> bool:
@@ -90,7 +91,10 @@ class InodeTable:
         """The name is gone: a new file there gets a new inode; the old one lives on
         (for open handles) until the kernel forgets it."""
         node = self._by_key.pop((ns, ref, is_dir), None)
-        if node is not None and node.lookups <= 0:
+        if node is None:
+            return
+        node.detached = True
+        if node.lookups <= 0:
             self._by_ino.pop(node.ino, None)
 
     def rename(self, ns: int, old: str, new: str) -> None:

@@ -143,10 +143,25 @@ class S3Operations(pyfuse3.Operations):
     async def _entry(self, node: Node) -> Entry:
         if node.is_root:
             return Entry("", True)
-        entry = await self._ns(node).stat(node.ref)
+        try:
+            if node.detached:
+                raise NotFound(f"{node.ref}: removed")
+            entry = await self._ns(node).stat(node.ref)
+        except NotFound:
+            entry = self._open_entry(node)  # removed or renamed while open: fstat still works
+            if entry is None:
+                raise
         if entry.is_dir != node.is_dir:
             raise NotFound(f"{self.describe('stat', node.ino)} changed kind")
         return entry
+
+    def _open_entry(self, node: Node) -> Entry | None:
+        """The entry of a file known only through an open handle (its name is gone)."""
+        for handle in self._files.values():
+            if handle.node.ino == node.ino:
+                name = str(node.ref).rpartition("/")[2]
+                return Entry(name, False, handle.source.size, time.time_ns(), "", time.time())
+        return None
 
     async def _child(self, parent: Node, name: str) -> tuple[Node, Entry] | None:
         if parent.is_root:

@@ -224,6 +224,9 @@ class BucketTree:
         else:
             change = self.overlay.get(self.spec.bucket, key)
             size = change.size if change is not None else 0
+            self.meta.know_dir(self.ns_id, parent)
+            if key.endswith("/"):
+                self.meta.know_dir(self.ns_id, join(parent, name))
             self.meta.update_entry(self.ns_id, parent, Entry(
                 name, key.endswith("/"), size, time.time_ns(), result.etag, 0.0))
 
@@ -366,6 +369,8 @@ class BucketTree:
         self._writer()
         self._check_name(new)
         source = await self.stat(old)
+        if old == new:
+            return
         target = await self._stat_or_none(new)
         if target is not None:
             if noreplace:
@@ -394,9 +399,12 @@ class BucketTree:
     async def _rename_file(self, old_key: str, new_key: str, entry: Entry) -> None:
         writes = self._writer()
         bucket = self.spec.bucket
-        if writes.has_local(bucket, old_key):
-            await writes.move_local(bucket, old_key, new_key)
+        if writes.has_local(bucket, old_key) and await writes.move_local(bucket, old_key, new_key):
             return
+        if not entry.etag:  # the local version was uploaded meanwhile: copy what S3 has
+            info = await trio.to_thread.run_sync(self.store.head, bucket, old_key,
+                                                 limiter=self._limiter)
+            entry = Entry(entry.name, False, info.size, info.mtime_ns, info.etag)
         await writes.forget(bucket, new_key)  # an overwritten local version must not land later
         await trio.to_thread.run_sync(self.store.copy_object, bucket, old_key, new_key, entry.etag,
                                       limiter=self._limiter)

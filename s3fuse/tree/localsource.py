@@ -49,7 +49,8 @@ class LocalSource:
         await self._local().truncate(size)
 
     async def flush(self) -> None:
-        if isinstance(self.target, LocalFile):
+        """Only a writer's close uploads (a reader closing must not cut a version)."""
+        if self.writable and isinstance(self.target, LocalFile):
             await self.writes.flush(self.target)
 
     async def fsync(self) -> None:
@@ -58,6 +59,6 @@ class LocalSource:
 
     async def close(self) -> None:
         if isinstance(self.target, LocalFile):
-            await self.writes.release(self.target)
+            await self.writes.release(self.target, writer=self.writable)
         else:
             self.target.close()

@@ -54,7 +54,7 @@ class LocalFile:
         """Copy-on-write: the submitted staging file belongs to the queue now."""
         if not self.frozen:
             return
-        copy_id, path = await self._io(self.staging.copy, self.staging_id)
+        copy_id, path = await self._io(self.staging.copy_fd, self.fd)
         old = self.fd
         self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         os.close(old)

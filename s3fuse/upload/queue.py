@@ -70,6 +70,8 @@ class UploadQueue:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.on_uploaded = on_uploaded
+        #: Blocking hook given (job, result, staging path) before the staging file is deleted.
+        self.keep_uploaded: Callable[[Job, UploadResult, Path], None] | None = None
         self._uploads = trio.CapacityLimiter(workers)
         self._disk = trio.CapacityLimiter(2)  # journal and staging I/O, apart from uploads
         self._latest: dict[tuple[str, str], tuple[int, str]] = {}
@@ -276,7 +278,10 @@ class UploadQueue:
         outcome: Callable[[], None]
         result: UploadResult | None = None
         try:
-            result = await trio.to_thread.run_sync(self.uploader.upload, job, limiter=self._uploads)
+            # abandoned when the daemon is cancelled at exit: the job stays journalled as
+            # uploading and the next start queues it again
+            result = await trio.to_thread.run_sync(self.uploader.upload, job, limiter=self._uploads,
+                                                   abandon_on_cancel=True)
         except Offline as exc:  # not an attempt: wait for the link
             outcome = functools.partial(self.journal.requeue, job.id, str(exc), 0.0, counted=False)
         except Interrupted:  # stopping: the next start goes on
@@ -290,6 +295,8 @@ class UploadQueue:
             outcome = self._failure(job, exc, permanent=False)
         else:
             outcome = functools.partial(self.journal.done, job.id, result.etag, result.conflict_key)
+            if self.keep_uploaded is not None and job.op == "put":
+                await self._io(self._keep, job, result)
         with trio.CancelScope(shield=True):  # the bytes are in S3: record it even when cancelled
             await self._io(self._settle, outcome)
         if result is not None:
@@ -301,6 +308,12 @@ class UploadQueue:
                 except Exception:  # noqa: BLE001 - a listener must not stop the queue
                     log.exception("on_uploaded listener failed for %s", job.uri)
         self._notify()
+
+    def _keep(self, job: Job, result: UploadResult) -> None:
+        try:
+            self.keep_uploaded(job, result, self.staging.path(job.staging_id))  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - a cache copy is an optimisation, never a failure
+            log.debug("uploaded bytes of %s not kept in the cache", job.uri, exc_info=True)
 
     def _failure(self, job: Job, exc: BaseException, *, permanent: bool) -> Callable[[], None]:
         error = str(exc) or type(exc).__name__

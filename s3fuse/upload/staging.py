@@ -39,14 +39,23 @@ class Staging:
 
     def copy(self, staging_id: str) -> tuple[str, Path]:
         """A new staging file with the bytes of `staging_id`, to be written (copy-on-write)."""
+        fd = os.open(self.path(staging_id), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return self.copy_fd(fd)
+        finally:
+            os.close(fd)
+
+    def copy_fd(self, fd: int) -> tuple[str, Path]:
+        """A new staging file with the bytes of the open file `fd` (whose staging file may
+        already be deleted: an upload finished while it was open)."""
         copy_id, path = self.create()
-        with open(self.path(staging_id), "rb") as src, open(path, "r+b") as dst:
-            size = os.fstat(src.fileno()).st_size
+        size = os.fstat(fd).st_size
+        with open(path, "r+b") as dst:
             copied = 0
             while copied < size:
-                step = os.copy_file_range(src.fileno(), dst.fileno(), size - copied)
+                step = os.copy_file_range(fd, dst.fileno(), size - copied, copied, copied)
                 if step == 0:  # immutable files do not shrink; never loop if one did
-                    raise OSError(f"staging file {staging_id} shrank while being copied")
+                    raise OSError(f"staging file shrank while being copied to {copy_id}")
                 copied += step
         return copy_id, path
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from pathlib import Path
 from typing import Awaitable, Callable
 
 import trio
 
 from ..cache.overlay import Overlay
-from ..errors import NotFound
-from .journal import UNKNOWN, Expected
+from .journal import UNKNOWN, Expected, Job
 from .localfile import LocalFile
 from .queue import UploadQueue
 from .staging import Staging
@@ -29,6 +29,24 @@ log = logging.getLogger(__name__)
 FSYNC_WAIT = 300.0  # fsync gives up waiting for the upload (the bytes stay journalled)
 Listener = Callable[[str, UploadResult | None], None]  # (key, result; None for a removal)
 Reader = Callable[[int, int], Awaitable[bytes | memoryview]]
+
+
+class UploadedBytes:
+    """Keeps what was just uploaded in the block cache, under the new ETag, so a file
+    written here stays readable offline after its upload (as if it had been read)."""
+
+    def __init__(self, put: Callable[[str, str, str, int, bytes], None], block_size: int,
+                 limit: int):
+        self.put = put
+        self.block_size = block_size
+        self.limit = limit
+
+    def __call__(self, job: Job, result: UploadResult, path: Path) -> None:
+        if result.conflict_key is not None or not result.etag or job.size > self.limit:
+            return
+        with open(path, "rb") as fh:
+            for index in range(-(-job.size // self.block_size)):
+                self.put(job.bucket, job.key, result.etag, index, fh.read(self.block_size))
 
 
 class StagedFile:
@@ -147,9 +165,11 @@ class WriteBack:
             local.submitted(job)
         log.debug("queued s3://%s/%s (%d bytes)", local.bucket, local.key, local.size)
 
-    async def release(self, local: LocalFile) -> None:
+    async def release(self, local: LocalFile, writer: bool = True) -> None:
+        """A handle is gone: a writer's (or the last) one queues what is not queued yet."""
         local.users -= 1
-        await self.flush(local)
+        if writer or local.users == 0:
+            await self.flush(local)
         if local.users > 0:
             return
         local.close()
@@ -157,6 +177,8 @@ class WriteBack:
             del self._open[(local.bucket, local.key)]
         if not local.frozen:  # never submitted (or removed before): the queue does not own it
             await trio.to_thread.run_sync(self.staging.discard, local.staging_id)
+        if not self.queue.pending(local.bucket, local.key):  # opened, never changed: S3 is right
+            self.overlay.clear(local.bucket, local.key, local.change.generation)
 
     async def fsync(self, local: LocalFile) -> None:
         """Durable: uploaded while online; offline (or after FSYNC_WAIT), journalled on disk."""
@@ -188,9 +210,7 @@ class WriteBack:
 
     async def remove(self, bucket: str, key: str) -> None:
         """Unlink a file or remove a directory marker (`key` ending with '/')."""
-        local = self._open.pop((bucket, key), None)
-        if local is not None:
-            local.unlinked = True
+        self._replace(bucket, key)
         await self.queue.delete(bucket, key)
         self.overlay.delete(bucket, key)
 
@@ -200,17 +220,22 @@ class WriteBack:
         self.overlay.directory(bucket, marker)
         await self.queue.submit(bucket, marker, staging_id, UNKNOWN)
 
-    async def move_local(self, bucket: str, old: str, new: str) -> None:
+    async def move_local(self, bucket: str, old: str, new: str) -> bool:
         """Rename a key whose newest bytes are local: the new key gets them (a hard link
-        of the staging file, or the open file itself), the old key is removed."""
-        local = self._open.pop((bucket, old), None)
-        replaced = self._open.pop((bucket, new), None)
-        if replaced is not None:
-            replaced.unlinked = True
+        of the staging file, or the open file itself), the old key is removed. False (and
+        nothing done) when the local version was uploaded meanwhile: S3 has it."""
+        local = self._open.get((bucket, old))
         if local is not None:
             if local.frozen:  # the queued version keeps its name; the new key gets a link
-                local.staging_id, _ = await trio.to_thread.run_sync(self.staging.clone,
-                                                                    local.staging_id)
+                try:
+                    local.staging_id, _ = await trio.to_thread.run_sync(self.staging.clone,
+                                                                        local.staging_id)
+                except FileNotFoundError:  # uploaded and deleted: copy the open file
+                    local.staging_id, _ = await trio.to_thread.run_sync(self.staging.copy_fd,
+                                                                        local.fd)
+                    local.frozen = False
+            self._replace(bucket, new)
+            del self._open[(bucket, old)]
             local.key = new
             local.expected = UNKNOWN
             local.change = self.overlay.file(bucket, new, local.size)
@@ -220,20 +245,29 @@ class WriteBack:
                 await self.flush(local)
         else:
             pending = self.queue.pending_version(bucket, old)
-            if pending is None:
-                raise NotFound(f"s3://{bucket}/{old}: no local version")
-            clone_id, path = await trio.to_thread.run_sync(self.staging.clone, pending.name)
+            try:
+                if pending is None:
+                    raise FileNotFoundError(old)
+                clone_id, path = await trio.to_thread.run_sync(self.staging.clone, pending.name)
+            except FileNotFoundError:
+                return False
             size = (await trio.to_thread.run_sync(path.stat)).st_size
+            self._replace(bucket, new)
             self.overlay.file(bucket, new, size)
             await self.queue.submit(bucket, new, clone_id, UNKNOWN)
         await self.queue.delete(bucket, old)
         self.overlay.delete(bucket, old)
+        return True
+
+    def _replace(self, bucket: str, key: str) -> None:
+        """A file open under `key` loses its name (it lives on for its handles)."""
+        replaced = self._open.pop((bucket, key), None)
+        if replaced is not None:
+            replaced.unlinked = True
 
     async def forget(self, bucket: str, key: str) -> None:
         """Drop the local changes of a key about to be overwritten in S3 directly (a rename
         onto it): its queued versions must not land after the new object."""
-        local = self._open.pop((bucket, key), None)
-        if local is not None:
-            local.unlinked = True
+        self._replace(bucket, key)
         await self.queue.cancel(bucket, key)
         self.overlay.clear(bucket, key)
