@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import datasets  # noqa: E402
+from benchmarks import datasets, write_workloads  # noqa: E402  (registers the write workloads)
 from benchmarks.filesystems import FILESYSTEMS, S3Fuse  # noqa: E402
 from benchmarks.s3 import S3Target  # noqa: E402
 from benchmarks.workloads import WORKLOADS, Context, NotApplicable  # noqa: E402
@@ -47,8 +47,8 @@ class S3FuseTree(S3Fuse):
     def executable(self) -> str | None:
         return sys.executable
 
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "s3fuse", *super().command()[1:]]
+    def cli(self) -> list[str]:
+        return [sys.executable, "-m", "s3fuse"]
 
     def env(self) -> dict[str, str]:
         return {**super().env(), "PYTHONPATH": str(self.src)}
@@ -63,7 +63,8 @@ def serve(args: argparse.Namespace) -> int:
         target.client().create_bucket(Bucket=BUCKET)
         env = datasets.SetupEnv(target, spec, args.workdir / "data")
         for setup in (datasets.big_object, datasets.small_files, datasets.tree,
-                      datasets.shard_archive):
+                      datasets.shard_archive, write_workloads.write_sources_large,
+                      write_workloads.write_sources_small):
             started = time.monotonic()
             setup(env)
             print(f"data set {setup.__name__}: {time.monotonic() - started:.1f}s", flush=True)

@@ -261,9 +261,13 @@ class S3Fuse(FileSystem):
         beside = Path(sys.executable).parent / "s3fuse"
         return str(beside) if beside.exists() else shutil.which("s3fuse")
 
+    def cli(self) -> list[str]:
+        """The command that runs the s3fuse CLI (mount, status, sync)."""
+        return [self.executable() or "s3fuse"]
+
     def command(self) -> list[str]:
         return [
-            self.executable() or "s3fuse",
+            *self.cli(),
             "mount",
             str(self.mountpoint),
             "--source",
@@ -282,7 +286,7 @@ class S3Fuse(FileSystem):
     def status(self) -> dict:
         """``s3fuse status --json MOUNTPOINT`` (the CLI a user would run), parsed."""
         proc = subprocess.run(
-            [self.executable() or "s3fuse", "status", "--json", str(self.mountpoint)],
+            [*self.cli(), "status", "--json", str(self.mountpoint)],
             capture_output=True, text=True, timeout=30, env=self.env(),
         )
         if proc.returncode != 0:

@@ -81,7 +81,7 @@ def settle(ctx: Context) -> None:
     rclone uploads no directories, so nothing for them."""
     fs = ctx.fs
     if isinstance(fs, S3Fuse):
-        proc = subprocess.run([fs.executable() or "s3fuse", "sync", "--quiet", "--timeout",
+        proc = subprocess.run([*fs.cli(), "sync", "--quiet", "--timeout",
                                str(int(DURABLE_TIMEOUT)), str(fs.mountpoint)],
                               capture_output=True, text=True, timeout=DURABLE_TIMEOUT + 30,
                               env=fs.env())

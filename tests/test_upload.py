@@ -136,9 +136,9 @@ async def test_sse_settings_reach_the_server(tmp_path: Path, moto_backend: Backe
 
 
 def recorded(fn: Callable[..., Any], step: str, order: list[str]) -> Callable[..., Any]:
-    def call(*args: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
         order.append(step)
-        return fn(*args)
+        return fn(*args, **kwargs)
     return call
 
 
@@ -146,22 +146,55 @@ async def test_journal_survives_a_crash(tmp_path: Path, store: S3Store, s3: Any,
                                         caplog: pytest.LogCaptureFixture,
                                         monkeypatch: pytest.MonkeyPatch):
     order: list[str] = []
+    monkeypatch.setattr("s3fuse.upload.queue.FSYNC_AT_CLOSE", 5)
     async with upload_queue(tmp_path, store, start=False) as queue:  # workers never run
         for obj, name, step in ((queue.staging, "commit", "fsync staging"),
                                 (queue.journal, "enqueue", "journal row")):
             monkeypatch.setattr(obj, name, recorded(getattr(obj, name), step, order))
-        await write(queue, bucket, "a.txt", b"alpha")
-        await write(queue, bucket, "b.txt", b"bravo")
+        await write(queue, bucket, "a.txt", b"alpha")       # small: a CRC, fsynced later
+        await write(queue, bucket, "b.txt", b"bravo-large")  # large: fsynced first
         assert queue.journal.claim(0) is not None  # as if its upload was running at the crash
         await trio.to_thread.run_sync(queue.staging.create)  # a write never closed
-    assert order == ["fsync staging", "journal row"] * 2
+    assert order == ["journal row", "fsync staging", "journal row"]
     assert keys(s3, bucket) == []
 
     async with upload_queue(tmp_path, store) as queue:  # the next mount
         assert (await queue.sync(timeout=10))["files"] == 0
-    assert body(s3, bucket, "a.txt") == b"alpha" and body(s3, bucket, "b.txt") == b"bravo"
+    assert body(s3, bucket, "a.txt") == b"alpha" and body(s3, bucket, "b.txt") == b"bravo-large"
     assert os.listdir(tmp_path / "staging") == []
     assert "never closed" in caplog.text
+
+
+async def test_small_files_are_fsynced_in_groups(tmp_path: Path, store: S3Store,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    """Closing a small file costs no fsync; the sync pass fsyncs many at once and makes
+    their journal rows durable (synced) in one commit."""
+    fsyncs: list[str] = []
+    async with upload_queue(tmp_path, store, start=False) as queue:
+        monkeypatch.setattr(queue.staging, "fsync", recorded(queue.staging.fsync, "file", fsyncs))
+        for n in range(5):
+            await write(queue, "bucket", f"f{n}", b"x" * n)
+        assert fsyncs == [] and len(queue.journal.unsynced()) == 5
+        await queue.make_durable()
+        assert fsyncs == ["file"] * 5 and queue.journal.unsynced() == []
+
+
+async def test_power_loss_before_the_sync_pass_never_uploads_torn_bytes(
+        tmp_path: Path, store: S3Store, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture):
+    async with upload_queue(tmp_path, store, start=False) as queue:
+        await write(queue, bucket, "intact.txt", b"intact")
+        await write(queue, bucket, "torn.txt", b"written just before the power went")
+        torn = queue.staging.path(queue.pending_version(bucket, "torn.txt").name)
+    # the machine stopped before a sync pass (none runs without start()); the disk kept:
+    torn.write_bytes(b"written just bef\0\0\0\0")  # what the disk kept
+
+    async with upload_queue(tmp_path, store) as queue:
+        status = await queue.sync(timeout=10)
+    assert body(s3, bucket, "intact.txt") == b"intact"
+    assert "torn.txt" not in keys(s3, bucket)
+    assert [f["uri"] for f in status["failures"]] == [f"s3://{bucket}/torn.txt"]
+    assert "damaged" in status["failures"][0]["error"]
+    assert "did not reach the disk intact" in caplog.text
 
 
 async def test_orphaned_multipart_uploads_are_aborted_at_start(tmp_path: Path, store: S3Store,
@@ -323,6 +356,7 @@ async def test_only_the_last_version_is_uploaded(tmp_path: Path, store: S3Store,
         await write(queue, bucket, "v.txt", b"two", expected=None)
         await write(queue, bucket, "v.txt", b"three", expected=None)
         assert queue.pending_version(bucket, "v.txt").read_bytes() == b"three"  # type: ignore
+        await queue.make_durable()  # the sync pass deletes the superseded staging files
         assert len(os.listdir(tmp_path / "staging")) == 1
         await queue.start()
         assert await queue.wait(first)  # fsync of an old version: its successor is in S3

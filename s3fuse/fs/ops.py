@@ -124,7 +124,7 @@ class S3Operations(pyfuse3.Operations):
             a.st_size = entry.size
         a.st_uid = self.cfg.uid
         a.st_gid = self.cfg.gid
-        a.st_blksize = 1 << 17
+        a.st_blksize = 1 << 20  # cp and friends write 1 MiB at a time (= max_write)
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = entry.mtime_ns or self._started_ns
         return a

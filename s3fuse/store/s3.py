@@ -168,6 +168,10 @@ class S3Store:
             max_pool_connections=64,
             s3={"addressing_style": cfg.addressing_style},
             tcp_keepalive=True,
+            # no CRC32 of every upload in Python (SigV4 or TLS already protects the bytes),
+            # and no checksum headers that S3-compatible servers may reject
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()

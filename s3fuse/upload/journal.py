@@ -1,7 +1,19 @@
 """The upload journal: which staged files still have to reach S3, durable across crashes.
 
-SQLite in `<cache>/journal.sqlite` (WAL, synchronous=FULL: a committed change survives
-SIGKILL and power loss), one transaction per state change. A job row is
+SQLite in `<cache>/journal.sqlite` (WAL), one transaction per state change. Every commit
+survives SIGKILL (the WAL is written before COMMIT returns); `durable=True` commits are
+also fsynced (synchronous=FULL) and so survive power loss together with every commit
+before them (the WAL is a log: a fsync covers its whole prefix). Only the changes that
+must survive power loss at once are durable: a file journalled with its staging file
+fsynced, a multipart upload about to be created, recovery, and the upload queue's
+periodic sync (`mark_synced`), which makes every commit before it durable.
+
+A small file is journalled without fsyncs (`synced=False`, with the CRC-32 of its
+bytes): it is safe against a crash of the daemon at once, and against power loss once
+the queue's next sync has fsynced its staging file and marked the row synced. After a
+power loss, `unsynced()` rows are checked against their CRC before anything trusts them.
+
+A job row is
 
     queued -> uploading -> (row deleted: done) | queued again (transient) | failed (permanent)
 
@@ -19,7 +31,7 @@ the older one is uploaded, the newer rows of the key are rewritten to `If-Match`
 ETag it produced.
 
 Staging files of finished or superseded rows are listed in a trash table in the same
-transaction, and deleted by the caller afterwards (`trash`, `forget_trash`), so a
+transaction, and deleted by the caller after a durable `mark_synced` forgot them, so a
 staging file that no row nor trash entry names was never submitted.
 
 Multipart uploads are recorded before they are created (`multipart_begin`), with their
@@ -40,7 +52,7 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, Iterator
 
-from ..errors import UsageError
+from ..errors import CacheFull, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +80,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    synced INTEGER NOT NULL DEFAULT 1,      -- 0: staging file not fsynced yet (see crc32)
+    crc32 INTEGER                           -- of the staged bytes, while not synced
 );
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (bucket, key, id);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
@@ -77,6 +91,7 @@ CREATE INDEX IF NOT EXISTS replaced_by_new ON replaced (new_id);
 CREATE TABLE IF NOT EXISTS trash (staging_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS multipart (
     id INTEGER PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL, upload_id TEXT);
+CREATE TABLE IF NOT EXISTS synced_at (id INTEGER PRIMARY KEY CHECK (id = 1), time REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS conflicts (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL,
     conflict_key TEXT NOT NULL);
@@ -122,7 +137,8 @@ class Journal:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._durable = False
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
             self._migrate()
@@ -135,21 +151,35 @@ class Journal:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "op" not in columns:
             self._db.execute("ALTER TABLE jobs ADD COLUMN op TEXT NOT NULL DEFAULT 'put'")
+        if "synced" not in columns:  # and crc32: journals written before small files skipped fsync
+            self._db.execute("ALTER TABLE jobs ADD COLUMN synced INTEGER NOT NULL DEFAULT 1")
+            self._db.execute("ALTER TABLE jobs ADD COLUMN crc32 INTEGER")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """A write transaction; `durable`: fsynced at COMMIT (survives power loss)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if durable != self._durable:  # not allowed inside a transaction
+                self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if "full" in str(exc):  # SQLITE_FULL: ENOSPC for the caller, not a crash
+                    raise CacheFull(f"upload journal {self.path}: {exc}") from None
                 raise
-            self._db.execute("COMMIT")
 
     def _read(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
@@ -158,19 +188,23 @@ class Journal:
     # ------------------------------------------------------------ jobs
 
     def enqueue(self, bucket: str, key: str, staging_id: str, size: int,
-                expected: Expected, op: str = "put") -> int:
-        """Journal a closed file (its staging file must already be fsynced), or with
-        op="delete" (staging_id "", size 0) the removal of a key; returns the job id."""
-        with self._tx() as db:
+                expected: Expected, op: str = "put", crc32: int | None = None) -> int:
+        """Journal a closed file, or with op="delete" (staging_id "", size 0) the removal
+        of a key; returns the job id. Without `crc32` the staging file must already be
+        fsynced, and the row is durable at once; with it (the CRC-32 of the staged bytes,
+        not fsynced yet) the row waits for `mark_synced`, like a delete."""
+        durable = op == "put" and crc32 is None
+        with self._tx(durable) as db:
             older = db.execute("SELECT id, state, cond, etag FROM jobs WHERE bucket = ? AND key = ? "
                                "ORDER BY id", (bucket, key)).fetchall()
             cond, etag = (older[-1]["cond"], older[-1]["etag"]) if older else _encode(expected)
             if op == "delete":
                 cond, etag = "any", None
             job_id = int(db.execute(
-                "INSERT INTO jobs (bucket, key, op, staging_id, size, cond, etag, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (bucket, key, op, staging_id, size, cond, etag, time.time())).lastrowid or 0)
+                "INSERT INTO jobs (bucket, key, op, staging_id, size, cond, etag, created, synced, "
+                "crc32) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (bucket, key, op, staging_id, size, cond, etag, time.time(), int(crc32 is None),
+                 crc32)).lastrowid or 0)
             for row in older:
                 if row["state"] != "uploading":
                     self._supersede(db, row["id"], job_id)
@@ -203,7 +237,7 @@ class Journal:
 
     def recover(self) -> int:
         """After a restart: uploads that were running are queued again (older versions dropped)."""
-        with self._tx() as db:
+        with self._tx(durable=True) as db:
             requeued = db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'uploading'").rowcount
             stale = db.execute(
                 "SELECT j.id, (SELECT MAX(n.id) FROM jobs n WHERE n.bucket = j.bucket "
@@ -277,6 +311,22 @@ class Journal:
                        "attempts = attempts + ? WHERE id = ?",
                        (state, error, next_attempt, attempts, job_id))
 
+    def unsynced(self) -> list[tuple[int, str, int]]:
+        """(job id, staging id, CRC-32) of the files journalled before their fsync."""
+        rows = self._read("SELECT id, staging_id, crc32 FROM jobs WHERE synced = 0 AND op = 'put'")
+        return [(r["id"], r["staging_id"], r["crc32"]) for r in rows]
+
+    def mark_synced(self, job_ids: list[int], trash: list[str]) -> None:
+        """Durably: these jobs' staging files are fsynced, and these trashed staging files are
+        about to be deleted (so the rows that dropped them are durable before they go)."""
+        with self._tx(durable=True) as db:
+            db.executemany("UPDATE jobs SET synced = 1, crc32 = NULL WHERE id = ?",
+                           [(i,) for i in job_ids])
+            db.executemany("DELETE FROM trash WHERE staging_id = ?", [(s,) for s in trash])
+            # always write something: a commit without changes is not fsynced, and this one
+            # must make every commit before it durable
+            db.execute("INSERT OR REPLACE INTO synced_at (id, time) VALUES (1, ?)", (time.time(),))
+
     def retry_failed(self) -> int:
         """Queue every permanently failed job again; returns how many."""
         with self._tx() as db:
@@ -342,16 +392,11 @@ class Journal:
     def trash(self) -> list[str]:
         return [r["staging_id"] for r in self._read("SELECT staging_id FROM trash")]
 
-    def forget_trash(self, staging_ids: list[str]) -> None:
-        if staging_ids:
-            with self._tx() as db:
-                db.executemany("DELETE FROM trash WHERE staging_id = ?", [(s,) for s in staging_ids])
-
     # ------------------------------------------------------------ multipart uploads
 
     def multipart_begin(self, bucket: str, key: str) -> int:
         """Record a multipart upload about to be created (before CreateMultipartUpload)."""
-        with self._tx() as db:
+        with self._tx(durable=True) as db:
             return int(db.execute("INSERT INTO multipart (bucket, key) VALUES (?, ?)",
                                   (bucket, key)).lastrowid or 0)
 

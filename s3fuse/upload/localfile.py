@@ -17,9 +17,13 @@ import trio
 
 from ..cache.overlay import Change
 from .journal import UNKNOWN, Expected
-from .staging import Staging
+from .staging import Staging, start_writeback
 
 T = TypeVar("T")
+
+#: Start writeback of a file being written every so many bytes, so dirty pages never pile
+#: up and the fsync at close waits for the last few MiB only.
+WRITEBACK_STEP = 8 << 20
 
 
 class LocalFile:
@@ -42,6 +46,7 @@ class LocalFile:
         self.job: int | None = None   # the last submitted upload
         self.revision = 0             # bumped by every change (the page-cache version)
         self.lock = trio.Lock()       # writes, truncates and submits one at a time
+        self._written_back = 0        # writeback started up to here (sequential writers)
 
     @property
     def version(self) -> str:
@@ -71,9 +76,19 @@ class LocalFile:
     async def write(self, offset: int, data: bytes) -> int:
         async with self.lock:
             await self._writable()
-            written = await self._io(os.pwrite, self.fd, data, offset)
+            written = await self._io(self._pwrite, data, offset)
             self.size = max(self.size, offset + written)
             self._changed()
+        return written
+
+    def _pwrite(self, data: bytes, offset: int) -> int:
+        """pwrite, and every WRITEBACK_STEP bytes start writing them to disk (blocking)."""
+        written = os.pwrite(self.fd, data, offset)
+        end = offset + written
+        if end - self._written_back >= WRITEBACK_STEP:
+            start = min(self._written_back, offset)
+            start_writeback(self.fd, start, end - start)
+            self._written_back = end
         return written
 
     async def truncate(self, size: int) -> None:

@@ -8,9 +8,14 @@ workers start). `await drain(timeout)` at unmount.
 Writing a file: `Staging.create()` (in a thread), write the staging file, and on close
 `await submit(bucket, key, staging_id, expected)` where `expected` is the ETag seen when
 the file was opened for writing, None when it did not exist, UNKNOWN for "upload
-unconditionally". `submit` returns once the bytes and the journal row are durable (the
-staging file is fsynced before the row commits); from then on the staging file belongs
-to the queue and must not change. Until the upload is done, `pending_version` gives the
+unconditionally". `submit` returns once the journal row is committed: the upload then
+survives SIGKILL. A large file (> FSYNC_AT_CLOSE bytes) is fsynced before its row
+commits, durably: it survives power loss at once. A small one is journalled with the
+CRC-32 of its bytes and no fsync (three fsyncs would cost more than writing it): the
+sync pass, at most SYNC_INTERVAL later, fsyncs it and every other new staging file
+and makes the journal durable in one go; after a power loss before that, its CRC
+decides whether the staged bytes can be trusted. From `submit` on, the staging file
+belongs to the queue and must not change. Until the upload is done, `pending_version` gives the
 local file to read from (open it at once: it is deleted when the upload finishes; on
 FileNotFoundError read S3, which has the bytes by then). A version submitted while an
 older one of the same key is pending is based on that one (its `expected` is not used,
@@ -27,6 +32,7 @@ safe from any thread (Control.status runs in one).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -48,6 +54,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OFFLINE_POLL = 0.5      # how often waiting workers look at the link while it is offline
+SYNC_INTERVAL = 0.25    # a small closed file is on disk (survives power loss) this soon
+SYNC_RETRY = 2.0        # after a failed sync pass (disk full)
+FSYNC_AT_CLOSE = 4 << 20  # larger files are fsynced at close (their CRC would cost more)
 RETRY_BASE = 1.0        # first backoff after a transient error (doubles, with jitter)
 RETRY_MAX = 300.0
 
@@ -77,6 +86,10 @@ class UploadQueue:
         self._latest: dict[tuple[str, str], tuple[int, str]] = {}
         self._changed = trio.Event()  # replaced on every change: a broadcast
         self._cleaned = trio.Event()
+        self._unsynced: dict[int, str] = {}  # job id -> staging id, journalled before its fsync
+        self._sync_due = False              # a commit since the last sync pass must become durable
+        self._sync_wanted = trio.Event()
+        self._sync_lock = trio.Lock()  # one sync pass at a time
         self._stopped = trio.Event()
         self._stopping = False
         self._running = False
@@ -93,9 +106,10 @@ class UploadQueue:
 
     async def submit(self, bucket: str, key: str, staging_id: str,
                      expected: Expected = UNKNOWN) -> int:
-        """Journal a closed staging file for upload; returns the job id once durable."""
+        """Journal a closed staging file for upload; returns the job id once committed."""
         job_id = await self._io(self._enqueue, bucket, key, staging_id, expected)
         self._latest[(bucket, key)] = (job_id, staging_id)
+        self._want_sync()
         self._notify()
         return job_id
 
@@ -104,12 +118,14 @@ class UploadQueue:
         started; one that has runs first); returns the job id once durable."""
         job_id = await self._io(self._enqueue_delete, bucket, key)
         self._latest[(bucket, key)] = (job_id, "")
+        self._want_sync()
         self._notify()
         return job_id
 
     async def cancel(self, bucket: str, key: str) -> None:
         """Forget the pending changes of a key (for a rename onto it): queued ones are
         dropped, a running upload is waited for (however it ends)."""
+        self._want_sync()
         while await self._io(self._cancel, bucket, key):  # one is uploading: wait for it
             changed = self._changed
             with trio.move_on_after(OFFLINE_POLL):
@@ -118,9 +134,7 @@ class UploadQueue:
         self._notify()
 
     def _cancel(self, bucket: str, key: str) -> list[int]:
-        running = self.journal.cancel(bucket, key)
-        self._empty_trash()
-        return running
+        return self.journal.cancel(bucket, key)
 
     async def wait(self, job_id: int) -> bool:
         """For fsync: True once the job (or a newer version of its key) is uploaded; False at
@@ -144,6 +158,8 @@ class UploadQueue:
             while True:
                 changed = self._changed
                 if self._cleaned.is_set() and (await self._io(self.journal.summary))["files"] == 0:
+                    with contextlib.suppress(S3FuseError, OSError):  # the syncer reports it
+                        await self.make_durable()  # and staging files of done uploads deleted
                     break
                 await changed.wait()
         return await self._io(self.status)
@@ -194,46 +210,120 @@ class UploadQueue:
         requeued = self.journal.recover()
         if requeued:
             log.info("%d interrupted upload(s) queued again", requeued)
-        self._empty_trash()
+        self._check_unsynced()
         orphans = self.staging.ids() - self.journal.staging_ids()
         if orphans:
-            log.warning("removing %d staging file(s) of writes that were never closed "
-                        "(the writer crashed)", len(orphans))
+            log.warning("removing %d staging file(s) no upload needs (writes never closed, "
+                        "or uploaded just before a crash)", len(orphans))
             for staging_id in orphans:
                 self.staging.discard(staging_id)
 
+    def _check_unsynced(self) -> None:
+        """Small files journalled before their fsync: after a power loss their bytes may be
+        lost or torn; one whose CRC no longer matches is kept as failed, never uploaded
+        as it is without being asked (`sync --retry`)."""
+        synced = []
+        for job_id, staging_id, crc in self.journal.unsynced():
+            if self.staging.crc32(staging_id) == crc:
+                synced.append((job_id, staging_id))
+                continue
+            log.error("a file closed just before the machine stopped did not reach the disk "
+                      "intact (job %d): it is not uploaded; write it again", job_id)
+            self.journal.fail(job_id, "damaged: the machine stopped before its bytes were on "
+                              "disk; write the file again (`sync --retry` uploads them as they are)")
+        self._sync_pass(synced, force=False)
+
     def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected) -> int:
-        size = self.staging.commit(staging_id)  # durable before the journal row exists
-        job_id = self.journal.enqueue(bucket, key, staging_id, size, expected)
-        self._empty_trash()
+        size = self.staging.size(staging_id)
+        if size > FSYNC_AT_CLOSE:
+            self.staging.commit(staging_id)  # durable before its durable journal row
+            return self.journal.enqueue(bucket, key, staging_id, size, expected)
+        crc = self.staging.crc32(staging_id)
+        job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, crc32=crc)
+        self._unsynced[job_id] = staging_id
         return job_id
 
     def _enqueue_delete(self, bucket: str, key: str) -> int:
-        job_id = self.journal.enqueue(bucket, key, "", 0, UNKNOWN, op="delete")
-        self._empty_trash()
-        return job_id
+        return self.journal.enqueue(bucket, key, "", 0, UNKNOWN, op="delete")
 
-    def _empty_trash(self) -> None:
+    def _sync_pass(self, jobs: list[tuple[int, str]], force: bool = True) -> None:
+        """fsync the staging files of `jobs` (id, staging id) and their directory, then one
+        durable commit marks them synced and forgets the trash (every earlier commit is
+        durable with it); only then are the trashed staging files deleted. Without `force`,
+        nothing is written when there is nothing to mark or delete."""
+        for _, staging_id in jobs:
+            self.staging.fsync(staging_id)
+        if jobs:
+            self.staging.fsync_directory()
         trash = self.journal.trash()
+        if not (jobs or trash or force):
+            return
+        self.journal.mark_synced([job_id for job_id, _ in jobs], trash)
         for staging_id in trash:
             self.staging.discard(staging_id)
-        self.journal.forget_trash(trash)
 
-    def _settle(self, settle: Callable[[], None]) -> None:
-        settle()
-        self._empty_trash()
+    def _want_sync(self) -> None:
+        self._sync_due = True
+        self._sync_wanted.set()
+
+    async def _syncer(self) -> None:
+        """Group commit: at most every SYNC_INTERVAL, one sync pass for everything new."""
+        failing = False
+        while True:
+            await self._sync_wanted.wait()
+            self._sync_wanted = trio.Event()
+            await trio.sleep(SYNC_RETRY if failing else SYNC_INTERVAL)
+            try:
+                await self._sync_now()
+            except (S3FuseError, OSError) as exc:  # disk full or failing: keep trying
+                if not failing:
+                    log.warning("closed files not yet safe from a power loss (retrying): %s", exc)
+                failing = True
+                self._want_sync()
+            else:
+                if failing:
+                    log.info("closed files are safe from a power loss again")
+                failing = False
+
+    async def make_durable(self) -> None:
+        """Run a sync pass now: every closed file and journal change survives power loss
+        (CacheFull or OSError when the disk refuses)."""
+        self._sync_due = True
+        await self._sync_now()
+
+    async def _sync_now(self) -> None:
+        with trio.CancelScope(shield=True):
+            async with self._sync_lock:  # after a pass in flight, which may predate the caller
+                if not self._sync_due:
+                    return
+                self._sync_due = False
+                jobs = list(self._unsynced.items())
+                try:
+                    await self._io(self._sync_pass, jobs)
+                except BaseException:
+                    self._sync_due = True
+                    raise
+                for job_id, _ in jobs:
+                    self._unsynced.pop(job_id, None)
 
     # ------------------------------------------------------------ workers
 
     async def _run(self) -> None:
         try:
-            await self._abort_leftovers()
-            self._cleaned.set()
-            self._notify()
             async with trio.open_nursery() as nursery:
-                for _ in range(self.workers):
-                    nursery.start_soon(self._worker)
+                nursery.start_soon(self._syncer)
+                await self._abort_leftovers()
+                self._cleaned.set()
+                self._notify()
+                async with trio.open_nursery() as workers:
+                    for _ in range(self.workers):
+                        workers.start_soon(self._worker)
+                nursery.cancel_scope.cancel()
         finally:
+            try:
+                await self._sync_now()  # shielded: also when the daemon is cancelled
+            except (S3FuseError, OSError) as exc:
+                log.warning("closed files not made safe from a power loss at exit: %s", exc)
             self._stopped.set()
 
     async def _abort_leftovers(self) -> None:
@@ -298,7 +388,8 @@ class UploadQueue:
             if self.keep_uploaded is not None and job.op == "put":
                 await self._io(self._keep, job, result)
         with trio.CancelScope(shield=True):  # the bytes are in S3: record it even when cancelled
-            await self._io(self._settle, outcome)
+            await self._io(outcome)
+        self._want_sync()
         if result is not None:
             if self._latest.get((job.bucket, job.key), (None,))[0] == job.id:
                 del self._latest[(job.bucket, job.key)]

@@ -8,14 +8,38 @@ a worker thread.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import secrets
+import zlib
 from pathlib import Path
+from typing import Callable
 
 from ..cache.cachedir import secure_dir
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux/glibc: fsync at close does all the work
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_RANGE = _sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a range of a staging file to disk, without waiting (blocks only when
+    the device queue is full): a large file's fsync at close then has little left to do."""
+    if _SYNC_RANGE is not None:
+        _SYNC_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 class Staging:
@@ -64,20 +88,43 @@ class Staging:
             raise ValueError(f"not a staging id: {staging_id!r}")
         return self.directory / staging_id
 
-    def commit(self, staging_id: str) -> int:
-        """Make the file and its directory entry durable (fsync both); returns its size."""
-        fd = os.open(self.path(staging_id), os.O_RDONLY | os.O_CLOEXEC)
+    def size(self, staging_id: str) -> int:
+        return self.path(staging_id).stat().st_size
+
+    def crc32(self, staging_id: str) -> int | None:
+        """The CRC-32 of a staging file's bytes (None when it is gone)."""
+        crc = 0
+        try:
+            with open(self.path(staging_id), "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    crc = zlib.crc32(chunk, crc)
+        except FileNotFoundError:
+            return None
+        return crc
+
+    def commit(self, staging_id: str) -> None:
+        """Make the file and its directory entry durable (fsync both)."""
+        self.fsync(staging_id)
+        self.fsync_directory()
+
+    def fsync(self, staging_id: str) -> None:
+        """fsync a staging file's bytes (nothing when it is gone: uploaded and deleted)."""
+        try:
+            fd = os.open(self.path(staging_id), os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ValueError):
+            return
         try:
             os.fsync(fd)
-            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
+
+    def fsync_directory(self) -> None:
+        """Make the names of new staging files durable."""
         dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        return size
 
     def discard(self, staging_id: str) -> None:
         self.path(staging_id).unlink(missing_ok=True)

@@ -186,7 +186,9 @@ class WriteBack:
         if local.job is None:
             return
         with trio.move_on_after(FSYNC_WAIT) as waited:
-            await self.queue.wait(local.job)  # UploadFailed (EIO) when it failed for good
+            uploaded = await self.queue.wait(local.job)  # UploadFailed (EIO): failed for good
+        if waited.cancelled_caught or not uploaded:
+            await self.queue.make_durable()  # a small file's staging file is fsynced now
         if waited.cancelled_caught:
             log.warning("fsync of s3://%s/%s: upload not done after %.0fs; the bytes are "
                         "journalled and will be uploaded", local.bucket, local.key, FSYNC_WAIT)
