@@ -136,7 +136,8 @@ def parse_list_v2(body: bytes) -> dict[str, Any]:
         elif tag in ("NextContinuationToken", "EncodingType"):
             result[tag] = child.text or ""
     if result.get("EncodingType") == "url":
-        unquote = urllib.parse.unquote_plus
+        def unquote(text: str) -> str:  # bytes that are not UTF-8 stay visible (as surrogates)
+            return urllib.parse.unquote_plus(text, errors="surrogateescape")
         prefixes = [unquote(p) for p in prefixes]
         for obj in contents:
             obj["Key"] = unquote(obj["Key"])
