@@ -152,13 +152,15 @@ async def test_a_100k_entry_directory_lists_fast_in_bounded_memory(tmp_path: Pat
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)
 async def test_a_million_entry_directory(tmp_path: Path):
     elapsed, peak = await list_huge_dir(tmp_path, 1_000_000)
     assert elapsed < 300 and peak < 1500 << 20
 
 
 @pytest.mark.mount
-@pytest.mark.parametrize("count", [20_000, pytest.param(100_000, marks=pytest.mark.soak)])
+@pytest.mark.parametrize("count", [20_000, pytest.param(
+    100_000, marks=[pytest.mark.soak, pytest.mark.timeout(900)])])
 def test_a_huge_directory_through_the_mount(s3, bucket, mount_factory, count: int):
     moto_put_many(bucket, (f"big/f{i:07d}" for i in range(count)))
     s3.put_object(Bucket=bucket, Key="big/zz-last", Body=b"last")
