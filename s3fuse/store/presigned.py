@@ -99,7 +99,8 @@ class PresignedReader:
         except CONNECT_ERRORS as exc:
             raise Offline(f"ListObjectsV2: S3 unreachable ({type(exc).__name__})") from None
         except HTTPError as exc:
-            log.debug("ListObjectsV2 through a presigned URL failed (%s): asking boto3", exc)
+            log.debug("ListObjectsV2 through a presigned URL failed (%s): asking boto3",
+                      type(exc).__name__)  # its text holds the signed URL
             return None
         if resp.status != 200:
             return None
