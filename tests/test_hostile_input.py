@@ -3,6 +3,7 @@
 own hostile tests (test_manifest_index.py, test_mount_manifest.py, test_archive_hostile.py)."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -92,6 +93,19 @@ def test_hostile_keys_through_the_mount(s3, bucket, mount_factory):
     assert (root / "bad\ufffd\ufffdutf8").read_bytes() == stored
     with pytest.raises(OSError):
         os.stat(root / long_segment)          # ENAMETOOLONG from the kernel, never a crash
+    with pytest.raises(OSError) as info:      # a name that is not UTF-8 cannot become a key
+        os.open(os.path.join(os.fsencode(root), b"new\xffname"), os.O_CREAT | os.O_WRONLY, 0o644)
+    assert info.value.errno == errno.EINVAL
+    raw = os.fsencode(root)
+    bad = os.path.join(raw, b"\xff\xfe")
+    for call, args, expected in ((os.stat, (bad,), errno.ENOENT), (os.unlink, (bad,), errno.ENOENT),
+                                 (os.rmdir, (bad,), errno.ENOENT), (os.mkdir, (bad,), errno.EINVAL),
+                                 (os.rename, (os.path.join(raw, b"normal.txt"), bad), errno.EINVAL),
+                                 (os.getxattr, (bad, "user.s3.uri"), errno.ENOENT)):
+        with pytest.raises(OSError) as info:
+            call(*args)
+        assert info.value.errno == expected, (call, info.value)
+    assert (root / "normal.txt").read_bytes() == b"fine"
     assert m.proc.poll() is None
     assert "hiding s3 key" in m.log()
 
