@@ -274,6 +274,11 @@ LIST_OPTIONS = ("source", "manifest")
 def load_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                # it names the endpoint, the cache and the secrets file: whoever can edit it
+                # can send our uploads (and credentials' signatures) elsewhere
+                raise UsageError(f"config {path} is writable by group/others: refusing it "
+                                 f"(chmod go-w {path})")
             data = tomllib.load(fh)
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc.strerror}") from None

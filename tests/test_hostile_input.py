@@ -173,7 +173,7 @@ async def test_a_million_entry_directory(tmp_path: Path):
 
 
 @pytest.mark.mount
-@pytest.mark.parametrize("count", [20_000, pytest.param(
+@pytest.mark.parametrize("count", [10_000, pytest.param(
     100_000, marks=[pytest.mark.soak, pytest.mark.timeout(900)])])
 def test_a_huge_directory_through_the_mount(s3, bucket, mount_factory, count: int):
     moto_put_many(bucket, (f"big/f{i:07d}" for i in range(count)))

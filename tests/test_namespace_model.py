@@ -7,7 +7,7 @@ tree BucketTree shows (over moto's HTTP server, listing every time) must be exac
 tree a tiny independent model derives from the key set. A few examples also go through
 the real mount.
 
-S3FUSE_MODEL_EXAMPLES raises the example count (default 25; CI keeps it modest).
+S3FUSE_MODEL_EXAMPLES raises the example count (default 20; CI keeps it modest).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from s3fuse.config import Config, parse_source
 from s3fuse.store.s3 import S3Store
 from s3fuse.tree.bucket import BucketTree
 
-EXAMPLES = int(os.environ.get("S3FUSE_MODEL_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("S3FUSE_MODEL_EXAMPLES", "20"))
 _runs = itertools.count()
 
 # ------------------------------------------------------------------ the model (design.md §2)
@@ -159,7 +159,7 @@ def test_bucket_tree_matches_the_model(s3, bucket, store, tmp_path):
             self.check()
 
     run_state_machine_as_test(Namespace, settings=settings(
-        max_examples=EXAMPLES, stateful_step_count=10, deadline=None,
+        max_examples=EXAMPLES, stateful_step_count=8, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
     meta.close()
 

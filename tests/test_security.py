@@ -329,6 +329,16 @@ def test_credentials_in_config_or_endpoint_environment_are_refused(tmp_path: Pat
     assert SECRET not in str(info.value) and "***@s3.example.com" in str(info.value)
 
 
+def test_a_config_file_others_can_edit_is_refused(tmp_path: Path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('cache_size = "1G"\n')
+    toml.chmod(0o664)
+    with pytest.raises(UsageError, match="writable by group/others"):
+        build_config({"config": str(toml)}, [], {})
+    toml.chmod(0o644)
+    assert build_config({"config": str(toml)}, [], {}).cache_size == 1 << 30
+
+
 def test_our_own_options_are_not_mistaken_for_credentials():
     names = list(SCALAR_OPTIONS) + [a.dest for a in cli.make_parser()._subparsers._group_actions[0]
                                     .choices["mount"]._actions]
