@@ -17,7 +17,7 @@ from typing import Any, NoReturn, Sequence
 from . import __version__
 from .config import Config, build_config, check_mountpoint
 from .errors import UsageError
-from .redact import credential_in_argv, credential_refusal
+from .redact import credential_in_argv, credential_refusal, redact_unrecognized
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports errors in one line."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"s3fuse: error: {message}\n")
+        sys.stderr.write(f"s3fuse: error: {redact_unrecognized(message)}\n")
         raise SystemExit(EXIT_USAGE)
 
 

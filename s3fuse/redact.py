@@ -13,14 +13,15 @@ import urllib.parse
 
 #: Option names that carry a credential (`-o aws_secret_access_key=...`, `--secret-key X`).
 _CREDENTIAL_NAME = re.compile(
-    r"(secret|passw(or)?d|token|access[_-]?key|credential|signature|session[_-]?key)", re.IGNORECASE)
+    r"(secret|passw(or)?d|token|access[_-]?key|credential|signature|(^|_)(api_?)?key(_|$))",
+    re.IGNORECASE)
 
 WHERE_INSTEAD = ("use --secrets-env FILE (chmod 600), --profile, or AWS_ACCESS_KEY_ID/"
                  "AWS_SECRET_ACCESS_KEY in the environment")
 
 
 #: Our own options whose names match but carry a path, not a secret.
-_NOT_SECRETS = {"secrets_env"}
+_NOT_SECRETS = {"secrets_env", "sse_kms_key_id"}
 
 
 def is_credential_option(name: str) -> bool:
@@ -45,6 +46,23 @@ def credential_in_argv(argv: list[str]) -> str | None:
             if is_credential_option(name):
                 return name
     return None
+
+
+def redact_unrecognized(message: str) -> str:
+    """argparse's 'unrecognized arguments: --foo VALUE --bar=VALUE' without the values:
+    an option we do not know may well be someone's idea of a credential option."""
+    head, sep, rest = message.partition("unrecognized arguments: ")
+    if not sep:
+        return message
+    shown, after_option = [], False
+    for token in rest.split(" "):
+        if token.startswith("-"):
+            shown.append(token.split("=", 1)[0] + ("=..." if "=" in token else ""))
+            after_option = "=" not in token
+        else:
+            shown.append("..." if after_option else token)
+            after_option = False
+    return head + sep + " ".join(shown)
 
 
 def has_userinfo(url: str) -> bool:

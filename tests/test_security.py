@@ -309,13 +309,19 @@ def test_staging_ids_are_checked(tmp_path: Path):
     ["--aws-secret-access-key", SECRET],
     [f"--secret-key={SECRET}"],
     ["--password", SECRET],
+    ["--api-key", SECRET],
+    ["--unknown-thing", SECRET],            # not recognizably a credential: its value is not echoed
+    [f"--unknown-thing={SECRET}"],
     ["--endpoint-url", f"http://user:{SECRET}@127.0.0.1:9"],
 ])
 def test_credentials_on_the_command_line_are_refused_without_echo(tmp_path: Path, capsys, argv):
-    code = cli.main(["mount", str(tmp_path), "--source", "s3://bucket", *argv])
+    try:
+        code = cli.main(["mount", str(tmp_path), "--source", "s3://bucket", *argv])
+    except SystemExit as exc:   # argparse's own errors
+        code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and SECRET not in err, err
-    assert "credentials" in err or "user:password" in err
+    assert "credentials" in err or "user:password" in err or "unrecognized arguments: --unknown-thing" in err
 
 
 def test_credentials_in_config_or_endpoint_environment_are_refused(tmp_path: Path):
@@ -345,6 +351,8 @@ def test_our_own_options_are_not_mistaken_for_credentials():
     assert [n for n in names if is_credential_option(n)] == []
     assert credential_in_argv(["mount", "x", "--secrets-env", "f", "--sse-kms-key-id", "k"]) is None
     assert credential_in_argv(["--", "--secret"]) is None
+    assert [n for n in ("aws_access_key_id", "key", "api_key", "session_token", "x_password")
+            if not is_credential_option(n)] == []
     assert redact_url("https://a:b@h:9/p?q") == "https://***@h:9/p"
     assert redact_url("https://h:9/p") == "https://h:9/p"
 
