@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache.blocks import BlockCache
-from .cache.cachedir import CacheLock, secure_dir
+from .cache.cachedir import CacheLock, secure_cache_dir, secure_dir
 from .cache.meta import MetaStore
 from .errors import UsageError
 
@@ -21,7 +21,7 @@ from .errors import UsageError
 def _open(cache_dir: Path, size_limit: int | None) -> tuple[BlockCache, MetaStore]:
     if not cache_dir.is_dir():
         raise UsageError(f"no cache at {cache_dir}")
-    secure_dir(cache_dir)
+    secure_cache_dir(cache_dir)
     blocks = BlockCache(secure_dir(cache_dir / "blocks"), size_limit, secure_dir(cache_dir / "pinned"))
     return blocks, MetaStore(cache_dir / "meta.sqlite")
 

@@ -17,6 +17,7 @@ from typing import Any, NoReturn, Sequence
 from . import __version__
 from .config import Config, build_config, check_mountpoint
 from .errors import UsageError
+from .redact import credential_in_argv, credential_refusal, redact_unrecognized
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports errors in one line."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"s3fuse: error: {message}\n")
+        sys.stderr.write(f"s3fuse: error: {redact_unrecognized(message)}\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -119,13 +120,14 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 
 def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .cache.cachedir import CacheLock, secure_dir
+    from .cache.cachedir import CacheLock, secure_cache_dir
     from .logs import setup_logging
     from .store.s3 import S3Store
 
+    os.umask(0o077)  # the cache dir and the daemon log are private
     cfg = _config_from(args)
     store = S3Store.from_config(cfg)  # credentials problems are usage errors, before mounting
-    cache_dir = secure_dir(cfg.cache_dir)
+    cache_dir = secure_cache_dir(cfg.cache_dir)
     holder = CacheLock.holder(cache_dir)
     if holder is not None:
         raise UsageError(f"cache dir {cache_dir} is in use by pid {holder}: give each mount its own --cache-dir")
@@ -344,6 +346,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from . import cachetool
     from .config import default_cache_dir, load_toml, parse_duration, parse_size
 
+    os.umask(0o077)  # files diskcache/SQLite create in the cache stay private (0600)
     file_cfg = load_toml(Path(args.config)) if args.config else {}
     cache_dir = Path(args.cache_dir or file_cfg.get("cache_dir") or default_cache_dir())
     size_limit = parse_size(file_cfg["cache_size"]) if "cache_size" in file_cfg else None
@@ -374,6 +377,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    secret = credential_in_argv(argv)
+    if secret is not None:  # before argparse, which would echo the value in its error
+        sys.stderr.write(f"s3fuse: error: {credential_refusal(secret, 'option')}\n")
+        return EXIT_USAGE
     args = make_parser().parse_args(argv)
     try:
         if args.command == "mount":

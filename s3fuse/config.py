@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UsageError
+from .redact import credential_refusal, has_userinfo, is_credential_option, redact_url
 
 ENDPOINT_ENV_VARS = ("AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "S3_ENDPOINT")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
@@ -273,12 +274,20 @@ LIST_OPTIONS = ("source", "manifest")
 def load_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                # it names the endpoint, the cache and the secrets file: whoever can edit it
+                # can send our uploads (and credentials' signatures) elsewhere
+                raise UsageError(f"config {path} is writable by group/others: refusing it "
+                                 f"(chmod go-w {path})")
             data = tomllib.load(fh)
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"invalid config {path}: {exc}") from None
     unknown = set(data) - set(SCALAR_OPTIONS) - set(LIST_OPTIONS)
+    secret = next((key for key in sorted(unknown) if is_credential_option(key)), None)
+    if secret is not None:  # config files are often world-readable (/etc/s3fuse/*.toml)
+        raise UsageError(credential_refusal(repr(secret), f"config {path}:"))
     if unknown:
         raise UsageError(f"unknown key(s) in config {path}: {', '.join(sorted(unknown))}")
     for key in LIST_OPTIONS:
@@ -302,6 +311,8 @@ def parse_o_options(options: list[str]) -> dict[str, Any]:
                 raw.setdefault(key, []).append({"uri": uri, "name": name})
                 continue
             if key not in SCALAR_OPTIONS:
+                if is_credential_option(key):
+                    raise UsageError(credential_refusal(key, "-o"))
                 raise UsageError(f"unknown mount option {key!r}")
             raw[key] = value if sep else "true"
     return raw
@@ -373,8 +384,12 @@ def validate(cfg: Config) -> Config:
         raise UsageError(f"invalid --sse {cfg.sse!r} (one of {', '.join(SSE_MODES)})")
     if cfg.sse_kms_key_id and cfg.sse not in ("aws:kms", "aws:kms:dsse"):
         raise UsageError("--sse-kms-key-id needs --sse aws:kms or aws:kms:dsse")
+    if cfg.endpoint_url and has_userinfo(cfg.endpoint_url):
+        raise UsageError(f"endpoint URL {redact_url(cfg.endpoint_url)!r} carries user:password: "
+                         "refused (S3 does not use them, and URLs end up in logs and status)")
     if cfg.endpoint_url and not re.match(r"^https?://[^\s/]+", cfg.endpoint_url):
-        raise UsageError(f"invalid endpoint URL {cfg.endpoint_url!r} (expected http(s)://host[:port])")
+        raise UsageError(f"invalid endpoint URL {redact_url(cfg.endpoint_url)!r} "
+                         "(expected http(s)://host[:port])")
     if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError(f"invalid log level {cfg.log_level!r}")
     if not 900 <= cfg.role_session_duration <= 43200:

@@ -18,6 +18,7 @@ from . import __version__
 from .config import Config
 from .errors import InvalidArgument, ReadOnly
 from .pinning import Pinner
+from .redact import redact_url
 from .upload.queue import UploadQueue
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class Control:
             "started": self.started,
             "link": self._link(),
             "read_only": cfg.read_only,
-            "endpoint_url": cfg.endpoint_url,
+            "endpoint_url": redact_url(cfg.endpoint_url),
             "sources": [s.uri for s in cfg.sources],
             "manifests": [m.uri for m in cfg.manifests],
             "cache": {"dir": str(cfg.cache_dir), "limit": cfg.cache_size, **self._cache_usage()},

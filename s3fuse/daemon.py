@@ -18,7 +18,7 @@ import pyfuse3
 import trio
 
 from .cache.blocks import BlockCache
-from .cache.cachedir import CacheLock, secure_dir
+from .cache.cachedir import CacheLock, secure_cache_dir, secure_dir
 from .cache.meta import MetaStore
 from .cache.overlay import Overlay
 from .config import Config, SourceSpec
@@ -46,6 +46,7 @@ READAHEAD_KIB = 1024
 PROBE_INTERVAL = 2.0
 STATUS_INTERVAL = 5.0
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+PR_SET_DUMPABLE = 4
 FLUSH_TIMEOUT = 30.0
 STOP_UPLOADS_TIMEOUT = 5.0
 
@@ -96,7 +97,7 @@ class Components:
 
 def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Components:
     """Everything below FUSE, wired together; closed by `stack`."""
-    cache_dir = secure_dir(cfg.cache_dir)
+    cache_dir = secure_cache_dir(cfg.cache_dir)
     lock = CacheLock(cache_dir)
     lock.acquire()
     stack.callback(lock.release)
@@ -156,6 +157,17 @@ def release_big_buffers() -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 2 << 20)
     except (OSError, AttributeError):
         log.debug("mallopt not available: RSS may stay at its peak")
+
+
+def no_core_dumps() -> None:
+    """Mark the daemon non-dumpable: no core file, and no other process of the same user
+    may ptrace it or read its /proc/PID/environ and memory. The daemon holds S3
+    credentials in memory (and often in its environment) for its whole life."""
+    try:
+        if ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            log.debug("prctl(PR_SET_DUMPABLE) failed: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError):
+        log.debug("prctl not available: core dumps may hold credentials")
 
 
 def _save_counters(meta: MetaStore, reader: BlockReader) -> None:
@@ -282,6 +294,7 @@ def run(cfg: Config, ready: ReadySignal | None = None, store: S3Store | None = N
     ready = ready or ReadySignal()
     assert cfg.mountpoint is not None
     os.umask(0o077)  # every cache, index and staging file private (0600), whoever creates it
+    no_core_dumps()
     release_big_buffers()
     with ExitStack() as stack:
         parts = build(cfg, stack, store)

@@ -71,12 +71,12 @@ def spawn_background(argv: list[str], log_path: Path, timeout: float = 120.0) ->
     """
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "s3fuse", *argv, "--foreground", "--ready-fd", str(write_fd)]
-    old = os.umask(0o077)
-    try:
-        log = open(log_path, "ab")
-    finally:
-        os.umask(old)
-    with log:
+    try:  # never through a symlink planted in place of the log, and never readable by others
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError as exc:
+        return 2, f"cannot open the daemon log {log_path}: {exc.strerror}"
+    with open(fd, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 pass_fds=(write_fd,), start_new_session=True)
     os.close(write_fd)

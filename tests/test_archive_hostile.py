@@ -351,3 +351,79 @@ def test_gzip_crc_mismatch_is_an_archive_error() -> None:
     blob[-8] ^= 0xFF  # the trailer's CRC
     with pytest.raises(ArchiveError, match="corrupt gzip data"):
         build_index(MemSource(bytes(blob)), None, "x.tar.gz", Limits())
+
+
+# ------------------------------------------------------------------ a million tiny members (issue 7)
+
+
+def tiny_tar(count: int) -> bytes:
+    """`count` one-byte members in `count // 1000` directories, built from one header
+    template (tarfile takes ~50x longer): 1 KiB per member, gzip makes it ~2%."""
+    block = bytearray(header(b""))
+    block[124:136] = b"%011o\0" % 1
+    block[148:156] = b" " * 8
+    base = sum(block)
+    data = b"x" + bytes(511)
+    out = bytearray()
+    for i in range(count):
+        name = b"d%04d/m%07d" % (i // 1000, i)
+        block[0 : len(name)] = name
+        block[148:156] = b"%06o\0 " % (base + sum(name))
+        out += block
+        out += data
+    return bytes(out + END)
+
+
+def fast_gzip(raw: bytes) -> bytes:
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    return packer.compress(raw) + packer.flush()
+
+
+def index_metered(blob: bytes, limits: Limits, traced: bool = True) -> tuple[Any, float, int]:
+    """(index, seconds, peak bytes): traced allocations, or (untraced: tracemalloc doubles
+    the time of a million members) the growth of the process's peak RSS."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+    if traced:
+        tracemalloc.start()
+    began = time.monotonic()
+    try:
+        index = build_index(MemSource(blob), None, "tiny.tar.gz", limits)
+        elapsed = time.monotonic() - began
+        peak = (tracemalloc.get_traced_memory()[1] if traced
+                else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10) - before)
+        return index, elapsed, peak
+    finally:
+        if traced:
+            tracemalloc.stop()
+
+
+def test_tiny_tar_is_a_valid_tar() -> None:
+    with tarfile.open(fileobj=io.BytesIO(tiny_tar(3))) as tf:
+        assert [(m.name, m.size) for m in tf.getmembers()] == [
+            ("d0000/m0000000", 1), ("d0000/m0000001", 1), ("d0000/m0000002", 1)]
+
+
+@pytest.mark.parametrize("count", [100_000, pytest.param(
+    1_000_000, marks=[pytest.mark.soak, pytest.mark.timeout(900)])])
+def test_many_tiny_members_index_in_bounded_time_and_memory(count: int) -> None:
+    blob = fast_gzip(tiny_tar(count))
+    index, elapsed, peak = index_metered(blob, Limits(), traced=count <= 100_000)
+    assert len(index.members) == count
+    assert index.members[-1].path == "d%04d/m%07d" % ((count - 1) // 1000, count - 1)
+    assert elapsed < count / 1000, elapsed          # under 1 ms a member (~0.05 here)
+    assert peak < 64 * MiB + count * 400, peak // MiB  # the member list, ~210 bytes a member
+
+
+@pytest.mark.parametrize("count", [100_000, pytest.param(
+    1_000_001, marks=[pytest.mark.soak, pytest.mark.timeout(900)])])
+def test_one_member_too_many_is_refused_early(count: int) -> None:
+    """Over max_members: refused as the entries stream by, not after indexing them all."""
+    cap = 1_000_000 if count > 1_000_000 else 20_000
+    blob = fast_gzip(tiny_tar(count))
+    began = time.monotonic()
+    with pytest.raises(ArchiveError, match="max_members") as err:
+        build_index(MemSource(blob), None, "tiny.tar.gz", Limits(max_members=cap))
+    assert str(err.value) == f"more than {cap} entries (max_members)"
+    if count < 1_000_000:
+        assert time.monotonic() - began < 15

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,63 @@ def test_a_million_entries_is_not_a_million_objects(tmp_path: Path):
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert index.count() == 200_000 + 100 + 1
     assert grown_mib < 150
+
+
+# ------------------------------------------------------------------ a 2 GB line (issue 7)
+
+GiB = 1 << 30
+CHUNK = 8 << 20
+
+
+class StreamingStore:
+    """One manifest of `line_bytes` of 'x' (never held in memory: the same 8 MiB chunk is
+    yielded again and again), then a newline and `tail`. Records how much was streamed."""
+
+    def __init__(self, key: str, line_bytes: int, tail: bytes):
+        self.key, self.line_bytes, self.tail = key, line_bytes, tail
+        self.streamed = 0
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        if key != self.key:
+            raise NotFound(key)
+        return ObjectInfo(key, self.line_bytes + 1 + len(self.tail), 1_000_000_000, "etag-big")
+
+    def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int):  # type: ignore[no-untyped-def]
+        block = b"x" * CHUNK
+        left = self.line_bytes
+        while left:
+            piece = block if left >= CHUNK else block[:left]
+            left -= len(piece)
+            self.streamed += len(piece)
+            yield piece
+        yield b"\n" + self.tail
+
+
+def test_a_2gb_line_is_skipped_in_bounded_memory(tmp_path: Path, caplog):
+    """The line is dropped once it passes the 16 MiB line cap, as it streams by: the
+    manifest is served around it and memory stays a few chunks, not 2 GB."""
+    root = "m/manifest.jsonl"
+    line_bytes = 2 * GiB - 4096   # the manifest itself stays under the 2 GiB object cap
+    store = StreamingStore(root, line_bytes, jsonl({"kind": "file", "key": "m/after.txt"}))
+    index = ManifestIndex(tmp_path / "m.sqlite")
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            Ingestion(store, "bkt", "m/", IngestLimits()).run(index, root, "etag-big", 0)  # type: ignore[arg-type]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert store.streamed == line_bytes
+    assert peak < 64 << 20, peak >> 20
+    assert "line 1 skipped: longer than 16777216 bytes" in caplog.text
+    assert index.child(ROOT_ID, "after.txt") is not None
+
+
+def test_a_manifest_over_the_size_cap_is_refused_unread(tmp_path: Path, caplog):
+    root = "m/manifest.jsonl"
+    store = StreamingStore(root, 2 * GiB, b"")
+    index = ManifestIndex(tmp_path / "m.sqlite")
+    with caplog.at_level(logging.ERROR):
+        Ingestion(store, "bkt", "m/", IngestLimits()).run(index, root, "etag-big", 0)  # type: ignore[arg-type]
+    assert store.streamed == 0
+    assert f"is {2 * GiB + 1} bytes, over the {2 * GiB} byte cap: refused" in caplog.text

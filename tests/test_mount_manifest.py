@@ -93,3 +93,19 @@ def test_index_is_reused_across_remounts(backend, bucket, mount_factory):
     check_view(second.path("t"), fixture)
     requests = second.status()["requests"]
     assert requests.get("GetObject", 0) == 0     # index and member bytes all from the cache
+
+
+def test_an_overlong_manifest_line_is_skipped_and_the_rest_served(s3, bucket, mount_factory):
+    """A 17 MiB line (over the 16 MiB line cap; test_manifest_index.py streams a 2 GB one)
+    between good lines: one clear log line, the daemon never holds the line whole."""
+    s3.put_object(Bucket=bucket, Key="ml/run/a.txt", Body=b"alpha")
+    s3.put_object(Bucket=bucket, Key="ml/run/b.txt", Body=b"bravo")
+    huge = b'{"kind":"file","key":"ml/run/' + b"x" * (17 << 20) + b'"}'
+    body = (b'{"kind":"file","key":"ml/run/a.txt"}\n' + huge + b'\n'
+            b'{"kind":"file","key":"ml/run/b.txt"}\n')
+    s3.put_object(Bucket=bucket, Key="ml/run/manifest.jsonl", Body=body)
+    m = mount_factory("--manifest", f"run=s3://{bucket}/ml/run/manifest.jsonl")
+    m.expect_log(r"line 2 skipped: longer than 16777216 bytes")
+    assert sorted(os.listdir(m.path("run"))) == ["a.txt", "b.txt"]
+    assert m.path("run", "b.txt").read_bytes() == b"bravo"
+    assert "line 2 skipped: longer than 16777216 bytes" in m.log()

@@ -1,4 +1,12 @@
-"""The cache directory: created private, refused when unsafe, locked per daemon."""
+"""The cache directory: created private, refused when unsafe, locked per daemon.
+
+"Unsafe" means someone else could change what the daemon reads back: the
+directory, or anything in its top two levels (meta.sqlite, journal.sqlite,
+blocks/cache.db, staging files, manifest indexes, the log), is a symlink, is
+owned by another user, or is writable by group or others. Such a cache is
+refused (one line, exit 2): its SQLite files decide what is served and uploaded.
+Merely readable by others is tightened to 0700/0600 instead, with one log line.
+"""
 from __future__ import annotations
 
 import fcntl
@@ -31,6 +39,40 @@ def secure_dir(path: Path) -> Path:
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
     return path
+
+
+def secure_cache_dir(path: Path) -> Path:
+    """`secure_dir(path)` plus the same checks on what is already inside it."""
+    secure_dir(path)
+    check_entries(path)
+    return path
+
+
+def check_entries(cache_dir: Path, depth: int = 2) -> None:
+    """Refuse symlinks, foreign owners and group/other-writable modes in the top `depth`
+    levels of the cache (block files deeper down are verified by their headers)."""
+    uid = os.geteuid()
+    try:
+        entries = list(os.scandir(cache_dir))
+    except OSError as exc:
+        raise UsageError(f"cannot read cache dir {cache_dir}: {exc.strerror}") from None
+    for entry in entries:
+        path = Path(entry.path)
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            raise UsageError(f"cache entry {path} is a symlink: refusing the cache dir")
+        if st.st_uid != uid:
+            raise UsageError(f"cache entry {path} is owned by uid {st.st_uid}, not by us: "
+                             "refusing the cache dir")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UsageError(f"cache entry {path} is writable by group/others: refusing the "
+                             f"cache dir (chmod -R go-rwx {cache_dir})")
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if st.st_mode & 0o077:
+            log.info("tightening %s to %s", path, "0700" if is_dir else "0600")
+            os.chmod(path, 0o700 if is_dir else 0o600, follow_symlinks=False)
+        if is_dir and depth > 1:
+            check_entries(path, depth - 1)
 
 
 class CacheLock:

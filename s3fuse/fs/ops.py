@@ -35,6 +35,16 @@ STATE_XATTRS = frozenset({"user.s3fuse.cached", "user.s3fuse.pinned"})
 KEEP_CACHE_MEMORY = 100_000  # inodes whose last-opened version we remember
 
 
+def utf8_name(name: bytes) -> str | None:
+    """A name from the kernel as text, or None when its bytes are not UTF-8: S3 keys and
+    our SQLite stores hold only UTF-8, so such a name can never exist there (and must
+    not reach them: SQLite refuses the lone surrogates os.fsdecode would make)."""
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 @dataclass(slots=True)
 class DirHandle:
     node: Node
@@ -190,8 +200,10 @@ class S3Operations(pyfuse3.Operations):
     @fuse_handler("lookup")
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
-        text = os.fsdecode(name)
-        if text in (".", ".."):
+        text = utf8_name(name)
+        if text is None:  # no key, manifest path or member can be named by these bytes
+            found = None
+        elif text in (".", ".."):
             node = parent if text == "." else self._parent(parent)
             found: tuple[Node, Entry] | None = (node, await self._entry(node))
         else:
@@ -382,7 +394,10 @@ class S3Operations(pyfuse3.Operations):
         ns = self._writable_ns(parent)
         if not parent.is_dir:
             raise NotADirectory(self.describe("lookup", parent.ino))
-        return ns, join(parent.ref, os.fsdecode(name))
+        text = utf8_name(name)
+        if text is None:
+            raise InvalidArgument(f"{os.fsdecode(name)!r} is not UTF-8: it cannot be an S3 key")
+        return ns, join(parent.ref, text)
 
     def _new_handle(self, node: Node, source: FileSource) -> int:
         fh = next(self._fh)

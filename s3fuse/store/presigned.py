@@ -99,7 +99,8 @@ class PresignedReader:
         except CONNECT_ERRORS as exc:
             raise Offline(f"ListObjectsV2: S3 unreachable ({type(exc).__name__})") from None
         except HTTPError as exc:
-            log.debug("ListObjectsV2 through a presigned URL failed (%s): asking boto3", exc)
+            log.debug("ListObjectsV2 through a presigned URL failed (%s): asking boto3",
+                      type(exc).__name__)  # its text holds the signed URL
             return None
         if resp.status != 200:
             return None
@@ -136,7 +137,8 @@ def parse_list_v2(body: bytes) -> dict[str, Any]:
         elif tag in ("NextContinuationToken", "EncodingType"):
             result[tag] = child.text or ""
     if result.get("EncodingType") == "url":
-        unquote = urllib.parse.unquote_plus
+        def unquote(text: str) -> str:  # bytes that are not UTF-8 stay visible (as surrogates)
+            return urllib.parse.unquote_plus(text, errors="surrogateescape")
         prefixes = [unquote(p) for p in prefixes]
         for obj in contents:
             obj["Key"] = unquote(obj["Key"])

@@ -82,9 +82,15 @@ class SnapshotDir:
 
 
 def is_posix_name(name: str) -> bool:
-    """Can `name` be one path component? (never '.', '..', empty, NUL or over 255 bytes)."""
-    return (bool(name) and name not in (".", "..") and "\0" not in name and "/" not in name
-            and len(name.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES)
+    """Can `name` be one path component? (never '.', '..', empty, NUL, '/', over 255 bytes,
+    nor bytes that are not UTF-8: they arrive as lone surrogates, and no S3 key can hold
+    them, so such a name could only ever map to another key or fail later)."""
+    if not name or name in (".", "..") or "\0" in name or "/" in name:
+        return False
+    try:
+        return len(name.encode("utf-8")) <= MAX_NAME_BYTES
+    except UnicodeEncodeError:
+        return False
 
 
 def join(path: str, name: str) -> str:

@@ -1,0 +1,192 @@
+"""Hostile keys and sizes (issue 7): NUL, control characters and invalid UTF-8 in keys,
+1024-byte keys, and 100,000 entries in one directory. Manifests and archives have their
+own hostile tests (test_manifest_index.py, test_mount_manifest.py, test_archive_hostile.py)."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import trio
+
+from s3fuse.cache.meta import MetaStore
+from s3fuse.config import parse_source
+from s3fuse.store.presigned import parse_list_v2
+from s3fuse.store.s3 import ListPage, ObjectInfo
+from s3fuse.tree.base import OnceLogger, is_posix_name
+from s3fuse.tree.bucket import BucketTree, entries_from_pages
+
+
+@pytest.fixture
+def backend(moto_backend):  # type: ignore[no-untyped-def]
+    return moto_backend
+
+
+def moto_put_many(bucket: str, keys: Iterator[str], body: bytes = b"x") -> None:
+    """Create objects straight in the in-process moto server's backend: 20x faster than
+    PUTs over HTTP, and the server lists them like any other."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    for key in keys:
+        backend.put_object(bucket, key, body)
+
+
+# ------------------------------------------------------------------ names
+
+
+def test_name_filter_refuses_what_cannot_be_a_posix_name():
+    for bad in ("", ".", "..", "a/b", "/", "a\0b", "\0", "x" * 256, "é" * 128,
+                "bad\udcff", "\udcc3\udca9"):   # surrogates: bytes that were not UTF-8
+        assert not is_posix_name(bad), repr(bad)
+    for good in ("a", "...", ".hidden", "ctl\x01\x7f", "tab\tname", "new\nline", "x" * 255,
+                 "é" * 127, "\ufffd", "日本語", "🙂" * 63, " ", "-rf"):
+        assert is_posix_name(good), repr(good)
+
+
+def test_listing_with_invalid_utf8_and_nul_keys():
+    """A server may return keys that are not UTF-8 or hold NUL (url-encoded): hidden, not
+    shown as a name that maps back to another key."""
+    body = (b'<?xml version="1.0"?><ListBucketResult><IsTruncated>false</IsTruncated>'
+            b"<EncodingType>url</EncodingType>"
+            b"<Contents><Key>d/bad%FF%FEutf8</Key><Size>1</Size><ETag>e</ETag></Contents>"
+            b"<Contents><Key>d/nul%00key</Key><Size>1</Size><ETag>e</ETag></Contents>"
+            b"<Contents><Key>d/ctl%01key</Key><Size>1</Size><ETag>e</ETag></Contents>"
+            b"<Contents><Key>d/caf%C3%A9</Key><Size>1</Size><ETag>e</ETag></Contents>"
+            b"<CommonPrefixes><Prefix>d/sub%FF/</Prefix></CommonPrefixes>"
+            b"</ListBucketResult>")
+    resp = parse_list_v2(body)
+    page = ListPage([p["Prefix"] for p in resp["CommonPrefixes"]],
+                    [ObjectInfo(o["Key"], 1, 0, "e") for o in resp["Contents"]])
+    entries = entries_from_pages([page], "d/", OnceLogger(logging.getLogger("t")), 0.0)
+    assert [e.name for e in entries] == ["café", "ctl\x01key"]
+
+
+@pytest.mark.mount
+def test_hostile_keys_through_the_mount(s3, bucket, mount_factory):
+    long_ok = "/".join(["é" * 100 + "a" * 3] * 4) + "/" + "z" * 208   # 1024 bytes, segments <= 255
+    assert len(long_ok.encode()) == 1024
+    long_segment = "s" * 1024                                           # 1024 bytes, one segment
+    keys = {"nul\x00key": b"n", "ctl\x01key": b"c", "tab\tkey": b"t", long_ok: b"long",
+            long_segment: b"hidden", "normal.txt": b"fine"}
+    for key, body in keys.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    import urllib.request   # invalid UTF-8 on the wire: moto stores U+FFFD, as a server would
+    req = urllib.request.Request(f"{s3.meta.endpoint_url}/{bucket}/bad%FF%FEutf8", data=b"u",
+                                 method="PUT")
+    urllib.request.urlopen(req).close()
+    m = mount_factory("--source", f"s3://{bucket}")
+    m.expect_log(r"hiding s3")
+    root = m.path(bucket)
+    names = set(os.listdir(root))
+    assert names == {"ctl\x01key", "tab\tkey", long_ok.split("/")[0], "normal.txt",
+                     "bad\ufffd\ufffdutf8"}
+    assert (root / "ctl\x01key").read_bytes() == b"c"
+    assert (root / "tab\tkey").read_bytes() == b"t"
+    assert (root / long_ok).read_bytes() == b"long"
+    stored = s3.get_object(Bucket=bucket, Key="bad\ufffd\ufffdutf8")["Body"].read()
+    assert (root / "bad\ufffd\ufffdutf8").read_bytes() == stored
+    with pytest.raises(OSError):
+        os.stat(root / long_segment)          # ENAMETOOLONG from the kernel, never a crash
+    with pytest.raises(OSError) as info:      # a name that is not UTF-8 cannot become a key
+        os.open(os.path.join(os.fsencode(root), b"new\xffname"), os.O_CREAT | os.O_WRONLY, 0o644)
+    assert info.value.errno == errno.EINVAL
+    raw = os.fsencode(root)
+    bad = os.path.join(raw, b"\xff\xfe")
+    for call, args, expected in ((os.stat, (bad,), errno.ENOENT), (os.unlink, (bad,), errno.ENOENT),
+                                 (os.rmdir, (bad,), errno.ENOENT), (os.mkdir, (bad,), errno.EINVAL),
+                                 (os.rename, (os.path.join(raw, b"normal.txt"), bad), errno.EINVAL),
+                                 (os.getxattr, (bad, "user.s3.uri"), errno.ENOENT)):
+        with pytest.raises(OSError) as info:
+            call(*args)
+        assert info.value.errno == expected, (call, info.value)
+    assert (root / "normal.txt").read_bytes() == b"fine"
+    assert m.proc.poll() is None
+    assert "hiding s3 key" in m.log()
+
+
+# ------------------------------------------------------------------ one huge directory
+
+
+class ListingStore:
+    """A store that lists `count` keys in one directory, 1,000 a page, made on the fly."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.pages = 0
+
+    def list_pages(self, bucket: str, prefix: str, delimiter: str = "/") -> Iterator[ListPage]:
+        if prefix != "big/":
+            yield ListPage(["big/"] if prefix == "" else [], [])
+            return
+        for start in range(0, self.count, 1000):
+            self.pages += 1
+            yield ListPage([], [ObjectInfo(f"big/f{i:07d}", i, 1_000_000_000, "e")
+                                for i in range(start, min(start + 1000, self.count))])
+
+
+async def list_huge_dir(tmp_path: Path, count: int) -> tuple[float, int]:
+    """Lists a `count`-entry directory through BucketTree as readdir does; returns
+    (seconds, peak traced bytes)."""
+    store = ListingStore(count)
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    tree = BucketTree(parse_source("s3://bkt"), store, meta, None, ttl=60,  # type: ignore[arg-type]
+                      list_limiter=trio.CapacityLimiter(8))
+    tracemalloc.start()
+    began = time.monotonic()
+    try:
+        stream = await tree.opendir("big")
+        seen, offset = 0, 0
+        while True:
+            page = await stream.page(offset, 500)    # the kernel's readdir buffer: a few hundred
+            if not page:
+                break
+            seen += len(page)
+            offset = page[-1][0]
+        assert seen == count and store.pages == -(-count // 1000)
+        assert await tree.lookup("big", f"f{count - 1:07d}") is not None
+        assert await tree.lookup("big", "missing") is None
+        elapsed = time.monotonic() - began
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        meta.close()
+    return elapsed, peak
+
+
+async def test_a_100k_entry_directory_lists_fast_in_bounded_memory(tmp_path: Path):
+    elapsed, peak = await list_huge_dir(tmp_path, 100_000)
+    assert elapsed < 30, elapsed
+    assert peak < 150 << 20, peak >> 20    # ~0.6 KiB an entry while listed, then on disk
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(900)
+async def test_a_million_entry_directory(tmp_path: Path):
+    elapsed, peak = await list_huge_dir(tmp_path, 1_000_000)
+    assert elapsed < 300 and peak < 1500 << 20
+
+
+@pytest.mark.mount
+@pytest.mark.parametrize("count", [10_000, pytest.param(
+    100_000, marks=[pytest.mark.soak, pytest.mark.timeout(900)])])
+def test_a_huge_directory_through_the_mount(s3, bucket, mount_factory, count: int):
+    moto_put_many(bucket, (f"big/f{i:07d}" for i in range(count)))
+    s3.put_object(Bucket=bucket, Key="big/zz-last", Body=b"last")
+    m = mount_factory("--source", f"s3://{bucket}")
+    began = time.monotonic()
+    names = os.listdir(m.path(bucket, "big"))
+    listed = time.monotonic() - began
+    assert len(names) == count + 1 and len(set(names)) == count + 1
+    assert m.path(bucket, "big", "zz-last").read_bytes() == b"last"
+    assert os.stat(m.path(bucket, "big", f"f{count - 1:07d}")).st_size == 1
+    requests = m.status()["requests"]
+    assert requests.get("HeadObject", 0) <= 2          # sizes from the listing, not a HEAD each
+    assert listed < 120, listed
+    status: dict[str, Any] = m.status()
+    assert status["link"]["state"] == "online"
