@@ -464,3 +464,34 @@ async def test_drain_stops_a_long_upload_between_parts(tmp_path: Path, store: S3
     async with upload_queue(tmp_path, store, uploader=small_parts) as queue:
         assert (await queue.sync(timeout=10))["files"] == 0
     assert body(s3, bucket, "big.bin") == data
+
+
+async def test_uploads_wait_for_a_burst_of_closes_to_pause(tmp_path: Path, store: S3Store,
+                                                          bucket: str,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """`cp -r` closes a file every few ms: uploads wait until it pauses (so they do not slow
+    it down), a lone close is uploaded at once, and fsync never waits for the pause."""
+    monkeypatch.setattr("s3fuse.upload.queue.BURST_QUIET", 0.5)
+    started: list[str] = []
+    async with upload_queue(tmp_path, store) as queue:
+        upload = queue.uploader.upload
+
+        def recording(job: Any) -> Any:
+            started.append(job.key)
+            return upload(job)
+
+        monkeypatch.setattr(queue.uploader, "upload", recording)
+        await write(queue, bucket, "lone.txt", b"lone")
+        await queue.sync(timeout=10)
+        assert started == ["lone.txt"]
+
+        await trio.sleep(0.2)
+        for n in range(5):  # a burst
+            await write(queue, bucket, f"burst{n}.txt", b"x")
+        await trio.sleep(0.2)
+        assert started == ["lone.txt", "burst0.txt"]  # not known as a burst yet; then wait
+        job = await write(queue, bucket, "fsynced.txt", b"now")
+        assert await queue.wait(job)     # fsync: at once
+        assert "fsynced.txt" in started
+        await queue.sync(timeout=10)
+    assert set(started) == {"lone.txt", "fsynced.txt"} | {f"burst{n}.txt" for n in range(5)}
