@@ -65,6 +65,8 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", dest="o", action="append", default=[], metavar="KEY=VALUE,...",
                    help="options in fstab style, e.g. -o read_only,cache_size=20G")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument("--debug", metavar="MODULES",
+                   help="these s3fuse modules at DEBUG, e.g. s3fuse.store,s3fuse.upload")
     p.add_argument("-f", "--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
@@ -138,7 +140,7 @@ def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
             sys.stderr.write(f"s3fuse: {reason}\n")
         return code
     from .daemon import ReadySignal, run
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.debug)
     ready = ReadySignal(args.ready_fd)
     try:
         return run(cfg, ready, store)

@@ -90,6 +90,7 @@ class Config:
     allow_other: bool = False
     foreground: bool = False
     log_level: str = "INFO"
+    debug: tuple[str, ...] = ()  # s3fuse modules logged at DEBUG whatever log_level says
     config_file: Path | None = None
 
     def with_overrides(self, **changes: Any) -> "Config":
@@ -267,6 +268,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "dir_mode": parse_mode,
     "allow_other": parse_bool,
     "log_level": lambda v: str(v).upper(),
+    "debug": lambda v: tuple(m for m in re.split(r"[,:\s]+", str(v)) if m),
 }
 LIST_OPTIONS = ("source", "manifest")
 
@@ -392,6 +394,9 @@ def validate(cfg: Config) -> Config:
                          "(expected http(s)://host[:port])")
     if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError(f"invalid log level {cfg.log_level!r}")
+    for module in cfg.debug:  # only ours: botocore's debug lines carry request signatures
+        if not re.fullmatch(r"s3fuse(\.[a-z_]+)*", module):
+            raise UsageError(f"--debug takes s3fuse modules (e.g. s3fuse.store), not {module!r}")
     if not 900 <= cfg.role_session_duration <= 43200:
         raise UsageError("role session duration must be between 900 and 43200 seconds")
     if cfg.role_arn is not None and not cfg.role_arn.startswith("arn:"):

@@ -120,3 +120,14 @@ def test_every_option_is_documented():
         assert f"`{key}`" in doc, key
     for key in LIST_OPTIONS:
         assert f"`[[{key}]]`" in doc, key
+
+
+def test_debug_modules_from_cli_o_and_toml(tmp_path: Path):
+    assert build_config({"debug": "s3fuse.store,s3fuse.upload"}, [], {}).debug == (
+        "s3fuse.store", "s3fuse.upload")
+    assert build_config({}, ["debug=s3fuse.store:s3fuse.fs"], {}).debug == ("s3fuse.store", "s3fuse.fs")
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('debug = "s3fuse.data"\n')
+    assert build_config({"config": str(cfg_file)}, [], {}).debug == ("s3fuse.data",)
+    with pytest.raises(UsageError, match="s3fuse modules"):  # botocore's lines carry signatures
+        build_config({"debug": "botocore"}, [], {})

@@ -6,9 +6,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import s3_env
+from tests.support.faultproxy import FaultProxy
 
 
 REPO = Path(__file__).parent.parent
@@ -77,6 +81,44 @@ def test_notify_ready_only_when_live_and_execstop_unmounts(tmp_path: Path, setup
         if daemon.poll() is None:
             daemon.kill()
         listener.close()
+    assert b"Traceback" not in daemon.stderr.read()
+
+
+def test_execstop_drains_a_pending_upload(tmp_path: Path, setup, moto_backend):  # type: ignore[no-untyped-def]
+    """`systemctl stop` while an upload is in flight: ExecStop waits for it, then unmounts."""
+    bucket, mnt, _ = setup
+    proxy = FaultProxy(moto_backend.endpoint)
+    env = s3_env(proxy.endpoint, moto_backend.access_key, moto_backend.secret_key)
+    config = write_config(tmp_path / "data.toml", mnt, tmp_path / "cache", bucket)
+    unit = (REPO / "systemd" / "s3fuse@.service").read_text()
+    start, stop = (next(line for line in unit.splitlines() if line.startswith(prefix))
+                   for prefix in ("ExecStart=", "ExecStop="))
+    render = lambda line: line.split("=", 1)[1].replace("/usr/local/bin/s3fuse", str(BIN / "s3fuse")) \
+        .replace("/etc/s3fuse/%i.toml", str(config)).split()
+    daemon = subprocess.Popen(render(start), env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            assert time.monotonic() < deadline and daemon.poll() is None
+            time.sleep(0.1)
+        held = proxy.hold(lambda method, path: method == "PUT" and "late.txt" in path)
+        (mnt / "data" / "late.txt").write_bytes(b"written just before the stop")
+        assert held.wait(30)                          # its upload is in flight
+        stopping = subprocess.Popen(render(stop), env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert stopping.poll() is None and daemon.poll() is None  # waiting for the upload
+        proxy.release()
+        _, err = stopping.communicate(timeout=60)
+        assert stopping.returncode == 0, err
+        assert daemon.wait(timeout=30) == 0 and not os.path.ismount(mnt)
+        body = moto_backend.client.get_object(Bucket=bucket, Key="late.txt")["Body"].read()
+        assert body == b"written just before the stop"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        proxy.close()
     assert b"Traceback" not in daemon.stderr.read()
 
 
