@@ -225,6 +225,14 @@ class BucketTree:
         if not key.startswith(self.spec.prefix) or key == self.spec.prefix:
             return
         parent, name = split(key[len(self.spec.prefix):].rstrip("/"))
+        try:
+            self._record_upload(key, parent, name, result)
+        except CacheFull as exc:  # S3 has it; the listing shows it once refreshed with room
+            log.warning("s3://%s/%s is uploaded but not recorded in the stored listing: %s",
+                        self.spec.bucket, key, exc)
+
+    def _record_upload(self, key: str, parent: str, name: str,
+                       result: UploadResult | None) -> None:
         if result is None:
             self.meta.remove_entry(self.ns_id, parent, name)
         elif result.conflict_key is not None:  # the key kept its S3 version: look again

@@ -19,7 +19,11 @@ belongs to the queue and must not change. Until the upload is done, `pending_ver
 local file to read from (open it at once: it is deleted when the upload finishes; on
 FileNotFoundError read S3, which has the bytes by then). A version submitted while an
 older one of the same key is pending is based on that one (its `expected` is not used,
-see journal.py); `on_uploaded(bucket, key, UploadResult)` tells the tree the new ETag.
+see journal.py); `on_uploaded(bucket, key, UploadResult)` tells the tree the new ETag,
+twice: before the journal records the upload (a crash cannot lose the tree's update)
+while the key still counts as pending, and after (`pending` false: the local view can
+go; a listener that failed the first time, e.g. on a full disk, tries again). Listeners
+must be idempotent.
 
 Workers (`workers`, default 4) upload one job each at a time, one version per key at a
 time and in order. Transient errors (network, 5xx, throttling) retry with exponential
@@ -456,17 +460,22 @@ class UploadQueue:
             # The tree learns the new ETag before the journal forgets the job: a crash in
             # between only replays the upload, while the other order could lose the tree's
             # update, and the stored listing hid the file until --metadata-ttl passed.
+            self._tell_uploaded(job, result)
+        await self._record(job, outcome)
+        if result is not None:
             if self._latest.get((job.bucket, job.key), (None,))[0] == job.id:
                 del self._latest[(job.bucket, job.key)]
-            if self.on_uploaded is not None:
-                try:  # with the size of what was uploaded, not of what is written now
-                    self.on_uploaded(job.bucket, job.key,
-                                     dataclasses.replace(result, size=job.size))
-                except Exception:  # noqa: BLE001 - a listener must not stop the queue
-                    log.exception("on_uploaded listener failed for %s", job.uri)
-        await self._record(job, outcome)
+            self._tell_uploaded(job, result)  # again: no longer pending (the local view goes)
         self._want_sync()
         self._notify()
+
+    def _tell_uploaded(self, job: Job, result: UploadResult) -> None:
+        if self.on_uploaded is None:
+            return
+        try:  # with the size of what was uploaded, not of what is written now
+            self.on_uploaded(job.bucket, job.key, dataclasses.replace(result, size=job.size))
+        except Exception:  # noqa: BLE001 - a listener must not stop the queue
+            log.exception("on_uploaded listener failed for %s", job.uri)
 
     async def _record(self, job: Job, outcome: Callable[[], None]) -> None:
         """Write the outcome to the journal; while the disk is full, try again every
