@@ -6,6 +6,7 @@ fs/ops.py needs to know only this module. This module imports nothing of ours.
 from __future__ import annotations
 
 import errno
+import sqlite3
 
 
 class S3FuseError(Exception):
@@ -94,10 +95,21 @@ class UsageError(Exception):
 
 
 
+def disk_full(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full" (SQLITE_FULL): the cache disk has no room.
+
+    sqlite3 raises it as a plain OperationalError, not an OSError with ENOSPC, so without
+    this a full disk under the journal or metadata reached the FUSE boundary as an
+    "unexpected error" (a traceback and EIO) instead of ENOSPC."""
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
 def errno_of(exc: BaseException) -> int:
     """The errno a FUSE reply should carry for `exc` (EIO for anything unknown)."""
     if isinstance(exc, S3FuseError):
         return exc.errno
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
+    if disk_full(exc):
+        return errno.ENOSPC
     return errno.EIO

@@ -49,10 +49,13 @@ def test_failed_running_upload_gives_way_to_the_newer_version(tmp_path: Path):
     assert j.latest() == {("b", "k"): (newer, "s2")}
 
 
-def test_recover_requeues_and_keeps_only_the_newest(tmp_path: Path):
+def test_recover_requeues_and_replays_interrupted_uploads_first(tmp_path: Path):
+    """An upload interrupted by a crash may be in S3 already: it is replayed before the
+    newer version of its key, which then matches the ETag the replay found (superseding
+    it would leave the newer version conditional on "e0": a 412 against our own upload)."""
     path = tmp_path / "journal.sqlite"
     j = Journal(path)
-    j.enqueue("b", "k", "s1", 1, "e0")
+    first = j.enqueue("b", "k", "s1", 1, "e0")
     j.claim(1e18)
     newer = j.enqueue("b", "k", "s2", 5, "e0")
     j.enqueue("b", "x", "s3", 7, UNKNOWN)
@@ -62,10 +65,33 @@ def test_recover_requeues_and_keeps_only_the_newest(tmp_path: Path):
 
     j = Journal(path)
     assert j.recover() == 2
-    assert j.summary()["files"] == 2 and j.summary()["bytes"] == 12
+    assert j.summary()["files"] == 3 and j.summary()["bytes"] == 13
     assert j.latest()[("b", "k")] == (newer, "s2")
     assert j.multiparts("b", "x") == [(record, None)] and j.multipart_keys() == [("b", "x")]
-    assert j.staging_ids() == {"s1", "s2", "s3"}  # s1 is in the trash
+    assert j.staging_ids() == {"s1", "s2", "s3"}
+    replay = j.claim(1e18)
+    assert replay is not None and replay.id == first and replay.expected == "e0"
+    assert {j.claim(1e18).key, j.claim(1e18)} == {"x", None}  # type: ignore[union-attr]
+    j.done(first, "e1")
+    job = j.claim(1e18)
+    assert job is not None and job.id == newer and job.expected == "e1"
+
+
+def test_retried_upload_is_not_superseded_but_goes_first(tmp_path: Path):
+    """A transient failure may hide a success (the answer was lost): the retry goes first."""
+    j = Journal(tmp_path / "journal.sqlite")
+    first = j.enqueue("b", "k", "s1", 1, None)
+    j.requeue(j.claim(1e18).id, "connection reset", 100.0)  # type: ignore[union-attr]
+    second = j.enqueue("b", "k", "s2", 2, UNKNOWN)
+    third = j.enqueue("b", "k", "s3", 3, UNKNOWN)   # supersedes second (never sent), not first
+    assert j.trash() == ["s2"] and j.state(second) == ("queued", None)
+    assert j.claim(0) is None                       # first waits for its backoff, third behind it
+    assert j.next_due() is not None and j.next_due() > 1000  # type: ignore[operator]
+    j.requeue(first, "connection reset", 0.0)
+    assert j.claim(1e18).id == first                # type: ignore[union-attr]
+    j.done(first, "e1")
+    job = j.claim(1e18)
+    assert job is not None and job.id == third and job.expected == "e1"
 
 
 def test_requeue_backoff_and_retry_failed(tmp_path: Path):

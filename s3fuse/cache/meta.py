@@ -92,7 +92,8 @@ class MetaStore:
                 self._db.execute("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", (ns, path, now))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLITE_FULL may have rolled it back already, and
+                    self._db.execute("ROLLBACK")  # "cannot rollback" would hide the real error
                 raise
 
     def entry(self, ns: str, path: str, name: str) -> Entry | None:

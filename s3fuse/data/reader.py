@@ -9,6 +9,7 @@ runs in worker threads behind limiters; the trio loop only coordinates.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
@@ -176,11 +177,12 @@ class BlockReader:
         try:
             await trio.to_thread.run_sync(self.blocks.put, *bid, data, limiter=self._persist_limiter)
             self.disk_full = False
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:  # diskcache's SQLite: "database or disk is full"
             self.disk_full = True
             if not self._disk_error_logged:
                 self._disk_error_logged = True
-                log.warning("cannot write to the block cache (%s): serving reads uncached", exc.strerror)
+                log.warning("cannot write to the block cache (%s): serving reads uncached",
+                            getattr(exc, "strerror", None) or exc)
         finally:
             self._persisting -= 1
             if not self._persisting:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import sqlite3
 from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
 
-from ..errors import S3FuseError, errno_of
+from ..errors import S3FuseError, disk_full, errno_of
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -44,7 +45,10 @@ def fuse_handler(op: str) -> Callable[[F], F]:
                 return await fn(self, *args)
             except pyfuse3.FUSEError:
                 raise
-            except (S3FuseError, OSError) as exc:
+            except (S3FuseError, OSError, sqlite3.OperationalError) as exc:
+                if isinstance(exc, sqlite3.OperationalError) and not disk_full(exc):
+                    log.exception("%s %s: unexpected error", op, self.describe(op, *args))
+                    raise pyfuse3.FUSEError(errno.EIO) from None
                 code = errno_of(exc)
                 if code not in QUIET_ERRNOS:
                     _log_failure(op, self.describe(op, *args), code, exc)

@@ -17,8 +17,8 @@ from ..cache.overlay import Overlay
 from ..config import SourceSpec
 from ..data.prefetch import SiblingPrefetcher
 from ..data.reader import BlockReader, ObjectRef
-from ..errors import (FileExists, InvalidArgument, IsADirectory, NotADirectory, NotEmpty,
-                      NotFound, Offline, ReadOnly, S3FuseError, TooBigToRename)
+from ..errors import (CacheFull, FileExists, InvalidArgument, IsADirectory, NotADirectory,
+                      NotEmpty, NotFound, Offline, ReadOnly, S3FuseError, TooBigToRename)
 from ..store.s3 import ListPage, ObjectInfo, S3Store
 from ..upload.journal import UNKNOWN
 from ..upload.localfile import LocalFile
@@ -73,6 +73,8 @@ def entries_from_pages(pages: list[ListPage], prefix: str, hidden: OnceLogger,
 class BucketTree:
     """Namespace over s3://bucket/prefix/ ."""
 
+    _full_logged = False  # "cache full: stored listings" is logged once per daemon
+
     def __init__(self, spec: SourceSpec, store: S3Store, meta: MetaStore, reader: BlockReader,
                  *, ttl: float, writable: bool = False, list_limiter: trio.CapacityLimiter,
                  siblings: SiblingPrefetcher | None = None, background: Background | None = None,
@@ -117,6 +119,13 @@ class BucketTree:
             if listed_at is None:
                 raise
             log.debug("offline: serving the cached listing of %s", self._dir_prefix(path))
+        except CacheFull as exc:  # the cache disk is full: the stored listing beats ENOSPC
+            if listed_at is None:
+                raise
+            if not BucketTree._full_logged:
+                BucketTree._full_logged = True
+                log.warning("%s: serving stored listings without refreshing them", exc)
+            log.debug("cache full: serving the stored listing of %s", self._dir_prefix(path))
 
     async def _refresh(self, path: str) -> None:
         prefix = self._dir_prefix(path)
@@ -216,14 +225,25 @@ class BucketTree:
         if not key.startswith(self.spec.prefix) or key == self.spec.prefix:
             return
         parent, name = split(key[len(self.spec.prefix):].rstrip("/"))
+        try:
+            self._record_upload(key, parent, name, result)
+        except CacheFull as exc:  # S3 has it; the listing shows it once refreshed with room
+            log.warning("s3://%s/%s is uploaded but not recorded in the stored listing: %s",
+                        self.spec.bucket, key, exc)
+
+    def _record_upload(self, key: str, parent: str, name: str,
+                       result: UploadResult | None) -> None:
         if result is None:
             self.meta.remove_entry(self.ns_id, parent, name)
         elif result.conflict_key is not None:  # the key kept its S3 version: look again
             self.meta.expire_listing(self.ns_id, parent)
             self.meta.remove_entry(self.ns_id, parent, name)
         else:
+            # the uploaded version's size: the overlay already shows a newer local change
+            # when the file was opened or written again meanwhile (an entry stored with its
+            # size showed this version cut short once that change was dropped, e.g. at a crash)
             change = self.overlay.get(self.spec.bucket, key)
-            size = change.size if change is not None else 0
+            size = result.size if result.size is not None else change.size if change else 0
             self.meta.know_dir(self.ns_id, parent)
             if key.endswith("/"):
                 self.meta.know_dir(self.ns_id, join(parent, name))
@@ -280,6 +300,8 @@ class BucketTree:
             local = self.writes.reader(self.spec.bucket, self.key_of(path))
             if local is not None:
                 return LocalSource(local, self.writes)
+            if not entry.etag:  # the local version was uploaded while we looked: S3's now
+                entry = await self.stat(path)
         if self._siblings is not None:
             parent, name = split(path)
             self._siblings.opened((self.ns_id, parent), name, lambda after, n: [

@@ -30,6 +30,13 @@ reader saw the pending local bytes), so it inherits the older row's condition; w
 the older one is uploaded, the newer rows of the key are rewritten to `If-Match` the
 ETag it produced.
 
+A row that was ever claimed (`sent`) may be in S3 already (its answer lost to a crash
+or a network error), so it is never superseded unless it failed for good: it is
+retried before the newer versions of its key (`claim` skips a key with an older
+queued row), its retry recognises its own bytes in S3, and the newer ones then match
+the ETag it produced. Superseding it would leave the newer version conditional on the
+state before it: a 412 against our own upload, and a conflict copy nobody caused.
+
 Staging files of finished or superseded rows are listed in a trash table in the same
 transaction, and deleted by the caller after a durable `mark_synced` forgot them, so a
 staging file that no row nor trash entry names was never submitted.
@@ -62,9 +69,11 @@ Expected = str | None | EllipsisType
 
 KEEP_CONFLICTS = 100
 REPORT_LIMIT = 20
-#: A queued job whose key has no upload running (one upload per key at a time, in order).
+#: A queued job whose key has no upload running nor an older version queued (one upload per
+#: key at a time, in order).
 _STARTABLE = ("j.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs u WHERE u.bucket = j.bucket "
-              "AND u.key = j.key AND u.state = 'uploading')")
+              "AND u.key = j.key AND (u.state = 'uploading' "
+              "OR (u.state = 'queued' AND u.id < j.id)))")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -82,7 +91,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     next_attempt REAL NOT NULL DEFAULT 0,
     error TEXT,
     synced INTEGER NOT NULL DEFAULT 1,      -- 0: staging file not fsynced yet (see crc32)
-    crc32 INTEGER                           -- of the staged bytes, while not synced
+    crc32 INTEGER,                          -- of the staged bytes, while not synced
+    sent INTEGER NOT NULL DEFAULT 0         -- claimed once: may be in S3 (never superseded)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (bucket, key, id);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
@@ -154,6 +164,8 @@ class Journal:
         if "synced" not in columns:  # and crc32: journals written before small files skipped fsync
             self._db.execute("ALTER TABLE jobs ADD COLUMN synced INTEGER NOT NULL DEFAULT 1")
             self._db.execute("ALTER TABLE jobs ADD COLUMN crc32 INTEGER")
+        if "sent" not in columns:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -195,8 +207,8 @@ class Journal:
         not fsynced yet) the row waits for `mark_synced`, like a delete."""
         durable = op == "put" and crc32 is None
         with self._tx(durable) as db:
-            older = db.execute("SELECT id, state, cond, etag FROM jobs WHERE bucket = ? AND key = ? "
-                               "ORDER BY id", (bucket, key)).fetchall()
+            older = db.execute("SELECT id, state, cond, etag, sent FROM jobs WHERE bucket = ? "
+                               "AND key = ? ORDER BY id", (bucket, key)).fetchall()
             cond, etag = (older[-1]["cond"], older[-1]["etag"]) if older else _encode(expected)
             if op == "delete":
                 cond, etag = "any", None
@@ -205,8 +217,8 @@ class Journal:
                 "crc32) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (bucket, key, op, staging_id, size, cond, etag, time.time(), int(crc32 is None),
                  crc32)).lastrowid or 0)
-            for row in older:
-                if row["state"] != "uploading":
+            for row in older:  # a row ever sent stays: it may be in S3 (see the top)
+                if row["state"] == "failed" or (row["state"] == "queued" and not row["sent"]):
                     self._supersede(db, row["id"], job_id)
         return job_id
 
@@ -236,16 +248,10 @@ class Journal:
         return [row["id"] for row in rows if row["state"] == "uploading"]
 
     def recover(self) -> int:
-        """After a restart: uploads that were running are queued again (older versions dropped)."""
+        """After a restart: uploads that were running are queued again, ahead of the newer
+        versions of their key (they may have reached S3 just before the crash)."""
         with self._tx(durable=True) as db:
-            requeued = db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'uploading'").rowcount
-            stale = db.execute(
-                "SELECT j.id, (SELECT MAX(n.id) FROM jobs n WHERE n.bucket = j.bucket "
-                "AND n.key = j.key) AS newest FROM jobs j").fetchall()
-            for row in stale:
-                if row["id"] != row["newest"]:
-                    self._supersede(db, row["id"], row["newest"])
-        return requeued
+            return db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'uploading'").rowcount
 
     def claim(self, now: float) -> Job | None:
         """The oldest due queued job whose key is not being uploaded, now marked uploading."""
@@ -254,7 +260,7 @@ class Journal:
                              "ORDER BY id LIMIT 1", (now,)).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE jobs SET state = 'uploading' WHERE id = ?", (row["id"],))
+            db.execute("UPDATE jobs SET state = 'uploading', sent = 1 WHERE id = ?", (row["id"],))
         return Job(row["id"], row["bucket"], row["key"], row["staging_id"], row["size"],
                    _decode(row["cond"], row["etag"]), row["attempts"], row["created"], row["op"])
 
@@ -304,8 +310,8 @@ class Journal:
                 return
             newer = db.execute("SELECT MAX(id) AS id FROM jobs WHERE bucket = ? AND key = ? "
                                "AND id > ?", (row["bucket"], row["key"], job_id)).fetchone()["id"]
-            if newer is not None:  # a newer version waits: it replaces this one
-                self._supersede(db, job_id, newer)
+            if newer is not None and state == "failed":  # a newer version replaces this one
+                self._supersede(db, job_id, newer)  # (a retried one may be in S3: it goes first)
                 return
             db.execute("UPDATE jobs SET state = ?, error = ?, next_attempt = ?, "
                        "attempts = attempts + ? WHERE id = ?",

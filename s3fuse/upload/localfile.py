@@ -7,6 +7,7 @@ uploads exactly what was closed. Disk I/O runs in threads (`limiter`).
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import time
@@ -42,6 +43,7 @@ class LocalFile:
         self.dirty = False            # changed since the last submit
         self.frozen = False           # the staging file was submitted: copy before writing
         self.unlinked = False         # removed while open: never uploaded
+        self.error: int | None = None  # errno of a failed write/truncate, for the next flush
         self.users = 0                # open handles
         self.job: int | None = None   # the last submitted upload
         self.revision = 0             # bumped by every change (the page-cache version)
@@ -75,8 +77,12 @@ class LocalFile:
 
     async def write(self, offset: int, data: bytes) -> int:
         async with self.lock:
-            await self._writable()
-            written = await self._io(self._pwrite, data, offset)
+            try:
+                await self._writable()
+                written = await self._io(self._pwrite, data, offset)
+            except OSError as exc:  # ENOSPC: reported now, and again by close (see WriteBack.flush)
+                self.error = exc.errno or errno.EIO
+                raise
             self.size = max(self.size, offset + written)
             self._changed()
         return written
@@ -93,8 +99,12 @@ class LocalFile:
 
     async def truncate(self, size: int) -> None:
         async with self.lock:
-            await self._writable()
-            await self._io(os.ftruncate, self.fd, size)
+            try:
+                await self._writable()
+                await self._io(os.ftruncate, self.fd, size)
+            except OSError as exc:
+                self.error = exc.errno or errno.EIO
+                raise
             self.size = size
             self._changed()
 

@@ -19,7 +19,11 @@ belongs to the queue and must not change. Until the upload is done, `pending_ver
 local file to read from (open it at once: it is deleted when the upload finishes; on
 FileNotFoundError read S3, which has the bytes by then). A version submitted while an
 older one of the same key is pending is based on that one (its `expected` is not used,
-see journal.py); `on_uploaded(bucket, key, UploadResult)` tells the tree the new ETag.
+see journal.py); `on_uploaded(bucket, key, UploadResult)` tells the tree the new ETag,
+twice: before the journal records the upload (a crash cannot lose the tree's update)
+while the key still counts as pending, and after (`pending` false: the local view can
+go; a listener that failed the first time, e.g. on a full disk, tries again). Listeners
+must be idempotent.
 
 Workers (`workers`, default 4) upload one job each at a time, one version per key at a
 time and in order. Transient errors (network, 5xx, throttling) retry with exponential
@@ -33,10 +37,12 @@ safe from any thread (Control.status runs in one).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
 import random
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -46,6 +52,7 @@ import trio
 from ..errors import Offline, RemoteError, S3FuseError
 from ..store.s3 import S3Store
 from ..util.background import Background
+from ..util.crashpoint import crash_point
 from .journal import UNKNOWN, Expected, Job, Journal
 from .staging import Staging
 from .uploader import Interrupted, Uploader, UploadResult
@@ -62,6 +69,7 @@ MAX_DEFER = 5.0         # ... or for this long at most
 FSYNC_AT_CLOSE = 4 << 20  # larger files are fsynced at close (their CRC would cost more)
 RETRY_BASE = 1.0        # first backoff after a transient error (doubles, with jitter)
 RETRY_MAX = 300.0
+RECORD_RETRY = 1.0      # how often a journal write that failed (a full disk) is tried again
 
 
 class UploadFailed(RemoteError):
@@ -260,10 +268,14 @@ class UploadQueue:
         size = self.staging.size(staging_id)
         if size > FSYNC_AT_CLOSE:
             self.staging.commit(staging_id)  # durable before its durable journal row
-            return self.journal.enqueue(bucket, key, staging_id, size, expected)
-        crc = self.staging.crc32(staging_id)
-        job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, crc32=crc)
-        self._unsynced[job_id] = staging_id
+            crash_point("staged")
+            job_id = self.journal.enqueue(bucket, key, staging_id, size, expected)
+        else:
+            crc = self.staging.crc32(staging_id)
+            crash_point("staged")
+            job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, crc32=crc)
+            self._unsynced[job_id] = staging_id
+        crash_point("journalled")
         return job_id
 
     def _enqueue_delete(self, bucket: str, key: str) -> int:
@@ -374,13 +386,21 @@ class UploadQueue:
             await self._process(job)
 
     async def _next_job(self) -> Job | None:
+        warned = False
         while True:
             await self._until_online()
             await self._writers_first()
             if self._stopping:
                 return None
             changed = self._changed
-            job = await self._io(self.journal.claim, time.time())
+            try:
+                job = await self._io(self.journal.claim, time.time())
+            except (S3FuseError, OSError, sqlite3.Error) as exc:  # CacheFull: wait, never end
+                if not warned:  # the worker (and with it the daemon)
+                    log.warning("cannot start uploads: the journal is not writable (%s)", exc)
+                    warned = True
+                await trio.sleep(RECORD_RETRY)
+                continue
             if job is not None:
                 return job
             due = await self._io(self.journal.next_due)
@@ -432,21 +452,48 @@ class UploadQueue:
             log.exception("upload of %s crashed", job.uri)
             outcome = self._failure(job, exc, permanent=False)
         else:
+            crash_point("uploaded")
             outcome = functools.partial(self.journal.done, job.id, result.etag, result.conflict_key)
             if self.keep_uploaded is not None and job.op == "put":
                 await self._io(self._keep, job, result)
-        with trio.CancelScope(shield=True):  # the bytes are in S3: record it even when cancelled
-            await self._io(outcome)
-        self._want_sync()
+        if result is not None:
+            # The tree learns the new ETag before the journal forgets the job: a crash in
+            # between only replays the upload, while the other order could lose the tree's
+            # update, and the stored listing hid the file until --metadata-ttl passed.
+            self._tell_uploaded(job, result)
+        await self._record(job, outcome)
         if result is not None:
             if self._latest.get((job.bucket, job.key), (None,))[0] == job.id:
                 del self._latest[(job.bucket, job.key)]
-            if self.on_uploaded is not None:
-                try:
-                    self.on_uploaded(job.bucket, job.key, result)
-                except Exception:  # noqa: BLE001 - a listener must not stop the queue
-                    log.exception("on_uploaded listener failed for %s", job.uri)
+            self._tell_uploaded(job, result)  # again: no longer pending (the local view goes)
+        self._want_sync()
         self._notify()
+
+    def _tell_uploaded(self, job: Job, result: UploadResult) -> None:
+        if self.on_uploaded is None:
+            return
+        try:  # with the size of what was uploaded, not of what is written now
+            self.on_uploaded(job.bucket, job.key, dataclasses.replace(result, size=job.size))
+        except Exception:  # noqa: BLE001 - a listener must not stop the queue
+            log.exception("on_uploaded listener failed for %s", job.uri)
+
+    async def _record(self, job: Job, outcome: Callable[[], None]) -> None:
+        """Write the outcome to the journal; while the disk is full, try again every
+        RECORD_RETRY seconds instead of letting the error end the worker (and the daemon).
+        Cancelled (at exit) between tries, the job stays journalled as uploading: the next
+        start replays it, and the replay recognises bytes already in S3."""
+        warned = False
+        while True:
+            with trio.CancelScope(shield=True):  # the bytes are in S3: record it even if cancelled
+                try:
+                    await self._io(outcome)
+                    return
+                except (S3FuseError, OSError, sqlite3.Error) as exc:  # CacheFull: disk full
+                    if not warned:
+                        log.warning("cannot record the upload of %s in the journal (%s): "
+                                    "retrying every %.0fs", job.uri, exc, RECORD_RETRY)
+                        warned = True
+            await trio.sleep(RECORD_RETRY)
 
     def _keep(self, job: Job, result: UploadResult) -> None:
         try:

@@ -74,13 +74,17 @@ class Staging:
         already be deleted: an upload finished while it was open)."""
         copy_id, path = self.create()
         size = os.fstat(fd).st_size
-        with open(path, "r+b") as dst:
-            copied = 0
-            while copied < size:
-                step = os.copy_file_range(fd, dst.fileno(), size - copied, copied, copied)
-                if step == 0:  # immutable files do not shrink; never loop if one did
-                    raise OSError(f"staging file shrank while being copied to {copy_id}")
-                copied += step
+        try:
+            with open(path, "r+b") as dst:
+                copied = 0
+                while copied < size:
+                    step = os.copy_file_range(fd, dst.fileno(), size - copied, copied, copied)
+                    if step == 0:  # immutable files do not shrink; never loop if one did
+                        raise OSError(f"staging file shrank while being copied to {copy_id}")
+                    copied += step
+        except BaseException:  # ENOSPC: a half copy would take the disk until the next start
+            self.discard(copy_id)
+            raise
         return copy_id, path
 
     def path(self, staging_id: str) -> Path:

@@ -59,6 +59,7 @@ class Interrupted(Exception):
 class UploadResult:
     etag: str
     conflict_key: str | None = None  # where the bytes went when the key had changed in S3
+    size: int | None = None  # of the uploaded version (set by the queue for its listeners)
 
 
 def _md5(data: bytes = b"") -> hashlib._Hash:

@@ -158,20 +158,38 @@ class WriteBack:
     async def flush(self, local: LocalFile) -> None:
         """Close semantics: journal and queue the file if it changed since its last submit."""
         async with local.lock:
+            if local.error is not None:
+                # A write failed (ENOSPC): close reports it, once, like a local file system
+                # reports a failed write-back, and that version is never uploaded (S3 and
+                # the queue keep the last good one). Writes after this start a new version.
+                code, local.error = local.error, None
+                local.dirty = False
+                raise OSError(code, f"{os.strerror(code)}: a write to s3://{local.bucket}/"
+                                    f"{local.key} failed, this version is not uploaded")
             if not local.dirty or local.unlinked:
                 return
             local.frozen = True  # writes from now on go to a copy
-            job = await self.queue.submit(local.bucket, local.key, local.staging_id, local.expected)
+            try:
+                job = await self.queue.submit(local.bucket, local.key, local.staging_id,
+                                              local.expected)
+            except BaseException:  # not journalled (e.g. a full disk): still ours to write
+                local.frozen = False
+                raise
             local.submitted(job)
         log.debug("queued s3://%s/%s (%d bytes)", local.bucket, local.key, local.size)
 
     async def release(self, local: LocalFile, writer: bool = True) -> None:
         """A handle is gone: a writer's (or the last) one queues what is not queued yet."""
         local.users -= 1
-        if writer or local.users == 0:
-            await self.flush(local)
-        if local.users > 0:
-            return
+        try:
+            if writer or local.users == 0:
+                await self.flush(local)
+        finally:  # a failed flush (reported by close already) must not leak the file
+            if local.users == 0:
+                await self._close(local)
+
+    async def _close(self, local: LocalFile) -> None:
+        """The last handle is gone: forget the LocalFile (and its staging file unless queued)."""
         local.close()
         if self._open.get((local.bucket, local.key)) is local:
             del self._open[(local.bucket, local.key)]

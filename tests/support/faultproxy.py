@@ -92,10 +92,18 @@ class FaultProxy:
                             return b"".join(chunks)
                         chunks.append(self.rfile.read(size))
                         self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                expected = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(expected)
+                if len(data) < expected:  # the client died mid-body: S3 would drop it too, never
+                    raise ConnectionError("request body cut short")  # store a truncated object
+                return data
 
             def _forward(self) -> None:
-                data = self._body()
+                try:
+                    data = self._body()
+                except (ConnectionError, ValueError):
+                    self.close_connection = True
+                    return
                 auth = self.headers.get("Authorization", "")
                 match = _CREDENTIAL.search(auth) or _PRESIGNED.search(self.path)
                 headers = {k: v for k, v in self.headers.items()
@@ -127,7 +135,9 @@ class FaultProxy:
                     for key, value in resp.getheaders():
                         if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                             self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(payload)))
+                    # a HEAD answer has no body but the object's length (sizes come from it)
+                    length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                    self.send_header("Content-Length", length or str(len(payload)))
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(payload)
