@@ -180,8 +180,9 @@ def check_object(client, bucket: str, key: str, want_sha256: str, who: str) -> N
           "default write settings: s3fs uploads during `close` (so its close is its "
           "durable); rclone (`--vfs-cache-mode full`) returns once the file is in its cache "
           "and uploads after `--vfs-write-back` (default 5 s) of the file being closed; "
-          "s3fuse returns once the bytes are in a fsynced staging file and journalled, and "
-          "uploads at once in the background (8 MiB parts, 4 at a time). Targets (issue 5): "
+          "s3fuse returns once the bytes are in a fsynced staging file (files over 4 MiB) and "
+          "journalled, and uploads at once in the background (8 MiB parts, 4 at a time). "
+          "Targets (issue 5): "
           "s3fuse close no slower than rclone's, s3fuse durable no slower than s3fs's.",
 )
 def write_large(ctx: Context) -> dict[str, float]:
@@ -256,7 +257,9 @@ def wait_listed(client, bucket: str, prefix: str, want: int,
           f"ms after each listing) until all {SMALL_COUNT:,} keys are there; their sizes and "
           "ETags (MD5) are then checked against the sources. Default write settings as "
           "above: rclone uploads 5 s (`--vfs-write-back`) after each file is closed, s3fs "
-          "during each `close`, s3fuse in the background (4 uploads at a time).",
+          "during each `close`, s3fuse in the background (4 uploads at a time) once the burst "
+          "of closes pauses for 0.1 s (small files are journalled at close and fsynced by "
+          "a group commit every 0.25 s).",
 )
 def write_small_files(ctx: Context) -> dict[str, float]:
     source = small_source(ctx.data_dir)
