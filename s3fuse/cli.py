@@ -50,6 +50,8 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="on-disk cache directory")
     p.add_argument("--cache-size", help="cache size cap, e.g. 20G (default 10G)")
     p.add_argument("--metadata-ttl", help="seconds listings and stats are trusted (default 60)")
+    p.add_argument("--request-timeout", help="seconds an S3 request may wait for data (or trickle "
+                   "below 4 KiB/s) before it is retried (default 30)")
     p.add_argument("--drain-timeout", help="at unmount, seconds to wait for pending uploads "
                    "(default 120; the rest resume at the next mount)")
     p.add_argument("--read-only", action="store_const", const=True, help="every write fails with EROFS")

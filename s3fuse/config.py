@@ -80,6 +80,7 @@ class Config:
     cache_size: int = 10 << 30
     metadata_ttl: float = 60.0
     drain_timeout: float = 120.0
+    request_timeout: float = 30.0
     read_only: bool = False
     sse: str | None = None
     sse_kms_key_id: str | None = None
@@ -259,6 +260,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "cache_size": parse_size,
     "metadata_ttl": parse_duration,
     "drain_timeout": parse_duration,
+    "request_timeout": parse_duration,
     "read_only": parse_bool,
     "sse": str,
     "sse_kms_key_id": str,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import random
 import threading
 import time
 import urllib.parse
@@ -30,9 +31,30 @@ from ..errors import AccessDenied, NotFound, Offline, RemoteError, StaleObject
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS = 4
+#: Attempts per GET for quick transient failures (5xx, 429, reset, truncated body), as
+#: mountpoint-s3 (10): a 20% error storm then fails one read in 10^7, not one in 600.
+ATTEMPTS = 10
+#: Attempts that may end in a timeout or a stalled body: each costs a whole
+#: `read_timeout`, so a black-holed endpoint answers EIO after a bounded time.
+SLOW_ATTEMPTS = 3
 RETRY_STATUS = {429, 500, 502, 503, 504}
 CONNECT_ERRORS = (NewConnectionError, ConnectTimeoutError)
+BACKOFF_BASE = 0.05
+BACKOFF_MAX = 2.0
+#: A body arriving slower than this (bytes/s, averaged over a `read_timeout` window) is a
+#: stalled connection: the socket timeout alone never fires on a trickle.
+LOW_SPEED = 4096
+CHUNK = 256 << 10
+
+
+class _Stalled(Exception):
+    """The body trickled in slower than LOW_SPEED."""
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter: many readers failing together do not retry
+    in lockstep (which is what keeps S3 saying SlowDown)."""
+    return random.uniform(0, min(BACKOFF_BASE * 2 ** attempt, BACKOFF_MAX))
 
 
 class PresignedReader:
@@ -40,6 +62,7 @@ class PresignedReader:
                  read_timeout: float, ca_certs: str | None, proxy_url: str | None = None,
                  pool_size: int = 64):
         self._presign = presign
+        self._read_timeout = read_timeout
         options = dict(num_pools=16, maxsize=pool_size, block=False, retries=False,
                        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
                        ca_certs=ca_certs)
@@ -57,55 +80,92 @@ class PresignedReader:
         elif start:
             headers["Range"] = f"bytes={start}-"
         url = self._presign(bucket, key)
+        status, resp_headers, body = self._request(what, url, headers)
+        if status in (200, 206):
+            returned = (resp_headers.get("ETag") or "").strip('"')
+            if etag and returned and returned != etag:
+                raise StaleObject(f"{what}: object changed in S3")
+            return body
+        if status == 404:
+            raise NotFound(f"{what}: not found")
+        if status == 403:
+            raise AccessDenied(f"{what}: access denied")
+        if status == 412:
+            raise StaleObject(f"{what}: object changed in S3")
+        raise RemoteError(f"{what}: S3 error {status}")
+
+    def _request(self, what: str, url: str, headers: dict[str, str]
+                 ) -> tuple[int, Any, bytes]:
+        """(status, headers, whole body) of a GET, retried while the failure is transient.
+
+        Errors and log lines name exception types only: urllib3's texts hold the signed URL.
+
+        Offline at once when S3 cannot be connected to (the link then fails fast);
+        RemoteError when the attempts run out. A body shorter than its Content-Length
+        is a failed attempt, never an answer.
+        """
         error: Exception = RemoteError(what)
+        slow = 0
         for attempt in range(ATTEMPTS):
             try:
-                resp = self._pool.request("GET", url, headers=headers, preload_content=True,
+                resp = self._pool.request("GET", url, headers=headers, preload_content=False,
                                           decode_content=False, enforce_content_length=True)
+                try:
+                    body = self._body(resp)
+                finally:
+                    resp.release_conn()
             except CONNECT_ERRORS as exc:
                 raise Offline(f"{what}: S3 unreachable ({type(exc).__name__})") from None
-            except (ProtocolError, ReadTimeoutError) as exc:
+            except (ReadTimeoutError, _Stalled) as exc:
+                slow += 1
+                error = RemoteError(f"{what}: no answer in time ({type(exc).__name__})")
+                if slow >= SLOW_ATTEMPTS:
+                    break
+            except ProtocolError as exc:
                 error = RemoteError(f"{what}: truncated response body ({type(exc).__name__})")
             except HTTPError as exc:
                 error = Offline(f"{what}: {type(exc).__name__}")
             else:
-                status = resp.status
-                if status in (200, 206):
-                    returned = (resp.headers.get("ETag") or "").strip('"')
-                    if etag and returned and returned != etag:
-                        raise StaleObject(f"{what}: object changed in S3")
-                    return resp.data
-                if status == 404:
-                    raise NotFound(f"{what}: not found")
-                if status == 403:
-                    raise AccessDenied(f"{what}: access denied")
-                if status == 412:
-                    raise StaleObject(f"{what}: object changed in S3")
-                if status not in RETRY_STATUS:
-                    raise RemoteError(f"{what}: S3 error {status}")
-                error = RemoteError(f"{what}: S3 error {status} after {ATTEMPTS} attempts")
+                if resp.status not in RETRY_STATUS:
+                    return resp.status, resp.headers, body
+                error = RemoteError(f"{what}: S3 error {resp.status} after {attempt + 1} attempts")
             log.debug("%s: attempt %d failed (%s), retrying", what, attempt + 1, error)
-            time.sleep(min(0.05 * 2 ** attempt, 1.0))
+            time.sleep(backoff(attempt))
         raise error
 
+    def _body(self, resp: Any) -> bytes:
+        """The whole body, read as it arrives: a trickle slower than LOW_SPEED raises
+        _Stalled after about one `read_timeout` window; a short one ProtocolError."""
+        chunks: list[bytes] = []
+        window_start, window_bytes = time.monotonic(), 0
+        while True:
+            chunk = resp.read1(CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            window_bytes += len(chunk)
+            elapsed = time.monotonic() - window_start
+            if elapsed >= self._read_timeout:
+                if window_bytes < LOW_SPEED * elapsed:
+                    raise _Stalled(f"{window_bytes} bytes in {elapsed:.1f}s")
+                window_start, window_bytes = time.monotonic(), 0
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        length = resp.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) != len(body):
+            raise ProtocolError(f"body of {len(body)} bytes, Content-Length {length}")
+        return body
 
     def list_v2(self, url: str) -> dict[str, Any] | None:
         """One ListObjectsV2 page from a presigned URL, shaped like boto3's answer
-        (LastModified left as text), or None when S3 did not answer 200 with a
-        readable listing: the caller then asks boto3, which retries and maps errors.
-        Offline when S3 cannot be reached at all."""
-        try:
-            resp = self._pool.request("GET", url, preload_content=True, decode_content=True)
-        except CONNECT_ERRORS as exc:
-            raise Offline(f"ListObjectsV2: S3 unreachable ({type(exc).__name__})") from None
-        except HTTPError as exc:
-            log.debug("ListObjectsV2 through a presigned URL failed (%s): asking boto3",
-                      type(exc).__name__)  # its text holds the signed URL
-            return None
-        if resp.status != 200:
+        (LastModified left as text), or None when S3 answered something else than a
+        readable listing (403, 404, ...): the caller then asks boto3, which maps the error.
+        Transient failures are retried here (RemoteError when they persist); Offline when
+        S3 cannot be reached at all."""
+        status, _, body = self._request("ListObjectsV2", url, {})
+        if status != 200:
             return None
         try:
-            return parse_list_v2(resp.data)
+            return parse_list_v2(body)
         except (ET.ParseError, ValueError, TypeError) as exc:
             log.debug("unreadable ListObjectsV2 answer (%s): asking boto3", exc)
             return None

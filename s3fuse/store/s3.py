@@ -124,6 +124,8 @@ def _mtime_ns(value: datetime | None) -> int:
 
 def translate(exc: BaseException, what: str) -> Exception:
     """Map a botocore exception to one of errors.py, never leaking credentials."""
+    if isinstance(exc, S3FuseError):  # already ours (the presigned path): keep its message
+        return exc
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -201,7 +203,7 @@ class S3Store:
     def from_config(cls, cfg: Config) -> "S3Store":
         """Build the store, turning profile/credential problems into UsageError."""
         try:
-            store = cls(cfg)
+            store = cls(cfg, read_timeout=max(cfg.request_timeout, 0.5))
         except botocore.exceptions.ProfileNotFound:
             raise UsageError(f"AWS profile {cfg.profile!r} not found") from None
         except botocore.exceptions.BotoCoreError as exc:
