@@ -55,6 +55,18 @@ class DirHandle:
 class FileHandle:
     node: Node
     source: FileSource
+    paged: bool = False  # counted in S3Operations._paged (reads through the page cache)
+
+
+@dataclass(slots=True)
+class PagedVersion:
+    """The S3 version whose pages the kernel may cache for an inode, while read handles
+    on it are open (see S3Operations.open)."""
+
+    etag: str
+    size: int
+    mtime_ns: int
+    handles: int = 0
 
 
 HANDLE_OPS = frozenset({"readdir", "releasedir", "read", "release", "flush", "write", "fsync"})
@@ -86,6 +98,7 @@ class S3Operations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
         self._versions: OrderedDict[int, str] = OrderedDict()  # ino -> version last opened
+        self._paged: dict[int, PagedVersion] = {}  # ino -> version of its open cached handles
         self._started_ns = time.time_ns()  # mtime of directories S3 has no date for
 
     # ------------------------------------------------------------ helpers
@@ -132,6 +145,13 @@ class S3Operations(pyfuse3.Operations):
             a.st_mode = stat.S_IFREG | (self.cfg.file_mode & ~strip)
             a.st_nlink = 1
             a.st_size = entry.size
+            paged = self._paged.get(node.ino)
+            if paged is not None and entry.etag and entry.etag != paged.etag:
+                # Handles of an older version still read through the page cache: the kernel
+                # must not learn the new size (a smaller one would cut their reads short,
+                # a new mtime would drop their pages). Shown once they are closed.
+                entry = Entry(entry.name, False, paged.size, paged.mtime_ns, paged.etag)
+                a.st_size = entry.size
         a.st_uid = self.cfg.uid
         a.st_gid = self.cfg.gid
         a.st_blksize = 1 << 20  # cp and friends write 1 MiB at a time (= max_write)
@@ -284,8 +304,20 @@ class S3Operations(pyfuse3.Operations):
                 node.ref, truncate=bool(flags & os.O_TRUNC))
             self._versions.pop(inode, None)
             return pyfuse3.FileInfo(fh=self._new_handle(node, source))
+        entry = await self._entry(node)
         source = await self._ns(node).open(node.ref)
+        paged = self._paged.get(inode)
+        if paged is not None and entry.etag != paged.etag:
+            # Another version is open on this inode and its pages are in the kernel's page
+            # cache, shared by every handle of the inode: this handle bypasses it, so
+            # neither version's reader ever gets the other's pages (a blend).
+            return pyfuse3.FileInfo(fh=self._new_handle(node, source), direct_io=True)
         fh = self._new_handle(node, source)
+        if entry.etag:
+            if paged is None:
+                paged = self._paged[inode] = PagedVersion(entry.etag, entry.size, entry.mtime_ns)
+            paged.handles += 1
+            self._files[fh].paged = True
         keep = self._versions.get(inode) == source.version
         self._versions[inode] = source.version
         self._versions.move_to_end(inode)
@@ -303,6 +335,12 @@ class S3Operations(pyfuse3.Operations):
     @fuse_handler("release")
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
+        if handle is not None and handle.paged:
+            paged = self._paged.get(handle.node.ino)
+            if paged is not None:
+                paged.handles -= 1
+                if paged.handles <= 0:
+                    del self._paged[handle.node.ino]
         if handle is not None and hasattr(handle.source, "close"):
             await handle.source.close()
 

@@ -1,0 +1,154 @@
+"""Concurrency through the real mount: many readers, versions changing under readers,
+parallel writers, and listings while read-ahead keeps S3 busy."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.test_faults import read_file, sha
+from tests.test_write_mount import body, sync
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def backend(moto_backend):  # type: ignore[no-untyped-def]
+    return moto_backend
+
+
+def test_many_readers_of_one_large_object_get_identical_correct_bytes(s3, bucket, mount_factory):
+    data = os.urandom((48 << 20) + 12345)
+    s3.put_object(Bucket=bucket, Key="shared.bin", Body=data)
+    m = mount_factory("--source", f"s3://{bucket}")
+    path = m.path(bucket, "shared.bin")
+    start = threading.Barrier(8)
+
+    def reader(n: int) -> str:
+        start.wait()
+        if n % 2:                       # half read it backwards in 3 MiB steps: random reads
+            size, parts = len(data), []
+            with open(path, "rb", buffering=0) as fh:
+                for off in reversed(range(0, size, 3 << 20)):
+                    parts.append(os.pread(fh.fileno(), 3 << 20, off))
+            return sha(b"".join(reversed(parts)))
+        return sha(read_file(path, 1 << 17))
+
+    with ThreadPoolExecutor(8) as pool:
+        digests = list(pool.map(reader, range(8)))
+    assert digests == [sha(data)] * 8
+
+
+def test_readers_never_see_a_blend_of_versions(s3, bucket, mount_factory):
+    """The object is replaced in S3 again and again while threads read it whole through
+    the mount: each read is one version, or fails with ESTALE (or EIO): never a mix."""
+    versions = [bytes([i]) * (12 << 20) + os.urandom(1 << 20) for i in range(12)]
+    versions = [v[: len(v) - (i % 3) * (1 << 20)] for i, v in enumerate(versions)]  # sizes differ
+    known = {sha(v): i for i, v in enumerate(versions)}
+    s3.put_object(Bucket=bucket, Key="moving.bin", Body=versions[0])
+    m = mount_factory("--source", f"s3://{bucket}", "--metadata-ttl", "0.3")
+    m.expect_log(r"read .*moving.bin failed: (ESTALE|EIO)|open .*moving.bin failed: ESTALE")
+    path = m.path(bucket, "moving.bin")
+    stop = threading.Event()
+    outcomes: dict[str, int] = {"ok": 0, "ESTALE": 0, "EIO": 0}
+    seen: set[int] = set()
+    blends: list[str] = []
+    lock = threading.Lock()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                got = read_file(path, 1 << 18)
+            except OSError as exc:
+                assert exc.errno in (errno.ESTALE, errno.EIO), exc
+                with lock:
+                    outcomes[errno.errorcode[exc.errno]] += 1
+                continue
+            with lock:
+                if sha(got) in known:
+                    outcomes["ok"] += 1
+                    seen.add(known[sha(got)])
+                else:
+                    blends.append(f"{len(got)} bytes, starts {got[:1]!r} ends {got[-1 << 20:][:1]!r}")
+
+    threads = [threading.Thread(target=reader, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for v in versions[1:]:
+        time.sleep(0.5)
+        s3.put_object(Bucket=bucket, Key="moving.bin", Body=v)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not blends, (blends[:5], outcomes)
+    assert outcomes["ok"] >= 8 and len(seen) >= 3, (outcomes, seen)
+    time.sleep(0.5)
+    assert read_file(path) == versions[-1]
+
+
+def test_parallel_writers_to_different_files_all_land_byte_exact(s3, bucket, mount_factory):
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    os.mkdir(root / "out")
+    sizes = [0, 1, 4096, 100_000, 1 << 20, (9 << 20) + 7]
+    expected: dict[str, bytes] = {}
+    lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        for i, size in enumerate(sizes):
+            data = os.urandom(size)
+            name = f"w{n}-{i}.bin"
+            with open(root / "out" / name, "wb") as fh:
+                for off in range(0, size, 300_000):             # several writes per file
+                    fh.write(data[off:off + 300_000])
+            with lock:
+                expected[f"out/{name}"] = data
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(writer, range(8)))
+    assert sync(m.mountpoint, timeout=90).returncode == 0
+    for key, data in expected.items():
+        assert hashlib.sha256(body(s3, bucket, key)).digest() == hashlib.sha256(data).digest(), key
+    assert sorted(os.listdir(root / "out")) == sorted(k.split("/")[1] for k in expected)
+
+
+def test_listing_stays_responsive_during_heavy_read_ahead(s3, bucket, mount_factory):
+    large = {f"large/{i}.bin": os.urandom(48 << 20) for i in range(4)}
+    for key, data in large.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+    for d in range(30):
+        s3.put_object(Bucket=bucket, Key=f"dirs/d{d:02d}/file.txt", Body=b"x")
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    os.listdir(root / "large")
+    digests: dict[str, str] = {}
+    done = threading.Event()
+
+    def read(key: str) -> None:
+        digests[key] = sha(read_file(root / key))
+
+    threads = [threading.Thread(target=read, args=(k,), daemon=True) for k in large]
+    for t in threads:
+        t.start()
+    latencies = []
+    time.sleep(0.3)
+    for d in range(30):                                         # each needs a ListObjectsV2
+        if all(not t.is_alive() for t in threads):
+            break
+        began = time.monotonic()
+        assert os.listdir(root / "dirs" / f"d{d:02d}") == ["file.txt"]
+        latencies.append(time.monotonic() - began)
+        time.sleep(0.05)
+    done.set()
+    for t in threads:
+        t.join(90)
+    assert digests == {k: sha(v) for k, v in large.items()}
+    assert len(latencies) >= 5, "the reads ended before the listings could be timed"
+    assert max(latencies) < 2.0 and statistics.median(latencies) < 0.5, latencies
