@@ -151,4 +151,4 @@ def test_listing_stays_responsive_during_heavy_read_ahead(s3, bucket, mount_fact
         t.join(90)
     assert digests == {k: sha(v) for k, v in large.items()}
     assert len(latencies) >= 5, "the reads ended before the listings could be timed"
-    assert max(latencies) < 2.0 and statistics.median(latencies) < 0.5, latencies
+    assert max(latencies) < 3.0 and statistics.median(latencies) < 0.5, latencies

@@ -20,6 +20,7 @@ import pytest
 from s3fuse.errors import AccessDenied, RemoteError
 from s3fuse.store.presigned import PresignedReader
 from tests.support.faultproxy import FaultProxy
+from tests.support.report import record
 from tests.test_write_mount import body, sync
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
@@ -38,10 +39,15 @@ def backend(moto_backend):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def faults(moto_backend):  # type: ignore[no-untyped-def]
+def faults(moto_backend, request):  # type: ignore[no-untyped-def]
+    """The proxy; what it injected and forwarded is recorded per test for the report."""
     proxy = FaultProxy(moto_backend.endpoint)
+    began = time.monotonic()
     yield proxy
     proxy.close()
+    record(f"faults/{request.node.name}", {
+        "injected": dict(proxy.injected), "forwarded": proxy.forwarded,
+        "seconds": round(time.monotonic() - began, 1), **proxy.figures})
 
 
 def sha(data: bytes) -> str:
@@ -130,15 +136,23 @@ def test_reads_during_a_5xx_storm_return_correct_bytes(s3, bucket, mount_factory
     objects = {f"small/{i:02d}.bin": os.urandom(150_000 + i) for i in range(20)}
     objects |= {f"big/{i}.bin": os.urandom((20 << 20) + i) for i in range(3)}
     upload(s3, bucket, objects)
-    slow = faults.slowdown(method="GET", probability=0.1)   # S3's throttling answer
-    broken = faults.error(500, method="GET", probability=0.1)
-    m = mount_factory("--source", f"s3://{bucket}", *FAST, endpoint=faults.endpoint)
+    m = mount_factory("--source", f"s3://{bucket}", *FAST, "--metadata-ttl", "0.5",
+                      endpoint=faults.endpoint)
+    slow = faults.slowdown(path=r"^/(?!\?)", probability=0.1)   # S3's throttling answer
+    broken = faults.error(500, path=r"^/(?!\?)", probability=0.1)  # (not the probe: /?...)
     root = m.path(bucket)
-    assert sorted(os.listdir(root / "small")) == sorted(k.split("/")[1] for k in objects
-                                                         if k.startswith("small/"))
-    for key, data in objects.items():
-        assert sha(read_file(root / key)) == sha(data), key
+    for round in range(2):                 # the second after the TTL: HEADs in the storm too
+        assert sorted(os.listdir(root / "small")) == sorted(k.split("/")[1] for k in objects
+                                                             if k.startswith("small/"))
+        for key, data in objects.items():
+            assert sha(read_file(root / key)) == sha(data), key
+        time.sleep(0.6)
     assert slow.hits + broken.hits >= 3, faults.injected      # the storm really happened
+    requests = faults.count("GET") + faults.count("HEAD")
+    assert faults.count("HEAD") > 0 and (slow.hits + broken.hits) / requests > 0.1, \
+        (faults.injected, requests)
+    faults.figures = {"objects": len(objects), "requests": requests,
+                      "bytes_verified": 2 * sum(map(len, objects.values()))}
 
 
 def test_a_truncated_body_is_retried_never_served_short(s3, bucket, mount_factory, faults):
@@ -172,12 +186,14 @@ def test_s3_down_during_listing_is_eio_then_recovers(s3, bucket, mount_factory, 
     faults.reset(method="GET", path=LISTING)                       # connections reset
     began = time.monotonic()
     assert errno_of(lambda: os.listdir(root / "d0")) == errno.EIO
+    faults.figures["reset_seconds_to_eio"] = round(time.monotonic() - began, 1)
     assert time.monotonic() - began < 30
     faults.clear()
     assert os.listdir(root / "d0") == ["f.txt"]
     faults.hang(method="GET", path=LISTING)                        # black hole
     began = time.monotonic()
     assert errno_of(lambda: os.listdir(root / "d1")) == errno.EIO
+    faults.figures["hang_seconds_to_eio"] = round(time.monotonic() - began, 1)
     assert time.monotonic() - began < 30                           # bounded, not forever
     thread, out = in_thread(lambda: os.listdir(root / "d2"))        # ... and recovery
     time.sleep(1.0)
@@ -253,6 +269,7 @@ def test_a_slow_trickle_ends_in_eio_in_bounded_time(s3, bucket, mount_factory, f
     trickle = faults.trickle(rate=1024, method="GET", path=OBJECT)
     began = time.monotonic()
     assert errno_of(lambda: read_file(root / "slow.bin")) == errno.EIO
+    faults.figures = {"seconds_to_eio": round(time.monotonic() - began, 1)}
     assert time.monotonic() - began < 30
     assert trickle.hits >= 2
     faults.clear()

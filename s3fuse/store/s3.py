@@ -166,7 +166,9 @@ class S3Store:
             signature_version="s3v4",
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"mode": "standard", "max_attempts": 2},
+            # 5xx/SlowDown storms: HEAD and listing fallbacks fail one in 3,000 at 20%
+            # errors, not one in 25 (uploads retry on their own, without limit)
+            retries={"mode": "standard", "max_attempts": 5},
             max_pool_connections=64,
             s3={"addressing_style": cfg.addressing_style},
             tcp_keepalive=True,

@@ -84,6 +84,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.injected: Counter[str] = Counter()   # fault name ("status:503", "reset", ...) -> n
         self.forwarded = 0                        # requests answered by S3 itself
+        self.figures: dict[str, object] = {}      # what a test measured, for its report
         self._holds: list[Predicate] = []
         self._released = threading.Event()
         self._held = threading.Event()
