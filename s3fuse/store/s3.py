@@ -402,7 +402,26 @@ class S3Store:
             kwargs["ContentType"] = content_type
         resp = self._call(f"CreateMultipartUpload s3://{bucket}/{key}",
                           self.write_client.create_multipart_upload, **kwargs)
-        return str(resp["UploadId"])
+        upload_id = str(resp["UploadId"])
+        if resp.get("ResponseMetadata", {}).get("RetryAttempts"):
+            self._abort_lost_creates(bucket, key, upload_id)
+        return upload_id
+
+    def _abort_lost_creates(self, bucket: str, key: str, upload_id: str) -> None:
+        """botocore retried the create: an earlier attempt may have started an upload whose
+        answer was lost. Nobody knows its UploadId, so it would be billed forever: abort
+        every other upload of the key (one job per key at a time; the same rule as the
+        uploader's thorough cleanup)."""
+        try:
+            others = [u for k, u in self.list_multipart_uploads(bucket, key)
+                      if k == key and u != upload_id]
+            for other in others:
+                self.abort_multipart_upload(bucket, key, other)
+                log.info("aborted a multipart upload of s3://%s/%s whose creation was retried",
+                         bucket, key)
+        except S3FuseError as exc:  # not a reason to fail this upload
+            log.info("uploads left by a retried create of s3://%s/%s not aborted: %s",
+                     bucket, key, exc)
 
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
                     body: bytes) -> str:

@@ -57,6 +57,7 @@ class Rule:
     probability: float = 1.0
     times: int | None = None         # fire at most this often (None: unlimited)
     status: int = 503                # fault "status"
+    after: bool = False              # fault "status": forward first (S3 acts, the answer is lost)
     keep: float = 0.5                # fault "truncate": fraction of the body sent
     rate: int = 2048                 # fault "trickle": bytes per second
     predicate: Predicate | None = None  # instead of method/path/part
@@ -255,7 +256,7 @@ class FaultProxy:
                     proxy._held.set()
                     proxy._released.wait()
                 rule = proxy._decide(self.command, self.path)
-                if rule is not None and rule.fault == "status":
+                if rule is not None and rule.fault == "status" and not rule.after:
                     return self._error(rule.status)
                 if rule is not None and rule.fault == "reset":
                     return self._drop(rst=True)
@@ -269,6 +270,8 @@ class FaultProxy:
                     conn.request(self.command, self.path, body=data, headers=headers)
                     resp = conn.getresponse()
                     payload = resp.read()
+                    if rule is not None and rule.fault == "status":   # after S3 acted
+                        return self._error(rule.status)
                     self.send_response(resp.status, resp.reason)
                     for key, value in resp.getheaders():
                         if key.lower() not in ("transfer-encoding", "connection", "content-length"):
