@@ -99,6 +99,7 @@ class S3Operations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self._versions: OrderedDict[int, str] = OrderedDict()  # ino -> version last opened
         self._paged: dict[int, PagedVersion] = {}  # ino -> version of its open cached handles
+        self._told: OrderedDict[int, str] = OrderedDict()  # ino -> version whose size the kernel has
         self._started_ns = time.time_ns()  # mtime of directories S3 has no date for
 
     # ------------------------------------------------------------ helpers
@@ -146,18 +147,33 @@ class S3Operations(pyfuse3.Operations):
             a.st_nlink = 1
             a.st_size = entry.size
             paged = self._paged.get(node.ino)
-            if paged is not None and entry.etag and entry.etag != paged.etag:
+            if (paged is not None and entry.etag and entry.etag != paged.etag
+                    and not self._has_writer(node.ino)):  # a writer's appends need the true size
                 # Handles of an older version still read through the page cache: the kernel
                 # must not learn the new size (a smaller one would cut their reads short,
                 # a new mtime would drop their pages). Shown once they are closed.
                 entry = Entry(entry.name, False, paged.size, paged.mtime_ns, paged.etag)
                 a.st_size = entry.size
+            if entry.etag:
+                self._tell(node.ino, entry.etag)
         a.st_uid = self.cfg.uid
         a.st_gid = self.cfg.gid
         a.st_blksize = 1 << 20  # cp and friends write 1 MiB at a time (= max_write)
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = entry.mtime_ns or self._started_ns
         return a
+
+    def _has_writer(self, ino: int) -> bool:
+        return any(h.node.ino == ino and getattr(h.source, "writable", False)
+                   for h in self._files.values())
+
+    def _tell(self, ino: int, etag: str) -> None:
+        """Remember which version's size and mtime the kernel was last given for `ino`
+        (the reply goes out right after, with no await in between)."""
+        if self._told.get(ino) != etag:
+            self._told[ino] = etag
+            if len(self._told) > KEEP_CACHE_MEMORY:
+                self._told.popitem(last=False)
 
     def _writable(self, node: Node) -> bool:
         if node.is_root:  # the owner must be able to set the control xattrs (pin, unpin)
@@ -282,9 +298,14 @@ class S3Operations(pyfuse3.Operations):
                 node = await self._dir_node(handle.node, ref, entry)
                 if node is None:
                     continue
+                told = self._told.get(node.ino)
                 attrs = self._attrs(node, entry, self._writable(node))
                 if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs, next_id):
                     self.inodes.discard_if_unreferenced(node)
+                    if told is not None:        # not sent: the kernel still has the old one
+                        self._told[node.ino] = told
+                    else:
+                        self._told.pop(node.ino, None)
                     return
                 self.inodes.remember(node)
 
@@ -307,10 +328,13 @@ class S3Operations(pyfuse3.Operations):
         entry = await self._entry(node)
         source = await self._ns(node).open(node.ref)
         paged = self._paged.get(inode)
-        if paged is not None and entry.etag != paged.etag:
+        if ((paged is not None and entry.etag != paged.etag) or source.size != entry.size
+                or (entry.etag and self._told.get(inode, entry.etag) != entry.etag)):
             # Another version is open on this inode and its pages are in the kernel's page
-            # cache, shared by every handle of the inode: this handle bypasses it, so
-            # neither version's reader ever gets the other's pages (a blend).
+            # cache, shared by every handle of the inode, or the kernel holds another
+            # version's size (told by a lookup racing this open, or the entry changed while
+            # opening), which would cut reads short: this handle bypasses the page cache (direct I/O reads are not clamped
+            # to the kernel's size), so no reader ever gets a blend or a cut version.
             return pyfuse3.FileInfo(fh=self._new_handle(node, source), direct_io=True)
         fh = self._new_handle(node, source)
         if entry.etag:
