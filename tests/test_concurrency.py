@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.support.report import record
 from tests.test_faults import read_file, sha
 from tests.test_write_mount import body, sync
 
@@ -43,6 +44,7 @@ def test_many_readers_of_one_large_object_get_identical_correct_bytes(s3, bucket
     with ThreadPoolExecutor(8) as pool:
         digests = list(pool.map(reader, range(8)))
     assert digests == [sha(data)] * 8
+    record("concurrency/many_readers", {"readers": 8, "bytes_verified": 8 * len(data)})
 
 
 def test_readers_never_see_a_blend_of_versions(s3, bucket, mount_factory):
@@ -89,6 +91,8 @@ def test_readers_never_see_a_blend_of_versions(s3, bucket, mount_factory):
         t.join(60)
     assert not blends, (blends[:5], outcomes)
     assert outcomes["ok"] >= 8 and len(seen) >= 3, (outcomes, seen)
+    record("concurrency/versions", {**outcomes, "versions_put": len(versions),
+                                    "versions_read_whole": len(seen), "blends": 0})
     time.sleep(0.5)
     assert read_file(path) == versions[-1]
 
@@ -117,6 +121,8 @@ def test_parallel_writers_to_different_files_all_land_byte_exact(s3, bucket, mou
     for key, data in expected.items():
         assert hashlib.sha256(body(s3, bucket, key)).digest() == hashlib.sha256(data).digest(), key
     assert sorted(os.listdir(root / "out")) == sorted(k.split("/")[1] for k in expected)
+    record("concurrency/parallel_writers", {"writers": 8, "files": len(expected),
+                                            "bytes_verified": sum(map(len, expected.values()))})
 
 
 def test_listing_stays_responsive_during_heavy_read_ahead(s3, bucket, mount_factory):
@@ -152,3 +158,6 @@ def test_listing_stays_responsive_during_heavy_read_ahead(s3, bucket, mount_fact
     assert digests == {k: sha(v) for k, v in large.items()}
     assert len(latencies) >= 5, "the reads ended before the listings could be timed"
     assert max(latencies) < 3.0 and statistics.median(latencies) < 0.5, latencies
+    record("concurrency/listing_during_read_ahead", {
+        "listings": len(latencies), "median_ms": round(statistics.median(latencies) * 1000),
+        "max_ms": round(max(latencies) * 1000)})
