@@ -18,7 +18,8 @@ from ..config import SourceSpec
 from ..data.prefetch import SiblingPrefetcher
 from ..data.reader import BlockReader, ObjectRef
 from ..errors import (CacheFull, FileExists, InvalidArgument, IsADirectory, NotADirectory,
-                      NotEmpty, NotFound, Offline, ReadOnly, S3FuseError, TooBigToRename)
+                      NotEmpty, NotFound, Offline, ReadOnly, RemoteError, S3FuseError,
+                      TooBigToRename)
 from ..store.s3 import ListPage, ObjectInfo, S3Store
 from ..upload.journal import UNKNOWN
 from ..upload.localfile import LocalFile
@@ -115,10 +116,12 @@ class BucketTree:
             return
         try:
             await self._flight.run(path, self._refresh, path)
-        except Offline:
+        except (Offline, RemoteError) as exc:
             if listed_at is None:
                 raise
-            log.debug("offline: serving the cached listing of %s", self._dir_prefix(path))
+            # offline, or S3 failing even after the retries (a 5xx storm): the last listing
+            # is a better answer than EIO
+            log.debug("serving the cached listing of %s: %s", self._dir_prefix(path), exc)
         except CacheFull as exc:  # the cache disk is full: the stored listing beats ENOSPC
             if listed_at is None:
                 raise
@@ -280,7 +283,8 @@ class BucketTree:
         try:
             info = await trio.to_thread.run_sync(self.store.head, self.spec.bucket, key,
                                                  limiter=self._limiter)
-        except Offline:
+        except (Offline, RemoteError) as exc:  # as for listings: the last entry, not EIO
+            log.debug("serving the cached entry of %s: %s", key, exc)
             return entry
         except NotFound:
             self.meta.remove_entry(self.ns_id, parent, entry.name)
