@@ -135,7 +135,6 @@ def test_listing_stays_responsive_during_heavy_read_ahead(s3, bucket, mount_fact
     root = m.path(bucket)
     os.listdir(root / "large")
     digests: dict[str, str] = {}
-    done = threading.Event()
 
     def read(key: str) -> None:
         digests[key] = sha(read_file(root / key))
@@ -152,7 +151,6 @@ def test_listing_stays_responsive_during_heavy_read_ahead(s3, bucket, mount_fact
         assert os.listdir(root / "dirs" / f"d{d:02d}") == ["file.txt"]
         latencies.append(time.monotonic() - began)
         time.sleep(0.05)
-    done.set()
     for t in threads:
         t.join(90)
     assert digests == {k: sha(v) for k, v in large.items()}

@@ -89,13 +89,18 @@ def run_load(s3: Any, bucket: str, mount_factory: Any, seconds: float) -> dict[s
             key = r.choice(mine) if mine and r.random() < 0.3 else f"out/w{n}-{len(mine):03d}.bin"
             size = r.choice(WRITE_SIZES) if r.random() < 0.9 else 0
             data = os.urandom(size)
+            step = "open for writing"
             try:
                 with open(root / key, "wb") as fh:
+                    step = "write"
                     for off in range(0, size, 1 << 20):
                         fh.write(data[off:off + (1 << 20)])
+                    step = "close"
+                step = "read back"
                 assert (root / key).read_bytes() == data, f"{key}: read back differs"
             except (OSError, AssertionError) as exc:
-                errors.append(f"writer {n}: {exc!r}")
+                errors.append(f"writer {n}: {step} {key} ({'overwrite' if key in mine else 'new'},"
+                              f" {size} bytes, t={time.monotonic() - began:.1f}s): {exc!r}")
                 continue
             with lock:
                 written[key] = data
@@ -127,6 +132,8 @@ def run_load(s3: Any, bucket: str, mount_factory: Any, seconds: float) -> dict[s
                "max_rss_mib": round(sampler.peak("hwm_kib") / 1024, 1),
                "max_fds": sampler.peak("fds"), "max_threads": sampler.peak("threads"),
                "final_fds": final["fds"], "final_threads": final["threads"],
+               "rss_mib_at_quarter": round(steady["rss_kib"] / 1024, 1),
+               "rss_mib_at_end": round(final["rss_kib"] / 1024, 1),
                "mib_per_s_verified": round(counts["bytes_verified"] / elapsed / (1 << 20), 1)}
     assert not errors, errors[:10]
     assert counts["reads"] + counts["range_reads"] >= READERS and counts["writes"] >= WRITERS, figures
