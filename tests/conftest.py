@@ -15,6 +15,7 @@ import boto3
 import pytest
 
 from tests.support.mount import Mount, s3_env
+from tests.support.faultproxy import FaultProxy
 from tests.support.proxy import CuttableProxy
 
 _bucket_ids = itertools.count()
@@ -100,6 +101,14 @@ def proxy(moto_backend: Backend) -> Iterator[CuttableProxy]:
     """A cuttable TCP proxy in front of moto: `endpoint=proxy.endpoint` for offline tests."""
     target = urlsplit(moto_backend.endpoint)
     p = CuttableProxy(target.hostname or "127.0.0.1", target.port or 80)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def faults(moto_backend: Backend) -> Iterator[FaultProxy]:
+    """The fault-injecting HTTP proxy in front of moto: `endpoint=faults.endpoint`."""
+    p = FaultProxy(moto_backend.endpoint)
     yield p
     p.close()
 

@@ -65,13 +65,6 @@ def backend(moto_backend):  # type: ignore[no-untyped-def]
     return moto_backend
 
 
-@pytest.fixture
-def faults(moto_backend):  # type: ignore[no-untyped-def]
-    proxy = FaultProxy(moto_backend.endpoint)
-    yield proxy
-    proxy.close()
-
-
 # ---------------------------------------------------------------- helpers
 
 

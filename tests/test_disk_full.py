@@ -21,7 +21,6 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.faultproxy import FaultProxy
 from tests.support.mount import Mount
 from tests.test_write_mount import body, keys, sync
 
@@ -33,13 +32,6 @@ TMPFS_SIZE = 64 << 20
 @pytest.fixture
 def backend(moto_backend):  # type: ignore[no-untyped-def]
     return moto_backend
-
-
-@pytest.fixture
-def faults(moto_backend):  # type: ignore[no-untyped-def]
-    proxy = FaultProxy(moto_backend.endpoint)
-    yield proxy
-    proxy.close()
 
 
 @pytest.fixture

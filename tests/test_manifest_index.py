@@ -11,7 +11,7 @@ import pytest
 from s3fuse.errors import NotFound
 from s3fuse.manifest.index import DIR, FILE, ROOT_ID, SHARD, ManifestIndex
 from s3fuse.manifest.ingest import IngestLimits, Ingestion
-from s3fuse.manifest.parse import FileItem, RefItem, ShardItem, parse_item, parse_lines, split_lines
+from s3fuse.manifest.parse import FileItem, RefItem, parse_item, parse_lines, split_lines
 from s3fuse.store.s3 import ObjectInfo
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from s3fuse import cli
 from s3fuse.cache.blocks import BlockCache
-from s3fuse.cache.cachedir import check_entries, secure_cache_dir
+from s3fuse.cache.cachedir import secure_cache_dir
 from s3fuse.config import SCALAR_OPTIONS, Config, build_config
 from s3fuse.daemon import fuse_options
 from s3fuse.errors import UsageError

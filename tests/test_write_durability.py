@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.faultproxy import FaultProxy
 from tests.test_write_mount import body, keys, sync
 
 pytestmark = pytest.mark.mount
@@ -23,13 +22,6 @@ pytestmark = pytest.mark.mount
 def backend(moto_backend):  # type: ignore[no-untyped-def]
     """Fault injection sits in front of moto (SeaweedFS checks signatures of the proxy's host)."""
     return moto_backend
-
-
-@pytest.fixture
-def faults(moto_backend):  # type: ignore[no-untyped-def]
-    proxy = FaultProxy(moto_backend.endpoint)
-    yield proxy
-    proxy.close()
 
 
 def uploads(mountpoint: Path) -> dict:
