@@ -1,11 +1,18 @@
-"""Listing pages -> directory entries: markers, clashes and hostile names."""
+"""Listing pages -> directory entries: markers, clashes and hostile names; listings racing uploads."""
 from __future__ import annotations
 
 import logging
+import threading
+from pathlib import Path
 
+import trio
+
+from s3fuse.cache.meta import MetaStore
+from s3fuse.config import parse_source
 from s3fuse.store.s3 import ListPage, ObjectInfo
 from s3fuse.tree.base import OnceLogger, is_posix_name
-from s3fuse.tree.bucket import entries_from_pages
+from s3fuse.tree.bucket import BucketTree, entries_from_pages
+from s3fuse.upload.uploader import UploadResult
 
 
 def obj(key: str, size: int = 1) -> ObjectInfo:
@@ -36,3 +43,35 @@ def test_once_logger_logs_once(caplog):
         for _ in range(3):
             hidden.info("k", "hiding %s", "k")
     assert len(caplog.records) == 1
+
+
+class SlowListing:
+    """A store whose listing of `d/` waits until released: an upload finishes meanwhile."""
+
+    def __init__(self) -> None:
+        self.listing = threading.Event()
+        self.release = threading.Event()
+
+    def list_pages(self, bucket: str, prefix: str):  # type: ignore[no-untyped-def]
+        self.listing.set()
+        assert self.release.wait(10)
+        yield ListPage([], [obj("d/old.txt"), obj("d/kept.txt")])
+
+
+async def test_a_listing_in_flight_never_hides_an_upload_that_finished_meanwhile(tmp_path: Path):
+    store = SlowListing()
+    tree = BucketTree(parse_source("s3://bkt"), store, MetaStore(tmp_path / "meta.sqlite"),  # type: ignore[arg-type]
+                      None, ttl=60, list_limiter=trio.CapacityLimiter(4))  # type: ignore[arg-type]
+    listed: list[str] = []
+
+    async def list_d() -> None:
+        listed.extend(e.name for e in await tree.listdir("d"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(list_d)
+        await trio.to_thread.run_sync(store.listing.wait)   # ListObjectsV2 sent ...
+        tree._uploaded("d/new.txt", UploadResult("e1", size=3))  # ... then uploads land
+        tree._uploaded("d/old.txt", None)
+        store.release.set()                                  # ... then the answer arrives
+    assert listed == ["kept.txt", "new.txt"]
+    assert [e.name for e in await tree.listdir("d")] == ["kept.txt", "new.txt"]  # as stored

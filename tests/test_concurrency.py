@@ -126,7 +126,7 @@ def test_parallel_writers_to_different_files_all_land_byte_exact(s3, bucket, mou
 
 
 def test_listing_stays_responsive_during_heavy_read_ahead(s3, bucket, mount_factory):
-    large = {f"large/{i}.bin": os.urandom(48 << 20) for i in range(4)}
+    large = {f"large/{i}.bin": os.urandom(48 << 20) for i in range(6)}
     for key, data in large.items():
         s3.put_object(Bucket=bucket, Key=key, Body=data)
     for d in range(30):
@@ -143,7 +143,7 @@ def test_listing_stays_responsive_during_heavy_read_ahead(s3, bucket, mount_fact
     for t in threads:
         t.start()
     latencies = []
-    time.sleep(0.3)
+    time.sleep(0.05)  # the reads' first blocks are on their way
     for d in range(30):                                         # each needs a ListObjectsV2
         if all(not t.is_alive() for t in threads):
             break
@@ -154,7 +154,7 @@ def test_listing_stays_responsive_during_heavy_read_ahead(s3, bucket, mount_fact
     for t in threads:
         t.join(90)
     assert digests == {k: sha(v) for k, v in large.items()}
-    assert len(latencies) >= 5, "the reads ended before the listings could be timed"
+    assert len(latencies) >= 3, "the reads ended before the listings could be timed"
     assert max(latencies) < 3.0 and statistics.median(latencies) < 0.5, latencies
     record("concurrency/listing_during_read_ahead", {
         "listings": len(latencies), "median_ms": round(statistics.median(latencies) * 1000),

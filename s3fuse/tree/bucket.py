@@ -28,6 +28,7 @@ from ..util.background import Background
 from ..upload.writeback import WriteBack
 from ..util.flight import SingleFlight
 from .base import FileSource, ObjectSource, OnceLogger, SnapshotDir, is_posix_name, join, split
+from .learned import LearnedChanges, apply_changes
 from .localsource import LocalSource
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class BucketTree:
         self._siblings = siblings
         self._background = background or Background()
         self._flight: SingleFlight[None] = SingleFlight()
+        self._learned = LearnedChanges()
         self._hidden = OnceLogger(log)
         self._started = int(time.time() * 1e9)
         self.writes = writes
@@ -133,10 +135,16 @@ class BucketTree:
     async def _refresh(self, path: str) -> None:
         prefix = self._dir_prefix(path)
 
+        mark = self._learned.mark()
+
         def fetch() -> None:
             pages = list(self.store.list_pages(self.spec.bucket, prefix))
             entries = entries_from_pages(pages, prefix, self._hidden, time.time())
-            self.meta.replace_listing(self.ns_id, path, entries)
+            with self._learned.lock:  # uploads that finished meanwhile are not in `pages`
+                changes = self._learned.since(mark, path)
+                now = time.time() if changes is not None else 0.0  # 0: stale, list again
+                self.meta.replace_listing(self.ns_id, path, apply_changes(entries, changes or {}),
+                                          now)
 
         await trio.to_thread.run_sync(fetch, limiter=self._limiter)
 
@@ -237,7 +245,8 @@ class BucketTree:
     def _record_upload(self, key: str, parent: str, name: str,
                        result: UploadResult | None) -> None:
         if result is None:
-            self.meta.remove_entry(self.ns_id, parent, name)
+            self._learned.record(parent, name, None,
+                                 lambda: self.meta.remove_entry(self.ns_id, parent, name))
         elif result.conflict_key is not None:  # the key kept its S3 version: look again
             self.meta.expire_listing(self.ns_id, parent)
             self.meta.remove_entry(self.ns_id, parent, name)
@@ -250,8 +259,9 @@ class BucketTree:
             self.meta.know_dir(self.ns_id, parent)
             if key.endswith("/"):
                 self.meta.know_dir(self.ns_id, join(parent, name))
-            self.meta.update_entry(self.ns_id, parent, Entry(
-                name, key.endswith("/"), size, time.time_ns(), result.etag, 0.0))
+            entry = Entry(name, key.endswith("/"), size, time.time_ns(), result.etag, 0.0)
+            self._learned.record(parent, name, entry,
+                                 lambda: self.meta.update_entry(self.ns_id, parent, entry))
 
     # ----------------------------------------------------------- stat / open
 
