@@ -206,9 +206,14 @@ def test_s3_down_during_listing_is_eio_then_recovers(s3, bucket, mount_factory, 
     assert errno_of(lambda: os.listdir(root / "h" / "d")) == errno.EIO
     faults.figures["hang_seconds_to_eio"] = round(time.monotonic() - began, 1)
     assert time.monotonic() - began < 30                           # bounded, not forever
+    hung = faults.injected["hang"]
     thread, out = in_thread(lambda: os.listdir(root / "w" / "d"))   # ... and recovery
-    time.sleep(1.0)
-    faults.clear()
+    deadline = time.monotonic() + 10
+    while faults.injected["hang"] == hung:                          # its listing is held
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    faults.clear()                                                  # before its retries run out
     thread.join(30)
     assert out == {"value": ["f.txt"]}
     assert os.listdir(root / "h" / "d") == ["f.txt"]
