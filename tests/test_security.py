@@ -382,6 +382,21 @@ def _pid_cmdline(pid: int) -> str:
 
 
 @pytest.mark.mount
+def secrets_file(tmp_path: Path, text: str) -> Path:
+    """A yt_framework secrets.env, private as the daemon requires."""
+    path = tmp_path / "secrets.env"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def env_without_credentials() -> dict[str, str]:
+    """The environment with no AWS/S3 credentials: only the secrets file provides them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    return env
+
+
 def test_secrets_appear_in_no_log_status_error_or_argv(tmp_path: Path, s3, bucket, fuse_available):
     """A background mount with a recognizable secret, through failures of every kind."""
     s3.put_object(Bucket=bucket, Key="ok.txt", Body=b"fine")
@@ -389,13 +404,10 @@ def test_secrets_appear_in_no_log_status_error_or_argv(tmp_path: Path, s3, bucke
     faults = FaultProxy(s3.meta.endpoint_url)
     faults.fail(lambda method, path: "denied" in path, 403)
     faults.fail(lambda method, path: method == "PUT" and "refused" in path, 403)
-    secrets = tmp_path / "secrets.env"
-    secrets.write_text(f"S3_ENDPOINT={faults.endpoint}\nS3_DOWNLOAD_ACCESS_KEY=AKREAD\n"
-                       f"S3_DOWNLOAD_SECRET_KEY={SECRET}\nS3_UPLOAD_ACCESS_KEY=AKWRITE\n"
-                       f"S3_UPLOAD_SECRET_KEY={SECRET}\n")
-    secrets.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
-    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    secrets = secrets_file(tmp_path, f"S3_ENDPOINT={faults.endpoint}\nS3_DOWNLOAD_ACCESS_KEY=AKREAD\n"
+                           f"S3_DOWNLOAD_SECRET_KEY={SECRET}\nS3_UPLOAD_ACCESS_KEY=AKWRITE\n"
+                           f"S3_UPLOAD_SECRET_KEY={SECRET}\n")
+    env = env_without_credentials()
     mnt, cache = tmp_path / "mnt", tmp_path / "cache"
     mnt.mkdir()
     outputs: list[str] = []
@@ -449,13 +461,10 @@ def test_a_wrong_secret_is_denied_and_never_shown(tmp_path: Path, seaweedfs_back
     client = seaweedfs_backend.client
     client.create_bucket(Bucket="sec-wrong")
     client.put_object(Bucket="sec-wrong", Key="f.txt", Body=b"x")
-    secrets = tmp_path / "secrets.env"
-    secrets.write_text(f"S3_ENDPOINT={seaweedfs_backend.endpoint}\n"
-                       f"S3_DOWNLOAD_ACCESS_KEY={seaweedfs_backend.access_key}\n"
-                       f"S3_DOWNLOAD_SECRET_KEY={SECRET}\n")
-    secrets.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
-    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    secrets = secrets_file(tmp_path, f"S3_ENDPOINT={seaweedfs_backend.endpoint}\n"
+                           f"S3_DOWNLOAD_ACCESS_KEY={seaweedfs_backend.access_key}\n"
+                           f"S3_DOWNLOAD_SECRET_KEY={SECRET}\n")
+    env = env_without_credentials()
     m = Mount(tmp_path / "mnt", tmp_path / "cache", tmp_path / "daemon.log", env,
               ["--secrets-env", str(secrets), "--source", "s3://sec-wrong", "--addressing-style", "path",
                "--log-level", "DEBUG"]).start()

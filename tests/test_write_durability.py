@@ -210,3 +210,21 @@ def test_umount_waits_for_uploads_and_sigterm_drain_times_out(s3, bucket, mount_
     third.expect_log(r"still to send|interrupted")
     assert sync(third.mountpoint).returncode == 0
     assert body(s3, bucket, "kept.txt") == b"kept"
+
+
+def test_reopening_a_file_whose_upload_waits_edits_the_pending_version(s3, bucket, mount_factory,
+                                                                       proxy):
+    """r+ of a closed file not uploaded yet (offline): the edit starts from its local bytes."""
+    m = mount_factory("--source", f"s3://{bucket}", endpoint=proxy.endpoint)
+    root = m.path(bucket)
+    os.listdir(root)
+    proxy.cut()
+    (root / "p.txt").write_bytes(b"first version")
+    with open(root / "p.txt", "r+b") as fh:               # a copy of the pending staging file
+        fh.seek(0, os.SEEK_END)
+        fh.write(b", then more")
+    assert (root / "p.txt").read_bytes() == b"first version, then more"
+    proxy.restore()
+    assert sync(m.mountpoint).returncode == 0
+    assert body(s3, bucket, "p.txt") == b"first version, then more"
+    m.expect_log(r"unreachable|offline")

@@ -143,15 +143,12 @@ class UploadQueue:
         """Forget the pending changes of a key (for a rename onto it): queued ones are
         dropped, a running upload is waited for (however it ends)."""
         self._want_sync()
-        while await self._io(self._cancel, bucket, key):  # one is uploading: wait for it
+        while await self._io(self.journal.cancel, bucket, key):  # one is uploading: wait for it
             changed = self._changed
             with trio.move_on_after(OFFLINE_POLL):
                 await changed.wait()
         self._latest.pop((bucket, key), None)
         self._notify()
-
-    def _cancel(self, bucket: str, key: str) -> list[int]:
-        return self.journal.cancel(bucket, key)
 
     @contextlib.contextmanager
     def _urgently(self) -> Iterator[None]:
