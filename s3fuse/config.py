@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UsageError
+from .names import is_posix_name, is_relative_path
 from .redact import credential_refusal, has_userinfo, is_credential_option, redact_url
 
 ENDPOINT_ENV_VARS = ("AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "S3_ENDPOINT")
@@ -177,8 +178,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def _check_name(name: str, uri: str) -> str:
-    if (not name or name in (".", "..") or "/" in name or "\0" in name
-            or len(name.encode()) > 255):
+    if not is_posix_name(name):
         raise UsageError(f"invalid directory name {name!r} for {uri}")
     return name
 
@@ -195,7 +195,7 @@ def parse_source(uri: str, name: str | None = None) -> SourceSpec:
     bucket, prefix = split_s3_uri(uri)
     prefix = prefix.strip("/")
     if prefix:
-        if any(part in ("", ".", "..") for part in prefix.split("/")):
+        if not is_relative_path(prefix, allow_empty=False):
             raise UsageError(f"malformed S3 URI {uri!r}: bad prefix segment")
         prefix += "/"
     return SourceSpec(name=_check_name(name or bucket, uri), bucket=bucket, prefix=prefix)

@@ -17,6 +17,7 @@ import trio
 from . import __version__
 from .config import Config
 from .errors import InvalidArgument, ReadOnly
+from .names import is_relative_path
 from .pinning import Pinner
 from .redact import redact_url
 from .upload.queue import UploadQueue
@@ -72,7 +73,7 @@ class Control:
         if name not in (PIN, UNPIN):
             raise ReadOnly(name)
         path = os.fsdecode(value).strip("/")
-        if "\0" in path or any(part in (".", "..") for part in path.split("/")):
+        if not is_relative_path(path):
             raise InvalidArgument(f"bad path {path!r}")
         self.pinner.start(path, "pin" if name == PIN else "unpin")
 

@@ -16,9 +16,11 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from .cache.meta import Entry, MetaStore
+from .cache.meta import MetaStore
 from .errors import NotADirectory, NotFound, S3FuseError
-from .tree.base import FileSource, Namespace, Ref, join
+from .model import Entry, Ref
+from .names import join
+from .tree.base import FileSource, Namespace
 from .tree.root import RootTree
 from .util.background import Background
 

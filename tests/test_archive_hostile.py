@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from s3fuse.archive import ArchiveError, Limits, build_index, read_member
-from s3fuse.archive.names import safe_member_path
+from s3fuse.names import safe_member_path
 from tests.test_archive import COMPRESS, MTIME, MemSource, make_tar, small_files, tarfile_members
 
 MiB = 1 << 20

@@ -12,7 +12,8 @@ import pytest
 
 from s3fuse.cache.blocks import BlockCache, block_id, seal, unseal
 from s3fuse.cache.cachedir import CacheLock, secure_dir
-from s3fuse.cache.meta import Entry, MetaStore
+from s3fuse.cache.meta import MetaStore
+from s3fuse.model import Entry
 from s3fuse.cache.safedisk import SafeDisk
 from s3fuse.errors import CorruptData, UsageError
 

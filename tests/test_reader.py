@@ -8,7 +8,8 @@ import pytest
 import trio
 
 from s3fuse.cache.blocks import BlockCache
-from s3fuse.data.reader import BlockReader, ObjectRef, ReadState
+from s3fuse.data.reader import BlockReader, ReadState
+from s3fuse.model import ObjectRef
 from s3fuse.errors import StaleObject
 from s3fuse.store.s3 import proxy_for
 from s3fuse.util.background import Background

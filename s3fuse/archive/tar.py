@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from s3fuse.archive.limits import ArchiveError, Limits
-from s3fuse.archive.names import safe_member_path
+from ..names import safe_member_path
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)

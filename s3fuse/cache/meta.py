@@ -10,11 +10,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import CacheFull
+from ..model import Entry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirs (
@@ -30,17 +30,6 @@ CREATE TABLE IF NOT EXISTS entries (
     PRIMARY KEY (ns, dir, name)) WITHOUT ROWID;
 """
 
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One name in a directory, as last seen in S3."""
-
-    name: str
-    is_dir: bool
-    size: int = 0
-    mtime_ns: int = 0
-    etag: str = ""
-    checked_at: float = 0.0
 
 
 class _GuardedLock:

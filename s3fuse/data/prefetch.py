@@ -12,7 +12,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
-from .reader import BlockReader, ObjectRef
+from ..model import ObjectRef
+from .reader import BlockReader
 
 WINDOW = 32
 MAX_FILE_SIZE = 1 << 20

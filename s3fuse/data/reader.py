@@ -17,6 +17,7 @@ import trio
 
 from ..cache.blocks import BlockCache
 from ..errors import CorruptData, S3FuseError
+from ..model import ObjectRef
 from ..store.s3 import S3Store
 from ..util.background import Background
 from ..util.flight import SingleFlight
@@ -36,19 +37,6 @@ MEMORY_BYTES = 64 << 20
 #: order: a read this close to where the last one ended still counts as sequential.
 SEQUENTIAL_SLACK = 4 << 20
 
-
-@dataclass(frozen=True, slots=True)
-class ObjectRef:
-    """One version of one object."""
-
-    bucket: str
-    key: str
-    etag: str
-    size: int
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
 
 
 @dataclass(slots=True)

@@ -17,11 +17,12 @@ from typing import Any, Sequence
 
 import pyfuse3
 
-from ..cache.meta import Entry
 from ..config import Config
 from ..errors import (InvalidArgument, IsADirectory, NotADirectory, NotFound, NotPermitted,
                       ReadOnly, TooBigToRename)
-from ..tree.base import DirStream, FileSource, Namespace, Ref, SnapshotDir, join
+from ..model import Entry, Ref
+from ..names import join
+from ..tree.base import DirStream, FileSource, Namespace, SnapshotDir
 from ..tree.root import RootTree
 from .boundary import fuse_handler
 from .inodes import ROOT_INODE, InodeTable, Node

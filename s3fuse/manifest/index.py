@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..tree.base import is_posix_name
 
 ROOT_ID = 1
 DIR, FILE, SHARD, MEMBER = 0, 1, 2, 3
@@ -76,11 +75,6 @@ def compact_json(value: Any) -> str | None:
 def relative_path(key: str, base: str) -> str:
     """An entry's path: its key relative to the manifest's parent prefix, else the full key."""
     return key[len(base):] if base and key.startswith(base) else key
-
-
-def path_parts(path: str) -> list[str] | None:
-    parts = path.split("/")
-    return parts if all(is_posix_name(p) for p in parts) else None
 
 
 HIDDEN_PATTERNS = ("manifests/part-*.jsonl", "*/manifests/part-*.jsonl")

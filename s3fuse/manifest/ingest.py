@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from ..errors import NotFound
 from ..store.s3 import S3Store
-from .index import IndexWriter, ManifestIndex, compact_json, hidden, path_parts, relative_path
+from ..names import path_parts
+from .index import IndexWriter, ManifestIndex, compact_json, hidden, relative_path
 from .parse import FileItem, RefItem, ShardItem, parse_lines, split_lines
 
 log = logging.getLogger(__name__)

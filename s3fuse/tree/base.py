@@ -9,14 +9,13 @@ of namespace answers. A namespace with `inode_base` set numbers its own inodes
 from __future__ import annotations
 
 import logging
-from typing import Callable, Hashable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
-from ..cache.meta import Entry
-from ..data.reader import BlockReader, Loader, ObjectRef, ReadState
+from ..data.reader import BlockReader, Loader, ReadState
+from ..model import Entry, ObjectRef, Ref
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_BYTES = 255
 STATIC_SHIFT = 41
 STATIC_START = 1 << STATIC_SHIFT
 
@@ -37,9 +36,6 @@ class FileSource(Protocol):
     async def cached(self) -> bool: ...
 
     async def pin(self, keep: bool, progress: Callable[[int], None]) -> None: ...
-
-
-Ref = Hashable
 
 
 class DirStream(Protocol):
@@ -81,26 +77,6 @@ class SnapshotDir:
         return [(i + 1, *self._items[i]) for i in range(start, end)]
 
 
-def is_posix_name(name: str) -> bool:
-    """Can `name` be one path component? (never '.', '..', empty, NUL, '/', over 255 bytes,
-    nor bytes that are not UTF-8: they arrive as lone surrogates, and no S3 key can hold
-    them, so such a name could only ever map to another key or fail later)."""
-    if not name or name in (".", "..") or "\0" in name or "/" in name:
-        return False
-    try:
-        return len(name.encode("utf-8")) <= MAX_NAME_BYTES
-    except UnicodeEncodeError:
-        return False
-
-
-def join(path: str, name: str) -> str:
-    return f"{path}/{name}" if path else name
-
-
-def split(path: str) -> tuple[str, str]:
-    """'a/b/c' -> ('a/b', 'c'); 'c' -> ('', 'c')."""
-    head, _, tail = path.rpartition("/")
-    return head, tail
 
 
 class OnceLogger:

@@ -12,11 +12,13 @@ import time
 
 import trio
 
-from ..cache.meta import Entry, MetaStore
+from ..cache.meta import MetaStore
 from ..cache.overlay import Overlay
 from ..config import SourceSpec
 from ..data.prefetch import SiblingPrefetcher
-from ..data.reader import BlockReader, ObjectRef
+from ..data.reader import BlockReader
+from ..model import Entry, ObjectRef
+from ..names import is_posix_name, join, split
 from ..errors import (CacheFull, FileExists, InvalidArgument, IsADirectory, NotADirectory,
                       NotEmpty, NotFound, Offline, ReadOnly, RemoteError, S3FuseError,
                       TooBigToRename)
@@ -27,7 +29,7 @@ from ..upload.uploader import UploadResult
 from ..util.background import Background
 from ..upload.writeback import WriteBack
 from ..util.flight import SingleFlight
-from .base import FileSource, ObjectSource, OnceLogger, SnapshotDir, is_posix_name, join, split
+from .base import FileSource, ObjectSource, OnceLogger, SnapshotDir
 from .learned import LearnedChanges, apply_changes
 from .localsource import LocalSource
 

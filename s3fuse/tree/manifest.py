@@ -15,9 +15,9 @@ from pathlib import Path
 
 import trio
 
-from ..cache.meta import Entry
 from ..config import ManifestSpec
-from ..data.reader import BlockReader, ObjectRef
+from ..data.reader import BlockReader
+from ..model import Entry, ObjectRef
 from ..errors import IsADirectory, NotADirectory, NotFound, Offline
 from ..manifest.index import FILE, MEMBER, ROOT_ID, SHARD, ManifestIndex, Node
 from ..manifest.ingest import IngestLimits, Ingestion

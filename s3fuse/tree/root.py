@@ -11,9 +11,10 @@ from typing import Callable
 
 import trio
 
-from ..cache.meta import Entry, MetaStore
+from ..cache.meta import MetaStore
 from ..config import SourceSpec
 from ..errors import Offline
+from ..model import Entry
 from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
 from .base import Namespace, static_base

@@ -21,7 +21,8 @@ import trio
 from ..archive.index import ArchiveIndex, build_index, iter_decompressed, read_member
 from ..archive.limits import ArchiveError, Limits
 from ..archive.tar import Member
-from ..data.reader import BlockReader, ObjectRef, ReadState
+from ..data.reader import BlockReader, ReadState
+from ..model import ObjectRef
 from ..errors import CorruptData, NotFound, StaleObject
 from ..manifest.index import Node, compact_json
 from ..store.s3 import S3Store
