@@ -6,6 +6,10 @@ staging file, and on the first flush after writes the file is submitted: journal
 local state (sizes, new files and directories, removals) and reads of a key are
 served from its local bytes. Removals are journalled too, in order with the uploads
 of the same key, so an unlink made offline happens when the link returns.
+
+This module alone drives the state machine of a LocalFile (localfile.py: opens, flushes,
+unlinks, renames, last closes); other layers hold LocalFiles only to read, write and
+truncate them through their handles.
 """
 from __future__ import annotations
 
