@@ -1,12 +1,53 @@
-"""One key being written: its staging file, open read-write while handles use it.
+"""One key being written: its staging file and the state machine of its lifecycle.
 
 Every open handle of a key shares one LocalFile, so readers and writers of the same
-file see the same bytes. A staging file handed to the upload queue is immutable:
-the next write after a submit first moves to a copy (copy-on-write), so the queue
-uploads exactly what was closed. Disk I/O runs in threads (`limiter`).
+file see the same bytes. What a flush, a write or the last close must do depends on
+where the staging file stands with the upload queue; that is one explicit state,
+changed only by the transition methods below. The write-back layer (writeback.py)
+is the only caller of those transitions; every field is read-only from outside.
+Disk I/O runs in threads (`limiter`).
+
+States (`State`) — who holds the staging file, and whether the queue lacks its bytes:
+
+- CLEAN: ours, nothing to upload (opened without change, a copy of the queued version,
+  or a version dropped after a write error). A flush does nothing; the last close
+  deletes the staging file.
+- DIRTY: ours, changed since the last submit (or created/emptied by its open, or renamed).
+  A flush submits it; the last close deletes it if it never was.
+- QUEUED: submitted: the queue owns the staging file, which is now immutable, so a write
+  first copies it (copy-on-write from the open descriptor: it works even after the
+  upload deleted the file). A flush does nothing; the last close keeps the file.
+- CLOSED: the last user is gone and the descriptor closed. Nothing is legal any more.
+
+Orthogonal to the state: `unlinked` (the key was removed or renamed over while open:
+never submitted again, the bytes live on for the open handles), `users` (open
+handles), and `error` (the errno of a failed write or truncate, owed to the next flush).
+
+| transition             | method             | from                  | to                          |
+| ---------------------- | ------------------ | --------------------- | --------------------------- |
+| open                   | `LocalFile(...)`   | -                     | CLEAN, 0 users              |
+| first bytes            | `fill_from`        | CLEAN, 0 users        | CLEAN                       |
+| created or emptied     | `created`          | CLEAN                 | DIRTY                       |
+| a handle opens         | `adopt`            | not CLOSED            | same, users + 1             |
+| write, truncate        | `write`,`truncate` | CLEAN, DIRTY          | DIRTY                       |
+|                        |                    | QUEUED                | (copy: CLEAN) then DIRTY    |
+| write fails            | `write`,`truncate` | not CLOSED            | unchanged (or CLEAN after   |
+|                        |                    |                       | the copy), error = errno    |
+| flush owes an error    | `take_error`       | DIRTY                 | CLEAN, error cleared        |
+|                        |                    | CLEAN, QUEUED         | unchanged, error cleared    |
+| flush submits          | `submitted`        | DIRTY, named          | QUEUED, job = the new job   |
+| unlink, replaced       | `unlink`           | named, not CLOSED     | same, unlinked              |
+| rename                 | `rename`           | CLEAN, DIRTY, named   | DIRTY under the new key     |
+|                        |                    | QUEUED, named         | QUEUED (a staging file      |
+|                        |                    |                       | already submitted as `key`) |
+| a handle closes        | `release`          | users > 0             | same, users - 1             |
+| last user gone         | `close`            | not CLOSED, 0 users   | CLOSED                      |
+
+Anything else raises IllegalTransition: a bug in the caller, never an answer to a user.
 """
 from __future__ import annotations
 
+import enum
 import errno
 import functools
 import os
@@ -27,106 +68,262 @@ T = TypeVar("T")
 WRITEBACK_STEP = 8 << 20
 
 
+class State(enum.Enum):
+    CLEAN = "clean"
+    DIRTY = "dirty"
+    QUEUED = "queued"
+    CLOSED = "closed"
+
+
+OPEN = (State.CLEAN, State.DIRTY, State.QUEUED)
+
+
+class IllegalTransition(RuntimeError):
+    """A transition the state machine does not allow: a bug (the FUSE boundary logs it
+    with its traceback and answers EIO)."""
+
+
 class LocalFile:
     def __init__(self, staging: Staging, staging_id: str, path: Path, *, bucket: str, key: str,
                  expected: Expected, change: Change, limiter: trio.CapacityLimiter):
-        self.staging = staging
-        self.staging_id = staging_id
         self.bucket = bucket
-        self.key = key
-        self.expected = expected      # what S3 held when the file was opened (If-Match)
-        self.change = change          # the overlay entry: size and mtime as listings show them
-        self.limiter = limiter
-        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        self.size = os.fstat(self.fd).st_size
-        self.change.size = self.size
-        self.dirty = False            # changed since the last submit
-        self.frozen = False           # the staging file was submitted: copy before writing
-        self.unlinked = False         # removed while open: never uploaded
-        self.error: int | None = None  # errno of a failed write/truncate, for the next flush
-        self.users = 0                # open handles
-        self.job: int | None = None   # the last submitted upload
-        self.revision = 0             # bumped by every change (the page-cache version)
-        self.lock = trio.Lock()       # writes, truncates and submits one at a time
+        self.lock = trio.Lock()  # writes, truncates, submits and renames one at a time
+        self._staging = staging
+        self._limiter = limiter
+        self._staging_id = staging_id
+        self._key = key
+        self._expected = expected
+        self._change = change
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._size = os.fstat(self._fd).st_size
+        self._change.size = self._size
+        self._state = State.CLEAN
+        self._unlinked = False
+        self._users = 0
+        self._error: int | None = None
+        self._job: int | None = None
+        self._revision = 0
         self._written_back = 0        # writeback started up to here (sequential writers)
+
+    # ------------------------------------------------------------ read-only view
+
+    @property
+    def state(self) -> State:
+        """Where the staging file stands."""
+        return self._state
+
+    @property
+    def key(self) -> str:
+        """The key the file is uploaded as."""
+        return self._key
+
+    @property
+    def staging_id(self) -> str:
+        """The current staging file."""
+        return self._staging_id
+
+    @property
+    def expected(self) -> Expected:
+        """If-Match of the next submit: what S3 held when the file was opened."""
+        return self._expected
+
+    @property
+    def change(self) -> Change:
+        """The overlay entry: size and mtime as listings show them."""
+        return self._change
+
+    @property
+    def size(self) -> int:
+        """The size of the local bytes."""
+        return self._size
+
+    @property
+    def fd(self) -> int:
+        """The staging file, open read-write."""
+        return self._fd
+
+    @property
+    def users(self) -> int:
+        """Open handles."""
+        return self._users
+
+    @property
+    def unlinked(self) -> bool:
+        """Removed (or renamed over) while open: never submitted again."""
+        return self._unlinked
+
+    @property
+    def error(self) -> int | None:
+        """The errno of a failed write or truncate, owed to the next flush."""
+        return self._error
+
+    @property
+    def job(self) -> int | None:
+        """The last submitted upload."""
+        return self._job
+
+    @property
+    def revision(self) -> int:
+        """Bumped by every change (the page-cache version)."""
+        return self._revision
 
     @property
     def version(self) -> str:
-        return f"local:{self.staging_id}:{self.revision}"
+        return f"local:{self._staging_id}:{self._revision}"
 
-    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.limiter)
+    @property
+    def to_submit(self) -> bool:
+        """Does the next flush (with no error owed) submit the file?"""
+        return self._state is State.DIRTY and not self._unlinked
 
-    async def _writable(self) -> None:
-        """Copy-on-write: the submitted staging file belongs to the queue now."""
-        if not self.frozen:
-            return
-        copy_id, path = await self._io(self.staging.copy_fd, self.fd)
-        old = self.fd
-        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        os.close(old)
-        self.staging_id = copy_id
-        self.frozen = False
-        self.expected = UNKNOWN  # based on the version just queued (the journal chains them)
+    def __repr__(self) -> str:
+        return (f"<LocalFile s3://{self.bucket}/{self._key} {self._state.value}"
+                f"{' unlinked' if self._unlinked else ''} users={self._users}>")
 
-    def _changed(self) -> None:
-        self.dirty = True
-        self.revision += 1
-        self.change.size = self.size
-        self.change.mtime_ns = time.time_ns()
+    # ------------------------------------------------------------ transitions
 
-    async def write(self, offset: int, data: bytes) -> int:
-        async with self.lock:
-            try:
-                await self._writable()
-                written = await self._io(self._pwrite, data, offset)
-            except OSError as exc:  # ENOSPC: reported now, and again by close (see WriteBack.flush)
-                self.error = exc.errno or errno.EIO
-                raise
-            self.size = max(self.size, offset + written)
-            self._changed()
-        return written
-
-    def _pwrite(self, data: bytes, offset: int) -> int:
-        """pwrite, and every WRITEBACK_STEP bytes start writing them to disk (blocking)."""
-        written = os.pwrite(self.fd, data, offset)
-        end = offset + written
-        if end - self._written_back >= WRITEBACK_STEP:
-            start = min(self._written_back, offset)
-            start_writeback(self.fd, start, end - start)
-            self._written_back = end
-        return written
-
-    async def truncate(self, size: int) -> None:
-        async with self.lock:
-            try:
-                await self._writable()
-                await self._io(os.ftruncate, self.fd, size)
-            except OSError as exc:
-                self.error = exc.errno or errno.EIO
-                raise
-            self.size = size
-            self._changed()
-
-    async def read(self, offset: int, size: int) -> bytes:
-        return await self._io(os.pread, self.fd, size, offset)
+    def _require(self, *states: State, named: bool = False, idle: bool = False) -> None:
+        if (self._state not in states or (named and self._unlinked)
+                or (idle and self._users)):
+            raise IllegalTransition(f"{self!r}: not {'/'.join(s.value for s in states)}"
+                                    f"{', named' if named else ''}{', unused' if idle else ''}")
 
     async def fill_from(self, read: Callable[[int, int], Any], size: int, chunk: int = 8 << 20) -> None:
-        """Copy the current content (from S3 or the cache) into the staging file."""
+        """The first bytes: the current content (from S3 or the cache), before any user."""
+        self._require(State.CLEAN, idle=True)
         offset = 0
         while offset < size:
             data = await read(offset, min(chunk, size - offset))
             if not data:
-                raise OSError(f"s3://{self.bucket}/{self.key}: short read at {offset} of {size}")
-            await self._io(os.pwrite, self.fd, bytes(data), offset)
+                raise OSError(f"s3://{self.bucket}/{self._key}: short read at {offset} of {size}")
+            await self._io(os.pwrite, self._fd, bytes(data), offset)
             offset += len(data)
-        self.size = size
-        self.change.size = size
+        self._size = size
+        self._change.size = size
+
+    def created(self) -> None:
+        """A new or emptied file is a change even with no write (uploaded empty)."""
+        self._require(State.CLEAN)
+        self._state = State.DIRTY
+
+    def adopt(self) -> None:
+        """One more open handle."""
+        self._require(*OPEN)
+        self._users += 1
+
+    def release(self) -> None:
+        """One open handle fewer (the caller closes the file once none is left)."""
+        if self._users <= 0:
+            raise IllegalTransition(f"{self!r}: released more often than adopted")
+        self._users -= 1
+
+    async def write(self, offset: int, data: bytes) -> int:
+        async with self.lock:
+            written = await self._changing(self._pwrite, data, offset)
+            self._size = max(self._size, offset + written)
+            self._changed()
+        return written
+
+    async def truncate(self, size: int) -> None:
+        async with self.lock:
+            await self._changing(self._ftruncate, size)
+            self._size = size
+            self._changed()
+
+    async def _changing(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a write or truncate on a staging file of ours; a failure is owed to the
+        next flush (ENOSPC: reported now, and again by close; see WriteBack.flush)."""
+        self._require(*OPEN)
+        try:
+            await self._own_copy()
+            return await self._io(fn, *args)
+        except OSError as exc:
+            self._error = exc.errno or errno.EIO
+            raise
+
+    async def _own_copy(self) -> None:
+        """Copy-on-write: a submitted staging file belongs to the queue (QUEUED -> CLEAN)."""
+        if self._state is not State.QUEUED:
+            return
+        copy_id, path = await self._io(self._staging.copy_fd, self._fd)
+        old = self._fd
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        os.close(old)
+        self._staging_id = copy_id
+        self._expected = UNKNOWN  # based on the version just queued (the journal chains them)
+        self._state = State.CLEAN
+
+    def _changed(self) -> None:
+        self._state = State.DIRTY
+        self._revision += 1
+        self._change.size = self._size
+        self._change.mtime_ns = time.time_ns()
+
+    def _pwrite(self, data: bytes, offset: int) -> int:
+        """pwrite, and every WRITEBACK_STEP bytes start writing them to disk (blocking)."""
+        written = os.pwrite(self._fd, data, offset)
+        end = offset + written
+        if end - self._written_back >= WRITEBACK_STEP:
+            start = min(self._written_back, offset)
+            start_writeback(self._fd, start, end - start)
+            self._written_back = end
+        return written
+
+    def _ftruncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)  # the descriptor after the copy-on-write, never before
+
+    def take_error(self) -> int | None:
+        """The errno owed to this flush, once; its version is dropped (never submitted)."""
+        self._require(*OPEN)
+        code, self._error = self._error, None
+        if code is not None and self._state is State.DIRTY:
+            self._state = State.CLEAN
+        return code
 
     def submitted(self, job: int) -> None:
-        self.job = job
-        self.dirty = False
-        self.frozen = True
+        """The queue journalled the staging file as `job`: it is the queue's now."""
+        self._require(State.DIRTY, named=True)
+        if self._error is not None:
+            raise IllegalTransition(f"{self!r}: submitted with a write error owed")
+        self._job = job
+        self._state = State.QUEUED
 
-    def close(self) -> None:
-        os.close(self.fd)
+    def unlink(self) -> None:
+        """The key was removed (or renamed over): these bytes are never submitted again."""
+        self._require(*OPEN, named=True)
+        self._unlinked = True
+
+    def rename(self, key: str, change: Change, *, staging_id: str | None = None,
+               job: int | None = None) -> None:
+        """The file is `key` now. Its own bytes become a change of the new key (DIRTY); a
+        queued file needs `staging_id`, the queued bytes already submitted as `key` (`job`)."""
+        self._require(*OPEN, named=True)
+        if (self._state is State.QUEUED) != (staging_id is not None and job is not None):
+            raise IllegalTransition(f"{self!r}: rename to {key!r} needs a submitted staging "
+                                    "file exactly when queued")
+        self._key = key
+        self._expected = UNKNOWN
+        self._change = change
+        if staging_id is not None:
+            self._staging_id = staging_id
+            self._job = job
+        else:
+            self._state = State.DIRTY
+
+    def close(self) -> str | None:
+        """The last user is gone: close the descriptor. Returns the staging file nobody
+        else holds (to be deleted), or None when the queue owns it."""
+        self._require(*OPEN, idle=True)
+        os.close(self._fd)
+        ours = None if self._state is State.QUEUED else self._staging_id
+        self._state = State.CLOSED
+        return ours
+
+    # ------------------------------------------------------------ reads
+
+    async def read(self, offset: int, size: int) -> bytes:
+        self._require(*OPEN)
+        return await self._io(os.pread, self._fd, size, offset)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)

@@ -6,6 +6,10 @@ staging file, and on the first flush after writes the file is submitted: journal
 local state (sizes, new files and directories, removals) and reads of a key are
 served from its local bytes. Removals are journalled too, in order with the uploads
 of the same key, so an unlink made offline happens when the link returns.
+
+This module alone drives the state machine of a LocalFile (localfile.py: opens, flushes,
+unlinks, renames, last closes); other layers hold LocalFiles only to read, write and
+truncate them through their handles.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import trio
 
 from ..cache.overlay import Overlay
 from .journal import UNKNOWN, Expected, Job
-from .localfile import LocalFile
+from .localfile import LocalFile, State
 from .queue import UploadQueue
 from .staging import Staging
 from .uploader import UploadResult
@@ -122,9 +126,17 @@ class WriteBack:
         local = self._open.get((bucket, key))
         if local is None:
             local = await self._new_local(bucket, key, truncate, expected, size, read)
-        elif truncate and local.size:
-            await local.truncate(0)
-        local.users += 1
+            local.adopt()
+            return local
+        local.adopt()  # before any wait: the last other handle closing meanwhile keeps it open
+        if truncate and local.size:
+            try:
+                await local.truncate(0)
+            except BaseException:
+                local.release()
+                if local.users == 0:
+                    await self._close(local)
+                raise
         return local
 
     async def _new_local(self, bucket: str, key: str, truncate: bool, expected: Expected,
@@ -147,56 +159,60 @@ class WriteBack:
             if pending is None and not truncate and read is not None and size:
                 await local.fill_from(read, size)
         except BaseException:
-            local.close()
-            await trio.to_thread.run_sync(self.staging.discard, staging_id)
+            await self._discard(local.close())
             raise
         if truncate or (pending is None and read is None):
-            local.dirty = True  # a new or emptied file is a change even with no write
+            local.created()
         self._open[(bucket, key)] = local
         return local
 
     async def flush(self, local: LocalFile) -> None:
         """Close semantics: journal and queue the file if it changed since its last submit."""
         async with local.lock:
-            if local.error is not None:
-                # A write failed (ENOSPC): close reports it, once, like a local file system
-                # reports a failed write-back, and that version is never uploaded (S3 and
-                # the queue keep the last good one). Writes after this start a new version.
-                code, local.error = local.error, None
-                local.dirty = False
-                raise OSError(code, f"{os.strerror(code)}: a write to s3://{local.bucket}/"
-                                    f"{local.key} failed, this version is not uploaded")
-            if not local.dirty or local.unlinked:
-                return
-            local.frozen = True  # writes from now on go to a copy
-            try:
-                job = await self.queue.submit(local.bucket, local.key, local.staging_id,
-                                              local.expected)
-            except BaseException:  # not journalled (e.g. a full disk): still ours to write
-                local.frozen = False
-                raise
-            local.submitted(job)
+            await self._flush(local)
+
+    async def _flush(self, local: LocalFile) -> None:
+        """flush with `local.lock` held."""
+        code = local.take_error()
+        if code is not None:
+            # A write failed (ENOSPC): close reports it, once, like a local file system
+            # reports a failed write-back, and that version is never uploaded (S3 and
+            # the queue keep the last good one). Writes after this start a new version.
+            raise OSError(code, f"{os.strerror(code)}: a write to s3://{local.bucket}/"
+                                f"{local.key} failed, this version is not uploaded")
+        if not local.to_submit:
+            return
+        # Not journalled (e.g. a full disk) raises: the file stays DIRTY, ours to write.
+        job = await self.queue.submit(local.bucket, local.key, local.staging_id, local.expected)
+        local.submitted(job)
         log.debug("queued s3://%s/%s (%d bytes)", local.bucket, local.key, local.size)
 
     async def release(self, local: LocalFile, writer: bool = True) -> None:
         """A handle is gone: a writer's (or the last) one queues what is not queued yet."""
-        local.users -= 1
+        local.release()
         try:
             if writer or local.users == 0:
-                await self.flush(local)
+                async with local.lock:
+                    # Two last handles released while one flush waited: the first to
+                    # finish closed the file, and nothing was left for the other.
+                    if local.state is not State.CLOSED:
+                        await self._flush(local)
         finally:  # a failed flush (reported by close already) must not leak the file
-            if local.users == 0:
+            if local.users == 0 and local.state is not State.CLOSED:
                 await self._close(local)
 
     async def _close(self, local: LocalFile) -> None:
         """The last handle is gone: forget the LocalFile (and its staging file unless queued)."""
-        local.close()
+        ours = local.close()
         if self._open.get((local.bucket, local.key)) is local:
             del self._open[(local.bucket, local.key)]
-        if not local.frozen:  # never submitted (or removed before): the queue does not own it
-            await trio.to_thread.run_sync(self.staging.discard, local.staging_id)
+        await self._discard(ours)  # never submitted (or removed before): not the queue's
         if not self.queue.pending(local.bucket, local.key):  # opened, never changed: S3 is right
             self.overlay.clear(local.bucket, local.key, local.change.generation)
+
+    async def _discard(self, staging_id: str | None) -> None:
+        if staging_id is not None:
+            await trio.to_thread.run_sync(self.staging.discard, staging_id)
 
     async def fsync(self, local: LocalFile) -> None:
         """Durable: uploaded while online; offline (or after FSYNC_WAIT), journalled on disk."""
@@ -215,7 +231,7 @@ class WriteBack:
         """What a read-only open of `key` must read, when its newest bytes are local."""
         local = self._open.get((bucket, key))
         if local is not None:
-            local.users += 1  # released by the handle's close
+            local.adopt()  # released by the handle's close
             return local
         path = self.queue.pending_version(bucket, key)
         if path is None:
@@ -244,46 +260,65 @@ class WriteBack:
         """Rename a key whose newest bytes are local: the new key gets them (a hard link
         of the staging file, or the open file itself), the old key is removed. False (and
         nothing done) when the local version was uploaded meanwhile: S3 has it."""
+        moved = False
         local = self._open.get((bucket, old))
         if local is not None:
-            if local.frozen:  # the queued version keeps its name; the new key gets a link
-                try:
-                    local.staging_id, _ = await trio.to_thread.run_sync(self.staging.clone,
-                                                                        local.staging_id)
-                except FileNotFoundError:  # uploaded and deleted: copy the open file
-                    local.staging_id, _ = await trio.to_thread.run_sync(self.staging.copy_fd,
-                                                                        local.fd)
-                    local.frozen = False
-            self._replace(bucket, new)
-            del self._open[(bucket, old)]
-            local.key = new
-            local.expected = UNKNOWN
-            local.change = self.overlay.file(bucket, new, local.size)
-            local.dirty = True
-            self._open[(bucket, new)] = local
-            if local.users == 0:
-                await self.flush(local)
-        else:
-            pending = self.queue.pending_version(bucket, old)
-            try:
-                if pending is None:
-                    raise FileNotFoundError(old)
-                clone_id, path = await trio.to_thread.run_sync(self.staging.clone, pending.name)
-            except FileNotFoundError:
-                return False
-            size = (await trio.to_thread.run_sync(path.stat)).st_size
-            self._replace(bucket, new)
-            self.overlay.file(bucket, new, size)
-            await self.queue.submit(bucket, new, clone_id, UNKNOWN)
+            async with local.lock:
+                if self._open.get((bucket, old)) is local:  # else its last close queued it
+                    await self._move_open(local, new)
+                    moved = True
+        if not moved and not await self._move_pending(bucket, old, new):
+            return False
         await self.queue.delete(bucket, old)
         self.overlay.delete(bucket, old)
         return True
+
+    async def _move_pending(self, bucket: str, old: str, new: str) -> bool:
+        """Rename a key whose newest bytes wait in the queue: `new` gets a hard link."""
+        pending = self.queue.pending_version(bucket, old)
+        try:
+            if pending is None:
+                raise FileNotFoundError(old)
+            clone_id, path = await trio.to_thread.run_sync(self.staging.clone, pending.name)
+        except FileNotFoundError:
+            return False
+        size = (await trio.to_thread.run_sync(path.stat)).st_size
+        self._replace(bucket, new)
+        self.overlay.file(bucket, new, size)
+        await self.queue.submit(bucket, new, clone_id, UNKNOWN)
+        return True
+
+    async def _move_open(self, local: LocalFile, new: str) -> None:
+        """Rename an open file (with `local.lock` held). A queued one is submitted as `new`
+        at once (a hard link of its queued bytes: they were closed, and the removal of the
+        old key is journalled next); one with bytes of its own is submitted by its close."""
+        bucket, old = local.bucket, local.key
+        staging_id = job = None
+        if local.state is State.QUEUED:
+            try:
+                staging_id, _ = await trio.to_thread.run_sync(self.staging.clone,
+                                                              local.staging_id)
+            except FileNotFoundError:  # uploaded and deleted meanwhile: copy the open file
+                staging_id, _ = await trio.to_thread.run_sync(self.staging.copy_fd, local.fd)
+        self._replace(bucket, new)
+        if staging_id is not None:
+            try:
+                job = await self.queue.submit(bucket, new, staging_id, UNKNOWN)
+            except BaseException:  # not journalled: the rename fails, the file stays `old`
+                await self._discard(staging_id)
+                raise
+        del self._open[(bucket, old)]
+        local.rename(new, self.overlay.file(bucket, new, local.size),
+                     staging_id=staging_id, job=job)
+        self._open[(bucket, new)] = local
+        if local.users == 0:
+            await self._flush(local)
 
     def _replace(self, bucket: str, key: str) -> None:
         """A file open under `key` loses its name (it lives on for its handles)."""
         replaced = self._open.pop((bucket, key), None)
         if replaced is not None:
-            replaced.unlinked = True
+            replaced.unlink()
 
     async def forget(self, bucket: str, key: str) -> None:
         """Drop the local changes of a key about to be overwritten in S3 directly (a rename

@@ -1,0 +1,506 @@
+"""The lifecycle of a locally written file (upload/localfile.py) as driven by the write-back
+layer (upload/writeback.py): every legal transition, illegal ones refused, copy-on-write
+after a submit, a failed write reported once, unlink and rename while open, the last close.
+
+Real staging files in tmp_path and a small recording stand-in for the upload queue; a
+write fails for real by lowering RLIMIT_FSIZE (EFBIG), as a full disk fails with ENOSPC.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator
+
+import pytest
+import trio
+import trio.testing
+
+from s3fuse.cache.overlay import Overlay
+from s3fuse.upload import UNKNOWN, Staging
+from s3fuse.upload.journal import Expected
+from s3fuse.upload.localfile import IllegalTransition, LocalFile, State
+from s3fuse.upload.writeback import WriteBack
+
+B = "bucket"
+
+
+@dataclass
+class Submitted:
+    key: str
+    staging_id: str
+    expected: Expected
+    data: bytes  # the staging file's bytes when submitted: they must never change
+
+
+class RecordingQueue:
+    """The upload queue as the write-back layer sees it: it records submits and removals
+    and holds the newest staging file per key, as the real one does, until `upload`."""
+
+    def __init__(self, staging: Staging):
+        self.staging = staging
+        self.on_uploaded: Callable[[str, str, Any], None] | None = None
+        self.submits: list[Submitted] = []
+        self.deletes: list[str] = []
+        self.latest: dict[str, str] = {}    # key -> staging id ("" for a removal)
+        self.refuse: OSError | None = None  # the next submit fails (a full journal)
+        self.gate: trio.Event | None = None  # submits wait for it
+
+    async def submit(self, bucket: str, key: str, staging_id: str,
+                     expected: Expected = UNKNOWN) -> int:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.refuse is not None:
+            exc, self.refuse = self.refuse, None
+            raise exc
+        data = self.staging.path(staging_id).read_bytes()
+        self.submits.append(Submitted(key, staging_id, expected, data))
+        self.latest[key] = staging_id
+        return len(self.submits)
+
+    async def delete(self, bucket: str, key: str) -> int:
+        self.deletes.append(key)
+        self.latest[key] = ""
+        return -len(self.deletes)
+
+    async def cancel(self, bucket: str, key: str) -> None:
+        self.latest.pop(key, None)
+
+    def pending(self, bucket: str, key: str) -> bool:
+        return key in self.latest
+
+    def pending_version(self, bucket: str, key: str) -> Path | None:
+        staging_id = self.latest.get(key)
+        return self.staging.path(staging_id) if staging_id else None
+
+    def upload(self, key: str) -> None:
+        """The newest version of `key` reached S3: its staging file is deleted."""
+        self.staging.discard(self.latest.pop(key))
+
+    def keys(self) -> list[str]:
+        return [s.key for s in self.submits]
+
+
+@dataclass
+class Rig:
+    writes: WriteBack
+    queue: RecordingQueue
+    staging: Staging
+    overlay: Overlay
+
+    def files(self) -> set[str]:
+        return self.staging.ids()
+
+    def bytes_of(self, local: LocalFile) -> bytes:
+        return self.staging.path(local.staging_id).read_bytes()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    staging = Staging(tmp_path / "staging")
+    queue = RecordingQueue(staging)
+    overlay = Overlay()
+    return Rig(WriteBack(queue, staging, overlay), queue, staging, overlay)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past `limit` bytes fail with EFBIG (a real failing write, like ENOSPC)."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+async def new_file(rig: Rig, key: str = "k") -> LocalFile:
+    return await rig.writes.open(B, key, truncate=True, expected=None)
+
+
+async def existing_file(rig: Rig, data: bytes, key: str = "k") -> LocalFile:
+    async def read(offset: int, size: int) -> bytes:
+        return data[offset:offset + size]
+    return await rig.writes.open(B, key, truncate=False, expected="etag0", size=len(data),
+                                 read=read)
+
+
+# ------------------------------------------------------------------ legal transitions
+
+async def test_new_file_write_flush_copy_on_write_and_close(rig: Rig):
+    local = await new_file(rig)
+    assert (local.state, local.users, local.unlinked) == (State.DIRTY, 1, False)  # created
+    assert local.expected is None  # If-None-Match: it did not exist
+
+    await local.write(0, b"hello")
+    assert (local.state, local.size, local.revision) == (State.DIRTY, 5, 1)
+    assert rig.overlay.get(B, "k").size == 5
+
+    await rig.writes.flush(local)  # close of a writer: submitted, the queue's now
+    first = local.staging_id
+    assert (local.state, local.job) == (State.QUEUED, 1)
+    assert [(s.key, s.staging_id, s.expected, s.data) for s in rig.queue.submits] == \
+        [("k", first, None, b"hello")]
+
+    await rig.writes.flush(local)  # nothing written since: nothing submitted
+    assert len(rig.queue.submits) == 1
+
+    await local.write(5, b" world")  # copy-on-write: the submitted file stays as it was
+    assert local.state is State.DIRTY and local.staging_id != first
+    assert local.expected is UNKNOWN  # based on the version just queued
+    assert rig.staging.path(first).read_bytes() == b"hello"
+    assert rig.bytes_of(local) == b"hello world"
+    assert await local.read(0, 100) == b"hello world"
+
+    await rig.writes.release(local)  # the last writer closes: submitted, then closed
+    assert (local.state, local.users, local.job) == (State.CLOSED, 0, 2)
+    assert [s.data for s in rig.queue.submits] == [b"hello", b"hello world"]
+    assert rig.files() == {first, rig.queue.submits[1].staging_id}  # both the queue's
+    assert rig.writes.local(B, "k") is None
+
+
+async def test_opened_unchanged_is_clean_and_its_close_discards_everything(rig: Rig):
+    local = await existing_file(rig, b"from s3")
+    assert (local.state, local.size, local.expected) == (State.CLEAN, 7, "etag0")
+    assert await local.read(0, 100) == b"from s3"
+    reader = rig.writes.reader(B, "k")  # a read-only open shares it
+    assert reader is local and local.users == 2
+
+    await rig.writes.release(local, writer=False)
+    await rig.writes.flush(local)
+    assert local.state is State.CLEAN and rig.queue.submits == []
+
+    await rig.writes.release(local)
+    assert local.state is State.CLOSED
+    assert rig.files() == set() and rig.queue.submits == []
+    assert rig.overlay.get(B, "k") is None  # S3 was right all along
+
+
+async def test_truncate_and_reopen_with_truncate_are_changes(rig: Rig):
+    local = await existing_file(rig, b"0123456789")
+    await local.truncate(4)
+    assert (local.state, local.size, rig.bytes_of(local)) == (State.DIRTY, 4, b"0123")
+    await rig.writes.flush(local)
+    assert local.state is State.QUEUED
+
+    again = await rig.writes.open(B, "k", truncate=True, expected=None)  # O_TRUNC: emptied
+    assert again is local and local.users == 2
+    assert (local.state, local.size) == (State.DIRTY, 0)
+    assert rig.queue.submits[0].data == b"0123"  # copied before the truncate
+    await rig.writes.release(again)
+    await rig.writes.release(local)
+    assert [s.data for s in rig.queue.submits] == [b"0123", b""]
+
+
+async def test_reopening_a_queued_key_edits_a_copy_of_its_pending_version(rig: Rig):
+    local = await new_file(rig)
+    await local.write(0, b"v1")
+    await rig.writes.release(local)
+    queued = rig.queue.submits[0].staging_id
+
+    again = await rig.writes.open(B, "k", truncate=False, expected="etag-old")
+    assert again is not local and again.state is State.CLEAN
+    assert again.staging_id != queued and again.expected is UNKNOWN  # chained by the journal
+    await again.write(2, b"+v2")
+    await rig.writes.release(again)
+    assert [s.data for s in rig.queue.submits] == [b"v1", b"v1+v2"]
+    assert rig.staging.path(queued).read_bytes() == b"v1"
+
+
+# ------------------------------------------------------------------ write errors
+
+async def test_failed_write_is_reported_once_and_that_version_never_submitted(rig: Rig):
+    local = await existing_file(rig, b"abc")
+    await local.write(0, b"A")
+    with file_size_limit(16), pytest.raises(OSError) as failed:
+        await local.write(16, b"past the limit")
+    assert failed.value.errno == errno.EFBIG
+    assert (local.state, local.error) == (State.DIRTY, errno.EFBIG)
+    await local.write(1, b"B")  # a later write does not clear what is owed
+
+    with pytest.raises(OSError) as reported:
+        await rig.writes.flush(local)  # close reports it ...
+    assert reported.value.errno == errno.EFBIG
+    assert (local.state, local.error) == (State.CLEAN, None)
+    await rig.writes.flush(local)  # ... once
+    assert rig.queue.submits == []  # and that version is never uploaded
+
+    await local.write(2, b"C")  # writes after the error start a new version
+    await rig.writes.release(local)
+    assert [s.data for s in rig.queue.submits] == [b"ABC"]
+    assert local.state is State.CLOSED
+
+
+async def test_failed_copy_on_write_keeps_the_queued_version(rig: Rig):
+    local = await new_file(rig)
+    await local.write(0, b"x" * 64)
+    await rig.writes.flush(local)
+    queued = local.staging_id
+    before = rig.files()
+
+    with file_size_limit(32), pytest.raises(OSError) as failed:
+        await local.write(0, b"y")  # the copy of the queued file does not fit
+    assert failed.value.errno == errno.EFBIG
+    assert (local.state, local.staging_id, local.error) == (State.QUEUED, queued, errno.EFBIG)
+    assert rig.files() == before  # no half copy left behind
+
+    with pytest.raises(OSError):
+        await rig.writes.flush(local)
+    assert local.state is State.QUEUED and len(rig.queue.submits) == 1
+    await rig.writes.release(local)
+    assert local.state is State.CLOSED and rig.files() == {queued}  # still the queue's
+
+
+async def test_refused_submit_leaves_the_file_dirty_and_close_discards_it(rig: Rig):
+    local = await new_file(rig)
+    await local.write(0, b"data")
+    other = await rig.writes.open(B, "k", truncate=False, expected=UNKNOWN)
+    rig.queue.refuse = OSError(errno.ENOSPC, "journal full")
+    with pytest.raises(OSError):
+        await rig.writes.release(other)
+    assert (local.state, local.users) == (State.DIRTY, 1)  # still ours to write and submit
+
+    rig.queue.refuse = OSError(errno.ENOSPC, "journal full")
+    with pytest.raises(OSError):
+        await rig.writes.release(local)
+    assert local.state is State.CLOSED and rig.files() == set()  # never submitted: discarded
+    assert rig.queue.submits == []
+
+
+# ------------------------------------------------------------------ names
+
+async def test_unlink_while_open_is_never_uploaded(rig: Rig):
+    local = await new_file(rig)
+    await local.write(0, b"scratch")
+    await rig.writes.remove(B, "k")
+    assert local.unlinked and local.state is State.DIRTY
+    assert rig.writes.local(B, "k") is None and rig.overlay.get(B, "k").deleted
+
+    await local.write(7, b" more")  # still readable and writable through its handles
+    assert await local.read(0, 100) == b"scratch more"
+    await rig.writes.flush(local)
+    await rig.writes.release(local)
+    assert local.state is State.CLOSED
+    assert rig.queue.submits == [] and rig.queue.deletes == ["k"] and rig.files() == set()
+
+
+async def test_unlink_of_a_queued_open_file_keeps_the_queued_bytes_for_the_queue(rig: Rig):
+    local = await new_file(rig)
+    await local.write(0, b"closed once")
+    await rig.writes.flush(local)
+    queued = local.staging_id
+    await rig.writes.remove(B, "k")
+    await local.write(0, b"C")  # copy-on-write even when unlinked: the queue owns `queued`
+    await rig.writes.release(local)
+    assert rig.files() == {queued} and len(rig.queue.submits) == 1
+
+
+async def test_rename_while_open_submits_under_the_new_key_at_close(rig: Rig):
+    local = await existing_file(rig, b"old bytes", key="a")
+    assert await rig.writes.move_local(B, "a", "b")
+    assert (local.key, local.state, local.expected) == ("b", State.DIRTY, UNKNOWN)
+    assert rig.writes.local(B, "a") is None and rig.writes.local(B, "b") is local
+    assert rig.overlay.get(B, "a").deleted and rig.overlay.get(B, "b").size == 9
+    assert rig.queue.deletes == ["a"] and rig.queue.submits == []
+
+    await local.write(0, b"new")
+    await rig.writes.release(local)
+    assert [(s.key, s.data) for s in rig.queue.submits] == [("b", b"new bytes")]
+
+
+async def test_rename_while_queued_submits_the_queued_bytes_at_once(rig: Rig):
+    local = await new_file(rig, key="a")
+    await local.write(0, b"closed")
+    await rig.writes.flush(local)
+    queued = local.staging_id
+
+    assert await rig.writes.move_local(B, "a", "b")
+    assert (local.key, local.state, local.job) == ("b", State.QUEUED, 2)
+    moved = rig.queue.submits[1]
+    assert (moved.key, moved.expected, moved.data) == ("b", UNKNOWN, b"closed")
+    assert moved.staging_id == local.staging_id != queued
+    assert os.path.samefile(rig.staging.path(queued), rig.staging.path(moved.staging_id))
+    assert rig.queue.deletes == ["a"]
+
+    await local.write(0, b"C")  # the link is the queue's too: copied first
+    assert rig.staging.path(moved.staging_id).read_bytes() == b"closed"
+    await rig.writes.release(local)
+    assert [(s.key, s.data) for s in rig.queue.submits] == \
+        [("a", b"closed"), ("b", b"closed"), ("b", b"Closed")]
+
+
+async def test_rename_while_queued_after_its_upload_copies_the_open_file(rig: Rig):
+    local = await new_file(rig, key="a")
+    await local.write(0, b"uploaded")
+    await rig.writes.flush(local)
+    rig.queue.upload("a")  # S3 has it, the staging file is gone; the descriptor still reads
+    assert await rig.writes.move_local(B, "a", "b")
+    assert local.state is State.QUEUED
+    assert [(s.key, s.data) for s in rig.queue.submits] == [("a", b"uploaded"), ("b", b"uploaded")]
+    await rig.writes.release(local)
+    assert rig.files() == {local.staging_id}
+
+
+async def test_rename_onto_an_open_file_unlinks_it(rig: Rig):
+    target = await new_file(rig, key="b")
+    await target.write(0, b"target")
+    source = await new_file(rig, key="a")
+    await source.write(0, b"source")
+    assert await rig.writes.move_local(B, "a", "b")
+    assert target.unlinked and not source.unlinked
+    await rig.writes.release(target)
+    await rig.writes.release(source)
+    assert [(s.key, s.data) for s in rig.queue.submits] == [("b", b"source")]
+    assert rig.files() == {source.staging_id}
+
+
+async def while_the_last_close_waits(rig: Rig, local: LocalFile,
+                                    *others: Callable[[], Awaitable[Any]]) -> None:
+    """Release the last handle of a DIRTY `local`; while its submit waits, start `others`
+    (each until it blocks); then let the submit through and wait for all of them."""
+    rig.queue.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.writes.release, local)
+        await trio.testing.wait_all_tasks_blocked()
+        assert local.users == 0 and local.state is State.DIRTY  # its flush holds the lock
+        for other in others:
+            nursery.start_soon(other)
+            await trio.testing.wait_all_tasks_blocked()
+        rig.queue.gate.set()
+
+
+async def test_rename_of_a_file_closing_meanwhile_moves_its_queued_version(rig: Rig):
+    """The last close finishes while the rename waits for the file: the queued version
+    is renamed (the old code renamed the closed file and lost it)."""
+    local = await new_file(rig, key="a")
+    await local.write(0, b"x")
+    await while_the_last_close_waits(rig, local, lambda: rig.writes.move_local(B, "a", "b"))
+    assert [(s.key, s.data) for s in rig.queue.submits] == [("a", b"x"), ("b", b"x")]
+    assert rig.queue.deletes == ["a"] and rig.writes.local(B, "b") is None
+    assert local.state is State.CLOSED and local.key == "a"
+
+
+# ------------------------------------------------------------------ the last user
+
+async def test_two_last_handles_released_during_one_flush_close_once(rig: Rig):
+    local = await new_file(rig)
+    await local.write(0, b"x")
+
+    async def read_and_close() -> None:
+        assert rig.writes.reader(B, "k") is local
+        await rig.writes.release(local, writer=False)
+    await while_the_last_close_waits(rig, local, read_and_close)
+    assert local.state is State.CLOSED and local.users == 0
+    assert [s.data for s in rig.queue.submits] == [b"x"]
+
+
+async def test_open_with_truncate_while_the_last_handle_closes_keeps_the_file(rig: Rig):
+    local = await new_file(rig)
+    await local.write(0, b"first")
+    opened: list[LocalFile] = []
+
+    async def reopen() -> None:
+        opened.append(await rig.writes.open(B, "k", truncate=True, expected=None))
+    await while_the_last_close_waits(rig, local, reopen)
+    assert opened == [local]
+    assert (local.state, local.users, local.size) == (State.DIRTY, 1, 0)
+    await local.write(0, b"second")
+    await rig.writes.release(local)
+    assert [s.data for s in rig.queue.submits] == [b"first", b"second"]
+
+
+async def test_failed_fill_closes_and_discards(rig: Rig):
+    async def short(offset: int, size: int) -> bytes:
+        return b""
+    with pytest.raises(OSError, match="short read"):
+        await rig.writes.open(B, "k", truncate=False, expected="e", size=10, read=short)
+    assert rig.writes.local(B, "k") is None and rig.files() == set()
+
+
+# ------------------------------------------------------------------ illegal transitions
+
+FIELDS = ("state", "key", "staging_id", "expected", "change", "size", "fd", "users",
+          "unlinked", "error", "job", "revision", "version")
+
+
+async def test_fields_are_read_only(rig: Rig):
+    local = await new_file(rig)
+    for name in FIELDS:
+        with pytest.raises(AttributeError):
+            setattr(local, name, getattr(local, name))
+    await rig.writes.release(local)
+
+
+async def closed(rig: Rig) -> LocalFile:
+    local = await new_file(rig)
+    await rig.writes.release(local)
+    return local
+
+
+async def queued(rig: Rig) -> LocalFile:
+    local = await new_file(rig)
+    await rig.writes.flush(local)
+    return local
+
+
+async def clean(rig: Rig) -> LocalFile:
+    return await existing_file(rig, b"abc")
+
+
+async def unlinked(rig: Rig) -> LocalFile:
+    local = await new_file(rig)
+    await rig.writes.remove(B, "k")
+    return local
+
+
+ILLEGAL: dict[str, tuple[Callable[[Rig], Any], Callable[[LocalFile, Rig], Any]]] = {
+    "submit a clean file": (clean, lambda f, r: f.submitted(7)),
+    "submit a queued file": (queued, lambda f, r: f.submitted(7)),
+    "submit an unlinked file": (unlinked, lambda f, r: f.submitted(7)),
+    "created twice": (new_file, lambda f, r: f.created()),
+    "fill after a user": (clean, lambda f, r: f.fill_from(None, 0)),
+    "close with users": (clean, lambda f, r: f.close()),
+    "unlink twice": (unlinked, lambda f, r: f.unlink()),
+    "rename an unlinked file": (unlinked, lambda f, r: f.rename("x", r.overlay.file(B, "x", 0))),
+    "rename a queued file without its submit": (
+        queued, lambda f, r: f.rename("x", r.overlay.file(B, "x", 0))),
+    "rename an own file with a staging file": (
+        clean, lambda f, r: f.rename("x", r.overlay.file(B, "x", 0), staging_id="0" * 32, job=3)),
+    "adopt a closed file": (closed, lambda f, r: f.adopt()),
+    "release a closed file": (closed, lambda f, r: f.release()),
+    "write a closed file": (closed, lambda f, r: f.write(0, b"x")),
+    "truncate a closed file": (closed, lambda f, r: f.truncate(0)),
+    "read a closed file": (closed, lambda f, r: f.read(0, 1)),
+    "flush a closed file": (closed, lambda f, r: r.writes.flush(f)),
+    "close twice": (closed, lambda f, r: f.close()),
+}
+
+
+@pytest.mark.parametrize("case", ILLEGAL)
+async def test_illegal_transitions_are_refused(rig: Rig, case: str):
+    make, transition = ILLEGAL[case]
+    local = await make(rig)
+    before = (local.state, local.users, local.unlinked, local.key, local.staging_id, local.job)
+    with pytest.raises(IllegalTransition):
+        result = transition(local, rig)
+        if hasattr(result, "__await__"):
+            await result
+    assert (local.state, local.users, local.unlinked, local.key, local.staging_id,
+            local.job) == before
+
+
+async def test_submit_with_an_error_owed_is_refused(rig: Rig):
+    local = await new_file(rig)
+    with file_size_limit(8), pytest.raises(OSError):
+        await local.write(8, b"x")
+    with pytest.raises(IllegalTransition):
+        local.submitted(1)
+    assert local.state is State.DIRTY and local.error == errno.EFBIG
+    with pytest.raises(OSError):
+        await rig.writes.release(local)
