@@ -99,6 +99,7 @@ class UploadQueue:
         self._disk = trio.CapacityLimiter(2)  # journal and staging I/O, apart from uploads
         self._latest: dict[tuple[str, str], tuple[int, str]] = {}
         self._changed = trio.Event()  # replaced on every change: a broadcast
+        self._progress = trio.Event()  # the same, also at every sync pass (see changed())
         self._cleaned = trio.Event()
         self._unsynced: dict[int, str] = {}  # job id -> staging id, journalled before its fsync
         self._sync_due = False              # a commit since the last sync pass must become durable
@@ -219,7 +220,7 @@ class UploadQueue:
 
     def changed(self) -> trio.Event:
         """Set at the next change of the queue (a submit, an upload's end, a sync pass)."""
-        return self._changed
+        return self._progress
 
     async def busy(self) -> str | None:
         """For the idle query: why the queue will do more work without outside help (an
@@ -258,6 +259,12 @@ class UploadQueue:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        self._progressed()
+
+    def _progressed(self) -> None:
+        """Wake the idle query (not the workers: a sync pass gives them nothing to do)."""
+        self._progress.set()
+        self._progress = trio.Event()
 
     def _replay(self) -> None:
         requeued = self.journal.recover()
@@ -362,7 +369,7 @@ class UploadQueue:
                     raise
                 for job_id, _ in jobs:
                     self._unsynced.pop(job_id, None)
-                self._notify()  # a sync pass is a change (the idle query waits for it)
+                self._progressed()  # the idle query waits for it
 
     # ------------------------------------------------------------ workers
 
