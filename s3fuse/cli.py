@@ -271,6 +271,17 @@ def format_status(status: dict[str, Any]) -> str:
     for error in link.get("recent_errors", [])[-5:]:
         when = time.strftime("%H:%M:%S", time.localtime(error["time"]))
         lines.append(f"  error {when}: {error['error']}")
+    tasks = status.get("supervisor")
+    if tasks is not None:
+        kinds = tasks.get("kinds", {})
+        running = [f"{name} {k['running']}" for name, k in kinds.items() if k["running"]]
+        failed = [name for name, k in kinds.items() if k["state"] == "failed"]
+        lines.append(f"  tasks:     {', '.join(running) or 'none running'}"
+                     + (f"  [FAILED: {', '.join(failed)}]" if failed else ""))
+        for failure in tasks.get("recent_failures", [])[-5:]:
+            when = time.strftime("%H:%M:%S", time.localtime(failure["time"]))
+            what = " ".join(filter(None, (failure["kind"], failure["task"])))
+            lines.append(f"  task {when}: {what} failed ({failure['action']}): {failure['error']}")
     return "\n".join(lines)
 
 

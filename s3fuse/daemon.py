@@ -2,7 +2,9 @@
 
 `run()` blocks until the filesystem is unmounted (fusermount3 -u, `s3fuse umount`)
 or the process gets SIGINT/SIGTERM. Readiness is announced only once the kernel
-answers a stat of the mountpoint through us.
+answers a stat of the mountpoint through us. Background work runs under the
+supervisor (util/supervisor.py), so no failure of it can end the root nursery, i.e.
+unmount: only the lifecycle tasks here (signals, readiness) are its direct children.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from .fs.ops import S3Operations
 from .notify import Notifier
 from .pinning import Pinner
 from .errors import S3FuseError
+from .idle import Idle
 from .store.s3 import S3Store
 from .tree.bucket import BucketTree
 from .tree.manifest import ManifestTree
@@ -38,7 +41,7 @@ from .upload.journal import Journal
 from .upload.queue import UploadQueue
 from .upload.staging import Staging
 from .upload.writeback import UploadedBytes, WriteBack
-from .util.background import Background
+from .util.supervisor import PROBE, STATUS_REPORT, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ class ReadySignal:
 
 @dataclass
 class Components:
-    background: Background
+    supervisor: Supervisor
     store: S3Store
     meta: MetaStore
     blocks: BlockCache
@@ -107,8 +110,8 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     blocks = BlockCache(secure_dir(cache_dir / "blocks"), cfg.cache_size,
                         secure_dir(cache_dir / "pinned"))
     stack.callback(blocks.close)
-    background = Background()
-    reader = BlockReader(store, blocks, background=background)
+    supervisor = Supervisor()
+    reader = BlockReader(store, blocks, background=supervisor)
     stack.callback(_save_counters, meta, reader)
     siblings = SiblingPrefetcher(reader)
     list_limiter = trio.CapacityLimiter(8)
@@ -116,14 +119,14 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     journal = Journal(cache_dir / "journal.sqlite")
     stack.callback(journal.close)
     staging = Staging(cache_dir / "staging")
-    queue = UploadQueue(store, journal, staging, background=background)
+    queue = UploadQueue(store, journal, staging, background=supervisor)
     queue.keep_uploaded = UploadedBytes(blocks.put, reader.block_size, cfg.cache_size // 8)
     writes = WriteBack(queue, staging, Overlay())
 
     def bucket(spec: SourceSpec) -> BucketTree:
         return BucketTree(spec, store, meta, reader, ttl=cfg.metadata_ttl,
                           writable=not cfg.read_only, list_limiter=list_limiter, siblings=siblings,
-                          background=background, writes=writes)
+                          background=supervisor, writes=writes)
 
     shards = ShardService(store, reader, ttl=cfg.metadata_ttl)
     manifest_dir = secure_dir(cache_dir / "manifests")
@@ -140,11 +143,12 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
         return {**use, "hits": reader.hits, "misses": reader.misses, "disk_full": reader.disk_full,
                 "pinned_over_limit": use["pinned"] > cfg.cache_size}
 
-    pinner = Pinner(root, meta, background)
+    pinner = Pinner(root, meta, supervisor)
     control = Control(cfg, cache_usage=usage, requests=store.request_counts, link=store.link.status,
-                      pinner=pinner, uploads=queue)
+                      pinner=pinner, uploads=queue, supervisor=supervisor,
+                      idle=Idle(supervisor, queue, store.link))
     ops = S3Operations(root, cfg, control)
-    return Components(background, store, meta, blocks, reader, root, ops, pinner, writes)
+    return Components(supervisor, store, meta, blocks, reader, root, ops, pinner, writes)
 
 
 def release_big_buffers() -> None:
@@ -187,12 +191,13 @@ def fuse_options(cfg: Config) -> set[str]:
 
 async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
     async with trio.open_nursery() as nursery:
-        parts.background.bind(nursery)
+        parts.supervisor.bind(nursery)
         await parts.writes.start()  # journal replay: pending changes show before any request
         parts.pinner.resume()
         nursery.start_soon(_watch_signals, cfg, parts, ready.notifier)
-        nursery.start_soon(_probe_while_offline, parts.store)
-        nursery.start_soon(_report_status, parts, ready.notifier)
+        parts.supervisor.spawn(_probe_while_offline, parts.store, kind=PROBE)
+        if ready.notifier.enabled:
+            parts.supervisor.spawn(_report_status, parts, ready.notifier, kind=STATUS_REPORT)
         nursery.start_soon(_announce_ready, cfg, ready)
         await pyfuse3.main()
         ready.notifier.send(STOPPING="1", STATUS="unmounting: writing cached blocks")
@@ -205,17 +210,20 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
 
 
 async def _probe_while_offline(store: S3Store) -> None:
-    """Bring the link back online: one cheap request every PROBE_INTERVAL while offline."""
+    """Bring the link back online: from the moment it goes offline, one cheap request
+    every PROBE_INTERVAL until S3 answers (or another request succeeds)."""
+    link = store.link
     while True:
-        await trio.sleep(PROBE_INTERVAL)
-        if not store.link.online:
-            await trio.to_thread.run_sync(store.probe)
+        await link.wait_offline()
+        while not link.online:
+            with trio.move_on_after(PROBE_INTERVAL):
+                await link.wait_online()
+            if not link.online:
+                await trio.to_thread.run_sync(store.probe)
 
 
 async def _report_status(parts: Components, notifier: Notifier) -> None:
     """systemd's STATUS= line (systemctl status): link state and cache use, when they change."""
-    if not notifier.enabled:
-        return
     last = ""
     while True:
         link = parts.store.link.status()

@@ -5,10 +5,15 @@ directories, manifest views, shard members) and moves every block of every file
 into (or out of) the pinned store, fetching what is missing. Progress is exposed
 through the root's `user.s3fuse.jobs` xattr. Pins are recorded in meta.sqlite;
 an interrupted pin resumes at the next start, skipping blocks already pinned.
+
+A file that cannot be pinned is a failure of the job, not of the daemon; a full cache
+disk (ENOSPC) ends the job at once (every further file would fail the same way). A job
+that crashes anyway (a bug) is marked failed by the supervisor, and the mount stays.
 """
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,12 +22,12 @@ from typing import Any, AsyncIterator
 import trio
 
 from .cache.meta import MetaStore
-from .errors import NotADirectory, NotFound, S3FuseError
+from .errors import NotADirectory, NotFound, S3FuseError, disk_full, errno_of
 from .model import Entry, Ref
 from .names import join
 from .tree.base import FileSource, Namespace
 from .tree.root import RootTree
-from .util.background import Background
+from .util.supervisor import PIN, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ class Job:
 
 
 class Pinner:
-    def __init__(self, root: RootTree, meta: MetaStore, background: Background):
+    def __init__(self, root: RootTree, meta: MetaStore, background: Supervisor):
         self.root = root
         self.meta = meta
         self.background = background
@@ -71,7 +76,8 @@ class Pinner:
         if action == "pin":
             self.meta.set_pin(path, "incomplete")
             self._pinned.add(path)
-        self.background.spawn(self._run, job)
+        self.background.spawn(self._run, job, kind=PIN, name=path or "/",
+                              on_failure=functools.partial(self._crashed, job))
 
     def resume(self) -> None:
         """Finish pins an earlier daemon did not complete."""
@@ -98,10 +104,15 @@ class Pinner:
                     job.bytes_done += n
                 try:
                     await source.pin(keep, progress)
-                except S3FuseError as exc:
+                except Exception as exc:  # noqa: BLE001 - only the expected ones are kept
+                    if not (isinstance(exc, (S3FuseError, OSError)) or disk_full(exc)):
+                        raise  # a bug: the supervisor marks the job failed
+                    code = errno_of(exc)
                     if len(job.failures) < FAILURES_SHOWN:
-                        job.failures.append(f"{path}: {errno.errorcode.get(exc.errno, exc.errno)}")
+                        job.failures.append(f"{path}: {errno.errorcode.get(code, code)}")
                     log.warning("%s of %s failed: %s", job.action, path, exc)
+                    if code == errno.ENOSPC:  # the cache disk is full: so would the rest be
+                        nursery.cancel_scope.cancel()
                 job.files_done += 1
 
         async with trio.open_nursery() as nursery:
@@ -109,14 +120,23 @@ class Pinner:
                 nursery.start_soon(one, path, source)
         self._finish(job, keep)
 
+    def _crashed(self, job: Job, exc: BaseException) -> None:
+        """The job ended on an unexpected error (logged by the supervisor): mark it failed."""
+        job.failures.append(f"{job.path or '/'}: crashed ({type(exc).__name__})")
+        self._finish(job, job.action == "pin")
+
     def _finish(self, job: Job, keep: bool) -> None:
         job.finished = time.time()
         job.state = "failed" if job.failures else "done"
-        if keep:
-            self.meta.set_pin(job.path, "complete" if not job.failures else "incomplete")
-        else:
-            self.meta.remove_pin(job.path)
-            self._pinned = {p for p, _ in self.meta.pins()}
+        try:
+            if keep:
+                self.meta.set_pin(job.path, "complete" if not job.failures else "incomplete")
+            else:
+                self.meta.remove_pin(job.path)
+                self._pinned = {p for p, _ in self.meta.pins()}
+        except S3FuseError as exc:  # CacheFull: the pin stays recorded as it was (incomplete)
+            log.warning("the end of the %s of %s is not recorded: %s", job.action,
+                        job.path or "/", exc)
         log.info("%s of %s: %d files, %d bytes, %d failures", job.action, job.path or "/",
                  job.files_done, job.bytes_done, len(job.failures))
 

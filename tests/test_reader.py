@@ -12,7 +12,7 @@ from s3fuse.data.reader import BlockReader, ReadState
 from s3fuse.model import ObjectRef
 from s3fuse.errors import StaleObject
 from s3fuse.store.s3 import proxy_for
-from s3fuse.util.background import Background
+from s3fuse.util.supervisor import Supervisor
 
 MiB = 1 << 20
 
@@ -32,7 +32,7 @@ class FakeStore:
         return self.data[start:end if end is not None else len(self.data)]
 
 
-def make_reader(tmp_path: Path, store: object, background: Background | None = None,
+def make_reader(tmp_path: Path, store: object, background: Supervisor | None = None,
                 **kw: int) -> BlockReader:
     return BlockReader(store, BlockCache(tmp_path / "blocks", 256 * MiB), block_size=MiB,  # type: ignore[arg-type]
                        background=background, **kw)
@@ -63,7 +63,7 @@ async def test_sequential_reads_prefetch_ahead_and_survive_restart(tmp_path: Pat
     store = FakeStore(data)
     ref = ObjectRef("b", "k", "e1", len(data))
     async with trio.open_nursery() as nursery:
-        background = Background()
+        background = Supervisor()
         background.bind(nursery)
         reader = make_reader(tmp_path, store, background, readahead=3)
         state = ReadState()

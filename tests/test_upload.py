@@ -20,7 +20,7 @@ from s3fuse.errors import RemoteError
 from s3fuse.store.s3 import S3Store
 from s3fuse.upload import UNKNOWN, Journal, Staging, Uploader, UploadFailed, UploadQueue
 from s3fuse.upload.journal import Expected
-from s3fuse.util.background import Background
+from s3fuse.util.supervisor import Supervisor
 from tests.conftest import Backend
 from tests.support.proxy import CuttableProxy
 
@@ -65,7 +65,7 @@ async def upload_queue(cache: Path, store: S3Store, *, start: bool = True,
     staging = Staging(cache / "staging")
     try:
         async with trio.open_nursery() as nursery:
-            background = Background()
+            background = Supervisor()
             background.bind(nursery)
             nursery.start_soon(probe_while_offline, store)
             queue = UploadQueue(store, journal, staging, background=background, retry_base=0.05,

@@ -19,9 +19,9 @@ from ..cache.blocks import BlockCache
 from ..errors import CorruptData, S3FuseError
 from ..model import ObjectRef
 from ..store.s3 import S3Store
-from ..util.background import Background
 from ..util.flight import SingleFlight
 from ..util.lru import ByteLRU
+from ..util.supervisor import CACHE_WRITE, READ_AHEAD, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class BlockReader:
     def __init__(self, store: S3Store, blocks: BlockCache, *, block_size: int = BLOCK_SIZE,
                  readahead: int = READAHEAD_BLOCKS, memory_bytes: int = MEMORY_BYTES,
                  s3_concurrency: int = 16, disk_concurrency: int = 4,
-                 background: Background | None = None):
+                 background: Supervisor | None = None):
         self.store = store
         self.blocks = blocks
         self.block_size = block_size
@@ -67,7 +67,7 @@ class BlockReader:
         # read, and every block waiting to be written is 8 MiB of RSS.
         self._persist_limiter = trio.CapacityLimiter(2)
         self._loader_limiter = trio.CapacityLimiter(4)
-        self._background = background or Background()
+        self._background = background or Supervisor()
         self._disk_error_logged = False
         self.disk_full = False
         self._persisting = 0
@@ -113,7 +113,7 @@ class BlockReader:
         """Fetch block `index` of `ref` in the background unless it is already here or coming."""
         bid = (ref.bucket, ref.key, ref.etag, index)
         if bid not in self._memory and not self._flight.busy(bid):
-            self._background.spawn(self._prefetch, ref, index, loader)
+            self._background.spawn(self._prefetch, ref, index, loader, kind=READ_AHEAD)
 
     async def _prefetch(self, ref: ObjectRef, index: int, loader: Loader | None) -> None:
         try:
@@ -135,7 +135,7 @@ class BlockReader:
         if data is None:
             self.misses += 1
             fetched = await self._fetch(ref, index, loader)
-            self._background.spawn(self._persist, bid, fetched)
+            self._background.spawn(self._persist, bid, fetched, kind=CACHE_WRITE)
             data = memoryview(fetched)
         else:
             self.hits += 1

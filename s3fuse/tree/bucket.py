@@ -26,7 +26,7 @@ from ..store.s3 import ListPage, ObjectInfo, S3Store
 from ..upload.journal import UNKNOWN
 from ..upload.localfile import LocalFile
 from ..upload.uploader import UploadResult
-from ..util.background import Background
+from ..util.supervisor import LIST_AHEAD as LIST_AHEAD_TASK, Supervisor
 from ..upload.writeback import WriteBack
 from ..util.flight import SingleFlight
 from .base import FileSource, ObjectSource, OnceLogger, SnapshotDir
@@ -81,7 +81,7 @@ class BucketTree:
 
     def __init__(self, spec: SourceSpec, store: S3Store, meta: MetaStore, reader: BlockReader,
                  *, ttl: float, writable: bool = False, list_limiter: trio.CapacityLimiter,
-                 siblings: SiblingPrefetcher | None = None, background: Background | None = None,
+                 siblings: SiblingPrefetcher | None = None, background: Supervisor | None = None,
                  writes: WriteBack | None = None):
         self.name = spec.name
         self.spec = spec
@@ -93,7 +93,7 @@ class BucketTree:
         self.ns_id = f"bucket\x00{spec.bucket}\x00{spec.prefix}"
         self._limiter = list_limiter
         self._siblings = siblings
-        self._background = background or Background()
+        self._background = background or Supervisor()
         self._flight: SingleFlight[None] = SingleFlight()
         self._learned = LearnedChanges()
         self._hidden = OnceLogger(log)
@@ -176,7 +176,7 @@ class BucketTree:
             for name in subdirs:
                 child = join(path, name)
                 if not self._fresh(self.meta.listed_at(self.ns_id, child)) and not self._flight.busy(child):
-                    self._background.spawn(self._list_ahead, child)
+                    self._background.spawn(self._list_ahead, child, kind=LIST_AHEAD_TASK)
         return entries
 
     async def _list_ahead(self, path: str) -> None:

@@ -28,7 +28,10 @@ must be idempotent.
 Workers (`workers`, default 4) upload one job each at a time, one version per key at a
 time and in order. Transient errors (network, 5xx, throttling) retry with exponential
 backoff (up to RETRY_MAX, without limit; listed under `retrying` in the status); while the link is offline workers only wait (no requests, no attempts counted)
-and resume once the daemon's probe brings the link back. Permanent errors (403, bucket
+and resume once the daemon's probe brings the link back (they await the link's event,
+never poll it). The workers, the sync pass and the start-up cleanup run under the
+daemon's supervisor: a bug in one is logged and the task restarted (or, for the
+cleanup, dropped), never the end of the mount. Permanent errors (403, bucket
 gone, KMS refused) keep the job and its bytes as failed until `retry_failed()`.
 
 Every method is for the trio thread, except `status()`, which blocks (SQLite) and is
@@ -51,8 +54,9 @@ import trio
 
 from ..errors import Offline, RemoteError, S3FuseError
 from ..store.s3 import S3Store
-from ..util.background import Background
 from ..util.crashpoint import crash_point
+from ..util.events import first_set
+from ..util.supervisor import UPLOAD_CLEANUP, UPLOAD_QUEUE, UPLOAD_SYNC, UPLOAD_WORKER, Supervisor
 from .journal import UNKNOWN, Expected, Job, Journal
 from .staging import Staging
 from .uploader import Interrupted, Uploader, UploadResult
@@ -60,7 +64,6 @@ from .uploader import Interrupted, Uploader, UploadResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-OFFLINE_POLL = 0.5      # how often waiting workers look at the link while it is offline
 SYNC_INTERVAL = 0.25    # a small closed file is on disk (survives power loss) this soon
 SYNC_RETRY = 2.0        # after a failed sync pass (disk full)
 BURST_GAP = 0.05        # closes closer together than this are a burst
@@ -78,7 +81,7 @@ class UploadFailed(RemoteError):
 
 class UploadQueue:
     def __init__(self, store: S3Store, journal: Journal, staging: Staging, *,
-                 background: Background, workers: int = 4, uploader: Uploader | None = None,
+                 background: Supervisor, workers: int = 4, uploader: Uploader | None = None,
                  retry_base: float = RETRY_BASE, retry_max: float = RETRY_MAX,
                  on_uploaded: Callable[[str, str, UploadResult], None] | None = None):
         self.store = store
@@ -96,6 +99,7 @@ class UploadQueue:
         self._disk = trio.CapacityLimiter(2)  # journal and staging I/O, apart from uploads
         self._latest: dict[tuple[str, str], tuple[int, str]] = {}
         self._changed = trio.Event()  # replaced on every change: a broadcast
+        self._progress = trio.Event()  # the same, also at every sync pass (see changed())
         self._cleaned = trio.Event()
         self._unsynced: dict[int, str] = {}  # job id -> staging id, journalled before its fsync
         self._sync_due = False              # a commit since the last sync pass must become durable
@@ -108,6 +112,7 @@ class UploadQueue:
         self._stopped = trio.Event()
         self._stopping = False
         self._running = False
+        self._processing = 0              # jobs a worker has claimed and not yet recorded
 
     # ------------------------------------------------------------ API
 
@@ -115,8 +120,8 @@ class UploadQueue:
         """Replay the journal, then abort leftovers and run the workers in the background."""
         await self._io(self._replay)
         self._latest = await self._io(self.journal.latest)
-        if not self.background.spawn(self._run):
-            raise RuntimeError("UploadQueue.start() needs a Background bound to a nursery")
+        if not self.background.spawn(self._run, kind=UPLOAD_QUEUE):
+            raise RuntimeError("UploadQueue.start() needs a Supervisor bound to a nursery")
         self._running = True
 
     async def submit(self, bucket: str, key: str, staging_id: str,
@@ -143,10 +148,11 @@ class UploadQueue:
         """Forget the pending changes of a key (for a rename onto it): queued ones are
         dropped, a running upload is waited for (however it ends)."""
         self._want_sync()
-        while await self._io(self.journal.cancel, bucket, key):  # one is uploading: wait for it
-            changed = self._changed
-            with trio.move_on_after(OFFLINE_POLL):
-                await changed.wait()
+        while True:
+            changed = self._changed  # before asking: the upload may end while we ask
+            if not await self._io(self.journal.cancel, bucket, key):
+                break
+            await changed.wait()  # one is uploading: its end notifies
         self._latest.pop((bucket, key), None)
         self._notify()
 
@@ -174,10 +180,10 @@ class UploadQueue:
                 return True
             if state == "failed":
                 raise UploadFailed(error or "upload failed")
+            offline = self.store.link.changed()
             if not self.store.link.online:
                 return False
-            with trio.move_on_after(OFFLINE_POLL):
-                await changed.wait()
+            await first_set(changed, offline)
 
     async def sync(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait until every pending upload is done or failed permanently (at most `timeout`
@@ -212,6 +218,26 @@ class UploadQueue:
         self._notify()
         return count
 
+    def changed(self) -> trio.Event:
+        """Set at the next change of the queue (a submit, an upload's end, a sync pass)."""
+        return self._progress
+
+    async def busy(self) -> str | None:
+        """For the idle query: why the queue will do more work without outside help (an
+        upload running, a sync pass due, jobs queued or retrying while online), or None."""
+        queued = (self._running and not self._stopping and self.store.link.online
+                  and await self._io(self.journal.next_due) is not None)
+        # the counters after the journal: a job claimed meanwhile was counted before its claim
+        if self._processing:
+            return "uploading"
+        if self._sync_due or self._unsynced:
+            return "sync pass due"
+        if not self._running or self._stopping or not self.store.link.online:
+            return None
+        if not self._cleaned.is_set():
+            return "starting"
+        return "queued" if queued else None
+
     def status(self) -> dict[str, Any]:
         """Pending files/bytes, oldest age, failures, retrying, conflicts. Blocking."""
         return self.journal.summary()
@@ -233,6 +259,12 @@ class UploadQueue:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        self._progressed()
+
+    def _progressed(self) -> None:
+        """Wake the idle query (not the workers: a sync pass gives them nothing to do)."""
+        self._progress.set()
+        self._progress = trio.Event()
 
     def _replay(self) -> None:
         requeued = self.journal.recover()
@@ -337,19 +369,22 @@ class UploadQueue:
                     raise
                 for job_id, _ in jobs:
                     self._unsynced.pop(job_id, None)
+                self._progressed()  # the idle query waits for it
 
     # ------------------------------------------------------------ workers
 
     async def _run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._syncer)
-                await self._abort_leftovers()
+                nursery.start_soon(functools.partial(self.background.run, self._syncer,
+                                                     kind=UPLOAD_SYNC))
+                await self.background.run(self._abort_leftovers, kind=UPLOAD_CLEANUP)
                 self._cleaned.set()
                 self._notify()
                 async with trio.open_nursery() as workers:
                     for _ in range(self.workers):
-                        workers.start_soon(self._worker)
+                        workers.start_soon(functools.partial(self.background.run, self._worker,
+                                                             kind=UPLOAD_WORKER))
                 nursery.cancel_scope.cancel()
         finally:
             try:
@@ -375,12 +410,19 @@ class UploadQueue:
                 break
 
     async def _until_online(self) -> None:
-        while not self.store.link.online and not self._stopping:
-            await trio.sleep(OFFLINE_POLL)
+        """Wait for the link to come back (or the queue to stop): an event, not a poll."""
+        while True:
+            changed, link_changed = self._changed, self.store.link.changed()
+            if self.store.link.online or self._stopping:
+                return
+            await first_set(changed, link_changed)
 
     async def _worker(self) -> None:
         while (job := await self._next_job()) is not None:
-            await self._process(job)
+            try:
+                await self._process(job)
+            finally:
+                self._processing -= 1  # counted from its claim on, in _next_job
 
     async def _next_job(self) -> Job | None:
         warned = False
@@ -390,16 +432,23 @@ class UploadQueue:
             if self._stopping:
                 return None
             changed = self._changed
+            self._processing += 1  # before the claim: the idle query never misses a job
+            job, unwritable = None, False
             try:
                 job = await self._io(self.journal.claim, time.time())
             except (S3FuseError, OSError, sqlite3.Error) as exc:  # CacheFull: wait, never end
                 if not warned:  # the worker (and with it the daemon)
                     log.warning("cannot start uploads: the journal is not writable (%s)", exc)
                     warned = True
-                await trio.sleep(RECORD_RETRY)
-                continue
+                unwritable = True
+            finally:
+                if job is None:
+                    self._processing -= 1
             if job is not None:
                 return job
+            if unwritable:
+                await trio.sleep(RECORD_RETRY)
+                continue
             due = await self._io(self.journal.next_due)
             delay = math.inf if due is None else max(due - time.time(), 0.0)
             with trio.move_on_after(delay):

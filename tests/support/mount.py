@@ -84,6 +84,13 @@ class Mount:
                              env=self.env, capture_output=True, text=True, check=True)
         return json.loads(out.stdout)
 
+    def wait_idle(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait (at most `timeout` seconds) until the daemon has no background work left
+        (read-ahead, cache writes, pins, uploads and their sync pass: see s3fuse/idle.py);
+        returns its state, `idle` false when time ran out. Use it instead of sleeping."""
+        os.setxattr(self.mountpoint, "user.s3fuse.idle", str(timeout).encode())
+        return json.loads(os.getxattr(self.mountpoint, "user.s3fuse.idle"))
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """Unmount and wait for the daemon; never leave a mount behind."""
         if self.proc is None:
