@@ -26,8 +26,8 @@ LAYERS: dict[str, int] = {
     "data": 3, "manifest": 3, "upload": 3,
     # 4: namespaces
     "tree": 4,
-    # 5: the FUSE adapter and jobs over namespaces
-    "fs": 5, "pinning": 5,
+    # 5: the FUSE adapter, jobs over namespaces, the idle query
+    "fs": 5, "pinning": 5, "idle": 5,
     # 6: the control plane (status, pins, uploads through root xattrs)
     "control": 6,
     # 7: lifecycle and tools
