@@ -26,7 +26,7 @@ import urllib3
 from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError,
                                 ReadTimeoutError)
 
-from ..errors import AccessDenied, NotFound, Offline, RemoteError, StaleObject
+from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject
 from . import retry
 
 log = logging.getLogger(__name__)
@@ -94,13 +94,16 @@ class PresignedReader:
             if etag and returned and returned != etag:
                 raise StaleObject(f"{what}: object changed in S3")
             return body
+        error: S3FuseError
         if status == 404:
-            raise NotFound(f"{what}: not found")
-        if status == 403:
-            raise AccessDenied(f"{what}: access denied")
-        if status == 412:
-            raise StaleObject(f"{what}: object changed in S3")
-        raise RemoteError(f"{what}: S3 error {status}")
+            error = NotFound(f"{what}: not found")
+        elif status == 403:
+            error = AccessDenied(f"{what}: access denied")
+        elif status == 412:
+            error = StaleObject(f"{what}: object changed in S3")
+        else:
+            error = RemoteError(f"{what}: S3 error {status}")
+        raise retry.tagged(error, "", status)
 
     def _request(self, what: str, url: str, headers: dict[str, str]
                  ) -> tuple[int, Any, bytes]:
