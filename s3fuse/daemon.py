@@ -32,6 +32,7 @@ from .notify import Notifier
 from .pinning import Pinner
 from .errors import S3FuseError
 from .idle import Idle
+from .store.protocol import Store
 from .store.s3 import S3Store
 from .tree.bucket import BucketTree
 from .tree.manifest import ManifestTree
@@ -88,7 +89,7 @@ class ReadySignal:
 @dataclass
 class Components:
     supervisor: Supervisor
-    store: S3Store
+    store: Store
     meta: MetaStore
     blocks: BlockCache
     reader: BlockReader
@@ -98,7 +99,7 @@ class Components:
     writes: WriteBack
 
 
-def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Components:
+def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Components:
     """Everything below FUSE, wired together; closed by `stack`."""
     cache_dir = secure_cache_dir(cfg.cache_dir)
     lock = CacheLock(cache_dir)
@@ -195,7 +196,7 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
         await parts.writes.start()  # journal replay: pending changes show before any request
         parts.pinner.resume()
         nursery.start_soon(_watch_signals, cfg, parts, ready.notifier)
-        parts.supervisor.spawn(_probe_while_offline, parts.store, kind=PROBE)
+        parts.supervisor.spawn(probe_while_offline, parts.store, kind=PROBE)
         if ready.notifier.enabled:
             parts.supervisor.spawn(_report_status, parts, ready.notifier, kind=STATUS_REPORT)
         nursery.start_soon(_announce_ready, cfg, ready)
@@ -209,14 +210,14 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _probe_while_offline(store: S3Store) -> None:
+async def probe_while_offline(store: Store, interval: float = PROBE_INTERVAL) -> None:
     """Bring the link back online: from the moment it goes offline, one cheap request
-    every PROBE_INTERVAL until S3 answers (or another request succeeds)."""
+    every `interval` seconds until S3 answers (or another request succeeds)."""
     link = store.link
     while True:
         await link.wait_offline()
         while not link.online:
-            with trio.move_on_after(PROBE_INTERVAL):
+            with trio.move_on_after(interval):
                 await link.wait_online()
             if not link.online:
                 await trio.to_thread.run_sync(store.probe)
@@ -297,7 +298,7 @@ def tune_readahead(dev: int, kib: int = READAHEAD_KIB) -> None:
         log.debug("cannot set %s: %s", path, exc.strerror)
 
 
-def run(cfg: Config, ready: ReadySignal | None = None, store: S3Store | None = None) -> int:
+def run(cfg: Config, ready: ReadySignal | None = None, store: Store | None = None) -> int:
     """Mount `cfg.mountpoint` and serve it until unmounted or signalled."""
     ready = ready or ReadySignal()
     assert cfg.mountpoint is not None

@@ -13,6 +13,10 @@ class S3FuseError(Exception):
     """Base of every error we raise on purpose; carries the errno to answer."""
 
     errno: int = errno.EIO
+    #: The S3 error code and HTTP status behind it when S3 answered (store/retry.py decides
+    #: from them whether trying again can help); "" and 0 otherwise.
+    code: str = ""
+    status: int = 0
 
 
 class NotFound(S3FuseError):

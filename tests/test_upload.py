@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from s3fuse.config import Config, KeyPair
 from s3fuse.errors import RemoteError
+from s3fuse.store import retry
 from s3fuse.store.s3 import S3Store
 from s3fuse.upload import UNKNOWN, Journal, Staging, Uploader, UploadFailed, UploadQueue
 from s3fuse.upload.journal import Expected
@@ -269,8 +270,8 @@ def test_error_classification(store: S3Store, code: str, status: int, permanent:
                            "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
     with pytest.raises(Exception) as info:
         store._call("PutObject s3://b/k", fail)
-    assert S3Store.error_code(info.value) == (code, status)
-    assert S3Store.is_permanent(info.value) is permanent
+    assert retry.error_code(info.value) == (code, status)
+    assert retry.is_permanent(info.value) is permanent
 
 
 def test_network_errors_are_transient(store: S3Store):
@@ -278,7 +279,7 @@ def test_network_errors_are_transient(store: S3Store):
         raise EndpointConnectionError(endpoint_url="http://nowhere")
     with pytest.raises(Exception) as info:
         store._call("PutObject s3://b/k", fail)
-    assert not S3Store.is_permanent(info.value) and not store.link.online
+    assert not retry.is_permanent(info.value) and not store.link.online
 
 
 CONFLICT = re.compile(r"^doc\.txt\.s3fuse-conflict-\d{8}T\d{6}Z$")

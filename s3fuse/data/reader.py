@@ -18,7 +18,7 @@ import trio
 from ..cache.blocks import BlockCache
 from ..errors import CorruptData, S3FuseError
 from ..model import ObjectRef
-from ..store.s3 import S3Store
+from ..store.protocol import Store
 from ..util.flight import SingleFlight
 from ..util.lru import ByteLRU
 from ..util.supervisor import CACHE_WRITE, READ_AHEAD, Supervisor
@@ -50,7 +50,7 @@ class ReadState:
 class BlockReader:
     """Serves byte ranges of S3 objects through the block cache."""
 
-    def __init__(self, store: S3Store, blocks: BlockCache, *, block_size: int = BLOCK_SIZE,
+    def __init__(self, store: Store, blocks: BlockCache, *, block_size: int = BLOCK_SIZE,
                  readahead: int = READAHEAD_BLOCKS, memory_bytes: int = MEMORY_BYTES,
                  s3_concurrency: int = 16, disk_concurrency: int = 4,
                  background: Supervisor | None = None):

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from ..errors import NotFound
-from ..store.s3 import S3Store
+from ..store.protocol import Store
 from ..names import path_parts
 from .index import IndexWriter, ManifestIndex, compact_json, hidden, relative_path
 from .parse import FileItem, RefItem, ShardItem, parse_lines, split_lines
@@ -28,7 +28,7 @@ class IngestLimits:
 
 
 class Ingestion:
-    def __init__(self, store: S3Store, bucket: str, base: str, limits: IngestLimits):
+    def __init__(self, store: Store, bucket: str, base: str, limits: IngestLimits):
         self.store = store
         self.bucket = bucket
         self.base = base

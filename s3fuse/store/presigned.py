@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import random
 import threading
 import time
 import urllib.parse
@@ -27,20 +26,16 @@ import urllib3
 from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError,
                                 ReadTimeoutError)
 
-from ..errors import AccessDenied, NotFound, Offline, RemoteError, StaleObject
+from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject
+from . import retry
 
 log = logging.getLogger(__name__)
 
-#: Attempts per GET for quick transient failures (5xx, 429, reset, truncated body), as
-#: mountpoint-s3 (10): a 20% error storm then fails one read in 10^7, not one in 600.
-ATTEMPTS = 10
-#: Attempts that may end in a timeout or a stalled body: each costs a whole
-#: `read_timeout`, so a black-holed endpoint answers EIO after a bounded time.
-SLOW_ATTEMPTS = 3
-RETRY_STATUS = {429, 500, 502, 503, 504}
+#: Attempts per GET: retry.GETS, as mountpoint-s3 (10 for quick transient failures: a 20%
+#: error storm then fails one read in 10^7, not one in 600; 3 that may end in a timeout or
+#: a stalled body, each costing a whole `read_timeout`: a black-holed endpoint answers
+#: EIO after a bounded time).
 CONNECT_ERRORS = (NewConnectionError, ConnectTimeoutError)
-BACKOFF_BASE = 0.05
-BACKOFF_MAX = 2.0
 #: A body arriving slower than this (bytes/s, averaged over a `read_timeout` window) is a
 #: stalled connection: the socket timeout alone never fires on a trickle.
 LOW_SPEED = 4096
@@ -51,10 +46,23 @@ class _Stalled(Exception):
     """The body trickled in slower than LOW_SPEED."""
 
 
-def backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter: many readers failing together do not retry
-    in lockstep (which is what keeps S3 saying SlowDown)."""
-    return random.uniform(0, min(BACKOFF_BASE * 2 ** attempt, BACKOFF_MAX))
+class _Refused(Exception):
+    """S3 answered a status worth another attempt (429, 5xx)."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+def _judge(exc: Exception) -> retry.Verdict:
+    """What a failed GET attempt is worth (store/retry.py decides what S3's answers are)."""
+    if isinstance(exc, CONNECT_ERRORS):
+        return retry.Verdict.STOP
+    if isinstance(exc, (ReadTimeoutError, _Stalled)):
+        return retry.Verdict.SLOW
+    if isinstance(exc, (ProtocolError, HTTPError, _Refused)):
+        return retry.Verdict.RETRY
+    return retry.Verdict.STOP
 
 
 class PresignedReader:
@@ -86,17 +94,21 @@ class PresignedReader:
             if etag and returned and returned != etag:
                 raise StaleObject(f"{what}: object changed in S3")
             return body
+        error: S3FuseError
         if status == 404:
-            raise NotFound(f"{what}: not found")
-        if status == 403:
-            raise AccessDenied(f"{what}: access denied")
-        if status == 412:
-            raise StaleObject(f"{what}: object changed in S3")
-        raise RemoteError(f"{what}: S3 error {status}")
+            error = NotFound(f"{what}: not found")
+        elif status == 403:
+            error = AccessDenied(f"{what}: access denied")
+        elif status == 412:
+            error = StaleObject(f"{what}: object changed in S3")
+        else:
+            error = RemoteError(f"{what}: S3 error {status}")
+        raise retry.tagged(error, "", status)
 
     def _request(self, what: str, url: str, headers: dict[str, str]
                  ) -> tuple[int, Any, bytes]:
-        """(status, headers, whole body) of a GET, retried while the failure is transient.
+        """(status, headers, whole body) of a GET, retried by the GETS policy of
+        store/retry.py while the failure is transient.
 
         Errors and log lines name exception types only: urllib3's texts hold the signed URL.
 
@@ -104,34 +116,34 @@ class PresignedReader:
         RemoteError when the attempts run out. A body shorter than its Content-Length
         is a failed attempt, never an answer.
         """
-        error: Exception = RemoteError(what)
-        slow = 0
-        for attempt in range(ATTEMPTS):
+        attempts = 0
+
+        def attempt() -> tuple[int, Any, bytes]:
+            nonlocal attempts
+            attempts += 1
+            resp = self._pool.request("GET", url, headers=headers, preload_content=False,
+                                      decode_content=False, enforce_content_length=True)
             try:
-                resp = self._pool.request("GET", url, headers=headers, preload_content=False,
-                                          decode_content=False, enforce_content_length=True)
-                try:
-                    body = self._body(resp)
-                finally:
-                    resp.release_conn()
-            except CONNECT_ERRORS as exc:
-                raise Offline(f"{what}: S3 unreachable ({type(exc).__name__})") from None
-            except (ReadTimeoutError, _Stalled) as exc:
-                slow += 1
-                error = RemoteError(f"{what}: no answer in time ({type(exc).__name__})")
-                if slow >= SLOW_ATTEMPTS:
-                    break
-            except ProtocolError as exc:
-                error = RemoteError(f"{what}: truncated response body ({type(exc).__name__})")
-            except HTTPError as exc:
-                error = Offline(f"{what}: {type(exc).__name__}")
-            else:
-                if resp.status not in RETRY_STATUS:
-                    return resp.status, resp.headers, body
-                error = RemoteError(f"{what}: S3 error {resp.status} after {attempt + 1} attempts")
-            log.debug("%s: attempt %d failed (%s), retrying", what, attempt + 1, error)
-            time.sleep(backoff(attempt))
-        raise error
+                body = self._body(resp)
+            finally:
+                resp.release_conn()
+            if retry.answered("", resp.status) is retry.Verdict.RETRY:
+                raise _Refused(resp.status)
+            return resp.status, resp.headers, body
+
+        try:
+            return retry.call(what, attempt, _judge, retry.GETS)
+        except CONNECT_ERRORS as exc:
+            raise Offline(f"{what}: S3 unreachable ({type(exc).__name__})") from None
+        except (ReadTimeoutError, _Stalled) as exc:
+            raise RemoteError(f"{what}: no answer in time ({type(exc).__name__})") from None
+        except ProtocolError as exc:
+            raise RemoteError(f"{what}: truncated response body ({type(exc).__name__})") from None
+        except HTTPError as exc:
+            raise Offline(f"{what}: {type(exc).__name__}") from None
+        except _Refused as exc:
+            raise retry.tagged(RemoteError(f"{what}: S3 error {exc.status} after {attempts} "
+                                           "attempts"), "", exc.status) from None
 
     def _body(self, resp: Any) -> bytes:
         """The whole body, read as it arrives: a trickle slower than LOW_SPEED raises
@@ -229,6 +241,11 @@ class Presigner:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ public
+
+    def signs(self, bucket: str) -> bool:
+        """Are the URLs of `bucket` signed here? False: botocore presigns each one (slow),
+        e.g. because the credentials could not be reached through botocore's signer."""
+        return self._layout(bucket) is not None
 
     def get_url(self, bucket: str, key: str) -> str:
         layout = self._layout(bucket)

@@ -1,7 +1,10 @@
-"""The only module that imports boto3: clients, retries, credentials, error mapping.
+"""The only module that imports boto3: the botocore `Store` (store/protocol.py) with its
+clients, credentials and error mapping; object GETs and listings go through the
+presigned fast path of store/presigned.py.
 
-All methods are blocking; callers run them in worker threads (see `Store` users).
-boto3 clients are thread-safe, sessions are not, so clients are built once here.
+All methods are blocking; callers run them in worker threads. boto3 clients are
+thread-safe, sessions are not, so clients are built once here. botocore's own retries
+are off: every request is retried by the one policy of store/retry.py.
 """
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ import threading
 import urllib.parse
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
@@ -27,13 +29,23 @@ from botocore.httpsession import get_cert_path
 
 from ..config import Config, KeyPair
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
+from . import retry
 from .link import Link
 from .presigned import PresignedReader, Presigner
+from .protocol import ListPage, ObjectInfo, clean_etag
+
+__all__ = ["ListPage", "ObjectInfo", "S3Store", "clean_etag", "proxy_for", "translate"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Errors that mean "could not talk to S3 at all" (as opposed to S3 saying no).
+#: Errors that mean "could not connect to S3 at all": Offline at once, never retried.
+UNREACHABLE_ERRORS = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ProxyConnectionError,
+)
+#: Errors that mean "could not talk to S3" (as opposed to S3 saying no).
 NETWORK_ERRORS = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectTimeoutError,
@@ -50,24 +62,6 @@ TRUNCATION_ERRORS = (
 PRESIGN_SECONDS = 3600
 CONNECT_TIMEOUT = 2.0  # an unreachable endpoint is noticed this fast (then: offline)
 READ_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    key: str
-    size: int
-    mtime_ns: int
-    etag: str
-
-
-@dataclass(frozen=True, slots=True)
-class ListPage:
-    prefixes: list[str]
-    objects: list[ObjectInfo]
-
-
-def clean_etag(etag: str | None) -> str:
-    return (etag or "").strip('"')
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -127,16 +121,18 @@ def translate(exc: BaseException, what: str) -> Exception:
     if isinstance(exc, S3FuseError):  # already ours (the presigned path): keep its message
         return exc
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code, status = _client_error(exc)
+        error: S3FuseError
         if code in ("NoSuchKey", "NoSuchBucket", "NotFound", "404") or status == 404:
-            return NotFound(f"{what}: not found ({code or status})")
-        if code in ("AccessDenied", "Forbidden", "403", "InvalidAccessKeyId",
-                    "SignatureDoesNotMatch") or status == 403:
-            return AccessDenied(f"{what}: access denied ({code or status})")
-        if code in ("PreconditionFailed", "412") or status == 412:
-            return StaleObject(f"{what}: object changed in S3")
-        return RemoteError(f"{what}: S3 error {code or status}")
+            error = NotFound(f"{what}: not found ({code or status})")
+        elif code in ("AccessDenied", "Forbidden", "403", "InvalidAccessKeyId",
+                      "SignatureDoesNotMatch") or status == 403:
+            error = AccessDenied(f"{what}: access denied ({code or status})")
+        elif code in ("PreconditionFailed", "412") or status == 412:
+            error = StaleObject(f"{what}: object changed in S3")
+        else:
+            error = RemoteError(f"{what}: S3 error {code or status}")
+        return retry.tagged(error, code, status)
     if isinstance(exc, TRUNCATION_ERRORS):  # before NETWORK_ERRORS: it subclasses HTTPClientError
         return RemoteError(f"{what}: truncated response body")
     if isinstance(exc, NETWORK_ERRORS):
@@ -146,13 +142,36 @@ def translate(exc: BaseException, what: str) -> Exception:
     return RemoteError(f"{what}: {type(exc).__name__}")
 
 
+def _client_error(exc: ClientError) -> tuple[str, int]:
+    return (str(exc.response.get("Error", {}).get("Code", "")),
+            int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0))
+
+
+def judge(exc: Exception) -> retry.Verdict:
+    """What a failed botocore request is worth (store/retry.py decides for S3's answers).
+    Our own errors (the presigned path's) were retried where they were raised."""
+    if isinstance(exc, ClientError):
+        return retry.answered(*_client_error(exc))
+    if isinstance(exc, TRUNCATION_ERRORS):  # before NETWORK_ERRORS: it subclasses HTTPClientError
+        return retry.Verdict.RETRY
+    if isinstance(exc, UNREACHABLE_ERRORS):
+        return retry.Verdict.STOP
+    if isinstance(exc, botocore.exceptions.ReadTimeoutError):
+        return retry.Verdict.SLOW
+    if isinstance(exc, NETWORK_ERRORS):
+        return retry.Verdict.RETRY
+    return retry.Verdict.STOP
+
+
 class S3Store:
     """Blocking S3 access for one mount: a read client and a write client."""
 
     def __init__(self, cfg: Config, connect_timeout: float = CONNECT_TIMEOUT,
-                 read_timeout: float = READ_TIMEOUT, link: Link | None = None):
+                 read_timeout: float = READ_TIMEOUT, link: Link | None = None,
+                 page_size: int = 1000):
         self.cfg = cfg
         self.link = link or Link()
+        self.page_size = page_size  # keys and prefixes per ListObjectsV2 page
         core = botocore.session.get_session()
         # dateutil parses every LastModified in a listing; this is the hot part of `find`.
         core.get_component("response_parser_factory").set_parser_defaults(
@@ -166,9 +185,9 @@ class S3Store:
             signature_version="s3v4",
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            # 5xx/SlowDown storms: HEAD and listing fallbacks fail one in 3,000 at 20%
-            # errors, not one in 25 (uploads retry on their own, without limit)
-            retries={"mode": "standard", "max_attempts": 5},
+            # one attempt: `_call` retries by the policy of store/retry.py (REQUESTS: 5
+            # attempts, so HEADs and listing fallbacks fail one in 3,000 in a 20% error storm)
+            retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=64,
             s3={"addressing_style": cfg.addressing_style},
             tcp_keepalive=True,
@@ -189,6 +208,11 @@ class S3Store:
 
     def _presign_get(self, bucket: str, key: str) -> str:
         return self._presigner.get_url(bucket, key)
+
+    def fast_path(self, bucket: str) -> bool:
+        """Are GETs and listings of `bucket` signed here (see store/presigned.py), not by
+        botocore? False means the slow path: botocore presigns every URL."""
+        return self._presigner.signs(bucket)
 
     def _client(self, session: Any, bcfg: botocore.config.Config, keys: KeyPair | None) -> Any:
         kwargs: dict[str, Any] = {"config": bcfg}
@@ -228,11 +252,17 @@ class S3Store:
         with self._counts_lock:
             self._counts[operation] += 1
 
-    def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+    def _call(self, what: str, fn: Callable[..., T], *,
+              on_retry: Callable[[int, Exception], None] | None = None, **kwargs: Any) -> T:
+        """fn(**kwargs), retried by the REQUESTS policy; errors translated (never leaked)."""
         self.link.check(what)
-        self._count(what.split(" ", 1)[0])
+        operation = what.split(" ", 1)[0]
+
+        def attempt() -> T:
+            self._count(operation)
+            return fn(**kwargs)
         try:
-            result = fn(**kwargs)
+            result = retry.call(what, attempt, judge, retry.REQUESTS, on_retry)
         except Exception as exc:  # noqa: BLE001 - translated, never leaked
             raise self._failed(translate(exc, what)) from None
         self.link.succeeded()
@@ -263,7 +293,8 @@ class S3Store:
         """ListObjectsV2 with `delimiter` ('' for every key below), one ListPage per response."""
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix,
+                                      "MaxKeys": self.page_size}
             if delimiter:
                 kwargs["Delimiter"] = delimiter
             if token:
@@ -283,15 +314,11 @@ class S3Store:
 
     def _list_objects_v2(self, **kwargs: Any) -> dict[str, Any]:
         """ListObjectsV2 through a presigned URL and ElementTree (see store/presigned.py);
-        an answer other than a readable 200 is asked again through boto3, for its retries
-        and error mapping."""
+        an answer other than a readable 200 is asked again through boto3, for its error
+        mapping. Transient failures were retried by the fast path: its errors are final."""
         params = {k: v for k, v in kwargs.items() if k != "Bucket"}
         url = self._presigner.list_url(kwargs["Bucket"], {**params, "EncodingType": "url"})
-        try:
-            resp = self._fast.list_v2(url)
-        except Offline:
-            raise botocore.exceptions.EndpointConnectionError(
-                endpoint_url=self.read_client.meta.endpoint_url) from None
+        resp = self._fast.list_v2(url)
         if resp is None:
             return self.read_client.list_objects_v2(**kwargs)
         for obj in resp["Contents"]:
@@ -326,42 +353,6 @@ class S3Store:
 
     # ------------------------------------------------------------ writes (s3fuse.upload)
 
-    #: Codes worth retrying although S3 answers them with a 4xx status.
-    TRANSIENT_CODES = frozenset({
-        "RequestTimeout", "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
-        "RequestLimitExceeded", "ExpiredToken", "RequestTimeTooSkewed", "OperationAborted",
-        "ConditionalRequestConflict", "NoSuchUpload", "BadDigest", "IncompleteBody",
-    })
-
-    @staticmethod
-    def error_code(error: BaseException) -> tuple[str, int]:
-        """(S3 error code, HTTP status) behind an error this store raised; ("", 0) if none.
-
-        `_call` raises the translated error `from None`, so the botocore error is still
-        its `__context__` (not shown in tracebacks, never logged with credentials).
-        """
-        cause = error.__context__
-        if isinstance(cause, ClientError):
-            return (str(cause.response.get("Error", {}).get("Code", "")),
-                    int(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0))
-        return "", 0
-
-    @classmethod
-    def is_permanent(cls, error: BaseException) -> bool:
-        """True when retrying cannot help: access denied, bucket gone, KMS refused, bad request.
-
-        Network errors, throttling and 5xx are transient; 412 (StaleObject) is a conflict,
-        which callers handle before asking.
-        """
-        if isinstance(error, (Offline, StaleObject)):
-            return False
-        code, status = cls.error_code(error)
-        if code.startswith("KMS.") or isinstance(error, AccessDenied):
-            return True
-        if code in cls.TRANSIENT_CODES:
-            return False
-        return (400 <= status < 500 and status not in (408, 409, 429)) or status == 501
-
     def _sse_args(self) -> dict[str, str]:
         """ServerSideEncryption/SSEKMSKeyId as configured, omitted when empty (as ezbatch does)."""
         args: dict[str, str] = {}
@@ -391,7 +382,13 @@ class S3Store:
                                   **self._condition_args(if_match, if_none_match)}
         if content_type:
             kwargs["ContentType"] = content_type
-        resp = self._call(f"PutObject s3://{bucket}/{key}", self.write_client.put_object, **kwargs)
+        start = body.tell() if not isinstance(body, bytes) else 0
+
+        def put(**params: Any) -> dict[str, Any]:
+            if not isinstance(body, bytes):
+                body.seek(start)  # an attempt that failed may have read some of it
+            return self.write_client.put_object(**params)
+        resp = self._call(f"PutObject s3://{bucket}/{key}", put, **kwargs)
         return clean_etag(resp.get("ETag"))
 
     def create_multipart_upload(self, bucket: str, key: str, *,
@@ -400,15 +397,17 @@ class S3Store:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **self._sse_args()}
         if content_type:
             kwargs["ContentType"] = content_type
+        retried: list[int] = []
         resp = self._call(f"CreateMultipartUpload s3://{bucket}/{key}",
-                          self.write_client.create_multipart_upload, **kwargs)
+                          self.write_client.create_multipart_upload,
+                          on_retry=lambda number, _: retried.append(number), **kwargs)
         upload_id = str(resp["UploadId"])
-        if resp.get("ResponseMetadata", {}).get("RetryAttempts"):
+        if retried:
             self._abort_lost_creates(bucket, key, upload_id)
         return upload_id
 
     def _abort_lost_creates(self, bucket: str, key: str, upload_id: str) -> None:
-        """botocore retried the create: an earlier attempt may have started an upload whose
+        """The create was retried: an earlier attempt may have started an upload whose
         answer was lost. Nobody knows its UploadId, so it would be billed forever: abort
         every other upload of the key (one job per key at a time; the same rule as the
         uploader's thorough cleanup)."""
@@ -451,11 +450,12 @@ class S3Store:
         except NotFound:
             pass
 
-    def delete_object(self, bucket: str, key: str) -> None:
-        """DeleteObject; a key that is already gone is fine (S3 answers 204 anyway)."""
+    def delete_object(self, bucket: str, key: str, *, if_match: str | None = None) -> None:
+        """DeleteObject; a key that is already gone is fine (S3 answers 204 anyway). With
+        `if_match` (an ETag) only that version is deleted: StaleObject on 412."""
         try:
             self._call(f"DeleteObject s3://{bucket}/{key}", self.write_client.delete_object,
-                       Bucket=bucket, Key=key)
+                       Bucket=bucket, Key=key, **self._condition_args(if_match, None))
         except NotFound:
             pass
 

@@ -44,7 +44,6 @@ import dataclasses
 import functools
 import logging
 import math
-import random
 import sqlite3
 import time
 from pathlib import Path
@@ -53,7 +52,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import trio
 
 from ..errors import Offline, RemoteError, S3FuseError
-from ..store.s3 import S3Store
+from ..store import retry
+from ..store.protocol import Store
 from ..util.crashpoint import crash_point
 from ..util.events import first_set
 from ..util.supervisor import UPLOAD_CLEANUP, UPLOAD_QUEUE, UPLOAD_SYNC, UPLOAD_WORKER, Supervisor
@@ -70,8 +70,8 @@ BURST_GAP = 0.05        # closes closer together than this are a burst
 BURST_QUIET = 0.1       # uploads wait until a burst pauses this long ...
 MAX_DEFER = 5.0         # ... or for this long at most
 FSYNC_AT_CLOSE = 4 << 20  # larger files are fsynced at close (their CRC would cost more)
-RETRY_BASE = 1.0        # first backoff after a transient error (doubles, with jitter)
-RETRY_MAX = 300.0
+RETRY_BASE = retry.UPLOADS.base  # first backoff after a transient error (doubles, with jitter)
+RETRY_MAX = retry.UPLOADS.cap
 RECORD_RETRY = 1.0      # how often a journal write that failed (a full disk) is tried again
 
 
@@ -80,7 +80,7 @@ class UploadFailed(RemoteError):
 
 
 class UploadQueue:
-    def __init__(self, store: S3Store, journal: Journal, staging: Staging, *,
+    def __init__(self, store: Store, journal: Journal, staging: Staging, *,
                  background: Supervisor, workers: int = 4, uploader: Uploader | None = None,
                  retry_base: float = RETRY_BASE, retry_max: float = RETRY_MAX,
                  on_uploaded: Callable[[str, str, UploadResult], None] | None = None):
@@ -90,8 +90,7 @@ class UploadQueue:
         self.uploader = uploader or Uploader(store, journal, staging)
         self.background = background
         self.workers = workers
-        self.retry_base = retry_base
-        self.retry_max = retry_max
+        self.retry = retry.Policy(None, retry.UPLOADS.slow_attempts, retry_base, retry_max)
         self.on_uploaded = on_uploaded
         #: Blocking hook given (job, result, staging path) before the staging file is deleted.
         self.keep_uploaded: Callable[[Job, UploadResult, Path], None] | None = None
@@ -491,7 +490,7 @@ class UploadQueue:
         except Interrupted:  # stopping: the next start goes on
             outcome = functools.partial(self.journal.requeue, job.id, None, 0.0, counted=False)
         except S3FuseError as exc:
-            outcome = self._failure(job, exc, permanent=S3Store.is_permanent(exc))
+            outcome = self._failure(job, exc, permanent=retry.is_permanent(exc))
         except OSError as exc:  # the staging file cannot be read: retrying will not help
             outcome = self._failure(job, exc, permanent=True)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the queue
@@ -552,7 +551,7 @@ class UploadQueue:
         if permanent:
             log.error("upload of %s failed and is kept until retried: %s", job.uri, error)
             return functools.partial(self.journal.fail, job.id, error)
-        delay = min(self.retry_max, self.retry_base * 2 ** job.attempts) * random.uniform(0.5, 1.0)
+        delay = self.retry.delay(job.attempts)
         log.info("upload of %s failed (attempt %d), retrying in %.1fs: %s",
                  job.uri, job.attempts + 1, delay, error)
         return functools.partial(self.journal.requeue, job.id, error, delay)

@@ -4,7 +4,7 @@
   PART_SIZE parts (more when 10,000 parts would not do), PARALLEL_PARTS at a time,
   aborted on any failure; every upload is recorded in the journal before it is created,
   so a crash leaves nothing behind that the next attempt or start does not abort.
-- SSE comes from the configuration (S3Store adds it); the content type is guessed
+- SSE comes from the configuration (the store adds it); the content type is guessed
   from the key's name.
 - Conflicts: the upload is conditional on what the writer saw at open (`If-Match` its
   ETag, `If-None-Match: *` for a new file). On 412 the local bytes are uploaded beside
@@ -19,7 +19,7 @@
   parts are sent (and on servers that accept If-Match on CompleteMultipartUpload but
   ignore it, like moto 5.2).
 
-Errors are the store's (errors.py); `S3Store.is_permanent` tells which to retry.
+Errors are the store's (errors.py); store/retry.py's `is_permanent` tells which to retry.
 `stopping` makes a running multipart upload give up between parts (Interrupted).
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from ..errors import NotFound, Offline, RemoteError, S3FuseError, StaleObject
-from ..store.s3 import S3Store
+from ..store import retry
+from ..store.protocol import Store
 from .journal import UNKNOWN, Expected, Job, Journal
 from .staging import Staging
 
@@ -79,7 +80,7 @@ def conflict_name(key: str, when: float | None = None) -> str:
 
 
 class Uploader:
-    def __init__(self, store: S3Store, journal: Journal, staging: Staging, *,
+    def __init__(self, store: Store, journal: Journal, staging: Staging, *,
                  threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE,
                  parallel_parts: int = PARALLEL_PARTS):
         self.store = store
@@ -144,7 +145,7 @@ class Uploader:
                     return self._put(bucket, key, fh, expected, ctype)
                 return self._multipart(bucket, key, fh.fileno(), size, expected, ctype)
             except NotFound as exc:  # AWS and moto answer If-Match on a missing key with 404
-                if isinstance(expected, str) and S3Store.error_code(exc)[0] == "NoSuchKey":
+                if isinstance(expected, str) and retry.error_code(exc)[0] == "NoSuchKey":
                     raise StaleObject(f"s3://{bucket}/{key}: deleted since it was opened") from None
                 raise
 
@@ -240,7 +241,7 @@ class Uploader:
         try:
             return send(**conditions)
         except RemoteError as exc:
-            code, status = S3Store.error_code(exc)
+            code, status = retry.error_code(exc)
             if not conditions or (code != "NotImplemented" and status != 501):
                 raise
         if self.conditional:

@@ -1,0 +1,116 @@
+"""The S3 boundary as a contract: what every layer above may ask of a store.
+
+Users type against `Store`, never against a concrete class, so the botocore store
+(store/s3.py) and the in-memory fake (store/memory.py) are interchangeable: the fake
+gives the write-back engine, the upload queue, the namespaces and the FUSE adapter
+fast tests, and a contract test (tests/test_store_contract.py) runs the same checks on
+both so that the fake cannot drift from S3.
+
+Every method blocks (callers run them in worker threads) and raises only errors.py
+errors: NotFound (404), AccessDenied (403), StaleObject (412: a condition failed, or
+the object is not the version asked for), Offline (S3 unreachable; the link then fails
+fast), RemoteError (anything else, after the retries of store/retry.py). Errors S3
+answered carry its error code and HTTP status (`S3FuseError.code`, `.status`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Protocol
+
+from .link import Link
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime_ns: int
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    prefixes: list[str]
+    objects: list[ObjectInfo]
+
+
+def clean_etag(etag: str | None) -> str:
+    """An ETag without the quotes S3 puts around it."""
+    return (etag or "").strip('"')
+
+
+class Store(Protocol):
+    """Blocking access to S3 for one mount (see the module docstring for the errors)."""
+
+    #: Online/offline state: requests fail fast while offline, `probe` brings it back.
+    link: Link
+
+    def probe(self) -> bool:
+        """One cheap request that ignores the link state: can S3 be reached at all?"""
+        ...
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests sent per S3 operation since start (shown by `s3fuse status`)."""
+        ...
+
+    # ------------------------------------------------------------ reads
+
+    def list_buckets(self) -> list[str]: ...
+
+    def list_pages(self, bucket: str, prefix: str, delimiter: str = "/") -> Iterator[ListPage]:
+        """ListObjectsV2 with `delimiter` ('' for every key below), one ListPage per response."""
+        ...
+
+    def head(self, bucket: str, key: str) -> ObjectInfo: ...
+
+    def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of the version `etag` (If-Match): never short, never another
+        version (StaleObject)."""
+        ...
+
+    def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int) -> Iterator[bytes]:
+        """One version of an object in ranged chunks: big objects in bounded memory."""
+        ...
+
+    # ------------------------------------------------------------ writes
+
+    def put_object(self, bucket: str, key: str, body: bytes | BinaryIO, *,
+                   content_type: str | None = None, if_match: str | None = None,
+                   if_none_match: str | None = None) -> str:
+        """One PutObject (with the configured SSE); returns the new ETag. `if_match` (an
+        ETag) / `if_none_match` ("*") make it conditional: StaleObject on 412."""
+        ...
+
+    def create_multipart_upload(self, bucket: str, key: str, *,
+                                content_type: str | None = None) -> str:
+        """Start a multipart upload; returns its UploadId."""
+        ...
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
+                    body: bytes) -> str:
+        """Upload one part (numbered from 1); returns its ETag."""
+        ...
+
+    def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
+                                  part_etags: list[str], *, if_match: str | None = None,
+                                  if_none_match: str | None = None) -> str:
+        """Assemble parts 1..n (ETags in order); conditional like put_object."""
+        ...
+
+    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort a multipart upload; one already gone (or its bucket) is fine."""
+        ...
+
+    def list_multipart_uploads(self, bucket: str, prefix: str = "") -> list[tuple[str, str]]:
+        """(key, UploadId) of every unfinished multipart upload under `prefix`."""
+        ...
+
+    def copy_object(self, bucket: str, source_key: str, key: str, etag: str) -> None:
+        """Server-side copy of the version `etag` of `source_key` (CopySourceIfMatch):
+        StaleObject if the source changed."""
+        ...
+
+    def delete_object(self, bucket: str, key: str, *, if_match: str | None = None) -> None:
+        """DeleteObject; a key already gone is fine. With `if_match` (an ETag) only that
+        version is deleted: StaleObject when the key holds another one."""
+        ...

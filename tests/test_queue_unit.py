@@ -1,0 +1,149 @@
+"""The upload queue against the in-memory store: retries, permanent failures, offline,
+conflicts, multipart and the order of versions, with injected faults and no moto."""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import trio
+
+from s3fuse.store.memory import MemoryStore
+from s3fuse.upload import Journal, Staging, Uploader, UploadFailed, UploadQueue
+from tests.test_upload import upload_queue, write
+
+MiB = 1 << 20
+B = "bucket"
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    memory = MemoryStore(min_part_size=MiB)
+    memory.create_bucket(B)
+    return memory
+
+
+def mib_parts(store: MemoryStore, journal: Journal, staging: Staging) -> Uploader:
+    """Multipart above 1 MiB, in 1 MiB parts."""
+    return Uploader(store, journal, staging, threshold=MiB, part_size=MiB)
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def test_transient_faults_are_retried_with_backoff(tmp_path: Path, store: MemoryStore) -> None:
+    store.fail("PutObject", times=3)
+    async with upload_queue(tmp_path, store) as queue:
+        job = await write(queue, B, "out/a.txt", b"payload")
+        await until(lambda: any(r["attempts"] >= 1 for r in queue.status()["retrying"]))
+        [retrying] = queue.status()["retrying"]
+        assert retrying["uri"] == f"s3://{B}/out/a.txt" and "SlowDown" in retrying["error"]
+        assert await queue.wait(job)
+        status = await queue.sync(timeout=10)
+    assert status["files"] == 0 and status["failures"] == []
+    assert store.objects(B) == {"out/a.txt": b"payload"}
+    assert store.request_counts()["PutObject"] == 4
+
+
+async def test_permanent_failure_is_kept_and_reported(tmp_path: Path, store: MemoryStore) -> None:
+    store.fail("PutObject", error="permanent")
+    async with upload_queue(tmp_path, store) as queue:
+        job = await write(queue, B, "keep.txt", b"precious")
+        status = await queue.sync(timeout=10)
+        assert status["files"] == 0 and len(status["failures"]) == 1
+        assert "access denied" in status["failures"][0]["error"]
+        with pytest.raises(UploadFailed):
+            await queue.wait(job)
+        assert store.request_counts()["PutObject"] == 1 and store.objects(B) == {}
+        staged = queue.pending_version(B, "keep.txt")
+        assert staged is not None and staged.read_bytes() == b"precious"
+        assert await queue.retry_failed() == 1
+        status = await queue.sync(timeout=10)
+    assert status["failures"] == [] and store.objects(B) == {"keep.txt": b"precious"}
+
+
+async def test_offline_pauses_uploads_and_they_resume(tmp_path: Path, store: MemoryStore) -> None:
+    store.reachable = False
+    async with upload_queue(tmp_path, store) as queue:
+        jobs = [await write(queue, B, f"f{n}", b"x" * n) for n in range(3)]
+        with trio.fail_after(5):
+            assert await queue.wait(jobs[0]) is False  # fsync offline: journalled is enough
+        status = queue.status()
+        assert status["files"] == 3 and all(r["attempts"] == 0 for r in status["retrying"])
+        assert store.request_counts().get("PutObject", 0) <= 1  # no retry storm
+        store.reachable = True
+        assert (await queue.sync(timeout=10))["files"] == 0
+    assert store.objects(B) == {"f0": b"", "f1": b"x", "f2": b"xx"}
+
+
+@pytest.mark.parametrize("size", [100, 3 * MiB], ids=["put", "multipart"])
+async def test_412_uploads_a_conflict_copy(tmp_path: Path, store: MemoryStore, size: int) -> None:
+    seen = store.put_object(B, "doc.txt", b"v0")
+    store.put_object(B, "doc.txt", b"theirs")
+    mine = b"m" * size
+    async with upload_queue(tmp_path, store, uploader=mib_parts) as queue:
+        await write(queue, B, "doc.txt", mine, expected=seen)
+        status = await queue.sync(timeout=10)
+    objects = store.objects(B)
+    [conflict] = [k for k in objects if k != "doc.txt"]
+    assert re.fullmatch(r"doc\.txt\.s3fuse-conflict-\d{8}T\d{6}Z", conflict)
+    assert objects == {"doc.txt": b"theirs", conflict: mine}
+    assert [c["conflict_uri"] for c in status["conflicts"]] == [f"s3://{B}/{conflict}"]
+
+
+async def test_multipart_part_failure_aborts_and_retries(tmp_path: Path, store: MemoryStore) -> None:
+    data = bytes(range(256)) * (10 * 1024 + 7)  # 2.5 MiB: three parts
+    store.fail("UploadPart", times=1)
+    async with upload_queue(tmp_path, store, uploader=mib_parts) as queue:
+        await write(queue, B, "big.bin", data)
+        status = await queue.sync(timeout=10)
+    assert status["failures"] == [] and store.objects(B) == {"big.bin": data}
+    assert store.head(B, "big.bin").etag.endswith("-3")
+    counts = store.request_counts()
+    assert counts["CreateMultipartUpload"] == 2 and counts["AbortMultipartUpload"] >= 1
+    assert store.list_multipart_uploads(B) == []
+
+
+async def test_only_the_last_queued_version_is_uploaded(tmp_path: Path, store: MemoryStore) -> None:
+    async with upload_queue(tmp_path, store, start=False) as queue:
+        for version in (b"one", b"two", b"three"):
+            await write(queue, B, "v.txt", version, expected=None)
+        await queue.start()
+        await queue.sync(timeout=10)
+    assert store.objects(B) == {"v.txt": b"three"} and store.request_counts()["PutObject"] == 1
+
+
+async def test_a_version_written_during_an_upload_follows_it(tmp_path: Path,
+                                                             store: MemoryStore) -> None:
+    """v2 is closed while v1 is being sent: v1 lands first, then v2, If-Match v1's ETag
+    (no conflict with our own upload)."""
+    store.latency = 0.3
+    etags: list[str] = []
+    async with upload_queue(tmp_path, store,
+                            on_uploaded=lambda bucket, key, result: etags.append(result.etag)
+                            ) as queue:
+        await write(queue, B, "w.txt", b"v1", expected=None)
+        await until(lambda: store.request_counts().get("PutObject", 0) == 1)
+        await write(queue, B, "w.txt", b"v2-longer", expected=None)
+        status = await queue.sync(timeout=10)
+    assert status["conflicts"] == [] and store.objects(B) == {"w.txt": b"v2-longer"}
+    assert list(dict.fromkeys(etags)) == [md5(b"v1"), md5(b"v2-longer")]
+    assert store.request_counts()["PutObject"] == 2
+
+
+def test_queue_types_against_the_protocol() -> None:
+    """The queue and the uploader accept any Store: the fake is one."""
+    import inspect
+
+    from s3fuse.store.protocol import Store
+    for cls in (UploadQueue, Uploader):
+        assert inspect.signature(cls.__init__).parameters["store"].annotation in (Store, "Store")
