@@ -4,7 +4,7 @@ Built once per root-manifest ETag in a worker thread and reused across remounts
 and offline. Re-ingestion (after `append_parts` changed the root) upserts by
 (parent, name), so unchanged paths keep their rowids and thus their inodes.
 Readers use their own connection (WAL): they see the old index until the new
-one commits.
+one commits. Opened through s3fuse/db.py (versioned schema, disk full as ENOSPC).
 """
 from __future__ import annotations
 
