@@ -111,22 +111,30 @@ class MetaStore:
             self._release()
 
     def _release(self) -> None:
-        while True:
-            with self._queue_lock:
-                writes, self._queued.writes = self._queued.writes, []
-                upto = self._queued.seq
-                if not writes:
-                    self._db.lock.release()  # under _queue_lock: a write queued now finds it free
-                    return
-            try:
-                with self._db.transaction() as db:
-                    for write in writes:
-                        write(db)
-            except (CacheFull, sqlite3.Error) as exc:  # a cache: the next listing brings them
-                log.warning("%d change(s) not recorded in the stored listings: %s",
-                            len(writes), exc)
-            with self._queue_lock:
-                self._queued.forget(upto)
+        """Write the queued point writes, then let go of the writer lock."""
+        released = False
+        try:
+            while True:
+                with self._queue_lock:
+                    writes, self._queued.writes = self._queued.writes, []
+                    upto = self._queued.seq
+                    if not writes:  # under _queue_lock: a write queued from now finds it free
+                        self._db.lock.release()
+                        released = True
+                        return
+                try:
+                    with self._db.transaction() as db:
+                        for write in writes:
+                            write(db)
+                except (CacheFull, sqlite3.Error) as exc:  # a cache: the next listing brings them
+                    log.warning("%d change(s) not recorded in the stored listings: %s",
+                                len(writes), exc)
+                finally:
+                    with self._queue_lock:
+                        self._queued.forget(upto)
+        finally:
+            if not released:
+                self._db.lock.release()
 
     def _write(self, write: Write, show: Callable[[_Queued, int], None]) -> None:
         """A point write: now when no one holds the writer lock, else queued for the writer
