@@ -2,21 +2,33 @@
 
 Listings survive restarts so a mount can serve them offline; lookups are indexed
 queries instead of an in-memory dict per directory, so a huge bucket does not
-become millions of Python objects. One connection, guarded by a lock, used from
-the trio thread for point queries and from worker threads for bulk writes.
+become millions of Python objects.
+
+The trio loop never waits for a bulk write. Reads use a reader connection of their
+own thread (WAL: they see the last commit while a listing is being stored). Point
+writes (an entry learned from an upload or a HEAD, a pin, a directory marked known or
+expired) never wait either: written at once when no one is writing, else queued,
+shown to readers from memory at once, and written by the writer in progress before it
+lets go of the writer lock (`writing`). Bulk writes (`replace_listing`) block: run
+them in a worker thread.
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
+from ..db import Database, Schema
 from ..errors import CacheFull
 from ..model import Entry
 
-SCHEMA = """
+log = logging.getLogger(__name__)
+
+_VERSION_1 = """
 CREATE TABLE IF NOT EXISTS dirs (
     ns TEXT NOT NULL, path TEXT NOT NULL, listed_at REAL NOT NULL,
     PRIMARY KEY (ns, path)) WITHOUT ROWID;
@@ -30,121 +42,193 @@ CREATE TABLE IF NOT EXISTS entries (
     PRIMARY KEY (ns, dir, name)) WITHOUT ROWID;
 """
 
+#: Version 1 is the layout of the unversioned stores (version 0), which it leaves as is.
+SCHEMA = Schema("cache metadata", (_VERSION_1,),
+                unreadable_hint="it only caches listings and pins; move it aside to start afresh")
+
+_COLUMNS = "name, is_dir, size, mtime_ns, etag, checked_at"
+Write = Callable[[sqlite3.Connection], None]
 
 
-class _GuardedLock:
-    """The store's lock, turning SQLite's 'disk is full' into CacheFull (ENOSPC)."""
+def apply_changes(entries: list[Entry], changes: dict[str, Entry | None]) -> list[Entry]:
+    """A listing with later changes applied (an entry replaces, None removes)."""
+    if not changes:
+        return entries
+    by_name = {e.name: e for e in entries}
+    for name, entry in changes.items():
+        if entry is None:
+            by_name.pop(name, None)
+        else:
+            by_name[name] = entry
+    return sorted(by_name.values(), key=lambda e: e.name)
+
+
+class _Queued:
+    """Point writes waiting for the writer lock, and what readers see of them meanwhile."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.writes: list[Write] = []
+        self.seq = 0
+        self.entries: dict[tuple[str, str], dict[str, tuple[int, Entry | None]]] = {}
+        self.dirs: dict[tuple[str, str], tuple[int, bool, bool]] = {}  # seq, known, expired
+        self.pins: list[tuple[int, str, str | None]] = []              # None: removed (and below)
 
-    def __enter__(self) -> None:
-        self._lock.acquire()
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        self._lock.release()
-        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
-            raise CacheFull(f"cache metadata: {exc}") from None
+    def forget(self, upto: int) -> None:
+        """The writes up to `upto` are committed (or dropped): readers go to the database."""
+        for key, names in list(self.entries.items()):
+            for name, (seq, _) in list(names.items()):
+                if seq <= upto:
+                    del names[name]
+            if not names:
+                del self.entries[key]
+        self.dirs = {k: v for k, v in self.dirs.items() if v[0] > upto}
+        self.pins = [p for p in self.pins if p[0] > upto]
 
 
 class MetaStore:
     """Listings keyed by (namespace id, directory path)."""
 
     def __init__(self, path: Path):
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = _GuardedLock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+        self._db = Database(path, SCHEMA)
+        self._queue_lock = threading.Lock()  # held for dict updates only, never during I/O
+        self._queued = _Queued()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self.writing():
+            pass  # writes the queued ones
+        self._db.close()
+
+    # ---------------------------------------------------------- the writer lock
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the writer lock (blocking: a worker thread); point writes queued meanwhile
+        are written after the caller's, before the lock is let go."""
+        self._db.lock.acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Write the queued point writes, then let go of the writer lock."""
+        released = False
+        try:
+            while True:
+                with self._queue_lock:
+                    writes, self._queued.writes = self._queued.writes, []
+                    upto = self._queued.seq
+                    if not writes:  # under _queue_lock: a write queued from now finds it free
+                        self._db.lock.release()
+                        released = True
+                        return
+                try:
+                    with self._db.transaction() as db:
+                        for write in writes:
+                            write(db)
+                except (CacheFull, sqlite3.Error) as exc:  # a cache: the next listing brings them
+                    log.warning("%d change(s) not recorded in the stored listings: %s",
+                                len(writes), exc)
+                finally:
+                    with self._queue_lock:
+                        self._queued.forget(upto)
+        finally:
+            if not released:
+                self._db.lock.release()
+
+    def _write(self, write: Write, show: Callable[[_Queued, int], None]) -> None:
+        """A point write: now when no one holds the writer lock, else queued for the writer
+        in progress (`show` records what readers see until it is written). Never waits."""
+        with self._queue_lock:
+            if self._queued.writes or not self._db.lock.acquire(blocking=False):
+                self._queued.seq += 1
+                self._queued.writes.append(write)
+                show(self._queued, self._queued.seq)
+                return
+        try:
+            with self._db.transaction() as db:
+                write(db)
+        finally:
+            self._release()
+
+    # ---------------------------------------------------------- listings
 
     def listed_at(self, ns: str, path: str) -> float | None:
-        with self._lock:
-            row = self._db.execute("SELECT listed_at FROM dirs WHERE ns=? AND path=?",
-                                   (ns, path)).fetchone()
-        return row[0] if row else None
+        with self._queue_lock:
+            queued = self._queued.dirs.get((ns, path))
+        row = self._db.query_one("SELECT listed_at FROM dirs WHERE ns=? AND path=?", ns, path)
+        listed_at = row[0] if row else None
+        if queued is not None:
+            _, known, expired = queued
+            if (expired and listed_at is not None) or (known and listed_at is None):
+                return 0.0
+        return listed_at
 
     def replace_listing(self, ns: str, path: str, entries: Iterable[Entry],
                         now: float | None = None) -> None:
         """Atomically make `entries` the listing of `path` (blocking: use a thread)."""
         now = time.time() if now is None else now
         rows = [(ns, path, e.name, int(e.is_dir), e.size, e.mtime_ns, e.etag, now) for e in entries]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM entries WHERE ns=? AND dir=?", (ns, path))
-                self._db.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
-                self._db.execute("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", (ns, path, now))
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLITE_FULL may have rolled it back already, and
-                    self._db.execute("ROLLBACK")  # "cannot rollback" would hide the real error
-                raise
+        with self.writing(), self._db.transaction() as db:
+            db.execute("DELETE FROM entries WHERE ns=? AND dir=?", (ns, path))
+            db.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+            db.execute("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", (ns, path, now))
+
+    def _queued_entries(self, ns: str, path: str) -> dict[str, Entry | None]:
+        with self._queue_lock:
+            return {name: entry for name, (_, entry)
+                    in self._queued.entries.get((ns, path), {}).items()}
 
     def entry(self, ns: str, path: str, name: str) -> Entry | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT name, is_dir, size, mtime_ns, etag, checked_at FROM entries "
-                "WHERE ns=? AND dir=? AND name=?", (ns, path, name)).fetchone()
+        queued = self._queued_entries(ns, path)
+        if name in queued:
+            return queued[name]
+        row = self._db.query_one(f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? AND name=?",
+                                 ns, path, name)
         return _entry(row) if row else None
 
     def entries(self, ns: str, path: str) -> list[Entry]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT name, is_dir, size, mtime_ns, etag, checked_at FROM entries "
-                "WHERE ns=? AND dir=? ORDER BY name", (ns, path)).fetchall()
-        return [_entry(r) for r in rows]
+        """The whole listing of `path` (a bulk read for a big directory)."""
+        queued = self._queued_entries(ns, path)
+        rows = self._db.query(f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? ORDER BY name",
+                              ns, path)
+        return apply_changes([_entry(r) for r in rows], queued)
 
     def files_after(self, ns: str, path: str, after: str, limit: int) -> list[Entry]:
-        """The next `limit` files of a directory in name order, after `after`."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT name, is_dir, size, mtime_ns, etag, checked_at FROM entries "
-                "WHERE ns=? AND dir=? AND name>? AND is_dir=0 ORDER BY name LIMIT ?",
-                (ns, path, after, limit)).fetchall()
+        """The next `limit` stored files of a directory in name order, after `after` (a
+        prefetch hint: queued writes are not shown)."""
+        rows = self._db.query(
+            f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? AND name>? AND is_dir=0 "
+            "ORDER BY name LIMIT ?", ns, path, after, limit)
         return [_entry(r) for r in rows]
 
     def update_entry(self, ns: str, path: str, entry: Entry) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)",
-                             (ns, path, entry.name, int(entry.is_dir), entry.size, entry.mtime_ns,
-                              entry.etag, entry.checked_at))
+        def show(queued: _Queued, seq: int) -> None:
+            queued.entries.setdefault((ns, path), {})[entry.name] = (seq, entry)
 
-    # ---------------------------------------------------------- pins and counters
+        self._write(lambda db: db.execute(
+            "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)",
+            (ns, path, entry.name, int(entry.is_dir), entry.size, entry.mtime_ns, entry.etag,
+             entry.checked_at)), show)
 
-    def pins(self) -> list[tuple[str, str]]:
-        """(mount-relative path, state) of every pin."""
-        with self._lock:
-            return self._db.execute("SELECT path, state FROM pins ORDER BY path").fetchall()
+    def remove_entry(self, ns: str, path: str, name: str) -> None:
+        def show(queued: _Queued, seq: int) -> None:
+            queued.entries.setdefault((ns, path), {})[name] = (seq, None)
 
-    def set_pin(self, path: str, state: str) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO pins VALUES (?,?,?)", (path, state, time.time()))
+        self._write(lambda db: db.execute("DELETE FROM entries WHERE ns=? AND dir=? AND name=?",
+                                          (ns, path, name)), show)
 
-    def remove_pin(self, path: str) -> None:
-        """Forget `path` and every pin below it."""
-        with self._lock:
-            self._db.execute("DELETE FROM pins WHERE path=? OR substr(path, 1, ?)=?",
-                             (path, len(path) + 1, path + "/"))
-
-    def add_counters(self, **deltas: int) -> None:
-        with self._lock:
-            self._db.executemany(
-                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
-                list(deltas.items()))
-
-    def counters(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+    def _show_dir(self, ns: str, path: str, *, known: bool = False,
+                  expired: bool = False) -> Callable[[_Queued, int], None]:
+        def show(queued: _Queued, seq: int) -> None:
+            _, was_known, was_expired = queued.dirs.get((ns, path), (0, False, False))
+            queued.dirs[(ns, path)] = (seq, known or was_known, expired or was_expired)
+        return show
 
     def expire_listing(self, ns: str, path: str) -> None:
         """List `path` again at its next use (it changed in S3 behind our back)."""
-        with self._lock:
-            self._db.execute("UPDATE dirs SET listed_at = 0 WHERE ns=? AND path=?", (ns, path))
+        self._write(lambda db: db.execute("UPDATE dirs SET listed_at = 0 WHERE ns=? AND path=?",
+                                          (ns, path)), self._show_dir(ns, path, expired=True))
 
     def know_dir(self, ns: str, path: str) -> None:
         """Record that `path` exists without a listing of it (listed_at 0: list it when online).
@@ -152,12 +236,51 @@ class MetaStore:
         A directory made through the mount was never listed from S3; once its entries are
         uploaded, this lets an offline mount serve what we know it holds.
         """
-        with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO dirs VALUES (?,?,0)", (ns, path))
+        self._write(lambda db: db.execute("INSERT OR IGNORE INTO dirs VALUES (?,?,0)", (ns, path)),
+                    self._show_dir(ns, path, known=True))
 
-    def remove_entry(self, ns: str, path: str, name: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM entries WHERE ns=? AND dir=? AND name=?", (ns, path, name))
+    # ---------------------------------------------------------- pins and counters
+
+    def pins(self) -> list[tuple[str, str]]:
+        """(mount-relative path, state) of every pin."""
+        with self._queue_lock:
+            queued = list(self._queued.pins)
+        pins = dict(self._db.query("SELECT path, state FROM pins"))
+        for _, path, state in queued:
+            if state is None:
+                pins = {p: s for p, s in pins.items() if not _at_or_below(p, path)}
+            else:
+                pins[path] = state
+        return sorted(pins.items())
+
+    def set_pin(self, path: str, state: str) -> None:
+        def show(queued: _Queued, seq: int) -> None:
+            queued.pins.append((seq, path, state))
+
+        now = time.time()
+        self._write(lambda db: db.execute("INSERT OR REPLACE INTO pins VALUES (?,?,?)",
+                                          (path, state, now)), show)
+
+    def remove_pin(self, path: str) -> None:
+        """Forget `path` and every pin below it."""
+        def show(queued: _Queued, seq: int) -> None:
+            queued.pins.append((seq, path, None))
+
+        self._write(lambda db: db.execute("DELETE FROM pins WHERE path=? OR substr(path, 1, ?)=?",
+                                          (path, len(path) + 1, path + "/")), show)
+
+    def add_counters(self, **deltas: int) -> None:
+        """Add to the hit counters (blocking)."""
+        with self.writing(), self._db.transaction() as db:
+            db.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
+                           "SET value=value+excluded.value", list(deltas.items()))
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._db.query("SELECT name, value FROM counters"))
+
+
+def _at_or_below(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
 
 
 def _entry(row: tuple) -> Entry:

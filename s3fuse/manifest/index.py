@@ -4,24 +4,23 @@ Built once per root-manifest ETag in a worker thread and reused across remounts
 and offline. Re-ingestion (after `append_parts` changed the root) upserts by
 (parent, name), so unchanged paths keep their rowids and thus their inodes.
 Readers use their own connection (WAL): they see the old index until the new
-one commits.
+one commits. Opened through s3fuse/db.py (versioned schema, disk full as ENOSPC).
 """
 from __future__ import annotations
 
 import fnmatch
 import json
 import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..db import Database, Schema
 
 ROOT_ID = 1
 DIR, FILE, SHARD, MEMBER = 0, 1, 2, 3
-SCHEMA_VERSION = "1"
 
-SCHEMA = """
+_VERSION_1 = f"""
 CREATE TABLE IF NOT EXISTS info (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (
     id INTEGER PRIMARY KEY,
@@ -43,7 +42,12 @@ CREATE TABLE IF NOT EXISTS shards (
     format TEXT, compression TEXT, internal TEXT, count INTEGER,
     state TEXT NOT NULL DEFAULT 'pending', etag TEXT, actual TEXT, asize INTEGER, usize INTEGER,
     checked_at REAL NOT NULL DEFAULT 0, gzip_index BLOB, error TEXT);
+INSERT OR IGNORE INTO nodes (id, parent, name, kind, gen) VALUES ({ROOT_ID}, 0, '', {DIR}, 0);
 """
+
+#: Version 1 is the layout of the unversioned indexes (version 0), which it leaves as is.
+SCHEMA = Schema("manifest index", (_VERSION_1,),
+                unreadable_hint="it is rebuilt from the manifest when moved aside")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,57 +94,44 @@ class ManifestIndex:
 
     def __init__(self, path: Path):
         self.path = path
-        self._lock = threading.Lock()
-        self._db = self._connect()
-        with self._lock:
-            self._db.executescript(SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO nodes (id, parent, name, kind, gen) "
-                             "VALUES (?, 0, '', ?, 0)", (ROOT_ID, DIR))
+        self._db = Database(path, SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
+        """A connection of its own, for a bulk writer (readers are never blocked)."""
+        return self._db.connect()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     # ------------------------------------------------------------ info
 
     def info(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT v FROM info WHERE k=?", (key,)).fetchone()
+        row = self._db.query_one("SELECT v FROM info WHERE k=?", key)
         return row[0] if row else None
 
     # ------------------------------------------------------------ queries
 
     def node(self, node_id: int) -> Node | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE id=?", (node_id,)).fetchone()
+        row = self._db.query_one(f"SELECT {_COLUMNS} FROM nodes WHERE id=?", node_id)
         return Node(*row) if row else None
 
     def child(self, parent: int, name: str) -> Node | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name=?",
-                                   (parent, name)).fetchone()
+        row = self._db.query_one(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name=?",
+                                 parent, name)
         return Node(*row) if row else None
 
     def children(self, parent: int, after_id: int, limit: int) -> list[Node]:
         """Children in rowid order after `after_id`: stable readdir offsets, paged."""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND id>? ORDER BY id LIMIT ?",
-                (parent, after_id, limit)).fetchall()
+        rows = self._db.query(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND id>? "
+                              "ORDER BY id LIMIT ?", parent, after_id, limit)
         return [Node(*r) for r in rows]
 
     def path_of(self, node_id: int, top: int = ROOT_ID) -> str:
         """The '/'-joined path of a node below `top` (the manifest root by default)."""
         parts = []
-        with self._lock:
+        with self._db.snapshot() as db:
             while node_id not in (top, ROOT_ID):
-                row = self._db.execute("SELECT parent, name FROM nodes WHERE id=?", (node_id,)).fetchone()
+                row = db.execute("SELECT parent, name FROM nodes WHERE id=?", (node_id,)).fetchone()
                 if row is None:
                     break
                 node_id, name = row
@@ -148,19 +139,18 @@ class ManifestIndex:
         return "/".join(reversed(parts))
 
     def update_file(self, node_id: int, size: int, etag: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE nodes SET size=?, etag=? WHERE id=?", (size, etag, node_id))
+        self._db.execute("UPDATE nodes SET size=?, etag=? WHERE id=?", size, etag, node_id)
 
     def shard(self, node_id: int) -> dict[str, Any] | None:
-        with self._lock:
-            cur = self._db.execute("SELECT * FROM shards WHERE node=?", (node_id,))
+        with self._db.snapshot() as db:
+            cur = db.execute("SELECT * FROM shards WHERE node=?", (node_id,))
             row = cur.fetchone()
             names = [d[0] for d in cur.description]
+            cur.close()
         return dict(zip(names, row)) if row else None
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM nodes").fetchone()[0])
+        return int(self._db.query_one("SELECT count(*) FROM nodes")[0])
 
     # ------------------------------------------------------------ writes (worker threads)
 
@@ -172,31 +162,26 @@ class ManifestIndex:
                       checked_at: float) -> int:
         """Replace a shard's members: (path, offset, size, entry_id, meta json)."""
         gen = int(self.info("gen") or 0)
-        db = self._connect()
-        try:
-            with _Txn(db):
-                db.execute("DELETE FROM nodes WHERE shard=?", (shard_id,))
-                dirs: dict[str, int] = {"": shard_id}
-                count = 0
-                for path, offset, size, entry_id, meta in members:
-                    parts = path.split("/")
-                    parent = _member_dirs(db, dirs, parts[:-1], shard_id, gen)
-                    db.execute(
-                        "INSERT OR IGNORE INTO nodes (parent, name, kind, size, etag, entry_id, meta, "
-                        "shard, offset, gen) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (parent, parts[-1], MEMBER, size, etag, entry_id, meta, shard_id, offset, gen))
-                    count += 1
-                db.execute("UPDATE shards SET state='indexed', etag=?, actual=?, asize=?, usize=?, "
-                           "gzip_index=?, checked_at=?, error=NULL WHERE node=?",
-                           (etag, actual, asize, usize, gzip_index, checked_at, shard_id))
-        finally:
-            db.close()
+        with self._db.bulk() as db:
+            db.execute("DELETE FROM nodes WHERE shard=?", (shard_id,))
+            dirs: dict[str, int] = {"": shard_id}
+            count = 0
+            for path, offset, size, entry_id, meta in members:
+                parts = path.split("/")
+                parent = _member_dirs(db, dirs, parts[:-1], shard_id, gen)
+                db.execute(
+                    "INSERT OR IGNORE INTO nodes (parent, name, kind, size, etag, entry_id, meta, "
+                    "shard, offset, gen) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (parent, parts[-1], MEMBER, size, etag, entry_id, meta, shard_id, offset, gen))
+                count += 1
+            db.execute("UPDATE shards SET state='indexed', etag=?, actual=?, asize=?, usize=?, "
+                       "gzip_index=?, checked_at=?, error=NULL WHERE node=?",
+                       (etag, actual, asize, usize, gzip_index, checked_at, shard_id))
         return count
 
     def fail_shard(self, shard_id: int, error: str, checked_at: float) -> None:
-        with self._lock:
-            self._db.execute("UPDATE shards SET state='failed', error=?, checked_at=? WHERE node=?",
-                             (error, checked_at, shard_id))
+        self._db.execute("UPDATE shards SET state='failed', error=?, checked_at=? WHERE node=?",
+                         error, checked_at, shard_id)
 
 
 def _member_dirs(db: sqlite3.Connection, dirs: dict[str, int], parts: list[str], shard_id: int,
@@ -214,17 +199,6 @@ def _member_dirs(db: sqlite3.Connection, dirs: dict[str, int], parts: list[str],
             known = dirs[path] = cur.fetchone()[0]
         parent = known
     return parent
-
-
-class _Txn:
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 class IndexWriter:
@@ -314,7 +288,7 @@ class IndexWriter:
             db.execute("DELETE FROM nodes WHERE shard IS NOT NULL AND shard NOT IN "
                        "(SELECT node FROM shards)")
             db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)",
-                           [("gen", str(self.gen)), ("schema", SCHEMA_VERSION), *info.items()])
+                           [("gen", str(self.gen)), *info.items()])
             db.execute("COMMIT")
         finally:
             db.close()

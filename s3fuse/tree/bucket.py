@@ -12,7 +12,7 @@ import time
 
 import trio
 
-from ..cache.meta import MetaStore
+from ..cache.meta import MetaStore, apply_changes
 from ..cache.overlay import Overlay
 from ..config import SourceSpec
 from ..data.prefetch import SiblingPrefetcher
@@ -30,7 +30,7 @@ from ..util.supervisor import LIST_AHEAD as LIST_AHEAD_TASK, Supervisor
 from ..upload.writeback import WriteBack
 from ..util.flight import SingleFlight
 from .base import FileSource, ObjectSource, OnceLogger, SnapshotDir
-from .learned import LearnedChanges, apply_changes
+from .learned import LearnedChanges
 from .localsource import LocalSource
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class BucketTree:
         def fetch() -> None:
             pages = list(self.store.list_pages(self.spec.bucket, prefix))
             entries = entries_from_pages(pages, prefix, self._hidden, time.time())
-            with self._learned.lock:  # uploads that finished meanwhile are not in `pages`
+            with self.meta.writing():  # uploads that finished meanwhile are not in `pages`
                 changes = self._learned.since(mark, path)
                 now = time.time() if changes is not None else 0.0  # 0: stale, list again
                 self.meta.replace_listing(self.ns_id, path, apply_changes(entries, changes or {}),

@@ -3,8 +3,12 @@
 A ListObjectsV2 started before an upload finished does not show the upload; stored as
 the directory's listing after the upload recorded its entry, it would hide a file that
 is in S3 (or show one just removed) until the next refresh. Uploads record what they
-changed here, and a listing is stored with the changes recorded since it started
-applied on top, under one lock, so neither can overwrite the other.
+changed here, then write it to the listing store; a listing is stored, under the
+store's writer lock, with the changes recorded since it started applied on top. A
+change recorded before the lock was taken is in `since`; one recorded after is written
+after the listing (the store queues point writes behind the writer in progress). So
+neither overwrites the other, and the trio loop, which records, never waits for the
+listing's bulk write: the lock here guards the in-memory log for microseconds only.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ KEEP = 10_000  # recent changes kept; a listing older than all of them is stored
 
 class LearnedChanges:
     def __init__(self, keep: int = KEEP):
-        self.lock = threading.Lock()  # held while recording, and while storing a listing
+        self._lock = threading.Lock()  # guards the log; never held during a write
         self._seq = 0
         self._log: deque[tuple[int, str, str, Entry | None]] = deque(maxlen=keep)
 
@@ -28,28 +32,19 @@ class LearnedChanges:
         return self._seq
 
     def record(self, parent: str, name: str, entry: Entry | None, apply: Callable[[], None]) -> None:
-        """`apply` the change to the listing store, and remember it (`entry` None: removed)."""
-        with self.lock:
-            apply()
+        """Remember the change (`entry` None: removed), then `apply` it to the listing store
+        (a point write that must not wait for a bulk one). Remembered first: a listing
+        stored between the two has it in `since`."""
+        with self._lock:
             self._seq += 1
             self._log.append((self._seq, parent, name, entry))
+        apply()
 
     def since(self, mark: int, parent: str) -> dict[str, Entry | None] | None:
-        """The changes of `parent` after `mark` (call with `lock` held); None when some of
-        them were already forgotten."""
-        if self._log and self._log[0][0] > mark + 1:
-            return None
-        return {name: entry for seq, dir_, name, entry in self._log if seq > mark and dir_ == parent}
-
-
-def apply_changes(entries: list[Entry], changes: dict[str, Entry | None]) -> list[Entry]:
-    """A listing with later changes applied (an entry replaces, None removes)."""
-    if not changes:
-        return entries
-    by_name = {e.name: e for e in entries}
-    for name, entry in changes.items():
-        if entry is None:
-            by_name.pop(name, None)
-        else:
-            by_name[name] = entry
-    return sorted(by_name.values(), key=lambda e: e.name)
+        """The changes of `parent` after `mark`; None when some of them were already
+        forgotten. Call it holding the listing store's writer lock."""
+        with self._lock:
+            if self._log and self._log[0][0] > mark + 1:
+                return None
+            return {name: entry for seq, dir_, name, entry in self._log
+                    if seq > mark and dir_ == parent}

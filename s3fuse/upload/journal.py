@@ -45,21 +45,20 @@ Multipart uploads are recorded before they are created (`multipart_begin`), with
 UploadId once known, and forgotten once completed or aborted: whatever is left after a
 crash is aborted at the next start.
 
-Thread-safe (one connection behind a lock); every method blocks on disk I/O.
+Stored through s3fuse/db.py (schema version, migrations of older journals, disk full as
+ENOSPC). Thread-safe; every method blocks on disk I/O: call it from a worker thread.
 """
 from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
-from ..errors import CacheFull, UsageError
+from ..db import Database, Schema, run_script
 
 log = logging.getLogger(__name__)
 
@@ -137,65 +136,39 @@ def _decode(cond: str, etag: str | None) -> Expected:
     return {"any": UNKNOWN, "absent": None}.get(cond, etag)
 
 
+def _version_1(db: sqlite3.Connection) -> None:
+    """The tables above; journals written before versions (0) get the tables they lack,
+    and the columns added since: no `op` before deletes were journalled, no `synced` and
+    `crc32` before small files skipped fsync, no `sent` before retries went first."""
+    run_script(db, _SCHEMA)
+    columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "op" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN op TEXT NOT NULL DEFAULT 'put'")
+    if "synced" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN synced INTEGER NOT NULL DEFAULT 1")
+        db.execute("ALTER TABLE jobs ADD COLUMN crc32 INTEGER")
+    if "sent" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
+
+
+SCHEMA = Schema("upload journal", (_version_1,),
+                unreadable_hint="it may hold queued uploads; move it aside to start without them")
+
+
 class Journal:
     def __init__(self, path: Path):
         self.path = path
-        self._lock = threading.Lock()
-        if not path.exists():  # private from the start (SQLite gives -wal/-shm the same mode)
-            path.touch(mode=0o600)
-        try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._durable = False
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise UsageError(f"upload journal {path} is unreadable ({exc}): it may hold queued "
-                             "uploads; move it aside to start without them") from None
-
-    def _migrate(self) -> None:
-        """Journals written before deletes were journalled have no `op` column."""
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "op" not in columns:
-            self._db.execute("ALTER TABLE jobs ADD COLUMN op TEXT NOT NULL DEFAULT 'put'")
-        if "synced" not in columns:  # and crc32: journals written before small files skipped fsync
-            self._db.execute("ALTER TABLE jobs ADD COLUMN synced INTEGER NOT NULL DEFAULT 1")
-            self._db.execute("ALTER TABLE jobs ADD COLUMN crc32 INTEGER")
-        if "sent" not in columns:
-            self._db.execute("ALTER TABLE jobs ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
+        self._db = Database(path, SCHEMA, rows=True)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
-    @contextmanager
-    def _tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = False) -> ContextManager[sqlite3.Connection]:
         """A write transaction; `durable`: fsynced at COMMIT (survives power loss)."""
-        with self._lock:
-            if durable != self._durable:  # not allowed inside a transaction
-                self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-                self._durable = durable
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if "full" in str(exc):  # SQLITE_FULL: ENOSPC for the caller, not a crash
-                    raise CacheFull(f"upload journal {self.path}: {exc}") from None
-                raise
+        return self._db.transaction(durable)
 
     def _read(self, sql: str, *args: Any) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        return self._db.query(sql, *args)
 
     # ------------------------------------------------------------ jobs
 
@@ -341,11 +314,9 @@ class Journal:
 
     def state(self, job_id: int) -> tuple[str, str | None]:
         """('queued'|'uploading'|'failed'|'done', error) of a job or of the version replacing it."""
-        with self._lock:
-            alias = self._db.execute("SELECT new_id FROM replaced WHERE old_id = ?",
-                                     (job_id,)).fetchone()
-            row = self._db.execute("SELECT state, error FROM jobs WHERE id = ?",
-                                   (alias["new_id"] if alias else job_id,)).fetchone()
+        row = self._db.query_one("SELECT state, error FROM jobs WHERE id = COALESCE("
+                                 "(SELECT new_id FROM replaced WHERE old_id = ?), ?)",
+                                 job_id, job_id)
         return (row["state"], row["error"]) if row else ("done", None)
 
     def latest(self) -> dict[tuple[str, str], tuple[int, str]]:
@@ -364,8 +335,7 @@ class Journal:
     def summary(self) -> dict[str, Any]:
         """Pending files and bytes, the oldest one's age, failures, transient errors, conflicts."""
         now = time.time()
-        with self._lock:
-            db = self._db
+        with self._db.snapshot() as db:
             pending = db.execute("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes, "
                                  "MIN(created) AS oldest, SUM(state = 'uploading') AS active "
                                  "FROM jobs WHERE state != 'failed'").fetchone()
