@@ -30,7 +30,7 @@ from .notify import Notifier
 from .pinning import Pinner
 from .errors import S3FuseError
 from .store.s3 import S3Store
-from .tree.bucket import BucketTree
+from .tree.bucket import BucketTree, ReadOnlyBucketTree
 from .tree.manifest import ManifestTree
 from .tree.root import RootTree
 from .tree.shards import ShardService
@@ -121,9 +121,9 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
     writes = WriteBack(queue, staging, Overlay())
 
     def bucket(spec: SourceSpec) -> BucketTree:
-        return BucketTree(spec, store, meta, reader, ttl=cfg.metadata_ttl,
-                          writable=not cfg.read_only, list_limiter=list_limiter, siblings=siblings,
-                          background=background, writes=writes)
+        tree = ReadOnlyBucketTree if cfg.read_only else BucketTree
+        return tree(spec, store, meta, reader, ttl=cfg.metadata_ttl, list_limiter=list_limiter,
+                    siblings=siblings, background=background, writes=writes)
 
     shards = ShardService(store, reader, ttl=cfg.metadata_ttl)
     manifest_dir = secure_dir(cache_dir / "manifests")
@@ -141,6 +141,7 @@ def build(cfg: Config, stack: ExitStack, store: S3Store | None = None) -> Compon
                 "pinned_over_limit": use["pinned"] > cfg.cache_size}
 
     pinner = Pinner(root, meta, background)
+    root.use_pins(pinner.covers)
     control = Control(cfg, cache_usage=usage, requests=store.request_counts, link=store.link.status,
                       pinner=pinner, uploads=queue)
     ops = S3Operations(root, cfg, control)
