@@ -344,7 +344,7 @@ class BucketTree(Namespace):
 
     def _writer(self) -> WriteBack:
         if self.writes is None:
-            raise ReadOnly(f"{self.spec.uri} is mounted read-only")
+            raise ReadOnly(f"{self.spec.uri}: no write-back to take changes")
         return self.writes
 
     def _check_name(self, path: str) -> None:
