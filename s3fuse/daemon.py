@@ -34,7 +34,7 @@ from .errors import S3FuseError
 from .idle import Idle
 from .store.protocol import Store
 from .store.s3 import S3Store
-from .tree.bucket import BucketTree
+from .tree.bucket import BucketTree, ReadOnlyBucketTree
 from .tree.manifest import ManifestTree
 from .tree.root import RootTree
 from .tree.shards import ShardService
@@ -125,9 +125,9 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
     writes = WriteBack(queue, staging, Overlay())
 
     def bucket(spec: SourceSpec) -> BucketTree:
-        return BucketTree(spec, store, meta, reader, ttl=cfg.metadata_ttl,
-                          writable=not cfg.read_only, list_limiter=list_limiter, siblings=siblings,
-                          background=supervisor, writes=writes)
+        tree = ReadOnlyBucketTree if cfg.read_only else BucketTree
+        return tree(spec, store, meta, reader, ttl=cfg.metadata_ttl, list_limiter=list_limiter,
+                    siblings=siblings, background=supervisor, writes=writes)
 
     shards = ShardService(store, reader, ttl=cfg.metadata_ttl)
     manifest_dir = secure_dir(cache_dir / "manifests")
@@ -145,6 +145,7 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
                 "pinned_over_limit": use["pinned"] > cfg.cache_size}
 
     pinner = Pinner(root, meta, supervisor)
+    root.use_pins(pinner.covers)
     control = Control(cfg, cache_usage=usage, requests=store.request_counts, link=store.link.status,
                       pinner=pinner, uploads=queue, supervisor=supervisor,
                       idle=Idle(supervisor, queue, store.link))

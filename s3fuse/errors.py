@@ -63,6 +63,18 @@ class NotPermitted(S3FuseError):
     errno = errno.EPERM
 
 
+class NotSupported(S3FuseError):
+    """An operation this namespace does not implement (yet): user xattr writes."""
+
+    errno = errno.ENOTSUP
+
+
+class NoAttribute(S3FuseError):
+    """No extended attribute of that name (ENOATTR, which is ENODATA on Linux)."""
+
+    errno = errno.ENODATA
+
+
 class TooBigToRename(S3FuseError):
     """A directory too large to rename key by key; `mv` then copies and deletes itself."""
 

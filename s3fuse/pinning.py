@@ -25,7 +25,7 @@ from .cache.meta import MetaStore
 from .errors import NotADirectory, NotFound, S3FuseError, disk_full, errno_of
 from .model import Entry, Ref
 from .names import join
-from .tree.base import FileSource, Namespace
+from .tree.base import FileHandle, Namespace
 from .tree.root import RootTree
 from .util.supervisor import PIN, Supervisor
 
@@ -98,7 +98,7 @@ class Pinner:
         job.bytes_total = sum(source.size for _, source in files)
         limiter = trio.CapacityLimiter(PARALLEL_FILES)
 
-        async def one(path: str, source: FileSource) -> None:
+        async def one(path: str, source: FileHandle) -> None:
             async with limiter:
                 def progress(n: int) -> None:
                     job.bytes_done += n
@@ -113,6 +113,8 @@ class Pinner:
                     log.warning("%s of %s failed: %s", job.action, path, exc)
                     if code == errno.ENOSPC:  # the cache disk is full: so would the rest be
                         nursery.cancel_scope.cancel()
+                finally:
+                    await source.close()
                 job.files_done += 1
 
         async with trio.open_nursery() as nursery:
@@ -140,7 +142,7 @@ class Pinner:
         log.info("%s of %s: %d files, %d bytes, %d failures", job.action, job.path or "/",
                  job.files_done, job.bytes_done, len(job.failures))
 
-    async def _files(self, path: str) -> AsyncIterator[tuple[str, FileSource]]:
+    async def _files(self, path: str) -> AsyncIterator[tuple[str, FileHandle]]:
         """Every file at or below the mount-relative `path`."""
         parts = [p for p in path.split("/") if p]
         if not parts:
@@ -163,7 +165,7 @@ class Pinner:
             yield item
 
 
-async def _walk(ns: Namespace, ref: Ref, entry: Entry, path: str) -> AsyncIterator[tuple[str, FileSource]]:
+async def _walk(ns: Namespace, ref: Ref, entry: Entry, path: str) -> AsyncIterator[tuple[str, FileHandle]]:
     if not entry.is_dir:
         yield path, await ns.open(ref)
         return

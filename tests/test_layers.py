@@ -18,22 +18,24 @@ LAYERS: dict[str, int] = {
     # 0: shared vocabulary, imports nothing of ours (but each other)
     "errors": 0, "model": 0, "names": 0, "logs": 0, "redact": 0, "notify": 0,
     "__init__": 0,
-    # 1: configuration and local machinery with no S3 in it
-    "config": 1, "util": 1, "db": 1, "cache": 1, "archive": 1,
-    # 2: the S3 boundary
-    "store": 2,
-    # 3: bytes and records built on the store and the caches
-    "data": 3, "manifest": 3, "upload": 3,
-    # 4: namespaces
-    "tree": 4,
-    # 5: the FUSE adapter, jobs over namespaces, the idle query
-    "fs": 5, "pinning": 5, "idle": 5,
-    # 6: the control plane (status, pins, uploads through root xattrs)
-    "control": 6,
-    # 7: lifecycle and tools
-    "daemon": 7, "mounts": 7, "cachetool": 7,
-    # 8-10: entry points
-    "demo": 8, "cli": 9, "mounthelper": 10, "__main__": 10,
+    # 1: configuration and plumbing: the local-database layer, the supervisor, small utilities
+    "config": 1, "util": 1, "db": 1,
+    # 2: local machinery with no S3 in it: caches, archive indexing
+    "cache": 2, "archive": 2,
+    # 3: the S3 boundary
+    "store": 3,
+    # 4: bytes and records built on the store and the caches
+    "data": 4, "manifest": 4, "upload": 4,
+    # 5: namespaces
+    "tree": 5,
+    # 6: the FUSE adapter, jobs over namespaces, the idle query
+    "fs": 6, "pinning": 6, "idle": 6,
+    # 7: the control plane (status, pins, uploads through root xattrs)
+    "control": 7,
+    # 8: lifecycle and tools
+    "daemon": 8, "mounts": 8, "cachetool": 8,
+    # 9-11: entry points
+    "demo": 9, "cli": 10, "mounthelper": 11, "__main__": 11,
 }
 
 

@@ -1,7 +1,6 @@
 """Operations called directly under pytest-trio, over in-process moto."""
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 from contextlib import ExitStack
@@ -22,9 +21,10 @@ _ids = itertools.count()
 
 
 @pytest.fixture
-def parts(moto_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-          ) -> Iterator[Components]:
-    """Components over a moto server bucket named 'bkt' (shown as top-level dir 'bkt')."""
+def parts(moto_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+          request: pytest.FixtureRequest) -> Iterator[Components]:
+    """Components over a moto server bucket named 'bkt' (shown as top-level dir 'bkt');
+    parametrize indirectly with {"read_only": True} for a read-only mount."""
     client = moto_backend.client
     bucket = f"ops-{next(_ids)}"
     client.create_bucket(Bucket=bucket)
@@ -35,7 +35,8 @@ def parts(moto_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv(var, value)
     cfg = Config(mountpoint=tmp_path / "mnt", sources=(parse_source(f"s3://{bucket}", "bkt"),),
                  cache_dir=tmp_path / "cache", endpoint_url=moto_backend.endpoint,
-                 region="us-east-1", metadata_ttl=60)
+                 region="us-east-1", metadata_ttl=60,
+                 read_only=getattr(request, "param", {}).get("read_only", False))
     with ExitStack() as stack:
         yield build(cfg, stack)
 
@@ -106,10 +107,10 @@ async def test_readdir_counts_only_accepted_entries(parts: Components, readdir_c
     assert clash.st_mode & 0o040000                                # the directory wins
 
 
+@pytest.mark.parametrize("parts", [{"read_only": True}], indirect=True)
 async def test_writes_are_erofs_when_read_only_and_nothing_but_fuseerror_escapes(
         parts: Components, monkeypatch: pytest.MonkeyPatch):
     ops = parts.ops
-    monkeypatch.setattr(ops, "cfg", dataclasses.replace(ops.cfg, read_only=True))
     d = await lookup_path(ops, "bkt")
     assert (await lookup_path(ops, "bkt", "a.txt")).st_mode & 0o222 == 0  # shown read-only
     for call in (ops.mkdir(d.st_ino, b"x", 0o755, None), ops.unlink(d.st_ino, b"a.txt", None),

@@ -1,18 +1,25 @@
-"""The protocol every namespace (bucket, manifest, ...) implements.
+"""The contract every namespace (bucket, manifest, the mount root) implements, and its handles.
 
-A namespace names its nodes with opaque, hashable refs: a bucket uses relative
-paths ("" is its top directory), a manifest uses the rowids of its SQLite index.
-The FUSE layer maps inodes to (namespace, ref) and never needs to know what kind
+One contract so the FUSE adapter asks, never probes: a namespace answers every
+read, write and metadata operation the kernel can ask for, and read-only ones
+inherit their refusals from one base. A namespace names its nodes with opaque,
+hashable refs: a bucket uses relative paths ("" is its top directory), a manifest
+uses the rowids of its SQLite index. The FUSE layer maps inodes to (namespace, ref) and never needs to know what kind
 of namespace answers. A namespace with `inode_base` set numbers its own inodes
 (ino = base + ref*2 + is_dir), so a million-entry manifest needs no inode table.
 """
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 from ..data.reader import BlockReader, Loader, ReadState
+from ..errors import (InvalidArgument, NoAttribute, NotPermitted, NotSupported, ReadOnly,
+                      S3FuseError)
 from ..model import Entry, ObjectRef, Ref
+from ..names import join
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +32,30 @@ def static_base(ns_index: int) -> int:
     return (ns_index + 1) << STATIC_SHIFT
 
 
-class FileSource(Protocol):
-    """The bytes of one file as an open handle sees them."""
+class FileHandle(Protocol):
+    """An open file as one handle sees it. Every handle is closed exactly once (the FUSE
+    release), whatever it holds: a staging file's fd, a user of a local file, nothing."""
 
     size: int
     version: str  # changes whenever the content may have changed (keep_cache decision)
 
     async def read(self, offset: int, size: int) -> bytes | memoryview: ...
 
-    async def cached(self) -> bool: ...
+    async def fsync(self) -> None: ...
 
     async def pin(self, keep: bool, progress: Callable[[int], None]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class WriteHandle(FileHandle, Protocol):
+    """A handle opened for writing (create, or open with O_WRONLY/O_RDWR/O_TRUNC)."""
+
+    async def write(self, offset: int, data: bytes) -> int: ...
+
+    async def truncate(self, size: int) -> None: ...
+
+    async def flush(self) -> None: ...
 
 
 class DirStream(Protocol):
@@ -44,25 +64,191 @@ class DirStream(Protocol):
     async def page(self, start: int, limit: int) -> Sequence[tuple[int, Ref, Entry]]: ...
 
 
-class Namespace(Protocol):
-    name: str
-    writable: bool
-    root: Ref
-    inode_base: int | None
+@dataclass(frozen=True, slots=True)
+class AttrChanges:
+    """What one setattr changes (None: leave it); mode is the permission bits only."""
 
+    size: int | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+def no_pins(path: str) -> bool:
+    return False
+
+
+class Namespace(ABC):
+    """Every operation the kernel can ask of a tree of names, in one contract.
+
+    Refs are opaque to callers; writes name their target as (parent ref, name) and
+    return the refs they made or removed, so the FUSE adapter never builds a ref. The
+    operations S3 cannot do yet answer here, once (symlink/mknod/link: EPERM, user
+    xattr writes: ENOTSUP, owner and mode changes: EPERM); read-only namespaces
+    inherit EROFS for every change from ReadOnlyNamespace.
+    """
+
+    name: str
+    root: Ref
+    #: Shows write permission bits (the kernel checks them before any change).
+    writable: bool = True
+    #: Numbers its own inodes (ino = inode_base + 2*ref + is_dir; refs are ints).
+    indexed: bool = False
+    inode_base: int | None = None
+    #: Is a mount-relative path pinned? Set by RootTree from the pinner.
+    pin_covers: Callable[[str], bool] = staticmethod(no_pins)
+
+    # ------------------------------------------------------------ reads
+
+    @abstractmethod
     async def lookup(self, ref: Ref, name: str) -> tuple[Ref, Entry] | None: ...
 
+    @abstractmethod
     async def opendir(self, ref: Ref) -> DirStream: ...
 
+    @abstractmethod
     async def stat(self, ref: Ref) -> Entry: ...
 
-    async def open(self, ref: Ref) -> FileSource: ...
+    @abstractmethod
+    async def open(self, ref: Ref) -> FileHandle: ...
 
-    async def xattrs(self, ref: Ref, entry: Entry) -> dict[str, bytes]: ...
-
+    @abstractmethod
     def parent(self, ref: Ref) -> Ref: ...
 
+    @abstractmethod
     def describe(self, ref: Ref) -> str: ...
+
+    async def readlink(self, ref: Ref) -> str:
+        raise InvalidArgument(f"{self.describe(ref)}: not a symbolic link")
+
+    # ------------------------------------------------------------ state
+
+    @abstractmethod
+    async def cached(self, ref: Ref) -> bool:
+        """Are all the bytes of file `ref` on this disk (no S3 request to read it)?"""
+
+    def pinned(self, ref: Ref) -> bool:
+        return self.pin_covers(join(self.name, self.describe(ref)))
+
+    # ------------------------------------------------------------ own user attributes
+
+    @abstractmethod
+    async def xattrs(self, ref: Ref) -> dict[str, bytes]:
+        """The user attributes this namespace shows on `ref` (user.s3.uri, ...)."""
+
+    async def getxattr(self, ref: Ref, name: str) -> bytes:
+        value = (await self.xattrs(ref)).get(name)
+        if value is None:
+            raise NoAttribute(f"{self.describe(ref)}: no {name}")
+        return value
+
+    async def listxattr(self, ref: Ref) -> list[str]:
+        return list(await self.xattrs(ref))
+
+    async def setxattr(self, ref: Ref, name: str, value: bytes) -> None:
+        raise NotSupported(f"{self.describe(ref)}: S3 user metadata is not writable here")
+
+    async def removexattr(self, ref: Ref, name: str) -> None:
+        raise NotSupported(f"{self.describe(ref)}: S3 user metadata is not writable here")
+
+    # ------------------------------------------------------------ changes
+
+    @abstractmethod
+    async def create(self, parent: Ref, name: str) -> tuple[Ref, Entry, WriteHandle]: ...
+
+    @abstractmethod
+    async def open_write(self, ref: Ref, truncate: bool) -> WriteHandle: ...
+
+    @abstractmethod
+    async def setattr(self, ref: Ref, changes: AttrChanges, handle: WriteHandle | None) -> None:
+        """Apply `changes` (a truncation through `handle` when the kernel gave one)."""
+
+    @abstractmethod
+    async def mkdir(self, parent: Ref, name: str) -> tuple[Ref, Entry]: ...
+
+    @abstractmethod
+    async def unlink(self, parent: Ref, name: str) -> Ref:
+        """Remove a file's name; returns the ref that lost it."""
+
+    @abstractmethod
+    async def rmdir(self, parent: Ref, name: str) -> Ref: ...
+
+    @abstractmethod
+    async def rename(self, old_parent: Ref, old_name: str, new_parent: Ref | None, new_name: str,
+                     *, noreplace: bool = False, exchange: bool = False) -> tuple[Ref, Ref]:
+        """Move a name; `new_parent` None: the target is in another namespace (EXDEV).
+        Returns (old ref, new ref)."""
+
+    async def symlink(self, parent: Ref, name: str, target: str) -> tuple[Ref, Entry]:
+        raise NotPermitted(f"{self._child(parent, name)}: S3 has no symlinks")
+
+    async def mknod(self, parent: Ref, name: str, mode: int, rdev: int) -> tuple[Ref, Entry]:
+        raise NotPermitted(f"{self._child(parent, name)}: S3 has no special files")
+
+    async def link(self, ref: Ref, new_parent: Ref, new_name: str) -> tuple[Ref, Entry]:
+        raise NotPermitted(f"{self._child(new_parent, new_name)}: S3 has no hard links")
+
+    def refuse_owner_and_mode(self, ref: Ref, changes: AttrChanges) -> None:
+        """Owner and permission bits: S3 keeps none (refused, never faked)."""
+        if changes.mode is not None or changes.uid is not None or changes.gid is not None:
+            raise NotPermitted(f"{self.describe(ref)}: S3 keeps no owner or mode "
+                               "(set --uid/--gid/--file-mode/--dir-mode at mount)")
+
+    def _child(self, parent: Ref, name: str) -> str:
+        return join(self.describe(parent), name)
+
+
+class ReadOnlyNamespace(Namespace):
+    """A namespace that takes no changes: every one is answered with `refusal` (EROFS).
+
+    Owner and mode changes keep their EPERM (asked first, as on a writable one) and a
+    time-only change of access time is a no-op, as before."""
+
+    writable = False
+
+    def refusal(self, what: str) -> S3FuseError:
+        return ReadOnly(f"{self.name}: {what}: read-only")
+
+    async def create(self, parent: Ref, name: str) -> tuple[Ref, Entry, WriteHandle]:
+        raise self.refusal(self._child(parent, name))
+
+    async def open_write(self, ref: Ref, truncate: bool) -> WriteHandle:
+        raise self.refusal(self.describe(ref))
+
+    async def setattr(self, ref: Ref, changes: AttrChanges, handle: WriteHandle | None) -> None:
+        self.refuse_owner_and_mode(ref, changes)
+        if changes.size is not None or changes.mtime_ns is not None:
+            raise self.refusal(self.describe(ref))
+
+    async def mkdir(self, parent: Ref, name: str) -> tuple[Ref, Entry]:
+        raise self.refusal(self._child(parent, name))
+
+    async def unlink(self, parent: Ref, name: str) -> Ref:
+        raise self.refusal(self._child(parent, name))
+
+    async def rmdir(self, parent: Ref, name: str) -> Ref:
+        raise self.refusal(self._child(parent, name))
+
+    async def rename(self, old_parent: Ref, old_name: str, new_parent: Ref | None, new_name: str,
+                     *, noreplace: bool = False, exchange: bool = False) -> tuple[Ref, Ref]:
+        raise self.refusal(self._child(old_parent, old_name))
+
+    async def symlink(self, parent: Ref, name: str, target: str) -> tuple[Ref, Entry]:
+        raise self.refusal(self._child(parent, name))
+
+    async def mknod(self, parent: Ref, name: str, mode: int, rdev: int) -> tuple[Ref, Entry]:
+        raise self.refusal(self._child(parent, name))
+
+    async def link(self, ref: Ref, new_parent: Ref, new_name: str) -> tuple[Ref, Entry]:
+        raise self.refusal(self._child(new_parent, new_name))
+
+    async def setxattr(self, ref: Ref, name: str, value: bytes) -> None:
+        raise self.refusal(self.describe(ref))
+
+    async def removexattr(self, ref: Ref, name: str) -> None:
+        raise self.refusal(self.describe(ref))
 
 
 class SnapshotDir:
@@ -75,9 +261,6 @@ class SnapshotDir:
     async def page(self, start: int, limit: int) -> list[tuple[int, Ref, Entry]]:
         end = min(start + limit, len(self._items))
         return [(i + 1, *self._items[i]) for i in range(start, end)]
-
-
-
 
 class OnceLogger:
     """Logs a message about a given subject only once per daemon (hidden keys etc.)."""
@@ -115,8 +298,11 @@ class ObjectSource:
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         return await self.reader.read(self.ref, offset, size, self._state, self._loader)
 
-    async def cached(self) -> bool:
-        return await self.reader.is_cached(self.ref)
+    async def fsync(self) -> None:
+        """Nothing to make durable: these bytes are S3's."""
 
     async def pin(self, keep: bool, progress: Callable[[int], None]) -> None:
         await self.reader.pin(self.ref, self._loader, keep, progress)
+
+    async def close(self) -> None:
+        """Nothing held: the block cache owns the bytes read."""

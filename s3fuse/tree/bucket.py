@@ -29,9 +29,10 @@ from ..upload.uploader import UploadResult
 from ..util.supervisor import LIST_AHEAD as LIST_AHEAD_TASK, Supervisor
 from ..upload.writeback import WriteBack
 from ..util.flight import SingleFlight
-from .base import FileSource, ObjectSource, OnceLogger, SnapshotDir
+from .base import (AttrChanges, FileHandle, Namespace, ObjectSource, OnceLogger, ReadOnlyNamespace,
+                   SnapshotDir, WriteHandle)
 from .learned import LearnedChanges
-from .localsource import LocalSource
+from .localsource import LocalReader, LocalWriter
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,13 @@ def entries_from_pages(pages: list[ListPage], prefix: str, hidden: OnceLogger,
     return sorted([*dirs.values(), *files.values()], key=lambda e: e.name)
 
 
-class BucketTree:
-    """Namespace over s3://bucket/prefix/ ."""
+class BucketTree(Namespace):
+    """Namespace over s3://bucket/prefix/ (ReadOnlyBucketTree when mounted read-only)."""
 
     _full_logged = False  # "cache full: stored listings" is logged once per daemon
 
     def __init__(self, spec: SourceSpec, store: S3Store, meta: MetaStore, reader: BlockReader,
-                 *, ttl: float, writable: bool = False, list_limiter: trio.CapacityLimiter,
+                 *, ttl: float, list_limiter: trio.CapacityLimiter,
                  siblings: SiblingPrefetcher | None = None, background: Supervisor | None = None,
                  writes: WriteBack | None = None):
         self.name = spec.name
@@ -89,7 +90,6 @@ class BucketTree:
         self.meta = meta
         self.reader = reader
         self.ttl = ttl
-        self.writable = writable
         self.ns_id = f"bucket\x00{spec.bucket}\x00{spec.prefix}"
         self._limiter = list_limiter
         self._siblings = siblings
@@ -308,14 +308,14 @@ class BucketTree:
     def ref(self, path: str, entry: Entry) -> ObjectRef:
         return ObjectRef(self.spec.bucket, self.key_of(path), entry.etag, entry.size)
 
-    async def open(self, path: str) -> FileSource:
+    async def open(self, path: str) -> FileHandle:
         entry = await self.stat(path)
         if entry.is_dir:
             raise IsADirectory(path)
         if self.writes is not None:
             local = self.writes.reader(self.spec.bucket, self.key_of(path))
             if local is not None:
-                return LocalSource(local, self.writes)
+                return LocalReader(local, self.writes)
             if not entry.etag:  # the local version was uploaded while we looked: S3's now
                 entry = await self.stat(path)
         if self._siblings is not None:
@@ -325,7 +325,16 @@ class BucketTree:
                 for e in self.meta.files_after(self.ns_id, parent, after, n)])
         return ObjectSource(self.reader, self.ref(path, entry))
 
-    async def xattrs(self, path: str, entry: Entry) -> dict[str, bytes]:
+    async def cached(self, path: str) -> bool:
+        if self.writes is not None and self.writes.has_local(self.spec.bucket, self.key_of(path)):
+            return True  # the newest bytes are on this disk
+        entry = await self.stat(path)
+        if not entry.etag:  # the local version was uploaded while we looked: S3's now
+            entry = await self.stat(path)
+        return not entry.is_dir and await self.reader.is_cached(self.ref(path, entry))
+
+    async def xattrs(self, path: str) -> dict[str, bytes]:
+        entry = await self.stat(path)
         if entry.is_dir:
             return {"user.s3.uri": f"s3://{self.spec.bucket}/{self._dir_prefix(path)}".encode()}
         return {"user.s3.uri": f"s3://{self.spec.bucket}/{self.key_of(path)}".encode(),
@@ -334,25 +343,26 @@ class BucketTree:
     # ----------------------------------------------------------- writes
 
     def _writer(self) -> WriteBack:
-        if self.writes is None or not self.writable:
-            raise ReadOnly(f"{self.spec.uri} is mounted read-only")
+        if self.writes is None:
+            raise ReadOnly(f"{self.spec.uri}: no write-back to take changes")
         return self.writes
 
     def _check_name(self, path: str) -> None:
         if not is_posix_name(split(path)[1]):
             raise InvalidArgument(f"{path!r} cannot be an S3 key here")
 
-    async def create(self, path: str) -> tuple[Entry, LocalSource]:
+    async def create(self, parent: str, name: str) -> tuple[str, Entry, WriteHandle]:
         """A new empty file (uploaded on close even if nothing is written)."""
         writes = self._writer()
+        path = join(parent, name)
         self._check_name(path)
         local = await writes.open(self.spec.bucket, self.key_of(path), truncate=True, expected=None)
-        return self._local_entry(path, local), LocalSource(local, writes, writable=True)
+        return path, self._local_entry(path, local), LocalWriter(local, writes)
 
     def _local_entry(self, path: str, local: LocalFile) -> Entry:
         return Entry(split(path)[1], False, local.size, local.change.mtime_ns, "", time.time())
 
-    async def open_write(self, path: str, truncate: bool) -> LocalSource:
+    async def open_write(self, path: str, truncate: bool) -> WriteHandle:
         """A handle for writing: the current bytes (unless truncated) in a staging file."""
         writes = self._writer()
         entry = await self.stat(path)
@@ -366,7 +376,16 @@ class BucketTree:
             local = await writes.open(self.spec.bucket, key, truncate=truncate,
                                       expected=entry.etag or UNKNOWN, size=entry.size,
                                       read=source.read)
-        return LocalSource(local, writes, writable=True)
+        return LocalWriter(local, writes)
+
+    async def setattr(self, path: str, changes: AttrChanges, handle: WriteHandle | None) -> None:
+        self.refuse_owner_and_mode(path, changes)
+        self._writer()
+        if changes.size is not None:
+            await (handle.truncate(changes.size) if handle is not None
+                   else self.truncate(path, changes.size))
+        if changes.mtime_ns is not None:
+            await self.set_mtime(path, changes.mtime_ns)
 
     async def truncate(self, path: str, size: int) -> Entry:
         """truncate(2) without an open handle: a new version of the given size."""
@@ -377,38 +396,48 @@ class BucketTree:
             await handle.close()
         return await self.stat(path)
 
-    async def unlink(self, path: str) -> None:
+    async def unlink(self, parent: str, name: str) -> str:
         writes = self._writer()
+        path = join(parent, name)
         if (await self.stat(path)).is_dir:
             raise IsADirectory(path)
         await writes.remove(self.spec.bucket, self.key_of(path))
+        return path
 
-    async def mkdir(self, path: str) -> Entry:
+    async def mkdir(self, parent: str, name: str) -> tuple[str, Entry]:
         writes = self._writer()
+        path = join(parent, name)
         self._check_name(path)
-        parent, name = split(path)
         if await self.lookup(parent, name) is not None:
             raise FileExists(path)
         await writes.make_dir(self.spec.bucket, self._dir_prefix(path))
-        return Entry(name, True, 0, time.time_ns(), "", time.time())
+        return path, Entry(name, True, 0, time.time_ns(), "", time.time())
 
-    async def rmdir(self, path: str) -> None:
+    async def rmdir(self, parent: str, name: str) -> str:
         writes = self._writer()
+        path = join(parent, name)
         if not (await self.stat(path)).is_dir:
             raise NotADirectory(path)
         if await self.listdir(path):
             raise NotEmpty(path)
         await writes.remove(self.spec.bucket, self._dir_prefix(path))
+        return path
 
-    async def rename(self, old: str, new: str, noreplace: bool = False) -> None:
+    async def rename(self, old_parent: str, old_name: str, new_parent: str | None, new_name: str,
+                     *, noreplace: bool = False, exchange: bool = False) -> tuple[str, str]:
         """rename(2) within this tree: files by server-side copy (or their local bytes) and
         delete; directories key by key up to RENAME_DIR_LIMIT objects (beyond: EXDEV, and
         `mv` copies). Not atomic: a failure part-way leaves the source in place."""
         self._writer()
+        if new_parent is None:
+            raise TooBigToRename("rename between sources: copy and delete instead")
+        old, new = join(old_parent, old_name), join(new_parent, new_name)
         self._check_name(new)
+        if exchange:
+            raise InvalidArgument("RENAME_EXCHANGE is not supported on S3")
         source = await self.stat(old)
         if old == new:
-            return
+            return old, new
         target = await self._stat_or_none(new)
         if target is not None:
             if noreplace:
@@ -425,8 +454,9 @@ class BucketTree:
             await self._rename_dir(old, new)
         else:
             await self._rename_file(self.key_of(old), self.key_of(new), source)
-        for path in (split(old)[0], split(new)[0]):
+        for path in (old_parent, new_parent):
             self.meta.expire_listing(self.ns_id, path)
+        return old, new
 
     async def _stat_or_none(self, path: str) -> Entry | None:
         try:
@@ -506,3 +536,7 @@ class BucketTree:
             change = self.overlay.get(self.spec.bucket, change_key)
             if change is not None and not change.deleted:
                 change.mtime_ns = mtime_ns
+
+
+class ReadOnlyBucketTree(ReadOnlyNamespace, BucketTree):
+    """A bucket mounted read-only: BucketTree's reads, ReadOnlyNamespace's refusals."""

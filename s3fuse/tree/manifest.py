@@ -23,7 +23,7 @@ from ..manifest.index import FILE, MEMBER, ROOT_ID, SHARD, ManifestIndex, Node
 from ..manifest.ingest import IngestLimits, Ingestion
 from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
-from .base import FileSource, ObjectSource
+from .base import FileHandle, ObjectSource, ReadOnlyNamespace
 from .shards import ShardService
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,9 @@ class IndexDir:
         return [(n.id, n.id, self.tree.entry(n)) for n in nodes]
 
 
-class ManifestTree:
-    """Namespace over one manifest (and everything it references)."""
+class ManifestTree(ReadOnlyNamespace):
+    """Namespace over one manifest (and everything it references); takes no changes."""
 
-    writable = False
     indexed = True
     root = ROOT_ID
 
@@ -164,18 +163,29 @@ class ManifestTree:
         self.index.update_file(node.id, info.size, info.etag)
         return self._node(node.id)
 
-    async def open(self, ref: int) -> FileSource:
+    async def open(self, ref: int) -> FileHandle:
         node = self._node(ref)
         if node.is_dir:
             raise IsADirectory(self.describe(ref))
         if node.kind == MEMBER:
             return await self._shards.open_member(self, node)
+        return ObjectSource(self.reader, await self._object(node))
+
+    async def _object(self, node: Node) -> ObjectRef:
+        """The S3 object of a file entry (size and ETag looked up once when missing)."""
         node = (await self.resolved([node]))[0]
         assert node.key is not None
-        return ObjectSource(self.reader, ObjectRef(self.spec.bucket, node.key, node.etag or "",
-                                                   node.size or 0))
+        return ObjectRef(self.spec.bucket, node.key, node.etag or "", node.size or 0)
 
-    async def xattrs(self, ref: int, entry: Entry) -> dict[str, bytes]:
+    async def cached(self, ref: int) -> bool:
+        node = self._node(ref)
+        if node.is_dir:
+            return False
+        if node.kind == MEMBER:
+            return await self.reader.is_cached(self._shards.member_ref(self, node))
+        return await self.reader.is_cached(await self._object(node))
+
+    async def xattrs(self, ref: int) -> dict[str, bytes]:
         node = self._node(ref)
         values: dict[str, bytes] = {}
         if node.kind == MEMBER:

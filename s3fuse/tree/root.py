@@ -1,23 +1,25 @@
 """The top level: configured sources under their names, or every listable bucket.
 
 Namespaces get a small index, stable for the life of the mount, which the inode
-table uses to address (namespace, path) pairs.
+table uses to address (namespace, path) pairs. The mount's top directory is a
+namespace too (MountRoot): its refs are those indexes, it takes no changes, and
+its own attributes are the control plane.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import trio
 
 from ..cache.meta import MetaStore
 from ..config import SourceSpec
-from ..errors import Offline
-from ..model import Entry
+from ..errors import IsADirectory, NoAttribute, NotPermitted, Offline, S3FuseError
+from ..model import Entry, Ref
 from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
-from .base import Namespace, static_base
+from .base import FileHandle, Namespace, ReadOnlyNamespace, SnapshotDir, no_pins, static_base
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ class RootTree:
                  bucket_factory: Callable[[SourceSpec], Namespace] | None = None):
         self._namespaces: list[Namespace] = []
         self._index: dict[str, int] = {}
+        self._pin_covers: Callable[[str], bool] = no_pins
         for ns in namespaces:
             self._add(ns)
         self._store = store
@@ -38,6 +41,12 @@ class RootTree:
         self._ttl = ttl
         self._bucket_factory = bucket_factory  # set: auto mode, every listable bucket
         self._flight: SingleFlight[None] = SingleFlight()
+
+    def use_pins(self, covers: Callable[[str], bool]) -> None:
+        """Every namespace (and every bucket found later) answers `pinned` with `covers`."""
+        self._pin_covers = covers
+        for ns in self._namespaces:
+            ns.pin_covers = covers
 
     @property
     def auto(self) -> bool:
@@ -51,6 +60,9 @@ class RootTree:
             return await self._refresh_buckets()
         now = time.time()
         return [Entry(ns.name, True, 0, 0, "", now) for ns in sorted(self._namespaces, key=lambda n: n.name)]
+
+    def index_of(self, name: str) -> int | None:
+        return self._index.get(name)
 
     async def find(self, name: str) -> int | None:
         """The index of the namespace called `name`, or None."""
@@ -82,7 +94,79 @@ class RootTree:
 
     def _add(self, ns: Namespace) -> None:
         index = len(self._namespaces)
-        if getattr(ns, "indexed", False):  # it numbers its own inodes from this base
+        if ns.indexed:  # it numbers its own inodes from this base
             ns.inode_base = static_base(index)
+        ns.pin_covers = self._pin_covers
         self._index[ns.name] = index
         self._namespaces.append(ns)
+
+
+class ControlPlane(Protocol):
+    """What the root's attributes expose (status, pid, pins, ...); implemented in control.py."""
+
+    def names(self) -> list[str]: ...
+
+    async def get(self, name: str) -> bytes: ...
+
+    async def set(self, name: str, value: bytes) -> None: ...
+
+
+class MountRoot(ReadOnlyNamespace):
+    """The mount's top directory: one entry per source, whose refs are the sources' indexes
+    (the FUSE adapter shows each as that namespace's top). Changes are refused with EPERM
+    (write inside a source); its attributes are the control plane's."""
+
+    name = ""
+    root: Ref = ""
+    #: Shows write bits: the owner must be able to set the control attributes (pin, unpin).
+    writable = True
+
+    def __init__(self, tree: RootTree, control: ControlPlane | None = None):
+        self.tree = tree
+        self.control = control
+
+    def refusal(self, what: str) -> S3FuseError:
+        return NotPermitted("the mount root shows the sources: write inside one of them")
+
+    async def lookup(self, ref: Ref, name: str) -> tuple[Ref, Entry] | None:
+        index = await self.tree.find(name)
+        return None if index is None else (index, Entry(name, True))
+
+    async def opendir(self, ref: Ref) -> SnapshotDir:
+        entries = await self.tree.entries()  # registers buckets found since
+        return SnapshotDir([(index, e) for e in entries
+                            if (index := self.tree.index_of(e.name)) is not None])
+
+    async def stat(self, ref: Ref) -> Entry:
+        return Entry("", True)
+
+    async def open(self, ref: Ref) -> FileHandle:
+        raise IsADirectory("/")
+
+    def parent(self, ref: Ref) -> Ref:
+        return ""
+
+    def describe(self, ref: Ref) -> str:
+        return ""
+
+    async def cached(self, ref: Ref) -> bool:
+        return False
+
+    def pinned(self, ref: Ref) -> bool:
+        return False
+
+    async def xattrs(self, ref: Ref) -> dict[str, bytes]:
+        return {}
+
+    async def getxattr(self, ref: Ref, name: str) -> bytes:
+        if self.control is None or name not in self.control.names():
+            raise NoAttribute(name)
+        return await self.control.get(name)
+
+    async def listxattr(self, ref: Ref) -> list[str]:
+        return [] if self.control is None else self.control.names()
+
+    async def setxattr(self, ref: Ref, name: str, value: bytes) -> None:
+        if self.control is None or name not in self.control.names():
+            raise self.refusal(name)
+        await self.control.set(name, value)

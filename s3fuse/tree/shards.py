@@ -27,7 +27,7 @@ from ..errors import CorruptData, NotFound, StaleObject
 from ..manifest.index import Node, compact_json
 from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
-from .base import FileSource, ObjectSource, OnceLogger
+from .base import FileHandle, ObjectSource, OnceLogger
 
 if TYPE_CHECKING:
     from .manifest import ManifestTree
@@ -173,14 +173,25 @@ class ShardService:
 
     # ------------------------------------------------------------ reading
 
-    async def open_member(self, tree: "ManifestTree", node: Node) -> FileSource:
+    def _indexed(self, tree: "ManifestTree", node: Node) -> dict[str, Any]:
+        """The row of the indexed shard that holds member `node`."""
         shard = self._shard(tree, node.shard or 0)
         if shard is None or shard["state"] != "indexed":
             raise NotFound(tree.describe(node.id))
-        bucket, key, etag = tree.spec.bucket, shard["archive_key"], shard["etag"]
+        return shard
+
+    def member_ref(self, tree: "ManifestTree", node: Node) -> ObjectRef:
+        """The virtual object a member's bytes are cached as ("archive#member")."""
+        shard = self._indexed(tree, node)
         path = tree.index.path_of(node.id, top=node.shard or 0)
-        member = Member(path, node.offset or 0, node.size or 0, 0)
-        virtual = ObjectRef(bucket, f"{key}#{path}", etag, member.size)
+        return ObjectRef(tree.spec.bucket, f"{shard['archive_key']}#{path}", shard["etag"],
+                         node.size or 0)
+
+    async def open_member(self, tree: "ManifestTree", node: Node) -> FileHandle:
+        shard = self._indexed(tree, node)
+        bucket, key, etag = tree.spec.bucket, shard["archive_key"], shard["etag"]
+        virtual = self.member_ref(tree, node)
+        member = Member(virtual.key[len(key) + 1:], node.offset or 0, node.size or 0, 0)
         archive = ObjectRef(bucket, key, etag, shard["asize"])
         fmt = shard["actual"]
         if fmt == "tar":

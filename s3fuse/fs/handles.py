@@ -1,0 +1,87 @@
+"""The FUSE file and directory handle tables: fh number -> open handle and its inode.
+
+Kept apart from the adapter so that fs/ops.py only decodes, calls and encodes. A file
+handle records whether it writes as a type (a WriteHandle), never by probing it.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+from dataclasses import dataclass
+
+import pyfuse3
+
+from ..tree.base import DirStream, FileHandle, WriteHandle
+from .inodes import Node
+from .pagecache import Opened
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class OpenFile:
+    node: Node
+    handle: FileHandle
+    writer: WriteHandle | None  # the same handle when it was opened for writing
+    opened: Opened
+
+
+@dataclass(slots=True)
+class OpenDir:
+    node: Node
+    stream: DirStream
+
+
+class HandleTable:
+    def __init__(self) -> None:
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, OpenDir] = {}
+        self._fh = itertools.count(1)
+
+    def add_file(self, node: Node, handle: FileHandle, opened: Opened,
+                 writer: WriteHandle | None = None) -> int:
+        fh = next(self._fh)
+        self._files[fh] = OpenFile(node, handle, writer, opened)
+        return fh
+
+    def file(self, fh: int) -> OpenFile | None:
+        return self._files.get(fh)
+
+    def reader(self, fh: int) -> FileHandle:
+        found = self._files.get(fh)
+        if found is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return found.handle
+
+    def writer(self, fh: int) -> WriteHandle:
+        found = self._files.get(fh)
+        if found is None or found.writer is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return found.writer
+
+    def pop_file(self, fh: int) -> OpenFile | None:
+        return self._files.pop(fh, None)
+
+    def open_on(self, ino: int) -> OpenFile | None:
+        """A handle open on `ino` (fstat of a file whose name is gone)."""
+        return next((f for f in self._files.values() if f.node.ino == ino), None)
+
+    def add_dir(self, node: Node, stream: DirStream) -> int:
+        fh = next(self._fh)
+        self._dirs[fh] = OpenDir(node, stream)
+        return fh
+
+    def dir(self, fh: int) -> OpenDir:
+        found = self._dirs.get(fh)
+        if found is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return found
+
+    def pop_dir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    def node(self, fh: int) -> Node | None:
+        """The inode of a file or directory handle (for log lines)."""
+        found = self._files.get(fh) or self._dirs.get(fh)
+        return None if found is None else found.node

@@ -1,0 +1,114 @@
+"""Page-cache coherence across S3 versions: what the kernel may cache and what it is told.
+
+The kernel keeps one page cache per inode, shared by every handle, and clamps reads
+to the size it was last told. S3 objects change under open handles, so for each
+inode this module remembers the version last opened (keep_cache), the version whose
+pages open handles read (PagedVersion) and the version whose size the kernel holds
+(told). From those it decides how a read handle uses the page cache, and which
+size and mtime a lookup or getattr may show, so no reader ever gets a blend of two
+versions or one cut short (docs/architecture.md, "Inodes and kernel caching").
+It knows inodes and entries only: no FUSE, no S3.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..model import Entry
+
+log = logging.getLogger(__name__)
+
+KEEP_CACHE_MEMORY = 100_000  # inodes whose last-opened (and last-told) version we remember
+
+
+@dataclass(slots=True)
+class PagedVersion:
+    """The S3 version whose pages the kernel may cache for an inode, while read handles
+    on it are open."""
+
+    etag: str
+    size: int
+    mtime_ns: int
+    handles: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """How one handle uses the page cache; given back at release."""
+
+    direct_io: bool = False   # bypasses the page cache (another version's pages are there)
+    keep_cache: bool = False  # the cached pages are this version's: keep them
+    paged: bool = False       # counted in the inode's PagedVersion
+    writer: bool = False
+
+
+def _remember(table: OrderedDict[int, str], ino: int, version: str, memory: int) -> None:
+    table[ino] = version
+    table.move_to_end(ino)
+    if len(table) > memory:
+        table.popitem(last=False)
+
+
+class PageCache:
+    def __init__(self, memory: int = KEEP_CACHE_MEMORY):
+        self._memory = memory
+        self._versions: OrderedDict[int, str] = OrderedDict()  # ino -> version last opened
+        self._paged: dict[int, PagedVersion] = {}  # ino -> version of its open cached handles
+        self._told: OrderedDict[int, str] = OrderedDict()  # ino -> version whose size the kernel has
+        self._writers: dict[int, int] = {}  # ino -> handles open for writing
+
+    def shown(self, ino: int, entry: Entry) -> Entry:
+        """The entry of file `ino` the kernel may be given. While handles of an older version
+        read through the page cache, its size and mtime (a smaller new size would cut their
+        reads short, a new mtime would drop their pages); the true one once they are closed,
+        or while a writer has the file open (its appends need the true size)."""
+        paged = self._paged.get(ino)
+        if (paged is not None and entry.etag and entry.etag != paged.etag
+                and not self._writers.get(ino)):
+            return Entry(entry.name, False, paged.size, paged.mtime_ns, paged.etag)
+        return entry
+
+    def told(self, ino: int, entry: Entry) -> None:
+        """The kernel was given `entry` (a shown one) for `ino`: a lookup, getattr or
+        readdirplus reply it accepted."""
+        if entry.etag and self._told.get(ino) != entry.etag:
+            _remember(self._told, ino, entry.etag, self._memory)
+
+    def open_read(self, ino: int, entry: Entry, size: int, version: str) -> Opened:
+        """A read handle of `version` (`size` bytes) on the file whose entry is `entry`."""
+        paged = self._paged.get(ino)
+        if ((paged is not None and entry.etag != paged.etag) or size != entry.size
+                or (entry.etag and self._told.get(ino, entry.etag) != entry.etag)):
+            # Another version's pages are in the inode's page cache, or the kernel holds
+            # another version's size (told by a lookup racing this open, or the entry
+            # changed while opening): this handle bypasses the page cache, and direct
+            # reads are not clamped to the kernel's size.
+            return Opened(direct_io=True)
+        if entry.etag:
+            if paged is None:
+                paged = self._paged[ino] = PagedVersion(entry.etag, entry.size, entry.mtime_ns)
+            paged.handles += 1
+        keep = self._versions.get(ino) == version
+        _remember(self._versions, ino, version, self._memory)
+        return Opened(keep_cache=keep, paged=bool(entry.etag))
+
+    def open_write(self, ino: int) -> Opened:
+        """A handle that writes: the cached pages are no version's any more."""
+        self._versions.pop(ino, None)
+        self._writers[ino] = self._writers.get(ino, 0) + 1
+        return Opened(writer=True)
+
+    def release(self, ino: int, opened: Opened) -> None:
+        if opened.paged:
+            paged = self._paged.get(ino)
+            if paged is not None:
+                paged.handles -= 1
+                if paged.handles <= 0:
+                    del self._paged[ino]
+        if opened.writer:
+            left = self._writers.get(ino, 0) - 1
+            if left > 0:
+                self._writers[ino] = left
+            else:
+                self._writers.pop(ino, None)

@@ -1,0 +1,105 @@
+"""Page-cache coherence rules (fs/pagecache.py), one inode at a time, without a mount.
+
+tests/test_concurrency.py proves the same rules through the kernel; these pin each
+rule down: keep_cache across opens of one version, direct I/O while another version's
+pages are in use, the size and mtime shown to the kernel meanwhile, and what a
+readdirplus reply the kernel refused must not count as told.
+"""
+from __future__ import annotations
+
+from s3fuse.fs.pagecache import Opened, PageCache
+from s3fuse.model import Entry
+
+INO = 42
+
+
+def version(etag: str, size: int, mtime_ns: int = 1) -> Entry:
+    return Entry("f", False, size, mtime_ns, etag)
+
+
+def open_read(pages: PageCache, entry: Entry) -> Opened:
+    return pages.open_read(INO, entry, entry.size, entry.etag)
+
+
+def test_keep_cache_only_when_the_same_version_is_opened_again():
+    pages = PageCache()
+    v1, v2 = version("e1", 10), version("e2", 10)
+    first = open_read(pages, v1)
+    assert first == Opened(keep_cache=False, paged=True)
+    pages.release(INO, first)
+    again = open_read(pages, v1)
+    assert again.keep_cache and not again.direct_io
+    pages.release(INO, again)
+    changed = open_read(pages, v2)
+    assert not changed.keep_cache and not changed.direct_io  # no handle of v1 is open
+    pages.release(INO, changed)
+
+
+def test_a_new_version_opened_while_the_old_one_is_read_bypasses_the_page_cache():
+    pages = PageCache()
+    v1, v2 = version("e1", 100, mtime_ns=1), version("e2", 60, mtime_ns=2)
+    reading = open_read(pages, v1)
+    pages.told(INO, pages.shown(INO, v2))         # a lookup of the new version meanwhile
+    newer = open_read(pages, v2)
+    assert newer.direct_io and not newer.paged    # it neither reads nor fills v1's pages
+    assert pages.shown(INO, v2) == version("e1", 100, mtime_ns=1)  # v1's readers not cut short
+    pages.release(INO, newer)
+    pages.release(INO, reading)
+    assert pages.shown(INO, v2) == v2             # all closed: the truth
+
+
+def test_a_writer_sees_the_true_size_while_old_readers_are_open():
+    pages = PageCache()
+    v1, v2 = version("e1", 100), version("e2", 150)
+    reading = open_read(pages, v1)
+    writing = pages.open_write(INO)
+    assert pages.shown(INO, v2) == v2             # appends need the real size
+    pages.release(INO, writing)
+    assert pages.shown(INO, v2).size == 100
+    pages.release(INO, reading)
+
+
+def test_writing_drops_keep_cache_for_the_next_open():
+    pages = PageCache()
+    v1 = version("e1", 10)
+    pages.release(INO, open_read(pages, v1))
+    pages.release(INO, pages.open_write(INO))
+    assert not open_read(pages, v1).keep_cache
+
+
+def test_open_bypasses_when_the_kernel_was_told_another_size():
+    pages = PageCache()
+    v1, v2 = version("e1", 10), version("e2", 20)
+    pages.told(INO, v2)                           # a lookup raced this open with v2's size
+    assert open_read(pages, v1).direct_io
+    handle_of_other_size = pages.open_read(INO, v2, 12, "local:x")  # the entry changed
+    assert handle_of_other_size.direct_io
+
+
+def test_a_refused_readdir_entry_is_not_told():
+    """readdir tells only what readdir_reply accepted: an entry shown but not sent leaves
+    the kernel with the size it had, so an open of that version keeps the page cache."""
+    pages = PageCache()
+    v1, v2 = version("e1", 10), version("e2", 20)
+    pages.told(INO, v1)
+    pages.shown(INO, v2)                          # computed for a reply the kernel refused
+    assert not open_read(pages, v1).direct_io
+
+
+def test_versionless_entries_are_never_paged():
+    pages = PageCache()
+    local = Entry("f", False, 5, 1, "")            # a local file not uploaded yet
+    opened = pages.open_read(INO, local, 5, "local:1")
+    assert not opened.paged and not opened.direct_io
+    pages.release(INO, opened)
+    assert pages.shown(INO, version("e1", 9)) == version("e1", 9)
+
+
+def test_memory_is_bounded():
+    pages = PageCache(memory=3)
+    for ino in range(10):
+        pages.told(ino, version(f"e{ino}", 1))
+        opened = pages.open_read(ino, version(f"e{ino}", 1), 1, f"e{ino}")
+        pages.release(ino, opened)
+    assert pages.open_read(9, version("e9", 1), 1, "e9").keep_cache      # recent: remembered
+    assert not pages.open_read(0, version("e0", 1), 1, "e0").keep_cache  # oldest: forgotten
