@@ -16,7 +16,7 @@ import threading
 from collections import deque
 from typing import Callable
 
-from ..model import Entry
+from ...model import Entry
 
 KEEP = 10_000  # recent changes kept; a listing older than all of them is stored as stale
 

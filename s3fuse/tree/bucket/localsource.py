@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..upload.localfile import LocalFile
-from ..upload.writeback import StagedFile, WriteBack
+from ...upload.localfile import LocalFile
+from ...upload.writeback import StagedFile, WriteBack
 
 
 class LocalReader:
