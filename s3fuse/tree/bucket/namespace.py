@@ -94,7 +94,7 @@ class BucketTree(Namespace):
     async def lookup(self, path: str, name: str) -> tuple[str, Entry] | None:
         local = self._pending.local(path, name)
         if local is not None:
-            return None if local is GONE else (join(path, name), local)  # type: ignore[return-value]
+            return None if local is GONE else (join(path, name), local)
         await self._pending.listing_or_local(path)
         entry = self._listings.entry(path, name)
         return None if entry is None else (join(path, name), entry)
