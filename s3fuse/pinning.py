@@ -25,7 +25,7 @@ from .cache.meta import MetaStore
 from .errors import NotADirectory, NotFound, S3FuseError, disk_full, errno_of
 from .model import Entry, Ref
 from .names import join
-from .tree.base import FileHandle, Namespace
+from .tree.contract import FileHandle, Namespace
 from .tree.root import RootTree
 from .util.supervisor import PIN, Supervisor
 

@@ -11,7 +11,7 @@ from s3fuse.cache.meta import MetaStore
 from s3fuse.config import parse_source
 from s3fuse.store.s3 import ListPage, ObjectInfo
 from s3fuse.names import is_posix_name
-from s3fuse.tree.base import OnceLogger
+from s3fuse.util.oncelog import OnceLogger
 from s3fuse.tree.bucket import BucketTree, entries_from_pages
 from s3fuse.upload.uploader import UploadResult
 

@@ -25,7 +25,8 @@ from s3fuse.errors import S3FuseError
 from s3fuse.fs.inodes import ROOT_INODE
 from s3fuse.fs.ops import S3Operations
 from s3fuse.model import Entry, Ref
-from s3fuse.tree.base import AttrChanges, Namespace, ReadOnlyNamespace, SnapshotDir
+from s3fuse.tree.contract import AttrChanges, Namespace, ReadOnlyNamespace
+from s3fuse.tree.sources import SnapshotDir
 from s3fuse.tree.bucket import BucketTree, ReadOnlyBucketTree
 from s3fuse.tree.manifest import ManifestTree
 from s3fuse.tree.root import MountRoot, RootTree

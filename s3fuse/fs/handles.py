@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pyfuse3
 
-from ..tree.base import DirStream, FileHandle, WriteHandle
+from ..tree.contract import DirStream, FileHandle, WriteHandle
 from .inodes import Node
 from .pagecache import Opened
 

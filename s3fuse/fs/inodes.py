@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable
 
-from ..tree.base import STATIC_SHIFT, STATIC_START, static_base
+from ..tree.contract import STATIC_SHIFT, STATIC_START, static_base
 
 ROOT_INODE = 1
 ROOT_NS = -1

@@ -21,7 +21,7 @@ from ..config import Config
 from ..errors import NotADirectory, NotFound, TooBigToRename
 from ..model import Entry, Ref
 from ..names import join
-from ..tree.base import AttrChanges, Namespace
+from ..tree.contract import AttrChanges, Namespace
 from ..tree.root import ControlPlane, MountRoot, RootTree
 from .boundary import fuse_handler
 from .handles import HandleTable

@@ -23,8 +23,9 @@ from ..manifest.index import FILE, MEMBER, ROOT_ID, SHARD, ManifestIndex, Node
 from ..manifest.ingest import IngestLimits, Ingestion
 from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
-from .base import FileHandle, ObjectSource, ReadOnlyNamespace
+from .contract import FileHandle, ReadOnlyNamespace
 from .shards import ShardService
+from .sources import ObjectSource
 
 log = logging.getLogger(__name__)
 

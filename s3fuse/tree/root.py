@@ -17,9 +17,10 @@ from ..cache.meta import MetaStore
 from ..config import SourceSpec
 from ..errors import IsADirectory, NoAttribute, NotPermitted, Offline, S3FuseError
 from ..model import Entry, Ref
-from ..store.s3 import S3Store
+from ..store.protocol import Store
 from ..util.flight import SingleFlight
-from .base import FileHandle, Namespace, ReadOnlyNamespace, SnapshotDir, no_pins, static_base
+from .contract import FileHandle, Namespace, ReadOnlyNamespace, no_pins, static_base
+from .sources import SnapshotDir
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ ROOT_NS = "root"
 class RootTree:
     """Composes namespaces under the top-level names."""
 
-    def __init__(self, namespaces: list[Namespace], *, store: S3Store, meta: MetaStore, ttl: float,
+    def __init__(self, namespaces: list[Namespace], *, store: Store, meta: MetaStore, ttl: float,
                  bucket_factory: Callable[[SourceSpec], Namespace] | None = None):
         self._namespaces: list[Namespace] = []
         self._index: dict[str, int] = {}
@@ -66,12 +67,25 @@ class RootTree:
 
     async def find(self, name: str) -> int | None:
         """The index of the namespace called `name`, or None."""
-        if self.auto and not any(e.name == name for e in await self._refresh_buckets()):
-            return None
+        if self.auto:
+            await self._ensure_buckets()
+            entry = self._meta.entry(ROOT_NS, "", name)  # a point query: lookups stay cheap
+            if entry is None:
+                return None
+            self._register([entry])
         return self._index.get(name)
 
     async def _refresh_buckets(self) -> list[Entry]:
         """The current bucket list (TTL-cached, persisted); registers new buckets."""
+        await self._ensure_buckets()
+        # thousands of buckets are a bulk read: off the loop
+        entries = await trio.to_thread.run_sync(self._meta.entries, ROOT_NS, "")
+        self._register(entries)
+        return entries
+
+    async def _ensure_buckets(self) -> None:
+        """List the buckets again when the stored list is older than the TTL (offline:
+        the stored list, if any)."""
         listed_at = self._meta.listed_at(ROOT_NS, "")
         if listed_at is None or time.time() - listed_at >= self._ttl:
             try:
@@ -79,11 +93,11 @@ class RootTree:
             except Offline:
                 if listed_at is None:
                     raise
-        entries = self._meta.entries(ROOT_NS, "")
+
+    def _register(self, entries: list[Entry]) -> None:
         for entry in entries:
             if entry.name not in self._index:
                 self._add(self._bucket_factory(SourceSpec(entry.name, entry.name, "")))  # type: ignore[misc]
-        return entries
 
     async def _list_buckets(self) -> None:
         def fetch() -> None:

@@ -27,7 +27,9 @@ from ..errors import CorruptData, NotFound, StaleObject
 from ..manifest.index import Node, compact_json
 from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
-from .base import FileHandle, ObjectSource, OnceLogger
+from ..util.oncelog import OnceLogger
+from .contract import FileHandle
+from .sources import ObjectSource
 
 if TYPE_CHECKING:
     from .manifest import ManifestTree

@@ -1,10 +1,18 @@
-"""Open handles on files whose newest bytes are local (being written, or not uploaded yet)."""
+"""Open handles on files whose newest bytes are local (being written, or not uploaded yet).
+
+Part of the bucket namespace (see tree/bucket/__init__.py): the handles `open`,
+`create` and `open_write` return when the write-back layer holds the newest bytes,
+so reads see unflushed writes and the staging file lives as long as its handles.
+"""
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
-from ..upload.localfile import LocalFile
-from ..upload.writeback import StagedFile, WriteBack
+from ...upload.localfile import LocalFile
+from ...upload.writeback import StagedFile, WriteBack
+
+log = logging.getLogger(__name__)
 
 
 class LocalReader:

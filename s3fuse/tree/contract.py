@@ -2,10 +2,14 @@
 
 One contract so the FUSE adapter asks, never probes: a namespace answers every
 read, write and metadata operation the kernel can ask for, and read-only ones
-inherit their refusals from one base. A namespace names its nodes with opaque,
-hashable refs: a bucket uses relative paths ("" is its top directory), a manifest
-uses the rowids of its SQLite index. The FUSE layer maps inodes to (namespace, ref) and never needs to know what kind
-of namespace answers. A namespace with `inode_base` set numbers its own inodes
+inherit their refusals from one base (ReadOnlyNamespace). This module only states
+the contract (Namespace, the handle protocols, AttrChanges, inode numbering); the
+ready-made handles namespaces hand out live in tree/sources.py.
+
+A namespace names its nodes with opaque, hashable refs: a bucket uses relative paths
+("" is its top directory), a manifest uses the rowids of its SQLite index. The FUSE
+layer maps inodes to (namespace, ref) and never needs to know what kind of namespace
+answers. A namespace with `inode_base` set numbers its own inodes
 (ino = base + ref*2 + is_dir), so a million-entry manifest needs no inode table.
 """
 from __future__ import annotations
@@ -15,10 +19,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
-from ..data.reader import BlockReader, Loader, ReadState
 from ..errors import (InvalidArgument, NoAttribute, NotPermitted, NotSupported, ReadOnly,
                       S3FuseError)
-from ..model import Entry, ObjectRef, Ref
+from ..model import Entry, Ref
 from ..names import join
 
 log = logging.getLogger(__name__)
@@ -249,60 +252,3 @@ class ReadOnlyNamespace(Namespace):
 
     async def removexattr(self, ref: Ref, name: str) -> None:
         raise self.refusal(self.describe(ref))
-
-
-class SnapshotDir:
-    """A directory listing taken at opendir: offsets index the snapshot, so they stay
-    stable however the remote side changes while the directory is being read."""
-
-    def __init__(self, items: Sequence[tuple[Ref, Entry]]):
-        self._items = items
-
-    async def page(self, start: int, limit: int) -> list[tuple[int, Ref, Entry]]:
-        end = min(start + limit, len(self._items))
-        return [(i + 1, *self._items[i]) for i in range(start, end)]
-
-class OnceLogger:
-    """Logs a message about a given subject only once per daemon (hidden keys etc.)."""
-
-    def __init__(self, logger: logging.Logger, limit: int = 100_000):
-        self._log = logger
-        self._seen: set[str] = set()
-        self._limit = limit
-
-    def info(self, subject: str, msg: str, *args: object) -> None:
-        self._emit(logging.INFO, subject, msg, *args)
-
-    def warning(self, subject: str, msg: str, *args: object) -> None:
-        self._emit(logging.WARNING, subject, msg, *args)
-
-    def _emit(self, level: int, subject: str, msg: str, *args: object) -> None:
-        if subject in self._seen:
-            return
-        if len(self._seen) < self._limit:
-            self._seen.add(subject)
-        self._log.log(level, msg, *args)
-
-
-class ObjectSource:
-    """An S3 object (or a virtual one, with a loader) served through the block reader."""
-
-    def __init__(self, reader: BlockReader, ref: ObjectRef, loader: Loader | None = None):
-        self.reader = reader
-        self.ref = ref
-        self.size = ref.size
-        self.version = ref.etag
-        self._loader = loader
-        self._state = ReadState()
-
-    async def read(self, offset: int, size: int) -> bytes | memoryview:
-        return await self.reader.read(self.ref, offset, size, self._state, self._loader)
-
-    async def fsync(self) -> None:
-        """Nothing to make durable: these bytes are S3's."""
-
-    async def pin(self, keep: bool, progress: Callable[[int], None]) -> None:
-        await self.reader.pin(self.ref, self._loader, keep, progress)
-
-    async def close(self) -> None:
-        """Nothing held: the block cache owns the bytes read."""

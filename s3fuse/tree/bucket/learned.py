@@ -1,5 +1,7 @@
 """Changes the mount made to S3 while a listing of their directory was in flight.
 
+Part of listing and revalidation (tree/bucket/listing.py, which owns the one log).
+
 A ListObjectsV2 started before an upload finished does not show the upload; stored as
 the directory's listing after the upload recorded its entry, it would hide a file that
 is in S3 (or show one just removed) until the next refresh. Uploads record what they
@@ -12,11 +14,14 @@ listing's bulk write: the lock here guards the in-memory log for microseconds on
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from typing import Callable
 
-from ..model import Entry
+from ...model import Entry
+
+log = logging.getLogger(__name__)
 
 KEEP = 10_000  # recent changes kept; a listing older than all of them is stored as stale
 

@@ -1,0 +1,219 @@
+"""Listing and revalidation: what S3 holds, stored, kept fresh, and read off the loop.
+
+One job of the bucket namespace (see tree/bucket/__init__.py for the split): turn
+ListObjectsV2 pages into directory entries, store each directory's listing in the
+metadata store once per TTL (one refresh per directory at a time, subdirectories
+listed ahead of a tree walk), revalidate a file's entry with HEAD once it is older
+than the TTL, and record what uploads changed meanwhile (LearnedChanges). A listing
+or entry that cannot be refreshed (offline, a 5xx storm, a full cache disk) is served
+as last stored rather than failing.
+
+It knows nothing of local changes: the view of pending uploads (pending.py) lays
+them over what this module returns. Whole listings are read from the store in a
+worker thread: a 200,000-entry directory takes the metadata store ~0.4 s to read, and
+the trio loop serves every other FUSE request meanwhile.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from ...cache.meta import MetaStore, apply_changes
+from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
+from ...model import Entry
+from ...names import is_posix_name, join
+from ...store.protocol import ListPage, Store
+from ...util.flight import SingleFlight
+from ...util.oncelog import OnceLogger
+from ...util.supervisor import LIST_AHEAD as LIST_AHEAD_TASK, Supervisor
+from .keys import BucketKeys
+from .learned import LearnedChanges
+
+log = logging.getLogger(__name__)
+
+#: Subdirectories of a listed directory whose listings are fetched ahead.
+LIST_AHEAD = 16
+#: Worker threads reading stored listings at once (per tree); apart from the S3 limiter,
+#: so a readdir served from the store never waits behind slow ListObjectsV2 calls.
+STORED_READS = 4
+
+
+def entries_from_pages(pages: list[ListPage], prefix: str, hidden: OnceLogger,
+                       now: float) -> list[Entry]:
+    """Turn ListObjectsV2 pages of one directory into its entries.
+
+    Prefixes become directories, keys become files; the directory's own marker
+    (`prefix` itself) is not an entry. A key that is also a prefix is hidden (the
+    directory wins), and so is any name that cannot be a POSIX path component.
+    """
+    dirs: dict[str, Entry] = {}
+    files: dict[str, Entry] = {}
+    for page in pages:
+        for common in page.prefixes:
+            name = common[len(prefix):-1]
+            if is_posix_name(name):
+                dirs[name] = Entry(name, True, 0, 0, "", now)
+            else:
+                hidden.info(common, "hiding s3 prefix %r: not a valid POSIX name", common)
+        for obj in page.objects:
+            name = obj.key[len(prefix):]
+            if not name:
+                continue  # the directory marker itself
+            if is_posix_name(name):
+                files[name] = Entry(name, False, obj.size, obj.mtime_ns, obj.etag, now)
+            else:
+                hidden.info(obj.key, "hiding s3 key %r: not a valid POSIX name", obj.key)
+    for name in files.keys() & dirs.keys():
+        hidden.info(prefix + name, "hiding s3 key %r: a directory of the same name wins", prefix + name)
+        del files[name]
+    return sorted([*dirs.values(), *files.values()], key=lambda e: e.name)
+
+
+class Listings:
+    """The stored listings of one bucket tree, and how they are kept fresh."""
+
+    _full_logged = False  # "cache full: stored listings" is logged once per daemon
+
+    def __init__(self, keys: BucketKeys, store: Store, meta: MetaStore, *, ttl: float,
+                 limiter: trio.CapacityLimiter, background: Supervisor):
+        self._keys = keys
+        self._store = store
+        self._meta = meta
+        self._ttl = ttl
+        self._limiter = limiter  # S3 requests
+        self._reads = trio.CapacityLimiter(STORED_READS)  # stored listings read whole
+        self._background = background
+        self._flight: SingleFlight[None] = SingleFlight()
+        self._learned = LearnedChanges()
+        self._hidden = OnceLogger(log)
+
+    # ----------------------------------------------------------- directories
+
+    def _fresh(self, listed_at: float | None) -> bool:
+        return listed_at is not None and time.time() - listed_at < self._ttl
+
+    async def ensure(self, path: str) -> None:
+        """A stored listing of `path` younger than the TTL, or the last one stored when S3
+        cannot give a new one (the error when there is none)."""
+        listed_at = self._meta.listed_at(self._keys.ns_id, path)
+        if self._fresh(listed_at):
+            return
+        try:
+            await self._flight.run(path, self._refresh, path)
+        except (Offline, RemoteError) as exc:
+            if listed_at is None:
+                raise
+            # offline, or S3 failing even after the retries (a 5xx storm): the last listing
+            # is a better answer than EIO
+            log.debug("serving the cached listing of %s: %s", self._keys.dir_prefix(path), exc)
+        except CacheFull as exc:  # the cache disk is full: the stored listing beats ENOSPC
+            if listed_at is None:
+                raise
+            if not Listings._full_logged:
+                Listings._full_logged = True
+                log.warning("%s: serving stored listings without refreshing them", exc)
+            log.debug("cache full: serving the stored listing of %s", self._keys.dir_prefix(path))
+
+    async def _refresh(self, path: str) -> None:
+        prefix = self._keys.dir_prefix(path)
+        ns_id = self._keys.ns_id
+        mark = self._learned.mark()
+
+        def fetch() -> None:
+            pages = list(self._store.list_pages(self._keys.bucket, prefix))
+            entries = entries_from_pages(pages, prefix, self._hidden, time.time())
+            with self._meta.writing():  # uploads that finished meanwhile are not in `pages`
+                changes = self._learned.since(mark, path)
+                now = time.time() if changes is not None else 0.0  # 0: stale, list again
+                self._meta.replace_listing(ns_id, path, apply_changes(entries, changes or {}), now)
+
+        await trio.to_thread.run_sync(fetch, limiter=self._limiter)
+
+    async def entries(self, path: str) -> list[Entry]:
+        """The stored listing of `path` (call `ensure` first), read in a worker thread;
+        also lists its first subdirectories ahead, in parallel.
+
+        Tree walks (`find`, `ls -R`, `du`) list a directory and then descend into each
+        subdirectory; fetching those listings ahead turns a walk's sequential round
+        trips into parallel ones, still one listing per directory.
+        """
+        ns_id = self._keys.ns_id
+
+        def read() -> tuple[list[Entry], list[str]]:
+            entries = self._meta.entries(ns_id, path)
+            subdirs = [e.name for e in entries if e.is_dir][:LIST_AHEAD]
+            return entries, subdirs
+
+        entries, subdirs = await trio.to_thread.run_sync(read, limiter=self._reads)
+        if self._background.active:
+            for name in subdirs:
+                child = join(path, name)
+                if not self._fresh(self._meta.listed_at(ns_id, child)) and not self._flight.busy(child):
+                    self._background.spawn(self._list_ahead, child, kind=LIST_AHEAD_TASK)
+        return entries
+
+    async def _list_ahead(self, path: str) -> None:
+        try:
+            await self.ensure(path)
+        except S3FuseError as exc:  # the real listing will retry and report
+            log.debug("listing ahead of %s failed: %s", self._keys.dir_prefix(path), exc)
+
+    def expire(self, path: str) -> None:
+        """List `path` again at its next use (it changed behind the stored listing)."""
+        self._meta.expire_listing(self._keys.ns_id, path)
+
+    def files_after(self, path: str, after: str, limit: int) -> list[Entry]:
+        """The next `limit` stored files of `path` after `after`, in name order (a small
+        indexed range: the prefetcher's view of what a reader opens next)."""
+        return self._meta.files_after(self._keys.ns_id, path, after, limit)
+
+    # ----------------------------------------------------------- entries
+
+    def entry(self, path: str, name: str) -> Entry | None:
+        """The stored entry of `path/name` (a point query), or None."""
+        return self._meta.entry(self._keys.ns_id, path, name)
+
+    async def revalidate(self, parent: str, entry: Entry) -> Entry:
+        """The entry of file `parent/entry.name` as HEAD shows it now (stored); the stored
+        one when S3 cannot be asked; NotFound (and forgotten) when S3 has it no more."""
+        key = self._keys.key(join(parent, entry.name))
+        try:
+            info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, key,
+                                                 limiter=self._limiter)
+        except (Offline, RemoteError) as exc:  # as for listings: the last entry, not EIO
+            log.debug("serving the cached entry of %s: %s", key, exc)
+            return entry
+        except NotFound:
+            self._meta.remove_entry(self._keys.ns_id, parent, entry.name)
+            raise
+        fresh = Entry(entry.name, False, info.size, info.mtime_ns, info.etag, time.time())
+        self._meta.update_entry(self._keys.ns_id, parent, fresh)
+        return fresh
+
+    def remember(self, parent: str, entry: Entry) -> None:
+        """Store an entry this mount made itself (a server-side copy)."""
+        self._meta.update_entry(self._keys.ns_id, parent, entry)
+
+    # ----------------------------------------------------------- what uploads changed
+
+    def learn(self, parent: str, name: str, entry: Entry | None) -> None:
+        """An upload landed (`entry` None: a removal): stored now, and applied to any
+        listing of `parent` in flight (whose ListObjectsV2 may predate it)."""
+        ns_id = self._keys.ns_id
+        if entry is None:
+            self._learned.record(parent, name, None,
+                                 lambda: self._meta.remove_entry(ns_id, parent, name))
+        else:
+            self._learned.record(parent, name, entry,
+                                 lambda: self._meta.update_entry(ns_id, parent, entry))
+
+    def unknown(self, parent: str, name: str) -> None:
+        """`parent/name` holds a version this mount did not write: look again."""
+        self._meta.expire_listing(self._keys.ns_id, parent)
+        self._meta.remove_entry(self._keys.ns_id, parent, name)
+
+    def know_dir(self, path: str) -> None:
+        """`path` exists in S3 (an upload made it), listed or not."""
+        self._meta.know_dir(self._keys.ns_id, path)

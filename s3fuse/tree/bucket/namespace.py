@@ -1,0 +1,187 @@
+"""The bucket namespace: s3://bucket/prefix/ as the Namespace contract, composed of its parts.
+
+One job: answer the contract of tree/contract.py for a bucket tree by composing the
+three parts of the split (tree/bucket/__init__.py), each of which gets only what it
+needs: Listings (what S3 holds, stored and kept fresh), PendingView (local changes
+laid over it) and Mutations (changes, handed to write-back). The reads live here
+because each one asks both of the first two: the pending view first, then the
+stored listing, then S3.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from ...cache.meta import MetaStore
+from ...cache.overlay import Overlay
+from ...config import SourceSpec
+from ...data.prefetch import SiblingPrefetcher
+from ...data.reader import BlockReader
+from ...errors import IsADirectory, NotFound
+from ...model import Entry, ObjectRef
+from ...names import join, split
+from ...store.protocol import Store
+from ...upload.uploader import UploadResult
+from ...upload.writeback import WriteBack
+from ...util.supervisor import Supervisor
+from ..contract import AttrChanges, FileHandle, Namespace, ReadOnlyNamespace, WriteHandle
+from ..sources import EntriesDir, ObjectSource
+from .keys import BucketKeys
+from .listing import Listings
+from .localsource import LocalReader
+from .mutations import Mutations
+from .pending import GONE, PendingView
+
+log = logging.getLogger(__name__)
+
+
+class BucketTree(Namespace):
+    """Namespace over s3://bucket/prefix/ (ReadOnlyBucketTree when mounted read-only)."""
+
+    root = ""
+    inode_base = None
+
+    def __init__(self, spec: SourceSpec, store: Store, meta: MetaStore, reader: BlockReader,
+                 *, ttl: float, list_limiter: trio.CapacityLimiter,
+                 siblings: SiblingPrefetcher | None = None, background: Supervisor | None = None,
+                 writes: WriteBack | None = None):
+        self.name = spec.name
+        self.spec = spec
+        self.ttl = ttl
+        self.keys = BucketKeys(spec.bucket, spec.prefix)
+        self.ns_id = self.keys.ns_id
+        self._reader = reader
+        self._siblings = siblings
+        self._writes = writes
+        self._started = int(time.time() * 1e9)
+        self._listings = Listings(self.keys, store, meta, ttl=ttl, limiter=list_limiter,
+                                  background=background or Supervisor())
+        overlay = writes.overlay if writes is not None else Overlay()
+        self._pending = PendingView(self.keys, overlay, self._listings)
+        self._mutations = Mutations(self.keys, spec.uri, self, store, reader, self._listings,
+                                    self._pending, writes, limiter=list_limiter)
+        if writes is not None:
+            writes.watch(spec.bucket, self._uploaded)
+
+    def _uploaded(self, key: str, result: UploadResult | None) -> None:
+        """The write-back layer's news of an upload that landed (`result` None: a removal)."""
+        self._pending.uploaded(key, result)
+
+    # ----------------------------------------------------------- names
+
+    def parent(self, ref: str) -> str:
+        return split(ref)[0]
+
+    def describe(self, ref: str) -> str:
+        return ref
+
+    def ref(self, path: str, entry: Entry) -> ObjectRef:
+        return self.keys.ref(path, entry)
+
+    # ----------------------------------------------------------- directories
+
+    async def opendir(self, path: str) -> EntriesDir:
+        return EntriesDir(await self.listdir(path), lambda e: join(path, e.name))
+
+    async def listdir(self, path: str) -> list[Entry]:
+        """The entries of `path`, local changes included (the stored listing is read in
+        a worker thread; its first subdirectories are listed ahead)."""
+        await self._pending.listing_or_local(path)
+        return self._pending.merge(path, await self._listings.entries(path))
+
+    async def lookup(self, path: str, name: str) -> tuple[str, Entry] | None:
+        local = self._pending.local(path, name)
+        if local is not None:
+            return None if local is GONE else (join(path, name), local)
+        await self._pending.listing_or_local(path)
+        entry = self._listings.entry(path, name)
+        return None if entry is None else (join(path, name), entry)
+
+    # ----------------------------------------------------------- files
+
+    def _root_entry(self) -> Entry:
+        return Entry("", True, 0, self._started, "", time.time())
+
+    async def stat(self, path: str) -> Entry:
+        """The entry of `path`, revalidated with HEAD when older than the TTL."""
+        if not path:
+            return self._root_entry()
+        parent, name = split(path)
+        local = self._pending.local(parent, name)
+        if isinstance(local, Entry):
+            return local
+        if local is GONE:
+            raise NotFound(path)
+        entry = self._listings.entry(parent, name)
+        if entry is None:
+            found = await self.lookup(parent, name)
+            if found is None:
+                raise NotFound(path)
+            entry = found[1]
+        if entry.is_dir or time.time() - entry.checked_at < self.ttl:
+            return entry
+        return await self._listings.revalidate(parent, entry)
+
+    async def open(self, path: str) -> FileHandle:
+        entry = await self.stat(path)
+        if entry.is_dir:
+            raise IsADirectory(path)
+        if self._writes is not None:
+            local = self._writes.reader(self.keys.bucket, self.keys.key(path))
+            if local is not None:
+                return LocalReader(local, self._writes)
+            if not entry.etag:  # the local version was uploaded while we looked: S3's now
+                entry = await self.stat(path)
+        if self._siblings is not None:
+            parent, name = split(path)
+            self._siblings.opened((self.ns_id, parent), name, lambda after, n: [
+                (e.name, self.ref(join(parent, e.name), e))
+                for e in self._listings.files_after(parent, after, n)])
+        return ObjectSource(self._reader, self.ref(path, entry))
+
+    async def cached(self, path: str) -> bool:
+        if self._writes is not None and self._writes.has_local(self.keys.bucket, self.keys.key(path)):
+            return True  # the newest bytes are on this disk
+        entry = await self.stat(path)
+        if not entry.etag:  # the local version was uploaded while we looked: S3's now
+            entry = await self.stat(path)
+        return not entry.is_dir and await self._reader.is_cached(self.ref(path, entry))
+
+    async def xattrs(self, path: str) -> dict[str, bytes]:
+        entry = await self.stat(path)
+        if entry.is_dir:
+            return {"user.s3.uri": self.keys.uri(self.keys.dir_prefix(path)).encode()}
+        return {"user.s3.uri": self.keys.uri(self.keys.key(path)).encode(),
+                "user.s3.etag": entry.etag.encode()}
+
+    # ----------------------------------------------------------- changes (Mutations)
+
+    async def create(self, parent: str, name: str) -> tuple[str, Entry, WriteHandle]:
+        return await self._mutations.create(parent, name)
+
+    async def open_write(self, path: str, truncate: bool) -> WriteHandle:
+        return await self._mutations.open_write(path, truncate)
+
+    async def setattr(self, path: str, changes: AttrChanges, handle: WriteHandle | None) -> None:
+        self.refuse_owner_and_mode(path, changes)
+        await self._mutations.setattr(path, changes, handle)
+
+    async def unlink(self, parent: str, name: str) -> str:
+        return await self._mutations.unlink(parent, name)
+
+    async def mkdir(self, parent: str, name: str) -> tuple[str, Entry]:
+        return await self._mutations.mkdir(parent, name)
+
+    async def rmdir(self, parent: str, name: str) -> str:
+        return await self._mutations.rmdir(parent, name)
+
+    async def rename(self, old_parent: str, old_name: str, new_parent: str | None, new_name: str,
+                     *, noreplace: bool = False, exchange: bool = False) -> tuple[str, str]:
+        return await self._mutations.rename(old_parent, old_name, new_parent, new_name,
+                                            noreplace=noreplace, exchange=exchange)
+
+
+class ReadOnlyBucketTree(ReadOnlyNamespace, BucketTree):
+    """A bucket mounted read-only: BucketTree's reads, ReadOnlyNamespace's refusals."""

@@ -1,0 +1,134 @@
+"""The view of pending uploads: local changes laid over the stored listings.
+
+One job of the bucket namespace (see tree/bucket/__init__.py for the split): between
+a write and the end of its upload S3 still lists the old state, so every lookup, stat
+and listing asks this view first. It reads the overlay the write-back layer fills
+(a local file with its size, a new directory, or a removal, GONE) and merges it into
+listings; when an upload lands it tells the listings what S3 holds now (`uploaded`),
+so the name does not flicker once the overlay lets go of it. It changes no overlay
+field itself except through the overlay's own methods (`touch`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from bisect import bisect_left
+from operator import attrgetter
+
+from ...cache.overlay import Overlay
+from ...errors import CacheFull, Offline
+from ...model import Entry
+from ...names import join
+from ...upload.uploader import UploadResult
+from .keys import BucketKeys
+from .listing import Listings
+
+log = logging.getLogger(__name__)
+
+GONE = object()  # a name removed locally that S3 still lists
+
+_name = attrgetter("name")
+
+
+class PendingView:
+    """The overlay of one bucket tree's pending changes, as entries."""
+
+    def __init__(self, keys: BucketKeys, overlay: Overlay, listings: Listings):
+        self._keys = keys
+        self._overlay = overlay
+        self._listings = listings
+
+    def local(self, path: str, name: str) -> Entry | object | None:
+        """The entry local changes give `path/name` (GONE when removed), or None."""
+        bucket, key = self._keys.bucket, self._keys.key(join(path, name))
+        for change_key, is_dir in ((key, False), (key + "/", True)):
+            change = self._overlay.get(bucket, change_key)
+            if change is not None and not change.deleted:
+                return Entry(name, is_dir, change.size, change.mtime_ns, "", time.time())
+        file_change = self._overlay.get(bucket, key)
+        dir_change = self._overlay.get(bucket, key + "/")
+        if file_change is not None or dir_change is not None:
+            entry = self._listings.entry(path, name)
+            if entry is None or (entry.is_dir and dir_change) or (not entry.is_dir and file_change):
+                return GONE
+        return None
+
+    def merge(self, path: str, entries: list[Entry]) -> list[Entry]:
+        """The listing of `path` (sorted by name) with local changes applied; the few
+        changed names are placed by bisection, so a huge listing is not rebuilt."""
+        changes = self._overlay.children(self._keys.bucket, self._keys.dir_prefix(path))
+        if not changes:
+            return entries
+        merged = list(entries)
+        for name in changes:
+            local = self.local(path, name)
+            if local is None:
+                continue
+            at = bisect_left(merged, name, key=_name)
+            present = at < len(merged) and merged[at].name == name
+            if local is GONE:
+                if present:
+                    del merged[at]
+            elif isinstance(local, Entry):
+                if present:
+                    merged[at] = local
+                else:
+                    merged.insert(at, local)
+        return merged
+
+    async def listing_or_local(self, path: str) -> None:
+        """The stored listing of `path` made fresh; offline, a directory made here (not
+        yet in S3) lists its local entries instead."""
+        try:
+            await self._listings.ensure(path)
+        except Offline:
+            change = self._overlay.get(self._keys.bucket, self._keys.dir_prefix(path))
+            if change is None or change.deleted:
+                raise
+
+    def removed(self, key: str) -> bool:
+        """Was `key` removed locally (S3 may still hold it)?"""
+        change = self._overlay.get(self._keys.bucket, key)
+        return change is not None and change.deleted
+
+    def live_keys_under(self, prefix: str) -> list[str]:
+        """Keys below `prefix` written or made locally (removals left out)."""
+        return [k for k in self._overlay.keys_under(self._keys.bucket, prefix)
+                if not self.removed(k)]
+
+    def touch(self, path: str, mtime_ns: int) -> None:
+        """utimens: a file or directory with local changes shows `mtime_ns` until uploaded."""
+        key = self._keys.key(path)
+        for change_key in (key, key + "/"):
+            self._overlay.touch(self._keys.bucket, change_key, mtime_ns)
+
+    # ----------------------------------------------------------- uploads landing
+
+    def uploaded(self, key: str, result: UploadResult | None) -> None:
+        """A change reached S3: the listings learn it (`result` None: a removal)."""
+        place = self._keys.place(key)
+        if place is None:
+            return
+        try:
+            self._record_upload(key, *place, result)
+        except CacheFull as exc:  # S3 has it; the listing shows it once refreshed with room
+            log.warning("%s is uploaded but not recorded in the stored listing: %s",
+                        self._keys.uri(key), exc)
+
+    def _record_upload(self, key: str, parent: str, name: str,
+                       result: UploadResult | None) -> None:
+        if result is None:
+            self._listings.learn(parent, name, None)
+        elif result.conflict_key is not None:  # the key kept its S3 version: look again
+            self._listings.unknown(parent, name)
+        else:
+            # the uploaded version's size: the overlay already shows a newer local change
+            # when the file was opened or written again meanwhile (an entry stored with its
+            # size showed this version cut short once that change was dropped, e.g. at a crash)
+            change = self._overlay.get(self._keys.bucket, key)
+            size = result.size if result.size is not None else change.size if change else 0
+            self._listings.know_dir(parent)
+            if key.endswith("/"):
+                self._listings.know_dir(join(parent, name))
+            entry = Entry(name, key.endswith("/"), size, time.time_ns(), result.etag, 0.0)
+            self._listings.learn(parent, name, entry)

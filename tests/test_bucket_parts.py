@@ -1,0 +1,103 @@
+"""The parts of the bucket namespace on their own (tree/bucket/): the path <-> key map,
+the view of pending uploads over stored listings, what listings learn when an upload
+lands, and utimens on a file that is still open (the overlay owns its fields)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import trio
+
+from s3fuse.cache.meta import MetaStore
+from s3fuse.cache.overlay import Overlay
+from s3fuse.model import Entry
+from s3fuse.store.memory import MemoryStore
+from s3fuse.tree.bucket.keys import BucketKeys
+from s3fuse.tree.bucket.listing import Listings
+from s3fuse.tree.bucket.pending import GONE, PendingView
+from s3fuse.tree.contract import AttrChanges
+from s3fuse.upload.uploader import UploadResult
+from s3fuse.util.supervisor import Supervisor
+from tests.test_fake_stack import B, running
+
+KEYS = BucketKeys(B, "p/")
+
+
+def parts(tmp_path: Path) -> tuple[MetaStore, Listings, Overlay, PendingView]:
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    store = MemoryStore()
+    store.create_bucket(B)
+    listings = Listings(KEYS, store, meta, ttl=60, limiter=trio.CapacityLimiter(2),
+                        background=Supervisor())
+    overlay = Overlay()
+    return meta, listings, overlay, PendingView(KEYS, overlay, listings)
+
+
+def test_keys_place_keys_and_markers_inside_the_tree_only() -> None:
+    assert KEYS.key("d/f") == "p/d/f" and KEYS.dir_prefix("d") == "p/d/" and KEYS.dir_prefix("") == "p/"
+    assert KEYS.place("p/d/f") == ("d", "f") and KEYS.place("p/d/") == ("", "d")
+    assert KEYS.place("p/") is None and KEYS.place("q/f") is None
+    assert KEYS.ref("d/f", Entry("f", False, 3, 0, "e1")).uri == f"s3://{B}/p/d/f"
+
+
+async def test_local_changes_are_merged_into_a_stored_listing_in_name_order(tmp_path: Path):
+    meta, listings, overlay, pending = parts(tmp_path)
+    now = time.time()
+    stored = [Entry("a", False, 1, 0, "ea", now), Entry("c", True, 0, 0, "", now),
+              Entry("e", False, 1, 0, "ee", now), Entry("g", False, 1, 0, "eg", now)]
+    meta.replace_listing(KEYS.ns_id, "d", stored, now)
+    overlay.file(B, "p/d/b", 5)          # new, between two stored names
+    overlay.delete(B, "p/d/c/")          # a stored directory removed
+    overlay.file(B, "p/d/e", 9)          # a stored file rewritten
+    overlay.directory(B, "p/d/z/")       # new, after every stored name
+    overlay.delete(B, "p/d/never")       # removed before S3 ever listed it: nothing to hide
+    await pending.listing_or_local("d")
+    merged = pending.merge("d", await listings.entries("d"))
+    assert [(e.name, e.is_dir, e.size) for e in merged] == [
+        ("a", False, 1), ("b", False, 5), ("e", False, 9), ("g", False, 1), ("z", True, 0)]
+    assert pending.local("d", "c") is GONE and pending.local("d", "a") is None
+    assert [e.name for e in stored] == ["a", "c", "e", "g"]  # the stored list is not changed
+    meta.close()
+
+
+async def test_uploads_landing_are_learned_by_the_listings(tmp_path: Path):
+    meta, listings, overlay, pending = parts(tmp_path)
+    now = time.time()
+    meta.replace_listing(KEYS.ns_id, "d", [Entry("old", False, 1, 0, "eo", now)], now)
+    pending.uploaded("p/d/new", UploadResult("e1", size=3))
+    pending.uploaded("p/d/old", None)
+    pending.uploaded("p/d/sub/", UploadResult("e2", size=0))
+    pending.uploaded("q/d/elsewhere", UploadResult("e3", size=1))  # another prefix: not ours
+    pending.uploaded("p/", UploadResult("e4", size=0))              # the tree's own marker
+    new = listings.entry("d", "new")
+    assert new is not None and (new.etag, new.size, new.checked_at) == ("e1", 3, 0.0)  # HEAD next
+    assert listings.entry("d", "old") is None
+    sub = listings.entry("d", "sub")
+    assert sub is not None and sub.is_dir and meta.listed_at(KEYS.ns_id, "d/sub") == 0.0
+    assert [e.name for e in await listings.entries("d")] == ["new", "sub"]
+    pending.uploaded("p/d/new", UploadResult("e5", conflict_key="p/d/new.conflict"))
+    assert listings.entry("d", "new") is None and meta.listed_at(KEYS.ns_id, "d") == 0.0
+    meta.close()
+
+
+def test_touch_changes_a_live_change_only() -> None:
+    overlay = Overlay()
+    change = overlay.file(B, "k", 3, mtime_ns=1)
+    assert overlay.touch(B, "k", 42) and change.mtime_ns == 42
+    assert change.generation == overlay.get(B, "k").generation  # not a new version to upload
+    overlay.delete(B, "gone")
+    assert not overlay.touch(B, "gone", 7) and not overlay.touch(B, "missing", 7)
+
+
+async def test_utimens_on_an_open_file_shows_until_it_is_uploaded(tmp_path: Path):
+    store = MemoryStore()
+    store.create_bucket(B)
+    async for components in running(tmp_path, store):
+        tree = components.root.get(0)
+        path, _, handle = await tree.create("", "n.txt")
+        await handle.write(0, b"four")
+        await tree.setattr(path, AttrChanges(mtime_ns=1_000_000_000), None)
+        assert (await tree.stat(path)).mtime_ns == 1_000_000_000
+        await handle.write(4, b"!")  # the open file shares the overlay's change
+        assert (await tree.stat(path)).size == 5
+        await handle.close()
