@@ -1,0 +1,1 @@
+"""Namespaces: the contract every tree of names implements, and the bucket, manifest and root trees."""

@@ -1,0 +1,1 @@
+"""Small shared machinery: the supervisor, single flight, a byte-capped LRU, events, test hooks."""
