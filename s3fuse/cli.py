@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, NoReturn, Sequence
 
 from . import __version__
 from .config import Config, build_config, check_mountpoint
-from .errors import UsageError
+from .errors import CacheFull, UsageError, disk_full
 from .redact import credential_in_argv, credential_refusal, redact_unrecognized
 
 log = logging.getLogger(__name__)
@@ -390,6 +391,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.mountpoint), print)
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe does
+    not print a second error on the way out."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     secret = credential_in_argv(argv)
@@ -417,6 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `s3fuse status | head`: the reader has all it wanted
+        _quiet_stdout()
+        return 0
+    except (CacheFull, sqlite3.OperationalError) as exc:  # a cache on a full disk (cache stats)
+        if not isinstance(exc, CacheFull) and not disk_full(exc):
+            raise
+        sys.stderr.write(f"s3fuse: error: the cache disk is full ({exc})\n")
+        return 1
     except OSError as exc:
         sys.stderr.write(f"s3fuse: error: {exc.strerror or exc}"
                          f"{': ' + str(exc.filename) if exc.filename else ''}\n")

@@ -1,6 +1,8 @@
 """Bad input of any kind: one clear line on stderr, exit 2, nothing mounted."""
 from __future__ import annotations
 
+import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +58,29 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, env: dict[str, str]):
 def test_version_and_module_entry(env: dict[str, str]):
     res = run(["--version"], env)
     assert res.returncode == 0 and res.stdout.startswith("s3fuse ")
+
+
+def test_a_cache_on_a_full_disk_is_one_line_not_a_traceback(monkeypatch, capsys):
+    from s3fuse import cli
+
+    def full(args):
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(cli, "cmd_cache", full)
+    assert cli.main(["cache", "stats", "--cache-dir", "/nonexistent"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cache disk is full" in err
+
+
+def test_output_into_a_closed_pipe_is_quiet(tmp_path: Path):
+    """`s3fuse status | head -1`: the reader went away; no 'Broken pipe' error, exit 0."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "s3fuse", "cache", "stats", "--cache-dir",
+                               str(cache)], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, "")
