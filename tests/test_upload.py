@@ -16,6 +16,7 @@ import trio
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from s3fuse.config import Config, KeyPair
+from s3fuse.daemon import probe_while_offline
 from s3fuse.errors import RemoteError
 from s3fuse.store import retry
 from s3fuse.store.s3 import S3Store
@@ -50,14 +51,6 @@ def small_parts(store: S3Store, journal: Journal, staging: Staging) -> Uploader:
     return Uploader(store, journal, staging, threshold=MiB, part_size=5 * MiB)
 
 
-async def probe_while_offline(store: S3Store) -> None:
-    """What the daemon does: bring the link back once S3 answers."""
-    while True:
-        await trio.sleep(0.1)
-        if not store.link.online:
-            await trio.to_thread.run_sync(store.probe)
-
-
 @asynccontextmanager
 async def upload_queue(cache: Path, store: S3Store, *, start: bool = True,
                        uploader: Callable[..., Uploader] | None = None,
@@ -68,7 +61,7 @@ async def upload_queue(cache: Path, store: S3Store, *, start: bool = True,
         async with trio.open_nursery() as nursery:
             background = Supervisor()
             background.bind(nursery)
-            nursery.start_soon(probe_while_offline, store)
+            nursery.start_soon(probe_while_offline, store, 0.1)  # as the daemon does
             queue = UploadQueue(store, journal, staging, background=background, retry_base=0.05,
                                 uploader=uploader(store, journal, staging) if uploader else None,
                                 **options)
