@@ -81,6 +81,16 @@ async def write(queue: UploadQueue, bucket: str, key: str, data: bytes,
     return await queue.submit(bucket, key, staging_id, expected)
 
 
+async def until_retrying(queue: UploadQueue) -> None:
+    """Wait until an upload failed and waits for its retry (woken by the queue's changes)."""
+    with trio.fail_after(10):
+        while True:
+            changed = queue.changed()  # before looking: a change meanwhile sets it
+            if (await trio.to_thread.run_sync(queue.status))["retrying"]:
+                return
+            await changed.wait()
+
+
 def body(s3: Any, bucket: str, key: str) -> bytes:
     return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
@@ -397,9 +407,7 @@ async def test_failed_part_aborts_the_upload(tmp_path: Path, store: S3Store, s3:
     monkeypatch.setattr(store, "abort_multipart_upload", spy_abort)
     async with upload_queue(tmp_path, store, uploader=small_parts) as queue:
         await write(queue, bucket, "big.bin", data)
-        with trio.fail_after(10):
-            while not queue.status()["retrying"]:
-                await trio.sleep(0.02)
+        await until_retrying(queue)
         broken[0] = False
         assert aborted and keys(s3, bucket) == []
         await queue.sync(timeout=10)
@@ -425,9 +433,7 @@ async def test_upload_killed_mid_multipart_is_cleaned_and_finished_next_start(
     monkeypatch.setattr(patched, "abort_multipart_upload", lost_abort)
     async with upload_queue(tmp_path, patched, uploader=small_parts) as queue:
         await write(queue, bucket, "big.bin", data)
-        with trio.fail_after(10):
-            while not queue.status()["retrying"]:
-                await trio.sleep(0.02)
+        await until_retrying(queue)
     assert open_uploads(s3, bucket) and keys(s3, bucket) == []
 
     async with upload_queue(tmp_path, store, uploader=small_parts) as queue:
