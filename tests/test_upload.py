@@ -473,7 +473,9 @@ async def test_uploads_wait_for_a_burst_of_closes_to_pause(tmp_path: Path, store
     it down), a lone close is uploaded at once, and fsync never waits for the pause."""
     monkeypatch.setattr("s3fuse.upload.queue.BURST_QUIET", 0.5)
     started: list[str] = []
-    async with upload_queue(tmp_path, store) as queue:
+    # one worker: several would each pass the burst check at the burst's first close and
+    # then claim, in a thread, whichever job is due by then (the second close's, too)
+    async with upload_queue(tmp_path, store, workers=1) as queue:
         upload = queue.uploader.upload
 
         def recording(job: Any) -> Any:
