@@ -62,9 +62,6 @@ class Control:
     def names(self) -> list[str]:
         return [STATUS, PID, JOBS, PIN, UNPIN, UPLOADS, RETRY] + ([IDLE] if self.idle else [])
 
-    def pinned(self, path: str) -> bool:
-        return self.pinner.covers(path)
-
     async def get(self, name: str) -> bytes:
         if name == PID:
             return str(os.getpid()).encode()
@@ -76,8 +73,9 @@ class Control:
             return json.dumps(await trio.to_thread.run_sync(self._uploads)).encode()
         if name == IDLE and self.idle is not None:
             return json.dumps(await self.idle.state(), sort_keys=True).encode()
-        status = await trio.to_thread.run_sync(self.status)
-        if self.supervisor is not None:  # read on the trio thread, where its tasks change it
+        status = await trio.to_thread.run_sync(self.status)  # cache use, the upload journal
+        status["pins"] = self.pinner.pins()  # read on the trio thread, where they change
+        if self.supervisor is not None:
             status["supervisor"] = self.supervisor.status()
         return json.dumps(status, sort_keys=True).encode()
 
@@ -97,6 +95,7 @@ class Control:
         self.pinner.start(path, "pin" if name == PIN else "unpin")
 
     def status(self) -> dict[str, Any]:
+        """The status but for pins and background tasks (`get` adds them). Blocking."""
         cfg = self.cfg
         return {
             "version": __version__,
@@ -109,13 +108,13 @@ class Control:
             "sources": [s.uri for s in cfg.sources],
             "manifests": [m.uri for m in cfg.manifests],
             "cache": {"dir": str(cfg.cache_dir), "limit": cfg.cache_size, **self._cache_usage()},
-            "pins": self.pinner.pins(),
             "requests": self._requests(),
             "uploads": self._uploads(),
         }
 
     def _uploads(self) -> dict[str, Any]:
-        """The upload queue: pending files and bytes, oldest age, failures, conflicts."""
+        """The upload queue: pending files and bytes, oldest age, failures, conflicts.
+        Blocking (the journal)."""
         if self.uploads is None:
             return {"files": 0, "bytes": 0, "uploading": 0, "oldest_age": None, "failures": [],
                     "retrying": [], "conflicts": []}

@@ -120,7 +120,7 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
     journal = Journal(cache_dir / "journal.sqlite")
     stack.callback(journal.close)
     staging = Staging(cache_dir / "staging")
-    queue = UploadQueue(store, journal, staging, background=supervisor)
+    queue = UploadQueue(store, journal, staging, background=supervisor, flush_listeners=meta.flush)
     queue.keep_uploaded = UploadedBytes(blocks.put, reader.block_size, cfg.cache_size // 8)
     writes = WriteBack(queue, staging, Overlay())
 
@@ -207,7 +207,7 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
             await parts.writes.queue.stop()
         with trio.move_on_after(FLUSH_TIMEOUT):
             await parts.reader.flush()
-        await trio.to_thread.run_sync(_report_left, parts.writes.queue.status())
+        await trio.to_thread.run_sync(lambda: _report_left(parts.writes.queue.status()))
         nursery.cancel_scope.cancel()
 
 

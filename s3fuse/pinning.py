@@ -4,7 +4,10 @@ A job resolves a mount-relative path, walks everything below it (bucket
 directories, manifest views, shard members) and moves every block of every file
 into (or out of) the pinned store, fetching what is missing. Progress is exposed
 through the root's `user.s3fuse.jobs` xattr. Pins are recorded in meta.sqlite;
-an interrupted pin resumes at the next start, skipping blocks already pinned.
+an interrupted pin resumes at the next start, skipping blocks already pinned. The
+recorded pins are read once, at construction (before the loop serves); from then on
+the pinner answers from its copy on the trio thread, and records changes as point
+writes, which never wait (queued while a listing is being stored: cache/meta.py).
 
 A file that cannot be pinned is a failure of the job, not of the daemon; a full cache
 disk (ENOSPC) ends the job at once (every further file would fail the same way). A job
@@ -51,18 +54,19 @@ class Job:
 
 class Pinner:
     def __init__(self, root: RootTree, meta: MetaStore, background: Supervisor):
+        """Reads the recorded pins: blocking, so before the loop serves (or in a thread)."""
         self.root = root
         self.meta = meta
         self.background = background
         self._jobs: dict[str, Job] = {}
-        self._pinned = {path for path, _ in meta.pins()}
+        self._pins = dict(meta.pins())  # path -> state, as recorded in meta.sqlite
 
     def covers(self, path: str) -> bool:
         """Is the mount-relative `path` at or below a pinned path?"""
-        return any(not p or path == p or path.startswith(p + "/") for p in self._pinned)
+        return any(not p or path == p or path.startswith(p + "/") for p in self._pins)
 
     def pins(self) -> list[dict[str, str]]:
-        return [{"path": p, "state": s} for p, s in self.meta.pins()]
+        return [{"path": p, "state": s} for p, s in sorted(self._pins.items())]
 
     def jobs(self) -> list[dict[str, Any]]:
         return [asdict(job) for job in self._jobs.values()]
@@ -74,14 +78,13 @@ class Pinner:
             return
         job = self._jobs[path] = Job(path, action)
         if action == "pin":
-            self.meta.set_pin(path, "incomplete")
-            self._pinned.add(path)
+            self._record(path, "incomplete")
         self.background.spawn(self._run, job, kind=PIN, name=path or "/",
                               on_failure=functools.partial(self._crashed, job))
 
     def resume(self) -> None:
         """Finish pins an earlier daemon did not complete."""
-        for path, state in self.meta.pins():
+        for path, state in sorted(self._pins.items()):
             if state != "complete":
                 log.info("resuming the pin of %s", path or "/")
                 self.start(path, "pin")
@@ -131,16 +134,23 @@ class Pinner:
         job.finished = time.time()
         job.state = "failed" if job.failures else "done"
         try:
-            if keep:
-                self.meta.set_pin(job.path, "complete" if not job.failures else "incomplete")
-            else:
-                self.meta.remove_pin(job.path)
-                self._pinned = {p for p, _ in self.meta.pins()}
+            self._record(job.path, ("incomplete" if job.failures else "complete") if keep else None)
         except S3FuseError as exc:  # CacheFull: the pin stays recorded as it was (incomplete)
             log.warning("the end of the %s of %s is not recorded: %s", job.action,
                         job.path or "/", exc)
         log.info("%s of %s: %d files, %d bytes, %d failures", job.action, job.path or "/",
                  job.files_done, job.bytes_done, len(job.failures))
+
+    def _record(self, path: str, state: str | None) -> None:
+        """Record a pin's state (None: forget it and the pins below it) in meta.sqlite (a
+        point write: never waits), then in the copy the loop answers from."""
+        if state is None:
+            self.meta.remove_pin(path)
+            self._pins = {p: s for p, s in self._pins.items()  # as MetaStore.remove_pin does
+                          if p != path and not p.startswith(path + "/")}
+        else:
+            self.meta.set_pin(path, state)
+            self._pins[path] = state
 
     async def _files(self, path: str) -> AsyncIterator[tuple[str, FileHandle]]:
         """Every file at or below the mount-relative `path`."""

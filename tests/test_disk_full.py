@@ -22,6 +22,7 @@ from typing import Iterator
 import pytest
 
 from tests.support.mount import Mount
+from tests.support.procs import wait_until
 from tests.test_write_mount import body, keys, sync
 
 pytestmark = pytest.mark.mount
@@ -73,12 +74,11 @@ def free(disk: Path) -> None:
     (disk / "ballast").unlink()
 
 
-def staging_empty(m: Mount, timeout: float = 10.0) -> None:
-    """Staging files of finished uploads go at the queue's next sync pass (not at once)."""
-    deadline = time.monotonic() + timeout
-    while list((m.cache_dir / "staging").iterdir()):
-        assert time.monotonic() < deadline, "staging files left behind"
-        time.sleep(0.1)
+def staging_empty(m: Mount) -> None:
+    """Staging files of finished uploads go at the queue's next sync pass (not at once):
+    once the daemon is idle, no sync pass is due and none is left behind."""
+    assert m.wait_idle()["idle"]
+    assert not list((m.cache_dir / "staging").iterdir()), "staging files left behind"
 
 
 def alive(m: Mount) -> bool:
@@ -175,10 +175,9 @@ def test_full_journal_answers_enospc_and_the_daemon_lives(s3, bucket, small_disk
         os.close(fd)
     assert closing.value.errno == errno.ENOSPC
     faults.release()                 # queued.txt lands in S3; recording that needs the journal
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and "queued.txt" not in keys(s3, bucket):
-        time.sleep(0.1)
-    time.sleep(1)
+    assert wait_until(lambda: "cannot record the upload" in m.log()      # refused (retried)
+                      or not m.status()["uploads"]["files"], timeout=30)  # or it found room
+    assert "queued.txt" in keys(s3, bucket)
     assert alive(m), m.log()[-3000:]
     assert os.listdir(root)
     assert "No space left" in m.log() or "disk is full" in m.log()

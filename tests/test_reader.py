@@ -11,6 +11,8 @@ from s3fuse.cache.blocks import BlockCache
 from s3fuse.data.reader import BlockReader, ReadState
 from s3fuse.model import ObjectRef
 from s3fuse.errors import StaleObject
+from s3fuse.idle import Idle
+from s3fuse.store.link import Link
 from s3fuse.store.s3 import proxy_for
 from s3fuse.util.supervisor import Supervisor
 
@@ -68,7 +70,7 @@ async def test_sequential_reads_prefetch_ahead_and_survive_restart(tmp_path: Pat
         reader = make_reader(tmp_path, store, background, readahead=3)
         state = ReadState()
         assert await reader.read(ref, 0, 128 * 1024, state) == data[:128 * 1024]
-        await trio.sleep(0.5)
+        assert (await Idle(background, None, Link()).wait(10))["idle"]  # read-ahead done
         assert len(store.calls) == 4            # block 0 plus three ahead, in parallel
         out = b"".join([await reader.read(ref, off, 128 * 1024, state)
                         for off in range(128 * 1024, len(data), 128 * 1024)])

@@ -16,6 +16,7 @@ import trio
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from s3fuse.config import Config, KeyPair
+from s3fuse.daemon import probe_while_offline
 from s3fuse.errors import RemoteError
 from s3fuse.store import retry
 from s3fuse.store.s3 import S3Store
@@ -50,14 +51,6 @@ def small_parts(store: S3Store, journal: Journal, staging: Staging) -> Uploader:
     return Uploader(store, journal, staging, threshold=MiB, part_size=5 * MiB)
 
 
-async def probe_while_offline(store: S3Store) -> None:
-    """What the daemon does: bring the link back once S3 answers."""
-    while True:
-        await trio.sleep(0.1)
-        if not store.link.online:
-            await trio.to_thread.run_sync(store.probe)
-
-
 @asynccontextmanager
 async def upload_queue(cache: Path, store: S3Store, *, start: bool = True,
                        uploader: Callable[..., Uploader] | None = None,
@@ -68,7 +61,7 @@ async def upload_queue(cache: Path, store: S3Store, *, start: bool = True,
         async with trio.open_nursery() as nursery:
             background = Supervisor()
             background.bind(nursery)
-            nursery.start_soon(probe_while_offline, store)
+            nursery.start_soon(probe_while_offline, store, 0.1)  # as the daemon does
             queue = UploadQueue(store, journal, staging, background=background, retry_base=0.05,
                                 uploader=uploader(store, journal, staging) if uploader else None,
                                 **options)
@@ -86,6 +79,16 @@ async def write(queue: UploadQueue, bucket: str, key: str, data: bytes,
     staging_id, path = await trio.to_thread.run_sync(queue.staging.create)
     await trio.to_thread.run_sync(path.write_bytes, data)
     return await queue.submit(bucket, key, staging_id, expected)
+
+
+async def until_retrying(queue: UploadQueue) -> None:
+    """Wait until an upload failed and waits for its retry (woken by the queue's changes)."""
+    with trio.fail_after(10):
+        while True:
+            changed = queue.changed()  # before looking: a change meanwhile sets it
+            if (await trio.to_thread.run_sync(queue.status))["retrying"]:
+                return
+            await changed.wait()
 
 
 def body(s3: Any, bucket: str, key: str) -> bytes:
@@ -404,9 +407,7 @@ async def test_failed_part_aborts_the_upload(tmp_path: Path, store: S3Store, s3:
     monkeypatch.setattr(store, "abort_multipart_upload", spy_abort)
     async with upload_queue(tmp_path, store, uploader=small_parts) as queue:
         await write(queue, bucket, "big.bin", data)
-        with trio.fail_after(10):
-            while not queue.status()["retrying"]:
-                await trio.sleep(0.02)
+        await until_retrying(queue)
         broken[0] = False
         assert aborted and keys(s3, bucket) == []
         await queue.sync(timeout=10)
@@ -432,9 +433,7 @@ async def test_upload_killed_mid_multipart_is_cleaned_and_finished_next_start(
     monkeypatch.setattr(patched, "abort_multipart_upload", lost_abort)
     async with upload_queue(tmp_path, patched, uploader=small_parts) as queue:
         await write(queue, bucket, "big.bin", data)
-        with trio.fail_after(10):
-            while not queue.status()["retrying"]:
-                await trio.sleep(0.02)
+        await until_retrying(queue)
     assert open_uploads(s3, bucket) and keys(s3, bucket) == []
 
     async with upload_queue(tmp_path, store, uploader=small_parts) as queue:
@@ -474,7 +473,9 @@ async def test_uploads_wait_for_a_burst_of_closes_to_pause(tmp_path: Path, store
     it down), a lone close is uploaded at once, and fsync never waits for the pause."""
     monkeypatch.setattr("s3fuse.upload.queue.BURST_QUIET", 0.5)
     started: list[str] = []
-    async with upload_queue(tmp_path, store) as queue:
+    # one worker: several would each pass the burst check at the burst's first close and
+    # then claim, in a thread, whichever job is due by then (the second close's, too)
+    async with upload_queue(tmp_path, store, workers=1) as queue:
         upload = queue.uploader.upload
 
         def recording(job: Any) -> Any:

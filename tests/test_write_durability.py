@@ -36,13 +36,6 @@ def kill(m) -> None:  # type: ignore[no-untyped-def]
     m.expect_log(r".*")
 
 
-def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_offline_writes_are_uploaded_when_the_link_returns(s3, bucket, mount_factory, proxy):
     s3.put_object(Bucket=bucket, Key="docs/old.txt", Body=b"old")
     m = mount_factory("--source", f"s3://{bucket}", endpoint=proxy.endpoint)
@@ -113,7 +106,8 @@ def test_hang_on_second_part_then_sigkill_leaves_no_partial_object(s3, bucket, m
                           cache_dir=m.cache_dir)
     assert sync(again.mountpoint).returncode == 0
     assert body(s3, bucket, "big.bin") == payload
-    wait_for(lambda: not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"))
+    assert again.wait_idle()["idle"]                         # the start-up cleanup is done
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
     again.expect_log(r"aborted|interrupted|still to send")
 
 

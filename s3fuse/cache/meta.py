@@ -9,7 +9,9 @@ own thread (WAL: they see the last commit while a listing is being stored). Poin
 writes (an entry learned from an upload or a HEAD, a pin, a directory marked known or
 expired) never wait either: written at once when no one is writing, else queued,
 shown to readers from memory at once, and written by the writer in progress before it
-lets go of the writer lock (`writing`). Bulk writes (`replace_listing`) block: run
+lets go of the writer lock (`writing`). Who must not go on before a point write is on
+disk (the upload queue, before its journal forgets an upload whose listing update it
+is) waits in `flush`, in a worker thread. Bulk writes (`replace_listing`) block: run
 them in a worker thread.
 """
 from __future__ import annotations
@@ -68,13 +70,15 @@ class _Queued:
 
     def __init__(self) -> None:
         self.writes: list[Write] = []
-        self.seq = 0
+        self.seq = 0   # writes queued so far
+        self.done = 0  # ... of which committed (or given up: a full disk)
         self.entries: dict[tuple[str, str], dict[str, tuple[int, Entry | None]]] = {}
         self.dirs: dict[tuple[str, str], tuple[int, bool, bool]] = {}  # seq, known, expired
         self.pins: list[tuple[int, str, str | None]] = []              # None: removed (and below)
 
     def forget(self, upto: int) -> None:
         """The writes up to `upto` are committed (or dropped): readers go to the database."""
+        self.done = max(self.done, upto)
         for key, names in list(self.entries.items()):
             for name, (seq, _) in list(names.items()):
                 if seq <= upto:
@@ -91,6 +95,7 @@ class MetaStore:
     def __init__(self, path: Path):
         self._db = Database(path, SCHEMA)
         self._queue_lock = threading.Lock()  # held for dict updates only, never during I/O
+        self._flushed = threading.Condition(self._queue_lock)  # notified as queued writes land
         self._queued = _Queued()
 
     def close(self) -> None:
@@ -130,11 +135,20 @@ class MetaStore:
                     log.warning("%d change(s) not recorded in the stored listings: %s",
                                 len(writes), exc)
                 finally:
-                    with self._queue_lock:
+                    with self._flushed:
                         self._queued.forget(upto)
+                        self._flushed.notify_all()
         finally:
             if not released:
                 self._db.lock.release()
+
+    def flush(self) -> None:
+        """Return once every point write made before the call is committed (or given up on
+        a full disk, logged). Blocking (a worker thread): a queued write lands when the
+        bulk write holding the writer lock ends."""
+        with self._flushed:
+            target = self._queued.seq
+            self._flushed.wait_for(lambda: self._queued.done >= target)
 
     def _write(self, write: Write, show: Callable[[_Queued, int], None]) -> None:
         """A point write: now when no one holds the writer lock, else queued for the writer

@@ -5,18 +5,27 @@ and offline. Re-ingestion (after `append_parts` changed the root) upserts by
 (parent, name), so unchanged paths keep their rowids and thus their inodes.
 Readers use their own connection (WAL): they see the old index until the new
 one commits. Opened through s3fuse/db.py (versioned schema, disk full as ENOSPC).
+
+The few point writes the trio thread makes (a file's size from a HEAD, a shard that
+could not be indexed) never wait: an ingestion holds SQLite's write lock for as long
+as it runs, so they are handed to the index's own writer thread and lost on error
+(what they record is learned again at the next use).
 """
 from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import sqlite3
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..db import Database, Schema
+from ..errors import CacheFull
 
+log = logging.getLogger(__name__)
 ROOT_ID = 1
 DIR, FILE, SHARD, MEMBER = 0, 1, 2, 3
 
@@ -95,12 +104,14 @@ class ManifestIndex:
     def __init__(self, path: Path):
         self.path = path
         self._db = Database(path, SCHEMA)
+        self._later = ThreadPoolExecutor(1, thread_name_prefix="manifest-index")
 
     def _connect(self) -> sqlite3.Connection:
         """A connection of its own, for a bulk writer (readers are never blocked)."""
         return self._db.connect()
 
     def close(self) -> None:
+        self._later.shutdown(wait=True)  # the point writes handed over so far land first
         self._db.close()
 
     # ------------------------------------------------------------ info
@@ -138,8 +149,32 @@ class ManifestIndex:
                 parts.append(name)
         return "/".join(reversed(parts))
 
-    def update_file(self, node_id: int, size: int, etag: str) -> None:
-        self._db.execute("UPDATE nodes SET size=?, etag=? WHERE id=?", size, etag, node_id)
+    def remember_file(self, node_id: int, key: str, size: int, etag: str) -> Future[None]:
+        """Record a HEAD's size and ETag for a file whose manifest line had none, unless an
+        ingestion made the node another object (or gave it both) meanwhile. Never waits."""
+        return self._write_later(
+            "a file's size", "UPDATE nodes SET size=?, etag=? WHERE id=? AND kind=? AND key=? "
+            "AND (size IS NULL OR etag IS NULL OR etag='')", size, etag, node_id, FILE, key)
+
+    def fail_shard(self, shard_id: int, error: str, checked_at: float) -> Future[None]:
+        """Record that a shard could not be indexed (tried again after the TTL). Never waits."""
+        return self._write_later(
+            "a failed shard", "UPDATE shards SET state='failed', error=?, checked_at=? WHERE node=?",
+            error, checked_at, shard_id)
+
+    def settle(self) -> None:
+        """Block until the point writes handed over so far are done (one writer thread, in
+        order: a marker behind them)."""
+        self._later.submit(lambda: None).result()
+
+    def _write_later(self, what: str, sql: str, *args: Any) -> Future[None]:
+        return self._later.submit(self._write_quietly, what, sql, args)
+
+    def _write_quietly(self, what: str, sql: str, args: tuple[Any, ...]) -> None:
+        try:
+            self._db.execute(sql, *args)
+        except (CacheFull, sqlite3.Error) as exc:  # "database is locked" after the busy timeout
+            log.info("manifest index %s: %s not recorded (%s)", self.path, what, exc)
 
     def shard(self, node_id: int) -> dict[str, Any] | None:
         with self._db.snapshot() as db:
@@ -178,10 +213,6 @@ class ManifestIndex:
                        "gzip_index=?, checked_at=?, error=NULL WHERE node=?",
                        (etag, actual, asize, usize, gzip_index, checked_at, shard_id))
         return count
-
-    def fail_shard(self, shard_id: int, error: str, checked_at: float) -> None:
-        self._db.execute("UPDATE shards SET state='failed', error=?, checked_at=? WHERE node=?",
-                         error, checked_at, shard_id)
 
 
 def _member_dirs(db: sqlite3.Connection, dirs: dict[str, int], parts: list[str], shard_id: int,

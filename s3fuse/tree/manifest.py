@@ -8,6 +8,7 @@ metadata TTL and re-ingested when it changed (append_parts).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -161,8 +162,9 @@ class ManifestTree(ReadOnlyNamespace):
                                                  limiter=self._limiter)
         except Offline:
             return node
-        self.index.update_file(node.id, info.size, info.etag)
-        return self._node(node.id)
+        if node.key is not None:
+            self.index.remember_file(node.id, node.key, info.size, info.etag)  # does not wait
+        return dataclasses.replace(node, size=info.size, etag=info.etag)
 
     async def open(self, ref: int) -> FileHandle:
         node = self._node(ref)

@@ -85,6 +85,7 @@ class ShardService:
         self.ttl = ttl
         self.limits = limits
         self._limiter = trio.CapacityLimiter(concurrency)
+        self._reads = trio.CapacityLimiter(4)  # seek points read back: apart from indexing
         self._flight: SingleFlight[None] = SingleFlight()
         self._once = OnceLogger(log)
         self._gzip: OrderedDict[tuple[str, str], ArchiveIndex] = OrderedDict()  # restored seek points
@@ -130,7 +131,7 @@ class ShardService:
             info = await trio.to_thread.run_sync(self.store.head, bucket, key, limiter=self._limiter)
         except NotFound:
             log.warning("shard archive %s is missing: its directory is empty", uri)
-            tree.index.fail_shard(node.id, "missing", time.time())
+            tree.index.fail_shard(node.id, "missing", time.time())  # does not wait
             return
         source = ReaderSource(self.reader, ObjectRef(bucket, key, info.etag, info.size))
         began = time.monotonic()
@@ -200,7 +201,7 @@ class ShardService:
             def loader(start: int, stop: int) -> bytes:
                 return self.store.get(bucket, key, etag, member.offset + start, member.offset + stop)
         elif fmt == "gzip":
-            index = self._gzip_index(tree, node.shard or 0, shard)
+            index = await self._gzip_index(tree, node.shard or 0, shard)
 
             def loader(start: int, stop: int) -> bytes:
                 return self._checked(read_member, ReaderSource(self.reader, archive), index, member,
@@ -213,11 +214,12 @@ class ShardService:
                                          member.offset + stop)
         return ObjectSource(self.reader, virtual, loader)
 
-    def _gzip_index(self, tree: "ManifestTree", node_id: int, shard: dict[str, Any]) -> ArchiveIndex:
+    async def _gzip_index(self, tree: "ManifestTree", node_id: int,
+                          shard: dict[str, Any]) -> ArchiveIndex:
         cache_key = (tree.index.path.name, shard["archive_key"])
         index = self._gzip.get(cache_key)
-        if index is None:
-            full = tree.index.shard(node_id)  # with its seek points, this once
+        if index is None:  # with its seek points (MiBs), this once, in a thread
+            full = await trio.to_thread.run_sync(tree.index.shard, node_id, limiter=self._reads)
             if full is None or full["etag"] != shard["etag"]:
                 self._rows.pop((tree.index.path, node_id), None)
                 raise StaleObject(f"{tree.describe(node_id)}: shard changed")

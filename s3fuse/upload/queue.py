@@ -23,7 +23,10 @@ see journal.py); `on_uploaded(bucket, key, UploadResult)` tells the tree the new
 twice: before the journal records the upload (a crash cannot lose the tree's update)
 while the key still counts as pending, and after (`pending` false: the local view can
 go; a listener that failed the first time, e.g. on a full disk, tries again). Listeners
-must be idempotent.
+must be idempotent. A listener's write may be queued (the metadata store queues point
+writes while a listing is being stored): `flush_listeners`, a blocking call run in a
+thread between the two, returns once those writes are on disk, so the journal never
+forgets an upload whose listing update a crash could still lose.
 
 Workers (`workers`, default 4) upload one job each at a time, one version per key at a
 time and in order. Transient errors (network, 5xx, throttling) retry with exponential
@@ -83,7 +86,8 @@ class UploadQueue:
     def __init__(self, store: Store, journal: Journal, staging: Staging, *,
                  background: Supervisor, workers: int = 4, uploader: Uploader | None = None,
                  retry_base: float = RETRY_BASE, retry_max: float = RETRY_MAX,
-                 on_uploaded: Callable[[str, str, UploadResult], None] | None = None):
+                 on_uploaded: Callable[[str, str, UploadResult], None] | None = None,
+                 flush_listeners: Callable[[], None] | None = None):
         self.store = store
         self.journal = journal
         self.staging = staging
@@ -92,10 +96,12 @@ class UploadQueue:
         self.workers = workers
         self.retry = retry.Policy(None, retry.UPLOADS.slow_attempts, retry_base, retry_max)
         self.on_uploaded = on_uploaded
+        self.flush_listeners = flush_listeners
         #: Blocking hook given (job, result, staging path) before the staging file is deleted.
         self.keep_uploaded: Callable[[Job, UploadResult, Path], None] | None = None
         self._uploads = trio.CapacityLimiter(workers)
         self._disk = trio.CapacityLimiter(2)  # journal and staging I/O, apart from uploads
+        self._flushes = trio.CapacityLimiter(workers)  # waits for listeners' writes (may be long)
         self._latest: dict[tuple[str, str], tuple[int, str]] = {}
         self._changed = trio.Event()  # replaced on every change: a broadcast
         self._progress = trio.Event()  # the same, also at every sync pass (see changed())
@@ -506,6 +512,7 @@ class UploadQueue:
             # between only replays the upload, while the other order could lose the tree's
             # update, and the stored listing hid the file until --metadata-ttl passed.
             self._tell_uploaded(job, result)
+            await self._flush_listeners(job)
         await self._record(job, outcome)
         if result is not None:
             if self._latest.get((job.bucket, job.key), (None,))[0] == job.id:
@@ -521,6 +528,17 @@ class UploadQueue:
             self.on_uploaded(job.bucket, job.key, dataclasses.replace(result, size=job.size))
         except Exception:  # noqa: BLE001 - a listener must not stop the queue
             log.exception("on_uploaded listener failed for %s", job.uri)
+
+    async def _flush_listeners(self, job: Job) -> None:
+        """Wait until what the listeners wrote is on disk (before the journal forgets the
+        job). Cancelled (at exit), the job stays journalled as uploading and is replayed."""
+        if self.flush_listeners is None:
+            return
+        try:
+            await trio.to_thread.run_sync(self.flush_listeners, limiter=self._flushes,
+                                          abandon_on_cancel=True)
+        except Exception:  # noqa: BLE001 - a listener must not stop the queue
+            log.exception("on_uploaded listeners not flushed for %s", job.uri)
 
     async def _record(self, job: Job, outcome: Callable[[], None]) -> None:
         """Write the outcome to the journal; while the disk is full, try again every
