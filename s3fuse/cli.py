@@ -349,12 +349,15 @@ def cmd_pin(args: argparse.Namespace) -> int:
             if job["state"] != "running":
                 break
             time.sleep(0.2)
+        failed = len(job["failures"]) + job.get("failures_hidden", 0)
         sys.stderr.write(("\n" if sys.stderr.isatty() else "") + f"{args.command} {target}: "
-                         f"{job['files_done']} files, {_human_bytes(job['bytes_done'])}"
-                         f"{', %d failed' % len(job['failures']) if job['failures'] else ''}\n")
+                         f"{job['files_total'] - failed} of {job['files_total']} files, "
+                         f"{_human_bytes(job['bytes_done'])}{', %d failed' % failed if failed else ''}\n")
         for failure in job["failures"]:
             sys.stderr.write(f"  could not {args.command}: {failure}\n")
-        code |= 1 if job["failures"] else 0
+        if job.get("failures_hidden"):
+            sys.stderr.write(f"  ... and {job['failures_hidden']} more (see the daemon log)\n")
+        code |= 1 if failed else 0
     return code
 
 

@@ -28,7 +28,7 @@ from .cache.meta import MetaStore
 from .errors import NotADirectory, NotFound, S3FuseError, disk_full, errno_of
 from .model import Entry, Ref
 from .names import join
-from .tree.contract import FileHandle, Namespace
+from .tree.contract import Namespace
 from .tree.root import RootTree
 from .util.supervisor import PIN, Supervisor
 
@@ -47,7 +47,8 @@ class Job:
     files_done: int = 0
     bytes_total: int = 0
     bytes_done: int = 0
-    failures: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # the first FAILURES_SHOWN of them
+    failures_hidden: int = 0                              # ... and how many more
     started: float = field(default_factory=time.time)
     finished: float | None = None
 
@@ -98,32 +99,51 @@ class Pinner:
             self._finish(job, keep)
             return
         job.files_total = len(files)
-        job.bytes_total = sum(source.size for _, source in files)
+        job.bytes_total = sum(entry.size for _, _, _, entry in files)
         limiter = trio.CapacityLimiter(PARALLEL_FILES)
+        unfinished = {path for path, _, _, _ in files}
 
-        async def one(path: str, source: FileHandle) -> None:
+        async def one(path: str, ns: Namespace, ref: Ref, entry: Entry) -> None:
             async with limiter:
-                def progress(n: int) -> None:
-                    job.bytes_done += n
                 try:
-                    await source.pin(keep, progress)
+                    await self._pin_file(job, keep, ns, ref, entry)
                 except Exception as exc:  # noqa: BLE001 - only the expected ones are kept
                     if not (isinstance(exc, (S3FuseError, OSError)) or disk_full(exc)):
                         raise  # a bug: the supervisor marks the job failed
                     code = errno_of(exc)
-                    if len(job.failures) < FAILURES_SHOWN:
-                        job.failures.append(f"{path}: {errno.errorcode.get(code, code)}")
+                    self._failed(job, f"{path}: {errno.errorcode.get(code, code)}")
                     log.warning("%s of %s failed: %s", job.action, path, exc)
                     if code == errno.ENOSPC:  # the cache disk is full: so would the rest be
                         nursery.cancel_scope.cancel()
-                finally:
-                    await source.close()
+                unfinished.discard(path)
                 job.files_done += 1
 
         async with trio.open_nursery() as nursery:
-            for path, source in files:
-                nursery.start_soon(one, path, source)
+            for path, ns, ref, entry in files:
+                nursery.start_soon(one, path, ns, ref, entry)
+        for path in sorted(unfinished):  # left when the disk filled up: say which
+            self._failed(job, f"{path}: ENOSPC (not tried: the cache disk is full)")
         self._finish(job, keep)
+
+    @staticmethod
+    async def _pin_file(job: Job, keep: bool, ns: Namespace, ref: Ref, entry: Entry) -> None:
+        """Pin (or unpin) one file through a handle held only meanwhile."""
+        def progress(n: int) -> None:
+            job.bytes_done += n
+
+        handle = await ns.open(ref)
+        try:
+            job.bytes_total += handle.size - entry.size  # its size as opened (e.g. from HEAD)
+            await handle.pin(keep, progress)
+        finally:
+            await handle.close()
+
+    @staticmethod
+    def _failed(job: Job, line: str) -> None:
+        if len(job.failures) < FAILURES_SHOWN:
+            job.failures.append(line)
+        else:
+            job.failures_hidden += 1
 
     def _crashed(self, job: Job, exc: BaseException) -> None:
         """The job ended on an unexpected error (logged by the supervisor): mark it failed."""
@@ -132,14 +152,14 @@ class Pinner:
 
     def _finish(self, job: Job, keep: bool) -> None:
         job.finished = time.time()
-        job.state = "failed" if job.failures else "done"
+        job.state = "failed" if job.failures or job.failures_hidden else "done"
         try:
             self._record(job.path, ("incomplete" if job.failures else "complete") if keep else None)
         except S3FuseError as exc:  # CacheFull: the pin stays recorded as it was (incomplete)
             log.warning("the end of the %s of %s is not recorded: %s", job.action,
                         job.path or "/", exc)
         log.info("%s of %s: %d files, %d bytes, %d failures", job.action, job.path or "/",
-                 job.files_done, job.bytes_done, len(job.failures))
+                 job.files_done, job.bytes_done, len(job.failures) + job.failures_hidden)
 
     def _record(self, path: str, state: str | None) -> None:
         """Record a pin's state (None: forget it and the pins below it) in meta.sqlite (a
@@ -152,7 +172,7 @@ class Pinner:
             self.meta.set_pin(path, state)
             self._pins[path] = state
 
-    async def _files(self, path: str) -> AsyncIterator[tuple[str, FileHandle]]:
+    async def _files(self, path: str) -> AsyncIterator[tuple[str, Namespace, Ref, Entry]]:
         """Every file at or below the mount-relative `path`."""
         parts = [p for p in path.split("/") if p]
         if not parts:
@@ -175,9 +195,12 @@ class Pinner:
             yield item
 
 
-async def _walk(ns: Namespace, ref: Ref, entry: Entry, path: str) -> AsyncIterator[tuple[str, FileHandle]]:
+async def _walk(ns: Namespace, ref: Ref, entry: Entry,
+                path: str) -> AsyncIterator[tuple[str, Namespace, Ref, Entry]]:
+    """Every file at or below `ref`, as (mount-relative path, namespace, ref, entry):
+    opened one by one later, so a pin of a big tree never holds a handle per file."""
     if not entry.is_dir:
-        yield path, await ns.open(ref)
+        yield path, ns, ref, entry
         return
     stream = await ns.opendir(ref)
     start = 0

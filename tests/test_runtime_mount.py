@@ -105,7 +105,13 @@ def test_a_pin_that_fills_the_cache_disk_fails_and_the_mount_stays(s3, bucket, s
     assert res.returncode == 1, res.stderr
     assert "ENOSPC" in res.stderr
     job, = [j for j in jobs(m) if j["path"] == f"{bucket}/big"]
-    assert job["state"] == "failed" and job["files_done"] < 4
+    assert job["state"] == "failed"
+    failed = {line.split(":")[0] for line in job["failures"]}
+    pinned = {f"{bucket}/{key}" for key in bodies} - failed
+    assert failed and all("ENOSPC" in line for line in job["failures"])  # each file accounted
+    assert f"{len(pinned)} of 4 files" in res.stderr
+    for path in pinned:                                    # and what it says is pinned, is
+        assert os.getxattr(m.path(*path.split("/")), "user.s3fuse.cached") == b"1"
     assert m.status()["pins"] == [{"path": f"{bucket}/big", "state": "incomplete"}]
     assert m.wait_idle(30)["tasks"] == {}                           # the job is over
     assert serving(m, m.path(bucket, "small.txt"), b"still here")
