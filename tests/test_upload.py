@@ -471,7 +471,7 @@ async def test_uploads_wait_for_a_burst_of_closes_to_pause(tmp_path: Path, store
                                                           monkeypatch: pytest.MonkeyPatch):
     """`cp -r` closes a file every few ms: uploads wait until it pauses (so they do not slow
     it down), a lone close is uploaded at once, and fsync never waits for the pause."""
-    monkeypatch.setattr("s3fuse.upload.queue.BURST_QUIET", 0.5)
+    monkeypatch.setattr("s3fuse.upload.burst.BURST_QUIET", 0.5)
     started: list[str] = []
     # one worker: several would each pass the burst check at the burst's first close and
     # then claim, in a thread, whichever job is due by then (the second close's, too)

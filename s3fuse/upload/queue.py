@@ -12,7 +12,7 @@ unconditionally". `submit` returns once the journal row is committed: the upload
 survives SIGKILL. A large file (> FSYNC_AT_CLOSE bytes) is fsynced before its row
 commits, durably: it survives power loss at once. A small one is journalled with the
 CRC-32 of its bytes and no fsync (three fsyncs would cost more than writing it): the
-sync pass, at most SYNC_INTERVAL later, fsyncs it and every other new staging file
+sync pass (groupcommit.py), at most SYNC_INTERVAL later, fsyncs it and every other new staging file
 and makes the journal durable in one go; after a power loss before that, its CRC
 decides whether the staged bytes can be trusted. From `submit` on, the staging file
 belongs to the queue and must not change. Until the upload is done, `pending_version` gives the
@@ -60,6 +60,8 @@ from ..store.protocol import Store
 from ..util.crashpoint import crash_point
 from ..util.events import first_set
 from ..util.supervisor import UPLOAD_CLEANUP, UPLOAD_QUEUE, UPLOAD_SYNC, UPLOAD_WORKER, Supervisor
+from .burst import BurstGate
+from .groupcommit import GroupCommit
 from .journal import UNKNOWN, Expected, Job, Journal
 from .staging import Staging
 from .uploader import Interrupted, Uploader, UploadResult
@@ -67,11 +69,6 @@ from .uploader import Interrupted, Uploader, UploadResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SYNC_INTERVAL = 0.25    # a small closed file is on disk (survives power loss) this soon
-SYNC_RETRY = 2.0        # after a failed sync pass (disk full)
-BURST_GAP = 0.05        # closes closer together than this are a burst
-BURST_QUIET = 0.1       # uploads wait until a burst pauses this long ...
-MAX_DEFER = 5.0         # ... or for this long at most
 FSYNC_AT_CLOSE = 4 << 20  # larger files are fsynced at close (their CRC would cost more)
 RETRY_BASE = retry.UPLOADS.base  # first backoff after a transient error (doubles, with jitter)
 RETRY_MAX = retry.UPLOADS.cap
@@ -106,13 +103,8 @@ class UploadQueue:
         self._changed = trio.Event()  # replaced on every change: a broadcast
         self._progress = trio.Event()  # the same, also at every sync pass (see changed())
         self._cleaned = trio.Event()
-        self._unsynced: dict[int, str] = {}  # job id -> staging id, journalled before its fsync
-        self._sync_due = False              # a commit since the last sync pass must become durable
-        self._sync_wanted = trio.Event()
-        self._sync_lock = trio.Lock()  # one sync pass at a time
-        self._last_close = -math.inf      # trio clock of the last close (submit or delete)
-        self._burst_start = -math.inf     # ... and of the first close of its burst
-        self._burst_closes = 0            # closes in that burst
+        self.commits = GroupCommit(journal, staging, self._io, self._progressed)
+        self._bursts = BurstGate()
         self._urgent = 0                  # callers waiting in fsync or sync: upload at once
         self._stopped = trio.Event()
         self._stopping = False
@@ -133,9 +125,9 @@ class UploadQueue:
                      expected: Expected = UNKNOWN) -> int:
         """Journal a closed staging file for upload; returns the job id once committed."""
         job_id = await self._io(self._enqueue, bucket, key, staging_id, expected)
-        self._closed_one()
+        self._bursts.closed_one()
         self._latest[(bucket, key)] = (job_id, staging_id)
-        self._want_sync()
+        self.commits.want()
         self._notify()
         return job_id
 
@@ -143,16 +135,16 @@ class UploadQueue:
         """Journal the removal of a key (it replaces pending uploads of the key that have not
         started; one that has runs first); returns the job id once durable."""
         job_id = await self._io(self._enqueue_delete, bucket, key)
-        self._closed_one()
+        self._bursts.closed_one()
         self._latest[(bucket, key)] = (job_id, "")
-        self._want_sync()
+        self.commits.want()
         self._notify()
         return job_id
 
     async def cancel(self, bucket: str, key: str) -> None:
         """Forget the pending changes of a key (for a rename onto it): queued ones are
         dropped, a running upload is waited for (however it ends)."""
-        self._want_sync()
+        self.commits.want()
         while True:
             changed = self._changed  # before asking: the upload may end while we ask
             if not await self._io(self.journal.cancel, bucket, key):
@@ -235,7 +227,7 @@ class UploadQueue:
         # the counters after the journal: a job claimed meanwhile was counted before its claim
         if self._processing:
             return "uploading"
-        if self._sync_due or self._unsynced:
+        if self.commits.due:
             return "sync pass due"
         if not self._running or self._stopping or not self.store.link.online:
             return None
@@ -275,28 +267,13 @@ class UploadQueue:
         requeued = self.journal.recover()
         if requeued:
             log.info("%d interrupted upload(s) queued again", requeued)
-        self._check_unsynced()
+        self.commits.check_after_restart()
         orphans = self.staging.ids() - self.journal.staging_ids()
         if orphans:
             log.warning("removing %d staging file(s) no upload needs (writes never closed, "
                         "or uploaded just before a crash)", len(orphans))
             for staging_id in orphans:
                 self.staging.discard(staging_id)
-
-    def _check_unsynced(self) -> None:
-        """Small files journalled before their fsync: after a power loss their bytes may be
-        lost or torn; one whose CRC no longer matches is kept as failed, never uploaded
-        as it is without being asked (`sync --retry`)."""
-        synced = []
-        for job_id, staging_id, crc in self.journal.unsynced():
-            if self.staging.crc32(staging_id) == crc:
-                synced.append((job_id, staging_id))
-                continue
-            log.error("a file closed just before the machine stopped did not reach the disk "
-                      "intact (job %d): it is not uploaded; write it again", job_id)
-            self.journal.fail(job_id, "damaged: the machine stopped before its bytes were on "
-                              "disk; write the file again (`sync --retry` uploads them as they are)")
-        self._sync_pass(synced, force=False)
 
     def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected) -> int:
         size = self.staging.size(staging_id)
@@ -308,80 +285,23 @@ class UploadQueue:
             crc = self.staging.crc32(staging_id)
             crash_point("staged")
             job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, crc32=crc)
-            self._unsynced[job_id] = staging_id
+            self.commits.journalled(job_id, staging_id)
         crash_point("journalled")
         return job_id
 
     def _enqueue_delete(self, bucket: str, key: str) -> int:
         return self.journal.enqueue(bucket, key, "", 0, UNKNOWN, op="delete")
 
-    def _sync_pass(self, jobs: list[tuple[int, str]], force: bool = True) -> None:
-        """fsync the staging files of `jobs` (id, staging id) and their directory, then one
-        durable commit marks them synced and forgets the trash (every earlier commit is
-        durable with it); only then are the trashed staging files deleted. Without `force`,
-        nothing is written when there is nothing to mark or delete."""
-        for _, staging_id in jobs:
-            self.staging.fsync(staging_id)
-        if jobs:
-            self.staging.fsync_directory()
-        trash = self.journal.trash()
-        if not (jobs or trash or force):
-            return
-        self.journal.mark_synced([job_id for job_id, _ in jobs], trash)
-        for staging_id in trash:
-            self.staging.discard(staging_id)
-
-    def _want_sync(self) -> None:
-        self._sync_due = True
-        self._sync_wanted.set()
-
-    async def _syncer(self) -> None:
-        """Group commit: at most every SYNC_INTERVAL, one sync pass for everything new."""
-        failing = False
-        while True:
-            await self._sync_wanted.wait()
-            self._sync_wanted = trio.Event()
-            await trio.sleep(SYNC_RETRY if failing else SYNC_INTERVAL)
-            try:
-                await self._sync_now()
-            except (S3FuseError, OSError) as exc:  # disk full or failing: keep trying
-                if not failing:
-                    log.warning("closed files not yet safe from a power loss (retrying): %s", exc)
-                failing = True
-                self._want_sync()
-            else:
-                if failing:
-                    log.info("closed files are safe from a power loss again")
-                failing = False
-
     async def make_durable(self) -> None:
-        """Run a sync pass now: every closed file and journal change survives power loss
-        (CacheFull or OSError when the disk refuses)."""
-        self._sync_due = True
-        await self._sync_now()
-
-    async def _sync_now(self) -> None:
-        with trio.CancelScope(shield=True):
-            async with self._sync_lock:  # after a pass in flight, which may predate the caller
-                if not self._sync_due:
-                    return
-                self._sync_due = False
-                jobs = list(self._unsynced.items())
-                try:
-                    await self._io(self._sync_pass, jobs)
-                except BaseException:
-                    self._sync_due = True
-                    raise
-                for job_id, _ in jobs:
-                    self._unsynced.pop(job_id, None)
-                self._progressed()  # the idle query waits for it
+        """Run a sync pass now (see groupcommit.py)."""
+        await self.commits.make_durable()
 
     # ------------------------------------------------------------ workers
 
     async def _run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(functools.partial(self.background.run, self._syncer,
+                nursery.start_soon(functools.partial(self.background.run, self.commits.run,
                                                      kind=UPLOAD_SYNC))
                 await self.background.run(self._abort_leftovers, kind=UPLOAD_CLEANUP)
                 self._cleaned.set()
@@ -393,7 +313,7 @@ class UploadQueue:
                 nursery.cancel_scope.cancel()
         finally:
             try:
-                await self._sync_now()  # shielded: also when the daemon is cancelled
+                await self.commits.now()  # shielded: also when the daemon is cancelled
             except (S3FuseError, OSError) as exc:
                 log.warning("closed files not made safe from a power loss at exit: %s", exc)
             self._stopped.set()
@@ -459,29 +379,10 @@ class UploadQueue:
             with trio.move_on_after(delay):
                 await changed.wait()
 
-    def _closed_one(self) -> None:
-        """A file was closed or removed: note bursts of them (see _writers_first)."""
-        now = trio.current_time()
-        if now - self._last_close > BURST_GAP:
-            self._burst_start, self._burst_closes = now, 0
-        self._last_close = now
-        self._burst_closes += 1
-
     async def _writers_first(self) -> None:
-        """During a burst of closes (`cp -r`, `tar -x`), uploads wait until it pauses for
-        BURST_QUIET, for at most MAX_DEFER: on two cores, uploading while a writer goes on
-        slows the writer ~2x (CPU, GIL, disk) and the uploads finish no sooner. A lone
-        close, `fsync` and `sync` never wait."""
-        while not self._stopping and not self._urgent:
-            now = trio.current_time()
-            if self._burst_closes < 2 or now - self._burst_start >= MAX_DEFER:
-                return
-            pause = self._last_close + BURST_QUIET - now
-            if pause <= 0:
-                return
-            changed = self._changed
-            with trio.move_on_after(pause):
-                await changed.wait()  # woken early by fsync or sync
+        """Uploads wait while a burst of closes goes on (burst.py); fsync and sync do not."""
+        await self._bursts.wait_for_pause(lambda: not self._stopping and not self._urgent,
+                                          lambda: self._changed)
 
     async def _process(self, job: Job) -> None:
         outcome: Callable[[], None]
@@ -518,7 +419,7 @@ class UploadQueue:
             if self._latest.get((job.bucket, job.key), (None,))[0] == job.id:
                 del self._latest[(job.bucket, job.key)]
             self._tell_uploaded(job, result)  # again: no longer pending (the local view goes)
-        self._want_sync()
+        self.commits.want()
         self._notify()
 
     def _tell_uploaded(self, job: Job, result: UploadResult) -> None:

@@ -1,0 +1,47 @@
+"""Writers first: uploads wait while a burst of closes (`cp -r`, `tar -x`) goes on.
+
+On two cores, uploading while a writer goes on slows the writer about 2x (CPU, the GIL,
+the disk) and the uploads finish no sooner; so once closes come closer together than
+BURST_GAP, uploads wait until they pause for BURST_QUIET, for at most MAX_DEFER. A lone
+close, `fsync` and `sync` never wait (the queue stops holding while someone is urgent).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import trio
+
+BURST_GAP = 0.05        # closes closer together than this are a burst
+BURST_QUIET = 0.1       # uploads wait until a burst pauses this long ...
+MAX_DEFER = 5.0         # ... or for this long at most
+
+
+class BurstGate:
+    def __init__(self) -> None:
+        self._last_close = -math.inf      # trio clock of the last close (submit or delete)
+        self._burst_start = -math.inf     # ... and of the first close of its burst
+        self._burst_closes = 0            # closes in that burst
+
+    def closed_one(self) -> None:
+        """A file was closed or removed."""
+        now = trio.current_time()
+        if now - self._last_close > BURST_GAP:
+            self._burst_start, self._burst_closes = now, 0
+        self._last_close = now
+        self._burst_closes += 1
+
+    async def wait_for_pause(self, holding: Callable[[], bool],
+                             changed: Callable[[], trio.Event]) -> None:
+        """Return once a burst paused (or ran MAX_DEFER), at once when there is none, or as
+        soon as `holding()` turns false (woken by the `changed()` event: fsync, sync, stop)."""
+        while holding():
+            now = trio.current_time()
+            if self._burst_closes < 2 or now - self._burst_start >= MAX_DEFER:
+                return
+            pause = self._last_close + BURST_QUIET - now
+            if pause <= 0:
+                return
+            event = changed()
+            with trio.move_on_after(pause):
+                await event.wait()
