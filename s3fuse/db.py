@@ -203,21 +203,32 @@ class Database:
     # ------------------------------------------------------------ reads
 
     def _reader(self) -> sqlite3.Connection:
-        reader = getattr(self._local, "db", None)
-        if reader is None:
-            reader = self._local.db = self.connect()
-            with self._readers_lock:
-                self._readers.append(reader)
+        try:
+            return self._local.db
+        except AttributeError:  # this thread's first query
+            pass
+        reader = self._local.db = self.connect()
+        with self._readers_lock:
+            self._readers.append(reader)
         return reader
 
     def query(self, sql: str, *args: Any) -> list[Any]:
         """Every row of a query, from this thread's reader (never waits for a writer)."""
-        with self.errors():
+        try:
             return self._reader().execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise self._translated(exc) from None
 
     def query_one(self, sql: str, *args: Any) -> Any:
-        rows = self.query(sql, *args)
-        return rows[0] if rows else None
+        """The first row or None: the point query of every lookup, kept lean (no context
+        manager, no list) because the trio loop runs it for every stat."""
+        try:
+            return self._reader().execute(sql, args).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise self._translated(exc) from None
+
+    def _translated(self, exc: sqlite3.OperationalError) -> Exception:
+        return CacheFull(f"{self.schema.title} {self.path}: {exc}") if disk_full(exc) else exc
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:

@@ -189,6 +189,8 @@ class MetaStore:
             db.execute("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", (ns, path, now))
 
     def _queued_entries(self, ns: str, path: str) -> dict[str, Entry | None]:
+        if not self._queued.entries:  # nothing queued (almost always): no lock, no copy
+            return {}
         with self._queue_lock:
             return {name: entry for name, (_, entry)
                     in self._queued.entries.get((ns, path), {}).items()}
