@@ -203,11 +203,18 @@ class MetaStore:
                                  ns, path, name)
         return _entry(row) if row else None
 
-    def entries(self, ns: str, path: str) -> list[Entry]:
-        """The whole listing of `path` (a bulk read for a big directory)."""
+    def entries(self, ns: str, path: str, at_most: int | None = None) -> list[Entry] | None:
+        """The whole listing of `path` (a bulk read for a big directory: use a thread); with
+        `at_most`, None when it has more stored entries than that (a small read, which the
+        trio loop may do itself)."""
         queued = self._queued_entries(ns, path)
-        rows = self._db.query(f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? ORDER BY name",
-                              ns, path)
+        sql = f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? ORDER BY name"
+        if at_most is None:
+            rows = self._db.query(sql, ns, path)
+        else:
+            rows = self._db.query(sql + " LIMIT ?", ns, path, at_most + 1)
+            if len(rows) > at_most:
+                return None
         return apply_changes([_entry(r) for r in rows], queued)
 
     def files_after(self, ns: str, path: str, after: str, limit: int) -> list[Entry]:
