@@ -87,6 +87,7 @@ def test_sigkill_with_queued_uploads_then_remount_finishes_them(s3, bucket, moun
     assert sync(again.mountpoint).returncode == 0
     assert body(s3, bucket, "a.bin") == payload and body(s3, bucket, "b.txt") == b"bee"
     assert "d/" in keys(s3, bucket)
+    assert again.wait_idle()["idle"]                         # the sync pass after the last upload
     assert not list((m.cache_dir / "staging").iterdir())     # nothing left behind
     again.expect_log(r"still to send|interrupted|unreachable|offline")
 
