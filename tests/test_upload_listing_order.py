@@ -42,9 +42,13 @@ async def test_the_journal_forgets_an_upload_only_once_its_listing_update_is_on_
     def listener(bucket: str, key: str, result: Any) -> None:  # what a bucket tree does
         meta.update_entry("ns", "", Entry(key, False, result.size, 0, result.etag))
 
-    def flush() -> None:
-        decided.set()  # the queue waits for the listing: the bulk write may end now
-        meta.flush()
+    class Writes:  # the listing store, telling when the queue waits for it
+        def queued(self) -> bool:
+            return meta.queued()
+
+        def flush(self) -> None:
+            decided.set()  # the queue waits for the listing: the bulk write may end now
+            meta.flush()
 
     def bulk_listing_write() -> None:  # a big listing being stored holds the writer lock
         with meta.writing():
@@ -56,7 +60,7 @@ async def test_the_journal_forgets_an_upload_only_once_its_listing_update_is_on_
             nursery.start_soon(trio.to_thread.run_sync, bulk_listing_write)
             await trio.to_thread.run_sync(holding.wait, 10)
             async with upload_queue(tmp_path, store, on_uploaded=listener,
-                                    flush_listeners=flush) as queue:
+                                    listener_writes=Writes()) as queue:
                 done = queue.journal.done
 
                 def recording_done(*args: Any) -> None:

@@ -142,6 +142,11 @@ class MetaStore:
             if not released:
                 self._db.lock.release()
 
+    def queued(self) -> bool:
+        """Are point writes waiting to be committed? (Never blocks: a check on the loop
+        before asking a thread to `flush`.)"""
+        return self._queued.done < self._queued.seq
+
     def flush(self) -> None:
         """Return once every point write made before the call is committed (or given up on
         a full disk, logged). Blocking (a worker thread): a queued write lands when the
@@ -257,8 +262,11 @@ class MetaStore:
         """Record that `path` exists without a listing of it (listed_at 0: list it when online).
 
         A directory made through the mount was never listed from S3; once its entries are
-        uploaded, this lets an offline mount serve what we know it holds.
+        uploaded, this lets an offline mount serve what we know it holds. Every upload
+        asks this of its parent: a directory already known costs a read, not a commit.
         """
+        if self.listed_at(ns, path) is not None:
+            return
         self._write(lambda db: db.execute("INSERT OR IGNORE INTO dirs VALUES (?,?,0)", (ns, path)),
                     self._show_dir(ns, path, known=True))
 

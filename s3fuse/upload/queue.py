@@ -24,8 +24,8 @@ twice: before the journal records the upload (a crash cannot lose the tree's upd
 while the key still counts as pending, and after (`pending` false: the local view can
 go; a listener that failed the first time, e.g. on a full disk, tries again). Listeners
 must be idempotent. A listener's write may be queued (the metadata store queues point
-writes while a listing is being stored): `flush_listeners`, a blocking call run in a
-thread between the two, returns once those writes are on disk, so the journal never
+writes while a listing is being stored): `listener_writes.flush()`, a blocking call run
+in a thread between the two when `listener_writes.queued()`, returns once those writes are on disk, so the journal never
 forgets an upload whose listing update a crash could still lose.
 
 Workers (`workers`, default 4) upload one job each at a time, one version per key at a
@@ -50,7 +50,7 @@ import math
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 import trio
 
@@ -75,6 +75,15 @@ RETRY_MAX = retry.UPLOADS.cap
 RECORD_RETRY = 1.0      # how often a journal write that failed (a full disk) is tried again
 
 
+class ListenerWrites(Protocol):
+    """Where the `on_uploaded` listeners write (the listing store): writes it may have
+    queued behind a bulk write, and a blocking wait for them."""
+
+    def queued(self) -> bool: ...
+
+    def flush(self) -> None: ...
+
+
 class UploadFailed(RemoteError):
     """The upload failed permanently; the bytes are kept (see `s3fuse status`)."""
 
@@ -84,7 +93,7 @@ class UploadQueue:
                  background: Supervisor, workers: int = 4, uploader: Uploader | None = None,
                  retry_base: float = RETRY_BASE, retry_max: float = RETRY_MAX,
                  on_uploaded: Callable[[str, str, UploadResult], None] | None = None,
-                 flush_listeners: Callable[[], None] | None = None):
+                 listener_writes: ListenerWrites | None = None):
         self.store = store
         self.journal = journal
         self.staging = staging
@@ -93,7 +102,7 @@ class UploadQueue:
         self.workers = workers
         self.retry = retry.Policy(None, retry.UPLOADS.slow_attempts, retry_base, retry_max)
         self.on_uploaded = on_uploaded
-        self.flush_listeners = flush_listeners
+        self.listener_writes = listener_writes
         #: Blocking hook given (job, result, staging path) before the staging file is deleted.
         self.keep_uploaded: Callable[[Job, UploadResult, Path], None] | None = None
         self._uploads = trio.CapacityLimiter(workers)
@@ -433,10 +442,11 @@ class UploadQueue:
     async def _flush_listeners(self, job: Job) -> None:
         """Wait until what the listeners wrote is on disk (before the journal forgets the
         job). Cancelled (at exit), the job stays journalled as uploading and is replayed."""
-        if self.flush_listeners is None:
+        writes = self.listener_writes
+        if writes is None or not writes.queued():  # written at once (the usual case)
             return
         try:
-            await trio.to_thread.run_sync(self.flush_listeners, limiter=self._flushes,
+            await trio.to_thread.run_sync(writes.flush, limiter=self._flushes,
                                           abandon_on_cancel=True)
         except Exception:  # noqa: BLE001 - a listener must not stop the queue
             log.exception("on_uploaded listeners not flushed for %s", job.uri)
