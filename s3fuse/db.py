@@ -19,6 +19,7 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,20 @@ BUSY_TIMEOUT_MS = 5000
 #: A migration step: an SQL script (no transaction statements), or a function of the
 #: connection, run inside the migration's transaction.
 Step = str | Callable[[sqlite3.Connection], None]
+
+
+class _Reader:
+    """A thread's reader connection, owned by that thread's local storage: closed when
+    the thread ends (trio's idle worker threads exit after a few seconds, and new ones
+    come; held elsewhere, their connections and file descriptors would pile up)."""
+
+    __slots__ = ("db", "__weakref__")
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __del__(self) -> None:
+        self.db.close()
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,7 @@ class Database:
         self.lock = threading.RLock()  # the writer lock: only writers take it
         self._durable = False
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()  # to close at close()
         self._readers_lock = threading.Lock()
         try:
             create_private(path)
@@ -119,8 +134,8 @@ class Database:
 
     def close(self) -> None:
         with self.lock, self._readers_lock:
-            for reader in self._readers:
-                reader.close()
+            for reader in list(self._readers):
+                reader.db.close()
             self._readers.clear()
             self._writer.close()
 
@@ -204,13 +219,13 @@ class Database:
 
     def _reader(self) -> sqlite3.Connection:
         try:
-            return self._local.db
+            return self._local.reader.db
         except AttributeError:  # this thread's first query
             pass
-        reader = self._local.db = self.connect()
+        reader = self._local.reader = _Reader(self.connect())
         with self._readers_lock:
-            self._readers.append(reader)
-        return reader
+            self._readers.add(reader)
+        return reader.db
 
     def query(self, sql: str, *args: Any) -> list[Any]:
         """Every row of a query, from this thread's reader (never waits for a writer)."""

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -111,17 +113,19 @@ def test_point_writes_never_wait_for_the_writer_and_are_shown_at_once(tmp_path: 
     def bulk() -> None:
         with meta.writing():
             holding.set()
-            assert release.wait(10)
+            release.wait(10)
 
     worker = threading.Thread(target=bulk)
     worker.start()
     assert holding.wait(10)
+    began = time.monotonic()
     meta.update_entry("ns", "d", Entry("c", False, 3))           # none of these waits
     meta.remove_entry("ns", "d", "a")
     meta.know_dir("ns", "new")
     meta.expire_listing("ns", "d")
     meta.remove_pin("p")
     meta.set_pin("r", "incomplete")
+    assert time.monotonic() - began < 1 and meta.queued()       # queued, not written (held)
     assert [e.name for e in meta.entries("ns", "d")] == ["b", "c"]
     assert meta.entry("ns", "d", "a") is None and meta.entry("ns", "d", "c").size == 3  # type: ignore[union-attr]
     assert meta.listed_at("ns", "d") == 0 and meta.listed_at("ns", "new") == 0
@@ -136,3 +140,16 @@ def test_point_writes_never_wait_for_the_writer_and_are_shown_at_once(tmp_path: 
     assert again.listed_at("ns", "d") == 0 and again.listed_at("ns", "new") == 0
     assert again.pins() == [("r", "incomplete")]
     again.close()
+
+
+def test_a_worker_threads_reader_is_closed_when_the_thread_ends(tmp_path: Path):
+    """trio's worker threads come and go: each one's reader connection must go with it,
+    or every burst of work leaves file descriptors open for the life of the mount."""
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        worker = threading.Thread(target=meta.entry, args=("ns", "", "x"))
+        worker.start()
+        worker.join()
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+    meta.close()
