@@ -144,7 +144,8 @@ def test_chmod_chown_refused_utimens_kept(s3, bucket, mount_factory):
     os.utime(f, (1_000_000_000, 1_000_000_000))               # shown until uploaded
     assert os.stat(f).st_mtime == 1_000_000_000
     for action in (lambda: os.symlink("f.txt", root / "link"),
-                   lambda: os.link(f, root / "hard")):
+                   lambda: os.link(f, root / "hard"),
+                   lambda: os.link(f, m.mountpoint / "hard")):  # at the mount root too
         with pytest.raises(PermissionError):
             action()
     with pytest.raises(OSError) as info:

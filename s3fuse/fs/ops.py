@@ -1,7 +1,7 @@
 """pyfuse3.Operations: a protocol adapter from FUSE requests to namespaces.
 
 Each handler decodes the request (inode -> namespace and ref, bytes -> names), calls
-the namespace's contract (tree/base.py) and encodes the reply (entries -> attributes).
+the namespace's contract (tree/contract.py) and encodes the reply (entries -> attributes).
 No S3, cache or page-cache logic lives here: page-cache coherence is fs/pagecache.py,
 handle tables fs/handles.py, inodes fs/inodes.py. Every handler sits behind the error
 boundary (fs/boundary.py).
@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import pyfuse3
 
 from ..config import Config
-from ..errors import NotADirectory, NotFound, TooBigToRename
+from ..errors import NotADirectory, NotFound
 from ..model import Entry, Ref
 from ..names import join
 from ..tree.contract import AttrChanges, Namespace
@@ -415,7 +415,6 @@ class S3Operations(pyfuse3.Operations):
     async def link(self, inode: int, new_parent_inode: int, new_name_: bytes,
                    ctx: Any) -> pyfuse3.EntryAttributes:
         node, parent = self._node(inode), self._dir(new_parent_inode)
-        if parent.ns != node.ns:
-            raise TooBigToRename("a hard link between sources cannot exist")
-        ref, entry = await self._ns(node).link(node.ref, parent.ref, new_name(new_name_))
+        # the target directory's namespace answers (EPERM, EROFS): no namespace links yet
+        ref, entry = await self._ns(parent).link(node.ref, parent.ref, new_name(new_name_))
         return self._created(parent, ref, entry)
