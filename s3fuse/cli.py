@@ -350,8 +350,9 @@ def cmd_pin(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.2)
         failed = len(job["failures"]) + job.get("failures_hidden", 0)
+        done = job["files_total"] - job.get("files_failed", 0)
         sys.stderr.write(("\n" if sys.stderr.isatty() else "") + f"{args.command} {target}: "
-                         f"{job['files_total'] - failed} of {job['files_total']} files, "
+                         f"{done} of {job['files_total']} files, "
                          f"{_human_bytes(job['bytes_done'])}{', %d failed' % failed if failed else ''}\n")
         for failure in job["failures"]:
             sys.stderr.write(f"  could not {args.command}: {failure}\n")

@@ -45,6 +45,7 @@ class Job:
     state: str = "running"  # running, done, failed
     files_total: int = 0
     files_done: int = 0
+    files_failed: int = 0  # of files_total (a failed walk or a crash fails the job, no file)
     bytes_total: int = 0
     bytes_done: int = 0
     failures: list[str] = field(default_factory=list)  # the first FAILURES_SHOWN of them
@@ -136,10 +137,13 @@ class Pinner:
             job.bytes_total += handle.size - entry.size  # its size as opened (e.g. from HEAD)
             await handle.pin(keep, progress)
         finally:
-            await handle.close()
+            with trio.CancelScope(shield=True):  # a job cancelled (disk full) still lets go
+                await handle.close()
 
     @staticmethod
     def _failed(job: Job, line: str) -> None:
+        """One file of the job could not be pinned (or unpinned)."""
+        job.files_failed += 1
         if len(job.failures) < FAILURES_SHOWN:
             job.failures.append(line)
         else:
