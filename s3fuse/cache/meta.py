@@ -17,6 +17,7 @@ them in a worker thread.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 import sqlite3
 import threading
 import time
@@ -52,10 +53,33 @@ _COLUMNS = "name, is_dir, size, mtime_ns, etag, checked_at"
 Write = Callable[[sqlite3.Connection], None]
 
 
+def _name(entry: Entry) -> str:
+    return entry.name
+
+
+#: Up to this many changes are placed by bisection (a huge listing is not rebuilt for a
+#: few local changes); more are applied by rebuilding it once.
+BISECT_CHANGES = 64
+
+
 def apply_changes(entries: list[Entry], changes: dict[str, Entry | None]) -> list[Entry]:
-    """A listing with later changes applied (an entry replaces, None removes)."""
+    """A listing sorted by name with later changes applied (an entry replaces, None
+    removes), still sorted by name."""
     if not changes:
         return entries
+    if len(changes) <= BISECT_CHANGES:
+        merged = list(entries)
+        for name, entry in changes.items():
+            at = bisect_left(merged, name, key=_name)
+            present = at < len(merged) and merged[at].name == name
+            if entry is None:
+                if present:
+                    del merged[at]
+            elif present:
+                merged[at] = entry
+            else:
+                merged.insert(at, entry)
+        return merged
     by_name = {e.name: e for e in entries}
     for name, entry in changes.items():
         if entry is None:

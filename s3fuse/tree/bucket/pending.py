@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from bisect import bisect_left
-from operator import attrgetter
 
+from ...cache.meta import apply_changes
 from ...cache.overlay import Overlay
 from ...errors import CacheFull, Offline
 from ...model import Entry
@@ -27,7 +26,6 @@ log = logging.getLogger(__name__)
 
 GONE = object()  # a name removed locally that S3 still lists
 
-_name = attrgetter("name")
 
 
 class PendingView:
@@ -54,27 +52,14 @@ class PendingView:
         return None
 
     def merge(self, path: str, entries: list[Entry]) -> list[Entry]:
-        """The listing of `path` (sorted by name) with local changes applied; the few
-        changed names are placed by bisection, so a huge listing is not rebuilt."""
+        """The listing of `path` (sorted by name) with local changes applied."""
         changes = self._overlay.children(self._keys.bucket, self._keys.dir_prefix(path))
-        if not changes:
-            return entries
-        merged = list(entries)
+        updates: dict[str, Entry | None] = {}
         for name in changes:
             local = self.local(path, name)
-            if local is None:
-                continue
-            at = bisect_left(merged, name, key=_name)
-            present = at < len(merged) and merged[at].name == name
-            if local is GONE:
-                if present:
-                    del merged[at]
-            elif isinstance(local, Entry):
-                if present:
-                    merged[at] = local
-                else:
-                    merged.insert(at, local)
-        return merged
+            if local is not None:
+                updates[name] = local if isinstance(local, Entry) else None  # None: GONE
+        return apply_changes(entries, updates)
 
     async def listing_or_local(self, path: str) -> None:
         """The stored listing of `path` made fresh; offline, a directory made here (not
