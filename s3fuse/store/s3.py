@@ -46,12 +46,9 @@ UNREACHABLE_ERRORS = (
     botocore.exceptions.ProxyConnectionError,
 )
 #: Errors that mean "could not talk to S3" (as opposed to S3 saying no).
-NETWORK_ERRORS = (
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectTimeoutError,
+NETWORK_ERRORS = UNREACHABLE_ERRORS + (
     botocore.exceptions.ReadTimeoutError,
     botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.ProxyConnectionError,
     botocore.exceptions.HTTPClientError,
 )
 #: Body read failures botocore does not retry by itself.
