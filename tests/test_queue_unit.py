@@ -12,7 +12,7 @@ import trio
 
 from s3fuse.store.memory import MemoryStore
 from s3fuse.upload import Journal, Staging, Uploader, UploadFailed, UploadQueue
-from tests.test_upload import upload_queue, write
+from tests.test_upload import until_retrying, upload_queue, write
 
 MiB = 1 << 20
 B = "bucket"
@@ -44,7 +44,7 @@ async def test_transient_faults_are_retried_with_backoff(tmp_path: Path, store: 
     store.fail("PutObject", times=3)
     async with upload_queue(tmp_path, store) as queue:
         job = await write(queue, B, "out/a.txt", b"payload")
-        await until(lambda: any(r["attempts"] >= 1 for r in queue.status()["retrying"]))
+        await until_retrying(queue)
         [retrying] = queue.status()["retrying"]
         assert retrying["uri"] == f"s3://{B}/out/a.txt" and "SlowDown" in retrying["error"]
         assert await queue.wait(job)

@@ -199,13 +199,15 @@ async def test_injected_failure_hits_the_nth_start_of_its_kind(autojump_clock: t
     first, second = Flaky(0), Flaky(0)
     async with trio.open_nursery() as nursery:
         sup.bind(nursery)
-        sup.spawn(first, kind=UPLOAD_WORKER)
+        sup.spawn(first, kind=UPLOAD_WORKER, name="first")
         await trio.sleep(0.01)
-        sup.spawn(second, kind=UPLOAD_WORKER)
-    assert len(first.starts) == 1
+        sup.spawn(second, kind=UPLOAD_WORKER, name="second")
+    assert first.starts == [0.0]    # the first start was not hit: ran at once, no backoff
     assert len(second.starts) == 1  # restarted after the injected failure, then ran
+    assert second.starts[0] > 0.01  # ... after the backoff
     failure, = sup.status()["recent_failures"]
     assert failure["kind"] == "upload-worker" and InjectedFailure.__name__ in failure["error"]
+    assert failure["task"] == "second"
 
 
 # ---------------------------------------------------------------- link events

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 
+from tests.support.procs import wait_until
 from tests.test_write_mount import body, sync
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(300)]
@@ -39,10 +39,7 @@ def test_getfattr_on_a_pending_upload_leaves_the_fd_count_flat(s3, bucket, mount
     held = faults.hang(method="PUT", path=r"/pending\.txt")
     path = m.path(bucket, "pending.txt")
     path.write_bytes(b"not in S3 yet")
-    deadline = time.monotonic() + 30
-    while held.hits < 1 and time.monotonic() < deadline:  # the upload is sent and held
-        time.sleep(0.05)
-    assert held.hits >= 1
+    assert wait_until(lambda: held.hits >= 1, 30)  # the upload is sent and held
     first = getfattr_dump(str(path), 10)          # warm: lookups, lazily made state
     assert 'user.s3fuse.cached="1"' in first and 'user.s3fuse.pinned="0"' in first
     before = open_fds(m.pid)
