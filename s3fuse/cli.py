@@ -126,16 +126,21 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .cache.cachedir import CacheLock, secure_cache_dir
+    from .cache.identity import check_identity, identity_of, resolve_cache_dir
     from .logs import setup_logging
     from .store.s3 import S3Store
 
     os.umask(0o077)  # the cache dir and the daemon log are private
     cfg = _config_from(args)
     store = S3Store.from_config(cfg)  # credentials problems are usage errors, before mounting
+    identity = identity_of(cfg)
+    cfg = cfg.with_overrides(cache_dir=resolve_cache_dir(cfg.cache_dir, identity))
+    assert cfg.cache_dir is not None
     cache_dir = secure_cache_dir(cfg.cache_dir)
     holder = CacheLock.holder(cache_dir)
     if holder is not None:
         raise UsageError(f"cache dir {cache_dir} is in use by pid {holder}: give each mount its own --cache-dir")
+    check_identity(cache_dir, identity)  # the daemon checks again under the lock, and records it
     if not args.foreground:
         from .mounts import spawn_background
         code, reason = spawn_background(list(argv), cache_dir / "s3fuse.log")
@@ -364,11 +369,16 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from . import cachetool
-    from .config import default_cache_dir, load_toml, parse_duration, parse_size
+    from .cache.identity import identity_of, resolve_cache_dir
+    from .config import load_toml, parse_duration, parse_size
 
     os.umask(0o077)  # files diskcache/SQLite create in the cache stay private (0600)
     file_cfg = load_toml(Path(args.config)) if args.config else {}
-    cache_dir = Path(args.cache_dir or file_cfg.get("cache_dir") or default_cache_dir())
+    if args.cache_dir:
+        cache_dir = Path(args.cache_dir)
+    else:  # the one a mount with this configuration (and environment) uses
+        cfg = build_config({"config": args.config})
+        cache_dir = resolve_cache_dir(cfg.cache_dir, identity_of(cfg))
     size_limit = parse_size(file_cfg["cache_size"]) if "cache_size" in file_cfg else None
     if args.cache_command == "stats":
         result = cachetool.stats(cache_dir, size_limit)

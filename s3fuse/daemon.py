@@ -21,6 +21,7 @@ import trio
 
 from .cache.blocks import BlockCache
 from .cache.cachedir import CacheLock, secure_cache_dir, secure_dir
+from .cache.identity import claim, identity_of, resolve_cache_dir
 from .cache.meta import MetaStore
 from .cache.overlay import Overlay
 from .config import Config, SourceSpec
@@ -101,10 +102,14 @@ class Components:
 
 def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Components:
     """Everything below FUSE, wired together; closed by `stack`."""
+    identity = identity_of(cfg)
+    cfg = cfg.with_overrides(cache_dir=resolve_cache_dir(cfg.cache_dir, identity))
+    assert cfg.cache_dir is not None
     cache_dir = secure_cache_dir(cfg.cache_dir)
     lock = CacheLock(cache_dir)
     lock.acquire()
     stack.callback(lock.release)
+    claim(cache_dir, identity)  # another endpoint's cache (and queue) is refused: exit 2
     store = store or S3Store.from_config(cfg)
     meta = MetaStore(cache_dir / "meta.sqlite")
     stack.callback(meta.close)

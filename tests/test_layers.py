@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     # 1: configuration and plumbing: the local-database layer, the supervisor, small utilities
     "config": 1, "util": 1, "db": 1,
     # 2: local machinery with no S3 in it: caches, archive indexing
-    "cache": 2, "archive": 2,
+    "cache": 2, "cache.identity": 2, "archive": 2,
     # 3: the S3 boundary
     "store": 3,
     # 4: bytes and records built on the store and the caches
