@@ -27,7 +27,7 @@ from ..errors import CorruptData, NotFound, StaleObject
 from ..manifest.index import Node, compact_json
 from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
-from ..util.oncelog import OnceLogger
+from ..util.oncelog import example
 from .contract import FileHandle
 from .sources import ObjectSource
 
@@ -77,6 +77,17 @@ def internal_entries(data: bytes) -> dict[str, tuple[str | None, str | None]]:
     return found
 
 
+def report_skipped(uri: str, index: ArchiveIndex, shown: int = 5) -> None:
+    """One line for the members of an archive that are not shown: their count and the
+    first few (names cut and escaped). One line per member let a hostile archive of
+    100k long names flood the log."""
+    if not index.skipped_count:
+        return
+    first = ", ".join(f"{example(name)} ({reason})" for name, reason in index.skipped[:shown])
+    more = ", ..." if index.skipped_count > shown else ""
+    log.warning("shard %s: %d members not shown (first: %s%s)", uri, index.skipped_count, first, more)
+
+
 class ShardService:
     def __init__(self, store: S3Store, reader: BlockReader, *, ttl: float,
                  limits: Limits = Limits(), concurrency: int = 2):
@@ -87,7 +98,6 @@ class ShardService:
         self._limiter = trio.CapacityLimiter(concurrency)
         self._reads = trio.CapacityLimiter(4)  # seek points read back: apart from indexing
         self._flight: SingleFlight[None] = SingleFlight()
-        self._once = OnceLogger(log)
         self._gzip: OrderedDict[tuple[str, str], ArchiveIndex] = OrderedDict()  # restored seek points
         self._rows: OrderedDict[tuple[Any, int], tuple[dict[str, Any], float]] = OrderedDict()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
@@ -141,8 +151,7 @@ class ShardService:
             log.warning("shard archive %s is unusable (%s): its directory is empty", uri, exc)
             tree.index.fail_shard(node.id, str(exc), time.time())
             return
-        for name, reason in index.skipped:
-            self._once.warning(f"{uri}#{name}", "shard %s: member %r not shown (%s)", uri, name, reason)
+        report_skipped(uri, index)
         internal = shard["internal"]
         described = await self._internal_manifest(source, index, internal, uri)
         rows = [(m.path, m.offset, m.size, *described.get(m.path, (None, None)))
