@@ -33,6 +33,16 @@ _ENTRY_ERRORS = (OverflowError, UnicodeEncodeError, ValueError, RecursionError,
                  sqlite3.DataError, sqlite3.InterfaceError)
 
 
+def _storable(*values: str | int | None) -> None:
+    """Raise what SQLite would raise half way through an entry, before anything is
+    written: a lone surrogate (from a JSON escape) or an integer over 64 bits."""
+    for value in values:
+        if isinstance(value, str):
+            value.encode("utf-8")
+        elif isinstance(value, int) and value >= 1 << 63:
+            raise OverflowError("integer over 64 bits")
+
+
 def _too_long(text: str) -> bool:
     """Over MAX_PATH_BYTES in UTF-8? Checked before anything splits or matches it."""
     return len(text) > MAX_PATH_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES
@@ -119,9 +129,13 @@ class Ingestion:
         parts = path_parts(path)
         if parts is None:
             return f"{example(key)} is not a valid POSIX path"
+        meta = compact_json(item.meta)
         if isinstance(item, FileItem):
-            writer.add_file(parts, item.key, item.size, item.etag, item.id, compact_json(item.meta))
+            _storable(item.key, item.size, item.etag, item.id, meta)
+            writer.add_file(parts, item.key, item.size, item.etag, item.id, meta)
         else:
+            _storable(item.archive_key, item.format, item.compression, item.internal_manifest_path,
+                      item.count, item.size, meta)
             writer.add_shard(parts, item.archive_key, item.format, item.compression,
-                             item.internal_manifest_path, item.count, item.size, compact_json(item.meta))
+                             item.internal_manifest_path, item.count, item.size, meta)
         return None
