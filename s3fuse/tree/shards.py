@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..archive.index import ArchiveIndex, build_index, iter_decompressed, read_member
+from ..archive.index import DEFAULT_SPACING, ArchiveIndex, build_index, iter_decompressed, read_member
 from ..archive.limits import ArchiveError, Limits
 from ..archive.tar import Member
 from ..data.reader import BlockReader, ReadState
@@ -42,6 +42,16 @@ OPEN_GZIP_INDEXES = 16
 #: member lookup and open asks for it, and reading the row with its seek-point blob (MiBs)
 #: on the trio thread cost milliseconds each time.
 SHARD_ROWS = 1024
+#: A restored gzip reader holds a 32 KiB window per seek point (one per DEFAULT_SPACING
+#: of the tar): 16 MiB for a 1 GiB shard, 1 GiB at max_total_bytes. The open readers
+#: together are kept under this (the one in use always stays).
+OPEN_GZIP_WINDOW_BYTES = 256 << 20
+GZIP_WINDOW = 32 << 10
+
+
+def gzip_window_bytes(index: ArchiveIndex) -> int:
+    """What restoring `index`'s seek points costs in memory (estimated from its size)."""
+    return ((index.uncompressed_size or 0) // DEFAULT_SPACING + 1) * GZIP_WINDOW
 
 
 class ReaderSource:
@@ -235,9 +245,11 @@ class ShardService:
             index = self._gzip[cache_key] = ArchiveIndex(
                 format="gzip", members=[], skipped=[], gzip_index=full["gzip_index"],
                 uncompressed_size=full["usize"])
-            while len(self._gzip) > OPEN_GZIP_INDEXES:  # each holds its points' 32 KiB windows
-                self._gzip.popitem(last=False)
         self._gzip.move_to_end(cache_key)
+        while len(self._gzip) > 1 and (
+                len(self._gzip) > OPEN_GZIP_INDEXES
+                or sum(map(gzip_window_bytes, self._gzip.values())) > OPEN_GZIP_WINDOW_BYTES):
+            self._gzip.popitem(last=False)
         return index
 
     @staticmethod
