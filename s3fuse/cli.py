@@ -18,6 +18,7 @@ from typing import Any, NoReturn, Sequence
 from . import __version__
 from .config import Config, build_config, check_mountpoint
 from .errors import CacheFull, UsageError, disk_full
+from .printable import printable
 from .redact import credential_in_argv, credential_refusal, redact_unrecognized
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,16 @@ EXIT_USAGE = 2
 SYNC_POLL = 0.5
 
 
+def _say(line: str) -> None:
+    """One line on stderr, its control characters escaped (it may name a key or a path)."""
+    sys.stderr.write(printable(line) + "\n")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports errors in one line."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"s3fuse: error: {redact_unrecognized(message)}\n")
+        _say(f"s3fuse: error: {redact_unrecognized(message)}")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -145,7 +151,7 @@ def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from .mounts import spawn_background
         code, reason = spawn_background(list(argv), cache_dir / "s3fuse.log")
         if code:
-            sys.stderr.write(f"s3fuse: {reason}\n")
+            _say(f"s3fuse: {reason}")
         return code
     from .daemon import ReadySignal, run
     setup_logging(cfg.log_level, cfg.debug)
@@ -172,19 +178,19 @@ def cmd_umount(args: argparse.Namespace) -> int:
     except OSError as exc:  # the daemon is gone: a stale mount
         result = fusermount_unmount(mountpoint, lazy=True)
         if result.returncode:
-            sys.stderr.write(f"s3fuse: cannot unmount {mountpoint}: {result.stderr.strip()}\n")
+            _say(f"s3fuse: cannot unmount {mountpoint}: {result.stderr.strip()}")
             return 1
-        sys.stderr.write(f"s3fuse: removed stale mount {mountpoint} ({exc.strerror})\n")
+        _say(f"s3fuse: removed stale mount {mountpoint} ({exc.strerror})")
         return 0
     try:
         left = _uploads(mountpoint)
     except OSError:
         left = {"files": 0}
     if left["files"]:
-        sys.stderr.write(f"s3fuse: waiting for uploads before unmounting: {_queue_line(left)}\n")
+        _say(f"s3fuse: waiting for uploads before unmounting: {_queue_line(left)}")
     os.kill(pid, signal.SIGTERM)
     if not wait_gone(pid, mountpoint, args.timeout):
-        sys.stderr.write(f"s3fuse: daemon {pid} still running after {args.timeout:.0f}s\n")
+        _say(f"s3fuse: daemon {pid} still running after {args.timeout:.0f}s")
         return 1
     return 0
 
@@ -203,12 +209,18 @@ def _queue_line(q: dict[str, Any]) -> str:
     return text
 
 
+def _failed(q: dict[str, Any]) -> int:
+    """Failed uploads, also when the daemon shows a summary only (to a user not its owner)."""
+    return len(q["failures"]) or q.get("hidden", {}).get("failures", 0)
+
+
 def _report_failures(q: dict[str, Any]) -> None:
     for failure in q["failures"]:
-        sys.stderr.write(f"s3fuse: FAILED {failure['uri']}: {failure['error']}\n")
-    if q["failures"]:
-        sys.stderr.write(f"s3fuse: {len(q['failures'])} upload(s) failed and are kept; fix the "
-                         "cause, then `s3fuse sync --retry`\n")
+        _say(f"s3fuse: FAILED {failure['uri']}: {failure['error']}")
+    if _failed(q):
+        _say(f"s3fuse: {_failed(q)} upload(s) failed and are kept; fix the "
+             "cause, then `s3fuse sync --retry`" + (" (the mount's owner sees which)"
+                                                    if q.get("restricted") else ""))
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -217,7 +229,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     mountpoint = require_mount(Path(args.mountpoint))
     if args.retry:
         from .control import RETRY
-        os.setxattr(str(mountpoint), RETRY, b"1")
+        try:
+            os.setxattr(str(mountpoint), RETRY, b"1")
+        except PermissionError:
+            _say(f"s3fuse: error: only the owner of the mount {mountpoint} (or root) may retry uploads")
+            return 1
     began = time.monotonic()
     shown = False
     while True:
@@ -226,8 +242,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
             break
         if args.timeout is not None and time.monotonic() - began > args.timeout:
             if shown:
-                sys.stderr.write("\n")
-            sys.stderr.write(f"s3fuse: timed out: {_queue_line(q)}\n")
+                _say("")
+            _say(f"s3fuse: timed out: {_queue_line(q)}")
             _report_failures(q)
             return 1
         if not args.quiet and sys.stderr.isatty():
@@ -237,7 +253,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if shown:
         sys.stderr.write("\r\033[K")
     _report_failures(q)
-    return 1 if q["failures"] else 0
+    return 1 if _failed(q) else 0
 
 
 def _human_bytes(n: float) -> str:
@@ -248,6 +264,12 @@ def _human_bytes(n: float) -> str:
     return str(n)
 
 
+def _sources(status: dict[str, Any]) -> str:
+    if status.get("restricted"):
+        return "(shown to the mount's owner)"
+    return ", ".join(status.get("sources", []) + status.get("manifests", [])) or "all buckets"
+
+
 def format_status(status: dict[str, Any]) -> str:
     cache = status.get("cache", {})
     link = status.get("link", {})
@@ -255,17 +277,17 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [
         f"{status.get('mountpoint')}: {link.get('state', '?')} since {since} (pid {status.get('pid')}, "
         f"s3fuse {status.get('version')})",
-        f"  sources:   {', '.join(status.get('sources', []) + status.get('manifests', [])) or 'all buckets'}",
-        f"  cache:     {_human_bytes(cache.get('used', 0))} of {_human_bytes(cache.get('limit', 0))} "
-        f"in {cache.get('dir')}" + ("  [DISK FULL: reads are not being cached]" if cache.get("disk_full") else ""),
-        f"  pinned:    {_human_bytes(cache.get('pinned', 0))} in {len(status.get('pins', []))} pins"
+        f"  sources:   {_sources(status)}",
+        f"  cache:     {_human_bytes(cache.get('used', 0))} of {_human_bytes(cache.get('limit', 0))}"
+        + (f" in {cache['dir']}" if cache.get("dir") else "") + ("  [DISK FULL: reads are not being cached]" if cache.get("disk_full") else ""),
+        f"  pinned:    {_human_bytes(cache.get('pinned', 0))} in "
+        f"{len(status.get('pins', [])) or status.get('hidden', {}).get('pins', 0)} pins"
         + ("  [pinned data alone exceeds the cache limit: kept, not evicted]"
            if cache.get("pinned_over_limit") else ""),
     ]
     q = status.get("uploads")
     if q is not None:
-        lines.append(f"  uploads:   {_queue_line(q)}" + (f", {len(q['failures'])} FAILED"
-                                                          if q["failures"] else ""))
+        lines.append(f"  uploads:   {_queue_line(q)}" + (f", {_failed(q)} FAILED" if _failed(q) else ""))
         for failure in q["failures"][:10]:
             lines.append(f"  failed:    {failure['uri']}: {failure['error']}")
         for item in q.get("retrying", [])[:5]:
@@ -288,7 +310,9 @@ def format_status(status: dict[str, Any]) -> str:
             when = time.strftime("%H:%M:%S", time.localtime(failure["time"]))
             what = " ".join(filter(None, (failure["kind"], failure["task"])))
             lines.append(f"  task {when}: {what} failed ({failure['action']}): {failure['error']}")
-    return "\n".join(lines)
+    if status.get("restricted"):
+        lines.append("  (keys, paths and errors are shown to the mount's owner only)")
+    return "\n".join(printable(line) for line in lines)  # keys may hold control characters
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -307,8 +331,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no s3fuse mounts")
     else:
         for status in results:
-            print(f"{status['mountpoint']}: not responding ({status['error']})" if "error" in status
-                  else format_status(status))
+            print(printable(f"{status['mountpoint']}: not responding ({status['error']})")
+                  if "error" in status else format_status(status))
     return 1 if any("error" in s for s in results) else 0
 
 
@@ -339,7 +363,12 @@ def cmd_pin(args: argparse.Namespace) -> int:
         target = Path(os.path.abspath(raw))
         mount = _mount_of(target)
         rel = "" if target == mount else str(target.relative_to(mount))
-        os.setxattr(str(mount), PIN if args.command == "pin" else UNPIN, os.fsencode(rel))
+        try:
+            os.setxattr(str(mount), PIN if args.command == "pin" else UNPIN, os.fsencode(rel))
+        except PermissionError:  # EPERM from the daemon, or EACCES from the root's modes
+            _say(f"s3fuse: error: only the owner of the mount {mount} (or root) may "
+                 f"{args.command}: {target}")
+            return 1
         if args.no_wait:
             continue
         began = time.monotonic()
@@ -356,13 +385,14 @@ def cmd_pin(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         failed = len(job["failures"]) + job.get("failures_hidden", 0)
         done = job["files_total"] - job.get("files_failed", 0)
-        sys.stderr.write(("\n" if sys.stderr.isatty() else "") + f"{args.command} {target}: "
-                         f"{done} of {job['files_total']} files, "
-                         f"{_human_bytes(job['bytes_done'])}{', %d failed' % failed if failed else ''}\n")
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        _say(f"{args.command} {target}: {done} of {job['files_total']} files, "
+             f"{_human_bytes(job['bytes_done'])}{', %d failed' % failed if failed else ''}")
         for failure in job["failures"]:
-            sys.stderr.write(f"  could not {args.command}: {failure}\n")
+            _say(f"  could not {args.command}: {failure}")
         if job.get("failures_hidden"):
-            sys.stderr.write(f"  ... and {job['failures_hidden']} more (see the daemon log)\n")
+            _say(f"  ... and {job['failures_hidden']} more (see the daemon log)")
         code |= 1 if failed else 0
     return code
 
@@ -394,9 +424,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
         for key, value in result.items():
             shown = _human_bytes(value) if isinstance(value, int) and ("bytes" in key or key in (
                 "used", "pinned", "limit")) else value
-            print(f"{key:18} {shown}")
+            print(printable(f"{key:18} {shown}"))
     if args.cache_command == "stats" and result.get("pinned_over_limit"):
-        sys.stderr.write("s3fuse: pinned data alone exceeds the cache size limit; it is kept\n")
+        _say("s3fuse: pinned data alone exceeds the cache size limit; it is kept")
     return 0
 
 
@@ -417,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     secret = credential_in_argv(argv)
     if secret is not None:  # before argparse, which would echo the value in its error
-        sys.stderr.write(f"s3fuse: error: {credential_refusal(secret, 'option')}\n")
+        _say(f"s3fuse: error: {credential_refusal(secret, 'option')}")
         return EXIT_USAGE
     args = make_parser().parse_args(argv)
     try:
@@ -436,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "cache":
             return cmd_cache(args)
     except UsageError as exc:
-        sys.stderr.write(f"s3fuse: error: {exc}\n")
+        _say(f"s3fuse: error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
@@ -446,10 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CacheFull, sqlite3.OperationalError) as exc:  # a cache on a full disk (cache stats)
         if not isinstance(exc, CacheFull) and not disk_full(exc):
             raise
-        sys.stderr.write(f"s3fuse: error: the cache disk is full ({exc})\n")
+        _say(f"s3fuse: error: the cache disk is full ({exc})")
         return 1
     except OSError as exc:
-        sys.stderr.write(f"s3fuse: error: {exc.strerror or exc}"
-                         f"{': ' + str(exc.filename) if exc.filename else ''}\n")
+        _say(f"s3fuse: error: {exc.strerror or exc}"
+             f"{': ' + str(exc.filename) if exc.filename else ''}")
         return 1
     return EXIT_USAGE

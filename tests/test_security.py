@@ -12,7 +12,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,15 +37,6 @@ S3FUSE = [sys.executable, "-m", "s3fuse"]
 @pytest.fixture
 def backend(moto_backend):  # type: ignore[no-untyped-def]
     return moto_backend
-
-
-@pytest.fixture
-def public_base() -> Iterator[Path]:
-    """A directory other users can traverse (pytest's tmp_path is 0700 to root only)."""
-    base = Path(tempfile.mkdtemp(prefix="s3fuse-sec-", dir="/tmp"))
-    base.chmod(0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def start(base: Path, env: dict[str, str], *args: str) -> Mount:
