@@ -27,6 +27,9 @@ from ..store.protocol import Store
 log = logging.getLogger(__name__)
 
 PROBE_NAME = ".s3fuse-probe-"
+#: PutObject requests of a probe on a server that honours conditions (the scratch key,
+#: If-None-Match, If-Match), for whoever counts requests.
+PROBE_PUTS = 3
 #: An ETag no object has (well-formed: some servers reject malformed ones with 400).
 WRONG_ETAG = "0" * 32
 
