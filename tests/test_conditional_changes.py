@@ -198,6 +198,16 @@ def test_offline_during_the_probe_postpones_it() -> None:
     assert probe.of(B, "k") == Capability(True, True)
 
 
+def test_a_probe_key_we_may_not_write_is_no_answer() -> None:
+    store = MemoryStore()
+    store.create_bucket(B)
+    probe = ConditionProbe(store)
+    store.fail("PutObject", error="permanent")
+    assert probe.of(B, "k") == Capability(False, False)            # HEAD check this time
+    assert probe.known(B) is None
+    assert probe.of(B, "k") == Capability(True, True)              # probed again
+
+
 def test_the_probe_over_moto(tmp_path: Path, moto_backend: Any, s3: Any, bucket: str) -> None:
     """moto 5 honours If-Match on DeleteObject and conditional PutObject."""
     probe = ConditionProbe(make_store(tmp_path, moto_backend.endpoint))

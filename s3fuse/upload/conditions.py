@@ -9,7 +9,9 @@ wrong ETag (both must fail with 412), deleted with `If-Match` a wrong ETag (must
 412), then deleted. Writes and deletes are judged apart (a server may honour one only);
 what is missing gets the uploader's HEAD check instead. Answers are kept for the mount's
 lifetime. Offline (or a transient error) during the probe postpones it: the job waits and
-the probe runs again, support is never assumed. Blocking: call from a worker thread.
+the probe runs again, support is never assumed. A scratch key we may not write (403)
+gives that one request the HEAD check, and the next one probes again. Blocking: call from
+a worker thread.
 """
 from __future__ import annotations
 
@@ -67,7 +69,10 @@ class ConditionProbe:
         with self._lock:
             capability = self._known.get(bucket)
             if capability is None:
-                capability = self._known[bucket] = self._probe(bucket, probe_key(key))
+                capability = self._probe(bucket, probe_key(key))
+                if capability is None:  # not probed: the HEAD check, this time only
+                    return NONE
+                self._known[bucket] = capability
                 self._report(bucket, capability)
         return capability
 
@@ -93,14 +98,15 @@ class ConditionProbe:
         else:
             log.debug("s3://%s: conditional writes and deletes are honoured", bucket)
 
-    def _probe(self, bucket: str, key: str) -> Capability:
+    def _probe(self, bucket: str, key: str) -> Capability | None:
         try:
             self.store.put_object(bucket, key, b"")
         except S3FuseError as exc:
             if isinstance(exc, Offline) or not retry.is_permanent(exc):
                 raise
-            log.info("s3://%s/%s: cannot write a probe key (%s)", bucket, key, exc)
-            return NONE
+            log.info("s3://%s/%s: cannot write a key to probe conditional requests (%s)",
+                     bucket, key, exc)
+            return None
         try:
             put = (_refused(lambda: self.store.put_object(bucket, key, b"", if_none_match="*"))
                    and _refused(lambda: self.store.put_object(bucket, key, b"",
