@@ -174,22 +174,22 @@ class IgnoresDeleteConditions(MemoryStore):
     (MemoryStore(conditions="ignore"), Capability(False, False)),
     (MemoryStore(conditions="refuse"), Capability(False, False)),
     (IgnoresDeleteConditions(), Capability(True, False))])
-def test_the_probe_tells_what_the_server_honours(server: MemoryStore,
+def test_the_probe_tells_what_the_server_honours(tmp_path: Path, server: MemoryStore,
                                                  expected: Capability) -> None:
     store = server
     store.create_bucket(B)
     store.put_object(B, "dir/kept.txt", b"x")
-    probe = ConditionProbe(store)
+    probe = ConditionProbe(store, Journal(tmp_path / "journal.sqlite"))
     assert probe.of(B, "dir/sub/file.txt") == expected
     assert probe.of(B, "elsewhere") == expected                    # once per bucket
     assert store.request_counts()["PutObject"] <= 1 + 3
     assert store.objects(B) == {"dir/kept.txt": b"x"}              # the scratch key is gone
 
 
-def test_offline_during_the_probe_postpones_it() -> None:
+def test_offline_during_the_probe_postpones_it(tmp_path: Path) -> None:
     store = MemoryStore()
     store.create_bucket(B)
-    probe = ConditionProbe(store)
+    probe = ConditionProbe(store, Journal(tmp_path / "journal.sqlite"))
     store.fail("PutObject", error="offline")
     with pytest.raises(Offline):
         probe.of(B, "k")
@@ -198,10 +198,10 @@ def test_offline_during_the_probe_postpones_it() -> None:
     assert probe.of(B, "k") == Capability(True, True)
 
 
-def test_a_probe_key_we_may_not_write_is_no_answer() -> None:
+def test_a_probe_key_we_may_not_write_is_no_answer(tmp_path: Path) -> None:
     store = MemoryStore()
     store.create_bucket(B)
-    probe = ConditionProbe(store)
+    probe = ConditionProbe(store, Journal(tmp_path / "journal.sqlite"))
     store.fail("PutObject", error="permanent")
     assert probe.of(B, "k") == Capability(False, False)            # HEAD check this time
     assert probe.known(B) is None
@@ -210,9 +210,23 @@ def test_a_probe_key_we_may_not_write_is_no_answer() -> None:
 
 def test_the_probe_over_moto(tmp_path: Path, moto_backend: Any, s3: Any, bucket: str) -> None:
     """moto 5 honours If-Match on DeleteObject and conditional PutObject."""
-    probe = ConditionProbe(make_store(tmp_path, moto_backend.endpoint))
+    probe = ConditionProbe(make_store(tmp_path, moto_backend.endpoint),
+                           Journal(tmp_path / "journal.sqlite"))
     assert probe.of(bucket, "some/dir/file") == Capability(True, True)
     assert keys(s3, bucket) == set()
+
+
+async def test_a_probe_key_left_by_a_crash_is_deleted_at_the_next_start(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.create_bucket(B)
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.probe_begin(B, "d/.s3fuse-probe-0123")  # recorded, written, then the crash
+    store.put_object(B, "d/.s3fuse-probe-0123", b"")
+    journal.close()
+    async with upload_queue(tmp_path, store) as queue:
+        await queue.sync(timeout=10)
+        assert queue.journal.probe_keys() == []
+    assert store.objects(B) == {}
 
 
 async def test_servers_ignoring_conditions_never_overwrite_a_newer_version(
@@ -267,6 +281,7 @@ def test_conflicts_of_a_version_1_journal_become_copies(tmp_path: Path) -> None:
     journal.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("SELECT COUNT(*) FROM probes").fetchone()[0] == 0
 
 
 def test_a_removal_inherits_the_condition_of_the_version_it_supersedes(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ same permissions) is written, written again with `If-None-Match: *` and with `If
 wrong ETag (both must fail with 412), deleted with `If-Match` a wrong ETag (must fail with
 412), then deleted. Writes and deletes are judged apart (a server may honour one only);
 what is missing gets the uploader's HEAD check instead. Answers are kept for the mount's
-lifetime. Offline (or a transient error) during the probe postpones it: the job waits and
+lifetime. The scratch key is recorded in the journal before it is written, so one a
+crash leaves behind is deleted at the next start (`remove_leftovers`). Offline (or a transient error) during the probe postpones it: the job waits and
 the probe runs again, support is never assumed. A scratch key we may not write (403)
 gives that one request the HEAD check, and the next one probes again. Blocking: call from
 a worker thread.
@@ -25,6 +26,7 @@ from typing import Callable
 from ..errors import Offline, S3FuseError, StaleObject
 from ..store import retry
 from ..store.protocol import Store
+from .journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,9 @@ def probe_key(key: str) -> str:
 class ConditionProbe:
     """The per-bucket answers (see the module docstring), probed on first need."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, journal: Journal):
         self.store = store
+        self.journal = journal
         self._known: dict[str, Capability] = {}
         self._lock = threading.Lock()  # one probe at a time: other jobs wait for its answer
 
@@ -98,10 +101,22 @@ class ConditionProbe:
         else:
             log.debug("s3://%s: conditional writes and deletes are honoured", bucket)
 
+    def remove_leftovers(self) -> None:
+        """Delete the scratch keys a crash left in S3 (Offline: tried at the next start)."""
+        for bucket, key in self.journal.probe_keys():
+            self._remove(bucket, key)
+
+    def _remove(self, bucket: str, key: str) -> None:
+        self.store.delete_object(bucket, key)  # a random name of ours: nobody else's object
+        self.journal.probe_end(bucket, key)
+
     def _probe(self, bucket: str, key: str) -> Capability | None:
+        self.journal.probe_begin(bucket, key)
         try:
             self.store.put_object(bucket, key, b"")
         except S3FuseError as exc:
+            with contextlib.suppress(S3FuseError):  # its answer may be what was lost
+                self._remove(bucket, key)
             if isinstance(exc, Offline) or not retry.is_permanent(exc):
                 raise
             log.info("s3://%s/%s: cannot write a key to probe conditional requests (%s)",
@@ -113,8 +128,8 @@ class ConditionProbe:
                                                               if_match=WRONG_ETAG)))
             delete = _refused(lambda: self.store.delete_object(bucket, key, if_match=WRONG_ETAG))
         finally:
-            with contextlib.suppress(S3FuseError):  # left behind offline: a hidden empty file
-                self.store.delete_object(bucket, key)
+            with contextlib.suppress(S3FuseError):  # left offline: deleted at the next start
+                self._remove(bucket, key)
         return Capability(put, delete)
 
 

@@ -45,6 +45,9 @@ Staging files of finished or superseded rows are listed in a trash table in the 
 transaction, and deleted by the caller after a durable `mark_synced` forgot them, so a
 staging file that no row nor trash entry names was never submitted.
 
+The condition probe's scratch keys (conditions.py) are recorded the same way before they
+are written and deleted at the next start if a crash left them.
+
 Multipart uploads are recorded before they are created (`multipart_begin`), with their
 UploadId once known, and forgotten once completed or aborted: whatever is left after a
 crash is aborted at the next start. Only recorded UploadIds are ever aborted: a record
@@ -164,8 +167,11 @@ def _version_1(db: sqlite3.Connection) -> None:
 
 
 def _version_2(db: sqlite3.Connection) -> None:
-    """Conflicts get a kind: removals dropped for a newer remote version are events too."""
+    """Conflicts get a kind: removals dropped for a newer remote version are events too;
+    scratch keys of the condition probe are recorded (deleted at the next start)."""
     db.execute(f"ALTER TABLE conflicts ADD COLUMN kind TEXT NOT NULL DEFAULT '{COPY}'")
+    db.execute("CREATE TABLE probes (bucket TEXT NOT NULL, key TEXT NOT NULL, "
+               "PRIMARY KEY (bucket, key))")
 
 
 SCHEMA = Schema("upload journal", (_version_1, _version_2),
@@ -417,6 +423,22 @@ class Journal:
         rows = self._read("SELECT id, upload_id FROM multipart WHERE bucket = ? AND key = ?",
                           bucket, key)
         return [(r["id"], r["upload_id"]) for r in rows]
+
+    # ------------------------------------------------------------ probe keys
+
+    def probe_begin(self, bucket: str, key: str) -> None:
+        """Record a scratch key of the condition probe about to be written (durably)."""
+        with self._tx(durable=True) as db:
+            db.execute("INSERT OR IGNORE INTO probes (bucket, key) VALUES (?, ?)", (bucket, key))
+
+    def probe_end(self, bucket: str, key: str) -> None:
+        """The scratch key is deleted."""
+        with self._tx() as db:
+            db.execute("DELETE FROM probes WHERE bucket = ? AND key = ?", (bucket, key))
+
+    def probe_keys(self) -> list[tuple[str, str]]:
+        """Scratch keys a crash may have left in S3."""
+        return [(r["bucket"], r["key"]) for r in self._read("SELECT bucket, key FROM probes")]
 
     def multipart_keys(self) -> list[tuple[str, str]]:
         return [(r["bucket"], r["key"])

@@ -329,8 +329,15 @@ class UploadQueue:
             self._stopped.set()
 
     async def _abort_leftovers(self) -> None:
-        """Abort the multipart uploads a crash left behind (recorded ones only), before any
-        new upload starts."""
+        """Abort the multipart uploads a crash left behind (recorded ones only) and delete
+        the condition probe's scratch keys it left, before any new upload starts."""
+        if await self._io(self.journal.probe_keys):
+            await self._until_online()
+            try:
+                await trio.to_thread.run_sync(self.uploader.conditions.remove_leftovers,
+                                              limiter=self._uploads)
+            except S3FuseError as exc:  # Offline included: tried again at the next start
+                log.info("scratch keys of the condition probe not deleted yet: %s", exc)
         for bucket, key in await self._io(self.journal.multipart_keys):
             while not self._stopping:
                 await self._until_online()

@@ -100,7 +100,7 @@ class Uploader:
         self.part_size = part_size
         self.parallel_parts = parallel_parts
         self.stopping = threading.Event()
-        self.conditions = ConditionProbe(store)
+        self.conditions = ConditionProbe(store, journal)
 
     def upload(self, job: Job) -> UploadResult:
         if job.op == "delete":
