@@ -294,8 +294,12 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(f"  retrying:  {item['uri']} (attempt {item['attempts']}): {item['error']}")
         for conflict in q.get("conflicts", [])[:5]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(conflict["time"]))
-            lines.append(f"  conflict:  {conflict['uri']} changed in S3; local version saved as "
-                         f"{conflict['conflict_uri']} ({when})")
+            if conflict.get("kind") == "kept-remote":
+                lines.append(f"  kept:      {conflict['uri']} changed in S3 since it was removed "
+                             f"here; the newer version was kept ({when})")
+            else:
+                lines.append(f"  conflict:  {conflict['uri']} changed in S3; local version saved "
+                             f"as {conflict['conflict_uri']} ({when})")
     for error in link.get("recent_errors", [])[-5:]:
         when = time.strftime("%H:%M:%S", time.localtime(error["time"]))
         lines.append(f"  error {when}: {error['error']}")
