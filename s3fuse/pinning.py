@@ -10,7 +10,10 @@ the pinner answers from its copy on the trio thread, and records changes as poin
 writes, which never wait (queued while a listing is being stored: cache/meta.py).
 
 A file that cannot be pinned is a failure of the job, not of the daemon; a full cache
-disk (ENOSPC) ends the job at once (every further file would fail the same way). A job
+disk (ENOSPC, also when the disk's free-space reserve is reached) ends the job at once
+(every further file would fail the same way). A pin that cannot fit at all, even in the
+room that evicting every cached block and keeping every pinned one would leave above
+the reserve, is refused before anything is fetched, with one line saying so. A job
 that crashes anyway (a bug) is marked failed by the supervisor, and the mount stays.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, AsyncIterator
 
 import trio
 
+from .cache.blocks import BlockCache
 from .cache.meta import MetaStore
 from .errors import NotADirectory, NotFound, S3FuseError, disk_full, errno_of
 from .model import Entry, Ref
@@ -50,15 +54,18 @@ class Job:
     bytes_done: int = 0
     failures: list[str] = field(default_factory=list)  # the first FAILURES_SHOWN of them
     failures_hidden: int = 0                              # ... and how many more
+    refused: str | None = None  # why the job did nothing (a pin that cannot fit)
     started: float = field(default_factory=time.time)
     finished: float | None = None
 
 
 class Pinner:
-    def __init__(self, root: RootTree, meta: MetaStore, background: Supervisor):
+    def __init__(self, root: RootTree, meta: MetaStore, background: Supervisor,
+                 blocks: BlockCache | None = None):
         """Reads the recorded pins: blocking, so before the loop serves (or in a thread)."""
         self.root = root
         self.meta = meta
+        self.blocks = blocks
         self.background = background
         self._jobs: dict[str, Job] = {}
         self._pins = dict(meta.pins())  # path -> state, as recorded in meta.sqlite
@@ -101,6 +108,14 @@ class Pinner:
             return
         job.files_total = len(files)
         job.bytes_total = sum(entry.size for _, _, _, entry in files)
+        if keep and self.blocks is not None:
+            job.refused = await trio.to_thread.run_sync(self._no_room, job.bytes_total)
+            if job.refused is not None:
+                job.files_failed = job.files_total
+                job.failures.append(f"{job.path or '/'}: ENOSPC ({job.refused})")
+                log.warning("pin of %s refused: %s", job.path or "/", job.refused)
+                self._finish(job, keep)
+                return
         limiter = trio.CapacityLimiter(PARALLEL_FILES)
         unfinished = {path for path, _, _, _ in files}
 
@@ -125,6 +140,20 @@ class Pinner:
         for path in sorted(unfinished):  # left when the disk filled up: say which
             self._failed(job, f"{path}: ENOSPC (not tried: the cache disk is full)")
         self._finish(job, keep)
+
+    def _no_room(self, needed: int) -> str | None:
+        """Why `needed` bytes cannot be pinned (blocking: statvfs, the cache's SQLite)."""
+        assert self.blocks is not None
+        reserve = self.blocks.reserve
+        if reserve is None:
+            return None
+        use = self.blocks.usage()
+        room = reserve.room() + use["used"] + use["pinned"]
+        if needed <= room:
+            return None
+        mib = 1 << 20
+        return (f"needs {needed / mib:.0f} MiB, the cache disk has room for {max(room, 0) / mib:.0f}"
+                f" MiB above its reserve of {reserve.bytes / mib:.0f} MiB (cache_reserve)")
 
     @staticmethod
     async def _pin_file(job: Job, keep: bool, ns: Namespace, ref: Ref, entry: Entry) -> None:
