@@ -56,6 +56,8 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role-session-duration", help="seconds per assumed-role session (default 900)")
     p.add_argument("--cache-dir", help="on-disk cache directory")
     p.add_argument("--cache-size", help="cache size cap, e.g. 20G (default 10G)")
+    p.add_argument("--cache-reserve", help="free space the cache never takes on its disk, e.g. "
+                   "2G (default: 5%% of that file system, at most 1G)")
     p.add_argument("--metadata-ttl", help="seconds listings and stats are trusted (default 60)")
     p.add_argument("--request-timeout", help="seconds an S3 request may wait for data (or trickle "
                    "below 4 KiB/s) before it is retried (default 30)")
@@ -387,6 +389,11 @@ def cmd_pin(args: argparse.Namespace) -> int:
             if job["state"] != "running":
                 break
             time.sleep(0.2)
+        if job.get("refused"):
+            sys.stderr.write(("\n" if sys.stderr.isatty() else "")
+                             + f"s3fuse: cannot {args.command} {target}: {job['refused']}\n")
+            code = 1
+            continue
         failed = len(job["failures"]) + job.get("failures_hidden", 0)
         done = job["files_total"] - job.get("files_failed", 0)
         if sys.stderr.isatty():

@@ -81,6 +81,7 @@ class Config:
     write_keys: KeyPair | None = field(default=None, repr=False)
     cache_dir: Path | None = None  # None: the default, one per endpoint (cache/identity.py)
     cache_size: int = 10 << 30
+    cache_reserve: int | None = None  # None: 5% of the cache's file system, at most 1 GiB
     metadata_ttl: float = 60.0
     drain_timeout: float = 120.0
     request_timeout: float = 30.0
@@ -262,6 +263,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "role_session_duration": lambda v: parse_int(v, "role session duration"),
     "cache_dir": Path,
     "cache_size": parse_size,
+    "cache_reserve": parse_size,
     "metadata_ttl": parse_duration,
     "drain_timeout": parse_duration,
     "request_timeout": parse_duration,

@@ -24,6 +24,7 @@ from .cache.cachedir import CacheLock, secure_cache_dir, secure_dir
 from .cache.identity import claim, identity_of, resolve_cache_dir
 from .cache.meta import MetaStore
 from .cache.overlay import Overlay
+from .cache.reserve import DiskReserve
 from .config import Config, SourceSpec
 from .control import Control
 from .data.prefetch import SiblingPrefetcher
@@ -113,8 +114,9 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
     store = store or S3Store.from_config(cfg)
     meta = MetaStore(cache_dir / "meta.sqlite")
     stack.callback(meta.close)
+    reserve = DiskReserve(cache_dir, cfg.cache_reserve)
     blocks = BlockCache(secure_dir(cache_dir / "blocks"), cfg.cache_size,
-                        secure_dir(cache_dir / "pinned"))
+                        secure_dir(cache_dir / "pinned"), reserve)
     stack.callback(blocks.close)
     supervisor = Supervisor()
     reader = BlockReader(store, blocks, background=supervisor)
@@ -124,7 +126,7 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
 
     journal = Journal(cache_dir / "journal.sqlite")
     stack.callback(journal.close)
-    staging = Staging(cache_dir / "staging")
+    staging = Staging(cache_dir / "staging", blocks.claim)
     queue = UploadQueue(store, journal, staging, background=supervisor, listener_writes=meta)
     queue.keep_uploaded = UploadedBytes(blocks.put, reader.block_size, cfg.cache_size // 8)
     writes = WriteBack(queue, staging, Overlay())
@@ -149,7 +151,7 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
         return {**use, "hits": reader.hits, "misses": reader.misses, "disk_full": reader.disk_full,
                 "pinned_over_limit": use["pinned"] > cfg.cache_size}
 
-    pinner = Pinner(root, meta, supervisor)
+    pinner = Pinner(root, meta, supervisor, blocks)
     root.use_pins(pinner.covers)
     control = Control(cfg, cache_usage=usage, requests=store.request_counts, link=store.link.status,
                       pinner=pinner, uploads=queue, supervisor=supervisor,

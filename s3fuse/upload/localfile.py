@@ -261,6 +261,7 @@ class LocalFile:
 
     def _pwrite(self, data: bytes, offset: int) -> int:
         """pwrite, and every WRITEBACK_STEP bytes start writing them to disk (blocking)."""
+        self._staging.claim(len(data))  # ENOSPC at the cache disk's reserve
         written = os.pwrite(self._fd, data, offset)
         end = offset + written
         if end - self._written_back >= WRITEBACK_STEP:
