@@ -287,6 +287,10 @@ def format_status(status: dict[str, Any]) -> str:
         + ("  [pinned data alone exceeds the cache limit: kept, not evicted]"
            if cache.get("pinned_over_limit") else ""),
     ]
+    for failed in status.get("manifest_failures", []):
+        lines.append(f"  manifest:  {failed['uri']} not indexed: its build failed "
+                     f"{failed['failures']} time(s) ({failed['reason']}); next try in "
+                     f"{failed['retry_in']}s")
     q = status.get("uploads")
     if q is not None:
         lines.append(f"  uploads:   {_queue_line(q)}" + (f", {_failed(q)} FAILED" if _failed(q) else ""))

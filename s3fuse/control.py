@@ -57,8 +57,10 @@ class Control:
     def __init__(self, cfg: Config, *, cache_usage: Callable[[], dict[str, Any]],
                  requests: Callable[[], dict[str, int]], link: Callable[[], dict[str, Any]],
                  pinner: Pinner, uploads: UploadQueue | None = None, started: float | None = None,
-                 supervisor: Supervisor | None = None, idle: Idle | None = None):
+                 supervisor: Supervisor | None = None, idle: Idle | None = None,
+                 manifest_failures: Callable[[], list[dict[str, Any]]] = list):
         self.cfg = cfg
+        self._manifest_failures = manifest_failures
         self.pinner = pinner
         self.uploads = uploads
         self.supervisor = supervisor
@@ -130,6 +132,7 @@ class Control:
             "endpoint_url": redact_url(cfg.endpoint_url),
             "sources": [s.uri for s in cfg.sources],
             "manifests": [m.uri for m in cfg.manifests],
+            "manifest_failures": self._manifest_failures(),
             "cache": {"dir": str(cfg.cache_dir), "limit": cfg.cache_size, **self._cache_usage()},
             "requests": self._requests(),
             "uploads": self._uploads(),

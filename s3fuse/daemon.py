@@ -155,9 +155,22 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
     root.use_pins(pinner.covers)
     control = Control(cfg, cache_usage=usage, requests=store.request_counts, link=store.link.status,
                       pinner=pinner, uploads=queue, supervisor=supervisor,
-                      idle=Idle(supervisor, queue, store.link))
+                      idle=Idle(supervisor, queue, store.link),
+                      manifest_failures=lambda: manifest_failures(manifests))
     ops = S3Operations(root, cfg, control)
     return Components(supervisor, store, meta, blocks, reader, root, ops, pinner, writes)
+
+
+def manifest_failures(manifests: list[ManifestTree]) -> list[dict[str, Any]]:
+    """Manifests whose index build failed and waits for its backoff (for status). Blocking."""
+    failed = []
+    for tree in manifests:
+        failure = tree.builds.failure()
+        if failure is not None:
+            etag, count, retry_in, reason = failure
+            failed.append({"uri": tree.spec.uri, "etag": etag, "failures": count,
+                           "retry_in": round(retry_in), "reason": reason})
+    return failed
 
 
 def release_big_buffers() -> None:

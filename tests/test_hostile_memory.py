@@ -299,3 +299,24 @@ def test_open_gzip_readers_are_bounded_by_their_seek_point_windows():
     held = sum(map(gzip_window_bytes, service._gzip.values()))
     assert 0 < held <= OPEN_GZIP_WINDOW_BYTES, held >> 20
     assert ("m.sqlite", "s15.tar.gz") in service._gzip
+
+
+def test_status_names_a_manifest_whose_build_waits_for_its_backoff(tmp_path: Path):
+    """The admin sees why a manifest shows nothing (and when it is tried again) in
+    `s3fuse status`, not only in the log."""
+    from types import SimpleNamespace
+
+    from s3fuse.cli import format_status
+    from s3fuse.daemon import manifest_failures
+
+    index = ManifestIndex(tmp_path / "m.sqlite")
+    guard = BuildGuard(index, "s3://b/m.jsonl", Clock())
+    assert guard.run("e1", lambda: (_ for _ in ()).throw(RecursionError("hostile"))) is None
+    tree = SimpleNamespace(builds=guard, spec=SimpleNamespace(uri="s3://b/m.jsonl"))
+    failed = manifest_failures([tree, SimpleNamespace(builds=BuildGuard(
+        ManifestIndex(tmp_path / "ok.sqlite"), "s3://b/ok.jsonl"), spec=None)])  # type: ignore[list-item]
+    assert failed == [{"uri": "s3://b/m.jsonl", "etag": "e1", "failures": 1, "retry_in": 60,
+                       "reason": "RecursionError: hostile"}]
+    text = format_status({"mountpoint": "/mnt/data", "manifest_failures": failed})
+    assert ("manifest:  s3://b/m.jsonl not indexed: its build failed 1 time(s) "
+            "(RecursionError: hostile); next try in 60s") in text
