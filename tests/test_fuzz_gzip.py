@@ -11,7 +11,9 @@ mtime byte changes nothing), never other bytes or another exception.
 """
 from __future__ import annotations
 
+import bz2
 import io
+import lzma
 import random
 import tarfile
 import zlib
@@ -153,3 +155,20 @@ def test_corrupt_streams_fail_with_archive_error_or_read_right(spec: dict[str, A
     event(f"{how[0]}: indexed")
     (member,) = index.members
     assert (member.path, read_member(source, index, member, 0, member.size)) == ("data.bin", data)
+
+
+@fuzz_settings(50)
+@given(stream_spec, st.integers(1, 20_000), st.sampled_from(["gzip", "xz", "bz2"]))
+def test_zero_padding_after_the_stream_is_ignored_as_tarfile_does(spec: dict[str, Any], padding: int,
+                                                                  fmt: str) -> None:
+    """Found by the differential: tarfile (and gzip(1)) read a .tar.gz padded with zeros
+    after its last member (tape-style blocking); we refused the whole archive."""
+    data, raw, stream = make(spec)
+    if fmt != "gzip":
+        stream = {"xz": lzma.compress, "bz2": bz2.compress}[fmt](raw)
+    padded = stream + bytes(padding)
+    assert len(tarfile.open(fileobj=io.BytesIO(padded)).getmembers()) == 1
+    source = MemSource(padded)
+    index = build_index(source, None, "shard.tar.gz", Limits(), spacing=SPACING)
+    (member,) = index.members
+    assert read_member(source, index, member, 0, member.size) == data
