@@ -19,6 +19,7 @@ import tarfile
 import zlib
 from typing import Any
 
+import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -154,6 +155,12 @@ def test_corrupt_streams_fail_with_archive_error_or_read_right(spec: dict[str, A
         return
     event(f"{how[0]}: indexed")
     (member,) = index.members
+    if member.offset + member.size > (index.uncompressed_size or 0):
+        # Cut at a gzip member boundary: a valid shorter stream ending inside the tar member,
+        # which is listed (the bytes before the cut stay readable) but never read whole.
+        with pytest.raises(ArchiveError, match="ends inside member"):
+            read_member(source, index, member, 0, member.size)
+        return
     assert (member.path, read_member(source, index, member, 0, member.size)) == ("data.bin", data)
 
 
