@@ -3,7 +3,8 @@
 In the suite the runs are small and derandomized, so CI sees the same examples every
 time and stays fast. S3FUSE_FUZZ_EXAMPLES=N raises the example count for a long run by
 hand and then draws fresh random examples (the point of a long run); a failure prints
-the `@reproduce_failure` blob to replay it.
+the `@reproduce_failure` blob to replay it. A long run needs pytest-timeout off:
+`S3FUSE_FUZZ_EXAMPLES=8000 python -m pytest -p no:timeout tests/test_fuzz_*.py`.
 """
 from __future__ import annotations
 
