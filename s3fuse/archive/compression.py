@@ -115,7 +115,8 @@ _DECODE_ERRORS = (zlib.error, lzma.LZMAError, OSError, EOFError)
 def decompress(chunks: Iterable[bytes], fmt: str, limits: Limits | None) -> Iterator[bytes]:
     """Yield the decompressed stream of `chunks`, the compressed bytes in order.
 
-    Concatenated streams (multi-member gzip, multi-stream xz/bz2) are followed.
+    Concatenated streams (multi-member gzip, multi-stream xz/bz2) are followed, and
+    zero bytes padding them are skipped.
     Raises ArchiveError on corrupt or truncated data, and when output passes
     max_total_bytes or, past its first MiB, max_ratio times the input consumed.
     limits=None skips the caps: only for a stream already indexed under them.
@@ -129,7 +130,9 @@ def decompress(chunks: Iterable[bytes], fmt: str, limits: Limits | None) -> Iter
             consumed += len(data)
             while True:
                 if decoder.eof:
-                    data = decoder.unused_data + data
+                    # Zero padding after a stream is skipped, as gzip(1) and tarfile do: no
+                    # stream starts with a zero byte.
+                    data = (decoder.unused_data + data).lstrip(b"\0")
                     if not data:
                         break
                     decoder = new()

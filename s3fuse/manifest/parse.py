@@ -7,6 +7,8 @@ defaults: missing `format` -> tar, missing `internal_manifest_path` ->
 A bad line is skipped and counted; the rest is served. The bad lines of one
 manifest make one summary line (their count, the first few numbers and reasons):
 a hostile manifest of a million bad lines must not write a million log lines.
+So is a line whose fields hold a lone surrogate (a `\\ud800` escape): no UTF-8 store
+can keep it.
 """
 from __future__ import annotations
 
@@ -78,6 +80,30 @@ def _int(obj: dict[str, Any], field: str) -> int | None:
 
 
 def parse_item(obj: Any) -> Item:
+    item = _item(obj)
+    if any(_lone_surrogate(getattr(item, name)) for name in item.__slots__):
+        raise BadLine("a field is not valid Unicode (a lone surrogate)")
+    return item
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Does `value` (a parsed JSON value) hold a string that UTF-8 cannot encode?"""
+    if isinstance(value, str):
+        if value.isascii():
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
+
+
+def _item(obj: Any) -> Item:
     if not isinstance(obj, dict):
         raise BadLine("not a JSON object")
     kind = obj.get("kind")
