@@ -7,7 +7,7 @@ defaults: missing `format` -> tar, missing `internal_manifest_path` ->
 A bad line is skipped and counted; the rest is served. The bad lines of one
 manifest make one summary line (their count, the first few numbers and reasons):
 a hostile manifest of a million bad lines must not write a million log lines.
-So is a line whose fields hold a lone surrogate (a `\\ud800` escape): no UTF-8 store
+A line whose fields hold a lone surrogate (a `\\ud800` escape) is bad too: no UTF-8 store
 can keep it.
 """
 from __future__ import annotations
