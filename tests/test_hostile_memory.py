@@ -320,3 +320,18 @@ def test_status_names_a_manifest_whose_build_waits_for_its_backoff(tmp_path: Pat
     text = format_status({"mountpoint": "/mnt/data", "manifest_failures": failed})
     assert ("manifest:  s3://b/m.jsonl not indexed: its build failed 1 time(s) "
             "(RecursionError: hostile); next try in 60s") in text
+
+
+def test_a_shard_internal_manifest_line_that_cannot_be_stored_skips_only_that_line():
+    """Found by the fuzz pass: one lone surrogate in a shard's `__manifest__.jsonl` made
+    SQLite fail the whole shard, and a line of 100,000 `[` escaped as RecursionError."""
+    from s3fuse.tree.shards import internal_entries
+
+    data = b"\n".join([
+        b"[" * 100_000,
+        json.dumps({"member_path": "bad.txt", "id": "\ud800"}).encode(),
+        json.dumps({"member_path": "meta.txt", "meta": {"k": "\udfff"}}).encode(),
+        json.dumps({"member_path": "\ud800.txt", "id": "x"}).encode(),
+        json.dumps({"member_path": "ok.txt", "id": 7, "meta": {"a": 1}}).encode(),
+    ])
+    assert internal_entries(data) == {"ok.txt": ("7", '{"a":1}')}

@@ -68,12 +68,14 @@ class ReaderSource:
 
 
 def internal_entries(data: bytes) -> dict[str, tuple[str | None, str | None]]:
-    """member_path -> (id, compact meta) from a shard's `__manifest__.jsonl`."""
+    """member_path -> (id, compact meta) from a shard's `__manifest__.jsonl`. A line that
+    cannot be parsed (bad JSON, nesting deep enough to exhaust the recursion limit) or
+    stored (a lone surrogate: SQLite keeps UTF-8 only) is skipped, never the whole shard."""
     found: dict[str, tuple[str | None, str | None]] = {}
     for line in data.splitlines():
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if not isinstance(obj, dict):
             continue
@@ -83,7 +85,12 @@ def internal_entries(data: bytes) -> dict[str, tuple[str | None, str | None]]:
             path = key.split("#", 1)[1] if isinstance(key, str) and "#" in key else None
         if path:
             entry_id = obj.get("id")
-            found[path] = (None if entry_id is None else str(entry_id), compact_json(obj.get("meta")))
+            try:
+                entry = (None if entry_id is None else str(entry_id), compact_json(obj.get("meta")))
+                "\0".join(filter(None, (path, *entry))).encode()
+            except (UnicodeEncodeError, RecursionError):
+                continue
+            found[path] = entry
     return found
 
 
