@@ -28,6 +28,7 @@ from benchmarks import datasets
 from benchmarks.datasets import DataSpec, ManifestRef, SetupEnv
 from benchmarks.filesystems import FileSystem
 from benchmarks.s3 import S3Target
+from tests.support.procs import kill_group
 
 COMMAND_TIMEOUT = 900.0
 OFFLINE_TIMEOUT = 60.0  # a re-read with S3 cut that takes longer than this has failed
@@ -538,6 +539,28 @@ BLACKHOLE_TIMEOUT = 300.0  # an `ls -R` or `cat` still running then has failed
           f"and the bytes checked. More than {BLACKHOLE_TIMEOUT:.0f} s, an error or a "
           "wrong byte counts as failed.",
 )
+def timed_or_abort(fs: FileSystem, args: Sequence[str | Path], timeout: float,
+                   label: str) -> tuple[float, bytes]:
+    """``timed_bytes``, except that a command still running after ``timeout`` has the
+    filesystem's daemon killed: a command waiting in a FUSE request cannot be killed
+    itself (s3fs held `ls -R` in that state for over 15 min with S3 black-holed)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(a) for a in args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        if fs.proc is not None:
+            kill_group(fs.proc, grace=2)  # the daemon gone, the command's request fails
+        proc.communicate()
+        raise WorkloadError(f"{label} timed out after {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise WorkloadError(f"{label} failed ({proc.returncode}): "
+                            f"{err.decode(errors='replace').strip()[-500:]}")
+    return time.perf_counter() - start, out
+
+
 def blackhole_serve(ctx: Context) -> dict[str, float]:
     fs = ctx.fs
     first = next(datasets.tree_keys(ctx.spec))
@@ -557,10 +580,10 @@ def blackhole_serve(ctx: Context) -> dict[str, float]:
         time.sleep(BLACKHOLE_AGE)
         values: dict[str, float] = {}
         try:
-            values["blackhole_ls"], _ = timed(["ls", "-R", top], timeout=BLACKHOLE_TIMEOUT,
-                                              label=f"`ls -R {top}`")
-            elapsed, out = timed_bytes(["cat", "--", *files], timeout=BLACKHOLE_TIMEOUT,
-                                       label=f"`cat` of {len(files)} files")
+            values["blackhole_ls"], _ = timed_or_abort(fs, ["ls", "-R", top], BLACKHOLE_TIMEOUT,
+                                                       f"`ls -R {top}`")
+            elapsed, out = timed_or_abort(fs, ["cat", "--", *files], BLACKHOLE_TIMEOUT,
+                                          f"`cat` of {len(files)} files")
         except WorkloadError as exc:
             raise MetricsFailed(f"black-holed: {exc}", values,
                                 [m for m in ("blackhole_ls", "blackhole_cat")
