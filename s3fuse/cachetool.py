@@ -4,7 +4,9 @@
 
 diskcache and SQLite are safe across processes, so stats and prune work while a
 daemon runs; clear refuses then (unless forced), because the daemon holds open
-indexes. Nothing here ever touches pending uploads (the staging area).
+indexes. Nothing here ever touches pending uploads (the staging area). Each command
+shows whose cache it is (the endpoint identity, cache/identity.py), so that a cache
+meant for another S3 is noticed before it is pruned or cleared.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 from .cache.blocks import BlockCache
 from .cache.cachedir import CacheLock, secure_cache_dir, secure_dir
+from .cache.identity import queued_uploads, read_identity
 from .cache.meta import MetaStore
 from .errors import UsageError
 
@@ -26,6 +29,12 @@ def _open(cache_dir: Path, size_limit: int | None) -> tuple[BlockCache, MetaStor
     return blocks, MetaStore(cache_dir / "meta.sqlite")
 
 
+def identity(cache_dir: Path) -> str:
+    """Whose cache this is, for people: the recorded endpoint identity."""
+    recorded = read_identity(cache_dir)
+    return recorded.describe() if recorded else "not recorded yet (the next mount records its own)"
+
+
 def stats(cache_dir: Path, size_limit: int | None) -> dict[str, Any]:
     blocks, meta = _open(cache_dir, size_limit)
     try:
@@ -33,7 +42,8 @@ def stats(cache_dir: Path, size_limit: int | None) -> dict[str, Any]:
         counts = meta.counters()
         hits, misses = counts.get("hits", 0), counts.get("misses", 0)
         return {
-            "cache_dir": str(cache_dir), "limit": blocks.size_limit, **usage,
+            "cache_dir": str(cache_dir), "identity": identity(cache_dir),
+            "queued_uploads": queued_uploads(cache_dir), "limit": blocks.size_limit, **usage,
             "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
             "hits": hits, "misses": misses,
             "pins": [{"path": p, "state": s} for p, s in meta.pins()],
@@ -47,20 +57,21 @@ def stats(cache_dir: Path, size_limit: int | None) -> dict[str, Any]:
 
 
 def prune(cache_dir: Path, size_limit: int | None, older_than: float | None, max_size: int | None
-          ) -> dict[str, int]:
+          ) -> dict[str, Any]:
     if older_than is None and max_size is None:
         raise UsageError("prune needs --older-than and/or --max-size")
     blocks, meta = _open(cache_dir, size_limit)
     try:
         cutoff = None if older_than is None else time.time() - older_than
         removed, freed = blocks.prune(cutoff, max_size)
-        return {"removed_blocks": removed, "freed_bytes": freed, **blocks.usage()}
+        return {"identity": identity(cache_dir), "removed_blocks": removed, "freed_bytes": freed,
+                **blocks.usage()}
     finally:
         blocks.close()
         meta.close()
 
 
-def clear(cache_dir: Path, size_limit: int | None, force: bool) -> dict[str, int]:
+def clear(cache_dir: Path, size_limit: int | None, force: bool) -> dict[str, Any]:
     holder = CacheLock.holder(cache_dir)
     if holder is not None and not force:
         raise UsageError(f"cache dir {cache_dir} is in use by pid {holder}: unmount first or use --force")
@@ -70,7 +81,7 @@ def clear(cache_dir: Path, size_limit: int | None, force: bool) -> dict[str, int
         blocks.clear(pinned=True)
         for pin, _state in meta.pins():
             meta.remove_pin(pin)
-        return {"freed_bytes": before["used"] + before["pinned"],
+        return {"identity": identity(cache_dir), "freed_bytes": before["used"] + before["pinned"],
                 "removed_blocks": before["blocks"] + before["pinned_blocks"]}
     finally:
         blocks.close()

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, Sequence
 from . import __version__
 from .config import Config, build_config, check_mountpoint
 from .errors import CacheFull, UsageError, disk_full
+from .printable import printable
 from .redact import credential_in_argv, credential_refusal, redact_unrecognized
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,16 @@ EXIT_USAGE = 2
 SYNC_POLL = 0.5
 
 
+def _say(line: str) -> None:
+    """One line on stderr, its control characters escaped (it may name a key or a path)."""
+    sys.stderr.write(printable(line) + "\n")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports errors in one line."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"s3fuse: error: {redact_unrecognized(message)}\n")
+        _say(f"s3fuse: error: {redact_unrecognized(message)}")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -50,6 +56,8 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role-session-duration", help="seconds per assumed-role session (default 900)")
     p.add_argument("--cache-dir", help="on-disk cache directory")
     p.add_argument("--cache-size", help="cache size cap, e.g. 20G (default 10G)")
+    p.add_argument("--cache-reserve", help="free space the cache never takes on its disk, e.g. "
+                   "2G (default: 5%% of that file system, at most 1G)")
     p.add_argument("--metadata-ttl", help="seconds listings and stats are trusted (default 60)")
     p.add_argument("--request-timeout", help="seconds an S3 request may wait for data (or trickle "
                    "below 4 KiB/s) before it is retried (default 30)")
@@ -126,21 +134,26 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .cache.cachedir import CacheLock, secure_cache_dir
+    from .cache.identity import check_identity, identity_of, resolve_cache_dir
     from .logs import setup_logging
     from .store.s3 import S3Store
 
     os.umask(0o077)  # the cache dir and the daemon log are private
     cfg = _config_from(args)
     store = S3Store.from_config(cfg)  # credentials problems are usage errors, before mounting
+    identity = identity_of(cfg)
+    cfg = cfg.with_overrides(cache_dir=resolve_cache_dir(cfg.cache_dir, identity))
+    assert cfg.cache_dir is not None
     cache_dir = secure_cache_dir(cfg.cache_dir)
     holder = CacheLock.holder(cache_dir)
     if holder is not None:
         raise UsageError(f"cache dir {cache_dir} is in use by pid {holder}: give each mount its own --cache-dir")
+    check_identity(cache_dir, identity)  # the daemon checks again under the lock, and records it
     if not args.foreground:
         from .mounts import spawn_background
         code, reason = spawn_background(list(argv), cache_dir / "s3fuse.log")
         if code:
-            sys.stderr.write(f"s3fuse: {reason}\n")
+            _say(f"s3fuse: {reason}")
         return code
     from .daemon import ReadySignal, run
     setup_logging(cfg.log_level, cfg.debug)
@@ -167,19 +180,19 @@ def cmd_umount(args: argparse.Namespace) -> int:
     except OSError as exc:  # the daemon is gone: a stale mount
         result = fusermount_unmount(mountpoint, lazy=True)
         if result.returncode:
-            sys.stderr.write(f"s3fuse: cannot unmount {mountpoint}: {result.stderr.strip()}\n")
+            _say(f"s3fuse: cannot unmount {mountpoint}: {result.stderr.strip()}")
             return 1
-        sys.stderr.write(f"s3fuse: removed stale mount {mountpoint} ({exc.strerror})\n")
+        _say(f"s3fuse: removed stale mount {mountpoint} ({exc.strerror})")
         return 0
     try:
         left = _uploads(mountpoint)
     except OSError:
         left = {"files": 0}
     if left["files"]:
-        sys.stderr.write(f"s3fuse: waiting for uploads before unmounting: {_queue_line(left)}\n")
+        _say(f"s3fuse: waiting for uploads before unmounting: {_queue_line(left)}")
     os.kill(pid, signal.SIGTERM)
     if not wait_gone(pid, mountpoint, args.timeout):
-        sys.stderr.write(f"s3fuse: daemon {pid} still running after {args.timeout:.0f}s\n")
+        _say(f"s3fuse: daemon {pid} still running after {args.timeout:.0f}s")
         return 1
     return 0
 
@@ -198,12 +211,18 @@ def _queue_line(q: dict[str, Any]) -> str:
     return text
 
 
+def _failed(q: dict[str, Any]) -> int:
+    """Failed uploads, also when the daemon shows a summary only (to a user not its owner)."""
+    return len(q["failures"]) or q.get("hidden", {}).get("failures", 0)
+
+
 def _report_failures(q: dict[str, Any]) -> None:
     for failure in q["failures"]:
-        sys.stderr.write(f"s3fuse: FAILED {failure['uri']}: {failure['error']}\n")
-    if q["failures"]:
-        sys.stderr.write(f"s3fuse: {len(q['failures'])} upload(s) failed and are kept; fix the "
-                         "cause, then `s3fuse sync --retry`\n")
+        _say(f"s3fuse: FAILED {failure['uri']}: {failure['error']}")
+    if _failed(q):
+        _say(f"s3fuse: {_failed(q)} upload(s) failed and are kept; fix the "
+             "cause, then `s3fuse sync --retry`" + (" (the mount's owner sees which)"
+                                                    if q.get("restricted") else ""))
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -212,7 +231,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     mountpoint = require_mount(Path(args.mountpoint))
     if args.retry:
         from .control import RETRY
-        os.setxattr(str(mountpoint), RETRY, b"1")
+        try:
+            os.setxattr(str(mountpoint), RETRY, b"1")
+        except PermissionError:
+            _say(f"s3fuse: error: only the owner of the mount {mountpoint} (or root) may retry uploads")
+            return 1
     began = time.monotonic()
     shown = False
     while True:
@@ -221,8 +244,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
             break
         if args.timeout is not None and time.monotonic() - began > args.timeout:
             if shown:
-                sys.stderr.write("\n")
-            sys.stderr.write(f"s3fuse: timed out: {_queue_line(q)}\n")
+                _say("")
+            _say(f"s3fuse: timed out: {_queue_line(q)}")
             _report_failures(q)
             return 1
         if not args.quiet and sys.stderr.isatty():
@@ -232,7 +255,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if shown:
         sys.stderr.write("\r\033[K")
     _report_failures(q)
-    return 1 if q["failures"] else 0
+    return 1 if _failed(q) else 0
 
 
 def _human_bytes(n: float) -> str:
@@ -243,6 +266,12 @@ def _human_bytes(n: float) -> str:
     return str(n)
 
 
+def _sources(status: dict[str, Any]) -> str:
+    if status.get("restricted"):
+        return "(shown to the mount's owner)"
+    return ", ".join(status.get("sources", []) + status.get("manifests", [])) or "all buckets"
+
+
 def format_status(status: dict[str, Any]) -> str:
     cache = status.get("cache", {})
     link = status.get("link", {})
@@ -250,25 +279,33 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [
         f"{status.get('mountpoint')}: {link.get('state', '?')} since {since} (pid {status.get('pid')}, "
         f"s3fuse {status.get('version')})",
-        f"  sources:   {', '.join(status.get('sources', []) + status.get('manifests', [])) or 'all buckets'}",
-        f"  cache:     {_human_bytes(cache.get('used', 0))} of {_human_bytes(cache.get('limit', 0))} "
-        f"in {cache.get('dir')}" + ("  [DISK FULL: reads are not being cached]" if cache.get("disk_full") else ""),
-        f"  pinned:    {_human_bytes(cache.get('pinned', 0))} in {len(status.get('pins', []))} pins"
+        f"  sources:   {_sources(status)}",
+        f"  cache:     {_human_bytes(cache.get('used', 0))} of {_human_bytes(cache.get('limit', 0))}"
+        + (f" in {cache['dir']}" if cache.get("dir") else "") + ("  [DISK FULL: reads are not being cached]" if cache.get("disk_full") else ""),
+        f"  pinned:    {_human_bytes(cache.get('pinned', 0))} in "
+        f"{len(status.get('pins', [])) or status.get('hidden', {}).get('pins', 0)} pins"
         + ("  [pinned data alone exceeds the cache limit: kept, not evicted]"
            if cache.get("pinned_over_limit") else ""),
     ]
+    for failed in status.get("manifest_failures", []):
+        lines.append(f"  manifest:  {failed['uri']} not indexed: its build failed "
+                     f"{failed['failures']} time(s) ({failed['reason']}); next try in "
+                     f"{failed['retry_in']}s")
     q = status.get("uploads")
     if q is not None:
-        lines.append(f"  uploads:   {_queue_line(q)}" + (f", {len(q['failures'])} FAILED"
-                                                          if q["failures"] else ""))
+        lines.append(f"  uploads:   {_queue_line(q)}" + (f", {_failed(q)} FAILED" if _failed(q) else ""))
         for failure in q["failures"][:10]:
             lines.append(f"  failed:    {failure['uri']}: {failure['error']}")
         for item in q.get("retrying", [])[:5]:
             lines.append(f"  retrying:  {item['uri']} (attempt {item['attempts']}): {item['error']}")
         for conflict in q.get("conflicts", [])[:5]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(conflict["time"]))
-            lines.append(f"  conflict:  {conflict['uri']} changed in S3; local version saved as "
-                         f"{conflict['conflict_uri']} ({when})")
+            if conflict.get("kind") == "kept-remote":
+                lines.append(f"  kept:      {conflict['uri']} changed in S3 since it was removed "
+                             f"here; the newer version was kept ({when})")
+            else:
+                lines.append(f"  conflict:  {conflict['uri']} changed in S3; local version saved "
+                             f"as {conflict['conflict_uri']} ({when})")
     for error in link.get("recent_errors", [])[-5:]:
         when = time.strftime("%H:%M:%S", time.localtime(error["time"]))
         lines.append(f"  error {when}: {error['error']}")
@@ -283,7 +320,9 @@ def format_status(status: dict[str, Any]) -> str:
             when = time.strftime("%H:%M:%S", time.localtime(failure["time"]))
             what = " ".join(filter(None, (failure["kind"], failure["task"])))
             lines.append(f"  task {when}: {what} failed ({failure['action']}): {failure['error']}")
-    return "\n".join(lines)
+    if status.get("restricted"):
+        lines.append("  (keys, paths and errors are shown to the mount's owner only)")
+    return "\n".join(printable(line) for line in lines)  # keys may hold control characters
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -302,8 +341,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no s3fuse mounts")
     else:
         for status in results:
-            print(f"{status['mountpoint']}: not responding ({status['error']})" if "error" in status
-                  else format_status(status))
+            print(printable(f"{status['mountpoint']}: not responding ({status['error']})")
+                  if "error" in status else format_status(status))
     return 1 if any("error" in s for s in results) else 0
 
 
@@ -334,7 +373,12 @@ def cmd_pin(args: argparse.Namespace) -> int:
         target = Path(os.path.abspath(raw))
         mount = _mount_of(target)
         rel = "" if target == mount else str(target.relative_to(mount))
-        os.setxattr(str(mount), PIN if args.command == "pin" else UNPIN, os.fsencode(rel))
+        try:
+            os.setxattr(str(mount), PIN if args.command == "pin" else UNPIN, os.fsencode(rel))
+        except PermissionError:  # EPERM from the daemon, or EACCES from the root's modes
+            _say(f"s3fuse: error: only the owner of the mount {mount} (or root) may "
+                 f"{args.command}: {target}")
+            return 1
         if args.no_wait:
             continue
         began = time.monotonic()
@@ -349,26 +393,37 @@ def cmd_pin(args: argparse.Namespace) -> int:
             if job["state"] != "running":
                 break
             time.sleep(0.2)
+        if job.get("refused"):
+            sys.stderr.write(("\n" if sys.stderr.isatty() else "")
+                             + f"s3fuse: cannot {args.command} {target}: {job['refused']}\n")
+            code = 1
+            continue
         failed = len(job["failures"]) + job.get("failures_hidden", 0)
         done = job["files_total"] - job.get("files_failed", 0)
-        sys.stderr.write(("\n" if sys.stderr.isatty() else "") + f"{args.command} {target}: "
-                         f"{done} of {job['files_total']} files, "
-                         f"{_human_bytes(job['bytes_done'])}{', %d failed' % failed if failed else ''}\n")
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        _say(f"{args.command} {target}: {done} of {job['files_total']} files, "
+             f"{_human_bytes(job['bytes_done'])}{', %d failed' % failed if failed else ''}")
         for failure in job["failures"]:
-            sys.stderr.write(f"  could not {args.command}: {failure}\n")
+            _say(f"  could not {args.command}: {failure}")
         if job.get("failures_hidden"):
-            sys.stderr.write(f"  ... and {job['failures_hidden']} more (see the daemon log)\n")
+            _say(f"  ... and {job['failures_hidden']} more (see the daemon log)")
         code |= 1 if failed else 0
     return code
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from . import cachetool
-    from .config import default_cache_dir, load_toml, parse_duration, parse_size
+    from .cache.identity import identity_of, resolve_cache_dir
+    from .config import load_toml, parse_duration, parse_size
 
     os.umask(0o077)  # files diskcache/SQLite create in the cache stay private (0600)
     file_cfg = load_toml(Path(args.config)) if args.config else {}
-    cache_dir = Path(args.cache_dir or file_cfg.get("cache_dir") or default_cache_dir())
+    if args.cache_dir:
+        cache_dir = Path(args.cache_dir)
+    else:  # the one a mount with this configuration (and environment) uses
+        cfg = build_config({"config": args.config})
+        cache_dir = resolve_cache_dir(cfg.cache_dir, identity_of(cfg))
     size_limit = parse_size(file_cfg["cache_size"]) if "cache_size" in file_cfg else None
     if args.cache_command == "stats":
         result = cachetool.stats(cache_dir, size_limit)
@@ -384,9 +439,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
         for key, value in result.items():
             shown = _human_bytes(value) if isinstance(value, int) and ("bytes" in key or key in (
                 "used", "pinned", "limit")) else value
-            print(f"{key:18} {shown}")
+            print(printable(f"{key:18} {shown}"))
     if args.cache_command == "stats" and result.get("pinned_over_limit"):
-        sys.stderr.write("s3fuse: pinned data alone exceeds the cache size limit; it is kept\n")
+        _say("s3fuse: pinned data alone exceeds the cache size limit; it is kept")
     return 0
 
 
@@ -407,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     secret = credential_in_argv(argv)
     if secret is not None:  # before argparse, which would echo the value in its error
-        sys.stderr.write(f"s3fuse: error: {credential_refusal(secret, 'option')}\n")
+        _say(f"s3fuse: error: {credential_refusal(secret, 'option')}")
         return EXIT_USAGE
     args = make_parser().parse_args(argv)
     try:
@@ -426,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "cache":
             return cmd_cache(args)
     except UsageError as exc:
-        sys.stderr.write(f"s3fuse: error: {exc}\n")
+        _say(f"s3fuse: error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
@@ -436,10 +491,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CacheFull, sqlite3.OperationalError) as exc:  # a cache on a full disk (cache stats)
         if not isinstance(exc, CacheFull) and not disk_full(exc):
             raise
-        sys.stderr.write(f"s3fuse: error: the cache disk is full ({exc})\n")
+        _say(f"s3fuse: error: the cache disk is full ({exc})")
         return 1
     except OSError as exc:
-        sys.stderr.write(f"s3fuse: error: {exc.strerror or exc}"
-                         f"{': ' + str(exc.filename) if exc.filename else ''}\n")
+        _say(f"s3fuse: error: {exc.strerror or exc}"
+             f"{': ' + str(exc.filename) if exc.filename else ''}")
         return 1
     return EXIT_USAGE

@@ -18,7 +18,9 @@ from .errors import UsageError
 from .names import is_posix_name, is_relative_path
 from .redact import credential_refusal, has_userinfo, is_credential_option, redact_url
 
-ENDPOINT_ENV_VARS = ("AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "S3_ENDPOINT")
+#: The first one set wins. botocore itself reads AWS_ENDPOINT_URL_S3 before AWS_ENDPOINT_URL:
+#: read here too, the endpoint requests go to is the one the cache identity names.
+ENDPOINT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "S3_ENDPOINT")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}$")
@@ -77,8 +79,9 @@ class Config:
     role_session_duration: int = 900
     read_keys: KeyPair | None = field(default=None, repr=False)
     write_keys: KeyPair | None = field(default=None, repr=False)
-    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+    cache_dir: Path | None = None  # None: the default, one per endpoint (cache/identity.py)
     cache_size: int = 10 << 30
+    cache_reserve: int | None = None  # None: 5% of the cache's file system, at most 1 GiB
     metadata_ttl: float = 60.0
     drain_timeout: float = 120.0
     request_timeout: float = 30.0
@@ -100,6 +103,8 @@ class Config:
 
 
 def default_cache_dir() -> Path:
+    """Where default cache dirs live: one subdirectory per endpoint identity below it (and,
+    from before identities, the data of one at its top: see cache/identity.py)."""
     if os.geteuid() == 0:
         return Path("/var/cache/s3fuse")
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
@@ -258,6 +263,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "role_session_duration": lambda v: parse_int(v, "role session duration"),
     "cache_dir": Path,
     "cache_size": parse_size,
+    "cache_reserve": parse_size,
     "metadata_ttl": parse_duration,
     "drain_timeout": parse_duration,
     "request_timeout": parse_duration,

@@ -7,6 +7,13 @@ hidden file in the tree. Values are JSON or plain text; never credentials.
 `user.s3fuse.idle` is for tests and scripts that must wait for background work: setting
 it to a number of seconds blocks until the daemon is idle (see idle.py) or that time has
 passed; reading it answers the current state at once (so `getfattr -d` never blocks).
+
+Who may do what: only the mount's owner (the daemon's user, the `--uid` it shows files
+as, or root) may set a control attribute, whatever the modes say: the kernel checks the
+root's permission bits, which `--dir-mode 0777` opens to everyone. Anyone the kernel
+lets read the root may read the status, but a caller who is not an owner gets a summary
+(`restricted: true`): counts and states, never a key, path, URL or error text (those
+name other users' files and may carry anything a hostile key holds).
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ import trio
 
 from . import __version__
 from .config import Config
-from .errors import InvalidArgument, ReadOnly
+from .errors import InvalidArgument, NotPermitted, ReadOnly
 from .idle import Idle
 from .names import is_relative_path
 from .pinning import Pinner
@@ -40,6 +47,8 @@ UPLOADS = "user.s3fuse.uploads"  # get: the upload queue (JSON), polled by `s3fu
 RETRY = "user.s3fuse.retry"      # set: queue the permanently failed uploads again
 IDLE = "user.s3fuse.idle"        # set SECONDS: wait (that long at most) until idle; get: state
 IDLE_WAIT_MAX = 600.0
+#: The upload queue's lists that name keys: a reader who is not an owner gets their lengths.
+PER_KEY = ("failures", "retrying", "conflicts")
 
 
 class Control:
@@ -48,8 +57,10 @@ class Control:
     def __init__(self, cfg: Config, *, cache_usage: Callable[[], dict[str, Any]],
                  requests: Callable[[], dict[str, int]], link: Callable[[], dict[str, Any]],
                  pinner: Pinner, uploads: UploadQueue | None = None, started: float | None = None,
-                 supervisor: Supervisor | None = None, idle: Idle | None = None):
+                 supervisor: Supervisor | None = None, idle: Idle | None = None,
+                 manifest_failures: Callable[[], list[dict[str, Any]]] = list):
         self.cfg = cfg
+        self._manifest_failures = manifest_failures
         self.pinner = pinner
         self.uploads = uploads
         self.supervisor = supervisor
@@ -58,11 +69,19 @@ class Control:
         self._requests = requests
         self._link = link
         self.started = time.time() if started is None else started
+        self.owners = frozenset({0, os.geteuid(), cfg.uid})
+
+    def is_owner(self, caller: int | None) -> bool:
+        """May `caller` (a uid; None: unknown) drive the mount? Unknown callers may not."""
+        return caller is not None and caller in self.owners
 
     def names(self) -> list[str]:
         return [STATUS, PID, JOBS, PIN, UNPIN, UPLOADS, RETRY] + ([IDLE] if self.idle else [])
 
-    async def get(self, name: str) -> bytes:
+    async def get(self, name: str, caller: int | None) -> bytes:
+        """The value of control attribute `name` as `caller` may see it."""
+        if not self.is_owner(caller) and name not in (STATUS, PID, IDLE, UPLOADS, RETRY):
+            raise NotPermitted(f"{name}: the mount owner's only (uid {caller})")
         if name == PID:
             return str(os.getpid()).encode()
         if name == JOBS:
@@ -70,16 +89,22 @@ class Control:
         if name in (PIN, UNPIN):
             return json.dumps(self.pinner.pins()).encode()
         if name in (UPLOADS, RETRY):
-            return json.dumps(await trio.to_thread.run_sync(self._uploads)).encode()
+            queue = await trio.to_thread.run_sync(self._uploads)
+            return json.dumps(queue if self.is_owner(caller) else queue_summary(queue)).encode()
         if name == IDLE and self.idle is not None:
             return json.dumps(await self.idle.state(), sort_keys=True).encode()
         status = await trio.to_thread.run_sync(self.status)  # cache use, the upload journal
         status["pins"] = self.pinner.pins()  # read on the trio thread, where they change
         if self.supervisor is not None:
             status["supervisor"] = self.supervisor.status()
-        return json.dumps(status, sort_keys=True).encode()
+        shown = status if self.is_owner(caller) else status_summary(status)
+        return json.dumps(shown, sort_keys=True).encode()
 
-    async def set(self, name: str, value: bytes) -> None:
+    async def set(self, name: str, value: bytes, caller: int | None) -> None:
+        """Act on control attribute `name`: the owners' only (EPERM for anyone else)."""
+        if not self.is_owner(caller):
+            log.info("refused %s from uid %s: only the mount's owner may drive it", name, caller)
+            raise NotPermitted(f"{name}: only the mount's owner may drive it (uid {caller})")
         if name == RETRY and self.uploads is not None:
             count = await self.uploads.retry_failed()
             log.info("%d failed upload(s) queued again on request", count)
@@ -107,6 +132,7 @@ class Control:
             "endpoint_url": redact_url(cfg.endpoint_url),
             "sources": [s.uri for s in cfg.sources],
             "manifests": [m.uri for m in cfg.manifests],
+            "manifest_failures": self._manifest_failures(),
             "cache": {"dir": str(cfg.cache_dir), "limit": cfg.cache_size, **self._cache_usage()},
             "requests": self._requests(),
             "uploads": self._uploads(),
@@ -119,6 +145,31 @@ class Control:
             return {"files": 0, "bytes": 0, "uploading": 0, "oldest_age": None, "failures": [],
                     "retrying": [], "conflicts": []}
         return {**self.uploads.status(), "online": self._link()["state"] == "online"}
+
+
+def queue_summary(queue: dict[str, Any]) -> dict[str, Any]:
+    """The upload queue for a reader who is not an owner: counts, no keys or errors."""
+    shown = {k: v for k, v in queue.items() if k not in PER_KEY}
+    return {**shown, **{k: [] for k in PER_KEY}, "restricted": True,
+            "hidden": {k: len(queue.get(k, [])) for k in PER_KEY}}
+
+
+def status_summary(status: dict[str, Any]) -> dict[str, Any]:
+    """The status for a reader who is not an owner: what is chosen here, nothing else
+    (a field added to the status later stays the owners' until it is listed here)."""
+    link, cache = status["link"], status["cache"]
+    tasks = status.get("supervisor")
+    return {
+        "restricted": True,
+        **{k: status[k] for k in ("version", "pid", "mountpoint", "started", "read_only")},
+        "link": {"state": link["state"], "since": link["since"], "recent_errors": []},
+        "cache": {k: cache[k] for k in ("limit", "used", "pinned", "disk_full", "pinned_over_limit")
+                  if k in cache},
+        "uploads": queue_summary(status["uploads"]),
+        "pins": [], "hidden": {"pins": len(status.get("pins", []))},
+        **({"supervisor": {"kinds": tasks.get("kinds", {}), "recent_failures": []}}
+           if tasks is not None else {}),
+    }
 
 
 def _seconds(value: bytes) -> float:

@@ -21,8 +21,10 @@ import trio
 
 from .cache.blocks import BlockCache
 from .cache.cachedir import CacheLock, secure_cache_dir, secure_dir
+from .cache.identity import claim, identity_of, resolve_cache_dir
 from .cache.meta import MetaStore
 from .cache.overlay import Overlay
+from .cache.reserve import DiskReserve
 from .config import Config, SourceSpec
 from .control import Control
 from .data.prefetch import SiblingPrefetcher
@@ -101,15 +103,20 @@ class Components:
 
 def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Components:
     """Everything below FUSE, wired together; closed by `stack`."""
+    identity = identity_of(cfg)
+    cfg = cfg.with_overrides(cache_dir=resolve_cache_dir(cfg.cache_dir, identity))
+    assert cfg.cache_dir is not None
     cache_dir = secure_cache_dir(cfg.cache_dir)
     lock = CacheLock(cache_dir)
     lock.acquire()
     stack.callback(lock.release)
+    claim(cache_dir, identity)  # another endpoint's cache (and queue) is refused: exit 2
     store = store or S3Store.from_config(cfg)
     meta = MetaStore(cache_dir / "meta.sqlite")
     stack.callback(meta.close)
+    reserve = DiskReserve(cache_dir, cfg.cache_reserve)
     blocks = BlockCache(secure_dir(cache_dir / "blocks"), cfg.cache_size,
-                        secure_dir(cache_dir / "pinned"))
+                        secure_dir(cache_dir / "pinned"), reserve)
     stack.callback(blocks.close)
     supervisor = Supervisor()
     reader = BlockReader(store, blocks, background=supervisor)
@@ -119,7 +126,7 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
 
     journal = Journal(cache_dir / "journal.sqlite")
     stack.callback(journal.close)
-    staging = Staging(cache_dir / "staging")
+    staging = Staging(cache_dir / "staging", blocks.claim)
     queue = UploadQueue(store, journal, staging, background=supervisor, listener_writes=meta)
     queue.keep_uploaded = UploadedBytes(blocks.put, reader.block_size, cfg.cache_size // 8)
     writes = WriteBack(queue, staging, Overlay())
@@ -144,13 +151,26 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
         return {**use, "hits": reader.hits, "misses": reader.misses, "disk_full": reader.disk_full,
                 "pinned_over_limit": use["pinned"] > cfg.cache_size}
 
-    pinner = Pinner(root, meta, supervisor)
+    pinner = Pinner(root, meta, supervisor, blocks)
     root.use_pins(pinner.covers)
     control = Control(cfg, cache_usage=usage, requests=store.request_counts, link=store.link.status,
                       pinner=pinner, uploads=queue, supervisor=supervisor,
-                      idle=Idle(supervisor, queue, store.link))
+                      idle=Idle(supervisor, queue, store.link),
+                      manifest_failures=lambda: manifest_failures(manifests))
     ops = S3Operations(root, cfg, control)
     return Components(supervisor, store, meta, blocks, reader, root, ops, pinner, writes)
+
+
+def manifest_failures(manifests: list[ManifestTree]) -> list[dict[str, Any]]:
+    """Manifests whose index build failed and waits for its backoff (for status). Blocking."""
+    failed = []
+    for tree in manifests:
+        failure = tree.builds.failure()
+        if failure is not None:
+            etag, count, retry_in, reason = failure
+            failed.append({"uri": tree.spec.uri, "etag": etag, "failures": count,
+                           "retry_in": round(retry_in), "reason": reason})
+    return failed
 
 
 def release_big_buffers() -> None:

@@ -1,4 +1,15 @@
-"""Logging setup: human lines on a terminal, priority-prefixed lines under systemd."""
+"""Logging setup: human lines on a terminal, priority-prefixed lines under systemd, and
+one filter on the handler that every record passes, ours and other libraries' alike.
+
+The filter is on the handler, not on our loggers, because the records that leak come
+from libraries we do not control: urllib3 logs a presigned URL whole (signature and
+session token) in its own warnings, botocore its signed headers at DEBUG. It redacts
+those (redact.py), writes control characters in messages as escapes (printable.py: a
+key holding `\\n<0>` would forge a journald entry, `\\x1b[` drive the reader's terminal),
+and lets a repeated warning through a few times a minute only: the log file is never
+rotated, and a loop meeting the same fault (a pool refusing connections, a server
+answering garbage) would fill the disk.
+"""
 from __future__ import annotations
 
 import faulthandler
@@ -6,15 +17,77 @@ import logging
 import os
 import signal
 import sys
+import time
+from typing import Callable
+
+from .printable import printable, printable_lines
+from .redact import redact_text
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
+#: Records of one kind (logger, level, message template) let through per RATE_PERIOD
+#: seconds; the next one let through says how many were dropped meanwhile.
+RATE_BURST = 20
+RATE_PERIOD = 60.0
+#: Kinds remembered at once (a message built with an f-string is a kind of its own).
+RATE_KINDS = 1000
+
 
 class JournalFormatter(logging.Formatter):
-    """`<N>message`: journald reads the syslog priority from the prefix."""
+    """`<N>message`: journald reads the syslog priority from the prefix, on every line it
+    gets (a traceback's lines too, which would otherwise be read as their own entries)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"<{_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+        prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
+class SafeRecords(logging.Filter):
+    """Redacts secrets and escapes control characters in every record it passes (the
+    message and any traceback), and rate-limits repeated warnings."""
+
+    def __init__(self, burst: int = RATE_BURST, period: float = RATE_PERIOD,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.burst = burst
+        self.period = period
+        self._clock = clock
+        self._windows: dict[tuple[str, int, str], list[float]] = {}  # kind -> [start, count, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        dropped = self._admit(record)
+        if dropped is None:
+            return False
+        message = printable(redact_text(record.getMessage()))
+        if dropped:
+            message += f" [{dropped} more like this were not logged before it]"
+        record.msg, record.args = message, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = printable_lines(redact_text(record.exc_text))
+        if record.stack_info:
+            record.stack_info = printable_lines(redact_text(record.stack_info))
+        return True
+
+    def _admit(self, record: logging.LogRecord) -> int | None:
+        """None: drop the record; else how many of its kind were dropped before it."""
+        if record.levelno < logging.WARNING:
+            return 0  # asked for (INFO/DEBUG): the level is the user's choice
+        kind = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        window = self._windows.get(kind)
+        if window is None or now - window[0] >= self.period:
+            if window is None and len(self._windows) >= RATE_KINDS:
+                self._windows.clear()
+            dropped = int(window[2]) if window is not None else 0
+            self._windows[kind] = [now, 1, 0]
+            return dropped
+        if window[1] >= self.burst:
+            window[2] += 1
+            return None
+        window[1] += 1
+        return 0
 
 
 def setup_logging(level: str = "INFO", debug_modules: tuple[str, ...] = ()) -> None:
@@ -23,6 +96,7 @@ def setup_logging(level: str = "INFO", debug_modules: tuple[str, ...] = ()) -> N
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(SafeRecords())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

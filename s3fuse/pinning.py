@@ -10,7 +10,10 @@ the pinner answers from its copy on the trio thread, and records changes as poin
 writes, which never wait (queued while a listing is being stored: cache/meta.py).
 
 A file that cannot be pinned is a failure of the job, not of the daemon; a full cache
-disk (ENOSPC) ends the job at once (every further file would fail the same way). A job
+disk (ENOSPC, also when the disk's free-space reserve is reached) ends the job at once
+(every further file would fail the same way). A pin that cannot fit at all, even in the
+room that evicting every cached block and keeping every pinned one would leave above
+the reserve, is refused before anything is fetched, with one line saying so. A job
 that crashes anyway (a bug) is marked failed by the supervisor, and the mount stays.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, AsyncIterator
 
 import trio
 
+from .cache.blocks import BlockCache
 from .cache.meta import MetaStore
 from .errors import NotADirectory, NotFound, S3FuseError, disk_full, errno_of
 from .model import Entry, Ref
@@ -50,15 +54,18 @@ class Job:
     bytes_done: int = 0
     failures: list[str] = field(default_factory=list)  # the first FAILURES_SHOWN of them
     failures_hidden: int = 0                              # ... and how many more
+    refused: str | None = None  # why the job did nothing (a pin that cannot fit)
     started: float = field(default_factory=time.time)
     finished: float | None = None
 
 
 class Pinner:
-    def __init__(self, root: RootTree, meta: MetaStore, background: Supervisor):
+    def __init__(self, root: RootTree, meta: MetaStore, background: Supervisor,
+                 blocks: BlockCache | None = None):
         """Reads the recorded pins: blocking, so before the loop serves (or in a thread)."""
         self.root = root
         self.meta = meta
+        self.blocks = blocks
         self.background = background
         self._jobs: dict[str, Job] = {}
         self._pins = dict(meta.pins())  # path -> state, as recorded in meta.sqlite
@@ -92,39 +99,73 @@ class Pinner:
                 self.start(path, "pin")
 
     async def _run(self, job: Job) -> None:
+        """Count what is below the path (one walk), then pin it file by file as a second
+        walk finds them: a pin of 10M files holds PARALLEL_FILES of them at a time, not a
+        task and a list entry each (~3.8 KB per file: 36 GiB)."""
         keep = job.action == "pin"
         try:
-            files = [item async for item in self._files(job.path)]
-        except S3FuseError as exc:
+            async for _, _, _, entry in self._files(job.path):
+                job.files_total += 1
+                job.bytes_total += entry.size
+            if keep and self.blocks is not None:
+                job.refused = await trio.to_thread.run_sync(self._no_room, job.bytes_total)
+                if job.refused is not None:
+                    job.files_failed = job.files_total
+                    job.failures.append(f"{job.path or '/'}: ENOSPC ({job.refused})")
+                    log.warning("pin of %s refused: %s", job.path or "/", job.refused)
+                else:
+                    await self._pin_all(job, keep)
+            else:
+                await self._pin_all(job, keep)
+        except S3FuseError as exc:  # the walk failed (offline, gone)
             job.failures.append(f"{job.path or '/'}: {errno.errorcode.get(exc.errno, exc.errno)} ({exc})")
-            self._finish(job, keep)
-            return
-        job.files_total = len(files)
-        job.bytes_total = sum(entry.size for _, _, _, entry in files)
-        limiter = trio.CapacityLimiter(PARALLEL_FILES)
-        unfinished = {path for path, _, _, _ in files}
+        self._finish(job, keep)
 
-        async def one(path: str, ns: Namespace, ref: Ref, entry: Entry) -> None:
-            async with limiter:
-                try:
-                    await self._pin_file(job, keep, ns, ref, entry)
-                except Exception as exc:  # noqa: BLE001 - only the expected ones are kept
-                    if not (isinstance(exc, (S3FuseError, OSError)) or disk_full(exc)):
-                        raise  # a bug: the supervisor marks the job failed
-                    code = errno_of(exc)
-                    self._failed(job, f"{path}: {errno.errorcode.get(code, code)}")
-                    log.warning("%s of %s failed: %s", job.action, path, exc)
-                    if code == errno.ENOSPC:  # the cache disk is full: so would the rest be
-                        nursery.cancel_scope.cancel()
-                unfinished.discard(path)
-                job.files_done += 1
+    async def _pin_all(self, job: Job, keep: bool) -> None:
+        """PARALLEL_FILES workers pin the files the walk hands them; once the cache disk is
+        full (ENOSPC) the rest are only counted as not tried (they would fail the same way)."""
+        full = False
+        send, receive = trio.open_memory_channel[tuple[str, Namespace, Ref, Entry]](0)
+
+        async def worker(files: trio.MemoryReceiveChannel[tuple[str, Namespace, Ref, Entry]]) -> None:
+            nonlocal full
+            async with files:
+                async for path, ns, ref, entry in files:
+                    try:
+                        await self._pin_file(job, keep, ns, ref, entry)
+                    except Exception as exc:  # noqa: BLE001 - only the expected ones are kept
+                        if not (isinstance(exc, (S3FuseError, OSError)) or disk_full(exc)):
+                            raise  # a bug: the supervisor marks the job failed
+                        code = errno_of(exc)
+                        self._failed(job, f"{path}: {errno.errorcode.get(code, code)}")
+                        log.warning("%s of %s failed: %s", job.action, path, exc)
+                        full = full or code == errno.ENOSPC
+                    job.files_done += 1
 
         async with trio.open_nursery() as nursery:
-            for path, ns, ref, entry in files:
-                nursery.start_soon(one, path, ns, ref, entry)
-        for path in sorted(unfinished):  # left when the disk filled up: say which
-            self._failed(job, f"{path}: ENOSPC (not tried: the cache disk is full)")
-        self._finish(job, keep)
+            async with receive:
+                for _ in range(PARALLEL_FILES):
+                    nursery.start_soon(worker, receive.clone())
+            async with send:
+                async for item in self._files(job.path):
+                    if full:  # left when the disk filled up: say which
+                        self._failed(job, f"{item[0]}: ENOSPC (not tried: the cache disk is full)")
+                    else:
+                        await send.send(item)
+
+    def _no_room(self, needed: int) -> str | None:
+        """Why `needed` bytes cannot be pinned (blocking: statvfs, the cache's SQLite)."""
+        assert self.blocks is not None
+        reserve = self.blocks.reserve
+        if reserve is None:
+            return None
+        use = self.blocks.usage()
+        room = reserve.room() + use["used"] + use["pinned"]
+        if needed <= room:
+            return None
+        mib = 1 << 20
+        return (f"needs {needed / mib:.0f} MiB, the cache disk has room for {max(room, 0) / mib:.0f}"
+                f" MiB above its reserve of {reserve.bytes / mib:.0f} MiB (cache_reserve)")
 
     @staticmethod
     async def _pin_file(job: Job, keep: bool, ns: Namespace, ref: Ref, entry: Entry) -> None:

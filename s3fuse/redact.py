@@ -5,6 +5,8 @@ every local user (`ps`, /proc/PID/cmdline, fstab, unit files) and is copied agai
 when the daemon re-executes itself in the background. So options that look like
 credentials are refused before anything else reads them, with a line that names
 the option and never its value; and URLs are shown without their user:password.
+Log lines of other libraries (urllib3 logs a presigned URL whole, botocore its signed
+headers at DEBUG) go through `redact_text` in the log handler's filter (logs.py).
 """
 from __future__ import annotations
 
@@ -85,3 +87,20 @@ def redact_url(url: str | None) -> str | None:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urllib.parse.urlunsplit((parts.scheme, f"***@{host}", parts.path, "", ""))
+
+
+#: A signature, session token or credential scope inside any text: presigned URL query
+#: parameters (`X-Amz-Signature=...`, SigV2's `Signature=`/`AWSAccessKeyId=`), SigV4
+#: `Authorization` header parts (`Credential=..., Signature=...`) and header dicts as
+#: botocore logs them at DEBUG (`'X-Amz-Security-Token': b'...'`).
+_SIGNED_PARTS = re.compile(
+    r"(?<![\w-])((?:X-Amz-)?(?:Signature|Security-Token|Credential)|AWSAccessKeyId|Authorization)"
+    r"(['\"]?\s*[=:]\s*b?['\"]?)([^'\"\s&,]+)", re.IGNORECASE)
+_USERINFO = re.compile(r"(://)[^/\s@]+@")
+
+
+def redact_text(text: str) -> str:
+    """Any text (a log line from urllib3 or botocore, an error) without the secrets of
+    signed requests and URLs: values of signature, token and credential parameters and
+    headers become `***`, `user:password@` in URLs `***@`."""
+    return _USERINFO.sub(r"\1***@", _SIGNED_PARTS.sub(r"\1\2***", text))

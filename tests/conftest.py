@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -143,3 +144,12 @@ def mount_factory(tmp_path: Path, backend: Backend, fuse_available: None
         if bad:
             problems.append(f"{m.mountpoint}: unexpected daemon log lines:\n" + "\n".join(bad[:20]))
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def public_base() -> Iterator[Path]:
+    """A directory other users can traverse (pytest's tmp_path is 0700 to root only)."""
+    base = Path(tempfile.mkdtemp(prefix="s3fuse-sec-", dir="/tmp"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)

@@ -38,11 +38,15 @@ def backend(moto_backend):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB tmpfs (requested before mount_factory, so unmounted after the daemon)."""
+    yield from tmpfs(tmp_path / "small-disk", TMPFS_SIZE)
+
+
+def tmpfs(disk: Path, size: int) -> Iterator[Path]:
+    """Mount a tmpfs of `size` bytes at `disk`, yield it, and always unmount it."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "small-disk"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs",
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
                     str(disk)], check=True, capture_output=True)
     try:
         yield disk

@@ -17,6 +17,7 @@ from s3fuse.config import Config, parse_source
 from s3fuse.daemon import Components, build, probe_while_offline
 from s3fuse.fs.inodes import ROOT_INODE
 from s3fuse.store.memory import MemoryStore
+from s3fuse.upload.conditions import PROBE_PUTS
 from tests.test_ops import lookup_path
 
 B = "bkt"
@@ -119,7 +120,8 @@ async def test_write_flush_release_lands_in_s3_shown_before(parts: Components,
     status = await parts.writes.queue.sync(timeout=10)
     assert status["files"] == 0 and status["failures"] == []
     assert store.objects(B)["d/new.txt"] == b"fresh bytes"
-    assert store.request_counts()["PutObject"] == 3 + 2 + 1  # the fixture's, two faults, the upload
+    # the fixture's, two faults, the bucket's condition probe, the upload
+    assert store.request_counts()["PutObject"] == 3 + 2 + PROBE_PUTS + 1
 
 
 async def test_unlink_and_rename(parts: Components, store: MemoryStore) -> None:

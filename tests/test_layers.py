@@ -17,11 +17,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "s3fuse"
 LAYERS: dict[str, int] = {
     # 0: shared vocabulary, imports nothing of ours (but each other)
     "errors": 0, "model": 0, "names": 0, "logs": 0, "redact": 0, "notify": 0,
+    "printable": 0,
     "__init__": 0,
     # 1: configuration and plumbing: the local-database layer, the supervisor, small utilities
     "config": 1, "util": 1, "db": 1,
     # 2: local machinery with no S3 in it: caches, archive indexing
-    "cache": 2, "archive": 2,
+    "cache": 2, "cache.identity": 2, "archive": 2,
     # 3: the S3 boundary
     "store": 3,
     # 4: bytes and records built on the store and the caches

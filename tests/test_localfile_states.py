@@ -62,7 +62,7 @@ class RecordingQueue:
         self.latest[key] = staging_id
         return len(self.submits)
 
-    async def delete(self, bucket: str, key: str) -> int:
+    async def delete(self, bucket: str, key: str, expected: Expected = UNKNOWN) -> int:
         self.deletes.append(key)
         self.latest[key] = ""
         return -len(self.deletes)

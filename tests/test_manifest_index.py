@@ -202,7 +202,7 @@ def test_a_2gb_line_is_skipped_in_bounded_memory(tmp_path: Path, caplog):
         tracemalloc.stop()
     assert store.streamed == line_bytes
     assert peak < 64 << 20, peak >> 20
-    assert "line 1 skipped: longer than 16777216 bytes" in caplog.text
+    assert "1 line skipped (line 1: longer than 16777216 bytes)" in caplog.text
     assert index.child(ROOT_ID, "after.txt") is not None
 
 

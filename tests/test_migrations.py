@@ -60,7 +60,7 @@ def test_journal_of_the_previous_release_keeps_every_pending_upload(tmp_path: Pa
     assert user_version(path) == 0
 
     j = Journal(path)
-    assert user_version(path) == 1
+    assert user_version(path) == 2
     pending = {p.id: p for p in j.pending()}
     assert sorted(pending) == [1, 2, 3, 4, 5, 7]
     assert {i: (p.key, p.op, p.staging_id, p.size, p.expected, p.attempts) for i, p in pending.items()} == {
@@ -80,6 +80,7 @@ def test_journal_of_the_previous_release_keeps_every_pending_upload(tmp_path: Pa
     summary = j.summary()
     assert summary["files"] == 5 and [f["job"] for f in summary["failures"]] == [3]
     assert summary["conflicts"][0]["conflict_uri"] == "s3://legacy-bucket/x.txt.conflict-1"
+    assert summary["conflicts"][0]["kind"] == "copy"
     assert j.recover() == 1                                      # the interrupted upload: replayed
     replay = j.claim(1e18)
     assert replay is not None and replay.id == 1                 # the queue order is kept
@@ -87,7 +88,7 @@ def test_journal_of_the_previous_release_keeps_every_pending_upload(tmp_path: Pa
     j.close()
 
     again = Journal(path)                                        # migrated once: opens as is
-    assert user_version(path) == 1 and len(again.pending()) == 7
+    assert user_version(path) == 2 and len(again.pending()) == 7
     again.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
@@ -96,7 +97,7 @@ def test_journal_of_the_first_write_path_gets_its_missing_columns(tmp_path: Path
     path = tmp_path / "journal.sqlite"
     legacy_db(path, "journal_386d037.sql")
     j = Journal(path)
-    assert user_version(path) == 1
+    assert user_version(path) == 2
     assert [(p.id, p.key, p.op, p.expected) for p in j.pending()] == [
         (1, "docs/a.txt", "put", None), (2, "docs/b.txt", "put", "etag-b"), (3, "c.bin", "put", UNKNOWN)]
     assert j.unsynced() == [] and j.trash() == ["9" * 32]
@@ -178,4 +179,4 @@ def test_a_mount_on_a_cache_of_the_previous_release_uploads_its_pending_files(
     assert body(s3, bucket, "docs/a.txt") == b"alpha"
     assert body(s3, bucket, "small.txt") == b"small and not fsynced"
     assert "gone.txt" not in keys(s3, bucket)
-    assert user_version(cache / "journal.sqlite") == 1 and user_version(cache / "meta.sqlite") == 1
+    assert user_version(cache / "journal.sqlite") == 2 and user_version(cache / "meta.sqlite") == 1

@@ -105,7 +105,7 @@ def test_an_overlong_manifest_line_is_skipped_and_the_rest_served(s3, bucket, mo
             b'{"kind":"file","key":"ml/run/b.txt"}\n')
     s3.put_object(Bucket=bucket, Key="ml/run/manifest.jsonl", Body=body)
     m = mount_factory("--manifest", f"run=s3://{bucket}/ml/run/manifest.jsonl")
-    m.expect_log(r"line 2 skipped: longer than 16777216 bytes")
+    m.expect_log(r"1 line skipped \(line 2: longer than 16777216 bytes\)")
     assert sorted(os.listdir(m.path("run"))) == ["a.txt", "b.txt"]
     assert m.path("run", "b.txt").read_bytes() == b"bravo"
-    assert "line 2 skipped: longer than 16777216 bytes" in m.log()
+    assert "1 line skipped (line 2: longer than 16777216 bytes)" in m.log()

@@ -12,7 +12,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,15 +37,6 @@ S3FUSE = [sys.executable, "-m", "s3fuse"]
 @pytest.fixture
 def backend(moto_backend):  # type: ignore[no-untyped-def]
     return moto_backend
-
-
-@pytest.fixture
-def public_base() -> Iterator[Path]:
-    """A directory other users can traverse (pytest's tmp_path is 0700 to root only)."""
-    base = Path(tempfile.mkdtemp(prefix="s3fuse-sec-", dir="/tmp"))
-    base.chmod(0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def start(base: Path, env: dict[str, str], *args: str) -> Mount:
@@ -113,7 +103,7 @@ def test_other_users_get_exactly_what_the_modes_say(s3, bucket, public_base, fus
 
 #: Every name the daemon may create in its cache, by directory (no name derived from a key).
 CACHE_NAMES = [
-    r"lock", r"s3fuse\.log", r"(meta|journal)\.sqlite(-wal|-shm|-journal)?",
+    r"lock", r"s3fuse\.log", r"identity\.json", r"(meta|journal)\.sqlite(-wal|-shm|-journal)?",
     r"(blocks|pinned)", r"(blocks|pinned)/cache\.db(-wal|-shm)?", r"(blocks|pinned)/[0-9a-f]{2}",
     r"(blocks|pinned)/[0-9a-f]{2}/[0-9a-f]{2}", r"(blocks|pinned)/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val",
     r"staging", r"staging/[0-9a-f]{32}", r"manifests", r"manifests/[0-9a-f]{32}\.sqlite(-wal|-shm|-journal)?",

@@ -63,10 +63,10 @@ async def test_the_journal_forgets_an_upload_only_once_its_listing_update_is_on_
                                     listener_writes=Writes()) as queue:
                 done = queue.journal.done
 
-                def recording_done(*args: Any) -> None:
+                def recording_done(*args: Any, **kwargs: Any) -> None:
                     on_disk_at_done.append(stored(path, "a.txt"))
                     decided.set()  # without the wait: the journal went first
-                    done(*args)
+                    done(*args, **kwargs)
                 monkeypatch.setattr(queue.journal, "done", recording_done)
                 job = await write(queue, B, "a.txt", b"alpha")
                 with trio.fail_after(10):

@@ -48,6 +48,7 @@ class ArchiveIndex:
     `members` are (path, offset, size, mtime) tuples, offsets into the
     uncompressed tar. `gzip_index` (gzip only) is indexed_gzip's exported seek
     points, zlib-compressed. `uncompressed_size` is the tar stream's length.
+    `skipped` holds the first few entries not served, `skipped_count` all of them.
     """
 
     format: str
@@ -55,6 +56,7 @@ class ArchiveIndex:
     skipped: list[tuple[str, str]]
     gzip_index: bytes | None = None
     uncompressed_size: int | None = None
+    skipped_count: int = 0
     _gzip_reader: _GzipReader | None = field(default=None, init=False, repr=False, compare=False)
 
 
@@ -77,8 +79,8 @@ def build_index(
 
     def index() -> ArchiveIndex:
         return ArchiveIndex(
-            fmt, scanner.members, scanner.skipped, gzip_indexer.export() if gzip_indexer else None, size
-        )
+            fmt, scanner.members, scanner.skipped, gzip_indexer.export() if gzip_indexer else None, size,
+            scanner.skipped_count)
 
     try:
         if fmt == "tar":
@@ -96,7 +98,7 @@ def build_index(
         if scanner.members:
             err.partial = index()
         raise
-    log.debug("indexed %s as %s: %d members, %d skipped", key, fmt, len(scanner.members), len(scanner.skipped))
+    log.debug("indexed %s as %s: %d members, %d skipped", key, fmt, len(scanner.members), scanner.skipped_count)
     return index()
 
 

@@ -2,7 +2,9 @@
 
 Archives are untrusted input: sizes in headers lie, and a few KiB of gzip can
 expand to terabytes. Every cap is counted as bytes stream by, never taken from
-a header.
+a header. Header bytes count too: a PAX or GNU long-name header is an entry and
+its bytes are archive bytes, and headers may not outweigh the data they describe
+(a flood of 1 MiB names would otherwise cost memory and reads for nothing).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ class Limits:
     max_total_bytes: int = 64 * GiB     # member data, and decompressed bytes
     max_ratio: float = 200.0            # decompressed / compressed, after 1 MiB
     max_member_bytes: int = 16 * GiB    # one member's size
+    max_header_ratio: float = 16.0      # header bytes / member data bytes (padded), after 32 MiB
+    max_name_bytes: int = 256 << 20     # the member paths kept, all together
 
 
 class ArchiveError(Exception):

@@ -4,13 +4,17 @@ It parses headers only and jumps over member data, so one parser serves both
 a sequential feed of decompressed bytes (gzip/xz/bz2) and "header hopping"
 over a plain tar, where the caller reads only the windows holding headers
 (`position` tells where the next needed byte is).
+
+Names are hostile input: one over MAX_PATH_BYTES is skipped unread (counted, never
+kept), only the first SKIPPED_KEPT skipped entries are remembered for the report,
+and header bytes are counted against the archive's caps like member data.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 from s3fuse.archive.limits import ArchiveError, Limits
-from ..names import safe_member_path
+from ..names import MAX_PATH_BYTES, safe_member_path
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -31,6 +35,10 @@ SKIP_REASONS = {
 # As in tarfile: these types never carry data blocks, whatever their size says.
 NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")
 _HIGH_BYTES = bytes(range(0x80, 0x100))
+#: Skipped entries remembered (with their names) for the report; the rest are counted.
+SKIPPED_KEPT = 100
+#: Header bytes allowed before max_header_ratio is judged (64k plain headers).
+HEADER_GRACE = 32 << 20
 
 
 class Member(NamedTuple):
@@ -132,13 +140,18 @@ class TarScanner:
     `feed(data)` continues where the last feed ended; `feed(data, at=position)`
     may jump forward over bytes the scanner does not need. `members` holds the
     regular files (the last of duplicate paths wins), `skipped` the (name,
-    reason) of entries that will not be served. Caps are enforced as headers
-    are parsed. On ArchiveError, `members` still holds what was read before.
+    reason) of the first SKIPPED_KEPT entries that will not be served and
+    `skipped_count` how many there were. Caps are enforced as headers are
+    parsed. On ArchiveError, `members` still holds what was read before.
     """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.skipped: list[tuple[str, str]] = []
+        self.skipped_count = 0
+        self._headers = 0  # header and extension bytes so far
+        self._data = 0  # member data bytes so far, padded to blocks
+        self._names = 0  # bytes of the member paths kept
         self.done = False
         self._members: dict[str, Member] = {}
         self._buf = bytearray()
@@ -206,12 +219,15 @@ class TarScanner:
                 end = pos + BLOCK + _padded(size)
                 if end > len(buf):
                     break
+                self._count_entry()
+                self._count_bytes(header=end - pos)
                 self._extension(kind, bytes(buf[pos + BLOCK : pos + BLOCK + size]))
                 self._next += end - pos
             else:
                 extra = _sparse_extension_blocks(buf, pos, self._next) if kind == b"S" else 0
                 if extra is None:
                     break
+                self._count_bytes(header=BLOCK * (1 + extra))
                 self._next += BLOCK * (1 + extra) + _padded(self._entry(header, kind, size))
         drop = min(len(buf), self._next - self._buf_start)
         del buf[:drop]
@@ -239,11 +255,31 @@ class TarScanner:
                 raise ArchiveError(f"global pax headers over {MAX_EXTENDED_BYTES} bytes at offset {self._next}")
         # b"K", a GNU long link target, only matters for links, which are skipped.
 
-    def _entry(self, header: bytes, kind: bytes, size: int) -> int:
-        """Account for one entry and record or skip it; return its data length."""
+    def _count_entry(self) -> None:
         self._entries += 1
         if self._entries > self.limits.max_members:
             raise ArchiveError(f"more than {self.limits.max_members} entries (max_members)")
+
+    def _count_bytes(self, header: int = 0, data: int = 0) -> None:
+        """Header and data bytes against max_total_bytes; headers against max_header_ratio."""
+        self._headers += header
+        self._data += _padded(data)
+        self._total += header + data
+        if self._total > self.limits.max_total_bytes:
+            raise ArchiveError(f"member data over {self.limits.max_total_bytes} bytes (max_total_bytes)")
+        if self._headers > HEADER_GRACE and self._headers > self.limits.max_header_ratio * self._data:
+            raise ArchiveError(
+                f"{self._headers} header bytes for {self._data} bytes of member data, over "
+                f"{self.limits.max_header_ratio:g}x (max_header_ratio): refused as a header flood")
+
+    def _skip(self, name: str, reason: str) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < SKIPPED_KEPT:
+            self.skipped.append((name, reason))
+
+    def _entry(self, header: bytes, kind: bytes, size: int) -> int:
+        """Account for one entry and record or skip it; return its data length."""
+        self._count_entry()
         pax = {key: value for key, value in {**self._global, **self._pax}.items() if value}
         name = pax.get("path") or self._long_name or _header_name(header)
         self._pax, self._long_name = {}, None
@@ -254,27 +290,32 @@ class TarScanner:
         except (ValueError, OverflowError):
             raise ArchiveError(f"corrupt pax header before offset {self._next}") from None
         data = 0 if kind in NO_DATA else size
-        self._total += data
-        if self._total > self.limits.max_total_bytes:
-            raise ArchiveError(f"member data over {self.limits.max_total_bytes} bytes (max_total_bytes)")
+        self._count_bytes(data=data)
         if kind == DIRECTORY or (kind in REGULAR and name.endswith(b"/")):
             return data
         self._add(name, kind, size, mtime, pax)
         return data
 
     def _add(self, raw_name: bytes, kind: bytes, size: int, mtime: int, pax: dict[str, bytes]) -> None:
+        if len(raw_name) > MAX_PATH_BYTES + 2:  # "./" + the longest path: never decoded nor kept
+            self._skip(f"<a name of {len(raw_name)} bytes>", f"path over {MAX_PATH_BYTES} bytes")
+            return
         try:
             name = raw_name.decode("utf-8")
         except UnicodeDecodeError:
-            self.skipped.append((raw_name.decode("utf-8", "replace"), "name is not UTF-8"))
+            self._skip(raw_name.decode("utf-8", "replace"), "name is not UTF-8")
             return
         reason = _skip_reason(kind, pax)
         path = safe_member_path(name)
         if reason or path is None:
-            self.skipped.append((name, reason or "unsafe path"))
+            self._skip(name, reason or "unsafe path")
             return
         if size > self.limits.max_member_bytes:
             raise ArchiveError(f"member {path!r} is {size} bytes, over max_member_bytes")
         if self._members.pop(path, None) is not None:
-            self.skipped.append((path, "duplicate"))
+            self._skip(path, "duplicate")
+        else:
+            self._names += len(path)
+            if self._names > self.limits.max_name_bytes:
+                raise ArchiveError(f"member paths over {self.limits.max_name_bytes} bytes (max_name_bytes)")
         self._members[path] = Member(path, self._next + BLOCK, size, mtime)

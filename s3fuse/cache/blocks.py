@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import diskcache
 
 from ..errors import CorruptData
+from .reserve import DiskReserve, ReserveReached
 from .safedisk import SafeDisk
 
 log = logging.getLogger(__name__)
@@ -98,12 +99,17 @@ class BlockCache:
     (never evicted; filled by `s3fuse pin`, emptied by `unpin`).
 
     SQLite transactions are serialized by one lock (see `_LockedCache`); multi-step
-    changes (pin, unpin, prune) hold it throughout (it is reentrant).
+    changes (pin, unpin, prune) hold it throughout (it is reentrant). With a `reserve`,
+    a block is stored only with room above the disk's free-space reserve, made by
+    evicting LRU blocks when needed; else ReserveReached (ENOSPC): a read is then served
+    uncached, a pin fails.
     """
 
-    def __init__(self, directory: Path, size_limit: int | None, pinned_directory: Path | None = None):
+    def __init__(self, directory: Path, size_limit: int | None, pinned_directory: Path | None = None,
+                 reserve: DiskReserve | None = None):
         """`size_limit` None: the limit the last daemon set (diskcache keeps it in its settings)."""
         self.directory = directory
+        self.reserve = reserve
         self._lock = threading.RLock()
         self._lru = _store(directory, size_limit, "least-recently-used", self._lock)
         self.size_limit = int(self._lru.size_limit)
@@ -141,15 +147,34 @@ class BlockCache:
         name = block_id(bucket, key, etag, index)
         if name not in self._pinned:  # (a block pinned meanwhile may also stay in the LRU
             # store until evicted: harmless, `get` looks in the pinned store first)
+            self.claim(len(data))
             self._lru.set(name, _SealedReader(name, data), read=True)
+
+    def claim(self, n: int) -> None:
+        """Room for `n` more bytes above the reserve (a block's, a staging file's), evicting
+        LRU blocks if that makes it; else ReserveReached (ENOSPC)."""
+        if self.reserve is None:
+            return
+        try:
+            self.reserve.claim(n)
+        except ReserveReached:
+            with self._lock:
+                if not len(self._lru):
+                    raise
+                volume = int(self._lru.volume())
+                self._lru.reset("size_limit", max(0, volume - (n - self.reserve.room())))
+                self._lru.cull()
+                self._lru.reset("size_limit", self.size_limit)
+            self.reserve.claim(n)
 
     def pin(self, bucket: str, key: str, etag: str, index: int, data: bytes) -> None:
         """Keep this block until unpinned (moved out of the LRU store)."""
         name = block_id(bucket, key, etag, index)
         with self._lock:
+            self._lru.delete(name)  # first: its room goes to the pinned copy
             if name not in self._pinned:
+                self.claim(len(data))
                 self._pinned.set(name, _SealedReader(name, data), read=True)
-            self._lru.delete(name)
 
     def unpin(self, bucket: str, key: str, etag: str, index: int) -> None:
         """Back to the LRU store: still cached, evictable again."""

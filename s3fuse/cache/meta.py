@@ -89,6 +89,14 @@ def apply_changes(entries: list[Entry], changes: dict[str, Entry | None]) -> lis
     return sorted(by_name.values(), key=lambda e: e.name)
 
 
+def within(changes: dict[str, Entry | None], after: str,
+           frontier: str | None) -> dict[str, Entry | None]:
+    """The changes of names in the window (after, frontier] of a listing read one page at
+    a time (`frontier` None: to the end)."""
+    return {name: entry for name, entry in changes.items()
+            if name > after and (frontier is None or name <= frontier)}
+
+
 class _Queued:
     """Point writes waiting for the writer lock, and what readers see of them meanwhile."""
 
@@ -245,6 +253,26 @@ class MetaStore:
             if len(rows) > at_most:
                 return None
         return apply_changes([_entry(r) for r in rows], queued)
+
+    def entries_after(self, ns: str, path: str, after: str,
+                      limit: int) -> tuple[list[Entry], str | None]:
+        """One page of the listing of `path`: at most `limit` stored entries named after
+        `after`, in name order, queued writes applied; and the frontier, the last name the
+        page is complete up to (None: the listing ends there). A page may hold fewer
+        entries (none, when queued removals took them): the next one starts at the
+        frontier. An indexed range read of `limit` rows."""
+        queued = self._queued_entries(ns, path)
+        rows = self._db.query(f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? AND name>? "
+                              "ORDER BY name LIMIT ?", ns, path, after, limit)
+        frontier = rows[-1][0] if len(rows) == limit else None
+        return apply_changes([_entry(r) for r in rows], within(queued, after, frontier)), frontier
+
+    def name_after(self, ns: str, path: str, after: str, skip: int) -> str | None:
+        """The name of the stored entry `skip` places after `after` (1: the next one), or
+        None past the end (a seekdir back to a place no longer remembered)."""
+        row = self._db.query_one("SELECT name FROM entries WHERE ns=? AND dir=? AND name>? "
+                                 "ORDER BY name LIMIT 1 OFFSET ?", ns, path, after, skip - 1)
+        return row[0] if row else None
 
     def files_after(self, ns: str, path: str, after: str, limit: int) -> list[Entry]:
         """The next `limit` stored files of a directory in name order, after `after` (a

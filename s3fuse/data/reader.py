@@ -33,6 +33,10 @@ Loader = Callable[[int, int], bytes]
 BLOCK_SIZE = 8 << 20
 READAHEAD_BLOCKS = 4
 MEMORY_BYTES = 64 << 20
+#: Fetched blocks at most waiting for (or in) a write to the disk cache: a read that
+#: fetches one more waits for the disk (backpressure). Without it a disk slower than S3
+#: queued every block read in memory (304 MiB for a 320 MiB read at 40 MB/s).
+PENDING_WRITES = 6
 #: The kernel sends read-ahead requests concurrently, so they can arrive out of
 #: order: a read this close to where the last one ended still counts as sequential.
 SEQUENTIAL_SLACK = 4 << 20
@@ -71,6 +75,7 @@ class BlockReader:
         self._disk_error_logged = False
         self.disk_full = False
         self._persisting = 0
+        self._write_slots = trio.Semaphore(PENDING_WRITES)
         self.hits = 0  # blocks served from memory or disk
         self.misses = 0  # blocks fetched from S3
         self._persisted = trio.Event()
@@ -135,7 +140,9 @@ class BlockReader:
         if data is None:
             self.misses += 1
             fetched = await self._fetch(ref, index, loader)
-            self._background.spawn(self._persist, bid, fetched, kind=CACHE_WRITE)
+            await self._write_slots.acquire()  # released once written (or not: disk full)
+            if not self._background.spawn(self._persist, bid, fetched, kind=CACHE_WRITE):
+                self._write_slots.release()
             data = memoryview(fetched)
         else:
             self.hits += 1
@@ -176,6 +183,7 @@ class BlockReader:
                 log.warning("cannot write to the block cache (%s): serving reads uncached",
                             getattr(exc, "strerror", None) or exc)
         finally:
+            self._write_slots.release()
             self._persisting -= 1
             if not self._persisting:
                 self._persisted.set()

@@ -22,7 +22,7 @@ from ..errors import NotADirectory, NotFound
 from ..model import Entry, Ref
 from ..names import join
 from ..tree.contract import AttrChanges, Namespace
-from ..tree.root import ControlPlane, MountRoot, RootTree
+from ..tree.root import ROOT_HIDDEN_BITS, ControlPlane, MountRoot, RootTree
 from .boundary import fuse_handler
 from .handles import HandleTable
 from .inodes import ROOT_INODE, InodeTable, Node
@@ -37,6 +37,11 @@ CACHED = "user.s3fuse.cached"
 PINNED = "user.s3fuse.pinned"
 STATE_XATTRS = (CACHED, PINNED)
 HANDLE_OPS = frozenset({"readdir", "releasedir", "read", "release", "flush", "write", "fsync"})
+
+
+def caller(ctx: Any) -> int | None:
+    """The uid of the process behind a request (None when called without a context)."""
+    return None if ctx is None else ctx.uid
 
 
 def utf8_name(name: bytes) -> str | None:
@@ -149,6 +154,8 @@ class S3Operations(pyfuse3.Operations):
 
     def _mode(self, node: Node) -> int:
         strip = 0 if self._ns(node).writable else 0o222
+        if node.is_root:
+            strip |= ROOT_HIDDEN_BITS
         if node.is_dir:
             return stat.S_IFDIR | (self.cfg.dir_mode & ~strip)
         return stat.S_IFREG | (self.cfg.file_mode & ~strip)
@@ -300,6 +307,8 @@ class S3Operations(pyfuse3.Operations):
         key = os.fsdecode(name)
         if not key.startswith("user."):  # security.*, system.posix_acl_*: asked per file by ls
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if node.is_root:  # the control plane: who asks matters
+            return await self.top.control_get(key, caller(ctx))
         ns = self._ns(node)
         if key in STATE_XATTRS and not node.is_dir:
             state = await ns.cached(node.ref) if key == CACHED else ns.pinned(node.ref)
@@ -317,6 +326,9 @@ class S3Operations(pyfuse3.Operations):
     @fuse_handler("setxattr")
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
         node = self._node(inode)
+        if node.is_root:  # the control plane: who asks matters
+            await self.top.control_set(os.fsdecode(name), value, caller(ctx))
+            return
         await self._ns(node).setxattr(node.ref, os.fsdecode(name), value)
 
     @fuse_handler("removexattr")

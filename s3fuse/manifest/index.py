@@ -120,6 +120,15 @@ class ManifestIndex:
         row = self._db.query_one("SELECT v FROM info WHERE k=?", key)
         return row[0] if row else None
 
+    def set_info(self, values: dict[str, str | None]) -> None:
+        """Set (None: delete) info keys, committed at once. Blocking: a worker thread's."""
+        with self._db.bulk() as db:
+            for key, value in values.items():
+                if value is None:
+                    db.execute("DELETE FROM info WHERE k=?", (key,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO info VALUES (?, ?)", (key, value))
+
     # ------------------------------------------------------------ queries
 
     def node(self, node_id: int) -> Node | None:
@@ -199,7 +208,7 @@ class ManifestIndex:
         gen = int(self.info("gen") or 0)
         with self._db.bulk() as db:
             db.execute("DELETE FROM nodes WHERE shard=?", (shard_id,))
-            dirs: dict[str, int] = {"": shard_id}
+            dirs: dict[tuple[int, str], int] = {}
             count = 0
             for path, offset, size, entry_id, meta in members:
                 parts = path.split("/")
@@ -215,19 +224,20 @@ class ManifestIndex:
         return count
 
 
-def _member_dirs(db: sqlite3.Connection, dirs: dict[str, int], parts: list[str], shard_id: int,
-                 gen: int) -> int:
-    path = ""
+def _member_dirs(db: sqlite3.Connection, dirs: dict[tuple[int, str], int], parts: list[str],
+                 shard_id: int, gen: int) -> int:
+    """The directory rows of a member's path, created once. Known directories are keyed by
+    (parent id, name), not by their path: memory stays linear in the path's length (a
+    path's every prefix as a string would be quadratic: 199 MiB for 50 deep members)."""
     parent = shard_id
     for part in parts:
-        path = f"{path}/{part}" if path else part
-        known = dirs.get(path)
+        known = dirs.get((parent, part))
         if known is None:
             cur = db.execute(
                 "INSERT INTO nodes (parent, name, kind, shard, gen) VALUES (?,?,?,?,?) "
                 "ON CONFLICT(parent, name) DO UPDATE SET kind=excluded.kind RETURNING id",
                 (parent, part, DIR, shard_id, gen))
-            known = dirs[path] = cur.fetchone()[0]
+            known = dirs[parent, part] = cur.fetchone()[0]
         parent = known
     return parent
 
@@ -236,30 +246,38 @@ class IndexWriter:
     """One ingestion pass: upserts entries in order, then drops what was not seen again."""
 
     BATCH = 10_000
+    #: Conflicting paths kept for the summary line; the rest are only counted.
+    CONFLICTS_KEPT = 5
 
     def __init__(self, index: ManifestIndex):
         self.index = index
         self.gen = int(index.info("gen") or 0) + 1
-        self._dirs: dict[str, int] = {"": ROOT_ID}
+        # Directories of this pass by (parent id, name): linear in what was seen, where
+        # keying them by path kept every prefix of every path (quadratic in its depth).
+        self._dirs: dict[tuple[int, str], int] = {}
         self._pending = 0
         self.entries = 0
         self.conflicts: list[str] = []
+        self.conflict_count = 0
         self.db = db = index._connect()  # its own connection: readers are never blocked
         db.execute("BEGIN IMMEDIATE")
         db.execute("UPDATE nodes SET gen=? WHERE id=?", (self.gen, ROOT_ID))
 
-    def _dir(self, parts: list[str]) -> int | None:
-        path = ""
+    def _conflict(self, parts: list[str]) -> None:
+        self.conflict_count += 1
+        if len(self.conflicts) < self.CONFLICTS_KEPT:
+            self.conflicts.append("/".join(parts))
+
+    def _dir(self, parts: list[str]) -> int:
         parent = ROOT_ID
         db = self.db
-        for part in parts:
-            path = f"{path}/{part}" if path else part
-            known = self._dirs.get(path)
+        for depth, part in enumerate(parts):
+            known = self._dirs.get((parent, part))
             if known is None:
                 row = db.execute("SELECT id, kind, gen FROM nodes WHERE parent=? AND name=?",
                                  (parent, part)).fetchone()
                 if row is not None and row[1] == FILE and row[2] == self.gen:
-                    self.conflicts.append(path)  # a file of this pass: the directory wins
+                    self._conflict(parts[:depth + 1])  # a file of this pass: the directory wins
                 if row is not None and row[1] in (DIR, SHARD) and row[2] == self.gen:
                     known = row[0]
                 else:
@@ -268,15 +286,24 @@ class IndexWriter:
                         "VALUES (?,?,?,?,NULL,NULL,NULL,NULL,NULL) ON CONFLICT(parent, name) DO UPDATE "
                         "SET kind=?, gen=excluded.gen, size=NULL, key=NULL, etag=NULL RETURNING id",
                         (parent, part, DIR, self.gen, DIR)).fetchone()[0]
-                self._dirs[path] = known
+                self._dirs[parent, part] = known
             parent = known
         return parent
 
+    def _known_dir(self, parts: list[str]) -> bool:
+        """Is `parts` a directory of this pass already? (creates nothing)"""
+        parent = ROOT_ID
+        for part in parts:
+            known = self._dirs.get((parent, part))
+            if known is None:
+                return False
+            parent = known
+        return True
+
     def add_file(self, parts: list[str], key: str, size: int | None, etag: str | None,
                  entry_id: str | None, meta: str | None) -> bool:
-        path = "/".join(parts)
-        if path in self._dirs:
-            self.conflicts.append(path)
+        if self._known_dir(parts):
+            self._conflict(parts)
             return False
         parent = self._dir(parts[:-1])
         self.db.execute(

@@ -3,20 +3,49 @@
 Runs in a worker thread. The manifest is streamed in chunks and parsed line by
 line, so a million-entry manifest never exists in memory at once. Refs resolve
 depth-first, in order, with a visited set against cycles; a missing ref, a cycle,
-a bad line or an unusable path is logged and skipped while the rest is served.
+a bad line or an unusable path is skipped while the rest is served.
+
+A manifest is hostile input: no entry may cost more than its own size, nor stop the
+build. A path over 4096 bytes is refused before it is split, an entry the index cannot
+store (a size over 2**63, text that is not UTF-8) is skipped, and the skipped lines of
+one manifest are reported as one summary line, not one line each.
 """
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass
 
 from ..errors import NotFound
 from ..store.protocol import Store
-from ..names import path_parts
+from ..names import MAX_PATH_BYTES, path_parts
+from ..util.oncelog import Tally, example
 from .index import IndexWriter, ManifestIndex, compact_json, hidden, relative_path
-from .parse import FileItem, RefItem, ShardItem, parse_lines, split_lines
+from .parse import FileItem, Item, RefItem, parse_numbered, split_lines
 
 log = logging.getLogger(__name__)
+
+
+#: What a hostile entry may make the index refuse: a number over SQLite's 64 bits
+#: (OverflowError), a lone surrogate from a JSON escape (UnicodeEncodeError), a value
+#: SQLite will not take. The entry is skipped; errors of the disk or the store are not.
+_ENTRY_ERRORS = (OverflowError, UnicodeEncodeError, ValueError, RecursionError,
+                 sqlite3.DataError, sqlite3.InterfaceError)
+
+
+def _storable(*values: str | int | None) -> None:
+    """Raise what SQLite would raise half way through an entry, before anything is
+    written: a lone surrogate (from a JSON escape) or an integer over 64 bits."""
+    for value in values:
+        if isinstance(value, str):
+            value.encode("utf-8")
+        elif isinstance(value, int) and value >= 1 << 63:
+            raise OverflowError("integer over 64 bits")
+
+
+def _too_long(text: str) -> bool:
+    """Over MAX_PATH_BYTES in UTF-8? Checked before anything splits or matches it."""
+    return len(text) > MAX_PATH_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES
 
 
 @dataclass(frozen=True)
@@ -44,9 +73,10 @@ class Ingestion:
         except BaseException:
             writer.abort()
             raise
-        for path in writer.conflicts[:100]:
-            log.info("manifest s3://%s/%s: %r is both a file and a directory: the directory wins",
-                     self.bucket, root_key, path)
+        if writer.conflict_count:
+            log.info("manifest s3://%s/%s: %d paths are both a file and a directory, the directory "
+                     "wins (first: %s)", self.bucket, root_key, writer.conflict_count,
+                     ", ".join(example(p) for p in writer.conflicts))
         return writer.entries
 
     def _visit(self, writer: IndexWriter, key: str, depth: int) -> None:
@@ -70,30 +100,42 @@ class Ingestion:
                       self.limits.max_manifest_bytes)
             return
         chunks = self.store.iter_chunks(self.bucket, key, info.etag, info.size, self.limits.chunk_bytes)
-        for item in parse_lines(split_lines(chunks, self.limits.max_line_bytes, uri), uri):
-            if isinstance(item, RefItem):
-                self._visit(writer, item.key, depth + 1)
-            elif isinstance(item, FileItem):
-                self._add_file(writer, item, uri)
-            elif isinstance(item, ShardItem):
-                self._add_shard(writer, item, uri)
+        skips = Tally()
+        try:
+            lines = split_lines(chunks, self.limits.max_line_bytes, uri, skips)
+            for number, item in parse_numbered(lines, uri, skips):
+                try:
+                    reason = self._add(writer, item, depth)
+                except _ENTRY_ERRORS as exc:
+                    reason = f"an entry the index cannot store ({type(exc).__name__})"
+                if reason:
+                    skips.add(f"line {number}: {reason}")
+        finally:
+            skips.emit(log, logging.WARNING, f"manifest {uri}", "line")
 
-    def _parts(self, key: str, uri: str) -> list[str] | None:
+    def _add(self, writer: IndexWriter, item: Item, depth: int) -> str | None:
+        """Index one item (a ref: visit it); why it was skipped, if it was."""
+        if isinstance(item, RefItem):
+            if _too_long(item.key):
+                return f"manifest_ref key over {MAX_PATH_BYTES} bytes"
+            self._visit(writer, item.key, depth + 1)
+            return None
+        key = item.key if isinstance(item, FileItem) else item.archive_key
+        if _too_long(key):
+            return f"key over {MAX_PATH_BYTES} bytes"
         path = relative_path(key, self.base)
         if hidden(path):
             return None
         parts = path_parts(path)
         if parts is None:
-            log.warning("%s: entry %r is not a valid POSIX path: skipped", uri, key)
-        return parts
-
-    def _add_file(self, writer: IndexWriter, item: FileItem, uri: str) -> None:
-        parts = self._parts(item.key, uri)
-        if parts:
-            writer.add_file(parts, item.key, item.size, item.etag, item.id, compact_json(item.meta))
-
-    def _add_shard(self, writer: IndexWriter, item: ShardItem, uri: str) -> None:
-        parts = self._parts(item.archive_key, uri)
-        if parts:
+            return f"{example(key)} is not a valid POSIX path"
+        meta = compact_json(item.meta)
+        if isinstance(item, FileItem):
+            _storable(item.key, item.size, item.etag, item.id, meta)
+            writer.add_file(parts, item.key, item.size, item.etag, item.id, meta)
+        else:
+            _storable(item.archive_key, item.format, item.compression, item.internal_manifest_path,
+                      item.count, item.size, meta)
             writer.add_shard(parts, item.archive_key, item.format, item.compression,
-                             item.internal_manifest_path, item.count, item.size, compact_json(item.meta))
+                             item.internal_manifest_path, item.count, item.size, meta)
+        return None

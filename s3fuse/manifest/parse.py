@@ -4,14 +4,19 @@
 needs `key`. Unknown extra fields are kept; optional fields may be null. Shard
 defaults: missing `format` -> tar, missing `internal_manifest_path` ->
 `__manifest__.jsonl`, missing `compression` -> gzip, explicit null -> none.
-A bad line is reported with its number and skipped; the rest is served.
+A bad line is skipped and counted; the rest is served. The bad lines of one
+manifest make one summary line (their count, the first few numbers and reasons):
+a hostile manifest of a million bad lines must not write a million log lines.
 """
 from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Union
+
+from ..util.oncelog import Tally
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +104,39 @@ def _id(obj: dict[str, Any]) -> str | None:
     return None if value is None else str(value)
 
 
-def parse_lines(lines: Iterable[bytes], source: str) -> Iterator[Item]:
-    """Items of a manifest, skipping (and logging) malformed lines by number."""
-    for number, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            yield parse_item(json.loads(line))
-        except (BadLine, ValueError, UnicodeDecodeError, RecursionError) as exc:
-            log.warning("%s line %d skipped: %s", source, number, _reason(exc))
+@contextmanager
+def _tallied(skips: Tally | None, source: str) -> Iterator[Tally]:
+    """The caller's tally, or one of our own that is logged when the lines end."""
+    if skips is not None:
+        yield skips
+        return
+    own = Tally()
+    try:
+        yield own
+    finally:
+        own.emit(log, logging.WARNING, source, "line")
+
+
+def parse_lines(lines: Iterable[bytes], source: str, skips: Tally | None = None) -> Iterator[Item]:
+    """Items of a manifest, skipping malformed lines: counted in `skips` by number (else
+    logged as one summary line at the end)."""
+    for _number, item in parse_numbered(lines, source, skips):
+        yield item
+
+
+def parse_numbered(lines: Iterable[bytes], source: str,
+                   skips: Tally | None = None) -> Iterator[tuple[int, Item]]:
+    """(line number, item) of a manifest, as parse_lines: a caller that skips an item
+    later can still say which line it was."""
+    with _tallied(skips, source) as tally:
+        for number, raw in enumerate(lines, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                yield number, parse_item(json.loads(line))
+            except (BadLine, ValueError, UnicodeDecodeError, RecursionError) as exc:
+                tally.add(f"line {number}: {_reason(exc)}")
 
 
 def _reason(exc: Exception) -> str:
@@ -117,8 +145,14 @@ def _reason(exc: Exception) -> str:
     return "not valid JSON"
 
 
-def split_lines(chunks: Iterable[bytes], max_line: int, source: str) -> Iterator[bytes]:
-    """Lines of a streamed object; a line longer than `max_line` is dropped (logged)."""
+def split_lines(chunks: Iterable[bytes], max_line: int, source: str,
+                skips: Tally | None = None) -> Iterator[bytes]:
+    """Lines of a streamed object; a line longer than `max_line` is dropped (counted)."""
+    with _tallied(skips, source) as tally:
+        yield from _split(chunks, max_line, tally)
+
+
+def _split(chunks: Iterable[bytes], max_line: int, skips: Tally) -> Iterator[bytes]:
     pending = bytearray()
     skipping = False
     number = 0
@@ -135,7 +169,7 @@ def split_lines(chunks: Iterable[bytes], max_line: int, source: str) -> Iterator
                 break
             number += 1
             if skipping or len(pending) + end - start > max_line:
-                log.warning("%s line %d skipped: longer than %d bytes", source, number, max_line)
+                skips.add(f"line {number}: longer than {max_line} bytes")
                 skipping = False
                 yield b""  # keeps the line numbers of what follows right
             else:
@@ -144,6 +178,6 @@ def split_lines(chunks: Iterable[bytes], max_line: int, source: str) -> Iterator
             pending.clear()
             start = end + 1
     if skipping:
-        log.warning("%s line %d skipped: longer than %d bytes", source, number + 1, max_line)
+        skips.add(f"line {number + 1}: longer than {max_line} bytes")
     elif pending:
         yield bytes(pending)

@@ -13,6 +13,7 @@ error, prefix)` makes the next calls of an operation ("PutObject", "*" for any) 
 under a prefix fail with a transient (503 SlowDown), permanent (403 AccessDenied) or
 offline error, or any error a factory makes; `latency` delays every call;
 `reachable = False` takes S3 away until it is set back (the probe then succeeds);
+`replace` is another client's write, made whatever the link says;
 `conditions` = "ignore" answers like servers that ignore conditional headers,
 "refuse" like servers that answer them 501 NotImplemented.
 
@@ -116,6 +117,11 @@ class MemoryStore:
         """Every key of the bucket and its bytes (for assertions)."""
         with self._lock:
             return {key: obj.data for key, obj in self._buckets[bucket].items()}
+
+    def replace(self, bucket: str, key: str, data: bytes) -> str:
+        """Another client writes `key` (whatever the link and faults say); returns its ETag."""
+        with self._lock:
+            return self._store(bucket, key, data, _md5(data).hexdigest(), None)
 
     def fail(self, operation: str, times: int = 1, error: str | ErrorFactory = "transient",
              prefix: str = "") -> None:

@@ -4,7 +4,9 @@ Entries appear at their key relative to the manifest's parent prefix (else at th
 full key); a shard is a directory named as its archive whose members are indexed
 on first use. Node refs are index rowids, so inodes are computed, stable across
 remounts and cost no memory. The root manifest is revalidated by ETag after the
-metadata TTL and re-ingested when it changed (append_parts).
+metadata TTL and re-ingested when it changed (append_parts). A build that failed, or
+that the daemon died during, is retried for the same root ETag only after a backoff
+(manifest/attempts.py): a hostile manifest never makes a rebuild or restart loop.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..config import ManifestSpec
 from ..data.reader import BlockReader
 from ..model import Entry, ObjectRef
 from ..errors import IsADirectory, NotADirectory, NotFound, Offline
+from ..manifest.attempts import BuildGuard
 from ..manifest.index import FILE, MEMBER, ROOT_ID, SHARD, ManifestIndex, Node
 from ..manifest.ingest import IngestLimits, Ingestion
 from ..store.s3 import S3Store
@@ -61,6 +64,7 @@ class ManifestTree(ReadOnlyNamespace):
         self.base = spec.key.rsplit("/", 1)[0] + "/" if "/" in spec.key else ""
         digest = hashlib.sha256(f"{spec.bucket}\0{spec.key}".encode()).hexdigest()[:32]
         self.index = ManifestIndex(index_dir / f"{digest}.sqlite")
+        self.builds = BuildGuard(self.index, spec.uri)
         self._limiter = limiter
         self._limits = limits
         self._shards = shards
@@ -94,11 +98,15 @@ class ManifestTree(ReadOnlyNamespace):
         if info.etag != self.index.info("root_etag"):
             began = time.monotonic()
             ingestion = Ingestion(self.store, self.spec.bucket, self.base, self._limits)
-            count = await trio.to_thread.run_sync(ingestion.run, self.index, self.spec.key, info.etag,
-                                                  info.mtime_ns, limiter=self._limiter)
-            self._mtime_ns = info.mtime_ns
-            log.info("indexed manifest %s: %d entries in %.1fs", self.spec.uri, count,
-                     time.monotonic() - began)
+
+            def build() -> int:
+                return ingestion.run(self.index, self.spec.key, info.etag, info.mtime_ns)
+            count = await trio.to_thread.run_sync(self.builds.run, info.etag, build,
+                                                  limiter=self._limiter)
+            if count is not None:
+                self._mtime_ns = info.mtime_ns
+                log.info("indexed manifest %s: %d entries in %.1fs", self.spec.uri, count,
+                         time.monotonic() - began)
         self._checked = time.monotonic()
 
     # ------------------------------------------------------------ nodes

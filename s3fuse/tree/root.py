@@ -3,7 +3,8 @@
 Namespaces get a small index, stable for the life of the mount, which the inode
 table uses to address (namespace, path) pairs. The mount's top directory is a
 namespace too (MountRoot): its refs are those indexes, it takes no changes, and
-its own attributes are the control plane.
+its own attributes are the control plane, which needs to know who asks (the caller's
+uid, from the FUSE request): `control_get`/`control_set` carry it.
 """
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ from .sources import SnapshotDir
 log = logging.getLogger(__name__)
 
 ROOT_NS = "root"
+#: Write bits the mount root never shows: the root takes no entries (EPERM) and only its
+#: owner may set control attributes, so write permission for group and others would only
+#: invite them to try. The owner's bit stays, also on a read-only mount: the kernel checks
+#: it before the owner's `s3fuse pin` (a read-only mount is the usual one to pin).
+ROOT_HIDDEN_BITS = 0o022
 
 
 class RootTree:
@@ -120,9 +126,9 @@ class ControlPlane(Protocol):
 
     def names(self) -> list[str]: ...
 
-    async def get(self, name: str) -> bytes: ...
+    async def get(self, name: str, caller: int | None) -> bytes: ...
 
-    async def set(self, name: str, value: bytes) -> None: ...
+    async def set(self, name: str, value: bytes, caller: int | None) -> None: ...
 
 
 class MountRoot(ReadOnlyNamespace):
@@ -132,7 +138,8 @@ class MountRoot(ReadOnlyNamespace):
 
     name = ""
     root: Ref = ""
-    #: Shows write bits: the owner must be able to set the control attributes (pin, unpin).
+    #: Shows the owner's write bit (less ROOT_HIDDEN_BITS): the owner must be able to set
+    #: the control attributes (pin, unpin), also on a read-only mount.
     writable = True
 
     def __init__(self, tree: RootTree, control: ControlPlane | None = None):
@@ -173,14 +180,22 @@ class MountRoot(ReadOnlyNamespace):
         return {}
 
     async def getxattr(self, ref: Ref, name: str) -> bytes:
-        if self.control is None or name not in self.control.names():
-            raise NoAttribute(name)
-        return await self.control.get(name)
+        return await self.control_get(name, None)  # nobody known asks: a reader's view
 
     async def listxattr(self, ref: Ref) -> list[str]:
         return [] if self.control is None else self.control.names()
 
     async def setxattr(self, ref: Ref, name: str, value: bytes) -> None:
+        await self.control_set(name, value, None)  # nobody known asks: refused
+
+    async def control_get(self, name: str, caller: int | None) -> bytes:
+        """Control attribute `name` as the user `caller` (a uid) may see it."""
+        if self.control is None or name not in self.control.names():
+            raise NoAttribute(name)
+        return await self.control.get(name, caller)
+
+    async def control_set(self, name: str, value: bytes, caller: int | None) -> None:
+        """Set control attribute `name` on behalf of the user `caller` (a uid)."""
         if self.control is None or name not in self.control.names():
             raise self.refusal(name)
-        await self.control.set(name, value)
+        await self.control.set(name, value, caller)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..archive.index import ArchiveIndex, build_index, iter_decompressed, read_member
+from ..archive.index import DEFAULT_SPACING, ArchiveIndex, build_index, iter_decompressed, read_member
 from ..archive.limits import ArchiveError, Limits
 from ..archive.tar import Member
 from ..data.reader import BlockReader, ReadState
@@ -27,7 +27,7 @@ from ..errors import CorruptData, NotFound, StaleObject
 from ..manifest.index import Node, compact_json
 from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
-from ..util.oncelog import OnceLogger
+from ..util.oncelog import example
 from .contract import FileHandle
 from .sources import ObjectSource
 
@@ -42,6 +42,16 @@ OPEN_GZIP_INDEXES = 16
 #: member lookup and open asks for it, and reading the row with its seek-point blob (MiBs)
 #: on the trio thread cost milliseconds each time.
 SHARD_ROWS = 1024
+#: A restored gzip reader holds a 32 KiB window per seek point (one per DEFAULT_SPACING
+#: of the tar): 16 MiB for a 1 GiB shard, 1 GiB at max_total_bytes. The open readers
+#: together are kept under this (the one in use always stays).
+OPEN_GZIP_WINDOW_BYTES = 256 << 20
+GZIP_WINDOW = 32 << 10
+
+
+def gzip_window_bytes(index: ArchiveIndex) -> int:
+    """What restoring `index`'s seek points costs in memory (estimated from its size)."""
+    return ((index.uncompressed_size or 0) // DEFAULT_SPACING + 1) * GZIP_WINDOW
 
 
 class ReaderSource:
@@ -77,6 +87,17 @@ def internal_entries(data: bytes) -> dict[str, tuple[str | None, str | None]]:
     return found
 
 
+def report_skipped(uri: str, index: ArchiveIndex, shown: int = 5) -> None:
+    """One line for the members of an archive that are not shown: their count and the
+    first few (names cut and escaped). One line per member let a hostile archive of
+    100k long names flood the log."""
+    if not index.skipped_count:
+        return
+    first = ", ".join(f"{example(name)} ({reason})" for name, reason in index.skipped[:shown])
+    more = ", ..." if index.skipped_count > shown else ""
+    log.warning("shard %s: %d members not shown (first: %s%s)", uri, index.skipped_count, first, more)
+
+
 class ShardService:
     def __init__(self, store: S3Store, reader: BlockReader, *, ttl: float,
                  limits: Limits = Limits(), concurrency: int = 2):
@@ -87,7 +108,6 @@ class ShardService:
         self._limiter = trio.CapacityLimiter(concurrency)
         self._reads = trio.CapacityLimiter(4)  # seek points read back: apart from indexing
         self._flight: SingleFlight[None] = SingleFlight()
-        self._once = OnceLogger(log)
         self._gzip: OrderedDict[tuple[str, str], ArchiveIndex] = OrderedDict()  # restored seek points
         self._rows: OrderedDict[tuple[Any, int], tuple[dict[str, Any], float]] = OrderedDict()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
@@ -141,8 +161,7 @@ class ShardService:
             log.warning("shard archive %s is unusable (%s): its directory is empty", uri, exc)
             tree.index.fail_shard(node.id, str(exc), time.time())
             return
-        for name, reason in index.skipped:
-            self._once.warning(f"{uri}#{name}", "shard %s: member %r not shown (%s)", uri, name, reason)
+        report_skipped(uri, index)
         internal = shard["internal"]
         described = await self._internal_manifest(source, index, internal, uri)
         rows = [(m.path, m.offset, m.size, *described.get(m.path, (None, None)))
@@ -226,9 +245,11 @@ class ShardService:
             index = self._gzip[cache_key] = ArchiveIndex(
                 format="gzip", members=[], skipped=[], gzip_index=full["gzip_index"],
                 uncompressed_size=full["usize"])
-            while len(self._gzip) > OPEN_GZIP_INDEXES:  # each holds its points' 32 KiB windows
-                self._gzip.popitem(last=False)
         self._gzip.move_to_end(cache_key)
+        while len(self._gzip) > 1 and (
+                len(self._gzip) > OPEN_GZIP_INDEXES
+                or sum(map(gzip_window_bytes, self._gzip.values())) > OPEN_GZIP_WINDOW_BYTES):
+            self._gzip.popitem(last=False)
         return index
 
     @staticmethod

@@ -2,13 +2,12 @@
 
 One job: serve what a namespace opened, so each namespace does not write its own.
 ObjectSource reads one version of an S3 object (or a virtual one, through a loader)
-via the block reader; SnapshotDir and EntriesDir serve a directory listing taken at
-opendir, with readdir offsets that index the snapshot and so stay stable.
+via the block reader; SnapshotDir serves a small directory listing taken at opendir,
+with readdir offsets that index the snapshot and so stay stable.
 """
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
 from typing import Callable, Sequence
 
 from ..data.reader import BlockReader, Loader, ReadState
@@ -17,48 +16,18 @@ from ..model import Entry, ObjectRef, Ref
 log = logging.getLogger(__name__)
 
 
-class _Snapshot(ABC):
-    """Pages of a listing taken at opendir: offsets index the snapshot, so they stay
-    stable however the remote side changes while the directory is being read."""
-
-    @abstractmethod
-    def __len__(self) -> int: ...
-
-    @abstractmethod
-    def _item(self, index: int) -> tuple[Ref, Entry]: ...
-
-    async def page(self, start: int, limit: int) -> list[tuple[int, Ref, Entry]]:
-        end = min(start + limit, len(self))
-        return [(i + 1, *self._item(i)) for i in range(start, end)]
-
-
-class SnapshotDir(_Snapshot):
-    """A directory listing taken at opendir, as (ref, entry) pairs."""
+class SnapshotDir:
+    """A directory listing taken at opendir, as (ref, entry) pairs: offsets index the
+    snapshot, so they stay stable however the remote side changes while it is read.
+    For small listings only (the root's names, a test's): a bucket directory is paged
+    from the store instead (tree/bucket/paged.py)."""
 
     def __init__(self, items: Sequence[tuple[Ref, Entry]]):
         self._items = items
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def _item(self, index: int) -> tuple[Ref, Entry]:
-        return self._items[index]
-
-
-class EntriesDir(_Snapshot):
-    """A directory listing taken at opendir, as entries whose refs are made page by page
-    as readdir asks: a 200,000-entry directory costs no ref per entry up front."""
-
-    def __init__(self, entries: Sequence[Entry], ref_of: Callable[[Entry], Ref]):
-        self._entries = entries
-        self._ref_of = ref_of
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _item(self, index: int) -> tuple[Ref, Entry]:
-        entry = self._entries[index]
-        return self._ref_of(entry), entry
+    async def page(self, start: int, limit: int) -> list[tuple[int, Ref, Entry]]:
+        end = min(start + limit, len(self._items))
+        return [(i + 1, *self._items[i]) for i in range(start, end)]
 
 
 class ObjectSource:

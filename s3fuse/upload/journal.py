@@ -19,7 +19,9 @@ A job row is
 
 and carries the condition the upload must meet: the ETag the writer saw when it
 opened the file (`If-Match`), `None` for "did not exist" (`If-None-Match: *`), or
-UNKNOWN (unconditional).
+UNKNOWN (unconditional). A removal carries one too: the ETag the user saw when removing
+the key, so that a newer version written meanwhile by someone else survives (it is then
+kept, and the event recorded in `conflicts` with the kind "kept-remote").
 
 Versions of one key: only the last closed version is uploaded, and never an older one
 after a newer one. Enqueueing a key supersedes its older queued or failed rows (they
@@ -28,7 +30,9 @@ newer row); an older row being uploaded finishes first (`claim` skips a key whil
 of its rows is uploading). A newer version is based on the older pending one (the
 reader saw the pending local bytes), so it inherits the older row's condition; when
 the older one is uploaded, the newer rows of the key are rewritten to `If-Match` the
-ETag it produced.
+ETag it produced. A removal superseding a pending version inherits its condition the
+same way (removing a new file never uploaded is then conditional on "did not exist":
+nothing to remove, and nobody else's object under that name is touched).
 
 A row that was ever claimed (`sent`) may be in S3 already (its answer lost to a crash
 or a network error), so it is never superseded unless it failed for good: it is
@@ -41,9 +45,18 @@ Staging files of finished or superseded rows are listed in a trash table in the 
 transaction, and deleted by the caller after a durable `mark_synced` forgot them, so a
 staging file that no row nor trash entry names was never submitted.
 
+The condition probe's scratch keys (conditions.py) are recorded the same way before they
+are written and deleted at the next start if a crash left them.
+
 Multipart uploads are recorded before they are created (`multipart_begin`), with their
 UploadId once known, and forgotten once completed or aborted: whatever is left after a
-crash is aborted at the next start.
+crash is aborted at the next start. Only recorded UploadIds are ever aborted: a record
+whose UploadId never arrived (a crash between the request and its answer) is dropped,
+never resolved by listing the key's uploads, which may be another client's.
+
+Conflicts (the last KEEP_CONFLICTS) are events shown by `s3fuse status`: "copy" (the
+local bytes went to a conflict copy beside the key) or "kept-remote" (a removal was
+dropped because the key held a newer version than the one the user removed).
 
 Stored through s3fuse/db.py (schema version, migrations of older journals, disk full as
 ENOSPC). Thread-safe; every method blocks on disk I/O: call it from a worker thread.
@@ -105,6 +118,8 @@ CREATE TABLE IF NOT EXISTS conflicts (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL,
     conflict_key TEXT NOT NULL);
 """
+#: conflicts.kind: the local bytes went to a conflict copy, or a removal was dropped.
+COPY, KEPT_REMOTE = "copy", "kept-remote"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +166,15 @@ def _version_1(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE jobs ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
 
 
-SCHEMA = Schema("upload journal", (_version_1,),
+def _version_2(db: sqlite3.Connection) -> None:
+    """Conflicts get a kind: removals dropped for a newer remote version are events too;
+    scratch keys of the condition probe are recorded (deleted at the next start)."""
+    db.execute(f"ALTER TABLE conflicts ADD COLUMN kind TEXT NOT NULL DEFAULT '{COPY}'")
+    db.execute("CREATE TABLE probes (bucket TEXT NOT NULL, key TEXT NOT NULL, "
+               "PRIMARY KEY (bucket, key))")
+
+
+SCHEMA = Schema("upload journal", (_version_1, _version_2),
                 unreadable_hint="it may hold queued uploads; move it aside to start without them")
 
 
@@ -177,14 +200,13 @@ class Journal:
         """Journal a closed file, or with op="delete" (staging_id "", size 0) the removal
         of a key; returns the job id. Without `crc32` the staging file must already be
         fsynced, and the row is durable at once; with it (the CRC-32 of the staged bytes,
-        not fsynced yet) the row waits for `mark_synced`, like a delete."""
+        not fsynced yet) the row waits for `mark_synced`, like a delete. A delete's
+        `expected` is the ETag the user saw (see the top)."""
         durable = op == "put" and crc32 is None
         with self._tx(durable) as db:
             older = db.execute("SELECT id, state, cond, etag, sent FROM jobs WHERE bucket = ? "
                                "AND key = ? ORDER BY id", (bucket, key)).fetchall()
             cond, etag = (older[-1]["cond"], older[-1]["etag"]) if older else _encode(expected)
-            if op == "delete":
-                cond, etag = "any", None
             job_id = int(db.execute(
                 "INSERT INTO jobs (bucket, key, op, staging_id, size, cond, etag, created, synced, "
                 "crc32) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -243,8 +265,10 @@ class Journal:
         due = rows[0]["due"]
         return None if due is None else float(due)
 
-    def done(self, job_id: int, etag: str, conflict_key: str | None = None) -> None:
-        """The job's bytes are in S3 (at `conflict_key` when the key had changed)."""
+    def done(self, job_id: int, etag: str, conflict_key: str | None = None, *,
+             kept_remote: bool = False) -> None:
+        """The job's bytes are in S3 (at `conflict_key` when the key had changed), or with
+        `kept_remote` a removal was dropped: the key holds a newer version (ETag `etag`)."""
         with self._tx() as db:
             row = db.execute("SELECT bucket, key, op, staging_id FROM jobs WHERE id = ?",
                              (job_id,)).fetchone()
@@ -254,17 +278,24 @@ class Journal:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             self._to_trash(db, row["staging_id"])
             db.execute("DELETE FROM replaced WHERE new_id = ?", (job_id,))
-            if row["op"] == "delete":  # newer versions were written after the removal
+            if kept_remote:  # newer versions still expect what the user removed: conflicts
+                self._conflict(db, bucket, key, "", KEPT_REMOTE)
+            elif row["op"] == "delete":  # newer versions were written after the removal
                 db.execute("UPDATE jobs SET cond = 'absent', etag = NULL WHERE bucket = ? "
                            "AND key = ? AND id > ?", (bucket, key, job_id))
             elif conflict_key is None:  # newer versions were based on this one
                 db.execute("UPDATE jobs SET cond = 'match', etag = ? WHERE bucket = ? AND key = ? "
                            "AND id > ?", (etag, bucket, key, job_id))
             else:
-                db.execute("INSERT INTO conflicts (time, bucket, key, conflict_key) "
-                           "VALUES (?, ?, ?, ?)", (time.time(), bucket, key, conflict_key))
-                db.execute("DELETE FROM conflicts WHERE id <= (SELECT MAX(id) FROM conflicts) - ?",
-                           (KEEP_CONFLICTS,))
+                self._conflict(db, bucket, key, conflict_key, COPY)
+
+    @staticmethod
+    def _conflict(db: sqlite3.Connection, bucket: str, key: str, conflict_key: str,
+                  kind: str) -> None:
+        db.execute("INSERT INTO conflicts (time, bucket, key, conflict_key, kind) "
+                   "VALUES (?, ?, ?, ?, ?)", (time.time(), bucket, key, conflict_key, kind))
+        db.execute("DELETE FROM conflicts WHERE id <= (SELECT MAX(id) FROM conflicts) - ?",
+                   (KEEP_CONFLICTS,))
 
     def requeue(self, job_id: int, error: str | None, delay: float, *,
                 counted: bool = True) -> None:
@@ -344,7 +375,7 @@ class Journal:
             retrying = db.execute("SELECT bucket, key, attempts, error FROM jobs WHERE "
                                   "state = 'queued' AND error IS NOT NULL ORDER BY id LIMIT ?",
                                   (REPORT_LIMIT,)).fetchall()
-            conflicts = db.execute("SELECT time, bucket, key, conflict_key FROM conflicts "
+            conflicts = db.execute("SELECT time, bucket, key, conflict_key, kind FROM conflicts "
                                    "ORDER BY id DESC LIMIT ?", (REPORT_LIMIT,)).fetchall()
         return {
             "files": pending["n"], "bytes": pending["bytes"], "uploading": pending["active"] or 0,
@@ -354,7 +385,9 @@ class Journal:
             "retrying": [{"uri": f"s3://{r['bucket']}/{r['key']}", "attempts": r["attempts"],
                           "error": r["error"]} for r in retrying],
             "conflicts": [{"time": r["time"], "uri": f"s3://{r['bucket']}/{r['key']}",
-                           "conflict_uri": f"s3://{r['bucket']}/{r['conflict_key']}"}
+                           "kind": r["kind"],
+                           "conflict_uri": (f"s3://{r['bucket']}/{r['conflict_key']}"
+                                            if r["kind"] == COPY else None)}
                           for r in conflicts],
         }
 
@@ -390,6 +423,22 @@ class Journal:
         rows = self._read("SELECT id, upload_id FROM multipart WHERE bucket = ? AND key = ?",
                           bucket, key)
         return [(r["id"], r["upload_id"]) for r in rows]
+
+    # ------------------------------------------------------------ probe keys
+
+    def probe_begin(self, bucket: str, key: str) -> None:
+        """Record a scratch key of the condition probe about to be written (durably)."""
+        with self._tx(durable=True) as db:
+            db.execute("INSERT OR IGNORE INTO probes (bucket, key) VALUES (?, ?)", (bucket, key))
+
+    def probe_end(self, bucket: str, key: str) -> None:
+        """The scratch key is deleted."""
+        with self._tx() as db:
+            db.execute("DELETE FROM probes WHERE bucket = ? AND key = ?", (bucket, key))
+
+    def probe_keys(self) -> list[tuple[str, str]]:
+        """Scratch keys a crash may have left in S3."""
+        return [(r["bucket"], r["key"]) for r in self._read("SELECT bucket, key FROM probes")]
 
     def multipart_keys(self) -> list[tuple[str, str]]:
         return [(r["bucket"], r["key"])

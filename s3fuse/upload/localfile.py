@@ -261,6 +261,7 @@ class LocalFile:
 
     def _pwrite(self, data: bytes, offset: int) -> int:
         """pwrite, and every WRITEBACK_STEP bytes start writing them to disk (blocking)."""
+        self._staging.claim(len(data))  # ENOSPC at the cache disk's reserve
         written = os.pwrite(self._fd, data, offset)
         end = offset + written
         if end - self._written_back >= WRITEBACK_STEP:
@@ -293,16 +294,18 @@ class LocalFile:
         self._require(*OPEN, named=True)
         self._unlinked = True
 
-    def rename(self, key: str, change: Change, *, staging_id: str | None = None,
-               job: int | None = None) -> None:
-        """The file is `key` now. Its own bytes become a change of the new key (DIRTY); a
-        queued file needs `staging_id`, the queued bytes already submitted as `key` (`job`)."""
+    def rename(self, key: str, change: Change, *, expected: Expected = UNKNOWN,
+               staging_id: str | None = None, job: int | None = None) -> None:
+        """The file is `key` now. Its own bytes become a change of the new key (DIRTY),
+        uploaded on the condition `expected` (what the renamer saw at `key`); a queued file
+        needs `staging_id`, the queued bytes already submitted as `key` (`job`, on that
+        condition: the next versions chain on it)."""
         self._require(*OPEN, named=True)
         if (self._state is State.QUEUED) != (staging_id is not None and job is not None):
             raise IllegalTransition(f"{self!r}: rename to {key!r} needs a submitted staging "
                                     "file exactly when queued")
         self._key = key
-        self._expected = UNKNOWN
+        self._expected = expected if staging_id is None else UNKNOWN
         self._change = change
         if staging_id is not None:
             self._staging_id = staging_id

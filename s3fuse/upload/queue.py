@@ -140,10 +140,11 @@ class UploadQueue:
         self._notify()
         return job_id
 
-    async def delete(self, bucket: str, key: str) -> int:
+    async def delete(self, bucket: str, key: str, expected: Expected = UNKNOWN) -> int:
         """Journal the removal of a key (it replaces pending uploads of the key that have not
-        started; one that has runs first); returns the job id once durable."""
-        job_id = await self._io(self._enqueue_delete, bucket, key)
+        started, and inherits their condition; one that has runs first); `expected` is the
+        ETag the user saw (a newer version in S3 is then kept). Returns the job id."""
+        job_id = await self._io(self._enqueue_delete, bucket, key, expected)
         self._bursts.closed_one()
         self._latest[(bucket, key)] = (job_id, "")
         self.commits.want()
@@ -298,8 +299,8 @@ class UploadQueue:
         crash_point("journalled")
         return job_id
 
-    def _enqueue_delete(self, bucket: str, key: str) -> int:
-        return self.journal.enqueue(bucket, key, "", 0, UNKNOWN, op="delete")
+    def _enqueue_delete(self, bucket: str, key: str, expected: Expected) -> int:
+        return self.journal.enqueue(bucket, key, "", 0, expected, op="delete")
 
     async def make_durable(self) -> None:
         """Run a sync pass now (see groupcommit.py)."""
@@ -328,13 +329,21 @@ class UploadQueue:
             self._stopped.set()
 
     async def _abort_leftovers(self) -> None:
-        """Abort the multipart uploads a crash left behind, before any new upload starts."""
+        """Abort the multipart uploads a crash left behind (recorded ones only) and delete
+        the condition probe's scratch keys it left, before any new upload starts."""
+        if await self._io(self.journal.probe_keys):
+            await self._until_online()
+            try:
+                await trio.to_thread.run_sync(self.uploader.conditions.remove_leftovers,
+                                              limiter=self._uploads)
+            except S3FuseError as exc:  # Offline included: tried again at the next start
+                log.info("scratch keys of the condition probe not deleted yet: %s", exc)
         for bucket, key in await self._io(self.journal.multipart_keys):
             while not self._stopping:
                 await self._until_online()
                 try:
                     await trio.to_thread.run_sync(
-                        functools.partial(self.uploader.abort_leftovers, bucket, key, thorough=True),
+                        functools.partial(self.uploader.abort_leftovers, bucket, key),
                         limiter=self._uploads)
                 except Offline:
                     continue
@@ -414,7 +423,8 @@ class UploadQueue:
             outcome = self._failure(job, exc, permanent=False)
         else:
             crash_point("uploaded")
-            outcome = functools.partial(self.journal.done, job.id, result.etag, result.conflict_key)
+            outcome = functools.partial(self.journal.done, job.id, result.etag, result.conflict_key,
+                                        kept_remote=result.kept_remote)
             if self.keep_uploaded is not None and job.op == "put":
                 await self._io(self._keep, job, result)
         if result is not None:

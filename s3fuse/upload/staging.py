@@ -43,8 +43,17 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
 
 class Staging:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, claim: Callable[[int], None] | None = None):
+        """`claim(n)`: room for n more bytes above the cache disk's free-space reserve, or
+        ENOSPC (BlockCache.claim: evicting cached blocks first)."""
         self.directory = secure_dir(directory)
+        self._claim = claim
+
+    def claim(self, n: int) -> None:
+        """Refuse (ENOSPC, at write time) a write of `n` bytes that would eat into the cache
+        disk's free-space reserve: what was closed before stays queued and safe."""
+        if self._claim is not None:
+            self._claim(n)
 
     def create(self) -> tuple[str, Path]:
         """A new, empty staging file (0600): its id and path."""
@@ -72,8 +81,9 @@ class Staging:
     def copy_fd(self, fd: int) -> tuple[str, Path]:
         """A new staging file with the bytes of the open file `fd` (whose staging file may
         already be deleted: an upload finished while it was open)."""
-        copy_id, path = self.create()
         size = os.fstat(fd).st_size
+        self.claim(size)
+        copy_id, path = self.create()
         try:
             with open(path, "r+b") as dst:
                 copied = 0

@@ -2,8 +2,10 @@
 
 - Up to MULTIPART_THRESHOLD bytes: one PutObject. Larger: a multipart upload with
   PART_SIZE parts (more when 10,000 parts would not do), PARALLEL_PARTS at a time,
-  aborted on any failure; every upload is recorded in the journal before it is created,
-  so a crash leaves nothing behind that the next attempt or start does not abort.
+  aborted on any failure; every upload is recorded in the journal before it is created
+  and its UploadId as soon as it arrives. Only recorded UploadIds are aborted, never
+  whatever S3 lists for the key (another client may be uploading it): an upload whose id
+  a crash lost is left to the bucket's lifecycle rule (AbortIncompleteMultipartUpload).
 - SSE comes from the configuration (the store adds it); the content type is guessed
   from the key's name.
 - Conflicts: the upload is conditional on what the writer saw at open (`If-Match` its
@@ -13,8 +15,14 @@
   412 from SeaweedFS: a HEAD tells) is written again. Before calling it a conflict, the
   object's ETag is compared with the local bytes' ETag: a replay of an upload that had
   finished before a crash is not a conflict.
-- Servers without conditional writes (501 NotImplemented) get a HEAD check instead,
-  from then on (a change between the HEAD and the write is then not detected).
+- Removals are conditional too (DeleteObject If-Match the ETag the user saw): when the
+  key holds another version, the newer remote version wins: the removal is dropped,
+  logged and recorded (`kept_remote`, shown by `s3fuse status`). A key already gone is
+  fine. A removal of a key that did not exist for us (a new file never uploaded) sends
+  nothing.
+- Servers that ignore or refuse conditions (conditions.py probes each bucket once, before
+  its first conditional request; a later 501 counts too) get a HEAD check instead (a
+  change between the HEAD and the request is then not detected).
   Multipart uploads always get the HEAD check first, so a conflict is found before the
   parts are sent (and on servers that accept If-Match on CompleteMultipartUpload but
   ignore it, like moto 5.2).
@@ -38,6 +46,7 @@ from typing import BinaryIO, Callable
 from ..errors import NotFound, Offline, RemoteError, S3FuseError, StaleObject
 from ..store import retry
 from ..store.protocol import Store
+from .conditions import ConditionProbe
 from .journal import UNKNOWN, Expected, Job, Journal
 from .staging import Staging
 
@@ -61,6 +70,7 @@ class UploadResult:
     etag: str
     conflict_key: str | None = None  # where the bytes went when the key had changed in S3
     size: int | None = None  # of the uploaded version (set by the queue for its listeners)
+    kept_remote: bool = False  # a removal dropped: the key holds a newer version (`etag`)
 
 
 def _md5(data: bytes = b"") -> hashlib._Hash:
@@ -90,12 +100,11 @@ class Uploader:
         self.part_size = part_size
         self.parallel_parts = parallel_parts
         self.stopping = threading.Event()
-        self.conditional = True  # False once the server answered a conditional write with 501
+        self.conditions = ConditionProbe(store, journal)
 
     def upload(self, job: Job) -> UploadResult:
         if job.op == "delete":
-            self.store.delete_object(job.bucket, job.key)
-            return UploadResult("")
+            return self._delete(job)
         path = self.staging.path(job.staging_id)
         try:
             self.abort_leftovers(job.bucket, job.key)
@@ -133,12 +142,45 @@ class Uploader:
             return UploadResult(etag, key)
         raise StaleObject(f"{job.uri}: changed in S3 and no free conflict name")
 
+    # ------------------------------------------------------------ removing
+
+    def _delete(self, job: Job) -> UploadResult:
+        """DeleteObject If-Match the ETag the user saw (or a HEAD check where the server
+        does not honour it); a newer remote version is kept (see the module docstring)."""
+        bucket, key, expected = job.bucket, job.key, job.expected
+        if expected is None:  # a new file never uploaded: nothing of ours is there
+            log.debug("%s: removed before its upload, nothing to delete", job.uri)
+            return UploadResult("")
+        if not isinstance(expected, str):
+            self.store.delete_object(bucket, key)
+            return UploadResult("")
+        if self.conditions.of(bucket, key).delete:
+            try:
+                self.store.delete_object(bucket, key, if_match=expected)
+                return UploadResult("")
+            except StaleObject:
+                pass
+            except RemoteError as exc:
+                if not _refused(exc):
+                    raise
+                self.conditions.lacks(bucket, delete=True)
+        remote = self._remote_etag(bucket, key)
+        if remote is None:  # already gone: what the user wanted
+            return UploadResult("")
+        if remote != expected:
+            log.warning("%s changed in S3 since it was removed here: the newer version was "
+                        "kept (ETag %s, removed %s)", job.uri, remote, expected)
+            return UploadResult(remote, kept_remote=True)
+        self.store.delete_object(bucket, key)  # checked by HEAD: the server ignores If-Match
+        return UploadResult("")
+
     # ------------------------------------------------------------ sending
 
     def _send(self, bucket: str, key: str, path: Path, expected: Expected, ctype: str) -> str:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            if expected is not UNKNOWN and (size > self.threshold or not self.conditional):
+            if expected is not UNKNOWN and (size > self.threshold
+                                            or not self.conditions.of(bucket, key).put):
                 self._precheck(bucket, key, expected)
             try:
                 if size <= self.threshold:
@@ -208,46 +250,37 @@ class Uploader:
             return
         self.journal.multipart_end(record)
 
-    def abort_leftovers(self, bucket: str, key: str, *, thorough: bool = False) -> None:
+    def abort_leftovers(self, bucket: str, key: str) -> None:
         """Abort the multipart uploads the journal holds for a key (from failed attempts or a
-        crash); ones whose UploadId never arrived, and with `thorough` every one S3 lists for
-        the key, are found by listing."""
-        records = self.journal.multiparts(bucket, key)
-        if not records:
-            return
-        upload_ids = {upload_id for _, upload_id in records if upload_id}
-        if thorough or len(upload_ids) < len(records):
-            try:
-                upload_ids |= {u for k, u in self.store.list_multipart_uploads(bucket, key) if k == key}
-            except NotFound:  # the bucket is gone, and its uploads with it
-                pass
-        for upload_id in upload_ids:
-            self.store.abort_multipart_upload(bucket, key, upload_id)
-            log.info("aborted a multipart upload left at s3://%s/%s", bucket, key)
-        for record, _ in records:
+        crash), by their recorded UploadId only. A record whose UploadId never arrived is
+        dropped: S3's list of the key's uploads cannot tell ours from another client's."""
+        for record, upload_id in self.journal.multiparts(bucket, key):
+            if upload_id is None:
+                log.info("s3://%s/%s: a multipart upload may have been left by a crash before "
+                         "its id was recorded; it is not aborted (it cannot be told from "
+                         "another client's): a bucket lifecycle rule "
+                         "(AbortIncompleteMultipartUpload) removes such uploads", bucket, key)
+            else:
+                self.store.abort_multipart_upload(bucket, key, upload_id)
+                log.info("aborted a multipart upload left at s3://%s/%s", bucket, key)
             self.journal.multipart_end(record)
 
     # ------------------------------------------------------------ conditions
 
     def _conditional(self, send: Callable[..., str], bucket: str, key: str,
                      expected: Expected) -> str:
-        """send(**conditions); when the server cannot do conditional writes, a HEAD check
-        and an unconditional send instead (and from then on)."""
+        """send(**conditions); when the server does not honour conditional writes, a HEAD
+        check and an unconditional send instead (and from then on)."""
         conditions: dict[str, str] = {}
-        if self.conditional and isinstance(expected, str):
-            conditions["if_match"] = expected
-        elif self.conditional and expected is None:
-            conditions["if_none_match"] = "*"
+        if expected is not UNKNOWN and self.conditions.of(bucket, key).put:
+            conditions = ({"if_match": expected} if isinstance(expected, str)
+                          else {"if_none_match": "*"})
         try:
             return send(**conditions)
         except RemoteError as exc:
-            code, status = retry.error_code(exc)
-            if not conditions or (code != "NotImplemented" and status != 501):
+            if not conditions or not _refused(exc):
                 raise
-        if self.conditional:
-            self.conditional = False
-            log.warning("the S3 server does not support conditional writes (%s): checking "
-                        "with HEAD before each upload instead", code or status)
+        self.conditions.lacks(bucket, put=True)
         self._precheck(bucket, key, expected)
         return send()
 
@@ -274,3 +307,9 @@ class Uploader:
             while chunk := fh.read(part_size):
                 digests.update(_md5(chunk).digest())
         return f"{digests.hexdigest()}-{-(-size // part_size)}"
+
+
+def _refused(exc: RemoteError) -> bool:
+    """Did the server refuse a conditional request as not implemented (501)?"""
+    code, status = retry.error_code(exc)
+    return code == "NotImplemented" or status == 501

@@ -5,7 +5,10 @@ staging file, and on the first flush after writes the file is submitted: journal
 (durable) and queued for upload. Until S3 has every change, the overlay shows the
 local state (sizes, new files and directories, removals) and reads of a key are
 served from its local bytes. Removals are journalled too, in order with the uploads
-of the same key, so an unlink made offline happens when the link returns.
+of the same key, so an unlink made offline happens when the link returns; they carry
+the ETag the user saw, as uploads do, so a newer version written in S3 meanwhile by
+someone else is kept rather than deleted (uploader.py). A rename onto an existing key
+replaces it on the same condition.
 
 This module alone drives the state machine of a LocalFile (localfile.py: opens, flushes,
 unlinks, renames, last closes); other layers hold LocalFiles only to read, write and
@@ -244,10 +247,11 @@ class WriteBack:
 
     # ------------------------------------------------------------ names
 
-    async def remove(self, bucket: str, key: str) -> None:
-        """Unlink a file or remove a directory marker (`key` ending with '/')."""
+    async def remove(self, bucket: str, key: str, expected: Expected = UNKNOWN) -> None:
+        """Unlink a file or remove a directory marker (`key` ending with '/'); `expected`:
+        the ETag the user saw (UNKNOWN for local changes: the journal chains them)."""
         self._replace(bucket, key)
-        await self.queue.delete(bucket, key)
+        await self.queue.delete(bucket, key, expected)
         self.overlay.delete(bucket, key)
 
     async def make_dir(self, bucket: str, marker: str) -> None:
@@ -256,24 +260,28 @@ class WriteBack:
         self.overlay.directory(bucket, marker)
         await self.queue.submit(bucket, marker, staging_id, UNKNOWN)
 
-    async def move_local(self, bucket: str, old: str, new: str) -> bool:
+    async def move_local(self, bucket: str, old: str, new: str,
+                         target: Expected = UNKNOWN) -> bool:
         """Rename a key whose newest bytes are local: the new key gets them (a hard link
-        of the staging file, or the open file itself), the old key is removed. False (and
-        nothing done) when the local version was uploaded meanwhile: S3 has it."""
+        of the staging file, or the open file itself), uploaded on the condition `target`
+        (what the user saw at `new`: its ETag, None for nothing), and the old key is
+        removed. False (and nothing done) when the local version was uploaded meanwhile:
+        S3 has it."""
         moved = False
+        removal: Expected = UNKNOWN  # queued versions of `old`: the journal chains them
         local = self._open.get((bucket, old))
         if local is not None:
             async with local.lock:
                 if self._open.get((bucket, old)) is local:  # else its last close queued it
-                    await self._move_open(local, new)
+                    removal = await self._move_open(local, new, target)
                     moved = True
-        if not moved and not await self._move_pending(bucket, old, new):
+        if not moved and not await self._move_pending(bucket, old, new, target):
             return False
-        await self.queue.delete(bucket, old)
+        await self.queue.delete(bucket, old, removal)
         self.overlay.delete(bucket, old)
         return True
 
-    async def _move_pending(self, bucket: str, old: str, new: str) -> bool:
+    async def _move_pending(self, bucket: str, old: str, new: str, target: Expected) -> bool:
         """Rename a key whose newest bytes wait in the queue: `new` gets a hard link."""
         pending = self.queue.pending_version(bucket, old)
         try:
@@ -285,14 +293,16 @@ class WriteBack:
         size = (await trio.to_thread.run_sync(path.stat)).st_size
         self._replace(bucket, new)
         self.overlay.file(bucket, new, size)
-        await self.queue.submit(bucket, new, clone_id, UNKNOWN)
+        await self.queue.submit(bucket, new, clone_id, target)
         return True
 
-    async def _move_open(self, local: LocalFile, new: str) -> None:
+    async def _move_open(self, local: LocalFile, new: str, target: Expected) -> Expected:
         """Rename an open file (with `local.lock` held). A queued one is submitted as `new`
         at once (a hard link of its queued bytes: they were closed, and the removal of the
-        old key is journalled next); one with bytes of its own is submitted by its close."""
+        old key is journalled next); one with bytes of its own is submitted by its close.
+        Both on the condition `target`. Returns the condition of the old key's removal."""
         bucket, old = local.bucket, local.key
+        removal = local.expected
         staging_id = job = None
         if local.state is State.QUEUED:
             try:
@@ -303,16 +313,17 @@ class WriteBack:
         self._replace(bucket, new)
         if staging_id is not None:
             try:
-                job = await self.queue.submit(bucket, new, staging_id, UNKNOWN)
+                job = await self.queue.submit(bucket, new, staging_id, target)
             except BaseException:  # not journalled: the rename fails, the file stays `old`
                 await self._discard(staging_id)
                 raise
         del self._open[(bucket, old)]
-        local.rename(new, self.overlay.file(bucket, new, local.size),
+        local.rename(new, self.overlay.file(bucket, new, local.size), expected=target,
                      staging_id=staging_id, job=job)
         self._open[(bucket, new)] = local
         if local.users == 0:
             await self._flush(local)
+        return removal
 
     def _replace(self, bucket: str, key: str) -> None:
         """A file open under `key` loses its name (it lives on for its handles)."""

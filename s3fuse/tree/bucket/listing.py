@@ -213,13 +213,32 @@ class Listings:
             entries = await trio.to_thread.run_sync(self._meta.entries, ns_id, path,
                                                     limiter=self._reads)
             assert entries is not None
-        subdirs = [e.name for e in entries if e.is_dir][:LIST_AHEAD]
-        if self._background.active:
-            for name in subdirs:
-                child = join(path, name)
-                if not self._fresh(self._meta.listed_at(ns_id, child)) and not self._flight.busy(child):
-                    self._background.spawn(self._list_ahead, child, kind=LIST_AHEAD_TASK)
+        self.list_ahead(path, [e.name for e in entries if e.is_dir][:LIST_AHEAD])
         return entries
+
+    def list_ahead(self, path: str, subdirs: list[str]) -> None:
+        """List these subdirectories of `path` ahead, in the background, unless fresh."""
+        if not self._background.active:
+            return
+        for name in subdirs:
+            child = join(path, name)
+            if not self._fresh(self._meta.listed_at(self._keys.ns_id, child)) and not self._flight.busy(child):
+                self._background.spawn(self._list_ahead, child, kind=LIST_AHEAD_TASK)
+
+    async def window(self, path: str, after: str, limit: int, *,
+                     on_loop: bool) -> tuple[list[Entry], str | None]:
+        """One page of the stored listing of `path` after `after` (MetaStore.entries_after),
+        read on the loop (a first page: as small a read as a small listing) or in a worker
+        thread."""
+        if on_loop:
+            return self._meta.entries_after(self._keys.ns_id, path, after, limit)
+        return await trio.to_thread.run_sync(self._meta.entries_after, self._keys.ns_id, path,
+                                             after, limit, limiter=self._reads)
+
+    async def name_after(self, path: str, after: str, skip: int) -> str | None:
+        """The stored name `skip` places after `after` (a worker thread: SQLite walks them)."""
+        return await trio.to_thread.run_sync(self._meta.name_after, self._keys.ns_id, path,
+                                             after, skip, limiter=self._reads)
 
     async def _list_ahead(self, path: str) -> None:
         try:

@@ -7,6 +7,12 @@ namespace's own reads), then hands the change to the write-back layer, which sta
 journals and uploads it; a rename also copies server-side what has no local bytes.
 After a change the stored listings are told what moved (`Listings.expire`,
 `Listings.remember`) and the pending view shows the rest until S3 has it.
+
+Removals and replacements are conditional on what the user saw (the ETag of the entry
+stat'ed here, see docs/writing.md): a removal is journalled with it, a rename's source
+removal with the ETag of the version copied, and a rename onto an existing key replaces
+it only if it still holds the version seen (a HEAD check before a server-side copy,
+ESTALE otherwise; the condition of the upload for local bytes).
 """
 from __future__ import annotations
 
@@ -18,11 +24,11 @@ import trio
 
 from ...data.reader import BlockReader
 from ...errors import (FileExists, InvalidArgument, IsADirectory, NotADirectory, NotEmpty,
-                       NotFound, ReadOnly, TooBigToRename)
+                       NotFound, ReadOnly, StaleObject, TooBigToRename)
 from ...model import Entry
 from ...names import is_posix_name, join, split
 from ...store.protocol import ObjectInfo, Store
-from ...upload.journal import UNKNOWN
+from ...upload.journal import UNKNOWN, Expected
 from ...upload.localfile import LocalFile
 from ...upload.writeback import WriteBack
 from ..contract import AttrChanges, WriteHandle
@@ -130,9 +136,10 @@ class Mutations:
     async def unlink(self, parent: str, name: str) -> str:
         writes = self._writer()
         path = join(parent, name)
-        if (await self._reads.stat(path)).is_dir:
+        entry = await self._reads.stat(path)
+        if entry.is_dir:
             raise IsADirectory(path)
-        await writes.remove(self._keys.bucket, self._keys.key(path))
+        await writes.remove(self._keys.bucket, self._keys.key(path), seen(entry))
         return path
 
     # ----------------------------------------------------------- directories
@@ -149,11 +156,12 @@ class Mutations:
     async def rmdir(self, parent: str, name: str) -> str:
         writes = self._writer()
         path = join(parent, name)
-        if not (await self._reads.stat(path)).is_dir:
+        entry = await self._reads.stat(path)
+        if not entry.is_dir:
             raise NotADirectory(path)
         if await self._reads.listdir(path):
             raise NotEmpty(path)
-        await writes.remove(self._keys.bucket, self._keys.dir_prefix(path))
+        await writes.remove(self._keys.bucket, self._keys.dir_prefix(path), seen(entry))
         return path
 
     # ----------------------------------------------------------- rename
@@ -188,7 +196,8 @@ class Mutations:
                 raise InvalidArgument(f"cannot move {old!r} into itself")
             await self._rename_dir(old, new)
         else:
-            await self._rename_file(self._keys.key(old), self._keys.key(new), source)
+            await self._rename_file(self._keys.key(old), self._keys.key(new), source,
+                                    None if target is None else seen(target))
         for path in (old_parent, new_parent):
             self._listings.expire(path)
         return old, new
@@ -199,22 +208,41 @@ class Mutations:
         except NotFound:
             return None
 
-    async def _rename_file(self, old_key: str, new_key: str, entry: Entry) -> None:
+    async def _rename_file(self, old_key: str, new_key: str, entry: Entry,
+                           target: Expected = UNKNOWN) -> None:
+        """Move one file; `target`: what the user saw at `new_key` (its ETag, None for
+        nothing, UNKNOWN: not looked at, or local changes)."""
         writes = self._writer()
         bucket = self._keys.bucket
-        if writes.has_local(bucket, old_key) and await writes.move_local(bucket, old_key, new_key):
+        if (writes.has_local(bucket, old_key)
+                and await writes.move_local(bucket, old_key, new_key, target)):
             return
         if not entry.etag:  # the local version was uploaded meanwhile: copy what S3 has
             info = await trio.to_thread.run_sync(self._store.head, bucket, old_key,
                                                  limiter=self._limiter)
             entry = Entry(entry.name, False, info.size, info.mtime_ns, info.etag)
+        if isinstance(target, str):
+            await self._check_target(bucket, new_key, target)
         await writes.forget(bucket, new_key)  # an overwritten local version must not land later
         await trio.to_thread.run_sync(self._store.copy_object, bucket, old_key, new_key, entry.etag,
                                       limiter=self._limiter)
         parent, name = split(new_key[len(self._keys.prefix):])
         self._listings.remember(parent, Entry(name, False, entry.size, time.time_ns(),
                                               entry.etag, 0.0))  # HEAD at next stat
-        await writes.remove(bucket, old_key)
+        await writes.remove(bucket, old_key, entry.etag or UNKNOWN)  # only the version copied
+
+    async def _check_target(self, bucket: str, key: str, etag: str) -> None:
+        """A rename replaces `key` only if it still holds the version the user saw (HEAD:
+        CopyObject's own If-Match is not offered by every server nor by boto3's copy)."""
+        try:
+            info = await trio.to_thread.run_sync(self._store.head, bucket, key,
+                                                 limiter=self._limiter)
+        except NotFound:  # removed meanwhile: nothing newer to lose
+            return
+        if info.etag != etag:
+            log.warning("%s changed in S3 since it was looked at: not replaced by a rename",
+                        self._keys.uri(key))
+            raise StaleObject(f"{self._keys.uri(key)}: changed in S3, not replaced")
 
     async def _rename_dir(self, old: str, new: str) -> None:
         writes = self._writer()
@@ -235,6 +263,7 @@ class Mutations:
             raise TooBigToRename(f"{old}: more than {RENAME_DIR_LIMIT} objects to rename one by one")
         await writes.make_dir(bucket, new_prefix)
         markers = {old_prefix}  # removed last, once everything below was moved
+        seen_markers = {obj.key: obj.etag for obj in remote if obj.key.endswith("/")}
         moved: set[str] = set()
         for key in local_keys:
             target = new_prefix + key[len(old_prefix):]
@@ -255,4 +284,10 @@ class Mutations:
                 await self._rename_file(obj.key, target, Entry("", False, obj.size, obj.mtime_ns,
                                                                obj.etag))
         for key in sorted(markers, reverse=True):
-            await writes.remove(bucket, key)
+            await writes.remove(bucket, key, seen_markers.get(key) or UNKNOWN)
+
+
+def seen(entry: Entry) -> Expected:
+    """The condition a change of what `entry` shows must meet: its ETag (UNKNOWN for an
+    entry of local changes or a directory without a marker: the journal chains them)."""
+    return entry.etag or UNKNOWN

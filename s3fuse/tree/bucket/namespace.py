@@ -27,11 +27,12 @@ from ...upload.uploader import UploadResult
 from ...upload.writeback import WriteBack
 from ...util.supervisor import Supervisor
 from ..contract import AttrChanges, FileHandle, Namespace, ReadOnlyNamespace, WriteHandle
-from ..sources import EntriesDir, ObjectSource
+from ..sources import ObjectSource
 from .keys import BucketKeys
 from .listing import Listings
 from .localsource import LocalReader
 from .mutations import Mutations
+from .paged import PagedDir
 from .pending import GONE, PendingView
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,10 @@ class BucketTree(Namespace):
 
     # ----------------------------------------------------------- directories
 
-    async def opendir(self, path: str) -> EntriesDir:
-        return EntriesDir(await self.listdir(path), lambda e: join(path, e.name))
+    async def opendir(self, path: str) -> PagedDir:
+        """The listing made fresh, then read page by page as readdir asks (paged.py)."""
+        await self._pending.listing_or_local(path)
+        return PagedDir(path, self._listings, self._pending)
 
     async def listdir(self, path: str) -> list[Entry]:
         """The entries of `path`, local changes included (the stored listing is read in

@@ -104,7 +104,7 @@ class PendingView:
                        result: UploadResult | None) -> None:
         if result is None:
             self._listings.learn(parent, name, None)
-        elif result.conflict_key is not None:  # the key kept its S3 version: look again
+        elif result.conflict_key is not None or result.kept_remote:  # S3's version: look again
             self._listings.unknown(parent, name)
         else:
             # the uploaded version's size: the overlay already shows a newer local change

@@ -1,0 +1,323 @@
+"""Removals and renames never destroy a version written in S3 meanwhile by someone else,
+also on servers that ignore conditional headers; multipart cleanup aborts only the
+uploads this mount recorded. Over the in-memory store (fast), the condition probe also
+over moto, and the offline `rm` replay through a real mount."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pyfuse3
+import pytest
+
+from s3fuse.daemon import Components
+from s3fuse.db import Database, Schema
+from s3fuse.errors import Offline
+from s3fuse.store.memory import MemoryStore
+from s3fuse.upload import Journal
+from s3fuse.upload.conditions import PROBE_NAME, Capability, ConditionProbe
+from s3fuse.upload.journal import _version_1
+from tests.test_fake_stack import B, listdir, read_file, readdir_replies, running, write_file
+from tests.test_ops import lookup_path
+from tests.test_queue_unit import until
+from tests.test_upload import make_store, upload_queue, write
+from tests.test_write_mount import body, keys, sync
+
+
+@pytest.fixture
+def backend(moto_backend):  # type: ignore[no-untyped-def]
+    return moto_backend
+
+
+__all__ = ["readdir_replies"]  # the fake stack's readdir replies, for this module too
+CONDITIONS = ["honour", "ignore", "refuse"]
+
+
+@pytest.fixture(params=CONDITIONS)
+def conditions(request: pytest.FixtureRequest) -> str:
+    """How the server answers conditional headers (MemoryStore's fault modes)."""
+    return request.param
+
+
+@pytest.fixture
+def store(conditions: str) -> MemoryStore:
+    memory = MemoryStore(conditions=conditions)  # type: ignore[arg-type]
+    memory.create_bucket(B)
+    for key, data in {"a.txt": b"alpha", "d/b.txt": b"bravo", "d/e/f": b"deep"}.items():
+        memory.put_object(B, key, data)
+    return memory
+
+
+@pytest.fixture
+async def parts(tmp_path: Path, store: MemoryStore) -> AsyncIterator[Components]:
+    async for components in running(tmp_path, store):
+        await listdir(components, B)
+        await listdir(components, B, "d")  # what the user saw: the ETags of this listing
+        yield components
+
+
+def offline_once(store: MemoryStore, operation: str, key: str) -> None:
+    """The next `operation` on `key` finds S3 gone, and it stays gone until reachable again."""
+    def gone(what: str) -> Offline:
+        store.reachable = False
+        return Offline(f"{what}: S3 unreachable (injected)")
+    store.fail(operation, error=gone, prefix=key)
+
+
+async def back_online(parts: Components, store: MemoryStore) -> dict[str, Any]:
+    store.reachable = True
+    return await parts.writes.queue.sync(timeout=10)
+
+
+async def test_offline_rm_replayed_after_a_newer_version_keeps_it(
+        parts: Components, store: MemoryStore, caplog: Any) -> None:
+    store.reachable = False
+    root = (await lookup_path(parts.ops, B)).st_ino
+    await parts.ops.unlink(root, b"a.txt", None)          # journalled while offline
+    assert await listdir(parts, B) == ["d"]
+    newer = store.replace(B, "a.txt", b"theirs, newer")    # someone else, meanwhile
+    status = await back_online(parts, store)
+    assert store.objects(B)["a.txt"] == b"theirs, newer"
+    [event] = status["conflicts"]
+    assert event["kind"] == "kept-remote" and event["uri"] == f"s3://{B}/a.txt"
+    assert event["conflict_uri"] is None and status["failures"] == []
+    assert await read_file(parts, B, "a.txt") == b"theirs, newer"  # shown again
+    assert store.head(B, "a.txt").etag == newer
+    assert caplog.text.count("changed in S3 since it was removed here") == 1
+    assert not any(PROBE_NAME in key for key in store.objects(B))
+
+
+async def test_rm_of_an_unchanged_or_gone_key_removes_it(parts: Components,
+                                                         store: MemoryStore) -> None:
+    d = (await lookup_path(parts.ops, B, "d")).st_ino
+    root = (await lookup_path(parts.ops, B)).st_ino
+    await parts.ops.unlink(d, b"b.txt", None)
+    store.delete_object(B, "a.txt")                        # gone already: fine
+    await parts.ops.unlink(root, b"a.txt", None)
+    status = await parts.writes.queue.sync(timeout=10)
+    assert status["conflicts"] == [] and status["failures"] == []
+    assert store.objects(B) == {"d/e/f": b"deep"}
+
+
+async def test_mv_source_changed_before_its_removal_is_kept(parts: Components,
+                                                             store: MemoryStore) -> None:
+    offline_once(store, "DeleteObject", "a.txt")           # the source removal waits
+    root = (await lookup_path(parts.ops, B)).st_ino
+    d = (await lookup_path(parts.ops, B, "d")).st_ino
+    await parts.ops.rename(root, b"a.txt", d, b"moved.txt", 0, None)
+    await until(lambda: not store.reachable)
+    store.replace(B, "a.txt", b"theirs, newer")
+    status = await back_online(parts, store)
+    assert store.objects(B)["a.txt"] == b"theirs, newer"
+    assert store.objects(B)["d/moved.txt"] == b"alpha"      # the version copied
+    assert [e["kind"] for e in status["conflicts"]] == ["kept-remote"]
+
+
+@pytest.mark.parametrize("conditions", ["honour"])
+async def test_mv_onto_a_target_changed_since_it_was_seen_is_refused(parts: Components,
+                                                                      store: MemoryStore) -> None:
+    store.replace(B, "d/b.txt", b"theirs, newer")
+    root = (await lookup_path(parts.ops, B)).st_ino
+    d = (await lookup_path(parts.ops, B, "d")).st_ino
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await parts.ops.rename(root, b"a.txt", d, b"b.txt", 0, None)
+    assert info.value.errno == errno.ESTALE
+    await parts.writes.queue.sync(timeout=10)
+    assert store.objects(B) == {"a.txt": b"alpha", "d/b.txt": b"theirs, newer",
+                                "d/e/f": b"deep"}
+
+
+async def test_local_mv_onto_a_target_changed_meanwhile_makes_a_conflict_copy(
+        parts: Components, store: MemoryStore) -> None:
+    store.reachable = False
+    await write_file(parts, "new.txt", b"mine", "d")       # local bytes, queued
+    d = (await lookup_path(parts.ops, B, "d")).st_ino
+    await parts.ops.rename(d, b"new.txt", d, b"b.txt", 0, None)
+    store.replace(B, "d/b.txt", b"theirs, newer")
+    status = await back_online(parts, store)
+    objects = store.objects(B)
+    assert objects["d/b.txt"] == b"theirs, newer" and "d/new.txt" not in objects
+    [event] = status["conflicts"]
+    assert event["kind"] == "copy"
+    assert objects[event["conflict_uri"].removeprefix(f"s3://{B}/")] == b"mine"
+
+
+@pytest.mark.parametrize("conditions", ["honour"])
+async def test_a_removal_superseding_a_new_file_touches_nobody_elses_object(
+        parts: Components, store: MemoryStore) -> None:
+    store.reachable = False
+    await write_file(parts, "new.txt", b"mine")             # never uploaded
+    root = (await lookup_path(parts.ops, B)).st_ino
+    await parts.ops.unlink(root, b"new.txt", None)
+    store.replace(B, "new.txt", b"another client's file")
+    status = await back_online(parts, store)
+    assert store.objects(B)["new.txt"] == b"another client's file"
+    assert status["conflicts"] == [] and "DeleteObject" not in store.request_counts()
+
+
+# ------------------------------------------------------------------ the probe
+
+
+class IgnoresDeleteConditions(MemoryStore):
+    """Honours conditional writes, deletes whatever If-Match says."""
+
+    def delete_object(self, bucket: str, key: str, *, if_match: str | None = None) -> None:
+        super().delete_object(bucket, key)
+
+
+@pytest.mark.parametrize("server, expected", [
+    (MemoryStore(), Capability(True, True)),
+    (MemoryStore(conditions="ignore"), Capability(False, False)),
+    (MemoryStore(conditions="refuse"), Capability(False, False)),
+    (IgnoresDeleteConditions(), Capability(True, False))])
+def test_the_probe_tells_what_the_server_honours(tmp_path: Path, server: MemoryStore,
+                                                 expected: Capability) -> None:
+    store = server
+    store.create_bucket(B)
+    store.put_object(B, "dir/kept.txt", b"x")
+    probe = ConditionProbe(store, Journal(tmp_path / "journal.sqlite"))
+    assert probe.of(B, "dir/sub/file.txt") == expected
+    assert probe.of(B, "elsewhere") == expected                    # once per bucket
+    assert store.request_counts()["PutObject"] <= 1 + 3
+    assert store.objects(B) == {"dir/kept.txt": b"x"}              # the scratch key is gone
+
+
+def test_offline_during_the_probe_postpones_it(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.create_bucket(B)
+    probe = ConditionProbe(store, Journal(tmp_path / "journal.sqlite"))
+    store.fail("PutObject", error="offline")
+    with pytest.raises(Offline):
+        probe.of(B, "k")
+    assert probe.known(B) is None                                  # never assumed
+    store.probe()
+    assert probe.of(B, "k") == Capability(True, True)
+
+
+def test_a_probe_key_we_may_not_write_is_no_answer(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.create_bucket(B)
+    probe = ConditionProbe(store, Journal(tmp_path / "journal.sqlite"))
+    store.fail("PutObject", error="permanent")
+    assert probe.of(B, "k") == Capability(False, False)            # HEAD check this time
+    assert probe.known(B) is None
+    assert probe.of(B, "k") == Capability(True, True)              # probed again
+
+
+def test_the_probe_over_moto(tmp_path: Path, moto_backend: Any, s3: Any, bucket: str) -> None:
+    """moto 5 honours If-Match on DeleteObject and conditional PutObject."""
+    probe = ConditionProbe(make_store(tmp_path, moto_backend.endpoint),
+                           Journal(tmp_path / "journal.sqlite"))
+    assert probe.of(bucket, "some/dir/file") == Capability(True, True)
+    assert keys(s3, bucket) == set()
+
+
+async def test_a_probe_key_left_by_a_crash_is_deleted_at_the_next_start(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.create_bucket(B)
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.probe_begin(B, "d/.s3fuse-probe-0123")  # recorded, written, then the crash
+    store.put_object(B, "d/.s3fuse-probe-0123", b"")
+    journal.close()
+    async with upload_queue(tmp_path, store) as queue:
+        await queue.sync(timeout=10)
+        assert queue.journal.probe_keys() == []
+    assert store.objects(B) == {}
+
+
+async def test_servers_ignoring_conditions_never_overwrite_a_newer_version(
+        tmp_path: Path) -> None:
+    store = MemoryStore(conditions="ignore")
+    store.create_bucket(B)
+    seen = store.put_object(B, "doc.txt", b"v0")
+    store.put_object(B, "doc.txt", b"theirs")
+    async with upload_queue(tmp_path, store) as queue:
+        await write(queue, B, "doc.txt", b"mine", expected=seen)
+        status = await queue.sync(timeout=10)
+        assert queue.uploader.conditions.known(B) == Capability(False, False)
+    assert store.objects(B)["doc.txt"] == b"theirs" and len(status["conflicts"]) == 1
+
+
+# ------------------------------------------------------------------ multipart cleanup
+
+
+async def test_cleanup_never_aborts_another_clients_multipart_upload(tmp_path: Path,
+                                                                    caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="s3fuse.upload.uploader")
+    store = MemoryStore()
+    store.create_bucket(B)
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.multipart_begin(B, "big.bin")           # a crash before its UploadId arrived
+    ours = journal.multipart_begin(B, "big.bin")
+    our_upload = store.create_multipart_upload(B, "big.bin")
+    journal.multipart_created(ours, our_upload)
+    theirs = store.create_multipart_upload(B, "big.bin")  # another client, same key
+    journal.close()
+    async with upload_queue(tmp_path, store) as queue:
+        await write(queue, B, "big.bin", b"small now")
+        await queue.sync(timeout=10)
+        assert queue.journal.multipart_keys() == []
+    assert store.list_multipart_uploads(B) == [("big.bin", theirs)]
+    assert "AbortIncompleteMultipartUpload" in caplog.text
+
+
+# ------------------------------------------------------------------ the journal
+
+
+def test_conflicts_of_a_version_1_journal_become_copies(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    old = Database(path, Schema("upload journal", (_version_1,)), rows=True)
+    with old.transaction(True) as db:
+        db.execute("INSERT INTO conflicts (time, bucket, key, conflict_key) "
+                   "VALUES (1, 'b', 'k', 'k.s3fuse-conflict-1')")
+    old.close()
+    journal = Journal(path)
+    [event] = journal.summary()["conflicts"]
+    assert event["kind"] == "copy" and event["conflict_uri"] == "s3://b/k.s3fuse-conflict-1"
+    journal.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("SELECT COUNT(*) FROM probes").fetchone()[0] == 0
+
+
+def test_a_removal_inherits_the_condition_of_the_version_it_supersedes(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.enqueue(B, "seen.txt", "s" * 32, 1, "etag-seen")
+    journal.enqueue(B, "seen.txt", "", 0, None, op="delete")   # its own condition: not used
+    journal.enqueue(B, "new.txt", "n" * 32, 1, None)
+    journal.enqueue(B, "new.txt", "", 0, "ignored", op="delete")
+    assert {(j.key, j.op, j.expected) for j in journal.pending()} == {
+        ("seen.txt", "delete", "etag-seen"), ("new.txt", "delete", None)}
+    journal.close()
+
+
+# ------------------------------------------------------------------ through a mount
+
+
+@pytest.mark.mount
+def test_mount_offline_rm_then_a_newer_version_survives_the_sync(s3, bucket, mount_factory,
+                                                                 proxy):
+    s3.put_object(Bucket=bucket, Key="docs/a.txt", Body=b"old")
+    s3.put_object(Bucket=bucket, Key="docs/b.txt", Body=b"target")
+    m = mount_factory("--source", f"s3://{bucket}", endpoint=proxy.endpoint)
+    root = m.path(bucket)
+    assert sorted(os.listdir(root / "docs")) == ["a.txt", "b.txt"]
+    proxy.cut()
+    os.unlink(root / "docs" / "a.txt")
+    (root / "docs" / "new.txt").write_bytes(b"mine")
+    os.rename(root / "docs" / "new.txt", root / "docs" / "b.txt")  # a local rename's replace
+    s3.put_object(Bucket=bucket, Key="docs/a.txt", Body=b"newer, by someone else")
+    s3.put_object(Bucket=bucket, Key="docs/b.txt", Body=b"target, newer")
+    proxy.restore()
+    assert sync(m.mountpoint).returncode == 0
+    assert body(s3, bucket, "docs/a.txt") == b"newer, by someone else"
+    assert body(s3, bucket, "docs/b.txt") == b"target, newer"
+    copies = [k for k in keys(s3, bucket) if k.startswith("docs/b.txt.s3fuse-conflict-")]
+    assert len(copies) == 1 and body(s3, bucket, copies[0]) == b"mine"
+    kinds = sorted(c["kind"] for c in m.status()["uploads"]["conflicts"])
+    assert kinds == ["copy", "kept-remote"]
+    m.expect_log(r"unreachable|offline|changed in S3|conditional")
