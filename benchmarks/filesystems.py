@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from benchmarks.datasets import ManifestRef
 from benchmarks.s3 import S3Target
+from tests.support.blackhole import BlackHoleProxy
 from tests.support.procs import is_mounted, kill_group, tail, wait_until
 from tests.support.proxy import CuttableProxy
 
@@ -53,7 +54,7 @@ class FileSystem(ABC):
         self.cache_dir = root / "cache"
         self.log_path = root / "daemon.log"
         self.proc: subprocess.Popen | None = None
-        self.proxy: CuttableProxy | None = None
+        self.proxy: CuttableProxy | BlackHoleProxy | None = None
         self.peak_rss_kib = 0
         self.ever_mounted = False
         for path in (self.root, self.mountpoint, self.cache_dir):
@@ -158,7 +159,21 @@ class FileSystem(ABC):
 
     @contextmanager
     def through_proxy(self) -> Iterator[CuttableProxy]:
-        """Mounts made in the block reach S3 through a new cuttable TCP proxy (yielded).
+        """Mounts made in the block reach S3 through a new cuttable TCP proxy (yielded):
+        see ``_through``."""
+        with self._through(CuttableProxy) as proxy:
+            yield proxy
+
+    @contextmanager
+    def through_blackhole(self) -> Iterator[BlackHoleProxy]:
+        """``through_proxy`` with a proxy that can black-hole S3 (accept, never answer)."""
+        with self._through(BlackHoleProxy) as proxy:
+            yield proxy
+
+    @contextmanager
+    def _through(self, kind: type[CuttableProxy] | type[BlackHoleProxy]
+                 ) -> Iterator[CuttableProxy | BlackHoleProxy]:
+        """Mounts made in the block reach S3 through a new TCP proxy of `kind` (yielded).
 
         Unmounts first (a live mount would still be direct). At the end the proxy is restored
         (so the daemon can flush and exit cleanly), the filesystem unmounted and the proxy
@@ -166,7 +181,7 @@ class FileSystem(ABC):
         """
         self.unmount()
         url = urlsplit(self.target.endpoint_url)
-        proxy = CuttableProxy(url.hostname or "127.0.0.1", url.port or 80)
+        proxy = kind(url.hostname or "127.0.0.1", url.port or 80)
         self.proxy = proxy
         try:
             yield proxy

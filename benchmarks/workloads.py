@@ -28,6 +28,7 @@ from benchmarks import datasets
 from benchmarks.datasets import DataSpec, ManifestRef, SetupEnv
 from benchmarks.filesystems import FileSystem
 from benchmarks.s3 import S3Target
+from tests.support.procs import kill_group
 
 COMMAND_TIMEOUT = 900.0
 OFFLINE_TIMEOUT = 60.0  # a re-read with S3 cut that takes longer than this has failed
@@ -509,6 +510,88 @@ def offline_detect_recover(ctx: Context) -> dict[str, float]:
         if out != keys[1].encode():
             raise WrongBytes(f"{fs.name}: {keys[1]} after recovery: {out[:80]!r}")
     return {"detect_offline": detect, "recover": recover, "read_after_recover": again}
+
+
+# -- a black hole: S3 accepts connections and never answers -------------------------------
+
+#: How long S3 stays black-holed before the warm tree is read again: past s3fuse's
+#: --metadata-ttl and s3fs's stat_cache_expire (60 s each), so both revalidate.
+BLACKHOLE_AGE = 65.0
+BLACKHOLE_TIMEOUT = 300.0  # an `ls -R` or `cat` still running then has failed
+
+
+@workload(
+    "blackhole_serve",
+    "Serving a cached tree with S3 black-holed",
+    [
+        Metric("blackhole_ls", "`ls -R` of the warm tree, S3 black-holed for "
+               f"{BLACKHOLE_AGE:.0f} s"),
+        Metric("blackhole_cat", "then `cat` of every file of it"),
+    ],
+    setups=(datasets.tree,),
+    notes="Every filesystem mounted through a TCP proxy in front of SeaweedFS that can turn "
+          "into a black hole (connections accepted, requests read, nothing ever answered: "
+          "a captive portal, a dead VPN, a half-open NAT). One top directory of the tree "
+          "({tree_subdirs} x {tree_files} files) is listed with `ls -R` and read with `cat` "
+          "(fresh mount, empty caches), the daemon left to go idle, then S3 black-holed "
+          f"for {BLACKHOLE_AGE:.0f} s (past the 60 s metadata TTL of s3fuse and s3fs; "
+          "rclone keeps directories 5 min) before the same `ls -R` and `cat` are timed "
+          f"and the bytes checked. More than {BLACKHOLE_TIMEOUT:.0f} s, an error or a "
+          "wrong byte counts as failed.",
+)
+def timed_or_abort(fs: FileSystem, args: Sequence[str | Path], timeout: float,
+                   label: str) -> tuple[float, bytes]:
+    """``timed_bytes``, except that a command still running after ``timeout`` has the
+    filesystem's daemon killed: a command waiting in a FUSE request cannot be killed
+    itself (s3fs held `ls -R` in that state for over 15 min with S3 black-holed)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(a) for a in args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        if fs.proc is not None:
+            kill_group(fs.proc, grace=2)  # the daemon gone, the command's request fails
+        proc.communicate()
+        raise WorkloadError(f"{label} timed out after {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise WorkloadError(f"{label} failed ({proc.returncode}): "
+                            f"{err.decode(errors='replace').strip()[-500:]}")
+    return time.perf_counter() - start, out
+
+
+def blackhole_serve(ctx: Context) -> dict[str, float]:
+    fs = ctx.fs
+    first = next(datasets.tree_keys(ctx.spec))
+    top = ctx.at(first).parent.parent
+    prefix = first.rsplit("/", 2)[0] + "/"
+    keys = [k for k in datasets.tree_keys(ctx.spec) if k.startswith(prefix)]
+    files = [ctx.at(k) for k in keys]
+    expected = b"".join(k.encode() for k in keys)
+    with fs.through_blackhole() as proxy:
+        ctx.fresh_mount()
+        _, listed = ls_recursive(top)
+        expect(listed == len(keys), f"{top} lists {listed} entries")
+        expect(timed_bytes(["cat", "--", *files], label="warming `cat`")[1] == expected,
+               "warming `cat` read wrong bytes")
+        fs.wait_idle()
+        proxy.blackhole()
+        time.sleep(BLACKHOLE_AGE)
+        values: dict[str, float] = {}
+        try:
+            values["blackhole_ls"], _ = timed_or_abort(fs, ["ls", "-R", top], BLACKHOLE_TIMEOUT,
+                                                       f"`ls -R {top}`")
+            elapsed, out = timed_or_abort(fs, ["cat", "--", *files], BLACKHOLE_TIMEOUT,
+                                          f"`cat` of {len(files)} files")
+        except WorkloadError as exc:
+            raise MetricsFailed(f"black-holed: {exc}", values,
+                                [m for m in ("blackhole_ls", "blackhole_cat")
+                                 if m not in values]) from None
+        if out != expected:
+            raise WrongBytes(f"{fs.name}: the warm tree read wrong bytes with S3 black-holed")
+        values["blackhole_cat"] = elapsed
+    return values
 
 
 # -- s3fuse only: s3exchange manifests (registered after rss: not part of that peak) -----

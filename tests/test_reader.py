@@ -46,7 +46,7 @@ async def test_small_object_is_one_whole_get(tmp_path: Path):
     ref = ObjectRef("b", "k", "e1", 1000)
     assert await reader.read(ref, 0, 4096) == b"x" * 1000
     assert await reader.read(ref, 500, 10) == b"x" * 10
-    assert store.calls == [(0, None)]
+    assert store.calls == [(0, 1001)]  # one GET, bounded: one byte past the entry's size
 
 
 async def test_random_reads_fetch_only_their_blocks(tmp_path: Path):

@@ -106,10 +106,21 @@ def test_botocore_requests_follow_the_policy(tmp_path: Path) -> None:
         store._call("PutObject s3://b/k", fn)
     assert calls[0] == 1
 
+    store._answers = lambda: True  # type: ignore[method-assign]  # S3 answers a probe: slow, not gone
     calls, fn = failing(*[ReadTimeoutError(endpoint_url="http://x")] * 5)
     with pytest.raises(Offline):
         store._call("HeadObject s3://b/k", fn)
     assert calls[0] == retry.REQUESTS.slow_attempts
+
+
+def test_a_timeout_with_s3_silent_to_a_probe_is_offline_at_once(tmp_path: Path) -> None:
+    """A black hole: the first timeout asks S3 whether it answers at all; it does not (the
+    probe finds nothing on the port), so the link goes offline after one attempt."""
+    store = offline_store(tmp_path)
+    calls, fn = failing(*[ReadTimeoutError(endpoint_url="http://x")] * 5)
+    with pytest.raises(Offline):
+        store._call("HeadObject s3://b/k", fn)
+    assert calls[0] == 1 and not store.link.online
 
 
 def test_unreachable_is_offline_at_once(tmp_path: Path) -> None:

@@ -156,15 +156,19 @@ class BlockReader:
         if loader is not None:  # its own limiter: a loader may wait on S3 reads of its archive
             data = await trio.to_thread.run_sync(loader, start, stop, limiter=self._loader_limiter)
         else:
-            whole = index == 0 and ref.size <= self.block_size
+            # always a bounded range, whatever the entry (a manifest line) says the size
+            # is; the last block asks one byte more: an object longer than its entry shows
+            # (CorruptData below) instead of being served cut to the entry's size
+            end = stop + 1 if stop == ref.size else stop
             data = await trio.to_thread.run_sync(
-                self.store.get, ref.bucket, ref.key, ref.etag, start, None if whole else stop,
+                self.store.get, ref.bucket, ref.key, ref.etag, start, end,
                 limiter=self._s3_limiter)
         log.debug("fetched %s block %d (%d bytes) in %.1f ms", ref.uri, index, len(data),
                   (trio.current_time() - began) * 1000)
         if len(data) != stop - start:
-            raise CorruptData(f"{ref.uri}: got {len(data)} bytes for block {index}, "
-                              f"expected {stop - start} (object changed size?)")
+            raise CorruptData(f"{ref.uri}: got {len(data)}{'+' if len(data) > stop - start else ''} "
+                              f"bytes for block {index}, expected {stop - start} (the object "
+                              "is not the size its entry says)")
         return data
 
     async def _persist(self, bid: tuple[str, str, str, int], data: bytes) -> None:

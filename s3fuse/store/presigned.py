@@ -10,6 +10,13 @@ unsigned headers, so the presigned URL is the same for every block of an object.
 Listings go the same way: botocore's shape-driven parsing of a ListObjectsV2 page
 costs about 50 us per key, ElementTree's C parser a few; `find` lists one directory
 after another, so that was most of its time.
+
+Two deadlines, because a black-holed endpoint (accepts, never answers) and a slow but
+alive link must be told apart: the response headers must come within a short
+`first_byte_timeout` (a timeout then asks `alive()` whether S3 answers at all: if not,
+Offline at once), while the body only has to keep arriving (`read_timeout` per socket
+read, and LOW_SPEED). A body is never read past the length asked for: a server or proxy
+that ignores Range cannot make one GET buffer a whole object.
 """
 from __future__ import annotations
 
@@ -40,10 +47,17 @@ CONNECT_ERRORS = (NewConnectionError, ConnectTimeoutError)
 #: stalled connection: the socket timeout alone never fires on a trickle.
 LOW_SPEED = 4096
 CHUNK = 256 << 10
+#: Bytes of an error answer's body read (S3's error documents are a few hundred bytes).
+ERROR_BODY = 64 << 10
 
 
 class _Stalled(Exception):
     """The body trickled in slower than LOW_SPEED."""
+
+
+class _TooLong(Exception):
+    """The server sent more than the range asked for (it ignored Range, or the object is
+    not the size its entry says)."""
 
 
 class _Refused(Exception):
@@ -62,17 +76,23 @@ def _judge(exc: Exception) -> retry.Verdict:
         return retry.Verdict.SLOW
     if isinstance(exc, (ProtocolError, HTTPError, _Refused)):
         return retry.Verdict.RETRY
-    return retry.Verdict.STOP
+    return retry.Verdict.STOP  # _TooLong too: the same server sends the same bytes again
 
 
 class PresignedReader:
     def __init__(self, presign: Callable[[str, str], str], *, connect_timeout: float,
                  read_timeout: float, ca_certs: str | None, proxy_url: str | None = None,
-                 pool_size: int = 64):
+                 pool_size: int = 64, first_byte_timeout: float | None = None,
+                 alive: Callable[[], bool] | None = None):
+        """`first_byte_timeout` (default `read_timeout`) bounds the wait for the response
+        headers, `read_timeout` each read of the body; `alive()` is asked after a timeout
+        (see retry.call)."""
         self._presign = presign
         self._read_timeout = read_timeout
+        self._alive = alive
+        first_byte = read_timeout if first_byte_timeout is None else first_byte_timeout
         options = dict(num_pools=16, maxsize=pool_size, block=False, retries=False,
-                       timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+                       timeout=urllib3.Timeout(connect=connect_timeout, read=first_byte),
                        ca_certs=ca_certs)
         self._pool = (urllib3.ProxyManager(proxy_url, **options) if proxy_url
                       else urllib3.PoolManager(**options))
@@ -88,7 +108,8 @@ class PresignedReader:
         elif start:
             headers["Range"] = f"bytes={start}-"
         url = self._presign(bucket, key)
-        status, resp_headers, body = self._request(what, url, headers)
+        limit = None if end is None else end - start
+        status, resp_headers, body = self._request(what, url, headers, limit, skip_ok=not start)
         if status in (200, 206):
             returned = (resp_headers.get("ETag") or "").strip('"')
             if etag and returned and returned != etag:
@@ -105,16 +126,20 @@ class PresignedReader:
             error = RemoteError(f"{what}: S3 error {status}")
         raise retry.tagged(error, "", status)
 
-    def _request(self, what: str, url: str, headers: dict[str, str]
-                 ) -> tuple[int, Any, bytes]:
-        """(status, headers, whole body) of a GET, retried by the GETS policy of
-        store/retry.py while the failure is transient.
+    def _request(self, what: str, url: str, headers: dict[str, str], limit: int | None = None,
+                 skip_ok: bool = False) -> tuple[int, Any, bytes]:
+        """(status, headers, body) of a GET, retried by the GETS policy of store/retry.py
+        while the failure is transient.
 
         Errors and log lines name exception types only: urllib3's texts hold the signed URL.
 
-        Offline at once when S3 cannot be connected to (the link then fails fast);
-        RemoteError when the attempts run out. A body shorter than its Content-Length
-        is a failed attempt, never an answer.
+        Offline at once when S3 cannot be connected to, or sent no headers in time and
+        does not answer a probe either (`alive`; the link then fails fast); RemoteError
+        when the attempts run out. A body shorter than its Content-Length is a failed
+        attempt, never an answer. At most `limit` bytes are read (None: no limit): a 200
+        to a ranged request (Range ignored) gives its first `limit` bytes when the range
+        starts at 0 (`skip_ok`), an error otherwise; more than `limit` bytes in a 206 is
+        an error (RemoteError: `EIO`).
         """
         attempts = 0
 
@@ -123,16 +148,30 @@ class PresignedReader:
             attempts += 1
             resp = self._pool.request("GET", url, headers=headers, preload_content=False,
                                       decode_content=False, enforce_content_length=True)
+            finished = False
             try:
-                body = self._body(resp)
+                if resp.connection is not None and resp.connection.sock is not None:
+                    resp.connection.sock.settimeout(self._read_timeout)  # the body: stall timeout
+                ignored = resp.status == 200 and "Range" in headers
+                if ignored and not skip_ok:
+                    raise _TooLong("the server ignored Range")
+                if resp.status in (200, 206):
+                    body = self._body(resp, limit, cut=ignored)
+                else:  # an error document: its start is all we read
+                    body = self._body(resp, ERROR_BODY, cut=True)
+                finished = True
             finally:
+                if not finished or not resp.closed:
+                    resp.close()  # unread bytes are left: this connection cannot be reused
                 resp.release_conn()
             if retry.answered("", resp.status) is retry.Verdict.RETRY:
                 raise _Refused(resp.status)
             return resp.status, resp.headers, body
 
         try:
-            return retry.call(what, attempt, _judge, retry.GETS)
+            return retry.call(what, attempt, _judge, retry.GETS, alive=self._alive)
+        except _TooLong as exc:
+            raise RemoteError(f"{what}: more bytes than asked for ({exc})") from None
         except CONNECT_ERRORS as exc:
             raise Offline(f"{what}: S3 unreachable ({type(exc).__name__})") from None
         except (ReadTimeoutError, _Stalled) as exc:
@@ -145,15 +184,25 @@ class PresignedReader:
             raise retry.tagged(RemoteError(f"{what}: S3 error {exc.status} after {attempts} "
                                            "attempts"), "", exc.status) from None
 
-    def _body(self, resp: Any) -> bytes:
-        """The whole body, read as it arrives: a trickle slower than LOW_SPEED raises
-        _Stalled after about one `read_timeout` window; a short one ProtocolError."""
+    def _body(self, resp: Any, limit: int | None = None, cut: bool = False) -> bytes:
+        """The body, read as it arrives: a trickle slower than LOW_SPEED raises _Stalled
+        after about one `read_timeout` window; a short one ProtocolError. Never more than
+        `limit` bytes are read (one more tells that there are more): then the first
+        `limit` bytes when `cut`, else _TooLong."""
         chunks: list[bytes] = []
+        got = 0
         window_start, window_bytes = time.monotonic(), 0
         while True:
-            chunk = resp.read1(CHUNK)
+            want = CHUNK if limit is None else min(CHUNK, limit + 1 - got)
+            chunk = resp.read1(want)
             if not chunk:
                 break
+            got += len(chunk)
+            if limit is not None and got > limit:
+                if not cut:
+                    raise _TooLong(f"more than {limit} bytes")
+                chunks.append(chunk[:len(chunk) - (got - limit)])
+                return b"".join(chunks)
             chunks.append(chunk)
             window_bytes += len(chunk)
             elapsed = time.monotonic() - window_start

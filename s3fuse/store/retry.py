@@ -17,7 +17,10 @@ library's exception; S3's answers by `answered`):
 - no connection at all: STOP, the caller raises Offline at once (the link then fails
   fast until its probe succeeds; an upload waits without counting an attempt);
 - no answer in time, or a body trickling in: SLOW, at most `slow_attempts` of them,
-  so a black-holed endpoint fails after a bounded time;
+  so a black-holed endpoint fails after a bounded time; and when the caller can ask
+  whether S3 answers at all (`alive`, a probe with short deadlines) and it does not,
+  Offline at once: a black hole costs one first-byte deadline and one probe, not
+  three timeouts;
 - a connection reset, a truncated body: RETRY;
 - S3 answered 429 or 5xx (but 501), or a throttling/timeout code: RETRY;
 - any other answer (403, 404, 412, other 4xx, 501): STOP.
@@ -89,16 +92,22 @@ def answered(code: str, status: int) -> Verdict:
 
 
 def call(what: str, attempt: Callable[[], T], judge: Callable[[Exception], Verdict],
-         policy: Policy, on_retry: Callable[[int, Exception], None] | None = None) -> T:
+         policy: Policy, on_retry: Callable[[int, Exception], None] | None = None,
+         alive: Callable[[], bool] | None = None) -> T:
     """attempt() until it returns, or its exception is judged STOP, or the policy's attempts
-    (or slow attempts) run out: then that exception is raised. Blocking (sleeps between
-    attempts). Log lines name exception types only: some texts hold signed URLs."""
+    (or slow attempts) run out: then that exception is raised. After a SLOW failure,
+    `alive()` False (S3 answers nothing, not even a probe) raises Offline at once.
+    Blocking (sleeps between attempts). Log lines name exception types only: some texts
+    hold signed URLs."""
     slow = 0
     for number in itertools.count(1):
         try:
             return attempt()
         except Exception as exc:
             verdict = judge(exc)
+            if verdict is Verdict.SLOW and alive is not None and not alive():
+                raise Offline(f"{what}: no answer from S3 in time, nor to a probe "
+                              f"({type(exc).__name__})") from None
             slow += verdict is Verdict.SLOW
             if (verdict is Verdict.STOP
                     or (verdict is Verdict.SLOW and slow >= policy.slow_attempts)

@@ -5,6 +5,15 @@ presigned fast path of store/presigned.py.
 All methods are blocking; callers run them in worker threads. boto3 clients are
 thread-safe, sessions are not, so clients are built once here. botocore's own retries
 are off: every request is retried by the one policy of store/retry.py.
+
+Deadlines (docs/offline.md): connecting takes at most CONNECT_TIMEOUT; reads (HEAD,
+listings, GETs, the probe) must see their response headers within FIRST_BYTE_TIMEOUT,
+after which a body only has to keep arriving (`read_timeout` per socket read). A
+request that got no answer in time asks S3 once, with the same short deadlines,
+whether it answers at all (`_alive`): if not, the link goes offline at once. So a
+black-holed endpoint (accepting, never answering) costs a few seconds once, not minutes
+per request. Writes keep the long `read_timeout` for their answer: S3 answers a big PUT
+or CompleteMultipartUpload only once it has the whole object.
 """
 from __future__ import annotations
 
@@ -12,6 +21,7 @@ import email.utils
 import logging
 import os
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -58,7 +68,8 @@ TRUNCATION_ERRORS = (
 )
 PRESIGN_SECONDS = 3600
 CONNECT_TIMEOUT = 2.0  # an unreachable endpoint is noticed this fast (then: offline)
-READ_TIMEOUT = 30.0
+FIRST_BYTE_TIMEOUT = 2.0  # a read's response headers; then S3 is probed (black hole: offline)
+READ_TIMEOUT = 30.0  # a body (or a write's answer) that stops arriving
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -165,10 +176,14 @@ class S3Store:
 
     def __init__(self, cfg: Config, connect_timeout: float = CONNECT_TIMEOUT,
                  read_timeout: float = READ_TIMEOUT, link: Link | None = None,
-                 page_size: int = 1000):
+                 page_size: int = 1000, first_byte_timeout: float = FIRST_BYTE_TIMEOUT):
         self.cfg = cfg
         self.link = link or Link()
         self.page_size = page_size  # keys and prefixes per ListObjectsV2 page
+        first_byte = min(first_byte_timeout, read_timeout)
+        self._first_byte = first_byte
+        self._alive_lock = threading.Lock()
+        self._answered_at = -float("inf")  # when S3 last answered an `_alive` probe
         core = botocore.session.get_session()
         # dateutil parses every LastModified in a listing; this is the hot part of `find`.
         core.get_component("response_parser_factory").set_parser_defaults(
@@ -181,7 +196,7 @@ class S3Store:
         bcfg = botocore.config.Config(
             signature_version="s3v4",
             connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
+            read_timeout=first_byte,  # reads: small answers (HEAD, listings, the probe)
             # one attempt: `_call` retries by the policy of store/retry.py (REQUESTS: 5
             # attempts, so HEADs and listing fallbacks fail one in 3,000 in a 20% error storm)
             retries={"mode": "standard", "total_max_attempts": 1},
@@ -196,10 +211,14 @@ class S3Store:
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         self.read_client = self._client(session, bcfg, cfg.read_keys)
-        self.write_client = self._client(session, bcfg, cfg.write_keys) if cfg.write_keys else self.read_client
+        # writes wait for their answer as long as a body may stall (S3 answers a PUT once
+        # it has the whole body): their own client, also when they use the read keys
+        self.write_client = self._client(session, bcfg.merge(botocore.config.Config(
+            read_timeout=read_timeout)), cfg.write_keys or cfg.read_keys)
         self._presigner = Presigner(self.read_client, PRESIGN_SECONDS)
         self._fast = PresignedReader(
             self._presign_get, connect_timeout=connect_timeout, read_timeout=read_timeout,
+            first_byte_timeout=first_byte, alive=self._alive,
             ca_certs=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True),
             proxy_url=proxy_for(self.read_client.meta.endpoint_url))
 
@@ -259,7 +278,7 @@ class S3Store:
             self._count(operation)
             return fn(**kwargs)
         try:
-            result = retry.call(what, attempt, judge, retry.REQUESTS, on_retry)
+            result = retry.call(what, attempt, judge, retry.REQUESTS, on_retry, alive=self._alive)
         except Exception as exc:  # noqa: BLE001 - translated, never leaked
             raise self._failed(translate(exc, what)) from None
         self.link.succeeded()
@@ -270,15 +289,36 @@ class S3Store:
             self.link.failed(str(error))
         return error
 
-    def probe(self) -> bool:
-        """One cheap request that ignores the link state: can we reach S3 at all?"""
+    def _answers(self) -> bool:
+        """One cheap request with the short deadlines: does S3 answer at all (even 403)?"""
         try:
             self.read_client.list_buckets()
         except Exception as exc:  # noqa: BLE001 - any answer from S3 (even 403) means reachable
             if isinstance(translate(exc, "probe"), Offline):
                 return False
+        return True
+
+    def probe(self) -> bool:
+        """One cheap request that ignores the link state: can we reach S3 at all?"""
+        if not self._answers():
+            return False
         self.link.succeeded()
         return True
+
+    def _alive(self) -> bool:
+        """Asked after a request got no answer in time: is S3 there at all (a slow request
+        on a live link), or silent (a black hole: the link goes offline, False)? One probe
+        at a time; its answer stands for the others timing out with it."""
+        with self._alive_lock:
+            if not self.link.online:
+                return False
+            if time.monotonic() - self._answered_at < self._first_byte:
+                return True
+            if self._answers():
+                self._answered_at = time.monotonic()
+                return True
+            self.link.failed(f"no answer from S3 within {self._first_byte:g}s")
+            return False
 
     # ------------------------------------------------------------ reads
 

@@ -8,6 +8,12 @@ than the TTL, and record what uploads changed meanwhile (LearnedChanges). A list
 or entry that cannot be refreshed (offline, a 5xx storm, a full cache disk) is served
 as last stored rather than failing.
 
+A revalidation never holds up what the cache can answer for long: when S3 has not
+started answering it within REVALIDATE_WAIT (a black-holed endpoint accepts connections
+and says nothing), the stored listing or entry is served, the link goes offline (its
+probe brings it back) and the request finishes in the background. While offline,
+stored answers are served at once.
+
 It knows nothing of local changes: the view of pending uploads (pending.py) lays
 them over what this module returns. Whole listings are read from the store in a
 worker thread: a 200,000-entry directory takes the metadata store ~0.4 s to read, and
@@ -17,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Hashable
 
 import trio
 
@@ -42,6 +50,19 @@ STORED_READS = 4
 #: loop: well under a millisecond, where a trip to a worker thread cost a `find` over
 #: many small directories 10% of its time.
 SMALL_LISTING = 256
+#: Seconds a stat or readdir waits for S3 to start answering a revalidation when it has a
+#: stored answer to give instead (docs/offline.md).
+REVALIDATE_WAIT = 2.0
+
+
+@dataclass(eq=False)
+class _Revalidation:
+    """One revalidation running in the background; its waiters may give up on it."""
+
+    answered: trio.Event = field(default_factory=trio.Event)  # S3 started answering
+    done: trio.Event = field(default_factory=trio.Event)
+    value: Any = None
+    error: BaseException | None = None
 
 
 def entries_from_pages(pages: list[ListPage], prefix: str, hidden: OnceLogger,
@@ -92,6 +113,37 @@ class Listings:
         self._flight: SingleFlight[None] = SingleFlight()
         self._learned = LearnedChanges()
         self._hidden = OnceLogger(log)
+        self._revalidating: dict[Hashable, _Revalidation] = {}
+
+    # ----------------------------------------------------------- revalidation deadline
+
+    async def _answer_in_time(self, key: Hashable, what: str,
+                              work: Callable[[_Revalidation], Awaitable[Any]]) -> _Revalidation | None:
+        """Run `work` (one revalidation, shared by everyone asking for `key`) in the
+        background and wait for it to finish; None when S3 did not start answering
+        within REVALIDATE_WAIT: the link is then offline and `work` goes on alone."""
+        job = self._revalidating.get(key)
+        if job is None:
+            job = self._revalidating[key] = _Revalidation()
+
+            async def run() -> None:
+                try:
+                    job.value = await work(job)
+                except S3FuseError as exc:  # the waiters' business (there may be none left)
+                    job.error = exc
+                    log.debug("%s: %s", what, exc)
+                finally:
+                    job.answered.set()
+                    job.done.set()
+                    del self._revalidating[key]
+            self._background.spawn(run, kind=LIST_AHEAD_TASK, name=what)
+        with trio.move_on_after(REVALIDATE_WAIT):
+            await job.answered.wait()
+        if not job.answered.is_set():
+            self._store.link.failed(f"{what}: no answer within {REVALIDATE_WAIT:g}s")
+            return None
+        await job.done.wait()
+        return job
 
     # ----------------------------------------------------------- directories
 
@@ -105,7 +157,14 @@ class Listings:
         if self._fresh(listed_at):
             return
         try:
-            await self._flight.run(path, self._refresh, path)
+            if listed_at is None or not self._background.active:
+                await self._flight.run(path, self._refresh, path)
+            elif self._store.link.online:  # offline: the stored listing, at once
+                job = await self._answer_in_time(
+                    ("list", path), f"ListObjectsV2 {self._keys.uri(self._keys.dir_prefix(path))}",
+                    lambda job: self._flight.run(path, self._refresh, path, job.answered))
+                if job is not None and job.error is not None:
+                    raise job.error
         except (Offline, RemoteError) as exc:
             if listed_at is None:
                 raise
@@ -120,13 +179,18 @@ class Listings:
                 log.warning("%s: serving stored listings without refreshing them", exc)
             log.debug("cache full: serving the stored listing of %s", self._keys.dir_prefix(path))
 
-    async def _refresh(self, path: str) -> None:
+    async def _refresh(self, path: str, answered: trio.Event | None = None) -> None:
+        """List `path` from S3 and store it; `answered` is set at the first page."""
         prefix = self._keys.dir_prefix(path)
         ns_id = self._keys.ns_id
         mark = self._learned.mark()
 
         def fetch() -> None:
-            pages = list(self._store.list_pages(self._keys.bucket, prefix))
+            pages = []
+            for page in self._store.list_pages(self._keys.bucket, prefix):
+                if not pages and answered is not None:
+                    trio.from_thread.run_sync(answered.set)
+                pages.append(page)
             entries = entries_from_pages(pages, prefix, self._hidden, time.time())
             with self._meta.writing():  # uploads that finished meanwhile are not in `pages`
                 changes = self._learned.since(mark, path)
@@ -199,14 +263,32 @@ class Listings:
 
     async def revalidate(self, parent: str, entry: Entry) -> Entry:
         """The entry of file `parent/entry.name` as HEAD shows it now (stored); the stored
-        one when S3 cannot be asked; NotFound (and forgotten) when S3 has it no more."""
+        one when S3 cannot be asked, or does not answer within REVALIDATE_WAIT (then HEAD
+        goes on in the background); NotFound (and forgotten) when S3 has it no more."""
+        key = self._keys.key(join(parent, entry.name))
+        if not self._store.link.online:  # offline: the stored entry, at once
+            return entry
+        try:
+            if not self._background.active:
+                return await self._head(parent, entry)
+            job = await self._answer_in_time(("head", parent, entry.name),
+                                             f"HeadObject {self._keys.uri(key)}",
+                                             lambda job: self._head(parent, entry))
+            if job is None:
+                return entry
+            if job.error is not None:
+                raise job.error
+            return job.value
+        except (Offline, RemoteError) as exc:  # as for listings: the last entry, not EIO
+            log.debug("serving the cached entry of %s: %s", key, exc)
+            return entry
+
+    async def _head(self, parent: str, entry: Entry) -> Entry:
+        """HEAD `parent/entry.name` and store what it says (NotFound: forgotten)."""
         key = self._keys.key(join(parent, entry.name))
         try:
             info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, key,
                                                  limiter=self._limiter)
-        except (Offline, RemoteError) as exc:  # as for listings: the last entry, not EIO
-            log.debug("serving the cached entry of %s: %s", key, exc)
-            return entry
         except NotFound:
             self._meta.remove_entry(self._keys.ns_id, parent, entry.name)
             raise
