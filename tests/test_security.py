@@ -78,7 +78,8 @@ def test_other_users_get_exactly_what_the_modes_say(s3, bucket, public_base, fus
         assert path.read_bytes() == b"contents"                 # root (the owner) reads
         denied = as_nobody("cat", str(path))
         assert denied.returncode != 0 and "Permission denied" in denied.stderr
-        assert as_nobody("ls", str(private.path(bucket))).stdout.split() == ["f.txt"]
+        listed = as_nobody("ls", str(private.path(bucket)))
+        assert listed.stdout.split() == ["f.txt"], listed.stderr
         # the control xattrs of the root are the owner's: nobody cannot start jobs
         res = as_nobody("setfattr", "-n", "user.s3fuse.retry", "-v", "1", str(private.mountpoint))
         assert res.returncode != 0 and "Permission denied" in res.stderr
