@@ -228,7 +228,8 @@ def test_an_entry_sqlite_cannot_store_is_skipped_not_fatal(tmp_path: Path, line:
         index = ingest(tmp_path, line + b"\n" + jsonl({"kind": "file", "key": "m/ok"}))
     assert [n.name for n in index.children(ROOT_ID, 0, 10)] == ["ok"]
     assert index.info("root_etag") == "e1"
-    assert "line 1: an entry the index cannot store" in caplog.text
+    # the parser (a lone surrogate) or the index (an integer over 64 bits) skips it
+    assert "1 line skipped (line 1: " in caplog.text
 
 
 class Clock:
