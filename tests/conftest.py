@@ -153,3 +153,14 @@ def public_base() -> Iterator[Path]:
     base.chmod(0o755)
     yield base
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def restore_umask() -> Iterator[None]:
+    """The CLI sets umask 077 for the process (its cache and log are private): a test that
+    runs it in-process must not leave that to the tests after it (they create directories
+    other users must traverse)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
