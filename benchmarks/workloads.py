@@ -517,7 +517,7 @@ def offline_detect_recover(ctx: Context) -> dict[str, float]:
 #: How long S3 stays black-holed before the warm tree is read again: past s3fuse's
 #: --metadata-ttl and s3fs's stat_cache_expire (60 s each), so both revalidate.
 BLACKHOLE_AGE = 65.0
-BLACKHOLE_TIMEOUT = 300.0  # an `ls -R` or `cat` still running then has failed
+BLACKHOLE_TIMEOUT = 120.0  # an `ls -R` or `cat` still running then has failed
 
 
 @workload(
