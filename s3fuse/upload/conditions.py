@@ -9,8 +9,9 @@ wrong ETag (both must fail with 412), deleted with `If-Match` a wrong ETag (must
 412), then deleted. Writes and deletes are judged apart (a server may honour one only);
 what is missing gets the uploader's HEAD check instead. Answers are kept for the mount's
 lifetime. The scratch key is recorded in the journal before it is written, so one a
-crash leaves behind is deleted at the next start (`remove_leftovers`). Offline (or a transient error) during the probe postpones it: the job waits and
-the probe runs again, support is never assumed. A scratch key we may not write (403)
+crash leaves behind is deleted at the next start (`remove_leftovers`). Offline (or a
+transient error) during the probe postpones it: the job waits and the probe runs again,
+support is never assumed. A scratch key we may not write (403)
 gives that one request the HEAD check, and the next one probes again. Blocking: call from
 a worker thread.
 """
