@@ -48,7 +48,8 @@ def test_block_cache_put_get_and_corrupt_file_is_a_miss(tmp_path: Path):
 
 
 def test_lru_size_cap(tmp_path: Path):
-    cache = BlockCache(tmp_path / "blocks", 1 << 20)
+    cache = BlockCache(tmp_path / "blocks", 1 << 20, tmp_path / "pinned")
+    assert cache.usage() == {"used": 0, "blocks": 0, "pinned": 0, "pinned_blocks": 0}
     for i in range(40):
         cache.put("b", "k", "e", i, os.urandom(100_000))
     assert cache.usage()["used"] <= 1.5 * (1 << 20)

@@ -195,9 +195,13 @@ class BlockCache:
             return block_id(bucket, key, etag, index) in self._pinned
 
     def usage(self) -> dict[str, int]:
+        """Bytes on disk and block counts; an empty store counts 0 bytes (not the pages of
+        its empty SQLite file: status showed "pinned 28 KiB in 0 pins")."""
         with self._lock:
-            return {"used": int(self._lru.volume()), "blocks": len(self._lru),
-                    "pinned": int(self._pinned.volume()), "pinned_blocks": len(self._pinned)}
+            used, pinned = len(self._lru), len(self._pinned)
+            return {"used": int(self._lru.volume()) if used else 0, "blocks": used,
+                    "pinned": int(self._pinned.volume()) if pinned else 0,
+                    "pinned_blocks": pinned}
 
     def prune(self, older_than: float | None, max_size: int | None) -> tuple[int, int]:
         """Drop LRU blocks last used before `older_than` (epoch seconds), then least
