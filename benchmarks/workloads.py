@@ -520,25 +520,6 @@ BLACKHOLE_AGE = 65.0
 BLACKHOLE_TIMEOUT = 120.0  # an `ls -R` or `cat` still running then has failed
 
 
-@workload(
-    "blackhole_serve",
-    "Serving a cached tree with S3 black-holed",
-    [
-        Metric("blackhole_ls", "`ls -R` of the warm tree, S3 black-holed for "
-               f"{BLACKHOLE_AGE:.0f} s"),
-        Metric("blackhole_cat", "then `cat` of every file of it"),
-    ],
-    setups=(datasets.tree,),
-    notes="Every filesystem mounted through a TCP proxy in front of SeaweedFS that can turn "
-          "into a black hole (connections accepted, requests read, nothing ever answered: "
-          "a captive portal, a dead VPN, a half-open NAT). One top directory of the tree "
-          "({tree_subdirs} x {tree_files} files) is listed with `ls -R` and read with `cat` "
-          "(fresh mount, empty caches), the daemon left to go idle, then S3 black-holed "
-          f"for {BLACKHOLE_AGE:.0f} s (past the 60 s metadata TTL of s3fuse and s3fs; "
-          "rclone keeps directories 5 min) before the same `ls -R` and `cat` are timed "
-          f"and the bytes checked. More than {BLACKHOLE_TIMEOUT:.0f} s, an error or a "
-          "wrong byte counts as failed.",
-)
 def timed_or_abort(fs: FileSystem, args: Sequence[str | Path], timeout: float,
                    label: str) -> tuple[float, bytes]:
     """``timed_bytes``, except that a command still running after ``timeout`` has the
@@ -561,6 +542,25 @@ def timed_or_abort(fs: FileSystem, args: Sequence[str | Path], timeout: float,
     return time.perf_counter() - start, out
 
 
+@workload(
+    "blackhole_serve",
+    "Serving a cached tree with S3 black-holed",
+    [
+        Metric("blackhole_ls", "`ls -R` of the warm tree, S3 black-holed for "
+               f"{BLACKHOLE_AGE:.0f} s"),
+        Metric("blackhole_cat", "then `cat` of every file of it"),
+    ],
+    setups=(datasets.tree,),
+    notes="Every filesystem mounted through a TCP proxy in front of SeaweedFS that can turn "
+          "into a black hole (connections accepted, requests read, nothing ever answered: "
+          "a captive portal, a dead VPN, a half-open NAT). One top directory of the tree "
+          "({tree_subdirs} x {tree_files} files) is listed with `ls -R` and read with `cat` "
+          "(fresh mount, empty caches), the daemon left to go idle, then S3 black-holed "
+          f"for {BLACKHOLE_AGE:.0f} s (past the 60 s metadata TTL of s3fuse and s3fs; "
+          "rclone keeps directories 5 min) before the same `ls -R` and `cat` are timed "
+          f"and the bytes checked. More than {BLACKHOLE_TIMEOUT:.0f} s, an error or a "
+          "wrong byte counts as failed.",
+)
 def blackhole_serve(ctx: Context) -> dict[str, float]:
     fs = ctx.fs
     first = next(datasets.tree_keys(ctx.spec))
