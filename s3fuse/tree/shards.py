@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..archive.index import DEFAULT_SPACING, ArchiveIndex, build_index, read_member
+from ..archive.index import DEFAULT_SPACING, ArchiveIndex, RangeSource, build_index, read_member
 from ..archive.limits import ArchiveError, Limits
 from ..archive.tar import Member
 from ..data.reader import BlockReader, ReadState
@@ -29,7 +29,7 @@ from ..util.flight import SingleFlight
 from ..util.oncelog import example
 from .contract import FileHandle
 from .sources import ObjectSource
-from .streams import StreamPasses
+from .streams import DirectSource, StreamPasses
 
 if TYPE_CHECKING:
     from .manifest import ManifestTree
@@ -236,9 +236,18 @@ class ShardService:
             stream = ObjectRef(bucket, f"{key}#", etag, shard["usize"] or 0)
 
             def loader(start: int, stop: int) -> bytes:
-                return self._streams.read(archive, ReaderSource(self.reader, archive), stream, fmt,
-                                          member.offset + start, member.offset + stop)
+                return self._streams.read(archive, self._stream_source(archive, stream), stream,
+                                          fmt, member.offset + start, member.offset + stop)
         return ObjectSource(self.reader, virtual, loader)
+
+    def _stream_source(self, archive: ObjectRef, stream: ObjectRef) -> RangeSource:
+        """Where a pass over `stream` reads its archive: through the block cache, unless
+        the stream is over half of it (see tree/streams.py)."""
+        if self._streams.fits(stream):
+            return ReaderSource(self.reader, archive)
+        return DirectSource(lambda start, stop: self.store.get(archive.bucket, archive.key,
+                                                               archive.etag, start, stop),
+                            archive.size)
 
     async def _gzip_index(self, tree: "ManifestTree", node_id: int,
                           shard: dict[str, Any]) -> ArchiveIndex:

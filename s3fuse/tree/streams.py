@@ -36,6 +36,10 @@ REMEMBERED = 4096
 StreamKey = tuple[str, str, str]
 
 
+def _mib(n: int) -> int:
+    return -(-n // (1 << 20))
+
+
 class StreamTooBig(S3FuseError):
     """Bytes of an over-cache xz/bz2 stream behind its pass, evicted, asked again too soon."""
 
@@ -51,6 +55,25 @@ class _Pass:
     base: int = 0
     pending: bytearray = field(default_factory=bytearray)
     done: bool = False
+
+
+class DirectSource:
+    """An archive read straight from S3 in WINDOW-sized ranged GETs, past the block cache:
+    for a stream over half the cache, whose compressed blocks in the cache would only
+    evict its decompressed ones (and be evicted before the pass reached them)."""
+
+    WINDOW = 8 << 20
+
+    def __init__(self, get: Callable[[int, int], bytes], size: int):
+        self.size = size
+        self._get = get
+        self._at = 0
+        self._buf = b""
+
+    def read(self, offset: int, size: int) -> bytes:
+        if not (self._at <= offset and offset + size <= self._at + len(self._buf)):
+            self._at, self._buf = offset, self._get(offset, min(self.size, offset + max(size, self.WINDOW)))
+        return self._buf[offset - self._at:offset - self._at + size]
 
 
 class StreamPasses:
@@ -110,10 +133,11 @@ class StreamPasses:
             last = self._started.get(key)
             if not self.fits(stream) and last is not None and now - last < RESTART_INTERVAL:
                 raise StreamTooBig(
-                    f"{archive.uri} decompresses to {stream.size} bytes, over half the cache "
-                    f"({self.blocks.size_limit}): read its members in archive order or raise "
-                    f"--cache-size to {2 * stream.size}; bytes behind the current pass are "
-                    f"decompressed again at most every {RESTART_INTERVAL:.0f}s")
+                    f"{archive.uri} decompresses to {_mib(stream.size)} MiB, over half the cache "
+                    f"({_mib(self.blocks.size_limit)} MiB): read its members in archive order, or "
+                    f"raise --cache-size to {_mib(2 * stream.size)}M to read them in any order; "
+                    f"bytes it has gone by are decompressed again at most every "
+                    f"{RESTART_INTERVAL:.0f}s")
             self._started[key] = now
             self._started.move_to_end(key)
             while len(self._started) > REMEMBERED:
