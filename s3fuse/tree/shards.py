@@ -9,6 +9,7 @@ decompressed stream, in passes that fill the block cache (xz/bz2: tree/streams.p
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -117,7 +118,11 @@ class ShardService:
         self._flight: SingleFlight[None] = SingleFlight()
         self._gzip: OrderedDict[tuple[str, str], ArchiveIndex] = OrderedDict()  # restored seek points
         self._rows: OrderedDict[tuple[Any, int], tuple[dict[str, Any], float]] = OrderedDict()
-        self._streams = StreamPasses(reader.blocks, reader.block_size, limits)
+
+    @functools.cached_property
+    def _streams(self) -> StreamPasses:
+        """xz/bz2 passes, made on first use (the reader may come later in tests)."""
+        return StreamPasses(self.reader.blocks, self.reader.block_size, self.limits)
 
     # ------------------------------------------------------------ indexing
 
