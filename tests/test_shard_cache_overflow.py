@@ -151,3 +151,16 @@ def test_an_over_cache_stream_restarts_once_per_interval(tmp_path):  # type: ign
     assert read(900_000, 900_010) == plain[900_000:900_010]
     with pytest.raises(StreamTooBig):
         read(5000, 5010)
+
+
+def test_a_pass_that_s3_failed_under_is_dropped_not_served_short(tmp_path):  # type: ignore[no-untyped-def]
+    read, plain, source, _now = passes_over(tmp_path, 1 << 20, cache_blocks=16)
+    real = source.read
+
+    def offline(offset: int, size: int) -> bytes:
+        raise OSError("S3 unreachable")
+    source.read = offline
+    with pytest.raises(OSError):
+        read(500_000, 500_010)
+    source.read = real
+    assert read(500_000, 500_010) == plain[500_000:500_010]    # a new pass, not refused

@@ -111,9 +111,20 @@ class StreamPasses:
             try:
                 return self._advance(run, stream, start, stop, archive)
             except ArchiveError as exc:
-                with self._guard:
-                    self._passes.pop(key, None)
+                self._drop(key, run)
                 raise CorruptData(f"{archive.uri}: {exc}") from None
+            except BaseException:
+                # S3 failed under the pass (offline, a 5xx): its generator is spent, and
+                # the next read may start another without waiting for the ration
+                self._drop(key, run, forget=True)
+                raise
+
+    def _drop(self, key: StreamKey, run: _Pass, forget: bool = False) -> None:
+        with self._guard:
+            if self._passes.get(key) is run:
+                del self._passes[key]
+            if forget:
+                self._started.pop(key, None)
 
     def _cached(self, stream: ObjectRef, start: int, stop: int) -> bytes | None:
         block = self.block_size
