@@ -5,20 +5,20 @@ through the block cache: plain tar hops from header to header; tar.gz is
 decompressed once to build seek points; xz/bz2 are streamed once. Members then
 become rows of the manifest index. Reading a member is a ranged GET of just its
 bytes (tar), a decompression from the nearest seek point (gzip) or a read of the
-decompressed stream that the first access put into the block cache (xz/bz2).
+decompressed stream, in passes that fill the block cache (xz/bz2: tree/streams.py).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import threading
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..archive.index import DEFAULT_SPACING, ArchiveIndex, build_index, iter_decompressed, read_member
+from ..archive.index import DEFAULT_SPACING, ArchiveIndex, RangeSource, build_index, read_member
 from ..archive.limits import ArchiveError, Limits
 from ..archive.tar import Member
 from ..data.reader import BlockReader, ReadState
@@ -30,6 +30,7 @@ from ..util.flight import SingleFlight
 from ..util.oncelog import example
 from .contract import FileHandle
 from .sources import ObjectSource
+from .streams import DirectSource, StreamPasses
 
 if TYPE_CHECKING:
     from .manifest import ManifestTree
@@ -117,7 +118,11 @@ class ShardService:
         self._flight: SingleFlight[None] = SingleFlight()
         self._gzip: OrderedDict[tuple[str, str], ArchiveIndex] = OrderedDict()  # restored seek points
         self._rows: OrderedDict[tuple[Any, int], tuple[dict[str, Any], float]] = OrderedDict()
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    @functools.cached_property
+    def _streams(self) -> StreamPasses:
+        """xz/bz2 passes, made on first use (the reader may come later in tests)."""
+        return StreamPasses(self.reader.blocks, self.reader.block_size, self.limits)
 
     # ------------------------------------------------------------ indexing
 
@@ -236,9 +241,18 @@ class ShardService:
             stream = ObjectRef(bucket, f"{key}#", etag, shard["usize"] or 0)
 
             def loader(start: int, stop: int) -> bytes:
-                return self._from_stream(archive, stream, fmt, member.offset + start,
-                                         member.offset + stop)
+                return self._streams.read(archive, self._stream_source(archive, stream), stream,
+                                          fmt, member.offset + start, member.offset + stop)
         return ObjectSource(self.reader, virtual, loader)
+
+    def _stream_source(self, archive: ObjectRef, stream: ObjectRef) -> RangeSource:
+        """Where a pass over `stream` reads its archive: through the block cache, unless
+        the stream is over half of it (see tree/streams.py)."""
+        if self._streams.fits(stream):
+            return ReaderSource(self.reader, archive)
+        return DirectSource(lambda start, stop: self.store.get(archive.bucket, archive.key,
+                                                               archive.etag, start, stop),
+                            archive.size)
 
     async def _gzip_index(self, tree: "ManifestTree", node_id: int,
                           shard: dict[str, Any]) -> ArchiveIndex:
@@ -265,39 +279,3 @@ class ShardService:
             return fn(*args)
         except ArchiveError as exc:
             raise CorruptData(str(exc)) from None
-
-    def _from_stream(self, archive: ObjectRef, stream: ObjectRef, fmt: str, start: int,
-                     stop: int) -> bytes:
-        """Bytes of an xz/bz2 archive's decompressed stream; the first miss decompresses it
-        all once into the block cache (those formats cannot seek)."""
-        block = self.reader.block_size
-        lock = self._locks.setdefault((stream.bucket, stream.key + stream.etag), threading.Lock())
-        with lock:
-            parts = [self.reader.blocks.get(stream.bucket, stream.key, stream.etag, i)
-                     for i in range(start // block, (stop - 1) // block + 1)]
-            if any(p is None for p in parts):
-                self._decompress_into_cache(archive, stream, fmt)
-                parts = [self.reader.blocks.get(stream.bucket, stream.key, stream.etag, i)
-                         for i in range(start // block, (stop - 1) // block + 1)]
-                if any(p is None for p in parts):
-                    raise CorruptData(f"{archive.uri}: decompressed stream not cacheable")
-        base = (start // block) * block
-        return b"".join(parts)[start - base:stop - base]  # type: ignore[arg-type]
-
-    def _decompress_into_cache(self, archive: ObjectRef, stream: ObjectRef, fmt: str) -> None:
-        block = self.reader.block_size
-        pending = bytearray()
-        index = 0
-        source = ReaderSource(self.reader, archive)
-        try:
-            for _offset, chunk in iter_decompressed(source, fmt, self.limits):
-                pending += chunk
-                while len(pending) >= block:
-                    self.reader.blocks.put(stream.bucket, stream.key, stream.etag, index,
-                                           bytes(pending[:block]))
-                    del pending[:block]
-                    index += 1
-        except ArchiveError as exc:
-            raise CorruptData(f"{archive.uri}: {exc}") from None
-        if pending:
-            self.reader.blocks.put(stream.bucket, stream.key, stream.etag, index, bytes(pending))
