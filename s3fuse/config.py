@@ -103,8 +103,8 @@ class Config:
 
 
 def default_cache_dir() -> Path:
-    """Where default cache dirs live: one subdirectory per endpoint identity below it (and,
-    from before identities, the data of one at its top: see cache/identity.py)."""
+    """The default cache dir: the first endpoint identity mounted with it keeps its data
+    here, every other one in a subdirectory of its own (see cache/identity.py)."""
     if os.geteuid() == 0:
         return Path("/var/cache/s3fuse")
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")

@@ -185,12 +185,15 @@ def user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_default_cache_dirs_are_one_per_identity(user_cache: Path) -> None:
-    aws, minio = resolve_cache_dir(None, AWS), resolve_cache_dir(None, MINIO)
-    assert aws.parent == minio.parent == user_cache and aws != minio
-    assert minio.name.startswith("minio.local-9000-") and aws.name.startswith("aws-")
-    for identity, path in ((AWS, aws), (MINIO, minio)):
-        path.mkdir(parents=True)
-        claim(path, identity)  # no refusal: each has its own
+    aws = resolve_cache_dir(None, AWS)
+    assert aws == user_cache  # the documented default, for the first identity that uses it
+    aws.mkdir(parents=True)
+    claim(aws, AWS)
+    minio = resolve_cache_dir(None, MINIO)
+    assert minio.parent == user_cache and minio.name.startswith("minio.local-9000-")
+    assert resolve_cache_dir(None, Identity("aws:aws-cn")).name.startswith("aws-")
+    minio.mkdir()
+    claim(minio, MINIO)  # no refusal: each has its own
     assert resolve_cache_dir(None, AWS) == aws and resolve_cache_dir(None, MINIO) == minio
     assert resolve_cache_dir(Path("/x"), MINIO) == Path("/x")  # a configured one is kept
 

@@ -16,10 +16,11 @@ An identity is what decides where a bucket name points to:
 - the account, when the configuration names it (the account id in `role_arn`).
 Not the access key: keys rotate, and the read and write keys of one secrets.env differ.
 
-The default cache dir (none configured) is one per identity, `<base>/<slug>`, so
-mounts of different endpoints with defaults are isolated without an error. A cache dir
-from before identities (data, no identity.json) is adopted by the first mount, which
-records its identity there; the legacy default base stays that identity's default.
+The default cache dir (none configured) is the documented `~/.cache/s3fuse` (root:
+`/var/cache/s3fuse`) for the first identity that mounts with it, and `<that>/<slug>` for
+every other one, so mounts of different endpoints with defaults are isolated without an
+error. A cache dir from before identities (data, no identity.json) is adopted by the
+first mount, which records its identity there.
 """
 from __future__ import annotations
 
@@ -226,13 +227,13 @@ def claim(cache_dir: Path, identity: Identity) -> None:
 
 def resolve_cache_dir(configured: Path | None, identity: Identity, base: Path | None = None) -> Path:
     """The cache dir a mount uses: the configured one, else the default of its identity:
-    the legacy default `base` when it is (or is about to be adopted as) this identity's,
-    else `<base>/<slug>`."""
+    the documented default `base` when it is this identity's or no one's yet (a fresh
+    one, or one from before identities, adopted), else `<base>/<slug>`."""
     if configured is not None:
         return configured
     base = base or default_cache_dir()
     recorded = read_identity(base) if base.is_dir() else None
-    if recorded == identity or (recorded is None and base.is_dir() and has_cache_data(base)):
+    if recorded is None or recorded == identity:
         return base
     return base / identity.slug
 
