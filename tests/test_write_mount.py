@@ -153,6 +153,25 @@ def test_chmod_chown_refused_utimens_kept(s3, bucket, mount_factory):
     assert info.value.errno == errno.EPERM
 
 
+def test_renaming_an_fsynced_open_file_removes_its_old_key(s3, bucket, mount_factory):
+    """Found by the write model: the old key's removal took the condition the file was
+    opened with ("did not exist"), so the version fsync had uploaded was never deleted,
+    and a new file of that name became a conflict copy."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    d = m.path(bucket)
+    fd = os.open(d / "b", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    os.fsync(fd)                                  # b is in S3 now
+    os.rename(d / "b", d / "a")
+    os.close(fd)
+    with open(d / "b", "wb") as fh:               # a new b
+        fh.write(b"new b")
+        fh.flush()
+        os.fsync(fh.fileno())
+    assert sync(m.mountpoint).returncode == 0
+    assert sorted(os.listdir(d)) == ["a", "b"]
+    assert keys(s3, bucket) == {"a", "b"} and body(s3, bucket, "b") == b"new b"
+
+
 def test_fsync_waits_for_the_upload(s3, bucket, mount_factory):
     m = mount_factory("--source", f"s3://{bucket}")
     with open(m.path(bucket, "durable.txt"), "wb") as fh:

@@ -302,7 +302,9 @@ class WriteBack:
         old key is journalled next); one with bytes of its own is submitted by its close.
         Both on the condition `target`. Returns the condition of the old key's removal."""
         bucket, old = local.bucket, local.key
-        removal = local.expected
+        # A queued version was based on what the writer saw at open, but may be in S3 by
+        # now (fsync): its removal follows it (the journal chains them), never "absent".
+        removal = UNKNOWN if local.state is State.QUEUED else local.expected
         staging_id = job = None
         if local.state is State.QUEUED:
             try:
