@@ -45,8 +45,7 @@ async def test_transient_faults_are_retried_with_backoff(tmp_path: Path, store: 
     store.fail("PutObject", times=3)
     async with upload_queue(tmp_path, store) as queue:
         job = await write(queue, B, "out/a.txt", b"payload")
-        await until_retrying(queue)
-        [retrying] = queue.status()["retrying"]
+        [retrying] = await until_retrying(queue)
         assert retrying["uri"] == f"s3://{B}/out/a.txt" and "SlowDown" in retrying["error"]
         assert await queue.wait(job)
         status = await queue.sync(timeout=10)

@@ -82,13 +82,15 @@ async def write(queue: UploadQueue, bucket: str, key: str, data: bytes,
     return await queue.submit(bucket, key, staging_id, expected)
 
 
-async def until_retrying(queue: UploadQueue) -> None:
-    """Wait until an upload failed and waits for its retry (woken by the queue's changes)."""
+async def until_retrying(queue: UploadQueue) -> list[dict[str, Any]]:
+    """Wait until an upload failed and waits for its retry (woken by the queue's changes);
+    returns the retrying uploads seen then (a second look may come after the retry)."""
     with trio.fail_after(10):
         while True:
             changed = queue.changed()  # before looking: a change meanwhile sets it
-            if (await trio.to_thread.run_sync(queue.status))["retrying"]:
-                return
+            retrying = (await trio.to_thread.run_sync(queue.status))["retrying"]
+            if retrying:
+                return retrying
             await changed.wait()
 
 
