@@ -161,10 +161,7 @@ class BlockCache:
             with self._lock:
                 if not len(self._lru):
                     raise
-                volume = int(self._lru.volume())
-                self._lru.reset("size_limit", max(0, volume - (n - self.reserve.room())))
-                self._lru.cull()
-                self._lru.reset("size_limit", self.size_limit)
+                self.prune(None, max(0, int(self._lru.volume()) - (n - self.reserve.room())))
             self.reserve.claim(n)
 
     def pin(self, bucket: str, key: str, etag: str, index: int, data: bytes) -> None:

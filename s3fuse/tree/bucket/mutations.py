@@ -105,7 +105,7 @@ class Mutations:
         else:
             source = ObjectSource(self._reader, self._keys.ref(path, entry))
             local = await writes.open(bucket, key, truncate=truncate,
-                                      expected=entry.etag or UNKNOWN, size=entry.size,
+                                      expected=seen(entry), size=entry.size,
                                       read=source.read)
         return LocalWriter(local, writes)
 
@@ -229,7 +229,7 @@ class Mutations:
         parent, name = split(new_key[len(self._keys.prefix):])
         self._listings.remember(parent, Entry(name, False, entry.size, time.time_ns(),
                                               entry.etag, 0.0))  # HEAD at next stat
-        await writes.remove(bucket, old_key, entry.etag or UNKNOWN)  # only the version copied
+        await writes.remove(bucket, old_key, seen(entry))  # only the version copied
 
     async def _check_target(self, bucket: str, key: str, etag: str) -> None:
         """A rename replaces `key` only if it still holds the version the user saw (HEAD:
