@@ -394,8 +394,9 @@ def cmd_pin(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.2)
         if job.get("refused"):
-            sys.stderr.write(("\n" if sys.stderr.isatty() else "")
-                             + f"s3fuse: cannot {args.command} {target}: {job['refused']}\n")
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
+            _say(f"s3fuse: cannot {args.command} {target}: {job['refused']}")
             code = 1
             continue
         failed = len(job["failures"]) + job.get("failures_hidden", 0)

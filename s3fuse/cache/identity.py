@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from ..config import Config, default_cache_dir
 from ..errors import UsageError
+from ..printable import printable
 from ..redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class Identity:
 
     def describe(self) -> str:
         """For messages: never credentials (an endpoint cannot carry them; redacted anyway)."""
-        shown = _printable(redact_url(self.endpoint) or "")
+        shown = printable(redact_url(self.endpoint) or "")  # one line, whatever the file holds
         return f"{shown} (account {self.account})" if self.account else shown
 
     @property
@@ -236,8 +237,3 @@ def resolve_cache_dir(configured: Path | None, identity: Identity, base: Path | 
     if recorded is None or recorded == identity:
         return base
     return base / identity.slug
-
-
-def _printable(text: str) -> str:
-    """One line, whatever a tampered identity file holds."""
-    return "".join(c if c.isprintable() else "?" for c in text)

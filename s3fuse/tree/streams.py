@@ -32,6 +32,8 @@ OPEN_PASSES = 4
 RESTART_INTERVAL = 60.0
 #: Streams whose last pass start is remembered.
 REMEMBERED = 4096
+#: Locks serializing the reads of one stream (streams share one by hash).
+LOCK_STRIPES = 64
 
 StreamKey = tuple[str, str, str]
 
@@ -87,7 +89,8 @@ class StreamPasses:
         self.limits = limits
         self._clock = clock
         self._guard = threading.Lock()
-        self._locks: dict[StreamKey, threading.Lock] = {}
+        # striped: one lock per stream ever read would grow without bound
+        self._locks = tuple(threading.Lock() for _ in range(LOCK_STRIPES))
         self._passes: OrderedDict[StreamKey, _Pass] = OrderedDict()
         self._started: OrderedDict[StreamKey, float] = OrderedDict()
 
@@ -98,9 +101,7 @@ class StreamPasses:
              start: int, stop: int) -> bytes:
         """Bytes [start, stop) of `stream`, the decompressed `archive` read through `source`."""
         key = (stream.bucket, stream.key, stream.etag)
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
+        with self._locks[hash(key) % LOCK_STRIPES]:
             cached = self._cached(stream, start, stop)
             if cached is not None:
                 return cached
