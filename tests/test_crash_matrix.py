@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -204,8 +205,16 @@ def requests(faults: FaultProxy, name: str) -> list[str]:
             for s in faults.seen if f"/{name}" in s.path]
 
 
+def recorded_multiparts(cache_dir: Path) -> tuple[set[str], int]:
+    """The dead daemon's journal: the UploadIds it recorded, and how many creations it began
+    whose answer it never recorded (a kill between S3's answer and the journal write)."""
+    with sqlite3.connect(cache_dir / "journal.sqlite") as db:
+        rows = db.execute("SELECT upload_id FROM multipart").fetchall()
+    return {r[0] for r in rows if r[0]}, sum(1 for r in rows if not r[0])
+
+
 def verify(s3: Any, bucket: str, again: Mount, ledger: Ledger, seed: int,
-           faults: FaultProxy, mode: str) -> tuple[int, int]:
+           faults: FaultProxy, recorded: tuple[set[str], int]) -> tuple[int, int]:
     """The promise, checked after the remount's sync; returns (files, bytes) verified.
     What the remounted tree shows before the sync must already be what S3 ends with."""
     root = again.path(bucket)
@@ -230,11 +239,16 @@ def verify(s3: Any, bucket: str, again: Mount, ledger: Ledger, seed: int,
             f"ended with {len(actual or b'')}; requests: {requests(faults, name)}")
         files += 1
         nbytes += len(actual or b"")
-    # A create held until after the kill lands with an UploadId the journal never saw: it is
+    # A creation whose answer the kill lost leaves an UploadId the journal never saw: it is
     # left alone (only recorded uploads are ours to abort; docs/writing.md: lifecycle rule).
-    lost = 1 if mode == "hold-create" else 0
-    wait_for(lambda: len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) <= lost, 10)
-    for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+    # Every recorded one is aborted.
+    ours, unanswered = recorded
+    wait_for(lambda: not {u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket)
+                          .get("Uploads", [])} & ours, 10)
+    left = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert len(left) <= unanswered, f"seed {seed}: {len(left)} multipart uploads left, " \
+        f"{unanswered} creation(s) unrecorded"
+    for upload in left:
         assert upload["Key"] in NAMES, f"seed {seed}: a multipart upload of {upload['Key']}"
         s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
     staging = again.cache_dir / "staging"
@@ -291,11 +305,12 @@ def crash_round(seed: int, mode: str, s3: Any, bucket: str, mount_factory: Calla
     writer.join(30)
     assert not writer.is_alive(), f"seed {seed}: the writer hung after the kill"
     let_held_requests_land(faults)
+    recorded = recorded_multiparts(m.cache_dir)
     again = mount_factory("--source", f"s3://{bucket}", env=mount_env(faults), name=f"s{seed}b",
                           cache_dir=m.cache_dir)
     again.expect_log(r"still to send|interrupted|staging file\(s\) no upload needs"
                      r"|aborted a multipart")
-    files, nbytes = verify(s3, bucket, again, ledger, seed, faults, mode)
+    files, nbytes = verify(s3, bucket, again, ledger, seed, faults, recorded)
     print(f"crash round: seed={seed} mode={mode} ops={len(plan)} closed={len(ledger.done)} "
           f"in_flight={sorted(ledger.in_flight)} killed_by={type(ledger.error).__name__} "
           f"verified {files} names, {nbytes} bytes in {time.monotonic() - began:.1f}s")
