@@ -2,12 +2,14 @@
 
 They live at the bottom of the import graph (next to errors.py) so that the cache,
 the namespaces, the read path and the FUSE adapter all speak the same types without
-importing each other. This module imports nothing of ours.
+importing each other. This module imports nothing of ours but posix.py (as low as it).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Hashable
+
+from .posix import Posix
 
 #: How a namespace names one of its nodes: a relative path (buckets), a rowid (manifests).
 Ref = Hashable
@@ -23,6 +25,9 @@ class Entry:
     mtime_ns: int = 0
     etag: str = ""
     checked_at: float = 0.0
+    #: POSIX metadata from the object's headers; None: not looked up yet (a listing
+    #: does not return headers), NO_HEADERS: looked up, none stored.
+    posix: Posix | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "s3fuse"
 LAYERS: dict[str, int] = {
     # 0: shared vocabulary, imports nothing of ours (but each other)
     "errors": 0, "model": 0, "names": 0, "logs": 0, "redact": 0, "notify": 0,
-    "printable": 0,
+    "printable": 0, "posix": 0,
     "__init__": 0,
     # 1: configuration and plumbing: the local-database layer, the supervisor, small utilities
     "config": 1, "util": 1, "db": 1,

@@ -20,6 +20,7 @@ import pyfuse3
 from ..config import Config
 from ..errors import NotADirectory, NotFound
 from ..model import Entry, Ref
+from ..posix import NO_HEADERS, Posix
 from ..names import join
 from ..tree.contract import AttrChanges, Namespace
 from ..tree.root import ROOT_HIDDEN_BITS, ControlPlane, MountRoot, RootTree
@@ -153,12 +154,37 @@ class S3Operations(pyfuse3.Operations):
     # ------------------------------------------------------------ encoding
 
     def _mode(self, node: Node) -> int:
+        """The mount's default mode of a node (objects without stored metadata)."""
         strip = 0 if self._ns(node).writable else 0o222
         if node.is_root:
             strip |= ROOT_HIDDEN_BITS
         if node.is_dir:
             return stat.S_IFDIR | (self.cfg.dir_mode & ~strip)
         return stat.S_IFREG | (self.cfg.file_mode & ~strip)
+
+    def _posix(self, node: Node, entry: Entry) -> Posix:
+        """Every POSIX attribute `node` shows: what its object stores (entry.posix), the
+        mount's defaults (--uid/--gid/--file-mode/--dir-mode) for the rest. The mtime is
+        entry.mtime_ns (the stored one, else LastModified); the type is the node's (a
+        directory stays one whatever a header says)."""
+        stored = entry.posix or NO_HEADERS
+        default = self._mode(node)
+        if stored.mode is None or node.is_root:
+            mode = default
+        else:
+            kind = stored.file_type if not node.is_dir else stat.S_IFDIR
+            if kind is None or kind == stat.S_IFDIR and not node.is_dir:
+                kind = stat.S_IFMT(default)
+            strip = 0 if self._ns(node).writable else 0o222
+            mode = kind | (stat.S_IMODE(stored.mode) & ~strip)
+        mtime = entry.mtime_ns or self._started_ns  # the stored mtime when there is one
+        return Posix(mode=mode,
+                     uid=self.cfg.uid if stored.uid is None else stored.uid,
+                     gid=self.cfg.gid if stored.gid is None else stored.gid,
+                     mtime_ns=mtime,
+                     ctime_ns=mtime if stored.ctime_ns is None else stored.ctime_ns,
+                     atime_ns=mtime if stored.atime_ns is None else stored.atime_ns,
+                     rdev=stored.rdev or 0, xattrs=stored.xattrs)
 
     def _attrs(self, node: Node, entry: Entry, tell: bool = True) -> pyfuse3.EntryAttributes:
         """`entry` as attributes; `tell`: the reply goes out right after (no await between),
@@ -168,7 +194,6 @@ class S3Operations(pyfuse3.Operations):
         a.generation = 0
         a.entry_timeout = self.cfg.metadata_ttl
         a.attr_timeout = self.cfg.metadata_ttl
-        a.st_mode = self._mode(node)
         if node.is_dir:
             a.st_nlink = 2
             a.st_size = 0
@@ -178,11 +203,16 @@ class S3Operations(pyfuse3.Operations):
                 self.pages.told(node.ino, entry)
             a.st_nlink = 1
             a.st_size = entry.size
-        a.st_uid = self.cfg.uid
-        a.st_gid = self.cfg.gid
+        posix = self._posix(node, entry)
+        a.st_mode = posix.mode
+        a.st_uid = posix.uid
+        a.st_gid = posix.gid
+        a.st_rdev = posix.rdev
         a.st_blksize = 1 << 20  # cp and friends write 1 MiB at a time (= max_write)
         a.st_blocks = (a.st_size + 511) // 512
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = entry.mtime_ns or self._started_ns
+        a.st_mtime_ns = posix.mtime_ns
+        a.st_ctime_ns = posix.ctime_ns
+        a.st_atime_ns = posix.atime_ns
         return a
 
     def _created(self, parent: Node, ref: Ref, entry: Entry) -> pyfuse3.EntryAttributes:

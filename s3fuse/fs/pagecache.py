@@ -11,9 +11,10 @@ It knows inodes and entries only: no FUSE, no S3.
 """
 from __future__ import annotations
 
+
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..model import Entry
 
@@ -66,7 +67,8 @@ class PageCache:
         paged = self._paged.get(ino)
         if (paged is not None and entry.etag and entry.etag != paged.etag
                 and not self._writers.get(ino)):
-            return Entry(entry.name, False, paged.size, paged.mtime_ns, paged.etag)
+            return replace(entry, size=paged.size, mtime_ns=paged.mtime_ns,
+                                       etag=paged.etag)
         return entry
 
     def told(self, ino: int, entry: Entry) -> None:

@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator, Literal
+from typing import BinaryIO, Callable, Iterator, Literal, Mapping
 
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject
 from .link import Link
@@ -65,12 +65,14 @@ class _Object:
     etag: str
     mtime_ns: int
     content_type: str
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class _Upload:
     key: str
     content_type: str
+    metadata: dict[str, str] = field(default_factory=dict)
     parts: dict[int, tuple[bytes, str]] = field(default_factory=dict)
 
 
@@ -201,9 +203,11 @@ class MemoryStore:
     def _stale(what: str) -> S3FuseError:
         return tagged(StaleObject(f"{what}: object changed in S3"), "PreconditionFailed", 412)
 
-    def _store(self, bucket: str, key: str, data: bytes, etag: str, content_type: str | None) -> str:
+    def _store(self, bucket: str, key: str, data: bytes, etag: str, content_type: str | None,
+               metadata: Mapping[str, str] | None = None) -> str:
         self._buckets[bucket][key] = _Object(data, etag, time.time_ns() // 10**9 * 10**9,
-                                             content_type or "binary/octet-stream")
+                                             content_type or "binary/octet-stream",
+                                             {k.lower(): v for k, v in (metadata or {}).items()})
         return etag
 
     def _done(self) -> None:
@@ -266,7 +270,8 @@ class MemoryStore:
         with self._lock:
             obj = self._object(bucket, key, what)
         self._done()
-        return ObjectInfo(key, len(obj.data), obj.mtime_ns, obj.etag)
+        return ObjectInfo(key, len(obj.data), obj.mtime_ns, obj.etag, dict(obj.metadata),
+                          obj.content_type)
 
     def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None) -> bytes:
         what = self._begin("GetObject", bucket, key)
@@ -287,22 +292,25 @@ class MemoryStore:
 
     def put_object(self, bucket: str, key: str, body: bytes | BinaryIO, *,
                    content_type: str | None = None, if_match: str | None = None,
-                   if_none_match: str | None = None) -> str:
+                   if_none_match: str | None = None,
+                   metadata: Mapping[str, str] | None = None) -> str:
         what = self._begin("PutObject", bucket, key)
         data = body if isinstance(body, bytes) else body.read()
         with self._lock:
             self._check(what, self._bucket(bucket, what).get(key), if_match, if_none_match)
-            etag = self._store(bucket, key, data, _md5(data).hexdigest(), content_type)
+            etag = self._store(bucket, key, data, _md5(data).hexdigest(), content_type, metadata)
         self._done()
         return etag
 
     def create_multipart_upload(self, bucket: str, key: str, *,
-                                content_type: str | None = None) -> str:
+                                content_type: str | None = None,
+                                metadata: Mapping[str, str] | None = None) -> str:
         what = self._begin("CreateMultipartUpload", bucket, key)
         with self._lock:
             self._bucket(bucket, what)
             upload_id = f"upload-{next(self._ids)}"
-            self._uploads[bucket][upload_id] = _Upload(key, content_type or "binary/octet-stream")
+            self._uploads[bucket][upload_id] = _Upload(key, content_type or "binary/octet-stream",
+                                                       dict(metadata or {}))
         self._done()
         return upload_id
 
@@ -333,7 +341,8 @@ class MemoryStore:
             self._check(what, self._buckets[bucket].get(key), if_match, if_none_match)
             digests = b"".join(_md5(data).digest() for data in chunks)
             etag = self._store(bucket, key, b"".join(chunks),
-                               f"{_md5(digests).hexdigest()}-{len(chunks)}", upload.content_type)
+                               f"{_md5(digests).hexdigest()}-{len(chunks)}", upload.content_type,
+                               upload.metadata)
             del self._uploads[bucket][upload_id]
         self._done()
         return etag
@@ -353,15 +362,23 @@ class MemoryStore:
         self._done()
         return sorted(uploads, key=lambda u: (_order(u[0]), int(u[1].rpartition("-")[2])))
 
-    def copy_object(self, bucket: str, source_key: str, key: str, etag: str) -> None:
+    def copy_object(self, bucket: str, source_key: str, key: str, etag: str, *,
+                    metadata: Mapping[str, str] | None = None,
+                    content_type: str | None = None, size: int = 0) -> str:
+        """One request whatever the size (the multipart path of a real store is not modelled:
+        its outcome is the same object). The new ETag is the MD5 of the bytes, as S3's for a
+        copy: a metadata change of a single-part object keeps its ETag."""
         what = self._begin("CopyObject", bucket, f"{source_key} -> {key}")
         with self._lock:
             source = self._object(bucket, source_key, what)
             if self.conditions != "ignore" and source.etag != clean_etag(etag):
                 raise self._stale(what)
-            self._store(bucket, key, source.data, _md5(source.data).hexdigest(),
-                        source.content_type)
+            new_etag = self._store(
+                bucket, key, source.data, _md5(source.data).hexdigest(),
+                source.content_type if metadata is None or content_type is None else content_type,
+                source.metadata if metadata is None else metadata)
         self._done()
+        return new_etag
 
     def delete_object(self, bucket: str, key: str, *, if_match: str | None = None) -> None:
         what = self._begin("DeleteObject", bucket, key)

@@ -15,7 +15,7 @@ answered carry its error code and HTTP status (`S3FuseError.code`, `.status`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Protocol
+from typing import BinaryIO, Iterator, Mapping, Protocol
 
 from .link import Link
 
@@ -26,6 +26,10 @@ class ObjectInfo:
     size: int
     mtime_ns: int
     etag: str
+    #: User metadata (boto3 `Metadata`: names without `x-amz-meta-`, lower case) when the
+    #: request returns it (HEAD); None from a listing, which does not.
+    metadata: Mapping[str, str] | None = None
+    content_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +80,17 @@ class Store(Protocol):
 
     def put_object(self, bucket: str, key: str, body: bytes | BinaryIO, *,
                    content_type: str | None = None, if_match: str | None = None,
-                   if_none_match: str | None = None) -> str:
+                   if_none_match: str | None = None,
+                   metadata: Mapping[str, str] | None = None) -> str:
         """One PutObject (with the configured SSE); returns the new ETag. `if_match` (an
-        ETag) / `if_none_match` ("*") make it conditional: StaleObject on 412."""
+        ETag) / `if_none_match` ("*") make it conditional: StaleObject on 412. `metadata`:
+        user metadata (names without `x-amz-meta-`; posix.to_headers)."""
         ...
 
     def create_multipart_upload(self, bucket: str, key: str, *,
-                                content_type: str | None = None) -> str:
-        """Start a multipart upload; returns its UploadId."""
+                                content_type: str | None = None,
+                                metadata: Mapping[str, str] | None = None) -> str:
+        """Start a multipart upload (its object gets `metadata`); returns its UploadId."""
         ...
 
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
@@ -105,9 +112,15 @@ class Store(Protocol):
         """(key, UploadId) of every unfinished multipart upload under `prefix`."""
         ...
 
-    def copy_object(self, bucket: str, source_key: str, key: str, etag: str) -> None:
+    def copy_object(self, bucket: str, source_key: str, key: str, etag: str, *,
+                    metadata: Mapping[str, str] | None = None,
+                    content_type: str | None = None, size: int = 0) -> str:
         """Server-side copy of the version `etag` of `source_key` (CopySourceIfMatch):
-        StaleObject if the source changed."""
+        StaleObject if the source changed; returns the new ETag. Without `metadata` the
+        copy keeps the source's user metadata and content type; with it (also onto
+        itself: a metadata change) they are replaced (MetadataDirective REPLACE, the
+        content type kept when `content_type` is None). A `size` over the single-copy
+        limit (5 GiB) is copied in parts (UploadPartCopy), with the same condition."""
         ...
 
     def delete_object(self, bucket: str, key: str, *, if_match: str | None = None) -> None:

@@ -1,0 +1,222 @@
+"""POSIX metadata of one object (type, mode, owner, times, device, user xattrs) and its headers.
+
+Stored in S3 user metadata exactly as s3fs-fuse stores it (compat.md, "POSIX metadata"),
+so a bucket moves between s3fs, rclone and s3fuse with nothing converted: decimal
+`mode` with the type bits, decimal `uid`/`gid`, times as `SEC` or `SEC.NNNNNNNNN`, user
+xattrs as s3fs's percent-encoded JSON of base64 values. Headers of s3sync, GCS and
+rclone (float mtime) are read too. Header names here are boto3's `Metadata` keys: the
+part after `x-amz-meta-`, lower case.
+
+`Posix` is the value every layer passes around (entries, the journal, the overlay);
+None fields mean "not stored": the mount's defaults (`--file-mode`, `--uid`, ...,
+LastModified) show instead. This module imports nothing of ours.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import stat
+import urllib.parse
+from dataclasses import dataclass
+from typing import Mapping
+
+#: S3 limits user metadata to 2 KiB per object (names and values of every x-amz-meta-*).
+METADATA_LIMIT = 2048
+#: The prefix S3 puts before each user metadata name (counted in the limit).
+HEADER_PREFIX = "x-amz-meta-"
+#: Content types other tools give directory markers.
+DIRECTORY_TYPES = ("application/x-directory", "httpd/unix-directory")
+#: Characters s3fs leaves unescaped in the xattr header (its urlEncodePath).
+_XATTR_SAFE = ".-_~/"
+_FILE_TYPES = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK,
+               stat.S_IFCHR, stat.S_IFBLK)
+
+
+@dataclass(frozen=True, slots=True)
+class Posix:
+    """What S3 user metadata says about one object; None: not stored (defaults show)."""
+
+    mode: int | None = None       # st_mode, type bits included when known
+    uid: int | None = None
+    gid: int | None = None
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+    atime_ns: int | None = None
+    rdev: int | None = None
+    xattrs: tuple[tuple[str, bytes], ...] = ()   # user xattrs, sorted by name
+
+    def replace(self, **changes: object) -> Posix:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def file_type(self) -> int | None:
+        """S_IFREG, S_IFLNK, ... when the mode carries type bits."""
+        kind = stat.S_IFMT(self.mode or 0)
+        return kind if kind in _FILE_TYPES else None
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.file_type == stat.S_IFLNK
+
+    def xattr(self, name: str) -> bytes | None:
+        return dict(self.xattrs).get(name)
+
+    def with_xattr(self, name: str, value: bytes | None) -> Posix:
+        """A copy with `name` set to `value` (None: removed)."""
+        found = dict(self.xattrs)
+        if value is None:
+            found.pop(name, None)
+        else:
+            found[name] = value
+        return self.replace(xattrs=tuple(sorted(found.items())))
+
+    def overlaid(self, newer: Posix) -> Posix:
+        """`newer`'s stored fields over this one's (xattrs: newer's whole set if it has any)."""
+        fields = {f.name: getattr(newer, f.name) for f in dataclasses.fields(Posix)
+                  if f.name != "xattrs" and getattr(newer, f.name) is not None}
+        if newer.xattrs:
+            fields["xattrs"] = newer.xattrs
+        return self.replace(**fields)
+
+
+#: Metadata looked up and found empty (an object no tool gave POSIX headers).
+NO_HEADERS = Posix()
+
+
+# ---------------------------------------------------------------- times
+
+
+def format_time(ns: int) -> str:
+    """s3fs's `str(timespec)`: `SEC` when the nanoseconds are 0, else `SEC.NNNNNNNNN`."""
+    sec, nsec = divmod(ns, 1_000_000_000)
+    return str(sec) if nsec == 0 else f"{sec}.{nsec:09d}"
+
+
+def parse_time(text: str) -> int | None:
+    """Seconds with an optional fraction of up to 9 digits (s3fs, rclone) -> ns."""
+    text = text.strip()
+    sec, dot, frac = text.partition(".")
+    negative = sec.startswith("-")
+    digits = sec[1:] if negative else sec
+    if not digits.isdigit() or (dot and (not frac.isdigit() or len(frac) > 9)):
+        return None
+    ns = int(digits) * 1_000_000_000 + (int(frac.ljust(9, "0")) if frac else 0)
+    return -ns if negative else ns
+
+
+def _int(text: str | None, base: int = 10) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text.strip(), base)
+    except ValueError:
+        return None
+    return value if 0 <= value < 1 << 32 else None
+
+
+# ---------------------------------------------------------------- xattrs
+
+
+def encode_xattrs(xattrs: tuple[tuple[str, bytes], ...]) -> str:
+    """s3fs's `x-amz-meta-xattr`: {"name":"<base64>",...} percent-encoded (urlEncodePath)."""
+    body = ",".join(f'"{name}":"{base64.b64encode(value).decode()}"' for name, value in xattrs)
+    return urllib.parse.quote("{" + body + "}", safe=_XATTR_SAFE)
+
+
+def decode_xattrs(header: str) -> tuple[tuple[str, bytes], ...]:
+    """s3fs's parse_xattrs: pairs split at ',' and at each pair's last ':'; bad pairs skipped."""
+    text = urllib.parse.unquote(header)
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return ()
+    found: dict[str, bytes] = {}
+    for pair in text[start + 1:end].split(","):
+        name, colon, value = pair.rpartition(":")
+        name, value = name.strip(), value.strip()
+        if not colon or len(name) < 2 or not (name[0] == name[-1] == '"') \
+                or len(value) < 2 or not (value[0] == value[-1] == '"'):
+            continue
+        try:
+            found[name[1:-1]] = base64.b64decode(value[1:-1], validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    return tuple(sorted(found.items()))
+
+
+def storable_xattr_name(name: str) -> bool:
+    """Can s3fs's format hold this name (its parser splits at ',' and needs the quotes)?"""
+    return bool(name) and not any(c in name for c in ',"')
+
+
+# ---------------------------------------------------------------- headers
+
+
+def from_headers(metadata: Mapping[str, str], *, is_dir: bool = False) -> Posix:
+    """The POSIX metadata in an object's user metadata (boto3 `Metadata`: names without
+    `x-amz-meta-`), with the fallbacks of s3sync and GCS. No type bits in the mode: the
+    type comes from the key (a directory marker or a regular file)."""
+    meta = {k.lower(): v for k, v in metadata.items()}
+    mode = _int(meta.get("mode"))
+    if mode is None:
+        mode = _int(meta.get("permissions"))
+    if mode is None:
+        mode = _int(meta.get("goog-reserved-posix-mode"), 8)
+    if mode is not None and stat.S_IFMT(mode) not in _FILE_TYPES:
+        mode = (stat.S_IFDIR if is_dir else stat.S_IFREG) | stat.S_IMODE(mode)
+    uid = next((v for v in (_int(meta.get(n)) for n in ("uid", "owner", "goog-reserved-posix-uid"))
+                if v is not None), None)
+    gid = next((v for v in (_int(meta.get(n)) for n in ("gid", "group", "goog-reserved-posix-gid"))
+                if v is not None), None)
+    mtime = meta.get("mtime") or meta.get("goog-reserved-file-mtime")
+    return Posix(
+        mode=mode, uid=uid, gid=gid,
+        mtime_ns=parse_time(mtime) if mtime else None,
+        ctime_ns=parse_time(meta["ctime"]) if "ctime" in meta else None,
+        atime_ns=parse_time(meta["atime"]) if "atime" in meta else None,
+        rdev=_int(meta.get("rdev")),
+        xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else ())
+
+
+def to_headers(posix: Posix) -> dict[str, str]:
+    """The user metadata s3fs would write for `posix` (only the fields that are stored)."""
+    headers: dict[str, str] = {}
+    if posix.mode is not None:
+        headers["mode"] = str(posix.mode)
+    if posix.uid is not None:
+        headers["uid"] = str(posix.uid)
+    if posix.gid is not None:
+        headers["gid"] = str(posix.gid)
+    for name, ns in (("mtime", posix.mtime_ns), ("ctime", posix.ctime_ns),
+                     ("atime", posix.atime_ns)):
+        if ns is not None:
+            headers[name] = format_time(ns)
+    if posix.rdev:
+        headers["rdev"] = str(posix.rdev)
+    if posix.xattrs:
+        headers["xattr"] = encode_xattrs(posix.xattrs)
+    return headers
+
+
+def headers_size(headers: Mapping[str, str]) -> int:
+    """What S3 counts against METADATA_LIMIT: every `x-amz-meta-` name and value in bytes."""
+    return sum(len((HEADER_PREFIX + k).encode()) + len(v.encode()) for k, v in headers.items())
+
+
+def fits(posix: Posix) -> bool:
+    """Do `posix`'s headers fit S3's user metadata limit?"""
+    return headers_size(to_headers(posix)) <= METADATA_LIMIT
+
+
+# ---------------------------------------------------------------- local storage
+
+
+def to_json(posix: Posix | None) -> str | None:
+    """Compact form for our SQLite stores (journal, listings): the headers themselves."""
+    return None if posix is None else json.dumps(to_headers(posix), separators=(",", ":"),
+                                                 sort_keys=True)
+
+
+def from_json(text: str | None, *, is_dir: bool = False) -> Posix | None:
+    return None if text is None else from_headers(json.loads(text), is_dir=is_dir)
