@@ -95,15 +95,14 @@ def format_time(ns: int) -> str:
 
 
 def parse_time(text: str) -> int | None:
-    """Seconds with an optional fraction of up to 9 digits (s3fs, rclone) -> ns."""
-    text = text.strip()
-    sec, dot, frac = text.partition(".")
-    negative = sec.startswith("-")
-    digits = sec[1:] if negative else sec
+    """Seconds with an optional fraction of up to 9 digits (s3fs, rclone) -> ns. The
+    fraction adds to the seconds even when they are negative, as in a timespec (s3fs
+    writes -1.5 s as `-2.500000000`, and so does format_time)."""
+    sec, dot, frac = text.strip().partition(".")
+    digits = sec[1:] if sec.startswith("-") else sec
     if not digits.isdigit() or (dot and (not frac.isdigit() or len(frac) > 9)):
         return None
-    ns = int(digits) * 1_000_000_000 + (int(frac.ljust(9, "0")) if frac else 0)
-    return -ns if negative else ns
+    return int(sec) * 1_000_000_000 + (int(frac.ljust(9, "0")) if frac else 0)
 
 
 def _int(text: str | None, base: int = 10) -> int | None:
@@ -133,16 +132,25 @@ def decode_xattrs(header: str) -> tuple[tuple[str, bytes], ...]:
         return ()
     found: dict[str, bytes] = {}
     for pair in text[start + 1:end].split(","):
-        name, colon, value = pair.rpartition(":")
-        name, value = name.strip(), value.strip()
-        if not colon or len(name) < 2 or not (name[0] == name[-1] == '"') \
-                or len(value) < 2 or not (value[0] == value[-1] == '"'):
+        quoted_name, colon, quoted_value = pair.rpartition(":")
+        name, value = _dequoted(quoted_name), _dequoted(quoted_value)
+        if not colon or not name or value is None:
             continue
         try:
-            found[name[1:-1]] = base64.b64decode(value[1:-1], validate=True)
+            found[name] = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             continue
     return tuple(sorted(found.items()))
+
+
+def _dequoted(text: str) -> str | None:
+    """s3fs's takeout_str_dquart: what is between the first and the last '"' (None: one
+    quote only, or a quote between them); text without quotes as it is."""
+    first = text.find('"')
+    if first < 0:
+        return text
+    inner, quote, _ = text[first + 1:].rpartition('"')
+    return None if not quote or '"' in inner else inner
 
 
 def storable_xattr_name(name: str) -> bool:
@@ -158,13 +166,16 @@ def from_headers(metadata: Mapping[str, str], *, is_dir: bool = False) -> Posix:
     `x-amz-meta-`), with the fallbacks of s3sync and GCS. No type bits in the mode: the
     type comes from the key (a directory marker or a regular file)."""
     meta = {k.lower(): v for k, v in metadata.items()}
-    mode = _int(meta.get("mode"))
+    mode, s3sync = _int(meta.get("mode")), False
     if mode is None:
         mode = _int(meta.get("permissions"))
+        s3sync = mode is not None
     if mode is None:
         mode = _int(meta.get("goog-reserved-posix-mode"), 8)
     if mode is not None and stat.S_IFMT(mode) not in _FILE_TYPES:
         mode = (stat.S_IFDIR if is_dir else stat.S_IFREG) | stat.S_IMODE(mode)
+        if not mode & 0o777 and not s3sync:  # as s3fs: no permission at all: r(x) for the owner
+            mode |= stat.S_IRUSR | (stat.S_IXUSR if is_dir else 0)
     uid = next((v for v in (_int(meta.get(n)) for n in ("uid", "owner", "goog-reserved-posix-uid"))
                 if v is not None), None)
     gid = next((v for v in (_int(meta.get(n)) for n in ("gid", "group", "goog-reserved-posix-gid"))

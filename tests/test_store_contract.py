@@ -6,13 +6,16 @@ import hashlib
 import itertools
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
+from botocore.exceptions import ClientError
 
+from s3fuse import posix
 from s3fuse.config import Config, KeyPair
 from s3fuse.errors import NotFound, RemoteError, StaleObject
 from s3fuse.store import retry
+from s3fuse.store import s3 as s3_store
 from s3fuse.store.memory import MemoryStore
 from s3fuse.store.protocol import Store
 from s3fuse.store.s3 import S3Store
@@ -33,11 +36,20 @@ def store_bucket(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tup
         yield memory, bucket
         return
     backend: Backend = request.getfixturevalue("moto_backend")
+    yield moto_store(backend, tmp_path), new_bucket(backend)
+
+
+def new_bucket(backend: Backend) -> str:
+    bucket = f"contract-{os.getpid()}-{next(_ids)}"
     backend.client.create_bucket(Bucket=bucket)
+    return bucket
+
+
+def moto_store(backend: Backend, tmp_path: Path, **config: Any) -> S3Store:
     keys = KeyPair(backend.access_key, backend.secret_key)
-    yield S3Store(Config(endpoint_url=backend.endpoint, region="us-east-1",
-                         addressing_style="path", read_keys=keys, write_keys=keys,
-                         cache_dir=tmp_path), page_size=PAGE), bucket
+    return S3Store(Config(endpoint_url=backend.endpoint, region="us-east-1",
+                          addressing_style="path", read_keys=keys, write_keys=keys,
+                          cache_dir=tmp_path, **config), page_size=PAGE)
 
 
 def md5(data: bytes) -> str:
@@ -159,3 +171,160 @@ def test_listing_with_delimiter_and_pages(store_bucket: tuple[Store, str]) -> No
     assert [o.key for page in store.list_pages(bucket, "nothing/") for o in page.objects] == []
     with pytest.raises(NotFound):
         list(store.list_pages(f"{bucket}-gone", ""))
+
+
+#: What posix.py writes for a file with every field and xattrs that need escaping.
+POSIX = posix.Posix(mode=0o100640, uid=1000, gid=100, mtime_ns=1_700_000_000_123_456_789,
+                    ctime_ns=1_700_000_001_000_000_000, atime_ns=1_600_000_000_000_000_005,
+                    xattrs=(("user.bin", bytes(range(7))),
+                            ("user.note", "naïve, 100% {json}: \"x\"".encode())))
+HEADERS = posix.to_headers(POSIX)
+
+
+def test_metadata_round_trip(store_bucket: tuple[Store, str]) -> None:
+    store, bucket = store_bucket
+    assert "%" in HEADERS["xattr"]  # the percent-encoded form is what must come back
+    store.put_object(bucket, "plain", b"no metadata")
+    info = store.head(bucket, "plain")
+    assert info.metadata == {}
+
+    store.put_object(bucket, "put", b"data", content_type="text/x-test", metadata=HEADERS)
+    info = store.head(bucket, "put")
+    assert info.metadata == HEADERS and info.content_type == "text/x-test"
+    assert posix.from_headers(info.metadata) == POSIX
+
+    upload_id = store.create_multipart_upload(bucket, "parts", content_type="text/x-parts",
+                                              metadata=HEADERS)
+    etags = [store.upload_part(bucket, "parts", upload_id, 1, b"a" * (5 * MiB)),
+             store.upload_part(bucket, "parts", upload_id, 2, b"tail")]
+    store.complete_multipart_upload(bucket, "parts", upload_id, etags)
+    info = store.head(bucket, "parts")
+    assert (info.metadata, info.content_type) == (HEADERS, "text/x-parts")
+    listed = [o for page in store.list_pages(bucket, "") for o in page.objects]
+    assert [o.metadata for o in listed] == [None, None, None]  # listings carry no headers
+
+
+def test_copy_keeps_or_replaces_metadata(store_bucket: tuple[Store, str]) -> None:
+    store, bucket = store_bucket
+    etag = store.put_object(bucket, "src", b"bytes", content_type="text/x-src", metadata=HEADERS)
+    renamed = store.copy_object(bucket, "src", "renamed", etag)
+    info = store.head(bucket, "renamed")
+    assert (info.etag, info.metadata, info.content_type) == (renamed, HEADERS, "text/x-src")
+
+    changed = posix.to_headers(POSIX.replace(mode=0o100755, xattrs=()))
+    new_etag = store.copy_object(bucket, "src", "src", etag, metadata=changed)
+    info = store.head(bucket, "src")
+    assert (info.etag, info.metadata, info.content_type) == (new_etag, changed, "text/x-src")
+    assert new_etag == etag == md5(b"bytes")  # a single-part copy keeps the MD5 ETag
+    assert store.get(bucket, "src", new_etag) == b"bytes"
+
+    retyped = store.copy_object(bucket, "src", "src", new_etag, metadata={},
+                                content_type="text/x-new")
+    info = store.head(bucket, "src")
+    assert (info.etag, info.metadata, info.content_type) == (retyped, {}, "text/x-new")
+
+
+def test_copy_onto_itself_is_conditional(store_bucket: tuple[Store, str]) -> None:
+    store, bucket = store_bucket
+    old = store.put_object(bucket, "k", b"old", metadata={"mode": "33188"})
+    current = store.put_object(bucket, "k", b"new remote version", metadata={"mode": "33188"})
+    with pytest.raises(StaleObject) as stale:
+        store.copy_object(bucket, "k", "k", old, metadata={"mode": "33261"})
+    assert stale.value.status == 412
+    info = store.head(bucket, "k")
+    assert (info.etag, info.metadata) == (current, {"mode": "33188"})  # not overwritten
+    with pytest.raises(NotFound):
+        store.copy_object(bucket, "gone", "gone", current, metadata={"mode": "33261"})
+
+
+def test_multipart_copy(store_bucket: tuple[Store, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the single-copy limit (lowered here), a copy goes in UploadPartCopy parts:
+    same bytes, metadata kept by a plain copy and replaced by a metadata change."""
+    store, bucket = store_bucket
+    monkeypatch.setattr(s3_store, "COPY_LIMIT", 5 * MiB)
+    monkeypatch.setattr(s3_store, "COPY_PART_SIZE", 5 * MiB)
+    data = os.urandom(11 * MiB)
+    etag = store.put_object(bucket, "big", data, content_type="text/x-big", metadata=HEADERS)
+
+    copied = store.copy_object(bucket, "big", "copy", etag, size=len(data))
+    info = store.head(bucket, "copy")
+    assert (info.etag, info.size, info.metadata, info.content_type) == (
+        copied, len(data), HEADERS, "text/x-big")
+    assert store.get(bucket, "copy", copied) == data
+
+    changed = {"mode": "33261", "mtime": "1700000000"}
+    new_etag = store.copy_object(bucket, "big", "big", etag, metadata=changed, size=len(data))
+    info = store.head(bucket, "big")
+    assert (info.etag, info.metadata, info.content_type) == (new_etag, changed, "text/x-big")
+    assert store.get(bucket, "big", new_etag) == data
+    with pytest.raises(StaleObject):
+        store.copy_object(bucket, "big", "big", md5(b"older"), metadata={}, size=len(data))
+    assert store.list_multipart_uploads(bucket) == []
+    if isinstance(store, S3Store):  # three ranges (5 + 5 + 1 MiB) per copy, all completed
+        counts = store.request_counts()
+        assert counts["UploadPartCopy"] == 6 and counts["CompleteMultipartUpload"] == 2
+        assert new_etag.endswith("-3") and "CopyObject" not in counts
+
+
+def test_s3_sends_metadata_conditions_and_sse_as_given(
+        moto_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the wire: user metadata exactly as posix.py wrote it (botocore re-encodes
+    nothing), CopySourceIfMatch on every copy request, REPLACE with the kept content type,
+    and the configured SSE on copies as on puts."""
+    store, bucket = moto_store(moto_backend, tmp_path, sse="AES256"), new_bucket(moto_backend)
+    sent: list[tuple[str, dict[str, str]]] = []
+
+    def record(request: Any, event_name: str, **_: Any) -> None:
+        sent.append((event_name.split(".")[-1], {k.lower(): v.decode() if isinstance(v, bytes)
+                                                 else v for k, v in request.headers.items()}))
+    store.write_client.meta.events.register("before-send.s3", record)
+    monkeypatch.setattr(s3_store, "COPY_LIMIT", 5 * MiB)
+    monkeypatch.setattr(s3_store, "COPY_PART_SIZE", 5 * MiB)
+
+    small = store.put_object(bucket, "small", b"x", content_type="text/x-a", metadata=HEADERS)
+    big = store.put_object(bucket, "big", b"y" * (6 * MiB), metadata=HEADERS)
+    store.copy_object(bucket, "small", "small", small, metadata={"mode": "33261"})
+    store.copy_object(bucket, "big", "big", big, metadata={"mode": "33261"})
+    by_operation: dict[str, list[dict[str, str]]] = {}
+    for operation, headers in sent:
+        by_operation.setdefault(operation, []).append(headers)
+
+    put = by_operation["PutObject"][0]
+    assert {k[len("x-amz-meta-"):]: v for k, v in put.items()
+            if k.startswith("x-amz-meta-")} == HEADERS
+    copy = by_operation["CopyObject"][0]
+    assert copy["x-amz-copy-source-if-match"] == f'"{small}"'
+    assert (copy["x-amz-metadata-directive"], copy["content-type"]) == ("REPLACE", "text/x-a")
+    assert copy["x-amz-meta-mode"] == "33261" and "x-amz-meta-xattr" not in copy
+    create = by_operation["CreateMultipartUpload"][0]
+    assert create["x-amz-meta-mode"] == "33261"
+    parts = by_operation["UploadPartCopy"]
+    assert sorted(p["x-amz-copy-source-range"] for p in parts) == [  # sent in parallel
+        f"bytes=0-{5 * MiB - 1}", f"bytes={5 * MiB}-{6 * MiB - 1}"]
+    assert all(p["x-amz-copy-source-if-match"] == f'"{big}"' for p in parts)
+    assert by_operation["CompleteMultipartUpload"][0]["if-match"] == f'"{big}"'
+    for request in (put, copy, create):
+        assert request["x-amz-server-side-encryption"] == "AES256"
+
+
+def test_s3_failed_multipart_copy_is_aborted(
+        moto_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part that fails ends the copy: the upload is aborted, the source untouched."""
+    store, bucket = moto_store(moto_backend, tmp_path), new_bucket(moto_backend)
+    monkeypatch.setattr(s3_store, "COPY_LIMIT", 5 * MiB)
+    monkeypatch.setattr(s3_store, "COPY_PART_SIZE", 5 * MiB)
+    etag = store.put_object(bucket, "big", b"z" * (11 * MiB), metadata={"mode": "33188"})
+    copy_part = store.write_client.upload_part_copy
+
+    def refuse_second(**kwargs: Any) -> Any:
+        if kwargs["PartNumber"] == 2:
+            raise ClientError({"Error": {"Code": "InvalidRequest"},
+                               "ResponseMetadata": {"HTTPStatusCode": 400}}, "UploadPartCopy")
+        return copy_part(**kwargs)
+    monkeypatch.setattr(store.write_client, "upload_part_copy", refuse_second)
+    with pytest.raises(RemoteError):
+        store.copy_object(bucket, "big", "big", etag, metadata={"mode": "33261"})
+    assert store.list_multipart_uploads(bucket) == []
+    info = store.head(bucket, "big")
+    assert (info.etag, info.metadata) == (etag, {"mode": "33188"})
+    assert store.request_counts()["AbortMultipartUpload"] == 1

@@ -25,8 +25,9 @@ import time
 import urllib.parse
 import urllib.request
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, TypeVar
 
 import boto3
 import botocore.config
@@ -70,6 +71,16 @@ PRESIGN_SECONDS = 3600
 CONNECT_TIMEOUT = 2.0  # an unreachable endpoint is noticed this fast (then: offline)
 FIRST_BYTE_TIMEOUT = 2.0  # a read's response headers; then S3 is probed (black hole: offline)
 READ_TIMEOUT = 30.0  # a body (or a write's answer) that stops arriving
+#: The largest object one CopyObject copies (S3's limit); bigger ones: UploadPartCopy.
+COPY_LIMIT = 5 << 30
+#: Bytes per UploadPartCopy (S3 allows 5 MiB to 5 GiB, and at most MAX_PARTS parts).
+COPY_PART_SIZE = 512 << 20
+MAX_PARTS = 10_000
+#: UploadPartCopy requests in flight for one multipart copy (S3 copies, we only wait).
+COPY_CONCURRENCY = 8
+#: What a REPLACE copy (or a multipart one) would reset: sent again from the source's HEAD.
+KEPT_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage",
+                "CacheControl")
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -366,7 +377,8 @@ class S3Store:
         resp = self._call(f"HeadObject s3://{bucket}/{key}", self.read_client.head_object,
                           Bucket=bucket, Key=key)
         return ObjectInfo(key, int(resp.get("ContentLength", 0)), _mtime_ns(resp.get("LastModified")),
-                          clean_etag(resp.get("ETag")))
+                          clean_etag(resp.get("ETag")), dict(resp.get("Metadata") or {}),
+                          resp.get("ContentType"))
 
     def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int) -> Iterator[bytes]:
         """One version of an object in ranged chunks: streams big objects in bounded memory."""
@@ -408,17 +420,27 @@ class S3Store:
             args["IfNoneMatch"] = if_none_match
         return args
 
+    @staticmethod
+    def _object_args(content_type: str | None, metadata: Mapping[str, str] | None
+                     ) -> dict[str, Any]:
+        """ContentType and Metadata (user metadata, sent as given: posix.py's values are
+        ASCII, percent-encoded where needed, and botocore does not re-encode them)."""
+        args: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+        if metadata:
+            args["Metadata"] = dict(metadata)
+        return args
+
     def put_object(self, bucket: str, key: str, body: bytes | BinaryIO, *,
                    content_type: str | None = None, if_match: str | None = None,
-                   if_none_match: str | None = None) -> str:
-        """One PutObject with the configured SSE; returns the new ETag.
+                   if_none_match: str | None = None,
+                   metadata: Mapping[str, str] | None = None) -> str:
+        """One PutObject with the configured SSE and user `metadata`; returns the new ETag.
 
         `if_match` (an ETag) / `if_none_match` ("*") make it conditional: StaleObject on 412.
         """
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body, **self._sse_args(),
-                                  **self._condition_args(if_match, if_none_match)}
-        if content_type:
-            kwargs["ContentType"] = content_type
+                                  **self._condition_args(if_match, if_none_match),
+                                  **self._object_args(content_type, metadata)}
         start = body.tell() if not isinstance(body, bytes) else 0
 
         def put(**params: Any) -> dict[str, Any]:
@@ -429,11 +451,14 @@ class S3Store:
         return clean_etag(resp.get("ETag"))
 
     def create_multipart_upload(self, bucket: str, key: str, *,
-                                content_type: str | None = None) -> str:
-        """Start a multipart upload with the configured SSE; returns its UploadId."""
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **self._sse_args()}
-        if content_type:
-            kwargs["ContentType"] = content_type
+                                content_type: str | None = None,
+                                metadata: Mapping[str, str] | None = None) -> str:
+        """Start a multipart upload with the configured SSE (its object gets `metadata`);
+        returns its UploadId."""
+        return self._create_multipart(bucket, key, self._object_args(content_type, metadata))
+
+    def _create_multipart(self, bucket: str, key: str, args: Mapping[str, Any]) -> str:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **self._sse_args(), **args}
         retried: list[int] = []
         resp = self._call(f"CreateMultipartUpload s3://{bucket}/{key}",
                           self.write_client.create_multipart_upload,
@@ -496,12 +521,81 @@ class S3Store:
         except NotFound:
             pass
 
-    def copy_object(self, bucket: str, source_key: str, key: str, etag: str) -> None:
-        """Server-side copy (multipart beyond 5 GiB, by boto3's transfer manager) of the
-        version `etag` of `source_key`, with the configured SSE; StaleObject if it changed."""
-        self._call(f"CopyObject s3://{bucket}/{source_key} -> {key}", self.write_client.copy,
-                   CopySource={"Bucket": bucket, "Key": source_key}, Bucket=bucket, Key=key,
-                   ExtraArgs={**self._sse_args(), "CopySourceIfMatch": f'"{clean_etag(etag)}"'})
+    def copy_object(self, bucket: str, source_key: str, key: str, etag: str, *,
+                    metadata: Mapping[str, str] | None = None,
+                    content_type: str | None = None, size: int = 0) -> str:
+        """Server-side copy of the version `etag` of `source_key`, with the configured SSE;
+        returns the new ETag. StaleObject if the source is another version.
+
+        Without `metadata` a plain copy (S3 keeps the user metadata and content type);
+        with it MetadataDirective REPLACE, which resets the content type and the other
+        headers of KEPT_HEADERS: they are sent again from the source's HEAD (`content_type`
+        overrides its type). That HEAD (If-Match, as boto3's own copy did) also gives the
+        size (callers may pass none: over COPY_LIMIT the copy goes in parts) and holds the
+        condition on servers that ignore CopySourceIfMatch, which is sent anyway so that
+        S3 checks it atomically."""
+        quoted = f'"{clean_etag(etag)}"'
+        source = self._call(f"HeadObject s3://{bucket}/{source_key}", self.read_client.head_object,
+                            Bucket=bucket, Key=source_key, IfMatch=quoted)
+        kept = {name: source[name] for name in KEPT_HEADERS if source.get(name)}
+        if content_type:
+            kept["ContentType"] = content_type
+        size = int(source.get("ContentLength", size))
+        if size > COPY_LIMIT:
+            new_metadata = dict(source.get("Metadata") or {}) if metadata is None else metadata
+            return self._copy_in_parts(bucket, source_key, key, quoted, size,
+                                       {**kept, "Metadata": dict(new_metadata)})
+        kwargs: dict[str, Any] = {"CopySource": {"Bucket": bucket, "Key": source_key},
+                                  "Bucket": bucket, "Key": key, "CopySourceIfMatch": quoted,
+                                  **self._sse_args()}
+        if metadata is not None:
+            kwargs.update(kept, Metadata=dict(metadata), MetadataDirective="REPLACE")
+        resp = self._call(f"CopyObject s3://{bucket}/{source_key} -> {key}",
+                          self.write_client.copy_object, **kwargs)
+        return clean_etag(resp.get("CopyObjectResult", {}).get("ETag"))
+
+    def _copy_in_parts(self, bucket: str, source_key: str, key: str, quoted: str, size: int,
+                       args: Mapping[str, Any]) -> str:
+        """A copy over COPY_LIMIT: CreateMultipartUpload (with `args`: metadata and kept
+        headers), UploadPartCopy of each range, COPY_CONCURRENCY at a time, each
+        conditional on the source's ETag, then CompleteMultipartUpload; aborted on any
+        failure. Onto itself (a metadata change) the completion is conditional too: a
+        remote write during the copy wins over the old bytes."""
+        part = max(COPY_PART_SIZE, -(-size // MAX_PARTS))
+        ranges = [(start, min(start + part, size) - 1) for start in range(0, size, part)]
+        upload_id = self._create_multipart(bucket, key, args)
+        pool = ThreadPoolExecutor(COPY_CONCURRENCY, thread_name_prefix="s3fuse-copy")
+        try:
+            futures: list[Future[str]] = [
+                pool.submit(self._copy_part, bucket, source_key, key, upload_id, number,
+                            first, last, quoted)
+                for number, (first, last) in enumerate(ranges, 1)]
+            etags = [future.result() for future in futures]
+            pool.shutdown()
+            return self.complete_multipart_upload(
+                bucket, key, upload_id, etags,
+                if_match=quoted if source_key == key else None)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            self._abort_quietly(bucket, key, upload_id)
+            raise
+
+    def _copy_part(self, bucket: str, source_key: str, key: str, upload_id: str, number: int,
+                   first: int, last: int, quoted: str) -> str:
+        resp = self._call(f"UploadPartCopy s3://{bucket}/{key} #{number}",
+                          self.write_client.upload_part_copy, Bucket=bucket, Key=key,
+                          UploadId=upload_id, PartNumber=number,
+                          CopySource={"Bucket": bucket, "Key": source_key},
+                          CopySourceRange=f"bytes={first}-{last}", CopySourceIfMatch=quoted)
+        return clean_etag(resp.get("CopyPartResult", {}).get("ETag"))
+
+    def _abort_quietly(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort a failed multipart copy; if even that fails, say what is left behind."""
+        try:
+            self.abort_multipart_upload(bucket, key, upload_id)
+        except S3FuseError as exc:
+            log.warning("multipart copy to s3://%s/%s failed and its upload %s is left "
+                        "unfinished (%s)", bucket, key, upload_id, exc)
 
     def list_multipart_uploads(self, bucket: str, prefix: str = "") -> list[tuple[str, str]]:
         """(key, UploadId) of every unfinished multipart upload under `prefix`."""
