@@ -1,12 +1,17 @@
-"""POSIX metadata workloads (issue 14): `cp -a`, `chmod -R`, `rsync -a` a second time and a
+"""POSIX metadata workloads (issue 14): `cp -a`, `chmod`, `rsync -a` a second time and a
 cold `ls -l` of objects carrying s3fs's headers, timed, with the S3 requests each sent.
 
 Every filesystem is mounted through a counting proxy (``benchmarks.counting``) for these,
 since s3fs and rclone report no request counts. *Durable* is watched straight against
 SeaweedFS with boto3: every object listed with its bytes (size, MD5 ETag) and a HEAD showing
-its mtime and, for a tool that stores modes, its mode. The trees are written under a new
+its mtime and, for a tool that stores modes, its mode. The files are written under a new
 prefix ``bench-writes/<fs>-<ns>/`` per round and filesystem, deleted once measured.
 Registered (after the write workloads) by importing this module from run.py.
+
+The files sit in one directory that the harness makes (untimed) and the commands name the
+files, so no directory's metadata changes: SeaweedFS keeps no user metadata on a ``dir/``
+marker (a PUT drops it) and answers NoSuchKey to a CopyObject of one, so s3fs's
+chmod/utime of a directory fails there with ENOENT (so would any tool's).
 """
 
 from __future__ import annotations
@@ -50,7 +55,6 @@ from s3fuse.posix import Posix, from_headers, to_headers
 
 log = logging.getLogger(__name__)
 
-TREE_DIRS = 10
 TREE_SEED = 1414
 TREE_MODES = (0o644, 0o640, 0o600, 0o755)
 TREE_SIZES = (256, 4096)
@@ -70,7 +74,7 @@ DIRECTORY_TYPE = "application/x-directory"
 
 @dataclass(frozen=True)
 class TreeFile:
-    """One file of the tree: path below the tree's top, bytes, permission bits, mtime (s)."""
+    """One file: name, bytes, permission bits, mtime (s)."""
 
     rel: str
     body: bytes
@@ -93,11 +97,10 @@ class Want:
 
 
 def tree_files(spec: DataSpec) -> list[TreeFile]:
-    """``spec.small_files`` files in TREE_DIRS directories: random bytes, mixed modes,
-    distinct whole-second mtimes (always the same for the same spec)."""
+    """``spec.small_files`` files: random bytes, mixed modes, distinct whole-second mtimes
+    (always the same for the same spec)."""
     rng = random.Random(TREE_SEED)
-    per_dir = -(-spec.small_files // TREE_DIRS)
-    return [TreeFile(f"d{i // per_dir:02d}/f{i:04d}.bin", rng.randbytes(rng.randint(*TREE_SIZES)),
+    return [TreeFile(f"f{i:04d}.bin", rng.randbytes(rng.randint(*TREE_SIZES)),
                      TREE_MODES[i % len(TREE_MODES)], TREE_MTIME + 37 * i)
             for i in range(spec.small_files)]
 
@@ -107,17 +110,14 @@ def tree_source(data_dir: Path) -> Path:
 
 
 def posix_tree_source(env: SetupEnv) -> None:
-    """The local tree `cp -a` and `rsync -a` copy: modes and mtimes set, directories last."""
+    """The local files `cp -a` and `rsync -a` copy, their modes and mtimes set."""
     top = tree_source(env.data_dir)
+    top.mkdir(parents=True, exist_ok=True)
     for f in tree_files(env.spec):
         path = top / f.rel
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(f.body)
         path.chmod(f.mode)
         os.utime(path, (f.mtime, f.mtime))
-    for directory in [*sorted(p for p in top.iterdir() if p.is_dir()), top]:
-        directory.chmod(DIR_MODE)
-        os.utime(directory, (TREE_MTIME, TREE_MTIME))
 
 
 def file_headers(f: TreeFile, mode: int, owner: int) -> dict[str, str]:
@@ -147,21 +147,18 @@ def put_objects(target: S3Target, items: Sequence[tuple[str, bytes, dict[str, st
         list(pool.map(put, items))
 
 
-def tree_objects(top: str, files: Sequence[TreeFile], owner: int, *, flat: bool = False
+def tree_objects(top: str, files: Sequence[TreeFile], owner: int
                  ) -> list[tuple[str, bytes, dict[str, str], str | None]]:
-    """The objects s3fs would have written for the tree at ``top`` (markers included);
-    ``flat``: every file directly in ``top``."""
-    names = [f.rel.rpartition("/")[2] if flat else f.rel for f in files]
-    dirs = {top} | {f"{top}/{n.rpartition('/')[0]}" for n in names if "/" in n}
-    markers = [(f"{d}/", b"", dir_headers(owner), DIRECTORY_TYPE) for d in sorted(dirs)]
-    return markers + [(f"{top}/{n}", f.body, file_headers(f, f.mode, owner), None)
-                      for n, f in zip(names, files)]
+    """The objects s3fs would have written for the files in directory ``top`` (its marker
+    included)."""
+    return [(f"{top}/", b"", dir_headers(owner), DIRECTORY_TYPE)] + [
+        (f"{top}/{f.rel}", f.body, file_headers(f, f.mode, owner), None) for f in files]
 
 
 def posix_meta_objects(env: SetupEnv) -> None:
     """A directory of ``small_files`` objects written with s3fs's metadata headers."""
     files = tree_files(env.spec)
-    put_objects(env.target, tree_objects(META_DIR, files, META_OWNER, flat=True))
+    put_objects(env.target, tree_objects(META_DIR, files, META_OWNER))
 
 
 # -- durability: bytes and metadata in S3 ------------------------------------------------
@@ -271,8 +268,10 @@ def keys_of(metrics: Sequence[Metric]) -> list[str]:
 def check_exit(proc, what: str, values: dict[str, float], failed: Sequence[str]) -> None:
     """A tool that exits non-zero has failed the workload: a result (MetricsFailed)."""
     if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip()
-        raise MetricsFailed(f"{what} failed ({proc.returncode}): {err[-300:]}", values, failed)
+        lines = proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
+        raise MetricsFailed(f"{what} exits {proc.returncode} with {len(lines)} error line"
+                            f"{'s' * (len(lines) > 1)}, the first: {lines[0][:300]}",
+                            values, failed)
 
 
 def durable_or_fail(target: S3Target, prefix: str, wants: dict[str, Want], start: float,
@@ -297,18 +296,20 @@ TOOLS_NOTE = ("s3fs stores mode, owner and times in `x-amz-meta-*` headers (no o
               "so for rclone only the mtime is waited for. Every filesystem is mounted "
               "through a request-counting TCP proxy in front of SeaweedFS for this section "
               "(requests counted until the tool has sent none for "
-              f"{QUIET:.0f} s).")
+              f"{QUIET:.0f} s). The commands name the files, in one directory made "
+              "beforehand: SeaweedFS keeps no metadata on a directory marker and refuses to "
+              "copy one, so a directory's chmod or utime fails with s3fs there.")
 
 
 @workload(
     "cp_a_small",
-    "`cp -a` of a tree of {small_files:,} small files (modes, mtimes) into the mount",
+    "`cp -a` of {small_files:,} small files (modes, mtimes) into the mount",
     CP_METRICS,
     setups=(posix_tree_source,),
-    notes=f"`cp -a` of a local tree of {{small_files:,}} files ({TREE_SIZES[0]}-"
+    notes=f"`cp -a -t DEST FILE...` of {{small_files:,}} local files ({TREE_SIZES[0]}-"
           f"{TREE_SIZES[1]} random bytes, modes {', '.join(f'{m:o}' for m in TREE_MODES)}, "
-          f"distinct past mtimes) in {TREE_DIRS} directories to a new directory under "
-          f"`{WRITE_PREFIX}/` (fresh mount, empty FS cache, page cache warm). *Durable*: "
+          f"distinct past mtimes) to a new directory under `{WRITE_PREFIX}/` (fresh mount, "
+          "empty FS cache, page cache warm). *Durable*: "
           f"`ListObjectsV2` every {POLL * 1000:.0f} ms until every key has its size and MD5 "
           "ETag, and a `HeadObject` of each shows its mtime and mode. " + TOOLS_NOTE,
 )
@@ -319,17 +320,17 @@ def cp_a_small(ctx: Context) -> dict[str, float]:
     with fs.through_counter() as counter:
         ctx.fresh_mount()
         prefix = new_prefix(ctx)
-        dest = f"{prefix}/tree"
-        warm([source / f.rel for f in files])
+        sources = [source / f.rel for f in files]
+        warm(sources)
         try:
             before = counter.counts()
             start = time.perf_counter()
-            close, proc = run_timed(["cp", "-a", source, ctx.at(dest)],
+            close, proc = run_timed(["cp", "-a", "-t", ctx.at(prefix), *sources],
                                     label=f"cp -a of {len(files)} files")
             check_exit(proc, "cp -a", {}, keys_of(CP_METRICS))
             values = {"cp_a_close": close}
             values["cp_a_durable"] = durable_or_fail(
-                fs.target, dest, tree_wants(dest, files, fs.stores_mode), start, values,
+                fs.target, prefix, tree_wants(prefix, files, fs.stores_mode), start, values,
                 keys_of(CP_METRICS[1:]))
             values.update(requests_since(counter, before, "cp_a"))
         finally:
@@ -340,7 +341,7 @@ def cp_a_small(ctx: Context) -> dict[str, float]:
 # -- chmod_r ---------------------------------------------------------------------------------
 
 CHMOD_METRICS = [
-    Metric("chmod_r_time", f"until `chmod -R {CHMOD}` returns"),
+    Metric("chmod_r_time", f"until `chmod {CHMOD} FILE...` returns"),
     Metric("chmod_r_durable", "durable: from its start until every object in S3 has the new "
            "mode"),
     *request_metrics("chmod_r", "until durable"),
@@ -349,13 +350,14 @@ CHMOD_METRICS = [
 
 @workload(
     "chmod_r",
-    "`chmod -R` of a tree of {small_files:,} uploaded files",
+    "`chmod` of {small_files:,} uploaded files",
     CHMOD_METRICS,
-    notes="The tree of the `cp -a` section written straight to S3 as s3fs writes it (its "
-          "headers, directory markers included), mounted fresh (empty FS cache) and listed "
-          f"once with `ls -lR` (untimed, so every entry is looked up), then `chmod -R {CHMOD}` "
-          "(every file and directory changes). *Durable*: as above, until every file's "
-          "`HeadObject` shows the new mode. " + TOOLS_NOTE + " A tool whose chmod exits 0 "
+    notes="The files of the `cp -a` section written straight to S3 as s3fs writes them (its "
+          "headers), mounted fresh (empty FS cache) and listed once with `ls -l` (untimed, "
+          f"so every entry is looked up), then `chmod {CHMOD}` of every file (each one "
+          "changes; what `chmod -R` does per file). *Durable*: as above, until every file's "
+          "`HeadObject` shows the new mode; tools and proxy as in the `cp -a` section. A tool "
+          "whose chmod exits 0 "
           "but stores nothing is shown as not supported (checked every round).",
 )
 def chmod_r(ctx: Context) -> dict[str, float]:
@@ -367,13 +369,13 @@ def chmod_r(ctx: Context) -> dict[str, float]:
         try:
             put_objects(fs.target, tree_objects(top, files, 0))
             ctx.fresh_mount()
-            timed(["ls", "-lR", ctx.at(top)], capture=True, label="warming `ls -lR`")
+            timed(["ls", "-l", ctx.at(top)], capture=True, label="warming `ls -l`")
             counter.wait_quiet(QUIET, QUIET_TIMEOUT)
             before = counter.counts()
             start = time.perf_counter()
-            elapsed, proc = run_timed(["chmod", "-R", CHMOD, ctx.at(top)],
-                                      label=f"chmod -R of {len(files)} files")
-            check_exit(proc, f"chmod -R {CHMOD}", {}, keys_of(CHMOD_METRICS))
+            elapsed, proc = run_timed(["chmod", CHMOD, *(ctx.at(top) / f.rel for f in files)],
+                                      label=f"chmod of {len(files)} files")
+            check_exit(proc, f"chmod {CHMOD}", {}, keys_of(CHMOD_METRICS))
             values = {"chmod_r_time": elapsed}
             if not fs.stores_mode:
                 raise chmod_stores_nothing(ctx, counter, before, top, files[0])
@@ -399,7 +401,7 @@ def chmod_stores_nothing(ctx: Context, counter: CountingProxy, before, top: str,
     if mode is not None and stat.S_IMODE(mode) == want:
         raise WorkloadError(f"{ctx.fs.name} stored the new mode of {key}: set its stores_mode")
     shown = stat.S_IMODE(os.lstat(ctx.at(key)).st_mode)
-    return NotSupported(f"`chmod -R {CHMOD}` exits 0 but {ctx.fs.name} stores no mode: "
+    return NotSupported(f"`chmod {CHMOD}` exits 0 but {ctx.fs.name} stores no mode: "
                         f"{sent['total']} requests sent ({sent['COPY']} COPY, {sent['PUT']} "
                         f"PUT), the mount shows {shown:o} for a file "
                         f"whose new mode is {want:o}")
@@ -420,15 +422,16 @@ _TRANSFERRED = re.compile(r"Number of regular files transferred: ([\d,]+)")
 
 @workload(
     "rsync_again",
-    "`rsync -a` of the tree of {small_files:,} files a second time (nothing to send)",
+    "`rsync -a` of the {small_files:,} files a second time (nothing to send)",
     RSYNC_METRICS,
     setups=(posix_tree_source,),
-    notes="The tree of the `cp -a` section copied with `rsync -a SRC/ DEST/` (untimed) to a "
-          f"new directory under `{WRITE_PREFIX}/` and waited for until durable (as above), "
+    notes="The files of the `cp -a` section copied with `rsync -a FILE... DEST/` (untimed) "
+          f"to a new directory under `{WRITE_PREFIX}/` and waited for until durable (as above), "
           "then the same `rsync -a` again: on the same mount, then after a remount with an "
           "empty FS cache. A second run should send no file (rsync compares size and mtime; "
           "a tool that keeps no modes only makes it repeat its chmods, which cost nothing "
-          "there). *Files sent again*: rsync's `--stats`. " + TOOLS_NOTE,
+          "there). *Files sent again*: rsync's `--stats`. Tools and proxy as in the `cp -a` "
+          "section.",
 )
 def rsync_again(ctx: Context) -> dict[str, float]:
     files = tree_files(ctx.spec)
@@ -438,14 +441,14 @@ def rsync_again(ctx: Context) -> dict[str, float]:
     with fs.through_counter() as counter:
         ctx.fresh_mount()
         prefix = new_prefix(ctx)
-        dest = f"{prefix}/tree"
-        warm([source / f.rel for f in files])
-        argv = ["rsync", "-a", "--stats", f"{source}/", f"{ctx.at(dest)}/"]
+        sources = [source / f.rel for f in files]
+        warm(sources)
+        argv = ["rsync", "-a", "--stats", *sources, f"{ctx.at(prefix)}/"]
         try:
             start = time.perf_counter()
             _, proc = run_timed(argv, label="first rsync -a")
             check_exit(proc, "the first rsync -a", {}, every)
-            durable_or_fail(fs.target, dest, tree_wants(dest, files, fs.stores_mode), start,
+            durable_or_fail(fs.target, prefix, tree_wants(prefix, files, fs.stores_mode), start,
                             {}, every)
             values: dict[str, float] = {}
             for run in ("warm", "cold"):
@@ -482,7 +485,7 @@ LS_METRICS = [
     setups=(posix_meta_objects,),
     notes=f"One directory `{META_DIR}/` of {{small_files:,}} objects written straight to S3 "
           "with s3fs's headers (`x-amz-meta-mode`, `-uid`, `-gid`, `-mtime`, `-ctime`, "
-          "`-atime`; modes and mtimes as in the `cp -a` tree), listed with `ls -l` on a "
+          "`-atime`; modes and mtimes as in the `cp -a` section), listed with `ls -l` on a "
           "fresh mount (empty FS cache, page cache dropped). Afterwards every entry's "
           "`lstat` must show the stored mtime (and mode, for a tool that reads modes): a "
           "listing showing defaults instead counts as failed. Mounted through the "
@@ -514,9 +517,8 @@ def shown_wrong(directory: Path, files: Sequence[TreeFile], stores_mode: bool) -
     """Entries whose lstat does not show the stored mtime (and mode, when checked)."""
     wrong = []
     for f in files:
-        name = f.rel.rpartition("/")[2]
-        st = os.lstat(directory / name)
+        st = os.lstat(directory / f.rel)
         if int(st.st_mtime) != f.mtime or (stores_mode and stat.S_IMODE(st.st_mode) != f.mode):
-            wrong.append(f"{name}: mode {stat.S_IMODE(st.st_mode):o} mtime {int(st.st_mtime)}, "
+            wrong.append(f"{f.rel}: mode {stat.S_IMODE(st.st_mode):o} mtime {int(st.st_mtime)}, "
                          f"stored {f.mode:o} {f.mtime}")
     return wrong

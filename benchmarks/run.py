@@ -191,6 +191,8 @@ def run_fs_round(ctx: Context, workloads: list[Workload], results: dict[str, Any
                 continue
             for key, value in values.items():
                 samples.setdefault(key, []).append(value)
+            if not values:
+                continue
             shown = ", ".join(f"{k}={v:.3f}" for k, v in values.items())
             print(f"  [{fs.name}] {w.name}: {shown} ({time.monotonic() - started:.1f}s)",
                   flush=True)
