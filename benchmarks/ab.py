@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import datasets, write_workloads  # noqa: E402  (registers the write workloads)
+from benchmarks import datasets, posix_workloads, write_workloads  # noqa: E402  (registering)
 from benchmarks.filesystems import FILESYSTEMS, S3Fuse  # noqa: E402
 from benchmarks.s3 import S3Target  # noqa: E402
 from benchmarks.workloads import WORKLOADS, Context, NotApplicable  # noqa: E402
@@ -64,7 +64,8 @@ def serve(args: argparse.Namespace) -> int:
         env = datasets.SetupEnv(target, spec, args.workdir / "data")
         for setup in (datasets.big_object, datasets.small_files, datasets.tree,
                       datasets.shard_archive, write_workloads.write_sources_large,
-                      write_workloads.write_sources_small):
+                      write_workloads.write_sources_small, posix_workloads.posix_tree_source,
+                      posix_workloads.posix_meta_objects):
             started = time.monotonic()
             setup(env)
             print(f"data set {setup.__name__}: {time.monotonic() - started:.1f}s", flush=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from benchmarks.counting import CountingProxy
 from benchmarks.datasets import ManifestRef
 from benchmarks.s3 import S3Target
 from tests.support.blackhole import BlackHoleProxy
@@ -44,6 +45,8 @@ class FileSystem(ABC):
     mount_timeout: ClassVar[float] = 30.0
     reads_manifests: ClassVar[bool] = False
     reports_link_state: ClassVar[bool] = False  # ``s3fuse status --json``: link.state
+    #: Stores a file's mode (chmod) in S3; every tool here stores the mtime.
+    stores_mode: ClassVar[bool] = True
 
     def __init__(self, target: S3Target, root: Path,
                  manifests: Sequence[ManifestRef] = ()) -> None:
@@ -54,7 +57,7 @@ class FileSystem(ABC):
         self.cache_dir = root / "cache"
         self.log_path = root / "daemon.log"
         self.proc: subprocess.Popen | None = None
-        self.proxy: CuttableProxy | BlackHoleProxy | None = None
+        self.proxy: CuttableProxy | BlackHoleProxy | CountingProxy | None = None
         self.peak_rss_kib = 0
         self.ever_mounted = False
         for path in (self.root, self.mountpoint, self.cache_dir):
@@ -171,8 +174,14 @@ class FileSystem(ABC):
             yield proxy
 
     @contextmanager
-    def _through(self, kind: type[CuttableProxy] | type[BlackHoleProxy]
-                 ) -> Iterator[CuttableProxy | BlackHoleProxy]:
+    def through_counter(self) -> Iterator[CountingProxy]:
+        """``through_proxy`` with a proxy that counts the S3 requests by kind."""
+        with self._through(CountingProxy) as proxy:
+            yield proxy
+
+    @contextmanager
+    def _through(self, kind: type[CuttableProxy] | type[BlackHoleProxy] | type[CountingProxy]
+                 ) -> Iterator[CuttableProxy | BlackHoleProxy | CountingProxy]:
         """Mounts made in the block reach S3 through a new TCP proxy of `kind` (yielded).
 
         Unmounts first (a live mount would still be direct). At the end the proxy is restored
@@ -335,9 +344,14 @@ class S3fs(FileSystem):
 
 
 class Rclone(FileSystem):
-    """rclone mount with the full VFS cache (the mode needed for local re-reads)."""
+    """rclone mount with the full VFS cache (the mode needed for local re-reads).
+
+    rclone stores a file's mtime (``X-Amz-Meta-Mtime``, by default) but no mode: chmod
+    answers success and changes nothing (``chmod_r`` checks that it still does).
+    """
 
     name = "rclone"
+    stores_mode = False
     remote = "bench"
 
     def executable(self) -> str | None:

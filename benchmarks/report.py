@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Set
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,11 @@ COMPETITORS = ("s3fs", "rclone")
 BASELINE = "local_hot_read"
 HOT_READ = "read_hot"
 
+COUNTS = ("req", "files")  # units of counted (not timed) metrics: not in the time plot
+
 Medians = dict[str, dict[str, float]]
 Failures = dict[tuple[str, str], int]  # (filesystem, metric key) -> rounds it failed
+Unsupported = Set[tuple[str, str]]  # (filesystem, metric key) it does not do at all
 
 
 def medians(results: dict[str, Any]) -> Medians:
@@ -40,15 +44,24 @@ def failures(results: dict[str, Any]) -> Failures:
     keys = {w["name"]: [m["key"] for m in w["metrics"]] for w in results["workloads"]}
     counts: Failures = {}
     for e in results["errors"]:
+        if e.get("unsupported"):
+            continue
         for key in e.get("metrics") or keys.get(e["workload"], []):
             counts[(e["fs"], key)] = counts.get((e["fs"], key), 0) + 1
     return counts
 
 
+def unsupported(results: dict[str, Any]) -> Unsupported:
+    """The (filesystem, metric) pairs a filesystem was found not to do (``NotSupported``)."""
+    return {(e["fs"], key) for e in results["errors"] if e.get("unsupported")
+            for key in e.get("metrics", [])}
+
+
 def ratio_to_best(meds: Medians, key: str) -> tuple[float, str] | None:
-    """s3fuse median / best competitor median (and the competitor's name)."""
+    """s3fuse median / best competitor median (and the competitor's name); None when the
+    best is 0 (a count: no ratio)."""
     ref = reference(meds, key)
-    if ref is None or ref[0] == SUBJECT or key not in meds.get(SUBJECT, {}):
+    if ref is None or ref[0] == SUBJECT or key not in meds.get(SUBJECT, {}) or not ref[1]:
         return None
     return meds[SUBJECT][key] / ref[1], ref[0]
 
@@ -60,13 +73,19 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.3f} s" if value >= 0.1 else f"{value * 1000:.1f} ms"
     if unit == "x":
         return f"{value:.2f}x"
+    if unit in COUNTS:
+        return f"{value:,.0f}" if value == int(value) else f"{value:,.1f}"
     return f"{value:.1f} {unit}"
 
 
-def cell(meds: Medians, fails: Failures, fs: str, metric: dict[str, Any]) -> str:
-    """A median, ``failed`` when it never worked, or both when it failed in some rounds."""
+def cell(meds: Medians, fails: Failures, fs: str, metric: dict[str, Any],
+         unsupported: Unsupported = frozenset()) -> str:
+    """A median, ``failed`` when it never worked, or both when it failed in some rounds;
+    ``not supported`` when the filesystem does not do it."""
     value, failed = meds.get(fs, {}).get(metric["key"]), fails.get((fs, metric["key"]), 0)
     if value is None:
+        if (fs, metric["key"]) in unsupported:
+            return "not supported"
         return "**failed**" if failed else "—"
     shown = fmt(value, metric["unit"])
     return f"{shown} (failed {failed}x)" if failed else shown
@@ -96,7 +115,7 @@ def spec_text(text: str, spec: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any], image_name: str) -> str:
     meta, fss = results["meta"], list(results["filesystems"])
-    meds, fails = medians(results), failures(results)
+    meds, fails, unsup = medians(results), failures(results), unsupported(results)
     machine, spec = meta["machine"], meta["spec"]
     out = [
         "# Benchmarks",
@@ -143,7 +162,8 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         if w.get("notes"):
             out += [spec_text(w["notes"], spec), ""]
         out += _run_note(w, meta)
-        out += _comparison(w, fss, meds, fails) if compared(w) else _subject_table(w, meds, fails)
+        out += (_comparison(w, fss, meds, fails, unsup) if compared(w)
+                else _subject_table(w, meds, fails))
         out += _failure_notes(w, results)
     out += _hot_vs_local(results, meds, fss)
     errors = [e for e in results["errors"] if not e.get("metrics")]
@@ -165,14 +185,15 @@ def _offline_bullet(results: dict[str, Any]) -> list[str]:
 
 def _failure_notes(workload: dict[str, Any], results: dict[str, Any]) -> list[str]:
     """What failed (the failures that are results), one line per filesystem."""
-    by_fs: dict[str, list[dict[str, Any]]] = {}
+    by_fs: dict[tuple[str, bool], list[dict[str, Any]]] = {}
     for e in results["errors"]:
         if e["workload"] == workload["name"] and e.get("metrics"):
-            by_fs.setdefault(e["fs"], []).append(e)
+            by_fs.setdefault((e["fs"], bool(e.get("unsupported"))), []).append(e)
     out = []
-    for fs, errors in by_fs.items():
+    for (fs, unsup), errors in by_fs.items():
         rounds = ", ".join(str(e["round"] + 1) for e in errors)
-        out.append(f"- {fs} failed in round{'s' * (len(errors) > 1)} {rounds}: "
+        what = "not supported" if unsup else "failed"
+        out.append(f"- {fs} {what} in round{'s' * (len(errors) > 1)} {rounds}: "
                    f"{_cell(errors[0]['error'])[:400]}")
     return ["", *out] if out else []
 
@@ -202,8 +223,9 @@ def _subject_only_bullet(results: dict[str, Any]) -> list[str]:
 
 
 def _comparison(workload: dict[str, Any], fss: list[str], meds: Medians,
-                fails: Failures) -> list[str]:
-    return [_table_header(fss)] + [_metric_row(m, fss, meds, fails) for m in workload["metrics"]]
+                fails: Failures, unsup: Unsupported) -> list[str]:
+    return [_table_header(fss)] + [_metric_row(m, fss, meds, fails, unsup)
+                                   for m in workload["metrics"]]
 
 
 def _subject_table(workload: dict[str, Any], meds: Medians, fails: Failures) -> list[str]:
@@ -253,9 +275,10 @@ def _table_header(fss: list[str]) -> str:
     return "| " + " | ".join(cols) + " |\n|" + " --- |" * len(cols)
 
 
-def _metric_row(metric: dict[str, Any], fss: list[str], meds: Medians, fails: Failures) -> str:
+def _metric_row(metric: dict[str, Any], fss: list[str], meds: Medians, fails: Failures,
+                unsup: Unsupported) -> str:
     key = metric["key"]
-    cells = [_cell(metric["title"])] + [cell(meds, fails, fs, metric) for fs in fss]
+    cells = [_cell(metric["title"])] + [cell(meds, fails, fs, metric, unsup) for fs in fss]
     ratio = ratio_to_best(meds, key) if metric.get("compare", True) else None
     if ratio:
         cells.append(f"**{ratio[0]:.2f}** (vs {ratio[1]})")
@@ -298,7 +321,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fss = [fs for fs in results["filesystems"] if meds.get(fs)]
     others_ran = any(fs in COMPETITORS for fs in fss)
     refs = {m["key"]: ref[1] for m in all_metrics(results)
-            if (ref := reference(meds, m["key"])) and (ref[0] in COMPETITORS or not others_ran)}
+            if m["unit"] not in COUNTS and (ref := reference(meds, m["key"]))
+            and ref[1] and (ref[0] in COMPETITORS or not others_ran)}
     metrics = [m for m in all_metrics(results) if m["key"] in refs]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(metrics) + 2), 4.8), dpi=110)
     width = 0.8 / max(1, len(fss))

@@ -38,13 +38,17 @@ from benchmarks.workloads import (  # noqa: E402
     Context,
     MetricsFailed,
     NotApplicable,
+    NotSupported,
     Workload,
     WrongBytes,
     local_hot_read,
 )
-import benchmarks.write_workloads  # noqa: E402,F401 - registers write_large, write_small_files
+from benchmarks import posix_workloads, write_workloads  # noqa: E402
 from tests.support.seaweedfs import SeaweedFS, weed_binary  # noqa: E402
 
+#: Modules whose import registers their workloads, after those of benchmarks.workloads:
+#: write_large and write_small_files; cp_a_small, chmod_r, rsync_again and ls_l_meta.
+REGISTERING = (write_workloads, posix_workloads)
 BUCKET = "bench"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results.json"
 DEFAULT_DOCS = ROOT / "docs"
@@ -168,6 +172,10 @@ def run_fs_round(ctx: Context, workloads: list[Workload], results: dict[str, Any
                 values = w.func(ctx)
             except NotApplicable:
                 continue
+            except NotSupported as exc:  # a result: no metric of it means anything
+                _record_error(results, round_no, fs.name, w.name, exc,
+                              metrics=tuple(m.key for m in w.metrics), unsupported=True)
+                continue
             except MetricsFailed as exc:  # failing is the result: keep what was measured
                 _record_error(results, round_no, fs.name, w.name, exc, metrics=exc.failed)
                 values = exc.values
@@ -183,6 +191,8 @@ def run_fs_round(ctx: Context, workloads: list[Workload], results: dict[str, Any
                 continue
             for key, value in values.items():
                 samples.setdefault(key, []).append(value)
+            if not values:
+                continue
             shown = ", ".join(f"{k}={v:.3f}" for k, v in values.items())
             print(f"  [{fs.name}] {w.name}: {shown} ({time.monotonic() - started:.1f}s)",
                   flush=True)
@@ -191,16 +201,21 @@ def run_fs_round(ctx: Context, workloads: list[Workload], results: dict[str, Any
 
 
 def _record_error(results: dict[str, Any], round_no: int, fs: str, workload: str,
-                  exc: BaseException, metrics: tuple[str, ...] = ()) -> None:
+                  exc: BaseException, metrics: tuple[str, ...] = (),
+                  unsupported: bool = False) -> None:
     """An error of one workload in one round; ``metrics``: the keys it failed (a result,
-    shown in the workload's section), else a harness error (all its keys, Errors section)."""
+    shown in the workload's section), else a harness error (all its keys, Errors section);
+    ``unsupported``: the filesystem does not do it at all (shown as "not supported")."""
     message = str(exc) if metrics else f"{type(exc).__name__}: {exc}"
     error: dict[str, Any] = {"round": round_no, "fs": fs, "workload": workload,
                              "error": message}
     if metrics:
         error["metrics"] = list(metrics)
+    if unsupported:
+        error["unsupported"] = True
     results["errors"].append(error)
-    print(f"  [{fs}] {workload}: {'FAILED' if metrics else 'ERROR'} {message}", flush=True)
+    label = "NOT SUPPORTED" if unsupported else "FAILED" if metrics else "ERROR"
+    print(f"  [{fs}] {workload}: {label} {message}", flush=True)
 
 
 def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

@@ -6,7 +6,9 @@ s3exchange ``manifests`` they read. Raise ``NotApplicable`` from a workload that
 makes no sense for ``ctx.fs``; raise ``WrongBytes`` when a filesystem returns
 wrong data (that aborts the whole benchmark); raise ``MetricsFailed`` when failing is
 itself the result (e.g. a filesystem that cannot serve its cache offline): the values
-measured so far count and the report shows the rest as failed.
+measured so far count and the report shows the rest as failed; raise ``NotSupported`` when
+the filesystem answers success but does not do what is measured (e.g. a chmod that stores
+nothing): the report shows "not supported" rather than timing a no-op.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ class MetricsFailed(WorkloadError):
         self.failed = tuple(failed)
 
 
+class NotSupported(WorkloadError):
+    """The filesystem does not do what the workload measures (checked, not assumed): a
+    result, shown as "not supported" for every metric of the workload."""
+
+
 @dataclass(frozen=True)
 class Metric:
     """One measured value. Keys are unique over all workloads (they key the samples).
@@ -73,7 +80,7 @@ class Metric:
     ``min_speedup`` for that speed-up, ``max_value`` for the value itself.
     ``compare=False``: a value not to hold against the other filesystems' (e.g. a
     filesystem's own offline/online ratio): no s3fuse / best-other ratio, not plotted.
-    Units: ``s``, ``MiB``, ``x`` (a ratio).
+    Units: ``s``, ``MiB``, ``x`` (a ratio), ``req`` (S3 requests), ``files``.
     """
 
     key: str
