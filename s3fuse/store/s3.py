@@ -366,7 +366,8 @@ class S3Store:
         resp = self._call(f"HeadObject s3://{bucket}/{key}", self.read_client.head_object,
                           Bucket=bucket, Key=key)
         return ObjectInfo(key, int(resp.get("ContentLength", 0)), _mtime_ns(resp.get("LastModified")),
-                          clean_etag(resp.get("ETag")))
+                          clean_etag(resp.get("ETag")), dict(resp.get("Metadata") or {}),
+                          resp.get("ContentType"))
 
     def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int) -> Iterator[bytes]:
         """One version of an object in ranged chunks: streams big objects in bounded memory."""
