@@ -63,7 +63,6 @@ async def test_stat_lookup_and_uploads_answer_while_a_huge_listing_is_stored(tmp
     tree = BucketTree(parse_source("s3://bkt"), BigDirectory(), meta, None,  # type: ignore[arg-type]
                       ttl=60, list_limiter=trio.CapacityLimiter(4),
                       posix_metadata=False)  # a listing fake: no HEAD to answer
-
     await tree.listdir("small")
     latencies: list[float] = []
     landed: list[float] = []
