@@ -64,6 +64,9 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", help="at unmount, seconds to wait for pending uploads "
                    "(default 120; the rest resume at the next mount)")
     p.add_argument("--read-only", action="store_const", const=True, help="every write fails with EROFS")
+    p.add_argument("--no-posix-metadata", dest="posix_metadata", action="store_const", const=False,
+                   help="never HEAD objects for their modes, owners and times (huge read-mostly "
+                   "datasets): the defaults show, and what this mount wrote")
     p.add_argument("--sse", help="server-side encryption for uploads: AES256, aws:kms, aws:kms:dsse")
     p.add_argument("--sse-kms-key-id", help="KMS key for --sse aws:kms")
     p.add_argument("--uid", help="owner uid of every file")

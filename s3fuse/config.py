@@ -86,6 +86,7 @@ class Config:
     drain_timeout: float = 120.0
     request_timeout: float = 30.0
     read_only: bool = False
+    posix_metadata: bool = True  # False: never HEAD an object for its POSIX metadata
     sse: str | None = None
     sse_kms_key_id: str | None = None
     uid: int = field(default_factory=os.getuid)
@@ -268,6 +269,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "drain_timeout": parse_duration,
     "request_timeout": parse_duration,
     "read_only": parse_bool,
+    "posix_metadata": parse_bool,
     "sse": str,
     "sse_kms_key_id": str,
     "uid": lambda v: parse_int(v, "uid"),

@@ -134,7 +134,8 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
     def bucket(spec: SourceSpec) -> BucketTree:
         tree = ReadOnlyBucketTree if cfg.read_only else BucketTree
         return tree(spec, store, meta, reader, ttl=cfg.metadata_ttl, list_limiter=list_limiter,
-                    siblings=siblings, background=supervisor, writes=writes)
+                    siblings=siblings, background=supervisor, writes=writes,
+                    posix_metadata=cfg.posix_metadata)
 
     shards = ShardService(store, reader, ttl=cfg.metadata_ttl)
     manifest_dir = secure_dir(cache_dir / "manifests")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from s3fuse.cache.meta import MetaStore
+from s3fuse.cache.meta import SCHEMA as META_SCHEMA, MetaStore
 from s3fuse.errors import UsageError
 from s3fuse.upload.journal import UNKNOWN, Journal
 from s3fuse.upload.staging import Staging
@@ -114,11 +114,12 @@ def test_metadata_of_the_previous_release_keeps_listings_and_pins(tmp_path: Path
     path = tmp_path / "meta.sqlite"
     legacy_db(path, "meta.sql")
     meta = MetaStore(path)
-    assert user_version(path) == 1
+    assert user_version(path) == META_SCHEMA.version == 2
     assert meta.listed_at(NS, "") == 1700000000.0 and meta.listed_at(NS, "docs") == 0
     assert [(e.name, e.is_dir) for e in meta.entries(NS, "")] == [("docs", True), ("old.txt", False)]
     old = meta.entry(NS, "", "old.txt")
     assert old is not None and (old.size, old.etag) == (11, "etag-old")
+    assert old.posix is None and old.mtime_ns == 1690000000000000000  # looked up when needed
     assert meta.pins() == [("legacy-bucket/c.bin", "incomplete"), ("legacy-bucket/docs", "complete")]
     assert meta.counters() == {"hits": 42, "misses": 7}
     meta.close()
@@ -179,4 +180,4 @@ def test_a_mount_on_a_cache_of_the_previous_release_uploads_its_pending_files(
     assert body(s3, bucket, "docs/a.txt") == b"alpha"
     assert body(s3, bucket, "small.txt") == b"small and not fsynced"
     assert "gone.txt" not in keys(s3, bucket)
-    assert user_version(cache / "journal.sqlite") == 2 and user_version(cache / "meta.sqlite") == 1
+    assert user_version(cache / "journal.sqlite") == 2 and user_version(cache / "meta.sqlite") == META_SCHEMA.version

@@ -154,11 +154,14 @@ def test_find_costs_one_listing_per_directory(s3, bucket, mount_factory):
     m = mount_factory("--source", f"s3://{bucket}")
     found = sh("find", str(m.path(bucket)), "-type", "f").split()
     assert len(found) == len(keys)
+    assert m.status()["requests"].get("HeadObject", 0) == 0  # find reads no metadata
     sh("ls", "-lR", str(m.path(bucket)))
     requests = m.status()["requests"]
     directories = 1 + 5 + 5 * 4
     assert requests.get("ListObjectsV2") == directories
-    assert requests.get("HeadObject", 0) == 0
+    assert requests.get("HeadObject", 0) == len(keys)  # ls -l: each file's metadata, once
+    sh("ls", "-lR", str(m.path(bucket)))
+    assert m.status()["requests"] == requests
 
 
 def test_auto_mode_lists_every_bucket(s3, bucket, mount_factory):

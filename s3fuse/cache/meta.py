@@ -22,12 +22,14 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..db import Database, Schema
 from ..errors import CacheFull
 from ..model import Entry
+from ..posix import NO_HEADERS, from_json, to_json
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,23 @@ CREATE TABLE IF NOT EXISTS entries (
     PRIMARY KEY (ns, dir, name)) WITHOUT ROWID;
 """
 
+#: Version 2: each entry's POSIX metadata (posix.to_json; NULL: not looked up yet) and
+#: the version it was read from (`posix_of`, see `version`; NULL: learned from an upload,
+#: whose LastModified S3 does not return). Entries of version 1 start unknown.
+_VERSION_2 = """
+ALTER TABLE entries ADD COLUMN posix TEXT;
+ALTER TABLE entries ADD COLUMN posix_of TEXT;
+"""
+
 #: Version 1 is the layout of the unversioned stores (version 0), which it leaves as is.
-SCHEMA = Schema("cache metadata", (_VERSION_1,),
+SCHEMA = Schema("cache metadata", (_VERSION_1, _VERSION_2),
                 unreadable_hint="it only caches listings and pins; move it aside to start afresh")
 
-_COLUMNS = "name, is_dir, size, mtime_ns, etag, checked_at"
+_COLUMNS = "name, is_dir, size, mtime_ns, etag, checked_at, posix"
+_INSERT = "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)"
+#: Stored entries a search for unknown metadata looks through at most (a bounded range
+#: read on the loop, however many known entries follow).
+UNKNOWN_SCAN = 256
 Write = Callable[[sqlite3.Connection], None]
 
 
@@ -216,14 +230,26 @@ class MetaStore:
         return listed_at
 
     def replace_listing(self, ns: str, path: str, entries: Iterable[Entry],
-                        now: float | None = None) -> None:
-        """Atomically make `entries` the listing of `path` (blocking: use a thread)."""
+                        now: float | None = None, marker: str | None = None) -> None:
+        """Atomically make `entries` the listing of `path` (blocking: use a thread).
+
+        Entries as ListObjectsV2 gives them (posix None, mtime_ns = LastModified) keep the
+        stored POSIX metadata of their name when it was read from the same version (ETag
+        and LastModified: a metadata copy keeps a single-part ETag but not LastModified),
+        and then show its mtime; directories (a listing has no version of them) keep theirs.
+        `marker`: the version of this directory's own marker (`version`; '' when it has
+        none), recorded on the parent's entry of it (`_marker`)."""
         now = time.time() if now is None else now
-        rows = [(ns, path, e.name, int(e.is_dir), e.size, e.mtime_ns, e.etag, now) for e in entries]
         with self.writing(), self._db.transaction() as db:
+            known = {row[0]: row[1:] for row in db.execute(
+                "SELECT name, etag, posix, posix_of FROM entries WHERE ns=? AND dir=? "
+                "AND posix IS NOT NULL", (ns, path))}
+            rows = [_listed_row(ns, path, e, known.get(e.name), now) for e in entries]
             db.execute("DELETE FROM entries WHERE ns=? AND dir=?", (ns, path))
-            db.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+            db.executemany(_INSERT, rows)
             db.execute("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", (ns, path, now))
+            if marker is not None and path:
+                _marker(db, ns, path, marker)
 
     def _queued_entries(self, ns: str, path: str) -> dict[str, Entry | None]:
         if not self._queued.entries:  # nothing queued (almost always): no lock, no copy
@@ -282,14 +308,26 @@ class MetaStore:
             "ORDER BY name LIMIT ?", ns, path, after, limit)
         return [_entry(r) for r in rows]
 
-    def update_entry(self, ns: str, path: str, entry: Entry) -> None:
+    def unknown_after(self, ns: str, path: str, name: str, limit: int) -> list[Entry]:
+        """Up to `limit` stored entries from `name` on (itself included), in name order,
+        whose POSIX metadata is not known: the next batch to look up. Looks through at
+        most UNKNOWN_SCAN entries (a bounded indexed range read)."""
+        queued = self._queued_entries(ns, path)
+        rows = self._db.query(f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? AND name>=? "
+                              "ORDER BY name LIMIT ?", ns, path, name, UNKNOWN_SCAN)
+        frontier = rows[-1][0] if len(rows) == UNKNOWN_SCAN else None
+        entries = apply_changes([_entry(r) for r in rows],
+                                {n: e for n, e in queued.items()
+                                 if n >= name and (frontier is None or n <= frontier)})
+        return [e for e in entries if e.posix is None][:limit]
+
+    def update_entry(self, ns: str, path: str, entry: Entry, version: str | None = None) -> None:
+        """Store `entry`; `version`: what its posix was read from (`version`), None when
+        unknown (an upload's: a relist then keeps it while the ETag is the same)."""
         def show(queued: _Queued, seq: int) -> None:
             queued.entries.setdefault((ns, path), {})[entry.name] = (seq, entry)
 
-        self._write(lambda db: db.execute(
-            "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)",
-            (ns, path, entry.name, int(entry.is_dir), entry.size, entry.mtime_ns, entry.etag,
-             entry.checked_at)), show)
+        self._write(lambda db: db.execute(_INSERT, _row(ns, path, entry, version)), show)
 
     def remove_entry(self, ns: str, path: str, name: str) -> None:
         def show(queued: _Queued, seq: int) -> None:
@@ -366,5 +404,52 @@ def _at_or_below(path: str, top: str) -> bool:
     return path == top or path.startswith(top + "/")
 
 
+def version(etag: str, last_modified_ns: int) -> str:
+    """The version of an object stored POSIX metadata belongs to: ETag and LastModified
+    (a metadata copy keeps a single-part object's ETag, not its LastModified)."""
+    return f"{etag} {last_modified_ns}"
+
+
+def _row(ns: str, path: str, entry: Entry, posix_of: str | None) -> tuple:
+    return (ns, path, entry.name, int(entry.is_dir), entry.size, entry.mtime_ns, entry.etag,
+            entry.checked_at, to_json(entry.posix), posix_of if entry.posix is not None else None)
+
+
+def _listed_row(ns: str, path: str, entry: Entry, known: tuple | None, now: float) -> tuple:
+    """The row of an entry of a new listing, given what was stored for its name (etag,
+    posix, posix_of of a row with known metadata)."""
+    if entry.posix is not None or known is None:  # a change learned meanwhile, or nothing
+        return _row(ns, path, entry, None)
+    etag, posix_json, posix_of = known
+    if entry.is_dir:  # the listing has no version of a directory: its marker's listing does
+        posix = from_json(posix_json, is_dir=True)
+        return _row(ns, path, replace(entry, posix=posix, mtime_ns=posix.mtime_ns or entry.mtime_ns),
+                    posix_of)
+    listed = version(entry.etag, entry.mtime_ns)
+    if posix_of != listed and not (posix_of is None and etag == entry.etag):
+        return _row(ns, path, entry, None)  # another version: look it up again
+    posix = from_json(posix_json)
+    return _row(ns, path, replace(entry, posix=posix, mtime_ns=posix.mtime_ns or entry.mtime_ns),
+                listed)
+
+
+def _marker(db: sqlite3.Connection, ns: str, path: str, marker: str) -> None:
+    """Record on the parent's entry of directory `path` the version of its marker ('':
+    none, so no metadata: NO_HEADERS without a HEAD); another version than the one its
+    metadata was read from makes that metadata unknown again."""
+    parent, _, name = path.rpartition("/")
+    row = db.execute("SELECT posix, posix_of FROM entries WHERE ns=? AND dir=? AND name=? "
+                     "AND is_dir=1", (ns, parent, name)).fetchone()
+    if row is None or row[1] == marker:
+        return
+    if row[1] is None and row[0] is not None and marker:  # made here: its marker is ours
+        posix = row[0]
+    else:
+        posix = to_json(NO_HEADERS) if not marker else None
+    db.execute("UPDATE entries SET posix=?, posix_of=? WHERE ns=? AND dir=? AND name=?",
+               (posix, marker, ns, parent, name))
+
+
 def _entry(row: tuple) -> Entry:
-    return Entry(row[0], bool(row[1]), row[2], row[3], row[4], row[5])
+    return Entry(row[0], bool(row[1]), row[2], row[3], row[4], row[5],
+                 from_json(row[6], is_dir=bool(row[1])))

@@ -186,14 +186,24 @@ class S3Operations(pyfuse3.Operations):
                      atime_ns=mtime if stored.atime_ns is None else stored.atime_ns,
                      rdev=stored.rdev or 0, xattrs=stored.xattrs)
 
+    def _unknown(self, node: Node, entry: Entry) -> bool:
+        """Are `entry`'s POSIX metadata still to be looked up (a readdir entry, or a lookup
+        that could not ask S3)? Then the kernel must not keep these attributes: it asks
+        again (lookup, getattr), which looks them up (tree/bucket/posixheads.py)."""
+        if entry.posix is not None or node.is_root:
+            return False
+        ns = self._ns(node)
+        return ns.posix_lookups and node.ref != ns.root
+
     def _attrs(self, node: Node, entry: Entry, tell: bool = True) -> pyfuse3.EntryAttributes:
         """`entry` as attributes; `tell`: the reply goes out right after (no await between),
         so the page cache may record what the kernel now holds."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0
-        a.entry_timeout = self.cfg.metadata_ttl
-        a.attr_timeout = self.cfg.metadata_ttl
+        ttl = 0.0 if self._unknown(node, entry) else self.cfg.metadata_ttl
+        a.entry_timeout = ttl
+        a.attr_timeout = ttl
         if node.is_dir:
             a.st_nlink = 2
             a.st_size = 0

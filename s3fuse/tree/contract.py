@@ -100,6 +100,9 @@ class Namespace(ABC):
     #: Numbers its own inodes (ino = inode_base + 2*ref + is_dir; refs are ints).
     indexed: bool = False
     inode_base: int | None = None
+    #: Entries with unknown POSIX metadata (posix None) get it on lookup/stat: readdir
+    #: replies for them must not be cached by the kernel (a bucket tree, unless disabled).
+    posix_lookups: bool = False
     #: Is a mount-relative path pinned? Set by RootTree from the pinner.
     pin_covers: Callable[[str], bool] = staticmethod(no_pins)
 

@@ -28,11 +28,12 @@ from typing import Any, Awaitable, Callable, Hashable
 
 import trio
 
-from ...cache.meta import MetaStore, apply_changes
+from ...cache.meta import MetaStore, apply_changes, version
 from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
 from ...model import Entry
 from ...names import is_posix_name, join
-from ...store.protocol import ListPage, Store
+from ...posix import NO_HEADERS, from_headers
+from ...store.protocol import ListPage, ObjectInfo, Store
 from ...util.flight import SingleFlight
 from ...util.oncelog import OnceLogger
 from ...util.supervisor import LIST_AHEAD as LIST_AHEAD_TASK, Supervisor
@@ -94,6 +95,16 @@ def entries_from_pages(pages: list[ListPage], prefix: str, hidden: OnceLogger,
         hidden.info(prefix + name, "hiding s3 key %r: a directory of the same name wins", prefix + name)
         del files[name]
     return sorted([*dirs.values(), *files.values()], key=lambda e: e.name)
+
+
+def marker_version(pages: list[ListPage], prefix: str) -> str:
+    """The version of the directory's own marker object (`prefix` itself) in its listing,
+    '' when it has none (then it stores no metadata: no HEAD needed to know)."""
+    for page in pages:
+        for obj in page.objects:
+            if obj.key == prefix:
+                return version(obj.etag, obj.mtime_ns)
+    return ""
 
 
 class Listings:
@@ -195,7 +206,8 @@ class Listings:
             with self._meta.writing():  # uploads that finished meanwhile are not in `pages`
                 changes = self._learned.since(mark, path)
                 now = time.time() if changes is not None else 0.0  # 0: stale, list again
-                self._meta.replace_listing(ns_id, path, apply_changes(entries, changes or {}), now)
+                self._meta.replace_listing(ns_id, path, apply_changes(entries, changes or {}), now,
+                                           marker=marker_version(pages, prefix))
 
         await trio.to_thread.run_sync(fetch, limiter=self._limiter)
 
@@ -284,7 +296,8 @@ class Listings:
             return entry
 
     async def _head(self, parent: str, entry: Entry) -> Entry:
-        """HEAD `parent/entry.name` and store what it says (NotFound: forgotten)."""
+        """HEAD `parent/entry.name` and store what it says, POSIX metadata included (its
+        headers come with it; NotFound: forgotten)."""
         key = self._keys.key(join(parent, entry.name))
         try:
             info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, key,
@@ -292,9 +305,30 @@ class Listings:
         except NotFound:
             self._meta.remove_entry(self._keys.ns_id, parent, entry.name)
             raise
-        fresh = Entry(entry.name, False, info.size, info.mtime_ns, info.etag, time.time())
-        self._meta.update_entry(self._keys.ns_id, parent, fresh)
+        return self.store_head(parent, entry.name, info)
+
+    def store_head(self, parent: str, name: str, info: ObjectInfo, *, is_dir: bool = False) -> Entry:
+        """Store what a HEAD of file `parent/name` (or of the marker of directory `name`)
+        says, its POSIX metadata included; the entry."""
+        posix = from_headers(info.metadata or {}, is_dir=is_dir)
+        if is_dir:
+            fresh = Entry(name, True, 0, posix.mtime_ns or 0, "", time.time(), posix)
+        else:
+            fresh = Entry(name, False, info.size, posix.mtime_ns or info.mtime_ns, info.etag,
+                          time.time(), posix)
+        self._meta.update_entry(self._keys.ns_id, parent, fresh, version(info.etag, info.mtime_ns))
         return fresh
+
+    def store_no_marker(self, parent: str, name: str) -> Entry:
+        """Directory `parent/name` has no marker (HEAD: 404): no metadata, stored so."""
+        fresh = Entry(name, True, 0, 0, "", time.time(), NO_HEADERS)
+        self._meta.update_entry(self._keys.ns_id, parent, fresh, "")
+        return fresh
+
+    def unknown_after(self, path: str, name: str, limit: int) -> list[Entry]:
+        """Up to `limit` stored entries of `path` from `name` on whose POSIX metadata is
+        unknown (MetaStore.unknown_after: a bounded range read)."""
+        return self._meta.unknown_after(self._keys.ns_id, path, name, limit)
 
     def remember(self, parent: str, entry: Entry) -> None:
         """Store an entry this mount made itself (a server-side copy)."""

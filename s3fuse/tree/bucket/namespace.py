@@ -33,6 +33,7 @@ from .listing import Listings
 from .localsource import LocalReader
 from .mutations import Mutations
 from .paged import PagedDir
+from .posixheads import PosixHeads
 from .pending import GONE, PendingView
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class BucketTree(Namespace):
     def __init__(self, spec: SourceSpec, store: Store, meta: MetaStore, reader: BlockReader,
                  *, ttl: float, list_limiter: trio.CapacityLimiter,
                  siblings: SiblingPrefetcher | None = None, background: Supervisor | None = None,
-                 writes: WriteBack | None = None):
+                 writes: WriteBack | None = None, posix_metadata: bool = True):
         self.name = spec.name
         self.spec = spec
         self.ttl = ttl
@@ -57,8 +58,12 @@ class BucketTree(Namespace):
         self._siblings = siblings
         self._writes = writes
         self._started = int(time.time() * 1e9)
+        background = background or Supervisor()
         self._listings = Listings(self.keys, store, meta, ttl=ttl, limiter=list_limiter,
-                                  background=background or Supervisor())
+                                  background=background)
+        self._heads = PosixHeads(self.keys, store, self._listings, enabled=posix_metadata,
+                                 background=background)
+        self.posix_lookups = posix_metadata
         overlay = writes.overlay if writes is not None else Overlay()
         self._pending = PendingView(self.keys, overlay, self._listings)
         self._mutations = Mutations(self.keys, spec.uri, self, store, reader, self._listings,
@@ -95,11 +100,15 @@ class BucketTree(Namespace):
         return self._pending.merge(path, await self._listings.entries(path))
 
     async def lookup(self, path: str, name: str) -> tuple[str, Entry] | None:
+        """The entry of `path/name`, its POSIX metadata looked up (HEAD) when unknown: a
+        lookup must show the right type and mode (posixheads.py)."""
         local = self._pending.local(path, name)
         if local is not None:
             return None if local is GONE else (join(path, name), local)
         await self._pending.listing_or_local(path)
         entry = self._listings.entry(path, name)
+        if entry is not None:
+            entry = await self._heads.complete(path, entry)
         return None if entry is None else (join(path, name), entry)
 
     # ----------------------------------------------------------- files
@@ -108,7 +117,8 @@ class BucketTree(Namespace):
         return Entry("", True, 0, self._started, "", time.time())
 
     async def stat(self, path: str) -> Entry:
-        """The entry of `path`, revalidated with HEAD when older than the TTL."""
+        """The entry of `path`, revalidated with HEAD when older than the TTL (which
+        refreshes its POSIX metadata too), else with that metadata looked up when unknown."""
         if not path:
             return self._root_entry()
         parent, name = split(path)
@@ -124,7 +134,10 @@ class BucketTree(Namespace):
                 raise NotFound(path)
             entry = found[1]
         if entry.is_dir or time.time() - entry.checked_at < self.ttl:
-            return entry
+            completed = await self._heads.complete(parent, entry)
+            if completed is None:
+                raise NotFound(path)
+            return completed
         return await self._listings.revalidate(parent, entry)
 
     async def open(self, path: str) -> FileHandle:
@@ -153,10 +166,12 @@ class BucketTree(Namespace):
         return not entry.is_dir and await self._reader.is_cached(self.ref(path, entry))
 
     async def xattrs(self, path: str) -> dict[str, bytes]:
+        """The stored user xattrs (x-amz-meta-xattr), and the computed ones over them."""
         entry = await self.stat(path)
+        stored = dict(entry.posix.xattrs) if entry.posix is not None else {}
         if entry.is_dir:
-            return {"user.s3.uri": self.keys.uri(self.keys.dir_prefix(path)).encode()}
-        return {"user.s3.uri": self.keys.uri(self.keys.key(path)).encode(),
+            return {**stored, "user.s3.uri": self.keys.uri(self.keys.dir_prefix(path)).encode()}
+        return {**stored, "user.s3.uri": self.keys.uri(self.keys.key(path)).encode(),
                 "user.s3.etag": entry.etag.encode()}
 
     # ----------------------------------------------------------- changes (Mutations)

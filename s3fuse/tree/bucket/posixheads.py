@@ -1,0 +1,157 @@
+"""POSIX metadata a listing does not give: HEADs in parallel batches, only when needed, stored.
+
+One job of the bucket namespace (see tree/bucket/__init__.py for the split): an entry
+whose metadata is unknown (posix None: ListObjectsV2 returns no headers) gets it when a
+lookup or stat needs it (a symlink must never first show as a regular file), never for
+a readdir, so `find` over files sends no HEAD. The first unknown file of a directory
+HEADs up to BATCH following unknown files at once: `ls -l` of 1,000 cold files is ~16
+rounds of parallel HEADs, not 1,000 sequential ones. Results are stored (meta.sqlite):
+a remount with the same cache sends none again.
+
+Directories keep theirs on their marker `dir/`. A directory's own listing shows whether
+it has one (tree walks list it anyway): none means no metadata, without a request; one
+is HEADed. So a directory with unknown metadata is listed first (once per TTL, as
+`find`, `ls -R` or `du` would), then its marker HEADed only if it exists.
+
+A lookup never waits longer than a revalidation does (listing.REVALIDATE_WAIT) for S3 to
+start answering: the entry then shows the defaults (posix still None), the link goes
+offline and the HEADs finish in the background. Offline: the defaults at once.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from ...errors import NotFound, S3FuseError
+from ...model import Entry
+from ...names import join
+from ...store.protocol import Store
+from ...util.supervisor import LIST_AHEAD as HEAD_TASK, Supervisor
+from .keys import BucketKeys
+from .listing import REVALIDATE_WAIT, Listings
+
+log = logging.getLogger(__name__)
+
+#: Unknown files HEADed at once (and S3 requests of this module in flight per tree): the
+#: botocore connection pool holds 64.
+BATCH = 64
+
+
+@dataclass(eq=False)
+class _Batch:
+    """HEADs sent together; waiters give up on `answered` after REVALIDATE_WAIT."""
+
+    answered: trio.Event = field(default_factory=trio.Event)  # S3 answered one of them
+    done: dict[str, trio.Event] = field(default_factory=dict)  # per name: stored (or failed)
+
+
+class PosixHeads:
+    """Looks up the POSIX metadata of one bucket tree's entries when it is unknown."""
+
+    def __init__(self, keys: BucketKeys, store: Store, listings: Listings, *, enabled: bool,
+                 background: Supervisor):
+        self._keys = keys
+        self._store = store
+        self._listings = listings
+        self.enabled = enabled  # False: --no-posix-metadata, never a HEAD for metadata
+        self._background = background
+        self._limiter = trio.CapacityLimiter(BATCH)
+        self._pending: dict[tuple[str, str], _Batch] = {}
+
+    async def complete(self, parent: str, entry: Entry) -> Entry | None:
+        """`entry` (of `parent`) with its POSIX metadata, looked up when unknown; None
+        when S3 has it no more. Still unknown (posix None: the defaults show) when it
+        cannot be looked up now: disabled, offline, or no answer within REVALIDATE_WAIT."""
+        if entry.posix is not None or not self.enabled:
+            return entry
+        if entry.is_dir:
+            listed = await self._marker_listed(join(parent, entry.name))
+            entry = self._listings.entry(parent, entry.name) or entry
+            if entry.posix is not None or not listed:
+                return entry
+        if not self._store.link.online:
+            return entry
+        batch = self._pending.get((parent, entry.name))
+        if batch is None:
+            batch, items = self._start(parent, entry)
+            if not self._background.spawn(self._run, parent, items, batch, kind=HEAD_TASK,
+                                          name=f"HeadObject x{len(items)}"):
+                await self._run(parent, items, batch)  # no supervisor running (a test)
+        with trio.move_on_after(REVALIDATE_WAIT):
+            await batch.answered.wait()
+        if not batch.answered.is_set():
+            self._store.link.failed(f"HeadObject {self._keys.uri(self._key(parent, entry))}: "
+                                    f"no answer within {REVALIDATE_WAIT:g}s")
+            return entry
+        await batch.done[entry.name].wait()
+        return self._listings.entry(parent, entry.name)
+
+    async def _marker_listed(self, path: str) -> bool:
+        """List directory `path` (unless its listing is fresh): that records on its entry
+        whether it has a marker. False when it could not be listed (offline, no answer)."""
+        try:
+            await self._listings.ensure(path)
+        except S3FuseError as exc:
+            log.debug("listing %s for its marker: %s", self._keys.dir_prefix(path), exc)
+            return False
+        return True
+
+    def _key(self, parent: str, entry: Entry) -> str:
+        path = join(parent, entry.name)
+        return self._keys.dir_prefix(path) if entry.is_dir else self._keys.key(path)
+
+    def _start(self, parent: str, entry: Entry) -> tuple[_Batch, list[Entry]]:
+        """A batch for `entry` and, for a file, the unknown files that follow it (run in
+        the background: a waiter that gives up leaves them going)."""
+        items = [entry]
+        if not entry.is_dir:
+            items += [e for e in self._listings.unknown_after(parent, entry.name, BATCH)
+                      if not e.is_dir and e.name != entry.name
+                      and (parent, e.name) not in self._pending][:BATCH - 1]
+        batch = _Batch()
+        for item in items:
+            batch.done[item.name] = trio.Event()
+            self._pending[(parent, item.name)] = batch
+        return batch, items
+
+    async def _run(self, parent: str, items: list[Entry], batch: _Batch) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for item in items:
+                    nursery.start_soon(self._head, parent, item, batch)
+        finally:
+            batch.answered.set()
+            for item in items:
+                self._pending.pop((parent, item.name), None)
+                batch.done[item.name].set()
+
+    async def _head(self, parent: str, entry: Entry, batch: _Batch) -> None:
+        """HEAD one entry and store what it says (unless a newer one was stored meanwhile)."""
+        key = self._key(parent, entry)
+        try:
+            info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, key,
+                                                 limiter=self._limiter)
+        except NotFound:
+            batch.answered.set()
+            if self._unchanged(parent, entry):
+                if entry.is_dir:
+                    self._listings.store_no_marker(parent, entry.name)
+                else:
+                    self._listings.unknown(parent, entry.name)  # the listing is stale too
+        except S3FuseError as exc:  # unknown it stays: the defaults show, asked again later
+            log.debug("HeadObject %s for its metadata: %s", self._keys.uri(key), exc)
+        else:
+            batch.answered.set()
+            if self._unchanged(parent, entry):
+                self._listings.store_head(parent, entry.name, info, is_dir=entry.is_dir)
+        finally:
+            batch.done[entry.name].set()
+
+    def _unchanged(self, parent: str, entry: Entry) -> bool:
+        """Is the stored entry still the one HEADed for (no upload or relist stored a
+        newer version meanwhile)?"""
+        now = self._listings.entry(parent, entry.name)
+        return now is not None and now.is_dir == entry.is_dir and now.etag == entry.etag \
+            and now.posix is None

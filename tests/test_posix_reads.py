@@ -1,0 +1,294 @@
+"""The read side of POSIX metadata over the in-memory store: stored headers show on
+lookup/stat, unknown ones are HEADed in parallel batches only when needed and stored,
+a relist keeps them for the same version, and --no-posix-metadata sends no HEAD."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import stat
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import AsyncIterator
+
+import pyfuse3
+import pytest
+import trio
+
+from s3fuse.cache.meta import MetaStore, version
+from s3fuse.config import parse_source
+from s3fuse.model import Entry
+from s3fuse.posix import NO_HEADERS, Posix, from_headers
+from s3fuse.store.memory import MemoryStore
+from s3fuse.store.protocol import ObjectInfo
+from s3fuse.tree.bucket import BucketTree
+from s3fuse.tree.bucket.listing import REVALIDATE_WAIT
+from s3fuse.tree.bucket.posixheads import BATCH
+from s3fuse.util.supervisor import Supervisor
+from tests.test_fake_stack import running
+from tests.test_ops import lookup_path
+
+B = "bkt"
+NS = "ns"
+EXEC = {"mode": str(stat.S_IFREG | 0o755), "uid": "1000", "gid": "1001",
+        "mtime": "1700000000.123456789", "ctime": "1700000001", "atime": "1700000002"}
+
+
+class CountingStore(MemoryStore):
+    """MemoryStore that remembers each HEADed key and the most HEADs in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads: Counter[str] = Counter()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self._count_lock = threading.Lock()
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        with self._count_lock:
+            self.heads[key] += 1
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return super().head(bucket, key)
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
+
+
+@pytest.fixture
+def store() -> CountingStore:
+    memory = CountingStore()
+    memory.create_bucket(B)
+    return memory
+
+
+def make_tree(tmp_path: Path, store: MemoryStore, background: Supervisor | None = None,
+              **options: object) -> BucketTree:
+    return BucketTree(parse_source(f"s3://{B}"), store, MetaStore(tmp_path / "meta.sqlite"),
+                      None, ttl=60, list_limiter=trio.CapacityLimiter(8),  # type: ignore[arg-type]
+                      background=background, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def supervisor() -> AsyncIterator[Supervisor]:
+    running = Supervisor()
+    async with trio.open_nursery() as nursery:
+        running.bind(nursery)
+        yield running
+        nursery.cancel_scope.cancel()
+
+
+def older(store: MemoryStore, key: str) -> None:
+    """Make `key`'s LastModified a second older (S3 shows whole seconds: a change within
+    the same second as the PUT cannot be told from it)."""
+    obj = store._buckets[B][key]
+    store._buckets[B][key] = dataclasses.replace(obj, mtime_ns=obj.mtime_ns - 10**9)
+
+
+async def test_lookup_and_stat_show_the_stored_headers(tmp_path: Path, store: CountingStore,
+                                                       supervisor: Supervisor) -> None:
+    store.put_object(B, "run.sh", b"#!/bin/sh\n", metadata=EXEC)
+    store.put_object(B, "link", b"run.sh", metadata={"mode": "41471", "mtime": "1700000000"})
+    store.put_object(B, "plain", b"x")
+    store.put_object(B, "private/", b"", metadata={"mode": str(stat.S_IFDIR | 0o700), "uid": "7"})
+    store.put_object(B, "implicit/f", b"y")
+    tree = make_tree(tmp_path, store, supervisor)
+    assert [e.posix for e in await tree.listdir("")] == [None] * 5  # a listing has no headers
+
+    found = await tree.lookup("", "link")
+    assert found is not None and found[1].posix is not None and found[1].posix.is_symlink
+    run = await tree.stat("run.sh")
+    assert run.posix == from_headers(EXEC) and run.posix.mode == stat.S_IFREG | 0o755
+    assert (run.posix.uid, run.posix.gid) == (1000, 1001)
+    assert run.mtime_ns == 1_700_000_000_123_456_789 and run.size == 10  # the stored mtime
+    plain = await tree.stat("plain")
+    assert plain.posix == NO_HEADERS and plain.mtime_ns == store.head(B, "plain").mtime_ns
+
+    private = await tree.stat("private")
+    assert private.is_dir and private.posix is not None
+    assert (private.posix.mode, private.posix.uid) == (stat.S_IFDIR | 0o700, 7)
+    heads = sum(store.heads.values())
+    assert (await tree.stat("implicit")).posix == NO_HEADERS  # its listing shows no marker
+    assert sum(store.heads.values()) == heads and "implicit/" not in store.heads
+    assert store.heads["private/"] == 1
+
+
+async def test_300_cold_files_are_headed_in_parallel_batches_once_each(
+        tmp_path: Path, store: CountingStore, supervisor: Supervisor) -> None:
+    names = [f"f{i:03d}" for i in range(300)]
+    for i, name in enumerate(names):
+        store.put_object(B, name, b"x", metadata={"mode": str(stat.S_IFREG | 0o600), "uid": str(i)})
+    store.latency = 0.02
+    tree = make_tree(tmp_path, store, supervisor)
+    await tree.listdir("")
+    started = time.monotonic()
+    for i, name in enumerate(names):  # `ls -l`: a stat of each, in order
+        entry = await tree.stat(name)
+        assert entry.posix is not None and entry.posix.uid == i
+    elapsed = time.monotonic() - started
+    assert store.heads == Counter(names)  # each key once
+    assert store.most_in_flight == BATCH
+    rounds = math.ceil(300 / BATCH)
+    assert elapsed < 300 * store.latency / 4, (elapsed, rounds)  # not 300 sequential HEADs
+
+    store.heads.clear()  # stored: a remount with the same cache sends none again
+    again = make_tree(tmp_path, store, supervisor)
+    assert [(await again.stat(name)).posix.uid for name in names[:5]] == [0, 1, 2, 3, 4]  # type: ignore[union-attr]
+    assert not store.heads
+
+
+async def test_no_posix_metadata_sends_no_head(tmp_path: Path, store: CountingStore,
+                                               supervisor: Supervisor) -> None:
+    for i in range(100):
+        store.put_object(B, f"d/f{i}", b"x", metadata=EXEC)
+    store.put_object(B, "d/sub/", b"", metadata={"mode": "16832"})
+    tree = make_tree(tmp_path, store, supervisor, posix_metadata=False)
+    assert not tree.posix_lookups
+    for entry in await tree.listdir("d"):
+        found = await tree.lookup("d", entry.name)
+        assert found is not None and found[1].posix is None  # the defaults show
+        assert (await tree.stat(f"d/{entry.name}")).posix is None
+    assert "HeadObject" not in store.request_counts()
+
+
+async def test_a_relist_keeps_metadata_of_the_same_version_only(tmp_path: Path, store: CountingStore,
+                                                                supervisor: Supervisor) -> None:
+    store.put_object(B, "kept", b"k", metadata=EXEC)
+    etag = store.put_object(B, "copied", b"c", metadata=EXEC)
+    store.put_object(B, "rewritten", b"r", metadata=EXEC)
+    for key in ("kept", "copied", "rewritten"):
+        older(store, key)
+    tree = make_tree(tmp_path, store, supervisor)
+    await tree.listdir("")
+    for name in ("kept", "copied", "rewritten"):
+        assert (await tree.stat(name)).posix == from_headers(EXEC)
+    # another client: a chmod by metadata copy (same single-part ETag, new LastModified),
+    # and a rewrite with other bytes and no headers
+    assert store.copy_object(B, "copied", "copied", etag, metadata={"mode": "33152"}) == etag
+    store.put_object(B, "rewritten", b"other")
+    store.heads.clear()
+    tree._listings.expire("")
+    listed = {e.name: e for e in await tree.listdir("")}
+    assert listed["kept"].posix == from_headers(EXEC)
+    assert listed["kept"].mtime_ns == 1_700_000_000_123_456_789
+    assert listed["copied"].posix is None and listed["rewritten"].posix is None
+    assert (await tree.stat("kept")).posix == from_headers(EXEC) and not store.heads
+    assert (await tree.stat("copied")).posix == Posix(mode=0o100600)
+    assert (await tree.stat("rewritten")).posix == NO_HEADERS
+    assert store.heads == Counter(["copied", "rewritten"])
+
+
+async def test_a_revalidation_head_refreshes_metadata(tmp_path: Path, store: CountingStore) -> None:
+    etag = store.put_object(B, "f", b"x", metadata=EXEC)
+    tree = make_tree(tmp_path, store)
+    tree.ttl = 0.0  # every stat revalidates
+    await tree.listdir("")
+    assert (await tree.stat("f")).posix == from_headers(EXEC)
+    store.copy_object(B, "f", "f", etag, metadata={"mode": "33152", "uid": "5"})
+    assert (await tree.stat("f")).posix == Posix(mode=0o100600, uid=5)
+    assert tree._listings.entry("", "f").posix == Posix(mode=0o100600, uid=5)  # type: ignore[union-attr]
+
+
+async def test_offline_shows_the_defaults_at_once(tmp_path: Path, store: CountingStore,
+                                                  supervisor: Supervisor) -> None:
+    store.put_object(B, "f", b"x", metadata=EXEC)
+    store.put_object(B, "g", b"x", metadata=EXEC)
+    tree = make_tree(tmp_path, store, supervisor)
+    await tree.listdir("")
+    store.link.failed("test: offline")
+    with trio.fail_after(1):
+        found = await tree.lookup("", "f")
+    assert found is not None and found[1].posix is None
+    assert not store.heads
+
+    store.link.succeeded()  # a black hole: S3 takes far longer than the deadline
+    store.latency = REVALIDATE_WAIT + 0.5
+    started = trio.current_time()
+    entry = await tree.stat("g")
+    assert entry.posix is None and trio.current_time() - started < REVALIDATE_WAIT + 1
+    assert not store.link.online
+
+
+async def test_a_head_that_finds_nothing_forgets_the_entry(tmp_path: Path, store: CountingStore,
+                                                           supervisor: Supervisor) -> None:
+    store.put_object(B, "gone", b"x")
+    tree = make_tree(tmp_path, store, supervisor)
+    await tree.listdir("")
+    store.delete_object(B, "gone")
+    assert await tree.lookup("", "gone") is None
+
+
+def test_meta_store_keeps_posix_by_version(tmp_path: Path) -> None:
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    posix = Posix(mode=0o100755, uid=1, mtime_ns=5)
+    meta.replace_listing(NS, "", [Entry("f", False, 1, 100, "e1"), Entry("d", True),
+                                  Entry("up", False, 1, 100, "e2")])
+    meta.update_entry(NS, "", Entry("f", False, 1, 5, "e1", 1.0, posix), version("e1", 100))
+    meta.update_entry(NS, "", Entry("d", True, 0, 5, "", 1.0, posix), "")
+    meta.update_entry(NS, "", Entry("up", False, 1, 5, "e2", 1.0, posix))  # an upload's
+    assert meta.unknown_after(NS, "", "", 10) == []
+
+    meta.replace_listing(NS, "", [Entry("d", True), Entry("f", False, 1, 100, "e1"),
+                                  Entry("up", False, 1, 300, "e2")])
+    shown = {e.name: e for e in meta.entries(NS, "") or []}
+    assert shown["f"].posix == posix and shown["f"].mtime_ns == 5  # the stored mtime
+    assert shown["d"].posix == posix and shown["up"].posix == posix
+    meta.replace_listing(NS, "", [Entry("d", True), Entry("f", False, 1, 200, "e1"),
+                                  Entry("up", False, 1, 300, "e3")])
+    shown = {e.name: e for e in meta.entries(NS, "") or []}
+    assert shown["f"].posix is None and shown["f"].mtime_ns == 200  # LastModified again
+    assert shown["up"].posix is None and shown["d"].posix == posix
+    assert [e.name for e in meta.unknown_after(NS, "", "e", 10)] == ["f", "up"]
+    meta.close()
+
+
+def test_a_directory_listing_records_its_marker(tmp_path: Path) -> None:
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    meta.replace_listing(NS, "", [Entry("bare", True), Entry("marked", True)])
+    meta.replace_listing(NS, "bare", [], marker="")
+    meta.replace_listing(NS, "marked", [], marker=version("m1", 100))
+    assert meta.entry(NS, "", "bare").posix == NO_HEADERS  # type: ignore[union-attr]
+    assert meta.entry(NS, "", "marked").posix is None  # type: ignore[union-attr]
+    posix = Posix(mode=0o40700)
+    meta.update_entry(NS, "", Entry("marked", True, 0, 0, "", 1.0, posix), version("m1", 100))
+    meta.replace_listing(NS, "marked", [], marker=version("m1", 100))
+    assert meta.entry(NS, "", "marked").posix == posix  # type: ignore[union-attr]
+    meta.replace_listing(NS, "marked", [], marker=version("m1", 200))  # chmod'ed elsewhere
+    assert meta.entry(NS, "", "marked").posix is None  # type: ignore[union-attr]
+    meta.close()
+
+
+async def test_readdir_replies_of_unknown_metadata_are_not_cached(
+        tmp_path: Path, store: CountingStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel keeps a readdir reply's attributes for their timeouts: an entry whose
+    metadata is unknown gets 0, so the next lstat is a lookup, which HEADs it."""
+    replies: dict[str, pyfuse3.EntryAttributes] = {}
+
+    def reply(token: object, name: bytes, attrs: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        replies[os.fsdecode(name)] = attrs
+        return True
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    store.put_object(B, "run.sh", b"#!/bin/sh\n", metadata=EXEC)
+    store.put_object(B, "link", b"run.sh", metadata={"mode": "41471"})
+    async for parts in running(tmp_path, store, ttl=60):
+        ops = parts.ops
+        bucket = (await lookup_path(ops, B)).st_ino
+        fh = await ops.opendir(bucket, None)
+        await ops.readdir(fh, 0, None)
+        assert {n: (a.entry_timeout, a.attr_timeout) for n, a in replies.items()} == {
+            "link": (0, 0), "run.sh": (0, 0)}
+        assert not store.heads  # readdir (find) sends no HEAD
+        link = await ops.lookup(bucket, b"link")
+        assert stat.S_ISLNK(link.st_mode) and link.entry_timeout == link.attr_timeout == 60
+        run = await ops.lookup(bucket, b"run.sh")
+        assert stat.S_IMODE(run.st_mode) == 0o755 and (run.st_uid, run.st_gid) == (1000, 1001)
+        assert run.st_mtime_ns == 1_700_000_000_123_456_789
+        assert run.st_ctime_ns == 1_700_000_001 * 10**9
+        assert store.heads == Counter(["link", "run.sh"])  # one batch: both at the first lookup
+        replies.clear()
+        await ops.readdir(fh, 0, None)
+        assert replies["run.sh"].entry_timeout == 60  # known now
+        await ops.releasedir(fh)
