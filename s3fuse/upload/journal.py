@@ -451,6 +451,14 @@ class Journal:
                           "GROUP BY bucket, key")
         return {(r["bucket"], r["key"]): (r["id"], r["staging_id"] or "") for r in rows}
 
+    def latest_of(self, bucket: str, key: str) -> tuple[int, str] | None:
+        """`latest()` of one key (None: nothing journalled)."""
+        rows = self._read("SELECT MAX(id) AS id, (SELECT d.staging_id FROM jobs d WHERE "
+                          "d.bucket = ? AND d.key = ? AND d.op != 'meta' ORDER BY d.id DESC "
+                          "LIMIT 1) AS staging_id FROM jobs WHERE bucket = ? AND key = ?",
+                          bucket, key, bucket, key)
+        return None if rows[0]["id"] is None else (rows[0]["id"], rows[0]["staging_id"] or "")
+
     def pending(self) -> list[Job]:
         """The newest job of every journalled key (what the local view shows until done)."""
         rows = self._read("SELECT * FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs "

@@ -460,7 +460,9 @@ class UploadQueue:
         await self._record(job, outcome)
         if result is not None:
             latest = self._latest.get((job.bucket, job.key))
-            if latest is not None and latest[0] == job.id:
+            if latest is not None and latest[0] == job.id and job.op == "meta":
+                await self._reload_latest(job.bucket, job.key, latest)  # a failed put may stay
+            elif latest is not None and latest[0] == job.id:
                 del self._latest[(job.bucket, job.key)]
             elif (latest is not None and job.staging_id and latest[1] == job.staging_id
                   and result.conflict_key is None):
@@ -469,6 +471,16 @@ class UploadQueue:
             self._tell_uploaded(job, result)  # again: no longer pending (the local view goes)
         self.commits.want()
         self._notify()
+
+    async def _reload_latest(self, bucket: str, key: str, seen: tuple[int, str]) -> None:
+        """`_latest` of a key from the journal, unless a change of the key came meanwhile."""
+        fresh = await self._io(self.journal.latest_of, bucket, key)
+        if self._latest.get((bucket, key)) != seen:
+            return
+        if fresh is None:
+            del self._latest[(bucket, key)]
+        else:
+            self._latest[(bucket, key)] = fresh
 
     def _tell_uploaded(self, job: Job, result: UploadResult) -> None:
         if self.on_uploaded is None:
