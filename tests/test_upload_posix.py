@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from s3fuse.cache.overlay import Overlay
+from s3fuse.model import Entry
 from s3fuse.posix import Posix, from_headers, to_headers
 from s3fuse.store.memory import MemoryStore
 from s3fuse.upload import UNKNOWN, Journal, UploadQueue
@@ -420,3 +421,45 @@ def test_journal_coalesces_only_unsent_rows(tmp_path: Path) -> None:
     assert [p.id for p in j.pending()] == [newer] and j.state(first) == ("queued", None)
     assert j.summary()["bytes"] == 4
     j.close()
+
+
+# ------------------------------------------------------------------ the view of pending changes
+
+
+def test_pending_entries_show_the_metadata_and_the_version_to_read(tmp_path: Path) -> None:
+    from tests.test_bucket_parts import KEYS, parts  # the bucket tree's parts
+    meta_store, _, overlay, pending = parts(tmp_path)
+    bucket = KEYS.bucket
+    overlay.metadata(bucket, "p/d/chmodded", meta(0o600, mtime=5), size=12, etag="etag-s3",
+                     mtime_ns=99)
+    overlay.file(bucket, "p/d/written", 3, posix=meta(0o640, mtime=6))
+    overlay.file(bucket, "p/d/plain", 4, mtime_ns=77)  # no metadata: the time of the write
+    overlay.directory(bucket, "p/d/sub/", Posix(mode=stat.S_IFDIR | 0o700, mtime_ns=8 * SEC))
+    chmodded, written = pending.local("d", "chmodded"), pending.local("d", "written")
+    plain, sub = pending.local("d", "plain"), pending.local("d", "sub")
+    assert isinstance(chmodded, Entry) and isinstance(written, Entry)
+    assert isinstance(plain, Entry) and isinstance(sub, Entry)
+    assert (chmodded.etag, chmodded.size, chmodded.mtime_ns, chmodded.posix) == (
+        "etag-s3", 12, 5 * SEC, meta(0o600, mtime=5))  # reads go to S3's version
+    assert (written.etag, written.mtime_ns, written.posix) == ("", 6 * SEC, meta(0o640, mtime=6))
+    assert (plain.mtime_ns, plain.posix) == (77, None)
+    assert sub.is_dir and sub.mtime_ns == 8 * SEC and sub.posix is not None
+    meta_store.close()
+
+
+async def test_a_directory_marker_changes_by_copy(tmp_path: Path, store: MemoryStore) -> None:
+    folder = Posix(mode=stat.S_IFDIR | 0o755, uid=0, gid=0, mtime_ns=SEC)
+    store.put_object(B, "dir/", b"", metadata=to_headers(folder))
+    async with upload_queue(tmp_path, store, start=False) as queue:
+        writes = writeback(queue)
+        await writes.start()
+        offline(store)
+        await writes.set_posix(B, "dir/", folder.replace(mode=stat.S_IFDIR | 0o700),
+                               expected=UNKNOWN, size=0, is_dir=True)
+        change = writes.overlay.get(B, "dir/")
+        assert change is not None and change.is_dir
+        assert writes.posix(B, "dir/") == folder.replace(mode=stat.S_IFDIR | 0o700)
+        store.reachable = True
+        await synced(queue)
+    assert stored(store, "dir/") == folder.replace(mode=stat.S_IFDIR | 0o700)
+    assert copies(store) == 1 and store.request_counts().get("PutObject", 0) == 1

@@ -87,10 +87,11 @@ class Overlay:
 
     def metadata(self, bucket: str, key: str, posix: Posix, *, size: int, etag: str,
                  mtime_ns: int) -> Change:
-        """New metadata of the object `etag` (bytes unchanged: S3's); `mtime_ns`: the
-        time shown when `posix` stores none."""
+        """New metadata of the object `etag` (bytes unchanged: S3's), or of a directory's
+        marker (`key` ending with '/'); `mtime_ns`: the time shown when `posix` has none."""
         return self._set(bucket, key, Change(
-            size=size, mtime_ns=mtime_ns if posix.mtime_ns is None else posix.mtime_ns,
+            is_dir=key.endswith("/"), size=size,
+            mtime_ns=mtime_ns if posix.mtime_ns is None else posix.mtime_ns,
             posix=posix, etag=etag))
 
     def delete(self, bucket: str, key: str) -> Change:
