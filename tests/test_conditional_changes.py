@@ -280,7 +280,7 @@ def test_conflicts_of_a_version_1_journal_become_copies(tmp_path: Path) -> None:
     assert event["kind"] == "copy" and event["conflict_uri"] == "s3://b/k.s3fuse-conflict-1"
     journal.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
         assert db.execute("SELECT COUNT(*) FROM probes").fetchone()[0] == 0
 
 

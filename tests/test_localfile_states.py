@@ -21,6 +21,7 @@ import trio
 import trio.testing
 
 from s3fuse.cache.overlay import Overlay
+from s3fuse.posix import Posix
 from s3fuse.upload import UNKNOWN, Staging
 from s3fuse.upload.journal import Expected
 from s3fuse.upload.localfile import IllegalTransition, LocalFile, State
@@ -35,6 +36,7 @@ class Submitted:
     staging_id: str
     expected: Expected
     data: bytes  # the staging file's bytes when submitted: they must never change
+    meta: Posix | None = None  # the POSIX metadata the upload stores
 
 
 class RecordingQueue:
@@ -51,14 +53,14 @@ class RecordingQueue:
         self.gate: trio.Event | None = None  # submits wait for it
 
     async def submit(self, bucket: str, key: str, staging_id: str,
-                     expected: Expected = UNKNOWN) -> int:
+                     expected: Expected = UNKNOWN, meta: Posix | None = None) -> int:
         if self.gate is not None:
             await self.gate.wait()
         if self.refuse is not None:
             exc, self.refuse = self.refuse, None
             raise exc
         data = self.staging.path(staging_id).read_bytes()
-        self.submits.append(Submitted(key, staging_id, expected, data))
+        self.submits.append(Submitted(key, staging_id, expected, data, meta))
         self.latest[key] = staging_id
         return len(self.submits)
 

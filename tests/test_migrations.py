@@ -15,6 +15,7 @@ import pytest
 
 from s3fuse.cache.meta import SCHEMA as META_SCHEMA, MetaStore
 from s3fuse.errors import UsageError
+from s3fuse.posix import Posix
 from s3fuse.upload.journal import UNKNOWN, Journal
 from s3fuse.upload.staging import Staging
 from tests.test_write_mount import body, keys, sync
@@ -60,7 +61,7 @@ def test_journal_of_the_previous_release_keeps_every_pending_upload(tmp_path: Pa
     assert user_version(path) == 0
 
     j = Journal(path)
-    assert user_version(path) == 2
+    assert user_version(path) == 3
     pending = {p.id: p for p in j.pending()}
     assert sorted(pending) == [1, 2, 3, 4, 5, 7]
     assert {i: (p.key, p.op, p.staging_id, p.size, p.expected, p.attempts) for i, p in pending.items()} == {
@@ -88,7 +89,7 @@ def test_journal_of_the_previous_release_keeps_every_pending_upload(tmp_path: Pa
     j.close()
 
     again = Journal(path)                                        # migrated once: opens as is
-    assert user_version(path) == 2 and len(again.pending()) == 7
+    assert user_version(path) == 3 and len(again.pending()) == 7
     again.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
@@ -97,7 +98,7 @@ def test_journal_of_the_first_write_path_gets_its_missing_columns(tmp_path: Path
     path = tmp_path / "journal.sqlite"
     legacy_db(path, "journal_386d037.sql")
     j = Journal(path)
-    assert user_version(path) == 2
+    assert user_version(path) == 3
     assert [(p.id, p.key, p.op, p.expected) for p in j.pending()] == [
         (1, "docs/a.txt", "put", None), (2, "docs/b.txt", "put", "etag-b"), (3, "c.bin", "put", UNKNOWN)]
     assert j.unsynced() == [] and j.trash() == ["9" * 32]
@@ -108,6 +109,31 @@ def test_journal_of_the_first_write_path_gets_its_missing_columns(tmp_path: Path
     assert j.unsynced() == [(later, "2" * 32, 7)]
     assert j.state(1) == ("queued", None) and j.latest()[("legacy-bucket", "docs/a.txt")][0] == later
     j.close()
+
+
+def test_journal_of_schema_2_gains_posix_metadata_and_keeps_its_ids(tmp_path: Path):
+    """Version 3 rebuilds the jobs table (op 'meta', the meta column): every row, its
+    state and the AUTOINCREMENT counter survive (ids of finished jobs are never reused)."""
+    path = tmp_path / "journal.sqlite"
+    legacy_db(path, "journal_v2.sql")
+    assert user_version(path) == 2
+    j = Journal(path)
+    assert user_version(path) == 3
+    assert [(p.id, p.key, p.op, p.expected, p.meta) for p in j.pending()] == [
+        (1, "docs/a.txt", "put", None, None), (2, "docs/b.txt", "put", "etag-b", None),
+        (4, "gone.txt", "delete", UNKNOWN, None), (7, "v.txt", "put", "etag-v", None)]
+    assert j.state(2) == ("uploading", None) and j.state(6) == ("queued", None)
+    assert j.summary()["conflicts"][0]["kind"] == "kept-remote"
+    mode = Posix(mode=0o100640, uid=1000, gid=1000, mtime_ns=1_700_000_000_500_000_000)
+    assert j.enqueue_meta("legacy-bucket", "docs/b.txt", mode, 4, UNKNOWN) == 13
+    assert j.enqueue_meta("legacy-bucket", "docs/a.txt", mode, 5, UNKNOWN) == 1  # rides along
+    rows = {p.id: p for p in j.pending()}
+    assert (rows[13].op, rows[13].meta, rows[13].expected) == ("meta", mode, "etag-b")
+    assert rows[1].meta == mode and rows[1].op == "put"
+    j.close()
+    again = Journal(path)  # migrated once: opens as is
+    assert user_version(path) == 3 and [p.id for p in again.pending()] == [1, 4, 7, 13]
+    again.close()
 
 
 def test_metadata_of_the_previous_release_keeps_listings_and_pins(tmp_path: Path):
@@ -180,4 +206,4 @@ def test_a_mount_on_a_cache_of_the_previous_release_uploads_its_pending_files(
     assert body(s3, bucket, "docs/a.txt") == b"alpha"
     assert body(s3, bucket, "small.txt") == b"small and not fsynced"
     assert "gone.txt" not in keys(s3, bucket)
-    assert user_version(cache / "journal.sqlite") == 2 and user_version(cache / "meta.sqlite") == META_SCHEMA.version
+    assert user_version(cache / "journal.sqlite") == 3 and user_version(cache / "meta.sqlite") == META_SCHEMA.version

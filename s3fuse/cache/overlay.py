@@ -2,7 +2,9 @@
 
 Between a write and the end of its upload (seconds, or hours offline) S3 still lists
 the old state. The overlay holds, per key, what the mount must show instead: a file
-with its local size, a new directory (a pending `dir/` marker), or a removal. Bucket
+with its local size, a new directory (a pending `dir/` marker), a removal, or only new
+POSIX metadata of an object whose bytes S3 has (`etag` names that version: reads go to
+S3). Every change carries the metadata its pending request will store (`posix`). Bucket
 trees consult it on every lookup, stat and listing; the write-back layer fills it and
 clears a key once S3 has caught up. In memory only: at start it is rebuilt from the
 upload journal, which holds every change not yet in S3.
@@ -12,6 +14,8 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+from ..posix import Posix
 
 
 @dataclass(slots=True)
@@ -23,6 +27,26 @@ class Change:
     size: int = 0
     mtime_ns: int = field(default_factory=time.time_ns)
     generation: int = 0  # bumped by every change: a stale clear() must not undo a newer one
+    posix: Posix | None = None  # the metadata the pending change stores (None: no headers)
+    etag: str = ""  # a metadata-only change: the version in S3 it applies to (its bytes)
+
+    @property
+    def meta_only(self) -> bool:
+        """New metadata of bytes S3 has (reads go to S3 with `etag`)."""
+        return bool(self.etag)
+
+    def wrote(self, now_ns: int) -> None:
+        """The bytes changed locally: modified and changed now, no longer S3's version."""
+        self.mtime_ns = now_ns
+        self.etag = ""
+        if self.posix is not None:
+            self.posix = self.posix.replace(mtime_ns=now_ns, ctime_ns=now_ns)
+
+    def set_posix(self, posix: Posix) -> None:
+        """Metadata set (chmod, utimens, ...): shown, and stored by the pending change."""
+        self.posix = posix
+        if posix.mtime_ns is not None:
+            self.mtime_ns = posix.mtime_ns
 
 
 class Overlay:
@@ -47,13 +71,28 @@ class Overlay:
         self._children[(bucket, parent)].add(key)
         return change
 
-    def file(self, bucket: str, key: str, size: int, mtime_ns: int | None = None) -> Change:
+    def file(self, bucket: str, key: str, size: int, mtime_ns: int | None = None,
+             posix: Posix | None = None) -> Change:
         """A file written locally (its size follows later writes through the Change)."""
-        return self._set(bucket, key, Change(size=size, mtime_ns=mtime_ns or time.time_ns()))
+        if mtime_ns is None and posix is not None:
+            mtime_ns = posix.mtime_ns
+        return self._set(bucket, key, Change(size=size, mtime_ns=mtime_ns or time.time_ns(),
+                                             posix=posix))
 
-    def directory(self, bucket: str, key: str) -> Change:
+    def directory(self, bucket: str, key: str, posix: Posix | None = None) -> Change:
         """A directory made locally; `key` ends with '/'."""
-        return self._set(bucket, key, Change(is_dir=True))
+        mtime_ns = posix.mtime_ns if posix is not None else None
+        return self._set(bucket, key, Change(is_dir=True, mtime_ns=mtime_ns or time.time_ns(),
+                                             posix=posix))
+
+    def metadata(self, bucket: str, key: str, posix: Posix, *, size: int, etag: str,
+                 mtime_ns: int) -> Change:
+        """New metadata of the object `etag` (bytes unchanged: S3's), or of a directory's
+        marker (`key` ending with '/'); `mtime_ns`: the time shown when `posix` has none."""
+        return self._set(bucket, key, Change(
+            is_dir=key.endswith("/"), size=size,
+            mtime_ns=mtime_ns if posix.mtime_ns is None else posix.mtime_ns,
+            posix=posix, etag=etag))
 
     def delete(self, bucket: str, key: str) -> Change:
         """A file or a directory marker removed locally."""
@@ -69,6 +108,8 @@ class Overlay:
         if change is None or change.deleted:
             return False
         change.mtime_ns = mtime_ns
+        if change.posix is not None:
+            change.posix = change.posix.replace(mtime_ns=mtime_ns)
         return True
 
     def clear(self, bucket: str, key: str, generation: int | None = None) -> None:

@@ -54,9 +54,18 @@ crash is aborted at the next start. Only recorded UploadIds are ever aborted: a 
 whose UploadId never arrived (a crash between the request and its answer) is dropped,
 never resolved by listing the key's uploads, which may be another client's.
 
+POSIX metadata (posix.py) rides in the rows: `meta` is the complete metadata a put stores
+with its bytes (NULL: no POSIX headers), and an op 'meta' row changes the metadata of an
+object already in S3 (a copy onto itself, conditional on the row's ETag; `size` is the
+object's). Changes coalesce: a metadata change of a key whose last row is a queued,
+never-sent put or meta row replaces that row's metadata in place (a `chmod -R` then a
+`touch -R` is one request per object); after a sent row it is a new row, chained like
+a newer version. A newer put supersedes unsent meta rows (it carries the newest metadata).
+
 Conflicts (the last KEEP_CONFLICTS) are events shown by `s3fuse status`: "copy" (the
-local bytes went to a conflict copy beside the key) or "kept-remote" (a removal was
-dropped because the key held a newer version than the one the user removed).
+local bytes went to a conflict copy beside the key) or "kept-remote" (a removal or a
+metadata change was dropped because the key held a newer version than the one it was
+made on).
 
 Stored through s3fuse/db.py (schema version, migrations of older journals, disk full as
 ENOSPC). Thread-safe; every method blocks on disk I/O: call it from a worker thread.
@@ -72,6 +81,7 @@ from types import EllipsisType
 from typing import Any, ContextManager
 
 from ..db import Database, Schema, run_script
+from ..posix import Posix, from_json, to_json
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +142,8 @@ class Job:
     expected: Expected
     attempts: int
     created: float
-    op: str = "put"  # or "delete" (no staging file)
+    op: str = "put"  # or "delete" (no staging file), "meta" (a metadata change)
+    meta: Posix | None = None  # the POSIX metadata the request stores (None: no headers)
 
     @property
     def uri(self) -> str:
@@ -149,6 +160,12 @@ def _encode(expected: Expected) -> tuple[str, str | None]:
 
 def _decode(cond: str, etag: str | None) -> Expected:
     return {"any": UNKNOWN, "absent": None}.get(cond, etag)
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(row["id"], row["bucket"], row["key"], row["staging_id"], row["size"],
+               _decode(row["cond"], row["etag"]), row["attempts"], row["created"], row["op"],
+               from_json(row["meta"], is_dir=row["key"].endswith("/")))
 
 
 def _version_1(db: sqlite3.Connection) -> None:
@@ -174,7 +191,49 @@ def _version_2(db: sqlite3.Connection) -> None:
                "PRIMARY KEY (bucket, key))")
 
 
-SCHEMA = Schema("upload journal", (_version_1, _version_2),
+#: The jobs table from version 3 on: op 'meta', and the metadata each request stores.
+_JOBS_V3 = """
+CREATE TABLE jobs_v3 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    op TEXT NOT NULL DEFAULT 'put' CHECK (op IN ('put', 'delete', 'meta')),
+    staging_id TEXT NOT NULL,               -- '' for a delete or a metadata change
+    size INTEGER NOT NULL,                  -- a metadata change: the object's size
+    cond TEXT NOT NULL CHECK (cond IN ('any', 'match', 'absent')),
+    etag TEXT,
+    state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'uploading', 'failed')),
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    synced INTEGER NOT NULL DEFAULT 1,
+    crc32 INTEGER,
+    sent INTEGER NOT NULL DEFAULT 0,
+    meta TEXT                               -- posix.to_json of what the request stores
+);
+"""
+_V2_COLUMNS = ("id, bucket, key, op, staging_id, size, cond, etag, state, created, attempts, "
+               "next_attempt, error, synced, crc32, sent")
+
+
+def _version_3(db: sqlite3.Connection) -> None:
+    """POSIX metadata: jobs get `meta` and the op 'meta'. SQLite cannot widen a CHECK, so
+    the table is rebuilt, keeping its AUTOINCREMENT counter (ids are never reused)."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+    run_script(db, _JOBS_V3)
+    db.execute(f"INSERT INTO jobs_v3 ({_V2_COLUMNS}) SELECT {_V2_COLUMNS} FROM jobs")
+    db.execute("DROP TABLE jobs")
+    db.execute("ALTER TABLE jobs_v3 RENAME TO jobs")
+    if row is not None:
+        db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'jobs'", (row[0],))
+        db.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', ? WHERE NOT EXISTS "
+                   "(SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')", (row[0],))
+    db.execute("CREATE INDEX jobs_by_key ON jobs (bucket, key, id)")
+    db.execute("CREATE INDEX jobs_by_state ON jobs (state, id)")
+
+
+SCHEMA = Schema("upload journal", (_version_1, _version_2, _version_3),
                 unreadable_hint="it may hold queued uploads; move it aside to start without them")
 
 
@@ -196,26 +255,56 @@ class Journal:
     # ------------------------------------------------------------ jobs
 
     def enqueue(self, bucket: str, key: str, staging_id: str, size: int,
-                expected: Expected, op: str = "put", crc32: int | None = None) -> int:
+                expected: Expected, op: str = "put", crc32: int | None = None,
+                meta: Posix | None = None) -> int:
         """Journal a closed file, or with op="delete" (staging_id "", size 0) the removal
         of a key; returns the job id. Without `crc32` the staging file must already be
         fsynced, and the row is durable at once; with it (the CRC-32 of the staged bytes,
         not fsynced yet) the row waits for `mark_synced`, like a delete. A delete's
-        `expected` is the ETag the user saw (see the top)."""
+        `expected` is the ETag the user saw (see the top). `meta`: the POSIX metadata the
+        upload stores with the bytes."""
         durable = op == "put" and crc32 is None
         with self._tx(durable) as db:
             older = db.execute("SELECT id, state, cond, etag, sent FROM jobs WHERE bucket = ? "
                                "AND key = ? ORDER BY id", (bucket, key)).fetchall()
-            cond, etag = (older[-1]["cond"], older[-1]["etag"]) if older else _encode(expected)
-            job_id = int(db.execute(
-                "INSERT INTO jobs (bucket, key, op, staging_id, size, cond, etag, created, synced, "
-                "crc32) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (bucket, key, op, staging_id, size, cond, etag, time.time(), int(crc32 is None),
-                 crc32)).lastrowid or 0)
+            job_id = self._insert(db, bucket, key, op, staging_id, size, expected, older,
+                                  crc32=crc32, meta=meta)
             for row in older:  # a row ever sent stays: it may be in S3 (see the top)
                 if row["state"] == "failed" or (row["state"] == "queued" and not row["sent"]):
                     self._supersede(db, row["id"], job_id)
         return job_id
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, bucket: str, key: str, op: str, staging_id: str,
+                size: int, expected: Expected, older: list[sqlite3.Row], *,
+                crc32: int | None = None, meta: Posix | None = None) -> int:
+        """A new row; after older rows of the key it inherits the last one's condition."""
+        cond, etag = (older[-1]["cond"], older[-1]["etag"]) if older else _encode(expected)
+        return int(db.execute(
+            "INSERT INTO jobs (bucket, key, op, staging_id, size, cond, etag, created, synced, "
+            "crc32, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (bucket, key, op, staging_id, size, cond, etag, time.time(), int(crc32 is None),
+             crc32, to_json(meta))).lastrowid or 0)
+
+    def enqueue_meta(self, bucket: str, key: str, meta: Posix, size: int,
+                     expected: Expected) -> int:
+        """Journal a metadata change of a key (`meta`: its complete new metadata; `size`:
+        the object's; `expected`: the ETag it was made on). Coalesced into the key's last
+        row when that is a queued, never-sent put or meta row (see the top); failed puts
+        of the key take it too, so a retried one stores the newest metadata. Returns the
+        id of the row that carries it."""
+        text = to_json(meta)
+        with self._tx() as db:
+            older = db.execute("SELECT id, op, state, cond, etag, sent FROM jobs WHERE "
+                               "bucket = ? AND key = ? ORDER BY id", (bucket, key)).fetchall()
+            db.execute("UPDATE jobs SET meta = ? WHERE bucket = ? AND key = ? AND op = 'put' "
+                       "AND state = 'failed'", (text, bucket, key))
+            last = older[-1] if older else None
+            if (last is not None and last["op"] in ("put", "meta")
+                    and last["state"] == "queued" and not last["sent"]):
+                db.execute("UPDATE jobs SET meta = ? WHERE id = ?", (text, last["id"]))
+                return int(last["id"])
+            return self._insert(db, bucket, key, "meta", "", size, expected, older, meta=meta)
 
     def _supersede(self, db: sqlite3.Connection, old_id: int, new_id: int) -> None:
         """Drop an older version in favour of `new_id` (which keeps the older creation time)."""
@@ -256,8 +345,7 @@ class Journal:
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state = 'uploading', sent = 1 WHERE id = ?", (row["id"],))
-        return Job(row["id"], row["bucket"], row["key"], row["staging_id"], row["size"],
-                   _decode(row["cond"], row["etag"]), row["attempts"], row["created"], row["op"])
+        return _job(row)
 
     def next_due(self) -> float | None:
         """When the next startable job becomes due (None: none; a key's running upload wakes us)."""
@@ -309,11 +397,14 @@ class Journal:
     def _unsuccessful(self, job_id: int, state: str, error: str | None, next_attempt: float,
                       attempts: int) -> None:
         with self._tx() as db:
-            row = db.execute("SELECT bucket, key FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute("SELECT bucket, key, op FROM jobs WHERE id = ?",
+                             (job_id,)).fetchone()
             if row is None:
                 return
+            # a newer metadata change does not replace the bytes of a failed upload
             newer = db.execute("SELECT MAX(id) AS id FROM jobs WHERE bucket = ? AND key = ? "
-                               "AND id > ?", (row["bucket"], row["key"], job_id)).fetchone()["id"]
+                               "AND id > ? AND (op != 'meta' OR ? = 'meta')",
+                               (row["bucket"], row["key"], job_id, row["op"])).fetchone()["id"]
             if newer is not None and state == "failed":  # a newer version replaces this one
                 self._supersede(db, job_id, newer)  # (a retried one may be in S3: it goes first)
                 return
@@ -351,23 +442,36 @@ class Journal:
         return (row["state"], row["error"]) if row else ("done", None)
 
     def latest(self) -> dict[tuple[str, str], tuple[int, str]]:
-        """(bucket, key) -> (job id, staging id; "" for a delete) of the newest version of
+        """(bucket, key) -> (job id of the newest row, staging id of the newest version
+        of the bytes: "" for a delete, or when only metadata changes are journalled) of
         every journalled key."""
-        return {(p.bucket, p.key): (p.id, p.staging_id) for p in self.pending()}
+        rows = self._read("SELECT bucket, key, MAX(id) AS id, (SELECT d.staging_id FROM jobs d "
+                          "WHERE d.bucket = j.bucket AND d.key = j.key AND d.op != 'meta' "
+                          "ORDER BY d.id DESC LIMIT 1) AS staging_id FROM jobs j "
+                          "GROUP BY bucket, key")
+        return {(r["bucket"], r["key"]): (r["id"], r["staging_id"] or "") for r in rows}
+
+    def latest_of(self, bucket: str, key: str) -> tuple[int, str] | None:
+        """`latest()` of one key (None: nothing journalled)."""
+        rows = self._read("SELECT MAX(id) AS id, (SELECT d.staging_id FROM jobs d WHERE "
+                          "d.bucket = ? AND d.key = ? AND d.op != 'meta' ORDER BY d.id DESC "
+                          "LIMIT 1) AS staging_id FROM jobs WHERE bucket = ? AND key = ?",
+                          bucket, key, bucket, key)
+        return None if rows[0]["id"] is None else (rows[0]["id"], rows[0]["staging_id"] or "")
 
     def pending(self) -> list[Job]:
         """The newest job of every journalled key (what the local view shows until done)."""
         rows = self._read("SELECT * FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs "
                           "GROUP BY bucket, key) ORDER BY id")
-        return [Job(r["id"], r["bucket"], r["key"], r["staging_id"], r["size"],
-                    _decode(r["cond"], r["etag"]), r["attempts"], r["created"], r["op"])
-                for r in rows]
+        return [_job(r) for r in rows]
 
     def summary(self) -> dict[str, Any]:
         """Pending files and bytes, the oldest one's age, failures, transient errors, conflicts."""
         now = time.time()
         with self._db.snapshot() as db:
-            pending = db.execute("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes, "
+            pending = db.execute("SELECT COUNT(*) AS n, "
+                                 "COALESCE(SUM(CASE WHEN op = 'meta' THEN 0 ELSE size END), 0) "
+                                 "AS bytes, "
                                  "MIN(created) AS oldest, SUM(state = 'uploading') AS active "
                                  "FROM jobs WHERE state != 'failed'").fetchone()
             failed = db.execute("SELECT id, bucket, key, size, error, created FROM jobs "

@@ -129,7 +129,8 @@ class LocalFile:
 
     @property
     def change(self) -> Change:
-        """The overlay entry: size and mtime as listings show them."""
+        """The overlay entry: size, mtime and POSIX metadata as listings show them (the
+        metadata, stamped with the time of the last write, is what the upload stores)."""
         return self._change
 
     @property
@@ -205,6 +206,7 @@ class LocalFile:
         """A new or emptied file is a change even with no write (uploaded empty)."""
         self._require(State.CLEAN)
         self._state = State.DIRTY
+        self._change.wrote(time.time_ns())
 
     def adopt(self) -> None:
         """One more open handle."""
@@ -257,7 +259,7 @@ class LocalFile:
         self._state = State.DIRTY
         self._revision += 1
         self._change.size = self._size
-        self._change.mtime_ns = time.time_ns()
+        self._change.wrote(time.time_ns())
 
     def _pwrite(self, data: bytes, offset: int) -> int:
         """pwrite, and every WRITEBACK_STEP bytes start writing them to disk (blocking)."""

@@ -28,6 +28,11 @@ writes while a listing is being stored): `listener_writes.flush()`, a blocking c
 in a thread between the two when `listener_writes.queued()`, returns once those writes are on disk, so the journal never
 forgets an upload whose listing update a crash could still lose.
 
+POSIX metadata: `submit(..., meta=)` uploads the file with it; `set_meta` journals a
+metadata change (it rides along a queued upload of the key, or becomes a copy of the
+object onto itself; journal.py). A key with only metadata changes pending has no
+`pending_version`: its bytes are S3's.
+
 Workers (`workers`, default 4) upload one job each at a time, one version per key at a
 time and in order. Transient errors (network, 5xx, throttling) retry with exponential
 backoff (up to RETRY_MAX, without limit; listed under `retrying` in the status); while the link is offline workers only wait (no requests, no attempts counted)
@@ -55,6 +60,7 @@ from typing import Any, Callable, Iterator, Protocol, TypeVar
 import trio
 
 from ..errors import Offline, RemoteError, S3FuseError
+from ..posix import Posix
 from ..store import retry
 from ..store.protocol import Store
 from ..util.crashpoint import crash_point
@@ -131,11 +137,26 @@ class UploadQueue:
         self._running = True
 
     async def submit(self, bucket: str, key: str, staging_id: str,
-                     expected: Expected = UNKNOWN) -> int:
-        """Journal a closed staging file for upload; returns the job id once committed."""
-        job_id = await self._io(self._enqueue, bucket, key, staging_id, expected)
+                     expected: Expected = UNKNOWN, meta: Posix | None = None) -> int:
+        """Journal a closed staging file for upload (storing the POSIX metadata `meta`);
+        returns the job id once committed."""
+        job_id = await self._io(self._enqueue, bucket, key, staging_id, expected, meta)
         self._bursts.closed_one()
         self._latest[(bucket, key)] = (job_id, staging_id)
+        self.commits.want()
+        self._notify()
+        return job_id
+
+    async def set_meta(self, bucket: str, key: str, meta: Posix, size: int,
+                       expected: Expected = UNKNOWN) -> int:
+        """Journal a metadata change of a key (`meta` complete; `size`: the object's;
+        `expected`: the ETag it was made on). It rides along the key's queued, unsent
+        put or metadata change when there is one (see journal.py); else it is a copy of
+        the object onto itself. Returns the id of the job that carries it."""
+        job_id = await self._io(self.journal.enqueue_meta, bucket, key, meta, size, expected)
+        latest = self._latest.get((bucket, key))
+        if latest is None or latest[0] != job_id:  # a new row: the bytes stay where they were
+            self._latest[(bucket, key)] = (job_id, latest[1] if latest else "")
         self.commits.want()
         self._notify()
         return job_id
@@ -254,7 +275,8 @@ class UploadQueue:
         return (bucket, key) in self._latest
 
     def pending_version(self, bucket: str, key: str) -> Path | None:
-        """The staging file with the newest local bytes of a key not yet in S3, or None."""
+        """The staging file with the newest local bytes of a key not yet in S3, or None
+        (also when only metadata changes of the key are pending: S3 has its bytes)."""
         latest = self._latest.get((bucket, key))
         return self.staging.path(latest[1]) if latest and latest[1] else None
 
@@ -285,16 +307,18 @@ class UploadQueue:
             for staging_id in orphans:
                 self.staging.discard(staging_id)
 
-    def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected) -> int:
+    def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected,
+                 meta: Posix | None) -> int:
         size = self.staging.size(staging_id)
         if size > FSYNC_AT_CLOSE:
             self.staging.commit(staging_id)  # durable before its durable journal row
             crash_point("staged")
-            job_id = self.journal.enqueue(bucket, key, staging_id, size, expected)
+            job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, meta=meta)
         else:
             crc = self.staging.crc32(staging_id)
             crash_point("staged")
-            job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, crc32=crc)
+            job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, crc32=crc,
+                                          meta=meta)
             self.commits.journalled(job_id, staging_id)
         crash_point("journalled")
         return job_id
@@ -435,17 +459,35 @@ class UploadQueue:
             await self._flush_listeners(job)
         await self._record(job, outcome)
         if result is not None:
-            if self._latest.get((job.bucket, job.key), (None,))[0] == job.id:
+            latest = self._latest.get((job.bucket, job.key))
+            if latest is not None and latest[0] == job.id and job.op == "meta":
+                await self._reload_latest(job.bucket, job.key, latest)  # a failed put may stay
+            elif latest is not None and latest[0] == job.id:
                 del self._latest[(job.bucket, job.key)]
+            elif (latest is not None and job.staging_id and latest[1] == job.staging_id
+                  and result.conflict_key is None):
+                # only metadata changes follow: S3 has the newest bytes now
+                self._latest[(job.bucket, job.key)] = (latest[0], "")
             self._tell_uploaded(job, result)  # again: no longer pending (the local view goes)
         self.commits.want()
         self._notify()
+
+    async def _reload_latest(self, bucket: str, key: str, seen: tuple[int, str]) -> None:
+        """`_latest` of a key from the journal, unless a change of the key came meanwhile."""
+        fresh = await self._io(self.journal.latest_of, bucket, key)
+        if self._latest.get((bucket, key)) != seen:
+            return
+        if fresh is None:
+            del self._latest[(bucket, key)]
+        else:
+            self._latest[(bucket, key)] = fresh
 
     def _tell_uploaded(self, job: Job, result: UploadResult) -> None:
         if self.on_uploaded is None:
             return
         try:  # with the size of what was uploaded, not of what is written now
-            self.on_uploaded(job.bucket, job.key, dataclasses.replace(result, size=job.size))
+            self.on_uploaded(job.bucket, job.key,
+                             dataclasses.replace(result, size=job.size, posix=job.meta))
         except Exception:  # noqa: BLE001 - a listener must not stop the queue
             log.exception("on_uploaded listener failed for %s", job.uri)
 

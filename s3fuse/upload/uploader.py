@@ -20,6 +20,14 @@
   logged and recorded (`kept_remote`, shown by `s3fuse status`). A key already gone is
   fine. A removal of a key that did not exist for us (a new file never uploaded) sends
   nothing.
+- POSIX metadata (posix.py) goes with the bytes: a put or multipart upload stores the
+  row's metadata as user metadata (s3fs's headers). A metadata change of an object in S3
+  (op 'meta') is a copy onto itself replacing its metadata (content type kept), on the
+  condition CopySourceIfMatch the row's ETag (UNKNOWN: a HEAD gives it). A 412 or 404
+  means the key changed or went since the change was made: the remote version wins, the
+  change is dropped and recorded (`kept_remote`). A replay of a copy that landed before
+  a crash is recognised by the metadata S3 holds (a copy of a multipart object changes
+  its ETag, so the condition alone would call it a conflict).
 - Servers that ignore or refuse conditions (conditions.py probes each bucket once, before
   its first conditional request; a later 501 counts too) get a HEAD check instead (a
   change between the HEAD and the request is then not detected).
@@ -44,6 +52,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from ..errors import NotFound, Offline, RemoteError, S3FuseError, StaleObject
+from ..posix import Posix, from_headers, to_headers
 from ..store import retry
 from ..store.protocol import Store
 from .conditions import ConditionProbe
@@ -70,7 +79,9 @@ class UploadResult:
     etag: str
     conflict_key: str | None = None  # where the bytes went when the key had changed in S3
     size: int | None = None  # of the uploaded version (set by the queue for its listeners)
-    kept_remote: bool = False  # a removal dropped: the key holds a newer version (`etag`)
+    kept_remote: bool = False  # a removal or metadata change dropped: the key holds a
+    #                            newer version (`etag`; "" when the key is gone)
+    posix: Posix | None = None  # the metadata stored (set by the queue for its listeners)
 
 
 def _md5(data: bytes = b"") -> hashlib._Hash:
@@ -105,6 +116,8 @@ class Uploader:
     def upload(self, job: Job) -> UploadResult:
         if job.op == "delete":
             return self._delete(job)
+        if job.op == "meta":
+            return self._change_metadata(job)
         path = self.staging.path(job.staging_id)
         try:
             self.abort_leftovers(job.bucket, job.key)
@@ -116,7 +129,8 @@ class Uploader:
         expected = job.expected
         while True:
             try:
-                return UploadResult(self._send(job.bucket, job.key, path, expected, ctype))
+                return UploadResult(self._send(job.bucket, job.key, path, expected, ctype,
+                                               job.meta))
             except StaleObject:
                 remote = self._remote_etag(job.bucket, job.key)
             if remote is None and isinstance(expected, str):
@@ -134,7 +148,7 @@ class Uploader:
         for n in range(1, CONFLICT_NAMES + 1):
             key = base if n == 1 else f"{base}-{n}"
             try:
-                etag = self._send(job.bucket, key, path, None, ctype)
+                etag = self._send(job.bucket, key, path, None, ctype, job.meta)
             except StaleObject:
                 continue
             log.warning("%s changed in S3 since it was opened for writing: the local version "
@@ -174,9 +188,47 @@ class Uploader:
         self.store.delete_object(bucket, key)  # checked by HEAD: the server ignores If-Match
         return UploadResult("")
 
+    # ------------------------------------------------------------ metadata changes
+
+    def _change_metadata(self, job: Job) -> UploadResult:
+        """CopyObject of the key onto itself with the row's metadata (REPLACE), if it still
+        holds the version the change was made on (see the module docstring)."""
+        bucket, key, expected = job.bucket, job.key, job.expected
+        headers = to_headers(job.meta or Posix())
+        if expected is None:  # made on a version removed since (by this mount): nothing left
+            log.debug("%s: removed before its metadata change was sent", job.uri)
+            return UploadResult("")
+        if not isinstance(expected, str):
+            expected = self._remote_etag(bucket, key)
+            if expected is None:
+                return self._metadata_dropped(job, None)
+        try:
+            return UploadResult(self.store.copy_object(bucket, key, key, expected,
+                                                       metadata=headers, size=job.size))
+        except (StaleObject, NotFound):
+            pass
+        try:
+            info = self.store.head(bucket, key)
+        except NotFound:
+            return self._metadata_dropped(job, None)
+        is_dir = key.endswith("/")
+        if from_headers(info.metadata or {}, is_dir=is_dir) == from_headers(headers, is_dir=is_dir):
+            log.info("%s already holds this metadata (a copy finished before a restart)", job.uri)
+            return UploadResult(info.etag)
+        return self._metadata_dropped(job, info.etag)
+
+    @staticmethod
+    def _metadata_dropped(job: Job, remote: str | None) -> UploadResult:
+        log.warning("%s changed in S3 since its metadata was changed here: the change was "
+                    "dropped and the remote version kept (%s)", job.uri,
+                    f"ETag {remote}" if remote else "the key is gone")
+        return UploadResult(remote or "", kept_remote=True)
+
     # ------------------------------------------------------------ sending
 
-    def _send(self, bucket: str, key: str, path: Path, expected: Expected, ctype: str) -> str:
+    def _send(self, bucket: str, key: str, path: Path, expected: Expected, ctype: str,
+              meta: Posix | None = None) -> str:
+        metadata = {} if meta is None else {"metadata": to_headers(meta)}
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if expected is not UNKNOWN and (size > self.threshold
@@ -184,23 +236,26 @@ class Uploader:
                 self._precheck(bucket, key, expected)
             try:
                 if size <= self.threshold:
-                    return self._put(bucket, key, fh, expected, ctype)
-                return self._multipart(bucket, key, fh.fileno(), size, expected, ctype)
+                    return self._put(bucket, key, fh, expected, ctype, metadata)
+                return self._multipart(bucket, key, fh.fileno(), size, expected, ctype, metadata)
             except NotFound as exc:  # AWS and moto answer If-Match on a missing key with 404
                 if isinstance(expected, str) and retry.error_code(exc)[0] == "NoSuchKey":
                     raise StaleObject(f"s3://{bucket}/{key}: deleted since it was opened") from None
                 raise
 
-    def _put(self, bucket: str, key: str, fh: BinaryIO, expected: Expected, ctype: str) -> str:
+    def _put(self, bucket: str, key: str, fh: BinaryIO, expected: Expected, ctype: str,
+             metadata: dict[str, dict[str, str]]) -> str:
         def put(**conditions: str) -> str:
             fh.seek(0)
-            return self.store.put_object(bucket, key, fh, content_type=ctype, **conditions)
+            return self.store.put_object(bucket, key, fh, content_type=ctype, **metadata,
+                                         **conditions)
         return self._conditional(put, bucket, key, expected)
 
     def _multipart(self, bucket: str, key: str, fd: int, size: int, expected: Expected,
-                   ctype: str) -> str:
+                   ctype: str, metadata: dict[str, dict[str, str]]) -> str:
         record = self.journal.multipart_begin(bucket, key)
-        upload_id = self.store.create_multipart_upload(bucket, key, content_type=ctype)
+        upload_id = self.store.create_multipart_upload(bucket, key, content_type=ctype,
+                                                       **metadata)
         self.journal.multipart_created(record, upload_id)
         try:
             etags = self._parts(bucket, key, upload_id, fd, size)

@@ -10,6 +10,14 @@ the ETag the user saw, as uploads do, so a newer version written in S3 meanwhile
 someone else is kept rather than deleted (uploader.py). A rename onto an existing key
 replaces it on the same condition.
 
+POSIX metadata (posix.py) travels with the changes: a file's upload stores the metadata
+of the version opened or created, stamped with the time of its last write unless set
+explicitly since (rsync sets mtime after writing); `set_posix` (chmod, chown, utimens,
+xattrs) rides along a local or pending version of the key, or journals a copy of the
+object onto itself (coalesced; journal.py); symlinks and special files are small staged
+uploads (`create_special`). The overlay shows the pending metadata until S3 has it, and
+after a restart is rebuilt with it from the journal.
+
 This module alone drives the state machine of a LocalFile (localfile.py: opens, flushes,
 unlinks, renames, last closes); other layers hold LocalFiles only to read, write and
 truncate them through their handles.
@@ -18,13 +26,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import trio
 
-from ..cache.overlay import Overlay
+from ..cache.overlay import Change, Overlay
+from ..posix import Posix
 from .journal import UNKNOWN, Expected, Job
 from .localfile import LocalFile, State
 from .queue import UploadQueue
@@ -79,6 +89,7 @@ class WriteBack:
         self.overlay = overlay
         self.limiter = trio.CapacityLimiter(4)
         self._open: dict[tuple[str, str], LocalFile] = {}
+        self._setting: set[tuple[str, str]] = set()  # set_posix calls journalling their change
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
         queue.on_uploaded = self._uploaded
 
@@ -92,15 +103,28 @@ class WriteBack:
             if job.op == "delete":
                 self.overlay.delete(job.bucket, job.key)
             elif job.key.endswith("/"):
-                self.overlay.directory(job.bucket, job.key)
+                self.overlay.directory(job.bucket, job.key, job.meta)
             else:
-                try:
-                    st = self.staging.path(job.staging_id).stat()
-                except OSError:
-                    continue
-                self.overlay.file(job.bucket, job.key, st.st_size, st.st_mtime_ns)
+                await self._show_pending(job)
         if jobs:
             log.info("%d change(s) from before the restart still to send to S3", len(jobs))
+
+    async def _show_pending(self, job: Job) -> None:
+        """The overlay of a file's newest journalled change: its pending bytes (with the
+        metadata they will store), or new metadata of the bytes S3 has."""
+        path = self.queue.pending_version(job.bucket, job.key)
+        if path is None:
+            if job.op == "meta" and job.meta is not None:
+                etag = job.expected if isinstance(job.expected, str) else ""
+                self.overlay.metadata(job.bucket, job.key, job.meta, size=job.size, etag=etag,
+                                      mtime_ns=int(job.created * 1e9))
+            return
+        try:
+            st = await trio.to_thread.run_sync(path.stat)
+        except OSError:
+            return
+        stored = job.meta.mtime_ns if job.meta is not None else None
+        self.overlay.file(job.bucket, job.key, st.st_size, stored or st.st_mtime_ns, job.meta)
 
     def watch(self, bucket: str, listener: Listener) -> None:
         """Tell `listener` (a bucket tree) when a key of `bucket` reached S3."""
@@ -109,8 +133,16 @@ class WriteBack:
     def _uploaded(self, bucket: str, key: str, result: UploadResult) -> None:
         for listener in self._listeners.get(bucket, ()):
             listener(key, result if result.etag else None)  # no ETag: a removal
-        if (bucket, key) not in self._open and not self.queue.pending(bucket, key):
+        if (bucket, key) in self._open:
+            return
+        if not self.queue.pending(bucket, key) and (bucket, key) not in self._setting:
             self.overlay.clear(bucket, key)
+        elif (result.etag and result.conflict_key is None
+              and self.queue.pending_version(bucket, key) is None):
+            # only metadata changes are left: the bytes shown are S3's version now
+            change = self.overlay.get(bucket, key)
+            if change is not None and not change.deleted and not change.is_dir:
+                change.etag = result.etag
 
     # ------------------------------------------------------------ files
 
@@ -121,16 +153,21 @@ class WriteBack:
         return (bucket, key) in self._open or self.queue.pending_version(bucket, key) is not None
 
     async def open(self, bucket: str, key: str, *, truncate: bool, expected: Expected,
-                   size: int = 0, read: Reader | None = None) -> LocalFile:
+                   size: int = 0, read: Reader | None = None,
+                   posix: Posix | None = None) -> LocalFile:
         """The LocalFile of a key (shared with its other handles), one more user.
 
         Its starting bytes: nothing with `truncate`, else the pending local version, else
-        `size` bytes from `read` (the object in S3, through the block cache)."""
+        `size` bytes from `read` (the object in S3, through the block cache). `posix`: the
+        metadata of the version opened or created (pending metadata of the key wins), which
+        its upload stores with the time of the last write."""
         local = self._open.get((bucket, key))
         if local is None:
-            local = await self._new_local(bucket, key, truncate, expected, size, read)
+            local = await self._new_local(bucket, key, truncate, expected, size, read, posix)
             local.adopt()
             return local
+        if local.change.posix is None and posix is not None:
+            local.change.posix = posix
         local.adopt()  # before any wait: the last other handle closing meanwhile keeps it open
         if truncate and local.size:
             try:
@@ -143,7 +180,7 @@ class WriteBack:
         return local
 
     async def _new_local(self, bucket: str, key: str, truncate: bool, expected: Expected,
-                         size: int, read: Reader | None) -> LocalFile:
+                         size: int, read: Reader | None, posix: Posix | None) -> LocalFile:
         pending = None if truncate else self.queue.pending_version(bucket, key)
         if pending is not None:
             try:
@@ -155,7 +192,9 @@ class WriteBack:
             staging_id, path = await trio.to_thread.run_sync(self.staging.create)
         change = self.overlay.get(bucket, key)
         if change is None or change.deleted or change.is_dir:
-            change = self.overlay.file(bucket, key, 0)
+            change = self.overlay.file(bucket, key, 0, posix=posix)
+        elif change.posix is None:
+            change.posix = posix
         local = LocalFile(self.staging, staging_id, path, bucket=bucket, key=key,
                           expected=expected, change=change, limiter=self.limiter)
         try:
@@ -186,7 +225,8 @@ class WriteBack:
         if not local.to_submit:
             return
         # Not journalled (e.g. a full disk) raises: the file stays DIRTY, ours to write.
-        job = await self.queue.submit(local.bucket, local.key, local.staging_id, local.expected)
+        job = await self.queue.submit(local.bucket, local.key, local.staging_id, local.expected,
+                                      local.change.posix)
         local.submitted(job)
         log.debug("queued s3://%s/%s (%d bytes)", local.bucket, local.key, local.size)
 
@@ -210,7 +250,8 @@ class WriteBack:
         if self._open.get((local.bucket, local.key)) is local:
             del self._open[(local.bucket, local.key)]
         await self._discard(ours)  # never submitted (or removed before): not the queue's
-        if not self.queue.pending(local.bucket, local.key):  # opened, never changed: S3 is right
+        if (not self.queue.pending(local.bucket, local.key)   # opened, never changed:
+                and (local.bucket, local.key) not in self._setting):  # S3 is right
             self.overlay.clear(local.bucket, local.key, local.change.generation)
 
     async def _discard(self, staging_id: str | None) -> None:
@@ -254,11 +295,76 @@ class WriteBack:
         await self.queue.delete(bucket, key, expected)
         self.overlay.delete(bucket, key)
 
-    async def make_dir(self, bucket: str, marker: str) -> None:
-        """A directory: an empty `dir/` marker object, queued like any upload."""
+    async def make_dir(self, bucket: str, marker: str, posix: Posix | None = None) -> None:
+        """A directory: an empty `dir/` marker object (with the directory's metadata
+        `posix`), queued like any upload."""
         staging_id, _ = await trio.to_thread.run_sync(self.staging.create)
-        self.overlay.directory(bucket, marker)
-        await self.queue.submit(bucket, marker, staging_id, UNKNOWN)
+        self.overlay.directory(bucket, marker, posix)
+        await self.queue.submit(bucket, marker, staging_id, UNKNOWN, posix)
+
+    async def create_special(self, bucket: str, key: str, body: bytes, posix: Posix,
+                             expected: Expected) -> None:
+        """A symlink (`body`: its target) or a fifo, socket or device node (empty body),
+        typed by `posix`'s mode: a small staged upload, journalled like a closed file."""
+        staging_id, path = await trio.to_thread.run_sync(self.staging.create)
+        change = self.overlay.file(bucket, key, len(body), posix=posix)
+        try:
+            await trio.to_thread.run_sync(path.write_bytes, body, limiter=self.limiter)
+            await self.queue.submit(bucket, key, staging_id, expected, posix)
+        except BaseException:
+            self.overlay.clear(bucket, key, change.generation)
+            await self._discard(staging_id)
+            raise
+
+    def posix(self, bucket: str, key: str) -> Posix | None:
+        """The metadata a pending change of `key` will store (None: none pending)."""
+        change = self.overlay.get(bucket, key)
+        return None if change is None or change.deleted else change.posix
+
+    async def set_posix(self, bucket: str, key: str, posix: Posix, *, expected: Expected,
+                        size: int, is_dir: bool = False) -> None:
+        """The complete new metadata of `key` (a file, or a directory's `dir/` marker key).
+
+        It rides along the key's open version (stored by its upload at close) or its queued
+        one; else it is journalled as a copy of the object onto itself, on the condition
+        `expected` (the ETag the caller saw; `size`: the object's). A directory with no
+        marker (`expected` None) gets one, with the metadata."""
+        local = self._open.get((bucket, key))
+        if local is not None:
+            async with local.lock:
+                if self._open.get((bucket, key)) is local and local.to_submit:
+                    local.change.set_posix(posix)  # its close uploads it
+                    return
+        if is_dir and expected is None and not self.queue.pending(bucket, key):
+            await self.make_dir(bucket, key, posix)
+            return
+        self._setting.add((bucket, key))
+        try:
+            restore = self._show_posix(bucket, key, posix, size, expected)
+            try:
+                await self.queue.set_meta(bucket, key, posix, size, expected)
+            except BaseException:
+                restore()
+                raise
+        finally:
+            self._setting.discard((bucket, key))
+
+    def _show_posix(self, bucket: str, key: str, posix: Posix, size: int,
+                    expected: Expected) -> Callable[[], None]:
+        """Show `posix` on the key's change (a new metadata-only one when it has none);
+        returns what undoes it."""
+        change = self.overlay.get(bucket, key)
+        if change is None or change.deleted:
+            etag = expected if isinstance(expected, str) else ""
+            created = self.overlay.metadata(bucket, key, posix, size=size, etag=etag,
+                                            mtime_ns=time.time_ns())
+            return lambda: self.overlay.clear(bucket, key, created.generation)
+        before = (change.posix, change.mtime_ns)
+
+        def restore(change: Change = change) -> None:
+            change.posix, change.mtime_ns = before
+        change.set_posix(posix)
+        return restore
 
     async def move_local(self, bucket: str, old: str, new: str,
                          target: Expected = UNKNOWN) -> bool:
@@ -291,9 +397,10 @@ class WriteBack:
         except FileNotFoundError:
             return False
         size = (await trio.to_thread.run_sync(path.stat)).st_size
+        meta = self.posix(bucket, old)  # the pending metadata goes with the bytes
         self._replace(bucket, new)
-        self.overlay.file(bucket, new, size)
-        await self.queue.submit(bucket, new, clone_id, target)
+        self.overlay.file(bucket, new, size, posix=meta)
+        await self.queue.submit(bucket, new, clone_id, target, meta)
         return True
 
     async def _move_open(self, local: LocalFile, new: str, target: Expected) -> Expected:
@@ -315,13 +422,15 @@ class WriteBack:
         self._replace(bucket, new)
         if staging_id is not None:
             try:
-                job = await self.queue.submit(bucket, new, staging_id, target)
+                job = await self.queue.submit(bucket, new, staging_id, target,
+                                              local.change.posix)
             except BaseException:  # not journalled: the rename fails, the file stays `old`
                 await self._discard(staging_id)
                 raise
         del self._open[(bucket, old)]
-        local.rename(new, self.overlay.file(bucket, new, local.size), expected=target,
-                     staging_id=staging_id, job=job)
+        moved = self.overlay.file(bucket, new, local.size, local.change.mtime_ns,
+                                  local.change.posix)
+        local.rename(new, moved, expected=target, staging_id=staging_id, job=job)
         self._open[(bucket, new)] = local
         if local.users == 0:
             await self._flush(local)

@@ -3,7 +3,8 @@
 One job of the bucket namespace (see tree/bucket/__init__.py for the split): between
 a write and the end of its upload S3 still lists the old state, so every lookup, stat
 and listing asks this view first. It reads the overlay the write-back layer fills
-(a local file with its size, a new directory, or a removal, GONE) and merges it into
+(a local file with its size, a new directory, a removal, GONE, or new POSIX metadata
+of an object S3 has: its entry keeps S3's ETag, so reads go there) and merges it into
 listings; when an upload lands it tells the listings what S3 holds now (`uploaded`),
 so the name does not flicker once the overlay lets go of it. It changes no overlay
 field itself except through the overlay's own methods (`touch`).
@@ -42,7 +43,11 @@ class PendingView:
         for change_key, is_dir in ((key, False), (key + "/", True)):
             change = self._overlay.get(bucket, change_key)
             if change is not None and not change.deleted:
-                return Entry(name, is_dir, change.size, change.mtime_ns, "", time.time())
+                posix = change.posix
+                mtime_ns = change.mtime_ns if posix is None or posix.mtime_ns is None \
+                    else posix.mtime_ns
+                return Entry(name, is_dir, change.size, mtime_ns, change.etag, time.time(),
+                             posix)
         file_change = self._overlay.get(bucket, key)
         dir_change = self._overlay.get(bucket, key + "/")
         if file_change is not None or dir_change is not None:
@@ -115,5 +120,7 @@ class PendingView:
             self._listings.know_dir(parent)
             if key.endswith("/"):
                 self._listings.know_dir(join(parent, name))
-            entry = Entry(name, key.endswith("/"), size, time.time_ns(), result.etag, 0.0)
+            posix = result.posix  # what the request stored: no HEAD needed for it
+            mtime_ns = time.time_ns() if posix is None or posix.mtime_ns is None else posix.mtime_ns
+            entry = Entry(name, key.endswith("/"), size, mtime_ns, result.etag, 0.0, posix)
             self._listings.learn(parent, name, entry)
