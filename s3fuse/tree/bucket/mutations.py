@@ -158,10 +158,9 @@ class Mutations:
         if entry.is_dir and not self._keys.dir_prefix(path):
             raise NotPermitted(f"{self._uri}: the top of a bucket has no object to keep "
                                "its mode, owner or times (mount a prefix to have one)")
-        if not fits(posix):
-            log.warning("%s: metadata not changed: with it the object's POSIX metadata "
-                        "(user xattrs above all) would exceed S3's 2 KiB", self._show(path))
-            raise MetadataTooLarge(f"{path}: over S3's 2 KiB of user metadata")
+        if not fits(posix):  # logged once by the FUSE boundary (a WARNING, with this text)
+            raise MetadataTooLarge(f"{self._show(path)}: not changed: its POSIX metadata (user "
+                                   "xattrs above all) would exceed S3's 2 KiB per object")
         key = self._keys.dir_prefix(path) if entry.is_dir else self._keys.key(path)
         if entry.is_dir:
             self._dirs.forget(path)  # its own times now
