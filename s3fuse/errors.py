@@ -58,15 +58,27 @@ class NotEmpty(S3FuseError):
 
 
 class NotPermitted(S3FuseError):
-    """A change S3 cannot store (ownership, permission bits): refused, never faked."""
+    """A change refused by rule: hard links, reserved attributes, the mount root."""
 
     errno = errno.EPERM
 
 
 class NotSupported(S3FuseError):
-    """An operation this namespace does not implement (yet): user xattr writes."""
+    """An operation this namespace does not implement: xattrs outside `user.*`."""
 
     errno = errno.ENOTSUP
+
+
+class NameTooLong(S3FuseError):
+    """A name over 255 bytes (NAME_MAX): no S3 key component or s3fs xattr may be longer."""
+
+    errno = errno.ENAMETOOLONG
+
+
+class MetadataTooLarge(S3FuseError):
+    """POSIX metadata (user xattrs above all) over S3's 2 KiB of user metadata per object."""
+
+    errno = errno.E2BIG
 
 
 class NoAttribute(S3FuseError):

@@ -23,6 +23,12 @@ def is_posix_name(name: str) -> bool:
         return False
 
 
+def too_long(name: str) -> bool:
+    """Is `name` over NAME_MAX (255 bytes of UTF-8; lone surrogates count as one byte each,
+    the byte they stand for)? ENAMETOOLONG rather than EINVAL, as POSIX says."""
+    return len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES
+
+
 def path_parts(path: str) -> list[str] | None:
     """The components of a relative path when every one is a POSIX name, else None."""
     parts = path.split("/")

@@ -11,6 +11,7 @@ import trio
 from s3fuse.cache.meta import MetaStore
 from s3fuse.cache.overlay import Overlay
 from s3fuse.model import Entry
+from s3fuse.posix import Posix
 from s3fuse.store.memory import MemoryStore
 from s3fuse.tree.bucket.keys import BucketKeys
 from s3fuse.tree.bucket.listing import Listings
@@ -94,9 +95,11 @@ async def test_utimens_on_an_open_file_shows_until_it_is_uploaded(tmp_path: Path
     store.create_bucket(B)
     async for components in running(tmp_path, store):
         tree = components.root.get(0)
-        path, _, handle = await tree.create("", "n.txt")
+        posix = Posix(mode=0o100644, uid=0, gid=0, mtime_ns=5, ctime_ns=5, atime_ns=5)
+        path, _, handle = await tree.create("", "n.txt", posix)
         await handle.write(0, b"four")
-        await tree.setattr(path, AttrChanges(mtime_ns=1_000_000_000), None)
+        await tree.setattr(path, AttrChanges(mtime_ns=1_000_000_000,
+                                             posix=posix.replace(mtime_ns=1_000_000_000)), None)
         assert (await tree.stat(path)).mtime_ns == 1_000_000_000
         await handle.write(4, b"!")  # the open file shares the overlay's change
         assert (await tree.stat(path)).size == 5

@@ -1,9 +1,11 @@
 """The namespace contract (tree/base.py): one protocol, refusals inherited, nothing probed.
 
 Every namespace answers every operation the kernel can ask for; read-only ones refuse
-changes through ReadOnlyNamespace (EROFS; the mount root: EPERM); what S3 cannot do
-yet answers as before (EPERM, ENOTSUP). The FUSE adapter asks the namespace for the
-cached and pinned state instead of opening a handle, and closes every handle it opened.
+changes through ReadOnlyNamespace (EROFS; the mount root: EPERM); what no namespace
+does answers once (hard links: EPERM), and a bucket refuses the attributes it does not
+store (reserved names: EPERM, other namespaces: ENOTSUP). The FUSE adapter asks the
+namespace for the cached and pinned state instead of opening a handle, and closes every
+handle it opened.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from s3fuse.errors import S3FuseError
 from s3fuse.fs.inodes import ROOT_INODE
 from s3fuse.fs.ops import S3Operations
 from s3fuse.model import Entry, Ref
+from s3fuse.posix import Posix
 from s3fuse.tree.contract import AttrChanges, Namespace, ReadOnlyNamespace
 from s3fuse.tree.sources import SnapshotDir
 from s3fuse.tree.bucket import BucketTree, ReadOnlyBucketTree
@@ -44,15 +47,20 @@ def manifest(tmp_path: Path) -> ManifestTree:
                         ttl=60, limiter=trio.CapacityLimiter(1), shards=None)  # type: ignore[arg-type]
 
 
+FILE = Posix(mode=0o100644, uid=0, gid=0, mtime_ns=1, ctime_ns=1, atime_ns=1)
+
+
 def changes(ns: Namespace, ref: Ref) -> list[Callable[[], Any]]:
     """Every change the kernel can ask of a namespace, on `ref` (a directory)."""
-    return [lambda: ns.create(ref, "n"), lambda: ns.open_write(ref, False),
+    return [lambda: ns.create(ref, "n", FILE), lambda: ns.open_write(ref, False),
             lambda: ns.setattr(ref, AttrChanges(size=0), None),
-            lambda: ns.setattr(ref, AttrChanges(mtime_ns=1), None),
-            lambda: ns.mkdir(ref, "d"), lambda: ns.unlink(ref, "f"), lambda: ns.rmdir(ref, "d"),
-            lambda: ns.rename(ref, "a", ref, "b"), lambda: ns.symlink(ref, "l", "t"),
-            lambda: ns.mknod(ref, "p", 0o10644, 0), lambda: ns.link(ref, ref, "h"),
-            lambda: ns.setxattr(ref, "user.x", b"1"), lambda: ns.removexattr(ref, "user.x")]
+            lambda: ns.setattr(ref, AttrChanges(mtime_ns=1, posix=FILE), None),
+            lambda: ns.mkdir(ref, "d", FILE.replace(mode=0o40755)), lambda: ns.unlink(ref, "f"),
+            lambda: ns.rmdir(ref, "d"), lambda: ns.rename(ref, "a", ref, "b"),
+            lambda: ns.symlink(ref, "l", "t", FILE.replace(mode=0o120777)),
+            lambda: ns.mknod(ref, "p", FILE.replace(mode=0o10644)), lambda: ns.link(ref, ref, "h"),
+            lambda: ns.setxattr(ref, "user.x", b"1", FILE.with_xattr("user.x", b"1")),
+            lambda: ns.removexattr(ref, "user.x", FILE)]
 
 
 async def errno_of(call: Callable[[], Any]) -> int:
@@ -80,17 +88,16 @@ async def test_read_only_namespaces_refuse_every_change(tmp_path: Path):
         await ns.setattr(ref, AttrChanges(atime_ns=5), None)
 
 
-async def test_what_s3_cannot_do_yet_answers_as_before():
+async def test_what_a_bucket_does_not_store_is_refused_before_anything_is_asked():
     ns = bucket()
     assert ns.writable
-    for call, code in ((lambda: ns.symlink("", "l", "t"), errno.EPERM),
-                       (lambda: ns.mknod("", "p", 0o10644, 0), errno.EPERM),
-                       (lambda: ns.link("f", "", "h"), errno.EPERM),
-                       (lambda: ns.setattr("f", AttrChanges(uid=7), None), errno.EPERM),
-                       (lambda: ns.setattr("f", AttrChanges(mode=0o600), None), errno.EPERM),
-                       (lambda: ns.setxattr("f", "user.x", b"1"), errno.ENOTSUP),
-                       (lambda: ns.removexattr("f", "user.x"), errno.ENOTSUP),
-                       (lambda: ns.readlink("f"), errno.EINVAL)):
+    for call, code in ((lambda: ns.link("f", "", "h"), errno.EPERM),
+                       (lambda: ns.setxattr("f", "trusted.x", b"1", FILE), errno.ENOTSUP),
+                       (lambda: ns.setxattr("f", "security.x", b"1", FILE), errno.ENOTSUP),
+                       (lambda: ns.setxattr("f", "user.s3.uri", b"1", FILE), errno.EPERM),
+                       (lambda: ns.setxattr("f", "user.s3fuse.pinned", b"1", FILE), errno.EPERM),
+                       (lambda: ns.removexattr("f", "user.s3.etag", FILE), errno.EPERM),
+                       (lambda: ns.setxattr("f", 'user.a,"b', b"1", FILE), errno.EINVAL)):
         assert await errno_of(call) == code, call
 
 

@@ -1,64 +1,198 @@
-"""POSIX metadata written by other tools (s3fs's headers, through boto3) shows exactly
-through the real mount, and a cold `find` HEADs no file."""
+"""POSIX metadata through the real mount: chmod, chown, utimens, symlinks, fifos, device
+nodes and user xattrs with everyday os calls, stored as s3fs stores them (x-amz-meta-*)
+and shown again after a remount with an empty cache; the errnos POSIX asks for; the
+kernel enforcing owners and modes for other users (default_permissions, allow_other)."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import stat
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import pytest
 
+from tests.support.mount import Mount, s3_env
+from tests.test_security import as_nobody, start, stop
+
 pytestmark = pytest.mark.mount
 
-MTIME = "1700000000.123456789"
-MTIME_NS = 1_700_000_000_123_456_789
+
+def metadata(s3: Any, bucket: str, key: str) -> dict[str, str]:
+    return s3.head_object(Bucket=bucket, Key=key)["Metadata"]
 
 
-def s3fs_headers(mode: int, uid: int = 1234, gid: int = 2345) -> dict[str, str]:
-    return {"mode": str(mode), "uid": str(uid), "gid": str(gid), "mtime": MTIME,
-            "ctime": "1700000001", "atime": "1700000002.5"}
+def remounted(m: Mount, mount_factory: Callable[..., Mount], name: str) -> Mount:
+    """The same bucket mounted again with an empty cache, once `m` sent everything."""
+    assert m.wait_idle()["idle"]
+    m.stop()
+    return mount_factory(*m.args, name=name)
 
 
-def test_s3fs_headers_show_through_lstat_and_find_heads_no_file(s3, bucket, mount_factory):
-    s3.put_object(Bucket=bucket, Key="run.sh", Body=b"#!/bin/sh\necho hi\n",
-                  Metadata=s3fs_headers(0o100755))
-    s3.put_object(Bucket=bucket, Key="link", Body=b"run.sh", Metadata=s3fs_headers(41471))
-    s3.put_object(Bucket=bucket, Key="private/", Body=b"", Metadata=s3fs_headers(0o40700, 0, 0))
-    s3.put_object(Bucket=bucket, Key="plain.txt", Body=b"no headers")
-    keys = [f"tree/d{i}/f{j}" for i in range(3) for j in range(40)]
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=b"x",
-                                              Metadata=s3fs_headers(0o100600)), keys))
+def test_chmod_chown_utimens_are_stored_as_s3fs_does_and_survive_a_remount(
+        s3, bucket, mount_factory):
+    s3.put_object(Bucket=bucket, Key="old.txt", Body=b"uploaded before")
     m = mount_factory("--source", f"s3://{bucket}")
     root = m.path(bucket)
+    new = root / "run.sh"
+    new.write_bytes(b"#!/bin/sh\necho ran\n")
+    os.chmod(new, 0o755)                                       # before its upload: rides along
+    os.chown(new, 1234, 5678)
+    os.utime(new, ns=(1_500_000_000_000_000_000, 1_600_000_000_123_456_789))
+    os.chmod(root / "old.txt", 0o600)                          # uploaded: a copy onto itself
+    os.utime(root / "old.txt", (1_000_000_000, 1_000_000_000))
+    os.mkdir(root / "d", 0o700)
+    os.utime(root / "d", (1_200_000_000, 1_200_000_000))
+    shown = os.stat(new)
+    assert (stat.S_IMODE(shown.st_mode), shown.st_uid, shown.st_gid) == (0o755, 1234, 5678)
+    assert shown.st_mtime_ns == 1_600_000_000_123_456_789
+    assert m.wait_idle()["idle"]
+    stored = metadata(s3, bucket, "run.sh")
+    assert stored["mode"] == str(stat.S_IFREG | 0o755)
+    assert (stored["uid"], stored["gid"]) == ("1234", "5678")
+    assert stored["mtime"] == "1600000000.123456789" and stored["atime"] == "1500000000"
+    assert metadata(s3, bucket, "old.txt")["mode"] == str(stat.S_IFREG | 0o600)
+    assert s3.get_object(Bucket=bucket, Key="old.txt")["Body"].read() == b"uploaded before"
+    assert metadata(s3, bucket, "d/")["mode"] == str(stat.S_IFDIR | 0o700)
 
-    found = subprocess.run(["find", str(root)], check=True, capture_output=True,
-                           text=True).stdout.split()
-    assert len(found) == 1 + 4 + 1 + 3 + len(keys)
-    # find: listings, and a HEAD of the one directory marker (a directory's metadata
-    # lives there: find stats directories); no file is HEADed
-    assert m.status()["requests"].get("HeadObject", 0) == 1
-
-    run = os.lstat(root / "run.sh")
-    assert (run.st_mode, run.st_uid, run.st_gid, run.st_size) == (0o100755, 1234, 2345, 18)
-    assert (run.st_mtime_ns, run.st_ctime_ns, run.st_atime_ns) == (
-        MTIME_NS, 1_700_000_001 * 10**9, 1_700_000_002_500_000_000)
-    link = os.lstat(root / "link")
-    assert stat.S_ISLNK(link.st_mode) and stat.S_IMODE(link.st_mode) == 0o777
-    assert (link.st_size, link.st_uid, link.st_mtime_ns) == (6, 1234, MTIME_NS)
-    private = os.lstat(root / "private")
-    assert (private.st_mode, private.st_uid, private.st_gid) == (0o40700, 0, 0)
-    plain = os.lstat(root / "plain.txt")
-    assert plain.st_mode == 0o100644 and plain.st_uid == os.getuid()
-    assert os.lstat(root / "tree" / "d1" / "f7").st_mode == 0o100600
-    assert subprocess.run(["sh", str(root / "run.sh")], check=True, capture_output=True,
-                          text=True).stdout == "hi\n"
+    again = remounted(m, mount_factory, "again").path(bucket)
+    shown = os.stat(again / "run.sh")
+    assert (stat.S_IMODE(shown.st_mode), shown.st_uid, shown.st_gid) == (0o755, 1234, 5678)
+    assert shown.st_mtime_ns == 1_600_000_000_123_456_789
+    old = os.stat(again / "old.txt")
+    assert stat.S_IMODE(old.st_mode) == 0o600 and old.st_mtime == 1_000_000_000
+    d = os.stat(again / "d")
+    assert stat.S_IMODE(d.st_mode) == 0o700 and d.st_mtime == 1_200_000_000
 
 
-def test_no_posix_metadata_sends_no_head(s3, bucket, mount_factory):
-    s3.put_object(Bucket=bucket, Key="run.sh", Body=b"x", Metadata=s3fs_headers(0o100755))
-    m = mount_factory("--source", f"s3://{bucket}", "--no-posix-metadata")
-    subprocess.run(["ls", "-l", str(m.path(bucket))], check=True, capture_output=True)
-    assert os.lstat(m.path(bucket, "run.sh")).st_mode == 0o100644  # the default
-    assert m.status()["requests"].get("HeadObject", 0) == 0
+def test_symlinks_fifos_and_device_nodes(s3, bucket, mount_factory):
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    (root / "target.txt").write_bytes(b"pointed at")
+    os.symlink("target.txt", root / "link")
+    os.symlink("../nowhere", root / "dangling")
+    os.mkfifo(root / "fifo", 0o640)
+    os.mknod(root / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    assert os.readlink(root / "link") == "target.txt"
+    assert stat.S_ISLNK(os.lstat(root / "link").st_mode)
+    assert (root / "link").read_bytes() == b"pointed at"          # the kernel follows it
+    with pytest.raises(OSError) as info:
+        os.open(root / "link", os.O_RDONLY | os.O_NOFOLLOW)
+    assert info.value.errno == errno.ELOOP
+    assert stat.S_ISFIFO(os.stat(root / "fifo").st_mode)
+    node = os.stat(root / "null")
+    assert stat.S_ISCHR(node.st_mode) and node.st_rdev == os.makedev(1, 3)
+    with pytest.raises(OSError):                                  # the mount stays nodev
+        (root / "null").read_bytes()
+    with pytest.raises(FileExistsError):
+        os.symlink("x", root / "fifo")
+    assert m.wait_idle()["idle"]
+    assert s3.get_object(Bucket=bucket, Key="link")["Body"].read() == b"target.txt"
+    assert metadata(s3, bucket, "link")["mode"] == str(stat.S_IFLNK | 0o777)   # 41471
+    assert metadata(s3, bucket, "fifo")["mode"] == str(stat.S_IFIFO | 0o640)
+    assert metadata(s3, bucket, "null")["rdev"] == str(os.makedev(1, 3))
+
+    again = remounted(m, mount_factory, "again").path(bucket)
+    assert os.readlink(again / "link") == "target.txt"
+    assert os.readlink(again / "dangling") == "../nowhere"
+    assert stat.S_ISFIFO(os.lstat(again / "fifo").st_mode)
+    os.unlink(again / "link")
+    assert not os.path.lexists(again / "link")
+
+
+def test_user_xattrs_round_trip_and_survive_a_remount(s3, bucket, mount_factory):
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    f = root / "f.txt"
+    f.write_bytes(b"x")
+    os.setxattr(f, "user.comment", b"hello, world")
+    os.setxattr(f, "user.bin", b"\x00\xff")
+    assert os.getxattr(f, "user.comment") == b"hello, world"
+    assert {"user.comment", "user.bin", "user.s3.uri"} <= set(os.listxattr(f))
+    os.removexattr(f, "user.bin")
+    with pytest.raises(OSError) as info:
+        os.getxattr(f, "user.bin")
+    assert info.value.errno == errno.ENODATA
+    for name, code in (("trusted.x", errno.ENOTSUP), ("user.s3.uri", errno.EPERM),
+                       ("user.s3fuse.cached", errno.EPERM)):
+        with pytest.raises(OSError) as info:
+            os.setxattr(f, name, b"1")
+        assert info.value.errno in (code, errno.EPERM), name  # trusted.*: the kernel may say EPERM
+    with pytest.raises(OSError) as info:
+        os.setxattr(f, "user.big", b"x" * 3000)
+    assert info.value.errno == errno.E2BIG
+    os.mkdir(root / "d")
+    os.setxattr(root / "d", "user.on-dir", b"1")
+    assert m.wait_idle()["idle"]
+    assert "xattr" in metadata(s3, bucket, "f.txt")
+    again = remounted(m, mount_factory, "again").path(bucket)
+    assert os.getxattr(again / "f.txt", "user.comment") == b"hello, world"
+    assert "user.bin" not in os.listxattr(again / "f.txt")
+    assert os.getxattr(again / "d", "user.on-dir") == b"1"
+
+
+def test_the_right_errno_for_long_names_files_as_directories_and_hard_links(bucket, mount_factory):
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    (root / "f").write_bytes(b"x")
+    long = "n" * 256
+    for action in (lambda: os.stat(root / long), lambda: (root / long).write_bytes(b"x"),
+                   lambda: os.mkdir(root / long), lambda: os.symlink("f", root / long),
+                   lambda: os.rename(root / "f", root / long)):
+        with pytest.raises(OSError) as info:
+            action()
+        assert info.value.errno == errno.ENAMETOOLONG
+    (root / ("n" * 255)).write_bytes(b"ok")
+    with pytest.raises(NotADirectoryError):
+        (root / "f" / "below").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError):
+        os.stat(root / "f" / "below")
+    with pytest.raises(FileExistsError):
+        os.open(root / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    for action in (lambda: os.link(root / "f", root / "hard"),
+                   lambda: os.link(root / "f", m.mountpoint / "hard")):
+        with pytest.raises(PermissionError):
+            action()
+    assert m.wait_idle()["idle"]
+
+
+def test_directory_times_move_when_entries_change(bucket, mount_factory):
+    m = mount_factory("--source", f"s3://{bucket}")
+    d = m.path(bucket, "d")
+    os.mkdir(d)
+    os.utime(d, (1_000_000_000, 1_000_000_000))
+    (d / "f").write_bytes(b"x")
+    assert os.stat(d).st_mtime > 1_000_000_000
+    os.utime(d, (1_000_000_000, 1_000_000_000))
+    os.unlink(d / "f")
+    assert os.stat(d).st_mtime > 1_000_000_000
+    assert m.wait_idle()["idle"]
+
+
+def test_the_kernel_checks_owners_and_modes_for_other_users(s3, bucket, public_base,
+                                                            fuse_available):
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as another user")
+    m = start(public_base / "posix", s3_env(s3.meta.endpoint_url), "--source",
+              f"s3://{bucket}", "--allow-other")
+    try:
+        root = m.path(bucket)
+        mine = root / "roots.txt"
+        mine.write_bytes(b"x")
+        os.mkdir(root / "open", 0o777)
+        os.chmod(root / "open", 0o777)
+        for cmd in (("chmod", "777", str(mine)), ("chown", "65534", str(mine)),
+                    ("touch", "-d", "2001-01-01", str(mine))):
+            res = as_nobody(*cmd)
+            assert res.returncode != 0 and "not permitted" in res.stderr, cmd
+        theirs = root / "open" / "theirs.txt"
+        assert as_nobody("touch", str(theirs)).returncode == 0
+        assert as_nobody("chmod", "600", str(theirs)).returncode == 0   # the owner may
+        shown = os.stat(theirs)
+        assert shown.st_uid == 65534 and stat.S_IMODE(shown.st_mode) == 0o600
+        res = as_nobody("chown", "0", str(theirs))                     # not to another user
+        assert res.returncode != 0 and "not permitted" in res.stderr
+        os.chown(theirs, 0, 0)                                          # root may
+        assert os.stat(theirs).st_uid == 0
+    finally:
+        stop(m)

@@ -24,7 +24,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 #: errnos that are ordinary answers, not failures worth a WARNING.
 QUIET_ERRNOS = {errno.ENOENT, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY,
                 errno.EEXIST, errno.ENODATA, errno.EPERM, errno.EXDEV, errno.ENOTSUP,
-                errno.ENOSYS, errno.EINVAL}
+                errno.ENOSYS, errno.EINVAL, errno.ENAMETOOLONG}
 _logged: set[tuple[str, str, int]] = set()
 
 

@@ -8,6 +8,7 @@ boundary (fs/boundary.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -18,10 +19,10 @@ from typing import Any, Sequence
 import pyfuse3
 
 from ..config import Config
-from ..errors import NotADirectory, NotFound
+from ..errors import NameTooLong, NotADirectory, NotFound
 from ..model import Entry, Ref
 from ..posix import NO_HEADERS, Posix
-from ..names import join
+from ..names import MAX_NAME_BYTES, join
 from ..tree.contract import AttrChanges, Namespace
 from ..tree.root import ROOT_HIDDEN_BITS, ControlPlane, MountRoot, RootTree
 from .boundary import fuse_handler
@@ -45,6 +46,14 @@ def caller(ctx: Any) -> int | None:
     return None if ctx is None else ctx.uid
 
 
+def short_name(name: bytes) -> bytes:
+    """A name from the kernel, refused with ENAMETOOLONG over 255 bytes (FUSE passes up
+    to 1024; no S3 key component or s3fs xattr name here may be longer)."""
+    if len(name) > MAX_NAME_BYTES:
+        raise NameTooLong(f"{os.fsdecode(name[:40])!r}...: a name is at most 255 bytes")
+    return name
+
+
 def utf8_name(name: bytes) -> str | None:
     """A name from the kernel as text, or None when its bytes are not UTF-8: S3 keys and
     our SQLite stores hold only UTF-8, so such a name can never exist there (and must
@@ -57,7 +66,7 @@ def utf8_name(name: bytes) -> str | None:
 
 def existing_name(name: bytes) -> str:
     """The name of something that must exist: bytes that are not UTF-8 name nothing."""
-    text = utf8_name(name)
+    text = utf8_name(short_name(name))
     if text is None:
         raise NotFound(f"{os.fsdecode(name)!r}: not UTF-8, so no key has this name")
     return text
@@ -66,7 +75,7 @@ def existing_name(name: bytes) -> str:
 def new_name(name: bytes) -> str:
     """A name to create: lone surrogates stand for bytes that are not UTF-8, and the
     namespace refuses what it cannot hold (EINVAL)."""
-    return os.fsdecode(name)
+    return os.fsdecode(short_name(name))
 
 
 class S3Operations(pyfuse3.Operations):
@@ -225,6 +234,21 @@ class S3Operations(pyfuse3.Operations):
         a.st_atime_ns = posix.atime_ns
         return a
 
+    async def _new_posix(self, parent: Node, mode: int, ctx: Any, rdev: int = 0) -> Posix:
+        """The metadata of a node the caller makes in `parent`: its type and mode (the
+        kernel applied the umask), the caller's uid and gid (the parent's gid when the
+        parent has S_ISGID, which a new directory inherits), every time now."""
+        uid = self.cfg.uid if ctx is None else ctx.uid
+        gid = self.cfg.gid if ctx is None else ctx.gid
+        above = self._posix(parent, await self._entry(parent))
+        if above.mode is not None and above.mode & stat.S_ISGID:
+            gid = above.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        now = time.time_ns()
+        return Posix(mode=mode, uid=uid, gid=gid, mtime_ns=now, ctime_ns=now, atime_ns=now,
+                     rdev=rdev or None)
+
     def _created(self, parent: Node, ref: Ref, entry: Entry) -> pyfuse3.EntryAttributes:
         node = self.inodes.remember(self._ensure(parent, ref, entry.is_dir))
         return self._attrs(node, entry)
@@ -234,7 +258,7 @@ class S3Operations(pyfuse3.Operations):
     @fuse_handler("lookup")
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
-        text = utf8_name(name)
+        text = utf8_name(short_name(name))
         found: tuple[Node, Entry] | None = None
         if text in (".", ".."):
             node = parent if text == "." else self._parent(parent)
@@ -365,16 +389,24 @@ class S3Operations(pyfuse3.Operations):
 
     @fuse_handler("setxattr")
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
+        """A user attribute stored with the object (the namespace refuses the reserved
+        and other namespaces' names); ctime moves."""
         node = self._node(inode)
+        key = os.fsdecode(short_name(name))
         if node.is_root:  # the control plane: who asks matters
-            await self.top.control_set(os.fsdecode(name), value, caller(ctx))
+            await self.top.control_set(key, value, caller(ctx))
             return
-        await self._ns(node).setxattr(node.ref, os.fsdecode(name), value)
+        shown = self._posix(node, await self._entry(node))
+        posix = shown.with_xattr(key, value).replace(ctime_ns=time.time_ns())
+        await self._ns(node).setxattr(node.ref, key, value, posix)
 
     @fuse_handler("removexattr")
     async def removexattr(self, inode: int, name: bytes, ctx: Any = None) -> None:
         node = self._node(inode)
-        await self._ns(node).removexattr(node.ref, os.fsdecode(name))
+        key = os.fsdecode(short_name(name))
+        shown = self._posix(node, await self._entry(node))
+        posix = shown.with_xattr(key, None).replace(ctime_ns=time.time_ns())
+        await self._ns(node).removexattr(node.ref, key, posix)
 
     # ------------------------------------------------------------ filesystem
 
@@ -393,7 +425,9 @@ class S3Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._dir(parent_inode)
-        ref, entry, writer = await self._ns(parent).create(parent.ref, new_name(name))
+        text = new_name(name)
+        posix = await self._new_posix(parent, stat.S_IFREG | stat.S_IMODE(mode), ctx)
+        ref, entry, writer = await self._ns(parent).create(parent.ref, text, posix)
         node = self.inodes.remember(self._ensure(parent, ref, False))
         fh = self.handles.add_file(node, writer, self.pages.open_write(node.ino), writer)
         return pyfuse3.FileInfo(fh=fh), self._attrs(node, entry)
@@ -402,14 +436,8 @@ class S3Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None,
                       ctx: Any) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        mode = stat.S_IMODE(attr.st_mode)
-        changes = AttrChanges(  # what is shown already is no change (cp -p, rsync -a)
-            size=attr.st_size if fields.update_size else None,
-            mode=mode if fields.update_mode and mode != stat.S_IMODE(self._mode(node)) else None,
-            uid=attr.st_uid if fields.update_uid and attr.st_uid != self.cfg.uid else None,
-            gid=attr.st_gid if fields.update_gid and attr.st_gid != self.cfg.gid else None,
-            atime_ns=attr.st_atime_ns if fields.update_atime else None,
-            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None)
+        shown = self._posix(node, await self._entry(node))
+        changes = attr_changes(shown, attr, fields)
         handle = None
         if changes.size is not None and fh is not None and self.handles.file(fh) is not None:
             handle = self.handles.writer(fh)  # ftruncate: through that handle
@@ -419,7 +447,9 @@ class S3Operations(pyfuse3.Operations):
     @fuse_handler("mkdir")
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         parent = self._dir(parent_inode)
-        return self._created(parent, *await self._ns(parent).mkdir(parent.ref, new_name(name)))
+        text = new_name(name)
+        posix = await self._new_posix(parent, stat.S_IFDIR | stat.S_IMODE(mode), ctx)
+        return self._created(parent, *await self._ns(parent).mkdir(parent.ref, text, posix))
 
     @fuse_handler("unlink")
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -448,7 +478,9 @@ class S3Operations(pyfuse3.Operations):
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: Any) -> pyfuse3.EntryAttributes:
         parent = self._dir(parent_inode)
-        ref, entry = await self._ns(parent).symlink(parent.ref, new_name(name), os.fsdecode(target))
+        text = new_name(name)
+        posix = await self._new_posix(parent, stat.S_IFLNK | 0o777, ctx)
+        ref, entry = await self._ns(parent).symlink(parent.ref, text, os.fsdecode(target), posix)
         return self._created(parent, ref, entry)
 
     @fuse_handler("readlink")
@@ -460,13 +492,47 @@ class S3Operations(pyfuse3.Operations):
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> pyfuse3.EntryAttributes:
         parent = self._dir(parent_inode)
-        ref, entry = await self._ns(parent).mknod(parent.ref, new_name(name), mode, rdev)
+        text = new_name(name)
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        device = kind in (stat.S_IFCHR, stat.S_IFBLK)
+        posix = await self._new_posix(parent, kind | stat.S_IMODE(mode), ctx,
+                                      rdev if device else 0)
+        ref, entry = await self._ns(parent).mknod(parent.ref, text, posix)
         return self._created(parent, ref, entry)
 
     @fuse_handler("link")
     async def link(self, inode: int, new_parent_inode: int, new_name_: bytes,
                    ctx: Any) -> pyfuse3.EntryAttributes:
         node, parent = self._node(inode), self._dir(new_parent_inode)
-        # the target directory's namespace answers (EPERM, EROFS): no namespace links yet
+        # the target directory's namespace answers (EPERM, EROFS): no namespace links
         ref, entry = await self._ns(parent).link(node.ref, parent.ref, new_name(new_name_))
         return self._created(parent, ref, entry)
+
+
+def attr_changes(shown: Posix, attr: pyfuse3.EntryAttributes, fields: Any) -> AttrChanges:
+    """A setattr request as changes: what was asked (a mode, owner or group already shown
+    is no change: read-only trees refuse only real ones) and the complete metadata after
+    it, `shown` with the request applied and ctime now (None for a size change alone,
+    whose new version carries the metadata with its own times). A size change moves the
+    mtime too unless the request sets one."""
+    mode = stat.S_IMODE(attr.st_mode)
+    changes = AttrChanges(
+        size=attr.st_size if fields.update_size else None,
+        mode=mode if fields.update_mode and mode != stat.S_IMODE(shown.mode or 0) else None,
+        uid=attr.st_uid if fields.update_uid and attr.st_uid != shown.uid else None,
+        gid=attr.st_gid if fields.update_gid and attr.st_gid != shown.gid else None,
+        atime_ns=attr.st_atime_ns if fields.update_atime else None,
+        mtime_ns=attr.st_mtime_ns if fields.update_mtime else None)
+    if not (fields.update_mode or fields.update_uid or fields.update_gid
+            or fields.update_atime or fields.update_mtime or fields.update_ctime):
+        return changes
+    now = time.time_ns()
+    posix = shown.replace(
+        mode=stat.S_IFMT(shown.mode or 0) | mode if fields.update_mode else shown.mode,
+        uid=attr.st_uid if fields.update_uid else shown.uid,
+        gid=attr.st_gid if fields.update_gid else shown.gid,
+        atime_ns=attr.st_atime_ns if fields.update_atime else shown.atime_ns,
+        mtime_ns=(attr.st_mtime_ns if fields.update_mtime
+                  else now if fields.update_size else shown.mtime_ns),
+        ctime_ns=attr.st_ctime_ns if fields.update_ctime else now)
+    return dataclasses.replace(changes, posix=posix)

@@ -23,6 +23,7 @@ from ..errors import (InvalidArgument, NoAttribute, NotPermitted, NotSupported, 
                       S3FuseError)
 from ..model import Entry, Ref
 from ..names import join
+from ..posix import Posix
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,13 @@ class DirStream(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AttrChanges:
-    """What one setattr changes (None: leave it); mode is the permission bits only."""
+    """What one setattr changes (None: leave it); mode is the permission bits only.
+
+    `posix` is the node's complete metadata after the change, built by the FUSE adapter
+    from what it shows plus the request (ctime now): what a namespace that stores POSIX
+    metadata keeps. None when only the size changes (the new version's upload carries
+    the metadata with its own mtime and ctime). The single fields say what was asked,
+    for namespaces that refuse (a read-only one refuses owner and mode with EPERM)."""
 
     size: int | None = None
     mode: int | None = None
@@ -77,6 +84,7 @@ class AttrChanges:
     gid: int | None = None
     atime_ns: int | None = None
     mtime_ns: int | None = None
+    posix: Posix | None = None
 
 
 def no_pins(path: str) -> bool:
@@ -87,10 +95,13 @@ class Namespace(ABC):
     """Every operation the kernel can ask of a tree of names, in one contract.
 
     Refs are opaque to callers; writes name their target as (parent ref, name) and
-    return the refs they made or removed, so the FUSE adapter never builds a ref. The
-    operations S3 cannot do yet answer here, once (symlink/mknod/link: EPERM, user
-    xattr writes: ENOTSUP, owner and mode changes: EPERM); read-only namespaces
-    inherit EROFS for every change from ReadOnlyNamespace.
+    return the refs they made or removed, so the FUSE adapter never builds a ref. New
+    nodes and metadata changes come with their complete POSIX metadata (`Posix`: type,
+    mode, owner, times, rdev, user xattrs), built by the adapter from the caller and the
+    request, so a namespace stores it and never decides owners or defaults. What no
+    namespace does answers here, once (hard links: EPERM; by default symlink/mknod:
+    EPERM and user xattr writes: ENOTSUP); read-only namespaces inherit EROFS for every
+    change from ReadOnlyNamespace.
     """
 
     name: str
@@ -153,16 +164,21 @@ class Namespace(ABC):
     async def listxattr(self, ref: Ref) -> list[str]:
         return list(await self.xattrs(ref))
 
-    async def setxattr(self, ref: Ref, name: str, value: bytes) -> None:
-        raise NotSupported(f"{self.describe(ref)}: S3 user metadata is not writable here")
+    async def setxattr(self, ref: Ref, name: str, value: bytes, posix: Posix) -> None:
+        """Set user attribute `name`; `posix`: the node's complete metadata with it set
+        (ctime now), as the adapter built it from what it shows."""
+        raise NotSupported(f"{self.describe(ref)}: user attributes are not writable here")
 
-    async def removexattr(self, ref: Ref, name: str) -> None:
-        raise NotSupported(f"{self.describe(ref)}: S3 user metadata is not writable here")
+    async def removexattr(self, ref: Ref, name: str, posix: Posix) -> None:
+        """Remove user attribute `name`; `posix`: the node's metadata without it."""
+        raise NotSupported(f"{self.describe(ref)}: user attributes are not writable here")
 
     # ------------------------------------------------------------ changes
 
     @abstractmethod
-    async def create(self, parent: Ref, name: str) -> tuple[Ref, Entry, WriteHandle]: ...
+    async def create(self, parent: Ref, name: str,
+                     posix: Posix) -> tuple[Ref, Entry, WriteHandle]:
+        """A new empty regular file whose metadata is `posix` (type, mode, owner, times)."""
 
     @abstractmethod
     async def open_write(self, ref: Ref, truncate: bool) -> WriteHandle: ...
@@ -172,7 +188,7 @@ class Namespace(ABC):
         """Apply `changes` (a truncation through `handle` when the kernel gave one)."""
 
     @abstractmethod
-    async def mkdir(self, parent: Ref, name: str) -> tuple[Ref, Entry]: ...
+    async def mkdir(self, parent: Ref, name: str, posix: Posix) -> tuple[Ref, Entry]: ...
 
     @abstractmethod
     async def unlink(self, parent: Ref, name: str) -> Ref:
@@ -187,20 +203,18 @@ class Namespace(ABC):
         """Move a name; `new_parent` None: the target is in another namespace (EXDEV).
         Returns (old ref, new ref)."""
 
-    async def symlink(self, parent: Ref, name: str, target: str) -> tuple[Ref, Entry]:
-        raise NotPermitted(f"{self._child(parent, name)}: S3 has no symlinks")
+    async def symlink(self, parent: Ref, name: str, target: str,
+                      posix: Posix) -> tuple[Ref, Entry]:
+        """A symbolic link to `target`; `posix`: S_IFLNK|0777, the caller's owner, now."""
+        raise NotPermitted(f"{self._child(parent, name)}: no symbolic links here")
 
-    async def mknod(self, parent: Ref, name: str, mode: int, rdev: int) -> tuple[Ref, Entry]:
-        raise NotPermitted(f"{self._child(parent, name)}: S3 has no special files")
+    async def mknod(self, parent: Ref, name: str, posix: Posix) -> tuple[Ref, Entry]:
+        """A fifo, socket or device node (type bits of posix.mode, posix.rdev)."""
+        raise NotPermitted(f"{self._child(parent, name)}: no special files here")
 
     async def link(self, ref: Ref, new_parent: Ref, new_name: str) -> tuple[Ref, Entry]:
-        raise NotPermitted(f"{self._child(new_parent, new_name)}: S3 has no hard links")
-
-    def refuse_owner_and_mode(self, ref: Ref, changes: AttrChanges) -> None:
-        """Owner and permission bits: S3 keeps none (refused, never faked)."""
-        if changes.mode is not None or changes.uid is not None or changes.gid is not None:
-            raise NotPermitted(f"{self.describe(ref)}: S3 keeps no owner or mode "
-                               "(set --uid/--gid/--file-mode/--dir-mode at mount)")
+        raise NotPermitted(f"{self._child(new_parent, new_name)}: hard links are not "
+                           "supported (S3 has one name per object; copy the file instead)")
 
     def _child(self, parent: Ref, name: str) -> str:
         return join(self.describe(parent), name)
@@ -209,15 +223,22 @@ class Namespace(ABC):
 class ReadOnlyNamespace(Namespace):
     """A namespace that takes no changes: every one is answered with `refusal` (EROFS).
 
-    Owner and mode changes keep their EPERM (asked first, as on a writable one) and a
-    time-only change of access time is a no-op, as before."""
+    Owner and mode changes keep their EPERM (asked first: nobody may change what a
+    read-only tree shows) and a time-only change of access time is a no-op, as before."""
 
     writable = False
 
     def refusal(self, what: str) -> S3FuseError:
         return ReadOnly(f"{self.name}: {what}: read-only")
 
-    async def create(self, parent: Ref, name: str) -> tuple[Ref, Entry, WriteHandle]:
+    def refuse_owner_and_mode(self, ref: Ref, changes: AttrChanges) -> None:
+        """Owner and permission bits of a read-only tree: the mount's defaults, fixed."""
+        if changes.mode is not None or changes.uid is not None or changes.gid is not None:
+            raise NotPermitted(f"{self.describe(ref)}: read-only, owner and mode are fixed "
+                               "(set --uid/--gid/--file-mode/--dir-mode at mount)")
+
+    async def create(self, parent: Ref, name: str,
+                     posix: Posix) -> tuple[Ref, Entry, WriteHandle]:
         raise self.refusal(self._child(parent, name))
 
     async def open_write(self, ref: Ref, truncate: bool) -> WriteHandle:
@@ -228,7 +249,7 @@ class ReadOnlyNamespace(Namespace):
         if changes.size is not None or changes.mtime_ns is not None:
             raise self.refusal(self.describe(ref))
 
-    async def mkdir(self, parent: Ref, name: str) -> tuple[Ref, Entry]:
+    async def mkdir(self, parent: Ref, name: str, posix: Posix) -> tuple[Ref, Entry]:
         raise self.refusal(self._child(parent, name))
 
     async def unlink(self, parent: Ref, name: str) -> Ref:
@@ -241,17 +262,18 @@ class ReadOnlyNamespace(Namespace):
                      *, noreplace: bool = False, exchange: bool = False) -> tuple[Ref, Ref]:
         raise self.refusal(self._child(old_parent, old_name))
 
-    async def symlink(self, parent: Ref, name: str, target: str) -> tuple[Ref, Entry]:
+    async def symlink(self, parent: Ref, name: str, target: str,
+                      posix: Posix) -> tuple[Ref, Entry]:
         raise self.refusal(self._child(parent, name))
 
-    async def mknod(self, parent: Ref, name: str, mode: int, rdev: int) -> tuple[Ref, Entry]:
+    async def mknod(self, parent: Ref, name: str, posix: Posix) -> tuple[Ref, Entry]:
         raise self.refusal(self._child(parent, name))
 
     async def link(self, ref: Ref, new_parent: Ref, new_name: str) -> tuple[Ref, Entry]:
         raise self.refusal(self._child(new_parent, new_name))
 
-    async def setxattr(self, ref: Ref, name: str, value: bytes) -> None:
+    async def setxattr(self, ref: Ref, name: str, value: bytes, posix: Posix) -> None:
         raise self.refusal(self.describe(ref))
 
-    async def removexattr(self, ref: Ref, name: str) -> None:
+    async def removexattr(self, ref: Ref, name: str, posix: Posix) -> None:
         raise self.refusal(self.describe(ref))

@@ -18,6 +18,7 @@ from ..cache.meta import MetaStore
 from ..config import SourceSpec
 from ..errors import IsADirectory, NoAttribute, NotPermitted, Offline, S3FuseError
 from ..model import Entry, Ref
+from ..posix import Posix
 from ..store.protocol import Store
 from ..util.flight import SingleFlight
 from .contract import FileHandle, Namespace, ReadOnlyNamespace, no_pins, static_base
@@ -185,7 +186,7 @@ class MountRoot(ReadOnlyNamespace):
     async def listxattr(self, ref: Ref) -> list[str]:
         return [] if self.control is None else self.control.names()
 
-    async def setxattr(self, ref: Ref, name: str, value: bytes) -> None:
+    async def setxattr(self, ref: Ref, name: str, value: bytes, posix: Posix) -> None:
         await self.control_set(name, value, None)  # nobody known asks: refused
 
     async def control_get(self, name: str, caller: int | None) -> bytes:

@@ -1,12 +1,14 @@
 """Mutations: every change the kernel can ask of a bucket tree, handed to write-back.
 
 One job of the bucket namespace (see tree/bucket/__init__.py for the split): create
-and open for writing, setattr (truncate, mtime), unlink, mkdir, rmdir and rename of
-files and directories. Each checks what the tree shows (through `Reads`, the
-namespace's own reads), then hands the change to the write-back layer, which stages,
-journals and uploads it; a rename also copies server-side what has no local bytes.
-After a change the stored listings are told what moved (`Listings.expire`,
-`Listings.remember`) and the pending view shows the rest until S3 has it.
+and open for writing, setattr (truncate; mode, owner, times and user xattrs as one
+complete `Posix`), unlink, mkdir, rmdir, rename, symlink, mknod and readlink. Each
+checks what the tree shows (through `Reads`, the namespace's own reads), then hands
+the change to the write-back layer, which stages, journals and uploads it (metadata as
+s3fs's headers, riding along a pending upload or as a server-side copy); a rename also
+copies server-side what has no local bytes. After a change the stored listings are
+told what moved (`Listings.expire`, `Listings.remember`), the pending view shows the
+rest until S3 has it, and the parent directories show new mtime/ctime (DirTimes).
 
 Removals and replacements are conditional on what the user saw (the ETag of the entry
 stat'ed here, see docs/writing.md): a removal is journalled with it, a rename's source
@@ -17,22 +19,27 @@ ESTALE otherwise; the condition of the upload for local bytes).
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from typing import Protocol
 
 import trio
 
 from ...data.reader import BlockReader
-from ...errors import (FileExists, InvalidArgument, IsADirectory, NotADirectory, NotEmpty,
-                       NotFound, ReadOnly, StaleObject, TooBigToRename)
+from ...errors import (FileExists, InvalidArgument, IsADirectory, MetadataTooLarge,
+                       NameTooLong, NotADirectory, NotEmpty, NotFound, NotPermitted, ReadOnly,
+                       StaleObject, TooBigToRename)
 from ...model import Entry
-from ...names import is_posix_name, join, split
+from ...names import MAX_PATH_BYTES, is_posix_name, join, split, too_long
+from ...posix import Posix, fits, from_headers
 from ...store.protocol import ObjectInfo, Store
 from ...upload.journal import UNKNOWN, Expected
 from ...upload.localfile import LocalFile
 from ...upload.writeback import WriteBack
-from ..contract import AttrChanges, WriteHandle
+from ..contract import AttrChanges, FileHandle, WriteHandle
 from ..sources import ObjectSource
+from .dirtimes import DirTimes
 from .keys import BucketKeys
 from .listing import Listings
 from .localsource import LocalWriter
@@ -42,6 +49,9 @@ log = logging.getLogger(__name__)
 
 #: A directory with more objects is not renamed key by key (EXDEV: `mv` copies it).
 RENAME_DIR_LIMIT = 1000
+#: What mknod may make: a zero-byte object with that type in its mode (the mount is nodev,
+#: so a device node is a name with a type and an rdev, never opened).
+SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFREG)
 
 
 class Reads(Protocol):
@@ -53,14 +63,18 @@ class Reads(Protocol):
 
     async def listdir(self, path: str) -> list[Entry]: ...
 
+    async def open(self, path: str) -> FileHandle: ...
+
 
 class Mutations:
     """The changes of one bucket tree (ReadOnly without a write-back layer)."""
 
     def __init__(self, keys: BucketKeys, uri: str, reads: Reads, store: Store,
                  reader: BlockReader, listings: Listings, pending: PendingView,
-                 writes: WriteBack | None, *, limiter: trio.CapacityLimiter):
+                 writes: WriteBack | None, *, limiter: trio.CapacityLimiter,
+                 dirs: DirTimes | None = None):
         self._keys = keys
+        self._dirs = dirs or DirTimes()
         self._uri = uri
         self._reads = reads
         self._store = store
@@ -76,22 +90,29 @@ class Mutations:
         return self._writes
 
     def _check_name(self, path: str) -> None:
-        if not is_posix_name(split(path)[1]):
+        name = split(path)[1]
+        if too_long(name):
+            raise NameTooLong(f"{path!r}: a name is at most 255 bytes")
+        if not is_posix_name(name):
             raise InvalidArgument(f"{path!r} cannot be an S3 key here")
 
     # ----------------------------------------------------------- files
 
-    async def create(self, parent: str, name: str) -> tuple[str, Entry, WriteHandle]:
-        """A new empty file (uploaded on close even if nothing is written)."""
+    async def create(self, parent: str, name: str,
+                     posix: Posix) -> tuple[str, Entry, WriteHandle]:
+        """A new empty file with metadata `posix` (uploaded on close even if nothing is
+        written; the metadata rides along that upload)."""
         writes = self._writer()
         path = join(parent, name)
         self._check_name(path)
         local = await writes.open(self._keys.bucket, self._keys.key(path), truncate=True,
-                                  expected=None)
-        return path, self._local_entry(path, local), LocalWriter(local, writes)
+                                  expected=None, posix=posix)
+        self._dirs.changed(parent)
+        return path, self._local_entry(path, local, posix), LocalWriter(local, writes)
 
-    def _local_entry(self, path: str, local: LocalFile) -> Entry:
-        return Entry(split(path)[1], False, local.size, local.change.mtime_ns, "", time.time())
+    def _local_entry(self, path: str, local: LocalFile, posix: Posix) -> Entry:
+        return Entry(split(path)[1], False, local.size, posix.mtime_ns or local.change.mtime_ns,
+                     "", time.time(), posix=posix)
 
     async def open_write(self, path: str, truncate: bool) -> WriteHandle:
         """A handle for writing: the current bytes (unless truncated) in a staging file."""
@@ -100,23 +121,25 @@ class Mutations:
         if entry.is_dir:
             raise IsADirectory(path)
         bucket, key = self._keys.bucket, self._keys.key(path)
+        # the metadata of the version opened: the new version keeps it (new mtime, ctime)
         if writes.has_local(bucket, key):
-            local = await writes.open(bucket, key, truncate=truncate, expected=UNKNOWN)
+            local = await writes.open(bucket, key, truncate=truncate, expected=UNKNOWN,
+                                      posix=entry.posix)
         else:
             source = ObjectSource(self._reader, self._keys.ref(path, entry))
             local = await writes.open(bucket, key, truncate=truncate,
                                       expected=seen(entry), size=entry.size,
-                                      read=source.read)
+                                      read=source.read, posix=entry.posix)
         return LocalWriter(local, writes)
 
     async def setattr(self, path: str, changes: AttrChanges, handle: WriteHandle | None) -> None:
-        """Size and mtime (owner and mode were refused by the namespace)."""
+        """The size (a new version), then the complete new metadata, if any."""
         self._writer()
         if changes.size is not None:
             await (handle.truncate(changes.size) if handle is not None
                    else self.truncate(path, changes.size))
-        if changes.mtime_ns is not None:
-            self.set_mtime(path, changes.mtime_ns)
+        if changes.posix is not None:
+            await self.set_posix(path, changes.posix)
 
     async def truncate(self, path: str, size: int) -> Entry:
         """truncate(2) without an open handle: a new version of the given size."""
@@ -127,31 +150,100 @@ class Mutations:
             await handle.close()
         return await self._reads.stat(path)
 
-    def set_mtime(self, path: str, mtime_ns: int) -> None:
-        """utimens: a file with local changes shows `mtime_ns` until uploaded; S3 then
-        shows its LastModified (S3 cannot store another time; see docs/writing.md)."""
-        self._writer()
-        self._pending.touch(path, mtime_ns)
+    async def set_posix(self, path: str, posix: Posix) -> None:
+        """chmod, chown, utimens, xattr changes: `posix` becomes the stored metadata of
+        `path` (a file's object or a directory's `dir/` marker, made if missing)."""
+        writes = self._writer()
+        entry = await self._reads.stat(path)
+        if entry.is_dir and not self._keys.dir_prefix(path):
+            raise NotPermitted(f"{self._uri}: the top of a bucket has no object to keep "
+                               "its mode, owner or times (mount a prefix to have one)")
+        if not fits(posix):  # logged once by the FUSE boundary (a WARNING, with this text)
+            raise MetadataTooLarge(f"{self._show(path)}: not changed: its POSIX metadata (user "
+                                   "xattrs above all) would exceed S3's 2 KiB per object")
+        key = self._keys.dir_prefix(path) if entry.is_dir else self._keys.key(path)
+        if entry.is_dir:
+            self._dirs.forget(path)  # its own times now
+        await writes.set_posix(self._keys.bucket, key, posix, expected=seen(entry),
+                               size=entry.size, is_dir=entry.is_dir)
+
+    def _show(self, path: str) -> str:
+        return self._keys.uri(self._keys.key(path))
 
     async def unlink(self, parent: str, name: str) -> str:
+        """Remove a file, symlink or special file (anything but a directory)."""
         writes = self._writer()
         path = join(parent, name)
         entry = await self._reads.stat(path)
         if entry.is_dir:
             raise IsADirectory(path)
         await writes.remove(self._keys.bucket, self._keys.key(path), seen(entry))
+        self._dirs.changed(parent)
         return path
 
-    # ----------------------------------------------------------- directories
+    # ----------------------------------------------------------- special files
 
-    async def mkdir(self, parent: str, name: str) -> tuple[str, Entry]:
+    async def symlink(self, parent: str, name: str, target: str,
+                      posix: Posix) -> tuple[str, Entry]:
+        """A symbolic link as s3fs stores one: its target is the object's body."""
+        body = os.fsencode(target)
+        if not body or len(body) >= MAX_PATH_BYTES:
+            raise NameTooLong(f"{join(parent, name)}: a link target is 1 to 4095 bytes")
+        return await self._special(parent, name, body, posix)
+
+    async def mknod(self, parent: str, name: str, posix: Posix) -> tuple[str, Entry]:
+        """A fifo, socket, device node or empty file: a zero-byte object of that type."""
+        if stat.S_IFMT(posix.mode or 0) not in SPECIAL_TYPES:
+            raise InvalidArgument(f"{join(parent, name)}: mknod makes fifos, sockets, "
+                                  "devices and files only")
+        return await self._special(parent, name, b"", posix)
+
+    async def _special(self, parent: str, name: str, body: bytes,
+                       posix: Posix) -> tuple[str, Entry]:
         writes = self._writer()
         path = join(parent, name)
         self._check_name(path)
         if await self._reads.lookup(parent, name) is not None:
             raise FileExists(path)
-        await writes.make_dir(self._keys.bucket, self._keys.dir_prefix(path))
-        return path, Entry(name, True, 0, time.time_ns(), "", time.time())
+        await writes.create_special(self._keys.bucket, self._keys.key(path), body, posix,
+                                    expected=None)
+        self._dirs.changed(parent)
+        return path, Entry(name, False, len(body), posix.mtime_ns or time.time_ns(), "",
+                           time.time(), posix=posix)
+
+    async def readlink(self, path: str) -> str:
+        """A symlink's target: its body (local bytes while pending, else S3's through the
+        block cache, like any read)."""
+        entry = await self._reads.stat(path)
+        if entry.is_dir or entry.posix is None or not entry.posix.is_symlink:
+            raise InvalidArgument(f"{path}: not a symbolic link")
+        if not 0 < entry.size < MAX_PATH_BYTES:
+            raise NameTooLong(f"{self._show(path)}: a link target of {entry.size} bytes")
+        handle = await self._reads.open(path)
+        try:
+            body = b""
+            while len(body) < handle.size:
+                chunk = bytes(await handle.read(len(body), handle.size - len(body)))
+                if not chunk:
+                    break
+                body += chunk
+        finally:
+            await handle.close()
+        return os.fsdecode(body)
+
+    # ----------------------------------------------------------- directories
+
+    async def mkdir(self, parent: str, name: str, posix: Posix) -> tuple[str, Entry]:
+        """A directory: a `dir/` marker carrying its metadata."""
+        writes = self._writer()
+        path = join(parent, name)
+        self._check_name(path)
+        if await self._reads.lookup(parent, name) is not None:
+            raise FileExists(path)
+        await writes.make_dir(self._keys.bucket, self._keys.dir_prefix(path), posix)
+        self._dirs.changed(parent)
+        return path, Entry(name, True, 0, posix.mtime_ns or time.time_ns(), "", time.time(),
+                           posix=posix)
 
     async def rmdir(self, parent: str, name: str) -> str:
         writes = self._writer()
@@ -162,6 +254,8 @@ class Mutations:
         if await self._reads.listdir(path):
             raise NotEmpty(path)
         await writes.remove(self._keys.bucket, self._keys.dir_prefix(path), seen(entry))
+        self._dirs.changed(parent)
+        self._dirs.forget(path)
         return path
 
     # ----------------------------------------------------------- rename
@@ -175,6 +269,8 @@ class Mutations:
         if new_parent is None:
             raise TooBigToRename("rename between sources: copy and delete instead")
         old, new = join(old_parent, old_name), join(new_parent, new_name)
+        if too_long(old_name):
+            raise NameTooLong(f"{old!r}: a name is at most 255 bytes")
         self._check_name(new)
         if exchange:
             raise InvalidArgument("RENAME_EXCHANGE is not supported on S3")
@@ -194,12 +290,14 @@ class Mutations:
         if source.is_dir:
             if new == old or new.startswith(old + "/"):
                 raise InvalidArgument(f"cannot move {old!r} into itself")
-            await self._rename_dir(old, new)
+            await self._rename_dir(old, new, source.posix)
+            self._dirs.forget(old)
         else:
             await self._rename_file(self._keys.key(old), self._keys.key(new), source,
                                     None if target is None else seen(target))
         for path in (old_parent, new_parent):
             self._listings.expire(path)
+        self._dirs.changed(old_parent, new_parent)
         return old, new
 
     async def _stat_or_none(self, path: str) -> Entry | None:
@@ -244,7 +342,9 @@ class Mutations:
                         self._keys.uri(key))
             raise StaleObject(f"{self._keys.uri(key)}: changed in S3, not replaced")
 
-    async def _rename_dir(self, old: str, new: str) -> None:
+    async def _rename_dir(self, old: str, new: str, posix: Posix | None) -> None:
+        """Every key below `old` moved below `new`; the markers keep their metadata
+        (`posix`: the top one's; those below: pending, else a HEAD of the marker)."""
         writes = self._writer()
         bucket = self._keys.bucket
         old_prefix, new_prefix = self._keys.dir_prefix(old), self._keys.dir_prefix(new)
@@ -261,14 +361,14 @@ class Mutations:
         local_keys = self._pending.live_keys_under(old_prefix)
         if len(remote) + len(local_keys) > RENAME_DIR_LIMIT:
             raise TooBigToRename(f"{old}: more than {RENAME_DIR_LIMIT} objects to rename one by one")
-        await writes.make_dir(bucket, new_prefix)
+        await writes.make_dir(bucket, new_prefix, posix)
         markers = {old_prefix}  # removed last, once everything below was moved
         seen_markers = {obj.key: obj.etag for obj in remote if obj.key.endswith("/")}
         moved: set[str] = set()
         for key in local_keys:
             target = new_prefix + key[len(old_prefix):]
             if key.endswith("/"):
-                await writes.make_dir(bucket, target)
+                await writes.make_dir(bucket, target, writes.posix(bucket, key))
                 markers.add(key)
             elif writes.has_local(bucket, key):
                 await writes.move_local(bucket, key, target)
@@ -278,13 +378,23 @@ class Mutations:
                 continue
             target = new_prefix + obj.key[len(old_prefix):]
             if obj.key.endswith("/"):
-                await writes.make_dir(bucket, target)
+                await writes.make_dir(bucket, target, await self._marker_posix(obj.key))
                 markers.add(obj.key)
             else:
                 await self._rename_file(obj.key, target, Entry("", False, obj.size, obj.mtime_ns,
                                                                obj.etag))
         for key in sorted(markers, reverse=True):
             await writes.remove(bucket, key, seen_markers.get(key) or UNKNOWN)
+
+
+    async def _marker_posix(self, marker: str) -> Posix | None:
+        """The metadata a directory marker in S3 stores (a HEAD; None: gone meanwhile)."""
+        try:
+            info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, marker,
+                                                 limiter=self._limiter)
+        except NotFound:
+            return None
+        return from_headers(info.metadata or {}, is_dir=True)
 
 
 def seen(entry: Entry) -> Expected:

@@ -19,15 +19,18 @@ from ...cache.overlay import Overlay
 from ...config import SourceSpec
 from ...data.prefetch import SiblingPrefetcher
 from ...data.reader import BlockReader
-from ...errors import IsADirectory, NotFound
+from ...errors import (InvalidArgument, IsADirectory, NoAttribute, NotFound, NotPermitted,
+                       NotSupported)
 from ...model import Entry, ObjectRef
 from ...names import join, split
+from ...posix import NO_HEADERS, Posix, storable_xattr_name
 from ...store.protocol import Store
 from ...upload.uploader import UploadResult
 from ...upload.writeback import WriteBack
 from ...util.supervisor import Supervisor
 from ..contract import AttrChanges, FileHandle, Namespace, ReadOnlyNamespace, WriteHandle
 from ..sources import ObjectSource
+from .dirtimes import DirTimes
 from .keys import BucketKeys
 from .listing import Listings
 from .localsource import LocalReader
@@ -37,6 +40,14 @@ from .posixheads import PosixHeads
 from .pending import GONE, PendingView
 
 log = logging.getLogger(__name__)
+
+#: User attributes this namespace computes (user.s3.uri, user.s3.etag) or the FUSE adapter
+#: and control plane answer (user.s3fuse.*): shown, never stored, never set or removed.
+RESERVED_XATTRS = ("user.s3.", "user.s3fuse.")
+
+
+def reserved_xattr(name: str) -> bool:
+    return name.startswith(RESERVED_XATTRS)
 
 
 class BucketTree(Namespace):
@@ -66,8 +77,10 @@ class BucketTree(Namespace):
         self.posix_lookups = posix_metadata
         overlay = writes.overlay if writes is not None else Overlay()
         self._pending = PendingView(self.keys, overlay, self._listings)
+        self._dirs = DirTimes()
         self._mutations = Mutations(self.keys, spec.uri, self, store, reader, self._listings,
-                                    self._pending, writes, limiter=list_limiter)
+                                    self._pending, writes, limiter=list_limiter,
+                                    dirs=self._dirs)
         if writes is not None:
             writes.watch(spec.bucket, self._uploaded)
 
@@ -102,14 +115,15 @@ class BucketTree(Namespace):
     async def lookup(self, path: str, name: str) -> tuple[str, Entry] | None:
         """The entry of `path/name`, its POSIX metadata looked up (HEAD) when unknown: a
         lookup must show the right type and mode (posixheads.py)."""
+        child = join(path, name)
         local = self._pending.local(path, name)
         if local is not None:
-            return None if local is GONE else (join(path, name), local)
+            return None if local is GONE else (child, self._dirs.shown(child, local))
         await self._pending.listing_or_local(path)
         entry = self._listings.entry(path, name)
         if entry is not None:
             entry = await self._heads.complete(path, entry)
-        return None if entry is None else (join(path, name), entry)
+        return None if entry is None else (child, self._dirs.shown(child, entry))
 
     # ----------------------------------------------------------- files
 
@@ -118,7 +132,11 @@ class BucketTree(Namespace):
 
     async def stat(self, path: str) -> Entry:
         """The entry of `path`, revalidated with HEAD when older than the TTL (which
-        refreshes its POSIX metadata too), else with that metadata looked up when unknown."""
+        refreshes its POSIX metadata too), else with that metadata looked up when unknown;
+        a directory with the times its entries' changes gave it here (DirTimes)."""
+        return self._dirs.shown(path, await self._stat(path))
+
+    async def _stat(self, path: str) -> Entry:
         if not path:
             return self._root_entry()
         parent, name = split(path)
@@ -166,31 +184,55 @@ class BucketTree(Namespace):
         return not entry.is_dir and await self._reader.is_cached(self.ref(path, entry))
 
     async def xattrs(self, path: str) -> dict[str, bytes]:
-        """The stored user xattrs (x-amz-meta-xattr), and the computed ones over them."""
+        """The user's own `user.*` attributes stored with the object (s3fs's format), and
+        the computed ones over them (a stored `user.s3.uri` never hides the real one)."""
         entry = await self.stat(path)
-        stored = dict(entry.posix.xattrs) if entry.posix is not None else {}
+        found = {name: value for name, value in (entry.posix or NO_HEADERS).xattrs
+                 if name.startswith("user.") and not reserved_xattr(name)}
         if entry.is_dir:
-            return {**stored, "user.s3.uri": self.keys.uri(self.keys.dir_prefix(path)).encode()}
-        return {**stored, "user.s3.uri": self.keys.uri(self.keys.key(path)).encode(),
-                "user.s3.etag": entry.etag.encode()}
+            found["user.s3.uri"] = self.keys.uri(self.keys.dir_prefix(path)).encode()
+            return found
+        found["user.s3.uri"] = self.keys.uri(self.keys.key(path)).encode()
+        found["user.s3.etag"] = entry.etag.encode()
+        return found
+
+    async def setxattr(self, path: str, name: str, value: bytes, posix: Posix) -> None:
+        self._storable_xattr(path, name)
+        await self._mutations.set_posix(path, posix)
+
+    async def removexattr(self, path: str, name: str, posix: Posix) -> None:
+        self._storable_xattr(path, name)
+        if name not in await self.xattrs(path):
+            raise NoAttribute(f"{path}: no {name}")
+        await self._mutations.set_posix(path, posix)
+
+    def _storable_xattr(self, path: str, name: str) -> None:
+        """User attributes are stored in s3fs's format; reserved and other names are not."""
+        if not name.startswith("user."):
+            raise NotSupported(f"{path}: only user.* attributes are stored ({name})")
+        if reserved_xattr(name):
+            raise NotPermitted(f"{path}: {name} is computed by s3fuse, not stored")
+        if not storable_xattr_name(name):
+            raise InvalidArgument(f"{path}: {name!r}: s3fs's format cannot hold ',' or '\"' "
+                                  "in an attribute name")
 
     # ----------------------------------------------------------- changes (Mutations)
 
-    async def create(self, parent: str, name: str) -> tuple[str, Entry, WriteHandle]:
-        return await self._mutations.create(parent, name)
+    async def create(self, parent: str, name: str,
+                     posix: Posix) -> tuple[str, Entry, WriteHandle]:
+        return await self._mutations.create(parent, name, posix)
 
     async def open_write(self, path: str, truncate: bool) -> WriteHandle:
         return await self._mutations.open_write(path, truncate)
 
     async def setattr(self, path: str, changes: AttrChanges, handle: WriteHandle | None) -> None:
-        self.refuse_owner_and_mode(path, changes)
         await self._mutations.setattr(path, changes, handle)
 
     async def unlink(self, parent: str, name: str) -> str:
         return await self._mutations.unlink(parent, name)
 
-    async def mkdir(self, parent: str, name: str) -> tuple[str, Entry]:
-        return await self._mutations.mkdir(parent, name)
+    async def mkdir(self, parent: str, name: str, posix: Posix) -> tuple[str, Entry]:
+        return await self._mutations.mkdir(parent, name, posix)
 
     async def rmdir(self, parent: str, name: str) -> str:
         return await self._mutations.rmdir(parent, name)
@@ -199,6 +241,16 @@ class BucketTree(Namespace):
                      *, noreplace: bool = False, exchange: bool = False) -> tuple[str, str]:
         return await self._mutations.rename(old_parent, old_name, new_parent, new_name,
                                             noreplace=noreplace, exchange=exchange)
+
+    async def symlink(self, parent: str, name: str, target: str,
+                      posix: Posix) -> tuple[str, Entry]:
+        return await self._mutations.symlink(parent, name, target, posix)
+
+    async def mknod(self, parent: str, name: str, posix: Posix) -> tuple[str, Entry]:
+        return await self._mutations.mknod(parent, name, posix)
+
+    async def readlink(self, path: str) -> str:
+        return await self._mutations.readlink(path)
 
 
 class ReadOnlyBucketTree(ReadOnlyNamespace, BucketTree):

@@ -1,0 +1,64 @@
+"""POSIX metadata written by other tools (s3fs's headers, through boto3) shows exactly
+through the real mount, and a cold `find` HEADs no file."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytestmark = pytest.mark.mount
+
+MTIME = "1700000000.123456789"
+MTIME_NS = 1_700_000_000_123_456_789
+
+
+def s3fs_headers(mode: int, uid: int = 1234, gid: int = 2345) -> dict[str, str]:
+    return {"mode": str(mode), "uid": str(uid), "gid": str(gid), "mtime": MTIME,
+            "ctime": "1700000001", "atime": "1700000002.5"}
+
+
+def test_s3fs_headers_show_through_lstat_and_find_heads_no_file(s3, bucket, mount_factory):
+    s3.put_object(Bucket=bucket, Key="run.sh", Body=b"#!/bin/sh\necho hi\n",
+                  Metadata=s3fs_headers(0o100755))
+    s3.put_object(Bucket=bucket, Key="link", Body=b"run.sh", Metadata=s3fs_headers(41471))
+    s3.put_object(Bucket=bucket, Key="private/", Body=b"", Metadata=s3fs_headers(0o40700, 0, 0))
+    s3.put_object(Bucket=bucket, Key="plain.txt", Body=b"no headers")
+    keys = [f"tree/d{i}/f{j}" for i in range(3) for j in range(40)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=b"x",
+                                              Metadata=s3fs_headers(0o100600)), keys))
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+
+    found = subprocess.run(["find", str(root)], check=True, capture_output=True,
+                           text=True).stdout.split()
+    assert len(found) == 1 + 4 + 1 + 3 + len(keys)
+    # find: listings, and a HEAD of the one directory marker (a directory's metadata
+    # lives there: find stats directories); no file is HEADed
+    assert m.status()["requests"].get("HeadObject", 0) == 1
+
+    run = os.lstat(root / "run.sh")
+    assert (run.st_mode, run.st_uid, run.st_gid, run.st_size) == (0o100755, 1234, 2345, 18)
+    assert (run.st_mtime_ns, run.st_ctime_ns, run.st_atime_ns) == (
+        MTIME_NS, 1_700_000_001 * 10**9, 1_700_000_002_500_000_000)
+    link = os.lstat(root / "link")
+    assert stat.S_ISLNK(link.st_mode) and stat.S_IMODE(link.st_mode) == 0o777
+    assert (link.st_size, link.st_uid, link.st_mtime_ns) == (6, 1234, MTIME_NS)
+    private = os.lstat(root / "private")
+    assert (private.st_mode, private.st_uid, private.st_gid) == (0o40700, 0, 0)
+    plain = os.lstat(root / "plain.txt")
+    assert plain.st_mode == 0o100644 and plain.st_uid == os.getuid()
+    assert os.lstat(root / "tree" / "d1" / "f7").st_mode == 0o100600
+    assert subprocess.run(["sh", str(root / "run.sh")], check=True, capture_output=True,
+                          text=True).stdout == "hi\n"
+
+
+def test_no_posix_metadata_sends_no_head(s3, bucket, mount_factory):
+    s3.put_object(Bucket=bucket, Key="run.sh", Body=b"x", Metadata=s3fs_headers(0o100755))
+    m = mount_factory("--source", f"s3://{bucket}", "--no-posix-metadata")
+    subprocess.run(["ls", "-l", str(m.path(bucket))], check=True, capture_output=True)
+    assert os.lstat(m.path(bucket, "run.sh")).st_mode == 0o100644  # the default
+    assert m.status()["requests"].get("HeadObject", 0) == 0
