@@ -15,12 +15,12 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import pytest
 
 from tests.support.mount import Mount
-from tests.support.posix_tree import SCRIPT, build_tree, describe, differences
+from tests.support.posix_tree import SCRIPT, build_tree, describe, differences, keeps_marker_metadata
 from tests.test_write_mount import sync
 
 #: touch -d '2001-02-03 04:05:06.123456789' in UTC.
@@ -31,6 +31,9 @@ STAMP_NS = 981_173_106_123_456_789
 class Place(Protocol):
     """Where a scenario works: a directory, and a way to see it again from scratch."""
 
+    #: Directory modes and times survive `remount` (not on SeaweedFS: `keeps_marker_metadata`).
+    dirs_persist: bool
+
     def path(self) -> Path:
         """The working directory as the current mount shows it."""
 
@@ -40,6 +43,8 @@ class Place(Protocol):
 
 
 class LocalPlace:
+    dirs_persist = True
+
     def __init__(self, root: Path) -> None:
         root.mkdir()
         self.root = root
@@ -52,7 +57,8 @@ class LocalPlace:
 
 
 class MountPlace:
-    def __init__(self, factory: Callable[..., Mount], bucket: str) -> None:
+    def __init__(self, factory: Callable[..., Mount], s3: Any, bucket: str) -> None:
+        self.dirs_persist = keeps_marker_metadata(s3, bucket)
         self.factory = factory
         self.bucket = bucket
         self.generation = 0
@@ -80,9 +86,13 @@ def run(*cmd: str | Path, cwd: Path | None = None, env: dict[str, str] | None = 
     return done.stdout
 
 
-def rsync_changes(src: Path, dst: Path) -> list[str]:
-    """What `rsync -a` would change (it runs, so 'nothing' really sent nothing)."""
-    return run("rsync", "-a", "--itemize-changes", f"{src}/", f"{dst}/").splitlines()
+def rsync_changes(src: Path, dst: Path, *, dirs: bool = True) -> list[str]:
+    """What `rsync -a` changed (it runs: 'nothing' means it sent nothing); `dirs` False
+    leaves out directories' attribute lines (`.d..t......`)."""
+    out = run("rsync", "-a", "--itemize-changes", "--stats", f"{src}/", f"{dst}/")
+    assert "Number of regular files transferred: 0\n" in out, out
+    lines = out[:out.index("Number of files:")].splitlines()  # --stats follow the items
+    return [line for line in lines if line and (dirs or line[1] != "d")]
 
 
 def rsync_twice(place: Place, scratch: Path) -> None:
@@ -91,8 +101,9 @@ def rsync_twice(place: Place, scratch: Path) -> None:
     assert differences(describe(src), describe(place.path() / "dst")) == []
     assert rsync_changes(src, place.path() / "dst") == []
     place.remount()
-    assert differences(describe(src), describe(place.path() / "dst")) == []
-    assert rsync_changes(src, place.path() / "dst") == []
+    assert differences(describe(src), describe(place.path() / "dst"),
+                       dir_metadata=place.dirs_persist) == []
+    assert rsync_changes(src, place.path() / "dst", dirs=place.dirs_persist) == []
 
 
 def cp_a(place: Place, scratch: Path) -> None:
@@ -100,7 +111,8 @@ def cp_a(place: Place, scratch: Path) -> None:
     run("cp", "-a", src, place.path() / "copy")
     assert differences(describe(src), describe(place.path() / "copy")) == []
     place.remount()
-    assert differences(describe(src), describe(place.path() / "copy")) == []
+    assert differences(describe(src), describe(place.path() / "copy"),
+                       dir_metadata=place.dirs_persist) == []
 
 
 def tar_x(place: Place, scratch: Path) -> None:
@@ -113,7 +125,8 @@ def tar_x(place: Place, scratch: Path) -> None:
     assert differences(describe(src), describe(dst)) == []
     assert run(dst / "bin" / "run.sh", "a") == "ran a\n"
     place.remount()
-    assert differences(describe(src), describe(place.path() / "untarred")) == []
+    assert differences(describe(src), describe(place.path() / "untarred"),
+                       dir_metadata=place.dirs_persist) == []
     assert run(place.path() / "untarred" / "data" / "run-link", "b") == "ran b\n"
 
 
@@ -191,7 +204,7 @@ def touch_d_survives(place: Place, scratch: Path) -> None:
     run("touch", "-d", STAMP, place.path() / "stamped", place.path() / "stamped-dir", env=env)
     run("touch", "-h", "-d", STAMP, place.path() / "stamped-link", env=env)
     place.remount()
-    for name in ("stamped", "stamped-dir", "stamped-link"):
+    for name in ("stamped", "stamped-link") + (("stamped-dir",) if place.dirs_persist else ()):
         assert os.lstat(place.path() / name).st_mtime_ns == STAMP_NS, name
 
 
@@ -218,9 +231,9 @@ SCENARIOS: dict[str, Callable[[Place, Path], None]] = {
 
 
 @pytest.fixture
-def backend(seaweedfs_backend):  # type: ignore[no-untyped-def]
-    """A real S3 server: SeaweedFS."""
-    return seaweedfs_backend
+def backend(request: pytest.FixtureRequest) -> Any:
+    """SeaweedFS (a real S3 server); moto where a test asks for it (`indirect`)."""
+    return request.getfixturevalue(f"{getattr(request, 'param', 'seaweedfs')}_backend")
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
@@ -235,9 +248,28 @@ def test_on_local_dir(name: str, tmp_path: Path) -> None:
 @pytest.mark.seaweedfs
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("name", SCENARIOS)
-def test_through_the_mount(name: str, bucket: str, mount_factory: Callable[..., Mount],
+def test_through_the_mount(name: str, s3: Any, bucket: str, mount_factory: Callable[..., Mount],
                            tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    SCENARIOS[name](MountPlace(mount_factory, bucket), scratch)
+    SCENARIOS[name](MountPlace(mount_factory, s3, bucket), scratch)
+
+
+#: What a server that keeps `dir/` marker metadata must also keep for directories.
+DIRECTORY_SCENARIOS = ("rsync", "cp-a", "touch-d")
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("backend", ["moto"], indirect=True)
+@pytest.mark.parametrize("name", DIRECTORY_SCENARIOS)
+def test_directory_metadata_through_the_mount(name: str, s3: Any, bucket: str,
+                                              mount_factory: Callable[..., Mount],
+                                              tmp_path: Path) -> None:
+    """On moto, which keeps marker metadata, directory modes and times survive too."""
+    place = MountPlace(mount_factory, s3, bucket)
+    assert place.dirs_persist
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    SCENARIOS[name](place, scratch)
 

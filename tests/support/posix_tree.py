@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,31 +65,34 @@ def describe(root: Path, *, skip: tuple[str, ...] = ()) -> dict[str, Node]:
 
 
 def differences(want: dict[str, Node], got: dict[str, Node], *, mtime_ns_precision: int = 1,
-                dir_mtimes: bool = True, owners: bool = True) -> list[str]:
+                dir_metadata: bool = True) -> list[str]:
     """Readable differences between two descriptions (empty: the same tree).
 
-    mtimes are compared truncated to `mtime_ns_precision` (1: exact; 10**9: whole seconds)."""
+    mtimes are compared truncated to `mtime_ns_precision` (1: exact; 10**9: whole seconds).
+    `dir_metadata` False: directories are compared by existence only (a server that keeps
+    no user metadata on `dir/` markers, as SeaweedFS: see `keeps_marker_metadata`)."""
     problems = []
     if set(want) != set(got):
         problems.append(f"paths: missing {sorted(set(want) - set(got))}, "
                         f"extra {sorted(set(got) - set(want))}")
     for rel in sorted(set(want) & set(got)):
         w, g = want[rel], got[rel]
-        fields = ["kind", "mode", "size", "digest"] + (["uid", "gid"] if owners else [])
-        for field in fields:
+        if w.kind == g.kind == "dir" and not dir_metadata:
+            continue
+        for field in ("kind", "mode", "uid", "gid", "size", "digest"):
             if getattr(w, field) != getattr(g, field):
                 shown = oct if field == "mode" else repr
                 problems.append(f"{rel}: {field} {shown(getattr(g, field))} != {shown(getattr(w, field))}")
-        if w.kind == "dir" and not dir_mtimes:
-            continue
         if w.mtime_ns // mtime_ns_precision != g.mtime_ns // mtime_ns_precision:
             problems.append(f"{rel}: mtime_ns {g.mtime_ns} != {w.mtime_ns}")
     return problems
 
 
-def build_tree(root: Path) -> Path:
+def build_tree(root: Path, *, dir_metadata: bool = True) -> Path:
     """A tree with 0755 and 0600 files, a foreign owner, nanosecond mtimes, relative and
-    dangling symlinks, an empty directory, a 0700 directory; times set last (deepest first)."""
+    dangling symlinks, an empty directory, a 0700 directory; times set last (deepest first).
+    The same bytes every time. `dir_metadata` False: directories get their mode from mkdir
+    and keep their times (s3fs 1.90 cannot chmod or utime a directory it just created)."""
     root.mkdir(parents=True)
     (root / "bin").mkdir()
     (root / "bin" / "run.sh").write_bytes(SCRIPT)
@@ -96,18 +100,32 @@ def build_tree(root: Path) -> Path:
     (root / "secret.txt").write_bytes(b"only me\n")
     (root / "secret.txt").chmod(0o600)
     (root / "data").mkdir()
-    (root / "data" / "file.bin").write_bytes(os.urandom(70_000))
+    (root / "data" / "file.bin").write_bytes(random.Random(14).randbytes(70_000))
     (root / "data" / "owned.txt").write_bytes(b"someone else's\n")
     os.chown(root / "data" / "owned.txt", *OWNER)
     (root / "empty").mkdir()
-    (root / "private").mkdir()
+    (root / "private").mkdir(0o700)
     (root / "private" / "note").write_bytes(b"")
-    (root / "private").chmod(0o700)
+    if dir_metadata:
+        (root / "private").chmod(0o700)  # whatever the umask
     os.symlink("data/file.bin", root / "link")
     os.symlink("../bin/run.sh", root / "data" / "run-link")
     os.symlink("nowhere", root / "dangling")
     paths = sorted((p for p in root.rglob("*")), key=lambda p: -len(p.parts))
     for i, path in enumerate([*paths, root]):
+        if path.is_dir() and not path.is_symlink() and not dir_metadata:
+            continue
         when = BASE_NS + i * 1_000_000_007 + 123_456_789
         os.utime(path, ns=(when, when), follow_symlinks=False)
     return root
+
+
+def keeps_marker_metadata(s3: object, bucket: str) -> bool:
+    """Whether the server keeps user metadata on a `dir/` marker object. SeaweedFS (4.x) does
+    not (it turns the marker into a filer directory): directory modes and times cannot
+    survive a remount with an empty cache there, whoever writes them."""
+    key = ".probe-marker-metadata/"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"", Metadata={"mode": "16877"})  # type: ignore[attr-defined]
+    kept = s3.head_object(Bucket=bucket, Key=key)["Metadata"].get("mode") == "16877"  # type: ignore[attr-defined]
+    s3.delete_object(Bucket=bucket, Key=key)  # type: ignore[attr-defined]
+    return kept
