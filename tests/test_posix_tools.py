@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 import pytest
 
 from tests.support.mount import Mount
-from tests.support.posix_tree import SCRIPT, build_tree, describe, differences, keeps_marker_metadata
+from tests.support.posix_tree import SCRIPT, assert_same, build_tree, describe, keeps_marker_metadata
 from tests.test_write_mount import sync
 
 #: touch -d '2001-02-03 04:05:06.123456789' in UTC.
@@ -98,21 +98,21 @@ def rsync_changes(src: Path, dst: Path, *, dirs: bool = True) -> list[str]:
 def rsync_twice(place: Place, scratch: Path) -> None:
     src = build_tree(scratch / "src")
     run("rsync", "-a", f"{src}/", f"{place.path() / 'dst'}/")
-    assert differences(describe(src), describe(place.path() / "dst")) == []
+    assert_same(describe(src), describe(place.path() / "dst"))
     assert rsync_changes(src, place.path() / "dst") == []
     place.remount()
-    assert differences(describe(src), describe(place.path() / "dst"),
-                       dir_metadata=place.dirs_persist) == []
+    assert_same(describe(src), describe(place.path() / "dst"),
+                       dir_metadata=place.dirs_persist)
     assert rsync_changes(src, place.path() / "dst", dirs=place.dirs_persist) == []
 
 
 def cp_a(place: Place, scratch: Path) -> None:
     src = build_tree(scratch / "src")
     run("cp", "-a", src, place.path() / "copy")
-    assert differences(describe(src), describe(place.path() / "copy")) == []
+    assert_same(describe(src), describe(place.path() / "copy"))
     place.remount()
-    assert differences(describe(src), describe(place.path() / "copy"),
-                       dir_metadata=place.dirs_persist) == []
+    assert_same(describe(src), describe(place.path() / "copy"),
+                       dir_metadata=place.dirs_persist)
 
 
 def tar_x(place: Place, scratch: Path) -> None:
@@ -122,11 +122,11 @@ def tar_x(place: Place, scratch: Path) -> None:
     dst = place.path() / "untarred"
     dst.mkdir()
     run("tar", "-xf", archive, "-C", dst)
-    assert differences(describe(src), describe(dst)) == []
+    assert_same(describe(src), describe(dst))
     assert run(dst / "bin" / "run.sh", "a") == "ran a\n"
     place.remount()
-    assert differences(describe(src), describe(place.path() / "untarred"),
-                       dir_metadata=place.dirs_persist) == []
+    assert_same(describe(src), describe(place.path() / "untarred"),
+                       dir_metadata=place.dirs_persist)
     assert run(place.path() / "untarred" / "data" / "run-link", "b") == "ran b\n"
 
 

@@ -111,7 +111,7 @@ def build_tree(root: Path, *, dir_metadata: bool = True) -> Path:
     os.symlink("data/file.bin", root / "link")
     os.symlink("../bin/run.sh", root / "data" / "run-link")
     os.symlink("nowhere", root / "dangling")
-    paths = sorted((p for p in root.rglob("*")), key=lambda p: -len(p.parts))
+    paths = sorted(root.rglob("*"), key=lambda p: (-len(p.parts), str(p)))
     for i, path in enumerate([*paths, root]):
         if path.is_dir() and not path.is_symlink() and not dir_metadata:
             continue
@@ -129,3 +129,9 @@ def keeps_marker_metadata(s3: object, bucket: str) -> bool:
     kept = s3.head_object(Bucket=bucket, Key=key)["Metadata"].get("mode") == "16877"  # type: ignore[attr-defined]
     s3.delete_object(Bucket=bucket, Key=key)  # type: ignore[attr-defined]
     return kept
+
+
+def assert_same(want: dict[str, Node], got: dict[str, Node], **options: object) -> None:
+    """`differences` must be empty; a failure lists every one."""
+    problems = differences(want, got, **options)  # type: ignore[arg-type]
+    assert not problems, "\n".join(problems)
