@@ -2,8 +2,8 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-APT_PKGS := fuse3 libfuse3-dev pkg-config attr iptables
-BENCH_APT_PKGS := s3fs rclone rsync
+APT_PKGS := fuse3 libfuse3-dev pkg-config attr iptables rsync gcc git s3fs
+BENCH_APT_PKGS := s3fs rclone
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

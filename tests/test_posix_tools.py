@@ -1,0 +1,275 @@
+"""Everyday tools work in the mount and what they set survives a remount with an empty cache.
+
+Issue 14's proof, through the real mount on SeaweedFS: rsync -a twice (the second run sends
+nothing, also after a remount with an empty cache), cp -a and tar -x of a tree with modes,
+owners, nanosecond times and symlinks compared with the source, chmod +x then run, a
+gcc-built binary, a venv's python, git init/commit/fsck/clone, touch -d and setfattr kept
+across a remount. Each scenario takes the place it works in as a parameter and also runs on
+a plain local directory: that run checks the scenario itself (a tool's output, the tree
+builder, the comparison), so a failure through the mount is the mount's.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import pytest
+
+from tests.support.mount import Mount
+from tests.support.posix_tree import SCRIPT, assert_same, build_tree, describe, keeps_marker_metadata
+from tests.test_write_mount import sync
+
+#: touch -d '2001-02-03 04:05:06.123456789' in UTC.
+STAMP = "2001-02-03 04:05:06.123456789"
+STAMP_NS = 981_173_106_123_456_789
+
+
+class Place(Protocol):
+    """Where a scenario works: a directory, and a way to see it again from scratch."""
+
+    #: Directory modes and times survive `remount` (not on SeaweedFS: `keeps_marker_metadata`).
+    dirs_persist: bool
+
+    def path(self) -> Path:
+        """The working directory as the current mount shows it."""
+
+    def remount(self) -> None:
+        """Everything written reaches S3, the mount goes away, a new one with an EMPTY
+        cache directory shows the same bucket (on a local directory: nothing to do)."""
+
+
+class LocalPlace:
+    dirs_persist = True
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir()
+        self.root = root
+
+    def path(self) -> Path:
+        return self.root
+
+    def remount(self) -> None:
+        pass
+
+
+class MountPlace:
+    def __init__(self, factory: Callable[..., Mount], s3: Any, bucket: str) -> None:
+        self.dirs_persist = keeps_marker_metadata(s3, bucket)
+        self.factory = factory
+        self.bucket = bucket
+        self.generation = 0
+        self.mount = factory("--source", f"s3://{bucket}", name="m0")
+        os.mkdir(self.path())
+
+    def path(self) -> Path:
+        return self.mount.path(self.bucket, "work")
+
+    def remount(self) -> None:
+        done = sync(self.mount.mountpoint)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert self.mount.stop() == 0
+        self.generation += 1
+        previous = self.mount.cache_dir
+        self.mount = self.factory("--source", f"s3://{self.bucket}", name=f"m{self.generation}")
+        assert self.mount.cache_dir != previous
+
+
+def run(*cmd: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run a tool; its failure shows what it printed."""
+    done = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=90)
+    assert done.returncode == 0, f"{cmd} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def rsync_changes(src: Path, dst: Path, *, dirs: bool = True) -> list[str]:
+    """What `rsync -a` changed (it runs: 'nothing' means it sent nothing); `dirs` False
+    leaves out directories' attribute lines (`.d..t......`)."""
+    out = run("rsync", "-a", "--itemize-changes", "--stats", f"{src}/", f"{dst}/")
+    assert "Number of regular files transferred: 0\n" in out, out
+    lines = out[:out.index("Number of files:")].splitlines()  # --stats follow the items
+    return [line for line in lines if line and (dirs or line[1] != "d")]
+
+
+def rsync_twice(place: Place, scratch: Path) -> None:
+    src = build_tree(scratch / "src")
+    run("rsync", "-a", f"{src}/", f"{place.path() / 'dst'}/")
+    assert_same(describe(src), describe(place.path() / "dst"))
+    assert rsync_changes(src, place.path() / "dst") == []
+    place.remount()
+    assert_same(describe(src), describe(place.path() / "dst"),
+                       dir_metadata=place.dirs_persist)
+    assert rsync_changes(src, place.path() / "dst", dirs=place.dirs_persist) == []
+
+
+def cp_a(place: Place, scratch: Path) -> None:
+    src = build_tree(scratch / "src")
+    run("cp", "-a", src, place.path() / "copy")
+    assert_same(describe(src), describe(place.path() / "copy"))
+    place.remount()
+    assert_same(describe(src), describe(place.path() / "copy"),
+                       dir_metadata=place.dirs_persist)
+
+
+def tar_x(place: Place, scratch: Path) -> None:
+    src = build_tree(scratch / "src")
+    archive = scratch / "tree.tar"
+    run("tar", "--format=posix", "-cf", archive, "-C", src, ".")
+    dst = place.path() / "untarred"
+    dst.mkdir()
+    run("tar", "-xf", archive, "-C", dst)
+    assert_same(describe(src), describe(dst))
+    assert run(dst / "bin" / "run.sh", "a") == "ran a\n"
+    place.remount()
+    assert_same(describe(src), describe(place.path() / "untarred"),
+                       dir_metadata=place.dirs_persist)
+    assert run(place.path() / "untarred" / "data" / "run-link", "b") == "ran b\n"
+
+
+def chmod_x_then_run(place: Place, scratch: Path) -> None:
+    script = place.path() / "hello.sh"
+    script.write_bytes(SCRIPT)
+    run("chmod", "+x", script)
+    assert stat.S_IMODE(os.stat(script).st_mode) == 0o755
+    assert run(script, "now") == "ran now\n"
+    place.remount()
+    assert run(place.path() / "hello.sh", "later") == "ran later\n"
+
+
+def gcc_binary_runs(place: Place, scratch: Path) -> None:
+    (place.path() / "hello.c").write_text(
+        '#include <stdio.h>\nint main(void) { puts("hello from gcc"); return 0; }\n')
+    run("gcc", "-o", "hello", "hello.c", cwd=place.path())
+    assert run(place.path() / "hello") == "hello from gcc\n"
+    place.remount()
+    assert run(place.path() / "hello") == "hello from gcc\n"
+
+
+def venv_python_runs(place: Place, scratch: Path) -> None:
+    run(sys.executable, "-m", "venv", "--without-pip", place.path() / "venv")
+    assert run(place.path() / "venv" / "bin" / "python", "-c", "print(1)") == "1\n"
+    place.remount()
+    assert run(place.path() / "venv" / "bin" / "python", "-c", "print(1)") == "1\n"
+
+
+def git_env(scratch: Path) -> dict[str, str]:
+    home = scratch / "home"
+    home.mkdir(exist_ok=True)
+    return {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+
+
+def git_init_commit_fsck_clone(place: Place, scratch: Path) -> None:
+    env = git_env(scratch)
+    origin = scratch / "origin"
+    run("git", "init", "-q", origin, env=env)
+    build_tree(origin / "tree")
+    run("git", "add", "-A", cwd=origin, env=env)
+    run("git", "commit", "-q", "-m", "tree", cwd=origin, env=env)
+    repo = place.path() / "repo"
+    run("git", "init", "-q", repo, env=env)
+    (repo / "a.txt").write_text("a\n")
+    (repo / "tool.sh").write_bytes(SCRIPT)
+    (repo / "tool.sh").chmod(0o755)
+    os.symlink("a.txt", repo / "a-link")
+    run("git", "add", "-A", cwd=repo, env=env)
+    run("git", "commit", "-q", "-m", "first", cwd=repo, env=env)
+    run("git", "fsck", "--full", "--strict", cwd=repo, env=env)
+    run("git", "clone", "-q", origin, place.path() / "clone", env=env)
+    run("git", "fsck", "--full", "--strict", cwd=place.path() / "clone", env=env)
+    assert run("git", "status", "--porcelain", cwd=place.path() / "clone", env=env) == ""
+    place.remount()
+    repo, clone = place.path() / "repo", place.path() / "clone"
+    for where in (repo, clone):  # modes, symlinks and bytes as committed
+        assert run("git", "status", "--porcelain", cwd=where, env=env) == ""
+        run("git", "fsck", "--full", "--strict", cwd=where, env=env)
+    assert run(clone / "tree" / "bin" / "run.sh", "c") == "ran c\n"
+    (repo / "b.txt").write_text("b\n")
+    run("git", "add", "b.txt", cwd=repo, env=env)
+    run("git", "commit", "-q", "-m", "second", cwd=repo, env=env)
+    run("git", "fsck", "--full", "--strict", cwd=repo, env=env)
+    assert run("git", "log", "--format=%s", cwd=repo, env=env).split() == ["second", "first"]
+
+
+def touch_d_survives(place: Place, scratch: Path) -> None:
+    (place.path() / "stamped").write_bytes(b"x")
+    (place.path() / "stamped-dir").mkdir()
+    os.symlink("stamped", place.path() / "stamped-link")
+    env = {**os.environ, "TZ": "UTC"}
+    run("touch", "-d", STAMP, place.path() / "stamped", place.path() / "stamped-dir", env=env)
+    run("touch", "-h", "-d", STAMP, place.path() / "stamped-link", env=env)
+    place.remount()
+    for name in ("stamped", "stamped-link") + (("stamped-dir",) if place.dirs_persist else ()):
+        assert os.lstat(place.path() / name).st_mtime_ns == STAMP_NS, name
+
+
+def setfattr_survives(place: Place, scratch: Path) -> None:
+    target = place.path() / "tagged"
+    target.write_bytes(b"x")
+    run("setfattr", "-n", "user.x", "-v", "y", target)
+    run("setfattr", "-n", "user.project", "-v", "issue 14", target)
+    place.remount()
+    target = place.path() / "tagged"
+    assert run("getfattr", "-n", "user.x", "--only-values", target) == "y"
+    dumped = run("getfattr", "-d", target)
+    assert 'user.x="y"' in dumped and 'user.project="issue 14"' in dumped, dumped
+    assert {"user.x", "user.project"} <= set(os.listxattr(target))
+    run("setfattr", "-x", "user.x", target)
+    assert "user.x" not in os.listxattr(target)
+
+
+SCENARIOS: dict[str, Callable[[Place, Path], None]] = {
+    "rsync": rsync_twice, "cp-a": cp_a, "tar-x": tar_x, "chmod-x": chmod_x_then_run,
+    "gcc": gcc_binary_runs, "venv": venv_python_runs, "git": git_init_commit_fsck_clone,
+    "touch-d": touch_d_survives, "setfattr": setfattr_survives,
+}
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Any:
+    """SeaweedFS (a real S3 server); moto where a test asks for it (`indirect`)."""
+    return request.getfixturevalue(f"{getattr(request, 'param', 'seaweedfs')}_backend")
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_on_local_dir(name: str, tmp_path: Path) -> None:
+    """The scenario itself holds on a plain directory (its tools, tree and comparison)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    SCENARIOS[name](LocalPlace(tmp_path / "local"), scratch)
+
+
+@pytest.mark.mount
+@pytest.mark.seaweedfs
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_through_the_mount(name: str, s3: Any, bucket: str, mount_factory: Callable[..., Mount],
+                           tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    SCENARIOS[name](MountPlace(mount_factory, s3, bucket), scratch)
+
+
+#: What a server that keeps `dir/` marker metadata must also keep for directories.
+DIRECTORY_SCENARIOS = ("rsync", "cp-a", "touch-d")
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("backend", ["moto"], indirect=True)
+@pytest.mark.parametrize("name", DIRECTORY_SCENARIOS)
+def test_directory_metadata_through_the_mount(name: str, s3: Any, bucket: str,
+                                              mount_factory: Callable[..., Mount],
+                                              tmp_path: Path) -> None:
+    """On moto, which keeps marker metadata, directory modes and times survive too."""
+    place = MountPlace(mount_factory, s3, bucket)
+    assert place.dirs_persist
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    SCENARIOS[name](place, scratch)
+
