@@ -1,13 +1,15 @@
-"""Run the POSIX conformance suites (pjdfstest, fsx) on one FUSE filesystem over SeaweedFS.
+"""Run the POSIX conformance suites (pjdfstest, fsx) on one FUSE filesystem over local S3.
 
-    python benchmarks/conformance.py TOOL [--out DIR] [--fsx-ops N] [PJDFSTEST_DIR ...]
+    python benchmarks/conformance.py TOOL [--server seaweedfs|moto] [--out DIR] [--fsx-ops N]
+                                     [PJDFSTEST_DIR ...]
 
-TOOL is s3fuse, s3fs or rclone. One reproducible command for the table in docs/posix.md:
-it starts a throw-away SeaweedFS, mounts TOOL on an empty bucket the way users mount it for
-POSIX work (``MOUNT_OPTIONS``: every tool with allow_other, since pjdfstest switches uid as
-root), runs ``../shared/conformance/run.sh`` (fsx without mmap, then pjdfstest) plus fsx with
-mmap reads and writes, unmounts and prints one line per suite. The suites are development
-tools kept outside the project: ``--suites`` points at them (default: the shared copy).
+TOOL is s3fuse, s3fs or rclone. One reproducible command for the table in docs/posix.md: it
+starts a throw-away S3 server (SeaweedFS, or moto's), mounts TOOL on an empty bucket the way
+users mount it for POSIX work (``MOUNT_OPTIONS``: every tool with allow_other, since pjdfstest
+switches uid as root), runs ``../shared/conformance/run.sh`` (fsx without mmap, then
+pjdfstest) plus fsx with mmap reads and writes, unmounts and prints one line per suite. The
+suites are development tools kept outside the project: ``--suites`` points at them (default:
+the shared copy).
 
 Needs root and /dev/fuse. Raw outputs stay in ``--out`` (default /tmp/conformance-TOOL):
 ``build/pjd.<dir>.out``, ``build/fsx.out``, ``build/fsx-mmap.out``, ``summary.txt``,
@@ -20,8 +22,11 @@ import argparse
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +58,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--suites", type=Path, default=DEFAULT_SUITES,
                         help=f"directory with run.sh and build.sh (default {DEFAULT_SUITES})")
     parser.add_argument("--fsx-ops", type=int, default=20000, help="fsx operations (20000)")
+    parser.add_argument("--server", choices=("seaweedfs", "moto"), default="seaweedfs",
+                        help="the S3 server (default seaweedfs; SeaweedFS keeps no user "
+                             "metadata on `dir/` markers, moto does)")
     return parser.parse_intermixed_args(argv)
+
+
+@contextmanager
+def s3_server(kind: str, workdir: Path) -> Iterator[S3Target]:
+    """A throw-away S3 server of `kind` with an empty bucket BUCKET."""
+    if kind == "seaweedfs":
+        with SeaweedFS(workdir / "seaweedfs") as sw:
+            target = S3Target(sw.endpoint_url, BUCKET, sw.access_key, sw.secret_key)
+            target.client().create_bucket(Bucket=BUCKET)
+            yield target
+        return
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        target = S3Target(f"http://127.0.0.1:{port}", BUCKET, "testing", "testing")
+        target.client().create_bucket(Bucket=BUCKET)
+        yield target
+    finally:
+        server.stop()
 
 
 def conformance_fs(tool: str, target: S3Target, root: Path) -> FileSystem:
@@ -107,20 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     build = out / "build"
     subprocess.run([str(args.suites / "build.sh"), str(build)], check=True,
                    stdout=subprocess.DEVNULL)
-    with SeaweedFS(out / "seaweedfs") as sw:
-        target = S3Target(sw.endpoint_url, BUCKET, sw.access_key, sw.secret_key)
-        target.client().create_bucket(Bucket=BUCKET)
+    with s3_server(args.server, out) as target:
         fs = conformance_fs(args.tool, target, out / args.tool)
         fs.mount()
         try:
             workdir = fs.data_root / "conformance"
             workdir.mkdir()
-            summary = f"{args.tool}: {fs.version()}\n" + run_suites(args, workdir, build)
+            summary = (f"{args.tool} on {args.server}: {fs.version()}\n"
+                       + run_suites(args, workdir, build))
         finally:
             fs.unmount()
     (out / "summary.txt").write_text(summary + "\n")
-    (out / "result.json").write_text(json.dumps(
-        {"tool": args.tool, "command": fs.command(), **parse_summary(summary)}, indent=1))
+    result = {"tool": args.tool, "server": args.server, "command": fs.command(),
+              **parse_summary(summary)}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
     print(summary)
     print(f"raw outputs: {out}")
     return 0
