@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.support.posix_tree import keeps_marker_metadata
+
 pytestmark = pytest.mark.mount
 
 MTIME = "1700000000.123456789"
@@ -47,8 +49,9 @@ def test_s3fs_headers_show_through_lstat_and_find_heads_no_file(s3, bucket, moun
     link = os.lstat(root / "link")
     assert stat.S_ISLNK(link.st_mode) and stat.S_IMODE(link.st_mode) == 0o777
     assert (link.st_size, link.st_uid, link.st_mtime_ns) == (6, 1234, MTIME_NS)
-    private = os.lstat(root / "private")
-    assert (private.st_mode, private.st_uid, private.st_gid) == (0o40700, 0, 0)
+    private = os.lstat(root / "private")  # SeaweedFS keeps no marker metadata (docs/posix.md)
+    assert (private.st_mode, private.st_uid, private.st_gid) == (
+        (0o40700, 0, 0) if keeps_marker_metadata(s3, bucket) else (0o40755, os.getuid(), os.getgid()))
     plain = os.lstat(root / "plain.txt")
     assert plain.st_mode == 0o100644 and plain.st_uid == os.getuid()
     assert os.lstat(root / "tree" / "d1" / "f7").st_mode == 0o100600

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import io
 import logging
 import mimetypes
 import os
@@ -192,7 +193,10 @@ class Uploader:
 
     def _change_metadata(self, job: Job) -> UploadResult:
         """CopyObject of the key onto itself with the row's metadata (REPLACE), if it still
-        holds the version the change was made on (see the module docstring)."""
+        holds the version the change was made on (see the module docstring). An empty
+        object (a `dir/` marker, a fifo, an empty file) is PUT again with the metadata
+        instead: one request, no HEAD, and servers that refuse to copy a `dir/` key
+        (SeaweedFS answers NoSuchKey) take it."""
         bucket, key, expected = job.bucket, job.key, job.expected
         headers = to_headers(job.meta or Posix())
         if expected is None:  # made on a version removed since (by this mount): nothing left
@@ -203,6 +207,11 @@ class Uploader:
             if expected is None:
                 return self._metadata_dropped(job, None)
         try:
+            if job.size == 0:
+                if not self.conditions.of(bucket, key).put:
+                    self._precheck(bucket, key, expected)
+                return UploadResult(self._put(bucket, key, io.BytesIO(b""), expected,
+                                              content_type(key), {"metadata": headers}))
             return UploadResult(self.store.copy_object(bucket, key, key, expected,
                                                        metadata=headers, size=job.size))
         except (StaleObject, NotFound):
