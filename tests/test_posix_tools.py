@@ -68,9 +68,13 @@ class MountPlace:
     def path(self) -> Path:
         return self.mount.path(self.bucket, "work")
 
-    def remount(self) -> None:
+    def settle(self) -> None:
+        """Everything the scenario wrote reaches S3 (`s3fuse sync` succeeds)."""
         done = sync(self.mount.mountpoint)
         assert done.returncode == 0, done.stdout + done.stderr
+
+    def remount(self) -> None:
+        self.settle()
         assert self.mount.stop() == 0
         self.generation += 1
         previous = self.mount.cache_dir
@@ -252,7 +256,9 @@ def test_through_the_mount(name: str, s3: Any, bucket: str, mount_factory: Calla
                            tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    SCENARIOS[name](MountPlace(mount_factory, s3, bucket), scratch)
+    place = MountPlace(mount_factory, s3, bucket)
+    SCENARIOS[name](place, scratch)
+    place.settle()
 
 
 #: What a server that keeps `dir/` marker metadata must also keep for directories.
@@ -272,4 +278,5 @@ def test_directory_metadata_through_the_mount(name: str, s3: Any, bucket: str,
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     SCENARIOS[name](place, scratch)
+    place.settle()
 
