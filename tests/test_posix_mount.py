@@ -213,3 +213,23 @@ def test_the_kernel_checks_owners_and_modes_for_other_users(s3, bucket, backend,
         assert m.wait_idle()["idle"]
     finally:
         stop(m)
+
+
+def test_rename_keeps_the_metadata_and_moves_ctime(s3, bucket, mount_factory):
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    (root / "a.sh").write_bytes(b"#!/bin/sh\n")
+    os.chmod(root / "a.sh", 0o700)
+    os.utime(root / "a.sh", ns=(1_000_000_000_000_000_000, 1_100_000_000_000_000_000))
+    assert m.wait_idle()["idle"]                                    # uploaded: S3 copies it
+    before = os.stat(root / "a.sh")
+    os.rename(root / "a.sh", root / "b.sh")
+    after = os.stat(root / "b.sh")
+    assert stat.S_IMODE(after.st_mode) == 0o700 and after.st_mtime_ns == before.st_mtime_ns
+    assert after.st_ctime_ns > before.st_ctime_ns
+    stored = metadata(s3, bucket, "b.sh")
+    assert stored["mode"] == str(stat.S_IFREG | 0o700) and stored["mtime"] == "1100000000"
+    again = remounted(m, mount_factory, "again").path(bucket)
+    shown = os.stat(again / "b.sh")
+    assert stat.S_IMODE(shown.st_mode) == 0o700 and shown.st_mtime_ns == before.st_mtime_ns
+    assert not (again / "a.sh").exists()

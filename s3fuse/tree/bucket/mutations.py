@@ -18,6 +18,7 @@ ESTALE otherwise; the condition of the upload for local bytes).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -32,7 +33,7 @@ from ...errors import (FileExists, InvalidArgument, IsADirectory, MetadataTooLar
                        StaleObject, TooBigToRename)
 from ...model import Entry
 from ...names import MAX_PATH_BYTES, is_posix_name, join, split, too_long
-from ...posix import Posix, fits, from_headers
+from ...posix import NO_HEADERS, Posix, fits, from_headers, to_headers
 from ...store.protocol import ObjectInfo, Store
 from ...upload.journal import UNKNOWN, Expected
 from ...upload.localfile import LocalFile
@@ -322,11 +323,22 @@ class Mutations:
         if isinstance(target, str):
             await self._check_target(bucket, new_key, target)
         await writes.forget(bucket, new_key)  # an overwritten local version must not land later
-        await trio.to_thread.run_sync(self._store.copy_object, bucket, old_key, new_key, entry.etag,
+        # The metadata moves with the object: a pending change of it (not sent yet) rides on
+        # this copy, and stored metadata gets the new ctime (a rename changes the node);
+        # an object without headers keeps none (the copy keeps what S3 has).
+        posix = writes.posix(bucket, old_key) or entry.posix
+        if posix is not None and posix != NO_HEADERS:
+            posix = posix.replace(ctime_ns=time.time_ns())
+            copy = functools.partial(self._store.copy_object, metadata=to_headers(posix),
+                                     size=entry.size)
+        else:
+            posix, copy = None, functools.partial(self._store.copy_object, size=entry.size)
+        await trio.to_thread.run_sync(copy, bucket, old_key, new_key, entry.etag,
                                       limiter=self._limiter)
         parent, name = split(new_key[len(self._keys.prefix):])
-        self._listings.remember(parent, Entry(name, False, entry.size, time.time_ns(),
-                                              entry.etag, 0.0))  # HEAD at next stat
+        shown = posix.mtime_ns if posix is not None and posix.mtime_ns is not None else None
+        self._listings.remember(parent, Entry(name, False, entry.size, shown or time.time_ns(),
+                                              entry.etag, 0.0, posix))  # HEAD at next stat
         await writes.remove(bucket, old_key, seen(entry))  # only the version copied
 
     async def _check_target(self, bucket: str, key: str, etag: str) -> None:
