@@ -95,8 +95,9 @@ async def test_rm_of_an_unchanged_or_gone_key_removes_it(parts: Components,
                                                          store: MemoryStore) -> None:
     d = (await lookup_path(parts.ops, B, "d")).st_ino
     root = (await lookup_path(parts.ops, B)).st_ino
+    await lookup_path(parts.ops, B, "a.txt")               # seen (its metadata looked up)
     await parts.ops.unlink(d, b"b.txt", None)
-    store.delete_object(B, "a.txt")                        # gone already: fine
+    store.delete_object(B, "a.txt")                        # gone since: fine
     await parts.ops.unlink(root, b"a.txt", None)
     status = await parts.writes.queue.sync(timeout=10)
     assert status["conflicts"] == [] and status["failures"] == []
@@ -120,9 +121,10 @@ async def test_mv_source_changed_before_its_removal_is_kept(parts: Components,
 @pytest.mark.parametrize("conditions", ["honour"])
 async def test_mv_onto_a_target_changed_since_it_was_seen_is_refused(parts: Components,
                                                                       store: MemoryStore) -> None:
-    store.replace(B, "d/b.txt", b"theirs, newer")
     root = (await lookup_path(parts.ops, B)).st_ino
     d = (await lookup_path(parts.ops, B, "d")).st_ino
+    await lookup_path(parts.ops, B, "d", "b.txt")          # seen (its metadata looked up)
+    store.replace(B, "d/b.txt", b"theirs, newer")          # changed since
     with pytest.raises(pyfuse3.FUSEError) as info:
         await parts.ops.rename(root, b"a.txt", d, b"b.txt", 0, None)
     assert info.value.errno == errno.ESTALE

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ...errors import NotFound, S3FuseError
+from ...errors import CacheFull, NotFound, S3FuseError
 from ...model import Entry
 from ...names import join
-from ...store.protocol import Store
+from ...store.protocol import ObjectInfo, Store
 from ...util.supervisor import LIST_AHEAD as HEAD_TASK, Supervisor
 from .keys import BucketKeys
 from .listing import REVALIDATE_WAIT, Listings
@@ -135,19 +135,28 @@ class PosixHeads:
                                                  limiter=self._limiter)
         except NotFound:
             batch.answered.set()
-            if self._unchanged(parent, entry):
-                if entry.is_dir:
-                    self._listings.store_no_marker(parent, entry.name)
-                else:
-                    self._listings.unknown(parent, entry.name)  # the listing is stale too
+            info = None
         except S3FuseError as exc:  # unknown it stays: the defaults show, asked again later
             log.debug("HeadObject %s for its metadata: %s", self._keys.uri(key), exc)
-        else:
-            batch.answered.set()
+            batch.done[entry.name].set()
+            return
+        batch.answered.set()
+        try:
             if self._unchanged(parent, entry):
-                self._listings.store_head(parent, entry.name, info, is_dir=entry.is_dir)
+                self._record(parent, entry, info)
+        except CacheFull as exc:  # not kept: the defaults show, and the next stat asks again
+            log.info("metadata of %s not stored: %s", self._keys.uri(key), exc)
         finally:
             batch.done[entry.name].set()
+
+    def _record(self, parent: str, entry: Entry, info: ObjectInfo | None) -> None:
+        """What a HEAD answered (`info` None: 404) for an entry still unknown."""
+        if info is not None:
+            self._listings.store_head(parent, entry.name, info, is_dir=entry.is_dir)
+        elif entry.is_dir:
+            self._listings.store_no_marker(parent, entry.name)
+        else:
+            self._listings.unknown(parent, entry.name)  # the listing is stale too
 
     def _unchanged(self, parent: str, entry: Entry) -> bool:
         """Is the stored entry still the one HEADed for (no upload or relist stored a
