@@ -233,3 +233,17 @@ def test_rename_keeps_the_metadata_and_moves_ctime(s3, bucket, mount_factory):
     shown = os.stat(again / "b.sh")
     assert stat.S_IMODE(shown.st_mode) == 0o700 and shown.st_mtime_ns == before.st_mtime_ns
     assert not (again / "a.sh").exists()
+
+
+def test_a_file_unlinked_while_open_has_no_links(bucket, mount_factory):
+    m = mount_factory("--source", f"s3://{bucket}")
+    path = m.path(bucket, "open.txt")
+    path.write_bytes(b"still readable")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_nlink == 1
+        os.unlink(path)
+        assert os.fstat(fd).st_nlink == 0 and os.read(fd, 100) == b"still readable"
+    finally:
+        os.close(fd)
+    assert m.wait_idle()["idle"]

@@ -220,7 +220,7 @@ class S3Operations(pyfuse3.Operations):
             entry = self.pages.shown(node.ino, entry)
             if tell:
                 self.pages.told(node.ino, entry)
-            a.st_nlink = 1
+            a.st_nlink = 0 if node.detached else 1  # unlinked while open: no name left
             a.st_size = entry.size
         posix = self._posix(node, entry)
         a.st_mode = posix.mode
