@@ -19,6 +19,7 @@ from s3fuse.store.memory import MemoryStore
 from s3fuse.upload import UNKNOWN, Journal, Uploader, UploadQueue
 from s3fuse.upload.conditions import PROBE_PUTS
 from s3fuse.upload.journal import Expected
+from s3fuse.upload.uploader import UploadResult
 from s3fuse.upload.writeback import WriteBack
 from tests.test_upload import until_retrying, upload_queue
 
@@ -466,3 +467,32 @@ async def test_a_directory_marker_changes_by_a_put_of_the_empty_marker(
     assert stored(store, "dir/") == folder.replace(mode=stat.S_IFDIR | 0o700)
     # the marker made above, then its one PUT with the metadata (and the bucket's probe)
     assert copies(store) == 0 and store.request_counts()["PutObject"] == 2 + PROBE_PUTS
+
+
+@pytest.mark.parametrize("make", ["special", "dir", "metadata"])
+async def test_an_older_job_landing_while_a_change_is_journalled_keeps_it_shown(
+        tmp_path: Path, store: MemoryStore, make: str) -> None:
+    """pjdfstest rename/10.t under load: `unlink f` queued a removal; `mkfifo f` showed the
+    new node and awaited its journal row when the removal finished: the overlay was
+    cleared (nothing pending yet) and the `lchown f` that followed got ENOENT."""
+    key = "d/" if make == "dir" else "f"
+    posix = Posix(mode=(stat.S_IFDIR if make == "dir" else stat.S_IFIFO) | 0o644, uid=0, gid=0)
+    async with upload_queue(tmp_path, store, start=False) as queue:
+        writes = writeback(queue)
+        await writes.start()
+        submit, set_meta = queue.submit, queue.set_meta
+
+        async def older_job_lands_first(real: Callable[..., Any], *args: Any) -> Any:
+            writes._uploaded(B, key, UploadResult(""))  # a removal of the key, done now
+            return await real(*args)
+
+        queue.submit = lambda *a: older_job_lands_first(submit, *a)  # type: ignore[method-assign]
+        queue.set_meta = lambda *a: older_job_lands_first(set_meta, *a)  # type: ignore[method-assign]
+        if make == "special":
+            await writes.create_special(B, key, b"", posix, None)
+        elif make == "dir":
+            await writes.make_dir(B, key, posix)
+        else:
+            await writes.set_posix(B, key, posix, expected="etag", size=0)
+        change = writes.overlay.get(B, key)
+        assert change is not None and not change.deleted and change.posix == posix

@@ -24,12 +24,13 @@ truncate them through their handles.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 import trio
 
@@ -89,7 +90,7 @@ class WriteBack:
         self.overlay = overlay
         self.limiter = trio.CapacityLimiter(4)
         self._open: dict[tuple[str, str], LocalFile] = {}
-        self._setting: set[tuple[str, str]] = set()  # set_posix calls journalling their change
+        self._setting: dict[tuple[str, str], int] = {}  # changes shown, not journalled yet
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
         queue.on_uploaded = self._uploaded
 
@@ -299,22 +300,24 @@ class WriteBack:
         """A directory: an empty `dir/` marker object (with the directory's metadata
         `posix`), queued like any upload."""
         staging_id, _ = await trio.to_thread.run_sync(self.staging.create)
-        self.overlay.directory(bucket, marker, posix)
-        await self.queue.submit(bucket, marker, staging_id, UNKNOWN, posix)
+        with self._journalling(bucket, marker):
+            self.overlay.directory(bucket, marker, posix)
+            await self.queue.submit(bucket, marker, staging_id, UNKNOWN, posix)
 
     async def create_special(self, bucket: str, key: str, body: bytes, posix: Posix,
                              expected: Expected) -> None:
         """A symlink (`body`: its target) or a fifo, socket or device node (empty body),
         typed by `posix`'s mode: a small staged upload, journalled like a closed file."""
         staging_id, path = await trio.to_thread.run_sync(self.staging.create)
-        change = self.overlay.file(bucket, key, len(body), posix=posix)
-        try:
-            await trio.to_thread.run_sync(path.write_bytes, body, limiter=self.limiter)
-            await self.queue.submit(bucket, key, staging_id, expected, posix)
-        except BaseException:
-            self.overlay.clear(bucket, key, change.generation)
-            await self._discard(staging_id)
-            raise
+        with self._journalling(bucket, key):
+            change = self.overlay.file(bucket, key, len(body), posix=posix)
+            try:
+                await trio.to_thread.run_sync(path.write_bytes, body, limiter=self.limiter)
+                await self.queue.submit(bucket, key, staging_id, expected, posix)
+            except BaseException:
+                self.overlay.clear(bucket, key, change.generation)
+                await self._discard(staging_id)
+                raise
 
     def posix(self, bucket: str, key: str) -> Posix | None:
         """The metadata a pending change of `key` will store (None: none pending)."""
@@ -338,16 +341,25 @@ class WriteBack:
         if is_dir and expected is None and not self.queue.pending(bucket, key):
             await self.make_dir(bucket, key, posix)
             return
-        self._setting.add((bucket, key))
-        try:
+        with self._journalling(bucket, key):
             restore = self._show_posix(bucket, key, posix, size, expected)
             try:
                 await self.queue.set_meta(bucket, key, posix, size, expected)
             except BaseException:
                 restore()
                 raise
+
+    @contextlib.contextmanager
+    def _journalling(self, bucket: str, key: str) -> Iterator[None]:
+        """A change of `key` is shown and not journalled yet: an older job of the key that
+        finishes meanwhile must not clear what the overlay shows (`_uploaded`)."""
+        self._setting[(bucket, key)] = self._setting.get((bucket, key), 0) + 1
+        try:
+            yield
         finally:
-            self._setting.discard((bucket, key))
+            left = self._setting.pop((bucket, key)) - 1
+            if left:
+                self._setting[(bucket, key)] = left
 
     def _show_posix(self, bucket: str, key: str, posix: Posix, size: int,
                     expected: Expected) -> Callable[[], None]:
