@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from s3fuse.config import Config, KeyPair
+from s3fuse.errors import NotFound
 from s3fuse.store.s3 import S3Store
 from tests.conftest import Backend
 
@@ -51,6 +52,10 @@ def test_gets_and_listings_bypass_botocore(tmp_path: Path, moto_backend: Backend
     assert obj.key == "d/a b+é.txt"
     assert store.get(bucket, obj.key, obj.etag) == b"fast bytes"
     assert store.get(bucket, obj.key, obj.etag, 5, 10) == b"bytes"
+    info = store.head(bucket, obj.key)                  # HEADs too (a cold `ls -l` sends many)
+    assert (info.size, info.etag, info.mtime_ns) == (10, obj.etag, obj.mtime_ns)
+    with pytest.raises(NotFound):
+        store.head(bucket, "d/missing")
     assert botocore_calls == [] and presigned == []
-    assert store.head(bucket, obj.key).size == 10  # the control: HEAD goes through botocore
+    store.list_buckets()                                # the control: goes through botocore
     assert botocore_calls

@@ -131,6 +131,10 @@ def proxy_for(url: str) -> str | None:
     return urllib.request.getproxies_environment().get(parts.scheme)
 
 
+#: The prefix of user metadata headers (boto3 gives them without it, as `Metadata`).
+META = "x-amz-meta-"
+
+
 def _mtime_ns(value: datetime | None) -> int:
     return int(value.timestamp() * 1e9) if value else 0
 
@@ -374,11 +378,31 @@ class S3Store:
         return resp
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
-        resp = self._call(f"HeadObject s3://{bucket}/{key}", self.read_client.head_object,
-                          Bucket=bucket, Key=key)
-        return ObjectInfo(key, int(resp.get("ContentLength", 0)), _mtime_ns(resp.get("LastModified")),
-                          clean_etag(resp.get("ETag")), dict(resp.get("Metadata") or {}),
-                          resp.get("ContentType"))
+        """HeadObject through a presigned URL (see store/presigned.py); an answer other
+        than 200 or 404 is asked again through boto3, for its error mapping."""
+        what = f"HeadObject s3://{bucket}/{key}"
+        self.link.check(what)
+        self._count("HeadObject")
+        try:
+            status, headers = self._fast.head(what, self._presigner.head_url(bucket, key))
+        except Offline as exc:
+            raise self._failed(exc) from None
+        self.link.succeeded()
+        if status == 404:
+            raise retry.tagged(NotFound(f"{what}: not found"), "NoSuchKey", 404)
+        if status != 200:
+            resp = self._call(what, self.read_client.head_object, Bucket=bucket, Key=key)
+            return ObjectInfo(key, int(resp.get("ContentLength", 0)),
+                              _mtime_ns(resp.get("LastModified")), clean_etag(resp.get("ETag")),
+                              dict(resp.get("Metadata") or {}), resp.get("ContentType"))
+        modified = headers.get("Last-Modified")
+        return ObjectInfo(
+            key, int(headers.get("Content-Length") or 0),
+            _mtime_ns(email.utils.parsedate_to_datetime(modified) if modified else None),
+            clean_etag(headers.get("ETag")),
+            {name[len(META):].lower(): value for name, value in headers.items()
+             if name.lower().startswith(META)},
+            headers.get("Content-Type"))
 
     def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int) -> Iterator[bytes]:
         """One version of an object in ranged chunks: streams big objects in bounded memory."""
