@@ -34,9 +34,13 @@ from .listing import REVALIDATE_WAIT, Listings
 
 log = logging.getLogger(__name__)
 
-#: Unknown files HEADed at once (and S3 requests of this module in flight per tree): the
-#: botocore connection pool holds 64.
+#: Unknown files HEADed by the first lookup that needs one (and S3 requests of this
+#: module in flight per tree: the connection pool holds 64).
 BATCH = 64
+#: A walk in name order (`ls -l`, `rsync`) that reaches the middle of a batch starts the
+#: next one, twice as large, up to this: the HEADs keep running ahead of the walk instead
+#: of stopping it at every batch boundary (read-ahead, as for blocks).
+MAX_BATCH = 256
 
 
 @dataclass(eq=False)
@@ -45,6 +49,9 @@ class _Batch:
 
     answered: trio.Event = field(default_factory=trio.Event)  # S3 answered one of them
     done: dict[str, trio.Event] = field(default_factory=dict)  # per name: stored (or failed)
+    trigger: str = ""   # the name whose lookup starts the next batch (read-ahead)
+    last: str = ""      # the next batch starts after this name
+    size: int = BATCH
 
 
 class PosixHeads:
@@ -75,10 +82,14 @@ class PosixHeads:
             return entry
         batch = self._pending.get((parent, entry.name))
         if batch is None:
-            batch, items = self._start(parent, entry)
-            if not self._background.spawn(self._run, parent, items, batch, kind=HEAD_TASK,
-                                          name=f"HeadObject x{len(items)}"):
-                await self._run(parent, items, batch)  # no supervisor running (a test)
+            batch = await self._launch(parent, self._start(parent, [entry], BATCH))
+        elif entry.name == batch.trigger and batch.last:  # a walk: read ahead
+            batch.trigger = ""
+            after = [e for e in self._listings.unknown_after(parent, batch.last, MAX_BATCH + 1)
+                     if e.name != batch.last and not e.is_dir]
+            if after:
+                await self._launch(parent, self._start(parent, after,
+                                                       min(batch.size * 2, MAX_BATCH)))
         with trio.move_on_after(REVALIDATE_WAIT):
             await batch.answered.wait()
         if not batch.answered.is_set():
@@ -102,19 +113,30 @@ class PosixHeads:
         path = join(parent, entry.name)
         return self._keys.dir_prefix(path) if entry.is_dir else self._keys.key(path)
 
-    def _start(self, parent: str, entry: Entry) -> tuple[_Batch, list[Entry]]:
-        """A batch for `entry` and, for a file, the unknown files that follow it (run in
-        the background: a waiter that gives up leaves them going)."""
-        items = [entry]
-        if not entry.is_dir:
-            items += [e for e in self._listings.unknown_after(parent, entry.name, BATCH)
-                      if not e.is_dir and e.name != entry.name
-                      and (parent, e.name) not in self._pending][:BATCH - 1]
-        batch = _Batch()
+    def _start(self, parent: str, first: list[Entry], size: int
+               ) -> tuple[_Batch, list[Entry]]:
+        """A batch of `first` and, for files, the unknown files that follow, `size` in all
+        (run in the background: a waiter that gives up leaves them going)."""
+        items = first[:1] if first[0].is_dir else [
+            e for e in first if not e.is_dir and (parent, e.name) not in self._pending][:size]
+        if items and not items[0].is_dir and len(items) < size:
+            items += [e for e in self._listings.unknown_after(parent, items[-1].name, size)
+                      if not e.is_dir and e.name > items[-1].name
+                      and (parent, e.name) not in self._pending][:size - len(items)]
+        batch = _Batch(size=size)
+        if len(items) > 1:
+            batch.trigger, batch.last = items[len(items) // 2].name, items[-1].name
         for item in items:
             batch.done[item.name] = trio.Event()
             self._pending[(parent, item.name)] = batch
         return batch, items
+
+    async def _launch(self, parent: str, started: tuple[_Batch, list[Entry]]) -> _Batch:
+        batch, items = started
+        if items and not self._background.spawn(self._run, parent, items, batch, kind=HEAD_TASK,
+                                                name=f"HeadObject x{len(items)}"):
+            await self._run(parent, items, batch)  # no supervisor running (a test)
+        return batch
 
     async def _run(self, parent: str, items: list[Entry], batch: _Batch) -> None:
         try:
