@@ -25,9 +25,9 @@ from s3fuse.store.memory import MemoryStore
 from s3fuse.store.protocol import ObjectInfo
 from s3fuse.tree.bucket import BucketTree
 from s3fuse.tree.bucket.listing import REVALIDATE_WAIT
-from s3fuse.tree.bucket.posixheads import BATCH
+from s3fuse.tree.bucket.posixheads import BATCH, WHOLE_GET
 from s3fuse.util.supervisor import Supervisor
-from tests.test_fake_stack import running
+from tests.test_fake_stack import B as FAKE_B, read_file, running
 from tests.test_ops import lookup_path
 
 B = "bkt"
@@ -287,8 +287,32 @@ async def test_readdir_replies_of_unknown_metadata_are_not_cached(
         assert stat.S_IMODE(run.st_mode) == 0o755 and (run.st_uid, run.st_gid) == (1000, 1001)
         assert run.st_mtime_ns == 1_700_000_000_123_456_789
         assert run.st_ctime_ns == 1_700_000_001 * 10**9
-        assert store.heads == Counter(["link", "run.sh"])  # one batch: both at the first lookup
+        # one batch at the first lookup, both small: fetched whole (GET), no HEAD
+        assert not store.heads and store.request_counts()["GetObject"] == 2
         replies.clear()
         await ops.readdir(fh, 0, None)
         assert replies["run.sh"].entry_timeout == 60  # known now
         await ops.releasedir(fh)
+
+
+async def test_small_files_are_fetched_whole_by_their_lookup_one_request_each(
+        tmp_path: Path) -> None:
+    """`cat` of a cold directory of small files: the lookup's GET brings the headers and
+    the bytes (cached), so each file costs one request, not a HEAD and then a GET; a file
+    over WHOLE_GET is HEADed."""
+    store = MemoryStore()
+    store.create_bucket(FAKE_B)
+    names = [f"f{i:03d}" for i in range(100)]
+    for i, name in enumerate(names):
+        store.put_object(FAKE_B, f"d/{name}", b"small %d" % i, metadata={"uid": str(i)})
+    store.put_object(FAKE_B, "e/big", b"x" * (WHOLE_GET + 1), metadata={"uid": "7"})
+    async for parts in running(tmp_path, store):
+        await lookup_path(parts.ops, FAKE_B, "d")
+        before = store.request_counts()
+        for i, name in enumerate(names):  # cat *: lookup, open, read
+            assert (await lookup_path(parts.ops, FAKE_B, "d", name)).st_uid == i
+            assert await read_file(parts, FAKE_B, "d", name) == b"small %d" % i
+        assert (await lookup_path(parts.ops, FAKE_B, "e", "big")).st_uid == 7
+        counts = store.request_counts()
+        sent = {op: counts.get(op, 0) - before.get(op, 0) for op in ("GetObject", "HeadObject")}
+        assert sent == {"GetObject": 100, "HeadObject": 1}  # no read sent another GET

@@ -328,3 +328,20 @@ def test_s3_failed_multipart_copy_is_aborted(
     info = store.head(bucket, "big")
     assert (info.etag, info.metadata) == (etag, {"mode": "33188"})
     assert store.request_counts()["AbortMultipartUpload"] == 1
+
+
+def test_get_whole_gives_the_bytes_and_what_a_head_gives(store_bucket: tuple[Store, str]) -> None:
+    store, bucket = store_bucket
+    etag = store.put_object(bucket, "small", b"small bytes", content_type="text/x-test",
+                            metadata=HEADERS)
+    info, data = store.get_whole(bucket, "small", etag, 64)
+    head = store.head(bucket, "small")
+    assert data == b"small bytes"
+    assert (info.size, info.etag, info.mtime_ns, info.metadata, info.content_type) == (
+        head.size, head.etag, head.mtime_ns, HEADERS, "text/x-test")
+    with pytest.raises(StaleObject):
+        store.get_whole(bucket, "small", "0" * 32, 64)     # another version
+    with pytest.raises(RemoteError):
+        store.get_whole(bucket, "small", etag, 5)          # longer than asked for
+    with pytest.raises(NotFound):
+        store.get_whole(bucket, "gone", "", 64)

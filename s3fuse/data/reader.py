@@ -149,6 +149,23 @@ class BlockReader:
         self._memory.put(bid, data)
         return data
 
+    def coming(self, ref: ObjectRef) -> bool:
+        """Is the first block of `ref` here or being fetched (no need to fetch it again)?"""
+        bid = (ref.bucket, ref.key, ref.etag, 0)
+        return bid in self._memory or self._flight.busy(bid)
+
+    async def seed(self, ref: ObjectRef, data: bytes) -> None:
+        """A whole small object fetched for another reason (a metadata lookup's GET,
+        posixheads.py): cached as a read would have cached it."""
+        bid = (ref.bucket, ref.key, ref.etag, 0)
+        if not ref.size or ref.size > self.block_size or len(data) != ref.size or bid in self._memory:
+            return
+        self.misses += 1
+        self._memory.put(bid, memoryview(data))
+        await self._write_slots.acquire()  # released once written (or not: disk full)
+        if not self._background.spawn(self._persist, bid, data, kind=CACHE_WRITE):
+            self._write_slots.release()
+
     async def _fetch(self, ref: ObjectRef, index: int, loader: Loader | None) -> bytes:
         start = index * self.block_size
         stop = min(start + self.block_size, ref.size)

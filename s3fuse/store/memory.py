@@ -273,6 +273,18 @@ class MemoryStore:
         return ObjectInfo(key, len(obj.data), obj.mtime_ns, obj.etag, dict(obj.metadata),
                           obj.content_type)
 
+    def get_whole(self, bucket: str, key: str, etag: str, limit: int) -> tuple[ObjectInfo, bytes]:
+        what = self._begin("GetObject", bucket, key)
+        with self._lock:
+            obj = self._object(bucket, key, what)
+        if etag and obj.etag != etag:
+            raise self._stale(what)
+        if len(obj.data) > limit:
+            raise RemoteError(f"{what}: more than {limit} bytes")
+        self._done()
+        return (ObjectInfo(key, len(obj.data), obj.mtime_ns, obj.etag, dict(obj.metadata),
+                           obj.content_type), obj.data)
+
     def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None) -> bytes:
         what = self._begin("GetObject", bucket, key)
         with self._lock:

@@ -126,6 +126,15 @@ class PresignedReader:
             error = RemoteError(f"{what}: S3 error {status}")
         raise retry.tagged(error, "", status)
 
+    def get_whole(self, what: str, url: str, etag: str, limit: int) -> tuple[int, Any, bytes]:
+        """(status, headers, body) of a GET of a whole object of at most `limit` bytes
+        (If-Match `etag`); more: RemoteError."""
+        headers = {"If-Match": f'"{etag}"'} if etag else {}
+        try:
+            return self._request(what, url, headers, limit)
+        except _TooLong as exc:
+            raise RemoteError(f"{what}: more bytes than asked for ({exc})") from None
+
     def head(self, what: str, url: str) -> tuple[int, Any]:
         """(status, headers) of a HEAD from a presigned URL: an object's size, ETag, dates
         and user metadata for a fraction of botocore's CPU (a cold `ls -l` sends one per

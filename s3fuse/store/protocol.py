@@ -72,6 +72,12 @@ class Store(Protocol):
         version (StaleObject)."""
         ...
 
+    def get_whole(self, bucket: str, key: str, etag: str, limit: int) -> tuple[ObjectInfo, bytes]:
+        """A whole small object (version `etag`, If-Match) with what a HEAD would say of
+        it (size, ETag, dates, user metadata): one request where a lookup of its metadata
+        and a read of its bytes would take two. More than `limit` bytes: RemoteError."""
+        ...
+
     def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int) -> Iterator[bytes]:
         """One version of an object in ranged chunks: big objects in bounded memory."""
         ...

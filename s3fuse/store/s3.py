@@ -139,6 +139,18 @@ def _mtime_ns(value: datetime | None) -> int:
     return int(value.timestamp() * 1e9) if value else 0
 
 
+def _info(key: str, headers: Mapping[str, str]) -> ObjectInfo:
+    """What the headers of a HEAD or GET answer say of an object."""
+    modified = headers.get("Last-Modified")
+    return ObjectInfo(
+        key, int(headers.get("Content-Length") or 0),
+        _mtime_ns(email.utils.parsedate_to_datetime(modified) if modified else None),
+        clean_etag(headers.get("ETag")),
+        {name[len(META):].lower(): value for name, value in headers.items()
+         if name.lower().startswith(META)},
+        headers.get("Content-Type"))
+
+
 def translate(exc: BaseException, what: str) -> Exception:
     """Map a botocore exception to one of errors.py, never leaking credentials."""
     if isinstance(exc, S3FuseError):  # already ours (the presigned path): keep its message
@@ -395,14 +407,30 @@ class S3Store:
             return ObjectInfo(key, int(resp.get("ContentLength", 0)),
                               _mtime_ns(resp.get("LastModified")), clean_etag(resp.get("ETag")),
                               dict(resp.get("Metadata") or {}), resp.get("ContentType"))
-        modified = headers.get("Last-Modified")
-        return ObjectInfo(
-            key, int(headers.get("Content-Length") or 0),
-            _mtime_ns(email.utils.parsedate_to_datetime(modified) if modified else None),
-            clean_etag(headers.get("ETag")),
-            {name[len(META):].lower(): value for name, value in headers.items()
-             if name.lower().startswith(META)},
-            headers.get("Content-Type"))
+        return _info(key, headers)
+
+    def get_whole(self, bucket: str, key: str, etag: str, limit: int) -> tuple[ObjectInfo, bytes]:
+        what = f"GetObject s3://{bucket}/{key}"
+        self.link.check(what)
+        self._count("GetObject")
+        try:
+            status, headers, body = self._fast.get_whole(
+                what, self._presigner.get_url(bucket, key), etag, limit)
+        except Offline as exc:
+            raise self._failed(exc) from None
+        self.link.succeeded()
+        if status == 200:
+            return _info(key, headers), body
+        error: S3FuseError
+        if status == 404:
+            error = NotFound(f"{what}: not found")
+        elif status == 412:
+            error = StaleObject(f"{what}: object changed in S3")
+        elif status == 403:
+            error = AccessDenied(f"{what}: access denied")
+        else:
+            error = RemoteError(f"{what}: S3 error {status}")
+        raise retry.tagged(error, "", status)
 
     def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int) -> Iterator[bytes]:
         """One version of an object in ranged chunks: streams big objects in bounded memory."""

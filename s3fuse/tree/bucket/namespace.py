@@ -73,7 +73,7 @@ class BucketTree(Namespace):
         self._listings = Listings(self.keys, store, meta, ttl=ttl, limiter=list_limiter,
                                   background=background)
         self._heads = PosixHeads(self.keys, store, self._listings, enabled=posix_metadata,
-                                 background=background)
+                                 background=background, reader=reader)
         self.posix_lookups = posix_metadata
         overlay = writes.overlay if writes is not None else Overlay()
         self._pending = PendingView(self.keys, overlay, self._listings)
@@ -172,7 +172,8 @@ class BucketTree(Namespace):
             parent, name = split(path)
             self._siblings.opened((self.ns_id, parent), name, lambda after, n: [
                 (e.name, self.ref(join(parent, e.name), e))
-                for e in self._listings.files_after(parent, after, n)])
+                for e in self._listings.files_after(parent, after, n)
+                if not self._heads.fetches_whole(e)])  # their lookup's GET brings the bytes
         return ObjectSource(self._reader, self.ref(path, entry))
 
     async def cached(self, path: str) -> bool:

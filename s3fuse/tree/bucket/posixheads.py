@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ...errors import CacheFull, NotFound, S3FuseError
-from ...model import Entry
+from ...data.reader import BlockReader
+from ...errors import CacheFull, NotFound, RemoteError, S3FuseError, StaleObject
+from ...model import Entry, ObjectRef
 from ...names import join
 from ...store.protocol import ObjectInfo, Store
 from ...util.supervisor import LIST_AHEAD as HEAD_TASK, Supervisor
@@ -34,6 +35,9 @@ from .listing import REVALIDATE_WAIT, Listings
 
 log = logging.getLogger(__name__)
 
+#: Files up to this size are fetched whole (a GET) instead of HEADed: the answer has the
+#: headers too, and the bytes a `cat` would fetch next.
+WHOLE_GET = 64 << 10
 #: Unknown files HEADed by the first lookup that needs one (and S3 requests of this
 #: module in flight per tree: the connection pool holds 64).
 BATCH = 64
@@ -58,8 +62,9 @@ class PosixHeads:
     """Looks up the POSIX metadata of one bucket tree's entries when it is unknown."""
 
     def __init__(self, keys: BucketKeys, store: Store, listings: Listings, *, enabled: bool,
-                 background: Supervisor):
+                 background: Supervisor, reader: BlockReader | None = None):
         self._keys = keys
+        self._reader = reader
         self._store = store
         self._listings = listings
         self.enabled = enabled  # False: --no-posix-metadata, never a HEAD for metadata
@@ -153,8 +158,7 @@ class PosixHeads:
         """HEAD one entry and store what it says (unless a newer one was stored meanwhile)."""
         key = self._key(parent, entry)
         try:
-            info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, key,
-                                                 limiter=self._limiter)
+            info = await self._look(key, entry)
         except NotFound:
             batch.answered.set()
             info = None
@@ -170,6 +174,30 @@ class PosixHeads:
             log.info("metadata of %s not stored: %s", self._keys.uri(key), exc)
         finally:
             batch.done[entry.name].set()
+
+    def fetches_whole(self, entry: Entry) -> bool:
+        """Will a lookup of `entry` fetch its bytes (a small file of unknown metadata)?
+        Then nobody else needs to prefetch them."""
+        return (self.enabled and self._reader is not None and entry.posix is None
+                and not entry.is_dir and bool(entry.etag) and entry.size <= WHOLE_GET)
+
+    async def _look(self, key: str, entry: Entry) -> ObjectInfo:
+        """HEAD `key`; a small file is fetched whole instead (GET: the same one request,
+        and its bytes are then cached: `cat` of a cold directory of small files costs one
+        request per file, not a HEAD and a GET)."""
+        bucket = self._keys.bucket
+        ref = ObjectRef(bucket, key, entry.etag, entry.size)
+        if self._reader is None or not self.fetches_whole(entry) or self._reader.coming(ref):
+            return await trio.to_thread.run_sync(self._store.head, bucket, key,
+                                                 limiter=self._limiter)
+        try:
+            info, data = await trio.to_thread.run_sync(
+                self._store.get_whole, bucket, key, entry.etag, WHOLE_GET, limiter=self._limiter)
+        except (StaleObject, RemoteError):  # changed since listed: what S3 holds now
+            return await trio.to_thread.run_sync(self._store.head, bucket, key,
+                                                 limiter=self._limiter)
+        await self._reader.seed(ref, data)
+        return info
 
     def _record(self, parent: str, entry: Entry, info: ObjectInfo | None) -> None:
         """What a HEAD answered (`info` None: 404) for an entry still unknown."""
