@@ -170,10 +170,11 @@ class BucketTree(Namespace):
                 entry = await self.stat(path)
         if self._siblings is not None:
             parent, name = split(path)
+            self._heads.reading(parent)
             self._siblings.opened((self.ns_id, parent), name, lambda after, n: [
                 (e.name, self.ref(join(parent, e.name), e))
                 for e in self._listings.files_after(parent, after, n)
-                if not self._heads.fetches_whole(e)])  # their lookup's GET brings the bytes
+                if not self._heads.fetches_whole(parent, e)])  # their lookup's GET brings them
         return ObjectSource(self._reader, self.ref(path, entry))
 
     async def cached(self, path: str) -> bool:

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 #: Files up to this size are fetched whole (a GET) instead of HEADed: the answer has the
 #: headers too, and the bytes a `cat` would fetch next.
 WHOLE_GET = 64 << 10
+#: Directories remembered as being read (see PosixHeads.reading).
+READING_DIRS = 64
 #: Unknown files HEADed by the first lookup that needs one (and S3 requests of this
 #: module in flight per tree: the connection pool holds 64).
 BATCH = 64
@@ -71,6 +73,7 @@ class PosixHeads:
         self._background = background
         self._limiter = trio.CapacityLimiter(BATCH)
         self._pending: dict[tuple[str, str], _Batch] = {}
+        self._reading: dict[str, None] = {}  # directories a file was read in, oldest first
 
     async def complete(self, parent: str, entry: Entry) -> Entry | None:
         """`entry` (of `parent`) with its POSIX metadata, looked up when unknown; None
@@ -158,7 +161,7 @@ class PosixHeads:
         """HEAD one entry and store what it says (unless a newer one was stored meanwhile)."""
         key = self._key(parent, entry)
         try:
-            info = await self._look(key, entry)
+            info = await self._look(parent, key, entry)
         except NotFound:
             batch.answered.set()
             info = None
@@ -175,19 +178,30 @@ class PosixHeads:
         finally:
             batch.done[entry.name].set()
 
-    def fetches_whole(self, entry: Entry) -> bool:
-        """Will a lookup of `entry` fetch its bytes (a small file of unknown metadata)?
-        Then nobody else needs to prefetch them."""
-        return (self.enabled and self._reader is not None and entry.posix is None
-                and not entry.is_dir and bool(entry.etag) and entry.size <= WHOLE_GET)
+    def reading(self, parent: str) -> None:
+        """A file of `parent` was opened for reading: its small files' lookups fetch them
+        whole from now on (`cat *`, `tar -c`, `cp -r` read what they look up; `ls -l`
+        opens nothing, and a GET with a cache write per file would only slow it down)."""
+        self._reading.pop(parent, None)
+        self._reading[parent] = None
+        if len(self._reading) > READING_DIRS:
+            del self._reading[next(iter(self._reading))]
 
-    async def _look(self, key: str, entry: Entry) -> ObjectInfo:
-        """HEAD `key`; a small file is fetched whole instead (GET: the same one request,
-        and its bytes are then cached: `cat` of a cold directory of small files costs one
-        request per file, not a HEAD and a GET)."""
+    def fetches_whole(self, parent: str, entry: Entry) -> bool:
+        """Will a lookup of `entry` fetch its bytes (a small file of unknown metadata in a
+        directory being read)? Then nobody else needs to prefetch them."""
+        return (self.enabled and self._reader is not None and entry.posix is None
+                and not entry.is_dir and bool(entry.etag) and entry.size <= WHOLE_GET
+                and parent in self._reading)
+
+    async def _look(self, parent: str, key: str, entry: Entry) -> ObjectInfo:
+        """HEAD `key`; a small file in a directory being read is fetched whole instead
+        (GET: the same one request, and its bytes are then cached: `cat` of a cold
+        directory of small files costs one request per file, not a HEAD and a GET)."""
         bucket = self._keys.bucket
         ref = ObjectRef(bucket, key, entry.etag, entry.size)
-        if self._reader is None or not self.fetches_whole(entry) or self._reader.coming(ref):
+        if (self._reader is None or not self.fetches_whole(parent, entry)
+                or self._reader.coming(ref)):
             return await trio.to_thread.run_sync(self._store.head, bucket, key,
                                                  limiter=self._limiter)
         try:
