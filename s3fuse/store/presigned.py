@@ -172,7 +172,7 @@ class PresignedReader:
                 if ignored and not skip_ok:
                     raise _TooLong("the server ignored Range")
                 if method == "HEAD":  # Content-Length is the object's: there is no body
-                    body = b""
+                    body = resp.read()  # b"": and the connection goes back to the pool
                 elif resp.status in (200, 206):
                     body = self._body(resp, limit, cut=ignored)
                 else:  # an error document: its start is all we read
