@@ -79,8 +79,9 @@ MAX_PARTS = 10_000
 #: UploadPartCopy requests in flight for one multipart copy (S3 copies, we only wait).
 COPY_CONCURRENCY = 8
 #: What a REPLACE copy (or a multipart one) would reset: sent again from the source's HEAD.
-KEPT_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage",
-                "CacheControl")
+KEPT_HEADERS = {"ContentType": "Content-Type", "ContentEncoding": "Content-Encoding",
+                "ContentDisposition": "Content-Disposition",
+                "ContentLanguage": "Content-Language", "CacheControl": "Cache-Control"}
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -392,6 +393,10 @@ class S3Store:
     def head(self, bucket: str, key: str) -> ObjectInfo:
         """HeadObject through a presigned URL (see store/presigned.py); an answer other
         than 200 or 404 is asked again through boto3, for its error mapping."""
+        return self._head(bucket, key)[0]
+
+    def _head(self, bucket: str, key: str) -> tuple[ObjectInfo, Mapping[str, str]]:
+        """head(), and the answer's HTTP headers (a REPLACE copy sends some again)."""
         what = f"HeadObject s3://{bucket}/{key}"
         self.link.check(what)
         self._count("HeadObject")
@@ -404,10 +409,13 @@ class S3Store:
             raise retry.tagged(NotFound(f"{what}: not found"), "NoSuchKey", 404)
         if status != 200:
             resp = self._call(what, self.read_client.head_object, Bucket=bucket, Key=key)
+            raw = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             return ObjectInfo(key, int(resp.get("ContentLength", 0)),
                               _mtime_ns(resp.get("LastModified")), clean_etag(resp.get("ETag")),
-                              dict(resp.get("Metadata") or {}), resp.get("ContentType"))
-        return _info(key, headers)
+                              dict(resp.get("Metadata") or {}), resp.get("ContentType")), {
+                field: raw[field.lower()] for field in KEPT_HEADERS.values()
+                if field.lower() in raw}
+        return _info(key, headers), headers
 
     def get_whole(self, bucket: str, key: str, etag: str, limit: int) -> tuple[ObjectInfo, bytes]:
         what = f"GetObject s3://{bucket}/{key}"
@@ -582,19 +590,22 @@ class S3Store:
         Without `metadata` a plain copy (S3 keeps the user metadata and content type);
         with it MetadataDirective REPLACE, which resets the content type and the other
         headers of KEPT_HEADERS: they are sent again from the source's HEAD (`content_type`
-        overrides its type). That HEAD (If-Match, as boto3's own copy did) also gives the
+        overrides its type). That HEAD (its ETag must be `etag`, as boto3's own copy checked;
+        through the presigned path: cheap) also gives the
         size (callers may pass none: over COPY_LIMIT the copy goes in parts) and holds the
         condition on servers that ignore CopySourceIfMatch, which is sent anyway so that
         S3 checks it atomically."""
         quoted = f'"{clean_etag(etag)}"'
-        source = self._call(f"HeadObject s3://{bucket}/{source_key}", self.read_client.head_object,
-                            Bucket=bucket, Key=source_key, IfMatch=quoted)
-        kept = {name: source[name] for name in KEPT_HEADERS if source.get(name)}
+        info, headers = self._head(bucket, source_key)
+        if info.etag != clean_etag(etag):
+            raise retry.tagged(StaleObject(f"CopyObject s3://{bucket}/{source_key}: object "
+                                           "changed in S3"), "PreconditionFailed", 412)
+        kept = {name: headers[field] for name, field in KEPT_HEADERS.items() if headers.get(field)}
         if content_type:
             kept["ContentType"] = content_type
-        size = int(source.get("ContentLength", size))
+        size = info.size
         if size > COPY_LIMIT:
-            new_metadata = dict(source.get("Metadata") or {}) if metadata is None else metadata
+            new_metadata = dict(info.metadata or {}) if metadata is None else metadata
             return self._copy_in_parts(bucket, source_key, key, quoted, size,
                                        {**kept, "Metadata": dict(new_metadata)})
         kwargs: dict[str, Any] = {"CopySource": {"Bucket": bucket, "Key": source_key},

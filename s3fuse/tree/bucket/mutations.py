@@ -333,12 +333,15 @@ class Mutations:
                                      size=entry.size)
         else:
             posix, copy = None, functools.partial(self._store.copy_object, size=entry.size)
-        await trio.to_thread.run_sync(copy, bucket, old_key, new_key, entry.etag,
-                                      limiter=self._limiter)
+        etag = await trio.to_thread.run_sync(copy, bucket, old_key, new_key, entry.etag,
+                                             limiter=self._limiter)
         parent, name = split(new_key[len(self._keys.prefix):])
         shown = posix.mtime_ns if posix is not None and posix.mtime_ns is not None else None
-        self._listings.remember(parent, Entry(name, False, entry.size, shown or time.time_ns(),
-                                              entry.etag, 0.0, posix))  # HEAD at next stat
+        # known as copied (its ETag, and the metadata it was given): no HEAD at the next stat;
+        # a copy that kept unknown headers is looked at again
+        self._listings.remember(parent, Entry(
+            name, False, entry.size, shown or time.time_ns(), etag or entry.etag,
+            time.time() if etag and posix is not None else 0.0, posix))
         await writes.remove(bucket, old_key, seen(entry))  # only the version copied
 
     async def _check_target(self, bucket: str, key: str, etag: str) -> None:

@@ -122,5 +122,9 @@ class PendingView:
                 self._listings.know_dir(join(parent, name))
             posix = result.posix  # what the request stored: no HEAD needed for it
             mtime_ns = time.time_ns() if posix is None or posix.mtime_ns is None else posix.mtime_ns
-            entry = Entry(name, key.endswith("/"), size, mtime_ns, result.etag, 0.0, posix)
+            # checked now when its metadata (mtime included) is what the request stored: a
+            # stat then needs no HEAD (rsync stats every file it just wrote); else the next
+            # stat HEADs it for S3's LastModified
+            checked = time.time() if posix is not None and posix.mtime_ns is not None else 0.0
+            entry = Entry(name, key.endswith("/"), size, mtime_ns, result.etag, checked, posix)
             self._listings.learn(parent, name, entry)
