@@ -115,16 +115,7 @@ class PresignedReader:
             if etag and returned and returned != etag:
                 raise StaleObject(f"{what}: object changed in S3")
             return body
-        error: S3FuseError
-        if status == 404:
-            error = NotFound(f"{what}: not found")
-        elif status == 403:
-            error = AccessDenied(f"{what}: access denied")
-        elif status == 412:
-            error = StaleObject(f"{what}: object changed in S3")
-        else:
-            error = RemoteError(f"{what}: S3 error {status}")
-        raise retry.tagged(error, "", status)
+        raise answer_error(what, status)
 
     def get_whole(self, what: str, url: str, etag: str, limit: int) -> tuple[int, Any, bytes]:
         """(status, headers, body) of a GET of a whole object of at most `limit` bytes
@@ -248,6 +239,20 @@ class PresignedReader:
         except (ET.ParseError, ValueError, TypeError) as exc:
             log.debug("unreadable ListObjectsV2 answer (%s): asking boto3", exc)
             return None
+
+
+def answer_error(what: str, status: int) -> S3FuseError:
+    """The error of a GET's non-2xx answer (its status kept for the retry policy)."""
+    error: S3FuseError
+    if status == 404:
+        error = NotFound(f"{what}: not found")
+    elif status == 403:
+        error = AccessDenied(f"{what}: access denied")
+    elif status == 412:
+        error = StaleObject(f"{what}: object changed in S3")
+    else:
+        error = RemoteError(f"{what}: S3 error {status}")
+    return retry.tagged(error, "", status)
 
 
 def _local(tag: str) -> str:

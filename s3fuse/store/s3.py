@@ -42,7 +42,7 @@ from ..config import Config, KeyPair
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
 from . import retry
 from .link import Link
-from .presigned import PresignedReader, Presigner
+from .presigned import PresignedReader, Presigner, answer_error
 from .protocol import ListPage, ObjectInfo, clean_etag
 
 __all__ = ["ListPage", "ObjectInfo", "S3Store", "clean_etag", "proxy_for", "translate"]
@@ -429,16 +429,7 @@ class S3Store:
         self.link.succeeded()
         if status == 200:
             return _info(key, headers), body
-        error: S3FuseError
-        if status == 404:
-            error = NotFound(f"{what}: not found")
-        elif status == 412:
-            error = StaleObject(f"{what}: object changed in S3")
-        elif status == 403:
-            error = AccessDenied(f"{what}: access denied")
-        else:
-            error = RemoteError(f"{what}: S3 error {status}")
-        raise retry.tagged(error, "", status)
+        raise answer_error(what, status)
 
     def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int) -> Iterator[bytes]:
         """One version of an object in ranged chunks: streams big objects in bounded memory."""
