@@ -81,15 +81,6 @@ async def test_uploads_landing_are_learned_by_the_listings(tmp_path: Path):
     meta.close()
 
 
-def test_touch_changes_a_live_change_only() -> None:
-    overlay = Overlay()
-    change = overlay.file(B, "k", 3, mtime_ns=1)
-    assert overlay.touch(B, "k", 42) and change.mtime_ns == 42
-    assert change.generation == overlay.get(B, "k").generation  # not a new version to upload
-    overlay.delete(B, "gone")
-    assert not overlay.touch(B, "gone", 7) and not overlay.touch(B, "missing", 7)
-
-
 async def test_utimens_on_an_open_file_shows_until_it_is_uploaded(tmp_path: Path):
     store = MemoryStore()
     store.create_bucket(B)

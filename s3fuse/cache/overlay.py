@@ -101,17 +101,6 @@ class Overlay:
     def get(self, bucket: str, key: str) -> Change | None:
         return self._changes.get((bucket, key))
 
-    def touch(self, bucket: str, key: str, mtime_ns: int) -> bool:
-        """utimens on a local file or directory: it shows `mtime_ns` until S3 has it (S3
-        keeps its own LastModified). False when `key` has no change to show it on."""
-        change = self._changes.get((bucket, key))
-        if change is None or change.deleted:
-            return False
-        change.mtime_ns = mtime_ns
-        if change.posix is not None:
-            change.posix = change.posix.replace(mtime_ns=mtime_ns)
-        return True
-
     def clear(self, bucket: str, key: str, generation: int | None = None) -> None:
         """S3 shows the change now; with `generation`, only if nothing newer happened since."""
         change = self._changes.get((bucket, key))

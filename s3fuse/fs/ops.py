@@ -162,14 +162,17 @@ class S3Operations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ encoding
 
+    def _strip(self, node: Node) -> int:
+        """Permission bits a node never shows: write bits in a read-only tree, and the
+        mount root's hidden ones."""
+        strip = 0 if self._ns(node).writable else 0o222
+        return strip | ROOT_HIDDEN_BITS if node.is_root else strip
+
     def _mode(self, node: Node) -> int:
         """The mount's default mode of a node (objects without stored metadata)."""
-        strip = 0 if self._ns(node).writable else 0o222
-        if node.is_root:
-            strip |= ROOT_HIDDEN_BITS
         if node.is_dir:
-            return stat.S_IFDIR | (self.cfg.dir_mode & ~strip)
-        return stat.S_IFREG | (self.cfg.file_mode & ~strip)
+            return stat.S_IFDIR | (self.cfg.dir_mode & ~self._strip(node))
+        return stat.S_IFREG | (self.cfg.file_mode & ~self._strip(node))
 
     def _posix(self, node: Node, entry: Entry) -> Posix:
         """Every POSIX attribute `node` shows: what its object stores (entry.posix), the
@@ -184,8 +187,7 @@ class S3Operations(pyfuse3.Operations):
             kind = stored.file_type if not node.is_dir else stat.S_IFDIR
             if kind is None or kind == stat.S_IFDIR and not node.is_dir:
                 kind = stat.S_IFMT(default)
-            strip = 0 if self._ns(node).writable else 0o222
-            mode = kind | (stat.S_IMODE(stored.mode) & ~strip)
+            mode = kind | (stat.S_IMODE(stored.mode) & ~self._strip(node))
         mtime = entry.mtime_ns or self._started_ns  # the stored mtime when there is one
         return Posix(mode=mode,
                      uid=self.cfg.uid if stored.uid is None else stored.uid,
@@ -396,17 +398,20 @@ class S3Operations(pyfuse3.Operations):
         if node.is_root:  # the control plane: who asks matters
             await self.top.control_set(key, value, caller(ctx))
             return
-        shown = self._posix(node, await self._entry(node))
-        posix = shown.with_xattr(key, value).replace(ctime_ns=time.time_ns())
-        await self._ns(node).setxattr(node.ref, key, value, posix)
+        await self._ns(node).setxattr(node.ref, key, value,
+                                      await self._xattr_changed(node, key, value))
 
     @fuse_handler("removexattr")
     async def removexattr(self, inode: int, name: bytes, ctx: Any = None) -> None:
         node = self._node(inode)
         key = os.fsdecode(short_name(name))
+        await self._ns(node).removexattr(node.ref, key, await self._xattr_changed(node, key, None))
+
+    async def _xattr_changed(self, node: Node, key: str, value: bytes | None) -> Posix:
+        """The metadata `node` stores once `key` is set to `value` (None: removed): what
+        it shows, the attribute changed, ctime now."""
         shown = self._posix(node, await self._entry(node))
-        posix = shown.with_xattr(key, None).replace(ctime_ns=time.time_ns())
-        await self._ns(node).removexattr(node.ref, key, posix)
+        return shown.with_xattr(key, value).replace(ctime_ns=time.time_ns())
 
     # ------------------------------------------------------------ filesystem
 

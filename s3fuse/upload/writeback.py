@@ -90,7 +90,7 @@ class WriteBack:
         self.overlay = overlay
         self.limiter = trio.CapacityLimiter(4)
         self._open: dict[tuple[str, str], LocalFile] = {}
-        self._setting: dict[tuple[str, str], int] = {}  # changes shown, not journalled yet
+        self._unjournalled: dict[tuple[str, str], int] = {}  # changes shown, not journalled yet
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
         queue.on_uploaded = self._uploaded
 
@@ -136,7 +136,7 @@ class WriteBack:
             listener(key, result if result.etag else None)  # no ETag: a removal
         if (bucket, key) in self._open:
             return
-        if not self.queue.pending(bucket, key) and (bucket, key) not in self._setting:
+        if not self.queue.pending(bucket, key) and (bucket, key) not in self._unjournalled:
             self.overlay.clear(bucket, key)
         elif (result.etag and result.conflict_key is None
               and self.queue.pending_version(bucket, key) is None):
@@ -252,7 +252,7 @@ class WriteBack:
             del self._open[(local.bucket, local.key)]
         await self._discard(ours)  # never submitted (or removed before): not the queue's
         if (not self.queue.pending(local.bucket, local.key)   # opened, never changed:
-                and (local.bucket, local.key) not in self._setting):  # S3 is right
+                and (local.bucket, local.key) not in self._unjournalled):  # S3 is right
             self.overlay.clear(local.bucket, local.key, local.change.generation)
 
     async def _discard(self, staging_id: str | None) -> None:
@@ -353,13 +353,13 @@ class WriteBack:
     def _journalling(self, bucket: str, key: str) -> Iterator[None]:
         """A change of `key` is shown and not journalled yet: an older job of the key that
         finishes meanwhile must not clear what the overlay shows (`_uploaded`)."""
-        self._setting[(bucket, key)] = self._setting.get((bucket, key), 0) + 1
+        self._unjournalled[(bucket, key)] = self._unjournalled.get((bucket, key), 0) + 1
         try:
             yield
         finally:
-            left = self._setting.pop((bucket, key)) - 1
+            left = self._unjournalled.pop((bucket, key)) - 1
             if left:
-                self._setting[(bucket, key)] = left
+                self._unjournalled[(bucket, key)] = left
 
     def _show_posix(self, bucket: str, key: str, posix: Posix, size: int,
                     expected: Expected) -> Callable[[], None]:

@@ -327,12 +327,10 @@ class Mutations:
         # this copy, and stored metadata gets the new ctime (a rename changes the node);
         # an object without headers keeps none (the copy keeps what S3 has).
         posix = writes.posix(bucket, old_key) or entry.posix
-        if posix is not None and posix != NO_HEADERS:
-            posix = posix.replace(ctime_ns=time.time_ns())
-            copy = functools.partial(self._store.copy_object, metadata=to_headers(posix),
-                                     size=entry.size)
-        else:
-            posix, copy = None, functools.partial(self._store.copy_object, size=entry.size)
+        if posix is not None:
+            posix = None if posix == NO_HEADERS else posix.replace(ctime_ns=time.time_ns())
+        copy = functools.partial(self._store.copy_object, size=entry.size,
+                                 metadata=None if posix is None else to_headers(posix))
         etag = await trio.to_thread.run_sync(copy, bucket, old_key, new_key, entry.etag,
                                              limiter=self._limiter)
         parent, name = split(new_key[len(self._keys.prefix):])

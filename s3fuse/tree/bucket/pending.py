@@ -86,12 +86,6 @@ class PendingView:
         return [k for k in self._overlay.keys_under(self._keys.bucket, prefix)
                 if not self.removed(k)]
 
-    def touch(self, path: str, mtime_ns: int) -> None:
-        """utimens: a file or directory with local changes shows `mtime_ns` until uploaded."""
-        key = self._keys.key(path)
-        for change_key in (key, key + "/"):
-            self._overlay.touch(self._keys.bucket, change_key, mtime_ns)
-
     # ----------------------------------------------------------- uploads landing
 
     def uploaded(self, key: str, result: UploadResult | None) -> None:
