@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
             values = samples[fs.name].get(key)
             if values:
                 med = statistics.median(values)
-                cells.append(f"{fs.name} {med:.3f} ({med / base:.2f})")
+                ratio = f"{med / base:.2f}" if base else "-"
+                cells.append(f"{fs.name} {med:.3f} ({ratio})")
         print(f"  {key:24s} " + "  ".join(cells))
     return 0
 

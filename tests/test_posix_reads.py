@@ -11,7 +11,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import pyfuse3
 import pytest
@@ -22,10 +22,10 @@ from s3fuse.config import parse_source
 from s3fuse.model import Entry
 from s3fuse.posix import NO_HEADERS, Posix, from_headers
 from s3fuse.store.memory import MemoryStore
-from s3fuse.store.protocol import ObjectInfo
+from s3fuse.store.protocol import HeadsAnswered, ObjectInfo
 from s3fuse.tree.bucket import BucketTree
 from s3fuse.tree.bucket.listing import REVALIDATE_WAIT
-from s3fuse.tree.bucket.posixheads import BATCH, WHOLE_GET
+from s3fuse.tree.bucket.posixheads import BATCH, MAX_BATCH, WHOLE_GET
 from s3fuse.util.supervisor import Supervisor
 from tests.test_fake_stack import B as FAKE_B, read_file, running
 from tests.test_ops import lookup_path
@@ -37,25 +37,23 @@ EXEC = {"mode": str(stat.S_IFREG | 0o755), "uid": "1000", "gid": "1001",
 
 
 class CountingStore(MemoryStore):
-    """MemoryStore that remembers each HEADed key and the most HEADs in flight at once."""
+    """MemoryStore that remembers each HEADed key and the size of each batch of HEADs."""
 
     def __init__(self) -> None:
         super().__init__()
         self.heads: Counter[str] = Counter()
-        self.in_flight = 0
-        self.most_in_flight = 0
+        self.batches: list[int] = []
         self._count_lock = threading.Lock()
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
         with self._count_lock:
             self.heads[key] += 1
-            self.in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            return super().head(bucket, key)
-        finally:
-            with self._count_lock:
-                self.in_flight -= 1
+        return super().head(bucket, key)
+
+    def head_many(self, bucket: str, keys: Sequence[str], answered: HeadsAnswered) -> None:
+        with self._count_lock:
+            self.batches.append(len(keys))
+        super().head_many(bucket, keys, answered)
 
 
 @pytest.fixture
@@ -130,7 +128,7 @@ async def test_300_cold_files_are_headed_in_parallel_batches_once_each(
         assert entry.posix is not None and entry.posix.uid == i
     elapsed = time.monotonic() - started
     assert store.heads == Counter(names)  # each key once
-    assert store.most_in_flight == BATCH
+    assert store.batches[0] == BATCH and max(store.batches) <= MAX_BATCH  # together, not one by one
     rounds = math.ceil(300 / BATCH)
     assert elapsed < 300 * store.latency / 4, (elapsed, rounds)  # not 300 sequential HEADs
 

@@ -266,6 +266,23 @@ class MetaStore:
                                  ns, path, name)
         return _entry(row) if row else None
 
+    def entries_named(self, ns: str, path: str, names: list[str]) -> dict[str, Entry]:
+        """The stored entries of these names of `path` (one indexed query: a batch of HEAD
+        answers checks what it answers for)."""
+        found: dict[str, Entry] = {}
+        for start in range(0, len(names), 256):  # SQLite's bound on parameters
+            part = names[start:start + 256]
+            rows = self._db.query(f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? AND name "
+                                  f"IN ({','.join('?' * len(part))})", ns, path, *part)
+            found.update((row[0], _entry(row)) for row in rows)
+        for name, entry in self._queued_entries(ns, path).items():
+            if name in names:
+                if entry is None:
+                    found.pop(name, None)
+                else:
+                    found[name] = entry
+        return found
+
     def entries(self, ns: str, path: str, at_most: int | None = None) -> list[Entry] | None:
         """The whole listing of `path` (a bulk read for a big directory: use a thread); with
         `at_most`, None when it has more stored entries than that (a small read, which the
@@ -328,6 +345,16 @@ class MetaStore:
             queued.entries.setdefault((ns, path), {})[entry.name] = (seq, entry)
 
         self._write(lambda db: db.execute(_INSERT, _row(ns, path, entry, version)), show)
+
+    def update_entries(self, ns: str, path: str, entries: list[tuple[Entry, str | None]]) -> None:
+        """update_entry of each (entry, version), in one write (a batch of HEAD answers)."""
+        def show(queued: _Queued, seq: int) -> None:
+            shown = queued.entries.setdefault((ns, path), {})
+            for entry, _ in entries:
+                shown[entry.name] = (seq, entry)
+
+        rows = [_row(ns, path, entry, version) for entry, version in entries]
+        self._write(lambda db: db.executemany(_INSERT, rows), show)
 
     def remove_entry(self, ns: str, path: str, name: str) -> None:
         def show(queued: _Queued, seq: int) -> None:

@@ -27,12 +27,13 @@ import logging
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator, Literal, Mapping
+from typing import BinaryIO, Callable, Iterator, Literal, Mapping, Sequence
 
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject
 from .link import Link
-from .protocol import ListPage, ObjectInfo, clean_etag
+from .protocol import HeadsAnswered, ListPage, ObjectInfo, clean_etag, head_one_by_one
 from .retry import tagged
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,16 @@ class MemoryStore:
         self._done()
         return ObjectInfo(key, len(obj.data), obj.mtime_ns, obj.etag, dict(obj.metadata),
                           obj.content_type)
+
+    def head_many(self, bucket: str, keys: Sequence[str], answered: HeadsAnswered) -> None:
+        """head() of each key; with a `latency`, all in flight together (as S3Store's
+        pipelined HEADs are), answered as each lands."""
+        if not self.latency or len(keys) < 2:
+            head_one_by_one(self, bucket, keys, answered)
+            return
+        with ThreadPoolExecutor(max_workers=len(keys)) as pool:
+            for key in keys:
+                pool.submit(head_one_by_one, self, bucket, [key], answered)
 
     def get_whole(self, bucket: str, key: str, etag: str, limit: int) -> tuple[ObjectInfo, bytes]:
         what = self._begin("GetObject", bucket, key)

@@ -327,6 +327,11 @@ class Presigner:
         base, key_path, _, region = layout
         return self._sign(base, key_path + _quote(key, "/~"), {}, region)
 
+    def origin(self, bucket: str) -> str | None:
+        """scheme://host[:port] of `bucket`'s URLs when they are signed here, else None."""
+        layout = self._layout(bucket)
+        return None if layout is None else layout[0]
+
     def head_url(self, bucket: str, key: str) -> str:
         layout = self._layout(bucket)
         if layout is None:

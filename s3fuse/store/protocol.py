@@ -15,8 +15,9 @@ answered carry its error code and HTTP status (`S3FuseError.code`, `.status`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Mapping, Protocol
+from typing import BinaryIO, Callable, Iterator, Mapping, Protocol, Sequence
 
+from ..errors import S3FuseError
 from .link import Link
 
 
@@ -43,6 +44,22 @@ def clean_etag(etag: str | None) -> str:
     return (etag or "").strip('"')
 
 
+#: What head_many gives its caller: answers as they arrive.
+HeadsAnswered = Callable[[list[tuple[str, "ObjectInfo | S3FuseError"]]], None]
+
+
+def head_one_by_one(store: "Store", bucket: str, keys: Sequence[str],
+                    answered: HeadsAnswered) -> None:
+    """head_many by head(): each key's answer as soon as it has one."""
+    for key in keys:
+        result: ObjectInfo | S3FuseError
+        try:
+            result = store.head(bucket, key)
+        except S3FuseError as exc:
+            result = exc
+        answered([(key, result)])
+
+
 class Store(Protocol):
     """Blocking access to S3 for one mount (see the module docstring for the errors)."""
 
@@ -66,6 +83,12 @@ class Store(Protocol):
         ...
 
     def head(self, bucket: str, key: str) -> ObjectInfo: ...
+
+    def head_many(self, bucket: str, keys: Sequence[str], answered: HeadsAnswered) -> None:
+        """HEAD every key at once (`ls -l` of a cold directory); `answered` gets (key,
+        ObjectInfo or the S3FuseError head() would raise) as the answers arrive, in groups,
+        from worker threads (possibly several at once). Every key gets one answer."""
+        ...
 
     def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of the version `etag` (If-Match): never short, never another

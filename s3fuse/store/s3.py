@@ -27,7 +27,7 @@ import urllib.request
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import boto3
 import botocore.config
@@ -42,8 +42,9 @@ from ..config import Config, KeyPair
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
 from . import retry
 from .link import Link
+from .headbatch import PipelinedHeads
 from .presigned import PresignedReader, Presigner, answer_error
-from .protocol import ListPage, ObjectInfo, clean_etag
+from .protocol import HeadsAnswered, ListPage, ObjectInfo, clean_etag, head_one_by_one
 
 __all__ = ["ListPage", "ObjectInfo", "S3Store", "clean_etag", "proxy_for", "translate"]
 
@@ -244,11 +245,14 @@ class S3Store:
         self.write_client = self._client(session, bcfg.merge(botocore.config.Config(
             read_timeout=read_timeout)), cfg.write_keys or cfg.read_keys)
         self._presigner = Presigner(self.read_client, PRESIGN_SECONDS)
+        self._ca_certs = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
+        self._connect_timeout = connect_timeout
+        self._proxied = proxy_for(self.read_client.meta.endpoint_url) is not None
         self._fast = PresignedReader(
             self._presign_get, connect_timeout=connect_timeout, read_timeout=read_timeout,
-            first_byte_timeout=first_byte, alive=self._alive,
-            ca_certs=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True),
+            first_byte_timeout=first_byte, alive=self._alive, ca_certs=self._ca_certs,
             proxy_url=proxy_for(self.read_client.meta.endpoint_url))
+        self._heads: dict[str, PipelinedHeads] = {}  # per origin
 
     def _presign_get(self, bucket: str, key: str) -> str:
         return self._presigner.get_url(bucket, key)
@@ -416,6 +420,48 @@ class S3Store:
                 field: raw[field.lower()] for field in KEPT_HEADERS.values()
                 if field.lower() in raw}
         return _info(key, headers), headers
+
+    def head_many(self, bucket: str, keys: Sequence[str], answered: HeadsAnswered) -> None:
+        """Pipelined HEADs (store/headbatch.py) when this bucket's URLs are signed here and
+        no proxy is in the way; what they leave unanswered, and other answers than 200 and
+        404, are asked again one by one through head()."""
+        heads = self._pipelined(bucket)
+        if heads is None or not keys or not self.link.online:
+            head_one_by_one(self, bucket, keys, answered)
+            return
+        again: list[str] = []
+
+        def arrived(answers: list[tuple[str, int, Mapping[str, str]]]) -> None:
+            results: list[tuple[str, ObjectInfo | S3FuseError]] = []
+            for key, status, headers in answers:
+                self._count("HeadObject")
+                if status == 200:
+                    results.append((key, _info(key, headers)))
+                elif status == 404:
+                    results.append((key, retry.tagged(
+                        NotFound(f"HeadObject s3://{bucket}/{key}: not found"), "NoSuchKey", 404)))
+                else:  # an error, a redirect, a throttle: head() retries and maps it
+                    again.append(key)
+            self.link.succeeded()
+            if results:
+                answered(results)
+        urls = [(key, self._presigner.head_url(bucket, key)) for key in keys]
+        left = heads.run(urls, arrived)
+        head_one_by_one(self, bucket, left + again, answered)
+
+    def _pipelined(self, bucket: str) -> PipelinedHeads | None:
+        """The pipelined HEADs of `bucket`'s origin; None: head() one by one (URLs signed
+        by botocore, or an HTTP proxy that would see pipelined requests)."""
+        origin = self._presigner.origin(bucket)
+        if origin is None or self._proxied:
+            return None
+        with self._counts_lock:
+            heads = self._heads.get(origin)
+            if heads is None:
+                heads = self._heads[origin] = PipelinedHeads(
+                    origin, connect_timeout=self._connect_timeout,
+                    first_byte_timeout=self._first_byte, ca_certs=self._ca_certs)
+        return heads
 
     def get_whole(self, bucket: str, key: str, etag: str, limit: int) -> tuple[ObjectInfo, bytes]:
         what = f"GetObject s3://{bucket}/{key}"

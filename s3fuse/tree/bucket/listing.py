@@ -273,6 +273,10 @@ class Listings:
         """The stored entry of `path/name` (a point query), or None."""
         return self._meta.entry(self._keys.ns_id, path, name)
 
+    def entries_named(self, path: str, names: list[str]) -> dict[str, Entry]:
+        """The stored entries of these names of `path` (one query)."""
+        return self._meta.entries_named(self._keys.ns_id, path, names)
+
     async def revalidate(self, parent: str, entry: Entry) -> Entry:
         """The entry of file `parent/entry.name` as HEAD shows it now (stored); the stored
         one when S3 cannot be asked, or does not answer within REVALIDATE_WAIT (then HEAD
@@ -310,14 +314,16 @@ class Listings:
     def store_head(self, parent: str, name: str, info: ObjectInfo, *, is_dir: bool = False) -> Entry:
         """Store what a HEAD of file `parent/name` (or of the marker of directory `name`)
         says, its POSIX metadata included; the entry."""
-        posix = from_headers(info.metadata or {}, is_dir=is_dir)
-        if is_dir:
-            fresh = Entry(name, True, 0, posix.mtime_ns or 0, "", time.time(), posix)
-        else:
-            fresh = Entry(name, False, info.size, posix.mtime_ns or info.mtime_ns, info.etag,
-                          time.time(), posix)
+        fresh = _headed(name, info, is_dir)
         self._meta.update_entry(self._keys.ns_id, parent, fresh, version(info.etag, info.mtime_ns))
         return fresh
+
+    def store_heads(self, parent: str, answers: list[tuple[str, ObjectInfo, bool]]) -> list[Entry]:
+        """store_head of each (name, info, is_dir) of `parent`, in one write; the entries."""
+        fresh = [(_headed(name, info, is_dir), version(info.etag, info.mtime_ns))
+                 for name, info, is_dir in answers]
+        self._meta.update_entries(self._keys.ns_id, parent, fresh)
+        return [entry for entry, _ in fresh]
 
     def store_no_marker(self, parent: str, name: str) -> Entry:
         """Directory `parent/name` has no marker (HEAD: 404): no metadata, stored so."""
@@ -355,3 +361,12 @@ class Listings:
     def know_dir(self, path: str) -> None:
         """`path` exists in S3 (an upload made it), listed or not."""
         self._meta.know_dir(self._keys.ns_id, path)
+
+
+def _headed(name: str, info: ObjectInfo, is_dir: bool) -> Entry:
+    """The entry a HEAD of file `name` (or of directory `name`'s marker) shows."""
+    posix = from_headers(info.metadata or {}, is_dir=is_dir)
+    if is_dir:
+        return Entry(name, True, 0, posix.mtime_ns or 0, "", time.time(), posix)
+    return Entry(name, False, info.size, posix.mtime_ns or info.mtime_ns, info.etag,
+                 time.time(), posix)

@@ -57,6 +57,7 @@ class _Batch:
     done: dict[str, trio.Event] = field(default_factory=dict)  # per name: stored (or failed)
     trigger: str = ""   # the name whose lookup starts the next batch (read-ahead)
     last: str = ""      # the next batch starts after this name
+    stored: dict[str, Entry] = field(default_factory=dict)  # answered, as stored (the waiter's)
     size: int = BATCH
 
 
@@ -105,7 +106,8 @@ class PosixHeads:
                                     f"no answer within {REVALIDATE_WAIT:g}s")
             return entry
         await batch.done[entry.name].wait()
-        return self._listings.entry(parent, entry.name)
+        stored = batch.stored.pop(entry.name, None)
+        return stored if stored is not None else self._listings.entry(parent, entry.name)
 
     async def _marker_listed(self, path: str) -> bool:
         """List directory `path` (unless its listing is fresh): that records on its entry
@@ -133,7 +135,7 @@ class PosixHeads:
                       and (parent, e.name) not in self._pending][:size - len(items)]
         batch = _Batch(size=size)
         if len(items) > 1:
-            batch.trigger, batch.last = items[len(items) // 2].name, items[-1].name
+            batch.trigger, batch.last = items[1].name, items[-1].name
         for item in items:
             batch.done[item.name] = trio.Event()
             self._pending[(parent, item.name)] = batch
@@ -149,24 +151,79 @@ class PosixHeads:
     async def _run(self, parent: str, items: list[Entry], batch: _Batch) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                headed = []
                 for item in items:
-                    nursery.start_soon(self._head, parent, item, batch)
+                    if self._whole(parent, item):
+                        nursery.start_soon(self._fetch, parent, item, batch)
+                    else:
+                        headed.append(item)
+                if headed:
+                    nursery.start_soon(self._head_all, parent, headed, batch)
         finally:
             batch.answered.set()
             for item in items:
                 self._pending.pop((parent, item.name), None)
                 batch.done[item.name].set()
 
-    async def _head(self, parent: str, entry: Entry, batch: _Batch) -> None:
-        """HEAD one entry and store what it says (unless a newer one was stored meanwhile)."""
+    async def _head_all(self, parent: str, items: list[Entry], batch: _Batch) -> None:
+        """HEAD `items` together (Store.head_many: pipelined), storing the answers as they
+        come, so that the first lookups go on before the last answers arrive."""
+        named = {self._key(parent, item): item for item in items}
+        token = trio.lowlevel.current_trio_token()
+
+        def answered(results: list[tuple[str, ObjectInfo | S3FuseError]]) -> None:
+            try:  # from the worker thread: stored on the loop, in arrival order
+                token.run_sync_soon(self._answered, parent, named, batch, results)
+            except trio.RunFinishedError:  # unmounted meanwhile: nobody waits
+                pass
+        try:
+            await trio.to_thread.run_sync(self._store.head_many, self._keys.bucket, list(named),
+                                          answered, limiter=self._limiter)
+        except S3FuseError as exc:  # unknown they stay: the defaults show, asked again later
+            log.debug("HeadObject x%d under %s for their metadata: %s", len(named),
+                      self._keys.uri(self._keys.dir_prefix(parent)), exc)
+
+    def _answered(self, parent: str, named: dict[str, Entry], batch: _Batch,
+                  results: list[tuple[str, ObjectInfo | S3FuseError]]) -> None:
+        """Store a group of HEAD answers (in one write) for entries still unknown."""
+        stored: list[tuple[str, ObjectInfo, bool]] = []
+        gone: list[Entry] = []
+        now = self._listings.entries_named(parent, [named[key].name for key, _ in results])
+        for key, result in results:
+            entry = named[key]
+            if isinstance(result, S3FuseError) and not isinstance(result, NotFound):
+                log.debug("HeadObject %s for its metadata: %s", self._keys.uri(key), result)
+                continue  # unknown it stays: asked again later
+            batch.answered.set()
+            if not _unchanged(now.get(entry.name), entry):
+                continue
+            if isinstance(result, NotFound):
+                gone.append(entry)
+            else:
+                stored.append((entry.name, result, entry.is_dir))
+        try:
+            if stored:
+                batch.stored.update((e.name, e) for e in self._listings.store_heads(parent, stored))
+            for entry in gone:
+                self._record(parent, entry, None)
+        except CacheFull as exc:  # not kept: the defaults show, and the next stat asks again
+            log.info("metadata of %d entries of %s not stored: %s", len(stored) + len(gone),
+                     self._keys.uri(self._keys.dir_prefix(parent)), exc)
+        finally:
+            for key, _ in results:
+                batch.done[named[key].name].set()
+
+    async def _fetch(self, parent: str, entry: Entry, batch: _Batch) -> None:
+        """Fetch one small file whole and store what its answer says (unless a newer
+        version was stored meanwhile)."""
         key = self._key(parent, entry)
         try:
-            info = await self._look(parent, key, entry)
+            info = await self._get_whole(parent, key, entry)
         except NotFound:
             batch.answered.set()
             info = None
         except S3FuseError as exc:  # unknown it stays: the defaults show, asked again later
-            log.debug("HeadObject %s for its metadata: %s", self._keys.uri(key), exc)
+            log.debug("GetObject %s for its metadata: %s", self._keys.uri(key), exc)
             batch.done[entry.name].set()
             return
         batch.answered.set()
@@ -194,23 +251,26 @@ class PosixHeads:
                 and not entry.is_dir and bool(entry.etag) and entry.size <= WHOLE_GET
                 and parent in self._reading)
 
-    async def _look(self, parent: str, key: str, entry: Entry) -> ObjectInfo:
-        """HEAD `key`; a small file in a directory being read is fetched whole instead
-        (GET: the same one request, and its bytes are then cached: `cat` of a cold
-        directory of small files costs one request per file, not a HEAD and a GET)."""
+    def _whole(self, parent: str, entry: Entry) -> bool:
+        """Is `entry` a small file in a directory being read, whose bytes nobody fetches yet?
+        Then it is fetched whole instead of HEADed (GET: the same one request, and its
+        bytes are then cached: `cat` of a cold directory of small files costs one request
+        per file, not a HEAD and a GET)."""
+        return (self._reader is not None and self.fetches_whole(parent, entry)
+                and not self._reader.coming(ObjectRef(self._keys.bucket, self._key(parent, entry),
+                                                      entry.etag, entry.size)))
+
+    async def _get_whole(self, parent: str, key: str, entry: Entry) -> ObjectInfo:
+        """GET `key` whole, its bytes given to the block reader; a HEAD when it changed."""
+        assert self._reader is not None
         bucket = self._keys.bucket
-        ref = ObjectRef(bucket, key, entry.etag, entry.size)
-        if (self._reader is None or not self.fetches_whole(parent, entry)
-                or self._reader.coming(ref)):
-            return await trio.to_thread.run_sync(self._store.head, bucket, key,
-                                                 limiter=self._limiter)
         try:
             info, data = await trio.to_thread.run_sync(
                 self._store.get_whole, bucket, key, entry.etag, WHOLE_GET, limiter=self._limiter)
         except (StaleObject, RemoteError):  # changed since listed: what S3 holds now
             return await trio.to_thread.run_sync(self._store.head, bucket, key,
                                                  limiter=self._limiter)
-        await self._reader.seed(ref, data)
+        await self._reader.seed(ObjectRef(bucket, key, entry.etag, entry.size), data)
         return info
 
     def _record(self, parent: str, entry: Entry, info: ObjectInfo | None) -> None:
@@ -223,8 +283,11 @@ class PosixHeads:
             self._listings.unknown(parent, entry.name)  # the listing is stale too
 
     def _unchanged(self, parent: str, entry: Entry) -> bool:
-        """Is the stored entry still the one HEADed for (no upload or relist stored a
-        newer version meanwhile)?"""
-        now = self._listings.entry(parent, entry.name)
-        return now is not None and now.is_dir == entry.is_dir and now.etag == entry.etag \
-            and now.posix is None
+        return _unchanged(self._listings.entry(parent, entry.name), entry)
+
+
+def _unchanged(now: Entry | None, entry: Entry) -> bool:
+    """Is the stored entry (`now`) still the one HEADed for (no upload or relist stored
+    a newer version meanwhile)?"""
+    return now is not None and now.is_dir == entry.is_dir and now.etag == entry.etag \
+        and now.posix is None
