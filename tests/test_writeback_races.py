@@ -26,9 +26,11 @@ from s3fuse.store.memory import MemoryStore
 from s3fuse.tree.bucket import BucketTree
 from s3fuse.tree.contract import AttrChanges
 from s3fuse.upload.queue import UploadQueue
+from s3fuse.upload.uploader import UploadResult
 from s3fuse.upload.writeback import WriteBack
 from s3fuse.util.supervisor import Supervisor
 from tests.test_upload import upload_queue
+from tests.test_upload_posix import offline
 
 B = "bkt"
 
@@ -129,3 +131,30 @@ async def test_an_old_file_removed_after_a_new_directory_landed_leaves_the_direc
     assert (await tree.stat("n")).is_dir
     assert [e.name for e in await tree.listdir("")] == ["n"]
     await tree.rmdir("", "n")  # found, and removed
+
+
+async def test_an_older_job_of_the_target_landing_during_a_rename_keeps_the_moved_file_shown(
+        tmp_path: Path) -> None:
+    """rename of a file whose bytes wait in the queue: the target shows the moved file and
+    awaits its journal row; an older job of the target (its removal) finishing meanwhile
+    must not clear it (the name vanished until the upload landed)."""
+    memory = MemoryStore()
+    memory.create_bucket(B)
+    async with upload_queue(tmp_path, memory, start=False) as queue:
+        writes = WriteBack(queue, queue.staging, Overlay())
+        await writes.start()
+        offline(memory)
+        staging_id, path = await trio.to_thread.run_sync(queue.staging.create)
+        await trio.to_thread.run_sync(path.write_bytes, b"bytes")
+        await queue.submit(B, "old", staging_id, None, posix(stat.S_IFREG))
+        writes.overlay.file(B, "old", 5, posix=posix(stat.S_IFREG))
+        submit = queue.submit
+
+        async def older_job_lands_first(*args: object) -> int:
+            writes._uploaded(B, "new", UploadResult(""))  # a removal of "new", done now
+            return await submit(*args)  # type: ignore[arg-type]
+
+        queue.submit = older_job_lands_first  # type: ignore[method-assign]
+        assert await writes.move_local(B, "old", "new")
+        change = writes.overlay.get(B, "new")
+        assert change is not None and not change.deleted and change.size == 5
