@@ -411,8 +411,9 @@ class WriteBack:
         size = (await trio.to_thread.run_sync(path.stat)).st_size
         meta = self.posix(bucket, old)  # the pending metadata goes with the bytes
         self._replace(bucket, new)
-        self.overlay.file(bucket, new, size, posix=meta)
-        await self.queue.submit(bucket, new, clone_id, target, meta)
+        with self._journalling(bucket, new):
+            self.overlay.file(bucket, new, size, posix=meta)
+            await self.queue.submit(bucket, new, clone_id, target, meta)
         return True
 
     async def _move_open(self, local: LocalFile, new: str, target: Expected) -> Expected:

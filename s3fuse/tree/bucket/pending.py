@@ -102,7 +102,12 @@ class PendingView:
     def _record_upload(self, key: str, parent: str, name: str,
                        result: UploadResult | None) -> None:
         if result is None:
-            self._listings.learn(parent, name, None)
+            # A file `n` and a directory `n` (marker `n/`) are two keys sharing one name, and
+            # only the jobs of one key are ordered: the removal of an old directory may land
+            # after the new file of its name did (rmdir, create), and must not hide it.
+            stored = self._listings.entry(parent, name)
+            if stored is None or stored.is_dir == key.endswith("/"):
+                self._listings.learn(parent, name, None)
         elif result.conflict_key is not None or result.kept_remote:  # S3's version: look again
             self._listings.unknown(parent, name)
         else:

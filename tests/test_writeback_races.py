@@ -1,0 +1,160 @@
+"""Uploads of an older incarnation of a name landing after a newer one (MemoryStore, one
+upload held in the store until the newer incarnation is in S3).
+
+A file `n` and a directory `n` are two keys (`n` and its marker `n/`) with one name in a
+listing, and the queue orders the jobs of one key only: pjdfstest chmod/00.t (create,
+unlink, mkdir, rmdir and mknod of one name, under CPU load) had the removal of the old
+directory's marker land after the upload of the new file, and the file vanished for
+good (chmod, stat and unlink: ENOENT), and the same with the kinds swapped.
+"""
+from __future__ import annotations
+
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+import trio
+
+from s3fuse.cache.meta import MetaStore
+from s3fuse.config import parse_source
+from s3fuse.cache.overlay import Overlay
+from s3fuse.posix import Posix
+from s3fuse.store.memory import MemoryStore
+from s3fuse.tree.bucket import BucketTree
+from s3fuse.tree.contract import AttrChanges
+from s3fuse.upload.queue import UploadQueue
+from s3fuse.upload.uploader import UploadResult
+from s3fuse.upload.writeback import WriteBack
+from s3fuse.util.supervisor import Supervisor
+from tests.test_upload import upload_queue
+from tests.test_upload_posix import offline
+
+B = "bkt"
+
+
+class HeldDeletes(MemoryStore):
+    """A DeleteObject of `held` waits (in its worker thread) until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = ""
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+    def delete_object(self, bucket: str, key: str, *, if_match: str | None = None) -> None:
+        if key == self.held:
+            self.waiting.set()
+            self.release.wait(10)
+        super().delete_object(bucket, key, if_match=if_match)
+
+
+def posix(kind: int, mode: int = 0o644) -> Posix:
+    now = time.time_ns()
+    return Posix(mode=kind | mode, uid=0, gid=0, mtime_ns=now, ctime_ns=now, atime_ns=now)
+
+
+@pytest.fixture
+def store() -> HeldDeletes:
+    memory = HeldDeletes()
+    memory.create_bucket(B)
+    return memory
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, store: HeldDeletes) -> AsyncIterator[tuple[BucketTree, UploadQueue]]:
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    try:
+        async with upload_queue(tmp_path, store) as queue, trio.open_nursery() as nursery:
+            background = Supervisor()
+            background.bind(nursery)
+            writes = WriteBack(queue, queue.staging, Overlay())
+            await writes.start()
+            yield BucketTree(parse_source(f"s3://{B}"), store, meta, None,  # type: ignore[arg-type]
+                             ttl=60, list_limiter=trio.CapacityLimiter(8),
+                             background=background, writes=writes), queue
+            nursery.cancel_scope.cancel()
+    finally:
+        meta.close()
+
+
+async def landed(queue: UploadQueue, key: str) -> None:
+    """Wait until nothing of `key` is pending any more."""
+    with trio.fail_after(10):
+        while queue.pending(B, key):
+            await queue.changed().wait()
+
+
+async def removal_held(store: HeldDeletes, key: str) -> None:
+    store.held = key
+    with trio.fail_after(10):
+        await trio.to_thread.run_sync(store.waiting.wait)
+
+
+async def make_file(tree: BucketTree) -> None:
+    _, _, handle = await tree.create("", "n", posix(stat.S_IFREG))
+    await handle.close()
+
+
+async def test_an_old_directory_removed_after_a_new_file_landed_leaves_the_file(
+        rig: tuple[BucketTree, UploadQueue], store: HeldDeletes) -> None:
+    tree, queue = rig
+    assert await tree.listdir("") == []  # a fresh stored listing: lookups trust it
+    await tree.mkdir("", "n", posix(stat.S_IFDIR, 0o755))
+    await landed(queue, "n/")
+    await tree.rmdir("", "n")
+    await removal_held(store, "n/")  # the marker's removal is on its way
+    await make_file(tree)
+    await landed(queue, "n")  # the new file is in S3, the overlay let go of it
+    store.release.set()
+    await landed(queue, "n/")
+    assert not (await tree.stat("n")).is_dir
+    await tree.setattr("n", AttrChanges(mode=0o111, posix=posix(stat.S_IFREG, 0o111)), None)
+    chmodded = (await tree.stat("n")).posix  # chmod/00.t check 63: ENOENT here
+    assert chmodded is not None and chmodded.mode == stat.S_IFREG | 0o111
+
+
+async def test_an_old_file_removed_after_a_new_directory_landed_leaves_the_directory(
+        rig: tuple[BucketTree, UploadQueue], store: HeldDeletes) -> None:
+    tree, queue = rig
+    assert await tree.listdir("") == []  # a fresh stored listing: lookups trust it
+    await make_file(tree)
+    await landed(queue, "n")
+    await tree.unlink("", "n")
+    await removal_held(store, "n")  # the file's removal is on its way
+    await tree.mkdir("", "n", posix(stat.S_IFDIR, 0o755))
+    await landed(queue, "n/")
+    store.release.set()
+    await landed(queue, "n")
+    assert (await tree.stat("n")).is_dir
+    assert [e.name for e in await tree.listdir("")] == ["n"]
+    await tree.rmdir("", "n")  # found, and removed
+
+
+async def test_an_older_job_of_the_target_landing_during_a_rename_keeps_the_moved_file_shown(
+        tmp_path: Path) -> None:
+    """rename of a file whose bytes wait in the queue: the target shows the moved file and
+    awaits its journal row; an older job of the target (its removal) finishing meanwhile
+    must not clear it (the name vanished until the upload landed)."""
+    memory = MemoryStore()
+    memory.create_bucket(B)
+    async with upload_queue(tmp_path, memory, start=False) as queue:
+        writes = WriteBack(queue, queue.staging, Overlay())
+        await writes.start()
+        offline(memory)
+        staging_id, path = await trio.to_thread.run_sync(queue.staging.create)
+        await trio.to_thread.run_sync(path.write_bytes, b"bytes")
+        await queue.submit(B, "old", staging_id, None, posix(stat.S_IFREG))
+        writes.overlay.file(B, "old", 5, posix=posix(stat.S_IFREG))
+        submit = queue.submit
+
+        async def older_job_lands_first(*args: object) -> int:
+            writes._uploaded(B, "new", UploadResult(""))  # a removal of "new", done now
+            return await submit(*args)  # type: ignore[arg-type]
+
+        queue.submit = older_job_lands_first  # type: ignore[method-assign]
+        assert await writes.move_local(B, "old", "new")
+        change = writes.overlay.get(B, "new")
+        assert change is not None and not change.deleted and change.size == 5
