@@ -103,6 +103,9 @@ class CountingProxy:
                 log.warning("counting proxy: cannot reach %s: %s", self.target, exc)
                 _close(client)
                 continue
+            for sock in (client, upstream):  # as nginx and HAProxy do: without it, Nagle holds
+                # a pipelined request (or answer) until the one before is ACKed (40 ms)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._conns |= {client, upstream}
             threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()

@@ -345,3 +345,19 @@ def test_get_whole_gives_the_bytes_and_what_a_head_gives(store_bucket: tuple[Sto
         store.get_whole(bucket, "small", etag, 5)          # longer than asked for
     with pytest.raises(NotFound):
         store.get_whole(bucket, "gone", "", 64)
+
+
+def test_head_many_answers_every_key_as_head_does(store_bucket: tuple[Store, str]) -> None:
+    store, bucket = store_bucket
+    keys = [f"many/{i:03d}" for i in range(40)]
+    for i, key in enumerate(keys):
+        store.put_object(bucket, key, b"x" * i, metadata={"mode": str(0o100600 + i % 8)})
+    before = store.request_counts().get("HeadObject", 0)
+    answers: list[tuple[str, Any]] = []
+    store.head_many(bucket, keys + ["many/missing"], answers.extend)
+    got = dict(answers)
+    assert len(answers) == len(got) == len(keys) + 1  # each key once
+    for key in keys:
+        assert got[key] == store.head(bucket, key)
+    assert isinstance(got["many/missing"], NotFound) and got["many/missing"].status == 404
+    assert store.request_counts()["HeadObject"] - before == 2 * len(keys) + 1

@@ -17,8 +17,8 @@ What cannot be answered here goes back to the caller, who asks the ordinary way
 opened, or that stalls past `first_byte_timeout`. A connection the server closes while
 requests wait on it hands them to a new one (servers cap requests per connection, and an
 idle connection may have been closed meanwhile); a fresh connection that closes or
-stalls after answering only some of what was written is a server (or proxy) that does
-not pipeline: from then on one request at a time per connection.
+stalls after answering fewer than one window of what was written is a server (or proxy)
+that does not pipeline: from then on one request at a time per connection.
 """
 from __future__ import annotations
 
@@ -32,13 +32,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Sequence, TypeVar
 
-from urllib3 import HTTPHeaderDict
-
 log = logging.getLogger(__name__)
 
 Tag = TypeVar("Tag")
-#: (tag, HTTP status, headers) of one answer.
-Answer = tuple[Tag, int, HTTPHeaderDict]
+#: (tag, HTTP status, headers: names in lower case) of one answer.
+Answer = tuple[Tag, int, dict[str, str]]
 
 #: Sockets per batch, and requests written ahead on each (64 in flight: the batch size of
 #: tree/bucket/posixheads.py).
@@ -173,13 +171,13 @@ class PipelinedHeads:
         conn.sock.close()
         waiting = list(conn.sent)
         todo.extendleft(reversed(waiting))
-        if waiting and not conn.reused and conn.answered and self.depth > 1:
+        if waiting and not conn.reused and 0 < conn.answered < self.depth:
             self._no_pipelining("closed the connection with requests waiting")
         return int(bool(waiting) and not conn.reused and not conn.answered)
 
     def _stalled(self, conns: list[_Conn[Tag]]) -> None:
         for conn in conns:
-            if conn.sent and conn.answered and not conn.reused and self.depth > 1:
+            if conn.sent and 0 < conn.answered < self.depth and not conn.reused:
                 self._no_pipelining("stopped answering")
                 return
         log.debug("HEAD batch: no answer from %s within %gs", self.origin, self._timeout)
@@ -235,20 +233,22 @@ class PipelinedHeads:
                 continue
             answers.append((conn.sent.popleft()[0], status, headers))
             conn.answered += 1
-            if headers.get("Connection", "").lower() == "close":
+            if headers.get("connection", "").lower() == "close":
                 return False
 
 
-def _parse(block: bytes) -> tuple[int, HTTPHeaderDict] | None:
-    """(status, headers) of one answer's header block; None when it is not HTTP/1.x."""
+def _parse(block: bytes) -> tuple[int, dict[str, str]] | None:
+    """(status, headers) of one answer's header block, names in lower case (a repeated
+    one joined with ", ", RFC 9110 5.3); None when it is not HTTP/1.x."""
     lines = block.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code = rest[:3]
     if not version.startswith("HTTP/1.") or not code.isdigit():
         return None
-    headers = HTTPHeaderDict()
+    headers: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         if colon:
-            headers.add(name.strip(), value.strip())
+            name, value = name.strip().lower(), value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return int(code), headers

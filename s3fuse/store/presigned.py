@@ -310,6 +310,7 @@ class Presigner:
         self._expires = expires
         self._layouts: dict[str, tuple[str, str, str, str] | None] = {}  # bucket -> base
         self._keys: dict[tuple[str, str, str], bytes] = {}
+        self._plain: tuple[tuple[str, str, str | None, str] | None, str] = (None, "")
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ public
@@ -376,12 +377,19 @@ class Presigner:
         amz_date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         date = amz_date[:8]
         scope = f"{date}/{region}/s3/aws4_request"
-        params = {**query, "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
-                  "X-Amz-Credential": f"{creds.access_key}/{scope}", "X-Amz-Date": amz_date,
-                  "X-Amz-Expires": str(self._expires), "X-Amz-SignedHeaders": "host"}
-        if creds.token is not None:
-            params["X-Amz-Security-Token"] = creds.token
-        canonical_query = "&".join(sorted(f"{_quote(k)}={_quote(v)}" for k, v in params.items()))
+        plain = (amz_date, creds.access_key, creds.token, region)  # a GET's or a HEAD's
+        if query or self._plain[0] != plain:
+            params = {**query, "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+                      "X-Amz-Credential": f"{creds.access_key}/{scope}", "X-Amz-Date": amz_date,
+                      "X-Amz-Expires": str(self._expires), "X-Amz-SignedHeaders": "host"}
+            if creds.token is not None:
+                params["X-Amz-Security-Token"] = creds.token
+            canonical_query = "&".join(sorted(f"{_quote(k)}={_quote(v)}"
+                                              for k, v in params.items()))
+            if not query:  # the same for every object in this second: a cold `ls -l` signs 1,000
+                self._plain = (plain, canonical_query)
+        else:
+            canonical_query = self._plain[1]
         host = urllib.parse.urlsplit(base).netloc
         request = "\n".join((method, path, canonical_query, f"host:{host}\n", "host",
                              "UNSIGNED-PAYLOAD"))

@@ -18,6 +18,7 @@ or CompleteMultipartUpload only once it has the whole object.
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import os
 import threading
@@ -143,14 +144,24 @@ def _mtime_ns(value: datetime | None) -> int:
 
 def _info(key: str, headers: Mapping[str, str]) -> ObjectInfo:
     """What the headers of a HEAD or GET answer say of an object."""
-    modified = headers.get("Last-Modified")
+    return info_of(key, {name.lower(): value for name, value in headers.items()})
+
+
+def info_of(key: str, headers: Mapping[str, str]) -> ObjectInfo:
+    """_info of headers whose names are lower case (store/headbatch.py gives them so: a
+    cold `ls -l` reads a thousand answers)."""
+    modified = headers.get("last-modified")
     return ObjectInfo(
-        key, int(headers.get("Content-Length") or 0),
-        _mtime_ns(email.utils.parsedate_to_datetime(modified) if modified else None),
-        clean_etag(headers.get("ETag")),
-        {name[len(META):].lower(): value for name, value in headers.items()
-         if name.lower().startswith(META)},
-        headers.get("Content-Type"))
+        key, int(headers.get("content-length") or 0), _http_date_ns(modified) if modified else 0,
+        clean_etag(headers.get("etag")),
+        {name[len(META):]: value for name, value in headers.items() if name.startswith(META)},
+        headers.get("content-type"))
+
+
+@functools.lru_cache(maxsize=256)
+def _http_date_ns(text: str) -> int:
+    """An HTTP date in ns (objects written together share their Last-Modified second)."""
+    return _mtime_ns(email.utils.parsedate_to_datetime(text))
 
 
 def translate(exc: BaseException, what: str) -> Exception:
@@ -431,12 +442,12 @@ class S3Store:
             return
         again: list[str] = []
 
-        def arrived(answers: list[tuple[str, int, Mapping[str, str]]]) -> None:
+        def arrived(answers: list[tuple[str, int, dict[str, str]]]) -> None:
             results: list[tuple[str, ObjectInfo | S3FuseError]] = []
             for key, status, headers in answers:
                 self._count("HeadObject")
                 if status == 200:
-                    results.append((key, _info(key, headers)))
+                    results.append((key, info_of(key, headers)))
                 elif status == 404:
                     results.append((key, retry.tagged(
                         NotFound(f"HeadObject s3://{bucket}/{key}: not found"), "NoSuchKey", 404)))

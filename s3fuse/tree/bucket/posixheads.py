@@ -43,10 +43,22 @@ READING_DIRS = 64
 #: Unknown files HEADed by the first lookup that needs one (and S3 requests of this
 #: module in flight per tree: the connection pool holds 64).
 BATCH = 64
-#: A walk in name order (`ls -l`, `rsync`) that reaches the middle of a batch starts the
-#: next one, twice as large, up to this: the HEADs keep running ahead of the walk instead
-#: of stopping it at every batch boundary (read-ahead, as for blocks).
+#: A walk in name order (`ls -l`, `rsync`) that reaches a batch starts the next one,
+#: twice as large, up to this: the HEADs keep running ahead of the walk instead of
+#: stopping it at every batch boundary (read-ahead, as for blocks).
 MAX_BATCH = 256
+#: Directories whose walk is followed at once.
+WALKS = 16
+
+
+@dataclass(eq=False)
+class _Walk:
+    """Lookups in name order through a directory (`ls -l`, `rsync`): a lookup of
+    `trigger` or later starts the next batch, after `last`."""
+
+    trigger: str
+    last: str
+    size: int
 
 
 @dataclass(eq=False)
@@ -55,10 +67,7 @@ class _Batch:
 
     answered: trio.Event = field(default_factory=trio.Event)  # S3 answered one of them
     done: dict[str, trio.Event] = field(default_factory=dict)  # per name: stored (or failed)
-    trigger: str = ""   # the name whose lookup starts the next batch (read-ahead)
-    last: str = ""      # the next batch starts after this name
     stored: dict[str, Entry] = field(default_factory=dict)  # answered, as stored (the waiter's)
-    size: int = BATCH
 
 
 class PosixHeads:
@@ -75,12 +84,18 @@ class PosixHeads:
         self._limiter = trio.CapacityLimiter(BATCH)
         self._pending: dict[tuple[str, str], _Batch] = {}
         self._reading: dict[str, None] = {}  # directories a file was read in, oldest first
+        self._walks: dict[str, _Walk] = {}    # per directory, oldest first
 
     async def complete(self, parent: str, entry: Entry) -> Entry | None:
         """`entry` (of `parent`) with its POSIX metadata, looked up when unknown; None
         when S3 has it no more. Still unknown (posix None: the defaults show) when it
         cannot be looked up now: disabled, offline, or no answer within REVALIDATE_WAIT."""
-        if entry.posix is not None or not self.enabled:
+        if not self.enabled:
+            return entry
+        walk = self._walks.get(parent)
+        if walk is not None and entry.name >= walk.trigger and self._store.link.online:
+            await self._read_ahead(parent, walk)
+        if entry.posix is not None:
             return entry
         if entry.is_dir:
             listed = await self._marker_listed(join(parent, entry.name))
@@ -91,14 +106,10 @@ class PosixHeads:
             return entry
         batch = self._pending.get((parent, entry.name))
         if batch is None:
-            batch = await self._launch(parent, self._start(parent, [entry], BATCH))
-        elif entry.name == batch.trigger and batch.last:  # a walk: read ahead
-            batch.trigger = ""
-            after = [e for e in self._listings.unknown_after(parent, batch.last, MAX_BATCH + 1)
-                     if e.name != batch.last and not e.is_dir]
-            if after:
-                await self._launch(parent, self._start(parent, after,
-                                                       min(batch.size * 2, MAX_BATCH)))
+            started = self._start(parent, [entry], BATCH)
+            if len(started[1]) > 1:  # a second lookup in name order is a walk: read ahead
+                self._walk(parent, _Walk(started[1][1].name, started[1][-1].name, BATCH))
+            batch = await self._launch(parent, started)
         with trio.move_on_after(REVALIDATE_WAIT):
             await batch.answered.wait()
         if not batch.answered.is_set():
@@ -108,6 +119,26 @@ class PosixHeads:
         await batch.done[entry.name].wait()
         stored = batch.stored.pop(entry.name, None)
         return stored if stored is not None else self._listings.entry(parent, entry.name)
+
+    def _walk(self, parent: str, walk: _Walk) -> None:
+        self._walks.pop(parent, None)
+        self._walks[parent] = walk
+        if len(self._walks) > WALKS:
+            del self._walks[next(iter(self._walks))]
+
+    async def _read_ahead(self, parent: str, walk: _Walk) -> None:
+        """The walk reached the newest batch: HEAD the next unknown files, twice as many
+        (up to MAX_BATCH), so that one batch is always on its way ahead of the walk."""
+        after = [e for e in self._listings.unknown_after(parent, walk.last, MAX_BATCH + 1)
+                 if e.name > walk.last and not e.is_dir]
+        size = min(walk.size * 2, MAX_BATCH)
+        started = self._start(parent, after, size) if after else None
+        if started is None or not started[1]:
+            self._walks.pop(parent, None)  # nothing unknown left: the walk is over
+            return
+        items = started[1]
+        walk.trigger, walk.last, walk.size = items[0].name, items[-1].name, size
+        await self._launch(parent, started)
 
     async def _marker_listed(self, path: str) -> bool:
         """List directory `path` (unless its listing is fresh): that records on its entry
@@ -133,9 +164,7 @@ class PosixHeads:
             items += [e for e in self._listings.unknown_after(parent, items[-1].name, size)
                       if not e.is_dir and e.name > items[-1].name
                       and (parent, e.name) not in self._pending][:size - len(items)]
-        batch = _Batch(size=size)
-        if len(items) > 1:
-            batch.trigger, batch.last = items[1].name, items[-1].name
+        batch = _Batch()
         for item in items:
             batch.done[item.name] = trio.Event()
             self._pending[(parent, item.name)] = batch
