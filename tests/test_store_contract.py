@@ -278,6 +278,12 @@ def test_s3_sends_metadata_conditions_and_sse_as_given(
         sent.append((event_name.split(".")[-1], {k.lower(): v.decode() if isinstance(v, bytes)
                                                  else v for k, v in request.headers.items()}))
     store.write_client.meta.events.register("before-send.s3", record)
+    signed_here = store._fast.put  # small copies are presigned PUTs (store/copysign.py)
+
+    def put(what: str, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        sent.append(("CopyObject", dict(headers)))
+        return signed_here(what, url, headers)
+    monkeypatch.setattr(store._fast, "put", put)
     monkeypatch.setattr(s3_store, "COPY_LIMIT", 5 * MiB)
     monkeypatch.setattr(s3_store, "COPY_PART_SIZE", 5 * MiB)
 

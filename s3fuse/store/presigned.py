@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import urllib3
 from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError,
@@ -132,6 +132,12 @@ class PresignedReader:
         file). Retried and judged as GETs are."""
         status, headers, _ = self._request(what, url, {}, method="HEAD")
         return status, headers
+
+    def put(self, what: str, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        """(status, body) of a bodiless PUT to a presigned URL (a CopyObject: the answer
+        is a small XML document); retried and judged as GETs are."""
+        status, _, body = self._request(what, url, headers, ERROR_BODY, method="PUT")
+        return status, body
 
     def _request(self, what: str, url: str, headers: dict[str, str], limit: int | None = None,
                  skip_ok: bool = False, method: str = "GET") -> tuple[int, Any, bytes]:
@@ -342,6 +348,17 @@ class Presigner:
         base, key_path, _, region = layout
         return self._sign(base, key_path + _quote(key, "/~"), {}, region, method="HEAD")
 
+    def put_url(self, bucket: str, key: str, headers: Mapping[str, str],
+                amz_date: str | None = None) -> str | None:
+        """A presigned PUT of `key` that signs `headers` (lower-case names, sent as they
+        are); None when this bucket's URLs are botocore's."""
+        layout = self._layout(bucket)
+        if layout is None:
+            return None
+        base, key_path, _, region = layout
+        return self._sign(base, key_path + _quote(key, "/~"), {}, region, amz_date, "PUT",
+                          headers)
+
     def list_url(self, bucket: str, params: dict[str, Any]) -> str:
         """ListObjectsV2 of `params` (boto3's names: Prefix, Delimiter, MaxKeys,
         ContinuationToken, EncodingType)."""
@@ -372,26 +389,31 @@ class Presigner:
         return key
 
     def _sign(self, base: str, path: str, query: dict[str, str], region: str,
-              amz_date: str | None = None, method: str = "GET") -> str:
+              amz_date: str | None = None, method: str = "GET",
+              headers: Mapping[str, str] | None = None) -> str:
         creds = self._credentials()
         amz_date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         date = amz_date[:8]
         scope = f"{date}/{region}/s3/aws4_request"
+        host = urllib.parse.urlsplit(base).netloc
+        signed = {"host": host, **{name: " ".join(value.split())
+                                   for name, value in (headers or {}).items()}}
+        names = ";".join(sorted(signed))
         plain = (amz_date, creds.access_key, creds.token, region)  # a GET's or a HEAD's
-        if query or self._plain[0] != plain:
+        if query or headers or self._plain[0] != plain:
             params = {**query, "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
                       "X-Amz-Credential": f"{creds.access_key}/{scope}", "X-Amz-Date": amz_date,
-                      "X-Amz-Expires": str(self._expires), "X-Amz-SignedHeaders": "host"}
+                      "X-Amz-Expires": str(self._expires), "X-Amz-SignedHeaders": names}
             if creds.token is not None:
                 params["X-Amz-Security-Token"] = creds.token
             canonical_query = "&".join(sorted(f"{_quote(k)}={_quote(v)}"
                                               for k, v in params.items()))
-            if not query:  # the same for every object in this second: a cold `ls -l` signs 1,000
-                self._plain = (plain, canonical_query)
+            if not query and not headers:  # the same for every object in this second: a
+                self._plain = (plain, canonical_query)  # cold `ls -l` signs 1,000
         else:
             canonical_query = self._plain[1]
-        host = urllib.parse.urlsplit(base).netloc
-        request = "\n".join((method, path, canonical_query, f"host:{host}\n", "host",
+        canonical_headers = "".join(f"{name}:{signed[name]}\n" for name in sorted(signed))
+        request = "\n".join((method, path, canonical_query, canonical_headers, names,
                              "UNSIGNED-PAYLOAD"))
         to_sign = "\n".join(("AWS4-HMAC-SHA256", amz_date, scope,
                              hashlib.sha256(request.encode()).hexdigest()))
@@ -437,8 +459,8 @@ class Presigner:
         ours = self._sign(base, got.path, {}, region, date)
         list_date = dict(urllib.parse.parse_qsl(listed.query))["X-Amz-Date"]
         ours_list = self._sign(base, listed.path, _list_query(list_params), region, list_date)
-        if (_signature(ours) != query.get("X-Amz-Signature")
-                or _signature(ours_list) != _signature(list_url)):
+        if (signature_of(ours) != query.get("X-Amz-Signature")
+                or signature_of(ours_list) != signature_of(list_url)):
             log.info("presigning for %s left to botocore (signatures differ)", bucket)
             return None
         return base, key_path, listed.path, region
@@ -449,7 +471,7 @@ def _quote(text: str, safe: str = "-_.~") -> str:
     return urllib.parse.quote(text, safe=safe)
 
 
-def _signature(url: str) -> str | None:
+def signature_of(url: str) -> str | None:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query)).get("X-Amz-Signature")
 
 

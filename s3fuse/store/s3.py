@@ -43,6 +43,7 @@ from ..config import Config, KeyPair
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
 from . import retry
 from .link import Link
+from .copysign import CopySigner, copy_etag
 from .headbatch import PipelinedHeads
 from .presigned import PresignedReader, Presigner, answer_error
 from .protocol import HeadsAnswered, ListPage, ObjectInfo, clean_etag, head_one_by_one
@@ -70,6 +71,9 @@ TRUNCATION_ERRORS = (
     botocore.exceptions.IncompleteReadError,
 )
 PRESIGN_SECONDS = 3600
+#: Copies of objects up to this size are sent as presigned PUTs (store/copysign.py): S3 may
+#: take long to answer a big one, past the short first-byte deadline of that path.
+FAST_COPY_LIMIT = 16 << 20
 CONNECT_TIMEOUT = 2.0  # an unreachable endpoint is noticed this fast (then: offline)
 FIRST_BYTE_TIMEOUT = 2.0  # a read's response headers; then S3 is probed (black hole: offline)
 READ_TIMEOUT = 30.0  # a body (or a write's answer) that stops arriving
@@ -256,6 +260,8 @@ class S3Store:
         self.write_client = self._client(session, bcfg.merge(botocore.config.Config(
             read_timeout=read_timeout)), cfg.write_keys or cfg.read_keys)
         self._presigner = Presigner(self.read_client, PRESIGN_SECONDS)
+        self._copies = CopySigner(self.write_client, Presigner(self.write_client, PRESIGN_SECONDS),
+                                  PRESIGN_SECONDS)
         self._ca_certs = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
         self._connect_timeout = connect_timeout
         self._proxied = proxy_for(self.read_client.meta.endpoint_url) is not None
@@ -661,9 +667,42 @@ class S3Store:
                                   **self._sse_args()}
         if metadata is not None:
             kwargs.update(kept, Metadata=dict(metadata), MetadataDirective="REPLACE")
-        resp = self._call(f"CopyObject s3://{bucket}/{source_key} -> {key}",
-                          self.write_client.copy_object, **kwargs)
+        what = f"CopyObject s3://{bucket}/{source_key} -> {key}"
+        if size <= FAST_COPY_LIMIT:
+            etag = self._copy_signed_here(what, kwargs)
+            if etag is not None:
+                return etag
+        resp = self._call(what, self.write_client.copy_object, **kwargs)
         return clean_etag(resp.get("CopyObjectResult", {}).get("ETag"))
+
+    def _copy_signed_here(self, what: str, params: Mapping[str, Any]) -> str | None:
+        """CopyObject as a presigned PUT (store/copysign.py): the new ETag; None when it
+        is botocore's to send (a request shape not checked, an answer other than a
+        CopyObjectResult, 412 or 404: botocore then retries it and maps its errors)."""
+        signed = self._copies.request(params)
+        if signed is None:
+            return None
+        url, headers = signed
+        self.link.check(what)
+        self._count("CopyObject")
+        try:
+            status, body = self._fast.put(what, url, headers)
+        except Offline as exc:
+            raise self._failed(exc) from None
+        except RemoteError as exc:
+            log.debug("%s: %s; asking through botocore", what, exc)
+            return None
+        self.link.succeeded()
+        if status == 200:
+            return copy_etag(body)
+        if status == 412:
+            raise retry.tagged(StaleObject(f"{what}: the source changed in S3"),
+                               "PreconditionFailed", 412)
+        if status == 404:
+            raise retry.tagged(NotFound(f"{what}: not found"), "NoSuchKey", 404)
+        if status == 403:  # a signature S3 does not take: botocore signs this bucket's copies
+            self._copies.distrust(params["Bucket"])
+        return None
 
     def _copy_in_parts(self, bucket: str, source_key: str, key: str, quoted: str, size: int,
                        args: Mapping[str, Any]) -> str:
