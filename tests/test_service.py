@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import site
 import socket
 import subprocess
 import sys
@@ -309,3 +310,94 @@ def test_mount_helper_as_mount8_calls_it(tmp_path: Path, setup):
         subprocess.run([str(BIN / "s3fuse"), "umount", str(mnt)], env=env)
     res = subprocess.run([helper, "missing", str(mnt)], env=env, capture_output=True, text=True)
     assert res.returncode == 2 and "cannot read config" in res.stderr
+
+
+#: Settings that make systemd apply no-new-privileges to a unit that runs without
+#: CAP_SYS_ADMIN (every unit of a user manager): systemd.exec(5).
+IMPLY_NO_NEW_PRIVILEGES = (
+    "SystemCallFilter", "SystemCallArchitectures", "RestrictAddressFamilies",
+    "RestrictNamespaces", "PrivateDevices", "ProtectKernelTunables", "ProtectKernelModules",
+    "ProtectKernelLogs", "ProtectClock", "MemoryDenyWriteExecute", "RestrictRealtime",
+    "RestrictSUIDSGID", "LockPersonality", "ProtectHostname", "PrivateUsers")
+NOBODY = 65534
+
+
+@pytest.fixture
+def fuse_for_users() -> Iterator[None]:
+    """/dev/fuse 0666, as on Debian workstations (0600 on some CI machines), while the test
+    runs; fusermount3 must be setuid root, as the fuse3 package installs it."""
+    fusermount = shutil.which("fusermount3")
+    if os.geteuid() != 0 or shutil.which("setpriv") is None or fusermount is None:
+        pytest.skip("needs root, setpriv and fusermount3")
+    assert os.stat(fusermount).st_mode & 0o4000, "fusermount3 is not setuid (package fuse3)"
+    mode = os.stat("/dev/fuse").st_mode & 0o777
+    os.chmod("/dev/fuse", 0o666)
+    yield
+    os.chmod("/dev/fuse", mode)
+
+
+def user_install(script: Path) -> None:
+    """The console script `pip install --user s3fuse` writes: the system interpreter when it
+    is this one's version (a venv's may live where other users cannot reach it, such as
+    pyenv's under /root), this checkout and its dependencies on the path."""
+    system = Path("/usr/bin/python3")
+    probe = subprocess.run([str(system), "-c", "import sys; print(sys.version_info[:2])"],
+                           capture_output=True, text=True) if system.exists() else None
+    same = probe is not None and probe.stdout.strip() == str(tuple(sys.version_info[:2]))
+    script.write_text(f"#!{system if same else sys.executable}\nimport sys\n"
+                      f"sys.path[:0] = {[str(REPO), *site.getsitepackages()]!r}\n"
+                      "from s3fuse.cli import main\nsys.exit(main())\n")
+    script.chmod(0o755)
+
+
+def test_the_user_unit_mounts_as_an_unprivileged_user(setup, fuse_for_users) -> None:
+    """ExecStart and ExecStop of s3fuse-user@.service as an unprivileged user, as a user
+    manager runs them: its Environment, no new privileges when the unit asks for it or
+    implies it (then fusermount3 loses its setuid bit and no mount is possible), the PATH
+    of a user manager, and s3fuse installed with `pip install --user` (~/.local/bin)."""
+    bucket, _, env = setup
+    unit = service_settings("s3fuse-user@.service")
+    home = Path(tempfile.mkdtemp(prefix="s3fuse-user-home-"))
+    try:
+        (home / ".local" / "bin").mkdir(parents=True)
+        user_install(home / ".local" / "bin" / "s3fuse")
+        (home / ".config" / "s3fuse").mkdir(parents=True)
+        mnt = home / "mnt"
+        mnt.mkdir()
+        write_config(home / ".config" / "s3fuse" / "data.toml", mnt, home / "cache", bucket)
+        for path in [home, *home.rglob("*")]:
+            os.lchown(path, NOBODY, NOBODY)
+        user_env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin",  # a user manager's
+                    **{k: v for k, v in env.items() if k.startswith("AWS")}}
+        for assignment in unit.get("Environment", "").split():
+            name, _, value = assignment.strip('"').partition("=")
+            user_env[name] = value.replace("%h", str(home))
+        no_new_privs = unit.get("NoNewPrivileges") == "yes" or any(
+            setting in unit for setting in IMPLY_NO_NEW_PRIVILEGES)
+        as_user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                   "--inh-caps=-all", *(["--no-new-privs"] if no_new_privs else [])]
+        render = lambda line: line.replace("%h", str(home)).replace("%i", "data").split()
+        daemon = subprocess.Popen(as_user + render(unit["ExecStart"]), env=user_env, cwd=home,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        mounted = lambda: f" {mnt} " in Path("/proc/self/mountinfo").read_text()  # noqa: E731
+        try:  # (root may not look into a mount without allow_other: the user reads it)
+            deadline = time.monotonic() + 30
+            while not mounted():
+                assert daemon.poll() is None, daemon.stderr.read().decode()  # type: ignore[union-attr]
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            read = subprocess.run(as_user + ["cat", str(mnt / "data" / "hello.txt")],
+                                  capture_output=True, timeout=30)
+            assert read.stdout == b"hello", read.stderr
+            stop = subprocess.run(as_user + render(unit["ExecStop"]), env=user_env, cwd=home,
+                                  capture_output=True, text=True, timeout=60)
+            assert stop.returncode == 0, stop.stderr
+            assert daemon.wait(timeout=30) == 0 and not mounted()
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+            if mounted():
+                subprocess.run(["fusermount3", "-uz", str(mnt)])
+    finally:
+        shutil.rmtree(home)
