@@ -281,6 +281,29 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "debug": lambda v: tuple(m for m in re.split(r"[,:\s]+", str(v)) if m),
 }
 LIST_OPTIONS = ("source", "manifest")
+#: The keys of a [[source]] or [[manifest]] table.
+LIST_KEYS = ("uri", "name")
+
+_TEXT = ((str,), "a string (in quotes)")
+_INT = ((int,), "an integer")
+_SIZE = ((str, int), 'a size: bytes, or a string such as "20G"')
+_DURATION = ((str, int, float), 'a duration: seconds, or a string such as "90s", "15m"')
+_BOOL = ((bool,), "true or false")
+_MODE = ((str,), 'an octal string, e.g. "0644" (a bare 644 is the decimal number 644)')
+#: What a TOML value of each key must be (TOML has types: `file_mode = 644` is a decimal
+#: integer, `read_only = "no"` a string; both are refused rather than guessed at).
+TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    **{key: _TEXT for key in ("mountpoint", "endpoint_url", "profile", "region",
+                              "addressing_style", "secrets_env", "role_arn", "cache_dir", "sse",
+                              "sse_kms_key_id", "log_level", "debug")},
+    **{key: _INT for key in ("role_session_duration", "uid", "gid")},
+    **{key: _SIZE for key in ("cache_size", "cache_reserve")},
+    **{key: _DURATION for key in ("metadata_ttl", "drain_timeout", "request_timeout")},
+    **{key: _BOOL for key in ("read_only", "posix_metadata", "allow_other")},
+    **{key: _MODE for key in ("file_mode", "dir_mode")},
+}
+#: Largest uid or gid (2^32 - 1 is "no id" to the kernel).
+MAX_ID = 2**32 - 2
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -301,12 +324,35 @@ def load_toml(path: Path) -> dict[str, Any]:
     if secret is not None:  # config files are often world-readable (/etc/s3fuse/*.toml)
         raise UsageError(credential_refusal(repr(secret), f"config {path}:"))
     if unknown:
-        raise UsageError(f"unknown key(s) in config {path}: {', '.join(sorted(unknown))}")
+        raise UsageError(f"unknown key(s) in config {path}: {', '.join(sorted(unknown))} "
+                         f"(known: see `s3fuse mount --help`)")
+    for key, value in data.items():
+        if key in TOML_TYPES:
+            _check_type(path, key, value, *TOML_TYPES[key])
     for key in LIST_OPTIONS:
         items = data.get(key, [])
         if not isinstance(items, list) or not all(isinstance(i, dict) and "uri" in i for i in items):
             raise UsageError(f"invalid config {path}: [[{key}]] tables need a 'uri'")
+        for item in items:
+            extra = sorted(set(item) - set(LIST_KEYS))
+            if extra:
+                raise UsageError(f"config {path}: unknown key(s) in [[{key}]]: "
+                                 f"{', '.join(extra)} (known: {', '.join(LIST_KEYS)})")
+            for name in LIST_KEYS:
+                if name in item:
+                    _check_type(path, f"[[{key}]] {name}", item[name], *_TEXT)
     return data
+
+
+def _check_type(path: Path, key: str, value: Any, types: tuple[type, ...], what: str) -> None:
+    """One line naming the key when a TOML value is not of its type (bool is no integer)."""
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        raise UsageError(f"config {path}: {key} = {_shown(value)}: expected {what}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if not isinstance(value, bool) else str(value).lower()
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_o_options(options: list[str]) -> dict[str, Any]:
@@ -361,7 +407,10 @@ def build_config(cli: Mapping[str, Any], o_options: list[str] | None = None,
     values: dict[str, Any] = {}
     for key, convert in SCALAR_OPTIONS.items():
         if merged.get(key) is not None:
-            values[key] = convert(merged[key])
+            try:
+                values[key] = convert(merged[key])
+            except UsageError as exc:  # say which option: the value alone may not tell
+                raise UsageError(f"{key}: {exc}") from None
     if config_file:
         values["config_file"] = Path(config_file)
     values["foreground"] = bool(cli.get("foreground"))
@@ -413,6 +462,9 @@ def validate(cfg: Config) -> Config:
         raise UsageError(f"invalid role ARN {cfg.role_arn!r}")
     if cfg.cache_size < (64 << 20):
         raise UsageError("cache size must be at least 64M")
+    for name, value in (("uid", cfg.uid), ("gid", cfg.gid)):
+        if not 0 <= value <= MAX_ID:
+            raise UsageError(f"{name} {value} is out of range (0 to {MAX_ID})")
     return cfg
 
 

@@ -131,3 +131,38 @@ def test_debug_modules_from_cli_o_and_toml(tmp_path: Path):
     assert build_config({"config": str(cfg_file)}, [], {}).debug == ("s3fuse.data",)
     with pytest.raises(UsageError, match="s3fuse modules"):  # botocore's lines carry signatures
         build_config({"debug": "botocore"}, [], {})
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("mountpoint = 5\n", 'mountpoint = 5: expected a string'),
+    ("file_mode = 644\n", 'file_mode = 644: expected an octal string, e.g. "0644"'),
+    ('read_only = "no"\n', "read_only = 'no': expected true or false"),
+    ("uid = true\n", "uid = true: expected an integer"),
+    ('cache_size = "lots"\n', "cache_size: invalid size 'lots'"),
+    ("[[source]]\nuri = 's3://b'\nnmae = 'x'\n", r"unknown key\(s\) in \[\[source\]\]: nmae \(known: uri, name\)"),
+    ("[[manifest]]\nuri = 7\n", r"\[\[manifest\]\] uri = 7: expected a string"),
+    ("uid = -5\n", "uid -5 is out of range"),
+])
+def test_every_toml_value_is_checked_and_named(tmp_path: Path, toml: str, message: str):
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(UsageError, match=message) as info:
+        build_config({"config": str(f)}, [], {})
+    assert "\n" not in str(info.value)
+
+
+def test_typed_toml_values_that_are_right(tmp_path: Path):
+    f = tmp_path / "c.toml"
+    f.write_text('file_mode = "0640"\ndir_mode = "750"\nread_only = true\nuid = 1000\n'
+                 'cache_size = 1073741824\nmetadata_ttl = 1.5\n[[source]]\nuri = "s3://bucket"\n'
+                 'name = "data"\n')
+    cfg = build_config({"config": str(f)}, [], {})
+    assert (cfg.file_mode, cfg.dir_mode, cfg.read_only, cfg.uid) == (0o640, 0o750, True, 1000)
+    assert (cfg.cache_size, cfg.metadata_ttl, cfg.sources[0].name) == (1 << 30, 1.5, "data")
+
+
+def test_an_out_of_range_uid_is_refused_before_mounting():
+    with pytest.raises(UsageError, match="gid 4294967295 is out of range"):
+        build_config({"gid": 2**32 - 1}, [], {})
+    with pytest.raises(UsageError, match="uid -5 is out of range"):
+        build_config({}, ["uid=-5"], {})
