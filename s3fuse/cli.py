@@ -33,10 +33,19 @@ def _say(line: str) -> None:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports errors in one line."""
+    """argparse that reports errors in one line, and takes no abbreviated options (`--cache`
+    must not silently mean one of `--cache-dir`, `--cache-size`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        _say(f"s3fuse: error: {redact_unrecognized(message)}")
+        if "required: COMMAND" in message:  # no command given: what the commands are
+            sys.stderr.write(self.format_usage())
+            commands = next(a for a in self._actions if a.metavar == "COMMAND").choices
+            message = f"a command is required: {', '.join(commands or ())}"
+        _say(f"{self.prog.split()[0]}: error: {redact_unrecognized(message)}")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -79,8 +88,13 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", dest="o", action="append", default=[], metavar="KEY=VALUE,...",
                    help="options in fstab style, e.g. -o read_only,cache_size=20G")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    p.add_argument("--debug", metavar="MODULES",
-                   help="these s3fuse modules at DEBUG, e.g. s3fuse.store,s3fuse.upload")
+    p.add_argument("-d", "--debug", dest="debug", action="store_const", const="s3fuse",
+                   help="every s3fuse module at DEBUG (never botocore's: its lines carry "
+                        "request signatures)")
+    p.add_argument("--debug-modules", dest="debug", metavar="MODULES",
+                   help="only these s3fuse modules at DEBUG, e.g. s3fuse.store,s3fuse.upload")
+    p.add_argument("--allow-non-empty", action="store_const", const=True,
+                   help="mount over a directory that has entries (they are hidden meanwhile)")
     p.add_argument("-f", "--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
@@ -88,7 +102,8 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
 def make_parser() -> Parser:
     parser = Parser(prog="s3fuse", description="Mount S3 buckets and s3exchange manifests.")
     parser.add_argument("--version", action="version", version=f"s3fuse {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                metavar="COMMAND")
     _mount_options(sub.add_parser("mount", help="mount S3 sources on a directory"))
     p = sub.add_parser("umount", help="unmount (after pending uploads are done)")
     p.add_argument("mountpoint", nargs="?", help="the mount (or 'mountpoint' in --config)")
@@ -110,7 +125,8 @@ def make_parser() -> Parser:
         p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories inside a mount")
         p.add_argument("--no-wait", action="store_true", help="start the job and return")
     cache = sub.add_parser("cache", help="inspect and trim the on-disk cache")
-    csub = cache.add_subparsers(dest="cache_command", required=True, parser_class=Parser)
+    csub = cache.add_subparsers(dest="cache_command", required=True, parser_class=Parser,
+                                metavar="COMMAND")
     for name, text in (("stats", "size, entries, pinned bytes, hit rate"),
                        ("prune", "drop cached blocks by age and/or down to a size"),
                        ("clear", "drop every cached block and pin (never pending uploads)")):
@@ -132,7 +148,7 @@ def _config_from(args: argparse.Namespace) -> Config:
     cfg = build_config(cli, args.o)
     if cfg.mountpoint is None:
         raise UsageError("no mountpoint given (argument or 'mountpoint' in --config)")
-    return cfg.with_overrides(mountpoint=check_mountpoint(cfg.mountpoint))
+    return cfg.with_overrides(mountpoint=check_mountpoint(cfg.mountpoint, cfg.allow_non_empty))
 
 
 def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:

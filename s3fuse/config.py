@@ -94,6 +94,7 @@ class Config:
     file_mode: int = 0o644
     dir_mode: int = 0o755
     allow_other: bool = False
+    allow_non_empty: bool = False  # mount over a directory that has entries
     foreground: bool = False
     log_level: str = "INFO"
     debug: tuple[str, ...] = ()  # s3fuse modules logged at DEBUG whatever log_level says
@@ -277,6 +278,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "file_mode": parse_mode,
     "dir_mode": parse_mode,
     "allow_other": parse_bool,
+    "allow_non_empty": parse_bool,
     "log_level": lambda v: str(v).upper(),
     "debug": lambda v: tuple(m for m in re.split(r"[,:\s]+", str(v)) if m),
 }
@@ -299,9 +301,10 @@ TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     **{key: _INT for key in ("role_session_duration", "uid", "gid")},
     **{key: _SIZE for key in ("cache_size", "cache_reserve")},
     **{key: _DURATION for key in ("metadata_ttl", "drain_timeout", "request_timeout")},
-    **{key: _BOOL for key in ("read_only", "posix_metadata", "allow_other")},
+    **{key: _BOOL for key in ("read_only", "posix_metadata", "allow_other", "allow_non_empty")},
     **{key: _MODE for key in ("file_mode", "dir_mode")},
 }
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: Largest uid or gid (2^32 - 1 is "no id" to the kernel).
 MAX_ID = 2**32 - 2
 
@@ -451,11 +454,12 @@ def validate(cfg: Config) -> Config:
     if cfg.endpoint_url and not re.match(r"^https?://[^\s/]+", cfg.endpoint_url):
         raise UsageError(f"invalid endpoint URL {redact_url(cfg.endpoint_url)!r} "
                          "(expected http(s)://host[:port])")
-    if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise UsageError(f"invalid log level {cfg.log_level!r}")
+    if cfg.log_level not in LOG_LEVELS:
+        raise UsageError(f"invalid log level {cfg.log_level!r} (one of {', '.join(LOG_LEVELS)})")
     for module in cfg.debug:  # only ours: botocore's debug lines carry request signatures
         if not re.fullmatch(r"s3fuse(\.[a-z_]+)*", module):
-            raise UsageError(f"--debug takes s3fuse modules (e.g. s3fuse.store), not {module!r}")
+            raise UsageError(f"--debug-modules takes s3fuse modules (e.g. s3fuse.store), not "
+                             f"{module!r}")
     if not 900 <= cfg.role_session_duration <= 43200:
         raise UsageError("role session duration must be between 900 and 43200 seconds")
     if cfg.role_arn is not None and not cfg.role_arn.startswith("arn:"):
@@ -468,8 +472,10 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def check_mountpoint(path: Path) -> Path:
-    """The mountpoint must exist, be a directory and not be mounted already."""
+def check_mountpoint(path: Path, allow_non_empty: bool = False) -> Path:
+    """The mountpoint must exist, be a directory, not be mounted already and (unless
+    `allow_non_empty`) be empty, as rclone, mount-s3 and s3fs ask: files there would be
+    hidden by the mount, and a wrong path is more often a mistake than a wish."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -481,4 +487,13 @@ def check_mountpoint(path: Path) -> Path:
         raise UsageError(f"mountpoint {path} is not a directory")
     if os.path.ismount(path):
         raise UsageError(f"{path} is already a mount point")
+    if not allow_non_empty:
+        try:
+            with os.scandir(path) as entries:
+                occupied = next(entries, None) is not None
+        except OSError as exc:
+            raise UsageError(f"mountpoint {path} is not usable: {exc.strerror}") from None
+        if occupied:
+            raise UsageError(f"mountpoint {path} is not empty (--allow-non-empty mounts over "
+                             "it, hiding what is there)")
     return path.resolve()

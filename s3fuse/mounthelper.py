@@ -49,8 +49,25 @@ def translate(source: str, directory: str, options: str) -> list[str]:
     return args
 
 
+USAGE = "usage: mount.s3fuse SOURCE DIRECTORY [-sfnvw] [-o OPTIONS]\n"
+HELP = USAGE + """
+The helper mount(8) runs for fstab entries of type s3fuse:
+
+  data  /mnt/data  s3fuse  _netdev,nofail,x-systemd.automount,config=/etc/s3fuse/data.toml  0 0
+
+SOURCE is a config name (/etc/s3fuse/SOURCE.toml unless config= is given) or an
+s3://BUCKET[/PREFIX] URI. OPTIONS are s3fuse's -o options (see `s3fuse mount --help`);
+ro means read-only, mount(8)'s and systemd's own (_netdev, nofail, x-*, ...) are ignored.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write(HELP)
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        return s3fuse_main(["--version"])
     positional: list[str] = []
     options: list[str] = []
     i = 0
@@ -68,6 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             positional.append(arg)
         i += 1
     if len(positional) != 2:
-        sys.stderr.write("usage: mount.s3fuse SOURCE DIRECTORY [-o OPTIONS]\n")
+        sys.stderr.write(USAGE)
         return 2
     return s3fuse_main(translate(positional[0], positional[1], ",".join(options)))

@@ -45,6 +45,11 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, env: dict[str, str]):
         (["status", str(mnt)], env, "not an s3fuse mount"),
         (["umount", str(mnt)], env, "not an s3fuse mount"),
         (["bogus-command"], env, "invalid choice"),
+        (["mount", str(mnt), "--cache", "x", "--source", "s3://abc"], env,
+         "unrecognized arguments: --cache"),  # no abbreviations: --cache-dir? --cache-size?
+        (["mount", str(mnt), "--source", "s3://abc", "--log-level", "loud"], env,
+         "(one of DEBUG, INFO, WARNING, ERROR)"),
+        (["mount", str(tmp_path), "--source", "s3://abc"], env, "is not empty (--allow-non-empty"),
     ]
     for args, case_env, message in cases:
         res = run(args, case_env)
@@ -84,3 +89,36 @@ def test_output_into_a_closed_pipe_is_quiet(tmp_path: Path):
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("args, commands", [
+    ([], "a command is required: mount, umount, sync, status, demo, pin, unpin, cache"),
+    (["cache"], "a command is required: stats, prune, clear"),
+])
+def test_a_missing_command_gives_the_usage_and_the_commands(env: dict[str, str], args: list[str],
+                                                            commands: str):
+    res = run(args, env)
+    assert res.returncode == 2
+    usage, error = res.stderr.strip().splitlines()
+    assert usage.startswith("usage: s3fuse") and "COMMAND" in usage and error.endswith(commands)
+
+
+def test_mount_helper_help_and_version(env: dict[str, str]):
+    helper = [sys.executable, "-c", "import sys; from s3fuse.mounthelper import main; "
+              "sys.exit(main())"]
+    shown = subprocess.run(helper + ["--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: mount.s3fuse SOURCE DIRECTORY")
+    assert "config=/etc/s3fuse/data.toml" in shown.stdout
+    version = subprocess.run(helper + ["--version"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("s3fuse ")
+
+
+def test_debug_is_a_flag_and_modules_are_chosen_apart(tmp_path: Path):
+    from s3fuse.cli import make_parser
+    parser = make_parser()
+    assert parser.parse_args(["mount", "m", "-d"]).debug == "s3fuse"
+    assert parser.parse_args(["mount", "m", "--debug"]).debug == "s3fuse"
+    assert parser.parse_args(["mount", "m", "--debug-modules", "s3fuse.store"]).debug == \
+        "s3fuse.store"
+    assert parser.parse_args(["mount", "m", "--allow-non-empty"]).allow_non_empty is True

@@ -1,7 +1,6 @@
 """Config merging and validation: every bad input is one UsageError line."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -109,8 +108,11 @@ def test_mountpoint_checks(tmp_path: Path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="not a directory"):
         check_mountpoint(tmp_path / "file")
-    assert check_mountpoint(tmp_path) == tmp_path.resolve()
-    assert os.path.isdir(tmp_path)
+    with pytest.raises(UsageError, match="is not empty"):  # "file" is in it
+        check_mountpoint(tmp_path)
+    assert check_mountpoint(tmp_path, allow_non_empty=True) == tmp_path.resolve()
+    (tmp_path / "empty").mkdir()
+    assert check_mountpoint(tmp_path / "empty") == (tmp_path / "empty").resolve()
 
 
 def test_every_option_is_documented():
