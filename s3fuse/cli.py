@@ -352,6 +352,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     for mountpoint in targets:
         try:
             results.append(read_status(mountpoint))
+        except PermissionError as exc:
+            if args.mountpoint:
+                raise UsageError(f"{mountpoint}: {exc.strerror} (another user's mount, "
+                                 "mounted without --allow-other)") from None
+            # listing every mount: another user's is theirs to watch, not a failure here
+            results.append({"mountpoint": str(mountpoint), "unreadable": "another user's mount"})
         except OSError as exc:
             results.append({"mountpoint": str(mountpoint), "error": exc.strerror or str(exc)})
     if args.json:
@@ -360,8 +366,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no s3fuse mounts")
     else:
         for status in results:
-            print(printable(f"{status['mountpoint']}: not responding ({status['error']})")
-                  if "error" in status else format_status(status))
+            if "unreadable" in status:
+                print(printable(f"{status['mountpoint']}: {status['unreadable']}, not readable "
+                                "by you"))
+            else:
+                print(printable(f"{status['mountpoint']}: not responding ({status['error']})")
+                      if "error" in status else format_status(status))
     return 1 if any("error" in s for s in results) else 0
 
 

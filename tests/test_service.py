@@ -1,6 +1,7 @@
 """Running as a service: unit files, sd_notify protocol, ExecStop, and mount.s3fuse for fstab."""
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -389,6 +390,11 @@ def test_the_user_unit_mounts_as_an_unprivileged_user(setup, fuse_for_users) -> 
             read = subprocess.run(as_user + ["cat", str(mnt / "data" / "hello.txt")],
                                   capture_output=True, timeout=30)
             assert read.stdout == b"hello", read.stderr
+            listed = subprocess.run([str(BIN / "s3fuse"), "status", "--json"], env=env,
+                                    capture_output=True, text=True, timeout=30)
+            assert listed.returncode == 0, listed.stderr  # root cannot read it: not a failure
+            assert {"mountpoint": str(mnt), "unreadable": "another user's mount"} in \
+                json.loads(listed.stdout)
             stop = subprocess.run(as_user + render(unit["ExecStop"]), env=user_env, cwd=home,
                                   capture_output=True, text=True, timeout=60)
             assert stop.returncode == 0, stop.stderr
