@@ -88,6 +88,10 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", dest="o", action="append", default=[], metavar="KEY=VALUE,...",
                    help="options in fstab style, e.g. -o read_only,cache_size=20G")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument("--log-file", help="log here (reopened when logrotate moves it); default: "
+                   "stderr with --foreground or under systemd, else <cache-dir>/s3fuse.log, "
+                   "rotated at 10 MiB")
+    p.add_argument("--default-log", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-d", "--debug", dest="debug", action="store_const", const="s3fuse",
                    help="every s3fuse module at DEBUG (never botocore's: its lines carry "
                         "request signatures)")
@@ -144,7 +148,7 @@ def make_parser() -> Parser:
 
 def _config_from(args: argparse.Namespace) -> Config:
     cli: dict[str, Any] = {k: v for k, v in vars(args).items()
-                           if k not in ("command", "o", "ready_fd")}
+                           if k not in ("command", "o", "ready_fd", "default_log")}
     cfg = build_config(cli, args.o)
     if cfg.mountpoint is None:
         raise UsageError("no mountpoint given (argument or 'mountpoint' in --config)")
@@ -170,12 +174,16 @@ def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
     check_identity(cache_dir, identity)  # the daemon checks again under the lock, and records it
     if not args.foreground:
         from .mounts import spawn_background
-        code, reason = spawn_background(list(argv), cache_dir / "s3fuse.log")
+        default_log = cfg.log_file is None
+        log_file = cache_dir / "s3fuse.log" if default_log else cfg.log_file
+        code, reason = spawn_background(
+            list(argv) + (["--log-file", str(log_file), "--default-log"] if default_log else []),
+            log_file)
         if code:
             _say(f"s3fuse: {reason}")
         return code
     from .daemon import ReadySignal, run
-    setup_logging(cfg.log_level, cfg.debug)
+    setup_logging(cfg.log_level, cfg.debug, cfg.log_file, rotate=args.default_log)
     ready = ReadySignal(args.ready_fd)
     try:
         return run(cfg, ready, store)

@@ -97,6 +97,7 @@ class Config:
     allow_non_empty: bool = False  # mount over a directory that has entries
     foreground: bool = False
     log_level: str = "INFO"
+    log_file: Path | None = None  # None: stderr (foreground, systemd) or <cache-dir>/s3fuse.log
     debug: tuple[str, ...] = ()  # s3fuse modules logged at DEBUG whatever log_level says
     config_file: Path | None = None
 
@@ -280,6 +281,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "allow_other": parse_bool,
     "allow_non_empty": parse_bool,
     "log_level": lambda v: str(v).upper(),
+    "log_file": Path,
     "debug": lambda v: tuple(m for m in re.split(r"[,:\s]+", str(v)) if m),
 }
 LIST_OPTIONS = ("source", "manifest")
@@ -297,7 +299,7 @@ _MODE = ((str,), 'an octal string, e.g. "0644" (a bare 644 is the decimal number
 TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     **{key: _TEXT for key in ("mountpoint", "endpoint_url", "profile", "region",
                               "addressing_style", "secrets_env", "role_arn", "cache_dir", "sse",
-                              "sse_kms_key_id", "log_level", "debug")},
+                              "sse_kms_key_id", "log_level", "log_file", "debug")},
     **{key: _INT for key in ("role_session_duration", "uid", "gid")},
     **{key: _SIZE for key in ("cache_size", "cache_reserve")},
     **{key: _DURATION for key in ("metadata_ttl", "drain_timeout", "request_timeout")},

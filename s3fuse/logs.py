@@ -6,20 +6,24 @@ from libraries we do not control: urllib3 logs a presigned URL whole (signature 
 session token) in its own warnings, botocore its signed headers at DEBUG. It redacts
 those (redact.py), writes control characters in messages as escapes (printable.py: a
 key holding `\\n<0>` would forge a journald entry, `\\x1b[` drive the reader's terminal),
-and lets a repeated warning through a few times a minute only: the log file is never
-rotated, and a loop meeting the same fault (a pool refusing connections, a server
-answering garbage) would fill the disk.
+and lets a repeated warning through a few times a minute only: a loop meeting the same
+fault (a pool refusing connections, a server answering garbage) would otherwise fill the
+log. The default log file is rotated by size; one given with `--log-file` is left to
+logrotate (reopened when it was moved).
 """
 from __future__ import annotations
 
 import faulthandler
 import logging
+import logging.handlers
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
+from .errors import UsageError
 from .printable import printable, printable_lines
 from .redact import redact_text
 
@@ -90,12 +94,36 @@ class SafeRecords(logging.Filter):
         return 0
 
 
-def setup_logging(level: str = "INFO", debug_modules: tuple[str, ...] = ()) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+#: The default log (`<cache-dir>/s3fuse.log` of a background mount) is rotated at this size,
+#: keeping BACKUPS old ones: no log grows forever unless asked to.
+ROTATE_BYTES = 10 << 20
+BACKUPS = 3
+
+
+def log_handler(log_file: Path | None = None, rotate: bool = False) -> logging.Handler:
+    """Where the lines go: `log_file` (rotated here when `rotate`, else reopened when
+    logrotate moved it: WatchedFileHandler), else stderr (journald's priority prefixes when
+    systemd reads it)."""
+    handler: logging.Handler
+    if log_file is not None:
+        handler = (logging.handlers.RotatingFileHandler(log_file, maxBytes=ROTATE_BYTES,
+                                                        backupCount=BACKUPS)
+                   if rotate else logging.handlers.WatchedFileHandler(log_file))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    if log_file is None and os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
+def setup_logging(level: str = "INFO", debug_modules: tuple[str, ...] = (),
+                  log_file: Path | None = None, rotate: bool = False) -> None:
+    try:
+        handler = log_handler(log_file, rotate)
+    except OSError as exc:
+        raise UsageError(f"cannot open the log file {log_file}: {exc.strerror}") from None
     handler.addFilter(SafeRecords())
     root = logging.getLogger()
     root.handlers[:] = [handler]

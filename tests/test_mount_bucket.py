@@ -219,3 +219,27 @@ def test_second_daemon_on_same_cache_dir_refused(s3, bucket, mount_factory):
     assert res.returncode == 2
     assert "in use by pid" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not os.path.ismount(second.mountpoint)
+
+
+def test_background_mount_logs_to_the_log_file_given(s3, bucket, mount_factory, tmp_path):
+    """--log-file: the daemon's lines go there (not to the cache dir's default log)."""
+    m = mount_factory("--source", f"s3://{bucket}", start=False)
+    m.mountpoint.mkdir(parents=True)
+    log_file = tmp_path / "logs" / "data.log"
+    log_file.parent.mkdir()
+    cmd = [sys.executable, "-m", "s3fuse"]
+    res = subprocess.run(cmd + ["mount", str(m.mountpoint), "--source", f"s3://{bucket}",
+                                "--cache-dir", str(m.cache_dir), "--log-file", str(log_file)],
+                         env=m.env, capture_output=True, text=True, timeout=60)
+    try:
+        assert res.returncode == 0, res.stderr
+        res = subprocess.run(cmd + ["umount", str(m.mountpoint)], env=m.env, capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+    finally:
+        if os.path.ismount(m.mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(m.mountpoint)])
+    text = log_file.read_text()
+    assert f"mounted {m.mountpoint}" in text and f"unmounted {m.mountpoint}" in text
+    assert not (m.cache_dir / "s3fuse.log").exists()
+    assert oct(log_file.stat().st_mode & 0o777) == oct(0o600)
