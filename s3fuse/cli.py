@@ -128,6 +128,14 @@ def make_parser() -> Parser:
         p = sub.add_parser(action, help=text)
         p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories inside a mount")
         p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    service = sub.add_parser("service", help="install the systemd unit and a config skeleton")
+    ssub = service.add_subparsers(dest="service_command", required=True, parser_class=Parser,
+                                  metavar="COMMAND")
+    p = ssub.add_parser("install", help="write s3fuse@.service and NAME.toml, say what next")
+    p.add_argument("name", help="the instance: s3fuse@NAME, configured by NAME.toml")
+    p.add_argument("--user", action="store_true",
+                   help="for this user (~/.config/systemd/user), not the system (root)")
+    p.add_argument("--force", action="store_true", help="replace a unit that differs")
     cache = sub.add_parser("cache", help="inspect and trim the on-disk cache")
     csub = cache.add_subparsers(dest="cache_command", required=True, parser_class=Parser,
                                 metavar="COMMAND")
@@ -496,6 +504,13 @@ def _quiet_stdout() -> None:
     os.close(devnull)
 
 
+def cmd_service(args: argparse.Namespace) -> int:
+    from .service import install
+    for line in install(args.name, args.user, args.force):
+        print(printable(line))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     secret = credential_in_argv(argv)
@@ -518,6 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_pin(args)
         if args.command == "cache":
             return cmd_cache(args)
+        if args.command == "service":
+            return cmd_service(args)
     except UsageError as exc:
         _say(f"s3fuse: error: {exc}")
         return EXIT_USAGE

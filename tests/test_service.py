@@ -377,7 +377,8 @@ def test_the_user_unit_mounts_as_an_unprivileged_user(setup, fuse_for_users) -> 
             setting in unit for setting in IMPLY_NO_NEW_PRIVILEGES)
         as_user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                    "--inh-caps=-all", *(["--no-new-privs"] if no_new_privs else [])]
-        render = lambda line: line.replace("%h", str(home)).replace("%i", "data").split()
+        render = lambda line: line.replace("%h", str(home)).replace("%i", "data") \
+            .replace("%E", str(home / ".config")).split()
         daemon = subprocess.Popen(as_user + render(unit["ExecStart"]), env=user_env, cwd=home,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         mounted = lambda: f" {mnt} " in Path("/proc/self/mountinfo").read_text()  # noqa: E731
