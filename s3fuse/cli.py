@@ -341,6 +341,12 @@ def format_status(status: dict[str, Any]) -> str:
             else:
                 lines.append(f"  conflict:  {conflict['uri']} changed in S3; local version saved "
                              f"as {conflict['conflict_uri']} ({when})")
+    requests = status.get("requests")
+    if requests:
+        top = sorted(requests.items(), key=lambda item: -item[1])
+        lines.append(f"  requests:  {sum(requests.values()):,} to S3 since start ("
+                     + ", ".join(f"{name} {count:,}" for name, count in top[:6])
+                     + (", ..." if len(top) > 6 else "") + ")")
     for error in link.get("recent_errors", [])[-5:]:
         when = time.strftime("%H:%M:%S", time.localtime(error["time"]))
         lines.append(f"  error {when}: {error['error']}")
@@ -492,6 +498,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import importlib
+    try:
+        importlib.import_module("moto.server")  # the demo's S3: an optional dependency
+    except ImportError:
+        raise UsageError("the demo needs its extra: pip install 's3fuse[demo]' "
+                         "(or, in a checkout: make demo)") from None
     from .demo import run_demo
     return run_demo(Path(args.mountpoint), print)
 

@@ -92,7 +92,7 @@ def test_output_into_a_closed_pipe_is_quiet(tmp_path: Path):
 
 
 @pytest.mark.parametrize("args, commands", [
-    ([], "a command is required: mount, umount, sync, status, demo, pin, unpin, cache"),
+    ([], "a command is required: mount, umount, sync, status, demo, pin, unpin, service, cache"),
     (["cache"], "a command is required: stats, prune, clear"),
 ])
 def test_a_missing_command_gives_the_usage_and_the_commands(env: dict[str, str], args: list[str],
@@ -122,3 +122,18 @@ def test_debug_is_a_flag_and_modules_are_chosen_apart(tmp_path: Path):
     assert parser.parse_args(["mount", "m", "--debug-modules", "s3fuse.store"]).debug == \
         "s3fuse.store"
     assert parser.parse_args(["mount", "m", "--allow-non-empty"]).allow_non_empty is True
+
+
+def test_the_demo_without_its_extra_says_how_to_get_it(env: dict[str, str], tmp_path: Path):
+    blocker = tmp_path / "no_moto"
+    blocker.mkdir()
+    (blocker / "moto").mkdir()  # a package that cannot be found by its spec: shadowed, empty
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nclass _NoMoto:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'moto' or name.startswith('moto.'):\n"
+        "            raise ModuleNotFoundError(name)\n        return None\n"
+        "sys.meta_path.insert(0, _NoMoto())\n")
+    res = run(["demo", str(tmp_path / "m")], {**env, "PYTHONPATH": f"{blocker}:{env.get('PYTHONPATH', '')}"})
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("s3fuse: error: the demo needs its extra: pip install "
+                                  "'s3fuse[demo]' (or, in a checkout: make demo)")

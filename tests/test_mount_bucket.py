@@ -194,9 +194,11 @@ def test_background_mount_status_and_umount(s3, bucket, mount_factory, tmp_path)
     try:
         assert res.returncode == 0, res.stderr
         assert os.path.ismount(m.mountpoint)   # live as soon as the command returns
+        os.listdir(m.mountpoint / bucket)       # one ListObjectsV2 for the request counts
         status = subprocess.run(cmd + ["status", str(m.mountpoint)], env=m.env, capture_output=True,
                                 text=True, check=True).stdout
         assert "online" in status and bucket in status
+        assert "  requests:  " in status and "to S3 since start (ListObjectsV2" in status
         everything = subprocess.run(cmd + ["status", "--json"], env=m.env, capture_output=True,
                                     text=True, check=True).stdout
         assert str(m.mountpoint) in everything
