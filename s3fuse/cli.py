@@ -92,6 +92,8 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
                    "stderr with --foreground or under systemd, else <cache-dir>/s3fuse.log, "
                    "rotated at 10 MiB")
     p.add_argument("--default-log", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--metrics-address", metavar="HOST:PORT",
+                   help="serve Prometheus metrics there, e.g. 127.0.0.1:9101 (default: none)")
     p.add_argument("-d", "--debug", dest="debug", action="store_const", const="s3fuse",
                    help="every s3fuse module at DEBUG (never botocore's: its lines carry "
                         "request signatures)")

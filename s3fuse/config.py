@@ -98,6 +98,7 @@ class Config:
     foreground: bool = False
     log_level: str = "INFO"
     log_file: Path | None = None  # None: stderr (foreground, systemd) or <cache-dir>/s3fuse.log
+    metrics_address: str | None = None  # HOST:PORT of the Prometheus endpoint; None: none
     debug: tuple[str, ...] = ()  # s3fuse modules logged at DEBUG whatever log_level says
     config_file: Path | None = None
 
@@ -171,6 +172,15 @@ def parse_int(text: str | int, what: str) -> int:
         return int(text)
     except (TypeError, ValueError):
         raise UsageError(f"invalid {what} {text!r} (expected an integer)") from None
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9101' or '[::1]:9101' -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host.strip("[]"):
+        raise UsageError(f"invalid metrics address {text!r} (expected HOST:PORT, e.g. "
+                         "127.0.0.1:9101)")
+    return host.strip("[]"), int(port)
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -282,6 +292,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "allow_non_empty": parse_bool,
     "log_level": lambda v: str(v).upper(),
     "log_file": Path,
+    "metrics_address": str,
     "debug": lambda v: tuple(m for m in re.split(r"[,:\s]+", str(v)) if m),
 }
 LIST_OPTIONS = ("source", "manifest")
@@ -299,7 +310,8 @@ _MODE = ((str,), 'an octal string, e.g. "0644" (a bare 644 is the decimal number
 TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     **{key: _TEXT for key in ("mountpoint", "endpoint_url", "profile", "region",
                               "addressing_style", "secrets_env", "role_arn", "cache_dir", "sse",
-                              "sse_kms_key_id", "log_level", "log_file", "debug")},
+                              "sse_kms_key_id", "log_level", "log_file", "metrics_address",
+                              "debug")},
     **{key: _INT for key in ("role_session_duration", "uid", "gid")},
     **{key: _SIZE for key in ("cache_size", "cache_reserve")},
     **{key: _DURATION for key in ("metadata_ttl", "drain_timeout", "request_timeout")},
@@ -468,6 +480,8 @@ def validate(cfg: Config) -> Config:
         raise UsageError(f"invalid role ARN {cfg.role_arn!r}")
     if cfg.cache_size < (64 << 20):
         raise UsageError("cache size must be at least 64M")
+    if cfg.metrics_address is not None:
+        parse_address(cfg.metrics_address)
     for name, value in (("uid", cfg.uid), ("gid", cfg.gid)):
         if not 0 <= value <= MAX_ID:
             raise UsageError(f"{name} {value} is out of range (0 to {MAX_ID})")

@@ -99,6 +99,7 @@ class Components:
     ops: S3Operations
     pinner: Pinner
     writes: WriteBack
+    control: Control
 
 
 def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Components:
@@ -159,7 +160,18 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
                       idle=Idle(supervisor, queue, store.link),
                       manifest_failures=lambda: manifest_failures(manifests))
     ops = S3Operations(root, cfg, control)
-    return Components(supervisor, store, meta, blocks, reader, root, ops, pinner, writes)
+    return Components(supervisor, store, meta, blocks, reader, root, ops, pinner, writes, control)
+
+
+def traffic_of(store: Store) -> Callable[[], dict[str, Any]]:
+    """The store's request outcomes and bytes for metrics (S3Store.traffic); a store that
+    keeps none (a test's) gives its request counts."""
+    traffic = getattr(store, "traffic", None)
+    if callable(traffic):
+        return traffic
+    return lambda: {"requests": {(operation, "sent"): count for operation, count
+                                 in store.request_counts().items()},
+                    "bytes_in": 0, "bytes_out": 0}
 
 
 def manifest_failures(manifests: list[ManifestTree]) -> list[dict[str, Any]]:
@@ -329,6 +341,10 @@ def run(cfg: Config, ready: ReadySignal | None = None, store: Store | None = Non
     release_big_buffers()
     with ExitStack() as stack:
         parts = build(cfg, stack, store)
+        if cfg.metrics_address is not None:
+            from .metrics import Metrics
+            stack.callback(Metrics(cfg.metrics_address, parts.control.status,
+                                   traffic_of(parts.store)).close)
         try:
             pyfuse3.init(parts.ops, str(cfg.mountpoint), fuse_options(cfg))
         except RuntimeError as exc:

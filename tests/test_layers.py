@@ -31,10 +31,10 @@ LAYERS: dict[str, int] = {
     "tree": 5,
     # 6: the FUSE adapter, jobs over namespaces, the idle query
     "fs": 6, "pinning": 6, "idle": 6,
-    # 7: the control plane (status, pins, uploads through root xattrs)
-    "control": 7,
+    # 7: the control plane (status, pins, uploads through root xattrs), metrics
+    "control": 7, "metrics": 7,
     # 8: lifecycle and tools
-    "daemon": 8, "mounts": 8, "cachetool": 8,
+    "daemon": 8, "mounts": 8, "cachetool": 8, "service": 8,
     # 9-11: entry points
     "demo": 9, "cli": 10, "mounthelper": 11, "__main__": 11,
 }

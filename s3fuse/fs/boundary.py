@@ -12,6 +12,7 @@ import errno
 import functools
 import logging
 import sqlite3
+import time
 from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
@@ -68,15 +69,22 @@ def answer(exc: Exception) -> tuple[int, BaseException | None, list[BaseExceptio
     return errno.EIO, (known[0][1] if known else None), bugs
 
 
+#: Set by metrics.py while a metrics endpoint runs: (operation, seconds, errno or None).
+observer: Callable[[str, float, int | None], None] | None = None
+
+
 def fuse_handler(op: str) -> Callable[[F], F]:
     """Decorate an Operations method; `self.describe(op, *args)` names the path for logs."""
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         async def handler(self: Any, *args: Any) -> Any:
+            started = time.perf_counter() if observer is not None else 0.0
+            code: int | None = None
             try:
                 return await fn(self, *args)
-            except pyfuse3.FUSEError:
+            except pyfuse3.FUSEError as exc:
+                code = exc.errno
                 raise
             except Exception as exc:  # noqa: BLE001 - the boundary: nothing else may escape
                 code, cause, bugs = answer(exc)
@@ -86,6 +94,9 @@ def fuse_handler(op: str) -> Callable[[F], F]:
                 if cause is not None and code not in QUIET_ERRNOS:
                     _log_failure(op, self.describe(op, *args), code, cause)
                 raise pyfuse3.FUSEError(code) from None
+            finally:
+                if observer is not None and started:
+                    observer(op, time.perf_counter() - started, code)
         return handler  # type: ignore[return-value]
 
     return wrap

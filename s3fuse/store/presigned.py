@@ -83,10 +83,15 @@ class PresignedReader:
     def __init__(self, presign: Callable[[str, str], str], *, connect_timeout: float,
                  read_timeout: float, ca_certs: str | None, proxy_url: str | None = None,
                  pool_size: int = 64, first_byte_timeout: float | None = None,
-                 alive: Callable[[], bool] | None = None):
+                 alive: Callable[[], bool] | None = None,
+                 answered: Callable[[str, str], None] | None = None,
+                 failed: Callable[[str, Exception], None] | None = None):
         """`first_byte_timeout` (default `read_timeout`) bounds the wait for the response
         headers, `read_timeout` each read of the body; `alive()` is asked after a timeout
-        (see retry.call)."""
+        (see retry.call). `answered(what, status)` and `failed(what, error)` hear of each
+        attempt (for metrics)."""
+        self._answered = answered
+        self._attempt_failed = failed
         self._presign = presign
         self._read_timeout = read_timeout
         self._alive = alive
@@ -179,12 +184,18 @@ class PresignedReader:
                 if not finished or not resp.closed:
                     resp.close()  # unread bytes are left: this connection cannot be reused
                 resp.release_conn()
+            if self._answered is not None:
+                self._answered(what, str(resp.status))
             if retry.answered("", resp.status) is retry.Verdict.RETRY:
                 raise _Refused(resp.status)
             return resp.status, resp.headers, body
 
+        def failed(what: str, exc: Exception) -> None:
+            if self._attempt_failed is not None and not isinstance(exc, _Refused):  # answered
+                self._attempt_failed(what, exc)
+
         try:
-            return retry.call(what, attempt, _judge, retry.GETS, alive=self._alive)
+            return retry.call(what, attempt, _judge, retry.GETS, alive=self._alive, failed=failed)
         except _TooLong as exc:
             raise RemoteError(f"{what}: more bytes than asked for ({exc})") from None
         except CONNECT_ERRORS as exc:

@@ -93,17 +93,20 @@ def answered(code: str, status: int) -> Verdict:
 
 def call(what: str, attempt: Callable[[], T], judge: Callable[[Exception], Verdict],
          policy: Policy, on_retry: Callable[[int, Exception], None] | None = None,
-         alive: Callable[[], bool] | None = None) -> T:
+         alive: Callable[[], bool] | None = None,
+         failed: Callable[[str, Exception], None] | None = None) -> T:
     """attempt() until it returns, or its exception is judged STOP, or the policy's attempts
     (or slow attempts) run out: then that exception is raised. After a SLOW failure,
     `alive()` False (S3 answers nothing, not even a probe) raises Offline at once.
     Blocking (sleeps between attempts). Log lines name exception types only: some texts
-    hold signed URLs."""
+    hold signed URLs. `failed(what, exc)` hears of each failed attempt (for metrics)."""
     slow = 0
     for number in itertools.count(1):
         try:
             return attempt()
         except Exception as exc:
+            if failed is not None:
+                failed(what, exc)
             verdict = judge(exc)
             if verdict is Verdict.SLOW and alive is not None and not alive():
                 raise Offline(f"{what}: no answer from S3 in time, nor to a probe "

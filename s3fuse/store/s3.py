@@ -265,10 +265,13 @@ class S3Store:
         self._ca_certs = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
         self._connect_timeout = connect_timeout
         self._proxied = proxy_for(self.read_client.meta.endpoint_url) is not None
+        self._outcomes: Counter[tuple[str, str]] = Counter()  # (operation, status) -> requests
+        self._bytes: Counter[str] = Counter()                  # "in"/"out" -> bytes of objects
         self._fast = PresignedReader(
             self._presign_get, connect_timeout=connect_timeout, read_timeout=read_timeout,
             first_byte_timeout=first_byte, alive=self._alive, ca_certs=self._ca_certs,
-            proxy_url=proxy_for(self.read_client.meta.endpoint_url))
+            proxy_url=proxy_for(self.read_client.meta.endpoint_url),
+            answered=self._outcome, failed=self._attempt_failed)
         self._heads: dict[str, PipelinedHeads] = {}  # per origin
 
     def _presign_get(self, bucket: str, key: str) -> str:
@@ -317,6 +320,27 @@ class S3Store:
         with self._counts_lock:
             self._counts[operation] += 1
 
+    def traffic(self) -> dict[str, Any]:
+        """For metrics: requests by (operation, outcome: the HTTP status, or the error when
+        none came), and the bytes of object data received and sent."""
+        with self._counts_lock:
+            return {"requests": dict(self._outcomes), "bytes_in": self._bytes["in"],
+                    "bytes_out": self._bytes["out"]}
+
+    def _outcome(self, what: str, outcome: str) -> None:
+        with self._counts_lock:
+            self._outcomes[(what.split(" ", 1)[0], outcome)] += 1
+
+    def _attempt_failed(self, what: str, exc: Exception) -> None:
+        """A failed attempt, labelled by the HTTP status S3 gave, else by what went wrong."""
+        status = _client_error(exc)[1] if isinstance(exc, ClientError) else \
+            getattr(exc, "status", 0)
+        self._outcome(what, str(status) if status else type(exc).__name__)
+
+    def _moved(self, direction: str, count: int) -> None:
+        with self._counts_lock:
+            self._bytes[direction] += count
+
     def _call(self, what: str, fn: Callable[..., T], *,
               on_retry: Callable[[int, Exception], None] | None = None, **kwargs: Any) -> T:
         """fn(**kwargs), retried by the REQUESTS policy; errors translated (never leaked)."""
@@ -327,10 +351,14 @@ class S3Store:
             self._count(operation)
             return fn(**kwargs)
         try:
-            result = retry.call(what, attempt, judge, retry.REQUESTS, on_retry, alive=self._alive)
+            result = retry.call(what, attempt, judge, retry.REQUESTS, on_retry, alive=self._alive,
+                                failed=self._attempt_failed)
         except Exception as exc:  # noqa: BLE001 - translated, never leaked
             raise self._failed(translate(exc, what)) from None
         self.link.succeeded()
+        status = result.get("ResponseMetadata", {}).get("HTTPStatusCode") \
+            if isinstance(result, dict) else None
+        self._outcome(what, str(status or 200))
         return result
 
     def _failed(self, error: Exception) -> Exception:
@@ -452,6 +480,7 @@ class S3Store:
             results: list[tuple[str, ObjectInfo | S3FuseError]] = []
             for key, status, headers in answers:
                 self._count("HeadObject")
+                self._outcome("HeadObject", str(status))
                 if status == 200:
                     results.append((key, info_of(key, headers)))
                 elif status == 404:
@@ -491,6 +520,7 @@ class S3Store:
             raise self._failed(exc) from None
         self.link.succeeded()
         if status == 200:
+            self._moved("in", len(body))
             return _info(key, headers), body
         raise answer_error(what, status)
 
@@ -512,6 +542,7 @@ class S3Store:
         except Offline as exc:
             raise self._failed(exc) from None
         self.link.succeeded()
+        self._moved("in", len(data))
         return data
 
     # ------------------------------------------------------------ writes (s3fuse.upload)
@@ -562,6 +593,7 @@ class S3Store:
                 body.seek(start)  # an attempt that failed may have read some of it
             return self.write_client.put_object(**params)
         resp = self._call(f"PutObject s3://{bucket}/{key}", put, **kwargs)
+        self._moved("out", len(body) if isinstance(body, bytes) else body.tell() - start)
         return clean_etag(resp.get("ETag"))
 
     def create_multipart_upload(self, bucket: str, key: str, *,
@@ -601,6 +633,7 @@ class S3Store:
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
                     body: bytes) -> str:
         """Upload one part (numbered from 1); returns its ETag."""
+        self._moved("out", len(body))
         resp = self._call(f"UploadPart s3://{bucket}/{key} #{part_number}",
                           self.write_client.upload_part, Bucket=bucket, Key=key,
                           UploadId=upload_id, PartNumber=part_number, Body=body)

@@ -1,0 +1,78 @@
+"""The Prometheus endpoint (--metrics-address), scraped during a workload on a real mount:
+S3 requests by operation and status, bytes, cache, upload queue, link, FUSE latencies."""
+from __future__ import annotations
+
+import os
+import socket
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_a_scrape_during_a_workload_shows_what_the_mount_did(s3, bucket, mount_factory):
+    s3.put_object(Bucket=bucket, Key="data/a.bin", Body=b"a" * 300_000)
+    port = free_port()
+    m = mount_factory("--source", f"s3://{bucket}", "--metrics-address", f"127.0.0.1:{port}")
+    root = m.path(bucket)
+    before = scrape(port)
+    assert value(before, "s3fuse_link_online") == 1
+    assert value(before, "s3fuse_cache_limit_bytes") > 0
+
+    assert sorted(os.listdir(root / "data")) == ["a.bin"]
+    assert (root / "data" / "a.bin").read_bytes() == b"a" * 300_000
+    (root / "new.txt").write_bytes(b"n" * 5000)
+    assert m.wait_idle()["idle"]
+    try:
+        os.stat(root / "missing")
+    except FileNotFoundError:
+        pass
+    after = scrape(port)
+
+    assert value(after, "s3fuse_s3_requests_total", operation="ListObjectsV2", status="200") >= 1
+    assert value(after, "s3fuse_s3_requests_total", operation="GetObject", status="200") + \
+        value(after, "s3fuse_s3_requests_total", operation="GetObject", status="206") >= 1
+    assert value(after, "s3fuse_s3_requests_total", operation="PutObject", status="200") >= 1
+    assert value(after, "s3fuse_s3_object_bytes_total", direction="in") >= 300_000
+    assert value(after, "s3fuse_s3_object_bytes_total", direction="out") >= 5000
+    assert value(after, "s3fuse_cache_blocks_total", result="miss") >= 1
+    assert value(after, "s3fuse_upload_queue_files") == 0
+    assert value(after, "s3fuse_fuse_operation_seconds_count", operation="lookup") >= 2
+    assert value(after, "s3fuse_fuse_operation_seconds_count", operation="read") >= 1
+    assert value(after, "s3fuse_fuse_operation_seconds_bucket", operation="lookup", le="+Inf") \
+        == value(after, "s3fuse_fuse_operation_seconds_count", operation="lookup")
+    assert value(after, "s3fuse_fuse_errors_total", operation="lookup", errno="2") == 0  # a miss
+    # is an answer (a negative entry), not an error; the scrape shows no key or path
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert bucket not in text and "new.txt" not in text
+
+
+def test_a_taken_metrics_port_is_one_line_before_mounting(bucket, mount_factory):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        m = mount_factory("--source", f"s3://{bucket}", "--metrics-address", f"127.0.0.1:{port}",
+                          start=False)
+        m.mountpoint.mkdir(parents=True)
+        import subprocess
+        res = subprocess.run(m.command(), env=m.env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"s3fuse: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use")
+    assert not os.path.ismount(m.mountpoint)
