@@ -1,0 +1,90 @@
+"""The examples in README.md, CHANGELOG.md and docs/ match the code: every `s3fuse`
+command and fstab line in a code block parses with the real argument parser (a flag that
+does not exist, such as `umount --drain-timeout`, fails here), its `-o` options are known,
+and every TOML block is a valid config (known keys, each value of its type)."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from s3fuse.cli import make_parser
+from s3fuse.config import SCALAR_OPTIONS, load_toml, parse_o_options
+
+REPO = Path(__file__).parent.parent
+DOCS = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+
+
+def blocks(kind: str) -> list[tuple[str, str]]:
+    """(where, text) of every code block of `kind` ("" and "sh" are shell)."""
+    found = []
+    for path in DOCS:
+        text = path.read_text()
+        for match in FENCE.finditer(text):
+            lang = match.group(1)
+            if (kind == "sh" and lang in ("", "sh", "bash")) or lang == kind:
+                line = text[:match.start()].count("\n") + 1
+                found.append((f"{path.relative_to(REPO)}:{line}", match.group(2)))
+    return found
+
+
+def commands() -> list[tuple[str, list[str]]]:
+    """Every s3fuse command line of the shell blocks, and every fstab line of type s3fuse
+    as the `s3fuse mount` that mount.s3fuse makes of it, as argv."""
+    from s3fuse.mounthelper import translate
+    found = []
+    for where, text in blocks("sh"):
+        for line in text.replace("\\\n", " ").splitlines():
+            line = line.strip().removeprefix("$ ").removeprefix("sudo ")
+            fields = line.split()
+            if len(fields) == 6 and fields[2] == "s3fuse":  # an fstab line
+                found.append((f"{where}: {line[:60]}",
+                              ["s3fuse", *translate(fields[0], fields[1], fields[3])]))
+            elif line.startswith("s3fuse "):
+                found.append((f"{where}: {line[:60]}", shlex.split(line, comments=True)))
+    return found
+
+
+COMMANDS = commands()
+
+
+def test_the_docs_have_commands_and_configs_to_check() -> None:
+    assert len(COMMANDS) >= 15 and blocks("toml")
+
+
+@pytest.mark.parametrize("where, argv", COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_every_documented_command_parses(where: str, argv: list[str]) -> None:
+    try:
+        args = make_parser().parse_args(argv[1:])
+    except SystemExit:
+        pytest.fail(f"{where}: does not parse")
+    for group in getattr(args, "o", None) or []:
+        parse_o_options([group])
+
+
+@pytest.mark.parametrize("where, text", blocks("toml"), ids=[w for w, _ in blocks("toml")])
+def test_every_documented_config_is_valid(tmp_path: Path, where: str, text: str) -> None:
+    config = tmp_path / "example.toml"
+    config.write_text(text)
+    config.chmod(0o600)
+    data = load_toml(config)  # known keys, each value of its type
+    for key, value in data.items():
+        if key in SCALAR_OPTIONS:
+            SCALAR_OPTIONS[key](value)
+
+
+def test_the_shipped_example_config_is_valid(tmp_path: Path) -> None:
+    config = tmp_path / "data.toml"
+    config.write_text((REPO / "s3fuse" / "units" / "data.toml.example").read_text())
+    config.chmod(0o600)
+    assert load_toml(config)["mountpoint"] == "/mnt/data"
+
+
+def test_every_documented_make_target_exists() -> None:
+    targets = set(re.findall(r"^([a-z][\w-]*):", (REPO / "Makefile").read_text(), re.M))
+    named = {line.split()[1] for _, text in blocks("sh") for line in text.splitlines()
+             if line.strip().startswith("make ") and len(line.split()) > 1}
+    assert named and named <= targets, named - targets
