@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from s3fuse.demo import sample_objects
+from s3fuse.demo import instructions, sample_objects
 
 pytestmark = pytest.mark.mount
 
@@ -33,6 +33,13 @@ def test_demo_mounts_samples_and_cleans_up(tmp_path: Path, fuse_available: None)
         clips = sorted((mnt / "train/shards/shard-00001.tar.gz/clips").iterdir())
         assert len(clips) == 4 and clips[0].read_bytes().startswith(b"RIFF")
         assert os.getxattr(mnt / "train/audio/0001.wav", "user.s3exchange.id") == b"0001"
+        for line in instructions(Path("demo-mnt")).splitlines():  # what it prints (and README)
+            if line.startswith("  "):
+                command = line.strip().replace("demo-mnt", str(mnt)).replace(
+                    "s3fuse status", f"{sys.executable} -m s3fuse status")
+                ran = subprocess.run(command, shell=True, capture_output=True, text=True,
+                                     timeout=60, env=env)
+                assert ran.returncode == 0 and ran.stdout, (command, ran.stderr)
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)

@@ -88,3 +88,11 @@ def test_every_documented_make_target_exists() -> None:
     named = {line.split()[1] for _, text in blocks("sh") for line in text.splitlines()
              if line.strip().startswith("make ") and len(line.split()) > 1}
     assert named and named <= targets, named - targets
+
+
+def test_the_readme_shows_the_demo_tree_the_demo_prints() -> None:
+    from s3fuse.demo import instructions
+    printed = [line.strip() for line in instructions(Path("demo-mnt")).splitlines()
+               if line.startswith("  ")]
+    readme = (REPO / "README.md").read_text()
+    assert all(f"\n{line}\n" in readme for line in printed), printed
