@@ -303,6 +303,26 @@ def _human_bytes(n: float) -> str:
     return str(n)
 
 
+def _ratio(value: float | None) -> str:
+    return "none read yet" if value is None else f"{value:.1%}"
+
+
+def _shown(key: str, value: Any) -> str:
+    """A `cache` command's value for people: sizes in units, no Python reprs."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none read yet" if key == "hit_rate" else "-"
+    if key == "hit_rate":
+        return _ratio(value)
+    if isinstance(value, int) and ("bytes" in key or key in ("used", "pinned", "limit")):
+        return _human_bytes(value)
+    if isinstance(value, list):
+        return ", ".join(f"{item['path']} ({item['state']})" if isinstance(item, dict) else str(item)
+                         for item in value) or "none"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def _sources(status: dict[str, Any]) -> str:
     if status.get("restricted"):
         return "(shown to the mount's owner)"
@@ -319,6 +339,10 @@ def format_status(status: dict[str, Any]) -> str:
         f"  sources:   {_sources(status)}",
         f"  cache:     {_human_bytes(cache.get('used', 0))} of {_human_bytes(cache.get('limit', 0))}"
         + (f" in {cache['dir']}" if cache.get("dir") else "") + ("  [DISK FULL: reads are not being cached]" if cache.get("disk_full") else ""),
+        "  reads:     no block read yet" if cache.get("hit_ratio") is None else
+        f"  reads:     {_ratio(cache.get('hit_ratio'))} of blocks from the cache"
+        + (f" ({cache['hits']:,} hits, {cache['misses']:,} fetched from S3)"
+           if "hits" in cache else ""),
         f"  pinned:    {_human_bytes(cache.get('pinned', 0))} in "
         f"{len(status.get('pins', [])) or status.get('hidden', {}).get('pins', 0)} pins"
         + ("  [pinned data alone exceeds the cache limit: kept, not evicted]"
@@ -346,7 +370,8 @@ def format_status(status: dict[str, Any]) -> str:
     requests = status.get("requests")
     if requests:
         top = sorted(requests.items(), key=lambda item: -item[1])
-        lines.append(f"  requests:  {sum(requests.values()):,} to S3 since start ("
+        lines.append(f"  requests:  {sum(requests.values()):,} to S3 since start, "
+                     f"{status.get('requests_per_second', 0):g}/s on average ("
                      + ", ".join(f"{name} {count:,}" for name, count in top[:6])
                      + (", ..." if len(top) > 6 else "") + ")")
     for error in link.get("recent_errors", [])[-5:]:
@@ -491,9 +516,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         for key, value in result.items():
-            shown = _human_bytes(value) if isinstance(value, int) and ("bytes" in key or key in (
-                "used", "pinned", "limit")) else value
-            print(printable(f"{key:18} {shown}"))
+            print(printable(f"{key:18} {_shown(key, value)}"))
     if args.cache_command == "stats" and result.get("pinned_over_limit"):
         _say("s3fuse: pinned data alone exceeds the cache size limit; it is kept")
     return 0

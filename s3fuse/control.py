@@ -122,6 +122,7 @@ class Control:
     def status(self) -> dict[str, Any]:
         """The status but for pins and background tasks (`get` adds them). Blocking."""
         cfg = self.cfg
+        requests = self._requests()
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -133,8 +134,11 @@ class Control:
             "sources": [s.uri for s in cfg.sources],
             "manifests": [m.uri for m in cfg.manifests],
             "manifest_failures": self._manifest_failures(),
-            "cache": {"dir": str(cfg.cache_dir), "limit": cfg.cache_size, **self._cache_usage()},
-            "requests": self._requests(),
+            "cache": _with_hit_ratio({"dir": str(cfg.cache_dir), "limit": cfg.cache_size,
+                                      **self._cache_usage()}),
+            "requests": requests,
+            "requests_per_second": round(sum(requests.values())
+                                         / max(1.0, time.time() - self.started), 2),
             "uploads": self._uploads(),
         }
 
@@ -145,6 +149,12 @@ class Control:
             return {"files": 0, "bytes": 0, "uploading": 0, "oldest_age": None, "failures": [],
                     "retrying": [], "conflicts": []}
         return {**self.uploads.status(), "online": self._link()["state"] == "online"}
+
+
+def _with_hit_ratio(cache: dict[str, Any]) -> dict[str, Any]:
+    """The share of blocks read from the cache (None before any was read)."""
+    hits, misses = cache.get("hits", 0), cache.get("misses", 0)
+    return {**cache, "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None}
 
 
 def queue_summary(queue: dict[str, Any]) -> dict[str, Any]:
@@ -163,8 +173,8 @@ def status_summary(status: dict[str, Any]) -> dict[str, Any]:
         "restricted": True,
         **{k: status[k] for k in ("version", "pid", "mountpoint", "started", "read_only")},
         "link": {"state": link["state"], "since": link["since"], "recent_errors": []},
-        "cache": {k: cache[k] for k in ("limit", "used", "pinned", "disk_full", "pinned_over_limit")
-                  if k in cache},
+        "cache": {k: cache[k] for k in ("limit", "used", "pinned", "disk_full", "pinned_over_limit",
+                                        "hit_ratio") if k in cache},
         "uploads": queue_summary(status["uploads"]),
         "pins": [], "hidden": {"pins": len(status.get("pins", []))},
         **({"supervisor": {"kinds": tasks.get("kinds", {}), "recent_failures": []}}

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -71,7 +72,16 @@ def render_unit(where: Target, command: str) -> str:
         text = text.replace("/etc/s3fuse/", f"{where.config_dir}/")
     for shipped_command in (SHIPPED_COMMAND, "/usr/bin/env s3fuse"):
         text = text.replace(f"={shipped_command} ", f"={command} ")
+    if not man_page_installed():  # `make install` installs it; a pip install has none
+        text = text.replace("Documentation=man:s3fuse(1)\n", "")
     return text
+
+
+def man_page_installed() -> bool:
+    """Does `man s3fuse` find a page (Documentation= must point at something that exists)?"""
+    man = shutil.which("man")
+    return man is not None and subprocess.run([man, "-w", "s3fuse"], capture_output=True,
+                                              timeout=30).returncode == 0
 
 
 def render_config(where: Target, name: str) -> str:

@@ -20,17 +20,21 @@ def options_of(parser: argparse.ArgumentParser) -> set[str]:
             if action.help != argparse.SUPPRESS and flag.startswith("--") and flag != "--help"}
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_manual(out: Path) -> Path:
+    """`make man` into `out` (man/s3fuse.1, completion/...), with this interpreter's venv."""
     if shutil.which("make") is None:
         pytest.fail("make is not installed (the Makefile is how s3fuse is set up)")
-    out = tmp_path_factory.mktemp("manual")
     venv = Path(sys.executable).parent.parent
     res = subprocess.run(["make", "-s", "-C", str(REPO), "man", f"MAN_DIR={out}",
                           f"VENV={venv}", f"PY={sys.executable}"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_manual(tmp_path_factory.mktemp("manual"))
 
 
 def test_the_man_page_has_every_command_and_mount_option(built: Path) -> None:

@@ -198,7 +198,8 @@ def test_background_mount_status_and_umount(s3, bucket, mount_factory, tmp_path)
         status = subprocess.run(cmd + ["status", str(m.mountpoint)], env=m.env, capture_output=True,
                                 text=True, check=True).stdout
         assert "online" in status and bucket in status
-        assert "  requests:  " in status and "to S3 since start (ListObjectsV2" in status
+        assert "  requests:  " in status and "/s on average (ListObjectsV2" in status
+        assert "  reads:     no block read yet" in status
         everything = subprocess.run(cmd + ["status", "--json"], env=m.env, capture_output=True,
                                     text=True, check=True).stdout
         assert str(m.mountpoint) in everything

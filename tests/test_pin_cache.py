@@ -152,5 +152,9 @@ def test_pinned_data_over_the_limit_is_kept_and_reported(s3, bucket, mount_facto
     m.stop()
     res = s3fuse("cache", "stats", "--cache-dir", str(m.cache_dir), env=m.env)
     assert "exceeds the cache size limit" in res.stderr
+    shown = dict(line.split(None, 1) for line in res.stdout.splitlines())  # for people:
+    assert "/huge (" in shown["pins"] and shown["pinned_over_limit"] == "yes"  # no reprs
+    assert shown["hit_rate"].endswith("%") or shown["hit_rate"] == "none read yet"
+    assert not any(repr_ in res.stdout for repr_ in ("None", "[]", "{'", "True", "False"))
     stats = json.loads(s3fuse("cache", "stats", "--cache-dir", str(m.cache_dir), "--json", env=m.env).stdout)
     assert stats["pinned"] >= 72 * MiB

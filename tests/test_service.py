@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.conftest import s3_env
+from tests.test_manual import build_manual
 from tests.support.faultproxy import FaultProxy
 
 
@@ -33,8 +34,12 @@ def test_units_verify(tmp_path: Path, unit: str, mode: str):
     instance.write_text(text)
     runtime = tmp_path / "xdg"
     runtime.mkdir(mode=0o700)
+    manual = build_manual(tmp_path / "build")  # as `make install` installs it: verify runs
+    (tmp_path / "man" / "man1").mkdir(parents=True)  # `man s3fuse(1)` for Documentation=
+    shutil.copy(manual / "man" / "s3fuse.1", tmp_path / "man" / "man1")
     res = subprocess.run(["systemd-analyze", mode, "verify", str(instance)], capture_output=True,
-                         text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+                         text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime),
+                                         "MANPATH": f"{tmp_path / 'man'}:"})
     assert res.returncode == 0, res.stderr
     # a misspelled key or a bad value is only a warning (exit 0): none may name the unit
     assert instance.name not in res.stderr, res.stderr

@@ -66,7 +66,10 @@ def test_system_install_points_the_unit_at_its_config_and_verifies(tmp_path: Pat
     assert res.returncode == 0, res.stderr
     unit_file = tmp_path / "system" / "s3fuse@.service"
     unit = unit_file.read_text()
-    assert f"--config {tmp_path}/etc/%i.toml" in unit and "Documentation=" not in unit
+    assert f"--config {tmp_path}/etc/%i.toml" in unit
+    assert ("Documentation=man:s3fuse(1)" in unit) == (subprocess.run(
+        ["man", "-w", "s3fuse"], capture_output=True).returncode == 0 if shutil.which("man")
+        else False)  # it points at something that exists, or nowhere
     assert os.access(executable_of(unit, "ExecStart"), os.X_OK)
     config = tmp_path / "etc" / "web.toml"
     assert oct(config.stat().st_mode & 0o777) == oct(0o640) and load_toml(config)
