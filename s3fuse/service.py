@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -54,12 +55,13 @@ def target(user: bool) -> Target:
 
 def command_path() -> str:
     """The s3fuse command to put in ExecStart: the one next to this interpreter, else the
-    one on PATH."""
-    beside = Path(sys.executable).parent / "s3fuse"
-    found = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which("s3fuse")
-    if found is None:
-        raise UsageError("cannot find the s3fuse command to start (is it on PATH?)")
-    return str(Path(found).absolute())
+    one on PATH, else where `pip install --user` puts it (~/.local/bin, often not on PATH)."""
+    for candidate in (Path(sys.executable).parent / "s3fuse", shutil.which("s3fuse"),
+                      Path(site.getuserbase()) / "bin" / "s3fuse"):
+        if candidate is not None and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return str(Path(candidate).absolute())
+    raise UsageError("cannot find the s3fuse command to start: install it (pip install s3fuse) "
+                     "or put it on PATH")
 
 
 def shipped(name: str) -> str:

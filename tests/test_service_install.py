@@ -86,3 +86,21 @@ def test_a_bad_name_is_one_line_exit_2(tmp_path: Path, name: str) -> None:
     res = install({"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}, name, "--user")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "systemd").exists()
+
+
+def test_the_unit_runs_a_pip_user_install_off_path(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python3 -m s3fuse service install` with s3fuse only in ~/.local/bin (not on PATH, as
+    after `pip install --user` on many systems): the unit names that one."""
+    from s3fuse import service
+    (tmp_path / "bin").mkdir()
+    command = tmp_path / "bin" / "s3fuse"
+    command.write_text("#!/bin/sh\n")
+    command.chmod(0o755)
+    monkeypatch.setattr(service.sys, "executable", str(tmp_path / "python" / "python3"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(service.site, "getuserbase", lambda: str(tmp_path))
+    assert service.command_path() == str(command)
+    command.unlink()
+    with pytest.raises(service.UsageError, match="cannot find the s3fuse command"):
+        service.command_path()
