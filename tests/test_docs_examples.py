@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from s3fuse.cli import make_parser
-from s3fuse.config import SCALAR_OPTIONS, load_toml, parse_o_options
+from s3fuse.config import SCALAR_OPTIONS, build_config, load_toml, parse_o_options
 
 REPO = Path(__file__).parent.parent
 DOCS = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -63,6 +63,10 @@ def test_every_documented_command_parses(where: str, argv: list[str]) -> None:
         pytest.fail(f"{where}: does not parse")
     for group in getattr(args, "o", None) or []:
         parse_o_options([group])
+    if args.command == "mount" and not args.config:  # its URIs and values are valid too
+        cli = {k: v for k, v in vars(args).items() if k not in ("command", "o", "ready_fd",
+                                                                  "default_log")}
+        build_config(cli, args.o, {})
 
 
 @pytest.mark.parametrize("where, text", blocks("toml"), ids=[w for w, _ in blocks("toml")])
@@ -96,3 +100,65 @@ def test_the_readme_shows_the_demo_tree_the_demo_prints() -> None:
                if line.startswith("  ")]
     readme = (REPO / "README.md").read_text()
     assert all(f"\n{line}\n" in readme for line in printed), printed
+
+
+def test_the_readme_quick_start_runs_as_written(tmp_path: Path, moto_backend, fuse_available) -> None:
+    """The quick start's commands, run by bash against buckets shaped as it says (moto):
+    only /mnt/data, the credentials and the cache dir are this test's."""
+    import io
+    import os
+    import random
+    import subprocess
+    import sys
+    import tarfile
+
+    from s3fuse.demo import shard_archive
+
+    s3 = moto_backend.client
+    rng = random.Random(3)
+    wav = b"RIFF" + rng.randbytes(2000)
+    base = "training/123/samples"
+    shard_key = f"{base}/shards/shard-00000.tar.gz"
+    objects = {
+        "raw-data": {"big.bin": rng.randbytes(3 << 20)},
+        "ops": {"logs/2024/app.log": b"started\n"},
+        "ml-data": {f"{base}/0001.wav": wav,
+                    shard_key: shard_archive(shard_key, {"0002.wav": wav}, gzip=True)},
+    }
+    objects["ml-data"][f"{base}/manifest.jsonl"] = (
+        '{"kind": "file", "key": "%s/0001.wav", "id": "0001", "meta": {"speaker": "s1"}, '
+        '"size_bytes": %d}\n{"kind": "shard", "archive_key": "%s", "format": "tar", '
+        '"compression": "gzip", "count": 1, "size_bytes": %d}\n'
+        % (base, len(wav), shard_key, len(objects["ml-data"][shard_key]))).encode()
+    for bucket, keys in objects.items():
+        s3.create_bucket(Bucket=bucket)
+        for key, body in keys.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
+    assert tarfile.open(fileobj=io.BytesIO(objects["ml-data"][shard_key])).getnames()[-1] == \
+        "0002.wav"
+
+    [(_, block)] = [(w, t) for w, t in blocks("sh") if "pip install ." in t and "README" in w]
+    mnt = tmp_path / "data"
+    mnt.mkdir()
+    script = ["set -e"]
+    for line in block.replace("\\\n", " ").splitlines():
+        if line.startswith(("pip install", "export AWS_", "mkdir -p /mnt/data")):
+            continue  # installed already; this test's credentials; its own mountpoint
+        line = line.replace("/mnt/data", str(mnt))
+        if line.startswith("s3fuse "):
+            line = f"{sys.executable} -m {line}"
+            if " mount " in line:
+                line += f" --cache-dir {tmp_path / 'cache'}"
+        script.append(line)
+    (tmp_path / "results.csv").write_text("a,b\n1,2\n")
+    env = {**os.environ, **moto_backend.env(), "AWS_ENDPOINT_URL": moto_backend.endpoint}
+    try:
+        ran = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-uz", str(mnt)])
+    assert ran.returncode == 0, (ran.stdout, ran.stderr)
+    assert ran.stdout.split()[:3] == ["logs", "raw-data", "train"]  # `ls` of the mount
+    assert "user.s3exchange.id=\"0001\"" in ran.stdout
+    assert s3.get_object(Bucket="raw-data", Key="results.csv")["Body"].read() == b"a,b\n1,2\n"
