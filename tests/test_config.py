@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from s3fuse.config import (build_config, check_mountpoint, parse_duration, parse_manifest,
-                           parse_secrets_env, parse_size, parse_source)
+from s3fuse.config import (TOML_TYPES, build_config, check_mountpoint, parse_duration,
+                           parse_manifest, parse_secrets_env, parse_size, parse_source)
 from s3fuse.errors import UsageError
 
 
@@ -168,3 +168,17 @@ def test_an_out_of_range_uid_is_refused_before_mounting():
         build_config({"gid": 2**32 - 1}, [], {})
     with pytest.raises(UsageError, match="uid -5 is out of range"):
         build_config({}, ["uid=-5"], {})
+
+
+@pytest.mark.parametrize("key", sorted(TOML_TYPES))
+def test_every_key_refuses_a_value_of_another_type(tmp_path: Path, key: str):
+    """Each key with a value of a type it never takes (a table, and true where no boolean
+    is meant): one line naming the key and what it expects."""
+    types, what = TOML_TYPES[key]
+    wrong = ["[1]", "{ a = 1 }"] + ([] if bool in types else ["true"])
+    for value in wrong:
+        f = tmp_path / "c.toml"
+        f.write_text(f"{key} = {value}\n")
+        with pytest.raises(UsageError) as info:
+            build_config({"config": str(f)}, [], {})
+        assert f"{key} = " in str(info.value) and what in str(info.value), (key, value)
