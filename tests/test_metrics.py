@@ -76,3 +76,19 @@ def test_a_taken_metrics_port_is_one_line_before_mounting(bucket, mount_factory)
     assert res.stderr.strip().splitlines()[-1].startswith(
         f"s3fuse: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use")
     assert not os.path.ismount(m.mountpoint)
+
+
+def test_ls_l_asks_for_security_labels_and_acls_once_not_per_file(s3, bucket, mount_factory):
+    """getxattr of security.selinux / system.posix_acl_access answers ENOTSUP: coreutils
+    then stops asking on this mount, so `ls -l` of 40 files is 40 lookups, not 120 requests."""
+    import subprocess
+    for i in range(40):
+        s3.put_object(Bucket=bucket, Key=f"many/f{i:02d}", Body=b"x")
+    port = free_port()
+    m = mount_factory("--source", f"s3://{bucket}", "--metrics-address", f"127.0.0.1:{port}")
+    before = value(scrape(port), "s3fuse_fuse_operation_seconds_count", operation="getxattr")
+    listed = subprocess.run(["ls", "-l", str(m.path(bucket, "many"))], capture_output=True,
+                            text=True, timeout=60)
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 41, listed.stderr
+    asked = value(scrape(port), "s3fuse_fuse_operation_seconds_count", operation="getxattr")
+    assert asked - before <= 4, asked - before

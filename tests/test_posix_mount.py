@@ -121,6 +121,10 @@ def test_user_xattrs_round_trip_and_survive_a_remount(s3, bucket, mount_factory)
     with pytest.raises(OSError) as info:
         os.getxattr(f, "user.bin")
     assert info.value.errno == errno.ENODATA
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):  # not ours
+        with pytest.raises(OSError) as info:
+            os.getxattr(f, name)
+        assert info.value.errno == errno.ENOTSUP, name
     for name, code in (("trusted.x", errno.ENOTSUP), ("user.s3.uri", errno.EPERM),
                        ("user.s3fuse.cached", errno.EPERM)):
         with pytest.raises(OSError) as info:

@@ -371,8 +371,10 @@ class S3Operations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
         node = self._node(inode)
         key = os.fsdecode(name)
-        if not key.startswith("user."):  # security.*, system.posix_acl_*: asked per file by ls
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if not key.startswith("user."):  # security.*, system.posix_acl_*: not supported here.
+            # ENOTSUP, not ENODATA: `ls -l` then stops asking for the whole mount (coreutils
+            # remembers an unsupported device) instead of two more requests per file
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
         if node.is_root:  # the control plane: who asks matters
             return await self.top.control_get(key, caller(ctx))
         ns = self._ns(node)
