@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import UsageError
+from .util.atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ SHIPPED_COMMAND = "/usr/local/bin/s3fuse"
 class Target:
     """Where one kind of installation puts its files, and how systemctl is called for it."""
 
+    user: bool
     unit: Path
     config_dir: Path
     systemctl: str
@@ -45,11 +47,12 @@ def target(user: bool) -> Target:
     if user:
         config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return Target(config / "systemd" / "user" / "s3fuse@.service", config / "s3fuse",
+        return Target(True, config / "systemd" / "user" / "s3fuse@.service", config / "s3fuse",
                       "systemctl --user", "s3fuse-user@.service", Path.home() / "s3",
                       cache / "s3fuse")
     units = Path(os.environ.get("S3FUSE_SYSTEMD_DIR", "/etc/systemd/system"))
-    return Target(units / "s3fuse@.service", Path(os.environ.get("S3FUSE_CONFIG_DIR", "/etc/s3fuse")),
+    return Target(False, units / "s3fuse@.service",
+                  Path(os.environ.get("S3FUSE_CONFIG_DIR", "/etc/s3fuse")),
                   "systemctl", "s3fuse@.service", Path("/mnt"), Path("/var/cache/s3fuse"))
 
 
@@ -70,7 +73,7 @@ def shipped(name: str) -> str:
 
 def render_unit(where: Target, command: str) -> str:
     text = shipped(where.shipped_unit)
-    if where.systemctl == "systemctl":  # the system unit names its config dir
+    if not where.user:  # the system unit names its config dir
         text = text.replace("/etc/s3fuse/", f"{where.config_dir}/")
     for shipped_command in (SHIPPED_COMMAND, "/usr/bin/env s3fuse"):
         text = text.replace(f"={shipped_command} ", f"={command} ")
@@ -113,14 +116,14 @@ def install(name: str, user: bool, force: bool = False) -> list[str]:
         said.append(f"{where.unit} is up to date")
     else:
         where.unit.parent.mkdir(parents=True, exist_ok=True)
-        _write(where.unit, unit, 0o644)
+        write_atomically(where.unit, unit.encode(), 0o644)
         said.append(f"wrote {where.unit}")
     config = where.config_dir / f"{name}.toml"
     if config.exists():
         said.append(f"kept {config}")
     else:
         where.config_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        _write(config, render_config(where, name), 0o600 if user else 0o640)
+        write_atomically(config, render_config(where, name).encode(), 0o600 if user else 0o640)
         said.append(f"wrote {config}: edit the mountpoint, endpoint and credentials")
     said += ["next:", f"  $EDITOR {config}",
              f"  mkdir -p {where.mountpoint / name}    # or the mountpoint you chose",
@@ -130,13 +133,3 @@ def install(name: str, user: bool, force: bool = False) -> list[str]:
         said.append(f"  loginctl enable-linger {os.environ.get('USER', '$USER')}    "
                     "# to mount at boot, before you log in")
     return said
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    """Written whole or not at all (a half unit must never be found by systemd)."""
-    partial = path.with_name(f".{path.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    with open(fd, "w") as out:
-        out.write(text)
-    os.chmod(partial, mode)
-    os.replace(partial, path)

@@ -39,6 +39,7 @@ from ..config import Config, default_cache_dir
 from ..errors import UsageError
 from ..printable import printable
 from ..redact import redact_url
+from ..util.atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -160,20 +161,7 @@ def read_identity(cache_dir: Path) -> Identity | None:
 
 def write_identity(cache_dir: Path, identity: Identity) -> None:
     """Record `identity`: 0600, atomically (a crash leaves the old file or the new one)."""
-    path = cache_dir / IDENTITY_FILE
-    tmp = cache_dir / f".{IDENTITY_FILE}.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, identity.to_json().encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(cache_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(cache_dir / IDENTITY_FILE, identity.to_json().encode(), 0o600, durable=True)
 
 
 def has_cache_data(cache_dir: Path) -> bool:

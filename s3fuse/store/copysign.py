@@ -19,7 +19,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import Any, Mapping
 
-from .presigned import Presigner, signature_of
+from .presigned import Presigner, local_name, signature_of
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,9 @@ def copy_etag(body: bytes) -> str | None:
         root = ET.fromstring(body)
     except ET.ParseError:
         return None
-    if root.tag.rpartition("}")[2] != "CopyObjectResult":
+    if local_name(root.tag) != "CopyObjectResult":
         return None
     for child in root:
-        if child.tag.rpartition("}")[2] == "ETag" and child.text:
+        if local_name(child.tag) == "ETag" and child.text:
             return child.text.strip().strip('"')
     return None

@@ -272,7 +272,7 @@ def answer_error(what: str, status: int) -> S3FuseError:
     return retry.tagged(error, "", status)
 
 
-def _local(tag: str) -> str:
+def local_name(tag: str) -> str:
     return tag.rpartition("}")[2]
 
 
@@ -280,19 +280,19 @@ def parse_list_v2(body: bytes) -> dict[str, Any]:
     """A ListBucketResult (ListObjectsV2) document -> boto3's dict shape, keys decoded
     when the server says it url-encoded them (as botocore does)."""
     root = ET.fromstring(body)
-    if _local(root.tag) != "ListBucketResult":
-        raise ValueError(f"not a ListBucketResult: {_local(root.tag)}")
+    if local_name(root.tag) != "ListBucketResult":
+        raise ValueError(f"not a ListBucketResult: {local_name(root.tag)}")
     contents: list[dict[str, Any]] = []
     prefixes: list[str] = []
     result: dict[str, Any] = {"IsTruncated": False}
     for child in root:
-        tag = _local(child.tag)
+        tag = local_name(child.tag)
         if tag == "Contents":
-            obj = {_local(field.tag): field.text or "" for field in child}
+            obj = {local_name(field.tag): field.text or "" for field in child}
             contents.append({"Key": obj["Key"], "Size": int(obj.get("Size") or 0),
                              "LastModified": obj.get("LastModified"), "ETag": obj.get("ETag", "")})
         elif tag == "CommonPrefixes":
-            prefixes.extend(field.text or "" for field in child if _local(field.tag) == "Prefix")
+            prefixes.extend(field.text or "" for field in child if local_name(field.tag) == "Prefix")
         elif tag == "IsTruncated":
             result["IsTruncated"] = (child.text or "").strip().lower() == "true"
         elif tag in ("NextContinuationToken", "EncodingType"):
