@@ -234,7 +234,7 @@ class PosixHeads:
             if stored:
                 batch.stored.update((e.name, e) for e in self._listings.store_heads(parent, stored))
             for entry in gone:
-                self._record(parent, entry, None)
+                self._gone(parent, entry)
         except CacheFull as exc:  # not kept: the defaults show, and the next stat asks again
             log.info("metadata of %d entries of %s not stored: %s", len(stored) + len(gone),
                      self._keys.uri(self._keys.dir_prefix(parent)), exc)
@@ -243,26 +243,14 @@ class PosixHeads:
                 batch.done[named[key].name].set()
 
     async def _fetch(self, parent: str, entry: Entry, batch: _Batch) -> None:
-        """Fetch one small file whole and store what its answer says (unless a newer
-        version was stored meanwhile)."""
+        """Fetch one small file whole; its answer is stored as a HEAD's is."""
         key = self._key(parent, entry)
+        result: ObjectInfo | S3FuseError
         try:
-            info = await self._get_whole(parent, key, entry)
-        except NotFound:
-            batch.answered.set()
-            info = None
-        except S3FuseError as exc:  # unknown it stays: the defaults show, asked again later
-            log.debug("GetObject %s for its metadata: %s", self._keys.uri(key), exc)
-            batch.done[entry.name].set()
-            return
-        batch.answered.set()
-        try:
-            if self._unchanged(parent, entry):
-                self._record(parent, entry, info)
-        except CacheFull as exc:  # not kept: the defaults show, and the next stat asks again
-            log.info("metadata of %s not stored: %s", self._keys.uri(key), exc)
-        finally:
-            batch.done[entry.name].set()
+            result = await self._get_whole(parent, key, entry)
+        except S3FuseError as exc:
+            result = exc
+        self._answered(parent, {key: entry}, batch, [(key, result)])
 
     def reading(self, parent: str) -> None:
         """A file of `parent` was opened for reading: its small files' lookups fetch them
@@ -302,17 +290,12 @@ class PosixHeads:
         await self._reader.seed(ObjectRef(bucket, key, entry.etag, entry.size), data)
         return info
 
-    def _record(self, parent: str, entry: Entry, info: ObjectInfo | None) -> None:
-        """What a HEAD answered (`info` None: 404) for an entry still unknown."""
-        if info is not None:
-            self._listings.store_head(parent, entry.name, info, is_dir=entry.is_dir)
-        elif entry.is_dir:
+    def _gone(self, parent: str, entry: Entry) -> None:
+        """A HEAD answered 404 for an entry still unknown."""
+        if entry.is_dir:
             self._listings.store_no_marker(parent, entry.name)
         else:
             self._listings.unknown(parent, entry.name)  # the listing is stale too
-
-    def _unchanged(self, parent: str, entry: Entry) -> bool:
-        return _unchanged(self._listings.entry(parent, entry.name), entry)
 
 
 def _unchanged(now: Entry | None, entry: Entry) -> bool:
