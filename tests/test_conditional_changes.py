@@ -181,6 +181,8 @@ async def test_local_mv_onto_a_target_changed_meanwhile_makes_a_conflict_copy(
 async def test_a_removal_superseding_a_new_file_touches_nobody_elses_object(
         parts: Components, store: MemoryStore) -> None:
     store.reachable = False
+    store.link.failed("injected")  # known offline: no upload is tried (one that was, and
+    # failed, may have landed: it is kept and retried, never superseded; journal.py)
     await write_file(parts, "new.txt", b"mine")             # never uploaded
     root = (await lookup_path(parts.ops, B)).st_ino
     await parts.ops.unlink(root, b"new.txt", None)
