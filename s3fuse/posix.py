@@ -17,6 +17,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import re
 import stat
 import urllib.parse
 from dataclasses import dataclass
@@ -88,6 +89,10 @@ NO_HEADERS = Posix()
 # ---------------------------------------------------------------- times
 
 
+#: `SEC` or `SEC.FRACTION`; 12 digits of seconds are already beyond int64 nanoseconds.
+_TIME = re.compile(r"(-?[0-9]{1,12})(?:\.([0-9]{1,9}))?")
+
+
 def format_time(ns: int) -> str:
     """s3fs's `str(timespec)`: `SEC` when the nanoseconds are 0, else `SEC.NNNNNNNNN`."""
     sec, nsec = divmod(ns, 1_000_000_000)
@@ -97,12 +102,15 @@ def format_time(ns: int) -> str:
 def parse_time(text: str) -> int | None:
     """Seconds with an optional fraction of up to 9 digits (s3fs, rclone) -> ns. The
     fraction adds to the seconds even when they are negative, as in a timespec (s3fs
-    writes -1.5 s as `-2.500000000`, and so does format_time)."""
-    sec, dot, frac = text.strip().partition(".")
-    digits = sec[1:] if sec.startswith("-") else sec
-    if not digits.isdigit() or (dot and (not frac.isdigit() or len(frac) > 9)):
+    writes -1.5 s as `-2.500000000`, and so does format_time). A header is anyone's
+    input: ASCII digits only (str.isdigit takes '²', which int() refuses), and a time a
+    timespec, the kernel and SQLite cannot hold (beyond int64 ns) is no time (None)."""
+    match = _TIME.fullmatch(text.strip())
+    if match is None:
         return None
-    return int(sec) * 1_000_000_000 + (int(frac.ljust(9, "0")) if frac else 0)
+    sec, frac = match.groups()
+    ns = int(sec) * 1_000_000_000 + int((frac or "").ljust(9, "0"))
+    return ns if -(1 << 63) <= ns < 1 << 63 else None
 
 
 def _int(text: str | None, base: int = 10) -> int | None:

@@ -104,6 +104,35 @@ async def test_rm_of_an_unchanged_or_gone_key_removes_it(parts: Components,
     assert store.objects(B) == {"d/e/f": b"deep"}
 
 
+@pytest.fixture
+async def markers(tmp_path: Path, store: MemoryStore) -> AsyncIterator[Components]:
+    """`parts` with two empty directories of markers `m/` and `n/`, listed (seen)."""
+    store.put_object(B, "m/", b"")
+    store.put_object(B, "n/", b"")
+    async for components in running(tmp_path, store):
+        assert await listdir(components, B) == ["a.txt", "d", "m", "n"]
+        assert await listdir(components, B, "m") == [] == await listdir(components, B, "n")
+        yield components
+
+
+async def test_offline_rmdir_replayed_after_its_marker_was_rewritten_keeps_it(
+        markers: Components, store: MemoryStore) -> None:
+    """The marker's ETag comes from the listing of the directory itself (ListObjectsV2 of
+    `m/` returns `m/`): its removal is conditional on it, like a file's."""
+    root = (await lookup_path(markers.ops, B)).st_ino
+    store.reachable = False
+    await markers.ops.rmdir(root, b"m", None)              # journalled while offline
+    await markers.ops.rmdir(root, b"n", None)
+    assert await listdir(markers, B) == ["a.txt", "d"]
+    store.replace(B, "m/", b"their marker, newer")         # someone else, meanwhile
+    status = await back_online(markers, store)
+    assert store.objects(B)["m/"] == b"their marker, newer"
+    assert "n/" not in store.objects(B)                    # unchanged: removed
+    [event] = status["conflicts"]
+    assert event["kind"] == "kept-remote" and event["uri"] == f"s3://{B}/m/"
+    assert status["failures"] == []
+
+
 async def test_mv_source_changed_before_its_removal_is_kept(parts: Components,
                                                              store: MemoryStore) -> None:
     offline_once(store, "DeleteObject", "a.txt")           # the source removal waits
@@ -152,6 +181,8 @@ async def test_local_mv_onto_a_target_changed_meanwhile_makes_a_conflict_copy(
 async def test_a_removal_superseding_a_new_file_touches_nobody_elses_object(
         parts: Components, store: MemoryStore) -> None:
     store.reachable = False
+    store.link.failed("injected")  # known offline: no upload is tried (one that was, and
+    # failed, may have landed: it is kept and retried, never superseded; journal.py)
     await write_file(parts, "new.txt", b"mine")             # never uploaded
     root = (await lookup_path(parts.ops, B)).st_ino
     await parts.ops.unlink(root, b"new.txt", None)
@@ -322,4 +353,26 @@ def test_mount_offline_rm_then_a_newer_version_survives_the_sync(s3, bucket, mou
     assert len(copies) == 1 and body(s3, bucket, copies[0]) == b"mine"
     kinds = sorted(c["kind"] for c in m.status()["uploads"]["conflicts"])
     assert kinds == ["copy", "kept-remote"]
+    m.expect_log(r"unreachable|offline|changed in S3|conditional")
+
+
+@pytest.mark.mount
+def test_mount_offline_rmdir_then_a_rewritten_marker_survives_the_sync(s3, bucket, mount_factory,
+                                                                     proxy):
+    for marker in ("kept/", "gone/"):
+        s3.put_object(Bucket=bucket, Key=marker, Body=b"")
+    m = mount_factory("--source", f"s3://{bucket}", endpoint=proxy.endpoint)
+    root = m.path(bucket)
+    assert os.listdir(root / "kept") == [] == os.listdir(root / "gone")  # seen: the markers
+    proxy.cut()
+    os.rmdir(root / "kept")
+    os.rmdir(root / "gone")
+    s3.put_object(Bucket=bucket, Key="kept/", Body=b"a marker with new content")
+    proxy.restore()
+    assert sync(m.mountpoint).returncode == 0
+    assert body(s3, bucket, "kept/") == b"a marker with new content"
+    assert "gone/" not in keys(s3, bucket)
+    [event] = m.status()["uploads"]["conflicts"]
+    assert event["kind"] == "kept-remote" and event["uri"] == f"s3://{bucket}/kept/"
+    assert sorted(os.listdir(root)) == ["kept"]
     m.expect_log(r"unreachable|offline|changed in S3|conditional")

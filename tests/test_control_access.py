@@ -24,6 +24,7 @@ from s3fuse.control import status_summary
 from s3fuse.daemon import Components, build
 from s3fuse.fs.inodes import ROOT_INODE
 from tests.conftest import Backend
+from tests.test_namespace_posix import Fields
 from tests.support.mount import Mount
 
 NOBODY = 65534
@@ -118,6 +119,29 @@ async def test_the_root_shows_no_write_bits_to_others(components: Callable[..., 
     assert stat.S_IMODE(bkt.st_mode) == (0o555 if read_only else 0o777)   # sources: as configured
 
 
+@pytest.mark.parametrize("read_only", [False, True])
+async def test_nobody_changes_the_roots_mode_owner_times_or_attributes(
+        components: Callable[..., Components], read_only: bool):
+    """With POSIX metadata (issue 14) setattr and removexattr reach the daemon: on the root
+    they are refused for everyone, its owner and root included (a `chmod 777` of the root
+    would open the control channel to the modes again)."""
+    ops = components(dir_mode=0o777, uid=4242, read_only=read_only).ops
+    request = pyfuse3.EntryAttributes()
+    request.st_mode, request.st_uid, request.st_gid = stat.S_IFDIR | 0o777, NOBODY, NOBODY
+    request.st_mtime_ns = request.st_atime_ns = 10**18
+    for caller in (NOBODY, 4242, 0):
+        for fields in (Fields(update_mode=True), Fields(update_uid=True, update_gid=True),
+                       Fields(update_atime=True, update_mtime=True)):
+            assert await errno_of(ops.setattr(ROOT_INODE, request, fields, None,
+                                              as_user(caller))) == errno.EPERM
+        for name in (b"user.s3fuse.pin", b"user.other"):
+            assert await errno_of(ops.removexattr(ROOT_INODE, name, as_user(caller))) == errno.EPERM
+        assert await errno_of(ops.setxattr(ROOT_INODE, b"user.other", b"x",
+                                           as_user(caller))) == errno.EPERM
+    root = await ops.getattr(ROOT_INODE, None)
+    assert stat.S_IMODE(root.st_mode) == 0o755 and root.st_uid == 4242
+
+
 # ------------------------------------------------------------------ through a real mount
 
 #: Runs the s3fuse CLI as another user: imports first (the interpreter lives under /root,
@@ -149,6 +173,14 @@ def test_another_user_cannot_pin_a_world_writable_mount(backend: Backend, s3, bu
                               "setfattr", "-n", "user.s3fuse.pin", "-v", bucket, str(m.mountpoint)],
                              capture_output=True, text=True)
         assert res.returncode != 0, "another user pinned a whole bucket"
+        for user in ([f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"], None):
+            for command in (["chmod", "777"], ["chown", str(NOBODY)], ["touch"],
+                            ["setfattr", "-x", "user.s3fuse.pin"]):
+                res = subprocess.run((["setpriv", *user] if user else []) + command
+                                     + [str(m.mountpoint)], capture_output=True, text=True)
+                assert res.returncode != 0, (user, command)
+        mode = os.stat(m.mountpoint)
+        assert stat.S_IMODE(mode.st_mode) == 0o755 and mode.st_uid == os.geteuid()
         res = cli_as(NOBODY, "pin", str(m.path(bucket)))
         assert res.returncode == 1
         assert res.stderr.splitlines() == [f"s3fuse: error: only the owner of the mount {m.mountpoint} "

@@ -1,11 +1,13 @@
-"""Hostile keys and sizes (issue 7): NUL, control characters and invalid UTF-8 in keys,
-1024-byte keys, and 100,000 entries in one directory. Manifests and archives have their
+"""Hostile keys, sizes and headers (issues 7, 13): NUL, control characters and invalid
+UTF-8 in keys, 1024-byte keys, 100,000 entries in one directory, POSIX headers holding
+times nothing can hold. Manifests and archives have their
 own hostile tests (test_manifest_index.py, test_mount_manifest.py, test_archive_hostile.py)."""
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import subprocess
 import time
 import tracemalloc
 from pathlib import Path
@@ -129,6 +131,24 @@ class ListingStore:
             self.pages += 1
             yield ListPage([], [ObjectInfo(f"big/f{i:07d}", i, 1_000_000_000, "e")
                                 for i in range(start, min(start + 1000, self.count))])
+
+
+def test_posix_headers_with_impossible_times_show_the_defaults(s3, bucket, mount_factory):
+    """Times beyond int64 ns in s3fs's headers (a 30-digit `mtime` is 32 bytes of metadata
+    anyone who may write to the bucket can set) made the batch of HEAD answers of `ls -l`
+    raise on the event loop (SQLite cannot store them) and took the daemon down."""
+    s3.put_object(Bucket=bucket, Key="d/ok.txt", Body=b"fine")
+    s3.put_object(Bucket=bucket, Key="d/far.txt", Body=b"x",
+                  Metadata={"mtime": "9" * 30, "atime": "-" + "9" * 30, "ctime": "9" * 20})
+    s3.put_object(Bucket=bucket, Key="d/sub/", Body=b"", Metadata={"mtime": "9" * 30})
+    m = mount_factory("--source", f"s3://{bucket}")
+    d = m.path(bucket) / "d"
+    res = subprocess.run(["ls", "-l", str(d)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    far = os.stat(d / "far.txt")
+    assert abs(far.st_mtime - time.time()) < 3600    # no stored time: LastModified shows
+    assert os.path.isdir(d / "sub") and (d / "ok.txt").read_bytes() == b"fine"
+    assert os.path.ismount(m.mountpoint)
 
 
 async def list_huge_dir(tmp_path: Path, count: int) -> tuple[float, int]:

@@ -62,6 +62,29 @@ def test_allow_other_always_comes_with_default_permissions():
 
 
 @pytest.mark.mount
+def test_a_buckets_setuid_root_binary_gives_nobody_nothing(s3, bucket, public_base, fuse_available):
+    """POSIX metadata shows what a bucket's headers say, a setuid-root mode included, to
+    every user of an --allow-other mount: the mount is nosuid (and nodev), so running it
+    gives nobody nothing."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as another user")
+    s3.put_object(Bucket=bucket, Key="id", Body=Path(shutil.which("id") or "/usr/bin/id").read_bytes(),
+                  Metadata={"mode": str(stat.S_IFREG | stat.S_ISUID | 0o755), "uid": "0", "gid": "0"})
+    mount = start(public_base / "suid", s3_env(s3.meta.endpoint_url), "--source", f"s3://{bucket}",
+                  "--allow-other")
+    try:
+        options = next(line.split()[3] for line in Path("/proc/self/mounts").read_text().splitlines()
+                       if line.split()[1] == str(mount.mountpoint))
+        assert {"nosuid", "nodev"} <= set(options.split(","))
+        binary = mount.path(bucket, "id")
+        shown = os.stat(binary)
+        assert shown.st_mode & stat.S_ISUID and shown.st_uid == 0    # shown as the bucket says
+        res = as_nobody(str(binary), "-u")
+        assert res.returncode == 0 and res.stdout.strip() == "65534", res.stderr
+    finally:
+        stop(mount)
+
+
 def test_other_users_get_exactly_what_the_modes_say(s3, bucket, public_base, fuse_available):
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to act as another user")

@@ -266,6 +266,16 @@ class MetaStore:
                                  ns, path, name)
         return _entry(row) if row else None
 
+    def marker(self, ns: str, path: str) -> str | None:
+        """The version (`version`) of directory `path`'s marker as last listed or HEADed
+        ('': it had none); None when unknown (made here since, or a change of it queued)."""
+        parent, _, name = path.rpartition("/")
+        if name in self._queued_entries(ns, parent):
+            return None
+        row = self._db.query_one("SELECT posix_of FROM entries WHERE ns=? AND dir=? AND name=? "
+                                 "AND is_dir=1", ns, parent, name)
+        return row[0] if row else None
+
     def entries_named(self, ns: str, path: str, names: list[str]) -> dict[str, Entry]:
         """The stored entries of these names of `path` (one indexed query: a batch of HEAD
         answers checks what it answers for)."""
@@ -435,6 +445,11 @@ def version(etag: str, last_modified_ns: int) -> str:
     """The version of an object stored POSIX metadata belongs to: ETag and LastModified
     (a metadata copy keeps a single-part object's ETag, not its LastModified)."""
     return f"{etag} {last_modified_ns}"
+
+
+def etag_of(version: str) -> str:
+    """The ETag part of a `version`."""
+    return version.rpartition(" ")[0]
 
 
 def _row(ns: str, path: str, entry: Entry, posix_of: str | None) -> tuple:

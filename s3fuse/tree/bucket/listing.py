@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Hashable
 
 import trio
 
-from ...cache.meta import MetaStore, apply_changes, version
+from ...cache.meta import MetaStore, apply_changes, etag_of, version
 from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
 from ...model import Entry
 from ...names import is_posix_name, join
@@ -330,6 +330,11 @@ class Listings:
         fresh = Entry(name, True, 0, 0, "", time.time(), NO_HEADERS)
         self._meta.update_entry(self._keys.ns_id, parent, fresh, "")
         return fresh
+
+    def marker_etag(self, path: str) -> str | None:
+        """The ETag of directory `path`'s marker when its listing (or a HEAD) last saw it;
+        None when it had none or this is not known."""
+        return etag_of(self._meta.marker(self._keys.ns_id, path) or "") or None
 
     def unknown_after(self, path: str, name: str, limit: int) -> list[Entry]:
         """Up to `limit` stored entries of `path` from `name` on whose POSIX metadata is
