@@ -32,7 +32,7 @@ from ...cache.meta import MetaStore, apply_changes, version
 from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
 from ...model import Entry
 from ...names import is_posix_name, join
-from ...posix import NO_HEADERS, from_headers
+from ...posix import NO_HEADERS, from_headers, to_json
 from ...store.protocol import ListPage, ObjectInfo, Store
 from ...util.flight import SingleFlight
 from ...util.oncelog import OnceLogger
@@ -377,9 +377,12 @@ class Listings:
 
 
 def headed_entry(name: str, info: ObjectInfo, is_dir: bool) -> tuple[Entry, str]:
-    """The entry a HEAD answer shows and the version its metadata was read from (pure:
-    a batch decodes its answers in its worker thread, off the loop)."""
-    return _headed(name, info, is_dir), version(info.etag, info.mtime_ns)
+    """The entry a HEAD answer shows and the version its metadata was read from (a batch
+    decodes its answers in its worker thread, off the loop; the stored form is encoded
+    here too, so that storing it on the loop finds it made: posix.to_json)."""
+    entry = _headed(name, info, is_dir)
+    to_json(entry.posix)
+    return entry, version(info.etag, info.mtime_ns)
 
 
 def _headed(name: str, info: ObjectInfo, is_dir: bool) -> Entry:
