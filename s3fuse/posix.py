@@ -172,8 +172,10 @@ def storable_xattr_name(name: str) -> bool:
 def from_headers(metadata: Mapping[str, str], *, is_dir: bool = False) -> Posix:
     """The POSIX metadata in an object's user metadata (boto3 `Metadata`: names without
     `x-amz-meta-`), with the fallbacks of s3sync and GCS. No type bits in the mode: the
-    type comes from the key (a directory marker or a regular file)."""
-    meta = {k.lower(): v for k, v in metadata.items()}
+    type comes from the key (a directory marker or a regular file). Runs once per HEAD
+    answer (a cold `ls -l` of 1,000 objects: 1,000 times), so it stays plain loops."""
+    meta = metadata if all(k.islower() for k in metadata) else \
+        {k.lower(): v for k, v in metadata.items()}
     mode, s3sync = _int(meta.get("mode")), False
     if mode is None:
         mode = _int(meta.get("permissions"))
@@ -184,18 +186,29 @@ def from_headers(metadata: Mapping[str, str], *, is_dir: bool = False) -> Posix:
         mode = (stat.S_IFDIR if is_dir else stat.S_IFREG) | stat.S_IMODE(mode)
         if not mode & 0o777 and not s3sync:  # as s3fs: no permission at all: r(x) for the owner
             mode |= stat.S_IRUSR | (stat.S_IXUSR if is_dir else 0)
-    uid = next((v for v in (_int(meta.get(n)) for n in ("uid", "owner", "goog-reserved-posix-uid"))
-                if v is not None), None)
-    gid = next((v for v in (_int(meta.get(n)) for n in ("gid", "group", "goog-reserved-posix-gid"))
-                if v is not None), None)
     mtime = meta.get("mtime") or meta.get("goog-reserved-file-mtime")
+    ctime, atime = meta.get("ctime"), meta.get("atime")
+    xattr = meta.get("xattr")
     return Posix(
-        mode=mode, uid=uid, gid=gid,
+        mode=mode, uid=_first_int(meta, _UID_NAMES), gid=_first_int(meta, _GID_NAMES),
         mtime_ns=parse_time(mtime) if mtime else None,
-        ctime_ns=parse_time(meta["ctime"]) if "ctime" in meta else None,
-        atime_ns=parse_time(meta["atime"]) if "atime" in meta else None,
+        ctime_ns=parse_time(ctime) if ctime is not None else None,
+        atime_ns=parse_time(atime) if atime is not None else None,
         rdev=_int(meta.get("rdev")),
-        xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else ())
+        xattrs=decode_xattrs(xattr) if xattr is not None else ())
+
+
+_UID_NAMES = ("uid", "owner", "goog-reserved-posix-uid")
+_GID_NAMES = ("gid", "group", "goog-reserved-posix-gid")
+
+
+def _first_int(meta: Mapping[str, str], names: tuple[str, ...]) -> int | None:
+    """The first of `names` whose value is a valid id (s3fs, then s3sync, then GCS)."""
+    for name in names:
+        value = _int(meta.get(name))
+        if value is not None:
+            return value
+    return None
 
 
 def to_headers(posix: Posix) -> dict[str, str]:
@@ -232,10 +245,54 @@ def fits(posix: Posix) -> bool:
 
 
 def to_json(posix: Posix | None) -> str | None:
-    """Compact form for our SQLite stores (journal, listings): the headers themselves."""
-    return None if posix is None else json.dumps(to_headers(posix), separators=(",", ":"),
-                                                 sort_keys=True)
+    """Compact form for our SQLite stores (journal, listings): the headers themselves.
+    Remembered both ways (see from_json), decoded when that surely gives `posix` back."""
+    if posix is None:
+        return None
+    text = _ENCODED.get(posix)
+    if text is None:
+        text = json.dumps(to_headers(posix), separators=(",", ":"), sort_keys=True)
+        if len(_ENCODED) >= DECODED_MAX:
+            _ENCODED.clear()
+        _ENCODED[posix] = text
+        if _round_trips(posix):  # whatever is_dir the reader gives
+            _remember((text, False), posix)
+            _remember((text, True), posix)
+    return text
 
 
 def from_json(text: str | None, *, is_dir: bool = False) -> Posix | None:
-    return None if text is None else from_headers(json.loads(text), is_dir=is_dir)
+    """What to_json stored. Decoded ones are remembered: a stored listing is read back
+    at every readdir and lookup, and a HEAD's answer right after it is stored (a cold
+    `ls -l` reads each of its thousand answers back), so most reads decode nothing."""
+    if text is None:
+        return None
+    posix = _DECODED.get((text, is_dir))
+    if posix is None:
+        posix = from_headers(json.loads(text), is_dir=is_dir)
+        _remember((text, is_dir), posix)
+    return posix
+
+
+#: Stored forms decoded lately: (text, is_dir) -> their Posix (immutable: shared safely,
+#: also across threads). Bounded: emptied when full (~DECODED_MAX x 0.4 KiB at most).
+_DECODED: dict[tuple[str, bool], Posix] = {}
+#: ... and the other way: Posix encoded lately (a HEAD batch encodes its answers in its
+#: worker thread; the loop storing them finds the text made).
+_ENCODED: dict[Posix, str] = {}
+DECODED_MAX = 4096
+
+
+def _remember(key: tuple[str, bool], posix: Posix) -> None:
+    if len(_DECODED) >= DECODED_MAX:
+        _DECODED.clear()
+    _DECODED[key] = posix
+
+
+def _round_trips(posix: Posix) -> bool:
+    """Does from_headers(to_headers(posix)) give `posix` itself, whatever is_dir? Yes when
+    its mode has its type bits, its ids are in range, its rdev is not 0 (not stored) and
+    it has no xattrs (their names and order are not checked here)."""
+    return ((posix.mode is None or stat.S_IFMT(posix.mode) in _FILE_TYPES)
+            and posix.rdev != 0 and not posix.xattrs
+            and all(v is None or 0 <= v < 1 << 32 for v in (posix.mode, posix.uid, posix.gid)))

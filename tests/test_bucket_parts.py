@@ -81,6 +81,36 @@ async def test_uploads_landing_are_learned_by_the_listings(tmp_path: Path):
     meta.close()
 
 
+async def test_a_fresh_listing_is_not_asked_again_until_it_is_expired(tmp_path: Path):
+    """ensure() runs for every lookup: a fresh listing is remembered (no query, no LIST),
+    and whatever expires it (a change behind it, an unknown version) lists again."""
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    store = MemoryStore()
+    store.create_bucket(B)
+    store.put_object(B, "p/d/a", b"1")
+    listings = Listings(KEYS, store, meta, ttl=60, limiter=trio.CapacityLimiter(2),
+                        background=Supervisor())
+
+    def lists() -> int:
+        return store.request_counts().get("ListObjectsV2", 0)
+
+    await listings.ensure("d")
+    assert lists() == 1 and [e.name for e in await listings.entries("d")] == ["a"]
+    for _ in range(3):
+        await listings.ensure("d")
+    assert lists() == 1
+    store.put_object(B, "p/d/b", b"2")
+    listings.expire("d")
+    await listings.ensure("d")
+    assert lists() == 2 and [e.name for e in await listings.entries("d")] == ["a", "b"]
+    listings.unknown("d", "b")
+    await listings.ensure("d")
+    assert lists() == 3
+    await listings.ensure("d")
+    assert lists() == 3
+    meta.close()
+
+
 async def test_utimens_on_an_open_file_shows_until_it_is_uploaded(tmp_path: Path):
     store = MemoryStore()
     store.create_bucket(B)

@@ -4,6 +4,7 @@ the 2 KiB limit, and round trips of every field (hypothesis)."""
 from __future__ import annotations
 
 import base64
+import json
 import stat
 import urllib.parse
 
@@ -236,6 +237,28 @@ def test_json_form() -> None:
     assert posix.to_json(NO_HEADERS) == "{}" and posix.from_json("{}") == NO_HEADERS
     typeless = posix.to_json(Posix(mode=0o755))
     assert posix.from_json(typeless, is_dir=True) == Posix(mode=stat.S_IFDIR | 0o755)
+    assert posix.from_json(typeless) == Posix(mode=stat.S_IFREG | 0o755)  # not the dir's
+
+
+@given(st.tuples(
+    st.none() | st.integers(0, 0o177777), st.none() | st.integers(-1, 1 << 33),
+    st.none() | st.integers(0, (1 << 32) - 1), st.none() | st.integers(-(1 << 60), 1 << 60),
+    st.none() | st.integers(0, 3)), st.booleans(), st.booleans())
+def test_remembered_decodes_are_what_decoding_gives(fields: tuple, is_dir: bool,
+                                                    read_first: bool) -> None:
+    """from_json answers from what to_json (or an earlier read) remembered: always what a
+    fresh decode of the text gives, for either is_dir (cold `ls -l` reads every HEAD
+    answer back right after storing it)."""
+    mode, uid, gid, ns, rdev = fields
+    p = Posix(mode=mode, uid=uid, gid=gid, mtime_ns=ns, ctime_ns=ns, rdev=rdev)
+    posix._DECODED.clear()
+    text = posix.to_json(p)
+    assert text is not None
+    if read_first:
+        posix.from_json(text, is_dir=not is_dir)
+    expected = posix.from_headers(json.loads(text), is_dir=is_dir)
+    assert posix.from_json(text, is_dir=is_dir) == expected
+    assert posix.from_json(text, is_dir=is_dir) is posix.from_json(text, is_dir=is_dir)
 
 
 def test_overlaid() -> None:

@@ -259,9 +259,11 @@ class MetaStore:
                     in self._queued.entries.get((ns, path), {}).items()}
 
     def entry(self, ns: str, path: str, name: str) -> Entry | None:
-        queued = self._queued_entries(ns, path)
-        if name in queued:
-            return queued[name]
+        if self._queued.entries:  # one name looked up, not a copy of all that is queued
+            with self._queue_lock:
+                queued = self._queued.entries.get((ns, path), {}).get(name)
+            if queued is not None:
+                return queued[1]
         row = self._db.query_one(f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? AND name=?",
                                  ns, path, name)
         return _entry(row) if row else None

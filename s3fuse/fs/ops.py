@@ -168,11 +168,13 @@ class S3Operations(pyfuse3.Operations):
         strip = 0 if self._ns(node).writable else 0o222
         return strip | ROOT_HIDDEN_BITS if node.is_root else strip
 
-    def _mode(self, node: Node) -> int:
-        """The mount's default mode of a node (objects without stored metadata)."""
+    def _mode(self, node: Node, strip: int | None = None) -> int:
+        """The mount's default mode of a node (objects without stored metadata); `strip`:
+        _strip(node), when the caller has it already."""
+        strip = self._strip(node) if strip is None else strip
         if node.is_dir:
-            return stat.S_IFDIR | (self.cfg.dir_mode & ~self._strip(node))
-        return stat.S_IFREG | (self.cfg.file_mode & ~self._strip(node))
+            return stat.S_IFDIR | (self.cfg.dir_mode & ~strip)
+        return stat.S_IFREG | (self.cfg.file_mode & ~strip)
 
     def _posix(self, node: Node, entry: Entry) -> Posix:
         """Every POSIX attribute `node` shows: what its object stores (entry.posix), the
@@ -180,14 +182,15 @@ class S3Operations(pyfuse3.Operations):
         entry.mtime_ns (the stored one, else LastModified); the type is the node's (a
         directory stays one whatever a header says)."""
         stored = entry.posix or NO_HEADERS
-        default = self._mode(node)
+        strip = self._strip(node)
+        default = self._mode(node, strip)
         if stored.mode is None or node.is_root:
             mode = default
         else:
             kind = stored.file_type if not node.is_dir else stat.S_IFDIR
             if kind is None or kind == stat.S_IFDIR and not node.is_dir:
                 kind = stat.S_IFMT(default)
-            mode = kind | (stat.S_IMODE(stored.mode) & ~self._strip(node))
+            mode = kind | (stat.S_IMODE(stored.mode) & ~strip)
         mtime = entry.mtime_ns or self._started_ns  # the stored mtime when there is one
         return Posix(mode=mode,
                      uid=self.cfg.uid if stored.uid is None else stored.uid,

@@ -32,7 +32,7 @@ from ...cache.meta import MetaStore, apply_changes, etag_of, version
 from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
 from ...model import Entry
 from ...names import is_posix_name, join
-from ...posix import NO_HEADERS, from_headers
+from ...posix import NO_HEADERS, from_headers, to_json
 from ...store.protocol import ListPage, ObjectInfo, Store
 from ...util.flight import SingleFlight
 from ...util.oncelog import OnceLogger
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: Subdirectories of a listed directory whose listings are fetched ahead.
 LIST_AHEAD = 16
+#: Directories whose freshness is remembered (Listings.ensure runs for every lookup:
+#: a dict read instead of a SQLite query). Emptied when full.
+FRESH_PATHS = 1024
 #: Worker threads reading stored listings at once (per tree); apart from the S3 limiter,
 #: so a readdir served from the store never waits behind slow ListObjectsV2 calls.
 STORED_READS = 4
@@ -125,6 +128,7 @@ class Listings:
         self._learned = LearnedChanges()
         self._hidden = OnceLogger(log)
         self._revalidating: dict[Hashable, _Revalidation] = {}
+        self._fresh_until: dict[str, float] = {}  # path -> when its stored listing goes stale
 
     # ----------------------------------------------------------- revalidation deadline
 
@@ -164,8 +168,15 @@ class Listings:
     async def ensure(self, path: str) -> None:
         """A stored listing of `path` younger than the TTL, or the last one stored when S3
         cannot give a new one (the error when there is none)."""
+        until = self._fresh_until.get(path)
+        if until is not None and time.time() < until:  # every lookup asks: no query
+            return
         listed_at = self._meta.listed_at(self._keys.ns_id, path)
         if self._fresh(listed_at):
+            assert listed_at is not None
+            if len(self._fresh_until) >= FRESH_PATHS:
+                self._fresh_until.clear()
+            self._fresh_until[path] = listed_at + self._ttl
             return
         try:
             if listed_at is None or not self._background.active:
@@ -209,7 +220,10 @@ class Listings:
                 self._meta.replace_listing(ns_id, path, apply_changes(entries, changes or {}), now,
                                            marker=marker_version(pages, prefix))
 
-        await trio.to_thread.run_sync(fetch, limiter=self._limiter)
+        try:
+            await trio.to_thread.run_sync(fetch, limiter=self._limiter)
+        finally:
+            self._fresh_until.pop(path, None)  # the next ensure reads what was stored
 
     async def entries(self, path: str) -> list[Entry]:
         """The stored listing of `path` (call `ensure` first), read in a worker thread
@@ -260,6 +274,7 @@ class Listings:
 
     def expire(self, path: str) -> None:
         """List `path` again at its next use (it changed behind the stored listing)."""
+        self._fresh_until.pop(path, None)
         self._meta.expire_listing(self._keys.ns_id, path)
 
     def files_after(self, path: str, after: str, limit: int) -> list[Entry]:
@@ -318,12 +333,9 @@ class Listings:
         self._meta.update_entry(self._keys.ns_id, parent, fresh, version(info.etag, info.mtime_ns))
         return fresh
 
-    def store_heads(self, parent: str, answers: list[tuple[str, ObjectInfo, bool]]) -> list[Entry]:
-        """store_head of each (name, info, is_dir) of `parent`, in one write; the entries."""
-        fresh = [(_headed(name, info, is_dir), version(info.etag, info.mtime_ns))
-                 for name, info, is_dir in answers]
+    def store_heads(self, parent: str, fresh: list[tuple[Entry, str]]) -> None:
+        """Store each (entry, version) of `parent` (headed_entry's), in one write."""
         self._meta.update_entries(self._keys.ns_id, parent, fresh)
-        return [entry for entry, _ in fresh]
 
     def store_no_marker(self, parent: str, name: str) -> Entry:
         """Directory `parent/name` has no marker (HEAD: 404): no metadata, stored so."""
@@ -360,12 +372,22 @@ class Listings:
 
     def unknown(self, parent: str, name: str) -> None:
         """`parent/name` holds a version this mount did not write: look again."""
+        self._fresh_until.pop(parent, None)
         self._meta.expire_listing(self._keys.ns_id, parent)
         self._meta.remove_entry(self._keys.ns_id, parent, name)
 
     def know_dir(self, path: str) -> None:
         """`path` exists in S3 (an upload made it), listed or not."""
         self._meta.know_dir(self._keys.ns_id, path)
+
+
+def headed_entry(name: str, info: ObjectInfo, is_dir: bool) -> tuple[Entry, str]:
+    """The entry a HEAD answer shows and the version its metadata was read from (a batch
+    decodes its answers in its worker thread, off the loop; the stored form is encoded
+    here too, so that storing it on the loop finds it made: posix.to_json)."""
+    entry = _headed(name, info, is_dir)
+    to_json(entry.posix)
+    return entry, version(info.etag, info.mtime_ns)
 
 
 def _headed(name: str, info: ObjectInfo, is_dir: bool) -> Entry:

@@ -40,16 +40,15 @@ class PendingView:
     def local(self, path: str, name: str) -> Entry | object | None:
         """The entry local changes give `path/name` (GONE when removed), or None."""
         bucket, key = self._keys.bucket, self._keys.key(join(path, name))
-        for change_key, is_dir in ((key, False), (key + "/", True)):
-            change = self._overlay.get(bucket, change_key)
+        file_change = self._overlay.get(bucket, key)
+        dir_change = self._overlay.get(bucket, key + "/")
+        for change, is_dir in ((file_change, False), (dir_change, True)):
             if change is not None and not change.deleted:
                 posix = change.posix
                 mtime_ns = change.mtime_ns if posix is None or posix.mtime_ns is None \
                     else posix.mtime_ns
                 return Entry(name, is_dir, change.size, mtime_ns, change.etag, time.time(),
                              posix)
-        file_change = self._overlay.get(bucket, key)
-        dir_change = self._overlay.get(bucket, key + "/")
         if file_change is not None or dir_change is not None:
             entry = self._listings.entry(path, name)
             if entry is None or (entry.is_dir and dir_change) or (not entry.is_dir and file_change):

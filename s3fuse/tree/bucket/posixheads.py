@@ -31,7 +31,7 @@ from ...names import join
 from ...store.protocol import ObjectInfo, Store
 from ...util.supervisor import LIST_AHEAD as HEAD_TASK, Supervisor
 from .keys import BucketKeys
-from .listing import REVALIDATE_WAIT, Listings
+from .listing import REVALIDATE_WAIT, Listings, headed_entry
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +201,9 @@ class PosixHeads:
         token = trio.lowlevel.current_trio_token()
 
         def answered(results: list[tuple[str, ObjectInfo | S3FuseError]]) -> None:
-            try:  # from the worker thread: stored on the loop, in arrival order
-                token.run_sync_soon(self._answered, parent, named, batch, results)
+            decoded = [(key, _decoded(named[key], result)) for key, result in results]
+            try:  # from the worker thread (decoded there): stored on the loop, in order
+                token.run_sync_soon(self._answered, parent, named, batch, decoded)
             except trio.RunFinishedError:  # unmounted meanwhile: nobody waits
                 pass
         try:
@@ -213,9 +214,10 @@ class PosixHeads:
                       self._keys.uri(self._keys.dir_prefix(parent)), exc)
 
     def _answered(self, parent: str, named: dict[str, Entry], batch: _Batch,
-                  results: list[tuple[str, ObjectInfo | S3FuseError]]) -> None:
-        """Store a group of HEAD answers (in one write) for entries still unknown."""
-        stored: list[tuple[str, ObjectInfo, bool]] = []
+                  results: list[tuple[str, tuple[Entry, str] | S3FuseError]]) -> None:
+        """Store a group of HEAD answers (_decoded, in one write) for entries still
+        unknown: only the check and the write run on the loop."""
+        stored: list[tuple[Entry, str]] = []
         gone: list[Entry] = []
         now = self._listings.entries_named(parent, [named[key].name for key, _ in results])
         for key, result in results:
@@ -229,10 +231,11 @@ class PosixHeads:
             if isinstance(result, NotFound):
                 gone.append(entry)
             else:
-                stored.append((entry.name, result, entry.is_dir))
+                stored.append(result)
         try:
             if stored:
-                batch.stored.update((e.name, e) for e in self._listings.store_heads(parent, stored))
+                self._listings.store_heads(parent, stored)
+                batch.stored.update((e.name, e) for e, _ in stored)
             for entry in gone:
                 self._gone(parent, entry)
         except CacheFull as exc:  # not kept: the defaults show, and the next stat asks again
@@ -250,7 +253,7 @@ class PosixHeads:
             result = await self._get_whole(parent, key, entry)
         except S3FuseError as exc:
             result = exc
-        self._answered(parent, {key: entry}, batch, [(key, result)])
+        self._answered(parent, {key: entry}, batch, [(key, _decoded(entry, result))])
 
     def reading(self, parent: str) -> None:
         """A file of `parent` was opened for reading: its small files' lookups fetch them
@@ -303,3 +306,9 @@ def _unchanged(now: Entry | None, entry: Entry) -> bool:
     a newer version meanwhile)?"""
     return now is not None and now.is_dir == entry.is_dir and now.etag == entry.etag \
         and now.posix is None
+
+
+def _decoded(entry: Entry, result: ObjectInfo | S3FuseError) -> tuple[Entry, str] | S3FuseError:
+    """What a HEAD (or whole GET) answer for `entry` shows: its entry and version."""
+    return result if isinstance(result, S3FuseError) else \
+        headed_entry(entry.name, result, entry.is_dir)
