@@ -110,7 +110,18 @@ def parse_time(text: str) -> int | None:
         return None
     sec, frac = match.groups()
     ns = int(sec) * 1_000_000_000 + int((frac or "").ljust(9, "0"))
-    return ns if -(1 << 63) <= ns < 1 << 63 else None
+    return ns if TIME_MIN <= ns <= TIME_MAX else None
+
+
+#: The times this mount keeps, in ns (int64, as SQLite and a kernel timespec in ns hold
+#: them: years 1677 to 2262).
+TIME_MIN, TIME_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def clamp_time(ns: int) -> int:
+    """A time set through the mount, within what is kept: as a local file system clamps
+    to its own range (`touch -d 3000-01-01` keeps 2262, not nothing)."""
+    return min(max(ns, TIME_MIN), TIME_MAX)
 
 
 def _int(text: str | None, base: int = 10) -> int | None:
@@ -292,7 +303,10 @@ def _remember(key: tuple[str, bool], posix: Posix) -> None:
 def _round_trips(posix: Posix) -> bool:
     """Does from_headers(to_headers(posix)) give `posix` itself, whatever is_dir? Yes when
     its mode has its type bits, its ids are in range, its rdev is not 0 (not stored) and
-    it has no xattrs (their names and order are not checked here)."""
+    it has no xattrs (their names and order are not checked here) and its times are
+    within TIME_MIN..TIME_MAX."""
     return ((posix.mode is None or stat.S_IFMT(posix.mode) in _FILE_TYPES)
             and posix.rdev != 0 and not posix.xattrs
-            and all(v is None or 0 <= v < 1 << 32 for v in (posix.mode, posix.uid, posix.gid)))
+            and all(v is None or 0 <= v < 1 << 32 for v in (posix.mode, posix.uid, posix.gid))
+            and all(t is None or TIME_MIN <= t <= TIME_MAX
+                    for t in (posix.mtime_ns, posix.ctime_ns, posix.atime_ns)))

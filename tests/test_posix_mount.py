@@ -73,6 +73,21 @@ def test_chmod_chown_utimens_are_stored_as_s3fs_does_and_survive_a_remount(
         assert stat.S_ISDIR(d.st_mode) and stat.S_IMODE(d.st_mode) == 0o755  # --dir-mode
 
 
+def test_a_time_beyond_2262_is_kept_as_the_latest_one_kept(s3, bucket, mount_factory):
+    """`touch -d 3000-01-01`: ns beyond int64 (what SQLite and the stored listing hold)
+    are clamped, as a local file system clamps to its range, not silently dropped."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    far = m.path(bucket) / "far.txt"
+    far.write_bytes(b"x")
+    year_3000 = 32_503_680_000 * 1_000_000_000
+    os.utime(far, ns=(year_3000, year_3000))
+    assert os.stat(far).st_mtime_ns == (1 << 63) - 1
+    assert m.wait_idle()["idle"]
+    assert metadata(s3, bucket, "far.txt")["mtime"] == "9223372036.854775807"
+    again = remounted(m, mount_factory, "again").path(bucket)
+    assert os.stat(again / "far.txt").st_mtime_ns == (1 << 63) - 1
+
+
 def test_symlinks_fifos_and_device_nodes(s3, bucket, mount_factory):
     m = mount_factory("--source", f"s3://{bucket}")
     root = m.path(bucket)

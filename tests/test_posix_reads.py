@@ -219,6 +219,32 @@ async def test_a_head_that_finds_nothing_forgets_the_entry(tmp_path: Path, store
     assert await tree.lookup("", "gone") is None
 
 
+class HostileSizes(CountingStore):
+    """A store whose HEAD answers give a size no int64 holds (a hostile endpoint)."""
+
+    def head_many(self, bucket: str, keys: Sequence[str], answered: HeadsAnswered) -> None:
+        def bloated(results: list) -> None:
+            answered([(key, dataclasses.replace(info, size=1 << 64)
+                       if isinstance(info, ObjectInfo) else info) for key, info in results])
+        super().head_many(bucket, keys, bloated)
+
+
+async def test_an_answer_sqlite_cannot_store_leaves_the_entry_unknown(
+        tmp_path: Path, supervisor: Supervisor) -> None:
+    """HEAD answers are stored from a loop callback, where an exception would end the
+    mount (a Content-Length of 2**64 made SQLite raise OverflowError): the entry keeps
+    the defaults and the mount goes on."""
+    store = HostileSizes()
+    store.create_bucket(B)
+    store.put_object(B, "f", b"x", metadata=EXEC)
+    tree = make_tree(tmp_path, store, supervisor)
+    await tree.listdir("")
+    found = await tree.lookup("", "f")
+    assert found is not None and found[1].posix is None and found[1].size == 1
+    assert store.batches == [1]
+    assert await tree.lookup("", "f") is not None  # still serving; asked again
+
+
 def test_meta_store_keeps_posix_by_version(tmp_path: Path) -> None:
     meta = MetaStore(tmp_path / "meta.sqlite")
     posix = Posix(mode=0o100755, uid=1, mtime_ns=5)

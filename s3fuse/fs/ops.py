@@ -21,7 +21,7 @@ import pyfuse3
 from ..config import Config
 from ..errors import NameTooLong, NotADirectory, NotFound
 from ..model import Entry, Ref
-from ..posix import NO_HEADERS, Posix
+from ..posix import NO_HEADERS, Posix, clamp_time
 from ..names import MAX_NAME_BYTES, join
 from ..tree.contract import AttrChanges, Namespace
 from ..tree.root import ROOT_HIDDEN_BITS, ControlPlane, MountRoot, RootTree
@@ -526,13 +526,14 @@ def attr_changes(shown: Posix, attr: pyfuse3.EntryAttributes, fields: Any) -> At
     whose new version carries the metadata with its own times). A size change moves the
     mtime too unless the request sets one."""
     mode = stat.S_IMODE(attr.st_mode)
+    atime_ns, mtime_ns = clamp_time(attr.st_atime_ns), clamp_time(attr.st_mtime_ns)
     changes = AttrChanges(
         size=attr.st_size if fields.update_size else None,
         mode=mode if fields.update_mode and mode != stat.S_IMODE(shown.mode or 0) else None,
         uid=attr.st_uid if fields.update_uid and attr.st_uid != shown.uid else None,
         gid=attr.st_gid if fields.update_gid and attr.st_gid != shown.gid else None,
-        atime_ns=attr.st_atime_ns if fields.update_atime else None,
-        mtime_ns=attr.st_mtime_ns if fields.update_mtime else None)
+        atime_ns=atime_ns if fields.update_atime else None,
+        mtime_ns=mtime_ns if fields.update_mtime else None)
     if not (fields.update_mode or fields.update_uid or fields.update_gid
             or fields.update_atime or fields.update_mtime or fields.update_ctime):
         return changes
@@ -541,8 +542,8 @@ def attr_changes(shown: Posix, attr: pyfuse3.EntryAttributes, fields: Any) -> At
         mode=stat.S_IFMT(shown.mode or 0) | mode if fields.update_mode else shown.mode,
         uid=attr.st_uid if fields.update_uid else shown.uid,
         gid=attr.st_gid if fields.update_gid else shown.gid,
-        atime_ns=attr.st_atime_ns if fields.update_atime else shown.atime_ns,
-        mtime_ns=(attr.st_mtime_ns if fields.update_mtime
+        atime_ns=atime_ns if fields.update_atime else shown.atime_ns,
+        mtime_ns=(mtime_ns if fields.update_mtime
                   else now if fields.update_size else shown.mtime_ns),
-        ctime_ns=attr.st_ctime_ns if fields.update_ctime else now)
+        ctime_ns=clamp_time(attr.st_ctime_ns) if fields.update_ctime else now)
     return dataclasses.replace(changes, posix=posix)

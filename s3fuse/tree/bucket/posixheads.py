@@ -216,7 +216,23 @@ class PosixHeads:
     def _answered(self, parent: str, named: dict[str, Entry], batch: _Batch,
                   results: list[tuple[str, tuple[Entry, str] | S3FuseError]]) -> None:
         """Store a group of HEAD answers (_decoded, in one write) for entries still
-        unknown: only the check and the write run on the loop."""
+        unknown: only the check and the write run on the loop. A loop callback
+        (run_sync_soon), where an exception would end the mount: whatever goes wrong
+        leaves these entries unknown (the defaults show, the next stat asks again)."""
+        try:
+            self._store_answers(parent, named, batch, results)
+        except CacheFull as exc:
+            log.info("metadata of %d entries of %s not stored: %s", len(results),
+                     self._keys.uri(self._keys.dir_prefix(parent)), exc)
+        except Exception as exc:  # a hostile answer (a size SQLite cannot hold), a bad disk
+            log.warning("metadata of %d entries of %s not stored: %s", len(results),
+                        self._keys.uri(self._keys.dir_prefix(parent)), repr(exc))
+        finally:
+            for key, _ in results:
+                batch.done[named[key].name].set()
+
+    def _store_answers(self, parent: str, named: dict[str, Entry], batch: _Batch,
+                       results: list[tuple[str, tuple[Entry, str] | S3FuseError]]) -> None:
         stored: list[tuple[Entry, str]] = []
         gone: list[Entry] = []
         now = self._listings.entries_named(parent, [named[key].name for key, _ in results])
@@ -232,18 +248,11 @@ class PosixHeads:
                 gone.append(entry)
             else:
                 stored.append(result)
-        try:
-            if stored:
-                self._listings.store_heads(parent, stored)
-                batch.stored.update((e.name, e) for e, _ in stored)
-            for entry in gone:
-                self._gone(parent, entry)
-        except CacheFull as exc:  # not kept: the defaults show, and the next stat asks again
-            log.info("metadata of %d entries of %s not stored: %s", len(stored) + len(gone),
-                     self._keys.uri(self._keys.dir_prefix(parent)), exc)
-        finally:
-            for key, _ in results:
-                batch.done[named[key].name].set()
+        if stored:
+            self._listings.store_heads(parent, stored)
+            batch.stored.update((e.name, e) for e, _ in stored)
+        for entry in gone:
+            self._gone(parent, entry)
 
     async def _fetch(self, parent: str, entry: Entry, batch: _Batch) -> None:
         """Fetch one small file whole; its answer is stored as a HEAD's is."""
