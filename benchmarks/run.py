@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and `tests` importable
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import datasets, report  # noqa: E402
+from benchmarks import datasets, limits, report  # noqa: E402
 from benchmarks.filesystems import FILESYSTEMS, FileSystem, MountError  # noqa: E402
 from benchmarks.s3 import S3Target  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
@@ -41,7 +41,6 @@ from benchmarks.workloads import (  # noqa: E402
     NotSupported,
     Workload,
     WrongBytes,
-    local_hot_read,
 )
 from benchmarks import posix_workloads, write_workloads  # noqa: E402
 from tests.support.seaweedfs import SeaweedFS, weed_binary  # noqa: E402
@@ -124,13 +123,14 @@ def new_results(args: argparse.Namespace, spec: datasets.DataSpec, workdir: Path
         },
         "filesystems": {
             fs.name: {"version": fs.version(), "status": "ok",
-                      "command": [a.replace(str(workdir), "$WORK") for a in fs.command()]}
+                      "command": [a.replace(str(workdir), "$WORK") for a in fs.command()],
+                      "why": fs.why}
             for fs in fss
         },
         "workloads": [{**w.describe(), "run": {"date": date, "rounds": args.rounds}}
                       for w in workloads],
         "samples": {fs.name: {} for fs in fss},
-        "baseline": {"local_hot_read": []},
+        "limits": {},
         "errors": [],
     }
 
@@ -154,7 +154,7 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
         "filesystems": {**new["filesystems"], **previous["filesystems"]},
         "workloads": [by_name[name] for name in order if name in by_name],
         "samples": samples,
-        "baseline": {k: v or previous["baseline"].get(k, []) for k, v in new["baseline"].items()},
+        "limits": {**report.limits(previous), **new["limits"]},
         "errors": [e for e in previous["errors"] if e["workload"] not in ran] + new["errors"],
     }
 
@@ -238,10 +238,13 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         fss = [FILESYSTEMS[name](target, workdir / name, manifests) for name in args.fs]
         results = new_results(args, spec, workdir, fss, workloads)
         active = list(fss)
+        keys = {m.key for w in workloads for m in w.metrics}
         try:
             for round_no in range(args.rounds):
-                if any(w.name == "seq_read" for w in workloads):
-                    results["baseline"]["local_hot_read"].append(local_hot_read(data_dir))
+                measured = limits.measure(env, keys, results["limits"])
+                if measured:
+                    print("  [limit] " + ", ".join(f"{k}={v:.3f}" for k, v in measured.items()),
+                          flush=True)
                 shift = round_no % len(active) if active else 0
                 order = active[shift:] + active[:shift]
                 print(f"round {round_no + 1}/{args.rounds}: {', '.join(f.name for f in order)}",
@@ -283,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if os.geteuid() != 0:
         print("benchmarks need root (they drop the page cache)", file=sys.stderr)
+        return 2
+    missing = [FILESYSTEMS[name].not_installed() for name in args.fs
+               if FILESYSTEMS[name].executable() is None]
+    if missing:
+        print("\n".join(missing), file=sys.stderr)
         return 2
     previous = json.loads(args.results.read_text()) if args.merge and args.results.exists() \
         else None
