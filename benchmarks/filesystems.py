@@ -420,7 +420,10 @@ class Rclone(FileSystem):
            "extra request for the mtime). `--log-file`: a daemon's output is suppressed "
            "(level unchanged: NOTICE). The remote is `type = s3`, `provider = SeaweedFS`. "
            "Not used: `--no-modtime`/`--use-server-modtime`, which its docs say speed S3 up "
-           "but which drop the stored mtime that the `cp -a` and `rsync -a` sections check.")
+           "but which drop the stored mtime that the `cp -a` and `rsync -a` sections check; "
+           "`--vfs-read-chunk-streams 16 --vfs-read-chunk-size 4M`, its docs' starting point "
+           "for fast or distant object stores, which made the cold read no faster here "
+           "(0.63-0.93 s against 0.65-0.77 s by default, 3 tries each).")
 
     @classmethod
     def executable(cls) -> str | None:
