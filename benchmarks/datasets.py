@@ -136,10 +136,19 @@ def small_file_body(spec: DataSpec) -> bytes:
     return b"x" * spec.small_size
 
 
+def local_small_dir(data_dir: Path) -> Path:
+    """Local copies of the small files, for the local-disk limit."""
+    return data_dir / SMALL_DIR
+
+
 def small_files(env: SetupEnv) -> None:
-    """``small_files`` objects of ``small_size`` bytes in one directory."""
+    """``small_files`` objects of ``small_size`` bytes in one directory (plus local copies)."""
     body = small_file_body(env.spec)
     put_many(env.target, ((k, body) for k in small_file_keys(env.spec)))
+    local = local_small_dir(env.data_dir)
+    local.mkdir(parents=True, exist_ok=True)
+    for key in small_file_keys(env.spec):
+        (local / key.rsplit("/", 1)[1]).write_bytes(body)
 
 
 def tree_keys(spec: DataSpec) -> Iterator[str]:

