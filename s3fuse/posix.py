@@ -257,18 +257,13 @@ def fits(posix: Posix) -> bool:
 
 def to_json(posix: Posix | None) -> str | None:
     """Compact form for our SQLite stores (journal, listings): the headers themselves.
-    Remembered both ways (see from_json), decoded when that surely gives `posix` back."""
+    Remembered decoded (see from_json) when decoding surely gives `posix` back."""
     if posix is None:
         return None
-    text = _ENCODED.get(posix)
-    if text is None:
-        text = json.dumps(to_headers(posix), separators=(",", ":"), sort_keys=True)
-        if len(_ENCODED) >= DECODED_MAX:
-            _ENCODED.clear()
-        _ENCODED[posix] = text
-        if _round_trips(posix):  # whatever is_dir the reader gives
-            _remember((text, False), posix)
-            _remember((text, True), posix)
+    text = json.dumps(to_headers(posix), separators=(",", ":"), sort_keys=True)
+    if _round_trips(posix):  # whatever is_dir the reader gives
+        _remember((text, False), posix)
+        _remember((text, True), posix)
     return text
 
 
@@ -288,9 +283,6 @@ def from_json(text: str | None, *, is_dir: bool = False) -> Posix | None:
 #: Stored forms decoded lately: (text, is_dir) -> their Posix (immutable: shared safely,
 #: also across threads). Bounded: emptied when full (~DECODED_MAX x 0.4 KiB at most).
 _DECODED: dict[tuple[str, bool], Posix] = {}
-#: ... and the other way: Posix encoded lately (a HEAD batch encodes its answers in its
-#: worker thread; the loop storing them finds the text made).
-_ENCODED: dict[Posix, str] = {}
 DECODED_MAX = 4096
 
 

@@ -269,6 +269,29 @@ def test_meta_store_keeps_posix_by_version(tmp_path: Path) -> None:
     meta.close()
 
 
+def test_head_answers_are_stored_only_for_entries_still_as_headed(tmp_path: Path) -> None:
+    """store_if_unknown (a HEAD batch's worker thread): an answer lands only on the entry
+    it was asked for, unchanged and still unknown; a newer version stored meanwhile (an
+    upload, a relist) or metadata already known stays."""
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    listed = [Entry(n, False, 1, 100, "e" + n) for n in ("a", "b", "c", "d", "gone")]
+    meta.replace_listing(NS, "", listed)
+    posix = Posix(mode=0o100600, uid=9, mtime_ns=7)
+    meta.update_entry(NS, "", Entry("b", False, 2, 200, "new-b"))  # an upload meanwhile
+    meta.update_entry(NS, "", Entry("c", False, 1, 7, "ec", 1.0, posix), version("ec", 100))
+    answered = Posix(mode=0o100755, uid=1, mtime_ns=5)
+    answers = [(dataclasses.replace(e, mtime_ns=5, posix=answered), version(e.etag, 100))
+               for e in listed[:4]]
+    stored, gone = meta.store_if_unknown(NS, "", listed, [*answers, None])
+    assert [e.name for e in stored] == ["a", "d"] and [e.name for e in gone] == ["gone"]
+    shown = {e.name: e for e in meta.entries(NS, "") or []}
+    assert shown["a"].posix == answered and shown["d"].posix == answered
+    assert shown["b"].etag == "new-b" and shown["b"].posix is None
+    assert shown["c"].posix == posix
+    assert shown["gone"].posix is None  # the caller forgets it (Listings.unknown)
+    meta.close()
+
+
 def test_a_directory_listing_records_its_marker(tmp_path: Path) -> None:
     meta = MetaStore(tmp_path / "meta.sqlite")
     meta.replace_listing(NS, "", [Entry("bare", True), Entry("marked", True)])

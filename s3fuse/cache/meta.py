@@ -278,23 +278,6 @@ class MetaStore:
                                  "AND is_dir=1", ns, parent, name)
         return row[0] if row else None
 
-    def entries_named(self, ns: str, path: str, names: list[str]) -> dict[str, Entry]:
-        """The stored entries of these names of `path` (one indexed query: a batch of HEAD
-        answers checks what it answers for)."""
-        found: dict[str, Entry] = {}
-        for start in range(0, len(names), 256):  # SQLite's bound on parameters
-            part = names[start:start + 256]
-            rows = self._db.query(f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? AND name "
-                                  f"IN ({','.join('?' * len(part))})", ns, path, *part)
-            found.update((row[0], _entry(row)) for row in rows)
-        for name, entry in self._queued_entries(ns, path).items():
-            if name in names:
-                if entry is None:
-                    found.pop(name, None)
-                else:
-                    found[name] = entry
-        return found
-
     def entries(self, ns: str, path: str, at_most: int | None = None) -> list[Entry] | None:
         """The whole listing of `path` (a bulk read for a big directory: use a thread); with
         `at_most`, None when it has more stored entries than that (a small read, which the
@@ -358,15 +341,34 @@ class MetaStore:
 
         self._write(lambda db: db.execute(_INSERT, _row(ns, path, entry, version)), show)
 
-    def update_entries(self, ns: str, path: str, entries: list[tuple[Entry, str | None]]) -> None:
-        """update_entry of each (entry, version), in one write (a batch of HEAD answers)."""
-        def show(queued: _Queued, seq: int) -> None:
-            shown = queued.entries.setdefault((ns, path), {})
-            for entry, _ in entries:
-                shown[entry.name] = (seq, entry)
-
-        rows = [_row(ns, path, entry, version) for entry, version in entries]
-        self._write(lambda db: db.executemany(_INSERT, rows), show)
+    def store_if_unknown(self, ns: str, path: str, headed: list[Entry],
+                         answers: list[tuple[Entry, str] | None]) -> tuple[list[Entry], list[Entry]]:
+        """Store HEAD answers (answers[i]: headed[i]'s entry and version, None: S3 has it
+        no more) for the entries still stored as they were HEADed (same kind and ETag,
+        metadata unknown: no upload or relist came meanwhile). The check and the write
+        are one transaction under the writer lock (blocking: the HEAD batch's worker
+        thread, so that a cold `ls -l` stores its thousand answers off the loop).
+        Returns (the entries stored, the headed entries S3 has no more)."""
+        with self.writing(), self._db.transaction() as db:
+            now: dict[str, tuple] = {}
+            for start in range(0, len(headed), 256):  # SQLite's bound on parameters
+                part = [e.name for e in headed[start:start + 256]]
+                now.update((row[0], row[1:]) for row in db.execute(
+                    "SELECT name, is_dir, etag, posix FROM entries WHERE ns=? AND dir=? AND name "
+                    f"IN ({','.join('?' * len(part))})", (ns, path, *part)))
+            stored: list[tuple[Entry, str]] = []
+            gone: list[Entry] = []
+            for entry, answer in zip(headed, answers):
+                row = now.get(entry.name)
+                if row is None or bool(row[0]) != entry.is_dir or row[1] != entry.etag \
+                        or row[2] is not None:
+                    continue  # changed meanwhile: what came later stays
+                if answer is None:
+                    gone.append(entry)
+                else:
+                    stored.append(answer)
+            db.executemany(_INSERT, [_row(ns, path, e, v) for e, v in stored])
+        return [e for e, _ in stored], gone
 
     def remove_entry(self, ns: str, path: str, name: str) -> None:
         def show(queued: _Queued, seq: int) -> None:

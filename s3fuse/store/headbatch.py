@@ -92,6 +92,7 @@ class PipelinedHeads:
         conns: list[_Conn[Tag]] = []
         selector = selectors.DefaultSelector()
         fresh_failures = 0
+        answers: list[Answer] = []  # received, handed over once the next requests are out
         try:
             while todo or any(c.sent for c in conns):
                 depth = self.depth
@@ -108,21 +109,25 @@ class PipelinedHeads:
                 for conn in list(conns):
                     if not self._fill(conn, todo, depth):
                         fresh_failures += self._drop(conn, conns, selector, todo)
+                if answers:  # the caller's work (storing them) overlaps the requests out
+                    given, answers = answers, []
+                    answered(given)
                 events = selector.select(self._timeout) if any(c.sent for c in conns) else []
                 if not events and any(c.sent for c in conns):
                     self._stalled(conns)
                     break
-                answers: list[Answer] = []
                 for key, _ in events:
                     conn = key.data
                     if not self._receive(conn, answers):
                         fresh_failures += self._drop(conn, conns, selector, todo)
-                if answers:
-                    answered(answers)
                 if fresh_failures >= FRESH_FAILURES:
                     break
+            if answers:
+                given, answers = answers, []
+                answered(given)
         finally:
-            left = [tag for tag, _ in todo] + [tag for c in conns for tag, _ in c.sent]
+            left = [tag for tag, _ in todo] + [tag for c in conns for tag, _ in c.sent] + \
+                [tag for tag, _, _ in answers]  # received but not handed over: asked again
             for conn in conns:
                 selector.unregister(conn.sock)
                 if conn.sent or conn.buf:

@@ -32,7 +32,7 @@ from ...cache.meta import MetaStore, apply_changes, etag_of, version
 from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
 from ...model import Entry
 from ...names import is_posix_name, join
-from ...posix import NO_HEADERS, from_headers, to_json
+from ...posix import NO_HEADERS, from_headers
 from ...store.protocol import ListPage, ObjectInfo, Store
 from ...util.flight import SingleFlight
 from ...util.oncelog import OnceLogger
@@ -288,10 +288,6 @@ class Listings:
         """The stored entry of `path/name` (a point query), or None."""
         return self._meta.entry(self._keys.ns_id, path, name)
 
-    def entries_named(self, path: str, names: list[str]) -> dict[str, Entry]:
-        """The stored entries of these names of `path` (one query)."""
-        return self._meta.entries_named(self._keys.ns_id, path, names)
-
     async def revalidate(self, parent: str, entry: Entry) -> Entry:
         """The entry of file `parent/entry.name` as HEAD shows it now (stored); the stored
         one when S3 cannot be asked, or does not answer within REVALIDATE_WAIT (then HEAD
@@ -333,9 +329,11 @@ class Listings:
         self._meta.update_entry(self._keys.ns_id, parent, fresh, version(info.etag, info.mtime_ns))
         return fresh
 
-    def store_heads(self, parent: str, fresh: list[tuple[Entry, str]]) -> None:
-        """Store each (entry, version) of `parent` (headed_entry's), in one write."""
-        self._meta.update_entries(self._keys.ns_id, parent, fresh)
+    def store_if_unknown(self, parent: str, headed: list[Entry],
+                         answers: list[tuple[Entry, str] | None]) -> tuple[list[Entry], list[Entry]]:
+        """Store HEAD answers (headed_entry's; None: not found) of entries of `parent`
+        still unknown (blocking: MetaStore.store_if_unknown)."""
+        return self._meta.store_if_unknown(self._keys.ns_id, parent, headed, answers)
 
     def store_no_marker(self, parent: str, name: str) -> Entry:
         """Directory `parent/name` has no marker (HEAD: 404): no metadata, stored so."""
@@ -382,12 +380,8 @@ class Listings:
 
 
 def headed_entry(name: str, info: ObjectInfo, is_dir: bool) -> tuple[Entry, str]:
-    """The entry a HEAD answer shows and the version its metadata was read from (a batch
-    decodes its answers in its worker thread, off the loop; the stored form is encoded
-    here too, so that storing it on the loop finds it made: posix.to_json)."""
-    entry = _headed(name, info, is_dir)
-    to_json(entry.posix)
-    return entry, version(info.etag, info.mtime_ns)
+    """The entry a HEAD answer shows and the version its metadata was read from."""
+    return _headed(name, info, is_dir), version(info.etag, info.mtime_ns)
 
 
 def _headed(name: str, info: ObjectInfo, is_dir: bool) -> Entry:

@@ -70,6 +70,17 @@ class _Batch:
     stored: dict[str, Entry] = field(default_factory=dict)  # answered, as stored (the waiter's)
 
 
+@dataclass(eq=False)
+class _Group:
+    """One group of a batch's answers, as stored (_store_group) for the loop to wake
+    their waiters (_stored)."""
+
+    names: list[str]                                    # every name answered for
+    answered: bool = False                              # S3 answered (not all errors)
+    stored: list[Entry] = field(default_factory=list)   # answers stored
+    gone: list[Entry] = field(default_factory=list)     # S3 has them no more
+
+
 class PosixHeads:
     """Looks up the POSIX metadata of one bucket tree's entries when it is unknown."""
 
@@ -196,14 +207,15 @@ class PosixHeads:
 
     async def _head_all(self, parent: str, items: list[Entry], batch: _Batch) -> None:
         """HEAD `items` together (Store.head_many: pipelined), storing the answers as they
-        come, so that the first lookups go on before the last answers arrive."""
+        come, in the worker thread (_store_group), so that the first lookups go on
+        before the last answers arrive and the loop only wakes their waiters."""
         named = {self._key(parent, item): item for item in items}
         token = trio.lowlevel.current_trio_token()
 
         def answered(results: list[tuple[str, ObjectInfo | S3FuseError]]) -> None:
-            decoded = [(key, _decoded(named[key], result)) for key, result in results]
-            try:  # from the worker thread (decoded there): stored on the loop, in order
-                token.run_sync_soon(self._answered, parent, named, batch, decoded)
+            group = self._store_group(parent, named, results)
+            try:
+                token.run_sync_soon(self._stored, parent, batch, group)
             except trio.RunFinishedError:  # unmounted meanwhile: nobody waits
                 pass
         try:
@@ -213,46 +225,51 @@ class PosixHeads:
             log.debug("HeadObject x%d under %s for their metadata: %s", len(named),
                       self._keys.uri(self._keys.dir_prefix(parent)), exc)
 
-    def _answered(self, parent: str, named: dict[str, Entry], batch: _Batch,
-                  results: list[tuple[str, tuple[Entry, str] | S3FuseError]]) -> None:
-        """Store a group of HEAD answers (_decoded, in one write) for entries still
-        unknown: only the check and the write run on the loop. A loop callback
-        (run_sync_soon), where an exception would end the mount: whatever goes wrong
-        leaves these entries unknown (the defaults show, the next stat asks again)."""
+    def _store_group(self, parent: str, named: dict[str, Entry],
+                     results: list[tuple[str, ObjectInfo | S3FuseError]]) -> _Group:
+        """Decode and store a group of HEAD answers for the entries still unknown
+        (blocking: a worker thread; MetaStore.store_if_unknown). Whatever goes wrong
+        storing them (a full disk, a hostile answer SQLite cannot hold) leaves them
+        unknown: the defaults show and the next stat asks again."""
+        group = _Group([named[key].name for key, _ in results])
+        headed: list[Entry] = []
+        answers: list[tuple[Entry, str] | None] = []
         try:
-            self._store_answers(parent, named, batch, results)
+            for key, result in results:
+                entry = named[key]
+                if isinstance(result, S3FuseError) and not isinstance(result, NotFound):
+                    log.debug("HeadObject %s for its metadata: %s", self._keys.uri(key), result)
+                    continue  # unknown it stays: asked again later
+                group.answered = True
+                headed.append(entry)
+                answers.append(None if isinstance(result, NotFound)
+                               else headed_entry(entry.name, result, entry.is_dir))
+            if headed:
+                group.stored, group.gone = self._listings.store_if_unknown(parent, headed,
+                                                                           answers)
         except CacheFull as exc:
             log.info("metadata of %d entries of %s not stored: %s", len(results),
                      self._keys.uri(self._keys.dir_prefix(parent)), exc)
         except Exception as exc:  # a hostile answer (a size SQLite cannot hold), a bad disk
-            log.warning("metadata of %d entries of %s not stored: %s", len(results),
-                        self._keys.uri(self._keys.dir_prefix(parent)), repr(exc))
-        finally:
-            for key, _ in results:
-                batch.done[named[key].name].set()
+            log.warning("metadata of %d entries of %s not stored: %r", len(results),
+                        self._keys.uri(self._keys.dir_prefix(parent)), exc)
+        return group
 
-    def _store_answers(self, parent: str, named: dict[str, Entry], batch: _Batch,
-                       results: list[tuple[str, tuple[Entry, str] | S3FuseError]]) -> None:
-        stored: list[tuple[Entry, str]] = []
-        gone: list[Entry] = []
-        now = self._listings.entries_named(parent, [named[key].name for key, _ in results])
-        for key, result in results:
-            entry = named[key]
-            if isinstance(result, S3FuseError) and not isinstance(result, NotFound):
-                log.debug("HeadObject %s for its metadata: %s", self._keys.uri(key), result)
-                continue  # unknown it stays: asked again later
-            batch.answered.set()
-            if not _unchanged(now.get(entry.name), entry):
-                continue
-            if isinstance(result, NotFound):
-                gone.append(entry)
-            else:
-                stored.append(result)
-        if stored:
-            self._listings.store_heads(parent, stored)
-            batch.stored.update((e.name, e) for e, _ in stored)
-        for entry in gone:
-            self._gone(parent, entry)
+    def _stored(self, parent: str, batch: _Batch, group: _Group) -> None:
+        """On the loop, once a group is stored: wake its waiters. A loop callback
+        (run_sync_soon), where an exception would end the mount: none leaves it."""
+        try:
+            if group.answered:
+                batch.answered.set()
+            batch.stored.update((entry.name, entry) for entry in group.stored)
+            for entry in group.gone:
+                self._gone(parent, entry)
+        except Exception as exc:  # the entries stay as stored: asked again later
+            log.warning("forgetting %d entries of %s that S3 has no more: %r", len(group.gone),
+                        self._keys.uri(self._keys.dir_prefix(parent)), exc)
+        finally:
+            for name in group.names:
+                batch.done[name].set()
 
     async def _fetch(self, parent: str, entry: Entry, batch: _Batch) -> None:
         """Fetch one small file whole; its answer is stored as a HEAD's is."""
@@ -262,7 +279,9 @@ class PosixHeads:
             result = await self._get_whole(parent, key, entry)
         except S3FuseError as exc:
             result = exc
-        self._answered(parent, {key: entry}, batch, [(key, _decoded(entry, result))])
+        group = await trio.to_thread.run_sync(self._store_group, parent, {key: entry},
+                                              [(key, result)])
+        self._stored(parent, batch, group)
 
     def reading(self, parent: str) -> None:
         """A file of `parent` was opened for reading: its small files' lookups fetch them
@@ -310,14 +329,3 @@ class PosixHeads:
             self._listings.unknown(parent, entry.name)  # the listing is stale too
 
 
-def _unchanged(now: Entry | None, entry: Entry) -> bool:
-    """Is the stored entry (`now`) still the one HEADed for (no upload or relist stored
-    a newer version meanwhile)?"""
-    return now is not None and now.is_dir == entry.is_dir and now.etag == entry.etag \
-        and now.posix is None
-
-
-def _decoded(entry: Entry, result: ObjectInfo | S3FuseError) -> tuple[Entry, str] | S3FuseError:
-    """What a HEAD (or whole GET) answer for `entry` shows: its entry and version."""
-    return result if isinstance(result, S3FuseError) else \
-        headed_entry(entry.name, result, entry.is_dir)
