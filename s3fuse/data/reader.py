@@ -32,7 +32,9 @@ Loader = Callable[[int, int], bytes]
 
 BLOCK_SIZE = 8 << 20
 READAHEAD_BLOCKS = 4
-MEMORY_BYTES = 64 << 20
+#: Blocks kept in memory: a sequential reader's window (the block it reads and the
+#: READAHEAD_BLOCKS after it); blocks it has passed are dropped (`_drop_behind`).
+MEMORY_BYTES = (READAHEAD_BLOCKS + 1) * BLOCK_SIZE
 #: Fetched blocks at most waiting for (or in) a write to the disk cache: a read that
 #: fetches one more waits for the disk (backpressure). Without it a disk slower than S3
 #: queued every block read in memory (304 MiB for a 320 MiB read at 40 MB/s).
@@ -49,6 +51,7 @@ class ReadState:
 
     next_offset: int = 0
     prefetched_to: int = field(default=-1)
+    dropped_to: int = 0  # blocks below this index were dropped from memory behind the reader
 
 
 class BlockReader:
@@ -98,6 +101,7 @@ class BlockReader:
         if state is not None:
             if abs(offset - state.next_offset) <= SEQUENTIAL_SLACK:
                 self._read_ahead(ref, last, state, loader)
+                self._drop_behind(ref, offset, state)
             state.next_offset = max(end, state.next_offset) if offset <= state.next_offset else end
         parts = []
         for index in range(first, last + 1):
@@ -114,6 +118,16 @@ class BlockReader:
             self.prefetch(ref, index, loader)
         state.prefetched_to = max(state.prefetched_to, stop)
 
+    def _drop_behind(self, ref: ObjectRef, offset: int, state: ReadState) -> None:
+        """Forget the blocks a sequential reader has left behind (by more than the slack
+        reads may arrive out of order with): the kernel's page cache and the disk cache
+        hold them, so a 256 MiB `cat` keeps the blocks ahead of it in memory, not the
+        last 64 MiB it read."""
+        behind = (offset - SEQUENTIAL_SLACK) // self.block_size  # blocks wholly passed
+        for index in range(state.dropped_to, behind):
+            self._memory.discard((ref.bucket, ref.key, ref.etag, index))
+        state.dropped_to = max(state.dropped_to, behind)
+
     def prefetch(self, ref: ObjectRef, index: int, loader: Loader | None = None) -> None:
         """Fetch block `index` of `ref` in the background unless it is already here or coming."""
         bid = (ref.bucket, ref.key, ref.etag, index)
@@ -122,19 +136,22 @@ class BlockReader:
 
     async def _prefetch(self, ref: ObjectRef, index: int, loader: Loader | None) -> None:
         try:
-            await self.block(ref, index, loader)
+            await self.block(ref, index, loader, ahead=True)
         except S3FuseError as exc:  # the real read will retry and report
             log.debug("read-ahead of %s block %d failed: %s", ref.uri, index, exc)
 
-    async def block(self, ref: ObjectRef, index: int, loader: Loader | None = None) -> Buffer:
+    async def block(self, ref: ObjectRef, index: int, loader: Loader | None = None,
+                    ahead: bool = False) -> Buffer:
+        """Block `index` of `ref`; `ahead`: fetched before anyone reads it (read-ahead)."""
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = self._memory.get(bid)
         if data is not None:
             self.hits += 1
             return data
-        return await self._flight.run(bid, self._load, ref, index, loader)
+        return await self._flight.run(bid, self._load, ref, index, loader, ahead)
 
-    async def _load(self, ref: ObjectRef, index: int, loader: Loader | None) -> Buffer:
+    async def _load(self, ref: ObjectRef, index: int, loader: Loader | None,
+                    ahead: bool = False) -> Buffer:
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = await trio.to_thread.run_sync(self.blocks.get, *bid, limiter=self._disk_limiter)
         if data is None:
@@ -146,7 +163,7 @@ class BlockReader:
             data = memoryview(fetched)
         else:
             self.hits += 1
-        self._memory.put(bid, data)
+        self._memory.put(bid, data, ahead=ahead)
         return data
 
     def coming(self, ref: ObjectRef) -> bool:
