@@ -76,7 +76,8 @@ def make_data(target: S3Target, sizes: list[int], data_dir: Path) -> None:
 class Checkout(S3Fuse):
     """s3fuse as this checkout has it (not whichever is installed)."""
 
-    def executable(self) -> str | None:
+    @classmethod
+    def executable(cls) -> str | None:
         return sys.executable
 
     def cli(self) -> list[str]:
@@ -104,8 +105,8 @@ class Daemon:
     def rss(self) -> int:
         """VmRSS in bytes, once the daemon has settled."""
         time.sleep(SETTLE)
-        assert self.fs.proc is not None
-        return status_kib(self.fs.proc.pid, "VmRSS") * 1024
+        assert self.fs.pid is not None
+        return status_kib(self.fs.pid, "VmRSS") * 1024
 
 
 def run(cmd: str) -> None:
