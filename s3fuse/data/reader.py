@@ -31,12 +31,14 @@ Buffer = Union[bytes, memoryview]
 Loader = Callable[[int, int], bytes]
 
 BLOCK_SIZE = 8 << 20
-READAHEAD_BLOCKS = 4
-MEMORY_BYTES = 64 << 20
-#: Fetched blocks at most waiting for (or in) a write to the disk cache: a read that
-#: fetches one more waits for the disk (backpressure). Without it a disk slower than S3
+READAHEAD_BLOCKS = 3
+#: Blocks kept in memory: a sequential reader's window (the block it reads and the
+#: READAHEAD_BLOCKS after it); blocks it has passed are dropped (`_drop_behind`).
+MEMORY_BYTES = (READAHEAD_BLOCKS + 1) * BLOCK_SIZE
+#: Blocks at most being fetched from S3 or waiting for (or in) a write to the disk cache:
+#: a read that fetches one more waits (backpressure). Without it a disk slower than S3
 #: queued every block read in memory (304 MiB for a 320 MiB read at 40 MB/s).
-PENDING_WRITES = 6
+PENDING_WRITES = READAHEAD_BLOCKS + 2
 #: The kernel sends read-ahead requests concurrently, so they can arrive out of
 #: order: a read this close to where the last one ended still counts as sequential.
 SEQUENTIAL_SLACK = 4 << 20
@@ -49,6 +51,8 @@ class ReadState:
 
     next_offset: int = 0
     prefetched_to: int = field(default=-1)
+    run_start: int = 0  # where the current sequential run began
+    dropped_to: int = 0  # blocks below this index were dropped from memory behind the reader
 
 
 class BlockReader:
@@ -96,8 +100,15 @@ class BlockReader:
             return b""
         first, last = offset // self.block_size, (end - 1) // self.block_size
         if state is not None:
-            if abs(offset - state.next_offset) <= SEQUENTIAL_SLACK:
-                self._read_ahead(ref, last, state, loader)
+            if abs(offset - state.next_offset) > SEQUENTIAL_SLACK:
+                state.run_start = offset
+            else:
+                # a run from the start of the object (cat, cp) reads ahead at once; one
+                # after a seek once it has read a block: a member inflated from a seek
+                # point in a .tar.gz reads a few hundred KiB, not READAHEAD_BLOCKS blocks
+                if not state.run_start or end - state.run_start >= self.block_size:
+                    self._read_ahead(ref, last, state, loader)
+                self._drop_behind(ref, offset, state)
             state.next_offset = max(end, state.next_offset) if offset <= state.next_offset else end
         parts = []
         for index in range(first, last + 1):
@@ -114,6 +125,16 @@ class BlockReader:
             self.prefetch(ref, index, loader)
         state.prefetched_to = max(state.prefetched_to, stop)
 
+    def _drop_behind(self, ref: ObjectRef, offset: int, state: ReadState) -> None:
+        """Forget the blocks a sequential reader has left behind (by more than the slack
+        reads may arrive out of order with): the kernel's page cache and the disk cache
+        hold them, so a 256 MiB `cat` keeps the blocks ahead of it in memory, not the
+        last 64 MiB it read."""
+        behind = (offset - SEQUENTIAL_SLACK) // self.block_size  # blocks wholly passed
+        for index in range(state.dropped_to, behind):
+            self._memory.discard((ref.bucket, ref.key, ref.etag, index))
+        state.dropped_to = max(state.dropped_to, behind)
+
     def prefetch(self, ref: ObjectRef, index: int, loader: Loader | None = None) -> None:
         """Fetch block `index` of `ref` in the background unless it is already here or coming."""
         bid = (ref.bucket, ref.key, ref.etag, index)
@@ -122,31 +143,47 @@ class BlockReader:
 
     async def _prefetch(self, ref: ObjectRef, index: int, loader: Loader | None) -> None:
         try:
-            await self.block(ref, index, loader)
+            await self.block(ref, index, loader, ahead=True)
         except S3FuseError as exc:  # the real read will retry and report
             log.debug("read-ahead of %s block %d failed: %s", ref.uri, index, exc)
 
-    async def block(self, ref: ObjectRef, index: int, loader: Loader | None = None) -> Buffer:
+    async def block(self, ref: ObjectRef, index: int, loader: Loader | None = None,
+                    ahead: bool = False) -> Buffer:
+        """Block `index` of `ref`; `ahead`: fetched before anyone reads it (read-ahead)."""
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = self._memory.get(bid)
         if data is not None:
             self.hits += 1
             return data
-        return await self._flight.run(bid, self._load, ref, index, loader)
+        return await self._flight.run(bid, self._load, ref, index, loader, ahead)
 
-    async def _load(self, ref: ObjectRef, index: int, loader: Loader | None) -> Buffer:
+    async def _load(self, ref: ObjectRef, index: int, loader: Loader | None,
+                    ahead: bool = False) -> Buffer:
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = await trio.to_thread.run_sync(self.blocks.get, *bid, limiter=self._disk_limiter)
         if data is None:
             self.misses += 1
-            fetched = await self._fetch(ref, index, loader)
-            await self._write_slots.acquire()  # released once written (or not: disk full)
+            # a GET takes its write slot before it starts: blocks fetched and not yet
+            # written are PENDING_WRITES at most, in flight included (a reader outrunning
+            # the disk held its read-ahead in flight plus as many waiting for the disk).
+            # A loader's takes it after: a loader reads its archive's blocks through here
+            # and would wait for slots its own callers hold.
+            if loader is None:
+                await self._write_slots.acquire()
+            try:
+                fetched = await self._fetch(ref, index, loader)
+            except BaseException:
+                if loader is None:
+                    self._write_slots.release()
+                raise
+            if loader is not None:
+                await self._write_slots.acquire()
             if not self._background.spawn(self._persist, bid, fetched, kind=CACHE_WRITE):
-                self._write_slots.release()
+                self._write_slots.release()  # released once written (or not: disk full)
             data = memoryview(fetched)
         else:
             self.hits += 1
-        self._memory.put(bid, data)
+        self._memory.put(bid, data, ahead=ahead)
         return data
 
     def coming(self, ref: ObjectRef) -> bool:

@@ -55,6 +55,24 @@ class _Stalled(Exception):
     """The body trickled in slower than LOW_SPEED."""
 
 
+class _Pace:
+    """Stall detection for one body: a trickle slower than LOW_SPEED, averaged over a
+    `window` (the read timeout), raises _Stalled; the socket timeout alone never fires on
+    a trickle."""
+
+    def __init__(self, window: float) -> None:
+        self._window = window
+        self._start, self._bytes = time.monotonic(), 0
+
+    def arrived(self, n: int) -> None:
+        self._bytes += n
+        elapsed = time.monotonic() - self._start
+        if elapsed >= self._window:
+            if self._bytes < LOW_SPEED * elapsed:
+                raise _Stalled(f"{self._bytes} bytes in {elapsed:.1f}s")
+            self._start, self._bytes = time.monotonic(), 0
+
+
 class _TooLong(Exception):
     """The server sent more than the range asked for (it ignored Range, or the object is
     not the size its entry says)."""
@@ -214,10 +232,18 @@ class PresignedReader:
         """The body, read as it arrives: a trickle slower than LOW_SPEED raises _Stalled
         after about one `read_timeout` window; a short one ProtocolError. Never more than
         `limit` bytes are read (one more tells that there are more): then the first
-        `limit` bytes when `cut`, else _TooLong."""
+        `limit` bytes when `cut`, else _TooLong.
+
+        A body of more than one chunk whose Content-Length is within `limit` is read into
+        one buffer of that length (a bytearray): a list of chunks joined at the end held
+        every block twice, and left its chunks in the heap of the thread that read them."""
+        length = resp.headers.get("Content-Length")
+        expected = int(length) if length is not None and length.isdigit() else None
+        if expected is not None and expected > CHUNK and (limit is None or expected <= limit):
+            return self._body_into(resp, bytearray(expected))
         chunks: list[bytes] = []
         got = 0
-        window_start, window_bytes = time.monotonic(), 0
+        pace = _Pace(self._read_timeout)
         while True:
             want = CHUNK if limit is None else min(CHUNK, limit + 1 - got)
             chunk = resp.read1(want)
@@ -230,17 +256,30 @@ class PresignedReader:
                 chunks.append(chunk[:len(chunk) - (got - limit)])
                 return b"".join(chunks)
             chunks.append(chunk)
-            window_bytes += len(chunk)
-            elapsed = time.monotonic() - window_start
-            if elapsed >= self._read_timeout:
-                if window_bytes < LOW_SPEED * elapsed:
-                    raise _Stalled(f"{window_bytes} bytes in {elapsed:.1f}s")
-                window_start, window_bytes = time.monotonic(), 0
+            pace.arrived(len(chunk))
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        length = resp.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) != len(body):
+        if expected is not None and expected != len(body):
             raise ProtocolError(f"body of {len(body)} bytes, Content-Length {length}")
         return body
+
+    def _body_into(self, resp: Any, buffer: bytearray) -> bytes:
+        """`_body` of a body of exactly len(`buffer`) bytes (its Content-Length), read into
+        `buffer`; more or fewer bytes: ProtocolError."""
+        view = memoryview(buffer)
+        got = 0
+        pace = _Pace(self._read_timeout)
+        while True:
+            chunk = resp.read1(CHUNK if got < len(buffer) else 1)
+            if not chunk:
+                break
+            if got + len(chunk) > len(buffer):
+                raise ProtocolError(f"body longer than its Content-Length {len(buffer)}")
+            view[got:got + len(chunk)] = chunk
+            got += len(chunk)
+            pace.arrived(len(chunk))
+        if got != len(buffer):
+            raise ProtocolError(f"body of {got} bytes, Content-Length {len(buffer)}")
+        return buffer  # type: ignore[return-value]  # bytes-like: callers slice, hash, view it
 
     def list_v2(self, url: str) -> dict[str, Any] | None:
         """One ListObjectsV2 page from a presigned URL, shaped like boto3's answer

@@ -1,10 +1,12 @@
-"""The only module that imports boto3: the botocore `Store` (store/protocol.py) with its
-clients, credentials and error mapping; object GETs and listings go through the
-presigned fast path of store/presigned.py.
+"""The botocore `Store` (store/protocol.py) with its clients, credentials and error
+mapping; object GETs and listings go through the presigned fast path of
+store/presigned.py.
 
-All methods are blocking; callers run them in worker threads. boto3 clients are
-thread-safe, sessions are not, so clients are built once here. botocore's own retries
-are off: every request is retried by the one policy of store/retry.py.
+All methods are blocking; callers run them in worker threads. botocore clients are
+thread-safe, sessions are not, so clients are built once here, from the slim session of
+store/botosession.py (botocore alone: boto3 adds nothing a mount uses but memory).
+botocore's own retries are off: every request is retried by the one policy of
+store/retry.py.
 
 Deadlines (docs/offline.md): connecting takes at most CONNECT_TIMEOUT; reads (HEAD,
 listings, GETs, the probe) must see their response headers within FIRST_BYTE_TIMEOUT,
@@ -30,7 +32,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence, TypeVar
 
-import boto3
 import botocore.config
 import botocore.credentials
 import botocore.exceptions
@@ -41,7 +42,7 @@ from botocore.httpsession import get_cert_path
 
 from ..config import Config, KeyPair
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
-from . import retry
+from . import botosession, retry
 from .link import Link
 from .copysign import CopySigner, copy_etag
 from .headbatch import PipelinedHeads
@@ -110,7 +111,8 @@ def assumed_role_credentials(session: Any, cfg: Config) -> botocore.credentials.
     the background; a sixth before, refresh before the next request.
     """
     kwargs: dict[str, Any] = {"endpoint_url": cfg.endpoint_url} if cfg.endpoint_url else {}
-    sts = session.client("sts", region_name=cfg.region or session.region_name or "us-east-1", **kwargs)
+    region = cfg.region or session.get_config_variable("region") or "us-east-1"
+    sts = session.create_client("sts", region_name=region, **kwargs)
 
     def refresh() -> dict[str, str]:
         try:
@@ -228,15 +230,13 @@ class S3Store:
         self._first_byte = first_byte
         self._alive_lock = threading.Lock()
         self._answered_at = -float("inf")  # when S3 last answered an `_alive` probe
-        core = botocore.session.get_session()
+        core = botosession.session(cfg.profile or None, cfg.region)
         # dateutil parses every LastModified in a listing; this is the hot part of `find`.
         core.get_component("response_parser_factory").set_parser_defaults(
             timestamp_parser=parse_timestamp)
-        session = boto3.session.Session(botocore_session=core, profile_name=cfg.profile or None,
-                                        region_name=cfg.region)
-        self._session = session
+        self._session = core
         if cfg.role_arn:
-            core._credentials = assumed_role_credentials(session, cfg)  # every client refreshes
+            core._credentials = assumed_role_credentials(core, cfg)  # every client refreshes
         bcfg = botocore.config.Config(
             signature_version="s3v4",
             connect_timeout=connect_timeout,
@@ -254,10 +254,10 @@ class S3Store:
         )
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
-        self.read_client = self._client(session, bcfg, cfg.read_keys)
+        self.read_client = self._client(core, bcfg, cfg.read_keys)
         # writes wait for their answer as long as a body may stall (S3 answers a PUT once
         # it has the whole body): their own client, also when they use the read keys
-        self.write_client = self._client(session, bcfg.merge(botocore.config.Config(
+        self.write_client = self._client(core, bcfg.merge(botocore.config.Config(
             read_timeout=read_timeout)), cfg.write_keys or cfg.read_keys)
         self._presigner = Presigner(self.read_client, PRESIGN_SECONDS)
         self._copies = CopySigner(self.write_client, Presigner(self.write_client, PRESIGN_SECONDS),
@@ -289,9 +289,9 @@ class S3Store:
         if keys:
             kwargs["aws_access_key_id"] = keys.access_key
             kwargs["aws_secret_access_key"] = keys.secret_key
-        if not session.region_name and not self.cfg.region:
+        if not session.get_config_variable("region") and not self.cfg.region:
             kwargs["region_name"] = "us-east-1"
-        return session.client("s3", **kwargs)
+        return session.create_client("s3", **kwargs)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "S3Store":

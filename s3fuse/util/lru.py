@@ -1,4 +1,9 @@
-"""A byte-capped in-memory LRU for hot blocks (avoids re-reading disk per FUSE read)."""
+"""A byte-capped in-memory LRU for hot blocks (avoids re-reading disk per FUSE read).
+
+Blocks fetched ahead of a reader (`put(..., ahead=True)`) are evicted only after every
+block already read: at a tight cap, a sequential reader's next blocks must not make room
+for the ones it has left behind (they would be fetched twice).
+"""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -10,32 +15,38 @@ Buffer = Union[bytes, memoryview]
 class ByteLRU:
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._items: OrderedDict[Hashable, Buffer] = OrderedDict()
+        self._items: OrderedDict[Hashable, Buffer] = OrderedDict()  # read: LRU order
+        self._ahead: OrderedDict[Hashable, Buffer] = OrderedDict()  # not read yet: oldest first
         self._size = 0
 
     def get(self, key: Hashable) -> Buffer | None:
+        value = self._ahead.pop(key, None)
+        if value is not None:  # read at last: an ordinary entry from now on
+            self._items[key] = value
+            return value
         value = self._items.get(key)
         if value is not None:
             self._items.move_to_end(key)
         return value
 
-    def put(self, key: Hashable, value: Buffer) -> None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._size -= len(old)
+    def put(self, key: Hashable, value: Buffer, ahead: bool = False) -> None:
+        """Keep `value`; `ahead`: fetched for a reader that has not read it yet."""
+        self.discard(key)
         if len(value) > self.capacity:
             return
-        self._items[key] = value
+        (self._ahead if ahead else self._items)[key] = value
         self._size += len(value)
         while self._size > self.capacity:
-            _, evicted = self._items.popitem(last=False)
+            _, evicted = (self._items or self._ahead).popitem(last=False)
             self._size -= len(evicted)
 
     def __contains__(self, key: Hashable) -> bool:
-        return key in self._items
+        return key in self._items or key in self._ahead
 
     def discard(self, key: Hashable) -> None:
         old = self._items.pop(key, None)
+        if old is None:
+            old = self._ahead.pop(key, None)
         if old is not None:
             self._size -= len(old)
 
