@@ -44,7 +44,8 @@ class S3FuseTree(S3Fuse):
         self.src = src
         super().__init__(*args, **kwargs)
 
-    def executable(self) -> str | None:
+    @classmethod
+    def executable(cls) -> str | None:
         return sys.executable
 
     def cli(self) -> list[str]:
