@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import random
-import re
 import struct
 import tarfile
 import zlib
@@ -38,6 +37,7 @@ from s3fuse.model import ObjectRef
 from s3fuse.store.memory import MemoryStore
 from s3fuse.tree.sharedindex import SharedIndex
 from tests.test_ops import lookup_path
+from tests.test_shard_cache_overflow import fetched
 
 B = "bkt"
 ARCHIVE = "ml/s/shard.tar.gz"
@@ -406,18 +406,6 @@ async def test_a_refused_publish_is_one_line(tmp_path: Path, store: CountingStor
 @pytest.fixture
 def backend(moto_backend):  # type: ignore[no-untyped-def]
     return moto_backend
-
-
-def fetched(faults, key: str, size: int) -> int:  # type: ignore[no-untyped-def]
-    """Bytes of `key` GET through the proxy (a GET without Range counts as all of it)."""
-    total = 0
-    for seen in faults.seen:
-        if seen.method != "GET" or key not in seen.path:
-            continue
-        ranged = {k.lower(): v for k, v in seen.headers.items()}.get("range", "")
-        found = re.fullmatch(r"bytes=(\d+)-(\d+)", ranged)
-        total += int(found[2]) - int(found[1]) + 1 if found else size
-    return total
 
 
 @pytest.mark.mount
