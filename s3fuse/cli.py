@@ -94,6 +94,9 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--default-log", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--metrics-address", metavar="HOST:PORT",
                    help="serve Prometheus metrics there, e.g. 127.0.0.1:9101 (default: none)")
+    p.add_argument("--shared-index", metavar="auto|s3://BUCKET[/PREFIX]",
+                   help="share shard indexes with a fleet: fetch another machine's before "
+                   "indexing an archive, publish this one's (auto: beside each manifest)")
     p.add_argument("-d", "--debug", dest="debug", action="store_const", const="s3fuse",
                    help="every s3fuse module at DEBUG (never botocore's: its lines carry "
                         "request signatures)")

@@ -99,6 +99,7 @@ class Config:
     log_level: str = "INFO"
     log_file: Path | None = None  # None: stderr (foreground, systemd) or <cache-dir>/s3fuse.log
     metrics_address: str | None = None  # HOST:PORT of the Prometheus endpoint; None: none
+    shared_index: str | None = None  # "auto" or s3://BUCKET[/PREFIX]: the fleet's archive indexes
     debug: tuple[str, ...] = ()  # s3fuse modules logged at DEBUG whatever log_level says
     config_file: Path | None = None
 
@@ -293,6 +294,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "log_level": lambda v: str(v).upper(),
     "log_file": Path,
     "metrics_address": str,
+    "shared_index": str,
     "debug": lambda v: tuple(m for m in re.split(r"[,:\s]+", str(v)) if m),
 }
 LIST_OPTIONS = ("source", "manifest")
@@ -311,7 +313,7 @@ TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     **{key: _TEXT for key in ("mountpoint", "endpoint_url", "profile", "region",
                               "addressing_style", "secrets_env", "role_arn", "cache_dir", "sse",
                               "sse_kms_key_id", "log_level", "log_file", "metrics_address",
-                              "debug")},
+                              "debug", "shared_index")},
     **{key: _INT for key in ("role_session_duration", "uid", "gid")},
     **{key: _SIZE for key in ("cache_size", "cache_reserve")},
     **{key: _DURATION for key in ("metadata_ttl", "drain_timeout", "request_timeout")},
@@ -482,6 +484,14 @@ def validate(cfg: Config) -> Config:
         raise UsageError("cache size must be at least 64M")
     if cfg.metrics_address is not None:
         parse_address(cfg.metrics_address)
+    if cfg.shared_index is not None and cfg.shared_index != "auto":
+        try:
+            prefix = split_s3_uri(cfg.shared_index)[1]
+        except UsageError as exc:
+            raise UsageError(f"shared_index: {exc} (or auto)") from None
+        if prefix.strip("/") and not is_relative_path(prefix.strip("/"), allow_empty=False):
+            raise UsageError(f"invalid --shared-index {cfg.shared_index!r}: bad prefix segment "
+                             "(expected auto or s3://BUCKET[/PREFIX])")
     for name, value in (("uid", cfg.uid), ("gid", cfg.gid)):
         if not 0 <= value <= MAX_ID:
             raise UsageError(f"{name} {value} is out of range (0 to {MAX_ID})")

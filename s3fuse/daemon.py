@@ -39,6 +39,7 @@ from .store.s3 import S3Store
 from .tree.bucket import BucketTree, ReadOnlyBucketTree
 from .tree.manifest import ManifestTree
 from .tree.root import RootTree
+from .tree.sharedindex import SharedIndex
 from .tree.shards import ShardService
 from .upload.journal import Journal
 from .upload.queue import UploadQueue
@@ -138,7 +139,8 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
                     siblings=siblings, background=supervisor, writes=writes,
                     posix_metadata=cfg.posix_metadata)
 
-    shards = ShardService(store, reader, ttl=cfg.metadata_ttl)
+    shared = None if cfg.shared_index is None else SharedIndex(store, cfg.shared_index, supervisor)
+    shards = ShardService(store, reader, ttl=cfg.metadata_ttl, shared=shared)
     manifest_dir = secure_dir(cache_dir / "manifests")
     manifests = [ManifestTree(spec, store, reader, manifest_dir, ttl=cfg.metadata_ttl,
                               limiter=list_limiter, shards=shards) for spec in cfg.manifests]

@@ -22,13 +22,13 @@ LAYERS: dict[str, int] = {
     # 1: configuration and plumbing: the local-database layer, the supervisor, small utilities
     "config": 1, "util": 1, "db": 1,
     # 2: local machinery with no S3 in it: caches, archive indexing
-    "cache": 2, "cache.identity": 2, "archive": 2,
+    "cache": 2, "cache.identity": 2, "archive": 2, "archive.published": 2,
     # 3: the S3 boundary
     "store": 3,
     # 4: bytes and records built on the store and the caches
     "data": 4, "manifest": 4, "upload": 4,
     # 5: namespaces
-    "tree": 5,
+    "tree": 5, "tree.sharedindex": 5,
     # 6: the FUSE adapter, jobs over namespaces, the idle query
     "fs": 6, "pinning": 6, "idle": 6,
     # 7: the control plane (status, pins, uploads through root xattrs), metrics

@@ -79,6 +79,26 @@ def valid_checksum(block: bytes) -> bool:
     return stored == unsigned - 256 * high
 
 
+def heads_member(block: bytes, path: str, size: int) -> bool:
+    """Can `block` be the header right before regular member `path` of `size` bytes? Its
+    checksum, type and size field must say so (the size field may be 0 when a PAX record
+    carries a size too large for it), and so must its name when `path` is short ASCII
+    (other names may come from an extension header before it). Checks a member list that
+    came from elsewhere against the archive itself."""
+    if len(block) != BLOCK or not valid_checksum(block) or block[156:157] not in REGULAR:
+        return False
+    try:
+        stated = _number(block[124:136])
+    except ValueError:
+        return False
+    if stated != size and not (stated == 0 and size >= 8 ** 11):
+        return False
+    if not path.isascii() or len(path) > 100:
+        return True
+    name = _header_name(block).decode("ascii", "replace")
+    return name.removeprefix("./").removesuffix("/") == path
+
+
 def _sparse_extension_blocks(buf: bytearray, pos: int, offset: int) -> int | None:
     """Count the blocks an old GNU sparse header ('S') chains after itself.
 

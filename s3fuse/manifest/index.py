@@ -203,8 +203,10 @@ class ManifestIndex:
 
     def store_members(self, shard_id: int, members: Iterable[tuple[str, int, int, str | None, str | None]],
                       etag: str, actual: str, asize: int, usize: int | None, gzip_index: bytes | None,
-                      checked_at: float) -> int:
-        """Replace a shard's members: (path, offset, size, entry_id, meta json)."""
+                      checked_at: float, shared: bool = False) -> int:
+        """Replace a shard's members: (path, offset, size, entry_id, meta json). `shared`:
+        they came from another machine's published index (info `shared:<shard>` = etag),
+        so each member's tar header is checked before its bytes are served."""
         gen = int(self.info("gen") or 0)
         with self._db.bulk() as db:
             db.execute("DELETE FROM nodes WHERE shard=?", (shard_id,))
@@ -221,7 +223,23 @@ class ManifestIndex:
             db.execute("UPDATE shards SET state='indexed', etag=?, actual=?, asize=?, usize=?, "
                        "gzip_index=?, checked_at=?, error=NULL WHERE node=?",
                        (etag, actual, asize, usize, gzip_index, checked_at, shard_id))
+            db.execute("DELETE FROM info WHERE k=?", (shared_key(shard_id),))
+            if shared:
+                db.execute("INSERT INTO info VALUES (?, ?)", (shared_key(shard_id), etag))
         return count
+
+    def shared_etag(self, shard_id: int) -> str | None:
+        """The ETag whose members came from a published index, if the shard's did."""
+        return self.info(shared_key(shard_id))
+
+    def forget_shard(self, shard_id: int) -> Future[None]:
+        """Have a shard indexed again at its next use (its members proved wrong). Never waits."""
+        return self._write_later("a shard to index again",
+                                 "UPDATE shards SET state='pending' WHERE node=?", shard_id)
+
+
+def shared_key(shard_id: int) -> str:
+    return f"shared:{shard_id}"
 
 
 def _member_dirs(db: sqlite3.Connection, dirs: dict[tuple[int, str], int], parts: list[str],

@@ -14,13 +14,13 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
 from ..archive.index import DEFAULT_SPACING, ArchiveIndex, RangeSource, build_index, read_member
 from ..archive.limits import ArchiveError, Limits
-from ..archive.tar import Member
+from ..archive.tar import BLOCK, Member, heads_member
 from ..data.reader import BlockReader, ReadState
 from ..model import ObjectRef
 from ..errors import CorruptData, NotFound, StaleObject
@@ -29,6 +29,7 @@ from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
 from ..util.oncelog import example
 from .contract import FileHandle
+from .sharedindex import SharedIndex
 from .sources import ObjectSource
 from .streams import DirectSource, StreamPasses
 
@@ -108,8 +109,10 @@ def report_skipped(uri: str, index: ArchiveIndex, shown: int = 5) -> None:
 
 class ShardService:
     def __init__(self, store: S3Store, reader: BlockReader, *, ttl: float,
-                 limits: Limits = Limits(), concurrency: int = 2):
+                 limits: Limits = Limits(), concurrency: int = 2,
+                 shared: SharedIndex | None = None):
         self.store = store
+        self.shared = shared
         self.reader = reader
         self.ttl = ttl
         self.limits = limits
@@ -118,6 +121,7 @@ class ShardService:
         self._flight: SingleFlight[None] = SingleFlight()
         self._gzip: OrderedDict[tuple[str, str], ArchiveIndex] = OrderedDict()  # restored seek points
         self._rows: OrderedDict[tuple[Any, int], tuple[dict[str, Any], float]] = OrderedDict()
+        self._distrusted: set[ObjectRef] = set()  # archives whose published index proved wrong
 
     @functools.cached_property
     def _streams(self) -> StreamPasses:
@@ -140,6 +144,7 @@ class ShardService:
             return None
         row = {k: v for k, v in row.items() if k != "gzip_index"}
         if row["state"] == "indexed":
+            row["shared"] = row["etag"] is not None and tree.index.shared_etag(node_id) == row["etag"]
             self._rows[key] = (row, now)
             self._rows.move_to_end(key)
             while len(self._rows) > SHARD_ROWS:
@@ -165,14 +170,24 @@ class ShardService:
             log.warning("shard archive %s is missing: its directory is empty", uri)
             tree.index.fail_shard(node.id, "missing", time.time())  # does not wait
             return
-        source = ReaderSource(self.reader, ObjectRef(bucket, key, info.etag, info.size))
+        archive = ObjectRef(bucket, key, info.etag, info.size)
+        source = ReaderSource(self.reader, archive)
         began = time.monotonic()
-        try:
-            index = await trio.to_thread.run_sync(self._build, source, shard, key, limiter=self._limiter)
-        except (ArchiveError, CorruptData) as exc:
-            log.warning("shard archive %s is unusable (%s): its directory is empty", uri, exc)
-            tree.index.fail_shard(node.id, str(exc), time.time())
-            return
+        index = None
+        if self.shared is not None and archive not in self._distrusted:
+            index = await trio.to_thread.run_sync(self.shared.fetch, tree.spec, archive, self.limits,
+                                                  limiter=self._limiter)
+        shared = index is not None
+        if index is None:
+            try:
+                index = await trio.to_thread.run_sync(self._build, source, shard, key,
+                                                      limiter=self._limiter)
+            except (ArchiveError, CorruptData) as exc:
+                log.warning("shard archive %s is unusable (%s): its directory is empty", uri, exc)
+                tree.index.fail_shard(node.id, str(exc), time.time())
+                return
+            if self.shared is not None:
+                self.shared.publish_later(tree.spec, archive, index)
         report_skipped(uri, index)
         internal = shard["internal"]
         described = await self._internal_manifest(source, index, internal, uri)
@@ -180,7 +195,7 @@ class ShardService:
                 for m in index.members if m.path != internal]
         count = await trio.to_thread.run_sync(
             tree.index.store_members, node.id, rows, info.etag, index.format, info.size,
-            index.uncompressed_size, index.gzip_index, time.time(), limiter=self._limiter)
+            index.uncompressed_size, index.gzip_index, time.time(), shared, limiter=self._limiter)
         self._gzip.pop((tree.index.path.name, key), None)
         self._rows.pop((tree.index.path, node.id), None)
         log.info("indexed shard %s (%s): %d members in %.1fs", uri, index.format, count,
@@ -229,21 +244,50 @@ class ShardService:
         archive = ObjectRef(bucket, key, etag, shard["asize"])
         fmt = shard["actual"]
         if fmt == "tar":
-            def loader(start: int, stop: int) -> bytes:
-                return self.store.get(bucket, key, etag, member.offset + start, member.offset + stop)
+            def span(start: int, stop: int) -> bytes:
+                return self.store.get(bucket, key, etag, start, stop)
         elif fmt == "gzip":
             index = await self._gzip_index(tree, node.shard or 0, shard)
+            whole = Member("", 0, shard["usize"] or 0, 0)
 
-            def loader(start: int, stop: int) -> bytes:
-                return self._checked(read_member, ReaderSource(self.reader, archive), index, member,
+            def span(start: int, stop: int) -> bytes:
+                return self._checked(read_member, ReaderSource(self.reader, archive), index, whole,
                                      start, stop - start)
         else:
             stream = ObjectRef(bucket, f"{key}#", etag, shard["usize"] or 0)
 
-            def loader(start: int, stop: int) -> bytes:
+            def span(start: int, stop: int) -> bytes:
                 return self._streams.read(archive, self._stream_source(archive, stream), stream,
-                                          fmt, member.offset + start, member.offset + stop)
+                                          fmt, start, stop)
+
+        def loader(start: int, stop: int) -> bytes:
+            if not shard["shared"]:
+                return span(member.offset + start, member.offset + stop)
+            try:  # members from elsewhere: the first bytes are read with their tar header
+                if start:
+                    return span(member.offset + start, member.offset + stop)
+                data = span(member.offset - BLOCK, member.offset + stop)
+                if heads_member(data[:BLOCK], member.path, member.size):
+                    return data[BLOCK:]
+            except CorruptData:
+                pass
+            self._distrust(tree, node.shard or 0, archive, virtual)
         return ObjectSource(self.reader, virtual, loader)
+
+    def _distrust(self, tree: "ManifestTree", shard_id: int, archive: ObjectRef,
+                  member: ObjectRef) -> NoReturn:
+        """A member of a published index is not where its tar header is (or its seek points
+        do not inflate): index the archive here (at the next lookup) and publish that
+        instead. Raises CorruptData (EIO)."""
+        log.warning("s3://%s/%s: the shared index is wrong about it (no matching tar header "
+                    "there): indexing the archive locally", member.bucket, member.key)
+        tree.index.forget_shard(shard_id).result()  # a worker thread's: it may wait
+        trio.from_thread.run_sync(self._forget, tree, shard_id, archive)
+        raise CorruptData(f"s3://{member.bucket}/{member.key}: shared index is wrong")
+
+    def _forget(self, tree: "ManifestTree", shard_id: int, archive: ObjectRef) -> None:
+        self._distrusted.add(archive)
+        self._rows.pop((tree.index.path, shard_id), None)
 
     def _stream_source(self, archive: ObjectRef, stream: ObjectRef) -> RangeSource:
         """Where a pass over `stream` reads its archive: through the block cache, unless
