@@ -47,6 +47,7 @@ class DataSpec:
     shard_members: int = 2000
     manifest_entries: int = 100_000
     huge_manifest_entries: int = 1_000_000
+    fleet_shard_mib: int = 1024
 
     @property
     def tree_keys(self) -> int:
@@ -55,7 +56,8 @@ class DataSpec:
 
 FULL = DataSpec()
 QUICK = DataSpec(big_mib=32, small_files=200, tree_dirs=10, tree_subdirs=5, tree_files=40,
-                 shard_members=200, manifest_entries=10_000, huge_manifest_entries=100_000)
+                 shard_members=200, manifest_entries=10_000, huge_manifest_entries=100_000,
+                 fleet_shard_mib=64)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ seek point. Measured per machine: wall time of the read (lookup of the shard dir
 indexing or index fetch, and the member's bytes), S3 object bytes received and GET
 requests (from the daemon's Prometheus endpoint), and the bytes of the archive itself.
 
-`fleet_first_member(target, scratch, size_mib)` is what `make bench` can call; run this
-module to measure on its own against a scratch SeaweedFS:
+`make bench` runs it as the `fleet_index` workload (s3fuse only: no peer shares an index);
+run this module to measure on its own against a scratch SeaweedFS:
 ``python -m benchmarks.fleet --size-mib 128``.
 """
 
@@ -32,6 +32,7 @@ from typing import Any
 from benchmarks.datasets import ManifestRef, upload_file
 from benchmarks.filesystems import S3Fuse
 from benchmarks.s3 import S3Target
+from benchmarks.workloads import Context, Metric, NotApplicable, workload
 
 MANIFEST = ManifestRef("shards", "fleet/shards/manifest.jsonl")
 ARCHIVE = "fleet/shards/shard-big.tar.gz"
@@ -134,6 +135,33 @@ def fleet_first_member(target: S3Target, scratch: Path, size_mib: int = 1024) ->
             "second": asdict(second),
             "time_ratio": round(second.seconds / first.seconds, 4) if first.seconds else None,
             "bytes_ratio": round(second.bytes_in / first.bytes_in, 4) if first.bytes_in else None}
+
+
+@workload(
+    "fleet_index",
+    "A second machine reading a `.tar.gz` shard that a first one indexed (`--shared-index`)",
+    [Metric("fleet_first", "first machine (fresh cache): first read of the last member"),
+     Metric("fleet_second", "second machine (its own fresh cache): the same read",
+            vs="fleet_first"),
+     Metric("fleet_first_mib", "S3 bytes received by the first machine", unit="MiB"),
+     Metric("fleet_second_mib", "S3 bytes received by the second machine", unit="MiB",
+            vs="fleet_first_mib")],
+    compare_filesystems=False,
+    notes="s3fuse only (no peer shares what it learned). One `.tar.gz` shard of about "
+          "{fleet_shard_mib:,} MiB of incompressible 4 MiB members in an s3exchange manifest, "
+          "mounted with `--shared-index auto`; the read is the last member. The first machine "
+          "decompresses the archive once to index it and publishes the index beside the "
+          "manifest; the second fetches it and reads from the nearest seek point. Bytes are "
+          "the daemon's own S3 object bytes (`s3fuse_s3_object_bytes_total`).",
+)
+def fleet_index(ctx: Context) -> dict[str, float]:
+    if not isinstance(ctx.fs, S3Fuse):
+        raise NotApplicable(f"{ctx.fs.name} has no shared index")
+    result = fleet_first_member(ctx.fs.target, ctx.data_dir / "fleet", ctx.spec.fleet_shard_mib)
+    return {"fleet_first": result["first"]["seconds"],
+            "fleet_second": result["second"]["seconds"],
+            "fleet_first_mib": result["first"]["bytes_in"] / (1 << 20),
+            "fleet_second_mib": result["second"]["bytes_in"] / (1 << 20)}
 
 
 def main() -> None:

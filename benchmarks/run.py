@@ -47,11 +47,13 @@ from benchmarks.workloads import (  # noqa: E402
     WrongBytes,
 )
 from benchmarks import posix_workloads, write_workloads  # noqa: E402
+from benchmarks import fleet  # noqa: E402  (registers last: runs last)
 from tests.support.seaweedfs import SeaweedFS, weed_binary  # noqa: E402
 
 #: Modules whose import registers their workloads, after those of benchmarks.workloads:
-#: write_large and write_small_files; cp_a_small, chmod_r, rsync_again and ls_l_meta.
-REGISTERING = (write_workloads, posix_workloads)
+#: write_large and write_small_files; cp_a_small, chmod_r, rsync_again and ls_l_meta;
+#: fleet_index.
+REGISTERING = (write_workloads, posix_workloads, fleet)
 BUCKET = "bench"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results.json"
 DEFAULT_DOCS = ROOT / "docs"
