@@ -1,0 +1,134 @@
+"""The floor of a pyfuse3 + trio file system: what one FUSE lookup costs with nothing behind it.
+
+Why: s3fuse keeps its stack (pyfuse3 + trio), so part of each request's cost is the stack's
+own. This mounts a file system that answers from a dict (one directory of N files, readdir
+replies with zero timeouts so that every `stat` of `ls -l` is a LOOKUP, as a cold s3fuse
+directory's are) and times `ls -l` of it: the per-lookup wall time and daemon CPU are what
+no Python file system on this machine can go under. docs/benchmarks.md quotes them beside
+s3fuse's own per-entry cost.
+
+    python -m benchmarks.pyfuse3_floor [--files 1000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DIR_INO = 2
+
+
+def serve(mountpoint: str, files: int) -> None:
+    """Run the dict-backed file system until unmounted (in its own process)."""
+    import pyfuse3
+    import trio
+
+    names = {f"f{i:06d}".encode(): DIR_INO + 1 + i for i in range(files)}
+    ordered = sorted(names.items())
+    now = time.time_ns()
+
+    def attrs(ino: int, ttl: float) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino, a.entry_timeout, a.attr_timeout = ino, ttl, ttl
+        is_dir = ino in (pyfuse3.ROOT_INODE, DIR_INO)
+        a.st_mode = (stat.S_IFDIR | 0o755) if is_dir else (stat.S_IFREG | 0o644)
+        a.st_nlink = 2 if is_dir else 1
+        a.st_size = 0 if is_dir else 4096
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = now
+        return a
+
+    class Floor(pyfuse3.Operations):
+        async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+            return attrs(inode, 60)
+
+        async def lookup(self, parent: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+            if parent == pyfuse3.ROOT_INODE and name == b"d":
+                return attrs(DIR_INO, 60)
+            if parent == DIR_INO and name in names:
+                return attrs(names[name], 60)
+            raise pyfuse3.FUSEError(errno.ENOENT)
+
+        async def opendir(self, inode: int, ctx: Any) -> int:
+            return inode
+
+        async def readdir(self, fh: int, start: int, token: Any) -> None:
+            if fh == pyfuse3.ROOT_INODE:
+                if start == 0:
+                    pyfuse3.readdir_reply(token, b"d", attrs(DIR_INO, 0), 1)
+                return
+            for i in range(start, len(ordered)):  # zero timeouts: each stat is a LOOKUP
+                if not pyfuse3.readdir_reply(token, ordered[i][0], attrs(ordered[i][1], 0), i + 1):
+                    return
+
+        async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    options = set(pyfuse3.default_options) | {"fsname=pyfuse3-floor"}
+    pyfuse3.init(Floor(), mountpoint, options)
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close()
+
+
+def _cpu_ns(pid: int) -> int:
+    """CPU time of every thread of `pid` so far (schedstat: ns)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+            total += int(fh.read().split()[0])
+    return total
+
+
+def measure(files: int, rounds: int) -> dict[str, float]:
+    """Median wall time and daemon CPU per lookup of `ls -l` over `rounds` cold rounds."""
+    with tempfile.TemporaryDirectory(prefix="pyfuse3-floor-") as tmp:
+        mnt = Path(tmp)
+        daemon = subprocess.Popen([sys.executable, "-m", "benchmarks.pyfuse3_floor", "--serve",
+                                   str(mnt), "--files", str(files)])
+        try:
+            for _ in range(100):
+                if os.path.ismount(mnt):
+                    break
+                time.sleep(0.05)
+            walls, cpus = [], []
+            for _ in range(rounds):
+                Path("/proc/sys/vm/drop_caches").write_text("2\n")  # forget the dentries
+                cpu = _cpu_ns(daemon.pid)
+                began = time.perf_counter()
+                subprocess.run(["ls", "-l", str(mnt / "d")], check=True, stdout=subprocess.DEVNULL)
+                walls.append(time.perf_counter() - began)
+                cpus.append((_cpu_ns(daemon.pid) - cpu) / 1e9)
+        finally:
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+            daemon.wait(timeout=30)
+    walls.sort()
+    cpus.sort()
+    return {"files": files, "rounds": rounds, "ls_l_s": walls[len(walls) // 2],
+            "wall_us_per_lookup": walls[len(walls) // 2] / files * 1e6,
+            "cpu_us_per_lookup": cpus[len(cpus) // 2] / files * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.files)
+    else:
+        print(json.dumps(measure(args.files, args.rounds), indent=2))
+
+
+if __name__ == "__main__":
+    main()

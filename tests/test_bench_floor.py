@@ -1,0 +1,16 @@
+"""benchmarks/pyfuse3_floor.py: the dict-backed pyfuse3 file system mounts, `ls -l` of it
+succeeds (check=True), and the per-lookup figures come out (and it unmounts)."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import pyfuse3_floor
+
+pytestmark = pytest.mark.mount
+
+
+def test_the_floor_is_measured_over_a_real_mount() -> None:
+    result = pyfuse3_floor.measure(files=50, rounds=1)
+    assert result["files"] == 50 and result["ls_l_s"] > 0
+    assert 0 < result["cpu_us_per_lookup"] < 5_000 and result["wall_us_per_lookup"] > 0
+    assert not any(line.split()[0] == "pyfuse3-floor" for line in open("/proc/mounts"))
