@@ -292,7 +292,8 @@ def _subject_table(workload: dict[str, Any], meds: Medians, fails: Failures) -> 
         speedup = base / value if value and base else None
         cells = [_cell(m["title"]), cell(meds, fails, SUBJECT, m)]
         if baselines:
-            cells += [fmt(base, m["unit"]), f"**{speedup:.0f}x** faster" if speedup else "—"]
+            better = "faster" if m["unit"] == "s" else "less"  # bytes, requests: fewer
+            cells += [fmt(base, m["unit"]), f"**{speedup:.0f}x** {better}" if speedup else "—"]
         if with_targets:
             cells.append(_target(m, value, speedup))
         out.append("| " + " | ".join(cells) + " |")
