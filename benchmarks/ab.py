@@ -28,31 +28,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import datasets, posix_workloads, write_workloads  # noqa: E402  (registering)
-from benchmarks.filesystems import FILESYSTEMS, S3Fuse  # noqa: E402
+from benchmarks.filesystems import FILESYSTEMS, S3FuseTree  # noqa: E402
 from benchmarks.s3 import S3Target  # noqa: E402
 from benchmarks.workloads import WORKLOADS, Context, NotApplicable  # noqa: E402
 from tests.support.seaweedfs import SeaweedFS  # noqa: E402
 
 BUCKET = "bench"
-
-
-class S3FuseTree(S3Fuse):
-    """s3fuse run from a given source tree."""
-
-    def __init__(self, name: str, src: Path, *args, **kwargs) -> None:
-        self.name = name
-        self.src = src
-        super().__init__(*args, **kwargs)
-
-    @classmethod
-    def executable(cls) -> str | None:
-        return sys.executable
-
-    def cli(self) -> list[str]:
-        return [sys.executable, "-m", "s3fuse"]
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), "PYTHONPATH": str(self.src)}
 
 
 def serve(args: argparse.Namespace) -> int:

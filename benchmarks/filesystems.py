@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from benchmarks import daemons
@@ -360,6 +360,26 @@ class S3Fuse(FileSystem):
             raise RuntimeError(f"s3fuse status failed ({proc.returncode}): "
                                f"{(proc.stderr or proc.stdout).strip()[-300:]}")
         return json.loads(proc.stdout)
+
+
+class S3FuseTree(S3Fuse):
+    """s3fuse run from a given source tree (`python -m s3fuse` with it first on PYTHONPATH,
+    not whichever s3fuse is installed): A/B runs and measurements of a checkout."""
+
+    def __init__(self, name: str, src: Path, *args: Any, **kwargs: Any) -> None:
+        self.name = name
+        self.src = src
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def executable(cls) -> str | None:
+        return sys.executable
+
+    def cli(self) -> list[str]:
+        return [sys.executable, "-m", "s3fuse"]
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "PYTHONPATH": str(self.src)}
 
 
 class S3fs(FileSystem):

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and `tests` 
 
 from benchmarks import datasets  # noqa: E402
 from benchmarks.datasets import ManifestRef, SetupEnv  # noqa: E402
-from benchmarks.filesystems import S3Fuse  # noqa: E402
+from benchmarks.filesystems import S3FuseTree  # noqa: E402
 from benchmarks.s3 import S3Target  # noqa: E402
 from tests.support.seaweedfs import SeaweedFS  # noqa: E402
 
@@ -73,25 +73,11 @@ def make_data(target: S3Target, sizes: list[int], data_dir: Path) -> None:
         datasets.write_flat_manifest(env, manifest(n), n)
 
 
-class Checkout(S3Fuse):
-    """s3fuse as this checkout has it (not whichever is installed)."""
-
-    @classmethod
-    def executable(cls) -> str | None:
-        return sys.executable
-
-    def cli(self) -> list[str]:
-        return [sys.executable, "-m", "s3fuse"]
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), "PYTHONPATH": str(ROOT)}
-
-
 class Daemon:
     """One fresh s3fuse mount (empty cache) and its VmRSS."""
 
     def __init__(self, target: S3Target, root: Path, manifests: list[ManifestRef]):
-        self.fs = Checkout(target, root, manifests)
+        self.fs = S3FuseTree("s3fuse", ROOT, target, root, manifests)
 
     def __enter__(self) -> "Daemon":
         self.fs.wipe_cache()

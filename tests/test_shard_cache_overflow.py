@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import errno
 import functools
-import io
 import json
 import lzma
 import os
 import random
 import re
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from s3fuse.archive.limits import Limits
 from s3fuse.cache.blocks import BlockCache
 from s3fuse.model import ObjectRef
 from s3fuse.tree.streams import RESTART_INTERVAL, StreamPasses, StreamTooBig
+from tests.support.archives import random_tar
 
 MEMBERS = 24
 MEMBER = 4 << 20          # 96 MiB of tar, incompressible: the archive is as large
@@ -38,15 +37,8 @@ def backend(moto_backend):  # type: ignore[no-untyped-def]
 
 @functools.lru_cache(maxsize=1)
 def shard() -> tuple[bytes, dict[str, bytes]]:
-    rng = random.Random(13)
-    members = {f"m{i:02d}.bin": rng.randbytes(MEMBER) for i in range(MEMBERS)}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return lzma.compress(buf.getvalue(), preset=0), members
+    tar, members = random_tar(13, MEMBERS, MEMBER)
+    return lzma.compress(tar, preset=0), members
 
 
 def fetched(faults, key: str, size: int) -> int:  # type: ignore[no-untyped-def]

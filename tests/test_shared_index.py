@@ -9,13 +9,10 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-import io
 import json
 import logging
 import os
-import random
 import struct
-import tarfile
 import zlib
 from collections import Counter
 from contextlib import ExitStack
@@ -36,6 +33,7 @@ from s3fuse.idle import Idle
 from s3fuse.model import ObjectRef
 from s3fuse.store.memory import MemoryStore
 from s3fuse.tree.sharedindex import SharedIndex
+from tests.support.archives import random_tar
 from tests.test_ops import lookup_path
 from tests.test_shard_cache_overflow import fetched
 
@@ -50,15 +48,8 @@ SHARED = f"s3://{B}/fleet-index"
 
 @functools.lru_cache(maxsize=2)
 def shard(seed: int = 5) -> tuple[bytes, dict[str, bytes]]:
-    rng = random.Random(seed)
-    members = {f"m{i:02d}.bin": rng.randbytes(MEMBER) for i in range(MEMBERS)}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(buf.getvalue(), 1, mtime=0), members
+    tar, members = random_tar(seed, MEMBERS, MEMBER)
+    return gzip.compress(tar, 1, mtime=0), members
 
 
 class Source:
