@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import trio
 
@@ -44,6 +44,8 @@ OPEN_GZIP_INDEXES = 16
 #: member lookup and open asks for it, and reading the row with its seek-point blob (MiBs)
 #: on the trio thread cost milliseconds each time.
 SHARD_ROWS = 1024
+#: Members of published indexes whose tar header was checked (see ShardService._headed).
+HEADED_MEMBERS = 4096
 #: A restored gzip reader holds a 32 KiB window per seek point (one per DEFAULT_SPACING
 #: of the tar): 16 MiB for a 1 GiB shard, 1 GiB at max_total_bytes. The open readers
 #: together are kept under this (the one in use always stays).
@@ -122,6 +124,7 @@ class ShardService:
         self._gzip: OrderedDict[tuple[str, str], ArchiveIndex] = OrderedDict()  # restored seek points
         self._rows: OrderedDict[tuple[Any, int], tuple[dict[str, Any], float]] = OrderedDict()
         self._distrusted: set[ObjectRef] = set()  # archives whose published index proved wrong
+        self._headed_members: set[ObjectRef] = set()  # members of published indexes checked
 
     @functools.cached_property
     def _streams(self) -> StreamPasses:
@@ -263,16 +266,27 @@ class ShardService:
         def loader(start: int, stop: int) -> bytes:
             if not shard["shared"]:
                 return span(member.offset + start, member.offset + stop)
-            try:  # members from elsewhere: the first bytes are read with their tar header
-                if start:
+            try:  # members from elsewhere: no block of one is used before its tar header
+                if self._headed(virtual, member, span):  # (read-ahead too, any offset)
                     return span(member.offset + start, member.offset + stop)
-                data = span(member.offset - BLOCK, member.offset + stop)
-                if heads_member(data[:BLOCK], member.path, member.size):
-                    return data[BLOCK:]
             except CorruptData:
                 pass
             self._distrust(tree, node.shard or 0, archive, virtual)
         return ObjectSource(self.reader, virtual, loader)
+
+    def _headed(self, virtual: ObjectRef, member: Member,
+                span: Callable[[int, int], bytes]) -> bool:
+        """Is `member` (of an index published elsewhere) where its tar header says? Checked
+        once per member version (blocking: the loader's worker thread), before any of its
+        blocks is used: a block read ahead or first read past the start counts too."""
+        if virtual in self._headed_members:
+            return True
+        if not heads_member(span(member.offset - BLOCK, member.offset), member.path, member.size):
+            return False
+        if len(self._headed_members) >= HEADED_MEMBERS:
+            self._headed_members.clear()
+        self._headed_members.add(virtual)
+        return True
 
     def _distrust(self, tree: "ManifestTree", shard_id: int, archive: ObjectRef,
                   member: ObjectRef) -> NoReturn:
