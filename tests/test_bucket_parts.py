@@ -94,11 +94,16 @@ async def test_a_fresh_listing_is_not_asked_again_until_it_is_expired(tmp_path: 
     def lists() -> int:
         return store.request_counts().get("ListObjectsV2", 0)
 
+    queried: list[str] = []
+    listed_at = meta.listed_at
+    meta.listed_at = lambda ns, path: queried.append(path) or listed_at(ns, path)  # type: ignore[method-assign]
     await listings.ensure("d")
     assert lists() == 1 and [e.name for e in await listings.entries("d")] == ["a"]
+    await listings.ensure("d")  # reads what the listing stored, and remembers it
+    asked = len(queried)
     for _ in range(3):
         await listings.ensure("d")
-    assert lists() == 1
+    assert lists() == 1 and len(queried) == asked  # remembered: not even a query
     store.put_object(B, "p/d/b", b"2")
     listings.expire("d")
     await listings.ensure("d")

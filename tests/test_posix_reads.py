@@ -242,7 +242,7 @@ async def test_an_answer_sqlite_cannot_store_leaves_the_entry_unknown(
     found = await tree.lookup("", "f")
     assert found is not None and found[1].posix is None and found[1].size == 1
     assert store.batches == [1]
-    assert await tree.lookup("", "f") is not None  # still serving; asked again
+    assert await tree.lookup("", "f") is not None  # still serving
 
 
 def test_meta_store_keeps_posix_by_version(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 DEFAULT_SPACING = 2 * MiB  # uncompressed bytes between gzip seek points (~1 MiB inflated per random read)
+GZIP_WINDOW = 32 << 10  # the inflate window each gzip seek point keeps (zlib's)
 HOP_WINDOW = 1 * MiB  # plain tar: bytes read at each header we jump to
 READ_SIZE = 1 * MiB  # compressed bytes per sequential source read
 GZIP_READBUF = 256 << 10  # compressed bytes zran asks for at a time

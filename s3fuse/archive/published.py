@@ -28,7 +28,7 @@ import struct
 import zlib
 from typing import Any
 
-from s3fuse.archive.index import DEFAULT_SPACING, ArchiveIndex
+from s3fuse.archive.index import DEFAULT_SPACING, GZIP_WINDOW, ArchiveIndex
 from s3fuse.archive.limits import Limits
 from s3fuse.archive.tar import BLOCK, SKIPPED_KEPT, Member
 from ..names import safe_member_path
@@ -49,7 +49,6 @@ MAX_MEMBERS_JSON = 512 * MiB
 #: window size, point count; then per point cmp offset, uncmp offset, bit offset, data flag.
 _ZRAN_HEAD = struct.Struct("<5sBBQQIII")
 _ZRAN_POINT = struct.Struct("<QQBB")
-WINDOW = 32 << 10
 #: Points without a window (at gzip stream boundaries) allowed per archive byte: one per
 #: 512 (an archive of smaller concatenated streams is indexed locally instead).
 STREAM_BYTES_PER_POINT = 512
@@ -193,7 +192,7 @@ def check_seek_points(seek: bytes, size: int, usize: int) -> None:
     hostile count asks and reads windows blindly)."""
     windows = usize // DEFAULT_SPACING + 2  # one per spacing, the first and the last
     points_cap = windows + size // STREAM_BYTES_PER_POINT + 1
-    cap = _ZRAN_HEAD.size + points_cap * _ZRAN_POINT.size + windows * WINDOW
+    cap = _ZRAN_HEAD.size + points_cap * _ZRAN_POINT.size + windows * GZIP_WINDOW
     inflate = zlib.decompressobj()
     try:
         raw = inflate.decompress(seek, cap + 1)
@@ -206,7 +205,7 @@ def check_seek_points(seek: bytes, size: int, usize: int) -> None:
     magic, version, _, csize, uncompressed, spacing, window, count = _ZRAN_HEAD.unpack_from(raw)
     if magic != b"GZIDX" or version != 1:
         raise Rejected("seek points are not an indexed_gzip v1 export")
-    if csize != size or uncompressed not in (0, usize) or window != WINDOW \
+    if csize != size or uncompressed not in (0, usize) or window != GZIP_WINDOW \
             or spacing != DEFAULT_SPACING or not 0 < count <= points_cap:
         raise Rejected("seek points describe another stream")
     at = _ZRAN_HEAD.size
@@ -220,5 +219,5 @@ def check_seek_points(seek: bytes, size: int, usize: int) -> None:
             raise Rejected("seek points out of order or outside the archive")
         last_c, last_u = cmp_offset, uncmp_offset
         with_data += flag
-    if with_data > windows or len(raw) != at + count * _ZRAN_POINT.size + with_data * WINDOW:
+    if with_data > windows or len(raw) != at + count * _ZRAN_POINT.size + with_data * GZIP_WINDOW:
         raise Rejected("seek point windows do not add up")

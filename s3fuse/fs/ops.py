@@ -168,10 +168,9 @@ class S3Operations(pyfuse3.Operations):
         strip = 0 if self._ns(node).writable else 0o222
         return strip | ROOT_HIDDEN_BITS if node.is_root else strip
 
-    def _mode(self, node: Node, strip: int | None = None) -> int:
+    def _mode(self, node: Node, strip: int) -> int:
         """The mount's default mode of a node (objects without stored metadata); `strip`:
-        _strip(node), when the caller has it already."""
-        strip = self._strip(node) if strip is None else strip
+        _strip(node)."""
         if node.is_dir:
             return stat.S_IFDIR | (self.cfg.dir_mode & ~strip)
         return stat.S_IFREG | (self.cfg.file_mode & ~strip)

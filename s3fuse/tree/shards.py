@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import trio
 
-from ..archive.index import DEFAULT_SPACING, ArchiveIndex, RangeSource, build_index, read_member
+from ..archive.index import (DEFAULT_SPACING, GZIP_WINDOW, ArchiveIndex, RangeSource, build_index,
+                             read_member)
 from ..archive.limits import ArchiveError, Limits
 from ..archive.tar import BLOCK, Member, heads_member
 from ..data.reader import BlockReader, ReadState
@@ -50,7 +51,6 @@ HEADED_MEMBERS = 4096
 #: of the tar): 16 MiB for a 1 GiB shard, 1 GiB at max_total_bytes. The open readers
 #: together are kept under this (the one in use always stays).
 OPEN_GZIP_WINDOW_BYTES = 256 << 20
-GZIP_WINDOW = 32 << 10
 
 
 def gzip_window_bytes(index: ArchiveIndex) -> int:

@@ -59,7 +59,6 @@ class SharedIndex:
         self._fixed = None if location == AUTO else split_s3_uri(location)
         self._refused: set[tuple[str, str]] = set()  # (bucket, prefix) that answered 403
         self._limiter = trio.CapacityLimiter(1)
-        self.published = 0
 
     def prefix(self, manifest: ManifestSpec) -> tuple[str, str]:
         """(bucket, prefix ending in "/" or empty) of the index objects for `manifest`."""
@@ -132,6 +131,5 @@ class SharedIndex:
                      "takes)", archive.bucket, archive.key, len(blob), allowance(archive.size))
             return
         self.store.put_object(place.bucket, place.key, blob, content_type="application/octet-stream")
-        self.published += 1
         log.info("shard s3://%s/%s: index published to %s (%d bytes)", archive.bucket, archive.key,
                  place.uri, len(blob))

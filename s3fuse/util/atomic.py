@@ -2,11 +2,8 @@
 the new one, never half of one, and never through a symlink planted in the directory."""
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 
 def write_atomically(path: Path, data: bytes, mode: int, durable: bool = False) -> None:
@@ -15,13 +12,17 @@ def write_atomically(path: Path, data: bytes, mode: int, durable: bool = False) 
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  mode)
-    with open(fd, "wb") as out:
-        out.write(data)
-        os.fchmod(fd, mode)  # whatever the umask took away
-        if durable:
-            out.flush()
-            os.fsync(fd)
-    os.replace(partial, path)
+    try:
+        with open(fd, "wb") as out:
+            out.write(data)
+            os.fchmod(fd, mode)  # whatever the umask took away
+            if durable:
+                out.flush()
+                os.fsync(fd)
+        os.replace(partial, path)
+    except BaseException:  # a full disk: nothing half-written left beside the file
+        partial.unlink(missing_ok=True)
+        raise
     if durable:
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:

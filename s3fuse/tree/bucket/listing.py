@@ -322,11 +322,11 @@ class Listings:
             raise
         return self.store_head(parent, entry.name, info)
 
-    def store_head(self, parent: str, name: str, info: ObjectInfo, *, is_dir: bool = False) -> Entry:
-        """Store what a HEAD of file `parent/name` (or of the marker of directory `name`)
-        says, its POSIX metadata included; the entry."""
-        fresh = _headed(name, info, is_dir)
-        self._meta.update_entry(self._keys.ns_id, parent, fresh, version(info.etag, info.mtime_ns))
+    def store_head(self, parent: str, name: str, info: ObjectInfo) -> Entry:
+        """Store what a HEAD of file `parent/name` says, its POSIX metadata included; the
+        entry."""
+        fresh, of = headed_entry(name, info, False)
+        self._meta.update_entry(self._keys.ns_id, parent, fresh, of)
         return fresh
 
     def store_if_unknown(self, parent: str, headed: list[Entry],

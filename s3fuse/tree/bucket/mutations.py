@@ -256,7 +256,7 @@ class Mutations:
             raise NotEmpty(path)
         # the marker's ETag: learned from our own upload of it, else from the listing of the
         # directory itself (the one just checked for emptiness: what the user saw)
-        expected = seen(entry) if entry.etag else self._listings.marker_etag(path) or UNKNOWN
+        expected = entry.etag or self._listings.marker_etag(path) or UNKNOWN
         await writes.remove(self._keys.bucket, self._keys.dir_prefix(path), expected)
         self._dirs.changed(parent)
         self._dirs.forget(path)
