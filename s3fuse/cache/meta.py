@@ -64,6 +64,9 @@ _INSERT = "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)"
 #: Stored entries a search for unknown metadata looks through at most (a bounded range
 #: read on the loop, however many known entries follow).
 UNKNOWN_SCAN = 256
+#: Entries just stored from HEAD answers that `entry` answers from memory (RECENT_MAX at
+#: most, ~0.5 KiB each; emptied when full).
+RECENT_MAX = 4096
 Write = Callable[[sqlite3.Connection], None]
 
 
@@ -143,6 +146,13 @@ class MetaStore:
         self._queue_lock = threading.Lock()  # held for dict updates only, never during I/O
         self._flushed = threading.Condition(self._queue_lock)  # notified as queued writes land
         self._queued = _Queued()
+        # Entries store_if_unknown wrote, as `entry` would read them back: a cold `ls -l`
+        # looks each one up right after its HEAD answer is stored, and the query is the
+        # biggest part of such a lookup. Exact because every write of an entry goes
+        # through this class and drops what it may change, holding the writer lock (so
+        # store_if_unknown cannot put back an older row), before it commits; readers see
+        # a queued write before this (entry). Plain dict operations: atomic under the GIL.
+        self._recent: dict[tuple[str, str, str], Entry] = {}
 
     def close(self) -> None:
         with self.writing():
@@ -241,6 +251,7 @@ class MetaStore:
         none), recorded on the parent's entry of it (`_marker`)."""
         now = time.time() if now is None else now
         with self.writing(), self._db.transaction() as db:
+            self._recent.clear()  # its entries and the parent's entry of it (_marker)
             known = {row[0]: row[1:] for row in db.execute(
                 "SELECT name, etag, posix, posix_of FROM entries WHERE ns=? AND dir=? "
                 "AND posix IS NOT NULL", (ns, path))}
@@ -264,6 +275,9 @@ class MetaStore:
                 queued = self._queued.entries.get((ns, path), {}).get(name)
             if queued is not None:
                 return queued[1]
+        recent = self._recent.get((ns, path, name))
+        if recent is not None:
+            return recent
         row = self._db.query_one(f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? AND name=?",
                                  ns, path, name)
         return _entry(row) if row else None
@@ -339,7 +353,10 @@ class MetaStore:
         def show(queued: _Queued, seq: int) -> None:
             queued.entries.setdefault((ns, path), {})[entry.name] = (seq, entry)
 
-        self._write(lambda db: db.execute(_INSERT, _row(ns, path, entry, version)), show)
+        def write(db: sqlite3.Connection) -> None:
+            self._recent.pop((ns, path, entry.name), None)
+            db.execute(_INSERT, _row(ns, path, entry, version))
+        self._write(write, show)
 
     def store_if_unknown(self, ns: str, path: str, headed: list[Entry],
                          answers: list[tuple[Entry, str] | None]) -> tuple[list[Entry], list[Entry]]:
@@ -349,33 +366,49 @@ class MetaStore:
         are one transaction under the writer lock (blocking: the HEAD batch's worker
         thread, so that a cold `ls -l` stores its thousand answers off the loop).
         Returns (the entries stored, the headed entries S3 has no more)."""
-        with self.writing(), self._db.transaction() as db:
-            now: dict[str, tuple] = {}
-            for start in range(0, len(headed), 256):  # SQLite's bound on parameters
-                part = [e.name for e in headed[start:start + 256]]
-                now.update((row[0], row[1:]) for row in db.execute(
-                    "SELECT name, is_dir, etag, posix FROM entries WHERE ns=? AND dir=? AND name "
-                    f"IN ({','.join('?' * len(part))})", (ns, path, *part)))
-            stored: list[tuple[Entry, str]] = []
-            gone: list[Entry] = []
-            for entry, answer in zip(headed, answers):
-                row = now.get(entry.name)
-                if row is None or bool(row[0]) != entry.is_dir or row[1] != entry.etag \
-                        or row[2] is not None:
-                    continue  # changed meanwhile: what came later stays
-                if answer is None:
-                    gone.append(entry)
-                else:
-                    stored.append(answer)
-            db.executemany(_INSERT, [_row(ns, path, e, v) for e, v in stored])
+        with self.writing():
+            with self._db.transaction() as db:
+                stored, gone = self._unknown_answers(db, ns, path, headed, answers)
+                rows = [_row(ns, path, e, v) for e, v in stored]
+                db.executemany(_INSERT, rows)
+            if len(self._recent) + len(rows) > RECENT_MAX:
+                self._recent.clear()
+            for row in rows:  # committed: as `entry` reads them back
+                self._recent[(ns, path, row[2])] = _entry(row[2:9])
         return [e for e, _ in stored], gone
+
+    @staticmethod
+    def _unknown_answers(db: sqlite3.Connection, ns: str, path: str, headed: list[Entry],
+                         answers: list[tuple[Entry, str] | None]
+                         ) -> tuple[list[tuple[Entry, str]], list[Entry]]:
+        """store_if_unknown's check: (the answers to store, the headed entries gone)."""
+        now: dict[str, tuple] = {}
+        for start in range(0, len(headed), 256):  # SQLite's bound on parameters
+            part = [e.name for e in headed[start:start + 256]]
+            now.update((row[0], row[1:]) for row in db.execute(
+                "SELECT name, is_dir, etag, posix FROM entries WHERE ns=? AND dir=? AND name "
+                f"IN ({','.join('?' * len(part))})", (ns, path, *part)))
+        stored: list[tuple[Entry, str]] = []
+        gone: list[Entry] = []
+        for entry, answer in zip(headed, answers):
+            row = now.get(entry.name)
+            if row is None or bool(row[0]) != entry.is_dir or row[1] != entry.etag \
+                    or row[2] is not None:
+                continue  # changed meanwhile: what came later stays
+            if answer is None:
+                gone.append(entry)
+            else:
+                stored.append(answer)
+        return stored, gone
 
     def remove_entry(self, ns: str, path: str, name: str) -> None:
         def show(queued: _Queued, seq: int) -> None:
             queued.entries.setdefault((ns, path), {})[name] = (seq, None)
 
-        self._write(lambda db: db.execute("DELETE FROM entries WHERE ns=? AND dir=? AND name=?",
-                                          (ns, path, name)), show)
+        def write(db: sqlite3.Connection) -> None:
+            self._recent.pop((ns, path, name), None)
+            db.execute("DELETE FROM entries WHERE ns=? AND dir=? AND name=?", (ns, path, name))
+        self._write(write, show)
 
     def _show_dir(self, ns: str, path: str, *, known: bool = False,
                   expired: bool = False) -> Callable[[_Queued, int], None]:

@@ -68,6 +68,7 @@ class PipelinedHeads:
             raise ValueError(f"not an http(s) origin: {origin}")
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self._netloc = parts.netloc
+        self._prefix = self.origin + "/"
         self._address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         self._tls = ssl.create_default_context(cafile=ca_certs) if parts.scheme == "https" else None
         self._connect_timeout = connect_timeout
@@ -82,13 +83,10 @@ class PipelinedHeads:
         """HEAD each (tag, url) (every url of this origin); `answered` gets the answers as
         they arrive, in groups. Returns the tags left unanswered (see the module doc)."""
         todo: deque[tuple[Tag, bytes]] = deque()
+        head = f"HEAD {{}} HTTP/1.1\r\nHost: {self._netloc}\r\nUser-Agent: s3fuse\r\n\r\n"
         for tag, url in requests:
-            parts = urllib.parse.urlsplit(url)
-            if f"{parts.scheme}://{parts.netloc}" != self.origin:
-                raise ValueError(f"{url.split('?')[0]} is not of {self.origin}")
-            target = f"{parts.path}?{parts.query}" if parts.query else parts.path
-            todo.append((tag, f"HEAD {target} HTTP/1.1\r\nHost: {self._netloc}\r\n"
-                              "User-Agent: s3fuse\r\n\r\n".encode()))
+            target = self._target(url)
+            todo.append((tag, head.format(target).encode()))
         conns: list[_Conn[Tag]] = []
         selector = selectors.DefaultSelector()
         fresh_failures = 0
@@ -136,6 +134,15 @@ class PipelinedHeads:
                     self._keep(conn.sock)
             selector.close()
         return left
+
+    def _target(self, url: str) -> str:
+        """The request target of `url` (path and query), which must be of this origin."""
+        if url.startswith(self._prefix):  # as the presigner makes them: no parsing
+            return url[len(self.origin):]
+        parts = urllib.parse.urlsplit(url)
+        if f"{parts.scheme}://{parts.netloc}" != self.origin:
+            raise ValueError(f"{url.split('?')[0]} is not of {self.origin}")
+        return f"{parts.path}?{parts.query}" if parts.query else parts.path
 
     # ------------------------------------------------------------ connections
 
@@ -254,6 +261,9 @@ def _parse(block: bytes) -> tuple[int, dict[str, str]] | None:
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         if colon:
-            name, value = name.strip().lower(), value.strip()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            name = name.strip().lower()
+            if name in headers:
+                headers[name] = f"{headers[name]}, {value.strip()}"
+            else:
+                headers[name] = value.strip()
     return int(code), headers

@@ -20,6 +20,7 @@ that ignores Range cannot make one GET buffer a whole object.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -445,7 +446,7 @@ class Presigner:
         amz_date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         date = amz_date[:8]
         scope = f"{date}/{region}/s3/aws4_request"
-        host = urllib.parse.urlsplit(base).netloc
+        host = _netloc(base)
         signed = {"host": host, **{name: " ".join(value.split())
                                    for name, value in (headers or {}).items()}}
         names = ";".join(sorted(signed))
@@ -535,3 +536,9 @@ def _list_query(params: dict[str, Any]) -> dict[str, str]:
     for name, value in params.items():
         query[_LIST_PARAMS[name]] = str(value)
     return query
+
+
+@functools.lru_cache(maxsize=16)
+def _netloc(base: str) -> str:
+    """The host (and port) of an endpoint: signed into every URL, split once."""
+    return urllib.parse.urlsplit(base).netloc
