@@ -185,6 +185,8 @@ def from_headers(metadata: Mapping[str, str], *, is_dir: bool = False) -> Posix:
     `x-amz-meta-`), with the fallbacks of s3sync and GCS. No type bits in the mode: the
     type comes from the key (a directory marker or a regular file). Runs once per HEAD
     answer (a cold `ls -l` of 1,000 objects: 1,000 times), so it stays plain loops."""
+    if not metadata:  # most objects of most buckets: nothing to decode
+        return NO_HEADERS
     meta = metadata if all(k.islower() for k in metadata) else \
         {k.lower(): v for k, v in metadata.items()}
     mode, s3sync = _int(meta.get("mode")), False
@@ -260,6 +262,8 @@ def to_json(posix: Posix | None) -> str | None:
     Remembered decoded (see from_json) when decoding surely gives `posix` back."""
     if posix is None:
         return None
+    if posix is NO_HEADERS:  # from_headers of an object without metadata: no encoding
+        return "{}"
     text = json.dumps(to_headers(posix), separators=(",", ":"), sort_keys=True)
     if _round_trips(posix):  # whatever is_dir the reader gives
         _remember((text, False), posix)
