@@ -229,7 +229,7 @@ def _growth(last: dict[str, Any], results: dict[str, Any], fss: list[str], meds:
     the largest size measured: 1 = linear, below 1 = better)."""
     series = [w for w in results["workloads"] if last.get("series")
               and w.get("series") == last["series"]]
-    if not series or series[-1] is not last:
+    if len(series) < 2 or series[-1] is not last:
         return []
     spec = results["meta"]["spec"]
     sizes = [int(spec_text(w["size"], spec)) for w in series]

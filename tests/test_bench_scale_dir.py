@@ -126,8 +126,8 @@ def test_the_cap_grows_with_the_directory() -> None:
     assert scale_dir.cap(1_000_000) == 10 * scale_dir.CAP_PER_100K
 
 
-def test_only_the_largest_size_waits_for_huge() -> None:
-    assert [WORKLOADS[n].huge for n in scale_dir.NAMES] == [False, False, True]
+def test_only_the_smallest_size_runs_without_huge() -> None:
+    assert [WORKLOADS[n].huge for n in scale_dir.NAMES] == [False, True, True]
     assert {WORKLOADS[n].series for n in scale_dir.NAMES} == {scale_dir.SERIES}
 
 
@@ -157,3 +157,9 @@ def test_the_report_shows_every_size_and_the_growth() -> None:
         in growth
     assert "| `ls \\| wc -l` (fresh mount) | s3fs | 0.500 s | — | **failed** | — |" in growth
     assert "s3fs failed in round 1: `ls DIR \\| wc -l` timed out after 300 s" in text
+
+
+def test_no_growth_table_for_one_size() -> None:
+    results = {"meta": {"spec": {**SPEC.__dict__}}, "workloads": [
+        WORKLOADS[scale_dir.NAMES[0]].describe()]}
+    assert report._growth(results["workloads"][0], results, ["s3fuse"], {}, {}) == []
