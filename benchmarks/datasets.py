@@ -48,6 +48,7 @@ class DataSpec:
     manifest_entries: int = 100_000
     huge_manifest_entries: int = 1_000_000
     fleet_shard_mib: int = 1024
+    flat_dir_keys: tuple[int, int, int] = (10_000, 100_000, 1_000_000)  # benchmarks/scale_dir.py
 
     @property
     def tree_keys(self) -> int:
@@ -57,7 +58,7 @@ class DataSpec:
 FULL = DataSpec()
 QUICK = DataSpec(big_mib=32, small_files=200, tree_dirs=10, tree_subdirs=5, tree_files=40,
                  shard_members=200, manifest_entries=10_000, huge_manifest_entries=100_000,
-                 fleet_shard_mib=64)
+                 fleet_shard_mib=64, flat_dir_keys=(500, 2_000, 10_000))
 
 
 @dataclass(frozen=True)

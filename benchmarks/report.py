@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Set
 from pathlib import Path
@@ -188,6 +189,7 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
                 else _subject_table(w, meds, fails))
         out += _limit_notes(w, results) if compared(w) else []
         out += _failure_notes(w, results)
+        out += _growth(w, results, fss, meds, fails)
     errors = [e for e in results["errors"] if not e.get("metrics")]
     if errors:
         out += ["", "## Errors", "", "Harness or filesystem errors; the affected measurements "
@@ -218,6 +220,40 @@ def _failure_notes(workload: dict[str, Any], results: dict[str, Any]) -> list[st
         out.append(f"- {fs} {what} in round{'s' * (len(errors) > 1)} {rounds}: "
                    f"{_cell(errors[0]['error'])[:400]}")
     return ["", *out] if out else []
+
+
+def _growth(last: dict[str, Any], results: dict[str, Any], fss: list[str], meds: Medians,
+            fails: Failures) -> list[str]:
+    """After the last workload of a series: its metrics at every size side by side, per
+    filesystem, and how they grow (exponent k of value ~ size^k between the smallest and
+    the largest size measured: 1 = linear, below 1 = better)."""
+    series = [w for w in results["workloads"] if last.get("series")
+              and w.get("series") == last["series"]]
+    if len(series) < 2 or series[-1] is not last:
+        return []
+    spec = results["meta"]["spec"]
+    sizes = [int(spec_text(w["size"], spec)) for w in series]
+    cols = ["measurement", "filesystem", *(f"{n:,}" for n in sizes), "growth (1 = linear)"]
+    out = ["", f"### {spec_text(last['series'], spec)}: growth with size", "",
+           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for row, metric in enumerate(last["metrics"]):
+        for fs in fss:
+            at = [(n, w["metrics"][row]) for n, w in zip(sizes, series)]
+            cells = [cell(meds, fails, fs, m) for _, m in at]
+            if all(c == "—" for c in cells):
+                continue
+            out.append("| " + " | ".join([_cell(metric["title"]), fs, *cells,
+                                          _exponent(meds.get(fs, {}), at)]) + " |")
+    return out
+
+
+def _exponent(mine: dict[str, float], at: list[tuple[int, dict[str, Any]]]) -> str:
+    """log(value ratio) / log(size ratio) between the smallest and largest size measured."""
+    known = [(n, mine[m["key"]]) for n, m in at if mine.get(m["key"])]
+    if len(known) < 2 or known[0][0] == known[-1][0]:
+        return "—"
+    (n0, v0), (n1, v1) = known[0], known[-1]
+    return f"{math.log(v1 / v0) / math.log(n1 / n0):.2f}"
 
 
 def _run_note(workload: dict[str, Any], meta: dict[str, Any]) -> list[str]:

