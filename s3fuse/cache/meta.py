@@ -255,7 +255,7 @@ class MetaStore:
             known = {row[0]: row[1:] for row in db.execute(
                 "SELECT name, etag, posix, posix_of FROM entries WHERE ns=? AND dir=? "
                 "AND posix IS NOT NULL", (ns, path))}
-            rows = [_listed_row(ns, path, e, known.get(e.name), now) for e in entries]
+            rows = (_listed_row(ns, path, e, known.get(e.name), now) for e in entries)  # streamed
             db.execute("DELETE FROM entries WHERE ns=? AND dir=?", (ns, path))
             db.executemany(_INSERT, rows)
             db.execute("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", (ns, path, now))
