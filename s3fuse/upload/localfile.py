@@ -52,6 +52,7 @@ import errno
 import functools
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -59,6 +60,7 @@ import trio
 
 from ..cache.overlay import Change
 from .journal import UNKNOWN, Expected
+from .queue import FSYNC_AT_CLOSE
 from .staging import Staging, start_writeback
 
 T = TypeVar("T")
@@ -104,6 +106,7 @@ class LocalFile:
         self._job: int | None = None
         self._revision = 0
         self._written_back = 0        # writeback started up to here (sequential writers)
+        self._crc: int | None = 0 if self._size == 0 else None
 
     # ------------------------------------------------------------ read-only view
 
@@ -164,6 +167,13 @@ class LocalFile:
         return self._job
 
     @property
+    def crc32(self) -> int | None:
+        """The CRC-32 of the local bytes, when known: a file written in order from empty,
+        up to FSYNC_AT_CLOSE bytes (the queue journals a small file with it, and need not
+        read the file back; a larger one is fsynced at close instead)."""
+        return self._crc
+
+    @property
     def revision(self) -> int:
         """Bumped by every change (the page-cache version)."""
         return self._revision
@@ -201,6 +211,7 @@ class LocalFile:
             offset += len(data)
         self._size = size
         self._change.size = size
+        self._crc = 0 if size == 0 else None
 
     def created(self) -> None:
         """A new or emptied file is a change even with no write (uploaded empty)."""
@@ -229,6 +240,8 @@ class LocalFile:
     async def truncate(self, size: int) -> None:
         async with self.lock:
             await self._changing(self._ftruncate, size)
+            if size != self._size:
+                self._crc = 0 if size == 0 else None
             self._size = size
             self._changed()
 
@@ -266,6 +279,9 @@ class LocalFile:
         self._staging.claim(len(data))  # ENOSPC at the cache disk's reserve
         written = os.pwrite(self._fd, data, offset)
         end = offset + written
+        if self._crc is not None:  # the lock is held: no other change meanwhile
+            in_order = offset == self._size and end <= FSYNC_AT_CLOSE
+            self._crc = zlib.crc32(memoryview(data)[:written], self._crc) if in_order else None
         if end - self._written_back >= WRITEBACK_STEP:
             start = min(self._written_back, offset)
             start_writeback(self._fd, start, end - start)

@@ -137,10 +137,12 @@ class UploadQueue:
         self._running = True
 
     async def submit(self, bucket: str, key: str, staging_id: str,
-                     expected: Expected = UNKNOWN, meta: Posix | None = None) -> int:
+                     expected: Expected = UNKNOWN, meta: Posix | None = None,
+                     known: tuple[int, int | None] | None = None) -> int:
         """Journal a closed staging file for upload (storing the POSIX metadata `meta`);
-        returns the job id once committed."""
-        job_id = await self._io(self._enqueue, bucket, key, staging_id, expected, meta)
+        returns the job id once committed. `known`: the file's size and CRC-32 (None: not
+        known), when the writer kept track (the file is then not read back)."""
+        job_id = await self._io(self._enqueue, bucket, key, staging_id, expected, meta, known)
         self._bursts.closed_one()
         self._latest[(bucket, key)] = (job_id, staging_id)
         self.commits.want()
@@ -301,21 +303,23 @@ class UploadQueue:
             log.info("%d interrupted upload(s) queued again", requeued)
         self.commits.check_after_restart()
         orphans = self.staging.ids() - self.journal.staging_ids()
-        if orphans:
+        written = [staging_id for staging_id in orphans if self.staging.size(staging_id)]
+        if written:  # empty ones are spares (spares.py) or files created and never closed
             log.warning("removing %d staging file(s) no upload needs (writes never closed, "
-                        "or uploaded just before a crash)", len(orphans))
-            for staging_id in orphans:
-                self.staging.discard(staging_id)
+                        "or uploaded just before a crash)", len(written))
+        for staging_id in orphans:
+            self.staging.discard(staging_id)
 
     def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected,
-                 meta: Posix | None) -> int:
-        size = self.staging.size(staging_id)
+                 meta: Posix | None, known: tuple[int, int | None] | None) -> int:
+        size, crc = known if known is not None else (self.staging.size(staging_id), None)
         if size > FSYNC_AT_CLOSE:
             self.staging.commit(staging_id)  # durable before its durable journal row
             crash_point("staged")
             job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, meta=meta)
         else:
-            crc = self.staging.crc32(staging_id)
+            if crc is None:
+                crc = self.staging.crc32(staging_id)
             crash_point("staged")
             job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, crc32=crc,
                                           meta=meta)
