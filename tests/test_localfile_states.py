@@ -12,6 +12,7 @@ import errno
 import os
 import resource
 import signal
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
@@ -51,15 +52,21 @@ class RecordingQueue:
         self.latest: dict[str, str] = {}    # key -> staging id ("" for a removal)
         self.refuse: OSError | None = None  # the next submit fails (a full journal)
         self.gate: trio.Event | None = None  # submits wait for it
+        self.known: list[bool] = []          # per submit with `known`: was the CRC given?
 
     async def submit(self, bucket: str, key: str, staging_id: str,
-                     expected: Expected = UNKNOWN, meta: Posix | None = None) -> int:
+                     expected: Expected = UNKNOWN, meta: Posix | None = None,
+                     known: tuple[int, int | None] | None = None) -> int:
         if self.gate is not None:
             await self.gate.wait()
         if self.refuse is not None:
             exc, self.refuse = self.refuse, None
             raise exc
         data = self.staging.path(staging_id).read_bytes()
+        if known is not None:  # what the writer kept track of is what the file holds
+            size, crc = known
+            assert size == len(data) and crc in (None, zlib.crc32(data)), (known, data[:40])
+            self.known.append(crc is not None)
         self.submits.append(Submitted(key, staging_id, expected, data, meta))
         self.latest[key] = staging_id
         return len(self.submits)
@@ -95,7 +102,8 @@ class Rig:
     overlay: Overlay
 
     def files(self) -> set[str]:
-        return self.staging.ids()
+        """The staging files someone holds (not the empty spares made ahead)."""
+        return self.staging.ids() - self.writes.spares.ids()
 
     def bytes_of(self, local: LocalFile) -> bytes:
         return self.staging.path(local.staging_id).read_bytes()

@@ -30,10 +30,9 @@ class Spares:
         self._batch = FIRST_BATCH
         self._making = trio.Lock()  # one batch at a time; the others wait for it
 
-    @property
-    def ready(self) -> int:
-        """Spares made and not handed out yet."""
-        return len(self._ready)
+    def ids(self) -> set[str]:
+        """The spares made and not handed out yet."""
+        return {staging_id for staging_id, _ in self._ready}
 
     async def take(self) -> tuple[str, Path]:
         """A new, empty staging file (0600) of the caller's: its id and path."""
