@@ -26,6 +26,7 @@ from s3fuse.posix import Posix
 from s3fuse.upload import UNKNOWN, Staging
 from s3fuse.upload.journal import Expected
 from s3fuse.upload.localfile import IllegalTransition, LocalFile, State
+from s3fuse.upload.spares import Spares
 from s3fuse.upload.writeback import WriteBack
 
 B = "bucket"
@@ -53,6 +54,7 @@ class RecordingQueue:
         self.refuse: OSError | None = None  # the next submit fails (a full journal)
         self.gate: trio.Event | None = None  # submits wait for it
         self.known: list[bool] = []          # per submit with `known`: was the CRC given?
+        self.spares = Spares(staging, trio.CapacityLimiter(1))
 
     async def submit(self, bucket: str, key: str, staging_id: str,
                      expected: Expected = UNKNOWN, meta: Posix | None = None,
@@ -103,7 +105,7 @@ class Rig:
 
     def files(self) -> set[str]:
         """The staging files someone holds (not the empty spares made ahead)."""
-        return self.staging.ids() - self.writes.spares.ids()
+        return self.staging.ids() - self.queue.spares.ids()
 
     def bytes_of(self, local: LocalFile) -> bytes:
         return self.staging.path(local.staging_id).read_bytes()
@@ -514,3 +516,63 @@ async def test_submit_with_an_error_owed_is_refused(rig: Rig):
     assert local.state is State.DIRTY and local.error == errno.EFBIG
     with pytest.raises(OSError):
         await rig.writes.release(local)
+
+
+async def test_a_file_written_in_order_is_submitted_with_its_crc(rig: Rig):
+    """The queue journals a small file with the CRC-32 of its bytes: a file written in
+    order from empty hands it over (kept while writing), so the close reads nothing back;
+    any other write makes it unknown (the queue then reads the file)."""
+    local = await new_file(rig)
+    await local.write(0, b"abc")
+    await local.write(3, b"def")
+    assert local.crc32 == zlib.crc32(b"abcdef")
+    await rig.writes.flush(local)
+    await local.write(6, b"g")  # copy-on-write: the copy has the same bytes, so the same CRC
+    assert local.crc32 == zlib.crc32(b"abcdefg")
+    await rig.writes.flush(local)
+    await local.write(0, b"X")  # an overwrite: unknown
+    assert local.crc32 is None
+    await rig.writes.flush(local)
+    await local.truncate(0)  # emptied: known again
+    await local.write(0, b"new")
+    assert local.crc32 == zlib.crc32(b"new")
+    await local.write(10, b"hole")  # past the end: unknown
+    assert local.crc32 is None
+    await rig.writes.release(local)
+    assert rig.queue.known == [True, True, False, False]  # the fake checks every CRC given
+    assert [s.data for s in rig.queue.submits][-1] == b"new" + bytes(7) + b"hole"
+
+
+async def test_an_opened_file_and_a_large_one_have_no_crc(rig: Rig,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """Bytes filled from S3 were not written here, and past FSYNC_AT_CLOSE a file is
+    fsynced at close instead: no CRC is kept for either."""
+    local = await existing_file(rig, b"from s3")
+    assert local.crc32 is None
+    await local.write(7, b"!")
+    assert local.crc32 is None
+    await rig.writes.release(local)
+    monkeypatch.setattr("s3fuse.upload.localfile.FSYNC_AT_CLOSE", 4)
+    large = await new_file(rig, "large")
+    await large.write(0, b"1234")
+    assert large.crc32 == zlib.crc32(b"1234")
+    await large.write(4, b"5")
+    assert large.crc32 is None
+    await rig.writes.release(large)
+    assert rig.queue.known == [False, False]
+
+
+async def test_new_files_take_spares_made_ahead_in_batches(rig: Rig):
+    """Creating files costs one thread round trip per batch of spare staging files, not
+    one per file; the spares left are removed when the queue stops."""
+    made: list[int] = []
+    spares = rig.queue.spares
+    make = spares._make
+    spares._make = lambda count: made.append(count) or make(count)  # type: ignore[method-assign]
+    files = [await new_file(rig, f"k{n}") for n in range(20)]
+    assert made == [4, 8, 16] and len(spares.ids()) == 28 - 20
+    assert len({f.staging_id for f in files}) == 20 and not spares.ids() & rig.files()
+    for local in files:
+        await rig.writes.release(local)
+    await spares.discard()
+    assert spares.ids() == set() and len(rig.staging.ids()) == 20  # the queue's files only

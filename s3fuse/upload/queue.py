@@ -69,6 +69,7 @@ from ..util.supervisor import UPLOAD_CLEANUP, UPLOAD_QUEUE, UPLOAD_SYNC, UPLOAD_
 from .burst import BurstGate
 from .groupcommit import GroupCommit
 from .journal import UNKNOWN, Expected, Job, Journal
+from .spares import Spares
 from .staging import Staging
 from .uploader import Interrupted, Uploader, UploadResult
 
@@ -114,6 +115,7 @@ class UploadQueue:
         self._uploads = trio.CapacityLimiter(workers)
         self._disk = trio.CapacityLimiter(2)  # journal and staging I/O, apart from uploads
         self._flushes = trio.CapacityLimiter(workers)  # waits for listeners' writes (may be long)
+        self.spares = Spares(staging, self._disk)  # new staging files, made ahead
         self._latest: dict[tuple[str, str], tuple[int, str]] = {}
         self._changed = trio.Event()  # replaced on every change: a broadcast
         self._progress = trio.Event()  # the same, also at every sync pass (see changed())
@@ -241,6 +243,7 @@ class UploadQueue:
         self._notify()
         if self._running:
             await self._stopped.wait()
+        await self.spares.discard()
 
     async def retry_failed(self) -> int:
         """Queue the permanently failed uploads again; returns how many."""
@@ -303,12 +306,11 @@ class UploadQueue:
             log.info("%d interrupted upload(s) queued again", requeued)
         self.commits.check_after_restart()
         orphans = self.staging.ids() - self.journal.staging_ids()
-        written = [staging_id for staging_id in orphans if self.staging.size(staging_id)]
-        if written:  # empty ones are spares (spares.py) or files created and never closed
+        if orphans:
             log.warning("removing %d staging file(s) no upload needs (writes never closed, "
-                        "or uploaded just before a crash)", len(written))
-        for staging_id in orphans:
-            self.staging.discard(staging_id)
+                        "spares made ahead, or uploaded just before a crash)", len(orphans))
+            for staging_id in orphans:
+                self.staging.discard(staging_id)
 
     def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected,
                  meta: Posix | None, known: tuple[int, int | None] | None) -> int:

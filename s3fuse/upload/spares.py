@@ -4,8 +4,9 @@ Creating a file in the staging directory blocks (a directory update of the cache
 so it runs in a thread; one thread round trip per `create(2)` was a third of the time a
 `cp -r` of small files spends per file. Spares are made in batches by one round trip
 (growing while creates keep coming, up to MAX_BATCH) and handed out on the trio thread.
-A spare is an ordinary empty staging file no journal row names: one left at exit is
-removed at the next start with the other unreferenced ones (queue.py).
+A spare is an ordinary empty staging file no journal row names: the queue discards the
+spares left when it stops; after a crash the next start removes them with the other
+unreferenced staging files (queue.py).
 """
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ class Spares:
                                                                 limiter=self._limiter)
                     self._batch = min(MAX_BATCH, self._batch * 2)
         return self._ready.pop()
+
+    async def discard(self) -> None:
+        """Remove the spares not handed out (at stop)."""
+        left, self._ready = self._ready, []
+        for staging_id, _ in left:
+            await trio.to_thread.run_sync(self.staging.discard, staging_id, limiter=self._limiter)
 
     def _make(self, count: int) -> list[tuple[str, Path]]:
         """`count` new staging files (blocking); those made before a failure are kept."""

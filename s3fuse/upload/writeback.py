@@ -39,7 +39,6 @@ from ..posix import Posix
 from .journal import UNKNOWN, Expected, Job
 from .localfile import LocalFile, State
 from .queue import UploadQueue
-from .spares import Spares
 from .staging import Staging
 from .uploader import UploadResult
 
@@ -90,7 +89,6 @@ class WriteBack:
         self.staging = staging
         self.overlay = overlay
         self.limiter = trio.CapacityLimiter(4)
-        self.spares = Spares(staging, self.limiter)
         self._open: dict[tuple[str, str], LocalFile] = {}
         self._unjournalled: dict[tuple[str, str], int] = {}  # changes shown, not journalled yet
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
@@ -192,7 +190,7 @@ class WriteBack:
             except FileNotFoundError:  # uploaded meanwhile: S3 has these bytes
                 pending = None
         if pending is None:
-            staging_id, path = await self.spares.take()
+            staging_id, path = await self.queue.spares.take()
         change = self.overlay.get(bucket, key)
         if change is None or change.deleted or change.is_dir:
             change = self.overlay.file(bucket, key, 0, posix=posix)
@@ -301,7 +299,7 @@ class WriteBack:
     async def make_dir(self, bucket: str, marker: str, posix: Posix | None = None) -> None:
         """A directory: an empty `dir/` marker object (with the directory's metadata
         `posix`), queued like any upload."""
-        staging_id, _ = await self.spares.take()
+        staging_id, _ = await self.queue.spares.take()
         with self._journalling(bucket, marker):
             self.overlay.directory(bucket, marker, posix)
             await self.queue.submit(bucket, marker, staging_id, UNKNOWN, posix)
@@ -310,7 +308,7 @@ class WriteBack:
                              expected: Expected) -> None:
         """A symlink (`body`: its target) or a fifo, socket or device node (empty body),
         typed by `posix`'s mode: a small staged upload, journalled like a closed file."""
-        staging_id, path = await self.spares.take()
+        staging_id, path = await self.queue.spares.take()
         with self._journalling(bucket, key):
             change = self.overlay.file(bucket, key, len(body), posix=posix)
             try:
