@@ -53,17 +53,18 @@ class RecordingQueue:
         self.latest: dict[str, str] = {}    # key -> staging id ("" for a removal)
         self.refuse: OSError | None = None  # the next submit fails (a full journal)
         self.gate: trio.Event | None = None  # submits wait for it
-        self.known: list[bool] = []          # per submit with `known`: was the CRC given?
+        self.known: list[bool] = []          # per settled submit: was the CRC known?
         self.spares = Spares(staging, trio.CapacityLimiter(1))
 
     async def submit(self, bucket: str, key: str, staging_id: str,
                      expected: Expected = UNKNOWN, meta: Posix | None = None,
-                     known: tuple[int, int | None] | None = None) -> int:
+                     settle: Callable[[], tuple[int, int | None]] | None = None) -> int:
         if self.gate is not None:
             await self.gate.wait()
         if self.refuse is not None:
             exc, self.refuse = self.refuse, None
             raise exc
+        known = None if settle is None else await trio.to_thread.run_sync(settle)
         data = self.staging.path(staging_id).read_bytes()
         if known is not None:  # what the writer kept track of is what the file holds
             size, crc = known
@@ -520,27 +521,25 @@ async def test_submit_with_an_error_owed_is_refused(rig: Rig):
 
 async def test_a_file_written_in_order_is_submitted_with_its_crc(rig: Rig):
     """The queue journals a small file with the CRC-32 of its bytes: a file written in
-    order from empty hands it over (kept while writing), so the close reads nothing back;
-    any other write makes it unknown (the queue then reads the file)."""
+    order from empty hands it over (kept while writing; the fake queue checks each one
+    against the bytes), so the close reads nothing back; any other write makes it unknown
+    (the queue then reads the file)."""
     local = await new_file(rig)
     await local.write(0, b"abc")
     await local.write(3, b"def")
-    assert local.crc32 == zlib.crc32(b"abcdef")
     await rig.writes.flush(local)
     await local.write(6, b"g")  # copy-on-write: the copy has the same bytes, so the same CRC
-    assert local.crc32 == zlib.crc32(b"abcdefg")
     await rig.writes.flush(local)
     await local.write(0, b"X")  # an overwrite: unknown
-    assert local.crc32 is None
     await rig.writes.flush(local)
     await local.truncate(0)  # emptied: known again
     await local.write(0, b"new")
-    assert local.crc32 == zlib.crc32(b"new")
+    await rig.writes.flush(local)
     await local.write(10, b"hole")  # past the end: unknown
-    assert local.crc32 is None
     await rig.writes.release(local)
-    assert rig.queue.known == [True, True, False, False]  # the fake checks every CRC given
-    assert [s.data for s in rig.queue.submits][-1] == b"new" + bytes(7) + b"hole"
+    assert rig.queue.known == [True, True, False, True, False]
+    assert [s.data for s in rig.queue.submits] == [
+        b"abcdef", b"abcdefg", b"Xbcdefg", b"new", b"new" + bytes(7) + b"hole"]
 
 
 async def test_an_opened_file_and_a_large_one_have_no_crc(rig: Rig,
@@ -548,18 +547,53 @@ async def test_an_opened_file_and_a_large_one_have_no_crc(rig: Rig,
     """Bytes filled from S3 were not written here, and past FSYNC_AT_CLOSE a file is
     fsynced at close instead: no CRC is kept for either."""
     local = await existing_file(rig, b"from s3")
-    assert local.crc32 is None
     await local.write(7, b"!")
-    assert local.crc32 is None
     await rig.writes.release(local)
     monkeypatch.setattr("s3fuse.upload.localfile.FSYNC_AT_CLOSE", 4)
+    small = await new_file(rig, "small")
+    await small.write(0, b"1234")
+    await rig.writes.release(small)
     large = await new_file(rig, "large")
     await large.write(0, b"1234")
-    assert large.crc32 == zlib.crc32(b"1234")
     await large.write(4, b"5")
-    assert large.crc32 is None
     await rig.writes.release(large)
-    assert rig.queue.known == [False, False]
+    assert rig.queue.known == [False, True, False]
+
+
+async def test_the_first_small_write_is_held_until_the_submit(rig: Rig):
+    """A new file's first small write waits in memory (no thread round trip): reads see
+    it, and the submit (or the next change) writes it to the staging file first."""
+    local = await new_file(rig)
+    await local.write(0, b"held")
+    assert rig.bytes_of(local) == b""  # not on disk yet
+    assert await local.read(1, 2) == b"el" and local.size == 4
+    await rig.writes.flush(local)
+    assert rig.queue.submits[-1].data == b"held" and rig.queue.known == [True]
+    await local.write(4, b"!")  # a copy of the queued file, then the write: on disk at once
+    assert rig.bytes_of(local) == b"held!"
+
+    other = await new_file(rig, "other")
+    await other.write(0, b"first")
+    await other.write(5, b" second")  # the held bytes go first, in the same round trip
+    assert rig.bytes_of(other) == b"first second"
+    await rig.writes.release(other)
+    await rig.writes.release(local)
+    assert [s.data for s in rig.queue.submits] == [b"held", b"first second", b"held!"]
+    assert rig.queue.known == [True, True, True]
+
+
+async def test_held_bytes_that_cannot_be_written_fail_the_close(rig: Rig):
+    """When the held bytes do not fit (a full disk), the close reports it, once, and that
+    version is never submitted: as a failed write."""
+    local = await new_file(rig)
+    await local.write(0, b"x" * 100)
+    with file_size_limit(10):
+        with pytest.raises(OSError) as failed:
+            await rig.writes.flush(local)
+    assert failed.value.errno == errno.EFBIG
+    assert rig.queue.submits == [] and local.state is State.CLEAN
+    await rig.writes.release(local)  # nothing owed any more, nothing to submit
+    assert rig.queue.submits == [] and rig.files() == set()
 
 
 async def test_new_files_take_spares_made_ahead_in_batches(rig: Rig):

@@ -19,6 +19,12 @@ States (`State`) — who holds the staging file, and whether the queue lacks its
   upload deleted the file). A flush does nothing; the last close keeps the file.
 - CLOSED: the last user is gone and the descriptor closed. Nothing is legal any more.
 
+The first write of an empty file, when small (HOLD_MAX), is held in memory and reaches
+the staging file with the next change, read-back-free read, or submit (which the queue
+runs in the thread that journals it: a small file costs one thread round trip from
+write to close, not two). A failure to write it is owed like a failed write: close
+reports it (ENOSPC at close, not at write(2), for such a file) and the version is dropped.
+
 Orthogonal to the state: `unlinked` (the key was removed or renamed over while open:
 never submitted again, the bytes live on for the open handles), `users` (open
 handles), and `error` (the errno of a failed write or truncate, owed to the next flush).
@@ -68,6 +74,9 @@ T = TypeVar("T")
 #: Start writeback of a file being written every so many bytes, so dirty pages never pile
 #: up and the fsync at close waits for the last few MiB only.
 WRITEBACK_STEP = 8 << 20
+#: The first write of an empty file up to this size is held in memory until the next
+#: change or the submit (see the top).
+HOLD_MAX = 128 << 10
 
 
 class State(enum.Enum):
@@ -106,7 +115,8 @@ class LocalFile:
         self._job: int | None = None
         self._revision = 0
         self._written_back = 0        # writeback started up to here (sequential writers)
-        self._crc: int | None = 0 if self._size == 0 else None
+        self._crc: int | None = 0 if self._size == 0 else None  # see settle()
+        self._held: bytes | None = None  # the first bytes, not in the staging file yet
 
     # ------------------------------------------------------------ read-only view
 
@@ -167,13 +177,6 @@ class LocalFile:
         return self._job
 
     @property
-    def crc32(self) -> int | None:
-        """The CRC-32 of the local bytes, when known: a file written in order from empty,
-        up to FSYNC_AT_CLOSE bytes (the queue journals a small file with it, and need not
-        read the file back; a larger one is fsynced at close instead)."""
-        return self._crc
-
-    @property
     def revision(self) -> int:
         """Bumped by every change (the page-cache version)."""
         return self._revision
@@ -232,7 +235,11 @@ class LocalFile:
 
     async def write(self, offset: int, data: bytes) -> int:
         async with self.lock:
-            written = await self._changing(self._pwrite, data, offset)
+            if self._holds(offset, data):
+                self._held = bytes(data)
+                written = len(data)
+            else:
+                written = await self._changing(self._pwrite, data, offset)
             self._size = max(self._size, offset + written)
             self._changed()
         return written
@@ -245,16 +252,53 @@ class LocalFile:
             self._size = size
             self._changed()
 
+    def _holds(self, offset: int, data: bytes) -> bool:
+        """Is this write held in memory (the first, small one of an empty file of ours)?"""
+        self._require(*OPEN)
+        return (offset == 0 and self._size == 0 and len(data) <= HOLD_MAX
+                and self._state is not State.QUEUED and self._error is None)
+
     async def _changing(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a write or truncate on a staging file of ours; a failure is owed to the
-        next flush (ENOSPC: reported now, and again by close; see WriteBack.flush)."""
+        """Run a write or truncate on a staging file of ours (after the held bytes); a
+        failure is owed to the next flush (ENOSPC: reported now, and again by close; see
+        WriteBack.flush)."""
         self._require(*OPEN)
         try:
             await self._own_copy()
-            return await self._io(fn, *args)
+            return await self._io(self._after_held, fn, *args)
         except OSError as exc:
             self._error = exc.errno or errno.EIO
             raise
+
+    def _after_held(self, fn: Callable[..., T], *args: Any) -> T:
+        self._write_held()
+        return fn(*args)
+
+    def _write_held(self) -> None:
+        """The held bytes to the staging file (blocking; with the lock held). They stay
+        readable from memory until written; a failure drops them and is owed."""
+        held = self._held
+        if held is None:
+            return
+        try:
+            self._staging.claim(len(held))  # ENOSPC at the cache disk's reserve
+            done = 0
+            while done < len(held):  # short only at a limit: the next call says which
+                done += os.pwrite(self._fd, memoryview(held)[done:], done)
+        except OSError as exc:
+            self._error = exc.errno or errno.EIO
+            self._held = None
+            raise
+        self._crc = zlib.crc32(held)
+        self._held = None
+
+    def settle(self) -> tuple[int, int | None]:
+        """For the submit, in the queue's thread (blocking; with the lock held): the held
+        bytes reach the staging file; returns its size and, when known, its CRC-32 (a file
+        written in order from empty, up to FSYNC_AT_CLOSE bytes: the queue journals a small
+        file with it and need not read it back; a larger one is fsynced instead)."""
+        self._write_held()
+        return self._size, self._crc
 
     async def _own_copy(self) -> None:
         """Copy-on-write: a submitted staging file belongs to the queue (QUEUED -> CLEAN)."""
@@ -336,6 +380,7 @@ class LocalFile:
         else holds (to be deleted), or None when the queue owns it."""
         self._require(*OPEN, idle=True)
         os.close(self._fd)
+        self._held = None
         ours = None if self._state is State.QUEUED else self._staging_id
         self._state = State.CLOSED
         return ours
@@ -344,6 +389,9 @@ class LocalFile:
 
     async def read(self, offset: int, size: int) -> bytes:
         self._require(*OPEN)
+        held = self._held
+        if held is not None:  # the whole file: nothing else was written yet
+            return held[offset:offset + size]
         return await self._io(os.pread, self._fd, size, offset)
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:

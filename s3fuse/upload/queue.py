@@ -140,11 +140,12 @@ class UploadQueue:
 
     async def submit(self, bucket: str, key: str, staging_id: str,
                      expected: Expected = UNKNOWN, meta: Posix | None = None,
-                     known: tuple[int, int | None] | None = None) -> int:
+                     settle: Callable[[], tuple[int, int | None]] | None = None) -> int:
         """Journal a closed staging file for upload (storing the POSIX metadata `meta`);
-        returns the job id once committed. `known`: the file's size and CRC-32 (None: not
-        known), when the writer kept track (the file is then not read back)."""
-        job_id = await self._io(self._enqueue, bucket, key, staging_id, expected, meta, known)
+        returns the job id once committed. `settle`: the writer's blocking last step, run
+        first in the same thread (its last bytes reach the file); it returns the file's
+        size and CRC-32 (None: unknown), so the file is not read back."""
+        job_id = await self._io(self._enqueue, bucket, key, staging_id, expected, meta, settle)
         self._bursts.closed_one()
         self._latest[(bucket, key)] = (job_id, staging_id)
         self.commits.want()
@@ -313,8 +314,8 @@ class UploadQueue:
                 self.staging.discard(staging_id)
 
     def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected,
-                 meta: Posix | None, known: tuple[int, int | None] | None) -> int:
-        size, crc = known if known is not None else (self.staging.size(staging_id), None)
+                 meta: Posix | None, settle: Callable[[], tuple[int, int | None]] | None) -> int:
+        size, crc = settle() if settle is not None else (self.staging.size(staging_id), None)
         if size > FSYNC_AT_CLOSE:
             self.staging.commit(staging_id)  # durable before its durable journal row
             crash_point("staged")
