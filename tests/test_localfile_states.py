@@ -26,7 +26,6 @@ from s3fuse.posix import Posix
 from s3fuse.upload import UNKNOWN, Staging
 from s3fuse.upload.journal import Expected
 from s3fuse.upload.localfile import IllegalTransition, LocalFile, State
-from s3fuse.upload.spares import Spares
 from s3fuse.upload.writeback import WriteBack
 
 B = "bucket"
@@ -54,7 +53,6 @@ class RecordingQueue:
         self.refuse: OSError | None = None  # the next submit fails (a full journal)
         self.gate: trio.Event | None = None  # submits wait for it
         self.known: list[bool] = []          # per settled submit: was the CRC known?
-        self.spares = Spares(staging, trio.CapacityLimiter(1))
 
     async def submit(self, bucket: str, key: str, staging_id: str,
                      expected: Expected = UNKNOWN, meta: Posix | None = None,
@@ -105,8 +103,7 @@ class Rig:
     overlay: Overlay
 
     def files(self) -> set[str]:
-        """The staging files someone holds (not the empty spares made ahead)."""
-        return self.staging.ids() - self.queue.spares.ids()
+        return self.staging.ids()
 
     def bytes_of(self, local: LocalFile) -> bytes:
         return self.staging.path(local.staging_id).read_bytes()
@@ -565,7 +562,7 @@ async def test_the_first_small_write_is_held_until_the_submit(rig: Rig):
     it, and the submit (or the next change) writes it to the staging file first."""
     local = await new_file(rig)
     await local.write(0, b"held")
-    assert rig.bytes_of(local) == b""  # not on disk yet
+    assert local.staging_id not in rig.files()  # not on disk yet, nor its staging file
     assert await local.read(1, 2) == b"el" and local.size == 4
     await rig.writes.flush(local)
     assert rig.queue.submits[-1].data == b"held" and rig.queue.known == [True]
@@ -573,6 +570,7 @@ async def test_the_first_small_write_is_held_until_the_submit(rig: Rig):
     assert rig.bytes_of(local) == b"held!"
 
     other = await new_file(rig, "other")
+    assert await other.read(0, 10) == b"" and other.staging_id not in rig.files()
     await other.write(0, b"first")
     await other.write(5, b" second")  # the held bytes go first, in the same round trip
     assert rig.bytes_of(other) == b"first second"
@@ -594,19 +592,3 @@ async def test_held_bytes_that_cannot_be_written_fail_the_close(rig: Rig):
     assert rig.queue.submits == [] and local.state is State.CLEAN
     await rig.writes.release(local)  # nothing owed any more, nothing to submit
     assert rig.queue.submits == [] and rig.files() == set()
-
-
-async def test_new_files_take_spares_made_ahead_in_batches(rig: Rig):
-    """Creating files costs one thread round trip per batch of spare staging files, not
-    one per file; the spares left are removed when the queue stops."""
-    made: list[int] = []
-    spares = rig.queue.spares
-    make = spares._make
-    spares._make = lambda count: made.append(count) or make(count)  # type: ignore[method-assign]
-    files = [await new_file(rig, f"k{n}") for n in range(20)]
-    assert made == [4, 8, 16] and len(spares.ids()) == 28 - 20
-    assert len({f.staging_id for f in files}) == 20 and not spares.ids() & rig.files()
-    for local in files:
-        await rig.writes.release(local)
-    await spares.discard()
-    assert spares.ids() == set() and len(rig.staging.ids()) == 20  # the queue's files only

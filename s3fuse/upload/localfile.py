@@ -19,11 +19,13 @@ States (`State`) — who holds the staging file, and whether the queue lacks its
   upload deleted the file). A flush does nothing; the last close keeps the file.
 - CLOSED: the last user is gone and the descriptor closed. Nothing is legal any more.
 
-The first write of an empty file, when small (HOLD_MAX), is held in memory and reaches
-the staging file with the next change, read-back-free read, or submit (which the queue
-runs in the thread that journals it: a small file costs one thread round trip from
-write to close, not two). A failure to write it is owed like a failed write: close
-reports it (ENOSPC at close, not at write(2), for such a file) and the version is dropped.
+A new file's staging file is made by the first bytes that reach the disk, and the first
+write of an empty file, when small (HOLD_MAX), is held in memory until the next change or
+the submit (reads see it); the queue runs the submit's last step (`settle`) in the thread
+that journals the file. So a small new file costs one thread round trip from create to
+close, not three (create, write, journal). A failure to write the held bytes is owed like
+a failed write: close reports it (ENOSPC at close, not at write(2), for such a file) and
+the version is dropped.
 
 Orthogonal to the state: `unlinked` (the key was removed or renamed over while open:
 never submitted again, the bytes live on for the open handles), `users` (open
@@ -95,7 +97,8 @@ class IllegalTransition(RuntimeError):
 
 
 class LocalFile:
-    def __init__(self, staging: Staging, staging_id: str, path: Path, *, bucket: str, key: str,
+    def __init__(self, staging: Staging, staging_id: str, path: Path | None, *, bucket: str,
+                 key: str,
                  expected: Expected, change: Change, limiter: trio.CapacityLimiter):
         self.bucket = bucket
         self.lock = trio.Lock()  # writes, truncates, submits and renames one at a time
@@ -105,8 +108,9 @@ class LocalFile:
         self._key = key
         self._expected = expected
         self._change = change
-        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        self._size = os.fstat(self._fd).st_size
+        # path None: a new file, whose staging file the first bytes on disk make (_file)
+        self._fd: int | None = None if path is None else os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._size = 0 if self._fd is None else os.fstat(self._fd).st_size
         self._change.size = self._size
         self._state = State.CLEAN
         self._unlinked = False
@@ -152,8 +156,9 @@ class LocalFile:
         return self._size
 
     @property
-    def fd(self) -> int:
-        """The staging file, open read-write."""
+    def fd(self) -> int | None:
+        """The staging file, open read-write (None: a new file none of whose bytes reached
+        the disk yet; a submitted one always has it)."""
         return self._fd
 
     @property
@@ -210,7 +215,7 @@ class LocalFile:
             data = await read(offset, min(chunk, size - offset))
             if not data:
                 raise OSError(f"s3://{self.bucket}/{self._key}: short read at {offset} of {size}")
-            await self._io(os.pwrite, self._fd, bytes(data), offset)
+            await self._io(self._fill, bytes(data), offset)
             offset += len(data)
         self._size = size
         self._change.size = size
@@ -284,7 +289,7 @@ class LocalFile:
             self._staging.claim(len(held))  # ENOSPC at the cache disk's reserve
             done = 0
             while done < len(held):  # short only at a limit: the next call says which
-                done += os.pwrite(self._fd, memoryview(held)[done:], done)
+                done += os.pwrite(self._file(), memoryview(held)[done:], done)
         except OSError as exc:
             self._error = exc.errno or errno.EIO
             self._held = None
@@ -298,7 +303,17 @@ class LocalFile:
         written in order from empty, up to FSYNC_AT_CLOSE bytes: the queue journals a small
         file with it and need not read it back; a larger one is fsynced instead)."""
         self._write_held()
+        self._file()  # a file never written is uploaded empty
         return self._size, self._crc
+
+    def _file(self) -> int:
+        """The staging file's descriptor, made first for a new file (blocking)."""
+        if self._fd is None:
+            self._fd = self._staging.make(self._staging_id)
+        return self._fd
+
+    def _fill(self, data: bytes, offset: int) -> int:
+        return os.pwrite(self._file(), data, offset)
 
     async def _own_copy(self) -> None:
         """Copy-on-write: a submitted staging file belongs to the queue (QUEUED -> CLEAN)."""
@@ -321,7 +336,7 @@ class LocalFile:
     def _pwrite(self, data: bytes, offset: int) -> int:
         """pwrite, and every WRITEBACK_STEP bytes start writing them to disk (blocking)."""
         self._staging.claim(len(data))  # ENOSPC at the cache disk's reserve
-        written = os.pwrite(self._fd, data, offset)
+        written = os.pwrite(self._file(), data, offset)
         end = offset + written
         if self._crc is not None:  # the lock is held: no other change meanwhile
             in_order = offset == self._size and end <= FSYNC_AT_CLOSE
@@ -333,7 +348,7 @@ class LocalFile:
         return written
 
     def _ftruncate(self, size: int) -> None:
-        os.ftruncate(self._fd, size)  # the descriptor after the copy-on-write, never before
+        os.ftruncate(self._file(), size)  # the descriptor after the copy-on-write, never before
 
     def take_error(self) -> int | None:
         """The errno owed to this flush, once; its version is dropped (never submitted)."""
@@ -379,7 +394,8 @@ class LocalFile:
         """The last user is gone: close the descriptor. Returns the staging file nobody
         else holds (to be deleted), or None when the queue owns it."""
         self._require(*OPEN, idle=True)
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
         self._held = None
         ours = None if self._state is State.QUEUED else self._staging_id
         self._state = State.CLOSED
@@ -392,7 +408,10 @@ class LocalFile:
         held = self._held
         if held is not None:  # the whole file: nothing else was written yet
             return held[offset:offset + size]
-        return await self._io(os.pread, self._fd, size, offset)
+        fd = self._fd
+        if fd is None:  # nothing written yet
+            return b""
+        return await self._io(os.pread, fd, size, offset)
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)

@@ -69,7 +69,6 @@ from ..util.supervisor import UPLOAD_CLEANUP, UPLOAD_QUEUE, UPLOAD_SYNC, UPLOAD_
 from .burst import BurstGate
 from .groupcommit import GroupCommit
 from .journal import UNKNOWN, Expected, Job, Journal
-from .spares import Spares
 from .staging import Staging
 from .uploader import Interrupted, Uploader, UploadResult
 
@@ -115,7 +114,6 @@ class UploadQueue:
         self._uploads = trio.CapacityLimiter(workers)
         self._disk = trio.CapacityLimiter(2)  # journal and staging I/O, apart from uploads
         self._flushes = trio.CapacityLimiter(workers)  # waits for listeners' writes (may be long)
-        self.spares = Spares(staging, self._disk)  # new staging files, made ahead
         self._latest: dict[tuple[str, str], tuple[int, str]] = {}
         self._changed = trio.Event()  # replaced on every change: a broadcast
         self._progress = trio.Event()  # the same, also at every sync pass (see changed())
@@ -244,7 +242,6 @@ class UploadQueue:
         self._notify()
         if self._running:
             await self._stopped.wait()
-        await self.spares.discard()
 
     async def retry_failed(self) -> int:
         """Queue the permanently failed uploads again; returns how many."""
@@ -309,7 +306,7 @@ class UploadQueue:
         orphans = self.staging.ids() - self.journal.staging_ids()
         if orphans:
             log.warning("removing %d staging file(s) no upload needs (writes never closed, "
-                        "spares made ahead, or uploaded just before a crash)", len(orphans))
+                        "or uploaded just before a crash)", len(orphans))
             for staging_id in orphans:
                 self.staging.discard(staging_id)
 

@@ -189,8 +189,8 @@ class WriteBack:
                 expected = UNKNOWN  # based on the pending version: the journal chains them
             except FileNotFoundError:  # uploaded meanwhile: S3 has these bytes
                 pending = None
-        if pending is None:
-            staging_id, path = await self.queue.spares.take()
+        if pending is None:  # its staging file is made by its first bytes (localfile.py)
+            staging_id, path = self.staging.new_id(), None
         change = self.overlay.get(bucket, key)
         if change is None or change.deleted or change.is_dir:
             change = self.overlay.file(bucket, key, 0, posix=posix)
@@ -309,7 +309,7 @@ class WriteBack:
     async def make_dir(self, bucket: str, marker: str, posix: Posix | None = None) -> None:
         """A directory: an empty `dir/` marker object (with the directory's metadata
         `posix`), queued like any upload."""
-        staging_id, _ = await self.queue.spares.take()
+        staging_id, _ = await trio.to_thread.run_sync(self.staging.create)
         with self._journalling(bucket, marker):
             self.overlay.directory(bucket, marker, posix)
             await self.queue.submit(bucket, marker, staging_id, UNKNOWN, posix)
@@ -318,7 +318,7 @@ class WriteBack:
                              expected: Expected) -> None:
         """A symlink (`body`: its target) or a fifo, socket or device node (empty body),
         typed by `posix`'s mode: a small staged upload, journalled like a closed file."""
-        staging_id, path = await self.queue.spares.take()
+        staging_id, path = await trio.to_thread.run_sync(self.staging.create)
         with self._journalling(bucket, key):
             change = self.overlay.file(bucket, key, len(body), posix=posix)
             try:
