@@ -18,7 +18,6 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from s3fuse.config import Config, KeyPair
 from s3fuse.daemon import probe_while_offline
 from s3fuse.errors import RemoteError
-from s3fuse.posix import Posix
 from s3fuse.store import retry
 from s3fuse.store.s3 import S3Store
 from s3fuse.upload import UNKNOWN, Journal, Staging, Uploader, UploadFailed, UploadQueue
@@ -505,30 +504,3 @@ async def test_uploads_wait_for_a_burst_of_closes_to_pause(tmp_path: Path, store
         assert "fsynced.txt" in started
         await queue.sync(timeout=10)
     assert set(started) == {"lone.txt", "fsynced.txt"} | {f"burst{n}.txt" for n in range(5)}
-
-
-async def test_metadata_changes_in_a_burst_wait_for_it_to_pause(tmp_path: Path, store: S3Store,
-                                                                s3: Any, bucket: str,
-                                                                monkeypatch: pytest.MonkeyPatch):
-    """`chmod -R` journals a copy per file every few ms: the copies wait until it pauses,
-    as the uploads of a burst of closes do, then all land."""
-    monkeypatch.setattr("s3fuse.upload.burst.BURST_QUIET", 0.5)
-    for n in range(4):
-        s3.put_object(Bucket=bucket, Key=f"m{n}", Body=b"x")
-    started: list[str] = []
-    async with upload_queue(tmp_path, store, workers=1) as queue:
-        upload = queue.uploader.upload
-
-        def recording(job: Any) -> Any:
-            started.append(job.key)
-            return upload(job)
-
-        monkeypatch.setattr(queue.uploader, "upload", recording)
-        for n in range(4):
-            await queue.set_meta(bucket, f"m{n}", Posix(mode=0o100640), 1)
-        await trio.sleep(0.2)
-        assert started in ([], ["m0"])  # the first may go (no burst yet); the others wait
-        await queue.sync(timeout=10)
-    assert started == [f"m{n}" for n in range(4)]
-    assert {s3.head_object(Bucket=bucket, Key=f"m{n}")["Metadata"].get("mode")
-            for n in range(4)} == {str(0o100640)}

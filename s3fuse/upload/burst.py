@@ -2,8 +2,7 @@
 
 On two cores, uploading while a writer goes on slows the writer about 2x (CPU, the GIL,
 the disk) and the uploads finish no sooner; so once closes come closer together than
-BURST_GAP, uploads wait until they pause for BURST_QUIET, for at most MAX_DEFER. Metadata changes
-(`chmod -R`, `touch` of many files) count as closes: their copies wait alike. A lone
+BURST_GAP, uploads wait until they pause for BURST_QUIET, for at most MAX_DEFER. A lone
 close, `fsync` and `sync` never wait (the queue stops holding while someone is urgent).
 """
 from __future__ import annotations
@@ -20,12 +19,12 @@ MAX_DEFER = 5.0         # ... or for this long at most
 
 class BurstGate:
     def __init__(self) -> None:
-        self._last_close = -math.inf      # trio clock of the last close (any journalled change)
+        self._last_close = -math.inf      # trio clock of the last close (submit or delete)
         self._burst_start = -math.inf     # ... and of the first close of its burst
         self._burst_closes = 0            # closes in that burst
 
     def closed_one(self) -> None:
-        """A file was closed or removed, or its metadata changed."""
+        """A file was closed or removed."""
         now = trio.current_time()
         if now - self._last_close > BURST_GAP:
             self._burst_start, self._burst_closes = now, 0
