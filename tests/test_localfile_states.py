@@ -12,6 +12,7 @@ import errno
 import os
 import resource
 import signal
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
@@ -51,15 +52,22 @@ class RecordingQueue:
         self.latest: dict[str, str] = {}    # key -> staging id ("" for a removal)
         self.refuse: OSError | None = None  # the next submit fails (a full journal)
         self.gate: trio.Event | None = None  # submits wait for it
+        self.known: list[bool] = []          # per settled submit: was the CRC known?
 
     async def submit(self, bucket: str, key: str, staging_id: str,
-                     expected: Expected = UNKNOWN, meta: Posix | None = None) -> int:
+                     expected: Expected = UNKNOWN, meta: Posix | None = None,
+                     settle: Callable[[], tuple[int, int | None]] | None = None) -> int:
         if self.gate is not None:
             await self.gate.wait()
         if self.refuse is not None:
             exc, self.refuse = self.refuse, None
             raise exc
+        known = None if settle is None else await trio.to_thread.run_sync(settle)
         data = self.staging.path(staging_id).read_bytes()
+        if known is not None:  # what the writer kept track of is what the file holds
+            size, crc = known
+            assert size == len(data) and crc in (None, zlib.crc32(data)), (known, data[:40])
+            self.known.append(crc is not None)
         self.submits.append(Submitted(key, staging_id, expected, data, meta))
         self.latest[key] = staging_id
         return len(self.submits)
@@ -506,3 +514,81 @@ async def test_submit_with_an_error_owed_is_refused(rig: Rig):
     assert local.state is State.DIRTY and local.error == errno.EFBIG
     with pytest.raises(OSError):
         await rig.writes.release(local)
+
+
+async def test_a_file_written_in_order_is_submitted_with_its_crc(rig: Rig):
+    """The queue journals a small file with the CRC-32 of its bytes: a file written in
+    order from empty hands it over (kept while writing; the fake queue checks each one
+    against the bytes), so the close reads nothing back; any other write makes it unknown
+    (the queue then reads the file)."""
+    local = await new_file(rig)
+    await local.write(0, b"abc")
+    await local.write(3, b"def")
+    await rig.writes.flush(local)
+    await local.write(6, b"g")  # copy-on-write: the copy has the same bytes, so the same CRC
+    await rig.writes.flush(local)
+    await local.write(0, b"X")  # an overwrite: unknown
+    await rig.writes.flush(local)
+    await local.truncate(0)  # emptied: known again
+    await local.write(0, b"new")
+    await rig.writes.flush(local)
+    await local.write(10, b"hole")  # past the end: unknown
+    await rig.writes.release(local)
+    assert rig.queue.known == [True, True, False, True, False]
+    assert [s.data for s in rig.queue.submits] == [
+        b"abcdef", b"abcdefg", b"Xbcdefg", b"new", b"new" + bytes(7) + b"hole"]
+
+
+async def test_an_opened_file_and_a_large_one_have_no_crc(rig: Rig,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """Bytes filled from S3 were not written here, and past FSYNC_AT_CLOSE a file is
+    fsynced at close instead: no CRC is kept for either."""
+    local = await existing_file(rig, b"from s3")
+    await local.write(7, b"!")
+    await rig.writes.release(local)
+    monkeypatch.setattr("s3fuse.upload.localfile.FSYNC_AT_CLOSE", 4)
+    small = await new_file(rig, "small")
+    await small.write(0, b"1234")
+    await rig.writes.release(small)
+    large = await new_file(rig, "large")
+    await large.write(0, b"1234")
+    await large.write(4, b"5")
+    await rig.writes.release(large)
+    assert rig.queue.known == [False, True, False]
+
+
+async def test_the_first_small_write_is_held_until_the_submit(rig: Rig):
+    """A new file's first small write waits in memory (no thread round trip): reads see
+    it, and the submit (or the next change) writes it to the staging file first."""
+    local = await new_file(rig)
+    await local.write(0, b"held")
+    assert local.staging_id not in rig.files()  # not on disk yet, nor its staging file
+    assert await local.read(1, 2) == b"el" and local.size == 4
+    await rig.writes.flush(local)
+    assert rig.queue.submits[-1].data == b"held" and rig.queue.known == [True]
+    await local.write(4, b"!")  # a copy of the queued file, then the write: on disk at once
+    assert rig.bytes_of(local) == b"held!"
+
+    other = await new_file(rig, "other")
+    assert await other.read(0, 10) == b"" and other.staging_id not in rig.files()
+    await other.write(0, b"first")
+    await other.write(5, b" second")  # the held bytes go first, in the same round trip
+    assert rig.bytes_of(other) == b"first second"
+    await rig.writes.release(other)
+    await rig.writes.release(local)
+    assert [s.data for s in rig.queue.submits] == [b"held", b"first second", b"held!"]
+    assert rig.queue.known == [True, True, True]
+
+
+async def test_held_bytes_that_cannot_be_written_fail_the_close(rig: Rig):
+    """When the held bytes do not fit (a full disk), the close reports it, once, and that
+    version is never submitted: as a failed write."""
+    local = await new_file(rig)
+    await local.write(0, b"x" * 100)
+    with file_size_limit(10):
+        with pytest.raises(OSError) as failed:
+            await rig.writes.flush(local)
+    assert failed.value.errno == errno.EFBIG
+    assert rig.queue.submits == [] and local.state is State.CLEAN
+    await rig.writes.release(local)  # nothing owed any more, nothing to submit
+    assert rig.queue.submits == [] and rig.files() == set()

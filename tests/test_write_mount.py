@@ -172,3 +172,32 @@ def test_fsync_waits_for_the_upload(s3, bucket, mount_factory):
         fh.flush()
         os.fsync(fh.fileno())
         assert body(s3, bucket, "durable.txt") == b"now in S3"   # before close
+
+
+def test_small_new_files_are_read_while_open_and_staged_only_at_close(s3, bucket,
+                                                                       mount_factory):
+    """A new file's first small write is held in memory and its staging file made at close
+    (upload/localfile.py): a reader sees the bytes while it is open, an empty file is
+    still uploaded empty, and after close every byte is in the journal's staging file."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    staging = m.cache_dir / "staging"
+    before = set(os.listdir(staging))
+    fd = os.open(root / "held.txt", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        assert os.write(fd, b"held bytes") == 10
+        assert set(os.listdir(staging)) == before           # nothing on disk yet
+        assert os.pread(fd, 100, 0) == b"held bytes"        # read through the same handle
+        assert (root / "held.txt").read_bytes() == b"held bytes"  # and another
+        assert os.fstat(fd).st_size == 10
+    finally:
+        os.close(fd)
+    (root / "empty.txt").touch()
+    with open(root / "two.bin", "wb") as fh:                # held, then a second write
+        fh.write(b"a" * 1000)
+        fh.flush()
+        fh.write(b"b" * 200_000)
+    assert sync(m.mountpoint).returncode == 0
+    assert body(s3, bucket, "held.txt") == b"held bytes"
+    assert body(s3, bucket, "empty.txt") == b""
+    assert body(s3, bucket, "two.bin") == b"a" * 1000 + b"b" * 200_000

@@ -19,6 +19,14 @@ States (`State`) — who holds the staging file, and whether the queue lacks its
   upload deleted the file). A flush does nothing; the last close keeps the file.
 - CLOSED: the last user is gone and the descriptor closed. Nothing is legal any more.
 
+A new file's staging file is made by the first bytes that reach the disk, and the first
+write of an empty file, when small (HOLD_MAX), is held in memory until the next change or
+the submit (reads see it); the queue runs the submit's last step (`settle`) in the thread
+that journals the file. So a small new file costs one thread round trip from create to
+close, not three (create, write, journal). A failure to write the held bytes is owed like
+a failed write: close reports it (ENOSPC at close, not at write(2), for such a file) and
+the version is dropped.
+
 Orthogonal to the state: `unlinked` (the key was removed or renamed over while open:
 never submitted again, the bytes live on for the open handles), `users` (open
 handles), and `error` (the errno of a failed write or truncate, owed to the next flush).
@@ -52,6 +60,7 @@ import errno
 import functools
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -59,6 +68,7 @@ import trio
 
 from ..cache.overlay import Change
 from .journal import UNKNOWN, Expected
+from .queue import FSYNC_AT_CLOSE
 from .staging import Staging, start_writeback
 
 T = TypeVar("T")
@@ -66,6 +76,9 @@ T = TypeVar("T")
 #: Start writeback of a file being written every so many bytes, so dirty pages never pile
 #: up and the fsync at close waits for the last few MiB only.
 WRITEBACK_STEP = 8 << 20
+#: The first write of an empty file up to this size is held in memory until the next
+#: change or the submit (see the top).
+HOLD_MAX = 128 << 10
 
 
 class State(enum.Enum):
@@ -84,7 +97,8 @@ class IllegalTransition(RuntimeError):
 
 
 class LocalFile:
-    def __init__(self, staging: Staging, staging_id: str, path: Path, *, bucket: str, key: str,
+    def __init__(self, staging: Staging, staging_id: str, path: Path | None, *, bucket: str,
+                 key: str,
                  expected: Expected, change: Change, limiter: trio.CapacityLimiter):
         self.bucket = bucket
         self.lock = trio.Lock()  # writes, truncates, submits and renames one at a time
@@ -94,8 +108,9 @@ class LocalFile:
         self._key = key
         self._expected = expected
         self._change = change
-        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        self._size = os.fstat(self._fd).st_size
+        # path None: a new file, whose staging file the first bytes on disk make (_file)
+        self._fd: int | None = None if path is None else os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._size = 0 if self._fd is None else os.fstat(self._fd).st_size
         self._change.size = self._size
         self._state = State.CLEAN
         self._unlinked = False
@@ -104,6 +119,8 @@ class LocalFile:
         self._job: int | None = None
         self._revision = 0
         self._written_back = 0        # writeback started up to here (sequential writers)
+        self._crc: int | None = 0 if self._size == 0 else None  # see settle()
+        self._held: bytes | None = None  # the first bytes, not in the staging file yet
 
     # ------------------------------------------------------------ read-only view
 
@@ -139,8 +156,9 @@ class LocalFile:
         return self._size
 
     @property
-    def fd(self) -> int:
-        """The staging file, open read-write."""
+    def fd(self) -> int | None:
+        """The staging file, open read-write (None: a new file none of whose bytes reached
+        the disk yet; a submitted one always has it)."""
         return self._fd
 
     @property
@@ -197,10 +215,11 @@ class LocalFile:
             data = await read(offset, min(chunk, size - offset))
             if not data:
                 raise OSError(f"s3://{self.bucket}/{self._key}: short read at {offset} of {size}")
-            await self._io(os.pwrite, self._fd, bytes(data), offset)
+            await self._io(self._fill, bytes(data), offset)
             offset += len(data)
         self._size = size
         self._change.size = size
+        self._crc = 0 if size == 0 else None
 
     def created(self) -> None:
         """A new or emptied file is a change even with no write (uploaded empty)."""
@@ -221,7 +240,11 @@ class LocalFile:
 
     async def write(self, offset: int, data: bytes) -> int:
         async with self.lock:
-            written = await self._changing(self._pwrite, data, offset)
+            if self._holds(offset, data):
+                self._held = bytes(data)
+                written = len(data)
+            else:
+                written = await self._changing(self._pwrite, data, offset)
             self._size = max(self._size, offset + written)
             self._changed()
         return written
@@ -229,19 +252,68 @@ class LocalFile:
     async def truncate(self, size: int) -> None:
         async with self.lock:
             await self._changing(self._ftruncate, size)
+            if size != self._size:
+                self._crc = 0 if size == 0 else None
             self._size = size
             self._changed()
 
+    def _holds(self, offset: int, data: bytes) -> bool:
+        """Is this write held in memory (the first, small one of an empty file of ours)?"""
+        self._require(*OPEN)
+        return (offset == 0 and self._size == 0 and len(data) <= HOLD_MAX
+                and self._state is not State.QUEUED and self._error is None)
+
     async def _changing(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a write or truncate on a staging file of ours; a failure is owed to the
-        next flush (ENOSPC: reported now, and again by close; see WriteBack.flush)."""
+        """Run a write or truncate on a staging file of ours (after the held bytes); a
+        failure is owed to the next flush (ENOSPC: reported now, and again by close; see
+        WriteBack.flush)."""
         self._require(*OPEN)
         try:
             await self._own_copy()
-            return await self._io(fn, *args)
+            return await self._io(self._after_held, fn, *args)
         except OSError as exc:
             self._error = exc.errno or errno.EIO
             raise
+
+    def _after_held(self, fn: Callable[..., T], *args: Any) -> T:
+        self._write_held()
+        return fn(*args)
+
+    def _write_held(self) -> None:
+        """The held bytes to the staging file (blocking; with the lock held). They stay
+        readable from memory until written; a failure drops them and is owed."""
+        held = self._held
+        if held is None:
+            return
+        try:
+            self._staging.claim(len(held))  # ENOSPC at the cache disk's reserve
+            done = 0
+            while done < len(held):  # short only at a limit: the next call says which
+                done += os.pwrite(self._file(), memoryview(held)[done:], done)
+        except OSError as exc:
+            self._error = exc.errno or errno.EIO
+            self._held = None
+            raise
+        self._crc = zlib.crc32(held)
+        self._held = None
+
+    def settle(self) -> tuple[int, int | None]:
+        """For the submit, in the queue's thread (blocking; with the lock held): the held
+        bytes reach the staging file; returns its size and, when known, its CRC-32 (a file
+        written in order from empty, up to FSYNC_AT_CLOSE bytes: the queue journals a small
+        file with it and need not read it back; a larger one is fsynced instead)."""
+        self._write_held()
+        self._file()  # a file never written is uploaded empty
+        return self._size, self._crc
+
+    def _file(self) -> int:
+        """The staging file's descriptor, made first for a new file (blocking)."""
+        if self._fd is None:
+            self._fd = self._staging.make(self._staging_id)
+        return self._fd
+
+    def _fill(self, data: bytes, offset: int) -> int:
+        return os.pwrite(self._file(), data, offset)
 
     async def _own_copy(self) -> None:
         """Copy-on-write: a submitted staging file belongs to the queue (QUEUED -> CLEAN)."""
@@ -264,8 +336,11 @@ class LocalFile:
     def _pwrite(self, data: bytes, offset: int) -> int:
         """pwrite, and every WRITEBACK_STEP bytes start writing them to disk (blocking)."""
         self._staging.claim(len(data))  # ENOSPC at the cache disk's reserve
-        written = os.pwrite(self._fd, data, offset)
+        written = os.pwrite(self._file(), data, offset)
         end = offset + written
+        if self._crc is not None:  # the lock is held: no other change meanwhile
+            in_order = offset == self._size and end <= FSYNC_AT_CLOSE
+            self._crc = zlib.crc32(memoryview(data)[:written], self._crc) if in_order else None
         if end - self._written_back >= WRITEBACK_STEP:
             start = min(self._written_back, offset)
             start_writeback(self._fd, start, end - start)
@@ -273,7 +348,7 @@ class LocalFile:
         return written
 
     def _ftruncate(self, size: int) -> None:
-        os.ftruncate(self._fd, size)  # the descriptor after the copy-on-write, never before
+        os.ftruncate(self._file(), size)  # the descriptor after the copy-on-write, never before
 
     def take_error(self) -> int | None:
         """The errno owed to this flush, once; its version is dropped (never submitted)."""
@@ -319,7 +394,9 @@ class LocalFile:
         """The last user is gone: close the descriptor. Returns the staging file nobody
         else holds (to be deleted), or None when the queue owns it."""
         self._require(*OPEN, idle=True)
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._held = None
         ours = None if self._state is State.QUEUED else self._staging_id
         self._state = State.CLOSED
         return ours
@@ -328,7 +405,13 @@ class LocalFile:
 
     async def read(self, offset: int, size: int) -> bytes:
         self._require(*OPEN)
-        return await self._io(os.pread, self._fd, size, offset)
+        held = self._held
+        if held is not None:  # the whole file: nothing else was written yet
+            return held[offset:offset + size]
+        fd = self._fd
+        if fd is None:  # nothing written yet
+            return b""
+        return await self._io(os.pread, fd, size, offset)
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)

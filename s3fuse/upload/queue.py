@@ -137,10 +137,13 @@ class UploadQueue:
         self._running = True
 
     async def submit(self, bucket: str, key: str, staging_id: str,
-                     expected: Expected = UNKNOWN, meta: Posix | None = None) -> int:
+                     expected: Expected = UNKNOWN, meta: Posix | None = None,
+                     settle: Callable[[], tuple[int, int | None]] | None = None) -> int:
         """Journal a closed staging file for upload (storing the POSIX metadata `meta`);
-        returns the job id once committed."""
-        job_id = await self._io(self._enqueue, bucket, key, staging_id, expected, meta)
+        returns the job id once committed. `settle`: the writer's blocking last step, run
+        first in the same thread (its last bytes reach the file); it returns the file's
+        size and CRC-32 (None: unknown), so the file is not read back."""
+        job_id = await self._io(self._enqueue, bucket, key, staging_id, expected, meta, settle)
         self._bursts.closed_one()
         self._latest[(bucket, key)] = (job_id, staging_id)
         self.commits.want()
@@ -308,14 +311,15 @@ class UploadQueue:
                 self.staging.discard(staging_id)
 
     def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected,
-                 meta: Posix | None) -> int:
-        size = self.staging.size(staging_id)
+                 meta: Posix | None, settle: Callable[[], tuple[int, int | None]] | None) -> int:
+        size, crc = settle() if settle is not None else (self.staging.size(staging_id), None)
         if size > FSYNC_AT_CLOSE:
             self.staging.commit(staging_id)  # durable before its durable journal row
             crash_point("staged")
             job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, meta=meta)
         else:
-            crc = self.staging.crc32(staging_id)
+            if crc is None:
+                crc = self.staging.crc32(staging_id)
             crash_point("staged")
             job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, crc32=crc,
                                           meta=meta)

@@ -3,8 +3,8 @@
 `<cache>/staging/<32 hex>`: the directory is 0700, files 0600, and names are random
 ids, never derived from a key. A staging file is written by the FUSE layer while
 the file is open; once submitted to the upload queue it is immutable (a later open
-for writing copies it into a new staging file). All methods block: call them from
-a worker thread.
+for writing copies it into a new staging file). All methods but `new_id` block: call
+them from a worker thread.
 """
 from __future__ import annotations
 
@@ -55,13 +55,21 @@ class Staging:
         if self._claim is not None:
             self._claim(n)
 
+    @staticmethod
+    def new_id() -> str:
+        """The id of a staging file still to make (`make`); does not block."""
+        return secrets.token_hex(16)
+
+    def make(self, staging_id: str) -> int:
+        """Make the empty staging file `staging_id` (0600); returns it open read-write."""
+        return os.open(self.path(staging_id), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                       0o600)
+
     def create(self) -> tuple[str, Path]:
         """A new, empty staging file (0600): its id and path."""
-        staging_id = secrets.token_hex(16)
-        path = self.directory / staging_id
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        os.close(fd)
-        return staging_id, path
+        staging_id = self.new_id()
+        os.close(self.make(staging_id))
+        return staging_id, self.path(staging_id)
 
     def clone(self, staging_id: str) -> tuple[str, Path]:
         """A new name for the same immutable bytes (a hard link: no copy), e.g. for a rename."""

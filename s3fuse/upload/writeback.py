@@ -189,8 +189,8 @@ class WriteBack:
                 expected = UNKNOWN  # based on the pending version: the journal chains them
             except FileNotFoundError:  # uploaded meanwhile: S3 has these bytes
                 pending = None
-        if pending is None:
-            staging_id, path = await trio.to_thread.run_sync(self.staging.create)
+        if pending is None:  # its staging file is made by its first bytes (localfile.py)
+            staging_id, path = self.staging.new_id(), None
         change = self.overlay.get(bucket, key)
         if change is None or change.deleted or change.is_dir:
             change = self.overlay.file(bucket, key, 0, posix=posix)
@@ -216,6 +216,23 @@ class WriteBack:
 
     async def _flush(self, local: LocalFile) -> None:
         """flush with `local.lock` held."""
+        self._owed(local)
+        if not local.to_submit:
+            return
+        # Not journalled (e.g. a full disk) raises: the file stays DIRTY, ours to write.
+        try:
+            job = await self.queue.submit(local.bucket, local.key, local.staging_id,
+                                          local.expected, local.change.posix,
+                                          settle=local.settle)
+        except OSError:
+            self._owed(local)  # its held bytes could not be written: owed now
+            raise
+        local.submitted(job)
+        log.debug("queued s3://%s/%s (%d bytes)", local.bucket, local.key, local.size)
+
+    @staticmethod
+    def _owed(local: LocalFile) -> None:
+        """Raise the error a write of `local` left for this flush, if any."""
         code = local.take_error()
         if code is not None:
             # A write failed (ENOSPC): close reports it, once, like a local file system
@@ -223,13 +240,6 @@ class WriteBack:
             # the queue keep the last good one). Writes after this start a new version.
             raise OSError(code, f"{os.strerror(code)}: a write to s3://{local.bucket}/"
                                 f"{local.key} failed, this version is not uploaded")
-        if not local.to_submit:
-            return
-        # Not journalled (e.g. a full disk) raises: the file stays DIRTY, ours to write.
-        job = await self.queue.submit(local.bucket, local.key, local.staging_id, local.expected,
-                                      local.change.posix)
-        local.submitted(job)
-        log.debug("queued s3://%s/%s (%d bytes)", local.bucket, local.key, local.size)
 
     async def release(self, local: LocalFile, writer: bool = True) -> None:
         """A handle is gone: a writer's (or the last) one queues what is not queued yet."""
