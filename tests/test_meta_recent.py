@@ -1,6 +1,7 @@
-"""MetaStore answers entries just stored from HEAD answers from memory (a cold `ls -l`
-looks each one up right after storing it): no query, and never an answer other than
-the database's (with the queued writes) would give."""
+"""MetaStore answers from memory what it just stored: entries from HEAD answers (a cold
+`ls -l` looks each one up right after storing it) and directories known to exist (every
+upload says so of its parent): no query, and never an answer other than the database's
+(with the queued writes) would give."""
 from __future__ import annotations
 
 import dataclasses
@@ -118,3 +119,20 @@ def test_entries_read_as_the_database_says_whatever_the_writes(
         assert cached == plain
     for meta in stores:
         meta.close()
+
+
+def test_a_directory_known_once_costs_nothing_again(tmp_path: Path) -> None:
+    """Every upload tells the store its parent exists (know_dir): only the first time
+    reads and writes; the row it writes is never deleted, so the answer stays true."""
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    meta.know_dir(NS, "made/here")
+    assert meta.listed_at(NS, "made/here") == 0
+    real_query = meta._db.query_one
+
+    def no_query(*args: object) -> None:
+        raise AssertionError(f"queried: {args}")
+    meta._db.query_one = no_query  # type: ignore[method-assign]
+    meta.know_dir(NS, "made/here")
+    meta._db.query_one = real_query  # type: ignore[method-assign]
+    meta.close()
+    assert MetaStore(tmp_path / "meta.sqlite").listed_at(NS, "made/here") == 0

@@ -153,6 +153,7 @@ class MetaStore:
         # store_if_unknown cannot put back an older row), before it commits; readers see
         # a queued write before this (entry). Plain dict operations: atomic under the GIL.
         self._recent: dict[tuple[str, str, str], Entry] = {}
+        self._known_dirs: set[tuple[str, str]] = set()  # know_dir's: (ns, path) in `dirs`
 
     def close(self) -> None:
         with self.writing():
@@ -427,8 +428,14 @@ class MetaStore:
 
         A directory made through the mount was never listed from S3; once its entries are
         uploaded, this lets an offline mount serve what we know it holds. Every upload
-        asks this of its parent: a directory already known costs a read, not a commit.
+        asks this of its parent: a directory already known costs nothing (no row of `dirs`
+        is ever deleted, so what is known stays known), a new one a read and a commit.
         """
+        if (ns, path) in self._known_dirs:
+            return
+        if len(self._known_dirs) >= RECENT_MAX:
+            self._known_dirs.clear()
+        self._known_dirs.add((ns, path))
         if self.listed_at(ns, path) is not None:
             return
         self._write(lambda db: db.execute("INSERT OR IGNORE INTO dirs VALUES (?,?,0)", (ns, path)),
