@@ -21,7 +21,8 @@ from s3fuse.archive import ArchiveError, Limits, build_index
 from s3fuse.manifest.attempts import BUILDING, BuildGuard
 from s3fuse.manifest.index import ROOT_ID, ManifestIndex
 from s3fuse.manifest.ingest import IngestLimits, Ingestion
-from s3fuse.tree.shards import OPEN_GZIP_WINDOW_BYTES, ShardService, gzip_window_bytes, report_skipped
+from s3fuse.archive.index import gzip_window_bytes
+from s3fuse.tree.shards import OPEN_GZIP_WINDOW_BYTES, ShardService, report_skipped
 from s3fuse.util.oncelog import OnceLogger
 from tests.test_archive_hostile import END, entry, header, pax
 from tests.test_manifest_index import FakeStore, jsonl

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import trio
 
-from ..archive.index import (DEFAULT_SPACING, GZIP_WINDOW, ArchiveIndex, RangeSource, build_index,
+from ..archive.index import (ArchiveIndex, RangeSource, build_index, gzip_readers_bytes,
                              read_member)
 from ..archive.limits import ArchiveError, Limits
 from ..archive.tar import BLOCK, Member, heads_member
@@ -49,13 +49,9 @@ SHARD_ROWS = 1024
 HEADED_MEMBERS = 4096
 #: A restored gzip reader holds a 32 KiB window per seek point (one per DEFAULT_SPACING
 #: of the tar): 16 MiB for a 1 GiB shard, 1 GiB at max_total_bytes. The open readers
-#: together are kept under this (the one in use always stays).
+#: together (an index may have several: archive/index.py GZIP_READERS) are kept under
+#: this (the index in use always stays).
 OPEN_GZIP_WINDOW_BYTES = 256 << 20
-
-
-def gzip_window_bytes(index: ArchiveIndex) -> int:
-    """What restoring `index`'s seek points costs in memory (estimated from its size)."""
-    return ((index.uncompressed_size or 0) // DEFAULT_SPACING + 1) * GZIP_WINDOW
 
 
 class ReaderSource:
@@ -327,7 +323,7 @@ class ShardService:
         self._gzip.move_to_end(cache_key)
         while len(self._gzip) > 1 and (
                 len(self._gzip) > OPEN_GZIP_INDEXES
-                or sum(map(gzip_window_bytes, self._gzip.values())) > OPEN_GZIP_WINDOW_BYTES):
+                or sum(map(gzip_readers_bytes, self._gzip.values())) > OPEN_GZIP_WINDOW_BYTES):
             self._gzip.popitem(last=False)
         return index
 
