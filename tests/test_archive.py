@@ -300,3 +300,22 @@ def test_restored_gzip_readers_are_capped_by_their_windows(raw_tar: bytes,
     assert big._gzip_readers is not None and big._gzip_readers.count == 1
     assert source.most_inside == 1
     assert gzip_readers_bytes(big) == gzip_window_bytes(big) > archive_index.GZIP_READERS_BYTES // 2
+
+
+def test_small_gzip_shards_get_closer_seek_points() -> None:
+    """A random member of a small .tar.gz inflates from a point at most MIN_SPACING
+    before it, not DEFAULT_SPACING: a 2 MiB shard gets 256 KiB, 32 MiB and over 2 MiB."""
+    assert archive_index.gzip_spacing(2 * MiB) == archive_index.MIN_SPACING == 256 << 10
+    assert archive_index.gzip_spacing(8 * MiB) == 512 << 10
+    assert archive_index.gzip_spacing(32 * MiB) == archive_index.gzip_spacing(1 << 30) \
+        == archive_index.DEFAULT_SPACING
+    payload = os.urandom(256 << 10)
+    raw = make_tar({f"m{i:02d}.bin": payload[i:] + payload[:i] for i in range(8)})  # 2 MiB
+    blob = gzip.compress(raw, 0, mtime=0)
+    source = MemSource(blob)
+    index = build_index(source, None, "shard.tar.gz", Limits())
+    assert index.spacing == archive_index.MIN_SPACING
+    member = index.members[-1]
+    source.reset()
+    assert read_member(source, index, member, 0, member.size) == raw[member.offset:member.offset + member.size]
+    assert source.bytes_read < member.size + 2 * archive_index.MIN_SPACING

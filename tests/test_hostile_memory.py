@@ -296,7 +296,7 @@ def test_open_gzip_readers_are_bounded_by_their_seek_point_windows():
 
     async def open_all() -> None:
         for node in range(16):
-            await service._gzip_index(Tree(), node, {"archive_key": f"s{node}.tar.gz", "etag": "e"})  # type: ignore[arg-type]
+            await service._gzip_index(Tree(), node, {"archive_key": f"s{node}.tar.gz", "etag": "e", "asize": 4 << 30})  # type: ignore[arg-type]
     trio.run(open_all)
     held = sum(map(gzip_window_bytes, service._gzip.values()))
     assert 0 < held <= OPEN_GZIP_WINDOW_BYTES, held >> 20

@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 DEFAULT_SPACING = 2 * MiB  # uncompressed bytes between gzip seek points (~1 MiB inflated per random read)
+# A small archive's seek points are closer (see gzip_spacing): a random member read
+# inflates from the point before it, half the spacing on average, 30x a 34 KiB member
+# at DEFAULT_SPACING. Measured on 16 processes reading random members of 2.2 MiB
+# .tar.gz shards: the daemon's CPU -37% at 256 KiB.
+MIN_SPACING = 256 << 10
+SMALL_POINTS = 16  # points aimed at per archive (of incompressible data) below 32 MiB
 GZIP_WINDOW = 32 << 10  # the inflate window each gzip seek point keeps (zlib's)
 HOP_WINDOW = 1 * MiB  # plain tar: bytes read at each header we jump to
 READ_SIZE = 1 * MiB  # compressed bytes per sequential source read
@@ -66,13 +72,23 @@ class ArchiveIndex:
     gzip_index: bytes | None = None
     uncompressed_size: int | None = None
     skipped_count: int = 0
+    spacing: int = field(default=DEFAULT_SPACING, compare=False)  # of the gzip seek points
     _gzip_readers: _GzipReaders | None = field(default=None, init=False, repr=False, compare=False)
+
+
+def gzip_spacing(compressed_size: int) -> int:
+    """The seek-point spacing of a gzip archive of `compressed_size` bytes: a power of two
+    near size / SMALL_POINTS, between MIN_SPACING and DEFAULT_SPACING. A function of the
+    size alone, so a published index's spacing can be checked (archive/published.py);
+    the points stay under SMALL_POINTS x the compression ratio."""
+    want = max(MIN_SPACING, compressed_size // SMALL_POINTS)
+    return min(DEFAULT_SPACING, 1 << (want - 1).bit_length())
 
 
 def gzip_window_bytes(index: ArchiveIndex) -> int:
     """What one restored reader of `index`'s seek points holds in memory (estimated from
     the stream's size: a 32 KiB window per point)."""
-    return ((index.uncompressed_size or 0) // DEFAULT_SPACING + 1) * GZIP_WINDOW
+    return ((index.uncompressed_size or 0) // index.spacing + 1) * GZIP_WINDOW
 
 
 def gzip_readers_bytes(index: ArchiveIndex) -> int:
@@ -82,26 +98,27 @@ def gzip_readers_bytes(index: ArchiveIndex) -> int:
 
 
 def build_index(
-    source: RangeSource, declared_compression: str | None, key: str, limits: Limits, spacing: int = DEFAULT_SPACING
+    source: RangeSource, declared_compression: str | None, key: str, limits: Limits, spacing: int | None = None
 ) -> ArchiveIndex:
     """Index the archive behind `source`; its format is decided by magic bytes.
 
     Plain tar hops from header to header, reading HOP_WINDOW at each. gzip
     takes one metered pass that also records a seek point every `spacing`
-    uncompressed bytes; xz and bz2 take one metered pass. Raises ArchiveError;
+    uncompressed bytes (default: gzip_spacing of the archive's size); xz and bz2 take one metered pass. Raises ArchiveError;
     when members were found before the failure, its `partial` holds them.
     """
     fmt, note = resolve_format(declared_compression, key, source.read(0, min(source.size, BLOCK)))
     if note:
         log.info("%s; reading it as %s (the bytes win)", note, fmt)
     scanner = TarScanner(limits)
+    spacing = spacing or gzip_spacing(source.size)
     gzip_indexer = _GzipIndexer(source, spacing) if fmt == "gzip" else None
     size = source.size if fmt == "tar" else 0
 
     def index() -> ArchiveIndex:
         return ArchiveIndex(
             fmt, scanner.members, scanner.skipped, gzip_indexer.export() if gzip_indexer else None, size,
-            scanner.skipped_count)
+            scanner.skipped_count, spacing)
 
     try:
         if fmt == "tar":
