@@ -11,13 +11,16 @@ import os
 import random
 import sqlite3
 import tarfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import pytest
 
 from s3fuse.archive import ArchiveError, ArchiveIndex, Limits, Member, build_index, iter_decompressed, read_member
+from s3fuse.archive import index as archive_index
 from s3fuse.archive.compression import resolve_format, sniff
+from s3fuse.archive.index import gzip_readers_bytes, gzip_window_bytes
 
 MiB = 1 << 20
 MTIME = 1_700_000_000
@@ -237,3 +240,82 @@ def test_concurrent_gzip_member_reads() -> None:
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda m: read_member(source, index, m, 0, m.size), members))
     assert got == [files[m.path] for m in members]
+
+
+class GatedSource(MemSource):
+    """A MemSource whose reads record how many run at once; with `meet`, each thread's
+    first read waits there until `meet.parties` threads are inside reads together."""
+
+    def __init__(self, data: bytes, meet: threading.Barrier | None = None) -> None:
+        super().__init__(data)
+        self.meet = meet
+        self.inside = self.most_inside = 0
+        self._count = threading.Lock()
+        self._met = threading.local()
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self._count:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            if self.meet is not None and not getattr(self._met, "done", False):
+                self._met.done = True
+                self.meet.wait()
+            return super().read(offset, size)
+        finally:
+            with self._count:
+                self.inside -= 1
+
+
+def test_concurrent_member_reads_of_one_gzip_shard_do_not_queue(raw_tar: bytes,
+                                                                 files: dict[str, bytes]) -> None:
+    """DataLoader workers reading members of one .tar.gz at once each inflate with their
+    own restored reader: both are inside a source read together (with one reader and a
+    lock, the second waited for the first, S3 fetches under the lock included)."""
+    blob = gzip.compress(raw_tar, 1, mtime=0)
+    index = build_index(MemSource(blob), "gzip", "shard.tar.gz", Limits())
+    source = GatedSource(blob, threading.Barrier(2, timeout=10))
+    members = [m for m in index.members if m.size][:2]
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda m: read_member(source, index, m, 0, m.size), members))
+    assert got == [files[m.path] for m in members]
+    assert source.most_inside == 2
+    assert gzip_readers_bytes(index) == 2 * gzip_window_bytes(index)
+
+
+def test_restored_gzip_readers_are_capped_by_their_windows(raw_tar: bytes,
+                                                            files: dict[str, bytes]) -> None:
+    """A big shard's reader holds MiBs of windows: no more readers than GZIP_READERS_BYTES
+    allows (at least one), however many threads read; each gets the right bytes."""
+    blob = gzip.compress(raw_tar, 1, mtime=0)
+    index = build_index(MemSource(blob), "gzip", "shard.tar.gz", Limits())
+    big = ArchiveIndex("gzip", index.members, [], index.gzip_index,
+                       archive_index.GZIP_READERS_BYTES // archive_index.GZIP_WINDOW
+                       * archive_index.DEFAULT_SPACING // 2)  # each reader: half the budget
+    source = GatedSource(blob)
+    members = [m for m in index.members if m.size] * 3
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda m: read_member(source, big, m, 0, m.size), members))
+    assert got == [files[m.path] for m in members]
+    assert big._gzip_readers is not None and big._gzip_readers.count == 1
+    assert source.most_inside == 1
+    assert gzip_readers_bytes(big) == gzip_window_bytes(big) > archive_index.GZIP_READERS_BYTES // 2
+
+
+def test_small_gzip_shards_get_closer_seek_points() -> None:
+    """A random member of a small .tar.gz inflates from a point at most MIN_SPACING
+    before it, not DEFAULT_SPACING: a 2 MiB shard gets 256 KiB, 32 MiB and over 2 MiB."""
+    assert archive_index.gzip_spacing(2 * MiB) == archive_index.MIN_SPACING == 256 << 10
+    assert archive_index.gzip_spacing(8 * MiB) == 512 << 10
+    assert archive_index.gzip_spacing(32 * MiB) == archive_index.gzip_spacing(1 << 30) \
+        == archive_index.DEFAULT_SPACING
+    payload = os.urandom(256 << 10)
+    raw = make_tar({f"m{i:02d}.bin": payload[i:] + payload[:i] for i in range(8)})  # 2 MiB
+    blob = gzip.compress(raw, 0, mtime=0)
+    source = MemSource(blob)
+    index = build_index(source, None, "shard.tar.gz", Limits())
+    assert index.spacing == archive_index.MIN_SPACING
+    member = index.members[-1]
+    source.reset()
+    assert read_member(source, index, member, 0, member.size) == raw[member.offset:member.offset + member.size]
+    assert source.bytes_read < member.size + 2 * archive_index.MIN_SPACING

@@ -21,7 +21,8 @@ from s3fuse.archive import ArchiveError, Limits, build_index
 from s3fuse.manifest.attempts import BUILDING, BuildGuard
 from s3fuse.manifest.index import ROOT_ID, ManifestIndex
 from s3fuse.manifest.ingest import IngestLimits, Ingestion
-from s3fuse.tree.shards import OPEN_GZIP_WINDOW_BYTES, ShardService, gzip_window_bytes, report_skipped
+from s3fuse.archive.index import gzip_window_bytes
+from s3fuse.tree.shards import OPEN_GZIP_WINDOW_BYTES, ShardService, report_skipped
 from s3fuse.util.oncelog import OnceLogger
 from tests.test_archive_hostile import END, entry, header, pax
 from tests.test_manifest_index import FakeStore, jsonl
@@ -295,7 +296,7 @@ def test_open_gzip_readers_are_bounded_by_their_seek_point_windows():
 
     async def open_all() -> None:
         for node in range(16):
-            await service._gzip_index(Tree(), node, {"archive_key": f"s{node}.tar.gz", "etag": "e"})  # type: ignore[arg-type]
+            await service._gzip_index(Tree(), node, {"archive_key": f"s{node}.tar.gz", "etag": "e", "asize": 4 << 30})  # type: ignore[arg-type]
     trio.run(open_all)
     held = sum(map(gzip_window_bytes, service._gzip.values()))
     assert 0 < held <= OPEN_GZIP_WINDOW_BYTES, held >> 20

@@ -28,7 +28,7 @@ import struct
 import zlib
 from typing import Any
 
-from s3fuse.archive.index import DEFAULT_SPACING, GZIP_WINDOW, ArchiveIndex
+from s3fuse.archive.index import GZIP_WINDOW, ArchiveIndex, gzip_spacing
 from s3fuse.archive.limits import Limits
 from s3fuse.archive.tar import BLOCK, SKIPPED_KEPT, Member
 from ..names import safe_member_path
@@ -115,7 +115,7 @@ def decode(blob: bytes, bucket: str, key: str, etag: str, size: int,
     elif seek:
         raise Rejected(f"seek points for a {fmt} archive")
     return ArchiveIndex(fmt, members, skipped, seek if fmt == "gzip" else None, usize,
-                        header["skipped_count"])
+                        header["skipped_count"], gzip_spacing(size))
 
 
 def _count(value: Any) -> bool:
@@ -190,7 +190,7 @@ def check_seek_points(seek: bytes, size: int, usize: int) -> None:
     must be this archive's, its points in order inside both streams, every window
     present and the whole exactly as long as they say (zran itself allocates what a
     hostile count asks and reads windows blindly)."""
-    windows = usize // DEFAULT_SPACING + 2  # one per spacing, the first and the last
+    windows = usize // gzip_spacing(size) + 2  # one per spacing, the first and the last
     points_cap = windows + size // STREAM_BYTES_PER_POINT + 1
     cap = _ZRAN_HEAD.size + points_cap * _ZRAN_POINT.size + windows * GZIP_WINDOW
     inflate = zlib.decompressobj()
@@ -206,7 +206,7 @@ def check_seek_points(seek: bytes, size: int, usize: int) -> None:
     if magic != b"GZIDX" or version != 1:
         raise Rejected("seek points are not an indexed_gzip v1 export")
     if csize != size or uncompressed not in (0, usize) or window != GZIP_WINDOW \
-            or spacing != DEFAULT_SPACING or not 0 < count <= points_cap:
+            or spacing != gzip_spacing(size) or not 0 < count <= points_cap:
         raise Rejected("seek points describe another stream")
     at = _ZRAN_HEAD.size
     if len(raw) < at + count * _ZRAN_POINT.size:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import trio
 
-from ..archive.index import (DEFAULT_SPACING, GZIP_WINDOW, ArchiveIndex, RangeSource, build_index,
-                             read_member)
+from ..archive.index import (ArchiveIndex, RangeSource, build_index, gzip_readers_bytes,
+                             gzip_spacing, read_member)
 from ..archive.limits import ArchiveError, Limits
 from ..archive.tar import BLOCK, Member, heads_member
 from ..data.reader import BlockReader, ReadState
@@ -47,15 +47,11 @@ OPEN_GZIP_INDEXES = 16
 SHARD_ROWS = 1024
 #: Members of published indexes whose tar header was checked (see ShardService._headed).
 HEADED_MEMBERS = 4096
-#: A restored gzip reader holds a 32 KiB window per seek point (one per DEFAULT_SPACING
-#: of the tar): 16 MiB for a 1 GiB shard, 1 GiB at max_total_bytes. The open readers
-#: together are kept under this (the one in use always stays).
+#: A restored gzip reader holds a 32 KiB window per seek point (one per 2 MiB of the
+#: tar, closer in small archives: archive/index.py gzip_spacing): 16 MiB for a 1 GiB shard, 1 GiB at max_total_bytes. The open readers
+#: together (an index may have several: archive/index.py GZIP_READERS) are kept under
+#: this (the index in use always stays).
 OPEN_GZIP_WINDOW_BYTES = 256 << 20
-
-
-def gzip_window_bytes(index: ArchiveIndex) -> int:
-    """What restoring `index`'s seek points costs in memory (estimated from its size)."""
-    return ((index.uncompressed_size or 0) // DEFAULT_SPACING + 1) * GZIP_WINDOW
 
 
 class ReaderSource:
@@ -323,11 +319,11 @@ class ShardService:
                 raise StaleObject(f"{tree.describe(node_id)}: shard changed")
             index = self._gzip[cache_key] = ArchiveIndex(
                 format="gzip", members=[], skipped=[], gzip_index=full["gzip_index"],
-                uncompressed_size=full["usize"])
+                uncompressed_size=full["usize"], spacing=gzip_spacing(shard["asize"]))
         self._gzip.move_to_end(cache_key)
         while len(self._gzip) > 1 and (
                 len(self._gzip) > OPEN_GZIP_INDEXES
-                or sum(map(gzip_window_bytes, self._gzip.values())) > OPEN_GZIP_WINDOW_BYTES):
+                or sum(map(gzip_readers_bytes, self._gzip.values())) > OPEN_GZIP_WINDOW_BYTES):
             self._gzip.popitem(last=False)
         return index
 
