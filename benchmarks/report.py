@@ -329,7 +329,7 @@ def _subject_table(workload: dict[str, Any], meds: Medians, fails: Failures) -> 
         cells = [_cell(m["title"]), cell(meds, fails, SUBJECT, m)]
         if baselines:
             better = "faster" if m["unit"] == "s" else "less"  # bytes, requests: fewer
-            cells += [fmt(base, m["unit"]), f"**{speedup:.0f}x** {better}" if speedup else "—"]
+            cells += [fmt(base, m["unit"]), f"**{_times(speedup)}** {better}" if speedup else "—"]
         if with_targets:
             cells.append(_target(m, value, speedup))
         out.append("| " + " | ".join(cells) + " |")
@@ -444,3 +444,8 @@ def render(results: dict[str, Any], docs_dir: Path) -> None:
     image = docs_dir / "benchmarks.png"
     plot(results, image)
     (docs_dir / "benchmarks.md").write_text(markdown(results, image.name))
+
+
+def _times(ratio: float) -> str:
+    """A speedup as people read it: whole numbers from 10x, two decimals below (0.41x)."""
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.2f}x"
