@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
-from s3exchange import FileEntry, Manifest, S3ExchangeStore, ShardItem, infer_id_from_key
+from s3exchange import FileEntry, S3ExchangeStore, ShardItem, infer_id_from_key
 
 from benchmarks.s3 import S3Target
 from tests.support.s3exchange_fixtures import exchange_store

@@ -17,6 +17,7 @@ import fnmatch
 import json
 import logging
 import sqlite3
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,15 +183,8 @@ class ManifestIndex:
 
     def path_of(self, node_id: int, top: int = ROOT_ID) -> str:
         """The '/'-joined path of a node below `top` (the manifest root by default)."""
-        parts = []
         with self._db.snapshot() as db:
-            while node_id not in (top, ROOT_ID):
-                row = db.execute("SELECT parent, name FROM nodes WHERE id=?", (node_id,)).fetchone()
-                if row is None:
-                    break
-                node_id, name = row
-                parts.append(name)
-        return "/".join(reversed(parts))
+            return _path(db, node_id, top)
 
     def key_of(self, node: Node, base: str) -> str | None:
         """A node's S3 key: stored, or for a file whose key the ingestion left out (None),
@@ -282,6 +276,17 @@ class ManifestIndex:
                                  "UPDATE shards SET state='pending' WHERE node=?", shard_id)
 
 
+def _path(db: sqlite3.Connection, node_id: int, top: int = ROOT_ID) -> str:
+    parts = []
+    while node_id not in (top, ROOT_ID):
+        row = db.execute("SELECT parent, name FROM nodes WHERE id=?", (node_id,)).fetchone()
+        if row is None:
+            break
+        node_id, name = row
+        parts.append(name)
+    return "/".join(reversed(parts))
+
+
 def shared_key(shard_id: int) -> str:
     return f"shared:{shard_id}"
 
@@ -304,22 +309,27 @@ def _member_dirs(db: sqlite3.Connection, dirs: dict[tuple[int, str], int], parts
     return parent
 
 
+#: A file's row; a directory of this pass at its path wins (the row is left alone).
 _UPSERT_FILE = (
     "INSERT INTO nodes (parent, name, kind, size, key, etag, entry_id, meta, gen) "
     "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(parent, name) DO UPDATE SET kind=excluded.kind, "
     "size=excluded.size, key=excluded.key, etag=excluded.etag, entry_id=excluded.entry_id, "
-    "meta=excluded.meta, gen=excluded.gen")
+    f"meta=excluded.meta, gen=excluded.gen WHERE NOT (nodes.kind IN ({DIR}, {SHARD}) "
+    "AND nodes.gen=excluded.gen)")
 
 
 class IndexWriter:
     """One ingestion pass: upserts entries in order, then drops what was not seen again.
 
-    Files are upserted in batches (one executemany each: a third of the CPU of a
-    statement per file); a batch is written before anything that reads rows of this pass
-    (a directory looked up, a shard, the commit), so it sees them as if each was written
-    at once. `key` None: the file's key is derived from its path (ManifestTree)."""
+    Memory is bounded whatever the manifest's size: files are upserted in batches (one
+    executemany each: a third of the CPU of a statement per file), and the directories
+    of this pass are remembered in an LRU of DIRS_KEPT (an evicted one is looked up in
+    the index again). A batch is written before anything that reads rows of this pass (a
+    directory looked up, a shard, the commit), so it sees them as if each was written at
+    once. `key` None: the file's key is derived from its path (ManifestIndex.key_of)."""
 
     BATCH = 10_000
+    DIRS_KEPT = 10_000
     #: Conflicting paths kept for the summary line; the rest are only counted.
     CONFLICTS_KEPT = 5
 
@@ -328,7 +338,7 @@ class IndexWriter:
         self.gen = int(index.info("gen") or 0) + 1
         # Directories of this pass by (parent id, name): linear in what was seen, where
         # keying them by path kept every prefix of every path (quadratic in its depth).
-        self._dirs: dict[tuple[int, str], int] = {}
+        self._dirs: OrderedDict[tuple[int, str], int] = OrderedDict()
         self._pending = 0
         self._files: list[tuple[Any, ...]] = []
         self.entries = 0
@@ -338,22 +348,25 @@ class IndexWriter:
         db.execute("BEGIN IMMEDIATE")
         db.execute("UPDATE nodes SET gen=? WHERE id=?", (self.gen, ROOT_ID))
 
-    def _conflict(self, parts: list[str]) -> None:
+    def _conflict(self, path: str) -> None:
         self.conflict_count += 1
         if len(self.conflicts) < self.CONFLICTS_KEPT:
-            self.conflicts.append("/".join(parts))
+            self.conflicts.append(path)
 
     def _dir(self, parts: list[str]) -> int:
         parent = ROOT_ID
         db = self.db
+        dirs = self._dirs
         for depth, part in enumerate(parts):
-            known = self._dirs.get((parent, part))
-            if known is None:
+            known = dirs.get((parent, part))
+            if known is not None:
+                dirs.move_to_end((parent, part))
+            else:
                 self._flush()
                 row = db.execute("SELECT id, kind, gen FROM nodes WHERE parent=? AND name=?",
                                  (parent, part)).fetchone()
                 if row is not None and row[1] == FILE and row[2] == self.gen:
-                    self._conflict(parts[:depth + 1])  # a file of this pass: the directory wins
+                    self._conflict("/".join(parts[:depth + 1]))  # a file of this pass: the directory wins
                 if row is not None and row[1] in (DIR, SHARD) and row[2] == self.gen:
                     known = row[0]
                 else:
@@ -362,36 +375,34 @@ class IndexWriter:
                         "VALUES (?,?,?,?,NULL,NULL,NULL,NULL,NULL) ON CONFLICT(parent, name) DO UPDATE "
                         "SET kind=?, gen=excluded.gen, size=NULL, key=NULL, etag=NULL RETURNING id",
                         (parent, part, DIR, self.gen, DIR)).fetchone()[0]
-                self._dirs[parent, part] = known
+                dirs[parent, part] = known
+                if len(dirs) > self.DIRS_KEPT:
+                    dirs.popitem(last=False)
             parent = known
         return parent
 
-    def _known_dir(self, parts: list[str]) -> bool:
-        """Is `parts` a directory of this pass already? (creates nothing)"""
-        parent = ROOT_ID
-        for part in parts:
-            known = self._dirs.get((parent, part))
-            if known is None:
-                return False
-            parent = known
-        return True
-
     def add_file(self, parts: list[str], key: str | None, size: int | None, etag: str | None,
-                 entry_id: str | None, meta: str | None) -> bool:
-        if self._known_dir(parts):
-            self._conflict(parts)
-            return False
+                 entry_id: str | None, meta: str | None) -> None:
+        """Upsert a file (in the next batch); a directory of this pass at its path wins."""
         parent = self._dir(parts[:-1])
         self._files.append((parent, parts[-1], FILE, size, key, pack_etag(etag), entry_id, meta,
                             self.gen))
         self._tick()
-        return True
 
     def _flush(self) -> None:
-        """Write the files batched so far."""
-        if self._files:
-            self.db.executemany(_UPSERT_FILE, self._files)
-            self._files.clear()
+        """Write the files batched so far; count those a directory of this pass kept out."""
+        files = self._files
+        if not files:
+            return
+        written = self.db.executemany(_UPSERT_FILE, files).rowcount
+        if written < len(files):  # rare: find which, for the summary line
+            for parent, name, *_ in files:
+                row = self.db.execute("SELECT id, kind FROM nodes WHERE parent=? AND name=?",
+                                      (parent, name)).fetchone()
+                if row[1] != FILE:
+                    self._conflict(_path(self.db, row[0]))
+                    self.entries -= 1
+        files.clear()
 
     def add_shard(self, parts: list[str], archive_key: str, fmt: str, compression: str | None,
                   internal: str, count: int | None, size: int | None, meta: str | None) -> None:
