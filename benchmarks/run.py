@@ -3,7 +3,7 @@
     python benchmarks/run.py [--rounds N] [--quick] [--huge] [--fs s3fuse,s3fs,rclone]
                              [--workloads NAME,...] [--merge]
 
-``--huge`` adds the 1,000,000-entry manifest; ``--merge`` keeps the results of the
+``--huge`` adds the 1,000,000- and 10,000,000-entry manifests; ``--merge`` keeps the results of the
 workloads not run this time (e.g. to add it to a full run's report).
 
 Every round starts by measuring the machine's limit for the metrics run that have one
