@@ -256,6 +256,7 @@ def test_a_file_key_its_path_gives_is_not_stored_and_an_md5_etag_takes_16_bytes(
     assert (x.key, x.etag, index.key_of(x, base)) == (None, md5, base + "a/x.bin")
     assert (y.key, y.etag, index.key_of(y, base)) == ("elsewhere/y.bin", md5.upper(), "elsewhere/y.bin")
     assert z.etag == md5 + "-3"
+    assert Path(f"{index.path}-wal").stat().st_size == 0  # checkpointed: the index is one file
     stored = sqlite3.connect(index.path).execute(
         "SELECT name, typeof(key), typeof(etag), length(etag) FROM nodes WHERE kind=?", (FILE,))
     assert sorted(stored) == [("x.bin", "null", "blob", 16), ("y.bin", "text", "text", 32),

@@ -440,6 +440,8 @@ class IndexWriter:
             db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)",
                            [("gen", str(self.gen)), *info.items()])
             db.execute("COMMIT")
+            # the index on disk is then the database alone (the WAL of a build is ~4 MiB)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             db.close()
 
