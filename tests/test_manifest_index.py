@@ -298,3 +298,22 @@ def test_ingestion_memory_does_not_grow_with_the_manifest(tmp_path: Path):
     MiB. Before the writer's directories were an LRU, the larger took 30 MiB more."""
     small, large = ingest_peak_kib(tmp_path, 20_000), ingest_peak_kib(tmp_path, 200_000)
     assert large - small < 12 << 10, (small, large)
+
+
+def test_children_page_in_name_order_from_any_offset_and_survive_a_dropped_child(tmp_path: Path):
+    base = "m/"
+    index = ingest(tmp_path, {"m/manifest.jsonl": jsonl(
+        *({"kind": "file", "key": f"m/d/{name}"} for name in ("c", "a", "d", "b")))},
+        root="m/manifest.jsonl")
+    d = index.child(ROOT_ID, "d").id  # type: ignore[union-attr]
+    listed, after = [], 0
+    while page := index.children(d, after, 1):  # offsets: the id of the last child served
+        listed.append(page[0].name)
+        after = page[0].id
+    assert listed == ["a", "b", "c", "d"]
+    b = index.child(d, "b").id  # type: ignore[union-attr]
+    assert [n.name for n in index.children(d, b, 10)] == ["c", "d"]
+    store = FakeStore({"m/manifest.jsonl": jsonl(
+        *({"kind": "file", "key": f"m/d/{name}"} for name in ("a", "c", "d")))})
+    Ingestion(store, "bkt", base, IngestLimits()).run(index, "m/manifest.jsonl", "e2", 0)  # type: ignore[arg-type]
+    assert [n.name for n in index.children(d, b, 10)] == ["a", "c", "d"]  # again, none lost
