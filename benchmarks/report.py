@@ -239,8 +239,8 @@ def _scale_section(family: list[dict[str, Any]], spec: dict[str, Any], meds: Med
     if first.get("notes"):
         out += [spec_text(first["notes"], named), ""]
     out += [f"N = {', '.join(f'{n:,}' for n in sizes)}; *per {unit}* = the growth from one "
-            f"size to the next divided by the {unit} entries added (the same at every step: "
-            "linear).", ""]
+            "size to the next divided by the number added (the same at every step: linear; "
+            "less at the larger step: better than linear).", ""]
     for w, n in zip(family, sizes):
         run = w.get("run") or meta
         if (run["date"], run["rounds"]) != (meta["date"], meta["rounds"]):

@@ -672,6 +672,8 @@ def shard_random_reads(ctx: Context) -> dict[str, float]:
             "s3exchange_100_reads": exchange}
 
 
+#: The flat manifests of the scale family, smallest first.
+MANIFEST_SIZES = (datasets.BIG_MANIFEST, datasets.HUGE_MANIFEST, datasets.GIANT_MANIFEST)
 #: Where an s3fuse daemon keeps its manifest indexes, below its --cache-dir.
 MANIFEST_INDEX_DIR = "manifests"
 
@@ -704,11 +706,13 @@ def register_manifest_find(name: str, manifest: ManifestRef, setup: SetupFunc, e
         compare_filesystems=False,
         huge=huge,
         scale=Scale("manifest", entries, "entry"),
-        notes=f"One manifest object (`{manifest.key}`) of {{{entries}:,}} `file` "
-              f"lines (`data/d<dir>/f<n>.bin`, {datasets.MANIFEST_FILES_PER_DIR} per "
-              "directory, size and etag filled in; the objects themselves do not exist), "
-              f"mounted with `--manifest {manifest.name}=s3://BUCKET/{manifest.key}`; s3fs and "
-              "rclone cannot read manifests.",
+        notes=f"One manifest object of {{{entries}:,}} `file` lines as s3exchange writes "
+              f"them (`data/d<dir>/f<n>.bin`, {datasets.MANIFEST_FILES_PER_DIR} per directory, "
+              "size and etag filled in; the objects themselves do not exist), mounted with "
+              "`--manifest NAME=s3://BUCKET/bench-manifests/NAME/manifest.jsonl` (NAME: "
+              f"{', '.join(m.name for m in MANIFEST_SIZES)} from the smallest); s3fs and "
+              "rclone cannot read manifests. Each size on a fresh mount with an empty cache; "
+              "the index is timed apart from the `find` that walks it.",
     )
     def manifest_find(ctx: Context) -> dict[str, float]:
         top = ctx.in_manifest(manifest)
