@@ -180,7 +180,14 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
     if why:
         out += ["", "Why these flags:", "", *why]
     lims = limit_medians(results)
+    families = scale_families(results["workloads"], spec)
     for w in results["workloads"]:
+        family = families.get((w.get("scale") or {}).get("family", ""))
+        if family and w is not family[0]:
+            continue  # shown with the family's first member
+        if family and len(family) > 1:
+            out += _scale_section(family, spec, meds, fails, meta)
+            continue
         out += ["", f"## {spec_text(w['title'], spec)}", ""]
         if w.get("notes"):
             out += [spec_text(w["notes"], spec), ""]
@@ -198,6 +205,72 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
                 f"{_cell(e['error'])[:300]}"
                 for e in errors]
     return "\n".join(out) + "\n"
+
+
+# -- scale families: one workload at several sizes ----------------------------------
+
+
+class _Symbol(str):
+    """A spec value shown as a name whatever its format (``{entries:,}`` -> ``N``)."""
+
+    def __format__(self, format_spec: str) -> str:
+        return str(self)
+
+
+def scale_families(workloads: list[dict[str, Any]],
+                   spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The workloads of each scale family (``Workload.scale``), smallest size first."""
+    families: dict[str, list[dict[str, Any]]] = {}
+    for w in workloads:
+        if w.get("scale") and w["scale"]["size"] in spec:
+            families.setdefault(w["scale"]["family"], []).append(w)
+    for members in families.values():
+        members.sort(key=lambda w: spec[w["scale"]["size"]])
+    return families
+
+
+def _scale_section(family: list[dict[str, Any]], spec: dict[str, Any], meds: Medians,
+                   fails: Failures, meta: dict[str, Any]) -> list[str]:
+    """One table for a family: each metric at every size, then its cost per unit between
+    consecutive sizes (the growth divided by the units added: flat = linear)."""
+    first = family[0]
+    named = {**spec, first["scale"]["size"]: _Symbol("N")}
+    sizes = [spec[w["scale"]["size"]] for w in family]
+    unit = first["scale"]["unit"]
+    out = ["", f"## Scale: {spec_text(first['title'], named)}", ""]
+    if first.get("notes"):
+        out += [spec_text(first["notes"], named), ""]
+    out += [f"N = {', '.join(f'{n:,}' for n in sizes)}; *per {unit}* = the growth from one "
+            "size to the next divided by the number added (the same at every step: linear; "
+            "less at the larger step: better than linear).", ""]
+    for w, n in zip(family, sizes):
+        run = w.get("run") or meta
+        if (run["date"], run["rounds"]) != (meta["date"], meta["rounds"]):
+            out += [f"_N = {n:,}: measured {run['date']}, {run['rounds']} "
+                    f"round{'s' * (run['rounds'] != 1)}._", ""]
+    steps = list(zip(sizes, sizes[1:]))
+    cols = ["measurement", *(f"N = {n:,}" for n in sizes),
+            *(f"per {unit}, {a:,} → {b:,}" for a, b in steps)]
+    out += ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for row in zip(*(w["metrics"] for w in family)):
+        values = [meds.get(SUBJECT, {}).get(m["key"]) for m in row]
+        cells = [_cell(row[0]["title"]), *(cell(meds, fails, SUBJECT, m) for m in row)]
+        for (a, b), (va, vb) in zip(steps, zip(values, values[1:])):
+            cells.append(per_unit(va, vb, b - a, row[0]["unit"]))
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def per_unit(before: float | None, after: float | None, added: int, unit: str) -> str:
+    """The growth from ``before`` to ``after`` per unit added: µs for times, bytes for MiB."""
+    if before is None or after is None or added <= 0:
+        return "—"
+    grown = (after - before) / added
+    if unit == "s":
+        return f"{grown * 1e6:,.1f} µs"
+    if unit == "MiB":
+        return f"{grown * 2**20:,.0f} B"
+    return fmt(grown, unit)
 
 
 def _offline_bullet(results: dict[str, Any]) -> list[str]:

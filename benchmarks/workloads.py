@@ -126,6 +126,21 @@ SetupFunc = Callable[[SetupEnv], None]
 
 
 @dataclass(frozen=True)
+class Scale:
+    """A workload as one size of a family measured at several sizes (cost should grow
+    linearly, or better, with the work): the report puts the family's sizes side by side.
+
+    ``family``: what the members share; ``size``: the data-set spec's field holding the
+    size; ``unit``: what is counted (the report divides by the size: cost per ``unit``).
+    The members' metrics line up by position.
+    """
+
+    family: str
+    size: str
+    unit: str
+
+
+@dataclass(frozen=True)
 class Workload:
     """A registered workload.
 
@@ -135,7 +150,9 @@ class Workload:
     markdown for the report, formatted with the data-set spec's fields. ``series``: the
     title of a growth table shared by the workloads that run the same metrics (by
     position) on one data set at several sizes; ``size``: this one's size, a spec
-    expression (``"{flat_dir_keys[0]}"``).
+    expression (``"{flat_dir_keys[0]}"``): a table of growth exponents for workloads
+    that compare filesystems. ``scale``: one size of a family the report shows side by
+    side with a cost per unit (the manifest sizes, s3fuse alone).
     """
 
     name: str
@@ -150,13 +167,15 @@ class Workload:
     notes: str = ""
     series: str = ""
     size: str = ""
+    scale: Scale | None = None
 
     def describe(self) -> dict[str, object]:
         """What results.json records about it."""
         return {"name": self.name, "title": self.title,
                 "metrics": [m.__dict__ for m in self.metrics],
                 "compare_filesystems": self.compare_filesystems, "baseline": self.baseline,
-                "notes": self.notes, "series": self.series, "size": self.size}
+                "notes": self.notes, "series": self.series, "size": self.size,
+                "scale": self.scale.__dict__ if self.scale else None}
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -165,7 +184,7 @@ WORKLOADS: dict[str, Workload] = {}
 def workload(name: str, title: str, metrics: list[Metric], setups: tuple[SetupFunc, ...] = (),
              *, manifests: tuple[ManifestRef, ...] = (), compare_filesystems: bool = True,
              baseline: str = "", huge: bool = False, notes: str = "", series: str = "",
-             size: str = ""):
+             size: str = "", scale: Scale | None = None):
     """Decorator adding a workload to ``WORKLOADS`` (run in registration order)."""
     taken = {m.key for w in WORKLOADS.values() for m in w.metrics}
     clash = taken & {m.key for m in metrics}
@@ -174,7 +193,8 @@ def workload(name: str, title: str, metrics: list[Metric], setups: tuple[SetupFu
 
     def register(func: WorkloadFunc) -> WorkloadFunc:
         WORKLOADS[name] = Workload(name, title, func, tuple(metrics), setups, manifests,
-                                   compare_filesystems, baseline, huge, notes, series, size)
+                                   compare_filesystems, baseline, huge, notes, series, size,
+                                   scale)
         return func
 
     return register
@@ -661,43 +681,65 @@ def shard_random_reads(ctx: Context) -> dict[str, float]:
             "s3exchange_100_reads": exchange}
 
 
+#: The flat manifests of the scale family, smallest first.
+MANIFEST_SIZES = (datasets.BIG_MANIFEST, datasets.HUGE_MANIFEST, datasets.GIANT_MANIFEST)
+#: Where an s3fuse daemon keeps its manifest indexes, below its --cache-dir.
+MANIFEST_INDEX_DIR = "manifests"
+
+
+def disk_usage(directory: Path) -> int:
+    """Bytes the files directly in ``directory`` take on disk (allocated blocks)."""
+    return sum(p.stat().st_blocks * 512 for p in directory.iterdir() if p.is_file())
+
+
 def register_manifest_find(name: str, manifest: ManifestRef, setup: SetupFunc, entries: str,
                            *, huge: bool = False, max_rss_mib: float | None = None) -> None:
-    """``find MP/NAME -type f | wc -l`` over a manifest of ``spec.<entries>`` file entries."""
+    """Index, then ``find MP/NAME -type f | wc -l``, a manifest of ``spec.<entries>`` file
+    entries: one size of the ``manifest`` scale family (the report shows the sizes side by
+    side, with the cost per entry)."""
 
     @workload(
         name,
-        f"`find -type f` over a manifest of {{{entries}:,}} file entries",
+        f"A manifest of {{{entries}:,}} file entries: index, `find -type f`, memory, disk",
         [
-            Metric(f"{name}_cold", "cold `find | wc -l`: empty cache, fresh mount (includes "
-                   "ingesting the manifest)"),
+            Metric(f"{name}_index", "index: first `ls` of the manifest's directory (empty "
+                   "cache, fresh mount: reads and ingests the whole manifest)"),
+            Metric(f"{name}_cold", "then `find | wc -l` (index built, nothing else cached)"),
             Metric(f"{name}_warm", "again (warm)"),
             Metric(f"{name}_rss", "daemon peak RSS (VmHWM) of that mount", "MiB",
                    max_value=max_rss_mib),
+            Metric(f"{name}_disk", "index size on disk (database, WAL and all)", "MiB"),
         ],
         setups=(setup,),
         manifests=(manifest,),
         compare_filesystems=False,
         huge=huge,
-        notes=f"One manifest object (`{manifest.key}`) of {{{entries}:,}} `file` "
-              f"lines (`data/d<dir>/f<n>.bin`, {datasets.MANIFEST_FILES_PER_DIR} per "
-              "directory, size and etag filled in; the objects themselves do not exist), "
-              f"mounted with `--manifest {manifest.name}=s3://BUCKET/{manifest.key}`; s3fs and "
-              "rclone cannot read manifests.",
+        scale=Scale("manifest", entries, "entry"),
+        notes=f"One manifest object of {{{entries}:,}} `file` lines as s3exchange writes "
+              f"them (`data/d<dir>/f<n>.bin`, {datasets.MANIFEST_FILES_PER_DIR} per directory, "
+              "size and etag filled in; the objects themselves do not exist), mounted with "
+              "`--manifest NAME=s3://BUCKET/bench-manifests/NAME/manifest.jsonl` (NAME: "
+              f"{', '.join(m.name for m in MANIFEST_SIZES)} from the smallest); s3fs and "
+              "rclone cannot read manifests. Each size on a fresh mount with an empty cache; "
+              "the index is timed apart from the `find` that walks it.",
     )
     def manifest_find(ctx: Context) -> dict[str, float]:
         top = ctx.in_manifest(manifest)
         want = getattr(ctx.spec, entries)
         ctx.fresh_mount()
+        index, _ = timed(["ls", top], capture=True)
         cold, found = count_files(top)
         expect(found == want, f"cold find {top} counted {found} files, expected {want}")
         warm, found = count_files(top)
         expect(found == want, f"warm find {top} counted {found} files, expected {want}")
-        return {f"{name}_cold": cold, f"{name}_warm": warm,
-                f"{name}_rss": ctx.fs.daemon_peak_rss_kib() / 1024}
+        return {f"{name}_index": index, f"{name}_cold": cold, f"{name}_warm": warm,
+                f"{name}_rss": ctx.fs.daemon_peak_rss_kib() / 1024,
+                f"{name}_disk": disk_usage(ctx.fs.cache_dir / MANIFEST_INDEX_DIR) / 2**20}
 
 
 register_manifest_find("manifest_find", datasets.BIG_MANIFEST, datasets.big_manifest,
                        "manifest_entries")
 register_manifest_find("manifest_find_1m", datasets.HUGE_MANIFEST, datasets.huge_manifest,
                        "huge_manifest_entries", huge=True, max_rss_mib=300)
+register_manifest_find("manifest_find_10m", datasets.GIANT_MANIFEST, datasets.giant_manifest,
+                       "giant_manifest_entries", huge=True, max_rss_mib=300)

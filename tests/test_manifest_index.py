@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
 import logging
 import tracemalloc
 from pathlib import Path
@@ -214,3 +217,103 @@ def test_a_manifest_over_the_size_cap_is_refused_unread(tmp_path: Path, caplog):
         Ingestion(store, "bkt", "m/", IngestLimits()).run(index, root, "etag-big", 0)  # type: ignore[arg-type]
     assert store.streamed == 0
     assert f"is {2 * GiB + 1} bytes, over the {2 * GiB} byte cap: refused" in caplog.text
+
+
+# ------------------------------------------------------------------ scale (issue 16)
+
+
+def test_the_writer_keeps_few_directories_and_still_finds_the_others(tmp_path: Path):
+    """The directories of a pass are an LRU, not every one of them: one evicted is found
+    in the index again (not made twice), and a file where a directory of this pass is
+    still loses to it, in whichever batch it comes."""
+    index = ManifestIndex(tmp_path / "m.sqlite")
+    writer = index.writer()
+    writer.DIRS_KEPT = 3
+    for d in range(10):
+        writer.add_file([f"d{d}", "f"], None, 1, None, None, None)
+    assert len(writer._dirs) == 3
+    writer.add_file(["d0", "g"], None, 1, None, None, None)  # d0 was evicted long ago
+    writer.add_file(["d1"], "m/d1", 1, None, None, None)  # a file where a directory is
+    writer.commit()
+    assert (writer.conflict_count, writer.conflicts, writer.entries) == (1, ["d1"], 11)
+    d0 = index.child(ROOT_ID, "d0")
+    assert d0 is not None and d0.kind == DIR
+    assert sorted(n.name for n in index.children(d0.id, 0, 10)) == ["f", "g"]
+    assert index.child(ROOT_ID, "d1").kind == DIR  # type: ignore[union-attr]
+    assert index.count() == 1 + 10 + 11
+
+
+def test_a_file_key_its_path_gives_is_not_stored_and_an_md5_etag_takes_16_bytes(tmp_path: Path):
+    base = "ml/run/samples/"
+    md5 = "0123456789abcdef0123456789abcdef"
+    index = ingest(tmp_path, {base + "manifest.jsonl": jsonl(
+        {"kind": "file", "key": base + "a/x.bin", "etag": f'"{md5}"'},
+        {"kind": "file", "key": "elsewhere/y.bin", "etag": md5.upper()},
+        {"kind": "file", "key": base + "z.bin", "etag": md5 + "-3"})})
+    x = index.child(index.child(ROOT_ID, "a").id, "x.bin")  # type: ignore[union-attr]
+    y = index.child(index.child(ROOT_ID, "elsewhere").id, "y.bin")  # type: ignore[union-attr]
+    z = index.child(ROOT_ID, "z.bin")
+    assert (x.key, x.etag, index.key_of(x, base)) == (None, md5, base + "a/x.bin")
+    assert (y.key, y.etag, index.key_of(y, base)) == ("elsewhere/y.bin", md5.upper(), "elsewhere/y.bin")
+    assert z.etag == md5 + "-3"
+    assert Path(f"{index.path}-wal").stat().st_size == 0  # checkpointed: the index is one file
+    stored = sqlite3.connect(index.path).execute(
+        "SELECT name, typeof(key), typeof(etag), length(etag) FROM nodes WHERE kind=?", (FILE,))
+    assert sorted(stored) == [("x.bin", "null", "blob", 16), ("y.bin", "text", "text", 32),
+                              ("z.bin", "null", "text", 34)]
+
+
+#: Ingests N generated entries, each file in a directory of its own (the worst case for
+#: what the writer remembers), streamed from a store that never holds the manifest, and
+#: prints the peak RSS in KiB.
+INGEST_RSS = """
+import resource, sys
+from pathlib import Path
+from s3fuse.manifest.index import ManifestIndex
+from s3fuse.manifest.ingest import IngestLimits, Ingestion
+from s3fuse.store.protocol import ObjectInfo
+n = int(sys.argv[1])
+line = b'{"kind":"file","key":"m/d%%08d/f.bin","size_bytes":1,"etag":"%%032x"}\\n'
+class Generated:
+    def head(self, bucket, key):
+        return ObjectInfo(key, n * %d, 0, "e")
+    def iter_chunks(self, bucket, key, etag, size, chunk):
+        for start in range(0, n, 10_000):
+            yield b"".join(line %% (i, i) for i in range(start, min(n, start + 10_000)))
+index = ManifestIndex(Path(sys.argv[2]))
+count = Ingestion(Generated(), "b", "m/", IngestLimits()).run(index, "m/manifest.jsonl", "e", 0)
+assert count == n, count
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+""" % len(b'{"kind":"file","key":"m/d00000000/f.bin","size_bytes":1,"etag":"' + b"0" * 32 + b'"}\n')
+
+
+def ingest_peak_kib(tmp_path: Path, n: int) -> int:
+    proc = subprocess.run([sys.executable, "-c", INGEST_RSS, str(n), str(tmp_path / f"{n}.sqlite")],
+                          capture_output=True, text=True, check=True, timeout=600)
+    return int(proc.stdout)
+
+
+def test_ingestion_memory_does_not_grow_with_the_manifest(tmp_path: Path):
+    """20,000 and 200,000 entries (as many directories): the same peak RSS within a few
+    MiB. Before the writer's directories were an LRU, the larger took 30 MiB more."""
+    small, large = ingest_peak_kib(tmp_path, 20_000), ingest_peak_kib(tmp_path, 200_000)
+    assert large - small < 12 << 10, (small, large)
+
+
+def test_children_page_in_name_order_from_any_offset_and_survive_a_dropped_child(tmp_path: Path):
+    base = "m/"
+    index = ingest(tmp_path, {"m/manifest.jsonl": jsonl(
+        *({"kind": "file", "key": f"m/d/{name}"} for name in ("c", "a", "d", "b")))},
+        root="m/manifest.jsonl")
+    d = index.child(ROOT_ID, "d").id  # type: ignore[union-attr]
+    listed, after = [], 0
+    while page := index.children(d, after, 1):  # offsets: the id of the last child served
+        listed.append(page[0].name)
+        after = page[0].id
+    assert listed == ["a", "b", "c", "d"]
+    b = index.child(d, "b").id  # type: ignore[union-attr]
+    assert [n.name for n in index.children(d, b, 10)] == ["c", "d"]
+    store = FakeStore({"m/manifest.jsonl": jsonl(
+        *({"kind": "file", "key": f"m/d/{name}"} for name in ("a", "c", "d")))})
+    Ingestion(store, "bkt", base, IngestLimits()).run(index, "m/manifest.jsonl", "e2", 0)  # type: ignore[arg-type]
+    assert [n.name for n in index.children(d, b, 10)] == ["a", "c", "d"]  # again, none lost

@@ -17,6 +17,7 @@ import fnmatch
 import json
 import logging
 import sqlite3
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,16 @@ CREATE TABLE IF NOT EXISTS shards (
 INSERT OR IGNORE INTO nodes (id, parent, name, kind, gen) VALUES ({ROOT_ID}, 0, '', {DIR}, 0);
 """
 
+
+def _version_2(db: sqlite3.Connection) -> None:
+    """Version 2 changes no row, only what new rows may hold: a file's `key` NULL when it is
+    the manifest's parent prefix + the file's path, and a 32-hex-digit ETag as its 16 bytes
+    (156 -> 90 bytes an entry on disk). An older s3fuse would read those as no key
+    and a bytes ETag: the version makes it refuse the file instead (it is rebuilt)."""
+
+
 #: Version 1 is the layout of the unversioned indexes (version 0), which it leaves as is.
-SCHEMA = Schema("manifest index", (_VERSION_1,),
+SCHEMA = Schema("manifest index", (_VERSION_1, _version_2),
                 unreadable_hint="it is rebuilt from the manifest when moved aside")
 
 
@@ -79,6 +88,27 @@ class Node:
 
 
 _COLUMNS = "id, parent, name, kind, size, key, etag, entry_id, meta, shard, offset"
+_ETAG = 6  # its position in _COLUMNS
+
+
+def pack_etag(etag: str | None) -> str | bytes | None:
+    """An ETag as stored: 32 lowercase hex digits (an MD5, the usual single-part ETag) as
+    their 16 bytes, half the size; any other ETag as it is."""
+    if etag is not None and len(etag) == 32:
+        try:
+            raw = bytes.fromhex(etag)
+        except ValueError:
+            return etag
+        if raw.hex() == etag:
+            return raw
+    return etag
+
+
+def _node(row: tuple[Any, ...]) -> Node:
+    etag = row[_ETAG]
+    if isinstance(etag, bytes):
+        return Node(*row[:_ETAG], etag.hex(), *row[_ETAG + 1:])
+    return Node(*row)
 
 
 def compact_json(value: Any) -> str | None:
@@ -95,7 +125,11 @@ HIDDEN_PATTERNS = ("manifests/part-*.jsonl", "*/manifests/part-*.jsonl")
 
 def hidden(path: str, internal: str = "__manifest__.jsonl") -> bool:
     name = path.rsplit("/", 1)[-1]
-    return name == internal or any(fnmatch.fnmatchcase(path, p) for p in HIDDEN_PATTERNS)
+    if name == internal:
+        return True
+    # what every pattern's last part asks, first: cheap for the millions of other names
+    return (name.startswith("part-") and name.endswith(".jsonl")
+            and any(fnmatch.fnmatchcase(path, p) for p in HIDDEN_PATTERNS))
 
 
 class ManifestIndex:
@@ -133,37 +167,45 @@ class ManifestIndex:
 
     def node(self, node_id: int) -> Node | None:
         row = self._db.query_one(f"SELECT {_COLUMNS} FROM nodes WHERE id=?", node_id)
-        return Node(*row) if row else None
+        return _node(row) if row else None
 
     def child(self, parent: int, name: str) -> Node | None:
         row = self._db.query_one(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name=?",
                                  parent, name)
-        return Node(*row) if row else None
+        return _node(row) if row else None
 
     def children(self, parent: int, after_id: int, limit: int) -> list[Node]:
-        """Children in rowid order after `after_id`: stable readdir offsets, paged."""
-        rows = self._db.query(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND id>? "
-                              "ORDER BY id LIMIT ?", parent, after_id, limit)
-        return [Node(*r) for r in rows]
+        """Children in name order after the child `after_id` (0: from the first): stable
+        readdir offsets, paged along the (parent, name) index, so a page costs its own rows
+        whatever the directory's size (in rowid order, every page sorted the rest of the
+        directory: 24 ms a page of a 100,000-entry one, quadratic). A child a re-ingestion
+        dropped meanwhile counts as 0: entries are listed again, none is lost."""
+        row = self._db.query_one("SELECT name FROM nodes WHERE id=? AND parent=?",
+                                 after_id, parent) if after_id else None
+        rows = self._db.query(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name>? "
+                              "ORDER BY name LIMIT ?", parent, row[0] if row else "", limit)
+        return [_node(r) for r in rows]
 
     def path_of(self, node_id: int, top: int = ROOT_ID) -> str:
         """The '/'-joined path of a node below `top` (the manifest root by default)."""
-        parts = []
         with self._db.snapshot() as db:
-            while node_id not in (top, ROOT_ID):
-                row = db.execute("SELECT parent, name FROM nodes WHERE id=?", (node_id,)).fetchone()
-                if row is None:
-                    break
-                node_id, name = row
-                parts.append(name)
-        return "/".join(reversed(parts))
+            return _path(db, node_id, top)
 
-    def remember_file(self, node_id: int, key: str, size: int, etag: str) -> Future[None]:
+    def key_of(self, node: Node, base: str) -> str | None:
+        """A node's S3 key: stored, or for a file whose key the ingestion left out (None),
+        `base` (the manifest's parent prefix) + the node's path."""
+        if node.key is None and node.kind == FILE:
+            return base + self.path_of(node.id)
+        return node.key
+
+    def remember_file(self, node_id: int, key: str | None, size: int, etag: str) -> Future[None]:
         """Record a HEAD's size and ETag for a file whose manifest line had none, unless an
-        ingestion made the node another object (or gave it both) meanwhile. Never waits."""
+        ingestion made the node another object (or gave it both) meanwhile. `key`: the
+        node's as read (None: derived from its path). Never waits."""
         return self._write_later(
-            "a file's size", "UPDATE nodes SET size=?, etag=? WHERE id=? AND kind=? AND key=? "
-            "AND (size IS NULL OR etag IS NULL OR etag='')", size, etag, node_id, FILE, key)
+            "a file's size", "UPDATE nodes SET size=?, etag=? WHERE id=? AND kind=? AND key IS ? "
+            "AND (size IS NULL OR etag IS NULL OR etag='')", size, pack_etag(etag), node_id,
+            FILE, key)
 
     def fail_shard(self, shard_id: int, error: str, checked_at: float) -> Future[None]:
         """Record that a shard could not be indexed (tried again after the TTL). Never waits."""
@@ -212,13 +254,14 @@ class ManifestIndex:
             db.execute("DELETE FROM nodes WHERE shard=?", (shard_id,))
             dirs: dict[tuple[int, str], int] = {}
             count = 0
+            packed = pack_etag(etag)
             for path, offset, size, entry_id, meta in members:
                 parts = path.split("/")
                 parent = _member_dirs(db, dirs, parts[:-1], shard_id, gen)
                 db.execute(
                     "INSERT OR IGNORE INTO nodes (parent, name, kind, size, etag, entry_id, meta, "
                     "shard, offset, gen) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (parent, parts[-1], MEMBER, size, etag, entry_id, meta, shard_id, offset, gen))
+                    (parent, parts[-1], MEMBER, size, packed, entry_id, meta, shard_id, offset, gen))
                 count += 1
             db.execute("UPDATE shards SET state='indexed', etag=?, actual=?, asize=?, usize=?, "
                        "gzip_index=?, checked_at=?, error=NULL WHERE node=?",
@@ -236,6 +279,17 @@ class ManifestIndex:
         """Have a shard indexed again at its next use (its members proved wrong). Never waits."""
         return self._write_later("a shard to index again",
                                  "UPDATE shards SET state='pending' WHERE node=?", shard_id)
+
+
+def _path(db: sqlite3.Connection, node_id: int, top: int = ROOT_ID) -> str:
+    parts = []
+    while node_id not in (top, ROOT_ID):
+        row = db.execute("SELECT parent, name FROM nodes WHERE id=?", (node_id,)).fetchone()
+        if row is None:
+            break
+        node_id, name = row
+        parts.append(name)
+    return "/".join(reversed(parts))
 
 
 def shared_key(shard_id: int) -> str:
@@ -260,10 +314,27 @@ def _member_dirs(db: sqlite3.Connection, dirs: dict[tuple[int, str], int], parts
     return parent
 
 
+#: A file's row; a directory of this pass at its path wins (the row is left alone).
+_UPSERT_FILE = (
+    "INSERT INTO nodes (parent, name, kind, size, key, etag, entry_id, meta, gen) "
+    "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(parent, name) DO UPDATE SET kind=excluded.kind, "
+    "size=excluded.size, key=excluded.key, etag=excluded.etag, entry_id=excluded.entry_id, "
+    f"meta=excluded.meta, gen=excluded.gen WHERE NOT (nodes.kind IN ({DIR}, {SHARD}) "
+    "AND nodes.gen=excluded.gen)")
+
+
 class IndexWriter:
-    """One ingestion pass: upserts entries in order, then drops what was not seen again."""
+    """One ingestion pass: upserts entries in order, then drops what was not seen again.
+
+    Memory is bounded whatever the manifest's size: files are upserted in batches (one
+    executemany each: a third of the CPU of a statement per file), and the directories
+    of this pass are remembered in an LRU of DIRS_KEPT (an evicted one is looked up in
+    the index again). A batch is written before anything that reads rows of this pass (a
+    directory looked up, a shard, the commit), so it sees them as if each was written at
+    once. `key` None: the file's key is derived from its path (ManifestIndex.key_of)."""
 
     BATCH = 10_000
+    DIRS_KEPT = 10_000
     #: Conflicting paths kept for the summary line; the rest are only counted.
     CONFLICTS_KEPT = 5
 
@@ -272,8 +343,9 @@ class IndexWriter:
         self.gen = int(index.info("gen") or 0) + 1
         # Directories of this pass by (parent id, name): linear in what was seen, where
         # keying them by path kept every prefix of every path (quadratic in its depth).
-        self._dirs: dict[tuple[int, str], int] = {}
+        self._dirs: OrderedDict[tuple[int, str], int] = OrderedDict()
         self._pending = 0
+        self._files: list[tuple[Any, ...]] = []
         self.entries = 0
         self.conflicts: list[str] = []
         self.conflict_count = 0
@@ -281,21 +353,25 @@ class IndexWriter:
         db.execute("BEGIN IMMEDIATE")
         db.execute("UPDATE nodes SET gen=? WHERE id=?", (self.gen, ROOT_ID))
 
-    def _conflict(self, parts: list[str]) -> None:
+    def _conflict(self, path: str) -> None:
         self.conflict_count += 1
         if len(self.conflicts) < self.CONFLICTS_KEPT:
-            self.conflicts.append("/".join(parts))
+            self.conflicts.append(path)
 
     def _dir(self, parts: list[str]) -> int:
         parent = ROOT_ID
         db = self.db
+        dirs = self._dirs
         for depth, part in enumerate(parts):
-            known = self._dirs.get((parent, part))
-            if known is None:
+            known = dirs.get((parent, part))
+            if known is not None:
+                dirs.move_to_end((parent, part))
+            else:
+                self._flush()
                 row = db.execute("SELECT id, kind, gen FROM nodes WHERE parent=? AND name=?",
                                  (parent, part)).fetchone()
                 if row is not None and row[1] == FILE and row[2] == self.gen:
-                    self._conflict(parts[:depth + 1])  # a file of this pass: the directory wins
+                    self._conflict("/".join(parts[:depth + 1]))  # a file of this pass: the directory wins
                 if row is not None and row[1] in (DIR, SHARD) and row[2] == self.gen:
                     known = row[0]
                 else:
@@ -304,37 +380,38 @@ class IndexWriter:
                         "VALUES (?,?,?,?,NULL,NULL,NULL,NULL,NULL) ON CONFLICT(parent, name) DO UPDATE "
                         "SET kind=?, gen=excluded.gen, size=NULL, key=NULL, etag=NULL RETURNING id",
                         (parent, part, DIR, self.gen, DIR)).fetchone()[0]
-                self._dirs[parent, part] = known
+                dirs[parent, part] = known
+                if len(dirs) > self.DIRS_KEPT:
+                    dirs.popitem(last=False)
             parent = known
         return parent
 
-    def _known_dir(self, parts: list[str]) -> bool:
-        """Is `parts` a directory of this pass already? (creates nothing)"""
-        parent = ROOT_ID
-        for part in parts:
-            known = self._dirs.get((parent, part))
-            if known is None:
-                return False
-            parent = known
-        return True
-
-    def add_file(self, parts: list[str], key: str, size: int | None, etag: str | None,
-                 entry_id: str | None, meta: str | None) -> bool:
-        if self._known_dir(parts):
-            self._conflict(parts)
-            return False
+    def add_file(self, parts: list[str], key: str | None, size: int | None, etag: str | None,
+                 entry_id: str | None, meta: str | None) -> None:
+        """Upsert a file (in the next batch); a directory of this pass at its path wins."""
         parent = self._dir(parts[:-1])
-        self.db.execute(
-            "INSERT INTO nodes (parent, name, kind, size, key, etag, entry_id, meta, gen) "
-            "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(parent, name) DO UPDATE SET kind=excluded.kind, "
-            "size=excluded.size, key=excluded.key, etag=excluded.etag, entry_id=excluded.entry_id, "
-            "meta=excluded.meta, gen=excluded.gen",
-            (parent, parts[-1], FILE, size, key, etag, entry_id, meta, self.gen))
+        self._files.append((parent, parts[-1], FILE, size, key, pack_etag(etag), entry_id, meta,
+                            self.gen))
         self._tick()
-        return True
+
+    def _flush(self) -> None:
+        """Write the files batched so far; count those a directory of this pass kept out."""
+        files = self._files
+        if not files:
+            return
+        written = self.db.executemany(_UPSERT_FILE, files).rowcount
+        if written < len(files):  # rare: find which, for the summary line
+            for parent, name, *_ in files:
+                row = self.db.execute("SELECT id, kind FROM nodes WHERE parent=? AND name=?",
+                                      (parent, name)).fetchone()
+                if row[1] != FILE:
+                    self._conflict(_path(self.db, row[0]))
+                    self.entries -= 1
+        files.clear()
 
     def add_shard(self, parts: list[str], archive_key: str, fmt: str, compression: str | None,
                   internal: str, count: int | None, size: int | None, meta: str | None) -> None:
+        self._flush()
         node = self._dir(parts)
         db = self.db
         db.execute("UPDATE nodes SET kind=?, key=?, size=?, meta=? WHERE id=?",
@@ -351,6 +428,7 @@ class IndexWriter:
         self.entries += 1
         self._pending += 1
         if self._pending >= self.BATCH:  # keep the WAL small on huge manifests
+            self._flush()
             db = self.db
             db.execute("COMMIT")
             db.execute("BEGIN IMMEDIATE")
@@ -359,6 +437,7 @@ class IndexWriter:
     def commit(self, **info: str) -> None:
         db = self.db
         try:
+            self._flush()
             db.execute("DELETE FROM nodes WHERE gen<? AND shard IS NULL AND id<>?", (self.gen, ROOT_ID))
             db.execute("DELETE FROM shards WHERE node NOT IN (SELECT id FROM nodes WHERE kind=?)", (SHARD,))
             db.execute("DELETE FROM nodes WHERE shard IS NOT NULL AND shard NOT IN "
@@ -366,6 +445,8 @@ class IndexWriter:
             db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)",
                            [("gen", str(self.gen)), *info.items()])
             db.execute("COMMIT")
+            # the index on disk is then the database alone (the WAL of a build is ~4 MiB)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             db.close()
 

@@ -132,7 +132,9 @@ class Ingestion:
         meta = compact_json(item.meta)
         if isinstance(item, FileItem):
             _storable(item.key, item.size, item.etag, item.id, meta)
-            writer.add_file(parts, item.key, item.size, item.etag, item.id, meta)
+            derived = item.key == self.base + path  # its path tells it: not stored
+            writer.add_file(parts, None if derived else item.key, item.size, item.etag, item.id,
+                            meta)
         else:
             _storable(item.archive_key, item.format, item.compression, item.internal_manifest_path,
                       item.count, item.size, meta)

@@ -163,15 +163,20 @@ class ManifestTree(ReadOnlyNamespace):
             return out
         return nodes
 
+    def object_key(self, node: Node) -> str:
+        """The S3 key of a file (or shard) node, stored or derived from its path."""
+        key = self.index.key_of(node, self.base)
+        assert key is not None, node
+        return key
+
     async def _head(self, node: Node) -> Node:
         """Size and ETag from S3 for entries whose manifest line had none (done once)."""
         try:
-            info = await trio.to_thread.run_sync(self.store.head, self.spec.bucket, node.key,
-                                                 limiter=self._limiter)
+            info = await trio.to_thread.run_sync(self.store.head, self.spec.bucket,
+                                                 self.object_key(node), limiter=self._limiter)
         except Offline:
             return node
-        if node.key is not None:
-            self.index.remember_file(node.id, node.key, info.size, info.etag)  # does not wait
+        self.index.remember_file(node.id, node.key, info.size, info.etag)  # does not wait
         return dataclasses.replace(node, size=info.size, etag=info.etag)
 
     async def open(self, ref: int) -> FileHandle:
@@ -185,8 +190,7 @@ class ManifestTree(ReadOnlyNamespace):
     async def _object(self, node: Node) -> ObjectRef:
         """The S3 object of a file entry (size and ETag looked up once when missing)."""
         node = (await self.resolved([node]))[0]
-        assert node.key is not None
-        return ObjectRef(self.spec.bucket, node.key, node.etag or "", node.size or 0)
+        return ObjectRef(self.spec.bucket, self.object_key(node), node.etag or "", node.size or 0)
 
     async def cached(self, ref: int) -> bool:
         node = self._node(ref)
@@ -203,8 +207,8 @@ class ManifestTree(ReadOnlyNamespace):
             shard = self._node(node.shard or 0)
             member = self.index.path_of(ref, top=shard.id)
             values["user.s3.uri"] = f"s3://{self.spec.bucket}/{shard.key}#{member}".encode()
-        elif node.key is not None:
-            values["user.s3.uri"] = f"s3://{self.spec.bucket}/{node.key}".encode()
+        elif node.kind == FILE or node.key is not None:
+            values["user.s3.uri"] = f"s3://{self.spec.bucket}/{self.object_key(node)}".encode()
         if node.etag:
             values["user.s3.etag"] = node.etag.encode()
         if node.entry_id is not None:
