@@ -268,27 +268,32 @@ class PresignedReader:
         """`_body` of a body of exactly len(`buffer`) bytes (its Content-Length), read into
         `buffer`; more or fewer bytes: ProtocolError.
 
-        The socket reads straight into `buffer` (http.client's readinto under urllib3's
-        error mapping): urllib3's read1 made a bytes object of every chunk and copied it
-        in, i.e. 256 MiB allocated and copied once more per 256 MiB read, with the GIL
-        held, on the threads that a cold read keeps busy."""
-        fp = getattr(resp, "_fp", None)
-        if fp is None or not hasattr(fp, "readinto") or not hasattr(resp, "_error_catcher"):
-            return self._body_copied(resp, buffer)  # another urllib3: its public read1
+        The socket reads straight into `buffer` (one read at a time from http.client's
+        socket file, as much as has arrived, under urllib3's error mapping; http.client's
+        count of the bytes left kept as its own readinto keeps it): urllib3's read1 made a
+        bytes object of every chunk and copied it in, i.e. 256 MiB allocated and copied
+        once more per 256 MiB read, with the GIL held, on the threads a cold read keeps
+        busy. Each read returns what arrived, so a trickle still meets the pace check."""
+        fp = getattr(resp, "_fp", None)  # http.client's response
+        sock_file = getattr(fp, "fp", None)
+        if (sock_file is None or not hasattr(sock_file, "readinto1") or getattr(fp, "chunked", True)
+                or getattr(fp, "length", None) != len(buffer)
+                or not hasattr(fp, "_close_conn") or not hasattr(resp, "_error_catcher")):
+            return self._body_copied(resp, buffer)  # other internals: urllib3's public read1
         view = memoryview(buffer)
         got = 0
         pace = _Pace(self._read_timeout)
         while got < len(buffer):
             with resp._error_catcher():  # socket errors and timeouts as urllib3's (_judge)
-                n = fp.readinto(view[got:got + INTO_CHUNK])
+                n = sock_file.readinto1(view[got:got + INTO_CHUNK])
             if not n:
                 break
             got += n
+            fp.length -= n
             pace.arrived(n)
         if got != len(buffer):
             raise ProtocolError(f"body of {got} bytes, Content-Length {len(buffer)}")
-        # http.client stops at Content-Length and then closes its file (the connection goes
-        # back to the pool): a longer body cannot be read into the buffer
+        fp._close_conn()  # the body is read (as http.client does): the connection is reused
         return buffer  # type: ignore[return-value]  # bytes-like: callers slice, hash, view it
 
     def _body_copied(self, resp: Any, buffer: bytearray) -> bytes:
