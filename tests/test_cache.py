@@ -11,6 +11,7 @@ from pathlib import Path
 import diskcache
 import pytest
 
+from s3fuse.cache import blocks
 from s3fuse.cache.blocks import BlockCache, block_id, seal, unseal
 from s3fuse.cache.cachedir import CacheLock, secure_dir
 from s3fuse.cache.meta import MetaStore
@@ -148,3 +149,56 @@ def test_diskcache_private_api_still_used_as_we_rely_on(tmp_path: Path):
     assert counting.taken >= 1, "diskcache no longer writes through Cache._transact"
     assert cache.prune(older_than=0.0, max_size=None) == (0, 0)  # _sql still answers
     cache.close()
+
+
+def test_reads_write_access_times_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A cached block is read with one SELECT, no write transaction: the access times of
+    the blocks read are written together, once TOUCH_BATCH are pending (or before the
+    store evicts by them)."""
+    monkeypatch.setattr(blocks, "TOUCH_DELAY", 3600.0)
+    monkeypatch.setattr(blocks, "TOUCH_BATCH", 10)
+    cache = BlockCache(tmp_path / "blocks", 1 << 30)
+    for i in range(10):
+        cache.put("b", "k", "e", i, bytes([i]) * 4096)
+    stored = dict(cache._lru._sql("SELECT rowid, access_time FROM Cache").fetchall())
+    counting = _CountingLock()
+    cache._lru._s3fuse_lock = counting  # type: ignore[attr-defined]
+    for i in range(9):
+        assert cache.get("b", "k", "e", i) == bytes([i]) * 4096
+    assert counting.taken == 0, "a read took the writers' lock"
+    assert dict(cache._lru._sql("SELECT rowid, access_time FROM Cache").fetchall()) == stored
+    assert cache.get("b", "k", "e", 9) == bytes([9]) * 4096  # the 10th: one batch
+    assert counting.taken == 1
+    now = dict(cache._lru._sql("SELECT rowid, access_time FROM Cache").fetchall())
+    assert all(now[rowid] > stored[rowid] for rowid in stored)
+    cache.close()
+
+
+def test_lru_evicts_by_the_access_times_of_reads_not_yet_written(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    """A block read just before the store fills up survives the eviction that follows,
+    though its access time was still pending when the next block was stored."""
+    monkeypatch.setattr(blocks, "TOUCH_DELAY", 3600.0)
+    cache = BlockCache(tmp_path / "blocks", 4 << 20, tmp_path / "pinned")
+    for i in range(30):
+        cache.put("b", "k", "e", i, os.urandom(100_000))
+    assert cache.get("b", "k", "e", 0) is not None  # the oldest stored, read again
+    for i in range(30, 90):
+        cache.put("b", "k", "e", i, os.urandom(100_000))
+        assert cache.get("b", "k", "e", 0) is not None
+    assert cache.get("b", "k", "e", 1) is None  # stored after block 0, never read: evicted
+    cache.close()
+
+
+def test_access_times_pending_at_close_are_written(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(blocks, "TOUCH_DELAY", 3600.0)
+    cache = BlockCache(tmp_path / "blocks", 1 << 30)
+    cache.put("b", "k", "e", 0, b"x" * 4096)
+    (before,) = cache._lru._sql("SELECT access_time FROM Cache").fetchone()
+    assert cache.get("b", "k", "e", 0) is not None
+    cache.close()
+    reopened = BlockCache(tmp_path / "blocks", 1 << 30)
+    (after,) = reopened._lru._sql("SELECT access_time FROM Cache").fetchone()
+    assert after > before
+    reopened.close()

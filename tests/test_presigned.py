@@ -1,6 +1,7 @@
 """The hot GET path: retries truncated bodies and 5xx, maps statuses, never serves short."""
 from __future__ import annotations
 
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
@@ -8,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from s3fuse.errors import AccessDenied, NotFound, Offline, RemoteError, StaleObject
-from s3fuse.store.presigned import PresignedReader
+from s3fuse.store.presigned import CHUNK, INTO_CHUNK, PresignedReader
 
 BODY = b"0123456789" * 100
 
@@ -19,6 +20,8 @@ class Script:
     def __init__(self) -> None:
         self.replies: list[object] = []
         self.headers: list[dict[str, str]] = []
+        self.body = BODY
+        self.connections: set[int] = set()  # client ports seen: one per connection
 
 
 @pytest.fixture
@@ -33,14 +36,15 @@ def server() -> Iterator[tuple[str, Script]]:
 
         def do_GET(self) -> None:
             script.headers.append(dict(self.headers))
+            script.connections.add(self.client_address[1])
             reply = script.replies.pop(0) if script.replies else 200
             etag = "other" if reply == "other-etag" else "e1"
             if reply in (200, "short", "other-etag"):
-                body = BODY
+                body = script.body
                 rng = self.headers.get("Range")
                 if rng:
                     start, end = rng.split("=")[1].split("-")
-                    body = BODY[int(start):int(end) + 1]
+                    body = script.body[int(start):int(end) + 1]
                 self.send_response(206 if rng else 200)
                 self.send_header("ETag", f'"{etag}"')
                 self.send_header("Content-Length", str(len(body)))
@@ -75,6 +79,28 @@ def test_truncated_body_and_5xx_are_retried(server):
     base, script = server
     script.replies = ["short", 503, "short"]
     assert reader(base).get("b", "k", "e1") == BODY
+    script.replies = ["short"] * 10
+    with pytest.raises(RemoteError, match="truncated"):
+        reader(base).get("b", "k", "e1")
+
+
+def test_a_block_is_read_into_one_buffer_whole_and_the_connection_reused(server):
+    """Bodies over CHUNK are read from the socket straight into their buffer: the bytes
+    come whole, in order, and the connection serves the next GET."""
+    base, script = server
+    script.body = os.urandom(3 * INTO_CHUNK + 12345)
+    got = reader(base)
+    assert bytes(got.get("b", "k", "e1")) == script.body
+    assert bytes(got.get("b", "k", "e1", CHUNK + 7, 2 * INTO_CHUNK + 3)) == \
+        script.body[CHUNK + 7:2 * INTO_CHUNK + 3]
+    assert len(script.connections) == 1
+
+
+def test_a_truncated_block_is_retried_and_never_served_short(server):
+    base, script = server
+    script.body = os.urandom(2 * INTO_CHUNK)
+    script.replies = ["short", "short"]
+    assert bytes(reader(base).get("b", "k", "e1")) == script.body
     script.replies = ["short"] * 10
     with pytest.raises(RemoteError, match="truncated"):
         reader(base).get("b", "k", "e1")

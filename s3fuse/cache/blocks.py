@@ -11,6 +11,7 @@ import hashlib
 import logging
 import struct
 import threading
+import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 _MAGIC = b"S3FB"
 _HEADER = struct.Struct(">4sBI16sQ")  # magic, version, crc32, identity digest, length
 _VERSION = 1
+#: Access times of blocks read are written to the LRU store's index in batches: at most
+#: this many pending, none older than TOUCH_DELAY seconds (and all before a store, a prune
+#: or close). diskcache's own get wrote each in a transaction of its own: a `cat` of 1,000
+#: cached files was 1,000 commits (and WAL checkpoints, fsyncs) under the writers' lock.
+TOUCH_BATCH = 256
+TOUCH_DELAY = 1.0
 
 
 def block_id(bucket: str, key: str, etag: str, index: int) -> str:
@@ -93,6 +100,27 @@ class _LockedCache(diskcache.Cache):
         with self._s3fuse_lock, super()._transact(retry, filename) as pair:
             yield pair
 
+    def lookup(self, name: str) -> tuple[int, Any] | None:
+        """(rowid, value) of `name` (a value file comes back open), or None: one SELECT and
+        no transaction. Its access time is not updated: the caller batches that (`touch`)."""
+        db_key, raw = self._disk.put(name)
+        rows = self._sql("SELECT rowid, mode, filename, value FROM Cache WHERE key = ? AND raw = ?",
+                         (db_key, raw)).fetchall()
+        if not rows:
+            return None
+        ((rowid, mode, filename, value),) = rows
+        try:
+            return rowid, self._disk.fetch(mode, filename, value, True)
+        except IOError:  # evicted between the SELECT and the open (as diskcache's get)
+            return None
+
+    def touch(self, accessed: dict[int, float]) -> None:
+        """Record the access times `accessed` (rowid -> time) in one transaction (a rowid
+        evicted meanwhile updates nothing, or at worst the LRU rank of a newer block)."""
+        with self._transact() as (sql, _):
+            for rowid, when in accessed.items():
+                sql("UPDATE Cache SET access_time = ? WHERE rowid = ?", (when, rowid))
+
 
 class BlockCache:
     """Object blocks in two diskcache stores: `blocks/` (LRU, size-capped) and `pinned/`
@@ -115,6 +143,9 @@ class BlockCache:
         self.size_limit = int(self._lru.size_limit)
         self._pinned = _store(pinned_directory or directory.parent / "pinned", 1 << 62, "none",
                               self._lock)
+        self._touched: dict[int, float] = {}  # LRU rowid -> access time not yet written
+        self._touched_since = 0.0
+        self._touch_lock = threading.Lock()
 
     def get(self, bucket: str, key: str, etag: str, index: int) -> memoryview | None:
         name = block_id(bucket, key, etag, index)
@@ -124,29 +155,53 @@ class BlockCache:
                 return data
         return None
 
-    def _read(self, store: diskcache.Cache, name: str) -> memoryview | None:
+    def _read(self, store: _LockedCache, name: str) -> memoryview | None:
         try:
-            # read=True: a value file comes back open, and is read after the transaction
-            # (value files are never rewritten in place; an open one survives eviction)
-            found = store.get(name, read=True)
+            # a value file comes back open, and is read after the SELECT (value files are
+            # never rewritten in place; an open one survives eviction)
+            found = store.lookup(name)
             if found is None:
                 return None
-            if isinstance(found, bytes):  # small values live in SQLite itself
-                blob = found
+            rowid, value = found
+            if isinstance(value, bytes):  # small values live in SQLite itself
+                blob = value
             else:
-                with found:
-                    blob = found.read()
-            return unseal(name, blob)
+                with value:
+                    blob = value.read()
+            data = unseal(name, blob)
+            if store is self._lru:
+                self._touch(rowid)
+            return data
         except (CorruptData, OSError) as exc:
             log.warning("cache block %r is corrupt or unreadable (%s): dropped", name.split("\x00")[1:3], exc)
             with self._lock:
                 store.delete(name)
             return None
 
+    def _touch(self, rowid: int) -> None:
+        """Note that LRU block `rowid` was read now; write the notes once there are
+        TOUCH_BATCH of them or the oldest is TOUCH_DELAY old."""
+        now = time.time()
+        with self._touch_lock:
+            if not self._touched:
+                self._touched_since = now
+            self._touched[rowid] = now
+            due = len(self._touched) >= TOUCH_BATCH or now - self._touched_since >= TOUCH_DELAY
+        if due:
+            self.flush_touches()
+
+    def flush_touches(self) -> None:
+        """Write the access times noted so far (before anything that evicts by them)."""
+        with self._touch_lock:
+            accessed, self._touched = self._touched, {}
+        if accessed:
+            self._lru.touch(accessed)
+
     def put(self, bucket: str, key: str, etag: str, index: int, data: bytes) -> None:
         name = block_id(bucket, key, etag, index)
         if name not in self._pinned:  # (a block pinned meanwhile may also stay in the LRU
             # store until evicted: harmless, `get` looks in the pinned store first)
+            self.flush_touches()  # storing may evict (cull): by up-to-date access times
             self.claim(len(data))
             self._lru.set(name, _SealedReader(name, data), read=True)
 
@@ -204,6 +259,7 @@ class BlockCache:
         """Drop LRU blocks last used before `older_than` (epoch seconds), then least
         recently used ones until the store is at most `max_size`. Pinned blocks stay.
         Returns (blocks removed, bytes removed)."""
+        self.flush_touches()
         with self._lock:
             before_n, before_bytes = len(self._lru), int(self._lru.volume())
             if older_than is not None:
@@ -224,13 +280,14 @@ class BlockCache:
                 self._pinned.clear()
 
     def close(self) -> None:
+        self.flush_touches()
         with self._lock:
             self._lru.close()
             self._pinned.close()
 
 
 def _store(directory: Path, size_limit: int | None, policy: str,
-           lock: threading.RLock) -> diskcache.Cache:
+           lock: threading.RLock) -> _LockedCache:
     settings = {} if size_limit is None else {"size_limit": size_limit}
     return _LockedCache(str(directory), disk=SafeDisk, eviction_policy=policy, cull_limit=16,
                         statistics=False, lock=lock, **settings)

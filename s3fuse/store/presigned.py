@@ -48,6 +48,8 @@ CONNECT_ERRORS = (NewConnectionError, ConnectTimeoutError)
 #: stalled connection: the socket timeout alone never fires on a trickle.
 LOW_SPEED = 4096
 CHUNK = 256 << 10
+#: Bytes per socket read into a block's buffer (each read checks the pace, LOW_SPEED).
+INTO_CHUNK = 1 << 20
 #: Bytes of an error answer's body read (S3's error documents are a few hundred bytes).
 ERROR_BODY = 64 << 10
 
@@ -265,7 +267,38 @@ class PresignedReader:
 
     def _body_into(self, resp: Any, buffer: bytearray) -> bytes:
         """`_body` of a body of exactly len(`buffer`) bytes (its Content-Length), read into
-        `buffer`; more or fewer bytes: ProtocolError."""
+        `buffer`; more or fewer bytes: ProtocolError.
+
+        The socket reads straight into `buffer` (one read at a time from http.client's
+        socket file, as much as has arrived, under urllib3's error mapping; http.client's
+        count of the bytes left kept as its own readinto keeps it): urllib3's read1 made a
+        bytes object of every chunk and copied it in, i.e. 256 MiB allocated and copied
+        once more per 256 MiB read, with the GIL held, on the threads a cold read keeps
+        busy. Each read returns what arrived, so a trickle still meets the pace check."""
+        fp = getattr(resp, "_fp", None)  # http.client's response
+        sock_file = getattr(fp, "fp", None)
+        if (sock_file is None or not hasattr(sock_file, "readinto1") or getattr(fp, "chunked", True)
+                or getattr(fp, "length", None) != len(buffer)
+                or not hasattr(fp, "_close_conn") or not hasattr(resp, "_error_catcher")):
+            return self._body_copied(resp, buffer)  # other internals: urllib3's public read1
+        view = memoryview(buffer)
+        got = 0
+        pace = _Pace(self._read_timeout)
+        while got < len(buffer):
+            with resp._error_catcher():  # socket errors and timeouts as urllib3's (_judge)
+                n = sock_file.readinto1(view[got:got + INTO_CHUNK])
+            if not n:
+                break
+            got += n
+            fp.length -= n
+            pace.arrived(n)
+        if got != len(buffer):
+            raise ProtocolError(f"body of {got} bytes, Content-Length {len(buffer)}")
+        fp._close_conn()  # the body is read (as http.client does): the connection is reused
+        return buffer  # type: ignore[return-value]  # bytes-like: callers slice, hash, view it
+
+    def _body_copied(self, resp: Any, buffer: bytearray) -> bytes:
+        """`_body_into` through urllib3's public read1 (a copy per chunk)."""
         view = memoryview(buffer)
         got = 0
         pace = _Pace(self._read_timeout)
@@ -280,7 +313,7 @@ class PresignedReader:
             pace.arrived(len(chunk))
         if got != len(buffer):
             raise ProtocolError(f"body of {got} bytes, Content-Length {len(buffer)}")
-        return buffer  # type: ignore[return-value]  # bytes-like: callers slice, hash, view it
+        return buffer  # type: ignore[return-value]
 
     def list_v2(self, url: str) -> dict[str, Any] | None:
         """One ListObjectsV2 page from a presigned URL, shaped like boto3's answer
