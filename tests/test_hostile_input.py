@@ -19,7 +19,8 @@ import trio
 from s3fuse.cache.meta import MetaStore
 from s3fuse.config import parse_source
 from s3fuse.store.presigned import parse_list_v2
-from s3fuse.store.s3 import ListPage, ObjectInfo
+from s3fuse.errors import RemoteError
+from s3fuse.store.s3 import MAX_OBJECT_SIZE, ListPage, ObjectInfo, _listed, info_of
 from s3fuse.names import is_posix_name
 from s3fuse.util.oncelog import OnceLogger
 from s3fuse.tree.bucket import BucketTree, entries_from_pages
@@ -211,3 +212,25 @@ def test_a_huge_directory_through_the_mount(s3, bucket, mount_factory, count: in
     assert listed < 120, listed
     status: dict[str, Any] = m.status()
     assert status["link"]["state"] == "online"
+
+
+def test_sizes_no_file_can_have_are_refused_where_they_arrive(caplog: pytest.LogCaptureFixture):
+    """A listing's Size or a HEAD's Content-Length beyond int64 (or no number) would make
+    SQLite, offsets and st_size fail far from the cause: the object is hidden from its
+    listing (one warning), and a HEAD answer is an error (its entry keeps the defaults)."""
+    body = (b'<?xml version="1.0"?><ListBucketResult><IsTruncated>false</IsTruncated>'
+            b"<Contents><Key>d/huge</Key><Size>18446744073709551616</Size><ETag>e</ETag></Contents>"
+            b"<Contents><Key>d/nan</Key><Size>12e3</Size><ETag>e</ETag></Contents>"
+            b"<Contents><Key>d/minus</Key><Size>-1</Size><ETag>e</ETag></Contents>"
+            b"<Contents><Key>d/fine</Key><Size>9223372036854775807</Size><ETag>e</ETag></Contents>"
+            b"</ListBucketResult>")
+    resp = parse_list_v2(body)
+    with caplog.at_level(logging.WARNING, "s3fuse"):
+        listed = [_listed("b", o) for o in resp["Contents"]]
+    assert [i.key if i else None for i in listed] == [None, None, None, "d/fine"]
+    assert listed[3] is not None and listed[3].size == MAX_OBJECT_SIZE
+    assert len(caplog.records) == 3 and "beyond what a file can have" in caplog.records[0].message
+    assert "not a number" in caplog.records[1].message
+    with pytest.raises(RemoteError, match="object k: size 18446744073709551616"):
+        info_of("k", {"content-length": str(1 << 64)})
+    assert info_of("k", {"content-length": "5"}).size == 5

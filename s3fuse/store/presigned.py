@@ -362,7 +362,9 @@ def parse_list_v2(body: bytes) -> dict[str, Any]:
         tag = local_name(child.tag)
         if tag == "Contents":
             obj = {local_name(field.tag): field.text or "" for field in child}
-            contents.append({"Key": obj["Key"], "Size": int(obj.get("Size") or 0),
+            size = obj.get("Size") or "0"  # as boto3 gives it; anything else checked later
+            contents.append({"Key": obj["Key"],
+                             "Size": int(size) if size.isascii() and size.isdigit() else size,
                              "LastModified": obj.get("LastModified"), "ETag": obj.get("ETag", "")})
         elif tag == "CommonPrefixes":
             prefixes.extend(field.text or "" for field in child if local_name(field.tag) == "Prefix")

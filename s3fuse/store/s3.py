@@ -148,17 +148,46 @@ def _mtime_ns(value: datetime | None) -> int:
     return int(value.timestamp() * 1e9) if value else 0
 
 
+def _listed(bucket: str, obj: Mapping[str, Any]) -> ObjectInfo | None:
+    """A listed object; None (hidden, logged) when its Size is no size a file can have."""
+    try:
+        size = object_size(obj.get("Size"), f"s3://{bucket}/{obj['Key']}")
+    except RemoteError as exc:
+        log.warning("hiding %s", exc)
+        return None
+    return ObjectInfo(obj["Key"], size, _mtime_ns(obj.get("LastModified")),
+                      clean_etag(obj.get("ETag")))
+
+
 def _info(key: str, headers: Mapping[str, str]) -> ObjectInfo:
     """What the headers of a HEAD or GET answer say of an object."""
     return info_of(key, {name.lower(): value for name, value in headers.items()})
 
 
+#: The largest object size taken from S3 (st_size, offsets and SQLite hold int64): a
+#: bigger Content-Length or listing Size is a broken or hostile endpoint's.
+MAX_OBJECT_SIZE = (1 << 63) - 1
+
+
+def object_size(value: object, what: str) -> int:
+    """A Content-Length or a listing's Size, checked; RemoteError (naming `what`) when
+    it is not a size a file can have."""
+    try:
+        size = int(value or 0)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise RemoteError(f"{what}: size {str(value)[:40]!r} is not a number") from None
+    if not 0 <= size <= MAX_OBJECT_SIZE:
+        raise RemoteError(f"{what}: size {size} is beyond what a file can have")
+    return size
+
+
 def info_of(key: str, headers: Mapping[str, str]) -> ObjectInfo:
     """_info of headers whose names are lower case (store/headbatch.py gives them so: a
-    cold `ls -l` reads a thousand answers)."""
+    cold `ls -l` reads a thousand answers); RemoteError when their size is no size."""
     modified = headers.get("last-modified")
     return ObjectInfo(
-        key, int(headers.get("content-length") or 0), _http_date_ns(modified) if modified else 0,
+        key, object_size(headers.get("content-length"), f"object {key}"),
+        _http_date_ns(modified) if modified else 0,
         clean_etag(headers.get("etag")),
         {name[len(META):]: value for name, value in headers.items() if name.startswith(META)},
         headers.get("content-type"))
@@ -417,8 +446,8 @@ class S3Store:
                               **kwargs)
             yield ListPage(
                 prefixes=[p["Prefix"] for p in resp.get("CommonPrefixes", [])],
-                objects=[ObjectInfo(o["Key"], int(o.get("Size", 0)), _mtime_ns(o.get("LastModified")),
-                                    clean_etag(o.get("ETag"))) for o in resp.get("Contents", [])],
+                objects=[info for info in (_listed(bucket, o) for o in resp.get("Contents", []))
+                         if info is not None],
             )
             if not resp.get("IsTruncated"):
                 return
@@ -482,7 +511,10 @@ class S3Store:
                 self._count("HeadObject")
                 self._outcome("HeadObject", str(status))
                 if status == 200:
-                    results.append((key, info_of(key, headers)))
+                    try:
+                        results.append((key, info_of(key, headers)))
+                    except RemoteError as exc:  # unknown it stays: the defaults show
+                        results.append((key, exc))
                 elif status == 404:
                     results.append((key, retry.tagged(
                         NotFound(f"HeadObject s3://{bucket}/{key}: not found"), "NoSuchKey", 404)))
