@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 import pytest
+from urllib3.exceptions import ProtocolError
 
 from s3fuse.errors import AccessDenied, NotFound, Offline, RemoteError, StaleObject
 from s3fuse.store.presigned import CHUNK, INTO_CHUNK, PresignedReader
@@ -199,3 +200,29 @@ def test_presigner_without_credentials_leaves_it_to_botocore() -> None:
     signer = Presigner(client, 3600)
     assert signer._layout("b") is None
     assert signer.get_url("b", "k").startswith("https://")
+
+
+class _PlainBody:
+    """A response with none of http.client's internals: urllib3's public read1 only."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def read1(self, n: int) -> bytes:
+        chunk, self._body = self._body[:n], self._body[n:]
+        return chunk
+
+
+@pytest.mark.parametrize("sent, error", [(3 * CHUNK + 5, None), (3 * CHUNK + 4, "of 786436 bytes"),
+                                         (3 * CHUNK + 6, "longer than")])
+def test_a_body_read_without_the_socket_path_is_exact(sent: int, error: str | None) -> None:
+    """The fallback of the read-into path (other urllib3 internals): the whole body in
+    its buffer, a short or a long one refused."""
+    reader = object.__new__(PresignedReader)
+    reader._read_timeout = 30.0
+    body = os.urandom(sent)
+    if error is None:
+        assert bytes(reader._body_into(_PlainBody(body), bytearray(sent))) == body
+    else:
+        with pytest.raises(ProtocolError, match=error):
+            reader._body_into(_PlainBody(body), bytearray(3 * CHUNK + 5))

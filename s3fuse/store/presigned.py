@@ -281,39 +281,42 @@ class PresignedReader:
                 or getattr(fp, "length", None) != len(buffer)
                 or not hasattr(fp, "_close_conn") or not hasattr(resp, "_error_catcher")):
             return self._body_copied(resp, buffer)  # other internals: urllib3's public read1
-        view = memoryview(buffer)
-        got = 0
-        pace = _Pace(self._read_timeout)
-        while got < len(buffer):
+
+        def read_into(view: memoryview) -> int:
             with resp._error_catcher():  # socket errors and timeouts as urllib3's (_judge)
-                n = sock_file.readinto1(view[got:got + INTO_CHUNK])
-            if not n:
-                break
-            got += n
+                n = sock_file.readinto1(view[:INTO_CHUNK])
             fp.length -= n
-            pace.arrived(n)
-        if got != len(buffer):
-            raise ProtocolError(f"body of {got} bytes, Content-Length {len(buffer)}")
+            return n
+        self._fill(buffer, read_into)
         fp._close_conn()  # the body is read (as http.client does): the connection is reused
         return buffer  # type: ignore[return-value]  # bytes-like: callers slice, hash, view it
 
     def _body_copied(self, resp: Any, buffer: bytearray) -> bytes:
         """`_body_into` through urllib3's public read1 (a copy per chunk)."""
+
+        def read_into(view: memoryview) -> int:
+            chunk = resp.read1(min(CHUNK, len(view)))
+            view[:len(chunk)] = chunk
+            return len(chunk)
+        self._fill(buffer, read_into)
+        if resp.read1(1):
+            raise ProtocolError(f"body longer than its Content-Length {len(buffer)}")
+        return buffer  # type: ignore[return-value]
+
+    def _fill(self, buffer: bytearray, read_into: Callable[[memoryview], int]) -> None:
+        """Fill `buffer` by `read_into(rest)` (the bytes it read, 0 at the end), the pace
+        checked at every read; ProtocolError when the body ends short."""
         view = memoryview(buffer)
         got = 0
         pace = _Pace(self._read_timeout)
-        while True:
-            chunk = resp.read1(CHUNK if got < len(buffer) else 1)
-            if not chunk:
+        while got < len(buffer):
+            n = read_into(view[got:])
+            if not n:
                 break
-            if got + len(chunk) > len(buffer):
-                raise ProtocolError(f"body longer than its Content-Length {len(buffer)}")
-            view[got:got + len(chunk)] = chunk
-            got += len(chunk)
-            pace.arrived(len(chunk))
+            got += n
+            pace.arrived(n)
         if got != len(buffer):
             raise ProtocolError(f"body of {got} bytes, Content-Length {len(buffer)}")
-        return buffer  # type: ignore[return-value]
 
     def list_v2(self, url: str) -> dict[str, Any] | None:
         """One ListObjectsV2 page from a presigned URL, shaped like boto3's answer
