@@ -94,6 +94,23 @@ class SafeRecords(logging.Filter):
         return 0
 
 
+class GoneReleases(logging.Filter):
+    """pyfuse3 logs an ERROR when the reply to a release finds its request gone (ENOENT):
+    the kernel sends a release after close(2) and stops waiting for it when the mount goes
+    away or the caller dies meanwhile. The file was closed and nothing was lost, so such a
+    line is debug output (shown with --debug pyfuse3), not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.name == "pyfuse3" and record.levelno >= logging.ERROR
+                and record.getMessage() == _GONE_RELEASE):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger("pyfuse3").isEnabledFor(logging.DEBUG)
+        return True
+
+
+_GONE_RELEASE = "fuse_release(): fuse_reply_* failed with No such file or directory"
+
+
 #: The default log (`<cache-dir>/s3fuse.log` of a background mount) is rotated at this size,
 #: keeping BACKUPS old ones: no log grows forever unless asked to.
 ROTATE_BYTES = 10 << 20
@@ -124,6 +141,7 @@ def setup_logging(level: str = "INFO", debug_modules: tuple[str, ...] = (),
         handler = log_handler(log_file, rotate)
     except OSError as exc:
         raise UsageError(f"cannot open the log file {log_file}: {exc.strerror}") from None
+    handler.addFilter(GoneReleases())
     handler.addFilter(SafeRecords())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -64,3 +64,24 @@ def test_an_unwritable_log_file_is_one_line_exit_2(tmp_path: Path) -> None:
         f"s3fuse: error: cannot open the log file {tmp_path}/no/such/dir/x.log: No such file or "
         "directory"]
     assert not os.path.ismount(tmp_path / "m")
+
+
+def test_a_release_whose_request_is_gone_is_not_an_error(tmp_path: Path) -> None:
+    """pyfuse3's ERROR for a release reply after an unmount raced it: debug, not logged
+    at the default level; any other pyfuse3 error still is."""
+    log_file = tmp_path / "s3fuse.log"
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.setup_logging(log_file=log_file)
+    try:
+        pyfuse3_log = logging.getLogger("pyfuse3")
+        pyfuse3_log.error("fuse_release(): fuse_reply_* failed with %s", "No such file or directory")
+        pyfuse3_log.error("fuse_read(): fuse_reply_* failed with %s", "No such file or directory")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        lines = log_file.read_text().splitlines()
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level = handlers, level
+    assert len(lines) == 1 and "fuse_read()" in lines[0] and "ERROR" in lines[0], lines
