@@ -187,7 +187,7 @@ def from_headers(metadata: Mapping[str, str], *, is_dir: bool = False) -> Posix:
     answer (a cold `ls -l` of 1,000 objects: 1,000 times), so it stays plain loops."""
     if not metadata:  # most objects of most buckets: nothing to decode
         return NO_HEADERS
-    meta = metadata if all(k.islower() for k in metadata) else \
+    meta = metadata if all(map(str.islower, metadata)) else \
         {k.lower(): v for k, v in metadata.items()}
     mode, s3sync = _int(meta.get("mode")), False
     if mode is None:
@@ -301,8 +301,14 @@ def _round_trips(posix: Posix) -> bool:
     its mode has its type bits, its ids are in range, its rdev is not 0 (not stored) and
     it has no xattrs (their names and order are not checked here) and its times are
     within TIME_MIN..TIME_MAX."""
-    return ((posix.mode is None or stat.S_IFMT(posix.mode) in _FILE_TYPES)
-            and posix.rdev != 0 and not posix.xattrs
-            and all(v is None or 0 <= v < 1 << 32 for v in (posix.mode, posix.uid, posix.gid))
-            and all(t is None or TIME_MIN <= t <= TIME_MAX
-                    for t in (posix.mtime_ns, posix.ctime_ns, posix.atime_ns)))
+    if posix.rdev == 0 or posix.xattrs:
+        return False
+    if posix.mode is not None and stat.S_IFMT(posix.mode) not in _FILE_TYPES:
+        return False
+    for value in (posix.mode, posix.uid, posix.gid):  # loops, not all(): once per HEAD
+        if value is not None and not 0 <= value < 1 << 32:
+            return False
+    for ns in (posix.mtime_ns, posix.ctime_ns, posix.atime_ns):
+        if ns is not None and not TIME_MIN <= ns <= TIME_MAX:
+            return False
+    return True

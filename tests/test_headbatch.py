@@ -7,12 +7,13 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from s3fuse.store.headbatch import PipelinedHeads
+from s3fuse.store.headbatch import GROUP, PipelinedHeads
 
 Answer = Callable[[str, int], bytes | None]  # (path, request number on the connection) -> bytes
 
@@ -186,3 +187,32 @@ def test_https_with_the_ca_bundle_given_and_refused_without(make_server, tmp_pat
                                 ca_certs=None)
     got, left = heads(untrusting, 3)  # the system CAs do not know it: the caller asks
     assert not got and left == ["k0", "k1", "k2"]
+
+
+def test_answers_that_arrived_together_are_handed_over_together(make_server) -> None:
+    """Each group handed over is one transaction of the caller's: answers already read are
+    handed over together (up to GROUP), but one that arrived alone is not held back
+    waiting for more (a lookup waits on it)."""
+    def slow_after_first(path: str, served: int) -> bytes:
+        if served > 1:
+            threading.Event().wait(0.4)
+        return ok(path, served)
+    server = make_server(slow_after_first)
+    client = client_of(server, connections=1, depth=8)
+    groups: list[tuple[float, list[str]]] = []
+    started = time.monotonic()
+    left = client.run([(f"k{i}", f"{client.origin}/b/k{i}?X-Amz-Signature=s") for i in range(3)],
+                      lambda answers: groups.append((time.monotonic() - started,
+                                                     [tag for tag, _, _ in answers])))
+    assert not left
+    assert groups[0][1] == ["k0"] and groups[0][0] < 0.35  # not held for the slow ones
+    assert [tag for _, tags in groups for tag in tags] == ["k0", "k1", "k2"]
+
+    server = make_server()  # answers as fast as it can: they come in groups
+    client = client_of(server, connections=4, depth=16)
+    sizes: list[int] = []
+    left = client.run([(f"k{i}", f"{client.origin}/b/k{i}?X-Amz-Signature=s")
+                       for i in range(400)], lambda answers: sizes.append(len(answers)))
+    assert not left and sum(sizes) == 400
+    # read until GROUP are in hand: the last select may add every connection's window
+    assert max(sizes) < GROUP + 4 * 16

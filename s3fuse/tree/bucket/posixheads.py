@@ -20,6 +20,7 @@ offline and the HEADs finish in the background. Offline: the defaults at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -66,8 +67,22 @@ class _Batch:
     """HEADs sent together; waiters give up on `answered` after REVALIDATE_WAIT."""
 
     answered: trio.Event = field(default_factory=trio.Event)  # S3 answered one of them
-    done: dict[str, trio.Event] = field(default_factory=dict)  # per name: stored (or failed)
+    settled: set[str] = field(default_factory=set)  # names stored (or failed)
+    waiting: dict[str, trio.Event] = field(default_factory=dict)  # per name a lookup waits on
     stored: dict[str, Entry] = field(default_factory=dict)  # answered, as stored (the waiter's)
+
+    async def wait(self, name: str) -> None:
+        """Until `name` is stored (or failed). An event only for a lookup that waits:
+        most lookups of a walk find their answer stored already."""
+        if name not in self.settled:
+            await self.waiting.setdefault(name, trio.Event()).wait()
+
+    def settle(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.settled.add(name)
+            event = self.waiting.pop(name, None)
+            if event is not None:
+                event.set()
 
 
 @dataclass(eq=False)
@@ -121,13 +136,14 @@ class PosixHeads:
             if len(started[1]) > 1:  # a second lookup in name order is a walk: read ahead
                 self._walk(parent, _Walk(started[1][1].name, started[1][-1].name, BATCH))
             batch = await self._launch(parent, started)
-        with trio.move_on_after(REVALIDATE_WAIT):
-            await batch.answered.wait()
+        if not batch.answered.is_set():
+            with trio.move_on_after(REVALIDATE_WAIT):
+                await batch.answered.wait()
         if not batch.answered.is_set():
             self._store.link.failed(f"HeadObject {self._keys.uri(self._key(parent, entry))}: "
                                     f"no answer within {REVALIDATE_WAIT:g}s")
             return entry
-        await batch.done[entry.name].wait()
+        await batch.wait(entry.name)
         stored = batch.stored.pop(entry.name, None)
         return stored if stored is not None else self._listings.entry(parent, entry.name)
 
@@ -177,7 +193,6 @@ class PosixHeads:
                       and (parent, e.name) not in self._pending][:size - len(items)]
         batch = _Batch()
         for item in items:
-            batch.done[item.name] = trio.Event()
             self._pending[(parent, item.name)] = batch
         return batch, items
 
@@ -203,7 +218,7 @@ class PosixHeads:
             batch.answered.set()
             for item in items:
                 self._pending.pop((parent, item.name), None)
-                batch.done[item.name].set()
+            batch.settle(item.name for item in items)
 
     async def _head_all(self, parent: str, items: list[Entry], batch: _Batch) -> None:
         """HEAD `items` together (Store.head_many: pipelined), storing the answers as they
@@ -268,8 +283,7 @@ class PosixHeads:
             log.warning("forgetting %d entries of %s that S3 has no more: %r", len(group.gone),
                         self._keys.uri(self._keys.dir_prefix(parent)), exc)
         finally:
-            for name in group.names:
-                batch.done[name].set()
+            batch.settle(group.names)
 
     async def _fetch(self, parent: str, entry: Entry, batch: _Batch) -> None:
         """Fetch one small file whole; its answer is stored as a HEAD's is."""
