@@ -401,12 +401,21 @@ def _subject_table(workload: dict[str, Any], meds: Medians, fails: Failures) -> 
         speedup = base / value if value and base else None
         cells = [_cell(m["title"]), cell(meds, fails, SUBJECT, m)]
         if baselines:
-            better = "faster" if m["unit"] == "s" else "less"  # bytes, requests: fewer
-            cells += [fmt(base, m["unit"]), f"**{_times(speedup)}** {better}" if speedup else "—"]
+            cells += [fmt(base, m["unit"]), _speedup(speedup, m["unit"])]
         if with_targets:
             cells.append(_target(m, value, speedup))
         out.append("| " + " | ".join(cells) + " |")
     return out
+
+
+def _speedup(speedup: float | None, unit: str) -> str:
+    """``**2.9x** faster``, or ``**1.72x** slower`` below 1 (never "0.58x faster")."""
+    if not speedup:
+        return "—"
+    better, worse = ("faster", "slower") if unit == "s" else ("less", "more")  # bytes, requests
+    if speedup >= 1:
+        return f"**{_times(speedup)}** {better}"
+    return f"**{_times(1 / speedup)}** {worse}"
 
 
 def _target(metric: dict[str, Any], value: float | None, speedup: float | None) -> str:

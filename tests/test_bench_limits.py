@@ -124,3 +124,11 @@ def test_merging_keeps_the_limits_not_measured_again() -> None:
     merged = merge_results(previous, new)
     assert merged["limits"] == {"read_cold": {"title": "GETs", "samples": [1.0]},
                                 "read_hot": {"title": "cat", "samples": [0.2]}}
+
+
+def test_a_speedup_below_one_reads_as_slower() -> None:
+    """A baseline faster than s3fuse is "1.72x slower", never "0.58x faster"."""
+    assert report._speedup(2.9, "s") == "**2.90x** faster"
+    assert report._speedup(0.58, "s") == "**1.72x** slower"
+    assert report._speedup(0.5, "MiB") == "**2.00x** more"
+    assert report._speedup(None, "s") == "—"
