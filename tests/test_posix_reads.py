@@ -25,7 +25,7 @@ from s3fuse.store.memory import MemoryStore
 from s3fuse.store.protocol import HeadsAnswered, ObjectInfo
 from s3fuse.tree.bucket import BucketTree
 from s3fuse.tree.bucket.listing import REVALIDATE_WAIT
-from s3fuse.tree.bucket.posixheads import BATCH, MAX_BATCH, WHOLE_GET
+from s3fuse.tree.bucket.posixheads import BATCH, MAX_BATCH, STORE_GROUP, WHOLE_GET
 from s3fuse.util.supervisor import Supervisor
 from tests.test_fake_stack import B as FAKE_B, read_file, running
 from tests.test_ops import lookup_path
@@ -227,6 +227,33 @@ class HostileSizes(CountingStore):
             answered([(key, dataclasses.replace(info, size=1 << 64)
                        if isinstance(info, ObjectInfo) else info) for key, info in results])
         super().head_many(bucket, keys, bloated)
+
+
+async def test_answers_arriving_together_are_stored_together_without_holding_a_waiter(
+        tmp_path: Path, store: CountingStore, supervisor: Supervisor,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stored group is one transaction (and one wakeup of the loop): answers that
+    nobody waits for yet are stored STORE_GROUP at a time, and a lookup waiting for one
+    of the held answers gets it without waiting for the group to fill."""
+    names = [f"f{i:03d}" for i in range(BATCH)]
+    for i, name in enumerate(names):
+        store.put_object(B, name, b"x", metadata={"uid": str(i)})
+    stored: list[int] = []
+    real = MetaStore.store_if_unknown
+
+    def counted(self, ns, path, headed, answers):  # type: ignore[no-untyped-def]
+        stored.append(len(headed))
+        return real(self, ns, path, headed, answers)
+    monkeypatch.setattr(MetaStore, "store_if_unknown", counted)
+    tree = make_tree(tmp_path, store, supervisor)
+    await tree.listdir("")
+    first = await tree.stat(names[0])  # starts the batch, waits for its own answer only
+    assert first.posix is not None and first.posix.uid == 0
+    with trio.fail_after(10):
+        while sum(stored) < BATCH:  # the rest lands in the background
+            await trio.sleep(0.01)
+    assert sum(stored) == BATCH and len(stored) <= 2 + BATCH // STORE_GROUP, stored
+    assert [(await tree.stat(n)).posix.uid for n in names] == list(range(BATCH))  # type: ignore[union-attr]
 
 
 async def test_an_answer_sqlite_cannot_store_leaves_the_entry_unknown(

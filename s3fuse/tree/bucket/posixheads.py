@@ -20,6 +20,7 @@ offline and the HEADs finish in the background. Offline: the defaults at once.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -50,6 +51,8 @@ BATCH = 64
 MAX_BATCH = 256
 #: Directories whose walk is followed at once.
 WALKS = 16
+#: HEAD answers stored together (one transaction): fewer when a lookup waits for one.
+STORE_GROUP = 16
 
 
 @dataclass(eq=False)
@@ -223,19 +226,44 @@ class PosixHeads:
     async def _head_all(self, parent: str, items: list[Entry], batch: _Batch) -> None:
         """HEAD `items` together (Store.head_many: pipelined), storing the answers as they
         come, in the worker thread (_store_group), so that the first lookups go on
-        before the last answers arrive and the loop only wakes their waiters."""
+        before the last answers arrive and the loop only wakes their waiters. Answers
+        are stored STORE_GROUP at a time (one transaction and one wakeup of the loop
+        each), at once when a lookup waits for one of them (or for the first answer)."""
         named = {self._key(parent, item): item for item in items}
         token = trio.lowlevel.current_trio_token()
+        held: list[tuple[str, ObjectInfo | S3FuseError]] = []
+        holding = threading.Lock()  # a Store may answer from several threads at once
 
-        def answered(results: list[tuple[str, ObjectInfo | S3FuseError]]) -> None:
-            group = self._store_group(parent, named, results)
+        first = True  # no group stored yet
+
+        def store() -> None:
+            nonlocal first
+            group, first = self._store_group(parent, named, held[:]), False
+            held.clear()
             try:
                 token.run_sync_soon(self._stored, parent, batch, group)
             except trio.RunFinishedError:  # unmounted meanwhile: nobody waits
                 pass
+
+        def answered(results: list[tuple[str, ObjectInfo | S3FuseError]]) -> None:
+            with holding:
+                held.extend(results)
+                # the first answer at once (the first lookup waits for S3 to answer at
+                # all); batch.waiting belongs to the loop: read here as a hint (a lookup
+                # that starts waiting just after is served by the next group)
+                if (len(held) >= STORE_GROUP or first
+                        or any(named[key].name in batch.waiting for key, _ in held)):
+                    store()
+
+        def head_all() -> None:
+            try:
+                self._store.head_many(self._keys.bucket, list(named), answered)
+            finally:
+                with holding:
+                    if held:
+                        store()
         try:
-            await trio.to_thread.run_sync(self._store.head_many, self._keys.bucket, list(named),
-                                          answered, limiter=self._limiter)
+            await trio.to_thread.run_sync(head_all, limiter=self._limiter)
         except S3FuseError as exc:  # unknown they stay: the defaults show, asked again later
             log.debug("HeadObject x%d under %s for their metadata: %s", len(named),
                       self._keys.uri(self._keys.dir_prefix(parent)), exc)
