@@ -36,7 +36,8 @@ _shapes: dict[str, tuple[re.Pattern[str], tuple[int, ...]]] = {}
 @dataclass(slots=True)
 class FastPage:
     """One page: prefixes, and objects as (key, size, last_modified, etag) text (entities
-    replaced, keys url-decoded when the server encoded them; '' for a missing field)."""
+    replaced, keys url-decoded when the server encoded them; '' for a missing field,
+    '0' for a missing or empty Size, as boto3 gives them)."""
 
     prefixes: list[str]
     objects: list[tuple[str, str, str, str]]
@@ -110,8 +111,8 @@ def parse(body: bytes) -> FastPage:
         if pattern.groups == 1:  # findall gives strings, not tuples
             rows = [(r,) for r in rows]
         k, s, m, e = (i - 1 for i in where)
-        objects = [(r[k], r[s] if s >= 0 else "", r[m] if m >= 0 else "", r[e] if e >= 0 else "")
-                   for r in rows]
+        objects = [(r[k], (r[s] or "0") if s >= 0 else "0", r[m] if m >= 0 else "",
+                    r[e] if e >= 0 else "") for r in rows]
         if "&" in text:  # most often only in ETags (their quotes): the others checked once
             objects = [(unescape(k) if "&" in k else k, s, m,
                         unescape(e) if "&" in e else e) for k, s, m, e in objects]
