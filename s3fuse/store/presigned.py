@@ -318,17 +318,18 @@ class PresignedReader:
         if got != len(buffer):
             raise ProtocolError(f"body of {got} bytes, Content-Length {len(buffer)}")
 
-    def list_v2(self, url: str) -> dict[str, Any] | None:
-        """One ListObjectsV2 page from a presigned URL, shaped like boto3's answer
-        (LastModified left as text), or None when S3 answered something else than a
-        readable listing (403, 404, ...): the caller then asks boto3, which maps the error.
+    def list_v2(self, url: str, parse: Callable[[bytes], Any] | None = None) -> Any:
+        """One ListObjectsV2 page from a presigned URL, read by `parse` (parse_list_v2 by
+        default: boto3's shape, LastModified left as text), or None when S3 answered
+        something else than a readable listing (403, 404, ...): the caller then asks
+        boto3, which maps the error.
         Transient failures are retried here (RemoteError when they persist); Offline when
         S3 cannot be reached at all."""
         status, _, body = self._request("ListObjectsV2", url, {})
         if status != 200:
             return None
         try:
-            return parse_list_v2(body)
+            return (parse or parse_list_v2)(body)
         except (ET.ParseError, ValueError, TypeError) as exc:
             log.debug("unreadable ListObjectsV2 answer (%s): asking boto3", exc)
             return None
