@@ -180,6 +180,14 @@ class S3Operations(pyfuse3.Operations):
         mount's defaults (--uid/--gid/--file-mode/--dir-mode) for the rest. The mtime is
         entry.mtime_ns (the stored one, else LastModified); the type is the node's (a
         directory stays one whatever a header says)."""
+        mode, uid, gid, mtime, ctime, atime, rdev = self._shown(node, entry)
+        return Posix(mode=mode, uid=uid, gid=gid, mtime_ns=mtime, ctime_ns=ctime,
+                     atime_ns=atime, rdev=rdev,
+                     xattrs=entry.posix.xattrs if entry.posix is not None else ())
+
+    def _shown(self, node: Node, entry: Entry) -> tuple[int, int, int, int, int, int, int]:
+        """_posix's fields as a tuple (mode, uid, gid, mtime, ctime, atime, rdev): every
+        lookup and readdirplus entry needs them, and a tuple costs a fifth of a Posix."""
         stored = entry.posix or NO_HEADERS
         strip = self._strip(node)
         default = self._mode(node, strip)
@@ -191,13 +199,10 @@ class S3Operations(pyfuse3.Operations):
                 kind = stat.S_IFMT(default)
             mode = kind | (stat.S_IMODE(stored.mode) & ~strip)
         mtime = entry.mtime_ns or self._started_ns  # the stored mtime when there is one
-        return Posix(mode=mode,
-                     uid=self.cfg.uid if stored.uid is None else stored.uid,
-                     gid=self.cfg.gid if stored.gid is None else stored.gid,
-                     mtime_ns=mtime,
-                     ctime_ns=mtime if stored.ctime_ns is None else stored.ctime_ns,
-                     atime_ns=mtime if stored.atime_ns is None else stored.atime_ns,
-                     rdev=stored.rdev or 0, xattrs=stored.xattrs)
+        return (mode, self.cfg.uid if stored.uid is None else stored.uid,
+                self.cfg.gid if stored.gid is None else stored.gid, mtime,
+                mtime if stored.ctime_ns is None else stored.ctime_ns,
+                mtime if stored.atime_ns is None else stored.atime_ns, stored.rdev or 0)
 
     def _unknown(self, node: Node, entry: Entry) -> bool:
         """Are `entry`'s POSIX metadata still to be looked up (a readdir entry, or a lookup
@@ -226,16 +231,10 @@ class S3Operations(pyfuse3.Operations):
                 self.pages.told(node.ino, entry)
             a.st_nlink = 0 if node.detached else 1  # unlinked while open: no name left
             a.st_size = entry.size
-        posix = self._posix(node, entry)
-        a.st_mode = posix.mode
-        a.st_uid = posix.uid
-        a.st_gid = posix.gid
-        a.st_rdev = posix.rdev
+        a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns, a.st_ctime_ns, a.st_atime_ns, \
+            a.st_rdev = self._shown(node, entry)
         a.st_blksize = 1 << 20  # cp and friends write 1 MiB at a time (= max_write)
         a.st_blocks = (a.st_size + 511) // 512
-        a.st_mtime_ns = posix.mtime_ns
-        a.st_ctime_ns = posix.ctime_ns
-        a.st_atime_ns = posix.atime_ns
         return a
 
     async def _new_posix(self, parent: Node, mode: int, ctx: Any, rdev: int = 0) -> Posix:
