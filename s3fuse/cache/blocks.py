@@ -7,8 +7,12 @@ worker threads.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import logging
+import mmap
+import os
 import struct
 import threading
 import time
@@ -88,6 +92,48 @@ def unseal(name: str, blob: bytes) -> memoryview:
     if length != len(data) or crc32(data) != crc:
         raise CorruptData("cache block fails its checksum")
     return data
+
+
+#: O_DIRECT reads want whole sectors into sector-aligned memory (mmap's is page-aligned).
+_ALIGN = 4096
+
+
+def read_file(fd: int) -> memoryview:
+    """All bytes of the open file `fd`, read past the page cache (O_DIRECT, where the file
+    system allows it) into one pre-faulted anonymous buffer.
+
+    A block read from the disk cache is copied once, disk to buffer: buffered, the kernel
+    filled page-cache pages and copied them out, and the buffer (a fresh 8 MiB `bytes`)
+    took 2,048 page faults: two thirds of the CPU time of reading a block back. Its pages
+    stay out of the page cache too, where the kernel keeps the FUSE file's anyway."""
+    size = os.fstat(fd).st_size
+    buffer = mmap.mmap(-1, max(-(-size // _ALIGN) * _ALIGN, _ALIGN),
+                       flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0))
+    view = memoryview(buffer)
+    direct = _direct(fd, True)
+    got = 0
+    while got < size:
+        try:
+            n = os.preadv(fd, [view[got:]], got)
+        except OSError as exc:  # EINVAL: O_DIRECT refused after all (an unaligned short read)
+            if not direct or exc.errno != errno.EINVAL:
+                raise
+            direct = _direct(fd, False)
+            continue
+        if not n:
+            break
+        got += n
+    return view[:got]
+
+
+def _direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on or off for `fd`; whether it is on (tmpfs and others refuse it)."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+    except OSError:
+        return False
+    return on
 
 
 class _LockedCache(diskcache.Cache):
@@ -172,7 +218,7 @@ class BlockCache:
                 blob = value
             else:
                 with value:
-                    blob = value.read()
+                    blob = read_file(value.fileno())
             data = unseal(name, blob)
             if store is self._lru:
                 self._touch(rowid)
