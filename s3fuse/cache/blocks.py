@@ -7,11 +7,8 @@ worker threads.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import logging
-import mmap
 import os
 import struct
 import threading
@@ -29,6 +26,7 @@ except ImportError:  # a platform without an isal wheel
     from zlib import crc32
 
 from ..errors import CorruptData
+from .directio import read_file, write_file
 from .reserve import DiskReserve, ReserveReached
 from .safedisk import SafeDisk
 
@@ -62,21 +60,29 @@ def seal(name: str, data: bytes) -> bytes:
     return header(name, data) + data
 
 
-class _SealedReader:
-    """File-like header+data for diskcache's streaming store: no 8 MiB concatenation."""
+class _Sealed:
+    """Header and data of a block to store, as two parts: no 8 MiB concatenation."""
 
     def __init__(self, name: str, data: bytes):
-        self._parts = [memoryview(header(name, data)), memoryview(data)]
+        self.parts = (header(name, data), data)
 
-    def read(self, size: int = -1) -> memoryview | bytes:
-        while self._parts and not len(self._parts[0]):
-            self._parts.pop(0)
-        if not self._parts:
-            return b""
-        part = self._parts[0]
-        size = len(part) if size < 0 else size
-        self._parts[0] = part[size:]
-        return part[:size]
+
+class _BlockDisk(SafeDisk):
+    """SafeDisk that writes blocks (`_Sealed`) with directio.write_file: past the page cache."""
+
+    def store(self, value, read, key=diskcache.core.UNKNOWN):  # type: ignore[no-untyped-def]
+        if not isinstance(value, _Sealed):
+            return super().store(value, read, key=key)
+        filename, full_path = self.filename(key, value)
+        for attempt in range(1, 11):
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            try:
+                size = write_file(full_path, value.parts)
+                break
+            except FileNotFoundError:  # (as diskcache's own): an eviction removed the directory
+                if attempt == 10:
+                    raise
+        return size, diskcache.core.MODE_BINARY, filename, None
 
 
 def unseal(name: str, blob: bytes) -> memoryview:
@@ -92,48 +98,6 @@ def unseal(name: str, blob: bytes) -> memoryview:
     if length != len(data) or crc32(data) != crc:
         raise CorruptData("cache block fails its checksum")
     return data
-
-
-#: O_DIRECT reads want whole sectors into sector-aligned memory (mmap's is page-aligned).
-_ALIGN = 4096
-
-
-def read_file(fd: int) -> memoryview:
-    """All bytes of the open file `fd`, read past the page cache (O_DIRECT, where the file
-    system allows it) into one pre-faulted anonymous buffer.
-
-    A block read from the disk cache is copied once, disk to buffer: buffered, the kernel
-    filled page-cache pages and copied them out, and the buffer (a fresh 8 MiB `bytes`)
-    took 2,048 page faults: two thirds of the CPU time of reading a block back. Its pages
-    stay out of the page cache too, where the kernel keeps the FUSE file's anyway."""
-    size = os.fstat(fd).st_size
-    buffer = mmap.mmap(-1, max(-(-size // _ALIGN) * _ALIGN, _ALIGN),
-                       flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0))
-    view = memoryview(buffer)
-    direct = _direct(fd, True)
-    got = 0
-    while got < size:
-        try:
-            n = os.preadv(fd, [view[got:]], got)
-        except OSError as exc:  # EINVAL: O_DIRECT refused after all (an unaligned short read)
-            if not direct or exc.errno != errno.EINVAL:
-                raise
-            direct = _direct(fd, False)
-            continue
-        if not n:
-            break
-        got += n
-    return view[:got]
-
-
-def _direct(fd: int, on: bool) -> bool:
-    """Turn O_DIRECT on or off for `fd`; whether it is on (tmpfs and others refuse it)."""
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
-    except OSError:
-        return False
-    return on
 
 
 class _LockedCache(diskcache.Cache):
@@ -254,7 +218,7 @@ class BlockCache:
             # store until evicted: harmless, `get` looks in the pinned store first)
             self.flush_touches()  # storing may evict (cull): by up-to-date access times
             self.claim(len(data))
-            self._lru.set(name, _SealedReader(name, data), read=True)
+            self._lru.set(name, _Sealed(name, data), read=True)
 
     def claim(self, n: int) -> None:
         """Room for `n` more bytes above the reserve (a block's, a staging file's), evicting
@@ -277,7 +241,7 @@ class BlockCache:
             self._lru.delete(name)  # first: its room goes to the pinned copy
             if name not in self._pinned:
                 self.claim(len(data))
-                self._pinned.set(name, _SealedReader(name, data), read=True)
+                self._pinned.set(name, _Sealed(name, data), read=True)
 
     def unpin(self, bucket: str, key: str, etag: str, index: int) -> None:
         """Back to the LRU store: still cached, evictable again."""
@@ -285,7 +249,7 @@ class BlockCache:
         data = self._read(self._pinned, name)
         with self._lock:
             if data is not None:
-                self._lru.set(name, _SealedReader(name, bytes(data)), read=True)
+                self._lru.set(name, _Sealed(name, bytes(data)), read=True)
             self._pinned.delete(name)
 
     def contains(self, bucket: str, key: str, etag: str, index: int) -> bool:
@@ -340,5 +304,5 @@ class BlockCache:
 def _store(directory: Path, size_limit: int | None, policy: str,
            lock: threading.RLock) -> _LockedCache:
     settings = {} if size_limit is None else {"size_limit": size_limit}
-    return _LockedCache(str(directory), disk=SafeDisk, eviction_policy=policy, cull_limit=16,
+    return _LockedCache(str(directory), disk=_BlockDisk, eviction_policy=policy, cull_limit=16,
                         statistics=False, lock=lock, **settings)
