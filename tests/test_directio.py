@@ -1,5 +1,5 @@
-"""Block files read and written past the page cache: every byte, whatever the size, on a
-file system that takes O_DIRECT (ext4: tmp_path) and one that refuses it (tmpfs)."""
+"""Block files read and written past the page cache: every byte, whatever the size, on
+disk (tmp_path) and on tmpfs, with O_DIRECT and without (a file system that refuses it)."""
 from __future__ import annotations
 
 import errno
@@ -16,9 +16,18 @@ from s3fuse.cache.directio import WRITE_CHUNK, read_file, write_file
 SIZES = [0, 3, 4096, 4096 * 3 + 33, WRITE_CHUNK, WRITE_CHUNK + 1, (8 << 20) + 33]
 
 
-@pytest.fixture(params=["disk", "tmpfs"])
-def directory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    if request.param == "disk":
+@pytest.fixture(params=["disk", "tmpfs", "no O_DIRECT"])
+def directory(request: pytest.FixtureRequest, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    if request.param == "no O_DIRECT":  # as FUSE mounts, and tmpfs before Linux 6.6
+        real_fcntl = fcntl.fcntl
+
+        def refusing(fd: int, cmd: int, arg: int = 0) -> int:
+            if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_fcntl(fd, cmd, arg)
+        monkeypatch.setattr(directio.fcntl, "fcntl", refusing)
+    if request.param != "tmpfs":
         yield tmp_path
         return
     shm = Path("/dev/shm") / f"s3fuse-test-directio-{os.getpid()}"

@@ -1,5 +1,5 @@
 """Whole block files read and written past the page cache (O_DIRECT), buffered where the
-file system refuses it (tmpfs).
+file system refuses it (FUSE mounts, tmpfs before Linux 6.6).
 
 A block cache file is written once, read back whole, and served through FUSE, whose
 file the kernel keeps in the page cache anyway. Buffered, every 8 MiB block cost
@@ -108,7 +108,7 @@ def _bounce_buffer() -> memoryview:
 
 
 def set_direct(fd: int, on: bool) -> bool:
-    """Turn O_DIRECT on or off for `fd`; whether it is on now (tmpfs and others refuse it)."""
+    """Turn O_DIRECT on or off for `fd`; whether it is on now (some file systems refuse it)."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
