@@ -97,3 +97,9 @@ def test_o_direct_refused_by_a_read_or_a_write_goes_buffered(tmp_path: Path,
     with open(path, "rb") as f:
         assert read_file(f.fileno()) == data
     assert refused == ["write", "read"]
+
+
+def test_writes_one_after_another_share_one_aligned_buffer(tmp_path: Path):
+    for i in range(3):
+        write_file(str(tmp_path / f"block{i}"), [os.urandom(WRITE_CHUNK + 7)])
+    assert len(directio._pool) <= 1

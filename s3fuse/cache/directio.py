@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 
 #: O_DIRECT wants whole sectors from and into sector-aligned memory (mmap's is page-aligned).
 ALIGN = 4096
-#: Bytes per O_DIRECT write, through one aligned buffer per writing thread (kept: a buffer
-#: of this size mapped anew per write took a page fault per 4 KiB again).
+#: Bytes per O_DIRECT write, through an aligned buffer taken from a pool (kept: a buffer
+#: mapped anew per write took a page fault per 4 KiB again). The pool holds as many as
+#: were ever in use at once: the block cache's writers (2) and a pin now and then.
 WRITE_CHUNK = 1 << 20
 _MAP = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-_bounce = threading.local()
+_pool: list[memoryview] = []
+_pool_lock = threading.Lock()
 
 
 def read_file(fd: int) -> memoryview:
@@ -56,7 +58,12 @@ def write_file(path: str, parts: Iterable[memoryview | bytes]) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
         if set_direct(fd, True):
-            return _write_direct(fd, parts)
+            buffer = _take()
+            try:
+                return _write_direct(fd, parts, buffer)
+            finally:
+                with _pool_lock:
+                    _pool.append(buffer)
         offset = 0
         for part in parts:
             offset += _pwrite_all(fd, memoryview(part), offset)
@@ -65,11 +72,10 @@ def write_file(path: str, parts: Iterable[memoryview | bytes]) -> int:
         os.close(fd)
 
 
-def _write_direct(fd: int, parts: Iterable[memoryview | bytes]) -> int:
-    """`write_file` on an O_DIRECT `fd`: the bytes go through the thread's aligned buffer,
-    WRITE_CHUNK at a time; the last write is padded to a whole sector and the file cut
-    back to its size."""
-    buffer = _bounce_buffer()
+def _write_direct(fd: int, parts: Iterable[memoryview | bytes], buffer: memoryview) -> int:
+    """`write_file` on an O_DIRECT `fd`: the bytes go through the aligned `buffer`
+    (WRITE_CHUNK bytes) a buffer at a time; the last write is padded to a whole sector and
+    the file cut back to its size."""
     filled = offset = 0
     for part in parts:
         view = memoryview(part)
@@ -100,11 +106,12 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> int:
     return done
 
 
-def _bounce_buffer() -> memoryview:
-    buffer = getattr(_bounce, "buffer", None)
-    if buffer is None:
-        buffer = _bounce.buffer = memoryview(mmap.mmap(-1, WRITE_CHUNK, flags=_MAP))
-    return buffer
+def _take() -> memoryview:
+    """An aligned buffer of WRITE_CHUNK bytes from the pool (a new one if all are in use)."""
+    with _pool_lock:
+        if _pool:
+            return _pool.pop()
+    return memoryview(mmap.mmap(-1, WRITE_CHUNK, flags=_MAP))
 
 
 def set_direct(fd: int, on: bool) -> bool:
