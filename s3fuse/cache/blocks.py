@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import struct
 import threading
 import time
@@ -26,7 +25,7 @@ except ImportError:  # a platform without an isal wheel
     from zlib import crc32
 
 from ..errors import CorruptData
-from .directio import read_file, write_file
+from .directio import read_file
 from .reserve import DiskReserve, ReserveReached
 from .safedisk import SafeDisk
 
@@ -60,29 +59,21 @@ def seal(name: str, data: bytes) -> bytes:
     return header(name, data) + data
 
 
-class _Sealed:
-    """Header and data of a block to store, as two parts: no 8 MiB concatenation."""
+class _SealedReader:
+    """File-like header+data for diskcache's streaming store: no 8 MiB concatenation."""
 
     def __init__(self, name: str, data: bytes):
-        self.parts = (header(name, data), data)
+        self._parts = [memoryview(header(name, data)), memoryview(data)]
 
-
-class _BlockDisk(SafeDisk):
-    """SafeDisk that writes blocks (`_Sealed`) with directio.write_file: past the page cache."""
-
-    def store(self, value, read, key=diskcache.core.UNKNOWN):  # type: ignore[no-untyped-def]
-        if not isinstance(value, _Sealed):
-            return super().store(value, read, key=key)
-        filename, full_path = self.filename(key, value)
-        for attempt in range(1, 11):
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
-            try:
-                size = write_file(full_path, value.parts)
-                break
-            except FileNotFoundError:  # (as diskcache's own): an eviction removed the directory
-                if attempt == 10:
-                    raise
-        return size, diskcache.core.MODE_BINARY, filename, None
+    def read(self, size: int = -1) -> memoryview | bytes:
+        while self._parts and not len(self._parts[0]):
+            self._parts.pop(0)
+        if not self._parts:
+            return b""
+        part = self._parts[0]
+        size = len(part) if size < 0 else size
+        self._parts[0] = part[size:]
+        return part[:size]
 
 
 def unseal(name: str, blob: bytes) -> memoryview:
@@ -218,7 +209,7 @@ class BlockCache:
             # store until evicted: harmless, `get` looks in the pinned store first)
             self.flush_touches()  # storing may evict (cull): by up-to-date access times
             self.claim(len(data))
-            self._lru.set(name, _Sealed(name, data), read=True)
+            self._lru.set(name, _SealedReader(name, data), read=True)
 
     def claim(self, n: int) -> None:
         """Room for `n` more bytes above the reserve (a block's, a staging file's), evicting
@@ -241,7 +232,7 @@ class BlockCache:
             self._lru.delete(name)  # first: its room goes to the pinned copy
             if name not in self._pinned:
                 self.claim(len(data))
-                self._pinned.set(name, _Sealed(name, data), read=True)
+                self._pinned.set(name, _SealedReader(name, data), read=True)
 
     def unpin(self, bucket: str, key: str, etag: str, index: int) -> None:
         """Back to the LRU store: still cached, evictable again."""
@@ -249,7 +240,7 @@ class BlockCache:
         data = self._read(self._pinned, name)
         with self._lock:
             if data is not None:
-                self._lru.set(name, _Sealed(name, bytes(data)), read=True)
+                self._lru.set(name, _SealedReader(name, bytes(data)), read=True)
             self._pinned.delete(name)
 
     def contains(self, bucket: str, key: str, etag: str, index: int) -> bool:
@@ -304,5 +295,5 @@ class BlockCache:
 def _store(directory: Path, size_limit: int | None, policy: str,
            lock: threading.RLock) -> _LockedCache:
     settings = {} if size_limit is None else {"size_limit": size_limit}
-    return _LockedCache(str(directory), disk=_BlockDisk, eviction_policy=policy, cull_limit=16,
+    return _LockedCache(str(directory), disk=SafeDisk, eviction_policy=policy, cull_limit=16,
                         statistics=False, lock=lock, **settings)
