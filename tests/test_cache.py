@@ -5,7 +5,9 @@ import os
 import pickle
 import sqlite3
 import stat
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import diskcache
@@ -32,6 +34,16 @@ def test_seal_roundtrip_and_detection():
         unseal(name, blob[:-5] + b"\0" * 5)              # zeroed
     with pytest.raises(CorruptData):
         unseal(name, b"")
+
+
+def test_blocks_sealed_with_zlibs_crc_stay_readable():
+    """The block checksum is CRC-32 whichever library computes it (isal or zlib): blocks
+    written before isal, or by a daemon without it, are read back, not dropped."""
+    name = block_id("b", "k", "e", 0)
+    data = os.urandom(300_000)
+    old = struct.pack(">4sBI16sQ", b"S3FB", 1, zlib.crc32(data), blocks._identity(name), len(data)) + data
+    assert blocks.header(name, data) + data == old
+    assert unseal(name, old) == data
 
 
 def test_block_cache_put_get_and_corrupt_file_is_a_miss(tmp_path: Path):

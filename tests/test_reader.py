@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from s3fuse.cache.blocks import BlockCache
 from s3fuse.data.reader import BlockReader, ReadState
@@ -80,6 +81,40 @@ async def test_sequential_reads_prefetch_ahead_and_survive_restart(tmp_path: Pat
     again = make_reader(tmp_path, store)        # a new daemon: served from the disk cache
     assert await again.read(ref, 0, len(data)) == data
     assert len(store.calls) == fetched
+
+
+async def test_read_ahead_from_the_disk_cache_is_two_blocks_deep(tmp_path: Path):
+    """A reader whose blocks come from the disk cache reads 2 blocks ahead, not 3 (each
+    block ahead is 8 MiB of RSS, and the disk answers in milliseconds); until the first
+    block says where they come from, the window is the usual one."""
+    data = os.urandom(8 * MiB)
+    store = FakeStore(data)
+    ref = ObjectRef("b", "k", "e1", len(data))
+    cache = BlockCache(tmp_path / "blocks", 256 * MiB)
+    for index in range(8):
+        cache.put("b", "k", "e1", index, data[index * MiB:(index + 1) * MiB])
+    loaded: list[int] = []
+    get = cache.get
+
+    def recording_get(bucket: str, key: str, etag: str, index: int) -> memoryview | None:
+        loaded.append(index)
+        return get(bucket, key, etag, index)
+
+    cache.get = recording_get  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        background = Supervisor()
+        background.bind(nursery)
+        reader = BlockReader(store, cache, block_size=MiB, readahead=3,  # type: ignore[arg-type]
+                             background=background)
+        state = ReadState()
+        idle = Idle(background, None, Link())
+        for block, expected in ((0, [0, 1, 2, 3]), (1, [0, 1, 2, 3]), (2, [0, 1, 2, 3, 4])):
+            assert await reader.read(ref, block * MiB, 128 * 1024, state) == \
+                data[block * MiB:block * MiB + 128 * 1024]
+            await trio.testing.wait_all_tasks_blocked()  # the read-ahead spawned has started
+            assert (await idle.wait(10))["idle"]
+            assert sorted(loaded) == expected
+    assert store.calls == []
 
 
 async def test_changed_etag_is_estale_never_mixed(tmp_path: Path):

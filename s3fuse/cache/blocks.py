@@ -12,14 +12,20 @@ import logging
 import struct
 import threading
 import time
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import diskcache
 
+try:  # ISA-L's CRC-32 is zlib's (the same digest: blocks stay readable), 5x faster (SIMD):
+    # 9 ms instead of 48 ms of CPU per 256 MiB, on every block written and every block read
+    from isal.isal_zlib import crc32
+except ImportError:  # a platform without an isal wheel
+    from zlib import crc32
+
 from ..errors import CorruptData
+from .directio import read_file
 from .reserve import DiskReserve, ReserveReached
 from .safedisk import SafeDisk
 
@@ -46,7 +52,7 @@ def _identity(name: str) -> bytes:
 
 
 def header(name: str, data: bytes) -> bytes:
-    return _HEADER.pack(_MAGIC, _VERSION, zlib.crc32(data), _identity(name), len(data))
+    return _HEADER.pack(_MAGIC, _VERSION, crc32(data), _identity(name), len(data))
 
 
 def seal(name: str, data: bytes) -> bytes:
@@ -80,7 +86,7 @@ def unseal(name: str, blob: bytes) -> memoryview:
         raise CorruptData("cache block has a bad header")
     if ident != _identity(name):
         raise CorruptData("cache block belongs to another object or block")
-    if length != len(data) or zlib.crc32(data) != crc:
+    if length != len(data) or crc32(data) != crc:
         raise CorruptData("cache block fails its checksum")
     return data
 
@@ -167,7 +173,7 @@ class BlockCache:
                 blob = value
             else:
                 with value:
-                    blob = value.read()
+                    blob = read_file(value.fileno())
             data = unseal(name, blob)
             if store is self._lru:
                 self._touch(rowid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
@@ -42,6 +43,12 @@ PENDING_WRITES = READAHEAD_BLOCKS + 2
 #: The kernel sends read-ahead requests concurrently, so they can arrive out of
 #: order: a read this close to where the last one ended still counts as sequential.
 SEQUENTIAL_SLACK = 4 << 20
+#: Blocks read ahead of a reader of an object whose last block loaded came from the disk
+#: cache: one comes back in a few ms (cache/directio.py), and a deeper window only held
+#: one more 8 MiB block (the peak RSS of a disk-cache read was 10 MiB above a cold one's).
+DISK_READAHEAD_BLOCKS = 2
+#: Objects whose last block's source (disk cache or S3) is remembered for that choice.
+SOURCES_KEPT = 256
 
 
 
@@ -83,6 +90,7 @@ class BlockReader:
         self.hits = 0  # blocks served from memory or disk
         self.misses = 0  # blocks fetched from S3
         self._persisted = trio.Event()
+        self._on_disk: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
 
     def block_range(self, ref: ObjectRef) -> range:
         return range((ref.size + self.block_size - 1) // self.block_size)
@@ -120,7 +128,10 @@ class BlockReader:
     def _read_ahead(self, ref: ObjectRef, last: int, state: ReadState, loader: Loader | None) -> None:
         if not self._background.active:
             return
-        stop = min(last + self.readahead, len(self.block_range(ref)) - 1)
+        depth = self.readahead
+        if self._on_disk.get((ref.bucket, ref.key, ref.etag)):
+            depth = min(depth, DISK_READAHEAD_BLOCKS)
+        stop = min(last + depth, len(self.block_range(ref)) - 1)
         for index in range(max(last + 1, state.prefetched_to + 1), stop + 1):
             self.prefetch(ref, index, loader)
         state.prefetched_to = max(state.prefetched_to, stop)
@@ -161,6 +172,7 @@ class BlockReader:
                     ahead: bool = False) -> Buffer:
         bid = (ref.bucket, ref.key, ref.etag, index)
         data = await trio.to_thread.run_sync(self.blocks.get, *bid, limiter=self._disk_limiter)
+        self._loaded_from(ref, disk=data is not None)
         if data is None:
             self.misses += 1
             # a GET takes its write slot before it starts: blocks fetched and not yet
@@ -185,6 +197,14 @@ class BlockReader:
             self.hits += 1
         self._memory.put(bid, data, ahead=ahead)
         return data
+
+    def _loaded_from(self, ref: ObjectRef, disk: bool) -> None:
+        """Remember where the last block of `ref` loaded came from (read-ahead depth)."""
+        key = (ref.bucket, ref.key, ref.etag)
+        self._on_disk[key] = disk
+        self._on_disk.move_to_end(key)
+        if len(self._on_disk) > SOURCES_KEPT:
+            self._on_disk.popitem(last=False)
 
     def coming(self, ref: ObjectRef) -> bool:
         """Is the first block of `ref` here or being fetched (no need to fetch it again)?"""

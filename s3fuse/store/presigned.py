@@ -36,6 +36,7 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionErr
 
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject
 from . import retry
+from .buffers import body_buffer
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ class PresignedReader:
         length = resp.headers.get("Content-Length")
         expected = int(length) if length is not None and length.isdigit() else None
         if expected is not None and expected > CHUNK and (limit is None or expected <= limit):
-            return self._body_into(resp, bytearray(expected))
+            return self._body_into(resp, body_buffer(expected))
         chunks: list[bytes] = []
         got = 0
         pace = _Pace(self._read_timeout)
