@@ -37,10 +37,8 @@ READAHEAD_BLOCKS = 3
 MEMORY_BYTES = (READAHEAD_BLOCKS + 1) * BLOCK_SIZE
 #: Blocks at most being fetched from S3 or waiting for (or in) a write to the disk cache:
 #: a read that fetches one more waits (backpressure). Without it a disk slower than S3
-#: queued every block read in memory (304 MiB for a 320 MiB read at 40 MB/s). The read
-#: window plus one: the window's GETs and one passed block being written (with two it
-#: was, with the window in memory, the 6th 8 MiB buffer of a cold read's 102 MiB peak).
-PENDING_WRITES = READAHEAD_BLOCKS + 1
+#: queued every block read in memory (304 MiB for a 320 MiB read at 40 MB/s).
+PENDING_WRITES = READAHEAD_BLOCKS + 2
 #: The kernel sends read-ahead requests concurrently, so they can arrive out of
 #: order: a read this close to where the last one ended still counts as sequential.
 SEQUENTIAL_SLACK = 4 << 20
@@ -162,8 +160,6 @@ class BlockReader:
     async def _load(self, ref: ObjectRef, index: int, loader: Loader | None,
                     ahead: bool = False) -> Buffer:
         bid = (ref.bucket, ref.key, ref.etag, index)
-        if ahead:  # its buffer counts against the cap from now on, not once it is in
-            self._memory.make_room(min(self.block_size, ref.size - index * self.block_size))
         data = await trio.to_thread.run_sync(self.blocks.get, *bid, limiter=self._disk_limiter)
         if data is None:
             self.misses += 1

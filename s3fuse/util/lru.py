@@ -40,14 +40,6 @@ class ByteLRU:
             _, evicted = (self._items or self._ahead).popitem(last=False)
             self._size -= len(evicted)
 
-    def make_room(self, n: int) -> None:
-        """Evict blocks already read until `n` more bytes fit (never one fetched ahead):
-        called before a block is fetched ahead, so the blocks in memory and the one on
-        its way stay within the cap, instead of the cap plus the block in flight."""
-        while self._items and self._size + n > self.capacity:
-            _, evicted = self._items.popitem(last=False)
-            self._size -= len(evicted)
-
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items or key in self._ahead
 
