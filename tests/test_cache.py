@@ -202,21 +202,3 @@ def test_access_times_pending_at_close_are_written(tmp_path: Path,
     (after,) = reopened._lru._sql("SELECT access_time FROM Cache").fetchone()
     assert after > before
     reopened.close()
-
-
-def test_small_blocks_live_in_their_sqlite_row_and_are_still_verified(tmp_path: Path):
-    cache = BlockCache(tmp_path / "blocks", 64 << 20)
-    small = os.urandom(4096)
-    cache.put("b", "small", "e", 0, small)
-    assert cache.get("b", "small", "e", 0) == small
-    assert not list((tmp_path / "blocks").rglob("*.val"))  # no value file of its own
-    cache.close()
-    db = sqlite3.connect(tmp_path / "blocks" / "cache.db")
-    (blob,) = db.execute("SELECT value FROM Cache").fetchone()
-    db.execute("UPDATE Cache SET value = ?", (blob[:-1] + bytes([blob[-1] ^ 1]),))
-    db.commit()
-    db.close()
-    cache = BlockCache(tmp_path / "blocks", 64 << 20)
-    assert cache.get("b", "small", "e", 0) is None  # a flipped bit: a miss, dropped
-    assert not cache.contains("b", "small", "e", 0)
-    cache.close()

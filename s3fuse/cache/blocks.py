@@ -34,9 +34,6 @@ _VERSION = 1
 #: cached files was 1,000 commits (and WAL checkpoints, fsyncs) under the writers' lock.
 TOUCH_BATCH = 256
 TOUCH_DELAY = 1.0
-#: Blocks smaller than this (header included) are kept in the SQLite row itself, as
-#: diskcache keeps small values (its disk_min_file_size, 32 KiB by default).
-SMALL_BLOCK = 32 << 10
 
 
 def block_id(bucket: str, key: str, etag: str, index: int) -> str:
@@ -206,18 +203,7 @@ class BlockCache:
             # store until evicted: harmless, `get` looks in the pinned store first)
             self.flush_touches()  # storing may evict (cull): by up-to-date access times
             self.claim(len(data))
-            self._set(self._lru, name, data)
-
-    @staticmethod
-    def _set(store: _LockedCache, name: str, data: bytes) -> None:
-        """Store block `name`: a small one whole, so that it lives in its SQLite row (one
-        SELECT reads it back: no value file to open, which after a dropped page cache cost
-        a re-read of small files a directory walk and a read each); a large one streamed
-        into a value file, never concatenated."""
-        if len(data) + _HEADER.size < SMALL_BLOCK:
-            store.set(name, seal(name, data))
-        else:
-            store.set(name, _SealedReader(name, data), read=True)
+            self._lru.set(name, _SealedReader(name, data), read=True)
 
     def claim(self, n: int) -> None:
         """Room for `n` more bytes above the reserve (a block's, a staging file's), evicting
@@ -240,7 +226,7 @@ class BlockCache:
             self._lru.delete(name)  # first: its room goes to the pinned copy
             if name not in self._pinned:
                 self.claim(len(data))
-                self._set(self._pinned, name, data)
+                self._pinned.set(name, _SealedReader(name, data), read=True)
 
     def unpin(self, bucket: str, key: str, etag: str, index: int) -> None:
         """Back to the LRU store: still cached, evictable again."""
@@ -248,7 +234,7 @@ class BlockCache:
         data = self._read(self._pinned, name)
         with self._lock:
             if data is not None:
-                self._set(self._lru, name, bytes(data))
+                self._lru.set(name, _SealedReader(name, bytes(data)), read=True)
             self._pinned.delete(name)
 
     def contains(self, bucket: str, key: str, etag: str, index: int) -> bool:
