@@ -1,5 +1,4 @@
-"""Archive sources of shard reads: a member run keeps the other archive blocks in memory,
-and a member inflated from its seek point takes the archive a block at a time."""
+"""The archive source of shard reads: a member run keeps the other archive blocks in memory."""
 from __future__ import annotations
 
 import os
@@ -10,7 +9,7 @@ import trio
 from s3fuse.cache.blocks import BlockCache
 from s3fuse.data.reader import BlockReader
 from s3fuse.model import ObjectRef
-from s3fuse.tree.shards import ReaderSource, SpanSource
+from s3fuse.tree.shards import ReaderSource
 from s3fuse.util.supervisor import Supervisor
 
 MiB = 1 << 20
@@ -62,18 +61,3 @@ async def test_a_run_in_mid_archive_keeps_the_blocks_before_it_in_memory(tmp_pat
     await reader.block(ref, 0)  # still in memory: neither the disk cache nor S3 asked
     await reader.block(ref, 1)
     assert cache.loads == []
-
-
-async def test_a_span_source_takes_each_block_once_and_lets_it_go(tmp_path: Path):
-    reader, cache, store, ref = setup(tmp_path, 4)
-    source = SpanSource(reader, ref)
-    step = 256 << 10
-
-    def inflate_like() -> bytes:  # zran's reads: GZIP_READBUF at a time, across a boundary
-        return b"".join(source.read(MiB - step + i * step, step) for i in range(5))
-    got = await trio.to_thread.run_sync(inflate_like)
-    assert got == store.data[MiB - step:2 * MiB]
-    assert store.gets == [(0, MiB), (MiB, 2 * MiB)]  # one GET per block touched
-    assert await trio.to_thread.run_sync(source.read, 4 * MiB - 10, 100) == store.data[-10:]
-    source.close()
-    assert source.read(0, 0) == b""  # nothing held, nothing asked

@@ -77,43 +77,6 @@ class ReaderSource:
         return bytes(trio.from_thread.run(self._reader.read, self._ref, offset, size, self._state))
 
 
-class SpanSource:
-    """Archive bytes for one member read (inflating from a seek point), a block at a time.
-
-    zran asks for the compressed bytes GZIP_READBUF at a time; through ReaderSource each
-    ask was a trip to the trio thread and back (five or so per member). This one fetches
-    the block that holds them once and slices it here, so a member costs a trip per
-    block it touches. No read-ahead: a member read from a seek point needs a MiB or two.
-    `close` lets the block go (a restored gzip reader keeps its last source)."""
-
-    def __init__(self, reader: BlockReader, ref: ObjectRef):
-        self.size = ref.size
-        self._reader = reader
-        self._ref = ref
-        self._index = -1
-        self._block: bytes | memoryview = b""
-
-    def read(self, offset: int, size: int) -> bytes:
-        end = min(offset + size, self.size)
-        block_size = self._reader.block_size
-        parts = []
-        while offset < end:
-            index = offset // block_size
-            if index != self._index:
-                self._block = trio.from_thread.run(self._reader.block, self._ref, index)
-                self._index = index
-            base = index * block_size
-            part = self._block[offset - base:end - base]
-            parts.append(part)
-            offset += len(part)
-            if not part:
-                break  # a block shorter than its place says: the caller sees a short read
-        return b"".join(parts)
-
-    def close(self) -> None:
-        self._index, self._block = -1, b""
-
-
 def internal_entries(data: bytes) -> dict[str, tuple[str | None, str | None]]:
     """member_path -> (id, compact meta) from a shard's `__manifest__.jsonl`. A line that
     cannot be parsed (bad JSON, nesting deep enough to exhaust the recursion limit) or
@@ -297,11 +260,8 @@ class ShardService:
             whole = Member("", 0, shard["usize"] or 0, 0)
 
             def span(start: int, stop: int) -> bytes:
-                source = SpanSource(self.reader, archive)
-                try:
-                    return self._checked(read_member, source, index, whole, start, stop - start)
-                finally:
-                    source.close()
+                return self._checked(read_member, ReaderSource(self.reader, archive), index, whole,
+                                     start, stop - start)
         else:
             stream = ObjectRef(bucket, f"{key}#", etag, shard["usize"] or 0)
 
