@@ -55,15 +55,25 @@ OPEN_GZIP_WINDOW_BYTES = 256 << 20
 
 
 class ReaderSource:
-    """Archive bytes for the (blocking) archive library, through the block cache."""
+    """Archive bytes for the (blocking) archive library, through the block cache.
+
+    One source serves one run of reads (an index pass from the start, a member inflated
+    from its seek point): its read state starts where the first read does, so the reader
+    drops only the blocks this run has passed. A state that began at 0 had the first
+    sequential read of a run in mid-archive drop every block before it from memory:
+    random member reads of a shard then loaded each 8 MiB block from the disk cache
+    again and again."""
 
     def __init__(self, reader: BlockReader, ref: ObjectRef):
         self.size = ref.size
         self._reader = reader
         self._ref = ref
-        self._state = ReadState()
+        self._state: ReadState | None = None
 
     def read(self, offset: int, size: int) -> bytes:
+        if self._state is None:
+            self._state = ReadState(next_offset=offset, run_start=offset,
+                                    dropped_to=offset // self._reader.block_size)
         return bytes(trio.from_thread.run(self._reader.read, self._ref, offset, size, self._state))
 
 

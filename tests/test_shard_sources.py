@@ -1,0 +1,63 @@
+"""The archive source of shard reads: a member run keeps the other archive blocks in memory."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+
+from s3fuse.cache.blocks import BlockCache
+from s3fuse.data.reader import BlockReader
+from s3fuse.model import ObjectRef
+from s3fuse.tree.shards import ReaderSource
+from s3fuse.util.supervisor import Supervisor
+
+MiB = 1 << 20
+
+
+class CountingBlocks(BlockCache):
+    """The block cache, counting the blocks read back from disk (by index)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, 256 * MiB)
+        self.loads: list[int] = []
+
+    def get(self, bucket: str, key: str, etag: str, index: int):  # type: ignore[no-untyped-def]
+        self.loads.append(index)
+        return super().get(bucket, key, etag, index)
+
+
+class Store:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.gets: list[tuple[int, int]] = []
+
+    def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None) -> bytes:
+        stop = len(self.data) if end is None else min(end, len(self.data))
+        self.gets.append((start, stop))
+        return self.data[start:stop]
+
+
+def setup(tmp_path: Path, blocks: int) -> tuple[BlockReader, CountingBlocks, Store, ObjectRef]:
+    data = os.urandom(blocks * MiB)
+    cache = CountingBlocks(tmp_path / "blocks")
+    store = Store(data)
+    reader = BlockReader(store, cache, block_size=MiB, memory_bytes=8 * MiB,  # type: ignore[arg-type]
+                         background=Supervisor())
+    return reader, cache, store, ObjectRef("b", "archive.tar.gz", "e1", len(data))
+
+
+async def test_a_run_in_mid_archive_keeps_the_blocks_before_it_in_memory(tmp_path: Path):
+    reader, cache, store, ref = setup(tmp_path, 8)
+    await reader.block(ref, 0)
+    await reader.block(ref, 1)
+
+    def member_run() -> bytes:  # one member inflated from a seek point at 6 MiB
+        source = ReaderSource(reader, ref)
+        return b"".join(source.read(6 * MiB + i * (256 << 10), 256 << 10) for i in range(4))
+    got = await trio.to_thread.run_sync(member_run)
+    assert got == store.data[6 * MiB:7 * MiB]
+    cache.loads.clear()
+    await reader.block(ref, 0)  # still in memory: neither the disk cache nor S3 asked
+    await reader.block(ref, 1)
+    assert cache.loads == []
