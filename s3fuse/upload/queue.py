@@ -164,7 +164,6 @@ class UploadQueue:
         put or metadata change when there is one (see journal.py); else it is a copy of
         the object onto itself. Returns the id of the job that carries it."""
         job_id = await self._io(self.journal.enqueue_meta, bucket, key, meta, size, expected)
-        self._bursts.closed_one()  # `chmod -R`: its copies wait for it, as uploads for `cp -r`
         latest = self._latest.get((bucket, key))
         if latest is None or latest[0] != job_id:  # a new row: the bytes stay where they were
             self._latest[(bucket, key)] = (job_id, latest[1] if latest else "")
