@@ -10,6 +10,7 @@ import trio
 
 from s3fuse.cache.meta import MetaStore
 from s3fuse.cache.overlay import Overlay
+from s3fuse.errors import CacheFull
 from s3fuse.model import Entry
 from s3fuse.posix import Posix
 from s3fuse.store.memory import MemoryStore
@@ -78,6 +79,39 @@ async def test_uploads_landing_are_learned_by_the_listings(tmp_path: Path):
     assert [e.name for e in await listings.entries("d")] == ["new", "sub"]
     pending.uploaded("p/d/new", UploadResult("e5", conflict_key="p/d/new.conflict"))
     assert listings.entry("d", "new") is None and meta.listed_at(KEYS.ns_id, "d") == 0.0
+    meta.close()
+
+
+async def test_a_landing_told_twice_is_written_to_the_listings_once(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """The queue tells each landing twice (before and after its journal row ends): the
+    second telling writes nothing (a point write on the loop per copy slowed `chmod` of
+    1,000 files), unless the first could not be written; a new landing is written."""
+    meta, listings, overlay, pending = parts(tmp_path)
+    learned: list[tuple[str, str | None]] = []
+    learn = listings.learn
+
+    def counting(parent: str, name: str, entry: Entry | None) -> None:
+        learned.append((name, None if entry is None else entry.etag))
+        learn(parent, name, entry)
+    monkeypatch.setattr(listings, "learn", counting)
+    for _ in range(2):
+        pending.uploaded("p/d/f", UploadResult("e1", size=3))
+        pending.uploaded("p/d/gone", None)
+    assert learned == [("f", "e1"), ("gone", None)]
+    pending.uploaded("p/d/f", UploadResult("e2", size=3))  # the next version of the key
+    assert learned[-1] == ("f", "e2") and listings.entry("d", "f").etag == "e2"
+
+    full = {"fail": True}
+
+    def refusing(parent: str, name: str, entry: Entry | None) -> None:
+        if full.pop("fail", False):
+            raise CacheFull("disk full")
+        counting(parent, name, entry)
+    monkeypatch.setattr(listings, "learn", refusing)
+    pending.uploaded("p/d/h", UploadResult("e3", size=1))  # not written: the second try is
+    pending.uploaded("p/d/h", UploadResult("e3", size=1))
+    assert learned[-1] == ("h", "e3") and listings.entry("d", "h").etag == "e3"
     meta.close()
 
 

@@ -53,10 +53,13 @@ class RecordingQueue:
         self.refuse: OSError | None = None  # the next submit fails (a full journal)
         self.gate: trio.Event | None = None  # submits wait for it
         self.known: list[bool] = []          # per settled submit: was the CRC known?
+        self.quick: list[bool] = []          # per submit: may it settle on the loop?
 
     async def submit(self, bucket: str, key: str, staging_id: str,
                      expected: Expected = UNKNOWN, meta: Posix | None = None,
-                     settle: Callable[[], tuple[int, int | None]] | None = None) -> int:
+                     settle: Callable[[], tuple[int, int | None]] | None = None,
+                     quick: bool = False) -> int:
+        self.quick.append(quick)
         if self.gate is not None:
             await self.gate.wait()
         if self.refuse is not None:
@@ -555,6 +558,25 @@ async def test_an_opened_file_and_a_large_one_have_no_crc(rig: Rig,
     await large.write(4, b"5")
     await rig.writes.release(large)
     assert rig.queue.known == [False, True, False]
+
+
+async def test_only_a_small_file_with_its_crc_settles_on_the_loop(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    """The queue may settle a submit on the trio loop only when that is microseconds of
+    work: a small file whose CRC is known (nothing read back, no fsync). Above HOLD_MAX
+    bytes, or with an unknown CRC (bytes from S3), a thread settles it."""
+    monkeypatch.setattr("s3fuse.upload.localfile.HOLD_MAX", 8)
+    small = await new_file(rig, "small")
+    await small.write(0, b"1234")
+    await rig.writes.release(small)
+    large = await new_file(rig, "large")
+    await large.write(0, b"123456789")
+    await rig.writes.release(large)
+    opened = await existing_file(rig, b"from s3")
+    await opened.write(7, b"!")
+    await rig.writes.release(opened)
+    assert rig.queue.quick == [True, False, False]
+    assert rig.queue.known == [True, True, False]
 
 
 async def test_the_first_small_write_is_held_until_the_submit(rig: Rig):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +15,7 @@ import trio
 from s3fuse.store.memory import MemoryStore
 from s3fuse.upload.conditions import PROBE_PUTS
 from s3fuse.upload import Journal, Staging, Uploader, UploadFailed, UploadQueue
+from s3fuse.upload.journal import UNKNOWN
 from tests.test_upload import until_retrying, upload_queue, write
 
 MiB = 1 << 20
@@ -148,3 +151,62 @@ def test_queue_types_against_the_protocol() -> None:
     from s3fuse.store.protocol import Store
     for cls in (UploadQueue, Uploader):
         assert inspect.signature(cls.__init__).parameters["store"].annotation in (Store, "Store")
+
+
+async def test_a_small_close_is_journalled_on_the_loop_unless_a_thread_writes(
+        tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quick submit (a small file, CRC known) is journalled by the trio loop itself, no
+    thread round trip; while a thread holds the journal's writer lock (a durable commit
+    of the sync pass) it goes to a thread instead, and never waits on the loop. Both
+    are journalled and uploaded alike."""
+    async with upload_queue(tmp_path, store) as queue:
+        threads: list[str] = []
+        io = queue._io
+
+        async def counting(fn: Callable[..., object], *args: object) -> object:
+            threads.append(getattr(fn, "__name__", "?"))
+            return await io(fn, *args)
+        monkeypatch.setattr(queue, "_io", counting)
+
+        async def close(key: str, data: bytes) -> int:
+            staging_id, path = await trio.to_thread.run_sync(queue.staging.create)
+            await trio.to_thread.run_sync(path.write_bytes, data)
+            return await queue.submit(B, key, staging_id, quick=True,
+                                      settle=lambda: (len(data), zlib.crc32(data)))
+
+        await close("here", b"on the loop")
+        assert "_enqueue" not in threads
+        held, release = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with queue.journal.writer_if_free() as free:
+                assert free
+                held.set()
+                release.wait(10)
+        thread = threading.Thread(target=writer)
+        thread.start()
+        held.wait(10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close, "there", b"in a thread")
+            await until(lambda: "_enqueue" in threads)  # the loop is free meanwhile
+            release.set()
+        thread.join()
+        assert (await queue.sync(timeout=10))["files"] == 0
+    assert store.objects(B) == {"here": b"on the loop", "there": b"in a thread"}
+
+
+def test_the_journal_checkpoints_in_the_sync_pass_only(tmp_path: Path) -> None:
+    """No commit checkpoints the journal (the loop commits small files: no fsync there);
+    the sync pass does, so the WAL stays short."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    try:
+        wal = tmp_path / "journal.sqlite-wal"
+        for n in range(300):
+            journal.enqueue(B, f"k{n}", f"s{n}", 1, UNKNOWN, crc32=0)
+        grown = wal.stat().st_size
+        assert grown > 1000 * 4096  # past SQLite's default auto-checkpoint: none ran
+        journal.checkpoint()
+        journal.enqueue(B, "after", "s", 1, UNKNOWN, crc32=0)  # restarts the WAL from its start
+        assert wal.stat().st_size <= grown and (B, "after") in journal.latest()
+    finally:
+        journal.close()

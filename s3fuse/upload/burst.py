@@ -1,9 +1,14 @@
 """Writers first: uploads wait while a burst of closes (`cp -r`, `tar -x`) goes on.
 
 On two cores, uploading while a writer goes on slows the writer about 2x (CPU, the GIL,
-the disk) and the uploads finish no sooner; so once closes come closer together than
-BURST_GAP, uploads wait until they pause for BURST_QUIET, for at most MAX_DEFER. A lone
-close, `fsync` and `sync` never wait (the queue stops holding while someone is urgent).
+the disk) and the uploads finish no sooner; so once closes (and removals) come closer
+together than BURST_GAP, uploads wait until they pause for BURST_QUIET, for at most
+MAX_DEFER. Metadata copies (`chmod -R`) do not wait: holding 1,000 of them until the
+chmod ended made it return 2x sooner but left every object unchanged in S3 1.5x longer.
+A lone close, `fsync` and `sync` never wait (the queue stops holding while someone is
+urgent). Waiting costs the writer nothing: a waiting worker sleeps until the burst could
+have paused, and is not woken by each close (four workers woken per close cost `cp -r`
+of small files about 5% of the loop's time).
 """
 from __future__ import annotations
 
@@ -34,7 +39,8 @@ class BurstGate:
     async def wait_for_pause(self, holding: Callable[[], bool],
                              changed: Callable[[], trio.Event]) -> None:
         """Return once a burst paused (or ran MAX_DEFER), at once when there is none, or as
-        soon as `holding()` turns false (woken by the `changed()` event: fsync, sync, stop)."""
+        soon as `holding()` turns false (woken by the `changed()` event, which only fsync,
+        sync and stop set: changes of the burst itself are seen when the wait times out)."""
         while holding():
             now = trio.current_time()
             if self._burst_closes < 2 or now - self._burst_start >= MAX_DEFER:

@@ -113,6 +113,7 @@ class GroupCommit:
         self.journal.mark_synced([job_id for job_id, _ in jobs], trash)
         for staging_id in trash:
             self.staging.discard(staging_id)
+        self.journal.checkpoint()  # the only checkpoints (journal.py)
 
     def check_after_restart(self) -> None:
         """Small files journalled before their fsync: after a power loss their bytes may be

@@ -72,13 +72,14 @@ ENOSPC). Thread-safe; every method blocks on disk I/O: call it from a worker thr
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Iterator
 
 from ..db import Database, Schema, run_script
 from ..posix import Posix, from_json, to_json
@@ -241,9 +242,32 @@ class Journal:
     def __init__(self, path: Path):
         self.path = path
         self._db = Database(path, SCHEMA, rows=True)
+        # Checkpoints run in the sync pass (`checkpoint`, a thread), never inside a commit:
+        # the trio loop commits small files itself (queue.py) and must not fsync there.
+        with self._tx() as db:
+            db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = self._db.connect()
 
     def close(self) -> None:
+        self._checkpointer.close()
         self._db.close()
+
+    @contextlib.contextmanager
+    def writer_if_free(self) -> Iterator[bool]:
+        """Whether the writer lock was free; then held for the block (never waits: the
+        trio loop journals only when no thread is writing, e.g. a durable commit)."""
+        free = self._db.lock.acquire(blocking=False)
+        try:
+            yield free
+        finally:
+            if free:
+                self._db.lock.release()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: never waits for a writer), so that it
+        stays short. Blocking: the sync pass's thread."""
+        with self._db.errors():
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _tx(self, durable: bool = False) -> ContextManager[sqlite3.Connection]:
         """A write transaction; `durable`: fsynced at COMMIT (survives power loss)."""

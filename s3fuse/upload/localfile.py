@@ -297,6 +297,13 @@ class LocalFile:
         self._crc = zlib.crc32(held)
         self._held = None
 
+    @property
+    def settles_quickly(self) -> bool:
+        """Is `settle` microseconds of work: at most HOLD_MAX bytes to write, nothing to
+        read back (the CRC is known) and no fsync (a small file)? The queue then runs it
+        on the trio loop when it can (queue.py), saving a thread round trip per close."""
+        return self._size <= HOLD_MAX and self._crc is not None
+
     def settle(self) -> tuple[int, int | None]:
         """For the submit, in the queue's thread (blocking; with the lock held): the held
         bytes reach the staging file; returns its size and, when known, its CRC-32 (a file

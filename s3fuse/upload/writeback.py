@@ -223,7 +223,7 @@ class WriteBack:
         try:
             job = await self.queue.submit(local.bucket, local.key, local.staging_id,
                                           local.expected, local.change.posix,
-                                          settle=local.settle)
+                                          settle=local.settle, quick=local.settles_quickly)
         except OSError:
             self._owed(local)  # its held bytes could not be written: owed now
             raise

@@ -26,6 +26,7 @@ from .listing import Listings
 log = logging.getLogger(__name__)
 
 GONE = object()  # a name removed locally that S3 still lists
+_NOTHING = object()  # no landing recorded for a key (not even a removal, whose result is None)
 
 
 
@@ -36,6 +37,9 @@ class PendingView:
         self._keys = keys
         self._overlay = overlay
         self._listings = listings
+        # The landing just recorded per key: the queue tells each one twice (before and
+        # after its journal row ends) and the second telling must not write it again
+        self._recorded: dict[str, UploadResult | None] = {}
 
     def local(self, path: str, name: str) -> Entry | object | None:
         """The entry local changes give `path/name` (GONE when removed), or None."""
@@ -88,15 +92,22 @@ class PendingView:
     # ----------------------------------------------------------- uploads landing
 
     def uploaded(self, key: str, result: UploadResult | None) -> None:
-        """A change reached S3: the listings learn it (`result` None: a removal)."""
+        """A change reached S3: the listings learn it (`result` None: a removal). The
+        queue tells each landing twice; the second telling of one recorded already is
+        skipped (a listing point write on the loop costs as much as the rest of a
+        `chmod`'s request), one that failed the first time (a full disk) is tried again."""
         place = self._keys.place(key)
         if place is None:
+            return
+        if self._recorded.pop(key, _NOTHING) == result:
             return
         try:
             self._record_upload(key, *place, result)
         except CacheFull as exc:  # S3 has it; the listing shows it once refreshed with room
             log.warning("%s is uploaded but not recorded in the stored listing: %s",
                         self._keys.uri(key), exc)
+            return
+        self._recorded[key] = result
 
     def _record_upload(self, key: str, parent: str, name: str,
                        result: UploadResult | None) -> None:
