@@ -3,8 +3,9 @@
 Objects are cut into fixed blocks keyed by (bucket, key, etag, index), so bytes
 of two versions can never mix. Small objects are one block fetched whole. A
 handle reading sequentially gets several blocks fetched ahead in parallel;
-random reads fetch only the blocks they touch. Blocking work (boto3, disk)
-runs in worker threads behind limiters; the trio loop only coordinates.
+random reads fetch only the blocks they touch. Small objects have an in-memory LRU of
+their own, so a big sequential read never evicts them. Blocking work (boto3, disk) runs
+in worker threads behind limiters; the trio loop only coordinates.
 """
 from __future__ import annotations
 
@@ -49,6 +50,14 @@ SEQUENTIAL_SLACK = 4 << 20
 DISK_READAHEAD_BLOCKS = 2
 #: Objects whose last block's source (disk cache or S3) is remembered for that choice.
 SOURCES_KEPT = 256
+#: Objects this small (one block) are kept in memory in their own LRU of SMALL_MEMORY_BYTES:
+#: in the big one, a 256 MiB read left only its own 8 MiB blocks, and every re-read of
+#: 1,000 x 4 KiB files went back to the disk cache (a thread hop, a SELECT and a file each).
+SMALL_OBJECT_BYTES = 64 << 10
+SMALL_MEMORY_BYTES = 8 << 20
+#: What a small object's entry costs beside its bytes (key tuple, dict slot, bytes header),
+#: charged to SMALL_MEMORY_BYTES: 2,000 x 4 KiB files at most.
+SMALL_ENTRY_OVERHEAD = 256
 
 
 
@@ -67,13 +76,15 @@ class BlockReader:
 
     def __init__(self, store: Store, blocks: BlockCache, *, block_size: int = BLOCK_SIZE,
                  readahead: int = READAHEAD_BLOCKS, memory_bytes: int = MEMORY_BYTES,
-                 s3_concurrency: int = 16, disk_concurrency: int = 4,
+                 small_memory_bytes: int = SMALL_MEMORY_BYTES, s3_concurrency: int = 16,
+                 disk_concurrency: int = 4,
                  background: Supervisor | None = None):
         self.store = store
         self.blocks = blocks
         self.block_size = block_size
         self.readahead = readahead
         self._memory = ByteLRU(memory_bytes)
+        self._small = ByteLRU(small_memory_bytes, overhead=SMALL_ENTRY_OVERHEAD)
         self._flight: SingleFlight[Buffer] = SingleFlight()
         self._s3_limiter = trio.CapacityLimiter(s3_concurrency)
         self._disk_limiter = trio.CapacityLimiter(disk_concurrency)
@@ -94,6 +105,11 @@ class BlockReader:
 
     def block_range(self, ref: ObjectRef) -> range:
         return range((ref.size + self.block_size - 1) // self.block_size)
+
+    def _lru(self, ref: ObjectRef) -> ByteLRU:
+        """The in-memory LRU for the blocks of `ref`: its own for a small object."""
+        small = ref.size <= SMALL_OBJECT_BYTES and ref.size <= self.block_size
+        return self._small if small else self._memory
 
     async def read(self, ref: ObjectRef, offset: int, size: int, state: ReadState | None = None,
                    loader: Loader | None = None) -> Buffer:
@@ -149,7 +165,7 @@ class BlockReader:
     def prefetch(self, ref: ObjectRef, index: int, loader: Loader | None = None) -> None:
         """Fetch block `index` of `ref` in the background unless it is already here or coming."""
         bid = (ref.bucket, ref.key, ref.etag, index)
-        if bid not in self._memory and not self._flight.busy(bid):
+        if bid not in self._lru(ref) and not self._flight.busy(bid):
             self._background.spawn(self._prefetch, ref, index, loader, kind=READ_AHEAD)
 
     async def _prefetch(self, ref: ObjectRef, index: int, loader: Loader | None) -> None:
@@ -162,7 +178,7 @@ class BlockReader:
                     ahead: bool = False) -> Buffer:
         """Block `index` of `ref`; `ahead`: fetched before anyone reads it (read-ahead)."""
         bid = (ref.bucket, ref.key, ref.etag, index)
-        data = self._memory.get(bid)
+        data = self._lru(ref).get(bid)
         if data is not None:
             self.hits += 1
             return data
@@ -171,6 +187,8 @@ class BlockReader:
     async def _load(self, ref: ObjectRef, index: int, loader: Loader | None,
                     ahead: bool = False) -> Buffer:
         bid = (ref.bucket, ref.key, ref.etag, index)
+        lru = self._lru(ref)
+        small = lru is self._small
         data = await trio.to_thread.run_sync(self.blocks.get, *bid, limiter=self._disk_limiter)
         self._loaded_from(ref, disk=data is not None)
         if data is None:
@@ -192,10 +210,12 @@ class BlockReader:
                 await self._write_slots.acquire()
             if not self._background.spawn(self._persist, bid, fetched, kind=CACHE_WRITE):
                 self._write_slots.release()  # released once written (or not: disk full)
-            data = memoryview(fetched)
+            data = fetched if small else memoryview(fetched)
         else:
             self.hits += 1
-        self._memory.put(bid, data, ahead=ahead)
+            if small:  # its own bytes, not a view of the buffer the file was read into
+                data = bytes(data)
+        lru.put(bid, data, ahead=ahead)
         return data
 
     def _loaded_from(self, ref: ObjectRef, disk: bool) -> None:
@@ -209,16 +229,17 @@ class BlockReader:
     def coming(self, ref: ObjectRef) -> bool:
         """Is the first block of `ref` here or being fetched (no need to fetch it again)?"""
         bid = (ref.bucket, ref.key, ref.etag, 0)
-        return bid in self._memory or self._flight.busy(bid)
+        return bid in self._lru(ref) or self._flight.busy(bid)
 
     async def seed(self, ref: ObjectRef, data: bytes) -> None:
         """A whole small object fetched for another reason (a metadata lookup's GET,
         posixheads.py): cached as a read would have cached it."""
         bid = (ref.bucket, ref.key, ref.etag, 0)
-        if not ref.size or ref.size > self.block_size or len(data) != ref.size or bid in self._memory:
+        lru = self._lru(ref)
+        if not ref.size or ref.size > self.block_size or len(data) != ref.size or bid in lru:
             return
         self.misses += 1
-        self._memory.put(bid, memoryview(data))
+        lru.put(bid, bytes(data) if lru is self._small else memoryview(data))
         await self._write_slots.acquire()  # released once written (or not: disk full)
         if not self._background.spawn(self._persist, bid, data, kind=CACHE_WRITE):
             self._write_slots.release()

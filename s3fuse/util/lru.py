@@ -2,7 +2,8 @@
 
 Blocks fetched ahead of a reader (`put(..., ahead=True)`) are evicted only after every
 block already read: at a tight cap, a sequential reader's next blocks must not make room
-for the ones it has left behind (they would be fetched twice).
+for the ones it has left behind (they would be fetched twice). An `overhead` charged per
+entry keeps a cache of many tiny values (small files) bounded by what it really holds.
 """
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ Buffer = Union[bytes, memoryview]
 
 
 class ByteLRU:
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, overhead: int = 0):
+        """`overhead`: bytes charged per entry on top of its value's length (the key,
+        the dict slot, the buffer object): what a cache of 4 KiB values really costs."""
         self.capacity = capacity
+        self.overhead = overhead
         self._items: OrderedDict[Hashable, Buffer] = OrderedDict()  # read: LRU order
         self._ahead: OrderedDict[Hashable, Buffer] = OrderedDict()  # not read yet: oldest first
         self._size = 0
@@ -32,13 +36,14 @@ class ByteLRU:
     def put(self, key: Hashable, value: Buffer, ahead: bool = False) -> None:
         """Keep `value`; `ahead`: fetched for a reader that has not read it yet."""
         self.discard(key)
-        if len(value) > self.capacity:
+        cost = len(value) + self.overhead
+        if cost > self.capacity:
             return
         (self._ahead if ahead else self._items)[key] = value
-        self._size += len(value)
+        self._size += cost
         while self._size > self.capacity:
             _, evicted = (self._items or self._ahead).popitem(last=False)
-            self._size -= len(evicted)
+            self._size -= len(evicted) + self.overhead
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items or key in self._ahead
@@ -48,7 +53,10 @@ class ByteLRU:
         if old is None:
             old = self._ahead.pop(key, None)
         if old is not None:
-            self._size -= len(old)
+            self._size -= len(old) + self.overhead
+
+    def __len__(self) -> int:
+        return len(self._items) + len(self._ahead)
 
     @property
     def size(self) -> int:
