@@ -16,7 +16,7 @@ from s3fuse.posix import Posix
 from s3fuse.store.memory import MemoryStore
 from s3fuse.tree.bucket.keys import BucketKeys
 from s3fuse.tree.bucket.listing import Listings
-from s3fuse.tree.bucket.pending import GONE, PendingView
+from s3fuse.tree.bucket.pending import GONE, RECORDED_MAX, PendingView
 from s3fuse.tree.contract import AttrChanges
 from s3fuse.upload.uploader import UploadResult
 from s3fuse.util.supervisor import Supervisor
@@ -112,6 +112,17 @@ async def test_a_landing_told_twice_is_written_to_the_listings_once(tmp_path: Pa
     pending.uploaded("p/d/h", UploadResult("e3", size=1))  # not written: the second try is
     pending.uploaded("p/d/h", UploadResult("e3", size=1))
     assert learned[-1] == ("h", "e3") and listings.entry("d", "h").etag == "e3"
+    meta.close()
+
+
+async def test_landings_told_once_are_not_remembered_forever(tmp_path: Path) -> None:
+    """A landing whose second telling never comes (the journal failed in between) is
+    forgotten once RECORDED_MAX newer ones wait for theirs: the memory stays bounded."""
+    meta, _, _, pending = parts(tmp_path)
+    for i in range(RECORDED_MAX + 10):
+        pending.uploaded(f"p/d/f{i}", UploadResult(f"e{i}", size=1))
+    assert len(pending._recorded) == RECORDED_MAX
+    assert "p/d/f0" not in pending._recorded and f"p/d/f{RECORDED_MAX + 9}" in pending._recorded
     meta.close()
 
 

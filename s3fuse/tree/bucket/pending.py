@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 GONE = object()  # a name removed locally that S3 still lists
 _NOTHING = object()  # no landing recorded for a key (not even a removal, whose result is None)
+#: Landings remembered for their second telling: one per upload in flight, and a few
+#: whose second telling never came (the journal failed in between): the oldest go.
+RECORDED_MAX = 1024
 
 
 
@@ -108,6 +111,8 @@ class PendingView:
                         self._keys.uri(key), exc)
             return
         self._recorded[key] = result
+        if len(self._recorded) > RECORDED_MAX:
+            del self._recorded[next(iter(self._recorded))]
 
     def _record_upload(self, key: str, parent: str, name: str,
                        result: UploadResult | None) -> None:
