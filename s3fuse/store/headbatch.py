@@ -47,9 +47,6 @@ IDLE = 8
 RECV = 256 << 10
 #: A fresh connection may close this often without answering before the batch gives up.
 FRESH_FAILURES = 2
-#: Answers handed over together while more keep arriving (each group is one transaction
-#: of the caller's); fewer when no more have arrived.
-GROUP = 32
 
 
 @dataclass(eq=False)
@@ -110,18 +107,13 @@ class PipelinedHeads:
                 for conn in list(conns):
                     if not self._fill(conn, todo, depth):
                         fresh_failures += self._drop(conn, conns, selector, todo)
-                # more answers already here: read them first, so that the caller stores
-                # them together (one transaction per group, not per answer or two)
-                events = selector.select(0) if 0 < len(answers) < GROUP else []
-                if not events:
-                    if answers:  # the caller's work (storing them) overlaps the requests out
-                        given, answers = answers, []
-                        answered(given)
-                    events = selector.select(self._timeout) if any(c.sent for c in conns) \
-                        else []
-                    if not events and any(c.sent for c in conns):
-                        self._stalled(conns)
-                        break
+                if answers:  # the caller's work (storing them) overlaps the requests out;
+                    given, answers = answers, []  # it groups them for its transactions
+                    answered(given)
+                events = selector.select(self._timeout) if any(c.sent for c in conns) else []
+                if not events and any(c.sent for c in conns):
+                    self._stalled(conns)
+                    break
                 for key, _ in events:
                     conn = key.data
                     if not self._receive(conn, answers):
