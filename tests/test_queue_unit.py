@@ -15,7 +15,8 @@ import trio
 from s3fuse.store.memory import MemoryStore
 from s3fuse.upload.conditions import PROBE_PUTS
 from s3fuse.upload import Journal, Staging, Uploader, UploadFailed, UploadQueue
-from s3fuse.upload.journal import UNKNOWN
+from s3fuse.upload.journal import UNKNOWN, Job
+from s3fuse.upload.uploader import UploadResult
 from tests.test_upload import until_retrying, upload_queue, write
 
 MiB = 1 << 20
@@ -142,6 +143,24 @@ async def test_a_version_written_during_an_upload_follows_it(tmp_path: Path,
     assert status["conflicts"] == [] and store.objects(B) == {"w.txt": b"v2-longer"}
     assert list(dict.fromkeys(etags)) == [md5(b"v1"), md5(b"v2-longer")]
     assert store.request_counts()["PutObject"] == 2 + PROBE_PUTS
+
+
+async def test_an_older_jobs_late_telling_is_not_passed_on_after_a_newer_ones(
+        tmp_path: Path, store: MemoryStore) -> None:
+    """A job is told twice, the second time after awaits in which the key's next job can
+    land and be told: the older landing must not reach the listeners after it (it wrote
+    the old version into the stored listing)."""
+    told: list[str] = []
+    async with upload_queue(tmp_path, store, start=False,
+                            on_uploaded=lambda bucket, key, result: told.append(result.etag)
+                            ) as queue:
+        older, newer = (Job(n, B, "k", "", 0, UNKNOWN, 0, 0.0) for n in (1, 2))
+        queue._tell_uploaded(older, UploadResult("v1"))
+        queue._tell_uploaded(newer, UploadResult("v2"))
+        queue._tell_uploaded(newer, UploadResult("v2"))
+        queue._tell_uploaded(older, UploadResult("v1"))  # its second telling, late
+        queue._tell_uploaded(Job(1, B, "other", "", 0, UNKNOWN, 0, 0.0), UploadResult("o"))
+    assert told == ["v1", "v2", "v2", "o"]
 
 
 def test_queue_types_against_the_protocol() -> None:

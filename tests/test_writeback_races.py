@@ -158,3 +158,60 @@ async def test_an_older_job_of_the_target_landing_during_a_rename_keeps_the_move
         assert await writes.move_local(B, "old", "new")
         change = writes.overlay.get(B, "new")
         assert change is not None and not change.deleted and change.size == 5
+
+
+async def test_an_older_put_of_the_target_landing_during_a_rename_leaves_the_moved_bytes(
+        tmp_path: Path) -> None:
+    """The target's older upload (a file created there, then renamed over) lands while the
+    moved version is being journalled: it must not give the moved change its ETag (reads
+    and stats went to the old object: pjdfstest rename/09.t saw the old file's type, EIO)."""
+    memory = MemoryStore()
+    memory.create_bucket(B)
+    async with upload_queue(tmp_path, memory, start=False) as queue:
+        writes = WriteBack(queue, queue.staging, Overlay())
+        await writes.start()
+        offline(memory)
+        staging_id, path = await trio.to_thread.run_sync(queue.staging.create)
+        await trio.to_thread.run_sync(path.write_bytes, b"test")
+        moved = posix(stat.S_IFLNK, 0o777)
+        await queue.submit(B, "old", staging_id, None, moved)
+        writes.overlay.file(B, "old", 4, posix=moved)
+        submit = queue.submit
+
+        async def older_put_lands_first(*args: object) -> int:
+            writes._uploaded(B, "new", UploadResult("etag-of-the-old-file", size=0))
+            return await submit(*args)  # type: ignore[arg-type]
+
+        queue.submit = older_put_lands_first  # type: ignore[method-assign]
+        assert await writes.move_local(B, "old", "new")
+        change = writes.overlay.get(B, "new")
+        assert change is not None and change.etag == "" and change.posix == moved
+
+
+async def test_a_rename_whose_source_lands_while_it_is_cloned_keeps_its_metadata(
+        tmp_path: Path) -> None:
+    """The source's upload lands (and its landing clears the overlay) while the rename
+    clones its staging file: the moved change keeps the source's metadata (it showed no
+    type and no owner: a symlink came back as a regular file of root's)."""
+    memory = MemoryStore()
+    memory.create_bucket(B)
+    async with upload_queue(tmp_path, memory, start=False) as queue:
+        writes = WriteBack(queue, queue.staging, Overlay())
+        await writes.start()
+        offline(memory)
+        staging_id, path = await trio.to_thread.run_sync(queue.staging.create)
+        await trio.to_thread.run_sync(path.write_bytes, b"test")
+        moved = Posix(mode=stat.S_IFLNK | 0o777, uid=65534, gid=65534, mtime_ns=1, ctime_ns=2,
+                      atime_ns=1)
+        await queue.submit(B, "old", staging_id, None, moved)
+        writes.overlay.file(B, "old", 4, posix=moved)
+        clone = queue.staging.clone
+
+        def landing_while_cloned(name: str) -> tuple[str, Path]:
+            writes.overlay.clear(B, "old")
+            return clone(name)
+
+        queue.staging.clone = landing_while_cloned  # type: ignore[method-assign]
+        assert await writes.move_local(B, "old", "new")
+        change = writes.overlay.get(B, "new")
+        assert change is not None and change.posix == moved

@@ -79,6 +79,9 @@ FSYNC_AT_CLOSE = 4 << 20  # larger files are fsynced at close (their CRC would c
 RETRY_BASE = retry.UPLOADS.base  # first backoff after a transient error (doubles, with jitter)
 RETRY_MAX = retry.UPLOADS.cap
 RECORD_RETRY = 1.0      # how often a journal write that failed (a full disk) is tried again
+#: Keys whose newest told landing is remembered, so that an older job's late telling is not
+#: passed on after a newer one's (see `_tell_uploaded`); the window is a few awaits long.
+TOLD_MAX = 4096
 
 
 class ListenerWrites(Protocol):
@@ -115,6 +118,7 @@ class UploadQueue:
         self._disk = trio.CapacityLimiter(2)  # journal and staging I/O, apart from uploads
         self._flushes = trio.CapacityLimiter(workers)  # waits for listeners' writes (may be long)
         self._latest: dict[tuple[str, str], tuple[int, str]] = {}
+        self._told: dict[tuple[str, str], int] = {}  # newest job id told per key (bounded)
         self._changed = trio.Event()  # replaced on every change: a broadcast
         self._unheld = trio.Event()   # replaced when uploads stop waiting for bursts (urgent)
         self._progress = trio.Event()  # the same, also at every sync pass (see changed())
@@ -515,8 +519,23 @@ class UploadQueue:
             self._latest[(bucket, key)] = fresh
 
     def _tell_uploaded(self, job: Job, result: UploadResult) -> None:
+        """Tell the listeners, unless a newer job of the key was told already.
+
+        A job's second telling comes after awaits (the journal write, a reload) in which
+        the key's next job can land and be told: passed on, the older landing overwrote the
+        newer one in the stored listing (a renamed-over file showed its old type: the
+        kernel answered EIO, pjdfstest rename/09.t)."""
         if self.on_uploaded is None:
             return
+        where = (job.bucket, job.key)
+        newest = self._told.pop(where, job.id)
+        self._told[where] = max(newest, job.id)  # re-inserted: the newest keys stay
+        if newest > job.id:
+            log.debug("landing of job %d of %s not told: job %d landed after it", job.id,
+                      job.uri, newest)
+            return
+        if len(self._told) > TOLD_MAX:
+            del self._told[next(iter(self._told))]
         try:  # with the size of what was uploaded, not of what is written now
             self.on_uploaded(job.bucket, job.key,
                              dataclasses.replace(result, size=job.size, posix=job.meta))

@@ -136,7 +136,9 @@ class WriteBack:
             listener(key, result if result.etag else None)  # no ETag: a removal
         if (bucket, key) in self._open:
             return
-        if not self.queue.pending(bucket, key) and (bucket, key) not in self._unjournalled:
+        if (bucket, key) in self._unjournalled:
+            return  # a newer change is shown and being journalled: this landing is older
+        if not self.queue.pending(bucket, key):
             self.overlay.clear(bucket, key)
         elif (result.etag and result.conflict_key is None
               and self.queue.pending_version(bucket, key) is None):
@@ -412,6 +414,9 @@ class WriteBack:
     async def _move_pending(self, bucket: str, old: str, new: str, target: Expected) -> bool:
         """Rename a key whose newest bytes wait in the queue: `new` gets a hard link."""
         pending = self.queue.pending_version(bucket, old)
+        # the pending metadata goes with the bytes: read now, as the version is: the upload
+        # may land while the staging file is cloned, and its landing clears the overlay
+        meta = self.posix(bucket, old)
         try:
             if pending is None:
                 raise FileNotFoundError(old)
@@ -419,7 +424,6 @@ class WriteBack:
         except FileNotFoundError:
             return False
         size = (await trio.to_thread.run_sync(path.stat)).st_size
-        meta = self.posix(bucket, old)  # the pending metadata goes with the bytes
         self._replace(bucket, new)
         with self._journalling(bucket, new):
             self.overlay.file(bucket, new, size, posix=meta)
