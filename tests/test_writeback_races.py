@@ -9,11 +9,12 @@ good (chmod, stat and unlink: ENOENT), and the same with the kinds swapped.
 """
 from __future__ import annotations
 
+import contextlib
 import stat
 import threading
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import pytest
 import trio
@@ -133,11 +134,10 @@ async def test_an_old_file_removed_after_a_new_directory_landed_leaves_the_direc
     await tree.rmdir("", "n")  # found, and removed
 
 
-async def test_an_older_job_of_the_target_landing_during_a_rename_keeps_the_moved_file_shown(
-        tmp_path: Path) -> None:
-    """rename of a file whose bytes wait in the queue: the target shows the moved file and
-    awaits its journal row; an older job of the target (its removal) finishing meanwhile
-    must not clear it (the name vanished until the upload landed)."""
+@contextlib.asynccontextmanager
+async def queued_file(tmp_path: Path, data: bytes,
+                      meta: Posix) -> AsyncIterator[tuple[UploadQueue, WriteBack]]:
+    """A WriteBack whose key "old" waits in the (offline) queue with `data` and `meta`."""
     memory = MemoryStore()
     memory.create_bucket(B)
     async with upload_queue(tmp_path, memory, start=False) as queue:
@@ -145,16 +145,31 @@ async def test_an_older_job_of_the_target_landing_during_a_rename_keeps_the_move
         await writes.start()
         offline(memory)
         staging_id, path = await trio.to_thread.run_sync(queue.staging.create)
-        await trio.to_thread.run_sync(path.write_bytes, b"bytes")
-        await queue.submit(B, "old", staging_id, None, posix(stat.S_IFREG))
-        writes.overlay.file(B, "old", 5, posix=posix(stat.S_IFREG))
-        submit = queue.submit
+        await trio.to_thread.run_sync(path.write_bytes, data)
+        await queue.submit(B, "old", staging_id, None, meta)
+        writes.overlay.file(B, "old", len(data), posix=meta)
+        yield queue, writes
 
-        async def older_job_lands_first(*args: object) -> int:
-            writes._uploaded(B, "new", UploadResult(""))  # a removal of "new", done now
-            return await submit(*args)  # type: ignore[arg-type]
 
-        queue.submit = older_job_lands_first  # type: ignore[method-assign]
+def land_first(queue: UploadQueue, landing: Callable[[], None]) -> None:
+    """`landing` happens just before the queue journals the next submitted job."""
+    submit = queue.submit
+
+    async def landing_first(*args: object) -> int:
+        landing()
+        return await submit(*args)  # type: ignore[arg-type]
+
+    queue.submit = landing_first  # type: ignore[method-assign]
+
+
+async def test_an_older_job_of_the_target_landing_during_a_rename_keeps_the_moved_file_shown(
+        tmp_path: Path) -> None:
+    """rename of a file whose bytes wait in the queue: the target shows the moved file and
+    awaits its journal row; an older job of the target (its removal) finishing meanwhile
+    must not clear it (the name vanished until the upload landed)."""
+    async with queued_file(tmp_path, b"bytes", posix(stat.S_IFREG)) as (queue, writes):
+        # a removal of "new", done now
+        land_first(queue, lambda: writes._uploaded(B, "new", UploadResult("")))
         assert await writes.move_local(B, "old", "new")
         change = writes.overlay.get(B, "new")
         assert change is not None and not change.deleted and change.size == 5
@@ -165,24 +180,10 @@ async def test_an_older_put_of_the_target_landing_during_a_rename_leaves_the_mov
     """The target's older upload (a file created there, then renamed over) lands while the
     moved version is being journalled: it must not give the moved change its ETag (reads
     and stats went to the old object: pjdfstest rename/09.t saw the old file's type, EIO)."""
-    memory = MemoryStore()
-    memory.create_bucket(B)
-    async with upload_queue(tmp_path, memory, start=False) as queue:
-        writes = WriteBack(queue, queue.staging, Overlay())
-        await writes.start()
-        offline(memory)
-        staging_id, path = await trio.to_thread.run_sync(queue.staging.create)
-        await trio.to_thread.run_sync(path.write_bytes, b"test")
-        moved = posix(stat.S_IFLNK, 0o777)
-        await queue.submit(B, "old", staging_id, None, moved)
-        writes.overlay.file(B, "old", 4, posix=moved)
-        submit = queue.submit
-
-        async def older_put_lands_first(*args: object) -> int:
-            writes._uploaded(B, "new", UploadResult("etag-of-the-old-file", size=0))
-            return await submit(*args)  # type: ignore[arg-type]
-
-        queue.submit = older_put_lands_first  # type: ignore[method-assign]
+    moved = posix(stat.S_IFLNK, 0o777)
+    async with queued_file(tmp_path, b"test", moved) as (queue, writes):
+        land_first(queue, lambda: writes._uploaded(
+            B, "new", UploadResult("etag-of-the-old-file", size=0)))
         assert await writes.move_local(B, "old", "new")
         change = writes.overlay.get(B, "new")
         assert change is not None and change.etag == "" and change.posix == moved
@@ -193,18 +194,9 @@ async def test_a_rename_whose_source_lands_while_it_is_cloned_keeps_its_metadata
     """The source's upload lands (and its landing clears the overlay) while the rename
     clones its staging file: the moved change keeps the source's metadata (it showed no
     type and no owner: a symlink came back as a regular file of root's)."""
-    memory = MemoryStore()
-    memory.create_bucket(B)
-    async with upload_queue(tmp_path, memory, start=False) as queue:
-        writes = WriteBack(queue, queue.staging, Overlay())
-        await writes.start()
-        offline(memory)
-        staging_id, path = await trio.to_thread.run_sync(queue.staging.create)
-        await trio.to_thread.run_sync(path.write_bytes, b"test")
-        moved = Posix(mode=stat.S_IFLNK | 0o777, uid=65534, gid=65534, mtime_ns=1, ctime_ns=2,
-                      atime_ns=1)
-        await queue.submit(B, "old", staging_id, None, moved)
-        writes.overlay.file(B, "old", 4, posix=moved)
+    moved = Posix(mode=stat.S_IFLNK | 0o777, uid=65534, gid=65534, mtime_ns=1, ctime_ns=2,
+                  atime_ns=1)
+    async with queued_file(tmp_path, b"test", moved) as (queue, writes):
         clone = queue.staging.clone
 
         def landing_while_cloned(name: str) -> tuple[str, Path]:
