@@ -33,7 +33,8 @@ class Names:
 @pytest.fixture(autouse=True)
 def readdir_replies(monkeypatch: pytest.MonkeyPatch) -> None:
     def reply(token: Names, name: bytes, attrs: pyfuse3.EntryAttributes, next_id: int) -> bool:
-        token.names.append(os.fsdecode(name))
+        if name not in (b".", b".."):
+            token.names.append(os.fsdecode(name))
         return True
     monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
 

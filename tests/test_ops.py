@@ -41,17 +41,27 @@ def parts(moto_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         yield build(cfg, stack)
 
 
+DOTS = (b".", b"..")
+
+
 class Collector:
     def __init__(self, capacity: int = 1000):
         self.capacity = capacity
         self.names: list[str] = []
+        self.offset = 0  # where the next readdir goes on
+        self.dots: list[tuple[str, int, int]] = []  # (name, ino, offset) of "." and ".."
 
 
 @pytest.fixture
 def readdir_collector(monkeypatch: pytest.MonkeyPatch) -> None:
     def reply(token: Collector, name: bytes, attrs: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        if name in DOTS:  # counted apart (test_readdir_starts_with_dot_entries)
+            token.dots.append((os.fsdecode(name), attrs.st_ino, next_id))
+            token.offset = next_id
+            return True
         if len(token.names) >= token.capacity:
             return False
+        token.offset = next_id
         token.names.append(os.fsdecode(name))
         return True
     monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
@@ -99,12 +109,34 @@ async def test_readdir_counts_only_accepted_entries(parts: Components, readdir_c
     assert token.names == ["a.txt", "clash"]
     before = len(ops.inodes)
     token2 = Collector(capacity=10)
-    await ops.readdir(fh, 2, token2)
-    assert token2.names == ["d"]
+    await ops.readdir(fh, token.offset, token2)
+    assert token2.names == ["d"] and token2.dots == []
     assert len(ops.inodes) == before + 1
     await ops.releasedir(fh)
     clash = await lookup_path(ops, "bkt", "clash")
     assert clash.st_mode & 0o040000                                # the directory wins
+
+
+async def test_readdir_starts_with_dot_entries(parts: Components, readdir_collector: None):
+    """`ls -a` shows "." and ".." (s3fs and rclone send them): first, with the inodes of
+    the directory and its parent, and a readdir resumed between them goes on right."""
+    ops = parts.ops
+    bucket = await lookup_path(ops, "bkt")
+    d = await lookup_path(ops, "bkt", "d")
+    fh = await ops.opendir(d.st_ino)
+    whole = Collector()
+    await ops.readdir(fh, 0, whole)
+    assert whole.dots == [(".", d.st_ino, 1), ("..", bucket.st_ino, 2)]
+    assert whole.names == ["b.txt", "e"]
+    resumed = Collector()
+    await ops.readdir(fh, 1, resumed)
+    assert resumed.dots == [("..", bucket.st_ino, 2)] and resumed.names == ["b.txt", "e"]
+    await ops.releasedir(fh)
+    top = Collector()
+    fh = await ops.opendir(ROOT_INODE)
+    await ops.readdir(fh, 0, top)
+    assert top.dots == [(".", ROOT_INODE, 1), ("..", ROOT_INODE, 2)]
+    await ops.releasedir(fh)
 
 
 @pytest.mark.parametrize("parts", [{"read_only": True}], indirect=True)

@@ -4,7 +4,8 @@ Issue 14's proof, through the real mount on SeaweedFS: rsync -a twice (the secon
 nothing, also after a remount with an empty cache), cp -a and tar -x of a tree with modes,
 owners, nanosecond times and symlinks compared with the source, chmod +x then run, a
 gcc-built binary, a venv's python, git init/commit/fsck/clone, touch -d and setfattr kept
-across a remount. Each scenario takes the place it works in as a parameter and also runs on
+across a remount; `ls -a` lists "." and ".."; a node renamed over each kind of target and
+back keeps its inode and type. Each scenario takes the place it works in as a parameter and also runs on
 a plain local directory: that run checks the scenario itself (a tool's output, the tree
 builder, the comparison), so a failure through the mount is the mount's.
 """
@@ -227,7 +228,55 @@ def setfattr_survives(place: Place, scratch: Path) -> None:
     assert "user.x" not in os.listxattr(target)
 
 
+def ls_a_lists_dot_entries(place: Place, scratch: Path) -> None:
+    listed = place.path() / "listed"
+    listed.mkdir()
+    (listed / "f").write_bytes(b"x")
+    assert run("ls", "-a", listed).split() == [".", "..", "f"]
+    inodes = dict(reversed(line.split()) for line in run("ls", "-1ia", listed).splitlines())
+    assert inodes == {".": str(os.stat(listed).st_ino), "..": str(os.stat(place.path()).st_ino),
+                      "f": str(os.stat(listed / "f").st_ino)}
+
+
+def make_node(kind: str, path: Path) -> None:
+    if kind == "file":
+        path.write_bytes(b"")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        os.symlink("test", path)
+
+
+def rename_over_and_back(place: Place, scratch: Path) -> None:
+    """pjdfstest rename/09.t's pattern: a new node renamed over each kind of target in
+    another directory and back, while the uploads of both are under way. It keeps its inode
+    and type both ways (a target's older upload landing late showed the old type: EIO),
+    and nothing of it is left once it is removed, also in S3."""
+    here, there = place.path() / "here", place.path() / "there"
+    here.mkdir()
+    there.mkdir()
+    src, dst = here / "n", there / "t"
+    for _ in range(6):
+        for kind in ("file", "fifo", "symlink"):
+            make_node(kind, src)
+            ino, mode = os.lstat(src).st_ino, stat.S_IFMT(os.lstat(src).st_mode)
+            for over in ("none", "file", "fifo", "symlink"):
+                make_node(over, dst)
+                os.rename(src, dst)
+                moved = os.lstat(dst)
+                assert (moved.st_ino, stat.S_IFMT(moved.st_mode)) == (ino, mode), (kind, over)
+                assert not os.path.lexists(src)
+                os.rename(dst, src)
+                back = os.lstat(src)
+                assert (back.st_ino, stat.S_IFMT(back.st_mode)) == (ino, mode), (kind, over)
+                assert not os.path.lexists(dst)
+            os.unlink(src)
+    place.remount()
+    assert os.listdir(place.path() / "here") == os.listdir(place.path() / "there") == []
+
+
 SCENARIOS: dict[str, Callable[[Place, Path], None]] = {
+    "ls-a": ls_a_lists_dot_entries, "rename-over": rename_over_and_back,
     "rsync": rsync_twice, "cp-a": cp_a, "tar-x": tar_x, "chmod-x": chmod_x_then_run,
     "gcc": gcc_binary_runs, "venv": venv_python_runs, "git": git_init_commit_fsck_clone,
     "touch-d": touch_d_survives, "setfattr": setfattr_survives,

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 READDIR_PAGE = 256
+#: readdir offsets taken by "." and ".." before a directory stream's own.
+DOT_ENTRIES = 2
 CACHED = "user.s3fuse.cached"
 PINNED = "user.s3fuse.pinned"
 STATE_XATTRS = (CACHED, PINNED)
@@ -298,9 +300,34 @@ class S3Operations(pyfuse3.Operations):
         node = self._dir(inode)
         return self.handles.add_dir(node, await self._ns(node).opendir(node.ref))
 
+    def _dots(self, node: Node) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
+        """The "." and ".." entries of `node` (`ls -a` lists them; s3fs and rclone send
+        them too). Only their inode and type are read: the kernel keeps no lookup
+        reference and no attributes of them from a readdirplus reply."""
+        dots = []
+        for name, ino in ((b".", node.ino), (b"..", self._parent_ino(node))):
+            attrs = pyfuse3.EntryAttributes()
+            attrs.st_ino = ino
+            attrs.st_mode = stat.S_IFDIR | 0o755
+            attrs.entry_timeout = attrs.attr_timeout = 0
+            dots.append((name, attrs))
+        return dots
+
+    def _parent_ino(self, node: Node) -> int:
+        """The inode of `node`'s parent, not made for this alone if the kernel has none."""
+        parent = self._parent(node)
+        self.inodes.discard_if_unreferenced(parent)
+        return parent.ino
+
     @fuse_handler("readdir")
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         handle = self.handles.dir(fh)
+        if start_id < DOT_ENTRIES:  # offsets 1 and 2 are "." and ".."; the stream's follow
+            for offset, (name, attrs) in enumerate(self._dots(handle.node), 1):
+                if offset > start_id and not pyfuse3.readdir_reply(token, name, attrs, offset):
+                    return
+            start_id = DOT_ENTRIES
+        start_id -= DOT_ENTRIES
         while True:
             page = await handle.stream.page(start_id, READDIR_PAGE)
             if not page:
@@ -309,7 +336,8 @@ class S3Operations(pyfuse3.Operations):
                 start_id = next_id
                 node = self._ensure(handle.node, ref, entry.is_dir)
                 attrs = self._attrs(node, entry, tell=False)
-                if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs, next_id):
+                if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs,
+                                             next_id + DOT_ENTRIES):
                     self.inodes.discard_if_unreferenced(node)
                     return
                 if not node.is_dir:
