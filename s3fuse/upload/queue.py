@@ -150,11 +150,9 @@ class UploadQueue:
         first in the same thread (its last bytes reach the file); it returns the file's
         size and CRC-32 (None: unknown), so the file is not read back. `quick`: settling
         is microseconds of work (a small file's bytes, CRC known): then both run here,
-        on the loop, when no thread is writing the journal (see `_enqueue_here`)."""
+        on the loop, when no thread is writing the journal (see `_journal`)."""
         args = (bucket, key, staging_id, expected, meta, settle)
-        job_id = self._enqueue_here(*args) if quick else None
-        if job_id is None:
-            job_id = await self._io(self._enqueue, *args)
+        job_id = await (self._journal if quick else self._io)(self._enqueue, *args)
         self._bursts.closed_one()
         self._latest[(bucket, key)] = (job_id, staging_id)
         self.commits.want()
@@ -167,7 +165,8 @@ class UploadQueue:
         `expected`: the ETag it was made on). It rides along the key's queued, unsent
         put or metadata change when there is one (see journal.py); else it is a copy of
         the object onto itself. Returns the id of the job that carries it."""
-        job_id = await self._io(self.journal.enqueue_meta, bucket, key, meta, size, expected)
+        job_id = await self._journal(self.journal.enqueue_meta, bucket, key, meta, size,
+                                     expected)
         latest = self._latest.get((bucket, key))
         if latest is None or latest[0] != job_id:  # a new row: the bytes stay where they were
             self._latest[(bucket, key)] = (job_id, latest[1] if latest else "")
@@ -179,7 +178,7 @@ class UploadQueue:
         """Journal the removal of a key (it replaces pending uploads of the key that have not
         started, and inherits their condition; one that has runs first); `expected` is the
         ETag the user saw (a newer version in S3 is then kept). Returns the job id."""
-        job_id = await self._io(self._enqueue_delete, bucket, key, expected)
+        job_id = await self._journal(self._enqueue_delete, bucket, key, expected)
         self._bursts.closed_one()
         self._latest[(bucket, key)] = (job_id, "")
         self.commits.want()
@@ -345,19 +344,17 @@ class UploadQueue:
         crash_point("journalled")
         return job_id
 
-    def _enqueue_here(self, bucket: str, key: str, staging_id: str, expected: Expected,
-                      meta: Posix | None,
-                      settle: Callable[[], tuple[int, int | None]] | None) -> int | None:
-        """`_enqueue` of a small file on the trio loop, if no thread holds the journal's
-        writer lock (None: a thread must; it never waits for one). Its work is a small
-        write to a new staging file and one point write to the journal, not fsynced
-        (the journal checkpoints in the sync pass, never at a commit): tens of
-        microseconds, against a thread round trip of hundreds on a busy machine, which
-        was half of what closing a small file cost (`cp -r` of 1,000 files)."""
+    async def _journal(self, fn: Callable[..., T], *args: Any) -> T:
+        """A point write to the journal, `fn(*args)`: on the trio loop if no thread holds
+        the journal's writer lock (it never waits for one), else in a thread. The work is
+        a row or two written, not fsynced (the journal checkpoints in the sync pass, never
+        at a commit), with at most a small file's bytes settled: tens of microseconds,
+        against a thread round trip of hundreds on a busy machine, which was half of what
+        closing a small file cost (`cp -r` of 1,000 files) and of a `chmod`'s."""
         with self.journal.writer_if_free() as free:
-            if not free:
-                return None
-            return self._enqueue(bucket, key, staging_id, expected, meta, settle)
+            if free:
+                return fn(*args)
+        return await self._io(fn, *args)
 
     def _enqueue_delete(self, bucket: str, key: str, expected: Expected) -> int:
         return self.journal.enqueue(bucket, key, "", 0, expected, op="delete")
