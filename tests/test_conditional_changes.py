@@ -24,6 +24,7 @@ from s3fuse.upload.journal import _version_1
 from tests.test_fake_stack import B, listdir, read_file, readdir_replies, running, write_file
 from tests.test_ops import lookup_path
 from tests.test_queue_unit import until
+from tests.test_store_contract import moto_store
 from tests.test_upload import make_store, upload_queue, write
 from tests.test_write_mount import body, keys, sync
 
@@ -251,6 +252,18 @@ def test_the_probe_over_moto(tmp_path: Path, moto_backend: Any, s3: Any, bucket:
                            Journal(tmp_path / "journal.sqlite"))
     assert probe.of(bucket, "some/dir/file") == Capability(True, True)
     assert keys(s3, bucket) == set()
+
+
+@pytest.mark.seaweedfs
+def test_the_probe_over_seaweedfs_trusts_copy_conditions(tmp_path: Path, seaweedfs_backend: Any
+                                                        ) -> None:
+    """SeaweedFS refuses a copy whose CopySourceIfMatch is wrong (moto copies anyway): a
+    metadata change there needs no HEAD first (store/copysources.py)."""
+    store = moto_store(seaweedfs_backend, tmp_path)
+    seaweedfs_backend.client.create_bucket(Bucket="probed")
+    probe = ConditionProbe(store, Journal(tmp_path / "journal.sqlite"))
+    assert probe.of("probed", "some/dir/file").copy
+    assert keys(seaweedfs_backend.client, "probed") == set()
 
 
 async def test_a_probe_key_left_by_a_crash_is_deleted_at_the_next_start(tmp_path: Path) -> None:

@@ -237,6 +237,35 @@ def test_copy_onto_itself_is_conditional(store_bucket: tuple[Store, str]) -> Non
         store.copy_object(bucket, "gone", "gone", current, metadata={"mode": "33261"})
 
 
+@pytest.mark.seaweedfs
+def test_a_trusted_copy_of_a_version_seen_sends_no_head(seaweedfs_backend: Backend,
+                                                       tmp_path: Path) -> None:
+    """A metadata change of a version this store saw (its PUT, a HEAD) on a server that
+    honours CopySourceIfMatch (SeaweedFS) is one CopyObject: the headers a REPLACE copy
+    must send again are remembered, the condition guards the version. A stale version is
+    still refused, and a version never seen is HEADed first."""
+    store, bucket = moto_store(seaweedfs_backend, tmp_path), new_bucket(seaweedfs_backend)
+    etag = store.put_object(bucket, "k", b"bytes", content_type="text/x-src", metadata=HEADERS)
+    changed = posix.to_headers(POSIX.replace(mode=0o100755, xattrs=()))
+    new_etag = store.copy_object(bucket, "k", "k", etag, metadata=changed, size=5,
+                                 trust_condition=True)
+    assert "HeadObject" not in store.request_counts()
+    info = store.head(bucket, "k")
+    assert (info.etag, info.metadata, info.content_type) == (new_etag, changed, "text/x-src")
+    again = store.copy_object(bucket, "k", "k", new_etag, metadata=HEADERS, size=5,
+                              trust_condition=True)  # the copy's own result is known too
+    assert store.request_counts()["HeadObject"] == 1 and again == etag
+    current = store.put_object(bucket, "k", b"newer", content_type="text/x-src")
+    with pytest.raises(StaleObject):
+        store.copy_object(bucket, "k", "k", etag, metadata=changed, size=5,
+                          trust_condition=True)
+    assert store.head(bucket, "k").etag == current
+    fresh = moto_store(seaweedfs_backend, tmp_path)  # has seen nothing
+    fresh.copy_object(bucket, "k", "k", current, metadata=changed, size=5, trust_condition=True)
+    assert fresh.request_counts()["HeadObject"] == 1
+    assert fresh.head(bucket, "k").content_type == "text/x-src"
+
+
 def test_multipart_copy(store_bucket: tuple[Store, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Over the single-copy limit (lowered here), a copy goes in UploadPartCopy parts:
     same bytes, metadata kept by a plain copy and replaced by a metadata change."""

@@ -387,7 +387,8 @@ class MemoryStore:
 
     def copy_object(self, bucket: str, source_key: str, key: str, etag: str, *,
                     metadata: Mapping[str, str] | None = None,
-                    content_type: str | None = None, size: int = 0) -> str:
+                    content_type: str | None = None, size: int = 0,
+                    trust_condition: bool = False) -> str:
         """One request whatever the size (the multipart path of a real store is not modelled:
         its outcome is the same object). The new ETag is the MD5 of the bytes, as S3's for a
         copy: a metadata change of a single-part object keeps its ETag."""

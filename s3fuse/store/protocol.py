@@ -143,13 +143,16 @@ class Store(Protocol):
 
     def copy_object(self, bucket: str, source_key: str, key: str, etag: str, *,
                     metadata: Mapping[str, str] | None = None,
-                    content_type: str | None = None, size: int = 0) -> str:
+                    content_type: str | None = None, size: int = 0,
+                    trust_condition: bool = False) -> str:
         """Server-side copy of the version `etag` of `source_key` (CopySourceIfMatch):
         StaleObject if the source changed; returns the new ETag. Without `metadata` the
         copy keeps the source's user metadata and content type; with it (also onto
         itself: a metadata change) they are replaced (MetadataDirective REPLACE, the
         content type kept when `content_type` is None). A `size` over the single-copy
-        limit (5 GiB) is copied in parts (UploadPartCopy), with the same condition."""
+        limit (5 GiB) is copied in parts (UploadPartCopy), with the same condition.
+        `trust_condition`: the server is known to honour CopySourceIfMatch and `size` is
+        the source's, so a store may skip a check of its own (a HEAD)."""
         ...
 
     def delete_object(self, bucket: str, key: str, *, if_match: str | None = None) -> None:

@@ -40,6 +40,7 @@ import botocore.utils
 from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 
+from .copysources import CopySources, kept_headers
 from ..config import Config, KeyPair
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
 from . import botosession, retry
@@ -88,9 +89,6 @@ MAX_PARTS = 10_000
 #: UploadPartCopy requests in flight for one multipart copy (S3 copies, we only wait).
 COPY_CONCURRENCY = 8
 #: What a REPLACE copy (or a multipart one) would reset: sent again from the source's HEAD.
-KEPT_HEADERS = {"ContentType": "Content-Type", "ContentEncoding": "Content-Encoding",
-                "ContentDisposition": "Content-Disposition",
-                "ContentLanguage": "Content-Language", "CacheControl": "Cache-Control"}
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -335,6 +333,7 @@ class S3Store:
             proxy_url=proxy_for(self.read_client.meta.endpoint_url),
             answered=self._outcome, failed=self._attempt_failed)
         self._heads: dict[str, PipelinedHeads] = {}  # per origin
+        self.copy_sources = CopySources()  # what a REPLACE copy sends again, per version
 
     def _presign_get(self, bucket: str, key: str) -> str:
         return self._presigner.get_url(bucket, key)
@@ -523,8 +522,8 @@ class S3Store:
         than 200 or 404 is asked again through boto3, for its error mapping."""
         return self._head(bucket, key)[0]
 
-    def _head(self, bucket: str, key: str) -> tuple[ObjectInfo, Mapping[str, str]]:
-        """head(), and the answer's HTTP headers (a REPLACE copy sends some again)."""
+    def _head(self, bucket: str, key: str) -> tuple[ObjectInfo, dict[str, str]]:
+        """head(), and the answer's headers a REPLACE copy sends again (copysources.py)."""
         what = f"HeadObject s3://{bucket}/{key}"
         self.link.check(what)
         self._count("HeadObject")
@@ -538,12 +537,15 @@ class S3Store:
         if status != 200:
             resp = self._call(what, self.read_client.head_object, Bucket=bucket, Key=key)
             raw = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-            return ObjectInfo(key, int(resp.get("ContentLength", 0)),
+            info = ObjectInfo(key, int(resp.get("ContentLength", 0)),
                               _mtime_ns(resp.get("LastModified")), clean_etag(resp.get("ETag")),
-                              dict(resp.get("Metadata") or {}), resp.get("ContentType")), {
-                field: raw[field.lower()] for field in KEPT_HEADERS.values()
-                if field.lower() in raw}
-        return _info(key, headers), headers
+                              dict(resp.get("Metadata") or {}), resp.get("ContentType"))
+            kept = kept_headers(raw)
+        else:
+            info = _info(key, headers)
+            kept = kept_headers(headers)
+        self.copy_sources.learn(bucket, key, info.etag, kept)
+        return info, kept
 
     def head_many(self, bucket: str, keys: Sequence[str], answered: HeadsAnswered) -> None:
         """Pipelined HEADs (store/headbatch.py) when this bucket's URLs are signed here and
@@ -562,9 +564,12 @@ class S3Store:
                 self._outcome("HeadObject", str(status))
                 if status == 200:
                     try:
-                        results.append((key, info_of(key, headers)))
+                        info = info_of(key, headers)
                     except RemoteError as exc:  # unknown it stays: the defaults show
                         results.append((key, exc))
+                    else:
+                        results.append((key, info))
+                        self.copy_sources.learn(bucket, key, info.etag, kept_headers(headers))
                 elif status == 404:
                     results.append((key, retry.tagged(
                         NotFound(f"HeadObject s3://{bucket}/{key}: not found"), "NoSuchKey", 404)))
@@ -676,7 +681,10 @@ class S3Store:
             return self.write_client.put_object(**params)
         resp = self._call(f"PutObject s3://{bucket}/{key}", put, **kwargs)
         self._moved("out", len(body) if isinstance(body, bytes) else body.tell() - start)
-        return clean_etag(resp.get("ETag"))
+        etag = clean_etag(resp.get("ETag"))
+        self.copy_sources.learn(bucket, key, etag,
+                                {"ContentType": content_type} if content_type else {})
+        return etag
 
     def create_multipart_upload(self, bucket: str, key: str, *,
                                 content_type: str | None = None,
@@ -752,29 +760,34 @@ class S3Store:
 
     def copy_object(self, bucket: str, source_key: str, key: str, etag: str, *,
                     metadata: Mapping[str, str] | None = None,
-                    content_type: str | None = None, size: int = 0) -> str:
+                    content_type: str | None = None, size: int = 0,
+                    trust_condition: bool = False) -> str:
         """Server-side copy of the version `etag` of `source_key`, with the configured SSE;
         returns the new ETag. StaleObject if the source is another version.
 
         Without `metadata` a plain copy (S3 keeps the user metadata and content type);
         with it MetadataDirective REPLACE, which resets the content type and the other
-        headers of KEPT_HEADERS: they are sent again from the source's HEAD (`content_type`
-        overrides its type). That HEAD (its ETag must be `etag`, as boto3's own copy checked;
-        through the presigned path: cheap) also gives the
-        size (callers may pass none: over COPY_LIMIT the copy goes in parts) and holds the
-        condition on servers that ignore CopySourceIfMatch, which is sent anyway so that
-        S3 checks it atomically."""
+        headers of KEPT_HEADERS: they are sent again (`content_type` overrides the type).
+        They come from the source's HEAD, which also gives the size (callers may pass
+        none: over COPY_LIMIT the copy goes in parts) and holds the condition on servers
+        that ignore CopySourceIfMatch (its ETag must be `etag`, as boto3's own copy
+        checked), which is sent anyway so that S3 checks it atomically. No HEAD with
+        `trust_condition` (the server honours CopySourceIfMatch, and `size` is the
+        source's) when this store has seen that version's headers (copysources.py)."""
         quoted = f'"{clean_etag(etag)}"'
-        info, headers = self._head(bucket, source_key)
-        if info.etag != clean_etag(etag):
-            raise retry.tagged(StaleObject(f"CopyObject s3://{bucket}/{source_key}: object "
-                                           "changed in S3"), "PreconditionFailed", 412)
-        kept = {name: headers[field] for name, field in KEPT_HEADERS.items() if headers.get(field)}
+        known = self.copy_sources.of(bucket, source_key, clean_etag(etag))
+        if trust_condition and known is not None and size <= FAST_COPY_LIMIT:
+            kept, user_metadata = known, None
+        else:
+            info, kept = self._head(bucket, source_key)
+            if info.etag != clean_etag(etag):
+                raise retry.tagged(StaleObject(f"CopyObject s3://{bucket}/{source_key}: "
+                                               "object changed in S3"), "PreconditionFailed", 412)
+            size, user_metadata = info.size, info.metadata
         if content_type:
             kept["ContentType"] = content_type
-        size = info.size
         if size > COPY_LIMIT:
-            new_metadata = dict(info.metadata or {}) if metadata is None else metadata
+            new_metadata = dict(user_metadata or {}) if metadata is None else metadata
             return self._copy_in_parts(bucket, source_key, key, quoted, size,
                                        {**kept, "Metadata": dict(new_metadata)})
         kwargs: dict[str, Any] = {"CopySource": {"Bucket": bucket, "Key": source_key},
@@ -783,12 +796,13 @@ class S3Store:
         if metadata is not None:
             kwargs.update(kept, Metadata=dict(metadata), MetadataDirective="REPLACE")
         what = f"CopyObject s3://{bucket}/{source_key} -> {key}"
-        if size <= FAST_COPY_LIMIT:
-            etag = self._copy_signed_here(what, kwargs)
-            if etag is not None:
-                return etag
-        resp = self._call(what, self.write_client.copy_object, **kwargs)
-        return clean_etag(resp.get("CopyObjectResult", {}).get("ETag"))
+        copied = self._copy_signed_here(what, kwargs) if size <= FAST_COPY_LIMIT else None
+        if copied is None:
+            resp = self._call(what, self.write_client.copy_object, **kwargs)
+            copied = clean_etag(resp.get("CopyObjectResult", {}).get("ETag"))
+        if metadata is not None:  # a plain copy's headers are the source's, not known here
+            self.copy_sources.learn(bucket, key, copied, kept)
+        return copied
 
     def _copy_signed_here(self, what: str, params: Mapping[str, Any]) -> str | None:
         """CopyObject as a presigned PUT (store/copysign.py): the new ETag; None when it

@@ -6,7 +6,8 @@ the newer version a condition was meant to protect. So before the first conditio
 or delete to a bucket, a scratch key of our own beside the job's key (same prefix: the
 same permissions) is written, written again with `If-None-Match: *` and with `If-Match` a
 wrong ETag (both must fail with 412), deleted with `If-Match` a wrong ETag (must fail with
-412), then deleted. Writes and deletes are judged apart (a server may honour one only);
+412), copied onto itself with a wrong `CopySourceIfMatch` where that saves a HEAD (must fail
+with 412), then deleted. Writes and deletes are judged apart (a server may honour one only);
 what is missing gets the uploader's HEAD check instead. Answers are kept for the mount's
 lifetime. The scratch key is recorded in the journal before it is written, so one a
 crash leaves behind is deleted at the next start (`remove_leftovers`). Offline (or a
@@ -43,6 +44,7 @@ WRONG_ETAG = "0" * 32
 class Capability:
     put: bool     # If-Match / If-None-Match on PutObject and CompleteMultipartUpload
     delete: bool  # If-Match on DeleteObject
+    copy: bool = False  # CopySourceIfMatch on CopyObject (probed where it saves a HEAD)
 
 
 NONE = Capability(False, False)
@@ -128,10 +130,24 @@ class ConditionProbe:
                    and _refused(lambda: self.store.put_object(bucket, key, b"",
                                                               if_match=WRONG_ETAG)))
             delete = _refused(lambda: self.store.delete_object(bucket, key, if_match=WRONG_ETAG))
+            copy = self._copy_refused(bucket, key)
         finally:
             with contextlib.suppress(S3FuseError):  # left offline: deleted at the next start
                 self._remove(bucket, key)
-        return Capability(put, delete)
+        return Capability(put, delete, copy)
+
+    def _copy_refused(self, bucket: str, key: str) -> bool:
+        """Is a copy of the scratch key onto itself with a wrong CopySourceIfMatch refused?
+        Asked only of a store that skips its HEAD for a trusted condition (S3Store: moto
+        ignores the condition, SeaweedFS and AWS honour it). It is told the headers of the
+        wrong version (the scratch key's: none), so the copy goes out with the condition
+        alone, as a trusted one does."""
+        sources = getattr(self.store, "copy_sources", None)
+        if sources is None:
+            return False
+        sources.learn(bucket, key, WRONG_ETAG, {})
+        return _refused(lambda: self.store.copy_object(
+            bucket, key, key, WRONG_ETAG, metadata={}, size=0, trust_condition=True))
 
 
 def _refused(send: Callable[[], object]) -> bool:

@@ -212,8 +212,10 @@ class Uploader:
                     self._precheck(bucket, key, expected)
                 return UploadResult(self._put(bucket, key, io.BytesIO(b""), expected,
                                               content_type(key), {"metadata": headers}))
+            trusted = self.conditions.of(bucket, key).copy  # then no HEAD (copysources.py)
             return UploadResult(self.store.copy_object(bucket, key, key, expected,
-                                                       metadata=headers, size=job.size))
+                                                       metadata=headers, size=job.size,
+                                                       trust_condition=trusted))
         except (StaleObject, NotFound):
             pass
         try:
