@@ -19,8 +19,8 @@ from typing import Mapping
 KEPT_HEADERS = {"ContentType": "Content-Type", "ContentEncoding": "Content-Encoding",
                 "ContentDisposition": "Content-Disposition",
                 "ContentLanguage": "Content-Language", "CacheControl": "Cache-Control"}
-#: Versions remembered (~430 bytes each, measured): a `chmod -R` of this many files after its `ls -l`
-#: sends no HEAD.
+#: Versions remembered (~430 bytes each, measured): a `chmod -R` of this many files after
+#: its `ls -l` sends no HEAD.
 VERSIONS_KEPT = 4096
 
 
