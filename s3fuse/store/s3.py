@@ -40,10 +40,10 @@ import botocore.utils
 from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 
-from .copysources import CopySources, kept_headers
 from ..config import Config, KeyPair
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
 from . import botosession, retry
+from .copysources import CopySources, kept_headers
 from .link import Link
 from .copysign import CopySigner, copy_etag
 from .headbatch import PipelinedHeads
@@ -88,7 +88,6 @@ COPY_PART_SIZE = 512 << 20
 MAX_PARTS = 10_000
 #: UploadPartCopy requests in flight for one multipart copy (S3 copies, we only wait).
 COPY_CONCURRENCY = 8
-#: What a REPLACE copy (or a multipart one) would reset: sent again from the source's HEAD.
 
 
 def parse_timestamp(value: str) -> datetime:
