@@ -91,6 +91,7 @@ class WriteBack:
         self.limiter = trio.CapacityLimiter(4)
         self._open: dict[tuple[str, str], LocalFile] = {}
         self._unjournalled: dict[tuple[str, str], int] = {}  # changes shown, not journalled yet
+        self._new_bytes: dict[tuple[str, str], int] = {}  # ... of them with bytes of their own
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
         queue.on_uploaded = self._uploaded
 
@@ -136,9 +137,9 @@ class WriteBack:
             listener(key, result if result.etag else None)  # no ETag: a removal
         if (bucket, key) in self._open:
             return
-        if (bucket, key) in self._unjournalled:
-            return  # a newer change is shown and being journalled: this landing is older
-        if not self.queue.pending(bucket, key):
+        if (bucket, key) in self._new_bytes:
+            return  # newer bytes are shown and being journalled: this landing is older
+        if not self.queue.pending(bucket, key) and (bucket, key) not in self._unjournalled:
             self.overlay.clear(bucket, key)
         elif (result.etag and result.conflict_key is None
               and self.queue.pending_version(bucket, key) is None):
@@ -321,7 +322,7 @@ class WriteBack:
         """A symlink (`body`: its target) or a fifo, socket or device node (empty body),
         typed by `posix`'s mode: a small staged upload, journalled like a closed file."""
         staging_id, path = await trio.to_thread.run_sync(self.staging.create)
-        with self._journalling(bucket, key):
+        with self._journalling(bucket, key, new_bytes=True):
             change = self.overlay.file(bucket, key, len(body), posix=posix)
             try:
                 await trio.to_thread.run_sync(path.write_bytes, body, limiter=self.limiter)
@@ -362,16 +363,22 @@ class WriteBack:
                 raise
 
     @contextlib.contextmanager
-    def _journalling(self, bucket: str, key: str) -> Iterator[None]:
+    def _journalling(self, bucket: str, key: str, new_bytes: bool = False) -> Iterator[None]:
         """A change of `key` is shown and not journalled yet: an older job of the key that
-        finishes meanwhile must not clear what the overlay shows (`_uploaded`)."""
-        self._unjournalled[(bucket, key)] = self._unjournalled.get((bucket, key), 0) + 1
+        finishes meanwhile must not clear what the overlay shows (`_uploaded`). With
+        `new_bytes` (a moved or special file) it must not give the change its ETag either:
+        that is the older version's (a metadata change of the same bytes takes it: they
+        are S3's now)."""
+        counts = (self._unjournalled, self._new_bytes) if new_bytes else (self._unjournalled,)
+        for count in counts:
+            count[(bucket, key)] = count.get((bucket, key), 0) + 1
         try:
             yield
         finally:
-            left = self._unjournalled.pop((bucket, key)) - 1
-            if left:
-                self._unjournalled[(bucket, key)] = left
+            for count in counts:
+                left = count.pop((bucket, key)) - 1
+                if left:
+                    count[(bucket, key)] = left
 
     def _show_posix(self, bucket: str, key: str, posix: Posix, size: int,
                     expected: Expected) -> Callable[[], None]:
@@ -425,7 +432,7 @@ class WriteBack:
             return False
         size = (await trio.to_thread.run_sync(path.stat)).st_size
         self._replace(bucket, new)
-        with self._journalling(bucket, new):
+        with self._journalling(bucket, new, new_bytes=True):
             self.overlay.file(bucket, new, size, posix=meta)
             await self.queue.submit(bucket, new, clone_id, target, meta)
         return True
