@@ -250,8 +250,9 @@ def make_node(kind: str, path: Path) -> None:
 def rename_over_and_back(place: Place, scratch: Path) -> None:
     """pjdfstest rename/09.t's pattern: a new node renamed over each kind of target in
     another directory and back, while the uploads of both are under way. It keeps its inode
-    and type both ways (a target's older upload landing late showed the old type: EIO),
-    and nothing of it is left once it is removed, also in S3."""
+    and type both ways, and nothing of it is left once it is removed, also in S3. (The
+    races that once broke this on a fast server, 1 run in 4, are pinned down one by one in
+    tests/test_writeback_races.py and test_queue_unit.py; this checks the behaviour.)"""
     here, there = place.path() / "here", place.path() / "there"
     here.mkdir()
     there.mkdir()

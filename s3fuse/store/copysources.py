@@ -24,11 +24,15 @@ KEPT_HEADERS = {"ContentType": "Content-Type", "ContentEncoding": "Content-Encod
 VERSIONS_KEPT = 4096
 
 
+#: The same, by lower-case header name.
+_LOWER = {param: field.lower() for param, field in KEPT_HEADERS.items()}
+
+
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The KEPT_HEADERS among an answer's `headers` (any case), as boto3 parameters."""
-    lower = {name.lower(): value for name, value in headers.items()}
-    return {param: lower[field.lower()] for param, field in KEPT_HEADERS.items()
-            if lower.get(field.lower())}
+    """The KEPT_HEADERS among an answer's `headers`, as boto3 parameters. Their names are
+    lower case or looked up case-insensitively (headbatch's, botocore's and urllib3's
+    are), so nothing is copied per answer: a cold `ls -l` reads a thousand of them."""
+    return {param: value for param, field in _LOWER.items() if (value := headers.get(field))}
 
 
 class CopySources:
