@@ -469,6 +469,50 @@ async def test_a_directory_marker_changes_by_a_put_of_the_empty_marker(
     assert copies(store) == 0 and store.request_counts()["PutObject"] == 2 + PROBE_PUTS
 
 
+IMPLICIT_DIR_ETAG = "d41d8cd98f00b204e9800998ecf8427e-0"  # SeaweedFS's, for a bare dir/
+
+
+@pytest.mark.parametrize("key", ["dir/", "empty-file"])
+async def test_an_empty_version_without_metadata_does_not_win_over_a_change(
+        tmp_path: Path, store: MemoryStore, key: str) -> None:
+    """A child's upload landing beside its directory's marker makes SeaweedFS show the marker
+    as an empty object with no metadata under another ETag (refusing every If-Match): not a
+    remote change to keep (it holds nothing), so the metadata change lands after a HEAD."""
+    posix = (Posix(mode=stat.S_IFDIR | 0o755, uid=0, gid=0, mtime_ns=SEC)
+             if key.endswith("/") else meta())
+    async with upload_queue(tmp_path, store) as queue:
+        etag = await uploaded(queue, key, b"", posix)
+        store.replace(B, key, b"", etag=IMPLICIT_DIR_ETAG)
+        await queue.set_meta(B, key, posix.replace(mtime_ns=7 * SEC), 0, etag)
+        status = await synced(queue)
+    assert status["conflicts"] == [] and stored(store, key) == posix.replace(mtime_ns=7 * SEC)
+
+
+async def test_an_empty_version_with_metadata_wins_over_a_change(
+        tmp_path: Path, store: MemoryStore) -> None:
+    """...but one that carries metadata is someone's change: kept, ours dropped."""
+    folder = Posix(mode=stat.S_IFDIR | 0o755, uid=0, gid=0, mtime_ns=SEC)
+    async with upload_queue(tmp_path, store) as queue:
+        etag = await uploaded(queue, "dir/", b"", folder)
+        store.replace(B, "dir/", b"", etag=IMPLICIT_DIR_ETAG,
+                      metadata=to_headers(folder.replace(uid=7)))
+        await queue.set_meta(B, "dir/", folder.replace(mtime_ns=7 * SEC), 0, etag)
+        status = await synced(queue)
+    assert [c["kind"] for c in status["conflicts"]] == ["kept-remote"]
+    assert stored(store, "dir/") == folder.replace(uid=7)
+
+
+async def test_rmdir_removes_a_marker_shown_as_an_empty_version_without_metadata(
+        tmp_path: Path, store: MemoryStore) -> None:
+    folder = Posix(mode=stat.S_IFDIR | 0o755, uid=0, gid=0, mtime_ns=SEC)
+    async with upload_queue(tmp_path, store) as queue:
+        etag = await uploaded(queue, "dir/", b"", folder)
+        store.replace(B, "dir/", b"", etag=IMPLICIT_DIR_ETAG)
+        await queue.delete(B, "dir/", etag)
+        status = await synced(queue)
+    assert status["conflicts"] == [] and store.objects(B) == {}
+
+
 @pytest.mark.parametrize("make", ["special", "dir", "metadata"])
 async def test_an_older_job_landing_while_a_change_is_journalled_keeps_it_shown(
         tmp_path: Path, store: MemoryStore, make: str) -> None:

@@ -121,10 +121,12 @@ class MemoryStore:
         with self._lock:
             return {key: obj.data for key, obj in self._buckets[bucket].items()}
 
-    def replace(self, bucket: str, key: str, data: bytes) -> str:
-        """Another client writes `key` (whatever the link and faults say); returns its ETag."""
+    def replace(self, bucket: str, key: str, data: bytes, etag: str | None = None,
+                metadata: Mapping[str, str] | None = None) -> str:
+        """Another client writes `key` (whatever the link and faults say; `etag`: the one
+        a server gives it other than the MD5); returns its ETag."""
         with self._lock:
-            return self._store(bucket, key, data, _md5(data).hexdigest(), None)
+            return self._store(bucket, key, data, etag or _md5(data).hexdigest(), None, metadata)
 
     def fail(self, operation: str, times: int = 1, error: str | ErrorFactory = "transient",
              prefix: str = "") -> None:

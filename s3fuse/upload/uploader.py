@@ -55,7 +55,7 @@ from typing import BinaryIO, Callable
 from ..errors import NotFound, Offline, RemoteError, S3FuseError, StaleObject
 from ..posix import Posix, from_headers, to_headers
 from ..store import retry
-from ..store.protocol import Store
+from ..store.protocol import ObjectInfo, Store
 from .conditions import ConditionProbe
 from .journal import UNKNOWN, Expected, Job, Journal
 from .staging import Staging
@@ -179,15 +179,16 @@ class Uploader:
                 if not _refused(exc):
                     raise
                 self.conditions.lacks(bucket, delete=True)
-        remote = self._remote_etag(bucket, key)
-        if remote is None:  # already gone: what the user wanted
+        info = self._remote(bucket, key)
+        if info is None:  # already gone: what the user wanted
             return UploadResult("")
-        if remote != expected:
+        remote = info.etag
+        if remote != expected and not (key.endswith("/") and _carries_nothing(info)):
             log.warning("%s changed in S3 since it was removed here: the newer version was "
                         "kept (ETag %s, removed %s)", job.uri, remote, expected)
             return UploadResult(remote, kept_remote=True)
-        self.store.delete_object(bucket, key)  # checked by HEAD: the server ignores If-Match
-        return UploadResult("")
+        self.store.delete_object(bucket, key)  # checked by HEAD (the server ignores If-Match,
+        return UploadResult("")                # or the marker holds nothing to keep)
 
     # ------------------------------------------------------------ metadata changes
 
@@ -226,6 +227,11 @@ class Uploader:
         if from_headers(info.metadata or {}, is_dir=is_dir) == from_headers(headers, is_dir=is_dir):
             log.info("%s already holds this metadata (a copy finished before a restart)", job.uri)
             return UploadResult(info.etag)
+        if job.size == 0 and _carries_nothing(info):  # checked by the HEAD just made
+            log.debug("%s: an empty version without metadata took its place: ours goes over it",
+                      job.uri)
+            return UploadResult(self._put(bucket, key, io.BytesIO(b""), UNKNOWN,
+                                          content_type(key), {"metadata": headers}))
         return self._metadata_dropped(job, info.etag)
 
     @staticmethod
@@ -356,8 +362,12 @@ class Uploader:
             raise StaleObject(f"s3://{bucket}/{key}: changed in S3 since it was opened")
 
     def _remote_etag(self, bucket: str, key: str) -> str | None:
+        info = self._remote(bucket, key)
+        return None if info is None else info.etag
+
+    def _remote(self, bucket: str, key: str) -> ObjectInfo | None:
         try:
-            return self.store.head(bucket, key).etag
+            return self.store.head(bucket, key)
         except NotFound:
             return None
 
@@ -373,6 +383,13 @@ class Uploader:
             while chunk := fh.read(part_size):
                 digests.update(_md5(chunk).digest())
         return f"{digests.hexdigest()}-{-(-size // part_size)}"
+
+
+def _carries_nothing(info: ObjectInfo) -> bool:
+    """An empty version without user metadata: replacing or removing it loses nothing.
+    SeaweedFS shows a `dir/` marker as one (ETag `<md5 of nothing>-0`, refusing every
+    If-Match) when a child's upload created the directory before or beside the marker's."""
+    return info.size == 0 and not info.metadata
 
 
 def _refused(exc: RemoteError) -> bool:
