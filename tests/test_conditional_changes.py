@@ -418,3 +418,27 @@ async def test_a_marker_a_child_landed_beside_takes_changes_and_removals_on_seaw
         status = await queue.sync(timeout=30)
     assert status["conflicts"] == [] and status["failures"] == []
     assert keys(client, "implicit") == {"dir/child"}
+
+
+@pytest.mark.seaweedfs
+async def test_a_name_whose_directory_seaweedfs_still_keeps_can_be_created_again(
+        tmp_path: Path, seaweedfs_backend: Any) -> None:
+    """pjdfstest unlink/00.t on SeaweedFS: `rmdir d` then `create d`. When the marker's
+    removal lands before its last child's, SeaweedFS keeps the directory (a HEAD of `d`
+    finds nothing, of `d/` an empty object without metadata) and refuses If-None-Match on
+    both names: the file and a new marker are written, not kept as conflict copies."""
+    client = seaweedfs_backend.client
+    client.create_bucket(Bucket="lingering")
+    for name in ("file", "dir"):
+        client.put_object(Bucket="lingering", Key=f"{name}/", Body=b"")
+        client.put_object(Bucket="lingering", Key=f"{name}/child", Body=b"")
+        client.delete_object(Bucket="lingering", Key=f"{name}/")
+        client.delete_object(Bucket="lingering", Key=f"{name}/child")
+    store = moto_store(seaweedfs_backend, tmp_path)
+    async with upload_queue(tmp_path, store) as queue:
+        await write(queue, "lingering", "file", b"a file now", None)
+        await write(queue, "lingering", "dir/", b"", None)
+        status = await queue.sync(timeout=30)
+    assert status["conflicts"] == [] and status["failures"] == []
+    assert client.get_object(Bucket="lingering", Key="file")["Body"].read() == b"a file now"
+    assert not any("conflict" in key for key in keys(client, "lingering"))

@@ -14,7 +14,10 @@
   key is left as it is. An object deleted since open (404 NoSuchKey from AWS and moto,
   412 from SeaweedFS: a HEAD tells) is written again. Before calling it a conflict, the
   object's ETag is compared with the local bytes' ETag: a replay of an upload that had
-  finished before a crash is not a conflict.
+  finished before a crash is not a conflict. A refusal where S3 holds nothing to keep (no
+  object, or a `dir/` marker that is an empty object without metadata: SeaweedFS's
+  leftovers of a removed or child-made directory, which refuse every condition) is not a
+  conflict either: the HEAD that found it stands in for the condition.
 - Removals are conditional too (DeleteObject If-Match the ETag the user saw): when the
   key holds another version, the newer remote version wins: the removal is dropped,
   logged and recorded (`kept_remote`, shown by `s3fuse status`). A key already gone is
@@ -133,15 +136,23 @@ class Uploader:
                 return UploadResult(self._send(job.bucket, job.key, path, expected, ctype,
                                                job.meta))
             except StaleObject:
-                remote = self._remote_etag(job.bucket, job.key)
-            if remote is None and isinstance(expected, str):
+                info = self._remote(job.bucket, job.key)
+            if info is None and isinstance(expected, str):
                 log.info("%s was deleted in S3 since it was opened: writing it again", job.uri)
                 expected = None
                 continue
-            if remote is not None and remote == self.local_etag(path):
+            if info is None or (job.key.endswith("/") and _carries_nothing(info)):
+                # refused although nothing (to keep) is there: SeaweedFS keeps a removed
+                # directory a while when its marker went before its last child, and refuses
+                # If-None-Match on its name; the HEAD just made stands in for the condition
+                log.debug("%s: refused, but S3 holds nothing to keep there: sent without the "
+                          "condition", job.uri)
+                expected = UNKNOWN
+                continue
+            if info.etag == self.local_etag(path):
                 log.info("%s already holds these bytes (an upload finished before a restart)",
                          job.uri)
-                return UploadResult(remote)
+                return UploadResult(info.etag)
             return self._conflict_copy(job, path, ctype)
 
     def _conflict_copy(self, job: Job, path: Path, ctype: str) -> UploadResult:
