@@ -14,7 +14,7 @@ import diskcache
 import pytest
 
 from s3fuse.cache import blocks
-from s3fuse.cache.blocks import BlockCache, block_id, seal, unseal
+from s3fuse.cache.blocks import OPENED_AHEAD_MAX, BlockCache, block_id, seal, unseal
 from s3fuse.cache.cachedir import CacheLock, secure_dir
 from s3fuse.cache.meta import MetaStore
 from s3fuse.model import Entry
@@ -214,3 +214,33 @@ def test_access_times_pending_at_close_are_written(tmp_path: Path,
     (after,) = reopened._lru._sql("SELECT access_time FROM Cache").fetchone()
     assert after > before
     reopened.close()
+
+
+def test_blocks_opened_ahead_are_read_without_a_lookup_and_checked(tmp_path: Path):
+    """open_ahead looks a block up and opens its file now; the `get` after it reads that
+    file (no second SELECT), still verified; a block not cached opens nothing; the files
+    held are bounded and closed when the cache is cleared."""
+    cache = BlockCache(tmp_path / "blocks", 64 << 20)
+    blocks = {i: os.urandom(100_000) for i in range(OPENED_AHEAD_MAX + 4)}
+    for i, data in blocks.items():
+        cache.put("b", "k", "e", i, data)
+    for i in blocks:
+        cache.open_ahead("b", "k", "e", i)
+    cache.open_ahead("b", "k", "e", 999)  # not cached: nothing held
+    assert len(cache._opened) == OPENED_AHEAD_MAX  # the oldest four were closed
+    lookups: list[str] = []
+    lookup = cache._lru.lookup
+    cache._lru.lookup = lambda name: lookups.append(name) or lookup(name)  # type: ignore
+    assert cache.get("b", "k", "e", len(blocks) - 1) == blocks[len(blocks) - 1]
+    assert lookups == []  # read from the file opened ahead
+    assert cache.get("b", "k", "e", 0) == blocks[0]  # pushed out: looked up again
+    assert len(lookups) == 1
+    held = next(iter(cache._opened))
+    files = {p.read_bytes()[-100:]: p for p in (tmp_path / "blocks").rglob("*.val")}
+    corrupt = files[blocks[int(held.rsplit("\x00", 1)[1])][-100:]]
+    corrupt.write_bytes(corrupt.read_bytes()[:-10])  # damaged after it was opened ahead
+    assert cache.get("b", "k", "e", int(held.rsplit("\x00", 1)[1])) is None
+    opened = [value for _, (_, _, value) in cache._opened.values()]
+    cache.clear()
+    assert cache._opened == {} and all(f.closed for f in opened)
+    cache.close()

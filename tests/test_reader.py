@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from s3fuse.cache.blocks import BlockCache
-from s3fuse.data.reader import BlockReader, ReadState
+from s3fuse.data.reader import DISK_OPEN_AHEAD_BLOCKS, BlockReader, ReadState
 from s3fuse.model import ObjectRef
 from s3fuse.errors import StaleObject
 from s3fuse.idle import Idle
@@ -83,16 +83,21 @@ async def test_sequential_reads_prefetch_ahead_and_survive_restart(tmp_path: Pat
     assert len(store.calls) == fetched
 
 
+def disk_cached(tmp_path: Path, blocks: int) -> tuple[bytes, ObjectRef, BlockCache]:
+    """An object of `blocks` MiB blocks, all in a new disk cache."""
+    data = os.urandom(blocks * MiB)
+    cache = BlockCache(tmp_path / "blocks", 256 * MiB)
+    for index in range(blocks):
+        cache.put("b", "k", "e1", index, data[index * MiB:(index + 1) * MiB])
+    return data, ObjectRef("b", "k", "e1", len(data)), cache
+
+
 async def test_read_ahead_from_the_disk_cache_is_two_blocks_deep(tmp_path: Path):
     """A reader whose blocks come from the disk cache reads 2 blocks ahead, not 3 (each
     block ahead is 8 MiB of RSS, and the disk answers in milliseconds); until the first
     block says where they come from, the window is the usual one."""
-    data = os.urandom(8 * MiB)
+    data, ref, cache = disk_cached(tmp_path, 8)
     store = FakeStore(data)
-    ref = ObjectRef("b", "k", "e1", len(data))
-    cache = BlockCache(tmp_path / "blocks", 256 * MiB)
-    for index in range(8):
-        cache.put("b", "k", "e1", index, data[index * MiB:(index + 1) * MiB])
     loaded: list[int] = []
     get = cache.get
 
@@ -115,6 +120,32 @@ async def test_read_ahead_from_the_disk_cache_is_two_blocks_deep(tmp_path: Path)
             assert (await idle.wait(10))["idle"]
             assert sorted(loaded) == expected
     assert store.calls == []
+
+
+async def test_blocks_further_ahead_in_the_disk_cache_are_opened_not_read(tmp_path: Path):
+    """Beyond the two blocks read ahead from the disk cache, the next ones up to
+    DISK_OPEN_AHEAD_BLOCKS are looked up and opened (disk round trips, no memory), each once."""
+    data, ref, cache = disk_cached(tmp_path, 16)
+    opened: list[int] = []
+    open_ahead = cache.open_ahead
+    cache.open_ahead = lambda b, k, e, i: opened.append(i) or open_ahead(b, k, e, i)  # type: ignore
+    async with trio.open_nursery() as nursery:
+        background = Supervisor()
+        background.bind(nursery)
+        reader = BlockReader(FakeStore(data), cache, block_size=MiB,  # type: ignore[arg-type]
+                             readahead=3, background=background)
+        state, idle = ReadState(), Idle(background, None, Link())
+        out = b""
+        for offset in range(0, len(data), 256 * 1024):
+            out += bytes(await reader.read(ref, offset, 256 * 1024, state))
+            if offset == MiB:  # block 0 came from the disk: after the 3 blocks read ahead
+                # before that was known, the next ones up to 8 past the block read are opened
+                await trio.testing.wait_all_tasks_blocked()
+                assert (await idle.wait(10))["idle"]
+                assert sorted(opened) == list(range(4, 1 + DISK_OPEN_AHEAD_BLOCKS + 1))
+        assert out == data
+    assert sorted(opened) == list(range(4, 16))  # each once, never one read ahead
+    assert cache._opened == {}  # every file opened ahead was read
 
 
 async def test_changed_etag_is_estale_never_mixed(tmp_path: Path):

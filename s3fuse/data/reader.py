@@ -48,6 +48,9 @@ SEQUENTIAL_SLACK = 4 << 20
 #: cache: one comes back in a few ms (cache/directio.py), and a deeper window only held
 #: one more 8 MiB block (the peak RSS of a disk-cache read was 10 MiB above a cold one's).
 DISK_READAHEAD_BLOCKS = 2
+#: ...and how far ahead of it their blocks are looked up and opened, bytes not read yet
+#: (cache/blocks.py OPENED_AHEAD_MAX: the lookups are disk round trips, the bytes memory).
+DISK_OPEN_AHEAD_BLOCKS = 8
 #: Objects whose last block's source (disk cache or S3) is remembered for that choice.
 SOURCES_KEPT = 256
 #: Objects this small (one block) are kept in memory in their own LRU of SMALL_MEMORY_BYTES:
@@ -69,6 +72,7 @@ class ReadState:
     prefetched_to: int = field(default=-1)
     run_start: int = 0  # where the current sequential run began
     dropped_to: int = 0  # blocks below this index were dropped from memory behind the reader
+    opened_to: int = -1  # blocks up to this index were opened ahead in the disk cache
 
 
 class BlockReader:
@@ -145,12 +149,23 @@ class BlockReader:
         if not self._background.active:
             return
         depth = self.readahead
-        if self._on_disk.get((ref.bucket, ref.key, ref.etag)):
+        on_disk = self._on_disk.get((ref.bucket, ref.key, ref.etag))
+        if on_disk:
             depth = min(depth, DISK_READAHEAD_BLOCKS)
-        stop = min(last + depth, len(self.block_range(ref)) - 1)
+        final = len(self.block_range(ref)) - 1
+        stop = min(last + depth, final)
         for index in range(max(last + 1, state.prefetched_to + 1), stop + 1):
             self.prefetch(ref, index, loader)
         state.prefetched_to = max(state.prefetched_to, stop)
+        if on_disk:
+            opened = min(last + DISK_OPEN_AHEAD_BLOCKS, final)
+            for index in range(max(state.prefetched_to, state.opened_to) + 1, opened + 1):
+                self._background.spawn(self._open_ahead, ref, index, kind=READ_AHEAD)
+            state.opened_to = max(state.opened_to, opened)
+
+    async def _open_ahead(self, ref: ObjectRef, index: int) -> None:
+        await trio.to_thread.run_sync(self.blocks.open_ahead, ref.bucket, ref.key, ref.etag,
+                                      index, limiter=self._disk_limiter)
 
     def _drop_behind(self, ref: ObjectRef, offset: int, state: ReadState) -> None:
         """Forget the blocks a sequential reader has left behind (by more than the slack
