@@ -124,3 +124,20 @@ def test_a_small_block_file_longer_than_its_index_says_is_a_miss(tmp_path: Path)
     assert cache.get("b", "k", "e", 0) is None  # detected, dropped
     assert not cache.contains("b", "k", "e", 0)
     cache.close()
+
+
+def test_the_lru_tells_every_entry_that_leaves_and_evicts_read_ones_on_request():
+    left: list[str] = []
+    lru = ByteLRU(30, on_leave=left.append)
+    lru.put("a", b"x" * 10)
+    lru.put("b", b"x" * 10, ahead=True)
+    lru.put("c", b"x" * 10)
+    lru.put("a", b"y" * 10)          # replaced: the old value left
+    lru.put("big", b"x" * 31)        # too big to keep: left at once
+    lru.put("d", b"x" * 10)          # over the cap: the oldest read entry goes
+    assert left == ["a", "big", "c"]
+    lru.discard("a")
+    assert left[-1] == "a"
+    assert lru.evict_read() and left[-1] == "d"
+    assert not lru.evict_read()      # only "b" is left, fetched ahead and never read
+    assert "b" in lru and len(lru) == 1

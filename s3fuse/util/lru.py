@@ -8,17 +8,21 @@ entry keeps a cache of many tiny values (small files) bounded by what it really 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable, Union
+from typing import Callable, Hashable, Union
 
 Buffer = Union[bytes, memoryview]
 
 
 class ByteLRU:
-    def __init__(self, capacity: int, overhead: int = 0):
+    def __init__(self, capacity: int, overhead: int = 0,
+                 on_leave: Callable[[Hashable], None] | None = None):
         """`overhead`: bytes charged per entry on top of its value's length (the key,
-        the dict slot, the buffer object): what a cache of 4 KiB values really costs."""
+        the dict slot, the buffer object): what a cache of 4 KiB values really costs.
+        `on_leave(key)`: called for every entry that leaves (evicted, discarded, replaced,
+        or too big to keep)."""
         self.capacity = capacity
         self.overhead = overhead
+        self._on_leave = on_leave
         self._items: OrderedDict[Hashable, Buffer] = OrderedDict()  # read: LRU order
         self._ahead: OrderedDict[Hashable, Buffer] = OrderedDict()  # not read yet: oldest first
         self._size = 0
@@ -38,12 +42,29 @@ class ByteLRU:
         self.discard(key)
         cost = len(value) + self.overhead
         if cost > self.capacity:
+            self._left(key)
             return
         (self._ahead if ahead else self._items)[key] = value
         self._size += cost
         while self._size > self.capacity:
-            _, evicted = (self._items or self._ahead).popitem(last=False)
-            self._size -= len(evicted) + self.overhead
+            self._evict(self._items or self._ahead)
+
+    def evict_read(self) -> bool:
+        """Evict the least recently used entry already read (never one fetched ahead and
+        not read yet); False when there is none."""
+        if not self._items:
+            return False
+        self._evict(self._items)
+        return True
+
+    def _evict(self, entries: OrderedDict[Hashable, Buffer]) -> None:
+        key, evicted = entries.popitem(last=False)
+        self._size -= len(evicted) + self.overhead
+        self._left(key)
+
+    def _left(self, key: Hashable) -> None:
+        if self._on_leave is not None:
+            self._on_leave(key)
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items or key in self._ahead
@@ -54,6 +75,7 @@ class ByteLRU:
             old = self._ahead.pop(key, None)
         if old is not None:
             self._size -= len(old) + self.overhead
+            self._left(key)
 
     def __len__(self) -> int:
         return len(self._items) + len(self._ahead)
