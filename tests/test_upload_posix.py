@@ -27,6 +27,10 @@ B = "bucket"
 SEC = 1_000_000_000
 
 
+#: A directory's metadata, as its `dir/` marker stores it.
+FOLDER = Posix(mode=stat.S_IFDIR | 0o755, uid=0, gid=0, mtime_ns=SEC)
+
+
 def meta(mode: int = 0o644, mtime: int = 1_600_000_000, **fields: Any) -> Posix:
     return Posix(mode=stat.S_IFREG | mode, uid=1000, gid=1000, mtime_ns=mtime * SEC,
                  ctime_ns=mtime * SEC, atime_ns=mtime * SEC, **fields)
@@ -451,7 +455,7 @@ async def test_a_directory_marker_changes_by_a_put_of_the_empty_marker(
         tmp_path: Path, store: MemoryStore) -> None:
     """An empty object is PUT again with the new metadata, not copied (one request; SeaweedFS
     refuses to copy `dir/` keys), on the same condition."""
-    folder = Posix(mode=stat.S_IFDIR | 0o755, uid=0, gid=0, mtime_ns=SEC)
+    folder = FOLDER
     store.put_object(B, "dir/", b"", metadata=to_headers(folder))
     async with upload_queue(tmp_path, store, start=False) as queue:
         writes = writeback(queue)
@@ -478,7 +482,7 @@ async def test_an_empty_version_without_metadata_does_not_win_over_a_change(
     """A child's upload landing beside its directory's marker makes SeaweedFS show the marker
     as an empty object with no metadata under another ETag (refusing every If-Match): not a
     remote change to keep (it holds nothing), so the metadata change lands after a HEAD."""
-    posix = (Posix(mode=stat.S_IFDIR | 0o755, uid=0, gid=0, mtime_ns=SEC)
+    posix = (FOLDER
              if key.endswith("/") else meta())
     async with upload_queue(tmp_path, store) as queue:
         etag = await uploaded(queue, key, b"", posix)
@@ -491,7 +495,7 @@ async def test_an_empty_version_without_metadata_does_not_win_over_a_change(
 async def test_an_empty_version_with_metadata_wins_over_a_change(
         tmp_path: Path, store: MemoryStore) -> None:
     """...but one that carries metadata is someone's change: kept, ours dropped."""
-    folder = Posix(mode=stat.S_IFDIR | 0o755, uid=0, gid=0, mtime_ns=SEC)
+    folder = FOLDER
     async with upload_queue(tmp_path, store) as queue:
         etag = await uploaded(queue, "dir/", b"", folder)
         store.replace(B, "dir/", b"", etag=IMPLICIT_DIR_ETAG,
@@ -504,7 +508,7 @@ async def test_an_empty_version_with_metadata_wins_over_a_change(
 
 async def test_rmdir_removes_a_marker_shown_as_an_empty_version_without_metadata(
         tmp_path: Path, store: MemoryStore) -> None:
-    folder = Posix(mode=stat.S_IFDIR | 0o755, uid=0, gid=0, mtime_ns=SEC)
+    folder = FOLDER
     async with upload_queue(tmp_path, store) as queue:
         etag = await uploaded(queue, "dir/", b"", folder)
         store.replace(B, "dir/", b"", etag=IMPLICIT_DIR_ETAG)

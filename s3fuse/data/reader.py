@@ -236,15 +236,16 @@ class BlockReader:
                 raise
             if loader is not None:
                 await self._take_write_slot()
-            slot = self._written_later(bid, fetched)
+            slot: _Slot | None = self._written_later(bid, fetched)
             data = fetched if small else memoryview(fetched)
-            lru.put(bid, data, ahead=ahead)
-            self._hold_in_memory(bid, slot)
-            return data
-        self.hits += 1
-        if small:  # its own bytes, not a view of the buffer the file was read into
-            data = bytes(data)
+        else:
+            slot = None
+            self.hits += 1
+            if small:  # its own bytes, not a view of the buffer the file was read into
+                data = bytes(data)
         lru.put(bid, data, ahead=ahead)
+        if slot is not None:
+            self._hold_in_memory(bid, slot)
         return data
 
     async def _take_write_slot(self) -> None:
