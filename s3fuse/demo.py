@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import socket
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -111,7 +112,29 @@ def populate(endpoint_url: str) -> None:
             s3.put_object(Bucket=bucket, Key=key, Body=body)
 
 
-def instructions(mountpoint: Path) -> str:
+def own_command() -> str:
+    """How to run this s3fuse from a new shell in the current directory: `s3fuse` when
+    that is what PATH finds, else the script's path (`make demo` runs .venv/bin/s3fuse,
+    which a new terminal does not find unless the venv is activated)."""
+    script = Path(sys.argv[0])
+    if script.name == "__main__.py":  # python -m s3fuse
+        return f"{_shown(Path(sys.executable))} -m s3fuse"
+    found = shutil.which("s3fuse")
+    if found and Path(found).resolve() == script.resolve():
+        return "s3fuse"
+    return _shown(script)
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the current directory when it is under it, else absolute."""
+    try:
+        shown = str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.absolute())
+    return shown if "/" in shown else f"./{shown}"
+
+
+def instructions(mountpoint: Path, command: str = "s3fuse") -> str:
     m = str(mountpoint)
     return "\n".join([
         f"s3fuse demo: s3://{DEMO_BUCKET} and the manifest s3://{ML_BUCKET}/{MANIFEST_KEY} (as 'train')",
@@ -123,7 +146,7 @@ def instructions(mountpoint: Path) -> str:
         f"  find {m}/train",
         f"  sha256sum {m}/train/shards/shard-00001.tar.gz/clips/*.wav   # members of a .tar.gz",
         f"  getfattr -d {m}/train/audio/0001.wav            # user.s3exchange.id / .meta",
-        f"  s3fuse status {m}",
+        f"  {command} status {m}",
         "Press Ctrl-C here to unmount and stop.",
     ])
 
@@ -150,7 +173,7 @@ def run_demo(mountpoint: Path, say: Callable[[str], None]) -> int:
                             "manifest": [f"train=s3://{ML_BUCKET}/{MANIFEST_KEY}"],
                             "endpoint_url": endpoint, "cache_dir": str(cache_dir / "cache")})
         cfg = cfg.with_overrides(mountpoint=check_mountpoint(mountpoint), foreground=True)
-        return run(cfg, ReadySignal(on_ready=lambda: say(instructions(mountpoint))))
+        return run(cfg, ReadySignal(on_ready=lambda: say(instructions(mountpoint, own_command()))))
     finally:
         server.stop()
         shutil.rmtree(cache_dir, ignore_errors=True)

@@ -33,10 +33,10 @@ def test_demo_mounts_samples_and_cleans_up(tmp_path: Path, fuse_available: None)
         clips = sorted((mnt / "train/shards/shard-00001.tar.gz/clips").iterdir())
         assert len(clips) == 4 and clips[0].read_bytes().startswith(b"RIFF")
         assert os.getxattr(mnt / "train/audio/0001.wav", "user.s3exchange.id") == b"0001"
-        for line in instructions(Path("demo-mnt")).splitlines():  # what it prints (and README)
+        printed = instructions(Path("demo-mnt"), f"{sys.executable} -m s3fuse")
+        for line in printed.splitlines():  # what it prints (and README)
             if line.startswith("  "):
-                command = line.strip().replace("demo-mnt", str(mnt)).replace(
-                    "s3fuse status", f"{sys.executable} -m s3fuse status")
+                command = line.strip().replace("demo-mnt", str(mnt))
                 ran = subprocess.run(command, shell=True, capture_output=True, text=True,
                                      timeout=60, env=env)
                 assert ran.returncode == 0 and ran.stdout, (command, ran.stderr)
@@ -47,4 +47,22 @@ def test_demo_mounts_samples_and_cleans_up(tmp_path: Path, fuse_available: None)
             subprocess.run(["fusermount3", "-uz", str(mnt)])
     assert proc.returncode == 0, out
     assert "Try, in another terminal" in out and "Traceback" not in out and "WARNING" not in out
+    assert f" -m s3fuse status {mnt}\n" in out  # a command a new terminal can run
     assert not os.path.ismount(mnt)
+
+
+def test_the_demo_prints_a_command_a_new_shell_finds(tmp_path: Path, monkeypatch) -> None:
+    """`make demo` runs .venv/bin/s3fuse, which PATH does not have: it says so."""
+    from s3fuse.demo import own_command
+    script = tmp_path / ".venv/bin/s3fuse"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [".venv/bin/s3fuse", "demo"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert own_command() == ".venv/bin/s3fuse"
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")  # the venv activated
+    assert own_command() == "s3fuse"
+    monkeypatch.setattr(sys, "argv", ["/elsewhere/s3fuse/__main__.py", "demo"])
+    assert own_command() == f"{sys.executable} -m s3fuse"
