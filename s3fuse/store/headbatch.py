@@ -4,7 +4,9 @@ A cold `ls -l` sends one HEAD per file (POSIX metadata lives in object headers, 
 ListObjectsV2 does not return). Through urllib3 one HEAD costs ~400 us of CPU (http.client
 parses headers with the email package, the pool does its bookkeeping) plus a thread hop
 to trio, while the S3 server itself needs ~250 us: s3fs, in C, was 3x faster. Written as
-plain bytes and read back by one thread, a HEAD costs ~40 us of CPU.
+plain bytes and read back by hand, a HEAD costs ~40 us of CPU. A batch runs in a worker
+thread (`run`) or on the trio loop itself (`run_async`, the daemon's way: no GIL handed
+between a batch thread and the loop at every answer).
 
 HTTP/1.1 pipelining: up to `depth` requests are written on each of `connections`
 sockets before their answers arrive; the answers come back in order, and the answer to a

@@ -5,8 +5,9 @@ whose metadata is unknown (posix None: ListObjectsV2 returns no headers) gets it
 lookup or stat needs it (a symlink must never first show as a regular file), never for
 a readdir, so `find` over files sends no HEAD. The first unknown file of a directory
 HEADs up to BATCH following unknown files at once: `ls -l` of 1,000 cold files is ~16
-rounds of parallel HEADs, not 1,000 sequential ones. Results are stored (meta.sqlite):
-a remount with the same cache sends none again.
+rounds of parallel HEADs, not 1,000 sequential ones. The pipelined HEADs run on the trio
+loop (Store.head_many_async); their answers are stored (meta.sqlite) in groups, each in a
+worker thread: a remount with the same cache sends none again.
 
 Directories keep theirs on their marker `dir/`. A directory's own listing shows whether
 it has one (tree walks list it anyway): none means no metadata, without a request; one
