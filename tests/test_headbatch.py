@@ -1,7 +1,6 @@
 """The pipelined HEAD client (store/headbatch.py) against small hand-written servers: the
 answers of pipelined requests in order, a server that closes connections, one that does
-not pipeline, one that stops answering. Each test runs twice: blocking in this thread
-(run) and on a trio loop (run_async), the same steps driven two ways."""
+not pipeline, one that stops answering."""
 from __future__ import annotations
 
 import socket
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-import trio
 
 from s3fuse.store.headbatch import PipelinedHeads
 
@@ -88,20 +86,6 @@ class Server:
             conn.close()
 
 
-Batch = Callable[[PipelinedHeads, list, Callable[[list], None]], list]
-DRIVERS: dict[str, Batch] = {
-    "thread": lambda client, requests, answered: client.run(requests, answered),
-    "loop": lambda client, requests, answered: trio.run(client.run_async, requests, answered),
-}
-run_batch: Batch = DRIVERS["thread"]
-
-
-@pytest.fixture(autouse=True, params=sorted(DRIVERS))
-def driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(globals(), "run_batch", DRIVERS[request.param])
-    return str(request.param)
-
-
 @pytest.fixture
 def make_server() -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
@@ -127,8 +111,8 @@ def heads(client: PipelinedHeads, n: int) -> tuple[dict[str, tuple[int, dict]], 
         for tag, status, headers in answers:
             assert tag not in got
             got[tag] = (status, headers)
-    left = run_batch(client, [(f"k{i}", f"{client.origin}/b/k{i}?X-Amz-Signature=s")
-                              for i in range(n)], answered)
+    left = client.run([(f"k{i}", f"{client.origin}/b/k{i}?X-Amz-Signature=s") for i in range(n)],
+                      answered)
     return got, left
 
 
@@ -183,7 +167,7 @@ def test_an_unreachable_origin_leaves_every_key(make_server) -> None:
     sock.close()
     client = PipelinedHeads(f"http://127.0.0.1:{port}", connect_timeout=1, first_byte_timeout=1,
                             ca_certs=None)
-    left = run_batch(client, [("a", f"http://127.0.0.1:{port}/b/a")], lambda answers: None)
+    left = client.run([("a", f"http://127.0.0.1:{port}/b/a")], lambda answers: None)
     assert left == ["a"]
 
 
@@ -216,10 +200,9 @@ def test_an_answer_that_arrived_alone_is_not_held_back(make_server) -> None:
     client = client_of(server, connections=1, depth=8)
     groups: list[tuple[float, list[str]]] = []
     started = time.monotonic()
-    left = run_batch(client, [(f"k{i}", f"{client.origin}/b/k{i}?X-Amz-Signature=s")
-                              for i in range(3)],
-                     lambda answers: groups.append((time.monotonic() - started,
-                                                    [tag for tag, _, _ in answers])))
+    left = client.run([(f"k{i}", f"{client.origin}/b/k{i}?X-Amz-Signature=s") for i in range(3)],
+                      lambda answers: groups.append((time.monotonic() - started,
+                                                     [tag for tag, _, _ in answers])))
     assert not left
     assert groups[0][1] == ["k0"] and groups[0][0] < 0.35  # not held for the slow ones
     assert [tag for _, tags in groups for tag in tags] == ["k0", "k1", "k2"]

@@ -19,7 +19,6 @@ import trio
 
 from s3fuse.cache.meta import MetaStore, version
 from s3fuse.config import parse_source
-from s3fuse.errors import RemoteError, S3FuseError
 from s3fuse.model import Entry
 from s3fuse.posix import NO_HEADERS, Posix, from_headers
 from s3fuse.store.memory import MemoryStore
@@ -271,74 +270,6 @@ async def test_an_answer_sqlite_cannot_store_leaves_the_entry_unknown(
     assert found is not None and found[1].posix is None and found[1].size == 1
     assert store.batches == [1]
     assert await tree.lookup("", "f") is not None  # still serving
-
-
-class OnTheLoop(CountingStore):
-    """Answers each batch on the trio loop, as S3Store's pipelined HEADs do, GROUP keys
-    at a time with a pause between; every key in `leave` is left to head_many (a
-    thread), and `fail` makes the loop's part fail as a whole."""
-
-    GROUP = 5
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.leave: set[str] = set()
-        self.fail: S3FuseError | None = None
-        self.on_loop: list[int] = []  # the loop's answers, per call
-
-    async def head_many_async(self, bucket: str, keys: Sequence[str],
-                              answered: HeadsAnswered) -> list[str]:
-        if self.fail is not None:
-            raise self.fail
-        mine = [key for key in keys if key not in self.leave]
-        self.on_loop.append(len(mine))
-        for start in range(0, len(mine), self.GROUP):
-            answered([(key, super(OnTheLoop, self).head(bucket, key))
-                      for key in mine[start:start + self.GROUP]])
-            await trio.sleep(0.005)
-        return [key for key in keys if key in self.leave]
-
-
-async def test_heads_answered_on_the_loop_are_stored_in_groups_and_the_rest_in_a_thread(
-        tmp_path: Path, supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch's pipelined HEADs run on the loop (no thread per batch, no GIL handed back
-    and forth per answer); their answers are stored as they arrive, what arrived during
-    one store making the next (fewer transactions than answers); the keys the loop left
-    go to head_many in a thread. Every entry ends with its own metadata, once."""
-    store = OnTheLoop()
-    store.create_bucket(B)
-    names = [f"f{i:03d}" for i in range(BATCH)]
-    for i, name in enumerate(names):
-        store.put_object(B, name, b"x", metadata={"uid": str(i)})
-    store.leave = {names[7], names[40]}
-    stored: list[int] = []
-    real = MetaStore.store_if_unknown
-
-    def counted(self, ns, path, headed, answers):  # type: ignore[no-untyped-def]
-        stored.append(len(headed))
-        return real(self, ns, path, headed, answers)
-    monkeypatch.setattr(MetaStore, "store_if_unknown", counted)
-    tree = make_tree(tmp_path, store, supervisor)
-    await tree.listdir("")
-    assert [(await tree.stat(n)).posix.uid for n in names] == list(range(BATCH))  # type: ignore[union-attr]
-    assert store.on_loop == [BATCH - 2] and store.batches == [2]  # one call each way
-    assert store.heads == Counter(names)  # each HEADed once
-    assert sum(stored) == BATCH and len(stored) < BATCH - 2
-
-
-async def test_heads_failing_on_the_loop_leave_the_defaults_and_the_mount_going(
-        tmp_path: Path, supervisor: Supervisor) -> None:
-    store = OnTheLoop()
-    store.create_bucket(B)
-    store.put_object(B, "f", b"x", metadata=EXEC)
-    store.fail = RemoteError("HeadObject: the connection broke")
-    tree = make_tree(tmp_path, store, supervisor)
-    await tree.listdir("")
-    found = await tree.lookup("", "f")
-    assert found is not None and found[1].posix is None  # unknown: the defaults show
-    store.fail = None
-    entry = await tree.stat("f")  # asked again, now answered
-    assert entry.posix is not None and entry.posix.mode is not None
 
 
 def test_meta_store_keeps_posix_by_version(tmp_path: Path) -> None:

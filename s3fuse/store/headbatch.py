@@ -4,9 +4,7 @@ A cold `ls -l` sends one HEAD per file (POSIX metadata lives in object headers, 
 ListObjectsV2 does not return). Through urllib3 one HEAD costs ~400 us of CPU (http.client
 parses headers with the email package, the pool does its bookkeeping) plus a thread hop
 to trio, while the S3 server itself needs ~250 us: s3fs, in C, was 3x faster. Written as
-plain bytes and read back by hand, a HEAD costs ~40 us of CPU. A batch runs in a worker
-thread (`run`) or on the trio loop itself (`run_async`, the daemon's way: no GIL handed
-between a batch thread and the loop at every answer).
+plain bytes and read back by one thread, a HEAD costs ~40 us of CPU.
 
 HTTP/1.1 pipelining: up to `depth` requests are written on each of `connections`
 sockets before their answers arrive; the answers come back in order, and the answer to a
@@ -25,6 +23,7 @@ that does not pipeline: from then on one request at a time per connection.
 from __future__ import annotations
 
 import logging
+import select
 import selectors
 import socket
 import ssl
@@ -32,9 +31,7 @@ import threading
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Generic, Sequence, TypeVar
-
-import trio
+from typing import Callable, Generic, Sequence, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +48,6 @@ IDLE = 8
 RECV = 256 << 10
 #: A fresh connection may close this often without answering before the batch gives up.
 FRESH_FAILURES = 2
-#: What a batch's steps yield for a new connection (see PipelinedHeads._steps).
-_CONNECT = object()
 
 
 @dataclass(eq=False)
@@ -87,55 +82,7 @@ class PipelinedHeads:
     def run(self, requests: Sequence[tuple[Tag, str]],
             answered: Callable[[list[Answer]], None]) -> list[Tag]:
         """HEAD each (tag, url) (every url of this origin); `answered` gets the answers as
-        they arrive, in groups. Returns the tags left unanswered (see the module doc).
-        Blocking: a worker thread."""
-        steps = self._steps(requests, answered)
-        reply: object = None
-        try:
-            while True:
-                try:
-                    need = steps.send(reply)
-                except StopIteration as done:
-                    return done.value
-                if need is _CONNECT:
-                    reply = self._connect()
-                else:
-                    selector, timeout = need
-                    reply = selector.select(timeout)
-        finally:
-            steps.close()
-
-    async def run_async(self, requests: Sequence[tuple[Tag, str]],
-                        answered: Callable[[list[Answer]], None]) -> list[Tag]:
-        """run() on the trio loop: the loop's own epoll waits for the answers (the
-        selector's epoll descriptor is readable when one of its sockets is), and
-        `answered` runs on the loop. No thread per batch, so no GIL handed back and forth
-        between it and the loop at every answer (a fifth of the daemon's CPU time in a
-        cold `ls -l`). A new connection is opened in a thread (connect and TLS wait for
-        the network); idle ones are taken at once."""
-        steps = self._steps(requests, answered)
-        reply: object = None
-        try:
-            while True:
-                try:
-                    need = steps.send(reply)
-                except StopIteration as done:
-                    return done.value
-                if need is _CONNECT:
-                    reply = await trio.to_thread.run_sync(self._connect)
-                else:
-                    selector, timeout = need
-                    with trio.move_on_after(timeout):
-                        await trio.lowlevel.wait_readable(selector.fileno())
-                    reply = selector.select(0)
-        finally:
-            steps.close()
-
-    def _steps(self, requests: Sequence[tuple[Tag, str]],
-               answered: Callable[[list[Answer]], None]) -> Generator[object, object, list[Tag]]:
-        """The batch, as steps: yields _CONNECT for a new connection (sent back: a _Conn,
-        or None when none can be opened) and (selector, timeout) to wait for answers (sent
-        back: the selector's events); returns the tags left unanswered."""
+        they arrive, in groups. Returns the tags left unanswered (see the module doc)."""
         todo: deque[tuple[Tag, bytes]] = deque()
         head = f"HEAD {{}} HTTP/1.1\r\nHost: {self._netloc}\r\nUser-Agent: s3fuse\r\n\r\n"
         for tag, url in requests:
@@ -151,10 +98,7 @@ class PipelinedHeads:
                 wanted = min(self.connections, -(-(len(todo) + sum(len(c.sent) for c in conns))
                                                   // depth))
                 while len(conns) < wanted and todo:
-                    conn = self._idle_conn()
-                    if conn is None:
-                        opened = yield _CONNECT
-                        conn = opened if isinstance(opened, _Conn) else None
+                    conn = self._open()
                     if conn is None:
                         break
                     conns.append(conn)
@@ -167,12 +111,10 @@ class PipelinedHeads:
                 if answers:  # the caller's work (storing them) overlaps the requests out;
                     given, answers = answers, []  # it groups them for its transactions
                     answered(given)
-                events: list = []
-                if any(c.sent for c in conns):
-                    events = yield (selector, self._timeout)  # type: ignore[assignment]
-                    if not events:
-                        self._stalled(conns)
-                        break
+                events = selector.select(self._timeout) if any(c.sent for c in conns) else []
+                if not events and any(c.sent for c in conns):
+                    self._stalled(conns)
+                    break
                 for key, _ in events:
                     conn = key.data
                     if not self._receive(conn, answers):
@@ -205,15 +147,10 @@ class PipelinedHeads:
 
     # ------------------------------------------------------------ connections
 
-    def _idle_conn(self) -> _Conn[Tag] | None:
-        """A connection kept from an earlier batch, if any (does not block)."""
+    def _open(self) -> _Conn[Tag] | None:
         with self._lock:
             if self._idle:
                 return _Conn(self._idle.pop(), reused=True)
-        return None
-
-    def _connect(self) -> _Conn[Tag] | None:
-        """A new connection; None when it cannot be opened. Blocking."""
         try:
             sock = socket.create_connection(self._address, timeout=self._connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -284,15 +221,16 @@ class PipelinedHeads:
             return False
         return True
 
-    @staticmethod
-    def _send_all(sock: socket.socket, data: bytes) -> None:
-        """Write `data` on non-blocking `sock`. A batch writes a few KiB ahead per
-        connection, so a send buffer too full for them is a server that stopped reading:
-        BlockingIOError (an OSError), and the connection is given up, its requests going
-        to another (never a wait: run_async writes on the trio loop)."""
+    def _send_all(self, sock: socket.socket, data: bytes) -> None:
+        """Write `data` on non-blocking `sock`, waiting (up to the timeout) while its buffer
+        is full (a few KiB of requests: in practice one call)."""
         view = memoryview(data)
         while view:
-            view = view[sock.send(view):]
+            try:
+                view = view[sock.send(view):]
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                if not select.select([], [sock], [], self._timeout)[1]:
+                    raise TimeoutError(f"no room to write within {self._timeout:g}s") from None
 
     def _receive(self, conn: _Conn[Tag], answers: list[Answer]) -> bool:
         """Read what arrived on `conn` and parse whole answers into `answers`; False when

@@ -286,11 +286,6 @@ class MemoryStore:
             for key in keys:
                 pool.submit(head_one_by_one, self, bucket, [key], answered)
 
-    async def head_many_async(self, bucket: str, keys: Sequence[str],
-                              answered: HeadsAnswered) -> list[str]:
-        """Nothing on the loop: head_many (in a thread) answers every key."""
-        return list(keys)
-
     def get_whole(self, bucket: str, key: str, etag: str, limit: int) -> tuple[ObjectInfo, bytes]:
         what = self._begin("GetObject", bucket, key)
         with self._lock:

@@ -90,12 +90,6 @@ class Store(Protocol):
         from worker threads (possibly several at once). Every key gets one answer."""
         ...
 
-    async def head_many_async(self, bucket: str, keys: Sequence[str],
-                              answered: HeadsAnswered) -> list[str]:
-        """What of head_many can run on the trio loop itself (`answered` called there);
-        returns the keys left for head_many (in a thread), every one when none can."""
-        ...
-
     def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of the version `etag` (If-Match): never short, never another
         version (StaleObject)."""

@@ -37,7 +37,6 @@ import botocore.credentials
 import botocore.exceptions
 import botocore.session
 import botocore.utils
-import trio
 from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 
@@ -556,29 +555,7 @@ class S3Store:
             head_one_by_one(self, bucket, keys, answered)
             return
         again: list[str] = []
-        left = heads.run(self._head_urls(bucket, keys), self._head_answers(bucket, answered, again))
-        head_one_by_one(self, bucket, left + again, answered)
 
-    async def head_many_async(self, bucket: str, keys: Sequence[str],
-                              answered: HeadsAnswered) -> list[str]:
-        """head_many's pipelined HEADs on the trio loop (PipelinedHeads.run_async),
-        `answered` called there; returns the keys to ask with head_many (in a thread:
-        retries and error mapping block), all of them when nothing can be pipelined."""
-        heads = self._pipelined(bucket)
-        if heads is None or not keys or not self.link.online:
-            return list(keys)
-        again: list[str] = []
-        # signed in a thread: credentials being refreshed (an assumed role) wait for STS
-        urls = await trio.to_thread.run_sync(self._head_urls, bucket, keys)
-        left = await heads.run_async(urls, self._head_answers(bucket, answered, again))
-        return left + again
-
-    def _head_urls(self, bucket: str, keys: Sequence[str]) -> list[tuple[str, str]]:
-        return [(key, self._presigner.head_url(bucket, key)) for key in keys]
-
-    def _head_answers(self, bucket: str, answered: HeadsAnswered, again: list[str]
-                      ) -> Callable[[list[tuple[str, int, dict[str, str]]]], None]:
-        """The pipelined answers' handler: 200 and 404 to `answered`, the rest to `again`."""
         def arrived(answers: list[tuple[str, int, dict[str, str]]]) -> None:
             results: list[tuple[str, ObjectInfo | S3FuseError]] = []
             for key, status, headers in answers:
@@ -600,7 +577,9 @@ class S3Store:
             self.link.succeeded()
             if results:
                 answered(results)
-        return arrived
+        urls = [(key, self._presigner.head_url(bucket, key)) for key in keys]
+        left = heads.run(urls, arrived)
+        head_one_by_one(self, bucket, left + again, answered)
 
     def _pipelined(self, bucket: str) -> PipelinedHeads | None:
         """The pipelined HEADs of `bucket`'s origin; None: head() one by one (URLs signed

@@ -5,9 +5,8 @@ whose metadata is unknown (posix None: ListObjectsV2 returns no headers) gets it
 lookup or stat needs it (a symlink must never first show as a regular file), never for
 a readdir, so `find` over files sends no HEAD. The first unknown file of a directory
 HEADs up to BATCH following unknown files at once: `ls -l` of 1,000 cold files is ~16
-rounds of parallel HEADs, not 1,000 sequential ones. The pipelined HEADs run on the trio
-loop (Store.head_many_async); their answers are stored (meta.sqlite) in groups, each in a
-worker thread: a remount with the same cache sends none again.
+rounds of parallel HEADs, not 1,000 sequential ones. Results are stored (meta.sqlite):
+a remount with the same cache sends none again.
 
 Directories keep theirs on their marker `dir/`. A directory's own listing shows whether
 it has one (tree walks list it anyway): none means no metadata, without a request; one
@@ -24,7 +23,6 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import trio
 
@@ -75,17 +73,12 @@ class _Batch:
     settled: set[str] = field(default_factory=set)  # names stored (or failed)
     waiting: dict[str, trio.Event] = field(default_factory=dict)  # per name a lookup waits on
     stored: dict[str, Entry] = field(default_factory=dict)  # answered, as stored (the waiter's)
-    #: Told of a lookup that starts waiting, while answers are held on the loop.
-    wanted: Callable[[str], None] | None = None
 
     async def wait(self, name: str) -> None:
         """Until `name` is stored (or failed). An event only for a lookup that waits:
         most lookups of a walk find their answer stored already."""
         if name not in self.settled:
-            event = self.waiting.setdefault(name, trio.Event())
-            if self.wanted is not None:
-                self.wanted(name)
-            await event.wait()
+            await self.waiting.setdefault(name, trio.Event()).wait()
 
     def settle(self, names: Iterable[str]) -> None:
         for name in names:
@@ -231,71 +224,12 @@ class PosixHeads:
             batch.settle(item.name for item in items)
 
     async def _head_all(self, parent: str, items: list[Entry], batch: _Batch) -> None:
-        """HEAD `items` together: pipelined on the trio loop (Store.head_many_async), and
-        what that leaves in a worker thread (Store.head_many). Answers are stored as they
-        come, so that the first lookups go on before the last answers arrive."""
+        """HEAD `items` together (Store.head_many: pipelined), storing the answers as they
+        come, in the worker thread (_store_group), so that the first lookups go on
+        before the last answers arrive and the loop only wakes their waiters. Answers
+        are stored STORE_GROUP at a time (one transaction and one wakeup of the loop
+        each), at once when a lookup waits for one of them (or for the first answer)."""
         named = {self._key(parent, item): item for item in items}
-        left = await self._head_on_loop(parent, named, batch)
-        if left:
-            try:
-                await self._head_in_thread(parent, {key: named[key] for key in left}, batch)
-            except S3FuseError as exc:
-                self._not_headed(parent, len(left), exc)
-
-    def _not_headed(self, parent: str, count: int, exc: S3FuseError) -> None:
-        """Unknown they stay: the defaults show, asked again later."""
-        log.debug("HeadObject x%d under %s for their metadata: %s", count,
-                  self._keys.uri(self._keys.dir_prefix(parent)), exc)
-
-    async def _head_on_loop(self, parent: str, named: dict[str, Entry], batch: _Batch
-                            ) -> list[str]:
-        """The pipelined part of a batch, on the loop; returns the keys it left. Its
-        answers are stored as in a thread's batch (_head_in_thread): STORE_GROUP at a
-        time, at once when a lookup waits for one of them (or for the first answer); each
-        group in one transaction in a worker thread, so that the loop only wakes the
-        waiters."""
-        held: list[tuple[str, ObjectInfo | S3FuseError]] = []
-        first = True  # no group stored yet
-        async with trio.open_nursery() as nursery:
-            def store() -> None:
-                nonlocal first
-                group, first = held[:], False
-                held.clear()
-                nursery.start_soon(self._store_held, parent, named, batch, group)
-
-            def answered(results: list[tuple[str, ObjectInfo | S3FuseError]]) -> None:
-                held.extend(results)
-                if (len(held) >= STORE_GROUP or first
-                        or any(named[key].name in batch.waiting for key, _ in held)):
-                    store()
-
-            def wanted(name: str) -> None:  # a lookup starts waiting for `name`
-                if any(named[key].name == name for key, _ in held):
-                    store()
-            batch.wanted = wanted
-            try:
-                return await self._store.head_many_async(self._keys.bucket, list(named),
-                                                         answered)
-            except S3FuseError as exc:  # inside the nursery: no exception group
-                self._not_headed(parent, len(named), exc)
-                return []
-            finally:
-                batch.wanted = None
-                if held:
-                    store()
-
-    async def _store_held(self, parent: str, named: dict[str, Entry], batch: _Batch,
-                          group: list[tuple[str, ObjectInfo | S3FuseError]]) -> None:
-        stored = await trio.to_thread.run_sync(self._store_group, parent, named, group,
-                                               limiter=self._limiter)
-        self._stored(parent, batch, stored)
-
-    async def _head_in_thread(self, parent: str, named: dict[str, Entry], batch: _Batch
-                              ) -> None:
-        """HEAD `named` in a worker thread (Store.head_many), storing the answers as they
-        come in that thread (_store_group), so that the loop only wakes their waiters.
-        Answers are stored STORE_GROUP at a time (one transaction and one wakeup of the
-        loop each), at once when a lookup waits for one of them (or for the first answer)."""
         token = trio.lowlevel.current_trio_token()
         held: list[tuple[str, ObjectInfo | S3FuseError]] = []
         holding = threading.Lock()  # a Store may answer from several threads at once
@@ -328,7 +262,11 @@ class PosixHeads:
                 with holding:
                     if held:
                         store()
-        await trio.to_thread.run_sync(head_all, limiter=self._limiter)
+        try:
+            await trio.to_thread.run_sync(head_all, limiter=self._limiter)
+        except S3FuseError as exc:  # unknown they stay: the defaults show, asked again later
+            log.debug("HeadObject x%d under %s for their metadata: %s", len(named),
+                      self._keys.uri(self._keys.dir_prefix(parent)), exc)
 
     def _store_group(self, parent: str, named: dict[str, Entry],
                      results: list[tuple[str, ObjectInfo | S3FuseError]]) -> _Group:
