@@ -455,20 +455,19 @@ async def test_a_directory_marker_changes_by_a_put_of_the_empty_marker(
         tmp_path: Path, store: MemoryStore) -> None:
     """An empty object is PUT again with the new metadata, not copied (one request; SeaweedFS
     refuses to copy `dir/` keys), on the same condition."""
-    folder = FOLDER
-    store.put_object(B, "dir/", b"", metadata=to_headers(folder))
+    store.put_object(B, "dir/", b"", metadata=to_headers(FOLDER))
     async with upload_queue(tmp_path, store, start=False) as queue:
         writes = writeback(queue)
         await writes.start()
         offline(store)
-        await writes.set_posix(B, "dir/", folder.replace(mode=stat.S_IFDIR | 0o700),
+        await writes.set_posix(B, "dir/", FOLDER.replace(mode=stat.S_IFDIR | 0o700),
                                expected=UNKNOWN, size=0, is_dir=True)
         change = writes.overlay.get(B, "dir/")
         assert change is not None and change.is_dir
-        assert writes.posix(B, "dir/") == folder.replace(mode=stat.S_IFDIR | 0o700)
+        assert writes.posix(B, "dir/") == FOLDER.replace(mode=stat.S_IFDIR | 0o700)
         store.reachable = True
         await synced(queue)
-    assert stored(store, "dir/") == folder.replace(mode=stat.S_IFDIR | 0o700)
+    assert stored(store, "dir/") == FOLDER.replace(mode=stat.S_IFDIR | 0o700)
     # the marker made above, then its one PUT with the metadata (and the bucket's probe)
     assert copies(store) == 0 and store.request_counts()["PutObject"] == 2 + PROBE_PUTS
 
@@ -482,8 +481,7 @@ async def test_an_empty_version_without_metadata_does_not_win_over_a_change(
     """A child's upload landing beside its directory's marker makes SeaweedFS show the marker
     as an empty object with no metadata under another ETag (refusing every If-Match): not a
     remote change to keep (it holds nothing), so the metadata change lands after a HEAD."""
-    posix = (FOLDER
-             if key.endswith("/") else meta())
+    posix = FOLDER if key.endswith("/") else meta()
     async with upload_queue(tmp_path, store) as queue:
         etag = await uploaded(queue, key, b"", posix)
         store.replace(B, key, b"", etag=IMPLICIT_DIR_ETAG)
@@ -495,22 +493,20 @@ async def test_an_empty_version_without_metadata_does_not_win_over_a_change(
 async def test_an_empty_version_with_metadata_wins_over_a_change(
         tmp_path: Path, store: MemoryStore) -> None:
     """...but one that carries metadata is someone's change: kept, ours dropped."""
-    folder = FOLDER
     async with upload_queue(tmp_path, store) as queue:
-        etag = await uploaded(queue, "dir/", b"", folder)
+        etag = await uploaded(queue, "dir/", b"", FOLDER)
         store.replace(B, "dir/", b"", etag=IMPLICIT_DIR_ETAG,
-                      metadata=to_headers(folder.replace(uid=7)))
-        await queue.set_meta(B, "dir/", folder.replace(mtime_ns=7 * SEC), 0, etag)
+                      metadata=to_headers(FOLDER.replace(uid=7)))
+        await queue.set_meta(B, "dir/", FOLDER.replace(mtime_ns=7 * SEC), 0, etag)
         status = await synced(queue)
     assert [c["kind"] for c in status["conflicts"]] == ["kept-remote"]
-    assert stored(store, "dir/") == folder.replace(uid=7)
+    assert stored(store, "dir/") == FOLDER.replace(uid=7)
 
 
 async def test_rmdir_removes_a_marker_shown_as_an_empty_version_without_metadata(
         tmp_path: Path, store: MemoryStore) -> None:
-    folder = FOLDER
     async with upload_queue(tmp_path, store) as queue:
-        etag = await uploaded(queue, "dir/", b"", folder)
+        etag = await uploaded(queue, "dir/", b"", FOLDER)
         store.replace(B, "dir/", b"", etag=IMPLICIT_DIR_ETAG)
         await queue.delete(B, "dir/", etag)
         status = await synced(queue)

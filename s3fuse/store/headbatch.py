@@ -23,7 +23,6 @@ that does not pipeline: from then on one request at a time per connection.
 from __future__ import annotations
 
 import logging
-import select
 import selectors
 import socket
 import ssl
@@ -156,10 +155,7 @@ class PipelinedHeads:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
                 sock = self._tls.wrap_socket(sock, server_hostname=self._address[0])
-            # non-blocking: the selector says when to read, so a read or write is one
-            # system call (with a timeout, Python polls before each one, and every
-            # system call hands the GIL to the trio loop and waits to get it back)
-            sock.setblocking(False)
+            sock.settimeout(self._timeout)
         except OSError as exc:
             log.debug("HEAD batch: cannot connect to %s: %s", self.origin, exc)
             return None
@@ -215,22 +211,11 @@ class PipelinedHeads:
             conn.sent.append(todo.popleft())
             out.append(conn.sent[-1][1])
         try:
-            self._send_all(conn.sock, b"".join(out))
+            conn.sock.sendall(b"".join(out))
         except OSError as exc:
             log.debug("HEAD batch: sending to %s: %s", self.origin, exc)
             return False
         return True
-
-    def _send_all(self, sock: socket.socket, data: bytes) -> None:
-        """Write `data` on non-blocking `sock`, waiting (up to the timeout) while its buffer
-        is full (a few KiB of requests: in practice one call)."""
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[sock.send(view):]
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                if not select.select([], [sock], [], self._timeout)[1]:
-                    raise TimeoutError(f"no room to write within {self._timeout:g}s") from None
 
     def _receive(self, conn: _Conn[Tag], answers: list[Answer]) -> bool:
         """Read what arrived on `conn` and parse whole answers into `answers`; False when
@@ -239,8 +224,6 @@ class PipelinedHeads:
             data = conn.sock.recv(RECV)
             while data and isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
                 data += conn.sock.recv(conn.sock.pending())
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return True  # readable, but not yet a whole TLS record: wait for more
         except (OSError, ssl.SSLError) as exc:
             log.debug("HEAD batch: reading from %s: %s", self.origin, exc)
             return False
