@@ -73,3 +73,9 @@ def split(path: str) -> tuple[str, str]:
     """'a/b/c' -> ('a/b', 'c'); 'c' -> ('', 'c')."""
     head, _, tail = path.rpartition("/")
     return head, tail
+
+
+def ancestors(path: str) -> list[str]:
+    """'a/b/c' -> ['a/b/c', 'a/b', 'a']: the path and each directory above it, root excluded."""
+    parts = path.split("/") if path else []
+    return ["/".join(parts[:n]) for n in range(len(parts), 0, -1)]

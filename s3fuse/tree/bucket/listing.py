@@ -31,7 +31,7 @@ import trio
 from ...cache.meta import MetaStore, apply_changes, etag_of, version
 from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
 from ...model import Entry
-from ...names import is_posix_name, join
+from ...names import ancestors, is_posix_name, join, split
 from ...posix import NO_HEADERS, from_headers
 from ...store.protocol import ListPage, ObjectInfo, Store
 from ...util.flight import SingleFlight
@@ -143,6 +143,7 @@ class Listings:
         self._hidden = OnceLogger(log)
         self._revalidating: dict[Hashable, _Revalidation] = {}
         self._fresh_until: dict[str, float] = {}  # path -> when its stored listing goes stale
+        self._shown_dirs: set[str] = set()  # know_dir's: entries recorded in their parents
 
     # ----------------------------------------------------------- revalidation deadline
 
@@ -376,6 +377,7 @@ class Listings:
         listing of `parent` in flight (whose ListObjectsV2 may predate it)."""
         ns_id = self._keys.ns_id
         if entry is None:
+            self._shown_dirs.difference_update(ancestors(parent))  # may be gone: know_dir again
             self._learned.record(parent, name, None,
                                  lambda: self._meta.remove_entry(ns_id, parent, name))
         else:
@@ -389,8 +391,27 @@ class Listings:
         self._meta.remove_entry(self._keys.ns_id, parent, name)
 
     def know_dir(self, path: str) -> None:
-        """`path` exists in S3 (an upload made it), listed or not."""
+        """`path` exists in S3 (an upload made it), listed or not; so does each of its
+        ancestors, recorded as an entry of its parent: a listing of the parent in flight
+        since before the upload landed does not show a directory the upload made, and
+        stored as it is, it would hide the new file until the next refresh. Once per
+        directory until something in it is removed (which may remove the directory)."""
         self._meta.know_dir(self._keys.ns_id, path)
+        while path and path not in self._shown_dirs:
+            if len(self._shown_dirs) >= FRESH_PATHS:
+                self._shown_dirs.clear()
+            self._shown_dirs.add(path)
+            parent, name = split(path)
+            entry = Entry(name, True, 0, 0, "", time.time())
+            self._learned.record(parent, name, entry,
+                                 lambda parent=parent, entry=entry: self._show_dir(parent, entry))
+            path = parent
+
+    def _show_dir(self, parent: str, entry: Entry) -> None:
+        """Store a directory's entry unless stored as one (a marker's entry is kept)."""
+        stored = self._meta.entry(self._keys.ns_id, parent, entry.name)
+        if stored is None or not stored.is_dir:
+            self._meta.update_entry(self._keys.ns_id, parent, entry)
 
 
 def headed_entry(name: str, info: ObjectInfo, is_dir: bool) -> tuple[Entry, str]:
