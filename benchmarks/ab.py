@@ -4,7 +4,7 @@ For tuning: the full suite rebuilds its data sets on every run; this keeps one S
 with the data sets running (``serve``) and times workloads against it (``run``), the
 variants alternating round by round, so noise on a busy machine hits all of them alike.
 
-    python benchmarks/ab.py serve --workdir W [--quick] &     # until killed
+    python benchmarks/ab.py serve --workdir W [--quick] [--workloads W1,W2] &   # until killed
     python benchmarks/ab.py run --workdir W --variants base=/tmp/base,new=.,s3fs \\
         --workloads seq_read,ls_dir --rounds 5
 
@@ -27,13 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import datasets, posix_workloads, write_workloads  # noqa: E402  (registering)
+from benchmarks import datasets, posix_workloads, scale_dir, training, write_workloads  # noqa: E402
 from benchmarks.filesystems import FILESYSTEMS, S3FuseTree  # noqa: E402
 from benchmarks.s3 import S3Target  # noqa: E402
 from benchmarks.workloads import WORKLOADS, Context, NotApplicable  # noqa: E402
 from tests.support.seaweedfs import SeaweedFS  # noqa: E402
 
 BUCKET = "bench"
+REGISTERING = (posix_workloads, scale_dir, training, write_workloads)  # their workloads and data sets
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -44,10 +45,14 @@ def serve(args: argparse.Namespace) -> int:
         target = S3Target(sw.endpoint_url, BUCKET, sw.access_key, sw.secret_key)
         target.client().create_bucket(Bucket=BUCKET)
         env = datasets.SetupEnv(target, spec, args.workdir / "data")
-        for setup in (datasets.big_object, datasets.small_files, datasets.tree,
-                      datasets.shard_archive, write_workloads.write_sources_large,
-                      write_workloads.write_sources_small, posix_workloads.posix_tree_source,
-                      posix_workloads.posix_meta_objects):
+        setups = (datasets.big_object, datasets.small_files, datasets.tree,
+                  datasets.shard_archive, write_workloads.write_sources_large,
+                  write_workloads.write_sources_small, posix_workloads.posix_tree_source,
+                  posix_workloads.posix_meta_objects)
+        if args.workloads:  # the data sets of these workloads only
+            setups = tuple(dict.fromkeys(s for n in args.workloads.split(",")
+                                         for s in WORKLOADS[n].setups))
+        for setup in setups:
             started = time.monotonic()
             setup(env)
             print(f"data set {setup.__name__}: {time.monotonic() - started:.1f}s", flush=True)
@@ -68,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     quick = info.pop("quick")
     spec = datasets.QUICK if quick else datasets.FULL
     target = S3Target(**info)
-    manifests = [datasets.SHARD_MANIFEST]
+    workloads = [WORKLOADS[n] for n in args.workloads.split(",")]
+    manifests = list(dict.fromkeys([datasets.SHARD_MANIFEST,
+                                    *(m for w in workloads for m in w.manifests)]))
     fss = []
     for item in args.variants.split(","):
         name, _, src = item.partition("=")
@@ -77,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
             fss.append(S3FuseTree(name, Path(src).resolve(), target, root, manifests))
         else:
             fss.append(FILESYSTEMS[name](target, root, manifests))
-    workloads = [WORKLOADS[n] for n in args.workloads.split(",")]
     samples: dict[str, dict[str, list[float]]] = {fs.name: {} for fs in fss}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--workloads", help="build only these workloads' data sets")
     p = sub.add_parser("run")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--variants", required=True)

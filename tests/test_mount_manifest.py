@@ -95,6 +95,24 @@ def test_index_is_reused_across_remounts(backend, bucket, mount_factory):
     assert requests.get("GetObject", 0) == 0     # index and member bytes all from the cache
 
 
+def test_members_of_a_plain_tar_are_read_from_the_blocks_its_index_fetched(
+        backend, bucket, mount_factory):
+    fixture = write(backend, "targz_shards", bucket)
+    m = mount_factory("--manifest", f"t={fixture.uri}")
+    top = m.path("t")
+    plain = {path: data for path, data in fixture.files.items() if ".tar/" in path}
+    assert len(plain) == 3
+    shard_dir = top / next(iter(plain)).partition(".tar/")[0]
+    os.listdir(shard_dir.parent / (shard_dir.name + ".tar"))  # indexes it: the archive fetched
+    before = m.status()["requests"].get("GetObject", 0)
+    for path, data in plain.items():
+        assert (top / path).read_bytes() == data
+        assert os.getxattr(top / path, "user.s3fuse.cached") == b"1"  # readable offline
+    assert m.status()["requests"].get("GetObject", 0) == before  # no GET per member
+    for path, data in fixture.files.items():  # the .tar.gz members still inflate
+        assert (top / path).read_bytes() == data
+
+
 def test_an_overlong_manifest_line_is_skipped_and_the_rest_served(s3, bucket, mount_factory):
     """A 17 MiB line (over the 16 MiB line cap; test_manifest_index.py streams a 2 GB one)
     between good lines: one clear log line, the daemon never holds the line whole."""

@@ -61,3 +61,13 @@ async def test_a_run_in_mid_archive_keeps_the_blocks_before_it_in_memory(tmp_pat
     await reader.block(ref, 0)  # still in memory: neither the disk cache nor S3 asked
     await reader.block(ref, 1)
     assert cache.loads == []
+
+
+async def test_what_is_cached_under_a_byte_range(tmp_path: Path):
+    reader, cache, store, ref = setup(tmp_path, 4)
+    await reader.block(ref, 1)
+    assert reader.in_memory(ref, MiB, MiB) and reader.in_memory(ref, MiB + 5, 0)
+    assert not reader.in_memory(ref, MiB, MiB + 1) and not reader.in_memory(ref, MiB - 1, 2)
+    cache.put(ref.bucket, ref.key, ref.etag, 1, store.data[MiB:2 * MiB])  # on disk
+    assert await trio.to_thread.run_sync(reader.on_disk, ref, MiB + 10, 100)
+    assert not await trio.to_thread.run_sync(reader.on_disk, ref, 0, MiB + 1)

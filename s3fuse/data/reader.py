@@ -354,9 +354,25 @@ class BlockReader:
 
     async def is_cached(self, ref: ObjectRef) -> bool:
         """True when every block of `ref` is in the disk cache (readable offline)."""
-        def check() -> bool:
-            return all(self.blocks.contains(ref.bucket, ref.key, ref.etag, i) for i in self.block_range(ref))
-        return await trio.to_thread.run_sync(check, limiter=self._disk_limiter)
+        return await trio.to_thread.run_sync(self._on_disk_cache, ref, self.block_range(ref),
+                                             limiter=self._disk_limiter)
+
+    def _on_disk_cache(self, ref: ObjectRef, indexes: range) -> bool:
+        return all(self.blocks.contains(ref.bucket, ref.key, ref.etag, i) for i in indexes)
+
+    def in_memory(self, ref: ObjectRef, offset: int, size: int) -> bool:
+        """Are the blocks under bytes [offset, offset+size) of `ref` in memory (a read of
+        them needs neither S3 nor the disk)?"""
+        return all((ref.bucket, ref.key, ref.etag, i) in self._lru(ref)
+                   for i in self._blocks_under(offset, size))
+
+    def on_disk(self, ref: ObjectRef, offset: int, size: int) -> bool:
+        """Are the blocks under bytes [offset, offset+size) of `ref` in the disk cache?
+        Blocking (SQLite): call it in a worker thread."""
+        return self._on_disk_cache(ref, self._blocks_under(offset, size))
+
+    def _blocks_under(self, offset: int, size: int) -> range:
+        return range(offset // self.block_size, (offset + max(size, 1) - 1) // self.block_size + 1)
 
     async def pin(self, ref: ObjectRef, loader: Loader | None, keep: bool,
                   progress: Callable[[int], None]) -> None:

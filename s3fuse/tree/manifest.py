@@ -197,7 +197,7 @@ class ManifestTree(ReadOnlyNamespace):
         if node.is_dir:
             return False
         if node.kind == MEMBER:
-            return await self.reader.is_cached(self._shards.member_ref(self, node))
+            return await self._shards.member_cached(self, node)
         return await self.reader.is_cached(await self._object(node))
 
     async def xattrs(self, ref: int) -> dict[str, bytes]:

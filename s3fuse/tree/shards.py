@@ -31,7 +31,7 @@ from ..util.flight import SingleFlight
 from ..util.oncelog import example
 from .contract import FileHandle
 from .sharedindex import SharedIndex
-from .sources import ObjectSource
+from .sources import ObjectSource, SliceSource
 from .streams import DirectSource, StreamPasses
 
 if TYPE_CHECKING:
@@ -278,7 +278,35 @@ class ShardService:
             except CorruptData:
                 pass
             self._distrust(tree, node.shard or 0, archive, virtual)
+        if fmt == "tar" and not shard["shared"] and await self._from_archive(archive, virtual,
+                                                                            member):
+            return SliceSource(self.reader, virtual, loader, archive, member.offset)
         return ObjectSource(self.reader, virtual, loader)
+
+    async def _from_archive(self, archive: ObjectRef, virtual: ObjectRef, member: Member) -> bool:
+        """Read a plain tar's member from the archive's cached blocks? Yes when they are
+        in memory (indexing just fetched them), or on disk unless the member's own copy
+        is (a big archive's block read from disk is 8 MiB for the member's few KiB)."""
+        if self.reader.in_memory(archive, member.offset, member.size):
+            return True
+
+        def check() -> bool:
+            return (not self.reader.on_disk(virtual, 0, member.size)
+                    and self.reader.on_disk(archive, member.offset, member.size))
+        return await trio.to_thread.run_sync(check, limiter=self._limiter)
+
+    async def member_cached(self, tree: "ManifestTree", node: Node) -> bool:
+        """Is member `node` readable offline: its own copy, or a plain tar's archive
+        blocks under it, in the disk cache?"""
+        virtual = self.member_ref(tree, node)
+        if await self.reader.is_cached(virtual):
+            return True
+        shard = self._indexed(tree, node)
+        if shard["actual"] != "tar" or shard["shared"]:
+            return False
+        archive = ObjectRef(tree.spec.bucket, shard["archive_key"], shard["etag"], shard["asize"])
+        return await trio.to_thread.run_sync(self.reader.on_disk, archive, node.offset or 0,
+                                             node.size or 0, limiter=self._limiter)
 
     def _headed(self, virtual: ObjectRef, member: Member,
                 span: Callable[[int, int], bytes]) -> bool:

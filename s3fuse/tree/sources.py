@@ -2,7 +2,8 @@
 
 One job: serve what a namespace opened, so each namespace does not write its own.
 ObjectSource reads one version of an S3 object (or a virtual one, through a loader)
-via the block reader; SnapshotDir serves a small directory listing taken at opendir,
+via the block reader; SliceSource serves such a virtual object from the cached blocks of
+the object it is a range of; SnapshotDir serves a small directory listing taken at opendir,
 with readdir offsets that index the snapshot and so stay stable.
 """
 from __future__ import annotations
@@ -52,3 +53,22 @@ class ObjectSource:
 
     async def close(self) -> None:
         """Nothing held: the block cache owns the bytes read."""
+
+
+class SliceSource(ObjectSource):
+    """A virtual object that is a plain byte range of another (a member of a plain tar),
+    read from that object's blocks where they are already cached: indexing the tar
+    fetched them, so its members cost no request and no second copy on disk. Pinning
+    keeps the virtual object itself (what `s3fuse pin` holds for offline use)."""
+
+    def __init__(self, reader: BlockReader, ref: ObjectRef, loader: Loader,
+                 whole: ObjectRef, offset: int):
+        super().__init__(reader, ref, loader)
+        self._whole = whole
+        self._offset = offset
+
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
+        size = min(size, self.size - offset)
+        if size <= 0:
+            return b""
+        return await self.reader.read(self._whole, self._offset + offset, size, self._state)
