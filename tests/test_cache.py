@@ -37,13 +37,69 @@ def test_seal_roundtrip_and_detection():
 
 
 def test_blocks_sealed_with_zlibs_crc_stay_readable():
-    """The block checksum is CRC-32 whichever library computes it (isal or zlib): blocks
-    written before isal, or by a daemon without it, are read back, not dropped."""
+    """The block checksum is CRC-32 whichever library computes it (isal or zlib), and
+    blocks of the first format (no chunk table) are read back, whole or in part, not
+    dropped."""
     name = block_id("b", "k", "e", 0)
     data = os.urandom(300_000)
+    chunks = [data[at:at + blocks.CHUNK] for at in range(0, len(data), blocks.CHUNK)]
+    sealed = (struct.pack(">4sBI16sQ", b"S3FB", 2, zlib.crc32(data), blocks._identity(name), len(data))
+              + b"".join(struct.pack(">I", zlib.crc32(c)) for c in chunks) + data)
+    assert blocks.header(name, data) + data == sealed
+    assert unseal(name, sealed) == data
     old = struct.pack(">4sBI16sQ", b"S3FB", 1, zlib.crc32(data), blocks._identity(name), len(data)) + data
-    assert blocks.header(name, data) + data == old
     assert unseal(name, old) == data
+
+
+def block_file(tmp_path: Path, blob: bytes) -> int:
+    path = tmp_path / "block.val"
+    path.write_bytes(blob)
+    return os.open(path, os.O_RDONLY)
+
+
+@pytest.mark.parametrize("start,stop", [(0, 10), (blocks.CHUNK - 5, blocks.CHUNK + 5),
+                                        (600_000, 700_000), (699_990, 800_000), (0, 700_000)])
+def test_a_range_of_a_block_reads_and_checks_only_its_chunks(tmp_path: Path, start: int, stop: int):
+    name = block_id("b", "k", "e", 0)
+    data = os.urandom(700_000)  # 3 chunks, the last one short
+    blob = seal(name, data)
+    fd = block_file(tmp_path, blob)
+    try:
+        assert blocks.read_range(fd, name, len(blob), start, stop) == data[start:stop]
+        with pytest.raises(CorruptData):  # another block's file
+            blocks.read_range(fd, block_id("b", "k", "e", 1), len(blob), start, stop)
+    finally:
+        os.close(fd)
+    header = len(blob) - len(data)
+    for chunk in range(3):  # a flipped byte in a chunk read fails it, in another does not
+        bad = bytearray(blob)
+        bad[header + chunk * blocks.CHUNK + 7] ^= 1
+        fd = block_file(tmp_path, bytes(bad))
+        try:
+            read = range(start // blocks.CHUNK, (min(stop, len(data)) - 1) // blocks.CHUNK + 1)
+            if chunk in read:
+                with pytest.raises(CorruptData):
+                    blocks.read_range(fd, name, len(blob), start, stop)
+            else:
+                assert blocks.read_range(fd, name, len(blob), start, stop) == data[start:stop]
+        finally:
+            os.close(fd)
+
+
+def test_a_range_of_a_cached_block_and_of_a_corrupt_one(tmp_path: Path):
+    cache = BlockCache(tmp_path / "blocks", 64 << 20)
+    data = os.urandom(1 << 20)
+    cache.put("b", "k", "e", 0, data)
+    assert cache.get_range("b", "k", "e", 0, 300_000, 300_100) == data[300_000:300_100]
+    assert cache.get_range("b", "k", "e", 1, 0, 10) is None
+    (path,) = (tmp_path / "blocks").rglob("*.val")
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 1  # the last chunk: a range of the first still reads, of the last is dropped
+    path.write_bytes(bytes(blob))
+    assert cache.get_range("b", "k", "e", 0, 0, 10) == data[:10]
+    assert cache.get_range("b", "k", "e", 0, len(data) - 10, len(data)) is None
+    assert not cache.contains("b", "k", "e", 0)
+    cache.close()
 
 
 def test_block_cache_put_get_and_corrupt_file_is_a_miss(tmp_path: Path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import trio
 
 from s3fuse.cache.blocks import BlockCache
-from s3fuse.data.reader import BlockReader
+from s3fuse.data.reader import BlockReader, ReadState
 from s3fuse.model import ObjectRef
 from s3fuse.tree.shards import ReaderSource
 from s3fuse.util.supervisor import Supervisor
@@ -71,3 +71,16 @@ async def test_what_is_cached_under_a_byte_range(tmp_path: Path):
     cache.put(ref.bucket, ref.key, ref.etag, 1, store.data[MiB:2 * MiB])  # on disk
     assert await trio.to_thread.run_sync(reader.on_disk, ref, MiB + 10, 100)
     assert not await trio.to_thread.run_sync(reader.on_disk, ref, 0, MiB + 1)
+
+
+async def test_a_read_after_a_seek_takes_only_its_range_of_a_block_on_disk(tmp_path: Path):
+    reader, cache, store, ref = setup(tmp_path, 8)
+    cache.put(ref.bucket, ref.key, ref.etag, 6, store.data[6 * MiB:7 * MiB])  # on disk only
+    state = ReadState()
+    got = await reader.read(ref, 6 * MiB + 1000, 5000, state)
+    assert got == store.data[6 * MiB + 1000:6 * MiB + 6000]
+    assert cache.loads == [] and store.gets == []  # neither the whole block nor S3
+    assert await reader.read(ref, 6 * MiB + 6000, 100, state) == store.data[6 * MiB + 6000:6 * MiB + 6100]
+    assert cache.loads == []
+    got = await reader.read(ref, 0, 100, ReadState())  # a run from the start: whole blocks
+    assert got == store.data[:100] and store.gets == [(0, MiB)]

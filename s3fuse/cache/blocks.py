@@ -36,7 +36,14 @@ log = logging.getLogger(__name__)
 
 _MAGIC = b"S3FB"
 _HEADER = struct.Struct(">4sBI16sQ")  # magic, version, crc32, identity digest, length
-_VERSION = 1
+#: Version 2 follows the header with a CRC-32 of every CHUNK of the bytes, so a few KiB of
+#: an 8 MiB block can be read and checked without the rest (`get_range`: a random read of
+#: a big cached file, a member inflated from a seek point of a cached archive). Version 1
+#: blocks (no chunk table) stay readable, whole.
+_VERSION = 2
+_VERSIONS = (1, 2)
+CHUNK = 256 << 10
+_CHUNK_CRC = struct.Struct(">I")
 #: Access times of blocks read are written to the LRU store's index in batches: at most
 #: this many pending, none older than TOUCH_DELAY seconds (and all before a store, a prune
 #: or close). diskcache's own get wrote each in a transaction of its own: a `cat` of 1,000
@@ -65,7 +72,14 @@ def _identity(name: str) -> bytes:
 
 
 def header(name: str, data: bytes) -> bytes:
-    return _HEADER.pack(_MAGIC, _VERSION, crc32(data), _identity(name), len(data))
+    view = memoryview(data)
+    chunks = b"".join(_CHUNK_CRC.pack(crc32(view[at:at + CHUNK])) for at in range(0, len(view), CHUNK))
+    return _HEADER.pack(_MAGIC, _VERSION, crc32(data), _identity(name), len(data)) + chunks
+
+
+def _header_size(version: int, length: int) -> int:
+    """Bytes before the data: the header, and in version 2 the chunk table."""
+    return _HEADER.size + (_CHUNK_CRC.size * -(-length // CHUNK) if version == 2 else 0)
 
 
 def seal(name: str, data: bytes) -> bytes:
@@ -93,15 +107,45 @@ def unseal(name: str, blob: bytes) -> memoryview:
     """The payload of `blob` (zero-copy) if it is the intact block `name`; CorruptData otherwise."""
     if len(blob) < _HEADER.size:
         raise CorruptData(f"cache block too short ({len(blob)} bytes)")
-    magic, version, crc, ident, length = _HEADER.unpack_from(blob)
-    data = memoryview(blob)[_HEADER.size:]
-    if magic != _MAGIC or version != _VERSION:
-        raise CorruptData("cache block has a bad header")
-    if ident != _identity(name):
-        raise CorruptData("cache block belongs to another object or block")
+    version, crc, length = _checked_header(name, blob)
+    data = memoryview(blob)[_header_size(version, length):]
     if length != len(data) or crc32(data) != crc:
         raise CorruptData("cache block fails its checksum")
     return data
+
+
+def _checked_header(name: str, head: bytes) -> tuple[int, int, int]:
+    """(version, crc32, length) of a block's header, if it is one of block `name`'s."""
+    magic, version, crc, ident, length = _HEADER.unpack_from(head)
+    if magic != _MAGIC or version not in _VERSIONS:
+        raise CorruptData("cache block has a bad header")
+    if ident != _identity(name):
+        raise CorruptData("cache block belongs to another object or block")
+    return version, crc, length
+
+
+def read_range(fd: int, name: str, size: int, start: int, stop: int) -> memoryview:
+    """Bytes [start, stop) of the block file `fd` (`size` bytes as stored), reading and
+    checking only the chunks under them (a version 1 block: all of it)."""
+    head = os.pread(fd, _HEADER.size + 32 * _CHUNK_CRC.size, 0)
+    if len(head) < _HEADER.size:
+        raise CorruptData(f"cache block too short ({len(head)} bytes)")
+    version, _, length = _checked_header(name, head)
+    base = _header_size(version, length)
+    if version == 1 or size != base + length:
+        return unseal(name, os.pread(fd, size + 1, 0))[start:stop]  # a longer file fails it
+    if len(head) < base:
+        head = os.pread(fd, base, 0)
+    stop = min(stop, length)
+    first, last = start // CHUNK, max(start, stop - 1) // CHUNK
+    body = memoryview(os.pread(fd, min((last + 1) * CHUNK, length) - first * CHUNK,
+                               base + first * CHUNK))
+    for n in range(first, last + 1):
+        (want,) = _CHUNK_CRC.unpack_from(head, _HEADER.size + n * _CHUNK_CRC.size)
+        chunk = body[(n - first) * CHUNK:(n - first + 1) * CHUNK]
+        if len(chunk) != min(CHUNK, length - n * CHUNK) or crc32(chunk) != want:
+            raise CorruptData("cache block fails its checksum")
+    return body[start - first * CHUNK:stop - first * CHUNK]
 
 
 #: A block looked up: (rowid, size, its bytes or its value file, open).
@@ -217,9 +261,21 @@ class BlockCache:
         for _, (_, _, value) in held:
             _close(value)
 
-    def _read(self, store: _LockedCache, name: str, found: _Found | None = None
-              ) -> memoryview | None:
-        """Block `name` from `store`, looked up now unless `found` (by `open_ahead`)."""
+    def get_range(self, bucket: str, key: str, etag: str, index: int, start: int,
+                  stop: int) -> memoryview | None:
+        """Bytes [start, stop) of a cached block (short at its end), reading from disk only
+        the chunks under them: a few KiB of a big file read at random cost no 8 MiB read."""
+        name = block_id(bucket, key, etag, index)
+        for store in (self._pinned, self._lru):
+            data = self._read(store, name, span=(start, stop))
+            if data is not None:
+                return data
+        return None
+
+    def _read(self, store: _LockedCache, name: str, found: _Found | None = None,
+              span: tuple[int, int] | None = None) -> memoryview | None:
+        """Block `name` from `store` (bytes `span` of it only: `get_range`), looked up now
+        unless `found` (by `open_ahead`)."""
         try:
             # a value file comes back open, and is read after the SELECT (value files are
             # never rewritten in place; an open one survives eviction)
@@ -228,13 +284,18 @@ class BlockCache:
                 return None
             rowid, size, value = found
             if isinstance(value, bytes):  # small values live in SQLite itself
-                blob = value
+                data = unseal(name, value)
+                if span is not None:
+                    data = data[span[0]:span[1]]
+            elif span is not None:
+                with value:
+                    data = read_range(value.fileno(), name, size, *span)
             else:
                 with value:
                     # one byte more than the index says: a longer file fails unseal
                     blob = (os.pread(value.fileno(), size + 1, 0) if size <= BUFFERED_READ_MAX
                             else read_file(value.fileno()))
-            data = unseal(name, blob)
+                data = unseal(name, blob)
             if store is self._lru:
                 self._touch(rowid)
             return data
