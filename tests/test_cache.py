@@ -43,8 +43,9 @@ def test_blocks_sealed_with_zlibs_crc_stay_readable():
     name = block_id("b", "k", "e", 0)
     data = os.urandom(300_000)
     chunks = [data[at:at + blocks.CHUNK] for at in range(0, len(data), blocks.CHUNK)]
-    sealed = (struct.pack(">4sBI16sQ", b"S3FB", 2, zlib.crc32(data), blocks._identity(name), len(data))
-              + b"".join(struct.pack(">I", zlib.crc32(c)) for c in chunks) + data)
+    table = b"".join(struct.pack(">I", zlib.crc32(c)) for c in chunks)
+    sealed = (struct.pack(">4sBI16sQ", b"S3FB", 2, zlib.crc32(table), blocks._identity(name), len(data))
+              + table + data)
     assert blocks.header(name, data) + data == sealed
     assert unseal(name, sealed) == data
     old = struct.pack(">4sBI16sQ", b"S3FB", 1, zlib.crc32(data), blocks._identity(name), len(data)) + data
@@ -71,6 +72,16 @@ def test_a_range_of_a_block_reads_and_checks_only_its_chunks(tmp_path: Path, sta
     finally:
         os.close(fd)
     header = len(blob) - len(data)
+    bad = bytearray(blob)
+    bad[header - 1] ^= 1  # the chunk table itself
+    fd = block_file(tmp_path, bytes(bad))
+    try:
+        with pytest.raises(CorruptData):
+            blocks.read_range(fd, name, len(blob), start, stop)
+        with pytest.raises(CorruptData):
+            unseal(name, bytes(bad))
+    finally:
+        os.close(fd)
     for chunk in range(3):  # a flipped byte in a chunk read fails it, in another does not
         bad = bytearray(blob)
         bad[header + chunk * blocks.CHUNK + 7] ^= 1

@@ -36,14 +36,16 @@ log = logging.getLogger(__name__)
 
 _MAGIC = b"S3FB"
 _HEADER = struct.Struct(">4sBI16sQ")  # magic, version, crc32, identity digest, length
-#: Version 2 follows the header with a CRC-32 of every CHUNK of the bytes, so a few KiB of
-#: an 8 MiB block can be read and checked without the rest (`get_range`: a random read of
-#: a big cached file, a member inflated from a seek point of a cached archive). Version 1
-#: blocks (no chunk table) stay readable, whole.
+#: Version 2 follows the header with a CRC-32 of every CHUNK of the bytes (the header's own
+#: CRC is the table's), so a few KiB of an 8 MiB block can be read and checked without the
+#: rest (`get_range`: a random read of a big cached file, a member inflated from a seek
+#: point of a cached archive); a whole block is checked chunk by chunk, the same one pass
+#: over its bytes. Version 1 blocks (the CRC of the bytes, no table) stay readable.
 _VERSION = 2
 _VERSIONS = (1, 2)
 CHUNK = 256 << 10
 _CHUNK_CRC = struct.Struct(">I")
+_HEAD_READ = _HEADER.size + _CHUNK_CRC.size * (8 << 20) // CHUNK  # an 8 MiB block's, in one pread
 #: Access times of blocks read are written to the LRU store's index in batches: at most
 #: this many pending, none older than TOUCH_DELAY seconds (and all before a store, a prune
 #: or close). diskcache's own get wrote each in a transaction of its own: a `cat` of 1,000
@@ -73,8 +75,8 @@ def _identity(name: str) -> bytes:
 
 def header(name: str, data: bytes) -> bytes:
     view = memoryview(data)
-    chunks = b"".join(_CHUNK_CRC.pack(crc32(view[at:at + CHUNK])) for at in range(0, len(view), CHUNK))
-    return _HEADER.pack(_MAGIC, _VERSION, crc32(data), _identity(name), len(data)) + chunks
+    table = b"".join(_CHUNK_CRC.pack(crc32(view[at:at + CHUNK])) for at in range(0, len(view), CHUNK))
+    return _HEADER.pack(_MAGIC, _VERSION, crc32(table), _identity(name), len(data)) + table
 
 
 def _header_size(version: int, length: int) -> int:
@@ -109,9 +111,28 @@ def unseal(name: str, blob: bytes) -> memoryview:
         raise CorruptData(f"cache block too short ({len(blob)} bytes)")
     version, crc, length = _checked_header(name, blob)
     data = memoryview(blob)[_header_size(version, length):]
-    if length != len(data) or crc32(data) != crc:
+    if length != len(data):
         raise CorruptData("cache block fails its checksum")
+    if version == 1:
+        if crc32(data) != crc:
+            raise CorruptData("cache block fails its checksum")
+    else:
+        _check_chunks(blob, crc, length, data, 0)
     return data
+
+
+def _check_chunks(head: bytes | memoryview, crc: int, length: int, body: memoryview,
+                  first: int) -> None:
+    """Check the chunks `body` holds, from chunk `first` on, against the table in `head`."""
+    table = memoryview(head)[_HEADER.size:_header_size(2, length)]
+    if len(table) != _header_size(2, length) - _HEADER.size or crc32(table) != crc:
+        raise CorruptData("cache block has a bad chunk table")
+    for at in range(0, len(body), CHUNK):
+        n = first + at // CHUNK
+        (want,) = _CHUNK_CRC.unpack_from(table, n * _CHUNK_CRC.size)
+        chunk = body[at:at + CHUNK]
+        if len(chunk) != min(CHUNK, length - n * CHUNK) or crc32(chunk) != want:
+            raise CorruptData("cache block fails its checksum")
 
 
 def _checked_header(name: str, head: bytes) -> tuple[int, int, int]:
@@ -127,10 +148,10 @@ def _checked_header(name: str, head: bytes) -> tuple[int, int, int]:
 def read_range(fd: int, name: str, size: int, start: int, stop: int) -> memoryview:
     """Bytes [start, stop) of the block file `fd` (`size` bytes as stored), reading and
     checking only the chunks under them (a version 1 block: all of it)."""
-    head = os.pread(fd, _HEADER.size + 32 * _CHUNK_CRC.size, 0)
+    head = os.pread(fd, _HEAD_READ, 0)
     if len(head) < _HEADER.size:
         raise CorruptData(f"cache block too short ({len(head)} bytes)")
-    version, _, length = _checked_header(name, head)
+    version, crc, length = _checked_header(name, head)
     base = _header_size(version, length)
     if version == 1 or size != base + length:
         return unseal(name, os.pread(fd, size + 1, 0))[start:stop]  # a longer file fails it
@@ -140,11 +161,9 @@ def read_range(fd: int, name: str, size: int, start: int, stop: int) -> memoryvi
     first, last = start // CHUNK, max(start, stop - 1) // CHUNK
     body = memoryview(os.pread(fd, min((last + 1) * CHUNK, length) - first * CHUNK,
                                base + first * CHUNK))
-    for n in range(first, last + 1):
-        (want,) = _CHUNK_CRC.unpack_from(head, _HEADER.size + n * _CHUNK_CRC.size)
-        chunk = body[(n - first) * CHUNK:(n - first + 1) * CHUNK]
-        if len(chunk) != min(CHUNK, length - n * CHUNK) or crc32(chunk) != want:
-            raise CorruptData("cache block fails its checksum")
+    if len(body) != min((last + 1) * CHUNK, length) - first * CHUNK:
+        raise CorruptData("cache block fails its checksum")
+    _check_chunks(head, crc, length, body, first)
     return body[start - first * CHUNK:stop - first * CHUNK]
 
 
