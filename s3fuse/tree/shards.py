@@ -286,7 +286,7 @@ class ShardService:
     async def _from_archive(self, archive: ObjectRef, virtual: ObjectRef, member: Member) -> bool:
         """Read a plain tar's member from the archive's cached blocks? Yes when they are
         in memory (indexing just fetched them), or on disk unless the member's own copy
-        is (a big archive's block read from disk is 8 MiB for the member's few KiB)."""
+        is (exactly its bytes, where the archive's may be a whole block to read)."""
         if self.reader.in_memory(archive, member.offset, member.size):
             return True
 
