@@ -240,6 +240,7 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
         ready.notifier.send(STOPPING="1", STATUS="unmounting: writing cached blocks")
         with trio.move_on_after(STOP_UPLOADS_TIMEOUT):  # a hung upload is resumed next start
             await parts.writes.queue.stop()
+        await trio.to_thread.run_sync(parts.writes.staging.drop_spares)
         with trio.move_on_after(FLUSH_TIMEOUT):
             await parts.reader.flush()
         await trio.to_thread.run_sync(lambda: _report_left(parts.writes.queue.status()))

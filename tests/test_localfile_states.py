@@ -27,6 +27,7 @@ from s3fuse.upload import UNKNOWN, Staging
 from s3fuse.upload.journal import Expected
 from s3fuse.upload.localfile import IllegalTransition, LocalFile, State
 from s3fuse.upload.writeback import WriteBack
+from s3fuse.util.supervisor import Supervisor
 
 B = "bucket"
 
@@ -53,6 +54,7 @@ class RecordingQueue:
         self.refuse: OSError | None = None  # the next submit fails (a full journal)
         self.gate: trio.Event | None = None  # submits wait for it
         self.known: list[bool] = []          # per settled submit: was the CRC known?
+        self.background = Supervisor()       # unbound: no staging files made ahead here
         self.quick: list[bool] = []          # per submit: may it settle on the loop?
 
     async def submit(self, bucket: str, key: str, staging_id: str,

@@ -161,7 +161,8 @@ async def test_journal_survives_a_crash(tmp_path: Path, store: S3Store, s3: Any,
         await write(queue, bucket, "a.txt", b"alpha")       # small: a CRC, fsynced later
         await write(queue, bucket, "b.txt", b"bravo-large")  # large: fsynced first
         assert queue.journal.claim(0) is not None  # as if its upload was running at the crash
-        await trio.to_thread.run_sync(queue.staging.create)  # a write never closed
+        _, never_closed = await trio.to_thread.run_sync(queue.staging.create)
+        never_closed.write_bytes(b"partial")  # a write never closed
     assert order == ["journal row", "fsync staging", "journal row"]
     assert keys(s3, bucket) == []
 

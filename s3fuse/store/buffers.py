@@ -6,7 +6,9 @@ afresh: daemon.release_big_buffers): that cost as much CPU time as the socket re
 fill it (py-spy of a cold 256 MiB read). A bytearray made without zero-filling, then
 `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), maps the same pages in one call, at half the
 cost. Its bytes are undefined until written: only for a buffer that is filled whole or
-thrown away (presigned.PresignedReader._body_into).
+thrown away (presigned.PresignedReader._body_into). Its 2 MiB-aligned part is asked for in
+transparent huge pages first (MADV_HUGEPAGE, where THP is "madvise" or "always"): mapping
+an 8 MiB buffer then cost 0.48 ms of CPU instead of 0.93 ms (the daemon's mmap threshold).
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 MADV_POPULATE_WRITE = 23  # linux/mman.h
+MADV_HUGEPAGE = 14
+HUGE_PAGE = 2 << 20
 #: Below this, a buffer is an ordinary bytearray (served from the heap: no fresh pages).
 MIN_SIZE = 2 << 20
 
@@ -47,6 +51,10 @@ def body_buffer(size: int) -> bytearray:
     address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
     start = -(-address // mmap.PAGESIZE) * mmap.PAGESIZE
     end = (address + size) // mmap.PAGESIZE * mmap.PAGESIZE
+    huge_start = -(-address // HUGE_PAGE) * HUGE_PAGE
+    huge_end = (address + size) // HUGE_PAGE * HUGE_PAGE
+    if huge_end > huge_start:  # a failure (THP off) leaves small pages
+        _madvise(huge_start, huge_end - huge_start, MADV_HUGEPAGE)
     # a failure (a kernel before 5.14: EINVAL) only leaves the pages to be faulted in by
     # the socket reads instead
     _madvise(start, end - start, MADV_POPULATE_WRITE)

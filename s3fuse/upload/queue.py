@@ -321,11 +321,15 @@ class UploadQueue:
             log.info("%d interrupted upload(s) queued again", requeued)
         self.commits.check_after_restart()
         orphans = self.staging.ids() - self.journal.staging_ids()
-        if orphans:
+        written = [staging_id for staging_id in orphans if self.staging.size(staging_id)]
+        if written:
             log.warning("removing %d staging file(s) no upload needs (writes never closed, "
-                        "or uploaded just before a crash)", len(orphans))
-            for staging_id in orphans:
-                self.staging.discard(staging_id)
+                        "or uploaded just before a crash)", len(written))
+        if len(orphans) > len(written):  # made ahead for new files (staging.SPARES)
+            log.info("removing %d empty staging file(s) no upload needs (made ahead for "
+                     "new files, or never written)", len(orphans) - len(written))
+        for staging_id in orphans:
+            self.staging.discard(staging_id)
 
     def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected,
                  meta: Posix | None, settle: Callable[[], tuple[int, int | None]] | None) -> int:

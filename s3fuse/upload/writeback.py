@@ -41,6 +41,7 @@ from .localfile import LocalFile, State
 from .queue import UploadQueue
 from .staging import Staging
 from .uploader import UploadResult
+from ..util.supervisor import UPLOAD_CLEANUP
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class WriteBack:
         self._unjournalled: dict[tuple[str, str], int] = {}  # changes shown, not journalled yet
         self._new_bytes: dict[tuple[str, str], int] = {}  # ... of them with bytes of their own
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
+        self._making_spares = False
         queue.on_uploaded = self._uploaded
 
     # ------------------------------------------------------------ lifecycle
@@ -194,6 +196,7 @@ class WriteBack:
                 pending = None
         if pending is None:  # its staging file is made by its first bytes (localfile.py)
             staging_id, path = self.staging.new_id(), None
+            self._make_spares()
         change = self.overlay.get(bucket, key)
         if change is None or change.deleted or change.is_dir:
             change = self.overlay.file(bucket, key, 0, posix=posix)
@@ -211,6 +214,18 @@ class WriteBack:
             local.created()
         self._open[(bucket, key)] = local
         return local
+
+    def _make_spares(self) -> None:
+        """Make staging files ahead in a worker thread when few are left (staging.SPARES)."""
+        if self._making_spares or not self.staging.wants_spares():
+            return
+        self._making_spares = self.queue.background.spawn(self._spares, kind=UPLOAD_CLEANUP)
+
+    async def _spares(self) -> None:
+        try:
+            await trio.to_thread.run_sync(self.staging.make_spares, limiter=self.limiter)
+        finally:
+            self._making_spares = False
 
     async def flush(self, local: LocalFile) -> None:
         """Close semantics: journal and queue the file if it changed since its last submit."""
