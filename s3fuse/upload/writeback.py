@@ -36,12 +36,12 @@ import trio
 
 from ..cache.overlay import Change, Overlay
 from ..posix import Posix
+from ..util.supervisor import UPLOAD_CLEANUP
 from .journal import UNKNOWN, Expected, Job
 from .localfile import LocalFile, State
 from .queue import UploadQueue
 from .staging import Staging
 from .uploader import UploadResult
-from ..util.supervisor import UPLOAD_CLEANUP
 
 log = logging.getLogger(__name__)
 
