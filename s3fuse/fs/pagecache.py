@@ -13,7 +13,6 @@ from __future__ import annotations
 
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from ..model import Entry
@@ -44,19 +43,28 @@ class Opened:
     writer: bool = False
 
 
-def _remember(table: OrderedDict[int, str], ino: int, version: str, memory: int) -> None:
-    table[ino] = version
-    table.move_to_end(ino)
+def _remember(table: dict[int, int], ino: int, version: str, memory: int) -> None:
+    """Record `version` for `ino` as the newest entry of `table`; past `memory` entries
+    the older half is dropped at once (dropping one at a time from the front of a dict
+    is quadratic: its iteration skips every hole left before). Versions are kept as
+    their hashes in a plain dict (insertion-ordered): an int where an ETag string took
+    83 bytes and an OrderedDict node 105 more, and readdirplus tells the kernel of every
+    entry of a listing. Two versions of one inode with equal 64-bit hashes would pass
+    for one: negligible."""
+    table.pop(ino, None)
+    table[ino] = hash(version)
     if len(table) > memory:
-        table.popitem(last=False)
+        kept = list(table.items())[len(table) // 2:]
+        table.clear()
+        table.update(kept)
 
 
 class PageCache:
     def __init__(self, memory: int = KEEP_CACHE_MEMORY):
         self._memory = memory
-        self._versions: OrderedDict[int, str] = OrderedDict()  # ino -> version last opened
+        self._versions: dict[int, int] = {}  # ino -> hash of the version last opened
         self._paged: dict[int, PagedVersion] = {}  # ino -> version of its open cached handles
-        self._told: OrderedDict[int, str] = OrderedDict()  # ino -> version whose size the kernel has
+        self._told: dict[int, int] = {}  # ino -> hash of the version whose size the kernel has
         self._writers: dict[int, int] = {}  # ino -> handles open for writing
 
     def shown(self, ino: int, entry: Entry) -> Entry:
@@ -74,14 +82,14 @@ class PageCache:
     def told(self, ino: int, entry: Entry) -> None:
         """The kernel was given `entry` (a shown one) for `ino`: a lookup, getattr or
         readdirplus reply it accepted."""
-        if entry.etag and self._told.get(ino) != entry.etag:
+        if entry.etag and self._told.get(ino) != hash(entry.etag):
             _remember(self._told, ino, entry.etag, self._memory)
 
     def open_read(self, ino: int, entry: Entry, size: int, version: str) -> Opened:
         """A read handle of `version` (`size` bytes) on the file whose entry is `entry`."""
         paged = self._paged.get(ino)
         if ((paged is not None and entry.etag != paged.etag) or size != entry.size
-                or (entry.etag and self._told.get(ino, entry.etag) != entry.etag)):
+                or (entry.etag and self._told.get(ino, hash(entry.etag)) != hash(entry.etag))):
             # Another version's pages are in the inode's page cache, or the kernel holds
             # another version's size (told by a lookup racing this open, or the entry
             # changed while opening): this handle bypasses the page cache, and direct
@@ -91,7 +99,7 @@ class PageCache:
             if paged is None:
                 paged = self._paged[ino] = PagedVersion(entry.etag, entry.size, entry.mtime_ns)
             paged.handles += 1
-        keep = self._versions.get(ino) == version
+        keep = self._versions.get(ino) == hash(version)
         _remember(self._versions, ino, version, self._memory)
         return Opened(keep_cache=keep, paged=bool(entry.etag))
 
