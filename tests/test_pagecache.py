@@ -103,3 +103,23 @@ def test_memory_is_bounded():
         pages.release(ino, opened)
     assert pages.open_read(9, version("e9", 1), 1, "e9").keep_cache      # recent: remembered
     assert not pages.open_read(0, version("e0", 1), 1, "e0").keep_cache  # oldest: forgotten
+
+
+def test_what_the_kernel_was_told_is_remembered_for_the_newest_inodes_only():
+    """Past the cap the older half is forgotten at once (a listing of a million keys tells
+    the kernel of each): the newest inodes still open bypassing the page cache when the
+    kernel holds another version's size, the forgotten ones are taken to hold the entry's."""
+    pages = PageCache(memory=1000)
+    for ino in range(10_000):
+        pages.told(ino, version(f"old{ino}", 1))
+    newest, oldest = 9_999, 0
+
+    def bypasses(ino: int, entry: Entry) -> bool:
+        opened = pages.open_read(ino, entry, entry.size, entry.etag)
+        pages.release(ino, opened)
+        return opened.direct_io
+
+    assert bypasses(newest, version("new", 2))
+    assert not bypasses(oldest, version("new", 2))
+    pages.told(oldest, version("old0", 1))          # told again: remembered again
+    assert bypasses(oldest, version("newer", 3))
