@@ -149,7 +149,10 @@ def register(name: str, size: int, huge: bool) -> None:
               "cache dropped): `ls DIR | wc -l`, then `ls -l DIR | tail -n 2` on the same "
               "mount (a stat of every entry, with the listing known); fresh mount again: "
               "`find DIR -type f | wc -l`. Counts are checked. Peak RSS is the larger "
-              "VmHWM of the two daemons. A command gets "
+              "VmHWM of the two daemons. s3fs HEADs every object while it lists (its `ls` "
+              "pays for them), so its `ls -l` is answered from its stat cache; s3fuse and "
+              "rclone HEAD at the first stat of an entry (`ls` and `find` send none): the sum "
+              "of the first two rows compares the same work. A command gets "
               f"{CAP_PER_100K:.0f} s per 100,000 keys (at least {CAP_MIN:.0f} s); one still "
               "running then has its daemon stopped and counts as failed.",
     )
