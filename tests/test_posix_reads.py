@@ -17,6 +17,7 @@ import pyfuse3
 import pytest
 import trio
 
+from s3fuse.cache import meta as meta_module
 from s3fuse.cache.meta import MetaStore, version
 from s3fuse.config import parse_source
 from s3fuse.model import Entry
@@ -272,7 +273,13 @@ async def test_an_answer_sqlite_cannot_store_leaves_the_entry_unknown(
     assert await tree.lookup("", "f") is not None  # still serving
 
 
-def test_meta_store_keeps_posix_by_version(tmp_path: Path) -> None:
+@pytest.mark.parametrize("merge_chunk", [meta_module.MERGE_CHUNK, 1, 2])
+def test_meta_store_keeps_posix_by_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           merge_chunk: int) -> None:
+    """A relisting keeps the stored metadata of the versions it was read from: merged
+    through a dict, or (more stored rows than MERGE_CHUNK: a big HEADed directory)
+    through a temporary table, a chunk of new entries at a time."""
+    monkeypatch.setattr(meta_module, "MERGE_CHUNK", merge_chunk)
     meta = MetaStore(tmp_path / "meta.sqlite")
     posix = Posix(mode=0o100755, uid=1, mtime_ns=5)
     meta.replace_listing(NS, "", [Entry("f", False, 1, 100, "e1"), Entry("d", True),

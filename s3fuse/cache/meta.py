@@ -16,8 +16,10 @@ them in a worker thread.
 """
 from __future__ import annotations
 
+import json
 import logging
 from bisect import bisect_left
+from itertools import islice
 import sqlite3
 import threading
 import time
@@ -67,6 +69,11 @@ UNKNOWN_SCAN = 256
 #: Entries just stored from HEAD answers that `entry` answers from memory (RECENT_MAX at
 #: most, ~0.5 KiB each; emptied when full).
 RECENT_MAX = 4096
+#: A relisting keeps the stored POSIX metadata of unchanged entries: up to this many
+#: stored rows are read into a dict at once; more (a big directory whose entries were
+#: HEADed: `ls -l` of 1,000,000 keys) are copied to a temporary table and looked up this
+#: many new entries at a time, so that the relisting's memory does not hold them all.
+MERGE_CHUNK = 4096
 Write = Callable[[sqlite3.Connection], None]
 
 
@@ -253,12 +260,17 @@ class MetaStore:
         now = time.time() if now is None else now
         with self.writing(), self._db.transaction() as db:
             self._recent.clear()  # its entries and the parent's entry of it (_marker)
-            known = {row[0]: row[1:] for row in db.execute(
-                "SELECT name, etag, posix, posix_of FROM entries WHERE ns=? AND dir=? "
-                "AND posix IS NOT NULL", (ns, path))}
-            rows = (_listed_row(ns, path, e, known.get(e.name), now) for e in entries)  # streamed
-            db.execute("DELETE FROM entries WHERE ns=? AND dir=?", (ns, path))
-            db.executemany(_INSERT, rows)
+            known = db.execute("SELECT name, etag, posix, posix_of FROM entries WHERE ns=? "
+                               "AND dir=? AND posix IS NOT NULL LIMIT ?",
+                               (ns, path, MERGE_CHUNK + 1)).fetchall()
+            if len(known) <= MERGE_CHUNK:
+                by_name = {row[0]: row[1:] for row in known}
+                rows = (_listed_row(ns, path, e, by_name.get(e.name), now) for e in entries)
+                db.execute("DELETE FROM entries WHERE ns=? AND dir=?", (ns, path))
+                db.executemany(_INSERT, rows)  # streamed
+            else:
+                del known
+                _merge_in_chunks(db, ns, path, entries, now)
             db.execute("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", (ns, path, now))
             if marker is not None and path:
                 _marker(db, ns, path, marker)
@@ -517,6 +529,26 @@ def _listed_row(ns: str, path: str, entry: Entry, known: tuple | None, now: floa
     posix = from_json(posix_json)
     return _row(ns, path, replace(entry, posix=posix, mtime_ns=posix.mtime_ns or entry.mtime_ns),
                 listed)
+
+
+def _merge_in_chunks(db: sqlite3.Connection, ns: str, path: str, entries: Iterable[Entry],
+                     now: float) -> None:
+    """replace_listing for a directory with many stored rows of known metadata: those rows
+    copied to a temporary table (on disk), then MERGE_CHUNK new entries at a time looked
+    up there and written, so memory holds one chunk of them, not the whole directory."""
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS listing_known "
+               "(name TEXT PRIMARY KEY, etag TEXT, posix TEXT, posix_of TEXT) WITHOUT ROWID")
+    db.execute("DELETE FROM temp.listing_known")
+    db.execute("INSERT INTO temp.listing_known SELECT name, etag, posix, posix_of FROM entries "
+               "WHERE ns=? AND dir=? AND posix IS NOT NULL", (ns, path))
+    db.execute("DELETE FROM entries WHERE ns=? AND dir=?", (ns, path))
+    pending = iter(entries)
+    while chunk := list(islice(pending, MERGE_CHUNK)):
+        known = {row[0]: row[1:] for row in db.execute(
+            "SELECT name, etag, posix, posix_of FROM temp.listing_known "
+            "WHERE name IN (SELECT value FROM json_each(?))", (json.dumps([e.name for e in chunk]),))}
+        db.executemany(_INSERT, [_listed_row(ns, path, e, known.get(e.name), now) for e in chunk])
+    db.execute("DELETE FROM temp.listing_known")
 
 
 def _marker(db: sqlite3.Connection, ns: str, path: str, marker: str) -> None:
