@@ -12,7 +12,9 @@ A revalidation never holds up what the cache can answer for long: when S3 has no
 started answering it within REVALIDATE_WAIT (a black-holed endpoint accepts connections
 and says nothing), the stored listing or entry is served, the link goes offline (its
 probe brings it back) and the request finishes in the background. While offline,
-stored answers are served at once.
+stored answers are served at once. A new listing S3 is answering but that takes longer
+than RELIST_WAIT (a huge directory) is waited for that long once; the stored listing
+answers until it is stored.
 
 It knows nothing of local changes: the view of pending uploads (pending.py) lays
 them over what this module returns. Whole listings are read from the store in a
@@ -22,6 +24,7 @@ the trio loop serves every other FUSE request meanwhile.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Hashable, Iterable
@@ -57,6 +60,12 @@ SMALL_LISTING = 256
 #: Seconds a stat or readdir waits for S3 to start answering a revalidation when it has a
 #: stored answer to give instead (docs/offline.md).
 REVALIDATE_WAIT = 2.0
+#: Seconds a stat, lookup or readdir waits, once S3 answers, for the new listing of a
+#: directory it has a stored one of. A directory of 1,000,000 keys takes ~25 s to list
+#: again: an `ls -l` walking it stalled that long at every TTL. Past this the stored
+#: listing answers while the new one comes (later callers do not wait at all), as it
+#: does offline.
+RELIST_WAIT = 2.0
 
 
 @dataclass(eq=False)
@@ -67,6 +76,7 @@ class _Revalidation:
     done: trio.Event = field(default_factory=trio.Event)
     value: Any = None
     error: BaseException | None = None
+    overdue: bool = False  # answering, but past its waiters' finish_within: not waited for
 
 
 class Ingest:
@@ -148,11 +158,16 @@ class Listings:
     # ----------------------------------------------------------- revalidation deadline
 
     async def _answer_in_time(self, key: Hashable, what: str,
-                              work: Callable[[_Revalidation], Awaitable[Any]]) -> _Revalidation | None:
+                              work: Callable[[_Revalidation], Awaitable[Any]],
+                              finish_within: float | None = None) -> _Revalidation | None:
         """Run `work` (one revalidation, shared by everyone asking for `key`) in the
         background and wait for it to finish; None when S3 did not start answering
-        within REVALIDATE_WAIT: the link is then offline and `work` goes on alone."""
+        within REVALIDATE_WAIT: the link is then offline and `work` goes on alone.
+        `finish_within`: once S3 answers, wait at most this long for the end; the job,
+        not done, is then overdue and returned at once to later callers too."""
         job = self._revalidating.get(key)
+        if job is not None and job.overdue:
+            return job
         if job is None:
             job = self._revalidating[key] = _Revalidation()
 
@@ -172,7 +187,12 @@ class Listings:
         if not job.answered.is_set():
             self._store.link.failed(f"{what}: no answer within {REVALIDATE_WAIT:g}s")
             return None
-        await job.done.wait()
+        with trio.move_on_after(math.inf if finish_within is None else finish_within):
+            await job.done.wait()
+        if not job.done.is_set():
+            log.debug("%s: still running after %gs, the stored answer serves meanwhile",
+                      what, finish_within)
+            job.overdue = True
         return job
 
     # ----------------------------------------------------------- directories
@@ -199,8 +219,9 @@ class Listings:
             elif self._store.link.online:  # offline: the stored listing, at once
                 job = await self._answer_in_time(
                     ("list", path), f"ListObjectsV2 {self._keys.uri(self._keys.dir_prefix(path))}",
-                    lambda job: self._flight.run(path, self._refresh, path, job.answered))
-                if job is not None and job.error is not None:
+                    lambda job: self._flight.run(path, self._refresh, path, job.answered),
+                    finish_within=RELIST_WAIT)
+                if job is not None and job.done.is_set() and job.error is not None:
                     raise job.error
         except (Offline, RemoteError) as exc:
             if listed_at is None:
