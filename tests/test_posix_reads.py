@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -273,13 +274,26 @@ async def test_an_answer_sqlite_cannot_store_leaves_the_entry_unknown(
     assert await tree.lookup("", "f") is not None  # still serving
 
 
-@pytest.mark.parametrize("merge_chunk", [meta_module.MERGE_CHUNK, 1, 2])
+class NoTempDirectory:
+    """A connection as SQLite answers when it cannot create its temporary file."""
+
+    def execute(self, *args: object) -> None:
+        raise sqlite3.OperationalError("unable to open database file")
+
+
+@pytest.mark.parametrize("merge_chunk, temp_table", [(meta_module.MERGE_CHUNK, True), (1, True),
+                                                     (2, True), (1, False)])
 def test_meta_store_keeps_posix_by_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           merge_chunk: int) -> None:
+                                           merge_chunk: int, temp_table: bool) -> None:
     """A relisting keeps the stored metadata of the versions it was read from: merged
     through a dict, or (more stored rows than MERGE_CHUNK: a big HEADed directory)
-    through a temporary table, a chunk of new entries at a time."""
+    through a temporary table, a chunk of new entries at a time; through a dict of them
+    all when SQLite cannot make a temporary table."""
     monkeypatch.setattr(meta_module, "MERGE_CHUNK", merge_chunk)
+    if not temp_table:
+        copy = meta_module._copy_known
+        monkeypatch.setattr(meta_module, "_copy_known",
+                            lambda db, ns, path: copy(NoTempDirectory(), ns, path))  # type: ignore[arg-type]
     meta = MetaStore(tmp_path / "meta.sqlite")
     posix = Posix(mode=0o100755, uid=1, mtime_ns=5)
     meta.replace_listing(NS, "", [Entry("f", False, 1, 100, "e1"), Entry("d", True),

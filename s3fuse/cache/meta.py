@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..db import Database, Schema
-from ..errors import CacheFull
+from ..errors import CacheFull, disk_full
 from ..model import Entry
 from ..posix import NO_HEADERS, from_json, to_json
 
@@ -263,14 +263,18 @@ class MetaStore:
             known = db.execute("SELECT name, etag, posix, posix_of FROM entries WHERE ns=? "
                                "AND dir=? AND posix IS NOT NULL LIMIT ?",
                                (ns, path, MERGE_CHUNK + 1)).fetchall()
-            if len(known) <= MERGE_CHUNK:
+            if len(known) > MERGE_CHUNK and _copy_known(db, ns, path):
+                del known
+                _merge_in_chunks(db, ns, path, entries, now)
+            else:
+                if len(known) > MERGE_CHUNK:  # no temporary table: every row in memory
+                    known = db.execute("SELECT name, etag, posix, posix_of FROM entries "
+                                       "WHERE ns=? AND dir=? AND posix IS NOT NULL",
+                                       (ns, path)).fetchall()
                 by_name = {row[0]: row[1:] for row in known}
                 rows = (_listed_row(ns, path, e, by_name.get(e.name), now) for e in entries)
                 db.execute("DELETE FROM entries WHERE ns=? AND dir=?", (ns, path))
                 db.executemany(_INSERT, rows)  # streamed
-            else:
-                del known
-                _merge_in_chunks(db, ns, path, entries, now)
             db.execute("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", (ns, path, now))
             if marker is not None and path:
                 _marker(db, ns, path, marker)
@@ -531,16 +535,30 @@ def _listed_row(ns: str, path: str, entry: Entry, known: tuple | None, now: floa
                 listed)
 
 
+def _copy_known(db: sqlite3.Connection, ns: str, path: str) -> bool:
+    """Copy the stored rows of known metadata of `path` to a temporary table (a file in
+    SQLite's temporary directory: /var/tmp, /tmp or $SQLITE_TMPDIR). False when SQLite
+    cannot make one there (read-only, missing): the caller merges in memory instead."""
+    try:
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS listing_known "
+                   "(name TEXT PRIMARY KEY, etag TEXT, posix TEXT, posix_of TEXT) WITHOUT ROWID")
+        db.execute("DELETE FROM temp.listing_known")
+        db.execute("INSERT INTO temp.listing_known SELECT name, etag, posix, posix_of "
+                   "FROM entries WHERE ns=? AND dir=? AND posix IS NOT NULL", (ns, path))
+    except sqlite3.OperationalError as exc:
+        if disk_full(exc):
+            raise
+        log.info("no temporary table for the listing of %r (%s): merging it in memory",
+                 path, exc)
+        return False
+    return True
+
+
 def _merge_in_chunks(db: sqlite3.Connection, ns: str, path: str, entries: Iterable[Entry],
                      now: float) -> None:
-    """replace_listing for a directory with many stored rows of known metadata: those rows
-    copied to a temporary table (on disk), then MERGE_CHUNK new entries at a time looked
-    up there and written, so memory holds one chunk of them, not the whole directory."""
-    db.execute("CREATE TEMP TABLE IF NOT EXISTS listing_known "
-               "(name TEXT PRIMARY KEY, etag TEXT, posix TEXT, posix_of TEXT) WITHOUT ROWID")
-    db.execute("DELETE FROM temp.listing_known")
-    db.execute("INSERT INTO temp.listing_known SELECT name, etag, posix, posix_of FROM entries "
-               "WHERE ns=? AND dir=? AND posix IS NOT NULL", (ns, path))
+    """replace_listing for a directory with many stored rows of known metadata, copied to
+    the temporary table (_copy_known): MERGE_CHUNK new entries at a time looked up there
+    and written, so memory holds one chunk of them, not the whole directory."""
     db.execute("DELETE FROM entries WHERE ns=? AND dir=?", (ns, path))
     pending = iter(entries)
     while chunk := list(islice(pending, MERGE_CHUNK)):
