@@ -74,6 +74,8 @@ RECENT_MAX = 4096
 #: HEADed: `ls -l` of 1,000,000 keys) are copied to a temporary table and looked up this
 #: many new entries at a time, so that the relisting's memory does not hold them all.
 MERGE_CHUNK = 4096
+#: The stored rows of a directory whose POSIX metadata is known (what a relisting keeps).
+_KNOWN = "SELECT name, etag, posix, posix_of FROM entries WHERE ns=? AND dir=? AND posix IS NOT NULL"
 Write = Callable[[sqlite3.Connection], None]
 
 
@@ -260,17 +262,13 @@ class MetaStore:
         now = time.time() if now is None else now
         with self.writing(), self._db.transaction() as db:
             self._recent.clear()  # its entries and the parent's entry of it (_marker)
-            known = db.execute("SELECT name, etag, posix, posix_of FROM entries WHERE ns=? "
-                               "AND dir=? AND posix IS NOT NULL LIMIT ?",
-                               (ns, path, MERGE_CHUNK + 1)).fetchall()
+            known = db.execute(_KNOWN + " LIMIT ?", (ns, path, MERGE_CHUNK + 1)).fetchall()
             if len(known) > MERGE_CHUNK and _copy_known(db, ns, path):
                 del known
                 _merge_in_chunks(db, ns, path, entries, now)
             else:
                 if len(known) > MERGE_CHUNK:  # no temporary table: every row in memory
-                    known = db.execute("SELECT name, etag, posix, posix_of FROM entries "
-                                       "WHERE ns=? AND dir=? AND posix IS NOT NULL",
-                                       (ns, path)).fetchall()
+                    known = db.execute(_KNOWN, (ns, path)).fetchall()
                 by_name = {row[0]: row[1:] for row in known}
                 rows = (_listed_row(ns, path, e, by_name.get(e.name), now) for e in entries)
                 db.execute("DELETE FROM entries WHERE ns=? AND dir=?", (ns, path))
@@ -543,8 +541,7 @@ def _copy_known(db: sqlite3.Connection, ns: str, path: str) -> bool:
         db.execute("CREATE TEMP TABLE IF NOT EXISTS listing_known "
                    "(name TEXT PRIMARY KEY, etag TEXT, posix TEXT, posix_of TEXT) WITHOUT ROWID")
         db.execute("DELETE FROM temp.listing_known")
-        db.execute("INSERT INTO temp.listing_known SELECT name, etag, posix, posix_of "
-                   "FROM entries WHERE ns=? AND dir=? AND posix IS NOT NULL", (ns, path))
+        db.execute("INSERT INTO temp.listing_known " + _KNOWN, (ns, path))
     except sqlite3.OperationalError as exc:
         if disk_full(exc):
             raise

@@ -159,7 +159,7 @@ class Listings:
 
     async def _answer_in_time(self, key: Hashable, what: str,
                               work: Callable[[_Revalidation], Awaitable[Any]],
-                              finish_within: float | None = None) -> _Revalidation | None:
+                              finish_within: float = math.inf) -> _Revalidation | None:
         """Run `work` (one revalidation, shared by everyone asking for `key`) in the
         background and wait for it to finish; None when S3 did not start answering
         within REVALIDATE_WAIT: the link is then offline and `work` goes on alone.
@@ -187,7 +187,7 @@ class Listings:
         if not job.answered.is_set():
             self._store.link.failed(f"{what}: no answer within {REVALIDATE_WAIT:g}s")
             return None
-        with trio.move_on_after(math.inf if finish_within is None else finish_within):
+        with trio.move_on_after(finish_within):
             await job.done.wait()
         if not job.done.is_set():
             log.debug("%s: still running after %gs, the stored answer serves meanwhile",
