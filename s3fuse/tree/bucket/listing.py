@@ -14,7 +14,8 @@ and says nothing), the stored listing or entry is served, the link goes offline 
 probe brings it back) and the request finishes in the background. While offline,
 stored answers are served at once. A new listing S3 is answering but that takes longer
 than RELIST_WAIT (a huge directory) is waited for that long once; the stored listing
-answers until it is stored.
+answers until it is stored, except that a name it lacks is only denied once the new
+listing is in (`relisted`).
 
 It knows nothing of local changes: the view of pending uploads (pending.py) lays
 them over what this module returns. Whole listings are read from the store in a
@@ -236,6 +237,14 @@ class Listings:
                 Listings._full_logged = True
                 log.warning("%s: serving stored listings without refreshing them", exc)
             log.debug("cache full: serving the stored listing of %s", self._keys.dir_prefix(path))
+
+    async def relisted(self, path: str) -> None:
+        """Until a relisting of `path` still running past RELIST_WAIT is stored (at once
+        when there is none): a name the stored listing lacks may be in the new one, and a
+        lookup must not deny it before then (design: after the TTL a stat revalidates)."""
+        job = self._revalidating.get(("list", path))
+        if job is not None and job.overdue:
+            await job.done.wait()
 
     async def _refresh(self, path: str, answered: trio.Event | None = None) -> None:
         """List `path` from S3 and store it; `answered` is set at the first page."""

@@ -121,6 +121,9 @@ class BucketTree(Namespace):
             return None if local is GONE else (child, self._dirs.shown(child, local))
         await self._pending.listing_or_local(path)
         entry = self._listings.entry(path, name)
+        if entry is None:  # not in a listing being replaced: maybe in the new one
+            await self._listings.relisted(path)
+            entry = self._listings.entry(path, name)
         if entry is not None:
             entry = await self._heads.complete(path, entry)
         return None if entry is None else (child, self._dirs.shown(child, entry))
