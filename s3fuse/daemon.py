@@ -21,6 +21,7 @@ import trio
 
 from .cache.blocks import BlockCache
 from .cache.cachedir import CacheLock, secure_cache_dir, secure_dir
+from .cache.directio import READ_POOL
 from .cache.identity import claim, identity_of, resolve_cache_dir
 from .cache.meta import MetaStore
 from .cache.overlay import Overlay
@@ -34,6 +35,7 @@ from .notify import Notifier
 from .pinning import Pinner
 from .errors import S3FuseError
 from .idle import Idle
+from .store.buffers import POOL as GET_POOL
 from .store.protocol import Store
 from .store.s3 import S3Store
 from .tree.bucket import BucketTree, ReadOnlyBucketTree
@@ -45,13 +47,15 @@ from .upload.journal import Journal
 from .upload.queue import UploadQueue
 from .upload.staging import Staging
 from .upload.writeback import UploadedBytes, WriteBack
-from .util.supervisor import PROBE, STATUS_REPORT, Supervisor
+from .util.supervisor import BUFFER_TRIM, PROBE, STATUS_REPORT, Supervisor
 
 log = logging.getLogger(__name__)
 
 READAHEAD_KIB = 1024
 PROBE_INTERVAL = 2.0
 STATUS_INTERVAL = 5.0
+#: How often the pools of big buffers are asked to let go of theirs (util/bufferpool.py)
+TRIM_INTERVAL = 2.0
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 PR_SET_DUMPABLE = 4
 FLUSH_TIMEOUT = 30.0
@@ -235,6 +239,7 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
         parts.supervisor.spawn(probe_while_offline, parts.store, kind=PROBE)
         if ready.notifier.enabled:
             parts.supervisor.spawn(_report_status, parts, ready.notifier, kind=STATUS_REPORT)
+        parts.supervisor.spawn(_trim_buffers, kind=BUFFER_TRIM)
         nursery.start_soon(_announce_ready, cfg, ready)
         await pyfuse3.main()
         ready.notifier.send(STOPPING="1", STATUS="unmounting: writing cached blocks")
@@ -258,6 +263,14 @@ async def probe_while_offline(store: Store, interval: float = PROBE_INTERVAL) ->
                 await link.wait_online()
             if not link.online:
                 await trio.to_thread.run_sync(store.probe)
+
+
+async def _trim_buffers(interval: float = TRIM_INTERVAL) -> None:
+    """Give the memory of the big buffers kept for reuse back once reads have stopped."""
+    while True:
+        await trio.sleep(interval)
+        for pool in (GET_POOL, READ_POOL):
+            pool.trim()
 
 
 async def _report_status(parts: Components, notifier: Notifier) -> None:

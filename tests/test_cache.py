@@ -44,10 +44,14 @@ def test_blocks_sealed_with_zlibs_crc_stay_readable():
     data = os.urandom(300_000)
     chunks = [data[at:at + blocks.CHUNK] for at in range(0, len(data), blocks.CHUNK)]
     table = b"".join(struct.pack(">I", zlib.crc32(c)) for c in chunks)
-    sealed = (struct.pack(">4sBI16sQ", b"S3FB", 2, zlib.crc32(table), blocks._identity(name), len(data))
-              + table + data)
+    offset = struct.pack(">I", struct.calcsize(">4sBI16sQ") + 4 + len(table))  # bytes: no padding
+    sealed = (struct.pack(">4sBI16sQ", b"S3FB", 3, zlib.crc32(offset + table), blocks._identity(name),
+                          len(data)) + offset + table + data)
     assert blocks.header(name, data) + data == sealed
     assert unseal(name, sealed) == data
+    version_2 = (struct.pack(">4sBI16sQ", b"S3FB", 2, zlib.crc32(table), blocks._identity(name), len(data))
+                 + table + data)
+    assert unseal(name, version_2) == data
     old = struct.pack(">4sBI16sQ", b"S3FB", 1, zlib.crc32(data), blocks._identity(name), len(data)) + data
     assert unseal(name, old) == data
 
@@ -109,6 +113,30 @@ def test_a_range_of_a_cached_block_and_of_a_corrupt_one(tmp_path: Path):
     path.write_bytes(bytes(blob))
     assert cache.get_range("b", "k", "e", 0, 0, 10) == data[:10]
     assert cache.get_range("b", "k", "e", 0, len(data) - 10, len(data)) is None
+    assert not cache.contains("b", "k", "e", 0)
+    cache.close()
+
+
+@pytest.mark.parametrize("misalignment", [0, 16, 700])
+def test_a_big_block_written_past_the_page_cache_reads_back(tmp_path: Path, misalignment: int):
+    """A block from a GET buffer (writable, anywhere in memory) is stored with its bytes at
+    the offset its header names (version 3), read back whole and in part; a damaged offset
+    is a miss, not other bytes served."""
+    cache = BlockCache(tmp_path / "blocks", 64 << 20)
+    backing = bytearray((3 << 20) + 4096 + 33)
+    data = memoryview(backing)[misalignment:misalignment + (3 << 20) + 33]
+    data[:] = os.urandom(len(data))
+    cache.put("b", "k", "e", 0, data)
+    (path,) = (tmp_path / "blocks").rglob("*.val")
+    blob = path.read_bytes()
+    offset = struct.unpack_from(">I", blob, struct.calcsize(">4sBI16sQ"))[0]
+    assert blob[4] == 3 and blob[offset:] == data
+    assert cache.get("b", "k", "e", 0) == data
+    assert cache.get_range("b", "k", "e", 0, 2_000_000, 2_000_100) == data[2_000_000:2_000_100]
+    damaged = bytearray(blob)
+    damaged[struct.calcsize(">4sBI16sQ") + 3] ^= 4  # the data offset, 4 bytes off
+    path.write_bytes(bytes(damaged))
+    assert cache.get_range("b", "k", "e", 0, 0, 10) is None
     assert not cache.contains("b", "k", "e", 0)
     cache.close()
 

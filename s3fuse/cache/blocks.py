@@ -28,7 +28,7 @@ except ImportError:  # a platform without an isal wheel
     from zlib import crc32
 
 from ..errors import CorruptData
-from .directio import read_file
+from .directio import data_offset, read_file, write_new
 from .reserve import DiskReserve, ReserveReached
 from .safedisk import SafeDisk
 
@@ -40,12 +40,17 @@ _HEADER = struct.Struct(">4sBI16sQ")  # magic, version, crc32, identity digest, 
 #: CRC is the table's), so a few KiB of an 8 MiB block can be read and checked without the
 #: rest (`get_range`: a random read of a big cached file, a member inflated from a seek
 #: point of a cached archive); a whole block is checked chunk by chunk, the same one pass
-#: over its bytes. Version 1 blocks (the CRC of the bytes, no table) stay readable.
-_VERSION = 2
-_VERSIONS = (1, 2)
+#: over its bytes. Version 3 puts where the bytes start (_OFFSET, covered by the header's
+#: CRC with the table) before the table: big blocks start where `directio.write_new` can
+#: write them past the page cache. Versions 1 (the CRC of the bytes, no table) and 2 stay
+#: readable.
+_VERSION = 3
+_VERSIONS = (1, 2, 3)
 CHUNK = 256 << 10
 _CHUNK_CRC = struct.Struct(">I")
-_HEAD_READ = _HEADER.size + _CHUNK_CRC.size * (8 << 20) // CHUNK  # an 8 MiB block's, in one pread
+_OFFSET = struct.Struct(">I")
+#: An 8 MiB block's header and chunk table, in one pread
+_HEAD_READ = _HEADER.size + _OFFSET.size + _CHUNK_CRC.size * (8 << 20) // CHUNK
 #: Access times of blocks read are written to the LRU store's index in batches: at most
 #: this many pending, none older than TOUCH_DELAY seconds (and all before a store, a prune
 #: or close). diskcache's own get wrote each in a transaction of its own: a `cat` of 1,000
@@ -73,60 +78,74 @@ def _identity(name: str) -> bytes:
     return hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def header(name: str, data: bytes) -> bytes:
-    view = memoryview(data)
+def header(name: str, data: bytes | bytearray | memoryview) -> bytes:
+    """What precedes `data` in its block file: header, data offset, chunk table, padding."""
+    view = memoryview(data).cast("B")
     table = b"".join(_CHUNK_CRC.pack(crc32(view[at:at + CHUNK])) for at in range(0, len(view), CHUNK))
-    return _HEADER.pack(_MAGIC, _VERSION, crc32(table), _identity(name), len(data)) + table
+    size = _HEADER.size + _OFFSET.size + len(table)
+    offset = _OFFSET.pack(data_offset(size, view))
+    covered = offset + table
+    start = _OFFSET.unpack(offset)[0]
+    return (_HEADER.pack(_MAGIC, _VERSION, crc32(covered), _identity(name), len(view))
+            + covered + bytes(start - size))
 
 
-def _header_size(version: int, length: int) -> int:
-    """Bytes before the data: the header, and in version 2 the chunk table."""
-    return _HEADER.size + (_CHUNK_CRC.size * -(-length // CHUNK) if version == 2 else 0)
+def _layout(head: bytes | memoryview, version: int, length: int) -> tuple[memoryview, int]:
+    """(what the header's CRC covers, where the bytes start) of a block file beginning
+    with `head` (at least its header and chunk table); version 1: (empty, after the header)."""
+    if version == 1:
+        return memoryview(b""), _HEADER.size
+    table_at = _HEADER.size + (_OFFSET.size if version == 3 else 0)
+    end = table_at + _CHUNK_CRC.size * -(-length // CHUNK)
+    covered = memoryview(head)[_HEADER.size:end]
+    if len(covered) != end - _HEADER.size:
+        raise CorruptData("cache block has a bad chunk table")
+    start = _OFFSET.unpack_from(head, _HEADER.size)[0] if version == 3 else end
+    if start < end:
+        raise CorruptData("cache block has a bad header")
+    return covered, start
 
 
-def seal(name: str, data: bytes) -> bytes:
-    return header(name, data) + data
+def seal(name: str, data: bytes | bytearray | memoryview) -> bytes:
+    return header(name, data) + bytes(data)
 
 
-class _SealedReader:
-    """File-like header+data for diskcache's streaming store: no 8 MiB concatenation."""
+class _SealedBlock:
+    """A block's header and bytes, for SafeDisk to write into a new value file
+    (`directio.write_new`: big blocks past the page cache)."""
 
-    def __init__(self, name: str, data: bytes):
-        self._parts = [memoryview(header(name, data)), memoryview(data)]
+    def __init__(self, name: str, data: bytes | bytearray | memoryview):
+        self.head = header(name, data)
+        self.data = data
 
-    def read(self, size: int = -1) -> memoryview | bytes:
-        while self._parts and not len(self._parts[0]):
-            self._parts.pop(0)
-        if not self._parts:
-            return b""
-        part = self._parts[0]
-        size = len(part) if size < 0 else size
-        self._parts[0] = part[size:]
-        return part[:size]
+    def write_to(self, fd: int) -> int:
+        return write_new(fd, self.head, self.data)
 
 
-def unseal(name: str, blob: bytes) -> memoryview:
+def unseal(name: str, blob: bytes | memoryview) -> memoryview:
     """The payload of `blob` (zero-copy) if it is the intact block `name`; CorruptData otherwise."""
     if len(blob) < _HEADER.size:
         raise CorruptData(f"cache block too short ({len(blob)} bytes)")
     version, crc, length = _checked_header(name, blob)
-    data = memoryview(blob)[_header_size(version, length):]
+    covered, start = _layout(blob, version, length)
+    data = memoryview(blob)[start:]
     if length != len(data):
         raise CorruptData("cache block fails its checksum")
     if version == 1:
         if crc32(data) != crc:
             raise CorruptData("cache block fails its checksum")
     else:
-        _check_chunks(blob, crc, length, data, 0)
+        _check_chunks(covered, version, crc, length, data, 0)
     return data
 
 
-def _check_chunks(head: bytes | memoryview, crc: int, length: int, body: memoryview,
+def _check_chunks(covered: memoryview, version: int, crc: int, length: int, body: memoryview,
                   first: int) -> None:
-    """Check the chunks `body` holds, from chunk `first` on, against the table in `head`."""
-    table = memoryview(head)[_HEADER.size:_header_size(2, length)]
-    if len(table) != _header_size(2, length) - _HEADER.size or crc32(table) != crc:
+    """Check the chunks `body` holds, from chunk `first` on, against the table in `covered`
+    (what the header's CRC covers: in version 3 the data offset, then the table)."""
+    if crc32(covered) != crc:
         raise CorruptData("cache block has a bad chunk table")
+    table = covered[_OFFSET.size:] if version == 3 else covered
     for at in range(0, len(body), CHUNK):
         n = first + at // CHUNK
         (want,) = _CHUNK_CRC.unpack_from(table, n * _CHUNK_CRC.size)
@@ -152,18 +171,21 @@ def read_range(fd: int, name: str, size: int, start: int, stop: int) -> memoryvi
     if len(head) < _HEADER.size:
         raise CorruptData(f"cache block too short ({len(head)} bytes)")
     version, crc, length = _checked_header(name, head)
-    base = _header_size(version, length)
-    if version == 1 or size != base + length:
+    if version == 1:
         return unseal(name, os.pread(fd, size + 1, 0))[start:stop]  # a longer file fails it
-    if len(head) < base:
-        head = os.pread(fd, base, 0)
+    table_end = _HEADER.size + _OFFSET.size + _CHUNK_CRC.size * -(-length // CHUNK)
+    if len(head) < min(table_end, size):  # a block bigger than 8 MiB: its whole table
+        head = os.pread(fd, table_end, 0)
+    covered, base = _layout(head, version, length)
+    if size != base + length:
+        return unseal(name, os.pread(fd, size + 1, 0))[start:stop]  # a longer file fails it
     stop = min(stop, length)
     first, last = start // CHUNK, max(start, stop - 1) // CHUNK
     body = memoryview(os.pread(fd, min((last + 1) * CHUNK, length) - first * CHUNK,
                                base + first * CHUNK))
     if len(body) != min((last + 1) * CHUNK, length) - first * CHUNK:
         raise CorruptData("cache block fails its checksum")
-    _check_chunks(head, crc, length, body, first)
+    _check_chunks(covered, version, crc, length, body, first)
     return body[start - first * CHUNK:stop - first * CHUNK]
 
 
@@ -349,7 +371,7 @@ class BlockCache:
             # store until evicted: harmless, `get` looks in the pinned store first)
             self.flush_touches()  # storing may evict (cull): by up-to-date access times
             self.claim(len(data))
-            self._lru.set(name, _SealedReader(name, data), read=True)
+            self._lru.set(name, _SealedBlock(name, data), read=True)
 
     def claim(self, n: int) -> None:
         """Room for `n` more bytes above the reserve (a block's, a staging file's), evicting
@@ -372,7 +394,7 @@ class BlockCache:
             self._lru.delete(name)  # first: its room goes to the pinned copy
             if name not in self._pinned:
                 self.claim(len(data))
-                self._pinned.set(name, _SealedReader(name, data), read=True)
+                self._pinned.set(name, _SealedBlock(name, data), read=True)
 
     def unpin(self, bucket: str, key: str, etag: str, index: int) -> None:
         """Back to the LRU store: still cached, evictable again."""
@@ -380,7 +402,7 @@ class BlockCache:
         data = self._read(self._pinned, name)
         with self._lock:
             if data is not None:
-                self._lru.set(name, _SealedReader(name, bytes(data)), read=True)
+                self._lru.set(name, _SealedBlock(name, bytes(data)), read=True)
             self._pinned.delete(name)
 
     def contains(self, bucket: str, key: str, etag: str, index: int) -> bool:

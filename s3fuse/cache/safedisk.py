@@ -7,8 +7,10 @@ files. We store only plain values and refuse anything else on the way back.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from typing import Callable
 
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_PICKLE
@@ -40,12 +42,37 @@ class SafeDisk(diskcache.Disk):
     def store(self, value, read, key=diskcache.core.UNKNOWN):  # type: ignore[no-untyped-def]
         if not read and type(value) not in _PLAIN:
             raise TypeError(f"cache values must be bytes/str/int/float, not {type(value).__name__}")
+        if read and hasattr(value, "write_to"):  # a sealed block (blocks.py): writes itself
+            filename, full_path = self.filename(key, value)
+            return self._write_new(full_path, value.write_to), MODE_BINARY, filename, None
         if type(value) is bytes and len(value) >= self.min_file_size:
             # diskcache iterates a BytesIO here, i.e. writes line by line: one write instead.
             filename, full_path = self.filename(key, value)
             self._write(full_path, iter((value,)), "xb")
             return len(value), MODE_BINARY, filename, None
         return super().store(value, read, key=key)
+
+    def _write_new(self, full_path: str, write_to: Callable[[int], int]) -> int:
+        """Create `full_path` (its directories first, as diskcache does: another cache may
+        remove them meanwhile) and let `write_to(fd)` fill it; removed if that fails."""
+        for attempt in range(1, 11):
+            with contextlib.suppress(OSError):
+                os.makedirs(os.path.dirname(full_path))
+            try:
+                fd = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except OSError:
+                if attempt == 10:
+                    raise
+                continue
+            try:
+                return write_to(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(full_path)
+                raise
+            finally:
+                os.close(fd)
+        raise AssertionError("unreachable")
 
     def fetch(self, mode, filename, value, read):  # type: ignore[no-untyped-def]
         if mode == MODE_PICKLE:

@@ -251,7 +251,7 @@ class BlockReader:
             # A loader's takes it after: a loader reads its archive's blocks through here
             # and would wait for slots its own callers hold.
             if loader is None:
-                await self._take_write_slot()
+                await self._take_write_slot(evict=not ahead)
             try:
                 fetched = await self._fetch(ref, index, loader)
             except BaseException:
@@ -259,7 +259,7 @@ class BlockReader:
                     self._write_slots.release()
                 raise
             if loader is not None:
-                await self._take_write_slot()
+                await self._take_write_slot(evict=not ahead)
             slot: _Slot | None = self._written_later(bid, fetched)
             data = fetched if small else memoryview(fetched)
         else:
@@ -272,10 +272,13 @@ class BlockReader:
             self._hold_in_memory(bid, slot)
         return data
 
-    async def _take_write_slot(self) -> None:
-        """A write slot for a block about to be fetched; when none is free, blocks already
-        read give theirs back first (evicted from memory, oldest first)."""
-        while not self._write_slots.value and self._memory.evict_read():
+    async def _take_write_slot(self, evict: bool = True) -> None:
+        """A write slot for a block about to be fetched; when none is free and `evict`
+        (a block a reader waits for), blocks already read give theirs back first (evicted
+        from memory, oldest first). A read-ahead waits instead: evicting could take the
+        block its reader is in the middle of, whose slot a pending cache write may still
+        hold anyway (a cold 256 MiB read fetched 2 of its 32 blocks twice)."""
+        while evict and not self._write_slots.value and self._memory.evict_read():
             pass
         await self._write_slots.acquire()
 

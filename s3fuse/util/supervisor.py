@@ -73,9 +73,10 @@ PIN = Kind("pin", Policy.REPORT, failed_after=1)
 READ_AHEAD = Kind("read-ahead", Policy.DROP)
 CACHE_WRITE = Kind("cache-write", Policy.DROP)
 LIST_AHEAD = Kind("list-ahead", Policy.DROP)
+BUFFER_TRIM = Kind("buffer-trim", Policy.RESTART, service=True)
 
 KINDS = (UPLOAD_QUEUE, UPLOAD_WORKER, UPLOAD_SYNC, UPLOAD_CLEANUP, PROBE, STATUS_REPORT, PIN,
-         READ_AHEAD, CACHE_WRITE, LIST_AHEAD)
+         READ_AHEAD, CACHE_WRITE, LIST_AHEAD, BUFFER_TRIM)
 
 
 class InjectedFailure(RuntimeError):
