@@ -111,6 +111,7 @@ def setup(target: S3Target, scratch: Path, size_mib: int) -> tuple[str, int]:
 def machine(target: S3Target, root: Path, member: str) -> Machine:
     """Mount on a fresh cache, read `member` once, wait until the publish (if any) is done."""
     fs = FleetS3Fuse(target, root, [MANIFEST])
+    fs.wipe_cache()  # `root` is the same every round: a cache left by the last round is not fresh
     fs.mount()
     try:
         began = time.perf_counter()
