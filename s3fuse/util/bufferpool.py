@@ -22,6 +22,12 @@ from typing import Callable, Generic, Sized, TypeVar
 
 B = TypeVar("B", bound=Sized)
 
+#: Whether a reference count tells every holder. From Python 3.14 the interpreter may
+#: borrow references for values on a frame's stack (its count then undercounts), and a
+#: free-threaded build splits counts between threads: a buffer still in use could look
+#: free there, so pools only make buffers (as before pools).
+COUNTS_ARE_EXACT = sys.version_info < (3, 14) and getattr(sys, "_is_gil_enabled", lambda: True)()
+
 
 class BufferPool(Generic[B]):
     def __init__(self, make: Callable[[int], B], keep: int, idle: float,
@@ -38,6 +44,8 @@ class BufferPool(Generic[B]):
 
     def take(self, size: int) -> B:
         """A buffer of `size` bytes, its content undefined (a previous user's bytes)."""
+        if not COUNTS_ARE_EXACT:
+            return self._make(size)
         with self._lock:
             self._last_taken = self._clock()
             for index in range(len(self._buffers)):
