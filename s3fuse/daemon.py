@@ -21,7 +21,6 @@ import trio
 
 from .cache.blocks import BlockCache
 from .cache.cachedir import CacheLock, secure_cache_dir, secure_dir
-from .cache.directio import READ_POOL
 from .cache.identity import claim, identity_of, resolve_cache_dir
 from .cache.meta import MetaStore
 from .cache.overlay import Overlay
@@ -35,7 +34,6 @@ from .notify import Notifier
 from .pinning import Pinner
 from .errors import S3FuseError
 from .idle import Idle
-from .store.buffers import POOL as GET_POOL
 from .store.protocol import Store
 from .store.s3 import S3Store
 from .tree.bucket import BucketTree, ReadOnlyBucketTree
@@ -47,6 +45,7 @@ from .upload.journal import Journal
 from .upload.queue import UploadQueue
 from .upload.staging import Staging
 from .upload.writeback import UploadedBytes, WriteBack
+from .util.bufferpool import trim_all
 from .util.supervisor import BUFFER_TRIM, PROBE, STATUS_REPORT, Supervisor
 
 log = logging.getLogger(__name__)
@@ -269,8 +268,7 @@ async def _trim_buffers(interval: float = TRIM_INTERVAL) -> None:
     """Give the memory of the big buffers kept for reuse back once reads have stopped."""
     while True:
         await trio.sleep(interval)
-        for pool in (GET_POOL, READ_POOL):
-            pool.trim()
+        trim_all()
 
 
 async def _report_status(parts: Components, notifier: Notifier) -> None:

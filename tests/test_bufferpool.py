@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mmap
+from typing import Callable
 
 from s3fuse.cache import directio
 from s3fuse.store import buffers
@@ -16,12 +17,18 @@ class Clock:
         return self.now
 
 
-def test_a_buffer_is_reused_once_its_last_holder_lets_go():
+def counting_maker() -> tuple[list[int], Callable[[int], bytearray]]:
+    """A `make` for a pool, and the sizes it was asked for."""
     made: list[int] = []
 
     def make(size: int) -> bytearray:
         made.append(size)
         return bytearray(size)
+    return made, make
+
+
+def test_a_buffer_is_reused_once_its_last_holder_lets_go():
+    made, make = counting_maker()
     pool = BufferPool(make, keep=4, idle=5.0)
     first = pool.take(100)
     view = memoryview(first)[10:20]  # a slice given to a FUSE reply, a block in an LRU
@@ -82,11 +89,7 @@ def test_where_reference_counts_may_undercount_every_buffer_is_new(monkeypatch):
     """Python 3.14+ and free-threaded builds: a count cannot prove a buffer free."""
     from s3fuse.util import bufferpool
     monkeypatch.setattr(bufferpool, "COUNTS_ARE_EXACT", False)
-    made: list[int] = []
-
-    def make(size: int) -> bytearray:
-        made.append(size)
-        return bytearray(size)
+    made, make = counting_maker()
     pool = BufferPool(make, keep=4, idle=5.0)
     first = pool.take(10)
     del first

@@ -83,9 +83,8 @@ def header(name: str, data: bytes | bytearray | memoryview) -> bytes:
     view = memoryview(data).cast("B")
     table = b"".join(_CHUNK_CRC.pack(crc32(view[at:at + CHUNK])) for at in range(0, len(view), CHUNK))
     size = _HEADER.size + _OFFSET.size + len(table)
-    offset = _OFFSET.pack(data_offset(size, view))
-    covered = offset + table
-    start = _OFFSET.unpack(offset)[0]
+    start = data_offset(size, view)
+    covered = _OFFSET.pack(start) + table
     return (_HEADER.pack(_MAGIC, _VERSION, crc32(covered), _identity(name), len(view))
             + covered + bytes(start - size))
 

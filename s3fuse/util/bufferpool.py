@@ -39,7 +39,6 @@ class BufferPool(Generic[B]):
         self._buffers: list[B] = []
         self._lock = threading.Lock()
         self._last_taken = clock()
-
         _POOLS.add(self)
 
     def take(self, size: int) -> B:
@@ -92,3 +91,9 @@ class BufferPool(Generic[B]):
 
 #: Every pool, for `take` to empty the others of their free buffers first.
 _POOLS: "weakref.WeakSet[BufferPool]" = weakref.WeakSet()
+
+
+def trim_all() -> None:
+    """`trim` every pool (the daemon's periodic task)."""
+    for pool in list(_POOLS):
+        pool.trim()
