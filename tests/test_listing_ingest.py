@@ -1,4 +1,4 @@
-"""A directory's listing is ingested page by page (tree/bucket/listing.py, Ingest): no
+"""A directory's listing is ingested page by page (tree/bucket/ingest.py, Ingest): no
 ListObjectsV2 page outlives the next one's fetch, so a million-key directory does not hold a million
 S3 records besides its entries; what spans pages (the marker, a key that is also a
 prefix) comes out as when every page was held."""
@@ -15,7 +15,7 @@ from s3fuse.cache.meta import MetaStore, version
 from s3fuse.config import parse_source
 from s3fuse.store.s3 import ListPage, ObjectInfo
 from s3fuse.tree.bucket import BucketTree
-from s3fuse.tree.bucket.listing import Ingest  # noqa
+from s3fuse.tree.bucket.ingest import Ingest
 from s3fuse.util.oncelog import OnceLogger
 
 PAGES = 4

@@ -115,6 +115,27 @@ def apply_changes(entries: list[Entry], changes: dict[str, Entry | None]) -> lis
     return sorted(by_name.values(), key=lambda e: e.name)
 
 
+def merge_changes(entries: Iterable[Entry], changes: dict[str, Entry | None]) -> Iterator[Entry]:
+    """apply_changes for a stream sorted by name (a relisting too big to hold at once):
+    the entries with the changes merged in as they pass, still sorted by name."""
+    pending = sorted(changes.items())
+    at = 0
+    for entry in entries:
+        while at < len(pending) and pending[at][0] < entry.name:
+            if (change := pending[at][1]) is not None:
+                yield change
+            at += 1
+        if at < len(pending) and pending[at][0] == entry.name:
+            if (change := pending[at][1]) is not None:
+                yield change
+            at += 1
+        else:
+            yield entry
+    for _, change in pending[at:]:
+        if change is not None:
+            yield change
+
+
 def within(changes: dict[str, Entry | None], after: str,
            frontier: str | None) -> dict[str, Entry | None]:
     """The changes of names in the window (after, frontier] of a listing read one page at
@@ -163,6 +184,11 @@ class MetaStore:
         # a queued write before this (entry). Plain dict operations: atomic under the GIL.
         self._recent: dict[tuple[str, str, str], Entry] = {}
         self._known_dirs: set[tuple[str, str]] = set()  # know_dir's: (ns, path) in `dirs`
+
+    @property
+    def directory(self) -> Path:
+        """Where the store lives: the cache directory, for big transient files (spills)."""
+        return self._db.path.parent
 
     def close(self) -> None:
         with self.writing():

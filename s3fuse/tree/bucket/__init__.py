@@ -9,7 +9,8 @@ once, before their upload lands.
 The parts, each given only what it needs (no part reaches into another's state):
 
 - keys.py: path <-> S3 key, the listing store's id (shared vocabulary);
-- listing.py: listing and revalidation: ListObjectsV2 pages -> entries, TTL,
+- ingest.py: one directory's ListObjectsV2 pages -> its entries, in bounded memory;
+- listing.py: listing and revalidation: stored listings, TTL,
   single-flight refresh, list-ahead, uploads learned while a listing is in flight,
   HEAD revalidation, stored listings served offline, in a 5xx storm or on a full disk;
 - pending.py: the view of pending uploads: the overlay laid over listings (GONE for
@@ -20,7 +21,8 @@ The parts, each given only what it needs (no part reaches into another's state):
 """
 from __future__ import annotations
 
-from .listing import LIST_AHEAD, entries_from_pages
+from .ingest import entries_from_pages
+from .listing import LIST_AHEAD
 from .mutations import RENAME_DIR_LIMIT
 from .namespace import BucketTree, ReadOnlyBucketTree
 from .pending import GONE

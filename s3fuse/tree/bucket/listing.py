@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable, Hashable, Iterable
 
 import trio
 
-from ...cache.meta import MetaStore, apply_changes, etag_of, version
+from ...cache.meta import MetaStore, etag_of, merge_changes, version
 from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
 from ...model import Entry
 from ...names import ancestors, is_posix_name, join, split
@@ -41,6 +41,7 @@ from ...store.protocol import ListPage, ObjectInfo, Store
 from ...util.flight import SingleFlight
 from ...util.oncelog import OnceLogger
 from ...util.supervisor import LIST_AHEAD as LIST_AHEAD_TASK, Supervisor
+from .ingest import Ingest
 from .keys import BucketKeys
 from .learned import LearnedChanges
 
@@ -78,61 +79,6 @@ class _Revalidation:
     value: Any = None
     error: BaseException | None = None
     overdue: bool = False  # answering, but past its waiters' finish_within: not waited for
-
-
-class Ingest:
-    """One directory's listing, built page by page as ListObjectsV2 answers.
-
-    Each page's keys become entries as it arrives and the page is dropped: holding every
-    page until the last one cost ~280 bytes per key more at the peak (a 1,000,000-key
-    directory: 630 MiB instead of ~350). Prefixes become directories, keys become files;
-    the directory's own marker (`prefix` itself) is not an entry but its version is kept
-    (`marker`). A key that is also a prefix is hidden (the directory wins), and so is any
-    name that cannot be a POSIX path component.
-    """
-
-    def __init__(self, prefix: str, hidden: OnceLogger, now: float) -> None:
-        self._prefix, self._hidden, self._now = prefix, hidden, now
-        self._dirs: dict[str, Entry] = {}
-        self._files: dict[str, Entry] = {}
-        #: The version of the directory's own marker object, '' when it has none (then it
-        #: stores no metadata: no HEAD needed to know).
-        self.marker = ""
-
-    def add(self, page: ListPage) -> None:
-        prefix, hidden, now = self._prefix, self._hidden, self._now
-        for common in page.prefixes:
-            name = common[len(prefix):-1]
-            if is_posix_name(name):
-                self._dirs[name] = Entry(name, True, 0, 0, "", now)
-            else:
-                hidden.info(common, "hiding s3 prefix %r: not a valid POSIX name", common)
-        for obj in page.objects:
-            name = obj.key[len(prefix):]
-            if not name:
-                self.marker = version(obj.etag, obj.mtime_ns)
-            elif is_posix_name(name):
-                self._files[name] = Entry(name, False, obj.size, obj.mtime_ns, obj.etag, now)
-            else:
-                hidden.info(obj.key, "hiding s3 key %r: not a valid POSIX name", obj.key)
-
-    def entries(self) -> list[Entry]:
-        """Every entry so far, sorted by name (the directory wins a name clash)."""
-        files, dirs = self._files, self._dirs
-        for name in files.keys() & dirs.keys():
-            key = self._prefix + name
-            self._hidden.info(key, "hiding s3 key %r: a directory of the same name wins", key)
-            del files[name]
-        return sorted([*dirs.values(), *files.values()], key=lambda e: e.name)
-
-
-def entries_from_pages(pages: Iterable[ListPage], prefix: str, hidden: OnceLogger,
-                       now: float) -> list[Entry]:
-    """The entries of one directory's ListObjectsV2 pages (Ingest)."""
-    ingest = Ingest(prefix, hidden, now)
-    for page in pages:
-        ingest.add(page)
-    return ingest.entries()
 
 
 class Listings:
@@ -253,17 +199,17 @@ class Listings:
         mark = self._learned.mark()
 
         def fetch() -> None:
-            ingest = Ingest(prefix, self._hidden, time.time())
-            for number, page in enumerate(self._store.list_pages(self._keys.bucket, prefix)):
-                if number == 0 and answered is not None:
-                    trio.from_thread.run_sync(answered.set)
-                ingest.add(page)
-            entries = ingest.entries()
-            with self._meta.writing():  # uploads that finished meanwhile are not in the pages
-                changes = self._learned.since(mark, path)
-                now = time.time() if changes is not None else 0.0  # 0: stale, list again
-                self._meta.replace_listing(ns_id, path, apply_changes(entries, changes or {}), now,
-                                           marker=ingest.marker)
+            with Ingest(prefix, self._hidden, time.time(), self._meta.directory) as ingest:
+                for number, page in enumerate(self._store.list_pages(self._keys.bucket, prefix)):
+                    if number == 0 and answered is not None:
+                        trio.from_thread.run_sync(answered.set)
+                    ingest.add(page)
+                with self._meta.writing():  # uploads that finished meanwhile are not in the pages
+                    changes = self._learned.since(mark, path)
+                    now = time.time() if changes is not None else 0.0  # 0: stale, list again
+                    self._meta.replace_listing(ns_id, path,
+                                               merge_changes(ingest.entries(), changes or {}),
+                                               now, marker=ingest.marker)
 
         try:
             await trio.to_thread.run_sync(fetch, limiter=self._limiter)
