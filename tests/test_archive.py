@@ -153,7 +153,8 @@ def test_gzip_member_read_inflates_from_a_nearby_seek_point() -> None:
     blob = gzip.compress(raw, 0, mtime=0)  # stored blocks: fast, and compressed size = uncompressed
     source = MemSource(blob)
     index = build_index(source, None, "shard.tar.gz", Limits())
-    assert index.gzip_index is not None and len(index.gzip_index) < len(blob) / 50
+    # 64 seek points (1 MiB apart: gzip_spacing), each with its 32 KiB window: ~3%
+    assert index.gzip_index is not None and len(index.gzip_index) < len(blob) / 25
 
     for member in (index.members[-1], index.members[7]):
         source.reset()
@@ -304,11 +305,17 @@ def test_restored_gzip_readers_are_capped_by_their_windows(raw_tar: bytes,
 
 def test_small_gzip_shards_get_closer_seek_points() -> None:
     """A random member of a small .tar.gz inflates from a point at most MIN_SPACING
-    before it, not DEFAULT_SPACING: a 2 MiB shard gets 256 KiB, 32 MiB and over 2 MiB."""
-    assert archive_index.gzip_spacing(2 * MiB) == archive_index.MIN_SPACING == 256 << 10
-    assert archive_index.gzip_spacing(8 * MiB) == 512 << 10
-    assert archive_index.gzip_spacing(32 * MiB) == archive_index.gzip_spacing(1 << 30) \
+    before it, not DEFAULT_SPACING: shards up to 32 MiB get 256 KiB, a 64 MiB one 512 KiB,
+    a 100 MiB one 1 MiB, 256 MiB and over 2 MiB (before 2026-12-04: 2 MiB from 32 MiB,
+    which indexes of that time keep: gzip_spacings)."""
+    assert archive_index.gzip_spacing(2 * MiB) == archive_index.gzip_spacing(32 * MiB) \
+        == archive_index.MIN_SPACING == 256 << 10
+    assert archive_index.gzip_spacing(64 * MiB) == 512 << 10
+    assert archive_index.gzip_spacing(100 * MiB) == 1 * MiB
+    assert archive_index.gzip_spacing(256 * MiB) == archive_index.gzip_spacing(1 << 30) \
         == archive_index.DEFAULT_SPACING
+    assert archive_index.gzip_spacings(8 * MiB) == (256 << 10, 512 << 10)
+    assert archive_index.gzip_spacings(32 * MiB) == (256 << 10, archive_index.DEFAULT_SPACING)
     payload = os.urandom(256 << 10)
     raw = make_tar({f"m{i:02d}.bin": payload[i:] + payload[:i] for i in range(8)})  # 2 MiB
     blob = gzip.compress(raw, 0, mtime=0)
@@ -319,3 +326,16 @@ def test_small_gzip_shards_get_closer_seek_points() -> None:
     source.reset()
     assert read_member(source, index, member, 0, member.size) == raw[member.offset:member.offset + member.size]
     assert source.bytes_read < member.size + 2 * archive_index.MIN_SPACING
+
+
+def test_a_stored_index_tells_its_own_spacing() -> None:
+    """An index stored before SMALL_POINTS changed keeps its seek points: the memory its
+    readers are allowed is estimated from those, not from today's spacing."""
+    raw = make_tar({f"m{i:02d}.bin": os.urandom(256 << 10) for i in range(40)})  # 10 MiB
+    blob = gzip.compress(raw, 0, mtime=0)
+    legacy = archive_index.gzip_spacing(len(blob), archive_index.LEGACY_SMALL_POINTS)
+    built = build_index(MemSource(blob), None, "shard.tar.gz", Limits(), spacing=legacy)
+    assert built.gzip_index is not None
+    assert legacy != archive_index.gzip_spacing(len(blob))
+    assert archive_index.stored_spacing(built.gzip_index, len(blob)) == legacy
+    assert archive_index.stored_spacing(b"not zlib", len(blob)) == archive_index.gzip_spacing(len(blob))

@@ -23,7 +23,8 @@ import pyfuse3
 import pytest
 import trio
 
-from s3fuse.archive.index import build_index
+from s3fuse.archive.index import LEGACY_SMALL_POINTS, build_index, gzip_spacing
+from s3fuse.archive.index import read_member as inflate_member
 from s3fuse.archive.limits import Limits
 from s3fuse.archive.published import Rejected, allowance, decode, encode
 from s3fuse.config import Config, build_config, parse_manifest
@@ -41,7 +42,7 @@ B = "bkt"
 ARCHIVE = "ml/s/shard.tar.gz"
 MANIFEST = "ml/s/manifest.jsonl"
 MEMBERS = 16
-MEMBER = 4 << 20          # 64 MiB of incompressible tar: 32 seek points, 8 blocks of 8 MiB
+MEMBER = 4 << 20          # 64 MiB of incompressible tar: 64 seek points, 8 blocks of 8 MiB
 LAST = f"m{MEMBERS - 1:02d}.bin"
 SHARED = f"s3://{B}/fleet-index"
 
@@ -105,7 +106,23 @@ def test_round_trip_keeps_members_and_seek_points() -> None:
     back = decode(blob(), B, ARCHIVE, "e1", len(archive))
     assert back.members == index.members and back.gzip_index == index.gzip_index
     assert (back.format, back.uncompressed_size) == ("gzip", index.uncompressed_size)
-    assert len(blob()) < len(archive) // 50  # windows of 32 seek points, names, numbers
+    assert len(blob()) < len(archive) // 25  # windows of 64 seek points, names, numbers
+
+
+def test_an_index_of_the_spacing_before_2026_12_04_still_serves() -> None:
+    """Seek points 2 MiB apart (what a 64 MiB archive got before SMALL_POINTS went from 16
+    to 128) are accepted and read with; a spacing no version makes is refused."""
+    archive, members = shard()
+    legacy = gzip_spacing(len(archive), LEGACY_SMALL_POINTS)
+    assert legacy == 2 << 20 and gzip_spacing(len(archive)) == 1 << 20
+    old = build_index(Source(archive), "gzip", ARCHIVE, Limits(), spacing=legacy)
+    back = decode(encode(old, B, ARCHIVE, "e1", len(archive)), B, ARCHIVE, "e1", len(archive))
+    assert back.spacing == legacy and back.gzip_index == old.gzip_index
+    last = back.members[-1]
+    assert inflate_member(Source(archive), back, last, 0, last.size) == members[last.path]
+    other = build_index(Source(archive), "gzip", ARCHIVE, Limits(), spacing=512 << 10)
+    with pytest.raises(Rejected, match="describe another stream"):
+        decode(encode(other, B, ARCHIVE, "e1", len(archive)), B, ARCHIVE, "e1", len(archive))
 
 
 def shift_first(members: list[list[Any]]) -> None:

@@ -28,7 +28,7 @@ import struct
 import zlib
 from typing import Any
 
-from s3fuse.archive.index import GZIP_WINDOW, ArchiveIndex, gzip_spacing
+from s3fuse.archive.index import GZIP_WINDOW, ZRAN_HEAD, ArchiveIndex, gzip_spacing, gzip_spacings
 from s3fuse.archive.limits import Limits
 from s3fuse.archive.tar import BLOCK, SKIPPED_KEPT, Member
 from ..names import safe_member_path
@@ -45,9 +45,8 @@ BASE_ALLOWANCE = 32 * MiB
 MEMBERS_RATIO = 64
 #: ... and never past this, whatever the archive.
 MAX_MEMBERS_JSON = 512 * MiB
-#: zran's export: "GZIDX", version, flags, compressed size, uncompressed size, spacing,
-#: window size, point count; then per point cmp offset, uncmp offset, bit offset, data flag.
-_ZRAN_HEAD = struct.Struct("<5sBBQQIII")
+#: zran's export after its head (index.ZRAN_HEAD): per point cmp offset, uncmp offset,
+#: bit offset, data flag.
 _ZRAN_POINT = struct.Struct("<QQBB")
 #: Points without a window (at gzip stream boundaries) allowed per archive byte: one per
 #: 512 (an archive of smaller concatenated streams is indexed locally instead).
@@ -110,12 +109,13 @@ def decode(blob: bytes, bucket: str, key: str, etag: str, size: int,
         raise Rejected(f"uncompressed size {usize} is impossible for a {fmt} of {size} bytes")
     members, skipped = _members(body[:members_bytes], usize, header["members"], limits)
     seek = body[members_bytes:]
+    spacing = gzip_spacing(size)
     if fmt == "gzip":
-        check_seek_points(seek, size, usize)
+        spacing = check_seek_points(seek, size, usize)
     elif seek:
         raise Rejected(f"seek points for a {fmt} archive")
     return ArchiveIndex(fmt, members, skipped, seek if fmt == "gzip" else None, usize,
-                        header["skipped_count"], gzip_spacing(size))
+                        header["skipped_count"], spacing)
 
 
 def _count(value: Any) -> bool:
@@ -185,14 +185,16 @@ def _text(value: Any) -> str:
     return value
 
 
-def check_seek_points(seek: bytes, size: int, usize: int) -> None:
+def check_seek_points(seek: bytes, size: int, usize: int) -> int:
     """Parse the zlib'd indexed_gzip export in full before zran may read it: its sizes
-    must be this archive's, its points in order inside both streams, every window
-    present and the whole exactly as long as they say (zran itself allocates what a
-    hostile count asks and reads windows blindly)."""
-    windows = usize // gzip_spacing(size) + 2  # one per spacing, the first and the last
+    must be this archive's, its spacing one of gzip_spacings, its points in order inside
+    both streams, every window present and the whole exactly as long as they say (zran
+    itself allocates what a hostile count asks and reads windows blindly). Returns the
+    spacing."""
+    spacings = gzip_spacings(size)
+    windows = usize // min(spacings) + 2  # one per spacing, the first and the last
     points_cap = windows + size // STREAM_BYTES_PER_POINT + 1
-    cap = _ZRAN_HEAD.size + points_cap * _ZRAN_POINT.size + windows * GZIP_WINDOW
+    cap = ZRAN_HEAD.size + points_cap * _ZRAN_POINT.size + windows * GZIP_WINDOW
     inflate = zlib.decompressobj()
     try:
         raw = inflate.decompress(seek, cap + 1)
@@ -200,15 +202,15 @@ def check_seek_points(seek: bytes, size: int, usize: int) -> None:
         raise Rejected("seek points are not zlib data") from None
     if len(raw) > cap or inflate.unconsumed_tail or not inflate.eof:
         raise Rejected("seek points inflate past their allowance, or are truncated")
-    if len(raw) < _ZRAN_HEAD.size:
+    if len(raw) < ZRAN_HEAD.size:
         raise Rejected("seek points truncated")
-    magic, version, _, csize, uncompressed, spacing, window, count = _ZRAN_HEAD.unpack_from(raw)
+    magic, version, _, csize, uncompressed, spacing, window, count = ZRAN_HEAD.unpack_from(raw)
     if magic != b"GZIDX" or version != 1:
         raise Rejected("seek points are not an indexed_gzip v1 export")
     if csize != size or uncompressed not in (0, usize) or window != GZIP_WINDOW \
-            or spacing != gzip_spacing(size) or not 0 < count <= points_cap:
+            or spacing not in spacings or not 0 < count <= points_cap:
         raise Rejected("seek points describe another stream")
-    at = _ZRAN_HEAD.size
+    at = ZRAN_HEAD.size
     if len(raw) < at + count * _ZRAN_POINT.size:
         raise Rejected("seek points truncated")
     last_c = last_u = -1
@@ -221,3 +223,4 @@ def check_seek_points(seek: bytes, size: int, usize: int) -> None:
         with_data += flag
     if with_data > windows or len(raw) != at + count * _ZRAN_POINT.size + with_data * GZIP_WINDOW:
         raise Rejected("seek point windows do not add up")
+    return spacing

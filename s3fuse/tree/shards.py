@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 import trio
 
 from ..archive.index import (ArchiveIndex, RangeSource, build_index, gzip_readers_bytes,
-                             gzip_spacing, read_member)
+                             read_member, stored_spacing)
 from ..archive.limits import ArchiveError, Limits
 from ..archive.tar import BLOCK, Member, heads_member
 from ..data.reader import BlockReader, ReadState
@@ -48,7 +48,8 @@ SHARD_ROWS = 1024
 #: Members of published indexes whose tar header was checked (see ShardService._headed).
 HEADED_MEMBERS = 4096
 #: A restored gzip reader holds a 32 KiB window per seek point (one per 2 MiB of the
-#: tar, closer in small archives: archive/index.py gzip_spacing): 16 MiB for a 1 GiB shard, 1 GiB at max_total_bytes. The open readers
+#: tar, closer in archives under 256 MiB: archive/index.py gzip_spacing): 16 MiB for a
+#: 1 GiB shard, 1 GiB at max_total_bytes. The open readers
 #: together (an index may have several: archive/index.py GZIP_READERS) are kept under
 #: this (the index in use always stays).
 OPEN_GZIP_WINDOW_BYTES = 256 << 20
@@ -357,7 +358,8 @@ class ShardService:
                 raise StaleObject(f"{tree.describe(node_id)}: shard changed")
             index = self._gzip[cache_key] = ArchiveIndex(
                 format="gzip", members=[], skipped=[], gzip_index=full["gzip_index"],
-                uncompressed_size=full["usize"], spacing=gzip_spacing(shard["asize"]))
+                uncompressed_size=full["usize"],
+                spacing=stored_spacing(full["gzip_index"], shard["asize"]))
         self._gzip.move_to_end(cache_key)
         while len(self._gzip) > 1 and (
                 len(self._gzip) > OPEN_GZIP_INDEXES
