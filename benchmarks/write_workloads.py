@@ -257,7 +257,7 @@ def wait_listed(client, bucket: str, prefix: str, want: int,
           f"ms after each listing) until all {SMALL_COUNT:,} keys are there; their sizes and "
           "ETags (MD5) are then checked against the sources. Default write settings as "
           "above: rclone uploads 5 s (`--vfs-write-back`) after each file is closed, s3fs "
-          "during each `close`, s3fuse in the background (4 uploads at a time) once the burst "
+          "during each `close`, s3fuse in the background (16 small files at a time) once the burst "
           "of closes pauses for 0.1 s (small files are journalled at close and fsynced by "
           "a group commit every 0.25 s).",
 )

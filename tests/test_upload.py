@@ -505,3 +505,45 @@ async def test_uploads_wait_for_a_burst_of_closes_to_pause(tmp_path: Path, store
         assert "fsynced.txt" in started
         await queue.sync(timeout=10)
     assert set(started) == {"lone.txt", "fsynced.txt"} | {f"burst{n}.txt" for n in range(5)}
+
+
+async def test_small_puts_go_sixteen_at_once_and_heavy_jobs_four(tmp_path: Path, store: S3Store,
+                                                                  bucket: str,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    """A burst of small files uploads WORKERS at a time (each is a round trip of latency);
+    PUTs over LIGHT_PUT_BYTES and metadata copies go to the HEAVY_UPLOADS workers that
+    take any job, so the memory of big uploads and the load beside a `chmod -R` stay as
+    with 4 workers."""
+    from s3fuse.upload import queue as upload_queue_module
+    from s3fuse.upload.journal import Job
+
+    monkeypatch.setattr(upload_queue_module, "LIGHT_PUT_BYTES", 100)  # "big": 101 bytes
+    lock = threading.Lock()
+    inside = {"light": 0, "heavy": 0}
+    most = {"light": 0, "heavy": 0, "all": 0}
+
+    async with upload_queue(tmp_path, store, start=False) as queue:
+        upload = queue.uploader.upload
+
+        def slow(job: Job) -> Any:
+            kind = "heavy" if job.size > 100 else "light"
+            with lock:
+                inside[kind] += 1
+                most[kind] = max(most[kind], inside[kind])
+                most["all"] = max(most["all"], inside["light"] + inside["heavy"])
+            time.sleep(0.3)  # every worker gets a job before the first ends
+            try:
+                return upload(job)
+            finally:
+                with lock:
+                    inside[kind] -= 1
+
+        monkeypatch.setattr(queue.uploader, "upload", slow)
+        for n in range(20):
+            await write(queue, bucket, f"small{n}.txt", b"s")
+        for n in range(8):
+            await write(queue, bucket, f"big{n}.bin", b"b" * 101)
+        await queue.start()
+        assert (await queue.sync(timeout=30))["files"] == 0
+    assert most["all"] <= upload_queue_module.WORKERS == 16
+    assert most["light"] >= 8 and most["heavy"] == upload_queue_module.HEAVY_UPLOADS == 4

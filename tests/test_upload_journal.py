@@ -113,3 +113,19 @@ def test_files_are_private(tmp_path: Path):
     assert stat.S_IMODE(staging.directory.stat().st_mode) == 0o700
     for file in (path, tmp_path / "journal.sqlite", tmp_path / "journal.sqlite-wal"):
         assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+
+
+def test_a_light_claim_takes_only_removals_and_small_puts(tmp_path: Path):
+    """The upload queue's light workers (most of them) must never take a metadata copy or
+    a big PUT: those stay with the few that take any job (upload/queue.py)."""
+    from s3fuse.posix import Posix
+
+    j = Journal(tmp_path / "journal.sqlite")
+    meta = j.enqueue_meta("b", "chmodded", Posix(mode=stat.S_IFREG | 0o664), 10, UNKNOWN)
+    big = j.enqueue("b", "big", "s1", 5000, UNKNOWN)
+    small = j.enqueue("b", "small", "s2", 100, UNKNOWN)
+    gone = j.enqueue("b", "gone", "", 0, UNKNOWN, op="delete")
+    light = [j.claim(1e12, light_max=1000) for _ in range(3)]
+    assert [job.id if job else None for job in light] == [small, gone, None]
+    assert [job.id for job in (j.claim(1e12), j.claim(1e12)) if job] == [meta, big]
+    j.close()

@@ -361,11 +361,14 @@ class Journal:
         with self._tx(durable=True) as db:
             return db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'uploading'").rowcount
 
-    def claim(self, now: float) -> Job | None:
-        """The oldest due queued job whose key is not being uploaded, now marked uploading."""
+    def claim(self, now: float, light_max: int | None = None) -> Job | None:
+        """The oldest due queued job whose key is not being uploaded, now marked uploading;
+        with `light_max`, only a removal or a put of at most that many bytes."""
+        light = "" if light_max is None else " AND (op = 'delete' OR (op = 'put' AND size <= ?))"
+        args = (now,) if light_max is None else (now, light_max)
         with self._tx() as db:
-            row = db.execute(f"SELECT * FROM jobs j WHERE {_STARTABLE} AND next_attempt <= ? "
-                             "ORDER BY id LIMIT 1", (now,)).fetchone()
+            row = db.execute(f"SELECT * FROM jobs j WHERE {_STARTABLE} AND next_attempt <= ?"
+                             f"{light} ORDER BY id LIMIT 1", args).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state = 'uploading', sent = 1 WHERE id = ?", (row["id"],))
