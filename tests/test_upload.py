@@ -547,3 +547,33 @@ async def test_small_puts_go_sixteen_at_once_and_heavy_jobs_four(tmp_path: Path,
         assert (await queue.sync(timeout=30))["files"] == 0
     assert most["all"] <= upload_queue_module.WORKERS == 16
     assert most["light"] >= 8 and most["heavy"] == upload_queue_module.HEAVY_UPLOADS == 4
+
+
+async def test_light_workers_do_not_spin_while_big_uploads_wait(tmp_path: Path, store: S3Store,
+                                                                 bucket: str,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    """Big files wait for the 4 workers that take any job; the 12 light workers, finding
+    no light job, sleep until one comes (they asked again at once when a big job was due)."""
+    from s3fuse.upload import queue as upload_queue_module
+    from s3fuse.upload.journal import Job
+
+    monkeypatch.setattr(upload_queue_module, "LIGHT_PUT_BYTES", 100)
+    async with upload_queue(tmp_path, store) as queue:
+        upload, claim = queue.uploader.upload, queue.journal.claim
+        claims = 0
+
+        def slow(job: Job) -> Any:
+            time.sleep(0.5)
+            return upload(job)
+
+        def counting(*args: Any) -> Any:
+            nonlocal claims
+            claims += 1
+            return claim(*args)
+
+        monkeypatch.setattr(queue.uploader, "upload", slow)
+        monkeypatch.setattr(queue.journal, "claim", counting)
+        for n in range(8):  # 4 upload, 4 wait half a second for a worker that takes them
+            await write(queue, bucket, f"big{n}.bin", b"b" * 101)
+        assert (await queue.sync(timeout=30))["files"] == 0
+    assert claims < 60, f"{claims} claims for 8 jobs"

@@ -98,6 +98,15 @@ _STARTABLE = ("j.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs u WHERE u.b
               "AND u.key = j.key AND (u.state = 'uploading' "
               "OR (u.state = 'queued' AND u.id < j.id)))")
 
+
+def _light(light_max: int | None) -> tuple[str, tuple[int, ...]]:
+    """The condition (and its argument) that keeps only light jobs: removals and puts of at
+    most `light_max` bytes (none when None)."""
+    if light_max is None:
+        return "", ()
+    return " AND (j.op = 'delete' OR (j.op = 'put' AND j.size <= ?))", (light_max,)
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: ids stay valid for state()
@@ -364,19 +373,21 @@ class Journal:
     def claim(self, now: float, light_max: int | None = None) -> Job | None:
         """The oldest due queued job whose key is not being uploaded, now marked uploading;
         with `light_max`, only a removal or a put of at most that many bytes."""
-        light = "" if light_max is None else " AND (op = 'delete' OR (op = 'put' AND size <= ?))"
-        args = (now,) if light_max is None else (now, light_max)
+        light, args = _light(light_max)
         with self._tx() as db:
             row = db.execute(f"SELECT * FROM jobs j WHERE {_STARTABLE} AND next_attempt <= ?"
-                             f"{light} ORDER BY id LIMIT 1", args).fetchone()
+                             f"{light} ORDER BY id LIMIT 1", (now, *args)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state = 'uploading', sent = 1 WHERE id = ?", (row["id"],))
         return _job(row)
 
-    def next_due(self) -> float | None:
-        """When the next startable job becomes due (None: none; a key's running upload wakes us)."""
-        rows = self._read(f"SELECT MIN(next_attempt) AS due FROM jobs j WHERE {_STARTABLE}")
+    def next_due(self, light_max: int | None = None) -> float | None:
+        """When the next startable job (with `light_max`: light job, as for `claim`) becomes
+        due (None: none; a key's running upload wakes us)."""
+        light, args = _light(light_max)
+        rows = self._read(f"SELECT MIN(next_attempt) AS due FROM jobs j WHERE {_STARTABLE}{light}",
+                          *args)
         due = rows[0]["due"]
         return None if due is None else float(due)
 

@@ -479,7 +479,9 @@ class UploadQueue:
             if unwritable:
                 await trio.sleep(RECORD_RETRY)
                 continue
-            due = await self._io(self.journal.next_due)
+            # a light worker waits for a light job only: one that a big job left due
+            # would otherwise claim nothing and ask again at once, round and round
+            due = await self._io(self.journal.next_due, LIGHT_PUT_BYTES if light else None)
             if self._changes != changes or self._stopping:
                 continue  # a change came while we asked: no one woke us for it
             delay = math.inf if due is None else max(due - time.time(), 0.0)
