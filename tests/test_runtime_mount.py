@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from s3fuse.upload.queue import WORKERS
 from tests import test_disk_full
 from tests.support.mount import Mount
 from tests.test_pin_cache import s3fuse
@@ -61,7 +62,7 @@ def test_failing_background_tasks_leave_the_mount_serving_and_show_in_status(
     assert actions == {"upload-worker": "restarting it", "upload-sync": "restarting it",
                        "cache-write": "dropped", "list-ahead": "dropped"}
     worker = tasks["kinds"]["upload-worker"]
-    assert worker["policy"] == "restart" and worker["running"] + worker["restarting"] == 4
+    assert worker["policy"] == "restart" and worker["running"] + worker["restarting"] == WORKERS
     assert all(k["state"] == "ok" for k in tasks["kinds"].values())  # one failure each
     text = s3fuse("status", str(m.mountpoint), env=m.env)
     assert text.returncode == 0, text.stderr
