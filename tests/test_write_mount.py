@@ -201,3 +201,27 @@ def test_small_new_files_are_read_while_open_and_staged_only_at_close(s3, bucket
     assert body(s3, bucket, "held.txt") == b"held bytes"
     assert body(s3, bucket, "empty.txt") == b""
     assert body(s3, bucket, "two.bin") == b"a" * 1000 + b"b" * 200_000
+
+
+def test_rsync_of_new_files_does_not_relist_at_every_rename(s3, bucket, mount_factory, tmp_path):
+    """rsync writes each file as a temporary name and renames it: a rename of a file whose
+    bytes are still local changes nothing in S3 yet, so it must not send the directory to
+    be listed again (it did: one ListObjectsV2 of the growing directory per file)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02d}.txt").write_text(f"file {i}\n")
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    os.mkdir(root / "dest")
+    os.listdir(root / "dest")
+    before = m.status()["requests"].get("ListObjectsV2", 0)
+    subprocess.run(["rsync", "-a", f"{src}/", str(root / "dest")], check=True)
+    assert sorted(os.listdir(root / "dest")) == sorted(os.listdir(src))
+    assert m.status()["requests"].get("ListObjectsV2", 0) - before <= 3
+    assert sync(m.mountpoint).returncode == 0
+    diff = subprocess.run(["diff", "-r", str(src), str(root / "dest")], capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stdout
+    assert body(s3, bucket, "dest/f07.txt") == b"file 7\n"
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="dest/")["Contents"]
+    assert sorted(o["Key"] for o in listed if o["Key"] != "dest/") == [f"dest/f{i:02d}.txt" for i in range(40)]

@@ -296,11 +296,13 @@ class Mutations:
                 raise InvalidArgument(f"cannot move {old!r} into itself")
             await self._rename_dir(old, new, source.posix)
             self._dirs.forget(old)
+            relist = True
         else:
-            await self._rename_file(self._keys.key(old), self._keys.key(new), source,
-                                    None if target is None else seen(target))
-        for path in (old_parent, new_parent):
-            self._listings.expire(path)
+            relist = await self._rename_file(self._keys.key(old), self._keys.key(new), source,
+                                             None if target is None else seen(target))
+        if relist:
+            for path in (old_parent, new_parent):
+                self._listings.expire(path)
         self._dirs.changed(old_parent, new_parent)
         return old, new
 
@@ -311,14 +313,19 @@ class Mutations:
             return None
 
     async def _rename_file(self, old_key: str, new_key: str, entry: Entry,
-                           target: Expected = UNKNOWN) -> None:
+                           target: Expected = UNKNOWN) -> bool:
         """Move one file; `target`: what the user saw at `new_key` (its ETag, None for
-        nothing, UNKNOWN: not looked at, or local changes)."""
+        nothing, UNKNOWN: not looked at, or local changes). True when S3 changed (a copy
+        and a removal): the stored listings are then listed again; False when the newest
+        bytes were local and moved to the new key's pending upload: the pending view shows
+        both names until their uploads land and teach the listings (relisting the
+        directory at every rename made `rsync -a` of N new files send N ListObjectsV2 of
+        a growing directory, N^2/1000 pages)."""
         writes = self._writer()
         bucket = self._keys.bucket
         if (writes.has_local(bucket, old_key)
                 and await writes.move_local(bucket, old_key, new_key, target)):
-            return
+            return False
         if not entry.etag:  # the local version was uploaded meanwhile: copy what S3 has
             info = await trio.to_thread.run_sync(self._store.head, bucket, old_key,
                                                  limiter=self._limiter)
@@ -344,6 +351,7 @@ class Mutations:
             name, False, entry.size, shown or time.time_ns(), etag or entry.etag,
             time.time() if etag and posix is not None else 0.0, posix))
         await writes.remove(bucket, old_key, seen(entry))  # only the version copied
+        return True
 
     async def _check_target(self, bucket: str, key: str, etag: str) -> None:
         """A rename replaces `key` only if it still holds the version the user saw (HEAD:
