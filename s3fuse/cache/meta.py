@@ -106,13 +106,7 @@ def apply_changes(entries: list[Entry], changes: dict[str, Entry | None]) -> lis
             else:
                 merged.insert(at, entry)
         return merged
-    by_name = {e.name: e for e in entries}
-    for name, entry in changes.items():
-        if entry is None:
-            by_name.pop(name, None)
-        else:
-            by_name[name] = entry
-    return sorted(by_name.values(), key=lambda e: e.name)
+    return list(merge_changes(entries, changes))
 
 
 def merge_changes(entries: Iterable[Entry], changes: dict[str, Entry | None]) -> Iterator[Entry]:

@@ -135,7 +135,6 @@ class UploadQueue:
         #: not all (16 asking the journal at every change keep its writer lock busy).
         self._idle_any = trio.lowlevel.ParkingLot()
         self._idle_light = trio.lowlevel.ParkingLot()
-        self._changes = 0  # counts _notify calls: a worker sees one it could not be woken by
         self._unheld = trio.Event()   # replaced when uploads stop waiting for bursts (urgent)
         self._progress = trio.Event()  # the same, also at every sync pass (see changed())
         self._cleaned = trio.Event()
@@ -323,7 +322,6 @@ class UploadQueue:
         metadata change) for a light worker."""
         self._changed.set()
         self._changed = trio.Event()
-        self._changes += 1
         self._idle_any.unpark(count=1)
         if light:
             self._idle_light.unpark(count=1)
@@ -460,7 +458,7 @@ class UploadQueue:
             await self._writers_first()
             if self._stopping:
                 return None
-            changes = self._changes  # before asking: a job may come while we ask
+            changed = self._changed  # before asking: a job may come while we ask
             self._processing += 1  # before the claim: the idle query never misses a job
             job, unwritable = None, False
             try:
@@ -482,7 +480,7 @@ class UploadQueue:
             # a light worker waits for a light job only: one that a big job left due
             # would otherwise claim nothing and ask again at once, round and round
             due = await self._io(self.journal.next_due, LIGHT_PUT_BYTES if light else None)
-            if self._changes != changes or self._stopping:
+            if changed.is_set() or self._stopping:
                 continue  # a change came while we asked: no one woke us for it
             delay = math.inf if due is None else max(due - time.time(), 0.0)
             with trio.move_on_after(delay):
