@@ -34,6 +34,7 @@ from .notify import Notifier
 from .pinning import Pinner
 from .errors import S3FuseError
 from .idle import Idle
+from .store.liveness import probe_while_offline, watch_interval, watch_while_in_use
 from .store.protocol import Store
 from .store.s3 import S3Store
 from .tree.bucket import BucketTree, ReadOnlyBucketTree
@@ -46,12 +47,11 @@ from .upload.queue import UploadQueue
 from .upload.staging import Staging
 from .upload.writeback import UploadedBytes, WriteBack
 from .util.bufferpool import trim_all
-from .util.supervisor import BUFFER_TRIM, PROBE, STATUS_REPORT, Supervisor
+from .util.supervisor import BUFFER_TRIM, LINK_WATCH, PROBE, STATUS_REPORT, Supervisor
 
 log = logging.getLogger(__name__)
 
 READAHEAD_KIB = 1024
-PROBE_INTERVAL = 2.0
 STATUS_INTERVAL = 5.0
 #: How often the pools of big buffers are asked to let go of theirs (util/bufferpool.py)
 TRIM_INTERVAL = 2.0
@@ -236,6 +236,8 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
         parts.pinner.resume()
         nursery.start_soon(_watch_signals, cfg, parts, ready.notifier)
         parts.supervisor.spawn(probe_while_offline, parts.store, kind=PROBE)
+        parts.supervisor.spawn(watch_while_in_use, parts.store, watch_interval(cfg.metadata_ttl),
+                               kind=LINK_WATCH)
         if ready.notifier.enabled:
             parts.supervisor.spawn(_report_status, parts, ready.notifier, kind=STATUS_REPORT)
         parts.supervisor.spawn(_trim_buffers, kind=BUFFER_TRIM)
@@ -249,19 +251,6 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
             await parts.reader.flush()
         await trio.to_thread.run_sync(lambda: _report_left(parts.writes.queue.status()))
         nursery.cancel_scope.cancel()
-
-
-async def probe_while_offline(store: Store, interval: float = PROBE_INTERVAL) -> None:
-    """Bring the link back online: from the moment it goes offline, one cheap request
-    every `interval` seconds until S3 answers (or another request succeeds)."""
-    link = store.link
-    while True:
-        await link.wait_offline()
-        while not link.online:
-            with trio.move_on_after(interval):
-                await link.wait_online()
-            if not link.online:
-                await trio.to_thread.run_sync(store.probe)
 
 
 async def _trim_buffers(interval: float = TRIM_INTERVAL) -> None:

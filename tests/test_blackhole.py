@@ -109,3 +109,23 @@ def test_warm_tree_served_when_every_packet_to_s3_is_dropped(s3, bucket, mount_f
                                                              dropping):
     proxy, drop = dropping
     black_hole_scenario(s3, bucket, mount_factory, proxy.endpoint, drop)
+
+
+def test_link_found_silent_while_the_mount_is_quiet(s3, bucket, mount_factory, hole):
+    """S3 black-holed while nothing is asked: the watch (every 2 s with a 4 s TTL) takes
+    the link offline on its own, so the next `ls` and `cat` never wait for a deadline."""
+    objects = populate(s3, bucket)
+    m = mount_factory("--source", f"s3://{bucket}", "--metadata-ttl", "4", endpoint=hole.endpoint)
+    m.expect_log(r"S3 unreachable|offline|no answer")
+    root = m.path(bucket)
+    warm = {k.removeprefix("warm/"): v for k, v in objects.items() if k.startswith("warm/")}
+    assert walk(root / "warm") == warm
+    assert m.wait_idle()["idle"]
+
+    hole.blackhole()
+    began = time.monotonic()
+    while m.status()["link"]["state"] != "offline":  # no filesystem request meanwhile
+        assert time.monotonic() - began < BOUND, "the quiet mount never noticed"
+        time.sleep(0.1)
+    assert "no answer from S3" in m.status()["link"]["reason"]
+    assert walk(root / "warm") == warm

@@ -14,8 +14,9 @@ import pytest
 import trio
 
 from s3fuse.config import Config, parse_source
-from s3fuse.daemon import Components, build, probe_while_offline
+from s3fuse.daemon import Components, build
 from s3fuse.fs.inodes import ROOT_INODE
+from s3fuse.store.liveness import probe_while_offline
 from s3fuse.store.memory import MemoryStore
 from s3fuse.upload.conditions import PROBE_PUTS
 from tests.test_ops import lookup_path

@@ -16,9 +16,9 @@ import trio
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from s3fuse.config import Config, KeyPair
-from s3fuse.daemon import probe_while_offline
 from s3fuse.errors import RemoteError
 from s3fuse.store import retry
+from s3fuse.store.liveness import probe_while_offline
 from s3fuse.store.s3 import S3Store
 from s3fuse.upload import UNKNOWN, Journal, Staging, Uploader, UploadFailed, UploadQueue
 from s3fuse.upload.conditions import PROBE_PUTS

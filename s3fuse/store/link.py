@@ -35,6 +35,8 @@ class Link:
         self._errors: deque[tuple[float, str]] = deque(maxlen=RECENT_ERRORS)
         self._token: trio.lowlevel.TrioToken | None = None  # the loop whose waiters to wake
         self._changed = trio.Event()
+        #: time.monotonic() of S3's last answer to a request of the mount (store/liveness.py)
+        self.answered_at = -float("inf")
 
     def check(self, what: str) -> None:
         """Fail fast while offline (the probe is the only request that goes out)."""
@@ -51,6 +53,7 @@ class Link:
         log.warning("S3 unreachable (%s): offline, serving from the cache", reason)
 
     def succeeded(self) -> None:
+        self.answered_at = time.monotonic()
         if self.online:
             return
         with self._lock:

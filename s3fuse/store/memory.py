@@ -95,6 +95,7 @@ class MemoryStore:
         self.min_part_size = min_part_size
         self.conditions: Conditions = conditions
         self.latency = 0.0         # seconds every request takes
+        self.link_checks = 0       # check_link calls (store/liveness.py's watch)
         self.reachable = True      # False: every request (and the probe) finds S3 unreachable
         self._buckets: dict[str, dict[str, _Object]] = {}
         self._uploads: dict[str, dict[str, _Upload]] = {}  # bucket -> UploadId -> upload
@@ -223,6 +224,12 @@ class MemoryStore:
             return False
         self.link.succeeded()
         return True
+
+    def check_link(self) -> bool:
+        self.link_checks += 1
+        if not self.reachable:
+            self.link.failed("S3 unreachable")
+        return self.reachable
 
     def request_counts(self) -> dict[str, int]:
         with self._lock:

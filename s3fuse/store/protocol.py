@@ -70,6 +70,11 @@ class Store(Protocol):
         """One cheap request that ignores the link state: can S3 be reached at all?"""
         ...
 
+    def check_link(self) -> bool:
+        """While online: does S3 still answer (even 403)? Silence within the first-byte
+        deadline takes the link offline (False); an answer changes nothing."""
+        ...
+
     def request_counts(self) -> dict[str, int]:
         """Requests sent per S3 operation since start (shown by `s3fuse status`)."""
         ...

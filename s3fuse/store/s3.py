@@ -442,6 +442,9 @@ class S3Store:
         self.link.succeeded()
         return True
 
+    def check_link(self) -> bool:
+        return self._alive()
+
     def _alive(self) -> bool:
         """Asked after a request got no answer in time: is S3 there at all (a slow request
         on a live link), or silent (a black hole: the link goes offline, False)? One probe

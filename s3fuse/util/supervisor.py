@@ -68,6 +68,7 @@ UPLOAD_WORKER = Kind("upload-worker", Policy.RESTART, service=True)
 UPLOAD_SYNC = Kind("upload-sync", Policy.RESTART, service=True)
 UPLOAD_CLEANUP = Kind("upload-cleanup", Policy.DROP)
 PROBE = Kind("probe", Policy.RESTART, service=True)
+LINK_WATCH = Kind("link-watch", Policy.RESTART, service=True)
 STATUS_REPORT = Kind("status-report", Policy.RESTART, service=True)
 PIN = Kind("pin", Policy.REPORT, failed_after=1)
 READ_AHEAD = Kind("read-ahead", Policy.DROP)
@@ -75,8 +76,8 @@ CACHE_WRITE = Kind("cache-write", Policy.DROP)
 LIST_AHEAD = Kind("list-ahead", Policy.DROP)
 BUFFER_TRIM = Kind("buffer-trim", Policy.RESTART, service=True)
 
-KINDS = (UPLOAD_QUEUE, UPLOAD_WORKER, UPLOAD_SYNC, UPLOAD_CLEANUP, PROBE, STATUS_REPORT, PIN,
-         READ_AHEAD, CACHE_WRITE, LIST_AHEAD, BUFFER_TRIM)
+KINDS = (UPLOAD_QUEUE, UPLOAD_WORKER, UPLOAD_SYNC, UPLOAD_CLEANUP, PROBE, LINK_WATCH,
+         STATUS_REPORT, PIN, READ_AHEAD, CACHE_WRITE, LIST_AHEAD, BUFFER_TRIM)
 
 
 class InjectedFailure(RuntimeError):
