@@ -14,7 +14,8 @@ import tracemalloc
 
 import trio
 
-from s3fuse.data.reader import BLOCK_SIZE, MEMORY_BYTES, PENDING_WRITES, BlockReader, ReadState
+from s3fuse.data.reader import (BLOCK_SIZE, MEMORY_BYTES, PENDING_WRITES, SMALL_PENDING_WRITES,
+                                 BlockReader, ReadState)
 from s3fuse.model import ObjectRef
 from s3fuse.store.memory import MemoryStore
 from s3fuse.util.supervisor import Supervisor
@@ -172,3 +173,53 @@ async def test_read_ahead_waiting_for_the_disk_never_takes_the_block_being_read(
         nursery.cancel_scope.cancel()
     assert store.gets == {index * BLOCK_SIZE: 1 for index in range(size // BLOCK_SIZE)}
     assert disk.written == set(range(size // BLOCK_SIZE))
+
+
+class PendingCounter(MemoryStore):
+    """Counts blocks fetched (or being fetched) and not yet written by `disk`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending = 0
+        self.most_pending = 0
+
+    def get(self, bucket: str, key: str, etag: str, start: int = 0, end: int | None = None
+            ) -> bytes:
+        self.pending += 1
+        self.most_pending = max(self.most_pending, self.pending)
+        time.sleep(0.002)
+        return super().get(bucket, key, etag, start, end)
+
+
+async def test_small_objects_have_write_slots_of_their_own():
+    """Many small objects read at once (DataLoader workers, `cat dir/*` with its sibling
+    prefetch) do not queue behind each other's cache writes in the 5 slots sized for
+    8 MiB blocks: they have SMALL_PENDING_WRITES of their own, still a bound."""
+    store, count = PendingCounter(), 3 * SMALL_PENDING_WRITES
+    store.create_bucket("b")
+    for i in range(count):
+        store.put_object("b", f"k{i}", bytes([i]) * 4096)
+    refs = [ObjectRef("b", f"k{i}", store.head("b", f"k{i}").etag, 4096) for i in range(count)]
+    disk = SlowDisk()
+
+    def slow_put(bucket: str, key: str, etag: str, index: int, data: bytes) -> None:
+        time.sleep(0.01)
+        disk.written.add(int(key[1:]))
+        store.pending -= 1
+    disk.put = slow_put  # type: ignore[method-assign]
+    background = Supervisor()
+    reader = BlockReader(store, disk, background=background)  # type: ignore[arg-type]
+    got: dict[int, bytes] = {}
+
+    async def read(i: int) -> None:
+        got[i] = bytes(await reader.read(refs[i], 0, 4096))
+    async with trio.open_nursery() as nursery:
+        background.bind(nursery)
+        async with trio.open_nursery() as readers:
+            for i in range(count):
+                readers.start_soon(read, i)
+        await reader.flush()
+        nursery.cancel_scope.cancel()
+    assert got == {i: bytes([i]) * 4096 for i in range(count)}
+    assert disk.written == set(range(count))
+    assert PENDING_WRITES < store.most_pending <= SMALL_PENDING_WRITES, store.most_pending

@@ -53,16 +53,18 @@ class SafeDisk(diskcache.Disk):
         return super().store(value, read, key=key)
 
     def _write_new(self, full_path: str, write_to: Callable[[int], int]) -> int:
-        """Create `full_path` (its directories first, as diskcache does: another cache may
-        remove them meanwhile) and let `write_to(fd)` fill it; removed if that fails."""
+        """Create `full_path` (its directories too when missing: another cache may remove
+        them meanwhile, as diskcache knows) and let `write_to(fd)` fill it; removed if that
+        fails. The directories only after a failed open: making them first cost a mkdir
+        per block (a quarter of a small block's write)."""
         for attempt in range(1, 11):
-            with contextlib.suppress(OSError):
-                os.makedirs(os.path.dirname(full_path))
             try:
                 fd = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             except OSError:
                 if attempt == 10:
                     raise
+                with contextlib.suppress(OSError):
+                    os.makedirs(os.path.dirname(full_path))
                 continue
             try:
                 return write_to(fd)
