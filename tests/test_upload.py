@@ -82,6 +82,17 @@ async def write(queue: UploadQueue, bucket: str, key: str, data: bytes,
     return await queue.submit(bucket, key, staging_id, expected)
 
 
+def counted_claims(queue: UploadQueue, monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Count the workers' claims from now on (workers that ask over and over show)."""
+    claim, claims = queue.journal.claim, [0]
+
+    def counting(*args: Any) -> Any:
+        claims[0] += 1
+        return claim(*args)
+    monkeypatch.setattr(queue.journal, "claim", counting)
+    return lambda: claims[0]
+
+
 async def until_retrying(queue: UploadQueue) -> list[dict[str, Any]]:
     """Wait until an upload failed and waits for its retry (woken by the queue's changes);
     returns the retrying uploads seen then (a second look may come after the retry)."""
@@ -559,21 +570,15 @@ async def test_light_workers_do_not_spin_while_big_uploads_wait(tmp_path: Path, 
 
     monkeypatch.setattr(upload_queue_module, "LIGHT_PUT_BYTES", 100)
     async with upload_queue(tmp_path, store) as queue:
-        upload, claim = queue.uploader.upload, queue.journal.claim
-        claims = 0
+        upload = queue.uploader.upload
+        claims = counted_claims(queue, monkeypatch)
 
         def slow(job: Job) -> Any:
             time.sleep(0.5)
             return upload(job)
 
-        def counting(*args: Any) -> Any:
-            nonlocal claims
-            claims += 1
-            return claim(*args)
-
         monkeypatch.setattr(queue.uploader, "upload", slow)
-        monkeypatch.setattr(queue.journal, "claim", counting)
         for n in range(8):  # 4 upload, 4 wait half a second for a worker that takes them
             await write(queue, bucket, f"big{n}.bin", b"b" * 101)
         assert (await queue.sync(timeout=30))["files"] == 0
-    assert claims < 60, f"{claims} claims for 8 jobs"
+    assert claims() < 60, f"{claims()} claims for 8 jobs"

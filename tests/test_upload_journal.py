@@ -115,7 +115,7 @@ def test_files_are_private(tmp_path: Path):
         assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
 
 
-def test_a_light_claim_takes_only_removals_and_small_puts(tmp_path: Path):
+def test_a_light_claim_takes_only_removals_and_small_puts_and_copies_when_told(tmp_path: Path):
     """The upload queue's light workers (most of them) must never take a metadata copy or
     a big PUT: those stay with the few that take any job (upload/queue.py)."""
     from s3fuse.posix import Posix
@@ -128,4 +128,13 @@ def test_a_light_claim_takes_only_removals_and_small_puts(tmp_path: Path):
     light = [j.claim(1e12, light_max=1000) for _ in range(3)]
     assert [job.id if job else None for job in light] == [small, gone, None]
     assert [job.id for job in (j.claim(1e12), j.claim(1e12)) if job] == [meta, big]
+    # with `copies` (a chmod has paused): a small object's metadata change too, not a big one's
+    small_meta = j.enqueue_meta("b", "small-chmodded", Posix(mode=stat.S_IFREG | 0o600), 10,
+                                UNKNOWN)
+    big_meta = j.enqueue_meta("b", "big-chmodded", Posix(mode=stat.S_IFREG | 0o600), 5000,
+                              UNKNOWN)
+    assert j.next_due(light_max=1000) is None and j.next_due(light_max=1000, copies=True) == 0
+    light = [j.claim(1e12, light_max=1000, copies=True) for _ in range(2)]
+    assert [job.id if job else None for job in light] == [small_meta, None]
+    assert (job := j.claim(1e12)) is not None and job.id == big_meta
     j.close()

@@ -21,7 +21,7 @@ from s3fuse.upload.conditions import PROBE_PUTS
 from s3fuse.upload.journal import Expected
 from s3fuse.upload.uploader import UploadResult
 from s3fuse.upload.writeback import WriteBack
-from tests.test_upload import until_retrying, upload_queue
+from tests.test_upload import counted_claims, until_retrying, upload_queue
 
 B = "bucket"
 SEC = 1_000_000_000
@@ -540,3 +540,56 @@ async def test_an_older_job_landing_while_a_change_is_journalled_keeps_it_shown(
             await writes.set_posix(B, key, posix, expected="etag", size=0)
         change = writes.overlay.get(B, key)
         assert change is not None and not change.deleted and change.posix == posix
+
+
+async def test_copies_go_four_at_a_time_during_a_chmod_and_sixteen_after_it(
+        tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a `chmod -R` goes on, only the 4 workers that take any job copy (16 slowed the
+    chmod 2x on two cores); once it pauses, the light workers copy what it left of small
+    objects too, and none of them asked over and over meanwhile."""
+    import threading
+    import time
+
+    from s3fuse.upload import queue as upload_queue_module
+    from s3fuse.upload.journal import Job
+
+    lock = threading.Lock()
+    inside, during, after = 0, 0, 0
+    chmodding = True
+    async with upload_queue(tmp_path, store) as queue:
+        objects = {f"d/f{n}": store.put_object(B, f"d/f{n}", b"x") for n in range(240)}
+        upload = queue.uploader.upload
+        claims = counted_claims(queue, monkeypatch)
+
+        def slow(job: Job) -> UploadResult:
+            nonlocal inside, during, after
+            with lock:
+                inside += 1
+                if chmodding:
+                    during = max(during, inside)
+                else:
+                    after = max(after, inside)
+            time.sleep(0.05)
+            try:
+                return upload(job)
+            finally:
+                with lock:
+                    inside -= 1
+
+        monkeypatch.setattr(queue.uploader, "upload", slow)
+        for key, etag in list(objects.items())[:200]:  # a chmod: a change every ~2 ms
+            await queue.set_meta(B, key, meta(0o700), 1, etag)
+            await trio.sleep(0.002)
+        with lock:
+            chmodding = False
+        for key, etag in list(objects.items())[200:]:  # and its last changes at once
+            await queue.set_meta(B, key, meta(0o700), 1, etag)
+        await synced(queue)
+    # 4, and a light worker now and then: the first change (alone until the second came),
+    # or one after a gap of BURST_GAP in the chmod (a burst starts again)
+    assert during <= 2 * upload_queue_module.HEAVY_UPLOADS, during
+    assert after > 2 * upload_queue_module.HEAVY_UPLOADS, after
+    assert claims() < 3 * 240, f"{claims()} claims for 240 copies"
+    assert copies(store) == 240
+    for key in objects:
+        assert stored(store, key) == meta(0o700)

@@ -99,12 +99,14 @@ _STARTABLE = ("j.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs u WHERE u.b
               "OR (u.state = 'queued' AND u.id < j.id)))")
 
 
-def _light(light_max: int | None) -> tuple[str, tuple[int, ...]]:
+def _light(light_max: int | None, copies: bool = False) -> tuple[str, tuple[int, ...]]:
     """The condition (and its argument) that keeps only light jobs: removals and puts of at
-    most `light_max` bytes (none when None)."""
+    most `light_max` bytes (none when None); with `copies`, metadata changes of objects of
+    at most that size too (a copy moves no bytes through the daemon)."""
     if light_max is None:
         return "", ()
-    return " AND (j.op = 'delete' OR (j.op = 'put' AND j.size <= ?))", (light_max,)
+    ops = "('put', 'meta')" if copies else "('put')"
+    return f" AND (j.op = 'delete' OR (j.op IN {ops} AND j.size <= ?))", (light_max,)
 
 
 _SCHEMA = """
@@ -370,10 +372,12 @@ class Journal:
         with self._tx(durable=True) as db:
             return db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'uploading'").rowcount
 
-    def claim(self, now: float, light_max: int | None = None) -> Job | None:
+    def claim(self, now: float, light_max: int | None = None, copies: bool = False
+              ) -> Job | None:
         """The oldest due queued job whose key is not being uploaded, now marked uploading;
-        with `light_max`, only a removal or a put of at most that many bytes."""
-        light, args = _light(light_max)
+        with `light_max`, only a removal or a put (`copies`: or a metadata change) of an
+        object of at most that many bytes."""
+        light, args = _light(light_max, copies)
         with self._tx() as db:
             row = db.execute(f"SELECT * FROM jobs j WHERE {_STARTABLE} AND next_attempt <= ?"
                              f"{light} ORDER BY id LIMIT 1", (now, *args)).fetchone()
@@ -382,10 +386,10 @@ class Journal:
             db.execute("UPDATE jobs SET state = 'uploading', sent = 1 WHERE id = ?", (row["id"],))
         return _job(row)
 
-    def next_due(self, light_max: int | None = None) -> float | None:
-        """When the next startable job (with `light_max`: light job, as for `claim`) becomes
-        due (None: none; a key's running upload wakes us)."""
-        light, args = _light(light_max)
+    def next_due(self, light_max: int | None = None, copies: bool = False) -> float | None:
+        """When the next startable job (with `light_max` and `copies`: light job, as for
+        `claim`) becomes due (None: none; a key's running upload wakes us)."""
+        light, args = _light(light_max, copies)
         rows = self._read(f"SELECT MIN(next_attempt) AS due FROM jobs j WHERE {_STARTABLE}{light}",
                           *args)
         due = rows[0]["due"]

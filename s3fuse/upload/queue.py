@@ -41,8 +41,11 @@ and PUTs of at most LIGHT_PUT_BYTES (`Journal.claim`). So a job that moves many 
 through the daemon (up to 4 parts of 8 MiB in memory) or competes with the user for the
 machine (metadata copies run while `chmod -R` still goes on) has 4 workers, as before:
 with 16 taking copies, and claiming them as soon as chmod journalled them, the chmod
-took 1.7-2.3x as long on 2 cores. A change wakes one idle worker, not all of them, and
-a metadata change only one of those 4. Transient errors (network, 5xx, throttling) retry with exponential
+took 1.7-2.3x as long on 2 cores. Once a burst of metadata changes pauses (BURST_QUIET,
+burst.py), the light workers copy those of objects of at most LIGHT_PUT_BYTES too: the
+chmod has returned, and what it left in the queue goes 16 at a time. A change wakes one
+idle worker, not all of them; a metadata change during such a burst only one of the 4
+(one light worker already watches for the pause). Transient errors (network, 5xx, throttling) retry with exponential
 backoff (up to RETRY_MAX, without limit; listed under `retrying` in the status); while the link is offline workers only wait (no requests, no attempts counted)
 and resume once the daemon's probe brings the link back (they await the link's event,
 never poll it). The workers, the sync pass and the start-up cleanup run under the
@@ -131,6 +134,7 @@ class UploadQueue:
         self._latest: dict[tuple[str, str], tuple[int, str]] = {}
         self._told: dict[tuple[str, str], int] = {}  # newest job id told per key (bounded)
         self._changed = trio.Event()  # replaced on every change: a broadcast
+        self._light_changed = trio.Event()  # ... on every change a light worker may take
         #: Workers with nothing to claim wait here, by kind; a change wakes one of each,
         #: not all (16 asking the journal at every change keep its writer lock busy).
         self._idle_any = trio.lowlevel.ParkingLot()
@@ -140,6 +144,8 @@ class UploadQueue:
         self._cleaned = trio.Event()
         self.commits = GroupCommit(journal, staging, self._io, self._progressed)
         self._bursts = BurstGate()
+        self._meta_bursts = BurstGate()   # of metadata changes: light workers copy after one
+        self._meta_watchers = 0           # light workers that will look when it pauses
         self._urgent = 0                  # callers waiting in fsync or sync: upload at once
         self._stopped = trio.Event()
         self._stopping = False
@@ -182,11 +188,13 @@ class UploadQueue:
         the object onto itself. Returns the id of the job that carries it."""
         job_id = await self._journal(self.journal.enqueue_meta, bucket, key, meta, size,
                                      expected)
+        self._meta_bursts.closed_one()
         latest = self._latest.get((bucket, key))
         if latest is None or latest[0] != job_id:  # a new row: the bytes stay where they were
             self._latest[(bucket, key)] = (job_id, latest[1] if latest else "")
         self.commits.want()
-        self._notify(light=False)  # a copy (or a put it rode along, told at its submit)
+        # a copy (or a put it rode along, told at its submit)
+        self._notify(light=self._for_light("meta", size))
         return job_id
 
     async def delete(self, bucket: str, key: str, expected: Expected = UNKNOWN) -> int:
@@ -317,6 +325,14 @@ class UploadQueue:
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._disk)
 
+    def _for_light(self, op: str, size: int) -> bool:
+        """Is a job of `op` and `size` one to wake a light worker for? A removal or a small
+        put; a small object's metadata change unless a light worker already watches for
+        the burst of them to pause (it would claim nothing before)."""
+        if op == "meta":
+            return size <= LIGHT_PUT_BYTES and not self._meta_watchers
+        return op == "delete" or size <= LIGHT_PUT_BYTES
+
     def _notify(self, light: bool = True) -> None:
         """Tell everyone the queue changed; `light`: it may have a light job (not only a
         metadata change) for a light worker."""
@@ -324,6 +340,8 @@ class UploadQueue:
         self._changed = trio.Event()
         self._idle_any.unpark(count=1)
         if light:
+            self._light_changed.set()
+            self._light_changed = trio.Event()
             self._idle_light.unpark(count=1)
         self._progressed()
 
@@ -458,33 +476,50 @@ class UploadQueue:
             await self._writers_first()
             if self._stopping:
                 return None
-            changed = self._changed  # before asking: a job may come while we ask
-            self._processing += 1  # before the claim: the idle query never misses a job
-            job, unwritable = None, False
-            try:
-                job = await self._io(self.journal.claim, time.time(),
-                                     LIGHT_PUT_BYTES if light else None)
-            except (S3FuseError, OSError, sqlite3.Error) as exc:  # CacheFull: wait, never end
-                if not warned:  # the worker (and with it the daemon)
-                    log.warning("cannot start uploads: the journal is not writable (%s)", exc)
-                    warned = True
-                unwritable = True
-            finally:
-                if job is None:
-                    self._processing -= 1
-            if job is not None:
-                return job
-            if unwritable:
-                await trio.sleep(RECORD_RETRY)
-                continue
-            # a light worker waits for a light job only: one that a big job left due
-            # would otherwise claim nothing and ask again at once, round and round
-            due = await self._io(self.journal.next_due, LIGHT_PUT_BYTES if light else None)
-            if changed.is_set() or self._stopping:
-                continue  # a change came while we asked: no one woke us for it
-            delay = math.inf if due is None else max(due - time.time(), 0.0)
-            with trio.move_on_after(delay):
-                await (self._idle_light if light else self._idle_any).park()
+            with self._copies_now(light) as copies:
+                # before asking: a job may come while we ask (for a light worker, one it
+                # may take: a chmod's stream of copies would keep it asking all along)
+                changed = self._light_changed if light else self._changed
+                self._processing += 1  # before the claim: the idle query never misses a job
+                job, unwritable = None, False
+                light_max = LIGHT_PUT_BYTES if light else None
+                try:
+                    job = await self._io(self.journal.claim, time.time(), light_max, copies)
+                except (S3FuseError, OSError, sqlite3.Error) as exc:  # CacheFull: wait, never end
+                    if not warned:  # the worker (and with it the daemon)
+                        log.warning("cannot start uploads: the journal is not writable (%s)", exc)
+                        warned = True
+                    unwritable = True
+                finally:
+                    if job is None:
+                        self._processing -= 1
+                if job is not None:
+                    return job
+                if unwritable:
+                    await trio.sleep(RECORD_RETRY)
+                    continue
+                # a light worker waits for a light job only: one that a big job left due
+                # would otherwise claim nothing and ask again at once, round and round
+                due = await self._io(self.journal.next_due, light_max, copies)
+                if changed.is_set() or self._stopping:
+                    continue  # a change came while we asked: no one woke us for it
+                delay = math.inf if due is None else max(due - time.time(), 0.0)
+                if light and not copies:  # copies wait for the chmod to pause: look then
+                    delay = min(delay, self._meta_bursts.quiet_in(math.inf))
+                with trio.move_on_after(delay):
+                    await (self._idle_light if light else self._idle_any).park()
+
+    @contextlib.contextmanager
+    def _copies_now(self, light: bool) -> Iterator[bool]:
+        """May this worker take small objects' metadata copies now (a heavy one: always;
+        a light one: unless a burst of metadata changes goes on)? A light worker told no
+        watches for the burst to pause meanwhile: no metadata change wakes another one."""
+        copies = not light or not self._meta_bursts.quiet_in(math.inf)
+        self._meta_watchers += not copies
+        try:
+            yield copies
+        finally:
+            self._meta_watchers -= not copies
 
     async def _writers_first(self) -> None:
         """Uploads wait while a burst of closes goes on (burst.py); fsync and sync do not."""
@@ -538,7 +573,7 @@ class UploadQueue:
         # A light worker is woken only after a light job: after each metadata copy of a
         # `chmod -R` one would search the queued copies for a light job under the
         # journal's writer lock, in vain (the chmod's own journal writes waited: 2x).
-        self._notify(light=job.op == "delete" or (job.op == "put" and job.size <= LIGHT_PUT_BYTES))
+        self._notify(light=self._for_light(job.op, job.size))
 
     async def _reload_latest(self, bucket: str, key: str, seen: tuple[int, str]) -> None:
         """`_latest` of a key from the journal, unless a change of the key came meanwhile."""
