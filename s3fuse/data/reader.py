@@ -343,7 +343,7 @@ class BlockReader:
         self.misses += 1
         small = lru is self._small
         slot = self._written_later(bid, data, await self._take_write_slot(small))
-        lru.put(bid, bytes(data) if lru is self._small else memoryview(data))
+        lru.put(bid, bytes(data) if small else memoryview(data))
         self._hold_in_memory(bid, slot)
 
     async def _fetch(self, ref: ObjectRef, index: int, loader: Loader | None) -> bytes:

@@ -334,8 +334,8 @@ class UploadQueue:
         return op == "delete" or size <= LIGHT_PUT_BYTES
 
     def _notify(self, light: bool = True) -> None:
-        """Tell everyone the queue changed; `light`: it may have a light job (not only a
-        metadata change) for a light worker."""
+        """Tell everyone the queue changed; `light`: it may have a job a light worker takes
+        (`_for_light`)."""
         self._changed.set()
         self._changed = trio.Event()
         self._idle_any.unpark(count=1)
@@ -570,9 +570,10 @@ class UploadQueue:
                 self._latest[(job.bucket, job.key)] = (latest[0], "")
             self._tell_uploaded(job, result)  # again: no longer pending (the local view goes)
         self.commits.want()
-        # A light worker is woken only after a light job: after each metadata copy of a
-        # `chmod -R` one would search the queued copies for a light job under the
-        # journal's writer lock, in vain (the chmod's own journal writes waited: 2x).
+        # A light worker is woken only for a job it takes: after each metadata copy of a
+        # `chmod -R` still going on one would search the queued copies for a light job
+        # under the journal's writer lock, in vain (the chmod's own journal writes waited:
+        # 2x); one light worker watches for the chmod to pause instead (`_copies_now`).
         self._notify(light=self._for_light(job.op, job.size))
 
     async def _reload_latest(self, bucket: str, key: str, seen: tuple[int, str]) -> None:
