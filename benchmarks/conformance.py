@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import socket
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     build = out / "build"
     subprocess.run([str(args.suites / "build.sh"), str(build)], check=True,
                    stdout=subprocess.DEVNULL)
+    # the S3 server is new every run: a cache (and upload journal) of an earlier run
+    # belongs to its server, and s3fuse refuses to mount it for another
+    shutil.rmtree(out / args.tool, ignore_errors=True)
     with s3_server(args.server, out) as target:
         fs = conformance_fs(args.tool, target, out / args.tool)
         fs.mount()
