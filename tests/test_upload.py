@@ -581,4 +581,6 @@ async def test_light_workers_do_not_spin_while_big_uploads_wait(tmp_path: Path, 
         for n in range(8):  # 4 upload, 4 wait half a second for a worker that takes them
             await write(queue, bucket, f"big{n}.bin", b"b" * 101)
         assert (await queue.sync(timeout=30))["files"] == 0
-    assert claims() < 60, f"{claims()} claims for 8 jobs"
+    # 40-60 when they sleep (each worker's first look, a wake per change and per job end);
+    # 3,058 when the light ones asked again at once while a big job was due
+    assert claims() < 150, f"{claims()} claims for 8 jobs"
