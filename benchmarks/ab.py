@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import statistics
 import sys
@@ -39,6 +40,7 @@ REGISTERING = (posix_workloads, scale_dir, training, write_workloads)  # their w
 
 def serve(args: argparse.Namespace) -> int:
     spec = datasets.QUICK if args.quick else datasets.FULL
+    shutil.rmtree(args.workdir / "seaweedfs", ignore_errors=True)  # a new server, empty
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "data").mkdir(exist_ok=True)
     with SeaweedFS(args.workdir / "seaweedfs") as sw:

@@ -1,8 +1,10 @@
 """Operations called directly under pytest-trio, over in-process moto."""
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import stat
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +16,7 @@ import pytest
 
 from s3fuse.config import Config, parse_source
 from s3fuse.daemon import Components, build
+from s3fuse.fs import dirent
 from s3fuse.fs.inodes import ROOT_INODE
 from tests.conftest import Backend
 
@@ -24,7 +27,8 @@ _ids = itertools.count()
 def parts(moto_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
           request: pytest.FixtureRequest) -> Iterator[Components]:
     """Components over a moto server bucket named 'bkt' (shown as top-level dir 'bkt');
-    parametrize indirectly with {"read_only": True} for a read-only mount."""
+    parametrize indirectly with {"read_only": True} for a read-only mount, with
+    {"posix_metadata": False} for one that never HEADs for POSIX metadata."""
     client = moto_backend.client
     bucket = f"ops-{next(_ids)}"
     client.create_bucket(Bucket=bucket)
@@ -33,10 +37,12 @@ def parts(moto_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         client.put_object(Bucket=bucket, Key=key, Body=body)
     for var, value in moto_backend.env().items():
         monkeypatch.setenv(var, value)
+    options = getattr(request, "param", {})
     cfg = Config(mountpoint=tmp_path / "mnt", sources=(parse_source(f"s3://{bucket}", "bkt"),),
                  cache_dir=tmp_path / "cache", endpoint_url=moto_backend.endpoint,
                  region="us-east-1", metadata_ttl=60,
-                 read_only=getattr(request, "param", {}).get("read_only", False))
+                 read_only=options.get("read_only", False),
+                 posix_metadata=options.get("posix_metadata", True))
     with ExitStack() as stack:
         yield build(cfg, stack)
 
@@ -48,6 +54,7 @@ class Collector:
     def __init__(self, capacity: int = 1000):
         self.capacity = capacity
         self.names: list[str] = []
+        self.entries: dict[str, tuple[int, int, int]] = {}  # name -> (node id, d_ino, mode)
         self.offset = 0  # where the next readdir goes on
         self.dots: list[tuple[str, int, int]] = []  # (name, ino, offset) of "." and ".."
 
@@ -63,6 +70,7 @@ def readdir_collector(monkeypatch: pytest.MonkeyPatch) -> None:
             return False
         token.offset = next_id
         token.names.append(os.fsdecode(name))
+        token.entries[os.fsdecode(name)] = (attrs.st_ino, dirent_ino(attrs), attrs.st_mode)
         return True
     monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
 
@@ -100,6 +108,41 @@ async def test_negative_lookup_is_cached_not_an_error(parts: Components):
     assert root_miss.st_ino == 0
 
 
+def dirent_ino(attrs: pyfuse3.EntryAttributes) -> int:
+    """The inode number the entry's dirent lists (`st_ino` reads the node id)."""
+    assert dirent.NAME_ONLY and dirent._OFFSET is not None
+    return ctypes.c_uint64.from_address(id(attrs) + dirent._OFFSET + 24).value
+
+
+async def test_readdir_of_unknown_metadata_lists_names_only(parts: Components,
+                                                           readdir_collector: None):
+    """Entries whose POSIX metadata the first stat HEADs go out with node id 0: the
+    kernel keeps no inode of them and the daemon makes none. Their dirent shows the
+    inode the kernel already has, else UNKNOWN_INO; the first stat is a lookup."""
+    ops = parts.ops
+    d = await lookup_path(ops, "bkt")
+    a = await lookup_path(ops, "bkt", "a.txt")
+    before = len(ops.inodes)
+    fh = await ops.opendir(d.st_ino)
+    token = Collector()
+    await ops.readdir(fh, 0, token)
+    await ops.releasedir(fh)
+    assert len(ops.inodes) == before
+    assert token.entries == {
+        "a.txt": (a.st_ino, a.st_ino, a.st_mode),  # HEADed by its lookup: known
+        "clash": (0, dirent.UNKNOWN_INO, stat.S_IFDIR), "d": (0, dirent.UNKNOWN_INO, stat.S_IFDIR)}
+    looked_up = await lookup_path(ops, "bkt", "d")
+    assert looked_up.st_ino and looked_up.attr_timeout == 60 and len(ops.inodes) == before + 1
+    held = ops.inodes.remember(ops.inodes.ensure(0, "clash", True))  # the kernel holds it
+    fh = await ops.opendir(d.st_ino)
+    token = Collector()
+    await ops.readdir(fh, 0, token)
+    await ops.releasedir(fh)
+    assert token.entries["clash"] == (0, held.ino, stat.S_IFDIR)
+    assert token.entries["d"] == (looked_up.st_ino, looked_up.st_ino, looked_up.st_mode)
+
+
+@pytest.mark.parametrize("parts", [{"posix_metadata": False}], indirect=True)
 async def test_readdir_counts_only_accepted_entries(parts: Components, readdir_collector: None):
     ops = parts.ops
     d = await lookup_path(ops, "bkt")
@@ -112,6 +155,7 @@ async def test_readdir_counts_only_accepted_entries(parts: Components, readdir_c
     await ops.readdir(fh, token.offset, token2)
     assert token2.names == ["d"] and token2.dots == []
     assert len(ops.inodes) == before + 1
+    assert token2.entries["d"][:2] == (ops.inodes.find(0, "d", True).ino,) * 2
     await ops.releasedir(fh)
     clash = await lookup_path(ops, "bkt", "clash")
     assert clash.st_mode & 0o040000                                # the directory wins

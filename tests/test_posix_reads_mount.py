@@ -65,3 +65,24 @@ def test_no_posix_metadata_sends_no_head(s3, bucket, mount_factory):
     subprocess.run(["ls", "-l", str(m.path(bucket))], check=True, capture_output=True)
     assert os.lstat(m.path(bucket, "run.sh")).st_mode == 0o100644  # the default
     assert m.status()["requests"].get("HeadObject", 0) == 0
+
+
+def test_a_listing_gives_the_kernel_names_until_the_first_stat(s3, bucket, mount_factory):
+    """Entries whose metadata a stat HEADs are listed as names only (fs/dirent.py): the
+    dirent's inode is FUSE_UNKNOWN_INO (as s3fs lists every name) until a stat gives the
+    entry one; then a listing shows that inode, and `ls -i` agrees with `stat`."""
+    for key in ("a.txt", "b.txt", "sub/c.txt"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    listed = {e.name: (e.inode(), e.is_dir()) for e in os.scandir(root)}
+    assert listed == {"a.txt": (0xFFFFFFFF, False), "b.txt": (0xFFFFFFFF, False),
+                      "sub": (0xFFFFFFFF, True)}
+    ino = os.stat(root / "a.txt").st_ino
+    assert ino not in (0, 0xFFFFFFFF)
+    assert {e.name: e.inode() for e in os.scandir(root)}["a.txt"] == ino
+    shown = subprocess.run(["ls", "-i", str(root)], check=True, capture_output=True,
+                           text=True).stdout.split()
+    by_name = dict(zip(shown[1::2], map(int, shown[::2])))
+    assert by_name == {name: os.stat(root / name).st_ino for name in ("a.txt", "b.txt", "sub")}
+    assert sorted(p.name for p in root.rglob("*")) == ["a.txt", "b.txt", "c.txt", "sub"]

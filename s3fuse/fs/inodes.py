@@ -71,6 +71,11 @@ class InodeTable:
             refs[ref] = node
         return node
 
+    def find(self, ns: int, ref: Hashable, is_dir: bool) -> Node | None:
+        """The dynamic node of (ns, ref, kind) if there is one; never makes one."""
+        refs = self._by_ref.get((ns, is_dir))
+        return None if refs is None else refs.get(ref)
+
     def remember(self, node: Node) -> Node:
         """The kernel got a reference to `node` (a lookup reply or a readdirplus entry)."""
         node.lookups += 1

@@ -26,6 +26,7 @@ from ..names import MAX_NAME_BYTES, join
 from ..tree.contract import AttrChanges, Namespace
 from ..tree.root import ROOT_HIDDEN_BITS, ControlPlane, MountRoot, RootTree
 from .boundary import fuse_handler
+from .dirent import NAME_ONLY, UNKNOWN_INO, name_only
 from .handles import HandleTable
 from .inodes import ROOT_INODE, InodeTable, Node
 from .pagecache import PageCache
@@ -332,8 +333,15 @@ class S3Operations(pyfuse3.Operations):
             page = await handle.stream.page(start_id, READDIR_PAGE)
             if not page:
                 return
+            names_only = self._names_only(handle.node)
             for next_id, ref, entry in page:
                 start_id = next_id
+                if names_only and entry.posix is None:
+                    if not pyfuse3.readdir_reply(token, os.fsencode(entry.name),
+                                                 self._name_only(handle.node, ref, entry),
+                                                 next_id + DOT_ENTRIES):
+                        return
+                    continue
                 node = self._ensure(handle.node, ref, entry.is_dir)
                 attrs = self._attrs(node, entry, tell=False)
                 if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs,
@@ -343,6 +351,18 @@ class S3Operations(pyfuse3.Operations):
                 if not node.is_dir:
                     self.pages.told(node.ino, self.pages.shown(node.ino, entry))
                 self.inodes.remember(node)
+
+    def _names_only(self, parent: Node) -> bool:
+        """Do entries of `parent` whose metadata is unknown go out as names only
+        (fs/dirent.py)? Their attributes would have timeout 0 (`_unknown`): the kernel
+        looks each up at its first stat whether or not it holds an inode for it."""
+        return NAME_ONLY and not parent.is_root and self._ns(parent).posix_lookups
+
+    def _name_only(self, parent: Node, ref: Ref, entry: Entry) -> pyfuse3.EntryAttributes:
+        """A name-only readdir entry: listed with the inode the kernel already has for
+        it, if any (so `ls -i` agrees with `stat`), else UNKNOWN_INO."""
+        node = self.inodes.find(parent.ns, ref, entry.is_dir)
+        return name_only(UNKNOWN_INO if node is None else node.ino, entry.is_dir)
 
     @fuse_handler("releasedir")
     async def releasedir(self, fh: int) -> None:
