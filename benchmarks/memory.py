@@ -10,7 +10,7 @@ Each measurement is on a fresh mount with an empty cache, of this checkout's s3f
 
 - baseline: the daemon just mounted, idle (imports, botocore clients, caches opened);
 - directory entry listed: ``ls`` of a directory of N keys (its listing fetched, stored
-  and read back; the kernel gets an inode per entry through readdirplus);
+  and read back; the kernel gets names, not inodes: fs/dirent.py);
 - inode looked up: then ``ls -l`` (a lookup and getattr per entry: what the kernel
   holds on to until it forgets);
 - open file: N small files held open by this process;
