@@ -17,6 +17,7 @@ import pytest
 from s3fuse.config import Config, parse_source
 from s3fuse.daemon import Components, build
 from s3fuse.fs import dirent
+from s3fuse.fs import ops as ops_module
 from s3fuse.fs.inodes import ROOT_INODE
 from tests.conftest import Backend
 
@@ -140,6 +141,20 @@ async def test_readdir_of_unknown_metadata_lists_names_only(parts: Components,
     await ops.releasedir(fh)
     assert token.entries["clash"] == (0, held.ino, stat.S_IFDIR)
     assert token.entries["d"] == (looked_up.st_ino, looked_up.st_ino, looked_up.st_mode)
+
+
+async def test_readdir_hands_out_inodes_where_pyfuse3_is_not_recognised(
+        parts: Components, readdir_collector: None, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(ops_module, "NAME_ONLY", False)
+    ops = parts.ops
+    d = await lookup_path(ops, "bkt")
+    before = len(ops.inodes)
+    fh = await ops.opendir(d.st_ino)
+    token = Collector()
+    await ops.readdir(fh, 0, token)
+    await ops.releasedir(fh)
+    assert len(ops.inodes) == before + 3
+    assert all(node_id == d_ino != 0 for node_id, d_ino, _ in token.entries.values())
 
 
 @pytest.mark.parametrize("parts", [{"posix_metadata": False}], indirect=True)
