@@ -85,4 +85,7 @@ def test_a_listing_gives_the_kernel_names_until_the_first_stat(s3, bucket, mount
                            text=True).stdout.split()
     by_name = dict(zip(shown[1::2], map(int, shown[::2])))
     assert by_name == {name: os.stat(root / name).st_ino for name in ("a.txt", "b.txt", "sub")}
+    found = subprocess.run(["find", str(root), "-inum", str(by_name["b.txt"])], check=True,
+                           capture_output=True, text=True).stdout.split()
+    assert found == [str(root / "b.txt")]
     assert sorted(p.name for p in root.rglob("*")) == ["a.txt", "b.txt", "c.txt", "sub"]
