@@ -4,7 +4,9 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from s3fuse.upload.journal import UNKNOWN, Journal
+import pytest
+
+from s3fuse.upload.journal import UNKNOWN, Journal, is_light
 from s3fuse.upload.staging import Staging
 
 
@@ -137,4 +139,24 @@ def test_a_light_claim_takes_only_removals_and_small_puts_and_copies_when_told(t
     light = [j.claim(1e12, light_max=1000, copies=True) for _ in range(2)]
     assert [job.id if job else None for job in light] == [small_meta, None]
     assert (job := j.claim(1e12)) is not None and job.id == big_meta
+    j.close()
+
+
+@pytest.mark.parametrize("copies", [False, True])
+def test_is_light_says_what_a_light_claim_takes(tmp_path: Path, copies: bool):
+    """The queue wakes light workers by `is_light`, which must be the claim's condition."""
+    from s3fuse.posix import Posix
+
+    j = Journal(tmp_path / "journal.sqlite")
+    jobs = {}
+    for size in (0, 1000, 1001):
+        jobs[j.enqueue("b", f"put-{size}", f"s{size}", size, UNKNOWN)] = ("put", size)
+        jobs[j.enqueue("b", f"gone-{size}", "", size, UNKNOWN, op="delete")] = ("delete", size)
+        jobs[j.enqueue_meta("b", f"meta-{size}", Posix(mode=stat.S_IFREG | 0o600), size,
+                            UNKNOWN)] = ("meta", size)
+    claimed = set()
+    while (job := j.claim(1e12, light_max=1000, copies=copies)) is not None:
+        claimed.add(job.id)
+    assert claimed == {i for i, (op, size) in jobs.items() if is_light(op, size, 1000, copies)}
+    assert 0 < len(claimed) < len(jobs)
     j.close()

@@ -99,14 +99,25 @@ _STARTABLE = ("j.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs u WHERE u.b
               "OR (u.state = 'queued' AND u.id < j.id)))")
 
 
+def _sized_light_ops(copies: bool) -> tuple[str, ...]:
+    """The ops that are light up to a size: puts, and with `copies` metadata changes (a
+    copy moves no bytes through the daemon). A removal is light at any size."""
+    return ("put", "meta") if copies else ("put",)
+
+
+def is_light(op: str, size: int, light_max: int, copies: bool = False) -> bool:
+    """`_light`'s condition for one job: would a light worker claim it?"""
+    return op == "delete" or (op in _sized_light_ops(copies) and size <= light_max)
+
+
 def _light(light_max: int | None, copies: bool = False) -> tuple[str, tuple[int, ...]]:
-    """The condition (and its argument) that keeps only light jobs: removals and puts of at
-    most `light_max` bytes (none when None); with `copies`, metadata changes of objects of
-    at most that size too (a copy moves no bytes through the daemon)."""
+    """The condition (and its argument) that keeps only light jobs (`is_light`): removals,
+    puts (`copies`: and metadata changes) of objects of at most `light_max` bytes; none
+    when None."""
     if light_max is None:
         return "", ()
-    ops = "('put', 'meta')" if copies else "('put')"
-    return f" AND (j.op = 'delete' OR (j.op IN {ops} AND j.size <= ?))", (light_max,)
+    ops = ", ".join(f"'{op}'" for op in _sized_light_ops(copies))
+    return f" AND (j.op = 'delete' OR (j.op IN ({ops}) AND j.size <= ?))", (light_max,)
 
 
 _SCHEMA = """

@@ -79,7 +79,7 @@ from ..util.events import first_set
 from ..util.supervisor import UPLOAD_CLEANUP, UPLOAD_QUEUE, UPLOAD_SYNC, UPLOAD_WORKER, Supervisor
 from .burst import BurstGate
 from .groupcommit import GroupCommit
-from .journal import UNKNOWN, Expected, Job, Journal
+from .journal import UNKNOWN, Expected, Job, Journal, is_light
 from .staging import Staging
 from .uploader import Interrupted, Uploader, UploadResult
 
@@ -326,12 +326,12 @@ class UploadQueue:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._disk)
 
     def _for_light(self, op: str, size: int) -> bool:
-        """Is a job of `op` and `size` one to wake a light worker for? A removal or a small
-        put; a small object's metadata change unless a light worker already watches for
+        """Is a job of `op` and `size` one to wake a light worker for? One it claims
+        (`is_light`), except a metadata change while a light worker already watches for
         the burst of them to pause (it would claim nothing before)."""
-        if op == "meta":
-            return size <= LIGHT_PUT_BYTES and not self._meta_watchers
-        return op == "delete" or size <= LIGHT_PUT_BYTES
+        if op == "meta" and self._meta_watchers:
+            return False
+        return is_light(op, size, LIGHT_PUT_BYTES, copies=True)
 
     def _notify(self, light: bool = True) -> None:
         """Tell everyone the queue changed; `light`: it may have a job a light worker takes
