@@ -14,16 +14,18 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import pytest
 import trio
 
 from s3fuse.cache.meta import MetaStore
 from s3fuse.config import parse_source
+from s3fuse.errors import NotFound
 from s3fuse.cache.overlay import Overlay
 from s3fuse.posix import Posix
 from s3fuse.store.memory import MemoryStore
+from s3fuse.store.protocol import ListPage
 from s3fuse.tree.bucket import BucketTree
 from s3fuse.tree.contract import AttrChanges
 from s3fuse.upload.queue import UploadQueue
@@ -37,24 +39,40 @@ B = "bkt"
 
 
 class HeldDeletes(MemoryStore):
-    """A DeleteObject of `held` waits (in its worker thread) until `release` is set."""
+    """A DeleteObject of `held`, or a copy of `held` onto itself (its new metadata), waits
+    (in its worker thread) until `release` is set; `listing` runs before each listing."""
 
     def __init__(self) -> None:
         super().__init__()
         self.held = ""
         self.waiting = threading.Event()
         self.release = threading.Event()
+        self.listing: Callable[[str], None] = lambda prefix: None
 
-    def delete_object(self, bucket: str, key: str, *, if_match: str | None = None) -> None:
+    def _hold(self, key: str) -> None:
         if key == self.held:
             self.waiting.set()
             self.release.wait(10)
+
+    def delete_object(self, bucket: str, key: str, *, if_match: str | None = None) -> None:
+        self._hold(key)
         super().delete_object(bucket, key, if_match=if_match)
 
+    def copy_object(self, bucket: str, source_key: str, key: str, etag: str,
+                    **kwargs: Any) -> str:
+        if source_key == key:
+            self._hold(key)
+        return super().copy_object(bucket, source_key, key, etag, **kwargs)
 
-def posix(kind: int, mode: int = 0o644) -> Posix:
+    def list_pages(self, bucket: str, prefix: str, delimiter: str = "/") -> Iterator[ListPage]:
+        self.listing(prefix)
+        return super().list_pages(bucket, prefix, delimiter)
+
+
+def posix(kind: int, mode: int = 0o644, owner: int = 0) -> Posix:
     now = time.time_ns()
-    return Posix(mode=kind | mode, uid=0, gid=0, mtime_ns=now, ctime_ns=now, atime_ns=now)
+    return Posix(mode=kind | mode, uid=owner, gid=owner, mtime_ns=now, ctime_ns=now,
+                 atime_ns=now)
 
 
 @pytest.fixture
@@ -132,6 +150,53 @@ async def test_an_old_file_removed_after_a_new_directory_landed_leaves_the_direc
     assert (await tree.stat("n")).is_dir
     assert [e.name for e in await tree.listdir("")] == ["n"]
     await tree.rmdir("", "n")  # found, and removed
+
+
+@pytest.mark.parametrize("when", ["listing", "journalling"])
+async def test_a_directory_whose_marker_lands_during_its_rename_keeps_its_owner(
+        rig: tuple[BucketTree, UploadQueue], store: HeldDeletes, when: str) -> None:
+    """The directory's pending marker lands (its overlay cleared) while the rename lists
+    the keys below it, or while it journals the new marker: the new marker keeps the
+    owner (pjdfstest rename/09.t, 1 run in 4: a second marker was made from the cleared
+    overlay, with no metadata: root's)."""
+    tree, queue = rig
+    assert await tree.listdir("") == []
+    await tree.mkdir("", "d", posix(stat.S_IFDIR, 0o755, owner=65534))
+    overlay = tree._pending._overlay
+    if when == "listing":
+        store.listing = lambda prefix: overlay.clear(B, "d/") if prefix == "d/" else None
+    else:
+        land_first(queue, lambda: overlay.clear(B, "d/"))
+    await tree.rename("", "d", "", "e")
+    moved = (await tree.stat("e")).posix
+    assert moved is not None and (moved.uid, moved.mode) == (65534, stat.S_IFDIR | 0o755)
+    await landed(queue, "e/")
+    headers = store.head(B, "e/").metadata
+    assert headers is not None and headers.get("uid") == "65534"
+
+
+async def test_a_file_with_new_metadata_pending_moves_with_its_directory(
+        rig: tuple[BucketTree, UploadQueue], store: HeldDeletes) -> None:
+    """A file whose chmod is still on its way (a copy onto itself) is moved with its
+    directory, with the new mode (it was left behind under the old name)."""
+    tree, queue = rig
+    store.put_object(B, "d/", b"")
+    store.put_object(B, "d/f", b"bytes")
+    assert [e.name for e in await tree.listdir("d")] == ["f"]
+    store.held = "d/f"
+    await tree.setattr("d/f", AttrChanges(mode=0o600, posix=posix(stat.S_IFREG, 0o600)), None)
+    with trio.fail_after(10):
+        await trio.to_thread.run_sync(store.waiting.wait)  # the chmod's copy is held
+    await tree.rename("", "d", "", "e")
+    store.release.set()
+    assert [e.name for e in await tree.listdir("e")] == ["f"]
+    mode = (await tree.stat("e/f")).posix
+    assert mode is not None and mode.mode == stat.S_IFREG | 0o600
+    await landed(queue, "d/f")
+    await landed(queue, "e/f")
+    assert store.head(B, "e/f").metadata.get("mode") == str(stat.S_IFREG | 0o600)
+    with pytest.raises(NotFound):
+        store.head(B, "d/f")
 
 
 @contextlib.asynccontextmanager

@@ -368,10 +368,16 @@ class Mutations:
 
     async def _rename_dir(self, old: str, new: str, posix: Posix | None) -> None:
         """Every key below `old` moved below `new`; the markers keep their metadata
-        (`posix`: the top one's; those below: pending, else a HEAD of the marker)."""
+        (`posix`: the top one's; those below: pending, else a HEAD of the marker).
+
+        What is pending below `old` is read before the first await, with the metadata
+        of each pending marker: an upload landing meanwhile clears its overlay, and a
+        marker read after that showed no metadata, so the directory moved back and forth
+        lost its owner (pjdfstest rename/09.t, 1 run in 4)."""
         writes = self._writer()
         bucket = self._keys.bucket
         old_prefix, new_prefix = self._keys.dir_prefix(old), self._keys.dir_prefix(new)
+        local = self._local_below(old_prefix)
 
         def list_below() -> list[ObjectInfo]:
             found: list[ObjectInfo] = []
@@ -382,23 +388,26 @@ class Mutations:
             return found
 
         remote = await trio.to_thread.run_sync(list_below, limiter=self._limiter)
-        local_keys = self._pending.live_keys_under(old_prefix)
-        if len(remote) + len(local_keys) > RENAME_DIR_LIMIT:
+        local.update(self._local_below(old_prefix))  # made while listing (newest wins)
+        if len(remote) + len(local) > RENAME_DIR_LIMIT:
             raise TooBigToRename(f"{old}: more than {RENAME_DIR_LIMIT} objects to rename one by one")
         await writes.make_dir(bucket, new_prefix, posix)
         markers = {old_prefix}  # removed last, once everything below was moved
-        seen_markers = {obj.key: obj.etag for obj in remote if obj.key.endswith("/")}
-        moved: set[str] = set()
-        for key in local_keys:
+        listed = {obj.key: obj for obj in remote}
+        seen_markers = {key: obj.etag for key, obj in listed.items() if key.endswith("/")}
+        for key, marker_posix in local.items():
             target = new_prefix + key[len(old_prefix):]
             if key.endswith("/"):
-                await writes.make_dir(bucket, target, writes.posix(bucket, key))
+                await writes.make_dir(bucket, target, marker_posix)
                 markers.add(key)
-            elif writes.has_local(bucket, key):
-                await writes.move_local(bucket, key, target)
-            moved.add(key)
+            else:  # local bytes move; new metadata of S3's bytes (or bytes uploaded
+                # meanwhile) go by a copy, of the version listed, else of the one a HEAD finds
+                obj = listed.get(key)
+                await self._rename_file(key, target, Entry(
+                    "", False, obj.size if obj else 0, obj.mtime_ns if obj else 0,
+                    obj.etag if obj else ""))
         for obj in remote:
-            if obj.key in moved or obj.key == old_prefix or self._pending.removed(obj.key):
+            if obj.key in local or obj.key == old_prefix or self._pending.removed(obj.key):
                 continue
             target = new_prefix + obj.key[len(old_prefix):]
             if obj.key.endswith("/"):
@@ -410,6 +419,12 @@ class Mutations:
         for key in sorted(markers, reverse=True):
             await writes.remove(bucket, key, seen_markers.get(key) or UNKNOWN)
 
+    def _local_below(self, prefix: str) -> dict[str, Posix | None]:
+        """The keys written or made locally below directory `prefix` (not the marker
+        `prefix` itself: the caller moves it), each marker with its pending metadata."""
+        writes = self._writer()
+        return {key: writes.posix(self._keys.bucket, key) if key.endswith("/") else None
+                for key in self._pending.live_keys_under(prefix) if key != prefix}
 
     async def _marker_posix(self, marker: str) -> Posix | None:
         """The metadata a directory marker in S3 stores (a HEAD; None: gone meanwhile)."""
