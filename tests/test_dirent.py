@@ -16,11 +16,20 @@ def test_the_installed_pyfuse3_is_recognised() -> None:
 
 def test_a_name_only_entry_has_no_node_id_but_lists_its_inode_and_kind() -> None:
     assert dirent._OFFSET is not None
-    for d_ino, is_dir, kind in ((dirent.UNKNOWN_INO, False, stat.S_IFREG), (77, True, stat.S_IFDIR)):
+    for d_ino, is_dir, kind in ((dirent.UNKNOWN_INO, False, stat.S_IFREG),
+                                (dirent.UNKNOWN_INO, True, stat.S_IFDIR), (77, True, stat.S_IFDIR)):
         attrs = dirent.name_only(d_ino, is_dir)
         assert attrs.st_ino == 0  # the node id the kernel reads
         assert ctypes.c_uint64.from_address(id(attrs) + dirent._OFFSET + 24).value == d_ino
         assert attrs.st_mode == kind and attrs.entry_timeout == attrs.attr_timeout == 0
+
+
+def test_names_with_no_inode_share_one_entry_per_kind() -> None:
+    """Made once (readdir_reply copies it); one with an inode is its own."""
+    assert dirent.name_only(dirent.UNKNOWN_INO, False) is dirent.name_only(dirent.UNKNOWN_INO, False)
+    assert dirent.name_only(dirent.UNKNOWN_INO, True) is not dirent.name_only(dirent.UNKNOWN_INO,
+                                                                             False)
+    assert dirent.name_only(77, False) is not dirent.name_only(77, False)
 
 
 def test_an_unknown_layout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
