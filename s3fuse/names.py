@@ -7,8 +7,23 @@ names are refused in one place. This module imports nothing of ours.
 """
 from __future__ import annotations
 
+import re
+
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
+
+
+#: The conditional-request probe's scratch keys (upload/conditions.py): this, then
+#: PROBE_HEX lowercase hex digits. Ours, never the user's: listings hide them and no file
+#: of such a name is made.
+PROBE_NAME = ".s3fuse-probe-"
+PROBE_HEX = 16
+_PROBE = re.compile(re.escape(PROBE_NAME) + f"[0-9a-f]{{{PROBE_HEX}}}")
+
+
+def is_probe_name(name: str) -> bool:
+    """Is `name` (one path component) a probe's scratch key?"""
+    return name.startswith(PROBE_NAME) and _PROBE.fullmatch(name) is not None
 
 
 def is_posix_name(name: str) -> bool:

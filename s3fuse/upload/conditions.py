@@ -10,7 +10,9 @@ wrong ETag (both must fail with 412), deleted with `If-Match` a wrong ETag (must
 with 412), then deleted. Writes and deletes are judged apart (a server may honour one only);
 what is missing gets the uploader's HEAD check instead. Answers are kept for the mount's
 lifetime. The scratch key is recorded in the journal before it is written, so one a
-crash leaves behind is deleted at the next start (`remove_leftovers`). Offline (or a
+crash leaves behind is deleted at the next start (`remove_leftovers`); listings never show
+one, and a writable mount that lists one older than PROBE_STALE (its journal was lost with
+a wiped cache directory) removes it (tree/bucket/listing.py). Offline (or a
 transient error) during the probe postpones it: the job waits and the probe runs again,
 support is never assumed. A scratch key we may not write (403)
 gives that one request the HEAD check, and the next one probes again. Blocking: call from
@@ -26,13 +28,13 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..errors import Offline, S3FuseError, StaleObject
+from ..names import PROBE_HEX, PROBE_NAME
 from ..store import retry
 from ..store.protocol import Store
 from .journal import Journal
 
 log = logging.getLogger(__name__)
 
-PROBE_NAME = ".s3fuse-probe-"
 #: PutObject requests of a probe on a server that honours conditions (the scratch key,
 #: If-None-Match, If-Match), for whoever counts requests.
 PROBE_PUTS = 3
@@ -53,8 +55,8 @@ NONE = Capability(False, False)
 def probe_key(key: str) -> str:
     """A fresh scratch key in the directory of `key` (a marker's parent for `dir/`)."""
     parent = key.rstrip("/").rpartition("/")[0]
-    return f"{parent}/{PROBE_NAME}{secrets.token_hex(8)}" if parent else \
-        f"{PROBE_NAME}{secrets.token_hex(8)}"
+    return f"{parent}/{PROBE_NAME}{secrets.token_hex(PROBE_HEX // 2)}" if parent else \
+        f"{PROBE_NAME}{secrets.token_hex(PROBE_HEX // 2)}"
 
 
 class ConditionProbe:

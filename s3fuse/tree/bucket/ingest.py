@@ -21,8 +21,8 @@ from pathlib import Path
 
 from ...cache.meta import version
 from ...model import Entry
-from ...names import is_posix_name
-from ...store.protocol import ListPage
+from ...names import is_posix_name, is_probe_name
+from ...store.protocol import ListPage, ObjectInfo
 from ...util.oncelog import OnceLogger
 from ...util.spill import SPILL_BUDGET, SpillList
 
@@ -41,7 +41,8 @@ class Ingest:
     Prefixes become directories, keys become files; the directory's own marker (`prefix`
     itself) is not an entry but its version is kept (`marker`). A key that is also a
     prefix is hidden (the directory wins), and so is any name that cannot be a POSIX
-    path component.
+    path component. The conditional-request probe's scratch keys are no entries either:
+    they are set aside in `probes` (one left behind is removed, listing.py).
     """
 
     def __init__(self, prefix: str, hidden: OnceLogger, now: float,
@@ -54,6 +55,7 @@ class Ingest:
         #: The version of the directory's own marker object, '' when it has none (then it
         #: stores no metadata: no HEAD needed to know).
         self.marker = ""
+        self.probes: list[ObjectInfo] = []  # scratch keys of conditional-request probes
 
     def add(self, page: ListPage) -> None:
         prefix, hidden = self._prefix, self._hidden
@@ -69,6 +71,8 @@ class Ingest:
             name = obj.key[len(prefix):]
             if not name:
                 self.marker = version(obj.etag, obj.mtime_ns)
+            elif is_probe_name(name):
+                self.probes.append(obj)
             elif is_posix_name(name):
                 if name <= last:
                     self._ordered = False

@@ -24,6 +24,7 @@ the trio loop serves every other FUSE request meanwhile.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -40,7 +41,7 @@ from ...posix import NO_HEADERS, from_headers
 from ...store.protocol import ListPage, ObjectInfo, Store
 from ...util.flight import SingleFlight
 from ...util.oncelog import OnceLogger
-from ...util.supervisor import LIST_AHEAD as LIST_AHEAD_TASK, Supervisor
+from ...util.supervisor import LIST_AHEAD as LIST_AHEAD_TASK, UPLOAD_CLEANUP, Supervisor
 from .ingest import Ingest
 from .keys import BucketKeys
 from .learned import LearnedChanges
@@ -68,6 +69,11 @@ REVALIDATE_WAIT = 2.0
 #: listing answers while the new one comes (later callers do not wait at all), as it
 #: does offline.
 RELIST_WAIT = 2.0
+#: A conditional-request probe's scratch key older than this (its LastModified) is one its
+#: probe could not delete: it went offline, and the journal that would have deleted it at
+#: the next start was lost with a wiped cache directory. A probe takes a few requests: one
+#: this old is nobody's, and a writable mount that lists it removes it.
+PROBE_STALE = 600.0
 
 
 @dataclass(eq=False)
@@ -87,8 +93,10 @@ class Listings:
     _full_logged = False  # "cache full: stored listings" is logged once per daemon
 
     def __init__(self, keys: BucketKeys, store: Store, meta: MetaStore, *, ttl: float,
-                 limiter: trio.CapacityLimiter, background: Supervisor):
+                 limiter: trio.CapacityLimiter, background: Supervisor,
+                 remove_probes: bool = False):
         self._keys = keys
+        self._remove_probes = remove_probes  # writable: stale probe keys listed are removed
         self._store = store
         self._meta = meta
         self._ttl = ttl
@@ -198,7 +206,7 @@ class Listings:
         ns_id = self._keys.ns_id
         mark = self._learned.mark()
 
-        def fetch() -> None:
+        def fetch() -> list[ObjectInfo]:
             with Ingest(prefix, self._hidden, time.time(), self._meta.directory) as ingest:
                 for number, page in enumerate(self._store.list_pages(self._keys.bucket, prefix)):
                     if number == 0 and answered is not None:
@@ -210,11 +218,30 @@ class Listings:
                     self._meta.replace_listing(ns_id, path,
                                                merge_changes(ingest.entries(), changes or {}),
                                                now, marker=ingest.marker)
+                return ingest.probes
 
         try:
-            await trio.to_thread.run_sync(fetch, limiter=self._limiter)
+            probes = await trio.to_thread.run_sync(fetch, limiter=self._limiter)
         finally:
             self._fresh_until.pop(path, None)  # the next ensure reads what was stored
+        stale = [p for p in probes if time.time() - p.mtime_ns / 1e9 > PROBE_STALE]
+        if stale and self._remove_probes:
+            self._background.spawn(self._remove_stale_probes, stale, kind=UPLOAD_CLEANUP)
+
+    async def _remove_stale_probes(self, probes: list[ObjectInfo]) -> None:
+        """Delete scratch keys a probe left behind (each if it is still that version);
+        what fails is tried again at a later listing."""
+        for probe in probes:
+            try:
+                await trio.to_thread.run_sync(
+                    functools.partial(self._store.delete_object, self._keys.bucket, probe.key,
+                                      if_match=probe.etag), limiter=self._limiter)
+            except S3FuseError as exc:
+                log.debug("%s, left by an interrupted probe, not removed yet: %s",
+                          self._keys.uri(probe.key), exc)
+            else:
+                log.info("removed %s, a scratch key an interrupted probe of conditional "
+                         "requests left behind", self._keys.uri(probe.key))
 
     async def entries(self, path: str) -> list[Entry]:
         """The stored listing of `path` (call `ensure` first), read in a worker thread

@@ -32,7 +32,7 @@ from ...errors import (FileExists, InvalidArgument, IsADirectory, MetadataTooLar
                        NameTooLong, NotADirectory, NotEmpty, NotFound, NotPermitted, ReadOnly,
                        StaleObject, TooBigToRename)
 from ...model import Entry
-from ...names import MAX_PATH_BYTES, is_posix_name, join, split, too_long
+from ...names import MAX_PATH_BYTES, is_posix_name, is_probe_name, join, split, too_long
 from ...posix import NO_HEADERS, Posix, fits, from_headers, to_headers
 from ...store.protocol import ObjectInfo, Store
 from ...upload.journal import UNKNOWN, Expected
@@ -96,6 +96,8 @@ class Mutations:
             raise NameTooLong(f"{path!r}: a name is at most 255 bytes")
         if not is_posix_name(name):
             raise InvalidArgument(f"{path!r} cannot be an S3 key here")
+        if is_probe_name(name):  # listings hide such keys: a file of that name would vanish
+            raise InvalidArgument(f"{path!r}: the name is reserved for s3fuse's scratch keys")
 
     # ----------------------------------------------------------- files
 
@@ -408,6 +410,9 @@ class Mutations:
                     obj.etag if obj else ""))
         for obj in remote:
             if obj.key in local or obj.key == old_prefix or self._pending.removed(obj.key):
+                continue
+            if is_probe_name(obj.key.rpartition("/")[2]):  # a probe's scratch key: not moved
+                await writes.remove(bucket, obj.key, obj.etag)
                 continue
             target = new_prefix + obj.key[len(old_prefix):]
             if obj.key.endswith("/"):

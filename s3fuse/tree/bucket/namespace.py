@@ -71,7 +71,8 @@ class BucketTree(Namespace):
         self._started = int(time.time() * 1e9)
         background = background or Supervisor()
         self._listings = Listings(self.keys, store, meta, ttl=ttl, limiter=list_limiter,
-                                  background=background)
+                                  background=background,
+                                  remove_probes=writes is not None and self.writable)
         self._heads = PosixHeads(self.keys, store, self._listings, enabled=posix_metadata,
                                  background=background, reader=reader)
         self.posix_lookups = posix_metadata

@@ -1,0 +1,131 @@
+"""Scratch keys of the conditional-request probe (upload/conditions.py) in listings.
+
+The probe writes `<dir>/.s3fuse-probe-<16 hex>` beside the first conditional write to a
+bucket and deletes it at once; gone offline meanwhile, it deletes it at the next start,
+from the journal. A wiped cache directory loses that journal: found by the POSIX model
+test (offline mid-probe, then a remount with an empty cache listed the key as a file).
+Listings hide such keys, a writable mount removes one older than PROBE_STALE, and no file
+of such a name is made through the mount.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import stat
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+import trio
+
+from s3fuse.cache.meta import MetaStore
+from s3fuse.cache.overlay import Overlay
+from s3fuse.config import parse_source
+from s3fuse.errors import InvalidArgument, NotFound
+from s3fuse.names import is_probe_name
+from s3fuse.posix import Posix
+from s3fuse.store.memory import MemoryStore
+from s3fuse.store.s3 import ListPage, ObjectInfo
+from s3fuse.tree.bucket import BucketTree, ReadOnlyBucketTree, entries_from_pages
+from s3fuse.tree.bucket.listing import PROBE_STALE
+from s3fuse.upload.conditions import probe_key
+from s3fuse.upload.writeback import WriteBack
+from s3fuse.util.oncelog import OnceLogger
+from s3fuse.util.supervisor import Supervisor
+from tests.test_upload import upload_queue
+
+B = "bkt"
+OLD = "d/.s3fuse-probe-0123456789abcdef"
+YOUNG = "d/.s3fuse-probe-fedcba9876543210"
+
+
+def test_the_probe_names_its_keys_as_the_listings_recognise_them() -> None:
+    for key in (probe_key("a/b/c"), probe_key("top")):
+        assert is_probe_name(key.rpartition("/")[2])
+    for other in (".s3fuse-probe-0123", ".s3fuse-probe-0123456789ABCDEF", "s3fuse-probe-x",
+                  ".s3fuse-probe-0123456789abcdef0", "x.s3fuse-probe-0123456789abcdef"):
+        assert not is_probe_name(other)
+
+
+def test_a_listing_sets_probe_keys_aside() -> None:
+    pages = [ListPage(prefixes=[], objects=[ObjectInfo("d/a", 1, 1_000, "e1"),
+                                            ObjectInfo(OLD, 0, 1_000, "e2")])]
+    entries = entries_from_pages(pages, "d/", OnceLogger(logging.getLogger("test")), now=1.0)
+    assert [e.name for e in entries] == ["a"]
+
+
+def aged(store: MemoryStore, key: str, seconds: float) -> None:
+    with store._lock:
+        objects = store._buckets[B]
+        objects[key] = dataclasses.replace(objects[key],
+                                           mtime_ns=time.time_ns() - int(seconds * 1e9))
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    memory = MemoryStore()
+    memory.create_bucket(B)
+    for key in ("d/", "d/kept", OLD, YOUNG):
+        memory.put_object(B, key, b"")
+    aged(memory, OLD, PROBE_STALE + 60)
+    return memory
+
+
+@pytest.fixture(params=[BucketTree, ReadOnlyBucketTree])
+async def tree(request: pytest.FixtureRequest, tmp_path: Path,
+               store: MemoryStore) -> AsyncIterator[BucketTree]:
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    try:
+        async with upload_queue(tmp_path, store) as queue, trio.open_nursery() as nursery:
+            background = Supervisor()
+            background.bind(nursery)
+            writes = WriteBack(queue, queue.staging, Overlay())
+            await writes.start()
+            yield request.param(parse_source(f"s3://{B}"), store, meta, None,  # type: ignore[arg-type]
+                                ttl=60, list_limiter=trio.CapacityLimiter(8),
+                                background=background, writes=writes)
+            nursery.cancel_scope.cancel()
+    finally:
+        meta.close()
+
+
+async def settled(store: MemoryStore, key: str, gone: bool) -> None:
+    with trio.move_on_after(5):
+        while (key in store.objects(B)) == gone:
+            await trio.sleep(0.01)
+
+
+async def test_listings_hide_probe_keys_and_a_writable_mount_removes_a_stale_one(
+        tree: BucketTree, store: MemoryStore) -> None:
+    assert [e.name for e in await tree.listdir("d")] == ["kept"]
+    assert await tree.lookup("d", OLD.rpartition("/")[2]) is None
+    with pytest.raises(NotFound):
+        await tree.stat(YOUNG)
+    writable = tree.writable
+    await settled(store, OLD, gone=writable)
+    assert (OLD in store.objects(B)) is not writable  # read-only: nothing written
+    assert YOUNG in store.objects(B)  # a probe may be running: its own to delete
+
+
+async def test_no_file_takes_a_probe_name(tree: BucketTree) -> None:
+    if not tree.writable:
+        pytest.skip("a read-only tree refuses every change")
+    now = time.time_ns()
+    posix = Posix(mode=stat.S_IFREG | 0o644, uid=0, gid=0, mtime_ns=now, ctime_ns=now,
+                  atime_ns=now)
+    with pytest.raises(InvalidArgument):
+        await tree.create("d", YOUNG.rpartition("/")[2], posix)
+    with pytest.raises(InvalidArgument):
+        await tree.rename("d", "kept", "d", OLD.rpartition("/")[2])
+
+
+async def test_a_renamed_directory_leaves_no_probe_key_behind(tree: BucketTree,
+                                                              store: MemoryStore) -> None:
+    if not tree.writable:
+        pytest.skip("a read-only tree refuses every change")
+    await tree.rename("", "d", "", "e")
+    with trio.move_on_after(5):  # the removals are journalled: they land in the background
+        while sorted(store.objects(B)) != ["e/", "e/kept"]:
+            await trio.sleep(0.01)
+    assert sorted(store.objects(B)) == ["e/", "e/kept"]
