@@ -19,21 +19,16 @@ from typing import AsyncIterator
 import pytest
 import trio
 
-from s3fuse.cache.meta import MetaStore
-from s3fuse.cache.overlay import Overlay
-from s3fuse.config import parse_source
 from s3fuse.errors import InvalidArgument, NotFound
 from s3fuse.names import is_probe_name
-from s3fuse.posix import Posix
 from s3fuse.store.memory import MemoryStore
 from s3fuse.store.s3 import ListPage, ObjectInfo
 from s3fuse.tree.bucket import BucketTree, ReadOnlyBucketTree, entries_from_pages
 from s3fuse.tree.bucket.listing import PROBE_STALE
 from s3fuse.upload.conditions import probe_key
-from s3fuse.upload.writeback import WriteBack
 from s3fuse.util.oncelog import OnceLogger
-from s3fuse.util.supervisor import Supervisor
-from tests.test_upload import upload_queue
+from tests.support.bucketrig import bucket_tree
+from tests.test_writeback_races import posix
 
 B = "bkt"
 OLD = "d/.s3fuse-probe-0123456789abcdef"
@@ -75,19 +70,8 @@ def store() -> MemoryStore:
 @pytest.fixture(params=[BucketTree, ReadOnlyBucketTree])
 async def tree(request: pytest.FixtureRequest, tmp_path: Path,
                store: MemoryStore) -> AsyncIterator[BucketTree]:
-    meta = MetaStore(tmp_path / "meta.sqlite")
-    try:
-        async with upload_queue(tmp_path, store) as queue, trio.open_nursery() as nursery:
-            background = Supervisor()
-            background.bind(nursery)
-            writes = WriteBack(queue, queue.staging, Overlay())
-            await writes.start()
-            yield request.param(parse_source(f"s3://{B}"), store, meta, None,  # type: ignore[arg-type]
-                                ttl=60, list_limiter=trio.CapacityLimiter(8),
-                                background=background, writes=writes)
-            nursery.cancel_scope.cancel()
-    finally:
-        meta.close()
+    async with bucket_tree(tmp_path, store, B, request.param) as (made, _):
+        yield made
 
 
 async def settled(store: MemoryStore, key: str, gone: bool) -> None:
@@ -111,11 +95,8 @@ async def test_listings_hide_probe_keys_and_a_writable_mount_removes_a_stale_one
 async def test_no_file_takes_a_probe_name(tree: BucketTree) -> None:
     if not tree.writable:
         pytest.skip("a read-only tree refuses every change")
-    now = time.time_ns()
-    posix = Posix(mode=stat.S_IFREG | 0o644, uid=0, gid=0, mtime_ns=now, ctime_ns=now,
-                  atime_ns=now)
     with pytest.raises(InvalidArgument):
-        await tree.create("d", YOUNG.rpartition("/")[2], posix)
+        await tree.create("d", YOUNG.rpartition("/")[2], posix(stat.S_IFREG))
     with pytest.raises(InvalidArgument):
         await tree.rename("d", "kept", "d", OLD.rpartition("/")[2])
 

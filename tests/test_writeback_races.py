@@ -19,8 +19,6 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import pytest
 import trio
 
-from s3fuse.cache.meta import MetaStore
-from s3fuse.config import parse_source
 from s3fuse.errors import NotFound
 from s3fuse.cache.overlay import Overlay
 from s3fuse.posix import Posix
@@ -31,7 +29,7 @@ from s3fuse.tree.contract import AttrChanges
 from s3fuse.upload.queue import UploadQueue
 from s3fuse.upload.uploader import UploadResult
 from s3fuse.upload.writeback import WriteBack
-from s3fuse.util.supervisor import Supervisor
+from tests.support.bucketrig import bucket_tree
 from tests.test_upload import upload_queue
 from tests.test_upload_posix import offline
 
@@ -84,19 +82,8 @@ def store() -> HeldDeletes:
 
 @pytest.fixture
 async def rig(tmp_path: Path, store: HeldDeletes) -> AsyncIterator[tuple[BucketTree, UploadQueue]]:
-    meta = MetaStore(tmp_path / "meta.sqlite")
-    try:
-        async with upload_queue(tmp_path, store) as queue, trio.open_nursery() as nursery:
-            background = Supervisor()
-            background.bind(nursery)
-            writes = WriteBack(queue, queue.staging, Overlay())
-            await writes.start()
-            yield BucketTree(parse_source(f"s3://{B}"), store, meta, None,  # type: ignore[arg-type]
-                             ttl=60, list_limiter=trio.CapacityLimiter(8),
-                             background=background, writes=writes), queue
-            nursery.cancel_scope.cancel()
-    finally:
-        meta.close()
+    async with bucket_tree(tmp_path, store, B) as made:
+        yield made
 
 
 async def landed(queue: UploadQueue, key: str) -> None:
