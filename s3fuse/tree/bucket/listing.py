@@ -24,7 +24,6 @@ the trio loop serves every other FUSE request meanwhile.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -229,13 +228,13 @@ class Listings:
             self._background.spawn(self._remove_stale_probes, stale, kind=UPLOAD_CLEANUP)
 
     async def _remove_stale_probes(self, probes: list[ObjectInfo]) -> None:
-        """Delete scratch keys a probe left behind (each if it is still that version);
-        what fails is tried again at a later listing."""
+        """Delete scratch keys a probe left behind (unconditionally, as the probe does: a
+        random name of ours, and not every server takes a conditional delete); what fails
+        is tried again at a later listing."""
         for probe in probes:
             try:
-                await trio.to_thread.run_sync(
-                    functools.partial(self._store.delete_object, self._keys.bucket, probe.key,
-                                      if_match=probe.etag), limiter=self._limiter)
+                await trio.to_thread.run_sync(self._store.delete_object, self._keys.bucket,
+                                              probe.key, limiter=self._limiter)
             except S3FuseError as exc:
                 log.debug("%s, left by an interrupted probe, not removed yet: %s",
                           self._keys.uri(probe.key), exc)
