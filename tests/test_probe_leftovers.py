@@ -27,8 +27,7 @@ from s3fuse.tree.bucket import BucketTree, ReadOnlyBucketTree, entries_from_page
 from s3fuse.tree.bucket.listing import PROBE_STALE
 from s3fuse.upload.conditions import probe_key
 from s3fuse.util.oncelog import OnceLogger
-from tests.support.bucketrig import bucket_tree
-from tests.test_writeback_races import posix
+from tests.support.bucketrig import bucket_tree, posix
 
 B = "bkt"
 OLD = "d/.s3fuse-probe-0123456789abcdef"

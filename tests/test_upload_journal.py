@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from s3fuse.posix import Posix
 from s3fuse.upload.journal import UNKNOWN, Journal, is_light
 from s3fuse.upload.staging import Staging
 
@@ -120,8 +121,6 @@ def test_files_are_private(tmp_path: Path):
 def test_a_light_claim_takes_only_removals_and_small_puts_and_copies_when_told(tmp_path: Path):
     """The upload queue's light workers (most of them) must never take a metadata copy or
     a big PUT: those stay with the few that take any job (upload/queue.py)."""
-    from s3fuse.posix import Posix
-
     j = Journal(tmp_path / "journal.sqlite")
     meta = j.enqueue_meta("b", "chmodded", Posix(mode=stat.S_IFREG | 0o664), 10, UNKNOWN)
     big = j.enqueue("b", "big", "s1", 5000, UNKNOWN)
@@ -145,8 +144,6 @@ def test_a_light_claim_takes_only_removals_and_small_puts_and_copies_when_told(t
 @pytest.mark.parametrize("copies", [False, True])
 def test_is_light_says_what_a_light_claim_takes(tmp_path: Path, copies: bool):
     """The queue wakes light workers by `is_light`, which must be the claim's condition."""
-    from s3fuse.posix import Posix
-
     j = Journal(tmp_path / "journal.sqlite")
     jobs = {}
     for size in (0, 1000, 1001):

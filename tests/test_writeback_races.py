@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import stat
 import threading
-import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
@@ -29,14 +28,14 @@ from s3fuse.tree.contract import AttrChanges
 from s3fuse.upload.queue import UploadQueue
 from s3fuse.upload.uploader import UploadResult
 from s3fuse.upload.writeback import WriteBack
-from tests.support.bucketrig import bucket_tree
+from tests.support.bucketrig import bucket_tree, posix
 from tests.test_upload import upload_queue
 from tests.test_upload_posix import offline
 
 B = "bkt"
 
 
-class HeldDeletes(MemoryStore):
+class HeldStore(MemoryStore):
     """A DeleteObject of `held`, or a copy of `held` onto itself (its new metadata), waits
     (in its worker thread) until `release` is set; `listing` runs before each listing."""
 
@@ -67,21 +66,15 @@ class HeldDeletes(MemoryStore):
         return super().list_pages(bucket, prefix, delimiter)
 
 
-def posix(kind: int, mode: int = 0o644, owner: int = 0) -> Posix:
-    now = time.time_ns()
-    return Posix(mode=kind | mode, uid=owner, gid=owner, mtime_ns=now, ctime_ns=now,
-                 atime_ns=now)
-
-
 @pytest.fixture
-def store() -> HeldDeletes:
-    memory = HeldDeletes()
+def store() -> HeldStore:
+    memory = HeldStore()
     memory.create_bucket(B)
     return memory
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, store: HeldDeletes) -> AsyncIterator[tuple[BucketTree, UploadQueue]]:
+async def rig(tmp_path: Path, store: HeldStore) -> AsyncIterator[tuple[BucketTree, UploadQueue]]:
     async with bucket_tree(tmp_path, store, B) as made:
         yield made
 
@@ -93,7 +86,7 @@ async def landed(queue: UploadQueue, key: str) -> None:
             await queue.changed().wait()
 
 
-async def removal_held(store: HeldDeletes, key: str) -> None:
+async def removal_held(store: HeldStore, key: str) -> None:
     store.held = key
     with trio.fail_after(10):
         await trio.to_thread.run_sync(store.waiting.wait)
@@ -105,7 +98,7 @@ async def make_file(tree: BucketTree) -> None:
 
 
 async def test_an_old_directory_removed_after_a_new_file_landed_leaves_the_file(
-        rig: tuple[BucketTree, UploadQueue], store: HeldDeletes) -> None:
+        rig: tuple[BucketTree, UploadQueue], store: HeldStore) -> None:
     tree, queue = rig
     assert await tree.listdir("") == []  # a fresh stored listing: lookups trust it
     await tree.mkdir("", "n", posix(stat.S_IFDIR, 0o755))
@@ -123,7 +116,7 @@ async def test_an_old_directory_removed_after_a_new_file_landed_leaves_the_file(
 
 
 async def test_an_old_file_removed_after_a_new_directory_landed_leaves_the_directory(
-        rig: tuple[BucketTree, UploadQueue], store: HeldDeletes) -> None:
+        rig: tuple[BucketTree, UploadQueue], store: HeldStore) -> None:
     tree, queue = rig
     assert await tree.listdir("") == []  # a fresh stored listing: lookups trust it
     await make_file(tree)
@@ -141,7 +134,7 @@ async def test_an_old_file_removed_after_a_new_directory_landed_leaves_the_direc
 
 @pytest.mark.parametrize("when", ["listing", "journalling"])
 async def test_a_directory_whose_marker_lands_during_its_rename_keeps_its_owner(
-        rig: tuple[BucketTree, UploadQueue], store: HeldDeletes, when: str) -> None:
+        rig: tuple[BucketTree, UploadQueue], store: HeldStore, when: str) -> None:
     """The directory's pending marker lands (its overlay cleared) while the rename lists
     the keys below it, or while it journals the new marker: the new marker keeps the
     owner (pjdfstest rename/09.t, 1 run in 4: a second marker was made from the cleared
@@ -163,7 +156,7 @@ async def test_a_directory_whose_marker_lands_during_its_rename_keeps_its_owner(
 
 
 async def test_a_file_with_new_metadata_pending_moves_with_its_directory(
-        rig: tuple[BucketTree, UploadQueue], store: HeldDeletes) -> None:
+        rig: tuple[BucketTree, UploadQueue], store: HeldStore) -> None:
     """A file whose chmod is still on its way (a copy onto itself) is moved with its
     directory, with the new mode (it was left behind under the old name)."""
     tree, queue = rig

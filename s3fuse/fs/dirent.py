@@ -18,6 +18,7 @@ not the expected one, `NAME_ONLY` is False and readdir hands out inodes as befor
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import stat
 import struct
@@ -64,22 +65,19 @@ except (TypeError, ValueError, OverflowError, AttributeError) as exc:  # a pyfus
 NAME_ONLY = _OFFSET is not None
 
 
-#: The entries of a name with no inode yet, one per kind, made once: most names a
-#: listing gives are those, and readdir_reply copies an entry into its reply (making one
-#: per name cost 0.6 us, about an eighth of readdir's time per name in a cold `find`).
-_UNKNOWN: dict[bool, pyfuse3.EntryAttributes] = {}
-
-
 def name_only(d_ino: int, is_dir: bool) -> pyfuse3.EntryAttributes:
     """A readdirplus entry listing a name as inode `d_ino` of its kind, with no node id:
     the kernel keeps nothing of it. Only when NAME_ONLY. Shared for UNKNOWN_INO: never
     change what it returns."""
-    if d_ino == UNKNOWN_INO:
-        shared = _UNKNOWN.get(is_dir)
-        if shared is None:
-            shared = _UNKNOWN[is_dir] = _name_only(d_ino, is_dir)
-        return shared
-    return _name_only(d_ino, is_dir)
+    return _unknown(is_dir) if d_ino == UNKNOWN_INO else _name_only(d_ino, is_dir)
+
+
+@functools.cache
+def _unknown(is_dir: bool) -> pyfuse3.EntryAttributes:
+    """The entry of a name with no inode yet, one per kind, made once: most names a listing
+    gives are those, and readdir_reply copies an entry into its reply (making one per name
+    cost 0.6 us, about an eighth of readdir's time per name in a cold `find`)."""
+    return _name_only(UNKNOWN_INO, is_dir)
 
 
 def _name_only(d_ino: int, is_dir: bool) -> pyfuse3.EntryAttributes:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..errors import Offline, S3FuseError, StaleObject
-from ..names import PROBE_HEX, PROBE_NAME
+from ..names import PROBE_HEX, PROBE_NAME, join, split
 from ..store import retry
 from ..store.protocol import Store
 from .journal import Journal
@@ -54,9 +54,7 @@ NONE = Capability(False, False)
 
 def probe_key(key: str) -> str:
     """A fresh scratch key in the directory of `key` (a marker's parent for `dir/`)."""
-    parent = key.rstrip("/").rpartition("/")[0]
-    return f"{parent}/{PROBE_NAME}{secrets.token_hex(PROBE_HEX // 2)}" if parent else \
-        f"{PROBE_NAME}{secrets.token_hex(PROBE_HEX // 2)}"
+    return join(split(key.rstrip("/"))[0], PROBE_NAME + secrets.token_hex(PROBE_HEX // 2))
 
 
 class ConditionProbe:

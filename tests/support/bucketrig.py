@@ -3,6 +3,7 @@ for tests of what the tree shows while uploads and listings race."""
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -11,6 +12,7 @@ import trio
 from s3fuse.cache.meta import MetaStore
 from s3fuse.cache.overlay import Overlay
 from s3fuse.config import parse_source
+from s3fuse.posix import Posix
 from s3fuse.store.memory import MemoryStore
 from s3fuse.tree.bucket import BucketTree
 from s3fuse.upload.queue import UploadQueue
@@ -37,3 +39,10 @@ async def bucket_tree(tmp_path: Path, store: MemoryStore, bucket: str,
             nursery.cancel_scope.cancel()
     finally:
         meta.close()
+
+
+def posix(kind: int, mode: int = 0o644, owner: int = 0) -> Posix:
+    """Metadata of a node of type `kind` made now, owned by `owner` (uid and gid)."""
+    now = time.time_ns()
+    return Posix(mode=kind | mode, uid=owner, gid=owner, mtime_ns=now, ctime_ns=now,
+                 atime_ns=now)
