@@ -179,6 +179,26 @@ async def test_a_file_with_new_metadata_pending_moves_with_its_directory(
         store.head(B, "d/f")
 
 
+async def test_a_file_removed_while_its_directory_is_renamed_stays_removed(
+        rig: tuple[BucketTree, UploadQueue], store: HeldStore) -> None:
+    """A pending key below the directory (a `chmod` on its way) removed while the rename
+    lists S3 is not moved: it was copied to the new name, the removed file back again."""
+    tree, _ = rig
+    store.put_object(B, "d/", b"")
+    store.put_object(B, "d/f", b"bytes")
+    assert [e.name for e in await tree.listdir("d")] == ["f"]
+    store.held = "d/f"
+    await tree.setattr("d/f", AttrChanges(mode=0o600, posix=posix(stat.S_IFREG, 0o600)), None)
+    with trio.fail_after(10):
+        await trio.to_thread.run_sync(store.waiting.wait)  # the chmod's copy is held
+    overlay = tree._pending._overlay
+    store.listing = lambda prefix: overlay.delete(B, "d/f") if prefix == "d/" else None
+    await tree.rename("", "d", "", "e")
+    store.release.set()
+    assert await tree.listdir("e") == []
+    assert "e/f" not in store.objects(B)
+
+
 @contextlib.asynccontextmanager
 async def queued_file(tmp_path: Path, data: bytes,
                       meta: Posix) -> AsyncIterator[tuple[UploadQueue, WriteBack]]:

@@ -398,6 +398,8 @@ class Mutations:
         listed = {obj.key: obj for obj in remote}
         seen_markers = {key: obj.etag for key, obj in listed.items() if key.endswith("/")}
         for key, marker_posix in local.items():
+            if self._pending.removed(key):  # removed since it was read: nothing to move
+                continue
             target = new_prefix + key[len(old_prefix):]
             if key.endswith("/"):
                 await writes.make_dir(bucket, target, marker_posix)
