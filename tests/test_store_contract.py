@@ -19,6 +19,7 @@ from s3fuse.store import s3 as s3_store
 from s3fuse.store.memory import MemoryStore
 from s3fuse.store.protocol import Store
 from s3fuse.store.s3 import S3Store
+from s3fuse.util.filerange import FileRange
 from tests.conftest import Backend
 
 MiB = 1 << 20
@@ -91,6 +92,45 @@ def test_conditional_put(store_bucket: tuple[Store, str]) -> None:
     with pytest.raises(NotFound) as gone:  # what the uploader reads as "deleted since opened"
         store.put_object(bucket, "missing", b"x", if_match=first)
     assert retry.error_code(gone.value) == ("NoSuchKey", 404)
+
+
+def test_parts_streamed_from_a_file(store_bucket: tuple[Store, str], tmp_path: Path) -> None:
+    """A part's body may be a range of a file (FileRange): what the uploader sends, read
+    from the staging file as it goes, not held in memory."""
+    store, bucket = store_bucket
+    data = os.urandom(5 * MiB + 1000)
+    staged = tmp_path / "staged"
+    staged.write_bytes(data)
+    fd = os.open(staged, os.O_RDONLY)
+    try:
+        upload_id = store.create_multipart_upload(bucket, "streamed")
+        bodies = [FileRange(fd, 0, 5 * MiB), FileRange(fd, 5 * MiB, 1000)]
+        bodies[0].read(123)  # a failed attempt read some of it: the next one starts over
+        etags = [store.upload_part(bucket, "streamed", upload_id, n, body)
+                 for n, body in enumerate(bodies, 1)]
+        assert etags == [md5(data[:5 * MiB]), md5(data[5 * MiB:])]
+        store.complete_multipart_upload(bucket, "streamed", upload_id, etags)
+    finally:
+        os.close(fd)
+    assert store.get(bucket, "streamed", store.head(bucket, "streamed").etag) == data
+
+
+def test_a_part_whose_file_fails_is_a_local_error(store_bucket: tuple[Store, str],
+                                                  tmp_path: Path) -> None:
+    """The staging file shrank under a part being sent: an OSError (the queue keeps the job
+    as failed), not a network error: the link stays online."""
+    store, bucket = store_bucket
+    staged = tmp_path / "staged"
+    staged.write_bytes(os.urandom(MiB))
+    fd = os.open(staged, os.O_RDONLY)
+    try:
+        upload_id = store.create_multipart_upload(bucket, "shrunk")
+        with pytest.raises(OSError, match="before the end of the range"):
+            store.upload_part(bucket, "shrunk", upload_id, 1, FileRange(fd, 0, 2 * MiB))
+        store.abort_multipart_upload(bucket, "shrunk", upload_id)
+    finally:
+        os.close(fd)
+    assert store.link.online
 
 
 def test_multipart(store_bucket: tuple[Store, str]) -> None:

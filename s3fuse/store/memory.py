@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator, Literal, Mapping, Sequence
 
+from ..util.filerange import PartBody, body_bytes
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject
 from .link import Link
 from .protocol import HeadsAnswered, ListPage, ObjectInfo, clean_etag, head_one_by_one
@@ -347,11 +348,12 @@ class MemoryStore:
         return upload_id
 
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
-                    body: bytes) -> str:
+                    body: PartBody) -> str:
         what = self._begin("UploadPart", bucket, key)
-        etag = _md5(body).hexdigest()
+        data = body_bytes(body)
+        etag = _md5(data).hexdigest()
         with self._lock:
-            self._upload(bucket, upload_id, what).parts[part_number] = (bytes(body), etag)
+            self._upload(bucket, upload_id, what).parts[part_number] = (data, etag)
         self._done()
         return etag
 

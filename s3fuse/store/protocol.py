@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Mapping, Protocol, Sequence
 
 from ..errors import S3FuseError
+from ..util.filerange import PartBody
 from .link import Link
 
 
@@ -128,8 +129,9 @@ class Store(Protocol):
         ...
 
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
-                    body: bytes) -> str:
-        """Upload one part (numbered from 1); returns its ETag."""
+                    body: PartBody) -> str:
+        """Upload one part (numbered from 1; in memory or a range of a file); returns its
+        ETag."""
         ...
 
     def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,

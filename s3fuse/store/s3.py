@@ -41,6 +41,7 @@ from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 
 from ..config import Config, KeyPair
+from ..util.filerange import FileRange, PartBody, body_length
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
 from . import botosession, retry
 from .copysources import CopySources, kept_headers
@@ -232,6 +233,8 @@ def _http_date_ns(text: str) -> int:
 def translate(exc: BaseException, what: str) -> Exception:
     """Map a botocore exception to one of errors.py, never leaking credentials."""
     if isinstance(exc, S3FuseError):  # already ours (the presigned path): keep its message
+        return exc
+    if isinstance(exc, OSError):  # a local file (a body read): botocore wraps network errors
         return exc
     if isinstance(exc, ClientError):
         code, status = _client_error(exc)
@@ -723,12 +726,22 @@ class S3Store:
                      bucket, key, exc)
 
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
-                    body: bytes) -> str:
-        """Upload one part (numbered from 1); returns its ETag."""
-        self._moved("out", len(body))
-        resp = self._call(f"UploadPart s3://{bucket}/{key} #{part_number}",
-                          self.write_client.upload_part, Bucket=bucket, Key=key,
-                          UploadId=upload_id, PartNumber=part_number, Body=body)
+                    body: PartBody) -> str:
+        """Upload one part (numbered from 1; `body` in memory or streamed from a file);
+        returns its ETag."""
+        def send(**params: Any) -> dict[str, Any]:
+            if not isinstance(body, FileRange):
+                return self.write_client.upload_part(**params)
+            body.seek(0)  # an attempt that failed may have read some of it
+            try:
+                return self.write_client.upload_part(**params)
+            except Exception:
+                if body.failed is not None:  # the file, not S3: not retried (translate)
+                    raise body.failed from None
+                raise
+        resp = self._call(f"UploadPart s3://{bucket}/{key} #{part_number}", send, Bucket=bucket,
+                          Key=key, UploadId=upload_id, PartNumber=part_number, Body=body)
+        self._moved("out", body_length(body))
         return clean_etag(resp.get("ETag"))
 
     def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,

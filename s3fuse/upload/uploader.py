@@ -1,7 +1,8 @@
 """Upload one journalled staging file to S3: blocking, run in a worker thread.
 
 - Up to MULTIPART_THRESHOLD bytes: one PutObject. Larger: a multipart upload with
-  PART_SIZE parts (more when 10,000 parts would not do), PARALLEL_PARTS at a time,
+  PART_SIZE parts (more when 10,000 parts would not do), PARALLEL_PARTS at a time, each
+  streamed from the staging file (util/filerange.py, not read into memory first),
   aborted on any failure; every upload is recorded in the journal before it is created
   and its UploadId as soon as it arrives. Only recorded UploadIds are aborted, never
   whatever S3 lists for the key (another client may be uploading it): an upload whose id
@@ -39,6 +40,7 @@
   ignore it, like moto 5.2).
 
 Errors are the store's (errors.py); store/retry.py's `is_permanent` tells which to retry.
+An OSError is the staging file's (the queue does not retry it).
 `stopping` makes a running multipart upload give up between parts (Interrupted).
 """
 from __future__ import annotations
@@ -59,6 +61,7 @@ from ..errors import NotFound, Offline, RemoteError, S3FuseError, StaleObject
 from ..posix import Posix, from_headers, to_headers
 from ..store import retry
 from ..store.protocol import ObjectInfo, Store
+from ..util.filerange import FileRange
 from .conditions import ConditionProbe
 from .journal import UNKNOWN, Expected, Job, Journal
 from .staging import Staging
@@ -304,10 +307,8 @@ class Uploader:
                 raise Interrupted(f"s3://{bucket}/{key}: stopping")
             offset = (number - 1) * part_size
             length = min(part_size, size - offset)
-            data = os.pread(fd, length, offset)
-            if len(data) != length:
-                raise OSError(f"staging file of s3://{bucket}/{key} shrank during its upload")
-            return self.store.upload_part(bucket, key, upload_id, number, data)
+            return self.store.upload_part(bucket, key, upload_id, number,
+                                          FileRange(fd, offset, length))
 
         with concurrent.futures.ThreadPoolExecutor(self.parallel_parts,
                                                    thread_name_prefix="s3fuse-part") as pool:
