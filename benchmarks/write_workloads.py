@@ -37,6 +37,7 @@ SMALL_SIZE = 4096
 SMALL_SEED = 4096
 POLL = 0.02  # seconds between two looks at S3
 DURABLE_TIMEOUT = 300.0  # "durable" not reached after this long (from the start of cp): failed
+MAX_RSS_MIB = 100  # issue 16: the daemon's peak RSS over the whole bench
 
 
 def large_source(data_dir: Path) -> Path:
@@ -169,6 +170,8 @@ def check_object(client, bucket: str, key: str, want_sha256: str, who: str) -> N
         Metric("write_close", "close: until `cp` returns"),
         Metric("write_durable", "durable: from the start of `cp` until the object is in S3 "
                "(right size; bytes checked after)"),
+        Metric("write_large_rss", "daemon peak RSS (VmHWM) of that mount (write and upload)",
+               "MiB", max_value=MAX_RSS_MIB),
     ],
     setups=(write_sources_large,),
     notes=f"`cp` of a local {LARGE_MIB} MiB file of random bytes (page cache warm) to a new "
@@ -181,7 +184,9 @@ def check_object(client, bucket: str, key: str, want_sha256: str, who: str) -> N
           "durable); rclone (`--vfs-cache-mode full`) returns once the file is in its cache "
           "and uploads after `--vfs-write-back` (default 5 s) of the file being closed; "
           "s3fuse returns once the bytes are in a fsynced staging file (files over 4 MiB) and "
-          "journalled, and uploads at once in the background (8 MiB parts, 4 at a time). "
+          "journalled, and uploads at once in the background (8 MiB parts, 4 at a time, "
+          "each streamed from the staging file). The daemon's peak RSS is read once the "
+          "object is durable (issue 16: at most 100 MiB over the whole bench). "
           "Targets (issue 5): "
           "s3fuse close no slower than rclone's, s3fuse durable no slower than s3fs's.",
 )
@@ -207,9 +212,10 @@ def write_large(ctx: Context) -> dict[str, float]:
         except WorkloadError as exc:
             raise MetricsFailed(str(exc), values, ["write_durable"]) from None
         check_object(client, bucket, key, want, ctx.fs.name)
+        peak = ctx.fs.daemon_peak_rss_kib() / 1024
     finally:
         cleanup(ctx, prefix)
-    return {**values, "write_durable": durable}
+    return {**values, "write_durable": durable, "write_large_rss": peak}
 
 
 # -- write_small_files ---------------------------------------------------------
@@ -248,6 +254,8 @@ def wait_listed(client, bucket: str, prefix: str, want: int,
         Metric("write_small_close", "close: until `cp -r` returns"),
         Metric("write_small_durable", f"durable: from the start of `cp -r` until all "
                f"{SMALL_COUNT:,} keys are listed in S3"),
+        Metric("write_small_rss", "daemon peak RSS (VmHWM) of that mount (writes and uploads)",
+               "MiB", max_value=MAX_RSS_MIB),
     ],
     setups=(write_sources_small,),
     notes=f"`cp -r` of a local directory of {SMALL_COUNT:,} files of {SMALL_SIZE} random "
@@ -292,6 +300,7 @@ def write_small_files(ctx: Context) -> dict[str, float]:
         if wrong or extra:
             raise WrongBytes(f"{ctx.fs.name}: under {dest}/ {len(wrong)} files wrong or "
                              f"missing ({'; '.join(wrong[:3])}), unexpected: {extra[:3]}")
+        peak = ctx.fs.daemon_peak_rss_kib() / 1024
     finally:
         cleanup(ctx, prefix)
-    return {**values, "write_small_durable": durable}
+    return {**values, "write_small_durable": durable, "write_small_rss": peak}
