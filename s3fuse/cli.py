@@ -68,6 +68,9 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-reserve", help="free space the cache never takes on its disk, e.g. "
                    "2G (default: 5%% of that file system, at most 1G)")
     p.add_argument("--metadata-ttl", help="seconds listings and stats are trusted (default 60)")
+    p.add_argument("--max-inodes", help="files the kernel may hold open to lookups before the "
+                   "longest-known are dropped (they are looked up again when used): bounds the "
+                   "daemon's memory on huge trees; 0 for no cap (default 50000)")
     p.add_argument("--request-timeout", help="seconds an S3 request may wait for data (or trickle "
                    "below 4 KiB/s) before it is retried (default 30)")
     p.add_argument("--drain-timeout", help="at unmount, seconds to wait for pending uploads "
@@ -351,6 +354,11 @@ def format_status(status: dict[str, Any]) -> str:
         + ("  [pinned data alone exceeds the cache limit: kept, not evicted]"
            if cache.get("pinned_over_limit") else ""),
     ]
+    inodes = status.get("inodes")
+    if inodes is not None:
+        lines.append(f"  inodes:    {inodes['held']:,} held by the kernel"
+                     + (f" (cap {inodes['cap']:,}; {inodes['invalidated']:,} dropped since start)"
+                        if inodes["cap"] else " (no cap)"))
     for failed in status.get("manifest_failures", []):
         lines.append(f"  manifest:  {failed['uri']} not indexed: its build failed "
                      f"{failed['failures']} time(s) ({failed['reason']}); next try in "

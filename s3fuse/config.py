@@ -99,6 +99,7 @@ class Config:
     log_level: str = "INFO"
     log_file: Path | None = None  # None: stderr (foreground, systemd) or <cache-dir>/s3fuse.log
     metrics_address: str | None = None  # HOST:PORT of the Prometheus endpoint; None: none
+    max_inodes: int = 50_000  # files the kernel may hold before the oldest are dropped (0: no cap)
     shared_index: str | None = None  # "auto" or s3://BUCKET[/PREFIX]: the fleet's archive indexes
     debug: tuple[str, ...] = ()  # s3fuse modules logged at DEBUG whatever log_level says
     config_file: Path | None = None
@@ -275,6 +276,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "secrets_env": Path,
     "role_arn": str,
     "role_session_duration": lambda v: parse_int(v, "role session duration"),
+    "max_inodes": lambda v: parse_int(v, "max inodes"),
     "cache_dir": Path,
     "cache_size": parse_size,
     "cache_reserve": parse_size,
@@ -314,13 +316,16 @@ TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
                               "addressing_style", "secrets_env", "role_arn", "cache_dir", "sse",
                               "sse_kms_key_id", "log_level", "log_file", "metrics_address",
                               "debug", "shared_index")},
-    **{key: _INT for key in ("role_session_duration", "uid", "gid")},
+    **{key: _INT for key in ("role_session_duration", "uid", "gid", "max_inodes")},
     **{key: _SIZE for key in ("cache_size", "cache_reserve")},
     **{key: _DURATION for key in ("metadata_ttl", "drain_timeout", "request_timeout")},
     **{key: _BOOL for key in ("read_only", "posix_metadata", "allow_other", "allow_non_empty")},
     **{key: _MODE for key in ("file_mode", "dir_mode")},
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Bounds of --max-inodes (fs/inodecap.py): fewer would drop files still in use
+MIN_MAX_INODES = 1_000
+MAX_MAX_INODES = 2**31
 #: Largest uid or gid (2^32 - 1 is "no id" to the kernel).
 MAX_ID = 2**32 - 2
 
@@ -482,6 +487,9 @@ def validate(cfg: Config) -> Config:
         raise UsageError(f"invalid role ARN {cfg.role_arn!r}")
     if cfg.cache_size < (64 << 20):
         raise UsageError("cache size must be at least 64M")
+    if cfg.max_inodes != 0 and not MIN_MAX_INODES <= cfg.max_inodes <= MAX_MAX_INODES:
+        raise UsageError(f"max inodes must be 0 (no cap) or between {MIN_MAX_INODES:,} and "
+                         f"{MAX_MAX_INODES:,}, not {cfg.max_inodes}")
     if cfg.metrics_address is not None:
         parse_address(cfg.metrics_address)
     if cfg.shared_index is not None and cfg.shared_index != "auto":

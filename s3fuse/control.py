@@ -69,6 +69,8 @@ class Control:
         self._requests = requests
         self._link = link
         self.started = time.time() if started is None else started
+        #: held, cap and invalidated inodes (fs/ops.py sets it; read on the trio thread)
+        self.inodes: Callable[[], dict[str, int]] | None = None
         self.owners = frozenset({0, os.geteuid(), cfg.uid})
 
     def is_owner(self, caller: int | None) -> bool:
@@ -97,6 +99,8 @@ class Control:
         status["pins"] = self.pinner.pins()  # read on the trio thread, where they change
         if self.supervisor is not None:
             status["supervisor"] = self.supervisor.status()
+        if self.inodes is not None:
+            status["inodes"] = self.inodes()
         shown = status if self.is_owner(caller) else status_summary(status)
         return json.dumps(shown, sort_keys=True).encode()
 

@@ -24,21 +24,12 @@ from s3fuse.store.s3 import MAX_OBJECT_SIZE, ListPage, ObjectInfo, _listed, info
 from s3fuse.names import is_posix_name
 from s3fuse.util.oncelog import OnceLogger
 from s3fuse.tree.bucket import BucketTree, entries_from_pages
+from tests.support.motokeys import moto_put_many
 
 
 @pytest.fixture
 def backend(moto_backend):  # type: ignore[no-untyped-def]
     return moto_backend
-
-
-def moto_put_many(bucket: str, keys: Iterator[str], body: bytes = b"x") -> None:
-    """Create objects straight in the in-process moto server's backend: 20x faster than
-    PUTs over HTTP, and the server lists them like any other."""
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.s3.models import s3_backends
-    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
-    for key in keys:
-        backend.put_object(bucket, key, body)
 
 
 # ------------------------------------------------------------------ names

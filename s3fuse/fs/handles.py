@@ -67,6 +67,10 @@ class HandleTable:
         """A handle open on `ino` (fstat of a file whose name is gone)."""
         return next((f for f in self._files.values() if f.node.ino == ino), None)
 
+    def open_inos(self) -> set[int]:
+        """The inodes of every open file."""
+        return {f.node.ino for f in self._files.values()}
+
     def add_dir(self, node: Node, stream: DirStream) -> int:
         fh = next(self._fh)
         self._dirs[fh] = OpenDir(node, stream)

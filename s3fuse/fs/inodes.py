@@ -12,7 +12,7 @@ costs no memory here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Callable, Hashable, Iterator
 
 from ..tree.contract import STATIC_SHIFT, STATIC_START, static_base
 
@@ -28,6 +28,7 @@ class Node:
     is_dir: bool
     lookups: int = 0
     detached: bool = False  # its name was removed or replaced: only open handles reach it
+    invalidated: bool = False  # the kernel was asked to drop its entry (fs/inodecap.py)
 
     @property
     def is_root(self) -> bool:
@@ -44,6 +45,8 @@ class InodeTable:
         self._by_ino: dict[int, Node] = {ROOT_INODE: root}
         self._by_ref: dict[tuple[int, bool], dict[Hashable, Node]] = {(ROOT_NS, True): {"": root}}
         self._next = ROOT_INODE + 1
+        self.on_new: Callable[[], None] | None = None  # called for each dynamic node made
+        self.on_gone: Callable[[int], None] | None = None  # ... and with each one let go
 
     def __len__(self) -> int:
         return len(self._by_ino)
@@ -69,6 +72,8 @@ class InodeTable:
             self._next += 1
             self._by_ino[node.ino] = node
             refs[ref] = node
+            if self.on_new is not None:
+                self.on_new()
         return node
 
     def find(self, ns: int, ref: Hashable, is_dir: bool) -> Node | None:
@@ -77,13 +82,24 @@ class InodeTable:
         return None if refs is None else refs.get(ref)
 
     def remember(self, node: Node) -> Node:
-        """The kernel got a reference to `node` (a lookup reply or a readdirplus entry)."""
+        """The kernel got a reference to `node` (a lookup reply or a readdirplus entry).
+        One whose entry was invalidated and is looked up again becomes the newest."""
         node.lookups += 1
+        if node.invalidated:
+            node.invalidated = False
+            if self._by_ino.get(node.ino) is node:
+                del self._by_ino[node.ino]
+                self._by_ino[node.ino] = node
         return node
+
+    def oldest_first(self) -> Iterator[Node]:
+        """The dynamic nodes, the longest known (or longest since invalidated) first; do
+        not change the table while iterating."""
+        return iter(self._by_ino.values())
 
     def discard_if_unreferenced(self, node: Node) -> None:
         if node.lookups <= 0 and node.ino != ROOT_INODE and node.ino < STATIC_START:
-            self._by_ino.pop(node.ino, None)
+            self._gone(node.ino)
             refs = self._by_ref.get((node.ns, node.is_dir), {})
             if refs.get(node.ref) is node:
                 del refs[node.ref]
@@ -103,7 +119,12 @@ class InodeTable:
             return
         node.detached = True
         if node.lookups <= 0:
-            self._by_ino.pop(node.ino, None)
+            self._gone(node.ino)
+
+    def _gone(self, ino: int) -> None:
+        """The kernel holds `ino` no more: a later node of the same name gets a new one."""
+        if self._by_ino.pop(ino, None) is not None and self.on_gone is not None:
+            self.on_gone(ino)
 
     def rename(self, ns: int, old: str, new: str) -> None:
         """Move the nodes of `old` and everything below it to `new` (same inodes)."""

@@ -28,6 +28,7 @@ from ..tree.root import ROOT_HIDDEN_BITS, ControlPlane, MountRoot, RootTree
 from .boundary import fuse_handler
 from .dirent import NAME_ONLY, UNKNOWN_INO, name_only
 from .handles import HandleTable
+from .inodecap import InodeCap
 from .inodes import ROOT_INODE, InodeTable, Node
 from .pagecache import PageCache
 
@@ -93,6 +94,12 @@ class S3Operations(pyfuse3.Operations):
         self.inodes = InodeTable()
         self.handles = HandleTable()
         self.pages = PageCache()
+        self.inode_cap = InodeCap(self.inodes, cfg.max_inodes, self._held_parent,
+                                  self.handles.open_inos, pyfuse3.invalidate_entry)
+        self.inodes.on_new = self.inode_cap.grew
+        self.inodes.on_gone = self.pages.forget
+        if control is not None:
+            control.inodes = self.inode_status
         self._started_ns = time.time_ns()  # mtime of directories S3 has no date for
 
     # ------------------------------------------------------------ decoding
@@ -141,6 +148,16 @@ class S3Operations(pyfuse3.Operations):
         if node.ref == ns.root:
             return self._node(ROOT_INODE)
         return self.inodes.ensure(node.ns, ns.parent(node.ref), True, ns.inode_base)
+
+    def inode_status(self) -> dict[str, int]:
+        """What `s3fuse status` shows of the inodes: held, the cap, invalidated so far."""
+        return {"held": len(self.inodes), "cap": self.cfg.max_inodes,
+                "invalidated": self.inode_cap.invalidated}
+
+    def _held_parent(self, node: Node) -> int | None:
+        """The inode of `node`'s parent directory, if the kernel holds one (inodecap.py)."""
+        parent = self.inodes.find(node.ns, self._ns(node).parent(node.ref), True)
+        return None if parent is None else parent.ino
 
     async def _entry(self, node: Node) -> Entry:
         try:

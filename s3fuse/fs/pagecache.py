@@ -103,6 +103,14 @@ class PageCache:
         _remember(self._versions, ino, version, self._memory)
         return Opened(keep_cache=keep, paged=bool(entry.etag))
 
+    def forget(self, ino: int) -> None:
+        """The kernel let go of `ino` (and its pages: no handle was open): nothing to
+        remember of it, since the table never hands the number out again. Its entries
+        otherwise stayed until KEEP_CACHE_MEMORY pushed them out: ~110 bytes each, 11 MiB
+        after `ls -l` of 100,000 files whatever the kernel still held."""
+        self._versions.pop(ino, None)
+        self._told.pop(ino, None)
+
     def open_write(self, ino: int) -> Opened:
         """A handle that writes: the cached pages are no version's any more."""
         self._versions.pop(ino, None)
