@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from s3fuse.util.filerange import FileRange, body_bytes, body_length
+from s3fuse.util.filerange import FileRange, SourceReadError, body_bytes, body_length
 
 DATA = bytes(range(256)) * 40  # 10,240 bytes
 

@@ -64,7 +64,7 @@ class InodeCap:
         self.invalidated = 0  # entries invalidated since the mount
 
     def grew(self) -> None:
-        """A node was remembered: wake the sweeper if the table is past the cap."""
+        """A node was made: wake the sweeper if the table is past the cap."""
         if self.limit and len(self.inodes) > self.limit:
             self._wake.set()
 

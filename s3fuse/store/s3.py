@@ -41,7 +41,7 @@ from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 
 from ..config import Config, KeyPair
-from ..util.filerange import FileRange, PartBody, body_length
+from ..util.filerange import FileRange, PartBody, SourceReadError, body_length
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
 from . import botosession, retry
 from .copysources import CopySources, kept_headers
@@ -234,7 +234,7 @@ def translate(exc: BaseException, what: str) -> Exception:
     """Map a botocore exception to one of errors.py, never leaking credentials."""
     if isinstance(exc, S3FuseError):  # already ours (the presigned path): keep its message
         return exc
-    if isinstance(exc, OSError):  # a local file (a body read): botocore wraps network errors
+    if isinstance(exc, SourceReadError):  # the file being sent, not S3 (botocore's are OSErrors too)
         return exc
     if isinstance(exc, ClientError):
         code, status = _client_error(exc)

@@ -13,6 +13,11 @@ import os
 from typing import Union
 
 
+class SourceReadError(OSError):
+    """The file a body is read from failed: a local error, not S3's (botocore's own
+    network errors are OSErrors too, so this type is what tells them apart)."""
+
+
 class FileRange(io.RawIOBase):
     """Bytes [offset, offset + length) of the open file `fd` (not closed here), read on
     demand; positions count from `offset`. Blocking: use from worker threads."""
@@ -23,7 +28,7 @@ class FileRange(io.RawIOBase):
         self._pos = 0
         #: The error reading the file met, if any: botocore reports one met while sending
         #: as a failed connection, which it is not (S3Store.upload_part raises this instead)
-        self.failed: OSError | None = None
+        self.failed: SourceReadError | None = None
 
     def readable(self) -> bool:
         return True
@@ -46,12 +51,13 @@ class FileRange(io.RawIOBase):
         want = left if size is None or size < 0 else min(size, left)
         try:
             data = os.pread(self._fd, want, self._start + self._pos) if want else b""
-            if len(data) != want:
-                raise OSError(errno.EIO, f"file ended {want - len(data)} bytes before the end "
-                                         "of the range being uploaded")
         except OSError as exc:
-            self.failed = exc
-            raise
+            self.failed = SourceReadError(exc.errno, f"reading the file to upload: {exc.strerror}")
+            raise self.failed from None
+        if len(data) != want:
+            self.failed = SourceReadError(errno.EIO, f"file ended {want - len(data)} bytes before "
+                                                     "the end of the range being uploaded")
+            raise self.failed
         self._pos += want
         return data
 
