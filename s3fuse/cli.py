@@ -68,9 +68,9 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-reserve", help="free space the cache never takes on its disk, e.g. "
                    "2G (default: 5%% of that file system, at most 1G)")
     p.add_argument("--metadata-ttl", help="seconds listings and stats are trusted (default 60)")
-    p.add_argument("--max-inodes", help="files the kernel may hold open to lookups before the "
-                   "longest-known are dropped (they are looked up again when used): bounds the "
-                   "daemon's memory on huge trees; 0 for no cap (default 50000)")
+    p.add_argument("--max-inodes", help="bucket files the kernel may keep looked up before the "
+                   "longest-known are dropped (looked up again when used): bounds the daemon's "
+                   "memory on huge trees; 0 for no cap (default 50000)")
     p.add_argument("--request-timeout", help="seconds an S3 request may wait for data (or trickle "
                    "below 4 KiB/s) before it is retried (default 30)")
     p.add_argument("--drain-timeout", help="at unmount, seconds to wait for pending uploads "
