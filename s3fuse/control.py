@@ -69,7 +69,8 @@ class Control:
         self._requests = requests
         self._link = link
         self.started = time.time() if started is None else started
-        #: held, cap and invalidated inodes (fs/ops.py sets it; read on the trio thread)
+        #: held, cap and invalidated inodes (the FUSE adapter's; daemon.py sets it, read on
+        #: the trio thread)
         self.inodes: Callable[[], dict[str, int]] | None = None
         self.owners = frozenset({0, os.geteuid(), cfg.uid})
 

@@ -165,6 +165,7 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
                       idle=Idle(supervisor, queue, store.link),
                       manifest_failures=lambda: manifest_failures(manifests))
     ops = S3Operations(root, cfg, control)
+    control.inodes = ops.inode_status
     return Components(supervisor, store, meta, blocks, reader, root, ops, pinner, writes, control)
 
 

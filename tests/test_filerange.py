@@ -53,7 +53,7 @@ def test_readinto_fills_what_is_left(fd: int) -> None:
 
 def test_a_file_shorter_than_the_range_fails_and_says_so(fd: int) -> None:
     part = FileRange(fd, 10_000, 1000)
-    with pytest.raises(OSError, match="240 bytes|760 bytes before the end") as failed:
+    with pytest.raises(OSError, match="760 bytes before the end") as failed:
         part.read()
     assert part.failed is failed.value
 

@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 import trio
 
+from s3fuse.cli import format_status
+from s3fuse.config import Config, validate
+from s3fuse.errors import UsageError
 from s3fuse.fs import inodecap
 from s3fuse.fs.inodecap import InodeCap
 from s3fuse.fs.inodes import InodeTable, Node
@@ -191,15 +194,12 @@ def test_a_huge_listing_keeps_the_held_inodes_under_the_cap(s3: Any, bucket: str
 
 
 def test_the_cap_is_checked_where_it_is_given() -> None:
-    from s3fuse.config import Config, validate
-    from s3fuse.errors import UsageError
     with pytest.raises(UsageError, match="max inodes must be 0 .no cap. or between 1,000"):
         validate(Config(max_inodes=10))
     assert validate(Config(max_inodes=0)).max_inodes == 0
 
 
 def test_the_status_says_how_many_are_held() -> None:
-    from s3fuse.cli import format_status
     shown = format_status({"mountpoint": "/mnt/data", "inodes": {"held": 41_000, "cap": 50_000,
                                                                   "invalidated": 12_345}})
     assert "inodes:    41,000 held by the kernel (cap 50,000; 12,345 dropped since start)" in shown

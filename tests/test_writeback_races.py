@@ -155,11 +155,8 @@ async def test_a_directory_whose_marker_lands_during_its_rename_keeps_its_owner(
     assert headers is not None and headers.get("uid") == "65534"
 
 
-async def test_a_file_with_new_metadata_pending_moves_with_its_directory(
-        rig: tuple[BucketTree, UploadQueue], store: HeldStore) -> None:
-    """A file whose chmod is still on its way (a copy onto itself) is moved with its
-    directory, with the new mode (it was left behind under the old name)."""
-    tree, queue = rig
+async def chmod_held(tree: BucketTree, store: HeldStore) -> None:
+    """d/f in S3, listed, then chmodded: its copy onto itself held by the store."""
     store.put_object(B, "d/", b"")
     store.put_object(B, "d/f", b"bytes")
     assert [e.name for e in await tree.listdir("d")] == ["f"]
@@ -167,6 +164,14 @@ async def test_a_file_with_new_metadata_pending_moves_with_its_directory(
     await tree.setattr("d/f", AttrChanges(mode=0o600, posix=posix(stat.S_IFREG, 0o600)), None)
     with trio.fail_after(10):
         await trio.to_thread.run_sync(store.waiting.wait)  # the chmod's copy is held
+
+
+async def test_a_file_with_new_metadata_pending_moves_with_its_directory(
+        rig: tuple[BucketTree, UploadQueue], store: HeldStore) -> None:
+    """A file whose chmod is still on its way (a copy onto itself) is moved with its
+    directory, with the new mode (it was left behind under the old name)."""
+    tree, queue = rig
+    await chmod_held(tree, store)
     await tree.rename("", "d", "", "e")
     store.release.set()
     assert [e.name for e in await tree.listdir("e")] == ["f"]
@@ -184,13 +189,7 @@ async def test_a_file_removed_while_its_directory_is_renamed_stays_removed(
     """A pending key below the directory (a `chmod` on its way) removed while the rename
     lists S3 is not moved: it was copied to the new name, the removed file back again."""
     tree, _ = rig
-    store.put_object(B, "d/", b"")
-    store.put_object(B, "d/f", b"bytes")
-    assert [e.name for e in await tree.listdir("d")] == ["f"]
-    store.held = "d/f"
-    await tree.setattr("d/f", AttrChanges(mode=0o600, posix=posix(stat.S_IFREG, 0o600)), None)
-    with trio.fail_after(10):
-        await trio.to_thread.run_sync(store.waiting.wait)  # the chmod's copy is held
+    await chmod_held(tree, store)
     overlay = tree._pending._overlay
     store.listing = lambda prefix: overlay.delete(B, "d/f") if prefix == "d/" else None
     await tree.rename("", "d", "", "e")

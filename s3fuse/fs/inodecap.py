@@ -10,7 +10,8 @@ the metadata store: no S3 request) and becomes the newest. A process with such a
 mapped (mmap) keeps it open to the kernel, and its `/proc/PID/maps` shows the path as
 "(deleted)" until unmapped.
 
-The notices go out from a worker thread, in batches of BATCH, never from a handler: an
+The notices go out from a worker thread, in batches of BATCH, never from a handler (the
+thread also encodes the names: a sweep on the trio loop only picks the nodes): an
 invalidation waits for the directory's lock, which an operation in that directory holds
 until the daemon answers it. pyfuse3's own `invalidate_entry_async` was not used: its
 thread outlives the session (still sending after `pyfuse3.close`). `stop()` ends the
@@ -39,7 +40,7 @@ PAUSE = 0.2
 BATCH = 512
 
 
-def _batches(items: list[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+def _batches(items: list[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
     for at in range(0, len(items), size):
         yield items[at:at + size]
 
@@ -59,8 +60,7 @@ class InodeCap:
         self._invalidate = invalidate
         self._wake = trio.Event()
         self._stopping = False
-        self._sending = False
-        self._idle = trio.Event()
+        self._sending = trio.Lock()  # held while a sweep's batches go out
         self.invalidated = 0  # entries invalidated since the mount
 
     def grew(self) -> None:
@@ -76,48 +76,44 @@ class InodeCap:
             self._wake = trio.Event()
             if self._stopping:
                 break
-            self._sending = True
-            try:  # (a batch's thread is waited for even when cancelled: trio's default)
+            async with self._sending:  # a batch's thread is waited for even when cancelled
                 for batch in _batches(self.sweep(), BATCH):
                     await trio.to_thread.run_sync(self._send, batch)
                     if self._stopping:
                         break
-            finally:
-                self._sending = False
-                self._idle.set()
             await trio.sleep(PAUSE)
 
     async def stop(self) -> None:
         """No more sweeps; returns once the batch being sent (if any) is sent."""
         self._stopping = True
         self._wake.set()
-        while self._sending:
-            self._idle = trio.Event()
-            await self._idle.wait()
+        async with self._sending:
+            pass
 
-    def _send(self, batch: list[tuple[int, bytes]]) -> None:
-        """Invalidate each (parent inode, name); blocking (a worker thread). Stops at
-        `stop`, or when the kernel connection is gone (unmounted)."""
-        for parent, name in batch:
+    def _send(self, batch: list[tuple[int, str]]) -> None:
+        """Invalidate each (parent inode, the file's path); blocking (a worker thread, which
+        also makes the names). Stops at `stop`, or when the kernel connection is gone
+        (unmounted)."""
+        for parent, ref in batch:
             if self._stopping:
                 return
             try:
-                self._invalidate(parent, name)
+                self._invalidate(parent, os.fsencode(split(ref)[1]))
             except FileNotFoundError:  # the kernel had dropped it already
                 continue
             except OSError as exc:
                 log.debug("entry invalidation stopped: %s", exc)
                 return
 
-    def sweep(self) -> list[tuple[int, bytes]]:
-        """Past the cap, the entries (parent inode, name) of the longest-known files to
+    def sweep(self) -> list[tuple[int, str]]:
+        """Past the cap, the entries (parent inode, path) of the longest-known files to
         invalidate, marked as such, so that the nodes left (and those invalidated already,
         whose FORGET has not come yet) are LOW_WATER of the cap."""
         if not self.limit or len(self.inodes) <= self.limit:
             return []
         excess = len(self.inodes) - int(self.limit * LOW_WATER)
         busy = self._open_inos()
-        chosen: list[tuple[Node, int, bytes]] = []
+        chosen: list[tuple[Node, int]] = []
         for node in self.inodes.oldest_first():
             if len(chosen) >= excess:
                 break
@@ -128,11 +124,11 @@ class InodeCap:
                 continue
             parent = self._parent_of(node)
             if parent is not None:
-                chosen.append((node, parent, os.fsencode(split(node.ref)[1])))
-        for node, _, _ in chosen:
+                chosen.append((node, parent))
+        for node, _ in chosen:
             node.invalidated = True
         self.invalidated += len(chosen)
         if chosen:
             log.debug("%d held inodes, the cap is %d: invalidating %d file entries",
                       len(self.inodes), self.limit, len(chosen))
-        return [(parent, name) for _, parent, name in chosen]
+        return [(parent, node.ref) for node, parent in chosen]

@@ -98,8 +98,6 @@ class S3Operations(pyfuse3.Operations):
                                   self.handles.open_inos, pyfuse3.invalidate_entry)
         self.inodes.on_new = self.inode_cap.grew
         self.inodes.on_gone = self.pages.forget
-        if control is not None:
-            control.inodes = self.inode_status
         self._started_ns = time.time_ns()  # mtime of directories S3 has no date for
 
     # ------------------------------------------------------------ decoding

@@ -125,9 +125,6 @@ class RootTree:
 class ControlPlane(Protocol):
     """What the root's attributes expose (status, pid, pins, ...); implemented in control.py."""
 
-    #: the FUSE adapter's inode counts for the status (it sets this)
-    inodes: Callable[[], dict[str, int]] | None
-
     def names(self) -> list[str]: ...
 
     async def get(self, name: str, caller: int | None) -> bytes: ...
