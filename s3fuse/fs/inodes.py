@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
 
 from ..tree.contract import STATIC_SHIFT, STATIC_START, static_base
+from ..util.shrink import RemovalCounter
 
 ROOT_INODE = 1
 ROOT_NS = -1
@@ -45,6 +46,7 @@ class InodeTable:
         self._by_ino: dict[int, Node] = {ROOT_INODE: root}
         self._by_ref: dict[tuple[int, bool], dict[Hashable, Node]] = {(ROOT_NS, True): {"": root}}
         self._next = ROOT_INODE + 1
+        self._removals = RemovalCounter()
         self.on_new: Callable[[], None] | None = None  # called for each dynamic node made
         self.on_gone: Callable[[int], None] | None = None  # ... and with each one let go
 
@@ -123,8 +125,19 @@ class InodeTable:
 
     def _gone(self, ino: int) -> None:
         """The kernel holds `ino` no more: a later node of the same name gets a new one."""
-        if self._by_ino.pop(ino, None) is not None and self.on_gone is not None:
+        if self._by_ino.pop(ino, None) is None:
+            return
+        if self._removals.removed_one(len(self._by_ino)):
+            self._compact()
+        if self.on_gone is not None:
             self.on_gone(ino)
+
+    def _compact(self) -> None:
+        """Copy the tables, sized for what they hold now (util/shrink.py); the order of
+        `_by_ino` (oldest first) is kept."""
+        self._by_ino = dict(self._by_ino)
+        for key, refs in self._by_ref.items():
+            self._by_ref[key] = dict(refs)
 
     def rename(self, ns: int, old: str, new: str) -> None:
         """Move the nodes of `old` and everything below it to `new` (same inodes)."""

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from ..model import Entry
+from ..util.shrink import RemovalCounter
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class PageCache:
         self._paged: dict[int, PagedVersion] = {}  # ino -> version of its open cached handles
         self._told: dict[int, int] = {}  # ino -> hash of the version whose size the kernel has
         self._writers: dict[int, int] = {}  # ino -> handles open for writing
+        self._removals = RemovalCounter()
 
     def shown(self, ino: int, entry: Entry) -> Entry:
         """The entry of file `ino` the kernel may be given. While handles of an older version
@@ -109,7 +111,8 @@ class PageCache:
         otherwise stayed until KEEP_CACHE_MEMORY pushed them out: ~110 bytes each, 11 MiB
         after `ls -l` of 100,000 files whatever the kernel still held."""
         self._versions.pop(ino, None)
-        self._told.pop(ino, None)
+        if self._told.pop(ino, None) is not None and self._removals.removed_one(len(self._told)):
+            self._versions, self._told = dict(self._versions), dict(self._told)  # util/shrink.py
 
     def open_write(self, ino: int) -> Opened:
         """A handle that writes: the cached pages are no version's any more."""

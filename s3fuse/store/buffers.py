@@ -2,7 +2,7 @@
 
 A block's GET body is read into a new 8 MiB bytearray. `bytearray(n)` zero-fills it,
 which faults its 2,048 pages in one at a time (the daemon maps buffers of 2 MiB and more
-afresh: daemon.release_big_buffers): that cost as much CPU time as the socket reads that
+afresh: daemon.tune_malloc): that cost as much CPU time as the socket reads that
 fill it (py-spy of a cold 256 MiB read). A bytearray made without zero-filling, then
 `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), maps the same pages in one call, at half the
 cost. Its bytes are undefined until written: only for a buffer that is filled whole or
