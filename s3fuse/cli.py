@@ -70,7 +70,7 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metadata-ttl", help="seconds listings and stats are trusted (default 60)")
     p.add_argument("--max-inodes", help="bucket files the kernel may keep looked up before the "
                    "longest-known are dropped (looked up again when used): bounds the daemon's "
-                   "memory on huge trees; 0 for no cap (default 50000)")
+                   "memory on huge trees; 0 for no cap (default 40000)")
     p.add_argument("--request-timeout", help="seconds an S3 request may wait for data (or trickle "
                    "below 4 KiB/s) before it is retried (default 30)")
     p.add_argument("--drain-timeout", help="at unmount, seconds to wait for pending uploads "

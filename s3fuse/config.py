@@ -99,7 +99,7 @@ class Config:
     log_level: str = "INFO"
     log_file: Path | None = None  # None: stderr (foreground, systemd) or <cache-dir>/s3fuse.log
     metrics_address: str | None = None  # HOST:PORT of the Prometheus endpoint; None: none
-    max_inodes: int = 50_000  # files the kernel may hold before the oldest are dropped (0: no cap)
+    max_inodes: int = 40_000  # files the kernel may hold before the oldest are dropped (0: no cap)
     shared_index: str | None = None  # "auto" or s3://BUCKET[/PREFIX]: the fleet's archive indexes
     debug: tuple[str, ...] = ()  # s3fuse modules logged at DEBUG whatever log_level says
     config_file: Path | None = None
