@@ -47,7 +47,8 @@ class ProcSampler:
                "hwm_kib": int(fields["VmHWM"].split()[0]),
                "threads": int(fields["Threads"]),
                "fds": len(fds),
-               "spare_fds": sum(map(self._spare, fds))}
+               "spare_fds": sum(map(self._spare, fds)),
+               "db_fds": sum(map(self._database, fds))}
         self.samples.append(row)
         return row
 
@@ -58,6 +59,14 @@ class ProcSampler:
             target = Path(os.readlink(f"/proc/{self.pid}/fd/{fd}"))
             return target.parent.name == "staging" and target.stat().st_size == 0
         except OSError:  # closed meanwhile, or not a file
+            return False
+
+    def _database(self, fd: str) -> bool:
+        """A block cache's SQLite file: diskcache opens one connection per thread that
+        touches it (database, -wal and -shm), so these follow the worker thread count."""
+        try:
+            return os.readlink(f"/proc/{self.pid}/fd/{fd}").rsplit("/", 1)[-1].startswith("cache.db")
+        except OSError:
             return False
 
     def peak(self, name: str) -> int:
