@@ -69,6 +69,9 @@ class BuildGuard:
         except Exception as exc:  # anything the manifest made the build raise
             self._fail(etag, f"{type(exc).__name__}: {exc}"[:300])
             return None
+        except BaseException:  # stopped (an unmount cancels it: util/stoppoint.py): neither a
+            self._set({BUILDING: None})  # failure nor, at the next start, a crash
+            raise
         self._set({BUILDING: None, FAILED_ETAG: None, FAILED_COUNT: None, FAILED_AT: None,
                    FAILED_REASON: None})
         return count

@@ -20,6 +20,7 @@ from ..errors import NotFound
 from ..store.protocol import Store
 from ..names import MAX_PATH_BYTES, path_parts
 from ..util.oncelog import Tally, example
+from ..util.stoppoint import stop_points
 from .index import IndexWriter, ManifestIndex, compact_json, hidden, relative_path
 from .parse import FileItem, Item, RefItem, parse_numbered, split_lines
 
@@ -99,7 +100,8 @@ class Ingestion:
             log.error("manifest %s is %d bytes, over the %d byte cap: refused", uri, info.size,
                       self.limits.max_manifest_bytes)
             return
-        chunks = self.store.iter_chunks(self.bucket, key, info.etag, info.size, self.limits.chunk_bytes)
+        chunks = stop_points(  # an unmount stops the ingestion between two chunks
+            self.store.iter_chunks(self.bucket, key, info.etag, info.size, self.limits.chunk_bytes))
         skips = Tally()
         try:
             lines = split_lines(chunks, self.limits.max_line_bytes, uri, skips)

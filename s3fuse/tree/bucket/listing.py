@@ -40,6 +40,7 @@ from ...posix import NO_HEADERS, from_headers
 from ...store.protocol import ListPage, ObjectInfo, Store
 from ...util.flight import SingleFlight
 from ...util.oncelog import OnceLogger
+from ...util.stoppoint import stop_points
 from ...util.supervisor import LIST_AHEAD as LIST_AHEAD_TASK, UPLOAD_CLEANUP, Supervisor
 from .ingest import Ingest
 from .keys import BucketKeys
@@ -207,7 +208,8 @@ class Listings:
 
         def fetch() -> list[ObjectInfo]:
             with Ingest(prefix, self._hidden, time.time(), self._meta.directory) as ingest:
-                for number, page in enumerate(self._store.list_pages(self._keys.bucket, prefix)):
+                pages = stop_points(self._store.list_pages(self._keys.bucket, prefix))
+                for number, page in enumerate(pages):  # an unmount stops it between two pages
                     if number == 0 and answered is not None:
                         trio.from_thread.run_sync(answered.set)
                     ingest.add(page)
