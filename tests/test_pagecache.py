@@ -109,7 +109,7 @@ def test_what_the_kernel_was_told_is_remembered_for_the_newest_inodes_only():
     """Past the cap the older half is forgotten at once (a listing of a million keys tells
     the kernel of each): the newest inodes still open bypassing the page cache when the
     kernel holds another version's size, the forgotten ones are taken to hold the entry's."""
-    pages = PageCache(memory=1000)
+    pages = PageCache(told_memory=1000)
     for ino in range(10_000):
         pages.told(ino, version(f"old{ino}", 1))
     newest, oldest = 9_999, 0
@@ -123,3 +123,16 @@ def test_what_the_kernel_was_told_is_remembered_for_the_newest_inodes_only():
     assert not bypasses(oldest, version("new", 2))
     pages.told(oldest, version("old0", 1))          # told again: remembered again
     assert bypasses(oldest, version("newer", 3))
+
+
+def test_versions_opened_outlive_versions_told():
+    """The told table has its own, smaller bound (a manifest's `find` tells the kernel of
+    every entry and never gets them back): filling it forgets no version opened, so the
+    page cache of a file read again is still kept."""
+    pages = PageCache(memory=100, told_memory=10)
+    opened = pages.open_read(1, version("e1", 1), 1, "e1")
+    pages.release(1, opened)
+    for ino in range(2, 50):
+        pages.told(ino, version(f"e{ino}", 1))
+    assert len(pages._told) <= 10
+    assert pages.open_read(1, version("e1", 1), 1, "e1").keep_cache

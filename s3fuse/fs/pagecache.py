@@ -20,7 +20,16 @@ from ..util.shrink import RemovalCounter
 
 log = logging.getLogger(__name__)
 
-KEEP_CACHE_MEMORY = 100_000  # inodes whose last-opened (and last-told) version we remember
+KEEP_CACHE_MEMORY = 100_000  # inodes whose last-opened version we remember
+#: Inodes whose last-told version we remember. A bucket's are forgotten with their inodes
+#: (the kernel holds at most --max-inodes, 40,000 by default); a manifest's are not (its
+#: inodes cost the daemon nothing, and the kernel keeps a 1,000,000-entry `find`'s), so
+#: this bound is what their table costs: ~110 B an entry (a dict slot, the inode number,
+#: the hash), 11 MiB at 100,000. Past it the oldest half goes; an inode whose told version
+#: is forgotten is taken to hold the one its open finds (what `told` guards against is a
+#: version changing within the attribute timeout). The daemon sets it to --max-inodes
+#: (at most KEEP_CACHE_MEMORY).
+TOLD_MEMORY = 40_000
 
 
 @dataclass(slots=True)
@@ -61,8 +70,9 @@ def _remember(table: dict[int, int], ino: int, version: str, memory: int) -> Non
 
 
 class PageCache:
-    def __init__(self, memory: int = KEEP_CACHE_MEMORY):
+    def __init__(self, memory: int = KEEP_CACHE_MEMORY, told_memory: int = TOLD_MEMORY):
         self._memory = memory
+        self._told_memory = told_memory
         self._versions: dict[int, int] = {}  # ino -> hash of the version last opened
         self._paged: dict[int, PagedVersion] = {}  # ino -> version of its open cached handles
         self._told: dict[int, int] = {}  # ino -> hash of the version whose size the kernel has
@@ -85,7 +95,7 @@ class PageCache:
         """The kernel was given `entry` (a shown one) for `ino`: a lookup, getattr or
         readdirplus reply it accepted."""
         if entry.etag and self._told.get(ino) != hash(entry.etag):
-            _remember(self._told, ino, entry.etag, self._memory)
+            _remember(self._told, ino, entry.etag, self._told_memory)
 
     def open_read(self, ino: int, entry: Entry, size: int, version: str) -> Opened:
         """A read handle of `version` (`size` bytes) on the file whose entry is `entry`."""
