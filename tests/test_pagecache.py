@@ -7,7 +7,7 @@ readdirplus reply the kernel refused must not count as told.
 """
 from __future__ import annotations
 
-from s3fuse.fs.pagecache import Opened, PageCache
+from s3fuse.fs.pagecache import KEEP_CACHE_MEMORY, Opened, PageCache, told_memory_for
 from s3fuse.model import Entry
 
 INO = 42
@@ -136,3 +136,8 @@ def test_versions_opened_outlive_versions_told():
         pages.told(ino, version(f"e{ino}", 1))
     assert len(pages._told) <= 10
     assert pages.open_read(1, version("e1", 1), 1, "e1").keep_cache
+
+
+def test_told_memory_follows_the_inode_cap():
+    assert told_memory_for(40_000) == 40_000
+    assert told_memory_for(0) == told_memory_for(10**7) == KEEP_CACHE_MEMORY  # no cap, or above

@@ -30,7 +30,7 @@ from .dirent import NAME_ONLY, UNKNOWN_INO, name_only
 from .handles import HandleTable
 from .inodecap import InodeCap
 from .inodes import ROOT_INODE, InodeTable, Node
-from .pagecache import KEEP_CACHE_MEMORY, PageCache
+from .pagecache import PageCache, told_memory_for
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ class S3Operations(pyfuse3.Operations):
         self.top = MountRoot(root, control)
         self.inodes = InodeTable()
         self.handles = HandleTable()
-        # told versions: as many as the kernel may hold of a bucket (pagecache.py TOLD_MEMORY)
-        self.pages = PageCache(told_memory=min(cfg.max_inodes or KEEP_CACHE_MEMORY, KEEP_CACHE_MEMORY))
+        self.pages = PageCache(told_memory=told_memory_for(cfg.max_inodes))
         self.inode_cap = InodeCap(self.inodes, cfg.max_inodes, self._held_parent,
                                   self.handles.open_inos, pyfuse3.invalidate_entry)
         self.inodes.on_new = self.inode_cap.grew

@@ -27,9 +27,14 @@ KEEP_CACHE_MEMORY = 100_000  # inodes whose last-opened version we remember
 #: this bound is what their table costs: ~110 B an entry (a dict slot, the inode number,
 #: the hash), 11 MiB at 100,000. Past it the oldest half goes; an inode whose told version
 #: is forgotten is taken to hold the one its open finds (what `told` guards against is a
-#: version changing within the attribute timeout). The daemon sets it to --max-inodes
-#: (at most KEEP_CACHE_MEMORY).
+#: version changing within the attribute timeout). A mount's is `told_memory_for`.
 TOLD_MEMORY = 40_000
+
+
+def told_memory_for(max_inodes: int) -> int:
+    """As many told versions as the kernel may hold bucket inodes (--max-inodes; 0 is no
+    cap), at most KEEP_CACHE_MEMORY."""
+    return min(max_inodes or KEEP_CACHE_MEMORY, KEEP_CACHE_MEMORY)
 
 
 @dataclass(slots=True)

@@ -63,14 +63,13 @@ class BuildGuard:
         self._set({BUILDING: etag})
         try:
             count = build()
-        except S3FuseError:
-            self._set({BUILDING: None})  # S3 or the disk: not the manifest's fault
-            raise
-        except Exception as exc:  # anything the manifest made the build raise
-            self._fail(etag, f"{type(exc).__name__}: {exc}"[:300])
-            return None
-        except BaseException:  # stopped (an unmount cancels it: util/stoppoint.py): neither a
-            self._set({BUILDING: None})  # failure nor, at the next start, a crash
+        except BaseException as exc:
+            if isinstance(exc, Exception) and not isinstance(exc, S3FuseError):
+                self._fail(etag, f"{type(exc).__name__}: {exc}"[:300])  # the manifest's doing
+                return None
+            # S3 or the disk (not the manifest's fault), or stopped (an unmount cancels the
+            # build: util/stoppoint.py): neither a failure nor, at the next start, a crash
+            self._set({BUILDING: None})
             raise
         self._set({BUILDING: None, FAILED_ETAG: None, FAILED_COUNT: None, FAILED_AT: None,
                    FAILED_REASON: None})

@@ -42,32 +42,37 @@ class ProcSampler:
     def sample(self) -> dict[str, int]:
         status = Path(f"/proc/{self.pid}/status").read_text()
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        fds = os.listdir(f"/proc/{self.pid}/fd")
+        targets = [self._target(fd) for fd in os.listdir(f"/proc/{self.pid}/fd")]
         row = {"rss_kib": int(fields["VmRSS"].split()[0]),
                "hwm_kib": int(fields["VmHWM"].split()[0]),
                "threads": int(fields["Threads"]),
-               "fds": len(fds),
-               "spare_fds": sum(map(self._spare, fds)),
-               "db_fds": sum(map(self._database, fds))}
+               "fds": len(targets),
+               "spare_fds": sum(map(_spare, targets)),
+               "db_fds": sum(map(_database, targets))}
         self.samples.append(row)
         return row
 
-    def _spare(self, fd: str) -> bool:
-        """An empty staging file made ahead for new files (upload/staging.py SPARES: a
-        pool of up to 64 open ones, refilled at half): held on purpose, not leaked."""
+    def _target(self, fd: str) -> Path | None:
+        """What descriptor `fd` points at (None once closed meanwhile)."""
         try:
-            target = Path(os.readlink(f"/proc/{self.pid}/fd/{fd}"))
-            return target.parent.name == "staging" and target.stat().st_size == 0
-        except OSError:  # closed meanwhile, or not a file
-            return False
-
-    def _database(self, fd: str) -> bool:
-        """A block cache's SQLite file: diskcache opens one connection per thread that
-        touches it (database, -wal and -shm), so these follow the worker thread count."""
-        try:
-            return os.readlink(f"/proc/{self.pid}/fd/{fd}").rsplit("/", 1)[-1].startswith("cache.db")
+            return Path(os.readlink(f"/proc/{self.pid}/fd/{fd}"))
         except OSError:
-            return False
+            return None
 
     def peak(self, name: str) -> int:
         return max(s[name] for s in self.samples)
+
+
+def _spare(target: Path | None) -> bool:
+    """An empty staging file made ahead for new files (upload/staging.py SPARES: a pool of
+    up to 64 open ones, refilled at half): held on purpose, not leaked."""
+    try:
+        return target is not None and target.parent.name == "staging" and target.stat().st_size == 0
+    except OSError:  # removed meanwhile, or not a file (a socket, a pipe)
+        return False
+
+
+def _database(target: Path | None) -> bool:
+    """A block cache's SQLite file: diskcache opens one connection per thread that touches
+    it (database, -wal and -shm), so these follow the worker thread count."""
+    return target is not None and target.name.startswith("cache.db")
