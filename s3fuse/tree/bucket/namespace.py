@@ -176,9 +176,9 @@ class BucketTree(Namespace):
             parent, name = split(path)
             self._heads.reading(parent)
             self._siblings.opened((self.ns_id, parent), name, lambda after, n: [
-                (e.name, self.ref(join(parent, e.name), e))
-                for e in self._listings.files_after(parent, after, n)
-                if not self._heads.fetches_whole(parent, e)])  # their lookup's GET brings them
+                (e.name, None if self._heads.fetches_whole(parent, e)  # its lookup's GET does
+                 else self.ref(join(parent, e.name), e))
+                for e in self._listings.files_after(parent, after, n)])
         return ObjectSource(self._reader, self.ref(path, entry))
 
     async def cached(self, path: str) -> bool:
