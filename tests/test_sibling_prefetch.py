@@ -1,7 +1,9 @@
 """The cross-file read-ahead (data/prefetch.py): what it asks for, and how often it asks."""
 from __future__ import annotations
 
-from s3fuse.data.prefetch import WINDOW, SiblingPrefetcher
+import random
+
+from s3fuse.data.prefetch import AHEAD_BYTES, WINDOW, SiblingPrefetcher
 from s3fuse.model import ObjectRef
 
 NAMES = [f"f{i:05d}" for i in range(1000)]
@@ -44,6 +46,21 @@ def test_nothing_is_fetched_before_a_second_open_in_order():
     assert listing.queries == 0
 
 
+def test_a_shuffled_order_fetches_almost_nothing():
+    """A sampler's random order is ascending every other open: only an open of one of
+    the next few files after the last starts a run (each used to fetch 32 files)."""
+    shuffled = list(NAMES)
+    random.Random(7).shuffle(shuffled)
+    reader = read_in_order(1000, Listing(NAMES), shuffled)
+    assert len(reader.fetched) <= 8 * WINDOW  # the code before: 15,184 (972 files)
+
+
+def test_a_reader_skipping_a_few_files_is_still_in_order():
+    every_other = NAMES[::2]
+    reader = read_in_order(100, Listing(NAMES), every_other)
+    assert set(every_other[2:100]) <= set(reader.fetched)
+
+
 def test_the_files_asked_for_stay_within_the_window_of_the_reader():
     """A reader that stops after 100 files of 1,000 leaves at most WINDOW fetched past it
     (each open used to ask for WINDOW more: 3,200 asked for after 100 opens)."""
@@ -80,7 +97,7 @@ def test_big_files_and_files_a_lookup_fetches_are_skipped_but_counted():
     reader = read_in_order(3, listing)
     assert NAMES[3] not in reader.fetched and NAMES[4] not in reader.fetched
     assert NAMES[5] in reader.fetched
-    big = Listing(NAMES, size=(8 << 20) + 1)
+    big = Listing(NAMES, size=(8 << 20) + 1)  # more than a block: its own read-ahead
     assert read_in_order(50, big).fetched == []
     assert big.queries <= 50 // (WINDOW // 2) + 2
 
@@ -100,3 +117,19 @@ def test_a_listing_that_grows_is_asked_again_once_the_reader_reaches_its_end():
     prefetcher.opened("dir", NAMES[9], listing)
     prefetcher.opened("dir", NAMES[10], listing)
     assert NAMES[12] in reader.fetched
+
+
+def test_files_of_a_few_mib_are_kept_in_flight_up_to_the_byte_budget():
+    """Images or clips of 3 MiB: as many files ahead as 16 MiB holds (5), not 32 of them
+    (96 MiB), and as many again after each open (not once half of them were read: the
+    reader, faster than S3, caught up with the window and waited a round trip)."""
+    size = 3 << 20
+    listing = Listing(NAMES, size=size)
+    reader = FakeReader()
+    prefetcher = SiblingPrefetcher(reader)  # type: ignore[arg-type]
+    for opened, name in enumerate(NAMES[:200], start=1):
+        prefetcher.opened("dir", name, listing)
+        if opened >= 2:
+            past = [n for n in reader.fetched if n > name]
+            assert len(past) == AHEAD_BYTES // size
+    assert reader.fetched == NAMES[2:len(reader.fetched) + 2]

@@ -141,3 +141,17 @@ def test_the_lru_tells_every_entry_that_leaves_and_evicts_read_ones_on_request()
     assert lru.evict_read() and left[-1] == "d"
     assert not lru.evict_read()      # only "b" is left, fetched ahead and never read
     assert "b" in lru and len(lru) == 1
+
+
+def test_evicting_for_a_read_ahead_keeps_the_blocks_read_last():
+    """A read-ahead's write slot may come from blocks already read, never from the
+    `keep` read last (the one a reader is in, and the one before it)."""
+    left: list[str] = []
+    lru = ByteLRU(100, on_leave=left.append)
+    for key in "abcd":
+        lru.put(key, b"x" * 10)
+        lru.get(key)
+    lru.put("e", b"x" * 10, ahead=True)
+    assert lru.evict_read(keep=2) and lru.evict_read(keep=2)
+    assert not lru.evict_read(keep=2)
+    assert left == ["a", "b"] and "c" in lru and "d" in lru and "e" in lru

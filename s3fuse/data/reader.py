@@ -50,6 +50,9 @@ PENDING_WRITES = READAHEAD_BLOCKS + 2
 #: shards queued behind each other's cache writes (the daemon's CPU -30% and the cold read
 #: -25% without them, measured with no cache write at all).
 SMALL_PENDING_WRITES = 64
+#: Blocks already read that a read-ahead never evicts for a write slot: the one a reader
+#: is in and the one before it (the kernel's read-ahead arrives out of order).
+READ_KEPT_FOR_AHEAD = 2
 #: The kernel sends read-ahead requests concurrently, so they can arrive out of
 #: order: a read this close to where the last one ended still counts as sequential.
 SEQUENTIAL_SLACK = 4 << 20
@@ -281,15 +284,18 @@ class BlockReader:
 
     async def _take_write_slot(self, small: bool, evict: bool = True) -> trio.Semaphore:
         """A write slot for a block about to be fetched, and the pool it came from (a small
-        object's: SMALL_PENDING_WRITES). For a big one, when none is free and `evict` (a
-        block a reader waits for), blocks already read give theirs back first (evicted
-        from memory, oldest first). A read-ahead waits instead: evicting could take the
-        block its reader is in the middle of, whose slot a pending cache write may still
-        hold anyway (a cold 256 MiB read fetched 2 of its 32 blocks twice)."""
+        object's: SMALL_PENDING_WRITES). For a big one, when none is free, blocks already
+        read give theirs back first (evicted from memory, oldest first). For a read-ahead
+        (not `evict`) only those older than the READ_KEPT_FOR_AHEAD most recently read:
+        evicting any could take the block its reader is in the middle of, whose slot a
+        pending cache write may still hold anyway (a cold 256 MiB read fetched 2 of its
+        32 blocks twice); evicting none left the read-ahead of the next files of a
+        directory (data/prefetch.py) waiting behind the files already read, one at a time."""
         if small:
             await self._small_write_slots.acquire()
             return self._small_write_slots
-        while evict and not self._write_slots.value and self._memory.evict_read():
+        keep = 0 if evict else READ_KEPT_FOR_AHEAD
+        while not self._write_slots.value and self._memory.evict_read(keep):
             pass
         await self._write_slots.acquire()
         return self._write_slots

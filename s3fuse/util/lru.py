@@ -49,10 +49,10 @@ class ByteLRU:
         while self._size > self.capacity:
             self._evict(self._items or self._ahead)
 
-    def evict_read(self) -> bool:
+    def evict_read(self, keep: int = 0) -> bool:
         """Evict the least recently used entry already read (never one fetched ahead and
-        not read yet); False when there is none."""
-        if not self._items:
+        not read yet), unless only `keep` are left; False when none was evicted."""
+        if len(self._items) <= keep:
             return False
         self._evict(self._items)
         return True
