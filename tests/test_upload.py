@@ -208,7 +208,8 @@ async def test_a_large_file_of_known_crc_is_not_fsynced_at_close(
     monkeypatch.setattr("s3fuse.upload.queue.FSYNC_AT_CLOSE", 5)
     fsyncs: list[str] = []
     async with upload_queue(tmp_path, store, start=False) as queue:
-        monkeypatch.setattr(queue.staging, "commit", recorded(queue.staging.commit, "close", fsyncs))
+        monkeypatch.setattr(queue.staging, "commit",
+                            recorded(queue.staging.commit, "close", fsyncs))
         data = {"known.bin": b"written in order" * 4, "torn.bin": b"also in order" * 4}
         for key, value in data.items():
             staging_id, path = await trio.to_thread.run_sync(queue.staging.create)

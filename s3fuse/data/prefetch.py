@@ -13,8 +13,8 @@ a reader that stops (`head`, Ctrl-C, a data loader's epoch end) leaves at most t
 much fetched for nothing, however large the directory, and a directory of images or
 clips of a few MiB holds a few files ahead, not 32 blocks. Small files are asked for
 again once half the window was opened (the stored listing is queried once per
-WINDOW / 2 opens, not at each); files of MiB each as soon as there is room for one
-more, so that as many stay in flight as the bytes allow.
+WINDOW / 2 opens, not at each); bigger ones as soon as there is room for one more,
+so that as many stay in flight as the bytes allow.
 """
 from __future__ import annotations
 

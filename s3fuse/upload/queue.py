@@ -16,8 +16,8 @@ large one's fsync is most of its close): the sync pass (groupcommit.py), at most
 SYNC_INTERVAL later, fsyncs it and every other new staging file and makes the journal
 durable in one go; after a power loss before that, its CRC decides whether the staged
 bytes can be trusted. A larger file of unknown CRC (random writes, bytes filled from S3)
-is fsynced before its row commits, durably: it survives power loss at once. From `submit` on, the staging file
-belongs to the queue and must not change. Until the upload is done, `pending_version` gives the
+is fsynced before its row commits, durably: it survives power loss at once. From
+`submit` on, the staging file belongs to the queue and must not change. Until the upload is done, `pending_version` gives the
 local file to read from (open it at once: it is deleted when the upload finishes; on
 FileNotFoundError read S3, which has the bytes by then). A version submitted while an
 older one of the same key is pending is based on that one (its `expected` is not used,
