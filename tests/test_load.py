@@ -150,6 +150,14 @@ def run_load(s3: Any, bucket: str, mount_factory: Any, seconds: float) -> dict[s
         return row["fds"] - row["spare_fds"] - row["db_fds"]
     assert own_fds(final) <= own_fds(steady) + 16 and final["threads"] <= steady["threads"] + 16, \
         (steady, final)
+    # a sample reads the thread count, then the fds: a worker thread starting in between
+    # shows its SQLite files and not itself (86 > 13 x 6 once in CI). A leak stays, a race
+    # does not: sample again for a few seconds before calling it one.
+    for _ in range(20):
+        if final["db_fds"] <= final["threads"] * DB_FILES_PER_THREAD:
+            break
+        time.sleep(0.25)
+        final = sampler.sample()
     assert final["db_fds"] <= final["threads"] * DB_FILES_PER_THREAD, final
     return figures
 
