@@ -7,7 +7,6 @@ import os
 import re
 import threading
 import time
-import zlib
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -197,36 +196,6 @@ async def test_small_files_are_fsynced_in_groups(tmp_path: Path, store: S3Store,
         assert fsyncs == [] and len(queue.journal.unsynced()) == 5
         await queue.make_durable()
         assert fsyncs == ["file"] * 5 and queue.journal.unsynced() == []
-
-
-async def test_a_large_file_of_known_crc_is_not_fsynced_at_close(
-        tmp_path: Path, store: S3Store, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch):
-    """A file written in order (its CRC kept as it was written) joins the sync pass
-    whatever its size, as a small one does: its close waits for no fsync. One of unknown
-    CRC past FSYNC_AT_CLOSE is fsynced at close. A torn one is never uploaded."""
-    monkeypatch.setattr("s3fuse.upload.queue.FSYNC_AT_CLOSE", 5)
-    fsyncs: list[str] = []
-    async with upload_queue(tmp_path, store, start=False) as queue:
-        monkeypatch.setattr(queue.staging, "commit",
-                            recorded(queue.staging.commit, "close", fsyncs))
-        data = {"known.bin": b"written in order" * 4, "torn.bin": b"also in order" * 4}
-        for key, value in data.items():
-            staging_id, path = await trio.to_thread.run_sync(queue.staging.create)
-            await trio.to_thread.run_sync(path.write_bytes, value)
-            await queue.submit(bucket, key, staging_id, UNKNOWN,
-                               settle=lambda value=value: (len(value), zlib.crc32(value)))
-        assert fsyncs == [] and len(queue.journal.unsynced()) == 2
-        await write(queue, bucket, "unknown.bin", b"random writes")  # no CRC: fsynced now
-        assert fsyncs == ["close"]
-        torn = queue.staging.path(queue.pending_version(bucket, "torn.bin").name)
-    torn.write_bytes(b"also in\0\0\0")  # the power went before a sync pass
-
-    async with upload_queue(tmp_path, store) as queue:
-        status = await queue.sync(timeout=10)
-    assert body(s3, bucket, "known.bin") == data["known.bin"]
-    assert body(s3, bucket, "unknown.bin") == b"random writes"
-    assert [f["uri"] for f in status["failures"]] == [f"s3://{bucket}/torn.bin"]
 
 
 async def test_power_loss_before_the_sync_pass_never_uploads_torn_bytes(

@@ -21,8 +21,13 @@ from typing import Any, Iterator
 
 import diskcache
 
+try:  # ISA-L's CRC-32 is zlib's (the same digest: blocks stay readable), 5x faster (SIMD):
+    # 9 ms instead of 48 ms of CPU per 256 MiB, on every block written and every block read
+    from isal.isal_zlib import crc32
+except ImportError:  # a platform without an isal wheel
+    from zlib import crc32
+
 from ..errors import CorruptData
-from ..util.crc import crc32
 from .directio import data_offset, read_file, write_new
 from .reserve import DiskReserve, ReserveReached
 from .safedisk import SafeDisk

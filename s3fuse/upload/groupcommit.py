@@ -1,8 +1,7 @@
 """Group commit: small closed files become safe from a power loss together, not one by one.
 
-A file written in order from empty (any size), or of at most FSYNC_AT_CLOSE bytes, is
-journalled at close with the CRC-32 of its bytes and no fsync (three fsyncs would cost
-more than writing a small file; a large one's fsync was most of its close). The sync pass, at
+A file of at most FSYNC_AT_CLOSE bytes is journalled at close with the CRC-32 of its
+bytes and no fsync (three fsyncs would cost more than writing it). The sync pass, at
 most SYNC_INTERVAL later (and at once for `fsync`, `sync` and exit), fsyncs every such
 staging file and their directory, then one durable journal commit marks them synced:
 the WAL is a log, so that commit makes every earlier one durable too. Only then are the
@@ -117,7 +116,7 @@ class GroupCommit:
         self.journal.checkpoint()  # the only checkpoints (journal.py)
 
     def check_after_restart(self) -> None:
-        """Files journalled before their fsync: after a power loss their bytes may be
+        """Small files journalled before their fsync: after a power loss their bytes may be
         lost or torn; one whose CRC no longer matches is kept as failed, never uploaded
         as it is without being asked (`sync --retry`). Blocking."""
         synced = []

@@ -60,14 +60,15 @@ import errno
 import functools
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import trio
 
 from ..cache.overlay import Change
-from ..util.crc import crc32
 from .journal import UNKNOWN, Expected
+from .queue import FSYNC_AT_CLOSE
 from .staging import Staging, start_writeback
 
 T = TypeVar("T")
@@ -293,7 +294,7 @@ class LocalFile:
             self._error = exc.errno or errno.EIO
             self._held = None
             raise
-        self._crc = crc32(held)
+        self._crc = zlib.crc32(held)
         self._held = None
 
     @property
@@ -306,8 +307,8 @@ class LocalFile:
     def settle(self) -> tuple[int, int | None]:
         """For the submit, in the queue's thread (blocking; with the lock held): the held
         bytes reach the staging file; returns its size and, when known, its CRC-32 (a file
-        written in order from empty: the queue journals it with it, neither reading it
-        back nor fsyncing it; without it, a file over FSYNC_AT_CLOSE is fsynced)."""
+        written in order from empty, up to FSYNC_AT_CLOSE bytes: the queue journals a small
+        file with it and need not read it back; a larger one is fsynced instead)."""
         self._write_held()
         self._file()  # a file never written is uploaded empty
         return self._size, self._crc
@@ -345,8 +346,8 @@ class LocalFile:
         written = os.pwrite(self._file(), data, offset)
         end = offset + written
         if self._crc is not None:  # the lock is held: no other change meanwhile
-            in_order = offset == self._size  # any size: then no fsync at close (queue.py)
-            self._crc = crc32(memoryview(data)[:written], self._crc) if in_order else None
+            in_order = offset == self._size and end <= FSYNC_AT_CLOSE
+            self._crc = zlib.crc32(memoryview(data)[:written], self._crc) if in_order else None
         if end - self._written_back >= WRITEBACK_STEP:
             start = min(self._written_back, offset)
             start_writeback(self._fd, start, end - start)

@@ -9,15 +9,13 @@ Writing a file: `Staging.create()` (in a thread), write the staging file, and on
 `await submit(bucket, key, staging_id, expected)` where `expected` is the ETag seen when
 the file was opened for writing, None when it did not exist, UNKNOWN for "upload
 unconditionally". `submit` returns once the journal row is committed: the upload then
-survives SIGKILL. A file whose CRC-32 is known (written in order from empty: `cp`,
-`tar -x`, an editor's save), or that is small enough to read back for it, is journalled
-with that CRC and no fsync (three fsyncs would cost more than writing a small one, and a
-large one's fsync is most of its close): the sync pass (groupcommit.py), at most
-SYNC_INTERVAL later, fsyncs it and every other new staging file and makes the journal
-durable in one go; after a power loss before that, its CRC decides whether the staged
-bytes can be trusted. A larger file of unknown CRC (random writes, bytes filled from S3)
-is fsynced before its row commits, durably: it survives power loss at once. From
-`submit` on, the staging file belongs to the queue and must not change. Until the upload is done, `pending_version` gives the
+survives SIGKILL. A large file (> FSYNC_AT_CLOSE bytes) is fsynced before its row
+commits, durably: it survives power loss at once. A small one is journalled with the
+CRC-32 of its bytes and no fsync (three fsyncs would cost more than writing it): the
+sync pass (groupcommit.py), at most SYNC_INTERVAL later, fsyncs it and every other new staging file
+and makes the journal durable in one go; after a power loss before that, its CRC
+decides whether the staged bytes can be trusted. From `submit` on, the staging file
+belongs to the queue and must not change. Until the upload is done, `pending_version` gives the
 local file to read from (open it at once: it is deleted when the upload finishes; on
 FileNotFoundError read S3, which has the bytes by then). A version submitted while an
 older one of the same key is pending is based on that one (its `expected` is not used,
@@ -88,9 +86,7 @@ from .uploader import Interrupted, Uploader, UploadResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Larger files whose CRC-32 is unknown at close are fsynced then (reading them back for
-#: it would cost more); files written in order keep theirs as they are written, any size.
-FSYNC_AT_CLOSE = 4 << 20
+FSYNC_AT_CLOSE = 4 << 20  # larger files are fsynced at close (their CRC would cost more)
 RETRY_BASE = retry.UPLOADS.base  # first backoff after a transient error (doubles, with jitter)
 RETRY_MAX = retry.UPLOADS.cap
 RECORD_RETRY = 1.0      # how often a journal write that failed (a full disk) is tried again
@@ -378,7 +374,7 @@ class UploadQueue:
     def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected,
                  meta: Posix | None, settle: Callable[[], tuple[int, int | None]] | None) -> int:
         size, crc = settle() if settle is not None else (self.staging.size(staging_id), None)
-        if crc is None and size > FSYNC_AT_CLOSE:
+        if size > FSYNC_AT_CLOSE:
             self.staging.commit(staging_id)  # durable before its durable journal row
             crash_point("staged")
             job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, meta=meta)

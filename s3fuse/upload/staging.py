@@ -14,11 +14,11 @@ import os
 import re
 import secrets
 import threading
+import zlib
 from pathlib import Path
 from typing import Callable
 
 from ..cache.cachedir import secure_dir
-from ..util.crc import crc32
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class Staging:
         try:
             with open(self.path(staging_id), "rb") as fh:
                 while chunk := fh.read(1 << 20):
-                    crc = crc32(chunk, crc)
+                    crc = zlib.crc32(chunk, crc)
         except FileNotFoundError:
             return None
         return crc
