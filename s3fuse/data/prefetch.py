@@ -42,11 +42,9 @@ Upcoming = Callable[[str, int], list[tuple[str, ObjectRef | None]]]
 @dataclass(slots=True)
 class _DirState:
     last_name: str
-    running: bool = False  # going through the directory in name order
     ahead: deque[tuple[str, int]] = field(default_factory=deque)  # (name, size) asked for
     ahead_bytes: int = 0
-    last_size: int = 0  # of the last file asked for
-    asked_to: str = ""  # the last name asked for
+    asked_to: str = ""  # the last name asked for ('': no run yet)
     ended: bool = False  # the stored listing had no more files after asked_to (then)
 
 
@@ -65,37 +63,37 @@ class SiblingPrefetcher:
         if state is None or name <= state.last_name or not self._in_run(state, name, upcoming):
             self._remember(directory, _DirState(name))
             return
-        state.running = True
         state.last_name = name
         self._dirs.move_to_end(directory)
         ahead = state.ahead
         while ahead and ahead[0][0] <= name:
             state.ahead_bytes -= ahead.popleft()[1]
+        last_size = ahead[-1][1] if ahead else 0
         if (len(ahead) > self.window // 2  # small files: ask again once half were opened
-                or state.ahead_bytes + state.last_size > self.ahead_bytes  # no room for one
+                or state.ahead_bytes + last_size > self.ahead_bytes  # no room for one more
                 or (state.ended and ahead)):  # all the listing had: until the reader is there
             return
         wanted = self.window - len(ahead)
         found = upcoming(max(name, state.asked_to), wanted)
         state.ended = len(found) < wanted
         for next_name, ref in found:
-            fetched = ref is not None and 0 < ref.size <= self.max_size
-            size = ref.size if fetched and ref is not None else 0
+            if ref is not None and not 0 < ref.size <= self.max_size:
+                ref = None  # empty, or more than a block: its own read-ahead serves it
+            size = 0 if ref is None else ref.size
             if ahead and state.ahead_bytes + size > self.ahead_bytes:
                 state.ended = False  # stopped short: the rest is asked for later
                 break
             state.asked_to = next_name
             ahead.append((next_name, size))
             state.ahead_bytes += size
-            state.last_size = size
-            if fetched and ref is not None:
+            if ref is not None:
                 self.reader.prefetch(ref, 0)
 
     @staticmethod
     def _in_run(state: _DirState, name: str, upcoming: Upcoming) -> bool:
         """Is `name` (after the last one opened) where a reader going through the
         directory in order would be? Within what was asked for, or among the next few."""
-        if state.running and name <= state.asked_to:
+        if name <= state.asked_to:  # '' before a run: never
             return True
         return any(found == name for found, _ in upcoming(state.last_name, NEXT_FILES))
 

@@ -261,7 +261,7 @@ class BlockReader:
             # A loader's takes it after: a loader reads its archive's blocks through here
             # and would wait for slots its own callers hold.
             if loader is None:
-                pool = await self._take_write_slot(small, evict=not ahead)
+                pool = await self._take_write_slot(small, ahead)
             try:
                 fetched = await self._fetch(ref, index, loader)
             except BaseException:
@@ -269,7 +269,7 @@ class BlockReader:
                     pool.release()
                 raise
             if loader is not None:
-                pool = await self._take_write_slot(small, evict=not ahead)
+                pool = await self._take_write_slot(small, ahead)
             slot: _Slot | None = self._written_later(bid, fetched, pool)
             data = fetched if small else memoryview(fetched)
         else:
@@ -282,11 +282,11 @@ class BlockReader:
             self._hold_in_memory(bid, slot)
         return data
 
-    async def _take_write_slot(self, small: bool, evict: bool = True) -> trio.Semaphore:
+    async def _take_write_slot(self, small: bool, ahead: bool = False) -> trio.Semaphore:
         """A write slot for a block about to be fetched, and the pool it came from (a small
         object's: SMALL_PENDING_WRITES). For a big one, when none is free, blocks already
         read give theirs back first (evicted from memory, oldest first). For a read-ahead
-        (not `evict`) only those older than the READ_KEPT_FOR_AHEAD most recently read:
+        (`ahead`) only those older than the READ_KEPT_FOR_AHEAD most recently read:
         evicting any could take the block its reader is in the middle of, whose slot a
         pending cache write may still hold anyway (a cold 256 MiB read fetched 2 of its
         32 blocks twice); evicting none left the read-ahead of the next files of a
@@ -294,7 +294,7 @@ class BlockReader:
         if small:
             await self._small_write_slots.acquire()
             return self._small_write_slots
-        keep = 0 if evict else READ_KEPT_FOR_AHEAD
+        keep = READ_KEPT_FOR_AHEAD if ahead else 0
         while not self._write_slots.value and self._memory.evict_read(keep):
             pass
         await self._write_slots.acquire()

@@ -21,19 +21,18 @@ from ..util.shrink import RemovalCounter
 log = logging.getLogger(__name__)
 
 KEEP_CACHE_MEMORY = 100_000  # inodes whose last-opened version we remember
-#: Inodes whose last-told version we remember. A bucket's are forgotten with their inodes
-#: (the kernel holds at most --max-inodes, 40,000 by default); a manifest's are not (its
-#: inodes cost the daemon nothing, and the kernel keeps a 1,000,000-entry `find`'s), so
-#: this bound is what their table costs: ~110 B an entry (a dict slot, the inode number,
-#: the hash), 11 MiB at 100,000. Past it the oldest half goes; an inode whose told version
-#: is forgotten is taken to hold the one its open finds (what `told` guards against is a
-#: version changing within the attribute timeout). A mount's is `told_memory_for`.
-TOLD_MEMORY = 40_000
 
 
 def told_memory_for(max_inodes: int) -> int:
-    """As many told versions as the kernel may hold bucket inodes (--max-inodes; 0 is no
-    cap), at most KEEP_CACHE_MEMORY."""
+    """How many inodes' last-told versions a mount remembers: as many as the kernel may
+    hold bucket inodes (--max-inodes; 0 is no cap), at most KEEP_CACHE_MEMORY.
+
+    A bucket's are forgotten with their inodes; a manifest's are not (its inodes cost the
+    daemon nothing, and the kernel keeps a 1,000,000-entry `find`'s), so this bound is what
+    their table costs: ~110 B an entry (a dict slot, the inode number, the hash), 11 MiB at
+    100,000. Past it the oldest half goes; an inode whose told version is forgotten is taken
+    to hold the one its open finds (what `told` guards against is a version changing within
+    the attribute timeout)."""
     return min(max_inodes or KEEP_CACHE_MEMORY, KEEP_CACHE_MEMORY)
 
 
@@ -75,7 +74,7 @@ def _remember(table: dict[int, int], ino: int, version: str, memory: int) -> Non
 
 
 class PageCache:
-    def __init__(self, memory: int = KEEP_CACHE_MEMORY, told_memory: int = TOLD_MEMORY):
+    def __init__(self, memory: int = KEEP_CACHE_MEMORY, told_memory: int = KEEP_CACHE_MEMORY):
         self._memory = memory
         self._told_memory = told_memory
         self._versions: dict[int, int] = {}  # ino -> hash of the version last opened
