@@ -74,5 +74,5 @@ def _spare(target: Path | None) -> bool:
 
 def _database(target: Path | None) -> bool:
     """A block cache's SQLite file: diskcache opens one connection per thread that touches
-    it (database, -wal and -shm), so these follow the worker thread count."""
+    it (database, -wal and -shm), so these follow the most worker threads it ever had."""
     return target is not None and target.name.startswith("cache.db")
