@@ -7,6 +7,9 @@ APT_PKGS := fuse3 libfuse3-dev pkg-config attr iptables rsync gcc git s3fs
 BENCH_APT_PKGS := s3fs
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): the suite waits on mounts, servers and subprocesses, so two
+# workers on two cores finish in under half the time of one (7:47 vs 18:04 on 12-06)
+TEST_WORKERS ?= 2
 
 .PHONY: all setup system-deps demo test soak bench clean man install
 
@@ -34,7 +37,7 @@ demo: setup
 	$(VENV)/bin/s3fuse demo
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 soak: setup
 	$(PY) -m pytest -m soak $(PYTEST_ARGS)
