@@ -69,7 +69,18 @@ async def uploaded(queue: UploadQueue, key: str, data: bytes = b"data",
     await trio.to_thread.run_sync(path.write_bytes, data)
     await queue.submit(B, key, staging_id, None, posix)
     await synced(queue)
+    await workers_parked(queue)
     return queue.store.head(B, key).etag
+
+
+async def workers_parked(queue: UploadQueue, timeout: float = 10.0) -> None:
+    """Until every worker waits for work. After a sync a worker may still be asking the
+    journal for a job in a thread: a change made then was claimed before a test's
+    `offline` (under load: 11 jobs where 10 were expected, once in CI)."""
+    with trio.fail_after(timeout):
+        while (queue._idle_any.statistics().tasks_waiting
+               + queue._idle_light.statistics().tasks_waiting) < queue.workers:
+            await trio.sleep(0.005)
 
 
 # ------------------------------------------------------------------ the queue

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
 from ...model import Entry
 from ...names import join
 from .listing import LIST_AHEAD, SMALL_LISTING, Listings
@@ -25,7 +27,7 @@ from .pending import PendingView
 
 log = logging.getLogger(__name__)
 
-#: Entries read from the store at once (an indexed range read; the first on the loop).
+#: Entries read from the store at once (an indexed range read, on the loop: Listings.window).
 CHUNK = SMALL_LISTING
 #: Every this many offsets, the name there is kept for a seekdir back to it.
 CHECKPOINT = 1024
@@ -42,7 +44,6 @@ class PagedDir:
         self._chunk: list[Entry] = []         # entries at offsets _start+1, _start+2, ...
         self._last = True                     # the chunk ends the listing
         self._checkpoints: dict[int, str] = {}
-        self._reads = 0
         self._ahead = LIST_AHEAD              # subdirectories still to list ahead
 
     async def page(self, start: int, limit: int) -> list[tuple[int, str, Entry]]:
@@ -78,9 +79,7 @@ class PagedDir:
         """The chunk after the name `after`, at offsets from start + 1: local changes laid
         over it, at most CHUNK entries (a chunk emptied by removals reads on)."""
         while True:
-            entries, frontier = await self._listings.window(self._path, after, CHUNK,
-                                                            on_loop=not self._reads)
-            self._reads += 1
+            entries, frontier = self._listings.window(self._path, after, CHUNK)
             merged = self._pending.merge(self._path, entries)
             chunk = [e for e in merged if e.name > after and (frontier is None or e.name <= frontier)]
             if len(chunk) > CHUNK:  # many local additions: the rest is the next chunk's
@@ -88,6 +87,7 @@ class PagedDir:
             if chunk or frontier is None:
                 break
             after = frontier
+            await trio.lowlevel.checkpoint()  # removals emptied many: let others in between
         self._start, self._chunk, self._last = start, chunk, frontier is None
         for i, entry in enumerate(chunk, start + 1):
             if i % CHECKPOINT == 0:
