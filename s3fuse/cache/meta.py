@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..db import Database, Schema
 from ..errors import CacheFull, disk_full
-from ..model import Entry
+from ..model import Entry, new_entry
 from ..posix import NO_HEADERS, from_json, to_json
 
 log = logging.getLogger(__name__)
@@ -604,5 +604,6 @@ def _marker(db: sqlite3.Connection, ns: str, path: str, marker: str) -> None:
 
 
 def _entry(row: tuple) -> Entry:
-    return Entry(row[0], bool(row[1]), row[2], row[3], row[4], row[5],
-                 from_json(row[6], is_dir=bool(row[1])))
+    is_dir = bool(row[1])
+    return new_entry(row[0], is_dir, row[2], row[3], row[4], row[5],
+                     from_json(row[6], is_dir=is_dir))
