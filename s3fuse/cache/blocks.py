@@ -255,12 +255,14 @@ class BlockCache:
         self._touched_since = 0.0
         self._touch_lock = threading.Lock()
         self._opened: OrderedDict[str, tuple[_LockedCache, _Found]] = OrderedDict()
+        self._opening: set[str] = set()  # blocks open_ahead is looking up; a get drops them
         self._opened_lock = threading.Lock()
 
     def get(self, bucket: str, key: str, etag: str, index: int) -> memoryview | None:
         name = block_id(bucket, key, etag, index)
         with self._opened_lock:
             held = self._opened.pop(name, None)
+            self._opening.discard(name)  # read here: what is being opened ahead is not kept
         if held is not None:
             data = self._read(held[0], name, held[1])
             if data is not None:
@@ -276,28 +278,36 @@ class BlockCache:
         OPENED_AHEAD_MAX); nothing when it is not cached or cannot be looked up."""
         name = block_id(bucket, key, etag, index)
         with self._opened_lock:
-            if name in self._opened:
+            if name in self._opened or name in self._opening:
                 return
-        for store in (self._pinned, self._lru):
-            try:
+            self._opening.add(name)
+        found = None
+        try:
+            for store in (self._pinned, self._lru):
                 found = store.lookup(name)
-            except (OSError, sqlite3.Error) as exc:  # `get` will say what is wrong
-                log.debug("cache block %r not opened ahead: %s", name.split("\x00")[1:3], exc)
-                return
-            if found is not None:
-                break
-        else:
-            return
+                if found is not None:
+                    break
+        except (OSError, sqlite3.Error) as exc:  # `get` will say what is wrong
+            log.debug("cache block %r not opened ahead: %s", name.split("\x00")[1:3], exc)
         with self._opened_lock:
-            self._opened[name] = (store, found)
-            pushed_out = [self._opened.popitem(last=False)[1][1]
-                          for _ in range(len(self._opened) - OPENED_AHEAD_MAX)]
+            # a `get` of the block while it was looked up read it on its own: an open file
+            # kept now would never be read, only pushed out (a test saw one left over)
+            wanted = name in self._opening
+            self._opening.discard(name)
+            pushed_out = []
+            if found is not None and wanted:
+                self._opened[name] = (store, found)
+                pushed_out = [self._opened.popitem(last=False)[1][1]
+                              for _ in range(len(self._opened) - OPENED_AHEAD_MAX)]
+        if found is not None and not wanted:
+            _close(found[2])
         for _, _, value in pushed_out:
             _close(value)
 
     def _drop_opened(self) -> None:
         with self._opened_lock:
             held, self._opened = list(self._opened.values()), OrderedDict()
+            self._opening.clear()  # nor is what is being looked up kept
         for _, (_, _, value) in held:
             _close(value)
 
