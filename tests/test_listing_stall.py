@@ -10,13 +10,12 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterator
 
 import trio
 
 from s3fuse.cache.meta import MetaStore
 from s3fuse.config import parse_source
-from s3fuse.model import Entry
 from s3fuse.store.s3 import ListPage, ObjectInfo
 from s3fuse.tree.bucket import BucketTree
 from s3fuse.upload.uploader import UploadResult
@@ -47,13 +46,12 @@ class WatchedStore(MetaStore):
         self.storing = threading.Event()
         self.stored = threading.Event()
 
-    def replace_listing(self, ns: str, path: str, entries: Iterable[Entry],
-                        now: float | None = None, marker: str | None = None) -> None:
+    def replace_staged(self, ns: str, path: str, *args: Any, **kwargs: Any) -> None:
         if path != "big":
-            return super().replace_listing(ns, path, entries, now, marker)
+            return super().replace_staged(ns, path, *args, **kwargs)
         self.storing.set()
         try:
-            super().replace_listing(ns, path, entries, now, marker)
+            super().replace_staged(ns, path, *args, **kwargs)
         finally:
             self.stored.set()
 

@@ -32,6 +32,7 @@ from ..db import Database, Schema
 from ..errors import CacheFull, disk_full
 from ..model import Entry, new_entry
 from ..posix import NO_HEADERS, from_json, to_json
+from .staging import ListingStage, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class MetaStore:
         # a queued write before this (entry). Plain dict operations: atomic under the GIL.
         self._recent: dict[tuple[str, str, str], Entry] = {}
         self._known_dirs: set[tuple[str, str]] = set()  # know_dir's: (ns, path) in `dirs`
+        remove_leftovers(self.directory)
 
     @property
     def directory(self) -> Path:
@@ -296,6 +298,52 @@ class MetaStore:
             db.execute("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", (ns, path, now))
             if marker is not None and path:
                 _marker(db, ns, path, marker)
+
+    def stage(self) -> ListingStage:
+        """A new listing to fill page by page, then store with `replace_staged`."""
+        with self._db.errors():
+            return ListingStage(self._db.connect, self.directory)
+
+    def replace_staged(self, ns: str, path: str, stage: ListingStage, checked_at: float,
+                       changes: dict[str, Entry | None], now: float | None = None,
+                       marker: str | None = None) -> None:
+        """replace_listing of the entries in `stage` (checked at `checked_at`) with
+        `changes` applied. When there is nothing to merge (no change, no stored metadata
+        to keep: a first listing), one INSERT ... SELECT from the stage on its own
+        connection, under the writer lock (cache/staging.py)."""
+        now = time.time() if now is None else now
+        with self.writing():
+            if not changes:
+                db = stage.connection
+                with self._db.errors():
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        merged = self._insert_staged(db, ns, path, stage.table, checked_at, now, marker)
+                    except BaseException:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        raise
+                    db.execute("COMMIT")
+                if merged:
+                    return
+            self.replace_listing(ns, path, merge_changes(stage.entries(checked_at), changes),
+                                 now, marker)
+
+    def _insert_staged(self, db: sqlite3.Connection, ns: str, path: str, table: str,
+                       checked_at: float, now: float, marker: str | None) -> bool:
+        """The INSERT ... SELECT of replace_staged; False (nothing written) when stored
+        POSIX metadata must be kept (replace_listing merges it)."""
+        if db.execute("SELECT 1 FROM main.entries WHERE ns=? AND dir=? AND posix IS NOT NULL "
+                      "LIMIT 1", (ns, path)).fetchone():
+            return False
+        self._recent.clear()  # its entries and the parent's entry of it (_marker)
+        db.execute("DELETE FROM main.entries WHERE ns=? AND dir=?", (ns, path))
+        db.execute(f"INSERT INTO main.entries SELECT ?, ?, name, is_dir, size, mtime_ns, etag, "
+                   f"?, NULL, NULL FROM {table}", (ns, path, checked_at))
+        db.execute("INSERT OR REPLACE INTO main.dirs VALUES (?,?,?)", (ns, path, now))
+        if marker is not None and path:
+            _marker(db, ns, path, marker)
+        return True
 
     def _queued_entries(self, ns: str, path: str) -> dict[str, Entry | None]:
         if not self._queued.entries:  # nothing queued (almost always): no lock, no copy

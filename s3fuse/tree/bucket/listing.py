@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable, Hashable, Iterable
 
 import trio
 
-from ...cache.meta import MetaStore, etag_of, merge_changes, version
+from ...cache.meta import MetaStore, etag_of, version
 from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
 from ...model import Entry
 from ...names import ancestors, is_posix_name, join, split
@@ -207,18 +207,18 @@ class Listings:
         mark = self._learned.mark()
 
         def fetch() -> list[ObjectInfo]:
-            with Ingest(prefix, self._hidden, time.time(), self._meta.directory) as ingest:
+            with Ingest(prefix, self._hidden, time.time(), self._meta.stage()) as ingest:
                 pages = stop_points(self._store.list_pages(self._keys.bucket, prefix))
                 for number, page in enumerate(pages):  # an unmount stops it between two pages
                     if number == 0 and answered is not None:
                         trio.from_thread.run_sync(answered.set)
                     ingest.add(page)
+                stage = ingest.finish()
                 with self._meta.writing():  # uploads that finished meanwhile are not in the pages
                     changes = self._learned.since(mark, path)
                     now = time.time() if changes is not None else 0.0  # 0: stale, list again
-                    self._meta.replace_listing(ns_id, path,
-                                               merge_changes(ingest.entries(), changes or {}),
-                                               now, marker=ingest.marker)
+                    self._meta.replace_staged(ns_id, path, stage, ingest.now, changes or {},
+                                              now, marker=ingest.marker)
                 return ingest.probes
 
         try:
