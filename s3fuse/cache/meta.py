@@ -11,8 +11,8 @@ expired) never wait either: written at once when no one is writing, else queued,
 shown to readers from memory at once, and written by the writer in progress before it
 lets go of the writer lock (`writing`). Who must not go on before a point write is on
 disk (the upload queue, before its journal forgets an upload whose listing update it
-is) waits in `flush`, in a worker thread. Bulk writes (`replace_listing`) block: run
-them in a worker thread.
+is) waits in `flush`, in a worker thread. Bulk writes (`replace_listing`,
+`replace_staged`) block: run them in a worker thread.
 """
 from __future__ import annotations
 
