@@ -14,8 +14,8 @@ byte order, which is SQLite's and Python's order of the names) and a name listed
 keeps its last row, whatever order a store lists in.
 
 The table starts in memory. Past SPILL_ROWS it moves to a scratch database file
-`listing-<pid>-<n>.staging` in the cache directory (a disk the cache may fill, unlike
-/tmp), with no journal and no fsync, where SQLite keeps a few MiB of its pages in
+`listing-<pid>-<n>.staging` in the cache directory (the cache's own disk, known to be
+writable; /tmp may be a small tmpfs), with no journal and no fsync, where SQLite keeps a few MiB of its pages in
 memory whatever the size of the directory. The file is removed when the listing is
 stored or given up, and by the next daemon when this one dies first. When it cannot be
 made (a read-only or full cache disk), the rows stay in memory: memory is the price,
