@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import CacheFull, UsageError, disk_full
+from .errors import CacheFull, UsageError, disk_full, full_disk_is_cache_full
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,8 @@ class Database:
     @contextmanager
     def errors(self) -> Iterator[None]:
         """SQLite's "database or disk is full" as CacheFull (ENOSPC for the caller)."""
-        try:
+        with full_disk_is_cache_full(f"{self.schema.title} {self.path}"):
             yield
-        except sqlite3.OperationalError as exc:
-            if disk_full(exc):
-                raise CacheFull(f"{self.schema.title} {self.path}: {exc}") from None
-            raise
 
     def _migrate(self) -> None:
         version = int(self._writer.execute("PRAGMA user_version").fetchone()[0])

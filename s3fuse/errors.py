@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class S3FuseError(Exception):
@@ -130,6 +132,18 @@ def disk_full(exc: BaseException) -> bool:
     this a full disk under the journal or metadata reached the FUSE boundary as an
     "unexpected error" (a traceback and EIO) instead of ENOSPC."""
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+@contextmanager
+def full_disk_is_cache_full(what: str) -> Iterator[None]:
+    """Raise SQLite's "database or disk is full" (disk_full) met inside as CacheFull, named
+    after `what` (the database): ENOSPC for the caller."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if disk_full(exc):
+            raise CacheFull(f"{what}: {exc}") from None
+        raise
 
 
 def errno_of(exc: BaseException) -> int:

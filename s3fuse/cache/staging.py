@@ -31,9 +31,10 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ContextManager
 from pathlib import Path
 
-from ..errors import CacheFull, disk_full
+from ..errors import full_disk_is_cache_full
 from ..model import Entry, new_entry
 
 log = logging.getLogger(__name__)
@@ -100,16 +101,9 @@ class ListingStage:
         self.connection.close()
         self._remove_file()
 
-    @contextmanager
-    def _full_disk(self) -> Iterator[None]:
-        """SQLite's "database or disk is full" (the scratch file's disk) as CacheFull: the
-        listing cannot be stored either (ENOSPC, or the last stored listing, listing.py)."""
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            if disk_full(exc):
-                raise CacheFull(f"scratch listing {self._file}: {exc}") from None
-            raise
+    def _full_disk(self) -> ContextManager[None]:
+        """A full disk under the scratch file: the listing cannot be stored either."""
+        return full_disk_is_cache_full(f"scratch listing {self._file}")
 
     def _spill(self, directory: Path) -> None:
         """Move the table from memory to a new file in `directory`."""
