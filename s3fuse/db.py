@@ -97,6 +97,21 @@ def create_private(path: Path) -> None:
         pass
 
 
+@contextmanager
+def transaction_on(db: sqlite3.Connection,
+                   begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    """`begin` ... COMMIT on a connection in autocommit mode (isolation_level None), rolled
+    back when the block (or the COMMIT) fails."""
+    try:
+        db.execute(begin)
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # SQLITE_FULL may have rolled it back already, and
+            db.execute("ROLLBACK")  # "cannot rollback" would hide the real error
+        raise
+
+
 class Database:
     """One SQLite file of a store, opened, migrated and shared between threads."""
 
@@ -179,14 +194,8 @@ class Database:
             if durable != self._durable:  # not allowed inside a transaction
                 db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._durable = durable
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with transaction_on(db):
                 yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # SQLITE_FULL may have rolled it back already, and
-                    db.execute("ROLLBACK")  # "cannot rollback" would hide the real error
-                raise
 
     @contextmanager
     def bulk(self) -> Iterator[sqlite3.Connection]:
@@ -194,15 +203,8 @@ class Database:
         worker thread that does not hold the writer lock; SQLite serialises it)."""
         db = self.connect()
         try:
-            with self.errors():
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
+            with self.errors(), transaction_on(db):
+                yield db
         finally:
             db.close()
 

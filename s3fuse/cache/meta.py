@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..db import Database, Schema
+from ..db import Database, Schema, transaction_on
 from ..errors import CacheFull, disk_full
 from ..model import Entry, new_entry
 from ..posix import NO_HEADERS, from_json, to_json
@@ -314,16 +314,8 @@ class MetaStore:
         now = time.time() if now is None else now
         with self.writing():
             if not changes:
-                db = stage.connection
-                with self._db.errors():
-                    db.execute("BEGIN IMMEDIATE")
-                    try:
-                        merged = self._insert_staged(db, ns, path, stage.table, checked_at, now, marker)
-                    except BaseException:
-                        if db.in_transaction:
-                            db.execute("ROLLBACK")
-                        raise
-                    db.execute("COMMIT")
+                with self._db.errors(), transaction_on(stage.connection) as db:
+                    merged = self._insert_staged(db, ns, path, stage.table, checked_at, now, marker)
                 if merged:
                     return
             self.replace_listing(ns, path, merge_changes(stage.entries(checked_at), changes),

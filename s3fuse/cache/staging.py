@@ -30,10 +30,10 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import ContextManager
 from pathlib import Path
+from typing import ContextManager
 
+from ..db import transaction_on
 from ..errors import full_disk_is_cache_full
 from ..model import Entry, new_entry
 
@@ -70,7 +70,7 @@ class ListingStage:
 
     def add_files(self, rows: list[tuple[str, int, int, str]]) -> None:
         """Files (name, size, mtime_ns, ETag); a name staged before is replaced."""
-        with self._full_disk(), _transaction(self.connection) as db:
+        with self._full_disk(), transaction_on(self.connection, "BEGIN") as db:
             db.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?,0,?,?,?)", rows)
         self._rows += len(rows)
         if self._rows > self._spill_rows and self._file is None and self._spill_dir is not None:
@@ -79,7 +79,7 @@ class ListingStage:
     def add_dirs(self, names: list[str]) -> list[str]:
         """Directories, which win over files of the same name: returns the names of the
         files they hide (dropped)."""
-        with self._full_disk(), _transaction(self.connection) as db:
+        with self._full_disk(), transaction_on(self.connection, "BEGIN") as db:
             hidden = [row[0] for row in db.execute(
                 f"SELECT name FROM {self.table} WHERE is_dir=0 AND name IN "
                 "(SELECT value FROM json_each(?)) ORDER BY name", (json.dumps(names),))]
@@ -115,7 +115,7 @@ class ListingStage:
             db.execute("PRAGMA spill.journal_mode=OFF")
             db.execute("PRAGMA spill.synchronous=OFF")
             db.execute(f"CREATE TABLE spill.listed {_COLUMNS}")
-            with _transaction(db):
+            with transaction_on(db, "BEGIN"):
                 db.execute("INSERT INTO spill.listed SELECT * FROM staging.listed")
         except (OSError, sqlite3.Error) as exc:
             log.info("a listing of %d+ keys is kept in memory: no scratch file in %s (%s)",
@@ -136,19 +136,6 @@ class ListingStage:
         except OSError as exc:
             log.warning("cannot remove the scratch listing %s: %s", self._file, exc)
         self._file = None
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN ... COMMIT on a connection in autocommit mode; ROLLBACK on an error."""
-    db.execute("BEGIN")
-    try:
-        yield db
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _memory() -> sqlite3.Connection:
@@ -178,5 +165,5 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's
-        return True
+        pass
     return True
