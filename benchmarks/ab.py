@@ -30,9 +30,8 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import datasets, posix_workloads, scale_dir, training, write_workloads  # noqa: E402
 from benchmarks.filesystems import FILESYSTEMS, S3FuseTree  # noqa: E402
-from benchmarks.s3 import S3Target  # noqa: E402
+from benchmarks.s3 import S3Target, bench_server  # noqa: E402
 from benchmarks.workloads import WORKLOADS, Context, NotApplicable  # noqa: E402
-from tests.support.seaweedfs import SeaweedFS  # noqa: E402
 
 BUCKET = "bench"
 REGISTERING = (posix_workloads, scale_dir, training, write_workloads)  # their workloads and data sets
@@ -43,7 +42,7 @@ def serve(args: argparse.Namespace) -> int:
     shutil.rmtree(args.workdir / "seaweedfs", ignore_errors=True)  # a new server, empty
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "data").mkdir(exist_ok=True)
-    with SeaweedFS(args.workdir / "seaweedfs") as sw:
+    with bench_server(args.workdir / "seaweedfs") as sw:
         target = S3Target(sw.endpoint_url, BUCKET, sw.access_key, sw.secret_key)
         target.client().create_bucket(Bucket=BUCKET)
         env = datasets.SetupEnv(target, spec, args.workdir / "data")

@@ -31,7 +31,7 @@ from typing import Any
 
 from benchmarks.datasets import ManifestRef, upload_file
 from benchmarks.filesystems import S3Fuse
-from benchmarks.s3 import S3Target
+from benchmarks.s3 import S3Target, bench_server
 from benchmarks.workloads import Context, Metric, NotApplicable, workload
 
 MANIFEST = ManifestRef("shards", "fleet/shards/manifest.jsonl")
@@ -166,13 +166,11 @@ def fleet_index(ctx: Context) -> dict[str, float]:
 
 
 def main() -> None:
-    from tests.support.seaweedfs import SeaweedFS
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=128)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="s3fuse-fleet-") as tmp:
-        weed = SeaweedFS(Path(tmp) / "weed").start()
+        weed = bench_server(Path(tmp) / "weed").start()
         try:
             target = S3Target(weed.endpoint_url, "fleet", weed.access_key, weed.secret_key)
             target.client().create_bucket(Bucket="fleet")

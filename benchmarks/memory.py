@@ -41,8 +41,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and `tests` 
 from benchmarks import datasets  # noqa: E402
 from benchmarks.datasets import ManifestRef, SetupEnv  # noqa: E402
 from benchmarks.filesystems import S3FuseTree  # noqa: E402
-from benchmarks.s3 import S3Target  # noqa: E402
-from tests.support.seaweedfs import SeaweedFS  # noqa: E402
+from benchmarks.s3 import S3Target, bench_server  # noqa: E402
 
 BUCKET = "bench"
 PREFIX = "memory"
@@ -163,7 +162,7 @@ def bucket(args: argparse.Namespace, work: Path) -> Iterator[S3Target]:
         info.pop("quick", None)
         yield S3Target(**info)
         return
-    with SeaweedFS(work / "seaweedfs") as sw:
+    with bench_server(work / "seaweedfs") as sw:
         target = S3Target(sw.endpoint_url, BUCKET, sw.access_key, sw.secret_key)
         target.client().create_bucket(Bucket=BUCKET)
         yield target

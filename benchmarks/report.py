@@ -138,7 +138,8 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         "# Benchmarks",
         "",
         f"s3fuse compared with s3fs-fuse and rclone mount, all three mounting the same bucket "
-        f"of a local SeaweedFS S3 server ({meta['seaweedfs']}) over loopback, so the numbers "
+        f"of a local SeaweedFS S3 server ({meta['seaweedfs']}, volumes of "
+        f"{meta.get('volume_mib', 64)} MiB) over loopback, so the numbers "
         "show the cost of each FUSE layer and its caching rather than of a network.",
         "",
         f"- Machine: {machine['nproc']} cores ({machine['cpu']}), {machine['mem_gib']} GiB RAM, "

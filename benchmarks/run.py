@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and `tests` 
 
 from benchmarks import datasets, limits, report  # noqa: E402
 from benchmarks.filesystems import FILESYSTEMS, FileSystem, MountError  # noqa: E402
-from benchmarks.s3 import S3Target  # noqa: E402
+from benchmarks.s3 import BENCH_VOLUME_MB, S3Target, bench_server  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     WORKLOADS,
     Context,
@@ -49,7 +49,7 @@ from benchmarks.workloads import (  # noqa: E402
 )
 from benchmarks import posix_workloads, scale_dir, training, write_workloads  # noqa: E402
 from benchmarks import fleet  # noqa: E402  (registers last: runs last)
-from tests.support.seaweedfs import SeaweedFS, weed_binary  # noqa: E402
+from tests.support.seaweedfs import weed_binary  # noqa: E402
 
 #: Modules whose import registers their workloads, after those of benchmarks.workloads:
 #: write_large and write_small_files; cp_a_small, chmod_r, rsync_again and ls_l_meta;
@@ -126,6 +126,7 @@ def new_results(args: argparse.Namespace, spec: datasets.DataSpec, workdir: Path
             "quick": args.quick,
             "spec": {**spec.__dict__, "tree_keys": spec.tree_keys},
             "seaweedfs": weed.stdout.strip().splitlines()[0] if weed.stdout else "unknown",
+            "volume_mib": BENCH_VOLUME_MB,
             "s3exchange": importlib.metadata.version("s3exchange"),
         },
         "filesystems": {
@@ -155,7 +156,8 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
         samples.setdefault(fs, {}).update(metrics)
     return {
         "meta": {**previous["meta"], "spec": new["meta"]["spec"],
-                 "s3exchange": new["meta"]["s3exchange"]},
+                 "s3exchange": new["meta"]["s3exchange"],
+                 "volume_mib": new["meta"].get("volume_mib", 64)},  # 64: before it was said
         # the full run's mount commands (and versions) stay: the merged sections' notes say
         # how they mounted; a filesystem new to the results comes in as measured now
         "filesystems": {**new["filesystems"], **previous["filesystems"]},
@@ -231,7 +233,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     fss: list[FileSystem] = []
-    with SeaweedFS(workdir / "seaweedfs") as sw:
+    with bench_server(workdir / "seaweedfs") as sw:
         print(f"SeaweedFS at {sw.endpoint_url}", flush=True)
         target = S3Target(sw.endpoint_url, BUCKET, sw.access_key, sw.secret_key)
         target.client().create_bucket(Bucket=BUCKET)

@@ -126,6 +126,16 @@ def test_merging_keeps_the_limits_not_measured_again() -> None:
                                 "read_hot": {"title": "cat", "samples": [0.2]}}
 
 
+def test_the_report_says_how_big_the_servers_volumes_were() -> None:
+    """Writes stall while SeaweedFS grows volumes (benchmarks/s3.py): the size is part of
+    the setup; a results file from before it was recorded ran on 64 MiB volumes."""
+    assert "SeaweedFS S3 server (w, volumes of 64 MiB)" in report.markdown(results(), "x.png")
+    previous, new = results(limits={}), results(limits={})
+    new["meta"]["volume_mib"] = 1024
+    merged = merge_results(previous, new)
+    assert "volumes of 1024 MiB" in report.markdown(merged, "x.png")
+
+
 def test_a_speedup_below_one_reads_as_slower() -> None:
     """A baseline faster than s3fuse is "1.72x slower", never "0.58x faster"."""
     assert report._speedup(2.9, "s") == "**2.90x** faster"
