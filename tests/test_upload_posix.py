@@ -588,6 +588,10 @@ async def test_copies_go_four_at_a_time_during_a_chmod_and_sixteen_after_it(
                     inside -= 1
 
         monkeypatch.setattr(queue.uploader, "upload", slow)
+        # as before a real chmod: every worker idle. Still asking the journal at the first
+        # change (as right after the queue starts), each light worker saw it and, the burst
+        # not known yet, claimed a copy: 10 at once during the chmod, under load
+        await workers_parked(queue)
         for key, etag in list(objects.items())[:200]:  # a chmod: a change every ~2 ms
             await queue.set_meta(B, key, meta(0o700), 1, etag)
             await trio.sleep(0.002)
