@@ -12,6 +12,7 @@ from typing import Any
 
 from .control import PID, STATUS
 from .errors import UsageError
+from .util.procs import pid_alive
 
 FSTYPE = "fuse.s3fuse"
 
@@ -43,20 +44,6 @@ def read_status(mountpoint: Path) -> dict[str, Any]:
 
 def daemon_pid(mountpoint: Path) -> int:
     return int(os.getxattr(str(mountpoint), PID))
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def fusermount_unmount(mountpoint: Path, lazy: bool = False) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""A listing is staged page by page (cache/staging.py, tree/bucket/ingest.py): in memory,
+"""A listing is staged page by page (cache/liststage.py, tree/bucket/ingest.py): in memory,
 in a scratch file past a number of rows, read back in name order; whatever the disk
 does, nothing listed is lost, and the entries are those an in-memory listing gives."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from s3fuse.cache.meta import apply_changes, merge_changes
 from s3fuse.model import Entry
 from s3fuse.store.protocol import ListPage, ObjectInfo
 from s3fuse.tree.bucket.ingest import Ingest, entries_from_pages
-from s3fuse.cache.staging import ListingStage, remove_leftovers
+from s3fuse.cache.liststage import ListingStage, remove_leftovers
 from s3fuse.errors import CacheFull
 from s3fuse.util.oncelog import OnceLogger
 
@@ -125,6 +125,26 @@ def test_scratch_files_of_dead_daemons_are_removed_not_those_of_live_ones(tmp_pa
     remove_leftovers(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"listing-{os.getpid()}-7.staging", "meta.sqlite", "listing-x-1.staging"])
+
+
+def test_the_scratch_file_of_a_daemon_killed_but_not_reaped_is_removed(tmp_path: Path) -> None:
+    """A zombie (dead, its parent has not waited for it yet) holds no file open."""
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    try:
+        stat = Path(f"/proc/{child.pid}/stat")
+        deadline = time.monotonic() + 10
+        while stat.read_text().split(") ", 1)[1][0] != "Z":  # exited, not waited for
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (tmp_path / f"listing-{child.pid}-0.staging").write_bytes(b"")
+        remove_leftovers(tmp_path)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        child.wait()
 
 
 def test_a_full_disk_under_the_scratch_file_is_cache_full(tmp_path: Path) -> None:

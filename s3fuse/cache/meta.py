@@ -32,7 +32,7 @@ from ..db import Database, Schema, transaction_on
 from ..errors import CacheFull, disk_full
 from ..model import Entry, new_entry
 from ..posix import NO_HEADERS, from_json, to_json
-from .staging import ListingStage, remove_leftovers
+from .liststage import ListingStage, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class MetaStore:
         """replace_listing of the entries in `stage` (checked at `checked_at`) with
         `changes` applied. When there is nothing to merge (no change, no stored metadata
         to keep: a first listing), one INSERT ... SELECT from the stage on its own
-        connection, under the writer lock (cache/staging.py)."""
+        connection, under the writer lock (cache/liststage.py)."""
         now = time.time() if now is None else now
         with self.writing():
             if not changes:

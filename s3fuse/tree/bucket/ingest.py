@@ -4,7 +4,7 @@ One job of the bucket namespace (see tree/bucket/__init__.py): a listing is stor
 once its last page is in (a later page may hide a name: a prefix of the same name wins),
 so every key is held until then. As Entry objects a key cost ~600 bytes at the peak (a
 relisting of 1,000,000 keys: 637 MiB of RSS). Here each page's files go to a scratch
-database as the page arrives (cache/staging.py), which also sorts them by name and keeps
+database as the page arrives (cache/liststage.py), which also sorts them by name and keeps
 the last of a name a store lists twice; MetaStore.replace_staged stores them from there.
 
 Prefixes (directories) are few and come in the order of `name/`, not of `name`: their
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from ...cache.meta import version
-from ...cache.staging import ListingStage
+from ...cache.liststage import ListingStage
 from ...model import Entry
 from ...names import is_posix_name, is_probe_name
 from ...store.protocol import ListPage, ObjectInfo

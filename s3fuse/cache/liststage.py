@@ -36,6 +36,7 @@ from typing import ContextManager
 from ..db import transaction_on
 from ..errors import full_disk_is_cache_full
 from ..model import Entry, new_entry
+from ..util.procs import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -151,19 +152,9 @@ def remove_leftovers(directory: Path) -> None:
         return
     for name in names:
         match = _FILE.fullmatch(name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or pid_alive(int(match.group(1))):
             continue
         try:
             os.unlink(directory / name)
         except OSError as exc:
             log.debug("scratch listing %s not removed: %s", name, exc)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's
-        pass
-    return True
