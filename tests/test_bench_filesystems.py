@@ -134,6 +134,9 @@ def test_the_bench_server_has_volumes_a_64_mib_write_does_not_fill(tmp_path: Pat
     SeaweedFS grew new ones (benchmarks/s3.py): the bench server's are 1 GiB."""
     from benchmarks.s3 import BENCH_VOLUME_MB, bench_server
 
+    from tests.support.seaweedfs import _SERVICES
+
     server = bench_server(tmp_path)
+    server.ports = {name: 20000 + n for n, name in enumerate(_SERVICES)}  # as start() sets them
     assert BENCH_VOLUME_MB >= 16 * 64
-    assert server.volume_size_limit_mb == BENCH_VOLUME_MB  # -master.volumeSizeLimitMB
+    assert f"-master.volumeSizeLimitMB={BENCH_VOLUME_MB}" in server._command()
