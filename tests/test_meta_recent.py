@@ -11,6 +11,7 @@ from typing import Any
 
 from hypothesis import given, settings, strategies as st
 
+from s3fuse.cache.listingpages import ListingPages
 from s3fuse.cache.meta import MetaStore, version
 from s3fuse.model import Entry
 from s3fuse.posix import Posix
@@ -95,17 +96,20 @@ def _apply(meta: MetaStore, op: tuple[str, str, int], etags: dict[str, str]) -> 
 def test_entries_read_as_the_database_says_whatever_the_writes(
         tmp_path_factory: Any, ops: list[tuple[tuple[str, str, int], bool]]) -> None:
     """Every write kind, made directly or queued behind a writer (shown from the queue,
-    then written when the writer lets go): `entry` answers as a store that keeps nothing
-    in memory does, at every step."""
+    then written when the writer lets go): `entry` and the listing pages answer as a
+    store that keeps nothing in memory does, at every step."""
     top = tmp_path_factory.mktemp("recent")
     stores = MetaStore(top / "cached.sqlite"), MetaStore(top / "plain.sqlite")
     stores[1]._recent = _Forgetful()
+    stores[1]._pages = ListingPages(max_entries=0)  # keeps no listing page
     etags: list[dict[str, str]] = [{}, {}]
     for meta, seen in zip(stores, etags):
         _apply(meta, ("relist", "a", 0), seen)
 
-    def shown() -> list[dict[str, Entry | None]]:
-        return [{n: meta.entry(NS, "", n) for n in NAMES} for meta in stores]
+    def shown() -> list[tuple[dict[str, Entry | None], list[Any]]]:
+        return [({n: meta.entry(NS, "", n) for n in NAMES},
+                 [meta.entries_after(NS, "", after, limit)
+                  for after, limit in (("", 10), ("", 1), ("a", 1))]) for meta in stores]
     for op, queued in ops:
         with ExitStack() as writers:
             if queued and op[0] in ("update", "remove"):  # a writer holds the lock meanwhile

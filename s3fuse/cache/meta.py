@@ -32,6 +32,7 @@ from ..db import Database, Schema, transaction_on
 from ..errors import CacheFull, disk_full
 from ..model import Entry, new_entry
 from ..posix import NO_HEADERS, from_json, to_json
+from .listingpages import ListingPages
 from .liststage import ListingStage, remove_leftovers
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,10 @@ class MetaStore:
         # a queued write before this (entry). Plain dict operations: atomic under the GIL.
         self._recent: dict[tuple[str, str, str], Entry] = {}
         self._known_dirs: set[tuple[str, str]] = set()  # know_dir's: (ns, path) in `dirs`
+        # Listing pages as entries_after reads them; the directories whose entries the
+        # writes under the writer lock changed, their pages dropped once those commit.
+        self._pages = ListingPages()
+        self._touched: set[tuple[str, str]] = set()
         remove_leftovers(self.directory)
 
     @property
@@ -212,6 +217,7 @@ class MetaStore:
                     writes, self._queued.writes = self._queued.writes, []
                     upto = self._queued.seq
                     if not writes:  # under _queue_lock: a write queued from now finds it free
+                        self._untouch()
                         self._db.lock.release()
                         released = True
                         return
@@ -228,7 +234,18 @@ class MetaStore:
                         self._flushed.notify_all()
         finally:
             if not released:
+                self._untouch()
                 self._db.lock.release()
+
+    def _touch(self, ns: str, path: str) -> None:
+        """A write holding the writer lock changes entries of directory `path`."""
+        self._touched.add((ns, path))
+
+    def _untouch(self) -> None:
+        """The writes are committed: drop the pages of the directories they changed."""
+        if self._touched:
+            self._pages.invalidate(self._touched)
+            self._touched = set()
 
     def queued(self) -> bool:
         """Are point writes waiting to be committed? (Never blocks: a check on the loop
@@ -284,6 +301,7 @@ class MetaStore:
         now = time.time() if now is None else now
         with self.writing(), self._db.transaction() as db:
             self._recent.clear()  # its entries and the parent's entry of it (_marker)
+            self._touch_listing(ns, path)
             known = db.execute(_KNOWN + " LIMIT ?", (ns, path, MERGE_CHUNK + 1)).fetchall()
             if len(known) > MERGE_CHUNK and _copy_known(db, ns, path):
                 del known
@@ -329,6 +347,7 @@ class MetaStore:
                       "LIMIT 1", (ns, path)).fetchone():
             return False
         self._recent.clear()  # its entries and the parent's entry of it (_marker)
+        self._touch_listing(ns, path)
         db.execute("DELETE FROM main.entries WHERE ns=? AND dir=?", (ns, path))
         db.execute(f"INSERT INTO main.entries SELECT ?, ?, name, is_dir, size, mtime_ns, etag, "
                    f"?, NULL, NULL FROM {table}", (ns, path, checked_at))
@@ -336,6 +355,12 @@ class MetaStore:
         if marker is not None and path:
             _marker(db, ns, path, marker)
         return True
+
+    def _touch_listing(self, ns: str, path: str) -> None:
+        """A new listing of `path` is stored: its entries and its parent's entry of it."""
+        self._touch(ns, path)
+        if path:
+            self._touch(ns, path.rpartition("/")[0])
 
     def _queued_entries(self, ns: str, path: str) -> dict[str, Entry | None]:
         if not self._queued.entries:  # nothing queued (almost always): no lock, no copy
@@ -389,10 +414,16 @@ class MetaStore:
         entries (none, when queued removals took them): the next one starts at the
         frontier. An indexed range read of `limit` rows."""
         queued = self._queued_entries(ns, path)
-        rows = self._db.query(f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? AND name>? "
-                              "ORDER BY name LIMIT ?", ns, path, after, limit)
-        frontier = rows[-1][0] if len(rows) == limit else None
-        return apply_changes([_entry(r) for r in rows], within(queued, after, frontier)), frontier
+        key = (ns, path, after, limit)
+        page = self._pages.get(key)
+        if page is None:
+            generation = self._pages.generation
+            rows = self._db.query(f"SELECT {_COLUMNS} FROM entries WHERE ns=? AND dir=? "
+                                  "AND name>? ORDER BY name LIMIT ?", ns, path, after, limit)
+            page = tuple(_entry(r) for r in rows), rows[-1][0] if len(rows) == limit else None
+            self._pages.put(key, page, generation)
+        stored, frontier = page
+        return apply_changes(list(stored), within(queued, after, frontier)), frontier
 
     def name_after(self, ns: str, path: str, after: str, skip: int) -> str | None:
         """The name of the stored entry `skip` places after `after` (1: the next one), or
@@ -430,6 +461,7 @@ class MetaStore:
 
         def write(db: sqlite3.Connection) -> None:
             self._recent.pop((ns, path, entry.name), None)
+            self._touch(ns, path)
             db.execute(_INSERT, _row(ns, path, entry, version))
         self._write(write, show)
 
@@ -442,6 +474,7 @@ class MetaStore:
         thread, so that a cold `ls -l` stores its thousand answers off the loop).
         Returns (the entries stored, the headed entries S3 has no more)."""
         with self.writing():
+            self._touch(ns, path)
             with self._db.transaction() as db:
                 stored, gone = self._unknown_answers(db, ns, path, headed, answers)
                 rows = [_row(ns, path, e, v) for e, v in stored]
@@ -482,6 +515,7 @@ class MetaStore:
 
         def write(db: sqlite3.Connection) -> None:
             self._recent.pop((ns, path, name), None)
+            self._touch(ns, path)
             db.execute("DELETE FROM entries WHERE ns=? AND dir=? AND name=?", (ns, path, name))
         self._write(write, show)
 
