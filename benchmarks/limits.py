@@ -6,6 +6,12 @@ same rounds: a cold read of the big object as parallel ranged GETs straight from
 many at a time as s3fuse's read-ahead keeps in flight, of its block size), and cached
 reads as ``cat`` of local copies of the same files, from the page cache or, after dropping
 it, from the disk. The report shows each filesystem's time beside it and s3fuse / limit.
+
+Some metrics are bound by FUSE requests rather than bytes: a warm `cat` of small files is
+an open, a flush and a release per file, which no FUSE file system answers as fast as the
+page cache answers a local `cat`. Their *floor* (FLOORS) is what the same tool run takes
+on a pyfuse3 + trio file system that answers from a dict (benchmarks/pyfuse3_floor.py):
+how close s3fuse is to what its stack allows. The report shows it under the table.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import datasets
+from benchmarks import datasets, pyfuse3_floor
 from benchmarks.datasets import SetupEnv
 from benchmarks.workloads import WrongBytes, cat_dir, drop_page_cache, timed
 from s3fuse.data.reader import BLOCK_SIZE, READAHEAD_BLOCKS
@@ -97,13 +103,27 @@ LIMITS: dict[str, Limit] = {limit.key: limit for limit in (
 )}
 
 
-def measure(env: SetupEnv, keys: set[str], limits: dict[str, dict]) -> dict[str, float]:
+FLOORS: dict[str, Limit] = {floor.key: floor for floor in (
+    Limit("small_warm", "the same `cat` (a shell glob, then one `cat`) of as many files of "
+          "the same size on a pyfuse3 + trio file system answering from a dict "
+          "(`benchmarks/pyfuse3_floor.py`), warm: a readdir, then each file's open, flush "
+          "and release, with nothing behind them",
+          lambda env: pyfuse3_floor.warm_cat(env.spec.small_files, env.spec.small_size)),
+)}
+
+
+def measure(env: SetupEnv, keys: set[str], limits: dict[str, dict],
+            floors: dict[str, dict] | None = None) -> dict[str, float]:
     """Measure the limit of every metric in ``keys`` that has one; append the seconds to
-    ``limits[key]["samples"]`` (a results.json section, created as needed) and return them."""
+    ``limits[key]["samples"]`` (a results.json section, created as needed) and return them.
+    The same for the floors, into ``floors`` (returned under ``floor:KEY``)."""
     measured = {}
-    for key, limit in LIMITS.items():
-        if key in keys:
-            measured[key] = limit.func(env)
-            limits.setdefault(key, {"title": limit.title, "samples": []})["samples"].append(
-                measured[key])
+    for found, kinds, prefix in ((limits, LIMITS, ""), (floors, FLOORS, "floor:")):
+        if found is None:
+            continue
+        for key, limit in kinds.items():
+            if key in keys:
+                seconds = measured[prefix + key] = limit.func(env)
+                found.setdefault(key, {"title": limit.title, "samples": []})["samples"].append(
+                    seconds)
     return measured

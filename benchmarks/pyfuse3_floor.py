@@ -1,13 +1,17 @@
-"""The floor of a pyfuse3 + trio file system: what one FUSE lookup costs with nothing behind it.
+"""The floor of a pyfuse3 + trio file system: what FUSE requests cost with nothing behind them.
 
 Why: s3fuse keeps its stack (pyfuse3 + trio), so part of each request's cost is the stack's
-own. This mounts a file system that answers from a dict (one directory of N files, readdir
-replies with zero timeouts so that every `stat` of `ls -l` is a LOOKUP, as a cold s3fuse
-directory's are) and times `ls -l` of it: the per-lookup wall time and daemon CPU are what
-no Python file system on this machine can go under. docs/benchmarks.md quotes them beside
-s3fuse's own per-entry cost.
+own. This mounts a file system that answers from a dict (one directory of N files of S
+bytes each, readdir replies with zero timeouts so that every `stat` of `ls -l` is a
+LOOKUP, as a cold s3fuse directory's are; opens keep the page cache, as s3fuse's of an
+unchanged file do) and times what no Python file system on this machine can go under:
 
-    python -m benchmarks.pyfuse3_floor [--files 1000] [--rounds 5]
+- `ls -l` of it: the per-lookup wall time and daemon CPU (quoted in docs/posix.md);
+- `cat` of every file again, warm: the bytes come from the page cache, so what is left
+  is the open, flush and release of each file (`make bench` measures it beside s3fuse's
+  `small_files` warm row: benchmarks/limits.py FLOORS).
+
+    python -m benchmarks.pyfuse3_floor [--files 1000] [--size 4096] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 DIR_INO = 2
 
 
-def serve(mountpoint: str, files: int) -> None:
+def serve(mountpoint: str, files: int, size: int = 4096) -> None:
     """Run the dict-backed file system until unmounted (in its own process)."""
     import pyfuse3
     import trio
@@ -35,6 +41,7 @@ def serve(mountpoint: str, files: int) -> None:
     names = {f"f{i:06d}".encode(): DIR_INO + 1 + i for i in range(files)}
     ordered = sorted(names.items())
     now = time.time_ns()
+    body = b"x" * size  # benchmarks/datasets.py small_file_body
 
     def attrs(ino: int, ttl: float) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -42,7 +49,7 @@ def serve(mountpoint: str, files: int) -> None:
         is_dir = ino in (pyfuse3.ROOT_INODE, DIR_INO)
         a.st_mode = (stat.S_IFDIR | 0o755) if is_dir else (stat.S_IFREG | 0o644)
         a.st_nlink = 2 if is_dir else 1
-        a.st_size = 0 if is_dir else 4096
+        a.st_size = 0 if is_dir else size
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = now
         return a
 
@@ -72,6 +79,18 @@ def serve(mountpoint: str, files: int) -> None:
         async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
             raise pyfuse3.FUSEError(errno.ENOTSUP)
 
+        async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+            return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+        async def read(self, fh: int, off: int, length: int) -> bytes:
+            return body[off:off + length]
+
+        async def flush(self, fh: int) -> None:
+            pass
+
+        async def release(self, fh: int) -> None:
+            pass
+
     options = set(pyfuse3.default_options) | {"fsname=pyfuse3-floor"}
     pyfuse3.init(Floor(), mountpoint, options)
     try:
@@ -89,45 +108,75 @@ def _cpu_ns(pid: int) -> int:
     return total
 
 
-def measure(files: int, rounds: int) -> dict[str, float]:
-    """Median wall time and daemon CPU per lookup of `ls -l` over `rounds` cold rounds."""
+@contextmanager
+def _mounted(files: int, size: int) -> Iterator[tuple[Path, int]]:
+    """The floor file system mounted on a scratch directory: (its directory of files, the
+    daemon's pid); unmounted after."""
     with tempfile.TemporaryDirectory(prefix="pyfuse3-floor-") as tmp:
         mnt = Path(tmp)
         daemon = subprocess.Popen([sys.executable, "-m", "benchmarks.pyfuse3_floor", "--serve",
-                                   str(mnt), "--files", str(files)])
+                                   str(mnt), "--files", str(files), "--size", str(size)])
         try:
             for _ in range(100):
                 if os.path.ismount(mnt):
                     break
                 time.sleep(0.05)
-            walls, cpus = [], []
-            for _ in range(rounds):
-                Path("/proc/sys/vm/drop_caches").write_text("2\n")  # forget the dentries
-                cpu = _cpu_ns(daemon.pid)
-                began = time.perf_counter()
-                subprocess.run(["ls", "-l", str(mnt / "d")], check=True, stdout=subprocess.DEVNULL)
-                walls.append(time.perf_counter() - began)
-                cpus.append((_cpu_ns(daemon.pid) - cpu) / 1e9)
+            yield mnt / "d", daemon.pid
         finally:
             subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
             daemon.wait(timeout=30)
-    walls.sort()
-    cpus.sort()
-    return {"files": files, "rounds": rounds, "ls_l_s": walls[len(walls) // 2],
-            "wall_us_per_lookup": walls[len(walls) // 2] / files * 1e6,
-            "cpu_us_per_lookup": cpus[len(cpus) // 2] / files * 1e6}
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def measure(files: int, rounds: int) -> dict[str, float]:
+    """Median wall time and daemon CPU per lookup of `ls -l` over `rounds` cold rounds."""
+    with _mounted(files, 4096) as (directory, pid):
+        walls, cpus = [], []
+        for _ in range(rounds):
+            Path("/proc/sys/vm/drop_caches").write_text("2\n")  # forget the dentries
+            cpu = _cpu_ns(pid)
+            began = time.perf_counter()
+            subprocess.run(["ls", "-l", str(directory)], check=True, stdout=subprocess.DEVNULL)
+            walls.append(time.perf_counter() - began)
+            cpus.append((_cpu_ns(pid) - cpu) / 1e9)
+    return {"files": files, "rounds": rounds, "ls_l_s": _median(walls),
+            "wall_us_per_lookup": _median(walls) / files * 1e6,
+            "cpu_us_per_lookup": _median(cpus) / files * 1e6}
+
+
+def warm_cat(files: int, size: int, rounds: int = 3) -> float:
+    """Median seconds of `cat` of every file again, its bytes in the page cache, run as
+    the `small_files` warm row runs it on s3fuse (benchmarks/workloads.py cat_dir: a shell
+    glob, then one `cat`): a readdir, then each file's open, flush and release."""
+    with _mounted(files, size) as (directory, _):
+        read = subprocess.run(["cat", *sorted(str(p) for p in directory.iterdir())],
+                              check=True, stdout=subprocess.PIPE).stdout  # into the page cache
+        if read != b"x" * (files * size):
+            raise RuntimeError(f"cat of the floor read {len(read)} bytes, not its {files} files")
+        argv = ["sh", "-c", 'cat -- "$1"/* > /dev/null', "sh", str(directory)]
+        walls = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            subprocess.run(argv, check=True)
+            walls.append(time.perf_counter() - began)
+    return _median(walls)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.files)
+        serve(args.serve, args.files, args.size)
     else:
-        print(json.dumps(measure(args.files, args.rounds), indent=2))
+        print(json.dumps({**measure(args.files, args.rounds),
+                          "warm_cat_s": warm_cat(args.files, args.size, args.rounds)}, indent=2))
 
 
 if __name__ == "__main__":

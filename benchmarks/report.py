@@ -158,6 +158,7 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         f"- **Ratio** = {SUBJECT} time / best of {' and '.join(COMPETITORS)}; "
         f"below 1 means {SUBJECT} is faster (or smaller, for memory).",
         *_limit_bullet(results),
+        *_floor_bullet(results),
         "- Regenerate with `make bench` (`.venv/bin/python benchmarks/run.py`); raw data in "
         "`benchmarks/results.json`.",
         *_subject_only_bullet(results),
@@ -195,7 +196,7 @@ def markdown(results: dict[str, Any], image_name: str) -> str:
         out += _run_note(w, meta)
         out += (_comparison(w, fss, meds, fails, unsup, lims) if compared(w)
                 else _subject_table(w, meds, fails))
-        out += _limit_notes(w, results) if compared(w) else []
+        out += _limit_notes(w, results, meds) if compared(w) else []
         out += _failure_notes(w, results)
         out += _growth(w, results, fss, meds, fails)
     errors = [e for e in results["errors"] if not e.get("metrics")]
@@ -363,12 +364,33 @@ def _limit_bullet(results: dict[str, Any]) -> list[str]:
             f"**{SUBJECT} / limit** = how far {SUBJECT} is from it (1 = no overhead)."]
 
 
-def _limit_notes(workload: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    """How each limit shown in the workload's table was measured."""
+def _floor_bullet(results: dict[str, Any]) -> list[str]:
+    if not any(entry.get("samples") for entry in results.get("floors", {}).values()):
+        return []
+    return ["- **Floor** (under some tables) = the same tool run on a pyfuse3 + trio file "
+            "system that answers from a dict, measured at the start of every round: what "
+            f"FUSE requests cost through {SUBJECT}'s own stack with nothing behind them, "
+            "where a metric is bound by requests rather than bytes."]
+
+
+def _limit_notes(workload: dict[str, Any], results: dict[str, Any],
+                 meds: Medians | None = None) -> list[str]:
+    """How each limit shown in the workload's table was measured; and the floor of each
+    metric that has one (benchmarks/limits.py FLOORS), with s3fuse's median over it."""
     found = limits(results)
     out = [f"- Limit of *{_cell(m['title'])}*: {found[m['key']]['title']} "
            f"({len(found[m['key']]['samples'])} samples)"
            for m in workload["metrics"] if found.get(m["key"], {}).get("samples")]
+    floors = results.get("floors", {})
+    for m in workload["metrics"]:
+        samples = floors.get(m["key"], {}).get("samples")
+        if not samples:
+            continue
+        floor = statistics.median(samples)
+        mine = (meds or {}).get(SUBJECT, {}).get(m["key"])
+        ratio = f"; **{SUBJECT} / floor: {mine / floor:.2f}**" if mine is not None and floor else ""
+        out.append(f"- Floor of *{_cell(m['title'])}*: {fmt(floor, m['unit'])}{ratio}: "
+                   f"{floors[m['key']]['title']} ({len(samples)} samples)")
     return ["", *out] if out else []
 
 

@@ -139,6 +139,7 @@ def new_results(args: argparse.Namespace, spec: datasets.DataSpec, workdir: Path
                       for w in workloads],
         "samples": {fs.name: {} for fs in fss},
         "limits": {},
+        "floors": {},
         "errors": [],
     }
 
@@ -164,6 +165,7 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
         "workloads": [by_name[name] for name in order if name in by_name],
         "samples": samples,
         "limits": {**report.limits(previous), **new["limits"]},
+        "floors": {**previous.get("floors", {}), **new.get("floors", {})},
         "errors": [e for e in previous["errors"] if e["workload"] not in ran] + new["errors"],
     }
 
@@ -250,7 +252,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         keys = {m.key for w in workloads for m in w.metrics}
         try:
             for round_no in range(args.rounds):
-                measured = limits.measure(env, keys, results["limits"])
+                measured = limits.measure(env, keys, results["limits"], results["floors"])
                 if measured:
                     print("  [limit] " + ", ".join(f"{k}={v:.3f}" for k, v in measured.items()),
                           flush=True)

@@ -14,3 +14,9 @@ def test_the_floor_is_measured_over_a_real_mount() -> None:
     assert result["files"] == 50 and result["ls_l_s"] > 0
     assert 0 < result["cpu_us_per_lookup"] < 5_000 and result["wall_us_per_lookup"] > 0
     assert not any(line.split()[0] == "pyfuse3-floor" for line in open("/proc/mounts"))
+
+
+def test_the_warm_cat_floor_reads_every_file_through_a_real_mount() -> None:
+    """The files' bytes are checked (a floor that read nothing would be no floor)."""
+    assert 0 < pyfuse3_floor.warm_cat(files=50, size=4096, rounds=1) < 10
+    assert not any(line.split()[0] == "pyfuse3-floor" for line in open("/proc/mounts"))

@@ -142,3 +142,30 @@ def test_a_speedup_below_one_reads_as_slower() -> None:
     assert report._speedup(0.58, "s") == "**1.72x** slower"
     assert report._speedup(0.5, "MiB") == "**2.00x** more"
     assert report._speedup(None, "s") == "—"
+
+
+def test_a_floor_is_measured_beside_the_limits_and_shown_under_its_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A metric bound by FUSE requests (the warm `cat` of small files) gets the same tool's
+    time on a pyfuse3 + trio file system answering from a dict: its floor."""
+    monkeypatch.setattr(limits, "LIMITS", {})
+    monkeypatch.setattr(limits, "FLOORS", {"read_hot": limits.Limit("read_hot", "dict fs",
+                                                                     lambda env: 0.04)})
+    env = SetupEnv(S3Target("http://x", "b", "k", "s"), QUICK, tmp_path)
+    found_limits: dict[str, dict] = {}
+    floors: dict[str, dict] = {}
+    assert limits.measure(env, {"read_hot"}, found_limits, floors) == {"floor:read_hot": 0.04}
+    assert found_limits == {} and floors == {"read_hot": {"title": "dict fs", "samples": [0.04]}}
+    text = report.markdown(results(floors=floors), "x.png")
+    seq = text.split("## Sequential read")[1].split("## ")[0]
+    assert "- Floor of *hot*: 40.0 ms; **s3fuse / floor: 1.25**: dict fs (1 samples)" in seq
+    assert "**Floor** (under some tables)" in text
+    assert "**Floor**" not in report.markdown(results(), "x.png")
+
+
+def test_merging_keeps_the_floors_not_measured_again() -> None:
+    previous = results(floors={"read_hot": {"title": "dict fs", "samples": [0.04]}})
+    new = results(floors={}, limits={})
+    new["workloads"] = [LS]
+    assert merge_results(previous, new)["floors"] == previous["floors"]
+    assert merge_results(results(), new)["floors"] == {}  # a results.json from before floors
