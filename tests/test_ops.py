@@ -102,6 +102,15 @@ async def test_lookup_getattr_read(parts: Components):
     assert ops.inodes.get(attrs.st_ino) is None
 
 
+async def test_block_sizes_files_for_writes_directories_for_readdir(parts: Components):
+    """A file's st_blksize is max_write (cp writes in pieces that size); a directory's is
+    what glibc reads it in, since pyfuse3 zeroes a reply buffer of the size the kernel
+    asks for at every readdir, and the kernel asks for glibc's."""
+    assert (await lookup_path(parts.ops, "bkt", "d", "b.txt")).st_blksize == 1 << 20
+    assert (await lookup_path(parts.ops, "bkt", "d")).st_blksize == ops_module.DIR_BLKSIZE
+    assert ops_module.DIR_BLKSIZE <= 32 << 10  # glibc's own minimum: not asked for more
+
+
 async def test_negative_lookup_is_cached_not_an_error(parts: Components):
     attrs = await lookup_path(parts.ops, "bkt", "missing")
     assert attrs.st_ino == 0 and attrs.entry_timeout == 60
