@@ -38,10 +38,12 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 READDIR_PAGE = 256
 #: st_blksize of a directory: glibc reads a directory in buffers of max(st_blksize, 32 KiB)
-#: (up to 1 MiB), the kernel asks readdirplus for that many bytes, and pyfuse3 zeroes a
-#: reply buffer of that size at every call: 1 MiB (max_write, the files' st_blksize) cost
-#: ~50 us per readdir, 5% of an `ls -R` of small directories. 32 KiB holds ~200 entries.
-DIR_BLKSIZE = 32 << 10
+#: (up to 1 MiB), the kernel asks readdirplus for that many bytes, and pyfuse3 callocs a
+#: reply buffer of that size at every call: at 1 MiB (max_write, the files' st_blksize)
+#: 13 us or more a readdir (page faults when the heap was trimmed), most of it for small
+#: directories that fill 20 KiB. 128 KiB (~800 entries a reply, 5 us) instead of 32 KiB
+#: (~200, 2.6 us): a big directory then takes a quarter of the readdir calls.
+DIR_BLKSIZE = 128 << 10
 #: readdir offsets taken by "." and ".." before a directory stream's own.
 DOT_ENTRIES = 2
 CACHED = "user.s3fuse.cached"
