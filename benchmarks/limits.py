@@ -9,7 +9,7 @@ it, from the disk. The report shows each filesystem's time beside it and s3fuse 
 
 Some metrics are bound by FUSE requests rather than bytes: a warm `cat` of small files is
 an open, a flush and a release per file, which no FUSE file system answers as fast as the
-page cache answers a local `cat`. Their *floor* (FLOORS) is what the same tool run takes
+page cache answers a local `cat`, and a cold `ls -l` a lookup per file. Their *floor* (FLOORS) is what the same tool run takes
 on a pyfuse3 + trio file system that answers from a dict (benchmarks/pyfuse3_floor.py):
 how close s3fuse is to what its stack allows. The report shows it under the table.
 """
@@ -104,6 +104,11 @@ LIMITS: dict[str, Limit] = {limit.key: limit for limit in (
 
 
 FLOORS: dict[str, Limit] = {floor.key: floor for floor in (
+    Limit("ls_cold", "`ls -l` of a directory of as many files on a pyfuse3 + trio file "
+          "system answering from a dict (`benchmarks/pyfuse3_floor.py`), its dentries "
+          "dropped and its readdir entries with zero timeouts: a readdir, then a lookup per "
+          "file, with nothing behind them",
+          lambda env: pyfuse3_floor.measure(env.spec.small_files, rounds=1)["ls_l_s"]),
     Limit("small_warm", "the same `cat` (a shell glob, then one `cat`) of as many files of "
           "the same size on a pyfuse3 + trio file system answering from a dict "
           "(`benchmarks/pyfuse3_floor.py`), warm: a readdir, then each file's open, flush "
