@@ -374,7 +374,7 @@ def _floor_bullet(results: dict[str, Any]) -> list[str]:
 
 
 def _limit_notes(workload: dict[str, Any], results: dict[str, Any],
-                 meds: Medians | None = None) -> list[str]:
+                 meds: Medians) -> list[str]:
     """How each limit shown in the workload's table was measured; and the floor of each
     metric that has one (benchmarks/limits.py FLOORS), with s3fuse's median over it."""
     found = limits(results)
@@ -387,7 +387,7 @@ def _limit_notes(workload: dict[str, Any], results: dict[str, Any],
         if not samples:
             continue
         floor = statistics.median(samples)
-        mine = (meds or {}).get(SUBJECT, {}).get(m["key"])
+        mine = meds.get(SUBJECT, {}).get(m["key"])
         ratio = f"; **{SUBJECT} / floor: {mine / floor:.2f}**" if mine is not None and floor else ""
         out.append(f"- Floor of *{_cell(m['title'])}*: {fmt(floor, m['unit'])}{ratio}: "
                    f"{floors[m['key']]['title']} ({len(samples)} samples)")

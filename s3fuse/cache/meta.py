@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator
 from ..db import Database, Schema, transaction_on
 from ..errors import CacheFull, disk_full
 from ..model import Entry, new_entry
+from ..names import split
 from ..posix import NO_HEADERS, from_json, to_json
 from .listingpages import ListingPages
 from .liststage import ListingStage, remove_leftovers
@@ -360,7 +361,7 @@ class MetaStore:
         """A new listing of `path` is stored: its entries and its parent's entry of it."""
         self._touch(ns, path)
         if path:
-            self._touch(ns, path.rpartition("/")[0])
+            self._touch(ns, split(path)[0])
 
     def _queued_entries(self, ns: str, path: str) -> dict[str, Entry | None]:
         if not self._queued.entries:  # nothing queued (almost always): no lock, no copy
