@@ -127,3 +127,27 @@ def test_an_overlong_manifest_line_is_skipped_and_the_rest_served(s3, bucket, mo
     assert sorted(os.listdir(m.path("run"))) == ["a.txt", "b.txt"]
     assert m.path("run", "b.txt").read_bytes() == b"bravo"
     assert "1 line skipped (line 2: longer than 16777216 bytes)" in m.log()
+
+
+def test_a_walk_that_only_lists_gets_names_and_stats_after_it_are_right(backend, bucket,
+                                                                        mount_factory):
+    """`find` gets the files of a manifest as names only once it shows it stats none
+    (fs/listingshape.py): their dirents still carry the inode `stat` gives, and `ls -l`
+    and reads after it see every file as it is."""
+    fixture = write(backend, "writer_manifest", bucket)
+    m = mount_factory("--manifest", f"w={fixture.uri}")
+    top = m.path("w")
+    for _ in range(2):
+        found = subprocess.run(["find", str(top), "-type", "f"], capture_output=True, text=True,
+                               check=True).stdout.split("\n")
+        assert sorted(os.path.relpath(p, top) for p in found if p) == sorted(walk(top))
+    for dirpath, _dirs, _files in os.walk(top):
+        with os.scandir(dirpath) as entries:
+            for entry in entries:
+                assert entry.inode() == os.lstat(entry.path).st_ino, entry.path
+    for path, data in fixture.files.items():
+        assert os.stat(top / path).st_size == len(data), path
+    listed = subprocess.run(["ls", "-lR", str(top)], capture_output=True, text=True,
+                            check=True).stdout
+    assert "?" not in listed
+    check_view(top, fixture)

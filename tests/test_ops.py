@@ -185,6 +185,38 @@ async def test_readdir_counts_only_accepted_entries(parts: Components, readdir_c
     assert clash.st_mode & 0o040000                                # the directory wins
 
 
+@pytest.mark.parametrize("parts", [{"posix_metadata": False}], indirect=True)
+async def test_readdir_sends_files_as_names_only_to_a_walk_that_does_not_stat_them(
+        parts: Components, readdir_collector: None):
+    """Known attributes go out for the files of a listing only while the walk looks its
+    files up (fs/listingshape.py): the first file of a listing is a name only (node id 0),
+    and once it went unlooked-up every file is, until one is looked up; a directory
+    where that happened gets attributes for all. Directories always get theirs."""
+    ops = parts.ops
+
+    async def listing(*path: str) -> Collector:
+        fh = await ops.opendir((await lookup_path(ops, *path)).st_ino)
+        token = Collector()
+        await ops.readdir(fh, 0, token)
+        await ops.releasedir(fh)
+        return token
+
+    top = await listing("bkt")
+    assert top.entries["a.txt"][:2] == (0, dirent.UNKNOWN_INO)    # the sentinel
+    assert top.entries["clash"][0] and top.entries["d"][0]        # directories: attributes
+    d = await listing("bkt", "d")                                 # a.txt was not looked up
+    assert d.entries["b.txt"][:2] == (0, dirent.UNKNOWN_INO)
+    assert d.entries["e"][0] != 0
+    b = await lookup_path(ops, "bkt", "d", "b.txt")               # stat'ed after its listing
+    assert b.st_ino and b.st_size == 5
+    d = await listing("bkt", "d")
+    assert d.entries["b.txt"] == (b.st_ino, b.st_ino, b.st_mode)
+    top = await listing("bkt")
+    assert top.entries["a.txt"][:2] == (0, dirent.UNKNOWN_INO)    # a sentinel again
+    e = await listing("bkt", "d", "e")
+    assert e.entries["f"][:2] == (0, dirent.UNKNOWN_INO)
+
+
 async def test_readdir_starts_with_dot_entries(parts: Components, readdir_collector: None):
     """`ls -a` shows "." and ".." (s3fs and rclone send them): first, with the inodes of
     the directory and its parent, and a readdir resumed between them goes on right."""

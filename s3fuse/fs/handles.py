@@ -14,6 +14,7 @@ import pyfuse3
 
 from ..tree.contract import DirStream, FileHandle, WriteHandle
 from .inodes import Node
+from .listingshape import Shape
 from .pagecache import Opened
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class OpenFile:
 class OpenDir:
     node: Node
     stream: DirStream
+    shape: Shape = Shape.ATTRS  # which files go out as names only (fs/listingshape.py)
 
 
 class HandleTable:
@@ -71,9 +73,9 @@ class HandleTable:
         """The inodes of every open file."""
         return {f.node.ino for f in self._files.values()}
 
-    def add_dir(self, node: Node, stream: DirStream) -> int:
+    def add_dir(self, node: Node, stream: DirStream, shape: Shape = Shape.ATTRS) -> int:
         fh = next(self._fh)
-        self._dirs[fh] = OpenDir(node, stream)
+        self._dirs[fh] = OpenDir(node, stream, shape)
         return fh
 
     def dir(self, fh: int) -> OpenDir:

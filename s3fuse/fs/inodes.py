@@ -83,6 +83,14 @@ class InodeTable:
         refs = self._by_ref.get((ns, is_dir))
         return None if refs is None else refs.get(ref)
 
+    def known_ino(self, ns: int, ref: Hashable, is_dir: bool, base: int | None) -> int | None:
+        """The inode of (ns, ref, kind) if it is computed (`base`) or a node exists;
+        never makes one."""
+        if base is not None:
+            return self.ensure(ns, ref, is_dir, base).ino
+        node = self.find(ns, ref, is_dir)
+        return None if node is None else node.ino
+
     def remember(self, node: Node) -> Node:
         """The kernel got a reference to `node` (a lookup reply or a readdirplus entry).
         One whose entry was invalidated and is looked up again becomes the newest."""

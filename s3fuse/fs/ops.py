@@ -30,6 +30,7 @@ from .dirent import NAME_ONLY, UNKNOWN_INO, name_only
 from .handles import HandleTable
 from .inodecap import InodeCap
 from .inodes import ROOT_INODE, InodeTable, Node
+from .listingshape import ListingShapes, Shape
 from .pagecache import PageCache, told_memory_for
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class S3Operations(pyfuse3.Operations):
                                   self.handles.open_inos, pyfuse3.invalidate_entry)
         self.inodes.on_new = self.inode_cap.grew
         self.inodes.on_gone = self.pages.forget
+        self.shapes = ListingShapes()
         self._started_ns = time.time_ns()  # mtime of directories S3 has no date for
 
     # ------------------------------------------------------------ decoding
@@ -305,6 +307,8 @@ class S3Operations(pyfuse3.Operations):
             return negative
         node, entry = found
         self.inodes.remember(node)
+        if not node.is_dir:
+            self.shapes.looked_up(parent.ns, parent.ino)
         return self._attrs(node, entry)
 
     @fuse_handler("forget")
@@ -322,7 +326,10 @@ class S3Operations(pyfuse3.Operations):
     @fuse_handler("opendir")
     async def opendir(self, inode: int, ctx: Any = None) -> int:
         node = self._dir(inode)
-        return self.handles.add_dir(node, await self._ns(node).opendir(node.ref))
+        stream = await self._ns(node).opendir(node.ref)
+        shape = self.shapes.opened(node.ns, node.ino) if NAME_ONLY and not node.is_root \
+            else Shape.ATTRS
+        return self.handles.add_dir(node, stream, shape)
 
     def _dots(self, node: Node) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
         """The "." and ".." entries of `node` (`ls -a` lists them; s3fs and rclone send
@@ -359,11 +366,14 @@ class S3Operations(pyfuse3.Operations):
             names_only = self._names_only(handle.node)
             for next_id, ref, entry in page:
                 start_id = next_id
-                if names_only and entry.posix is None:
+                file_named = handle.shape is not Shape.ATTRS and not entry.is_dir
+                if file_named or (names_only and entry.posix is None):
                     if not pyfuse3.readdir_reply(token, os.fsencode(entry.name),
                                                  self._name_only(handle.node, ref, entry),
                                                  next_id + DOT_ENTRIES):
                         return
+                    if file_named and handle.shape is Shape.SENTINEL:
+                        handle.shape = Shape.ATTRS  # the first file only
                     continue
                 node = self._ensure(handle.node, ref, entry.is_dir)
                 attrs = self._attrs(node, entry, tell=False)
@@ -382,10 +392,11 @@ class S3Operations(pyfuse3.Operations):
         return NAME_ONLY and not parent.is_root and self._ns(parent).posix_lookups
 
     def _name_only(self, parent: Node, ref: Ref, entry: Entry) -> pyfuse3.EntryAttributes:
-        """A name-only readdir entry: listed with the inode the kernel already has for
-        it, if any (so `ls -i` agrees with `stat`), else UNKNOWN_INO."""
-        node = self.inodes.find(parent.ns, ref, entry.is_dir)
-        return name_only(UNKNOWN_INO if node is None else node.ino, entry.is_dir)
+        """A name-only readdir entry: listed with its inode when it is computed or the
+        kernel already has one (so `ls -i` agrees with `stat`), else UNKNOWN_INO."""
+        ino = self.inodes.known_ino(parent.ns, ref, entry.is_dir,
+                                    self.root.get(parent.ns).inode_base)
+        return name_only(UNKNOWN_INO if ino is None else ino, entry.is_dir)
 
     @fuse_handler("releasedir")
     async def releasedir(self, fh: int) -> None:
