@@ -64,7 +64,7 @@ class InodeTable:
         """The node for (ns, ref, kind); new dynamic nodes start with lookup count 0."""
         if base is not None:
             assert isinstance(ref, int) and 0 <= ref < STATIC_START >> 2
-            return Node(base + (ref << 1) + int(is_dir), ns, ref, is_dir)
+            return Node(base + (ref << 1) + is_dir, ns, ref, is_dir)
         refs = self._by_ref.get((ns, is_dir))
         if refs is None:
             refs = self._by_ref[(ns, is_dir)] = {}
@@ -87,7 +87,7 @@ class InodeTable:
         """The inode of (ns, ref, kind) if it is computed (`base`) or a node exists;
         never makes one."""
         if base is not None:
-            return self.ensure(ns, ref, is_dir, base).ino
+            return base + (ref << 1) + is_dir  # type: ignore[operator]  # ensure's number
         node = self.find(ns, ref, is_dir)
         return None if node is None else node.ino
 

@@ -10,7 +10,6 @@ that the daemon died during, is retried for the same root ETag only after a back
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import time
@@ -20,7 +19,7 @@ import trio
 
 from ..config import ManifestSpec
 from ..data.reader import BlockReader
-from ..model import Entry, ObjectRef
+from ..model import Entry, ObjectRef, new_entry
 from ..errors import IsADirectory, NotADirectory, NotFound, Offline
 from ..manifest.attempts import BuildGuard
 from ..manifest.index import FILE, MEMBER, ROOT_ID, SHARD, ManifestIndex, Node
@@ -112,8 +111,9 @@ class ManifestTree(ReadOnlyNamespace):
     # ------------------------------------------------------------ nodes
 
     def entry(self, node: Node) -> Entry:
-        return Entry(node.name, node.is_dir, 0 if node.is_dir else (node.size or 0), self._mtime_ns,
-                     node.etag or "")
+        is_dir = node.is_dir
+        return new_entry(node.name, is_dir, 0 if is_dir else (node.size or 0), self._mtime_ns,
+                         node.etag or "", 0.0, None)
 
     def _node(self, ref: int) -> Node:
         node = self.index.node(ref)
@@ -177,7 +177,7 @@ class ManifestTree(ReadOnlyNamespace):
         except Offline:
             return node
         self.index.remember_file(node.id, node.key, info.size, info.etag)  # does not wait
-        return dataclasses.replace(node, size=info.size, etag=info.etag)
+        return node._replace(size=info.size, etag=info.etag)
 
     async def open(self, ref: int) -> FileHandle:
         node = self._node(ref)
