@@ -36,6 +36,11 @@ class Node:
         return self.ns == ROOT_NS
 
 
+def computed_ino(base: int, ref: int, is_dir: bool) -> int:
+    """The inode of a node of an indexed namespace (tree/contract.py `inode_base`)."""
+    return base + (ref << 1) + is_dir
+
+
 class InodeTable:
     """Nodes by ino, and by (namespace, kind) then ref: one dict per namespace and kind
     rather than a (ns, ref, kind) tuple per node, 64 bytes less per inode (a readdirplus of
@@ -64,7 +69,7 @@ class InodeTable:
         """The node for (ns, ref, kind); new dynamic nodes start with lookup count 0."""
         if base is not None:
             assert isinstance(ref, int) and 0 <= ref < STATIC_START >> 2
-            return Node(base + (ref << 1) + is_dir, ns, ref, is_dir)
+            return Node(computed_ino(base, ref, is_dir), ns, ref, is_dir)
         refs = self._by_ref.get((ns, is_dir))
         if refs is None:
             refs = self._by_ref[(ns, is_dir)] = {}
@@ -87,7 +92,7 @@ class InodeTable:
         """The inode of (ns, ref, kind) if it is computed (`base`) or a node exists;
         never makes one."""
         if base is not None:
-            return base + (ref << 1) + is_dir  # type: ignore[operator]  # ensure's number
+            return computed_ino(base, ref, is_dir)  # type: ignore[arg-type]
         node = self.find(ns, ref, is_dir)
         return None if node is None else node.ino
 
