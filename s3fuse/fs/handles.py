@@ -33,6 +33,7 @@ class OpenDir:
     node: Node
     stream: DirStream
     shape: Shape = Shape.ATTRS  # which files go out as names only (fs/listingshape.py)
+    sent_name: bool = False     # a file went out as a name only (the walk watches this one)
 
 
 class HandleTable:

@@ -14,8 +14,10 @@ directory. A listing goes out with attributes but for its first file (the *senti
 a name only); if that file is looked up before the next listing starts, the walk stats
 and keeps getting attributes (one lookup a directory). If not, the walk only needs
 names and types (`find`, `ls`, `ls -R`) and later listings are names only, until a file
-of one of them is looked up. A directory where a file was looked up gets attributes
-from then on (a second `ls -l` past the timeout renews its entries in the readdir).
+of one of them is looked up. A listing that sent no file (a directory of directories)
+tells nothing and changes nothing. A directory where a file was looked up gets
+attributes from then on (a second `ls -l` past the timeout renews its entries in the
+readdir).
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ class Shape(enum.Enum):
 
 @dataclass(slots=True)
 class _Walk:
-    """What one namespace's walk looks like: the last listing watched, and whether a file
-    of it was looked up."""
+    """What one namespace's walk looks like: the last listing that sent a file as a name
+    only, and whether a file of it was looked up since."""
 
     names: bool = False
     watched: int | None = None
@@ -52,16 +54,24 @@ class ListingShapes:
         self._walks: dict[int, _Walk] = {}
 
     def opened(self, ns: int, dir_ino: int) -> Shape:
-        """A listing of directory `dir_ino` of namespace `ns` starts: its shape."""
+        """A listing of directory `dir_ino` of namespace `ns` starts: its shape. The
+        listing watched before it is judged now, unless it is this directory's own."""
         if dir_ino in self._stated:
             return Shape.ATTRS
         walk = self._walks.get(ns)
         if walk is None:
             walk = self._walks[ns] = _Walk()
-        if walk.watched is not None and walk.watched != dir_ino and not walk.looked:
-            walk.names = True
-        walk.watched, walk.looked = dir_ino, False
+        if walk.watched is not None and walk.watched != dir_ino:
+            walk.names = walk.names or not walk.looked
+            walk.watched = None
         return Shape.NAMES if walk.names else Shape.SENTINEL
+
+    def sent_name(self, ns: int, dir_ino: int) -> None:
+        """A listing of `dir_ino` (not ATTRS) sent its first file as a name only: watch
+        whether a file of it is looked up before the next listing."""
+        walk = self._walks.get(ns)
+        if walk is not None:
+            walk.watched, walk.looked = dir_ino, False
 
     def looked_up(self, ns: int, dir_ino: int) -> None:
         """A file of directory `dir_ino` was looked up."""

@@ -372,8 +372,11 @@ class S3Operations(pyfuse3.Operations):
                                                  self._name_only(handle.node, ref, entry),
                                                  next_id + DOT_ENTRIES):
                         return
-                    if file_named and handle.shape is Shape.SENTINEL:
-                        handle.shape = Shape.ATTRS  # the first file only
+                    if file_named and not handle.sent_name:
+                        handle.sent_name = True
+                        self.shapes.sent_name(handle.node.ns, handle.node.ino)
+                        if handle.shape is Shape.SENTINEL:
+                            handle.shape = Shape.ATTRS  # the first file only
                     continue
                 node = self._ensure(handle.node, ref, entry.is_dir)
                 attrs = self._attrs(node, entry, tell=False)
