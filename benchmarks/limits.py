@@ -118,14 +118,12 @@ FLOORS: dict[str, Limit] = {floor.key: floor for floor in (
 
 
 def measure(env: SetupEnv, keys: set[str], limits: dict[str, dict],
-            floors: dict[str, dict] | None = None) -> dict[str, float]:
+            floors: dict[str, dict]) -> dict[str, float]:
     """Measure the limit of every metric in ``keys`` that has one; append the seconds to
     ``limits[key]["samples"]`` (a results.json section, created as needed) and return them.
     The same for the floors, into ``floors`` (returned under ``floor:KEY``)."""
     measured = {}
     for found, kinds, prefix in ((limits, LIMITS, ""), (floors, FLOORS, "floor:")):
-        if found is None:
-            continue
         for key, limit in kinds.items():
             if key in keys:
                 seconds = measured[prefix + key] = limit.func(env)

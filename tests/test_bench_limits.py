@@ -75,10 +75,11 @@ def test_measure_records_only_the_limits_of_the_metrics_run(tmp_path: Path,
                                                            ) -> None:
     monkeypatch.setitem(limits.LIMITS, "read_hot",
                         limits.Limit("read_hot", "local cat", lambda env: 0.25))
+    monkeypatch.setattr(limits, "FLOORS", {})
     found: dict[str, dict] = {}
     env = SetupEnv(S3Target("http://x", "b", "k", "s"), QUICK, tmp_path)
-    assert limits.measure(env, {"read_hot", "ls_cold"}, found) == {"read_hot": 0.25}
-    limits.measure(env, {"read_hot"}, found)
+    assert limits.measure(env, {"read_hot", "ls_cold"}, found, {}) == {"read_hot": 0.25}
+    limits.measure(env, {"read_hot"}, found, {})
     assert found == {"read_hot": {"title": "local cat", "samples": [0.25, 0.25]}}
 
 

@@ -32,7 +32,7 @@ class OpenFile:
 class OpenDir:
     node: Node
     stream: DirStream
-    shape: Shape = Shape.ATTRS  # which files go out as names only (fs/listingshape.py)
+    shape: Shape                # which files go out as names only (fs/listingshape.py)
     sent_name: bool = False     # a file went out as a name only (the walk watches this one)
 
 
@@ -74,7 +74,7 @@ class HandleTable:
         """The inodes of every open file."""
         return {f.node.ino for f in self._files.values()}
 
-    def add_dir(self, node: Node, stream: DirStream, shape: Shape = Shape.ATTRS) -> int:
+    def add_dir(self, node: Node, stream: DirStream, shape: Shape) -> int:
         fh = next(self._fh)
         self._dirs[fh] = OpenDir(node, stream, shape)
         return fh

@@ -27,7 +27,7 @@ from ..tree.contract import AttrChanges, Namespace
 from ..tree.root import ROOT_HIDDEN_BITS, ControlPlane, MountRoot, RootTree
 from .boundary import fuse_handler
 from .dirent import NAME_ONLY, UNKNOWN_INO, name_only
-from .handles import HandleTable
+from .handles import HandleTable, OpenDir
 from .inodecap import InodeCap
 from .inodes import ROOT_INODE, InodeTable, Node
 from .listingshape import ListingShapes, Shape
@@ -364,19 +364,17 @@ class S3Operations(pyfuse3.Operations):
             if not page:
                 return
             names_only = self._names_only(handle.node)
+            base = self._ns(handle.node).inode_base
             for next_id, ref, entry in page:
                 start_id = next_id
                 file_named = handle.shape is not Shape.ATTRS and not entry.is_dir
                 if file_named or (names_only and entry.posix is None):
                     if not pyfuse3.readdir_reply(token, os.fsencode(entry.name),
-                                                 self._name_only(handle.node, ref, entry),
+                                                 self._name_only(handle.node, ref, entry, base),
                                                  next_id + DOT_ENTRIES):
                         return
                     if file_named and not handle.sent_name:
-                        handle.sent_name = True
-                        self.shapes.sent_name(handle.node.ns, handle.node.ino)
-                        if handle.shape is Shape.SENTINEL:
-                            handle.shape = Shape.ATTRS  # the first file only
+                        self._sent_first_name(handle)
                     continue
                 node = self._ensure(handle.node, ref, entry.is_dir)
                 attrs = self._attrs(node, entry, tell=False)
@@ -394,12 +392,21 @@ class S3Operations(pyfuse3.Operations):
         looks each up at its first stat whether or not it holds an inode for it."""
         return NAME_ONLY and not parent.is_root and self._ns(parent).posix_lookups
 
-    def _name_only(self, parent: Node, ref: Ref, entry: Entry) -> pyfuse3.EntryAttributes:
-        """A name-only readdir entry: listed with its inode when it is computed or the
-        kernel already has one (so `ls -i` agrees with `stat`), else UNKNOWN_INO."""
-        ino = self.inodes.known_ino(parent.ns, ref, entry.is_dir,
-                                    self.root.get(parent.ns).inode_base)
+    def _name_only(self, parent: Node, ref: Ref, entry: Entry,
+                   base: int | None) -> pyfuse3.EntryAttributes:
+        """A name-only readdir entry: listed with its inode when it is computed (`base`:
+        the namespace's inode_base) or the kernel already has one (so `ls -i` agrees with
+        `stat`), else UNKNOWN_INO."""
+        ino = self.inodes.known_ino(parent.ns, ref, entry.is_dir, base)
         return name_only(UNKNOWN_INO if ino is None else ino, entry.is_dir)
+
+    def _sent_first_name(self, handle: OpenDir) -> None:
+        """The first file of a shaped listing went out as a name only: the walk watches
+        this listing, and a sentinel listing sends its other files with attributes."""
+        handle.sent_name = True
+        self.shapes.sent_name(handle.node.ns, handle.node.ino)
+        if handle.shape is Shape.SENTINEL:
+            handle.shape = Shape.ATTRS
 
     @fuse_handler("releasedir")
     async def releasedir(self, fh: int) -> None:
