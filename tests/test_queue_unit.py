@@ -16,6 +16,7 @@ import trio
 
 from s3fuse.store.memory import MemoryStore
 from s3fuse.upload.conditions import PROBE_PUTS
+from s3fuse.upload.groupcommit import GroupCommit
 from s3fuse.upload import Journal, Staging, Uploader, UploadFailed, UploadQueue
 from s3fuse.upload.journal import UNKNOWN, Job
 from s3fuse.upload.uploader import UploadResult
@@ -254,4 +255,32 @@ def test_the_journal_checkpoints_in_the_sync_pass_only(tmp_path: Path) -> None:
         journal.enqueue(B, "after", "s", 1, UNKNOWN, crc32=0)  # restarts the WAL from its start
         assert wal.stat().st_size <= grown and (B, "after") in journal.latest()
     finally:
+        journal.close()
+
+
+async def test_a_sync_pass_in_flight_keeps_the_queue_busy(tmp_path: Path) -> None:
+    """The pass deletes finished uploads' staging files last: until it returns, the idle
+    query must not answer idle (a test once found two staging files left after `idle`)."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    staging = Staging(tmp_path / "staging")
+    entered, release = threading.Event(), threading.Event()
+
+    async def io(fn, *args):  # type: ignore[no-untyped-def]
+        def slow() -> None:
+            entered.set()
+            release.wait(10)
+            fn(*args)
+        await trio.to_thread.run_sync(slow)
+
+    commits = GroupCommit(journal, staging, io, lambda: None)
+    try:
+        commits.want()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(commits.now)
+            await until(entered.is_set)
+            assert commits.due  # the pass runs: not idle yet
+            release.set()
+        assert not commits.due
+    finally:
+        release.set()
         journal.close()

@@ -44,8 +44,9 @@ class GroupCommit:
 
     @property
     def due(self) -> bool:
-        """Is a sync pass still owed (something journalled since the last one)?"""
-        return self._due or bool(self._unsynced)
+        """Is a sync pass still owed (something journalled since the last one) or running?
+        A running pass counts: it deletes the staging files of finished uploads last."""
+        return self._due or bool(self._unsynced) or self._lock.locked()
 
     def journalled(self, job_id: int, staging_id: str) -> None:
         """A small file was journalled before its fsync: the next pass fsyncs it."""
