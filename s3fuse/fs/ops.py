@@ -360,7 +360,8 @@ class S3Operations(pyfuse3.Operations):
             start_id = DOT_ENTRIES
         start_id -= DOT_ENTRIES
         while True:
-            page = await handle.stream.page(start_id, READDIR_PAGE)
+            page = await handle.stream.page(start_id, READDIR_PAGE,
+                                            attrs=handle.shape is not Shape.NAMES)
             if not page:
                 return
             names_only = self._names_only(handle.node)

@@ -63,9 +63,13 @@ class WriteHandle(FileHandle, Protocol):
 
 
 class DirStream(Protocol):
-    """An open directory: pages of (offset of the next entry, ref, entry), stable offsets."""
+    """An open directory: pages of (offset of the next entry, ref, entry), stable offsets.
+    `attrs` false: the caller sends the page's files as names only (a walk that stats
+    none), so what a file's attributes would need beyond its name and type may be left
+    out (a manifest's HEAD for a line without size or ETag)."""
 
-    async def page(self, start: int, limit: int) -> Sequence[tuple[int, Ref, Entry]]: ...
+    async def page(self, start: int, limit: int,
+                   attrs: bool = True) -> Sequence[tuple[int, Ref, Entry]]: ...
 
 
 @dataclass(frozen=True, slots=True)

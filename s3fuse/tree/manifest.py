@@ -40,8 +40,11 @@ class IndexDir:
         self.tree = tree
         self.node_id = node_id
 
-    async def page(self, start: int, limit: int) -> list[tuple[int, int, Entry]]:
-        nodes = await self.tree.resolved(self.tree.index.children(self.node_id, start, limit))
+    async def page(self, start: int, limit: int,
+                   attrs: bool = True) -> list[tuple[int, int, Entry]]:
+        nodes = self.tree.index.children(self.node_id, start, limit)
+        if attrs:  # else sent as names: a line without size or ETag is HEADed at its lookup
+            nodes = await self.tree.resolved(nodes)
         return [(n.id, n.id, self.tree.entry(n)) for n in nodes]
 
 

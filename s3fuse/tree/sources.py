@@ -26,7 +26,8 @@ class SnapshotDir:
     def __init__(self, items: Sequence[tuple[Ref, Entry]]):
         self._items = items
 
-    async def page(self, start: int, limit: int) -> list[tuple[int, Ref, Entry]]:
+    async def page(self, start: int, limit: int,
+                   attrs: bool = True) -> list[tuple[int, Ref, Entry]]:
         end = min(start + limit, len(self._items))
         return [(i + 1, *self._items[i]) for i in range(start, end)]
 

@@ -46,7 +46,8 @@ class PagedDir:
         self._checkpoints: dict[int, str] = {}
         self._ahead = LIST_AHEAD              # subdirectories still to list ahead
 
-    async def page(self, start: int, limit: int) -> list[tuple[int, str, Entry]]:
+    async def page(self, start: int, limit: int,
+                   attrs: bool = True) -> list[tuple[int, str, Entry]]:
         if start and self._start <= start <= self._start + len(self._chunk):
             if start < self._start + len(self._chunk):
                 return self._served(start, limit)
