@@ -141,3 +141,9 @@ def test_versions_opened_outlive_versions_told():
 def test_told_memory_follows_the_inode_cap():
     assert told_memory_for(40_000) == 40_000
     assert told_memory_for(0) == told_memory_for(10**7) == KEEP_CACHE_MEMORY  # no cap, or above
+
+
+def test_only_a_write_only_handle_bypasses_the_page_cache():
+    pages = PageCache()
+    assert pages.open_write(INO, write_only=True).direct_io     # no reads, no mmap
+    assert not pages.open_write(INO).direct_io                  # O_RDWR: mmap needs pages

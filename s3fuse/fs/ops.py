@@ -84,6 +84,11 @@ def existing_name(name: bytes) -> str:
     return text
 
 
+def write_only(flags: int) -> bool:
+    """Is a file opened with `flags` for writing only (no reads, no mmap)?"""
+    return flags & os.O_ACCMODE == os.O_WRONLY
+
+
 def new_name(name: bytes) -> str:
     """A name to create: lone surrogates stand for bytes that are not UTF-8, and the
     namespace refuses what it cannot hold (EINVAL)."""
@@ -423,8 +428,9 @@ class S3Operations(pyfuse3.Operations):
         ns = self._ns(node)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             writer = await ns.open_write(node.ref, truncate=bool(flags & os.O_TRUNC))
-            return pyfuse3.FileInfo(fh=self.handles.add_file(node, writer,
-                                                             self.pages.open_write(inode), writer))
+            opened = self.pages.open_write(inode, write_only(flags))
+            return pyfuse3.FileInfo(fh=self.handles.add_file(node, writer, opened, writer),
+                                    direct_io=opened.direct_io)
         entry = await self._entry(node)
         handle = await ns.open(node.ref)
         opened = self.pages.open_read(inode, entry, handle.size, handle.version)
@@ -530,8 +536,9 @@ class S3Operations(pyfuse3.Operations):
         posix = await self._new_posix(parent, stat.S_IFREG | stat.S_IMODE(mode), ctx)
         ref, entry, writer = await self._ns(parent).create(parent.ref, text, posix)
         node = self.inodes.remember(self._ensure(parent, ref, False))
-        fh = self.handles.add_file(node, writer, self.pages.open_write(node.ino), writer)
-        return pyfuse3.FileInfo(fh=fh), self._attrs(node, entry)
+        opened = self.pages.open_write(node.ino, write_only(flags))
+        fh = self.handles.add_file(node, writer, opened, writer)
+        return pyfuse3.FileInfo(fh=fh, direct_io=opened.direct_io), self._attrs(node, entry)
 
     @fuse_handler("setattr")
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None,
