@@ -145,5 +145,5 @@ def test_told_memory_follows_the_inode_cap():
 
 def test_only_a_write_only_handle_bypasses_the_page_cache():
     pages = PageCache()
-    assert pages.open_write(INO, write_only=True).direct_io     # no reads, no mmap
+    assert pages.open_write(INO, direct=True).direct_io         # write-only (fs/setid.py)
     assert not pages.open_write(INO).direct_io                  # O_RDWR: mmap needs pages

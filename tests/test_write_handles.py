@@ -3,6 +3,8 @@ the real mount: a write-only handle bypasses it, a read-write one keeps it for m
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import pytest
 
 from s3fuse.demo import free_port
 from tests.test_metrics import scrape, value
+from tests.test_security import as_nobody, start, stop
 from tests.test_write_mount import body, sync
 
 pytestmark = pytest.mark.mount
@@ -69,3 +72,42 @@ with mmap.mmap(fd, 8192, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as m
     mapped.flush()
 os.close(fd)
 """
+
+
+def test_a_write_by_another_user_clears_set_id_bits(s3, bucket, backend, public_base,
+                                                    fuse_available):
+    """A write-only handle writes past the page cache, where the kernel leaves clearing
+    set-id bits to the file system (fs/setid.py): set before the open, set while it is
+    open, a write by an unprivileged user clears them; root's writes keep them."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as another user")
+    m = start(public_base / "setid", backend.env(), "--source", f"s3://{bucket}",
+              "--allow-other")
+    try:
+        root = m.path(bucket)
+        os.mkdir(root / "open", 0o777)
+        os.chmod(root / "open", 0o777)
+        before, during, roots = (root / "open" / n for n in ("before", "during", "roots"))
+        for path in (before, during, roots):
+            path.write_bytes(b"x")
+            os.chmod(path, 0o777 if path == during else 0o6777)
+        assert as_nobody("sh", "-c", f"echo more >> {before}").returncode == 0
+        assert stat.S_IMODE(os.stat(before).st_mode) == 0o777
+        script = ("import os, sys, time; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND); "
+                  "os.write(fd, b'1'); print('open', flush=True); sys.stdin.readline(); "
+                  "os.write(fd, b'2'); os.close(fd)")
+        writer = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534",
+                                   "--clear-groups", sys.executable, "-c", script, str(during)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline() == "open\n"                    # type: ignore[union-attr]
+        os.chmod(during, 0o6777)                                       # set while it is open
+        writer.communicate("go\n", timeout=30)
+        assert writer.returncode == 0
+        assert stat.S_IMODE(os.stat(during).st_mode) == 0o777
+        assert during.read_bytes() == b"x12"
+        with open(roots, "ab") as fh:                                   # root keeps them
+            fh.write(b"y")
+        assert stat.S_IMODE(os.stat(roots).st_mode) == 0o6777
+        assert m.wait_idle()["idle"]
+    finally:
+        stop(m)

@@ -17,13 +17,14 @@ import time
 from typing import Any, Sequence
 
 import pyfuse3
+import trio
 
 from ..config import Config
 from ..errors import NameTooLong, NotADirectory, NotFound
 from ..model import Entry, Ref
 from ..posix import NO_HEADERS, Posix, clamp_time
 from ..names import MAX_NAME_BYTES, join
-from ..tree.contract import AttrChanges, Namespace
+from ..tree.contract import AttrChanges, Namespace, WriteHandle
 from ..tree.root import ROOT_HIDDEN_BITS, ControlPlane, MountRoot, RootTree
 from .boundary import fuse_handler
 from .dirent import NAME_ONLY, UNKNOWN_INO, name_only
@@ -32,6 +33,7 @@ from .inodecap import InodeCap
 from .inodes import ROOT_INODE, InodeTable, Node
 from .listingshape import ListingShapes, Shape
 from .pagecache import PageCache, told_memory_for
+from .setid import SetIdGuard, privileged, setid_bits, write_only
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +86,6 @@ def existing_name(name: bytes) -> str:
     return text
 
 
-def write_only(flags: int) -> bool:
-    """Is a file opened with `flags` for writing only (no reads, no mmap)?"""
-    return flags & os.O_ACCMODE == os.O_WRONLY
-
-
 def new_name(name: bytes) -> str:
     """A name to create: lone surrogates stand for bytes that are not UTF-8, and the
     namespace refuses what it cannot hold (EINVAL)."""
@@ -112,6 +109,7 @@ class S3Operations(pyfuse3.Operations):
         self.inodes.on_new = self.inode_cap.grew
         self.inodes.on_gone = self.pages.forget
         self.shapes = ListingShapes()
+        self.setid = SetIdGuard()
         self._started_ns = time.time_ns()  # mtime of directories S3 has no date for
 
     # ------------------------------------------------------------ decoding
@@ -216,6 +214,10 @@ class S3Operations(pyfuse3.Operations):
         return Posix(mode=mode, uid=uid, gid=gid, mtime_ns=mtime, ctime_ns=ctime,
                      atime_ns=atime, rdev=rdev,
                      xattrs=entry.posix.xattrs if entry.posix is not None else ())
+
+    async def _mode_now(self, node: Node) -> int:
+        """The mode `node` shows (its type and permission bits)."""
+        return self._shown(node, await self._entry(node))[0]
 
     def _shown(self, node: Node, entry: Entry) -> tuple[int, int, int, int, int, int, int]:
         """_posix's fields as a tuple (mode, uid, gid, mtime, ctime, atime, rdev): every
@@ -427,10 +429,10 @@ class S3Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         ns = self._ns(node)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            direct = write_only(flags) and (
+                privileged(caller(ctx)) or not setid_bits(await self._mode_now(node)))
             writer = await ns.open_write(node.ref, truncate=bool(flags & os.O_TRUNC))
-            opened = self.pages.open_write(inode, write_only(flags))
-            return pyfuse3.FileInfo(fh=self.handles.add_file(node, writer, opened, writer),
-                                    direct_io=opened.direct_io)
+            return self._opened_writer(node, writer, direct, ctx)
         entry = await self._entry(node)
         handle = await ns.open(node.ref)
         opened = self.pages.open_read(inode, entry, handle.size, handle.version)
@@ -443,7 +445,24 @@ class S3Operations(pyfuse3.Operations):
 
     @fuse_handler("write")
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self.handles.writer(fh).write(off, buf)
+        writer = self.handles.writer(fh)
+        if self.setid.due(fh):  # fs/setid.py: the kernel leaves it to us for direct writes
+            await self._clear_setid(fh)
+        return await writer.write(off, buf)
+
+    async def _clear_setid(self, fh: int) -> None:
+        """Clear the set-id bits of the file a direct handle writes, as the kernel does
+        before a write through the page cache, and drop the kernel's copy of its mode."""
+        node = self.handles.file(fh).node  # type: ignore[union-attr]
+        shown = self._posix(node, await self._entry(node))
+        mode = shown.mode or 0
+        if setid_bits(mode):
+            cleared = mode & ~setid_bits(mode)
+            changes = AttrChanges(mode=stat.S_IMODE(cleared),
+                                  posix=shown.replace(mode=cleared, ctime_ns=time.time_ns()))
+            await self._ns(node).setattr(node.ref, changes, None)
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.ino, True)
+        self.setid.cleared(node.ino)
 
     @fuse_handler("flush")
     async def flush(self, fh: int) -> None:
@@ -461,6 +480,7 @@ class S3Operations(pyfuse3.Operations):
     @fuse_handler("release")
     async def release(self, fh: int) -> None:
         found = self.handles.pop_file(fh)
+        self.setid.released(fh)
         if found is not None:
             self.pages.release(found.node.ino, found.opened)
             await found.handle.close()
@@ -536,9 +556,16 @@ class S3Operations(pyfuse3.Operations):
         posix = await self._new_posix(parent, stat.S_IFREG | stat.S_IMODE(mode), ctx)
         ref, entry, writer = await self._ns(parent).create(parent.ref, text, posix)
         node = self.inodes.remember(self._ensure(parent, ref, False))
-        opened = self.pages.open_write(node.ino, write_only(flags))
-        fh = self.handles.add_file(node, writer, opened, writer)
-        return pyfuse3.FileInfo(fh=fh, direct_io=opened.direct_io), self._attrs(node, entry)
+        direct = write_only(flags) and (privileged(caller(ctx)) or not setid_bits(mode))
+        return self._opened_writer(node, writer, direct, ctx), self._attrs(node, entry)
+
+    def _opened_writer(self, node: Node, writer: WriteHandle, direct: bool,
+                       ctx: Any) -> pyfuse3.FileInfo:
+        """The reply to an open or create for writing; `direct`: past the page cache."""
+        fh = self.handles.add_file(node, writer, self.pages.open_write(node.ino, direct), writer)
+        if direct and not privileged(caller(ctx)):
+            self.setid.opened(fh, node.ino)  # a set-id bit set later: its writes clear it
+        return pyfuse3.FileInfo(fh=fh, direct_io=direct)
 
     @fuse_handler("setattr")
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None,
@@ -550,6 +577,8 @@ class S3Operations(pyfuse3.Operations):
         if changes.size is not None and fh is not None and self.handles.file(fh) is not None:
             handle = self.handles.writer(fh)  # ftruncate: through that handle
         await self._ns(node).setattr(node.ref, changes, handle)
+        if changes.posix is not None and changes.posix.mode is not None:
+            self.setid.mode_set(inode, changes.posix.mode)
         return self._attrs(node, await self._entry(node))
 
     @fuse_handler("mkdir")
