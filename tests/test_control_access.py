@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from s3fuse.daemon import Components, build
 from s3fuse.fs.inodes import ROOT_INODE
 from tests.conftest import Backend
 from tests.test_namespace_posix import Fields
+from tests.test_security import needs_other_user
 from tests.support.mount import Mount
 
 NOBODY = 65534
@@ -162,8 +162,7 @@ def cli_as(uid: int, *argv: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.mount
 def test_another_user_cannot_pin_a_world_writable_mount(backend: Backend, s3, bucket, public_base,
                                                         fuse_available):
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to act as another user")
+    needs_other_user()
     s3.put_object(Bucket=bucket, Key="big/f.bin", Body=b"x" * 1000)
     m = Mount(public_base / "mnt", public_base / "cache", public_base / "daemon.log",
               backend.env(), ["--source", f"s3://{bucket}", "--allow-other",

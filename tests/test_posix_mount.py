@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from typing import Any, Callable
 
@@ -14,7 +13,7 @@ import pytest
 
 from tests.support.mount import Mount
 from tests.support.posix_tree import keeps_marker_metadata
-from tests.test_security import as_nobody, start, stop
+from tests.test_security import as_nobody, needs_other_user, start, stop
 
 pytestmark = pytest.mark.mount
 
@@ -203,8 +202,7 @@ def test_directory_times_move_when_entries_change(bucket, mount_factory):
 
 def test_the_kernel_checks_owners_and_modes_for_other_users(s3, bucket, backend, public_base,
                                                             fuse_available):
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to act as another user")
+    needs_other_user()
     m = start(public_base / "posix", backend.env(), "--source", f"s3://{bucket}",
               "--allow-other")
     try:

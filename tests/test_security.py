@@ -48,6 +48,12 @@ def stop(m: Mount) -> None:
     assert not m.unexpected_log_lines(), m.log()
 
 
+def needs_other_user() -> None:
+    """Skip unless this test can act as another user (root, and setpriv to drop to it)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as another user")
+
+
 def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*NOBODY, *cmd], capture_output=True, text=True)
 
@@ -66,8 +72,7 @@ def test_a_buckets_setuid_root_binary_gives_nobody_nothing(s3, bucket, public_ba
     """POSIX metadata shows what a bucket's headers say, a setuid-root mode included, to
     every user of an --allow-other mount: the mount is nosuid (and nodev), so running it
     gives nobody nothing."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to act as another user")
+    needs_other_user()
     s3.put_object(Bucket=bucket, Key="id", Body=Path(shutil.which("id") or "/usr/bin/id").read_bytes(),
                   Metadata={"mode": str(stat.S_IFREG | stat.S_ISUID | 0o755), "uid": "0", "gid": "0"})
     mount = start(public_base / "suid", s3_env(s3.meta.endpoint_url), "--source", f"s3://{bucket}",
@@ -86,8 +91,7 @@ def test_a_buckets_setuid_root_binary_gives_nobody_nothing(s3, bucket, public_ba
 
 
 def test_other_users_get_exactly_what_the_modes_say(s3, bucket, public_base, fuse_available):
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to act as another user")
+    needs_other_user()
     s3.put_object(Bucket=bucket, Key="f.txt", Body=b"contents")
     env = s3_env(s3.meta.endpoint_url)
     private = start(public_base / "private", env, "--source", f"s3://{bucket}", "--allow-other",

@@ -3,7 +3,6 @@ the real mount: a write-only handle bypasses it, a read-write one keeps it for m
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 
 from s3fuse.demo import free_port
 from tests.test_metrics import scrape, value
-from tests.test_security import as_nobody, start, stop
+from tests.test_security import as_nobody, needs_other_user, start, stop
 from tests.test_write_mount import body, sync
 
 pytestmark = pytest.mark.mount
@@ -79,8 +78,7 @@ def test_a_write_by_another_user_clears_set_id_bits(s3, bucket, backend, public_
     """A write-only handle writes past the page cache, where the kernel leaves clearing
     set-id bits to the file system (fs/setid.py): set before the open, set while it is
     open, a write by an unprivileged user clears them; root's writes keep them."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to act as another user")
+    needs_other_user()
     m = start(public_base / "setid", backend.env(), "--source", f"s3://{bucket}",
               "--allow-other")
     try:
