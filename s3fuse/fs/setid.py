@@ -13,14 +13,10 @@ from __future__ import annotations
 import os
 import stat
 
-#: Bits a write by an unprivileged process clears (S_ISGID only with group execute:
-#: without it, the bit marks mandatory locking).
-_SUID, _SGID = stat.S_ISUID, stat.S_ISGID
-
-
 def setid_bits(mode: int) -> int:
-    """The set-id bits of `mode` that an unprivileged write clears."""
-    return mode & (_SUID | (_SGID if mode & stat.S_IXGRP else 0))
+    """The set-id bits of `mode` that an unprivileged write clears: S_ISGID only with
+    group execute (without it, the bit marks mandatory locking)."""
+    return mode & (stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
 
 
 def write_only(flags: int) -> bool:
