@@ -2,11 +2,17 @@
 row, and a page is never served past a commit that changed its directory."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sqlite3
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from s3fuse.cache.listingpages import ListingPages
 from s3fuse.cache.meta import MetaStore
+from s3fuse.errors import CacheFull
 from s3fuse.model import Entry
 from s3fuse.posix import Posix
 
@@ -116,3 +122,65 @@ def test_a_page_read_before_an_invalidation_is_not_put() -> None:
     pages.invalidate([(NS, "unrelated")])
     pages.put((NS, "d", "", 3), ((_file("a"),), None), before)
     assert pages.get((NS, "d", "", 3)) is None
+
+
+def test_metadata_stored_for_listed_files_goes_into_the_pages(tmp_path: Path) -> None:
+    """A `cat` of a listed directory stores each file's POSIX metadata: its pages get the
+    new entries instead of being dropped, so the next `ls -R` reads no row."""
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    meta.replace_listing(NS, "d", [_file("a"), _file("b"), _file("c")])
+    meta.entries_after(NS, "d", "", 2)                      # pages: (a, b) and (c)
+    meta.entries_after(NS, "d", "b", 2)
+    answers = [(dataclasses.replace(_file(n), posix=Posix(mode=0o100600)), "v") for n in "ac"]
+    meta.store_if_unknown(NS, "d", [_file("a"), _file("c")], answers)
+    meta.update_entry(NS, "d", dataclasses.replace(_file("b"), posix=Posix(mode=0o100640)))
+    meta.flush()
+    real_query = meta._db.query
+    _no_query(meta)
+    first, frontier = meta.entries_after(NS, "d", "", 2)
+    assert [(e.name, e.posix.mode) for e in first] == [("a", 0o100600), ("b", 0o100640)]  # type: ignore[union-attr]
+    assert frontier == "b"
+    assert [e.posix.mode for e in meta.entries_after(NS, "d", "b", 2)[0]] == [0o100600]  # type: ignore[union-attr]
+    meta._db.query = real_query  # type: ignore[method-assign]
+    assert meta.entries_after(NS, "d", "", 2) == (first, "b")  # what the database holds
+    meta.close()
+
+
+def test_a_new_name_inside_a_kept_page_drops_the_pages(tmp_path: Path) -> None:
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    meta.replace_listing(NS, "d", [_file("a"), _file("c")])
+    assert _names(meta, "d") == ["a", "c"]
+    meta.update_entry(NS, "d", _file("b"))                  # between a and c: not in the page
+    meta.flush()
+    assert _names(meta, "d") == ["a", "b", "c"]
+    meta.close()
+
+
+def test_a_patch_touches_only_the_names_a_page_covers() -> None:
+    pages = ListingPages()
+    pages.put(("n", "d", "b", 2), ((_file("c"), _file("d")), "d"), pages.generation)
+    pages.patch({("n", "d"): {"a": _file("a", "new"), "e": _file("e", "new")}})  # outside
+    assert pages.get(("n", "d", "b", 2)) == ((_file("c"), _file("d")), "d")
+    pages.patch({("n", "d"): {"d": _file("d", "new")}})
+    assert pages.get(("n", "d", "b", 2)) == ((_file("c"), _file("d", "new")), "d")
+    pages.patch({("n", "d"): {"cc": _file("cc")}})          # a new name inside: dropped
+    assert pages.get(("n", "d", "b", 2)) is None and len(pages) == 0
+
+
+def test_a_write_rolled_back_drops_the_pages_instead(tmp_path: Path) -> None:
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    meta.replace_listing(NS, "d", [_file("a", "old")])
+    assert meta.entries_after(NS, "d", "", 10)[0] == [_file("a", "old")]
+    real = meta._db.transaction
+
+    @contextlib.contextmanager
+    def failing() -> Iterator[sqlite3.Connection]:
+        with real() as db:
+            yield db
+            raise sqlite3.OperationalError("database or disk is full")
+    meta._db.transaction = failing  # type: ignore[method-assign]
+    with pytest.raises(CacheFull):
+        meta.update_entry(NS, "d", _file("a", "new"))
+    meta._db.transaction = real  # type: ignore[method-assign]
+    assert meta.entries_after(NS, "d", "", 10)[0] == [_file("a", "old")]  # as stored
+    meta.close()

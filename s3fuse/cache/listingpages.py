@@ -11,6 +11,7 @@ the rows it was read from.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 from collections import OrderedDict
@@ -78,6 +79,25 @@ class ListingPages:
                 for key in list(self._by_dir.get(directory, ())):
                     self._drop(key)
 
+    def patch(self, changed: dict[tuple[str, str], dict[str, Entry]]) -> None:
+        """Put entries that writes stored (name -> the entry as a read gives it back) into
+        the pages of their (namespace id, path) directories, called like `invalidate`:
+        a page holding the name gets the new entry; a page whose range the name falls in
+        but which does not hold it (a new name) goes, with its directory's other pages.
+        Why: a `cat` of a listed directory stores every file's POSIX metadata (from its
+        HEAD or GET), and dropping the pages for that made the next `ls -R` read and
+        decode every row again (2x its readdir time)."""
+        with self._lock:
+            self._generation += 1
+            for directory, entries in changed.items():
+                for key in list(self._by_dir.get(directory, ())):
+                    patched = _patched(self._pages[key], key[2], entries)
+                    if patched is None:
+                        for stale in list(self._by_dir.get(directory, ())):
+                            self._drop(stale)
+                        break
+                    self._pages[key] = patched
+
     def _drop(self, key: PageKey) -> None:
         page = self._pages.pop(key)
         self._held -= max(len(page[0]), 1)
@@ -88,3 +108,21 @@ class ListingPages:
 
     def __len__(self) -> int:
         return len(self._pages)
+
+
+def _patched(page: Page, after: str, entries: dict[str, Entry]) -> Page | None:
+    """`page` (the entries named after `after`, up to its frontier) with `entries` put in
+    by name; None when one of them falls in its range but is not in it (a new name)."""
+    stored, frontier = page
+    names = [entry.name for entry in stored]
+    out: list[Entry] | None = None
+    for name, entry in entries.items():
+        if name <= after or (frontier is not None and name > frontier):
+            continue
+        i = bisect.bisect_left(names, name)
+        if i == len(names) or names[i] != name:
+            return None
+        if out is None:
+            out = list(stored)
+        out[i] = entry
+    return page if out is None else (tuple(out), frontier)

@@ -185,6 +185,9 @@ class MetaStore:
         # writes under the writer lock changed, their pages dropped once those commit.
         self._pages = ListingPages()
         self._touched: set[tuple[str, str]] = set()
+        # ... and the entries they stored in directories not otherwise touched: put into
+        # the pages instead (ListingPages.patch).
+        self._stored: dict[tuple[str, str], dict[str, Entry]] = {}
         remove_leftovers(self.directory)
 
     @property
@@ -229,6 +232,7 @@ class MetaStore:
                 except (CacheFull, sqlite3.Error) as exc:  # a cache: the next listing brings them
                     log.warning("%d change(s) not recorded in the stored listings: %s",
                                 len(writes), exc)
+                    self._rolled_back()
                 finally:
                     with self._flushed:
                         self._queued.forget(upto)
@@ -242,11 +246,26 @@ class MetaStore:
         """A write holding the writer lock changes entries of directory `path`."""
         self._touched.add((ns, path))
 
+    def _store_entry(self, ns: str, path: str, row: tuple) -> None:
+        """A write holding the writer lock stores this entry row in directory `path`."""
+        entry = _entry(row[2:9])
+        self._stored.setdefault((ns, path), {})[entry.name] = entry
+
+    def _rolled_back(self) -> None:
+        """The writes did not commit: the pages of what they stored go instead of getting
+        entries the database does not hold."""
+        self._touched.update(self._stored)
+        self._stored = {}
+
     def _untouch(self) -> None:
-        """The writes are committed: drop the pages of the directories they changed."""
+        """The writes are committed: drop the pages of the directories they changed, and
+        put the entries they stored into the pages of the others."""
         if self._touched:
             self._pages.invalidate(self._touched)
-            self._touched = set()
+        stored = {d: e for d, e in self._stored.items() if d not in self._touched}
+        if stored:
+            self._pages.patch(stored)
+        self._touched, self._stored = set(), {}
 
     def queued(self) -> bool:
         """Are point writes waiting to be committed? (Never blocks: a check on the loop
@@ -273,6 +292,9 @@ class MetaStore:
         try:
             with self._db.transaction() as db:
                 write(db)
+        except BaseException:
+            self._rolled_back()
+            raise
         finally:
             self._release()
 
@@ -462,8 +484,9 @@ class MetaStore:
 
         def write(db: sqlite3.Connection) -> None:
             self._recent.pop((ns, path, entry.name), None)
-            self._touch(ns, path)
-            db.execute(_INSERT, _row(ns, path, entry, version))
+            row = _row(ns, path, entry, version)
+            db.execute(_INSERT, row)
+            self._store_entry(ns, path, row)
         self._write(write, show)
 
     def store_if_unknown(self, ns: str, path: str, headed: list[Entry],
@@ -475,11 +498,12 @@ class MetaStore:
         thread, so that a cold `ls -l` stores its thousand answers off the loop).
         Returns (the entries stored, the headed entries S3 has no more)."""
         with self.writing():
-            self._touch(ns, path)
             with self._db.transaction() as db:
                 stored, gone = self._unknown_answers(db, ns, path, headed, answers)
                 rows = [_row(ns, path, e, v) for e, v in stored]
                 db.executemany(_INSERT, rows)
+            for row in rows:
+                self._store_entry(ns, path, row)
             if len(self._recent) + len(rows) > RECENT_MAX:
                 self._recent.clear()
             for row in rows:  # committed: as `entry` reads them back
