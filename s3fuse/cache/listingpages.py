@@ -3,8 +3,9 @@
 Why: a readdir chunk is an indexed range read of `meta.sqlite` on the trio loop, and
 turning its rows into Python objects (~2 us a row in the sqlite3 module) and then into
 `Entry`s was a quarter of the daemon's CPU for `ls -R` of a listed tree. The pages are
-only ever a copy of what is committed: MetaStore drops the pages of every directory a
-write touched after the write commits (`invalidate`), and a page read while any write
+only ever a copy of what is committed: after a write commits, MetaStore drops the pages
+of every directory it changed (`invalidate`), or, when it only stored entries under
+names the pages already hold, puts those entries in (`patch`); a page read while any write
 was committing is not kept (the generation check in `put`), so a page can never outlive
 the rows it was read from.
 """
