@@ -21,6 +21,7 @@ from s3fuse.store import retry
 from s3fuse.store.liveness import probe_while_offline
 from s3fuse.store.s3 import S3Store
 from s3fuse.upload import UNKNOWN, Journal, Staging, Uploader, UploadFailed, UploadQueue
+from s3fuse.upload.burst import BurstGate
 from s3fuse.upload.conditions import PROBE_PUTS
 from s3fuse.upload.journal import Expected
 from s3fuse.util.supervisor import Supervisor
@@ -491,9 +492,10 @@ async def test_uploads_wait_for_a_burst_of_closes_to_pause(tmp_path: Path, store
     """`cp -r` closes a file every few ms: uploads wait until it pauses (so they do not slow
     it down), a lone close is uploaded at once, and fsync never waits for the pause."""
     # Wide margins: on a loaded machine the writes of a burst can come 50 ms apart (the
-    # default BURST_GAP), and then they are no burst.
-    monkeypatch.setattr("s3fuse.upload.burst.BURST_GAP", 0.4)
-    monkeypatch.setattr("s3fuse.upload.burst.BURST_QUIET", 1.5)
+    # default BURST_GAP), and then they are no burst; every close of this test is within
+    # a burst of the one before, and the gate is reset where the test wants none.
+    monkeypatch.setattr("s3fuse.upload.burst.BURST_GAP", 30.0)
+    monkeypatch.setattr("s3fuse.upload.burst.BURST_QUIET", 30.0)
     started: list[str] = []
     # one worker: several would each pass the burst check at the burst's first close and
     # then claim, in a thread, whichever job is due by then (the second close's, too)
@@ -509,11 +511,18 @@ async def test_uploads_wait_for_a_burst_of_closes_to_pause(tmp_path: Path, store
         await queue.sync(timeout=10)
         assert started == ["lone.txt"]
 
-        await trio.sleep(0.5)  # past BURST_GAP: the burst's first close is not part of lone's
-        for n in range(5):  # a burst
+        queue._bursts = BurstGate()  # long past: the burst's first close is not part of lone's
+        first = await write(queue, bucket, "burst0.txt", b"x")
+        with trio.fail_after(10):  # not known as a burst yet: uploaded at once
+            while "burst0.txt" not in started:
+                await trio.sleep(0.01)
+            assert await queue.wait(first)
+            while queue._processing:  # the worker parked (a claim in flight would take
+                await trio.sleep(0.01)  # a job journalled meanwhile, burst or not)
+        for n in range(1, 5):  # the rest of the burst
             await write(queue, bucket, f"burst{n}.txt", b"x")
-        await trio.sleep(0.2)
-        assert started == ["lone.txt", "burst0.txt"]  # not known as a burst yet; then wait
+        await trio.sleep(0.3)
+        assert started == ["lone.txt", "burst0.txt"]  # the others wait for a pause
         job = await write(queue, bucket, "fsynced.txt", b"now")
         assert await queue.wait(job)     # fsync: at once
         assert "fsynced.txt" in started
