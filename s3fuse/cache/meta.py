@@ -246,9 +246,9 @@ class MetaStore:
         """A write holding the writer lock changes entries of directory `path`."""
         self._touched.add((ns, path))
 
-    def _store_entry(self, ns: str, path: str, row: tuple) -> None:
-        """A write holding the writer lock stores this entry row in directory `path`."""
-        entry = _entry(row[2:9])
+    def _store_entry(self, ns: str, path: str, entry: Entry) -> None:
+        """A write holding the writer lock stores `entry` (as `_entry` reads its row back)
+        in directory `path`."""
         self._stored.setdefault((ns, path), {})[entry.name] = entry
 
     def _rolled_back(self) -> None:
@@ -486,7 +486,7 @@ class MetaStore:
             self._recent.pop((ns, path, entry.name), None)
             row = _row(ns, path, entry, version)
             db.execute(_INSERT, row)
-            self._store_entry(ns, path, row)
+            self._store_entry(ns, path, _entry(row[2:9]))
         self._write(write, show)
 
     def store_if_unknown(self, ns: str, path: str, headed: list[Entry],
@@ -502,12 +502,11 @@ class MetaStore:
                 stored, gone = self._unknown_answers(db, ns, path, headed, answers)
                 rows = [_row(ns, path, e, v) for e, v in stored]
                 db.executemany(_INSERT, rows)
-            for row in rows:
-                self._store_entry(ns, path, row)
             if len(self._recent) + len(rows) > RECENT_MAX:
                 self._recent.clear()
             for row in rows:  # committed: as `entry` reads them back
-                self._recent[(ns, path, row[2])] = _entry(row[2:9])
+                entry = self._recent[(ns, path, row[2])] = _entry(row[2:9])
+                self._store_entry(ns, path, entry)
         return [e for e, _ in stored], gone
 
     @staticmethod

@@ -429,10 +429,10 @@ class S3Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         ns = self._ns(node)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            direct = write_only(flags) and (
-                privileged(caller(ctx)) or not setid_bits(await self._mode_now(node)))
+            root = privileged(caller(ctx))
+            direct = write_only(flags) and (root or not setid_bits(await self._mode_now(node)))
             writer = await ns.open_write(node.ref, truncate=bool(flags & os.O_TRUNC))
-            return self._opened_writer(node, writer, direct, ctx)
+            return self._opened_writer(node, writer, direct, root)
         entry = await self._entry(node)
         handle = await ns.open(node.ref)
         opened = self.pages.open_read(inode, entry, handle.size, handle.version)
@@ -556,14 +556,16 @@ class S3Operations(pyfuse3.Operations):
         posix = await self._new_posix(parent, stat.S_IFREG | stat.S_IMODE(mode), ctx)
         ref, entry, writer = await self._ns(parent).create(parent.ref, text, posix)
         node = self.inodes.remember(self._ensure(parent, ref, False))
-        direct = write_only(flags) and (privileged(caller(ctx)) or not setid_bits(mode))
-        return self._opened_writer(node, writer, direct, ctx), self._attrs(node, entry)
+        root = privileged(caller(ctx))
+        direct = write_only(flags) and (root or not setid_bits(mode))
+        return self._opened_writer(node, writer, direct, root), self._attrs(node, entry)
 
     def _opened_writer(self, node: Node, writer: WriteHandle, direct: bool,
-                       ctx: Any) -> pyfuse3.FileInfo:
-        """The reply to an open or create for writing; `direct`: past the page cache."""
+                       root: bool) -> pyfuse3.FileInfo:
+        """The reply to an open or create for writing; `direct`: past the page cache;
+        `root`: its opener keeps set-id bits when writing (fs/setid.py)."""
         fh = self.handles.add_file(node, writer, self.pages.open_write(node.ino, direct), writer)
-        if direct and not privileged(caller(ctx)):
+        if direct and not root:
             self.setid.opened(fh, node.ino)  # a set-id bit set later: its writes clear it
         return pyfuse3.FileInfo(fh=fh, direct_io=direct)
 
