@@ -52,7 +52,7 @@ from benchmarks import fleet  # noqa: E402  (registers last: runs last)
 from tests.support.seaweedfs import weed_binary  # noqa: E402
 
 #: Modules whose import registers their workloads, after those of benchmarks.workloads:
-#: write_large and write_small_files; cp_a_small, chmod_r, rsync_again and ls_l_meta;
+#: write_large, write_small_files and write_tar_extract; cp_a_small, chmod_r, rsync_again and ls_l_meta;
 #: flat_dir_10k, flat_dir_100k and flat_dir_1m; training_reads; fleet_index.
 REGISTERING = (write_workloads, posix_workloads, scale_dir, training, fleet)
 BUCKET = "bench"

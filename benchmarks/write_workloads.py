@@ -35,6 +35,8 @@ LARGE_MIB = 64
 SMALL_COUNT = 1000
 SMALL_SIZE = 4096
 SMALL_SEED = 4096
+TAR_MEMBERS = 4
+TAR_MEMBER_MIB = 16
 POLL = 0.02  # seconds between two looks at S3
 DURABLE_TIMEOUT = 300.0  # "durable" not reached after this long (from the start of cp): failed
 MAX_RSS_MIB = 100  # issue 16: the daemon's peak RSS over the whole bench
@@ -46,6 +48,10 @@ def large_source(data_dir: Path) -> Path:
 
 def small_source(data_dir: Path) -> Path:
     return data_dir / "write-small"
+
+
+def tar_source(data_dir: Path) -> Path:
+    return data_dir / "write-members.tar"
 
 
 def write_sources_large(env: SetupEnv) -> None:
@@ -62,6 +68,18 @@ def write_sources_small(env: SetupEnv) -> None:
     rng = random.Random(SMALL_SEED)
     for i in range(SMALL_COUNT):
         (top / f"f{i:04d}.bin").write_bytes(rng.randbytes(SMALL_SIZE))
+
+
+def write_sources_tar(env: SetupEnv) -> None:
+    """The local archive `write_tar_extract` unpacks: TAR_MEMBERS files of random bytes."""
+    top = env.data_dir / "write-members"
+    top.mkdir(parents=True, exist_ok=True)
+    for i in range(TAR_MEMBERS):
+        with open(top / f"m{i}.bin", "wb") as out:
+            for _ in range(TAR_MEMBER_MIB):
+                out.write(os.urandom(1 << 20))
+    names = [f"m{i}.bin" for i in range(TAR_MEMBERS)]  # files only: no "." to chown
+    subprocess.run(["tar", "-cf", tar_source(env.data_dir), "-C", top, *names], check=True)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -88,6 +106,15 @@ def settle(ctx: Context) -> None:
                               env=fs.env())
         expect(proc.returncode == 0, f"s3fuse sync failed ({proc.returncode}): "
                f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+
+
+def run_checked(args: list, what: str, label: str) -> float:
+    """Seconds the command took; WorkloadError with the end of its stderr if it failed."""
+    elapsed, proc = run_timed(args, label=label)
+    if proc.returncode != 0:
+        raise WorkloadError(f"{what} failed ({proc.returncode}): "
+                            f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+    return elapsed
 
 
 def warm(paths: list[Path]) -> None:
@@ -202,10 +229,7 @@ def write_large(ctx: Context) -> dict[str, float]:
     warm([source])
     try:
         start = time.perf_counter()
-        close, proc = run_timed(["cp", source, ctx.at(key)], label=f"cp of {LARGE_MIB} MiB")
-        if proc.returncode != 0:
-            raise WorkloadError(f"cp failed ({proc.returncode}): "
-                                f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+        close = run_checked(["cp", source, ctx.at(key)], "cp", f"cp of {LARGE_MIB} MiB")
         values = {"write_close": close}
         try:
             durable = wait_object(client, bucket, key, size, start)
@@ -282,11 +306,8 @@ def write_small_files(ctx: Context) -> dict[str, float]:
     warm(files)
     try:
         start = time.perf_counter()
-        close, proc = run_timed(["cp", "-r", source, ctx.at(dest)],
-                                label=f"cp -r of {SMALL_COUNT} files")
-        if proc.returncode != 0:
-            raise WorkloadError(f"cp -r failed ({proc.returncode}): "
-                                f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+        close = run_checked(["cp", "-r", source, ctx.at(dest)], "cp -r",
+                            f"cp -r of {SMALL_COUNT} files")
         values = {"write_small_close": close}
         try:
             durable, found = wait_listed(client, bucket, dest, SMALL_COUNT, start)
@@ -304,3 +325,72 @@ def write_small_files(ctx: Context) -> dict[str, float]:
     finally:
         cleanup(ctx, prefix)
     return {**values, "write_small_durable": durable, "write_small_rss": peak}
+
+
+# -- write_tar_extract ---------------------------------------------------------
+
+
+@workload(
+    "write_tar_extract",
+    f"Unpacking an archive of {TAR_MEMBERS} files of {TAR_MEMBER_MIB} MiB (`tar -xf` into "
+    "the mount: writes of 10 KiB)",
+    [
+        Metric("write_tar_close", "close: until `tar -xf` returns"),
+        Metric("write_tar_durable", f"durable: from the start of `tar -xf` until the "
+               f"{TAR_MEMBERS} objects are in S3 (right sizes; bytes checked after)"),
+    ],
+    setups=(write_sources_tar,),
+    notes=f"`tar -xf` of a local archive (page cache warm) of {TAR_MEMBERS} files of "
+          f"{TAR_MEMBER_MIB} MiB of random bytes into a new directory under `{WRITE_PREFIX}/` "
+          "(fresh mount, empty FS cache). GNU tar writes a member's bytes in pieces of its "
+          "record size, 10 KiB, so each write(2) is one FUSE request of 10 KiB (as for "
+          "`curl -o`, `wget` or `dd bs=4k`): this measures the cost per write request, where "
+          "`cp`'s 1 MiB writes measure bytes. *Durable*: `ListObjectsV2` of the new prefix "
+          f"every {POLL * 1000:.0f} ms until the {TAR_MEMBERS} keys show their full sizes, "
+          "then each object's SHA-256 is checked. Default write settings, as above.",
+)
+def write_tar_extract(ctx: Context) -> dict[str, float]:
+    archive = tar_source(ctx.data_dir)
+    members = sorted((ctx.data_dir / "write-members").glob("m*.bin"))
+    expected = {p.name: sha256_of(p) for p in members}
+    expect(len(expected) == TAR_MEMBERS, f"{archive.parent} holds {len(expected)} members")
+    size = TAR_MEMBER_MIB << 20
+    ctx.fresh_mount()
+    prefix = new_prefix(ctx)
+    dest = f"{prefix}/tree"
+    timed(["mkdir", ctx.at(dest)])
+    settle(ctx)
+    client = ctx.fs.target.client()
+    bucket = ctx.fs.target.bucket
+    warm([archive])
+    try:
+        start = time.perf_counter()
+        close = run_checked(["tar", "-xf", archive, "-C", ctx.at(dest)], "tar -xf",
+                            f"tar -xf of {TAR_MEMBERS} x {TAR_MEMBER_MIB} MiB")
+        values = {"write_tar_close": close}
+        try:
+            durable = wait_sized(client, bucket, dest, expected, size, start)
+        except WorkloadError as exc:
+            raise MetricsFailed(str(exc), values, ["write_tar_durable"]) from None
+        for name, digest in expected.items():
+            check_object(client, bucket, f"{dest}/{name}", digest, ctx.fs.name)
+    finally:
+        cleanup(ctx, prefix)
+    return {**values, "write_tar_durable": durable}
+
+
+def wait_sized(client, bucket: str, prefix: str, names: dict[str, str], size: int,
+               start: float) -> float:
+    """Seconds from ``start`` until every one of ``names`` is listed under ``prefix/`` with
+    ``size`` bytes (listed again POLL s after each listing); WorkloadError after
+    DURABLE_TIMEOUT."""
+    while True:
+        found = {key.rpartition("/")[2]: v[0] for key, v in list_sizes(client, bucket,
+                                                                         prefix).items()}
+        now = time.perf_counter() - start
+        if all(found.get(name) == size for name in names):
+            return now
+        if now > DURABLE_TIMEOUT:
+            raise WorkloadError(f"under {prefix}/: {found} {DURABLE_TIMEOUT:.0f} s after "
+                                f"tar -xf started (expected {len(names)} of {size} bytes)")
+        time.sleep(POLL)

@@ -137,7 +137,7 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
 
     journal = Journal(cache_dir / "journal.sqlite")
     stack.callback(journal.close)
-    staging = Staging(cache_dir / "staging", blocks.claim)
+    staging = Staging(cache_dir / "staging", blocks.claim, blocks.claim_now)
     queue = UploadQueue(store, journal, staging, background=supervisor, listener_writes=meta)
     queue.keep_uploaded = UploadedBytes(blocks.put, reader.block_size, cfg.cache_size // 8)
     writes = WriteBack(queue, staging, Overlay())

@@ -565,9 +565,9 @@ async def test_an_opened_file_and_a_large_one_have_no_crc(rig: Rig,
 async def test_only_a_small_file_with_its_crc_settles_on_the_loop(
         rig: Rig, monkeypatch: pytest.MonkeyPatch):
     """The queue may settle a submit on the trio loop only when that is microseconds of
-    work: a small file whose CRC is known (nothing read back, no fsync). Above HOLD_MAX
+    work: a small file whose CRC is known (nothing read back, no fsync). Above TAIL_MAX
     bytes, or with an unknown CRC (bytes from S3), a thread settles it."""
-    monkeypatch.setattr("s3fuse.upload.localfile.HOLD_MAX", 8)
+    monkeypatch.setattr("s3fuse.upload.localfile.TAIL_MAX", 8)
     small = await new_file(rig, "small")
     await small.write(0, b"1234")
     await rig.writes.release(small)
@@ -596,12 +596,58 @@ async def test_the_first_small_write_is_held_until_the_submit(rig: Rig):
     other = await new_file(rig, "other")
     assert await other.read(0, 10) == b"" and other.staging_id not in rig.files()
     await other.write(0, b"first")
-    await other.write(5, b" second")  # the held bytes go first, in the same round trip
-    assert rig.bytes_of(other) == b"first second"
+    await other.write(5, b" second")  # appended: still in memory
+    assert other.staging_id not in rig.files()
+    await other.write(0, b"F")  # not an append: the tail goes first, in the same round trip
+    assert rig.bytes_of(other) == b"First second"
     await rig.writes.release(other)
     await rig.writes.release(local)
-    assert [s.data for s in rig.queue.submits] == [b"held", b"first second", b"held!"]
-    assert rig.queue.known == [True, True, True]
+    assert [s.data for s in rig.queue.submits] == [b"held", b"First second", b"held!"]
+    assert rig.queue.known == [True, False, True]  # written out of order: CRC unknown
+
+
+async def test_appends_gather_in_the_tail_until_it_is_full(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    """Writes at the end of the file wait in memory, TAIL_MAX bytes at most, then go to
+    the staging file in one round trip with the write that did not fit. Reads see every
+    byte, from disk, memory or both; the CRC of bytes written in order stays known."""
+    monkeypatch.setattr("s3fuse.upload.localfile.TAIL_MAX", 10)
+    local = await new_file(rig)
+    for offset, piece in enumerate(b"abcdefghij"):
+        await local.write(offset, bytes([piece]))
+    assert local.staging_id not in rig.files() and local.size == 10
+    await local.write(10, b"k")  # the tail is full: it and this write reach the disk
+    assert rig.bytes_of(local) == b"abcdefghijk"
+    await local.write(11, b"lmn")
+    assert rig.bytes_of(local) == b"abcdefghijk"  # the new tail is in memory
+    assert await local.read(12, 10) == b"mn"  # from the tail alone
+    assert await local.read(9, 4) == b"jklm"  # across: the tail is written out first
+    assert rig.bytes_of(local) == b"abcdefghijklmn"
+    await local.write(14, b"o")
+    await rig.writes.release(local)
+    assert rig.queue.submits[-1].data == b"abcdefghijklmno"
+    assert rig.queue.known == [True]
+
+
+async def test_an_append_that_needs_cached_blocks_evicted_goes_to_a_thread(rig: Rig):
+    """The trio loop never evicts: when the cache disk has no room for an append without
+    evicting blocks, the write takes the thread path, whose claim evicts or says ENOSPC."""
+    claims: list[tuple[str, int]] = []
+
+    def claim(n: int) -> None:
+        claims.append(("thread", n))
+        raise OSError(errno.ENOSPC, "down to the reserve")
+
+    rig.staging._claim = claim
+    rig.staging._claim_now = lambda n: claims.append(("now", n)) is not None
+    local = await new_file(rig)
+    with pytest.raises(OSError) as failed:
+        await local.write(0, b"abc")
+    assert failed.value.errno == errno.ENOSPC and local.size == 0
+    assert claims[-1] == ("thread", 3) and {c for c in claims[:-1]} == {("now", 3)}
+    with pytest.raises(OSError) as owed:  # owed to the close, once; nothing submitted
+        await rig.writes.release(local)
+    assert owed.value.errno == errno.ENOSPC and rig.queue.submits == []
 
 
 async def test_held_bytes_that_cannot_be_written_fail_the_close(rig: Rig):

@@ -396,6 +396,17 @@ class BlockCache:
                 self.prune(None, max(0, int(self._lru.volume()) - (n - self.reserve.room())))
             self.reserve.claim(n)
 
+    def claim_now(self, n: int) -> bool:
+        """`claim` when no block must be evicted for it (no disk work: the trio loop may
+        ask); False when it would have to be."""
+        if self.reserve is None:
+            return True
+        try:
+            self.reserve.claim(n)
+        except ReserveReached:
+            return False
+        return True
+
     def pin(self, bucket: str, key: str, etag: str, index: int, data: bytes) -> None:
         """Keep this block until unpinned (moved out of the LRU store)."""
         name = block_id(bucket, key, etag, index)

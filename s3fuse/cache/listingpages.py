@@ -17,6 +17,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
+from operator import attrgetter
 
 from ..model import Entry
 
@@ -30,6 +31,9 @@ MAX_ENTRIES = 8192
 PageKey = tuple[str, str, str, int]
 #: The stored entries of a page in name order, and its frontier (None: the listing ends).
 Page = tuple[tuple[Entry, ...], "str | None"]
+
+
+_name = attrgetter("name")
 
 
 class ListingPages:
@@ -115,13 +119,15 @@ def _patched(page: Page, after: str, entries: dict[str, Entry]) -> Page | None:
     """`page` (the entries named after `after`, up to its frontier) with `entries` put in
     by name; None when one of them falls in its range but is not in it (a new name)."""
     stored, frontier = page
-    names = [entry.name for entry in stored]
     out: list[Entry] | None = None
     for name, entry in entries.items():
         if name <= after or (frontier is not None and name > frontier):
             continue
-        i = bisect.bisect_left(names, name)
-        if i == len(names) or names[i] != name:
+        # bisect by key, not over a list of the names: a walk's HEAD answers patch the
+        # same pages 16 names at a time, and building the list each time was 6% of the
+        # daemon's CPU over `ls -l` of 10,000 files
+        i = bisect.bisect_left(stored, name, key=_name)
+        if i == len(stored) or stored[i].name != name:
             return None
         if out is None:
             out = list(stored)

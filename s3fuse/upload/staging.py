@@ -54,11 +54,14 @@ SPARES = 64
 
 
 class Staging:
-    def __init__(self, directory: Path, claim: Callable[[int], None] | None = None):
+    def __init__(self, directory: Path, claim: Callable[[int], None] | None = None,
+                 claim_now: Callable[[int], bool] | None = None):
         """`claim(n)`: room for n more bytes above the cache disk's free-space reserve, or
-        ENOSPC (BlockCache.claim: evicting cached blocks first)."""
+        ENOSPC (BlockCache.claim: evicting cached blocks first). `claim_now(n)`: the same
+        room if there is some without evicting (BlockCache.claim_now), else False."""
         self.directory = secure_dir(directory)
         self._claim = claim
+        self._claim_now = claim_now
         self._made: dict[str, int] = {}  # made ahead and not taken by `make`: id -> open fd
         self._spares: list[str] = []  # ... of them, not handed out by `new_id` yet
         self._made_lock = threading.Lock()
@@ -87,6 +90,13 @@ class Staging:
             spares, self._spares = self._spares, []
         for staging_id in spares:
             self.discard(staging_id)
+
+    def claim_now(self, n: int) -> bool:
+        """Room for `n` more bytes without evicting anything: no disk work but a statvfs
+        now and then, so the trio loop may ask. False: only `claim`, in a thread, can tell."""
+        if self._claim is None:
+            return True
+        return self._claim_now is not None and self._claim_now(n)
 
     def claim(self, n: int) -> None:
         """Refuse (ENOSPC, at write time) a write of `n` bytes that would eat into the cache
