@@ -25,7 +25,7 @@ from s3fuse.cache.overlay import Overlay
 from s3fuse.posix import Posix
 from s3fuse.upload import UNKNOWN, Staging
 from s3fuse.upload.journal import Expected
-from s3fuse.upload.localfile import IllegalTransition, LocalFile, State
+from s3fuse.upload.localfile import IllegalTransition, LocalFile, State, TailBudget
 from s3fuse.upload.writeback import WriteBack
 from s3fuse.util.supervisor import Supervisor
 
@@ -565,9 +565,9 @@ async def test_an_opened_file_and_a_large_one_have_no_crc(rig: Rig,
 async def test_only_a_small_file_with_its_crc_settles_on_the_loop(
         rig: Rig, monkeypatch: pytest.MonkeyPatch):
     """The queue may settle a submit on the trio loop only when that is microseconds of
-    work: a small file whose CRC is known (nothing read back, no fsync). Above TAIL_MAX
+    work: a small file whose CRC is known (nothing read back, no fsync). Above QUICK_SETTLE_MAX
     bytes, or with an unknown CRC (bytes from S3), a thread settles it."""
-    monkeypatch.setattr("s3fuse.upload.localfile.TAIL_MAX", 8)
+    monkeypatch.setattr("s3fuse.upload.localfile.QUICK_SETTLE_MAX", 8)
     small = await new_file(rig, "small")
     await small.write(0, b"1234")
     await rig.writes.release(small)
@@ -627,6 +627,31 @@ async def test_appends_gather_in_the_tail_until_it_is_full(
     await rig.writes.release(local)
     assert rig.queue.submits[-1].data == b"abcdefghijklmno"
     assert rig.queue.known == [True]
+
+
+async def test_the_tails_of_all_files_share_one_bound(rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    """Many files appended to at once hold at most TAILS_MAX in memory between them: past
+    it, appends go to the staging file; a tail written out or dropped gives its room back."""
+    budget = TailBudget(10)
+    monkeypatch.setattr("s3fuse.upload.localfile.TAILS", budget)
+    first, second = await new_file(rig, "first"), await new_file(rig, "second")
+    await first.write(0, b"12345678")
+    await second.write(0, b"abcd")  # no room left: on disk at once
+    assert budget.held == 8 and rig.bytes_of(second) == b"abcd"
+    assert first.staging_id not in rig.files()
+    await rig.writes.release(first)  # its tail is written by the submit
+    assert budget.held == 0
+    await second.write(4, b"efgh")
+    assert budget.held == 4
+    third = await new_file(rig, "third")
+    await third.write(0, b"xyz")
+    await rig.writes.remove(B, "third")
+    await rig.writes.release(third)  # dropped, never written: its room comes back too
+    assert budget.held == 4
+    await rig.writes.release(second)
+    assert budget.held == 0
+    assert sorted((s.key, s.data) for s in rig.queue.submits) == [
+        ("first", b"12345678"), ("second", b"abcdefgh")]
 
 
 async def test_an_append_that_needs_cached_blocks_evicted_goes_to_a_thread(rig: Rig):

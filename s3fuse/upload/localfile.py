@@ -19,8 +19,9 @@ States (`State`) — who holds the staging file, and whether the queue lacks its
   upload deleted the file). A flush does nothing; the last close keeps the file.
 - CLOSED: the last user is gone and the descriptor closed. Nothing is legal any more.
 
-A new file's staging file is made by the first bytes that reach the disk. Writes at the
-end of the file are gathered in memory, up to TAIL_MAX bytes (the *tail*), and written to
+A new file's staging file is made by the first bytes that reach the disk. Writes of up to
+PIECE_MAX bytes at the end of the file are gathered in memory, up to TAIL_MAX bytes (the
+*tail*; TAILS_MAX over all files), and written to
 the staging file by the next change that is not such an append, by the submit, or by a
 read that reaches them (reads of the tail alone are answered from memory); the queue runs
 the submit's last step (`settle`) in the thread that journals the file. So a small new
@@ -63,6 +64,7 @@ import enum
 import errno
 import functools
 import os
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -82,9 +84,46 @@ T = TypeVar("T")
 WRITEBACK_STEP = 8 << 20
 #: Bytes appended at the end of a file gathered in memory before one thread round trip
 #: writes them (see the top): each write(2) through FUSE otherwise cost a hop to a worker
-#: thread and back (~150 us here), 200 us per 4 KiB write against rclone's ~90 us. Also
-#: the most a submit may write on the trio loop (`settles_quickly`).
-TAIL_MAX = 128 << 10
+#: thread and back (~150 us here), 200 us per 4 KiB write against rclone's ~90 us; with
+#: 128 KiB tails the hops were still a fifth of a 10 KiB writer's time.
+TAIL_MAX = 1 << 20
+#: Only writes of at most this much are appended to a tail: a bigger one is already one
+#: hop for many bytes, and goes to the staging file at once, so that a disk found full
+#: fails that write(2), not the next one.
+PIECE_MAX = 128 << 10
+#: ... and in the tails of all files at once (a writer of 1,000 shards, appending to each
+#: in turn, must not hold 1 MiB per file): past it, appends go to the staging file.
+TAILS_MAX = 32 << 20
+#: The most a submit may write on the trio loop (`settles_quickly`).
+QUICK_SETTLE_MAX = 128 << 10
+
+
+class TailBudget:
+    """The bytes held in tails, over every LocalFile; taken on the loop, given back from
+    the threads that write the tails out (hence the lock)."""
+
+    def __init__(self, limit: int = TAILS_MAX):
+        self.limit = limit
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self._held + n > self.limit:
+                return False
+            self._held += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self._held -= n
+
+
+TAILS = TailBudget()
 
 
 class State(enum.Enum):
@@ -246,18 +285,19 @@ class LocalFile:
         self._users -= 1
 
     async def write(self, offset: int, data: bytes) -> int:
-        if not self.lock.locked() and self._tail_takes(offset, len(data)):
-            # No await from here on, so nothing runs meanwhile: as if under the lock,
-            # without its round trip through trio's scheduler (a fifth of such a write)
-            self._append(data)
-            return self._wrote(offset, len(data))
-        async with self.lock:
+        if self.lock.locked():
+            await self.lock.acquire()
+        else:  # taken at once, without `acquire`'s two trips through trio's scheduler:
+            self.lock.acquire_nowait()  # they were a third of a 10 KiB writer's time
+        try:
             if self._tail_takes(offset, len(data)):
-                self._append(data)
+                self._append(data)  # no await: nothing else runs meanwhile
                 written = len(data)
             else:
                 written = await self._changing(self._pwrite, data, offset)
             return self._wrote(offset, written)
+        finally:
+            self.lock.release()
 
     def _wrote(self, offset: int, written: int) -> int:
         self._size = max(self._size, offset + written)
@@ -277,9 +317,14 @@ class LocalFile:
         the tail and on the cache disk? When the disk's room needs cached blocks evicted
         (disk work), the write goes to a thread, which evicts them or answers ENOSPC."""
         self._require(*OPEN)
-        return (offset == self._size and len(self._tail) + size <= TAIL_MAX
-                and self._state is not State.QUEUED and self._error is None
-                and self._staging.claim_now(size))
+        if (offset != self._size or size > PIECE_MAX or len(self._tail) + size > TAIL_MAX
+                or self._state is State.QUEUED or self._error is not None
+                or not TAILS.take(size)):
+            return False
+        if not self._staging.claim_now(size):
+            TAILS.give(size)
+            return False
+        return True
 
     def _append(self, data: bytes) -> None:
         """Add `data` to the tail (at the end of the file; on the loop, with the lock held)."""
@@ -323,14 +368,15 @@ class LocalFile:
             raise
         finally:
             self._tail = bytearray()  # only now: a read meanwhile still finds them here
+            TAILS.give(len(tail))
         self._start_writeback(at, at + done)
 
     @property
     def settles_quickly(self) -> bool:
-        """Is `settle` microseconds of work: at most TAIL_MAX bytes to write, nothing to
+        """Is `settle` microseconds of work: at most QUICK_SETTLE_MAX bytes to write, nothing to
         read back (the CRC is known) and no fsync (a small file)? The queue then runs it
         on the trio loop when it can (queue.py), saving a thread round trip per close."""
-        return self._size <= TAIL_MAX and self._crc is not None
+        return self._size <= QUICK_SETTLE_MAX and self._crc is not None
 
     def settle(self) -> tuple[int, int | None]:
         """For the submit, in the queue's thread (blocking; with the lock held): the tail
@@ -435,6 +481,7 @@ class LocalFile:
         self._require(*OPEN, idle=True)
         if self._fd is not None:
             os.close(self._fd)
+        TAILS.give(len(self._tail))
         self._tail = bytearray()
         ours = None if self._state is State.QUEUED else self._staging_id
         self._state = State.CLOSED
