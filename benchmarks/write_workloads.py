@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.datasets import SetupEnv
@@ -108,7 +109,7 @@ def settle(ctx: Context) -> None:
                f"{(proc.stderr or proc.stdout).strip()[-300:]}")
 
 
-def run_checked(args: list, what: str, label: str) -> float:
+def run_checked(args: Sequence[str | Path], what: str, label: str) -> float:
     """Seconds the command took; WorkloadError with the end of its stderr if it failed."""
     elapsed, proc = run_timed(args, label=label)
     if proc.returncode != 0:
