@@ -13,7 +13,7 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.datasets import SetupEnv
@@ -257,19 +257,30 @@ def list_sizes(client, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
     return found
 
 
-def wait_listed(client, bucket: str, prefix: str, want: int,
-                start: float) -> tuple[float, dict[str, tuple[int, str]]]:
-    """Seconds from ``start`` until ``want`` files are listed under ``prefix/`` (listed
-    again POLL s after each listing), and that listing; WorkloadError after DURABLE_TIMEOUT."""
+Listing = dict[str, tuple[int, str]]
+
+
+def poll_listing(client, bucket: str, prefix: str, done: Callable[[Listing], bool],
+                 start: float, what: Callable[[Listing], str]) -> tuple[float, Listing]:
+    """Seconds from ``start`` until ``done`` says yes to the listing of ``prefix/`` (listed
+    again POLL s after each listing), and that listing; after DURABLE_TIMEOUT a
+    WorkloadError beginning with ``what`` of the last listing."""
     while True:
         found = list_sizes(client, bucket, prefix)
         now = time.perf_counter() - start
-        if len(found) >= want:
+        if done(found):
             return now, found
         if now > DURABLE_TIMEOUT:
-            raise WorkloadError(f"only {len(found)} of {want} files listed under {prefix}/ "
-                                f"{DURABLE_TIMEOUT:.0f} s after cp -r started")
+            raise WorkloadError(f"{what(found)} {DURABLE_TIMEOUT:.0f} s after it started")
         time.sleep(POLL)
+
+
+def wait_listed(client, bucket: str, prefix: str, want: int,
+                start: float) -> tuple[float, Listing]:
+    """poll_listing until ``want`` files are listed under ``prefix/``."""
+    return poll_listing(client, bucket, prefix, lambda found: len(found) >= want, start,
+                        lambda found: f"only {len(found)} of {want} files listed under "
+                                      f"{prefix}/")
 
 
 @workload(
@@ -382,16 +393,11 @@ def write_tar_extract(ctx: Context) -> dict[str, float]:
 
 def wait_sized(client, bucket: str, prefix: str, names: dict[str, str], size: int,
                start: float) -> float:
-    """Seconds from ``start`` until every one of ``names`` is listed under ``prefix/`` with
-    ``size`` bytes (listed again POLL s after each listing); WorkloadError after
-    DURABLE_TIMEOUT."""
-    while True:
-        found = {key.rpartition("/")[2]: v[0] for key, v in list_sizes(client, bucket,
-                                                                         prefix).items()}
-        now = time.perf_counter() - start
-        if all(found.get(name) == size for name in names):
-            return now
-        if now > DURABLE_TIMEOUT:
-            raise WorkloadError(f"under {prefix}/: {found} {DURABLE_TIMEOUT:.0f} s after "
-                                f"tar -xf started (expected {len(names)} of {size} bytes)")
-        time.sleep(POLL)
+    """poll_listing until every one of ``names`` is listed under ``prefix/`` with ``size``
+    bytes (s3fs makes each file empty at its create, before its bytes)."""
+    def sizes(found: Listing) -> dict[str, int]:
+        return {key.rpartition("/")[2]: v[0] for key, v in found.items()}
+    return poll_listing(client, bucket, prefix,
+                        lambda found: all(sizes(found).get(n) == size for n in names), start,
+                        lambda found: f"under {prefix}/: {sizes(found)} (expected "
+                                      f"{len(names)} of {size} bytes)")[0]

@@ -385,16 +385,13 @@ class BlockCache:
     def claim(self, n: int) -> None:
         """Room for `n` more bytes above the reserve (a block's, a staging file's), evicting
         LRU blocks if that makes it; else ReserveReached (ENOSPC)."""
-        if self.reserve is None:
+        if self.claim_now(n):
             return
-        try:
-            self.reserve.claim(n)
-        except ReserveReached:
-            with self._lock:
-                if not len(self._lru):
-                    raise
+        assert self.reserve is not None  # claim_now: no reserve, no limit
+        with self._lock:
+            if len(self._lru):
                 self.prune(None, max(0, int(self._lru.volume()) - (n - self.reserve.room())))
-            self.reserve.claim(n)
+        self.reserve.claim(n)  # ReserveReached when even that is not room enough
 
     def claim_now(self, n: int) -> bool:
         """`claim` when no block must be evicted for it (no disk work: the trio loop may

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 
+
 def setid_bits(mode: int) -> int:
     """The set-id bits of `mode` that an unprivileged write clears: S_ISGID only with
     group execute (without it, the bit marks mandatory locking)."""

@@ -336,7 +336,7 @@ class LocalFile:
             self._crc = zlib.crc32(data, self._crc) if end <= FSYNC_AT_CLOSE else None
 
     async def _changing(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a write or truncate on a staging file of ours (after the held bytes); a
+        """Run a write or truncate on a staging file of ours (after the tail); a
         failure is owed to the next flush (ENOSPC: reported now, and again by close; see
         WriteBack.flush)."""
         self._require(*OPEN)

@@ -243,7 +243,7 @@ class WriteBack:
                                           local.expected, local.change.posix,
                                           settle=local.settle, quick=local.settles_quickly)
         except OSError:
-            self._owed(local)  # its held bytes could not be written: owed now
+            self._owed(local)  # its tail could not be written: owed now
             raise
         local.submitted(job)
         log.debug("queued s3://%s/%s (%d bytes)", local.bucket, local.key, local.size)
