@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from typing import Any, Callable
 
 import pytest
@@ -264,3 +265,47 @@ def test_a_file_unlinked_while_open_has_no_links(bucket, mount_factory):
     finally:
         os.close(fd)
     assert m.wait_idle()["idle"]
+
+
+def _kernel_forgets(m: Mount, below: int) -> None:
+    """Make the kernel drop its unused dentries and inodes (as memory pressure does) and
+    wait until the daemon has had their FORGETs: it then holds fewer than `below`."""
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2")
+    for _ in range(100):
+        if m.status()["inodes"]["held"] < below:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the kernel kept {m.status()['inodes']['held']} inodes")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping the kernel's caches needs root")
+def test_inode_numbers_stay_after_the_kernel_forgets_them_and_across_remounts(
+        bucket, mount_factory):
+    """POSIX: a file keeps its number while it exists. The kernel forgets inodes under
+    memory pressure and looks them up again; pjdfstest rename/10.t once saw a renamed
+    file's number change that way on a loaded machine."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    (root / "d").mkdir()
+    for name in ("a", "b", "c"):
+        (root / "d" / name).write_bytes(name.encode())
+    os.mkfifo(root / "d" / "fifo")
+    os.symlink("a", root / "d" / "link")
+    os.rename(root / "d" / "c", root / "d" / "moved")
+    names = ["d", "d/a", "d/b", "d/moved", "d/fifo", "d/link"]
+    before = {n: os.lstat(root / n).st_ino for n in names}
+    assert len(set(before.values())) == len(names)
+    held = m.status()["inodes"]["held"]
+    _kernel_forgets(m, held - 3)
+    assert {n: os.lstat(root / n).st_ino for n in names} == before
+    os.rename(root / "d" / "moved", root / "d" / "c")  # back, as rename/10.t does
+    _kernel_forgets(m, held - 3)
+    assert os.lstat(root / "d" / "c").st_ino == before["d/moved"]
+    # a new file where a forgotten one was renamed from stays another file
+    (root / "d" / "moved").write_bytes(b"new")
+    assert os.lstat(root / "d" / "moved").st_ino not in before.values()
+    again = remounted(m, mount_factory, "again")
+    root = again.path(bucket)
+    assert {n: os.lstat(root / n).st_ino for n in ("d", "d/a", "d/b", "d/fifo", "d/link")} == {
+        n: before[n] for n in ("d", "d/a", "d/b", "d/fifo", "d/link")}

@@ -1,9 +1,15 @@
 """Inode table: ino <-> (namespace index, ref, kind), with kernel lookup counts.
 
-Dynamic namespaces (buckets) get inodes allocated here: one lives while the kernel
-holds a reference (lookup count > 0) and `forget` releases it. The same
-(namespace, ref, kind) maps to the same ino for as long as the kernel remembers
-it; a path that changed kind (file -> dir) gets a new one.
+Dynamic namespaces (buckets) get their nodes made here: one lives while the kernel
+holds a reference (lookup count > 0) and `forget` releases it. Its number is a hash of
+the namespace's name, the path and the kind (`natural_ino`), so a path keeps its number
+after the kernel forgot it (memory pressure, `drop_caches`, the inode cap) and across
+remounts: POSIX wants a file's number to stay while the file does (pjdfstest
+`rename/10.t` failed under memory pressure when numbers were counted up), and tools
+key their caches by it (`git`'s index, backup tools, `rsync`). A number taken by a live
+node of another path, and a node renamed (it keeps its number), are remembered by path
+when forgotten (`KEPT_MAX`); a path that changed kind (file -> dir) or a new file where a
+removed one is still open gets another number.
 
 Indexed namespaces (manifests) number their nodes themselves: their inodes are
 computed (STATIC_START and above) and never stored, so a million-entry manifest
@@ -11,14 +17,29 @@ costs no memory here.
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
 
 from ..tree.contract import STATIC_SHIFT, STATIC_START, static_base
 from ..util.shrink import RemovalCounter
+from .dirent import UNKNOWN_INO
 
 ROOT_INODE = 1
 ROOT_NS = -1
+#: Dynamic inodes lie in [FIRST_DYNAMIC, DYNAMIC_END): FIRST_DYNAMIC + 2 * slot + is_dir.
+#: Below 2**32: a 32-bit program's stat() fails with EOVERFLOW past it.
+FIRST_DYNAMIC = ROOT_INODE + 1
+DYNAMIC_END = 1 << 32
+_SLOTS = (DYNAMIC_END - FIRST_DYNAMIC) >> 1
+#: Numbers never given to a node: the root's and the one readdir lists unknown names with.
+_RESERVED = frozenset({0, ROOT_INODE, UNKNOWN_INO})
+#: Forgotten nodes whose number is not their path's natural one, remembered by path (~200
+#: bytes each; renames and hash collisions are rare): past it the oldest are renumbered.
+KEPT_MAX = 8192
+#: Hashes tried for one path before giving up (2**31 slots: never reached in practice).
+ATTEMPTS_MAX = 1000
 
 
 @dataclass(slots=True)
@@ -41,16 +62,28 @@ def computed_ino(base: int, ref: int, is_dir: bool) -> int:
     return base + (ref << 1) + is_dir
 
 
+def natural_ino(ns_name: str, ref: Hashable, is_dir: bool, attempt: int = 0) -> int:
+    """The number path `ref` of the namespace called `ns_name` gets in every mount, unless
+    a live node of another path holds it (then `attempt` 1, 2, ... are tried). A keyed
+    hash, not `hash()`: Python salts that per process."""
+    text = ref if isinstance(ref, str) else repr(ref)
+    digest = hashlib.blake2b(f"{ns_name}\0{text}".encode("utf-8", "surrogatepass"),
+                             digest_size=8, salt=attempt.to_bytes(8, "little")).digest()
+    return FIRST_DYNAMIC + ((int.from_bytes(digest, "little") % _SLOTS) << 1) + is_dir
+
+
 class InodeTable:
     """Nodes by ino, and by (namespace, kind) then ref: one dict per namespace and kind
     rather than a (ns, ref, kind) tuple per node, 64 bytes less per inode (a readdirplus of
     a 1,000,000-key directory makes as many)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ns_name: Callable[[int], str] = str) -> None:
         root = Node(ROOT_INODE, ROOT_NS, "", True, lookups=1)
         self._by_ino: dict[int, Node] = {ROOT_INODE: root}
         self._by_ref: dict[tuple[int, bool], dict[Hashable, Node]] = {(ROOT_NS, True): {"": root}}
-        self._next = ROOT_INODE + 1
+        self._ns_name = ns_name  # what a namespace's numbers are hashed with
+        self._unnatural: set[int] = set()  # live nodes numbered otherwise than natural_ino
+        self._kept: OrderedDict[tuple[int, bool, Hashable], int] = OrderedDict()  # forgotten ones
         self._removals = RemovalCounter()
         self.on_new: Callable[[], None] | None = None  # called for each dynamic node made
         self.on_gone: Callable[[int], None] | None = None  # ... and with each one let go
@@ -75,13 +108,29 @@ class InodeTable:
             refs = self._by_ref[(ns, is_dir)] = {}
         node = refs.get(ref)
         if node is None:
-            node = Node(self._next, ns, ref, is_dir)
-            self._next += 1
-            self._by_ino[node.ino] = node
+            ino, natural = self._number(ns, ref, is_dir)
+            self._kept.pop((ns, is_dir, ref), None)
+            node = Node(ino, ns, ref, is_dir)
+            self._by_ino[ino] = node
             refs[ref] = node
+            if not natural:
+                self._unnatural.add(ino)
             if self.on_new is not None:
                 self.on_new()
         return node
+
+    def _number(self, ns: int, ref: Hashable, is_dir: bool) -> tuple[int, bool]:
+        """The number a new node of (ns, ref, kind) gets, and whether it is the natural
+        one: the one it had when last forgotten if it was not, else the first free hash."""
+        kept = self._kept.get((ns, is_dir, ref))
+        if kept is not None and kept not in self._by_ino:
+            return kept, False
+        name = self._ns_name(ns)
+        for attempt in range(ATTEMPTS_MAX):
+            ino = natural_ino(name, ref, is_dir, attempt)
+            if ino not in self._by_ino and ino not in _RESERVED:
+                return ino, attempt == 0
+        raise RuntimeError(f"no free inode number for {ref!r} after {ATTEMPTS_MAX} tries")
 
     def find(self, ns: int, ref: Hashable, is_dir: bool) -> Node | None:
         """The dynamic node of (ns, ref, kind) if there is one; never makes one."""
@@ -114,10 +163,19 @@ class InodeTable:
 
     def discard_if_unreferenced(self, node: Node) -> None:
         if node.lookups <= 0 and node.ino != ROOT_INODE and node.ino < STATIC_START:
+            unnatural = node.ino in self._unnatural
             self._gone(node.ino)
             refs = self._by_ref.get((node.ns, node.is_dir), {})
             if refs.get(node.ref) is node:
                 del refs[node.ref]
+                if unnatural:  # its path gets this number back
+                    self._keep((node.ns, node.is_dir, node.ref), node.ino)
+
+    def _keep(self, key: tuple[int, bool, Hashable], ino: int) -> None:
+        self._kept.pop(key, None)
+        self._kept[key] = ino
+        if len(self._kept) > KEPT_MAX:
+            self._kept.popitem(last=False)
 
     def forget(self, ino: int, count: int) -> None:
         node = self._by_ino.get(ino)
@@ -129,6 +187,7 @@ class InodeTable:
     def detach(self, ns: int, ref: Hashable, is_dir: bool) -> None:
         """The name is gone: a new file there gets a new inode; the old one lives on
         (for open handles) until the kernel forgets it."""
+        self._kept.pop((ns, is_dir, ref), None)  # a new file there is another file
         node = self._by_ref.get((ns, is_dir), {}).pop(ref, None)
         if node is None:
             return
@@ -137,9 +196,11 @@ class InodeTable:
             self._gone(node.ino)
 
     def _gone(self, ino: int) -> None:
-        """The kernel holds `ino` no more: a later node of the same name gets a new one."""
+        """The kernel holds `ino` no more: the number is free again (for its path, or
+        another's after a removal)."""
         if self._by_ino.pop(ino, None) is None:
             return
+        self._unnatural.discard(ino)
         if self._removals.removed_one(len(self._by_ino)):
             self._compact()
         if self.on_gone is not None:
@@ -153,16 +214,22 @@ class InodeTable:
             self._by_ref[key] = dict(refs)
 
     def rename(self, ns: int, old: str, new: str) -> None:
-        """Move the nodes of `old` and everything below it to `new` (same inodes)."""
+        """Move the nodes of `old` and everything below it to `new` (same inodes, now
+        not their paths' natural ones), and the numbers remembered for them."""
         for is_dir in (False, True):
             self.detach(ns, new, is_dir)  # an overwritten target
         below = old + "/"
+
+        def moves(ref: Hashable) -> bool:
+            return isinstance(ref, str) and (ref == old or ref.startswith(below))
+        for key in [k for k in self._kept if k[0] == ns and moves(k[2])]:
+            self._kept[(ns, key[1], new + key[2][len(old):])] = self._kept.pop(key)
         for is_dir in (False, True):
             refs = self._by_ref.get((ns, is_dir), {})
-            moving = [node for ref, node in refs.items()
-                      if isinstance(ref, str) and (ref == old or ref.startswith(below))]
+            moving = [node for ref, node in refs.items() if moves(ref)]
             for node in moving:
                 del refs[node.ref]
             for node in moving:
                 node.ref = new + node.ref[len(old):]
                 refs[node.ref] = node
+                self._unnatural.add(node.ino)

@@ -101,7 +101,7 @@ class S3Operations(pyfuse3.Operations):
         self.root = root
         self.cfg = cfg
         self.top = MountRoot(root, control)
-        self.inodes = InodeTable()
+        self.inodes = InodeTable(lambda ns: self.root.get(ns).name)
         self.handles = HandleTable()
         self.pages = PageCache(told_memory=told_memory_for(cfg.max_inodes))
         self.inode_cap = InodeCap(self.inodes, cfg.max_inodes, self._held_parent,
