@@ -157,3 +157,27 @@ def test_is_light_says_what_a_light_claim_takes(tmp_path: Path, copies: bool):
     assert claimed == {i for i, (op, size) in jobs.items() if is_light(op, size, 1000, copies)}
     assert 0 < len(claimed) < len(jobs)
     j.close()
+
+
+def test_a_directory_marker_and_the_jobs_of_its_directory_never_run_together(tmp_path: Path):
+    """SeaweedFS loses a `dir/` marker stored while an object below it is (it makes the
+    missing parent directory over the marker): a job waits for the marker of its directory
+    queued before it, and a marker for the jobs of its directory already running."""
+    j = Journal(tmp_path / "journal.sqlite")
+    marker = j.enqueue("b", "d/", "m", 0, UNKNOWN)
+    child = j.enqueue("b", "d/f", "f", 1, UNKNOWN)
+    sub = j.enqueue("b", "d/s/", "s", 0, UNKNOWN)
+    other = j.enqueue("b", "e/g", "g", 1, UNKNOWN)
+    elsewhere = j.enqueue("c", "d/h", "h", 1, UNKNOWN)  # another bucket's d/
+    claimed = [j.claim(1e18) for _ in range(4)]
+    assert [c.id if c else None for c in claimed] == [marker, other, elsewhere, None]
+    assert j.next_due() is None  # nothing startable until the marker is done
+    j.done(marker, "em")
+    assert [j.claim(1e18).id for _ in range(2)] == [child, sub]  # type: ignore[union-attr]
+    # the other order: a job below runs, then its directory's marker is queued
+    below = j.enqueue("b", "n/x", "x", 1, UNKNOWN)
+    assert j.claim(1e18).id == below  # type: ignore[union-attr]
+    late = j.enqueue("b", "n/", "n", 0, UNKNOWN)
+    assert j.claim(1e18) is None
+    j.done(below, "ex")
+    assert j.claim(1e18).id == late  # type: ignore[union-attr]

@@ -393,7 +393,10 @@ class Mutations:
         local.update(self._local_below(old_prefix))  # made while listing (newest wins)
         if len(remote) + len(local) > RENAME_DIR_LIMIT:
             raise TooBigToRename(f"{old}: more than {RENAME_DIR_LIMIT} objects to rename one by one")
-        await writes.make_dir(bucket, new_prefix, posix)
+        # the new markers are queued once the copies below them are done: SeaweedFS loses a
+        # marker stored while an object below it is (upload/journal.py, _STARTABLE), and
+        # these copies run here, not through the queue
+        made: dict[str, Posix | None] = {new_prefix: posix}
         markers = {old_prefix}  # removed last, once everything below was moved
         listed = {obj.key: obj for obj in remote}
         seen_markers = {key: obj.etag for key, obj in listed.items() if key.endswith("/")}
@@ -402,7 +405,7 @@ class Mutations:
                 continue
             target = new_prefix + key[len(old_prefix):]
             if key.endswith("/"):
-                await writes.make_dir(bucket, target, marker_posix)
+                made[target] = marker_posix
                 markers.add(key)
             else:  # local bytes move; new metadata of S3's bytes (or bytes uploaded
                 # meanwhile) go by a copy, of the version listed, else of the one a HEAD finds
@@ -418,11 +421,13 @@ class Mutations:
                 continue
             target = new_prefix + obj.key[len(old_prefix):]
             if obj.key.endswith("/"):
-                await writes.make_dir(bucket, target, await self._marker_posix(obj.key))
+                made[target] = await self._marker_posix(obj.key)
                 markers.add(obj.key)
             else:
                 await self._rename_file(obj.key, target, Entry("", False, obj.size, obj.mtime_ns,
                                                                obj.etag))
+        for target in sorted(made):  # a directory's before those below it
+            await writes.make_dir(bucket, target, made[target])
         for key in sorted(markers, reverse=True):
             await writes.remove(bucket, key, seen_markers.get(key) or UNKNOWN)
 
