@@ -336,3 +336,43 @@ async def test_a_directory_marker_is_never_stored_beside_an_object_below_it(
     assert store.overlaps == []
     for key in ["d/"] + [k.replace("old/", "new/") for k in moved]:
         store.head(B, key)  # NotFound if lost
+
+
+class AnsweredEarlyStore(MemoryStore):
+    """A listing whose answer S3 gave before `listing(prefix)` ran: its pages are read
+    first (as S3 answered), then the hook runs, then they are handed over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listing: Callable[[str], None] = lambda prefix: None
+
+    def list_pages(self, bucket: str, prefix: str, delimiter: str = "/") -> Iterator[ListPage]:
+        pages = list(super().list_pages(bucket, prefix, delimiter))
+        self.listing(prefix)
+        return iter(pages)
+
+
+async def test_a_listing_answered_before_the_marker_landed_keeps_the_directory_owner(
+        tmp_path: Path) -> None:
+    """`mkdir`, `chown`, `chmod 1777` (one queued marker job), then a listing of the
+    directory that S3 answered just before the marker arrived, stored just after its
+    landing was learned: it cannot tell that the directory has no marker. It used to
+    record "no marker, no headers", and the directory showed the mount's defaults (root,
+    0755) until its next listing: pjdfstest-paced renames into it failed with EACCES."""
+    store = AnsweredEarlyStore()
+    store.create_bucket(B)
+    async with bucket_tree(tmp_path, store, B) as (tree, queue):
+        assert await tree.listdir("") == []
+        await tree.mkdir("", "d", posix(stat.S_IFDIR, 0o1777, owner=65534))
+        seen: list[str] = []
+
+        def land_first(prefix: str) -> None:
+            if prefix == "d/":
+                seen.append(prefix)
+                trio.from_thread.run(landed, queue, "d/")
+        store.listing = land_first
+        assert await tree.listdir("d") == []
+        assert seen == ["d/"]  # the directory was listed, answered before the landing
+        shown = (await tree.stat("d")).posix
+        assert shown is not None and (shown.uid, shown.mode) == (65534, stat.S_IFDIR | 0o1777)
+    assert store.head(B, "d/").metadata.get("uid") == "65534"

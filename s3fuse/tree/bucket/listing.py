@@ -218,7 +218,8 @@ class Listings:
                     changes = self._learned.since(mark, path)
                     now = time.time() if changes is not None else 0.0  # 0: stale, list again
                     self._meta.replace_staged(ns_id, path, stage, ingest.now, changes or {},
-                                              now, marker=ingest.marker)
+                                              now, marker=self._marker_seen(ingest.marker,
+                                                                            path, mark))
                 return ingest.probes
 
         try:
@@ -228,6 +229,20 @@ class Listings:
         stale = [p for p in probes if time.time() - p.mtime_ns / 1e9 > PROBE_STALE]
         if stale and self._remove_probes:
             self._background.spawn(self._remove_stale_probes, stale, kind=UPLOAD_CLEANUP)
+
+    def _marker_seen(self, marker: str | None, path: str, mark: int) -> str | None:
+        """What a listing of `path` sent at `mark` may say of the directory's own marker:
+        nothing (None) when its entry in the parent changed since (our marker upload
+        landed, with the directory's metadata, after S3 answered the listing without it).
+        Judged by it, the metadata was dropped as "no marker, no headers": a `mkdir`,
+        `chown` and `chmod 1777` then showed the mount's defaults (root, 0755) until the
+        directory was listed again after its TTL (pjdfstest's pace: EACCES in about 2% of
+        renames into such a directory). Call it holding the writer lock, as `since`."""
+        if not path or marker is None:
+            return marker
+        parent, name = split(path)
+        above = self._learned.since(mark, parent)
+        return None if above is None or name in above else marker
 
     async def _remove_stale_probes(self, probes: list[ObjectInfo]) -> None:
         """Delete scratch keys a probe left behind (unconditionally, as the probe does: a
