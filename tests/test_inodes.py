@@ -66,12 +66,14 @@ def test_a_renamed_node_keeps_its_number_after_a_forget_and_a_replaced_name_does
         ) -> None:
     table = InodeTable()
     moved = table.remember(table.ensure(0, "a/f", False))
+    table.remember(table.ensure(0, "a/s", True))  # a directory renamed is held by the kernel
     child = table.remember(table.ensure(0, "a/s/g", False))
     table.rename(0, "a/f", "b/f")
     table.rename(0, "a/s", "c/s")
     table.forget(moved.ino, 1)
     table.forget(child.ino, 1)
     assert table.ensure(0, "b/f", False).ino == moved.ino  # not the hash of b/f
+    table.remember(table.ensure(0, "c", True))
     table.rename(0, "c", "d")  # what was remembered under c/ moves along
     assert table.ensure(0, "d/s/g", False).ino == child.ino
     # a new file at the old name, while the renamed one is known: another number

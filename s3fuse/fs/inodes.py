@@ -218,15 +218,22 @@ class InodeTable:
         not their paths' natural ones), and the numbers remembered for them."""
         for is_dir in (False, True):
             self.detach(ns, new, is_dir)  # an overwritten target
+        # a directory renamed through the kernel is a node it holds; a file has nothing
+        # below it, and is looked up by name instead of scanning every node (`rsync -a`
+        # renames every file it writes)
+        tree = old in self._by_ref.get((ns, True), {})
         below = old + "/"
 
         def moves(ref: Hashable) -> bool:
-            return isinstance(ref, str) and (ref == old or ref.startswith(below))
-        for key in [k for k in self._kept if k[0] == ns and moves(k[2])]:
+            return isinstance(ref, str) and (ref == old or (tree and ref.startswith(below)))
+        kept = ([k for k in self._kept if k[0] == ns and moves(k[2])] if tree
+                else [k for k in ((ns, False, old), (ns, True, old)) if k in self._kept])
+        for key in kept:
             self._kept[(ns, key[1], new + key[2][len(old):])] = self._kept.pop(key)
         for is_dir in (False, True):
             refs = self._by_ref.get((ns, is_dir), {})
-            moving = [node for ref, node in refs.items() if moves(ref)]
+            moving = ([node for ref, node in refs.items() if moves(ref)] if tree
+                      else [refs[old]] if old in refs else [])
             for node in moving:
                 del refs[node.ref]
             for node in moving:
