@@ -280,7 +280,7 @@ class OverlapStore(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.latency_writes = 0.02
+        self.latency_writes = 0.06  # past burst.BURST_GAP: its removals make no burst
         self._writing: dict[str, int] = {}
         self._guard = threading.Lock()
         self.overlaps: list[tuple[str, str]] = []
@@ -318,12 +318,13 @@ async def test_a_directory_marker_is_never_stored_beside_an_object_below_it(
     """`mkdir` then files written in it, and a directory renamed key by key (its copies
     run in the rename itself, and its new markers are queued after them): no marker goes
     to S3 while an object of its directory does (tests/test_write_mount.py lost `newdir/`
-    on SeaweedFS once). The `mkdir` half fails without the queue's rule; the rename's
-    marker job happened to start after its copies here even before they were ordered."""
+    on SeaweedFS once). The `mkdir` half fails without the queue's rule, the rename half
+    without the rename queueing its markers last (its copies are 60 ms apart, as over a
+    network: no burst of removals holds the marker's upload back)."""
     store = OverlapStore()
     store.create_bucket(B)
     moved = ["old/", "old/sub/", "old/sub/y"] + [f"old/x{i}" for i in range(8)]
-    for key in moved:  # 8 copies of 20 ms: longer than the queue takes to start a job
+    for key in moved:  # 8 copies of 60 ms, each a removal: no burst holds the uploads
         store.put_object(B, key, b"" if key.endswith("/") else b"bytes")
     async with bucket_tree(tmp_path, store, B) as (tree, queue):
         await tree.mkdir("", "d", posix(stat.S_IFDIR, 0o755))

@@ -109,7 +109,6 @@ class InodeTable:
         node = refs.get(ref)
         if node is None:
             ino, natural = self._number(ns, ref, is_dir)
-            self._kept.pop((ns, is_dir, ref), None)
             node = Node(ino, ns, ref, is_dir)
             self._by_ino[ino] = node
             refs[ref] = node
@@ -121,8 +120,9 @@ class InodeTable:
 
     def _number(self, ns: int, ref: Hashable, is_dir: bool) -> tuple[int, bool]:
         """The number a new node of (ns, ref, kind) gets, and whether it is the natural
-        one: the one it had when last forgotten if it was not, else the first free hash."""
-        kept = self._kept.get((ns, is_dir, ref))
+        one: the one it had when last forgotten if it was not (no longer remembered: the
+        node holds it now), else the first free hash."""
+        kept = self._kept.pop((ns, is_dir, ref), None)
         if kept is not None and kept not in self._by_ino:
             return kept, False
         name = self._ns_name(ns)
