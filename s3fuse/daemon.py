@@ -47,7 +47,8 @@ from .upload.queue import UploadQueue
 from .upload.staging import Staging
 from .upload.writeback import UploadedBytes, WriteBack
 from .util.bufferpool import trim_all
-from .util.supervisor import BUFFER_TRIM, INODE_CAP, LINK_WATCH, PROBE, STATUS_REPORT, Supervisor
+from .util.supervisor import (BUFFER_TRIM, INODE_CAP, LINK_WATCH, PAGE_DROP, PROBE,
+                              STATUS_REPORT, Supervisor)
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,7 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
             parts.supervisor.spawn(_report_status, parts, ready.notifier, kind=STATUS_REPORT)
         parts.supervisor.spawn(_trim_buffers, kind=BUFFER_TRIM)
         parts.supervisor.spawn(parts.ops.inode_cap.run, kind=INODE_CAP)
+        parts.supervisor.spawn(parts.ops.page_dropper.run, kind=PAGE_DROP)
         nursery.start_soon(_announce_ready, cfg, ready)
         await pyfuse3.main()
         ready.notifier.send(STOPPING="1", STATUS="unmounting: writing cached blocks")
@@ -303,6 +305,7 @@ async def _watch_signals(cfg: Config, parts: Components, notifier: Notifier) -> 
                 await _drain(cfg, parts, notifier)
                 nursery.cancel_scope.cancel()
         await parts.ops.inode_cap.stop()  # while requests are still answered (inodecap.py)
+        await parts.ops.page_dropper.stop()  # ... and so on (coherence.py)
         pyfuse3.terminate()
 
 

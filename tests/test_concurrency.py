@@ -159,3 +159,28 @@ def test_listing_stays_responsive_during_heavy_read_ahead(s3, bucket, mount_fact
     record("concurrency/listing_during_read_ahead", {
         "listings": len(latencies), "median_ms": round(statistics.median(latencies) * 1000),
         "max_ms": round(max(latencies) * 1000)})
+
+
+def test_an_append_lands_at_the_end_while_the_kernel_holds_an_older_size(s3, bucket,
+                                                                        mount_factory):
+    """While a reader of version 1 is open, a lookup of the object that grew in S3 shows
+    version 1's size (so the reader is not cut short or shown a blend). An O_APPEND write
+    opened then must still land after version 2's last byte, where the daemon's end is,
+    not at the kernel's older size; and the reader and `stat` see the result."""
+    v1 = b"one\n" * 5
+    v2 = v1 + b"remote\n"
+    s3.put_object(Bucket=bucket, Key="grows.log", Body=v1)
+    m = mount_factory("--source", f"s3://{bucket}", "--metadata-ttl", "0.3")
+    path = m.path(bucket, "grows.log")
+    with open(path, "rb", buffering=0) as reader:
+        assert reader.read() == v1
+        s3.put_object(Bucket=bucket, Key="grows.log", Body=v2)
+        time.sleep(0.5)
+        assert os.stat(path).st_size == len(v1)  # the kernel is told version 1's size
+        with open(path, "ab", buffering=0) as appender:
+            appender.write(b"local\n")
+        assert reader.read() == b"remote\nlocal\n"
+        assert os.stat(path).st_size == len(v2) + 6
+    assert path.read_bytes() == v2 + b"local\n"
+    assert sync(m.mountpoint).returncode == 0
+    assert body(s3, bucket, "grows.log") == v2 + b"local\n"

@@ -286,3 +286,30 @@ async def test_dot_and_dotdot_lookups(parts: Components):
     e = await ops.lookup(d.st_ino, b"e")
     assert (await ops.lookup(e.st_ino, b"..")).st_ino == d.st_ino
     assert (await ops.lookup(e.st_ino, b".")).st_ino == e.st_ino
+
+
+async def test_writes_reach_open_readers_and_o_append_goes_at_the_end(parts: Components):
+    """A read handle follows what this mount writes into its file (`tail -f`); an O_APPEND
+    write goes at the daemon's end whatever offset the kernel computed from its size, and
+    the kernel is told to drop what readers of the file cached (fs/coherence.py)."""
+    ops = parts.ops
+    ino = (await lookup_path(ops, "bkt", "a.txt")).st_ino
+    reader = await ops.open(ino, os.O_RDONLY)
+    assert await ops.read(reader.fh, 0, 100) == b"alpha"
+    writer = await ops.open(ino, os.O_WRONLY | os.O_APPEND)
+    assert writer.direct_io and ops.page_dropper.due == {ino}  # the readers' pages go
+    ops.page_dropper.due.clear()
+    assert await ops.write(writer.fh, 0, b"+1") == 2           # offset 0: the kernel's idea
+    assert ops.page_dropper.due == {ino}
+    assert await ops.read(reader.fh, 0, 100) == b"alpha+1"
+    await ops.flush(writer.fh)
+    await ops.release(writer.fh)
+    assert await ops.read(reader.fh, 5, 100) == b"+1"
+    second = await ops.open(ino, os.O_WRONLY | os.O_APPEND)
+    assert await ops.write(second.fh, 3, b"+2") == 2
+    await ops.release(second.fh)
+    assert await ops.read(reader.fh, 0, 100) == b"alpha+1+2"
+    await ops.release(reader.fh)
+    fresh = await ops.open(ino, os.O_RDONLY)
+    assert await ops.read(fresh.fh, 0, 100) == b"alpha+1+2"
+    await ops.release(fresh.fh)

@@ -25,7 +25,7 @@ def test_keep_cache_only_when_the_same_version_is_opened_again():
     pages = PageCache()
     v1, v2 = version("e1", 10), version("e2", 10)
     first = open_read(pages, v1)
-    assert first == Opened(keep_cache=False, paged=True)
+    assert first == Opened(keep_cache=False, paged=True, cached_reader=True)
     pages.release(INO, first)
     again = open_read(pages, v1)
     assert again.keep_cache and not again.direct_io
@@ -48,15 +48,38 @@ def test_a_new_version_opened_while_the_old_one_is_read_bypasses_the_page_cache(
     assert pages.shown(INO, v2) == v2             # all closed: the truth
 
 
-def test_a_writer_sees_the_true_size_while_old_readers_are_open():
+def test_a_writer_here_makes_the_truth_shown_for_good():
+    """A writer of this mount needs the real size (O_APPEND), and once it wrote, readers
+    of the older version follow its bytes (tree/bucket/localsource.py): the truth stays
+    shown after it closed, also when its upload gives the file a new ETag. Showing the
+    old size then made the next `>>` write over the last append."""
     pages = PageCache()
-    v1, v2 = version("e1", 100), version("e2", 150)
+    v1, v2, v3 = version("e1", 100), version("e2", 150), version("e3", 160)
     reading = open_read(pages, v1)
+    assert pages.read_cached(INO)
+    assert pages.shown(INO, v2).size == 100       # changed elsewhere: v1's readers kept whole
     writing = pages.open_write(INO)
-    assert pages.shown(INO, v2) == v2             # appends need the real size
+    assert pages.shown(INO, v2) == v2
     pages.release(INO, writing)
-    assert pages.shown(INO, v2).size == 100
+    assert pages.shown(INO, v2) == v2
+    assert pages.shown(INO, v3) == v3             # its upload landed under a new ETag
+    joined = open_read(pages, v3)                 # a new reader shares the followed pages
+    assert not joined.direct_io
     pages.release(INO, reading)
+    pages.release(INO, joined)
+    assert not pages.read_cached(INO)
+
+
+def test_direct_readers_do_not_count_as_page_cache_readers():
+    pages = PageCache()
+    v1, v2 = version("e1", 100), version("e2", 60)
+    reading = open_read(pages, v1)
+    pages.told(INO, pages.shown(INO, v2))
+    newer = open_read(pages, v2)
+    assert newer.direct_io
+    pages.release(INO, reading)
+    assert not pages.read_cached(INO)             # the direct one reads past the pages
+    pages.release(INO, newer)
 
 
 def test_writing_drops_keep_cache_for_the_next_open():

@@ -12,9 +12,11 @@ builder, the comparison), so a failure through the mount is the mount's.
 from __future__ import annotations
 
 import os
+import queue
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -42,6 +44,9 @@ class Place(Protocol):
         """Everything written reaches S3, the mount goes away, a new one with an EMPTY
         cache directory shows the same bucket (on a local directory: nothing to do)."""
 
+    def settle(self) -> None:
+        """Everything written reaches S3 (on a local directory: nothing to do)."""
+
 
 class LocalPlace:
     dirs_persist = True
@@ -54,6 +59,9 @@ class LocalPlace:
         return self.root
 
     def remount(self) -> None:
+        pass
+
+    def settle(self) -> None:
         pass
 
 
@@ -276,11 +284,73 @@ def rename_over_and_back(place: Place, scratch: Path) -> None:
     assert os.listdir(place.path() / "here") == os.listdir(place.path() / "there") == []
 
 
+def append_line(path: Path, line: str) -> None:
+    """`echo LINE >> PATH`: an O_APPEND open, one write, a close."""
+    run("sh", "-c", f'echo {line} >> "$0"', path)
+
+
+def appends_reach_an_open_reader(place: Place, scratch: Path) -> None:
+    """A reader open all along (`tail -f`, a log viewer) reads every line that `>>` appends,
+    also after each version reached S3, and no append lands over another. Renamed (log
+    rotation), the file takes its reader along; a new file under the old name is another
+    file, which that reader never sees."""
+    log = place.path() / "app.log"
+    append_line(log, "line0")
+    place.settle()
+    want = "line0\n"
+    with open(log, "r", buffering=1) as reader:
+        seen = reader.read()
+        for i in range(1, 4):
+            os.fstat(reader.fileno())  # what `tail -f` asks between its reads
+            append_line(log, f"line{i}")
+            want += f"line{i}\n"
+            assert log.stat().st_size == len(want)
+            if i % 2:
+                place.settle()  # the version lands: S3 holds it under a new ETag
+                assert log.stat().st_size == len(want)
+            seen += reader.read()
+            assert seen == want
+        rotated = place.path() / "app.log.1"
+        log.rename(rotated)
+        append_line(rotated, "late")
+        append_line(log, "new file")
+        assert reader.read() == "late\n"
+    assert rotated.read_text() == want + "late\n"
+    assert log.read_text() == "new file\n"
+    place.settle()
+    assert rotated.read_text() == want + "late\n"
+
+
+def tail_f_follows(place: Place, scratch: Path) -> None:
+    """`tail -f` itself prints the lines appended while it runs."""
+    log = place.path() / "tailed.log"
+    append_line(log, "first")
+    tail = subprocess.Popen(["tail", "-f", "-s", "0.1", str(log)], stdout=subprocess.PIPE,
+                            text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in tail.stdout or ()],
+                     daemon=True).start()
+    try:
+        assert lines.get(timeout=10) == "first\n"
+        for i in range(3):
+            append_line(log, f"more{i}")
+            if i == 1:
+                place.settle()
+            try:
+                assert lines.get(timeout=10) == f"more{i}\n"
+            except queue.Empty:
+                raise AssertionError(f"tail -f printed no more{i} within 10 s") from None
+    finally:
+        tail.kill()
+        tail.wait()
+
+
 SCENARIOS: dict[str, Callable[[Place, Path], None]] = {
     "ls-a": ls_a_lists_dot_entries, "rename-over": rename_over_and_back,
     "rsync": rsync_twice, "cp-a": cp_a, "tar-x": tar_x, "chmod-x": chmod_x_then_run,
     "gcc": gcc_binary_runs, "venv": venv_python_runs, "git": git_init_commit_fsck_clone,
     "touch-d": touch_d_survives, "setfattr": setfattr_survives,
+    "appends-read": appends_reach_an_open_reader, "tail-f": tail_f_follows,
 }
 
 

@@ -26,6 +26,7 @@ class OpenFile:
     handle: FileHandle
     writer: WriteHandle | None  # the same handle when it was opened for writing
     opened: Opened
+    append: bool = False        # opened with O_APPEND: every write goes at the end
 
 
 @dataclass(slots=True)
@@ -43,9 +44,9 @@ class HandleTable:
         self._fh = itertools.count(1)
 
     def add_file(self, node: Node, handle: FileHandle, opened: Opened,
-                 writer: WriteHandle | None = None) -> int:
+                 writer: WriteHandle | None = None, append: bool = False) -> int:
         fh = next(self._fh)
-        self._files[fh] = OpenFile(node, handle, writer, opened)
+        self._files[fh] = OpenFile(node, handle, writer, opened, append)
         return fh
 
     def file(self, fh: int) -> OpenFile | None:
@@ -58,10 +59,14 @@ class HandleTable:
         return found.handle
 
     def writer(self, fh: int) -> WriteHandle:
+        return self.open_writer(fh).writer  # type: ignore[return-value]
+
+    def open_writer(self, fh: int) -> OpenFile:
+        """The open file of a handle opened for writing (EBADF for any other)."""
         found = self._files.get(fh)
         if found is None or found.writer is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return found.writer
+        return found
 
     def pop_file(self, fh: int) -> OpenFile | None:
         return self._files.pop(fh, None)

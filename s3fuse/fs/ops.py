@@ -27,6 +27,7 @@ from ..names import MAX_NAME_BYTES, join
 from ..tree.contract import AttrChanges, Namespace, WriteHandle
 from ..tree.root import ROOT_HIDDEN_BITS, ControlPlane, MountRoot, RootTree
 from .boundary import fuse_handler
+from .coherence import PageDropper
 from .dirent import NAME_ONLY, UNKNOWN_INO, name_only
 from .handles import HandleTable, OpenDir
 from .inodecap import InodeCap
@@ -110,6 +111,7 @@ class S3Operations(pyfuse3.Operations):
         self.inodes.on_gone = self.pages.forget
         self.shapes = ListingShapes()
         self.setid = SetIdGuard()
+        self.page_dropper = PageDropper(lambda ino: pyfuse3.invalidate_inode(ino, False))
         self._started_ns = time.time_ns()  # mtime of directories S3 has no date for
 
     # ------------------------------------------------------------ decoding
@@ -432,7 +434,7 @@ class S3Operations(pyfuse3.Operations):
             root = privileged(caller(ctx))
             direct = write_only(flags) and (root or not setid_bits(await self._mode_now(node)))
             writer = await ns.open_write(node.ref, truncate=bool(flags & os.O_TRUNC))
-            return self._opened_writer(node, writer, direct, root)
+            return self._opened_writer(node, writer, direct, root, bool(flags & os.O_APPEND))
         entry = await self._entry(node)
         handle = await ns.open(node.ref)
         opened = self.pages.open_read(inode, entry, handle.size, handle.version)
@@ -445,10 +447,20 @@ class S3Operations(pyfuse3.Operations):
 
     @fuse_handler("write")
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        writer = self.handles.writer(fh)
+        found = self.handles.open_writer(fh)
+        writer = found.writer
         if self.setid.due(fh):  # fs/setid.py: the kernel leaves it to us for direct writes
             await self._clear_setid(fh)
-        return await writer.write(off, buf)
+        ino = found.node.ino
+        past_readers = found.opened.direct_io and self.pages.read_cached(ino)
+        if not found.append and not past_readers:
+            return await writer.write(off, buf)  # type: ignore[union-attr]
+        end = writer.size  # type: ignore[union-attr]
+        written = await writer.write(off, buf, found.append)  # type: ignore[union-attr]
+        if past_readers or (found.append and off != end):
+            # readers' pages miss these bytes, or the kernel's size lags behind ours
+            self.page_dropper.changed(ino)
+        return written
 
     async def _clear_setid(self, fh: int) -> None:
         """Clear the set-id bits of the file a direct handle writes, as the kernel does
@@ -558,13 +570,18 @@ class S3Operations(pyfuse3.Operations):
         node = self.inodes.remember(self._ensure(parent, ref, False))
         root = privileged(caller(ctx))
         direct = write_only(flags) and (root or not setid_bits(mode))
-        return self._opened_writer(node, writer, direct, root), self._attrs(node, entry)
+        return (self._opened_writer(node, writer, direct, root, bool(flags & os.O_APPEND)),
+                self._attrs(node, entry))
 
     def _opened_writer(self, node: Node, writer: WriteHandle, direct: bool,
-                       root: bool) -> pyfuse3.FileInfo:
+                       root: bool, append: bool) -> pyfuse3.FileInfo:
         """The reply to an open or create for writing; `direct`: past the page cache;
-        `root`: its opener keeps set-id bits when writing (fs/setid.py)."""
-        fh = self.handles.add_file(node, writer, self.pages.open_write(node.ino, direct), writer)
+        `root`: its opener keeps set-id bits when writing (fs/setid.py); `append`: O_APPEND,
+        which the daemon applies (the kernel's size may lag behind the file's)."""
+        if self.pages.read_cached(node.ino):  # their pages may be an older version's
+            self.page_dropper.changed(node.ino)
+        fh = self.handles.add_file(node, writer, self.pages.open_write(node.ino, direct),
+                                   writer, append)
         if direct and not root:
             self.setid.opened(fh, node.ino)  # a set-id bit set later: its writes clear it
         return pyfuse3.FileInfo(fh=fh, direct_io=direct)

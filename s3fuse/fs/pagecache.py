@@ -45,6 +45,9 @@ class PagedVersion:
     size: int
     mtime_ns: int
     handles: int = 0
+    #: This mount wrote the file since: its read handles follow the new bytes
+    #: (tree/bucket/localsource.py) and the kernel is told the truth.
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,7 @@ class Opened:
     keep_cache: bool = False  # the cached pages are this version's: keep them
     paged: bool = False       # counted in the inode's PagedVersion
     writer: bool = False
+    cached_reader: bool = False  # a read handle through the page cache
 
 
 def _remember(table: dict[int, int], ino: int, version: str, memory: int) -> None:
@@ -81,6 +85,7 @@ class PageCache:
         self._paged: dict[int, PagedVersion] = {}  # ino -> version of its open cached handles
         self._told: dict[int, int] = {}  # ino -> hash of the version whose size the kernel has
         self._writers: dict[int, int] = {}  # ino -> handles open for writing
+        self._readers: dict[int, int] = {}  # ino -> read handles through the page cache
         self._removals = RemovalCounter()
 
     def shown(self, ino: int, entry: Entry) -> Entry:
@@ -89,7 +94,7 @@ class PageCache:
         reads short, a new mtime would drop their pages); the true one once they are closed,
         or while a writer has the file open (its appends need the true size)."""
         paged = self._paged.get(ino)
-        if (paged is not None and entry.etag and entry.etag != paged.etag
+        if (paged is not None and not paged.local and entry.etag and entry.etag != paged.etag
                 and not self._writers.get(ino)):
             return replace(entry, size=paged.size, mtime_ns=paged.mtime_ns,
                                        etag=paged.etag)
@@ -104,7 +109,8 @@ class PageCache:
     def open_read(self, ino: int, entry: Entry, size: int, version: str) -> Opened:
         """A read handle of `version` (`size` bytes) on the file whose entry is `entry`."""
         paged = self._paged.get(ino)
-        if ((paged is not None and entry.etag != paged.etag) or size != entry.size
+        if ((paged is not None and not paged.local and entry.etag != paged.etag)
+                or size != entry.size
                 or (entry.etag and self._told.get(ino, hash(entry.etag)) != hash(entry.etag))):
             # Another version's pages are in the inode's page cache, or the kernel holds
             # another version's size (told by a lookup racing this open, or the entry
@@ -115,9 +121,15 @@ class PageCache:
             if paged is None:
                 paged = self._paged[ino] = PagedVersion(entry.etag, entry.size, entry.mtime_ns)
             paged.handles += 1
+        self._readers[ino] = self._readers.get(ino, 0) + 1
         keep = self._versions.get(ino) == hash(version)
         _remember(self._versions, ino, version, self._memory)
-        return Opened(keep_cache=keep, paged=bool(entry.etag))
+        return Opened(keep_cache=keep, paged=bool(entry.etag), cached_reader=True)
+
+    def read_cached(self, ino: int) -> bool:
+        """Do read handles of `ino` read through the page cache? Then a write past it (a
+        direct handle's) must drop the kernel's pages and size: they are the readers'."""
+        return ino in self._readers
 
     def forget(self, ino: int) -> None:
         """The kernel let go of `ino` (and its pages: no handle was open): nothing to
@@ -137,6 +149,12 @@ class PageCache:
         ask for): a 64 MiB `cp` closed in 0.8x the time."""
         self._versions.pop(ino, None)
         self._writers[ino] = self._writers.get(ino, 0) + 1
+        paged = self._paged.get(ino)
+        if paged is not None:
+            # Its readers read what this mount writes from now on (their handles follow
+            # the local file): no older version is kept for them, the kernel is told the
+            # true size (an O_APPEND writer's offset), and their pages are dropped.
+            paged.local = True
         return Opened(writer=True, direct_io=direct)
 
     def release(self, ino: int, opened: Opened) -> None:
@@ -146,9 +164,15 @@ class PageCache:
                 paged.handles -= 1
                 if paged.handles <= 0:
                     del self._paged[ino]
+        if opened.cached_reader:
+            _count_down(self._readers, ino)
         if opened.writer:
-            left = self._writers.get(ino, 0) - 1
-            if left > 0:
-                self._writers[ino] = left
-            else:
-                self._writers.pop(ino, None)
+            _count_down(self._writers, ino)
+
+
+def _count_down(counts: dict[int, int], ino: int) -> None:
+    left = counts.get(ino, 0) - 1
+    if left > 0:
+        counts[ino] = left
+    else:
+        counts.pop(ino, None)

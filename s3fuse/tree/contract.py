@@ -55,7 +55,8 @@ class FileHandle(Protocol):
 class WriteHandle(FileHandle, Protocol):
     """A handle opened for writing (create, or open with O_WRONLY/O_RDWR/O_TRUNC)."""
 
-    async def write(self, offset: int, data: bytes) -> int: ...
+    async def write(self, offset: int, data: bytes, append: bool = False) -> int:
+        """Write at `offset`, or with `append` at the end of the newest bytes (O_APPEND)."""
 
     async def truncate(self, size: int) -> None: ...
 

@@ -284,12 +284,18 @@ class LocalFile:
             raise IllegalTransition(f"{self!r}: released more often than adopted")
         self._users -= 1
 
-    async def write(self, offset: int, data: bytes) -> int:
+    async def write(self, offset: int, data: bytes, append: bool = False) -> int:
+        """Write `data` at `offset`, or with `append` at the end of the file as it is when
+        the write runs (O_APPEND: the kernel's offset is its idea of the size, which may
+        be older than ours; libfuse leaves O_APPEND to the file system without the
+        writeback cache)."""
         if self.lock.locked():
             await self.lock.acquire()
         else:  # taken at once, without `acquire`'s two trips through trio's scheduler:
             self.lock.acquire_nowait()  # they were a third of a 10 KiB writer's time
         try:
+            if append:
+                offset = self._size
             if self._tail_takes(offset, len(data)):
                 self._append(data)  # no await: nothing else runs meanwhile
                 written = len(data)

@@ -30,7 +30,7 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Awaitable, Callable, Iterator
+from typing import Awaitable, Callable, Iterator, Protocol
 
 import trio
 
@@ -68,6 +68,15 @@ class UploadedBytes:
                 self.put(job.bucket, job.key, result.etag, index, fh.read(self.block_size))
 
 
+class Follower(Protocol):
+    """A read handle of a key that switches to the key's newest version once it is marked
+    stale (tree/bucket/localsource.py, FollowingReader)."""
+
+    bucket: str
+    key: str
+    stale: bool
+
+
 class StagedFile:
     """A read-only view of a key's pending local bytes (a staging file the queue holds)."""
 
@@ -95,6 +104,7 @@ class WriteBack:
         self._new_bytes: dict[tuple[str, str], int] = {}  # ... of them with bytes of their own
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
         self._making_spares = False
+        self._followers: dict[tuple[str, str], set[Follower]] = {}  # read handles by key
         queue.on_uploaded = self._uploaded
 
     # ------------------------------------------------------------ lifecycle
@@ -167,6 +177,7 @@ class WriteBack:
         `size` bytes from `read` (the object in S3, through the block cache). `posix`: the
         metadata of the version opened or created (pending metadata of the key wins), which
         its upload stores with the time of the last write."""
+        self._stale_followers(bucket, key)
         local = self._open.get((bucket, key))
         if local is None:
             local = await self._new_local(bucket, key, truncate, expected, size, read, posix)
@@ -429,6 +440,7 @@ class WriteBack:
                     moved = True
         if not moved and not await self._move_pending(bucket, old, new, target):
             return False
+        self.move_followers(bucket, old, new)
         await self.queue.delete(bucket, old, removal)
         self.overlay.delete(bucket, old)
         return True
@@ -485,8 +497,38 @@ class WriteBack:
             await self._flush(local)
         return removal
 
+    # ------------------------------------------------------------ read handles
+
+    def follow(self, follower: Follower) -> None:
+        """`follower` (a read handle of its key) is marked stale when the key is opened for
+        writing here, until `unfollow` or the key's file goes (unlinked, replaced)."""
+        self._followers.setdefault((follower.bucket, follower.key), set()).add(follower)
+
+    def unfollow(self, follower: Follower) -> None:
+        where = (follower.bucket, follower.key)
+        followers = self._followers.get(where)
+        if followers is not None:
+            followers.discard(follower)
+            if not followers:
+                del self._followers[where]
+
+    def _stale_followers(self, bucket: str, key: str) -> None:
+        for follower in self._followers.get((bucket, key), ()):
+            follower.stale = True
+
+    def move_followers(self, bucket: str, old: str, new: str) -> None:
+        """The file at `old` is `new` now: its read handles follow it there."""
+        moved = self._followers.pop((bucket, old), set())
+        for follower in moved:
+            follower.key = new
+        if moved:
+            self._followers.setdefault((bucket, new), set()).update(moved)
+
     def _replace(self, bucket: str, key: str) -> None:
-        """A file open under `key` loses its name (it lives on for its handles)."""
+        """A file open under `key` loses its name (it lives on for its handles), and read
+        handles of it stop following the key (a new file there is another file)."""
+        for follower in self._followers.pop((bucket, key), ()):
+            follower.stale = False  # keeps what it reads: the key names another file now
         replaced = self._open.pop((bucket, key), None)
         if replaced is not None:
             replaced.unlink()

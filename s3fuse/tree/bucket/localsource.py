@@ -7,10 +7,12 @@ so reads see unflushed writes and the staging file lives as long as its handles.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
+from ...errors import NotFound
 from ...upload.localfile import LocalFile
 from ...upload.writeback import StagedFile, WriteBack
+from ..contract import FileHandle
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,8 @@ class LocalWriter(LocalReader):
     def __init__(self, target: LocalFile, writes: WriteBack):
         super().__init__(target, writes)
 
-    async def write(self, offset: int, data: bytes) -> int:
-        return await self.target.write(offset, data)
+    async def write(self, offset: int, data: bytes, append: bool = False) -> int:
+        return await self.target.write(offset, data, append)
 
     async def truncate(self, size: int) -> None:
         await self.target.truncate(size)
@@ -71,3 +73,78 @@ class LocalWriter(LocalReader):
 
     async def close(self) -> None:
         await self.writes.release(self.target, writer=True)
+
+
+class FollowingReader:
+    """A read handle that follows this mount's own changes of its file, as a local file
+    system's does: `tail -f` of a log that `>>` appends to, a viewer of a file an editor
+    saves. It reads one version (S3's, or a pending upload's snapshot); once a handle of
+    this mount opens the key for writing, the write-back layer marks it `stale`
+    (writeback.py, `follow`), and its next read opens the newest version (the writer's
+    shared local file, a pending upload, or the object it became) and reads that.
+
+    A handle on the shared local file itself needs none of this: writes go into it. A
+    change made elsewhere (another machine) is not followed: such a handle keeps its
+    version, and a read of bytes S3 no longer has fails with ESTALE, as documented."""
+
+    def __init__(self, source: FileHandle, writes: WriteBack, bucket: str, key: str,
+                 reopen: Callable[[str], Awaitable[FileHandle]]):
+        self.source = source
+        self.writes = writes
+        self.bucket = bucket
+        self.key = key
+        self.stale = False
+        self._reopen = reopen
+        self._reading = 0  # reads in flight (the kernel sends several at once)
+        self._retired: list[FileHandle] = []  # sources left, closed once no read is on them
+        writes.follow(self)
+
+    @property
+    def size(self) -> int:
+        return self.source.size
+
+    @property
+    def version(self) -> str:
+        return self.source.version
+
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
+        if self.stale:
+            await self._switch()
+        self._reading += 1
+        try:
+            return await self.source.read(offset, size)
+        finally:
+            self._reading -= 1
+            if not self._reading and self._retired:
+                await self._close_retired()
+
+    async def _switch(self) -> None:
+        """Read the newest version from now on (the key's, as renames carried it)."""
+        self.stale = False
+        try:
+            newer = await self._reopen(self.key)
+        except NotFound:  # gone meanwhile (removed, renamed away): read what it read
+            self.writes.unfollow(self)
+            return
+        self._retired.append(self.source)
+        self.source = newer
+        if not self._reading:
+            await self._close_retired()
+        if isinstance(newer, LocalReader) and isinstance(newer.target, LocalFile):
+            self.writes.unfollow(self)  # the shared file: later writes land in it
+
+    async def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for source in retired:
+            await source.close()
+
+    async def pin(self, keep: bool, progress: Callable[[int], None]) -> None:
+        await self.source.pin(keep, progress)
+
+    async def fsync(self) -> None:
+        await self.source.fsync()
+
+    async def close(self) -> None:
+        self.writes.unfollow(self)
+        self._retired.append(self.source)
+        await self._close_retired()

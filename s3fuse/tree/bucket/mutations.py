@@ -352,6 +352,7 @@ class Mutations:
         self._listings.remember(parent, Entry(
             name, False, entry.size, shown or time.time_ns(), etag or entry.etag,
             time.time() if etag and posix is not None else 0.0, posix))
+        writes.move_followers(bucket, old_key, new_key)  # read handles go with the file
         await writes.remove(bucket, old_key, seen(entry))  # only the version copied
         return True
 

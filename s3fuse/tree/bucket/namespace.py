@@ -25,6 +25,7 @@ from ...model import Entry, ObjectRef
 from ...names import join, split
 from ...posix import NO_HEADERS, Posix, storable_xattr_name
 from ...store.protocol import Store
+from ...upload.localfile import LocalFile
 from ...upload.uploader import UploadResult
 from ...upload.writeback import WriteBack
 from ...util.supervisor import Supervisor
@@ -33,7 +34,7 @@ from ..sources import ObjectSource
 from .dirtimes import DirTimes
 from .keys import BucketKeys
 from .listing import Listings
-from .localsource import LocalReader
+from .localsource import FollowingReader, LocalReader
 from .mutations import Mutations
 from .paged import PagedDir
 from .posixheads import PosixHeads
@@ -163,6 +164,22 @@ class BucketTree(Namespace):
         return await self._listings.revalidate(parent, entry)
 
     async def open(self, path: str) -> FileHandle:
+        source = await self._source(path)
+        if self._writes is None or (isinstance(source, LocalReader)
+                                    and isinstance(source.target, LocalFile)):
+            return source  # nothing to follow: read-only, or the shared local file itself
+        return FollowingReader(source, self._writes, self.keys.bucket, self.keys.key(path),
+                               self._reopen)
+
+    async def _reopen(self, key: str) -> FileHandle:
+        """The newest version of the file at `key` (a FollowingReader's switch)."""
+        place = self.keys.place(key)
+        if place is None:
+            raise NotFound(key)
+        return await self._source(join(*place))
+
+    async def _source(self, path: str) -> FileHandle:
+        """A handle on the newest version of the file at `path`."""
         entry = await self.stat(path)
         if entry.is_dir:
             raise IsADirectory(path)
