@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import stat
 import subprocess
 import sys
@@ -345,12 +346,48 @@ def tail_f_follows(place: Place, scratch: Path) -> None:
         tail.wait()
 
 
+def save_as_vim_does(path: Path, data: bytes) -> None:
+    """vim's write of an existing file (`backupcopy=auto` keeping its mode, strace of vim
+    9.0): open without O_TRUNC, ftruncate, write, fsync, fchmod, close."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.fchmod(fd, 0o100640)
+    finally:
+        os.close(fd)
+
+
+def editor_saves_again_and_again(place: Place, scratch: Path) -> None:
+    """A file saved by an editor several times reads back as its last save every time, and
+    can be opened for writing again. The fsync uploaded each version before the fchmod: the
+    reads after the close showed the version before, then the next save's open failed EIO."""
+    path = place.path() / "notes.txt"
+    path.write_bytes(b"v0\n")
+    data = b"v0\n"
+    for i in range(1, 4):
+        data += b"edit %d\n" % i
+        save_as_vim_does(path, data)
+        assert path.read_bytes() == data
+        assert path.stat().st_size == len(data) and stat.S_IMODE(path.stat().st_mode) == 0o640
+    if shutil.which("vim"):  # the editor itself, where the machine has it
+        for word in ("first", "second"):
+            run("vim", "-u", "NONE", "-i", "NONE", "-es", "-c", f"normal Go{word}", "-c", "wq",
+                path)
+            data += word.encode() + b"\n"
+            assert path.read_bytes() == data
+    place.settle()
+    assert path.read_bytes() == data
+
+
 SCENARIOS: dict[str, Callable[[Place, Path], None]] = {
     "ls-a": ls_a_lists_dot_entries, "rename-over": rename_over_and_back,
     "rsync": rsync_twice, "cp-a": cp_a, "tar-x": tar_x, "chmod-x": chmod_x_then_run,
     "gcc": gcc_binary_runs, "venv": venv_python_runs, "git": git_init_commit_fsck_clone,
     "touch-d": touch_d_survives, "setfattr": setfattr_survives,
     "appends-read": appends_reach_an_open_reader, "tail-f": tail_f_follows,
+    "editor-save": editor_saves_again_and_again,
 }
 
 

@@ -147,18 +147,33 @@ class WriteBack:
     def _uploaded(self, bucket: str, key: str, result: UploadResult) -> None:
         for listener in self._listeners.get(bucket, ()):
             listener(key, result if result.etag else None)  # no ETag: a removal
-        if (bucket, key) in self._open:
+        local = self._open.get((bucket, key))
+        if local is not None:
+            if (local.state is State.QUEUED and not result.kept_remote
+                    and self._landed_whole(bucket, key, result)
+                    and local.change is self.overlay.get(bucket, key)):
+                # Open, and unchanged since this version was submitted (an fsync, then an
+                # fchmod before the close, as vim saves): S3 has its bytes under this ETag,
+                # so a metadata change made now is a copy of that version, and reads after
+                # the close go to it (an empty ETag there read whatever version the block
+                # cache held under no ETag: the one before).
+                local.change.etag = result.etag
             return
         if (bucket, key) in self._new_bytes:
             return  # newer bytes are shown and being journalled: this landing is older
         if not self.queue.pending(bucket, key) and (bucket, key) not in self._unjournalled:
             self.overlay.clear(bucket, key)
-        elif (result.etag and result.conflict_key is None
-              and self.queue.pending_version(bucket, key) is None):
+        elif self._landed_whole(bucket, key, result):
             # only metadata changes are left: the bytes shown are S3's version now
             change = self.overlay.get(bucket, key)
             if change is not None and not change.deleted and not change.is_dir:
                 change.etag = result.etag
+
+    def _landed_whole(self, bucket: str, key: str, result: UploadResult) -> bool:
+        """Did a version land as `result.etag` with no bytes of the key left in the queue
+        (and not as a conflict copy)?"""
+        return bool(result.etag and result.conflict_key is None
+                    and self.queue.pending_version(bucket, key) is None)
 
     # ------------------------------------------------------------ files
 

@@ -129,11 +129,24 @@ class Mutations:
             local = await writes.open(bucket, key, truncate=truncate, expected=UNKNOWN,
                                       posix=entry.posix)
         else:
+            entry = await self.s3_version(key, entry)
             source = ObjectSource(self._reader, self._keys.ref(path, entry))
             local = await writes.open(bucket, key, truncate=truncate,
                                       expected=seen(entry), size=entry.size,
                                       read=source.read, posix=entry.posix)
         return LocalWriter(local, writes)
+
+    async def s3_version(self, key: str, entry: Entry) -> Entry:
+        """`entry` of a file whose bytes S3 has, with the ETag and size of the version there
+        (HEAD) when it shows none: the local version was uploaded while we looked, or a
+        metadata change shows no version. Block-cache reads are keyed by the ETag: bytes
+        read under none would be served again for whatever version came next."""
+        if entry.etag:
+            return entry
+        info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, key,
+                                             limiter=self._limiter)
+        return Entry(entry.name, False, info.size, info.mtime_ns, info.etag,
+                     entry.checked_at, entry.posix)
 
     async def setattr(self, path: str, changes: AttrChanges, handle: WriteHandle | None) -> None:
         """The size (a new version), then the complete new metadata, if any."""
@@ -328,10 +341,7 @@ class Mutations:
         if (writes.has_local(bucket, old_key)
                 and await writes.move_local(bucket, old_key, new_key, target)):
             return False
-        if not entry.etag:  # the local version was uploaded meanwhile: copy what S3 has
-            info = await trio.to_thread.run_sync(self._store.head, bucket, old_key,
-                                                 limiter=self._limiter)
-            entry = Entry(entry.name, False, info.size, info.mtime_ns, info.etag)
+        entry = await self.s3_version(old_key, entry)  # uploaded meanwhile: copy what S3 has
         if isinstance(target, str):
             await self._check_target(bucket, new_key, target)
         await writes.forget(bucket, new_key)  # an overwritten local version must not land later

@@ -188,7 +188,8 @@ class BucketTree(Namespace):
             if local is not None:
                 return LocalReader(local, self._writes)
             if not entry.etag:  # the local version was uploaded while we looked: S3's now
-                entry = await self.stat(path)
+                entry = await self._mutations.s3_version(self.keys.key(path),
+                                                         await self.stat(path))
         if self._siblings is not None:
             parent, name = split(path)
             self._heads.reading(parent)
