@@ -184,3 +184,46 @@ def test_an_append_lands_at_the_end_while_the_kernel_holds_an_older_size(s3, buc
     assert path.read_bytes() == v2 + b"local\n"
     assert sync(m.mountpoint).returncode == 0
     assert body(s3, bucket, "grows.log") == v2 + b"local\n"
+
+
+def test_a_reader_opened_while_an_append_opens_reads_every_line(s3, bucket, mount_factory):
+    """A reader opened in the same instant as an appender (`tail -f` started beside a
+    running logger) reads every appended byte. Its open used to pick the pending version
+    while the appender's open was still copying it, after the appender had marked the
+    reader handles to follow: it read that old version while the kernel's size grew, and
+    the kernel filled the rest of the page with zeros (32 of 150 tries)."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    failures = []
+    for attempt in range(60):
+        path = root / f"race{attempt % 5}.log"
+        path.write_bytes(b"start\n")
+        want, got = b"start\n", []
+        opened, done = threading.Event(), threading.Event()
+
+        def read_along() -> None:
+            with open(path, "rb", buffering=0) as reader:
+                opened.set()
+                while not done.is_set():
+                    chunk = reader.read(65536)
+                    if chunk:
+                        got.append(chunk)
+                    else:
+                        time.sleep(0.002)
+                time.sleep(0.05)
+                while chunk := reader.read(65536):
+                    got.append(chunk)
+
+        reading = threading.Thread(target=read_along)
+        reading.start()
+        for i in range(3):
+            line = b"line %d %s\n" % (i, b"y" * (1000 * i + 100))
+            with open(path, "ab", buffering=0) as appender:
+                appender.write(line)
+            want += line
+        done.set()
+        reading.join(30)
+        if b"".join(got) != want:
+            failures.append(attempt)
+    assert not failures, f"{len(failures)} of 60 readers missed or garbled bytes"
+    assert sync(m.mountpoint).returncode == 0

@@ -687,3 +687,39 @@ async def test_held_bytes_that_cannot_be_written_fail_the_close(rig: Rig):
     assert rig.queue.submits == [] and local.state is State.CLEAN
     await rig.writes.release(local)  # nothing owed any more, nothing to submit
     assert rig.queue.submits == [] and rig.files() == set()
+
+
+async def test_a_read_in_flight_survives_the_copy_on_write_of_a_write_meanwhile(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    """A read's pread runs in a thread; a write meanwhile copies the queued file and closes
+    its descriptor. The read has a descriptor of its own: it used to fail EBADF (or read
+    whatever file got the number), seen as `tail -f` read a log `>>` kept appending to."""
+    local = await new_file(rig)
+    await local.write(0, b"x" * 200_000)  # past the tail: on disk
+    await rig.writes.flush(local)
+    assert local.state is State.QUEUED
+    reading, resume = trio.Event(), trio.Event()
+    real_io = LocalFile._io
+
+    async def slow_pread(self: LocalFile, fn: Callable[..., Any], *args: Any) -> Any:
+        if fn is os.pread:
+            reading.set()
+            await resume.wait()  # the descriptor is chosen; the pread has not run yet
+        return await real_io(self, fn, *args)
+
+    monkeypatch.setattr(LocalFile, "_io", slow_pread)
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _append(got, local.read(0, 10)))
+        await reading.wait()
+        await local.write(200_000, b"more")  # copy-on-write: the old descriptor is closed
+        assert local.state is State.DIRTY
+        fresh = os.open(os.devnull, os.O_RDONLY)  # may take the closed descriptor's number
+        resume.set()
+    os.close(fresh)
+    assert got == [b"x" * 10]
+    await rig.writes.release(local)
+
+
+async def _append(into: list[bytes], read: Awaitable[bytes]) -> None:
+    into.append(await read)

@@ -503,10 +503,16 @@ class LocalFile:
         if tail and offset + size > at:  # partly in the tail: written out first
             async with self.lock:
                 await self._io(self._write_tail)
-        fd = self._fd
-        if fd is None:  # nothing written yet
+        if self._fd is None:  # nothing written yet
             return b""
-        return await self._io(os.pread, fd, size, offset)
+        # A descriptor of its own: a write meanwhile may copy the file (`_own_copy`) and
+        # close this one while the pread runs in its thread, and a number closed under a
+        # pread can be another file's by then (EBADF, ESPIPE, or its bytes).
+        fd = os.dup(self._fd)
+        try:
+            return await self._io(os.pread, fd, size, offset)
+        finally:
+            os.close(fd)
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)

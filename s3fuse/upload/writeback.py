@@ -192,11 +192,12 @@ class WriteBack:
         `size` bytes from `read` (the object in S3, through the block cache). `posix`: the
         metadata of the version opened or created (pending metadata of the key wins), which
         its upload stores with the time of the last write."""
-        self._stale_followers(bucket, key)
         local = self._open.get((bucket, key))
         if local is None:
             local = await self._new_local(bucket, key, truncate, expected, size, read, posix)
             local.adopt()
+            # read handles opened meanwhile (on the pending version) are followers too
+            self._stale_followers(bucket, key)
             return local
         if local.change.posix is None and posix is not None:
             local.change.posix = posix
@@ -209,6 +210,7 @@ class WriteBack:
                 if local.users == 0:
                     await self._close(local)
                 raise
+        self._stale_followers(bucket, key)
         return local
 
     async def _new_local(self, bucket: str, key: str, truncate: bool, expected: Expected,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Awaitable, Callable
 
+import trio
+
 from ...errors import NotFound
 from ...upload.localfile import LocalFile
 from ...upload.writeback import StagedFile, WriteBack
@@ -96,6 +98,7 @@ class FollowingReader:
         self.stale = False
         self._reopen = reopen
         self._reading = 0  # reads in flight (the kernel sends several at once)
+        self._switching = trio.Lock()  # one switch at a time, so the newest stays current
         self._retired: list[FileHandle] = []  # sources left, closed once no read is on them
         writes.follow(self)
 
@@ -109,7 +112,9 @@ class FollowingReader:
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         if self.stale:
-            await self._switch()
+            async with self._switching:
+                if self.stale:
+                    await self._switch()
         self._reading += 1
         try:
             return await self.source.read(offset, size)
