@@ -228,7 +228,8 @@ def test_the_kernel_checks_owners_and_modes_for_other_users(s3, bucket, backend,
         assert res.returncode != 0 and "not permitted" in res.stderr
         os.chown(theirs, 0, 0)                                          # root may
         assert os.stat(theirs).st_uid == 0
-        assert m.wait_idle()["idle"]
+        state = m.wait_idle()
+        assert state["idle"], state
     finally:
         stop(m)
 

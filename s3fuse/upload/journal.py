@@ -324,19 +324,20 @@ class Journal:
 
     def enqueue(self, bucket: str, key: str, staging_id: str, size: int,
                 expected: Expected, op: str = "put", crc32: int | None = None,
-                meta: Posix | None = None) -> int:
+                meta: Posix | None = None, not_before: float = 0.0) -> int:
         """Journal a closed file, or with op="delete" (staging_id "", size 0) the removal
         of a key; returns the job id. Without `crc32` the staging file must already be
         fsynced, and the row is durable at once; with it (the CRC-32 of the staged bytes,
         not fsynced yet) the row waits for `mark_synced`, like a delete. A delete's
         `expected` is the ETag the user saw (see the top). `meta`: the POSIX metadata the
-        upload stores with the bytes."""
+        upload stores with the bytes. `not_before`: when it may start (a rewrite waits,
+        rewrites.py; `make_due` ends the wait)."""
         durable = op == "put" and crc32 is None
         with self._tx(durable) as db:
             older = db.execute("SELECT id, state, cond, etag, sent FROM jobs WHERE bucket = ? "
                                "AND key = ? ORDER BY id", (bucket, key)).fetchall()
             job_id = self._insert(db, bucket, key, op, staging_id, size, expected, older,
-                                  crc32=crc32, meta=meta)
+                                  crc32=crc32, meta=meta, not_before=not_before)
             for row in older:  # a row ever sent stays: it may be in S3 (see the top)
                 if row["state"] == "failed" or (row["state"] == "queued" and not row["sent"]):
                     self._supersede(db, row["id"], job_id)
@@ -345,14 +346,24 @@ class Journal:
     @staticmethod
     def _insert(db: sqlite3.Connection, bucket: str, key: str, op: str, staging_id: str,
                 size: int, expected: Expected, older: list[sqlite3.Row], *,
-                crc32: int | None = None, meta: Posix | None = None) -> int:
+                crc32: int | None = None, meta: Posix | None = None,
+                not_before: float = 0.0) -> int:
         """A new row; after older rows of the key it inherits the last one's condition."""
         cond, etag = (older[-1]["cond"], older[-1]["etag"]) if older else _encode(expected)
         return int(db.execute(
             "INSERT INTO jobs (bucket, key, op, staging_id, size, cond, etag, created, synced, "
-            "crc32, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "crc32, meta, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (bucket, key, op, staging_id, size, cond, etag, time.time(), int(crc32 is None),
-             crc32, to_json(meta))).lastrowid or 0)
+             crc32, to_json(meta), not_before)).lastrowid or 0)
+
+    def make_due(self, job_id: int | None = None) -> int:
+        """End the wait of rewrites (rewrites.py): job `job_id`'s, or every one. A retry's
+        backoff (a row attempted before) stays. Returns how many rows it changed."""
+        where = "" if job_id is None else " AND id = ?"
+        with self._tx() as db:
+            return db.execute("UPDATE jobs SET next_attempt = 0 WHERE state = 'queued' AND "
+                              f"sent = 0 AND attempts = 0 AND next_attempt > 0{where}",
+                              () if job_id is None else (job_id,)).rowcount
 
     def enqueue_meta(self, bucket: str, key: str, meta: Posix, size: int,
                      expected: Expected) -> int:

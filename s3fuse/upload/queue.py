@@ -80,6 +80,7 @@ from ..util.supervisor import UPLOAD_CLEANUP, UPLOAD_QUEUE, UPLOAD_SYNC, UPLOAD_
 from .burst import BurstGate
 from .groupcommit import GroupCommit
 from .journal import UNKNOWN, Expected, Job, Journal, is_light
+from .rewrites import Rewrites
 from .staging import Staging
 from .uploader import Interrupted, Uploader, UploadResult
 
@@ -151,6 +152,7 @@ class UploadQueue:
         self._stopping = False
         self._running = False
         self._processing = 0              # jobs a worker has claimed and not yet recorded
+        self._rewrites = Rewrites()       # when a key closed again may upload (rewrites.py)
 
     # ------------------------------------------------------------ API
 
@@ -172,7 +174,9 @@ class UploadQueue:
         size and CRC-32 (None: unknown), so the file is not read back. `quick`: settling
         is microseconds of work (a small file's bytes, CRC known): then both run here,
         on the loop, when no thread is writing the journal (see `_journal`)."""
-        args = (bucket, key, staging_id, expected, meta, settle)
+        # a rewrite of a key closed moments ago waits for it to pause (rewrites.py)
+        not_before = 0.0 if self._urgent else self._rewrites.due(bucket, key, time.time())
+        args = (bucket, key, staging_id, expected, meta, settle, not_before)
         job_id = await (self._journal if quick else self._io)(self._enqueue, *args)
         self._bursts.closed_one()
         self._latest[(bucket, key)] = (job_id, staging_id)
@@ -235,7 +239,14 @@ class UploadQueue:
         """For fsync: True once the job (or a newer version of its key) is uploaded; False at
         once while S3 is offline (the bytes stay journalled); UploadFailed if it failed."""
         with self._urgently():
+            await self._due_now(job_id)
             return await self._wait(job_id)
+
+    async def _due_now(self, job_id: int | None = None) -> None:
+        """A rewrite waiting for its key to pause (rewrites.py) may start now: `job_id`, or
+        every one."""
+        if await self._io(self.journal.make_due, job_id):
+            self._notify()
 
     async def _wait(self, job_id: int) -> bool:
         while True:
@@ -254,6 +265,7 @@ class UploadQueue:
         """Wait until every pending upload is done or failed permanently (at most `timeout`
         seconds); returns the status (`files` > 0 when time ran out)."""
         with self._urgently(), trio.move_on_after(math.inf if timeout is None else timeout):
+            await self._due_now()
             while True:
                 changed = self._changed
                 if self._cleaned.is_set() and (await self._io(self.journal.summary))["files"] == 0:
@@ -372,18 +384,20 @@ class UploadQueue:
             self.staging.discard(staging_id)
 
     def _enqueue(self, bucket: str, key: str, staging_id: str, expected: Expected,
-                 meta: Posix | None, settle: Callable[[], tuple[int, int | None]] | None) -> int:
+                 meta: Posix | None, settle: Callable[[], tuple[int, int | None]] | None,
+                 not_before: float = 0.0) -> int:
         size, crc = settle() if settle is not None else (self.staging.size(staging_id), None)
         if size > FSYNC_AT_CLOSE:
             self.staging.commit(staging_id)  # durable before its durable journal row
             crash_point("staged")
-            job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, meta=meta)
+            job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, meta=meta,
+                                          not_before=not_before)
         else:
             if crc is None:
                 crc = self.staging.crc32(staging_id)
             crash_point("staged")
             job_id = self.journal.enqueue(bucket, key, staging_id, size, expected, crc32=crc,
-                                          meta=meta)
+                                          meta=meta, not_before=not_before)
             self.commits.journalled(job_id, staging_id)
         crash_point("journalled")
         return job_id
@@ -485,6 +499,8 @@ class UploadQueue:
                 light_max = LIGHT_PUT_BYTES if light else None
                 try:
                     job = await self._io(self.journal.claim, time.time(), light_max, copies)
+                    if job is not None:
+                        self._rewrites.started(job.bucket, job.key)
                 except (S3FuseError, OSError, sqlite3.Error) as exc:  # CacheFull: wait, never end
                     if not warned:  # the worker (and with it the daemon)
                         log.warning("cannot start uploads: the journal is not writable (%s)", exc)
