@@ -55,32 +55,48 @@ def puts(store: MemoryStore) -> int:
     return store.request_counts().get("PutObject", 0)
 
 
+LOG = b"x" * rewrites.MIN_BYTES  # a log big enough that sending it again costs
+
+
 async def test_the_queue_holds_a_rewrite_until_its_key_pauses(tmp_path: Path, store: MemoryStore,
                                                               monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(rewrites, "QUIET", 0.5)
     async with upload_queue(tmp_path, store) as queue:
-        await write(queue, B, "app.log", b"1\n")
+        await write(queue, B, "app.log", LOG + b"1\n")
         await queue.sync(timeout=10)
         assert puts(store) == 1
         for body in (b"1\n2\n", b"1\n2\n3\n"):
-            await write(queue, B, "app.log", body)
+            await write(queue, B, "app.log", LOG + body)
             await trio.sleep(0.2)
         assert puts(store) == 1                                # held: closed moments ago
         await trio.sleep(0.8)                                  # the key paused
-        assert puts(store) == 2 and store.objects(B) == {"app.log": b"1\n2\n3\n"}
+        assert puts(store) == 2 and store.objects(B) == {"app.log": LOG + b"1\n2\n3\n"}
+
+
+async def test_small_files_are_never_held(tmp_path: Path, store: MemoryStore,
+                                          monkeypatch: pytest.MonkeyPatch):
+    """An editor's saves, git's index, a directory's marker: cheap to send again."""
+    monkeypatch.setattr(rewrites, "QUIET", 60.0)
+    async with upload_queue(tmp_path, store) as queue:
+        for body in (b"v1", b"v2", b"x" * rewrites.MIN_BYTES):
+            await write(queue, B, "notes.txt", body)
+            with trio.fail_after(5):
+                while store.objects(B).get("notes.txt") != body:
+                    await trio.sleep(0.01)
 
 
 async def test_fsync_and_sync_never_wait_for_a_pause(tmp_path: Path, store: MemoryStore,
                                                      monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(rewrites, "QUIET", 60.0)
     async with upload_queue(tmp_path, store) as queue:
-        await write(queue, B, "a.txt", b"v1")
-        await write(queue, B, "b.txt", b"v1")
+        await write(queue, B, "a.txt", LOG + b"v1")
+        await write(queue, B, "b.txt", LOG + b"v1")
         await queue.sync(timeout=10)
-        job = await write(queue, B, "a.txt", b"v2")             # held for a minute ...
+        job = await write(queue, B, "a.txt", LOG + b"v2")       # held for a minute ...
         with trio.fail_after(5):
             assert await queue.wait(job)                        # ... but not for fsync
-        await write(queue, B, "b.txt", b"v2")
+        await write(queue, B, "b.txt", LOG + b"v2")
         with trio.fail_after(5):
             status = await queue.sync()                         # nor for sync
-    assert status["files"] == 0 and store.objects(B) == {"a.txt": b"v2", "b.txt": b"v2"}
+    assert status["files"] == 0
+    assert store.objects(B) == {"a.txt": LOG + b"v2", "b.txt": LOG + b"v2"}

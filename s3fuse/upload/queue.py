@@ -80,6 +80,7 @@ from ..util.supervisor import UPLOAD_CLEANUP, UPLOAD_QUEUE, UPLOAD_SYNC, UPLOAD_
 from .burst import BurstGate
 from .groupcommit import GroupCommit
 from .journal import UNKNOWN, Expected, Job, Journal, is_light
+from . import rewrites
 from .rewrites import Rewrites
 from .staging import Staging
 from .uploader import Interrupted, Uploader, UploadResult
@@ -387,6 +388,8 @@ class UploadQueue:
                  meta: Posix | None, settle: Callable[[], tuple[int, int | None]] | None,
                  not_before: float = 0.0) -> int:
         size, crc = settle() if settle is not None else (self.staging.size(staging_id), None)
+        if size <= rewrites.MIN_BYTES:
+            not_before = 0.0  # a small file is cheap to send again (rewrites.py)
         if size > FSYNC_AT_CLOSE:
             self.staging.commit(staging_id)  # durable before its durable journal row
             crash_point("staged")

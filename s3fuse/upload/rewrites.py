@@ -9,7 +9,9 @@ new version of a key whose previous version was closed less than WINDOW ago wait
 the key has been left alone for QUIET, and at most MAX after the first such version: its
 upload is that much later, one upload in MAX instead of one per close. A lone close, and
 the first close after a pause of WINDOW, upload at once, as before (`cp`, `tar -x` and
-`rsync` close every file once). `fsync`, `s3fuse sync` and unmounting never wait (the
+`rsync` close every file once), and so does every version of MIN_BYTES or less: resending
+a small file costs little, and an editor's saves, git's index and a directory's marker
+(re-stored when `tar` sets its times) land as soon as they did. `fsync`, `s3fuse sync` and unmounting never wait (the
 queue makes such versions due). The version is journalled at its close as always: the
 wait costs no durability, only S3 seeing it later (as rclone's `--vfs-write-back`).
 """
@@ -20,6 +22,7 @@ from collections import OrderedDict
 WINDOW = 5.0   # a close this soon after the key's previous one is a rewrite ...
 QUIET = 2.0    # ... whose upload waits until the key has been left alone this long,
 MAX = 30.0     # ... and at most this long after the first version that waited.
+MIN_BYTES = 1 << 20  # smaller versions never wait
 #: Keys remembered (~200 B each); the oldest go first. One forgotten uploads at once.
 CAPACITY = 4096
 
