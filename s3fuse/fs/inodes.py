@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 from ..tree.contract import STATIC_SHIFT, STATIC_START, static_base
 from ..util.shrink import RemovalCounter
@@ -51,6 +51,9 @@ class Node:
     lookups: int = 0
     detached: bool = False  # its name was removed or replaced: only open handles reach it
     invalidated: bool = False  # the kernel was asked to drop its entry (fs/inodecap.py)
+    #: The entry of an open file when its name went (unlink, rename over it): what fstat
+    #: and fchmod of its handles see and change then (fs/ops.py `_keep_open`)
+    kept: Any = None
 
     @property
     def is_root(self) -> bool:

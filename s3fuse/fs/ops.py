@@ -8,6 +8,7 @@ boundary (fs/boundary.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -185,12 +186,25 @@ class S3Operations(pyfuse3.Operations):
         return entry
 
     def _open_entry(self, node: Node) -> Entry | None:
-        """The entry of a file known only through an open handle (its name is gone)."""
+        """The entry of a file known only through an open handle (its name is gone): as it
+        was when the name went (`_keep_open`), at the handle's size."""
         found = self.handles.open_on(node.ino)
         if found is None:
             return None
+        if isinstance(node.kept, Entry):
+            return dataclasses.replace(node.kept, size=found.handle.size, etag="")
         name = str(node.ref).rpartition("/")[2]
         return Entry(name, False, found.handle.size, time.time_ns(), "", time.time())
+
+    async def _keep_open(self, parent: Node, name: str) -> None:
+        """A file about to lose its name (unlink, a rename over it) that a handle has open
+        keeps its entry for that handle: fstat showed the mount's default mode, and fchmod
+        changed whatever file next took the name (or failed ENOENT)."""
+        node = self.inodes.find(parent.ns, join(str(parent.ref), name), False) \
+            if isinstance(parent.ref, str) else None
+        if node is not None and self.handles.open_on(node.ino) is not None:
+            with contextlib.suppress(NotFound):
+                node.kept = await self._entry(node)
 
     # ------------------------------------------------------------ encoding
 
@@ -592,12 +606,35 @@ class S3Operations(pyfuse3.Operations):
         node = self._node(inode)
         shown = self._posix(node, await self._entry(node))
         changes = attr_changes(shown, attr, fields)
+        if node.detached:  # through a handle of a file whose name is gone: nothing in S3
+            return await self._set_unnamed(node, changes, fh)
         handle = None
         if changes.size is not None and fh is not None and self.handles.file(fh) is not None:
             handle = self.handles.writer(fh)  # ftruncate: through that handle
+        if changes.size is not None:
+            self.pages.wrote_here(inode)  # open readers follow it (a truncate by path too)
+            if self.pages.read_cached(inode):
+                self.page_dropper.changed(inode)
         await self._ns(node).setattr(node.ref, changes, handle)
         if changes.posix is not None and changes.posix.mode is not None:
             self.setid.mode_set(inode, changes.posix.mode)
+        return self._attrs(node, await self._entry(node))
+
+    async def _set_unnamed(self, node: Node, changes: AttrChanges,
+                           fh: int | None) -> pyfuse3.EntryAttributes:
+        """fchmod, fchown, futimens, ftruncate of an open file whose name is gone: its
+        bytes change through the handle, its metadata in what the handles see (S3 has
+        neither any more, and the name may be another file's now)."""
+        entry = self._open_entry(node)
+        if entry is None:
+            raise NotFound(f"{node.ref}: removed")
+        if changes.size is not None:
+            found = self.handles.file(fh) if fh is not None else None
+            if found is None or found.writer is None:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            await found.writer.truncate(changes.size)
+        if changes.posix is not None:
+            node.kept = dataclasses.replace(entry, posix=changes.posix)
         return self._attrs(node, await self._entry(node))
 
     @fuse_handler("mkdir")
@@ -610,7 +647,9 @@ class S3Operations(pyfuse3.Operations):
     @fuse_handler("unlink")
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         parent = self._dir(parent_inode)
-        ref = await self._ns(parent).unlink(parent.ref, existing_name(name))
+        text = existing_name(name)
+        await self._keep_open(parent, text)
+        ref = await self._ns(parent).unlink(parent.ref, text)
         self.inodes.detach(parent.ns, ref, False)
 
     @fuse_handler("rmdir")
@@ -624,6 +663,8 @@ class S3Operations(pyfuse3.Operations):
                      name_new: bytes, flags: int, ctx: Any) -> None:
         old_parent, new_parent = self._dir(parent_inode_old), self._dir(parent_inode_new)
         same = new_parent.ns == old_parent.ns
+        if same and not flags & RENAME_EXCHANGE:
+            await self._keep_open(new_parent, new_name(name_new))  # a file it replaces
         old, new = await self._ns(old_parent).rename(
             old_parent.ref, existing_name(name_old), new_parent.ref if same else None,
             new_name(name_new), noreplace=bool(flags & RENAME_NOREPLACE),

@@ -120,6 +120,8 @@ class PageCache:
         if entry.etag:
             if paged is None:
                 paged = self._paged[ino] = PagedVersion(entry.etag, entry.size, entry.mtime_ns)
+            # opened beside a writer of this mount: it follows that writer's bytes too
+            paged.local = paged.local or ino in self._writers
             paged.handles += 1
         self._readers[ino] = self._readers.get(ino, 0) + 1
         keep = self._versions.get(ino) == hash(version)
@@ -147,15 +149,19 @@ class PageCache:
         `security.capability` before every write call (it does so for writes through the
         page cache on a file system without FUSE_HANDLE_KILLPRIV_V2, which pyfuse3 cannot
         ask for): a 64 MiB `cp` closed in 0.8x the time."""
-        self._versions.pop(ino, None)
         self._writers[ino] = self._writers.get(ino, 0) + 1
+        self.wrote_here(ino)
+        return Opened(writer=True, direct_io=direct)
+
+    def wrote_here(self, ino: int) -> None:
+        """This mount changes the file's bytes (a writer's open, a truncate by path): its
+        readers read what it writes from now on (their handles follow the local file), so
+        no older version is kept for them and the kernel is told the true size (an
+        O_APPEND writer's offset); the cached pages are no version's any more."""
+        self._versions.pop(ino, None)
         paged = self._paged.get(ino)
         if paged is not None:
-            # Its readers read what this mount writes from now on (their handles follow
-            # the local file): no older version is kept for them, the kernel is told the
-            # true size (an O_APPEND writer's offset), and their pages are dropped.
             paged.local = True
-        return Opened(writer=True, direct_io=direct)
 
     def release(self, ino: int, opened: Opened) -> None:
         if opened.paged:

@@ -105,6 +105,10 @@ class WriteBack:
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
         self._making_spares = False
         self._followers: dict[tuple[str, str], set[Follower]] = {}  # read handles by key
+        # keys whose LocalFile an open is making (copying the pending version, or S3's
+        # bytes): a second open waits and shares it; it made a copy of its own, and one
+        # writer's bytes were lost at the close
+        self._making: dict[tuple[str, str], trio.Event] = {}
         queue.on_uploaded = self._uploaded
 
     # ------------------------------------------------------------ lifecycle
@@ -192,10 +196,18 @@ class WriteBack:
         `size` bytes from `read` (the object in S3, through the block cache). `posix`: the
         metadata of the version opened or created (pending metadata of the key wins), which
         its upload stores with the time of the last write."""
-        local = self._open.get((bucket, key))
+        where = (bucket, key)
+        while (making := self._making.get(where)) is not None:
+            await making.wait()  # another open is making the key's LocalFile: share it
+        local = self._open.get(where)
         if local is None:
-            local = await self._new_local(bucket, key, truncate, expected, size, read, posix)
-            local.adopt()
+            self._making[where] = made = trio.Event()
+            try:
+                local = await self._new_local(bucket, key, truncate, expected, size, read, posix)
+            finally:
+                del self._making[where]
+                made.set()
+            local.adopt()  # no wait since it was made: the others wake after this
             # read handles opened meanwhile (on the pending version) are followers too
             self._stale_followers(bucket, key)
             return local
@@ -538,6 +550,7 @@ class WriteBack:
         moved = self._followers.pop((bucket, old), set())
         for follower in moved:
             follower.key = new
+            follower.stale = True  # its next read reopens there: `old` is deleted in S3
         if moved:
             self._followers.setdefault((bucket, new), set()).update(moved)
 
