@@ -122,3 +122,24 @@ def test_fchmod_and_fstat_of_a_file_whose_name_is_gone(place):
         assert os.read(fd, 100) == b"old\n"
     finally:
         os.close(fd)
+
+
+def test_a_reader_keeps_the_written_file_when_its_name_goes(place):
+    """A reader of a file that a writer changed, then removed (or renamed over), reads the
+    writer's bytes, as on a local disk: it used to read the version from before them."""
+    root, settle = place
+    for remove in (lambda: os.unlink(root / "a"),
+                   lambda: (root / "other").write_bytes(b"other\n") or os.rename(root / "other",
+                                                                                root / "a")):
+        (root / "a").write_bytes(b"old contents\n")
+        settle()
+        reader = os.open(root / "a", os.O_RDONLY)
+        writer = os.open(root / "a", os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(writer, b"new\n")
+            remove()
+            assert os.pread(reader, 100, 0) == b"new\n"
+        finally:
+            os.close(writer)
+            os.close(reader)
+        settle()

@@ -76,6 +76,9 @@ class Follower(Protocol):
     key: str
     stale: bool
 
+    def take(self, local: LocalFile) -> None:
+        """Read `local` from the next read on (the key's file, losing its name)."""
+
 
 class StagedFile:
     """A read-only view of a key's pending local bytes (a staging file the queue holds)."""
@@ -557,9 +560,13 @@ class WriteBack:
     def _replace(self, bucket: str, key: str) -> None:
         """A file open under `key` loses its name (it lives on for its handles), and read
         handles of it stop following the key (a new file there is another file)."""
-        for follower in self._followers.pop((bucket, key), ()):
-            follower.stale = False  # keeps what it reads: the key names another file now
+        followers = self._followers.pop((bucket, key), ())
         replaced = self._open.pop((bucket, key), None)
+        for follower in followers:
+            if follower.stale and replaced is not None:
+                follower.take(replaced)  # a writer changed it: the reader reads its bytes
+            else:
+                follower.stale = False  # keeps what it reads: the key names another file
         if replaced is not None:
             replaced.unlink()
 

@@ -100,6 +100,7 @@ class FollowingReader:
         self._reading = 0  # reads in flight (the kernel sends several at once)
         self._switching = trio.Lock()  # one switch at a time, so the newest stays current
         self._retired: list[FileHandle] = []  # sources left, closed once no read is on them
+        self._taken: FileHandle | None = None  # the next source, given by `take`
         writes.follow(self)
 
     @property
@@ -126,17 +127,29 @@ class FollowingReader:
     async def _switch(self) -> None:
         """Read the newest version from now on (the key's, as renames carried it)."""
         self.stale = False
-        try:
-            newer = await self._reopen(self.key)
-        except NotFound:  # gone meanwhile (removed, renamed away): read what it read
-            self.writes.unfollow(self)
-            return
+        newer, self._taken = self._taken, None
+        if newer is None:
+            try:
+                newer = await self._reopen(self.key)
+            except NotFound:  # gone meanwhile (removed, renamed away): read what it read
+                self.writes.unfollow(self)
+                return
         self._retired.append(self.source)
         self.source = newer
         if not self._reading:
             await self._close_retired()
         if isinstance(newer, LocalReader) and isinstance(newer.target, LocalFile):
             self.writes.unfollow(self)  # the shared file: later writes land in it
+
+    def take(self, local: LocalFile) -> None:
+        """The file loses its name while a writer has changed it (an unlink, a rename over
+        it): read that writer's local file from the next read on, as the handle of a
+        local file would (its name is no way back to these bytes any more)."""
+        local.adopt()  # released when this handle closes, or when another replaces it
+        if self._taken is not None:
+            self._retired.append(self._taken)
+        self._taken = LocalReader(local, self.writes)
+        self.stale = True
 
     async def _close_retired(self) -> None:
         retired, self._retired = self._retired, []
@@ -152,4 +165,7 @@ class FollowingReader:
     async def close(self) -> None:
         self.writes.unfollow(self)
         self._retired.append(self.source)
+        if self._taken is not None:
+            self._retired.append(self._taken)
+            self._taken = None
         await self._close_retired()
