@@ -59,14 +59,14 @@ class HandleTable:
         return found.handle
 
     def writer(self, fh: int) -> WriteHandle:
-        return self.open_writer(fh).writer  # type: ignore[return-value]
+        return self.open_writer(fh)[1]
 
-    def open_writer(self, fh: int) -> OpenFile:
-        """The open file of a handle opened for writing (EBADF for any other)."""
+    def open_writer(self, fh: int) -> tuple[OpenFile, WriteHandle]:
+        """The open file of a handle opened for writing, and its writer (EBADF for any other)."""
         found = self._files.get(fh)
         if found is None or found.writer is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return found
+        return found, found.writer
 
     def pop_file(self, fh: int) -> OpenFile | None:
         return self._files.pop(fh, None)

@@ -461,16 +461,15 @@ class S3Operations(pyfuse3.Operations):
 
     @fuse_handler("write")
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        found = self.handles.open_writer(fh)
-        writer = found.writer
+        found, writer = self.handles.open_writer(fh)
         if self.setid.due(fh):  # fs/setid.py: the kernel leaves it to us for direct writes
             await self._clear_setid(fh)
         ino = found.node.ino
         past_readers = found.opened.direct_io and self.pages.read_cached(ino)
         if not found.append and not past_readers:
-            return await writer.write(off, buf)  # type: ignore[union-attr]
-        end = writer.size  # type: ignore[union-attr]
-        written = await writer.write(off, buf, found.append)  # type: ignore[union-attr]
+            return await writer.write(off, buf)
+        end = writer.size
+        written = await writer.write(off, buf, found.append)
         if past_readers or (found.append and off != end):
             # readers' pages miss these bytes, or the kernel's size lags behind ours
             self.page_dropper.changed(ino)
