@@ -105,7 +105,9 @@ class FollowingReader:
 
     @property
     def size(self) -> int:
-        return self.source.size
+        """The size of what the next read reads (a file handed over by `take`: fstat of a
+        handle whose name is gone showed the old size, and the kernel padded reads to it)."""
+        return (self._taken or self.source).size
 
     @property
     def version(self) -> str:
