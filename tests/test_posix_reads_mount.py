@@ -89,3 +89,19 @@ def test_a_listing_gives_the_kernel_names_until_the_first_stat(s3, bucket, mount
                            capture_output=True, text=True).stdout.split()
     assert found == [str(root / "b.txt")]
     assert sorted(p.name for p in root.rglob("*")) == ["a.txt", "b.txt", "c.txt", "sub"]
+
+
+def test_cat_of_a_cold_directory_of_small_files_stays_within_the_connection_pool(
+        s3, bucket, mount_factory):
+    """`cat dir/*` of hundreds of cold small files: every lookup fetches its file whole
+    (posixheads.BATCH at once) while the block reader and the cross-file read-ahead fetch
+    too. They all fit in the connection pool: none is opened and closed beyond it, which
+    urllib3 logs as a WARNING ("Connection pool is full") that the mount fixture rejects."""
+    names = [f"f{i:04d}" for i in range(400)]
+    with ThreadPoolExecutor(8) as pool:  # boto3's pool holds 10
+        list(pool.map(lambda n: s3.put_object(Bucket=bucket, Key=f"small/{n}",
+                                              Body=n.encode() * 1000), names))
+    m = mount_factory("--source", f"s3://{bucket}")
+    out = subprocess.run(f"cat {m.path(bucket, 'small')}/*", shell=True, check=True,
+                         capture_output=True).stdout
+    assert out == b"".join(n.encode() * 1000 for n in names)

@@ -53,6 +53,12 @@ CHUNK = 256 << 10
 INTO_CHUNK = 1 << 20
 #: Bytes of an error answer's body read (S3's error documents are a few hundred bytes).
 ERROR_BODY = 64 << 10
+#: Connections kept per origin: as many as the requests this reader may have in flight at
+#: once (a bucket tree's metadata GETs, posixheads.BATCH = 64, beside the block reader's 16,
+#: the listings' 8 and the shard indexers'). With 64, a `cat dir/*` of a cold directory of
+#: small files opened connections past the pool and closed them again, each with a urllib3
+#: WARNING ("Connection pool is full").
+POOL_SIZE = 128
 
 
 class _Stalled(Exception):
@@ -104,7 +110,7 @@ def _judge(exc: Exception) -> retry.Verdict:
 class PresignedReader:
     def __init__(self, presign: Callable[[str, str], str], *, connect_timeout: float,
                  read_timeout: float, ca_certs: str | None, proxy_url: str | None = None,
-                 pool_size: int = 64, first_byte_timeout: float | None = None,
+                 pool_size: int = POOL_SIZE, first_byte_timeout: float | None = None,
                  alive: Callable[[], bool] | None = None,
                  answered: Callable[[str, str], None] | None = None,
                  failed: Callable[[str, Exception], None] | None = None):
