@@ -237,6 +237,34 @@ def setfattr_survives(place: Place, scratch: Path) -> None:
     assert "user.x" not in os.listxattr(target)
 
 
+def quietly(*cmd: str | Path) -> None:
+    """Run a tool that must succeed and print nothing (no error it would shrug off)."""
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=90)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), (cmd, done)
+
+
+def xattrs_copied_by_tools(place: Place, scratch: Path) -> None:
+    """`rsync -aX` into the place (twice), `cp -a` and `cp --preserve=xattr` within it keep
+    the user's attributes and print nothing: on the mount, the computed attributes that
+    listxattr also shows (user.s3.uri, ...) are copied and removed by them too."""
+    src = scratch / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"tagged")
+    os.setxattr(src / "f", "user.tag", b"blue")
+    dst = place.path() / "dst"
+    quietly("rsync", "-aX", f"{src}/", f"{dst}/")
+    quietly("rsync", "-aX", f"{src}/", f"{dst}/")
+    quietly("cp", "-a", dst, place.path() / "copy")
+    quietly("cp", "--preserve=xattr", dst / "f", place.path() / "single")
+    place.remount()
+    for copy in (place.path() / "dst" / "f", place.path() / "copy" / "f", place.path() / "single"):
+        assert copy.read_bytes() == b"tagged", copy
+        assert os.getxattr(copy, "user.tag") == b"blue", copy
+    single = place.path() / "single"
+    if "user.s3.uri" in os.listxattr(single):  # the mount's: computed, its own, not the copied
+        assert os.getxattr(single, "user.s3.uri").endswith(b"/work/single")
+
+
 def ls_a_lists_dot_entries(place: Place, scratch: Path) -> None:
     listed = place.path() / "listed"
     listed.mkdir()
@@ -387,7 +415,7 @@ SCENARIOS: dict[str, Callable[[Place, Path], None]] = {
     "gcc": gcc_binary_runs, "venv": venv_python_runs, "git": git_init_commit_fsck_clone,
     "touch-d": touch_d_survives, "setfattr": setfattr_survives,
     "appends-read": appends_reach_an_open_reader, "tail-f": tail_f_follows,
-    "editor-save": editor_saves_again_and_again,
+    "editor-save": editor_saves_again_and_again, "xattr-copy": xattrs_copied_by_tools,
 }
 
 

@@ -19,8 +19,7 @@ from ...cache.overlay import Overlay
 from ...config import SourceSpec
 from ...data.prefetch import SiblingPrefetcher
 from ...data.reader import BlockReader
-from ...errors import (InvalidArgument, IsADirectory, NoAttribute, NotFound, NotPermitted,
-                       NotSupported)
+from ...errors import InvalidArgument, IsADirectory, NoAttribute, NotFound, NotSupported
 from ...model import Entry, ObjectRef
 from ...names import join, split
 from ...posix import NO_HEADERS, Posix, storable_xattr_name
@@ -43,7 +42,8 @@ from .pending import GONE, PendingView
 log = logging.getLogger(__name__)
 
 #: User attributes this namespace computes (user.s3.uri, user.s3.etag) or the FUSE adapter
-#: and control plane answer (user.s3fuse.*): shown, never stored, never set or removed.
+#: and control plane answer (user.s3fuse.*): shown, never stored. Setting or removing one is
+#: accepted and changes nothing (BucketTree._computed_xattr).
 RESERVED_XATTRS = ("user.s3.", "user.s3fuse.")
 
 
@@ -221,24 +221,32 @@ class BucketTree(Namespace):
         return found
 
     async def setxattr(self, path: str, name: str, value: bytes, posix: Posix) -> None:
-        self._storable_xattr(path, name)
+        if self._computed_xattr(path, name):
+            return
         await self._mutations.set_posix(path, posix)
 
     async def removexattr(self, path: str, name: str, posix: Posix) -> None:
-        self._storable_xattr(path, name)
+        if self._computed_xattr(path, name):
+            return
         if name not in await self.xattrs(path):
             raise NoAttribute(f"{path}: no {name}")
         await self._mutations.set_posix(path, posix)
 
-    def _storable_xattr(self, path: str, name: str) -> None:
-        """User attributes are stored in s3fs's format; reserved and other names are not."""
+    def _computed_xattr(self, path: str, name: str) -> bool:
+        """Is `name` one s3fuse computes? A change of it is then accepted and changes nothing:
+        listxattr shows them (`getfattr -d`), so `cp -a` and `mv` across directories copy
+        them onto the new file and `rsync -X` removes them where its source has none; a
+        refusal failed every such copy (rsync: exit 23). Other user attributes are stored in
+        s3fs's format; other namespaces and names that format cannot hold are refused."""
         if not name.startswith("user."):
             raise NotSupported(f"{path}: only user.* attributes are stored ({name})")
         if reserved_xattr(name):
-            raise NotPermitted(f"{path}: {name} is computed by s3fuse, not stored")
+            log.debug("%s: %s is computed by s3fuse: left as it is", path, name)
+            return True
         if not storable_xattr_name(name):
             raise InvalidArgument(f"{path}: {name!r}: s3fs's format cannot hold ',' or '\"' "
                                   "in an attribute name")
+        return False
 
     # ----------------------------------------------------------- changes (Mutations)
 
