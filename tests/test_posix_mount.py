@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 import time
 from typing import Any, Callable
 
@@ -121,6 +122,41 @@ def test_symlinks_fifos_and_device_nodes(s3, bucket, mount_factory):
     assert stat.S_ISFIFO(os.lstat(again / "fifo").st_mode)
     os.unlink(again / "link")
     assert not os.path.lexists(again / "link")
+
+
+def find_names(root: Any, kind: str) -> set[str]:
+    out = subprocess.run(["find", str(root), "-mindepth", "1", "-type", kind], check=True,
+                         capture_output=True, text=True).stdout
+    return {os.path.relpath(line, root) for line in out.split()}
+
+
+def test_find_type_sees_symlinks_and_fifos_in_a_walk_that_sends_names_only(
+        s3, bucket, mount_factory):
+    """A walk that stats nothing (`find`) gets its later listings as names only
+    (fs/listingshape.py): their d_type must be the known type, or `find -type f` lists
+    symlinks and FIFOs (and `-exec sha256sum` hangs opening the FIFO), `-type l` misses
+    them and `os.walk` puts a symlink to a directory among the files."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket, "t")
+    expected: dict[str, set[str]] = {"f": set(), "l": set(), "p": set()}
+    for d in range(6):
+        sub = root / f"d{d}"
+        os.makedirs(sub / "real")
+        (sub / "reg").write_bytes(b"data")
+        os.symlink("reg", sub / "lnk")
+        os.symlink("nowhere", sub / "dangling")
+        os.symlink("real", sub / "linkdir")
+        os.mkfifo(sub / "fifo")
+        expected["f"].add(f"d{d}/reg")
+        expected["l"] |= {f"d{d}/lnk", f"d{d}/dangling", f"d{d}/linkdir"}
+        expected["p"].add(f"d{d}/fifo")
+    for walk in range(3):  # the first walk decides the shape, the next ones send names only
+        for kind, names in expected.items():
+            assert find_names(root, kind) == names, (walk, kind)
+    _, dirs, files = next(os.walk(root / "d5"))  # as on a local disk: a link to a dir is one
+    assert sorted(dirs) == ["linkdir", "real"] and sorted(files) == ["dangling", "fifo", "lnk",
+                                                                     "reg"]
+    assert m.wait_idle()["idle"]
 
 
 def test_user_xattrs_round_trip_and_survive_a_remount(s3, bucket, mount_factory):

@@ -65,26 +65,27 @@ except (TypeError, ValueError, OverflowError, AttributeError) as exc:  # a pyfus
 NAME_ONLY = _OFFSET is not None
 
 
-def name_only(d_ino: int, is_dir: bool) -> pyfuse3.EntryAttributes:
-    """A readdirplus entry listing a name as inode `d_ino` of its kind, with no node id:
-    the kernel keeps nothing of it. Only when NAME_ONLY. Shared for UNKNOWN_INO: never
-    change what it returns."""
-    return _unknown(is_dir) if d_ino == UNKNOWN_INO else _name_only(d_ino, is_dir)
+def name_only(d_ino: int, kind: int) -> pyfuse3.EntryAttributes:
+    """A readdirplus entry listing a name as inode `d_ino` of type `kind` (S_IFDIR,
+    S_IFREG, S_IFLNK, ...: the dirent's d_type, which `find -type` and `os.scandir` trust
+    without a stat), with no node id: the kernel keeps nothing of it. Only when NAME_ONLY.
+    Shared for UNKNOWN_INO: never change what it returns."""
+    return _unknown(kind) if d_ino == UNKNOWN_INO else _name_only(d_ino, kind)
 
 
 @functools.cache
-def _unknown(is_dir: bool) -> pyfuse3.EntryAttributes:
-    """The entry of a name with no inode yet, one per kind, made once: most names a listing
+def _unknown(kind: int) -> pyfuse3.EntryAttributes:
+    """The entry of a name with no inode yet, one per type, made once: most names a listing
     gives are those, and readdir_reply copies an entry into its reply (making one per name
     cost 0.6 us, about an eighth of readdir's time per name in a cold `find`)."""
-    return _name_only(UNKNOWN_INO, is_dir)
+    return _name_only(UNKNOWN_INO, kind)
 
 
-def _name_only(d_ino: int, is_dir: bool) -> pyfuse3.EntryAttributes:
+def _name_only(d_ino: int, kind: int) -> pyfuse3.EntryAttributes:
     assert _OFFSET is not None
     attrs = pyfuse3.EntryAttributes()
     attrs.st_ino = d_ino
-    attrs.st_mode = stat.S_IFDIR if is_dir else stat.S_IFREG
+    attrs.st_mode = kind
     attrs.entry_timeout = attrs.attr_timeout = 0
     ctypes.c_uint64.from_address(id(attrs) + _OFFSET).value = 0
     return attrs

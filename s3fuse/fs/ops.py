@@ -420,9 +420,13 @@ class S3Operations(pyfuse3.Operations):
                    base: int | None) -> pyfuse3.EntryAttributes:
         """A name-only readdir entry: listed with its inode when it is computed (`base`:
         the namespace's inode_base) or the kernel already has one (so `ls -i` agrees with
-        `stat`), else UNKNOWN_INO."""
+        `stat`), else UNKNOWN_INO; and with its type when its metadata is known (a symlink,
+        a FIFO), else as a regular file: an object's listing says no more, and a d_type
+        unknown would make `find -type f` stat, and so HEAD, every object."""
         ino = self.inodes.known_ino(parent.ns, ref, entry.is_dir, base)
-        return name_only(UNKNOWN_INO if ino is None else ino, entry.is_dir)
+        kind = (stat.S_IFDIR if entry.is_dir
+                else entry.posix is not None and entry.posix.file_type or stat.S_IFREG)
+        return name_only(UNKNOWN_INO if ino is None else ino, kind)
 
     def _sent_first_name(self, handle: OpenDir) -> None:
         """The first file of a shaped listing went out as a name only: the walk watches
