@@ -224,6 +224,12 @@ def _first_int(meta: Mapping[str, str], names: tuple[str, ...]) -> int | None:
     return None
 
 
+def stored_mtime(posix: Posix, otherwise: int) -> int:
+    """`posix`'s mtime when it stores one, else `otherwise` (LastModified, now): 0 is a
+    stored mtime too (`touch -d @0`, SOURCE_DATE_EPOCH=0 builds), not a missing one."""
+    return otherwise if posix.mtime_ns is None else posix.mtime_ns
+
+
 def to_headers(posix: Posix) -> dict[str, str]:
     """The user metadata s3fs would write for `posix` (only the fields that are stored)."""
     headers: dict[str, str] = {}

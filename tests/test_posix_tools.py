@@ -222,6 +222,27 @@ def touch_d_survives(place: Place, scratch: Path) -> None:
         assert os.lstat(place.path() / name).st_mtime_ns == STAMP_NS, name
 
 
+def epoch_mtime_survives(place: Place, scratch: Path) -> None:
+    """An mtime of exactly 0 (`touch -d @0`, builds with SOURCE_DATE_EPOCH=0) is a time like
+    any other: shown, stored, and `rsync -a` has nothing to send again."""
+    src = scratch / "src"
+    src.mkdir()
+    for name, ns in (("zero", 0), ("one", 1_000_000_000)):
+        (src / name).write_bytes(name.encode())
+        os.utime(src / name, ns=(ns, ns))
+    dst = place.path() / "epoch"
+    run("rsync", "-a", f"{src}/", f"{dst}/")
+    run("touch", "-d", "@0", place.path() / "touched")
+    assert [os.lstat(p).st_mtime_ns for p in (dst / "zero", dst / "one", place.path() / "touched")
+            ] == [0, 1_000_000_000, 0]
+    assert rsync_changes(src, dst) == []
+    place.remount()
+    dst = place.path() / "epoch"
+    assert [os.lstat(p).st_mtime_ns for p in (dst / "zero", dst / "one", place.path() / "touched")
+            ] == [0, 1_000_000_000, 0]
+    assert rsync_changes(src, dst, dirs=place.dirs_persist) == []
+
+
 def setfattr_survives(place: Place, scratch: Path) -> None:
     target = place.path() / "tagged"
     target.write_bytes(b"x")
@@ -413,7 +434,8 @@ SCENARIOS: dict[str, Callable[[Place, Path], None]] = {
     "ls-a": ls_a_lists_dot_entries, "rename-over": rename_over_and_back,
     "rsync": rsync_twice, "cp-a": cp_a, "tar-x": tar_x, "chmod-x": chmod_x_then_run,
     "gcc": gcc_binary_runs, "venv": venv_python_runs, "git": git_init_commit_fsck_clone,
-    "touch-d": touch_d_survives, "setfattr": setfattr_survives,
+    "touch-d": touch_d_survives, "epoch-mtime": epoch_mtime_survives,
+    "setfattr": setfattr_survives,
     "appends-read": appends_reach_an_open_reader, "tail-f": tail_f_follows,
     "editor-save": editor_saves_again_and_again, "xattr-copy": xattrs_copied_by_tools,
 }

@@ -32,7 +32,7 @@ from ..db import Database, Schema, transaction_on
 from ..errors import CacheFull, disk_full
 from ..model import Entry, new_entry
 from ..names import split
-from ..posix import NO_HEADERS, from_json, to_json
+from ..posix import NO_HEADERS, from_json, stored_mtime, to_json
 from .listingpages import ListingPages
 from .liststage import ListingStage, remove_leftovers
 
@@ -641,13 +641,13 @@ def _listed_row(ns: str, path: str, entry: Entry, known: tuple | None, now: floa
     etag, posix_json, posix_of = known
     if entry.is_dir:  # the listing has no version of a directory: its marker's listing does
         posix = from_json(posix_json, is_dir=True)
-        return _row(ns, path, replace(entry, posix=posix, mtime_ns=posix.mtime_ns or entry.mtime_ns),
+        return _row(ns, path, replace(entry, posix=posix, mtime_ns=stored_mtime(posix, entry.mtime_ns)),
                     posix_of)
     listed = version(entry.etag, entry.mtime_ns)
     if posix_of != listed and not (posix_of is None and etag == entry.etag):
         return _row(ns, path, entry, None)  # another version: look it up again
     posix = from_json(posix_json)
-    return _row(ns, path, replace(entry, posix=posix, mtime_ns=posix.mtime_ns or entry.mtime_ns),
+    return _row(ns, path, replace(entry, posix=posix, mtime_ns=stored_mtime(posix, entry.mtime_ns)),
                 listed)
 
 

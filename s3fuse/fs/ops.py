@@ -248,7 +248,9 @@ class S3Operations(pyfuse3.Operations):
             if kind is None or kind == stat.S_IFDIR and not node.is_dir:
                 kind = stat.S_IFMT(default)
             mode = kind | (stat.S_IMODE(stored.mode) & ~strip)
-        mtime = entry.mtime_ns or self._started_ns  # the stored mtime when there is one
+        # the stored mtime when there is one (0 too: 1970-01-01), else LastModified or now
+        mtime = (entry.mtime_ns if entry.mtime_ns or stored.mtime_ns is not None
+                 else self._started_ns)
         return (mode, self.cfg.uid if stored.uid is None else stored.uid,
                 self.cfg.gid if stored.gid is None else stored.gid, mtime,
                 mtime if stored.ctime_ns is None else stored.ctime_ns,

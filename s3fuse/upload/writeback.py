@@ -145,7 +145,8 @@ class WriteBack:
         except OSError:
             return
         stored = job.meta.mtime_ns if job.meta is not None else None
-        self.overlay.file(job.bucket, job.key, st.st_size, stored or st.st_mtime_ns, job.meta)
+        self.overlay.file(job.bucket, job.key, st.st_size,
+                          st.st_mtime_ns if stored is None else stored, job.meta)
 
     def watch(self, bucket: str, listener: Listener) -> None:
         """Tell `listener` (a bucket tree) when a key of `bucket` reached S3."""

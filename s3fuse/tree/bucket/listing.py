@@ -36,7 +36,7 @@ from ...cache.meta import MetaStore, etag_of, version
 from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
 from ...model import Entry
 from ...names import ancestors, is_posix_name, join, split
-from ...posix import NO_HEADERS, from_headers
+from ...posix import NO_HEADERS, from_headers, stored_mtime
 from ...store.protocol import ListPage, ObjectInfo, Store
 from ...util.flight import SingleFlight
 from ...util.oncelog import OnceLogger
@@ -440,6 +440,6 @@ def _headed(name: str, info: ObjectInfo, is_dir: bool) -> Entry:
     """The entry a HEAD of file `name` (or of directory `name`'s marker) shows."""
     posix = from_headers(info.metadata or {}, is_dir=is_dir)
     if is_dir:
-        return Entry(name, True, 0, posix.mtime_ns or 0, "", time.time(), posix)
-    return Entry(name, False, info.size, posix.mtime_ns or info.mtime_ns, info.etag,
+        return Entry(name, True, 0, stored_mtime(posix, 0), "", time.time(), posix)
+    return Entry(name, False, info.size, stored_mtime(posix, info.mtime_ns), info.etag,
                  time.time(), posix)

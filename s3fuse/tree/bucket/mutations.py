@@ -33,7 +33,7 @@ from ...errors import (FileExists, InvalidArgument, IsADirectory, MetadataTooLar
                        StaleObject, TooBigToRename)
 from ...model import Entry
 from ...names import MAX_PATH_BYTES, is_posix_name, is_probe_name, join, split, too_long
-from ...posix import NO_HEADERS, Posix, fits, from_headers, to_headers
+from ...posix import NO_HEADERS, Posix, fits, from_headers, stored_mtime, to_headers
 from ...store.protocol import ObjectInfo, Store
 from ...upload.journal import UNKNOWN, Expected
 from ...upload.localfile import LocalFile
@@ -114,7 +114,7 @@ class Mutations:
         return path, self._local_entry(path, local, posix), LocalWriter(local, writes)
 
     def _local_entry(self, path: str, local: LocalFile, posix: Posix) -> Entry:
-        return Entry(split(path)[1], False, local.size, posix.mtime_ns or local.change.mtime_ns,
+        return Entry(split(path)[1], False, local.size, stored_mtime(posix, local.change.mtime_ns),
                      "", time.time(), posix=posix)
 
     async def open_write(self, path: str, truncate: bool) -> WriteHandle:
@@ -224,7 +224,7 @@ class Mutations:
         await writes.create_special(self._keys.bucket, self._keys.key(path), body, posix,
                                     expected=None)
         self._dirs.changed(parent)
-        return path, Entry(name, False, len(body), posix.mtime_ns or time.time_ns(), "",
+        return path, Entry(name, False, len(body), stored_mtime(posix, time.time_ns()), "",
                            time.time(), posix=posix)
 
     async def readlink(self, path: str) -> str:
@@ -258,7 +258,7 @@ class Mutations:
             raise FileExists(path)
         await writes.make_dir(self._keys.bucket, self._keys.dir_prefix(path), posix)
         self._dirs.changed(parent)
-        return path, Entry(name, True, 0, posix.mtime_ns or time.time_ns(), "", time.time(),
+        return path, Entry(name, True, 0, stored_mtime(posix, time.time_ns()), "", time.time(),
                            posix=posix)
 
     async def rmdir(self, parent: str, name: str) -> str:
