@@ -124,6 +124,19 @@ def test_symlinks_fifos_and_device_nodes(s3, bucket, mount_factory):
     assert not os.path.lexists(again / "link")
 
 
+def test_an_empty_file_keeps_the_mtime_its_create_showed(s3, bucket, mount_factory):
+    """`: > f`, `open(f, "w").close()`: no write, so the time of the create stays the mtime,
+    in S3 too (it was stamped again, microseconds later, when the file went to the write-back)."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    f = m.path(bucket, "empty")
+    with open(f, "w"):
+        shown = os.stat(f).st_mtime_ns
+        time.sleep(0.05)
+    assert os.stat(f).st_mtime_ns == shown
+    again = remounted(m, mount_factory, "again").path(bucket)
+    assert os.stat(again / "empty").st_mtime_ns == shown
+
+
 def find_names(root: Any, kind: str) -> set[str]:
     out = subprocess.run(["find", str(root), "-mindepth", "1", "-type", kind], check=True,
                          capture_output=True, text=True).stdout

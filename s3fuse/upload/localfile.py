@@ -267,11 +267,12 @@ class LocalFile:
         self._change.size = size
         self._crc = 0 if size == 0 else None
 
-    def created(self) -> None:
-        """A new or emptied file is a change even with no write (uploaded empty)."""
+    def created(self, mtime_ns: int | None = None) -> None:
+        """A new or emptied file is a change even with no write (uploaded empty), made
+        at `mtime_ns` (a new file: the time its create showed the kernel), else now."""
         self._require(State.CLEAN)
         self._state = State.DIRTY
-        self._change.wrote(time.time_ns())
+        self._change.wrote(time.time_ns() if mtime_ns is None else mtime_ns)
 
     def adopt(self) -> None:
         """One more open handle."""

@@ -255,7 +255,8 @@ class WriteBack:
             await self._discard(local.close())
             raise
         if truncate or (pending is None and read is None):
-            local.created()
+            # a new file (nothing expected in S3) keeps the mtime its create showed
+            local.created(posix.mtime_ns if expected is None and posix is not None else None)
         self._open[(bucket, key)] = local
         return local
 
