@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.posix_tree import keeps_marker_metadata
+
 pytestmark = pytest.mark.mount
 
 
@@ -104,6 +106,39 @@ def test_unlink_mkdir_rmdir_rename(s3, bucket, mount_factory):
     m.stop()
     m2 = mount_factory("--source", f"s3://{bucket}", name="again")
     assert os.listdir(m2.path(bucket, "newdir")) == ["inside.txt"]   # the marker survives
+
+
+def test_a_directory_of_keys_only_stays_once_emptied_until_rmdir(s3, bucket, mount_factory):
+    """`aws s3 cp` and boto3 leave no `dir/` marker: such a directory vanished with its last
+    key (at the next listing), where a local disk keeps it until rmdir, and a write into it
+    failed with ENOENT. Emptied by rm, mv out or rmdir of its last subdirectory, it stays."""
+    for key in ("by-rm/a", "by-rm/b", "by-mv/a", "by-rmdir/sub/", "kept/a", "kept/b"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"x")
+    s3.put_object(Bucket=bucket, Key="marked/", Body=b"", Metadata={"mode": "16832"})  # 0700
+    s3.put_object(Bucket=bucket, Key="marked/a", Body=b"x")
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    os.unlink(root / "by-rm" / "a")
+    os.unlink(root / "by-rm" / "b")
+    os.rename(root / "by-mv" / "a", root / "moved")
+    os.rmdir(root / "by-rmdir" / "sub")
+    os.unlink(root / "kept" / "a")                          # not its last entry: no marker
+    os.unlink(root / "marked" / "a")                        # its own marker: left as it is
+    assert sync(m.mountpoint).returncode == 0
+    if keeps_marker_metadata(s3, bucket):  # (SeaweedFS keeps none on a `dir/` object)
+        assert s3.head_object(Bucket=bucket, Key="marked/")["Metadata"] == {"mode": "16832"}
+    assert {"by-rm/", "by-mv/", "by-rmdir/"} <= keys(s3, bucket)
+    assert "kept/" not in keys(s3, bucket)
+    m.stop()
+    m2 = mount_factory("--source", f"s3://{bucket}", name="again")
+    again = m2.path(bucket)
+    for name in ("by-rm", "by-mv", "by-rmdir"):
+        assert os.listdir(again / name) == [], name
+        (again / name / "new").write_bytes(b"written")      # a directory to write into
+    subprocess.run(["rm", "-r", str(again / "by-rm")], check=True)  # and rmdir removes it
+    assert not (again / "by-rm").exists()
+    assert sync(m2.mountpoint).returncode == 0
+    assert not {k for k in keys(s3, bucket) if k.startswith("by-rm/")}
 
 
 def test_shell_tools_and_status(s3, bucket, mount_factory, tmp_path):

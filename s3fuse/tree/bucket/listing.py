@@ -373,6 +373,11 @@ class Listings:
         self._meta.update_entry(self._keys.ns_id, parent, fresh, "")
         return fresh
 
+    def marker_absent(self, path: str) -> bool:
+        """Did directory `path`'s own listing (or a HEAD) find it has no marker, with no
+        change of it queued since? (False: it has one, or this is not known.)"""
+        return self._meta.marker(self._keys.ns_id, path) == ""
+
     def marker_etag(self, path: str) -> str | None:
         """The ETag of directory `path`'s marker when its listing (or a HEAD) last saw it;
         None when it had none or this is not known."""

@@ -30,7 +30,7 @@ import trio
 from ...data.reader import BlockReader
 from ...errors import (FileExists, InvalidArgument, IsADirectory, MetadataTooLarge,
                        NameTooLong, NotADirectory, NotEmpty, NotFound, NotPermitted, ReadOnly,
-                       StaleObject, TooBigToRename)
+                       S3FuseError, StaleObject, TooBigToRename)
 from ...model import Entry
 from ...names import MAX_PATH_BYTES, is_posix_name, is_probe_name, join, split, too_long
 from ...posix import NO_HEADERS, Posix, fits, from_headers, stored_mtime, to_headers
@@ -53,6 +53,9 @@ RENAME_DIR_LIMIT = 1000
 #: What mknod may make: a zero-byte object with that type in its mode (the mount is nodev,
 #: so a device node is a name with a type and an rdev, never opened).
 SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFREG)
+#: Stored entries of a directory looked at, after the one removed and from the start, to
+#: tell that it still has some before reading its whole listing (_keep_if_emptied).
+EMPTY_PROBE = 8
 
 
 class Reads(Protocol):
@@ -195,7 +198,31 @@ class Mutations:
             raise IsADirectory(path)
         await writes.remove(self._keys.bucket, self._keys.key(path), seen(entry))
         self._dirs.changed(parent)
+        await self._keep_if_emptied(parent, name)
         return path
+
+    async def _keep_if_emptied(self, path: str, gone: str) -> None:
+        """Directory `path` just lost its entry `gone`. S3 has no directories: one shown
+        only because keys start with its prefix (no marker `dir/`, as `aws s3 cp` and boto3
+        leave them) vanished with its last key at its next listing (the TTL, a remount),
+        where a local disk keeps it until `rmdir`, and writes into it then failed with
+        ENOENT. So a directory known to have no marker gets one once nothing is left in it
+        (no headers: it shows what the bare prefix showed). Cheap while it has entries:
+        the stored ones next to `gone` and at the start are looked at before all of them."""
+        if not path or not self._listings.marker_absent(path):
+            return  # the top of the tree, a directory with a marker, or one not known
+        for after in (gone, ""):
+            entries, _ = self._listings.window(path, after, EMPTY_PROBE)
+            if self._pending.merge(path, entries):
+                return
+        if await self._reads.listdir(path):
+            return
+        log.debug("%s: its last entry went: keeping it with a marker", self._keys.uri(path))
+        try:
+            await self._writer().make_dir(self._keys.bucket, self._keys.dir_prefix(path))
+        except S3FuseError as exc:  # the removal itself is done: it must not fail for this
+            log.warning("%s: emptied, and shown until its next listing only: %s",
+                        self._keys.uri(self._keys.dir_prefix(path)), exc)
 
     # ----------------------------------------------------------- special files
 
@@ -275,6 +302,7 @@ class Mutations:
         await writes.remove(self._keys.bucket, self._keys.dir_prefix(path), expected)
         self._dirs.changed(parent)
         self._dirs.forget(path)
+        await self._keep_if_emptied(parent, name)
         return path
 
     # ----------------------------------------------------------- rename
@@ -319,6 +347,8 @@ class Mutations:
             for path in (old_parent, new_parent):
                 self._listings.expire(path)
         self._dirs.changed(old_parent, new_parent)
+        if old_parent != new_parent:
+            await self._keep_if_emptied(old_parent, old_name)
         return old, new
 
     async def _stat_or_none(self, path: str) -> Entry | None:
