@@ -641,14 +641,15 @@ def _listed_row(ns: str, path: str, entry: Entry, known: tuple | None, now: floa
     etag, posix_json, posix_of = known
     if entry.is_dir:  # the listing has no version of a directory: its marker's listing does
         posix = from_json(posix_json, is_dir=True)
-        return _row(ns, path, replace(entry, posix=posix, mtime_ns=stored_mtime(posix, entry.mtime_ns)),
+        return _row(ns, path,
+                    replace(entry, posix=posix, mtime_ns=stored_mtime(posix, entry.mtime_ns)),
                     posix_of)
     listed = version(entry.etag, entry.mtime_ns)
     if posix_of != listed and not (posix_of is None and etag == entry.etag):
         return _row(ns, path, entry, None)  # another version: look it up again
     posix = from_json(posix_json)
-    return _row(ns, path, replace(entry, posix=posix, mtime_ns=stored_mtime(posix, entry.mtime_ns)),
-                listed)
+    return _row(ns, path,
+                replace(entry, posix=posix, mtime_ns=stored_mtime(posix, entry.mtime_ns)), listed)
 
 
 def _copy_known(db: sqlite3.Connection, ns: str, path: str) -> bool:

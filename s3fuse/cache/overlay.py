@@ -93,15 +93,16 @@ class Overlay:
         """A file written locally (its size follows later writes through the Change)."""
         if mtime_ns is None and posix is not None:
             mtime_ns = posix.mtime_ns
-        return self._set(bucket, key, Change(size=size, mtime_ns=time.time_ns() if mtime_ns is None else mtime_ns,
-                                             posix_as_set=posix))
+        if mtime_ns is None:  # (0 is a time: 1970-01-01)
+            mtime_ns = time.time_ns()
+        return self._set(bucket, key, Change(size=size, mtime_ns=mtime_ns, posix_as_set=posix))
 
     def directory(self, bucket: str, key: str, posix: Posix | None = None) -> Change:
         """A directory made locally; `key` ends with '/'."""
         mtime_ns = posix.mtime_ns if posix is not None else None
-        return self._set(bucket, key, Change(is_dir=True,
-                                             mtime_ns=time.time_ns() if mtime_ns is None else mtime_ns,
-                                             posix_as_set=posix))
+        if mtime_ns is None:
+            mtime_ns = time.time_ns()
+        return self._set(bucket, key, Change(is_dir=True, mtime_ns=mtime_ns, posix_as_set=posix))
 
     def metadata(self, bucket: str, key: str, posix: Posix, *, size: int, etag: str,
                  mtime_ns: int) -> Change:
