@@ -129,6 +129,32 @@ def test_an_overlong_manifest_line_is_skipped_and_the_rest_served(s3, bucket, mo
     assert "1 line skipped (line 2: longer than 16777216 bytes)" in m.log()
 
 
+def test_an_entry_whose_object_is_missing_fails_its_read_not_its_directory(s3, bucket,
+                                                                            mount_factory):
+    """Lines without an ETag are HEADed when listed: a 404 for one of them emptied the whole
+    `ls` (readdir failed with ENOENT, which ls and os.listdir read as the end). Now it is
+    listed as the manifest says (as a line with an ETag is, without a HEAD), one log line
+    names it, and reading it fails with ENOENT."""
+    s3.put_object(Bucket=bucket, Key="m/d/exists.txt", Body=b"here\n")
+    s3.put_object(Bucket=bucket, Key="m/manifest.jsonl", Body=(
+        b'{"kind":"file","key":"m/d/exists.txt","size_bytes":5}\n'
+        b'{"kind":"file","key":"m/d/gone1.txt","size_bytes":5}\n'
+        b'{"kind":"file","key":"m/d/gone2.txt"}\n'))
+    m = mount_factory("--manifest", f"v=s3://{bucket}/m/manifest.jsonl")
+    m.expect_log(r"gone[12]\.txt is not in S3: listed as the manifest says")
+    top = m.path("v", "d")
+    listed = subprocess.run(["ls", "-l", str(top)], capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[-1] for line in listed.stdout.splitlines()[1:]] == [
+        "exists.txt", "gone1.txt", "gone2.txt"]
+    assert sorted(os.listdir(top)) == ["exists.txt", "gone1.txt", "gone2.txt"]
+    assert (top / "exists.txt").read_bytes() == b"here\n"
+    for name in ("gone1.txt", "gone2.txt"):
+        with pytest.raises(FileNotFoundError):
+            (top / name).read_bytes()
+    assert os.getxattr(top / "gone1.txt", "user.s3fuse.cached") == b"0"
+
+
 def test_a_walk_that_only_lists_gets_names_and_stats_after_it_are_right(backend, bucket,
                                                                         mount_factory):
     """`find` gets the files of a manifest as names only once it shows it stats none

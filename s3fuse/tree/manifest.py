@@ -26,6 +26,7 @@ from ..manifest.index import FILE, MEMBER, ROOT_ID, SHARD, ManifestIndex, Node
 from ..manifest.ingest import IngestLimits, Ingestion
 from ..store.s3 import S3Store
 from ..util.flight import SingleFlight
+from ..util.oncelog import OnceLogger
 from .contract import FileHandle, ReadOnlyNamespace
 from .shards import ShardService
 from .sources import ObjectSource
@@ -73,6 +74,7 @@ class ManifestTree(ReadOnlyNamespace):
         self._flight: SingleFlight[None] = SingleFlight()
         self._checked = 0.0
         self._mtime_ns = int(self.index.info("root_mtime_ns") or 0)
+        self._missing = OnceLogger(log)  # entries whose object S3 does not have
 
     def close(self) -> None:
         self.index.close()
@@ -151,20 +153,26 @@ class ManifestTree(ReadOnlyNamespace):
         node = (await self.resolved([self._node(ref)]))[0]
         return self.entry(node)
 
-    async def resolved(self, nodes: list[Node]) -> list[Node]:
+    async def resolved(self, nodes: list[Node], *, opening: bool = False) -> list[Node]:
         """`nodes` with the size and ETag of files whose manifest line had none (HEAD, once,
-        in parallel): the kernel must never cache a made-up size."""
+        in parallel): the kernel must never cache a made-up size. An object S3 does not
+        have fails only the open of it (`opening`: ENOENT); listed or stat'ed, its entry
+        shows what the manifest says, as an entry with an ETag does (no HEAD), instead of
+        failing the whole readdir (`ls` showed an empty directory for one missing object)."""
         missing = [i for i, n in enumerate(nodes) if n.kind == FILE and (n.size is None or not n.etag)]
-        if missing:
-            out = list(nodes)
-
-            async def fill(i: int) -> None:
-                out[i] = await self._head(nodes[i])
-            async with trio.open_nursery() as nursery:
-                for i in missing:
-                    nursery.start_soon(fill, i)
+        if not missing:
+            return nodes
+        out = list(nodes)
+        if len(missing) == 1:  # a lookup, a stat, an open: its error as it is, not a group
+            out[missing[0]] = await self._head(nodes[missing[0]], opening)
             return out
-        return nodes
+
+        async def fill(i: int) -> None:
+            out[i] = await self._head(nodes[i], opening)
+        async with trio.open_nursery() as nursery:
+            for i in missing:
+                nursery.start_soon(fill, i)
+        return out
 
     def object_key(self, node: Node) -> str:
         """The S3 key of a file (or shard) node, stored or derived from its path."""
@@ -172,12 +180,20 @@ class ManifestTree(ReadOnlyNamespace):
         assert key is not None, node
         return key
 
-    async def _head(self, node: Node) -> Node:
+    async def _head(self, node: Node, opening: bool) -> Node:
         """Size and ETag from S3 for entries whose manifest line had none (done once)."""
+        key = self.object_key(node)
         try:
-            info = await trio.to_thread.run_sync(self.store.head, self.spec.bucket,
-                                                 self.object_key(node), limiter=self._limiter)
+            info = await trio.to_thread.run_sync(self.store.head, self.spec.bucket, key,
+                                                 limiter=self._limiter)
         except Offline:
+            return node
+        except NotFound:
+            if opening:
+                raise
+            self._missing.warning(key, "%s: s3://%s/%s is not in S3: listed as the manifest "
+                                  "says, reading it fails (ENOENT)", self.spec.uri,
+                                  self.spec.bucket, key)
             return node
         self.index.remember_file(node.id, node.key, info.size, info.etag)  # does not wait
         return node._replace(size=info.size, etag=info.etag)
@@ -192,7 +208,7 @@ class ManifestTree(ReadOnlyNamespace):
 
     async def _object(self, node: Node) -> ObjectRef:
         """The S3 object of a file entry (size and ETag looked up once when missing)."""
-        node = (await self.resolved([node]))[0]
+        node = (await self.resolved([node], opening=True))[0]
         return ObjectRef(self.spec.bucket, self.object_key(node), node.etag or "", node.size or 0)
 
     async def cached(self, ref: int) -> bool:
@@ -201,7 +217,10 @@ class ManifestTree(ReadOnlyNamespace):
             return False
         if node.kind == MEMBER:
             return await self._shards.member_cached(self, node)
-        return await self.reader.is_cached(await self._object(node))
+        try:
+            return await self.reader.is_cached(await self._object(node))
+        except NotFound:  # S3 does not have it: nothing of it is cached
+            return False
 
     async def xattrs(self, ref: int) -> dict[str, bytes]:
         node = self._node(ref)
