@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import subprocess
+import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -153,6 +156,43 @@ def test_an_entry_whose_object_is_missing_fails_its_read_not_its_directory(s3, b
         with pytest.raises(FileNotFoundError):
             (top / name).read_bytes()
     assert os.getxattr(top / "gone1.txt", "user.s3fuse.cached") == b"0"
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_a_shard_replaced_in_s3_is_indexed_again_after_the_read_that_found_it(
+        s3, bucket, mount_factory):
+    """The manifest unchanged, its shard archive re-uploaded: a read that misses the cache
+    finds the archive changed (ESTALE, as for any object changed under an open handle), and
+    the shard is indexed again at its next lookup. Its index used to stay, keyed by the old
+    ETag, and every read failed with ESTALE, past the TTL and across remounts."""
+    s3.put_object(Bucket=bucket, Key="s/shards/x.tar", Body=tar_of({"a.txt": b"version 1\n"}))
+    s3.put_object(Bucket=bucket, Key="s/manifest.jsonl", Body=(
+        b'{"kind":"shard","archive_key":"s/shards/x.tar","format":"tar","compression":null}\n'))
+    args = ("--manifest", f"v=s3://{bucket}/s/manifest.jsonl", "--metadata-ttl", "1")
+    m = mount_factory(*args)
+    assert m.path("v", "shards", "x.tar", "a.txt").read_bytes() == b"version 1\n"
+    m.stop()
+    cleared = subprocess.run([sys.executable, "-m", "s3fuse", "cache", "clear", "--cache-dir",
+                              str(m.cache_dir)], env=m.env, capture_output=True, text=True)
+    assert cleared.returncode == 0, cleared.stderr
+    s3.put_object(Bucket=bucket, Key="s/shards/x.tar", Body=tar_of({"a.txt": b"version 2!\n"}))
+    again = mount_factory(*args, name="again", cache_dir=m.cache_dir)
+    again.expect_log(r"x\.tar changed in S3: indexing it again|read .*a\.txt failed: ESTALE")
+    member = again.path("v", "shards", "x.tar", "a.txt")
+    with pytest.raises(OSError) as info:
+        member.read_bytes()
+    assert info.value.errno == errno.ESTALE
+    time.sleep(1.5)  # the kernel's entry expires: the next lookup indexes the shard again
+    assert member.read_bytes() == b"version 2!\n"
 
 
 def test_a_walk_that_only_lists_gets_names_and_stats_after_it_are_right(backend, bucket,

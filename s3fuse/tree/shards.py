@@ -271,6 +271,13 @@ class ShardService:
                                           fmt, start, stop)
 
         def loader(start: int, stop: int) -> bytes:
+            try:
+                return indexed_loader(start, stop)
+            except StaleObject:
+                self._changed(tree, node.shard or 0, archive)
+                raise
+
+        def indexed_loader(start: int, stop: int) -> bytes:
             if not shard["shared"]:
                 return span(member.offset + start, member.offset + stop)
             try:  # members from elsewhere: no block of one is used before its tar header
@@ -333,6 +340,21 @@ class ShardService:
         tree.index.forget_shard(shard_id).result()  # a worker thread's: it may wait
         trio.from_thread.run_sync(self._forget, tree, shard_id, archive)
         raise CorruptData(f"s3://{member.bucket}/{member.key}: shared index is wrong")
+
+    def _changed(self, tree: "ManifestTree", shard_id: int, archive: ObjectRef) -> None:
+        """A member read found the archive changed in S3 (its ETag is not the indexed one):
+        the read fails (ESTALE, as for any object changed under an open handle) and the
+        shard is indexed again at its next lookup. Before, its index stayed, keyed by the
+        old ETag, and every read of it failed, after the TTL and remounts too. (A worker
+        thread's, as the loaders are.)"""
+        log.warning("shard archive s3://%s/%s changed in S3: indexing it again at its next "
+                    "lookup", archive.bucket, archive.key)
+        tree.index.forget_shard(shard_id).result()
+        trio.from_thread.run_sync(self._drop_index, tree, shard_id, archive.key)
+
+    def _drop_index(self, tree: "ManifestTree", shard_id: int, key: str) -> None:
+        self._rows.pop((tree.index.path, shard_id), None)
+        self._gzip.pop((tree.index.path.name, key), None)
 
     def _forget(self, tree: "ManifestTree", shard_id: int, archive: ObjectRef) -> None:
         self._distrusted.add(archive)
