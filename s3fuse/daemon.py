@@ -65,7 +65,12 @@ M_ARENA_MAX = -8
 MALLOC_ARENAS = 2
 PR_SET_DUMPABLE = 4
 FLUSH_TIMEOUT = 30.0
+#: At unmount, how long uploads in flight may still finish: when no drain ran (`fusermount3
+#: -u`), or ...
 STOP_UPLOADS_TIMEOUT = 5.0
+#: ... once a drain already waited --drain-timeout for them (or a second signal cut it):
+#: the unmount then takes about --drain-timeout, as documented, not 5 s more.
+STOP_AFTER_DRAIN = 0.5
 
 
 class ReadySignal:
@@ -111,6 +116,7 @@ class Components:
     pinner: Pinner
     writes: WriteBack
     control: Control
+    drained_out: bool = False  # the unmount's drain ended with uploads left: stop at once
 
 
 def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Components:
@@ -257,7 +263,8 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
         nursery.start_soon(_announce_ready, cfg, ready)
         await pyfuse3.main()
         ready.notifier.send(STOPPING="1", STATUS="unmounting: writing cached blocks")
-        with trio.move_on_after(STOP_UPLOADS_TIMEOUT):  # a hung upload is resumed next start
+        # a hung upload is resumed at the next start
+        with trio.move_on_after(STOP_AFTER_DRAIN if parts.drained_out else STOP_UPLOADS_TIMEOUT):
             await parts.writes.queue.stop()
         await trio.to_thread.run_sync(parts.writes.staging.drop_spares)
         with trio.move_on_after(FLUSH_TIMEOUT):
@@ -302,22 +309,24 @@ async def _watch_signals(cfg: Config, parts: Components, notifier: Notifier) -> 
                     return
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(second_signal)
-                await _drain(cfg, parts, notifier)
+                parts.drained_out = True  # until the drain ends with nothing left
+                parts.drained_out = not await _drain(cfg, parts, notifier)
                 nursery.cancel_scope.cancel()
         await parts.ops.inode_cap.stop()  # while requests are still answered (inodecap.py)
         await parts.ops.page_dropper.stop()  # ... and so on (coherence.py)
         pyfuse3.terminate()
 
 
-async def _drain(cfg: Config, parts: Components, notifier: Notifier) -> None:
+async def _drain(cfg: Config, parts: Components, notifier: Notifier) -> bool:
+    """Wait at most --drain-timeout for the pending uploads; True when none is left."""
     queue = parts.writes.queue
     pending = await trio.to_thread.run_sync(queue.status)
     if not pending["files"]:
-        return
+        return True
     log.info("waiting up to %.0fs for %d pending upload(s) (%d bytes)",
              cfg.drain_timeout, pending["files"], pending["bytes"])
     notifier.send(STATUS=f"unmounting: {pending['files']} upload(s) to finish")
-    await queue.sync(cfg.drain_timeout)
+    return not (await queue.sync(cfg.drain_timeout))["files"]
 
 
 def _report_left(status: dict[str, Any]) -> None:

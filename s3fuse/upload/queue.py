@@ -449,12 +449,14 @@ class UploadQueue:
 
     async def _abort_leftovers(self) -> None:
         """Abort the multipart uploads a crash left behind (recorded ones only) and delete
-        the condition probe's scratch keys it left, before any new upload starts."""
+        the condition probe's scratch keys it left, before any new upload starts. Each
+        request is abandoned when the daemon stops (what is left is tried again at the next
+        start): a black-holed one held the unmount for its whole timeout (28 s)."""
         if await self._io(self.journal.probe_keys):
             await self._until_online()
             try:
                 await trio.to_thread.run_sync(self.uploader.conditions.remove_leftovers,
-                                              limiter=self._uploads)
+                                              limiter=self._uploads, abandon_on_cancel=True)
             except S3FuseError as exc:  # Offline included: tried again at the next start
                 log.info("scratch keys of the condition probe not deleted yet: %s", exc)
         for bucket, key in await self._io(self.journal.multipart_keys):
@@ -463,7 +465,7 @@ class UploadQueue:
                 try:
                     await trio.to_thread.run_sync(
                         functools.partial(self.uploader.abort_leftovers, bucket, key),
-                        limiter=self._uploads)
+                        limiter=self._uploads, abandon_on_cancel=True)
                 except Offline:
                     continue
                 except S3FuseError as exc:
