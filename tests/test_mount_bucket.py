@@ -116,7 +116,9 @@ def test_writes_fail_with_erofs_when_read_only(s3, bucket, mount_factory):
                    lambda: os.mkdir(root / "d"),
                    lambda: os.unlink(root / "f.txt"),
                    lambda: os.rename(root / "f.txt", root / "g.txt"),
-                   lambda: os.truncate(root / "f.txt", 0)):
+                   lambda: os.truncate(root / "f.txt", 0),
+                   lambda: os.chmod(root / "f.txt", 0o600),  # was EPERM
+                   lambda: os.chown(root / "f.txt", 1, 1)):
         with pytest.raises(OSError) as info:
             action()
         assert info.value.errno == errno.EROFS

@@ -63,6 +63,9 @@ def test_well_formed_manifests(backend, bucket, mount_factory):
     with pytest.raises(OSError) as info:
         (m.path("overwrite_manifest") / "new.txt").write_bytes(b"x")
     assert info.value.errno == errno.EROFS
+    with pytest.raises(OSError) as info:
+        os.chmod(m.path("targz_shards", some), 0o600)  # as chmod on a read-only fs: not EPERM
+    assert info.value.errno == errno.EROFS
 
 
 def test_append_parts_appear_after_ttl(backend, bucket, mount_factory):

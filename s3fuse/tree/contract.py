@@ -237,9 +237,11 @@ class ReadOnlyNamespace(Namespace):
         return ReadOnly(f"{self.name}: {what}: read-only")
 
     def refuse_owner_and_mode(self, ref: Ref, changes: AttrChanges) -> None:
-        """Owner and permission bits of a read-only tree: the mount's defaults, fixed."""
+        """Owner and permission bits of a read-only tree: the mount's defaults, fixed. Refused
+        as every other change is (EROFS, as chmod on a read-only file system answers; the
+        kernel has already refused a caller who does not own the file with EPERM)."""
         if changes.mode is not None or changes.uid is not None or changes.gid is not None:
-            raise NotPermitted(f"{self.describe(ref)}: read-only, owner and mode are fixed "
+            raise self.refusal(f"{self.describe(ref)}: owner and mode are fixed "
                                "(set --uid/--gid/--file-mode/--dir-mode at mount)")
 
     async def create(self, parent: Ref, name: str,
