@@ -111,6 +111,17 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
+def seconds(text: str) -> float:
+    """A --timeout: seconds, 0 or more (argparse says what is wrong in one line, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text!r}")
+    return value
+
+
 def make_parser() -> Parser:
     parser = Parser(prog="s3fuse", description="Mount S3 buckets and s3exchange manifests.")
     parser.add_argument("--version", action="version", version=f"s3fuse {__version__}")
@@ -120,10 +131,10 @@ def make_parser() -> Parser:
     p = sub.add_parser("umount", help="unmount (after pending uploads are done)")
     p.add_argument("mountpoint", nargs="?", help="the mount (or 'mountpoint' in --config)")
     p.add_argument("--config", help="TOML config naming the mountpoint (for systemd's ExecStop)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the daemon")
+    p.add_argument("--timeout", type=seconds, default=600.0, help="seconds to wait for the daemon")
     p = sub.add_parser("sync", help="wait until every pending upload of a mount is in S3")
     p.add_argument("mountpoint")
-    p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
+    p.add_argument("--timeout", type=seconds, help="give up after this many seconds (exit 1)")
     p.add_argument("--retry", action="store_true", help="first queue failed uploads again")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p = sub.add_parser("status", help="state of a mount (every s3fuse mount when none given)")

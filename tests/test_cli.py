@@ -50,6 +50,8 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, env: dict[str, str]):
         (["mount", str(mnt), "--source", "s3://abc", "--log-level", "loud"], env,
          "(one of DEBUG, INFO, WARNING, ERROR)"),
         (["mount", str(tmp_path), "--source", "s3://abc"], env, "is not empty (--allow-non-empty"),
+        (["sync", str(mnt), "--timeout", "-5"], env, "must be 0 or more seconds"),
+        (["umount", str(mnt), "--timeout", "soon"], env, "not a number of seconds"),
     ]
     for args, case_env, message in cases:
         res = run(args, case_env)
