@@ -459,7 +459,7 @@ def _bar(job: dict[str, Any], began: float) -> str:
     fraction = done / total if total else (1.0 if job["state"] != "running" else 0.0)
     rate = done / max(time.monotonic() - began, 1e-3)
     eta = (total - done) / rate if rate > 0 and total > done else 0
-    filled = int(fraction * 30)
+    filled = min(30, round(fraction * 30))  # as the percentage beside it rounds
     return (f"[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {_human_bytes(done)}/"
             f"{_human_bytes(total)}  {job['files_done']}/{job['files_total']} files  "
             f"{_human_bytes(rate)}/s  ETA {eta:.0f}s")
