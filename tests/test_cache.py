@@ -344,3 +344,18 @@ def test_blocks_opened_ahead_are_read_without_a_lookup_and_checked(tmp_path: Pat
     cache.clear()
     assert cache._opened == {} and all(f.closed for f in opened)
     cache.close()
+
+
+def test_a_cache_dir_on_a_read_only_file_system_is_refused_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Background and foreground mounts failed differently (the log, or the lock, could not
+    be made: exit 2 or 1); the cache dir is named, before anything is made in it."""
+    from s3fuse.cache import cachedir
+    real = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, st: os.statvfs_result):
+            self.f_flag = st.f_flag | os.ST_RDONLY
+    monkeypatch.setattr(cachedir.os, "statvfs", lambda p: ReadOnly(real(p)))
+    with pytest.raises(UsageError, match=r"cache dir .* is not writable"):
+        cachedir.secure_cache_dir(tmp_path / "cache")

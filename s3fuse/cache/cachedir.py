@@ -42,10 +42,22 @@ def secure_dir(path: Path) -> Path:
 
 
 def secure_cache_dir(path: Path) -> Path:
-    """`secure_dir(path)` plus the same checks on what is already inside it."""
+    """`secure_dir(path)` plus the same checks on what is already inside it, and that
+    files can be made in it (else one line naming the cache dir, exit 2, whichever file
+    the mount would have failed to make first: its log, its lock)."""
     secure_dir(path)
     check_entries(path)
+    if not os.access(path, os.W_OK | os.X_OK) or _read_only_fs(path):
+        raise UsageError(f"cache dir {path} is not writable (give a writable --cache-dir)")
     return path
+
+
+def _read_only_fs(path: Path) -> bool:
+    """On a file system mounted read-only (root's os.access ignores that)?"""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def check_entries(cache_dir: Path, depth: int = 2) -> None:
