@@ -152,6 +152,9 @@ async def test_new_nodes_carry_the_callers_owner_the_requested_mode_and_now(part
     assert (posix.mode, posix.uid, posix.gid) == (stat.S_IFREG | 0o640, 1234, 567)
     assert near_now(posix.mtime_ns) and posix.mtime_ns == posix.ctime_ns == posix.atime_ns
     assert (attrs.st_mode, attrs.st_uid, attrs.st_gid) == (stat.S_IFREG | 0o640, 1234, 567)
+    # not uploaded yet: no ETag to show (not an empty user.s3.etag)
+    assert b"user.s3.etag" not in await ops.listxattr(attrs.st_ino, ctx)
+    assert b"user.s3.uri" in await ops.listxattr(attrs.st_ino, ctx)
 
     attrs = await ops.mkdir(top.st_ino, b"sub", 0o750, ctx)
     _, marker, posix = writes.last("make_dir")

@@ -217,7 +217,8 @@ class BucketTree(Namespace):
             found["user.s3.uri"] = self.keys.uri(self.keys.dir_prefix(path)).encode()
             return found
         found["user.s3.uri"] = self.keys.uri(self.keys.key(path)).encode()
-        found["user.s3.etag"] = entry.etag.encode()
+        if entry.etag:  # none while the local version waits for its upload: not shown empty
+            found["user.s3.etag"] = entry.etag.encode()
         return found
 
     async def setxattr(self, path: str, name: str, value: bytes, posix: Posix) -> None:
