@@ -206,8 +206,7 @@ class ShardService:
         count = await trio.to_thread.run_sync(
             tree.index.store_members, node.id, rows, info.etag, index.format, info.size,
             index.uncompressed_size, index.gzip_index, time.time(), shared, limiter=self._limiter)
-        self._gzip.pop((tree.index.path.name, key), None)
-        self._rows.pop((tree.index.path, node.id), None)
+        self._drop_index(tree, node.id, key)
         log.info("indexed shard %s (%s): %d members in %.1fs", uri, index.format, count,
                  time.monotonic() - began)
 
@@ -353,12 +352,13 @@ class ShardService:
         trio.from_thread.run_sync(self._drop_index, tree, shard_id, archive.key)
 
     def _drop_index(self, tree: "ManifestTree", shard_id: int, key: str) -> None:
+        """Forget what is held in memory of a shard's index (its row, its seek points)."""
         self._rows.pop((tree.index.path, shard_id), None)
         self._gzip.pop((tree.index.path.name, key), None)
 
     def _forget(self, tree: "ManifestTree", shard_id: int, archive: ObjectRef) -> None:
         self._distrusted.add(archive)
-        self._rows.pop((tree.index.path, shard_id), None)
+        self._drop_index(tree, shard_id, archive.key)
 
     def _stream_source(self, archive: ObjectRef, stream: ObjectRef) -> RangeSource:
         """Where a pass over `stream` reads its archive: through the block cache, unless
