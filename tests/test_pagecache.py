@@ -99,6 +99,29 @@ def test_open_bypasses_when_the_kernel_was_told_another_size():
     assert handle_of_other_size.direct_io
 
 
+def test_the_first_open_after_a_new_version_was_told_has_the_kernel_ask_again():
+    """The kernel may have ignored the reply that told it the new version (an older
+    reply's attributes applied after that request was sent win: `attr_version`), and
+    kept the old size: a read through the page cache was cut at it (seen once in
+    test_concurrency.py). The first open of an inode told a new version drops the
+    kernel's attributes; the next opens and a first-ever told version do not."""
+    pages = PageCache()
+    v2, v3 = version("e2", 10), version("e3", 20)
+    pages.told(INO, v2)
+    first = open_read(pages, v2)
+    assert not first.refresh_attrs and not first.direct_io  # the first version it heard of
+    pages.release(INO, first)
+    pages.told(INO, v3)                           # S3 changed: a lookup told the new size
+    moved = open_read(pages, v3)
+    assert moved.refresh_attrs and not moved.direct_io
+    pages.release(INO, moved)
+    assert not open_read(pages, v3).refresh_attrs
+    pages.told(INO + 1, v2)
+    pages.told(INO + 1, v3)
+    pages.forget(INO + 1)                         # the kernel let go of it: nothing to ask
+    assert not pages.open_read(INO + 1, v3, v3.size, v3.etag).refresh_attrs
+
+
 def test_a_refused_readdir_entry_is_not_told():
     """readdir tells only what readdir_reply accepted: an entry shown but not sent leaves
     the kernel with the size it had, so an open of that version keeps the page cache."""

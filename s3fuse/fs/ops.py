@@ -458,8 +458,19 @@ class S3Operations(pyfuse3.Operations):
         entry = await self._entry(node)
         handle = await ns.open(node.ref)
         opened = self.pages.open_read(inode, entry, handle.size, handle.version)
+        if opened.refresh_attrs:  # before the reply: its first read past the size asks again
+            await self._drop_kernel_attrs(inode)
         return pyfuse3.FileInfo(fh=self.handles.add_file(node, handle, opened),
                                 direct_io=opened.direct_io, keep_cache=opened.keep_cache)
+
+    async def _drop_kernel_attrs(self, ino: int) -> None:
+        """Have the kernel ask for `ino`'s attributes again (attributes only: no page is
+        dropped, so nothing waits on writeback). Replies to requests sent before it are
+        then ignored by the kernel too (it bumps the inode's `attr_version`)."""
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, True)
+        except OSError as exc:  # the kernel let go of it meanwhile: nothing to drop
+            log.debug("attributes of inode %d not dropped: %s", ino, exc)
 
     @fuse_handler("read")
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
@@ -492,7 +503,7 @@ class S3Operations(pyfuse3.Operations):
             changes = AttrChanges(mode=stat.S_IMODE(cleared),
                                   posix=shown.replace(mode=cleared, ctime_ns=time.time_ns()))
             await self._ns(node).setattr(node.ref, changes, None)
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.ino, True)
+            await self._drop_kernel_attrs(node.ino)
         self.setid.cleared(node.ino)
 
     @fuse_handler("flush")

@@ -59,6 +59,9 @@ class Opened:
     paged: bool = False       # counted in the inode's PagedVersion
     writer: bool = False
     cached_reader: bool = False  # a read handle through the page cache
+    #: The kernel may hold another version's size (see PageCache.told): the opener drops
+    #: the kernel's attributes before it answers, so a read past that size asks again.
+    refresh_attrs: bool = False
 
 
 def _remember(table: dict[int, int], ino: int, version: str, memory: int) -> None:
@@ -84,6 +87,7 @@ class PageCache:
         self._versions: dict[int, int] = {}  # ino -> hash of the version last opened
         self._paged: dict[int, PagedVersion] = {}  # ino -> version of its open cached handles
         self._told: dict[int, int] = {}  # ino -> hash of the version whose size the kernel has
+        self._moved: dict[int, int] = {}  # inos told a new version since their last open
         self._writers: dict[int, int] = {}  # ino -> handles open for writing
         self._readers: dict[int, int] = {}  # ino -> read handles through the page cache
         self._removals = RemovalCounter()
@@ -102,8 +106,17 @@ class PageCache:
 
     def told(self, ino: int, entry: Entry) -> None:
         """The kernel was given `entry` (a shown one) for `ino`: a lookup, getattr or
-        readdirplus reply it accepted."""
+        readdirplus reply.
+
+        Given is not applied: the kernel drops a reply's attributes when another reply
+        for the inode was applied after the request was sent (`attr_version` in
+        `fuse_change_attributes`). Two replies racing across a version change can leave
+        the older size in the kernel while this table records the newer one, and a read
+        through the page cache is then cut at the older size. So an inode told a new
+        version is `_moved` until its next open, which has the kernel ask again."""
         if entry.etag and self._told.get(ino) != hash(entry.etag):
+            if ino in self._told:
+                _remember(self._moved, ino, entry.etag, self._told_memory)
             _remember(self._told, ino, entry.etag, self._told_memory)
 
     def open_read(self, ino: int, entry: Entry, size: int, version: str) -> Opened:
@@ -126,7 +139,9 @@ class PageCache:
         self._readers[ino] = self._readers.get(ino, 0) + 1
         keep = self._versions.get(ino) == hash(version)
         _remember(self._versions, ino, version, self._memory)
-        return Opened(keep_cache=keep, paged=bool(entry.etag), cached_reader=True)
+        unsure = self._moved.pop(ino, None) is not None
+        return Opened(keep_cache=keep, paged=bool(entry.etag), cached_reader=True,
+                      refresh_attrs=unsure)
 
     def read_cached(self, ino: int) -> bool:
         """Do read handles of `ino` read through the page cache? Then a write past it (a
@@ -139,6 +154,7 @@ class PageCache:
         otherwise stayed until KEEP_CACHE_MEMORY pushed them out: ~110 bytes each, 11 MiB
         after `ls -l` of 100,000 files whatever the kernel still held."""
         self._versions.pop(ino, None)
+        self._moved.pop(ino, None)
         if self._told.pop(ino, None) is not None and self._removals.removed_one(len(self._told)):
             self._versions, self._told = dict(self._versions), dict(self._told)  # util/shrink.py
 
