@@ -248,3 +248,75 @@ def test_background_mount_logs_to_the_log_file_given(s3, bucket, mount_factory, 
     assert f"mounted {m.mountpoint}" in text and f"unmounted {m.mountpoint}" in text
     assert not (m.cache_dir / "s3fuse.log").exists()
     assert oct(log_file.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_a_file_hidden_by_its_directory_shows_once_the_directory_is_gone(s3, bucket,
+                                                                         mount_factory):
+    """S3 holds `h/e` and `h/e/` (the directory wins). Once `rmdir e` (or `mv e ...`) took
+    the directory away, `e` is the file S3 holds, and writing it replaces that object:
+    it went to a conflict copy and `e` read back the old bytes."""
+    put_hostile(s3, bucket, ["h/e/", "h/m/"])
+    put(s3, bucket, {"h/e": b"OLD-HIDDEN", "h/m": b"MOVED-OVER"})
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    if not {"h/e/", "h/e"} <= keys:  # SeaweedFS, a file system, holds one of the two
+        pytest.skip("this server cannot hold a key and a prefix of the same name")
+    m = mount_factory("--source", f"s3://{bucket}")
+    m.expect_log(r"hiding s3 key")
+    root = m.path(bucket, "h")
+    assert os.path.isdir(root / "e") and os.path.isdir(root / "m")
+    os.rmdir(root / "e")
+    assert (root / "e").read_bytes() == b"OLD-HIDDEN"
+    (root / "e").write_bytes(b"mine")
+    os.rename(root / "m", root / "m2")
+    assert (root / "m").read_bytes() == b"MOVED-OVER" and os.path.isdir(root / "m2")
+    m.wait_idle()
+    assert s3.get_object(Bucket=bucket, Key="h/e")["Body"].read() == b"mine"
+    assert (root / "e").read_bytes() == b"mine"
+    assert sorted(os.listdir(root)) == ["e", "m", "m2"]
+    assert not any("conflict" in o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+
+
+def test_a_directory_of_keys_it_cannot_show_is_not_empty(s3, bucket, mount_factory):
+    """`a//b` lists as nothing in `a`, but `a` is not empty: rmdir said 0 and `a` came
+    back at the next listing; it is ENOTEMPTY, with a log line saying why."""
+    put_hostile(s3, bucket, ["a//b"])
+    put(s3, bucket, {"t/": b""})
+    if "a//b" not in {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}:
+        pytest.skip("this server stores `a//b` as `a/b`")
+    m = mount_factory("--source", f"s3://{bucket}")
+    m.expect_log(r"hiding s3|holds keys whose names cannot be shown")
+    root = m.path(bucket)
+    assert os.listdir(root / "a") == []
+    for attempt in (lambda: os.rmdir(root / "a"), lambda: os.rename(root / "t", root / "a")):
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno == errno.ENOTEMPTY
+    assert "cannot be shown" in m.log()
+    assert os.path.isdir(root / "a") and os.path.isdir(root / "t")
+
+
+def test_a_key_over_1024_bytes_is_refused_at_once(s3, bucket, mount_factory):
+    """S3 keys are at most 1,024 bytes: a file, directory or rename that would need a
+    longer one is ENAMETOOLONG when made, not an upload failing for good afterwards."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    deep = root.joinpath(*["d" * 200] * 5)  # key prefix of 1,005 bytes
+    deep.mkdir(parents=True)
+    (deep / ("f" * 19)).write_bytes(b"fits")  # 1,024 bytes
+    os.mkdir(deep / ("g" * 17))  # its marker `.../ggg/` is 1,023 bytes
+    for make in (lambda: (deep / ("f" * 20)).write_bytes(b"x"),
+                 lambda: os.mkdir(deep / ("g" * 19)),
+                 lambda: os.symlink("target", deep / ("l" * 20)),
+                 lambda: os.rename(deep / ("f" * 19), deep / ("f" * 20))):
+        with pytest.raises(OSError) as info:
+            make()
+        assert info.value.errno == errno.ENAMETOOLONG
+    os.mkdir(root / "short")
+    (root / "short" / ("s" * 200)).write_bytes(b"x")
+    with pytest.raises(OSError) as info:  # a key below it would be 1,205 bytes
+        os.rename(root / "short", deep / ("h" * 10))
+    assert info.value.errno == errno.ENAMETOOLONG
+    m.wait_idle()  # every upload landed: none was left failing
+    assert (deep / ("f" * 19)).read_bytes() == b"fits"
+    assert (root / "short" / ("s" * 200)).read_bytes() == b"x"
+    assert m.status()["uploads"]["files"] == 0

@@ -77,13 +77,13 @@ class ListingStage:
         if self._rows > self._spill_rows and self._file is None and self._spill_dir is not None:
             self._spill(self._spill_dir)
 
-    def add_dirs(self, names: list[str]) -> list[str]:
-        """Directories, which win over files of the same name: returns the names of the
-        files they hide (dropped)."""
+    def add_dirs(self, names: list[str]) -> list[tuple[str, int, int, str]]:
+        """Directories, which win over files of the same name: returns the rows (name,
+        size, mtime_ns, ETag) of the files they hide (dropped)."""
         with self._full_disk(), transaction_on(self.connection, "BEGIN") as db:
-            hidden = [row[0] for row in db.execute(
-                f"SELECT name FROM {self.table} WHERE is_dir=0 AND name IN "
-                "(SELECT value FROM json_each(?)) ORDER BY name", (json.dumps(names),))]
+            hidden = db.execute(
+                f"SELECT name, size, mtime_ns, etag FROM {self.table} WHERE is_dir=0 AND name IN "
+                "(SELECT value FROM json_each(?)) ORDER BY name", (json.dumps(names),)).fetchall()
             db.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?,1,0,0,'')",
                            ((name,) for name in names))
         return hidden

@@ -13,13 +13,29 @@ names are kept in memory and staged at the end, hiding the files of the same nam
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 from ...cache.meta import version
 from ...cache.liststage import ListingStage
-from ...model import Entry
+from ...model import Entry, new_entry
 from ...names import is_posix_name, is_probe_name
 from ...store.protocol import ListPage, ObjectInfo
 from ...util.oncelog import OnceLogger
+
+
+@dataclass(slots=True)
+class Hidden:
+    """What one listing of a directory hid from the mount: what `rmdir` and `rename` of
+    the directory, or of one of its subdirectories, must know. A file hidden by its
+    directory of the same name shows once that directory is gone (writing that name then
+    replaces the object, not a conflict); a directory holding keys it cannot show is not
+    empty."""
+
+    files: dict[str, Entry] = field(default_factory=dict)  # by name
+    unnamed: bool = False  # keys or prefixes with names no POSIX path can have
+
+    def __bool__(self) -> bool:
+        return bool(self.files) or self.unnamed
 
 
 class Ingest:
@@ -43,6 +59,9 @@ class Ingest:
         #: stores no metadata: no HEAD needed to know).
         self.marker = ""
         self.probes: list[ObjectInfo] = []  # scratch keys of conditional-request probes
+        #: Files hidden by a directory of their name (see Hidden), and whether keys whose
+        #: names cannot be shown were listed.
+        self.hidden = Hidden()
 
     def add(self, page: ListPage) -> None:
         prefix, hidden = self._prefix, self._hidden
@@ -51,6 +70,7 @@ class Ingest:
             if is_posix_name(name):
                 self._dirs.append(name)
             else:
+                self.hidden.unnamed = True
                 hidden.info(common, "hiding s3 prefix %r: not a valid POSIX name", common)
         rows = []
         for obj in page.objects:
@@ -62,6 +82,7 @@ class Ingest:
             elif is_posix_name(name):
                 rows.append((name, obj.size, obj.mtime_ns, obj.etag))
             else:
+                self.hidden.unnamed = True
                 hidden.info(obj.key, "hiding s3 key %r: not a valid POSIX name", obj.key)
         if rows:
             self.stage.add_files(rows)
@@ -70,9 +91,11 @@ class Ingest:
         """The stage with every page in: directories added, the files they hide dropped."""
         if not self._finished:
             self._finished = True
-            for name in self.stage.add_dirs(sorted(set(self._dirs))):
+            for name, size, mtime_ns, etag in self.stage.add_dirs(sorted(set(self._dirs))):
                 key = self._prefix + name
                 self._hidden.info(key, "hiding s3 key %r: a directory of the same name wins", key)
+                self.hidden.files[name] = new_entry(name, False, size, mtime_ns, etag, self.now,
+                                                    None)
             self._dirs = []
         return self.stage
 

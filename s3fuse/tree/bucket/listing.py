@@ -42,7 +42,7 @@ from ...util.flight import SingleFlight
 from ...util.oncelog import OnceLogger
 from ...util.stoppoint import stop_points
 from ...util.supervisor import LIST_AHEAD as LIST_AHEAD_TASK, UPLOAD_CLEANUP, Supervisor
-from .ingest import Ingest
+from .ingest import Hidden, Ingest
 from .keys import BucketKeys
 from .learned import LearnedChanges
 
@@ -74,6 +74,8 @@ RELIST_WAIT = 2.0
 #: the next start was lost with a wiped cache directory. A probe takes a few requests: one
 #: this old is nobody's, and a writable mount that lists it removes it.
 PROBE_STALE = 600.0
+#: Directories whose listings hid keys (Hidden) remembered: such keys are rare.
+HIDING_DIRS = 4096
 
 
 @dataclass(eq=False)
@@ -109,6 +111,7 @@ class Listings:
         self._revalidating: dict[Hashable, _Revalidation] = {}
         self._fresh_until: dict[str, float] = {}  # path -> when its stored listing goes stale
         self._shown_dirs: set[str] = set()  # know_dir's: entries recorded in their parents
+        self._hiding: dict[str, Hidden] = {}  # path -> what its last listing hid (HIDING_DIRS)
 
     # ----------------------------------------------------------- revalidation deadline
 
@@ -206,7 +209,7 @@ class Listings:
         ns_id = self._keys.ns_id
         mark = self._learned.mark()
 
-        def fetch() -> list[ObjectInfo]:
+        def fetch() -> tuple[list[ObjectInfo], Hidden]:
             with Ingest(prefix, self._hidden, time.time(), self._meta.stage()) as ingest:
                 pages = stop_points(self._store.list_pages(self._keys.bucket, prefix))
                 for number, page in enumerate(pages):  # an unmount stops it between two pages
@@ -220,15 +223,51 @@ class Listings:
                     self._meta.replace_staged(ns_id, path, stage, ingest.now, changes or {},
                                               now, marker=self._marker_seen(ingest.marker,
                                                                             path, mark))
-                return ingest.probes
+                return ingest.probes, ingest.hidden
 
         try:
-            probes = await trio.to_thread.run_sync(fetch, limiter=self._limiter)
+            probes, hidden = await trio.to_thread.run_sync(fetch, limiter=self._limiter)
         finally:
             self._fresh_until.pop(path, None)  # the next ensure reads what was stored
+        self._listed_hidden(path, hidden)
         stale = [p for p in probes if time.time() - p.mtime_ns / 1e9 > PROBE_STALE]
         if stale and self._remove_probes:
             self._background.spawn(self._remove_stale_probes, stale, kind=UPLOAD_CLEANUP)
+
+    def _listed_hidden(self, path: str, hidden: Hidden) -> None:
+        self._hiding.pop(path, None)
+        if not hidden:
+            return
+        self._hiding[path] = hidden  # the newest last
+        if len(self._hiding) > HIDING_DIRS:  # the oldest half goes (rare: a key per dir)
+            for old in list(self._hiding)[:HIDING_DIRS // 2]:
+                del self._hiding[old]
+
+    def holds_unnamed(self, path: str) -> bool:
+        """Did the last listing of `path` hold keys whose names cannot be shown (`a//b`)?
+        Then it is not empty, whatever `ls` shows."""
+        hidden = self._hiding.get(path)
+        if hidden is None or not hidden.unnamed:
+            return False
+        log.info("%s is not empty: it holds keys whose names cannot be shown (logged as "
+                 "'hiding s3 key')", self._keys.uri(self._keys.dir_prefix(path)))
+        return True
+
+    def hidden_file(self, parent: str, name: str) -> Entry | None:
+        """The file `parent/name` that the last listing of `parent` hid behind a
+        directory of that name, if any."""
+        hidden = self._hiding.get(parent)
+        return hidden.files.get(name) if hidden is not None else None
+
+    def uncover(self, path: str) -> Entry | None:
+        """Directory `path` is gone or going: the file its name hid in its parent's last
+        listing, now stored as the parent's entry of that name (None: it hid none)."""
+        parent, name = split(path)
+        hidden = self._hiding.get(parent)
+        entry = hidden.files.pop(name, None) if hidden is not None else None
+        if entry is not None:
+            self.learn(parent, name, entry)
+        return entry
 
     def _marker_seen(self, marker: str | None, path: str, mark: int) -> str | None:
         """What a listing of `path` sent at `mark` may say of the directory's own marker:

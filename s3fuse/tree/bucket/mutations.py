@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: A directory with more objects is not renamed key by key (EXDEV: `mv` copies it).
 RENAME_DIR_LIMIT = 1000
+#: The longest key S3 takes (UTF-8 bytes).
+MAX_KEY_BYTES = 1024
 #: What mknod may make: a zero-byte object with that type in its mode (the mount is nodev,
 #: so a device node is a name with a type and an rdev, never opened).
 SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFREG)
@@ -93,10 +95,12 @@ class Mutations:
             raise ReadOnly(f"{self._uri}: no write-back to take changes")
         return self._writes
 
-    def _check_name(self, path: str) -> None:
+    def _check_name(self, path: str, marker: bool = False) -> None:
+        """`path` can be a key (`marker`: a directory's `path/`) of this tree."""
         name = split(path)[1]
         if too_long(name):
             raise NameTooLong(f"{path!r}: a name is at most 255 bytes")
+        self._check_key(self._keys.dir_prefix(path) if marker else self._keys.key(path))
         if not is_posix_name(name):
             raise InvalidArgument(f"{path!r} cannot be an S3 key here")
         if is_probe_name(name):  # listings hide such keys: a file of that name would vanish
@@ -280,7 +284,7 @@ class Mutations:
         """A directory: a `dir/` marker carrying its metadata."""
         writes = self._writer()
         path = join(parent, name)
-        self._check_name(path)
+        self._check_name(path, marker=True)
         if await self._reads.lookup(parent, name) is not None:
             raise FileExists(path)
         await writes.make_dir(self._keys.bucket, self._keys.dir_prefix(path), posix)
@@ -288,13 +292,20 @@ class Mutations:
         return path, Entry(name, True, 0, stored_mtime(posix, time.time_ns()), "", time.time(),
                            posix=posix)
 
+    @staticmethod
+    def _check_key(key: str) -> None:
+        """S3 refuses keys over MAX_KEY_BYTES: refused at once (ENAMETOOLONG), not by an
+        upload that would fail for good after the file was written."""
+        if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+            raise NameTooLong(f"{key!r}: an S3 key is at most {MAX_KEY_BYTES} bytes")
+
     async def rmdir(self, parent: str, name: str) -> str:
         writes = self._writer()
         path = join(parent, name)
         entry = await self._reads.stat(path)
         if not entry.is_dir:
             raise NotADirectory(path)
-        if await self._reads.listdir(path):
+        if await self._reads.listdir(path) or self._listings.holds_unnamed(path):
             raise NotEmpty(path)
         # the marker's ETag: learned from our own upload of it, else from the listing of the
         # directory itself (the one just checked for emptiness: what the user saw)
@@ -302,6 +313,7 @@ class Mutations:
         await writes.remove(self._keys.bucket, self._keys.dir_prefix(path), expected)
         self._dirs.changed(parent)
         self._dirs.forget(path)
+        self._listings.uncover(path)
         await self._keep_if_emptied(parent, name)
         return path
 
@@ -332,13 +344,15 @@ class Mutations:
                 raise NotADirectory(new)
             if not source.is_dir and target.is_dir:
                 raise IsADirectory(new)
-            if target.is_dir and await self._reads.listdir(new):
+            if target.is_dir and (await self._reads.listdir(new)
+                                  or self._listings.holds_unnamed(new)):
                 raise NotEmpty(new)
         if source.is_dir:
             if new == old or new.startswith(old + "/"):
                 raise InvalidArgument(f"cannot move {old!r} into itself")
             await self._rename_dir(old, new, source.posix)
             self._dirs.forget(old)
+            self._listings.uncover(old)
             relist = True
         else:
             relist = await self._rename_file(self._keys.key(old), self._keys.key(new), source,
@@ -434,6 +448,8 @@ class Mutations:
         local.update(self._local_below(old_prefix))  # made while listing (newest wins)
         if len(remote) + len(local) > RENAME_DIR_LIMIT:
             raise TooBigToRename(f"{old}: more than {RENAME_DIR_LIMIT} objects to rename one by one")
+        for key in [*local, *(obj.key for obj in remote)]:  # nothing moved when one is too long
+            self._check_key(new_prefix + key[len(old_prefix):])
         # the new markers are queued once the copies below them are done: SeaweedFS loses a
         # marker stored while an object below it is (upload/journal.py, _STARTABLE), and
         # these copies run here, not through the queue

@@ -122,6 +122,9 @@ class BucketTree(Namespace):
         if local is not None:
             return None if local is GONE else (child, self._dirs.shown(child, local))
         await self._pending.listing_or_local(path)
+        local = self._pending.local(path, name)  # judged again: a relisting replaced the
+        if local is not None:                    # stored entry (a directory being removed)
+            return None if local is GONE else (child, self._dirs.shown(child, local))
         entry = self._listings.entry(path, name)
         if entry is None:  # not in a listing being replaced: maybe in the new one
             await self._listings.relisted(path)

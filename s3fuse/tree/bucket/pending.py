@@ -58,6 +58,9 @@ class PendingView:
                              posix)
         if file_change is not None or dir_change is not None:
             entry = self._listings.entry(path, name)
+            if entry is not None and entry.is_dir and dir_change and file_change is None:
+                # the directory is removed: a file of its name it hid in S3 shows
+                return self._listings.hidden_file(path, name) or GONE
             if entry is None or (entry.is_dir and dir_change) or (not entry.is_dir and file_change):
                 return GONE
         return None
@@ -122,7 +125,8 @@ class PendingView:
             # after the new file of its name did (rmdir, create), and must not hide it.
             stored = self._listings.entry(parent, name)
             if stored is None or stored.is_dir == key.endswith("/"):
-                self._listings.learn(parent, name, None)
+                if not (key.endswith("/") and self._listings.uncover(join(parent, name))):
+                    self._listings.learn(parent, name, None)
         elif result.conflict_key is not None or result.kept_remote:  # S3's version: look again
             self._listings.unknown(parent, name)
         else:
