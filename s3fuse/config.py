@@ -239,9 +239,12 @@ def parse_secrets_env(path: Path) -> dict[str, str]:
     """
     try:
         st = path.stat()
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8-sig")  # not the locale's: systemd's is C
     except OSError as exc:
         raise UsageError(f"cannot read secrets file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"secrets file {path} is not UTF-8 text (byte {exc.start}): "
+                         "save it as UTF-8") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(f"secrets file {path} is accessible by group/others: chmod 600 it")
     values: dict[str, str] = {}
@@ -343,6 +346,9 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"invalid config {path}: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (a Latin-1 editor's é, UTF-16)
+        raise UsageError(f"invalid config {path}: not UTF-8 text (byte {exc.start}): "
+                         "save it as UTF-8") from None
     unknown = set(data) - set(SCALAR_OPTIONS) - set(LIST_OPTIONS)
     secret = next((key for key in sorted(unknown) if is_credential_option(key)), None)
     if secret is not None:  # config files are often world-readable (/etc/s3fuse/*.toml)

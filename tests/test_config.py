@@ -102,6 +102,21 @@ def test_secrets_env_parsing_like_yt_framework(tmp_path: Path):
         parse_secrets_env(f)
 
 
+def test_files_that_are_not_utf8_get_one_line(tmp_path: Path):
+    """A Latin-1 editor's `é` or a UTF-16 file was a UnicodeDecodeError traceback (exit 1);
+    a UTF-8 BOM is fine."""
+    config, secrets = tmp_path / "c.toml", tmp_path / "secrets.env"
+    config.write_bytes(b'# caf\xe9\nendpoint_url = "http://127.0.0.1:9"\n')
+    with pytest.raises(UsageError, match=r"invalid config .*c.toml: not UTF-8 text \(byte 5\)"):
+        build_config({"config": str(config)}, [], {})
+    secrets.write_bytes("S3_ENDPOINT=http://yt:9000\n".encode("utf-16"))
+    secrets.chmod(0o600)
+    with pytest.raises(UsageError, match=r"secrets file .*secrets.env is not UTF-8 text"):
+        parse_secrets_env(secrets)
+    secrets.write_bytes("\ufeffS3_ENDPOINT=http://yt:9000\n# café\n".encode())
+    assert parse_secrets_env(secrets) == {"S3_ENDPOINT": "http://yt:9000"}
+
+
 def test_mountpoint_checks(tmp_path: Path):
     with pytest.raises(UsageError, match="does not exist"):
         check_mountpoint(tmp_path / "missing")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from s3fuse.config import build_config
+from s3fuse.errors import Offline
 from s3fuse.store.s3 import S3Store
 
 SECRET = "VerySecretKey0123456789abcdefXYZ"
@@ -36,6 +37,27 @@ def test_assumed_role_is_used_and_refreshed(moto_backend, monkeypatch: pytest.Mo
     assert "role-bucket" in store.list_buckets()
     creds._expiry_time = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=60)
     assert creds.get_frozen_credentials().access_key != first.access_key   # refreshed before expiry
+
+
+def test_an_unreachable_sts_does_not_stop_the_start(moto_backend, proxy,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """On a train: S3 and STS unreachable when the mount starts with --role-arn. It failed
+    to start (refused connections) or hung for minutes (a black hole); now it starts
+    with expired credentials, every request fails as offline (the cache serves), and
+    the role is assumed once STS answers."""
+    for name, value in moto_backend.env().items():
+        monkeypatch.setenv(name, value)
+    moto_backend.client.create_bucket(Bucket="train-bucket")
+    cfg = build_config({"endpoint_url": proxy.endpoint, "region": "us-east-1",
+                        "role_arn": "arn:aws:iam::123456789012:role/reader"}, [], os.environ)
+    proxy.cut()
+    store = S3Store.from_config(cfg)
+    with pytest.raises(Offline):
+        store.list_buckets()
+    proxy.restore()
+    assert store.probe()  # the daemon's link probe: S3 (and STS) answer again
+    assert "train-bucket" in store.list_buckets()
+    assert store._session.get_credentials().get_frozen_credentials().token  # the role's
 
 
 def test_secrets_never_reach_logs_or_status(tmp_path: Path, moto_backend, mount_factory):

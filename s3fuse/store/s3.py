@@ -103,16 +103,27 @@ def parse_timestamp(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def assumed_role_credentials(session: Any, cfg: Config) -> botocore.credentials.RefreshableCredentials:
+def assumed_role_credentials(session: Any, cfg: Config, connect_timeout: float = CONNECT_TIMEOUT,
+                             read_timeout: float = FIRST_BYTE_TIMEOUT,
+                             ) -> botocore.credentials.RefreshableCredentials:
     """STS AssumeRole credentials that refresh themselves well before they expire.
 
     (magnus assumes a role once and never refreshes; a mount lives longer than a session.)
     The refresh margins scale with the session: a third of it before expiry, refresh in
     the background; a sixth before, refresh before the next request.
+
+    STS unreachable at the start (the train, a lab without Wi-Fi) does not stop the mount:
+    it starts with credentials already expired, so every request asks STS first and fails
+    as offline until STS answers, and the cache serves meanwhile, as without a role. A
+    refusal (a wrong role, no right to assume it) still fails the start. STS gets the
+    timeouts of S3's requests and two attempts: a black-holed STS held the start for
+    minutes with botocore's defaults.
     """
     kwargs: dict[str, Any] = {"endpoint_url": cfg.endpoint_url} if cfg.endpoint_url else {}
     region = cfg.region or session.get_config_variable("region") or "us-east-1"
-    sts = session.create_client("sts", region_name=region, **kwargs)
+    sts = session.create_client("sts", region_name=region, config=botocore.config.Config(
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+        retries={"mode": "standard", "total_max_attempts": 2}), **kwargs)
 
     def refresh() -> dict[str, str]:
         try:
@@ -125,8 +136,14 @@ def assumed_role_credentials(session: Any, cfg: Config) -> botocore.credentials.
         return {"access_key": c["AccessKeyId"], "secret_key": c["SecretAccessKey"],
                 "token": c["SessionToken"], "expiry_time": c["Expiration"].isoformat()}
 
+    try:
+        first = refresh()
+    except Offline as exc:
+        log.warning("%s; the mount starts offline and assumes the role once STS answers", exc)
+        first = {"access_key": "", "secret_key": "", "token": "",
+                 "expiry_time": "1970-01-01T00:00:00+00:00"}
     creds = botocore.credentials.RefreshableCredentials.create_from_metadata(
-        metadata=refresh(), refresh_using=refresh, method="sts-assume-role")
+        metadata=first, refresh_using=refresh, method="sts-assume-role")
     creds._advisory_refresh_timeout = cfg.role_session_duration // 3
     creds._mandatory_refresh_timeout = cfg.role_session_duration // 6
     return creds
@@ -298,7 +315,8 @@ class S3Store:
             timestamp_parser=parse_timestamp)
         self._session = core
         if cfg.role_arn:
-            core._credentials = assumed_role_credentials(core, cfg)  # every client refreshes
+            core._credentials = assumed_role_credentials(  # every client refreshes
+                core, cfg, connect_timeout, first_byte)
         bcfg = botocore.config.Config(
             signature_version="s3v4",
             connect_timeout=connect_timeout,
