@@ -377,3 +377,47 @@ async def test_a_listing_answered_before_the_marker_landed_keeps_the_directory_o
         shown = (await tree.stat("d")).posix
         assert shown is not None and (shown.uid, shown.mode) == (65534, stat.S_IFDIR | 0o1777)
     assert store.head(B, "d/").metadata.get("uid") == "65534"
+
+
+@pytest.mark.parametrize("remove", ["unlink", "rename over"])
+async def test_a_close_journalling_while_its_name_is_removed_succeeds_and_stays_removed(
+        rig: tuple[BucketTree, UploadQueue], store: HeldStore,
+        monkeypatch: pytest.MonkeyPatch, remove: str) -> None:
+    """`>> f` closing while another process ran `rm f` (or renamed a file over it): the
+    removal unlinked the file in the middle of its close's journalling, the close failed
+    with EIO (IllegalTransition) and the version, journalled after the removal, landed
+    as `f.s3fuse-conflict-*` (a helper's run: ~30 EIO and 2 conflict copies in 10 s)."""
+    tree, queue = rig
+    entered, go = trio.Event(), trio.Event()
+    submit = queue.submit
+
+    async def held_submit(bucket: str, key: str, *args: Any, **kwargs: Any) -> int:
+        if key == "f":
+            entered.set()
+            await go.wait()
+        return await submit(bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(queue, "submit", held_submit)
+    _, _, handle = await tree.create("", "f", posix(stat.S_IFREG))
+    await handle.write(0, b"appended\n")
+    if remove == "rename over":
+        _, _, other = await tree.create("", "t", posix(stat.S_IFREG))
+        await other.write(0, b"new\n")
+        await other.close()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handle.close)  # flush and release: the close of `>> f`
+        await entered.wait()
+        if remove == "unlink":
+            nursery.start_soon(tree.unlink, "", "f")
+        else:
+            nursery.start_soon(tree.rename, "", "t", "", "f")
+        await trio.sleep(0.05)  # the removal waits for the close's journalling
+        go.set()
+    await landed(queue, "f")
+    await landed(queue, "t")
+    in_s3 = store.objects(B)
+    assert not any("conflict" in key for key in in_s3), sorted(in_s3)
+    if remove == "unlink":
+        assert "f" not in in_s3
+    else:
+        assert sorted(in_s3) == ["f"] and in_s3["f"] == b"new\n"

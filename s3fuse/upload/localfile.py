@@ -147,6 +147,9 @@ class LocalFile:
                  expected: Expected, change: Change, limiter: trio.CapacityLimiter):
         self.bucket = bucket
         self.lock = trio.Lock()  # writes, truncates, submits and renames one at a time
+        #: Set while a flush journals this file (writeback.py): a removal of its key waits
+        #: for it, so the version closed is journalled before the removal, never after.
+        self.submitting: trio.Event | None = None
         self._staging = staging
         self._limiter = limiter
         self._staging_id = staging_id

@@ -283,14 +283,19 @@ class WriteBack:
         if not local.to_submit:
             return
         # Not journalled (e.g. a full disk) raises: the file stays DIRTY, ours to write.
+        submitting = local.submitting = trio.Event()
         try:
-            job = await self.queue.submit(local.bucket, local.key, local.staging_id,
-                                          local.expected, local.change.posix,
-                                          settle=local.settle, quick=local.settles_quickly)
-        except OSError:
-            self._owed(local)  # its tail could not be written: owed now
-            raise
-        local.submitted(job)
+            try:
+                job = await self.queue.submit(local.bucket, local.key, local.staging_id,
+                                              local.expected, local.change.posix,
+                                              settle=local.settle, quick=local.settles_quickly)
+            except OSError:
+                self._owed(local)  # its tail could not be written: owed now
+                raise
+            local.submitted(job)
+        finally:
+            local.submitting = None
+            submitting.set()
         log.debug("queued s3://%s/%s (%d bytes)", local.bucket, local.key, local.size)
 
     @staticmethod
@@ -365,7 +370,7 @@ class WriteBack:
     async def remove(self, bucket: str, key: str, expected: Expected = UNKNOWN) -> None:
         """Unlink a file or remove a directory marker (`key` ending with '/'); `expected`:
         the ETag the user saw (UNKNOWN for local changes: the journal chains them)."""
-        self._replace(bucket, key)
+        await self._replace(bucket, key)
         await self.queue.delete(bucket, key, expected)
         self.overlay.delete(bucket, key)
 
@@ -492,7 +497,7 @@ class WriteBack:
         except FileNotFoundError:
             return False
         size = (await trio.to_thread.run_sync(path.stat)).st_size
-        self._replace(bucket, new)
+        await self._replace(bucket, new)
         with self._journalling(bucket, new, new_bytes=True):
             self.overlay.file(bucket, new, size, posix=meta)
             await self.queue.submit(bucket, new, clone_id, target, meta)
@@ -514,7 +519,7 @@ class WriteBack:
                                                               local.staging_id)
             except FileNotFoundError:  # uploaded and deleted meanwhile: copy the open file
                 staging_id, _ = await trio.to_thread.run_sync(self.staging.copy_fd, local.fd)
-        self._replace(bucket, new)
+        await self._replace(bucket, new)
         if staging_id is not None:
             try:
                 job = await self.queue.submit(bucket, new, staging_id, target,
@@ -559,9 +564,18 @@ class WriteBack:
         if moved:
             self._followers.setdefault((bucket, new), set()).update(moved)
 
-    def _replace(self, bucket: str, key: str) -> None:
+    async def _replace(self, bucket: str, key: str) -> None:
         """A file open under `key` loses its name (it lives on for its handles), and read
-        handles of it stop following the key (a new file there is another file)."""
+        handles of it stop following the key (a new file there is another file).
+
+        A close of that file journalling its version meanwhile finishes first: unlinked
+        in the middle, the close failed (EIO) while its version stayed queued, and that
+        version, journalled after the removal, landed as a conflict copy of a file the user
+        had removed. Waiting takes no lock: the flush waits for nothing of other files."""
+        replaced = self._open.get((bucket, key))
+        while replaced is not None and replaced.submitting is not None:
+            await replaced.submitting.wait()
+            replaced = self._open.get((bucket, key))
         followers = self._followers.pop((bucket, key), ())
         replaced = self._open.pop((bucket, key), None)
         for follower in followers:
@@ -575,6 +589,6 @@ class WriteBack:
     async def forget(self, bucket: str, key: str) -> None:
         """Drop the local changes of a key about to be overwritten in S3 directly (a rename
         onto it): its queued versions must not land after the new object."""
-        self._replace(bucket, key)
+        await self._replace(bucket, key)
         await self.queue.cancel(bucket, key)
         self.overlay.clear(bucket, key)
