@@ -521,7 +521,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     os.umask(0o077)  # files diskcache/SQLite create in the cache stay private (0600)
     file_cfg = load_toml(Path(args.config)) if args.config else {}
     if args.cache_dir:
-        cache_dir = Path(args.cache_dir)
+        cache_dir = Path(args.cache_dir).expanduser().absolute()
     else:  # the one a mount with this configuration (and environment) uses
         cfg = build_config({"config": args.config})
         cache_dir = resolve_cache_dir(cfg.cache_dir, identity_of(cfg))

@@ -111,6 +111,19 @@ class GoneReleases(logging.Filter):
 _GONE_RELEASE = "fuse_release(): fuse_reply_* failed with No such file or directory"
 
 
+class CredentialRefreshes(logging.Filter):
+    """botocore logs each failed refresh of temporary credentials (a profile's role, an SSO
+    session) with the whole traceback: with STS unreachable, a traceback at every request.
+    The cause goes on the line instead (the rate limit then applies to one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "botocore.credentials" and record.exc_info:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} {type(error).__name__}: {error}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
 #: The default log (`<cache-dir>/s3fuse.log` of a background mount) is rotated at this size,
 #: keeping BACKUPS old ones: no log grows forever unless asked to.
 ROTATE_BYTES = 10 << 20
@@ -142,6 +155,7 @@ def setup_logging(level: str = "INFO", debug_modules: tuple[str, ...] = (),
     except OSError as exc:
         raise UsageError(f"cannot open the log file {log_file}: {exc.strerror}") from None
     handler.addFilter(GoneReleases())
+    handler.addFilter(CredentialRefreshes())
     handler.addFilter(SafeRecords())
     root = logging.getLogger()
     root.handlers[:] = [handler]

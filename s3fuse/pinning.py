@@ -103,6 +103,7 @@ class Pinner:
         walk finds them: a pin of 10M files holds PARALLEL_FILES of them at a time, not a
         task and a list entry each (~3.8 KB per file: 36 GiB)."""
         keep = job.action == "pin"
+        missing = False
         try:
             async for _, _, _, entry in self._files(job.path):
                 job.files_total += 1
@@ -119,7 +120,8 @@ class Pinner:
                 await self._pin_all(job, keep)
         except S3FuseError as exc:  # the walk failed (offline, gone)
             job.failures.append(f"{job.path or '/'}: {errno.errorcode.get(exc.errno, exc.errno)} ({exc})")
-        self._finish(job, keep)
+            missing = isinstance(exc, NotFound)  # nothing to pin there: no pin is recorded
+        self._finish(job, keep and not missing)
 
     async def _pin_all(self, job: Job, keep: bool) -> None:
         """PARALLEL_FILES workers pin the files the walk hands them; once the cache disk is
@@ -196,6 +198,8 @@ class Pinner:
         self._finish(job, job.action == "pin")
 
     def _finish(self, job: Job, keep: bool) -> None:
+        """`keep`: the pin stays recorded (complete, or incomplete to be resumed); else any
+        record of it goes (an unpin, or a pin of a path that does not exist)."""
         job.finished = time.time()
         job.state = "failed" if job.failures or job.failures_hidden else "done"
         try:

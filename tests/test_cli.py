@@ -139,3 +139,17 @@ def test_the_demo_without_its_extra_says_how_to_get_it(env: dict[str, str], tmp_
     assert res.returncode == 2
     assert res.stderr.strip() == ("s3fuse: error: the demo needs its extra: pip install "
                                   "'s3fuse[demo]' (or, in a checkout: make demo)")
+
+
+def test_a_relative_cache_dir_is_taken_from_the_working_directory(tmp_path: Path,
+                                                                  env: dict[str, str]):
+    """`--cache-dir cache` was a ValueError traceback (a relative path made into a URI)
+    in `cache stats` (and in a mount's refusal of another endpoint's cache dir: the
+    mount resolves the cache dir in the same place, cache/identity.py)."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    (cache / "journal.sqlite").touch()  # a cache dir with an upload journal
+    stats = subprocess.run([sys.executable, "-m", "s3fuse", "cache", "stats", "--cache-dir",
+                            "cache"], env=env, capture_output=True, text=True, timeout=60,
+                           cwd=tmp_path)
+    assert stats.returncode == 0 and "Traceback" not in stats.stderr, stats.stderr

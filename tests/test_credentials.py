@@ -86,3 +86,16 @@ def test_secrets_never_reach_logs_or_status(tmp_path: Path, moto_backend, mount_
     res = subprocess.run([sys.executable, "-m", "s3fuse", "mount", str(m.mountpoint), "--secrets-env",
                           str(loose)], env=env, capture_output=True, text=True)
     assert res.returncode == 2 and "group/others" in res.stderr and SECRET not in res.stderr
+
+
+def test_an_unreachable_endpoint_is_named_without_its_path_or_credentials():
+    """A profile's role with STS down showed `ListObjectsV2 ...: S3 unreachable` in
+    `status`, though S3 answered: the host that did not answer is named now."""
+    import botocore.exceptions
+
+    from s3fuse.store.s3 import translate
+    sts = botocore.exceptions.EndpointConnectionError(endpoint_url="https://sts.amazonaws.com/")
+    assert str(translate(sts, "ListObjectsV2 s3://dev/")) == (
+        "ListObjectsV2 s3://dev/: S3 unreachable (EndpointConnectionError: https://sts.amazonaws.com)")
+    s3 = botocore.exceptions.ConnectTimeoutError(endpoint_url="http://user:pw@h:9/b/k?acl=1")
+    assert str(translate(s3, "GET")) == "GET: S3 unreachable (ConnectTimeoutError: http://h:9)"

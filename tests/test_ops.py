@@ -7,12 +7,13 @@ import os
 import stat
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import itertools
 
 import pyfuse3
 import pytest
+import trio
 
 from s3fuse.config import Config, parse_source
 from s3fuse.daemon import Components, build
@@ -313,3 +314,64 @@ async def test_writes_reach_open_readers_and_o_append_goes_at_the_end(parts: Com
     fresh = await ops.open(ino, os.O_RDONLY)
     assert await ops.read(fresh.fh, 0, 100) == b"alpha+1+2"
     await ops.release(fresh.fh)
+
+
+async def test_an_open_racing_a_rename_over_its_file_gets_one_whole_version(
+        parts: Components, monkeypatch: pytest.MonkeyPatch):
+    """A reader looked `f` up just before a write-then-rename replaced it (editors, pip,
+    git): its open reached the old inode while the rename was moving the bytes, and read
+    the new file through the old inode's page cache, cut at the old size. The open waits
+    for the rename and, the inode having lost its name, reads the new file whole, past
+    the page cache; a lookup racing the rename answers for the file the inode is."""
+    ops, bkt = parts.ops, (await lookup_path(parts.ops, "bkt")).st_ino
+    for name, body in (("f", b"old"), ("t", b"the new version")):
+        info, _ = await ops.create(bkt, name.encode(), 0o100644, os.O_WRONLY, None)
+        await ops.write(info.fh, 0, body)
+        await ops.flush(info.fh)
+        await ops.release(info.fh)
+    old_ino = (await ops.lookup(bkt, b"f")).st_ino
+    started, go = trio.Event(), trio.Event()
+    tree = ops._ns(ops._node(bkt))
+    rename = tree.rename
+
+    async def slow_rename(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        await go.wait()
+        return await rename(*args, **kwargs)
+
+    monkeypatch.setattr(tree, "rename", slow_rename)
+    opened: list[pyfuse3.FileInfo] = []
+    looked: list[pyfuse3.EntryAttributes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ops.rename, bkt, b"t", bkt, b"f", 0, None)
+        await started.wait()
+
+        async def open_old() -> None:
+            opened.append(await ops.open(old_ino, os.O_RDONLY))
+
+        async def look() -> None:
+            looked.append(await ops.lookup(bkt, b"f"))
+        nursery.start_soon(open_old)
+        nursery.start_soon(look)
+        await trio.sleep(0.05)
+        assert not opened and not looked  # they wait for the rename
+        go.set()
+    [info], [entry] = opened, looked
+    assert info.direct_io  # the kernel holds the old file's size: no clamp, no old pages
+    assert await ops.read(info.fh, 0, 100) == b"the new version"
+    assert entry.st_size == len(b"the new version") and entry.st_ino != old_ino
+    await ops.release(info.fh)
+    late = await ops.open(old_ino, os.O_RDONLY)  # a path walk that ended before the rename
+    assert late.direct_io and await ops.read(late.fh, 0, 100) == b"the new version"
+    await ops.release(late.fh)
+
+
+async def test_log_lines_name_paths_with_single_slashes(parts: Components):
+    """A name under a source's root was logged as `/bkt//name`."""
+    ops = parts.ops
+    bkt = (await lookup_path(ops, "bkt")).st_ino
+    d = (await lookup_path(ops, "bkt", "d")).st_ino
+    assert ops.describe("lookup", bkt, b"name") == "/bkt/name"
+    assert ops.describe("getattr", bkt) == "/bkt"
+    assert ops.describe("lookup", d, b"b.txt") == "/bkt/d/b.txt"
+    assert ops.describe("getattr", ROOT_INODE) == "/"

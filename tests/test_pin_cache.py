@@ -158,3 +158,13 @@ def test_pinned_data_over_the_limit_is_kept_and_reported(s3, bucket, mount_facto
     assert not any(repr_ in res.stdout for repr_ in ("None", "[]", "{'", "True", "False"))
     stats = json.loads(s3fuse("cache", "stats", "--cache-dir", str(m.cache_dir), "--json", env=m.env).stdout)
     assert stats["pinned"] >= 72 * MiB
+
+
+def test_a_pin_of_a_path_that_does_not_exist_is_not_recorded(s3, bucket, mount_factory):
+    """`s3fuse pin` of a typo failed with ENOENT, yet the pin stayed recorded
+    (`status`: 1 pin, resumed by every later daemon) until unpinned."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    m.expect_log(r"pin of .*no-such-file")
+    res = s3fuse("pin", str(m.path(bucket, "no-such-file")), env=m.env)
+    assert res.returncode == 1 and "ENOENT" in res.stderr
+    assert m.status()["pins"] == []

@@ -170,3 +170,22 @@ def test_a_hostile_key_reaches_log_and_status_escaped(tmp_path: Path, backend: B
     assert "x\\n<0>evil\\x1b[2J\\u202e.txt" in log
     for text in (status.stdout, status.stderr, sync.stderr, log):
         assert not RAW.search(text) and not FORGED.search(text), text
+
+
+def test_a_failed_credential_refresh_is_one_line_without_a_traceback(
+        logged: Callable[[], str]) -> None:
+    """A profile's role with STS unreachable: botocore logged each failed refresh with its
+    traceback (33 in 20 s in a helper's run); one line with the cause, rate-limited."""
+    refresh = logging.getLogger("botocore.credentials")
+    for _ in range(30):
+        try:
+            raise ConnectionError("Could not connect to the endpoint URL: https://sts.x/")
+        except ConnectionError:
+            refresh.warning("Refreshing temporary credentials failed during %s refresh period.",
+                            "mandatory", exc_info=True)
+    text = logged()
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if "Refreshing temporary credentials" in line]
+    assert len(lines) == 20  # RATE_BURST a minute
+    assert lines[0].endswith("mandatory refresh period. ConnectionError: Could not connect to "
+                             "the endpoint URL: https://sts.x/")

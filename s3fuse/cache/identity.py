@@ -176,7 +176,7 @@ def queued_uploads(cache_dir: Path) -> int | None:
     if not path.exists():
         return 0
     try:
-        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=1.0)
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=1.0)
         try:
             return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
         finally:
@@ -218,8 +218,8 @@ def resolve_cache_dir(configured: Path | None, identity: Identity, base: Path | 
     """The cache dir a mount uses: the configured one, else the default of its identity:
     the documented default `base` when it is this identity's or no one's yet (a fresh
     one, or one from before identities, adopted), else `<base>/<slug>`."""
-    if configured is not None:
-        return configured
+    if configured is not None:  # absolute: logs, status and sqlite URIs name it whole
+        return configured.expanduser().absolute()
     base = base or default_cache_dir()
     recorded = read_identity(base) if base.is_dir() else None
     if recorded is None or recorded == identity:

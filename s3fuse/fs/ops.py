@@ -34,13 +34,17 @@ from .handles import HandleTable, OpenDir
 from .inodecap import InodeCap
 from .inodes import ROOT_INODE, InodeTable, Node
 from .listingshape import ListingShapes, Shape
-from .pagecache import PageCache, told_memory_for
+from .pagecache import Opened, PageCache, told_memory_for
+from .renames import RenamesInFlight
 from .setid import SetIdGuard, privileged, setid_bits, write_only
 
 log = logging.getLogger(__name__)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+#: Lookups and stats asked again at most this often when renames of their path keep
+#: running under them (fs/renames.py); then the last answer stands.
+RENAME_RETRIES = 4
 READDIR_PAGE = 256
 #: st_blksize of a directory: glibc reads a directory in buffers of max(st_blksize, 32 KiB)
 #: (up to 1 MiB), the kernel asks readdirplus for that many bytes, and pyfuse3 callocs a
@@ -113,6 +117,7 @@ class S3Operations(pyfuse3.Operations):
         self.shapes = ListingShapes()
         self.setid = SetIdGuard()
         self.page_dropper = PageDropper(lambda ino: pyfuse3.invalidate_inode(ino, False))
+        self.renames = RenamesInFlight()
         self._started_ns = time.time_ns()  # mtime of directories S3 has no date for
 
     # ------------------------------------------------------------ decoding
@@ -126,7 +131,8 @@ class S3Operations(pyfuse3.Operations):
             return f"#{args[0]}"
         if node.is_root:
             return "/"
-        where = "/" + join(self.root.get(node.ns).name, self._ns(node).describe(node.ref))
+        inside = self._ns(node).describe(node.ref)  # '' at a source's own root
+        where = "/" + self.root.get(node.ns).name + (f"/{inside}" if inside else "")
         if len(args) > 1 and isinstance(args[1], bytes):
             where = join(where, os.fsdecode(args[1]))
         return where
@@ -173,6 +179,22 @@ class S3Operations(pyfuse3.Operations):
         return None if parent is None else parent.ino
 
     async def _entry(self, node: Node) -> Entry:
+        """The entry of `node`; asked again when a rename of its path ran meanwhile (the
+        answer may be the other file's: fs/renames.py)."""
+        retries = RENAME_RETRIES
+        while True:
+            mark, ref = self.renames.mark(), node.ref
+            try:
+                entry = await self._entry_now(node)
+            except NotFound:
+                if not retries or not self.renames.moved_since(node.ns, ref, mark):
+                    raise
+            else:
+                if not retries or not self.renames.moved_since(node.ns, ref, mark):
+                    return entry
+            retries -= 1
+
+    async def _entry_now(self, node: Node) -> Entry:
         try:
             if node.detached:
                 raise NotFound(f"{node.ref}: removed")
@@ -322,7 +344,7 @@ class S3Operations(pyfuse3.Operations):
         elif text is not None:  # else no key, manifest path or member can be named so
             if not parent.is_dir:
                 raise NotADirectory(self.describe("lookup", parent_inode))
-            child = await self._ns(parent).lookup(parent.ref, text)
+            child = await self._looked_up(parent, text)
             if child is not None:
                 found = (self._ensure(parent, child[0], child[1].is_dir), child[1])
         if found is None:
@@ -335,6 +357,19 @@ class S3Operations(pyfuse3.Operations):
         if not node.is_dir:
             self.shapes.looked_up(parent.ns, parent.ino)
         return self._attrs(node, entry)
+
+    async def _looked_up(self, parent: Node, name: str) -> tuple[Ref, Entry] | None:
+        """`parent/name` looked up; again when a rename of that path ran meanwhile: the
+        answer may be the file that had the name, given to the inode that has it now."""
+        path = join(str(parent.ref), name)
+        retries = RENAME_RETRIES
+        while True:
+            mark = self.renames.mark()
+            await self.renames.settled(parent.ns, path)
+            child = await self._ns(parent).lookup(parent.ref, name)
+            if not retries or not self.renames.moved_since(parent.ns, path, mark):
+                return child
+            retries -= 1
 
     @fuse_handler("forget")
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -449,15 +484,22 @@ class S3Operations(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        # renamed over since the kernel found this inode by its path (fs/renames.py): the
+        # file now at that name is opened, past the page cache (the kernel holds the old
+        # file's size and pages)
+        await self.renames.settled(node.ns, node.ref)
+        moved = node.detached
         ns = self._ns(node)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             root = privileged(caller(ctx))
-            direct = write_only(flags) and (root or not setid_bits(await self._mode_now(node)))
+            direct = moved or (write_only(flags)
+                               and (root or not setid_bits(await self._mode_now(node))))
             writer = await ns.open_write(node.ref, truncate=bool(flags & os.O_TRUNC))
             return self._opened_writer(node, writer, direct, root, bool(flags & os.O_APPEND))
-        entry = await self._entry(node)
+        entry = await ns.stat(node.ref) if moved else await self._entry(node)
         handle = await ns.open(node.ref)
-        opened = self.pages.open_read(inode, entry, handle.size, handle.version)
+        opened = (Opened(direct_io=True) if moved
+                  else self.pages.open_read(inode, entry, handle.size, handle.version))
         if opened.refresh_attrs:  # before the reply: its first read past the size asks again
             await self._drop_kernel_attrs(inode)
         return pyfuse3.FileInfo(fh=self.handles.add_file(node, handle, opened),
@@ -681,11 +723,14 @@ class S3Operations(pyfuse3.Operations):
         same = new_parent.ns == old_parent.ns
         if same and not flags & RENAME_EXCHANGE:
             await self._keep_open(new_parent, new_name(name_new))  # a file it replaces
-        old, new = await self._ns(old_parent).rename(
-            old_parent.ref, existing_name(name_old), new_parent.ref if same else None,
-            new_name(name_new), noreplace=bool(flags & RENAME_NOREPLACE),
-            exchange=bool(flags & RENAME_EXCHANGE))
-        self.inodes.rename(old_parent.ns, old, new)  # type: ignore[arg-type]
+        paths = [join(str(parent.ref), name) for parent, name in
+                 ((old_parent, existing_name(name_old)), (new_parent, new_name(name_new)))]
+        with self.renames.during(old_parent.ns, paths if same else ()):
+            old, new = await self._ns(old_parent).rename(
+                old_parent.ref, existing_name(name_old), new_parent.ref if same else None,
+                new_name(name_new), noreplace=bool(flags & RENAME_NOREPLACE),
+                exchange=bool(flags & RENAME_EXCHANGE))
+            self.inodes.rename(old_parent.ns, old, new)  # type: ignore[arg-type]
 
     @fuse_handler("symlink")
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,

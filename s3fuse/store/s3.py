@@ -269,7 +269,12 @@ def translate(exc: BaseException, what: str) -> Exception:
     if isinstance(exc, TRUNCATION_ERRORS):  # before NETWORK_ERRORS: it subclasses HTTPClientError
         return RemoteError(f"{what}: truncated response body")
     if isinstance(exc, NETWORK_ERRORS):
-        return Offline(f"{what}: S3 unreachable ({type(exc).__name__})")
+        # the URL names what is unreachable: STS refreshing a profile's role is not S3
+        url = urllib.parse.urlsplit(getattr(exc, "kwargs", {}).get("endpoint_url") or "")
+        where = (f"{type(exc).__name__}: {url.scheme}://{url.hostname}"
+                 f"{'' if url.port is None else f':{url.port}'}" if url.hostname
+                 else type(exc).__name__)
+        return Offline(f"{what}: S3 unreachable ({where})")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return AccessDenied(f"{what}: no credentials")
     return RemoteError(f"{what}: {type(exc).__name__}")

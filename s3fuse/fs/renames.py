@@ -1,0 +1,70 @@
+"""Renames in flight, so that an open racing one opens the file its inode is.
+
+Nodes are named by path (fs/inodes.py): a rename over `f` detaches the node of the file
+that was `f` only once the namespace has moved the bytes, which takes awaits (a local
+move, an S3 copy). An open of that node arriving meanwhile (a reader that looked `f` up
+just before an editor's or pip's write-then-rename) opened whatever `f` held by then,
+half-moved, through the old inode's page cache: the new file cut at the old size, or
+changing under `fstat`. Such an open now waits for the rename to finish and, when its
+node has lost the name (meanwhile, or between the kernel's path walk and its open
+request), opens the file now at that name past the page cache (as if it had been opened
+just after the rename): one whole version, never a blend.
+`ESTALE` (the kernel then looks the path up again) was tried: under back-to-back
+renames (a writer saving in a loop) the kernel's one retry met another rename, and the
+reader got the error.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Hashable, Iterable, Iterator
+
+import trio
+
+
+#: Paths whose last rename is remembered for `moved_since` (the oldest half goes past it).
+REMEMBERED = 4096
+
+
+class RenamesInFlight:
+    """Renames in flight, and which paths a rename ended on lately: a lookup or stat that
+    awaited across a rename of its path may hold the other file's attributes, for the
+    inode now at that name (a reader then read the new file cut at the old size)."""
+
+    def __init__(self) -> None:
+        self._paths: dict[tuple[int, Hashable], trio.Event] = {}
+        self._seq = 0  # renames finished
+        self._ended: dict[tuple[int, Hashable], int] = {}  # path -> _seq after its last rename
+
+    def mark(self) -> int:
+        return self._seq
+
+    def moved_since(self, ns: int, ref: Hashable, mark: int) -> bool:
+        """Did a rename of `ref` run since `mark` (or is one running)?"""
+        key = (ns, ref)
+        return key in self._paths or self._ended.get(key, -1) > mark
+
+    @contextlib.contextmanager
+    def during(self, ns: int, refs: Iterable[Hashable]) -> Iterator[None]:
+        """Mark `refs` of namespace `ns` (a rename's source and target) for its length."""
+        done = trio.Event()
+        keys = [(ns, ref) for ref in refs]
+        for key in keys:
+            self._paths[key] = done
+        try:
+            yield
+        finally:
+            self._seq += 1
+            for key in keys:
+                if self._paths.get(key) is done:
+                    del self._paths[key]
+                self._ended.pop(key, None)
+                self._ended[key] = self._seq
+            if len(self._ended) > REMEMBERED:
+                for old in list(self._ended)[:REMEMBERED // 2]:
+                    del self._ended[old]
+            done.set()
+
+    async def settled(self, ns: int, ref: Hashable) -> None:
+        """Until no rename of `ref` is in flight (at once when none is)."""
+        while (done := self._paths.get((ns, ref))) is not None:
+            await done.wait()
