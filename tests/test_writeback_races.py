@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import pytest
 import trio
 
-from s3fuse.errors import NotFound
+from s3fuse.errors import NotFound, RemoteError
 from s3fuse.cache.overlay import Overlay
 from s3fuse.posix import Posix
 from s3fuse.store.memory import MemoryStore
@@ -421,3 +421,35 @@ async def test_a_close_journalling_while_its_name_is_removed_succeeds_and_stays_
         assert "f" not in in_s3
     else:
         assert sorted(in_s3) == ["f"] and in_s3["f"] == b"new\n"
+
+
+async def names(tree: BucketTree, path: str) -> list[str]:
+    return sorted(entry.name for entry in await tree.listdir(path))
+
+
+async def test_a_directory_rename_cut_short_leaves_both_trees_listed_again(
+        rig: tuple[BucketTree, UploadQueue], store: HeldStore,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon killed in the middle of `mv src dst` (or an error part-way) left S3 with
+    both trees half-moved, and the stored listings showed `src` whole and no `dst` until
+    the metadata TTL: the copies made looked lost. The listings go stale first."""
+    tree, _ = rig
+    for i in range(6):
+        store.put_object(B, f"src/x{i}", f"file {i}".encode())
+    assert await names(tree, "") == ["src"] and len(await names(tree, "src")) == 6
+    copied = 0
+    copy = store.copy_object
+
+    def dying_copy(bucket: str, source_key: str, key: str, etag: str, **kwargs: Any) -> str:
+        nonlocal copied
+        if copied == 3:
+            raise RemoteError("the daemon is killed here")
+        copied += 1
+        return copy(bucket, source_key, key, etag, **kwargs)
+
+    monkeypatch.setattr(store, "copy_object", dying_copy)
+    with pytest.raises(RemoteError):
+        await tree.rename("", "src", "", "dst")
+    assert await names(tree, "") == ["dst", "src"]
+    moved, left = await names(tree, "dst"), await names(tree, "src")
+    assert len(moved) == 3 and sorted(moved + left) == [f"x{i}" for i in range(6)]

@@ -448,8 +448,15 @@ class Mutations:
         local.update(self._local_below(old_prefix))  # made while listing (newest wins)
         if len(remote) + len(local) > RENAME_DIR_LIMIT:
             raise TooBigToRename(f"{old}: more than {RENAME_DIR_LIMIT} objects to rename one by one")
-        for key in [*local, *(obj.key for obj in remote)]:  # nothing moved when one is too long
+        moving = [*local, *(obj.key for obj in remote)]
+        for key in moving:  # nothing moved when one is too long
             self._check_key(new_prefix + key[len(old_prefix):])
+        # Killed part-way, S3 holds both trees half-moved: their stored listings go stale
+        # before the first copy (meta.sqlite), so the next mount lists them again instead
+        # of showing the old tree whole and the new one not at all until the TTL.
+        for path in {split(old)[0], split(new)[0], old,
+                     *(join(old, key[len(old_prefix):]).rpartition("/")[0] for key in moving)}:
+            self._listings.expire(path)
         # the new markers are queued once the copies below them are done: SeaweedFS loses a
         # marker stored while an object below it is (upload/journal.py, _STARTABLE), and
         # these copies run here, not through the queue
