@@ -171,6 +171,20 @@ def test_lru_size_cap(tmp_path: Path):
     cache.close()
 
 
+def test_the_size_cap_holds_when_big_blocks_follow_many_small_ones(tmp_path: Path):
+    """diskcache evicts 16 entries per store whatever their size: after 1,500 small files'
+    blocks, every big block pushed out a few KiB and the cache grew past its cap (a
+    helper's `--cache-size 64M` held 130 MiB)."""
+    cache = BlockCache(tmp_path / "blocks", 2 << 20, tmp_path / "pinned")
+    for i in range(600):
+        cache.put("b", f"small{i}", "e", 0, os.urandom(1000))
+    for i in range(12):
+        cache.put("b", "big", "e", i, os.urandom(512 << 10))
+    assert cache.usage()["used"] <= 2 << 20
+    assert cache.get("b", "big", "e", 11) is not None  # the newest stay
+    cache.close()
+
+
 def test_safedisk_refuses_pickles_and_foreign_paths(tmp_path: Path):
     cache = diskcache.Cache(str(tmp_path / "c"), disk=SafeDisk)
     with pytest.raises(TypeError):

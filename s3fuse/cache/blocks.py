@@ -56,6 +56,8 @@ _HEAD_READ = _HEADER.size + _OFFSET.size + _CHUNK_CRC.size * (8 << 20) // CHUNK
 #: or close). diskcache's own get wrote each in a transaction of its own: a `cat` of 1,000
 #: cached files was 1,000 commits (and WAL checkpoints, fsyncs) under the writers' lock.
 TOUCH_BATCH = 256
+#: Blocks a store's `set` evicts at most (diskcache's cull_limit); `put` culls the rest.
+CULL_LIMIT = 16
 TOUCH_DELAY = 1.0
 #: Value files up to this size (a small file's block, sealed) are read buffered, in one
 #: pread: past the page cache (directio.py), each was a synchronous disk read into a
@@ -381,6 +383,12 @@ class BlockCache:
             self.flush_touches()  # storing may evict (cull): by up-to-date access times
             self.claim(len(data))
             self._lru.set(name, _SealedBlock(name, data), read=True)
+            # `set` culls CULL_LIMIT blocks at most, whatever their size: after 1,500 small
+            # files, each 8 MiB block stored pushed out 16 KiB, and the cache grew past its
+            # limit (2x in a helper's run); the rest goes now, least recently used first
+            if self._lru.volume() > self.size_limit:
+                with self._lock:
+                    self._lru.cull()
 
     def claim(self, n: int) -> None:
         """Room for `n` more bytes above the reserve (a block's, a staging file's), evicting
@@ -482,5 +490,6 @@ def _close(value: Any) -> None:
 def _store(directory: Path, size_limit: int | None, policy: str,
            lock: threading.RLock) -> _LockedCache:
     settings = {} if size_limit is None else {"size_limit": size_limit}
-    return _LockedCache(str(directory), disk=SafeDisk, eviction_policy=policy, cull_limit=16,
+    return _LockedCache(str(directory), disk=SafeDisk, eviction_policy=policy,
+                        cull_limit=CULL_LIMIT,
                         statistics=False, lock=lock, **settings)
