@@ -350,7 +350,8 @@ class S3Operations(pyfuse3.Operations):
         if found is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0
-            negative.entry_timeout = self.cfg.metadata_ttl
+            negative.entry_timeout = self._ns(parent).negative_ttl(parent.ref,
+                                                                   self.cfg.metadata_ttl)
             return negative
         node, entry = found
         self.inodes.remember(node)

@@ -142,6 +142,11 @@ class Namespace(ABC):
     @abstractmethod
     def describe(self, ref: Ref) -> str: ...
 
+    def negative_ttl(self, parent: Ref, ttl: float) -> float:
+        """How long the kernel may remember that a name is not in directory `parent`: the
+        metadata TTL, or less when the stored listing that said so goes stale sooner."""
+        return ttl
+
     async def readlink(self, ref: Ref) -> str:
         raise InvalidArgument(f"{self.describe(ref)}: not a symbolic link")
 

@@ -155,6 +155,12 @@ class Listings:
 
     # ----------------------------------------------------------- directories
 
+    def fresh_for(self, path: str, longest: float) -> float:
+        """Seconds until the stored listing of `path` goes stale (`longest` at most; that
+        when it is not known here)."""
+        until = self._fresh_until.get(path)
+        return longest if until is None else min(longest, max(0.0, until - time.time()))
+
     def _fresh(self, listed_at: float | None) -> bool:
         return listed_at is not None and time.time() - listed_at < self._ttl
 

@@ -98,6 +98,12 @@ class BucketTree(Namespace):
     def describe(self, ref: str) -> str:
         return ref
 
+    def negative_ttl(self, parent: str, ttl: float) -> float:
+        # until the listing that lacks the name goes stale: a key added meanwhile then
+        # shows to `ls` and `stat` alike (a negative entry outliving that listing made
+        # `ls` list a name `stat` said was not there, `ls -l` printing `?????????`)
+        return self._listings.fresh_for(parent, ttl)
+
     def ref(self, path: str, entry: Entry) -> ObjectRef:
         return self.keys.ref(path, entry)
 
