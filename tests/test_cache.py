@@ -185,6 +185,23 @@ def test_the_size_cap_holds_when_big_blocks_follow_many_small_ones(tmp_path: Pat
     cache.close()
 
 
+def test_eviction_makes_room_for_a_block_and_no_more(tmp_path: Path):
+    """diskcache evicted 16 entries per store past the cap (and its cull 10 at a time):
+    with 8 MiB blocks a 64 MiB cache emptied itself to make room for one, and the file
+    read last, smaller than the cache, was not readable offline (a helper's run)."""
+    cache = BlockCache(tmp_path / "blocks", 4 << 20, tmp_path / "pinned")
+    block = 512 << 10
+    for name in ("a", "b"):  # 3 MiB each, read one after the other
+        for i in range(6):
+            cache.put("b", name, "e", i, os.urandom(block))
+    assert all(cache.get("b", "b", "e", i) is not None for i in range(6))  # read last: all kept
+    used = cache.usage()["used"]
+    assert 3 << 20 <= used <= 4 << 20  # just under the cap, not emptied
+    assert cache.prune(None, 2 << 20)[0] >= 3 and cache.usage()["used"] <= 2 << 20
+    assert cache.get("b", "b", "e", 5) is not None  # the most recent stay
+    cache.close()
+
+
 def test_safedisk_refuses_pickles_and_foreign_paths(tmp_path: Path):
     cache = diskcache.Cache(str(tmp_path / "c"), disk=SafeDisk)
     with pytest.raises(TypeError):

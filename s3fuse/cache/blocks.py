@@ -56,8 +56,10 @@ _HEAD_READ = _HEADER.size + _OFFSET.size + _CHUNK_CRC.size * (8 << 20) // CHUNK
 #: or close). diskcache's own get wrote each in a transaction of its own: a `cat` of 1,000
 #: cached files was 1,000 commits (and WAL checkpoints, fsyncs) under the writers' lock.
 TOUCH_BATCH = 256
-#: Blocks a store's `set` evicts at most (diskcache's cull_limit); `put` culls the rest.
-CULL_LIMIT = 16
+#: Entries a store's own `set` evicts (diskcache's cull_limit): none, `put` trims by bytes
+#: instead (_LockedCache.trim), TRIM_BATCH rows looked at per transaction.
+CULL_LIMIT = 0
+TRIM_BATCH = 64
 TOUCH_DELAY = 1.0
 #: Value files up to this size (a small file's block, sealed) are read buffered, in one
 #: pread: past the page cache (directio.py), each was a synchronous disk read into a
@@ -208,6 +210,28 @@ class _LockedCache(diskcache.Cache):
     def _transact(self, retry: bool = False, filename: str | None = None) -> Iterator[Any]:
         with self._s3fuse_lock, super()._transact(retry, filename) as pair:
             yield pair
+
+    def trim(self, limit: int) -> None:
+        """Evict least recently used entries until the volume is within `limit`, and no
+        more: diskcache's `cull` deletes 10 at a time (80 MiB of 8 MiB blocks to make room
+        for one) and its `set` CULL_LIMIT whatever their size (16 KiB of small files' blocks
+        for an 8 MiB one), so a 64 MiB cache dropped the file read last, or grew past 2x."""
+        while (excess := self.volume() - limit) > 0:
+            with self._transact() as (sql, cleanup):
+                rows = sql("SELECT rowid, size, filename FROM Cache ORDER BY access_time "
+                           "LIMIT ?", (TRIM_BATCH,)).fetchall()
+                if not rows:
+                    return
+                taken = []
+                for rowid, size, filename in rows:
+                    taken.append((rowid, filename))
+                    excess -= size
+                    if excess <= 0:
+                        break
+                sql(f"DELETE FROM Cache WHERE rowid IN ({','.join('?' * len(taken))})",
+                    [rowid for rowid, _ in taken])
+                for _, filename in taken:
+                    cleanup(filename)
 
     def lookup(self, name: str) -> _Found | None:
         """(rowid, size, value) of `name` (a value file comes back open), or None: one
@@ -383,12 +407,7 @@ class BlockCache:
             self.flush_touches()  # storing may evict (cull): by up-to-date access times
             self.claim(len(data))
             self._lru.set(name, _SealedBlock(name, data), read=True)
-            # `set` culls CULL_LIMIT blocks at most, whatever their size: after 1,500 small
-            # files, each 8 MiB block stored pushed out 16 KiB, and the cache grew past its
-            # limit (2x in a helper's run); the rest goes now, least recently used first
-            if self._lru.volume() > self.size_limit:
-                with self._lock:
-                    self._lru.cull()
+            self._lru.trim(self.size_limit)  # by bytes, the least recently used first
 
     def claim(self, n: int) -> None:
         """Room for `n` more bytes above the reserve (a block's, a staging file's), evicting
@@ -462,9 +481,7 @@ class BlockCache:
                 for (name,) in rows:
                     self._lru.delete(name)
             if max_size is not None:
-                self._lru.reset("size_limit", max_size)
-                self._lru.cull()
-                self._lru.reset("size_limit", self.size_limit)
+                self._lru.trim(max_size)
             return before_n - len(self._lru), before_bytes - int(self._lru.volume())
 
     def clear(self, pinned: bool = True) -> None:
