@@ -184,6 +184,7 @@ class S3Operations(pyfuse3.Operations):
         retries = RENAME_RETRIES
         while True:
             mark, ref = self.renames.mark(), node.ref
+            await self.renames.settled(node.ns, ref)
             try:
                 entry = await self._entry_now(node)
             except NotFound:
