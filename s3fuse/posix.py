@@ -103,14 +103,16 @@ def parse_time(text: str) -> int | None:
     """Seconds with an optional fraction of up to 9 digits (s3fs, rclone) -> ns. The
     fraction adds to the seconds even when they are negative, as in a timespec (s3fs
     writes -1.5 s as `-2.500000000`, and so does format_time). A header is anyone's
-    input: ASCII digits only (str.isdigit takes '²', which int() refuses), and a time a
-    timespec, the kernel and SQLite cannot hold (beyond int64 ns) is no time (None)."""
+    input: ASCII digits only (str.isdigit takes '²', which int() refuses), 12 digits of
+    seconds at most. A time beyond what a timespec in ns, the kernel and SQLite hold
+    (int64 ns: years 1677 to 2262) is clamped to that range, as `clamp_time` does for one
+    set through the mount: s3fs stores `touch -d 3000-01-01` as is, and reading it as no
+    time showed the object's date, which the next `chmod` then stored over it."""
     match = _TIME.fullmatch(text.strip())
     if match is None:
         return None
     sec, frac = match.groups()
-    ns = int(sec) * 1_000_000_000 + int((frac or "").ljust(9, "0"))
-    return ns if TIME_MIN <= ns <= TIME_MAX else None
+    return clamp_time(int(sec) * 1_000_000_000 + int((frac or "").ljust(9, "0")))
 
 
 #: The times this mount keeps, in ns (int64, as SQLite and a kernel timespec in ns hold
@@ -213,6 +215,16 @@ def from_headers(metadata: Mapping[str, str], *, is_dir: bool = False) -> Posix:
 
 _UID_NAMES = ("uid", "owner", "goog-reserved-posix-uid")
 _GID_NAMES = ("gid", "group", "goog-reserved-posix-gid")
+#: Every user metadata name from_headers reads: what s3fuse writes replaces them all.
+POSIX_NAMES = frozenset({"mode", "permissions", "goog-reserved-posix-mode", *_UID_NAMES,
+                         *_GID_NAMES, "mtime", "goog-reserved-file-mtime", "ctime", "atime",
+                         "rdev", "xattr"})
+
+
+def foreign_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The user metadata that is not POSIX metadata (another tool's: rclone's `md5chksum`,
+    a user's `project`): a copy that replaces the POSIX metadata keeps it, as s3fs does."""
+    return {name: value for name, value in metadata.items() if name.lower() not in POSIX_NAMES}
 
 
 def _first_int(meta: Mapping[str, str], names: tuple[str, ...]) -> int | None:

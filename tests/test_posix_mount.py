@@ -89,6 +89,30 @@ def test_a_time_beyond_2262_is_kept_as_the_latest_one_kept(s3, bucket, mount_fac
     assert os.stat(again / "far.txt").st_mtime_ns == (1 << 63) - 1
 
 
+def test_other_tools_user_metadata_survives_chmod_touch_and_rename(s3, bucket, mount_factory):
+    """A `chmod`, `touch` or `mv` replaces the object's metadata: it kept only the POSIX
+    fields, and a user's own `project` or rclone's `md5chksum` was lost (s3fs keeps them).
+    The POSIX names of other tools (s3sync's `permissions`) go: what is written wins."""
+    for name in ("a.txt", "b.txt"):
+        s3.put_object(Bucket=bucket, Key=name, Body=b"data", ContentType="text/x-custom",
+                      Metadata={"project": "apollo", "md5chksum": "abc==", "mode": "33188",
+                                "permissions": "420"})
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    os.listdir(root)
+    os.chmod(root / "a.txt", 0o600)          # after an ls -l: the copy needs no HEAD
+    os.utime(root / "b.txt", (1_600_000_000, 1_600_000_000))
+    os.rename(root / "b.txt", root / "c.txt")
+    assert m.wait_idle()["idle"]
+    for name, mode in (("a.txt", stat.S_IFREG | 0o600), ("c.txt", stat.S_IFREG | 0o644)):
+        head = s3.head_object(Bucket=bucket, Key=name)
+        meta = head["Metadata"]
+        assert (meta["project"], meta["md5chksum"]) == ("apollo", "abc=="), (name, meta)
+        assert meta["mode"] == str(mode) and "permissions" not in meta, (name, meta)
+        assert head["ContentType"] == "text/x-custom"
+    assert metadata(s3, bucket, "c.txt")["mtime"] == "1600000000"
+
+
 def test_symlinks_fifos_and_device_nodes(s3, bucket, mount_factory):
     m = mount_factory("--source", f"s3://{bucket}")
     root = m.path(bucket)
@@ -115,6 +139,16 @@ def test_symlinks_fifos_and_device_nodes(s3, bucket, mount_factory):
     assert metadata(s3, bucket, "link")["mode"] == str(stat.S_IFLNK | 0o777)   # 41471
     assert metadata(s3, bucket, "fifo")["mode"] == str(stat.S_IFIFO | 0o640)
     assert metadata(s3, bucket, "null")["rdev"] == str(os.makedev(1, 3))
+
+    # user.* attributes are a file's or a directory's only (the kernel answers ENODATA for
+    # the others): listed on a symlink or FIFO, they failed `rsync -aX` out of the mount
+    for special in ("link", "dangling", "fifo", "null"):
+        assert os.listxattr(root / special, follow_symlinks=False) == [], special
+    assert "user.s3.uri" in os.listxattr(root / "target.txt")
+    local = root.parent.parent.parent / "copied"
+    done = subprocess.run(["rsync", "-aX", f"{root}/", f"{local}/"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
     again = remounted(m, mount_factory, "again").path(bucket)
     assert os.readlink(again / "link") == "target.txt"

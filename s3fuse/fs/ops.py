@@ -592,6 +592,12 @@ class S3Operations(pyfuse3.Operations):
     @fuse_handler("listxattr")
     async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
         node = self._node(inode)
+        if not node.is_dir and not node.is_root:
+            # the kernel answers ENODATA for user.* attributes of anything but a file or a
+            # directory: a symlink or FIFO listing ours failed `rsync -aX` and `getfattr -d`
+            kind = stat.S_IFMT(self._posix(node, await self._entry(node)).mode or stat.S_IFREG)
+            if kind != stat.S_IFREG:
+                return []
         names = await self._ns(node).listxattr(node.ref)
         if not node.is_dir:
             names += STATE_XATTRS

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Mapping
+from typing import Any, Mapping
+
+from ..posix import HEADER_PREFIX, foreign_metadata
 
 #: Headers a REPLACE copy sends again: boto3 parameter -> HTTP header.
 KEPT_HEADERS = {"ContentType": "Content-Type", "ContentEncoding": "Content-Encoding",
@@ -28,11 +30,21 @@ VERSIONS_KEPT = 4096
 _LOWER = {param: field.lower() for param, field in KEPT_HEADERS.items()}
 
 
-def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The KEPT_HEADERS among an answer's `headers`, as boto3 parameters. Their names are
-    lower case or looked up case-insensitively (headbatch's, botocore's and urllib3's
-    are), so nothing is copied per answer: a cold `ls -l` reads a thousand of them."""
-    return {param: value for param, field in _LOWER.items() if (value := headers.get(field))}
+def kept_headers(headers: Mapping[str, str]) -> dict[str, Any]:
+    """The KEPT_HEADERS among an answer's `headers`, as boto3 parameters, and under
+    `Metadata` the user metadata that is not POSIX metadata (posix.foreign_metadata: a
+    REPLACE copy sends it again). Their names are lower case or looked up
+    case-insensitively (headbatch's, botocore's and urllib3's are)."""
+    kept: dict[str, Any] = {param: value for param, field in _LOWER.items()
+                            if (value := headers.get(field))}
+    foreign = foreign_metadata({name[_META:]: value for name, value in headers.items()
+                                if name[:_META].lower() == HEADER_PREFIX})
+    if foreign:
+        kept["Metadata"] = foreign
+    return kept
+
+
+_META = len(HEADER_PREFIX)
 
 
 class CopySources:
@@ -40,13 +52,13 @@ class CopySources:
 
     def __init__(self, limit: int = VERSIONS_KEPT):
         self._limit = limit
-        self._versions: OrderedDict[tuple[str, str, str], dict[str, str]] = OrderedDict()
+        self._versions: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._versions)
 
-    def learn(self, bucket: str, key: str, etag: str, kept: Mapping[str, str]) -> None:
+    def learn(self, bucket: str, key: str, etag: str, kept: Mapping[str, Any]) -> None:
         if not etag:
             return
         with self._lock:
@@ -55,7 +67,7 @@ class CopySources:
             if len(self._versions) > self._limit:
                 self._versions.popitem(last=False)
 
-    def of(self, bucket: str, key: str, etag: str) -> dict[str, str] | None:
+    def of(self, bucket: str, key: str, etag: str) -> dict[str, Any] | None:
         """The kept headers of that version, or None when it was not seen."""
         with self._lock:
             found = self._versions.get((bucket, key, etag))

@@ -43,6 +43,7 @@ from botocore.httpsession import get_cert_path
 from ..config import Config, KeyPair
 from ..util.filerange import FileRange, PartBody, SourceReadError, body_length
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
+from ..posix import METADATA_LIMIT, foreign_metadata, headers_size
 from . import botosession, retry
 from .copysources import CopySources, kept_headers
 from .link import Link
@@ -147,6 +148,14 @@ def assumed_role_credentials(session: Any, cfg: Config, connect_timeout: float =
     creds._advisory_refresh_timeout = cfg.role_session_duration // 3
     creds._mandatory_refresh_timeout = cfg.role_session_duration // 6
     return creds
+
+
+def with_foreign(metadata: Mapping[str, str], foreign: Mapping[str, str]) -> dict[str, str]:
+    """`metadata` (the POSIX metadata a copy stores) plus the source's other user metadata
+    (another tool's, a user's own), as s3fs keeps it; the POSIX metadata alone when both
+    would pass S3's 2 KiB of user metadata."""
+    merged = {**foreign, **metadata}
+    return merged if headers_size(merged) <= METADATA_LIMIT else dict(metadata)
 
 
 def proxy_for(url: str) -> str | None:
@@ -824,6 +833,9 @@ class S3Store:
             size, user_metadata = info.size, info.metadata
         if content_type:
             kept["ContentType"] = content_type
+        foreign = kept.pop("Metadata", None) or {}
+        if metadata is not None:
+            metadata = with_foreign(metadata, foreign)
         if size > COPY_LIMIT:
             new_metadata = dict(user_metadata or {}) if metadata is None else metadata
             return self._copy_in_parts(bucket, source_key, key, quoted, size,
@@ -839,7 +851,9 @@ class S3Store:
             resp = self._call(what, self.write_client.copy_object, **kwargs)
             copied = clean_etag(resp.get("CopyObjectResult", {}).get("ETag"))
         if metadata is not None:  # a plain copy's headers are the source's, not known here
-            self.copy_sources.learn(bucket, key, copied, kept)
+            foreign = foreign_metadata(metadata)
+            self.copy_sources.learn(bucket, key, copied,
+                                    {**kept, "Metadata": foreign} if foreign else kept)
         return copied
 
     def _copy_signed_here(self, what: str, params: Mapping[str, Any]) -> str | None:
