@@ -17,6 +17,7 @@ import trio
 from s3fuse.cache.meta import MetaStore
 from s3fuse.cache.overlay import Overlay
 from s3fuse.model import Entry
+from s3fuse.tree.bucket.dirtimes import DirTimes
 from s3fuse.tree.bucket.keys import BucketKeys
 from s3fuse.tree.bucket.listing import Listings
 from s3fuse.tree.bucket.paged import CHUNK, CHECKPOINT, PagedDir
@@ -43,7 +44,7 @@ class Setup:
         self.pending = PendingView(self.keys, self.overlay, self.listings)
 
     def open(self) -> PagedDir:
-        return PagedDir("d", self.listings, self.pending)
+        return PagedDir("d", self.listings, self.pending, DirTimes())
 
 
 async def read_all(stream: PagedDir, start: int, step: int) -> list[tuple[int, str]]:
@@ -126,7 +127,7 @@ async def test_many_local_additions_come_in_chunks(tmp_path: Path):
     s = Setup(tmp_path)
     for i in range(CHUNK * 2 + 5):
         s.overlay.file("bkt", f"new/{name(i)}", 1)
-    stream = PagedDir("new", s.listings, s.pending)
+    stream = PagedDir("new", s.listings, s.pending, DirTimes())
     got = await read_all(stream, 0, 1000)
     assert [n for _, n in got] == [name(i) for i in range(CHUNK * 2 + 5)]
     assert len(stream._chunk) <= CHUNK

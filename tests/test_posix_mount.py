@@ -113,6 +113,23 @@ def test_other_tools_user_metadata_survives_chmod_touch_and_rename(s3, bucket, m
     assert metadata(s3, bucket, "c.txt")["mtime"] == "1600000000"
 
 
+def test_tar_of_a_tree_just_written_sees_no_directory_change(s3, bucket, mount_factory):
+    """A directory's mtime moved by its new entries is shown by readdirplus too: it showed
+    the stored one, so `tar -c` right after `cp -r` stat'ed each directory with one time
+    and found another after reading it ("file changed as we read it", exit 1)."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket) / "tree"
+    for d in ("a", "b"):
+        (root / d).mkdir(parents=True)
+        for i in range(5):
+            (root / d / f"f{i}").write_bytes(b"x")
+    assert m.wait_idle()["idle"]
+    for _ in range(2):
+        done = subprocess.run(["tar", "-cf", "/dev/null", "."], cwd=root, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+
+
 def test_symlinks_fifos_and_device_nodes(s3, bucket, mount_factory):
     m = mount_factory("--source", f"s3://{bucket}")
     root = m.path(bucket)

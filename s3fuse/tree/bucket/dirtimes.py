@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 
 from ...model import Entry
+from ...names import join
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,15 @@ class DirTimes:
     def forget(self, path: str) -> None:
         """The directory `path` is gone, renamed or got metadata of its own."""
         self._times.pop(path, None)
+
+    def shown_in(self, parent: str, entries: list[Entry]) -> list[Entry]:
+        """`entries` of directory `parent` as `shown` gives each (a listing's directories
+        with their changed times: readdirplus gave the stored ones, and `tar` saw each
+        directory it had just stat'ed change while it read it, "file changed as we read
+        it", exit 1)."""
+        if not self._times:
+            return entries
+        return [self.shown(join(parent, e.name), e) if e.is_dir else e for e in entries]
 
     def shown(self, path: str, entry: Entry) -> Entry:
         """`entry` of the directory `path` with its changed mtime and ctime, if any."""

@@ -112,13 +112,14 @@ class BucketTree(Namespace):
     async def opendir(self, path: str) -> PagedDir:
         """The listing made fresh, then read page by page as readdir asks (paged.py)."""
         await self._pending.listing_or_local(path)
-        return PagedDir(path, self._listings, self._pending)
+        return PagedDir(path, self._listings, self._pending, self._dirs)
 
     async def listdir(self, path: str) -> list[Entry]:
         """The entries of `path`, local changes included (the stored listing is read in
         a worker thread; its first subdirectories are listed ahead)."""
         await self._pending.listing_or_local(path)
-        return self._pending.merge(path, await self._listings.entries(path))
+        return self._dirs.shown_in(path, self._pending.merge(path,
+                                                             await self._listings.entries(path)))
 
     async def lookup(self, path: str, name: str) -> tuple[str, Entry] | None:
         """The entry of `path/name`, its POSIX metadata looked up (HEAD) when unknown: a

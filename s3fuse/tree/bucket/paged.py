@@ -22,6 +22,7 @@ import trio
 
 from ...model import Entry
 from ...names import join
+from .dirtimes import DirTimes
 from .listing import LIST_AHEAD, SMALL_LISTING, Listings
 from .pending import PendingView
 
@@ -36,10 +37,11 @@ CHECKPOINT = 1024
 class PagedDir:
     """An open bucket directory: chunks of (offset, entry) read as readdir asks."""
 
-    def __init__(self, path: str, listings: Listings, pending: PendingView):
+    def __init__(self, path: str, listings: Listings, pending: PendingView, dirs: DirTimes):
         self._path = path
         self._listings = listings
         self._pending = pending
+        self._dirs = dirs
         self._start = 0                       # the offset before the chunk's first entry
         self._chunk: list[Entry] = []         # entries at offsets _start+1, _start+2, ...
         self._last = True                     # the chunk ends the listing
@@ -81,7 +83,7 @@ class PagedDir:
         over it, at most CHUNK entries (a chunk emptied by removals reads on)."""
         while True:
             entries, frontier = self._listings.window(self._path, after, CHUNK)
-            merged = self._pending.merge(self._path, entries)
+            merged = self._dirs.shown_in(self._path, self._pending.merge(self._path, entries))
             chunk = [e for e in merged if e.name > after and (frontier is None or e.name <= frontier)]
             if len(chunk) > CHUNK:  # many local additions: the rest is the next chunk's
                 chunk, frontier = chunk[:CHUNK], chunk[CHUNK - 1].name
