@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-#: Lookups and stats asked again at most this often when renames of their path keep
-#: running under them (fs/renames.py); then the last answer stands.
-RENAME_RETRIES = 4
 READDIR_PAGE = 256
 #: st_blksize of a directory: glibc reads a directory in buffers of max(st_blksize, 32 KiB)
 #: (up to 1 MiB), the kernel asks readdirplus for that many bytes, and pyfuse3 callocs a
@@ -181,19 +178,8 @@ class S3Operations(pyfuse3.Operations):
     async def _entry(self, node: Node) -> Entry:
         """The entry of `node`; asked again when a rename of its path ran meanwhile (the
         answer may be the other file's: fs/renames.py)."""
-        retries = RENAME_RETRIES
-        while True:
-            mark, ref = self.renames.mark(), node.ref
-            await self.renames.settled(node.ns, ref)
-            try:
-                entry = await self._entry_now(node)
-            except NotFound:
-                if not retries or not self.renames.moved_since(node.ns, ref, mark):
-                    raise
-            else:
-                if not retries or not self.renames.moved_since(node.ns, ref, mark):
-                    return entry
-            retries -= 1
+        return await self.renames.answer(node.ns, lambda: node.ref,
+                                         lambda: self._entry_now(node))
 
     async def _entry_now(self, node: Node) -> Entry:
         try:
@@ -363,15 +349,8 @@ class S3Operations(pyfuse3.Operations):
     async def _looked_up(self, parent: Node, name: str) -> tuple[Ref, Entry] | None:
         """`parent/name` looked up; again when a rename of that path ran meanwhile: the
         answer may be the file that had the name, given to the inode that has it now."""
-        path = join(str(parent.ref), name)
-        retries = RENAME_RETRIES
-        while True:
-            mark = self.renames.mark()
-            await self.renames.settled(parent.ns, path)
-            child = await self._ns(parent).lookup(parent.ref, name)
-            if not retries or not self.renames.moved_since(parent.ns, path, mark):
-                return child
-            retries -= 1
+        return await self.renames.answer(parent.ns, lambda: join(str(parent.ref), name),
+                                         lambda: self._ns(parent).lookup(parent.ref, name))
 
     @fuse_handler("forget")
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:

@@ -16,13 +16,21 @@ reader got the error.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
+from typing import TypeVar
 
 import trio
+
+from ..errors import NotFound
 
 
 #: Paths whose last rename is remembered for `moved_since` (the oldest half goes past it).
 REMEMBERED = 4096
+#: Lookups and stats asked again at most this often when renames of their path keep
+#: running under them; then the last answer stands.
+RETRIES = 4
+
+T = TypeVar("T")
 
 
 class RenamesInFlight:
@@ -34,9 +42,6 @@ class RenamesInFlight:
         self._paths: dict[tuple[int, Hashable], trio.Event] = {}
         self._seq = 0  # renames finished
         self._ended: dict[tuple[int, Hashable], int] = {}  # path -> _seq after its last rename
-
-    def mark(self) -> int:
-        return self._seq
 
     def moved_since(self, ns: int, ref: Hashable, mark: int) -> bool:
         """Did a rename of `ref` run since `mark` (or is one running)?"""
@@ -63,6 +68,25 @@ class RenamesInFlight:
                 for old in list(self._ended)[:REMEMBERED // 2]:
                     del self._ended[old]
             done.set()
+
+    async def answer(self, ns: int, ref: Callable[[], Hashable], ask: Callable[[], Awaitable[T]],
+                     retries: int = RETRIES) -> T:
+        """`ask()` about the path `ref()` (read at each try: a rename may move a node),
+        asked again, up to `retries` times, when a rename of that path ran meanwhile (its
+        answer may be the other file's); a NotFound too. Renames in flight are waited for
+        first."""
+        while True:
+            mark, path = self._seq, ref()
+            await self.settled(ns, path)
+            try:
+                answer = await ask()
+            except NotFound:
+                if not retries or not self.moved_since(ns, path, mark):
+                    raise
+            else:
+                if not retries or not self.moved_since(ns, path, mark):
+                    return answer
+            retries -= 1
 
     async def settled(self, ns: int, ref: Hashable) -> None:
         """Until no rename of `ref` is in flight (at once when none is)."""

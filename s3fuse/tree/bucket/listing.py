@@ -116,7 +116,7 @@ class Listings:
         self._fresh_until: dict[str, float] = {}  # path -> when its stored listing goes stale
         self._shown_dirs: set[str] = set()  # know_dir's: entries recorded in their parents
         self._hiding: dict[str, Hidden] = {}  # path -> what its last listing hid (HIDING_DIRS)
-        self._heads: dict[str, int] = {}  # path -> files HEADed to revalidate since its listing
+        self._revalidated: dict[str, int] = {}  # path -> files HEADed since its listing
 
     # ----------------------------------------------------------- revalidation deadline
 
@@ -240,7 +240,7 @@ class Listings:
             probes, hidden = await trio.to_thread.run_sync(fetch, limiter=self._limiter)
         finally:
             self._fresh_until.pop(path, None)  # the next ensure reads what was stored
-        self._heads.pop(path, None)
+        self._revalidated.pop(path, None)
         self._listed_hidden(path, hidden)
         stale = [p for p in probes if time.time() - p.mtime_ns / 1e9 > PROBE_STALE]
         if stale and self._remove_probes:
@@ -404,13 +404,13 @@ class Listings:
         lists in 20 pages. Now a directory of up to a page is listed at once and a larger
         one once its HEADs would pass its pages: at most twice the requests of the better
         of the two, whichever way the reader goes on."""
-        heads = self._heads.get(parent, 0) + 1
+        heads = self._revalidated.get(parent, 0) + 1
         if self._fresh(self._meta.listed_at(self._keys.ns_id, parent)):
             return None  # listed within the TTL: a new listing would say the same
         if await self.name_after(parent, "", heads * LIST_PAGE) is not None:
-            if len(self._heads) >= COUNTED_DIRS:
-                self._heads.clear()
-            self._heads[parent] = heads
+            if len(self._revalidated) >= COUNTED_DIRS:
+                self._revalidated.clear()
+            self._revalidated[parent] = heads
             return None
         await self.ensure(parent)
         fresh = self.entry(parent, entry.name)

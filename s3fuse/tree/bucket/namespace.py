@@ -125,13 +125,12 @@ class BucketTree(Namespace):
         """The entry of `path/name`, its POSIX metadata looked up (HEAD) when unknown: a
         lookup must show the right type and mode (posixheads.py)."""
         child = join(path, name)
-        local = self._pending.local(path, name)
-        if local is not None:
-            return None if local is GONE else (child, self._dirs.shown(child, local))
-        await self._pending.listing_or_local(path)
-        local = self._pending.local(path, name)  # judged again: a relisting replaced the
-        if local is not None:                    # stored entry (a directory being removed)
-            return None if local is GONE else (child, self._dirs.shown(child, local))
+        for listed in (False, True):
+            if listed:  # judged again: a relisting replaced the stored entry (a directory
+                await self._pending.listing_or_local(path)  # being removed, a file it hid)
+            local = self._pending.local(path, name)
+            if local is not None:
+                return None if local is GONE else (child, self._dirs.shown(child, local))
         entry = self._listings.entry(path, name)
         if entry is None:  # not in a listing being replaced: maybe in the new one
             await self._listings.relisted(path)
