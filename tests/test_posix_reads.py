@@ -181,6 +181,29 @@ async def test_a_relist_keeps_metadata_of_the_same_version_only(tmp_path: Path, 
     assert store.heads == Counter(["copied", "rewritten"])
 
 
+async def test_a_marker_without_an_mtime_shows_its_last_modified_after_relistings(
+        tmp_path: Path, store: CountingStore, supervisor: Supervisor) -> None:
+    """compat.md: no mtime header, mtime = LastModified; a marker put by the AWS CLI or
+    a console showed the mount's start time (a listing's directory rows have no date)."""
+    store.put_object(B, "bare/", b"")
+    store.put_object(B, "bare/f", b"x")
+    store.put_object(B, "moded/", b"", metadata={"mode": str(stat.S_IFDIR | 0o700)})
+    for key in ("bare/", "moded/"):
+        obj = store._buckets[B][key]
+        store._buckets[B][key] = dataclasses.replace(obj, mtime_ns=1_600_000_000 * 10**9)
+    tree = make_tree(tmp_path, store, supervisor)
+    await tree.listdir("")
+    for _ in range(2):
+        for name in ("bare", "moded"):
+            shown = await tree.stat(name)
+            assert shown.is_dir and shown.mtime_ns == 1_600_000_000 * 10**9, name
+        assert (await tree.stat("moded")).posix.mode == stat.S_IFDIR | 0o700  # type: ignore[union-attr]
+        tree._listings.expire("")  # relisted: the rows of directories have no date
+        await tree.listdir("")
+        store.heads.clear()
+    assert not store.heads  # the relisting kept what the HEADs found
+
+
 async def test_a_revalidation_head_refreshes_metadata(tmp_path: Path, store: CountingStore) -> None:
     etag = store.put_object(B, "f", b"x", metadata=EXEC)
     tree = make_tree(tmp_path, store)

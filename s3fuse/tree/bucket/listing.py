@@ -522,6 +522,10 @@ def _headed(name: str, info: ObjectInfo, is_dir: bool) -> Entry:
     """The entry a HEAD of file `name` (or of directory `name`'s marker) shows."""
     posix = from_headers(info.metadata or {}, is_dir=is_dir)
     if is_dir:
-        return Entry(name, True, 0, stored_mtime(posix, 0), "", time.time(), posix)
+        if posix.mtime_ns is None:
+            # no mtime header: LastModified (compat.md). Kept in the metadata, which
+            # relistings keep, as their rows of directories carry no date.
+            posix = posix.replace(mtime_ns=info.mtime_ns)
+        return Entry(name, True, 0, posix.mtime_ns, "", time.time(), posix)
     return Entry(name, False, info.size, stored_mtime(posix, info.mtime_ns), info.etag,
                  time.time(), posix)
