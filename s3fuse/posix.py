@@ -4,7 +4,7 @@ Stored in S3 user metadata exactly as s3fs-fuse stores it (compat.md, "POSIX met
 so a bucket moves between s3fs, rclone and s3fuse with nothing converted: decimal
 `mode` with the type bits, decimal `uid`/`gid`, times as `SEC` or `SEC.NNNNNNNNN`, user
 xattrs as s3fs's percent-encoded JSON of base64 values. Headers of s3sync, GCS and
-rclone (float mtime) are read too. Header names here are boto3's `Metadata` keys: the
+rclone (float mtime; with `--metadata`, an octal mode and RFC 3339 times) are read too. Header names here are boto3's `Metadata` keys: the
 part after `x-amz-meta-`, lower case.
 
 `Posix` is the value every layer passes around (entries, the journal, the overlay);
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import dataclasses
 import json
 import re
@@ -91,6 +92,9 @@ NO_HEADERS = Posix()
 
 #: `SEC` or `SEC.FRACTION`; 12 digits of seconds are already beyond int64 nanoseconds.
 _TIME = re.compile(r"(-?[0-9]{1,12})(?:\.([0-9]{1,9}))?")
+#: RFC 3339, as rclone's `--metadata` writes atime and btime (2006-01-02T15:04:05.999999999Z).
+_RFC3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+                      r"(?:\.([0-9]{1,9}))?(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))")
 
 
 def format_time(ns: int) -> str:
@@ -110,9 +114,25 @@ def parse_time(text: str) -> int | None:
     time showed the object's date, which the next `chmod` then stored over it."""
     match = _TIME.fullmatch(text.strip())
     if match is None:
-        return None
+        return _rfc3339(text.strip())
     sec, frac = match.groups()
     return clamp_time(int(sec) * 1_000_000_000 + int((frac or "").ljust(9, "0")))
+
+
+def _rfc3339(text: str) -> int | None:
+    """An RFC 3339 time (rclone's `--metadata` atime) -> ns; None when not one."""
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, frac, sign, off_h, off_m = match.groups()
+    fields = (int(year), int(month), int(day), int(hour), int(minute), int(second))
+    if not (1 <= fields[1] <= 12 and 1 <= fields[2] <= calendar.monthrange(fields[0], fields[1])[1]
+            and fields[3] < 24 and fields[4] < 60 and fields[5] <= 60):
+        return None
+    seconds = calendar.timegm(fields)
+    if sign:
+        seconds -= (1 if sign == "+" else -1) * (int(off_h) * 3600 + int(off_m) * 60)
+    return clamp_time(seconds * 1_000_000_000 + int((frac or "").ljust(9, "0")))
 
 
 #: The times this mount keeps, in ns (int64, as SQLite and a kernel timespec in ns hold
@@ -124,6 +144,25 @@ def clamp_time(ns: int) -> int:
     """A time set through the mount, within what is kept: as a local file system clamps
     to its own range (`touch -d 3000-01-01` keeps 2262, not nothing)."""
     return min(max(ns, TIME_MIN), TIME_MAX)
+
+
+def _mode(text: str | None) -> int | None:
+    """A `mode` header: decimal as s3fs writes it, octal as others do. A leading 0 means
+    octal (s3fs reads the header with strtol base 0; rclone documents `0100664`);
+    rclone's `--metadata` writes `100664`, which read as decimal has no valid file type:
+    such a value is read as octal when that gives one."""
+    if text is None:
+        return None
+    text = text.strip()
+    if len(text) > 1 and text[0] == "0":
+        return _int(text, 8)
+    value = _int(text)
+    if value is not None and stat.S_IFMT(value) and stat.S_IFMT(value) not in _FILE_TYPES \
+            or value is not None and value > 0o177777:
+        octal = _int(text, 8)
+        if octal is not None and stat.S_IFMT(octal) in _FILE_TYPES:
+            return octal
+    return value
 
 
 def _int(text: str | None, base: int = 10) -> int | None:
@@ -191,7 +230,7 @@ def from_headers(metadata: Mapping[str, str], *, is_dir: bool = False) -> Posix:
         return NO_HEADERS
     meta = metadata if all(map(str.islower, metadata)) else \
         {k.lower(): v for k, v in metadata.items()}
-    mode, s3sync = _int(meta.get("mode")), False
+    mode, s3sync = _mode(meta.get("mode")), False
     if mode is None:
         mode = _int(meta.get("permissions"))
         s3sync = mode is not None

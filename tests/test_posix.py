@@ -114,6 +114,17 @@ def test_storable_xattr_names_and_xattr_edits() -> None:
     ({"mode": "rwx", "permissions": "384"}, False, stat.S_IFREG | 0o600),  # garbage: next one
     ({"Mode": "33188"}, False, stat.S_IFREG | 0o644),    # any case
     ({}, False, None), ({"mode": "-1"}, False, None), ({"mode": str(1 << 32)}, False, None),
+    # octal: rclone's --metadata (type bits, no leading 0; 100640 in decimal has no valid
+    # type), and a leading 0 (s3fs reads the header with strtol base 0)
+    ({"mode": "100640"}, False, stat.S_IFREG | 0o640),
+    ({"mode": "40755"}, True, stat.S_IFDIR | 0o755),
+    ({"mode": "120777"}, False, stat.S_IFLNK | 0o777),
+    ({"mode": "0100664"}, False, stat.S_IFREG | 0o664),
+    ({"mode": "0644"}, False, stat.S_IFREG | 0o644),
+    ({"mode": "0750"}, True, stat.S_IFDIR | 0o750),
+    ({"mode": "0800"}, False, None),                     # not octal: garbage
+    ({"mode": "644"}, False, stat.S_IFREG | 0o1204),     # decimal, as compat.md says
+    ({"mode": "99999999"}, False, stat.S_IFREG | 0o377),  # neither: decimal, type from the key
 ])
 def test_mode(headers: dict[str, str], is_dir: bool, mode: int | None) -> None:
     assert posix.from_headers(headers, is_dir=is_dir).mode == mode
@@ -175,6 +186,15 @@ def test_rdev() -> None:
     # beyond int64 ns: clamped, as a time set through the mount is (s3fs stores year 3000)
     ("9223372036.854775808", (1 << 63) - 1), ("32503680000", (1 << 63) - 1),
     ("-999999999999", -(1 << 63)),
+    # RFC 3339: rclone's --metadata atime and btime
+    ("2020-01-02T03:04:05.123456789Z", 1577934245 * S + 123456789),
+    ("2020-01-02T03:04:05Z", 1577934245 * S),
+    ("2020-01-02 03:04:05.5+01:00", 1577930645 * S + 500_000_000),
+    ("2020-01-02T03:04:05-00:30", 1577936045 * S),
+    ("1969-12-31T23:59:59Z", -S),
+    ("2020-02-30T00:00:00Z", None), ("2020-13-01T00:00:00Z", None),
+    ("2020-01-02T03:04:05", None), ("2020-01-02", None), ("2020-01-02T24:00:00Z", None),
+    ("\uff12020-01-02T03:04:05Z", None), ("9999-12-31T23:59:59Z", (1 << 63) - 1),
 ])
 def test_parse_time(text: str, ns: int | None) -> None:
     assert posix.parse_time(text) == ns

@@ -113,6 +113,28 @@ def test_other_tools_user_metadata_survives_chmod_touch_and_rename(s3, bucket, m
     assert metadata(s3, bucket, "c.txt")["mtime"] == "1600000000"
 
 
+def test_a_tree_copied_by_rclone_with_metadata_shows_its_modes_and_times(s3, bucket, mount_factory):
+    """`rclone copy -M` (rclone 1.75 on SeaweedFS) writes an octal mode with type bits and
+    RFC 3339 atimes, the headers below: a 0640 file showed as setuid `-r-S-----` (100640
+    read as decimal) and its atime as its mtime. A `chmod` then stores s3fs's format."""
+    s3.put_object(Bucket=bucket, Key="f.txt", Body=b"hi\n", Metadata={
+        "atime": "2020-01-02T03:04:05.123456789Z", "btime": "2026-12-07T09:05:00.147430398Z",
+        "gid": "0", "mode": "100640", "mtime": "1577934245.123456789", "uid": "0"})
+    s3.put_object(Bucket=bucket, Key="d/", Body=b"", Metadata={"mode": "40750"})
+    markers_keep_modes = keeps_marker_metadata(s3, bucket)
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    shown = os.stat(root / "f.txt")
+    assert (stat.filemode(shown.st_mode), shown.st_uid, shown.st_gid) == ("-rw-r-----", 0, 0)
+    assert shown.st_mtime_ns == 1_577_934_245_123_456_789
+    assert shown.st_atime_ns == 1_577_934_245_123_456_789
+    if markers_keep_modes:
+        assert stat.filemode(os.stat(root / "d").st_mode) == "drwxr-x---"
+    os.chmod(root / "f.txt", 0o600)
+    assert m.wait_idle()["idle"]
+    assert metadata(s3, bucket, "f.txt")["mode"] == str(stat.S_IFREG | 0o600)
+
+
 def test_tar_of_a_tree_just_written_sees_no_directory_change(s3, bucket, mount_factory):
     """A directory's mtime moved by its new entries is shown by readdirplus too: it showed
     the stored one, so `tar -c` right after `cp -r` stat'ed each directory with one time
