@@ -347,11 +347,11 @@ def test_s3_sends_metadata_conditions_and_sse_as_given(
         sent.append((event_name.split(".")[-1], {k.lower(): v.decode() if isinstance(v, bytes)
                                                  else v for k, v in request.headers.items()}))
     store.write_client.meta.events.register("before-send.s3", record)
-    signed_here = store._fast.put  # small copies are presigned PUTs (store/copysign.py)
+    signed_here = store._fast.put  # small copies and puts are presigned PUTs (store/putsign.py)
 
-    def put(what: str, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        sent.append(("CopyObject", dict(headers)))
-        return signed_here(what, url, headers)
+    def put(what: str, url: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, Any, bytes]:
+        sent.append(("CopyObject" if "x-amz-copy-source" in headers else "PutObject", dict(headers)))
+        return signed_here(what, url, headers, body)
     monkeypatch.setattr(store._fast, "put", put)
     monkeypatch.setattr(s3_store, "COPY_LIMIT", 5 * MiB)
     monkeypatch.setattr(s3_store, "COPY_PART_SIZE", 5 * MiB)

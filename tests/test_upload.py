@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from s3fuse.config import Config, KeyPair
 from s3fuse.errors import RemoteError
 from s3fuse.store import retry
+from s3fuse.store import s3 as s3_store
 from s3fuse.store.liveness import probe_while_offline
 from s3fuse.store.s3 import S3Store
 from s3fuse.upload import UNKNOWN, Journal, Staging, Uploader, UploadFailed, UploadQueue
@@ -350,16 +351,31 @@ async def test_no_conflict_when_unchanged_deleted_or_already_uploaded(
     assert "replayed.txt already holds these bytes" in caplog.text
 
 
+@pytest.mark.parametrize("path", ["botocore", "signed here"])
 async def test_servers_without_conditional_writes_get_a_head_check(
-        tmp_path: Path, store: S3Store, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch):
-    put = store.write_client.put_object
+        tmp_path: Path, store: S3Store, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch,
+        path: str):
+    """The server answers a conditional PUT 501 NotImplemented, through botocore or to a
+    small PUT signed here (store/putsign.py): the same error, so the same fallback."""
+    if path == "botocore":
+        monkeypatch.setattr(s3_store, "FAST_PUT_LIMIT", -1)
+        put = store.write_client.put_object
 
-    def no_conditions(**kwargs: Any) -> Any:
-        if "IfMatch" in kwargs or "IfNoneMatch" in kwargs:
-            raise ClientError({"Error": {"Code": "NotImplemented"},
-                               "ResponseMetadata": {"HTTPStatusCode": 501}}, "PutObject")
-        return put(**kwargs)
-    monkeypatch.setattr(store.write_client, "put_object", no_conditions)
+        def no_conditions(**kwargs: Any) -> Any:
+            if "IfMatch" in kwargs or "IfNoneMatch" in kwargs:
+                raise ClientError({"Error": {"Code": "NotImplemented"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 501}}, "PutObject")
+            return put(**kwargs)
+        monkeypatch.setattr(store.write_client, "put_object", no_conditions)
+    else:
+        signed_put = store._fast.put
+
+        def no_signed_conditions(what: str, url: str, headers: dict[str, str],
+                                 body: bytes = b"") -> tuple[int, Any, bytes]:
+            if "if-match" in headers or "if-none-match" in headers:
+                return 501, {}, b"<Error><Code>NotImplemented</Code><Message>x</Message></Error>"
+            return signed_put(what, url, headers, body)
+        monkeypatch.setattr(store._fast, "put", no_signed_conditions)
     seen = s3.put_object(Bucket=bucket, Key="doc.txt", Body=b"v0")["ETag"].strip('"')
     s3.put_object(Bucket=bucket, Key="doc.txt", Body=b"theirs")
     async with upload_queue(tmp_path, store) as queue:

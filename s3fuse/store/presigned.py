@@ -166,14 +166,18 @@ class PresignedReader:
         status, headers, _ = self._request(what, url, {}, method="HEAD")
         return status, headers
 
-    def put(self, what: str, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        """(status, body) of a bodiless PUT to a presigned URL (a CopyObject: the answer
-        is a small XML document); retried and judged as GETs are."""
-        status, _, body = self._request(what, url, headers, ERROR_BODY, method="PUT")
-        return status, body
+    def put(self, what: str, url: str, headers: dict[str, str],
+            body: bytes = b"") -> tuple[int, Any, bytes]:
+        """(status, headers, body) of a PUT of `body` to a presigned URL (a CopyObject:
+        no body, the answer a small XML document; a small PutObject: the ETag in the
+        headers); retried and judged as GETs are (the same bytes again: a PUT is
+        idempotent, and a conditional one that landed before its answer was lost is
+        the uploader's to recognise, as through botocore)."""
+        return self._request(what, url, headers, ERROR_BODY, method="PUT", body=body)
 
     def _request(self, what: str, url: str, headers: dict[str, str], limit: int | None = None,
-                 skip_ok: bool = False, method: str = "GET") -> tuple[int, Any, bytes]:
+                 skip_ok: bool = False, method: str = "GET",
+                 body: bytes | None = None) -> tuple[int, Any, bytes]:
         """(status, headers, body) of a GET (or a HEAD: no body), retried by the GETS
         policy of store/retry.py while the failure is transient.
 
@@ -192,8 +196,9 @@ class PresignedReader:
         def attempt() -> tuple[int, Any, bytes]:
             nonlocal attempts
             attempts += 1
-            resp = self._pool.request(method, url, headers=headers, preload_content=False,
-                                      decode_content=False, enforce_content_length=True)
+            resp = self._pool.request(method, url, body=body, headers=headers,
+                                      preload_content=False, decode_content=False,
+                                      enforce_content_length=True)
             finished = False
             try:
                 if resp.connection is not None and resp.connection.sock is not None:
@@ -202,11 +207,11 @@ class PresignedReader:
                 if ignored and not skip_ok:
                     raise _TooLong("the server ignored Range")
                 if method == "HEAD":  # Content-Length is the object's: there is no body
-                    body = resp.read()  # b"": and the connection goes back to the pool
+                    answer = resp.read()  # b"": and the connection goes back to the pool
                 elif resp.status in (200, 206):
-                    body = self._body(resp, limit, cut=ignored)
+                    answer = self._body(resp, limit, cut=ignored)
                 else:  # an error document: its start is all we read
-                    body = self._body(resp, ERROR_BODY, cut=True)
+                    answer = self._body(resp, ERROR_BODY, cut=True)
                 finished = True
             finally:
                 if not finished or not resp.closed:
@@ -216,7 +221,7 @@ class PresignedReader:
                 self._answered(what, str(resp.status))
             if retry.answered("", resp.status) is retry.Verdict.RETRY:
                 raise _Refused(resp.status)
-            return resp.status, resp.headers, body
+            return resp.status, resp.headers, answer
 
         def failed(what: str, exc: Exception) -> None:
             if self._attempt_failed is not None and not isinstance(exc, _Refused):  # answered

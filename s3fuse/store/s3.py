@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import io
 import logging
 import os
 import threading
@@ -47,7 +48,7 @@ from ..posix import METADATA_LIMIT, foreign_metadata, headers_size
 from . import botosession, retry
 from .copysources import CopySources, kept_headers
 from .link import Link
-from .copysign import CopySigner, copy_etag
+from .putsign import COPY, PUT, PutSigner, copy_etag, document_code
 from .headbatch import PipelinedHeads
 from . import listxml
 from .listxml import FastPage
@@ -77,9 +78,13 @@ TRUNCATION_ERRORS = (
     botocore.exceptions.IncompleteReadError,
 )
 PRESIGN_SECONDS = 3600
-#: Copies of objects up to this size are sent as presigned PUTs (store/copysign.py): S3 may
+#: Copies of objects up to this size are sent as presigned PUTs (store/putsign.py): S3 may
 #: take long to answer a big one, past the short first-byte deadline of that path.
 FAST_COPY_LIMIT = 16 << 20
+#: PutObject bodies up to this size are sent as presigned PUTs too: botocore's ~1 ms of CPU
+#: per request is most of a small file's upload, and a body this small is sent well within
+#: the first-byte deadline.
+FAST_PUT_LIMIT = 128 << 10
 CONNECT_TIMEOUT = 2.0  # an unreachable endpoint is noticed this fast (then: offline)
 FIRST_BYTE_TIMEOUT = 2.0  # a read's response headers; then S3 is probed (black hole: offline)
 READ_TIMEOUT = 30.0  # a body (or a write's answer) that stops arriving
@@ -289,6 +294,22 @@ def translate(exc: BaseException, what: str) -> Exception:
     return RemoteError(f"{what}: {type(exc).__name__}")
 
 
+def _small_body(body: bytes | BinaryIO, start: int) -> bytes | None:
+    """The bytes of a PutObject body (from `start` of a file) when it is small enough to
+    be sent signed here (FAST_PUT_LIMIT), else None. A local file, read in this thread."""
+    if isinstance(body, bytes):
+        return body if len(body) <= FAST_PUT_LIMIT else None
+    try:
+        size = os.fstat(body.fileno()).st_size - start
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+    if size > FAST_PUT_LIMIT:
+        return None
+    data = body.read(FAST_PUT_LIMIT + 1)
+    body.seek(start)
+    return data if len(data) <= FAST_PUT_LIMIT else None
+
+
 def _client_error(exc: ClientError) -> tuple[str, int]:
     return (str(exc.response.get("Error", {}).get("Code", "")),
             int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0))
@@ -354,8 +375,8 @@ class S3Store:
         self.write_client = self._client(core, bcfg.merge(botocore.config.Config(
             read_timeout=read_timeout)), cfg.write_keys or cfg.read_keys)
         self._presigner = Presigner(self.read_client, PRESIGN_SECONDS)
-        self._copies = CopySigner(self.write_client, Presigner(self.write_client, PRESIGN_SECONDS),
-                                  PRESIGN_SECONDS)
+        self._signed_puts = PutSigner(self.write_client,
+                                      Presigner(self.write_client, PRESIGN_SECONDS), PRESIGN_SECONDS)
         self._ca_certs = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
         self._connect_timeout = connect_timeout
         self._proxied = proxy_for(self.read_client.meta.endpoint_url) is not None
@@ -707,21 +728,37 @@ class S3Store:
 
         `if_match` (an ETag) / `if_none_match` ("*") make it conditional: StaleObject on 412.
         """
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body, **self._sse_args(),
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **self._sse_args(),
                                   **self._condition_args(if_match, if_none_match),
                                   **self._object_args(content_type, metadata)}
+        what = f"PutObject s3://{bucket}/{key}"
         start = body.tell() if not isinstance(body, bytes) else 0
-
-        def put(**params: Any) -> dict[str, Any]:
-            if not isinstance(body, bytes):
-                body.seek(start)  # an attempt that failed may have read some of it
-            return self.write_client.put_object(**params)
-        resp = self._call(f"PutObject s3://{bucket}/{key}", put, **kwargs)
-        self._moved("out", len(body) if isinstance(body, bytes) else body.tell() - start)
-        etag = clean_etag(resp.get("ETag"))
+        small = _small_body(body, start)
+        etag = None if small is None else self._put_signed_here(what, kwargs, small)
+        if etag is None:
+            def put(**params: Any) -> dict[str, Any]:
+                if not isinstance(body, bytes):
+                    body.seek(start)  # an attempt that failed may have read some of it
+                return self.write_client.put_object(Body=body, **params)
+            resp = self._call(what, put, **kwargs)
+            self._moved("out", len(body) if isinstance(body, bytes) else body.tell() - start)
+            etag = clean_etag(resp.get("ETag"))
         self.copy_sources.learn(bucket, key, etag,
                                 {"ContentType": content_type} if content_type else {})
         return etag
+
+    def _put_signed_here(self, what: str, params: Mapping[str, Any], body: bytes) -> str | None:
+        """PutObject as a presigned PUT (store/putsign.py): the new ETag; None when it is
+        botocore's to send (a request shape not checked, see _send_signed_put)."""
+        signed = self._signed_puts.request(PUT, params)
+        if signed is None:
+            return None
+        url, headers = signed
+        answer = self._send_signed_put(what, "PutObject", params["Bucket"], url, headers, body)
+        if answer is None:
+            return None
+        self._moved("out", len(body))
+        return clean_etag(answer[0].get("ETag")) or None
 
     def create_multipart_upload(self, bucket: str, key: str, *,
                                 content_type: str | None = None,
@@ -860,14 +897,25 @@ class S3Store:
         """CopyObject as a presigned PUT (store/copysign.py): the new ETag; None when it
         is botocore's to send (a request shape not checked, an answer other than a
         CopyObjectResult, 412 or 404: botocore then retries it and maps its errors)."""
-        signed = self._copies.request(params)
+        signed = self._signed_puts.request(COPY, params)
         if signed is None:
             return None
         url, headers = signed
+        answer = self._send_signed_put(what, "CopyObject", params["Bucket"], url, headers)
+        return None if answer is None else copy_etag(answer[1])
+
+    def _send_signed_put(self, what: str, operation: str, bucket: str, url: str,
+                         headers: dict[str, str], body: bytes = b"") -> tuple[Any, bytes] | None:
+        """Send a PUT signed here: the 200 answer's (headers, body). An error answer is
+        the error botocore's would map to (its code read from the error document: 412 is
+        StaleObject, 404 NotFound, a refused condition what the uploader recognises).
+        None when botocore is to send it: attempts that failed (retried already), a
+        redirect, a 403 (S3 does not take our signature: this bucket's writes are
+        botocore's from now on)."""
         self.link.check(what)
-        self._count("CopyObject")
+        self._count(operation)
         try:
-            status, body = self._fast.put(what, url, headers)
+            status, answer_headers, answer = self._fast.put(what, url, headers, body)
         except Offline as exc:
             raise self._failed(exc) from None
         except RemoteError as exc:
@@ -875,15 +923,14 @@ class S3Store:
             return None
         self.link.succeeded()
         if status == 200:
-            return copy_etag(body)
-        if status == 412:
-            raise retry.tagged(StaleObject(f"{what}: the source changed in S3"),
-                               "PreconditionFailed", 412)
-        if status == 404:
-            raise retry.tagged(NotFound(f"{what}: not found"), "NoSuchKey", 404)
-        if status == 403:  # a signature S3 does not take: botocore signs this bucket's copies
-            self._copies.distrust(params["Bucket"])
-        return None
+            return answer_headers, answer
+        if status == 403:
+            self._signed_puts.distrust(bucket)
+        if status == 403 or status < 400:
+            return None
+        error = ClientError({"Error": {"Code": document_code(answer)},
+                             "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+        raise self._failed(translate(error, what))
 
     def _copy_in_parts(self, bucket: str, source_key: str, key: str, quoted: str, size: int,
                        args: Mapping[str, Any]) -> str:
