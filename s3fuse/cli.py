@@ -132,6 +132,9 @@ def make_parser() -> Parser:
     p.add_argument("mountpoint", nargs="?", help="the mount (or 'mountpoint' in --config)")
     p.add_argument("--config", help="TOML config naming the mountpoint (for systemd's ExecStop)")
     p.add_argument("--timeout", type=seconds, default=600.0, help="seconds to wait for the daemon")
+    p.add_argument("--force", action="store_true",
+                   help="unmount even while files are open for writing (what they wrote so "
+                        "far is uploaded; their next writes fail)")
     p = sub.add_parser("sync", help="wait until every pending upload of a mount is in S3")
     p.add_argument("mountpoint")
     p.add_argument("--timeout", type=seconds, help="give up after this many seconds (exit 1)")
@@ -242,6 +245,12 @@ def cmd_umount(args: argparse.Namespace) -> int:
         left = _uploads(mountpoint)
     except OSError:
         left = {"files": 0}
+    writing = left.get("open_for_writing", 0)
+    if writing and not args.force:  # as umount(8) refuses a busy mount: their bytes are at stake
+        _say(f"s3fuse: {mountpoint} is busy: {writing} file(s) open for writing "
+             f"(`fuser -vm {mountpoint}` lists the processes); close them, or "
+             "`s3fuse umount --force` (what they wrote so far is uploaded, their next writes fail)")
+        return 1
     if left["files"]:
         _say(f"s3fuse: waiting for uploads before unmounting: {_queue_line(left)}")
     os.kill(pid, signal.SIGTERM)

@@ -58,8 +58,10 @@ class Control:
                  requests: Callable[[], dict[str, int]], link: Callable[[], dict[str, Any]],
                  pinner: Pinner, uploads: UploadQueue | None = None, started: float | None = None,
                  supervisor: Supervisor | None = None, idle: Idle | None = None,
-                 manifest_failures: Callable[[], list[dict[str, Any]]] = list):
+                 manifest_failures: Callable[[], list[dict[str, Any]]] = list,
+                 open_for_writing: Callable[[], int] = lambda: 0):
         self.cfg = cfg
+        self._open_for_writing = open_for_writing
         self._manifest_failures = manifest_failures
         self.pinner = pinner
         self.uploads = uploads
@@ -92,7 +94,10 @@ class Control:
         if name in (PIN, UNPIN):
             return json.dumps(self.pinner.pins()).encode()
         if name in (UPLOADS, RETRY):
+            if self.uploads is not None:  # `s3fuse sync` and `umount` wait on this: versions
+                self.uploads.release_holds()  # a flush journalled go now (queue.py, hold)
             queue = await trio.to_thread.run_sync(self._uploads)
+            queue["open_for_writing"] = self._open_for_writing()  # read on the trio thread
             return json.dumps(queue if self.is_owner(caller) else queue_summary(queue)).encode()
         if name == IDLE and self.idle is not None:
             return json.dumps(await self.idle.state(), sort_keys=True).encode()

@@ -176,7 +176,8 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
     control = Control(cfg, cache_usage=usage, requests=store.request_counts, link=store.link.status,
                       pinner=pinner, uploads=queue, supervisor=supervisor,
                       idle=Idle(supervisor, queue, store.link),
-                      manifest_failures=lambda: manifest_failures(manifests))
+                      manifest_failures=lambda: manifest_failures(manifests),
+                      open_for_writing=writes.open_for_writing)
     ops = S3Operations(root, cfg, control)
     control.inodes = ops.inode_status
     return Components(supervisor, store, meta, blocks, reader, root, ops, pinner, writes, control)
@@ -309,6 +310,7 @@ async def _watch_signals(cfg: Config, parts: Components, notifier: Notifier) -> 
                     return
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(second_signal)
+                await parts.writes.submit_open()  # files still open: what they hold so far
                 parts.drained_out = True  # until the drain ends with nothing left
                 parts.drained_out = not await _drain(cfg, parts, notifier)
                 nursery.cancel_scope.cancel()

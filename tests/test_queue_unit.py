@@ -18,6 +18,7 @@ from s3fuse.store.memory import MemoryStore
 from s3fuse.upload.conditions import PROBE_PUTS
 from s3fuse.upload.groupcommit import GroupCommit
 from s3fuse.upload import Journal, Staging, Uploader, UploadFailed, UploadQueue
+from s3fuse.upload import queue as queue_module
 from s3fuse.upload.journal import UNKNOWN, Job
 from s3fuse.upload.uploader import UploadResult
 from tests.test_upload import until_retrying, upload_queue, write
@@ -164,6 +165,35 @@ async def test_an_older_jobs_late_telling_is_not_passed_on_after_a_newer_ones(
         queue._tell_uploaded(older, UploadResult("v1"))  # its second telling, late
         queue._tell_uploaded(Job(1, B, "other", "", 0, UNKNOWN, 0, 0.0), UploadResult("o"))
     assert told == ["v1", "v2", "v2", "o"]
+
+
+async def test_a_held_version_waits_for_its_handle_unless_someone_waits(
+        tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush whose handle stays open (a forked child's close) journals the version but
+    holds its upload until `unhold` (the handle's release), at most HOLD_MAX; other keys
+    upload meanwhile; `sync` (someone waits) and `release_holds` end every hold."""
+    async with upload_queue(tmp_path, store) as queue:
+        queue.hold(B, "held.txt")
+        await write(queue, B, "held.txt", b"half")
+        await write(queue, B, "other.txt", b"free")
+        await until(lambda: "other.txt" in store.objects(B))
+        await trio.sleep(0.3)
+        assert "held.txt" not in store.objects(B)
+        queue.unhold(B, "held.txt")
+        await until(lambda: "held.txt" in store.objects(B))
+        queue.hold(B, "held.txt")
+        await write(queue, B, "held.txt", b"half again")
+        status = await queue.sync(timeout=10)  # someone waits: holds do not count
+        assert status["files"] == 0 and store.objects(B)["held.txt"] == b"half again"
+        queue.hold(B, "held.txt")
+        await write(queue, B, "held.txt", b"and again")
+        await trio.sleep(0.3)
+        queue.release_holds()
+        await until(lambda: store.objects(B)["held.txt"] == b"and again")
+        monkeypatch.setattr(queue_module, "HOLD_MAX", 0.2)
+        queue.hold(B, "held.txt")
+        await write(queue, B, "held.txt", b"never unheld")
+        await until(lambda: store.objects(B)["held.txt"] == b"never unheld")
 
 
 def test_queue_types_against_the_protocol() -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,71 @@ def test_rsync_of_new_files_does_not_relist_at_every_rename(s3, bucket, mount_fa
     assert body(s3, bucket, "dest/f07.txt") == b"file 7\n"
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="dest/")["Contents"]
     assert sorted(o["Key"] for o in listed if o["Key"] != "dest/") == [f"dest/f{i:02d}.txt" for i in range(40)]
+
+
+def test_a_forked_childs_close_does_not_upload_a_file_still_being_written(s3, bucket,
+                                                                          mount_factory):
+    """fork + exec closes the child's copy of the writer's descriptor: the kernel sends a
+    flush, and the half-written file was uploaded (and again at each child). The version
+    is journalled, and uploads once the writer closes (or fsyncs, or `s3fuse sync` runs)."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    first, second = os.urandom(1 << 20), os.urandom(1 << 20)
+    with open(root / "out.bin", "wb") as fh:
+        fh.write(first)
+        fh.flush()
+        for _ in range(3):
+            subprocess.run(["true"], check=True)        # a child: its close-on-exec flushes
+            subprocess.run(["true"], check=True, pass_fds=(fh.fileno(),))  # and at its exit
+        time.sleep(1.5)
+        assert "Contents" not in s3.list_objects_v2(Bucket=bucket), "half a file in S3"
+        fh.write(second)
+    assert m.wait_idle()["idle"]
+    assert s3.get_object(Bucket=bucket, Key="out.bin")["Body"].read() == first + second
+    with open(root / "log.txt", "wb") as fh:            # s3fuse sync does not wait for it
+        fh.write(b"line\n")
+        fh.flush()
+        subprocess.run(["true"], check=True)
+        assert sync(m.mountpoint).returncode == 0
+        assert s3.get_object(Bucket=bucket, Key="log.txt")["Body"].read() == b"line\n"
+
+
+def test_umount_refuses_a_file_open_for_writing_and_force_keeps_its_bytes(s3, bucket,
+                                                                          mount_factory):
+    """`s3fuse umount` went ahead while a process wrote a file: the writer got ENOTCONN and
+    its bytes were dropped at the next start ("writes never closed"). It is refused now,
+    as umount(8) refuses a busy mount; `--force` (systemd's ExecStop) journals and uploads
+    what the file holds so far before the mount goes."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    data = os.urandom(2 << 20)
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import os, sys
+fd = os.open({str(m.path(bucket, 'report.bin'))!r}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+os.write(fd, bytes.fromhex(sys.stdin.readline()))
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    os.write(fd, b"more")
+    os.close(fd)
+    print("wrote")
+except OSError as exc:
+    print("error", exc.errno)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        writer.stdin.write(data.hex() + "\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == "ready"
+        umount = [sys.executable, "-m", "s3fuse", "umount", str(m.mountpoint)]
+        refused = subprocess.run(umount, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and "busy: 1 file(s) open for writing" in refused.stderr
+        assert os.path.ismount(m.mountpoint)
+        forced = subprocess.run(umount + ["--force"], capture_output=True, text=True, timeout=120)
+        assert forced.returncode == 0, forced.stderr
+        assert not os.path.ismount(m.mountpoint)
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().startswith("error")
+    finally:
+        writer.kill()
+        writer.wait()
+    assert s3.get_object(Bucket=bucket, Key="report.bin")["Body"].read() == data

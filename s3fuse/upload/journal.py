@@ -79,7 +79,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
-from typing import Any, ContextManager, Iterator
+from typing import Any, ContextManager, Iterator, Sequence
 
 from ..db import Database, Schema, run_script
 from ..posix import Posix, from_json, to_json
@@ -130,6 +130,14 @@ def _sized_light_ops(copies: bool) -> tuple[str, ...]:
 def is_light(op: str, size: int, light_max: int, copies: bool = False) -> bool:
     """`_light`'s condition for one job: would a light worker claim it?"""
     return op == "delete" or (op in _sized_light_ops(copies) and size <= light_max)
+
+
+def _not_held(held: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """The condition (and its arguments) that leaves the jobs of the keys `held` out
+    (`bucket/key`: no bucket name holds a '/')."""
+    if not held:
+        return "", ()
+    return f" AND j.bucket || '/' || j.key NOT IN ({', '.join('?' * len(held))})", tuple(held)
 
 
 def _light(light_max: int | None, copies: bool = False) -> tuple[str, tuple[int, ...]]:
@@ -416,26 +424,31 @@ class Journal:
         with self._tx(durable=True) as db:
             return db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'uploading'").rowcount
 
-    def claim(self, now: float, light_max: int | None = None, copies: bool = False
-              ) -> Job | None:
+    def claim(self, now: float, light_max: int | None = None, copies: bool = False,
+              held: Sequence[str] = ()) -> Job | None:
         """The oldest due queued job whose key is not being uploaded, now marked uploading;
         with `light_max`, only a removal or a put (`copies`: or a metadata change) of an
-        object of at most that many bytes."""
+        object of at most that many bytes; never one of a key `held` (queue.py, `hold`)."""
         light, args = _light(light_max, copies)
+        skip, skipped = _not_held(held)
         with self._tx() as db:
             row = db.execute(f"SELECT * FROM jobs j WHERE {_STARTABLE} AND next_attempt <= ?"
-                             f"{light} ORDER BY id LIMIT 1", (now, *args)).fetchone()
+                             f"{light}{skip} ORDER BY id LIMIT 1",
+                             (now, *args, *skipped)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state = 'uploading', sent = 1 WHERE id = ?", (row["id"],))
         return _job(row)
 
-    def next_due(self, light_max: int | None = None, copies: bool = False) -> float | None:
+    def next_due(self, light_max: int | None = None, copies: bool = False,
+                 held: Sequence[str] = ()) -> float | None:
         """When the next startable job (with `light_max` and `copies`: light job, as for
-        `claim`) becomes due (None: none; a key's running upload wakes us)."""
+        `claim`; not one of a key `held`) becomes due (None: none; a key's running upload, or
+        the end of a hold, wakes us)."""
         light, args = _light(light_max, copies)
-        rows = self._read(f"SELECT MIN(next_attempt) AS due FROM jobs j WHERE {_STARTABLE}{light}",
-                          *args)
+        skip, skipped = _not_held(held)
+        rows = self._read(f"SELECT MIN(next_attempt) AS due FROM jobs j WHERE {_STARTABLE}"
+                          f"{light}{skip}", *args, *skipped)
         due = rows[0]["due"]
         return None if due is None else float(due)
 

@@ -98,6 +98,10 @@ LIGHT_PUT_BYTES = 1 << 20  # removals and PUTs of at most this
 #: Keys whose newest told landing is remembered, so that an older job's late telling is not
 #: passed on after a newer one's (see `_tell_uploaded`); the window is a few awaits long.
 TOLD_MAX = 4096
+#: The longest a version journalled by a flush waits for the close of the handle that
+#: flushed it (`hold`): a process that forked keeps the file open for writing after its
+#: child's close flushed it.
+HOLD_MAX = 60.0
 
 
 class ListenerWrites(Protocol):
@@ -154,6 +158,8 @@ class UploadQueue:
         self._running = False
         self._processing = 0              # jobs a worker has claimed and not yet recorded
         self._rewrites = Rewrites()       # when a key closed again may upload (rewrites.py)
+        #: (bucket, key) -> (handles holding it, until when its jobs wait for their close)
+        self._held: dict[tuple[str, str], tuple[int, float]] = {}
 
     # ------------------------------------------------------------ API
 
@@ -224,6 +230,44 @@ class UploadQueue:
             await changed.wait()  # one is uploading: its end notifies
         self._latest.pop((bucket, key), None)
         self._notify()
+
+    def hold(self, bucket: str, key: str) -> None:
+        """A handle of `key` is about to flush and stays open: its versions (and any
+        other job of the key) wait for `unhold` (the handle's close), at most HOLD_MAX,
+        unless someone waits for uploads (fsync, sync, unmount). A flush is also sent
+        when a process that shares the handle closes its copy (a child after fork and
+        exec): uploading then sent a half-written file, and again at each such flush.
+        Held by key, before the job exists: a worker claiming meanwhile cannot take it."""
+        count, until = self._held.get((bucket, key), (0, time.time() + HOLD_MAX))
+        self._held[(bucket, key)] = (count + 1, until)
+
+    def unhold(self, bucket: str, key: str) -> None:
+        """A handle that held `key` is closed: its versions may upload once none holds it."""
+        held = self._held.pop((bucket, key), None)
+        if held is None:
+            return
+        if held[0] > 1:
+            self._held[(bucket, key)] = (held[0] - 1, held[1])
+        else:
+            self._notify()
+
+    def release_holds(self) -> None:
+        """Someone waits for every upload (`s3fuse sync`): held versions may go now."""
+        if self._held:
+            self._held.clear()
+            self._notify()
+
+    def _holding(self) -> tuple[tuple[str, ...], float]:
+        """The keys held now, as `bucket/key` (none while someone waits for uploads), and
+        when the first hold ends (inf: none)."""
+        if not self._held or self._urgent:
+            return (), math.inf
+        now = time.time()
+        for where, (_, until) in list(self._held.items()):
+            if until <= now:
+                del self._held[where]
+        return (tuple(f"{bucket}/{key}" for bucket, key in self._held),
+                min((until for _, until in self._held.values()), default=math.inf))
 
     @contextlib.contextmanager
     def _urgently(self) -> Iterator[None]:
@@ -502,8 +546,10 @@ class UploadQueue:
                 self._processing += 1  # before the claim: the idle query never misses a job
                 job, unwritable = None, False
                 light_max = LIGHT_PUT_BYTES if light else None
+                held, hold_ends = self._holding()
                 try:
-                    job = await self._io(self.journal.claim, time.time(), light_max, copies)
+                    job = await self._io(self.journal.claim, time.time(), light_max, copies,
+                                         held)
                     if job is not None:
                         self._rewrites.started(job.bucket, job.key)
                 except (S3FuseError, OSError, sqlite3.Error) as exc:  # CacheFull: wait, never end
@@ -521,10 +567,11 @@ class UploadQueue:
                     continue
                 # a light worker waits for a light job only: one that a big job left due
                 # would otherwise claim nothing and ask again at once, round and round
-                due = await self._io(self.journal.next_due, light_max, copies)
+                due = await self._io(self.journal.next_due, light_max, copies, held)
                 if changed.is_set() or self._stopping:
                     continue  # a change came while we asked: no one woke us for it
-                delay = math.inf if due is None else max(due - time.time(), 0.0)
+                due = hold_ends if due is None else min(due, hold_ends)
+                delay = math.inf if due == math.inf else max(due - time.time(), 0.0)
                 if light and not copies:  # copies wait for the chmod to pause: look then
                     delay = min(delay, self._meta_bursts.quiet_in(math.inf))
                 with trio.move_on_after(delay):

@@ -272,10 +272,47 @@ class WriteBack:
         finally:
             self._making_spares = False
 
-    async def flush(self, local: LocalFile) -> None:
-        """Close semantics: journal and queue the file if it changed since its last submit."""
+    def open_for_writing(self) -> int:
+        """Files written through the mount that a handle still holds open (`s3fuse umount`
+        refuses to cut them off)."""
+        return sum(1 for local in self._open.values() if local.users)
+
+    async def submit_open(self) -> None:
+        """At unmount: journal what the files still open hold so far, as their close would.
+        Their handles stop working with the mount; their bytes were discarded as "writes
+        never closed" at the next start."""
+        for local in list(self._open.values()):
+            try:
+                async with local.lock:
+                    if local.state is not State.CLOSED:
+                        await self._flush(local)
+            except OSError as exc:  # a full disk, a failed write: that version cannot go
+                log.warning("s3://%s/%s, open at unmount, not journalled: %s", local.bucket,
+                            local.key, exc)
+
+    async def flush(self, local: LocalFile, *, hold: bool = False,
+                    held: tuple[str, str] | None = None) -> tuple[str, str] | None:
+        """Close semantics: journal and queue the file if it changed since its last submit.
+        `hold`: a writer handle's flush, whose upload waits for the handle's `release`
+        (the handle stays open: its release follows, or this was a forked child's close
+        of its copy; queue.py, `hold`); `held`: the key that handle holds already.
+        Returns the key it holds now."""
         async with local.lock:
-            await self._flush(local)
+            where: tuple[str, str] | None = (local.bucket, local.key)
+            if not hold or held == where:
+                await self._flush(local)
+                return held
+            if held is not None:  # renamed while open: the old name holds nothing new
+                self.queue.unhold(*held)
+            self.queue.hold(*where)  # before the job exists (a worker may claim meanwhile)
+            before = local.job
+            try:
+                await self._flush(local)
+            finally:
+                if local.job is None or local.job == before:  # nothing new to hold
+                    self.queue.unhold(*where)
+                    where = None
+            return where
 
     async def _flush(self, local: LocalFile) -> None:
         """flush with `local.lock` held."""
@@ -309,9 +346,13 @@ class WriteBack:
             raise OSError(code, f"{os.strerror(code)}: a write to s3://{local.bucket}/"
                                 f"{local.key} failed, this version is not uploaded")
 
-    async def release(self, local: LocalFile, writer: bool = True) -> None:
-        """A handle is gone: a writer's (or the last) one queues what is not queued yet."""
+    async def release(self, local: LocalFile, writer: bool = True,
+                      held: tuple[str, str] | None = None) -> None:
+        """A handle is gone: a writer's (or the last) one queues what is not queued yet;
+        `held`: the key its flushes held (flush), whose uploads may go now."""
         local.release()
+        if held is not None:
+            self.queue.unhold(*held)
         try:
             if writer or local.users == 0:
                 async with local.lock:

@@ -62,6 +62,7 @@ class LocalWriter(LocalReader):
 
     def __init__(self, target: LocalFile, writes: WriteBack):
         super().__init__(target, writes)
+        self._held: tuple[str, str] | None = None  # the key its flushes hold (writeback.py)
 
     async def write(self, offset: int, data: bytes, append: bool = False) -> int:
         return await self.target.write(offset, data, append)
@@ -70,11 +71,12 @@ class LocalWriter(LocalReader):
         await self.target.truncate(size)
 
     async def flush(self) -> None:
-        """Only a writer's close uploads (a reader closing must not cut a version)."""
-        await self.writes.flush(self.target)
+        """Only a writer's close uploads (a reader closing must not cut a version); the
+        upload waits for this handle's release (a forked child's close flushes too)."""
+        self._held = await self.writes.flush(self.target, hold=True, held=self._held)
 
     async def close(self) -> None:
-        await self.writes.release(self.target, writer=True)
+        await self.writes.release(self.target, writer=True, held=self._held)
 
 
 class FollowingReader:
