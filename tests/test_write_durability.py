@@ -45,6 +45,9 @@ def test_offline_writes_are_uploaded_when_the_link_returns(s3, bucket, mount_fac
     (root / "docs" / "new.txt").write_bytes(b"written offline")
     os.mkdir(root / "offline-dir")
     (root / "offline-dir" / "inner.txt").write_bytes(b"inner")
+    os.makedirs(root / "made" / "sub")               # a directory made offline moves offline:
+    (root / "made" / "sub" / "a.txt").write_bytes(b"a")  # all of it is local (EHOSTUNREACH)
+    os.rename(root / "made", root / "moved")
     os.unlink(root / "docs" / "old.txt")
     with open(root / "docs" / "synced.txt", "wb") as fh:     # fsync offline: durable locally
         fh.write(b"fsynced")
@@ -57,7 +60,8 @@ def test_offline_writes_are_uploaded_when_the_link_returns(s3, bucket, mount_fac
     proxy.restore()
     assert sync(m.mountpoint).returncode == 0
     assert keys(s3, bucket) == {"docs/new.txt", "docs/synced.txt", "offline-dir/",
-                                "offline-dir/inner.txt"}
+                                "offline-dir/inner.txt", "moved/", "moved/sub/",
+                                "moved/sub/a.txt"}
     assert body(s3, bucket, "docs/new.txt") == b"written offline"
     m.expect_log(r"unreachable|offline")
     m.stop()

@@ -30,6 +30,7 @@ class Change:
     posix_as_set: Posix | None = None  # `posix` as last set, without the last write's times
     etag: str = ""  # a metadata-only change: the version in S3 it applies to (its bytes)
     restamp: bool = False  # written since: `posix` takes the times of the last write
+    made: bool = False  # a directory made here (not a metadata change of one in S3)
 
     @property
     def posix(self) -> Posix | None:
@@ -102,7 +103,8 @@ class Overlay:
         mtime_ns = posix.mtime_ns if posix is not None else None
         if mtime_ns is None:
             mtime_ns = time.time_ns()
-        return self._set(bucket, key, Change(is_dir=True, mtime_ns=mtime_ns, posix_as_set=posix))
+        return self._set(bucket, key, Change(is_dir=True, mtime_ns=mtime_ns, posix_as_set=posix,
+                                             made=True))
 
     def metadata(self, bucket: str, key: str, posix: Posix, *, size: int, etag: str,
                  mtime_ns: int) -> Change:

@@ -29,8 +29,8 @@ import trio
 
 from ...data.reader import BlockReader
 from ...errors import (FileExists, InvalidArgument, IsADirectory, MetadataTooLarge,
-                       NameTooLong, NotADirectory, NotEmpty, NotFound, NotPermitted, ReadOnly,
-                       S3FuseError, StaleObject, TooBigToRename)
+                       NameTooLong, NotADirectory, NotEmpty, NotFound, NotPermitted, Offline,
+                       ReadOnly, S3FuseError, StaleObject, TooBigToRename)
 from ...model import Entry
 from ...names import MAX_PATH_BYTES, is_posix_name, is_probe_name, join, split, too_long
 from ...posix import NO_HEADERS, Posix, fits, from_headers, stored_mtime, to_headers
@@ -444,7 +444,12 @@ class Mutations:
                     break
             return found
 
-        remote = await trio.to_thread.run_sync(list_below, limiter=self._limiter)
+        try:
+            remote = await trio.to_thread.run_sync(list_below, limiter=self._limiter)
+        except Offline:
+            if not self._pending.made_here(old_prefix):
+                raise
+            remote = []  # made here and never uploaded: what is below it is local too
         local.update(self._local_below(old_prefix))  # made while listing (newest wins)
         if len(remote) + len(local) > RENAME_DIR_LIMIT:
             raise TooBigToRename(f"{old}: more than {RENAME_DIR_LIMIT} objects to rename one by one")

@@ -85,6 +85,12 @@ class PendingView:
             if change is None or change.deleted:
                 raise
 
+    def made_here(self, marker: str) -> bool:
+        """Was directory `marker` made by this mount and not yet uploaded? (Offline, its
+        rename moves what is local: S3 has nothing below a directory made here since.)"""
+        change = self._overlay.get(self._keys.bucket, marker)
+        return change is not None and change.made and not change.deleted
+
     def removed(self, key: str) -> bool:
         """Was `key` removed locally (S3 may still hold it)?"""
         change = self._overlay.get(self._keys.bucket, key)
