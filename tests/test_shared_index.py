@@ -35,6 +35,7 @@ from s3fuse.model import ObjectRef
 from s3fuse.store.memory import MemoryStore
 from s3fuse.tree.sharedindex import SharedIndex
 from tests.support.archives import random_tar
+from tests.test_archive import tarfile_members
 from tests.test_ops import lookup_path
 from tests.test_shard_cache_overflow import fetched
 
@@ -107,6 +108,19 @@ def test_round_trip_keeps_members_and_seek_points() -> None:
     assert back.members == index.members and back.gzip_index == index.gzip_index
     assert (back.format, back.uncompressed_size) == ("gzip", index.uncompressed_size)
     assert len(blob()) < len(archive) // 25  # windows of 64 seek points, names, numbers
+
+
+@pytest.mark.parametrize("fmt", ["tar", "gzip"])
+def test_the_index_of_a_tar_cut_inside_a_member_is_accepted(fmt: str) -> None:
+    """Before, the cut member was indexed past the archive's end: every other machine
+    refused the published index ('lies where no member can be') and published its own."""
+    tar, members = random_tar(3, 3, 100_000)
+    cut = tar[:tarfile_members(tar)[-1].offset + 50_000]  # the last member loses its tail
+    archive = gzip.compress(cut, 1, mtime=0) if fmt == "gzip" else cut
+    index = build_index(Source(archive), None, "s.tar", Limits())
+    back = decode(encode(index, B, "s.tar", "e1", len(archive)), B, "s.tar", "e1", len(archive))
+    assert [m.path for m in back.members] == list(members)[:2] == [m.path for m in index.members]
+    assert back.skipped_count == 1
 
 
 def test_an_index_of_the_spacing_before_2026_12_04_still_serves() -> None:

@@ -209,15 +209,30 @@ class TarScanner:
         self._buf += view
         self._parse()
 
-    def finish(self) -> None:
-        """End of stream: a partial header or a dangling extended header means truncation.
+    def finish(self, end: int | None = None) -> None:
+        """End of the stream, `end` bytes long (default: where the bytes fed end; a caller
+        that hopped over member data must say). A partial header or a dangling extended
+        header means truncation: ArchiveError.
 
-        Stopping inside member data is not an error here: that member is listed
-        and reading it fails, while the others stay readable.
+        A stream that ends inside a member's data drops that member (skipped, so it is
+        reported) and keeps the others, as `tar -t` lists them before its "Unexpected
+        EOF". Listed, it was a file whose size no read could deliver, and an index
+        holding it is one every fetcher of a shared index refuses.
         """
         if not self.done and (self._buf or self._pax or self._long_name is not None):
             raise ArchiveError(f"truncated tar header at offset {self._next}")
+        self._drop_cut(self._buf_start + len(self._buf) if end is None else end)
         self.done = True
+
+    def _drop_cut(self, end: int) -> None:
+        """Drop the member whose data runs past `end`: only the last one kept can."""
+        if not self._members:
+            return
+        last = next(reversed(self._members.values()))
+        if last.offset + last.size > end:
+            del self._members[last.path]
+            self._skip(last.path, f"archive ends inside its data ({max(0, end - last.offset)} "
+                                  f"of {last.size} bytes)")
 
     def _parse(self) -> None:
         buf = self._buf
