@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from s3fuse.archive import ArchiveError, Limits, build_index, read_member
+from s3fuse.archive import ArchiveError, ArchiveIndex, Limits, build_index, read_member
 from s3fuse.names import safe_member_path
 from tests.test_archive import COMPRESS, MTIME, MemSource, make_tar, small_files, tarfile_members
 
@@ -246,6 +246,31 @@ def test_truncated_compressed_stream(fmt: str) -> None:
     tail = partial.members[-1]
     with pytest.raises(ArchiveError):
         read_member(source, partial, tail, 0, tail.size)
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "xz", "bz2"])
+@pytest.mark.parametrize("garbage", [b"-----SIGNATURE-----\n", b"\xff" * 10240, b"\0" * 100 + b"PK\x05\x06"],
+                         ids=["signature", "filler", "zeros-then-bytes"])
+def test_trailing_garbage_after_the_stream_is_ignored(fmt: str, garbage: bytes) -> None:
+    """Bytes after the compressed stream that cannot start another one: every member is
+    served (GNU tar lists them, gzip says "trailing garbage ignored"); before, the shard was
+    empty ("incorrect header check"). Read through the seek points restored from the stored
+    index too, as after a remount."""
+    files = {**small_files(30), "tail.bin": os.urandom(MiB)}
+    source = MemSource(COMPRESS[fmt](make_tar(files)) + garbage)
+    index = build_index(source, None, "x", Limits())
+    assert [m.path for m in index.members] == list(files)
+    restored = ArchiveIndex(fmt, [], [], index.gzip_index, index.uncompressed_size)
+    for m in index.members[-2:]:
+        assert read_member(source, index, m, 0, m.size) == files[m.path]
+        assert read_member(source, restored, m, 0, m.size) == files[m.path]
+
+
+def test_garbage_that_starts_a_stream_is_still_corrupt() -> None:
+    """A following gzip member that is broken is no trailing garbage: the tar may go on in it."""
+    blob = gzip.compress(make_tar({"a.txt": b"a"}), mtime=0) + b"\x1f\x8b\x08\0garbage, not deflate"
+    with pytest.raises(ArchiveError, match="corrupt gzip data|truncated gzip stream"):
+        build_index(MemSource(blob), None, "x", Limits())
 
 
 def gzip_zeros_bomb(size: int) -> bytes:
