@@ -343,6 +343,19 @@ def test_corrupt_pax_record() -> None:
         build_index(MemSource(raw), None, "x.tar", Limits())
 
 
+@pytest.mark.parametrize("kind", [b"x", b"g"])
+def test_a_pax_keyword_that_is_not_utf8_is_skipped(kind: bytes) -> None:
+    """GNU tar --xattrs of an xattr named user.caf\\xe9 writes that keyword raw: tar and
+    tarfile list the members; before, the whole archive was corrupt. The records around
+    it still count (mtime: the next entry's, or every entry's for a global header)."""
+    raw = pax({b"SCHILY.xattr.user.caf\xe9": b"1", b"mtime": b"1234"}, kind) \
+        + entry(b"a", b"aaa") + entry(b"b", b"bb") + END
+    index = build_index(MemSource(raw), None, "x.tar", Limits())
+    later = 1234 if kind == b"g" else MTIME
+    assert [(m.path, m.size, m.mtime) for m in index.members] == [("a", 3, 1234), ("b", 2, later)]
+    assert not index.skipped
+
+
 def test_unknown_format() -> None:
     with pytest.raises(ArchiveError, match="not a tar"):
         build_index(MemSource(b"PK\x03\x04" + bytes(1000)), "gzip", "x.zip", Limits())

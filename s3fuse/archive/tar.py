@@ -11,6 +11,7 @@ and header bytes are counted against the archive's caps like member data.
 """
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import NamedTuple
 
 from s3fuse.archive.limits import ArchiveError, Limits
@@ -134,7 +135,12 @@ def _skip_reason(kind: bytes, pax: dict[str, bytes]) -> str | None:
 
 
 def _parse_pax(payload: bytes, offset: int) -> dict[str, bytes]:
-    """Parse PAX records ("<len> <key>=<value>\\n"); values stay bytes."""
+    """Parse PAX records ("<len> <key>=<value>\\n"); values stay bytes.
+
+    A keyword that is not UTF-8 (GNU tar --xattrs writes an xattr's name raw, such as
+    SCHILY.xattr.user.caf\\xe9) is none this reads: that record is skipped, as tar and
+    tarfile list the archive. It used to make the whole archive corrupt.
+    """
     records: dict[str, bytes] = {}
     pos = 0
     try:
@@ -147,8 +153,9 @@ def _parse_pax(payload: bytes, offset: int) -> dict[str, bytes]:
             key, sep, value = record[space - pos + 1 : -1].partition(b"=")
             if not sep:
                 raise ValueError("record without '='")
-            records[key.decode("utf-8")] = value
             pos += length
+            with suppress(UnicodeDecodeError):  # not UTF-8: a keyword nothing here reads
+                records[key.decode("utf-8")] = value
     except ValueError:
         raise ArchiveError(f"corrupt pax header at offset {offset}") from None
     return records
