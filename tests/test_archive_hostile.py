@@ -153,6 +153,26 @@ def test_hostile_entries_are_skipped_and_reported(fmt: str) -> None:
     ]
 
 
+@pytest.mark.parametrize(("later", "reason"), [
+    (entry(b"d.txt", kind=b"2", poke={157: ord("x")}), "symbolic link"),
+    (entry(b"./d.txt", kind=b"1", poke={157: ord("x")}), "hard link"),
+    (entry(b"d.txt/", kind=b"5"), "directory"),
+    (entry(b"d.txt", kind=b"6"), "FIFO"),
+], ids=["symlink", "hard-link", "directory", "fifo"])
+def test_a_later_entry_that_is_no_file_replaces_an_earlier_file(later: bytes, reason: str) -> None:
+    """The last entry of a name wins, as tar -x and tarfile.getmember take it: a file
+    followed by a symlink (or directory...) of its name is not served; before, the old
+    bytes were. A regular file after both wins again."""
+    raw = entry(b"d.txt", b"old") + later + entry(b"other.txt", b"other") + END
+    index = build_index(MemSource(raw), None, "x.tar", Limits())
+    assert [m.path for m in index.members] == ["other.txt"]
+    assert ("d.txt", f"replaced by a later {reason}") in index.skipped
+    source = MemSource(raw[:-len(END)] + entry(b"d.txt", b"new") + END)
+    index = build_index(source, None, "x.tar", Limits())
+    assert [m.path for m in index.members] == ["other.txt", "d.txt"]
+    assert read_member(source, index, index.members[1], 0, 3) == b"new"
+
+
 def test_gnu_long_link_and_global_pax_headers() -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:

@@ -334,9 +334,28 @@ class TarScanner:
         data = 0 if kind in NO_DATA else size
         self._count_bytes(data=data)
         if kind == DIRECTORY or (kind in REGULAR and name.endswith(b"/")):
+            self._directory(name)
             return data
         self._add(name, kind, size, mtime, pax)
         return data
+
+    def _directory(self, raw_name: bytes) -> None:
+        """A directory entry is no member, but it replaces an earlier file of its path."""
+        if len(raw_name) > MAX_PATH_BYTES + 2:
+            return
+        try:
+            path = safe_member_path(raw_name.decode("utf-8"))
+        except UnicodeDecodeError:
+            return
+        if path is not None:
+            self._replaced(path, "directory")
+
+    def _replaced(self, path: str, by: str) -> None:
+        """The last entry of a name wins, as tar -x and tarfile.getmember take it: an
+        earlier regular file of `path` is not shown once a symlink, a directory or any
+        other entry that is not served takes its name (before, it still was)."""
+        if self._members.pop(path, None) is not None:
+            self._skip(path, f"replaced by a later {by}")
 
     def _add(self, raw_name: bytes, kind: bytes, size: int, mtime: int, pax: dict[str, bytes]) -> None:
         if len(raw_name) > MAX_PATH_BYTES + 2:  # "./" + the longest path: never decoded nor kept
@@ -349,8 +368,12 @@ class TarScanner:
             return
         reason = _skip_reason(kind, pax)
         path = safe_member_path(name)
-        if reason or path is None:
+        if path is None:
             self._skip(name, reason or "unsafe path")
+            return
+        if reason:
+            self._skip(name, reason)
+            self._replaced(path, reason)
             return
         if size > self.limits.max_member_bytes:
             raise ArchiveError(f"member {path!r} is {size} bytes, over max_member_bytes")
