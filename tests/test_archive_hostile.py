@@ -327,7 +327,20 @@ def test_gzip_bomb_is_refused_while_streaming() -> None:
 def test_ratio_cap_for_xz_and_bz2(fmt: str) -> None:
     raw = make_tar({"zeros": bytes(8 * MiB)})
     with pytest.raises(ArchiveError, match="max_ratio"):
-        build_index(MemSource(COMPRESS[fmt](raw)), None, "x", Limits(max_ratio=50))
+        build_index(MemSource(COMPRESS[fmt](raw)), None, "x", Limits(max_ratio=50, ratio_grace_bytes=MiB))
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "xz", "bz2"])
+def test_a_modest_archive_may_compress_past_the_ratio(fmt: str) -> None:
+    """A zero-filled image beside a small file compresses 1,000x: under ratio_grace_bytes
+    (256 MiB of output) that is no bomb. Before, the ratio was judged past 1 MiB and the
+    shard showed empty."""
+    files = {"readme.txt": b"hello\n", "disk.img": bytes(24 * MiB)}
+    source = MemSource(COMPRESS[fmt](make_tar(files)))
+    assert source.size * 200 < 24 * MiB
+    index = build_index(source, None, "x", Limits())
+    assert [m.path for m in index.members] == list(files)
+    assert read_member(source, index, index.members[1], 24 * MiB - 10, 10) == bytes(10)
 
 
 @pytest.mark.parametrize("fmt", ["tar", "xz"])

@@ -2,7 +2,8 @@
 
 Declared formats (a manifest field, a key suffix) are only hints: magic bytes
 decide. Decompressed sizes written in headers are never trusted: output is
-counted as it streams, so a decompression bomb is refused after a few MiB.
+counted as it streams, so a decompression bomb is refused once it has produced
+Limits.ratio_grace_bytes (256 MiB), never later than max_total_bytes.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ Format = Literal["tar", "gzip", "xz", "bz2", "unknown"]
 #: The bytes every stream of a compressed format starts with (bz2's then names a level).
 MAGIC = {"gzip": b"\x1f\x8b", "xz": b"\xfd7zXZ\x00", "bz2": b"BZh"}
 
-RATIO_GRACE = 1 << 20  # max_ratio is judged only past this much output
 FEED_SIZE = 64 << 10  # compressed bytes per decompress call: the ratio's granularity
 OUT_CHUNK = 1 << 20  # most output per decompress call, so memory stays bounded
 XZ_MEMLIMIT = 256 << 20  # an xz header may ask for a dictionary of GiBs
@@ -125,7 +125,7 @@ def decompress(chunks: Iterable[bytes], fmt: str, limits: Limits | None) -> Iter
     (an appended signature, non-zero tape filler) end the output, as gzip(1) and bzip2(1)
     ignore "trailing garbage": before, they made the whole archive corrupt.
     Raises ArchiveError on corrupt or truncated data, and when output passes
-    max_total_bytes or, past its first MiB, max_ratio times the input consumed.
+    max_total_bytes or, past its first ratio_grace_bytes, max_ratio times the input consumed.
     limits=None skips the caps: only for a stream already indexed under them.
     """
     new = _DECOMPRESSORS[fmt]
@@ -172,7 +172,7 @@ def _may_start_stream(fmt: str, data: bytes) -> bool:
 def _check(fmt: str, limits: Limits, consumed: int, produced: int) -> None:
     if produced > limits.max_total_bytes:
         raise ArchiveError(f"{fmt} stream decompresses to over {limits.max_total_bytes} bytes (max_total_bytes)")
-    if produced > RATIO_GRACE and produced > limits.max_ratio * consumed:
+    if produced > limits.ratio_grace_bytes and produced > limits.max_ratio * consumed:
         raise ArchiveError(
             f"{fmt} stream expands over {limits.max_ratio:g}x (max_ratio): {produced} bytes "
             f"from {consumed}, refused as a likely decompression bomb"
