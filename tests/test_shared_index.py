@@ -123,6 +123,16 @@ def test_the_index_of_a_tar_cut_inside_a_member_is_accepted(fmt: str) -> None:
     assert back.skipped_count == 1
 
 
+@pytest.mark.parametrize("archive", [gzip.compress(b"", mtime=0), gzip.compress(bytes(10240), mtime=0),
+                                     bytes(10240)], ids=["empty-gzip", "empty-tar-gzip", "empty-tar"])
+def test_the_index_of_an_empty_archive_is_accepted(archive: bytes) -> None:
+    """A gzip of zero bytes has no seek point at all: every other machine refused its index
+    ('seek points describe another stream') and published its own again, forever."""
+    index = build_index(Source(archive), None, "e.tar.gz", Limits())
+    back = decode(encode(index, B, "e.tar.gz", "e1", len(archive)), B, "e.tar.gz", "e1", len(archive))
+    assert back.members == [] and back.uncompressed_size == index.uncompressed_size
+
+
 def test_an_index_of_the_spacing_before_2026_12_04_still_serves() -> None:
     """Seek points 2 MiB apart (what a 64 MiB archive got before SMALL_POINTS went from 16
     to 128) are accepted and read with; a spacing no version makes is refused."""
@@ -190,6 +200,7 @@ def short_window(raw: bytearray) -> None:
     (lambda b: reseal(b, with_members(past_the_end)), "malformed|lies where"),
     (lambda b: reseal(b, with_seek(points(1 << 31))), "describe another stream"),
     (lambda b: reseal(b, with_seek(points(3))), "do not add up"),
+    (lambda b: reseal(b, with_seek(points(0))), "describe another stream"),
     (lambda b: reseal(b, with_seek(window(1 << 30))), "describe another stream"),
     (lambda b: reseal(b, with_seek(point_outside)), "out of order or outside"),
     (lambda b: reseal(b, with_seek(bad_bits)), "out of order or outside"),
@@ -198,7 +209,7 @@ def short_window(raw: bytearray) -> None:
     (lambda b: reseal(b, lambda h, m, s: (h, zlib.compress(b"[" * 100000), s)), "malformed"),
     (lambda b: reseal(b, lambda h, m, s: ({**h, "format": "tar"}, m, s)), "impossible"),
 ], ids=["flipped-byte", "version", "magic", "truncated", "member-shifted", "member-order",
-        "member-path", "member-size", "point-count-huge", "point-count-short", "window-size",
+        "member-path", "member-size", "point-count-huge", "point-count-short", "point-count-none", "window-size",
         "point-outside", "point-bits", "window-short", "seek-bomb", "members-deep", "format"])
 def test_a_tampered_index_is_rejected(tamper: Callable[[bytes], bytes], reason: str) -> None:
     archive, _ = shard()
