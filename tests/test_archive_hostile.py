@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from s3fuse.archive import ArchiveError, Limits, build_index, read_member
+from s3fuse.archive import ArchiveError, ArchiveIndex, Limits, build_index, read_member
 from s3fuse.names import safe_member_path
 from tests.test_archive import COMPRESS, MTIME, MemSource, make_tar, small_files, tarfile_members
 
@@ -153,6 +153,26 @@ def test_hostile_entries_are_skipped_and_reported(fmt: str) -> None:
     ]
 
 
+@pytest.mark.parametrize(("later", "reason"), [
+    (entry(b"d.txt", kind=b"2", poke={157: ord("x")}), "symbolic link"),
+    (entry(b"./d.txt", kind=b"1", poke={157: ord("x")}), "hard link"),
+    (entry(b"d.txt/", kind=b"5"), "directory"),
+    (entry(b"d.txt", kind=b"6"), "FIFO"),
+], ids=["symlink", "hard-link", "directory", "fifo"])
+def test_a_later_entry_that_is_no_file_replaces_an_earlier_file(later: bytes, reason: str) -> None:
+    """The last entry of a name wins, as tar -x and tarfile.getmember take it: a file
+    followed by a symlink (or directory...) of its name is not served; before, the old
+    bytes were. A regular file after both wins again."""
+    raw = entry(b"d.txt", b"old") + later + entry(b"other.txt", b"other") + END
+    index = build_index(MemSource(raw), None, "x.tar", Limits())
+    assert [m.path for m in index.members] == ["other.txt"]
+    assert ("d.txt", f"replaced by a later {reason}") in index.skipped
+    source = MemSource(raw[:-len(END)] + entry(b"d.txt", b"new") + END)
+    index = build_index(source, None, "x.tar", Limits())
+    assert [m.path for m in index.members] == ["other.txt", "d.txt"]
+    assert read_member(source, index, index.members[1], 0, 3) == b"new"
+
+
 def test_gnu_long_link_and_global_pax_headers() -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
@@ -198,16 +218,31 @@ def test_corrupt_header_checksum(fmt: str) -> None:
     assert [read_member(source, partial, m, 0, m.size) for m in partial.members] == [files["a.txt"], files["b.txt"]]
 
 
-def test_truncated_plain_tar_fails_only_the_cut_member() -> None:
+@pytest.mark.parametrize("fmt", ["tar", "gzip"])
+@pytest.mark.parametrize("cut", [0, 50_000, 100_000 - 1])
+def test_a_tar_cut_inside_member_data_drops_only_that_member(fmt: str, cut: int) -> None:
+    """As `tar -t` lists the members before its "Unexpected EOF": the cut one is not shown
+    (skipped, so reported), never listed at a size no read can deliver. A gzip stream that
+    ends cleanly around a cut tar is the same case."""
     files = {"a.txt": b"a" * 5000, "b.bin": b"b" * 100_000}
     raw = make_tar(files)
-    source = MemSource(raw[: tarfile_members(raw)[1].offset + 50_000])
+    source = MemSource(COMPRESS[fmt](raw[: tarfile_members(raw)[1].offset + cut]))
+    index = build_index(source, None, "x", Limits())
+    assert [m.path for m in index.members] == ["a.txt"]
+    assert index.skipped == [("b.bin", f"archive ends inside its data ({cut} of 100000 bytes)")]
+    assert index.skipped_count == 1
+    assert read_member(source, index, index.members[0], 0, 5000) == files["a.txt"]
+
+
+def test_a_member_whose_data_ends_with_the_archive_is_kept() -> None:
+    """Only missing data drops a member: padding and end-of-archive blocks may be cut."""
+    files = {"a.txt": b"a" * 5000, "b.bin": b"b" * 1000}
+    raw = make_tar(files)
+    source = MemSource(raw[: tarfile_members(raw)[1].offset + 1000])
     index = build_index(source, None, "x.tar", Limits())
-    a, b = index.members
-    assert read_member(source, index, a, 0, a.size) == files["a.txt"]
-    assert read_member(source, index, b, 0, 1000) == files["b.bin"][:1000]
-    with pytest.raises(ArchiveError, match="ends inside member 'b.bin'"):
-        read_member(source, index, b, 0, b.size)
+    assert [m.path for m in index.members] == ["a.txt", "b.bin"] and not index.skipped
+    b = index.members[1]
+    assert read_member(source, index, b, 0, b.size) == files["b.bin"]
 
 
 def test_tar_cut_inside_a_header() -> None:
@@ -231,6 +266,31 @@ def test_truncated_compressed_stream(fmt: str) -> None:
     tail = partial.members[-1]
     with pytest.raises(ArchiveError):
         read_member(source, partial, tail, 0, tail.size)
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "xz", "bz2"])
+@pytest.mark.parametrize("garbage", [b"-----SIGNATURE-----\n", b"\xff" * 10240, b"\0" * 100 + b"PK\x05\x06"],
+                         ids=["signature", "filler", "zeros-then-bytes"])
+def test_trailing_garbage_after_the_stream_is_ignored(fmt: str, garbage: bytes) -> None:
+    """Bytes after the compressed stream that cannot start another one: every member is
+    served (GNU tar lists them, gzip says "trailing garbage ignored"); before, the shard was
+    empty ("incorrect header check"). Read through the seek points restored from the stored
+    index too, as after a remount."""
+    files = {**small_files(30), "tail.bin": os.urandom(MiB)}
+    source = MemSource(COMPRESS[fmt](make_tar(files)) + garbage)
+    index = build_index(source, None, "x", Limits())
+    assert [m.path for m in index.members] == list(files)
+    restored = ArchiveIndex(fmt, [], [], index.gzip_index, index.uncompressed_size)
+    for m in index.members[-2:]:
+        assert read_member(source, index, m, 0, m.size) == files[m.path]
+        assert read_member(source, restored, m, 0, m.size) == files[m.path]
+
+
+def test_garbage_that_starts_a_stream_is_still_corrupt() -> None:
+    """A following gzip member that is broken is no trailing garbage: the tar may go on in it."""
+    blob = gzip.compress(make_tar({"a.txt": b"a"}), mtime=0) + b"\x1f\x8b\x08\0garbage, not deflate"
+    with pytest.raises(ArchiveError, match="corrupt gzip data|truncated gzip stream"):
+        build_index(MemSource(blob), None, "x", Limits())
 
 
 def gzip_zeros_bomb(size: int) -> bytes:
@@ -267,7 +327,20 @@ def test_gzip_bomb_is_refused_while_streaming() -> None:
 def test_ratio_cap_for_xz_and_bz2(fmt: str) -> None:
     raw = make_tar({"zeros": bytes(8 * MiB)})
     with pytest.raises(ArchiveError, match="max_ratio"):
-        build_index(MemSource(COMPRESS[fmt](raw)), None, "x", Limits(max_ratio=50))
+        build_index(MemSource(COMPRESS[fmt](raw)), None, "x", Limits(max_ratio=50, ratio_grace_bytes=MiB))
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "xz", "bz2"])
+def test_a_modest_archive_may_compress_past_the_ratio(fmt: str) -> None:
+    """A zero-filled image beside a small file compresses 1,000x: under ratio_grace_bytes
+    (256 MiB of output) that is no bomb. Before, the ratio was judged past 1 MiB and the
+    shard showed empty."""
+    files = {"readme.txt": b"hello\n", "disk.img": bytes(24 * MiB)}
+    source = MemSource(COMPRESS[fmt](make_tar(files)))
+    assert source.size * 200 < 24 * MiB
+    index = build_index(source, None, "x", Limits())
+    assert [m.path for m in index.members] == list(files)
+    assert read_member(source, index, index.members[1], 24 * MiB - 10, 10) == bytes(10)
 
 
 @pytest.mark.parametrize("fmt", ["tar", "xz"])
@@ -301,6 +374,19 @@ def test_corrupt_pax_record() -> None:
     raw = entry(b"PaxHeader", b"99 path=x\n", b"x") + entry(b"a", b"a") + END
     with pytest.raises(ArchiveError, match="corrupt pax header at offset 0"):
         build_index(MemSource(raw), None, "x.tar", Limits())
+
+
+@pytest.mark.parametrize("kind", [b"x", b"g"])
+def test_a_pax_keyword_that_is_not_utf8_is_skipped(kind: bytes) -> None:
+    """GNU tar --xattrs of an xattr named user.caf\\xe9 writes that keyword raw: tar and
+    tarfile list the members; before, the whole archive was corrupt. The records around
+    it still count (mtime: the next entry's, or every entry's for a global header)."""
+    raw = pax({b"SCHILY.xattr.user.caf\xe9": b"1", b"mtime": b"1234"}, kind) \
+        + entry(b"a", b"aaa") + entry(b"b", b"bb") + END
+    index = build_index(MemSource(raw), None, "x.tar", Limits())
+    later = 1234 if kind == b"g" else MTIME
+    assert [(m.path, m.size, m.mtime) for m in index.members] == [("a", 3, 1234), ("b", 2, later)]
+    assert not index.skipped
 
 
 def test_unknown_format() -> None:

@@ -154,13 +154,12 @@ def test_corrupt_streams_fail_with_archive_error_or_read_right(spec: dict[str, A
         event(f"{how[0]}: ArchiveError")
         return
     event(f"{how[0]}: indexed")
-    (member,) = index.members
-    if member.offset + member.size > (index.uncompressed_size or 0):
+    if not index.members:
         # Cut at a gzip member boundary: a valid shorter stream ending inside the tar member,
-        # which is listed (the bytes before the cut stay readable) but never read whole.
-        with pytest.raises(ArchiveError, match="ends inside member"):
-            read_member(source, index, member, 0, member.size)
+        # which is not shown (as tar -t's "Unexpected EOF"), never listed at a size no read gives.
+        assert [reason for _, reason in index.skipped if reason.startswith("archive ends inside")]
         return
+    (member,) = index.members
     assert (member.path, read_member(source, index, member, 0, member.size)) == ("data.bin", data)
 
 

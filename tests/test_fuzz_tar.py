@@ -124,17 +124,19 @@ def model_path(name: str) -> str | None:
 
 
 def tarfile_view(raw: bytes) -> tuple[list[Member], dict[str, bytes], int]:
-    """tarfile's regular files (the last of a path wins), their bytes, and its link count."""
+    """tarfile's regular files (the last entry of a path wins, whatever its type: a later
+    symlink or directory hides a file), their bytes, and its link count."""
     members: dict[str, Member] = {}
     contents: dict[str, bytes] = {}
     links = 0
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         for info in tar:
             links += info.issym() or info.islnk()
-            path = model_path(info.name) if info.isreg() else None
-            if path is None:
+            path = model_path(info.name)
+            if path is not None:
+                members.pop(path, None)
+            if path is None or not info.isreg():
                 continue
-            members.pop(path, None)
             members[path] = Member(path, info.offset_data, info.size, int(info.mtime))
             extracted = tar.extractfile(info)
             assert extracted is not None

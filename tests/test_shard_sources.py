@@ -4,12 +4,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import trio
 
 from s3fuse.cache.blocks import BlockCache
 from s3fuse.data.reader import BlockReader, ReadState
+from s3fuse.errors import CorruptData
 from s3fuse.model import ObjectRef
 from s3fuse.tree.shards import ReaderSource
+from s3fuse.tree.sources import SliceSource
 from s3fuse.util.supervisor import Supervisor
 
 MiB = 1 << 20
@@ -84,3 +87,20 @@ async def test_a_read_after_a_seek_takes_only_its_range_of_a_block_on_disk(tmp_p
     assert cache.loads == []
     got = await reader.read(ref, 0, 100, ReadState())  # a run from the start: whole blocks
     assert got == store.data[:100] and store.gets == [(0, MiB)]
+
+
+async def test_a_slice_cut_by_the_archive_end_is_eio_never_short(tmp_path: Path):
+    """A plain tar's member read from the archive's blocks, where an index (stored before
+    cut members were dropped) places its end past the archive's: EIO, not fewer bytes."""
+    reader, cache, store, archive = setup(tmp_path, 2)
+    member = ObjectRef("b", "archive.tar.gz#m.bin", "e1", 400_000)
+
+    def never(start: int, stop: int) -> bytes:
+        raise AssertionError("the member's bytes come from the archive's blocks")
+    source = SliceSource(reader, member, never, archive, 2 * MiB - 300_000)
+    assert await source.read(0, 1000) == store.data[2 * MiB - 300_000:2 * MiB - 299_000]
+    with pytest.raises(CorruptData, match="ends inside member"):
+        await source.read(0, 400_000)
+    with pytest.raises(CorruptData):
+        await source.read(350_000, 1000)
+    assert await source.read(400_000, 10) == b""

@@ -35,6 +35,7 @@ from s3fuse.model import ObjectRef
 from s3fuse.store.memory import MemoryStore
 from s3fuse.tree.sharedindex import SharedIndex
 from tests.support.archives import random_tar
+from tests.test_archive import tarfile_members
 from tests.test_ops import lookup_path
 from tests.test_shard_cache_overflow import fetched
 
@@ -109,6 +110,29 @@ def test_round_trip_keeps_members_and_seek_points() -> None:
     assert len(blob()) < len(archive) // 25  # windows of 64 seek points, names, numbers
 
 
+@pytest.mark.parametrize("fmt", ["tar", "gzip"])
+def test_the_index_of_a_tar_cut_inside_a_member_is_accepted(fmt: str) -> None:
+    """Before, the cut member was indexed past the archive's end: every other machine
+    refused the published index ('lies where no member can be') and published its own."""
+    tar, members = random_tar(3, 3, 100_000)
+    cut = tar[:tarfile_members(tar)[-1].offset + 50_000]  # the last member loses its tail
+    archive = gzip.compress(cut, 1, mtime=0) if fmt == "gzip" else cut
+    index = build_index(Source(archive), None, "s.tar", Limits())
+    back = decode(encode(index, B, "s.tar", "e1", len(archive)), B, "s.tar", "e1", len(archive))
+    assert [m.path for m in back.members] == list(members)[:2] == [m.path for m in index.members]
+    assert back.skipped_count == 1
+
+
+@pytest.mark.parametrize("archive", [gzip.compress(b"", mtime=0), gzip.compress(bytes(10240), mtime=0),
+                                     bytes(10240)], ids=["empty-gzip", "empty-tar-gzip", "empty-tar"])
+def test_the_index_of_an_empty_archive_is_accepted(archive: bytes) -> None:
+    """A gzip of zero bytes has no seek point at all: every other machine refused its index
+    ('seek points describe another stream') and published its own again, forever."""
+    index = build_index(Source(archive), None, "e.tar.gz", Limits())
+    back = decode(encode(index, B, "e.tar.gz", "e1", len(archive)), B, "e.tar.gz", "e1", len(archive))
+    assert back.members == [] and back.uncompressed_size == index.uncompressed_size
+
+
 def test_an_index_of_the_spacing_before_2026_12_04_still_serves() -> None:
     """Seek points 2 MiB apart (what a 64 MiB archive got before SMALL_POINTS went from 16
     to 128) are accepted and read with; a spacing no version makes is refused."""
@@ -176,6 +200,7 @@ def short_window(raw: bytearray) -> None:
     (lambda b: reseal(b, with_members(past_the_end)), "malformed|lies where"),
     (lambda b: reseal(b, with_seek(points(1 << 31))), "describe another stream"),
     (lambda b: reseal(b, with_seek(points(3))), "do not add up"),
+    (lambda b: reseal(b, with_seek(points(0))), "describe another stream"),
     (lambda b: reseal(b, with_seek(window(1 << 30))), "describe another stream"),
     (lambda b: reseal(b, with_seek(point_outside)), "out of order or outside"),
     (lambda b: reseal(b, with_seek(bad_bits)), "out of order or outside"),
@@ -184,7 +209,7 @@ def short_window(raw: bytearray) -> None:
     (lambda b: reseal(b, lambda h, m, s: (h, zlib.compress(b"[" * 100000), s)), "malformed"),
     (lambda b: reseal(b, lambda h, m, s: ({**h, "format": "tar"}, m, s)), "impossible"),
 ], ids=["flipped-byte", "version", "magic", "truncated", "member-shifted", "member-order",
-        "member-path", "member-size", "point-count-huge", "point-count-short", "window-size",
+        "member-path", "member-size", "point-count-huge", "point-count-short", "point-count-none", "window-size",
         "point-outside", "point-bits", "window-short", "seek-bomb", "members-deep", "format"])
 def test_a_tampered_index_is_rejected(tamper: Callable[[bytes], bytes], reason: str) -> None:
     archive, _ = shard()

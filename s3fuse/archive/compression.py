@@ -2,11 +2,13 @@
 
 Declared formats (a manifest field, a key suffix) are only hints: magic bytes
 decide. Decompressed sizes written in headers are never trusted: output is
-counted as it streams, so a decompression bomb is refused after a few MiB.
+counted as it streams, so a decompression bomb is refused once it has produced
+Limits.ratio_grace_bytes (256 MiB), never later than max_total_bytes.
 """
 from __future__ import annotations
 
 import bz2
+import logging
 import lzma
 import zlib
 from typing import Callable, Iterable, Iterator, Literal, Protocol
@@ -14,9 +16,12 @@ from typing import Callable, Iterable, Iterator, Literal, Protocol
 from s3fuse.archive.limits import ArchiveError, Limits
 from s3fuse.archive.tar import BLOCK, ZERO_BLOCK, valid_checksum
 
-Format = Literal["tar", "gzip", "xz", "bz2", "unknown"]
+log = logging.getLogger(__name__)
 
-RATIO_GRACE = 1 << 20  # max_ratio is judged only past this much output
+Format = Literal["tar", "gzip", "xz", "bz2", "unknown"]
+#: The bytes every stream of a compressed format starts with (bz2's then names a level).
+MAGIC = {"gzip": b"\x1f\x8b", "xz": b"\xfd7zXZ\x00", "bz2": b"BZh"}
+
 FEED_SIZE = 64 << 10  # compressed bytes per decompress call: the ratio's granularity
 OUT_CHUNK = 1 << 20  # most output per decompress call, so memory stays bounded
 XZ_MEMLIMIT = 256 << 20  # an xz header may ask for a dictionary of GiBs
@@ -40,11 +45,11 @@ def sniff(head: bytes) -> Format:
     block = head[:BLOCK]
     if len(block) == BLOCK and (block == ZERO_BLOCK or valid_checksum(block)):
         return "tar"
-    if head.startswith(b"\x1f\x8b"):
+    if head.startswith(MAGIC["gzip"]):
         return "gzip"
-    if head.startswith(b"\xfd7zXZ\x00"):
+    if head.startswith(MAGIC["xz"]):
         return "xz"
-    if head.startswith(b"BZh") and len(head) > 3 and head[3] in b"123456789":
+    if head.startswith(MAGIC["bz2"]) and len(head) > 3 and head[3] in b"123456789":
         return "bz2"
     if head[257:262] == b"ustar":
         return "tar"
@@ -116,9 +121,11 @@ def decompress(chunks: Iterable[bytes], fmt: str, limits: Limits | None) -> Iter
     """Yield the decompressed stream of `chunks`, the compressed bytes in order.
 
     Concatenated streams (multi-member gzip, multi-stream xz/bz2) are followed, and
-    zero bytes padding them are skipped.
+    zero bytes padding them are skipped. Bytes after a stream that cannot start another
+    (an appended signature, non-zero tape filler) end the output, as gzip(1) and bzip2(1)
+    ignore "trailing garbage": before, they made the whole archive corrupt.
     Raises ArchiveError on corrupt or truncated data, and when output passes
-    max_total_bytes or, past its first MiB, max_ratio times the input consumed.
+    max_total_bytes or, past its first ratio_grace_bytes, max_ratio times the input consumed.
     limits=None skips the caps: only for a stream already indexed under them.
     """
     new = _DECOMPRESSORS[fmt]
@@ -135,6 +142,10 @@ def decompress(chunks: Iterable[bytes], fmt: str, limits: Limits | None) -> Iter
                     data = (decoder.unused_data + data).lstrip(b"\0")
                     if not data:
                         break
+                    if not _may_start_stream(fmt, data):
+                        log.info("%s stream ends before compressed offset %d: the bytes after "
+                                 "it are ignored (trailing garbage)", fmt, consumed)
+                        return
                     decoder = new()
                 elif not data and decoder.needs_input:
                     break
@@ -152,10 +163,16 @@ def decompress(chunks: Iterable[bytes], fmt: str, limits: Limits | None) -> Iter
         raise ArchiveError(f"truncated {fmt} stream ({consumed} compressed bytes)")
 
 
+def _may_start_stream(fmt: str, data: bytes) -> bool:
+    """Can `data` (or, when shorter than the magic, what follows it) begin a `fmt` stream?"""
+    magic = MAGIC[fmt]
+    return magic.startswith(data[:len(magic)])
+
+
 def _check(fmt: str, limits: Limits, consumed: int, produced: int) -> None:
     if produced > limits.max_total_bytes:
         raise ArchiveError(f"{fmt} stream decompresses to over {limits.max_total_bytes} bytes (max_total_bytes)")
-    if produced > RATIO_GRACE and produced > limits.max_ratio * consumed:
+    if produced > limits.ratio_grace_bytes and produced > limits.max_ratio * consumed:
         raise ArchiveError(
             f"{fmt} stream expands over {limits.max_ratio:g}x (max_ratio): {produced} bytes "
             f"from {consumed}, refused as a likely decompression bomb"

@@ -156,7 +156,7 @@ def build_index(
                     gzip_indexer.advance(size)
             if gzip_indexer:
                 gzip_indexer.advance(size, final=True)
-        scanner.finish()
+        scanner.finish(size)
     except ArchiveError as err:
         if scanner.members:
             err.partial = index()

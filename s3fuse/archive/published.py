@@ -185,6 +185,13 @@ def _text(value: Any) -> str:
     return value
 
 
+def _point_count_fits(count: int, usize: int, cap: int) -> bool:
+    """At least one point for a stream with bytes, none allowed for an empty one (a gzip of
+    zero bytes: zran exports no point), which every fetcher refused before and then
+    published again."""
+    return (0 < count or usize == 0) and count <= cap
+
+
 def check_seek_points(seek: bytes, size: int, usize: int) -> int:
     """Parse the zlib'd indexed_gzip export in full before zran may read it: its sizes
     must be this archive's, its spacing one of gzip_spacings, its points in order inside
@@ -208,7 +215,7 @@ def check_seek_points(seek: bytes, size: int, usize: int) -> int:
     if magic != b"GZIDX" or version != 1:
         raise Rejected("seek points are not an indexed_gzip v1 export")
     if csize != size or uncompressed not in (0, usize) or window != GZIP_WINDOW \
-            or spacing not in spacings or not 0 < count <= points_cap:
+            or spacing not in spacings or not _point_count_fits(count, usize, points_cap):
         raise Rejected("seek points describe another stream")
     at = ZRAN_HEAD.size
     if len(raw) < at + count * _ZRAN_POINT.size:

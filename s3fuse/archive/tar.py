@@ -11,6 +11,7 @@ and header bytes are counted against the archive's caps like member data.
 """
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import NamedTuple
 
 from s3fuse.archive.limits import ArchiveError, Limits
@@ -134,7 +135,12 @@ def _skip_reason(kind: bytes, pax: dict[str, bytes]) -> str | None:
 
 
 def _parse_pax(payload: bytes, offset: int) -> dict[str, bytes]:
-    """Parse PAX records ("<len> <key>=<value>\\n"); values stay bytes."""
+    """Parse PAX records ("<len> <key>=<value>\\n"); values stay bytes.
+
+    A keyword that is not UTF-8 (GNU tar --xattrs writes an xattr's name raw, such as
+    SCHILY.xattr.user.caf\\xe9) is none this reads: that record is skipped, as tar and
+    tarfile list the archive. It used to make the whole archive corrupt.
+    """
     records: dict[str, bytes] = {}
     pos = 0
     try:
@@ -147,8 +153,9 @@ def _parse_pax(payload: bytes, offset: int) -> dict[str, bytes]:
             key, sep, value = record[space - pos + 1 : -1].partition(b"=")
             if not sep:
                 raise ValueError("record without '='")
-            records[key.decode("utf-8")] = value
             pos += length
+            with suppress(UnicodeDecodeError):  # not UTF-8: a keyword nothing here reads
+                records[key.decode("utf-8")] = value
     except ValueError:
         raise ArchiveError(f"corrupt pax header at offset {offset}") from None
     return records
@@ -209,15 +216,30 @@ class TarScanner:
         self._buf += view
         self._parse()
 
-    def finish(self) -> None:
-        """End of stream: a partial header or a dangling extended header means truncation.
+    def finish(self, end: int | None = None) -> None:
+        """End of the stream, `end` bytes long (default: where the bytes fed end; a caller
+        that hopped over member data must say). A partial header or a dangling extended
+        header means truncation: ArchiveError.
 
-        Stopping inside member data is not an error here: that member is listed
-        and reading it fails, while the others stay readable.
+        A stream that ends inside a member's data drops that member (skipped, so it is
+        reported) and keeps the others, as `tar -t` lists them before its "Unexpected
+        EOF". Listed, it was a file whose size no read could deliver, and an index
+        holding it is one every fetcher of a shared index refuses.
         """
         if not self.done and (self._buf or self._pax or self._long_name is not None):
             raise ArchiveError(f"truncated tar header at offset {self._next}")
+        self._drop_cut(self._buf_start + len(self._buf) if end is None else end)
         self.done = True
+
+    def _drop_cut(self, end: int) -> None:
+        """Drop the member whose data runs past `end`: only the last one kept can."""
+        if not self._members:
+            return
+        last = next(reversed(self._members.values()))
+        if last.offset + last.size > end:
+            del self._members[last.path]
+            self._skip(last.path, f"archive ends inside its data ({max(0, end - last.offset)} "
+                                  f"of {last.size} bytes)")
 
     def _parse(self) -> None:
         buf = self._buf
@@ -312,9 +334,28 @@ class TarScanner:
         data = 0 if kind in NO_DATA else size
         self._count_bytes(data=data)
         if kind == DIRECTORY or (kind in REGULAR and name.endswith(b"/")):
+            self._directory(name)
             return data
         self._add(name, kind, size, mtime, pax)
         return data
+
+    def _directory(self, raw_name: bytes) -> None:
+        """A directory entry is no member, but it replaces an earlier file of its path."""
+        if len(raw_name) > MAX_PATH_BYTES + 2:
+            return
+        try:
+            path = safe_member_path(raw_name.decode("utf-8"))
+        except UnicodeDecodeError:
+            return
+        if path is not None:
+            self._replaced(path, "directory")
+
+    def _replaced(self, path: str, by: str) -> None:
+        """The last entry of a name wins, as tar -x and tarfile.getmember take it: an
+        earlier regular file of `path` is not shown once a symlink, a directory or any
+        other entry that is not served takes its name (before, it still was)."""
+        if self._members.pop(path, None) is not None:
+            self._skip(path, f"replaced by a later {by}")
 
     def _add(self, raw_name: bytes, kind: bytes, size: int, mtime: int, pax: dict[str, bytes]) -> None:
         if len(raw_name) > MAX_PATH_BYTES + 2:  # "./" + the longest path: never decoded nor kept
@@ -327,8 +368,12 @@ class TarScanner:
             return
         reason = _skip_reason(kind, pax)
         path = safe_member_path(name)
-        if reason or path is None:
+        if path is None:
             self._skip(name, reason or "unsafe path")
+            return
+        if reason:
+            self._skip(name, reason)
+            self._replaced(path, reason)
             return
         if size > self.limits.max_member_bytes:
             raise ArchiveError(f"member {path!r} is {size} bytes, over max_member_bytes")

@@ -12,6 +12,7 @@ import logging
 from typing import Callable, Sequence
 
 from ..data.reader import BlockReader, Loader, ReadState
+from ..errors import CorruptData
 from ..model import Entry, ObjectRef, Ref
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,13 @@ class SliceSource(ObjectSource):
         self._offset = offset
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
+        """The member's bytes; CorruptData (EIO) when the archive ends before them, since
+        a member is never read short (an index that placed it past the end is wrong)."""
         size = min(size, self.size - offset)
         if size <= 0:
             return b""
-        return await self.reader.read(self._whole, self._offset + offset, size, self._state)
+        data = await self.reader.read(self._whole, self._offset + offset, size, self._state)
+        if len(data) != size:
+            raise CorruptData(f"{self._whole.uri} ends inside member {self.ref.key!r}: got "
+                              f"{len(data)} of {size} bytes at member offset {offset}")
+        return data
