@@ -99,6 +99,29 @@ def test_open_bypasses_when_the_kernel_was_told_another_size():
     assert handle_of_other_size.direct_io
 
 
+def test_a_version_this_mount_wrote_and_uploaded_opens_through_the_page_cache():
+    """The kernel's size came from this mount's writes; the upload then gave the entry an
+    ETag it was never told. A direct_io handle cannot be mapped shared (numpy.memmap,
+    np.load(mmap_mode='r') failed with ENODEV): the open asks the kernel to fetch the
+    attributes again instead. Another S3 version told still bypasses."""
+    pages = PageCache()
+    pages.told(INO, version("e1", 10))
+    pages.wrote_here(INO)                          # written in place, then uploaded as e2
+    uploaded = open_read(pages, version("e2", 10))
+    assert not uploaded.direct_io and uploaded.refresh_attrs
+    pages.release(INO, uploaded)
+    pages.told(INO, version("e2", 10))
+    pages.release(INO, open_read(pages, version("e2", 10)))
+    again = open_read(pages, version("e2", 10))
+    assert not again.refresh_attrs and not again.direct_io
+    pages.release(INO, again)
+    pages.told(INO, version("e3", 10))
+    pages.told(INO, Entry("f", False, 12, 1, ""))  # a local version told: its size is ours
+    assert not open_read(pages, version("e4", 12)).direct_io
+    pages.told(INO, version("e5", 12))
+    assert open_read(pages, version("e4", 12)).direct_io
+
+
 def test_the_first_open_after_a_new_version_was_told_has_the_kernel_ask_again():
     """The kernel may have ignored the reply that told it the new version (an older
     reply's attributes applied after that request was sent win: `attr_version`), and

@@ -329,3 +329,19 @@ except OSError as exc:
         writer.kill()
         writer.wait()
     assert s3.get_object(Bucket=bucket, Key="report.bin")["Body"].read() == data
+
+
+def test_a_file_rewritten_in_place_and_uploaded_can_be_mapped_shared(s3, bucket, mount_factory):
+    """numpy.memmap(mode='r') maps MAP_SHARED: once this mount's in-place write had landed,
+    the next open bypassed the page cache (direct_io), which the kernel refuses to map
+    (ENODEV) until the attributes timed out."""
+    import mmap
+    m = mount_factory("--source", f"s3://{bucket}")
+    path = m.path(bucket, "array.bin")
+    path.write_bytes(b"v1.." * 1000)
+    for n in range(2, 5):
+        with open(path, "r+b") as fh:
+            fh.write(b"v%d" % n)
+        assert m.wait_idle()["idle"]                       # the upload landed
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+            assert mapped[:4] == b"v%d.." % n

@@ -21,6 +21,9 @@ from ..util.shrink import RemovalCounter
 log = logging.getLogger(__name__)
 
 KEEP_CACHE_MEMORY = 100_000  # inodes whose last-opened version we remember
+#: In the told table: the kernel's size is what this mount's own writes gave it (no hash()
+#: is -1: CPython reserves it for errors).
+LOCAL = -1
 
 
 def told_memory_for(max_inodes: int) -> int:
@@ -114,7 +117,10 @@ class PageCache:
         the older size in the kernel while this table records the newer one, and a read
         through the page cache is then cut at the older size. So an inode told a new
         version is `_moved` until its next open, which has the kernel ask again."""
-        if entry.etag and self._told.get(ino) != hash(entry.etag):
+        if not entry.etag:  # this mount's version (not uploaded yet): its size is ours
+            if self._told.get(ino) is not None:
+                self._told[ino] = LOCAL
+        elif self._told.get(ino) != hash(entry.etag):
             if ino in self._told:
                 _remember(self._moved, ino, entry.etag, self._told_memory)
             _remember(self._told, ino, entry.etag, self._told_memory)
@@ -122,9 +128,10 @@ class PageCache:
     def open_read(self, ino: int, entry: Entry, size: int, version: str) -> Opened:
         """A read handle of `version` (`size` bytes) on the file whose entry is `entry`."""
         paged = self._paged.get(ino)
+        told = self._told.get(ino, hash(entry.etag))
         if ((paged is not None and not paged.local and entry.etag != paged.etag)
                 or size != entry.size
-                or (entry.etag and self._told.get(ino, hash(entry.etag)) != hash(entry.etag))):
+                or (entry.etag and told != hash(entry.etag) and told != LOCAL)):
             # Another version's pages are in the inode's page cache, or the kernel holds
             # another version's size (told by a lookup racing this open, or the entry
             # changed while opening): this handle bypasses the page cache, and direct
@@ -139,7 +146,11 @@ class PageCache:
         self._readers[ino] = self._readers.get(ino, 0) + 1
         keep = self._versions.get(ino) == hash(version)
         _remember(self._versions, ino, version, self._memory)
-        unsure = self._moved.pop(ino, None) is not None
+        # The kernel's size is the one this mount's writes gave it (LOCAL), most likely
+        # the version that landed since: it is asked again, not bypassed, since a
+        # direct_io handle cannot be mapped shared (numpy.memmap of a file this mount
+        # had just uploaded failed with ENODEV).
+        unsure = self._moved.pop(ino, None) is not None or (told == LOCAL and bool(entry.etag))
         return Opened(keep_cache=keep, paged=bool(entry.etag), cached_reader=True,
                       refresh_attrs=unsure)
 
@@ -175,6 +186,8 @@ class PageCache:
         no older version is kept for them and the kernel is told the true size (an
         O_APPEND writer's offset); the cached pages are no version's any more."""
         self._versions.pop(ino, None)
+        if ino in self._told:  # the kernel's size follows these writes from now on
+            self._told[ino] = LOCAL
         paged = self._paged.get(ino)
         if paged is not None:
             paged.local = True
