@@ -21,11 +21,15 @@ from .cache.meta import MetaStore
 from .errors import UsageError
 
 
-def _open(cache_dir: Path, size_limit: int | None) -> tuple[BlockCache, MetaStore]:
+def _open(cache_dir: Path, size_limit: int | None, room: bool = True
+          ) -> tuple[BlockCache, MetaStore]:
+    """The cache's block stores and listing store; `room`: see BlockCache (prune and
+    clear may drop blocks to open a cache on a full disk, stats changes nothing)."""
     if not cache_dir.is_dir():
         raise UsageError(f"no cache at {cache_dir}")
     secure_cache_dir(cache_dir)
-    blocks = BlockCache(secure_dir(cache_dir / "blocks"), size_limit, secure_dir(cache_dir / "pinned"))
+    blocks = BlockCache(secure_dir(cache_dir / "blocks"), size_limit, secure_dir(cache_dir / "pinned"),
+                        room=room)
     return blocks, MetaStore(cache_dir / "meta.sqlite")
 
 
@@ -36,20 +40,23 @@ def identity(cache_dir: Path) -> str:
 
 
 def stats(cache_dir: Path, size_limit: int | None) -> dict[str, Any]:
-    blocks, meta = _open(cache_dir, size_limit)
+    """Read only: the limit shown is `size_limit` when given, but not stored (that is the
+    next mount's or prune's to do), so stats works on a full disk too."""
+    blocks, meta = _open(cache_dir, None, room=False)
     try:
         usage = blocks.usage()
+        limit = blocks.size_limit if size_limit is None else size_limit
         counts = meta.counters()
         hits, misses = counts.get("hits", 0), counts.get("misses", 0)
         return {
             "cache_dir": str(cache_dir), "identity": identity(cache_dir),
-            "queued_uploads": queued_uploads(cache_dir), "limit": blocks.size_limit, **usage,
+            "queued_uploads": queued_uploads(cache_dir), "limit": limit, **usage,
             "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
             "hits": hits, "misses": misses,
             "pins": [{"path": p, "state": s} for p, s in meta.pins()],
             "manifests": len(list((cache_dir / "manifests").glob("*.sqlite"))),
             "in_use_by": CacheLock.holder(cache_dir),
-            "pinned_over_limit": usage["pinned"] > blocks.size_limit,
+            "pinned_over_limit": usage["pinned"] > limit,
         }
     finally:
         blocks.close()
@@ -78,11 +85,13 @@ def clear(cache_dir: Path, size_limit: int | None, force: bool) -> dict[str, Any
     blocks, meta = _open(cache_dir, size_limit)
     try:
         before = blocks.usage()
+        dropped, dropped_bytes = blocks.dropped_at_open  # to open it on a full disk
         blocks.clear(pinned=True)
         for pin, _state in meta.pins():
             meta.remove_pin(pin)
-        return {"identity": identity(cache_dir), "freed_bytes": before["used"] + before["pinned"],
-                "removed_blocks": before["blocks"] + before["pinned_blocks"]}
+        return {"identity": identity(cache_dir),
+                "freed_bytes": before["used"] + before["pinned"] + dropped_bytes,
+                "removed_blocks": before["blocks"] + before["pinned_blocks"] + dropped}
     finally:
         blocks.close()
         meta.close()

@@ -130,12 +130,16 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
     stack.callback(lock.release)
     claim(cache_dir, identity)  # another endpoint's cache (and queue) is refused: exit 2
     store = store or S3Store.from_config(cfg)
-    meta = MetaStore(cache_dir / "meta.sqlite")
-    stack.callback(meta.close)
+    # the block cache first: on a full disk it drops cached blocks until the databases
+    # (its own, meta, journal) can be opened, then down to the reserve (queued uploads
+    # need room to be recorded); pinned blocks and staged writes stay
     reserve = DiskReserve(cache_dir, cfg.cache_reserve)
     blocks = BlockCache(secure_dir(cache_dir / "blocks"), cfg.cache_size,
                         secure_dir(cache_dir / "pinned"), reserve)
     stack.callback(blocks.close)
+    blocks.evict_to_reserve()
+    meta = MetaStore(cache_dir / "meta.sqlite")
+    stack.callback(meta.close)
     supervisor = Supervisor()
     reader = BlockReader(store, blocks, background=supervisor)
     stack.callback(_save_counters, meta, reader)

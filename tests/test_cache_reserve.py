@@ -107,3 +107,65 @@ def test_pins_writes_and_reads_keep_the_reserve(s3, bucket, disk, mount_factory,
     assert body(s3, bucket, "closed.bin") == closed          # uploaded intact
     assert "huge.bin" not in {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     assert m.proc is not None and m.proc.poll() is None
+
+
+def fill_to_the_last_byte(disk: Path) -> None:
+    fd = os.open(disk / "ballast", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for step in (MiB, 4096, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * step)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+
+
+def a_cache_on(disk: Path, reserve: DiskReserve | None = None) -> BlockCache:
+    return BlockCache(disk / "c" / "blocks", 1 << 30, disk / "c" / "pinned", reserve)
+
+
+def test_a_cache_closed_on_a_disk_that_then_filled_opens(disk: Path):
+    """SQLite needs room for a database's WAL index to open it, and diskcache rewrote its
+    settings at every open: a mount could not start on a full disk (nor `cache prune` run).
+    The oldest cached blocks make room; their rows go with them; pinned blocks stay."""
+    cache = a_cache_on(disk)
+    blocks = [os.urandom(4 * MiB) for _ in range(4)]
+    for i, block in enumerate(blocks):
+        cache.put("b", "k", "e", i, block)
+    cache.pin("b", "p", "e", 0, blocks[0])
+    cache.close()
+    fill_to_the_last_byte(disk)
+    cache = a_cache_on(disk, DiskReserve(disk, 8 * MiB))
+    assert free(disk) >= 1 * MiB
+    kept = [i for i in range(4) if cache.get("b", "k", "e", i) == blocks[i]]
+    assert kept and kept == list(range(4 - len(kept), 4))  # the newest stay
+    assert cache.usage()["blocks"] == len(kept)             # no row without its file
+    cache.evict_to_reserve()                                 # room to record uploads
+    assert free(disk) >= 8 * MiB or cache.usage()["blocks"] == 0
+    assert cache.get("b", "p", "e", 0) == blocks[0]          # pinned: never dropped
+    cache.close()
+
+
+def test_cache_stats_prune_and_clear_work_on_a_full_disk(disk: Path):
+    """The tools meant to free space failed on a full disk ("the cache disk is full"):
+    stats reads without writing, prune and clear make room for SQLite, then free all."""
+    from s3fuse import cachetool
+    from s3fuse.cache.cachedir import secure_dir
+    from s3fuse.cache.meta import MetaStore
+    cache_dir = secure_dir(disk / "c")
+    daemon = a_cache_on(disk)                                # a mount holds it open
+    meta = MetaStore(cache_dir / "meta.sqlite")
+    for i in range(6):
+        daemon.put("b", "k", "e", i, os.urandom(4 * MiB))
+    fill_to_the_last_byte(disk)
+    assert cachetool.stats(cache_dir, None)["blocks"] == 6
+    assert free(disk) < MiB                                  # stats freed nothing
+    pruned = cachetool.prune(cache_dir, None, None, 5 * MiB)
+    assert pruned["blocks"] == 1 and pruned["removed_blocks"] == 5 and free(disk) > 16 * MiB
+    fill_to_the_last_byte(disk)
+    assert cachetool.clear(cache_dir, None, force=True)["removed_blocks"] == 1
+    assert free(disk) > 3 * MiB and daemon.usage()["blocks"] == 0
+    daemon.close()
+    meta.close()

@@ -225,3 +225,30 @@ def test_listings_with_a_full_disk(s3, bucket, small_disk, mount_factory):
     free(small_disk)
     assert len(os.listdir(more)) == 300
     assert (more / f"0007-{'y' * 60}.txt").read_bytes() == b"y"
+
+
+@pytest.mark.timeout(120)
+def test_failed_mkdir_and_rename_leave_mount_and_s3_agreeing(s3, bucket, small_disk,
+                                                             mount_factory):
+    """On a full disk a mkdir answered ENOSPC and was listed all the same (never reaching
+    S3), and a rename answered ENOSPC after its server-side copy: S3 held both names, the
+    mount showed one. Now both fail before anything happened."""
+    s3.put_object(Bucket=bucket, Key="exist.txt", Body=b"old content")
+    m = mount_factory("--source", f"s3://{bucket}", cache_dir=small_disk / "cache")
+    m.expect_log(r"No space left|ENOSPC|disk is full|reserve")
+    root = m.path(bucket)
+    assert os.listdir(root) == ["exist.txt"]
+    fill(small_disk)
+    with pytest.raises(OSError) as made:
+        os.mkdir(root / "nd")
+    assert made.value.errno == errno.ENOSPC
+    assert os.listdir(root) == ["exist.txt"] and not (root / "nd").exists()
+    with pytest.raises(OSError) as moved:
+        os.rename(root / "exist.txt", root / "e2.txt")
+    assert moved.value.errno == errno.ENOSPC
+    assert keys(s3, bucket) == {"exist.txt"}
+    free(small_disk)
+    assert sync(m.mountpoint).returncode == 0
+    assert keys(s3, bucket) == {"exist.txt"} and os.listdir(root) == ["exist.txt"]
+    assert not [f for f in (m.cache_dir / "staging").iterdir() if f.stat().st_size]
+    assert alive(m)

@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import diskcache
 
@@ -29,8 +29,8 @@ except ImportError:  # a platform without an isal wheel
 
 from ..errors import CorruptData
 from .directio import data_offset, read_file, write_new
-from .reserve import DiskReserve, ReserveReached
-from .safedisk import SafeDisk
+from .reserve import DiskReserve, ReserveReached, free_bytes
+from .safedisk import SafeDisk, check_filename
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ TOUCH_BATCH = 256
 CULL_LIMIT = 0
 TRIM_BATCH = 64
 TOUCH_DELAY = 1.0
+#: Free bytes a store needs to be opened or changed at all (SQLite's WAL index, WAL frames
+#: of a DELETE): on a full disk, cached blocks are dropped until it is free (`make_room`)
+OPEN_ROOM = 1 << 20
 #: Value files up to this size (a small file's block, sealed) are read buffered, in one
 #: pread: past the page cache (directio.py), each was a synchronous disk read into a
 #: fresh page-rounded mapping, 83 of the 160 us a 4 KiB block cost with the page cache warm.
@@ -192,6 +195,31 @@ def read_range(fd: int, name: str, size: int, start: int, stop: int) -> memoryvi
     return body[start - first * CHUNK:stop - first * CHUNK]
 
 
+#: diskcache's writes of its Settings table when a cache opens, and where each puts the
+#: (key, value) in its parameters
+_SETTINGS_WRITES = {
+    "INSERT OR REPLACE INTO Settings VALUES (?, ?)": (0, 1),
+    "INSERT OR IGNORE INTO Settings VALUES (?, ?)": (0, None),  # None: any value stays
+    "UPDATE Settings SET value = ? WHERE key = ?": (1, 0),
+}
+#: What a skipped write answers (its result is never read)
+_NO_ROWS = iter(())
+
+
+def _stored_as_is(sql: Callable[..., Any], statement: str, *args: Any) -> bool:
+    """Would `statement` (one of _SETTINGS_WRITES) leave the Settings table as it is?
+    False for any other statement, and when the table cannot be read (a new cache)."""
+    where = _SETTINGS_WRITES.get(statement)
+    if where is None or not args:
+        return False
+    key_at, value_at = where
+    try:
+        rows = sql("SELECT value FROM Settings WHERE key = ?", (args[0][key_at],)).fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return bool(rows) and (value_at is None or rows[0][0] == args[0][value_at])
+
+
 #: A block looked up: (rowid, size, its bytes or its value file, open).
 _Found = tuple[int, int, Any]
 
@@ -204,7 +232,26 @@ class _LockedCache(diskcache.Cache):
 
     def __init__(self, *args: Any, lock: threading.RLock, **kwargs: Any):
         self._s3fuse_lock = lock
+        self._s3fuse_opening = True
         super().__init__(*args, **kwargs)
+        self._s3fuse_opening = False
+
+    @property
+    def _sql_retry(self) -> Any:
+        """diskcache's writing `execute`; while opening, one that skips the writes of
+        settings already stored as they are (`_stored_as_is`). diskcache's open rewrites
+        every setting even when unchanged: on a full disk a cache could not be opened at
+        all, so neither could the mount start nor `s3fuse cache prune` free space."""
+        execute = super()._sql_retry
+        if not getattr(self, "_s3fuse_opening", False):
+            return execute
+
+        def unless_stored(statement: str, *args: Any, **kwargs: Any) -> Any:
+            if _stored_as_is(self._sql, statement, *args):
+                return _NO_ROWS
+            return execute(statement, *args, **kwargs)
+
+        return unless_stored
 
     @contextmanager
     def _transact(self, retry: bool = False, filename: str | None = None) -> Iterator[Any]:
@@ -248,6 +295,19 @@ class _LockedCache(diskcache.Cache):
         except IOError:  # evicted between the SELECT and the open (as diskcache's get)
             return None
 
+    def forget(self, filenames: list[str]) -> None:
+        """Delete the rows of value files already removed (`_drop_for_room`)."""
+        for at in range(0, len(filenames), TRIM_BATCH):
+            batch = filenames[at:at + TRIM_BATCH]
+            with self._transact() as (sql, _):
+                sql(f"DELETE FROM Cache WHERE filename IN ({','.join('?' * len(batch))})", batch)
+
+    def files_oldest_first(self) -> list[str]:
+        """The value files of the entries, least recently used first (read only)."""
+        rows = self._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL "
+                         "ORDER BY access_time").fetchall()
+        return [filename for (filename,) in rows]
+
     def touch(self, accessed: dict[int, float]) -> None:
         """Record the access times `accessed` (rowid -> time) in one transaction (a rowid
         evicted meanwhile updates nothing, or at worst the LRU rank of a newer block)."""
@@ -268,12 +328,23 @@ class BlockCache:
     """
 
     def __init__(self, directory: Path, size_limit: int | None, pinned_directory: Path | None = None,
-                 reserve: DiskReserve | None = None):
-        """`size_limit` None: the limit the last daemon set (diskcache keeps it in its settings)."""
+                 reserve: DiskReserve | None = None, room: bool = True):
+        """`size_limit` None: the limit the last daemon set (diskcache keeps it in its settings).
+        `room`: on a full disk, drop the oldest cached blocks until OPEN_ROOM is free before
+        opening (SQLite cannot open a database without room for its WAL index); False opens
+        without removing anything (`s3fuse cache stats`)."""
         self.directory = directory
         self.reserve = reserve
         self._lock = threading.RLock()
+        # (no walk of the files otherwise; a store not made yet has none)
+        full = room and directory.is_dir() and free_bytes(directory) < OPEN_ROOM
+        dropped, freed = (_drop_for_room(directory, _value_files_oldest_first(directory))
+                          if full else ([], 0))
         self._lru = _store(directory, size_limit, "least-recently-used", self._lock)
+        if dropped:
+            self._lru.forget(dropped)
+        #: (blocks, bytes) dropped to open the store on a full disk (`prune` counts them)
+        self.dropped_at_open = (len(dropped), freed)
         self.size_limit = int(self._lru.size_limit)
         self._pinned = _store(pinned_directory or directory.parent / "pinned", 1 << 62, "none",
                               self._lock)
@@ -409,24 +480,24 @@ class BlockCache:
             self._lru.set(name, _SealedBlock(name, data), read=True)
             self._lru.trim(self.size_limit)  # by bytes, the least recently used first
 
-    def claim(self, n: int) -> None:
+    def claim(self, n: int, fresh: bool = False) -> None:
         """Room for `n` more bytes above the reserve (a block's, a staging file's), evicting
-        LRU blocks if that makes it; else ReserveReached (ENOSPC)."""
-        if self.claim_now(n):
+        LRU blocks if that makes it; else ReserveReached (ENOSPC). `fresh`: see DiskReserve."""
+        if self.claim_now(n, fresh):
             return
         assert self.reserve is not None  # claim_now: no reserve, no limit
         with self._lock:
             if len(self._lru):
                 self.prune(None, max(0, int(self._lru.volume()) - (n - self.reserve.room())))
-        self.reserve.claim(n)  # ReserveReached when even that is not room enough
+        self.reserve.claim(n, fresh)  # ReserveReached when even that is not room enough
 
-    def claim_now(self, n: int) -> bool:
+    def claim_now(self, n: int, fresh: bool = False) -> bool:
         """`claim` when no block must be evicted for it (no disk work: the trio loop may
         ask); False when it would have to be."""
         if self.reserve is None:
             return True
         try:
-            self.reserve.claim(n)
+            self.reserve.claim(n, fresh)
         except ReserveReached:
             return False
         return True
@@ -467,14 +538,47 @@ class BlockCache:
                     "pinned": int(self._pinned.volume()) if pinned else 0,
                     "pinned_blocks": pinned}
 
+    def make_room(self, *stores: _LockedCache) -> None:
+        """On a full disk, remove the value files of the least recently used entries of
+        `stores` (the LRU store by default) until OPEN_ROOM is free, then their rows:
+        SQLite needs room in its WAL to delete rows at all, so a prune or clear of a full
+        cache otherwise failed and freed nothing. Each removed file is a block the caller
+        is about to drop anyway; a row left by a crash in between reads as a miss."""
+        for store in stores or (self._lru,):
+            if free_bytes(self.directory) >= OPEN_ROOM:
+                return
+            dropped, _ = _drop_for_room(Path(store.directory), store.files_oldest_first())
+            if dropped:
+                store.forget(dropped)
+
+    def evict_to_reserve(self) -> None:
+        """Evict LRU blocks until the disk is above its reserve again, as far as cached
+        blocks can make it: a daemon starting on a full disk (after a crash, or with
+        others filling it) needs room to record uploads, pinned blocks and staged
+        writes stay."""
+        if self.reserve is None or self.reserve.room() >= 0:
+            return
+        self._drop_opened()
+        with self._lock:
+            self.make_room()
+            try:
+                self.claim(0)
+            except ReserveReached:
+                log.warning("the cache disk of %s stays below its reserve with no cached block "
+                            "left to evict: free space on it", self.directory)
+
     def prune(self, older_than: float | None, max_size: int | None) -> tuple[int, int]:
         """Drop LRU blocks last used before `older_than` (epoch seconds), then least
         recently used ones until the store is at most `max_size`. Pinned blocks stay.
-        Returns (blocks removed, bytes removed)."""
-        self.flush_touches()
+        Returns (blocks removed, bytes removed), those dropped to open it included."""
         self._drop_opened()  # a held file would keep a removed block's disk space
         with self._lock:
             before_n, before_bytes = len(self._lru), int(self._lru.volume())
+            before_n, before_bytes = (before_n + self.dropped_at_open[0],
+                                      before_bytes + self.dropped_at_open[1])
+            self.dropped_at_open = (0, 0)
+            self.make_room()
+            self.flush_touches()
             if older_than is not None:
                 rows = self._lru._sql("SELECT key FROM Cache WHERE access_time < ?",
                                       (older_than,)).fetchall()
@@ -487,6 +591,7 @@ class BlockCache:
     def clear(self, pinned: bool = True) -> None:
         self._drop_opened()
         with self._lock:
+            self.make_room(self._lru, *((self._pinned,) if pinned else ()))
             self._lru.clear()
             if pinned:
                 self._pinned.clear()
@@ -502,6 +607,40 @@ class BlockCache:
 def _close(value: Any) -> None:
     if not isinstance(value, bytes):  # small values live in SQLite: nothing was opened
         value.close()
+
+
+def _value_files_oldest_first(directory: Path) -> list[str]:
+    """The value files of the store in `directory` (as its rows name them), oldest written
+    first: an order to drop them in before the store can be opened to ask for its own."""
+    found = []
+    for path in directory.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*.val"):
+        try:
+            found.append((path.stat().st_mtime, str(path.relative_to(directory))))
+        except OSError:  # removed meanwhile
+            continue
+    return [name for _, name in sorted(found)]
+
+
+def _drop_for_room(directory: Path, filenames: list[str]) -> tuple[list[str], int]:
+    """Remove value files of `directory`, in the order of `filenames`, until OPEN_ROOM is
+    free on its disk (none when it is already); the names removed, and their bytes."""
+    dropped: list[str] = []
+    freed = 0
+    for filename in filenames:
+        if free_bytes(directory) >= OPEN_ROOM:
+            break
+        check_filename(filename)  # never a path the store did not make
+        path = directory / filename
+        try:
+            freed += path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        dropped.append(filename)
+    if dropped:
+        log.warning("the cache disk of %s is full: dropped %d cached blocks to make room",
+                    directory, len(dropped))
+    return dropped, freed
 
 
 def _store(directory: Path, size_limit: int | None, policy: str,

@@ -29,6 +29,12 @@ DEFAULT_CAP = 1 << 30
 REFRESH = 1.0
 
 
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged user may still allocate on the disk of `directory`."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
 def default_reserve(total: int) -> int:
     return min(DEFAULT_CAP, int(total * DEFAULT_FRACTION))
 
@@ -54,8 +60,7 @@ class DiskReserve:
 
     def free(self) -> int:
         """Bytes an unprivileged user may still allocate on the cache disk."""
-        st = os.statvfs(self.directory)
-        return st.f_bavail * st.f_frsize
+        return free_bytes(self.directory)
 
     def room(self) -> int:
         """Bytes the cache may still write before reaching the reserve (may be negative)."""
@@ -67,10 +72,11 @@ class DiskReserve:
         self._room = self.free() - self.bytes
         self._checked = time.monotonic()
 
-    def claim(self, n: int) -> None:
-        """Allow a write of `n` bytes, or raise ReserveReached (ENOSPC)."""
+    def claim(self, n: int, fresh: bool = False) -> None:
+        """Allow a write of `n` bytes, or raise ReserveReached (ENOSPC); `fresh`: by the
+        disk's free space now, not as it was up to REFRESH seconds ago."""
         with self._lock:
-            if self._room < n or time.monotonic() - self._checked > REFRESH:
+            if fresh or self._room < n or time.monotonic() - self._checked > REFRESH:
                 self._refresh()
             if self._room < n:
                 raise ReserveReached(self.bytes, self.directory)

@@ -21,7 +21,7 @@ _VALUE_FILE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val$")
 _PLAIN = (bytes, str, int, float)
 
 
-def _checked_filename(filename: str | None) -> None:
+def check_filename(filename: str | None) -> None:
     if filename is not None and not _VALUE_FILE.match(filename.replace(os.sep, "/")):
         raise CorruptData(f"cache entry points outside the cache: {filename!r}")
 
@@ -79,9 +79,9 @@ class SafeDisk(diskcache.Disk):
     def fetch(self, mode, filename, value, read):  # type: ignore[no-untyped-def]
         if mode == MODE_PICKLE:
             raise CorruptData("refusing a pickled cache value")
-        _checked_filename(filename)
+        check_filename(filename)
         return super().fetch(mode, filename, value, read)
 
     def remove(self, file_path):  # type: ignore[no-untyped-def]
-        _checked_filename(file_path)  # relative to the cache directory, as stored
+        check_filename(file_path)  # relative to the cache directory, as stored
         return super().remove(file_path)

@@ -54,7 +54,7 @@ SPARES = 64
 
 
 class Staging:
-    def __init__(self, directory: Path, claim: Callable[[int], None] | None = None,
+    def __init__(self, directory: Path, claim: Callable[..., None] | None = None,
                  claim_now: Callable[[int], bool] | None = None):
         """`claim(n)`: room for n more bytes above the cache disk's free-space reserve, or
         ENOSPC (BlockCache.claim: evicting cached blocks first). `claim_now(n)`: the same
@@ -98,11 +98,12 @@ class Staging:
             return True
         return self._claim_now is not None and self._claim_now(n)
 
-    def claim(self, n: int) -> None:
+    def claim(self, n: int, fresh: bool = False) -> None:
         """Refuse (ENOSPC, at write time) a write of `n` bytes that would eat into the cache
-        disk's free-space reserve: what was closed before stays queued and safe."""
+        disk's free-space reserve: what was closed before stays queued and safe. `fresh`:
+        by the free space now (DiskReserve.claim)."""
         if self._claim is not None:
-            self._claim(n)
+            self._claim(n, fresh=fresh)
 
     def new_id(self) -> str:
         """The id of a staging file for `make`: a spare made ahead when there is one (then

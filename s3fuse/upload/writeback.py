@@ -25,12 +25,13 @@ truncate them through their handles.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Awaitable, Callable, Iterator, Protocol
+from typing import AsyncIterator, Awaitable, Callable, Iterator, Protocol
 
 import trio
 
@@ -46,6 +47,9 @@ from .uploader import UploadResult
 log = logging.getLogger(__name__)
 
 FSYNC_WAIT = 300.0  # fsync gives up waiting for the upload (the bytes stay journalled)
+#: Bytes of room on the cache disk a change journalled after its S3 request needs first
+#: (`room_for_change`): a journal row and a listing entry, with WAL pages to spare
+CHANGE_ROOM = 256 << 10
 Listener = Callable[[str, UploadResult | None], None]  # (key, result; None for a removal)
 Reader = Callable[[int, int], Awaitable[bytes | memoryview]]
 
@@ -420,8 +424,9 @@ class WriteBack:
         `posix`), queued like any upload."""
         staging_id, _ = await trio.to_thread.run_sync(self.staging.create)
         with self._journalling(bucket, marker):
-            self.overlay.directory(bucket, marker, posix)
-            await self.queue.submit(bucket, marker, staging_id, UNKNOWN, posix)
+            change = self.overlay.directory(bucket, marker, posix)
+            async with self._undone_on_failure(bucket, marker, change, staging_id):
+                await self.queue.submit(bucket, marker, staging_id, UNKNOWN, posix)
 
     async def create_special(self, bucket: str, key: str, body: bytes, posix: Posix,
                              expected: Expected) -> None:
@@ -430,13 +435,29 @@ class WriteBack:
         staging_id, path = await trio.to_thread.run_sync(self.staging.create)
         with self._journalling(bucket, key, new_bytes=True):
             change = self.overlay.file(bucket, key, len(body), posix=posix)
-            try:
+            async with self._undone_on_failure(bucket, key, change, staging_id):
                 await trio.to_thread.run_sync(path.write_bytes, body, limiter=self.limiter)
                 await self.queue.submit(bucket, key, staging_id, expected, posix)
-            except BaseException:
-                self.overlay.clear(bucket, key, change.generation)
-                await self._discard(staging_id)
-                raise
+
+    @contextlib.asynccontextmanager
+    async def _undone_on_failure(self, bucket: str, key: str, change: Change,
+                                 staging_id: str) -> AsyncIterator[None]:
+        """A new key shown by `change` and staged in `staging_id`, both undone when the
+        block (its journalling) fails: a mkdir that answered ENOSPC on a full disk was
+        listed all the same, and never reached S3."""
+        try:
+            yield
+        except BaseException:
+            self.overlay.clear(bucket, key, change.generation)
+            await self._discard(staging_id)
+            raise
+
+    async def room_for_change(self) -> None:
+        """Room on the cache disk to journal a change (evicting cached blocks for it), or
+        ENOSPC: asked before an S3 change that must be journalled after it (a rename's
+        server-side copy), so that a full disk fails it before anything happened."""
+        await trio.to_thread.run_sync(functools.partial(self.staging.claim, CHANGE_ROOM, fresh=True),
+                                      limiter=self.limiter)
 
     def posix(self, bucket: str, key: str) -> Posix | None:
         """The metadata a pending change of `key` will store (None: none pending)."""

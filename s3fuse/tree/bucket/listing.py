@@ -356,9 +356,15 @@ class Listings:
             log.debug("listing ahead of %s failed: %s", self._keys.dir_prefix(path), exc)
 
     def expire(self, path: str) -> None:
-        """List `path` again at its next use (it changed behind the stored listing)."""
+        """List `path` again at its next use (it changed behind the stored listing); on a
+        full disk, once its stored listing goes stale (a change made in S3 is not undone
+        for a listing that cannot be written)."""
         self._fresh_until.pop(path, None)
-        self._meta.expire_listing(self._keys.ns_id, path)
+        try:
+            self._meta.expire_listing(self._keys.ns_id, path)
+        except CacheFull as exc:
+            log.warning("the listing of %s is not expired (%s): it is listed again after "
+                        "its TTL", self._keys.uri(self._keys.dir_prefix(path)), exc)
 
     def files_after(self, path: str, after: str, limit: int) -> list[Entry]:
         """The next `limit` stored files of `path` after `after`, in name order (a small

@@ -28,7 +28,7 @@ from typing import Protocol
 import trio
 
 from ...data.reader import BlockReader
-from ...errors import (FileExists, InvalidArgument, IsADirectory, MetadataTooLarge,
+from ...errors import (CacheFull, FileExists, InvalidArgument, IsADirectory, MetadataTooLarge,
                        NameTooLong, NotADirectory, NotEmpty, NotFound, NotPermitted, Offline,
                        ReadOnly, S3FuseError, StaleObject, TooBigToRename)
 from ...model import Entry
@@ -388,6 +388,9 @@ class Mutations:
         entry = await self.s3_version(old_key, entry)  # uploaded meanwhile: copy what S3 has
         if isinstance(target, str):
             await self._check_target(bucket, new_key, target)
+        # the copy cannot be taken back (it may replace a file): on a full cache disk the
+        # removal of the source could not be journalled after it, and S3 kept both names
+        await writes.room_for_change()
         await writes.forget(bucket, new_key)  # an overwritten local version must not land later
         # The metadata moves with the object: a pending change of it (not sent yet) rides on
         # this copy, and stored metadata gets the new ctime (a rename changes the node);
@@ -403,12 +406,22 @@ class Mutations:
         shown = posix.mtime_ns if posix is not None and posix.mtime_ns is not None else None
         # known as copied (its ETag, and the metadata it was given): no HEAD at the next stat;
         # a copy that kept unknown headers is looked at again
-        self._listings.remember(parent, Entry(
+        self._remember_copy(new_key, parent, Entry(
             name, False, entry.size, shown or time.time_ns(), etag or entry.etag,
             time.time() if etag and posix is not None else 0.0, posix))
         writes.move_followers(bucket, old_key, new_key)  # read handles go with the file
         await writes.remove(bucket, old_key, seen(entry))  # only the version copied
         return True
+
+    def _remember_copy(self, key: str, parent: str, entry: Entry) -> None:
+        """Store the entry of a copy made; when the disk refuses it, the move goes on (the
+        copy is in S3: the source is removed, and the listings are expired and read again)
+        instead of failing with both names in S3 and the new one not shown."""
+        try:
+            self._listings.remember(parent, entry)
+        except CacheFull as exc:
+            log.warning("%s copied but not stored in the listings (%s): listed again",
+                        self._keys.uri(key), exc)
 
     async def _check_target(self, bucket: str, key: str, etag: str) -> None:
         """A rename replaces `key` only if it still holds the version the user saw (HEAD:
