@@ -71,3 +71,25 @@ def test_a_mount_leaves_no_spare_behind_and_a_crash_is_swept_quietly(s3, bucket,
     third.wait_idle()
     assert "empty staging file(s)" in third.log()  # swept, with no warning (the fixture checks)
     assert "no upload needs (writes never closed" not in third.log()
+
+
+def test_a_copy_of_a_sparse_staging_file_keeps_its_holes(tmp_path: Path) -> None:
+    """A file reopened for writing while its version waits for upload is copied: a sparse
+    one (`truncate -s 512M`, then `>>`) was copied dense, 512 MiB of zeros on the disk."""
+    staging = Staging(tmp_path / "staging")
+    source_id, source = staging.create()
+    with open(source, "r+b") as fh:
+        fh.truncate(64 << 20)
+        fh.seek(8 << 20)
+        fh.write(b"data in the middle")
+        fh.seek((64 << 20) - 3)
+        fh.write(b"end")
+    with open(source, "rb") as fh:
+        copy_id, copy = staging.copy_fd(fh.fileno())
+    assert copy.read_bytes() == source.read_bytes()
+    assert os.stat(copy).st_blocks * 512 < 1 << 20  # two pages of data, not 64 MiB
+    with open(source, "r+b") as fh:
+        fh.truncate(32 << 20)                         # a hole at the end
+    with open(source, "rb") as fh:
+        _, tail_hole = staging.copy_fd(fh.fileno())
+    assert os.path.getsize(tail_hole) == 32 << 20 and tail_hole.read_bytes() == source.read_bytes()

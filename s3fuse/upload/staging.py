@@ -9,6 +9,7 @@ them from a worker thread. Empty files are made ahead for new files (SPARES).
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ import secrets
 import threading
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..cache.cachedir import secure_dir
 
@@ -147,18 +148,23 @@ class Staging:
 
     def copy_fd(self, fd: int) -> tuple[str, Path]:
         """A new staging file with the bytes of the open file `fd` (whose staging file may
-        already be deleted: an upload finished while it was open)."""
+        already be deleted: an upload finished while it was open). Holes stay holes: a
+        sparse file (`truncate -s 512M`, then `>>`) was copied dense, 512 MiB of zeros
+        claimed and written on the cache disk (copy_file_range does not keep them)."""
         size = os.fstat(fd).st_size
-        self.claim(size)
+        extents = list(_data_extents(fd, size))
+        self.claim(sum(stop - start for start, stop in extents))
         copy_id, path = self.create()
         try:
             with open(path, "r+b") as dst:
-                copied = 0
-                while copied < size:
-                    step = os.copy_file_range(fd, dst.fileno(), size - copied, copied, copied)
-                    if step == 0:  # immutable files do not shrink; never loop if one did
-                        raise OSError(f"staging file shrank while being copied to {copy_id}")
-                    copied += step
+                for start, stop in extents:
+                    at = start
+                    while at < stop:
+                        step = os.copy_file_range(fd, dst.fileno(), stop - at, at, at)
+                        if step == 0:  # immutable files do not shrink; never loop if one did
+                            raise OSError(f"staging file shrank while being copied to {copy_id}")
+                        at += step
+                dst.truncate(size)  # a hole at the end
         except BaseException:  # ENOSPC: a half copy would take the disk until the next start
             self.discard(copy_id)
             raise
@@ -217,3 +223,22 @@ class Staging:
     def ids(self) -> set[str]:
         """Every staging file present (for finding the ones no journal row refers to)."""
         return {entry.name for entry in os.scandir(self.directory) if _ID_RE.match(entry.name)}
+
+
+def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The [start, stop) ranges of `fd`'s first `size` bytes that hold data (SEEK_DATA and
+    SEEK_HOLE); the whole file where the file system cannot tell."""
+    at = 0
+    while at < size:
+        try:
+            start = os.lseek(fd, at, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                return
+            yield at, size  # SEEK_DATA not supported: all of it
+            return
+        if start >= size:
+            return
+        stop = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, stop
+        at = stop
