@@ -659,7 +659,7 @@ async def test_an_append_that_needs_cached_blocks_evicted_goes_to_a_thread(rig: 
     evicting blocks, the write takes the thread path, whose claim evicts or says ENOSPC."""
     claims: list[tuple[str, int]] = []
 
-    def claim(n: int) -> None:
+    def claim(n: int, fresh: bool = False) -> None:
         claims.append(("thread", n))
         raise OSError(errno.ENOSPC, "down to the reserve")
 
