@@ -260,9 +260,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _uploads(mountpoint: Path) -> dict[str, Any]:
-    from .control import UPLOADS
-    return json.loads(os.getxattr(str(mountpoint), UPLOADS))
+def _uploads(mountpoint: Path, syncing: bool = False) -> dict[str, Any]:
+    """The mount's upload queue; `syncing`: asked by `s3fuse sync`, which also releases
+    the versions held for their writer's release (upload/queue.py, `hold`)."""
+    from .control import SYNC, UPLOADS
+    return json.loads(os.getxattr(str(mountpoint), SYNC if syncing else UPLOADS))
 
 
 def _queue_line(q: dict[str, Any]) -> str:
@@ -302,7 +304,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     began = time.monotonic()
     shown = False
     while True:
-        q = _uploads(mountpoint)
+        q = _uploads(mountpoint, syncing=True)
         if q["files"] == 0:
             break
         if args.timeout is not None and time.monotonic() - began > args.timeout:

@@ -43,7 +43,10 @@ PID = "user.s3fuse.pid"
 JOBS = "user.s3fuse.jobs"    # get: pin/unpin jobs with progress (JSON)
 PIN = "user.s3fuse.pin"      # set: start pinning a mount-relative path; get: the pins (JSON)
 UNPIN = "user.s3fuse.unpin"  # set: start unpinning a mount-relative path
-UPLOADS = "user.s3fuse.uploads"  # get: the upload queue (JSON), polled by `s3fuse sync`
+UPLOADS = "user.s3fuse.uploads"  # get: the upload queue (JSON)
+#: get: the same, and versions held for their writer's release go now (queue.py, `hold`):
+#: polled by `s3fuse sync`. Not listed, so `getfattr -d` never reads it.
+SYNC = "user.s3fuse.sync"
 RETRY = "user.s3fuse.retry"      # set: queue the permanently failed uploads again
 IDLE = "user.s3fuse.idle"        # set SECONDS: wait (that long at most) until idle; get: state
 IDLE_WAIT_MAX = 600.0
@@ -83,9 +86,13 @@ class Control:
     def names(self) -> list[str]:
         return [STATUS, PID, JOBS, PIN, UNPIN, UPLOADS, RETRY] + ([IDLE] if self.idle else [])
 
+    def readable(self, name: str) -> bool:
+        """Listed names, and SYNC (read by name only)."""
+        return name == SYNC or name in self.names()
+
     async def get(self, name: str, caller: int | None) -> bytes:
         """The value of control attribute `name` as `caller` may see it."""
-        if not self.is_owner(caller) and name not in (STATUS, PID, IDLE, UPLOADS, RETRY):
+        if not self.is_owner(caller) and name not in (STATUS, PID, IDLE, UPLOADS, SYNC, RETRY):
             raise NotPermitted(f"{name}: the mount owner's only (uid {caller})")
         if name == PID:
             return str(os.getpid()).encode()
@@ -93,9 +100,9 @@ class Control:
             return json.dumps(self.pinner.jobs()).encode()
         if name in (PIN, UNPIN):
             return json.dumps(self.pinner.pins()).encode()
-        if name in (UPLOADS, RETRY):
-            if self.uploads is not None:  # `s3fuse sync` and `umount` wait on this: versions
-                self.uploads.release_holds()  # a flush journalled go now (queue.py, hold)
+        if name in (UPLOADS, SYNC, RETRY):
+            if name == SYNC and self.uploads is not None:  # `s3fuse sync` waits on this
+                self.uploads.release_holds()
             queue = await trio.to_thread.run_sync(self._uploads)
             queue["open_for_writing"] = self._open_for_writing()  # read on the trio thread
             return json.dumps(queue if self.is_owner(caller) else queue_summary(queue)).encode()

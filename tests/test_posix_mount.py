@@ -135,6 +135,20 @@ def test_a_tree_copied_by_rclone_with_metadata_shows_its_modes_and_times(s3, buc
     assert metadata(s3, bucket, "f.txt")["mode"] == str(stat.S_IFREG | 0o600)
 
 
+def test_chmod_of_a_directory_of_keys_only_makes_its_marker(s3, bucket, mount_factory):
+    """A directory that exists only through its keys (`d/x`, no `d/` marker: what
+    `aws s3 cp` and boto3 leave): `chmod` showed `drwx------` and its journalled copy of
+    the missing marker was dropped at upload ("the key is gone"). A marker is made."""
+    markers_keep_modes = keeps_marker_metadata(s3, bucket)
+    for name in ("x", "y"):
+        s3.put_object(Bucket=bucket, Key=f"d/{name}", Body=name.encode())
+    m = mount_factory("--source", f"s3://{bucket}")
+    os.chmod(m.path(bucket, "d"), 0o700)
+    assert m.wait_idle()["idle"]
+    marker = metadata(s3, bucket, "d/")  # made (SeaweedFS keeps no metadata on markers)
+    assert not markers_keep_modes or marker["mode"] == str(stat.S_IFDIR | 0o700)
+
+
 def test_tar_of_a_tree_just_written_sees_no_directory_change(s3, bucket, mount_factory):
     """A directory's mtime moved by its new entries is shown by readdirplus too: it showed
     the stored one, so `tar -c` right after `cp -r` stat'ed each directory with one time

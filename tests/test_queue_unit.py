@@ -170,29 +170,40 @@ async def test_an_older_jobs_late_telling_is_not_passed_on_after_a_newer_ones(
 async def test_a_held_version_waits_for_its_handle_unless_someone_waits(
         tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A flush whose handle stays open (a forked child's close) journals the version but
-    holds its upload until `unhold` (the handle's release), at most HOLD_MAX; other keys
-    upload meanwhile; `sync` (someone waits) and `release_holds` end every hold."""
+    holds its upload until `unhold` (the handle's release), at most HOLD_MAX. Other jobs
+    go meanwhile, a newer job of the same key too (another handle's close: the review
+    found a `>>` line waiting 60 s behind a long-lived writer), and an fsync's wait for
+    another file ends no hold; `sync` and `release_holds` end every hold."""
     async with upload_queue(tmp_path, store) as queue:
-        queue.hold(B, "held.txt")
-        await write(queue, B, "held.txt", b"half")
-        await write(queue, B, "other.txt", b"free")
-        await until(lambda: "other.txt" in store.objects(B))
+        with queue.holding_key(B, "held.txt"):
+            held = await write(queue, B, "held.txt", b"half")
+            queue.hold(held)
+        other = await write(queue, B, "other.txt", b"free")
+        assert await queue.wait(other)  # someone waits for another file: still held
         await trio.sleep(0.3)
         assert "held.txt" not in store.objects(B)
-        queue.unhold(B, "held.txt")
+        queue.unhold(held)
         await until(lambda: "held.txt" in store.objects(B))
-        queue.hold(B, "held.txt")
-        await write(queue, B, "held.txt", b"half again")
-        status = await queue.sync(timeout=10)  # someone waits: holds do not count
-        assert status["files"] == 0 and store.objects(B)["held.txt"] == b"half again"
-        queue.hold(B, "held.txt")
-        await write(queue, B, "held.txt", b"and again")
+        with queue.holding_key(B, "held.txt"):
+            queue.hold(await write(queue, B, "held.txt", b"half again"))
+        await write(queue, B, "held.txt", b"whole")  # another handle's close: at once
+        await until(lambda: store.objects(B)["held.txt"] == b"whole")
+        queue.hold(await write(queue, B, "held.txt", b"and again"))
+        status = await queue.sync(timeout=10)  # someone waits for everything
+        assert status["files"] == 0 and store.objects(B)["held.txt"] == b"and again"
+        renamed = await write(queue, B, "held.txt", b"moving")
+        queue.hold(renamed)
+        moved = await write(queue, B, "moved.txt", b"moving")
+        queue.hold_as(renamed, moved)  # its open file was renamed: the new name waits too
         await trio.sleep(0.3)
+        assert "moved.txt" not in store.objects(B)
+        queue.unhold(renamed)
+        await until(lambda: "moved.txt" in store.objects(B))
+        queue.hold(await write(queue, B, "held.txt", b"released"))
         queue.release_holds()
-        await until(lambda: store.objects(B)["held.txt"] == b"and again")
+        await until(lambda: store.objects(B)["held.txt"] == b"released")
         monkeypatch.setattr(queue_module, "HOLD_MAX", 0.2)
-        queue.hold(B, "held.txt")
-        await write(queue, B, "held.txt", b"never unheld")
+        queue.hold(await write(queue, B, "held.txt", b"never unheld"))
         await until(lambda: store.objects(B)["held.txt"] == b"never unheld")
 
 

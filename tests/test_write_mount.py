@@ -1,6 +1,7 @@
 """Writing through the real mount (moto and SeaweedFS), checked byte for byte in S3."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -16,8 +17,14 @@ from tests.support.posix_tree import keeps_marker_metadata
 pytestmark = pytest.mark.mount
 
 
-def body(s3, bucket: str, key: str) -> bytes:  # type: ignore[no-untyped-def]
-    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+def body(s3, bucket: str, key: str, missing: bytes | None = None) -> bytes:  # type: ignore[no-untyped-def]
+    """The object's bytes; `missing` for a key S3 does not have (else the error)."""
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        if missing is None:
+            raise
+        return missing
 
 
 def keys(s3, bucket: str) -> set[str]:  # type: ignore[no-untyped-def]
@@ -282,12 +289,21 @@ def test_a_forked_childs_close_does_not_upload_a_file_still_being_written(s3, bu
         fh.write(second)
     assert m.wait_idle()["idle"]
     assert s3.get_object(Bucket=bucket, Key="out.bin")["Body"].read() == first + second
-    with open(root / "log.txt", "wb") as fh:            # s3fuse sync does not wait for it
+    with open(root / "log.txt", "ab") as fh:            # a long-lived log writer
         fh.write(b"line\n")
         fh.flush()
         subprocess.run(["true"], check=True)
-        assert sync(m.mountpoint).returncode == 0
-        assert s3.get_object(Bucket=bucket, Key="log.txt")["Body"].read() == b"line\n"
+        with open(root / "log.txt", "ab") as appender:  # another process's `>>`: at once
+            appender.write(b"appended\n")
+        deadline = time.monotonic() + 10
+        while b"appended" not in body(s3, bucket, "log.txt", missing=b""):
+            assert time.monotonic() < deadline, "a closed appender's line waited"
+            time.sleep(0.2)
+        fh.write(b"more\n")
+        fh.flush()
+        subprocess.run(["true"], check=True)
+        assert sync(m.mountpoint).returncode == 0       # s3fuse sync does not wait for it
+        assert body(s3, bucket, "log.txt") == b"line\nappended\nmore\n"
 
 
 def test_umount_refuses_a_file_open_for_writing_and_force_keeps_its_bytes(s3, bucket,
@@ -329,6 +345,25 @@ except OSError as exc:
         writer.kill()
         writer.wait()
     assert s3.get_object(Bucket=bucket, Key="report.bin")["Body"].read() == data
+
+
+def test_umount_is_not_refused_for_a_reader_of_a_file_written_here(s3, bucket, mount_factory):
+    """A reader opened while a writer had the file open shares its local file: once the
+    writer closed, `s3fuse umount` still counted the file as open for writing."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    path = m.path(bucket, "log.txt")
+    with open(path, "wb") as writer:
+        writer.write(b"line\n")
+        writer.flush()
+        reader = open(path, "rb")
+    try:
+        umount = [sys.executable, "-m", "s3fuse", "umount", str(m.mountpoint)]
+        done = subprocess.run(umount, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    finally:
+        with contextlib.suppress(OSError):  # the mount is gone: ENOTCONN
+            reader.close()
+    assert body(s3, bucket, "log.txt") == b"line\n"
 
 
 def test_a_file_rewritten_in_place_and_uploaded_can_be_mapped_shared(s3, bucket, mount_factory):

@@ -127,6 +127,8 @@ class ControlPlane(Protocol):
 
     def names(self) -> list[str]: ...
 
+    def readable(self, name: str) -> bool: ...
+
     async def get(self, name: str, caller: int | None) -> bytes: ...
 
     async def set(self, name: str, value: bytes, caller: int | None) -> None: ...
@@ -191,7 +193,7 @@ class MountRoot(ReadOnlyNamespace):
 
     async def control_get(self, name: str, caller: int | None) -> bytes:
         """Control attribute `name` as the user `caller` (a uid) may see it."""
-        if self.control is None or name not in self.control.names():
+        if self.control is None or not self.control.readable(name):
             raise NoAttribute(name)
         return await self.control.get(name, caller)
 

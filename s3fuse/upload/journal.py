@@ -132,12 +132,15 @@ def is_light(op: str, size: int, light_max: int, copies: bool = False) -> bool:
     return op == "delete" or (op in _sized_light_ops(copies) and size <= light_max)
 
 
-def _not_held(held: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """The condition (and its arguments) that leaves the jobs of the keys `held` out
-    (`bucket/key`: no bucket name holds a '/')."""
-    if not held:
-        return "", ()
-    return f" AND j.bucket || '/' || j.key NOT IN ({', '.join('?' * len(held))})", tuple(held)
+def _not_held(keys: Sequence[str], jobs: Sequence[int]) -> tuple[str, tuple[str | int, ...]]:
+    """The condition (and its arguments) that leaves out the jobs of the keys `keys`
+    (`bucket/key`: no bucket name holds a '/') and the jobs `jobs`."""
+    condition = ""
+    if keys:
+        condition += f" AND j.bucket || '/' || j.key NOT IN ({', '.join('?' * len(keys))})"
+    if jobs:
+        condition += f" AND j.id NOT IN ({', '.join('?' * len(jobs))})"
+    return condition, (*keys, *jobs)
 
 
 def _light(light_max: int | None, copies: bool = False) -> tuple[str, tuple[int, ...]]:
@@ -425,12 +428,13 @@ class Journal:
             return db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'uploading'").rowcount
 
     def claim(self, now: float, light_max: int | None = None, copies: bool = False,
-              held: Sequence[str] = ()) -> Job | None:
+              held_keys: Sequence[str] = (), held: Sequence[int] = ()) -> Job | None:
         """The oldest due queued job whose key is not being uploaded, now marked uploading;
         with `light_max`, only a removal or a put (`copies`: or a metadata change) of an
-        object of at most that many bytes; never one of a key `held` (queue.py, `hold`)."""
+        object of at most that many bytes; never one `held`, nor of `held_keys`
+        (queue.py, `hold`)."""
         light, args = _light(light_max, copies)
-        skip, skipped = _not_held(held)
+        skip, skipped = _not_held(held_keys, held)
         with self._tx() as db:
             row = db.execute(f"SELECT * FROM jobs j WHERE {_STARTABLE} AND next_attempt <= ?"
                              f"{light}{skip} ORDER BY id LIMIT 1",
@@ -441,12 +445,12 @@ class Journal:
         return _job(row)
 
     def next_due(self, light_max: int | None = None, copies: bool = False,
-                 held: Sequence[str] = ()) -> float | None:
+                 held_keys: Sequence[str] = (), held: Sequence[int] = ()) -> float | None:
         """When the next startable job (with `light_max` and `copies`: light job, as for
-        `claim`; not one of a key `held`) becomes due (None: none; a key's running upload, or
-        the end of a hold, wakes us)."""
+        `claim`; not one held) becomes due (None: none; a key's running upload, or the
+        end of a hold, wakes us)."""
         light, args = _light(light_max, copies)
-        skip, skipped = _not_held(held)
+        skip, skipped = _not_held(held_keys, held)
         rows = self._read(f"SELECT MIN(next_attempt) AS due FROM jobs j WHERE {_STARTABLE}"
                           f"{light}{skip}", *args, *skipped)
         due = rows[0]["due"]

@@ -163,6 +163,7 @@ class LocalFile:
         self._state = State.CLEAN
         self._unlinked = False
         self._users = 0
+        self.writers = 0  # write handles open on it (`s3fuse umount` refuses while any is)
         self._error: int | None = None
         self._job: int | None = None
         self._revision = 0

@@ -59,6 +59,7 @@ safe from any thread (Control.status runs in one).
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import dataclasses
 import functools
 import logging
@@ -158,8 +159,9 @@ class UploadQueue:
         self._running = False
         self._processing = 0              # jobs a worker has claimed and not yet recorded
         self._rewrites = Rewrites()       # when a key closed again may upload (rewrites.py)
-        #: (bucket, key) -> (handles holding it, until when its jobs wait for their close)
-        self._held: dict[tuple[str, str], tuple[int, float]] = {}
+        self._held: dict[int, float] = {}  # job -> until when it waits for its handle's release
+        self._held_as: dict[int, int] = {}  # a held job -> its successor (a rename while open)
+        self._held_keys: Counter[tuple[str, str]] = Counter()  # keys a holding flush journals
 
     # ------------------------------------------------------------ API
 
@@ -231,43 +233,62 @@ class UploadQueue:
         self._latest.pop((bucket, key), None)
         self._notify()
 
-    def hold(self, bucket: str, key: str) -> None:
-        """A handle of `key` is about to flush and stays open: its versions (and any
-        other job of the key) wait for `unhold` (the handle's close), at most HOLD_MAX,
-        unless someone waits for uploads (fsync, sync, unmount). A flush is also sent
-        when a process that shares the handle closes its copy (a child after fork and
-        exec): uploading then sent a half-written file, and again at each such flush.
-        Held by key, before the job exists: a worker claiming meanwhile cannot take it."""
-        count, until = self._held.get((bucket, key), (0, time.time() + HOLD_MAX))
-        self._held[(bucket, key)] = (count + 1, until)
+    @contextlib.contextmanager
+    def holding_key(self, bucket: str, key: str) -> Iterator[None]:
+        """While a writer handle's flush journals `key`: its job (not made yet) is not
+        claimed before `hold` marks it (a worker may claim while the journal is written)."""
+        self._held_keys[(bucket, key)] += 1
+        try:
+            yield
+        finally:
+            self._held_keys[(bucket, key)] -= 1
+            if not self._held_keys[(bucket, key)]:
+                del self._held_keys[(bucket, key)]
 
-    def unhold(self, bucket: str, key: str) -> None:
-        """A handle that held `key` is closed: its versions may upload once none holds it."""
-        held = self._held.pop((bucket, key), None)
-        if held is None:
-            return
-        if held[0] > 1:
-            self._held[(bucket, key)] = (held[0] - 1, held[1])
-        else:
+    def hold(self, job_id: int) -> None:
+        """Job `job_id` was journalled by the flush of a handle that stays open: it waits
+        for `unhold` (that handle's release), at most HOLD_MAX, or for `release_holds`
+        (sync, unmount). The kernel also sends a flush when a process that shares the
+        handle closes its copy (a child after fork and exec): uploading then sent a
+        half-written file, and again at each such flush. A job, not the key: another
+        handle's close of the key journals a newer job, which goes at once."""
+        self._held[job_id] = time.time() + HOLD_MAX
+
+    def hold_as(self, job_id: int, successor: int) -> None:
+        """A held job's version was journalled again as `successor` (its open file was
+        renamed): that one waits for the same release."""
+        if job_id in self._held:
+            self._held[successor] = self._held[job_id]
+            self._held_as[job_id] = successor
+
+    def unhold(self, job_id: int) -> None:
+        """The handle that flushed job `job_id` is released (or fsynced): it may go now."""
+        released: int | None = job_id
+        found = False
+        while released is not None:
+            found = self._held.pop(released, None) is not None or found
+            released = self._held_as.pop(released, None)
+        if found:
             self._notify()
 
     def release_holds(self) -> None:
-        """Someone waits for every upload (`s3fuse sync`): held versions may go now."""
-        if self._held:
+        """Someone waits for every upload (`s3fuse sync`, an unmount): held jobs go now."""
+        if self._held or self._held_as:
             self._held.clear()
+            self._held_as.clear()
             self._notify()
 
-    def _holding(self) -> tuple[tuple[str, ...], float]:
-        """The keys held now, as `bucket/key` (none while someone waits for uploads), and
-        when the first hold ends (inf: none)."""
-        if not self._held or self._urgent:
-            return (), math.inf
+    def _holding(self) -> tuple[tuple[str, ...], tuple[int, ...], float]:
+        """What workers leave alone now: keys being journalled by a holding flush (as
+        `bucket/key`), held jobs; and when the first hold ends (inf: none)."""
+        if not self._held and not self._held_keys:
+            return (), (), math.inf
         now = time.time()
-        for where, (_, until) in list(self._held.items()):
+        for job_id, until in list(self._held.items()):
             if until <= now:
-                del self._held[where]
-        return (tuple(f"{bucket}/{key}" for bucket, key in self._held),
-                min((until for _, until in self._held.values()), default=math.inf))
+                del self._held[job_id]
+        return (tuple(f"{bucket}/{key}" for bucket, key in self._held_keys), tuple(self._held),
+                min(self._held.values(), default=math.inf))
 
     @contextlib.contextmanager
     def _urgently(self) -> Iterator[None]:
@@ -309,6 +330,7 @@ class UploadQueue:
     async def sync(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait until every pending upload is done or failed permanently (at most `timeout`
         seconds); returns the status (`files` > 0 when time ran out)."""
+        self.release_holds()
         with self._urgently(), trio.move_on_after(math.inf if timeout is None else timeout):
             await self._due_now()
             while True:
@@ -546,10 +568,10 @@ class UploadQueue:
                 self._processing += 1  # before the claim: the idle query never misses a job
                 job, unwritable = None, False
                 light_max = LIGHT_PUT_BYTES if light else None
-                held, hold_ends = self._holding()
+                held_keys, held, hold_ends = self._holding()
                 try:
                     job = await self._io(self.journal.claim, time.time(), light_max, copies,
-                                         held)
+                                         held_keys, held)
                     if job is not None:
                         self._rewrites.started(job.bucket, job.key)
                 except (S3FuseError, OSError, sqlite3.Error) as exc:  # CacheFull: wait, never end
@@ -567,7 +589,7 @@ class UploadQueue:
                     continue
                 # a light worker waits for a light job only: one that a big job left due
                 # would otherwise claim nothing and ask again at once, round and round
-                due = await self._io(self.journal.next_due, light_max, copies, held)
+                due = await self._io(self.journal.next_due, light_max, copies, held_keys, held)
                 if changed.is_set() or self._stopping:
                     continue  # a change came while we asked: no one woke us for it
                 due = hold_ends if due is None else min(due, hold_ends)

@@ -28,6 +28,7 @@ import contextlib
 import functools
 import logging
 import os
+import sqlite3
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator, Protocol
 import trio
 
 from ..cache.overlay import Change, Overlay
+from ..errors import S3FuseError
 from ..posix import Posix
 from ..util.supervisor import UPLOAD_CLEANUP
 from .journal import UNKNOWN, Expected, Job
@@ -279,7 +281,7 @@ class WriteBack:
     def open_for_writing(self) -> int:
         """Files written through the mount that a handle still holds open (`s3fuse umount`
         refuses to cut them off)."""
-        return sum(1 for local in self._open.values() if local.users)
+        return sum(1 for local in self._open.values() if local.writers)
 
     async def submit_open(self) -> None:
         """At unmount: journal what the files still open hold so far, as their close would.
@@ -290,33 +292,31 @@ class WriteBack:
                 async with local.lock:
                     if local.state is not State.CLOSED:
                         await self._flush(local)
-            except OSError as exc:  # a full disk, a failed write: that version cannot go
+            except (OSError, S3FuseError, sqlite3.Error) as exc:  # a full disk (CacheFull),
+                # a failed write: that version cannot go, the others still may
                 log.warning("s3://%s/%s, open at unmount, not journalled: %s", local.bucket,
                             local.key, exc)
 
     async def flush(self, local: LocalFile, *, hold: bool = False,
-                    held: tuple[str, str] | None = None) -> tuple[str, str] | None:
+                    held: int | None = None) -> int | None:
         """Close semantics: journal and queue the file if it changed since its last submit.
         `hold`: a writer handle's flush, whose upload waits for the handle's `release`
         (the handle stays open: its release follows, or this was a forked child's close
-        of its copy; queue.py, `hold`); `held`: the key that handle holds already.
-        Returns the key it holds now."""
+        of its copy; queue.py, `hold`); `held`: the job that handle holds already.
+        Returns the job it holds now."""
         async with local.lock:
-            where: tuple[str, str] | None = (local.bucket, local.key)
-            if not hold or held == where:
+            if not hold:
                 await self._flush(local)
                 return held
-            if held is not None:  # renamed while open: the old name holds nothing new
-                self.queue.unhold(*held)
-            self.queue.hold(*where)  # before the job exists (a worker may claim meanwhile)
             before = local.job
-            try:
+            with self.queue.holding_key(local.bucket, local.key):
                 await self._flush(local)
-            finally:
-                if local.job is None or local.job == before:  # nothing new to hold
-                    self.queue.unhold(*where)
-                    where = None
-            return where
+                if local.job is None or local.job == before:
+                    return held
+                self.queue.hold(local.job)  # before the key's hold ends: no await between
+            if held is not None:
+                self.queue.unhold(held)  # superseded by the new one
+            return local.job
 
     async def _flush(self, local: LocalFile) -> None:
         """flush with `local.lock` held."""
@@ -350,13 +350,14 @@ class WriteBack:
             raise OSError(code, f"{os.strerror(code)}: a write to s3://{local.bucket}/"
                                 f"{local.key} failed, this version is not uploaded")
 
-    async def release(self, local: LocalFile, writer: bool = True,
-                      held: tuple[str, str] | None = None) -> None:
+    async def release(self, local: LocalFile, writer: bool = True, held: int | None = None) -> None:
         """A handle is gone: a writer's (or the last) one queues what is not queued yet;
-        `held`: the key its flushes held (flush), whose uploads may go now."""
+        `held`: the job its last flush holds (flush), which may upload now."""
         local.release()
+        if writer:
+            local.writers -= 1
         if held is not None:
-            self.queue.unhold(*held)
+            self.queue.unhold(held)
         try:
             if writer or local.users == 0:
                 async with local.lock:
@@ -387,6 +388,7 @@ class WriteBack:
         await self.flush(local)
         if local.job is None:
             return
+        self.queue.unhold(local.job)  # a writer's last flush held it: fsync means now
         with trio.move_on_after(FSYNC_WAIT) as waited:
             uploaded = await self.queue.wait(local.job)  # UploadFailed (EIO): failed for good
         if waited.cancelled_caught or not uploaded:
@@ -584,8 +586,12 @@ class WriteBack:
         await self._replace(bucket, new)
         if staging_id is not None:
             try:
-                job = await self.queue.submit(bucket, new, staging_id, target,
-                                              local.change.posix)
+                # a handle's flush may hold the old key's version: so is its new one
+                with self.queue.holding_key(bucket, new):
+                    job = await self.queue.submit(bucket, new, staging_id, target,
+                                                  local.change.posix)
+                    if local.job is not None:
+                        self.queue.hold_as(local.job, job)
             except BaseException:  # not journalled: the rename fails, the file stays `old`
                 await self._discard(staging_id)
                 raise

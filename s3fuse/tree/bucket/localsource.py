@@ -62,7 +62,8 @@ class LocalWriter(LocalReader):
 
     def __init__(self, target: LocalFile, writes: WriteBack):
         super().__init__(target, writes)
-        self._held: tuple[str, str] | None = None  # the key its flushes hold (writeback.py)
+        self._held: int | None = None  # the upload its last flush holds (writeback.py)
+        target.writers += 1
 
     async def write(self, offset: int, data: bytes, append: bool = False) -> int:
         return await self.target.write(offset, data, append)

@@ -185,9 +185,15 @@ class Mutations:
             raise MetadataTooLarge(f"{self._show(path)}: not changed: its POSIX metadata (user "
                                    "xattrs above all) would exceed S3's 2 KiB per object")
         key = self._keys.dir_prefix(path) if entry.is_dir else self._keys.key(path)
+        expected = seen(entry)
         if entry.is_dir:
             self._dirs.forget(path)  # its own times now
-        await writes.set_posix(self._keys.bucket, key, posix, expected=seen(entry),
+            # a directory's entry has no ETag: its marker's, or None when it has none
+            # (keys only, as `aws s3 cp` leaves them): then a marker is made with the
+            # metadata. Copied onto a missing marker, the change was dropped at upload.
+            expected = (None if self._listings.marker_absent(path)
+                        else self._listings.marker_etag(path) or UNKNOWN)
+        await writes.set_posix(self._keys.bucket, key, posix, expected=expected,
                                size=entry.size, is_dir=entry.is_dir)
 
     def _show(self, path: str) -> str:
