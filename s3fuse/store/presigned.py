@@ -122,6 +122,7 @@ class PresignedReader:
         self._attempt_failed = failed
         self._presign = presign
         self._read_timeout = read_timeout
+        self._connect_timeout = connect_timeout
         self._alive = alive
         first_byte = read_timeout if first_byte_timeout is None else first_byte_timeout
         options = dict(num_pools=16, maxsize=pool_size, block=False, retries=False,
@@ -172,12 +173,17 @@ class PresignedReader:
         no body, the answer a small XML document; a small PutObject: the ETag in the
         headers); retried and judged as GETs are (the same bytes again: a PUT is
         idempotent, and a conditional one that landed before its answer was lost is
-        the uploader's to recognise, as through botocore)."""
-        return self._request(what, url, headers, ERROR_BODY, method="PUT", body=body)
+        the uploader's to recognise, as through botocore). The answer may take as long as a
+        body may stall (`read_timeout`), as botocore's writes: S3 answers a PUT once it has
+        the whole body, and a copy once it is made, past the first-byte deadline of reads
+        on a slow link or for a big copy."""
+        return self._request(what, url, headers, ERROR_BODY, method="PUT", body=body,
+                             timeout=urllib3.Timeout(connect=self._connect_timeout,
+                                                     read=self._read_timeout))
 
     def _request(self, what: str, url: str, headers: dict[str, str], limit: int | None = None,
-                 skip_ok: bool = False, method: str = "GET",
-                 body: bytes | None = None) -> tuple[int, Any, bytes]:
+                 skip_ok: bool = False, method: str = "GET", body: bytes | None = None,
+                 timeout: urllib3.Timeout | None = None) -> tuple[int, Any, bytes]:
         """(status, headers, body) of a GET (or a HEAD: no body), retried by the GETS
         policy of store/retry.py while the failure is transient.
 
@@ -198,7 +204,8 @@ class PresignedReader:
             attempts += 1
             resp = self._pool.request(method, url, body=body, headers=headers,
                                       preload_content=False, decode_content=False,
-                                      enforce_content_length=True)
+                                      enforce_content_length=True,
+                                      **({} if timeout is None else {"timeout": timeout}))
             finished = False
             try:
                 if resp.connection is not None and resp.connection.sock is not None:
