@@ -42,7 +42,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         if "required: COMMAND" in message:  # no command given: what the commands are
-            sys.stderr.write(self.format_usage())
             commands = next(a for a in self._actions if a.metavar == "COMMAND").choices
             message = f"a command is required: {', '.join(commands or ())}"
         _say(f"{self.prog.split()[0]}: error: {redact_unrecognized(message)}")
@@ -563,7 +562,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("the demo needs its extra: pip install 's3fuse[demo]' "
                          "(or, in a checkout: make demo)") from None
     from .demo import run_demo
-    return run_demo(Path(args.mountpoint), print)
+    mountpoint = Path(args.mountpoint)
+    if mountpoint.exists() and not mountpoint.is_dir():
+        raise UsageError(f"mountpoint {mountpoint} is not a directory")
+    if not mountpoint.exists() and not mountpoint.absolute().parent.is_dir():
+        raise UsageError(f"mountpoint {mountpoint}: no directory {mountpoint.absolute().parent}"
+                         " to make it in")
+    return run_demo(mountpoint, print)
 
 
 def _quiet_stdout() -> None:

@@ -333,6 +333,22 @@ MAX_MAX_INODES = 2**31
 MAX_ID = 2**32 - 2
 
 
+#: Long options whose TOML name is not theirs with `_` for `-` (design.md: every long option
+#: is a TOML key and an `-o` option by that rule): each maps to the key it sets.
+ALIASES = {"no_posix_metadata": "posix_metadata", "debug_modules": "debug"}
+#: ... of which these set the opposite of their value.
+NEGATED = frozenset({"no_posix_metadata"})
+
+
+def _unaliased(alias: str, value: Any) -> tuple[str, Any]:
+    """(key, value) an alias sets: `no_posix_metadata = true` is `posix_metadata = false`."""
+    if alias in NEGATED:
+        if isinstance(value, str):
+            return ALIASES[alias], "false" if parse_bool(value) else "true"
+        return ALIASES[alias], not value
+    return ALIASES[alias], value
+
+
 def load_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
@@ -349,6 +365,11 @@ def load_toml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:  # TOML is UTF-8 (a Latin-1 editor's é, UTF-16)
         raise UsageError(f"invalid config {path}: not UTF-8 text (byte {exc.start}): "
                          "save it as UTF-8") from None
+    for alias in set(data) & set(ALIASES):  # `no_posix_metadata = true`, `debug_modules`
+        if alias in NEGATED:
+            _check_type(path, alias, data[alias], *_BOOL)
+        key, value = _unaliased(alias, data.pop(alias))
+        data.setdefault(key, value)
     unknown = set(data) - set(SCALAR_OPTIONS) - set(LIST_OPTIONS)
     secret = next((key for key in sorted(unknown) if is_credential_option(key)), None)
     if secret is not None:  # config files are often world-readable (/etc/s3fuse/*.toml)
@@ -394,6 +415,9 @@ def parse_o_options(options: list[str]) -> dict[str, Any]:
             key = key.replace("-", "_")
             if key == "ro":
                 key, value, sep = "read_only", "true", "="
+            if key in ALIASES:  # `-o no_posix_metadata`, `-o debug_modules=...`
+                key, value = _unaliased(key, value if sep else "true")
+                sep = "="
             if key in LIST_OPTIONS:
                 name, uri = _split_named(value)
                 raw.setdefault(key, []).append({"uri": uri, "name": name})

@@ -168,7 +168,7 @@ def run_demo(mountpoint: Path, say: Callable[[str], None]) -> int:
     try:
         endpoint = f"http://127.0.0.1:{port}"
         populate(endpoint)
-        mountpoint.mkdir(parents=True, exist_ok=True)
+        mountpoint.mkdir(exist_ok=True)  # its parent exists (cli.py): no tree of typos
         cfg = build_config({"mountpoint": str(mountpoint), "source": [f"s3://{DEMO_BUCKET}"],
                             "manifest": [f"train=s3://{ML_BUCKET}/{MANIFEST_KEY}"],
                             "endpoint_url": endpoint, "cache_dir": str(cache_dir / "cache")})

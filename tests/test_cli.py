@@ -99,10 +99,23 @@ def test_output_into_a_closed_pipe_is_quiet(tmp_path: Path):
 ])
 def test_a_missing_command_gives_the_usage_and_the_commands(env: dict[str, str], args: list[str],
                                                             commands: str):
+    """One line, as design.md asks of every bad input (a usage line came before it)."""
     res = run(args, env)
     assert res.returncode == 2
-    usage, error = res.stderr.strip().splitlines()
-    assert usage.startswith("usage: s3fuse") and "COMMAND" in usage and error.endswith(commands)
+    [error] = res.stderr.strip().splitlines()
+    assert error.startswith("s3fuse: error: ") and error.endswith(commands)
+
+
+def test_demo_on_a_file_or_under_a_missing_directory_is_one_line(env: dict[str, str],
+                                                                 tmp_path: Path):
+    """It said "File exists" with exit 1, and made every missing parent directory."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for target, message in ((afile, "is not a directory"),
+                            (tmp_path / "missing" / "mnt", "to make it in")):
+        res = run(["demo", str(target)], env)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and message in res.stderr
+    assert not (tmp_path / "missing").exists()
 
 
 def test_mount_helper_help_and_version(env: dict[str, str]):

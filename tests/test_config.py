@@ -150,6 +150,21 @@ def test_debug_modules_from_cli_o_and_toml(tmp_path: Path):
         build_config({"debug": "botocore"}, [], {})
 
 
+def test_long_option_names_are_toml_keys_and_o_options(tmp_path: Path):
+    """design.md: TOML keys are the long option names with `_` for `-`: `no_posix_metadata`
+    and `debug_modules` were refused (only `posix_metadata = false`, `debug` worked)."""
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('no_posix_metadata = true\ndebug_modules = "s3fuse.data"\n')
+    cfg = build_config({"config": str(cfg_file)}, [], {})
+    assert (cfg.posix_metadata, cfg.debug) == (False, ("s3fuse.data",))
+    cfg = build_config({}, ["no_posix_metadata,debug-modules=s3fuse.store"], {})
+    assert (cfg.posix_metadata, cfg.debug) == (False, ("s3fuse.store",))
+    assert build_config({}, ["no_posix_metadata=false"], {}).posix_metadata is True
+    cfg_file.write_text('no_posix_metadata = "yes"\n')
+    with pytest.raises(UsageError, match="no_posix_metadata = 'yes': expected true or false"):
+        build_config({"config": str(cfg_file)}, [], {})
+
+
 @pytest.mark.parametrize("toml, message", [
     ("mountpoint = 5\n", 'mountpoint = 5: expected a string'),
     ("file_mode = 644\n", 'file_mode = 644: expected an octal string, e.g. "0644"'),

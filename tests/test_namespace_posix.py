@@ -240,6 +240,22 @@ async def test_a_directorys_metadata_goes_on_its_marker_and_the_bucket_top_has_n
                                       Ctx())) == errno.EPERM
 
 
+async def test_only_the_six_reserved_names_are_not_stored(parts: Components):
+    """design.md reserves user.s3.uri, user.s3.etag, user.s3exchange.id/meta and
+    user.s3fuse.cached/pinned, and says every other user.* name is the user's own: a
+    forged `user.s3exchange.id` on a bucket file was stored (and read back as
+    s3exchange's), `user.s3.note` accepted and dropped (found by an audit)."""
+    ops, writes = parts.ops, parts.writes
+    f = await lookup_path(ops, B, "a.txt")
+    calls = len(writes.calls)
+    await ops.setxattr(f.st_ino, b"user.s3exchange.id", b"forged", Ctx())
+    assert len(writes.calls) == calls  # accepted, nothing stored
+    assert await errno_of(ops.getxattr(f.st_ino, b"user.s3exchange.id", Ctx())) == errno.ENODATA
+    await ops.setxattr(f.st_ino, b"user.s3.note", b"mine", Ctx())
+    assert writes.last("set_posix")[2].xattr("user.s3.note") == b"mine"
+    assert await ops.getxattr(f.st_ino, b"user.s3.note", Ctx()) == b"mine"
+
+
 async def test_user_xattrs_are_stored_and_shown_with_the_computed_ones(
         parts: Components, caplog: pytest.LogCaptureFixture):
     ops, writes = parts.ops, parts.writes

@@ -41,14 +41,16 @@ from .pending import GONE, PendingView
 
 log = logging.getLogger(__name__)
 
-#: User attributes this namespace computes (user.s3.uri, user.s3.etag) or the FUSE adapter
-#: and control plane answer (user.s3fuse.*): shown, never stored. Setting or removing one is
-#: accepted and changes nothing (BucketTree._computed_xattr).
-RESERVED_XATTRS = ("user.s3.", "user.s3fuse.")
+#: The names design.md reserves: computed here (user.s3.uri, user.s3.etag), by the FUSE
+#: adapter (user.s3fuse.*), or by manifest views (user.s3exchange.*): never stored, and
+#: setting or removing one is accepted and changes nothing (BucketTree._computed_xattr).
+#: Every other user.* name is the user's own, `user.s3.note` too.
+RESERVED_XATTRS = frozenset({"user.s3.uri", "user.s3.etag", "user.s3exchange.id",
+                             "user.s3exchange.meta", "user.s3fuse.cached", "user.s3fuse.pinned"})
 
 
 def reserved_xattr(name: str) -> bool:
-    return name.startswith(RESERVED_XATTRS)
+    return name in RESERVED_XATTRS
 
 
 class BucketTree(Namespace):
