@@ -72,10 +72,18 @@ class Pinner:
 
     def covers(self, path: str) -> bool:
         """Is the mount-relative `path` at or below a pinned path?"""
-        return any(not p or path == p or path.startswith(p + "/") for p in self._pins)
+        return any(not p or path == p or path.startswith(p + "/") for p in self._recorded())
 
     def pins(self) -> list[dict[str, str]]:
-        return [{"path": p, "state": s} for p, s in sorted(self._pins.items())]
+        return [{"path": p, "state": s} for p, s in sorted(self._recorded().items())]
+
+    def _recorded(self) -> dict[str, str]:
+        """The pins as meta.sqlite records them now (a few rows; asked by `status` and the
+        `user.s3fuse.pinned` xattr only): `s3fuse cache clear --force` of a live mount's
+        cache drops them there, and the mount went on saying pinned of files whose
+        blocks were gone."""
+        self._pins = dict(self.meta.pins())
+        return self._pins
 
     def jobs(self) -> list[dict[str, Any]]:
         return [asdict(job) for job in self._jobs.values()]

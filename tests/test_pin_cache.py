@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from pathlib import Path
 
 from tests.test_disk_full import fill
 
@@ -168,3 +169,22 @@ def test_a_pin_of_a_path_that_does_not_exist_is_not_recorded(s3, bucket, mount_f
     res = s3fuse("pin", str(m.path(bucket, "no-such-file")), env=m.env)
     assert res.returncode == 1 and "ENOENT" in res.stderr
     assert m.status()["pins"] == []
+
+
+def test_pins_dropped_by_a_cache_clear_are_not_reported(tmp_path: Path) -> None:
+    """`s3fuse cache clear --force` of a live mount's cache removes the pins from
+    meta.sqlite: the daemon kept saying pinned (`user.s3fuse.pinned` = 1, `status`) of
+    files whose blocks were gone (found by two helpers)."""
+    from s3fuse.cache.meta import MetaStore
+    from s3fuse.pinning import Pinner
+    from s3fuse.util.supervisor import Supervisor
+    daemons = MetaStore(tmp_path / "meta.sqlite")
+    daemons.set_pin("bkt/data", "complete")
+    daemons.flush()
+    pinner = Pinner(None, daemons, Supervisor())  # type: ignore[arg-type]
+    assert pinner.covers("bkt/data/f.bin") and pinner.pins() == [
+        {"path": "bkt/data", "state": "complete"}]
+    clearing = MetaStore(tmp_path / "meta.sqlite")  # the CLI's own connection
+    clearing.remove_pin("bkt/data")
+    clearing.flush()
+    assert not pinner.covers("bkt/data/f.bin") and pinner.pins() == []
