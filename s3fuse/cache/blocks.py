@@ -547,7 +547,8 @@ class BlockCache:
         for store in stores or (self._lru,):
             if free_bytes(self.directory) >= OPEN_ROOM:
                 return
-            dropped, _ = _drop_for_room(Path(store.directory), store.files_oldest_first())
+            dropped, _ = _drop_for_room(Path(store.directory), store.files_oldest_first(),
+                                        logging.INFO)
             if dropped:
                 store.forget(dropped)
 
@@ -621,9 +622,12 @@ def _value_files_oldest_first(directory: Path) -> list[str]:
     return [name for _, name in sorted(found)]
 
 
-def _drop_for_room(directory: Path, filenames: list[str]) -> tuple[list[str], int]:
+def _drop_for_room(directory: Path, filenames: list[str],
+                   level: int = logging.WARNING) -> tuple[list[str], int]:
     """Remove value files of `directory`, in the order of `filenames`, until OPEN_ROOM is
-    free on its disk (none when it is already); the names removed, and their bytes."""
+    free on its disk (none when it is already); the names removed, and their bytes.
+    Logged at `level`: a warning when a store is opened so (a mount starting on a full
+    disk), routine eviction otherwise (a prune, a pin filling the disk)."""
     dropped: list[str] = []
     freed = 0
     for filename in filenames:
@@ -638,8 +642,8 @@ def _drop_for_room(directory: Path, filenames: list[str]) -> tuple[list[str], in
             pass
         dropped.append(filename)
     if dropped:
-        log.warning("the cache disk of %s is full: dropped %d cached blocks to make room",
-                    directory, len(dropped))
+        log.log(level, "the cache disk of %s is full: dropped %d cached blocks to make room",
+                directory, len(dropped))
     return dropped, freed
 
 
