@@ -59,13 +59,13 @@ safe from any thread (Control.status runs in one).
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 import dataclasses
 import functools
 import logging
 import math
 import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, TypeVar
 

@@ -218,6 +218,7 @@ class WriteBack:
                 del self._making[where]
                 made.set()
             local.adopt()  # no wait since it was made: the others wake after this
+            local.writers += 1  # until `release(writer=True)`
             # read handles opened meanwhile (on the pending version) are followers too
             self._stale_followers(bucket, key)
             return local
@@ -232,6 +233,7 @@ class WriteBack:
                 if local.users == 0:
                     await self._close(local)
                 raise
+        local.writers += 1  # until `release(writer=True)`
         self._stale_followers(bucket, key)
         return local
 
@@ -351,11 +353,11 @@ class WriteBack:
                                 f"{local.key} failed, this version is not uploaded")
 
     async def release(self, local: LocalFile, writer: bool = True, held: int | None = None) -> None:
-        """A handle is gone: a writer's (or the last) one queues what is not queued yet;
-        `held`: the job its last flush holds (flush), which may upload now."""
+        """A handle is gone: a writer's (one `open` made) or the last one queues what is not
+        queued yet; `held`: the job its last flush holds (flush), which may upload now."""
         local.release()
         if writer:
-            local.writers -= 1
+            local.writers = max(0, local.writers - 1)
         if held is not None:
             self.queue.unhold(held)
         try:

@@ -63,7 +63,6 @@ class LocalWriter(LocalReader):
     def __init__(self, target: LocalFile, writes: WriteBack):
         super().__init__(target, writes)
         self._held: int | None = None  # the upload its last flush holds (writeback.py)
-        target.writers += 1
 
     async def write(self, offset: int, data: bytes, append: bool = False) -> int:
         return await self.target.write(offset, data, append)
