@@ -347,6 +347,8 @@ def _shown(key: str, value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(f"{item['path']} ({item['state']})" if isinstance(item, dict) else str(item)
                          for item in value) or "none"
+    if key == "in_use_by":  # a pid: no thousands separator (`kill 7645`, not 7,645)
+        return str(value)
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 

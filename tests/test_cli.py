@@ -166,3 +166,9 @@ def test_a_relative_cache_dir_is_taken_from_the_working_directory(tmp_path: Path
                             "cache"], env=env, capture_output=True, text=True, timeout=60,
                            cwd=tmp_path)
     assert stats.returncode == 0 and "Traceback" not in stats.stderr, stats.stderr
+
+
+def test_cache_stats_shows_the_pid_in_use_as_a_pid() -> None:
+    """`in use by 7,645` (a thousands separator) is no pid a user can pass to kill."""
+    from s3fuse.cli import _shown
+    assert (_shown("in_use_by", 7645), _shown("blocks", 7645)) == ("7645", "7,645")
