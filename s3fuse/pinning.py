@@ -62,13 +62,11 @@ class Job:
 class Pinner:
     def __init__(self, root: RootTree, meta: MetaStore, background: Supervisor,
                  blocks: BlockCache | None = None):
-        """Reads the recorded pins: blocking, so before the loop serves (or in a thread)."""
         self.root = root
         self.meta = meta
         self.blocks = blocks
         self.background = background
         self._jobs: dict[str, Job] = {}
-        self._pins = dict(meta.pins())  # path -> state, as recorded in meta.sqlite
 
     def covers(self, path: str) -> bool:
         """Is the mount-relative `path` at or below a pinned path?"""
@@ -78,12 +76,11 @@ class Pinner:
         return [{"path": p, "state": s} for p, s in sorted(self._recorded().items())]
 
     def _recorded(self) -> dict[str, str]:
-        """The pins as meta.sqlite records them now (a few rows; asked by `status` and the
-        `user.s3fuse.pinned` xattr only): `s3fuse cache clear --force` of a live mount's
-        cache drops them there, and the mount went on saying pinned of files whose
-        blocks were gone."""
-        self._pins = dict(self.meta.pins())
-        return self._pins
+        """The pins as meta.sqlite records them now (a few rows, its queued writes
+        included; asked by `status`, the `user.s3fuse.pinned` xattr and the start only).
+        No copy is kept: `s3fuse cache clear --force` of a live mount's cache drops them
+        there, and a copy went on saying pinned of files whose blocks were gone."""
+        return dict(self.meta.pins())
 
     def jobs(self) -> list[dict[str, Any]]:
         return [asdict(job) for job in self._jobs.values()]
@@ -101,7 +98,7 @@ class Pinner:
 
     def resume(self) -> None:
         """Finish pins an earlier daemon did not complete."""
-        for path, state in sorted(self._pins.items()):
+        for path, state in sorted(self._recorded().items()):
             if state != "complete":
                 log.info("resuming the pin of %s", path or "/")
                 self.start(path, "pin")
@@ -220,14 +217,11 @@ class Pinner:
 
     def _record(self, path: str, state: str | None) -> None:
         """Record a pin's state (None: forget it and the pins below it) in meta.sqlite (a
-        point write: never waits), then in the copy the loop answers from."""
+        point write: never waits; `pins` shows it at once)."""
         if state is None:
             self.meta.remove_pin(path)
-            self._pins = {p: s for p, s in self._pins.items()  # as MetaStore.remove_pin does
-                          if p != path and not p.startswith(path + "/")}
         else:
             self.meta.set_pin(path, state)
-            self._pins[path] = state
 
     async def _files(self, path: str) -> AsyncIterator[tuple[str, Namespace, Ref, Entry]]:
         """Every file at or below the mount-relative `path`."""

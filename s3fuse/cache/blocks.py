@@ -574,9 +574,8 @@ class BlockCache:
         Returns (blocks removed, bytes removed), those dropped to open it included."""
         self._drop_opened()  # a held file would keep a removed block's disk space
         with self._lock:
-            before_n, before_bytes = len(self._lru), int(self._lru.volume())
-            before_n, before_bytes = (before_n + self.dropped_at_open[0],
-                                      before_bytes + self.dropped_at_open[1])
+            before_n = len(self._lru) + self.dropped_at_open[0]
+            before_bytes = int(self._lru.volume()) + self.dropped_at_open[1]
             self.dropped_at_open = (0, 0)
             self.make_room()
             self.flush_touches()

@@ -574,8 +574,7 @@ class S3Operations(pyfuse3.Operations):
         if not node.is_dir and not node.is_root:
             # the kernel answers ENODATA for user.* attributes of anything but a file or a
             # directory: a symlink or FIFO listing ours failed `rsync -aX` and `getfattr -d`
-            kind = stat.S_IFMT(self._posix(node, await self._entry(node)).mode or stat.S_IFREG)
-            if kind != stat.S_IFREG:
+            if not stat.S_ISREG(await self._mode_now(node)):
                 return []
         names = await self._ns(node).listxattr(node.ref)
         if not node.is_dir:

@@ -158,12 +158,7 @@ class Staging:
         try:
             with open(path, "r+b") as dst:
                 for start, stop in extents:
-                    at = start
-                    while at < stop:
-                        step = os.copy_file_range(fd, dst.fileno(), stop - at, at, at)
-                        if step == 0:  # immutable files do not shrink; never loop if one did
-                            raise OSError(f"staging file shrank while being copied to {copy_id}")
-                        at += step
+                    _copy_range(fd, dst.fileno(), start, stop)
                 dst.truncate(size)  # a hole at the end
         except BaseException:  # ENOSPC: a half copy would take the disk until the next start
             self.discard(copy_id)
@@ -223,6 +218,15 @@ class Staging:
     def ids(self) -> set[str]:
         """Every staging file present (for finding the ones no journal row refers to)."""
         return {entry.name for entry in os.scandir(self.directory) if _ID_RE.match(entry.name)}
+
+
+def _copy_range(src: int, dst: int, start: int, stop: int) -> None:
+    """Bytes [start, stop) of `src` to the same place in `dst` (in the kernel)."""
+    while start < stop:
+        step = os.copy_file_range(src, dst, stop - start, start, start)
+        if step == 0:  # immutable files do not shrink; never loop if one did
+            raise OSError(f"a staging file shrank while being copied (at byte {start})")
+        start += step
 
 
 def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
