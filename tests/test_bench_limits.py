@@ -170,3 +170,28 @@ def test_merging_keeps_the_floors_not_measured_again() -> None:
     new["workloads"] = [LS]
     assert merge_results(previous, new)["floors"] == previous["floors"]
     assert merge_results(results(), new)["floors"] == {}  # a results.json from before floors
+
+
+def test_the_write_limit_uploads_the_file_as_s3fuse_does_and_removes_it(
+        env: SetupEnv, tmp_path: Path) -> None:
+    """One multipart upload of s3fuse's part size, parts in parallel; the object checked
+    and deleted (the bench bucket keeps only its data sets)."""
+    source = tmp_path / "big.bin"
+    source.write_bytes(b"w" * (5 << 20) + b"tail")  # two parts of 5 MiB (S3's least)
+    assert limits.multipart_put(env, source, parallel=2, part=5 << 20) > 0
+    listed = env.target.client().list_objects_v2(Bucket="limits", Prefix="limit-upload/")
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_the_heads_limit_asks_curl_for_every_key_and_checks_the_answers(env: SetupEnv) -> None:
+    """curl signs its HEADs (SigV4) and runs them in parallel; a key not answered 200 is
+    an error, not a time."""
+    assert limits.curl_heads(env, ["obj"] * 5, parallel=2) > 0
+    with pytest.raises(WrongBytes, match=r"codes \['200', '404'\]"):
+        limits.curl_heads(env, ["obj", "missing"])
+
+
+def test_the_new_limits_and_floor_bound_the_metrics_they_name() -> None:
+    assert {"flat_dir_10k_lsl", "flat_dir_100k_lsl"} <= set(limits.LIMITS)
+    assert "flat_dir_1m_lsl" not in limits.LIMITS  # a million HEADs a round: minutes
+    assert "write_durable" in limits.LIMITS and "write_close" in limits.FLOORS
