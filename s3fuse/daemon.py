@@ -300,9 +300,12 @@ async def _report_status(parts: Components, notifier: Notifier) -> None:
 
 
 async def _watch_signals(cfg: Config, parts: Components, notifier: Notifier) -> None:
-    """SIGINT/SIGTERM: wait (at most drain_timeout) for pending uploads, then unmount; a
-    second signal unmounts at once. The mount keeps serving while it drains."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """SIGINT/SIGTERM, and SIGHUP (the terminal of a foreground mount or the ssh session
+    went away: its default action would kill the daemon and leave a dead mount behind):
+    wait (at most drain_timeout) for pending uploads, then unmount; a second signal
+    unmounts at once. The mount keeps serving while it drains. (The log file needs no
+    SIGHUP to be reopened after logrotate moves it: logs.py.)"""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("%s received: unmounting", signal.Signals(signum).name)
             break

@@ -178,12 +178,17 @@ def test_auto_mode_lists_every_bucket(s3, bucket, mount_factory):
     assert m.path(bucket, "k").read_bytes() == b"v"
 
 
-def test_sigterm_unmounts_cleanly(s3, bucket, mount_factory):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_unmounts_cleanly(s3, bucket, mount_factory, signum):
+    """SIGHUP too (the terminal of a foreground mount closed): its default action killed
+    the daemon and left a dead mount ("Transport endpoint is not connected")."""
     m = mount_factory("--source", f"s3://{bucket}")
-    m.proc.send_signal(signal.SIGTERM)
+    (m.path(bucket) / "written").write_bytes(b"kept")
+    m.proc.send_signal(signum)
     assert m.proc.wait(timeout=20) == 0
     assert not os.path.ismount(m.mountpoint)
     os.listdir(m.mountpoint)  # no "Transport endpoint is not connected"
+    assert s3.get_object(Bucket=bucket, Key="written")["Body"].read() == b"kept"  # drained
 
 
 def test_background_mount_status_and_umount(s3, bucket, mount_factory, tmp_path):
