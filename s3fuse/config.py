@@ -131,8 +131,13 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
+#: The longest duration any option takes: ten years.
+MAX_DURATION = 3650 * 86400.0
+
+
 def parse_duration(text: str | int | float) -> float:
-    """'7d', '90m', '60' -> seconds."""
+    """'7d', '90m', '60' -> seconds; at most MAX_DURATION (a TOML `inf` or `nan`, or a
+    number of seconds past what a socket timeout takes, made every upload fail)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     else:
@@ -142,6 +147,8 @@ def parse_duration(text: str | int | float) -> float:
         value = float(m.group(1)) * _SECONDS[m.group(2).lower()]
     if value < 0:
         raise UsageError(f"duration must not be negative: {text}")
+    if not value <= MAX_DURATION:  # nan too
+        raise UsageError(f"duration out of range: {text} (at most {MAX_DURATION // 86400:.0f}d)")
     return value
 
 

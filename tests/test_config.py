@@ -22,6 +22,15 @@ def test_sizes_and_durations():
             parse_size(bad)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 10**12, "3651d", "99999999999"])
+def test_a_duration_past_ten_years_is_refused(bad):
+    """A TOML `request_timeout = inf` was accepted and made every upload fail with
+    OverflowError (no socket timeout is that long); nan passed `< 0`."""
+    with pytest.raises(UsageError, match=r"^duration out of range: .* \(at most 3650d\)$"):
+        parse_duration(bad)
+    assert parse_duration("3650d") == 3650 * 86400
+
+
 def test_source_specs():
     s = parse_source("s3://raw-data/2024/")
     assert (s.name, s.bucket, s.prefix) == ("raw-data", "raw-data", "2024/")
