@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from . import __version__
-from .config import Config, build_config, check_mountpoint
+from .config import Config, build_config, check_mountpoint, check_outside_mount
 from .errors import CacheFull, UsageError, disk_full
 from .printable import printable
 from .redact import credential_in_argv, credential_refusal, redact_unrecognized
@@ -195,7 +195,10 @@ def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
     store = S3Store.from_config(cfg)  # credentials problems are usage errors, before mounting
     identity = identity_of(cfg)
     cfg = cfg.with_overrides(cache_dir=resolve_cache_dir(cfg.cache_dir, identity))
-    assert cfg.cache_dir is not None
+    assert cfg.cache_dir is not None and cfg.mountpoint is not None
+    check_outside_mount(cfg.mountpoint, cfg.cache_dir, "cache dir")
+    if cfg.log_file is not None:
+        check_outside_mount(cfg.mountpoint, cfg.log_file, "log file")
     cache_dir = secure_cache_dir(cfg.cache_dir)
     holder = CacheLock.holder(cache_dir)
     if holder is not None:

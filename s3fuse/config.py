@@ -543,6 +543,15 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def check_outside_mount(mountpoint: Path, path: Path, what: str) -> None:
+    """`path` (the cache dir, the log file) must not be the mountpoint or below it: the
+    daemon would open its own files through its own mount and wait on itself forever."""
+    resolved = path.expanduser().resolve()
+    if resolved == mountpoint or mountpoint in resolved.parents:
+        raise UsageError(f"{what} {path} is inside the mountpoint {mountpoint}: the mount "
+                         f"would hide it; choose a {what} outside it")
+
+
 def check_mountpoint(path: Path, allow_non_empty: bool = False) -> Path:
     """The mountpoint must exist, be a directory, not be mounted already and (unless
     `allow_non_empty`) be empty, as rclone, mount-s3 and s3fs ask: files there would be
@@ -557,6 +566,11 @@ def check_mountpoint(path: Path, allow_non_empty: bool = False) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"mountpoint {path} is not a directory")
     if os.path.ismount(path):
+        try:
+            os.statvfs(path)  # the attributes of a dead mount's root may still be cached
+        except OSError as exc:
+            raise UsageError(f"mountpoint {path} is a stale mount ({exc.strerror}): its daemon "
+                             f"is gone; run: s3fuse umount {path}") from None
         raise UsageError(f"{path} is already a mount point")
     if not allow_non_empty:
         try:

@@ -325,3 +325,45 @@ def test_a_key_over_1024_bytes_is_refused_at_once(s3, bucket, mount_factory):
     assert (deep / ("f" * 19)).read_bytes() == b"fits"
     assert (root / "short" / ("s" * 200)).read_bytes() == b"x"
     assert m.status()["uploads"]["files"] == 0
+
+
+def test_mounting_again_on_a_dead_mount_says_it_is_stale(s3, bucket, mount_factory):
+    """The daemon was SIGKILLed: the kernel may still answer the root's cached attributes,
+    so the mountpoint looked mounted ("already a mount point", with no way out given)."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    os.listdir(m.path(bucket))
+    m.proc.kill()
+    m.proc.wait(timeout=10)
+    try:
+        res = subprocess.run(m.command(), env=m.env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2
+        assert res.stderr.strip().splitlines() == [
+            f"s3fuse: error: mountpoint {m.mountpoint} is a stale mount (Transport endpoint "
+            f"is not connected): its daemon is gone; run: s3fuse umount {m.mountpoint}"]
+        res = subprocess.run([sys.executable, "-m", "s3fuse", "umount", str(m.mountpoint)],
+                             env=m.env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert not os.path.ismount(m.mountpoint)
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(m.mountpoint)], capture_output=True)
+
+
+@pytest.mark.parametrize("inside", ["cache", "log"])
+def test_a_cache_dir_or_log_file_inside_the_mountpoint_is_refused(s3, bucket, mount_factory,
+                                                                   inside):
+    """The daemon would open its own files through its own mount: the mount came up, then
+    every access hung until it was killed -9."""
+    m = mount_factory("--source", f"s3://{bucket}", start=False)
+    m.mountpoint.mkdir(parents=True)
+    own = m.mountpoint / "sub"
+    cmd = [sys.executable, "-m", "s3fuse", "mount", str(m.mountpoint), "--source",
+           f"s3://{bucket}", "--allow-non-empty",
+           *(["--cache-dir", str(own)] if inside == "cache"
+             else ["--cache-dir", str(m.cache_dir), "--log-file", str(own / "s3fuse.log")])]
+    res = subprocess.run(cmd, env=m.env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and not os.path.ismount(m.mountpoint)
+    what = "cache dir" if inside == "cache" else "log file"
+    assert res.stderr.strip().splitlines() == [
+        f"s3fuse: error: {what} {own if inside == 'cache' else own / 's3fuse.log'} is inside the "
+        f"mountpoint {m.mountpoint.resolve()}: the mount would hide it; choose a {what} "
+        "outside it"]
