@@ -40,10 +40,20 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        self._given = list(sys.argv[1:] if args is None else args)  # for `error`
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
         if "required: COMMAND" in message:  # no command given: what the commands are
             commands = next(a for a in self._actions if a.metavar == "COMMAND").choices
-            message = f"a command is required: {', '.join(commands or ())}"
+            unknown = [a for a in getattr(self, "_given", []) if a.startswith("-")]
+            # argparse checks for the command before it reports an option it does not know
+            # (`s3fuse --verison`), which was then reported as a missing command
+            message = (f"unrecognized arguments: {' '.join(unknown)}" if unknown
+                       else f"a command is required: {', '.join(commands or ())}")
         _say(f"{self.prog.split()[0]}: error: {redact_unrecognized(message)}")
         raise SystemExit(EXIT_USAGE)
 
@@ -236,6 +246,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = require_mount(Path(target))
     try:
         pid = daemon_pid(mountpoint)
+    except PermissionError as exc:  # not a stale mount: one we may not look into
+        raise UsageError(f"{mountpoint}: {exc.strerror} (another user's mount, mounted "
+                         "without --allow-other)") from None
     except OSError as exc:  # the daemon is gone: a stale mount
         result = fusermount_unmount(mountpoint, lazy=True)
         if result.returncode:

@@ -33,7 +33,10 @@ def s3fuse_mounts() -> list[Path]:
 
 
 def is_s3fuse_mount(path: Path) -> bool:
-    resolved = path.resolve() if path.exists() else path.absolute()
+    try:
+        resolved = path.resolve() if path.exists() else path.absolute()
+    except OSError:  # another user's mount without allow_other: EACCES even to lstat
+        resolved = path.absolute()
     return any(m == resolved or m == path.absolute() for m in s3fuse_mounts())
 
 

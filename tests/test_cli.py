@@ -96,6 +96,10 @@ def test_output_into_a_closed_pipe_is_quiet(tmp_path: Path):
 @pytest.mark.parametrize("args, commands", [
     ([], "a command is required: mount, umount, sync, status, demo, pin, unpin, service, cache"),
     (["cache"], "a command is required: stats, prune, clear"),
+    # an option it does not know, before any command: named (it said a command was missing)
+    (["--verison"], "unrecognized arguments: --verison"),
+    (["cache", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--colour=abc"], "unrecognized arguments: --colour=..."),  # never a value shown
 ])
 def test_a_missing_command_gives_the_usage_and_the_commands(env: dict[str, str], args: list[str],
                                                             commands: str):

@@ -487,6 +487,12 @@ def test_the_user_unit_mounts_as_an_unprivileged_user(setup, fuse_for_users) -> 
             broken = [s["mountpoint"] for s in statuses if "error" in s]
             assert listed.returncode == (1 if broken else 0), listed.stderr
             assert str(mnt) not in broken
+            for command in ("status", "umount"):  # named: one line (a bare EACCES, exit 1)
+                named = subprocess.run([str(BIN / "s3fuse"), command, str(mnt)], env=env,
+                                       capture_output=True, text=True, timeout=30)
+                assert (named.returncode, named.stderr) == (2, (
+                    f"s3fuse: error: {mnt}: Permission denied (another user's mount, mounted "
+                    "without --allow-other)\n"))
             stop = subprocess.run(as_user + render(unit["ExecStop"]), env=user_env, cwd=home,
                                   capture_output=True, text=True, timeout=60)
             assert stop.returncode == 0, stop.stderr
