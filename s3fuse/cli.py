@@ -586,6 +586,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not mountpoint.exists() and not mountpoint.absolute().parent.is_dir():
         raise UsageError(f"mountpoint {mountpoint}: no directory {mountpoint.absolute().parent}"
                          " to make it in")
+    if mountpoint.is_dir() and not os.path.ismount(mountpoint) and any(mountpoint.iterdir()):
+        # (mount's own message suggests --allow-non-empty, which demo does not take)
+        raise UsageError(f"mountpoint {mountpoint} is not empty: the demo mounts on an empty "
+                         "or new directory")
     return run_demo(mountpoint, print)
 
 

@@ -115,8 +115,13 @@ def test_demo_on_a_file_or_under_a_missing_directory_is_one_line(env: dict[str, 
     """It said "File exists" with exit 1, and made every missing parent directory."""
     afile = tmp_path / "afile"
     afile.write_text("x")
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "x").write_text("x")
     for target, message in ((afile, "is not a directory"),
-                            (tmp_path / "missing" / "mnt", "to make it in")):
+                            (tmp_path / "missing" / "mnt", "to make it in"),
+                            (occupied, "is not empty: the demo mounts on an empty or new "
+                                       "directory")):
         res = run(["demo", str(target)], env)
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and message in res.stderr
     assert not (tmp_path / "missing").exists()
