@@ -376,7 +376,9 @@ def load_toml(path: Path) -> dict[str, Any]:
         if alias in NEGATED:
             _check_type(path, alias, data[alias], *_BOOL)
         key, value = _unaliased(alias, data.pop(alias))
-        data.setdefault(key, value)
+        if key in data:  # as TOML refuses a key given twice (the alias silently lost)
+            raise UsageError(f"config {path}: {alias} and {key} both given: keep one")
+        data[key] = value
     unknown = set(data) - set(SCALAR_OPTIONS) - set(LIST_OPTIONS)
     secret = next((key for key in sorted(unknown) if is_credential_option(key)), None)
     if secret is not None:  # config files are often world-readable (/etc/s3fuse/*.toml)

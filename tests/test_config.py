@@ -172,6 +172,14 @@ def test_long_option_names_are_toml_keys_and_o_options(tmp_path: Path):
     cfg_file.write_text('no_posix_metadata = "yes"\n')
     with pytest.raises(UsageError, match="no_posix_metadata = 'yes': expected true or false"):
         build_config({"config": str(cfg_file)}, [], {})
+    # a key and its alias both given: refused, as TOML refuses a key given twice (the
+    # alias silently lost, and HEADs were sent although no_posix_metadata = true)
+    for both in ('no_posix_metadata = true\nposix_metadata = true\n',
+                 'debug_modules = "s3fuse.data"\ndebug = "s3fuse.store"\n'):
+        cfg_file.write_text(both)
+        with pytest.raises(UsageError, match=r"(no_posix_metadata and posix_metadata|"
+                                             r"debug_modules and debug) both given: keep one"):
+            build_config({"config": str(cfg_file)}, [], {})
 
 
 @pytest.mark.parametrize("toml, message", [
