@@ -39,6 +39,13 @@ def server() -> Iterator[tuple[str, Script]]:
             script.headers.append(dict(self.headers))
             script.connections.add(self.client_address[1])
             reply = script.replies.pop(0) if script.replies else 200
+            if reply == "portal":  # a captive portal: 200 and a page of its own, no ETag
+                page = b"<html><body>Sign in to the Wi-Fi</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+                return
             etag = "other" if reply == "other-etag" else "e1"
             if reply in (200, "short", "other-etag"):
                 body = script.body
@@ -152,9 +159,22 @@ def test_list_page_parsed_like_boto3() -> None:
 
 def test_list_page_refusals(server: tuple[str, Script]) -> None:
     url, script = server
-    script.replies = [500]
+    script.replies = [404]
     reader = PresignedReader(lambda b, k: url, connect_timeout=1, read_timeout=5, ca_certs=None)
-    assert reader.list_v2(url) is None  # boto3 then retries and maps the error
+    assert reader.list_v2(url) is None  # boto3 then maps the error
+
+
+def test_a_portals_200_is_no_listing_and_no_object(server: tuple[str, Script]) -> None:
+    """A captive portal answers anything with 200 and its own page. boto3 read that page
+    as an empty listing (a directory listed before vanished), and a GET took it as the
+    object's bytes: both are errors now, retried like a 5xx."""
+    url, script = server
+    script.replies = ["portal"]
+    with pytest.raises(RemoteError, match="a 200 answer that is not a listing"):
+        reader(url).list_v2(url)
+    script.replies = ["portal"]
+    with pytest.raises(RemoteError, match="a 200 answer without an ETag"):
+        reader(url).get("b", "k", "e1", 0, 10)
 
 
 @pytest.mark.parametrize("endpoint,style,token", [

@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import botocore.awsrequest
 import pytest
 
 from s3fuse.config import Config, KeyPair
-from s3fuse.errors import NotFound, StaleObject
+from s3fuse.errors import NotFound, RemoteError, StaleObject
 from s3fuse.store.putsign import copy_etag
 from s3fuse.store import retry
 from s3fuse.store import s3 as s3_store
@@ -167,3 +168,32 @@ def test_a_put_answered_without_an_etag_is_not_sent_again(tmp_path: Path, moto_b
 ])
 def test_the_etag_of_a_copy_answer(body: bytes, etag: str | None) -> None:
     assert copy_etag(body) == etag
+
+
+@pytest.mark.parametrize("size", [4, s3_store.FAST_PUT_LIMIT + 1])  # signed here / botocore's
+def test_a_portals_200_to_a_put_is_no_upload(tmp_path: Path, moto_backend: Backend,
+                                             monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """A captive portal (or a proxy) on a plain-HTTP link answers the PUT, and the HEAD
+    that asks for the missing ETag, with 200 and a page of its own: the bytes counted as
+    uploaded and the staging file went (data loss). An answer without an ETag, and a HEAD
+    without one, are errors now, retried like a 5xx."""
+    store, bucket = writing_store(tmp_path, moto_backend, f"portal-{os.getpid()}-{size}", None)
+    page = b"<html>Sign in to the Wi-Fi</html>"
+    monkeypatch.setattr(store._fast, "put", lambda *args, **kwargs: (200, {}, page))
+    monkeypatch.setattr(store._fast, "head", lambda *args: (200, {"content-length": "33"}))
+    store.write_client.meta.events.register(  # botocore's PUT: the portal answers it too
+        "before-send.s3.PutObject", lambda **_: botocore.awsrequest.AWSResponse(
+            "http://portal", 200, {}, _Raw(page)))
+    with pytest.raises(RemoteError, match="a 200 answer without an ETag"):
+        store.put_object(bucket, "k", b"x" * size, if_none_match="*")
+    assert "Contents" not in moto_backend.client.list_objects_v2(Bucket=bucket)
+
+
+class _Raw:
+    """A botocore raw response body."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_: object):  # type: ignore[no-untyped-def]
+        yield self._data

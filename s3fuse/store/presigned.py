@@ -37,6 +37,7 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionErr
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject
 from . import retry
 from .buffers import body_buffer
+from .protocol import required_etag
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,8 @@ class PresignedReader:
         limit = None if end is None else end - start
         status, resp_headers, body = self._request(what, url, headers, limit, skip_ok=not start)
         if status in (200, 206):
-            returned = (resp_headers.get("ETag") or "").strip('"')
-            if etag and returned and returned != etag:
+            returned = required_etag(resp_headers.get("ETag"), what)  # a portal's page
+            if etag and returned != etag:
                 raise StaleObject(f"{what}: object changed in S3")
             return body
         raise answer_error(what, status)
@@ -340,8 +341,8 @@ class PresignedReader:
     def list_v2(self, url: str, parse: Callable[[bytes], Any] | None = None) -> Any:
         """One ListObjectsV2 page from a presigned URL, read by `parse` (parse_list_v2 by
         default: boto3's shape, LastModified left as text), or None when S3 answered
-        something else than a readable listing (403, 404, ...): the caller then asks
-        boto3, which maps the error.
+        something else than 200 (403, 404, ...): the caller then asks boto3, which maps
+        the error. A 200 that is no listing: RemoteError.
         Transient failures are retried here (RemoteError when they persist); Offline when
         S3 cannot be reached at all."""
         status, _, body = self._request("ListObjectsV2", url, {})
@@ -350,8 +351,10 @@ class PresignedReader:
         try:
             return (parse or parse_list_v2)(body)
         except (ET.ParseError, ValueError, TypeError) as exc:
-            log.debug("unreadable ListObjectsV2 answer (%s): asking boto3", exc)
-            return None
+            # Not a listing, although 200: a captive portal's or a proxy's page. boto3
+            # read one as an empty listing, and a directory listed before vanished.
+            raise RemoteError(f"ListObjectsV2: a 200 answer that is not a listing, not one "
+                              f"from S3 (a captive portal or a proxy in the way?): {exc}") from None
 
 
 def answer_error(what: str, status: int) -> S3FuseError:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Mapping, Protocol, Sequence
 
-from ..errors import S3FuseError
+from ..errors import RemoteError, S3FuseError
 from ..util.filerange import PartBody
 from .link import Link
 
@@ -43,6 +43,19 @@ class ListPage:
 def clean_etag(etag: str | None) -> str:
     """An ETag without the quotes S3 puts around it."""
     return (etag or "").strip('"')
+
+
+def required_etag(etag: str | None, what: str) -> str:
+    """The ETag of a 200 answer that must carry one (an object's HEAD or GET, a write's
+    answer). None or empty: RemoteError, retried like a 5xx. A captive portal or a proxy
+    on a plain-HTTP link answers anything with `200 OK` and a page of its own: taken at
+    its word, a PUT's bytes counted as uploaded (and were dropped), a GET's page was
+    cached as the object's bytes, a HEAD made a conflict name look taken."""
+    cleaned = clean_etag(etag)
+    if not cleaned:
+        raise RemoteError(f"{what}: a 200 answer without an ETag, not one from S3 (a captive "
+                          "portal or a proxy in the way?)")
+    return cleaned
 
 
 #: What head_many gives its caller: answers as they arrive.

@@ -53,7 +53,8 @@ from .headbatch import PipelinedHeads
 from . import listxml
 from .listxml import FastPage
 from .presigned import PresignedReader, Presigner, answer_error, parse_list_v2
-from .protocol import HeadsAnswered, ListPage, ObjectInfo, clean_etag, head_one_by_one
+from .protocol import (HeadsAnswered, ListPage, ObjectInfo, clean_etag, head_one_by_one,
+                       required_etag)
 
 __all__ = ["ListPage", "ObjectInfo", "S3Store", "clean_etag", "proxy_for", "translate"]
 
@@ -244,12 +245,13 @@ def object_size(value: object, what: str) -> int:
 
 def info_of(key: str, headers: Mapping[str, str]) -> ObjectInfo:
     """_info of headers whose names are lower case (store/headbatch.py gives them so: a
-    cold `ls -l` reads a thousand answers); RemoteError when their size is no size."""
+    cold `ls -l` reads a thousand answers); RemoteError when their size is no size, or
+    when they carry no ETag (required_etag)."""
     modified = headers.get("last-modified")
     return ObjectInfo(
         key, object_size(headers.get("content-length"), f"object {key}"),
         _http_date_ns(modified) if modified else 0,
-        clean_etag(headers.get("etag")),
+        required_etag(headers.get("etag"), f"object {key}"),
         {name[len(META):]: value for name, value in headers.items() if name.startswith(META)},
         headers.get("content-type"))
 
@@ -741,7 +743,7 @@ class S3Store:
                 return self.write_client.put_object(Body=body, **params)
             resp = self._call(what, put, **kwargs)
             self._moved("out", len(body) if isinstance(body, bytes) else body.tell() - start)
-            etag = clean_etag(resp.get("ETag"))
+            etag = required_etag(resp.get("ETag"), what)
         self.copy_sources.learn(bucket, key, etag,
                                 {"ContentType": content_type} if content_type else {})
         return etag
@@ -758,9 +760,17 @@ class S3Store:
             return None
         self._moved("out", len(body))
         etag = clean_etag(answer[0].get("ETag"))
+        if etag:
+            return etag
         # Stored, but the answer named no ETag: ask for it. Sent again through botocore,
         # an If-None-Match PUT would meet its own object (412: a conflict with itself).
-        return etag or self.head(params["Bucket"], params["Key"]).etag
+        # The HEAD must show an object of these bytes' size (required_etag: a portal's
+        # answers carry none, and would have counted the bytes as uploaded).
+        info = self.head(params["Bucket"], params["Key"])
+        if info.size != len(body):
+            raise RemoteError(f"{what}: answered without an ETag, and S3 holds "
+                              f"{info.size} bytes there, not the {len(body)} sent")
+        return info.etag
 
     def create_multipart_upload(self, bucket: str, key: str, *,
                                 content_type: str | None = None,
@@ -810,21 +820,22 @@ class S3Store:
                 if body.failed is not None:  # the file, not S3: not retried (translate)
                     raise body.failed from None
                 raise
-        resp = self._call(f"UploadPart s3://{bucket}/{key} #{part_number}", send, Bucket=bucket,
-                          Key=key, UploadId=upload_id, PartNumber=part_number, Body=body)
+        what = f"UploadPart s3://{bucket}/{key} #{part_number}"
+        resp = self._call(what, send, Bucket=bucket, Key=key, UploadId=upload_id,
+                          PartNumber=part_number, Body=body)
         self._moved("out", body_length(body))
-        return clean_etag(resp.get("ETag"))
+        return required_etag(resp.get("ETag"), what)
 
     def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
                                   part_etags: list[str], *, if_match: str | None = None,
                                   if_none_match: str | None = None) -> str:
         """Assemble parts 1..n (ETags in order); conditional like put_object. Returns the ETag."""
         parts = [{"PartNumber": n, "ETag": f'"{etag}"'} for n, etag in enumerate(part_etags, 1)]
-        resp = self._call(f"CompleteMultipartUpload s3://{bucket}/{key}",
-                          self.write_client.complete_multipart_upload, Bucket=bucket, Key=key,
-                          UploadId=upload_id, MultipartUpload={"Parts": parts},
+        what = f"CompleteMultipartUpload s3://{bucket}/{key}"
+        resp = self._call(what, self.write_client.complete_multipart_upload, Bucket=bucket,
+                          Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts},
                           **self._condition_args(if_match, if_none_match))
-        return clean_etag(resp.get("ETag"))
+        return required_etag(resp.get("ETag"), what)
 
     def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         """Abort a multipart upload; one that is already gone (or its bucket) is fine."""
@@ -888,7 +899,7 @@ class S3Store:
         copied = self._copy_signed_here(what, kwargs) if size <= FAST_COPY_LIMIT else None
         if copied is None:
             resp = self._call(what, self.write_client.copy_object, **kwargs)
-            copied = clean_etag(resp.get("CopyObjectResult", {}).get("ETag"))
+            copied = required_etag(resp.get("CopyObjectResult", {}).get("ETag"), what)
         if metadata is not None:  # a plain copy's headers are the source's, not known here
             foreign = foreign_metadata(metadata)
             self.copy_sources.learn(bucket, key, copied,
