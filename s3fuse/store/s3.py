@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import botocore.config
@@ -95,6 +95,9 @@ COPY_PART_SIZE = 512 << 20
 MAX_PARTS = 10_000
 #: UploadPartCopy requests in flight for one multipart copy (S3 copies, we only wait).
 COPY_CONCURRENCY = 8
+#: Seconds before a retried create began that S3 may have stamped its lost upload with
+#: (Date and Initiated have a second's resolution; see _abort_lost_creates).
+LOST_CREATE_SLACK = 1.0
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -782,29 +785,45 @@ class S3Store:
     def _create_multipart(self, bucket: str, key: str, args: Mapping[str, Any]) -> str:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **self._sse_args(), **args}
         retried: list[int] = []
+        began = time.monotonic()
         resp = self._call(f"CreateMultipartUpload s3://{bucket}/{key}",
                           self.write_client.create_multipart_upload,
                           on_retry=lambda number, _: retried.append(number), **kwargs)
         upload_id = str(resp["UploadId"])
         if retried:
-            self._abort_lost_creates(bucket, key, upload_id)
+            answered = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+            self._abort_lost_creates(bucket, key, upload_id, answered,
+                                     time.monotonic() - began)
         return upload_id
 
-    def _abort_lost_creates(self, bucket: str, key: str, upload_id: str) -> None:
+    def _abort_lost_creates(self, bucket: str, key: str, upload_id: str,
+                            answered: str | None, took: float) -> None:
         """The create was retried: an earlier attempt may have started an upload whose
-        answer was lost. Nobody knows its UploadId, so it would be billed forever: abort
-        every other upload of the key (one job per key at a time; the same rule as the
-        uploader's thorough cleanup)."""
+        answer was lost. Nobody knows its UploadId, so it would be billed forever. Abort
+        the other uploads of the key that S3 started while this create was being sent (by
+        S3's own clock: the answer's Date, less the time the create took, less a second
+        for Date's resolution); older ones, or any when the answer has no Date, are left
+        (another client may be uploading the key: only recorded UploadIds, and these,
+        are ever aborted)."""
+        if not answered:
+            return
         try:
-            others = [u for k, u in self.list_multipart_uploads(bucket, key)
-                      if k == key and u != upload_id]
+            since = email.utils.parsedate_to_datetime(answered) - timedelta(
+                seconds=took + LOST_CREATE_SLACK)
+            others = [upload for upload, initiated in self._uploads_of(bucket, key)
+                      if upload != upload_id and initiated >= since]
             for other in others:
                 self.abort_multipart_upload(bucket, key, other)
                 log.info("aborted a multipart upload of s3://%s/%s whose creation was retried",
                          bucket, key)
-        except S3FuseError as exc:  # not a reason to fail this upload
+        except (S3FuseError, TypeError, ValueError) as exc:  # not a reason to fail this upload
             log.info("uploads left by a retried create of s3://%s/%s not aborted: %s",
                      bucket, key, exc)
+
+    def _uploads_of(self, bucket: str, key: str) -> list[tuple[str, datetime]]:
+        """(UploadId, Initiated) of the unfinished multipart uploads of exactly `key`."""
+        return [(u["UploadId"], u["Initiated"]) for u in self._multipart_uploads(bucket, key)
+                if u["Key"] == key]
 
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
                     body: PartBody) -> str:
@@ -990,13 +1009,17 @@ class S3Store:
 
     def list_multipart_uploads(self, bucket: str, prefix: str = "") -> list[tuple[str, str]]:
         """(key, UploadId) of every unfinished multipart upload under `prefix`."""
-        uploads: list[tuple[str, str]] = []
+        return [(u["Key"], u["UploadId"]) for u in self._multipart_uploads(bucket, prefix)]
+
+    def _multipart_uploads(self, bucket: str, prefix: str) -> list[dict[str, Any]]:
+        """ListMultipartUploads' entries under `prefix`, every page."""
+        uploads: list[dict[str, Any]] = []
         markers: dict[str, str] = {}
         while True:
             resp = self._call(f"ListMultipartUploads s3://{bucket}/{prefix}",
                               self.write_client.list_multipart_uploads, Bucket=bucket,
                               Prefix=prefix, **markers)
-            uploads += [(u["Key"], u["UploadId"]) for u in resp.get("Uploads", [])]
+            uploads += resp.get("Uploads", [])
             if not resp.get("IsTruncated"):
                 return uploads
             markers = {"KeyMarker": resp.get("NextKeyMarker", ""),
