@@ -5,6 +5,7 @@ Every bad input ends with one line on stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -273,7 +274,9 @@ def _queue_line(q: dict[str, Any]) -> str:
     text = f"{q['files']} pending ({_human_bytes(q['bytes'])}), {q['uploading']} uploading"
     if q.get("oldest_age") is not None:
         text += f", oldest {q['oldest_age']:.0f}s"
-    if q.get("online") is False:
+    if q.get("read_only") and q["files"]:
+        text += "; kept for a read-write mount (this one is read-only)"
+    elif q.get("online") is False:
         text += "; S3 unreachable: waiting for the link"
     return text
 
@@ -288,8 +291,9 @@ def _report_failures(q: dict[str, Any]) -> None:
         _say(f"s3fuse: FAILED {failure['uri']}: {failure['error']}")
     if _failed(q):
         _say(f"s3fuse: {_failed(q)} upload(s) failed and are kept; fix the "
-             "cause, then `s3fuse sync --retry`" + (" (the mount's owner sees which)"
-                                                    if q.get("restricted") else ""))
+             "cause, then `s3fuse sync --retry`"
+             + (" on a read-write mount with this cache dir" if q.get("read_only") else "")
+             + (" (the mount's owner sees which)" if q.get("restricted") else ""))
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -303,12 +307,22 @@ def cmd_sync(args: argparse.Namespace) -> int:
         except PermissionError:
             _say(f"s3fuse: error: only the owner of the mount {mountpoint} (or root) may retry uploads")
             return 1
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            _say(f"s3fuse: error: {mountpoint} is mounted read-only: its failed uploads are "
+                 "kept for a read-write mount with the same cache dir")
+            return 1
     began = time.monotonic()
     shown = False
     while True:
         q = _uploads(mountpoint, syncing=True)
         if q["files"] == 0:
             break
+        if q.get("read_only"):  # nothing will change: the queue waits for a read-write mount
+            _say(f"s3fuse: {mountpoint} is mounted read-only: {_queue_line(q)}")
+            _report_failures(q)
+            return 1
         if args.timeout is not None and time.monotonic() - began > args.timeout:
             if shown:
                 _say("")

@@ -149,7 +149,8 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
     journal = Journal(cache_dir / "journal.sqlite")
     stack.callback(journal.close)
     staging = Staging(cache_dir / "staging", blocks.claim, blocks.claim_now)
-    queue = UploadQueue(store, journal, staging, background=supervisor, listener_writes=meta)
+    queue = UploadQueue(store, journal, staging, background=supervisor, listener_writes=meta,
+                        read_only=cfg.read_only)
     queue.keep_uploaded = UploadedBytes(blocks.put, reader.block_size, cfg.cache_size // 8)
     writes = WriteBack(queue, staging, Overlay())
 
@@ -159,7 +160,8 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
                     siblings=siblings, background=supervisor, writes=writes,
                     posix_metadata=cfg.posix_metadata)
 
-    shared = None if cfg.shared_index is None else SharedIndex(store, cfg.shared_index, supervisor)
+    shared = None if cfg.shared_index is None else SharedIndex(
+        store, cfg.shared_index, supervisor, publish=not cfg.read_only)
     shards = ShardService(store, reader, ttl=cfg.metadata_ttl, shared=shared)
     manifest_dir = secure_dir(cache_dir / "manifests")
     manifests = [ManifestTree(spec, store, reader, manifest_dir, ttl=cfg.metadata_ttl,
@@ -330,7 +332,7 @@ async def _drain(cfg: Config, parts: Components, notifier: Notifier) -> bool:
     """Wait at most --drain-timeout for the pending uploads; True when none is left."""
     queue = parts.writes.queue
     pending = await trio.to_thread.run_sync(queue.status)
-    if not pending["files"]:
+    if not pending["files"] or queue.read_only:  # a read-only mount's queue waits for another
         return True
     log.info("waiting up to %.0fs for %d pending upload(s) (%d bytes)",
              cfg.drain_timeout, pending["files"], pending["bytes"])
@@ -339,6 +341,10 @@ async def _drain(cfg: Config, parts: Components, notifier: Notifier) -> bool:
 
 
 def _report_left(status: dict[str, Any]) -> None:
+    if status["files"] and status.get("read_only"):
+        log.info("%d journalled change(s) (%d bytes) kept: a read-write mount with this cache "
+                 "dir sends them", status["files"], status["bytes"])
+        return
     if status["files"]:
         log.warning("%d upload(s) (%d bytes) not done at unmount: they stay journalled and the "
                     "next mount with this cache dir uploads them", status["files"], status["bytes"])
