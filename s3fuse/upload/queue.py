@@ -73,7 +73,7 @@ import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
 
 import trio
 
@@ -105,6 +105,8 @@ LIGHT_PUT_BYTES = 1 << 20  # removals and PUTs of at most this
 #: Keys whose newest told landing is remembered, so that an older job's late telling is not
 #: passed on after a newer one's (see `_tell_uploaded`); the window is a few awaits long.
 TOLD_MAX = 4096
+#: How a job's change is named in log lines.
+_WHAT = {"put": "the upload", "delete": "the removal", "meta": "the metadata change"}
 #: The longest a version journalled by a flush waits for the close of the handle that
 #: flushed it (`hold`): a process that forked keeps the file open for writing after its
 #: child's close flushed it.
@@ -382,6 +384,23 @@ class UploadQueue:
         count = await self._io(self.journal.retry_failed)
         self._notify()
         return count
+
+    async def discard_failed(self, job_ids: Sequence[int]) -> list[Job]:
+        """Give up the failed changes `job_ids` (the user asked: `s3fuse sync --discard`);
+        returns the jobs dropped. Each key shows S3's version again: the listeners hear
+        of a dropped change as of one the remote version won (`kept_remote`, look again)."""
+        dropped = await self._io(self.journal.discard_failed, job_ids)
+        for job in dropped:
+            log.warning("%s of %s given up on request (it had failed: kept no more)%s",
+                        _WHAT.get(job.op, job.op), job.uri,
+                        f"; its {job.size} bytes are dropped" if job.op == "put" else "")
+            latest = self._latest.get((job.bucket, job.key))
+            if latest is not None:
+                await self._reload_latest(job.bucket, job.key, latest)
+            self._tell_uploaded(job, UploadResult("", kept_remote=True))
+        self.commits.want()  # their staging files are deleted by the next sync pass
+        self._notify()
+        return dropped
 
     def changed(self) -> trio.Event:
         """Set at the next change of the queue (a submit, an upload's end, a sync pass)."""
