@@ -296,6 +296,7 @@ def _report_failures(q: dict[str, Any]) -> None:
         _say(f"s3fuse: {_failed(q)} upload(s) failed and are kept; fix the "
              "cause, then `s3fuse sync --retry`"
              + (" on a read-write mount with this cache dir" if q.get("read_only") else "")
+             + ", or give them up: `s3fuse sync --discard`"
              + (" (the mount's owner sees which)" if q.get("restricted") else ""))
 
 
