@@ -5,6 +5,7 @@ Every bad input ends with one line on stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -148,6 +149,9 @@ def make_parser() -> Parser:
     p.add_argument("mountpoint")
     p.add_argument("--timeout", type=seconds, help="give up after this many seconds (exit 1)")
     p.add_argument("--retry", action="store_true", help="first queue failed uploads again")
+    p.add_argument("--discard", action="store_true",
+                   help="first give up the failed changes (listed; asks on a terminal): "
+                        "their keys show S3's version again, a failed upload's bytes are lost")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p = sub.add_parser("status", help="state of a mount (every s3fuse mount when none given)")
     p.add_argument("mountpoint", nargs="?")
@@ -286,7 +290,9 @@ def _queue_line(q: dict[str, Any]) -> str:
     text = f"{q['files']} pending ({_human_bytes(q['bytes'])}), {q['uploading']} uploading"
     if q.get("oldest_age") is not None:
         text += f", oldest {q['oldest_age']:.0f}s"
-    if q.get("online") is False:
+    if q.get("read_only") and q["files"]:
+        text += "; kept for a read-write mount (this one is read-only)"
+    elif q.get("online") is False:
         text += "; S3 unreachable: waiting for the link"
     return text
 
@@ -301,14 +307,72 @@ def _report_failures(q: dict[str, Any]) -> None:
         _say(f"s3fuse: FAILED {failure['uri']}: {failure['error']}")
     if _failed(q):
         _say(f"s3fuse: {_failed(q)} upload(s) failed and are kept; fix the "
-             "cause, then `s3fuse sync --retry`" + (" (the mount's owner sees which)"
-                                                    if q.get("restricted") else ""))
+             "cause, then `s3fuse sync --retry`"
+             + (" on a read-write mount with this cache dir" if q.get("read_only") else "")
+             + ", or give them up: `s3fuse sync --discard`"
+             + (" (the mount's owner sees which)" if q.get("restricted") else ""))
+
+
+_FAILED_CHANGE = {"put": "upload", "delete": "removal", "meta": "metadata change"}
+DISCARD_BATCH = 1000  # job ids per request (an xattr value is at most 64 KiB)
+
+
+def _failed_change(failure: dict[str, Any]) -> str:
+    """One failed change for the list `sync --discard` shows: what giving it up loses."""
+    op = failure.get("op", "put")
+    what = _FAILED_CHANGE.get(op, op)
+    if op == "put":
+        what += f" of {_human_bytes(failure['size'])}: these bytes are lost"
+    return f"  {failure['uri']}: {what} ({failure['error']})"
+
+
+def _confirmed(count: int) -> bool:
+    """On a terminal, ask; elsewhere `--discard` itself is the request."""
+    if not sys.stdin.isatty():
+        return True
+    sys.stderr.write(f"give up these {count} change(s)? [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def _discard(mountpoint: Path) -> int:
+    """`sync --discard`: list the failed changes, ask, give them up; 0, or 1 when refused."""
+    from .control import DISCARD
+    failures = _uploads(mountpoint)["failures"]
+    if not failures:
+        _say("s3fuse: no failed change to give up")
+        return 0
+    _say(f"s3fuse: failed changes to give up (each key shows S3's version again; copy a "
+         f"file out of the mount first to keep its bytes):")
+    for failure in failures:
+        _say(_failed_change(failure))
+    if not _confirmed(len(failures)):
+        _say("s3fuse: nothing given up")
+        return 1
+    ids = [str(failure["job"]) for failure in failures]
+    dropped = 0
+    try:
+        for start in range(0, len(ids), DISCARD_BATCH):
+            os.setxattr(str(mountpoint), DISCARD, " ".join(ids[start:start + DISCARD_BATCH]).encode())
+            dropped += len(json.loads(os.getxattr(str(mountpoint), DISCARD))["dropped"])
+    except PermissionError:
+        _say(f"s3fuse: error: only the owner of the mount {mountpoint} (or root) may give up changes")
+        return 1
+    kept = len(ids) - dropped
+    _say(f"s3fuse: gave up {dropped} failed change(s)"
+         + (f"; {kept} not: no longer failed (queued again meanwhile)" if kept else ""))
+    return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from .mounts import require_mount
 
+    if args.retry and args.discard:
+        raise UsageError("--retry and --discard exclude each other: retry the failed changes, "
+                         "or give them up")
     mountpoint = require_mount(Path(args.mountpoint))
+    if args.discard and _discard(mountpoint):
+        return 1
     if args.retry:
         from .control import RETRY
         try:
@@ -316,12 +380,22 @@ def cmd_sync(args: argparse.Namespace) -> int:
         except PermissionError:
             _say(f"s3fuse: error: only the owner of the mount {mountpoint} (or root) may retry uploads")
             return 1
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            _say(f"s3fuse: error: {mountpoint} is mounted read-only: its failed uploads are "
+                 "kept for a read-write mount with the same cache dir")
+            return 1
     began = time.monotonic()
     shown = False
     while True:
         q = _uploads(mountpoint, syncing=True)
         if q["files"] == 0:
             break
+        if q.get("read_only"):  # nothing will change: the queue waits for a read-write mount
+            _say(f"s3fuse: {mountpoint} is mounted read-only: {_queue_line(q)}")
+            _report_failures(q)
+            return 1
         if args.timeout is not None and time.monotonic() - began > args.timeout:
             if shown:
                 _say("")

@@ -48,6 +48,10 @@ UPLOADS = "user.s3fuse.uploads"  # get: the upload queue (JSON)
 #: polled by `s3fuse sync`. Not listed, so `getfattr -d` never reads it.
 SYNC = "user.s3fuse.sync"
 RETRY = "user.s3fuse.retry"      # set: queue the permanently failed uploads again
+#: set "ID ID ...": give up these failed changes (`s3fuse sync --discard`, which showed them);
+#: get: the ids the last such request dropped (JSON)
+DISCARD = "user.s3fuse.discard"
+DISCARD_MAX = 10_000  # ids in one request
 IDLE = "user.s3fuse.idle"        # set SECONDS: wait (that long at most) until idle; get: state
 IDLE_WAIT_MAX = 600.0
 #: The upload queue's lists that name keys: a reader who is not an owner gets their lengths.
@@ -78,13 +82,15 @@ class Control:
         #: the trio thread)
         self.inodes: Callable[[], dict[str, int]] | None = None
         self.owners = frozenset({0, os.geteuid(), cfg.uid})
+        self.discarded: list[int] = []  # job ids the last discard request dropped
 
     def is_owner(self, caller: int | None) -> bool:
         """May `caller` (a uid; None: unknown) drive the mount? Unknown callers may not."""
         return caller is not None and caller in self.owners
 
     def names(self) -> list[str]:
-        return [STATUS, PID, JOBS, PIN, UNPIN, UPLOADS, RETRY] + ([IDLE] if self.idle else [])
+        return [STATUS, PID, JOBS, PIN, UNPIN, UPLOADS, RETRY, DISCARD] + (
+            [IDLE] if self.idle else [])
 
     def readable(self, name: str) -> bool:
         """Listed names, and SYNC (read by name only)."""
@@ -100,6 +106,8 @@ class Control:
             return json.dumps(self.pinner.jobs()).encode()
         if name in (PIN, UNPIN):
             return json.dumps(self.pinner.pins()).encode()
+        if name == DISCARD:
+            return json.dumps({"dropped": self.discarded}).encode()
         if name in (UPLOADS, SYNC, RETRY):
             if name == SYNC and self.uploads is not None:  # `s3fuse sync` waits on this
                 self.uploads.release_holds()
@@ -125,6 +133,11 @@ class Control:
         if name == RETRY and self.uploads is not None:
             count = await self.uploads.retry_failed()
             log.info("%d failed upload(s) queued again on request", count)
+            return
+        if name == DISCARD and self.uploads is not None:
+            dropped = await self.uploads.discard_failed(_job_ids(value))
+            self.discarded = [job.id for job in dropped]
+            log.info("%d failed change(s) given up on request", len(dropped))
             return
         if name == IDLE and self.idle is not None:
             await self.idle.wait(_seconds(value))
@@ -197,6 +210,17 @@ def status_summary(status: dict[str, Any]) -> dict[str, Any]:
         **({"supervisor": {"kinds": tasks.get("kinds", {}), "recent_failures": []}}
            if tasks is not None else {}),
     }
+
+
+def _job_ids(value: bytes) -> list[int]:
+    """The job ids of a discard request: decimal numbers separated by spaces."""
+    try:
+        ids = [int(word) for word in value.decode("ascii").split()]
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidArgument(f"bad job ids {value[:32]!r}") from None
+    if len(ids) > DISCARD_MAX:
+        raise InvalidArgument(f"more than {DISCARD_MAX} job ids")
+    return ids
 
 
 def _seconds(value: bytes) -> float:

@@ -2,7 +2,8 @@
 
 `run()` blocks until the filesystem is unmounted (fusermount3 -u, `s3fuse umount`)
 or the process gets SIGINT/SIGTERM. Readiness is announced only once the kernel
-answers a stat of the mountpoint through us. Background work runs under the
+answers a stat of the mountpoint through us, and S3 did not refuse the credentials
+themselves (`credentials_refused`: then the mount goes away and the start fails, exit 2). Background work runs under the
 supervisor (util/supervisor.py), so no failure of it can end the root nursery, i.e.
 unmount: only the lifecycle tasks here (signals, readiness) are its direct children.
 """
@@ -32,7 +33,7 @@ from .data.reader import BlockReader
 from .fs.ops import S3Operations
 from .notify import Notifier
 from .pinning import Pinner
-from .errors import S3FuseError
+from .errors import AccessDenied, S3FuseError, UsageError
 from .idle import Idle
 from .store.liveness import probe_while_offline, watch_interval, watch_while_in_use
 from .store.protocol import Store
@@ -65,6 +66,13 @@ M_ARENA_MAX = -8
 MALLOC_ARENAS = 2
 PR_SET_DUMPABLE = 4
 FLUSH_TIMEOUT = 30.0
+#: Answers to the start's first request that say no request of these credentials can succeed
+#: (the key is unknown, or the secret wrong); any other refusal (AccessDenied: a key scoped
+#: to some buckets) does not stop the mount.
+BAD_CREDENTIALS = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch"})
+#: How long readiness waits for that answer: longer (a black hole), and the mount comes up
+#: as an offline boot does, the request's outcome told to the link as any other's.
+CREDENTIAL_CHECK_WAIT = 5.0
 #: At unmount, how long uploads in flight may still finish: when no drain ran (`fusermount3
 #: -u`), or ...
 STOP_UPLOADS_TIMEOUT = 5.0
@@ -117,6 +125,7 @@ class Components:
     writes: WriteBack
     control: Control
     drained_out: bool = False  # the unmount's drain ended with uploads left: stop at once
+    refused: str | None = None  # why S3 refused the credentials at start (the start fails)
 
 
 def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Components:
@@ -149,7 +158,8 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
     journal = Journal(cache_dir / "journal.sqlite")
     stack.callback(journal.close)
     staging = Staging(cache_dir / "staging", blocks.claim, blocks.claim_now)
-    queue = UploadQueue(store, journal, staging, background=supervisor, listener_writes=meta)
+    queue = UploadQueue(store, journal, staging, background=supervisor, listener_writes=meta,
+                        read_only=cfg.read_only)
     queue.keep_uploaded = UploadedBytes(blocks.put, reader.block_size, cfg.cache_size // 8)
     writes = WriteBack(queue, staging, Overlay())
 
@@ -159,7 +169,8 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
                     siblings=siblings, background=supervisor, writes=writes,
                     posix_metadata=cfg.posix_metadata)
 
-    shared = None if cfg.shared_index is None else SharedIndex(store, cfg.shared_index, supervisor)
+    shared = None if cfg.shared_index is None else SharedIndex(
+        store, cfg.shared_index, supervisor, publish=not cfg.read_only)
     shards = ShardService(store, reader, ttl=cfg.metadata_ttl, shared=shared)
     manifest_dir = secure_dir(cache_dir / "manifests")
     manifests = [ManifestTree(spec, store, reader, manifest_dir, ttl=cfg.metadata_ttl,
@@ -265,7 +276,7 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
         parts.supervisor.spawn(_trim_buffers, kind=BUFFER_TRIM)
         parts.supervisor.spawn(parts.ops.inode_cap.run, kind=INODE_CAP)
         parts.supervisor.spawn(parts.ops.page_dropper.run, kind=PAGE_DROP)
-        nursery.start_soon(_announce_ready, cfg, ready)
+        nursery.start_soon(_announce_ready, cfg, parts, ready)
         await pyfuse3.main()
         ready.notifier.send(STOPPING="1", STATUS="unmounting: writing cached blocks")
         # a hung upload is resumed at the next start
@@ -330,7 +341,7 @@ async def _drain(cfg: Config, parts: Components, notifier: Notifier) -> bool:
     """Wait at most --drain-timeout for the pending uploads; True when none is left."""
     queue = parts.writes.queue
     pending = await trio.to_thread.run_sync(queue.status)
-    if not pending["files"]:
+    if not pending["files"] or queue.read_only:  # a read-only mount's queue waits for another
         return True
     log.info("waiting up to %.0fs for %d pending upload(s) (%d bytes)",
              cfg.drain_timeout, pending["files"], pending["bytes"])
@@ -339,6 +350,10 @@ async def _drain(cfg: Config, parts: Components, notifier: Notifier) -> bool:
 
 
 def _report_left(status: dict[str, Any]) -> None:
+    if status["files"] and status.get("read_only"):
+        log.info("%d journalled change(s) (%d bytes) kept: a read-write mount with this cache "
+                 "dir sends them", status["files"], status["bytes"])
+        return
     if status["files"]:
         log.warning("%d upload(s) (%d bytes) not done at unmount: they stay journalled and the "
                     "next mount with this cache dir uploads them", status["files"], status["bytes"])
@@ -347,11 +362,54 @@ def _report_left(status: dict[str, Any]) -> None:
                   failure["uri"], failure["error"])
 
 
-async def _announce_ready(cfg: Config, ready: ReadySignal) -> None:
+async def _announce_ready(cfg: Config, parts: Components, ready: ReadySignal) -> None:
     st = await trio.to_thread.run_sync(os.stat, str(cfg.mountpoint))
     tune_readahead(st.st_dev)
+    parts.refused = await credentials_refused(first_request(cfg, parts.store))
+    if parts.refused is not None:  # `run` fails the start once the mount is gone
+        pyfuse3.terminate()
+        return
     log.info("mounted %s", cfg.mountpoint)
     ready.ready()
+
+
+def first_request(cfg: Config, store: Store) -> Callable[[], object]:
+    """The request the mount would make first anyway, sent at start to hear what S3 says
+    of the credentials: the first page of the first source's listing (what `ls` asks),
+    else one byte of the first manifest, else the bucket list (all buckets shown). Not
+    ListBuckets for every mount: a key scoped to its buckets is refused that, and each
+    start would leave a refusal in the status that says nothing about the mount."""
+    if cfg.sources:
+        source = cfg.sources[0]
+
+        def first_page() -> object:
+            pages = store.list_pages(source.bucket, source.prefix)
+            try:
+                return next(iter(pages), None)
+            finally:
+                getattr(pages, "close", lambda: None)()  # no page read ahead
+        return first_page
+    if cfg.manifests:
+        manifest = cfg.manifests[0]
+        return lambda: store.get(manifest.bucket, manifest.key, "", 0, 1)
+    return store.list_buckets
+
+
+async def credentials_refused(request: Callable[[], object],
+                              wait: float = CREDENTIAL_CHECK_WAIT) -> str | None:
+    """Why no request can succeed (S3 answered `request`, the start's first, with
+    InvalidAccessKeyId or SignatureDoesNotMatch), else None: any other answer (a refused
+    listing of a key that may GET mounts), none at all (an offline boot mounts, as
+    documented), or none within `wait` seconds."""
+    with trio.move_on_after(wait):
+        try:
+            await trio.to_thread.run_sync(request, abandon_on_cancel=True)
+        except AccessDenied as exc:
+            if exc.code in BAD_CREDENTIALS:
+                return f"S3 refuses these credentials ({exc.code}): {exc}"
+        except S3FuseError as exc:
+            log.debug("credential check at start: %s", exc)
+    return None
 
 
 def tune_readahead(dev: int, kib: int = READAHEAD_KIB) -> None:
@@ -392,4 +450,6 @@ def run(cfg: Config, ready: ReadySignal | None = None, store: Store | None = Non
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", cfg.mountpoint)
+    if parts.refused is not None:
+        raise UsageError(parts.refused)
     return 0

@@ -282,10 +282,11 @@ def store() -> CountingStore:
 
 
 async def machine(tmp_path: Path, name: str, store: MemoryStore,
-                  shared: str | None = SHARED) -> AsyncIterator[Components]:
+                  shared: str | None = SHARED, read_only: bool = False
+                  ) -> AsyncIterator[Components]:
     cfg = Config(mountpoint=tmp_path / name / "mnt", cache_dir=tmp_path / name / "cache",
                  manifests=(parse_manifest(f"s3://{B}/{MANIFEST}", "s"),), region="us-east-1",
-                 shared_index=shared)
+                 shared_index=shared, read_only=read_only)
     with ExitStack() as stack:
         parts = build(cfg, stack, store=store)  # type: ignore[arg-type]
         async with trio.open_nursery() as nursery:
@@ -354,6 +355,26 @@ async def test_without_the_option_nothing_is_fetched_or_published(
         await settle(a, store)
     assert not [k for k in store.objects(B) if k.endswith(".idx")]
     assert store.fetched[ARCHIVE] >= len(archive)
+
+
+async def test_a_read_only_mount_fetches_but_never_publishes(
+        tmp_path: Path, store: CountingStore, caplog: pytest.LogCaptureFixture) -> None:
+    """--read-only sends no write request: it indexes locally when nothing is published,
+    and uses what a read-write machine published."""
+    archive, members = shard()
+    before = store.request_counts()
+    async for a in machine(tmp_path, "ro", store, read_only=True):
+        assert await read_member(a, LAST) == members[LAST]
+        await settle(a, store)
+    assert store.request_counts()["PutObject"] == before["PutObject"]  # the fixture's two
+    assert not [k for k in store.objects(B) if k.endswith(".idx")]
+    await first_machine(tmp_path, store)  # publishes
+    store.fetched.clear()
+    async for b in machine(tmp_path, "ro2", store, read_only=True):
+        assert await read_member(b, LAST) == members[LAST]
+        await settle(b, store)
+    assert store.fetched[ARCHIVE] < len(archive) // 3  # the published index served
+    assert any("index fetched from" in r.getMessage() for r in caplog.records)
 
 
 def ignored(caplog: pytest.LogCaptureFixture) -> list[str]:

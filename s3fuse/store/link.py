@@ -99,6 +99,13 @@ class Link:
         changed, self._changed = self._changed, trio.Event()
         changed.set()
 
+    def refused(self, message: str) -> None:
+        """S3 refused a request (403: AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch,
+        a KMS key policy): in the status's recent errors, so that `s3fuse status` says why
+        reads fail with EACCES or uploads are kept as failed. The link stays online."""
+        log.debug("refused: %s", message)
+        self.error(message)
+
     def error(self, message: str) -> None:
         """Remember a failure for `s3fuse status` (never with credentials in it)."""
         self._errors.append((time.time(), message))

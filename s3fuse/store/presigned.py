@@ -150,7 +150,7 @@ class PresignedReader:
             if etag and returned != etag:
                 raise StaleObject(f"{what}: object changed in S3")
             return body
-        raise answer_error(what, status)
+        raise answer_error(what, status, body)
 
     def get_whole(self, what: str, url: str, etag: str, limit: int) -> tuple[int, Any, bytes]:
         """(status, headers, body) of a GET of a whole object of at most `limit` bytes
@@ -357,22 +357,36 @@ class PresignedReader:
                               f"from S3 (a captive portal or a proxy in the way?): {exc}") from None
 
 
-def answer_error(what: str, status: int) -> S3FuseError:
-    """The error of a GET's non-2xx answer (its status kept for the retry policy)."""
+def answer_error(what: str, status: int, body: bytes = b"") -> S3FuseError:
+    """The error of a GET's non-2xx answer (its status kept for the retry policy; the code
+    of its error document `body` too: a refusal says why in `s3fuse status`)."""
     error: S3FuseError
+    code = document_code(body)
     if status == 404:
         error = NotFound(f"{what}: not found")
     elif status == 403:
-        error = AccessDenied(f"{what}: access denied")
+        error = AccessDenied(f"{what}: access denied ({code or status})")
     elif status == 412:
         error = StaleObject(f"{what}: object changed in S3")
     else:
         error = RemoteError(f"{what}: S3 error {status}")
-    return retry.tagged(error, "", status)
+    return retry.tagged(error, code, status)
 
 
 def local_name(tag: str) -> str:
     return tag.rpartition("}")[2]
+
+
+def document_code(body: bytes) -> str:
+    """The Code of an S3 Error document ('' for anything else), as botocore reads it."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return ""
+    for child in root:
+        if local_name(child.tag) == "Code" and child.text:
+            return child.text.strip()
+    return ""
 
 
 def parse_list_v2(body: bytes) -> dict[str, Any]:

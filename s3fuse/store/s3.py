@@ -482,8 +482,12 @@ class S3Store:
         return result
 
     def _failed(self, error: Exception) -> Exception:
+        """`error` of a request, told to the link: unreachable (offline), or refused (403:
+        shown by `s3fuse status`, with the code and what was refused)."""
         if isinstance(error, Offline):
             self.link.failed(str(error))
+        elif isinstance(error, AccessDenied):
+            self.link.refused(str(error))
         return error
 
     def _answers(self) -> bool:
@@ -671,7 +675,7 @@ class S3Store:
         if status == 200:
             self._moved("in", len(body))
             return _info(key, headers), body
-        raise answer_error(what, status)
+        raise self._failed(answer_error(what, status, body))
 
     def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int) -> Iterator[bytes]:
         """One version of an object in ranged chunks: streams big objects in bounded memory."""
@@ -688,7 +692,7 @@ class S3Store:
         self._count("GetObject")
         try:
             data = self._fast.get(bucket, key, etag, start, end)
-        except Offline as exc:
+        except (Offline, AccessDenied) as exc:
             raise self._failed(exc) from None
         self.link.succeeded()
         self._moved("in", len(data))

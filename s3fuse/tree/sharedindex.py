@@ -6,7 +6,8 @@ manifest). One object per archive version, `PREFIX/<sha256("bucket/key")>/<etag>
 in archive/published.py's format. Everything here is best effort: a fetch that fails or
 finds no index means indexing locally, a publish that fails is one log line, and a
 destination that refuses writes (403) is not tried again by this daemon. A fetched
-index is hostile input: archive/published.py validates it before it is used.
+index is hostile input: archive/published.py validates it before it is used. A
+read-only mount (`publish=False`) fetches but never publishes: it sends no write request.
 """
 from __future__ import annotations
 
@@ -52,8 +53,10 @@ class Place:
 class SharedIndex:
     """Fetch and publish archive indexes at one location (a prefix, or beside manifests)."""
 
-    def __init__(self, store: Store, location: str, background: Supervisor | None = None):
+    def __init__(self, store: Store, location: str, background: Supervisor | None = None,
+                 publish: bool = True):
         self.store = store
+        self.publishing = publish
         self.location = location
         self.background = background
         self._fixed = None if location == AUTO else split_s3_uri(location)
@@ -106,7 +109,7 @@ class SharedIndex:
     def publish_later(self, manifest: ManifestSpec, archive: ObjectRef, index: ArchiveIndex) -> None:
         """Publish `index` of `archive` in the background; never waits, never raises."""
         bucket, prefix = self.prefix(manifest)
-        if (bucket, prefix) in self._refused:
+        if not self.publishing or (bucket, prefix) in self._refused:
             return
         if self.background is None or not self.background.spawn(
                 self._publish, manifest, archive, index, kind=PUBLISH, name=archive.key):

@@ -17,6 +17,9 @@ A job row is
 
     queued -> uploading -> (row deleted: done) | queued again (transient) | failed (permanent)
 
+and a failed row stays, with its staged bytes, until `retry_failed` queues it again or
+`discard_failed` drops it (only when the user gives it up: `s3fuse sync --discard`).
+
 and carries the condition the upload must meet: the ETag the writer saw when it
 opened the file (`If-Match`), `None` for "did not exist" (`If-None-Match: *`), or
 UNKNOWN (unconditional). A removal carries one too: the ETag the user saw when removing
@@ -531,6 +534,20 @@ class Journal:
             # must make every commit before it durable
             db.execute("INSERT OR REPLACE INTO synced_at (id, time) VALUES (1, ?)", (time.time(),))
 
+    def discard_failed(self, job_ids: Sequence[int]) -> list[Job]:
+        """Give up these failed changes (the user asked: `s3fuse sync --discard`): their rows
+        go, their staging files to the trash. Returns the jobs dropped; an id that is not
+        failed (retried meanwhile, or unknown) is left alone: only what the user was shown
+        as failed is dropped, never a change that may still be sent."""
+        with self._tx() as db:
+            rows = [row for job_id in job_ids if (row := db.execute(
+                "SELECT * FROM jobs WHERE id = ? AND state = 'failed'", (job_id,)).fetchone())]
+            for row in rows:
+                db.execute("DELETE FROM jobs WHERE id = ?", (row["id"],))
+                self._to_trash(db, row["staging_id"])
+                db.execute("DELETE FROM replaced WHERE new_id = ?", (row["id"],))
+        return [_job(row) for row in rows]
+
     def retry_failed(self) -> int:
         """Queue every permanently failed job again; returns how many."""
         with self._tx() as db:
@@ -577,7 +594,7 @@ class Journal:
                                  "AS bytes, "
                                  "MIN(created) AS oldest, SUM(state = 'uploading') AS active "
                                  "FROM jobs WHERE state != 'failed'").fetchone()
-            failed = db.execute("SELECT id, bucket, key, size, error, created FROM jobs "
+            failed = db.execute("SELECT id, bucket, key, op, size, error, created FROM jobs "
                                 "WHERE state = 'failed' ORDER BY id").fetchall()
             retrying = db.execute("SELECT bucket, key, attempts, error FROM jobs WHERE "
                                   "state = 'queued' AND error IS NOT NULL ORDER BY id LIMIT ?",
@@ -588,7 +605,8 @@ class Journal:
             "files": pending["n"], "bytes": pending["bytes"], "uploading": pending["active"] or 0,
             "oldest_age": now - pending["oldest"] if pending["oldest"] is not None else None,
             "failures": [{"job": r["id"], "uri": f"s3://{r['bucket']}/{r['key']}", "size": r["size"],
-                          "error": r["error"], "since": r["created"]} for r in failed],
+                          "op": r["op"], "error": r["error"], "since": r["created"]}
+                         for r in failed],
             "retrying": [{"uri": f"s3://{r['bucket']}/{r['key']}", "attempts": r["attempts"],
                           "error": r["error"]} for r in retrying],
             "conflicts": [{"time": r["time"], "uri": f"s3://{r['bucket']}/{r['key']}",

@@ -53,6 +53,12 @@ daemon's supervisor: a bug in one is logged and the task restarted (or, for the
 cleanup, dropped), never the end of the mount. Permanent errors (403, bucket
 gone, KMS refused) keep the job and its bytes as failed until `retry_failed()`.
 
+A read-only mount (`read_only`) sends no write request: it replays the journal (its
+pending changes show) but keeps the queue as it is for a read-write mount with the same
+cache dir: no worker starts, no leftover multipart upload or probe key is removed,
+`sync` returns at once with the queue (`read_only` in its status) and `retry_failed`
+is refused (ReadOnly, EROFS).
+
 Every method is for the trio thread, except `status()`, which blocks (SQLite) and is
 safe from any thread (Control.status runs in one).
 """
@@ -67,11 +73,11 @@ import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
 
 import trio
 
-from ..errors import Offline, RemoteError, S3FuseError
+from ..errors import Offline, ReadOnly, RemoteError, S3FuseError
 from ..posix import Posix
 from ..store import retry
 from ..store.protocol import Store
@@ -99,6 +105,8 @@ LIGHT_PUT_BYTES = 1 << 20  # removals and PUTs of at most this
 #: Keys whose newest told landing is remembered, so that an older job's late telling is not
 #: passed on after a newer one's (see `_tell_uploaded`); the window is a few awaits long.
 TOLD_MAX = 4096
+#: How a job's change is named in log lines.
+_WHAT = {"put": "the upload", "delete": "the removal", "meta": "the metadata change"}
 #: The longest a version journalled by a flush waits for the close of the handle that
 #: flushed it (`hold`): a process that forked keeps the file open for writing after its
 #: child's close flushed it.
@@ -123,8 +131,9 @@ class UploadQueue:
                  background: Supervisor, workers: int = WORKERS, uploader: Uploader | None = None,
                  retry_base: float = RETRY_BASE, retry_max: float = RETRY_MAX,
                  on_uploaded: Callable[[str, str, UploadResult], None] | None = None,
-                 listener_writes: ListenerWrites | None = None):
+                 listener_writes: ListenerWrites | None = None, read_only: bool = False):
         self.store = store
+        self.read_only = read_only
         self.journal = journal
         self.staging = staging
         self.uploader = uploader or Uploader(store, journal, staging)
@@ -169,6 +178,11 @@ class UploadQueue:
         """Replay the journal, then abort leftovers and run the workers in the background."""
         await self._io(self._replay)
         self._latest = await self._io(self.journal.latest)
+        if self.read_only:  # kept for a read-write mount: nothing goes to S3 from here
+            if self._latest:
+                log.info("%d journalled change(s) kept for a read-write mount: this mount "
+                         "is read-only", len(self._latest))
+            return
         if not self.background.spawn(self._run, kind=UPLOAD_QUEUE):
             raise RuntimeError("UploadQueue.start() needs a Supervisor bound to a nursery")
         self._running = True
@@ -329,7 +343,10 @@ class UploadQueue:
 
     async def sync(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait until every pending upload is done or failed permanently (at most `timeout`
-        seconds); returns the status (`files` > 0 when time ran out)."""
+        seconds); returns the status (`files` > 0 when time ran out; at once on a
+        read-only mount, whose queue waits for a read-write one)."""
+        if self.read_only:
+            return await self._io(self.status)
         self.release_holds()
         with self._urgently(), trio.move_on_after(math.inf if timeout is None else timeout):
             await self._due_now()
@@ -360,10 +377,30 @@ class UploadQueue:
             await self._stopped.wait()
 
     async def retry_failed(self) -> int:
-        """Queue the permanently failed uploads again; returns how many."""
+        """Queue the permanently failed uploads again; returns how many (ReadOnly on a
+        read-only mount: it would send them)."""
+        if self.read_only:
+            raise ReadOnly("a read-only mount keeps its failed uploads for a read-write one")
         count = await self._io(self.journal.retry_failed)
         self._notify()
         return count
+
+    async def discard_failed(self, job_ids: Sequence[int]) -> list[Job]:
+        """Give up the failed changes `job_ids` (the user asked: `s3fuse sync --discard`);
+        returns the jobs dropped. Each key shows S3's version again: the listeners hear
+        of a dropped change as of one the remote version won (`kept_remote`, look again)."""
+        dropped = await self._io(self.journal.discard_failed, job_ids)
+        for job in dropped:
+            log.warning("%s of %s given up on request (it had failed: kept no more)%s",
+                        _WHAT.get(job.op, job.op), job.uri,
+                        f"; its {job.size} bytes are dropped" if job.op == "put" else "")
+            latest = self._latest.get((job.bucket, job.key))
+            if latest is not None:
+                await self._reload_latest(job.bucket, job.key, latest)
+            self._tell_uploaded(job, UploadResult("", kept_remote=True))
+        self.commits.want()  # their staging files are deleted by the next sync pass
+        self._notify()
+        return dropped
 
     def changed(self) -> trio.Event:
         """Set at the next change of the queue (a submit, an upload's end, a sync pass)."""
@@ -386,8 +423,9 @@ class UploadQueue:
         return "queued" if queued else None
 
     def status(self) -> dict[str, Any]:
-        """Pending files/bytes, oldest age, failures, retrying, conflicts. Blocking."""
-        return self.journal.summary()
+        """Pending files/bytes, oldest age, failures, retrying, conflicts; `read_only`:
+        kept for a read-write mount. Blocking."""
+        return {**self.journal.summary(), "read_only": self.read_only}
 
     def pending(self, bucket: str, key: str) -> bool:
         """Is a change of the key (an upload or a removal) still journalled?"""

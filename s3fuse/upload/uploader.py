@@ -14,8 +14,12 @@
   the key as `<key>.s3fuse-conflict-<UTC YYYYmmddTHHMMSSZ>` (never overwriting) and the
   key is left as it is. An object deleted since open (404 NoSuchKey from AWS and moto,
   412 from SeaweedFS: a HEAD tells) is written again. Before calling it a conflict, the
-  object's ETag is compared with the local bytes' ETag: a replay of an upload that had
-  finished before a crash is not a conflict. A refusal where S3 holds nothing to keep (no
+  object is compared with the local version (`holds_ours`: its ETag with the bytes' MD5,
+  else, as under SSE-KMS, the size and the POSIX metadata this upload wrote, ctime to
+  the nanosecond): a replay of an upload that had finished before a crash, or whose
+  answer was lost, is not a conflict. Nor is a conflict name holding our own bytes: the
+  copy landed, its answer was lost (the names come from the job's close time, so a
+  retry tries the same ones). A refusal where S3 holds nothing to keep (no
   object, or a `dir/` marker that is an empty object without metadata: SeaweedFS's
   leftovers of a removed or child-made directory, which refuse every condition) is not a
   conflict either: the HEAD that found it stands in for the condition.
@@ -152,24 +156,57 @@ class Uploader:
                           "condition", job.uri)
                 expected = UNKNOWN
                 continue
-            if info.etag == self.local_etag(path):
-                log.info("%s already holds these bytes (an upload finished before a restart)",
-                         job.uri)
+            if self.holds_ours(job, path, job.key, info):
+                log.info("%s already holds these bytes (an upload whose answer was lost, or "
+                         "that finished before a restart)", job.uri)
                 return UploadResult(info.etag)
             return self._conflict_copy(job, path, ctype)
 
     def _conflict_copy(self, job: Job, path: Path, ctype: str) -> UploadResult:
-        base = conflict_name(job.key)
+        """The local bytes beside the key, under the first free conflict name. The names
+        come from the job's close time, so a retry (a lost answer, a restart) tries the
+        same ones, and a name holding this job's own bytes is its copy, done."""
+        base = conflict_name(job.key, job.created)
         for n in range(1, CONFLICT_NAMES + 1):
             key = base if n == 1 else f"{base}-{n}"
             try:
                 etag = self._send(job.bucket, key, path, None, ctype, job.meta)
             except StaleObject:
-                continue
+                info = self._remote(job.bucket, key)
+                if info is None or not self.holds_ours(job, path, key, info):
+                    continue
+                etag = info.etag  # our own copy, from an attempt whose answer was lost
             log.warning("%s changed in S3 since it was opened for writing: the local version "
                         "was uploaded as s3://%s/%s", job.uri, job.bucket, key)
             return UploadResult(etag, key)
         raise StaleObject(f"{job.uri}: changed in S3 and no free conflict name")
+
+    def holds_ours(self, job: Job, path: Path, key: str, info: ObjectInfo) -> bool:
+        """Is `info` (a HEAD of `key`) this job's own earlier upload, whose answer was lost?
+
+        The ETag is the MD5 of the bytes only where S3 stores them plain: under SSE-KMS
+        (and on servers with ETags of their own) it never is. Then the POSIX metadata this
+        upload wrote tells, with the size: it holds the ctime of the version's last write
+        to the nanosecond, which no other version (nor another writer) carries. Without
+        such metadata, the bytes themselves are compared (a GET, on this rare path only)."""
+        size = path.stat().st_size
+        if info.size != size:
+            return False
+        if info.etag == self.local_etag(path):
+            return True
+        if job.meta is not None and job.meta.ctime_ns is not None:
+            is_dir = key.endswith("/")
+            return from_headers(info.metadata or {}, is_dir=is_dir) == \
+                from_headers(to_headers(job.meta), is_dir=is_dir)
+        return self._same_bytes(job.bucket, key, info, path)
+
+    def _same_bytes(self, bucket: str, key: str, info: ObjectInfo, path: Path) -> bool:
+        """Does S3's version `info` of `key` hold the bytes of `path` (read in parts)?"""
+        with open(path, "rb") as fh:
+            for chunk in self.store.iter_chunks(bucket, key, info.etag, info.size, self.part_size):
+                if fh.read(len(chunk)) != chunk:
+                    return False
+        return True
 
     # ------------------------------------------------------------ removing
 

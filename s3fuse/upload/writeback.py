@@ -160,7 +160,8 @@ class WriteBack:
 
     def _uploaded(self, bucket: str, key: str, result: UploadResult) -> None:
         for listener in self._listeners.get(bucket, ()):
-            listener(key, result if result.etag else None)  # no ETag: a removal
+            # no ETag: a removal, unless the remote version won (it may be gone: look again)
+            listener(key, result if result.etag or result.kept_remote else None)
         local = self._open.get((bucket, key))
         if local is not None:
             if (local.state is State.QUEUED and not result.kept_remote
