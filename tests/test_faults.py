@@ -322,5 +322,10 @@ def test_writes_during_an_upload_storm_land_exactly_once(s3, bucket, mount_facto
     assert sorted(o["Key"] for o in listed) == sorted(expected)      # exactly once each
     for key, data in expected.items():
         assert body(s3, bucket, key) == data, key
-    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    # A create whose answer was lost leaves an upload nobody knows the id of: aborted when
+    # S3's Initiated times place it within the retried create (SeaweedFS, AWS), else left
+    # to the lifecycle rule (moto stamps every upload 2010-11-10), as another client's
+    # upload of the key must never be aborted (s3.py _abort_lost_creates).
+    lost_posts = next(r for r in rules if r.method == "POST" and r.after).hits
+    assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) <= lost_posts
     faults.figures = {"files": len(expected), "bytes_verified": sum(map(len, expected.values()))}

@@ -42,6 +42,7 @@ from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 
 from ..config import Config, KeyPair
+from ..util.daemonpool import DaemonPool
 from ..util.filerange import FileRange, PartBody, SourceReadError, body_length
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
 from ..posix import METADATA_LIMIT, foreign_metadata, headers_size
@@ -978,7 +979,7 @@ class S3Store:
         part = max(COPY_PART_SIZE, -(-size // MAX_PARTS))
         ranges = [(start, min(start + part, size) - 1) for start in range(0, size, part)]
         upload_id = self._create_multipart(bucket, key, args)
-        pool = ThreadPoolExecutor(COPY_CONCURRENCY, thread_name_prefix="s3fuse-copy")
+        pool = DaemonPool(COPY_CONCURRENCY, "s3fuse-copy")  # never joined at exit
         try:
             futures: list[Future[str]] = [
                 pool.submit(self._copy_part, bucket, source_key, key, upload_id, number,

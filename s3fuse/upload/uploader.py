@@ -65,6 +65,7 @@ from ..errors import NotFound, Offline, RemoteError, S3FuseError, StaleObject
 from ..posix import Posix, from_headers, to_headers
 from ..store import retry
 from ..store.protocol import ObjectInfo, Store
+from ..util.daemonpool import DaemonPool
 from ..util.filerange import FileRange
 from .conditions import ConditionProbe
 from .journal import UNKNOWN, Expected, Job, Journal
@@ -347,8 +348,7 @@ class Uploader:
             return self.store.upload_part(bucket, key, upload_id, number,
                                           FileRange(fd, offset, length))
 
-        with concurrent.futures.ThreadPoolExecutor(self.parallel_parts,
-                                                   thread_name_prefix="s3fuse-part") as pool:
+        with DaemonPool(self.parallel_parts, "s3fuse-part") as pool:  # never joined at exit
             futures = [pool.submit(send, n) for n in range(1, -(-size // part_size) + 1)]
             concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
             for future in futures:
