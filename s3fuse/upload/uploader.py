@@ -277,7 +277,8 @@ class Uploader:
             return self._metadata_dropped(job, None)
         is_dir = key.endswith("/")
         if from_headers(info.metadata or {}, is_dir=is_dir) == from_headers(headers, is_dir=is_dir):
-            log.info("%s already holds this metadata (a copy finished before a restart)", job.uri)
+            log.info("%s already holds this metadata (a copy whose answer was lost, or that "
+                     "finished before a restart)", job.uri)
             return UploadResult(info.etag)
         if job.size == 0 and _carries_nothing(info):  # checked by the HEAD just made
             log.debug("%s: an empty version without metadata took its place: ours goes over it",
