@@ -272,11 +272,35 @@ def cmd_umount(args: argparse.Namespace) -> int:
         return 1
     if left["files"]:
         _say(f"s3fuse: waiting for uploads before unmounting: {_queue_line(left)}")
+    cache_dir = _cache_dir_of(mountpoint)
     os.kill(pid, signal.SIGTERM)
     if not wait_gone(pid, mountpoint, args.timeout):
         _say(f"s3fuse: daemon {pid} still running after {args.timeout:.0f}s")
         return 1
-    return 0
+    return _left_behind(cache_dir, left)
+
+
+def _cache_dir_of(mountpoint: Path) -> Path | None:
+    from .mounts import read_status
+    try:
+        return Path(read_status(mountpoint)["cache"]["dir"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _left_behind(cache_dir: Path | None, before: dict[str, Any]) -> int:
+    """After the daemon is gone: 1, with what is left, when changes stay queued in its
+    cache dir (the drain timed out, or uploads failed for good): a script that went on
+    to remove the cache dir (`s3fuse umount M && rm -rf CACHE`) would lose them."""
+    from .cache.identity import queued_uploads
+    queued = queued_uploads(cache_dir) if cache_dir is not None else None
+    if not queued:
+        return 0
+    failed = _failed(before) if "failures" in before else 0
+    _say(f"s3fuse: unmounted, but {queued} change(s) stay queued in {cache_dir}"
+         + (f" ({failed} failed for good: `s3fuse sync` lists them)" if failed else "")
+         + ": the next mount with this cache dir sends them; keep it")
+    return 1
 
 
 def _uploads(mountpoint: Path, syncing: bool = False) -> dict[str, Any]:

@@ -238,3 +238,23 @@ def test_reopening_a_file_whose_upload_waits_edits_the_pending_version(s3, bucke
     assert sync(m.mountpoint).returncode == 0
     assert body(s3, bucket, "p.txt") == b"first version, then more"
     m.expect_log(r"unreachable|offline")
+
+
+def test_umount_with_a_failed_upload_says_what_stays_and_exits_1(s3, bucket, mount_factory,
+                                                                  faults):
+    """It exited 0 and said nothing: `s3fuse umount M && rm -rf CACHE` lost the only copy."""
+    m = mount_factory("--source", f"s3://{bucket}", endpoint=faults.endpoint)
+    m.expect_log(r"failed and is kept|not done at unmount")
+    faults.fail(lambda method, path: method == "PUT", status=403)
+    m.path(bucket, "denied.txt").write_bytes(b"keep me")
+    assert sync(m.mountpoint).returncode == 1
+    done = subprocess.run([sys.executable, "-m", "s3fuse", "umount", str(m.mountpoint)],
+                          env=m.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and not os.path.ismount(m.mountpoint)
+    assert done.stderr.splitlines()[-1] == (
+        f"s3fuse: unmounted, but 1 change(s) stay queued in {m.cache_dir} (1 failed for good: "
+        "`s3fuse sync` lists them): the next mount with this cache dir sends them; keep it")
+    faults.release()
+    m.start()  # the next mount sends it once retried
+    assert sync(m.mountpoint, "--retry").returncode == 0
+    assert body(s3, bucket, "denied.txt") == b"keep me"
