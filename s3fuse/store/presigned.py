@@ -149,7 +149,7 @@ class PresignedReader:
             if etag and returned and returned != etag:
                 raise StaleObject(f"{what}: object changed in S3")
             return body
-        raise answer_error(what, status)
+        raise answer_error(what, status, document_code(body))
 
     def get_whole(self, what: str, url: str, etag: str, limit: int) -> tuple[int, Any, bytes]:
         """(status, headers, body) of a GET of a whole object of at most `limit` bytes
@@ -354,8 +354,10 @@ class PresignedReader:
             return None
 
 
-def answer_error(what: str, status: int) -> S3FuseError:
-    """The error of a GET's non-2xx answer (its status kept for the retry policy)."""
+def answer_error(what: str, status: int, code: str = "") -> S3FuseError:
+    """The error of a GET's non-2xx answer (its status and the code of its error document
+    kept: the retry policy and the store decide by them, and an expired session token
+    is an "ExpiredToken" 400, not any 400)."""
     error: S3FuseError
     if status == 404:
         error = NotFound(f"{what}: not found")
@@ -364,8 +366,20 @@ def answer_error(what: str, status: int) -> S3FuseError:
     elif status == 412:
         error = StaleObject(f"{what}: object changed in S3")
     else:
-        error = RemoteError(f"{what}: S3 error {status}")
-    return retry.tagged(error, "", status)
+        error = RemoteError(f"{what}: S3 error {code or status}")
+    return retry.tagged(error, code, status)
+
+
+def document_code(body: bytes) -> str:
+    """The Code of an S3 Error document ('' for anything else), as botocore reads it."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return ""
+    for child in root:
+        if local_name(child.tag) == "Code" and child.text:
+            return child.text.strip()
+    return ""
 
 
 def local_name(tag: str) -> str:

@@ -23,7 +23,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import Any, Mapping
 
-from .presigned import Presigner, local_name, signature_of
+from .presigned import Presigner, document_code, local_name, signature_of
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +136,3 @@ def copy_etag(body: bytes) -> str | None:
         if local_name(child.tag) == "ETag" and child.text:
             return child.text.strip().strip('"')
     return None
-
-
-def document_code(body: bytes) -> str:
-    """The Code of an S3 Error document ('' for anything else), as botocore reads it."""
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        return ""
-    for child in root:
-        if local_name(child.tag) == "Code" and child.text:
-            return child.text.strip()
-    return ""
