@@ -408,8 +408,12 @@ def test_an_expired_session_that_cannot_be_renewed_fails_for_good(
         with pytest.raises(CredentialsExpired) as caught:
             attempt()
         assert caught.value.errno == errnos.EACCES and retry.is_permanent(caught.value)
-        assert "ExpiredToken" in str(caught.value) and "remount with fresh credentials" \
-            in str(caught.value)
+        assert "S3 error ExpiredToken: the session credentials expired" in str(caught.value)
+        assert "remount with fresh credentials" in str(caught.value)
+    assert str(caught.value).startswith("PutObject s3://expiring/big.txt: ")
+    with pytest.raises(CredentialsExpired, match=r"^HeadObject s3://expiring/r.txt: S3 error "
+                                                 r"ExpiredToken: "):
+        store.head("expiring", "r.txt")
     store._renewable = True  # a role's or SSO's credentials: renewed, so worth retrying
     with pytest.raises(RemoteError) as caught:
         store.put_object("expiring", "w.txt", b"x")

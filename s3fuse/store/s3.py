@@ -708,7 +708,7 @@ class S3Store:
         if status == 404:
             raise retry.tagged(NotFound(f"{what}: not found"), "NoSuchKey", 404)
         if status == 400 and not self._renewable:
-            self._refused_session(bucket, key)
+            self._refused_session(what, bucket, key)
         if status != 200:
             resp = self._call(what, self.read_client.head_object, Bucket=bucket, Key=key)
             raw = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
@@ -722,15 +722,16 @@ class S3Store:
         self.copy_sources.learn(bucket, key, info.etag, kept)
         return info, kept
 
-    def _refused_session(self, bucket: str, key: str) -> None:
+    def _refused_session(self, what: str, bucket: str, key: str) -> None:
         """A HEAD's 400 carries no error document to say why: a one-byte GET of the same
         key does. CredentialsExpired when it is an expired session (a stat, and the HEAD
         an upload sends first, failed "S3 error 400"); anything else is the HEAD's to tell."""
         try:
             self._fast.get(bucket, key, "", 0, 1)
         except S3FuseError as exc:
-            if exc.code in EXPIRED_CODES:
-                raise self._failed(exc) from None
+            if exc.code in EXPIRED_CODES:  # told as the HEAD's (`what`)
+                raise self._failed(retry.tagged(RemoteError(f"{what}: S3 error {exc.code}"),
+                                                exc.code, exc.status)) from None
 
     def head_many(self, bucket: str, keys: Sequence[str], answered: HeadsAnswered) -> None:
         """Pipelined HEADs (store/headbatch.py) when this bucket's URLs are signed here and
