@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from . import __version__
-from .config import Config, build_config, check_mountpoint, check_outside_mount
+from .config import Config, EndpointOfProfile, build_config, check_mountpoint, check_outside_mount
 from .errors import CacheFull, UsageError, disk_full
 from .printable import printable
 from .redact import credential_in_argv, credential_refusal, redact_unrecognized
@@ -189,10 +189,17 @@ def make_parser() -> Parser:
     return parser
 
 
+def _profile_endpoint() -> EndpointOfProfile:
+    """botocore's reading of a profile's endpoint_url (imported only by the commands that
+    need it: botocore costs start-up time)."""
+    from .store.botosession import profile_endpoint
+    return profile_endpoint
+
+
 def _config_from(args: argparse.Namespace) -> Config:
     cli: dict[str, Any] = {k: v for k, v in vars(args).items()
                            if k not in ("command", "o", "ready_fd", "default_log")}
-    cfg = build_config(cli, args.o)
+    cfg = build_config(cli, args.o, profile_endpoint=_profile_endpoint())
     if cfg.mountpoint is None:
         raise UsageError("no mountpoint given (argument or 'mountpoint' in --config)")
     return cfg.with_overrides(mountpoint=check_mountpoint(cfg.mountpoint, cfg.allow_non_empty))
@@ -649,7 +656,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.cache_dir:
         cache_dir = Path(args.cache_dir).expanduser().absolute()
     else:  # the one a mount with this configuration (and environment) uses
-        cfg = build_config({"config": args.config})
+        cfg = build_config({"config": args.config}, profile_endpoint=_profile_endpoint())
         cache_dir = resolve_cache_dir(cfg.cache_dir, identity_of(cfg))
     size_limit = parse_size(file_cfg["cache_size"]) if "cache_size" in file_cfg else None
     if args.cache_command == "stats":

@@ -10,9 +10,10 @@ import os
 import re
 import stat
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import UsageError
 from .names import is_posix_name, is_relative_path
@@ -106,6 +107,36 @@ class Config:
 
     def with_overrides(self, **changes: Any) -> "Config":
         return replace(self, **changes)
+
+
+#: Region prefixes of the AWS partitions other than `aws` (longest first).
+PARTITIONS = (("us-isob-", "aws-iso-b"), ("us-isof-", "aws-iso-f"), ("us-iso-", "aws-iso"),
+              ("us-gov-", "aws-us-gov"), ("cn-", "aws-cn"), ("eusc-", "aws-eusc"))
+
+
+def partition_of(region: str | None) -> str:
+    """The AWS partition of a region ('cn-north-1' -> 'aws-cn'); 'aws' when unknown."""
+    for prefix, partition in PARTITIONS:
+        if region and region.lower().startswith(prefix):
+            return partition
+    return "aws"
+
+
+def aws_partition_of_host(host: str) -> str | None:
+    """The partition of an AWS endpoint host (`*.amazonaws.com[.cn]`), None for any other
+    host: the cache identity names AWS by partition, and STS is AWS's own there."""
+    if host.endswith(".amazonaws.com.cn"):
+        return "aws-cn"
+    if host == "amazonaws.com" or host.endswith(".amazonaws.com"):
+        region = next((label for label in host.split(".") if partition_of(label) != "aws"), None)
+        return partition_of(region)
+    return None
+
+
+def is_aws_endpoint(url: str) -> bool:
+    """Is `url` one of AWS's endpoints (regional, FIPS, dual-stack, VPC)?"""
+    host = (urllib.parse.urlsplit(url.strip()).hostname or "").rstrip(".").lower()
+    return aws_partition_of_host(host) is not None
 
 
 def default_cache_dir() -> Path:
@@ -248,12 +279,13 @@ def parse_secrets_env(path: Path) -> dict[str, str]:
         st = path.stat()
         text = path.read_bytes().decode("utf-8-sig")  # not the locale's: systemd's is C
     except OSError as exc:
-        raise UsageError(f"cannot read secrets file {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read secrets file {path.absolute()}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"secrets file {path} is not UTF-8 text (byte {exc.start}): "
+        raise UsageError(f"secrets file {path.absolute()} is not UTF-8 text (byte {exc.start}): "
                          "save it as UTF-8") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UsageError(f"secrets file {path} is accessible by group/others: chmod 600 it")
+        raise UsageError(f"secrets file {path.absolute()} is accessible by group/others: "
+                         "chmod 600 it")
     values: dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
@@ -264,14 +296,30 @@ def parse_secrets_env(path: Path) -> dict[str, str]:
     return values
 
 
-def _keypair(values: Mapping[str, str], kind: str) -> KeyPair | None:
+def _keypair(values: Mapping[str, str], kind: str, path: Path) -> KeyPair | None:
     access = values.get(f"S3_{kind}_ACCESS_KEY")
     secret = values.get(f"S3_{kind}_SECRET_KEY")
     if access and secret:
         return KeyPair(access, secret)
     if access or secret:
-        raise UsageError(f"secrets file has only one of S3_{kind}_ACCESS_KEY / S3_{kind}_SECRET_KEY")
+        raise UsageError(f"secrets file {path.absolute()} has only one of S3_{kind}_ACCESS_KEY / "
+                         f"S3_{kind}_SECRET_KEY")
     return None
+
+
+def secrets_keys(values: Mapping[str, str], path: Path) -> tuple[KeyPair, KeyPair | None]:
+    """(read keys, write keys or None) of a secrets.env. A file without download keys is
+    refused, naming the keys expected and the names it has (never a value): a typo
+    (`S3_DOWNLOAD_ACCESS_KEY_ID`) or an upload-only file let the mount fall back to
+    whatever other credentials were around, and sign with those silently."""
+    read = _keypair(values, "DOWNLOAD", path)
+    write = _keypair(values, "UPLOAD", path)
+    if read is None:
+        names = sorted(k for k in values if k != "S3_ENDPOINT")
+        has = f" (it has: {', '.join(names)})" if names else " (it has no keys)"
+        raise UsageError(f"secrets file {path.absolute()} has no S3_DOWNLOAD_ACCESS_KEY and "
+                         f"S3_DOWNLOAD_SECRET_KEY, the keys for reads{has}")
+    return read, write
 
 
 # ---------------------------------------------------------------- merging
@@ -404,6 +452,22 @@ def load_toml(path: Path) -> dict[str, Any]:
     return data
 
 
+#: Keys of the TOML file that name files: a relative one is relative to the file's own
+#: directory, not to the current one (a unit runs in /, fstab's mount helper anywhere).
+PATH_KEYS = ("mountpoint", "secrets_env", "cache_dir", "log_file")
+
+
+def anchored(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`data` (of the TOML file `path`) with its relative paths made absolute against the
+    file's directory (`~` expanded first): `secrets_env = "secrets.env"` beside
+    /etc/s3fuse/data.toml worked from /etc/s3fuse only."""
+    base = path.expanduser().absolute().parent
+    for key in PATH_KEYS:
+        if isinstance(data.get(key), str) and data[key]:
+            data[key] = str(base / Path(data[key]).expanduser())  # an absolute one stays
+    return data
+
+
 def _check_type(path: Path, key: str, value: Any, types: tuple[type, ...], what: str) -> None:
     """One line naming the key when a TOML value is not of its type (bool is no integer)."""
     if isinstance(value, bool) and bool not in types or not isinstance(value, types):
@@ -439,12 +503,22 @@ def parse_o_options(options: list[str]) -> dict[str, Any]:
     return raw
 
 
+#: What a profile's own endpoint is, asked of botocore (store/botosession.py): given the
+#: profile (None: the default one) and the environment, the endpoint_url that botocore
+#: would send S3 requests to, or None.
+EndpointOfProfile = Callable[[str | None, Mapping[str, str]], str | None]
+
+
 def build_config(cli: Mapping[str, Any], o_options: list[str] | None = None,
-                 environ: Mapping[str, str] | None = None) -> Config:
+                 environ: Mapping[str, str] | None = None,
+                 profile_endpoint: EndpointOfProfile | None = None) -> Config:
     """Merge every configuration layer into one validated Config.
 
     `cli` holds only what the user gave explicitly (None/absent = not given), with
     `source`/`manifest` as lists of 'NAME=URI' strings and `config` as a path.
+    `profile_endpoint`, when given, names the endpoint of an AWS profile that sets one
+    (`endpoint_url` in ~/.aws/config): the lowest layer of the endpoint, so that the
+    cache identity is the S3 that requests really go to.
     """
     env = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
@@ -457,7 +531,7 @@ def build_config(cli: Mapping[str, Any], o_options: list[str] | None = None,
     config_file = cli.get("config")
     layers: list[dict[str, Any]] = []
     if config_file:
-        layers.append(load_toml(Path(config_file)))
+        layers.append(anchored(load_toml(Path(config_file)), Path(config_file)))
     layers.append(parse_o_options(o_options or []))
     explicit = {k: v for k, v in cli.items() if v is not None and k in SCALAR_OPTIONS}
     for key in LIST_OPTIONS:
@@ -478,21 +552,41 @@ def build_config(cli: Mapping[str, Any], o_options: list[str] | None = None,
         values["config_file"] = Path(config_file)
     values["foreground"] = bool(cli.get("foreground"))
 
-    if env.get("S3_AWS_ACCESS_KEY_ID") and env.get("S3_AWS_SECRET_ACCESS_KEY") \
-            and not env.get("AWS_ACCESS_KEY_ID"):  # s3exchange's settings
-        values["read_keys"] = values["write_keys"] = KeyPair(env["S3_AWS_ACCESS_KEY_ID"],
-                                                             env["S3_AWS_SECRET_ACCESS_KEY"])
-    if "secrets_env" in values:
-        secrets = parse_secrets_env(values["secrets_env"])
-        values["read_keys"] = _keypair(secrets, "DOWNLOAD")
-        values["write_keys"] = _keypair(secrets, "UPLOAD")
-        if not any("endpoint_url" in layer for layer in layers) and secrets.get("S3_ENDPOINT"):
-            values["endpoint_url"] = secrets["S3_ENDPOINT"]
+    values.update(_keys(values, env, any("endpoint_url" in layer for layer in layers)))
+    if "endpoint_url" not in values and profile_endpoint is not None:
+        endpoint = profile_endpoint(values.get("profile"), env)
+        if endpoint:
+            values["endpoint_url"] = endpoint
 
     values["sources"] = tuple(parse_source(i["uri"], i.get("name")) for i in merged.get("source", []))
     values["manifests"] = tuple(parse_manifest(i["uri"], i.get("name"))
                                 for i in merged.get("manifest", []))
     return validate(Config(**values))
+
+
+def _keys(values: Mapping[str, Any], env: Mapping[str, str], endpoint_given: bool
+          ) -> dict[str, Any]:
+    """The key pairs (and secrets.env's endpoint) of the merged `values`.
+
+    Explicit sources win over the environment's fallbacks: a profile (flag, `-o` or TOML)
+    over s3exchange's S3_AWS_* variables (botocore lets an explicit profile win over
+    AWS_ACCESS_KEY_ID too); `--profile` and `--secrets-env` together name two sets of
+    credentials and are refused rather than one of them silently ignored."""
+    if "secrets_env" in values:
+        if "profile" in values:
+            raise UsageError(f"--profile {values['profile']} and --secrets-env "
+                             f"{values['secrets_env']} both name the credentials: give one")
+        secrets = parse_secrets_env(values["secrets_env"])
+        read, write = secrets_keys(secrets, values["secrets_env"])
+        keys: dict[str, Any] = {"read_keys": read, "write_keys": write}
+        if not endpoint_given and secrets.get("S3_ENDPOINT"):
+            keys["endpoint_url"] = secrets["S3_ENDPOINT"]
+        return keys
+    if env.get("S3_AWS_ACCESS_KEY_ID") and env.get("S3_AWS_SECRET_ACCESS_KEY") \
+            and not env.get("AWS_ACCESS_KEY_ID") and "profile" not in values:  # s3exchange's
+        pair = KeyPair(env["S3_AWS_ACCESS_KEY_ID"], env["S3_AWS_SECRET_ACCESS_KEY"])
+        return {"read_keys": pair, "write_keys": pair}
+    return {}
 
 
 def validate(cfg: Config) -> Config:

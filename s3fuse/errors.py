@@ -29,6 +29,12 @@ class AccessDenied(S3FuseError):
     errno = errno.EACCES
 
 
+class CredentialsExpired(AccessDenied):
+    """S3 refused credentials whose session expired and that nothing can renew (a session
+    token exported from `aws sts assume-role` or an SSO export): every retry would be
+    refused alike, so it is a permanent failure (EACCES), not a transient one."""
+
+
 class StaleObject(S3FuseError):
     """The object changed in S3 under an open handle (ETag no longer matches)."""
 

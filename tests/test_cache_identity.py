@@ -107,6 +107,38 @@ def test_every_endpoint_source_gives_the_same_identity(tmp_path: Path) -> None:
     assert {identity_of(cfg, {}) for cfg in configs} == {MINIO}
 
 
+def test_an_endpoint_set_in_a_profile_is_the_identity(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    """`endpoint_url` in a ~/.aws/config profile: botocore sent every request there, but
+    the identity said `aws:aws`, so two profiles of two servers shared one cache (and a
+    queued upload went to the wrong server). The identity is where requests go now."""
+    from s3fuse.store import botosession
+    from s3fuse.store.botosession import profile_endpoint
+    from s3fuse.store.s3 import S3Store
+
+    config = tmp_path / "config"
+    config.write_text("[profile a]\nendpoint_url = http://127.0.0.1:5101\n"
+                      "[profile b]\nservices = lab\n[services lab]\ns3 =\n"
+                      "  endpoint_url = http://MINIO.local:9000/\n[profile plain]\nregion = eu-west-1\n")
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+
+    def identity(profile: str) -> Identity:
+        return identity_of(build_config({"profile": profile}, [], {}, profile_endpoint), {})
+    assert identity("a") == Identity("http://127.0.0.1:5101")
+    assert identity("b") == MINIO
+    assert identity("plain") == AWS
+    assert identity("missing") == AWS  # the store says it is missing
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    for profile in ("a", "b"):  # the endpoint botocore's own client of the profile uses
+        cfg = build_config({"profile": profile}, [], {}, profile_endpoint)
+        own = botosession.session(profile).create_client("s3", region_name="us-east-1")
+        assert S3Store(cfg).read_client.meta.endpoint_url == own.meta.endpoint_url
+
+
 # ---------------------------------------------------------------- the identity file
 
 def test_first_claim_records_and_another_identity_is_refused(tmp_path: Path) -> None:

@@ -229,3 +229,85 @@ def test_every_key_refuses_a_value_of_another_type(tmp_path: Path, key: str):
         with pytest.raises(UsageError) as info:
             build_config({"config": str(f)}, [], {})
         assert f"{key} = " in str(info.value) and what in str(info.value), (key, value)
+
+
+# ---------------------------------------------------------------- credential sources
+
+def _secrets(tmp_path: Path, text: str, name: str = "secrets.env") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_an_explicit_profile_wins_over_s3exchange_keys():
+    """S3_AWS_ACCESS_KEY_ID/S3_AWS_SECRET_ACCESS_KEY (a fallback of the environment) signed
+    every request although --profile named other credentials."""
+    env = {"S3_AWS_ACCESS_KEY_ID": "envkey", "S3_AWS_SECRET_ACCESS_KEY": "envsecret"}
+    assert build_config({}, [], env).read_keys.access_key == "envkey"
+    for given in (build_config({"profile": "prod"}, [], env),
+                  build_config({}, ["profile=prod"], env)):
+        assert given.profile == "prod" and given.read_keys is None and given.write_keys is None
+
+
+def test_profile_and_secrets_env_together_are_refused(tmp_path: Path):
+    """Two explicit credential sources: the profile was ignored without a word."""
+    secrets = _secrets(tmp_path, "S3_DOWNLOAD_ACCESS_KEY=dk\nS3_DOWNLOAD_SECRET_KEY=ds\n")
+    with pytest.raises(UsageError, match=r"^--profile prod and --secrets-env .*secrets.env both "
+                                         r"name the credentials: give one$"):
+        build_config({"profile": "prod", "secrets_env": str(secrets)}, [], {})
+
+
+@pytest.mark.parametrize("text", [
+    "S3_DOWNLOAD_ACCESS_KEY_ID=dk\nS3_DOWNLOAD_SECRET_ACCESS_KEY=topsecret\n",  # a typo
+    "S3_UPLOAD_ACCESS_KEY=uk\nS3_UPLOAD_SECRET_KEY=topsecret\n",                # uploads only
+    "S3_ENDPOINT=http://yt:9000\n",                                            # no keys at all
+])
+def test_a_secrets_env_without_download_keys_is_refused(tmp_path: Path, text: str):
+    """It was accepted, and the mount signed with whatever credentials were around."""
+    secrets = _secrets(tmp_path, text)
+    with pytest.raises(UsageError) as caught:
+        build_config({"secrets_env": str(secrets)}, [], {"AWS_ACCESS_KEY_ID": "ambient"})
+    line = str(caught.value)
+    assert line.startswith(f"secrets file {secrets} has no S3_DOWNLOAD_ACCESS_KEY and "
+                           "S3_DOWNLOAD_SECRET_KEY, the keys for reads (it has")
+    assert "\n" not in line and "topsecret" not in line
+    if "ACCESS_KEY_ID" in text:
+        assert "S3_DOWNLOAD_ACCESS_KEY_ID" in line  # what the file has instead: names only
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_the_file(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    """`secrets_env = "secrets.env"` beside /etc/s3fuse/data.toml was looked for in the
+    current directory: found from /etc/s3fuse, not under systemd (cwd /)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    _secrets(etc, "S3_DOWNLOAD_ACCESS_KEY=dk\nS3_DOWNLOAD_SECRET_KEY=ds\n")
+    (etc / "data.toml").write_text('secrets_env = "secrets.env"\ncache_dir = "cache"\n'
+                                   'log_file = "../log/s3fuse.log"\nmountpoint = "/mnt/x"\n')
+    monkeypatch.chdir("/")
+    cfg = build_config({"config": str(etc / "data.toml")}, [], {})
+    assert cfg.read_keys.access_key == "dk"
+    assert cfg.secrets_env == etc / "secrets.env" and cfg.cache_dir == etc / "cache"
+    assert cfg.log_file == etc / "../log/s3fuse.log" and cfg.mountpoint == Path("/mnt/x")
+    monkeypatch.chdir(tmp_path)  # a flag's relative path stays relative to the current dir
+    with pytest.raises(UsageError, match=f"^cannot read secrets file {tmp_path}/missing.env: "):
+        build_config({"secrets_env": "missing.env"}, [], {})
+
+
+def test_a_profiles_endpoint_is_the_lowest_layer_of_the_endpoint():
+    """The endpoint a profile sets (~/.aws/config endpoint_url) is the one requests go to:
+    the configuration (and so the cache identity) names it unless something else does."""
+    asked: list[str | None] = []
+
+    def profile_endpoint(profile, env):
+        asked.append(profile)
+        return "http://minio.lab:9000"
+    assert build_config({"profile": "lab"}, [], {}, profile_endpoint).endpoint_url \
+        == "http://minio.lab:9000"
+    assert asked == ["lab"]
+    assert build_config({"endpoint_url": "http://other:9"}, [], {},
+                        profile_endpoint).endpoint_url == "http://other:9"
+    assert build_config({}, [], {"S3_ENDPOINT_URL": "http://env:9"},
+                        profile_endpoint).endpoint_url == "http://env:9"
+    assert build_config({}, [], {}, lambda profile, env: None).endpoint_url is None

@@ -7,10 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import botocore.session
 import pytest
 
 from s3fuse.config import build_config
-from s3fuse.errors import Offline
+from s3fuse.errors import Offline, UsageError
 from s3fuse.store.s3 import S3Store
 
 SECRET = "VerySecretKey0123456789abcdefXYZ"
@@ -96,6 +97,324 @@ def test_an_unreachable_endpoint_is_named_without_its_path_or_credentials():
     from s3fuse.store.s3 import translate
     sts = botocore.exceptions.EndpointConnectionError(endpoint_url="https://sts.amazonaws.com/")
     assert str(translate(sts, "ListObjectsV2 s3://dev/")) == (
-        "ListObjectsV2 s3://dev/: S3 unreachable (EndpointConnectionError: https://sts.amazonaws.com)")
+        "ListObjectsV2 s3://dev/: STS unreachable (EndpointConnectionError: https://sts.amazonaws.com)")
     s3 = botocore.exceptions.ConnectTimeoutError(endpoint_url="http://user:pw@h:9/b/k?acl=1")
     assert str(translate(s3, "GET")) == "GET: S3 unreachable (ConnectTimeoutError: http://h:9)"
+
+
+# ---------------------------------------------------------------- where credentials come from
+
+ROLE = "arn:aws:iam::123456789012:role/reader"
+
+
+def _no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """Nothing but what the test configures: no AWS_* or S3_* variables, no ~/.aws."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "S3_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def _sts_signers(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The access keys given to every STS client created from now on."""
+    signers: list[str | None] = []
+    create = botocore.session.Session.create_client
+
+    def recording(self, service_name, *args, **kwargs):
+        if service_name == "sts":
+            signers.append(kwargs.get("aws_access_key_id"))
+        return create(self, service_name, *args, **kwargs)
+    monkeypatch.setattr(botocore.session.Session, "create_client", recording)
+    return signers
+
+
+def test_the_role_is_assumed_with_the_configured_keys(moto_backend, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    """--role-arn with --secrets-env: the role was assumed with the ambient credentials
+    ("no credentials" without them) and S3 signed with the file's keys, the role
+    ignored. Now each key pair of the file assumes the role, and S3 is signed with the
+    role's credentials: the download keys' session for reads, the upload keys' for
+    writes; s3exchange's one pair assumes it once."""
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    signers = _sts_signers(monkeypatch)
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text(f"S3_ENDPOINT={moto_backend.endpoint}\nS3_DOWNLOAD_ACCESS_KEY=DLKEY\n"
+                       "S3_DOWNLOAD_SECRET_KEY=dls\nS3_UPLOAD_ACCESS_KEY=ULKEY\n"
+                       "S3_UPLOAD_SECRET_KEY=uls\n")
+    secrets.chmod(0o600)
+    moto_backend.client.create_bucket(Bucket="role-keys")
+    cfg = build_config({"secrets_env": str(secrets), "role_arn": ROLE, "region": "us-east-1"},
+                       [], os.environ)
+    store = S3Store.from_config(cfg)
+    assert signers == ["DLKEY", "ULKEY"]
+    read = S3Store.credentials(store.read_client).get_frozen_credentials()
+    write = S3Store.credentials(store.write_client).get_frozen_credentials()
+    assert read.token and write.token and read.access_key != write.access_key
+    assert {read.access_key, write.access_key}.isdisjoint({"DLKEY", "ULKEY"})
+    assert "role-keys" in store.list_buckets()
+
+    signers.clear()
+    env = {"S3_AWS_ACCESS_KEY_ID": "S3XKEY", "S3_AWS_SECRET_ACCESS_KEY": "s3x"}
+    cfg = build_config({"endpoint_url": moto_backend.endpoint, "role_arn": ROLE,
+                        "region": "us-east-1"}, [], env)
+    store = S3Store.from_config(cfg)
+    assert signers == ["S3XKEY"]
+    assert S3Store.credentials(store.write_client) is S3Store.credentials(store.read_client)
+    assert S3Store.credentials(store.read_client).get_frozen_credentials().token
+
+
+def test_assume_role_goes_to_sts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """With an AWS S3 endpoint, AssumeRole was sent to it (S3 does not answer STS calls)
+    and AWS_ENDPOINT_URL_STS was ignored. AWS: the regional STS; another S3 (MinIO,
+    Ceph): STS at its endpoint, as before; AWS_ENDPOINT_URL_STS wins over both."""
+    from s3fuse.store import botosession
+    from s3fuse.store.s3 import sts_client
+    _no_ambient_credentials(monkeypatch, tmp_path)
+
+    def sts_of(endpoint: str | None) -> str:
+        cfg = build_config({"role_arn": ROLE, "region": "eu-west-1",
+                            **({"endpoint_url": endpoint} if endpoint else {})}, [], {})
+        return sts_client(botosession.session(), cfg, None, 2.0, 2.0).meta.endpoint_url
+    for aws in (None, "https://s3.eu-west-1.amazonaws.com", "https://s3-fips.us-east-1.amazonaws.com"):
+        assert sts_of(aws) == "https://sts.eu-west-1.amazonaws.com"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://s3.eu-west-1.amazonaws.com")  # S3's, not STS's
+    assert sts_of(None) == "https://sts.eu-west-1.amazonaws.com"
+    assert sts_of("http://minio.lab:9000") == "http://minio.lab:9000"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", "http://sts.lab:8000")
+    assert sts_of("https://s3.eu-west-1.amazonaws.com") == "http://sts.lab:8000"
+    assert sts_of("http://minio.lab:9000") == "http://sts.lab:8000"
+
+
+# ---------------------------------------------------------------- STS's own words
+
+
+class _RefusingSTS:
+    """An STS that answers every call with 400 ValidationError (as AWS does for a session
+    longer than the role's MaxSessionDuration)."""
+
+    BODY = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>'
+            b"<Type>Sender</Type><Code>ValidationError</Code><Message>The requested "
+            b"DurationSeconds exceeds the MaxSessionDuration set for this role.</Message>"
+            b"</Error><RequestId>1</RequestId></ErrorResponse>")
+
+    def __enter__(self) -> str:
+        import http.server
+        import threading
+
+        body = self.BODY
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(400)
+                self.send_header("Content-Type", "text/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_sts_failures_are_told_as_sts_with_its_explanation(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path):
+    """STS down was "AssumeRole ...: S3 unreachable" (sending the user to debug S3), and
+    STS's ValidationError lost the message that says what is wrong."""
+    import botocore.exceptions
+
+    from s3fuse.store.s3 import translate
+    down = botocore.exceptions.ConnectTimeoutError(endpoint_url="http://127.0.0.1:9/")
+    assert str(translate(down, "AssumeRole r", service="STS")) == \
+        "AssumeRole r: STS unreachable (ConnectTimeoutError: http://127.0.0.1:9)"
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    with _RefusingSTS() as endpoint:
+        cfg = build_config({"endpoint_url": endpoint, "role_arn": ROLE,
+                            "role_session_duration": "43200"}, [], {})
+        with pytest.raises(UsageError) as caught:
+            S3Store.from_config(cfg)
+    assert str(caught.value) == (
+        f"cannot assume role {ROLE}: AssumeRole {ROLE}: STS error ValidationError: The "
+        "requested DurationSeconds exceeds the MaxSessionDuration set for this role.")
+
+
+# ---------------------------------------------------------------- refreshing ahead
+
+
+def _role_credentials(refresh, valid_for: float):
+    from s3fuse.store.credentials import RoleCredentials
+    expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=valid_for)
+    creds = RoleCredentials.create_from_metadata(
+        metadata={"access_key": "old", "secret_key": "s", "token": "t",
+                  "expiry_time": expiry.isoformat()},
+        refresh_using=refresh, method="sts-assume-role")
+    creds._advisory_refresh_timeout = 300
+    creds._mandatory_refresh_timeout = 150
+    return creds
+
+
+def _fresh() -> dict[str, str]:
+    expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=900)
+    return {"access_key": "new", "secret_key": "s2", "token": "t2",
+            "expiry_time": expiry.isoformat()}
+
+
+def test_a_slow_sts_does_not_hold_requests_while_the_credentials_are_valid(
+        moto_backend, faults, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture):
+    """In botocore's advisory window (credentials valid for minutes) the request whose
+    signing started the refresh waited for a black-holed STS, past its 2 s first-byte
+    deadline, and the mount went offline while S3 answered. The refresh runs in a thread
+    of its own now; requests sign with the valid credentials meanwhile."""
+    import time
+
+    from s3fuse.store import botosession
+    from s3fuse.store.s3 import assumed_role_credentials
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    cfg = build_config({"endpoint_url": faults.endpoint, "role_arn": ROLE, "region": "us-east-1"},
+                       [], {})
+    creds = assumed_role_credentials(botosession.session(), cfg)
+    first = creds.get_frozen_credentials().access_key
+    creds._expiry_time = (datetime.datetime.now(datetime.timezone.utc)
+                          + datetime.timedelta(seconds=250))  # advisory (300), not mandatory (150)
+    faults.hang(method="POST")  # STS accepts, never answers
+    began = time.monotonic()
+    assert creds.get_frozen_credentials().access_key == first
+    assert time.monotonic() - began < 1.0
+    faults.clear()
+    creds._ahead.join(10)
+    assert creds.get_frozen_credentials().access_key != first  # refreshed, in the background
+
+    def failing() -> dict[str, str]:
+        raise Offline("AssumeRole r: STS unreachable")
+    creds = _role_credentials(failing, valid_for=250)
+    with caplog.at_level("WARNING", logger="s3fuse.store.credentials"):
+        assert creds.get_frozen_credentials().access_key == "old"
+        creds._ahead.join(5)
+    assert "STS unreachable" in caplog.text and "the current ones are used until" in caplog.text
+    calls = 0
+
+    def counted() -> dict[str, str]:
+        nonlocal calls
+        calls += 1
+        return _fresh()
+    creds = _role_credentials(counted, valid_for=100)  # mandatory: signing must wait
+    assert creds.get_frozen_credentials().access_key == "new" and calls == 1
+
+
+# ---------------------------------------------------------------- providers that fail
+
+
+def _profile(home: Path, name: str, body: str) -> None:
+    with open(home / "aws-config", "a") as fh:
+        fh.write(f"[profile {name}]\n{body}\n")
+
+
+def _script(home: Path, name: str, text: str) -> Path:
+    path = home / name
+    path.write_text(f"#!/bin/sh\n{text}\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("output, line", [
+    ("echo not-json", "the credential_process of profile cp printed no JSON credentials: run "
+                      "it yourself to see what it prints"),
+    ("""echo '{"Version": 1, "AccessKeyId": "CPKEY", "SecretAccessKey": "cps", "SessionToken":'"""
+     """ '"tok", "Expiration": "2020-01-01T00:00:00Z"}'""",
+     "the credentials provider handed out credentials that have already expired (a "
+     "credential_process or cache returning an old Expiration): renew them"),
+    ('echo "token service down:\nHTTP 503" >&2; exit 1',
+     "cannot load the credentials: Error when retrieving credentials from custom-process: "
+     "token service down: HTTP 503"),
+])
+def test_a_failing_credential_process_stops_the_start_with_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str, line: str):
+    """Garbage output was a 46-line traceback (exit 1), expired credentials a mount that
+    answered EIO "RuntimeError" to everything, a failure's line ended with a literal \\n."""
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    _profile(tmp_path, "cp", f"credential_process = {_script(tmp_path, 'cp.sh', output)}")
+    cfg = build_config({"profile": "cp", "endpoint_url": "http://127.0.0.1:9"}, [], {})
+    with pytest.raises(UsageError) as caught:
+        S3Store.from_config(cfg)
+    assert str(caught.value) == line
+
+
+def test_an_sso_profile_without_a_login_stops_the_start(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    """It mounted, then every request failed with EIO "SSOTokenLoadError" and no hint.
+    The token is looked for locally: no network is needed to tell."""
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    _profile(tmp_path, "sso", "sso_start_url = https://example.awsapps.com/start\n"
+             "sso_region = us-east-1\nsso_account_id = 123456789012\nsso_role_name = R")
+    cfg = build_config({"profile": "sso", "endpoint_url": "http://127.0.0.1:9"}, [], {})
+    with pytest.raises(UsageError, match=r"^no valid AWS SSO login: run `aws sso login "
+                                         r"--profile sso`$"):
+        S3Store.from_config(cfg)
+
+
+def test_a_profile_without_credentials_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The line suggested --profile to a user who had given one."""
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    _profile(tmp_path, "empty", "region = eu-west-1")
+    cfg = build_config({"profile": "empty", "endpoint_url": "http://127.0.0.1:9"}, [], {})
+    with pytest.raises(UsageError, match=r"^AWS profile 'empty' has no credentials \("):
+        S3Store.from_config(cfg)
+
+
+# ---------------------------------------------------------------- sessions that expire
+
+
+def test_an_expired_session_that_cannot_be_renewed_fails_for_good(
+        moto_backend, faults, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A session token exported from `aws sts assume-role` expired while mounted: each
+    upload was retried forever (`s3fuse sync` never returned) and reads failed with EIO
+    "S3 error 400" (the ExpiredToken code lost on the presigned path). Now it is a
+    permanent failure (kept, reported by sync), EACCES naming ExpiredToken, for reads
+    and writes. Credentials that renew themselves (a role, SSO) still retry."""
+    import errno as errnos
+
+    from s3fuse.errors import AccessDenied, CredentialsExpired, RemoteError
+    from s3fuse.store import retry
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_SESSION_TOKEN": "exported"}.items():
+        monkeypatch.setenv(name, value)
+    moto_backend.client.create_bucket(Bucket="expiring")
+    moto_backend.client.put_object(Bucket="expiring", Key="r.txt", Body=b"data")
+    cfg = build_config({"endpoint_url": faults.endpoint, "region": "us-east-1",
+                        "addressing_style": "path"}, [], {})
+    store = S3Store.from_config(cfg)
+    etag = store.head("expiring", "r.txt").etag
+    faults.error(400, code="ExpiredToken")
+    for attempt in (lambda: store.head("expiring", "r.txt"),  # a HEAD's 400 has no code in it
+                    lambda: store.get("expiring", "r.txt", etag),
+                    lambda: store.get_whole("expiring", "r.txt", etag, 1 << 20),
+                    lambda: store.put_object("expiring", "w.txt", b"x"),
+                    lambda: store.put_object("expiring", "big.txt", b"x" * (1 << 20))):
+        with pytest.raises(CredentialsExpired) as caught:
+            attempt()
+        assert caught.value.errno == errnos.EACCES and retry.is_permanent(caught.value)
+        assert "S3 error ExpiredToken: the session credentials expired" in str(caught.value)
+        assert "remount with fresh credentials" in str(caught.value)
+    assert str(caught.value).startswith("PutObject s3://expiring/big.txt: ")
+    with pytest.raises(CredentialsExpired, match=r"^HeadObject s3://expiring/r.txt: S3 error "
+                                                 r"ExpiredToken: "):
+        store.head("expiring", "r.txt")
+    store._renewable = True  # a role's or SSO's credentials: renewed, so worth retrying
+    with pytest.raises(RemoteError) as caught:
+        store.put_object("expiring", "w.txt", b"x")
+    assert not isinstance(caught.value, AccessDenied) and not retry.is_permanent(caught.value)

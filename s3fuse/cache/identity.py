@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from ..config import Config, default_cache_dir
+from ..config import Config, aws_partition_of_host, default_cache_dir, partition_of
 from ..errors import UsageError
 from ..printable import printable
 from ..redact import redact_url
@@ -47,9 +47,6 @@ IDENTITY_FILE = "identity.json"
 MAX_FILE_BYTES = 8192
 #: What a cache dir holds once a mount used it (an empty or missing dir is not "in use").
 DATA_ENTRIES = ("journal.sqlite", "meta.sqlite", "blocks", "staging", "manifests", "pinned")
-#: Region prefixes of the AWS partitions other than `aws` (longest first).
-PARTITIONS = (("us-isob-", "aws-iso-b"), ("us-isof-", "aws-iso-f"), ("us-iso-", "aws-iso"),
-              ("us-gov-", "aws-us-gov"), ("cn-", "aws-cn"), ("eusc-", "aws-eusc"))
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _ENDPOINT_RE = re.compile(r"^(aws:[a-z-]{1,32}|https?://[^\s]{1,2000})$")
 _ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
@@ -82,24 +79,6 @@ class Identity:
                           sort_keys=True) + "\n"
 
 
-def partition_of(region: str | None) -> str:
-    """The AWS partition of a region ('cn-north-1' -> 'aws-cn'); 'aws' when unknown."""
-    for prefix, partition in PARTITIONS:
-        if region and region.lower().startswith(prefix):
-            return partition
-    return "aws"
-
-
-def _aws_partition_of_host(host: str) -> str | None:
-    """The partition of an AWS S3 endpoint host, None for any other host."""
-    if host.endswith(".amazonaws.com.cn"):
-        return "aws-cn"
-    if host == "amazonaws.com" or host.endswith(".amazonaws.com"):
-        region = next((label for label in host.split(".") if partition_of(label) != "aws"), None)
-        return partition_of(region)
-    return None
-
-
 def canonical_endpoint(url: str | None, region: str | None = None,
                        role_partition: str | None = None) -> str:
     """Equivalent endpoints give one string: see the module docstring."""
@@ -110,7 +89,7 @@ def canonical_endpoint(url: str | None, region: str | None = None,
     host = (parts.hostname or "").rstrip(".").lower()
     if scheme not in DEFAULT_PORTS or not host:
         raise UsageError(f"invalid endpoint URL {redact_url(url)!r} (expected http(s)://host[:port])")
-    aws = _aws_partition_of_host(host)
+    aws = aws_partition_of_host(host)
     if aws is not None:
         return f"aws:{aws}"
     try:

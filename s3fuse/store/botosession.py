@@ -11,10 +11,13 @@ s3transfer) is imported. The clients are plain botocore clients, the same API.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+from typing import Any, Mapping
 
+import botocore.exceptions
 import botocore.loaders
 import botocore.session
+from botocore.configprovider import ConfiguredEndpointProvider
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +66,39 @@ def session(profile: str | None = None, region: str | None = None) -> botocore.s
     if region:
         core.set_config_variable("region", region)
     return core
+
+
+def _endpoints(core: botocore.session.Session, service: str,
+               environ: Mapping[str, str] | None) -> ConfiguredEndpointProvider | None:
+    """botocore's own lookup of the endpoint configured for `service` (environment, then
+    the profile), None when the configuration says to ignore configured endpoints."""
+    if core.get_config_variable("ignore_configured_endpoint_urls"):
+        return None
+    return ConfiguredEndpointProvider(full_config=core.full_config,
+                                      scoped_config=core.get_scoped_config(),
+                                      client_name=service,
+                                      environ=os.environ if environ is None else environ)
+
+
+def profile_endpoint(profile: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The endpoint botocore sends S3 requests to when given none: `AWS_ENDPOINT_URL_S3`,
+    `AWS_ENDPOINT_URL`, then the profile's `endpoint_url` (its `services` section's `s3`
+    one first). config.py takes it as the lowest layer of the endpoint: the cache
+    identity recorded `aws:aws` for a profile that sent every request to a MinIO.
+    None when nothing sets one, or the profile cannot be read (S3Store says why)."""
+    try:
+        provider = _endpoints(botocore.session.Session(profile=profile), "s3", environ)
+        return None if provider is None else provider.provide()
+    except botocore.exceptions.BotoCoreError:
+        return None
+
+
+def service_endpoint(core: botocore.session.Session, service: str,
+                     environ: Mapping[str, str] | None = None) -> str | None:
+    """The endpoint set for `service` alone: `AWS_ENDPOINT_URL_<SERVICE>` or the profile's
+    `services` section (not the global `AWS_ENDPOINT_URL`, which names S3's here)."""
+    provider = _endpoints(core, service, environ)
+    if provider is None:
+        return None
+    return (provider._get_endpoint_url_environment_service()  # botocore's own lookups,
+            or provider._get_endpoint_url_config_service())    # without the global ones

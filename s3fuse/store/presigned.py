@@ -150,7 +150,7 @@ class PresignedReader:
             if etag and returned != etag:
                 raise StaleObject(f"{what}: object changed in S3")
             return body
-        raise answer_error(what, status, body)
+        raise answer_error(what, status, document_code(body))
 
     def get_whole(self, what: str, url: str, etag: str, limit: int) -> tuple[int, Any, bytes]:
         """(status, headers, body) of a GET of a whole object of at most `limit` bytes
@@ -357,11 +357,11 @@ class PresignedReader:
                               f"from S3 (a captive portal or a proxy in the way?): {exc}") from None
 
 
-def answer_error(what: str, status: int, body: bytes = b"") -> S3FuseError:
-    """The error of a GET's non-2xx answer (its status kept for the retry policy; the code
-    of its error document `body` too: a refusal says why in `s3fuse status`)."""
+def answer_error(what: str, status: int, code: str = "") -> S3FuseError:
+    """The error of a GET's non-2xx answer (its status and the code of its error document
+    kept: the retry policy and the store decide by them, and an expired session token
+    is an "ExpiredToken" 400, not any 400)."""
     error: S3FuseError
-    code = document_code(body)
     if status == 404:
         error = NotFound(f"{what}: not found")
     elif status == 403:
@@ -369,12 +369,8 @@ def answer_error(what: str, status: int, body: bytes = b"") -> S3FuseError:
     elif status == 412:
         error = StaleObject(f"{what}: object changed in S3")
     else:
-        error = RemoteError(f"{what}: S3 error {status}")
+        error = RemoteError(f"{what}: S3 error {code or status}")
     return retry.tagged(error, code, status)
-
-
-def local_name(tag: str) -> str:
-    return tag.rpartition("}")[2]
 
 
 def document_code(body: bytes) -> str:
@@ -387,6 +383,10 @@ def document_code(body: bytes) -> str:
         if local_name(child.tag) == "Code" and child.text:
             return child.text.strip()
     return ""
+
+
+def local_name(tag: str) -> str:
+    return tag.rpartition("}")[2]
 
 
 def parse_list_v2(body: bytes) -> dict[str, Any]:

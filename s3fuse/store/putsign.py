@@ -25,8 +25,6 @@ from typing import Any, Mapping
 
 from .presigned import Presigner, document_code, local_name, signature_of
 
-__all__ = ["document_code"]  # the error documents of PUTs signed here are read as GETs' are
-
 log = logging.getLogger(__name__)
 
 #: Operations sent here, by boto3's name.
@@ -138,4 +136,3 @@ def copy_etag(body: bytes) -> str | None:
         if local_name(child.tag) == "ETag" and child.text:
             return child.text.strip().strip('"')
     return None
-

@@ -41,19 +41,23 @@ import botocore.utils
 from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 
-from ..config import Config, KeyPair
+from ..config import Config, KeyPair, is_aws_endpoint
 from ..util.daemonpool import DaemonPool
+from ..util.oncelog import OnceLogger
 from ..util.filerange import FileRange, PartBody, SourceReadError, body_length
-from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject, UsageError
+from ..errors import (AccessDenied, CredentialsExpired, NotFound, Offline, RemoteError, S3FuseError,
+                      StaleObject, UsageError)
 from ..posix import METADATA_LIMIT, foreign_metadata, headers_size
 from . import botosession, retry
 from .copysources import CopySources, kept_headers
+from .credentials import (PROVIDER_ERRORS, RoleCredentials, credential_problem, load_problem,
+                          one_line)
 from .link import Link
-from .putsign import COPY, PUT, PutSigner, copy_etag, document_code
+from .putsign import COPY, PUT, PutSigner, copy_etag
 from .headbatch import PipelinedHeads
 from . import listxml
 from .listxml import FastPage
-from .presigned import PresignedReader, Presigner, answer_error, parse_list_v2
+from .presigned import PresignedReader, Presigner, answer_error, document_code, parse_list_v2
 from .protocol import (HeadsAnswered, ListPage, ObjectInfo, clean_etag, head_one_by_one,
                        required_etag)
 
@@ -79,6 +83,8 @@ TRUNCATION_ERRORS = (
     botocore.exceptions.ResponseStreamingError,
     botocore.exceptions.IncompleteReadError,
 )
+#: S3's codes for a session whose token expired.
+EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"})
 PRESIGN_SECONDS = 3600
 #: Copies of objects up to this size are sent as presigned PUTs (store/putsign.py): S3 may
 #: take long to answer a big one, past the short first-byte deadline of that path.
@@ -113,34 +119,61 @@ def parse_timestamp(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def sts_endpoint(session: Any, cfg: Config) -> str | None:
+    """Where AssumeRole goes: the endpoint set for STS itself (`AWS_ENDPOINT_URL_STS`, a
+    profile's `services` section), else the S3 endpoint when it is not AWS's (MinIO and
+    Ceph serve STS there), else None: AWS's regional STS endpoint of the region (an AWS
+    S3 endpoint, `https://s3.eu-west-1.amazonaws.com`, does not answer STS calls)."""
+    own = botosession.service_endpoint(session, "sts")
+    if own:
+        return own
+    if cfg.endpoint_url and not is_aws_endpoint(cfg.endpoint_url):
+        return cfg.endpoint_url
+    return None
+
+
+def sts_client(session: Any, cfg: Config, keys: KeyPair | None, connect_timeout: float,
+               read_timeout: float) -> Any:
+    """The STS client that assumes the role, signed with `keys` when given (secrets.env's,
+    s3exchange's), else with the session's credentials. STS gets the timeouts of S3's
+    requests and two attempts: a black-holed STS held the start for minutes with
+    botocore's defaults."""
+    endpoint = sts_endpoint(session, cfg)
+    kwargs: dict[str, Any] = {"endpoint_url": endpoint} if endpoint else {}
+    if keys is not None:
+        kwargs.update(aws_access_key_id=keys.access_key, aws_secret_access_key=keys.secret_key)
+    region = cfg.region or session.get_config_variable("region") or "us-east-1"
+    return session.create_client("sts", region_name=region, config=botocore.config.Config(
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+        retries={"mode": "standard", "total_max_attempts": 2},
+        # no endpoint of ours: AWS's STS, never a global AWS_ENDPOINT_URL (S3's)
+        ignore_configured_endpoint_urls=endpoint is None), **kwargs)
+
+
 def assumed_role_credentials(session: Any, cfg: Config, connect_timeout: float = CONNECT_TIMEOUT,
                              read_timeout: float = FIRST_BYTE_TIMEOUT,
-                             ) -> botocore.credentials.RefreshableCredentials:
-    """STS AssumeRole credentials that refresh themselves well before they expire.
+                             keys: KeyPair | None = None) -> RoleCredentials:
+    """STS AssumeRole credentials (the call signed with `keys`, else with the session's
+    credentials) that refresh themselves well before they expire.
 
     (magnus assumes a role once and never refreshes; a mount lives longer than a session.)
     The refresh margins scale with the session: a third of it before expiry, refresh in
-    the background; a sixth before, refresh before the next request.
+    a background thread (requests keep signing with the valid credentials:
+    store/credentials.py); a sixth before, refresh before the next request.
 
     STS unreachable at the start (the train, a lab without Wi-Fi) does not stop the mount:
     it starts with credentials already expired, so every request asks STS first and fails
     as offline until STS answers, and the cache serves meanwhile, as without a role. A
-    refusal (a wrong role, no right to assume it) still fails the start. STS gets the
-    timeouts of S3's requests and two attempts: a black-holed STS held the start for
-    minutes with botocore's defaults.
+    refusal (a wrong role, no right to assume it) still fails the start.
     """
-    kwargs: dict[str, Any] = {"endpoint_url": cfg.endpoint_url} if cfg.endpoint_url else {}
-    region = cfg.region or session.get_config_variable("region") or "us-east-1"
-    sts = session.create_client("sts", region_name=region, config=botocore.config.Config(
-        connect_timeout=connect_timeout, read_timeout=read_timeout,
-        retries={"mode": "standard", "total_max_attempts": 2}), **kwargs)
+    sts = sts_client(session, cfg, keys, connect_timeout, read_timeout)
 
     def refresh() -> dict[str, str]:
         try:
             resp = sts.assume_role(RoleArn=cfg.role_arn, RoleSessionName=f"s3fuse-{os.getpid()}",
                                    DurationSeconds=cfg.role_session_duration)
         except Exception as exc:  # noqa: BLE001 - translated; never echo credentials
-            raise translate(exc, f"AssumeRole {cfg.role_arn}") from None
+            raise translate(exc, f"AssumeRole {cfg.role_arn}", service="STS") from None
         c = resp["Credentials"]
         log.info("assumed role %s until %s", cfg.role_arn, c["Expiration"].isoformat())
         return {"access_key": c["AccessKeyId"], "secret_key": c["SecretAccessKey"],
@@ -152,11 +185,20 @@ def assumed_role_credentials(session: Any, cfg: Config, connect_timeout: float =
         log.warning("%s; the mount starts offline and assumes the role once STS answers", exc)
         first = {"access_key": "", "secret_key": "", "token": "",
                  "expiry_time": "1970-01-01T00:00:00+00:00"}
-    creds = botocore.credentials.RefreshableCredentials.create_from_metadata(
+    creds = RoleCredentials.create_from_metadata(
         metadata=first, refresh_using=refresh, method="sts-assume-role")
     creds._advisory_refresh_timeout = cfg.role_session_duration // 3
     creds._mandatory_refresh_timeout = cfg.role_session_duration // 6
     return creds
+
+
+def no_credentials(cfg: Config) -> str:
+    """The line for a start without credentials: never suggests what was given."""
+    if cfg.profile:
+        return (f"AWS profile {cfg.profile!r} has no credentials (aws_access_key_id, "
+                "credential_process, sso_* or role_arn in ~/.aws/config or ~/.aws/credentials)")
+    return ("no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --profile, "
+            "or --secrets-env)")
 
 
 def with_foreign(metadata: Mapping[str, str], foreign: Mapping[str, str]) -> dict[str, str]:
@@ -266,25 +308,16 @@ def _http_date_ns(text: str) -> int:
     return _mtime_ns(email.utils.parsedate_to_datetime(text))
 
 
-def translate(exc: BaseException, what: str) -> Exception:
-    """Map a botocore exception to one of errors.py, never leaking credentials."""
+def translate(exc: BaseException, what: str, service: str = "S3") -> Exception:
+    """Map a botocore exception to one of errors.py, never leaking credentials. `service`
+    names who answered (or did not): "STS" for AssumeRole, whose error messages say what
+    is wrong (a session duration over the role's maximum) and are kept."""
     if isinstance(exc, S3FuseError):  # already ours (the presigned path): keep its message
         return exc
     if isinstance(exc, SourceReadError):  # the file being sent, not S3 (botocore's are OSErrors too)
         return exc
     if isinstance(exc, ClientError):
-        code, status = _client_error(exc)
-        error: S3FuseError
-        if code in ("NoSuchKey", "NoSuchBucket", "NotFound", "404") or status == 404:
-            error = NotFound(f"{what}: not found ({code or status})")
-        elif code in ("AccessDenied", "Forbidden", "403", "InvalidAccessKeyId",
-                      "SignatureDoesNotMatch") or status == 403:
-            error = AccessDenied(f"{what}: access denied ({code or status})")
-        elif code in ("PreconditionFailed", "412") or status == 412:
-            error = StaleObject(f"{what}: object changed in S3")
-        else:
-            error = RemoteError(f"{what}: S3 error {code or status}")
-        return retry.tagged(error, code, status)
+        return _answered_error(exc, what, service)
     if isinstance(exc, TRUNCATION_ERRORS):  # before NETWORK_ERRORS: it subclasses HTTPClientError
         return RemoteError(f"{what}: truncated response body")
     if isinstance(exc, NETWORK_ERRORS):
@@ -293,10 +326,35 @@ def translate(exc: BaseException, what: str) -> Exception:
         where = (f"{type(exc).__name__}: {url.scheme}://{url.hostname}"
                  f"{'' if url.port is None else f':{url.port}'}" if url.hostname
                  else type(exc).__name__)
-        return Offline(f"{what}: S3 unreachable ({where})")
+        if (url.hostname or "").startswith("sts."):
+            service = "STS"
+        return Offline(f"{what}: {service} unreachable ({where})")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return AccessDenied(f"{what}: no credentials")
+    problem = credential_problem(exc)
+    if problem is not None:  # a provider failing while refreshing (an SSO login expired)
+        return AccessDenied(f"{what}: {problem}")
     return RemoteError(f"{what}: {type(exc).__name__}")
+
+
+def _answered_error(exc: ClientError, what: str, service: str) -> S3FuseError:
+    """The error of S3's (or STS's) error answer, tagged with its code and status."""
+    code, status = _client_error(exc)
+    said = ""
+    if service != "S3":  # STS's messages explain; S3's may quote request details
+        message = one_line(str(exc.response.get("Error", {}).get("Message", "")))
+        said = f": {message}" if message else ""
+    error: S3FuseError
+    if code in ("NoSuchKey", "NoSuchBucket", "NotFound", "404") or status == 404:
+        error = NotFound(f"{what}: not found ({code or status})")
+    elif code in ("AccessDenied", "Forbidden", "403", "InvalidAccessKeyId",
+                  "SignatureDoesNotMatch") or status == 403:
+        error = AccessDenied(f"{what}: access denied ({code or status}){said}")
+    elif code in ("PreconditionFailed", "412") or status == 412:
+        error = StaleObject(f"{what}: object changed in S3")
+    else:
+        error = RemoteError(f"{what}: {service} error {code or status}{said}")
+    return retry.tagged(error, code, status)
 
 
 def _small_body(body: bytes | BinaryIO, start: int) -> bytes | None:
@@ -354,9 +412,8 @@ class S3Store:
         core.get_component("response_parser_factory").set_parser_defaults(
             timestamp_parser=parse_timestamp)
         self._session = core
-        if cfg.role_arn:
-            core._credentials = assumed_role_credentials(  # every client refreshes
-                core, cfg, connect_timeout, first_byte)
+        self._once = OnceLogger(log)
+        read_role, write_role = self._roles(core, connect_timeout, first_byte)
         bcfg = botocore.config.Config(
             signature_version="s3v4",
             connect_timeout=connect_timeout,
@@ -374,11 +431,17 @@ class S3Store:
         )
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
-        self.read_client = self._client(core, bcfg, cfg.read_keys)
+        self.read_client = self._client(core, bcfg, cfg.read_keys, read_role)
         # writes wait for their answer as long as a body may stall (S3 answers a PUT once
         # it has the whole body): their own client, also when they use the read keys
         self.write_client = self._client(core, bcfg.merge(botocore.config.Config(
-            read_timeout=read_timeout)), cfg.write_keys or cfg.read_keys)
+            read_timeout=read_timeout)), cfg.write_keys or cfg.read_keys, write_role)
+        if read_role is not None:
+            core._credentials = read_role  # what the session's credentials are
+        #: Do the credentials renew themselves (a role, SSO, a credential_process)? Else
+        #: an expired session is a permanent failure (_failed).
+        self._renewable = any(isinstance(self.credentials(c), botocore.credentials.RefreshableCredentials)
+                              for c in (self.read_client, self.write_client))
         self._presigner = Presigner(self.read_client, PRESIGN_SECONDS)
         self._signed_puts = PutSigner(self.write_client,
                                       Presigner(self.write_client, PRESIGN_SECONDS), PRESIGN_SECONDS)
@@ -403,11 +466,38 @@ class S3Store:
         botocore? False means the slow path: botocore presigns every URL."""
         return self._presigner.signs(bucket)
 
-    def _client(self, session: Any, bcfg: botocore.config.Config, keys: KeyPair | None) -> Any:
+    def _roles(self, core: Any, connect_timeout: float, first_byte: float
+               ) -> tuple[RoleCredentials | None, RoleCredentials | None]:
+        """The role's credentials for (reads, writes), None without --role-arn. The
+        configured keys sign the AssumeRole: a secrets.env's download keys for the
+        reads' session and its upload keys for the writes' (one session when there is
+        one pair), so each key pair still signs only its own side (docs/configuration.md);
+        without keys, the session's credentials (environment, profile) sign it."""
+        cfg = self.cfg
+        if not cfg.role_arn:
+            return None, None
+        read = assumed_role_credentials(core, cfg, connect_timeout, first_byte, cfg.read_keys)
+        if cfg.write_keys is None or cfg.write_keys == cfg.read_keys:
+            return read, read
+        return read, assumed_role_credentials(core, cfg, connect_timeout, first_byte,
+                                              cfg.write_keys)
+
+    @staticmethod
+    def credentials(client: Any) -> Any:
+        """The credentials object `client` signs with (botocore's; None: unsigned)."""
+        return getattr(getattr(client, "_request_signer", None), "_credentials", None)
+
+    def _client(self, session: Any, bcfg: botocore.config.Config, keys: KeyPair | None,
+                role: RoleCredentials | None = None) -> Any:
+        """An S3 client signing with `role` (an assumed role's credentials), else `keys`,
+        else the session's credentials. A client keeps the credentials object it was
+        created with: the session's are set to `role` for the time of its creation."""
         kwargs: dict[str, Any] = {"config": bcfg}
         if self.cfg.endpoint_url:
             kwargs["endpoint_url"] = self.cfg.endpoint_url
-        if keys:
+        if role is not None:
+            session._credentials = role
+        elif keys:
             kwargs["aws_access_key_id"] = keys.access_key
             kwargs["aws_secret_access_key"] = keys.secret_key
         if not session.get_config_variable("region") and not self.cfg.region:
@@ -416,18 +506,28 @@ class S3Store:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "S3Store":
-        """Build the store, turning profile/credential problems into UsageError."""
+        """Build the store, turning profile/credential problems into UsageError (one line):
+        the credentials are loaded here, so that a credential_process printing garbage, an
+        SSO profile not logged in or credentials already expired stop the start instead
+        of answering EIO to every request of a mount that started."""
         try:
             store = cls(cfg, read_timeout=max(cfg.request_timeout, 0.5))
         except botocore.exceptions.ProfileNotFound:
             raise UsageError(f"AWS profile {cfg.profile!r} not found") from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise UsageError(f"cannot configure S3 client: {exc}") from None
         except S3FuseError as exc:  # AssumeRole refused or unreachable
             raise UsageError(f"cannot assume role {cfg.role_arn}: {exc}") from None
-        if cfg.read_keys is None and store._session.get_credentials() is None:
-            raise UsageError("no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-                             "--profile, or --secrets-env)")
+        except PROVIDER_ERRORS as exc:
+            problem = credential_problem(exc, cfg.profile)
+            if problem is None and not isinstance(exc, botocore.exceptions.BotoCoreError):
+                raise
+            raise UsageError(problem or f"cannot configure S3 client: {one_line(str(exc))}") \
+                from None
+        creds = store.credentials(store.read_client)
+        if creds is None:
+            raise UsageError(no_credentials(cfg))
+        problem = None if cfg.role_arn else load_problem(creds, cfg.profile)
+        if problem is not None:
+            raise UsageError(problem)
         return store
 
     # ------------------------------------------------------------ helpers
@@ -484,12 +584,27 @@ class S3Store:
 
     def _failed(self, error: Exception) -> Exception:
         """`error` of a request, told to the link: unreachable (offline), or refused (403:
-        shown by `s3fuse status`, with the code and what was refused)."""
+        shown by `s3fuse status`, with the code and what was refused); made
+        CredentialsExpired when S3 refused an expired session that nothing here can renew."""
         if isinstance(error, Offline):
             self.link.failed(str(error))
         elif isinstance(error, AccessDenied):
             self.link.refused(str(error))
+        if isinstance(error, S3FuseError) and error.code in EXPIRED_CODES \
+                and not isinstance(error, CredentialsExpired) and not self._renewable:
+            return self._expired(error)
         return error
+
+    def _expired(self, error: S3FuseError) -> S3FuseError:
+        """CredentialsExpired for `error`: permanent (retrying is refused alike), EACCES,
+        and one WARNING that says what to do."""
+        self._once.warning("expired", "the session credentials expired (%s) and s3fuse cannot "
+                              "renew them (a session token exported from `aws sts "
+                           "assume-role` or an SSO export): remount with fresh credentials, "
+                           "then `s3fuse sync --retry`", error.code)
+        return retry.tagged(CredentialsExpired(
+            f"{error}: the session credentials expired and cannot be renewed: remount with "
+            "fresh credentials, then s3fuse sync --retry"), error.code, error.status)
 
     def _answers(self) -> bool:
         """One cheap request with the short deadlines: does S3 answer at all (even 403)?"""
@@ -596,11 +711,13 @@ class S3Store:
         self._count("HeadObject")
         try:
             status, headers = self._fast.head(what, self._presigner.head_url(bucket, key))
-        except Offline as exc:
+        except S3FuseError as exc:
             raise self._failed(exc) from None
         self.link.succeeded()
         if status == 404:
             raise retry.tagged(NotFound(f"{what}: not found"), "NoSuchKey", 404)
+        if status == 400 and not self._renewable:
+            self._refused_session(what, bucket, key)
         if status != 200:
             resp = self._call(what, self.read_client.head_object, Bucket=bucket, Key=key)
             raw = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
@@ -613,6 +730,17 @@ class S3Store:
             kept = kept_headers(headers)
         self.copy_sources.learn(bucket, key, info.etag, kept)
         return info, kept
+
+    def _refused_session(self, what: str, bucket: str, key: str) -> None:
+        """A HEAD's 400 carries no error document to say why: a one-byte GET of the same
+        key does. CredentialsExpired when it is an expired session (a stat, and the HEAD
+        an upload sends first, failed "S3 error 400"); anything else is the HEAD's to tell."""
+        try:
+            self._fast.get(bucket, key, "", 0, 1)
+        except S3FuseError as exc:
+            if exc.code in EXPIRED_CODES:  # told as the HEAD's (`what`)
+                raise self._failed(retry.tagged(RemoteError(f"{what}: S3 error {exc.code}"),
+                                                exc.code, exc.status)) from None
 
     def head_many(self, bucket: str, keys: Sequence[str], answered: HeadsAnswered) -> None:
         """Pipelined HEADs (store/headbatch.py) when this bucket's URLs are signed here and
@@ -670,13 +798,13 @@ class S3Store:
         try:
             status, headers, body = self._fast.get_whole(
                 what, self._presigner.get_url(bucket, key), etag, limit)
-        except Offline as exc:
+        except S3FuseError as exc:
             raise self._failed(exc) from None
         self.link.succeeded()
         if status == 200:
             self._moved("in", len(body))
             return _info(key, headers), body
-        raise self._failed(answer_error(what, status, body))
+        raise self._failed(answer_error(what, status, document_code(body)))
 
     def iter_chunks(self, bucket: str, key: str, etag: str, size: int, chunk: int) -> Iterator[bytes]:
         """One version of an object in ranged chunks: streams big objects in bounded memory."""
@@ -693,7 +821,7 @@ class S3Store:
         self._count("GetObject")
         try:
             data = self._fast.get(bucket, key, etag, start, end)
-        except (Offline, AccessDenied) as exc:
+        except S3FuseError as exc:
             raise self._failed(exc) from None
         self.link.succeeded()
         self._moved("in", len(data))

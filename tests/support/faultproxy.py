@@ -57,6 +57,7 @@ class Rule:
     probability: float = 1.0
     times: int | None = None         # fire at most this often (None: unlimited)
     status: int = 503                # fault "status"
+    code: str | None = None          # fault "status": the error document's Code (None: by status)
     after: bool = False              # fault "status": forward first (S3 acts, the answer is lost)
     keep: float = 0.5                # fault "truncate": fraction of the body sent
     rate: int = 2048                 # fault "trickle": bytes per second
@@ -214,8 +215,8 @@ class FaultProxy:
                     raise ConnectionError("request body cut short")  # store a truncated object
                 return data
 
-            def _error(self, status: int) -> None:
-                code = _CODES.get(status, "InternalError")
+            def _error(self, status: int, code: str | None = None) -> None:
+                code = code or _CODES.get(status, "InternalError")
                 payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
                            f"<Message>injected by the fault proxy</Message></Error>").encode()
                 self.send_response(status)
@@ -257,7 +258,7 @@ class FaultProxy:
                     proxy._released.wait()
                 rule = proxy._decide(self.command, self.path)
                 if rule is not None and rule.fault == "status" and not rule.after:
-                    return self._error(rule.status)
+                    return self._error(rule.status, rule.code)
                 if rule is not None and rule.fault == "reset":
                     return self._drop(rst=True)
                 if rule is not None and rule.fault == "hang":
@@ -271,7 +272,7 @@ class FaultProxy:
                     resp = conn.getresponse()
                     payload = resp.read()
                     if rule is not None and rule.fault == "status":   # after S3 acted
-                        return self._error(rule.status)
+                        return self._error(rule.status, rule.code)
                     self.send_response(resp.status, resp.reason)
                     for key, value in resp.getheaders():
                         if key.lower() not in ("transfer-encoding", "connection", "content-length"):
