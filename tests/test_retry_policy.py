@@ -134,8 +134,11 @@ def test_unreachable_is_offline_at_once(tmp_path: Path) -> None:
     assert calls[0] == 1
 
 
-def test_a_retried_create_aborts_the_upload_whose_answer_was_lost(
+def test_a_retried_create_on_a_server_without_upload_times_aborts_nothing(
         tmp_path: Path, moto_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto stamps every upload Initiated 2010-11-10: the lost upload cannot be told from
+    another client's, and is left to the lifecycle rule (tests/test_lost_create.py: on
+    SeaweedFS, whose times are real, it is aborted)."""
     bucket = f"lost-{os.getpid()}"
     s3 = moto_backend.client
     s3.create_bucket(Bucket=bucket)
@@ -156,5 +159,6 @@ def test_a_retried_create_aborts_the_upload_whose_answer_was_lost(
     upload_id = store.create_multipart_upload(bucket, "big.bin")
     listed = [(u["Key"], u["UploadId"]) for u in
               s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
-    assert answers[0] == 2 and listed == [("big.bin", upload_id)]
-    store.abort_multipart_upload(bucket, "big.bin", upload_id)
+    assert answers[0] == 2 and len(listed) == 2 and ("big.bin", upload_id) in listed
+    for _, upload in listed:
+        store.abort_multipart_upload(bucket, "big.bin", upload)
