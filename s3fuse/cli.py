@@ -49,7 +49,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         if "required: COMMAND" in message:  # no command given: what the commands are
-            commands = next(a for a in self._actions if a.metavar == "COMMAND").choices
+            commands = _commands(self)
             unknown = [a for a in getattr(self, "_given", []) if a.startswith("-")]
             # argparse checks for the command before it reports an option it does not know
             # (`s3fuse --verison`), which was then reported as a missing command
@@ -682,13 +682,23 @@ def cmd_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    """The names of the commands (`mount`, `umount`, ...), in the order of the help."""
+    return list(next(a for a in parser._actions if a.metavar == "COMMAND").choices or ())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from .fstab import helper_call
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    if argv and argv[0] not in _commands(parser):  # `s3fuse SOURCE DIR -o ...`: mount.fuse3's
+        argv = helper_call(argv) or argv
     secret = credential_in_argv(argv)
     if secret is not None:  # before argparse, which would echo the value in its error
         _say(f"s3fuse: error: {credential_refusal(secret, 'option')}")
         return EXIT_USAGE
-    args = make_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         if args.command == "mount":
             return cmd_mount(args, argv)

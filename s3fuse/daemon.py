@@ -255,8 +255,11 @@ def _save_counters(meta: MetaStore, reader: BlockReader) -> None:
 
 
 def fuse_options(cfg: Config) -> set[str]:
+    """libfuse's mount options: pyfuse3's defaults (default_permissions), our names, and
+    the kernel flags asked for (noexec, ...: config.KERNEL_FLAGS), which libfuse turns into
+    the mount's flags (shown in /proc/mounts)."""
     options = set(pyfuse3.default_options)  # keeps default_permissions
-    options |= {"fsname=s3fuse", "subtype=s3fuse"}
+    options |= {"fsname=s3fuse", "subtype=s3fuse", *cfg.mount_flags}
     if cfg.allow_other:
         options.add("allow_other")
     return options
