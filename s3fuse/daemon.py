@@ -48,6 +48,7 @@ from .upload.queue import UploadQueue
 from .upload.staging import Staging
 from .upload.writeback import UploadedBytes, WriteBack
 from .util.bufferpool import trim_all
+from .util.fusemount import claim_mountpoint, mount_with_reason
 from .util.supervisor import (BUFFER_TRIM, INODE_CAP, LINK_WATCH, PAGE_DROP, PROBE,
                               STATUS_REPORT, Supervisor)
 
@@ -442,8 +443,10 @@ def run(cfg: Config, ready: ReadySignal | None = None, store: Store | None = Non
             from .metrics import Metrics
             stack.callback(Metrics(cfg.metrics_address, parts.control.status,
                                    traffic_of(parts.store)).close)
+        stack.callback(os.close, claim_mountpoint(cfg.mountpoint))  # held while mounted
         try:
-            pyfuse3.init(parts.ops, str(cfg.mountpoint), fuse_options(cfg))
+            mount_with_reason(lambda: pyfuse3.init(parts.ops, str(cfg.mountpoint),
+                                                   fuse_options(cfg)))
         except RuntimeError as exc:
             ready.failed(f"cannot mount {cfg.mountpoint}: {exc}")
             log.error("cannot mount %s: %s", cfg.mountpoint, exc)
