@@ -14,13 +14,16 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from . import __version__
 from .config import Config, EndpointOfProfile, build_config, check_mountpoint, check_outside_mount
 from .errors import CacheFull, UsageError, disk_full
 from .printable import printable
 from .redact import credential_in_argv, credential_refusal, redact_unrecognized
+
+if TYPE_CHECKING:
+    from .daemon import ReadySignal
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         if "required: COMMAND" in message:  # no command given: what the commands are
-            commands = next(a for a in self._actions if a.metavar == "COMMAND").choices
+            commands = _commands(self)
             unknown = [a for a in getattr(self, "_given", []) if a.startswith("-")]
             # argparse checks for the command before it reports an option it does not know
             # (`s3fuse --verison`), which was then reported as a missing command
@@ -206,6 +209,24 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 
 def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """`s3fuse mount`. A daemon (--foreground) makes its ReadySignal before anything can
+    fail: whatever ends the start reaches the `s3fuse mount` that spawned it (and systemd)
+    as its one line, not as "the daemon exited with 2"."""
+    ready = None
+    if args.foreground:
+        from .daemon import ReadySignal
+        ready = ReadySignal(args.ready_fd)
+    try:
+        return _mount(args, argv, ready)
+    except (UsageError, OSError) as exc:
+        if ready is not None:
+            ready.failed(str(exc) if isinstance(exc, UsageError) else _os_error(exc))
+        raise
+
+
+def _mount(args: argparse.Namespace, argv: Sequence[str], ready: "ReadySignal | None") -> int:
+    """Check everything that can be checked before mounting; then the daemon (`ready`
+    given: this is it) or the background start of one."""
     from .cache.cachedir import CacheLock, secure_cache_dir
     from .cache.identity import check_identity, identity_of, resolve_cache_dir
     from .logs import setup_logging
@@ -225,7 +246,7 @@ def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if holder is not None:
         raise UsageError(f"cache dir {cache_dir} is in use by pid {holder}: give each mount its own --cache-dir")
     check_identity(cache_dir, identity)  # the daemon checks again under the lock, and records it
-    if not args.foreground:
+    if ready is None:
         from .mounts import spawn_background
         default_log = cfg.log_file is None
         log_file = cache_dir / "s3fuse.log" if default_log else cfg.log_file
@@ -235,18 +256,13 @@ def cmd_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if code:
             _say(f"s3fuse: {reason}")
         return code
-    from .daemon import ReadySignal, run
+    from .daemon import run
     setup_logging(cfg.log_level, cfg.debug, cfg.log_file, rotate=args.default_log)
-    ready = ReadySignal(args.ready_fd)
-    try:
-        return run(cfg, ready, store)
-    except UsageError as exc:
-        ready.failed(str(exc))
-        raise
+    return run(cfg, ready, store)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .mounts import daemon_pid, fusermount_unmount, require_mount, wait_gone
+    from .mounts import daemon_pid, fusermount_unmount, is_s3fuse_mount, require_mount, wait_gone
 
     target = args.mountpoint
     if target is None and args.config:
@@ -281,9 +297,12 @@ def cmd_umount(args: argparse.Namespace) -> int:
         _say(f"s3fuse: waiting for uploads before unmounting: {_queue_line(left)}")
     cache_dir = _cache_dir_of(mountpoint)
     os.kill(pid, signal.SIGTERM)
-    if not wait_gone(pid, mountpoint, args.timeout):
+    if not wait_gone(pid, args.timeout):
         _say(f"s3fuse: daemon {pid} still running after {args.timeout:.0f}s")
         return 1
+    if is_s3fuse_mount(mountpoint):
+        _say(f"s3fuse: unmounted; {mountpoint} is still an s3fuse mount (another one was "
+             f"beneath, or it was left behind): `s3fuse umount {mountpoint}` again removes it")
     return _left_behind(cache_dir, left)
 
 
@@ -698,6 +717,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(mountpoint, print)
 
 
+def _os_error(exc: OSError) -> str:
+    """An OSError as one line: what failed, and on which file."""
+    return f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}"
+
+
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe does
     not print a second error on the way out."""
@@ -713,13 +737,23 @@ def cmd_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    """The names of the commands (`mount`, `umount`, ...), in the order of the help."""
+    return list(next(a for a in parser._actions if a.metavar == "COMMAND").choices or ())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from .fstab import helper_call
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    if argv and argv[0] not in _commands(parser):  # `s3fuse SOURCE DIR -o ...`: mount.fuse3's
+        argv = helper_call(argv) or argv
     secret = credential_in_argv(argv)
     if secret is not None:  # before argparse, which would echo the value in its error
         _say(f"s3fuse: error: {credential_refusal(secret, 'option')}")
         return EXIT_USAGE
-    args = make_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         if args.command == "mount":
             return cmd_mount(args, argv)
@@ -751,7 +785,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"s3fuse: error: the cache disk is full ({exc})")
         return 1
     except OSError as exc:
-        _say(f"s3fuse: error: {exc.strerror or exc}"
-             f"{': ' + str(exc.filename) if exc.filename else ''}")
+        _say(f"s3fuse: error: {_os_error(exc)}")
         return 1
     return EXIT_USAGE

@@ -103,6 +103,7 @@ class Config:
     max_inodes: int = 40_000  # files the kernel may hold before the oldest are dropped (0: no cap)
     shared_index: str | None = None  # "auto" or s3://BUCKET[/PREFIX]: the fleet's archive indexes
     debug: tuple[str, ...] = ()  # s3fuse modules logged at DEBUG whatever log_level says
+    mount_flags: tuple[str, ...] = ()  # kernel mount flags for libfuse (noexec, ...): KERNEL_FLAGS
     config_file: Path | None = None
 
     def with_overrides(self, **changes: Any) -> "Config":
@@ -479,6 +480,31 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+#: Generic mount(8) options, given with `-o` (an fstab line's options): word -> (the
+#: setting it chooses, the option libfuse is given for it, None for the default). The last
+#: word of a setting wins (`exec,noexec` is noexec). libfuse (3.14) knows no relatime,
+#: strictatime or nodiratime: they are accepted and leave the kernel's default (relatime);
+#: noatime covers directories too.
+KERNEL_FLAGS: dict[str, tuple[str, str | None]] = {
+    "exec": ("exec", None), "noexec": ("exec", "noexec"),
+    "suid": ("suid", "suid"), "nosuid": ("suid", None),  # libfuse's default: nosuid, nodev
+    "dev": ("dev", "dev"), "nodev": ("dev", None),
+    "atime": ("atime", None), "relatime": ("atime", None), "strictatime": ("atime", None),
+    "noatime": ("atime", "noatime"), "nodiratime": ("diratime", None),
+    "async": ("sync", None), "sync": ("sync", "sync"), "dirsync": ("dirsync", "dirsync"),
+}
+
+
+def kernel_flags(words: list[str]) -> tuple[str, ...]:
+    """The libfuse options of the kernel flags `words` (in order; the last of each setting
+    wins)."""
+    chosen: dict[str, str | None] = {}
+    for word in words:
+        setting, option = KERNEL_FLAGS[word]
+        chosen[setting] = option
+    return tuple(option for option in chosen.values() if option is not None)
+
+
 def parse_o_options(options: list[str]) -> dict[str, Any]:
     """`-o key=value,flag` (fstab style) -> raw option dict with TOML names."""
     raw: dict[str, Any] = {}
@@ -488,6 +514,9 @@ def parse_o_options(options: list[str]) -> dict[str, Any]:
             key = key.replace("-", "_")
             if key == "ro":
                 key, value, sep = "read_only", "true", "="
+            if key in KERNEL_FLAGS and not sep:
+                raw.setdefault("mount_flags", []).append(key)
+                continue
             if key in ALIASES:  # `-o no_posix_metadata`, `-o debug_modules=...`
                 key, value = _unaliased(key, value if sep else "true")
                 sep = "="
@@ -551,6 +580,7 @@ def build_config(cli: Mapping[str, Any], o_options: list[str] | None = None,
     if config_file:
         values["config_file"] = Path(config_file)
     values["foreground"] = bool(cli.get("foreground"))
+    values["mount_flags"] = kernel_flags(merged.get("mount_flags", []))
 
     values.update(_keys(values, env, any("endpoint_url" in layer for layer in layers)))
     if "endpoint_url" not in values and profile_endpoint is not None:

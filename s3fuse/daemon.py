@@ -48,6 +48,7 @@ from .upload.queue import UploadQueue
 from .upload.staging import Staging
 from .upload.writeback import UploadedBytes, WriteBack
 from .util.bufferpool import trim_all
+from .util.fusemount import claim_mountpoint, mount_with_reason
 from .util.supervisor import (BUFFER_TRIM, INODE_CAP, LINK_WATCH, PAGE_DROP, PROBE,
                               STATUS_REPORT, Supervisor)
 
@@ -255,8 +256,11 @@ def _save_counters(meta: MetaStore, reader: BlockReader) -> None:
 
 
 def fuse_options(cfg: Config) -> set[str]:
+    """libfuse's mount options: pyfuse3's defaults (default_permissions), our names, and
+    the kernel flags asked for (noexec, ...: config.KERNEL_FLAGS), which libfuse turns into
+    the mount's flags (shown in /proc/mounts)."""
     options = set(pyfuse3.default_options)  # keeps default_permissions
-    options |= {"fsname=s3fuse", "subtype=s3fuse"}
+    options |= {"fsname=s3fuse", "subtype=s3fuse", *cfg.mount_flags}
     if cfg.allow_other:
         options.add("allow_other")
     return options
@@ -439,8 +443,10 @@ def run(cfg: Config, ready: ReadySignal | None = None, store: Store | None = Non
             from .metrics import Metrics
             stack.callback(Metrics(cfg.metrics_address, parts.control.status,
                                    traffic_of(parts.store)).close)
+        stack.callback(os.close, claim_mountpoint(cfg.mountpoint))  # held while mounted
         try:
-            pyfuse3.init(parts.ops, str(cfg.mountpoint), fuse_options(cfg))
+            mount_with_reason(lambda: pyfuse3.init(parts.ops, str(cfg.mountpoint),
+                                                   fuse_options(cfg)))
         except RuntimeError as exc:
             ready.failed(f"cannot mount {cfg.mountpoint}: {exc}")
             log.error("cannot mount %s: %s", cfg.mountpoint, exc)

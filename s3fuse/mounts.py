@@ -54,18 +54,22 @@ def fusermount_unmount(mountpoint: Path, lazy: bool = False) -> subprocess.Compl
     return subprocess.run(args, capture_output=True, text=True)
 
 
-def spawn_background(argv: list[str], log_path: Path, timeout: float = 120.0) -> tuple[int, str]:
-    """Start `s3fuse <argv> --foreground` detached; wait until it says READY or fails.
+def spawn_background(argv: list[str], log_path: Path, timeout: float = 120.0,
+                     program: list[str] | None = None) -> tuple[int, str]:
+    """Start `s3fuse <argv> --foreground` (`program` instead of s3fuse: tests) detached;
+    wait until it says READY or fails.
 
     Returns (exit code, message). The daemon's output goes to `log_path`.
     """
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "s3fuse", *argv, "--foreground", "--ready-fd", str(write_fd)]
+    cmd = [*(program or [sys.executable, "-m", "s3fuse"]), *argv, "--foreground",
+           "--ready-fd", str(write_fd)]
     try:  # never through a symlink planted in place of the log, and never readable by others
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
     except OSError as exc:
         return 2, f"cannot open the daemon log {log_path}: {exc.strerror}"
+    start = os.fstat(fd).st_size  # the log of this start begins here
     with open(fd, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 pass_fds=(write_fd,), start_new_session=True)
@@ -90,14 +94,33 @@ def spawn_background(argv: list[str], log_path: Path, timeout: float = 120.0) ->
     if line == "READY":
         return 0, ""
     code = proc.wait(timeout=30) if proc.poll() is None else proc.returncode
-    reason = line[6:] if line.startswith("ERROR ") else f"the daemon exited with {code} (log: {log_path})"
-    return (code or 1), reason
+    if line.startswith("ERROR "):
+        return (code or 1), line[6:]
+    last = last_log_line(log_path, start)
+    return (code or 1), (f"{last} (the daemon exited with {code}; log: {log_path})" if last
+                         else f"the daemon exited with {code} (log: {log_path})")
 
 
-def wait_gone(pid: int, mountpoint: Path, timeout: float) -> bool:
+def last_log_line(log_path: Path, start: int, limit: int = 64 << 10) -> str:
+    """The last line the daemon wrote to its log since `start`, for a daemon that died
+    without a word on its ready pipe (a traceback's last line is its exception)."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(start, os.fstat(log.fileno()).st_size - limit))
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1].removeprefix("s3fuse: ") if lines else ""
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until the daemon `pid` has exited (it unmounts before it exits). Not until the
+    path stops being a mount: another mount beneath this one (or one the daemon could not
+    remove) would make us wait the whole timeout and call a gone daemon still running."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not pid_alive(pid) and not is_s3fuse_mount(mountpoint):
+        if not pid_alive(pid):
             return True
         time.sleep(0.05)
     return False

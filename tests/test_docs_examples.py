@@ -40,7 +40,7 @@ def commands() -> list[tuple[str, list[str]]]:
         for line in text.replace("\\\n", " ").splitlines():
             line = line.strip().removeprefix("$ ").removeprefix("sudo ")
             fields = line.split()
-            if len(fields) == 6 and fields[2] == "s3fuse":  # an fstab line
+            if len(fields) == 6 and fields[2] in ("s3fuse", "fuse.s3fuse"):  # an fstab line
                 found.append((f"{where}: {line[:60]}",
                               ["s3fuse", *translate(fields[0], fields[1], fields[3])]))
             elif line.startswith("s3fuse "):

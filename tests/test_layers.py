@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
     # 8: lifecycle and tools
     "daemon": 8, "mounts": 8, "cachetool": 8, "service": 8,
     # 9-11: entry points
-    "demo": 9, "cli": 10, "mounthelper": 11, "__main__": 11,
+    "demo": 9, "fstab": 9, "cli": 10, "mounthelper": 11, "__main__": 11,
 }
 
 
