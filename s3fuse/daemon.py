@@ -33,7 +33,7 @@ from .data.reader import BlockReader
 from .fs.ops import S3Operations
 from .notify import Notifier
 from .pinning import Pinner
-from .errors import AccessDenied, S3FuseError, UsageError
+from .errors import AccessDenied, NotFound, S3FuseError, UsageError
 from .idle import Idle
 from .store.liveness import probe_while_offline, watch_interval, watch_while_in_use
 from .store.protocol import Store
@@ -411,6 +411,12 @@ async def credentials_refused(request: Callable[[], object],
         except AccessDenied as exc:
             if exc.code in BAD_CREDENTIALS:
                 return f"S3 refuses these credentials ({exc.code}): {exc}"
+        except NotFound as exc:
+            if exc.code == "NoSuchBucket":  # a typo in --source: say it before `ls` does
+                log.warning("%s: the bucket does not exist (a typo?): listing it is ENOENT, "
+                            "and nothing can be made in it", exc)
+            else:
+                log.debug("credential check at start: %s", exc)
         except S3FuseError as exc:
             log.debug("credential check at start: %s", exc)
     return None

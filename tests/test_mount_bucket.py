@@ -368,3 +368,23 @@ def test_a_cache_dir_or_log_file_inside_the_mountpoint_is_refused(s3, bucket, mo
         f"s3fuse: error: {what} {own if inside == 'cache' else own / 's3fuse.log'} is inside the "
         f"mountpoint {m.mountpoint.resolve()}: the mount would hide it; choose a {what} "
         "outside it"]
+
+
+def test_a_source_whose_bucket_does_not_exist_takes_no_new_file(s3, bucket, mount_factory):
+    """A typo in --source: `ls` was ENOENT but a create went ahead, and its upload then
+    failed for good (NoSuchBucket). Now the start warns, and nothing is made in it until
+    the bucket exists."""
+    missing = f"{bucket}-typo"
+    m = mount_factory("--source", f"s3://{missing}")
+    m.expect_log(r"the bucket does not exist \(a typo\?\)")
+    root = m.path(missing)
+    for attempt in (lambda: os.listdir(root), lambda: (root / "new.txt").write_bytes(b"x"),
+                    lambda: (root / "d").mkdir()):
+        with pytest.raises(FileNotFoundError):
+            attempt()
+    assert "the bucket does not exist (a typo?)" in m.log()
+    s3.create_bucket(Bucket=missing)  # made meanwhile: the next listing finds it
+    (root / "new.txt").write_bytes(b"x")
+    subprocess.run([sys.executable, "-m", "s3fuse", "sync", str(m.mountpoint)], env=m.env,
+                   check=True, timeout=60)
+    assert s3.get_object(Bucket=missing, Key="new.txt")["Body"].read() == b"x"

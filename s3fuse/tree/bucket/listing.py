@@ -37,6 +37,7 @@ from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
 from ...model import Entry
 from ...names import ancestors, is_posix_name, join, split
 from ...posix import NO_HEADERS, from_headers, stored_mtime
+from ...store import retry
 from ...store.protocol import ListPage, ObjectInfo, Store
 from ...util.flight import SingleFlight
 from ...util.oncelog import OnceLogger
@@ -114,6 +115,10 @@ class Listings:
         self._hidden = OnceLogger(log)
         self._revalidating: dict[Hashable, _Revalidation] = {}
         self._fresh_until: dict[str, float] = {}  # path -> when its stored listing goes stale
+        # S3 answered the root's listing with NoSuchBucket (a typo in --source): nothing may
+        # be made in it (a create went ahead and its upload failed for good); a listing
+        # that succeeds later (the bucket made meanwhile) clears it
+        self.bucket_missing = False
         self._shown_dirs: set[str] = set()  # know_dir's: entries recorded in their parents
         self._hiding: dict[str, Hidden] = {}  # path -> what its last listing hid (HIDING_DIRS)
         self._revalidated: dict[str, int] = {}  # path -> files HEADed since its listing
@@ -185,6 +190,8 @@ class Listings:
         try:
             if listed_at is None or not self._background.active:
                 await self._flight.run(path, self._refresh, path)
+                if not path:
+                    self.bucket_missing = False
             elif self._store.link.online:  # offline: the stored listing, at once
                 job = await self._answer_in_time(
                     ("list", path), f"ListObjectsV2 {self._keys.uri(self._keys.dir_prefix(path))}",
@@ -192,6 +199,10 @@ class Listings:
                     finish_within=RELIST_WAIT)
                 if job is not None and job.done.is_set() and job.error is not None:
                     raise job.error
+        except NotFound as exc:
+            if not path and retry.error_code(exc)[0] == "NoSuchBucket":
+                self.bucket_missing = True
+            raise
         except (Offline, RemoteError) as exc:
             if listed_at is None:
                 raise

@@ -97,7 +97,9 @@ class Mutations:
 
     def _check_name(self, path: str, marker: bool = False) -> None:
         """`path` can be a key (`marker`: a directory's `path/`) of this tree."""
-        name = split(path)[1]
+        parent, name = split(path)
+        if not parent and self._listings.bucket_missing:  # as the listing of it is ENOENT
+            raise NotFound(f"{self._uri}: no such bucket")
         if too_long(name):
             raise NameTooLong(f"{path!r}: a name is at most 255 bytes")
         self._check_key(self._keys.dir_prefix(path) if marker else self._keys.key(path))
