@@ -319,11 +319,13 @@ def _left_behind(cache_dir: Path | None, before: dict[str, Any]) -> int:
     cache dir (the drain timed out, or uploads failed for good): a script that went on
     to remove the cache dir (`s3fuse umount M && rm -rf CACHE`) would lose them."""
     from .cache.identity import queued_uploads
+    failed = _failed(before) if "failures" in before else 0
     queued = queued_uploads(cache_dir) if cache_dir is not None else None
+    if queued is None:  # the journal could not be read: what the mount said before
+        queued = before.get("files", 0) + failed
     if not queued:
         return 0
-    failed = _failed(before) if "failures" in before else 0
-    _say(f"s3fuse: unmounted, but {queued} change(s) stay queued in {cache_dir}"
+    _say(f"s3fuse: unmounted, but {queued} change(s) stay queued in {cache_dir or 'its cache dir'}"
          + (f" ({failed} failed for good: `s3fuse sync` lists them)" if failed else "")
          + ": the next mount with this cache dir sends them; keep it")
     return 1
@@ -385,10 +387,18 @@ def _confirmed(count: int) -> bool:
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
+def _not_owner(mountpoint: Path) -> int:
+    _say(f"s3fuse: error: only the owner of the mount {mountpoint} (or root) may give up changes")
+    return 1
+
+
 def _discard(mountpoint: Path) -> int:
     """`sync --discard`: list the failed changes, ask, give them up; 0, or 1 when refused."""
     from .control import DISCARD
-    failures = _uploads(mountpoint)["failures"]
+    q = _uploads(mountpoint)
+    failures = q["failures"]
+    if not failures and _failed(q):  # shown to the mount's owner only (control.py)
+        return _not_owner(mountpoint)
     if not failures:
         _say("s3fuse: no failed change to give up")
         return 0
@@ -406,8 +416,7 @@ def _discard(mountpoint: Path) -> int:
             os.setxattr(str(mountpoint), DISCARD, " ".join(ids[start:start + DISCARD_BATCH]).encode())
             dropped += len(json.loads(os.getxattr(str(mountpoint), DISCARD))["dropped"])
     except PermissionError:
-        _say(f"s3fuse: error: only the owner of the mount {mountpoint} (or root) may give up changes")
-        return 1
+        return _not_owner(mountpoint)
     kept = len(ids) - dropped
     _say(f"s3fuse: gave up {dropped} failed change(s)"
          + (f"; {kept} not: no longer failed (queued again meanwhile)" if kept else ""))

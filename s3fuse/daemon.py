@@ -35,6 +35,7 @@ from .notify import Notifier
 from .pinning import Pinner
 from .errors import AccessDenied, NotFound, S3FuseError, UsageError
 from .idle import Idle
+from .store.credentials import one_line
 from .store.liveness import probe_while_offline, watch_interval, watch_while_in_use
 from .store.protocol import Store
 from .store.s3 import S3Store
@@ -419,6 +420,10 @@ async def credentials_refused(request: Callable[[], object],
                 log.debug("credential check at start: %s", exc)
         except S3FuseError as exc:
             log.debug("credential check at start: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - a provider's own error (SSO, credential
+            # process) met while signing: this task's failure would end the mount; the
+            # requests that follow meet it again, each as an error of its own
+            log.info("credential check at start: %s", one_line(str(exc)) or type(exc).__name__)
     return None
 
 

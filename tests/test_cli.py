@@ -181,3 +181,25 @@ def test_cache_stats_shows_the_pid_in_use_as_a_pid() -> None:
     """`in use by 7,645` (a thousands separator) is no pid a user can pass to kill."""
     from s3fuse.cli import _shown
     assert (_shown("in_use_by", 7645), _shown("blocks", 7645)) == ("7645", "7,645")
+
+
+def test_umount_reports_what_the_mount_said_when_the_journal_cannot_be_read(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The journal unreadable after the daemon went (None: unknown) counted as nothing
+    queued: exit 0, and `umount && rm -rf CACHE` lost what the mount had just listed."""
+    from s3fuse import cli
+    assert cli._left_behind(None, {"files": 2, "failures": []}) == 1
+    assert "2 change(s) stay queued in its cache dir" in capsys.readouterr().err
+    assert cli._left_behind(None, {"files": 0, "failures": []}) == 0
+
+
+def test_discard_by_someone_not_the_owner_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  tmp_path: Path) -> None:
+    """The mount shows its failures' details to its owner only: "no failed change",
+    exit 0, was wrong."""
+    from s3fuse import cli
+    monkeypatch.setattr(cli, "_uploads", lambda mountpoint: {
+        "failures": [], "restricted": True, "hidden": {"failures": 3}})
+    assert cli._discard(tmp_path) == 1
+    assert "only the owner of the mount" in capsys.readouterr().err

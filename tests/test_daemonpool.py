@@ -43,3 +43,11 @@ def test_a_stuck_task_does_not_hold_up_the_exit() -> None:
     began = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
     assert out.stdout == "done\n" and time.monotonic() - began < 10
+
+
+def test_work_submitted_after_shutdown_is_refused() -> None:
+    """Its workers are gone: the future would never run (a wait on it would hang)."""
+    pool = DaemonPool(1, "t")
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.submit(lambda: None)

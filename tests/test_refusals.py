@@ -104,8 +104,9 @@ async def test_credentials_s3_does_not_know_fail_the_start(code: str) -> None:
     assert reason == f"S3 refuses these credentials ({code}): ListBuckets: access denied ({code})"
 
 
-@pytest.mark.parametrize("answer", [refused("AccessDenied"), Offline("ListBuckets: unreachable"), 1.0],
-                         ids=["scoped-key", "offline-boot", "silent"])
+@pytest.mark.parametrize("answer", [refused("AccessDenied"), Offline("ListBuckets: unreachable"), 1.0,
+                                    RuntimeError("Error when retrieving token from sso")],
+                         ids=["scoped-key", "offline-boot", "silent", "provider-error"])
 async def test_other_answers_mount(answer: Exception | float) -> None:
     with trio.fail_after(0.9):
         assert await credentials_refused(Refusing(answer).list_buckets, wait=0.2) is None

@@ -721,8 +721,9 @@ class S3Store:
         if status != 200:
             resp = self._call(what, self.read_client.head_object, Bucket=bucket, Key=key)
             raw = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-            info = ObjectInfo(key, int(resp.get("ContentLength", 0)),
-                              _mtime_ns(resp.get("LastModified")), clean_etag(resp.get("ETag")),
+            info = ObjectInfo(key, object_size(resp.get("ContentLength"), f"object {key}"),
+                              _mtime_ns(resp.get("LastModified")),
+                              required_etag(resp.get("ETag"), what),
                               dict(resp.get("Metadata") or {}), resp.get("ContentType"))
             kept = kept_headers(raw)
         else:
@@ -1125,12 +1126,12 @@ class S3Store:
 
     def _copy_part(self, bucket: str, source_key: str, key: str, upload_id: str, number: int,
                    first: int, last: int, quoted: str) -> str:
-        resp = self._call(f"UploadPartCopy s3://{bucket}/{key} #{number}",
-                          self.write_client.upload_part_copy, Bucket=bucket, Key=key,
+        what = f"UploadPartCopy s3://{bucket}/{key} #{number}"
+        resp = self._call(what, self.write_client.upload_part_copy, Bucket=bucket, Key=key,
                           UploadId=upload_id, PartNumber=number,
                           CopySource={"Bucket": bucket, "Key": source_key},
                           CopySourceRange=f"bytes={first}-{last}", CopySourceIfMatch=quoted)
-        return clean_etag(resp.get("CopyPartResult", {}).get("ETag"))
+        return required_etag(resp.get("CopyPartResult", {}).get("ETag"), what)
 
     def _abort_quietly(self, bucket: str, key: str, upload_id: str) -> None:
         """Abort a failed multipart copy; if even that fails, say what is left behind."""

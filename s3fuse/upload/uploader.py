@@ -174,7 +174,11 @@ class Uploader:
                 etag = self._send(job.bucket, key, path, None, ctype, job.meta)
             except StaleObject:
                 info = self._remote(job.bucket, key)
-                if info is None or not self.holds_ours(job, path, key, info):
+                try:
+                    ours = info is not None and self.holds_ours(job, path, key, info)
+                except (StaleObject, NotFound):  # that name changed or went while compared
+                    ours = False
+                if not ours or info is None:
                     continue
                 etag = info.etag  # our own copy, from an attempt whose answer was lost
             log.warning("%s changed in S3 since it was opened for writing: the local version "

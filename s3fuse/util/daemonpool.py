@@ -22,7 +22,10 @@ _STOP = None  # in the queue: a worker ends
 
 
 class DaemonPool:
+    """`workers` daemon threads named `name-N`, taking work in the order submitted."""
+
     def __init__(self, workers: int, name: str) -> None:
+        self._shut = False
         self._work: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
                                       | None] = queue.SimpleQueue()
         self._pending: list[Future[Any]] = []
@@ -32,6 +35,8 @@ class DaemonPool:
             thread.start()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        if self._shut:  # its workers are gone: the future would never run
+            raise RuntimeError("cannot submit to a pool that was shut down")
         future: Future[T] = Future()
         self._pending.append(future)
         self._work.put((future, fn, args))
@@ -40,6 +45,7 @@ class DaemonPool:
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more work; `cancel_futures`: what has not started never will. `wait`: until
         the running ones end."""
+        self._shut = True
         if cancel_futures:
             for future in self._pending:
                 future.cancel()
