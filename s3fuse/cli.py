@@ -365,14 +365,14 @@ def _report_failures(q: dict[str, Any]) -> None:
              + (" (the mount's owner sees which)" if q.get("restricted") else ""))
 
 
-_FAILED_CHANGE = {"put": "upload", "delete": "removal", "meta": "metadata change"}
 DISCARD_BATCH = 1000  # job ids per request (an xattr value is at most 64 KiB)
 
 
 def _failed_change(failure: dict[str, Any]) -> str:
     """One failed change for the list `sync --discard` shows: what giving it up loses."""
+    from .upload.journal import CHANGE_NAMES
     op = failure.get("op", "put")
-    what = _FAILED_CHANGE.get(op, op)
+    what = CHANGE_NAMES.get(op, op)
     if op == "put":
         what += f" of {_human_bytes(failure['size'])}: these bytes are lost"
     return f"  {failure['uri']}: {what} ({failure['error']})"

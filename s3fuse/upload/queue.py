@@ -86,7 +86,7 @@ from ..util.events import first_set
 from ..util.supervisor import UPLOAD_CLEANUP, UPLOAD_QUEUE, UPLOAD_SYNC, UPLOAD_WORKER, Supervisor
 from .burst import BurstGate
 from .groupcommit import GroupCommit
-from .journal import UNKNOWN, Expected, Job, Journal, is_light
+from .journal import CHANGE_NAMES, UNKNOWN, Expected, Job, Journal, is_light
 from . import rewrites
 from .rewrites import Rewrites
 from .staging import Staging
@@ -106,7 +106,6 @@ LIGHT_PUT_BYTES = 1 << 20  # removals and PUTs of at most this
 #: passed on after a newer one's (see `_tell_uploaded`); the window is a few awaits long.
 TOLD_MAX = 4096
 #: How a job's change is named in log lines.
-_WHAT = {"put": "the upload", "delete": "the removal", "meta": "the metadata change"}
 #: The longest a version journalled by a flush waits for the close of the handle that
 #: flushed it (`hold`): a process that forked keeps the file open for writing after its
 #: child's close flushed it.
@@ -392,7 +391,7 @@ class UploadQueue:
         dropped = await self._io(self.journal.discard_failed, job_ids)
         for job in dropped:
             log.warning("%s of %s given up on request (it had failed: kept no more)%s",
-                        _WHAT.get(job.op, job.op), job.uri,
+                        f"the {CHANGE_NAMES.get(job.op, job.op)}", job.uri,
                         f"; its {job.size} bytes are dropped" if job.op == "put" else "")
             latest = self._latest.get((job.bucket, job.key))
             if latest is not None:
