@@ -630,7 +630,8 @@ async def test_appends_gather_in_the_tail_until_it_is_full(
     for offset, piece in enumerate(b"abcdefghij"):
         await local.write(offset, bytes([piece]))
     assert local.staging_id not in rig.files() and local.size == 10
-    await local.write(10, b"k")  # the tail is full: it and this write reach the disk
+    await local.write(10, b"k")  # the tail is full: it and this write go to the disk
+    await local.written_behind()  # ... behind the writer's back
     assert rig.bytes_of(local) == b"abcdefghijk"
     await local.write(11, b"lmn")
     assert rig.bytes_of(local) == b"abcdefghijk"  # the new tail is in memory
@@ -641,6 +642,85 @@ async def test_appends_gather_in_the_tail_until_it_is_full(
     await rig.writes.release(local)
     assert rig.queue.submits[-1].data == b"abcdefghijklmno"
     assert rig.queue.known == [True]
+
+
+class _HeldPieces:
+    """Holds every write behind in its thread until released (LocalFile._write_pieces)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        import threading
+        self.started = threading.Semaphore(0)
+        self.go = threading.Event()
+        real = LocalFile._write_pieces
+
+        def held(local: LocalFile, behind: Any) -> None:
+            self.started.release()
+            self.go.wait(10)
+            real(local, behind)
+        monkeypatch.setattr(LocalFile, "_write_pieces", held)
+
+    async def wait_started(self) -> None:
+        assert await trio.to_thread.run_sync(self.started.acquire, True, 10)
+
+
+async def test_big_appends_return_before_the_disk_has_them_and_every_reader_waits(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    """A `cp`'s 1 MiB writes go to the staging file behind the writer's back, one at a
+    time per file: write(2) returns at once, the next one waits for the one before, and
+    a read, a truncate or the close's submit waits until the bytes are on disk."""
+    held = _HeldPieces(monkeypatch)
+    local = await new_file(rig)
+    first, second = os.urandom(300_000), os.urandom(300_000)
+    with trio.fail_after(5):
+        assert await local.write(0, first) == len(first)  # returns, its pwrite held
+    await held.wait_started()
+    assert local.size == len(first) and local.staging_id not in rig.files()
+    got: list[bytes] = []
+    wrote: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _append(got, local.read(299_990, 10)))
+        nursery.start_soon(lambda: _append(wrote, local.write(len(first), second)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [] and wrote == []  # both wait for the first write behind
+        held.go.set()
+    assert got == [first[-10:]] and wrote == [len(second)]
+    assert await local.read(299_990, 20) == first[-10:] + second[:10]
+    await local.truncate(500_000)  # after the second write behind, never before it
+    await rig.writes.release(local)
+    assert rig.queue.submits[-1].data == (first + second)[:500_000]
+    assert rig.files() == {local.staging_id}
+
+
+async def test_a_failed_write_behind_fails_the_next_write_and_is_owed_to_the_close(rig: Rig):
+    """A write behind that fails (a full disk past the reserve, EFBIG here) fails the
+    write(2) after it, as a local file system's failed write-back fails a later call,
+    and is owed to the close; that version is never submitted."""
+    local = await new_file(rig)
+    with file_size_limit(200_000):
+        await local.write(0, b"x" * 300_000)  # returns: its pwrite fails behind
+        with pytest.raises(OSError) as failed:
+            await local.write(300_000, b"y" * 300_000)
+        assert failed.value.errno == errno.EFBIG
+    with pytest.raises(OSError) as owed:
+        await rig.writes.release(local)
+    assert owed.value.errno == errno.EFBIG and rig.queue.submits == []
+
+
+async def test_a_close_waits_for_the_write_behind_even_of_an_unlinked_file(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    """The last close of a removed file submits nothing, but still waits for the thread
+    writing to the descriptor it closes."""
+    held = _HeldPieces(monkeypatch)
+    local = await new_file(rig)
+    await local.write(0, b"z" * 300_000)
+    await held.wait_started()
+    await rig.writes.remove(B, "k")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.writes.release, local)
+        await trio.testing.wait_all_tasks_blocked()
+        assert local.state is not State.CLOSED
+        held.go.set()
+    assert local.state is State.CLOSED and rig.queue.submits == [] and rig.files() == set()
 
 
 async def test_the_tails_of_all_files_share_one_bound(rig: Rig, monkeypatch: pytest.MonkeyPatch):
@@ -678,7 +758,7 @@ async def test_an_append_that_needs_cached_blocks_evicted_goes_to_a_thread(rig: 
         raise OSError(errno.ENOSPC, "down to the reserve")
 
     rig.staging._claim = claim
-    rig.staging._claim_now = lambda n: claims.append(("now", n)) is not None
+    rig.staging._claim_now = lambda n, fresh=False: claims.append(("now", n)) is not None
     local = await new_file(rig)
     with pytest.raises(OSError) as failed:
         await local.write(0, b"abc")
@@ -735,8 +815,8 @@ async def test_a_read_in_flight_survives_the_copy_on_write_of_a_write_meanwhile(
     await rig.writes.release(local)
 
 
-async def _append(into: list[bytes], read: Awaitable[bytes]) -> None:
-    into.append(await read)
+async def _append(into: list[Any], result: Awaitable[Any]) -> None:
+    into.append(await result)
 
 
 async def test_an_unmount_journals_the_open_files_past_one_that_cannot_be(rig: Rig):

@@ -614,3 +614,31 @@ async def test_light_workers_do_not_spin_while_big_uploads_wait(tmp_path: Path, 
     # 40-60 when they sleep (each worker's first look, a wake per change and per job end);
     # 3,058 when the light ones asked again at once while a big job was due
     assert claims() < 150, f"{claims()} claims for 8 jobs"
+
+
+async def test_a_multipart_upload_probes_conditions_while_its_parts_go(
+        tmp_path: Path, store: S3Store, s3: Any, bucket: str,
+        monkeypatch: pytest.MonkeyPatch):
+    """The first conditional upload to a bucket probes what it honours; a multipart one
+    needs the answer only at its completion, so the probe runs beside its parts instead
+    of after them (six requests on the path to durable on every fresh mount)."""
+    upload_part, put_object = store.upload_part, store.put_object
+    probing = threading.Event()
+    overlapped: list[bool] = []
+
+    def probe_put(bucket: str, key: str, *args: Any, **kwargs: Any) -> str:
+        probing.set()
+        return put_object(bucket, key, *args, **kwargs)
+
+    def part_waiting_for_the_probe(*args: Any) -> str:
+        overlapped.append(probing.wait(5))  # never set if the probe waits for the parts
+        return upload_part(*args)
+    monkeypatch.setattr(store, "put_object", probe_put)
+    monkeypatch.setattr(store, "upload_part", part_waiting_for_the_probe)
+    data = os.urandom(6 * MiB)
+    async with upload_queue(tmp_path, store, uploader=small_parts) as queue:
+        job = await write(queue, bucket, "new.bin", data, expected=None)
+        with trio.fail_after(30):
+            assert await queue.wait(job)
+    assert overlapped == [True, True]
+    assert body(s3, bucket, "new.bin") == data and keys(s3, bucket) == ["new.bin"]

@@ -56,7 +56,7 @@ SPARES = 64
 
 class Staging:
     def __init__(self, directory: Path, claim: Callable[..., None] | None = None,
-                 claim_now: Callable[[int], bool] | None = None):
+                 claim_now: Callable[..., bool] | None = None):
         """`claim(n)`: room for n more bytes above the cache disk's free-space reserve, or
         ENOSPC (BlockCache.claim: evicting cached blocks first). `claim_now(n)`: the same
         room if there is some without evicting (BlockCache.claim_now), else False."""
@@ -92,12 +92,15 @@ class Staging:
         for staging_id in spares:
             self.discard(staging_id)
 
-    def claim_now(self, n: int) -> bool:
+    def claim_now(self, n: int, fresh: bool = False) -> bool:
         """Room for `n` more bytes without evicting anything: no disk work but a statvfs
-        now and then, so the trio loop may ask. False: only `claim`, in a thread, can tell."""
+        now and then (`fresh`: now), so the trio loop may ask. False: only `claim`, in a
+        thread, can tell."""
         if self._claim is None:
             return True
-        return self._claim_now is not None and self._claim_now(n)
+        if self._claim_now is None:
+            return False
+        return self._claim_now(n, fresh) if fresh else self._claim_now(n)
 
     def claim(self, n: int, fresh: bool = False) -> None:
         """Refuse (ENOSPC, at write time) a write of `n` bytes that would eat into the cache

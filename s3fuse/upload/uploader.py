@@ -331,6 +331,8 @@ class Uploader:
         upload_id = self.store.create_multipart_upload(bucket, key, content_type=ctype,
                                                        **metadata)
         self.journal.multipart_created(record, upload_id)
+        if expected is not UNKNOWN:  # the completion is conditional: its answer, meanwhile
+            self.conditions.probe_ahead(bucket, key)
         try:
             etags = self._parts(bucket, key, upload_id, fd, size)
             etag = self._conditional(

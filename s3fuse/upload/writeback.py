@@ -323,6 +323,7 @@ class WriteBack:
 
     async def _flush(self, local: LocalFile) -> None:
         """flush with `local.lock` held."""
+        await local.written_behind()
         self._owed(local)
         if not local.to_submit:
             return
@@ -374,6 +375,7 @@ class WriteBack:
 
     async def _close(self, local: LocalFile) -> None:
         """The last handle is gone: forget the LocalFile (and its staging file unless queued)."""
+        await local.written_behind()  # its thread writes to the descriptor close closes
         ours = local.close()
         if self._open.get((local.bucket, local.key)) is local:
             del self._open[(local.bucket, local.key)]
