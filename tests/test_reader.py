@@ -122,6 +122,58 @@ async def test_read_ahead_from_the_disk_cache_is_two_blocks_deep(tmp_path: Path)
     assert store.calls == []
 
 
+async def test_the_block_a_reader_waits_for_comes_off_the_disk_before_the_read_ahead(
+        tmp_path: Path):
+    """The first read of a cached file: its block is read from the disk cache alone, and
+    the blocks read ahead start once it is back (together they share the disk, and the
+    reader waited for all four); from S3, the read-ahead goes at once (a disk miss)."""
+    import threading
+    data, ref, cache = disk_cached(tmp_path, 6)
+    events: list[str] = []
+    lock = threading.Lock()
+    get = cache.get
+
+    def recording_get(bucket: str, key: str, etag: str, index: int) -> memoryview | None:
+        with lock:
+            events.append(f"start {index}")
+        found = get(bucket, key, etag, index)
+        with lock:
+            events.append(f"end {index}")
+        return found
+
+    cache.get = recording_get  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        background = Supervisor()
+        background.bind(nursery)
+        reader = BlockReader(FakeStore(data), cache, block_size=MiB,  # type: ignore[arg-type]
+                             readahead=3, background=background)
+        assert await reader.read(ref, 0, 4096, ReadState()) == data[:4096]
+        assert (await Idle(background, None, Link()).wait(10))["idle"]
+    assert events[:2] == ["start 0", "end 0"]
+    assert sorted(events[2:]) == sorted(f"{e} {i}" for e in ("start", "end") for i in (1, 2, 3))
+
+    cold = FakeStore(os.urandom(6 * MiB))  # not cached: the GETs start together
+    gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        background = Supervisor()
+        background.bind(nursery)
+        reader = BlockReader(cold, BlockCache(tmp_path / "cold", 256 * MiB),  # type: ignore[arg-type]
+                             block_size=MiB, readahead=3, background=background)
+        slow_get = cold.get
+
+        def blocked_block_zero(bucket: str, key: str, etag: str, start: int = 0,
+                               end: int | None = None) -> bytes:
+            if start == 0:
+                trio.from_thread.run(gate.wait)
+            return slow_get(bucket, key, etag, start, end)
+        cold.get = blocked_block_zero  # type: ignore[method-assign]
+        nursery.start_soon(reader.read, ObjectRef("b", "c", "e1", 6 * MiB), 0, 4096, ReadState())
+        with trio.fail_after(5):
+            while len(cold.calls) < 3:  # blocks 1-3 fetched while block 0 is still out
+                await trio.sleep(0.01)
+        gate.set()
+
+
 async def test_blocks_further_ahead_in_the_disk_cache_are_opened_not_read(tmp_path: Path):
     """Beyond the two blocks read ahead from the disk cache, the next ones up to
     DISK_OPEN_AHEAD_BLOCKS are looked up and opened (disk round trips, no memory), each once."""
