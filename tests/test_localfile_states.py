@@ -691,6 +691,44 @@ async def test_big_appends_return_before_the_disk_has_them_and_every_reader_wait
     assert rig.files() == {local.staging_id}
 
 
+async def test_a_read_sees_the_tail_a_writer_moved_behind_while_it_waited(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    """A small append waits in the tail after a write behind; a reader of it and a big
+    append both wait for that write behind. When it is done the writer may run first and
+    move the tail into a new write behind: the reader, looking again, waits for that one
+    too, instead of reading the staging file without the tail (a short read, seen as the
+    end of the file, although the append's write(2) had returned). Every wake order."""
+    import threading
+    gates = [threading.Event(), threading.Event()]
+    calls: list[int] = []
+    real = LocalFile._write_pieces
+
+    def held(local: LocalFile, behind: Any) -> None:
+        n = len(calls)
+        calls.append(n)
+        if n < 2:
+            gates[n].wait(10)
+        real(local, behind)
+    monkeypatch.setattr(LocalFile, "_write_pieces", held)
+    for attempt in range(10):
+        gates[0].clear(), gates[1].clear(), calls.clear()
+        local = await new_file(rig, f"k{attempt}")
+        first, small, second = os.urandom(300_000), os.urandom(3000), os.urandom(300_000)
+        await local.write(0, first)                  # behind, held
+        await local.write(300_000, small)            # in the tail
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(local.write, 303_000, second)  # waits for the first
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(lambda: _append(got, local.read(299_000, 8000)))
+            await trio.testing.wait_all_tasks_blocked()
+            gates[0].set()
+            await trio.testing.wait_all_tasks_blocked()
+            gates[1].set()
+        assert got == [(first + small + second)[299_000:307_000]]
+        await rig.writes.release(local)
+
+
 async def test_a_failed_write_behind_fails_the_next_write_and_is_owed_to_the_close(rig: Rig):
     """A write behind that fails (a full disk past the reserve, EFBIG here) fails the
     write(2) after it, as a local file system's failed write-back fails a later call,
@@ -829,3 +867,23 @@ async def test_an_unmount_journals_the_open_files_past_one_that_cannot_be(rig: R
     rig.queue.refuse = CacheFull("upload journal: database or disk is full")  # type: ignore[assignment]
     await rig.writes.submit_open()
     assert [(s.key, s.data) for s in rig.queue.submits] == [("second", b"two")]
+
+
+async def test_a_landing_the_stored_listing_could_not_record_stays_shown(rig: Rig):
+    """A file closed and uploaded while the cache disk is full: the stored listing cannot
+    learn it (CacheFull), so the overlay must keep showing it; cleared, the file vanished
+    from `ls` and `stat` until the listing's TTL ran out, although it was in S3. Cleared
+    once a telling of the landing is recorded."""
+    from s3fuse.upload.uploader import UploadResult
+    answers = [False, True]
+    rig.writes.watch(B, lambda key, result: answers.pop(0))
+    local = await new_file(rig)
+    await local.write(0, b"hello")
+    await rig.writes.release(local)
+    rig.queue.upload("k")
+    rig.writes._uploaded(B, "k", UploadResult(etag="e1"))   # the listing is full
+    change = rig.overlay.get(B, "k")
+    assert change is not None and not change.deleted and change.size == 5
+    assert change.etag == "e1"                               # S3's version is read
+    rig.writes._uploaded(B, "k", UploadResult(etag="e1"))   # told again, recorded
+    assert rig.overlay.get(B, "k") is None and answers == []

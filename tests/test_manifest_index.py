@@ -134,6 +134,36 @@ def test_reingest_keeps_rowids_and_drops_removed(tmp_path: Path):
     assert index.info("root_etag") == "etag-2"
 
 
+def test_a_shard_indexed_again_keeps_the_ids_of_its_paths(tmp_path: Path):
+    """The kernel keeps a shard's directories and members by inode number (the node id):
+    indexed again (its archive changed, a published index was wrong), a path keeps its id
+    and a lookup from a directory the kernel kept finds its members; new paths get ids
+    no node ever had, gone ones are gone."""
+    base = "ml/run/samples/"
+    root = base + "manifest.jsonl"
+    objects = {root: jsonl({"kind": "shard", "archive_key": base + "s.tar", "format": "tar",
+                            "compression": "none"})}
+    index = ingest(tmp_path, objects)
+    shard = index.child(ROOT_ID, "s.tar").id
+    index.store_members(shard, [("clips/a.wav", 512, 10, None, None),
+                                ("clips/b.wav", 1536, 20, None, None)], "e1", "tar", 4096,
+                        None, None, 0.0)
+    clips = index.child(shard, "clips").id
+    a, b = index.child(clips, "a.wav").id, index.child(clips, "b.wav").id
+    highest = max(clips, a, b)
+    index.store_members(shard, [("clips/c.wav", 512, 30, None, None),
+                                ("clips/a.wav", 2048, 11, None, None),
+                                ("other/d.wav", 4096, 5, None, None)], "e2", "tar", 8192,
+                        None, None, 0.0)
+    assert index.child(shard, "clips").id == clips
+    again = index.child(clips, "a.wav")
+    assert (again.id, again.offset, again.size) == (a, 2048, 11)
+    assert index.child(clips, "b.wav") is None and index.node(b) is None
+    fresh = [index.child(clips, "c.wav").id, index.child(shard, "other").id]
+    fresh.append(index.child(fresh[1], "d.wav").id)
+    assert len(set(fresh)) == 3 and min(fresh) > highest
+
+
 def test_oversized_manifest_is_refused(tmp_path: Path, caplog):
     root = "m/manifest.jsonl"
     objects = {root: jsonl({"kind": "manifest_ref", "key": "m/big.jsonl"}, {"kind": "file", "key": "m/ok"}),

@@ -81,3 +81,32 @@ def test_a_learned_size_never_lands_on_a_node_an_ingestion_changed(tmp_path: Pat
         assert index.node(node.id).size is None  # type: ignore[union-attr]
     finally:
         tree.close()
+
+
+async def test_a_manifest_gone_from_s3_is_asked_for_once_per_ttl(tmp_path: Path, caplog):
+    """Deleted while mounted: the view keeps its last index, says so once, and asks S3
+    again after the TTL, not at every request (each lookup and stat sent a HEAD)."""
+    import logging
+    store = MemoryStore()
+    store.create_bucket(B)
+    etag = store.put_object(B, "m/a.txt", b"a")
+    store.put_object(B, "m/manifest.jsonl", b'{"kind": "file", "key": "m/a.txt", '
+                     b'"size_bytes": 1, "etag": "%s"}\n' % etag.encode())
+    tree = ManifestTree(parse_manifest(f"s3://{B}/m/manifest.jsonl"), store, None,  # type: ignore[arg-type]
+                        tmp_path, ttl=0.2, limiter=trio.CapacityLimiter(4),
+                        shards=ShardService(store, None, ttl=60))  # type: ignore[arg-type]
+    try:
+        await tree.stat(ROOT_ID)
+        store.delete_object(B, "m/manifest.jsonl")
+        await trio.sleep(0.25)
+        heads = store.request_counts()["HeadObject"]
+        with caplog.at_level(logging.WARNING):
+            began = time.monotonic()
+            for _ in range(20):
+                assert await tree.lookup(ROOT_ID, "a.txt") is not None
+                await tree.stat(ROOT_ID)
+            assert time.monotonic() - began < 0.2
+        assert store.request_counts()["HeadObject"] - heads == 1  # the TTL is 0.2 s
+        assert caplog.text.count("is gone from S3") == 1
+    finally:
+        tree.close()

@@ -200,6 +200,51 @@ def test_a_shard_replaced_in_s3_is_indexed_again_after_the_read_that_found_it(
     assert member.read_bytes() == b"version 2!\n"
 
 
+def test_members_in_a_directory_of_a_replaced_shard_read_again_without_waiting(
+        s3, bucket, mount_factory):
+    """Members laid out in a directory of the shard (`clips/`, as s3exchange users do): after
+    the read that found the archive changed, the kernel still holds `clips/` and never asks
+    for the shard's directory again. The next lookup or open in it indexes the shard again,
+    and the paths keep their inode numbers, so the other members read at once: they were
+    ENOENT for the whole metadata TTL, `ls` again or not. And a manifest entry whose object
+    is gone is named in the log by the read that finds it."""
+    old = {f"clips/m{n}.bin": f"version 1 of {n}\n".encode() for n in range(3)}
+    s3.put_object(Bucket=bucket, Key="s/shards/x.tar", Body=tar_of(old))
+    s3.put_object(Bucket=bucket, Key="s/loose.txt", Body=b"loose\n")
+    loose_etag = s3.head_object(Bucket=bucket, Key="s/loose.txt")["ETag"].strip('"')
+    s3.put_object(Bucket=bucket, Key="s/manifest.jsonl", Body=(
+        b'{"kind":"shard","archive_key":"s/shards/x.tar","format":"tar","compression":null}\n'
+        + b'{"kind":"file","key":"s/loose.txt","size_bytes":6,"etag":"%s"}\n'
+        % loose_etag.encode()))
+    args = ("--manifest", f"v=s3://{bucket}/s/manifest.jsonl")
+    m = mount_factory(*args)
+    assert m.path("v", "shards", "x.tar", "clips", "m1.bin").read_bytes() == old["clips/m1.bin"]
+    m.stop()
+    cleared = subprocess.run([sys.executable, "-m", "s3fuse", "cache", "clear", "--cache-dir",
+                              str(m.cache_dir)], env=m.env, capture_output=True, text=True)
+    assert cleared.returncode == 0, cleared.stderr
+    new = {f"clips/m{n}.bin": f"version 2 of {n}, longer\n".encode() for n in range(3)}
+    s3.put_object(Bucket=bucket, Key="s/shards/x.tar", Body=tar_of(new))
+    again = mount_factory(*args, name="again", cache_dir=m.cache_dir)
+    again.expect_log(r"x\.tar changed in S3: indexing it again|read .*m0\.bin failed: ESTALE|"
+                     r"loose\.txt is not in S3 any more|read .*loose\.txt failed")
+    clips = again.path("v", "shards", "x.tar", "clips")
+    assert sorted(os.listdir(clips)) == ["m0.bin", "m1.bin", "m2.bin"]  # the old index
+    inode = os.stat(clips / "m1.bin").st_ino
+    with pytest.raises(OSError) as info:
+        (clips / "m0.bin").read_bytes()                 # uncached: finds the archive changed
+    assert info.value.errno == errno.ESTALE
+    assert (clips / "m1.bin").read_bytes() == new["clips/m1.bin"]   # at once, same inode
+    assert os.stat(clips / "m1.bin").st_ino == inode
+    assert sorted(os.listdir(clips)) == ["m0.bin", "m1.bin", "m2.bin"]
+    assert (clips / "m0.bin").read_bytes() == new["clips/m0.bin"]
+
+    s3.delete_object(Bucket=bucket, Key="s/loose.txt")
+    with pytest.raises(FileNotFoundError):
+        again.path("v", "loose.txt").read_bytes()
+    assert "loose.txt is not in S3 any more" in again.log()
+
+
 def test_a_walk_that_only_lists_gets_names_and_stats_after_it_are_right(backend, bucket,
                                                                         mount_factory):
     """`find` gets the files of a manifest as names only once it shows it stats none

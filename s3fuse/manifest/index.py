@@ -256,18 +256,21 @@ class ManifestIndex:
         so each member's tar header is checked before its bytes are served."""
         gen = int(self.info("gen") or 0)
         with self._db.bulk() as db:
+            ids = _KeptIds(db, shard_id)
             db.execute("DELETE FROM nodes WHERE shard=?", (shard_id,))
             dirs: dict[tuple[int, str], int] = {}
             count = 0
             packed = pack_etag(etag)
             for path, offset, size, entry_id, meta in members:
                 parts = path.split("/")
-                parent = _member_dirs(db, dirs, parts[:-1], shard_id, gen)
-                db.execute(
-                    "INSERT OR IGNORE INTO nodes (parent, name, kind, size, etag, entry_id, meta, "
-                    "shard, offset, gen) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (parent, parts[-1], MEMBER, size, packed, entry_id, meta, shard_id, offset, gen))
+                parent = _member_dirs(db, dirs, parts[:-1], shard_id, gen, ids)
+                ids.used(db.execute(
+                    "INSERT OR IGNORE INTO nodes (id, parent, name, kind, size, etag, entry_id, "
+                    f"meta, shard, offset, gen) VALUES ({_KEPT_ID},?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                    (parent, parts[-1], ids.fresh, parent, parts[-1], MEMBER, size, packed,
+                     entry_id, meta, shard_id, offset, gen)).fetchone())
                 count += 1
+            ids.drop()
             db.execute("UPDATE shards SET state='indexed', etag=?, actual=?, asize=?, usize=?, "
                        "gzip_index=?, checked_at=?, error=NULL WHERE node=?",
                        (etag, actual, asize, usize, gzip_index, checked_at, shard_id))
@@ -301,8 +304,40 @@ def shared_key(shard_id: int) -> str:
     return f"shared:{shard_id}"
 
 
+#: A node's id from the shard's index before (`_KeptIds`), else the next fresh one.
+_KEPT_ID = "COALESCE((SELECT id FROM temp.kept_ids WHERE parent=? AND name=?), ?)"
+
+
+class _KeptIds:
+    """The ids a shard's nodes had, for the same paths when it is indexed again (a changed
+    archive, a published index found wrong): the kernel keeps a member's directory and its
+    members by inode number, which is the id, and a lookup from there found nothing for
+    the metadata TTL when every id changed. New paths get ids above every id there was,
+    so a reused id is never taken first."""
+
+    def __init__(self, db: sqlite3.Connection, shard_id: int):
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS kept_ids (parent INTEGER, name TEXT, "
+                   "id INTEGER, PRIMARY KEY (parent, name)) WITHOUT ROWID")
+        db.execute("DELETE FROM temp.kept_ids")
+        db.execute("INSERT INTO temp.kept_ids SELECT parent, name, id FROM nodes WHERE shard=?",
+                   (shard_id,))
+        self._db = db
+        self.fresh = (db.execute("SELECT max(id) FROM nodes").fetchone()[0] or 0) + 1
+
+    def used(self, row: tuple[int] | None) -> int | None:
+        """Note the id an insert returned (None: ignored); the fresh one taken moves on."""
+        if row is None:
+            return None
+        if row[0] == self.fresh:
+            self.fresh += 1
+        return row[0]
+
+    def drop(self) -> None:
+        self._db.execute("DELETE FROM temp.kept_ids")
+
+
 def _member_dirs(db: sqlite3.Connection, dirs: dict[tuple[int, str], int], parts: list[str],
-                 shard_id: int, gen: int) -> int:
+                 shard_id: int, gen: int, ids: _KeptIds) -> int:
     """The directory rows of a member's path, created once. Known directories are keyed by
     (parent id, name), not by their path: memory stays linear in the path's length (a
     path's every prefix as a string would be quadratic: 199 MiB for 50 deep members)."""
@@ -311,10 +346,10 @@ def _member_dirs(db: sqlite3.Connection, dirs: dict[tuple[int, str], int], parts
         known = dirs.get((parent, part))
         if known is None:
             cur = db.execute(
-                "INSERT INTO nodes (parent, name, kind, shard, gen) VALUES (?,?,?,?,?) "
+                f"INSERT INTO nodes (id, parent, name, kind, shard, gen) VALUES ({_KEPT_ID},?,?,?,?,?) "
                 "ON CONFLICT(parent, name) DO UPDATE SET kind=excluded.kind RETURNING id",
-                (parent, part, DIR, shard_id, gen))
-            known = dirs[parent, part] = cur.fetchone()[0]
+                (parent, part, ids.fresh, parent, part, DIR, shard_id, gen))
+            known = dirs[parent, part] = ids.used(cur.fetchone())  # type: ignore[assignment]
         parent = known
     return parent
 

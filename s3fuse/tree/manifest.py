@@ -14,6 +14,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import trio
 
@@ -94,6 +95,11 @@ class ManifestTree(ReadOnlyNamespace):
                     self._checked = time.monotonic()
                     return
                 raise
+            if isinstance(exc, NotFound):  # asked again after the TTL, not at every request
+                self._checked = time.monotonic()
+                self._missing.warning(self.spec.key, "manifest %s is gone from S3: %s shows "
+                                      "its last index", self.spec.uri, self.name)
+                return
             log.debug("serving the cached index of %s: %s", self.spec.uri, exc)
 
     async def _revalidate(self) -> None:
@@ -133,7 +139,9 @@ class ManifestTree(ReadOnlyNamespace):
             raise NotADirectory(self.describe(ref))
         if node.kind == SHARD:
             await self._shards.ensure_indexed(self, node)
-        return node
+        elif node.shard is not None:  # a directory in a shard, which may be due again: the
+            await self._shards.ensure_indexed(self, self._node(node.shard))  # kernel keeps
+        return node  # it without asking for the shard's directory (ids stay: index.py)
 
     async def lookup(self, ref: int, name: str) -> tuple[int, Entry] | None:
         await self._dir(ref)
@@ -202,9 +210,15 @@ class ManifestTree(ReadOnlyNamespace):
         node = self._node(ref)
         if node.is_dir:
             raise IsADirectory(self.describe(ref))
-        if node.kind == MEMBER:
-            return await self._shards.open_member(self, node)
-        return ObjectSource(self.reader, await self._object(node))
+        if node.kind == MEMBER:  # its shard indexed again first, when it is due
+            await self._shards.ensure_indexed(self, self._node(node.shard or 0))
+            return await self._shards.open_member(self, self._node(ref))
+        ref = await self._object(node)
+
+        def missing() -> None:
+            self._missing.warning(ref.key, "%s: s3://%s/%s is not in S3 any more: reading it "
+                                  "fails (ENOENT)", self.spec.uri, ref.bucket, ref.key)
+        return _EntrySource(self.reader, ref, missing)
 
     async def _object(self, node: Node) -> ObjectRef:
         """The S3 object of a file entry (size and ETag looked up once when missing)."""
@@ -244,3 +258,19 @@ class ManifestTree(ReadOnlyNamespace):
 
     def describe(self, ref: int) -> str:
         return self.index.path_of(ref)
+
+
+class _EntrySource(ObjectSource):
+    """A manifest entry's object: one S3 no longer has is named in the log (once per key)
+    at the read that finds it gone, as an entry the manifest gave no ETag is at its HEAD."""
+
+    def __init__(self, reader: BlockReader, ref: ObjectRef, missing: Callable[[], None]):
+        super().__init__(reader, ref)
+        self._on_missing = missing
+
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
+        try:
+            return await super().read(offset, size)
+        except NotFound:
+            self._on_missing()
+            raise

@@ -334,8 +334,9 @@ class ShardService:
         """A member of a published index is not where its tar header is (or its seek points
         do not inflate): index the archive here (at the next lookup) and publish that
         instead. Raises CorruptData (EIO)."""
-        log.warning("s3://%s/%s: the shared index is wrong about it (no matching tar header "
-                    "there): indexing the archive locally", member.bucket, member.key)
+        if archive not in self._distrusted:  # once: a read and its read-ahead both find it
+            log.warning("s3://%s/%s: the shared index is wrong about it (no matching tar "
+                        "header there): indexing the archive locally", member.bucket, member.key)
         tree.index.forget_shard(shard_id).result()  # a worker thread's: it may wait
         trio.from_thread.run_sync(self._forget, tree, shard_id, archive)
         raise CorruptData(f"s3://{member.bucket}/{member.key}: shared index is wrong")

@@ -608,15 +608,21 @@ class LocalFile:
     # ------------------------------------------------------------ reads
 
     async def read(self, offset: int, size: int) -> bytes:
+        """Every byte whose write returned before this read began, wherever it is: on
+        disk, in the tail, or being written behind. Looked at again after every wait: a
+        writer waiting meanwhile may have moved the tail into a new write behind."""
         self._require(*OPEN)
-        behind = self._behind
-        if behind is not None and offset + size > behind.at:  # reaches bytes not on disk yet
-            await self.written_behind()
-        tail, at = self._tail, self._tail_at
-        if tail and offset >= at:  # past the bytes on disk: from memory
-            return bytes(tail[offset - at:offset - at + size])
-        if tail and offset + size > at:  # partly in the tail: written out first
-            async with self.lock:
+        while True:
+            behind, tail, at = self._behind, self._tail, self._tail_at
+            if behind is not None and not behind.done.is_set() and offset + size > behind.at:
+                await self.written_behind()  # reaches bytes not on disk yet
+                continue
+            if tail and offset >= at:  # past the bytes on disk: from memory
+                return bytes(tail[offset - at:offset - at + size])
+            if not tail or offset + size <= at:
+                break
+            async with self.lock:  # partly in the tail: written out first (no write behind
+                await self.written_behind()  # in flight then: it may make the file)
                 await self._io(self._write_tail)
         if self._fd is None:  # nothing written yet
             return b""

@@ -52,7 +52,8 @@ FSYNC_WAIT = 300.0  # fsync gives up waiting for the upload (the bytes stay jour
 #: Bytes of room on the cache disk a change journalled after its S3 request needs first
 #: (`room_for_change`): a journal row and a listing entry, with WAL pages to spare
 CHANGE_ROOM = 256 << 10
-Listener = Callable[[str, UploadResult | None], None]  # (key, result; None for a removal)
+#: (key, result; None for a removal) -> recorded (False: the overlay must keep the change)
+Listener = Callable[[str, UploadResult | None], bool]
 Reader = Callable[[int, int], Awaitable[bytes | memoryview]]
 
 
@@ -159,9 +160,11 @@ class WriteBack:
         self._listeners[bucket].append(listener)
 
     def _uploaded(self, bucket: str, key: str, result: UploadResult) -> None:
+        recorded = True
         for listener in self._listeners.get(bucket, ()):
             # no ETag: a removal, unless the remote version won (it may be gone: look again)
-            listener(key, result if result.etag or result.kept_remote else None)
+            told = listener(key, result if result.etag or result.kept_remote else None)
+            recorded = recorded and told is not False
         local = self._open.get((bucket, key))
         if local is not None:
             if (local.state is State.QUEUED and not result.kept_remote
@@ -176,9 +179,12 @@ class WriteBack:
             return
         if (bucket, key) in self._new_bytes:
             return  # newer bytes are shown and being journalled: this landing is older
-        if not self.queue.pending(bucket, key) and (bucket, key) not in self._unjournalled:
+        if (recorded and not self.queue.pending(bucket, key)
+                and (bucket, key) not in self._unjournalled):
             self.overlay.clear(bucket, key)
         elif self._landed_whole(bucket, key, result):
+            # (or not recorded in the stored listing, a full disk: the overlay keeps showing
+            # the file, as S3's version, until a telling of a landing is recorded)
             # only metadata changes are left: the bytes shown are S3's version now
             change = self.overlay.get(bucket, key)
             if change is not None and not change.deleted and not change.is_dir:

@@ -88,9 +88,10 @@ class BucketTree(Namespace):
         if writes is not None:
             writes.watch(spec.bucket, self._uploaded)
 
-    def _uploaded(self, key: str, result: UploadResult | None) -> None:
-        """The write-back layer's news of an upload that landed (`result` None: a removal)."""
-        self._pending.uploaded(key, result)
+    def _uploaded(self, key: str, result: UploadResult | None) -> bool:
+        """The write-back layer's news of an upload that landed (`result` None: a removal);
+        False: it could not be recorded in the stored listing (a full disk)."""
+        return self._pending.uploaded(key, result)
 
     # ----------------------------------------------------------- names
 

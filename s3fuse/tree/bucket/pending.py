@@ -103,25 +103,28 @@ class PendingView:
 
     # ----------------------------------------------------------- uploads landing
 
-    def uploaded(self, key: str, result: UploadResult | None) -> None:
+    def uploaded(self, key: str, result: UploadResult | None) -> bool:
         """A change reached S3: the listings learn it (`result` None: a removal). The
         queue tells each landing twice; the second telling of one recorded already is
         skipped (a listing point write on the loop costs as much as the rest of a
-        `chmod`'s request), one that failed the first time (a full disk) is tried again."""
+        `chmod`'s request), one that failed the first time (a full disk) is tried again.
+        False when it could not be recorded: the overlay must keep showing the change,
+        since the stored listing does not (write-back layer, `_uploaded`)."""
         place = self._keys.place(key)
         if place is None:
-            return
+            return True
         if self._recorded.pop(key, _NOTHING) == result:
-            return
+            return True
         try:
             self._record_upload(key, *place, result)
         except CacheFull as exc:  # S3 has it; the listing shows it once refreshed with room
             log.warning("%s is uploaded but not recorded in the stored listing: %s",
                         self._keys.uri(key), exc)
-            return
+            return False
         self._recorded[key] = result
         if len(self._recorded) > RECORDED_MAX:
             del self._recorded[next(iter(self._recorded))]
+        return True
 
     def _record_upload(self, key: str, parent: str, name: str,
                        result: UploadResult | None) -> None:
