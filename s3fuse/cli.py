@@ -14,7 +14,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, MutableMapping, NoReturn, Sequence
 
 from . import __version__
 from .config import Config, EndpointOfProfile, build_config, check_mountpoint, check_outside_mount
@@ -266,8 +266,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
     target = args.mountpoint
     if target is None and args.config:
-        from .config import load_toml
-        target = load_toml(Path(args.config)).get("mountpoint")
+        from .config import load_config_file  # `~` and relative paths as the mount read them
+        target = load_config_file(Path(args.config)).get("mountpoint")
     if target is None:
         raise UsageError("no mountpoint given (argument or 'mountpoint' in --config)")
     mountpoint = require_mount(Path(target))
@@ -751,6 +751,24 @@ def _commands(parser: argparse.ArgumentParser) -> list[str]:
     return list(next(a for a in parser._actions if a.metavar == "COMMAND").choices or ())
 
 
+def own_home(environ: MutableMapping[str, str] = os.environ) -> None:
+    """$HOME as the user's own: mount(8) runs a `user` fstab mount's helper as the user
+    with root's HOME, and the default cache dir, ~/.aws and `~` in paths then pointed into
+    /root ("Permission denied: /root/.cache/s3fuse"). A HOME another user owns is replaced
+    by the home the password database gives (root's own is left alone)."""
+    import pwd
+    uid = os.getuid()
+    home = environ.get("HOME")
+    try:
+        if uid == 0 or (home and os.stat(home).st_uid == uid):
+            return
+        own = pwd.getpwuid(uid).pw_dir
+    except (OSError, KeyError):  # no such HOME, or no password entry: as it is
+        return
+    if own and own != home:
+        environ["HOME"] = own
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .fstab import helper_call
 
@@ -758,6 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     if argv and argv[0] not in _commands(parser):  # `s3fuse SOURCE DIR -o ...`: mount.fuse3's
         argv = helper_call(argv) or argv
+    own_home()
     secret = credential_in_argv(argv)
     if secret is not None:  # before argparse, which would echo the value in its error
         _say(f"s3fuse: error: {credential_refusal(secret, 'option')}")

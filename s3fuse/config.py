@@ -458,6 +458,11 @@ def load_toml(path: Path) -> dict[str, Any]:
 PATH_KEYS = ("mountpoint", "secrets_env", "cache_dir", "log_file")
 
 
+def load_config_file(path: Path) -> dict[str, Any]:
+    """A TOML configuration as every command must read it: its paths anchored."""
+    return anchored(load_toml(path), path)
+
+
 def anchored(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """`data` (of the TOML file `path`) with its relative paths made absolute against the
     file's directory (`~` expanded first): `secrets_env = "secrets.env"` beside
@@ -487,8 +492,11 @@ def _shown(value: Any) -> str:
 #: noatime covers directories too.
 KERNEL_FLAGS: dict[str, tuple[str, str | None]] = {
     "exec": ("exec", None), "noexec": ("exec", "noexec"),
-    "suid": ("suid", "suid"), "nosuid": ("suid", None),  # libfuse's default: nosuid, nodev
-    "dev": ("dev", "dev"), "nodev": ("dev", None),
+    # Never suid or dev: a bucket's headers choose every file's owner and mode, so a
+    # setuid-root program planted there would run as root (docs/reliability.md). Accepted
+    # (mount.fuse3 adds `dev,suid` to every fstab mount root makes), without effect.
+    "suid": ("suid", None), "nosuid": ("suid", None),  # libfuse's default: nosuid, nodev
+    "dev": ("dev", None), "nodev": ("dev", None),
     "atime": ("atime", None), "relatime": ("atime", None), "strictatime": ("atime", None),
     "noatime": ("atime", "noatime"), "nodiratime": ("diratime", None),
     "async": ("sync", None), "sync": ("sync", "sync"), "dirsync": ("dirsync", "dirsync"),
@@ -560,7 +568,7 @@ def build_config(cli: Mapping[str, Any], o_options: list[str] | None = None,
     config_file = cli.get("config")
     layers: list[dict[str, Any]] = []
     if config_file:
-        layers.append(anchored(load_toml(Path(config_file)), Path(config_file)))
+        layers.append(load_config_file(Path(config_file)))
     layers.append(parse_o_options(o_options or []))
     explicit = {k: v for k, v in cli.items() if v is not None and k in SCALAR_OPTIONS}
     for key in LIST_OPTIONS:

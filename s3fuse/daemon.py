@@ -105,7 +105,9 @@ class ReadySignal:
 
     def ready(self) -> None:
         self._send("READY")
-        self.notifier.send(READY="1", STATUS="mounted")
+        # no STATUS here: the status reporter may have sent its first line already, and
+        # sends the next one only when it changes ("mounted" stood for good, offline too)
+        self.notifier.send(READY="1")
         if self._on_ready is not None:
             self._on_ready()
 

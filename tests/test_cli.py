@@ -203,3 +203,20 @@ def test_discard_by_someone_not_the_owner_says_so(monkeypatch: pytest.MonkeyPatc
         "failures": [], "restricted": True, "hidden": {"failures": 3}})
     assert cli._discard(tmp_path) == 1
     assert "only the owner of the mount" in capsys.readouterr().err
+
+
+@pytest.mark.mount
+def test_umount_with_a_config_finds_its_relative_mountpoint(tmp_path: Path, backend, bucket,
+                                                            mount_factory):
+    """The units' ExecStop is `s3fuse umount --config FILE`: a `mountpoint` relative to the
+    file (or with `~`) is the one the mount used, not one under the current directory
+    (the stop failed "not an s3fuse mount", every time, under systemd's cwd /)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    m = mount_factory("--source", f"s3://{bucket}")
+    (etc / "data.toml").write_text(f'mountpoint = "{os.path.relpath(m.mountpoint, etc)}"\n')
+    res = subprocess.run([sys.executable, "-m", "s3fuse", "umount", "--config",
+                          str(etc / "data.toml")], env=m.env, capture_output=True, text=True,
+                         timeout=60, cwd="/")
+    assert res.returncode == 0, res.stderr
+    assert not os.path.ismount(m.mountpoint)

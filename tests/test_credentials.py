@@ -418,3 +418,17 @@ def test_an_expired_session_that_cannot_be_renewed_fails_for_good(
     with pytest.raises(RemoteError) as caught:
         store.put_object("expiring", "w.txt", b"x")
     assert not isinstance(caught.value, AccessDenied) and not retry.is_permanent(caught.value)
+
+
+def test_a_profile_in_an_unreadable_credentials_file_says_which_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore reads an AWS file it may not open as empty: a credentials file of the wrong
+    owner or mode showed only as "profile not found"."""
+    from s3fuse.store.s3 import unreadable_aws_files
+    creds = tmp_path / "credentials"
+    creds.write_text("[lab]\naws_access_key_id = a\naws_secret_access_key = b\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert unreadable_aws_files() == ""
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != creds)
+    assert unreadable_aws_files() == f" (cannot read {creds}: check its owner and mode)"

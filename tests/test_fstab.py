@@ -40,9 +40,19 @@ def test_generic_mount_flags_reach_libfuse_and_the_last_of_a_pair_wins() -> None
     cfg = config_of(argv)
     assert {"noexec", "noatime", "sync", "dirsync"} <= fuse_options(cfg)
     assert {"suid", "dev", "exec"}.isdisjoint(fuse_options(cfg))
-    cfg = config_of(["mount", "/mnt/x", "-o", "noexec,exec,noatime,relatime,sync,async,suid"])
-    assert cfg.mount_flags == ("suid",)
+    cfg = config_of(["mount", "/mnt/x", "-o", "noexec,exec,noatime,relatime,sync,async"])
+    assert cfg.mount_flags == ()
     assert config_of(["mount", "/mnt/x"]).mount_flags == ()
+
+
+def test_suid_and_dev_never_reach_the_kernel() -> None:
+    """mount.fuse3 adds `dev,suid` to the options of every fstab mount root makes: taken
+    as asked for, a setuid-root program in the bucket ran as root for any user of an
+    allow_other mount. Accepted, without effect: every mount stays nosuid,nodev."""
+    for options in ("rw,dev,suid", "suid,dev,noexec", "nosuid,suid"):
+        cfg = config_of(translate("s3://lab", "/mnt/x", options))
+        assert {"suid", "dev"}.isdisjoint(fuse_options(cfg)), options
+        assert not {"suid", "dev"} & set(cfg.mount_flags), options
 
 
 def test_a_flag_with_a_value_is_one_line_not_a_flag() -> None:
@@ -110,3 +120,25 @@ def test_type_fuse_s3fuse_mounts_with_noexec(tmp_path: Path, backend: Any, bucke
     finally:
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+
+
+def test_a_users_fstab_mount_uses_the_users_home_not_roots(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """mount(8) runs the helper of a `user` fstab line as the user, with root's HOME: the
+    default cache dir and ~/.aws then pointed into /root (Permission denied). A HOME that
+    another user owns gives way to the user's own; root's and a user's own stay."""
+    import pwd
+    from s3fuse.cli import own_home
+    mine = tmp_path / "home"
+    mine.mkdir()
+    uid = os.stat(mine).st_uid + 1000  # the "user": the dirs here belong to someone else
+    monkeypatch.setattr(os, "getuid", lambda: uid)
+    monkeypatch.setattr(pwd, "getpwuid", lambda u: pwd.struct_passwd(
+        ("u", "x", u, u, "", str(mine), "/bin/sh")))
+    env = {"HOME": "/root"}
+    own_home(env)
+    assert env == {"HOME": str(mine)}
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    env = {"HOME": "/root"}
+    own_home(env)
+    assert env == {"HOME": "/root"}

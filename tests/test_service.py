@@ -322,6 +322,13 @@ def test_notify_ready_only_when_live_and_execstop_unmounts(tmp_path: Path, setup
             messages.append(listener.recv(4096).decode())
         assert os.path.ismount(mnt)                 # READY=1 only once the mount is live
         assert (mnt / "data" / "hello.txt").read_bytes() == b"hello"
+
+        def statuses() -> list[str]:
+            return [f for m in messages for f in m.split("\n") if f.startswith("STATUS=")]
+        if not statuses():
+            messages.append(listener.recv(4096).decode())
+        # the link state and cache use, never a READY's "mounted" left standing over them
+        assert "cache" in statuses()[-1], statuses()
         res = subprocess.run(render(stop), env=env, capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         while not any("STOPPING=1" in m for m in messages):
@@ -408,6 +415,23 @@ IMPLY_NO_NEW_PRIVILEGES = (
     "ProtectKernelLogs", "ProtectClock", "MemoryDenyWriteExecute", "RestrictRealtime",
     "RestrictSUIDSGID", "LockPersonality", "ProtectHostname", "PrivateUsers")
 NOBODY = 65534
+
+
+def test_the_dedicated_user_drop_in_lets_fusermount3_gain_root() -> None:
+    """docs/installation.md's drop-in for `User=s3fuse`: with it applied over the system
+    unit, no setting is left that makes systemd apply no-new-privileges to a unit without
+    CAP_SYS_ADMIN (the setuid fusermount3 then failed: "mount failed: Operation not
+    permitted"), and CAP_SYS_ADMIN stays in the bounding set for fusermount3 to gain."""
+    doc = (REPO / "docs" / "installation.md").read_text()
+    drop_in = doc.split("# systemctl edit s3fuse@data", 1)[1].split("```", 1)[0]
+    unit = service_settings("s3fuse@.service")
+    unit.update(dict(line.split("=", 1) for line in drop_in.splitlines()
+                     if "=" in line and not line.lstrip().startswith("#")))
+    assert unit["User"] == "s3fuse" and unit["NoNewPrivileges"] == "no"
+    left = {k: v for k, v in unit.items()
+            if k in IMPLY_NO_NEW_PRIVILEGES and v.strip() not in ("", "no")}
+    assert left == {}, left
+    assert "CAP_SYS_ADMIN" in unit["CapabilityBoundingSet"]
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ import urllib.request
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import botocore.config
@@ -394,6 +395,19 @@ def judge(exc: Exception) -> retry.Verdict:
     return retry.Verdict.STOP
 
 
+def unreadable_aws_files() -> str:
+    """Why a profile may seem missing: botocore reads an AWS config or credentials file it
+    may not open as empty, so a file of the wrong owner or mode showed as "profile not
+    found". Names the files this user cannot read ("" when none)."""
+    unread = []
+    for variable, default in (("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+                              ("AWS_CONFIG_FILE", "~/.aws/config")):
+        path = Path(os.environ.get(variable) or default).expanduser()
+        if path.exists() and not os.access(path, os.R_OK):
+            unread.append(str(path))
+    return f" (cannot read {', '.join(unread)}: check its owner and mode)" if unread else ""
+
+
 class S3Store:
     """Blocking S3 access for one mount: a read client and a write client."""
 
@@ -513,7 +527,8 @@ class S3Store:
         try:
             store = cls(cfg, read_timeout=max(cfg.request_timeout, 0.5))
         except botocore.exceptions.ProfileNotFound:
-            raise UsageError(f"AWS profile {cfg.profile!r} not found") from None
+            raise UsageError(f"AWS profile {cfg.profile!r} not found"
+                             f"{unreadable_aws_files()}") from None
         except S3FuseError as exc:  # AssumeRole refused or unreachable
             raise UsageError(f"cannot assume role {cfg.role_arn}: {exc}") from None
         except PROVIDER_ERRORS as exc:
