@@ -138,10 +138,10 @@ class ManifestTree(ReadOnlyNamespace):
         if not node.is_dir:
             raise NotADirectory(self.describe(ref))
         if node.kind == SHARD:
-            await self._shards.ensure_indexed(self, node)
+            await self._shards.ensure_indexed(self, node.id)
         elif node.shard is not None:  # a directory in a shard, which may be due again: the
-            await self._shards.ensure_indexed(self, self._node(node.shard))  # kernel keeps
-        return node  # it without asking for the shard's directory (ids stay: index.py)
+            await self._shards.ensure_indexed(self, node.shard)  # kernel keeps it without
+        return node  # asking for the shard's directory (paths keep their ids: index.py)
 
     async def lookup(self, ref: int, name: str) -> tuple[int, Entry] | None:
         await self._dir(ref)
@@ -211,14 +211,14 @@ class ManifestTree(ReadOnlyNamespace):
         if node.is_dir:
             raise IsADirectory(self.describe(ref))
         if node.kind == MEMBER:  # its shard indexed again first, when it is due
-            await self._shards.ensure_indexed(self, self._node(node.shard or 0))
+            await self._shards.ensure_indexed(self, node.shard or 0)
             return await self._shards.open_member(self, self._node(ref))
-        ref = await self._object(node)
+        obj = await self._object(node)
 
         def missing() -> None:
-            self._missing.warning(ref.key, "%s: s3://%s/%s is not in S3 any more: reading it "
-                                  "fails (ENOENT)", self.spec.uri, ref.bucket, ref.key)
-        return _EntrySource(self.reader, ref, missing)
+            self._missing.warning(obj.key, "%s: s3://%s/%s is not in S3 any more: reading it "
+                                  "fails (ENOENT)", self.spec.uri, obj.bucket, obj.key)
+        return _EntrySource(self.reader, obj, missing)
 
     async def _object(self, node: Node) -> ObjectRef:
         """The S3 object of a file entry (size and ETag looked up once when missing)."""

@@ -163,22 +163,24 @@ class ShardService:
             self._rows.pop(key, None)
         return row
 
-    async def ensure_indexed(self, tree: "ManifestTree", node: Node) -> None:
-        shard = self._shard(tree, node.id)
+    async def ensure_indexed(self, tree: "ManifestTree", shard_id: int) -> None:
+        """Index shard `shard_id` (its node's id) unless it is indexed, or failed within
+        the TTL. Cheap when it is: the row is kept in memory for the TTL."""
+        shard = self._shard(tree, shard_id)
         if shard is None or shard["state"] == "indexed":
             return
         if shard["state"] == "failed" and time.time() - shard["checked_at"] < self.ttl:
             return
-        await self._flight.run((tree.index.path, node.id), self._index, tree, node, shard)
+        await self._flight.run((tree.index.path, shard_id), self._index, tree, shard_id, shard)
 
-    async def _index(self, tree: "ManifestTree", node: Node, shard: dict[str, Any]) -> None:
+    async def _index(self, tree: "ManifestTree", shard_id: int, shard: dict[str, Any]) -> None:
         bucket, key = tree.spec.bucket, shard["archive_key"]
         uri = f"s3://{bucket}/{key}"
         try:
             info = await trio.to_thread.run_sync(self.store.head, bucket, key, limiter=self._limiter)
         except NotFound:
             log.warning("shard archive %s is missing: its directory is empty", uri)
-            tree.index.fail_shard(node.id, "missing", time.time())  # does not wait
+            tree.index.fail_shard(shard_id, "missing", time.time())  # does not wait
             return
         archive = ObjectRef(bucket, key, info.etag, info.size)
         source = ReaderSource(self.reader, archive)
@@ -194,7 +196,7 @@ class ShardService:
                                                       limiter=self._limiter)
             except (ArchiveError, CorruptData) as exc:
                 log.warning("shard archive %s is unusable (%s): its directory is empty", uri, exc)
-                tree.index.fail_shard(node.id, str(exc), time.time())
+                tree.index.fail_shard(shard_id, str(exc), time.time())
                 return
             if self.shared is not None:
                 self.shared.publish_later(tree.spec, archive, index)
@@ -204,9 +206,9 @@ class ShardService:
         rows = [(m.path, m.offset, m.size, *described.get(m.path, (None, None)))
                 for m in index.members if m.path != internal]
         count = await trio.to_thread.run_sync(
-            tree.index.store_members, node.id, rows, info.etag, index.format, info.size,
+            tree.index.store_members, shard_id, rows, info.etag, index.format, info.size,
             index.uncompressed_size, index.gzip_index, time.time(), shared, limiter=self._limiter)
-        self._drop_index(tree, node.id, key)
+        self._drop_index(tree, shard_id, key)
         log.info("indexed shard %s (%s): %d members in %.1fs", uri, index.format, count,
                  time.monotonic() - began)
 
