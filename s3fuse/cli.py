@@ -274,8 +274,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
     try:
         pid = daemon_pid(mountpoint)
     except PermissionError as exc:  # not a stale mount: one we may not look into
-        raise UsageError(f"{mountpoint}: {exc.strerror} (another user's mount, mounted "
-                         "without --allow-other)") from None
+        raise not_ours(mountpoint, exc) from None
     except OSError as exc:  # the daemon is gone: a stale mount
         result = fusermount_unmount(mountpoint, lazy=True)
         if result.returncode:
@@ -388,8 +387,18 @@ def _confirmed(count: int) -> bool:
 
 
 def _not_owner(mountpoint: Path) -> int:
-    _say(f"s3fuse: error: only the owner of the mount {mountpoint} (or root) may give up changes")
+    _say(f"s3fuse: error: {refused(mountpoint, 'give up changes')}")
     return 1
+
+
+def refused(mountpoint: Path, what: str) -> str:
+    """Why the mount refused a control request: not its owner; or, for root, a mount made
+    without --allow-other, which the kernel closes to root too ("the owner (or root)" was
+    what root read when refused)."""
+    if os.getuid() == 0:
+        return (f"{mountpoint} is another user's mount, mounted without --allow-other: "
+                f"only its owner may {what}")
+    return f"only the owner of the mount {mountpoint} (or root) may {what}"
 
 
 def _discard(mountpoint: Path) -> int:
@@ -423,6 +432,12 @@ def _discard(mountpoint: Path) -> int:
     return 0
 
 
+def not_ours(mountpoint: Path, exc: OSError) -> UsageError:
+    """The one line for a mount the caller may not look into."""
+    return UsageError(f"{mountpoint}: {exc.strerror} (another user's mount, mounted without "
+                      "--allow-other)")
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from .mounts import require_mount
 
@@ -437,7 +452,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         try:
             os.setxattr(str(mountpoint), RETRY, b"1")
         except PermissionError:
-            _say(f"s3fuse: error: only the owner of the mount {mountpoint} (or root) may retry uploads")
+            _say(f"s3fuse: error: {refused(mountpoint, 'retry uploads')}")
             return 1
         except OSError as exc:
             if exc.errno != errno.EROFS:
@@ -448,7 +463,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     began = time.monotonic()
     shown = False
     while True:
-        q = _uploads(mountpoint, syncing=True)
+        try:
+            q = _uploads(mountpoint, syncing=True)
+        except PermissionError as exc:  # a bare "Permission denied" before
+            raise not_ours(mountpoint, exc) from None
         if q["files"] == 0:
             break
         if q.get("read_only"):  # nothing will change: the queue waits for a read-write mount
@@ -586,8 +604,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             results.append(read_status(mountpoint))
         except PermissionError as exc:
             if args.mountpoint:
-                raise UsageError(f"{mountpoint}: {exc.strerror} (another user's mount, "
-                                 "mounted without --allow-other)") from None
+                raise not_ours(mountpoint, exc) from None
             # listing every mount: another user's is theirs to watch, not a failure here
             results.append({"mountpoint": str(mountpoint), "unreadable": "another user's mount"})
         except OSError as exc:
@@ -637,8 +654,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
         try:
             os.setxattr(str(mount), PIN if args.command == "pin" else UNPIN, os.fsencode(rel))
         except PermissionError:  # EPERM from the daemon, or EACCES from the root's modes
-            _say(f"s3fuse: error: only the owner of the mount {mount} (or root) may "
-                 f"{args.command}: {target}")
+            _say(f"s3fuse: error: {refused(mount, args.command)}: {target}")
             return 1
         if args.no_wait:
             continue

@@ -511,7 +511,7 @@ def test_the_user_unit_mounts_as_an_unprivileged_user(setup, fuse_for_users) -> 
             broken = [s["mountpoint"] for s in statuses if "error" in s]
             assert listed.returncode == (1 if broken else 0), listed.stderr
             assert str(mnt) not in broken
-            for command in ("status", "umount"):  # named: one line (a bare EACCES, exit 1)
+            for command in ("status", "umount", "sync"):  # named: one line (a bare EACCES)
                 named = subprocess.run([str(BIN / "s3fuse"), command, str(mnt)], env=env,
                                        capture_output=True, text=True, timeout=30)
                 assert (named.returncode, named.stderr) == (2, (

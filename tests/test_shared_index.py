@@ -208,9 +208,11 @@ def short_window(raw: bytearray) -> None:
     (lambda b: reseal(b, lambda h, m, s: (h, m, zlib.compress(bytes(64 << 20)))), "allowance"),
     (lambda b: reseal(b, lambda h, m, s: (h, zlib.compress(b"[" * 100000), s)), "malformed"),
     (lambda b: reseal(b, lambda h, m, s: ({**h, "format": "tar"}, m, s)), "impossible"),
+    (lambda b: reseal(b, lambda h, m, s: ({**h, "size": float(h["size"])}, m, s)), "malformed"),
 ], ids=["flipped-byte", "version", "magic", "truncated", "member-shifted", "member-order",
         "member-path", "member-size", "point-count-huge", "point-count-short", "point-count-none", "window-size",
-        "point-outside", "point-bits", "window-short", "seek-bomb", "members-deep", "format"])
+        "point-outside", "point-bits", "window-short", "seek-bomb", "members-deep", "format",
+        "size-float"])
 def test_a_tampered_index_is_rejected(tamper: Callable[[bytes], bytes], reason: str) -> None:
     archive, _ = shard()
     with pytest.raises(Rejected, match=reason) as caught:

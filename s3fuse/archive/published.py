@@ -92,6 +92,8 @@ def decode(blob: bytes, bucket: str, key: str, etag: str, size: int,
         raise Rejected(f"format version {header.get('version')!r}, not {VERSION}")
     if (header.get("bucket"), header.get("key")) != (bucket, key):
         raise Rejected("it describes another object")
+    if not _count(header.get("size")):  # 5021370.0 == 5021370 would pass the next check
+        raise Rejected("malformed header")
     if (header.get("etag"), header.get("size")) != (etag, size):
         raise Rejected(f"it describes ETag {str(header.get('etag'))[:40]!r} of "
                        f"{header.get('size')!r} bytes, not {etag!r} of {size}", stale=True)
