@@ -347,3 +347,23 @@ def test_children_page_in_name_order_from_any_offset_and_survive_a_dropped_child
         *({"kind": "file", "key": f"m/d/{name}"} for name in ("a", "c", "d")))})
     Ingestion(store, "bkt", base, IngestLimits()).run(index, "m/manifest.jsonl", "e2", 0)  # type: ignore[arg-type]
     assert [n.name for n in index.children(d, b, 10)] == ["a", "c", "d"]  # again, none lost
+
+
+def test_a_member_hidden_by_another_entry_at_its_path_is_logged(tmp_path: Path, caplog):
+    """A loose `file` entry at a shard member's path wins (it came first), and the member
+    is not shown: that is said once per indexing, not left silent."""
+    base = "ml/run/samples/"
+    root = base + "manifest.jsonl"
+    objects = {root: jsonl({"kind": "shard", "archive_key": base + "s.tar", "format": "tar",
+                            "compression": "none"},
+                           {"kind": "file", "key": base + "s.tar/clips/a.wav"})}
+    index = ingest(tmp_path, objects)
+    shard = index.child(ROOT_ID, "s.tar").id
+    with caplog.at_level(logging.WARNING):
+        index.store_members(shard, [("clips/a.wav", 512, 10, None, None),
+                                    ("clips/b.wav", 1536, 20, None, None)], "e1", "tar", 4096,
+                            None, None, 0.0)
+    assert "shard s.tar: 1 members not shown, another entry has their path (first: " \
+           "'clips/a.wav')" in caplog.text
+    clips = index.child(shard, "clips")
+    assert index.child(clips.id, "a.wav").kind == FILE and index.child(clips.id, "b.wav")

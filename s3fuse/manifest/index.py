@@ -24,6 +24,7 @@ from typing import Any, Iterable, NamedTuple
 
 from ..db import Database, Schema
 from ..errors import CacheFull
+from ..util.oncelog import example
 
 log = logging.getLogger(__name__)
 ROOT_ID = 1
@@ -260,17 +261,23 @@ class ManifestIndex:
             db.execute("DELETE FROM nodes WHERE shard=?", (shard_id,))
             dirs: dict[tuple[int, str], int] = {}
             count = 0
+            hidden: list[str] = []  # members whose path another entry of the view holds
             packed = pack_etag(etag)
             for path, offset, size, entry_id, meta in members:
                 parts = path.split("/")
                 parent = _member_dirs(db, dirs, parts[:-1], shard_id, gen, ids)
-                ids.used(db.execute(
+                stored = ids.used(db.execute(
                     "INSERT OR IGNORE INTO nodes (id, parent, name, kind, size, etag, entry_id, "
                     f"meta, shard, offset, gen) VALUES ({_KEPT_ID},?,?,?,?,?,?,?,?,?,?) RETURNING id",
                     (parent, parts[-1], ids.fresh, parent, parts[-1], MEMBER, size, packed,
                      entry_id, meta, shard_id, offset, gen)).fetchone())
+                if stored is None:
+                    hidden.append(path)
                 count += 1
             ids.drop()
+            if hidden:  # a loose `file` entry at a member's path hid it without a word
+                log.warning("shard %s: %d members not shown, another entry has their path "
+                            "(first: %s)", _path(db, shard_id), len(hidden), example(hidden[0]))
             db.execute("UPDATE shards SET state='indexed', etag=?, actual=?, asize=?, usize=?, "
                        "gzip_index=?, checked_at=?, error=NULL WHERE node=?",
                        (etag, actual, asize, usize, gzip_index, checked_at, shard_id))
