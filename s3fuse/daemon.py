@@ -129,6 +129,7 @@ class Components:
     writes: WriteBack
     control: Control
     drained_out: bool = False  # the unmount's drain ended with uploads left: stop at once
+    stopping: bool = False  # a signal came: systemd's STATUS= is the unmount's from now on
     refused: str | None = None  # why S3 refused the credentials at start (the start fails)
 
 
@@ -311,6 +312,8 @@ async def _report_status(parts: Components, notifier: Notifier) -> None:
         usage = await trio.to_thread.run_sync(parts.blocks.usage)
         line = (f"{link['state']}; cache {usage['used'] >> 20} MiB, pinned {usage['pinned'] >> 20} MiB;"
                 f" {len(parts.pinner.jobs())} pin jobs")
+        if parts.stopping:  # the drain's line ("unmounting: N upload(s)") stays shown
+            return
         if line != last:
             notifier.send(STATUS=line)
             last = line
@@ -327,6 +330,8 @@ async def _watch_signals(cfg: Config, parts: Components, notifier: Notifier) -> 
         async for signum in signals:
             log.info("%s received: unmounting", signal.Signals(signum).name)
             break
+        parts.stopping = True
+        notifier.send(STOPPING="1", STATUS="unmounting")  # systemd: stopping, not after the drain
         with trio.CancelScope() as drain:
             async def second_signal() -> None:
                 async for _ in signals:

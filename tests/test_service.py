@@ -1,6 +1,7 @@
 """Running as a service: unit files, sd_notify protocol, ExecStop, and mount.s3fuse for fstab."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -353,8 +354,10 @@ def test_execstop_drains_a_pending_upload(tmp_path: Path, setup, moto_backend): 
                    for prefix in ("ExecStart=", "ExecStop="))
     render = lambda line: line.split("=", 1)[1].replace("/usr/local/bin/s3fuse", str(BIN / "s3fuse")) \
         .replace("/etc/s3fuse/%i.toml", str(config)).split()
-    daemon = subprocess.Popen(render(start), env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify.sock"))
+    daemon = subprocess.Popen(render(start), env={**env, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):
@@ -367,6 +370,16 @@ def test_execstop_drains_a_pending_upload(tmp_path: Path, setup, moto_backend): 
                                     stderr=subprocess.PIPE, text=True)
         time.sleep(1.5)
         assert stopping.poll() is None and daemon.poll() is None  # waiting for the upload
+        listener.setblocking(False)
+        fields = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                fields += listener.recv(4096).decode().split("\n")
+        # systemd is told at once that the service is stopping, and what it waits for:
+        # STOPPING=1 came only after the drain, and the link-state line overwrote its STATUS
+        assert "STOPPING=1" in fields, fields
+        assert [f for f in fields if f.startswith("STATUS=")][-1].startswith(
+            "STATUS=unmounting: 1 upload(s)"), fields
         proxy.release()
         _, err = stopping.communicate(timeout=60)
         assert stopping.returncode == 0, err
@@ -377,6 +390,7 @@ def test_execstop_drains_a_pending_upload(tmp_path: Path, setup, moto_backend): 
         if daemon.poll() is None:
             daemon.kill()
         proxy.close()
+        listener.close()
     assert b"Traceback" not in daemon.stderr.read()
 
 
