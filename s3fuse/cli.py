@@ -391,11 +391,11 @@ def _not_owner(mountpoint: Path) -> int:
     return 1
 
 
-def refused(mountpoint: Path, what: str) -> str:
-    """Why the mount refused a control request: not its owner; or, for root, a mount made
-    without --allow-other, which the kernel closes to root too ("the owner (or root)" was
-    what root read when refused)."""
-    if os.getuid() == 0:
+def refused(mountpoint: Path, what: str, exc: OSError | None = None) -> str:
+    """Why the mount refused a control request: not its owner (the daemon's EPERM); or,
+    for root, the kernel's EACCES of a mount made without --allow-other, which is closed
+    to root too ("the owner (or root)" was what root read then)."""
+    if exc is not None and exc.errno == errno.EACCES and os.getuid() == 0:
         return (f"{mountpoint} is another user's mount, mounted without --allow-other: "
                 f"only its owner may {what}")
     return f"only the owner of the mount {mountpoint} (or root) may {what}"
@@ -451,8 +451,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         from .control import RETRY
         try:
             os.setxattr(str(mountpoint), RETRY, b"1")
-        except PermissionError:
-            _say(f"s3fuse: error: {refused(mountpoint, 'retry uploads')}")
+        except PermissionError as exc:
+            _say(f"s3fuse: error: {refused(mountpoint, 'retry uploads', exc)}")
             return 1
         except OSError as exc:
             if exc.errno != errno.EROFS:
@@ -653,8 +653,8 @@ def cmd_pin(args: argparse.Namespace) -> int:
         rel = "" if target == mount else str(target.relative_to(mount))
         try:
             os.setxattr(str(mount), PIN if args.command == "pin" else UNPIN, os.fsencode(rel))
-        except PermissionError:  # EPERM from the daemon, or EACCES from the root's modes
-            _say(f"s3fuse: error: {refused(mount, args.command)}: {target}")
+        except PermissionError as exc:  # EPERM from the daemon, or EACCES from the kernel
+            _say(f"s3fuse: error: {refused(mount, args.command, exc)}: {target}")
             return 1
         if args.no_wait:
             continue

@@ -199,10 +199,15 @@ def test_another_user_cannot_pin_a_world_writable_mount(backend: Backend, s3, bu
 def test_root_refused_by_a_mount_without_allow_other_is_told_so(monkeypatch) -> None:
     """Root refused a pin or retry by another user's mount made without --allow-other read
     "only the owner (or root) may pin" (as root): it now says why root is refused too."""
+    import errno as e
     from pathlib import Path as P
     from s3fuse.cli import refused
+    closed, not_owner = OSError(e.EACCES, "closed"), OSError(e.EPERM, "not the owner")
     monkeypatch.setattr(os, "getuid", lambda: 0)
-    assert refused(P("/mnt/x"), "pin") == ("/mnt/x is another user's mount, mounted without "
-                                           "--allow-other: only its owner may pin")
+    assert refused(P("/mnt/x"), "pin", closed) == (
+        "/mnt/x is another user's mount, mounted without --allow-other: only its owner may pin")
+    owner_only = "only the owner of the mount /mnt/x (or root) may pin"
+    assert refused(P("/mnt/x"), "pin", not_owner) == owner_only
+    assert refused(P("/mnt/x"), "pin") == owner_only
     monkeypatch.setattr(os, "getuid", lambda: 1000)
-    assert refused(P("/mnt/x"), "pin") == "only the owner of the mount /mnt/x (or root) may pin"
+    assert refused(P("/mnt/x"), "pin", closed) == owner_only
