@@ -184,13 +184,16 @@ def test_cache_stats_shows_the_pid_in_use_as_a_pid() -> None:
 
 
 def test_umount_reports_what_the_mount_said_when_the_journal_cannot_be_read(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """The journal unreadable after the daemon went (None: unknown) counted as nothing
     queued: exit 0, and `umount && rm -rf CACHE` lost what the mount had just listed."""
     from s3fuse import cli
-    assert cli._left_behind(None, {"files": 2, "failures": []}) == 1
+    (tmp_path / "journal.sqlite").write_bytes(b"not a database " * 100)  # unreadable
+    assert cli._left_behind(tmp_path, {"files": 2, "failures": []}) == 1
+    assert f"2 change(s) stay queued in {tmp_path}" in capsys.readouterr().err
+    assert cli._left_behind(tmp_path, {"files": 0, "failures": []}) == 0
+    assert cli._left_behind(None, {"files": 2, "failures": []}) == 1  # no cache dir known
     assert "2 change(s) stay queued in its cache dir" in capsys.readouterr().err
-    assert cli._left_behind(None, {"files": 0, "failures": []}) == 0
 
 
 def test_discard_by_someone_not_the_owner_says_so(monkeypatch: pytest.MonkeyPatch,

@@ -191,7 +191,6 @@ CREATE TABLE IF NOT EXISTS conflicts (
 COPY, KEPT_REMOTE = "copy", "kept-remote"
 
 
-
 #: What each job op is, in words (logs, `s3fuse sync --discard`'s list).
 CHANGE_NAMES = {"put": "upload", "delete": "removal", "meta": "metadata change"}
 

@@ -352,24 +352,24 @@ class LocalFile:
         the tail and on the cache disk? When the disk's room needs cached blocks evicted
         (disk work), the write goes to a thread, which evicts them or answers ENOSPC."""
         self._require(*OPEN)
-        if (offset != self._size or size > PIECE_MAX or len(self._tail) + size > TAIL_MAX
-                or self._state is State.QUEUED or self._error is not None
-                or not TAILS.take(size)):
-            return False
-        if not self._staging.claim_now(size):
-            TAILS.give(size)
-            return False
-        return True
+        return (size <= PIECE_MAX and len(self._tail) + size <= TAIL_MAX
+                and self._holds_append(offset, size))
 
     def _behind_takes(self, offset: int, size: int) -> bool:
         """Does this append go to the staging file behind the writer's back (see the top):
         at the end of a file of ours, with room in the tails' budget and on the cache disk
         by its free space now (one statvfs, microseconds: a disk another program filled
         since the last look fails this write(2) in a thread, not the next one)?"""
+        return self._holds_append(offset, size, fresh=True)
+
+    def _holds_append(self, offset: int, size: int, fresh: bool = False) -> bool:
+        """May memory hold an append of `size` bytes at `offset` until a thread writes it:
+        at the end of a file of ours, no error owed, room in the tails' budget (taken) and
+        on the cache disk without evicting (`fresh`: by its free space now)?"""
         if (offset != self._size or self._state is State.QUEUED or self._error is not None
                 or not TAILS.take(size)):
             return False
-        if not self._staging.claim_now(size, fresh=True):
+        if not self._staging.claim_now(size, fresh):
             TAILS.give(size)
             return False
         return True
@@ -385,9 +385,7 @@ class LocalFile:
         at = self._tail_at if self._tail else self._size
         pieces: list[bytes | bytearray] = [self._tail, data] if self._tail else [data]
         self._tail = bytearray()
-        if self._crc is not None:
-            end = self._size + len(data)
-            self._crc = zlib.crc32(data, self._crc) if end <= FSYNC_AT_CLOSE else None
+        self._crc_appended(data)
         behind = self._behind = _Behind(pieces, at)
         trio.lowlevel.spawn_system_task(self._behind_task, behind, name="s3fuse write-behind")
         return len(data)
@@ -446,7 +444,12 @@ class LocalFile:
         if not self._tail:
             self._tail_at = self._size
         self._tail += data
-        if self._crc is not None:  # in order from empty so far
+        self._crc_appended(data)
+
+    def _crc_appended(self, data: bytes) -> None:
+        """The CRC with `data` appended at the end, while the file is written in order
+        from empty and small enough for the queue to journal it with its CRC."""
+        if self._crc is not None:
             end = self._size + len(data)
             self._crc = zlib.crc32(data, self._crc) if end <= FSYNC_AT_CLOSE else None
 

@@ -105,7 +105,6 @@ LIGHT_PUT_BYTES = 1 << 20  # removals and PUTs of at most this
 #: Keys whose newest told landing is remembered, so that an older job's late telling is not
 #: passed on after a newer one's (see `_tell_uploaded`); the window is a few awaits long.
 TOLD_MAX = 4096
-#: How a job's change is named in log lines.
 #: The longest a version journalled by a flush waits for the close of the handle that
 #: flushed it (`hold`): a process that forked keeps the file open for writing after its
 #: child's close flushed it.

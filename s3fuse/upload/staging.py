@@ -56,10 +56,11 @@ SPARES = 64
 
 class Staging:
     def __init__(self, directory: Path, claim: Callable[..., None] | None = None,
-                 claim_now: Callable[..., bool] | None = None):
+                 claim_now: Callable[[int, bool], bool] | None = None):
         """`claim(n)`: room for n more bytes above the cache disk's free-space reserve, or
         ENOSPC (BlockCache.claim: evicting cached blocks first). `claim_now(n)`: the same
-        room if there is some without evicting (BlockCache.claim_now), else False."""
+        room if there is some without evicting (BlockCache.claim_now; `fresh`: by the free
+        space now), else False."""
         self.directory = secure_dir(directory)
         self._claim = claim
         self._claim_now = claim_now
@@ -98,9 +99,7 @@ class Staging:
         thread, can tell."""
         if self._claim is None:
             return True
-        if self._claim_now is None:
-            return False
-        return self._claim_now(n, fresh) if fresh else self._claim_now(n)
+        return self._claim_now is not None and self._claim_now(n, fresh)
 
     def claim(self, n: int, fresh: bool = False) -> None:
         """Refuse (ENOSPC, at write time) a write of `n` bytes that would eat into the cache

@@ -37,7 +37,6 @@ from ...errors import CacheFull, NotFound, Offline, RemoteError, S3FuseError
 from ...model import Entry
 from ...names import ancestors, is_posix_name, join, split
 from ...posix import NO_HEADERS, from_headers, stored_mtime
-from ...store import retry
 from ...store.protocol import ListPage, ObjectInfo, Store
 from ...util.flight import SingleFlight
 from ...util.oncelog import OnceLogger
@@ -200,7 +199,7 @@ class Listings:
                 if job is not None and job.done.is_set() and job.error is not None:
                     raise job.error
         except NotFound as exc:
-            if not path and retry.error_code(exc)[0] == "NoSuchBucket":
+            if not path and exc.code == "NoSuchBucket":
                 self.bucket_missing = True
             raise
         except (Offline, RemoteError) as exc:
