@@ -6,11 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from s3fuse.cache.meta import MetaStore
 from s3fuse.cache.overlay import Overlay
-from s3fuse.errors import CacheFull
+from s3fuse.errors import CacheFull, NotFound
 from s3fuse.model import Entry
 from s3fuse.posix import Posix
 from s3fuse.store.memory import MemoryStore
@@ -175,3 +176,18 @@ async def test_utimens_on_an_open_file_shows_until_it_is_uploaded(tmp_path: Path
         await handle.write(4, b"!")  # the open file shares the overlay's change
         assert (await tree.stat(path)).size == 5
         await handle.close()
+
+
+async def test_every_listing_of_the_root_says_whether_the_bucket_exists(tmp_path: Path):
+    """The flag that keeps creates out of a bucket that does not exist is set and cleared
+    by the listing itself: a background re-list (a stored listing, being revalidated)
+    that found the bucket made meanwhile left it set, and creates stayed ENOENT."""
+    _, listings, _, _ = parts(tmp_path)
+    store = listings._store
+    store.delete_bucket(B)
+    with pytest.raises(NotFound):
+        await listings._refresh("")
+    assert listings.bucket_missing
+    store.create_bucket(B)
+    await listings._refresh("")          # as the background revalidation calls it
+    assert not listings.bucket_missing

@@ -189,8 +189,6 @@ class Listings:
         try:
             if listed_at is None or not self._background.active:
                 await self._flight.run(path, self._refresh, path)
-                if not path:
-                    self.bucket_missing = False
             elif self._store.link.online:  # offline: the stored listing, at once
                 job = await self._answer_in_time(
                     ("list", path), f"ListObjectsV2 {self._keys.uri(self._keys.dir_prefix(path))}",
@@ -198,10 +196,6 @@ class Listings:
                     finish_within=RELIST_WAIT)
                 if job is not None and job.done.is_set() and job.error is not None:
                     raise job.error
-        except NotFound as exc:
-            if not path and exc.code == "NoSuchBucket":
-                self.bucket_missing = True
-            raise
         except (Offline, RemoteError) as exc:
             if listed_at is None:
                 raise
@@ -248,8 +242,14 @@ class Listings:
 
         try:
             probes, hidden = await trio.to_thread.run_sync(fetch, limiter=self._limiter)
+        except NotFound as exc:
+            if not path and exc.code == "NoSuchBucket":
+                self.bucket_missing = True
+            raise
         finally:
             self._fresh_until.pop(path, None)  # the next ensure reads what was stored
+        if not path:  # every listing of the root says it, the background's too
+            self.bucket_missing = False
         self._revalidated.pop(path, None)
         self._listed_hidden(path, hidden)
         stale = [p for p in probes if time.time() - p.mtime_ns / 1e9 > PROBE_STALE]
