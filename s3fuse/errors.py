@@ -107,6 +107,11 @@ class Offline(S3FuseError):
     errno = errno.EHOSTUNREACH
 
 
+class NotSent(Offline):
+    """Offline, and known so before the request went out: S3 never saw it (an upload
+    that failed so cannot have landed, unlike one whose answer was lost)."""
+
+
 class RemoteError(S3FuseError):
     """Any other failure talking to S3 (5xx, throttling after retries, bad data)."""
 

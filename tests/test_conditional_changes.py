@@ -10,11 +10,13 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, BinaryIO
 
 import pyfuse3
 import pytest
+import trio
 
 from s3fuse.daemon import Components
 from s3fuse.db import Database, Schema
@@ -198,6 +200,52 @@ async def test_a_removal_superseding_a_new_file_touches_nobody_elses_object(
     status = await back_online(parts, store)
     assert store.objects(B)["new.txt"] == b"another client's file"
     assert status["conflicts"] == [] and "DeleteObject" not in store.request_counts()
+
+
+class HeldPuts(MemoryStore):
+    """A PutObject of `held` waits at its start until released: the link can go offline
+    between a worker's claim of the upload and its request."""
+
+    def __init__(self, held: str) -> None:
+        super().__init__()
+        self.held = held
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def put_object(self, bucket: str, key: str, body: bytes | BinaryIO,
+                   **kwargs: Any) -> str:
+        if key == self.held:
+            self.entered.set()
+            self.release.wait(10)
+        return super().put_object(bucket, key, body, **kwargs)
+
+
+@pytest.fixture
+def held_store() -> HeldPuts:
+    store = HeldPuts("new.txt")
+    store.create_bucket(B)
+    return store
+
+
+@pytest.fixture
+async def held_parts(tmp_path: Path, held_store: HeldPuts) -> AsyncIterator[Components]:
+    async for components in running(tmp_path, held_store):
+        yield components
+
+
+async def test_an_upload_that_found_the_link_gone_before_sending_is_superseded(
+        held_parts: Components, held_store: HeldPuts) -> None:
+    parts, store = held_parts, held_store
+    await write_file(parts, "new.txt", b"mine")                 # online: a worker takes it
+    assert await trio.to_thread.run_sync(store.entered.wait, 10)
+    store.reachable = False
+    store.link.failed("injected")                              # before its PutObject went out
+    root = (await lookup_path(parts.ops, B)).st_ino
+    await parts.ops.unlink(root, b"new.txt", None)              # journalled behind the taken put
+    store.replace(B, "new.txt", b"another client's file")
+    store.release.set()                                         # NotSent: nothing of it in S3
+    status = await back_online(parts, store)
+    assert store.objects(B) == {"new.txt": b"another client's file"}  # kept, no conflict copy
+    assert status["conflicts"] == [] and status["files"] == 0 and status["failures"] == []
 
 
 # ------------------------------------------------------------------ the probe

@@ -97,6 +97,33 @@ def test_retried_upload_is_not_superseded_but_goes_first(tmp_path: Path):
     assert job is not None and job.id == third and job.expected == "e1"
 
 
+def test_an_attempt_that_sent_nothing_gives_its_claim_back(tmp_path: Path):
+    """Offline before its first request: the row is unsent again, and a removal journalled
+    while it was claimed replaces it (inheriting "did not exist": nothing to delete)."""
+    j = Journal(tmp_path / "journal.sqlite")
+    first = j.enqueue("b", "new", "s1", 1, None)
+    claimed = j.claim(1e18)
+    assert claimed is not None and not claimed.sent
+    removal = j.enqueue("b", "new", "", 0, UNKNOWN, op="delete")  # claimed: not superseded
+    assert j.trash() == []
+    j.requeue(first, "offline", 0.0, counted=False, unsent=True)
+    assert j.trash() == ["s1"] and j.state(first) == j.state(removal) == ("queued", None)
+    job = j.claim(1e18)
+    assert job is not None and job.id == removal and job.op == "delete" and job.expected is None
+
+
+def test_an_unsent_attempt_keeps_what_an_earlier_one_may_have_sent(tmp_path: Path):
+    j = Journal(tmp_path / "journal.sqlite")
+    first = j.enqueue("b", "k", "s1", 1, None)
+    j.requeue(j.claim(1e18).id, "connection reset", 0.0)  # type: ignore[union-attr]
+    again = j.claim(1e18)
+    assert again is not None and again.id == first and again.sent
+    newer = j.enqueue("b", "k", "s2", 2, UNKNOWN)
+    j.requeue(first, "offline", 0.0, counted=False, unsent=not again.sent)
+    assert j.trash() == [] and j.state(newer) == ("queued", None)
+    assert j.claim(1e18).id == first  # type: ignore[union-attr]  # it goes first, as before
+
+
 def test_requeue_backoff_and_retry_failed(tmp_path: Path):
     j = Journal(tmp_path / "journal.sqlite")
     job_id = j.enqueue("b", "k", "s1", 1, UNKNOWN)

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from ..errors import Offline
+from ..errors import NotSent
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ class Link:
         self.answered_at = -float("inf")
 
     def check(self, what: str) -> None:
-        """Fail fast while offline (the probe is the only request that goes out)."""
+        """Fail fast while offline (the probe is the only request that goes out): NotSent."""
         if not self.online:
-            raise Offline(f"{what}: S3 offline since {time.strftime('%H:%M:%S', time.localtime(self.since))}")
+            raise NotSent(f"{what}: S3 offline since {time.strftime('%H:%M:%S', time.localtime(self.since))}")
 
     def failed(self, reason: str) -> None:
         with self._lock:

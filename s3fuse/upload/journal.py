@@ -43,6 +43,10 @@ retried before the newer versions of its key (`claim` skips a key with an older
 queued row), its retry recognises its own bytes in S3, and the newer ones then match
 the ETag it produced. Superseding it would leave the newer version conditional on the
 state before it: a 412 against our own upload, and a conflict copy nobody caused.
+An attempt that sent nothing (the link was known offline before its first request,
+errors.NotSent) gives the claim back: the row is unsent again, and a newer version
+journalled while it was claimed replaces it. Kept, a new file removed offline while a
+worker held it was uploaded as a conflict copy when the link came back.
 
 Staging files of finished or superseded rows are listed in a trash table in the same
 transaction, and deleted by the caller after a durable `mark_synced` forgot them, so a
@@ -207,6 +211,7 @@ class Job:
     created: float
     op: str = "put"  # or "delete" (no staging file), "meta" (a metadata change)
     meta: Posix | None = None  # the POSIX metadata the request stores (None: no headers)
+    sent: bool = False  # claimed before this attempt: it may be in S3 already
 
     @property
     def uri(self) -> str:
@@ -228,7 +233,7 @@ def _decode(cond: str, etag: str | None) -> Expected:
 def _job(row: sqlite3.Row) -> Job:
     return Job(row["id"], row["bucket"], row["key"], row["staging_id"], row["size"],
                _decode(row["cond"], row["etag"]), row["attempts"], row["created"], row["op"],
-               from_json(row["meta"], is_dir=row["key"].endswith("/")))
+               from_json(row["meta"], is_dir=row["key"].endswith("/")), bool(row["sent"]))
 
 
 def _version_1(db: sqlite3.Connection) -> None:
@@ -496,16 +501,19 @@ class Journal:
                    (KEEP_CONFLICTS,))
 
     def requeue(self, job_id: int, error: str | None, delay: float, *,
-                counted: bool = True) -> None:
-        """Try again after `delay` seconds (`counted`: this was an attempt, not an outage)."""
-        self._unsuccessful(job_id, "queued", error, time.time() + delay, int(counted))
+                counted: bool = True, unsent: bool = False) -> None:
+        """Try again after `delay` seconds (`counted`: this was an attempt, not an outage).
+        `unsent`: nothing of it can be in S3 (never sent before, and this attempt sent
+        nothing: the link was known offline first); the row is then as if never claimed,
+        and a newer version of its key journalled meanwhile replaces it, as at enqueue."""
+        self._unsuccessful(job_id, "queued", error, time.time() + delay, int(counted), unsent)
 
     def fail(self, job_id: int, error: str) -> None:
         """A permanent failure: kept with its staged bytes until `retry_failed`."""
         self._unsuccessful(job_id, "failed", error, 0.0, 1)
 
     def _unsuccessful(self, job_id: int, state: str, error: str | None, next_attempt: float,
-                      attempts: int) -> None:
+                      attempts: int, unsent: bool = False) -> None:
         with self._tx() as db:
             row = db.execute("SELECT bucket, key, op FROM jobs WHERE id = ?",
                              (job_id,)).fetchone()
@@ -515,12 +523,12 @@ class Journal:
             newer = db.execute("SELECT MAX(id) AS id FROM jobs WHERE bucket = ? AND key = ? "
                                "AND id > ? AND (op != 'meta' OR ? = 'meta')",
                                (row["bucket"], row["key"], job_id, row["op"])).fetchone()["id"]
-            if newer is not None and state == "failed":  # a newer version replaces this one
-                self._supersede(db, job_id, newer)  # (a retried one may be in S3: it goes first)
+            if newer is not None and (state == "failed" or unsent):  # a newer version replaces
+                self._supersede(db, job_id, newer)  # it (a retried one may be in S3: it goes first)
                 return
             db.execute("UPDATE jobs SET state = ?, error = ?, next_attempt = ?, "
-                       "attempts = attempts + ? WHERE id = ?",
-                       (state, error, next_attempt, attempts, job_id))
+                       "attempts = attempts + ?, sent = sent AND ? WHERE id = ?",
+                       (state, error, next_attempt, attempts, int(not unsent), job_id))
 
     def unsynced(self) -> list[tuple[int, str, int]]:
         """(job id, staging id, CRC-32) of the files journalled before their fsync."""

@@ -77,7 +77,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
 
 import trio
 
-from ..errors import Offline, ReadOnly, RemoteError, S3FuseError
+from ..errors import NotSent, Offline, ReadOnly, RemoteError, S3FuseError
 from ..posix import Posix
 from ..store import retry
 from ..store.protocol import Store
@@ -661,7 +661,8 @@ class UploadQueue:
             result = await trio.to_thread.run_sync(self.uploader.upload, job, limiter=self._uploads,
                                                    abandon_on_cancel=True)
         except Offline as exc:  # not an attempt: wait for the link
-            outcome = functools.partial(self.journal.requeue, job.id, str(exc), 0.0, counted=False)
+            outcome = functools.partial(self.journal.requeue, job.id, str(exc), 0.0, counted=False,
+                                        unsent=isinstance(exc, NotSent) and not job.sent)
         except Interrupted:  # stopping: the next start goes on
             outcome = functools.partial(self.journal.requeue, job.id, None, 0.0, counted=False)
         except S3FuseError as exc:
