@@ -357,19 +357,22 @@ class PresignedReader:
                               f"from S3 (a captive portal or a proxy in the way?): {exc}") from None
 
 
-def answer_error(what: str, status: int, code: str = "") -> S3FuseError:
-    """The error of a GET's non-2xx answer (its status and the code of its error document
-    kept: the retry policy and the store decide by them, and an expired session token
-    is an "ExpiredToken" 400, not any 400)."""
+def answer_error(what: str, status: int, code: str = "", *, service: str = "S3",
+                 said: str = "") -> S3FuseError:
+    """The error of an error answer, a request signed here or by botocore alike (its
+    status and code kept: the retry policy and the store decide by them, and an expired
+    session token is an "ExpiredToken" 400, not any 400). `said`: the service's message,
+    told after the code (STS's explain; S3's may quote request details: not told)."""
     error: S3FuseError
-    if status == 404:
-        error = NotFound(f"{what}: not found")
-    elif status == 403:
-        error = AccessDenied(f"{what}: access denied ({code or status})")
-    elif status == 412:
+    if code in ("NoSuchKey", "NoSuchBucket", "NotFound", "404") or status == 404:
+        error = NotFound(f"{what}: not found ({code or status})")
+    elif code in ("AccessDenied", "Forbidden", "403", "InvalidAccessKeyId",
+                  "SignatureDoesNotMatch") or status == 403:
+        error = AccessDenied(f"{what}: access denied ({code or status}){said}")
+    elif code in ("PreconditionFailed", "412") or status == 412:
         error = StaleObject(f"{what}: object changed in S3")
     else:
-        error = RemoteError(f"{what}: S3 error {code or status}")
+        error = RemoteError(f"{what}: {service} error {code or status}{said}")
     return retry.tagged(error, code, status)
 
 

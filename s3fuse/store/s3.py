@@ -339,23 +339,13 @@ def translate(exc: BaseException, what: str, service: str = "S3") -> Exception:
 
 
 def _answered_error(exc: ClientError, what: str, service: str) -> S3FuseError:
-    """The error of S3's (or STS's) error answer, tagged with its code and status."""
+    """The error of S3's (or STS's) error answer, as for one signed here (answer_error)."""
     code, status = _client_error(exc)
     said = ""
     if service != "S3":  # STS's messages explain; S3's may quote request details
         message = one_line(str(exc.response.get("Error", {}).get("Message", "")))
         said = f": {message}" if message else ""
-    error: S3FuseError
-    if code in ("NoSuchKey", "NoSuchBucket", "NotFound", "404") or status == 404:
-        error = NotFound(f"{what}: not found ({code or status})")
-    elif code in ("AccessDenied", "Forbidden", "403", "InvalidAccessKeyId",
-                  "SignatureDoesNotMatch") or status == 403:
-        error = AccessDenied(f"{what}: access denied ({code or status}){said}")
-    elif code in ("PreconditionFailed", "412") or status == 412:
-        error = StaleObject(f"{what}: object changed in S3")
-    else:
-        error = RemoteError(f"{what}: {service} error {code or status}{said}")
-    return retry.tagged(error, code, status)
+    return answer_error(what, status, code, service=service, said=said)
 
 
 def _small_body(body: bytes | BinaryIO, start: int) -> bytes | None:
