@@ -4,6 +4,7 @@ uploads this mount recorded. Over the in-memory store (fast), the condition prob
 over moto, and the offline `rm` replay through a real mount."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -21,12 +22,13 @@ import trio
 from s3fuse.daemon import Components
 from s3fuse.db import Database, Schema
 from s3fuse.errors import Offline
-from s3fuse.posix import Posix
+from s3fuse.posix import Posix, from_headers
 from s3fuse.store.memory import MemoryStore
 from s3fuse.upload import Journal
 from s3fuse.upload.conditions import PROBE_NAME, Capability, ConditionProbe
-from s3fuse.upload.journal import _version_1
+from s3fuse.upload.journal import UNKNOWN, _version_1
 from tests.test_fake_stack import B, listdir, read_file, readdir_replies, running, write_file
+from tests.test_namespace_posix import Ctx, Fields
 from tests.test_ops import lookup_path
 from tests.test_queue_unit import until
 from tests.test_store_contract import moto_store
@@ -246,6 +248,98 @@ async def test_an_upload_that_found_the_link_gone_before_sending_is_superseded(
     status = await back_online(parts, store)
     assert store.objects(B) == {"new.txt": b"another client's file"}  # kept, no conflict copy
     assert status["conflicts"] == [] and status["files"] == 0 and status["failures"] == []
+
+
+class NewETagOnCopy(MemoryStore):
+    """A copy of an object onto itself (a metadata change) gives it a new ETag, as AWS
+    does for a multipart object, or any under SSE-KMS. The first such copy waits at its
+    start until released; a copy to another key (a rename's) releases it and goes once it
+    is done: the chmod's copy lands between the rename's look and its own copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copying, self.release, self.copied = (threading.Event(), threading.Event(),
+                                                   threading.Event())
+
+    def copy_object(self, bucket: str, source_key: str, key: str, etag: str,
+                    **kwargs: Any) -> str:
+        if source_key != key:
+            self.release.set()
+            self.copied.wait(10)
+            return super().copy_object(bucket, source_key, key, etag, **kwargs)
+        first = not self.copying.is_set()
+        if first:
+            self.copying.set()
+            self.release.wait(10)
+        super().copy_object(bucket, source_key, key, etag, **kwargs)
+        with self._lock:
+            copied = self._buckets[bucket][key]
+            new = hashlib.md5(copied.etag.encode()).hexdigest() + "-1"
+            self._buckets[bucket][key] = dataclasses.replace(copied, etag=new)
+        if first:
+            self.copied.set()
+        return new
+
+
+@pytest.fixture
+def copy_store() -> NewETagOnCopy:
+    store = NewETagOnCopy()
+    store.create_bucket(B)
+    store.put_object(B, "big.bin", b"multipart bytes")
+    return store
+
+
+@pytest.fixture
+async def copy_parts(tmp_path: Path, copy_store: NewETagOnCopy) -> AsyncIterator[Components]:
+    async for components in running(tmp_path, copy_store):
+        yield components
+
+
+async def chmod(parts: Components, ino: int, mode: int) -> None:
+    request = pyfuse3.EntryAttributes()
+    request.st_mode = stat.S_IFREG | mode
+    await parts.ops.setattr(ino, request, Fields(update_mode=True), None, Ctx())
+
+
+@pytest.mark.parametrize("change", ["rename", "unlink"])
+async def test_a_rename_or_removal_right_after_chmod_follows_the_etag_its_copy_made(
+        copy_parts: Components, copy_store: NewETagOnCopy, change: str) -> None:
+    """`chmod 600 f; mv f g` (or `rm f`) with the chmod's copy still in flight: the change
+    waits for it and goes from the version it made. Before, a rename copied the version
+    before (or failed ESTALE when the chmod's copy had just landed) and its removal of the
+    source was refused (412): both names stayed; so did a removal's."""
+    parts, store = copy_parts, copy_store
+    writes = parts.writes
+    root = (await lookup_path(parts.ops, B)).st_ino
+    await chmod(parts, (await lookup_path(parts.ops, B, "big.bin")).st_ino, 0o600)
+    assert await trio.to_thread.run_sync(store.copying.wait, 10)   # the chmod's copy is sent
+    remove = writes.remove
+
+    async def chmod_lands_first(bucket: str, key: str, expected: Any = UNKNOWN) -> None:
+        store.release.set()                      # ... between the unlink's look and its removal
+        await trio.to_thread.run_sync(store.copied.wait, 10)
+        await until(lambda: not writes.queue.pending(bucket, key))  # its row is done
+        await remove(bucket, key, expected)
+    writes.remove = chmod_lands_first  # type: ignore[method-assign]
+
+    async def change_it() -> None:
+        if change == "rename":
+            await parts.ops.rename(root, b"big.bin", root, b"moved.bin", 0, None)
+        else:
+            await parts.ops.unlink(root, b"big.bin", None)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(change_it)
+        await trio.sleep(0.1)   # the change waits for the copy in flight
+        store.release.set()
+    status = await back_online(parts, store)
+    assert status["conflicts"] == [] and status["failures"] == [] and status["files"] == 0
+    left = store.objects(B)
+    if change == "rename":
+        assert left == {"moved.bin": b"multipart bytes"}
+        assert from_headers(store.head(B, "moved.bin").metadata or {}).mode == stat.S_IFREG | 0o600
+        assert await listdir(parts, B) == ["moved.bin"]
+    else:
+        assert left == {} and await listdir(parts, B) == []
 
 
 # ------------------------------------------------------------------ the probe

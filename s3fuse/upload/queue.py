@@ -73,7 +73,7 @@ import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterator, Protocol, Sequence, TypeVar
 
 import trio
 
@@ -256,6 +256,26 @@ class UploadQueue:
             self._held_keys[(bucket, key)] -= 1
             if not self._held_keys[(bucket, key)]:
                 del self._held_keys[(bucket, key)]
+
+    @contextlib.asynccontextmanager
+    async def settled(self, bucket: str, key: str) -> AsyncIterator[bool]:
+        """For a copy of `key` made beside the queue (a rename): its queued changes are not
+        started while the block runs, and one being sent is waited for first (however it
+        ends). Yields whether one was: S3's version of the key may have changed meanwhile
+        (a metadata copy of a multipart object gets a new ETag)."""
+        with self.holding_key(bucket, key):
+            waited = False
+            while True:
+                changed = self._changed  # before asking: the upload may end while we ask
+                if not (self.pending(bucket, key)  # (else nothing of it is journalled)
+                        and await self._io(self.journal.sending, bucket, key)):
+                    break
+                waited = True
+                await changed.wait()  # its end notifies
+            try:
+                yield waited
+            finally:
+                self._notify()  # a queued change the block left may go now
 
     def hold(self, job_id: int) -> None:
         """Job `job_id` was journalled by the flush of a handle that stays open: it waits
@@ -608,6 +628,12 @@ class UploadQueue:
                 try:
                     job = await self._io(self.journal.claim, time.time(), light_max, copies,
                                          held_keys, held)
+                    if job is not None and (job.bucket, job.key) in self._held_keys:
+                        # held while it was claimed (`settled`: a rename copies it now):
+                        # given back as it was
+                        await self._io(functools.partial(self.journal.requeue, job.id, None, 0.0,
+                                                         counted=False, unsent=not job.sent))
+                        job = None
                     if job is not None:
                         self._rewrites.started(job.bucket, job.key)
                 except (S3FuseError, OSError, sqlite3.Error) as exc:  # CacheFull: wait, never end

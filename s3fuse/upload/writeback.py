@@ -665,6 +665,11 @@ class WriteBack:
         if replaced is not None:
             replaced.unlink()
 
+    def settled(self, bucket: str, key: str) -> contextlib.AbstractAsyncContextManager[bool]:
+        """For a copy of `key` (a rename): no change of it starts while the block runs, and
+        one being sent ends first; True when one did (S3's ETag may be new). queue.py."""
+        return self.queue.settled(bucket, key)
+
     async def forget(self, bucket: str, key: str) -> None:
         """Drop the local changes of a key about to be overwritten in S3 directly (a rename
         onto it): its queued versions must not land after the new object."""

@@ -18,6 +18,7 @@ ESTALE otherwise; the condition of the upload for local bytes).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -205,10 +206,14 @@ class Mutations:
         """Remove a file, symlink or special file (anything but a directory)."""
         writes = self._writer()
         path = join(parent, name)
-        entry = await self._reads.stat(path)
-        if entry.is_dir:
-            raise IsADirectory(path)
-        await writes.remove(self._keys.bucket, self._keys.key(path), seen(entry))
+        bucket, key = self._keys.bucket, self._keys.key(path)
+        # looked at once a change of it being sent has ended: the removal is of the version
+        # it made (a `chmod` just before gives a multipart object a new ETag), not refused
+        async with writes.settled(bucket, key):
+            entry = await self._reads.stat(path)
+            if entry.is_dir:
+                raise IsADirectory(path)
+            await writes.remove(bucket, key, seen(entry))
         self._dirs.changed(parent)
         await self._keep_if_emptied(parent, name)
         return path
@@ -393,6 +398,21 @@ class Mutations:
         if (writes.has_local(bucket, old_key)
                 and await writes.move_local(bucket, old_key, new_key, target)):
             return False
+        # A change of the source being sent (the copy of a `chmod` just before) ends first,
+        # and a queued one waits: it rides on this copy, and the removal replaces it. Else
+        # the copy went from the version before it, and the removal of that version was
+        # refused once the change had given the object a new ETag (a multipart object's
+        # does): the source came back beside the new name, or the rename failed ESTALE.
+        async with writes.settled(bucket, old_key) as changed:
+            if changed:  # S3's version now (its ETag), the metadata as the user set it
+                entry = dataclasses.replace(entry, etag="")
+            return await self._copy_file(old_key, new_key, entry, target)
+
+    async def _copy_file(self, old_key: str, new_key: str, entry: Entry,
+                         target: Expected) -> bool:
+        """The server-side copy of a rename and the removal of its source."""
+        writes = self._writer()
+        bucket = self._keys.bucket
         entry = await self.s3_version(old_key, entry)  # uploaded meanwhile: copy what S3 has
         if isinstance(target, str):
             await self._check_target(bucket, new_key, target)
