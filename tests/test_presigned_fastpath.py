@@ -104,6 +104,25 @@ def test_metadata_copies_bypass_botocore_once_their_shape_is_checked(
     assert store.request_counts()["CopyObject"] == 3
 
 
+def test_a_key_with_dot_segments_is_its_own_object_on_the_fast_path(
+        tmp_path: Path, moto_backend: Backend) -> None:
+    """`p/./y` and `p/y` are two keys: urllib3 made every URL signed here for `p/./y` one
+    for `p/y` (RFC 3986 dot segments): a HEAD and a GET answered with the other object,
+    and a metadata copy wrote `p/./y`'s bytes over it."""
+    store, bucket = writing_store(tmp_path, moto_backend, f"dots-{os.getpid()}", None)
+    dotted = {"p/./y": b"dotted", "p/../q": b"up"}
+    for key, body in {**dotted, "p/y": b"plain", "q": b"other"}.items():
+        moto_backend.client.put_object(Bucket=bucket, Key=key, Body=body)
+    for key, body in dotted.items():
+        info = store.head(bucket, key)
+        assert info.size == len(body) and store.get(bucket, key, info.etag) == body
+        store.copy_object(bucket, key, key, info.etag, metadata={"mode": "33152"}, size=info.size)
+        assert moto_backend.client.head_object(Bucket=bucket, Key=key)["Metadata"] == {"mode": "33152"}
+    for key, body in {"p/y": b"plain", "q": b"other"}.items():
+        answer = moto_backend.client.get_object(Bucket=bucket, Key=key)
+        assert answer["Body"].read() == body and answer["Metadata"] == {}
+
+
 @pytest.mark.parametrize("sse", [None, "AES256"])
 def test_small_puts_bypass_botocore_once_their_shape_is_checked(
         tmp_path: Path, moto_backend: Backend, sse: str | None) -> None:

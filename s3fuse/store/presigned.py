@@ -182,6 +182,19 @@ class PresignedReader:
                              timeout=urllib3.Timeout(connect=self._connect_timeout,
                                                      read=self._read_timeout))
 
+    def _send(self, method: str, url: str, **kwargs: Any) -> Any:
+        """One request to `url`, its path sent as it is. urllib3 takes dot segments out of
+        a whole URL's path (RFC 3986), but `a/./b` is an S3 key of its own: a HEAD answered
+        for `a/b`, and a copy written over it. The request target goes to the host's pool
+        instead; only plain HTTP through a proxy needs the whole URL (botocore sends it so
+        too)."""
+        parts = urllib.parse.urlsplit(url)
+        if isinstance(self._pool, urllib3.ProxyManager) and parts.scheme == "http":
+            return self._pool.urlopen(method, url, redirect=False, **kwargs)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return self._pool.connection_from_url(url).urlopen(method, target, redirect=False,
+                                                           **kwargs)
+
     def _request(self, what: str, url: str, headers: dict[str, str], limit: int | None = None,
                  skip_ok: bool = False, method: str = "GET", body: bytes | None = None,
                  timeout: urllib3.Timeout | None = None) -> tuple[int, Any, bytes]:
@@ -203,10 +216,9 @@ class PresignedReader:
         def attempt() -> tuple[int, Any, bytes]:
             nonlocal attempts
             attempts += 1
-            resp = self._pool.request(method, url, body=body, headers=headers,
-                                      preload_content=False, decode_content=False,
-                                      enforce_content_length=True,
-                                      **({} if timeout is None else {"timeout": timeout}))
+            resp = self._send(method, url, body=body, headers=headers, preload_content=False,
+                              decode_content=False, enforce_content_length=True,
+                              **({} if timeout is None else {"timeout": timeout}))
             finished = False
             try:
                 if resp.connection is not None and resp.connection.sock is not None:
