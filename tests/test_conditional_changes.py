@@ -342,6 +342,29 @@ async def test_a_rename_or_removal_right_after_chmod_follows_the_etag_its_copy_m
         assert left == {} and await listdir(parts, B) == []
 
 
+@pytest.fixture
+async def file_and_dir(tmp_path: Path) -> AsyncIterator[tuple[Components, MemoryStore]]:
+    store = MemoryStore()
+    store.create_bucket(B)
+    store.put_object(B, "u", b"a file the directory hides")
+    store.put_object(B, "u/v", b"the directory's only entry")
+    async for components in running(tmp_path, store):
+        yield components, store
+
+
+async def test_emptying_a_directory_that_hides_a_file_makes_no_marker(
+        file_and_dir: tuple[Components, MemoryStore]) -> None:
+    """`rm u/v` empties `u/`, which hid the file `u`: the file shows once the directory is
+    gone, and no `u/` marker is made (on SeaweedFS, whose `u` and `u/` are one entry, its
+    PUT destroyed the file)."""
+    parts, store = file_and_dir
+    assert await listdir(parts, B) == ["u"] and await listdir(parts, B, "u") == ["v"]
+    await parts.ops.unlink((await lookup_path(parts.ops, B, "u")).st_ino, b"v", None)
+    status = await parts.writes.queue.sync(timeout=10)
+    assert status["files"] == 0 and status["failures"] == []
+    assert store.objects(B) == {"u": b"a file the directory hides"}
+
+
 # ------------------------------------------------------------------ the probe
 
 

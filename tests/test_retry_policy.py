@@ -64,6 +64,16 @@ def test_which_answers_are_retried(code: str, status: int, verdict: retry.Verdic
     assert retry.answered(code, status) is verdict
 
 
+@pytest.mark.parametrize("code, status, permanent", [
+    ("ExistingObjectIsFile", 409, True), ("BucketNotEmpty", 409, True),
+    ("OperationAborted", 409, False), ("ConditionalRequestConflict", 409, False),
+    ("SlowDown", 503, False), ("", 408, False), ("AccessDenied", 403, True),
+])
+def test_which_failures_end_an_upload_job(code: str, status: int, permanent: bool) -> None:
+    error = retry.tagged(RemoteError(f"PutObject s3://b/k: S3 error {code}"), code, status)
+    assert retry.is_permanent(error) is permanent
+
+
 def test_attempts_slow_attempts_and_stop(no_sleep: list[float]) -> None:
     policy = retry.Policy(attempts=4, slow_attempts=2, base=0.05, cap=2.0)
     judged = {"quick": retry.Verdict.RETRY, "slow": retry.Verdict.SLOW, "stop": retry.Verdict.STOP}

@@ -138,8 +138,11 @@ def error_code(error: BaseException) -> tuple[str, int]:
 
 def is_permanent(error: BaseException) -> bool:
     """For an upload job: True when retrying cannot help (access denied, bucket gone, KMS
-    refused, a bad request, a server without the feature). Unreachable, throttling, 5xx
-    are transient; 412 (StaleObject) is a conflict, which the uploader handles first."""
+    refused, a bad request, a server without the feature, a 409 conflict with what the key
+    is: SeaweedFS's ExistingObjectIsFile for `d/` where a file `d` is, retried for hours).
+    Unreachable, throttling, 5xx and the 409s a retry gets past (OperationAborted,
+    ConditionalRequestConflict) are transient; 412 (StaleObject) is a conflict, which the
+    uploader handles first."""
     if isinstance(error, (Offline, StaleObject)):
         return False
     code, status = error_code(error)
@@ -147,4 +150,4 @@ def is_permanent(error: BaseException) -> bool:
         return True
     if code in JOB_RETRY_CODES:
         return False
-    return (400 <= status < 500 and status not in (408, 409, 429)) or status == 501
+    return (400 <= status < 500 and status not in (408, 429)) or status == 501

@@ -228,6 +228,10 @@ class Mutations:
         the stored ones next to `gone` and at the start are looked at before all of them."""
         if not path or not self._listings.marker_absent(path):
             return  # the top of the tree, a directory with a marker, or one not known
+        if self._listings.hidden_file(*split(path)) is not None:
+            # a file of that name shows once the directory is gone; and SeaweedFS keeps
+            # `d` and `d/` as one entry: the marker's PUT destroyed the file
+            return
         for after in (gone, ""):
             entries, _ = self._listings.window(path, after, EMPTY_PROBE)
             if self._pending.merge(path, entries):
