@@ -5,6 +5,7 @@ import datetime
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import botocore.session
@@ -12,6 +13,7 @@ import pytest
 
 from s3fuse.config import build_config
 from s3fuse.errors import Offline, UsageError
+from s3fuse.store import credentials
 from s3fuse.store.s3 import S3Store
 
 SECRET = "VerySecretKey0123456789abcdefXYZ"
@@ -353,6 +355,20 @@ def test_a_failing_credential_process_stops_the_start_with_one_line(
     assert str(caught.value) == line
 
 
+def test_a_credential_process_that_hangs_stops_the_start_in_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """botocore runs it while the first client is made: `s3fuse mount` waited for good."""
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    _profile(tmp_path, "hang", f"credential_process = {_script(tmp_path, 'hang.sh', 'sleep 30')}")
+    monkeypatch.setattr(credentials.resolve_in_time, "__defaults__", (0.5,))
+    cfg = build_config({"profile": "hang", "endpoint_url": "http://127.0.0.1:9"}, [], {})
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=r"^the credentials provider of profile 'hang' gave no "
+                                         r"answer within 0.5s \(a credential_process"):
+        S3Store.from_config(cfg)
+    assert time.monotonic() - started < 5
+
+
 def test_an_sso_profile_without_a_login_stops_the_start(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch):
     """It mounted, then every request failed with EIO "SSOTokenLoadError" and no hint.
@@ -371,6 +387,20 @@ def test_a_profile_without_credentials_is_named(tmp_path: Path, monkeypatch: pyt
     _no_ambient_credentials(monkeypatch, tmp_path)
     _profile(tmp_path, "empty", "region = eu-west-1")
     cfg = build_config({"profile": "empty", "endpoint_url": "http://127.0.0.1:9"}, [], {})
+    with pytest.raises(UsageError, match=r"^AWS profile 'empty' has no credentials \("):
+        S3Store.from_config(cfg)
+
+
+def test_a_profile_named_by_aws_profile_is_named_too(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """AWS_PROFILE=nosuch said "AWS profile None not found"."""
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    _profile(tmp_path, "empty", "region = eu-west-1")
+    cfg = build_config({"endpoint_url": "http://127.0.0.1:9"}, [], {})
+    monkeypatch.setenv("AWS_PROFILE", "nosuch")
+    with pytest.raises(UsageError, match=r"^AWS profile 'nosuch' not found$"):
+        S3Store.from_config(cfg)
+    monkeypatch.setenv("AWS_PROFILE", "empty")
     with pytest.raises(UsageError, match=r"^AWS profile 'empty' has no credentials \("):
         S3Store.from_config(cfg)
 

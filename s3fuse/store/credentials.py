@@ -118,6 +118,35 @@ def credential_problem(exc: BaseException, profile: str | None = None) -> str | 
     return None
 
 
+class ProviderSilent(Exception):
+    """The session's credentials provider gave no answer in time (a hung credential_process)."""
+
+
+def resolve_in_time(session: Any, profile: str | None, timeout: float = LOAD_TIMEOUT) -> None:
+    """Resolve `session`'s credentials (botocore keeps them for its clients) in a thread
+    of its own, for at most `timeout` seconds. botocore resolves them as the first client
+    is made, and runs a credential_process (or asks the instance metadata) right then:
+    one that hung held `s3fuse mount` for good. Its error is raised here, as making the
+    client would have; ProviderSilent when it gives no answer in time."""
+    failure: list[BaseException] = []
+
+    def resolve() -> None:
+        try:
+            session.get_credentials()
+        except Exception as exc:  # noqa: BLE001 - raised in the caller's thread below
+            failure.append(exc)
+    resolver = threading.Thread(target=resolve, name="s3fuse-creds", daemon=True)
+    resolver.start()
+    resolver.join(timeout)
+    if resolver.is_alive():
+        name = f"profile {profile!r}" if profile else "the default profile"
+        raise ProviderSilent(f"the credentials provider of {name} gave no answer within "
+                             f"{timeout:g}s (a credential_process that does not return?): "
+                             "run it yourself to see what it does")
+    if failure:
+        raise failure[0]
+
+
 def load_problem(creds: Any, profile: str | None, timeout: float = LOAD_TIMEOUT) -> str | None:
     """At start: can `creds` (botocore's, already resolved) give frozen credentials? The
     line of credential_problem when not; None when they can, when only the network is

@@ -51,8 +51,8 @@ from ..errors import (AccessDenied, CredentialsExpired, NotFound, Offline, Remot
 from ..posix import METADATA_LIMIT, foreign_metadata, headers_size
 from . import botosession, retry
 from .copysources import CopySources, kept_headers
-from .credentials import (PROVIDER_ERRORS, RoleCredentials, credential_problem, load_problem,
-                          one_line)
+from .credentials import (PROVIDER_ERRORS, ProviderSilent, RoleCredentials, credential_problem,
+                          load_problem, one_line, resolve_in_time)
 from .link import Link
 from .putsign import COPY, PUT, PutSigner, copy_etag
 from .headbatch import PipelinedHeads
@@ -193,13 +193,21 @@ def assumed_role_credentials(session: Any, cfg: Config, connect_timeout: float =
     return creds
 
 
+def profile_name(cfg: Config) -> str | None:
+    """The AWS profile in use: --profile, else the one AWS_PROFILE names (as botocore
+    takes it), else None (the default profile)."""
+    return cfg.profile or os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE")
+
+
 def no_credentials(cfg: Config) -> str:
     """The line for a start without credentials: never suggests what was given."""
-    if cfg.profile:
-        return (f"AWS profile {cfg.profile!r} has no credentials (aws_access_key_id, "
-                "credential_process, sso_* or role_arn in ~/.aws/config or ~/.aws/credentials)")
+    profile = profile_name(cfg)
+    if profile:
+        return (f"AWS profile {profile!r} has no credentials (aws_access_key_id, "
+                "credential_process, sso_* or role_arn in ~/.aws/config or ~/.aws/credentials)"
+                f"{unreadable_aws_files()}")
     return ("no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --profile, "
-            "or --secrets-env)")
+            f"or --secrets-env){unreadable_aws_files()}")
 
 
 def with_foreign(metadata: Mapping[str, str], foreign: Mapping[str, str]) -> dict[str, str]:
@@ -417,6 +425,8 @@ class S3Store:
             timestamp_parser=parse_timestamp)
         self._session = core
         self._once = OnceLogger(log)
+        if cfg.read_keys is None:  # the session's: a provider that hangs must not hold us
+            resolve_in_time(core, profile_name(cfg))
         read_role, write_role = self._roles(core, connect_timeout, first_byte)
         bcfg = botocore.config.Config(
             signature_version="s3v4",
@@ -517,12 +527,14 @@ class S3Store:
         try:
             store = cls(cfg, read_timeout=max(cfg.request_timeout, 0.5))
         except botocore.exceptions.ProfileNotFound:
-            raise UsageError(f"AWS profile {cfg.profile!r} not found"
+            raise UsageError(f"AWS profile {profile_name(cfg)!r} not found"
                              f"{unreadable_aws_files()}") from None
         except S3FuseError as exc:  # AssumeRole refused or unreachable
             raise UsageError(f"cannot assume role {cfg.role_arn}: {exc}") from None
+        except ProviderSilent as exc:
+            raise UsageError(str(exc)) from None
         except PROVIDER_ERRORS as exc:
-            problem = credential_problem(exc, cfg.profile)
+            problem = credential_problem(exc, profile_name(cfg))
             if problem is None and not isinstance(exc, botocore.exceptions.BotoCoreError):
                 raise
             raise UsageError(problem or f"cannot configure S3 client: {one_line(str(exc))}") \
@@ -530,7 +542,7 @@ class S3Store:
         creds = store.credentials(store.read_client)
         if creds is None:
             raise UsageError(no_credentials(cfg))
-        problem = None if cfg.role_arn else load_problem(creds, cfg.profile)
+        problem = None if cfg.role_arn else load_problem(creds, profile_name(cfg))
         if problem is not None:
             raise UsageError(problem)
         return store
