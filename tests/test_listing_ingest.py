@@ -68,3 +68,15 @@ def test_what_spans_pages_comes_out_as_from_one_page() -> None:
     assert ingest.marker == version("m", 1_000)
     assert [(e.name, e.is_dir) for e in ingest.entries()] == [
         ("a", False), ("clash", True), ("z", False)]
+
+
+def test_keys_that_cannot_be_names_are_hidden_with_a_warning(caplog) -> None:  # type: ignore[no-untyped-def]
+    """troubleshooting.md: hidden and logged once at WARNING (it was INFO: a mount at the
+    default level said nothing of the objects it did not show)."""
+    ingest = Ingest("p/", OnceLogger(logging.getLogger("test")), now=1.0)
+    with caplog.at_level(logging.WARNING):
+        ingest.add(ListPage(["p/..//"], [obj("p/ok"), obj("p/.."), obj("p/..")]))
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "hiding s3 prefix 'p/..//': not a valid POSIX name"),
+        (logging.WARNING, "hiding s3 key 'p/..': not a valid POSIX name")]
+    assert [e.name for e in ingest.entries()] == ["ok"]

@@ -71,7 +71,7 @@ class Ingest:
                 self._dirs.append(name)
             else:
                 self.hidden.unnamed = True
-                hidden.info(common, "hiding s3 prefix %r: not a valid POSIX name", common)
+                hidden.warning(common, "hiding s3 prefix %r: not a valid POSIX name", common)
         rows = []
         for obj in page.objects:
             name = obj.key[len(prefix):]
@@ -83,7 +83,7 @@ class Ingest:
                 rows.append((name, obj.size, obj.mtime_ns, obj.etag))
             else:
                 self.hidden.unnamed = True
-                hidden.info(obj.key, "hiding s3 key %r: not a valid POSIX name", obj.key)
+                hidden.warning(obj.key, "hiding s3 key %r: not a valid POSIX name", obj.key)
         if rows:
             self.stage.add_files(rows)
 
