@@ -214,8 +214,10 @@ def _dequoted(text: str) -> str | None:
 
 
 def storable_xattr_name(name: str) -> bool:
-    """Can s3fs's format hold this name (its parser splits at ',' and needs the quotes)?"""
-    return bool(name) and not any(c in name for c in ',"')
+    """Can s3fs's format hold this name? Its parser splits the pairs at ',', a pair at its
+    first ':' (parse_xattr_keyval), and needs the quotes: `user.a:b` was stored and read
+    back here (the last ':'), but s3fs lost it."""
+    return bool(name) and not any(c in name for c in ',":')
 
 
 # ---------------------------------------------------------------- headers

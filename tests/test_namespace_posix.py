@@ -272,7 +272,7 @@ async def test_user_xattrs_are_stored_and_shown_with_the_computed_ones(
     assert writes.last("set_posix")[2].xattrs == ()
 
     for name, code in ((b"trusted.x", errno.ENOTSUP), (b"security.x", errno.ENOTSUP),
-                       (b"user.a,b", errno.EINVAL), (b"user." + b"x" * 251, errno.ENAMETOOLONG)):
+                       (b"user.a,b", errno.EINVAL), (b"user.c:d", errno.EINVAL), (b"user." + b"x" * 251, errno.ENAMETOOLONG)):
         assert await errno_of(ops.setxattr(f.st_ino, name, b"1", Ctx())) == code, name
     stored = len(writes.calls)
     for name in (b"user.s3.uri", b"user.s3fuse.pinned", b"user.s3fuse.cached"):  # computed:
