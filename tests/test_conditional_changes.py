@@ -365,6 +365,37 @@ async def test_emptying_a_directory_that_hides_a_file_makes_no_marker(
     assert store.objects(B) == {"u": b"a file the directory hides"}
 
 
+@pytest.fixture
+async def marker_with_bytes(tmp_path: Path) -> AsyncIterator[tuple[Components, MemoryStore]]:
+    store = MemoryStore()
+    store.create_bucket(B)
+    store.put_object(B, "kept/", b"MARKER-BYTES")   # S3 lets a `dir/` key have a body
+    store.put_object(B, "moved/", b"MORE-BYTES")
+    store.put_object(B, "moved/f", b"f")
+    async for components in running(tmp_path, store):
+        yield components, store
+
+
+async def test_a_marker_with_bytes_is_neither_removed_nor_emptied(
+        marker_with_bytes: tuple[Components, MemoryStore], caplog: Any) -> None:
+    """`rmdir` deleted such a marker, and `mv` of its directory made an empty one in its
+    place: its bytes were gone, and nothing said so."""
+    parts, store = marker_with_bytes
+    root = (await lookup_path(parts.ops, B)).st_ino
+    assert await listdir(parts, B) == ["kept", "moved"]
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await parts.ops.rmdir(root, b"kept", None)
+    assert refused.value.errno == errno.ENOTEMPTY
+    assert "s3://bkt/kept/ holds 12 bytes: the directory is not removed" in caplog.text
+    await parts.ops.rename(root, b"moved", root, b"there", 0, None)
+    status = await parts.writes.queue.sync(timeout=10)
+    assert status["files"] == 0 and status["failures"] == [] and status["conflicts"] == []
+    assert store.objects(B) == {"kept/": b"MARKER-BYTES", "there/": b"MORE-BYTES",
+                                "there/f": b"f"}
+    assert await listdir(parts, B) == ["kept", "there"]
+    assert await listdir(parts, B, "there") == ["f"]
+
+
 # ------------------------------------------------------------------ the probe
 
 

@@ -113,6 +113,32 @@ def test_other_tools_user_metadata_survives_chmod_touch_and_rename(s3, bucket, m
     assert metadata(s3, bucket, "c.txt")["mtime"] == "1600000000"
 
 
+def test_a_metadata_change_of_an_empty_object_keeps_what_else_it_holds(s3, bucket, mount_factory):
+    """A `chmod` of an empty file, or of a directory whose marker holds bytes: an empty
+    object's change was a PUT of an empty body, which dropped its other headers and other
+    tools' metadata, and a marker's bytes (AWS and moto keep a body on `dir/`)."""
+    s3.put_object(Bucket=bucket, Key="empty.txt", Body=b"", ContentType="text/x-custom",
+                  CacheControl="no-store", Metadata={"project": "apollo", "mode": "33188"})
+    s3.put_object(Bucket=bucket, Key="d/", Body=b"MARKER-BYTES", Metadata={"project": "d"})
+    s3.put_object(Bucket=bucket, Key="d/f", Body=b"f")
+    marker_bytes = s3.get_object(Bucket=bucket, Key="d/")["Body"].read()  # SeaweedFS: none
+    markers_keep_metadata = keeps_marker_metadata(s3, bucket)
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    os.listdir(root)
+    os.chmod(root / "empty.txt", 0o600)
+    os.chmod(root / "d", 0o700)
+    assert m.wait_idle()["idle"]
+    head = s3.head_object(Bucket=bucket, Key="empty.txt")
+    assert head["Metadata"]["project"] == "apollo" and head["Metadata"]["mode"] == str(stat.S_IFREG | 0o600)
+    assert (head["ContentType"], head.get("CacheControl")) == ("text/x-custom", "no-store")
+    assert s3.get_object(Bucket=bucket, Key="d/")["Body"].read() == marker_bytes
+    if markers_keep_metadata:
+        marker = s3.head_object(Bucket=bucket, Key="d/")["Metadata"]
+        assert marker["project"] == "d" and marker["mode"] == str(stat.S_IFDIR | 0o700)
+    assert stat.S_IMODE(os.stat(root / "d").st_mode) == 0o700
+
+
 def test_a_tree_copied_by_rclone_with_metadata_shows_its_modes_and_times(s3, bucket, mount_factory):
     """`rclone copy -M` (rclone 1.75 on SeaweedFS) writes an octal mode with type bits and
     RFC 3339 atimes, the headers below: a 0640 file showed as setuid `-r-S-----` (100640

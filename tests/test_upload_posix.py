@@ -13,9 +13,11 @@ import pytest
 import trio
 
 from s3fuse.cache.overlay import Overlay
+from s3fuse.errors import NotFound
 from s3fuse.model import Entry
 from s3fuse.posix import Posix, from_headers, to_headers
 from s3fuse.store.memory import MemoryStore
+from s3fuse.store.retry import tagged
 from s3fuse.upload import UNKNOWN, Journal, Uploader, UploadQueue
 from s3fuse.upload.conditions import PROBE_PUTS
 from s3fuse.upload.journal import Expected
@@ -462,11 +464,28 @@ def test_pending_entries_show_the_metadata_and_the_version_to_read(tmp_path: Pat
     meta_store.close()
 
 
-async def test_a_directory_marker_changes_by_a_put_of_the_empty_marker(
-        tmp_path: Path, store: MemoryStore) -> None:
-    """An empty object is PUT again with the new metadata, not copied (one request; SeaweedFS
-    refuses to copy `dir/` keys), on the same condition."""
-    store.put_object(B, "dir/", b"", metadata=to_headers(FOLDER))
+class CopiesNoMarker(MemoryStore):
+    """A server that will not copy a `dir/` key (SeaweedFS answers NoSuchKey)."""
+
+    def copy_object(self, bucket: str, source_key: str, key: str, etag: str,
+                    **kwargs: Any) -> str:
+        if source_key.endswith("/"):
+            self._begin("CopyObject", bucket, source_key)
+            raise tagged(NotFound(f"CopyObject s3://{bucket}/{source_key}: not found"),
+                         "NoSuchKey", 404)
+        return super().copy_object(bucket, source_key, key, etag, **kwargs)
+
+
+@pytest.mark.parametrize("copies_markers", [True, False])
+async def test_a_directory_marker_changes_by_a_copy_else_by_a_put(
+        tmp_path: Path, copies_markers: bool) -> None:
+    """A marker's new metadata goes by a copy, which keeps what else it holds (a PUT of an
+    empty body dropped other tools' metadata, and the bytes of a marker that had some);
+    where the server will not copy a marker, by a PUT, checked by a HEAD once, then at once."""
+    store = MemoryStore() if copies_markers else CopiesNoMarker()
+    store.create_bucket(B)
+    for name in ("dir/", "other/"):
+        store.put_object(B, name, b"", metadata=to_headers(FOLDER))
     async with upload_queue(tmp_path, store, start=False) as queue:
         writes = writeback(queue)
         await writes.start()
@@ -478,9 +497,17 @@ async def test_a_directory_marker_changes_by_a_put_of_the_empty_marker(
         assert writes.posix(B, "dir/") == FOLDER.replace(mode=stat.S_IFDIR | 0o700)
         store.reachable = True
         await synced(queue)
+        before = dict(store.request_counts())
+        await writes.set_posix(B, "other/", FOLDER.replace(mode=stat.S_IFDIR | 0o750),
+                               expected=store.head(B, "other/").etag, size=0, is_dir=True)
+        await synced(queue)
     assert stored(store, "dir/") == FOLDER.replace(mode=stat.S_IFDIR | 0o700)
-    # the marker made above, then its one PUT with the metadata (and the bucket's probe)
-    assert copies(store) == 0 and store.request_counts()["PutObject"] == 2 + PROBE_PUTS
+    assert stored(store, "other/") == FOLDER.replace(mode=stat.S_IFDIR | 0o750)
+    sent = {op: n - before.get(op, 0) for op, n in store.request_counts().items()}
+    if copies_markers:
+        assert copies(store) == 2 and sent.get("PutObject", 0) == 0
+    else:  # the second change: a PUT at once (the server's refusal is remembered)
+        assert copies(store) == 1 and sent.get("CopyObject", 0) == 0 and sent["PutObject"] == 1
 
 
 IMPLICIT_DIR_ETAG = "d41d8cd98f00b204e9800998ecf8427e-0"  # SeaweedFS's, for a bare dir/

@@ -422,10 +422,10 @@ class Journal:
         if staging_id:  # deletes have no staging file
             db.execute("INSERT OR IGNORE INTO trash (staging_id) VALUES (?)", (staging_id,))
 
-    def sending(self, bucket: str, key: str) -> bool:
-        """Is a change of the key being sent now?"""
+    def copying(self, bucket: str, key: str) -> bool:
+        """Is a metadata change of the key being sent now (a copy onto itself)?"""
         return bool(self._read("SELECT 1 FROM jobs WHERE bucket = ? AND key = ? AND "
-                               "state = 'uploading' LIMIT 1", bucket, key))
+                               "state = 'uploading' AND op = 'meta' LIMIT 1", bucket, key))
 
     def cancel(self, bucket: str, key: str) -> list[int]:
         """Drop the versions of a key not being uploaded; returns the ids still uploading."""

@@ -259,16 +259,18 @@ class UploadQueue:
 
     @contextlib.asynccontextmanager
     async def settled(self, bucket: str, key: str) -> AsyncIterator[bool]:
-        """For a copy of `key` made beside the queue (a rename): its queued changes are not
-        started while the block runs, and one being sent is waited for first (however it
-        ends). Yields whether one was: S3's version of the key may have changed meanwhile
-        (a metadata copy of a multipart object gets a new ETag)."""
+        """For a change of `key` made on the version S3 holds (a rename's copy, an unlink):
+        its queued changes are not started while the block runs, and a metadata copy being
+        sent is waited for first (however it ends). Yields whether one was: S3's version
+        of the key may have changed meanwhile (a copy of a multipart object gets a new
+        ETag). An upload of new bytes is not waited for (an `rm` of a big file being
+        uploaded returns at once): a change journalled behind it follows the ETag it makes."""
         with self.holding_key(bucket, key):
             waited = False
             while True:
                 changed = self._changed  # before asking: the upload may end while we ask
                 if not (self.pending(bucket, key)  # (else nothing of it is journalled)
-                        and await self._io(self.journal.sending, bucket, key)):
+                        and await self._io(self.journal.copying, bucket, key)):
                     break
                 waited = True
                 await changed.wait()  # its end notifies
@@ -634,6 +636,7 @@ class UploadQueue:
                         await self._io(functools.partial(self.journal.requeue, job.id, None, 0.0,
                                                          counted=False, unsent=not job.sent))
                         job = None
+                        self._notify()  # the settling waits for its end
                     if job is not None:
                         self._rewrites.started(job.bucket, job.key)
                 except (S3FuseError, OSError, sqlite3.Error) as exc:  # CacheFull: wait, never end

@@ -124,6 +124,7 @@ class Uploader:
         self.parallel_parts = parallel_parts
         self.stopping = threading.Event()
         self.conditions = ConditionProbe(store, journal)
+        self._no_marker_copies: set[str] = set()  # buckets whose server copies no `dir/` key
 
     def upload(self, job: Job) -> UploadResult:
         if job.op == "delete":
@@ -250,10 +251,12 @@ class Uploader:
 
     def _change_metadata(self, job: Job) -> UploadResult:
         """CopyObject of the key onto itself with the row's metadata (REPLACE), if it still
-        holds the version the change was made on (see the module docstring). An empty
-        object (a `dir/` marker, a fifo, an empty file) is PUT again with the metadata
-        instead: one request, no HEAD, and servers that refuse to copy a `dir/` key
-        (SeaweedFS answers NoSuchKey) take it."""
+        holds the version the change was made on (see the module docstring). The copy
+        keeps what else the object holds: its bytes, content type, other headers and other
+        tools' user metadata; an empty object (a `dir/` marker, a fifo, an empty file) too:
+        a PUT of an empty body dropped them, and the bytes of a marker that had some. A
+        marker on a server that will not copy one (SeaweedFS answers NoSuchKey, and keeps
+        no other metadata on it) is PUT again, checked by a HEAD."""
         bucket, key, expected = job.bucket, job.key, job.expected
         headers = to_headers(job.meta or Posix())
         if expected is None:  # made on a version removed since (by this mount): nothing left
@@ -263,12 +266,10 @@ class Uploader:
             expected = self._remote_etag(bucket, key)
             if expected is None:
                 return self._metadata_dropped(job, None)
+        marker = key.endswith("/")
         try:
-            if job.size == 0:
-                if not self.conditions.of(bucket, key).put:
-                    self._precheck(bucket, key, expected)
-                return UploadResult(self._put(bucket, key, io.BytesIO(b""), expected,
-                                              content_type(key), {"metadata": headers}))
+            if marker and bucket in self._no_marker_copies:
+                return self._put_marker(job, expected, headers)
             trusted = self.conditions.of(bucket, key).copy  # then no HEAD (copysources.py)
             return UploadResult(self.store.copy_object(bucket, key, key, expected,
                                                        metadata=headers, size=job.size,
@@ -279,17 +280,29 @@ class Uploader:
             info = self.store.head(bucket, key)
         except NotFound:
             return self._metadata_dropped(job, None)
-        is_dir = key.endswith("/")
-        if from_headers(info.metadata or {}, is_dir=is_dir) == from_headers(headers, is_dir=is_dir):
+        if from_headers(info.metadata or {}, is_dir=marker) == from_headers(headers, is_dir=marker):
             log.info("%s already holds this metadata (a copy whose answer was lost, or that "
                      "finished before a restart)", job.uri)
             return UploadResult(info.etag)
+        if marker and info.size == 0 and info.etag == expected:  # refused, not changed
+            log.info("s3://%s: the server copies no directory marker: their metadata "
+                     "changes are PUT again", bucket)
+            self._no_marker_copies.add(bucket)
+            return self._put_marker(job, expected, headers)
         if job.size == 0 and _carries_nothing(info):  # checked by the HEAD just made
             log.debug("%s: an empty version without metadata took its place: ours goes over it",
                       job.uri)
             return UploadResult(self._put(bucket, key, io.BytesIO(b""), UNKNOWN,
                                           content_type(key), {"metadata": headers}))
         return self._metadata_dropped(job, info.etag)
+
+    def _put_marker(self, job: Job, expected: str, headers: dict[str, str]) -> UploadResult:
+        """A marker's new metadata as a PUT of it again, on the condition `expected`."""
+        bucket, key = job.bucket, job.key
+        if not self.conditions.of(bucket, key).put:
+            self._precheck(bucket, key, expected)
+        return UploadResult(self._put(bucket, key, io.BytesIO(b""), expected,
+                                      content_type(key), {"metadata": headers}))
 
     @staticmethod
     def _metadata_dropped(job: Job, remote: str | None) -> UploadResult:

@@ -666,8 +666,9 @@ class WriteBack:
             replaced.unlink()
 
     def settled(self, bucket: str, key: str) -> contextlib.AbstractAsyncContextManager[bool]:
-        """For a copy of `key` (a rename): no change of it starts while the block runs, and
-        one being sent ends first; True when one did (S3's ETag may be new). queue.py."""
+        """For a change of `key` made on S3's version (a rename's copy, an unlink): no change
+        of it starts while the block runs, and a metadata copy being sent ends first; True
+        when one did (S3's ETag may be new). queue.py."""
         return self.queue.settled(bucket, key)
 
     async def forget(self, bucket: str, key: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import stat
@@ -59,6 +60,8 @@ SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK, stat.S
 #: Stored entries of a directory looked at, after the one removed and from the start, to
 #: tell that it still has some before reading its whole listing (_keep_if_emptied).
 EMPTY_PROBE = 8
+#: The ETag of an object with an empty body (its MD5; not under SSE-KMS, which then asks).
+EMPTY_ETAG = hashlib.md5(b"").hexdigest()
 
 
 class Reads(Protocol):
@@ -327,12 +330,31 @@ class Mutations:
         # the marker's ETag: learned from our own upload of it, else from the listing of the
         # directory itself (the one just checked for emptiness: what the user saw)
         expected = entry.etag or self._listings.marker_etag(path) or UNKNOWN
+        await self._refuse_marker_bytes(path, expected)
         await writes.remove(self._keys.bucket, self._keys.dir_prefix(path), expected)
         self._dirs.changed(parent)
         self._dirs.forget(path)
         self._listings.uncover(path)
         await self._keep_if_emptied(parent, name)
         return path
+
+    async def _refuse_marker_bytes(self, path: str, etag: Expected) -> None:
+        """NotEmpty when directory `path`'s marker object holds bytes (S3 lets a `dir/` key
+        have a body; the tree shows none): removing it would lose them. Asked (a HEAD)
+        only of a marker whose ETag is not the empty body's."""
+        if not isinstance(etag, str) or etag == EMPTY_ETAG:
+            return
+        marker = self._keys.dir_prefix(path)
+        try:
+            info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, marker,
+                                                 limiter=self._limiter)
+        except NotFound:
+            return
+        if info.size:
+            log.warning("%s holds %d bytes: the directory is not removed (remove the object "
+                        "with another tool if they are not needed)", self._keys.uri(marker),
+                        info.size)
+            raise NotEmpty(f"{path}: its marker object holds {info.size} bytes")
 
     # ----------------------------------------------------------- rename
 
@@ -437,10 +459,12 @@ class Mutations:
         parent, name = split(new_key[len(self._keys.prefix):])
         shown = posix.mtime_ns if posix is not None and posix.mtime_ns is not None else None
         # known as copied (its ETag, and the metadata it was given): no HEAD at the next stat;
-        # a copy that kept unknown headers is looked at again
-        self._remember_copy(new_key, parent, Entry(
-            name, False, entry.size, shown or time.time_ns(), etag or entry.etag,
-            time.time() if etag and posix is not None else 0.0, posix))
+        # a copy that kept unknown headers is looked at again (a marker copied with its
+        # body, by a directory's rename, is no file: its directory is listed again)
+        if not new_key.endswith("/"):
+            self._remember_copy(new_key, parent, Entry(
+                name, False, entry.size, shown or time.time_ns(), etag or entry.etag,
+                time.time() if etag and posix is not None else 0.0, posix))
         writes.move_followers(bucket, old_key, new_key)  # read handles go with the file
         await writes.remove(bucket, old_key, seen(entry))  # only the version copied
         return True
@@ -528,7 +552,15 @@ class Mutations:
                     "", False, obj.size if obj else 0, obj.mtime_ns if obj else 0,
                     obj.etag if obj else ""))
         for obj in remote:
-            if obj.key in local or obj.key == old_prefix or self._pending.removed(obj.key):
+            if obj.key in local or self._pending.removed(obj.key):
+                continue
+            if obj.key.endswith("/") and obj.size:  # a marker with a body: copied, kept whole
+                made.pop(new_prefix + obj.key[len(old_prefix):], None)
+                markers.discard(obj.key)
+                await self._rename_file(obj.key, new_prefix + obj.key[len(old_prefix):],
+                                        Entry("", False, obj.size, obj.mtime_ns, obj.etag))
+                continue
+            if obj.key == old_prefix:
                 continue
             if is_probe_name(obj.key.rpartition("/")[2]):  # a probe's scratch key: not moved
                 await writes.remove(bucket, obj.key, obj.etag)
