@@ -278,6 +278,10 @@ def parse_secrets_env(path: Path) -> dict[str, str]:
     """
     try:
         st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a pipe (`<(...)`, a FIFO) is gone, or blocks,
+            # when the daemon started in the background reads it again
+            raise UsageError(f"secrets file {path.absolute()} is not a regular file: give "
+                             "the path of a file (mode 600)")
         text = path.read_bytes().decode("utf-8-sig")  # not the locale's: systemd's is C
     except OSError as exc:
         raise UsageError(f"cannot read secrets file {path.absolute()}: {exc.strerror}") from None

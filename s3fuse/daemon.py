@@ -33,7 +33,7 @@ from .data.reader import BlockReader
 from .fs.ops import S3Operations
 from .notify import Notifier
 from .pinning import Pinner
-from .errors import AccessDenied, NotFound, S3FuseError, UsageError
+from .errors import AccessDenied, CredentialsExpired, NotFound, S3FuseError, UsageError
 from .idle import Idle
 from .store.credentials import one_line
 from .store.liveness import probe_while_offline, watch_interval, watch_while_in_use
@@ -410,12 +410,15 @@ def first_request(cfg: Config, store: Store) -> Callable[[], object]:
 async def credentials_refused(request: Callable[[], object],
                               wait: float = CREDENTIAL_CHECK_WAIT) -> str | None:
     """Why no request can succeed (S3 answered `request`, the start's first, with
-    InvalidAccessKeyId or SignatureDoesNotMatch), else None: any other answer (a refused
+    InvalidAccessKeyId or SignatureDoesNotMatch, or said a session that s3fuse cannot
+    renew has expired: CredentialsExpired), else None: any other answer (a refused
     listing of a key that may GET mounts), none at all (an offline boot mounts, as
     documented), or none within `wait` seconds."""
     with trio.move_on_after(wait):
         try:
             await trio.to_thread.run_sync(request, abandon_on_cancel=True)
+        except CredentialsExpired as exc:  # a session nothing here renews: none will do
+            return f"S3 says these session credentials have expired ({exc.code}): {exc}"
         except AccessDenied as exc:
             if exc.code in BAD_CREDENTIALS:
                 return f"S3 refuses these credentials ({exc.code}): {exc}"

@@ -1,6 +1,7 @@
 """Config merging and validation: every bad input is one UsageError line."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,12 @@ def test_a_profiles_endpoint_is_the_lowest_layer_of_the_endpoint():
     assert build_config({}, [], {"S3_ENDPOINT_URL": "http://env:9"},
                         profile_endpoint).endpoint_url == "http://env:9"
     assert build_config({}, [], {}, lambda profile, env: None).endpoint_url is None
+
+
+def test_a_secrets_env_that_is_no_regular_file_is_refused(tmp_path: Path):
+    """`--secrets-env <(cat secrets.env)` passed the check and failed in the background
+    daemon (which reads the path again); a FIFO made `s3fuse mount` wait for good."""
+    fifo = tmp_path / "secrets.fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(UsageError, match=r"secrets file .*secrets.fifo is not a regular file"):
+        parse_secrets_env(fifo)

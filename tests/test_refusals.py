@@ -18,7 +18,7 @@ import trio
 from s3fuse.cli import format_status
 from s3fuse.config import Config, parse_manifest, parse_source
 from s3fuse.daemon import credentials_refused, first_request
-from s3fuse.errors import AccessDenied, Offline
+from s3fuse.errors import AccessDenied, CredentialsExpired, Offline
 from s3fuse.store.memory import MemoryStore
 from s3fuse.store.retry import tagged
 from s3fuse.store.s3 import S3Store
@@ -102,6 +102,18 @@ def refused(code: str) -> AccessDenied:
 async def test_credentials_s3_does_not_know_fail_the_start(code: str) -> None:
     reason = await credentials_refused(Refusing(refused(code)).list_buckets)
     assert reason == f"S3 refuses these credentials ({code}): ListBuckets: access denied ({code})"
+
+
+async def test_a_session_expired_for_good_fails_the_start() -> None:
+    """An exported session token past its expiry (nothing renews it) mounted, then every
+    request failed with EACCES."""
+    expired = tagged(CredentialsExpired("ListBuckets: access denied (ExpiredToken): the "
+                                        "session credentials expired and cannot be renewed"),
+                     "ExpiredToken", 400)
+    reason = await credentials_refused(Refusing(expired).list_buckets)
+    assert reason == ("S3 says these session credentials have expired (ExpiredToken): "
+                      "ListBuckets: access denied (ExpiredToken): the session credentials "
+                      "expired and cannot be renewed")
 
 
 @pytest.mark.parametrize("answer", [refused("AccessDenied"), Offline("ListBuckets: unreachable"), 1.0,
