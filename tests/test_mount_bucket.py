@@ -21,12 +21,12 @@ def put(s3, bucket: str, objects: dict[str, bytes]) -> None:  # type: ignore[no-
         s3.put_object(Bucket=bucket, Key=key, Body=body)
 
 
-def put_hostile(s3, bucket: str, keys: list[str]) -> None:  # type: ignore[no-untyped-def]
+def put_hostile(s3, bucket: str, keys: list[str], body: bytes = b"x") -> None:  # type: ignore[no-untyped-def]
     """Store what the server accepts (SeaweedFS refuses some of these keys itself)."""
     from botocore.exceptions import ClientError
     for key in keys:
         try:
-            s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
         except ClientError:
             pass
 
@@ -261,7 +261,7 @@ def test_a_file_hidden_by_its_directory_shows_once_the_directory_is_gone(s3, buc
     """S3 holds `h/e` and `h/e/` (the directory wins). Once `rmdir e` (or `mv e ...`) took
     the directory away, `e` is the file S3 holds, and writing it replaces that object:
     it went to a conflict copy and `e` read back the old bytes."""
-    put_hostile(s3, bucket, ["h/e/", "h/m/"])
+    put_hostile(s3, bucket, ["h/e/", "h/m/"], b"")  # markers (one with bytes is not removed)
     put(s3, bucket, {"h/e": b"OLD-HIDDEN", "h/m": b"MOVED-OVER"})
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     if not {"h/e/", "h/e"} <= keys:  # SeaweedFS, a file system, holds one of the two
