@@ -391,6 +391,28 @@ def test_a_profile_without_credentials_is_named(tmp_path: Path, monkeypatch: pyt
         S3Store.from_config(cfg)
 
 
+def test_an_unreadable_aws_config_stops_the_start(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    """botocore read it as empty: a profile's endpoint_url in it was ignored, and the
+    mount's requests went to AWS with whatever credentials the environment had."""
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    _profile(tmp_path, "lab", "endpoint_url = http://127.0.0.1:9")
+    config = tmp_path / "aws-config"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-environment")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != config)
+    with pytest.raises(UsageError, match=r"^an AWS file may name this mount's endpoint or "
+                                         rf"credentials \(cannot read {config}: check its "
+                                         r"owner and mode\)$"):
+        S3Store.from_config(build_config({"profile": "lab"}, [], {}))
+    # keys and endpoint given here: nothing in it is used, and it may stay unreadable
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("S3_ENDPOINT=http://127.0.0.1:9\nS3_DOWNLOAD_ACCESS_KEY=DL\n"
+                       "S3_DOWNLOAD_SECRET_KEY=dls\n")
+    secrets.chmod(0o600)
+    S3Store.from_config(build_config({"secrets_env": str(secrets)}, [], {}))
+
+
 def test_a_profile_named_by_aws_profile_is_named_too(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch):
     """AWS_PROFILE=nosuch said "AWS profile None not found"."""

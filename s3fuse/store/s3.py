@@ -524,6 +524,12 @@ class S3Store:
         the credentials are loaded here, so that a credential_process printing garbage, an
         SSO profile not logged in or credentials already expired stop the start instead
         of answering EIO to every request of a mount that started."""
+        unread = unreadable_aws_files()
+        if unread and (cfg.read_keys is None or not cfg.endpoint_url):
+            # botocore reads such a file as empty: the profile's endpoint_url gone, this
+            # mount's requests (and credentials from elsewhere) went to AWS instead
+            raise UsageError("an AWS file may name this mount's endpoint or credentials"
+                             f"{unread}")
         try:
             store = cls(cfg, read_timeout=max(cfg.request_timeout, 0.5))
         except botocore.exceptions.ProfileNotFound:
