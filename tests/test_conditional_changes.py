@@ -13,7 +13,7 @@ import sqlite3
 import stat
 import threading
 from pathlib import Path
-from typing import Any, AsyncIterator, BinaryIO
+from typing import Any, AsyncIterator, BinaryIO, TypeVar
 
 import pyfuse3
 import pytest
@@ -43,6 +43,7 @@ def backend(moto_backend):  # type: ignore[no-untyped-def]
 
 __all__ = ["readdir_replies"]  # the fake stack's readdir replies, for this module too
 CONDITIONS = ["honour", "ignore", "refuse"]
+S = TypeVar("S", bound=MemoryStore)
 
 
 @pytest.fixture(params=CONDITIONS)
@@ -221,22 +222,25 @@ class HeldPuts(MemoryStore):
         return super().put_object(bucket, key, body, **kwargs)
 
 
-@pytest.fixture
-def held_store() -> HeldPuts:
-    store = HeldPuts("new.txt")
+async def stocked(tmp_path: Path, store: S,
+                  objects: dict[str, bytes]) -> AsyncIterator[tuple[Components, S]]:
+    """The fake stack over `store`, its bucket B holding `objects`."""
     store.create_bucket(B)
-    return store
+    for key, body in objects.items():
+        store.put_object(B, key, body)
+    async for components in running(tmp_path, store):
+        yield components, store
 
 
 @pytest.fixture
-async def held_parts(tmp_path: Path, held_store: HeldPuts) -> AsyncIterator[Components]:
-    async for components in running(tmp_path, held_store):
-        yield components
+async def held(tmp_path: Path) -> AsyncIterator[tuple[Components, HeldPuts]]:
+    async for pair in stocked(tmp_path, HeldPuts("new.txt"), {}):
+        yield pair
 
 
 async def test_an_upload_that_found_the_link_gone_before_sending_is_superseded(
-        held_parts: Components, held_store: HeldPuts) -> None:
-    parts, store = held_parts, held_store
+        held: tuple[Components, HeldPuts]) -> None:
+    parts, store = held
     await write_file(parts, "new.txt", b"mine")                 # online: a worker takes it
     assert await trio.to_thread.run_sync(store.entered.wait, 10)
     store.reachable = False
@@ -282,17 +286,9 @@ class NewETagOnCopy(MemoryStore):
 
 
 @pytest.fixture
-def copy_store() -> NewETagOnCopy:
-    store = NewETagOnCopy()
-    store.create_bucket(B)
-    store.put_object(B, "big.bin", b"multipart bytes")
-    return store
-
-
-@pytest.fixture
-async def copy_parts(tmp_path: Path, copy_store: NewETagOnCopy) -> AsyncIterator[Components]:
-    async for components in running(tmp_path, copy_store):
-        yield components
+async def copying(tmp_path: Path) -> AsyncIterator[tuple[Components, NewETagOnCopy]]:
+    async for pair in stocked(tmp_path, NewETagOnCopy(), {"big.bin": b"multipart bytes"}):
+        yield pair
 
 
 async def chmod(parts: Components, ino: int, mode: int) -> None:
@@ -303,12 +299,12 @@ async def chmod(parts: Components, ino: int, mode: int) -> None:
 
 @pytest.mark.parametrize("change", ["rename", "unlink"])
 async def test_a_rename_or_removal_right_after_chmod_follows_the_etag_its_copy_made(
-        copy_parts: Components, copy_store: NewETagOnCopy, change: str) -> None:
+        copying: tuple[Components, NewETagOnCopy], change: str) -> None:
     """`chmod 600 f; mv f g` (or `rm f`) with the chmod's copy still in flight: the change
     waits for it and goes from the version it made. Before, a rename copied the version
     before (or failed ESTALE when the chmod's copy had just landed) and its removal of the
     source was refused (412): both names stayed; so did a removal's."""
-    parts, store = copy_parts, copy_store
+    parts, store = copying
     writes = parts.writes
     root = (await lookup_path(parts.ops, B)).st_ino
     await chmod(parts, (await lookup_path(parts.ops, B, "big.bin")).st_ino, 0o600)
@@ -344,12 +340,9 @@ async def test_a_rename_or_removal_right_after_chmod_follows_the_etag_its_copy_m
 
 @pytest.fixture
 async def file_and_dir(tmp_path: Path) -> AsyncIterator[tuple[Components, MemoryStore]]:
-    store = MemoryStore()
-    store.create_bucket(B)
-    store.put_object(B, "u", b"a file the directory hides")
-    store.put_object(B, "u/v", b"the directory's only entry")
-    async for components in running(tmp_path, store):
-        yield components, store
+    async for pair in stocked(tmp_path, MemoryStore(), {
+            "u": b"a file the directory hides", "u/v": b"the directory's only entry"}):
+        yield pair
 
 
 async def test_emptying_a_directory_that_hides_a_file_makes_no_marker(
@@ -367,13 +360,9 @@ async def test_emptying_a_directory_that_hides_a_file_makes_no_marker(
 
 @pytest.fixture
 async def marker_with_bytes(tmp_path: Path) -> AsyncIterator[tuple[Components, MemoryStore]]:
-    store = MemoryStore()
-    store.create_bucket(B)
-    store.put_object(B, "kept/", b"MARKER-BYTES")   # S3 lets a `dir/` key have a body
-    store.put_object(B, "moved/", b"MORE-BYTES")
-    store.put_object(B, "moved/f", b"f")
-    async for components in running(tmp_path, store):
-        yield components, store
+    async for pair in stocked(tmp_path, MemoryStore(), {  # S3 lets a `dir/` key have a body
+            "kept/": b"MARKER-BYTES", "moved/": b"MORE-BYTES", "moved/f": b"f"}):
+        yield pair
 
 
 async def test_a_marker_with_bytes_is_neither_removed_nor_emptied(

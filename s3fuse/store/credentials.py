@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import botocore.credentials
 import botocore.exceptions
@@ -122,29 +122,37 @@ class ProviderSilent(Exception):
     """The session's credentials provider gave no answer in time (a hung credential_process)."""
 
 
+def _bounded(call: Callable[[], object], timeout: float) -> tuple[bool, BaseException | None]:
+    """Run `call` in a daemon thread for at most `timeout` seconds: (finished, its error).
+    A daemon thread: a provider still waiting must not hold the exit of `s3fuse mount`
+    (whose background daemon loads the credentials again)."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - the caller's to judge; never echoed here
+            failure.append(exc)
+    thread = threading.Thread(target=run, name="s3fuse-creds", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive(), (failure[0] if failure else None)
+
+
 def resolve_in_time(session: Any, profile: str | None, timeout: float = LOAD_TIMEOUT) -> None:
     """Resolve `session`'s credentials (botocore keeps them for its clients) in a thread
     of its own, for at most `timeout` seconds. botocore resolves them as the first client
     is made, and runs a credential_process (or asks the instance metadata) right then:
     one that hung held `s3fuse mount` for good. Its error is raised here, as making the
     client would have; ProviderSilent when it gives no answer in time."""
-    failure: list[BaseException] = []
-
-    def resolve() -> None:
-        try:
-            session.get_credentials()
-        except Exception as exc:  # noqa: BLE001 - raised in the caller's thread below
-            failure.append(exc)
-    resolver = threading.Thread(target=resolve, name="s3fuse-creds", daemon=True)
-    resolver.start()
-    resolver.join(timeout)
-    if resolver.is_alive():
+    finished, failure = _bounded(session.get_credentials, timeout)
+    if not finished:
         name = f"profile {profile!r}" if profile else "the default profile"
         raise ProviderSilent(f"the credentials provider of {name} gave no answer within "
                              f"{timeout:g}s (a credential_process that does not return?): "
                              "run it yourself to see what it does")
-    if failure:
-        raise failure[0]
+    if failure is not None:
+        raise failure
 
 
 def load_problem(creds: Any, profile: str | None, timeout: float = LOAD_TIMEOUT) -> str | None:
@@ -156,25 +164,14 @@ def load_problem(creds: Any, profile: str | None, timeout: float = LOAD_TIMEOUT)
     credentials already expired) come at once, before any network is asked."""
     if creds is None:
         return None
-    failure: list[BaseException] = []
-
-    def load() -> None:
-        try:
-            creds.get_frozen_credentials()
-        except Exception as exc:  # noqa: BLE001 - judged below; never echoes credentials
-            failure.append(exc)
-    # a daemon thread: a provider still waiting on the network must not hold the exit of
-    # `s3fuse mount` (whose background daemon loads them again)
-    loader = threading.Thread(target=load, name="s3fuse-creds", daemon=True)
-    loader.start()
-    loader.join(timeout)
-    if loader.is_alive():
+    finished, failure = _bounded(creds.get_frozen_credentials, timeout)
+    if not finished:
         log.info("the credentials did not load within %gs; the mount starts anyway", timeout)
         return None
-    if not failure:
+    if failure is None:
         return None
-    problem = credential_problem(failure[0], profile)
+    problem = credential_problem(failure, profile)
     if problem is None:
         log.info("the credentials could not be loaded yet (%s); the mount starts anyway",
-                 type(failure[0]).__name__)
+                 type(failure).__name__)
     return problem

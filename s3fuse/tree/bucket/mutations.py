@@ -345,12 +345,8 @@ class Mutations:
         if not isinstance(etag, str) or etag.startswith(EMPTY_ETAG):  # SeaweedFS: `...-0`
             return
         marker = self._keys.dir_prefix(path)
-        try:
-            info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, marker,
-                                                 limiter=self._limiter)
-        except NotFound:
-            return
-        if info.size:
+        info = await self._head(marker)
+        if info is not None and info.size:
             log.warning("%s holds %d bytes: the directory is not removed (remove the object "
                         "with another tool if they are not needed)", self._keys.uri(marker),
                         info.size)
@@ -441,7 +437,7 @@ class Mutations:
         bucket = self._keys.bucket
         entry = await self.s3_version(old_key, entry)  # uploaded meanwhile: copy what S3 has
         if isinstance(target, str):
-            await self._check_target(bucket, new_key, target)
+            await self._check_target(new_key, target)
         # the copy cannot be taken back (it may replace a file): on a full cache disk the
         # removal of the source could not be journalled after it, and S3 kept both names
         await writes.room_for_change()
@@ -479,15 +475,11 @@ class Mutations:
             log.warning("%s copied but not stored in the listings (%s): listed again",
                         self._keys.uri(key), exc)
 
-    async def _check_target(self, bucket: str, key: str, etag: str) -> None:
+    async def _check_target(self, key: str, etag: str) -> None:
         """A rename replaces `key` only if it still holds the version the user saw (HEAD:
         CopyObject's own If-Match is not offered by every server nor by boto3's copy)."""
-        try:
-            info = await trio.to_thread.run_sync(self._store.head, bucket, key,
-                                                 limiter=self._limiter)
-        except NotFound:  # removed meanwhile: nothing newer to lose
-            return
-        if info.etag != etag:
+        info = await self._head(key)
+        if info is not None and info.etag != etag:  # (gone meanwhile: nothing newer to lose)
             log.warning("%s changed in S3 since it was looked at: not replaced by a rename",
                         self._keys.uri(key))
             raise StaleObject(f"{self._keys.uri(key)}: changed in S3, not replaced")
@@ -586,12 +578,16 @@ class Mutations:
 
     async def _marker_posix(self, marker: str) -> Posix | None:
         """The metadata a directory marker in S3 stores (a HEAD; None: gone meanwhile)."""
+        info = await self._head(marker)
+        return None if info is None else from_headers(info.metadata or {}, is_dir=True)
+
+    async def _head(self, key: str) -> ObjectInfo | None:
+        """A HEAD of `key` in this tree's bucket, in a thread; None when it is gone."""
         try:
-            info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, marker,
+            return await trio.to_thread.run_sync(self._store.head, self._keys.bucket, key,
                                                  limiter=self._limiter)
         except NotFound:
             return None
-        return from_headers(info.metadata or {}, is_dir=True)
 
 
 def seen(entry: Entry) -> Expected:
