@@ -268,6 +268,14 @@ def foreign_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in metadata.items() if name.lower() not in POSIX_NAMES}
 
 
+def with_foreign(metadata: Mapping[str, str], foreign: Mapping[str, str]) -> dict[str, str]:
+    """`metadata` (the POSIX metadata a copy or a new version stores) plus the other user
+    metadata of the version it replaces (another tool's, a user's own), as s3fs keeps it;
+    the POSIX metadata alone when both would pass S3's 2 KiB of user metadata."""
+    merged = {**foreign, **metadata}
+    return merged if headers_size(merged) <= METADATA_LIMIT else dict(metadata)
+
+
 def _first_int(meta: Mapping[str, str], names: tuple[str, ...]) -> int | None:
     """The first of `names` whose value is a valid id (s3fs, then s3sync, then GCS)."""
     for name in names:

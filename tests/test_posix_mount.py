@@ -113,6 +113,32 @@ def test_other_tools_user_metadata_survives_chmod_touch_and_rename(s3, bucket, m
     assert metadata(s3, bucket, "c.txt")["mtime"] == "1600000000"
 
 
+def test_a_rewritten_file_keeps_its_headers_and_other_tools_metadata(s3, bucket, mount_factory):
+    """A file written again through the mount (an editor's save, `cp` over it): its new
+    version kept only the POSIX fields and a type guessed from its name, so a website's
+    `text/html; charset=utf-8`, its Cache-Control and a user's `project` were lost (s3fs
+    keeps them). rclone's `md5chksum` described the old bytes: it goes."""
+    s3.put_object(Bucket=bucket, Key="index.html", Body=b"<p>old</p>",
+                  ContentType="text/html; charset=utf-8", CacheControl="max-age=60",
+                  Metadata={"project": "apollo", "md5chksum": "abc=="})
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    with open(root / "index.html", "r+b") as f:
+        f.write(b"<p>new</p>")
+    assert m.wait_idle()["idle"]
+    head = s3.head_object(Bucket=bucket, Key="index.html")
+    assert s3.get_object(Bucket=bucket, Key="index.html")["Body"].read() == b"<p>new</p>"
+    assert (head["ContentType"], head.get("CacheControl")) == ("text/html; charset=utf-8",
+                                                               "max-age=60")
+    assert head["Metadata"]["project"] == "apollo" and "md5chksum" not in head["Metadata"]
+    assert "mtime" in head["Metadata"]  # and the POSIX fields of the new version
+    (root / "new.html").write_bytes(b"<p>")
+    os.mkdir(root / "d")
+    assert m.wait_idle()["idle"]
+    assert s3.head_object(Bucket=bucket, Key="new.html")["ContentType"] == "text/html"
+    assert s3.head_object(Bucket=bucket, Key="d/")["ContentType"] == "application/x-directory"
+
+
 def test_a_metadata_change_of_an_empty_object_keeps_what_else_it_holds(s3, bucket, mount_factory):
     """A `chmod` of an empty file, or of a directory whose marker holds bytes: an empty
     object's change was a PUT of an empty body, which dropped its other headers and other

@@ -1,7 +1,6 @@
 """Running as a service: unit files, sd_notify protocol, ExecStop, and mount.s3fuse for fstab."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import resource
@@ -343,6 +342,25 @@ def test_notify_ready_only_when_live_and_execstop_unmounts(tmp_path: Path, setup
     assert b"Traceback" not in daemon.stderr.read()
 
 
+def notified_until(listener: socket.socket, field: str | None, timeout: float) -> list[str]:
+    """The fields sent to `listener` until `field` comes (or `timeout` passes); all those
+    already there when `field` is None."""
+    fields: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if field is None or remaining <= 0:
+            listener.setblocking(False)
+        else:
+            listener.settimeout(remaining)
+        try:
+            fields += listener.recv(4096).decode().split("\n")
+        except (BlockingIOError, TimeoutError):
+            return fields
+        if field is not None and field in fields:
+            return fields
+
+
 def test_execstop_drains_a_pending_upload(tmp_path: Path, setup, moto_backend):  # type: ignore[no-untyped-def]
     """`systemctl stop` while an upload is in flight: ExecStop waits for it, then unmounts."""
     bucket, mnt, _ = setup
@@ -368,16 +386,14 @@ def test_execstop_drains_a_pending_upload(tmp_path: Path, setup, moto_backend): 
         assert held.wait(30)                          # its upload is in flight
         stopping = subprocess.Popen(render(stop), env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
-        assert stopping.poll() is None and daemon.poll() is None  # waiting for the upload
-        listener.setblocking(False)
-        fields = []
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                fields += listener.recv(4096).decode().split("\n")
         # systemd is told at once that the service is stopping, and what it waits for:
         # STOPPING=1 came only after the drain, and the link-state line overwrote its STATUS
+        # (waited for: ExecStop is a new Python process, slow to start on a loaded machine)
+        fields = notified_until(listener, "STOPPING=1", timeout=30)
         assert "STOPPING=1" in fields, fields
+        time.sleep(0.5)
+        fields += notified_until(listener, None, timeout=0)
+        assert stopping.poll() is None and daemon.poll() is None  # waiting for the upload
         assert [f for f in fields if f.startswith("STATUS=")][-1].startswith(
             "STATUS=unmounting: 1 upload(s)"), fields
         proxy.release()

@@ -264,6 +264,37 @@ def test_copy_keeps_or_replaces_metadata(store_bucket: tuple[Store, str]) -> Non
     assert (info.etag, info.metadata, info.content_type) == (retyped, {}, "text/x-new")
 
 
+def test_headers_of_a_version_are_what_a_new_version_keeps(store_bucket: tuple[Store, str],
+                                                          tmp_path: Path) -> None:
+    """headers_of: the content type, the other kept headers and the user metadata that is
+    not POSIX metadata, of that version only; put_object and multipart uploads set them."""
+    store, bucket = store_bucket
+    extra = {"CacheControl": "max-age=60", "ContentDisposition": "inline"}
+    etag = store.put_object(bucket, "page.html", b"<p>", content_type="text/html",
+                            metadata={"project": "apollo", "mode": "33188"}, headers=extra)
+    assert store.headers_of(bucket, "page.html", etag) == {
+        "ContentType": "text/html", **extra, "Metadata": {"project": "apollo"}}
+    assert store.headers_of(bucket, "page.html", md5(b"another version")) is None
+    assert store.headers_of(bucket, "nope", etag) is None
+    upload = store.create_multipart_upload(bucket, "big.bin", content_type="text/x-big",
+                                           headers={"ContentLanguage": "en"})
+    part = store.upload_part(bucket, "big.bin", upload, 1, b"x" * 10)
+    big = store.complete_multipart_upload(bucket, "big.bin", upload, [part])
+    assert store.headers_of(bucket, "big.bin", big) == {"ContentType": "text/x-big",
+                                                        "ContentLanguage": "en"}
+    if isinstance(store, S3Store):  # a version this store did not see costs one HEAD
+        fresh = moto_store_like(store, tmp_path)
+        heads = fresh.request_counts().get("HeadObject", 0)
+        assert fresh.headers_of(bucket, "page.html", etag)["CacheControl"] == "max-age=60"
+        assert fresh.headers_of(bucket, "page.html", etag)["ContentDisposition"] == "inline"
+        assert fresh.request_counts().get("HeadObject", 0) == heads + 1
+
+
+def moto_store_like(store: S3Store, tmp_path: Path) -> S3Store:
+    """Another S3Store on the same server: nothing seen yet."""
+    return S3Store(store.cfg, page_size=PAGE)
+
+
 def test_copy_onto_itself_is_conditional(store_bucket: tuple[Store, str]) -> None:
     store, bucket = store_bucket
     old = store.put_object(bucket, "k", b"old", metadata={"mode": "33188"})

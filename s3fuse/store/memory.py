@@ -29,10 +29,12 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Mapping, Sequence
 
+from ..posix import foreign_metadata
 from ..util.filerange import PartBody, body_bytes
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject
+from .copysources import KEPT_HEADERS
 from .link import Link
 from .protocol import HeadsAnswered, ListPage, ObjectInfo, clean_etag, head_one_by_one
 from .retry import tagged
@@ -68,6 +70,7 @@ class _Object:
     mtime_ns: int
     content_type: str
     metadata: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # CacheControl, ... (boto3 names)
 
 
 @dataclass(slots=True)
@@ -75,6 +78,7 @@ class _Upload:
     key: str
     content_type: str
     metadata: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
     parts: dict[int, tuple[bytes, str]] = field(default_factory=dict)
 
 
@@ -209,11 +213,31 @@ class MemoryStore:
         return tagged(StaleObject(f"{what}: object changed in S3"), "PreconditionFailed", 412)
 
     def _store(self, bucket: str, key: str, data: bytes, etag: str, content_type: str | None,
-               metadata: Mapping[str, str] | None = None) -> str:
+               metadata: Mapping[str, str] | None = None,
+               headers: Mapping[str, str] | None = None) -> str:
         self._buckets[bucket][key] = _Object(data, etag, time.time_ns() // 10**9 * 10**9,
                                              content_type or "binary/octet-stream",
-                                             {k.lower(): v for k, v in (metadata or {}).items()})
+                                             {k.lower(): v for k, v in (metadata or {}).items()},
+                                             _other_headers(headers))
         return etag
+
+    def headers_of(self, bucket: str, key: str, etag: str) -> dict[str, Any] | None:
+        """As remembered by S3Store (no request counted): a HEAD's answer, when the object
+        still holds version `etag`."""
+        with self._lock:
+            obj = self._buckets.get(bucket, {}).get(key)
+        if obj is None or obj.etag != clean_etag(etag):
+            return None
+        kept: dict[str, Any] = {"ContentType": obj.content_type, **obj.headers}
+        foreign = foreign_metadata(obj.metadata)
+        if foreign:
+            kept["Metadata"] = foreign
+        return kept
+
+    def headers(self, bucket: str, key: str) -> dict[str, str]:
+        """Tests: the object's KEPT_HEADERS other than its content type, by boto3 name."""
+        with self._lock:
+            return dict(self._buckets[bucket][key].headers)
 
     def _done(self) -> None:
         self.link.succeeded()
@@ -326,24 +350,28 @@ class MemoryStore:
     def put_object(self, bucket: str, key: str, body: bytes | BinaryIO, *,
                    content_type: str | None = None, if_match: str | None = None,
                    if_none_match: str | None = None,
-                   metadata: Mapping[str, str] | None = None) -> str:
+                   metadata: Mapping[str, str] | None = None,
+                   headers: Mapping[str, str] | None = None) -> str:
         what = self._begin("PutObject", bucket, key)
         data = body if isinstance(body, bytes) else body.read()
         with self._lock:
             self._check(what, self._bucket(bucket, what).get(key), if_match, if_none_match)
-            etag = self._store(bucket, key, data, _md5(data).hexdigest(), content_type, metadata)
+            etag = self._store(bucket, key, data, _md5(data).hexdigest(), content_type, metadata,
+                               headers)
         self._done()
         return etag
 
     def create_multipart_upload(self, bucket: str, key: str, *,
                                 content_type: str | None = None,
-                                metadata: Mapping[str, str] | None = None) -> str:
+                                metadata: Mapping[str, str] | None = None,
+                                headers: Mapping[str, str] | None = None) -> str:
         what = self._begin("CreateMultipartUpload", bucket, key)
         with self._lock:
             self._bucket(bucket, what)
             upload_id = f"upload-{next(self._ids)}"
             self._uploads[bucket][upload_id] = _Upload(key, content_type or "binary/octet-stream",
-                                                       dict(metadata or {}))
+                                                       dict(metadata or {}),
+                                                       _other_headers(headers))
         self._done()
         return upload_id
 
@@ -376,7 +404,7 @@ class MemoryStore:
             digests = b"".join(_md5(data).digest() for data in chunks)
             etag = self._store(bucket, key, b"".join(chunks),
                                f"{_md5(digests).hexdigest()}-{len(chunks)}", upload.content_type,
-                               upload.metadata)
+                               upload.metadata, upload.headers)
             del self._uploads[bucket][upload_id]
         self._done()
         return etag
@@ -411,7 +439,7 @@ class MemoryStore:
             new_etag = self._store(
                 bucket, key, source.data, _md5(source.data).hexdigest(),
                 source.content_type if metadata is None or content_type is None else content_type,
-                source.metadata if metadata is None else metadata)
+                source.metadata if metadata is None else metadata, source.headers)
         self._done()
         return new_etag
 
@@ -424,3 +452,9 @@ class MemoryStore:
                 self._check(what, current, if_match, None)
             objects.pop(key, None)
         self._done()
+
+
+def _other_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The KEPT_HEADERS a request sets besides its content type (as S3Store sends them)."""
+    return {name: value for name, value in (headers or {}).items()
+            if name in KEPT_HEADERS and name != "ContentType" and value}

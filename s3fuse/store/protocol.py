@@ -15,7 +15,7 @@ answered carry its error code and HTTP status (`S3FuseError.code`, `.status`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Protocol, Sequence
 
 from ..errors import RemoteError, S3FuseError
 from ..util.filerange import PartBody
@@ -129,16 +129,27 @@ class Store(Protocol):
     def put_object(self, bucket: str, key: str, body: bytes | BinaryIO, *,
                    content_type: str | None = None, if_match: str | None = None,
                    if_none_match: str | None = None,
-                   metadata: Mapping[str, str] | None = None) -> str:
+                   metadata: Mapping[str, str] | None = None,
+                   headers: Mapping[str, str] | None = None) -> str:
         """One PutObject (with the configured SSE); returns the new ETag. `if_match` (an
         ETag) / `if_none_match` ("*") make it conditional: StaleObject on 412. `metadata`:
-        user metadata (names without `x-amz-meta-`; posix.to_headers)."""
+        user metadata (names without `x-amz-meta-`; posix.to_headers). `headers`: others
+        of copysources.KEPT_HEADERS by their boto3 names (CacheControl, ...)."""
         ...
 
     def create_multipart_upload(self, bucket: str, key: str, *,
                                 content_type: str | None = None,
-                                metadata: Mapping[str, str] | None = None) -> str:
-        """Start a multipart upload (its object gets `metadata`); returns its UploadId."""
+                                metadata: Mapping[str, str] | None = None,
+                                headers: Mapping[str, str] | None = None) -> str:
+        """Start a multipart upload (its object gets `metadata` and `headers`, as
+        put_object's); returns its UploadId."""
+        ...
+
+    def headers_of(self, bucket: str, key: str, etag: str) -> dict[str, Any] | None:
+        """What a new version of `key` keeps of its version `etag`: copysources.KEPT_HEADERS
+        by their boto3 names (ContentType, CacheControl, ...) and, under `Metadata`, the user
+        metadata that is not POSIX metadata. Remembered when seen, else a HEAD; None when S3
+        holds another version or none (the upload's condition then decides)."""
         ...
 
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,

@@ -48,9 +48,9 @@ from ..util.oncelog import OnceLogger
 from ..util.filerange import FileRange, PartBody, SourceReadError, body_length
 from ..errors import (AccessDenied, CredentialsExpired, NotFound, Offline, RemoteError, S3FuseError,
                       StaleObject, UsageError)
-from ..posix import METADATA_LIMIT, foreign_metadata, headers_size
+from ..posix import foreign_metadata, with_foreign
 from . import botosession, retry
-from .copysources import CopySources, kept_headers
+from .copysources import KEPT_HEADERS, CopySources, kept_headers
 from .credentials import (PROVIDER_ERRORS, ProviderSilent, RoleCredentials, credential_problem,
                           load_problem, one_line, resolve_in_time)
 from .link import Link
@@ -208,14 +208,6 @@ def no_credentials(cfg: Config) -> str:
                 f"{unreadable_aws_files()}")
     return ("no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --profile, "
             f"or --secrets-env){unreadable_aws_files()}")
-
-
-def with_foreign(metadata: Mapping[str, str], foreign: Mapping[str, str]) -> dict[str, str]:
-    """`metadata` (the POSIX metadata a copy stores) plus the source's other user metadata
-    (another tool's, a user's own), as s3fs keeps it; the POSIX metadata alone when both
-    would pass S3's 2 KiB of user metadata."""
-    merged = {**foreign, **metadata}
-    return merged if headers_size(merged) <= METADATA_LIMIT else dict(metadata)
 
 
 def proxy_for(url: str) -> str | None:
@@ -872,26 +864,51 @@ class S3Store:
         return args
 
     @staticmethod
-    def _object_args(content_type: str | None, metadata: Mapping[str, str] | None
-                     ) -> dict[str, Any]:
-        """ContentType and Metadata (user metadata, sent as given: posix.py's values are
-        ASCII, percent-encoded where needed, and botocore does not re-encode them)."""
-        args: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+    def _object_args(content_type: str | None, metadata: Mapping[str, str] | None,
+                     headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """ContentType, the other `headers` (boto3 names) and Metadata (user metadata,
+        sent as given: posix.py's values are ASCII, percent-encoded where needed, and
+        botocore does not re-encode them)."""
+        args: dict[str, Any] = {name: value for name, value in (headers or {}).items()
+                                if name in KEPT_HEADERS and name != "ContentType" and value}
+        if content_type:
+            args["ContentType"] = content_type
         if metadata:
             args["Metadata"] = dict(metadata)
         return args
 
+    @staticmethod
+    def _as_kept(args: Mapping[str, Any]) -> dict[str, Any]:
+        """What copysources keeps of a new version's `_object_args`."""
+        kept = {name: value for name, value in args.items() if name in KEPT_HEADERS}
+        foreign = foreign_metadata(args.get("Metadata") or {})
+        if foreign:
+            kept["Metadata"] = foreign
+        return kept
+
+    def headers_of(self, bucket: str, key: str, etag: str) -> dict[str, Any] | None:
+        known = self.copy_sources.of(bucket, key, clean_etag(etag))
+        if known is not None:
+            return known
+        try:
+            info, kept = self._head(bucket, key)
+        except NotFound:
+            return None
+        return kept if info.etag == clean_etag(etag) else None
+
     def put_object(self, bucket: str, key: str, body: bytes | BinaryIO, *,
                    content_type: str | None = None, if_match: str | None = None,
                    if_none_match: str | None = None,
-                   metadata: Mapping[str, str] | None = None) -> str:
-        """One PutObject with the configured SSE and user `metadata`; returns the new ETag.
+                   metadata: Mapping[str, str] | None = None,
+                   headers: Mapping[str, str] | None = None) -> str:
+        """One PutObject with the configured SSE, user `metadata` and other `headers`
+        (boto3 names of KEPT_HEADERS); returns the new ETag.
 
         `if_match` (an ETag) / `if_none_match` ("*") make it conditional: StaleObject on 412.
         """
+        args = self._object_args(content_type, metadata, headers)
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **self._sse_args(),
-                                  **self._condition_args(if_match, if_none_match),
-                                  **self._object_args(content_type, metadata)}
+                                  **self._condition_args(if_match, if_none_match), **args}
         what = f"PutObject s3://{bucket}/{key}"
         start = body.tell() if not isinstance(body, bytes) else 0
         small = _small_body(body, start)
@@ -904,8 +921,7 @@ class S3Store:
             resp = self._call(what, put, **kwargs)
             self._moved("out", len(body) if isinstance(body, bytes) else body.tell() - start)
             etag = required_etag(resp.get("ETag"), what)
-        self.copy_sources.learn(bucket, key, etag,
-                                {"ContentType": content_type} if content_type else {})
+        self.copy_sources.learn(bucket, key, etag, self._as_kept(args))
         return etag
 
     def _put_signed_here(self, what: str, params: Mapping[str, Any], body: bytes) -> str | None:
@@ -934,10 +950,12 @@ class S3Store:
 
     def create_multipart_upload(self, bucket: str, key: str, *,
                                 content_type: str | None = None,
-                                metadata: Mapping[str, str] | None = None) -> str:
-        """Start a multipart upload with the configured SSE (its object gets `metadata`);
-        returns its UploadId."""
-        return self._create_multipart(bucket, key, self._object_args(content_type, metadata))
+                                metadata: Mapping[str, str] | None = None,
+                                headers: Mapping[str, str] | None = None) -> str:
+        """Start a multipart upload with the configured SSE (its object gets `metadata`
+        and `headers`); returns its UploadId."""
+        return self._create_multipart(bucket, key,
+                                      self._object_args(content_type, metadata, headers))
 
     def _create_multipart(self, bucket: str, key: str, args: Mapping[str, Any]) -> str:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **self._sse_args(), **args}

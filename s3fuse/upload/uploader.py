@@ -7,8 +7,9 @@
   and its UploadId as soon as it arrives. Only recorded UploadIds are aborted, never
   whatever S3 lists for the key (another client may be uploading it): an upload whose id
   a crash lost is left to the bucket's lifecycle rule (AbortIncompleteMultipartUpload).
-- SSE comes from the configuration (the store adds it); the content type is guessed
-  from the key's name.
+- SSE comes from the configuration (the store adds it). A new file's content type is
+  guessed from its name; a new version of an object keeps the content type, other
+  headers and other tools' user metadata of the version it replaces (headers.py).
 - Conflicts: the upload is conditional on what the writer saw at open (`If-Match` its
   ETag, `If-None-Match: *` for a new file). On 412 the local bytes are uploaded beside
   the key as `<key>.s3fuse-conflict-<UTC YYYYmmddTHHMMSSZ>` (never overwriting) and the
@@ -53,7 +54,6 @@ import concurrent.futures
 import hashlib
 import io
 import logging
-import mimetypes
 import os
 import threading
 import time
@@ -68,6 +68,7 @@ from ..store.protocol import ObjectInfo, Store
 from ..util.daemonpool import DaemonPool
 from ..util.filerange import FileRange
 from .conditions import ConditionProbe
+from .headers import Extra, carried, content_type, extra
 from .journal import UNKNOWN, Expected, Job, Journal
 from .staging import Staging
 
@@ -78,8 +79,6 @@ PART_SIZE = 8 << 20
 PARALLEL_PARTS = 4
 MAX_PARTS = 10_000
 CONFLICT_NAMES = 10
-_ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
-                   "xz": "application/x-xz", "br": "application/x-brotli"}
 
 
 class Interrupted(Exception):
@@ -98,14 +97,6 @@ class UploadResult:
 
 def _md5(data: bytes = b"") -> hashlib._Hash:
     return hashlib.md5(data, usedforsecurity=False)  # S3's ETag, not security
-
-
-def content_type(key: str) -> str:
-    """From the name; compressed files are their compression (not the inner type)."""
-    guessed, encoding = mimetypes.guess_type(key, strict=False)
-    if encoding:
-        return _ENCODING_TYPES.get(encoding, "application/octet-stream")
-    return guessed or "application/octet-stream"
 
 
 def conflict_name(key: str, when: float | None = None) -> str:
@@ -315,12 +306,16 @@ class Uploader:
 
     def _send(self, bucket: str, key: str, path: Path, expected: Expected, ctype: str,
               meta: Posix | None = None) -> str:
-        metadata = {} if meta is None else {"metadata": to_headers(meta)}
+        posix = {} if meta is None else to_headers(meta)
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if expected is not UNKNOWN and (size > self.threshold
                                             or not self.conditions.of(bucket, key).put):
-                self._precheck(bucket, key, expected)
+                self._precheck(bucket, key, expected)  # its HEAD tells carried() the headers
+            metadata = extra(posix)
+            if isinstance(expected, str):  # a new version: what the replaced one held stays
+                kept_type, metadata = carried(self.store, bucket, key, expected, posix)
+                ctype = kept_type or ctype
             try:
                 if size <= self.threshold:
                     return self._put(bucket, key, fh, expected, ctype, metadata)
@@ -331,7 +326,7 @@ class Uploader:
                 raise
 
     def _put(self, bucket: str, key: str, fh: BinaryIO, expected: Expected, ctype: str,
-             metadata: dict[str, dict[str, str]]) -> str:
+             metadata: Extra) -> str:
         def put(**conditions: str) -> str:
             fh.seek(0)
             return self.store.put_object(bucket, key, fh, content_type=ctype, **metadata,
@@ -339,7 +334,7 @@ class Uploader:
         return self._conditional(put, bucket, key, expected)
 
     def _multipart(self, bucket: str, key: str, fd: int, size: int, expected: Expected,
-                   ctype: str, metadata: dict[str, dict[str, str]]) -> str:
+                   ctype: str, metadata: Extra) -> str:
         record = self.journal.multipart_begin(bucket, key)
         upload_id = self.store.create_multipart_upload(bucket, key, content_type=ctype,
                                                        **metadata)
