@@ -497,18 +497,23 @@ class S3Store:
                 role: RoleCredentials | None = None) -> Any:
         """An S3 client signing with `role` (an assumed role's credentials), else `keys`,
         else the session's credentials. A client keeps the credentials object it was
-        created with: the session's are set to `role` for the time of its creation."""
+        created with: the session's are set to `role` for the time of its creation only
+        (the next client, say the read one after a write role's, gets its own)."""
         kwargs: dict[str, Any] = {"config": bcfg}
         if self.cfg.endpoint_url:
             kwargs["endpoint_url"] = self.cfg.endpoint_url
-        if role is not None:
-            session._credentials = role
-        elif keys:
+        if keys and role is None:
             kwargs["aws_access_key_id"] = keys.access_key
             kwargs["aws_secret_access_key"] = keys.secret_key
         if not session.get_config_variable("region") and not self.cfg.region:
             kwargs["region_name"] = "us-east-1"
-        return session.create_client("s3", **kwargs)
+        if role is None:
+            return session.create_client("s3", **kwargs)
+        previous, session._credentials = session._credentials, role
+        try:
+            return session.create_client("s3", **kwargs)
+        finally:
+            session._credentials = previous
 
     @classmethod
     def from_config(cls, cfg: Config) -> "S3Store":
