@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -251,4 +252,45 @@ def test_failed_mkdir_and_rename_leave_mount_and_s3_agreeing(s3, bucket, small_d
     assert sync(m.mountpoint).returncode == 0
     assert keys(s3, bucket) == {"exist.txt"} and os.listdir(root) == ["exist.txt"]
     assert not [f for f in (m.cache_dir / "staging").iterdir() if f.stat().st_size]
+    assert alive(m)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("room", [0, 1 << 20], ids=["full", "partly-written"])
+def test_a_failed_overwrite_shows_the_s3_version_again(s3, bucket, small_disk, mount_factory,
+                                                      room: int):
+    """`cp` over an uploaded file fails with ENOSPC (at once, or after some bytes): S3
+    keeps its version, and so must the mount. It showed the failed version's size (0, or
+    the bytes written) until the metadata TTL after a `chmod`, and reads of a partly
+    written one failed with EIO (a helper's finding)."""
+    old = os.urandom(3 << 20)
+    s3.put_object(Bucket=bucket, Key="kept.bin", Body=old)
+    m = mount_factory("--source", f"s3://{bucket}", cache_dir=small_disk / "cache")
+    m.expect_log(r"No space left|ENOSPC|disk is full|reserve|block cache")
+    root = m.path(bucket)
+    assert (root / "kept.bin").stat().st_size == len(old)
+    fill(small_disk)
+    if room:
+        os.truncate(small_disk / "ballast", (small_disk / "ballast").stat().st_size - room)
+    _, write_error, close_error = write_until_full(root / "kept.bin", 8 << 20)
+    assert write_error is not None and write_error.errno == errno.ENOSPC, write_error
+    assert close_error is not None and close_error.errno == errno.ENOSPC, close_error
+    # the kernel hears of the dropped version at the release, which close(2) does not
+    # wait for
+    assert wait_until(lambda: (root / "kept.bin").stat().st_size == len(old), timeout=10)
+    assert (root / "kept.bin").read_bytes() == old                    # served uncached
+    try:
+        os.chmod(root / "kept.bin", 0o600)  # journalled: may find no room
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    assert (root / "kept.bin").stat().st_size == len(old)
+    free(small_disk)
+    os.chmod(root / "kept.bin", 0o600)
+    shown = os.stat(root / "kept.bin")
+    assert (shown.st_size, stat.S_IMODE(shown.st_mode)) == (len(old), 0o600)
+    assert (root / "kept.bin").read_bytes() == old
+    assert sync(m.mountpoint).returncode == 0
+    assert body(s3, bucket, "kept.bin") == old
+    assert s3.head_object(Bucket=bucket, Key="kept.bin")["Metadata"]["mode"] == str(
+        stat.S_IFREG | 0o600)
     assert alive(m)

@@ -549,6 +549,11 @@ class S3Operations(pyfuse3.Operations):
         if found is not None:
             self.pages.release(found.node.ino, found.opened)
             await found.handle.close()
+            if found.writer is not None and found.writer.dropped:
+                # its version failed (ENOSPC) and was dropped: the kernel's size and pages
+                # are that version's; S3's (or the last queued one) shows again
+                await self._drop_kernel_attrs(found.node.ino)
+                self.page_dropper.changed(found.node.ino)
 
     # ------------------------------------------------------------ xattrs
 

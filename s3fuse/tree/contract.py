@@ -62,6 +62,11 @@ class WriteHandle(FileHandle, Protocol):
 
     async def flush(self) -> None: ...
 
+    @property
+    def dropped(self) -> bool:
+        """Was its last version dropped, never to be uploaded (a write failed: ENOSPC)?
+        Then what the kernel holds of the file (size, pages) is that version's."""
+
 
 class DirStream(Protocol):
     """An open directory: pages of (offset of the next entry, ref, entry), stable offsets.

@@ -185,6 +185,9 @@ class LocalFile:
         self._unlinked = False
         self._users = 0
         self.writers = 0  # write handles open on it (`s3fuse umount` refuses while any is)
+        #: Its last version failed (a write or its journalling: ENOSPC) and was dropped:
+        #: the kernel's size and pages are that version's, to be dropped (fs/ops.py).
+        self.failed_version = False
         self._error: int | None = None
         self._job: int | None = None
         self._revision = 0
@@ -561,6 +564,7 @@ class LocalFile:
         code, self._error = self._error, None
         if code is not None and self._state is State.DIRTY:
             self._state = State.CLEAN
+            self.failed_version = True
         return code
 
     def submitted(self, job: int) -> None:
@@ -570,6 +574,7 @@ class LocalFile:
             raise IllegalTransition(f"{self!r}: submitted with a write error owed")
         self._job = job
         self._state = State.QUEUED
+        self.failed_version = False
 
     def unlink(self) -> None:
         """The key was removed (or renamed over): these bytes are never submitted again."""

@@ -70,6 +70,10 @@ class LocalWriter(LocalReader):
     async def truncate(self, size: int) -> None:
         await self.target.truncate(size)
 
+    @property
+    def dropped(self) -> bool:
+        return self.target.failed_version
+
     async def flush(self) -> None:
         """Only a writer's close uploads (a reader closing must not cut a version); the
         upload waits for this handle's release (a forked child's close flushes too)."""
