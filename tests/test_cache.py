@@ -185,6 +185,25 @@ def test_the_size_cap_holds_when_big_blocks_follow_many_small_ones(tmp_path: Pat
     cache.close()
 
 
+def test_the_size_cap_counts_what_small_blocks_take_on_disk(tmp_path: Path):
+    """Each block is a value file: a 1-byte one takes a 4 KiB block, and in diskcache's
+    65,536 `xx/yy/` directories one of its own too. Counting bytes alone, a 64 MiB cache
+    of 5,000 1-byte files took 50 MB (a helper's finding). Now the limit counts the
+    4 KiB, and the files share 16 directories."""
+    limit = 2 << 20
+    cache = BlockCache(tmp_path / "blocks", limit, tmp_path / "pinned")
+    for i in range(2000):
+        cache.put("b", f"tiny{i}", "e", 0, b"x")
+    assert cache.usage()["used"] <= limit
+    files = [p for p in (tmp_path / "blocks").rglob("*")
+             if not p.name.startswith("cache.db")]  # value files and their directories
+    directories = sum(p.stat().st_blocks * 512 for p in files if p.is_dir())
+    assert directories <= 32 * 8192
+    assert sum(p.stat().st_blocks * 512 for p in files) <= limit + directories
+    assert cache.get("b", "tiny1999", "e", 0) is not None  # the newest stay
+    cache.close()
+
+
 def test_eviction_makes_room_for_a_block_and_no_more(tmp_path: Path):
     """diskcache evicted 16 entries per store past the cap (and its cull 10 at a time):
     with 8 MiB blocks a 64 MiB cache emptied itself to make room for one, and the file

@@ -60,6 +60,12 @@ TOUCH_BATCH = 256
 #: instead (_LockedCache.trim), TRIM_BATCH rows looked at per transaction.
 CULL_LIMIT = 0
 TRIM_BATCH = 64
+#: What a block's value file takes on disk beside its bytes, as the size limit counts it:
+#: its last block rounded up to a whole 4 KiB, at most (its directory entry is a few
+#: dozen bytes: safedisk.py keeps value files in 16 directories). Counting the bytes
+#: alone, a 64 MiB limit let 5,000 cached 1-byte files take 50 MB, with diskcache's
+#: 65,536 directories (a helper's finding).
+FILE_OVERHEAD = 4 << 10
 TOUCH_DELAY = 1.0
 #: Free bytes a store needs to be opened or changed at all (SQLite's WAL index, WAL frames
 #: of a DELETE): on a full disk, cached blocks are dropped until it is free (`make_room`)
@@ -258,12 +264,17 @@ class _LockedCache(diskcache.Cache):
         with self._s3fuse_lock, super()._transact(retry, filename) as pair:
             yield pair
 
+    def on_disk(self) -> int:
+        """What the store takes on disk: its index and value bytes (diskcache's `volume`)
+        and FILE_OVERHEAD per entry (each is a value file)."""
+        return int(self.volume()) + len(self) * FILE_OVERHEAD
+
     def trim(self, limit: int) -> None:
-        """Evict least recently used entries until the volume is within `limit`, and no
+        """Evict least recently used entries until `on_disk` is within `limit`, and no
         more: diskcache's `cull` deletes 10 at a time (80 MiB of 8 MiB blocks to make room
         for one) and its `set` CULL_LIMIT whatever their size (16 KiB of small files' blocks
         for an 8 MiB one), so a 64 MiB cache dropped the file read last, or grew past 2x."""
-        while (excess := self.volume() - limit) > 0:
+        while (excess := self.on_disk() - limit) > 0:
             with self._transact() as (sql, cleanup):
                 rows = sql("SELECT rowid, size, filename FROM Cache ORDER BY access_time "
                            "LIMIT ?", (TRIM_BATCH,)).fetchall()
@@ -272,7 +283,7 @@ class _LockedCache(diskcache.Cache):
                 taken = []
                 for rowid, size, filename in rows:
                     taken.append((rowid, filename))
-                    excess -= size
+                    excess -= size + FILE_OVERHEAD
                     if excess <= 0:
                         break
                 sql(f"DELETE FROM Cache WHERE rowid IN ({','.join('?' * len(taken))})",
@@ -488,7 +499,7 @@ class BlockCache:
         assert self.reserve is not None  # claim_now: no reserve, no limit
         with self._lock:
             if len(self._lru):
-                self.prune(None, max(0, int(self._lru.volume()) - (n - self.reserve.room())))
+                self.prune(None, max(0, self._lru.on_disk() - (n - self.reserve.room())))
         self.reserve.claim(n, fresh)  # ReserveReached when even that is not room enough
 
     def claim_now(self, n: int, fresh: bool = False) -> bool:
@@ -534,8 +545,8 @@ class BlockCache:
         its empty SQLite file: status showed "pinned 28 KiB in 0 pins")."""
         with self._lock:
             used, pinned = len(self._lru), len(self._pinned)
-            return {"used": int(self._lru.volume()) if used else 0, "blocks": used,
-                    "pinned": int(self._pinned.volume()) if pinned else 0,
+            return {"used": self._lru.on_disk() if used else 0, "blocks": used,
+                    "pinned": self._pinned.on_disk() if pinned else 0,
                     "pinned_blocks": pinned}
 
     def make_room(self, *stores: _LockedCache) -> None:
@@ -575,7 +586,7 @@ class BlockCache:
         self._drop_opened()  # a held file would keep a removed block's disk space
         with self._lock:
             before_n = len(self._lru) + self.dropped_at_open[0]
-            before_bytes = int(self._lru.volume()) + self.dropped_at_open[1]
+            before_bytes = self._lru.on_disk() + self.dropped_at_open[1]
             self.dropped_at_open = (0, 0)
             self.make_room()
             self.flush_touches()
@@ -586,7 +597,7 @@ class BlockCache:
                     self._lru.delete(name)
             if max_size is not None:
                 self._lru.trim(max_size)
-            return before_n - len(self._lru), before_bytes - int(self._lru.volume())
+            return before_n - len(self._lru), before_bytes - self._lru.on_disk()
 
     def clear(self, pinned: bool = True) -> None:
         self._drop_opened()
