@@ -238,9 +238,11 @@ def _mount(args: argparse.Namespace, argv: Sequence[str], ready: "ReadySignal | 
     identity = identity_of(cfg)
     cfg = cfg.with_overrides(cache_dir=resolve_cache_dir(cfg.cache_dir, identity))
     assert cfg.cache_dir is not None and cfg.mountpoint is not None
-    check_outside_mount(cfg.mountpoint, cfg.cache_dir, "cache dir")
+    from .mounts import s3fuse_mounts
+    others = s3fuse_mounts()
+    check_outside_mount(cfg.mountpoint, cfg.cache_dir, "cache dir", others)
     if cfg.log_file is not None:
-        check_outside_mount(cfg.mountpoint, cfg.log_file, "log file")
+        check_outside_mount(cfg.mountpoint, cfg.log_file, "log file", others)
     cache_dir = secure_cache_dir(cfg.cache_dir)
     holder = CacheLock.holder(cache_dir)
     if holder is not None:

@@ -13,7 +13,7 @@ import tomllib
 import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import UsageError
 from .names import is_posix_name, is_relative_path
@@ -681,13 +681,20 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def check_outside_mount(mountpoint: Path, path: Path, what: str) -> None:
+def check_outside_mount(mountpoint: Path, path: Path, what: str,
+                        others: Sequence[Path] = ()) -> None:
     """`path` (the cache dir, the log file) must not be the mountpoint or below it: the
-    daemon would open its own files through its own mount and wait on itself forever."""
+    daemon would open its own files through its own mount and wait on itself forever.
+    Nor inside another s3fuse mount (`others`): its files (the upload journal, the
+    cache's identity, the log) would be uploaded to that mount's bucket."""
     resolved = path.expanduser().resolve()
     if resolved == mountpoint or mountpoint in resolved.parents:
         raise UsageError(f"{what} {path} is inside the mountpoint {mountpoint}: the mount "
                          f"would hide it; choose a {what} outside it")
+    for other in others:
+        if resolved == other or other in resolved.parents:
+            raise UsageError(f"{what} {path} is inside the s3fuse mount {other}: its files "
+                             f"would be uploaded to S3; choose a {what} on a local disk")
 
 
 def check_mountpoint(path: Path, allow_non_empty: bool = False) -> Path:

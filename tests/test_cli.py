@@ -50,6 +50,8 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, env: dict[str, str]):
         (["mount", str(mnt), "--source", "s3://abc", "--log-level", "loud"], env,
          "(one of DEBUG, INFO, WARNING, ERROR)"),
         (["mount", str(tmp_path), "--source", "s3://abc"], env, "is not empty (--allow-non-empty"),
+        (["mount", str(mnt), "--source", "s3://abc", "--cache-dir", str(mnt / "cache")], env,
+         "is inside the mountpoint"),
         (["sync", str(mnt), "--timeout", "-5"], env, "must be 0 or more seconds"),
         (["umount", str(mnt), "--timeout", "soon"], env, "not a number of seconds"),
     ]
@@ -223,3 +225,26 @@ def test_umount_with_a_config_finds_its_relative_mountpoint(tmp_path: Path, back
                          timeout=60, cwd="/")
     assert res.returncode == 0, res.stderr
     assert not os.path.ismount(m.mountpoint)
+
+
+@pytest.mark.mount
+def test_a_cache_dir_or_log_inside_another_s3fuse_mount_is_refused(tmp_path: Path, backend,
+                                                                  bucket, s3, mount_factory):
+    """Accepted before: the second mount's journal, identity and blocks were uploaded to
+    the first one's bucket as objects (a helper's finding), also through a symlink."""
+    first = mount_factory("--source", f"s3://{bucket}")
+    (tmp_path / "link").symlink_to(first.path(bucket))
+    second = tmp_path / "second"
+    second.mkdir()
+    for option, inside in (("--cache-dir", first.path(bucket) / "cc"),
+                           ("--cache-dir", tmp_path / "link" / "cc2"),
+                           ("--log-file", first.path(bucket) / "daemon.log")):
+        res = subprocess.run([sys.executable, "-m", "s3fuse", "mount", str(second), "--source",
+                              f"s3://{bucket}", option, str(inside)], env=first.env,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.count("\n") == 1 and "inside the s3fuse mount" in res.stderr, res.stderr
+    assert not os.path.ismount(second)
+    assert first.wait_idle()["idle"]
+    assert not s3.list_objects_v2(Bucket=bucket).get("Contents")
+
