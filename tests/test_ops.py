@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from types import SimpleNamespace
 import os
 import stat
 from contextlib import ExitStack
@@ -330,7 +331,10 @@ async def test_an_open_racing_a_rename_over_its_file_gets_one_whole_version(
     git): its open reached the old inode while the rename was moving the bytes, and read
     the new file through the old inode's page cache, cut at the old size. The open waits
     for the rename and, the inode having lost its name, reads the new file whole, past
-    the page cache; a lookup racing the rename answers for the file the inode is."""
+    the page cache; a lookup racing the rename answers for the file the inode is.
+    Now that open answers ESTALE, on which the kernel looks the path up again and opens
+    the new file's own inode (through the page cache: it can be mapped shared, where a
+    direct_io handle failed np.load(mmap_mode='r') with ENODEV)."""
     ops, bkt = parts.ops, (await lookup_path(parts.ops, "bkt")).st_ino
     for name, body in (("f", b"old"), ("t", b"the new version")):
         info, _ = await ops.create(bkt, name.encode(), 0o100644, os.O_WRONLY, None)
@@ -355,7 +359,12 @@ async def test_an_open_racing_a_rename_over_its_file_gets_one_whole_version(
         await started.wait()
 
         async def open_old() -> None:
-            opened.append(await ops.open(old_ino, os.O_RDONLY))
+            with pytest.raises(pyfuse3.FUSEError) as stale:
+                await ops.open(old_ino, os.O_RDONLY)
+            assert stale.value.errno == errno.ESTALE
+            # the kernel's retry: the path looked up again, then its inode opened
+            again = await ops.lookup(bkt, b"f")
+            opened.append(await ops.open(again.st_ino, os.O_RDONLY))
 
         async def look() -> None:
             looked.append(await ops.lookup(bkt, b"f"))
@@ -365,13 +374,32 @@ async def test_an_open_racing_a_rename_over_its_file_gets_one_whole_version(
         assert not opened and not looked  # they wait for the rename
         go.set()
     [info], [entry] = opened, looked
-    assert info.direct_io  # the kernel holds the old file's size: no clamp, no old pages
+    assert not info.direct_io  # the new file's own inode: its page cache is its own
     assert await ops.read(info.fh, 0, 100) == b"the new version"
     assert entry.st_size == len(b"the new version") and entry.st_ino != old_ino
     await ops.release(info.fh)
-    late = await ops.open(old_ino, os.O_RDONLY)  # a path walk that ended before the rename
+    reader = SimpleNamespace(pid=4242, uid=0, gid=0)
+    with pytest.raises(pyfuse3.FUSEError) as stale:  # a path walk ended before the rename
+        await ops.open(old_ino, os.O_RDONLY, reader)
+    assert stale.value.errno == errno.ESTALE
+    # the kernel's retry met another rename: past the page cache, never the error again
+    late = await ops.open(old_ino, os.O_RDONLY, reader)
     assert late.direct_io and await ops.read(late.fh, 0, 100) == b"the new version"
     await ops.release(late.fh)
+
+
+def test_stale_opens_tell_the_kernels_retry_from_a_first_try() -> None:
+    from s3fuse.fs.renames import RETRY_WINDOW, StaleOpens
+    now = [100.0]
+    opens = StaleOpens(clock=lambda: now[0])
+    assert opens.first(7, 1, "f")            # answered ESTALE
+    assert not opens.first(7, 1, "f")        # its retry: opened past the page cache
+    assert opens.first(7, 1, "f")            # a new try later: ESTALE again
+    assert opens.first(8, 1, "f") and opens.first(7, 1, "g")  # another process, another path
+    now[0] += RETRY_WINDOW + 0.1
+    assert opens.first(7, 1, "f")            # too late to be a retry
+    opens.opened(7, 1, "f")                  # the retry found the new file's inode
+    assert opens.first(7, 1, "f")            # the next open meeting a rename: a first try
 
 
 async def test_log_lines_name_paths_with_single_slashes(parts: Components):

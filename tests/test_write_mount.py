@@ -380,3 +380,53 @@ def test_a_file_rewritten_in_place_and_uploaded_can_be_mapped_shared(s3, bucket,
         assert m.wait_idle()["idle"]                       # the upload landed
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) as mapped:
             assert mapped[:4] == b"v%d.." % n
+
+
+def test_shared_maps_beside_atomic_saves_open_the_newest_whole_version(s3, bucket,
+                                                                        mount_factory):
+    """np.load(mmap_mode='r') while another process saves the file atomically (write a
+    temporary file, rename it over): an open that reached the replaced file's inode was
+    answered past the page cache, which cannot be mapped shared, and failed with ENODEV
+    (a helper's finding: 387 of 1,612 opens). It answers ESTALE now, and the kernel looks
+    the name up again: no error reaches the reader, and each map is one whole version."""
+    import mmap
+    import threading
+    m = mount_factory("--source", f"s3://{bucket}")
+    root = m.path(bucket)
+    target = root / "arr.bin"
+
+    def version(n: int) -> bytes:
+        return n.to_bytes(4, "big") * (1024 + n % 7 * 100)
+    target.write_bytes(version(0))
+    stop = threading.Event()
+    saved = [0]
+
+    def saver() -> None:
+        while not stop.is_set():
+            saved[0] += 1
+            tmp = root / f".arr.{saved[0]}.tmp"
+            tmp.write_bytes(version(saved[0]))
+            os.replace(tmp, target)
+    thread = threading.Thread(target=saver)
+    thread.start()
+    errors: dict[str, int] = {}
+    maps = 0
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            try:
+                with open(target, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    data = bytes(mm)
+            except OSError as exc:
+                errors[errno.errorcode.get(exc.errno or 0, str(exc))] = errors.get(
+                    errno.errorcode.get(exc.errno or 0, str(exc)), 0) + 1
+                continue
+            maps += 1
+            assert data == version(int.from_bytes(data[:4], "big")), "a torn version"
+    finally:
+        stop.set()
+        thread.join()
+    assert saved[0] > 20 and maps > 100, (saved, maps)
+    assert not errors, errors
+    assert sync(m.mountpoint, timeout=120).returncode == 0
+    assert body(s3, bucket, "arr.bin") == version(saved[0])

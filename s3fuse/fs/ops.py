@@ -35,7 +35,7 @@ from .inodecap import InodeCap
 from .inodes import ROOT_INODE, InodeTable, Node
 from .listingshape import ListingShapes, Shape
 from .pagecache import Opened, PageCache, told_memory_for
-from .renames import RenamesInFlight
+from .renames import RenamesInFlight, StaleOpens
 from .setid import SetIdGuard, privileged, setid_bits, write_only
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ class S3Operations(pyfuse3.Operations):
         self.setid = SetIdGuard()
         self.page_dropper = PageDropper(lambda ino: pyfuse3.invalidate_inode(ino, False))
         self.renames = RenamesInFlight()
+        self.stale_opens = StaleOpens()
         self._started_ns = time.time_ns()  # mtime of directories S3 has no date for
 
     # ------------------------------------------------------------ decoding
@@ -465,11 +466,16 @@ class S3Operations(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        # renamed over since the kernel found this inode by its path (fs/renames.py): the
-        # file now at that name is opened, past the page cache (the kernel holds the old
-        # file's size and pages)
+        # renamed over (or removed) since the kernel found this inode by its path
+        # (fs/renames.py): ESTALE, on which the kernel looks the path up again and opens
+        # the new file's inode; its retry, if it meets another rename, opens the file now
+        # there past the page cache (the kernel holds the old file's size and pages)
         await self.renames.settled(node.ns, node.ref)
-        moved = node.detached
+        moved, pid = node.detached, getattr(ctx, "pid", 0)
+        if not moved:
+            self.stale_opens.opened(pid, node.ns, node.ref)
+        elif self.stale_opens.first(pid, node.ns, node.ref):
+            raise pyfuse3.FUSEError(errno.ESTALE)
         ns = self._ns(node)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             root = privileged(caller(ctx))

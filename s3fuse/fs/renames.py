@@ -9,13 +9,20 @@ changing under `fstat`. Such an open now waits for the rename to finish and, whe
 node has lost the name (meanwhile, or between the kernel's path walk and its open
 request), opens the file now at that name past the page cache (as if it had been opened
 just after the rename): one whole version, never a blend.
-`ESTALE` (the kernel then looks the path up again) was tried: under back-to-back
-renames (a writer saving in a loop) the kernel's one retry met another rename, and the
-reader got the error.
+
+Such an open is answered `ESTALE` first: the kernel then looks the path up again, past
+its dentry cache, and opens the new file's own inode, through its page cache. Opened past
+the page cache, the file could not be mapped shared: `np.load(mmap_mode='r')` beside an
+atomic save failed with ENODEV, a third of the opens. Under back-to-back renames (a
+writer saving in a loop) the kernel's one retry can meet another rename: that retry
+(`StaleOpens`: the same process, the same path, within RETRY_WINDOW) is opened past the
+page cache, so the reader never gets the error (ESTALE alone was tried once, and was
+dropped for that).
 """
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from typing import TypeVar
 
@@ -30,7 +37,41 @@ REMEMBERED = 4096
 #: running under them; then the last answer stands.
 RETRIES = 4
 
+#: How long after an open answered ESTALE another open of its path by the same process
+#: counts as the kernel's retry of it (the retry follows at once).
+RETRY_WINDOW = 1.0
+#: Opens answered ESTALE remembered at most (the oldest go first).
+STALE_OPENS = 1024
+
 T = TypeVar("T")
+
+
+class StaleOpens:
+    """Opens answered ESTALE lately, by (process, namespace, path): the kernel retries
+    such an open once, and that retry must not get the error again."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._answered: dict[tuple[int, int, Hashable], float] = {}
+
+    def first(self, pid: int, ns: int, ref: Hashable) -> bool:
+        """Is this open of `ref` by `pid` a first try (then remembered), not the kernel's
+        retry of one just answered ESTALE?"""
+        now = self._clock()
+        key = (pid, ns, ref)
+        when = self._answered.pop(key, None)
+        if when is not None and now - when <= RETRY_WINDOW:
+            return False
+        self._answered[key] = now
+        while len(self._answered) > STALE_OPENS:
+            del self._answered[next(iter(self._answered))]
+        return True
+
+    def opened(self, pid: int, ns: int, ref: Hashable) -> None:
+        """An open of `ref` by `pid` reached a live inode (a retry found the new file):
+        its next open that meets a rename is a first try again."""
+        if self._answered:
+            self._answered.pop((pid, ns, ref), None)
 
 
 class RenamesInFlight:
