@@ -284,10 +284,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
             return 1
         _say(f"s3fuse: removed stale mount {mountpoint} ({exc.strerror})")
         return 0
+    unknown: str | None = None  # why the mount could not say what it has queued
     try:
         left = _uploads(mountpoint)
-    except OSError:
-        left = {"files": 0}
+    except OSError as exc:
+        left, unknown = {"files": 0}, exc.strerror or str(exc)
     writing = left.get("open_for_writing", 0)
     if writing and not args.force:  # as umount(8) refuses a busy mount: their bytes are at stake
         _say(f"s3fuse: {mountpoint} is busy: {writing} file(s) open for writing "
@@ -304,7 +305,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if is_s3fuse_mount(mountpoint):
         _say(f"s3fuse: unmounted; {mountpoint} is still an s3fuse mount (another one was "
              f"beneath, or it was left behind): `s3fuse umount {mountpoint}` again removes it")
-    return _left_behind(cache_dir, left)
+    return _left_behind(cache_dir, left, unknown)
 
 
 def _cache_dir_of(mountpoint: Path) -> Path | None:
@@ -315,13 +316,20 @@ def _cache_dir_of(mountpoint: Path) -> Path | None:
         return None
 
 
-def _left_behind(cache_dir: Path | None, before: dict[str, Any]) -> int:
+def _left_behind(cache_dir: Path | None, before: dict[str, Any],
+                 unknown: str | None = None) -> int:
     """After the daemon is gone: 1, with what is left, when changes stay queued in its
     cache dir (the drain timed out, or uploads failed for good): a script that went on
-    to remove the cache dir (`s3fuse umount M && rm -rf CACHE`) would lose them."""
+    to remove the cache dir (`s3fuse umount M && rm -rf CACHE`) would lose them. Also 1
+    when neither the mount (`unknown`: why it could not say) nor the journal told."""
     from .cache.identity import queued_uploads
     failed = _failed(before) if "failures" in before else 0
     queued = queued_uploads(cache_dir) if cache_dir is not None else None
+    if queued is None and unknown is not None:
+        _say(f"s3fuse: unmounted, but whether changes stay queued is unknown (the mount "
+             f"answered: {unknown}; its journal could not be read): keep "
+             f"{cache_dir or 'its cache dir'} and mount with it again")
+        return 1
     if queued is None:  # the journal could not be read: what the mount said before
         queued = before.get("files", 0) + failed
     if not queued:

@@ -196,6 +196,11 @@ def test_umount_reports_what_the_mount_said_when_the_journal_cannot_be_read(
     assert cli._left_behind(tmp_path, {"files": 0, "failures": []}) == 0
     assert cli._left_behind(None, {"files": 2, "failures": []}) == 1  # no cache dir known
     assert "2 change(s) stay queued in its cache dir" in capsys.readouterr().err
+    # neither the mount (its journal broken: EIO) nor the journal tells: exit 0 was silent
+    # (a helper's finding: the cache disk detached under the mount)
+    assert cli._left_behind(None, {"files": 0}, "Input/output error") == 1
+    assert "whether changes stay queued is unknown" in capsys.readouterr().err
+    assert cli._left_behind(tmp_path, {"files": 0}, "Input/output error") == 1
 
 
 def test_discard_by_someone_not_the_owner_says_so(monkeypatch: pytest.MonkeyPatch,
