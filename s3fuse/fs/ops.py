@@ -471,7 +471,7 @@ class S3Operations(pyfuse3.Operations):
         # the new file's inode; its retry, if it meets another rename, opens the file now
         # there past the page cache (the kernel holds the old file's size and pages)
         await self.renames.settled(node.ns, node.ref)
-        moved, pid = node.detached, getattr(ctx, "pid", 0)
+        moved, pid = node.detached, (0 if ctx is None else ctx.pid)
         if not moved:
             self.stale_opens.opened(pid, node.ns, node.ref)
         elif self.stale_opens.first(pid, node.ns, node.ref):
