@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from ..config import Config
-from ..errors import NameTooLong, NotADirectory, NotFound
+from ..errors import NameTooLong, NotADirectory, NotFound, StaleObject
 from ..model import Entry, Ref
 from ..posix import NO_HEADERS, Posix, clamp_time
 from ..names import MAX_NAME_BYTES, join
@@ -503,7 +503,15 @@ class S3Operations(pyfuse3.Operations):
 
     @fuse_handler("read")
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        return await self.handles.reader(fh).read(off, size)
+        try:
+            return await self.handles.reader(fh).read(off, size)
+        except StaleObject:
+            # S3 holds another version now: the kernel's size is the old one's, asked
+            # again at the next stat (the namespace dropped its entry: ObjectSource)
+            found = self.handles.file(fh)
+            if found is not None:
+                await self._drop_kernel_attrs(found.node.ino)
+            raise
 
     @fuse_handler("write")
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -12,7 +12,7 @@ import logging
 from typing import Callable, Sequence
 
 from ..data.reader import BlockReader, Loader, ReadState
-from ..errors import CorruptData
+from ..errors import CorruptData, NotFound, StaleObject
 from ..model import Entry, ObjectRef, Ref
 
 log = logging.getLogger(__name__)
@@ -36,16 +36,30 @@ class SnapshotDir:
 class ObjectSource:
     """An S3 object (or a virtual one, with a loader) served through the block reader."""
 
-    def __init__(self, reader: BlockReader, ref: ObjectRef, loader: Loader | None = None):
+    def __init__(self, reader: BlockReader, ref: ObjectRef, loader: Loader | None = None,
+                 changed: Callable[[], None] | None = None):
         self.reader = reader
         self.ref = ref
         self.size = ref.size
         self.version = ref.etag
         self._loader = loader
+        self._changed = changed  # S3 holds another version (or none): the namespace is told
         self._state = ReadState()
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
-        return await self.reader.read(self.ref, offset, size, self._state, self._loader)
+        """StaleObject (ESTALE) once S3 holds another version; with `changed` (a bucket's
+        file), also once it holds none: a removed object's 404 was ENOENT, no errno for a
+        read (a manifest's entry whose object is gone stays ENOENT: the manifest says it
+        is there)."""
+        try:
+            return await self.reader.read(self.ref, offset, size, self._state, self._loader)
+        except (StaleObject, NotFound) as exc:
+            if self._changed is None:
+                raise
+            self._changed()
+            if isinstance(exc, NotFound):
+                raise StaleObject(f"{self.ref.uri}: removed from S3 since it was opened") from None
+            raise
 
     async def fsync(self) -> None:
         """Nothing to make durable: these bytes are S3's."""

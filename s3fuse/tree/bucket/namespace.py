@@ -209,7 +209,19 @@ class BucketTree(Namespace):
                 (e.name, None if self._heads.fetches_whole(parent, e)  # its lookup's GET does
                  else self.ref(join(parent, e.name), e))
                 for e in self._listings.files_after(parent, after, n)])
-        return ObjectSource(self._reader, self.ref(path, entry))
+        return ObjectSource(self._reader, self.ref(path, entry),
+                            changed=lambda: self._changed_in_s3(path, entry.etag))
+
+    def _changed_in_s3(self, path: str, etag: str) -> None:
+        """A read of version `etag` of `path` found S3 holding another one, or none: the
+        stored entry (if still that version) is dropped, so the next stat or open asks S3
+        instead of opening the same gone version, ESTALE after ESTALE, until the TTL."""
+        parent, name = split(path)
+        stored = self._listings.entry(parent, name)
+        if stored is not None and stored.etag == etag:
+            log.debug("%s changed in S3: looked up again at its next use", self.keys.uri(
+                self.keys.key(path)))
+            self._listings.unknown(parent, name)
 
     async def cached(self, path: str) -> bool:
         if self._writes is not None and self._writes.has_local(self.keys.bucket, self.keys.key(path)):
