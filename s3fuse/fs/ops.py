@@ -275,13 +275,23 @@ class S3Operations(pyfuse3.Operations):
         ns = self._ns(node)
         return ns.posix_lookups and node.ref != ns.root
 
+    def _ttl_left(self, node: Node, entry: Entry) -> float:
+        """How long the kernel may keep `entry`: what is left of the metadata TTL since S3
+        was last asked about it (a listing or a HEAD). A full TTL for an entry of an old
+        listing (`ls -l` answered from it by readdirplus) let a change made elsewhere show
+        up to twice the TTL late. Directories and this mount's own versions: the full TTL."""
+        ttl = self.cfg.metadata_ttl
+        if node.is_dir or not entry.etag or entry.checked_at <= 0:
+            return ttl
+        return min(ttl, max(0.0, ttl - (time.time() - entry.checked_at)))
+
     def _attrs(self, node: Node, entry: Entry, tell: bool = True) -> pyfuse3.EntryAttributes:
         """`entry` as attributes; `tell`: the reply goes out right after (no await between),
         so the page cache may record what the kernel now holds."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0
-        ttl = 0.0 if self._unknown(node, entry) else self.cfg.metadata_ttl
+        ttl = 0.0 if self._unknown(node, entry) else self._ttl_left(node, entry)
         a.entry_timeout = ttl
         a.attr_timeout = ttl
         if node.is_dir:
