@@ -158,6 +158,20 @@ class S3Operations(pyfuse3.Operations):
             return self.inodes.ensure(ref, ns.root, True, ns.inode_base)  # type: ignore[arg-type]
         return self.inodes.ensure(parent.ns, ref, is_dir, self.root.get(parent.ns).inode_base)
 
+    def _node_for(self, parent: Node, ref: Ref, entry: Entry) -> Node:
+        """The node `parent`'s lookup or readdir gives `ref` (whose entry is `entry`). A
+        file that another S3 version replaced while handles of the old one read through
+        its page cache gets a node of its own, as a file renamed over does: the old inode
+        keeps the old size and pages for those handles, and `stat`, new opens and maps see
+        the new version's (the kernel keeps one size per inode: `ls -l` and fstat of a new
+        descriptor showed the old size for as long as an old handle stayed open, and
+        `tail -F` never saw the file replaced)."""
+        node = self._ensure(parent, ref, entry.is_dir)
+        if not node.is_dir and self.pages.outdated(node.ino, entry):
+            self.inodes.detach(node.ns, node.ref, False)
+            node = self._ensure(parent, ref, False)
+        return node
+
     def _parent(self, node: Node) -> Node:
         if node.is_root:
             return node
@@ -344,7 +358,7 @@ class S3Operations(pyfuse3.Operations):
                 raise NotADirectory(self.describe("lookup", parent_inode))
             child = await self._looked_up(parent, text)
             if child is not None:
-                found = (self._ensure(parent, child[0], child[1].is_dir), child[1])
+                found = (self._node_for(parent, child[0], child[1]), child[1])
         if found is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0
@@ -429,7 +443,7 @@ class S3Operations(pyfuse3.Operations):
                     if file_named and not handle.sent_name:
                         self._sent_first_name(handle)
                     continue
-                node = self._ensure(handle.node, ref, entry.is_dir)
+                node = self._node_for(handle.node, ref, entry)
                 attrs = self._attrs(node, entry, tell=False)
                 if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs,
                                              next_id + DOT_ENTRIES):

@@ -107,6 +107,13 @@ class PageCache:
                                        etag=paged.etag)
         return entry
 
+    def outdated(self, ino: int, entry: Entry) -> bool:
+        """Do handles of another S3 version than `entry`'s read `ino` through its page
+        cache (a change made elsewhere since they opened; `shown` keeps their size)?"""
+        paged = self._paged.get(ino)
+        return (paged is not None and paged.handles > 0 and not paged.local
+                and bool(entry.etag) and entry.etag != paged.etag and not self._writers.get(ino))
+
     def told(self, ino: int, entry: Entry) -> None:
         """The kernel was given `entry` (a shown one) for `ino`: a lookup, getattr or
         readdirplus reply.
