@@ -47,6 +47,23 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, Any]:
 _META = len(HEADER_PREFIX)
 
 
+def other_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The KEPT_HEADERS among a request's `headers` (boto3 names) besides its content
+    type, the empty ones left out: what a put sends beside ContentType."""
+    return {name: value for name, value in (headers or {}).items()
+            if name in KEPT_HEADERS and name != "ContentType" and value}
+
+
+def kept_of(args: Mapping[str, Any]) -> dict[str, Any]:
+    """What `CopySources` keeps of a version written with request `args` (boto3 names):
+    its KEPT_HEADERS, and under `Metadata` its user metadata that is not POSIX metadata."""
+    kept = {name: value for name, value in args.items() if name in KEPT_HEADERS}
+    foreign = foreign_metadata(args.get("Metadata") or {})
+    if foreign:
+        kept["Metadata"] = foreign
+    return kept
+
+
 class CopySources:
     """(bucket, key, ETag) -> the kept headers of that version; thread-safe, bounded."""
 

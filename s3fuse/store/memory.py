@@ -31,10 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator, Literal, Mapping, Sequence
 
-from ..posix import foreign_metadata
 from ..util.filerange import PartBody, body_bytes
 from ..errors import AccessDenied, NotFound, Offline, RemoteError, S3FuseError, StaleObject
-from .copysources import KEPT_HEADERS
+from .copysources import kept_of, other_headers
 from .link import Link
 from .protocol import HeadsAnswered, ListPage, ObjectInfo, clean_etag, head_one_by_one
 from .retry import tagged
@@ -218,7 +217,7 @@ class MemoryStore:
         self._buckets[bucket][key] = _Object(data, etag, time.time_ns() // 10**9 * 10**9,
                                              content_type or "binary/octet-stream",
                                              {k.lower(): v for k, v in (metadata or {}).items()},
-                                             _other_headers(headers))
+                                             other_headers(headers))
         return etag
 
     def headers_of(self, bucket: str, key: str, etag: str) -> dict[str, Any] | None:
@@ -228,11 +227,7 @@ class MemoryStore:
             obj = self._buckets.get(bucket, {}).get(key)
         if obj is None or obj.etag != clean_etag(etag):
             return None
-        kept: dict[str, Any] = {"ContentType": obj.content_type, **obj.headers}
-        foreign = foreign_metadata(obj.metadata)
-        if foreign:
-            kept["Metadata"] = foreign
-        return kept
+        return kept_of({"ContentType": obj.content_type, **obj.headers, "Metadata": obj.metadata})
 
     def headers(self, bucket: str, key: str) -> dict[str, str]:
         """Tests: the object's KEPT_HEADERS other than its content type, by boto3 name."""
@@ -371,7 +366,7 @@ class MemoryStore:
             upload_id = f"upload-{next(self._ids)}"
             self._uploads[bucket][upload_id] = _Upload(key, content_type or "binary/octet-stream",
                                                        dict(metadata or {}),
-                                                       _other_headers(headers))
+                                                       other_headers(headers))
         self._done()
         return upload_id
 
@@ -452,9 +447,3 @@ class MemoryStore:
                 self._check(what, current, if_match, None)
             objects.pop(key, None)
         self._done()
-
-
-def _other_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """The KEPT_HEADERS a request sets besides its content type (as S3Store sends them)."""
-    return {name: value for name, value in (headers or {}).items()
-            if name in KEPT_HEADERS and name != "ContentType" and value}

@@ -48,9 +48,9 @@ from ..util.oncelog import OnceLogger
 from ..util.filerange import FileRange, PartBody, SourceReadError, body_length
 from ..errors import (AccessDenied, CredentialsExpired, NotFound, Offline, RemoteError, S3FuseError,
                       StaleObject, UsageError)
-from ..posix import foreign_metadata, with_foreign
+from ..posix import with_foreign
 from . import botosession, retry
-from .copysources import KEPT_HEADERS, CopySources, kept_headers
+from .copysources import CopySources, kept_headers, kept_of, other_headers
 from .credentials import (PROVIDER_ERRORS, ProviderSilent, RoleCredentials, credential_problem,
                           load_problem, one_line, resolve_in_time)
 from .link import Link
@@ -874,22 +874,12 @@ class S3Store:
         """ContentType, the other `headers` (boto3 names) and Metadata (user metadata,
         sent as given: posix.py's values are ASCII, percent-encoded where needed, and
         botocore does not re-encode them)."""
-        args: dict[str, Any] = {name: value for name, value in (headers or {}).items()
-                                if name in KEPT_HEADERS and name != "ContentType" and value}
+        args: dict[str, Any] = other_headers(headers)
         if content_type:
             args["ContentType"] = content_type
         if metadata:
             args["Metadata"] = dict(metadata)
         return args
-
-    @staticmethod
-    def _as_kept(args: Mapping[str, Any]) -> dict[str, Any]:
-        """What copysources keeps of a new version's `_object_args`."""
-        kept = {name: value for name, value in args.items() if name in KEPT_HEADERS}
-        foreign = foreign_metadata(args.get("Metadata") or {})
-        if foreign:
-            kept["Metadata"] = foreign
-        return kept
 
     def headers_of(self, bucket: str, key: str, etag: str) -> dict[str, Any] | None:
         known = self.copy_sources.of(bucket, key, clean_etag(etag))
@@ -926,7 +916,7 @@ class S3Store:
             resp = self._call(what, put, **kwargs)
             self._moved("out", len(body) if isinstance(body, bytes) else body.tell() - start)
             etag = required_etag(resp.get("ETag"), what)
-        self.copy_sources.learn(bucket, key, etag, self._as_kept(args))
+        self.copy_sources.learn(bucket, key, etag, kept_of(args))
         return etag
 
     def _put_signed_here(self, what: str, params: Mapping[str, Any], body: bytes) -> str | None:
@@ -1100,9 +1090,7 @@ class S3Store:
             resp = self._call(what, self.write_client.copy_object, **kwargs)
             copied = required_etag(resp.get("CopyObjectResult", {}).get("ETag"), what)
         if metadata is not None:  # a plain copy's headers are the source's, not known here
-            foreign = foreign_metadata(metadata)
-            self.copy_sources.learn(bucket, key, copied,
-                                    {**kept, "Metadata": foreign} if foreign else kept)
+            self.copy_sources.learn(bucket, key, copied, kept_of({**kept, "Metadata": metadata}))
         return copied
 
     def _copy_signed_here(self, what: str, params: Mapping[str, Any]) -> str | None:

@@ -284,7 +284,7 @@ class Uploader:
             log.debug("%s: an empty version without metadata took its place: ours goes over it",
                       job.uri)
             return UploadResult(self._put(bucket, key, io.BytesIO(b""), UNKNOWN,
-                                          content_type(key), {"metadata": headers}))
+                                          content_type(key), extra(headers)))
         return self._metadata_dropped(job, info.etag)
 
     def _put_marker(self, job: Job, expected: str, headers: dict[str, str]) -> UploadResult:
@@ -293,7 +293,7 @@ class Uploader:
         if not self.conditions.of(bucket, key).put:
             self._precheck(bucket, key, expected)
         return UploadResult(self._put(bucket, key, io.BytesIO(b""), expected,
-                                      content_type(key), {"metadata": headers}))
+                                      content_type(key), extra(headers)))
 
     @staticmethod
     def _metadata_dropped(job: Job, remote: str | None) -> UploadResult:
