@@ -112,6 +112,9 @@ def test_disk_full_cache_keeps_reads_working(s3, bucket, mount_factory, tmp_path
         assert m.wait_idle()["idle"]         # every block the reads fetched was offered to the cache
         assert m.status()["cache"]["disk_full"]
         assert "DISK FULL" in s3fuse("status", str(m.mountpoint), env=m.env).stdout
+        (small / "ballast").unlink()         # room again: no longer reported, before any read
+        assert not m.status()["cache"]["disk_full"]
+        assert "DISK FULL" not in s3fuse("status", str(m.mountpoint), env=m.env).stdout
         m.stop()
     finally:
         subprocess.run(["umount", "-l", str(small)])

@@ -502,6 +502,11 @@ class BlockCache:
                 self.prune(None, max(0, self._lru.on_disk() - (n - self.reserve.room())))
         self.reserve.claim(n, fresh)  # ReserveReached when even that is not room enough
 
+    def has_room(self, n: int) -> bool:
+        """Whether `n` bytes fit on the disk above its reserve now, evicting nothing (one
+        statvfs, no claim: the trio loop may ask)."""
+        return free_bytes(self.directory) - (self.reserve.bytes if self.reserve else 0) >= n
+
     def claim_now(self, n: int, fresh: bool = False) -> bool:
         """`claim` when no block must be evicted for it (no disk work: the trio loop may
         ask); False when it would have to be."""

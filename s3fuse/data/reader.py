@@ -131,7 +131,7 @@ class BlockReader:
         self._loader_limiter = trio.CapacityLimiter(4)
         self._background = background or Supervisor()
         self._disk_error_logged = False
-        self.disk_full = False
+        self._disk_full = False
         self._persisting = 0
         self._write_slots = trio.Semaphore(PENDING_WRITES)
         self._small_write_slots = trio.Semaphore(SMALL_PENDING_WRITES)
@@ -406,13 +406,28 @@ class BlockReader:
                               "is not the size its entry says)")
         return data
 
+    @property
+    def disk_full(self) -> bool:
+        """The last block could not be written, and the disk has not had room for one since:
+        space freed by someone else ends the report at once, not at the next block read
+        (which may never come while the data is read from memory or the page cache)."""
+        if self._disk_full:
+            try:
+                self._disk_full = not self.blocks.has_room(2 * self.block_size)
+            except OSError:  # the disk went: still nothing is being cached
+                pass
+            if not self._disk_full:
+                self._disk_error_logged = False  # a later failure is news again
+                log.info("the block cache's disk has room again: reads are cached")
+        return self._disk_full
+
     async def _persist(self, bid: tuple[str, str, str, int], data: bytes, slot: _Slot) -> None:
         self._persisting += 1
         try:
             await trio.to_thread.run_sync(self.blocks.put, *bid, data, limiter=self._persist_limiter)
-            self.disk_full = False
+            self._disk_full = False
         except (OSError, sqlite3.Error) as exc:  # diskcache's SQLite: "database or disk is full"
-            self.disk_full = True
+            self._disk_full = True
             if not self._disk_error_logged:
                 self._disk_error_logged = True
                 log.warning("cannot write to the block cache (%s): serving reads uncached",
