@@ -49,8 +49,9 @@ def store() -> MemoryStore:
     return memory
 
 
-async def running(tmp_path: Path, store: MemoryStore, ttl: float = 60) -> AsyncIterator[Components]:
-    cfg = Config(mountpoint=tmp_path / "mnt", sources=(parse_source(f"s3://{B}", B),),
+async def running(tmp_path: Path, store: MemoryStore, ttl: float = 60,
+                  source: str = f"s3://{B}") -> AsyncIterator[Components]:
+    cfg = Config(mountpoint=tmp_path / "mnt", sources=(parse_source(source, B),),
                  cache_dir=tmp_path / "cache", region="us-east-1", metadata_ttl=ttl)
     with ExitStack() as stack:
         parts = build(cfg, stack, store=store)  # type: ignore[arg-type]

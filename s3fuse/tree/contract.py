@@ -138,6 +138,11 @@ class Namespace(ABC):
     @abstractmethod
     async def stat(self, ref: Ref) -> Entry: ...
 
+    async def top(self) -> Entry:
+        """What the mount root shows for this tree's top directory: the defaults, unless
+        the tree keeps metadata for it (a prefix source: its marker's)."""
+        return Entry(self.name, True)
+
     @abstractmethod
     async def open(self, ref: Ref) -> FileHandle: ...
 

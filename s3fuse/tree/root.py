@@ -154,11 +154,11 @@ class MountRoot(ReadOnlyNamespace):
 
     async def lookup(self, ref: Ref, name: str) -> tuple[Ref, Entry] | None:
         index = await self.tree.find(name)
-        return None if index is None else (index, Entry(name, True))
+        return None if index is None else (index, await self.tree.get(index).top())
 
     async def opendir(self, ref: Ref) -> SnapshotDir:
         entries = await self.tree.entries()  # registers buckets found since
-        return SnapshotDir([(index, e) for e in entries
+        return SnapshotDir([(index, await self.tree.get(index).top()) for e in entries
                             if (index := self.tree.index_of(e.name)) is not None])
 
     async def stat(self, ref: Ref) -> Entry:

@@ -9,6 +9,7 @@ stored listing, then S3.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -37,6 +38,7 @@ from .localsource import FollowingReader, LocalReader
 from .mutations import Mutations
 from .paged import PagedDir
 from .posixheads import PosixHeads
+from .top import PrefixTop
 from .pending import GONE, PendingView
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ class BucketTree(Namespace):
         self.posix_lookups = posix_metadata
         overlay = writes.overlay if writes is not None else Overlay()
         self._pending = PendingView(self.keys, overlay, self._listings)
+        self._top = PrefixTop(self.keys, store, overlay, ttl=ttl, enabled=posix_metadata,
+                              limiter=list_limiter)
         self._dirs = DirTimes()
         self._mutations = Mutations(self.keys, spec.uri, self, store, reader, self._listings,
                                     self._pending, writes, limiter=list_limiter,
@@ -91,6 +95,8 @@ class BucketTree(Namespace):
     def _uploaded(self, key: str, result: UploadResult | None) -> bool:
         """The write-back layer's news of an upload that landed (`result` None: a removal);
         False: it could not be recorded in the stored listing (a full disk)."""
+        if key == self.keys.dir_prefix("") and self.keys.prefix:
+            self._top.forget()
         return self._pending.uploaded(key, result)
 
     # ----------------------------------------------------------- names
@@ -147,6 +153,9 @@ class BucketTree(Namespace):
     def _root_entry(self) -> Entry:
         return Entry("", True, 0, self._started, "", time.time())
 
+    async def top(self) -> Entry:
+        return dataclasses.replace(await self.stat(""), name=self.name)
+
     async def stat(self, path: str) -> Entry:
         """The entry of `path`, revalidated with HEAD when older than the TTL (which
         refreshes its POSIX metadata too), else with that metadata looked up when unknown;
@@ -155,7 +164,7 @@ class BucketTree(Namespace):
 
     async def _stat(self, path: str) -> Entry:
         if not path:
-            return self._root_entry()
+            return await self._top.entry(self._root_entry())
         parent, name = split(path)
         local = self._pending.local(parent, name)
         if isinstance(local, Entry):

@@ -1,0 +1,77 @@
+"""The top directory of a prefix source, with the mode, owner and times of its marker.
+
+A source `team=s3://bucket/team` shows the prefix `team/` as its top directory. Other
+directories learn their marker's metadata from their parent's listing and a HEAD; the
+top has no parent listing in this tree, and it showed the `--dir-mode/--uid/--gid`
+defaults whatever `team/` stored: a 0700 directory showed 0755 to every user of an
+`--allow-other` mount, and a `chmod` of the top, built on those defaults, wrote them over
+the stored owner and group. So the top's marker is HEADed here, at the first stat and
+again once older than the metadata TTL. A bucket's top (no prefix) has no object.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import trio
+
+from ...cache.overlay import Overlay
+from ...errors import NotFound, S3FuseError
+from ...model import Entry
+from ...posix import from_headers
+from ...store.protocol import Store
+from .keys import BucketKeys
+
+log = logging.getLogger(__name__)
+
+
+class PrefixTop:
+    def __init__(self, keys: BucketKeys, store: Store, overlay: Overlay, *, ttl: float,
+                 enabled: bool, limiter: trio.CapacityLimiter):
+        self._keys = keys
+        self._store = store
+        self._overlay = overlay
+        self._ttl = ttl
+        self._enabled = enabled and bool(keys.dir_prefix(""))
+        self._limiter = limiter
+        self._known: Entry | None = None  # the marker's metadata as last HEADed
+        self._lock = trio.Lock()  # one HEAD for stats arriving together
+
+    async def entry(self, shown: Entry) -> Entry:
+        """`shown` (the top with the mount's defaults) with its marker's metadata: looked
+        up when unknown or older than the TTL; the last known (or the defaults) while S3
+        cannot say."""
+        if not self._enabled:
+            return shown
+        change = self._overlay.get(self._keys.bucket, self._keys.dir_prefix(""))
+        if change is not None and not change.deleted and change.posix is not None:
+            return replace(shown, posix=change.posix,  # a change of it not landed yet
+                           mtime_ns=change.posix.mtime_ns or shown.mtime_ns)
+        async with self._lock:
+            known = self._known
+            if known is None or time.time() - known.checked_at >= self._ttl:
+                known = await self._head(known)
+        if known is None or known.posix is None:
+            return shown
+        return replace(shown, etag=known.etag, posix=known.posix,
+                       mtime_ns=known.posix.mtime_ns or known.mtime_ns)
+
+    def forget(self) -> None:
+        """The marker changed here (a chmod of the top landed): HEAD it at the next stat."""
+        self._known = None
+
+    async def _head(self, known: Entry | None) -> Entry | None:
+        marker = self._keys.dir_prefix("")
+        try:
+            info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, marker,
+                                                 limiter=self._limiter)
+        except NotFound:  # keys only: the top shows the defaults (a chmod makes a marker)
+            self._known = Entry("", True, checked_at=time.time())
+            return self._known
+        except S3FuseError as exc:  # offline, denied: what was known, else the defaults
+            log.debug("HEAD of the top %s: %s", self._keys.uri(marker), exc)
+            return known
+        posix = from_headers(info.metadata or {}, is_dir=True)
+        self._known = Entry("", True, 0, info.mtime_ns, info.etag, time.time(), posix)
+        return self._known
