@@ -260,6 +260,7 @@ def _mount(args: argparse.Namespace, argv: Sequence[str], ready: "ReadySignal | 
         return code
     from .daemon import run
     setup_logging(cfg.log_level, cfg.debug, cfg.log_file, rotate=args.default_log)
+    os.chdir("/")  # a daemon keeps no directory busy (the USB stick it was started from)
     return run(cfg, ready, store)
 
 
@@ -276,7 +277,10 @@ def cmd_umount(args: argparse.Namespace) -> int:
     try:
         pid = daemon_pid(mountpoint)
     except PermissionError as exc:  # not a stale mount: one we may not look into
-        raise not_ours(mountpoint, exc) from None
+        if os.getuid() == 0 and args.force:  # root may unmount it; its journal keeps the queue
+            return _unmount_unseen(mountpoint, fusermount_unmount)
+        raise not_ours(mountpoint, exc, "; root: --force unmounts it, what it has queued "
+                       "stays in its cache dir for its next mount" if os.getuid() == 0 else "") from None
     except OSError as exc:  # the daemon is gone: a stale mount
         result = fusermount_unmount(mountpoint, lazy=True)
         if result.returncode:
@@ -298,7 +302,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if left["files"]:
         _say(f"s3fuse: waiting for uploads before unmounting: {_queue_line(left)}")
     cache_dir = _cache_dir_of(mountpoint)
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except PermissionError:  # another user's daemon (a mount with --allow-other)
+        _say(f"s3fuse: error: {refused(mountpoint, 'unmount it')}")
+        return 1
     if not wait_gone(pid, args.timeout):
         _say(f"s3fuse: daemon {pid} still running after {args.timeout:.0f}s")
         return 1
@@ -442,10 +450,23 @@ def _discard(mountpoint: Path) -> int:
     return 0
 
 
-def not_ours(mountpoint: Path, exc: OSError) -> UsageError:
+def not_ours(mountpoint: Path, exc: OSError, hint: str = "") -> UsageError:
     """The one line for a mount the caller may not look into."""
     return UsageError(f"{mountpoint}: {exc.strerror} (another user's mount, mounted without "
-                      "--allow-other)")
+                      f"--allow-other{hint})")
+
+
+def _unmount_unseen(mountpoint: Path, fusermount_unmount: Any) -> int:
+    """Root's `umount --force` of another user's mount it may not look into (live, or its
+    daemon gone): detached at once; a live daemon then stops, and what it had queued is
+    in its journal for the next mount with its cache dir."""
+    result = fusermount_unmount(mountpoint, lazy=True)
+    if result.returncode:
+        _say(f"s3fuse: cannot unmount {mountpoint}: {result.stderr.strip()}")
+        return 1
+    _say(f"s3fuse: unmounted another user's mount {mountpoint}; what it had queued stays in "
+         "its cache dir and is uploaded by its next mount")
+    return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

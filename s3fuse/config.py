@@ -705,6 +705,9 @@ def check_mountpoint(path: Path, allow_non_empty: bool = False) -> Path:
         st = path.stat()
     except FileNotFoundError:
         raise UsageError(f"mountpoint {path} does not exist") from None
+    except PermissionError as exc:  # not a stale mount: detaching it would be wrong advice
+        raise UsageError(f"mountpoint {path} is not usable: {exc.strerror} (another user's "
+                         "mount without --allow-other, or a directory you may not enter)") from None
     except OSError as exc:
         raise UsageError(f"mountpoint {path} is not usable: {exc.strerror} "
                          "(a stale mount? run: fusermount3 -uz " f"{path})") from None

@@ -185,6 +185,10 @@ def test_another_user_cannot_pin_a_world_writable_mount(backend: Backend, s3, bu
         assert res.stderr.splitlines() == [f"s3fuse: error: only the owner of the mount {m.mountpoint} "
                                            f"(or root) may pin: {m.path(bucket)}"]
         assert json.loads(os.getxattr(m.mountpoint, "user.s3fuse.jobs")) == []
+        res = cli_as(NOBODY, "umount", str(m.mountpoint))
+        assert (res.returncode, res.stderr.splitlines()) == (1, [
+            f"s3fuse: error: only the owner of the mount {m.mountpoint} (or root) may unmount it"])
+        assert os.path.ismount(m.mountpoint)
         res = cli_as(NOBODY, "status", str(m.mountpoint))
         assert res.returncode == 0 and "shown to the mount's owner only" in res.stdout
         assert bucket not in res.stdout.replace(str(m.mountpoint), "")

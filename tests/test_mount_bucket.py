@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from s3fuse.mounts import daemon_pid
+
 pytestmark = pytest.mark.mount
 
 
@@ -255,12 +257,14 @@ def test_background_mount_status_and_umount(s3, bucket, mount_factory, tmp_path)
     m = mount_factory("--source", f"s3://{bucket}", start=False)
     m.mountpoint.mkdir(parents=True)
     cmd = [sys.executable, "-m", "s3fuse"]
-    res = subprocess.run(cmd + ["mount", str(m.mountpoint), "--source", f"s3://{bucket}",
-                                "--cache-dir", str(m.cache_dir)],
-                         env=m.env, capture_output=True, text=True, timeout=60)
+    here = m.mountpoint.parent  # relative paths, from a directory the daemon must not keep busy
+    res = subprocess.run(cmd + ["mount", os.path.relpath(m.mountpoint, here), "--source",
+                                f"s3://{bucket}", "--cache-dir", os.path.relpath(m.cache_dir, here)],
+                         env=m.env, capture_output=True, text=True, timeout=60, cwd=here)
     try:
         assert res.returncode == 0, res.stderr
         assert os.path.ismount(m.mountpoint)   # live as soon as the command returns
+        assert os.readlink(f"/proc/{daemon_pid(m.mountpoint)}/cwd") == "/"
         os.listdir(m.mountpoint / bucket)       # one ListObjectsV2 for the request counts
         status = subprocess.run(cmd + ["status", str(m.mountpoint)], env=m.env, capture_output=True,
                                 text=True, check=True).stdout

@@ -166,3 +166,39 @@ def test_a_daemon_that_dies_without_a_word_is_explained_by_its_log(tmp_path: Pat
     code, reason = mounts.spawn_background([], tmp_path / "empty.log", 30, program=[
         sys.executable, "-c", "import sys; sys.exit(3)"])
     assert code == 3 and reason.startswith("the daemon exited with 3")
+
+
+@pytest.mark.mount
+def test_root_meets_another_users_mount_without_allow_other(
+        public_base: Path, backend: Any, bucket: str, fuse_available: None,
+        fuse_for_users: None) -> None:  # noqa: F811
+    """Root may not look into it (EACCES): mounting there says so instead of calling it
+    stale (and advising to detach it); umount says how root can, and --force does."""
+    home = public_base / "home"
+    (home / "m").mkdir(parents=True)
+    os.chown(home, NOBODY, NOBODY)
+    os.chown(home / "m", NOBODY, NOBODY)
+    target = home / "m"
+    env = {**s3_env(backend.endpoint, backend.access_key, backend.secret_key), "HOME": str(home)}
+    res = subprocess.run([*as_nobody(env), "mount", str(target), "--source", f"s3://{bucket}",
+                          "--cache-dir", str(home / "cache")],
+                         env=env, capture_output=True, text=True, timeout=90)
+    assert res.returncode == 0, res.stderr
+    try:
+        root_env = s3_env(backend.endpoint, backend.access_key, backend.secret_key)
+        res = subprocess.run([*S3FUSE, "mount", str(target), "--source", f"s3://{bucket}",
+                              "--cache-dir", str(public_base / "rootcache")],
+                             env=root_env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and "another user's mount" in res.stderr, res.stderr
+        assert "stale" not in res.stderr and "fusermount3 -uz" not in res.stderr
+        res = subprocess.run([*S3FUSE, "umount", str(target)], env=root_env, capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 2 and "root: --force unmounts it" in res.stderr, res.stderr
+        assert mounts.is_s3fuse_mount(target)  # (ismount: EACCES, False)
+        res = subprocess.run([*S3FUSE, "umount", "--force", str(target)], env=root_env,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and "unmounted another user's mount" in res.stderr, res.stderr
+        assert not mounts.is_s3fuse_mount(target)
+    finally:
+        if mounts.is_s3fuse_mount(target):
+            subprocess.run(["fusermount3", "-uz", str(target)])
