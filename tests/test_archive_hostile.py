@@ -312,14 +312,14 @@ def test_gzip_bomb_is_refused_while_streaming() -> None:
     assert len(bomb) < 2 * MiB
     assert zlib.decompressobj(31).decompress(bomb[:4096], 4096)[:8] == b"bomb.bin"  # it is a real gzip
     tracemalloc.start()
-    started = time.monotonic()
+    started = time.process_time()  # CPU, not wall time: a loaded machine took 6.4 s of that
     try:
         with pytest.raises(ArchiveError, match="max_ratio"):
             build_index(MemSource(bomb), None, "bomb.tar.gz", Limits())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 5  # not all of the GiB inflated
     assert peak < 64 * MiB
 
 
