@@ -185,6 +185,10 @@ def test_another_user_cannot_pin_a_world_writable_mount(backend: Backend, s3, bu
         assert res.stderr.splitlines() == [f"s3fuse: error: only the owner of the mount {m.mountpoint} "
                                            f"(or root) may pin: {m.path(bucket)}"]
         assert json.loads(os.getxattr(m.mountpoint, "user.s3fuse.jobs")) == []
+        assert os.listxattr(m.mountpoint) == []  # read by name: copying tools skip them
+        res = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                              "getfattr", "-d", "-m", "-", str(m.mountpoint)], capture_output=True, text=True)
+        assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
         res = cli_as(NOBODY, "umount", str(m.mountpoint))
         assert (res.returncode, res.stderr.splitlines()) == (1, [
             f"s3fuse: error: only the owner of the mount {m.mountpoint} (or root) may unmount it"])

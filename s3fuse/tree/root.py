@@ -186,7 +186,11 @@ class MountRoot(ReadOnlyNamespace):
         return await self.control_get(name, None)  # nobody known asks: a reader's view
 
     async def listxattr(self, ref: Ref) -> list[str]:
-        return [] if self.control is None else self.control.names()
+        """None: the control attributes are read and set by name (`s3fuse status`, `pin`).
+        Listed, every tool that copies attributes took them for the directory's own:
+        `cp -a` of the mount copied the status JSON onto its copy, and `rsync -aX` by
+        another user failed (exit 23) on those only the owner may read."""
+        return []
 
     async def setxattr(self, ref: Ref, name: str, value: bytes, posix: Posix) -> None:
         await self.control_set(name, value, None)  # nobody known asks: refused
