@@ -464,7 +464,9 @@ def run(cfg: Config, ready: ReadySignal | None = None, store: Store | None = Non
             from .metrics import Metrics
             stack.callback(Metrics(cfg.metrics_address, parts.control.status,
                                    traffic_of(parts.store)).close)
-        stack.callback(os.close, claim_mountpoint(cfg.mountpoint))  # held while mounted
+        claim = claim_mountpoint(cfg.mountpoint)
+        if claim is not None:
+            stack.callback(os.close, claim)  # held while mounted
         try:
             mount_with_reason(lambda: pyfuse3.init(parts.ops, str(cfg.mountpoint),
                                                    fuse_options(cfg)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import site
+import stat
 import subprocess
 import sys
 import time
@@ -45,14 +46,37 @@ def backend(moto_backend):  # type: ignore[no-untyped-def]
 
 
 def test_a_mountpoint_another_process_is_mounting_is_refused(tmp_path: Path) -> None:
-    holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    locks = tmp_path / "locks"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    holder = claim_mountpoint(mnt, locks)
+    assert holder is not None and stat.S_IMODE(os.stat(locks).st_mode) == 0o700
     try:
-        fcntl.flock(holder, fcntl.LOCK_EX)
         with pytest.raises(UsageError, match="is being mounted by another process"):
-            claim_mountpoint(tmp_path)
+            claim_mountpoint(mnt, locks)
     finally:
         os.close(holder)
-    os.close(claim_mountpoint(tmp_path))  # free again
+    os.close(claim_mountpoint(mnt, locks))  # type: ignore[arg-type]  (free again)
+
+
+def test_a_lock_on_the_mountpoint_directory_itself_stops_no_mount(tmp_path: Path) -> None:
+    """Anyone who may read the directory may flock it: that lock was the mount's, and a
+    local user could keep every mount there (root's service too) from starting."""
+    squatter = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(squatter, fcntl.LOCK_EX)
+        os.close(claim_mountpoint(tmp_path, tmp_path.parent / f"{tmp_path.name}-locks"))  # type: ignore[arg-type]
+    finally:
+        os.close(squatter)
+
+
+def test_a_lock_dir_others_may_write_is_not_used(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert claim_mountpoint(tmp_path, shared) is None
+    assert "not this user's alone" in caplog.text
 
 
 def test_umount_waits_for_the_daemon_not_for_the_path_to_stop_being_a_mount(

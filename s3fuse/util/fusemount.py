@@ -2,8 +2,10 @@
 
 Two `s3fuse mount` of one directory started together both pass the front's "not a mount
 point" check, and both mounts would stack (the lower daemon hidden, `umount` confused). The
-daemon therefore takes an exclusive lock on the mountpoint directory and checks again under
-it, right before libfuse mounts.
+daemon therefore takes an exclusive lock for the mountpoint and checks again under it, right
+before libfuse mounts. The lock is a file of the mounting user's own (`lock_dir`), named by
+the directory's device and inode: a lock on the directory itself could be taken by any user
+who may read it, and kept every mount there from starting (root's service included).
 
 A non-root mount goes through fusermount3, which libfuse runs with our stderr: its reason
 (no write access, allow_other not allowed, no-new-privileges) was in the log only, while
@@ -38,25 +40,51 @@ HINTS = (
 )
 
 
-def claim_mountpoint(path: Path) -> int:
-    """Lock the directory at `path` for this mount (an fd to keep open while mounted);
-    UsageError when another process holds it or something is mounted there already.
+def lock_dir() -> Path:
+    """Where this user's mountpoint locks live: a directory only they may write."""
+    if os.geteuid() == 0:
+        return Path("/run/s3fuse")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / "s3fuse"
+    return Path.home() / ".cache" / "s3fuse" / "locks"
 
-    Opened before mounting, the fd is the underlying directory, which does not keep the
-    mount busy; a mount that won the race shows as a mount point to the re-check."""
+
+def _lock_file(path: Path, directory: Path) -> int | None:
+    """An fd of the lock file of the mountpoint at `path`; None when `directory` cannot be
+    made ours alone (then the mount goes on without the lock: it only guards a race)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.stat(path)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        own = os.stat(directory)
+        if own.st_uid != os.geteuid() or own.st_mode & 0o022:
+            log.warning("mountpoint lock dir %s is not this user's alone: mounting without "
+                        "the lock", directory)
+            return None
+        return os.open(directory / f"mount-{st.st_dev}-{st.st_ino}.lock",
+                       os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise UsageError(f"mountpoint {path} is not usable: {exc.strerror}") from None
+        log.warning("no mountpoint lock in %s (%s): mounting without it", directory,
+                    exc.strerror or exc)
+        return None
+
+
+def claim_mountpoint(path: Path, directory: Path | None = None) -> int | None:
+    """Lock the mountpoint at `path` for this mount (an fd to keep open while mounted, or
+    None when no lock could be had); UsageError when another mount holds it or something
+    is mounted there already."""
+    fd = _lock_file(path, directory or lock_dir())
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if os.path.ismount(path):
             raise UsageError(f"{path} is already a mount point")
     except BlockingIOError:
-        os.close(fd)
+        os.close(fd)  # type: ignore[arg-type]
         raise UsageError(f"mountpoint {path} is being mounted by another process") from None
     except BaseException:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
         raise
     return fd
 
