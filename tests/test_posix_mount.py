@@ -500,3 +500,29 @@ def test_inode_numbers_stay_after_the_kernel_forgets_them_and_across_remounts(
     root = again.path(bucket)
     assert {n: os.lstat(root / n).st_ino for n in ("d", "d/a", "d/b", "d/fifo", "d/link")} == {
         n: before[n] for n in ("d", "d/a", "d/b", "d/fifo", "d/link")}
+
+
+def test_copying_tools_set_the_times_of_a_buckets_top(s3, bucket, mount_factory, tmp_path):
+    """`rsync -a src/ mnt/bucket/`, `tar -x -C mnt/bucket` and `cp -a src/. mnt/bucket/`
+    set the top's times (and mode, owner): the top of a bucket has no object to keep
+    them, and refusing them failed all three. Kept for the mount's life."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "f.txt").write_bytes(b"file")
+    os.utime(src, ns=(1_500_000_000 * 10**9, 1_500_000_000 * 10**9))
+    archive = tmp_path / "a.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(src), "."], check=True)
+    m = mount_factory("--source", f"s3://{bucket}")
+    top = m.path(bucket)
+    for command in (["rsync", "-a", f"{src}/", f"{top}/"],
+                    ["tar", "-xf", str(archive), "-C", str(top)],
+                    ["cp", "-a", f"{src}/.", f"{top}/"]):
+        res = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, (command, res.stderr)
+        assert os.stat(top).st_mtime_ns == 1_500_000_000 * 10**9, command
+    assert (top / "f.txt").read_bytes() == b"file" and (top / "sub").is_dir()
+    os.chmod(top, 0o700)
+    assert stat.S_IMODE(os.stat(top).st_mode) == 0o700
+    assert m.wait_idle()["idle"]
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == [
+        "f.txt", "sub/"]  # nothing else stored for the top

@@ -38,7 +38,7 @@ from .localsource import FollowingReader, LocalReader
 from .mutations import Mutations
 from .paged import PagedDir
 from .posixheads import PosixHeads
-from .top import PrefixTop
+from .top import TopDir
 from .pending import GONE, PendingView
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class BucketTree(Namespace):
         self.posix_lookups = posix_metadata
         overlay = writes.overlay if writes is not None else Overlay()
         self._pending = PendingView(self.keys, overlay, self._listings)
-        self._top = PrefixTop(self.keys, store, overlay, ttl=ttl, enabled=posix_metadata,
+        self._top = TopDir(self.keys, store, overlay, ttl=ttl, enabled=posix_metadata,
                               limiter=list_limiter)
         self._dirs = DirTimes()
         self._mutations = Mutations(self.keys, spec.uri, self, store, reader, self._listings,
@@ -292,6 +292,10 @@ class BucketTree(Namespace):
         return await self._mutations.open_write(path, truncate)
 
     async def setattr(self, path: str, changes: AttrChanges, handle: WriteHandle | None) -> None:
+        if not path and self._top.keeps and changes.posix is not None:
+            self._dirs.forget(path)  # its own times now
+            self._top.keep(changes.posix)
+            return
         await self._mutations.setattr(path, changes, handle)
 
     async def unlink(self, parent: str, name: str) -> str:

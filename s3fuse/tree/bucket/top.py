@@ -6,7 +6,11 @@ top has no parent listing in this tree, and it showed the `--dir-mode/--uid/--gi
 defaults whatever `team/` stored: a 0700 directory showed 0755 to every user of an
 `--allow-other` mount, and a `chmod` of the top, built on those defaults, wrote them over
 the stored owner and group. So the top's marker is HEADed here, at the first stat and
-again once older than the metadata TTL. A bucket's top (no prefix) has no object.
+again once older than the metadata TTL.
+
+A bucket's top (no prefix) has no object to keep them: a change of its mode, owner or times
+is kept here for the mount's life. Refused, it failed `rsync -a src/ mnt/bucket/` (exit 23),
+`tar -x -C mnt/bucket` and `cp -a src/. mnt/bucket/`, which set the times of the top.
 """
 from __future__ import annotations
 
@@ -19,14 +23,14 @@ import trio
 from ...cache.overlay import Overlay
 from ...errors import NotFound, S3FuseError
 from ...model import Entry
-from ...posix import from_headers
+from ...posix import Posix, from_headers
 from ...store.protocol import Store
 from .keys import BucketKeys
 
 log = logging.getLogger(__name__)
 
 
-class PrefixTop:
+class TopDir:
     def __init__(self, keys: BucketKeys, store: Store, overlay: Overlay, *, ttl: float,
                  enabled: bool, limiter: trio.CapacityLimiter):
         self._keys = keys
@@ -36,12 +40,15 @@ class PrefixTop:
         self._enabled = enabled and bool(keys.dir_prefix(""))
         self._limiter = limiter
         self._known: Entry | None = None  # the marker's metadata as last HEADed
+        self._kept: Posix | None = None  # a bucket's top: as last set here
         self._lock = trio.Lock()  # one HEAD for stats arriving together
 
     async def entry(self, shown: Entry) -> Entry:
         """`shown` (the top with the mount's defaults) with its marker's metadata: looked
         up when unknown or older than the TTL; the last known (or the defaults) while S3
         cannot say."""
+        if self._kept is not None:
+            return replace(shown, posix=self._kept, mtime_ns=self._kept.mtime_ns or shown.mtime_ns)
         if not self._enabled:
             return shown
         change = self._overlay.get(self._keys.bucket, self._keys.dir_prefix(""))
@@ -56,6 +63,15 @@ class PrefixTop:
             return shown
         return replace(shown, etag=known.etag, posix=known.posix,
                        mtime_ns=known.posix.mtime_ns or known.mtime_ns)
+
+    @property
+    def keeps(self) -> bool:
+        """A bucket's top: its metadata is kept here, not in S3."""
+        return not self._keys.dir_prefix("")
+
+    def keep(self, posix: Posix) -> None:
+        """chmod, chown, utimens of a bucket's top: shown until the unmount."""
+        self._kept = posix
 
     def forget(self) -> None:
         """The marker changed here (a chmod of the top landed): HEAD it at the next stat."""
