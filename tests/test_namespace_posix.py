@@ -45,12 +45,13 @@ class RecordingWriteBack(WriteBack):
         self.stored: dict[str, Posix] = {}
 
     async def open(self, bucket: str, key: str, *, truncate: bool, expected: Any,  # type: ignore[override]
-                   size: int = 0, read: Any = None, posix: Posix | None = None) -> Any:
+                   size: int = 0, read: Any = None, posix: Posix | None = None,
+                   mtime_ns: int | None = None) -> Any:
         self.calls.append(("open", key, posix))
         if posix is not None:
             self.stored[key] = posix
         return await super().open(bucket, key, truncate=truncate, expected=expected,
-                                  size=size, read=read)
+                                  size=size, read=read, mtime_ns=mtime_ns)
 
     async def make_dir(self, bucket: str, marker: str,  # type: ignore[override]
                        posix: Posix | None = None) -> None:

@@ -526,3 +526,40 @@ def test_copying_tools_set_the_times_of_a_buckets_top(s3, bucket, mount_factory,
     assert m.wait_idle()["idle"]
     assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == [
         "f.txt", "sub/"]  # nothing else stored for the top
+
+
+def test_an_open_for_writing_keeps_the_mtime_of_an_object_without_headers(s3, bucket,
+                                                                          mount_factory):
+    """Objects `aws s3 cp` wrote show LastModified: an open for writing showed "now" until
+    its close, and `touch -a` (an open, then futimens of the times shown) stored that as
+    the new mtime, so make and rsync saw the file changed."""
+    s3.put_object(Bucket=bucket, Key="plain.txt", Body=b"data")
+    s3.put_object(Bucket=bucket, Key="other.txt", Body=b"data")
+    m = mount_factory("--source", f"s3://{bucket}")
+    path, other = m.path(bucket, "plain.txt"), m.path(bucket, "other.txt")
+    before, other_before = os.stat(path).st_mtime_ns, os.stat(other).st_mtime_ns
+    time.sleep(1.1)
+    res = subprocess.run(["touch", "-a", "-d", "2001-02-03 04:05:06", str(path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    st = os.stat(path)
+    assert st.st_mtime_ns == before and st.st_atime == time.mktime((2001, 2, 3, 4, 5, 6, 0, 0, -1))
+    with open(other, "r+b") as f:  # opened for writing, only read
+        assert f.read() == b"data"
+        assert os.stat(other).st_mtime_ns == other_before
+    assert m.wait_idle()["idle"]
+    assert int(float(metadata(s3, bucket, "plain.txt")["mtime"]) * 10**9) // 10**9 == before // 10**9
+
+
+def test_a_rename_keeps_the_mtime_of_an_object_without_headers(s3, bucket, mount_factory):
+    """The server-side copy of `mv` gets a new LastModified: a file without headers showed
+    that as its mtime once looked up again (a remount), as if changed."""
+    s3.put_object(Bucket=bucket, Key="plain.txt", Body=b"data")
+    m = mount_factory("--source", f"s3://{bucket}")
+    before = os.stat(m.path(bucket, "plain.txt")).st_mtime_ns
+    time.sleep(1.1)
+    os.rename(m.path(bucket, "plain.txt"), m.path(bucket, "moved.txt"))
+    assert os.stat(m.path(bucket, "moved.txt")).st_mtime_ns == before
+    again = remounted(m, mount_factory, "again")
+    assert os.stat(again.path(bucket, "moved.txt")).st_mtime_ns == before
+    assert "mode" not in metadata(s3, bucket, "moved.txt")  # still the defaults' to show

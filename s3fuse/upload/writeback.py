@@ -206,13 +206,16 @@ class WriteBack:
 
     async def open(self, bucket: str, key: str, *, truncate: bool, expected: Expected,
                    size: int = 0, read: Reader | None = None,
-                   posix: Posix | None = None) -> LocalFile:
+                   posix: Posix | None = None, mtime_ns: int | None = None) -> LocalFile:
         """The LocalFile of a key (shared with its other handles), one more user.
 
         Its starting bytes: nothing with `truncate`, else the pending local version, else
         `size` bytes from `read` (the object in S3, through the block cache). `posix`: the
         metadata of the version opened or created (pending metadata of the key wins), which
-        its upload stores with the time of the last write."""
+        its upload stores with the time of the last write. `mtime_ns`: the version's mtime
+        when `posix` stores none (an object without headers shows LastModified), shown
+        until a write: an open alone showed "now", and `touch -a` (an open, then futimens
+        of the times shown) stored it as the new mtime."""
         where = (bucket, key)
         while (making := self._making.get(where)) is not None:
             await making.wait()  # another open is making the key's LocalFile: share it
@@ -220,7 +223,8 @@ class WriteBack:
         if local is None:
             self._making[where] = made = trio.Event()
             try:
-                local = await self._new_local(bucket, key, truncate, expected, size, read, posix)
+                local = await self._new_local(bucket, key, truncate, expected, size, read, posix,
+                                              mtime_ns)
             finally:
                 del self._making[where]
                 made.set()
@@ -245,7 +249,8 @@ class WriteBack:
         return local
 
     async def _new_local(self, bucket: str, key: str, truncate: bool, expected: Expected,
-                         size: int, read: Reader | None, posix: Posix | None) -> LocalFile:
+                         size: int, read: Reader | None, posix: Posix | None,
+                         mtime_ns: int | None = None) -> LocalFile:
         pending = None if truncate else self.queue.pending_version(bucket, key)
         if pending is not None:
             try:
@@ -258,7 +263,7 @@ class WriteBack:
             self._make_spares()
         change = self.overlay.get(bucket, key)
         if change is None or change.deleted or change.is_dir:
-            change = self.overlay.file(bucket, key, 0, posix=posix)
+            change = self.overlay.file(bucket, key, 0, None if truncate else mtime_ns, posix=posix)
         elif change.posix is None:
             change.posix = posix
         local = LocalFile(self.staging, staging_id, path, bucket=bucket, key=key,

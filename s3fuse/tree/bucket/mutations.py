@@ -146,7 +146,8 @@ class Mutations:
             source = ObjectSource(self._reader, self._keys.ref(path, entry))
             local = await writes.open(bucket, key, truncate=truncate,
                                       expected=seen(entry), size=entry.size,
-                                      read=source.read, posix=entry.posix)
+                                      read=source.read, posix=entry.posix,
+                                      mtime_ns=stored_mtime(entry.posix or NO_HEADERS, entry.mtime_ns))
         return LocalWriter(local, writes)
 
     async def s3_version(self, key: str, entry: Entry) -> Entry:
@@ -443,11 +444,16 @@ class Mutations:
         await writes.room_for_change()
         await writes.forget(bucket, new_key)  # an overwritten local version must not land later
         # The metadata moves with the object: a pending change of it (not sent yet) rides on
-        # this copy, and stored metadata gets the new ctime (a rename changes the node);
-        # an object without headers keeps none (the copy keeps what S3 has).
+        # this copy, and stored metadata gets the new ctime (a rename changes the node).
+        # An object known to have no headers gets its LastModified as its mtime: the copy's
+        # own LastModified would have shown as a new mtime (make, rsync: a changed file).
+        # One whose headers are unknown (never looked up: a directory's rename) keeps what
+        # S3 has.
         posix = writes.posix(bucket, old_key) or entry.posix
+        if posix == NO_HEADERS:
+            posix = NO_HEADERS.replace(mtime_ns=entry.mtime_ns)
         if posix is not None:
-            posix = None if posix == NO_HEADERS else posix.replace(ctime_ns=time.time_ns())
+            posix = posix.replace(ctime_ns=time.time_ns())
         copy = functools.partial(self._store.copy_object, size=entry.size,
                                  metadata=None if posix is None else to_headers(posix))
         etag = await trio.to_thread.run_sync(copy, bucket, old_key, new_key, entry.etag,
