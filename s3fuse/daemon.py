@@ -264,7 +264,9 @@ def fuse_options(cfg: Config) -> set[str]:
     the kernel flags asked for (noexec, ...: config.KERNEL_FLAGS), which libfuse turns into
     the mount's flags (shown in /proc/mounts)."""
     options = set(pyfuse3.default_options)  # keeps default_permissions
-    options |= {"fsname=s3fuse", "subtype=s3fuse", *cfg.mount_flags}
+    # noatime whatever was asked: reads never update atime here (posix.md), and a mount
+    # shown `relatime` said otherwise
+    options |= {"fsname=s3fuse", "subtype=s3fuse", "noatime", *cfg.mount_flags}
     if cfg.allow_other:
         options.add("allow_other")
     return options

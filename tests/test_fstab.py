@@ -43,6 +43,7 @@ def test_generic_mount_flags_reach_libfuse_and_the_last_of_a_pair_wins() -> None
     cfg = config_of(["mount", "/mnt/x", "-o", "noexec,exec,noatime,relatime,sync,async"])
     assert cfg.mount_flags == ()
     assert config_of(["mount", "/mnt/x"]).mount_flags == ()
+    assert "noatime" in fuse_options(config_of(["mount", "/mnt/x", "-o", "relatime"]))  # always
 
 
 def test_suid_and_dev_never_reach_the_kernel() -> None:
