@@ -11,6 +11,7 @@ Bounded: the oldest versions go first; a version not here is HEADed as before.
 """
 from __future__ import annotations
 
+import base64
 import threading
 from collections import OrderedDict
 from typing import Any, Mapping
@@ -34,14 +35,39 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, Any]:
     """The KEPT_HEADERS among an answer's `headers`, as boto3 parameters, and under
     `Metadata` the user metadata that is not POSIX metadata (posix.foreign_metadata: a
     REPLACE copy sends it again). Their names are lower case or looked up
-    case-insensitively (headbatch's, botocore's and urllib3's are)."""
-    kept: dict[str, Any] = {param: value for param, field in _LOWER.items()
+    case-insensitively (headbatch's, botocore's and urllib3's are). Values are their
+    text (`header_text`), user metadata in a form S3 takes again (`sendable_metadata`)."""
+    kept: dict[str, Any] = {param: header_text(value) for param, field in _LOWER.items()
                             if (value := headers.get(field))}
-    foreign = foreign_metadata({name[_META:]: value for name, value in headers.items()
+    foreign = foreign_metadata({name[_META:]: sendable_metadata(value)
+                                for name, value in headers.items()
                                 if name[:_META].lower() == HEADER_PREFIX})
     if foreign:
         kept["Metadata"] = foreign
     return kept
+
+
+def header_text(value: str) -> str:
+    """A header value as the text it holds. HTTP clients read the bytes as latin-1, and
+    servers answer what they were given: raw UTF-8 from mc, s3cmd or curl. Sent back as
+    read, botocore encoded that latin-1 reading as UTF-8 (`résumé` became `rÃ©sumÃ©`,
+    doubled at every change)."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):  # latin-1 it was (or text already)
+        return value
+
+
+def sendable_metadata(value: str) -> str:
+    """User metadata S3 takes: ASCII as it is, other text as an RFC 2047 encoded word,
+    the form AWS's SDKs store it in. botocore refuses non-ASCII user metadata before
+    sending, and a rewrite or chmod of such an object was retried forever."""
+    text = header_text(value)
+    if text.isascii():
+        return text
+    return f"=?UTF-8?B?{base64.b64encode(text.encode('utf-8')).decode('ascii')}?="
 
 
 _META = len(HEADER_PREFIX)

@@ -332,6 +332,9 @@ def translate(exc: BaseException, what: str, service: str = "S3") -> Exception:
         return Offline(f"{what}: {service} unreachable ({where})")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return AccessDenied(f"{what}: no credentials")
+    if isinstance(exc, botocore.exceptions.ParamValidationError):  # never sent: no retry helps
+        return retry.tagged(RemoteError(f"{what}: refused before sending: "
+                                        f"{one_line(str(exc))[:200]}"), "InvalidRequest", 400)
     problem = credential_problem(exc)
     if problem is not None:  # a provider failing while refreshing (an SSO login expired)
         return AccessDenied(f"{what}: {problem}")
