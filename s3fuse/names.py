@@ -11,6 +11,8 @@ import re
 
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
+#: S3's limit on a key (UTF-8 bytes).
+MAX_KEY_BYTES = 1024
 
 
 #: The conditional-request probe's scratch keys (upload/conditions.py): this, then

@@ -20,7 +20,7 @@ from s3fuse.upload.groupcommit import GroupCommit
 from s3fuse.upload import Journal, Staging, Uploader, UploadFailed, UploadQueue
 from s3fuse.upload import queue as queue_module
 from s3fuse.upload.journal import UNKNOWN, Job
-from s3fuse.upload.uploader import UploadResult
+from s3fuse.upload.uploader import UploadResult, conflict_name
 from tests.test_upload import until_retrying, upload_queue, write
 
 MiB = 1 << 20
@@ -106,6 +106,20 @@ async def test_412_uploads_a_conflict_copy(tmp_path: Path, store: MemoryStore, s
     assert re.fullmatch(r"doc\.txt\.s3fuse-conflict-\d{8}T\d{6}Z", conflict)
     assert objects == {"doc.txt": b"theirs", conflict: mine}
     assert [c["conflict_uri"] for c in status["conflicts"]] == [f"s3://{B}/{conflict}"]
+
+
+def test_a_conflict_copys_name_fits_a_path_component_and_a_key() -> None:
+    """A name near 255 bytes made a copy the mount hid, a key near 1,024 one S3 refused
+    (the upload failed for good): cut to fit, whole characters, told apart by a hash."""
+    assert conflict_name("d/short.txt", 0) == "d/short.txt.s3fuse-conflict-19700101T000000Z"
+    long_name = "é" * 120  # 240 bytes
+    cut = conflict_name(f"dir/{long_name}", 0)
+    head, name = cut.split("/")
+    assert head == "dir" and len(name.encode()) <= 255 and name.startswith("é" * 10)
+    assert name.endswith(".s3fuse-conflict-19700101T000000Z") and "~" in name
+    assert conflict_name(f"dir/{long_name}x", 0) != cut  # another cut name, another copy
+    deep = "/".join(["p" * 200] * 5)  # 1,004 bytes
+    assert len(conflict_name(deep, 0).encode()) <= 1024
 
 
 async def test_multipart_part_failure_aborts_and_retries(tmp_path: Path, store: MemoryStore) -> None:

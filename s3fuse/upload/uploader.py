@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from ..errors import NotFound, Offline, RemoteError, S3FuseError, StaleObject
+from ..names import MAX_KEY_BYTES, MAX_NAME_BYTES
 from ..posix import Posix, from_headers, to_headers
 from ..store import retry
 from ..store.protocol import ObjectInfo, Store
@@ -100,7 +101,22 @@ def _md5(data: bytes = b"") -> hashlib._Hash:
 
 
 def conflict_name(key: str, when: float | None = None) -> str:
-    return f"{key}.s3fuse-conflict-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}"
+    """Where the local version of `key` goes when S3's changed meanwhile:
+    `<key>.s3fuse-conflict-<UTC time>`. A name that would pass 255 bytes (a path
+    component: the mount hid the copy) or a key that would pass S3's 1,024 (refused: the
+    upload failed for good) is cut to fit, with a hash of the whole key to tell it from
+    other cut names."""
+    suffix = f".s3fuse-conflict-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}"
+    head, slash, name = key.rpartition("/")
+    raw = name.encode("utf-8", "surrogateescape")
+    room = min(MAX_NAME_BYTES,
+               MAX_KEY_BYTES - len((head + slash).encode("utf-8", "surrogateescape")))
+    if len(raw) + len(suffix) <= room:
+        return key + suffix
+    tag = "~" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    keep = max(0, room - len(suffix) - len(tag))
+    cut = raw[:keep].decode("utf-8", "ignore")  # whole characters only
+    return f"{head}{slash}{cut}{tag}{suffix}"
 
 
 class Uploader:

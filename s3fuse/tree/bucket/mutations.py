@@ -34,7 +34,7 @@ from ...errors import (CacheFull, FileExists, InvalidArgument, IsADirectory, Met
                        NameTooLong, NotADirectory, NotEmpty, NotFound, NotPermitted, Offline,
                        ReadOnly, S3FuseError, StaleObject, TooBigToRename)
 from ...model import Entry
-from ...names import MAX_PATH_BYTES, is_posix_name, is_probe_name, join, split, too_long
+from ...names import MAX_KEY_BYTES, MAX_PATH_BYTES, is_posix_name, is_probe_name, join, split, too_long
 from ...posix import NO_HEADERS, Posix, fits, from_headers, stored_mtime, to_headers
 from ...store.protocol import ObjectInfo, Store
 from ...upload.journal import UNKNOWN, Expected
@@ -52,8 +52,6 @@ log = logging.getLogger(__name__)
 
 #: A directory with more objects is not renamed key by key (EXDEV: `mv` copies it).
 RENAME_DIR_LIMIT = 1000
-#: The longest key S3 takes (UTF-8 bytes).
-MAX_KEY_BYTES = 1024
 #: What mknod may make: a zero-byte object with that type in its mode (the mount is nodev,
 #: so a device node is a name with a type and an rdev, never opened).
 SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFREG)
