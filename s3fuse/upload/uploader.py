@@ -107,14 +107,15 @@ def conflict_name(key: str, when: float | None = None) -> str:
     upload failed for good) is cut to fit, with a hash of the whole key to tell it from
     other cut names."""
     suffix = f".s3fuse-conflict-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}"
+    taken = len(f"-{CONFLICT_NAMES}")  # room for the `-2`... of a name taken
     head, slash, name = key.rpartition("/")
     raw = name.encode("utf-8", "surrogateescape")
     room = min(MAX_NAME_BYTES,
                MAX_KEY_BYTES - len((head + slash).encode("utf-8", "surrogateescape")))
-    if len(raw) + len(suffix) <= room:
+    if len(raw) + len(suffix) + taken <= room:
         return key + suffix
     tag = "~" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    keep = max(0, room - len(suffix) - len(tag))
+    keep = max(0, room - len(suffix) - len(tag) - taken)
     cut = raw[:keep].decode("utf-8", "ignore")  # whole characters only
     return f"{head}{slash}{cut}{tag}{suffix}"
 
