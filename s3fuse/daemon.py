@@ -30,6 +30,7 @@ from .config import Config, SourceSpec
 from .control import Control
 from .data.prefetch import SiblingPrefetcher
 from .data.reader import BlockReader
+from .fs import renumbered
 from .fs.ops import S3Operations
 from .notify import Notifier
 from .pinning import Pinner
@@ -200,6 +201,7 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
                       open_for_writing=writes.open_for_writing)
     ops = S3Operations(root, cfg, control)
     control.inodes = ops.inode_status
+    renumbered.restore(ops.inodes, cache_dir)
     return Components(supervisor, store, meta, blocks, reader, root, ops, pinner, writes, control)
 
 
@@ -481,6 +483,7 @@ def run(cfg: Config, ready: ReadySignal | None = None, store: Store | None = Non
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", cfg.mountpoint)
+            renumbered.save(parts.ops.inodes, cfg.cache_dir)  # for the next mount
     if parts.refused is not None:
         raise UsageError(parts.refused)
     return 0

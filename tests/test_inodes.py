@@ -110,3 +110,40 @@ def test_rename_keeps_the_inodes_of_the_subtree_and_detaches_the_target() -> Non
     assert target.detached and table.get(target.ino) is target  # the kernel still holds it
     table.forget(target.ino, 1)
     assert table.get(target.ino) is None
+
+
+def test_numbers_renames_gave_are_kept_for_the_next_mount(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An editor's save (write `.a.swp`, rename it over `a.txt`) and rsync's temporary
+    files leave paths numbered otherwise than by their path: the next mount with the same
+    cache dir gives them the same numbers (git's index, backup tools)."""
+    from s3fuse.fs import renumbered
+    table = InodeTable(lambda ns: f"ns{ns}")
+    old = table.remember(table.ensure(0, "a.txt", False))
+    swap = table.remember(table.ensure(0, ".a.swp", False))
+    table.rename(0, ".a.swp", "a.txt")   # over a.txt: its node is detached
+    moved = table.remember(table.ensure(0, "d/x", False))
+    table.rename(0, "d/x", "d/y")
+    table.forget(moved.ino, 1)           # forgotten: remembered by path
+    plain = table.remember(table.ensure(0, "plain", False))
+    renumbered.save(table, tmp_path)
+    assert (tmp_path / "inodes.json").stat().st_mode & 0o777 == 0o600
+
+    later = InodeTable(lambda ns: f"ns{ns}")
+    renumbered.restore(later, tmp_path)
+    assert later.ensure(0, "a.txt", False).ino == swap.ino != old.ino
+    assert later.ensure(0, "d/y", False).ino == moved.ino
+    assert later.ensure(0, "plain", False).ino == plain.ino  # natural: nothing to keep
+    assert later.ensure(0, ".a.swp", False).ino != swap.ino  # held by a.txt now
+    removed = InodeTable(lambda ns: f"ns{ns}")
+    renumbered.restore(removed, tmp_path)
+    removed.detach(0, "a.txt", False)    # removed before its lookup: a new file is another
+    assert removed.ensure(0, "a.txt", False).ino == old.ino
+
+
+def test_an_unreadable_numbers_file_is_ignored(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from s3fuse.fs import renumbered
+    (tmp_path / "inodes.json").write_text('{"version": 1, "numbers": [["ns0", false]]}')
+    table = InodeTable(lambda ns: f"ns{ns}")
+    renumbered.restore(table, tmp_path)
+    assert "cannot be read" in caplog.text
+    assert table.ensure(0, "f", False).ino == inodes.natural_ino("ns0", "f", False)

@@ -563,3 +563,20 @@ def test_a_rename_keeps_the_mtime_of_an_object_without_headers(s3, bucket, mount
     again = remounted(m, mount_factory, "again")
     assert os.stat(again.path(bucket, "moved.txt")).st_mtime_ns == before
     assert "mode" not in metadata(s3, bucket, "moved.txt")  # still the defaults' to show
+
+
+def test_a_file_saved_by_a_rename_keeps_its_number_across_a_remount(s3, bucket, mount_factory):
+    """An editor's save (a new file renamed over the old one) and rsync's temporary files
+    give a path another number than its own: kept for the next mount with the cache dir
+    (git's index compares it; `git diff-index` reported the file modified)."""
+    m = mount_factory("--source", f"s3://{bucket}")
+    top = m.path(bucket)
+    (top / "a.txt").write_bytes(b"v1")
+    (top / ".a.txt.swp").write_bytes(b"v2")
+    os.rename(top / ".a.txt.swp", top / "a.txt")
+    saved = os.stat(top / "a.txt").st_ino
+    assert m.wait_idle()["idle"]
+    m.stop()
+    again = mount_factory("--source", f"s3://{bucket}", name="again", cache_dir=m.cache_dir)
+    assert os.stat(again.path(bucket, "a.txt")).st_ino == saved
+    assert again.path(bucket, "a.txt").read_bytes() == b"v2"

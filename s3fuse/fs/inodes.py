@@ -87,6 +87,8 @@ class InodeTable:
         self._ns_name = ns_name  # what a namespace's numbers are hashed with
         self._unnatural: set[int] = set()  # live nodes numbered otherwise than natural_ino
         self._kept: OrderedDict[tuple[int, bool, Hashable], int] = OrderedDict()  # forgotten ones
+        #: ... and those of the last mount (`restore`), by namespace name until looked up
+        self._restored: dict[tuple[str, bool, str], int] = {}
         self._removals = RemovalCounter()
         self.on_new: Callable[[], None] | None = None  # called for each dynamic node made
         self.on_gone: Callable[[int], None] | None = None  # ... and with each one let go
@@ -129,6 +131,10 @@ class InodeTable:
         if kept is not None and kept not in self._by_ino:
             return kept, False
         name = self._ns_name(ns)
+        if self._restored and isinstance(ref, str):
+            kept = self._restored.pop((name, is_dir, ref), None)
+            if kept is not None and kept not in self._by_ino:
+                return kept, False
         for attempt in range(ATTEMPTS_MAX):
             ino = natural_ino(name, ref, is_dir, attempt)
             if ino not in self._by_ino and ino not in _RESERVED:
@@ -191,6 +197,8 @@ class InodeTable:
         """The name is gone: a new file there gets a new inode; the old one lives on
         (for open handles) until the kernel forgets it."""
         self._kept.pop((ns, is_dir, ref), None)  # a new file there is another file
+        if self._restored and isinstance(ref, str):
+            self._restored.pop((self._ns_name(ns), is_dir, ref), None)
         node = self._by_ref.get((ns, is_dir), {}).pop(ref, None)
         if node is None:
             return
@@ -216,6 +224,28 @@ class InodeTable:
         for key, refs in self._by_ref.items():
             self._by_ref[key] = dict(refs)
 
+    def renumbered(self) -> list[tuple[str, bool, str, int]]:
+        """(namespace name, is_dir, path, number) of every path whose number is not its
+        natural one (renamed: live, remembered, or restored and not looked up since), at
+        most KEPT_MAX, the newest last: what the next mount restores (fs/renumbered.py)."""
+        found: list[tuple[str, bool, str, int]] = [
+            (name, is_dir, ref, ino) for (name, is_dir, ref), ino in self._restored.items()]
+        found += [(self._ns_name(ns), is_dir, ref, ino)
+                  for (ns, is_dir, ref), ino in self._kept.items() if isinstance(ref, str)]
+        for ino in self._unnatural:
+            node = self._by_ino.get(ino)
+            if node is not None and not node.detached and isinstance(node.ref, str):
+                found.append((self._ns_name(node.ns), node.is_dir, node.ref, ino))
+        return found[-KEPT_MAX:]
+
+    def restore(self, numbers: list[tuple[str, bool, str, int]]) -> None:
+        """The numbers a previous mount's renames gave (`renumbered`): each path gets
+        its own again at its first lookup, unless a live node holds it then."""
+        for name, is_dir, ref, ino in numbers[-KEPT_MAX:]:
+            if (FIRST_DYNAMIC <= ino < DYNAMIC_END and ino not in _RESERVED
+                    and (ino - FIRST_DYNAMIC) & 1 == is_dir):
+                self._restored[(name, is_dir, ref)] = ino
+
     def rename(self, ns: int, old: str, new: str) -> None:
         """Move the nodes of `old` and everything below it to `new` (same inodes, now
         not their paths' natural ones), and the numbers remembered for them."""
@@ -233,6 +263,11 @@ class InodeTable:
                 else [k for k in ((ns, False, old), (ns, True, old)) if k in self._kept])
         for key in kept:
             self._kept[(ns, key[1], new + key[2][len(old):])] = self._kept.pop(key)
+        if self._restored:
+            name = self._ns_name(ns)
+            for restored in [k for k in self._restored if k[0] == name and moves(k[2])]:
+                self._restored[(name, restored[1], new + restored[2][len(old):])] = \
+                    self._restored.pop(restored)
         for is_dir in (False, True):
             refs = self._by_ref.get((ns, is_dir), {})
             moving = ([node for ref, node in refs.items() if moves(ref)] if tree
