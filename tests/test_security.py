@@ -131,7 +131,7 @@ def test_other_users_get_exactly_what_the_modes_say(s3, bucket, public_base, fus
 
 #: Every name the daemon may create in its cache, by directory (no name derived from a key).
 CACHE_NAMES = [
-    r"lock", r"s3fuse\.log", r"identity\.json", r"(meta|journal)\.sqlite(-wal|-shm|-journal)?",
+    r"lock", r"s3fuse\.log", r"identity\.json", r"inodes\.json", r"(meta|journal)\.sqlite(-wal|-shm|-journal)?",
     r"(blocks|pinned)", r"(blocks|pinned)/cache\.db(-wal|-shm)?", r"(blocks|pinned)/[0-9a-f]{2}",
     r"(blocks|pinned)/[0-9a-f]{2}/[0-9a-f]{2}", r"(blocks|pinned)/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val",
     r"staging", r"staging/[0-9a-f]{32}", r"manifests", r"manifests/[0-9a-f]{32}\.sqlite(-wal|-shm|-journal)?",
