@@ -65,8 +65,10 @@ def _str(obj: dict[str, Any], field: str, required: bool = False) -> str | None:
         if required:
             raise BadLine(f"missing {field!r}")
         return None
-    if not isinstance(value, str) or (required and not value):
+    if not isinstance(value, str):
         raise BadLine(f"{field!r} is not a string")
+    if required and not value:
+        raise BadLine(f"{field!r} is empty")
     return value
 
 
