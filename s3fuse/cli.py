@@ -277,10 +277,12 @@ def cmd_umount(args: argparse.Namespace) -> int:
     try:
         pid = daemon_pid(mountpoint)
     except PermissionError as exc:  # not a stale mount: one we may not look into
-        if os.getuid() == 0 and args.force:  # root may unmount it; its journal keeps the queue
-            return _unmount_unseen(mountpoint, fusermount_unmount)
-        raise not_ours(mountpoint, exc, "; root: --force unmounts it, what it has queued "
-                       "stays in its cache dir for its next mount" if os.getuid() == 0 else "") from None
+        if os.getuid() != 0:
+            raise not_ours(mountpoint, exc) from None
+        if not args.force:
+            raise not_ours(mountpoint, exc, "; root: --force unmounts it, what it has queued "
+                           "stays in its cache dir for its next mount") from None
+        return _unmount_unseen(mountpoint)  # root may; its journal keeps the queue
     except OSError as exc:  # the daemon is gone: a stale mount
         result = fusermount_unmount(mountpoint, lazy=True)
         if result.returncode:
@@ -456,10 +458,11 @@ def not_ours(mountpoint: Path, exc: OSError, hint: str = "") -> UsageError:
                       f"--allow-other{hint})")
 
 
-def _unmount_unseen(mountpoint: Path, fusermount_unmount: Any) -> int:
+def _unmount_unseen(mountpoint: Path) -> int:
     """Root's `umount --force` of another user's mount it may not look into (live, or its
     daemon gone): detached at once; a live daemon then stops, and what it had queued is
     in its journal for the next mount with its cache dir."""
+    from .mounts import fusermount_unmount
     result = fusermount_unmount(mountpoint, lazy=True)
     if result.returncode:
         _say(f"s3fuse: cannot unmount {mountpoint}: {result.stderr.strip()}")

@@ -34,7 +34,8 @@ from ...errors import (CacheFull, FileExists, InvalidArgument, IsADirectory, Met
                        NameTooLong, NotADirectory, NotEmpty, NotFound, NotPermitted, Offline,
                        ReadOnly, S3FuseError, StaleObject, TooBigToRename)
 from ...model import Entry
-from ...names import MAX_KEY_BYTES, MAX_PATH_BYTES, is_posix_name, is_probe_name, join, split, too_long
+from ...names import (MAX_KEY_BYTES, MAX_PATH_BYTES, is_posix_name, is_probe_name, join, split,
+                      too_long)
 from ...posix import NO_HEADERS, Posix, fits, from_headers, stored_mtime, to_headers
 from ...store.protocol import ObjectInfo, Store
 from ...upload.journal import UNKNOWN, Expected
@@ -145,7 +146,8 @@ class Mutations:
             local = await writes.open(bucket, key, truncate=truncate,
                                       expected=seen(entry), size=entry.size,
                                       read=source.read, posix=entry.posix,
-                                      mtime_ns=stored_mtime(entry.posix or NO_HEADERS, entry.mtime_ns))
+                                      mtime_ns=stored_mtime(entry.posix or NO_HEADERS,
+                                                            entry.mtime_ns))
         return LocalWriter(local, writes)
 
     async def s3_version(self, key: str, entry: Entry) -> Entry:

@@ -37,9 +37,9 @@ from .listing import Listings
 from .localsource import FollowingReader, LocalReader
 from .mutations import Mutations
 from .paged import PagedDir
+from .pending import GONE, PendingView
 from .posixheads import PosixHeads
 from .top import TopDir
-from .pending import GONE, PendingView
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class BucketTree(Namespace):
         overlay = writes.overlay if writes is not None else Overlay()
         self._pending = PendingView(self.keys, overlay, self._listings)
         self._top = TopDir(self.keys, store, overlay, ttl=ttl, enabled=posix_metadata,
-                              limiter=list_limiter)
+                           limiter=list_limiter)
         self._dirs = DirTimes()
         self._mutations = Mutations(self.keys, spec.uri, self, store, reader, self._listings,
                                     self._pending, writes, limiter=list_limiter,
@@ -95,8 +95,8 @@ class BucketTree(Namespace):
     def _uploaded(self, key: str, result: UploadResult | None) -> bool:
         """The write-back layer's news of an upload that landed (`result` None: a removal);
         False: it could not be recorded in the stored listing (a full disk)."""
-        if key == self.keys.dir_prefix("") and self.keys.prefix:
-            self._top.forget()
+        if self.keys.prefix and key == self.keys.dir_prefix(""):
+            self._top.forget()  # a change of a prefix's marker landed: HEADed again
         return self._pending.uploaded(key, result)
 
     # ----------------------------------------------------------- names

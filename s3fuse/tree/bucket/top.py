@@ -1,4 +1,5 @@
-"""The top directory of a prefix source, with the mode, owner and times of its marker.
+"""The top directory of a source: a prefix's shows its marker's mode, owner and times,
+a bucket's keeps what was set on it for the mount's life.
 
 A source `team=s3://bucket/team` shows the prefix `team/` as its top directory. Other
 directories learn their marker's metadata from their parent's listing and a HEAD; the
@@ -23,7 +24,7 @@ import trio
 from ...cache.overlay import Overlay
 from ...errors import NotFound, S3FuseError
 from ...model import Entry
-from ...posix import Posix, from_headers
+from ...posix import Posix, from_headers, stored_mtime
 from ...store.protocol import Store
 from .keys import BucketKeys
 
@@ -48,21 +49,21 @@ class TopDir:
         up when unknown or older than the TTL; the last known (or the defaults) while S3
         cannot say."""
         if self._kept is not None:
-            return replace(shown, posix=self._kept, mtime_ns=self._kept.mtime_ns or shown.mtime_ns)
+            return replace(shown, posix=self._kept,
+                           mtime_ns=stored_mtime(self._kept, shown.mtime_ns))
         if not self._enabled:
             return shown
         change = self._overlay.get(self._keys.bucket, self._keys.dir_prefix(""))
         if change is not None and not change.deleted and change.posix is not None:
             return replace(shown, posix=change.posix,  # a change of it not landed yet
-                           mtime_ns=change.posix.mtime_ns or shown.mtime_ns)
+                           mtime_ns=stored_mtime(change.posix, shown.mtime_ns))
         async with self._lock:
             known = self._known
             if known is None or time.time() - known.checked_at >= self._ttl:
                 known = await self._head(known)
         if known is None or known.posix is None:
             return shown
-        return replace(shown, etag=known.etag, posix=known.posix,
-                       mtime_ns=known.posix.mtime_ns or known.mtime_ns)
+        return replace(shown, posix=known.posix, mtime_ns=stored_mtime(known.posix, known.mtime_ns))
 
     @property
     def keeps(self) -> bool:
