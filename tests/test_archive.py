@@ -339,3 +339,23 @@ def test_a_stored_index_tells_its_own_spacing() -> None:
     assert legacy != archive_index.gzip_spacing(len(blob))
     assert archive_index.stored_spacing(built.gzip_index, len(blob)) == legacy
     assert archive_index.stored_spacing(b"not zlib", len(blob)) == archive_index.gzip_spacing(len(blob))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+@pytest.mark.parametrize("length", [98, 99, 100, 101])
+def test_a_member_header_is_known_when_dot_slash_cuts_its_name(fmt: int, length: int) -> None:
+    """`tar -C dir .` names members `./path`: with a path of 99 or 100 characters the
+    header's name field holds `./` and the path cut at 100 bytes (an extension header
+    has it whole). A shared index naming that member was refused as wrong (EIO) on every
+    machine that fetched it."""
+    from s3fuse.archive.tar import BLOCK, heads_member
+    path = "clips/" + "h" * (length - 6)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as archive:
+        info = tarfile.TarInfo("./" + path)
+        info.size = 10
+        archive.addfile(info, io.BytesIO(b"0123456789"))
+    data = buf.getvalue()
+    offset = data.index(b"0123456789")
+    assert heads_member(data[offset - BLOCK:offset], path, 10)
+    assert not heads_member(data[offset - BLOCK:offset], "clips/other", 10)

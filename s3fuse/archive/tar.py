@@ -97,7 +97,11 @@ def heads_member(block: bytes, path: str, size: int) -> bool:
     if not path.isascii() or len(path) > 100:
         return True
     name = _header_name(block).decode("ascii", "replace")
-    return name.removeprefix("./").removesuffix("/") == path
+    if name.removeprefix("./").removesuffix("/") == path:
+        return True
+    # A full name field may be a cut: `./` + a name of 99 or 100 characters (`tar -C dir .`)
+    # does not fit, and an extension header before it holds the whole name.
+    return b"\0" not in block[0:100] and f"./{path}".startswith(name)
 
 
 def _sparse_extension_blocks(buf: bytearray, pos: int, offset: int) -> int | None:
