@@ -580,3 +580,25 @@ def test_a_file_saved_by_a_rename_keeps_its_number_across_a_remount(s3, bucket, 
     again = mount_factory("--source", f"s3://{bucket}", name="again", cache_dir=m.cache_dir)
     assert os.stat(again.path(bucket, "a.txt")).st_ino == saved
     assert again.path(bucket, "a.txt").read_bytes() == b"v2"
+
+
+def test_a_chmod_of_a_prefix_top_without_marker_makes_one(s3, bucket, mount_factory, tmp_path):
+    """Keys only under the prefix (`aws s3 cp` leaves no `dir/`): the change was copied
+    onto a marker that is not there, dropped on moto and refused for ever on SeaweedFS,
+    where the uploads of files written under it then waited behind it."""
+    s3.put_object(Bucket=bucket, Key="proj/readme", Body=b"keys only")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "new.txt").write_bytes(b"new")
+    src.chmod(0o750)
+    m = mount_factory("--source", f"proj=s3://{bucket}/proj")
+    res = subprocess.run(["rsync", "-a", f"{src}/", f"{m.path('proj')}/"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert stat.S_IMODE(os.stat(m.path("proj")).st_mode) == 0o750
+    sync = subprocess.run([*m.command()[:3], "sync", str(m.mountpoint)], env=m.env,
+                          capture_output=True, text=True, timeout=60)
+    assert sync.returncode == 0, sync.stderr + m.log()
+    assert s3.get_object(Bucket=bucket, Key="proj/new.txt")["Body"].read() == b"new"
+    if keeps_marker_metadata(s3, bucket):
+        assert int(metadata(s3, bucket, "proj/")["mode"]) & 0o7777 == 0o750

@@ -200,6 +200,8 @@ class Mutations:
             # metadata. Copied onto a missing marker, the change was dropped at upload.
             expected = (None if self._listings.marker_absent(path)
                         else self._listings.marker_etag(path) or UNKNOWN)
+            if not path and expected is UNKNOWN:  # a prefix's top: no listing names its marker
+                expected = await self._reads.top_marker()
         await writes.set_posix(self._keys.bucket, key, posix, expected=expected,
                                size=entry.size, is_dir=entry.is_dir)
 

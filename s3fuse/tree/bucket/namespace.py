@@ -25,6 +25,7 @@ from ...model import Entry, ObjectRef
 from ...names import join, split
 from ...posix import NO_HEADERS, Posix, storable_xattr_name
 from ...store.protocol import Store
+from ...upload.journal import Expected
 from ...upload.localfile import LocalFile
 from ...upload.uploader import UploadResult
 from ...upload.writeback import WriteBack
@@ -96,7 +97,7 @@ class BucketTree(Namespace):
         """The write-back layer's news of an upload that landed (`result` None: a removal);
         False: it could not be recorded in the stored listing (a full disk)."""
         if self.keys.prefix and key == self.keys.dir_prefix(""):
-            self._top.forget()  # a change of a prefix's marker landed: HEADed again
+            self._top.landed(result)
         return self._pending.uploaded(key, result)
 
     # ----------------------------------------------------------- names
@@ -155,6 +156,10 @@ class BucketTree(Namespace):
 
     async def top(self) -> Entry:
         return dataclasses.replace(await self.stat(""), name=self.name)
+
+    async def top_marker(self) -> Expected:
+        """The ETag of a prefix's marker (None: it has none) for a change of the top."""
+        return await self._top.marker()
 
     async def stat(self, path: str) -> Entry:
         """The entry of `path`, revalidated with HEAD when older than the TTL (which

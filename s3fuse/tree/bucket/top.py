@@ -26,6 +26,8 @@ from ...errors import NotFound, S3FuseError
 from ...model import Entry
 from ...posix import Posix, from_headers, stored_mtime
 from ...store.protocol import Store
+from ...upload.journal import UNKNOWN, Expected
+from ...upload.uploader import UploadResult
 from .keys import BucketKeys
 
 log = logging.getLogger(__name__)
@@ -57,13 +59,20 @@ class TopDir:
         if change is not None and not change.deleted and change.posix is not None:
             return replace(shown, posix=change.posix,  # a change of it not landed yet
                            mtime_ns=stored_mtime(change.posix, shown.mtime_ns))
-        async with self._lock:
-            known = self._known
-            if known is None or time.time() - known.checked_at >= self._ttl:
-                known = await self._head(known)
+        known = await self._fresh()
         if known is None or known.posix is None:
             return shown
         return replace(shown, posix=known.posix, mtime_ns=stored_mtime(known.posix, known.mtime_ns))
+
+    async def marker(self) -> Expected:
+        """What a change of the top expects of its marker: its ETag, None when it has none
+        (the change makes one), UNKNOWN when S3 cannot say now. Copied onto a marker that
+        is not there, a chmod was dropped (moto) or refused for ever (SeaweedFS, whose HEAD
+        of a prefix with keys answers 200 where its copy finds nothing)."""
+        known = await self._fresh()
+        if known is None:
+            return UNKNOWN
+        return known.etag or None
 
     @property
     def keeps(self) -> bool:
@@ -74,9 +83,25 @@ class TopDir:
         """chmod, chown, utimens of a bucket's top: shown until the unmount."""
         self._kept = posix
 
-    def forget(self) -> None:
-        """The marker changed here (a chmod of the top landed): HEAD it at the next stat."""
-        self._known = None
+    def landed(self, result: UploadResult | None) -> None:
+        """A change of the marker made here landed: what it stored is known for the TTL
+        (SeaweedFS keeps no metadata on markers: a HEAD at once showed the defaults again
+        while every other directory's change shows for the metadata cache's life); a
+        removal or a change S3 dropped: HEAD it at the next stat."""
+        if result is None or result.kept_remote or result.posix is None:
+            self._known = None
+            return
+        self._known = Entry("", True, 0, stored_mtime(result.posix, 0), result.etag,
+                            time.time(), result.posix)
+
+    async def _fresh(self) -> Entry | None:
+        """The marker as HEADed within the TTL (once for requests arriving together); None
+        when it was never known and S3 cannot say now."""
+        async with self._lock:
+            known = self._known
+            if known is None or time.time() - known.checked_at >= self._ttl:
+                known = await self._head(known)
+        return known
 
     async def _head(self, known: Entry | None) -> Entry | None:
         marker = self._keys.dir_prefix("")
@@ -84,11 +109,15 @@ class TopDir:
             info = await trio.to_thread.run_sync(self._store.head, self._keys.bucket, marker,
                                                  limiter=self._limiter)
         except NotFound:  # keys only: the top shows the defaults (a chmod makes a marker)
-            self._known = Entry("", True, checked_at=time.time())
-            return self._known
+            info = None
         except S3FuseError as exc:  # offline, denied: what was known, else the defaults
             log.debug("HEAD of the top %s: %s", self._keys.uri(marker), exc)
             return known
+        if info is None or (info.size == 0 and not info.metadata):
+            # an empty marker without metadata holds nothing to keep: as none (SeaweedFS
+            # answers a HEAD of a prefix with keys so, and refuses every If-Match on it)
+            self._known = Entry("", True, checked_at=time.time())
+            return self._known
         posix = from_headers(info.metadata or {}, is_dir=True)
         self._known = Entry("", True, 0, info.mtime_ns, info.etag, time.time(), posix)
         return self._known
