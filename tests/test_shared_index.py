@@ -486,3 +486,62 @@ def test_two_mounts_share_the_index_beside_the_manifest(s3, bucket, faults, moun
     assert fetched(faults, "shard.tar.gz", len(archive)) <= 16 << 20
     assert "index fetched from" in b.log()
     assert faults.count("PUT", r"\.s3fuse-index/") == 0
+
+
+async def test_a_handle_opened_on_a_wrong_index_fails_without_rebuilding_again(
+        tmp_path: Path, store: CountingStore) -> None:
+    """Handles opened before the index proved wrong keep its offsets: each of their reads
+    threw away the index built here since, indexed the archive again and published it
+    again. The archive is distrusted once; new opens read it right, and the old handle
+    never serves the bytes at the wrong index's offset."""
+    archive, members = shard()
+    await first_machine(tmp_path, store)
+    key = published_key(store)
+
+    def swap_last_two(items: list[list[Any]]) -> None:
+        items[-1][0], items[-2][0] = items[-2][0], items[-1][0]
+    store.replace(B, key, reseal(store.objects(B)[key], with_members(swap_last_two)))
+    seen: list[Any] = []
+
+    async def read_held(b: Components, fh: int) -> str:
+        try:
+            data = await b.ops.read(fh, 0, 1 << 20)
+        except pyfuse3.FUSEError as exc:
+            return f"errno {exc.errno}"
+        return "right" if data and data == members[LAST][:len(data)] else "wrong"
+    async for b in machine(tmp_path, "b", store):
+        attrs = await lookup_path(b.ops, "s", "shard.tar.gz", LAST)
+        held = await b.ops.open(attrs.st_ino, os.O_RDONLY, None)
+        seen.append(await read_held(b, held.fh))
+        seen.append(await read_member(b, LAST) == members[LAST])  # indexed here
+        await settle(b, store)
+        fetched, puts = store.fetched[ARCHIVE], store.request_counts()["PutObject"]
+        for _ in range(3):
+            seen.append(await read_held(b, held.fh))
+            seen.append(await read_member(b, LAST) == members[LAST])
+        await settle(b, store)
+        await b.ops.release(held.fh)
+        seen.append(store.fetched[ARCHIVE] - fetched < len(archive))  # not indexed again
+        seen.append(store.request_counts()["PutObject"] - puts)       # nor published again
+    # the held handle: failed, or served the member's bytes another handle read: never
+    # bytes of the wrong index's place
+    assert seen[:2] == ["errno 5", True] and seen[-2:] == [True, 0], seen
+    assert set(seen[2:-2:2]) <= {"errno 5", "right"} and all(seen[3:-2:2]), seen
+
+
+async def test_an_index_fetchers_would_refuse_is_not_published(
+        tmp_path: Path, store: CountingStore, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """(Seek points denser than a fetcher takes, from an archive of many tiny gzip
+    streams): every fetcher refused it, indexed the archive and published it again."""
+    import s3fuse.tree.sharedindex as sharedindex
+
+    def refuse(*args: Any) -> None:
+        raise sharedindex.Rejected("seek points describe another stream")
+    monkeypatch.setattr(sharedindex, "decode", refuse)
+    archive, members = shard()
+    async for a in machine(tmp_path, "a", store):
+        assert await read_member(a, "m00.bin") == members["m00.bin"]
+        await settle(a, store)
+    assert not [k for k in store.objects(B) if k.endswith(".idx")]
+    assert "a fetcher would refuse it" in caplog.text

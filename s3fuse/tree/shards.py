@@ -131,7 +131,9 @@ class ShardService:
         self._gzip: OrderedDict[tuple[str, str], ArchiveIndex] = OrderedDict()  # restored seek points
         self._rows: OrderedDict[tuple[Any, int], tuple[dict[str, Any], float]] = OrderedDict()
         self._distrusted: set[ObjectRef] = set()  # archives whose published index proved wrong
-        self._headed_members: set[ObjectRef] = set()  # members of published indexes checked
+        #: members of published indexes checked, by where they were checked: a handle
+        #: opened on a wrong index keeps its offsets after the right one is known
+        self._headed_members: set[tuple[ObjectRef, int]] = set()
 
     @functools.cached_property
     def _streams(self) -> StreamPasses:
@@ -199,7 +201,7 @@ class ShardService:
                 tree.index.fail_shard(shard_id, str(exc), time.time())
                 return
             if self.shared is not None:
-                self.shared.publish_later(tree.spec, archive, index)
+                self.shared.publish_later(tree.spec, archive, index, self.limits)
         report_skipped(uri, index)
         internal = shard["internal"]
         described = await self._internal_manifest(source, index, internal, uri)
@@ -322,13 +324,13 @@ class ShardService:
         """Is `member` (of an index published elsewhere) where its tar header says? Checked
         once per member version (blocking: the loader's worker thread), before any of its
         blocks is used: a block read ahead or first read past the start counts too."""
-        if virtual in self._headed_members:
+        if (virtual, member.offset) in self._headed_members:
             return True
         if not heads_member(span(member.offset - BLOCK, member.offset), member.path, member.size):
             return False
         if len(self._headed_members) >= HEADED_MEMBERS:
             self._headed_members.clear()
-        self._headed_members.add(virtual)
+        self._headed_members.add((virtual, member.offset))
         return True
 
     def _distrust(self, tree: "ManifestTree", shard_id: int, archive: ObjectRef,
@@ -336,11 +338,13 @@ class ShardService:
         """A member of a published index is not where its tar header is (or its seek points
         do not inflate): index the archive here (at the next lookup) and publish that
         instead. Raises CorruptData (EIO)."""
-        if archive not in self._distrusted:  # once: a read and its read-ahead both find it
+        if archive not in self._distrusted:  # once: a read and its read-ahead both find it,
+            # and handles opened on the wrong index keep its offsets: each of their reads
+            # threw away the index built here since, and the archive was indexed again
             log.warning("s3://%s/%s: the shared index is wrong about it (no matching tar "
                         "header there): indexing the archive locally", member.bucket, member.key)
-        tree.index.forget_shard(shard_id).result()  # a worker thread's: it may wait
-        trio.from_thread.run_sync(self._forget, tree, shard_id, archive)
+            tree.index.forget_shard(shard_id).result()  # a worker thread's: it may wait
+            trio.from_thread.run_sync(self._forget, tree, shard_id, archive)
         raise CorruptData(f"s3://{member.bucket}/{member.key}: shared index is wrong")
 
     def _changed(self, tree: "ManifestTree", shard_id: int, archive: ObjectRef) -> None:

@@ -106,19 +106,23 @@ class SharedIndex:
 
     # ------------------------------------------------------------ publish (background)
 
-    def publish_later(self, manifest: ManifestSpec, archive: ObjectRef, index: ArchiveIndex) -> None:
-        """Publish `index` of `archive` in the background; never waits, never raises."""
+    def publish_later(self, manifest: ManifestSpec, archive: ObjectRef, index: ArchiveIndex,
+                      limits: Limits) -> None:
+        """Publish `index` of `archive` in the background, unless a fetcher with `limits`
+        would refuse it; never waits, never raises."""
         bucket, prefix = self.prefix(manifest)
         if not self.publishing or (bucket, prefix) in self._refused:
             return
         if self.background is None or not self.background.spawn(
-                self._publish, manifest, archive, index, kind=PUBLISH, name=archive.key):
+                self._publish, manifest, archive, index, limits, kind=PUBLISH, name=archive.key):
             log.debug("shared index of %s not published: no background runner", archive.key)
 
-    async def _publish(self, manifest: ManifestSpec, archive: ObjectRef, index: ArchiveIndex) -> None:
+    async def _publish(self, manifest: ManifestSpec, archive: ObjectRef, index: ArchiveIndex,
+                       limits: Limits) -> None:
         place = self.place(manifest, archive)
         try:
-            await trio.to_thread.run_sync(self._put, place, archive, index, limiter=self._limiter)
+            await trio.to_thread.run_sync(self._put, place, archive, index, limits,
+                                          limiter=self._limiter)
         except AccessDenied as exc:
             self._refused.add(self.prefix(manifest))
             log.warning("shared index not published to %s (%s): this mount publishes no more "
@@ -127,11 +131,17 @@ class SharedIndex:
             log.warning("shared index of s3://%s/%s not published (%s)", archive.bucket,
                         archive.key, exc)
 
-    def _put(self, place: Place, archive: ObjectRef, index: ArchiveIndex) -> None:
+    def _put(self, place: Place, archive: ObjectRef, index: ArchiveIndex, limits: Limits) -> None:
         blob = encode(index, archive.bucket, archive.key, archive.etag, archive.size)
         if len(blob) > allowance(archive.size):  # every fetcher would refuse it
             log.info("shard s3://%s/%s: index of %d bytes not published (over the %d a fetcher "
                      "takes)", archive.bucket, archive.key, len(blob), allowance(archive.size))
+            return
+        try:  # what every fetcher would refuse (seek points denser than it takes) stays here
+            decode(blob, archive.bucket, archive.key, archive.etag, archive.size, limits)
+        except Rejected as exc:
+            log.info("shard s3://%s/%s: index not published: a fetcher would refuse it (%s)",
+                     archive.bucket, archive.key, exc)
             return
         self.store.put_object(place.bucket, place.key, blob, content_type="application/octet-stream")
         log.info("shard s3://%s/%s: index published to %s (%d bytes)", archive.bucket, archive.key,
