@@ -545,3 +545,34 @@ async def test_an_index_fetchers_would_refuse_is_not_published(
         await settle(a, store)
     assert not [k for k in store.objects(B) if k.endswith(".idx")]
     assert "a fetcher would refuse it" in caplog.text
+
+
+async def test_a_plain_tars_member_and_its_header_are_one_get(tmp_path: Path) -> None:
+    """A machine that fetched a plain tar's index checks each member's tar header before
+    serving it: that header was its own GET, two per member read."""
+    store = CountingStore()
+    store.create_bucket(B)
+    tar, members = random_tar(9, 40, 3000)
+    store.put_object(B, "ml/s/shard.tar", tar)
+    line = {"kind": "shard", "archive_key": "ml/s/shard.tar"}
+    store.put_object(B, MANIFEST, json.dumps(line).encode() + b"\n")
+    got: dict[str, Any] = {}
+
+    async def read_all(parts: Components) -> bool:
+        ok = True
+        for name, body in sorted(members.items()):
+            attrs = await lookup_path(parts.ops, "s", "shard.tar", name)
+            info = await parts.ops.open(attrs.st_ino, os.O_RDONLY, None)
+            ok &= bytes(await parts.ops.read(info.fh, 0, 1 << 20)) == body
+            await parts.ops.release(info.fh)
+        return ok
+    async for a in machine(tmp_path, "a", store):
+        got["a"] = await read_all(a)
+        await settle(a, store)
+    gets = store.request_counts()["GetObject"]
+    async for b in machine(tmp_path, "b", store):
+        got["b"] = await read_all(b)
+        await settle(b, store)
+    got["gets"] = store.request_counts()["GetObject"] - gets
+    assert got["a"] and got["b"]
+    assert got["gets"] <= len(members) + 5, got  # the manifest, the index, one per member

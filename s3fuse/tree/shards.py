@@ -284,7 +284,12 @@ class ShardService:
             if not shard["shared"]:
                 return span(member.offset + start, member.offset + stop)
             try:  # members from elsewhere: no block of one is used before its tar header
-                if self._headed(virtual, member, span):  # (read-ahead too, any offset)
+                if start == 0 and (virtual, member.offset) not in self._headed_members:
+                    # the header with the bytes asked for: one read (a GET) instead of two
+                    data = span(member.offset - BLOCK, member.offset + stop)
+                    if self._headed(virtual, member, lambda _start, _stop: data[:BLOCK]):
+                        return data[BLOCK:]
+                elif self._headed(virtual, member, span):  # (read-ahead too, any offset)
                     return span(member.offset + start, member.offset + stop)
             except CorruptData:
                 pass
