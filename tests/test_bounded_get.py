@@ -66,3 +66,13 @@ def test_an_entry_saying_1_byte_reads_at_most_the_bound_and_fails(server, tmp_pa
     assert isinstance(got, CorruptData) and "not the size its entry says" in str(got), got
     assert got.errno == 5  # EIO
     assert peak < 4 * MiB, peak
+
+
+def test_a_whole_object_said_to_be_over_the_limit_is_not_read(server):
+    """A published index's GET (`get_whole`) of an object whose Content-Length is over the
+    allowance: refused on that, not after reading the allowance (32 MiB and more)."""
+    reader = reader_for(server)
+    got, peak = peak_of(lambda: reader.get_whole("GetObject b/k", f"{server.endpoint}/b/k",
+                                                 "e1", 4 * MiB))
+    assert isinstance(got, RemoteError) and "more than" in str(got), got
+    assert peak < 256 << 10, peak

@@ -274,6 +274,8 @@ class PresignedReader:
         every block twice, and left its chunks in the heap of the thread that read them."""
         length = resp.headers.get("Content-Length")
         expected = int(length) if length is not None and length.isdigit() else None
+        if expected is not None and limit is not None and expected > limit and not cut:
+            raise _TooLong(f"{expected} bytes, more than {limit}")  # said: not read first
         if expected is not None and expected > CHUNK and (limit is None or expected <= limit):
             return self._body_into(resp, body_buffer(expected))
         chunks: list[bytes] = []
