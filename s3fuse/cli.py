@@ -265,7 +265,7 @@ def _mount(args: argparse.Namespace, argv: Sequence[str], ready: "ReadySignal | 
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .mounts import daemon_pid, fusermount_unmount, is_s3fuse_mount, require_mount, wait_gone
+    from .mounts import daemon_pid, is_s3fuse_mount, require_mount, wait_gone
 
     target = args.mountpoint
     if target is None and args.config:
@@ -282,14 +282,12 @@ def cmd_umount(args: argparse.Namespace) -> int:
         if not args.force:
             raise not_ours(mountpoint, exc, "; root: --force unmounts it, what it has queued "
                            "stays in its cache dir for its next mount") from None
-        return _unmount_unseen(mountpoint)  # root may; its journal keeps the queue
+        # root may (live, or its daemon gone): a live daemon then stops, and what it had
+        # queued is in its journal for the next mount with its cache dir
+        return _detach(mountpoint, f"unmounted another user's mount {mountpoint}; what it "
+                       "had queued stays in its cache dir and is uploaded by its next mount")
     except OSError as exc:  # the daemon is gone: a stale mount
-        result = fusermount_unmount(mountpoint, lazy=True)
-        if result.returncode:
-            _say(f"s3fuse: cannot unmount {mountpoint}: {result.stderr.strip()}")
-            return 1
-        _say(f"s3fuse: removed stale mount {mountpoint} ({exc.strerror})")
-        return 0
+        return _detach(mountpoint, f"removed stale mount {mountpoint} ({exc.strerror})")
     unknown: str | None = None  # why the mount could not say what it has queued
     try:
         left = _uploads(mountpoint)
@@ -458,17 +456,14 @@ def not_ours(mountpoint: Path, exc: OSError, hint: str = "") -> UsageError:
                       f"--allow-other{hint})")
 
 
-def _unmount_unseen(mountpoint: Path) -> int:
-    """Root's `umount --force` of another user's mount it may not look into (live, or its
-    daemon gone): detached at once; a live daemon then stops, and what it had queued is
-    in its journal for the next mount with its cache dir."""
+def _detach(mountpoint: Path, done: str) -> int:
+    """Unmount lazily a mount no daemon of ours can be asked to end; say `done`."""
     from .mounts import fusermount_unmount
     result = fusermount_unmount(mountpoint, lazy=True)
     if result.returncode:
         _say(f"s3fuse: cannot unmount {mountpoint}: {result.stderr.strip()}")
         return 1
-    _say(f"s3fuse: unmounted another user's mount {mountpoint}; what it had queued stays in "
-         "its cache dir and is uploaded by its next mount")
+    _say(f"s3fuse: {done}")
     return 0
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -284,12 +284,14 @@ class ShardService:
             if not shard["shared"]:
                 return span(member.offset + start, member.offset + stop)
             try:  # members from elsewhere: no block of one is used before its tar header
-                if start == 0 and (virtual, member.offset) not in self._headed_members:
-                    # the header with the bytes asked for: one read (a GET) instead of two
+                # (read-ahead too, any offset)
+                if (virtual, member.offset) in self._headed_members:
+                    return span(member.offset + start, member.offset + stop)
+                if start == 0:  # the header with the bytes asked for: one read (a GET)
                     data = span(member.offset - BLOCK, member.offset + stop)
-                    if self._headed(virtual, member, lambda _start, _stop: data[:BLOCK]):
+                    if self._headed(virtual, member, data[:BLOCK]):
                         return data[BLOCK:]
-                elif self._headed(virtual, member, span):  # (read-ahead too, any offset)
+                elif self._headed(virtual, member, span(member.offset - BLOCK, member.offset)):
                     return span(member.offset + start, member.offset + stop)
             except CorruptData:
                 pass
@@ -324,14 +326,11 @@ class ShardService:
         return await trio.to_thread.run_sync(self.reader.on_disk, archive, node.offset or 0,
                                              node.size or 0, limiter=self._limiter)
 
-    def _headed(self, virtual: ObjectRef, member: Member,
-                span: Callable[[int, int], bytes]) -> bool:
-        """Is `member` (of an index published elsewhere) where its tar header says? Checked
-        once per member version (blocking: the loader's worker thread), before any of its
+    def _headed(self, virtual: ObjectRef, member: Member, header: bytes) -> bool:
+        """Is `member` (of an index published elsewhere) where `header`, the tar block
+        before it, says? Checked once per member version and offset, before any of its
         blocks is used: a block read ahead or first read past the start counts too."""
-        if (virtual, member.offset) in self._headed_members:
-            return True
-        if not heads_member(span(member.offset - BLOCK, member.offset), member.path, member.size):
+        if not heads_member(header, member.path, member.size):
             return False
         if len(self._headed_members) >= HEADED_MEMBERS:
             self._headed_members.clear()
