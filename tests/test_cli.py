@@ -250,6 +250,6 @@ def test_a_cache_dir_or_log_inside_another_s3fuse_mount_is_refused(tmp_path: Pat
         assert res.returncode == 2, res.stderr
         assert res.stderr.count("\n") == 1 and "inside the s3fuse mount" in res.stderr, res.stderr
     assert not os.path.ismount(second)
-    assert first.wait_idle()["idle"]
+    first.assert_idle()
     assert not s3.list_objects_v2(Bucket=bucket).get("Contents")
 

@@ -83,7 +83,7 @@ def staging_empty(m: Mount) -> None:
     """Staging files of finished uploads go at the queue's next sync pass (not at once):
     once the daemon is idle, no sync pass is due and none is left behind (the empty ones
     left are made ahead for new files: staging.SPARES)."""
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     left = [f for f in (m.cache_dir / "staging").iterdir() if f.stat().st_size]
     assert not left, "staging files left behind"
 
@@ -121,7 +121,7 @@ def test_reads_work_when_the_cache_disk_is_full(s3, bucket, small_disk, mount_fa
     assert os.listdir(root) == ["big.bin", "dir"] or sorted(os.listdir(root)) == ["big.bin", "dir"]
     # `dir` is listed ahead in the background: stored before the disk fills, then served
     # with the disk full (a refresh that cannot be stored keeps the stored listing)
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     fill(small_disk)
     assert (root / "big.bin").read_bytes() == big                     # served uncached
     assert sorted(os.listdir(root / "dir")) == [f"{n:02d}.txt" for n in range(20)]

@@ -33,7 +33,7 @@ def test_a_scrape_during_a_workload_shows_what_the_mount_did(s3, bucket, mount_f
     assert sorted(os.listdir(root / "data")) == ["a.bin"]
     assert (root / "data" / "a.bin").read_bytes() == b"a" * 300_000
     (root / "new.txt").write_bytes(b"n" * 5000)
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     try:
         os.stat(root / "missing")
     except FileNotFoundError:

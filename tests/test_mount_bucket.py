@@ -91,7 +91,7 @@ def test_cache_dir_is_private(s3, bucket, mount_factory):
     put(s3, bucket, {"f.bin": os.urandom(100_000)})
     m = mount_factory("--source", f"s3://{bucket}")
     assert m.path(bucket, "f.bin").read_bytes()
-    assert m.wait_idle()["idle"]  # the block is written to the cache in the background
+    m.assert_idle()  # the block is written to the cache in the background
     assert stat.S_IMODE(os.stat(m.cache_dir).st_mode) == 0o700
     paths = list(m.cache_dir.rglob("*"))
     assert any(p.suffix == ".val" for p in paths)

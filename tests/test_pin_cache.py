@@ -109,7 +109,7 @@ def test_disk_full_cache_keeps_reads_working(s3, bucket, mount_factory, tmp_path
         fill(small)                          # by someone else: the cache evicts its own blocks
         for key, body in bodies.items():     # for new ones, and has none to evict here
             assert m.path(bucket, key).read_bytes() == body
-        assert m.wait_idle()["idle"]         # every block the reads fetched was offered to the cache
+        m.assert_idle()         # every block the reads fetched was offered to the cache
         assert m.status()["cache"]["disk_full"]
         assert "DISK FULL" in s3fuse("status", str(m.mountpoint), env=m.env).stdout
         (small / "ballast").unlink()         # room again: no longer reported, before any read
@@ -137,7 +137,7 @@ def test_failed_pin_is_reported_and_resumed_by_the_next_daemon(s3, bucket, mount
     proxy.restore()
     second = mount_factory("--source", f"s3://{bucket}", endpoint=proxy.endpoint, name="second",
                            cache_dir=first.cache_dir)
-    assert second.wait_idle()["idle"]           # the resumed pin ran
+    second.assert_idle()           # the resumed pin ran
     assert second.status()["pins"] == [{"path": f"{bucket}/data", "state": "complete"}]
     proxy.cut()
     for key, body in files.items():

@@ -26,7 +26,7 @@ def metadata(s3: Any, bucket: str, key: str) -> dict[str, str]:
 
 def remounted(m: Mount, mount_factory: Callable[..., Mount], name: str) -> Mount:
     """The same bucket mounted again with an empty cache, once `m` sent everything."""
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     m.stop()
     return mount_factory(*m.args, name=name)
 
@@ -48,7 +48,7 @@ def test_chmod_chown_utimens_are_stored_as_s3fs_does_and_survive_a_remount(
     shown = os.stat(new)
     assert (stat.S_IMODE(shown.st_mode), shown.st_uid, shown.st_gid) == (0o755, 1234, 5678)
     assert shown.st_mtime_ns == 1_600_000_000_123_456_789
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     stored = metadata(s3, bucket, "run.sh")
     assert stored["mode"] == str(stat.S_IFREG | 0o755)
     assert (stored["uid"], stored["gid"]) == ("1234", "5678")
@@ -83,7 +83,7 @@ def test_a_time_beyond_2262_is_kept_as_the_latest_one_kept(s3, bucket, mount_fac
     year_3000 = 32_503_680_000 * 1_000_000_000
     os.utime(far, ns=(year_3000, year_3000))
     assert os.stat(far).st_mtime_ns == (1 << 63) - 1
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     assert metadata(s3, bucket, "far.txt")["mtime"] == "9223372036.854775807"
     again = remounted(m, mount_factory, "again").path(bucket)
     assert os.stat(again / "far.txt").st_mtime_ns == (1 << 63) - 1
@@ -103,7 +103,7 @@ def test_other_tools_user_metadata_survives_chmod_touch_and_rename(s3, bucket, m
     os.chmod(root / "a.txt", 0o600)          # after an ls -l: the copy needs no HEAD
     os.utime(root / "b.txt", (1_600_000_000, 1_600_000_000))
     os.rename(root / "b.txt", root / "c.txt")
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     for name, mode in (("a.txt", stat.S_IFREG | 0o600), ("c.txt", stat.S_IFREG | 0o644)):
         head = s3.head_object(Bucket=bucket, Key=name)
         meta = head["Metadata"]
@@ -125,7 +125,7 @@ def test_a_rewritten_file_keeps_its_headers_and_other_tools_metadata(s3, bucket,
     root = m.path(bucket)
     with open(root / "index.html", "r+b") as f:
         f.write(b"<p>new</p>")
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     head = s3.head_object(Bucket=bucket, Key="index.html")
     assert s3.get_object(Bucket=bucket, Key="index.html")["Body"].read() == b"<p>new</p>"
     assert (head["ContentType"], head.get("CacheControl")) == ("text/html; charset=utf-8",
@@ -134,7 +134,7 @@ def test_a_rewritten_file_keeps_its_headers_and_other_tools_metadata(s3, bucket,
     assert "mtime" in head["Metadata"]  # and the POSIX fields of the new version
     (root / "new.html").write_bytes(b"<p>")
     os.mkdir(root / "d")
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     assert s3.head_object(Bucket=bucket, Key="new.html")["ContentType"] == "text/html"
     assert s3.head_object(Bucket=bucket, Key="d/")["ContentType"] == "application/x-directory"
 
@@ -154,7 +154,7 @@ def test_a_metadata_change_of_an_empty_object_keeps_what_else_it_holds(s3, bucke
     os.listdir(root)
     os.chmod(root / "empty.txt", 0o600)
     os.chmod(root / "d", 0o700)
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     head = s3.head_object(Bucket=bucket, Key="empty.txt")
     assert head["Metadata"]["project"] == "apollo" and head["Metadata"]["mode"] == str(stat.S_IFREG | 0o600)
     assert (head["ContentType"], head.get("CacheControl")) == ("text/x-custom", "no-store")
@@ -183,7 +183,7 @@ def test_a_tree_copied_by_rclone_with_metadata_shows_its_modes_and_times(s3, buc
     if markers_keep_modes:
         assert stat.filemode(os.stat(root / "d").st_mode) == "drwxr-x---"
     os.chmod(root / "f.txt", 0o600)
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     assert metadata(s3, bucket, "f.txt")["mode"] == str(stat.S_IFREG | 0o600)
 
 
@@ -196,7 +196,7 @@ def test_chmod_of_a_directory_of_keys_only_makes_its_marker(s3, bucket, mount_fa
         s3.put_object(Bucket=bucket, Key=f"d/{name}", Body=name.encode())
     m = mount_factory("--source", f"s3://{bucket}")
     os.chmod(m.path(bucket, "d"), 0o700)
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     marker = metadata(s3, bucket, "d/")  # made (SeaweedFS keeps no metadata on markers)
     assert not markers_keep_modes or marker["mode"] == str(stat.S_IFDIR | 0o700)
 
@@ -211,7 +211,7 @@ def test_tar_of_a_tree_just_written_sees_no_directory_change(s3, bucket, mount_f
         (root / d).mkdir(parents=True)
         for i in range(5):
             (root / d / f"f{i}").write_bytes(b"x")
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     for _ in range(2):
         done = subprocess.run(["tar", "-cf", "/dev/null", "."], cwd=root, capture_output=True,
                               text=True, timeout=60)
@@ -239,7 +239,7 @@ def test_symlinks_fifos_and_device_nodes(s3, bucket, mount_factory):
         (root / "null").read_bytes()
     with pytest.raises(FileExistsError):
         os.symlink("x", root / "fifo")
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     assert s3.get_object(Bucket=bucket, Key="link")["Body"].read() == b"target.txt"
     assert metadata(s3, bucket, "link")["mode"] == str(stat.S_IFLNK | 0o777)   # 41471
     assert metadata(s3, bucket, "fifo")["mode"] == str(stat.S_IFIFO | 0o640)
@@ -308,7 +308,7 @@ def test_find_type_sees_symlinks_and_fifos_in_a_walk_that_sends_names_only(
     _, dirs, files = next(os.walk(root / "d5"))  # as on a local disk: a link to a dir is one
     assert sorted(dirs) == ["linkdir", "real"] and sorted(files) == ["dangling", "fifo", "lnk",
                                                                      "reg"]
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
 
 
 def test_user_xattrs_round_trip_and_survive_a_remount(s3, bucket, mount_factory):
@@ -341,7 +341,7 @@ def test_user_xattrs_round_trip_and_survive_a_remount(s3, bucket, mount_factory)
     assert info.value.errno == errno.E2BIG
     os.mkdir(root / "d")
     os.setxattr(root / "d", "user.on-dir", b"1")
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     assert "xattr" in metadata(s3, bucket, "f.txt")
     markers_kept = keeps_marker_metadata(s3, bucket)  # not on SeaweedFS (docs/posix.md)
     again = remounted(m, mount_factory, "again").path(bucket)
@@ -375,7 +375,7 @@ def test_the_right_errno_for_long_names_files_as_directories_and_hard_links(buck
                    lambda: os.link(root / "f", m.mountpoint / "hard")):
         with pytest.raises(PermissionError):
             action()
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
 
 
 def test_directory_times_move_when_entries_change(bucket, mount_factory):
@@ -388,7 +388,7 @@ def test_directory_times_move_when_entries_change(bucket, mount_factory):
     os.utime(d, (1_000_000_000, 1_000_000_000))
     os.unlink(d / "f")
     assert os.stat(d).st_mtime > 1_000_000_000
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
 
 
 def test_the_kernel_checks_owners_and_modes_for_other_users(s3, bucket, backend, public_base,
@@ -418,8 +418,7 @@ def test_the_kernel_checks_owners_and_modes_for_other_users(s3, bucket, backend,
         assert res.returncode != 0 and "not permitted" in res.stderr
         os.chown(theirs, 0, 0)                                          # root may
         assert os.stat(theirs).st_uid == 0
-        state = m.wait_idle()
-        assert state["idle"], state
+        m.assert_idle()
     finally:
         stop(m)
 
@@ -430,7 +429,7 @@ def test_rename_keeps_the_metadata_and_moves_ctime(s3, bucket, mount_factory):
     (root / "a.sh").write_bytes(b"#!/bin/sh\n")
     os.chmod(root / "a.sh", 0o700)
     os.utime(root / "a.sh", ns=(1_000_000_000_000_000_000, 1_100_000_000_000_000_000))
-    assert m.wait_idle()["idle"]                                    # uploaded: S3 copies it
+    m.assert_idle()                                    # uploaded: S3 copies it
     before = os.stat(root / "a.sh")
     os.rename(root / "a.sh", root / "b.sh")
     after = os.stat(root / "b.sh")
@@ -455,7 +454,7 @@ def test_a_file_unlinked_while_open_has_no_links(bucket, mount_factory):
         assert os.fstat(fd).st_nlink == 0 and os.read(fd, 100) == b"still readable"
     finally:
         os.close(fd)
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
 
 
 def _kernel_forgets(m: Mount, below: int) -> None:
@@ -523,7 +522,7 @@ def test_copying_tools_set_the_times_of_a_buckets_top(s3, bucket, mount_factory,
     assert (top / "f.txt").read_bytes() == b"file" and (top / "sub").is_dir()
     os.chmod(top, 0o700)
     assert stat.S_IMODE(os.stat(top).st_mode) == 0o700
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == [
         "f.txt", "sub/"]  # nothing else stored for the top
 
@@ -547,7 +546,7 @@ def test_an_open_for_writing_keeps_the_mtime_of_an_object_without_headers(s3, bu
     with open(other, "r+b") as f:  # opened for writing, only read
         assert f.read() == b"data"
         assert os.stat(other).st_mtime_ns == other_before
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     assert int(float(metadata(s3, bucket, "plain.txt")["mtime"]) * 10**9) // 10**9 == before // 10**9
 
 
@@ -575,7 +574,7 @@ def test_a_file_saved_by_a_rename_keeps_its_number_across_a_remount(s3, bucket, 
     (top / ".a.txt.swp").write_bytes(b"v2")
     os.rename(top / ".a.txt.swp", top / "a.txt")
     saved = os.stat(top / "a.txt").st_ino
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     m.stop()
     again = mount_factory("--source", f"s3://{bucket}", name="again", cache_dir=m.cache_dir)
     assert os.stat(again.path(bucket, "a.txt")).st_ino == saved

@@ -473,7 +473,7 @@ def test_two_mounts_share_the_index_beside_the_manifest(s3, bucket, faults, moun
     args = ("--manifest", f"s=s3://{bucket}/{MANIFEST}", "--shared-index", "auto")
     a = mount_factory(*args, endpoint=faults.endpoint, name="a")
     assert a.path("s", "shard.tar.gz", "m00.bin").read_bytes() == members["m00.bin"]
-    assert a.wait_idle()["idle"]
+    a.assert_idle()
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="ml/s/.s3fuse-index/")
     assert [o["Key"].endswith(".idx") for o in listed.get("Contents", [])] == [True]
     assert fetched(faults, "shard.tar.gz", len(archive)) >= len(archive)
@@ -482,7 +482,7 @@ def test_two_mounts_share_the_index_beside_the_manifest(s3, bucket, faults, moun
     faults.seen.clear()
     b = mount_factory(*args, endpoint=faults.endpoint, name="b")
     assert b.path("s", "shard.tar.gz", LAST).read_bytes() == members[LAST]
-    assert b.wait_idle()["idle"]
+    b.assert_idle()
     assert fetched(faults, "shard.tar.gz", len(archive)) <= 16 << 20
     assert "index fetched from" in b.log()
     assert faults.count("PUT", r"\.s3fuse-index/") == 0

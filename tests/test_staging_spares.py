@@ -63,7 +63,7 @@ def test_a_mount_leaves_no_spare_behind_and_a_crash_is_swept_quietly(s3, bucket,
     # idle: g.txt's staging file is deleted by the sync pass after its upload; a crash
     # before that pass ends leaves it, and the next start removes it with a warning (its
     # bytes are in S3: "uploaded just before a crash"), which CI once hit here
-    assert again.wait_idle()["idle"]
+    again.assert_idle()
     again.kill()  # a crash leaves the spares
     assert list(staging.iterdir())
     third = mount_factory("--source", f"s3://{bucket}", name="third", cache_dir=m.cache_dir)

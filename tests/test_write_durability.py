@@ -91,7 +91,7 @@ def test_sigkill_with_queued_uploads_then_remount_finishes_them(s3, bucket, moun
     assert sync(again.mountpoint).returncode == 0
     assert body(s3, bucket, "a.bin") == payload and body(s3, bucket, "b.txt") == b"bee"
     assert "d/" in keys(s3, bucket)
-    assert again.wait_idle()["idle"]                         # the sync pass after the last upload
+    again.assert_idle()                         # the sync pass after the last upload
     assert not list((m.cache_dir / "staging").iterdir())     # nothing left behind
     again.expect_log(r"still to send|interrupted|unreachable|offline")
 
@@ -111,7 +111,7 @@ def test_hang_on_second_part_then_sigkill_leaves_no_partial_object(s3, bucket, m
                           cache_dir=m.cache_dir)
     assert sync(again.mountpoint).returncode == 0
     assert body(s3, bucket, "big.bin") == payload
-    assert again.wait_idle()["idle"]                         # the start-up cleanup is done
+    again.assert_idle()                         # the start-up cleanup is done
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
     again.expect_log(r"aborted|interrupted|still to send")
 

@@ -106,6 +106,6 @@ def test_a_write_by_another_user_clears_set_id_bits(s3, bucket, backend, public_
         with open(roots, "ab") as fh:                                   # root keeps them
             fh.write(b"y")
         assert stat.S_IMODE(os.stat(roots).st_mode) == 0o6777
-        assert m.wait_idle()["idle"]
+        m.assert_idle()
     finally:
         stop(m)

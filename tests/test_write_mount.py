@@ -287,7 +287,7 @@ def test_a_forked_childs_close_does_not_upload_a_file_still_being_written(s3, bu
         time.sleep(1.5)
         assert "Contents" not in s3.list_objects_v2(Bucket=bucket), "half a file in S3"
         fh.write(second)
-    assert m.wait_idle()["idle"]
+    m.assert_idle()
     assert s3.get_object(Bucket=bucket, Key="out.bin")["Body"].read() == first + second
     with open(root / "log.txt", "ab") as fh:            # a long-lived log writer
         fh.write(b"line\n")
@@ -377,7 +377,7 @@ def test_a_file_rewritten_in_place_and_uploaded_can_be_mapped_shared(s3, bucket,
     for n in range(2, 5):
         with open(path, "r+b") as fh:
             fh.write(b"v%d" % n)
-        assert m.wait_idle()["idle"]                       # the upload landed
+        m.assert_idle()                       # the upload landed
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) as mapped:
             assert mapped[:4] == b"v%d.." % n
 

@@ -91,6 +91,20 @@ class Mount:
         os.setxattr(self.mountpoint, "user.s3fuse.idle", str(timeout).encode())
         return json.loads(os.getxattr(self.mountpoint, "user.s3fuse.idle"))
 
+    def assert_idle(self, timeout: float = 60.0) -> dict[str, Any]:
+        """`wait_idle`, failing with what the daemon was busy with: its state, its upload
+        status and the end of its log (a rare stall cannot be told apart otherwise)."""
+        state = self.wait_idle(timeout)
+        if not state["idle"]:
+            try:
+                status = os.getxattr(self.mountpoint, "user.s3fuse.status").decode()
+            except OSError as exc:
+                status = f"(no status: {exc})"
+            tail = "\n".join(self.log().splitlines()[-60:])
+            raise AssertionError(f"not idle after {timeout}s: {state}\nstatus: {status}\n"
+                                 f"log:\n{tail}")
+        return state
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """Unmount and wait for the daemon; never leave a mount behind."""
         if self.proc is None:
