@@ -427,6 +427,29 @@ async def test_version_written_during_an_upload_follows_it(
     assert keys(s3, bucket) == ["v.txt"]
 
 
+async def test_a_stalled_upload_says_where_it_waits(tmp_path: Path, store: S3Store, bucket: str,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    """The idle query names what a busy worker waits for: a stall (CI saw one once, with
+    nothing else to go on) then tells the request from the journal or the listings."""
+    started, release = threading.Event(), threading.Event()
+    put = store.put_object
+
+    def slow_put(*args: Any, **kwargs: Any) -> str:
+        started.set()
+        release.wait(10)
+        return put(*args, **kwargs)
+    monkeypatch.setattr(store, "put_object", slow_put)
+    async with upload_queue(tmp_path, store) as queue:
+        await write(queue, bucket, "stall.txt", b"one", expected=None)
+        await trio.to_thread.run_sync(started.wait, 10)
+        busy = await queue.busy()
+        assert busy is not None and busy.startswith("uploading (job ")
+        assert f"sending the put of s3://{bucket}/stall.txt" in busy
+        release.set()
+        await queue.sync(timeout=10)
+        assert await queue.busy() is None
+
+
 async def test_failed_part_aborts_the_upload(tmp_path: Path, store: S3Store, s3: Any,
                                              bucket: str, monkeypatch: pytest.MonkeyPatch):
     data = os.urandom(12 * MiB)  # three 5 MiB parts

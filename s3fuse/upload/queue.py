@@ -165,6 +165,7 @@ class UploadQueue:
         self._stopping = False
         self._running = False
         self._processing = 0              # jobs a worker has claimed and not yet recorded
+        self._phases: dict[int, str] = {}  # job id -> what its worker waits for (the idle query)
         self._rewrites = Rewrites()       # when a key closed again may upload (rewrites.py)
         self._held: dict[int, float] = {}  # job -> until when it waits for its handle's release
         self._held_as: dict[int, int] = {}  # a held job -> its successor (a rename while open)
@@ -433,7 +434,8 @@ class UploadQueue:
                   and await self._io(self.journal.next_due) is not None)
         # the counters after the journal: a job claimed meanwhile was counted before its claim
         if self._processing:
-            return "uploading"
+            phases = ", ".join(f"job {job_id}: {phase}" for job_id, phase in self._phases.items())
+            return f"uploading ({phases})" if phases else "uploading"
         if self.commits.due:
             return "sync pass due"
         if not self._running or self._stopping or not self.store.link.online:
@@ -611,6 +613,7 @@ class UploadQueue:
                 await self._process(job)
             finally:
                 self._processing -= 1  # counted from its claim on, in _next_job
+                self._phases.pop(job.id, None)
 
     async def _next_job(self, light: bool) -> Job | None:
         warned = False
@@ -684,6 +687,7 @@ class UploadQueue:
     async def _process(self, job: Job) -> None:
         outcome: Callable[[], None]
         result: UploadResult | None = None
+        self._phases[job.id] = f"sending the {job.op} of {job.uri}"
         try:
             # abandoned when the daemon is cancelled at exit: the job stays journalled as
             # uploading and the next start queues it again
@@ -712,7 +716,9 @@ class UploadQueue:
             # between only replays the upload, while the other order could lose the tree's
             # update, and the stored listing hid the file until --metadata-ttl passed.
             self._tell_uploaded(job, result)
+            self._phases[job.id] = f"storing the listings {job.uri} changed"
             await self._flush_listeners(job)
+        self._phases[job.id] = f"journalling the end of {job.uri}"
         await self._record(job, outcome)
         if result is not None:
             latest = self._latest.get((job.bucket, job.key))
