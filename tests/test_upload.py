@@ -95,6 +95,20 @@ def counted_claims(queue: UploadQueue, monkeypatch: pytest.MonkeyPatch) -> Calla
     return lambda: claims[0]
 
 
+def stalled_puts(store: S3Store, monkeypatch: pytest.MonkeyPatch
+                 ) -> tuple[threading.Event, threading.Event]:
+    """Every PutObject waits (at most 10 s) for `release`, once `started` tells one came."""
+    started, release = threading.Event(), threading.Event()
+    put = store.put_object
+
+    def slow_put(*args: Any, **kwargs: Any) -> str:
+        started.set()
+        release.wait(10)
+        return put(*args, **kwargs)
+    monkeypatch.setattr(store, "put_object", slow_put)
+    return started, release
+
+
 async def until_retrying(queue: UploadQueue) -> list[dict[str, Any]]:
     """Wait until an upload failed and waits for its retry (woken by the queue's changes);
     returns the retrying uploads seen then (a second look may come after the retry)."""
@@ -409,14 +423,7 @@ async def test_only_the_last_version_is_uploaded(tmp_path: Path, store: S3Store,
 async def test_version_written_during_an_upload_follows_it(
         tmp_path: Path, store: S3Store, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch):
     """v2 is queued while v1 uploads: v1 lands first, then v2 (If-Match v1's ETag: no conflict)."""
-    started, release = threading.Event(), threading.Event()
-    put = store.put_object
-
-    def slow_put(*args: Any, **kwargs: Any) -> str:
-        started.set()
-        release.wait(10)
-        return put(*args, **kwargs)
-    monkeypatch.setattr(store, "put_object", slow_put)
+    started, release = stalled_puts(store, monkeypatch)
     async with upload_queue(tmp_path, store) as queue:
         await write(queue, bucket, "v.txt", b"one", expected=None)
         await trio.to_thread.run_sync(started.wait, 10)
@@ -431,14 +438,7 @@ async def test_a_stalled_upload_says_where_it_waits(tmp_path: Path, store: S3Sto
                                                     monkeypatch: pytest.MonkeyPatch):
     """The idle query names what a busy worker waits for: a stall (CI saw one once, with
     nothing else to go on) then tells the request from the journal or the listings."""
-    started, release = threading.Event(), threading.Event()
-    put = store.put_object
-
-    def slow_put(*args: Any, **kwargs: Any) -> str:
-        started.set()
-        release.wait(10)
-        return put(*args, **kwargs)
-    monkeypatch.setattr(store, "put_object", slow_put)
+    started, release = stalled_puts(store, monkeypatch)
     async with upload_queue(tmp_path, store) as queue:
         await write(queue, bucket, "stall.txt", b"one", expected=None)
         await trio.to_thread.run_sync(started.wait, 10)
