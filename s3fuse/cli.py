@@ -94,8 +94,12 @@ def _mount_options(p: argparse.ArgumentParser) -> None:
                    "datasets): the defaults show, and what this mount wrote")
     p.add_argument("--sse", help="server-side encryption for uploads: AES256, aws:kms, aws:kms:dsse")
     p.add_argument("--sse-kms-key-id", help="KMS key for --sse aws:kms")
-    p.add_argument("--uid", help="owner uid of every file")
-    p.add_argument("--gid", help="group gid of every file")
+    p.add_argument("--uid", help="owner of objects that store none (default: the mounting user)")
+    p.add_argument("--gid", help="group of objects that store none (default: the mounting "
+                   "user's group)")
+    p.add_argument("--force-owner", action="store_const", const=True,
+                   help="show --uid/--gid as the owner and group of everything, whatever S3 "
+                   "stores (a bucket other machines' users wrote; like s3fs -o uid=,gid=)")
     p.add_argument("--file-mode", help="permission bits of files, octal (default 0644)")
     p.add_argument("--dir-mode", help="permission bits of directories, octal (default 0755)")
     p.add_argument("--allow-other", action="store_const", const=True,

@@ -95,6 +95,7 @@ class Config:
     file_mode: int = 0o644
     dir_mode: int = 0o755
     allow_other: bool = False
+    force_owner: bool = False  # show uid/gid as owner of everything, whatever S3 stores
     allow_non_empty: bool = False  # mount over a directory that has entries
     foreground: bool = False
     log_level: str = "INFO"
@@ -355,6 +356,7 @@ SCALAR_OPTIONS: dict[str, Any] = {
     "file_mode": parse_mode,
     "dir_mode": parse_mode,
     "allow_other": parse_bool,
+    "force_owner": parse_bool,
     "allow_non_empty": parse_bool,
     "log_level": lambda v: str(v).upper(),
     "log_file": Path,
@@ -382,7 +384,8 @@ TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     **{key: _INT for key in ("role_session_duration", "uid", "gid", "max_inodes")},
     **{key: _SIZE for key in ("cache_size", "cache_reserve")},
     **{key: _DURATION for key in ("metadata_ttl", "drain_timeout", "request_timeout")},
-    **{key: _BOOL for key in ("read_only", "posix_metadata", "allow_other", "allow_non_empty")},
+    **{key: _BOOL for key in ("read_only", "posix_metadata", "allow_other", "force_owner",
+                              "allow_non_empty")},
     **{key: _MODE for key in ("file_mode", "dir_mode")},
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -423,6 +423,40 @@ def test_the_kernel_checks_owners_and_modes_for_other_users(s3, bucket, backend,
         stop(m)
 
 
+def test_force_owner_shows_the_mount_owner_and_stores_what_s3_had(s3, bucket, backend,
+                                                                   public_base, fuse_available):
+    """--force-owner: a bucket written by another machine's s3fs user (uid 1234: private
+    files, a 0755 directory) is the mount owner's to read and fill; a chmod keeps the
+    stored owner, a chown stores the new one, and the mount goes on showing --uid/--gid."""
+    needs_other_user()
+    theirs = {"uid": "1234", "gid": "1234"}
+    s3.put_object(Bucket=bucket, Key="d/", Body=b"",
+                  Metadata={**theirs, "mode": str(stat.S_IFDIR | 0o755)})
+    s3.put_object(Bucket=bucket, Key="d/private.txt", Body=b"secret",
+                  Metadata={**theirs, "mode": str(stat.S_IFREG | 0o600)})
+    m = start(public_base / "force", backend.env(), "--source", f"s3://{bucket}", "--allow-other",
+              "-o", "force_owner,uid=65534,gid=65534")
+    try:
+        d = m.path(bucket, "d")
+        for path in (d, d / "private.txt"):
+            shown = os.stat(path)
+            assert (shown.st_uid, shown.st_gid) == (65534, 65534), path
+        assert stat.S_IMODE(os.stat(d / "private.txt").st_mode) == 0o600  # modes as stored
+        res = as_nobody("cat", str(d / "private.txt"))
+        assert (res.returncode, res.stdout) == (0, "secret"), res.stderr
+        assert as_nobody("touch", str(d / "mine.txt")).returncode == 0  # the directory is "theirs"
+        assert as_nobody("chmod", "640", str(d / "private.txt")).returncode == 0
+        os.chown(d / "mine.txt", 4321, 4321)  # root: stored, not shown
+        assert os.stat(d / "mine.txt").st_uid == 65534
+        m.assert_idle()
+        head = s3.head_object(Bucket=bucket, Key="d/private.txt")["Metadata"]
+        assert (head["mode"], head["uid"], head["gid"]) == (str(stat.S_IFREG | 0o640), "1234", "1234")
+        head = s3.head_object(Bucket=bucket, Key="d/mine.txt")["Metadata"]
+        assert (head["uid"], head["gid"]) == ("4321", "4321")
+    finally:
+        stop(m)
+
+
 def test_rename_keeps_the_metadata_and_moves_ctime(s3, bucket, mount_factory):
     m = mount_factory("--source", f"s3://{bucket}")
     root = m.path(bucket)

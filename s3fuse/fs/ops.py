@@ -321,6 +321,8 @@ class S3Operations(pyfuse3.Operations):
             a.st_blksize = 1 << 20  # cp and friends write 1 MiB at a time (= max_write)
         a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns, a.st_ctime_ns, a.st_atime_ns, \
             a.st_rdev = self._shown(node, entry)
+        if self.cfg.force_owner:  # shown only: a change stores on what S3 holds (_posix)
+            a.st_uid, a.st_gid = self.cfg.uid, self.cfg.gid
         a.st_blocks = (a.st_size + 511) // 512
         return a
 
