@@ -51,8 +51,8 @@ from .upload.staging import Staging
 from .upload.writeback import UploadedBytes, WriteBack
 from .util.bufferpool import trim_all
 from .util.fusemount import claim_mountpoint, mount_with_reason
-from .util.supervisor import (BUFFER_TRIM, INODE_CAP, LINK_WATCH, PAGE_DROP, PROBE,
-                              STATUS_REPORT, Supervisor)
+from .util.supervisor import (BUFFER_TRIM, INODE_CAP, INODE_SAVE, LINK_WATCH, PAGE_DROP,
+                              PROBE, STATUS_REPORT, Supervisor)
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,8 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
         parts.supervisor.spawn(_trim_buffers, kind=BUFFER_TRIM)
         parts.supervisor.spawn(parts.ops.inode_cap.run, kind=INODE_CAP)
         parts.supervisor.spawn(parts.ops.page_dropper.run, kind=PAGE_DROP)
+        parts.supervisor.spawn(renumbered.keep_saved, parts.ops.inodes, cfg.cache_dir,
+                               kind=INODE_SAVE)
         nursery.start_soon(_announce_ready, cfg, parts, ready)
         await pyfuse3.main()
         ready.notifier.send(STOPPING="1", STATUS="unmounting: writing cached blocks")

@@ -147,3 +147,35 @@ def test_an_unreadable_numbers_file_is_ignored(tmp_path, caplog) -> None:  # typ
     renumbered.restore(table, tmp_path)
     assert "cannot be read" in caplog.text
     assert table.ensure(0, "f", False).ino == inodes.natural_ino("ns0", "f", False)
+
+
+async def test_numbers_are_saved_while_mounted_so_a_crash_keeps_them(
+        tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The numbers are written a few seconds after a rename, not only at the unmount: a
+    daemon killed later (no unmount) leaves them for the next mount."""
+    import trio
+
+    from s3fuse.fs import renumbered
+    table = InodeTable(lambda ns: f"ns{ns}")
+    writes: list[int] = []
+    real = renumbered._write
+
+    def counted(cache_dir, numbers):  # type: ignore[no-untyped-def]
+        writes.append(len(numbers))
+        real(cache_dir, numbers)
+    monkeypatch.setattr(renumbered, "_write", counted)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(renumbered.keep_saved, table, tmp_path, 0.01)
+        await trio.sleep(0.05)
+        assert writes == []                       # nothing renamed: nothing written
+        swap = table.remember(table.ensure(0, ".a.swp", False))
+        table.rename(0, ".a.swp", "a.txt")
+        with trio.fail_after(10):
+            while not writes:
+                await trio.sleep(0.01)
+        await trio.sleep(0.05)
+        assert writes == [1]                      # written once, not at every look
+        nursery.cancel_scope.cancel()
+    later = InodeTable(lambda ns: f"ns{ns}")      # the next mount, after a crash
+    renumbered.restore(later, tmp_path)
+    assert later.ensure(0, "a.txt", False).ino == swap.ino

@@ -5,14 +5,18 @@ what a rename kept lived in memory, so after a remount every file an editor save
 renaming over it, or `rsync` wrote (a temporary file, then a rename), had another number
 than before: `git diff-index` reported such files modified, and backup tools that key by
 inode read them again. The unmount writes those numbers here (at most KEPT_MAX, the
-newest); the next mount gives each path its number again at its first lookup. Lost on a
-crash (the paths then get their natural numbers, as before), ignored when unreadable.
+newest); the next mount gives each path its number again at its first lookup. While
+mounted, the file is also written SAVE_INTERVAL after the numbers change (`keep_saved`), so
+a crash loses at most the renames of those last seconds (their paths then get their
+natural numbers, as before). Ignored when unreadable.
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+
+import trio
 
 from ..util.atomic import write_atomically
 from .inodes import InodeTable
@@ -21,6 +25,8 @@ log = logging.getLogger(__name__)
 
 FILE = "inodes.json"
 VERSION = 1
+#: Seconds between looks at the numbers while mounted (written only when they changed).
+SAVE_INTERVAL = 10.0
 
 
 def restore(table: InodeTable, cache_dir: Path) -> None:
@@ -42,9 +48,26 @@ def restore(table: InodeTable, cache_dir: Path) -> None:
 
 def save(table: InodeTable, cache_dir: Path) -> None:
     """Write what `table` renumbered for the next mount (at the unmount)."""
+    _write(cache_dir, table.renumbered())
+
+
+async def keep_saved(table: InodeTable, cache_dir: Path, interval: float = SAVE_INTERVAL) -> None:
+    """While mounted: write the numbers `interval` seconds after they changed (a service
+    task). The table is read on the loop (it is not thread-safe), the file written in a
+    thread."""
+    written = table.renumbered()  # what the file holds: the last mount's, restored
+    while True:
+        await trio.sleep(interval)
+        numbers = table.renumbered()
+        if numbers != written:
+            await trio.to_thread.run_sync(_write, cache_dir, numbers)
+            written = numbers
+
+
+def _write(cache_dir: Path, numbers: list[tuple[str, bool, str, int]]) -> None:
     path = cache_dir / FILE
     try:
-        write_atomically(path, json.dumps({"version": VERSION, "numbers": table.renumbered()})
+        write_atomically(path, json.dumps({"version": VERSION, "numbers": numbers})
                          .encode("utf-8"), 0o600)
     except OSError as exc:  # a full or gone cache disk: the next mount numbers by path
         log.warning("cannot write %s (%s): renamed files get their paths' numbers at the "

@@ -77,10 +77,11 @@ LIST_AHEAD = Kind("list-ahead", Policy.DROP)
 BUFFER_TRIM = Kind("buffer-trim", Policy.RESTART, service=True)
 INODE_CAP = Kind("inode-cap", Policy.RESTART, service=True)
 PAGE_DROP = Kind("page-drop", Policy.RESTART, service=True)
+INODE_SAVE = Kind("inode-save", Policy.RESTART, service=True)
 
 KINDS = (UPLOAD_QUEUE, UPLOAD_WORKER, UPLOAD_SYNC, UPLOAD_CLEANUP, PROBE, LINK_WATCH,
          STATUS_REPORT, PIN, READ_AHEAD, CACHE_WRITE, LIST_AHEAD, BUFFER_TRIM, INODE_CAP,
-         PAGE_DROP)
+         PAGE_DROP, INODE_SAVE)
 
 
 class InjectedFailure(RuntimeError):
