@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import zlib
 from collections import Counter
 from contextlib import ExitStack
@@ -209,10 +210,11 @@ def short_window(raw: bytearray) -> None:
     (lambda b: reseal(b, lambda h, m, s: (h, zlib.compress(b"[" * 100000), s)), "malformed"),
     (lambda b: reseal(b, lambda h, m, s: ({**h, "format": "tar"}, m, s)), "impossible"),
     (lambda b: reseal(b, lambda h, m, s: ({**h, "size": float(h["size"])}, m, s)), "malformed"),
+    (lambda b: reseal(b, lambda h, m, s: ({**h, "skipped_count": 10**30}, m, s)), "more than a tar"),
 ], ids=["flipped-byte", "version", "magic", "truncated", "member-shifted", "member-order",
         "member-path", "member-size", "point-count-huge", "point-count-short", "point-count-none", "window-size",
         "point-outside", "point-bits", "window-short", "seek-bomb", "members-deep", "format",
-        "size-float"])
+        "size-float", "skipped-count"])
 def test_a_tampered_index_is_rejected(tamper: Callable[[bytes], bytes], reason: str) -> None:
     archive, _ = shard()
     with pytest.raises(Rejected, match=reason) as caught:
@@ -297,8 +299,8 @@ async def machine(tmp_path: Path, name: str, store: MemoryStore,
             nursery.cancel_scope.cancel()
 
 
-async def read_member(parts: Components, name: str) -> bytes:
-    attrs = await lookup_path(parts.ops, "s", "shard.tar.gz", name)
+async def read_member(parts: Components, name: str, archive: str = "shard.tar.gz") -> bytes:
+    attrs = await lookup_path(parts.ops, "s", archive, name)
     info = await parts.ops.open(attrs.st_ino, os.O_RDONLY, None)
     try:
         out = bytearray()
@@ -455,6 +457,48 @@ async def test_a_refused_publish_is_one_line(tmp_path: Path, store: CountingStor
     lines = [m for m in ignored(caplog) if "not published" in m]
     assert len(lines) == 1 and "publishes no more there" in lines[0], lines
     assert not [k for k in store.objects(B) if k.endswith(".idx")]
+
+
+async def test_a_missing_index_bucket_is_one_line(tmp_path: Path, store: CountingStore,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """--shared-index to a bucket that does not exist: one warning, not one per shard."""
+    archive, members = shard()
+    store.put_object(B, "ml/s/second.tar.gz", archive)
+    line = {"kind": "shard", "compression": "gzip"}
+    store.put_object(B, MANIFEST, b"".join(json.dumps({**line, "archive_key": key}).encode() + b"\n"
+                                           for key in (ARCHIVE, "ml/s/second.tar.gz")))
+    async for a in machine(tmp_path, "a", store, shared="s3://no-such-bucket/fleet"):
+        assert await read_member(a, LAST) == members[LAST]
+        await settle(a, store)
+        assert await read_member(a, LAST, "second.tar.gz") == members[LAST]
+        await settle(a, store)
+    lines = [m for m in ignored(caplog) if "not published" in m]
+    assert len(lines) == 1 and "publishes no more there" in lines[0], lines
+
+
+async def test_a_hung_publish_does_not_hold_the_unmount(tmp_path: Path, store: CountingStore,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index PUT that never answers is abandoned when the daemon stops (best effort):
+    it held the unmount for its retries (3 x --request-timeout)."""
+    hung, release = threading.Event(), threading.Event()
+    put = store.put_object
+
+    def hanging_put(bucket: str, key: str, *args: Any, **kwargs: Any) -> str:
+        if key.startswith("fleet-index/"):
+            hung.set()
+            release.wait(60)
+        return put(bucket, key, *args, **kwargs)
+    monkeypatch.setattr(store, "put_object", hanging_put)
+    archive, members = shard()
+    try:
+        started = trio.current_time()
+        async for a in machine(tmp_path, "a", store):
+            assert await read_member(a, LAST) == members[LAST]
+            await trio.to_thread.run_sync(hung.wait, 10)
+            started = trio.current_time()
+        assert trio.current_time() - started < 5
+    finally:
+        release.set()
 
 
 # ---------------------------------------------------------------- through real mounts

@@ -109,6 +109,9 @@ def decode(blob: bytes, bucket: str, key: str, etag: str, size: int,
         raise Rejected("checksum mismatch")
     if fmt == "tar" and usize != size or fmt != "tar" and usize > limits.max_total_bytes:
         raise Rejected(f"uncompressed size {usize} is impossible for a {fmt} of {size} bytes")
+    if header["skipped_count"] > usize // 512:  # each member has a 512-byte header at least
+        raise Rejected(f"{header['skipped_count']} members skipped: more than a tar of {usize} "
+                       "bytes holds")
     members, skipped = _members(body[:members_bytes], usize, header["members"], limits)
     seek = body[members_bytes:]
     spacing = gzip_spacing(size)

@@ -5,7 +5,8 @@ Opt-in (`--shared-index s3://BUCKET/PREFIX`, or `auto`: `.s3fuse-index/` beside 
 manifest). One object per archive version, `PREFIX/<sha256("bucket/key")>/<etag>.idx`,
 in archive/published.py's format. Everything here is best effort: a fetch that fails or
 finds no index means indexing locally, a publish that fails is one log line, and a
-destination that refuses writes (403) is not tried again by this daemon. A fetched
+destination that refuses writes (403) or does not exist (no such bucket) is not tried
+again by this daemon. A publish still running at the unmount is abandoned. A fetched
 index is hostile input: archive/published.py validates it before it is used. A
 read-only mount (`publish=False`) fetches but never publishes: it sends no write request.
 """
@@ -121,9 +122,10 @@ class SharedIndex:
                        limits: Limits) -> None:
         place = self.place(manifest, archive)
         try:
+            # abandoned at exit: a PUT that hangs must not hold the unmount (best effort)
             await trio.to_thread.run_sync(self._put, place, archive, index, limits,
-                                          limiter=self._limiter)
-        except AccessDenied as exc:
+                                          limiter=self._limiter, abandon_on_cancel=True)
+        except (AccessDenied, NotFound) as exc:  # 403, or no such bucket: the same next time
             self._refused.add(self.prefix(manifest))
             log.warning("shared index not published to %s (%s): this mount publishes no more "
                         "there", place.uri, exc)
