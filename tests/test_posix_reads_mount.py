@@ -67,6 +67,31 @@ def test_no_posix_metadata_sends_no_head(s3, bucket, mount_factory):
     assert m.status()["requests"].get("HeadObject", 0) == 0
 
 
+def test_no_posix_metadata_changes_keep_what_s3_stores(s3, bucket, mount_factory):
+    """--no-posix-metadata never HEADs for a stat, but a change looks first (one request
+    for the file changed): a rewrite, chmod or touch of s3fs's 0755 file of uid 1234
+    stored the mount's defaults (0644, the mounting user) in place of its mode and owner."""
+    for key in ("rewritten.sh", "chmodded.sh", "touched.sh"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x", Metadata=s3fs_headers(0o100755))
+    m = mount_factory("--source", f"s3://{bucket}", "--no-posix-metadata")
+    root = m.path(bucket)
+    subprocess.run(["ls", "-l", str(root)], check=True, capture_output=True)
+    assert os.lstat(root / "chmodded.sh").st_mode == 0o100644  # stats still show the default
+    (root / "rewritten.sh").write_bytes(b"#!/bin/sh\n")
+    os.chmod(root / "chmodded.sh", 0o700)
+    os.utime(root / "touched.sh", (978307200, 978307200))
+    m.assert_idle()
+    heads = {key: s3.head_object(Bucket=bucket, Key=key)["Metadata"]
+             for key in ("rewritten.sh", "chmodded.sh", "touched.sh")}
+    for key, head in heads.items():
+        assert (head["uid"], head["gid"]) == ("1234", "2345"), (key, head)
+    assert heads["rewritten.sh"]["mode"] == str(0o100755)
+    assert heads["rewritten.sh"]["mtime"] != MTIME               # new bytes: a new mtime
+    assert (heads["chmodded.sh"]["mode"], heads["chmodded.sh"]["mtime"]) == (str(0o100700), MTIME)
+    assert (heads["touched.sh"]["mode"], heads["touched.sh"]["mtime"]) == (str(0o100755), "978307200")
+    assert os.lstat(root / "chmodded.sh").st_uid == 1234  # what a change looked up shows
+
+
 def test_a_listing_gives_the_kernel_names_until_the_first_stat(s3, bucket, mount_factory):
     """Entries whose metadata a stat HEADs are listed as names only (fs/dirent.py): the
     dirent's inode is FUSE_UNKNOWN_INO (as s3fs lists every name) until a stat gives the

@@ -190,17 +190,19 @@ class S3Operations(pyfuse3.Operations):
         parent = self.inodes.find(node.ns, self._ns(node).parent(node.ref), True)
         return None if parent is None else parent.ino
 
-    async def _entry(self, node: Node) -> Entry:
+    async def _entry(self, node: Node, for_change: bool = False) -> Entry:
         """The entry of `node`; asked again when a rename of its path ran meanwhile (the
-        answer may be the other file's: fs/renames.py)."""
+        answer may be the other file's: fs/renames.py). `for_change`: the node is about
+        to be changed (Namespace.stat_for_change)."""
         return await self.renames.answer(node.ns, lambda: node.ref,
-                                         lambda: self._entry_now(node))
+                                         lambda: self._entry_now(node, for_change))
 
-    async def _entry_now(self, node: Node) -> Entry:
+    async def _entry_now(self, node: Node, for_change: bool = False) -> Entry:
         try:
             if node.detached:
                 raise NotFound(f"{node.ref}: removed")
-            entry = await self._ns(node).stat(node.ref)
+            ns = self._ns(node)
+            entry = await (ns.stat_for_change(node.ref) if for_change else ns.stat(node.ref))
         except NotFound:
             entry = self._open_entry(node)  # removed or renamed while open: fstat still works
             if entry is None:
@@ -559,7 +561,7 @@ class S3Operations(pyfuse3.Operations):
         """Clear the set-id bits of the file a direct handle writes, as the kernel does
         before a write through the page cache, and drop the kernel's copy of its mode."""
         node = self.handles.file(fh).node  # type: ignore[union-attr]
-        shown = self._posix(node, await self._entry(node))
+        shown = self._posix(node, await self._entry(node, for_change=True))
         mode = shown.mode or 0
         if setid_bits(mode):
             cleared = mode & ~setid_bits(mode)
@@ -647,7 +649,7 @@ class S3Operations(pyfuse3.Operations):
     async def _xattr_changed(self, node: Node, key: str, value: bytes | None) -> Posix:
         """The metadata `node` stores once `key` is set to `value` (None: removed): what
         it shows, the attribute changed, ctime now."""
-        shown = self._posix(node, await self._entry(node))
+        shown = self._posix(node, await self._entry(node, for_change=True))
         return shown.with_xattr(key, value).replace(ctime_ns=time.time_ns())
 
     # ------------------------------------------------------------ filesystem
@@ -693,7 +695,7 @@ class S3Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None,
                       ctx: Any) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        shown = self._posix(node, await self._entry(node))
+        shown = self._posix(node, await self._entry(node, for_change=True))
         changes = attr_changes(shown, attr, fields)
         if node.detached:  # through a handle of a file whose name is gone: nothing in S3
             return await self._set_unnamed(node, changes, fh)

@@ -138,6 +138,11 @@ class Namespace(ABC):
     @abstractmethod
     async def stat(self, ref: Ref) -> Entry: ...
 
+    async def stat_for_change(self, ref: Ref) -> Entry:
+        """`stat` of a node about to be changed (setattr, xattrs, a rewrite): a tree that
+        does not look its POSIX metadata up for stats (--no-posix-metadata) does for this."""
+        return await self.stat(ref)
+
     async def top(self) -> Entry:
         """What the mount root shows for this tree's top directory: the defaults, unless
         the tree keeps metadata for it (a prefix source: its marker's)."""

@@ -68,6 +68,8 @@ class Reads(Protocol):
 
     async def stat(self, path: str) -> Entry: ...
 
+    async def stat_for_change(self, path: str) -> Entry: ...
+
     async def lookup(self, path: str, name: str) -> tuple[str, Entry] | None: ...
 
     async def listdir(self, path: str) -> list[Entry]: ...
@@ -132,7 +134,7 @@ class Mutations:
     async def open_write(self, path: str, truncate: bool) -> WriteHandle:
         """A handle for writing: the current bytes (unless truncated) in a staging file."""
         writes = self._writer()
-        entry = await self._reads.stat(path)
+        entry = await self._reads.stat_for_change(path)
         if entry.is_dir:
             raise IsADirectory(path)
         bucket, key = self._keys.bucket, self._keys.key(path)

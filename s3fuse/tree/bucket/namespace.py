@@ -167,6 +167,17 @@ class BucketTree(Namespace):
         a directory with the times its entries' changes gave it here (DirTimes)."""
         return self._dirs.shown(path, await self._stat(path))
 
+    async def stat_for_change(self, path: str) -> Entry:
+        """`stat`, with a file's POSIX metadata looked up even under --no-posix-metadata
+        (one HEAD, stored): the change keeps what S3 has that it does not change."""
+        entry = await self.stat(path)
+        if self.posix_lookups or entry.posix is not None or entry.is_dir or not entry.etag:
+            return entry
+        completed = await self._heads.complete(split(path)[0], entry, for_change=True)
+        if completed is None:
+            raise NotFound(path)
+        return completed
+
     async def _stat(self, path: str) -> Entry:
         if not path:
             return await self._top.entry(self._root_entry())

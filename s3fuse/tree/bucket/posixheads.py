@@ -115,13 +115,17 @@ class PosixHeads:
         self._reading: dict[str, None] = {}  # directories a file was read in, oldest first
         self._walks: dict[str, _Walk] = {}    # per directory, oldest first
 
-    async def complete(self, parent: str, entry: Entry) -> Entry | None:
+    async def complete(self, parent: str, entry: Entry, *, for_change: bool = False
+                       ) -> Entry | None:
         """`entry` (of `parent`) with its POSIX metadata, looked up when unknown; None
         when S3 has it no more. Still unknown (posix None: the defaults show) when it
-        cannot be looked up now: disabled, offline, or no answer within REVALIDATE_WAIT."""
-        if not self.enabled:
+        cannot be looked up now: disabled, offline, or no answer within REVALIDATE_WAIT.
+        `for_change`: a file about to be changed (chmod, touch, a rewrite) is HEADed even
+        when disabled (--no-posix-metadata), alone: the change is made on what S3 stores
+        (the defaults shown would replace another tool's mode, owner and times)."""
+        if not self.enabled and not (for_change and not entry.is_dir):
             return entry
-        walk = self._walks.get(parent)
+        walk = self._walks.get(parent) if self.enabled else None
         if walk is not None and entry.name >= walk.trigger and self._store.link.online:
             await self._read_ahead(parent, walk)
         if entry.posix is not None:
@@ -135,7 +139,7 @@ class PosixHeads:
             return entry
         batch = self._pending.get((parent, entry.name))
         if batch is None:
-            started = self._start(parent, [entry], BATCH)
+            started = self._start(parent, [entry], BATCH if self.enabled else 1)
             if len(started[1]) > 1:  # a second lookup in name order is a walk: read ahead
                 self._walk(parent, _Walk(started[1][1].name, started[1][-1].name, BATCH))
             batch = await self._launch(parent, started)
