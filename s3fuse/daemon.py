@@ -129,6 +129,7 @@ class Components:
     pinner: Pinner
     writes: WriteBack
     control: Control
+    cache_dir: Path  # resolved and secured: where this mount's state lives
     drained_out: bool = False  # the unmount's drain ended with uploads left: stop at once
     stopping: bool = False  # a signal came: systemd's STATUS= is the unmount's from now on
     refused: str | None = None  # why S3 refused the credentials at start (the start fails)
@@ -202,7 +203,8 @@ def build(cfg: Config, stack: ExitStack, store: Store | None = None) -> Componen
     ops = S3Operations(root, cfg, control)
     control.inodes = ops.inode_status
     renumbered.restore(ops.inodes, cache_dir)
-    return Components(supervisor, store, meta, blocks, reader, root, ops, pinner, writes, control)
+    return Components(supervisor, store, meta, blocks, reader, root, ops, pinner, writes, control,
+                      cache_dir)
 
 
 def traffic_of(store: Store) -> Callable[[], dict[str, Any]]:
@@ -288,7 +290,7 @@ async def _serve(cfg: Config, parts: Components, ready: ReadySignal) -> None:
         parts.supervisor.spawn(_trim_buffers, kind=BUFFER_TRIM)
         parts.supervisor.spawn(parts.ops.inode_cap.run, kind=INODE_CAP)
         parts.supervisor.spawn(parts.ops.page_dropper.run, kind=PAGE_DROP)
-        parts.supervisor.spawn(renumbered.keep_saved, parts.ops.inodes, cfg.cache_dir,
+        parts.supervisor.spawn(renumbered.keep_saved, parts.ops.inodes, parts.cache_dir,
                                kind=INODE_SAVE)
         nursery.start_soon(_announce_ready, cfg, parts, ready)
         await pyfuse3.main()
@@ -485,7 +487,7 @@ def run(cfg: Config, ready: ReadySignal | None = None, store: Store | None = Non
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", cfg.mountpoint)
-            renumbered.save(parts.ops.inodes, cfg.cache_dir)  # for the next mount
+            renumbered.save(parts.ops.inodes, parts.cache_dir)  # for the next mount
     if parts.refused is not None:
         raise UsageError(parts.refused)
     return 0

@@ -26,6 +26,7 @@ import pytest
 
 import s3fuse.daemon
 from s3fuse.daemon import Components
+from s3fuse.fs.ops import attr_changes
 from s3fuse.model import Entry
 from s3fuse.posix import NO_HEADERS, Posix, to_headers
 from s3fuse.store.memory import MemoryStore
@@ -362,3 +363,22 @@ async def test_an_entry_without_headers_shows_the_defaults(parts: Components):
     assert (entry.posix or NO_HEADERS).mode is None
     f = await lookup_path(parts.ops, B, "a.txt")
     assert f.st_mode == stat.S_IFREG | parts.ops.cfg.file_mode and f.st_uid == parts.ops.cfg.uid
+
+
+def test_a_chown_to_the_forced_owner_keeps_the_stored_one():
+    """--force-owner shows (cfg.uid, cfg.gid) for everything: a chown to them is no change
+    (a read-only tree does not refuse it), and the metadata stored keeps S3's owner; a
+    chown to anyone else is one."""
+    stored = Posix(mode=stat.S_IFREG | 0o600, uid=1234, gid=1234)
+    request = pyfuse3.EntryAttributes()
+    request.st_uid, request.st_gid = 65534, 65534
+    fields = Fields(update_uid=True, update_gid=True)
+    changes = attr_changes(stored, request, fields, (65534, 65534))
+    assert (changes.uid, changes.gid) == (None, None)
+    assert changes.posix is not None and (changes.posix.uid, changes.posix.gid) == (1234, 1234)
+    changes = attr_changes(stored, request, fields)                # without --force-owner
+    assert (changes.uid, changes.gid) == (65534, 65534)
+    request.st_uid = 4321
+    changes = attr_changes(stored, request, fields, (65534, 65534))
+    assert (changes.uid, changes.gid) == (4321, None)
+    assert changes.posix is not None and (changes.posix.uid, changes.posix.gid) == (4321, 1234)

@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Callable
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from s3fuse.archive.index import LEGACY_SMALL_POINTS, build_index, gzip_spacing
 from s3fuse.archive.index import read_member as inflate_member
@@ -35,6 +36,7 @@ from s3fuse.idle import Idle
 from s3fuse.model import ObjectRef
 from s3fuse.store.memory import MemoryStore
 from s3fuse.tree.sharedindex import SharedIndex
+from s3fuse.util.supervisor import Supervisor
 from tests.support.archives import random_tar
 from tests.test_archive import tarfile_members
 from tests.test_ops import lookup_path
@@ -299,8 +301,8 @@ async def machine(tmp_path: Path, name: str, store: MemoryStore,
             nursery.cancel_scope.cancel()
 
 
-async def read_member(parts: Components, name: str, archive: str = "shard.tar.gz") -> bytes:
-    attrs = await lookup_path(parts.ops, "s", archive, name)
+async def read_member(parts: Components, name: str) -> bytes:
+    attrs = await lookup_path(parts.ops, "s", "shard.tar.gz", name)
     info = await parts.ops.open(attrs.st_ino, os.O_RDONLY, None)
     try:
         out = bytearray()
@@ -459,21 +461,30 @@ async def test_a_refused_publish_is_one_line(tmp_path: Path, store: CountingStor
     assert not [k for k in store.objects(B) if k.endswith(".idx")]
 
 
-async def test_a_missing_index_bucket_is_one_line(tmp_path: Path, store: CountingStore,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
-    """--shared-index to a bucket that does not exist: one warning, not one per shard."""
-    archive, members = shard()
-    store.put_object(B, "ml/s/second.tar.gz", archive)
-    line = {"kind": "shard", "compression": "gzip"}
-    store.put_object(B, MANIFEST, b"".join(json.dumps({**line, "archive_key": key}).encode() + b"\n"
-                                           for key in (ARCHIVE, "ml/s/second.tar.gz")))
-    async for a in machine(tmp_path, "a", store, shared="s3://no-such-bucket/fleet"):
-        assert await read_member(a, LAST) == members[LAST]
-        await settle(a, store)
-        assert await read_member(a, LAST, "second.tar.gz") == members[LAST]
-        await settle(a, store)
+async def test_a_missing_index_bucket_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """--shared-index to a bucket that does not exist: one warning and one PUT, not one
+    per shard, also for the publishes that were queued behind the first one."""
+    archive, _ = shard()
+    index = build_index(Source(archive), "gzip", ARCHIVE, Limits())
+    store = MemoryStore()
+    store.create_bucket(B)
+    manifest = parse_manifest(f"s3://{B}/{MANIFEST}", "s")
+    async with trio.open_nursery() as nursery:
+        background = Supervisor()
+        background.bind(nursery)
+        shared = SharedIndex(store, "s3://no-such-bucket/fleet", background)
+        for n in range(3):  # three shards indexed at once: their publishes wait in line
+            shared.publish_later(manifest, ObjectRef(B, f"ml/s/{n}.tar.gz", "e1", len(archive)),
+                                 index, Limits())
+        await trio.testing.wait_all_tasks_blocked()  # the publishes started: counted as busy
+        state = await Idle(background, None, store.link).wait(30)
+        assert state["idle"], state
+        shared.publish_later(manifest, ObjectRef(B, "ml/s/later.tar.gz", "e1", len(archive)),
+                             index, Limits())
+        nursery.cancel_scope.cancel()
     lines = [m for m in ignored(caplog) if "not published" in m]
     assert len(lines) == 1 and "publishes no more there" in lines[0], lines
+    assert store.request_counts().get("PutObject", 0) == 1
 
 
 async def test_a_hung_publish_does_not_hold_the_unmount(tmp_path: Path, store: CountingStore,

@@ -90,6 +90,9 @@ class InodeTable:
         #: ... and those of the last mount (`restore`), by namespace name until looked up
         self._restored: dict[tuple[str, bool, str], int] = {}
         self._removals = RemovalCounter()
+        #: Moves on at every rename and removal: `renumbered` may differ (fs/renumbered.py
+        #: looks again only then)
+        self.changes = 0
         self.on_new: Callable[[], None] | None = None  # called for each dynamic node made
         self.on_gone: Callable[[int], None] | None = None  # ... and with each one let go
 
@@ -196,6 +199,7 @@ class InodeTable:
     def detach(self, ns: int, ref: Hashable, is_dir: bool) -> None:
         """The name is gone: a new file there gets a new inode; the old one lives on
         (for open handles) until the kernel forgets it."""
+        self.changes += 1
         self._kept.pop((ns, is_dir, ref), None)  # a new file there is another file
         if self._restored and isinstance(ref, str):
             self._restored.pop((self._ns_name(ns), is_dir, ref), None)

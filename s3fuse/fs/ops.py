@@ -696,7 +696,8 @@ class S3Operations(pyfuse3.Operations):
                       ctx: Any) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         shown = self._posix(node, await self._entry(node, for_change=True))
-        changes = attr_changes(shown, attr, fields)
+        changes = attr_changes(shown, attr, fields,
+                               (self.cfg.uid, self.cfg.gid) if self.cfg.force_owner else None)
         if node.detached:  # through a handle of a file whose name is gone: nothing in S3
             return await self._set_unnamed(node, changes, fh)
         handle = None
@@ -800,19 +801,25 @@ class S3Operations(pyfuse3.Operations):
         return self._created(parent, ref, entry)
 
 
-def attr_changes(shown: Posix, attr: pyfuse3.EntryAttributes, fields: Any) -> AttrChanges:
+def attr_changes(shown: Posix, attr: pyfuse3.EntryAttributes, fields: Any,
+                 forced_owner: tuple[int, int] | None = None) -> AttrChanges:
     """A setattr request as changes: what was asked (a mode, owner or group already shown
     is no change: read-only trees refuse only real ones) and the complete metadata after
     it, `shown` with the request applied and ctime now (None for a size change alone,
     whose new version carries the metadata with its own times). A size change moves the
-    mtime too unless the request sets one."""
+    mtime too unless the request sets one. `forced_owner`: the (uid, gid) --force-owner
+    shows instead of `shown`'s: a chown to them asks for nothing (`chown -R me:me` must
+    not copy every object over the owners another machine stored)."""
     mode = stat.S_IMODE(attr.st_mode)
     atime_ns, mtime_ns = clamp_time(attr.st_atime_ns), clamp_time(attr.st_mtime_ns)
+    uid_shown, gid_shown = forced_owner or (shown.uid, shown.gid)
+    new_uid = attr.st_uid if fields.update_uid and attr.st_uid != uid_shown else None
+    new_gid = attr.st_gid if fields.update_gid and attr.st_gid != gid_shown else None
     changes = AttrChanges(
         size=attr.st_size if fields.update_size else None,
         mode=mode if fields.update_mode and mode != stat.S_IMODE(shown.mode or 0) else None,
-        uid=attr.st_uid if fields.update_uid and attr.st_uid != shown.uid else None,
-        gid=attr.st_gid if fields.update_gid and attr.st_gid != shown.gid else None,
+        uid=new_uid,
+        gid=new_gid,
         atime_ns=atime_ns if fields.update_atime else None,
         mtime_ns=mtime_ns if fields.update_mtime else None)
     if not (fields.update_mode or fields.update_uid or fields.update_gid
@@ -821,8 +828,8 @@ def attr_changes(shown: Posix, attr: pyfuse3.EntryAttributes, fields: Any) -> At
     now = time.time_ns()
     posix = shown.replace(
         mode=stat.S_IFMT(shown.mode or 0) | mode if fields.update_mode else shown.mode,
-        uid=attr.st_uid if fields.update_uid else shown.uid,
-        gid=attr.st_gid if fields.update_gid else shown.gid,
+        uid=shown.uid if new_uid is None else new_uid,
+        gid=shown.gid if new_gid is None else new_gid,
         atime_ns=atime_ns if fields.update_atime else shown.atime_ns,
         mtime_ns=(mtime_ns if fields.update_mtime
                   else now if fields.update_size else shown.mtime_ns),

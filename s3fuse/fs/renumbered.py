@@ -7,8 +7,8 @@ than before: `git diff-index` reported such files modified, and backup tools tha
 inode read them again. The unmount writes those numbers here (at most KEPT_MAX, the
 newest); the next mount gives each path its number again at its first lookup. While
 mounted, the file is also written SAVE_INTERVAL after the numbers change (`keep_saved`), so
-a crash loses at most the renames of those last seconds (their paths then get their
-natural numbers, as before). Ignored when unreadable.
+a crash or a power loss loses at most the renames of those last seconds (their paths then
+get their natural numbers, as before). Ignored when unreadable.
 """
 from __future__ import annotations
 
@@ -55,11 +55,13 @@ async def keep_saved(table: InodeTable, cache_dir: Path, interval: float = SAVE_
     """While mounted: write the numbers `interval` seconds after they changed (a service
     task). The table is read on the loop (it is not thread-safe), the file written in a
     thread."""
-    written = table.renumbered()  # what the file holds: the last mount's, restored
+    seen, written = table.changes, table.renumbered()  # the file holds the last mount's
     while True:
         await trio.sleep(interval)
-        numbers = table.renumbered()
-        if numbers != written:
+        if table.changes == seen:  # no rename or removal since: nothing to look at
+            continue
+        seen, numbers = table.changes, table.renumbered()
+        if sorted(numbers) != sorted(written):  # (live renamed nodes come in set order)
             await trio.to_thread.run_sync(_write, cache_dir, numbers)
             written = numbers
 
@@ -68,7 +70,7 @@ def _write(cache_dir: Path, numbers: list[tuple[str, bool, str, int]]) -> None:
     path = cache_dir / FILE
     try:
         write_atomically(path, json.dumps({"version": VERSION, "numbers": numbers})
-                         .encode("utf-8"), 0o600)
+                         .encode("utf-8"), 0o600, durable=True)
     except OSError as exc:  # a full or gone cache disk: the next mount numbers by path
         log.warning("cannot write %s (%s): renamed files get their paths' numbers at the "
                     "next mount", path, exc.strerror or exc)

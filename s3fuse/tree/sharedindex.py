@@ -120,20 +120,25 @@ class SharedIndex:
 
     async def _publish(self, manifest: ManifestSpec, archive: ObjectRef, index: ArchiveIndex,
                        limits: Limits) -> None:
-        place = self.place(manifest, archive)
+        place, where = self.place(manifest, archive), self.prefix(manifest)
         try:
             # abandoned at exit: a PUT that hangs must not hold the unmount (best effort)
-            await trio.to_thread.run_sync(self._put, place, archive, index, limits,
+            await trio.to_thread.run_sync(self._put, place, where, archive, index, limits,
                                           limiter=self._limiter, abandon_on_cancel=True)
         except (AccessDenied, NotFound) as exc:  # 403, or no such bucket: the same next time
-            self._refused.add(self.prefix(manifest))
+            if where in self._refused:  # told by a publish that waited beside this one
+                return
+            self._refused.add(where)
             log.warning("shared index not published to %s (%s): this mount publishes no more "
                         "there", place.uri, exc)
         except S3FuseError as exc:
             log.warning("shared index of s3://%s/%s not published (%s)", archive.bucket,
                         archive.key, exc)
 
-    def _put(self, place: Place, archive: ObjectRef, index: ArchiveIndex, limits: Limits) -> None:
+    def _put(self, place: Place, where: tuple[str, str], archive: ObjectRef, index: ArchiveIndex,
+             limits: Limits) -> None:
+        if where in self._refused:  # refused while this publish waited for its turn
+            return
         blob = encode(index, archive.bucket, archive.key, archive.etag, archive.size)
         if len(blob) > allowance(archive.size):  # every fetcher would refuse it
             log.info("shard s3://%s/%s: index of %d bytes not published (over the %d a fetcher "

@@ -687,7 +687,8 @@ class UploadQueue:
     async def _process(self, job: Job) -> None:
         outcome: Callable[[], None]
         result: UploadResult | None = None
-        self._phases[job.id] = f"sending the {job.op} of {job.uri}"
+        # no key: anyone may ask the idle query (control.py), as for the status summary
+        self._phases[job.id] = f"{job.op}: waiting for a slot or sending"
         try:
             # abandoned when the daemon is cancelled at exit: the job stays journalled as
             # uploading and the next start queues it again
@@ -716,9 +717,9 @@ class UploadQueue:
             # between only replays the upload, while the other order could lose the tree's
             # update, and the stored listing hid the file until --metadata-ttl passed.
             self._tell_uploaded(job, result)
-            self._phases[job.id] = f"storing the listings {job.uri} changed"
+            self._phases[job.id] = f"{job.op}: storing the listings it changed"
             await self._flush_listeners(job)
-        self._phases[job.id] = f"journalling the end of {job.uri}"
+        self._phases[job.id] = f"{job.op}: journalling its end"
         await self._record(job, outcome)
         if result is not None:
             latest = self._latest.get((job.bucket, job.key))
