@@ -711,6 +711,7 @@ class UploadQueue:
             outcome = functools.partial(self.journal.done, job.id, result.etag, result.conflict_key,
                                         kept_remote=result.kept_remote)
             if self.keep_uploaded is not None and job.op == "put":
+                self._phases[job.id] = f"{job.op}: keeping its bytes in the block cache"
                 await self._io(self._keep, job, result)
         if result is not None:
             # The tree learns the new ETag before the journal forgets the job: a crash in
