@@ -261,6 +261,8 @@ def _mount(args: argparse.Namespace, argv: Sequence[str], ready: "ReadySignal | 
             log_file)
         if code:
             _say(f"s3fuse: {reason}")
+        elif reason:
+            _say(f"s3fuse: warning: {reason}")
         return code
     from .daemon import run
     setup_logging(cfg.log_level, cfg.debug, cfg.log_file, rotate=args.default_log)

@@ -104,8 +104,10 @@ class ReadySignal:
             pass
         self._fd = None
 
-    def ready(self) -> None:
-        self._send("READY")
+    def ready(self, warning: str | None = None) -> None:
+        """`warning`: one line the starting user should see (a bucket that does not exist):
+        `s3fuse mount` prints it, which a background start's log alone did not."""
+        self._send("READY" + (" " + warning.replace("\n", " ") if warning else ""))
         # no STATUS here: the status reporter may have sent its first line already, and
         # sends the next one only when it changes ("mounted" stood for good, offline too)
         self.notifier.send(READY="1")
@@ -385,12 +387,13 @@ def _report_left(status: dict[str, Any]) -> None:
 async def _announce_ready(cfg: Config, parts: Components, ready: ReadySignal) -> None:
     st = await trio.to_thread.run_sync(os.stat, str(cfg.mountpoint))
     tune_readahead(st.st_dev)
-    parts.refused = await credentials_refused(first_request(cfg, parts.store))
+    warnings: list[str] = []
+    parts.refused = await credentials_refused(first_request(cfg, parts.store), warnings=warnings)
     if parts.refused is not None:  # `run` fails the start once the mount is gone
         pyfuse3.terminate()
         return
     log.info("mounted %s", cfg.mountpoint)
-    ready.ready()
+    ready.ready("; ".join(warnings) or None)
 
 
 def first_request(cfg: Config, store: Store) -> Callable[[], object]:
@@ -416,7 +419,8 @@ def first_request(cfg: Config, store: Store) -> Callable[[], object]:
 
 
 async def credentials_refused(request: Callable[[], object],
-                              wait: float = CREDENTIAL_CHECK_WAIT) -> str | None:
+                              wait: float = CREDENTIAL_CHECK_WAIT,
+                              warnings: list[str] | None = None) -> str | None:
     """Why no request can succeed (S3 answered `request`, the start's first, with
     InvalidAccessKeyId or SignatureDoesNotMatch, or said a session that s3fuse cannot
     renew has expired: CredentialsExpired), else None: any other answer (a refused
@@ -432,8 +436,11 @@ async def credentials_refused(request: Callable[[], object],
                 return f"S3 refuses these credentials ({exc.code}): {exc}"
         except NotFound as exc:
             if exc.code == "NoSuchBucket":  # a typo in --source: say it before `ls` does
-                log.warning("%s: the bucket does not exist (a typo?): listing it is ENOENT, "
-                            "and nothing can be made in it", exc)
+                warning = (f"{exc}: the bucket does not exist (a typo?): listing it is ENOENT, "
+                           "and nothing can be made in it")
+                log.warning("%s", warning)
+                if warnings is not None:  # for whoever started the mount (ReadySignal.ready)
+                    warnings.append(warning)
             else:
                 log.debug("credential check at start: %s", exc)
         except S3FuseError as exc:

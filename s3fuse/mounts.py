@@ -59,7 +59,8 @@ def spawn_background(argv: list[str], log_path: Path, timeout: float = 120.0,
     """Start `s3fuse <argv> --foreground` (`program` instead of s3fuse: tests) detached;
     wait until it says READY or fails.
 
-    Returns (exit code, message). The daemon's output goes to `log_path`.
+    Returns (exit code, message: why it failed, or a warning of a mount that started).
+    The daemon's output goes to `log_path`.
     """
     read_fd, write_fd = os.pipe()
     cmd = [*(program or [sys.executable, "-m", "s3fuse"]), *argv, "--foreground",
@@ -91,8 +92,8 @@ def spawn_background(argv: list[str], log_path: Path, timeout: float = 120.0,
     finally:
         os.close(read_fd)
     line = buf.decode(errors="replace").strip()
-    if line == "READY":
-        return 0, ""
+    if line == "READY" or line.startswith("READY "):  # with a warning for the user
+        return 0, line[6:]
     code = proc.wait(timeout=30) if proc.poll() is None else proc.returncode
     if line.startswith("ERROR "):
         return (code or 1), line[6:]

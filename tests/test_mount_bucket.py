@@ -433,6 +433,29 @@ def test_a_cache_dir_or_log_file_inside_the_mountpoint_is_refused(s3, bucket, mo
         "outside it"]
 
 
+def test_a_background_mount_of_a_missing_bucket_says_so(bucket, backend, tmp_path, fuse_available):
+    """`s3fuse mount` (in the background, as users run it) of a bucket that does not exist
+    mounts, as offline-first must, but says so on the terminal: the warning was only in
+    the daemon's log file, and the start looked clean."""
+    missing, mnt = f"{bucket}-typo", tmp_path / "mnt"
+    mnt.mkdir()
+    s3fuse = [sys.executable, "-m", "s3fuse"]
+    res = subprocess.run([*s3fuse, "mount", str(mnt), "--source", f"s3://{missing}",
+                          "--cache-dir", str(tmp_path / "cache")],
+                         env=backend.env(), capture_output=True, text=True,
+                         timeout=120)
+    try:
+        assert res.returncode == 0, res.stderr
+        assert os.path.ismount(mnt)
+        [line] = res.stderr.strip().splitlines()
+        assert line.startswith("s3fuse: warning: ") and "the bucket does not exist (a typo?)" in line
+        assert missing in line
+    finally:
+        subprocess.run([*s3fuse, "umount", str(mnt)], capture_output=True, timeout=120)
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+
+
 def test_a_source_whose_bucket_does_not_exist_takes_no_new_file(s3, bucket, mount_factory):
     """A typo in --source: `ls` was ENOENT but a create went ahead, and its upload then
     failed for good (NoSuchBucket). Now the start warns, and nothing is made in it until

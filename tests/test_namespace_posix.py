@@ -367,15 +367,14 @@ async def test_an_entry_without_headers_shows_the_defaults(parts: Components):
 
 def test_a_chown_to_the_forced_owner_keeps_the_stored_one():
     """--force-owner shows (cfg.uid, cfg.gid) for everything: a chown to them is no change
-    (a read-only tree does not refuse it), and the metadata stored keeps S3's owner; a
-    chown to anyone else is one."""
+    (a read-only tree does not refuse it) and stores nothing (`chown -R me: dir` copied
+    every object); a chown to anyone else is one, on S3's owner."""
     stored = Posix(mode=stat.S_IFREG | 0o600, uid=1234, gid=1234)
     request = pyfuse3.EntryAttributes()
     request.st_uid, request.st_gid = 65534, 65534
     fields = Fields(update_uid=True, update_gid=True)
     changes = attr_changes(stored, request, fields, (65534, 65534))
-    assert (changes.uid, changes.gid) == (None, None)
-    assert changes.posix is not None and (changes.posix.uid, changes.posix.gid) == (1234, 1234)
+    assert (changes.uid, changes.gid, changes.posix) == (None, None, None)  # nothing stored
     changes = attr_changes(stored, request, fields)                # without --force-owner
     assert (changes.uid, changes.gid) == (65534, 65534)
     request.st_uid = 4321

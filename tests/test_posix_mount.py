@@ -453,6 +453,11 @@ def test_force_owner_shows_the_mount_owner_and_stores_what_s3_had(s3, bucket, ba
         assert (head["mode"], head["uid"], head["gid"]) == (str(stat.S_IFREG | 0o640), "1234", "1234")
         head = s3.head_object(Bucket=bucket, Key="d/mine.txt")["Metadata"]
         assert (head["uid"], head["gid"]) == ("4321", "4321")
+        copies = m.status()["requests"].get("CopyObject", 0)
+        subprocess.run(["chown", "-R", "65534:65534", str(d)], check=True)  # the owner shown
+        m.assert_idle()
+        assert m.status()["requests"].get("CopyObject", 0) == copies  # nothing to store
+        assert s3.head_object(Bucket=bucket, Key="d/private.txt")["Metadata"]["uid"] == "1234"
     finally:
         stop(m)
 

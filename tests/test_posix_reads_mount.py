@@ -92,6 +92,24 @@ def test_no_posix_metadata_changes_keep_what_s3_stores(s3, bucket, mount_factory
     assert os.lstat(root / "chmodded.sh").st_uid == 1234  # what a change looked up shows
 
 
+def test_no_posix_metadata_directory_changes_keep_the_marker_metadata(s3, bucket, mount_factory):
+    """The same for a directory: its marker is looked up before a chmod or touch (a plain
+    `touch` of a 0700 directory stored it as 0755, the default, with the mount's owner)."""
+    if not keeps_marker_metadata(s3, bucket):
+        pytest.skip("the server keeps no metadata on dir/ markers (SeaweedFS)")
+    for name in ("chmodded", "touched"):
+        s3.put_object(Bucket=bucket, Key=f"{name}/", Body=b"", Metadata=s3fs_headers(0o40700))
+    m = mount_factory("--source", f"s3://{bucket}", "--no-posix-metadata")
+    root = m.path(bucket)
+    os.chmod(root / "chmodded", 0o750)
+    os.utime(root / "touched")
+    m.assert_idle()
+    chmodded = s3.head_object(Bucket=bucket, Key="chmodded/")["Metadata"]
+    touched = s3.head_object(Bucket=bucket, Key="touched/")["Metadata"]
+    assert (chmodded["mode"], chmodded["uid"], chmodded["mtime"]) == (str(0o40750), "1234", MTIME)
+    assert (touched["mode"], touched["uid"], touched["gid"]) == (str(0o40700), "1234", "2345")
+
+
 def test_a_listing_gives_the_kernel_names_until_the_first_stat(s3, bucket, mount_factory):
     """Entries whose metadata a stat HEADs are listed as names only (fs/dirent.py): the
     dirent's inode is FUSE_UNKNOWN_INO (as s3fs lists every name) until a stat gives the

@@ -808,8 +808,9 @@ def attr_changes(shown: Posix, attr: pyfuse3.EntryAttributes, fields: Any,
     it, `shown` with the request applied and ctime now (None for a size change alone,
     whose new version carries the metadata with its own times). A size change moves the
     mtime too unless the request sets one. `forced_owner`: the (uid, gid) --force-owner
-    shows instead of `shown`'s: a chown to them asks for nothing (`chown -R me:me` must
-    not copy every object over the owners another machine stored)."""
+    shows instead of `shown`'s: a chown to them asks for nothing and stores nothing
+    (`chown -R me:me` must not copy every object, nor over the owners another machine
+    stored)."""
     mode = stat.S_IMODE(attr.st_mode)
     atime_ns, mtime_ns = clamp_time(attr.st_atime_ns), clamp_time(attr.st_mtime_ns)
     uid_shown, gid_shown = forced_owner or (shown.uid, shown.gid)
@@ -825,6 +826,10 @@ def attr_changes(shown: Posix, attr: pyfuse3.EntryAttributes, fields: Any,
     if not (fields.update_mode or fields.update_uid or fields.update_gid
             or fields.update_atime or fields.update_mtime or fields.update_ctime):
         return changes
+    if forced_owner is not None and new_uid is None and new_gid is None and not (
+            fields.update_mode or fields.update_atime or fields.update_mtime
+            or fields.update_size):
+        return changes  # a chown to the owner shown: nothing to store, not even a ctime
     now = time.time_ns()
     posix = shown.replace(
         mode=stat.S_IFMT(shown.mode or 0) | mode if fields.update_mode else shown.mode,

@@ -168,10 +168,13 @@ class BucketTree(Namespace):
         return self._dirs.shown(path, await self._stat(path))
 
     async def stat_for_change(self, path: str) -> Entry:
-        """`stat`, with a file's POSIX metadata looked up even under --no-posix-metadata
-        (one HEAD, stored): the change keeps what S3 has that it does not change."""
+        """`stat`, with the POSIX metadata of a file or a directory's marker looked up even
+        under --no-posix-metadata (one HEAD, stored; a directory is listed first if it was
+        not, to know whether it has a marker): the change keeps what S3 has that it does
+        not change. The top of a source is TopDir's (not looked up then)."""
         entry = await self.stat(path)
-        if self.posix_lookups or entry.posix is not None or entry.is_dir or not entry.etag:
+        if (self.posix_lookups or entry.posix is not None or not path
+                or not entry.is_dir and not entry.etag):  # (a file not uploaded yet)
             return entry
         completed = await self._heads.complete(split(path)[0], entry, for_change=True)
         if completed is None:

@@ -120,10 +120,11 @@ class PosixHeads:
         """`entry` (of `parent`) with its POSIX metadata, looked up when unknown; None
         when S3 has it no more. Still unknown (posix None: the defaults show) when it
         cannot be looked up now: disabled, offline, or no answer within REVALIDATE_WAIT.
-        `for_change`: a file about to be changed (chmod, touch, a rewrite) is HEADed even
-        when disabled (--no-posix-metadata), alone: the change is made on what S3 stores
-        (the defaults shown would replace another tool's mode, owner and times)."""
-        if not self.enabled and not (for_change and not entry.is_dir):
+        `for_change`: a node about to be changed (chmod, touch, a rewrite) is looked up
+        even when disabled (--no-posix-metadata), alone (a directory: its marker): the
+        change is made on what S3 stores (the defaults shown would replace another tool's
+        mode, owner and times)."""
+        if not self.enabled and not for_change:
             return entry
         walk = self._walks.get(parent) if self.enabled else None
         if walk is not None and entry.name >= walk.trigger and self._store.link.online:
