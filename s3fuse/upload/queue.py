@@ -434,8 +434,10 @@ class UploadQueue:
                   and await self._io(self.journal.next_due) is not None)
         # the counters after the journal: a job claimed meanwhile was counted before its claim
         if self._processing:
-            phases = ", ".join(f"job {job_id}: {phase}" for job_id, phase in self._phases.items())
-            return f"uploading ({phases})" if phases else "uploading"
+            phases = [f"job {job_id}: {phase}" for job_id, phase in self._phases.items()]
+            if self._processing > len(self._phases):  # counted before their claim returned
+                phases.append(f"{self._processing - len(self._phases)} claiming a job")
+            return f"uploading ({', '.join(phases)})"
         if self.commits.due:
             return "sync pass due"
         if not self._running or self._stopping or not self.store.link.online:

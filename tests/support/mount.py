@@ -100,7 +100,10 @@ class Mount:
                 status = os.getxattr(self.mountpoint, "user.s3fuse.status").decode()
             except OSError as exc:
                 status = f"(no status: {exc})"
-            tail = "\n".join(self.log().splitlines()[-60:])
+            if self.proc is not None and self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGUSR1)  # its threads' stacks, into its log
+                time.sleep(1.0)
+            tail = "\n".join(self.log().splitlines()[-200:])
             raise AssertionError(f"not idle after {timeout}s: {state}\nstatus: {status}\n"
                                  f"log:\n{tail}")
         return state
