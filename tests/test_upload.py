@@ -2,6 +2,7 @@
 permanent failures, conflicts, superseded versions, failed multipart uploads."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -446,6 +447,31 @@ async def test_a_stalled_upload_says_where_it_waits(tmp_path: Path, store: S3Sto
         assert busy is not None and busy.startswith("uploading (job ")
         assert "put: waiting for a slot or sending" in busy and "stall.txt" not in busy
         release.set()
+        await queue.sync(timeout=10)
+        assert await queue.busy() is None
+
+
+async def test_a_claim_of_an_empty_journal_is_not_work(tmp_path: Path, store: S3Store,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    """A worker woken with nothing queued claims nothing: while its claim runs, the idle
+    query says idle (it said "uploading", and a test that had just seen the mount go idle
+    read that right after: CI failed on it twice). A claim that can find a job is work."""
+    claiming, release, first = threading.Event(), threading.Event(), threading.Lock()
+    claim = Journal.claim
+
+    def slow_claim(journal: Journal, *args: Any) -> Any:
+        if first.acquire(blocking=False):  # the first one only: the others leave the idle
+            claiming.set()                 # query a thread of the queue's two for the journal
+            release.wait(10)
+        return claim(journal, *args)
+    async with upload_queue(tmp_path, store) as queue:
+        await queue.sync(timeout=10)
+        monkeypatch.setattr(queue.journal, "claim", functools.partial(slow_claim, queue.journal))
+        queue._notify()  # wakes a worker: it claims
+        assert await trio.to_thread.run_sync(claiming.wait, 10)
+        assert await queue.busy() is None
+        release.set()
+        monkeypatch.undo()
         await queue.sync(timeout=10)
         assert await queue.busy() is None
 

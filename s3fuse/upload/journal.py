@@ -461,6 +461,10 @@ class Journal:
             db.execute("UPDATE jobs SET state = 'uploading', sent = 1 WHERE id = ?", (row["id"],))
         return _job(row)
 
+    def has_active(self) -> bool:
+        """Is any job queued or uploading (a worker's claim may find one)? A read."""
+        return bool(self._read("SELECT 1 FROM jobs WHERE state != 'failed' LIMIT 1"))
+
     def next_due(self, light_max: int | None = None, copies: bool = False,
                  held_keys: Sequence[str] = (), held: Sequence[int] = ()) -> float | None:
         """When the next startable job (with `light_max` and `copies`: light job, as for

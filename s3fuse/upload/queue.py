@@ -144,6 +144,9 @@ class UploadQueue:
         self.keep_uploaded: Callable[[Job, UploadResult, Path], None] | None = None
         self._uploads = trio.CapacityLimiter(workers)
         self._disk = trio.CapacityLimiter(2)  # journal and staging I/O, apart from uploads
+        # the sync pass's fsyncs apart: on a busy disk they took seconds, and claims and
+        # the recording of uploads waited behind them
+        self._syncing = trio.CapacityLimiter(1)
         self._flushes = trio.CapacityLimiter(workers)  # waits for listeners' writes (may be long)
         self._latest: dict[tuple[str, str], tuple[int, str]] = {}
         self._told: dict[tuple[str, str], int] = {}  # newest job id told per key (bounded)
@@ -156,7 +159,7 @@ class UploadQueue:
         self._unheld = trio.Event()   # replaced when uploads stop waiting for bursts (urgent)
         self._progress = trio.Event()  # the same, also at every sync pass (see changed())
         self._cleaned = trio.Event()
-        self.commits = GroupCommit(journal, staging, self._io, self._progressed)
+        self.commits = GroupCommit(journal, staging, self._sync_io, self._progressed)
         self._bursts = BurstGate()
         self._meta_bursts = BurstGate()   # of metadata changes: light workers copy after one
         self._meta_watchers = 0           # light workers that will look when it pauses
@@ -165,6 +168,7 @@ class UploadQueue:
         self._stopping = False
         self._running = False
         self._processing = 0              # jobs a worker has claimed and not yet recorded
+        self._claiming = 0                # ... of which claims not returned yet (may be none)
         self._phases: dict[int, str] = {}  # job id -> what its worker waits for (the idle query)
         self._rewrites = Rewrites()       # when a key closed again may upload (rewrites.py)
         self._held: dict[int, float] = {}  # job -> until when it waits for its handle's release
@@ -431,12 +435,15 @@ class UploadQueue:
         """For the idle query: why the queue will do more work without outside help (an
         upload running, a sync pass due, jobs queued or retrying while online), or None."""
         queued = (self._running and not self._stopping and self.store.link.online
-                  and await self._io(self.journal.next_due) is not None)
-        # the counters after the journal: a job claimed meanwhile was counted before its claim
-        if self._processing:
+                  and await self._look(self.journal.next_due) is not None)
+        active = await self._look(self.journal.has_active)
+        # the counters after the journal: a job claimed meanwhile was counted before its
+        # claim; a claim of an empty journal finds nothing (a worker woken by a sync pass:
+        # that claim made a mount that had just gone idle look busy)
+        if self._processing > self._claiming or (self._claiming and active):
             phases = [f"job {job_id}: {phase}" for job_id, phase in self._phases.items()]
-            if self._processing > len(self._phases):  # counted before their claim returned
-                phases.append(f"{self._processing - len(self._phases)} claiming a job")
+            if self._claiming:
+                phases.append(f"{self._claiming} claiming a job")
             return f"uploading ({', '.join(phases)})"
         if self.commits.due:
             return "sync pass due"
@@ -465,6 +472,14 @@ class UploadQueue:
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._disk)
+
+    async def _sync_io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._syncing)
+
+    @staticmethod
+    async def _look(fn: Callable[..., T], *args: Any) -> T:
+        """A read of the journal for the idle query: never behind the writes' threads."""
+        return await trio.to_thread.run_sync(functools.partial(fn, *args))
 
     def _for_light(self, op: str, size: int) -> bool:
         """Is a job of `op` and `size` one to wake a light worker for? One it claims
@@ -629,6 +644,7 @@ class UploadQueue:
                 # may take: a chmod's stream of copies would keep it asking all along)
                 changed = self._light_changed if light else self._changed
                 self._processing += 1  # before the claim: the idle query never misses a job
+                self._claiming += 1
                 job, unwritable = None, False
                 light_max = LIGHT_PUT_BYTES if light else None
                 held_keys, held, hold_ends = self._holding()
@@ -650,6 +666,7 @@ class UploadQueue:
                         warned = True
                     unwritable = True
                 finally:
+                    self._claiming -= 1
                     if job is None:
                         self._processing -= 1
                 if job is not None:

@@ -88,8 +88,15 @@ class Mount:
         """Wait (at most `timeout` seconds) until the daemon has no background work left
         (read-ahead, cache writes, pins, uploads and their sync pass: see s3fuse/idle.py);
         returns its state, `idle` false when time ran out. Use it instead of sleeping."""
-        os.setxattr(self.mountpoint, "user.s3fuse.idle", str(timeout).encode())
-        return json.loads(os.getxattr(self.mountpoint, "user.s3fuse.idle"))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            os.setxattr(self.mountpoint, "user.s3fuse.idle", str(left).encode())
+            # a second request: work that starts between the two (a sync pass, a list-ahead)
+            # shows, so look again while time is left
+            state = json.loads(os.getxattr(self.mountpoint, "user.s3fuse.idle"))
+            if state["idle"] or left <= 0:
+                return state
 
     def assert_idle(self, timeout: float = 60.0) -> dict[str, Any]:
         """`wait_idle`, failing with what the daemon was busy with: its state, its upload
