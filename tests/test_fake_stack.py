@@ -50,9 +50,11 @@ def store() -> MemoryStore:
 
 
 async def running(tmp_path: Path, store: MemoryStore, ttl: float = 60,
-                  source: str = f"s3://{B}") -> AsyncIterator[Components]:
+                  source: str = f"s3://{B}", posix_metadata: bool = True
+                  ) -> AsyncIterator[Components]:
     cfg = Config(mountpoint=tmp_path / "mnt", sources=(parse_source(source, B),),
-                 cache_dir=tmp_path / "cache", region="us-east-1", metadata_ttl=ttl)
+                 cache_dir=tmp_path / "cache", region="us-east-1", metadata_ttl=ttl,
+                 posix_metadata=posix_metadata)
     with ExitStack() as stack:
         parts = build(cfg, stack, store=store)  # type: ignore[arg-type]
         async with trio.open_nursery() as nursery:

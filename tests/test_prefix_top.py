@@ -36,9 +36,10 @@ def store() -> MemoryStore:
 async def parts(request: pytest.FixtureRequest, tmp_path: Path, store: MemoryStore
                 ) -> AsyncIterator[Components]:
     """A mount of the prefix `request.param[0]` ("team", or "bare": keys only) with the
-    metadata TTL `request.param[1]`."""
-    prefix, ttl = request.param
-    async for components in running(tmp_path, store, ttl=ttl, source=f"s3://{B}/{prefix}"):
+    metadata TTL `request.param[1]` (and `request.param[2]`: posix_metadata, True if absent)."""
+    prefix, ttl, *posix = request.param
+    async for components in running(tmp_path, store, ttl=ttl, source=f"s3://{B}/{prefix}",
+                                    posix_metadata=posix[0] if posix else True):
         yield components
 
 
@@ -75,3 +76,21 @@ async def test_a_top_without_marker_shows_the_defaults(parts: Components, store:
     assert stat.S_IMODE(top.st_mode) == 0o755 and top.st_uid == 0
     store.reachable = False  # offline: what was known (here: no marker), no error
     assert stat.S_IMODE((await parts.ops.getattr(top.st_ino)).st_mode) == 0o755
+
+
+@pytest.mark.parametrize("parts", [("team", 60, False)], indirect=True)
+async def test_no_posix_metadata_a_chmod_of_the_top_keeps_what_its_marker_stores(
+        parts: Components, store: MemoryStore):
+    """--no-posix-metadata: the top shows the defaults (stats look nothing up), but its
+    chmod looks the marker up first and keeps its owner, group and mtime; then shows them."""
+    top = await lookup_path(parts.ops, B)
+    assert stat.S_IMODE(top.st_mode) == 0o755 and store.request_counts().get("HeadObject", 0) == 0
+    request = pyfuse3.EntryAttributes()
+    request.st_mode = stat.S_IFDIR | 0o750
+    attrs = await parts.ops.setattr(top.st_ino, request, Fields(update_mode=True), None,
+                                    Ctx(uid=0, gid=0))
+    assert stat.S_IMODE(attrs.st_mode) == 0o750 and attrs.st_uid == 1001
+    await parts.writes.queue.sync(timeout=10)
+    stored = from_headers(store.head(B, "team/").metadata or {}, is_dir=True)
+    assert (stored.mode, stored.uid, stored.gid, stored.mtime_ns) == (
+        stat.S_IFDIR | 0o750, 1001, 1004, STORED.mtime_ns)

@@ -171,9 +171,12 @@ class BucketTree(Namespace):
         """`stat`, with the POSIX metadata of a file or a directory's marker looked up even
         under --no-posix-metadata (one HEAD, stored; a directory is listed first if it was
         not, to know whether it has a marker): the change keeps what S3 has that it does
-        not change. The top of a source is TopDir's (not looked up then)."""
+        not change. A prefix source's top: its marker's (TopDir)."""
+        if not path:  # as `stat("")`, looked up
+            return self._dirs.shown("", await self._top.entry(self._root_entry(),
+                                                              for_change=True))
         entry = await self.stat(path)
-        if (self.posix_lookups or entry.posix is not None or not path
+        if (self.posix_lookups or entry.posix is not None
                 or not entry.is_dir and not entry.etag):  # (a file not uploaded yet)
             return entry
         completed = await self._heads.complete(split(path)[0], entry, for_change=True)

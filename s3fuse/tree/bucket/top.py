@@ -40,26 +40,28 @@ class TopDir:
         self._store = store
         self._overlay = overlay
         self._ttl = ttl
-        self._enabled = enabled and bool(keys.dir_prefix(""))
+        self._marked = bool(keys.dir_prefix(""))  # a prefix's top: its marker keeps them
+        self._enabled = enabled and self._marked
         self._limiter = limiter
         self._known: Entry | None = None  # the marker's metadata as last HEADed
         self._kept: Posix | None = None  # a bucket's top: as last set here
         self._lock = trio.Lock()  # one HEAD for stats arriving together
 
-    async def entry(self, shown: Entry) -> Entry:
+    async def entry(self, shown: Entry, for_change: bool = False) -> Entry:
         """`shown` (the top with the mount's defaults) with its marker's metadata: looked
         up when unknown or older than the TTL; the last known (or the defaults) while S3
-        cannot say."""
+        cannot say. Under --no-posix-metadata only for a change (`for_change`: it keeps
+        what the marker stores), and what that found or stored shows from then on."""
         if self._kept is not None:
             return replace(shown, posix=self._kept,
                            mtime_ns=stored_mtime(self._kept, shown.mtime_ns))
-        if not self._enabled:
+        if not self._marked:
             return shown
         change = self._overlay.get(self._keys.bucket, self._keys.dir_prefix(""))
         if change is not None and not change.deleted and change.posix is not None:
             return replace(shown, posix=change.posix,  # a change of it not landed yet
                            mtime_ns=stored_mtime(change.posix, shown.mtime_ns))
-        known = await self._fresh()
+        known = await self._fresh() if self._enabled or for_change else self._known
         if known is None or known.posix is None:
             return shown
         return replace(shown, posix=known.posix, mtime_ns=stored_mtime(known.posix, known.mtime_ns))
