@@ -55,15 +55,15 @@ async def keep_saved(table: InodeTable, cache_dir: Path, interval: float = SAVE_
     """While mounted: write the numbers `interval` seconds after they changed (a service
     task). The table is read on the loop (it is not thread-safe), the file written in a
     thread."""
-    seen, written = table.changes, table.renumbered()  # the file holds the last mount's
+    seen, written = table.changes, sorted(table.renumbered())  # the file: the last mount's
     while True:
         await trio.sleep(interval)
         if table.changes == seen:  # no rename or removal since: nothing to look at
             continue
         seen, numbers = table.changes, table.renumbered()
-        if sorted(numbers) != sorted(written):  # (live renamed nodes come in set order)
+        if sorted(numbers) != written:  # (live renamed nodes come in set order)
             await trio.to_thread.run_sync(_write, cache_dir, numbers)
-            written = numbers
+            written = sorted(numbers)
 
 
 def _write(cache_dir: Path, numbers: list[tuple[str, bool, str, int]]) -> None:

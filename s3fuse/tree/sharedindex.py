@@ -140,11 +140,8 @@ class SharedIndex:
         if where in self._refused:  # refused while this publish waited for its turn
             return
         blob = encode(index, archive.bucket, archive.key, archive.etag, archive.size)
-        if len(blob) > allowance(archive.size):  # every fetcher would refuse it
-            log.info("shard s3://%s/%s: index of %d bytes not published (over the %d a fetcher "
-                     "takes)", archive.bucket, archive.key, len(blob), allowance(archive.size))
-            return
-        try:  # what every fetcher would refuse (seek points denser than it takes) stays here
+        try:  # what every fetcher would refuse (over its size allowance, seek points denser
+            # than it takes) stays here
             decode(blob, archive.bucket, archive.key, archive.etag, archive.size, limits)
         except Rejected as exc:
             log.info("shard s3://%s/%s: index not published: a fetcher would refuse it (%s)",

@@ -434,9 +434,9 @@ class UploadQueue:
     async def busy(self) -> str | None:
         """For the idle query: why the queue will do more work without outside help (an
         upload running, a sync pass due, jobs queued or retrying while online), or None."""
-        queued = (self._running and not self._stopping and self.store.link.online
+        active = await self._look(self.journal.has_active)  # an empty journal: one read
+        queued = (active and self._running and not self._stopping and self.store.link.online
                   and await self._look(self.journal.next_due) is not None)
-        active = await self._look(self.journal.has_active)
         # the counters after the journal: a job claimed meanwhile was counted before its
         # claim; a claim of an empty journal finds nothing (a worker woken by a sync pass:
         # that claim made a mount that had just gone idle look busy)
